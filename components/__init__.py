@@ -1,0 +1,1 @@
+"""tauforge components (see ../shared/ARCHITECTURE.md)."""

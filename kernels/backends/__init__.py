@@ -1,0 +1,87 @@
+"""The hot loops behind one small interface: grow trees, find the leaf of each row in each tree.
+
+`TorchBackend` runs on any torch device (the CUDA path, also exercised on CPU by the tests);
+`NumbaBackend` is the CPU path, chosen on CPU because it measures faster there (README,
+Performance). Both grow the same trees from the same samples and keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..forest_arrays import ForestArrays, TreeArrays
+from ..sampling import TreeSample
+from ..splitting import SplitRule
+from . import numba_cpu
+from .torch_level import TorchLevelGrower, leaf_ids_torch
+
+
+class NumbaBackend:
+    name = "numba"
+    device = torch.device("cpu")
+
+    def grow(self, codes: np.ndarray, mom: np.ndarray, trees: list[TreeSample], n_bins: np.ndarray,
+             rule: SplitRule, max_bins: int) -> list[TreeArrays]:
+        s_rows = np.concatenate([t.structure for t in trees])
+        e_rows = np.concatenate([t.estimation for t in trees])
+        s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
+        e_off = np.concatenate([[0], np.cumsum([len(t.estimation) for t in trees])]).astype(np.int64)
+        keys = np.array([t.key for t in trees], dtype=np.uint64)
+        cap = max(numba_cpu.node_capacity(float(mom[t.structure, 0].sum()), float(mom[t.estimation, 0].sum()),
+                                          len(t.structure), len(t.estimation), rule.min_samples_leaf)
+                  for t in trees)
+        T = len(trees)
+        feature = np.empty((T, cap), dtype=np.int32)
+        threshold = np.empty((T, cap), dtype=np.int32)
+        child = np.empty((T, cap), dtype=np.int64)
+        leaf = np.empty((T, cap, 4), dtype=np.float64)
+        counts = np.empty((T, 2), dtype=np.int64)
+        numba_cpu.grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins.astype(np.int64),
+                             float(rule.min_samples_leaf), float(rule.alpha), float(rule.imbalance_penalty),
+                             int(rule.max_depth), int(rule.mtry), int(max_bins), int(numba_cpu.SMALL_NODE),
+                             feature, threshold, child, leaf, counts)
+        return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
+                           leaf[t, :nl].copy()) for t, (nn, nl) in enumerate(counts)]
+
+    def leaf_ids(self, codes: np.ndarray, forest: ForestArrays) -> torch.Tensor:
+        out = np.empty((codes.shape[0], forest.n_trees), dtype=np.int64)
+        numba_cpu.leaf_ids(np.ascontiguousarray(codes), forest.feature, forest.threshold, forest.child,
+                           forest.roots, out)
+        return torch.from_numpy(out)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
+
+    def grow(self, codes: np.ndarray, mom: np.ndarray, trees: list[TreeSample], n_bins: np.ndarray,
+             rule: SplitRule, max_bins: int) -> list[TreeArrays]:
+        grower = TorchLevelGrower(self.device)
+        return grower.grow(torch.as_tensor(codes, device=self.device), torch.as_tensor(mom, device=self.device),
+                           trees, n_bins, rule, max_bins)
+
+    def leaf_ids(self, codes: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:
+        if self._forest_cache is None or self._forest_cache[0] is not forest:
+            to = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)  # noqa: E731
+            self._forest_cache = (forest, (to(forest.feature), to(forest.threshold), to(forest.child),
+                                               to(forest.roots)))
+        feature, threshold, child, roots = self._forest_cache[1]
+        return leaf_ids_torch(torch.as_tensor(codes, device=self.device), feature, threshold, child, roots,
+                              forest.max_depth)
+
+
+def get_backend(backend: str, device: torch.device):
+    """'auto' is numba on CPU and torch elsewhere."""
+    if backend == "auto":
+        backend = "numba" if device.type == "cpu" else "torch"
+    if backend == "numba":
+        if device.type != "cpu":
+            raise ValueError(f"backend='numba' runs on the CPU only, but device={device}; use backend='torch'")
+        return NumbaBackend()
+    if backend == "torch":
+        return TorchBackend(device)
+    raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")

@@ -1,0 +1,386 @@
+"""CPU backend: numba kernels, one tree per thread, grown depth-first.
+
+Why depth-first here when the torch backend grows level-wise: on a CPU the cost is memory
+traffic, not parallel width. One tree's samples stay partitioned by node (contiguous index
+ranges, as scikit-learn's HistGradientBoosting keeps them), one node's histogram
+(features x bins x 6 channels) stays in cache while it is built and scanned, and only the
+histograms of pending larger siblings are kept: always descending into the smaller child
+first bounds them by log2(n) per tree. Parallelism comes from growing many trees at once.
+
+Nodes with fewer than `small_node` samples skip histograms altogether: sorting their few
+(code, sample) pairs per feature costs less than clearing and scanning 256 bins. Both
+paths evaluate exactly the same candidate splits.
+
+Node numbering is normalized to breadth-first order at the end, so a tree comes out
+identical (up to floating-point summation order) to the one the torch backend grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..splitting import E, N, TIE_RTOL, child_keys, draw_features, parent_stats, split_score
+
+SMALL_NODE = 256  # samples (structure + estimation) below which a node is split by sorting
+
+
+@numba.njit(cache=True)
+def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi):
+    p = codes_s.shape[1]
+    for j in range(p):
+        hist[j, : n_bins[j], :] = 0.0
+    for ii in range(s_lo, s_hi):
+        r = s_idx[ii]
+        m0 = mom_s[r, 0]
+        m1 = mom_s[r, 1]
+        m2 = mom_s[r, 2]
+        m3 = mom_s[r, 3]
+        m4 = mom_s[r, 4]
+        for j in range(p):
+            h = hist[j, codes_s[r, j]]
+            h[0] += m0
+            h[1] += m1
+            h[2] += m2
+            h[3] += m3
+            h[4] += m4
+    for ii in range(e_lo, e_hi):
+        r = e_idx[ii]
+        w = mom_e[r, 0]
+        for j in range(p):
+            hist[j, codes_e[r, j], 5] += w
+
+
+@numba.njit(cache=True)
+def _subtract_hist(parent, child, n_bins):
+    """parent -= child, over the bins in use: the larger sibling from its parent and the smaller."""
+    for j in range(parent.shape[0]):
+        for k in range(n_bins[j]):
+            for c in range(6):
+                parent[j, k, c] -= child[j, k, c]
+
+
+@numba.njit(cache=True)
+def _scan_hist(hist, n_bins, fmask, tot, min_leaf, alpha, penalty, cand_j, cand_k, cand_s):
+    """Score every candidate split of a node from its histogram; returns the candidate count."""
+    a, b, tau, var = parent_stats(tot)
+    n_cand = 0
+    for j in range(hist.shape[0]):
+        if not fmask[j]:
+            continue
+        cN = cSt = cSy = cSty = cStt = cE = 0.0
+        for k in range(n_bins[j] - 1):
+            h = hist[j, k]
+            cN += h[0]
+            cSt += h[1]
+            cSy += h[2]
+            cSty += h[3]
+            cStt += h[4]
+            cE += h[5]
+            if h[0] == 0.0:
+                continue  # candidates sit after bins holding structure rows (grf: after a split value)
+            if tot[N] - cN < min_leaf or tot[E] - cE < min_leaf:
+                break  # the right child only shrinks from here on
+            score = split_score(cN, cSt, cSy, cSty, cStt, cE, tot, a, b, tau, var, min_leaf, alpha, penalty)
+            if score > -np.inf:
+                cand_j[n_cand], cand_k[n_cand], cand_s[n_cand] = j, k, score
+                n_cand += 1
+    return n_cand
+
+
+@numba.njit(cache=True)
+def _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi,
+                 fmask, tot, min_leaf, alpha, penalty, keys, cand_j, cand_k, cand_s):
+    """Score every candidate split of a small node by sorting its codes, feature by feature."""
+    a, b, tau, var = parent_stats(tot)
+    ns = s_hi - s_lo
+    m = ns + (e_hi - e_lo)
+    n_cand = 0
+    for j in range(codes_s.shape[1]):
+        if not fmask[j]:
+            continue
+        for i in range(ns):
+            keys[i] = np.int64(codes_s[s_idx[s_lo + i], j]) * m + i
+        for i in range(m - ns):
+            keys[ns + i] = np.int64(codes_e[e_idx[e_lo + i], j]) * m + ns + i
+        ks = np.sort(keys[:m])
+        cN = cSt = cSy = cSty = cStt = cE = 0.0
+        has_structure = False
+        for k in range(m - 1):
+            pos = ks[k] % m
+            code = ks[k] // m
+            if pos < ns:
+                r = s_idx[s_lo + pos]
+                has_structure |= mom_s[r, 0] > 0.0
+                cN += mom_s[r, 0]
+                cSt += mom_s[r, 1]
+                cSy += mom_s[r, 2]
+                cSty += mom_s[r, 3]
+                cStt += mom_s[r, 4]
+            else:
+                cE += mom_e[e_idx[e_lo + pos - ns], 0]
+            if ks[k + 1] // m == code:
+                continue  # only between distinct codes
+            if not has_structure:
+                continue  # and after a code holding structure rows
+            has_structure = False
+            if tot[N] - cN < min_leaf or tot[E] - cE < min_leaf:
+                break
+            score = split_score(cN, cSt, cSy, cSty, cStt, cE, tot, a, b, tau, var, min_leaf, alpha, penalty)
+            if score > -np.inf:
+                cand_j[n_cand], cand_k[n_cand], cand_s[n_cand] = j, code, score
+                n_cand += 1
+    return n_cand
+
+
+@numba.njit(cache=True)
+def _pick(cand_j, cand_k, cand_s, n_cand):
+    """The first candidate (in feature, bin order) within TIE_RTOL of the best score; -1 if none > 0."""
+    best = 0.0
+    for i in range(n_cand):
+        best = max(best, cand_s[i])
+    if best <= 0.0:
+        return -1
+    bar = best - TIE_RTOL * best
+    for i in range(n_cand):
+        if cand_s[i] >= bar:
+            return i
+    return -1
+
+
+@numba.njit(cache=True)
+def _left_sums(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, f, thr, out):
+    out[:] = 0.0
+    for ii in range(s_lo, s_hi):
+        r = s_idx[ii]
+        if codes_s[r, f] <= thr:
+            for c in range(5):
+                out[c] += mom_s[r, c]
+    for ii in range(e_lo, e_hi):
+        r = e_idx[ii]
+        if codes_e[r, f] <= thr:
+            out[5] += mom_e[r, 0]
+
+
+@numba.njit(cache=True)
+def _partition(idx, lo, hi, codes, f, thr, scratch):
+    """Stable partition of idx[lo:hi] by codes[:, f] <= thr; returns the first right position."""
+    nl = 0
+    nr = 0
+    for ii in range(lo, hi):
+        r = idx[ii]
+        if codes[r, f] <= thr:
+            idx[lo + nl] = r
+            nl += 1
+        else:
+            scratch[nr] = r
+            nr += 1
+    for k in range(nr):
+        idx[lo + nl + k] = scratch[k]
+    return lo + nl
+
+
+@numba.njit(cache=True)
+def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, penalty, max_depth, mtry,
+              max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
+    """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
+
+    codes_s/mom_s: the structure half (codes uint8 [ns, p], moments (w, wt, wy, wty, wtt) [ns, 5]);
+    codes_e/mom_e: the estimation half. out_leaf rows hold the leaf means of (t, y, ty, tt).
+    """
+    ns, p = codes_s.shape
+    ne = codes_e.shape[0]
+    cap = out_feature.shape[0]
+    s_idx = np.arange(ns).astype(np.int32)
+    e_idx = np.arange(ne).astype(np.int32)
+    scratch = np.empty(max(ns, ne), dtype=np.int32)
+    keys = np.empty(ns + ne, dtype=np.int64)
+    fmask = np.zeros(p, dtype=np.bool_)
+    best_left = np.zeros(6)
+    cand_j = np.empty(p * max_bins, dtype=np.int64)
+    cand_k = np.empty(p * max_bins, dtype=np.int64)
+    cand_s = np.empty(p * max_bins)
+
+    n_slots = int(np.log2(ns + ne + 1)) + 3
+    hists = np.zeros((n_slots, p, max_bins, 6))
+    free = np.arange(n_slots)[::-1].copy()
+    n_free = n_slots
+
+    # Per node, in depth-first order.
+    feat = np.full(cap, -1, dtype=np.int32)
+    thr = np.zeros(cap, dtype=np.int32)
+    left = np.full(cap, -1, dtype=np.int32)
+    tot = np.zeros((cap, 6))
+    leafval = np.zeros((cap, 4))
+
+    # The stack of nodes to process: id, ranges, depth, key, histogram slot.
+    st_id = np.empty(cap, dtype=np.int64)
+    st_rng = np.empty((cap, 4), dtype=np.int64)
+    st_depth = np.empty(cap, dtype=np.int64)
+    st_key = np.empty(cap, dtype=np.uint64)
+    st_slot = np.empty(cap, dtype=np.int64)
+
+    for r in range(ns):
+        for c in range(5):
+            tot[0, c] += mom_s[r, c]
+    for r in range(ne):
+        tot[0, E] += mom_e[r, 0]
+    n_nodes = 1
+    root_slot = -1
+    if ns + ne >= small_node:
+        n_free -= 1
+        root_slot = free[n_free]
+        _build_hist(hists[root_slot], n_bins, codes_s, mom_s, s_idx, 0, ns, codes_e, mom_e, e_idx, 0, ne)
+    top = 0
+    st_id[0], st_depth[0], st_key[0], st_slot[0] = 0, 0, key, root_slot
+    st_rng[0, 0], st_rng[0, 1], st_rng[0, 2], st_rng[0, 3] = 0, ns, 0, ne
+    top = 1
+
+    while top > 0:
+        top -= 1
+        node = st_id[top]
+        s_lo, s_hi, e_lo, e_hi = st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3]
+        depth, nkey, slot = st_depth[top], st_key[top], st_slot[top]
+        t = tot[node]
+
+        bf, bb = -1, -1
+        _, _, _, var = parent_stats(t)
+        if depth < max_depth and t[N] >= 2 * min_leaf and t[E] >= 2 * min_leaf and var > 0:
+            draw_features(nkey, p, mtry, fmask)
+            if slot >= 0:
+                n_cand = _scan_hist(hists[slot], n_bins, fmask, t, min_leaf, alpha, penalty, cand_j, cand_k, cand_s)
+            else:
+                n_cand = _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi,
+                                      fmask, t, min_leaf, alpha, penalty, keys, cand_j, cand_k, cand_s)
+            i = _pick(cand_j, cand_k, cand_s, n_cand)
+            if i >= 0:
+                bf, bb = cand_j[i], cand_k[i]
+                _left_sums(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, bf, bb, best_left)
+        if bf < 0:  # a leaf: populate it with the estimation half
+            w = 0.0
+            acc = np.zeros(4)
+            for ii in range(e_lo, e_hi):
+                r = e_idx[ii]
+                w += mom_e[r, 0]
+                for c in range(4):
+                    acc[c] += mom_e[r, c + 1]
+            for c in range(4):
+                leafval[node, c] = acc[c] / w
+            if slot >= 0:
+                free[n_free] = slot
+                n_free += 1
+            continue
+
+        s_mid = _partition(s_idx, s_lo, s_hi, codes_s, bf, bb, scratch)
+        e_mid = _partition(e_idx, e_lo, e_hi, codes_e, bf, bb, scratch)
+        lid, rid = n_nodes, n_nodes + 1
+        n_nodes += 2
+        feat[node], thr[node], left[node] = bf, bb, lid
+        for c in range(6):
+            tot[lid, c] = best_left[c]
+            tot[rid, c] = t[c] - best_left[c]
+        lkey, rkey = child_keys(nkey)
+
+        l_size = (s_mid - s_lo) + (e_mid - e_lo)
+        r_size = (s_hi - s_mid) + (e_hi - e_mid)
+        l_wants = l_size >= small_node and depth + 1 < max_depth
+        r_wants = r_size >= small_node and depth + 1 < max_depth
+        l_slot, r_slot = -1, -1
+        if slot >= 0 and (l_wants or r_wants) and n_free > 0:
+            # Build the smaller child's histogram; the larger one is the parent's minus it.
+            small_is_left = l_size <= r_size
+            n_free -= 1
+            new = free[n_free]
+            if small_is_left:
+                _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_lo, s_mid, codes_e, mom_e, e_idx, e_lo, e_mid)
+            else:
+                _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_mid, s_hi, codes_e, mom_e, e_idx, e_mid, e_hi)
+            _subtract_hist(hists[slot], hists[new], n_bins)
+            if small_is_left:
+                l_slot, r_slot = new, slot
+            else:
+                l_slot, r_slot = slot, new
+            if not l_wants:
+                free[n_free] = l_slot
+                n_free += 1
+                l_slot = -1
+            if not r_wants:
+                free[n_free] = r_slot
+                n_free += 1
+                r_slot = -1
+        elif slot >= 0:
+            free[n_free] = slot
+            n_free += 1
+
+        # Push the larger child first so the smaller one is processed next.
+        order_left_last = l_size <= r_size
+        for k in range(2):
+            push_left = (k == 1) == order_left_last
+            if push_left:
+                st_id[top], st_slot[top], st_key[top] = lid, l_slot, lkey
+                st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3] = s_lo, s_mid, e_lo, e_mid
+            else:
+                st_id[top], st_slot[top], st_key[top] = rid, r_slot, rkey
+                st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3] = s_mid, s_hi, e_mid, e_hi
+            st_depth[top] = depth + 1
+            top += 1
+
+    # Renumber breadth-first: children of a node are consecutive, leaves numbered in that order.
+    queue = np.empty(n_nodes, dtype=np.int64)
+    queue[0] = 0
+    head, tail, n_leaves = 0, 1, 0
+    while head < tail:
+        old = queue[head]
+        if feat[old] < 0:
+            out_feature[head] = -1
+            out_threshold[head] = 0
+            out_child[head] = n_leaves
+            for c in range(4):
+                out_leaf[n_leaves, c] = leafval[old, c]
+            n_leaves += 1
+        else:
+            out_feature[head] = feat[old]
+            out_threshold[head] = thr[old]
+            out_child[head] = tail
+            queue[tail] = left[old]
+            queue[tail + 1] = left[old] + 1
+            tail += 2
+        head += 1
+    return n_nodes, n_leaves
+
+
+@numba.njit(parallel=True, cache=True)
+def grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, min_leaf, alpha, penalty, max_depth,
+               mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
+    """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
+    and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays."""
+    for t in numba.prange(keys.shape[0]):
+        srows = s_rows[s_off[t]:s_off[t + 1]]
+        erows = e_rows[e_off[t]:e_off[t + 1]]
+        codes_s = codes[srows]
+        mom_s = mom[srows]
+        codes_e = codes[erows]
+        mom_e = mom[erows]
+        nn, nl = grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, keys[t], min_leaf, alpha, penalty, max_depth,
+                           mtry, max_bins, small_node, out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
+        out_counts[t, 0] = nn
+        out_counts[t, 1] = nl
+
+
+@numba.njit(parallel=True, cache=True)
+def leaf_ids(codes, feature, threshold, child, roots, out):
+    """out[i, t] = index of the leaf that row i reaches in tree t."""
+    for i in numba.prange(codes.shape[0]):
+        for t in range(roots.shape[0]):
+            node = roots[t]
+            while feature[node] >= 0:
+                node = child[node] + (codes[i, feature[node]] > threshold[node])
+            out[i, t] = child[node]
+
+
+def node_capacity(n_struct_weight: float, n_est_weight: float, n_struct: int, n_est: int, min_leaf: float) -> int:
+    """An upper bound on a tree's node count: every leaf holds >= min_leaf weight of each half."""
+    leaves = min(n_struct, n_est, math.floor(min(n_struct_weight, n_est_weight) / max(min_leaf, 1e-12)) + 1)
+    return 2 * max(leaves, 1) + 1

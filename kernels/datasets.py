@@ -1,0 +1,76 @@
+"""Simulated data with a known effect, for the demo, the tests and the benchmarks.
+
+Designs follow grf's `generate_causal_data` (Athey, Tibshirani and Wager):
+  simple   : X ~ N(0, 1); tau = max(X1, 0); e = 0.4 + 0.2 1{X1 > 0}; m = X2 + min(X3, 0) + e tau
+  aw1      : X ~ U(0, 1); tau = 0; e = (1 + beta(2, 4).pdf(X1)) / 4 (confounded); m = 2 X1 - 1
+  aw2      : X ~ U(0, 1); tau = zeta(X1) zeta(X2), zeta(x) = 1 + 1/(1 + exp(-20 (x - 1/3))); e = 0.5
+  aw3      : tau of aw2 with the confounding of aw1
+  constant : aw1's confounding with a constant effect tau = 1
+  continuous: X ~ N(0, 1); T = sin(X1) + N(0, 1); tau = 1 + X1/2; m = X2 + tau E[T|X]
+For a binary treatment Y = m(x) + (T - e(x)) tau(x) + N(0, 1), so m = E[Y | X].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import beta
+
+DESIGNS = ("simple", "aw1", "aw2", "aw3", "constant", "continuous")
+
+
+@dataclass
+class CausalData:
+    X: np.ndarray
+    T: np.ndarray
+    Y: np.ndarray
+    tau: np.ndarray  # true CATE at each row
+    e: np.ndarray  # true propensity E[T | X]
+    m: np.ndarray  # true E[Y | X]
+    design: str
+
+    @property
+    def ate(self) -> float:
+        return float(self.tau.mean())
+
+
+def _zeta(x: np.ndarray) -> np.ndarray:
+    return 1 + 1 / (1 + np.exp(-20 * (x - 1 / 3)))
+
+
+def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: int | None = 0) -> CausalData:
+    """Draw n rows of `design` with p covariates."""
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}; got {design!r}")
+    if p < 3:
+        raise ValueError(f"p must be at least 3 for these designs, got {p}")
+    rng = np.random.default_rng(seed)
+    if design in ("simple", "continuous"):
+        X = rng.normal(size=(n, p))
+    else:
+        X = rng.uniform(size=(n, p))
+    if design == "continuous":
+        e = np.sin(X[:, 0])
+        T = e + rng.normal(size=n)
+        tau = 1 + X[:, 0] / 2
+        m = X[:, 1] + tau * e
+        Y = m + (T - e) * tau + rng.normal(size=n)
+        return CausalData(X, T, Y, tau, e, m, design)
+    confounded = (1 + beta.pdf(X[:, 0], 2, 4)) / 4
+    if design == "simple":
+        tau = np.maximum(X[:, 0], 0)
+        e = 0.4 + 0.2 * (X[:, 0] > 0)
+        base = X[:, 1] + np.minimum(X[:, 2], 0)
+    elif design == "aw1":
+        tau, e, base = np.zeros(n), confounded, 2 * X[:, 0] - 1
+    elif design == "aw2":
+        tau, e, base = _zeta(X[:, 0]) * _zeta(X[:, 1]), np.full(n, 0.5), np.zeros(n)
+    elif design == "aw3":
+        tau, e, base = _zeta(X[:, 0]) * _zeta(X[:, 1]), confounded, 2 * X[:, 0] - 1
+    else:  # constant
+        tau, e, base = np.ones(n), confounded, 2 * X[:, 0] - 1
+    m = base + e * tau
+    T = rng.binomial(1, e).astype(np.float64)
+    Y = m + (T - e) * tau + rng.normal(size=n)
+    return CausalData(X, T, Y, tau, e, m, design)

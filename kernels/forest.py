@@ -1,0 +1,283 @@
+"""`CausalForest`: the generalized random forest for heterogeneous treatment effects,
+grown on residualized treatment and outcome with quantile-binned covariates."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from sklearn.base import BaseEstimator
+
+from . import _inputs
+from ._progress import progress_bar
+from .backends import get_backend
+from .binning import QuantileBinner
+from .forest_arrays import ForestArrays
+from .prediction import forest_estimate
+from .sampling import LittleBagSampler
+from .serialization import load_model, save_model
+from .splitting import SplitRule, quantize_weights
+
+FORMAT = "tauforge.causal_forest"
+FORMAT_VERSION = 1
+_ROWS_X_TREES_PER_CHUNK = 1 << 21  # prediction works on (rows, trees, 4) float64 blocks of ~64 MB
+
+
+class CausalForest(BaseEstimator):
+    """Causal forest (GRF) on residuals: fit(X, T, y) with T and y already residualized.
+
+    Use `CausalForestDML` to residualize with cross-fitted nuisance models first.
+    Defaults follow grf where grf and EconML differ, unless noted.
+
+    Parameters
+    ----------
+    n_estimators : int, default 500
+        Number of trees; a multiple of `ci_group_size`. grf: num.trees=2000; EconML: 100.
+    min_samples_leaf : float, default 5
+        Minimum weight (a count, without sample weights) of the structure half *and* of the
+        estimation half in every leaf. grf: min.node.size=5 (structure half only);
+        EconML: min_samples_leaf=5 (both halves when honest).
+    max_depth : int or None, default None
+        Maximum depth; None grows until the leaf constraints stop it. grf: none; EconML: None.
+    mtry : int or None, default None
+        Features drawn per node; None means min(ceil(sqrt(p) + 20), p), grf's default.
+        EconML: max_features='auto', i.e. all p.
+    max_samples : float, default 0.45
+        Fraction of rows in each tree's subsample, drawn without replacement; at most 0.5
+        when `ci_group_size` > 1. grf: sample.fraction=0.5; EconML: max_samples=0.45.
+    ci_group_size : int, default 2
+        Trees per little bag (they share a half-sample) for the variance estimate; 1 disables
+        intervals. grf: ci.group.size=2; EconML: subforest_size=4.
+    honest : bool, default True
+        Choose splits on one part of the subsample, fill leaves with the other. grf and EconML: True.
+    honesty_fraction : float, default 0.5
+        Share of the subsample used to choose splits. grf: 0.5; EconML: 0.5 (fixed).
+    alpha : float, default 0.05
+        Each child's treatment variance must be at least `alpha` times its parent's. grf: alpha=0.05
+        bounds the share of each child's samples on either side of the mean treatment; EconML:
+        min_var_fraction_leaf=None compares with the whole sample's variance.
+    imbalance_penalty : float, default 0.0
+        Subtracts penalty * (1/N_left + 1/N_right) from each split's score. grf: 0; EconML: none.
+    max_bins : int, default 256
+        Quantile bins per covariate (2..256). grf and EconML split on exact values.
+    device : {'auto', 'cpu', 'cuda'}, default 'auto'
+        'auto' uses CUDA when torch sees a GPU.
+    backend : {'auto', 'numba', 'torch'}, default 'auto'
+        Kernels for the hot loops: numba on CPU, torch on GPU under 'auto'.
+    random_state : int or None
+        Seed of all randomness; the same seed and device give the same forest.
+    progress : bool or None, default None
+        Progress bar on stderr; None shows it on a terminal when the fit takes over 2 s.
+    """
+
+    def __init__(self, n_estimators: int = 500, *, min_samples_leaf: float = 5, max_depth: int | None = None,
+                 mtry: int | None = None, max_samples: float = 0.45, ci_group_size: int = 2, honest: bool = True,
+                 honesty_fraction: float = 0.5, alpha: float = 0.05, imbalance_penalty: float = 0.0,
+                 max_bins: int = 256, device: str = "auto", backend: str = "auto",
+                 random_state: int | None = None, progress: bool | None = None):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_depth = max_depth
+        self.mtry = mtry
+        self.max_samples = max_samples
+        self.ci_group_size = ci_group_size
+        self.honest = honest
+        self.honesty_fraction = honesty_fraction
+        self.alpha = alpha
+        self.imbalance_penalty = imbalance_penalty
+        self.max_bins = max_bins
+        self.device = device
+        self.backend = backend
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fit
+    def _validate_params(self, p: int) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        check(isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators >= 1,
+              f"n_estimators must be a positive integer, got {self.n_estimators!r}")
+        check(isinstance(self.ci_group_size, (int, np.integer)) and self.ci_group_size >= 1,
+              f"ci_group_size must be a positive integer, got {self.ci_group_size!r}")
+        check(self.n_estimators % self.ci_group_size == 0,
+              f"n_estimators={self.n_estimators} must be a multiple of ci_group_size={self.ci_group_size}")
+        check(0 < self.max_samples <= (0.5 if self.ci_group_size > 1 else 1.0),
+              f"max_samples must be in (0, 0.5] with ci_group_size > 1 (in (0, 1] otherwise), "
+              f"got {self.max_samples}")
+        check(self.min_samples_leaf > 0, f"min_samples_leaf must be positive, got {self.min_samples_leaf}")
+        check(self.max_depth is None or self.max_depth >= 0, f"max_depth must be >= 0 or None, got {self.max_depth}")
+        check(self.mtry is None or 1 <= self.mtry <= p, f"mtry must be between 1 and {p} (features), got {self.mtry}")
+        check(0 < self.honesty_fraction < 1, f"honesty_fraction must be in (0, 1), got {self.honesty_fraction}")
+        check(0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha}")
+        check(self.imbalance_penalty >= 0, f"imbalance_penalty must be >= 0, got {self.imbalance_penalty}")
+
+    def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None) -> "CausalForest":
+        """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,)."""
+        X = _inputs.to_numpy(X, "X", 2)
+        T = _inputs.to_numpy(T, "T", 1)
+        y = _inputs.to_numpy(y, "y", 1)
+        n = _inputs.check_same_length(X=X, T=T, y=y)
+        for arr, name in ((X, "X"), (T, "T"), (y, "y")):
+            _inputs.check_finite(arr, name)
+        if n < 2:
+            raise ValueError(f"X has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
+        if X.shape[1] < 1:
+            raise ValueError("X has no columns; pass at least one covariate")
+        if np.ptp(T) == 0:
+            raise ValueError("T is constant: the treatment must vary to estimate its effect")
+        w = _inputs.check_sample_weight(sample_weight, n)
+        self._validate_params(X.shape[1])
+        self.device_ = _inputs.resolve_device(self.device)
+        backend = get_backend(self.backend, self.device_)
+
+        self.seed_ = int(self.random_state) if self.random_state is not None else int(
+            np.random.SeedSequence().entropy % (2**63))
+        sampler = self._sampler(n)
+        problem = sampler.minimum_rows_message()
+        if problem:
+            raise ValueError(problem)
+
+        self.n_features_in_ = X.shape[1]
+        self.n_train_ = n
+        self.binner_ = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
+        codes = np.ascontiguousarray(self.binner_.transform(X))
+        w = np.ones(n) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
+        mom = np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
+        rule = self._rule(X.shape[1])
+
+        trees = []
+        groups_per_batch = max(1, self._trees_per_batch(n) // self.ci_group_size)
+        with progress_bar(self.n_estimators, "growing trees", self.progress) as bar:
+            for g0 in range(0, sampler.n_groups, groups_per_batch):
+                ng = min(groups_per_batch, sampler.n_groups - g0)
+                trees += backend.grow(codes, mom, sampler.trees(g0, ng), self.binner_.n_bins_, rule, self.max_bins)
+                bar.update(ng * self.ci_group_size)
+        self.forest_ = ForestArrays.from_trees(trees)
+        self._backend = backend
+        return self
+
+    def _sampler(self, n: int) -> LittleBagSampler:
+        return LittleBagSampler(n, self.n_estimators, self.ci_group_size, self.max_samples, self.honest,
+                                self.honesty_fraction, self.seed_)
+
+    def _rule(self, p: int) -> SplitRule:
+        mtry = self.mtry if self.mtry is not None else min(int(np.ceil(np.sqrt(p) + 20)), p)
+        return SplitRule(min_samples_leaf=float(self.min_samples_leaf), alpha=float(self.alpha),
+                         imbalance_penalty=float(self.imbalance_penalty),
+                         max_depth=int(self.max_depth) if self.max_depth is not None else 2**31 - 1, mtry=int(mtry))
+
+    def _trees_per_batch(self, n: int) -> int:
+        if self._backend_name() == "numba":
+            return max(8 * (numba_threads() or 1), 16)
+        return max(1, int(4e6 // max(n, 1)))  # torch: bound samples per level on the device
+
+    def _backend_name(self) -> str:
+        return get_backend(self.backend, self.device_).name
+
+    # -------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "forest_"):
+            raise RuntimeError("this CausalForest is not fitted yet; call fit(X, T, y) first")
+
+    def _codes(self, X: Any) -> np.ndarray:
+        Xn = _inputs.to_numpy(X, "X", 2)
+        if Xn.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {Xn.shape[1]} columns, the forest was fit on {self.n_features_in_}")
+        _inputs.check_finite(Xn, "X")
+        return np.ascontiguousarray(self.binner_.transform(Xn))
+
+    def _estimate(self, X: Any, with_variance: bool, oob: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        self._check_fitted()
+        codes = self._codes(X)
+        if oob and codes.shape[0] != self.n_train_:
+            raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
+                             f"got {codes.shape[0]} rows")
+        in_bag = self._sampler(self.n_train_).in_bag() if oob else None
+        backend = self._backend if hasattr(self, "_backend") else get_backend(self.backend, self.device_)
+        leaf_values = torch.as_tensor(self.forest_.leaf_values, device=backend.device)
+        T = self.forest_.n_trees
+        chunk = max(1, _ROWS_X_TREES_PER_CHUNK // T)
+        taus, variances = [], []
+        for lo in range(0, codes.shape[0], chunk):
+            ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
+            valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk], device=backend.device)
+            tau, var = forest_estimate(leaf_values[ids.to(backend.device)], self.ci_group_size, valid,
+                                       with_variance=with_variance)
+            taus.append(tau.cpu().numpy())
+            if var is not None:
+                variances.append(var.cpu().numpy())
+        tau = np.concatenate(taus) if taus else np.empty(0)
+        if not with_variance:
+            return tau, None
+        if self.ci_group_size < 2:
+            raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
+        return tau, (np.concatenate(variances) if variances else np.empty(0))
+
+    def predict(self, X: Any) -> Any:
+        """CATE tau(x) for each row of X, as an array of the input's kind (NumPy, torch, CuPy)."""
+        tau, _ = self._estimate(X, with_variance=False)
+        return _inputs.as_output(tau, _inputs.array_kind(X))
+
+    def predict_and_var(self, X: Any) -> tuple[Any, Any]:
+        """CATE and its variance (bootstrap of little bags) for each row of X."""
+        tau, var = self._estimate(X, with_variance=True)
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
+
+    def predict_interval(self, X: Any, alpha: float = 0.05) -> tuple[Any, Any]:
+        """Pointwise (1 - alpha) normal confidence interval (lower, upper) of the CATE."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        tau, var = self._estimate(X, with_variance=True)
+        half = norm.ppf(1 - alpha / 2) * np.sqrt(var)
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(tau - half, kind), _inputs.as_output(tau + half, kind)
+
+    def oob_predict(self, X: Any) -> Any:
+        """Out-of-bag CATE for the training rows X: each row uses only trees that never saw it."""
+        tau, _ = self._estimate(X, with_variance=False, oob=True)
+        return _inputs.as_output(tau, _inputs.array_kind(X))
+
+    def oob_predict_and_var(self, X: Any) -> tuple[Any, Any]:
+        """Out-of-bag CATE and variance (groups whose trees all exclude the row; NaN if none)."""
+        tau, var = self._estimate(X, with_variance=True, oob=True)
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
+
+    # ------------------------------------------------------------ save/load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted forest as arrays plus JSON (no pickle), checksummed."""
+        self._check_fitted()
+        arrays = {**self.forest_.to_arrays(), **self.binner_.to_arrays()}
+        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items()}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params, "seed": self.seed_,
+                "n_features_in": self.n_features_in_, "n_train": self.n_train_,
+                "max_depth_grown": self.forest_.max_depth, "device": str(self.device_)}
+        save_model(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> "CausalForest":
+        """Load a forest written by `save`; raises ValueError if any file fails its checksum."""
+        arrays, meta = load_model(path, FORMAT)
+        params = dict(meta["params"])
+        if device is not None:
+            params["device"] = device
+        forest = cls(**params)
+        forest.seed_ = meta["seed"]
+        forest.n_features_in_ = meta["n_features_in"]
+        forest.n_train_ = meta["n_train"]
+        forest.device_ = _inputs.resolve_device(forest.device)
+        forest.binner_ = QuantileBinner.from_arrays(arrays, forest.max_bins)
+        forest.forest_ = ForestArrays.from_arrays(arrays, meta["max_depth_grown"])
+        return forest
+
+
+def numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()

@@ -1,0 +1,73 @@
+"""From leaves to effects: the causal forest's prediction strategy and its variance.
+
+Each tree b contributes the estimation-half leaf means m_b = (t, y, ty, tt) of the leaf that x
+falls in. Averaging over trees, A = mean_b m_b, gives the local moment equations of
+y = mu + tau t, solved by
+
+    tau(x) = (A_ty - A_t A_y) / (A_tt - A_t^2),    mu(x) = A_y - tau A_t.
+
+Variance by the bootstrap of little bags (Sexton and Laake; Athey, Tibshirani and Wager): each
+tree's linearized contribution psi_b = (ty_b - mu t_b - tau tt_b) - A_t (y_b - mu - tau t_b)
+averages to zero over trees; its variance between groups of trees sharing a half-sample,
+minus the within-group noise, estimates the variance of the forest; grf's objective-Bayes
+correction keeps it positive; dividing by (A_tt - A_t^2)^2 returns to the scale of tau.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .forest_arrays import LEAF_T, LEAF_TT, LEAF_TY, LEAF_Y
+
+
+def debias_between_group_variance(var_between: torch.Tensor, group_noise: torch.Tensor,
+                                  n_groups: torch.Tensor) -> torch.Tensor:
+    """Posterior mean of the between-group variance S >= 0 under a flat prior, given the
+    unbiased but noisy estimate var_between - group_noise ~ N(S, se^2)."""
+    initial = var_between - group_noise
+    se = torch.maximum(var_between, group_noise) * torch.sqrt(2.0 / n_groups.clamp(min=1))
+    se = se.clamp(min=torch.finfo(se.dtype).tiny)
+    r = initial / se
+    # E[S | S >= 0] = initial + se * phi(r) / Phi(r), computed in logs for very negative r.
+    log_phi = -0.5 * r * r - 0.5 * math.log(2 * math.pi)
+    return initial + se * torch.exp(log_phi - torch.special.log_ndtr(r))
+
+
+def forest_estimate(values: torch.Tensor, ci_group_size: int, valid: torch.Tensor | None = None,
+                    with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """tau and its variance per row from gathered leaf values (rows, trees, 4).
+
+    `valid` (rows, trees) excludes trees (out-of-bag prediction); the variance then uses only
+    groups whose trees are all valid. Rows with no valid group get a NaN variance.
+    """
+    rows, T, _ = values.shape
+    if valid is None:
+        w = values.new_full((rows, T), 1.0 / T)
+    else:
+        vf = valid.to(values.dtype)
+        w = vf / vf.sum(dim=1, keepdim=True)
+    A = torch.einsum("rt,rtk->rk", w, values)
+    At, Ay, Aty, Att = A[:, LEAF_T], A[:, LEAF_Y], A[:, LEAF_TY], A[:, LEAF_TT]
+    denom = Att - At * At
+    tau = (Aty - At * Ay) / denom
+    if not with_variance or ci_group_size < 2:
+        return tau, None
+    mu = Ay - tau * At
+    t, y, ty, tt = values.unbind(-1)
+    psi = (ty - mu[:, None] * t - tau[:, None] * tt) - At[:, None] * (y - mu[:, None] - tau[:, None] * t)
+    G = T // ci_group_size
+    psi = psi[:, : G * ci_group_size].reshape(rows, G, ci_group_size)
+    if valid is None:
+        good = values.new_ones(rows, G)
+    else:
+        good = valid[:, : G * ci_group_size].reshape(rows, G, ci_group_size).all(dim=2).to(values.dtype)
+    n_good = good.sum(dim=1)
+    group_mean = psi.mean(dim=2)
+    var_between = (good * group_mean**2).sum(dim=1) / n_good
+    var_total = (good[:, :, None] * psi**2).sum(dim=(1, 2)) / (n_good * ci_group_size)
+    group_noise = (var_total - var_between) / (ci_group_size - 1)
+    var = debias_between_group_variance(var_between, group_noise, n_good) / denom**2
+    var = torch.where(n_good > 0, var, torch.full_like(var, torch.nan))
+    return tau, var

@@ -1,0 +1,84 @@
+"""Which rows each tree sees: little bags (half-samples shared by a group of trees), the
+tree's subsample, and its honest split into a structure half and an estimation half.
+
+As in grf: for inference, trees come in groups of `ci_group_size`; each group draws half of
+the rows without replacement, and each tree of the group draws its subsample from that half.
+Everything derives from one seed, and any tree's rows can be regenerated from the seed alone,
+which is how out-of-bag membership is recovered after a save and load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    structure: np.ndarray  # int32 row indices used to choose splits
+    estimation: np.ndarray  # int32 row indices that populate the leaves (== structure if not honest)
+    key: np.uint64  # the tree's seed for per-node randomness (mtry draws)
+
+
+class LittleBagSampler:
+    """Draws tree subsamples in groups sharing a half-sample (bootstrap of little bags)."""
+
+    def __init__(self, n_rows: int, n_trees: int, ci_group_size: int, max_samples: float,
+                 honest: bool, honesty_fraction: float, seed: int):
+        self.n_rows = n_rows
+        self.n_trees = n_trees
+        self.ci_group_size = ci_group_size
+        self.max_samples = max_samples
+        self.honest = honest
+        self.honesty_fraction = honesty_fraction
+        self.seed = seed
+        self.subsample_size = int(ceil(max_samples * n_rows))
+        self.half_size = n_rows // 2 if ci_group_size > 1 else n_rows
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_trees // self.ci_group_size
+
+    def minimum_rows_message(self) -> str | None:
+        """Why this many rows cannot grow honest trees, or None when they can."""
+        s = self.subsample_size
+        if self.ci_group_size > 1 and s > self.half_size:
+            return (f"max_samples={self.max_samples} draws {s} rows per tree but a half-sample of "
+                    f"{self.n_rows} rows holds only {self.half_size}; use more rows or ci_group_size=1")
+        n_struct = int(round(s * self.honesty_fraction)) if self.honest else s
+        if n_struct < 1 or s - n_struct < (1 if self.honest else 0) or s < 2:
+            return (f"{self.n_rows} rows give each tree a subsample of {s}, too few to split into a "
+                    "structure and an estimation half; pass more rows")
+        return None
+
+    def group(self, g: int) -> list[TreeSample]:
+        """The samples of every tree in group g (deterministic in seed and g)."""
+        rng = np.random.default_rng([self.seed, g])
+        half = rng.permutation(self.n_rows)[: self.half_size] if self.ci_group_size > 1 else None
+        out = []
+        for _ in range(self.ci_group_size):
+            pool = half if half is not None else np.arange(self.n_rows)
+            sub = pool[rng.permutation(len(pool))[: self.subsample_size]]
+            key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
+            if self.honest:
+                n_struct = int(round(len(sub) * self.honesty_fraction))
+                struct, est = np.sort(sub[:n_struct]), np.sort(sub[n_struct:])
+            else:
+                struct = est = np.sort(sub)
+            out.append(TreeSample(struct.astype(np.int32), est.astype(np.int32), key))
+        return out
+
+    def trees(self, first_group: int, n_groups: int) -> list[TreeSample]:
+        return [t for g in range(first_group, first_group + n_groups) for t in self.group(g)]
+
+    def in_bag(self) -> np.ndarray:
+        """Boolean matrix (n_rows, n_trees): row i was in tree b's subsample."""
+        mask = np.zeros((self.n_rows, self.n_trees), dtype=bool)
+        for g in range(self.n_groups):
+            for k, t in enumerate(self.group(g)):
+                b = g * self.ci_group_size + k
+                mask[t.structure, b] = True
+                mask[t.estimation, b] = True
+        return mask

@@ -1,0 +1,77 @@
+"""Models as plain arrays plus JSON, checksummed: no pickle anywhere on the load path.
+
+A saved model is a directory holding `arrays.npz` (numeric arrays only, loaded with
+allow_pickle=False) and `model.json` (parameters and metadata, with the sha256 of every
+file). Loading recomputes the checksums and refuses a file that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARRAYS_FILE = "arrays.npz"
+META_FILE = "model.json"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata itself (without this digest), so hand edits are caught too."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write `arrays` and `meta` into directory `path` (created; existing files are replaced)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"array {name!r} has dtype object; only numeric arrays are saved")
+    # Write to temporary names, then rename, so a crash never leaves a half-written model.
+    with tempfile.NamedTemporaryFile(dir=path, suffix=".npz.tmp", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, path / ARRAYS_FILE)
+    meta = dict(meta, files={ARRAYS_FILE: sha256_file(path / ARRAYS_FILE)})
+    meta["meta_sha256"] = _meta_digest(meta)
+    with tempfile.NamedTemporaryFile("w", dir=path, suffix=".json.tmp", delete=False) as tmp:
+        json.dump(meta, tmp, indent=2, sort_keys=True)
+    os.replace(tmp.name, path / META_FILE)
+    return path
+
+
+def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a model written by `save_model`, verifying its format and every checksum."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no {META_FILE} in {path}: not a saved tauforge model")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path} is not valid JSON: {exc}") from None
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise ValueError(f"checksum mismatch for {meta_path}: the metadata was modified or corrupted")
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{path} holds format {meta.get('format')!r}, expected {expected_format!r}")
+    for name, digest in meta.get("files", {}).items():
+        actual = sha256_file(path / name)
+        if actual != digest:
+            raise ValueError(f"checksum mismatch for {path / name}: the file was modified or corrupted "
+                             f"(expected sha256 {digest[:12]}..., got {actual[:12]}...)")
+    with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return arrays, meta

@@ -1,0 +1,1 @@
+"""tauforge pipelines (see ../shared/ARCHITECTURE.md)."""

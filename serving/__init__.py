@@ -1,0 +1,1 @@
+"""tauforge serving (see ../shared/ARCHITECTURE.md)."""
