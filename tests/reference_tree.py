@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.forest_arrays import TreeArrays
-from kernels.splitting import child_keys, draw_features
+from kernels.backends.numba_cpu import child_keys, draw_features
 
 
 def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penalty):
@@ -21,7 +21,7 @@ def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penal
     lw, lwt, lwy, lwty, lwtt = (mom[left_rows, c].sum() for c in range(5))
     rw = w - lw
     le, re = mom[est_left, 0].sum(), mom[est_node, 0].sum() - mom[est_left, 0].sum()
-    if min(lw, rw, le, re) < min_leaf:
+    if min(lw, rw, le, re) < min_leaf or min(lw, rw) < alpha * w:
         return -np.inf
     var_l = lwtt / lw - (lwt / lw) ** 2
     var_r = (wtt - lwtt) / rw - ((wt - lwt) / rw) ** 2

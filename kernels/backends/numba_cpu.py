@@ -22,16 +22,109 @@ import math
 import numba
 import numpy as np
 
-from ..splitting import E, N, TIE_RTOL, child_keys, draw_features, parent_stats, split_score
+from ..splitting import E, N, ST, STT, STY, SY, TIE_RTOL
 
-SMALL_NODE = 256  # samples (structure + estimation) below which a node is split by sorting
+SMALL_NODE = 48  # rows (structure + estimation) below which a node is split by sorting, not histograms
+
+_LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
+_RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
 
 
-@numba.njit(cache=True)
+# ---- The splitting rule and per-node randomness (see kernels/splitting.py for the definitions) ----
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def splitmix64(x):
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def child_keys(key):
+    return splitmix64(key ^ _LEFT_SALT), splitmix64(key ^ _RIGHT_SALT)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def draw_features(key, p, mtry, mask):
+    """Set mask[j] for the `mtry` features node `key` may split on (partial Fisher-Yates)."""
+    if mtry >= p:
+        mask[:] = True
+        return
+    mask[:] = False
+    perm = np.arange(p)
+    state = key
+    for i in range(mtry):
+        state = splitmix64(state)
+        j = i + np.int64(state % np.uint64(p - i))
+        perm[i], perm[j] = perm[j], perm[i]
+        mask[perm[i]] = True
+
+
+@numba.njit(cache=True, error_model="numpy")
+def draw_feature_masks(keys, p, mtry):
+    """Feature masks (len(keys), p) for many nodes at once (used by the level-wise grower)."""
+    out = np.zeros((keys.shape[0], p), dtype=np.bool_)
+    for i in range(keys.shape[0]):
+        draw_features(keys[i], p, mtry, out[i])
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy")
+def children_keys(keys):
+    left = np.empty_like(keys)
+    right = np.empty_like(keys)
+    for i in range(keys.shape[0]):
+        left[i], right[i] = child_keys(keys[i])
+    return left, right
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def parent_stats(tot):
+    """(a, b, tau_P, var_P) of a node from its totals; var_P <= 0 means it cannot split."""
+    n = tot[N]
+    a = tot[ST] / n
+    b = tot[SY] / n
+    var = tot[STT] / n - a * a
+    tau = (tot[STY] / n - a * b) / var if var > 0 else 0.0
+    return a, b, tau, var
+
+
+@numba.njit(cache=True, error_model="numpy")
+def score_candidates(cum, n, tot, a, b, tau, var, min_leaf, alpha, penalty, out):
+    """Scores of n candidate left children, cum[:, i] = their channel sums (6, n), into out[:n].
+
+    Invalid candidates score -inf. Written without branches so that LLVM vectorizes it: this
+    loop runs once per candidate bin of every node and dominates a CPU fit.
+    """
+    tN, tE, tSt, tStt = tot[N], tot[E], tot[ST], tot[STT]
+    floor = alpha * var
+    least = max(min_leaf, alpha * tN)
+    inv_var2 = 1.0 / (var * var)
+    for i in range(n):
+        lN, lSt, lSy, lSty, lStt, lE = cum[0, i], cum[1, i], cum[2, i], cum[3, i], cum[4, i], cum[5, i]
+        rN = tN - lN
+        rE = tE - lE
+        inv_l = 1.0 / lN
+        inv_r = 1.0 / rN
+        mean_l = lSt * inv_l
+        var_l = lStt * inv_l - mean_l * mean_l
+        mean_r = (tSt - lSt) * inv_r
+        var_r = (tStt - lStt) * inv_r - mean_r * mean_r
+        s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
+        inv = inv_l + inv_r
+        score = s * s * inv * inv_var2 - penalty * inv
+        ok = ((lN >= least) & (rN >= least) & (lE >= min_leaf) & (rE >= min_leaf)
+              & (var_l >= floor) & (var_r >= floor) & (var_l > 0.0) & (var_r > 0.0))
+        out[i] = score if ok else -np.inf
+
+
+# ---- Tree growth ----
+
+@numba.njit(cache=True, error_model="numpy")
 def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi):
     p = codes_s.shape[1]
-    for j in range(p):
-        hist[j, : n_bins[j], :] = 0.0
+    hist[:] = 0.0
     for ii in range(s_lo, s_hi):
         r = s_idx[ii]
         m0 = mom_s[r, 0]
@@ -53,90 +146,114 @@ def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e,
             hist[j, codes_e[r, j], 5] += w
 
 
-@numba.njit(cache=True)
-def _subtract_hist(parent, child, n_bins):
-    """parent -= child, over the bins in use: the larger sibling from its parent and the smaller."""
-    for j in range(parent.shape[0]):
-        for k in range(n_bins[j]):
-            for c in range(6):
-                parent[j, k, c] -= child[j, k, c]
+@numba.njit(cache=True, error_model="numpy")
+def _subtract_hist(parent, child):
+    """parent -= child: the larger sibling from its parent and the smaller (one flat, vectorized loop)."""
+    pf = parent.reshape(-1)
+    cf = child.reshape(-1)
+    for i in range(pf.shape[0]):
+        pf[i] -= cf[i]
 
 
-@numba.njit(cache=True)
-def _scan_hist(hist, n_bins, fmask, tot, min_leaf, alpha, penalty, cand_j, cand_k, cand_s):
-    """Score every candidate split of a node from its histogram; returns the candidate count."""
-    a, b, tau, var = parent_stats(tot)
+@numba.njit(cache=True, error_model="numpy")
+def _scan_hist(hist, n_bins, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
+    """Collect a node's candidate splits from its histogram: (feature, bin, left sums); returns the count.
+
+    Candidates sit after bins holding structure rows (grf: after a split value) and leave at
+    least min_leaf on the left; the scan of a feature stops once the right child is too small."""
     n_cand = 0
     for j in range(hist.shape[0]):
         if not fmask[j]:
             continue
-        cN = cSt = cSy = cSty = cStt = cE = 0.0
+        c0 = c1 = c2 = c3 = c4 = c5 = 0.0
         for k in range(n_bins[j] - 1):
             h = hist[j, k]
-            cN += h[0]
-            cSt += h[1]
-            cSy += h[2]
-            cSty += h[3]
-            cStt += h[4]
-            cE += h[5]
-            if h[0] == 0.0:
-                continue  # candidates sit after bins holding structure rows (grf: after a split value)
-            if tot[N] - cN < min_leaf or tot[E] - cE < min_leaf:
-                break  # the right child only shrinks from here on
-            score = split_score(cN, cSt, cSy, cSty, cStt, cE, tot, a, b, tau, var, min_leaf, alpha, penalty)
-            if score > -np.inf:
-                cand_j[n_cand], cand_k[n_cand], cand_s[n_cand] = j, k, score
-                n_cand += 1
+            c0 += h[0]
+            c1 += h[1]
+            c2 += h[2]
+            c3 += h[3]
+            c4 += h[4]
+            c5 += h[5]
+            if h[0] == 0.0 or c0 < min_leaf or c5 < min_leaf:
+                continue
+            if tot[N] - c0 < min_leaf or tot[E] - c5 < min_leaf:
+                break
+            cand_j[n_cand], cand_k[n_cand] = j, k
+            cand_cum[0, n_cand], cand_cum[1, n_cand], cand_cum[2, n_cand] = c0, c1, c2
+            cand_cum[3, n_cand], cand_cum[4, n_cand], cand_cum[5, n_cand] = c3, c4, c5
+            n_cand += 1
     return n_cand
 
 
-@numba.njit(cache=True)
-def _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi,
-                 fmask, tot, min_leaf, alpha, penalty, keys, cand_j, cand_k, cand_s):
-    """Score every candidate split of a small node by sorting its codes, feature by feature."""
-    a, b, tau, var = parent_stats(tot)
+@numba.njit(cache=True, error_model="numpy")
+def _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, n_bins,
+                 fmask, tot, min_leaf, buf, node_codes, counts, order, cand_j, cand_k, cand_cum):
+    """Collect a small node's candidate splits (as `_scan_hist`) by sorting its rows per feature.
+
+    The node's rows are copied into contiguous buffers (channels in `buf`, codes transposed into
+    `node_codes`); a counting sort on the uint8 codes then costs O(rows + bins) per feature and
+    the sweep touches only the node's rows, never 256 empty bins."""
     ns = s_hi - s_lo
     m = ns + (e_hi - e_lo)
+    p = codes_s.shape[1]
+    for i in range(ns):
+        r = s_idx[s_lo + i]
+        for c in range(5):
+            buf[i, c] = mom_s[r, c]
+        buf[i, 5] = 0.0
+        for j in range(p):
+            node_codes[j, i] = codes_s[r, j]
+    for i in range(m - ns):
+        r = e_idx[e_lo + i]
+        buf[ns + i, :5] = 0.0
+        buf[ns + i, 5] = mom_e[r, 0]
+        for j in range(p):
+            node_codes[j, ns + i] = codes_e[r, j]
     n_cand = 0
-    for j in range(codes_s.shape[1]):
+    for j in range(p):
         if not fmask[j]:
             continue
-        for i in range(ns):
-            keys[i] = np.int64(codes_s[s_idx[s_lo + i], j]) * m + i
-        for i in range(m - ns):
-            keys[ns + i] = np.int64(codes_e[e_idx[e_lo + i], j]) * m + ns + i
-        ks = np.sort(keys[:m])
-        cN = cSt = cSy = cSty = cStt = cE = 0.0
+        nb = n_bins[j]
+        col = node_codes[j]
+        counts[: nb + 1] = 0
+        for i in range(m):
+            counts[col[i] + 1] += 1
+        for c in range(nb):
+            counts[c + 1] += counts[c]
+        for i in range(m):
+            c = col[i]
+            order[counts[c]] = i
+            counts[c] += 1
+        c0 = c1 = c2 = c3 = c4 = c5 = 0.0
         has_structure = False
         for k in range(m - 1):
-            pos = ks[k] % m
-            code = ks[k] // m
-            if pos < ns:
-                r = s_idx[s_lo + pos]
-                has_structure |= mom_s[r, 0] > 0.0
-                cN += mom_s[r, 0]
-                cSt += mom_s[r, 1]
-                cSy += mom_s[r, 2]
-                cSty += mom_s[r, 3]
-                cStt += mom_s[r, 4]
-            else:
-                cE += mom_e[e_idx[e_lo + pos - ns], 0]
-            if ks[k + 1] // m == code:
+            i = order[k]
+            has_structure |= buf[i, 0] > 0.0
+            c0 += buf[i, 0]
+            c1 += buf[i, 1]
+            c2 += buf[i, 2]
+            c3 += buf[i, 3]
+            c4 += buf[i, 4]
+            c5 += buf[i, 5]
+            code = col[i]
+            if col[order[k + 1]] == code:
                 continue  # only between distinct codes
             if not has_structure:
                 continue  # and after a code holding structure rows
             has_structure = False
-            if tot[N] - cN < min_leaf or tot[E] - cE < min_leaf:
+            if c0 < min_leaf or c5 < min_leaf:
+                continue
+            if tot[N] - c0 < min_leaf or tot[E] - c5 < min_leaf:
                 break
-            score = split_score(cN, cSt, cSy, cSty, cStt, cE, tot, a, b, tau, var, min_leaf, alpha, penalty)
-            if score > -np.inf:
-                cand_j[n_cand], cand_k[n_cand], cand_s[n_cand] = j, code, score
-                n_cand += 1
+            cand_j[n_cand], cand_k[n_cand] = j, code
+            cand_cum[0, n_cand], cand_cum[1, n_cand], cand_cum[2, n_cand] = c0, c1, c2
+            cand_cum[3, n_cand], cand_cum[4, n_cand], cand_cum[5, n_cand] = c3, c4, c5
+            n_cand += 1
     return n_cand
 
 
-@numba.njit(cache=True)
-def _pick(cand_j, cand_k, cand_s, n_cand):
+@numba.njit(cache=True, error_model="numpy")
+def _pick(cand_s, n_cand):
     """The first candidate (in feature, bin order) within TIE_RTOL of the best score; -1 if none > 0."""
     best = 0.0
     for i in range(n_cand):
@@ -150,21 +267,7 @@ def _pick(cand_j, cand_k, cand_s, n_cand):
     return -1
 
 
-@numba.njit(cache=True)
-def _left_sums(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, f, thr, out):
-    out[:] = 0.0
-    for ii in range(s_lo, s_hi):
-        r = s_idx[ii]
-        if codes_s[r, f] <= thr:
-            for c in range(5):
-                out[c] += mom_s[r, c]
-    for ii in range(e_lo, e_hi):
-        r = e_idx[ii]
-        if codes_e[r, f] <= thr:
-            out[5] += mom_e[r, 0]
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _partition(idx, lo, hi, codes, f, thr, scratch):
     """Stable partition of idx[lo:hi] by codes[:, f] <= thr; returns the first right position."""
     nl = 0
@@ -182,7 +285,7 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
     return lo + nl
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, penalty, max_depth, mtry,
               max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
@@ -196,12 +299,16 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
     s_idx = np.arange(ns).astype(np.int32)
     e_idx = np.arange(ne).astype(np.int32)
     scratch = np.empty(max(ns, ne), dtype=np.int32)
-    keys = np.empty(ns + ne, dtype=np.int64)
+    buf = np.empty((ns + ne, 6))
+    node_codes = np.empty((p, ns + ne), dtype=np.uint8)
+    counts = np.empty(max_bins + 1, dtype=np.int64)
+    order = np.empty(ns + ne, dtype=np.int64)
     fmask = np.zeros(p, dtype=np.bool_)
     best_left = np.zeros(6)
     cand_j = np.empty(p * max_bins, dtype=np.int64)
     cand_k = np.empty(p * max_bins, dtype=np.int64)
     cand_s = np.empty(p * max_bins)
+    cand_cum = np.empty((6, p * max_bins))
 
     n_slots = int(np.log2(ns + ne + 1)) + 3
     hists = np.zeros((n_slots, p, max_bins, 6))
@@ -250,14 +357,18 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
         if depth < max_depth and t[N] >= 2 * min_leaf and t[E] >= 2 * min_leaf and var > 0:
             draw_features(nkey, p, mtry, fmask)
             if slot >= 0:
-                n_cand = _scan_hist(hists[slot], n_bins, fmask, t, min_leaf, alpha, penalty, cand_j, cand_k, cand_s)
+                n_cand = _scan_hist(hists[slot], n_bins, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
             else:
                 n_cand = _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi,
-                                      fmask, t, min_leaf, alpha, penalty, keys, cand_j, cand_k, cand_s)
-            i = _pick(cand_j, cand_k, cand_s, n_cand)
+                                      n_bins, fmask, t, min_leaf, buf, node_codes, counts, order, cand_j, cand_k,
+                                      cand_cum)
+            a, b, tau, _ = parent_stats(t)
+            score_candidates(cand_cum, n_cand, t, a, b, tau, var, min_leaf, alpha, penalty, cand_s)
+            i = _pick(cand_s, n_cand)
             if i >= 0:
                 bf, bb = cand_j[i], cand_k[i]
-                _left_sums(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, bf, bb, best_left)
+                for c in range(6):
+                    best_left[c] = cand_cum[c, i]
         if bf < 0:  # a leaf: populate it with the estimation half
             w = 0.0
             acc = np.zeros(4)
@@ -297,7 +408,7 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
                 _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_lo, s_mid, codes_e, mom_e, e_idx, e_lo, e_mid)
             else:
                 _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_mid, s_hi, codes_e, mom_e, e_idx, e_mid, e_hi)
-            _subtract_hist(hists[slot], hists[new], n_bins)
+            _subtract_hist(hists[slot], hists[new])
             if small_is_left:
                 l_slot, r_slot = new, slot
             else:
@@ -351,7 +462,7 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
     return n_nodes, n_leaves
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, min_leaf, alpha, penalty, max_depth,
                mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
@@ -369,7 +480,7 @@ def grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, min_leaf,
         out_counts[t, 1] = nl
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def leaf_ids(codes, feature, threshold, child, roots, out):
     """out[i, t] = index of the leaf that row i reaches in tree t."""
     for i in numba.prange(codes.shape[0]):

@@ -1,0 +1,183 @@
+"""CausalForest and CausalForestDML behaviour: determinism, persistence, inputs, errors."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kernels import CausalForest, CausalForestDML
+from kernels.datasets import make_causal_data
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = make_causal_data("simple", n=1500, p=5, seed=3)
+    return d, d.T - d.e, d.Y - d.m
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    d, t, y = data
+    return CausalForest(n_estimators=40, random_state=7).fit(d.X, t, y)
+
+
+def test_same_seed_same_forest_other_seed_other_forest(data, fitted):
+    d, t, y = data
+    again = CausalForest(n_estimators=40, random_state=7).fit(d.X, t, y)
+    for field in ("feature", "threshold", "child", "leaf_values"):
+        np.testing.assert_array_equal(getattr(fitted.forest_, field), getattr(again.forest_, field))
+    other = CausalForest(n_estimators=40, random_state=8).fit(d.X, t, y)
+    assert not np.array_equal(other.predict(d.X[:50]), fitted.predict(d.X[:50]))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_backends_give_the_same_predictions(data, fitted, backend):
+    d, t, y = data
+    est = CausalForest(n_estimators=40, random_state=7, backend=backend).fit(d.X, t, y)
+    tau, var = est.predict_and_var(d.X[:200])
+    ref_tau, ref_var = fitted.predict_and_var(d.X[:200])
+    np.testing.assert_allclose(tau, ref_tau, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-7, atol=1e-12)
+
+
+def test_predict_interval_is_normal_interval_of_predict_and_var(fitted, data):
+    X = data[0].X[:100]
+    tau, var = fitted.predict_and_var(X)
+    lo, hi = fitted.predict_interval(X, alpha=0.1)
+    np.testing.assert_allclose((lo + hi) / 2, tau, atol=1e-12)
+    np.testing.assert_allclose((hi - lo) / 2, 1.6448536269514722 * np.sqrt(var), rtol=1e-9)
+    assert np.all(var > 0)
+    np.testing.assert_array_equal(fitted.predict(X), tau)
+
+
+def test_oob_predictions_use_only_trees_that_did_not_see_the_row(fitted, data):
+    d, t, y = data
+    oob = fitted.oob_predict(d.X)
+    in_bag = fitted._sampler(len(d.X)).in_bag()
+    assert in_bag.mean() == pytest.approx(0.45, abs=0.01)
+    assert (~in_bag).any(axis=1).all()
+    # OOB predictions are less optimistic than in-sample ones: further from the noisy y-fit.
+    assert np.corrcoef(oob, d.tau)[0, 1] > 0.5
+    with pytest.raises(ValueError, match="training covariates"):
+        fitted.oob_predict(d.X[:10])
+
+
+def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path):
+    X = data[0].X[:300]
+    fitted.save(tmp_path / "cf")
+    loaded = CausalForest.load(tmp_path / "cf")
+    tau, var = loaded.predict_and_var(X)
+    ref_tau, ref_var = fitted.predict_and_var(X)
+    np.testing.assert_array_equal(tau, ref_tau)
+    np.testing.assert_array_equal(var, ref_var)
+    np.testing.assert_array_equal(loaded.oob_predict(data[0].X), fitted.oob_predict(data[0].X))
+
+    arrays = tmp_path / "cf" / "arrays.npz"
+    raw = bytearray(arrays.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        CausalForest.load(tmp_path / "cf")
+
+    fitted.save(tmp_path / "cf2")
+    meta_path = tmp_path / "cf2" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["ci_group_size"] = 4
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        CausalForest.load(tmp_path / "cf2")
+
+
+def test_saved_model_has_no_pickle(fitted, tmp_path):
+    fitted.save(tmp_path / "cf")
+    with np.load(tmp_path / "cf" / "arrays.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_accepts_pandas_and_torch_and_returns_the_same_kind(fitted, data):
+    X = data[0].X[:64]
+    ref = fitted.predict(X)
+    df = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+    np.testing.assert_array_equal(fitted.predict(df), ref)
+    out = fitted.predict(torch.from_numpy(X))
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), ref)
+    lo, hi = fitted.predict_interval(torch.from_numpy(X))
+    assert isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor)
+
+
+def test_sample_weights_change_the_fit_and_zero_weight_rows_are_ignored(data):
+    d, t, y = data
+    w = np.ones(len(t))
+    w[:500] = 0.0
+    weighted = CausalForest(n_estimators=20, random_state=1).fit(d.X, t, y, sample_weight=w)
+    t2, y2 = t.copy(), y.copy()
+    t2[:500] += 100.0  # garbage in zero-weight rows must not matter
+    y2[:500] -= 100.0
+    garbage = CausalForest(n_estimators=20, random_state=1).fit(d.X, t2, y2, sample_weight=w)
+    np.testing.assert_allclose(garbage.predict(d.X[:100]), weighted.predict(d.X[:100]), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(X=np.full((50, 3), np.nan)), r"X contains NaN \(first at row 0, column 0\)"),
+    (dict(T=np.ones(50)), "T is constant"),
+    (dict(y=np.zeros(49)), "same number of rows: X has 50, T has 50, y has 49"),
+    (dict(X=np.zeros((1, 3)), T=np.ones(1), y=np.ones(1)), "at least 2"),
+    (dict(T=np.array(["a"] * 50)), "T must be numeric"),
+    (dict(y=np.r_[np.inf, np.zeros(49)]), "y contains infinite values"),
+])
+def test_bad_input_raises_value_error_naming_the_problem(bad, match):
+    rng = np.random.default_rng(0)
+    args = dict(X=rng.normal(size=(50, 3)), T=rng.normal(size=50), y=rng.normal(size=50)) | bad
+    with pytest.raises(ValueError, match=match):
+        CausalForest(n_estimators=4).fit(args["X"], args["T"], args["y"])
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(n_estimators=5, ci_group_size=2), "multiple of ci_group_size"),
+    (dict(max_samples=0.8), r"max_samples must be in \(0, 0.5\]"),
+    (dict(mtry=7), "mtry must be between 1 and 3"),
+    (dict(max_bins=300), "max_bins must be between 2 and 256"),
+    (dict(device="tpu"), "device must be"),
+    (dict(backend="cuda"), "backend must be"),
+])
+def test_bad_parameters_raise_value_error(params, match):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=match):
+        CausalForest(**({"n_estimators": 4} | params)).fit(rng.normal(size=(60, 3)), rng.normal(size=60),
+                                                           rng.normal(size=60))
+
+
+def test_predict_checks_columns_and_fit_state(fitted):
+    with pytest.raises(ValueError, match="X has 3 columns, the forest was fit on 5"):
+        fitted.predict(np.zeros((2, 3)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CausalForest().predict(np.zeros((2, 3)))
+
+
+def test_dml_validates_its_inputs():
+    d = make_causal_data("simple", n=300, p=3, seed=0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        CausalForestDML(n_estimators=4).fit(d.Y[:-1], d.T, X=d.X)
+    with pytest.raises(ValueError, match="needs a binary 0/1 treatment, but T takes 3 values"):
+        CausalForestDML(n_estimators=4, discrete_treatment=True).fit(d.Y, d.T + (d.Y > 2), X=d.X)
+    with pytest.raises(ValueError, match="W contains NaN"):
+        W = np.zeros((300, 2))
+        W[5, 1] = np.nan
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=d.X, W=W)
+    with pytest.raises(ValueError, match="not an importable estimator"):
+        CausalForestDML(n_estimators=4, model_y="sklearn.nope.Model").fit(d.Y, d.T, X=d.X)
+
+
+def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
+    d = make_causal_data("continuous", n=800, p=4, seed=0)
+    est = CausalForestDML(model_y="sklearn.linear_model.LinearRegression",
+                          model_t="sklearn.linear_model.LinearRegression", cv=3, n_estimators=20,
+                          random_state=0).fit(d.Y, d.T, X=d.X)
+    assert not est.discrete_treatment_
+    assert set(est.nuisance_scores_) == {"y_r2", "t_r2"}
+    assert len(est.nuisance_scores_["y_r2"]) == 3
+    y_res, t_res = est.residuals_
+    assert y_res.shape == t_res.shape == (800,)
