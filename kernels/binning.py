@@ -1,25 +1,45 @@
-"""Quantile binning: every covariate becomes a uint8 code, once, before any tree is grown.
+"""Two-level quantile binning: every covariate becomes integer codes once, before any tree grows.
 
-Code semantics (the same on every device): code(x) = number of edges strictly below x, so a
-split "code <= b" is the split "x <= edges[b]". A feature with k distinct training values
-gets k bins (edges at midpoints); otherwise edges are quantiles of a subsample, deduplicated.
+Fine codes (uint16, up to 65,536 bins) resolve every distinct value of up to 65,536 values
+and are what splits, thresholds and prediction use. Coarse codes (uint8, up to `max_bins`
+= 256 bins, equal-frequency) group consecutive fine bins; large nodes search splits on
+coarse histograms, small nodes on fine codes, where the extra resolution matters (binned
+thresholds cost a forest several percent of CATE RMSE against exact ones at 1e4-1e5 rows).
+
+Code semantics, the same on every device: fine(x) = number of fine edges strictly below x,
+so the split "fine <= f" is the split "x <= fine_edges[f]". Coarse edges are a subset of the
+fine edges, so the coarse split "coarse <= b" is the fine split "fine <= coarse_last_fine[b]".
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 MAX_BINS = 256
+FINE_BINS = 65536
+
+
+@dataclass
+class BinnedCovariates:
+    """Training covariates as the tree growers see them."""
+
+    fine: np.ndarray  # uint16 (rows, features): splits, thresholds, small nodes
+    coarse: np.ndarray  # uint8 (rows, features): histograms of large nodes
+    n_bins: np.ndarray  # int64 (features,): coarse bins per feature
+    coarse_thr: np.ndarray  # int64 (features, 256): fine threshold of the coarse split "coarse <= b"
+    max_bins: int
 
 
 class QuantileBinner:
-    """Fit per-feature bin edges on training covariates; map any covariates to uint8 codes.
+    """Fit per-feature fine and coarse bin edges on training covariates; map covariates to codes.
 
     Parameters
     ----------
     max_bins : int, default 256
-        At most this many bins per feature (2..256). Fewer distinct values give fewer bins.
+        Coarse bins per feature (2..256) for the histograms of large nodes.
     subsample : int, default 200_000
         Edges are computed on at most this many rows (as scikit-learn's HistGradientBoosting).
     random_state : int or None
@@ -38,42 +58,101 @@ class QuantileBinner:
         if n > self.subsample:
             rows = np.random.default_rng(self.random_state).choice(n, self.subsample, replace=False)
             X = X[np.sort(rows)]
-        self.edges_ = [self._feature_edges(X[:, j]) for j in range(X.shape[1])]
-        self.n_bins_ = np.array([len(e) + 1 for e in self.edges_], dtype=np.int32)
+        self.fine_edges_, self.coarse_last_fine_ = [], []
+        for j in range(X.shape[1]):
+            fine, coarse_idx = self._feature_edges(X[:, j])
+            self.fine_edges_.append(fine)
+            self.coarse_last_fine_.append(coarse_idx)
+        self._derive()
         return self
 
-    def _feature_edges(self, col: np.ndarray) -> np.ndarray:
-        distinct = np.unique(col)
-        if len(distinct) <= self.max_bins:
-            return (distinct[:-1] + distinct[1:]) / 2.0
-        qs = np.linspace(0, 100, self.max_bins + 1)[1:-1]
-        edges = np.unique(np.percentile(col, qs, method="midpoint"))
-        return edges[edges < distinct[-1]]  # an edge at the maximum would leave an empty last bin
+    def _feature_edges(self, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fine edges, and the indices of the fine edges that are also coarse edges."""
+        distinct, counts = np.unique(col, return_counts=True)
+        if len(distinct) <= FINE_BINS:
+            fine = (distinct[:-1] + distinct[1:]) / 2.0
+        else:
+            # Quantiles by one sort (np.percentile with 65,535 levels partitions once per level).
+            ordered = np.sort(col)
+            pos = (len(ordered) - 1) * np.arange(1, FINE_BINS) / FINE_BINS
+            fine = np.unique((ordered[np.floor(pos).astype(np.int64)] + ordered[np.ceil(pos).astype(np.int64)]) / 2)
+            fine = fine[fine < distinct[-1]]  # an edge at the maximum would leave an empty last bin
+            counts = np.bincount(np.searchsorted(fine, col, side="left"), minlength=len(fine) + 1)
+        if len(fine) + 1 <= self.max_bins:
+            return fine, np.arange(len(fine))
+        # Equal-frequency coarse bins made of whole fine bins: cut after the fine bin where the
+        # cumulative count crosses each 1/max_bins quantile.
+        cum = np.cumsum(counts)[:-1]  # rows at or below each fine edge
+        targets = cum[-1] * np.arange(1, self.max_bins) / self.max_bins
+        cut = np.unique(np.searchsorted(cum, targets, side="left"))
+        return fine, cut[cut < len(fine)]
+
+    def _derive(self) -> None:
+        self.n_fine_bins_ = np.array([len(e) + 1 for e in self.fine_edges_], dtype=np.int64)
+        self.n_bins_ = np.array([len(c) + 1 for c in self.coarse_last_fine_], dtype=np.int64)
+        # fine_to_coarse[j][f]: the coarse bin holding fine bin f = coarse edges strictly below it.
+        self.fine_to_coarse_ = [
+            np.searchsorted(c, np.arange(nf), side="left").astype(np.uint8)
+            for c, nf in zip(self.coarse_last_fine_, self.n_fine_bins_)
+        ]
+
+    @property
+    def edges_(self) -> list[np.ndarray]:
+        """Coarse bin edges per feature."""
+        return [f[c] for f, c in zip(self.fine_edges_, self.coarse_last_fine_)]
+
+    def coarse_to_fine_thresholds(self) -> np.ndarray:
+        """(features, max_bins) table: the fine threshold equal to the coarse split 'coarse <= b'."""
+        table = np.zeros((len(self.fine_edges_), MAX_BINS), dtype=np.int64)
+        for j, c in enumerate(self.coarse_last_fine_):
+            table[j, : len(c)] = c
+        return table
 
     def transform(self, X: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """uint8 codes of shape X.shape; a torch input stays a tensor on its device."""
-        if X.shape[1] != len(self.edges_):
-            raise ValueError(f"X has {X.shape[1]} columns, the forest was fit on {len(self.edges_)}")
+        """uint16 fine codes of shape X.shape; a torch input gives an int32 tensor on its device."""
+        if X.shape[1] != len(self.fine_edges_):
+            raise ValueError(f"X has {X.shape[1]} columns, the forest was fit on {len(self.fine_edges_)}")
         if isinstance(X, torch.Tensor):
-            codes = torch.empty(X.shape, dtype=torch.uint8, device=X.device)
-            for j, e in enumerate(self.edges_):
+            codes = torch.empty(X.shape, dtype=torch.int32, device=X.device)
+            for j, e in enumerate(self.fine_edges_):
                 edges = torch.as_tensor(e, dtype=X.dtype, device=X.device)
-                codes[:, j] = torch.bucketize(X[:, j].contiguous(), edges, right=False).to(torch.uint8)
+                codes[:, j] = torch.bucketize(X[:, j].contiguous(), edges, right=False).to(torch.int32)
             return codes
-        codes = np.empty(X.shape, dtype=np.uint8)
-        for j, e in enumerate(self.edges_):
+        codes = np.empty(X.shape, dtype=np.uint16)
+        for j, e in enumerate(self.fine_edges_):
             codes[:, j] = np.searchsorted(e, X[:, j], side="left")
         return codes
 
-    # Serialization: the edges, concatenated, with per-feature offsets.
+    def coarse(self, fine_codes: np.ndarray) -> np.ndarray:
+        """uint8 coarse codes from fine codes."""
+        out = np.empty(fine_codes.shape, dtype=np.uint8)
+        for j, table in enumerate(self.fine_to_coarse_):
+            out[:, j] = table[fine_codes[:, j]]
+        return out
+
+    def bin(self, X: np.ndarray) -> BinnedCovariates:
+        """Both code levels of X, C-contiguous, with the tables the growers need."""
+        fine = np.ascontiguousarray(self.transform(X))
+        return BinnedCovariates(fine=fine, coarse=np.ascontiguousarray(self.coarse(fine)), n_bins=self.n_bins_,
+                                coarse_thr=self.coarse_to_fine_thresholds(), max_bins=int(self.max_bins))
+
+    # Serialization: fine edges and coarse cut indices, concatenated, with per-feature offsets.
     def to_arrays(self) -> dict[str, np.ndarray]:
-        offsets = np.concatenate([[0], np.cumsum([len(e) for e in self.edges_])]).astype(np.int64)
-        return {"bin_edges": np.concatenate(self.edges_).astype(np.float64), "bin_edge_offsets": offsets}
+        def pack(parts):
+            offsets = np.concatenate([[0], np.cumsum([len(a) for a in parts])]).astype(np.int64)
+            return (np.concatenate(parts) if parts else np.empty(0)), offsets
+
+        fine, fine_off = pack(self.fine_edges_)
+        cut, cut_off = pack(self.coarse_last_fine_)
+        return {"bin_fine_edges": fine.astype(np.float64), "bin_fine_offsets": fine_off,
+                "bin_coarse_cuts": cut.astype(np.int64), "bin_coarse_offsets": cut_off}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], max_bins: int) -> "QuantileBinner":
         binner = cls(max_bins=max_bins)
-        edges, offsets = arrays["bin_edges"], arrays["bin_edge_offsets"]
-        binner.edges_ = [edges[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
-        binner.n_bins_ = np.array([len(e) + 1 for e in binner.edges_], dtype=np.int32)
+        fe, fo = arrays["bin_fine_edges"], arrays["bin_fine_offsets"]
+        cc, co = arrays["bin_coarse_cuts"], arrays["bin_coarse_offsets"]
+        binner.fine_edges_ = [fe[fo[j]:fo[j + 1]] for j in range(len(fo) - 1)]
+        binner.coarse_last_fine_ = [cc[co[j]:co[j + 1]] for j in range(len(co) - 1)]
+        binner._derive()
         return binner

@@ -145,7 +145,7 @@ class CausalForest(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.n_train_ = n
         self.binner_ = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
-        codes = np.ascontiguousarray(self.binner_.transform(X))
+        binned = self.binner_.bin(X)
         w = np.ones(n) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
         mom = np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
         rule = self._rule(X.shape[1])
@@ -155,7 +155,7 @@ class CausalForest(BaseEstimator):
         with progress_bar(self.n_estimators, "growing trees", self.progress) as bar:
             for g0 in range(0, sampler.n_groups, groups_per_batch):
                 ng = min(groups_per_batch, sampler.n_groups - g0)
-                trees += backend.grow(codes, mom, sampler.trees(g0, ng), self.binner_.n_bins_, rule, self.max_bins)
+                trees += backend.grow(binned, mom, sampler.trees(g0, ng), rule)
                 bar.update(ng * self.ci_group_size)
         self.forest_ = ForestArrays.from_trees(trees)
         self._backend = backend

@@ -2,7 +2,7 @@
 
 Trees are stored breadth-first and concatenated. For node i:
   feature[i]   split feature, or -1 for a leaf
-  threshold[i] split bin: rows with code <= threshold go left
+  threshold[i] split fine code (kernels.binning): rows with fine code <= threshold go left
   child[i]     for a split, the global index of the left child (the right child is child[i] + 1);
                for a leaf, the global index of its row in leaf_values
 leaf_values[l] = estimation-half leaf means of (t, y, t*y, t*t). tree_offsets[b] is tree b's root.
@@ -30,7 +30,7 @@ class TreeArrays:
 @dataclass
 class ForestArrays:
     feature: np.ndarray  # int16 [nodes]
-    threshold: np.ndarray  # uint8 [nodes]
+    threshold: np.ndarray  # uint16 [nodes]
     child: np.ndarray  # int32/int64 [nodes]
     leaf_values: np.ndarray  # float64 [leaves, 4]
     tree_offsets: np.ndarray  # int64 [trees + 1]
@@ -61,7 +61,7 @@ class ForestArrays:
         child = child.astype(np.int32 if child.size == 0 or child.max() < 2**31 else np.int64)
         return cls(
             feature=feature,
-            threshold=np.concatenate([t.threshold for t in trees]).astype(np.uint8),
+            threshold=np.concatenate([t.threshold for t in trees]).astype(np.uint16),
             child=child,
             leaf_values=np.concatenate([t.leaf_values for t in trees]).astype(np.float64),
             tree_offsets=tree_offsets,

@@ -36,6 +36,9 @@ import numpy as np
 N, ST, SY, STY, STT, E = range(6)
 N_CHANNELS = 6
 TIE_RTOL = 1e-9
+# Nodes with fewer rows (structure + estimation) than this choose among splits at every fine
+# code; larger nodes among coarse bins (kernels.binning). Part of the rule: every backend uses it.
+SMALL_NODE_ROWS = 512
 
 @dataclass(frozen=True)
 class SplitRule:

@@ -1,16 +1,19 @@
 """A slow, plain NumPy float64 reference for growing one honest causal tree.
 
 It shares nothing with the backends but the definition of per-node randomness (which features
-a node may use, from kernels.splitting) and the output format: every candidate split is scored
-from direct sums over the node's rows, with the GRF criterion written out again here.
+a node may use) and the output format: every candidate split is scored from direct sums over
+the node's rows, with the GRF criterion written out again here. Candidates follow the rule of
+kernels.splitting: nodes with fewer than SMALL_NODE_ROWS rows split at any fine code holding
+structure rows, larger nodes after any coarse bin holding structure rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kernels.forest_arrays import TreeArrays
 from kernels.backends.numba_cpu import child_keys, draw_features
+from kernels.forest_arrays import TreeArrays
+from kernels.splitting import SMALL_NODE_ROWS
 
 
 def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penalty):
@@ -34,8 +37,20 @@ def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penal
     return s * s * (1 / lw + 1 / rw) / var**2 - penalty * (1 / lw + 1 / rw)
 
 
-def grow_reference_tree(codes, mom, structure, estimation, key, n_bins, min_leaf, alpha, penalty, max_depth, mtry):
-    p = codes.shape[1]
+def _candidates(data, s_rows, e_rows, mom, j):
+    """(fine threshold, structure rows going left, estimation rows going left) per candidate of feature j."""
+    structure = s_rows[mom[s_rows, 0] > 0]
+    if len(s_rows) + len(e_rows) < SMALL_NODE_ROWS:
+        thresholds = np.unique(data.fine[structure, j])
+    else:
+        bins = np.unique(data.coarse[structure, j])
+        thresholds = data.coarse_thr[j, bins[bins < data.n_bins[j] - 1]]
+    for f in thresholds:
+        yield f, s_rows[data.fine[s_rows, j] <= f], e_rows[data.fine[e_rows, j] <= f]
+
+
+def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, penalty, max_depth, mtry):
+    p = data.fine.shape[1]
     queue = [(np.asarray(structure), np.asarray(estimation), 0, key)]
     feature, threshold, child, leaves = [], [], [], []
     i = 0
@@ -48,18 +63,12 @@ def grow_reference_tree(codes, mom, structure, estimation, key, n_bins, min_leaf
         if depth < max_depth and w >= 2 * min_leaf and mom[e_rows, 0].sum() >= 2 * min_leaf and var > 0:
             mask = np.zeros(p, dtype=bool)
             draw_features(np.uint64(nkey), p, mtry, mask)
-            candidates = []  # (feature, bin, score) in scan order
-            for j in np.flatnonzero(mask):
-                present = set(codes[s_rows[mom[s_rows, 0] > 0], j])  # bins holding structure rows
-                for k in range(n_bins[j] - 1):
-                    if k in present:
-                        candidates.append((j, k, _score(s_rows[codes[s_rows, j] <= k], s_rows,
-                                                        e_rows[codes[e_rows, j] <= k], e_rows,
-                                                        mom, min_leaf, alpha, penalty)))
-            best = max([c[2] for c in candidates], default=-np.inf)
+            scored = [(j, f, _score(sl, s_rows, el, e_rows, mom, min_leaf, alpha, penalty))
+                      for j in np.flatnonzero(mask) for f, sl, el in _candidates(data, s_rows, e_rows, mom, j)]
+            best = max([c[2] for c in scored], default=-np.inf)
             if best > 0:
                 # The first candidate within a relative 1e-9 of the best (kernels.splitting.TIE_RTOL).
-                bf, bb, _ = next(c for c in candidates if c[2] >= best - 1e-9 * best)
+                bf, bb, _ = next(c for c in scored if c[2] >= best - 1e-9 * best)
         if bf < 0:
             feature.append(-1)
             threshold.append(0)
@@ -71,8 +80,8 @@ def grow_reference_tree(codes, mom, structure, estimation, key, n_bins, min_leaf
         threshold.append(bb)
         child.append(len(queue))
         lk, rk = child_keys(np.uint64(nkey))
-        go_left_s = codes[s_rows, bf] <= bb
-        go_left_e = codes[e_rows, bf] <= bb
+        go_left_s = data.fine[s_rows, bf] <= bb
+        go_left_e = data.fine[e_rows, bf] <= bb
         queue.append((s_rows[go_left_s], e_rows[go_left_e], depth + 1, lk))
         queue.append((s_rows[~go_left_s], e_rows[~go_left_e], depth + 1, rk))
     return TreeArrays(np.array(feature), np.array(threshold), np.array(child), np.array(leaves))

@@ -6,7 +6,7 @@ import torch
 from conftest import cuda
 from reference_tree import grow_reference_tree
 
-from kernels.backends import NumbaBackend, TorchBackend, numba_cpu
+from kernels.backends import NumbaBackend, TorchBackend
 from kernels.backends.torch_level import TorchLevelGrower
 from kernels.binning import QuantileBinner
 from kernels.datasets import make_causal_data
@@ -21,11 +21,10 @@ def _problem(n, p=4, seed=0, weights=False, max_bins=256):
     rng = np.random.default_rng(seed)
     w = rng.uniform(0.5, 2.0, n) if weights else np.ones(n)
     w = quantize_weights(w)
-    binner = QuantileBinner(max_bins).fit(d.X)
-    codes = np.ascontiguousarray(binner.transform(d.X))
+    data = QuantileBinner(max_bins).fit(d.X).bin(d.X)
     mom = np.ascontiguousarray(np.stack([w, w * t, w * y, w * t * y, w * t * t], axis=1))
     sampler = LittleBagSampler(n, 4, 2, 0.45, True, 0.5, seed)
-    return codes, mom, sampler.trees(0, 2), binner.n_bins_
+    return data, mom, sampler.trees(0, 2)
 
 
 def _assert_same_trees(a, b):
@@ -46,58 +45,44 @@ RULES = [
 @pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained"])
 @pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
 def test_backends_match_reference(rule, weights):
-    # n=1200: roots hold ~540 rows, so the numba path uses histograms (and subtraction) at the
-    # top and sorting below SMALL_NODE; max_bins=32 makes bins shared by many rows.
-    codes, mom, trees, n_bins = _problem(1200, weights=weights, max_bins=32)
-    ref = [grow_reference_tree(codes, mom, t.structure, t.estimation, t.key, n_bins, rule.min_samples_leaf,
-                               rule.alpha, rule.imbalance_penalty, rule.max_depth, rule.mtry) for t in trees]
+    # n=1200: roots hold ~540 rows, so large nodes split on coarse histograms (with subtraction)
+    # and small ones on fine codes; max_bins=32 makes coarse bins shared by many rows.
+    data, mom, trees = _problem(1200, weights=weights, max_bins=32)
+    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
+                               rule.imbalance_penalty, rule.max_depth, rule.mtry) for t in trees]
     assert all(len(t.feature) > 15 for t in ref), "trees should be non-trivial"
-    _assert_same_trees(NumbaBackend().grow(codes, mom, trees, n_bins, rule, 32), ref)
-    _assert_same_trees(TorchBackend(torch.device("cpu")).grow(codes, mom, trees, n_bins, rule, 32), ref)
+    _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
+    _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
 
 
 def test_torch_sparse_levels_match_dense():
-    """With no histogram budget every level takes the sorted (node, bin) path."""
-    codes, mom, trees, n_bins = _problem(3000)
+    """With no histogram budget every level takes the sorted (node, code) path."""
+    data, mom, trees = _problem(3000)
     rule = RULES[0]
-    dense = TorchLevelGrower(torch.device("cpu")).grow(torch.from_numpy(codes), torch.from_numpy(mom), trees,
-                                                      n_bins, rule, 256)
-    sparse = TorchLevelGrower(torch.device("cpu"), hist_budget=0).grow(torch.from_numpy(codes),
-                                                                      torch.from_numpy(mom), trees, n_bins, rule, 256)
+    mom_t = torch.from_numpy(mom)
+    dense = TorchLevelGrower(torch.device("cpu")).grow(data, mom_t, trees, rule)
+    sparse = TorchLevelGrower(torch.device("cpu"), hist_budget=0).grow(data, mom_t, trees, rule)
     _assert_same_trees(dense, sparse)
-    _assert_same_trees(NumbaBackend().grow(codes, mom, trees, n_bins, rule, 256), dense)
-
-
-def test_numba_small_node_threshold_does_not_change_trees(monkeypatch):
-    """The histogram and the sorting split finders evaluate the same candidates."""
-    codes, mom, trees, n_bins = _problem(3000)
-    rule = RULES[0]
-    default = NumbaBackend().grow(codes, mom, trees, n_bins, rule, 256)
-    monkeypatch.setattr(numba_cpu, "SMALL_NODE", 10**9)  # sorting everywhere
-    all_sorted = NumbaBackend().grow(codes, mom, trees, n_bins, rule, 256)
-    monkeypatch.setattr(numba_cpu, "SMALL_NODE", 1)  # histograms everywhere
-    all_hist = NumbaBackend().grow(codes, mom, trees, n_bins, rule, 256)
-    _assert_same_trees(default, all_sorted)
-    _assert_same_trees(default, all_hist)
+    _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), dense)
 
 
 def test_leaf_ids_agree_and_follow_the_splits():
-    codes, mom, trees, n_bins = _problem(2000)
-    forest = ForestArrays.from_trees(NumbaBackend().grow(codes, mom, trees, n_bins, RULES[0], 256))
-    ids_numba = NumbaBackend().leaf_ids(codes, forest).numpy()
-    ids_torch = TorchBackend(torch.device("cpu")).leaf_ids(codes, forest).numpy()
+    data, mom, trees = _problem(2000)
+    forest = ForestArrays.from_trees(NumbaBackend().grow(data, mom, trees, RULES[0]))
+    ids_numba = NumbaBackend().leaf_ids(data.fine, forest).numpy()
+    ids_torch = TorchBackend(torch.device("cpu")).leaf_ids(data.fine, forest).numpy()
     np.testing.assert_array_equal(ids_numba, ids_torch)
     # Walk tree 0 by hand for a few rows.
     for i in range(0, 2000, 397):
         node = forest.roots[0]
         while forest.feature[node] >= 0:
-            node = forest.child[node] + (codes[i, forest.feature[node]] > forest.threshold[node])
+            node = forest.child[node] + (data.fine[i, forest.feature[node]] > forest.threshold[node])
         assert ids_numba[i, 0] == forest.child[node]
 
 
 def test_forest_arrays_merge_and_tree_roundtrip():
-    codes, mom, trees, n_bins = _problem(1500)
-    grown = NumbaBackend().grow(codes, mom, trees, n_bins, RULES[0], 256)
+    data, mom, trees = _problem(1500)
+    grown = NumbaBackend().grow(data, mom, trees, RULES[0])
     whole = ForestArrays.from_trees(grown)
     merged = ForestArrays.merge([ForestArrays.from_trees(grown[:1]), ForestArrays.from_trees(grown[1:])])
     for field in ForestArrays.FIELDS:
@@ -107,7 +92,7 @@ def test_forest_arrays_merge_and_tree_roundtrip():
 
 @cuda
 def test_cuda_grows_the_cpu_trees():
-    codes, mom, trees, n_bins = _problem(3000)
-    cpu = NumbaBackend().grow(codes, mom, trees, n_bins, RULES[0], 256)
-    gpu = TorchBackend(torch.device("cuda")).grow(codes, mom, trees, n_bins, RULES[0], 256)
+    data, mom, trees = _problem(3000)
+    cpu = NumbaBackend().grow(data, mom, trees, RULES[0])
+    gpu = TorchBackend(torch.device("cuda")).grow(data, mom, trees, RULES[0])
     _assert_same_trees(cpu, gpu)

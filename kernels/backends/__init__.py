@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
 from ..sampling import TreeSample
-from ..splitting import SplitRule
+from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
 from .torch_level import TorchLevelGrower, leaf_ids_torch
 
@@ -21,8 +22,7 @@ class NumbaBackend:
     name = "numba"
     device = torch.device("cpu")
 
-    def grow(self, codes: np.ndarray, mom: np.ndarray, trees: list[TreeSample], n_bins: np.ndarray,
-             rule: SplitRule, max_bins: int) -> list[TreeArrays]:
+    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample], rule: SplitRule) -> list[TreeArrays]:
         s_rows = np.concatenate([t.structure for t in trees])
         e_rows = np.concatenate([t.estimation for t in trees])
         s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
@@ -37,16 +37,16 @@ class NumbaBackend:
         child = np.empty((T, cap), dtype=np.int64)
         leaf = np.empty((T, cap, 4), dtype=np.float64)
         counts = np.empty((T, 2), dtype=np.int64)
-        numba_cpu.grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins.astype(np.int64),
-                             float(rule.min_samples_leaf), float(rule.alpha), float(rule.imbalance_penalty),
-                             int(rule.max_depth), int(rule.mtry), int(max_bins), int(numba_cpu.SMALL_NODE),
-                             feature, threshold, child, leaf, counts)
+        numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
+                             data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
+                             float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry), int(data.max_bins),
+                             SMALL_NODE_ROWS, feature, threshold, child, leaf, counts)
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
                            leaf[t, :nl].copy()) for t, (nn, nl) in enumerate(counts)]
 
-    def leaf_ids(self, codes: np.ndarray, forest: ForestArrays) -> torch.Tensor:
-        out = np.empty((codes.shape[0], forest.n_trees), dtype=np.int64)
-        numba_cpu.leaf_ids(np.ascontiguousarray(codes), forest.feature, forest.threshold, forest.child,
+    def leaf_ids(self, fine: np.ndarray, forest: ForestArrays) -> torch.Tensor:
+        out = np.empty((fine.shape[0], forest.n_trees), dtype=np.int64)
+        numba_cpu.leaf_ids(np.ascontiguousarray(fine), forest.feature, forest.threshold, forest.child,
                            forest.roots, out)
         return torch.from_numpy(out)
 
@@ -58,20 +58,18 @@ class TorchBackend:
         self.device = device
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
 
-    def grow(self, codes: np.ndarray, mom: np.ndarray, trees: list[TreeSample], n_bins: np.ndarray,
-             rule: SplitRule, max_bins: int) -> list[TreeArrays]:
-        grower = TorchLevelGrower(self.device)
-        return grower.grow(torch.as_tensor(codes, device=self.device), torch.as_tensor(mom, device=self.device),
-                           trees, n_bins, rule, max_bins)
+    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample], rule: SplitRule) -> list[TreeArrays]:
+        return TorchLevelGrower(self.device).grow(data, torch.as_tensor(mom, device=self.device), trees, rule)
 
-    def leaf_ids(self, codes: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:
+    def leaf_ids(self, fine: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:
         if self._forest_cache is None or self._forest_cache[0] is not forest:
             to = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)  # noqa: E731
             self._forest_cache = (forest, (to(forest.feature), to(forest.threshold), to(forest.child),
                                                to(forest.roots)))
         feature, threshold, child, roots = self._forest_cache[1]
-        return leaf_ids_torch(torch.as_tensor(codes, device=self.device), feature, threshold, child, roots,
-                              forest.max_depth)
+        fine = torch.as_tensor(np.asarray(fine, dtype=np.int32) if isinstance(fine, np.ndarray) else fine,
+                               device=self.device)
+        return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
 
 
 def get_backend(backend: str, device: torch.device):

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..splitting import E, N, ST, STT, STY, SY, TIE_RTOL
 
-SMALL_NODE = 48  # rows (structure + estimation) below which a node is split by sorting, not histograms
 
 _LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
 _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
@@ -156,8 +155,9 @@ def _subtract_hist(parent, child):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _scan_hist(hist, n_bins, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
-    """Collect a node's candidate splits from its histogram: (feature, bin, left sums); returns the count.
+def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
+    """Collect a node's candidate splits from its coarse histogram: (feature, fine threshold, left sums);
+    returns the count.
 
     Candidates sit after bins holding structure rows (grf: after a split value) and leave at
     least min_leaf on the left; the scan of a feature stops once the right child is too small."""
@@ -178,7 +178,7 @@ def _scan_hist(hist, n_bins, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
                 continue
             if tot[N] - c0 < min_leaf or tot[E] - c5 < min_leaf:
                 break
-            cand_j[n_cand], cand_k[n_cand] = j, k
+            cand_j[n_cand], cand_k[n_cand] = j, coarse_thr[j, k]
             cand_cum[0, n_cand], cand_cum[1, n_cand], cand_cum[2, n_cand] = c0, c1, c2
             cand_cum[3, n_cand], cand_cum[4, n_cand], cand_cum[5, n_cand] = c3, c4, c5
             n_cand += 1
@@ -186,46 +186,61 @@ def _scan_hist(hist, n_bins, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi, n_bins,
-                 fmask, tot, min_leaf, buf, node_codes, counts, order, cand_j, cand_k, cand_cum):
-    """Collect a small node's candidate splits (as `_scan_hist`) by sorting its rows per feature.
+def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
+                 fmask, tot, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k, cand_cum):
+    """Collect a small node's candidate splits on fine codes (as `_scan_hist` on coarse ones).
 
-    The node's rows are copied into contiguous buffers (channels in `buf`, codes transposed into
-    `node_codes`); a counting sort on the uint8 codes then costs O(rows + bins) per feature and
-    the sweep touches only the node's rows, never 256 empty bins."""
+    The node's rows are copied into contiguous buffers (channels in `buf`, fine codes transposed
+    into `node_codes`); a two-pass radix sort of the uint16 codes costs O(rows + 512) per
+    feature, and the sweep touches only the node's rows."""
     ns = s_hi - s_lo
     m = ns + (e_hi - e_lo)
-    p = codes_s.shape[1]
+    p = fine_s.shape[1]
     for i in range(ns):
         r = s_idx[s_lo + i]
         for c in range(5):
             buf[i, c] = mom_s[r, c]
         buf[i, 5] = 0.0
         for j in range(p):
-            node_codes[j, i] = codes_s[r, j]
+            node_codes[j, i] = fine_s[r, j]
     for i in range(m - ns):
         r = e_idx[e_lo + i]
         buf[ns + i, :5] = 0.0
         buf[ns + i, 5] = mom_e[r, 0]
         for j in range(p):
-            node_codes[j, ns + i] = codes_e[r, j]
+            node_codes[j, ns + i] = fine_e[r, j]
     n_cand = 0
     for j in range(p):
         if not fmask[j]:
             continue
-        nb = n_bins[j]
         col = node_codes[j]
-        counts[: nb + 1] = 0
+        # Stable LSD radix sort on the low byte, then the high byte.
+        counts[:] = 0
         for i in range(m):
-            counts[col[i] + 1] += 1
-        for c in range(nb):
+            counts[(col[i] & 0xFF) + 1] += 1
+        for c in range(256):
             counts[c + 1] += counts[c]
         for i in range(m):
-            c = col[i]
+            c = col[i] & 0xFF
+            order2[counts[c]] = i
+            counts[c] += 1
+        counts[:] = 0
+        for i in range(m):
+            counts[(col[i] >> 8) + 1] += 1
+        for c in range(256):
+            counts[c + 1] += counts[c]
+        for k in range(m):
+            i = order2[k]
+            c = col[i] >> 8
             order[counts[c]] = i
             counts[c] += 1
+        # The sweep appends without branching: every row writes a candidate slot, and the count
+        # only advances after the last row of a code holding structure rows, with both children
+        # big enough. (Branches here mispredict on every other row.)
         c0 = c1 = c2 = c3 = c4 = c5 = 0.0
         has_structure = False
+        tN = tot[N]
+        tE = tot[E]
         for k in range(m - 1):
             i = order[k]
             has_structure |= buf[i, 0] > 0.0
@@ -236,19 +251,19 @@ def _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo,
             c4 += buf[i, 4]
             c5 += buf[i, 5]
             code = col[i]
-            if col[order[k + 1]] == code:
-                continue  # only between distinct codes
-            if not has_structure:
-                continue  # and after a code holding structure rows
-            has_structure = False
-            if c0 < min_leaf or c5 < min_leaf:
-                continue
-            if tot[N] - c0 < min_leaf or tot[E] - c5 < min_leaf:
-                break
-            cand_j[n_cand], cand_k[n_cand] = j, code
-            cand_cum[0, n_cand], cand_cum[1, n_cand], cand_cum[2, n_cand] = c0, c1, c2
-            cand_cum[3, n_cand], cand_cum[4, n_cand], cand_cum[5, n_cand] = c3, c4, c5
-            n_cand += 1
+            boundary = col[order[k + 1]] != code
+            cand_j[n_cand] = j
+            cand_k[n_cand] = code
+            cand_cum[0, n_cand] = c0
+            cand_cum[1, n_cand] = c1
+            cand_cum[2, n_cand] = c2
+            cand_cum[3, n_cand] = c3
+            cand_cum[4, n_cand] = c4
+            cand_cum[5, n_cand] = c5
+            keep = (boundary & has_structure & (c0 >= min_leaf) & (c5 >= min_leaf)
+                    & (tN - c0 >= min_leaf) & (tE - c5 >= min_leaf))
+            n_cand += np.int64(keep)
+            has_structure &= not boundary
     return n_cand
 
 
@@ -286,12 +301,13 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, penalty, max_depth, mtry,
-              max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
+def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
+              max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
 
-    codes_s/mom_s: the structure half (codes uint8 [ns, p], moments (w, wt, wy, wty, wtt) [ns, 5]);
-    codes_e/mom_e: the estimation half. out_leaf rows hold the leaf means of (t, y, ty, tt).
+    The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
+    (w, wt, wy, wty, wtt) [ns, 5]; *_e: the estimation half. Thresholds are fine codes;
+    out_leaf rows hold the leaf means of (t, y, ty, tt).
     """
     ns, p = codes_s.shape
     ne = codes_e.shape[0]
@@ -300,15 +316,18 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
     e_idx = np.arange(ne).astype(np.int32)
     scratch = np.empty(max(ns, ne), dtype=np.int32)
     buf = np.empty((ns + ne, 6))
-    node_codes = np.empty((p, ns + ne), dtype=np.uint8)
-    counts = np.empty(max_bins + 1, dtype=np.int64)
+    node_codes = np.empty((p, ns + ne), dtype=np.uint16)
+    counts = np.empty(257, dtype=np.int64)
     order = np.empty(ns + ne, dtype=np.int64)
+    order2 = np.empty(ns + ne, dtype=np.int64)
     fmask = np.zeros(p, dtype=np.bool_)
     best_left = np.zeros(6)
-    cand_j = np.empty(p * max_bins, dtype=np.int64)
-    cand_k = np.empty(p * max_bins, dtype=np.int64)
-    cand_s = np.empty(p * max_bins)
-    cand_cum = np.empty((6, p * max_bins))
+    # Candidates per feature: fewer than max_bins (coarse) or than small_node (fine, one per row at most).
+    cap_cand = p * max(max_bins, small_node)
+    cand_j = np.empty(cap_cand, dtype=np.int64)
+    cand_k = np.empty(cap_cand, dtype=np.int64)
+    cand_s = np.empty(cap_cand)
+    cand_cum = np.empty((6, cap_cand))
 
     n_slots = int(np.log2(ns + ne + 1)) + 3
     hists = np.zeros((n_slots, p, max_bins, 6))
@@ -357,10 +376,10 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
         if depth < max_depth and t[N] >= 2 * min_leaf and t[E] >= 2 * min_leaf and var > 0:
             draw_features(nkey, p, mtry, fmask)
             if slot >= 0:
-                n_cand = _scan_hist(hists[slot], n_bins, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
+                n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
             else:
-                n_cand = _scan_sorted(codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi,
-                                      n_bins, fmask, t, min_leaf, buf, node_codes, counts, order, cand_j, cand_k,
+                n_cand = _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
+                                      fmask, t, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k,
                                       cand_cum)
             a, b, tau, _ = parent_stats(t)
             score_candidates(cand_cum, n_cand, t, a, b, tau, var, min_leaf, alpha, penalty, cand_s)
@@ -384,8 +403,8 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
                 n_free += 1
             continue
 
-        s_mid = _partition(s_idx, s_lo, s_hi, codes_s, bf, bb, scratch)
-        e_mid = _partition(e_idx, e_lo, e_hi, codes_e, bf, bb, scratch)
+        s_mid = _partition(s_idx, s_lo, s_hi, fine_s, bf, bb, scratch)
+        e_mid = _partition(e_idx, e_lo, e_hi, fine_e, bf, bb, scratch)
         lid, rid = n_nodes, n_nodes + 1
         n_nodes += 2
         feat[node], thr[node], left[node] = bf, bb, lid
@@ -463,29 +482,30 @@ def grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, key, min_leaf, alpha, pena
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def grow_trees(codes, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, min_leaf, alpha, penalty, max_depth,
-               mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
+def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
+               max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
     and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays."""
     for t in numba.prange(keys.shape[0]):
         srows = s_rows[s_off[t]:s_off[t + 1]]
         erows = e_rows[e_off[t]:e_off[t + 1]]
-        codes_s = codes[srows]
-        mom_s = mom[srows]
-        codes_e = codes[erows]
-        mom_e = mom[erows]
-        nn, nl = grow_tree(codes_s, mom_s, codes_e, mom_e, n_bins, keys[t], min_leaf, alpha, penalty, max_depth,
-                           mtry, max_bins, small_node, out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
+        nn, nl = grow_tree(codes[srows], fine[srows], mom[srows], codes[erows], fine[erows], mom[erows], n_bins,
+                           coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth, mtry, max_bins, small_node,
+                           out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
         out_counts[t, 0] = nn
         out_counts[t, 1] = nl
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def leaf_ids(codes, feature, threshold, child, roots, out):
-    """out[i, t] = index of the leaf that row i reaches in tree t."""
-    for i in numba.prange(codes.shape[0]):
-        for t in range(roots.shape[0]):
-            node = roots[t]
+    """out[i, t] = index of the leaf that row i reaches in tree t.
+
+    Trees are the outer (parallel) loop: one tree's nodes stay in cache while every row walks
+    it, instead of each row dragging all trees through the cache."""
+    for t in numba.prange(roots.shape[0]):
+        root = roots[t]
+        for i in range(codes.shape[0]):
+            node = root
             while feature[node] >= 0:
                 node = child[node] + (codes[i, feature[node]] > threshold[node])
             out[i, t] = child[node]

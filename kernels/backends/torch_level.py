@@ -17,7 +17,8 @@ import torch
 
 from ..forest_arrays import TreeArrays
 from ..sampling import TreeSample
-from ..splitting import E, N, TIE_RTOL, SplitRule, parent_stats_torch, split_scores_torch
+from ..binning import FINE_BINS, BinnedCovariates
+from ..splitting import E, N, SMALL_NODE_ROWS, TIE_RTOL, SplitRule, parent_stats_torch, split_scores_torch
 from .numba_cpu import children_keys, draw_feature_masks  # per-node randomness, computed on the host
 
 DEFAULT_HIST_BUDGET = 256 * 2**20  # bytes of dense histogram per level
@@ -66,7 +67,9 @@ def _segmented_cumsum(values: torch.Tensor, seg: torch.Tensor, max_len: int) -> 
 
 
 def _sparse_best(codes, rows, node, vals, F, tot, fmask, rule: SplitRule, B: int):
-    """Best split per node from per-feature sorted (node, bin) keys and segmented sums."""
+    """Best split per node from per-feature sorted (node, code) keys and segmented sums.
+
+    `codes` holds codes below B (coarse codes and B = max_bins, or fine codes and B = 65536)."""
     dev = vals.device
     a, b, tau, var = parent_stats_torch(tot)
     allowed_sample = fmask[node]  # (samples, p)
@@ -75,21 +78,23 @@ def _sparse_best(codes, rows, node, vals, F, tot, fmask, rule: SplitRule, B: int
     for j in range(codes.shape[1]):
         keep = allowed_sample[:, j]
         keys = node[keep] * B + codes[rows[keep], j].long()
+        if keys.numel() == 0:
+            continue
         uk, inverse = torch.unique(keys, sorted=True, return_inverse=True)
         sums = torch.zeros(len(uk), 6, dtype=torch.float64, device=dev).index_add_(0, inverse, vals[keep])
         seg = uk // B
-        left = _segmented_cumsum(sums, seg, B)
+        left = _segmented_cumsum(sums, seg, max_len=int(torch.bincount(seg).max()))
         scores = split_scores_torch(left, tot[seg], a[seg], b[seg], tau[seg], var[seg],
                                     rule.min_samples_leaf, rule.alpha, rule.imbalance_penalty)
         scores = scores.masked_fill(sums[:, N] == 0, -torch.inf)
         best = best.scatter_reduce(0, seg, scores, reduce="amax")
-        per_feature.append((uk, seg, left, scores))
-    # The first candidate within tolerance of each node's best, in (feature, bin) order.
+        per_feature.append((j, uk, seg, left, scores))
+    # The first candidate within tolerance of each node's best, in (feature, code) order.
     bar = best - TIE_RTOL * best
     best_f = torch.full((F,), -1, dtype=torch.long, device=dev)
     best_b = torch.zeros(F, dtype=torch.long, device=dev)
     best_left = torch.zeros(F, 6, dtype=torch.float64, device=dev)
-    for j, (uk, seg, left, scores) in enumerate(per_feature):
+    for j, uk, seg, left, scores in per_feature:
         hit = (scores >= bar[seg]) & torch.isfinite(scores)
         first = torch.full((F,), len(uk), dtype=torch.long, device=dev)
         first = first.scatter_reduce(0, seg[hit], torch.arange(len(uk), device=dev)[hit], reduce="amin")
@@ -108,13 +113,15 @@ class TorchLevelGrower:
         self.device = device
         self.hist_budget = hist_budget
 
-    def grow(self, codes: torch.Tensor, mom: torch.Tensor, trees: list[TreeSample], n_bins: np.ndarray,
-             rule: SplitRule, max_bins: int) -> list[TreeArrays]:
+    def grow(self, data: BinnedCovariates, mom: torch.Tensor, trees: list[TreeSample],
+             rule: SplitRule) -> list[TreeArrays]:
         dev = self.device
         K = len(trees)
-        p = codes.shape[1]
-        B = max_bins
-        n_bins_t = torch.as_tensor(n_bins, dtype=torch.long, device=dev)
+        coarse = torch.as_tensor(data.coarse, device=dev)
+        fine = torch.as_tensor(data.fine.astype(np.int32), device=dev)
+        coarse_thr = torch.as_tensor(data.coarse_thr, device=dev)
+        p, B = coarse.shape[1], data.max_bins
+        n_bins = torch.as_tensor(data.n_bins, dtype=torch.long, device=dev)
         s_sizes = [len(t.structure) for t in trees]
         e_sizes = [len(t.estimation) for t in trees]
         rows = torch.as_tensor(np.concatenate([t.structure for t in trees] + [t.estimation for t in trees]),
@@ -133,7 +140,7 @@ class TorchLevelGrower:
         keys = np.array([t.key for t in trees], dtype=np.uint64)
         tree_of = np.arange(K)
         hist = None
-        levels = []  # per level: (tree_of, feature, threshold, child_rank, leaf_values)
+        levels = []  # per level: (tree_of, feature, threshold, child_rank, split, leaf_values)
         depth = 0
         while True:
             F = tot.shape[0]
@@ -141,21 +148,36 @@ class TorchLevelGrower:
             can = (var > 0) & (tot[:, N] >= 2 * rule.min_samples_leaf) & (tot[:, E] >= 2 * rule.min_samples_leaf)
             if depth >= rule.max_depth:
                 can[:] = False
+            small = torch.bincount(node, minlength=F) < SMALL_NODE_ROWS  # split on fine codes
             fmask = torch.as_tensor(draw_feature_masks(keys, p, rule.mtry), device=dev)
             best_f = torch.full((F,), -1, dtype=torch.long, device=dev)
-            best_b = torch.zeros(F, dtype=torch.long, device=dev)
+            best_thr = torch.zeros(F, dtype=torch.long, device=dev)
+            best_score = torch.full((F,), -torch.inf, dtype=torch.float64, device=dev)
             left = torch.zeros(F, 6, dtype=torch.float64, device=dev)
-            if bool(can.any()):
+            if bool((can & ~small).any()):
                 if hist is None and self._dense_fits(F, p, B):
-                    hist = self._dense_hist(codes, rows, node, vals, F, p, B)
+                    hist = self._dense_hist(coarse, rows, node, vals, F, p, B)
                 if hist is not None:
-                    f, bb, score, lft = _cum_best(hist, tot, fmask, n_bins_t, rule)
+                    f, bb, score, lft = _cum_best(hist, tot, fmask, n_bins, rule)
                 else:
-                    f, bb, score, lft = _sparse_best(codes, rows, node, vals, F, tot, fmask, rule, B)
-                ok = can & (score > 0)
-                best_f = torch.where(ok, f, best_f)
-                best_b = torch.where(ok, bb, best_b)
-                left = torch.where(ok[:, None], lft, left)
+                    in_large = ~small[node]
+                    f, bb, score, lft = _sparse_best(coarse, rows[in_large], node[in_large], vals[in_large], F, tot,
+                                                     fmask, rule, B)
+                take = can & ~small & (f >= 0)
+                best_f = torch.where(take, f, best_f)
+                best_thr = torch.where(take, coarse_thr[f.clamp(min=0), bb], best_thr)
+                best_score = torch.where(take, score, best_score)
+                left = torch.where(take[:, None], lft, left)
+            if bool((can & small).any()):
+                in_small = small[node]
+                f, thr, score, lft = _sparse_best(fine, rows[in_small], node[in_small], vals[in_small], F, tot,
+                                                  fmask, rule, FINE_BINS)
+                take = can & small & (f >= 0)
+                best_f = torch.where(take, f, best_f)
+                best_thr = torch.where(take, thr, best_thr)
+                best_score = torch.where(take, score, best_score)
+                left = torch.where(take[:, None], lft, left)
+            best_f = torch.where(best_score > 0, best_f, torch.full_like(best_f, -1))
             split = best_f >= 0
             rank = torch.cumsum(split.long(), 0) - 1
 
@@ -164,7 +186,7 @@ class TorchLevelGrower:
             esum = torch.zeros(F, 5, dtype=torch.float64, device=dev).index_add_(0, node[est], mom[rows[est]])
             leaf_values = esum[:, 1:] / esum[:, :1]
             split_np = split.cpu().numpy()
-            levels.append((tree_of, best_f.cpu().numpy(), best_b.cpu().numpy(), rank.cpu().numpy(), split_np,
+            levels.append((tree_of, best_f.cpu().numpy(), best_thr.cpu().numpy(), rank.cpu().numpy(), split_np,
                            leaf_values.cpu().numpy()))
             n_split = int(split_np.sum())
             if n_split == 0:
@@ -173,7 +195,7 @@ class TorchLevelGrower:
             # Route the samples of split nodes to their children; samples in leaves retire.
             alive = split[node]
             rows, node, vals, is_est = rows[alive], node[alive], vals[alive], is_est[alive]
-            go_right = codes[rows, best_f[node]].long() > best_b[node]
+            go_right = fine[rows, best_f[node]].long() > best_thr[node]
             node = 2 * rank[node] + go_right.long()
             parent_tot = tot[split]
             child_left = left[split]
@@ -181,7 +203,7 @@ class TorchLevelGrower:
             lk, rk = children_keys(keys[split_np])
             keys = np.stack([lk, rk], axis=1).reshape(-1)
             tree_of = np.repeat(tree_of[split_np], 2)
-            hist = self._children_hist(hist, split, tot, codes, rows, node, vals, p, B) if hist is not None else None
+            hist = self._children_hist(hist, split, tot, coarse, rows, node, vals, p, B) if hist is not None else None
             depth += 1
         return _assemble(levels, K)
 
