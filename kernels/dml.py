@@ -18,6 +18,7 @@ from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from . import _inputs
+from ._progress import progress_bar
 from .forest import CausalForest
 
 _FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_samples", "ci_group_size",
@@ -170,24 +171,29 @@ class CausalForestDML(BaseEstimator):
         y_hat, t_hat = np.empty(n), np.empty(n)
         scores: dict[str, list[float]] = {"y_r2": []}
         scores.update({"t_log_loss": [], "t_auc": []} if self.discrete_treatment_ else {"t_r2": []})
-        for train, test in folds:
-            kw = {} if sw is None else {"sample_weight": sw[train]}
-            my = resolve_model(self.model_y, "y", False, seed).fit(XW[train], Y[train], **kw)
-            mt = resolve_model(self.model_t, "t", self.discrete_treatment_, seed)
-            if self.discrete_treatment_ and not is_classifier(mt) and not hasattr(mt, "predict_proba"):
-                raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
-            mt.fit(XW[train], T[train], **kw)
-            y_hat[test] = my.predict(XW[test])
-            if self.discrete_treatment_:
-                classes = list(mt.classes_)
-                t_hat[test] = mt.predict_proba(XW[test])[:, classes.index(1.0)]
-                scores["t_log_loss"].append(float(log_loss(T[test], t_hat[test], labels=[0.0, 1.0])))
-                scores["t_auc"].append(float(roc_auc_score(T[test], t_hat[test])))
-            else:
-                t_hat[test] = mt.predict(XW[test])
-                scores["t_r2"].append(float(r2_score(T[test], t_hat[test])))
-            scores["y_r2"].append(float(r2_score(Y[test], y_hat[test])))
+        with progress_bar(self.cv, "cross-fitting nuisance models", self.progress, unit="fold") as bar:
+            for train, test in folds:
+                self._fit_fold(XW, Y, T, sw, seed, train, test, y_hat, t_hat, scores)
+                bar.update(1)
         return y_hat, t_hat, scores
+
+    def _fit_fold(self, XW, Y, T, sw, seed, train, test, y_hat, t_hat, scores) -> None:
+        """Fit both nuisance models on `train`; fill their out-of-fold predictions and scores on `test`."""
+        kw = {} if sw is None else {"sample_weight": sw[train]}
+        my = resolve_model(self.model_y, "y", False, seed).fit(XW[train], Y[train], **kw)
+        mt = resolve_model(self.model_t, "t", self.discrete_treatment_, seed)
+        if self.discrete_treatment_ and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
+            raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
+        mt.fit(XW[train], T[train], **kw)
+        y_hat[test] = my.predict(XW[test])
+        scores["y_r2"].append(float(r2_score(Y[test], y_hat[test])))
+        if self.discrete_treatment_:
+            t_hat[test] = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)]
+            scores["t_log_loss"].append(float(log_loss(T[test], t_hat[test], labels=[0.0, 1.0])))
+            scores["t_auc"].append(float(roc_auc_score(T[test], t_hat[test])))
+        else:
+            t_hat[test] = mt.predict(XW[test])
+            scores["t_r2"].append(float(r2_score(T[test], t_hat[test])))
 
     def _ate(self, X, y_res, t_res, t_hat, sw):
         w = np.ones(len(y_res)) if sw is None else sw / sw.mean()

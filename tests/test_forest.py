@@ -181,3 +181,32 @@ def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
     assert len(est.nuisance_scores_["y_r2"]) == 3
     y_res, t_res = est.residuals_
     assert y_res.shape == t_res.shape == (800,)
+
+
+def test_progress_bar_is_silent_off_a_terminal_and_shown_on_request(data, capfd):
+    d, t, y = data
+    CausalForest(n_estimators=8, random_state=0).fit(d.X, t, y)  # stderr is captured, not a TTY
+    assert capfd.readouterr().err == ""
+    CausalForest(n_estimators=8, random_state=0, progress=True).fit(d.X, t, y)
+    err = capfd.readouterr().err
+    assert "growing trees" in err and "/8" in err
+
+
+def test_cuda_request_without_a_gpu_is_an_error_not_a_fallback(data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    d, t, y = data
+    with pytest.raises(ValueError, match="no CUDA device"):
+        CausalForest(n_estimators=4, device="cuda").fit(d.X, t, y)
+
+
+@pytest.mark.gpu
+def test_cuda_fit_matches_cpu_and_returns_tensors_on_the_gpu(data, fitted):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    d, t, y = data
+    gpu = CausalForest(n_estimators=40, random_state=7, device="cuda").fit(d.X, t, y)
+    X = torch.from_numpy(d.X[:100]).cuda()
+    tau = gpu.predict(X)
+    assert tau.device.type == "cuda"
+    np.testing.assert_allclose(tau.cpu().numpy(), fitted.predict(d.X[:100]), rtol=1e-9, atol=1e-12)
