@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
+	$(BIN)/python tests/benchmarks/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,8 +1,8 @@
 """Input conversion and validation shared by the estimators.
 
-Arrays arrive as NumPy, pandas, torch or CuPy. NumPy and pandas become float64 NumPy
-arrays; torch tensors and CuPy arrays (through DLPack, zero-copy) become float64 torch
-tensors on their own device. Every check names the argument and the problem, because a
+Arrays arrive as NumPy, pandas, torch or CuPy and become float64 NumPy arrays on the host,
+where binning happens (CuPy through DLPack); results go back in the caller's kind, to torch
+and CuPy zero-copy through DLPack. Every check names the argument and the problem, because a
 causal fit that silently drops rows or broadcasts a column is worse than one that stops.
 """
 
@@ -48,27 +48,6 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric; converting it to float64 failed: {exc}") from None
     return _check_shape(arr, name, ndim)
-
-
-def to_tensor(a: Any, name: str, ndim: int, device: torch.device | None = None) -> torch.Tensor:
-    """A float64 tensor for `a`; torch and CuPy inputs stay on their device (zero-copy via DLPack)."""
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-    elif _is_cupy(a):
-        t = torch.from_dlpack(a)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(to_numpy(a, name, ndim)))
-    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
-                                                  torch.uint8, torch.bool)):
-        raise ValueError(f"{name} must be numeric, got dtype {t.dtype}")
-    t = t.to(device=device if device is not None else t.device, dtype=torch.float64)
-    if t.ndim == 2 and ndim == 1 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim == 1 and ndim == 2:
-        t = t[:, None]
-    if t.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}")
-    return t
 
 
 def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from scipy.stats import norm
@@ -151,14 +152,14 @@ class CausalForest(BaseEstimator):
         rule = self._rule(X.shape[1])
 
         trees = []
-        groups_per_batch = max(1, self._trees_per_batch(n) // self.ci_group_size)
+        groups_per_batch = max(1, _trees_per_batch(backend.name, n) // self.ci_group_size)
         with progress_bar(self.n_estimators, "growing trees", self.progress) as bar:
             for g0 in range(0, sampler.n_groups, groups_per_batch):
                 ng = min(groups_per_batch, sampler.n_groups - g0)
                 trees += backend.grow(binned, mom, sampler.trees(g0, ng), rule)
                 bar.update(ng * self.ci_group_size)
         self.forest_ = ForestArrays.from_trees(trees)
-        self._backend = backend
+        self._backend = backend  # kept: the torch backend caches the forest on its device
         return self
 
     def _sampler(self, n: int) -> LittleBagSampler:
@@ -170,14 +171,6 @@ class CausalForest(BaseEstimator):
         return SplitRule(min_samples_leaf=float(self.min_samples_leaf), alpha=float(self.alpha),
                          imbalance_penalty=float(self.imbalance_penalty),
                          max_depth=int(self.max_depth) if self.max_depth is not None else 2**31 - 1, mtry=int(mtry))
-
-    def _trees_per_batch(self, n: int) -> int:
-        if self._backend_name() == "numba":
-            return max(8 * (numba_threads() or 1), 16)
-        return max(1, int(4e6 // max(n, 1)))  # torch: bound samples per level on the device
-
-    def _backend_name(self) -> str:
-        return get_backend(self.backend, self.device_).name
 
     # -------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
@@ -193,12 +186,16 @@ class CausalForest(BaseEstimator):
 
     def _estimate(self, X: Any, with_variance: bool, oob: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
+        if with_variance and self.ci_group_size < 2:
+            raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
         codes = self._codes(X)
         if oob and codes.shape[0] != self.n_train_:
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
         in_bag = self._sampler(self.n_train_).in_bag() if oob else None
-        backend = self._backend if hasattr(self, "_backend") else get_backend(self.backend, self.device_)
+        if getattr(self, "_backend", None) is None:
+            self._backend = get_backend(self.backend, self.device_)
+        backend = self._backend
         leaf_values = torch.as_tensor(self.forest_.leaf_values, device=backend.device)
         T = self.forest_.n_trees
         chunk = max(1, _ROWS_X_TREES_PER_CHUNK // T)
@@ -214,8 +211,6 @@ class CausalForest(BaseEstimator):
         tau = np.concatenate(taus) if taus else np.empty(0)
         if not with_variance:
             return tau, None
-        if self.ci_group_size < 2:
-            raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
         return tau, (np.concatenate(variances) if variances else np.empty(0))
 
     def predict(self, X: Any) -> Any:
@@ -277,7 +272,9 @@ class CausalForest(BaseEstimator):
         return forest
 
 
-def numba_threads() -> int:
-    import numba
-
-    return numba.get_num_threads()
+def _trees_per_batch(backend: str, n_rows: int) -> int:
+    """Trees grown per backend call: enough to keep every numba thread busy and the progress bar
+    moving; on torch, few enough that a level's samples fit the device."""
+    if backend == "numba":
+        return max(16, 8 * numba.get_num_threads())
+    return max(1, int(4e6 // max(n_rows, 1)))

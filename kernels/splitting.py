@@ -10,11 +10,14 @@ tau_P = (Sty/N - a b) / (Stt/N - a^2), the sum of grf's pseudo-outcomes over L i
 
 and S_R = -S_L. The split maximizes (S_L^2/N_L + S_R^2/N_R) / var_P^2 - penalty (1/N_L + 1/N_R),
 subject to N and E of each child >= min_samples_leaf, N of each child >= alpha * N_P (balance,
-as grf's alpha) and each child's treatment variance >= alpha * var_P. Candidates are the bins holding structure rows (rows of a bin and below go
-left). The chosen split is the first candidate, in (feature, bin) order, whose score is
-within a relative TIE_RTOL of the best: two features that cut the structure rows the same
-way score equally in exact arithmetic, and summation order must not decide between them, so
-every backend picks the same split.
+as grf's alpha) and each child's treatment variance >= alpha * var_P.
+
+Candidates: a node with SMALL_NODE_ROWS rows or more may split after any coarse bin holding
+structure rows; a smaller node after any fine code holding structure rows (kernels.binning),
+which is as fine as splitting on exact values. The chosen split is the first candidate, in
+(feature, threshold) order, whose score is within a relative TIE_RTOL of the best: two
+features that cut the structure rows the same way score equally in exact arithmetic, and
+summation order must not decide between them, so every backend picks the same split.
 
 Per-node randomness (which `mtry` features a node may split on) comes from a 64-bit key per
 node: the root's key is the tree's, and children's keys are hashes of the parent's. The draw
@@ -37,8 +40,11 @@ N, ST, SY, STY, STT, E = range(6)
 N_CHANNELS = 6
 TIE_RTOL = 1e-9
 # Nodes with fewer rows (structure + estimation) than this choose among splits at every fine
-# code; larger nodes among coarse bins (kernels.binning). Part of the rule: every backend uses it.
-SMALL_NODE_ROWS = 512
+# code; larger nodes among coarse bins. Part of the rule: every backend uses it. Measured on the
+# simple design at 1e5 rows, 500 trees: CATE RMSE 0.0674 at 512, 0.0663 at 1024, 0.0654 at
+# 2048 (EconML's exact splits: 0.0656), for 4% and 15% more fit time than 1024 and 512.
+SMALL_NODE_ROWS = 2048
+
 
 @dataclass(frozen=True)
 class SplitRule:

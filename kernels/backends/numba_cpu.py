@@ -7,9 +7,8 @@ ranges, as scikit-learn's HistGradientBoosting keeps them), one node's histogram
 histograms of pending larger siblings are kept: always descending into the smaller child
 first bounds them by log2(n) per tree. Parallelism comes from growing many trees at once.
 
-Nodes with fewer than `small_node` samples skip histograms altogether: sorting their few
-(code, sample) pairs per feature costs less than clearing and scanning 256 bins. Both
-paths evaluate exactly the same candidate splits.
+Nodes of `small_node` rows or more search splits on coarse histograms; smaller ones are
+copied into contiguous buffers and radix-sorted on their fine codes, feature by feature.
 
 Node numbering is normalized to breadth-first order at the end, so a tree comes out
 identical (up to floating-point summation order) to the one the torch backend grows.
@@ -329,6 +328,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     cand_s = np.empty(cap_cand)
     cand_cum = np.empty((6, cap_cand))
 
+    # Histograms of large nodes: the current one and those of pending larger siblings. Descending
+    # into the smaller child first halves the rows at every pending level: log2(rows) + 2 suffice.
     n_slots = int(np.log2(ns + ne + 1)) + 3
     hists = np.zeros((n_slots, p, max_bins, 6))
     free = np.arange(n_slots)[::-1].copy()
@@ -418,7 +419,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         l_wants = l_size >= small_node and depth + 1 < max_depth
         r_wants = r_size >= small_node and depth + 1 < max_depth
         l_slot, r_slot = -1, -1
-        if slot >= 0 and (l_wants or r_wants) and n_free > 0:
+        if slot >= 0 and (l_wants or r_wants):
+            if n_free == 0:
+                raise RuntimeError("histogram pool exhausted (cannot happen: the smaller child goes first)")
             # Build the smaller child's histogram; the larger one is the parent's minus it.
             small_is_left = l_size <= r_size
             n_free -= 1

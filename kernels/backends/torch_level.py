@@ -1,13 +1,14 @@
 """Torch backend: a batch of trees grown together, level by level, on any device.
 
 Every sample of every tree in the batch carries the index of its node in the current level.
-While the level's histograms fit the memory budget they are dense, (nodes, features, bins,
-6 channels), built with index_add and, below the root, only for the smaller child of each
-split: the larger is its parent's histogram minus the smaller (histogram subtraction).
-Deeper levels have more nodes than dense histograms afford; there each feature's
-(node, bin) keys are sorted and summed by segment, as GPU boosting libraries do, so work
-and memory follow the samples, not nodes x bins. Both regimes score exactly the candidates
-the numba backend scores, with the same rule (kernels.splitting) and the same tie-breaking.
+Large nodes split on coarse bins: while the level's histograms fit the memory budget they are
+dense, (nodes, features, bins, 6 channels), built with index_add and, below the root, only for
+the smaller child of each split: the larger is its parent's histogram minus the smaller
+(histogram subtraction). Deeper levels have more nodes than dense histograms afford; there,
+and for small nodes on fine codes, each feature's (node, code) keys are sorted and summed by
+segment, as GPU boosting libraries do, so work and memory follow the samples, not nodes x
+bins. Every regime scores exactly the candidates the numba backend scores, with the same rule
+(kernels.splitting) and the same tie-breaking.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..binning import FINE_BINS, BinnedCovariates
 from ..forest_arrays import TreeArrays
 from ..sampling import TreeSample
-from ..binning import FINE_BINS, BinnedCovariates
 from ..splitting import E, N, SMALL_NODE_ROWS, TIE_RTOL, SplitRule, parent_stats_torch, split_scores_torch
 from .numba_cpu import children_keys, draw_feature_masks  # per-node randomness, computed on the host
 
