@@ -199,6 +199,9 @@ class CausalForestDML(BaseEstimator):
         w = np.ones(len(y_res)) if sw is None else sw / sw.mean()
         if self.discrete_treatment_:
             tau = self.forest_.oob_predict(X)
+            unseen = np.isnan(tau)  # rows every tree saw (only with very few trees): use all trees
+            if unseen.any():
+                tau[unseen] = self.forest_.predict(X[unseen])
             e = np.clip(t_hat, self.min_propensity, 1 - self.min_propensity)
             psi = tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
             ate = float(np.average(psi, weights=w))
@@ -215,12 +218,13 @@ class CausalForestDML(BaseEstimator):
         if not hasattr(self, "forest_"):
             raise RuntimeError("this CausalForestDML is not fitted yet; call fit(Y, T, X=X) first")
 
-    def effect(self, X: Any, T0: float = 0.0, T1: float = 1.0) -> Any:
+    def effect(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> Any:
         """CATE of moving the treatment from T0 to T1 at each row of X: tau(x) (T1 - T0)."""
         self._check_fitted()
         return self.forest_.predict(X) * (T1 - T0)
 
-    def effect_interval(self, X: Any, T0: float = 0.0, T1: float = 1.0, alpha: float = 0.05) -> tuple[Any, Any]:
+    def effect_interval(self, X: Any, *, T0: float = 0.0, T1: float = 1.0,
+                        alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""
         self._check_fitted()
         lo, hi = self.forest_.predict_interval(X, alpha=alpha)

@@ -234,7 +234,8 @@ class CausalForest(BaseEstimator):
         return _inputs.as_output(tau - half, kind), _inputs.as_output(tau + half, kind)
 
     def oob_predict(self, X: Any) -> Any:
-        """Out-of-bag CATE for the training rows X: each row uses only trees that never saw it."""
+        """Out-of-bag CATE for the training rows X: each row uses only trees that never saw it
+        (NaN for a row that every tree saw, which takes very few trees)."""
         tau, _ = self._estimate(X, with_variance=False, oob=True)
         return _inputs.as_output(tau, _inputs.array_kind(X))
 

@@ -210,3 +210,12 @@ def test_cuda_fit_matches_cpu_and_returns_tensors_on_the_gpu(data, fitted):
     tau = gpu.predict(X)
     assert tau.device.type == "cuda"
     np.testing.assert_allclose(tau.cpu().numpy(), fitted.predict(d.X[:100]), rtol=1e-9, atol=1e-12)
+
+
+def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
+    d = make_causal_data("simple", n=400, p=3, seed=0)
+    est = CausalForestDML(n_estimators=4, cv=2, random_state=0).fit(d.Y, d.T, X=d.X)
+    assert np.isfinite(est.ate_) and np.isfinite(est.ate_stderr_)
+    np.testing.assert_allclose(est.effect(d.X[:20], T0=1, T1=3), 2 * est.effect(d.X[:20]))
+    lo, hi = est.effect_interval(d.X[:20], T0=1, T1=0)  # a negative change flips the interval
+    assert np.all(lo <= hi)

@@ -17,8 +17,10 @@ class Measurement:
 
 
 @contextmanager
-def measure(poll_seconds: float = 0.01):
-    """Wall time and peak RSS of a block, by polling this process (and its children: joblib workers)."""
+def measure(poll_seconds: float = 0.25):
+    """Wall time and peak RSS of a block, by polling this process (and its children: joblib workers).
+
+    Polling costs CPU that the fit would use (2 cores here), so it is slow: 4 times a second."""
     proc = psutil.Process()
     result = Measurement()
     stop = threading.Event()
