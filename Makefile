@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/tauforge demo
+	$(BIN)/tauforge run --demo
 
 test: setup
 	$(BIN)/python -m pytest -q tests

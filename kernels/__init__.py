@@ -5,7 +5,18 @@
     est.effect(X_test), est.effect_interval(X_test), est.ate_, est.ate_interval()
 """
 
-from .dml import CausalForestDML
-from .forest import CausalForest
-
 __all__ = ["CausalForest", "CausalForestDML"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: torch and numba take seconds to load, and a pipeline task that only
+    # fits nuisance models (kernels.nuisance) should not pay for them.
+    if name == "CausalForest":
+        from .forest import CausalForest
+
+        return CausalForest
+    if name == "CausalForestDML":
+        from .dml import CausalForestDML
+
+        return CausalForestDML
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -148,6 +148,16 @@ class QuantileBinner:
                 "bin_coarse_cuts": cut.astype(np.int64), "bin_coarse_offsets": cut_off}
 
     @classmethod
+    def from_edges(cls, fine_edges: list[np.ndarray], max_bins: int = MAX_BINS) -> "QuantileBinner":
+        """A binner with the given sorted fine edges per feature (to predict with trees whose
+        thresholds are those edges; coarse bins, used only to grow trees, are the first edges)."""
+        binner = cls(max_bins=max_bins)
+        binner.fine_edges_ = [np.asarray(e, dtype=np.float64) for e in fine_edges]
+        binner.coarse_last_fine_ = [np.arange(min(len(e), max_bins - 1)) for e in binner.fine_edges_]
+        binner._derive()
+        return binner
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], max_bins: int) -> "QuantileBinner":
         binner = cls(max_bins=max_bins)
         fe, fo = arrays["bin_fine_edges"], arrays["bin_fine_offsets"]

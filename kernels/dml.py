@@ -7,47 +7,49 @@ can swap one for the other.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import BaseEstimator, clone, is_classifier
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.metrics import log_loss, r2_score, roc_auc_score
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.base import BaseEstimator
 
 from . import _inputs
 from ._progress import progress_bar
 from .forest import CausalForest
+from .nuisance import cross_fitting_folds, fit_nuisance
 
 _FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_samples", "ci_group_size",
                   "honest", "honesty_fraction", "alpha", "imbalance_penalty", "max_bins", "device", "backend",
                   "progress")
 
 
-def default_nuisance_model(classifier: bool, seed: int) -> Any:
-    """HistGradientBoosting with early stopping always on and a slower, smoother fit than
-    scikit-learn's defaults: residuals from an overfit nuisance model bias the forest (with the
-    defaults, which stop early only above 10,000 rows, a 0.5 propensity is fit worse than a constant)."""
-    params = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, early_stopping=True, random_state=seed)
-    return HistGradientBoostingClassifier(**params) if classifier else HistGradientBoostingRegressor(**params)
+def doubly_robust_ate(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
+                      min_propensity: float, sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    """ATE and standard error of a binary treatment from the AIPW score on out-of-bag CATE `tau`."""
+    w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
+    e = np.clip(t_hat, min_propensity, 1 - min_propensity)
+    psi = tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
+    ate = float(np.average(psi, weights=w))
+    return ate, float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
 
 
-def resolve_model(model: Any, role: str, discrete: bool, seed: int) -> Any:
-    """A fresh scikit-learn estimator from 'auto', an import path ('sklearn.linear_model.LassoCV'),
-    or an estimator instance (cloned)."""
-    if isinstance(model, str) and model == "auto":
-        return default_nuisance_model(role == "t" and discrete, seed)
-    if isinstance(model, str):
-        module, _, name = model.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), name)()
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ValueError(f"model_{role}={model!r} is not an importable estimator class: {exc}") from None
-    if not (hasattr(model, "fit") and hasattr(model, "predict")):
-        raise ValueError(f"model_{role} must be 'auto', an import path or a scikit-learn estimator, got {model!r}")
-    return clone(model)
+def partially_linear_ate(y_res: np.ndarray, t_res: np.ndarray,
+                         sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    """Partially linear DML effect: theta solves sum w t~ (y~ - theta t~) = 0; sandwich variance."""
+    w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
+    ate = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
+    score = w * t_res * (y_res - ate * t_res)
+    return ate, float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
+
+
+def oob_effect(forest: CausalForest, X: np.ndarray) -> np.ndarray:
+    """Out-of-bag CATE of the training rows; rows every tree saw (only with very few trees) use
+    all trees."""
+    tau = forest.oob_predict(X)
+    unseen = np.isnan(tau)
+    if unseen.any():
+        tau[unseen] = forest.predict(X[unseen])
+    return tau
 
 
 class CausalForestDML(BaseEstimator):
@@ -164,54 +166,24 @@ class CausalForestDML(BaseEstimator):
 
     def _cross_fit(self, XW, Y, T, sw, seed):
         n = len(Y)
-        if self.discrete_treatment_:
-            folds = StratifiedKFold(self.cv, shuffle=True, random_state=seed).split(XW, T)
-        else:
-            folds = KFold(self.cv, shuffle=True, random_state=seed).split(XW)
+        fold = cross_fitting_folds(T, self.cv, self.discrete_treatment_, seed)
         y_hat, t_hat = np.empty(n), np.empty(n)
-        scores: dict[str, list[float]] = {"y_r2": []}
-        scores.update({"t_log_loss": [], "t_auc": []} if self.discrete_treatment_ else {"t_r2": []})
+        scores: dict[str, list[float]] = {}
         with progress_bar(self.cv, "cross-fitting nuisance models", self.progress, unit="fold") as bar:
-            for train, test in folds:
-                self._fit_fold(XW, Y, T, sw, seed, train, test, y_hat, t_hat, scores)
+            for k in range(self.cv):
+                train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                y_hat[test], t_hat[test], fold_scores = fit_nuisance(
+                    XW, Y, T, train, test, model_y=self.model_y, model_t=self.model_t,
+                    discrete=self.discrete_treatment_, seed=seed, sample_weight=sw)
+                for name, value in fold_scores.items():
+                    scores.setdefault(name, []).append(value)
                 bar.update(1)
         return y_hat, t_hat, scores
 
-    def _fit_fold(self, XW, Y, T, sw, seed, train, test, y_hat, t_hat, scores) -> None:
-        """Fit both nuisance models on `train`; fill their out-of-fold predictions and scores on `test`."""
-        kw = {} if sw is None else {"sample_weight": sw[train]}
-        my = resolve_model(self.model_y, "y", False, seed).fit(XW[train], Y[train], **kw)
-        mt = resolve_model(self.model_t, "t", self.discrete_treatment_, seed)
-        if self.discrete_treatment_ and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
-            raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
-        mt.fit(XW[train], T[train], **kw)
-        y_hat[test] = my.predict(XW[test])
-        scores["y_r2"].append(float(r2_score(Y[test], y_hat[test])))
-        if self.discrete_treatment_:
-            t_hat[test] = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)]
-            scores["t_log_loss"].append(float(log_loss(T[test], t_hat[test], labels=[0.0, 1.0])))
-            scores["t_auc"].append(float(roc_auc_score(T[test], t_hat[test])))
-        else:
-            t_hat[test] = mt.predict(XW[test])
-            scores["t_r2"].append(float(r2_score(T[test], t_hat[test])))
-
     def _ate(self, X, y_res, t_res, t_hat, sw):
-        w = np.ones(len(y_res)) if sw is None else sw / sw.mean()
-        if self.discrete_treatment_:
-            tau = self.forest_.oob_predict(X)
-            unseen = np.isnan(tau)  # rows every tree saw (only with very few trees): use all trees
-            if unseen.any():
-                tau[unseen] = self.forest_.predict(X[unseen])
-            e = np.clip(t_hat, self.min_propensity, 1 - self.min_propensity)
-            psi = tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
-            ate = float(np.average(psi, weights=w))
-            stderr = float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
-        else:
-            # Partially linear model: theta solves sum w t~ (y~ - theta t~) = 0; sandwich variance.
-            ate = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
-            score = w * t_res * (y_res - ate * t_res)
-            stderr = float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
-        return ate, stderr
+        if not self.discrete_treatment_:
+            return partially_linear_ate(y_res, t_res, sw)
+        return doubly_robust_ate(oob_effect(self.forest_, X), y_res, t_res, t_hat, self.min_propensity, sw)
 
     # ------------------------------------------------------------ results
     def _check_fitted(self) -> None:

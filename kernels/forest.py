@@ -119,6 +119,14 @@ class CausalForest(BaseEstimator):
 
     def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None) -> "CausalForest":
         """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,)."""
+        return self.fit_shard(X, T, y, shard=0, n_shards=1, sample_weight=sample_weight)
+
+    def fit_shard(self, X: Any, T: Any, y: Any, *, shard: int, n_shards: int,
+                  sample_weight: Any = None) -> "CausalForest":
+        """Grow only shard `shard` of `n_shards` of the forest `fit` would grow: a contiguous
+        range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
+        the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
+        over tasks). Needs `random_state` set so every shard draws from the same seed."""
         X = _inputs.to_numpy(X, "X", 2)
         T = _inputs.to_numpy(T, "T", 1)
         y = _inputs.to_numpy(y, "y", 1)
@@ -133,6 +141,8 @@ class CausalForest(BaseEstimator):
             raise ValueError("T is constant: the treatment must vary to estimate its effect")
         w = _inputs.check_sample_weight(sample_weight, n)
         self._validate_params(X.shape[1])
+        if n_shards > 1 and self.random_state is None:
+            raise ValueError("fit_shard needs random_state set: the shards of one forest share its seed")
         self.device_ = _inputs.resolve_device(self.device)
         backend = get_backend(self.backend, self.device_)
 
@@ -142,6 +152,7 @@ class CausalForest(BaseEstimator):
         problem = sampler.minimum_rows_message()
         if problem:
             raise ValueError(problem)
+        groups = _shard_groups(sampler.n_groups, shard, n_shards)
 
         self.n_features_in_ = X.shape[1]
         self.n_train_ = n
@@ -153,14 +164,47 @@ class CausalForest(BaseEstimator):
 
         trees = []
         groups_per_batch = max(1, _trees_per_batch(backend.name, n) // self.ci_group_size)
-        with progress_bar(self.n_estimators, "growing trees", self.progress) as bar:
-            for g0 in range(0, sampler.n_groups, groups_per_batch):
-                ng = min(groups_per_batch, sampler.n_groups - g0)
+        with progress_bar(len(groups) * self.ci_group_size, "growing trees", self.progress) as bar:
+            for g0 in range(groups.start, groups.stop, groups_per_batch):
+                ng = min(groups_per_batch, groups.stop - g0)
                 trees += backend.grow(binned, mom, sampler.trees(g0, ng), rule)
                 bar.update(ng * self.ci_group_size)
         self.forest_ = ForestArrays.from_trees(trees)
+        self.shard_ = (int(shard), int(n_shards))
+        self.source_ = "tauforge"
         self._backend = backend  # kept: the torch backend caches the forest on its device
         return self
+
+    @classmethod
+    def merge(cls, shards: list["CausalForest"]) -> "CausalForest":
+        """The forest of all `shards` (from `fit_shard` with one seed and parameters, shard
+        0..k-1 of k, in any order): predicts exactly what `fit` with that seed predicts."""
+        if not shards:
+            raise ValueError("merge needs at least one shard")
+        for s in shards:
+            s._check_fitted()
+        first = shards[0]
+        k = first.shard_[1]
+        indices = sorted(s.shard_[0] for s in shards)
+        if any(s.shard_[1] != k for s in shards) or indices != list(range(k)):
+            got = ", ".join(f"{i}/{n}" for i, n in sorted(s.shard_ for s in shards))
+            raise ValueError(f"merge needs shards 0..{k - 1} of {k}, each once; got {got}")
+        for s in shards[1:]:
+            if s.get_params() != first.get_params() or s.seed_ != first.seed_ or s.n_train_ != first.n_train_:
+                raise ValueError("shards differ in parameters, seed or training rows; "
+                                 "grow every shard with the same settings and data")
+            if not all(np.array_equal(a, b) for a, b in zip(s.binner_.to_arrays().values(),
+                                                             first.binner_.to_arrays().values())):
+                raise ValueError("shards were binned differently: grow every shard on the same covariates")
+        ordered = sorted(shards, key=lambda s: s.shard_[0])
+        merged = cls(**first.get_params())
+        merged.device_, merged.seed_ = first.device_, first.seed_
+        merged.n_features_in_, merged.n_train_ = first.n_features_in_, first.n_train_
+        merged.binner_ = first.binner_
+        merged.forest_ = ForestArrays.merge([s.forest_ for s in ordered])
+        merged.shard_ = (0, 1)
+        merged.source_ = "tauforge"
+        return merged
 
     def _sampler(self, n: int) -> LittleBagSampler:
         return LittleBagSampler(n, self.n_estimators, self.ci_group_size, self.max_samples, self.honest,
@@ -192,6 +236,8 @@ class CausalForest(BaseEstimator):
         if oob and codes.shape[0] != self.n_train_:
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
+        if oob:
+            self._check_whole("out-of-bag prediction")
         in_bag = self._sampler(self.n_train_).in_bag() if oob else None
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
@@ -233,6 +279,14 @@ class CausalForest(BaseEstimator):
         kind = _inputs.array_kind(X)
         return _inputs.as_output(tau - half, kind), _inputs.as_output(tau + half, kind)
 
+    def _check_whole(self, what: str) -> None:
+        if self.source_ != "tauforge":
+            raise ValueError(f"{what} is not available on a forest imported from {self.source_}: "
+                             "its subsamples are not ours to regenerate")
+        if getattr(self, "shard_", (0, 1))[1] != 1:
+            raise ValueError(f"{what} needs the whole forest, but this is shard {self.shard_[0]} of "
+                             f"{self.shard_[1]}; join the shards with CausalForest.merge first")
+
     def oob_predict(self, X: Any) -> Any:
         """Out-of-bag CATE for the training rows X: each row uses only trees that never saw it
         (NaN for a row that every tree saw, which takes very few trees)."""
@@ -253,7 +307,8 @@ class CausalForest(BaseEstimator):
         params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items()}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
-                "max_depth_grown": self.forest_.max_depth, "device": str(self.device_)}
+                "max_depth_grown": self.forest_.max_depth, "device": str(self.device_),
+                "shard": list(getattr(self, "shard_", (0, 1))), "source": self.source_}
         save_model(path, arrays, meta)
 
     @classmethod
@@ -270,7 +325,20 @@ class CausalForest(BaseEstimator):
         forest.device_ = _inputs.resolve_device(forest.device)
         forest.binner_ = QuantileBinner.from_arrays(arrays, forest.max_bins)
         forest.forest_ = ForestArrays.from_arrays(arrays, meta["max_depth_grown"])
+        forest.shard_ = tuple(meta.get("shard", (0, 1)))
+        forest.source_ = meta.get("source", "tauforge")
         return forest
+
+
+def _shard_groups(n_groups: int, shard: int, n_shards: int) -> range:
+    """Shard `shard` of `n_shards`: a contiguous range of groups, sizes differing by at most one."""
+    if not (isinstance(n_shards, (int, np.integer)) and 1 <= n_shards <= n_groups):
+        raise ValueError(f"n_shards must be an integer between 1 and the number of little-bag groups "
+                         f"({n_groups} = n_estimators / ci_group_size), got {n_shards!r}")
+    if not (isinstance(shard, (int, np.integer)) and 0 <= shard < n_shards):
+        raise ValueError(f"shard must be an integer in [0, {n_shards}), got {shard!r}")
+    bounds = np.linspace(0, n_groups, n_shards + 1).round().astype(int)
+    return range(int(bounds[shard]), int(bounds[shard + 1]))
 
 
 def _trees_per_batch(backend: str, n_rows: int) -> int:

@@ -1,10 +1,13 @@
 """The `tauforge` command line.
 
-    tauforge demo [--design simple] [--n 5000] [--trees 500] [--seed 0] [--device auto] [--json]
+    tauforge run      train, evaluate and publish a causal model (the KFP pipeline, run locally)
+    tauforge compile  write the training pipeline as KFP IR YAML for the Kubeflow UI
+    tauforge submit   send a training run to Kubeflow Pipelines
+    tauforge models   list | show | promote | rollback published models
+    tauforge demo     fit the forest in-process on simulated data and compare with the truth
 
-`demo` fits CausalForestDML on a built-in simulated data set whose true effect is known and
-prints the ATE with its interval and the CATE error against the truth. (The training
-pipeline, model store and serving commands arrive with their issues.)
+Errors in what the user gave (flags, data) exit with status 2 and a message naming the
+problem; a run whose quality gate fails exits with status 1 and says why.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import os
 import time
 
 import numpy as np
@@ -56,6 +60,227 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+
+DEFAULT_STORE_ENV = "TAUFORGE_STORE"
+
+
+def _store_uri(args: argparse.Namespace) -> str:
+    from components.registry import DEFAULT_STORE
+
+    uri = args.store or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
+    return uri if "://" in uri else os.path.abspath(uri)  # pipeline tasks may run elsewhere
+
+
+def _parse_gate(items: list[str]) -> dict:
+    gate = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--gate takes KEY=VALUE, got {item!r}")
+        gate[key.strip()] = value.strip()
+    from components.evaluate import GateConfig
+
+    GateConfig.from_dict(gate)  # fail now, not in the middle of the pipeline
+    return gate
+
+
+def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | None]:
+    """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags, the data
+    checked against the spec."""
+    from components.data import DataSpec, demo_table, read_table, validate
+    from pipelines.training import TrainingConfig
+
+    if args.demo:
+        if args.data:
+            raise ValueError("pass --data PATH or --demo, not both")
+        os.makedirs(args.pipeline_root, exist_ok=True)
+        source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
+        table, true_ate = demo_table(n=5000, seed=args.seed)
+        table.to_parquet(source, index=False)
+        treatment, outcome = args.treatment or "T", args.outcome or "Y"
+    else:
+        if not args.data:
+            raise ValueError("pass --data PATH (Parquet or CSV) or --demo")
+        if not (args.treatment and args.outcome):
+            raise ValueError("--treatment COL and --outcome COL are required with --data")
+        source = args.data if "://" in args.data else os.path.abspath(args.data)
+        treatment, outcome, true_ate = args.treatment, args.outcome, None
+    spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
+                    controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
+                    treatment_type=args.treatment_type)
+    if "://" not in source or source.startswith("file://"):
+        validate(read_table(source), spec)  # a clear error here, before any task starts
+    if args.folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {args.folds}")
+    if args.trees < 2 or args.trees % 2:
+        raise ValueError(f"--trees must be a positive even number (trees come in pairs for the intervals), "
+                         f"got {args.trees}")
+    if not 1 <= args.shards <= args.trees // 2:
+        raise ValueError(f"--shards must be between 1 and {args.trees // 2} (--trees / 2), got {args.shards}")
+    shards = args.shards
+    if args.estimator == "econml":
+        if args.trees % 4:
+            raise ValueError(f"--estimator econml needs --trees divisible by 4 (EconML's subforest size), "
+                             f"got {args.trees}")
+        shards = 1  # EconML grows all its trees in one task, parallel over the task's cores
+    if args.command == "run":
+        from kernels._inputs import resolve_device
+
+        resolve_device(args.device)  # 'cuda' without a GPU fails here, not in a task
+    forest = {"n_estimators": args.trees, "device": args.device}
+    config = TrainingConfig(spec=json.loads(spec.to_json()), store=_store_uri(args), model_name=args.name,
+                            n_folds=args.folds, n_shards=shards, seed=args.seed, estimator=args.estimator,
+                            model_y=args.model_y,
+                            model_t=args.model_t, forest_params=forest, gate=_parse_gate(args.gate),
+                            gpus_per_shard=getattr(args, "gpus_per_shard", 0))
+    return source, config, true_ate
+
+
+def _run(args: argparse.Namespace) -> int:
+    from components.registry import ModelStore
+    from pipelines.training import run_local
+
+    source, config, true_ate = _training_setup(args)
+    stderr = sys.stderr  # the run redirects sys.stderr to its log; progress goes to the terminal
+    say = (lambda line: print(f"  {line}", file=stderr, flush=True)) if not args.quiet else None
+    if say:
+        say(f"running the training pipeline on {source} (kfp.local; logs in {args.pipeline_root})")
+    start = time.perf_counter()
+    run = run_local(source, config, pipeline_root=args.pipeline_root, log=say)
+    version = ModelStore(config.store).find_run(config.model_name, run.run_id) if run.gate_passed else None
+    if run.gate_passed and version is None:
+        raise RuntimeError(f"the gate passed but no version was published; see {run.log_path}")
+    effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
+    result = {"model": config.model_name, "version": version, "store": config.store, "run_id": run.run_id,
+              "gate_passed": run.gate_passed, "reasons": verdict["reasons"], "warnings": verdict["warnings"],
+              "ate": effect["ate"], "ate_stderr": effect["ate_stderr"], "ate_lower": effect["ate_lower"],
+              "ate_upper": effect["ate_upper"], "seconds": round(time.perf_counter() - start, 1),
+              "outputs": run.run_dir, "log": run.log_path}
+    if true_ate is not None:
+        result["true_ate"] = true_ate
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"tauforge run: {source}")
+        print(f"  ATE {effect['ate']:.4f}  95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
+              f"({effect['method']})")
+        if true_ate is not None:
+            covers = "covers" if effect["ate_lower"] <= true_ate <= effect["ate_upper"] else "MISSES"
+            print(f"  true ATE of the simulated demo data {true_ate:.4f}: the interval {covers} it")
+        for w in verdict["warnings"]:
+            print(f"  warning: {w}")
+        if run.gate_passed:
+            print(f"  gate passed: published {config.model_name} version {version} to {config.store} "
+                  f"in {result['seconds']} s")
+        else:
+            print("  gate FAILED, nothing published:")
+            for r in verdict["reasons"]:
+                print(f"    - {r}")
+        print(f"  report: {_report_path(run.run_dir)}")
+    return 0 if run.gate_passed else 1
+
+
+def _report_path(run_dir: str) -> str:
+    for dirpath, _, files in os.walk(run_dir):
+        if os.path.basename(dirpath) == "evaluate-model" and "report" in files:
+            return os.path.join(dirpath, "report")
+    return run_dir
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from pipelines.training import compile_pipeline
+
+    path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type)
+    print(f"wrote {path} ({args.folds} nuisance folds, {args.shards} forest shards"
+          + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard)" if args.gpus_per_shard else ")"))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.training import submit
+
+    source, config, _ = _training_setup(args)
+    run_id = submit(args.host, source, config, experiment=args.experiment)
+    print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from components.registry import ModelStore
+
+    store = ModelStore(_store_uri(args))
+    if args.action == "list":
+        names = [args.name] if args.name else store.models()
+        rows = []
+        for name in names:
+            aliases = store.aliases(name)
+            for v in store.versions(name):
+                card = store.card(name, v)
+                tags = ",".join(a for a, e in aliases.items() if e["version"] == v)
+                rows.append({"model": name, "version": v, "created": card["created"], "ate": card["effect"]["ate"],
+                             "ate_lower": card["effect"]["ate_lower"], "ate_upper": card["effect"]["ate_upper"],
+                             "rows": card["data"]["rows"], "aliases": tags})
+        if args.json:
+            print(json.dumps(rows))
+        elif not rows:
+            print(f"no models in {store.uri}")
+        else:
+            print(f"{'MODEL':20} {'VERSION':>7}  {'CREATED':25} {'ATE':>9}  {'95% CI':22} {'ROWS':>8}  ALIASES")
+            for r in rows:
+                ci = f"[{r['ate_lower']:.4f}, {r['ate_upper']:.4f}]"
+                print(f"{r['model']:20} {r['version']:>7}  {r['created']:25} {r['ate']:>9.4f}  {ci:22} "
+                      f"{r['rows']:>8}  {r['aliases']}")
+        return 0
+    if not args.name:
+        raise ValueError(f"models {args.action} needs --name MODEL")
+    if args.action == "show":
+        version = store.resolve(args.name, args.version)
+        print(json.dumps(store.card(args.name, version), indent=2, sort_keys=True))
+        return 0
+    if args.action == "promote":
+        if args.version is None:
+            raise ValueError("models promote needs --version V")
+        entry = store.set_alias(args.name, args.alias, int(args.version))
+    else:  # rollback
+        entry = store.rollback(args.name, args.alias)
+    print(json.dumps({"model": args.name, "alias": args.alias, **entry}) if args.json else
+          f"{args.name}: {args.alias} -> version {entry['version']}")
+    return 0
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--data", help="Parquet or CSV file (path or fsspec URI)")
+    data.add_argument("--demo", action="store_true", help="use a built-in simulated table with a known effect")
+    data.add_argument("--treatment", help="treatment column (binary 0/1 or continuous); demo: T")
+    data.add_argument("--outcome", help="outcome column; demo: Y")
+    data.add_argument("--covariates", nargs="+", metavar="COL",
+                      help="effect modifiers X (default: every other numeric column)")
+    data.add_argument("--controls", nargs="+", metavar="COL", help="confounders W used by the nuisance models only")
+    data.add_argument("--unit-id", help="unit id column (must be unique)")
+    data.add_argument("--weight", help="sample weight column")
+    data.add_argument("--treatment-type", choices=("auto", "binary", "continuous"), default="auto",
+                      help="default: binary when the column is 0/1")
+    model = p.add_argument_group("model")
+    model.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    model.add_argument("--name", default="tauforge-model", help="model name in the store (default: tauforge-model)")
+    model.add_argument("--estimator", choices=("tauforge", "econml"), default="tauforge",
+                       help="forest of the estimate step: tauforge (default) or EconML's econml.grf.CausalForest "
+                            "(one task; imported as arrays for serving)")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda for the forest (default: auto)")
+    model.add_argument("--trees", type=int, default=500, help="trees in the forest (default: 500)")
+    model.add_argument("--folds", type=int, default=5, help="cross-fitting folds, one task each (default: 5)")
+    model.add_argument("--shards", type=int, default=2, help="forest shards, one task each (default: 2)")
+    model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
+    model.add_argument("--model-y", default="auto", help="outcome model: 'auto' or a scikit-learn import path")
+    model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
+    model.add_argument("--gate", action="append", metavar="KEY=VALUE",
+                       help="gate threshold, e.g. max_share_outside_overlap=0.05 or min_placebo_pvalue=off")
+    p.add_argument("--pipeline-root", default="./tauforge-runs", help="where runs write outputs and logs")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kernels.datasets import DESIGNS
 
@@ -71,6 +296,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     demo.set_defaults(func=_demo)
+
+    run = sub.add_parser("run", help="train, evaluate and publish a model with the local KFP runner")
+    _add_training_flags(run)
+    run.set_defaults(func=_run)
+
+    submit = sub.add_parser("submit", help="send a training run to a Kubeflow Pipelines host")
+    submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
+    submit.add_argument("--experiment", help="experiment name")
+    submit.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
+    _add_training_flags(submit)
+    submit.set_defaults(func=_submit)
+
+    comp = sub.add_parser("compile", help="write the training pipeline as KFP IR YAML")
+    comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
+    comp.add_argument("--folds", type=int, default=5, help="nuisance fold tasks (default: 5)")
+    comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")
+    comp.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
+    comp.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
+    comp.set_defaults(func=_compile)
+
+    models = sub.add_parser("models", help="list, show, promote or roll back published models")
+    models.add_argument("action", choices=("list", "show", "promote", "rollback"))
+    models.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    models.add_argument("--name", help="model name")
+    models.add_argument("--version", help="version number or alias (show: default latest; promote: required)")
+    models.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(func=_models)
     return parser
 
 
@@ -78,9 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
+    except ValueError as exc:  # the user's input: data, flags, store references
         print(f"tauforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a pipeline task failed
+        print(f"tauforge {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from kernels import CausalForestDML
 from kernels.datasets import make_causal_data
-from kernels.dml import default_nuisance_model
+from kernels.nuisance import default_nuisance_model
 
 N_TREES = 500
 

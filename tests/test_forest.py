@@ -219,3 +219,34 @@ def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
     np.testing.assert_allclose(est.effect(d.X[:20], T0=1, T1=3), 2 * est.effect(d.X[:20]))
     lo, hi = est.effect_interval(d.X[:20], T0=1, T1=0)  # a negative change flips the interval
     assert np.all(lo <= hi)
+
+
+def test_shards_merge_into_the_forest_one_fit_grows(data, fitted, tmp_path):
+    d, t, y = data
+    shards = [CausalForest(n_estimators=40, random_state=7).fit_shard(d.X, t, y, shard=k, n_shards=3)
+              for k in (2, 0, 1)]
+    assert sum(s.forest_.n_trees for s in shards) == 40
+    for k, s in enumerate(shards):  # shards also survive a save and load, as between pipeline tasks
+        s.save(tmp_path / str(k))
+    merged = CausalForest.merge([CausalForest.load(tmp_path / str(k)) for k in range(3)])
+    for field in ("feature", "threshold", "child", "leaf_values"):
+        np.testing.assert_array_equal(getattr(merged.forest_, field), getattr(fitted.forest_, field))
+    np.testing.assert_array_equal(merged.predict_and_var(d.X[:100])[1], fitted.predict_and_var(d.X[:100])[1])
+    np.testing.assert_array_equal(merged.oob_predict(d.X), fitted.oob_predict(d.X))
+
+
+def test_incomplete_or_mismatched_shards_are_refused(data):
+    d, t, y = data
+    grow = lambda k, n=3, seed=7: CausalForest(n_estimators=40, random_state=seed).fit_shard(  # noqa: E731
+        d.X, t, y, shard=k, n_shards=n)
+    s0, s1 = grow(0), grow(1)
+    with pytest.raises(ValueError, match="needs shards 0..2 of 3"):
+        CausalForest.merge([s0, s1])
+    with pytest.raises(ValueError, match="differ in parameters, seed"):
+        CausalForest.merge([s0, s1, grow(2, seed=8)])
+    with pytest.raises(ValueError, match="join the shards with CausalForest.merge"):
+        s0.oob_predict(d.X)
+    with pytest.raises(ValueError, match="n_shards must be an integer between 1 and"):
+        grow(0, n=21)
+    with pytest.raises(ValueError, match="needs random_state"):
+        CausalForest(n_estimators=40).fit_shard(d.X, t, y, shard=0, n_shards=2)

@@ -26,7 +26,7 @@ def run(design: str, n: int, seed: int, trees: int) -> dict[str, dict[str, float
 
     from kernels import CausalForestDML
     from kernels.datasets import make_causal_data
-    from kernels.dml import default_nuisance_model
+    from kernels.nuisance import default_nuisance_model
 
     train = make_causal_data(design, n=n, p=10, seed=seed)
     test = make_causal_data(design, n=2000, p=10, seed=seed + 10_000)

@@ -1,0 +1,258 @@
+"""The data contract: which column plays which causal role, checked before anything is fit.
+
+A `DataSpec` names the outcome, the treatment, the covariates X (effect modifiers) and the
+controls W (confounders not used for heterogeneity), and optionally a unit id, timestamp,
+sample weight and instrument, plus the assignment mechanism. `validate` fails fast with a
+`DataValidationError` naming the column and the problem; what is suspicious but not fatal
+(positivity, balance) is measured by `components.evaluate` and recorded in the model card.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._kfp import Dataset, Output, component
+
+TREATMENT_TYPES = ("auto", "binary", "continuous")
+ASSIGNMENTS = ("observational", "randomized")
+
+
+class DataValidationError(ValueError):
+    """The table does not satisfy its DataSpec; the message names the column and the problem."""
+
+
+@dataclass
+class DataSpec:
+    """Causal roles of a table's columns.
+
+    covariates : the effect modifiers X; empty means every numeric column without another role.
+    controls : confounders W used by the nuisance models only.
+    treatment_type : 'binary' (0/1), 'continuous', or 'auto' (binary when the column is 0/1).
+    assignment : 'observational', or 'randomized' with the known `propensity`.
+    min_rows_per_arm : a binary treatment needs at least this many rows in each arm.
+    """
+
+    outcome: str
+    treatment: str
+    covariates: list[str] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)
+    unit_id: str | None = None
+    timestamp: str | None = None
+    weight: str | None = None
+    instrument: str | None = None
+    treatment_type: str = "auto"
+    assignment: str = "observational"
+    propensity: float | None = None
+    min_rows_per_arm: int = 10
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DataSpec":
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DataValidationError(f"unknown DataSpec field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    @property
+    def binary(self) -> bool:
+        if self.treatment_type == "auto":
+            raise RuntimeError("treatment_type is unresolved; use the spec `validate` returns")
+        return self.treatment_type == "binary"
+
+    def role_columns(self) -> list[str]:
+        """Every column the spec uses, each once, in a stable order."""
+        singles = [self.outcome, self.treatment, self.unit_id, self.timestamp, self.weight, self.instrument]
+        cols = [c for c in singles if c] + list(self.covariates) + list(self.controls)
+        return list(dict.fromkeys(cols))
+
+
+@dataclass
+class ValidatedData:
+    """A table that passed `validate`, with the spec resolved (covariates, treatment type)."""
+
+    table: pd.DataFrame  # only the spec's columns
+    spec: DataSpec
+
+    def arrays(self) -> dict[str, np.ndarray | None]:
+        s, t = self.spec, self.table
+        return {
+            "Y": t[s.outcome].to_numpy(np.float64),
+            "T": t[s.treatment].to_numpy(np.float64),
+            "X": t[s.covariates].to_numpy(np.float64),
+            "W": t[s.controls].to_numpy(np.float64) if s.controls else None,
+            "sample_weight": t[s.weight].to_numpy(np.float64) if s.weight else None,
+        }
+
+
+def read_table(source: str) -> pd.DataFrame:
+    """Read Parquet or CSV (by extension; a directory is a Parquet dataset) from a path or an
+    fsspec URI, with pyarrow."""
+    import fsspec
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise DataValidationError(f"data source {source!r} does not exist")
+    try:
+        if path.lower().endswith((".csv", ".csv.gz")):
+            with fs.open(path, "rb", compression="infer") as f:
+                return pyarrow.csv.read_csv(f).to_pandas()
+        return pyarrow.parquet.read_table(path, filesystem=fs).to_pandas()
+    except (OSError, pyarrow.ArrowInvalid) as exc:
+        raise DataValidationError(f"cannot read {source!r} as Parquet or CSV: {exc}") from None
+
+
+def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
+    """Check `df` against `spec`; return the needed columns and the resolved spec, or raise
+    DataValidationError naming the first column at fault."""
+    def fail(msg: str) -> None:
+        raise DataValidationError(msg)
+
+    if spec.treatment_type not in TREATMENT_TYPES:
+        fail(f"treatment_type must be one of {', '.join(TREATMENT_TYPES)}, got {spec.treatment_type!r}")
+    if spec.assignment not in ASSIGNMENTS:
+        fail(f"assignment must be one of {', '.join(ASSIGNMENTS)}, got {spec.assignment!r}")
+    if spec.assignment == "randomized" and not (spec.propensity is not None and 0 < spec.propensity < 1):
+        fail(f"assignment 'randomized' needs the known propensity in (0, 1), got {spec.propensity!r}")
+    if spec.instrument:
+        fail("instrument: instrumental-variable estimation is not supported yet; drop the instrument column")
+    dupes = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
+    if dupes:
+        fail(f"column {dupes[0]!r} appears more than once in the table")
+
+    roles = {"outcome": [spec.outcome], "treatment": [spec.treatment], "covariates": list(spec.covariates),
+             "controls": list(spec.controls), "unit_id": [spec.unit_id], "timestamp": [spec.timestamp],
+             "weight": [spec.weight]}
+    seen: dict[str, str] = {}
+    for role, cols in roles.items():
+        for c in cols:
+            if c is None:
+                continue
+            if c not in df.columns:
+                fail(f"{role} column {c!r} is missing from the table (columns: {_preview(df.columns)})")
+            if c in seen:
+                fail(f"column {c!r} is given two roles: {seen[c]} and {role}")
+            seen[c] = role
+
+    covariates = list(spec.covariates)
+    if not covariates:
+        covariates = [c for c in df.columns if c not in seen and pd.api.types.is_numeric_dtype(df[c])]
+        if not covariates:
+            fail("covariates: none given and the table has no other numeric column")
+    spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
+
+    numeric = [spec.outcome, spec.treatment, *covariates, *spec.controls] + ([spec.weight] if spec.weight else [])
+    for c in numeric:
+        col = df[c]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            fail(f"column {c!r} is not numeric (dtype {col.dtype}); encode it as numbers first")
+        values = col.to_numpy(np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            what = "NaN" if np.isnan(values[bad]).any() else "inf"
+            fail(f"column {c!r} has {int(bad.sum())} {what}/missing value(s) (first at row {int(np.argmax(bad))}); "
+                 "drop or impute them")
+    n = len(df)
+    if n < 2 * spec.min_rows_per_arm:
+        fail(f"the table has {n} rows; at least {2 * spec.min_rows_per_arm} are needed")
+    for c in [*covariates, *spec.controls, spec.outcome, spec.treatment]:
+        if df[c].nunique(dropna=False) < 2:
+            fail(f"column {c!r} is constant ({df[c].iloc[0]!r} in every row): it carries no information")
+    if spec.weight and (df[spec.weight] < 0).any():
+        fail(f"weight column {spec.weight!r} has negative values")
+
+    t = df[spec.treatment].to_numpy(np.float64)
+    is_binary = bool(np.isin(t, (0.0, 1.0)).all())
+    if spec.treatment_type == "binary" and not is_binary:
+        values = np.unique(t)
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        fail(f"treatment column {spec.treatment!r} is declared binary but takes {len(values)} values ({shown}); "
+             "recode it as 0/1 or declare it continuous")
+    treatment_type = spec.treatment_type if spec.treatment_type != "auto" else ("binary" if is_binary else "continuous")
+    if treatment_type == "binary":
+        for arm in (0, 1):
+            count = int((t == arm).sum())
+            if count < spec.min_rows_per_arm:
+                fail(f"treatment column {spec.treatment!r} has {count} row(s) with value {arm}; "
+                     f"at least {spec.min_rows_per_arm} per arm are needed")
+    if spec.unit_id:
+        dup = df[spec.unit_id].duplicated()
+        if dup.any():
+            fail(f"unit_id column {spec.unit_id!r} has duplicate ids (first: {df[spec.unit_id][dup].iloc[0]!r})")
+    if spec.timestamp:
+        ts = df[spec.timestamp]
+        if ts.isna().any():
+            fail(f"timestamp column {spec.timestamp!r} has missing values")
+        if not ts.is_monotonic_increasing:
+            fail(f"timestamp column {spec.timestamp!r} is not in increasing order; sort the table by time")
+    spec = dataclasses.replace(spec, treatment_type=treatment_type)
+    return ValidatedData(df[spec.role_columns()].reset_index(drop=True), spec)
+
+
+def save_validated(data: ValidatedData, path: str) -> None:
+    """Write a validated table as the pipeline's dataset: a folder with the table and its spec."""
+    os.makedirs(path, exist_ok=True)
+    data.table.to_parquet(os.path.join(path, "table.parquet"), index=False)
+    with open(os.path.join(path, "spec.json"), "w") as f:
+        f.write(data.spec.to_json())
+
+
+def load_validated(path: str) -> ValidatedData:
+    """A dataset `save_validated` wrote: the table `validate` accepted and its resolved spec."""
+    import pyarrow.parquet
+
+    with open(os.path.join(path, "spec.json")) as f:
+        spec = DataSpec.from_json(f.read())
+    return ValidatedData(pyarrow.parquet.read_table(os.path.join(path, "table.parquet")).to_pandas(), spec)
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """sha256 of the table's column names, dtypes and values in row order."""
+    h = hashlib.sha256()
+    h.update(json.dumps(schema(df), sort_keys=False).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def schema(df: pd.DataFrame) -> dict[str, str]:
+    return {str(c): str(t) for c, t in df.dtypes.items()}
+
+
+def _preview(columns: Any, k: int = 12) -> str:
+    cols = [str(c) for c in columns]
+    return ", ".join(cols[:k]) + (f", ... ({len(cols)} in all)" if len(cols) > k else "")
+
+
+def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple") -> tuple[pd.DataFrame, float]:
+    """A simulated table with a known effect (columns x0..x{p-1}, T, Y) and its true ATE."""
+    from kernels.datasets import make_causal_data
+
+    data = make_causal_data(design, n=n, p=p, seed=seed)
+    table = pd.DataFrame(data.X, columns=[f"x{j}" for j in range(p)])
+    table["T"] = data.T
+    table["Y"] = data.Y
+    return table, data.ate
+
+
+# ----------------------------------------------------------------------------- KFP components
+@component
+def validate_data(source: str, spec: str, dataset: Output[Dataset]):
+    """Read and validate the source table; write its spec's columns and the resolved spec."""
+    from components.data import DataSpec, fingerprint, read_table, save_validated, validate
+
+    data = validate(read_table(source), DataSpec.from_json(spec))
+    save_validated(data, dataset.path)
+    dataset.metadata["fingerprint"] = fingerprint(data.table)
+    dataset.metadata["rows"] = len(data.table)
+    print(f"tauforge: validated {source}: {len(data.table)} rows, {len(data.spec.covariates)} covariates, "
+          f"{len(data.spec.controls)} controls, {data.spec.treatment_type} treatment", flush=True)

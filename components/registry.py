@@ -1,0 +1,385 @@
+"""The model store: immutable numbered versions of each model, aliases, and the model card.
+
+Layout under the store's root (a local folder, or any fsspec URI):
+
+    <root>/<model>/<version>/forest/arrays.npz      the forest as plain arrays (no pickle)
+    <root>/<model>/<version>/forest/model.json      its parameters, bin edges, checksums
+    <root>/<model>/<version>/evaluation.json        the checks behind the publishing gate
+    <root>/<model>/<version>/report.html            the same, for people
+    <root>/<model>/<version>/model_card.json        what the causal claim depends on, and the
+                                                    sha256 of every other file
+    <root>/<model>/aliases.json                     {"champion": {"version": 2, "history": [1]}}
+
+Publishing writes a version completely under a private staging name, verifies it, then makes it
+visible in one step: on a local filesystem an atomic rename to the next free number, which two
+writers can never both win (the loser takes the next number) and which a crash never leaves half
+done. On object stores (s3://, gs://), which have no rename, the files are copied and the card
+goes last: a version without a verified card is invisible, but two writers racing for one number
+are not prevented there; publish from one pipeline at a time per model.
+"""
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import fsspec
+
+from ._kfp import HTML, Artifact, Dataset, Input, Model, component
+
+CARD_FILE = "model_card.json"
+ALIASES_FILE = "aliases.json"
+CARD_FORMAT = "tauforge.model_card"
+DEFAULT_STORE = "./tauforge-store"
+_STAGING = ".staging"
+
+
+class StoreError(ValueError):
+    """A store operation that cannot be done as asked (unknown model, version or alias, bad card)."""
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def card_digest(card: dict) -> str:
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return _sha256_bytes(json.dumps(body, sort_keys=True).encode())
+
+
+def _valid_name(name: str) -> str:
+    if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
+        raise StoreError(f"model name {name!r} must be letters, digits, '-', '_' or '.' (not leading)")
+    return name
+
+
+@dataclass
+class ModelVersion:
+    model: str
+    version: int
+    card: dict
+    path: str  # where the version's files are (a local path once loaded)
+
+    def load_forest(self, device: str | None = None):
+        """The version's `kernels.CausalForest`, its checksums verified again."""
+        from kernels import CausalForest
+
+        return CausalForest.load(os.path.join(self.path, "forest"), device=device)
+
+
+class ModelStore:
+    """Versions and aliases of causal models under one fsspec URI (default: ./tauforge-store)."""
+
+    def __init__(self, uri: str = DEFAULT_STORE):
+        self.uri = uri
+        self.fs, root = fsspec.core.url_to_fs(uri)
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.root = os.path.abspath(root) if self.local else root.rstrip("/")
+
+    # ------------------------------------------------------------------ paths and listing
+    def _model_dir(self, model: str) -> str:
+        return f"{self.root}/{_valid_name(model)}"
+
+    def models(self) -> list[str]:
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)
+                      if self.fs.isdir(p) and self.versions(os.path.basename(p.rstrip("/"))))
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions (those whose card exists), ascending."""
+        d = self._model_dir(model)
+        if not self.fs.exists(d):
+            return []
+        out = []
+        for p in self.fs.ls(d, detail=False):
+            name = os.path.basename(p.rstrip("/"))
+            if name.isdigit() and self.fs.exists(f"{d}/{name}/{CARD_FILE}"):
+                out.append(int(name))
+        return sorted(out)
+
+    def card(self, model: str, version: int) -> dict:
+        """The card of a version, its own checksum verified."""
+        path = f"{self._model_dir(model)}/{int(version)}/{CARD_FILE}"
+        if not self.fs.exists(path):
+            raise StoreError(f"model {model!r} has no version {version} in {self.uri} "
+                             f"(versions: {self.versions(model) or 'none'})")
+        card = json.loads(self.fs.cat_file(path))
+        if card.get("card_sha256") != card_digest(card):
+            raise StoreError(f"the card of {model} version {version} fails its checksum: it was modified")
+        return card
+
+    def resolve(self, model: str, ref: str | int | None = None) -> int:
+        """A version number from a number, 'latest' (None) or an alias ('champion')."""
+        versions = self.versions(model)
+        if not versions:
+            raise StoreError(f"model {model!r} has no published version in {self.uri}")
+        if ref is None or ref == "latest":
+            return versions[-1]
+        if isinstance(ref, int) or str(ref).isdigit():
+            if int(ref) not in versions:
+                raise StoreError(f"model {model!r} has no version {ref} (versions: {versions})")
+            return int(ref)
+        aliases = self.aliases(model)
+        if ref not in aliases:
+            raise StoreError(f"model {model!r} has no alias {ref!r} (aliases: {sorted(aliases) or 'none'})")
+        return int(aliases[ref]["version"])
+
+    def find_run(self, model: str, run_id: str) -> int | None:
+        """The version a pipeline run published, if any."""
+        for v in reversed(self.versions(model)):
+            if self.card(model, v).get("run", {}).get("run_id") == run_id:
+                return v
+        return None
+
+    # ------------------------------------------------------------------ load
+    def load(self, model: str, ref: str | int | None = None, cache_dir: str | None = None) -> ModelVersion:
+        """Fetch and verify a version: every file's sha256 must match its card."""
+        version = self.resolve(model, ref)
+        card = self.card(model, version)
+        src = f"{self._model_dir(model)}/{version}"
+        if self.local:
+            path = src
+        else:
+            path = os.path.join(cache_dir or tempfile.mkdtemp(prefix="tauforge-model-"), model, str(version))
+            self.fs.get(src, path, recursive=True)
+        verify_files(path, card)
+        return ModelVersion(model, version, card, path)
+
+    # ------------------------------------------------------------------ publish
+    def publish(self, model: str, source_dir: str, card: dict) -> int:
+        """Publish the files of `source_dir` with `card` as the next version of `model`; return it.
+
+        `card` holds the causal metadata; the store adds model, version, creation time, parent
+        version and the sha256 of every file. Nothing is visible until everything is written."""
+        _valid_name(model)
+        if not os.path.isdir(source_dir):
+            raise StoreError(f"nothing to publish: {source_dir} is not a directory")
+        if os.path.exists(os.path.join(source_dir, CARD_FILE)):
+            raise StoreError(f"{source_dir} already holds a {CARD_FILE}; the store writes the card")
+        d = self._model_dir(model)
+        self.fs.makedirs(d, exist_ok=True)
+        files = {rel: _sha256_file(os.path.join(source_dir, rel)) for rel in _walk(source_dir)}
+        if self.local:
+            staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
+            shutil.copytree(source_dir, staging)
+        else:
+            staging = tempfile.mkdtemp(prefix="tauforge-publish-")
+            shutil.copytree(source_dir, staging, dirs_exist_ok=True)
+        try:
+            for attempt in range(1000):
+                existing = self.versions(model)
+                version = max([*existing, *self._claimed_numbers(model)], default=0) + 1
+                full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
+                            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                            parent_version=existing[-1] if existing else None, files=files)
+                full["card_sha256"] = card_digest(full)
+                with open(os.path.join(staging, CARD_FILE), "w") as f:
+                    json.dump(full, f, indent=2, sort_keys=True)
+                verify_files(staging, full)
+                if self._commit(staging, f"{d}/{version}"):
+                    return version
+            raise StoreError(f"could not allocate a version of {model!r} after 1000 attempts")
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _claimed_numbers(self, model: str) -> list[int]:
+        """Numbered directories without a card yet (another writer's copy in flight on an object
+        store, or a crashed one): never reused."""
+        d = self._model_dir(model)
+        return [int(os.path.basename(p.rstrip("/"))) for p in self.fs.ls(d, detail=False)
+                if os.path.basename(p.rstrip("/")).isdigit()]
+
+    def _commit(self, staging: str, final: str) -> bool:
+        if self.local:
+            try:
+                os.rename(staging, final)  # atomic; fails when another writer took the number
+                return True
+            except OSError:
+                return False
+        if self.fs.exists(final):
+            return False
+        card = os.path.join(staging, CARD_FILE)
+        for rel in _walk(staging):
+            if rel != CARD_FILE:
+                self.fs.put_file(os.path.join(staging, rel), f"{final}/{rel}")
+        self.fs.put_file(card, f"{final}/{CARD_FILE}")  # last: the version becomes visible
+        return True
+
+    # ------------------------------------------------------------------ aliases
+    def aliases(self, model: str) -> dict[str, dict]:
+        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
+        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else {}
+
+    def set_alias(self, model: str, alias: str, version: int) -> dict:
+        """Point `alias` at `version`, keeping the previous target for `rollback`."""
+        if not alias or alias.isdigit() or alias == "latest":
+            raise StoreError(f"alias {alias!r} must be a name such as 'champion' (not a number or 'latest')")
+        version = self.resolve(model, int(version))
+        with self._lock(model):
+            aliases = self.aliases(model)
+            entry = aliases.get(alias, {"version": None, "history": []})
+            if entry["version"] is not None and entry["version"] != version:
+                entry["history"].append(entry["version"])
+            entry["version"] = version
+            aliases[alias] = entry
+            self._write_aliases(model, aliases)
+        return entry
+
+    def rollback(self, model: str, alias: str = "champion") -> dict:
+        """Point `alias` back at the version it named before the last change."""
+        with self._lock(model):
+            aliases = self.aliases(model)
+            entry = aliases.get(alias)
+            if not entry or not entry["history"]:
+                raise StoreError(f"alias {alias!r} of model {model!r} has no earlier version to roll back to")
+            entry["version"] = entry["history"].pop()
+            self._write_aliases(model, aliases)
+        return entry
+
+    def _write_aliases(self, model: str, aliases: dict) -> None:
+        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
+        data = json.dumps(aliases, indent=2, sort_keys=True)
+        if self.local:
+            fd, tmp = tempfile.mkstemp(dir=self._model_dir(model), suffix=".json.tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        else:
+            self.fs.pipe_file(path, data.encode())
+
+    @contextlib.contextmanager
+    def _lock(self, model: str) -> Iterator[None]:
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        os.makedirs(self._model_dir(model), exist_ok=True)
+        with open(os.path.join(self._model_dir(model), ".lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def verify_files(path: str, card: dict) -> None:
+    """Every file the card lists exists under `path` with its sha256; no other file is there."""
+    if card.get("card_sha256") != card_digest(card):
+        raise StoreError(f"the card in {path} fails its checksum: it was modified")
+    present = set(_walk(path)) - {CARD_FILE}
+    listed = set(card.get("files", {}))
+    if present - listed:
+        raise StoreError(f"{path} holds files its card does not list: {', '.join(sorted(present - listed))}")
+    for rel, digest in card["files"].items():
+        full = os.path.join(path, rel)
+        if not os.path.exists(full):
+            raise StoreError(f"{full} is missing")
+        if _sha256_file(full) != digest:
+            raise StoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
+
+
+def _walk(root: str) -> list[str]:
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    """Code and package versions for the card."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    packages = {}
+    for name in ("tauforge", "torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "numba", "kfp", "econml"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
+            "packages": packages}
+
+
+ASSUMPTIONS = {
+    "observational": ["unconfoundedness: no unmeasured confounder of treatment and outcome given the covariates "
+                      "and controls", "overlap: every unit could have received either treatment",
+                      "SUTVA: no interference between units and one version of the treatment"],
+    "randomized": ["randomization: treatment assigned independently of potential outcomes with the stated "
+                   "propensity", "SUTVA: no interference between units and one version of the treatment"],
+}
+
+
+def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, estimator: dict, run: dict) -> dict:
+    """The causal part of a model card; the store adds version, checksums and lineage."""
+    binary = spec["treatment_type"] == "binary"
+    return {
+        "estimand": {"cate": f"E[{spec['outcome']}(1) - {spec['outcome']}(0) | X]" if binary else
+                     f"d E[{spec['outcome']} | do({spec['treatment']} = t), X] / dt (locally linear)",
+                     "ate": estimate["estimand"], "ate_method": estimate["method"]},
+        "assumptions": ASSUMPTIONS[spec["assignment"]],
+        "spec": spec, "data": data, "effect": {
+            k: estimate[k] for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "alpha")},
+        "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "placebo", "balance")}
+        | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
+           if "overlap" in evaluation else {}),
+        "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
+        "environment": environment(), "run": run,
+    }
+
+
+# ----------------------------------------------------------------------------- KFP components
+@component
+def publish_model(dataset: Input[Dataset], estimate: Input[Model], evaluation: Input[Artifact],
+                  report: Input[HTML], store: str, model_name: str, source: str, run_id: str,
+                  estimator: str) -> int:
+    """Publish the estimate as the next version of `model_name` in `store`; return the version."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from components.data import fingerprint, load_validated, schema
+    from components.estimate import FOREST_DIR, Estimate
+    from components.registry import ModelStore, build_card
+
+    data = load_validated(dataset.path)
+    est = Estimate.load(estimate.path)
+    with open(evaluation.path) as f:
+        result = json.load(f)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(os.path.join(estimate.path, FOREST_DIR), os.path.join(tmp, "forest"))
+        shutil.copy(evaluation.path, os.path.join(tmp, "evaluation.json"))
+        shutil.copy(report.path, os.path.join(tmp, "report.html"))
+        card = build_card(spec=json.loads(data.spec.to_json()),
+                          data={"source": source, "rows": len(data.table), "fingerprint": fingerprint(data.table),
+                                "schema": schema(data.table)},
+                          estimate=est.summary, evaluation=result, estimator=json.loads(estimator),
+                          run={"run_id": run_id, "pipeline": "tauforge-training"})
+        version = ModelStore(store).publish(model_name, tmp, card)
+    print(f"tauforge: published {model_name} version {version} to {store}", flush=True)
+    return version

@@ -1,0 +1,231 @@
+"""The training pipeline: validate -> nuisance folds -> forest shards -> merge -> evaluate ->
+publish if the gate passed. One definition, run three ways: `run_local` (kfp.local's
+SubprocessRunner, no cluster), `compile_pipeline` (IR YAML for the Kubeflow UI), `submit`
+(kfp.Client against a Kubeflow Pipelines host).
+
+The number of folds and shards shapes the graph (one task each, in `dsl.ParallelFor` groups),
+so they are arguments of `build_training_pipeline`; everything else is a pipeline parameter.
+"""
+
+import builtins
+import contextlib
+import io
+import json
+import os
+import re
+import uuid
+import warnings
+from dataclasses import dataclass, field
+
+from kfp import dsl
+
+from components.data import validate_data
+from components.estimate import forest_shard, merge_forest_shards
+from components.evaluate import evaluate_model
+from components.nuisance import combine_nuisance, nuisance_fold
+from components.registry import DEFAULT_STORE, publish_model
+
+PIPELINE_NAME = "tauforge-training"
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs besides the data's location."""
+
+    spec: dict  # components.data.DataSpec fields
+    store: str = DEFAULT_STORE
+    model_name: str = "tauforge-model"
+    n_folds: int = 5
+    n_shards: int = 2
+    seed: int = 0
+    model_y: str = "auto"
+    model_t: str = "auto"
+    estimator: str = "tauforge"  # or "econml": EconML's forest in the forest step (one shard)
+    forest_params: dict = field(default_factory=lambda: {"n_estimators": 500})
+    gate: dict = field(default_factory=dict)  # components.evaluate.GateConfig fields
+    alpha: float = 0.05
+    gpus_per_shard: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
+
+    def estimator_config(self) -> dict:
+        name = {"tauforge": "tauforge.CausalForestDML", "econml": "econml.grf.CausalForest on tauforge's "
+                "cross-fitted residuals (EconML's CausalForestDML final stage)"}[self.estimator]
+        return {"name": name, "estimator": self.estimator, "forest_params": self.forest_params,
+                "nuisance": {"model_y": self.model_y, "model_t": self.model_t, "folds": self.n_folds},
+                "n_shards": self.n_shards, "seed": self.seed}
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
+                            accelerator_type: str = "nvidia.com/gpu", parallelism: int = 0,
+                            threads_per_task: int = 0):
+    """The training pipeline with `n_folds` nuisance tasks and `n_shards` forest tasks (each
+    asking for `gpus_per_shard` accelerators of `accelerator_type`); `parallelism` caps how
+    many of a group run at once (0: no cap); `threads_per_task` > 0 caps the thread pools of
+    the parallel tasks (on one machine, tasks side by side must share its cores)."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Causal forest with cross-fitted nuisance models, evaluated and published if the "
+                              "quality gate passes.")
+    def training(source: str, spec: str, store: str = DEFAULT_STORE, model_name: str = "tauforge-model",
+                 seed: int = 0, model_y: str = "auto", model_t: str = "auto",
+                 forest_params: str = '{"n_estimators": 500}', gate: str = "{}", alpha: float = 0.05,
+                 run_id: str = "", estimator: str = "tauforge", estimator_config: str = "{}") -> bool:
+        validated = validate_data(source=source, spec=spec)
+        validated.set_display_name("validate")
+        dataset = validated.outputs["dataset"]
+
+        with dsl.ParallelFor(items=list(range(n_folds)), parallelism=parallelism, name="nuisance-folds") as fold:
+            folds = nuisance_fold(dataset=dataset, fold=fold, n_folds=n_folds, seed=seed,
+                                  model_y=model_y, model_t=model_t)
+            folds.set_display_name("nuisance-fold")
+            _limit_threads(folds, threads_per_task)
+        residuals = combine_nuisance(dataset=dataset,
+                                     folds=dsl.Collected(folds.outputs["predictions"]))
+        residuals.set_display_name("residuals")
+
+        with dsl.ParallelFor(items=list(range(n_shards)), parallelism=parallelism, name="forest-shards") as shard:
+            shards = forest_shard(dataset=dataset, residuals=residuals.outputs["residuals"],
+                                  params=forest_params, seed=seed, shard=shard, n_shards=n_shards,
+                                  estimator=estimator)
+            shards.set_display_name("forest-shard")
+            _limit_threads(shards, threads_per_task)
+            if gpus_per_shard > 0:
+                shards.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_shard)
+        merged = merge_forest_shards(dataset=dataset, residuals=residuals.outputs["residuals"],
+                                     shards=dsl.Collected(shards.outputs["forest"]), alpha=alpha)
+        merged.set_display_name("merge-forest")
+
+        evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"],
+                                   estimate=merged.outputs["estimate"], gate=gate, seed=seed)
+        evaluated.set_display_name("evaluate")
+        with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            publish_model(dataset=dataset, estimate=merged.outputs["estimate"],
+                          evaluation=evaluated.outputs["evaluation"], report=evaluated.outputs["report"],
+                          store=store, model_name=model_name, source=source, run_id=run_id,
+                          estimator=estimator_config).set_display_name("publish")
+        return evaluated.outputs["Output"]
+
+    return training
+
+
+def _limit_threads(task, threads: int) -> None:
+    if threads > 0:
+        for name in THREAD_VARIABLES:
+            task.set_env_variable(name, str(threads))
+
+
+def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict:
+    return {"source": source, "spec": json.dumps(config.spec), "store": config.store,
+            "model_name": config.model_name, "seed": config.seed, "model_y": config.model_y,
+            "model_t": config.model_t, "forest_params": json.dumps(config.forest_params),
+            "gate": json.dumps(config.gate), "alpha": config.alpha, "run_id": run_id,
+            "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config())}
+
+
+def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
+                     accelerator_type: str = "nvidia.com/gpu") -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type), path)
+    return path
+
+
+@dataclass
+class LocalRun:
+    run_id: str
+    gate_passed: bool
+    evaluation: dict
+    run_dir: str  # the pipeline's outputs (kfp.local's pipeline root for this run)
+    log_path: str
+
+
+def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./tauforge-runs",
+              parallelism: int = 2, log=None) -> LocalRun:
+    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment.
+
+    Task output goes to `<pipeline_root>/<run_id>.log`; `log(line)` receives one line per
+    finished step (progress), if given."""
+    from kfp import local
+
+    run_id = uuid.uuid4().hex[:12]
+    root = os.path.abspath(os.path.join(pipeline_root, run_id))
+    os.makedirs(root, exist_ok=True)
+    log_path = os.path.abspath(os.path.join(pipeline_root, f"{run_id}.log"))
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
+    threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
+    pipeline = build_training_pipeline(config.n_folds, config.n_shards, 0, config.accelerator_type, parallelism,
+                                       threads)
+    with open(log_path, "w") as log_file, _capture(log_file, log):
+        try:
+            task = pipeline(**pipeline_arguments(source, config, run_id))
+        except RuntimeError as exc:
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
+            raise PipelineFailed(f"{message} The task logs are in {log_path}") from None
+    gate_passed = bool(task.outputs["Output"])
+    evaluation = _read_evaluation(root)
+    return LocalRun(run_id, gate_passed, evaluation, root, log_path)
+
+
+class PipelineFailed(RuntimeError):
+    """A task of the local run failed."""
+
+
+def _read_evaluation(root: str) -> dict:
+    """The evaluate step's JSON output (kfp.local writes <root>/<run>/<task>/<output>)."""
+    for dirpath, _, files in os.walk(root):
+        if os.path.basename(dirpath) == "evaluate-model" and "evaluation" in files:
+            with open(os.path.join(dirpath, "evaluation")) as f:
+                return json.load(f)
+    raise PipelineFailed(f"the evaluate step left no evaluation under {root}")
+
+
+@contextlib.contextmanager
+def _capture(log_file, progress):
+    """Send everything the run prints (kfp.local logs to stdout, task output included) to
+    `log_file`, and pass the lines our components print ("tauforge: ...") to `progress`."""
+    class Tee(io.TextIOBase):
+        def __init__(self):
+            self._pending = ""
+
+        def write(self, s: str) -> int:
+            log_file.write(s)
+            *lines, self._pending = (self._pending + s).split("\n")
+            for line in lines:
+                text = line.strip()
+                if progress and text.startswith("tauforge: "):
+                    progress(text[len("tauforge: "):])
+            return len(s)
+
+        def flush(self) -> None:
+            log_file.flush()
+
+    tee = Tee()
+    # kfp.local indents task output by swapping builtins.print; with tasks in parallel threads the
+    # swaps interleave and can leave the indenting print installed after the run.
+    saved_print = builtins.print
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+            yield
+    finally:
+        builtins.print = saved_print
+
+
+def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None) -> str:
+    """Submit a run to Kubeflow Pipelines at `host`; return its run id."""
+    import kfp
+
+    client = kfp.Client(host=host)
+    pipeline = build_training_pipeline(config.n_folds, config.n_shards, config.gpus_per_shard,
+                                       config.accelerator_type)
+    run_id = uuid.uuid4().hex[:12]
+    result = client.create_run_from_pipeline_func(pipeline, arguments=pipeline_arguments(source, config, run_id),
+                                                  experiment_name=experiment, run_name=f"tauforge-{run_id}")
+    return result.run_id

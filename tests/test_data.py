@@ -1,0 +1,93 @@
+"""The data contract: what `validate` accepts, and the message when it does not."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.data import DataSpec, DataValidationError, fingerprint, read_table, validate
+
+
+def table(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.normal(size=(n, 3)), columns=["age", "income", "score"])
+    df["treated"] = rng.binomial(1, 0.5, n).astype(float)
+    df["spend"] = df["age"] + df["treated"] + rng.normal(size=n)
+    df["region"] = rng.integers(0, 4, n)
+    return df
+
+
+def spec(**kw):
+    return DataSpec(**{"outcome": "spend", "treatment": "treated", **kw})
+
+
+def test_valid_table_resolves_covariates_and_treatment_type():
+    data = validate(table(), spec(controls=["region"]))
+    assert data.spec.covariates == ["age", "income", "score"]  # every other numeric column
+    assert data.spec.treatment_type == "binary" and data.spec.binary
+    assert list(data.table.columns) == ["spend", "treated", "age", "income", "score", "region"]
+    a = data.arrays()
+    assert a["X"].shape == (200, 3) and a["W"].shape == (200, 1) and a["sample_weight"] is None
+
+
+def test_continuous_treatment_is_detected():
+    df = table()
+    df["dose"] = np.random.default_rng(1).uniform(0, 3, len(df))
+    data = validate(df, DataSpec(outcome="spend", treatment="dose", covariates=["age", "income"]))
+    assert data.spec.treatment_type == "continuous"
+
+
+@pytest.mark.parametrize("change, kw, message", [
+    (lambda d: d.drop(columns="spend"), {}, "outcome column 'spend' is missing"),
+    (lambda d: d, {"covariates": ["age", "height"]}, "covariates column 'height' is missing"),
+    (lambda d: d.assign(spend=d.spend.where(d.index != 7)), {}, "column 'spend' has 1 NaN"),
+    (lambda d: d.assign(age=d.age.where(d.index != 3, np.inf)), {}, "column 'age' has 1 inf"),
+    (lambda d: d.assign(treated=d.index % 3), {"treatment_type": "binary"},
+     "treatment column 'treated' is declared binary but takes 3 values (0, 1, 2)"),
+    (lambda d: d.assign(treated=(d.index < 5).astype(float)), {}, "has 5 row(s) with value 1"),
+    (lambda d: d.assign(score=2.0), {}, "column 'score' is constant"),
+    (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
+    (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),
+    (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
+    (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
+    (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
+])
+def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
+    with pytest.raises(DataValidationError) as err:
+        validate(change(table()), spec(**kw))
+    assert message in str(err.value)
+
+
+def test_duplicate_column_names_are_refused():
+    df = table()
+    df = pd.concat([df, df[["age"]]], axis=1)
+    with pytest.raises(DataValidationError, match="column 'age' appears more than once"):
+        validate(df, spec())
+
+
+def test_parquet_and_csv_read_alike(tmp_path):
+    df = table()
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    a, b = read_table(str(tmp_path / "t.parquet")), read_table(str(tmp_path / "t.csv"))
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    with pytest.raises(DataValidationError, match="does not exist"):
+        read_table(str(tmp_path / "missing.parquet"))
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(DataValidationError, match="cannot read"):
+        read_table(str(tmp_path / "junk.parquet"))
+
+
+def test_fingerprint_changes_with_any_value_and_not_otherwise():
+    df = table()
+    assert fingerprint(df) == fingerprint(df.copy())
+    changed = df.copy()
+    changed.loc[5, "income"] += 1e-9
+    assert fingerprint(changed) != fingerprint(df)
+    assert fingerprint(df.rename(columns={"age": "years"})) != fingerprint(df)
+
+
+def test_spec_round_trips_through_json_and_rejects_unknown_fields():
+    s = spec(controls=["region"], unit_id="uid")
+    assert DataSpec.from_json(s.to_json()) == s
+    with pytest.raises(DataValidationError, match="unknown DataSpec field"):
+        DataSpec.from_json('{"outcome": "y", "treatment": "t", "colour": "red"}')

@@ -1,0 +1,40 @@
+"""An EconML causal forest imported as plain arrays predicts what EconML predicts."""
+
+import numpy as np
+import pytest
+from econml.grf import CausalForest as EconMLCausalForest
+
+from kernels import CausalForest
+from kernels.datasets import make_causal_data
+from kernels.econml_import import import_econml_forest
+
+
+@pytest.fixture(scope="module")
+def econml_forest():
+    d = make_causal_data("simple", n=2000, p=5, seed=4)
+    return EconMLCausalForest(n_estimators=24, random_state=1).fit(d.X, d.T - d.e, d.Y - d.m), d
+
+
+def test_imported_forest_predicts_econml_point_and_variance(econml_forest, tmp_path):
+    ecf, d = econml_forest
+    X = make_causal_data("simple", n=400, p=5, seed=5).X
+    forest = import_econml_forest(ecf)
+    point, var = ecf.predict_and_var(X)
+    ours, our_var = forest.predict_and_var(X)
+    np.testing.assert_allclose(ours, point.ravel(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(our_var, var.ravel(), rtol=1e-9, atol=1e-15)  # EconML's BLB is ours
+    forest.save(tmp_path / "imported")
+    loaded = CausalForest.load(tmp_path / "imported")
+    np.testing.assert_array_equal(loaded.predict(X), ours)
+    assert loaded.source_ == "econml.grf.CausalForest"
+    with pytest.raises(ValueError, match="not available on a forest imported from econml"):
+        loaded.oob_predict(d.X)
+
+
+def test_unfitted_or_multi_treatment_forests_are_refused(econml_forest):
+    with pytest.raises(ValueError, match="not fitted"):
+        import_econml_forest(EconMLCausalForest())
+    ecf, d = econml_forest
+    two = EconMLCausalForest(n_estimators=4, random_state=0).fit(d.X, np.c_[d.T, d.X[:, 0]], d.Y)
+    with pytest.raises(ValueError, match="single treatment"):
+        import_econml_forest(two)

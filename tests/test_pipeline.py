@@ -1,0 +1,192 @@
+"""The training pipeline end to end, as a user runs it: `tauforge run` processes driving the real
+kfp.local SubprocessRunner, real Parquet files, a real local model store."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from components.registry import ModelStore
+from kernels import CausalForestDML
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAUFORGE = [sys.executable, "-m", "pipelines.cli"]
+SMALL = ["--trees", "60", "--folds", "2", "--shards", "2"]
+
+
+def start(tmp_path, *args):
+    extra = {"run": ["--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")],
+             "models": ["--store", str(tmp_path / "store")]}.get(args[0], [])
+    cmd = [*TAUFORGE, *args, *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def tauforge(tmp_path, *args):
+    return finish(start(tmp_path, *args))
+
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ihdp(tmp_path_factory):
+    """EconML's bundled IHDP covariates (as EconML selects them) with an outcome we simulate,
+    written as Parquet outside tauforge, with the columns under their own names."""
+    import econml
+
+    raw = pd.read_csv(os.path.join(os.path.dirname(econml.__file__), "data", "ihdp", "sim.csv"))
+    raw = raw[~((raw["treat"] == 1) & (raw["momwhite"] == 0))].reset_index(drop=True)
+    covariates = ["bw", "b.head", "preterm", "nnhealth", "momage", "sex"]
+    controls = ["birth.o", "b.marr", "mom.lths", "mom.hs", "mom.scoll", "cig", "first", "booze", "work.dur",
+                "prenatal"]
+    rng = np.random.default_rng(5)
+    z = (raw["bw"] - raw["bw"].mean()) / raw["bw"].std()
+    tau = 4 + 1.5 * z
+    iq = 90 + 3 * z - 2 * raw["cig"] + tau * raw["treat"] + rng.normal(0, 1, len(raw))
+    table = raw[covariates + controls].astype(float).assign(treat=raw["treat"].astype(float), iq=iq)
+    path = tmp_path_factory.mktemp("ihdp") / "ihdp.parquet"
+    table.to_parquet(path, index=False)
+    return str(path), table, covariates, controls
+
+
+def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(tmp_path):
+    first, second = (start(tmp_path, "run", "--demo", *SMALL, "--seed", str(s), "--json") for s in (0, 1))
+    results = [finish(first), finish(second)]
+    for code, out, err in results:
+        assert code == 0, err
+        assert "published tauforge-model version" in err  # progress lines reach stderr
+    runs = [last_json(out) for _, out, _ in results]
+    assert sorted(r["version"] for r in runs) == [1, 2]
+    for r in runs:
+        assert r["gate_passed"] and r["model"] == "tauforge-model" and r["store"] == str(tmp_path / "store")
+        assert r["ate_lower"] < r["ate"] < r["ate_upper"]
+        assert abs(r["ate"] - 0.40) < 0.15  # the demo's true ATE is 0.396 (test_accuracy checks coverage)
+    store = ModelStore(str(tmp_path / "store"))
+    for v in (1, 2):
+        loaded = store.load("tauforge-model", v)  # complete: every checksum verifies
+        assert loaded.load_forest().forest_.n_trees == 60
+
+    code, out, err = tauforge(tmp_path, "models", "list")
+    assert code == 0, err
+    lines = [line.split() for line in out.splitlines()[1:]]
+    assert [(line[0], line[1]) for line in lines] == [("tauforge-model", "1"), ("tauforge-model", "2")]
+    code, out, err = tauforge(tmp_path, "models", "show", "--name", "tauforge-model", "--version", "2")
+    assert code == 0, err
+    card = json.loads(out)
+    assert card["version"] == 2 and card["data"]["rows"] == 5000 and len(card["data"]["fingerprint"]) == 64
+    assert card["spec"]["treatment"] == "T" and card["estimator"]["n_trees"] == 60
+    assert card["evaluation"]["verdict"]["passed"] and "placebo" in card["evaluation"]
+    assert card["run"]["run_id"] in {r["run_id"] for r in runs}
+
+    code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "1")
+    assert code == 0 and "champion -> version 1" in out
+    code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "2")
+    code, out, err = tauforge(tmp_path, "models", "rollback", "--name", "tauforge-model")
+    assert code == 0 and "champion -> version 1" in out
+
+
+def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(tmp_path, ihdp):
+    path, table, covariates, controls = ihdp
+    code, out, err = tauforge(tmp_path, "run", "--data", path, "--treatment", "treat", "--outcome", "iq",
+                              "--covariates", *covariates, "--controls", *controls, "--name", "ihdp", *SMALL,
+                              "--seed", "3", "--json")
+    assert code == 0, err
+    result = last_json(out)
+    assert result["version"] == 1 and result["model"] == "ihdp"
+    # The pipeline's folds and shards reproduce CausalForestDML with the same seed exactly.
+    est = CausalForestDML(cv=2, n_estimators=60, random_state=3).fit(
+        table["iq"], table["treat"], X=table[covariates], W=table[controls])
+    assert result["ate"] == pytest.approx(est.ate_, rel=1e-9)
+    assert result["ate_lower"] == pytest.approx(est.ate_interval()[0], rel=1e-9)
+    loaded = ModelStore(str(tmp_path / "store")).load("ihdp")
+    assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
+    np.testing.assert_allclose(loaded.load_forest().predict(table[covariates].to_numpy()[:50]),
+                               est.effect(table[covariates].to_numpy()[:50]), rtol=1e-12)
+
+
+def test_a_failing_gate_publishes_nothing_and_says_why(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4))
+    T = rng.binomial(1, 1 / (1 + np.exp(-4 * X[:, 0]))).astype(float)  # propensities near 0 and 1
+    data = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(t=T, y=X[:, 0] + T + rng.normal(size=2000))
+    data.to_parquet(tmp_path / "poor_overlap.parquet", index=False)
+    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "poor_overlap.parquet"), "--treatment", "t",
+                              "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1")
+    assert code == 1, err
+    assert "gate FAILED, nothing published" in out and "overlap:" in out and "outside [0.05, 0.95]" in out
+    assert ModelStore(str(tmp_path / "store")).models() == []
+
+
+@pytest.mark.parametrize("change, args, message", [
+    (lambda d: d.drop(columns="y"), [], "outcome column 'y' is missing"),
+    (lambda d: d.assign(y=d.y.where(d.index != 10)), [], "column 'y' has 1 NaN"),
+    (lambda d: d.assign(t=d.index % 3), ["--treatment-type", "binary"], "treatment column 't' is declared binary "
+                                                                          "but takes 3 values"),
+])
+def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unchanged(tmp_path, change, args,
+                                                                                       message):
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    data = data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300))
+    change(data).to_parquet(tmp_path / "bad.parquet", index=False)
+    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "bad.parquet"), "--treatment", "t",
+                              "--outcome", "y", *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path):
+    from kfp import components
+
+    path = tmp_path / "training.yaml"
+    code, out, err = tauforge(tmp_path, "compile", "--out", str(path), "--folds", "3", "--shards", "4",
+                              "--gpus-per-shard", "1")
+    assert code == 0, err
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.name == "tauforge-training"
+    spec = yaml.safe_load(path.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    shard = executors["exec-forest-shard"]["container"]
+    accelerator = shard["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    assert all("accelerator" not in e["container"].get("resources", {})
+               for name, e in executors.items() if name != "exec-forest-shard")
+    loops = {name: t for name, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t}
+    items = sorted(json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops.values())
+    assert items == [[0, 1, 2], [0, 1, 2, 3]]
+    assert "condition-" in json.dumps(spec["root"]["dag"]) and "gate-passed" in path.read_text()
+    assert {e["container"]["image"] for e in executors.values()} == {"ghcr.io/tauforge/tauforge:0.1.0"}
+    assert "pip install" not in path.read_text()
+
+
+def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_arrays(tmp_path):
+    from econml.grf import CausalForest as EconMLCausalForest
+
+    from components.data import demo_table
+
+    code, out, err = tauforge(tmp_path, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2",
+                              "--seed", "2", "--name", "reference", "--json")
+    assert code == 0, err
+    result = last_json(out)
+    loaded = ModelStore(str(tmp_path / "store")).load("reference", result["version"])
+    assert loaded.card["estimator"]["estimator"] == "econml"
+    assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in loaded.card["files"])
+    # The same residuals (tauforge's cross-fitting) and EconML's forest with the run's seed.
+    table, _ = demo_table(n=5000, seed=2)
+    X = table[[f"x{j}" for j in range(10)]].to_numpy()
+    dml = CausalForestDML(cv=2, n_estimators=2, random_state=2).fit(table["Y"], table["T"], X=X)
+    y_res, t_res = dml.residuals_
+    ecf = EconMLCausalForest(n_estimators=40, random_state=2).fit(X, t_res, y_res)
+    np.testing.assert_allclose(loaded.load_forest().predict(X[:200]), ecf.predict(X[:200]).ravel(), atol=1e-12)
