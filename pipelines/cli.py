@@ -93,6 +93,9 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
     if args.demo:
         if args.data:
             raise ValueError("pass --data PATH or --demo, not both")
+        if args.command == "submit":
+            raise ValueError("--demo writes a local file a cluster cannot read; upload the data and pass "
+                             "--data URI (s3://, gs://, or a path mounted in the pipeline's pods)")
         os.makedirs(args.pipeline_root, exist_ok=True)
         source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
         table, true_ate = demo_table(n=5000, seed=args.seed)
@@ -108,7 +111,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
                     controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
                     treatment_type=args.treatment_type)
-    if "://" not in source or source.startswith("file://"):
+    if args.command == "run" and ("://" not in source or source.startswith("file://")):
         validate(read_table(source), spec)  # a clear error here, before any task starts
     if args.folds < 2:
         raise ValueError(f"--folds must be at least 2, got {args.folds}")
@@ -199,6 +202,9 @@ def _compile(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from pipelines.training import submit
 
+    if not (args.store or os.environ.get(DEFAULT_STORE_ENV)):
+        raise ValueError("submit needs --store URI (or $TAUFORGE_STORE) that the cluster's pods can write: "
+                         "s3://..., gs://..., or a path on a volume mounted in them")
     source, config, _ = _training_setup(args)
     run_id = submit(args.host, source, config, experiment=args.experiment)
     print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")

@@ -222,10 +222,16 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
     """Submit a run to Kubeflow Pipelines at `host`; return its run id."""
     import kfp
 
-    client = kfp.Client(host=host)
     pipeline = build_training_pipeline(config.n_folds, config.n_shards, config.gpus_per_shard,
                                        config.accelerator_type)
     run_id = uuid.uuid4().hex[:12]
-    result = client.create_run_from_pipeline_func(pipeline, arguments=pipeline_arguments(source, config, run_id),
-                                                  experiment_name=experiment, run_name=f"tauforge-{run_id}")
+    try:
+        client = kfp.Client(host=host)
+        result = client.create_run_from_pipeline_func(
+            pipeline, arguments=pipeline_arguments(source, config, run_id), experiment_name=experiment,
+            run_name=f"tauforge-{run_id}")
+    except Exception as exc:  # the client raises urllib3, ApiException, ValueError... all mean "not submitted"
+        reason = str(exc).splitlines()[0][:300]
+        raise PipelineFailed(f"could not submit to Kubeflow Pipelines at {host}: {type(exc).__name__}: {reason}") \
+            from None
     return result.run_id

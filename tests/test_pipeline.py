@@ -76,6 +76,14 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     for v in (1, 2):
         loaded = store.load("tauforge-model", v)  # complete: every checksum verifies
         assert loaded.load_forest().forest_.n_trees == 60
+        report = open(os.path.join(loaded.path, "report.html")).read()
+        assert "<svg" in report and "Overlap" in report and "Balance" in report
+    # kfp.local kept every step's outputs, the HTML report and the metrics the Kubeflow UI shows
+    executor_outputs = [os.path.join(d, f) for d, _, files in os.walk(runs[0]["outputs"]) for f in files
+                        if f == "executor_output.json" and d.endswith("evaluate-model")]
+    (evaluate_output,) = executor_outputs
+    metrics = json.load(open(evaluate_output))["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["ate"] == pytest.approx(runs[0]["ate"]) and "placebo_p_value" in metrics
 
     code, out, err = tauforge(tmp_path, "models", "list")
     assert code == 0, err
@@ -190,3 +198,82 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
     y_res, t_res = dml.residuals_
     ecf = EconMLCausalForest(n_estimators=40, random_state=2).fit(X, t_res, y_res)
     np.testing.assert_allclose(loaded.load_forest().predict(X[:200]), ecf.predict(X[:200]).ravel(), atol=1e-12)
+
+
+class FakeKubeflowPipelines:
+    """A stand-in for the Kubeflow Pipelines API server, which needs a Kubernetes cluster and
+    cannot run here: it answers the few v2beta1 calls `kfp.Client` makes to start a run and keeps
+    what it was sent. Everything on the client side (kfp.Client, the compiled spec) is real."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.runs = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.startswith("/apis/v2beta1/healthz"):
+                    return self.reply({"multi_user": False})
+                if self.path.startswith("/apis/v2beta1/experiments"):
+                    return self.reply({"experiments": [{"experiment_id": "exp-1", "display_name": "Default"}],
+                                       "total_size": 1})
+                self.send_error(404)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.startswith("/apis/v2beta1/runs"):
+                    fake.runs.append(body)
+                    return self.reply({"run_id": f"run-{len(fake.runs)}", "display_name": body.get("display_name")})
+                if self.path.startswith("/apis/v2beta1/experiments"):
+                    return self.reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+                self.send_error(404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_path, monkeypatch):
+    from pipelines.cli import main
+
+    fake = FakeKubeflowPipelines()
+    try:
+        monkeypatch.chdir(tmp_path)
+        code = main(["submit", "--host", fake.url, "--data", "s3://bucket/table.parquet", "--treatment", "t",
+                     "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3"])
+    finally:
+        fake.close()
+    assert code == 0
+    (run,) = fake.runs
+    spec = run["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "tauforge-training"
+    params = run["runtime_config"]["parameters"]
+    assert params["source"] == "s3://bucket/table.parquet" and params["store"] == "s3://bucket/models"
+    assert json.loads(params["spec"])["treatment"] == "t"
+    shard = spec["deploymentSpec"]["executors"]["exec-forest-shard"]["container"]
+    assert shard["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_submit_to_an_unreachable_host_fails_cleanly(tmp_path):
+    code, out, err = tauforge(tmp_path, "submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/t.parquet",
+                              "--treatment", "t", "--outcome", "y", "--store", "s3://b/models")
+    assert code == 1
+    assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err and "Traceback" not in err

@@ -1,0 +1,66 @@
+"""The first-version checks and the gate, on simulated data with known confounding."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.data import DataSpec, validate
+from components.estimate import grow_forest_shard, merge_forest
+from components.evaluate import GateConfig, evaluate, metric_values
+from components.nuisance import combine_folds, fit_nuisance_fold
+from components.report import render_report
+from kernels.datasets import make_causal_data
+
+
+def pipeline_in_process(design, n=2000, seed=0):
+    """The pipeline's steps as plain functions, in this process."""
+    d = make_causal_data(design, n=n, p=5, seed=seed)
+    table = pd.DataFrame(d.X, columns=[f"x{j}" for j in range(5)]).assign(T=d.T, Y=d.Y)
+    data = validate(table, DataSpec(outcome="Y", treatment="T"))
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, 2, seed) for k in range(2)])
+    estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, seed, 0, 1)], data, residuals)
+    return data, residuals, estimate, d
+
+
+def test_checks_measure_overlap_balance_and_placebo_on_confounded_data():
+    data, residuals, estimate, d = pipeline_in_process("aw1")  # e(x) depends on x0 only; tau = 0
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0)
+    assert result["balance"]["over_threshold"] == ["x0"]  # the confounder, and only it
+    t_hat = residuals.column("t_hat")
+    assert result["overlap"]["propensity_min"] == pytest.approx(t_hat.min())
+    assert result["overlap"]["share_outside"] == pytest.approx(np.mean((t_hat < 0.05) | (t_hat > 0.95)))
+    assert result["placebo"]["p_value"] > 0.05
+    assert result["effect"]["ate_lower"] < 0 < result["effect"]["ate_upper"]  # the true effect is zero
+    assert result["verdict"]["passed"], result["verdict"]
+    assert any("balance" in w for w in result["verdict"]["warnings"])
+    metrics = metric_values(result)
+    assert metrics["gate_passed"] == 1.0 and "placebo_p_value" in metrics
+    html = render_report(result)
+    for part in ("<svg", "Overlap", "Balance (smd per covariate)", "Placebo treatment", "Gate passed"):
+        assert part in html
+
+
+def test_the_gate_says_why_it_fails():
+    data, residuals, estimate, _ = pipeline_in_process("aw1")
+    strict = GateConfig(max_share_outside_overlap=None, max_abs_smd=0.05, min_outcome_r2=0.99,
+                        require_significant_ate=True)
+    verdict = evaluate(data, residuals, estimate, strict, seed=0)["verdict"]
+    assert not verdict["passed"]
+    assert [r.split(":")[0] for r in verdict["reasons"]] == ["balance", "nuisance", "effect"]
+    assert "contains 0" in verdict["reasons"][2]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"colour": 1}, "unknown gate setting"),
+    ({"min_placebo_pvalue": "high"}, "must be a number or 'off'"),
+])
+def test_gate_settings_are_checked(values, message):
+    with pytest.raises(ValueError, match=message):
+        GateConfig.from_dict(values)
+
+
+def test_gate_settings_parse_numbers_and_off():
+    gate = GateConfig.from_dict({"min_placebo_pvalue": "off", "max_share_outside_overlap": "0.2",
+                                 "require_significant_ate": "true"})
+    assert gate.min_placebo_pvalue is None and gate.max_share_outside_overlap == 0.2
+    assert gate.require_significant_ate is True
