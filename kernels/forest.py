@@ -272,12 +272,18 @@ class CausalForest(BaseEstimator):
 
     def predict_interval(self, X: Any, alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) normal confidence interval (lower, upper) of the CATE."""
+        _, lower, upper = self.predict_with_interval(X, alpha)
+        return lower, upper
+
+    def predict_with_interval(self, X: Any, alpha: float = 0.05) -> tuple[Any, Any, Any]:
+        """CATE and its pointwise (1 - alpha) normal interval, (tau, lower, upper), in one pass."""
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         tau, var = self._estimate(X, with_variance=True)
         half = norm.ppf(1 - alpha / 2) * np.sqrt(var)
         kind = _inputs.array_kind(X)
-        return _inputs.as_output(tau - half, kind), _inputs.as_output(tau + half, kind)
+        return (_inputs.as_output(tau, kind), _inputs.as_output(tau - half, kind),
+                _inputs.as_output(tau + half, kind))
 
     def _check_whole(self, what: str) -> None:
         if self.source_ != "tauforge":

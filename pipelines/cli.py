@@ -254,6 +254,23 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from serving.server import build_model, serve
+
+    store = None if args.model_dir else _store_uri(args)
+    model = build_model(store=store, model=args.model, version=args.version, challenger=args.challenger,
+                        mode=args.mode, percent=args.percent, explore=args.explore, log_dir=args.log_dir,
+                        model_dir=args.model_dir, shadow_timeout=args.shadow_timeout)
+    champion, challenger = model.scorers["champion"], model.scorers["challenger"]
+    print(f"tauforge serve: {model.name} version {champion.version}"
+          + (f", challenger version {challenger.version} ({args.mode}"
+             + (f", {model.routing.percent:g}%)" if args.mode != "single" else ")") if challenger else "")
+          + f" on http://{args.host}:{args.port} (V1 /v1/models/{model.name}:predict, "
+            f"V2 /v2/models/{model.name}/infer, /metrics)", file=sys.stderr, flush=True)
+    serve(model, port=args.port, host=args.host)
+    return 0
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", help="Parquet or CSV file (path or fsspec URI)")
@@ -321,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
     comp.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
     comp.set_defaults(func=_compile)
+
+    srv = sub.add_parser("serve", help="serve a published model on KServe's model server")
+    srv.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    srv.add_argument("--model", help="model name in the store")
+    srv.add_argument("--version", help="champion version or alias (default: alias 'champion', else latest)")
+    srv.add_argument("--model-dir", help="serve the version folder DIR instead (KServe's /mnt/models)")
+    srv.add_argument("--challenger", help="challenger version or alias")
+    srv.add_argument("--mode", choices=("single", "canary", "shadow"), default="single",
+                     help="canary: a sticky weighted split; shadow: the challenger scores off the response path")
+    srv.add_argument("--percent", type=float, help="canary: %% of units to the challenger (default 10); "
+                                                   "shadow: %% of requests mirrored (default 100)")
+    srv.add_argument("--shadow-timeout", type=float, default=2.0, help="seconds a shadow answer may take (default 2)")
+    srv.add_argument("--explore", type=float, metavar="EPS",
+                     help="epsilon-greedy exploration: answers carry a drawn action and its propensity")
+    srv.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1; 0.0.0.0 in a pod)")
+    srv.add_argument("--log-dir", help="write the prediction event log (Parquet) here")
+    srv.set_defaults(func=_serve)
 
     models = sub.add_parser("models", help="list, show, promote or roll back published models")
     models.add_argument("action", choices=("list", "show", "promote", "rollback"))

@@ -484,7 +484,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     return n_nodes, n_leaves
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
                max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
@@ -499,7 +499,7 @@ def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coa
         out_counts[t, 1] = nl
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def leaf_ids(codes, feature, threshold, child, roots, out):
     """out[i, t] = index of the leaf that row i reaches in tree t.
 

@@ -1,0 +1,224 @@
+"""`CateModel`: the KServe model that serves a causal model's champion, and its challenger under
+canary or shadow routing. A thin `kserve.Model` over `serving.scoring` (what a row scores) and
+`serving.routing` (who scores it); it adds the protocol (V1 and V2), the event log and metrics.
+
+Answers per row: cate, lower, upper, and the model version and role that produced them; with
+exploration on, the recommended action, the drawn action and its propensity.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from . import metrics
+from .event_log import EventLog
+from .routing import CHALLENGER, CHAMPION, SHADOW, EpsilonGreedy, SingleRouting
+from .scoring import RequestError, Rows, Scores, VersionScorer
+
+log = logging.getLogger("tauforge.serving")
+SHADOW_THREADS = 4  # shadow scorings at once; beyond that, shadow requests are shed, not queued
+
+
+class CateModel(Model):
+    def __init__(self, name: str, champion: VersionScorer, challenger: VersionScorer | None = None,
+                 routing=SingleRouting(), explore: EpsilonGreedy | None = None, event_log: EventLog | None = None):
+        super().__init__(name)
+        if routing.mode != "single" and challenger is None:
+            raise ValueError(f"{routing.mode} routing needs a challenger version")
+        if challenger is not None and challenger.columns != champion.columns:
+            raise ValueError(f"champion (version {champion.version}) and challenger (version {challenger.version}) "
+                             f"take different covariates: {champion.columns} and {challenger.columns}")
+        self.scorers = {CHAMPION: champion, CHALLENGER: challenger}
+        self.routing = routing
+        self.explore = explore
+        self.event_log = event_log
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self._shadow_slots = threading.BoundedSemaphore(SHADOW_THREADS)
+        self.ready = False
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Server shutdown (SIGTERM included): write what the event log still holds."""
+        if self.event_log is not None:
+            self.event_log.close()
+
+    # ------------------------------------------------------------------ predict
+    async def predict(self, payload, headers=None):
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        v2 = isinstance(payload, InferRequest)
+        parser = self.scorers[CHAMPION].parser
+        try:
+            if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
+                payload = _json_body(payload)
+            rows = parser.v2(payload.inputs) if v2 else parser.v1(payload)
+        except RequestError as exc:
+            metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), CHAMPION, "bad_request").inc()
+            raise InvalidInput(str(exc)) from None
+
+        roles = self.routing.assign(rows.unit_ids, request_id)
+        n = rows.X.shape[0]
+        out = {k: np.empty(n) for k in ("cate", "lower", "upper")}
+        versions = np.empty(n, dtype=np.int64)
+        records = []
+        for role in (CHAMPION, CHALLENGER):
+            idx = [i for i, r in enumerate(roles) if r == role]
+            if not idx:
+                continue
+            scorer = self.scorers[role]
+            scores = self._score(scorer, role, rows.X[idx])
+            for k in out:
+                out[k][idx] = getattr(scores, k)
+            versions[idx] = scorer.version
+            records += self._records(request_id, rows, idx, scorer, role, scores)
+        actions = self.explore.decide(out["cate"], request_id) if self.explore else None
+        if self.event_log is not None:
+            if actions is not None:
+                for rec in records:
+                    i = rec["row"]
+                    rec.update(recommended_action=int(actions[0][i]), action=int(actions[1][i]),
+                               propensity=float(actions[2][i]))
+            self.event_log.append(records)
+        if self.routing.mirror(request_id):
+            task = asyncio.create_task(self._shadow(request_id, rows, out["cate"]))
+            self._shadow_tasks.add(task)  # keep a reference until done
+            task.add_done_callback(self._shadow_tasks.discard)
+        return self._response(payload, v2, request_id, out, versions, roles, actions)
+
+    def _score(self, scorer: VersionScorer, role: str, X: np.ndarray) -> Scores:
+        labels = (self.name, str(scorer.version), role)
+        try:
+            scores = scorer.score(X)
+        except Exception:
+            metrics.ERRORS.labels(*labels, "scoring").inc()
+            raise
+        metrics.REQUESTS.labels(*labels).inc()
+        metrics.ROWS.labels(*labels).inc(len(X))
+        metrics.LATENCY.labels(*labels).observe(scores.seconds)
+        return scores
+
+    async def _shadow(self, request_id: str, rows: Rows, champion_cate: np.ndarray) -> None:
+        """Score the request with the challenger in a worker thread, off the response path; log it
+        paired with the champion by request id. Nothing here can reach the caller."""
+        scorer = self.scorers[CHALLENGER]
+        labels = (self.name, str(scorer.version), SHADOW)
+        timeout = self.routing.timeout_seconds
+        if not self._shadow_slots.acquire(blocking=False):
+            metrics.ERRORS.labels(*labels, "shed").inc()  # every slot held by a slow or hung challenger
+            return
+        try:
+            scores = await asyncio.wait_for(_in_daemon_thread(scorer.score, rows.X, self._shadow_slots), timeout)
+        except asyncio.TimeoutError:
+            metrics.ERRORS.labels(*labels, "timeout").inc()
+            log.warning("shadow %s version %s timed out after %.1f s on request %s", self.name, scorer.version,
+                        timeout, request_id)
+            return
+        except Exception as exc:  # noqa: BLE001 (a shadow's failure is only counted and logged)
+            metrics.ERRORS.labels(*labels, "scoring").inc()
+            log.warning("shadow %s version %s failed on request %s: %s", self.name, scorer.version, request_id, exc)
+            return
+        metrics.REQUESTS.labels(*labels).inc()
+        metrics.ROWS.labels(*labels).inc(len(rows.X))
+        metrics.LATENCY.labels(*labels).observe(scores.seconds)
+        for d in np.abs(scores.cate - champion_cate):
+            metrics.SHADOW_DISAGREEMENT.labels(*labels).observe(float(d))
+        threshold = self.explore.threshold if self.explore else 0.0
+        metrics.SHADOW_ACTION_DISAGREEMENT.labels(*labels).inc(
+            int(np.sum((scores.cate > threshold) != (champion_cate > threshold))))
+        if self.event_log is not None:
+            self.event_log.append(self._records(request_id, rows, range(len(rows.X)), scorer, SHADOW, scores))
+
+    # ------------------------------------------------------------------ log and response
+    def _records(self, request_id, rows: Rows, idx, scorer: VersionScorer, role, scores: Scores) -> list[dict]:
+        """Event-log records of rows `idx` scored by `scorer` (scores in the order of idx)."""
+        now, latency_ms = time.time(), 1000 * scores.seconds
+        records = []
+        for k, i in enumerate(idx):
+            rec = {"time": now, "request_id": request_id, "row": i, "unit_id": _str(rows.unit_ids[i]),
+                   "model": self.name, "version": scorer.version, "role": role, "cate": float(scores.cate[k]),
+                   "lower": float(scores.lower[k]), "upper": float(scores.upper[k]), "recommended_action": None,
+                   "action": None, "propensity": None, "latency_ms": latency_ms}
+            rec.update({f"input.{c}": float(v) for c, v in zip(scorer.columns, rows.X[i])})
+            records.append(rec)
+        return records
+
+    def _response(self, payload, v2, request_id, out, versions, roles, actions):
+        n = len(versions)
+        if not v2:
+            preds = []
+            for i in range(n):
+                row = {"cate": float(out["cate"][i]), "lower": float(out["lower"][i]), "upper": float(out["upper"][i]),
+                       "model": self.name, "version": int(versions[i]), "role": roles[i]}
+                if actions is not None:
+                    row.update(recommended_action=int(actions[0][i]), action=int(actions[1][i]),
+                               propensity=float(actions[2][i]))
+                preds.append(row)
+            return {"predictions": preds, "model": self.name, "versions": sorted(set(int(v) for v in versions)),
+                    "request_id": request_id}
+        outputs = [self._tensor(k, out[k]) for k in ("cate", "lower", "upper")]
+        outputs.append(self._tensor("version", versions))
+        outputs.append(self._tensor("role", np.array(roles, dtype=object)))
+        if actions is not None:
+            for name, values in zip(("recommended_action", "action", "propensity"), actions):
+                outputs.append(self._tensor(name, values))
+        single = len(set(versions.tolist())) == 1
+        return InferResponse(response_id=payload.id or request_id, model_name=self.name, infer_outputs=outputs,
+                             model_version=str(versions[0]) if single else None,
+                             parameters={"model": self.name,
+                                         "versions": ",".join(str(v) for v in sorted(set(versions.tolist()))),
+                                         "request_id": request_id})
+
+    @staticmethod
+    def _tensor(name: str, values: np.ndarray) -> InferOutput:
+        datatype = {"f": "FP64", "i": "INT64", "O": "BYTES"}[values.dtype.kind]
+        t = InferOutput(name=name, shape=[len(values)], datatype=datatype)
+        t.set_data_from_numpy(values.astype(np.float64) if datatype == "FP64" else values, binary_data=False)
+        return t
+
+
+def _in_daemon_thread(func, arg, slots: threading.BoundedSemaphore) -> asyncio.Future:
+    """Run func(arg) on a daemon thread (a hung challenger must not keep the server from exiting,
+    as a thread of asyncio's default executor would); its slot is released when it returns."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error):
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def work():
+        try:
+            result, error = func(arg), None
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting coroutine)
+            result, error = None, exc
+        finally:
+            slots.release()
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the server stopped while this shadow ran; nobody waits for it
+            pass
+
+    threading.Thread(target=work, daemon=True, name="tauforge-shadow").start()
+    return future
+
+
+def _json_body(body: bytes) -> dict:
+    import orjson
+
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _str(v):
+    return None if v is None else str(v)

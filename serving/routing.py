@@ -1,0 +1,100 @@
+"""Who answers a request: routing policies, kept apart from the model that scores.
+
+`SingleRouting` sends every row to the champion. `CanaryRouting` sends `percent`% of units to
+the challenger, by a stable hash of the row's unit id (the same unit always meets the same model,
+which keeps an online comparison valid) or, for rows without one, of the request id.
+`ShadowRouting` answers every row with the champion and mirrors `percent`% of requests to the
+challenger off the response path. `EpsilonGreedy` turns a CATE into an action for exploration.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+MODES = ("single", "canary", "shadow")
+
+
+def bucket(key: str) -> float:
+    """A stable uniform number in [0, 1) for a key (the same on every server and restart)."""
+    return int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class SingleRouting:
+    mode = "single"
+    percent: float = 0.0
+
+    def assign(self, unit_ids: list, request_id: str) -> list[str]:
+        return [CHAMPION] * len(unit_ids)
+
+    def mirror(self, request_id: str) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class CanaryRouting:
+    percent: float
+    mode = "canary"
+
+    def __post_init__(self):
+        if not 0 <= self.percent <= 100:
+            raise ValueError(f"canary percent must be in [0, 100], got {self.percent}")
+
+    def assign(self, unit_ids: list, request_id: str) -> list[str]:
+        share = self.percent / 100
+        return [CHALLENGER if bucket(u if u is not None else request_id) < share else CHAMPION for u in unit_ids]
+
+    def mirror(self, request_id: str) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class ShadowRouting:
+    percent: float = 100.0
+    timeout_seconds: float = 2.0
+    mode = "shadow"
+
+    def __post_init__(self):
+        if not 0 <= self.percent <= 100:
+            raise ValueError(f"shadow percent must be in [0, 100], got {self.percent}")
+
+    def assign(self, unit_ids: list, request_id: str) -> list[str]:
+        return [CHAMPION] * len(unit_ids)
+
+    def mirror(self, request_id: str) -> bool:
+        return bucket("shadow:" + request_id) < self.percent / 100
+
+
+def make_routing(mode: str, percent: float | None = None, timeout_seconds: float = 2.0):
+    if mode == "single":
+        return SingleRouting()
+    if mode == "canary":
+        return CanaryRouting(10.0 if percent is None else percent)
+    if mode == "shadow":
+        return ShadowRouting(100.0 if percent is None else percent, timeout_seconds)
+    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class EpsilonGreedy:
+    """Recommend treating (action 1) where the CATE exceeds `threshold`; with probability
+    `epsilon` draw the action uniformly instead. The draw is seeded by request id and row, so
+    a logged decision can be replayed; its propensity is what off-policy evaluation needs."""
+
+    epsilon: float
+    threshold: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.epsilon <= 1:
+            raise ValueError(f"explore epsilon must be in [0, 1], got {self.epsilon}")
+
+    def decide(self, cate: np.ndarray, request_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(recommended, drawn action, propensity of the drawn action) per row."""
+        recommended = (cate > self.threshold).astype(np.int64)
+        rng = np.random.default_rng(int(bucket("explore:" + request_id) * 2**63))
+        explore = rng.random(len(cate)) < self.epsilon
+        drawn = np.where(explore, rng.integers(0, 2, len(cate)), recommended)
+        propensity = np.where(drawn == recommended, 1 - self.epsilon / 2, self.epsilon / 2)
+        return recommended, drawn, propensity

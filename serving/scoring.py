@@ -1,0 +1,175 @@
+"""Scoring one published version: request rows in, CATE with its interval out.
+
+Library code with no server in it: `RowParser` turns V1 instances or V2 tensors into a float
+matrix in the card's covariate order (or says exactly what is wrong with them), and
+`VersionScorer` holds one verified version and scores such a matrix.
+"""
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from components.registry import ModelStore, ModelVersion, StoreError, verify_files
+
+UNIT_ID_FIELD = "unit_id"
+
+
+class RequestError(ValueError):
+    """The request cannot be scored as sent (a 4xx, never a 500); the message says why."""
+
+
+@dataclass
+class Rows:
+    """Parsed request rows: covariates in the card's order, and each row's unit id (or None)."""
+
+    X: np.ndarray
+    unit_ids: list = field(default_factory=list)
+
+
+class RowParser:
+    """Rows as objects keyed by covariate name, or as arrays in `columns` order."""
+
+    def __init__(self, columns: list[str], max_rows: int = 10_000):
+        self.columns = list(columns)
+        self.index = {c: j for j, c in enumerate(self.columns)}
+        self.max_rows = max_rows
+
+    def v1(self, payload: dict) -> Rows:
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise RequestError('a V1 request is {"instances": [row, ...]}; "instances" is missing')
+        rows = payload["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise RequestError('"instances" must be a non-empty list of rows')
+        self._check_count(len(rows))
+        X = np.empty((len(rows), len(self.columns)))
+        units = []
+        for i, row in enumerate(rows):
+            if isinstance(row, dict):
+                unknown = [k for k in row if k not in self.index and k != UNIT_ID_FIELD]
+                if unknown:
+                    raise RequestError(f"row {i}: unknown column(s) {', '.join(map(repr, unknown))}; the model's "
+                                       f"covariates are {', '.join(self.columns)}")
+                missing = [c for c in self.columns if c not in row]
+                if missing:
+                    raise RequestError(f"row {i}: missing column(s) {', '.join(map(repr, missing))}")
+                values = [row[c] for c in self.columns]
+                units.append(row.get(UNIT_ID_FIELD))
+            elif isinstance(row, list):
+                if len(row) != len(self.columns):
+                    raise RequestError(f"row {i} has {len(row)} values; the model takes {len(self.columns)} "
+                                       f"({', '.join(self.columns)})")
+                values = row
+                units.append(None)
+            else:
+                raise RequestError(f"row {i} must be an object keyed by covariate or an array, "
+                                   f"got {type(row).__name__}")
+            for j, v in enumerate(values):
+                X[i, j] = self._number(v, i, self.columns[j])
+        return Rows(X, units)
+
+    def v2(self, inputs: list) -> Rows:
+        """V2 inputs: one [n, p] tensor in column order, or one [n] tensor per covariate
+        (named after it); an optional BYTES tensor 'unit_id'."""
+        by_name = {t.name: t for t in inputs}
+        units = None
+        if UNIT_ID_FIELD in by_name:
+            units = [u.decode() if isinstance(u, bytes) else u for u in by_name.pop(UNIT_ID_FIELD).data]
+        tensors = list(by_name.values())
+        if not tensors:
+            raise RequestError("the V2 request has no input tensors")
+        if len(tensors) == 1 and tensors[0].name not in self.index:
+            t = tensors[0]
+            shape = list(t.shape)
+            if len(shape) != 2 or shape[1] != len(self.columns):
+                raise RequestError(f"input {t.name!r} has shape {shape}; expected [rows, {len(self.columns)}] "
+                                   f"in the order {', '.join(self.columns)}")
+            X = self._matrix(t.data, shape[0], t.name).reshape(shape[0], len(self.columns))
+        else:
+            unknown = [n for n in by_name if n not in self.index]
+            if unknown:
+                raise RequestError(f"unknown input(s) {', '.join(map(repr, unknown))}; send one [rows, "
+                                   f"{len(self.columns)}] tensor or one tensor per covariate")
+            missing = [c for c in self.columns if c not in by_name]
+            if missing:
+                raise RequestError(f"missing input(s) {', '.join(map(repr, missing))}")
+            n = int(np.prod(by_name[self.columns[0]].shape))
+            X = np.empty((n, len(self.columns)))
+            for j, c in enumerate(self.columns):
+                t = by_name[c]
+                if int(np.prod(t.shape)) != n:
+                    raise RequestError(f"input {c!r} has {int(np.prod(t.shape))} values, {self.columns[0]!r} has {n}")
+                X[:, j] = self._matrix(t.data, n, c)
+        self._check_count(X.shape[0])
+        if units is not None and len(units) != X.shape[0]:
+            raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
+        return Rows(X, units if units is not None else [None] * X.shape[0])
+
+    def _check_count(self, n: int) -> None:
+        if n > self.max_rows:
+            raise RequestError(f"{n} rows in one request; the limit is {self.max_rows}")
+
+    @staticmethod
+    def _number(v, row: int, column: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise RequestError(f"row {row}, column {column!r}: {v!r} is not a number")
+        if not math.isfinite(v):
+            raise RequestError(f"row {row}, column {column!r}: {v!r} is not a finite number")
+        return float(v)
+
+    @staticmethod
+    def _matrix(data, n: int, name: str) -> np.ndarray:
+        try:
+            a = np.asarray(data, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise RequestError(f"input {name!r} holds values that are not numbers") from None
+        if not np.isfinite(a).all():
+            raise RequestError(f"input {name!r} holds NaN or infinite values")
+        return a
+
+
+@dataclass
+class Scores:
+    cate: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    seconds: float
+
+
+class VersionScorer:
+    """One published version, checksums verified, ready to score."""
+
+    def __init__(self, version: ModelVersion, alpha: float = 0.05):
+        self.model = version.model
+        self.version = version.version
+        self.card = version.card
+        self.alpha = alpha
+        self.columns = list(version.card["spec"]["covariates"])
+        self.forest = version.load_forest(device="cpu")
+        self.parser = RowParser(self.columns)
+
+    @classmethod
+    def from_store(cls, store_uri: str, model: str, ref=None) -> "VersionScorer":
+        return cls(ModelStore(store_uri).load(model, ref))
+
+    @classmethod
+    def from_directory(cls, path: str) -> "VersionScorer":
+        """A version folder as KServe's storage initializer leaves it (e.g. /mnt/models)."""
+        import json
+
+        from components.registry import CARD_FILE
+
+        card_path = os.path.join(path, CARD_FILE)
+        if not os.path.exists(card_path):
+            raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
+        with open(card_path) as f:
+            card = json.load(f)
+        verify_files(path, card)
+        return cls(ModelVersion(card["model"], card["version"], card, path))
+
+    def score(self, X: np.ndarray) -> Scores:
+        start = time.perf_counter()
+        tau, lower, upper = self.forest.predict_with_interval(X, self.alpha)
+        return Scores(tau, lower, upper, time.perf_counter() - start)

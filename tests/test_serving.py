@@ -1,0 +1,265 @@
+"""Serving as a client meets it: `tauforge serve` (KServe's own model server) started on
+127.0.0.1, called over HTTP with V1 and V2, stopped with SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+
+from components.registry import ModelStore
+from kernels import CausalForest
+from kernels.datasets import make_causal_data
+from serving.event_log import read_events
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = [f"x{j}" for j in range(5)]
+MODEL = "uplift"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two published versions of one model (different seeds), as the pipeline would leave them."""
+    root = tmp_path_factory.mktemp("serving")
+    d = make_causal_data("simple", n=2000, p=5, seed=0)
+    registry = ModelStore(str(root / "store"))
+    for seed in (1, 2):
+        src = root / f"v{seed}"
+        CausalForest(n_estimators=100, random_state=seed).fit(d.X, d.T - d.e, d.Y - d.m).save(src / "forest")
+        registry.publish(MODEL, str(src), {"spec": {"covariates": COLUMNS, "outcome": "Y", "treatment": "T"},
+                                           "effect": {"ate": 0.4, "ate_lower": 0.3, "ate_upper": 0.5},
+                                           "data": {"rows": 2000}})
+    return str(root / "store")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, cmd, port, log_dir=None):
+        self.port, self.log_dir = port, log_dir
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 90
+        while True:
+            try:
+                if self.get(f"/v1/models/{MODEL}")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                raise RuntimeError("the server did not start:\n" + self.proc.stdout.read())
+            time.sleep(0.2)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url(path), timeout=10) as r:
+            return r.status, r.read().decode()
+
+    def post(self, path, body, headers=None):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url(path), data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def v1(self, rows, **headers):
+        return self.post(f"/v1/models/{MODEL}:predict", {"instances": rows}, headers)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def tauforge_serve(store, *args, log_dir=None):
+    port = free_port()
+    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--store", store, "--model", MODEL, "--port", str(port),
+           *args] + (["--log-dir", log_dir] if log_dir else [])
+    return Server(cmd, port, log_dir)
+
+
+@pytest.fixture(scope="module")
+def single(store, tmp_path_factory):
+    log_dir = str(tmp_path_factory.mktemp("events"))
+    server = tauforge_serve(store, "--version", "1", log_dir=log_dir)
+    yield server
+    server.stop()
+
+
+def rows_for(n, seed=7):
+    return make_causal_data("simple", n=n, p=5, seed=seed).X
+
+
+def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
+    X = rows_for(20)
+    forest = ModelStore(store).load(MODEL, 1).load_forest()
+    cate, (lower, upper) = forest.predict(X), forest.predict_interval(X)
+
+    code, body = single.v1([dict(zip(COLUMNS, map(float, x))) for x in X])  # rows keyed by name
+    assert code == 200, body
+    got = body["predictions"]
+    np.testing.assert_allclose([p["cate"] for p in got], cate, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([p["lower"] for p in got], lower, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([p["upper"] for p in got], upper, rtol=0, atol=1e-12)
+    assert {(p["model"], p["version"], p["role"]) for p in got} == {(MODEL, 1, "champion")}
+
+    code, body = single.v1(X.tolist())  # rows as arrays in the card's column order
+    assert code == 200
+    np.testing.assert_allclose([p["cate"] for p in body["predictions"]], cate, rtol=0, atol=1e-12)
+
+    v2 = {"inputs": [{"name": "rows", "shape": [20, 5], "datatype": "FP64", "data": X.ravel().tolist()}]}
+    code, body = single.post(f"/v2/models/{MODEL}/infer", v2)
+    assert code == 200, body
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    np.testing.assert_allclose(outputs["cate"], cate, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(outputs["lower"], lower, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(outputs["upper"], upper, rtol=0, atol=1e-12)
+    assert body["model_name"] == MODEL and body["model_version"] == "1" and set(outputs["version"]) == {1}
+
+    per_column = {"inputs": [{"name": c, "shape": [20], "datatype": "FP64", "data": X[:, j].tolist()}
+                             for j, c in enumerate(COLUMNS)]}
+    code, body = single.post(f"/v2/models/{MODEL}/infer", per_column)
+    assert code == 200, body
+    np.testing.assert_allclose({o["name"]: o["data"] for o in body["outputs"]}["cate"], cate, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    (f"/v1/models/{MODEL}:predict", b"{not json", 400, ""),
+    (f"/v1/models/{MODEL}:predict", b'{"instances": [[NaN, 0, 0, 0, 0]]}', 400, ""),
+    (f"/v1/models/{MODEL}:predict", {"instances": [[0.1, 0.2]]}, 400, "row 0 has 2 values; the model takes 5"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [{"x0": 1, "x1": 1, "x2": 1, "x3": 1, "x4": 1, "age": 3}]}, 400,
+     "unknown column(s) 'age'"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [{"x0": 1, "x1": 1}]}, 400, "missing column(s) 'x2'"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [[0, 0, "high", 0, 0]]}, 400, "'high' is not a number"),
+    (f"/v1/models/{MODEL}:predict", {"instances": []}, 400, "non-empty list"),
+    (f"/v1/models/{MODEL}:predict", {"rows": [[0, 0, 0, 0, 0]]}, 400, '"instances" is missing'),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 3], "datatype": "FP64",
+                                               "data": [1, 2, 3]}]}, 400, "expected [rows, 5]"),
+    ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
+])
+def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
+                                                                                  message):
+    code, answer = single.post(path, body)
+    assert code == status, answer
+    assert message in answer.get("error", "")
+    assert single.v1([[0.0] * 5])[0] == 200
+
+
+def test_metrics_carry_model_version_and_role_labels(single):
+    single.v1([[0.0] * 5])
+    _, text = single.get("/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("tauforge_requests_total{"))
+    assert f'model="{MODEL}"' in line and 'version="1"' in line and 'role="champion"' in line
+    assert "tauforge_request_latency_seconds_bucket{" in text
+
+
+def test_canary_sends_about_the_share_of_units_and_each_unit_always_meets_the_same_model(store):
+    server = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "canary", "--percent", "20")
+    try:
+        X = rows_for(2000)
+        units = [f"unit-{i}" for i in range(2000)]
+        first = {}
+        for lo in range(0, 2000, 250):
+            rows = [{**dict(zip(COLUMNS, map(float, X[i]))), "unit_id": units[i]} for i in range(lo, lo + 250)]
+            code, body = server.v1(rows)
+            assert code == 200
+            first.update({units[lo + k]: p["version"] for k, p in enumerate(body["predictions"])})
+        share = np.mean([v == 2 for v in first.values()])
+        assert 0.15 <= share <= 0.25, share
+        again = list(range(0, 2000, 7))[::-1]  # the same units, in other requests and another order
+        rows = [{**dict(zip(COLUMNS, map(float, X[i]))), "unit_id": units[i]} for i in again]
+        code, body = server.v1(rows)
+        assert [p["version"] for p in body["predictions"]] == [first[units[i]] for i in again]
+        assert {p["role"] for p in body["predictions"]} == {"champion", "challenger"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("fault", ["raise", "hang", "slow"])
+def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault):
+    """The challenger is deliberately broken (tests/serving_app.py); the champion must answer every
+    request correctly and without waiting for it, and the log must hold the pairs that completed."""
+    port, log_dir = free_port(), str(tmp_path / "events")
+    server = Server([sys.executable, os.path.join(ROOT, "tests", "serving_app.py"), store, MODEL, str(port),
+                     log_dir, fault], port, log_dir)
+    try:
+        X = rows_for(12)
+        expected = ModelStore(store).load(MODEL, 1).load_forest().predict(X)
+        request_ids = []
+        n_requests = 4 if fault == "slow" else 6  # a hung challenger holds all 4 shadow threads; then shed
+        for k in range(n_requests):
+            rid = uuid.uuid4().hex
+            request_ids.append(rid)
+            start = time.perf_counter()
+            code, body = server.v1(X[2 * k:2 * k + 2].tolist(), **{"x-request-id": rid})
+            elapsed = time.perf_counter() - start
+            assert code == 200
+            np.testing.assert_allclose([p["cate"] for p in body["predictions"]], expected[2 * k:2 * k + 2], atol=1e-12)
+            assert elapsed < 1.0  # the slow challenger sleeps 1.5 s, the hung one forever
+        if fault == "slow":
+            time.sleep(2.5)  # let the shadow answers arrive (within the 3 s shadow timeout)
+        _, text = server.get("/metrics")
+    finally:
+        assert server.stop() == 0  # SIGTERM ends the server even with a hung shadow thread
+    events = read_events(log_dir)
+    champion = events[events.role == "champion"]
+    shadow = events[events.role == "shadow"]
+    assert len(champion) == 2 * n_requests and set(champion.request_id) == set(request_ids)
+    if fault == "slow":
+        assert len(shadow) == 8  # every pair completed: (request id, row) matches the champion's
+        pairs = champion.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+        assert len(pairs) == 8 and set(pairs.version_shadow) == {2}
+        assert "tauforge_shadow_disagreement_count" in text
+    else:
+        assert len(shadow) == 0
+        kind = "scoring" if fault == "raise" else "shed"  # a hung challenger's shadows are shed, not queued
+        assert f'kind="{kind}"' in text
+
+
+def test_exploration_answers_carry_an_action_and_its_propensity_and_the_log_keeps_them(store, tmp_path):
+    log_dir = str(tmp_path / "events")
+    server = tauforge_serve(store, "--version", "1", "--explore", "0.2", log_dir=log_dir)
+    try:
+        code, body = server.v1(rows_for(200).tolist(), **{"x-request-id": "explore-1"})
+        assert code == 200
+    finally:
+        server.stop()
+    preds = body["predictions"]
+    for p in preds:
+        assert p["recommended_action"] == int(p["cate"] > 0)
+        assert p["propensity"] == pytest.approx(0.9 if p["action"] == p["recommended_action"] else 0.1)
+    explored = np.mean([p["action"] != p["recommended_action"] for p in preds])
+    assert 0.03 < explored < 0.2  # epsilon / 2 = 10% of rows expected
+    events = read_events(log_dir)
+    assert len(events) == 200 and events.propensity.notna().all()
+    np.testing.assert_array_equal(events.sort_values("row").action.to_numpy(), [p["action"] for p in preds])
+
+
+def test_sigterm_flushes_the_event_log_one_record_per_scored_row(store, single):
+    # The module's server has scored rows above; stop it now and read what it wrote.
+    single.v1(rows_for(3).tolist())
+    assert single.stop() == 0
+    events = read_events(single.log_dir)
+    assert len(events) >= 3
+    assert {"time", "request_id", "unit_id", "model", "version", "role", "cate", "lower", "upper", "action",
+            "propensity", "latency_ms", "input.x0"} <= set(events.columns)
