@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
 	$(BIN)/python tests/benchmarks/bench_accuracy.py
+	$(BIN)/python tests/benchmarks/bench_serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -271,6 +271,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from components.deploy import DeploySpec, apply, render, write
+
+    store = args.store or os.environ.get(DEFAULT_STORE_ENV) or ""
+    spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
+                      namespace=args.namespace, store=store, cpu=args.cpu, memory=args.memory, gpus=args.gpus,
+                      service_account=args.service_account, **({"image": args.image} if args.image else {}))
+    objects = render(spec)
+    paths = write(objects, args.out)
+    for path in paths:
+        print(f"wrote {path}")
+    if args.apply:
+        for line in apply(objects):
+            print(line)
+    else:
+        print(f"apply with: kubectl apply -f {args.out}   (or rerun with --apply)")
+    return 0
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", help="Parquet or CSV file (path or fsspec URI)")
@@ -356,6 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1; 0.0.0.0 in a pod)")
     srv.add_argument("--log-dir", help="write the prediction event log (Parquet) here")
     srv.set_defaults(func=_serve)
+
+    dep = sub.add_parser("deploy", help="write (and apply) the KServe / Istio objects that serve a version")
+    dep.add_argument("--model", required=True, help="model name")
+    dep.add_argument("--version", required=True, type=int, help="version to deploy")
+    dep.add_argument("--mode", choices=("replace", "canary", "shadow"), default="replace",
+                     help="replace: all traffic (also how a canary is promoted); canary: canaryTrafficPercent; "
+                          "shadow: a second InferenceService and an Istio mirror")
+    dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
+    dep.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    dep.add_argument("--store", help="the store URI as the cluster reads it (s3://, gs://, pvc://; "
+                                     f"default: ${DEFAULT_STORE_ENV})")
+    dep.add_argument("--image", help="predictor image (default: the project image, $TAUFORGE_IMAGE)")
+    dep.add_argument("--cpu", default="1", help="CPU request and limit (default: 1)")
+    dep.add_argument("--memory", default="2Gi", help="memory request and limit (default: 2Gi)")
+    dep.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per replica (default: 0)")
+    dep.add_argument("--service-account", help="service account holding the store's credentials")
+    dep.add_argument("--out", default="tauforge-deploy", help="directory for the YAML (default: tauforge-deploy)")
+    dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
+    dep.set_defaults(func=_deploy)
 
     models = sub.add_parser("models", help="list, show, promote or roll back published models")
     models.add_argument("action", choices=("list", "show", "promote", "rollback"))
