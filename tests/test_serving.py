@@ -263,3 +263,27 @@ def test_sigterm_flushes_the_event_log_one_record_per_scored_row(store, single):
     assert len(events) >= 3
     assert {"time", "request_id", "unit_id", "model", "version", "role", "cate", "lower", "upper", "action",
             "propensity", "latency_ms", "input.x0"} <= set(events.columns)
+
+
+def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mnt-models"
+    shutil.copytree(os.path.join(store, MODEL, "2"), folder)  # what STORAGE_URI=<store>/uplift/2 fetches
+    port = free_port()
+    server = Server([sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(folder), "--port", str(port)],
+                    port)
+    try:
+        X = rows_for(5)
+        code, body = server.v1(X.tolist())
+        assert code == 200
+        assert {p["version"] for p in body["predictions"]} == {2}
+        expected = ModelStore(store).load(MODEL, 2).load_forest().predict(X)
+        np.testing.assert_allclose([p["cate"] for p in body["predictions"]], expected, atol=1e-12)
+    finally:
+        server.stop()
+    with open(folder / "forest" / "model.json", "a") as f:
+        f.write(" ")  # a tampered folder is refused before the server starts
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(folder),
+                          "--port", str(free_port())], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2 and "checksum mismatch" in out.stderr
