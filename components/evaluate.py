@@ -1,12 +1,14 @@
 """Checks a causal estimate before it is published, and the gate that decides.
 
-First version (a later issue adds sensitivity, more refuters and heterogeneity tests):
-  overlap   the estimated propensities' range and share outside [0.05, 0.95]
-  balance   standardized mean difference of each covariate between arms (binary treatment), or its
-            correlation with the treatment (continuous)
-  nuisance  the out-of-fold scores of the nuisance models
-  placebo   the treatment replaced by a random permutation of itself: the effect must vanish
-  effect    the ATE with its interval, and the distribution of the out-of-bag CATE
+  overlap        propensity histogram by arm, range, share outside [0.05, 0.95], and the share the
+                 Crump et al. (2009) rule would trim
+  balance        standardized mean difference of each covariate between arms, raw and inverse-
+                 propensity weighted (binary treatment); its correlation with the treatment (continuous)
+  nuisance       the out-of-fold scores of the nuisance models
+  refuters       placebo treatment, random common cause, data subset (components/refuters.py)
+  sensitivity    omitted-variable-bias bounds and robustness value (components/sensitivity.py)
+  heterogeneity  calibration test, RATE (AUTOC) and GATES by CATE quartile (components/heterogeneity.py)
+  effect         the ATE with its interval, and the distribution of the out-of-bag CATE
 The gate compares these with thresholds (`GateConfig`) and returns a verdict with its reasons.
 """
 
@@ -16,14 +18,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
 
-from kernels.dml import partially_linear_ate
+from kernels.dml import doubly_robust_scores
 
+from . import heterogeneity, refuters
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Model, Output, component
 from .data import ValidatedData
 from .estimate import Estimate
 from .nuisance import Residuals
+from .sensitivity import sensitivity_report
 
 OVERLAP_BOUNDS = (0.05, 0.95)
 SMD_WARNING = 0.1
@@ -37,6 +40,11 @@ class GateConfig:
         [0.05, 0.95] may be at most this (binary treatment).
     min_placebo_pvalue : the placebo effect's p-value must be at least this; a smaller one
         means the pipeline finds effects where there are none.
+    min_refuter_pvalue : the random-common-cause and data-subset refuters' p-values must be at
+        least this (their ATE must not move more than noise explains).
+    min_robustness_value : the robustness value (confounding strength that would make the ATE
+        interval reach 0) must be at least this (off).
+    require_heterogeneity : the calibration test must find heterogeneity at the 5% level (off).
     max_abs_smd : the largest absolute standardized mean difference allowed (off by default:
         imbalance is what the nuisance models adjust for; it is reported as a warning).
     min_outcome_r2 : the outcome model's mean out-of-fold R^2 must be at least this (off).
@@ -45,9 +53,12 @@ class GateConfig:
 
     max_share_outside_overlap: float | None = 0.10
     min_placebo_pvalue: float | None = 0.01
+    min_refuter_pvalue: float | None = 0.01
+    min_robustness_value: float | None = None
     max_abs_smd: float | None = None
     min_outcome_r2: float | None = None
     require_significant_ate: bool = False
+    require_heterogeneity: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> "GateConfig":
@@ -57,7 +68,7 @@ class GateConfig:
             raise ValueError(f"unknown gate setting(s) {', '.join(sorted(unknown))}; known: {', '.join(fields)}")
         parsed = {}
         for key, value in values.items():
-            if key == "require_significant_ate":
+            if key.startswith("require_"):
                 parsed[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
             elif value is None or str(value).lower() in ("none", "off"):
                 parsed[key] = None
@@ -72,66 +83,101 @@ class GateConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def crump_threshold(e: np.ndarray) -> float:
+    """The Crump, Hotz, Imbens and Mitnik (2009) trimming threshold alpha: keep rows with
+    alpha <= e <= 1 - alpha, where g = 1 / (e (1 - e)) solves gamma = 2 E[g | g <= gamma] with
+    gamma = 1 / (alpha (1 - alpha)); 0 when no trimming improves the variance bound."""
+    g = np.sort(1 / (e * (1 - e)))
+    if g[-1] <= 2 * g.mean():
+        return 0.0
+    cum_mean = np.cumsum(g) / np.arange(1, len(g) + 1)
+    k = np.flatnonzero(g <= 2 * cum_mean)[-1]
+    gamma = 2 * cum_mean[k]
+    return float(0.5 - np.sqrt(max(0.25 - 1 / gamma, 0.0)))
+
+
 def overlap(t_hat: np.ndarray, T: np.ndarray) -> dict:
     lo, hi = OVERLAP_BOUNDS
+    e = np.clip(t_hat, 1e-6, 1 - 1e-6)
     outside = (t_hat < lo) | (t_hat > hi)
+    alpha = crump_threshold(e)
     bins = np.linspace(0, 1, 21)
     return {"propensity_min": float(t_hat.min()), "propensity_max": float(t_hat.max()),
             "share_outside": float(outside.mean()), "bounds": [lo, hi],
+            "crump_alpha": alpha, "crump_share_trimmed": float(np.mean((e < alpha) | (e > 1 - alpha))),
             "histogram": {"edges": bins.tolist(),
                           "treated": np.histogram(t_hat[T == 1], bins)[0].tolist(),
                           "control": np.histogram(t_hat[T == 0], bins)[0].tolist()}}
 
 
-def balance(data: ValidatedData) -> dict:
-    """Raw standardized mean differences (binary) or correlations with T (continuous) per covariate."""
+def _smd(Z: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean difference between arms over the unweighted pooled standard deviation."""
+    m1 = np.average(Z[T == 1], axis=0, weights=w[T == 1])
+    m0 = np.average(Z[T == 0], axis=0, weights=w[T == 0])
+    pooled = np.sqrt((Z[T == 1].var(0, ddof=1) + Z[T == 0].var(0, ddof=1)) / 2)
+    return np.where(pooled > 0, (m1 - m0) / np.where(pooled > 0, pooled, 1), 0.0)
+
+
+def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
+    """Standardized mean differences per covariate, raw and weighted by the inverse estimated
+    propensity (binary), or correlations with T (continuous)."""
     a, spec = data.arrays(), data.spec
     columns = spec.covariates + spec.controls
     Z = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
     T = a["T"]
+    weighted = None
     if spec.binary:
-        m1, m0 = Z[T == 1].mean(0), Z[T == 0].mean(0)
-        pooled = np.sqrt((Z[T == 1].var(0, ddof=1) + Z[T == 0].var(0, ddof=1)) / 2)
-        stat = np.where(pooled > 0, (m1 - m0) / np.where(pooled > 0, pooled, 1), 0.0)
-        kind = "smd"
+        stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
+        if t_hat is not None:
+            e = np.clip(t_hat, 0.01, 0.99)
+            weighted = _smd(Z, T, np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:
         stat = np.array([np.corrcoef(Z[:, j], T)[0, 1] for j in range(Z.shape[1])])
         kind = "correlation"
     values = {c: float(v) for c, v in zip(columns, stat)}
-    return {"statistic": kind, "values": values, "max_abs": float(np.max(np.abs(stat))),
-            "over_threshold": [c for c, v in values.items() if abs(v) > SMD_WARNING]}
+    out = {"statistic": kind, "values": values, "max_abs": float(np.max(np.abs(stat))),
+           "over_threshold": [c for c, v in values.items() if abs(v) > SMD_WARNING]}
+    if weighted is not None:
+        out["weighted_values"] = {c: float(v) for c, v in zip(columns, weighted)}
+        out["weighted_max_abs"] = float(np.max(np.abs(weighted)))
+    return out
 
 
-def placebo_refuter(data: ValidatedData, residuals: Residuals, seed: int) -> dict:
-    """Effect of a permuted treatment on the outcome residuals. A permuted treatment is
-    independent of everything, so its propensity is its mean and the partially linear estimate
-    must be zero up to noise; the p-value tests that."""
+def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
+             nuisance: dict | None = None) -> dict:
+    """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` (model_y, model_t,
+    folds) is how the refuters refit the nuisance models; the run's own settings by default."""
     a = data.arrays()
-    T_placebo = np.random.default_rng([seed, 7]).permutation(a["T"])
-    effect, stderr = partially_linear_ate(residuals.column("y_res"), T_placebo - T_placebo.mean(),
-                                          a["sample_weight"])
-    p_value = float(2 * norm.sf(abs(effect) / stderr)) if stderr > 0 else 1.0
-    return {"effect": effect, "stderr": stderr, "p_value": p_value}
-
-
-def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int) -> dict:
-    """Every check of this module and the gate's verdict, as one JSON-ready dict."""
-    a = data.arrays()
-    nuisance = {k: float(np.mean(v)) for k, v in residuals.scores.items()}
+    nuisance = {"model_y": "auto", "model_t": "auto", "folds": 5, **(nuisance or {})}
     cate = estimate.oob_cate
+    y_res, t_res, t_hat = residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat")
+    if data.spec.binary:
+        scores = doubly_robust_scores(cate, y_res, t_res, t_hat)
+    else:  # the partially linear analogue: tau + (y~ - tau t~) t~ / E[t~^2]
+        scores = cate + (y_res - cate * t_res) * t_res / np.mean(t_res**2)
+    summary = estimate.summary
     result = {
-        "effect": {**{k: estimate.summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower",
-                                                         "ate_upper", "alpha")},
+        "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower",
+                                                "ate_upper", "alpha")},
                    "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
                    "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
                    "cate_histogram": _histogram(cate)},
-        "nuisance": nuisance,
-        "balance": balance(data),
-        "placebo": placebo_refuter(data, residuals, seed),
+        "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
+        "balance": balance(data, t_hat if data.spec.binary else None),
+        "refuters": {
+            "placebo": refuters.placebo(data, y_res, seed),
+            "random_common_cause": refuters.random_common_cause(data, summary["ate"], summary["ate_stderr"], cate,
+                                                                nuisance, seed),
+            "data_subset": refuters.data_subset(data, summary["ate"], summary["ate_stderr"], cate, nuisance, seed),
+        },
+        "sensitivity": sensitivity_report(y_res, t_res, summary["alpha"]),
+        "heterogeneity": {"calibration": heterogeneity.calibration_test(y_res, t_res, cate),
+                          "rate": heterogeneity.autoc(cate, scores, seed=seed),
+                          "gates": heterogeneity.gates(cate, scores)},
         "gate_config": dataclasses.asdict(gate),
     }
     if data.spec.binary:
-        result["overlap"] = overlap(residuals.column("t_hat"), a["T"])
+        result["overlap"] = overlap(t_hat, a["T"])
     result["verdict"] = verdict(result, gate)
     return result
 
@@ -148,10 +194,25 @@ def verdict(result: dict, gate: GateConfig) -> dict:
             reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
         elif share > 0:
             warnings.append(f"positivity: {text}")
-    p = result["placebo"]["p_value"]
+    ref = result["refuters"]
+    p = ref["placebo"]["p_value"]
     if gate.min_placebo_pvalue is not None and p < gate.min_placebo_pvalue:
-        reasons.append(f"placebo: a permuted treatment shows an effect ({result['placebo']['effect']:.4g}, "
+        reasons.append(f"placebo: a permuted treatment shows an effect ({ref['placebo']['effect']:.4g}, "
                        f"p = {p:.3g} < {gate.min_placebo_pvalue})")
+    for name, what in (("random_common_cause", "a random common cause"), ("data_subset", "an 80% data subset")):
+        r = ref[name]
+        if gate.min_refuter_pvalue is not None and r["p_value"] < gate.min_refuter_pvalue:
+            reasons.append(f"{name.replace('_', ' ')}: {what} moves the ATE by {r['change']:.4g} "
+                           f"(p = {r['p_value']:.3g} < {gate.min_refuter_pvalue})")
+    rv = result["sensitivity"]["robustness_value"]
+    if gate.min_robustness_value is not None and rv < gate.min_robustness_value:
+        reasons.append(f"sensitivity: a confounder explaining {100 * rv:.1f}% of the residual variance of treatment "
+                       f"and outcome would make the effect insignificant (gate needs "
+                       f"{100 * gate.min_robustness_value:.1f}%)")
+    cal = result["heterogeneity"]["calibration"]
+    if gate.require_heterogeneity and cal["differential_pvalue"] >= 0.05:
+        reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
+                       f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
     bal = result["balance"]
     if bal["over_threshold"]:
         warnings.append(f"balance: |{bal['statistic']}| > {SMD_WARNING} for {', '.join(bal['over_threshold'][:10])}")
@@ -176,7 +237,7 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict:
 # ----------------------------------------------------------------------------- KFP components
 @component
 def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Model],
-                   gate: str, seed: int, evaluation: Output[Artifact], report: Output[HTML],
+                   gate: str, seed: int, nuisance: str, evaluation: Output[Artifact], report: Output[HTML],
                    metrics: Output[Metrics]) -> bool:
     """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed."""
     import json
@@ -188,7 +249,8 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
     from components.report import render_report
 
     result = evaluate(load_validated(dataset.path), Residuals.load(residuals.path),
-                      Estimate.load(estimate.path), GateConfig.from_dict(json.loads(gate)), int(seed))
+                      Estimate.load(estimate.path), GateConfig.from_dict(json.loads(gate)), int(seed),
+                      json.loads(nuisance))
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
     with open(report.path, "w") as f:
@@ -204,9 +266,19 @@ def metric_values(result: dict) -> dict[str, float]:
     """The scalar results shown as KFP Metrics."""
     out = {k: float(result["effect"][k]) for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "cate_std")}
     out.update({f"nuisance_{k}": v for k, v in result["nuisance"].items()})
-    out["placebo_p_value"] = result["placebo"]["p_value"]
+    for name, r in result["refuters"].items():
+        out[f"refuter_{name}_p_value"] = r["p_value"]
     out[f"balance_max_abs_{result['balance']['statistic']}"] = result["balance"]["max_abs"]
+    if "weighted_max_abs" in result["balance"]:
+        out["balance_weighted_max_abs_smd"] = result["balance"]["weighted_max_abs"]
+    out["robustness_value"] = result["sensitivity"]["robustness_value"]
+    cal = result["heterogeneity"]["calibration"]
+    out["calibration_mean"] = cal["mean_forest_prediction"]
+    out["calibration_differential"] = cal["differential_forest_prediction"]
+    out["calibration_differential_p_value"] = cal["differential_pvalue"]
+    out["autoc"] = result["heterogeneity"]["rate"]["autoc"]
     if "overlap" in result:
         out["propensity_share_outside"] = result["overlap"]["share_outside"]
+        out["crump_share_trimmed"] = result["overlap"]["crump_share_trimmed"]
     out["gate_passed"] = float(result["verdict"]["passed"])
     return out

@@ -344,7 +344,8 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "assumptions": ASSUMPTIONS[spec["assignment"]],
         "spec": spec, "data": data, "effect": {
             k: estimate[k] for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "alpha")},
-        "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "placebo", "balance")}
+        "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "refuters", "balance", "sensitivity")}
+        | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}
         | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
            if "overlap" in evaluation else {}),
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},

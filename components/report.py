@@ -66,12 +66,41 @@ def render_report(result: dict, title: str = "tauforge evaluation") -> str:
                   _table([(ov["propensity_min"], ov["propensity_max"], ov["share_outside"])],
                          ("min propensity", "max propensity", f"share outside {ov['bounds']}"))]
     bal = result["balance"]
-    parts += [f"<h2>Balance ({bal['statistic']} per covariate)</h2>",
-              _table(sorted(bal["values"].items(), key=lambda kv: -abs(kv[1])), ("covariate", bal["statistic"])),
-              "<h2>Nuisance models (mean out-of-fold score)</h2>",
+    if "weighted_values" in bal:
+        rows = sorted(((c, v, bal["weighted_values"][c]) for c, v in bal["values"].items()), key=lambda r: -abs(r[1]))
+        parts += ["<h2>Balance (standardized mean difference per covariate)</h2>",
+                  _table(rows, ("covariate", "raw smd", "inverse-propensity weighted smd"))]
+    else:
+        parts += [f"<h2>Balance ({bal['statistic']} with the treatment per covariate)</h2>",
+                  _table(sorted(bal["values"].items(), key=lambda kv: -abs(kv[1])), ("covariate", bal["statistic"]))]
+    ref = result["refuters"]
+    sens = result["sensitivity"]
+    het = result["heterogeneity"]
+    cal, rate = het["calibration"], het["rate"]
+    parts += ["<h2>Nuisance models (mean out-of-fold score)</h2>",
               _table(list(result["nuisance"].items()), ("score", "value")),
-              "<h2>Placebo treatment</h2>",
-              _table([(result["placebo"]["effect"], result["placebo"]["stderr"], result["placebo"]["p_value"])],
-                     ("effect", "std. error", "p-value")),
+              "<h2>Refuters</h2>",
+              _table([("placebo treatment (effect should be 0)", ref["placebo"]["effect"], ref["placebo"]["p_value"]),
+                      ("random common cause (ATE should not move)", ref["random_common_cause"]["effect"],
+                       ref["random_common_cause"]["p_value"]),
+                      ("80% data subset (ATE should not move)", ref["data_subset"]["effect"],
+                       ref["data_subset"]["p_value"])], ("refuter", "estimate", "p-value")),
+              "<h2>Sensitivity to an unobserved confounder</h2>",
+              f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
+              "residual variance of both treatment and outcome would bring the effect's interval to 0 "
+              f"({sens['robustness_value_theta']:.3f} for the point estimate).</p>",
+              _table([(sens["c_y"], sens["c_t"], f"[{sens['theta_bounds'][0]:.4g}, {sens['theta_bounds'][1]:.4g}]",
+                       f"[{sens['ci_bounds'][0]:.4g}, {sens['ci_bounds'][1]:.4g}]")],
+                     ("c_y", "c_t", "bias bounds on theta", "confidence bounds")),
+              "<h2>Heterogeneity</h2>",
+              _table([("mean forest prediction", cal["mean_forest_prediction"], cal["mean_stderr"], cal["mean_pvalue"]),
+                      ("differential forest prediction", cal["differential_forest_prediction"],
+                       cal["differential_stderr"], cal["differential_pvalue"]),
+                      ("RATE (AUTOC)", rate["autoc"], rate["stderr"], rate["pvalue"])],
+                     ("calibration test", "estimate", "std. error", "p-value (one-sided)")),
+              bar_chart([0, 1, 2, 3, 4], {"effect by CATE quartile": [max(g["effect"], 0) for g in het["gates"]]},
+                        "group average effect by CATE quartile (GATES; negative effects drawn as 0)"),
+              _table([(g["group"], f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g["effect"], g["stderr"])
+                      for g in het["gates"]], ("quartile", "CATE range", "effect", "std. error")),
               "</body></html>"]
     return "".join(parts)

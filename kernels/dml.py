@@ -23,12 +23,20 @@ _FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_
                   "progress")
 
 
+def doubly_robust_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
+                         min_propensity: float = 0.01) -> np.ndarray:
+    """Per-row AIPW scores of a binary treatment, tau + (y~ - tau t~) t~ / (e (1 - e)), with the
+    propensity clipped to [min_propensity, 1 - min_propensity]: their mean is the ATE, their mean
+    over a subgroup the subgroup's effect."""
+    e = np.clip(t_hat, min_propensity, 1 - min_propensity)
+    return tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
+
+
 def doubly_robust_ate(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
                       min_propensity: float, sample_weight: np.ndarray | None = None) -> tuple[float, float]:
     """ATE and standard error of a binary treatment from the AIPW score on out-of-bag CATE `tau`."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
-    e = np.clip(t_hat, min_propensity, 1 - min_propensity)
-    psi = tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
+    psi = doubly_robust_scores(tau, y_res, t_res, t_hat, min_propensity)
     ate = float(np.average(psi, weights=w))
     return ate, float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
 

@@ -76,7 +76,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
     def training(source: str, spec: str, store: str = DEFAULT_STORE, model_name: str = "tauforge-model",
                  seed: int = 0, model_y: str = "auto", model_t: str = "auto",
                  forest_params: str = '{"n_estimators": 500}', gate: str = "{}", alpha: float = 0.05,
-                 run_id: str = "", estimator: str = "tauforge", estimator_config: str = "{}") -> bool:
+                 run_id: str = "", estimator: str = "tauforge", estimator_config: str = "{}",
+                 nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds})) -> bool:
         validated = validate_data(source=source, spec=spec)
         validated.set_display_name("validate")
         dataset = validated.outputs["dataset"]
@@ -103,7 +104,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
         merged.set_display_name("merge-forest")
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                   estimate=merged.outputs["estimate"], gate=gate, seed=seed)
+                                   estimate=merged.outputs["estimate"], gate=gate, seed=seed,
+                                   nuisance=nuisance_config)
         evaluated.set_display_name("evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             publish_model(dataset=dataset, estimate=merged.outputs["estimate"],
@@ -126,7 +128,9 @@ def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict
             "model_name": config.model_name, "seed": config.seed, "model_y": config.model_y,
             "model_t": config.model_t, "forest_params": json.dumps(config.forest_params),
             "gate": json.dumps(config.gate), "alpha": config.alpha, "run_id": run_id,
-            "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config())}
+            "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config()),
+            "nuisance_config": json.dumps({"model_y": config.model_y, "model_t": config.model_t,
+                                           "folds": config.n_folds})}
 
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,

@@ -29,14 +29,18 @@ def test_checks_measure_overlap_balance_and_placebo_on_confounded_data():
     t_hat = residuals.column("t_hat")
     assert result["overlap"]["propensity_min"] == pytest.approx(t_hat.min())
     assert result["overlap"]["share_outside"] == pytest.approx(np.mean((t_hat < 0.05) | (t_hat > 0.95)))
-    assert result["placebo"]["p_value"] > 0.05
+    assert result["refuters"]["placebo"]["p_value"] > 0.05
+    assert result["refuters"]["random_common_cause"]["p_value"] > 0.05
+    assert result["refuters"]["data_subset"]["p_value"] > 0.05
     assert result["effect"]["ate_lower"] < 0 < result["effect"]["ate_upper"]  # the true effect is zero
     assert result["verdict"]["passed"], result["verdict"]
     assert any("balance" in w for w in result["verdict"]["warnings"])
     metrics = metric_values(result)
-    assert metrics["gate_passed"] == 1.0 and "placebo_p_value" in metrics
+    assert metrics["gate_passed"] == 1.0 and "refuter_placebo_p_value" in metrics
+    assert abs(result["balance"]["weighted_values"]["x0"]) < abs(result["balance"]["values"]["x0"])  # IPW balances
     html = render_report(result)
-    for part in ("<svg", "Overlap", "Balance (smd per covariate)", "Placebo treatment", "Gate passed"):
+    for part in ("<svg", "Overlap", "Balance (standardized", "Refuters", "Robustness value", "GATES",
+                 "Gate passed"):
         assert part in html
 
 

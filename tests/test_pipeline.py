@@ -83,7 +83,7 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
                         if f == "executor_output.json" and d.endswith("evaluate-model")]
     (evaluate_output,) = executor_outputs
     metrics = json.load(open(evaluate_output))["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert metrics["ate"] == pytest.approx(runs[0]["ate"]) and "placebo_p_value" in metrics
+    assert metrics["ate"] == pytest.approx(runs[0]["ate"]) and "refuter_placebo_p_value" in metrics
 
     code, out, err = tauforge(tmp_path, "models", "list")
     assert code == 0, err
@@ -94,7 +94,7 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     card = json.loads(out)
     assert card["version"] == 2 and card["data"]["rows"] == 5000 and len(card["data"]["fingerprint"]) == 64
     assert card["spec"]["treatment"] == "T" and card["estimator"]["n_trees"] == 60
-    assert card["evaluation"]["verdict"]["passed"] and "placebo" in card["evaluation"]
+    assert card["evaluation"]["verdict"]["passed"] and "placebo" in card["evaluation"]["refuters"]
     assert card["run"]["run_id"] in {r["run_id"] for r in runs}
 
     code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "1")

@@ -1,0 +1,75 @@
+"""Refuters: perturb the problem in ways that should not change a sound estimate, re-estimate,
+and test that it did not change (or, for the placebo, that it vanished).
+
+placebo               the treatment replaced by a random permutation of itself: the effect must be 0
+random_common_cause   a random column added to the controls, nuisance models refit: the ATE must stay
+data_subset           the nuisance models refit on a random 80% of the rows: the ATE must stay
+
+Each returns its estimate, a p-value for "nothing is wrong" and whether it passed at the level
+given. The ATE is re-estimated as the pipeline estimates it (doubly robust on the forest's
+out-of-bag CATE for a binary treatment, partially linear otherwise), with the forest held fixed:
+these refuters test the nuisance stage and the data, not the forest's fit.
+"""
+
+import numpy as np
+from scipy.stats import norm
+
+from kernels.dml import doubly_robust_ate, partially_linear_ate
+from kernels.nuisance import cross_fitting_folds, fit_nuisance
+
+from .data import ValidatedData
+
+
+def _p_two_sided(z: float) -> float:
+    return float(2 * norm.sf(abs(z)))
+
+
+def placebo(data: ValidatedData, y_res: np.ndarray, seed: int) -> dict:
+    """A permuted treatment is independent of everything: its propensity is its mean, and the
+    partially linear estimate of its effect on the outcome residuals must be zero up to noise."""
+    a = data.arrays()
+    T_placebo = np.random.default_rng([seed, 7]).permutation(a["T"])
+    effect, stderr = partially_linear_ate(y_res, T_placebo - T_placebo.mean(), a["sample_weight"])
+    return {"effect": effect, "stderr": stderr, "p_value": _p_two_sided(effect / stderr) if stderr > 0 else 1.0}
+
+
+def _refit_ate(data: ValidatedData, rows: np.ndarray, extra: np.ndarray | None, oob_cate: np.ndarray,
+               nuisance: dict, seed: int) -> float:
+    a = data.arrays()
+    XW = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
+    if extra is not None:
+        XW = np.hstack([XW, extra[:, None]])
+    XW, Y, T = XW[rows], a["Y"][rows], a["T"][rows]
+    sw = None if a["sample_weight"] is None else a["sample_weight"][rows]
+    discrete = data.spec.binary
+    folds = cross_fitting_folds(T, int(nuisance.get("folds", 5)), discrete, seed)
+    y_hat, t_hat = np.empty(len(rows)), np.empty(len(rows))
+    for k in range(int(nuisance.get("folds", 5))):
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        y_hat[test], t_hat[test], _ = fit_nuisance(XW, Y, T, train, test, model_y=nuisance.get("model_y", "auto"),
+                                                   model_t=nuisance.get("model_t", "auto"), discrete=discrete,
+                                                   seed=seed, sample_weight=sw)
+    if data.spec.assignment == "randomized":
+        t_hat[:] = data.spec.propensity
+    if discrete:
+        return doubly_robust_ate(oob_cate[rows], Y - y_hat, T - t_hat, t_hat, 0.01, sw)[0]
+    return partially_linear_ate(Y - y_hat, T - t_hat, sw)[0]
+
+
+def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray, nuisance: dict,
+                        seed: int) -> dict:
+    n = len(data.table)
+    noise = np.random.default_rng([seed, 11]).normal(size=n)
+    new = _refit_ate(data, np.arange(n), noise, oob_cate, nuisance, seed)
+    return {"effect": new, "change": new - ate, "p_value": _p_two_sided((new - ate) / ate_stderr)}
+
+
+def data_subset(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray, nuisance: dict,
+                seed: int, fraction: float = 0.8) -> dict:
+    n = len(data.table)
+    rows = np.sort(np.random.default_rng([seed, 13]).choice(n, int(fraction * n), replace=False))
+    new = _refit_ate(data, rows, None, oob_cate, nuisance, seed)
+    # The subset's estimate shares a fraction of its data with the full one: under no problem,
+    # Var(subset - full) = Var(full) (1 / fraction - 1).
+    z = (new - ate) / (ate_stderr * np.sqrt(1 / fraction - 1))
+    return {"effect": new, "change": new - ate, "fraction": fraction, "p_value": _p_two_sided(z)}

@@ -1,0 +1,140 @@
+"""Sensitivity, heterogeneity and refuter checks against known truths and against EconML."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from econml.validate.sensitivity_analysis import RV, dml_sensitivity_values, sensitivity_interval
+
+from components.data import DataSpec, validate
+from components.evaluate import crump_threshold
+from components.heterogeneity import autoc, calibration_test, gates
+from components.refuters import placebo
+from components.sensitivity import SensitivityParams, bounds, robustness_value
+from kernels import CausalForestDML
+from kernels.datasets import make_causal_data
+from kernels.dml import doubly_robust_scores, oob_effect
+from kernels.nuisance import cross_fitting_folds, fit_nuisance
+
+
+def test_sensitivity_bounds_and_robustness_value_equal_econml_on_the_same_residuals():
+    rng = np.random.default_rng(3)
+    t_res = rng.normal(size=3000)
+    y_res = 0.2 * t_res + rng.normal(scale=2, size=3000)
+    ours = SensitivityParams.from_residuals(y_res, t_res)
+    ref = dml_sensitivity_values(t_res, y_res)
+    assert ours.theta == pytest.approx(ref.theta) and ours.sigma2 == pytest.approx(ref.sigma)
+    np.testing.assert_allclose(ours.cov, ref.cov, rtol=1e-10)
+    for c_y, c_t, kind in [(0.05, 0.05, "ci"), (0.2, 0.1, "theta"), (0.3, 0.4, "ci")]:
+        np.testing.assert_allclose(bounds(ours, c_y, c_t, 1.0, 0.05, kind),
+                                   sensitivity_interval(ref.theta, ref.sigma, ref.nu, ref.cov, 0.05, c_y, c_t, 1.0, kind),
+                                   rtol=1e-10)
+    # EconML's bisection stops at |bound| < 1e-6; ours runs to machine precision.
+    assert robustness_value(ours) == pytest.approx(RV(ref.theta, ref.sigma, ref.nu, ref.cov, 0.05), abs=2e-3)
+
+
+def confounded(n, gamma_t, gamma_y, seed):
+    """Continuous treatment, true effect 0.5, an unobserved U in treatment and outcome."""
+    rng = np.random.default_rng(seed)
+    X, U = rng.normal(size=(n, 3)), rng.normal(size=n)
+    T = X[:, 0] + gamma_t * U + rng.normal(size=n)
+    Y = 0.5 * T + X[:, 1] + gamma_y * U + rng.normal(size=n)
+    return X, U, T, Y
+
+
+def residualize(X, T, Y, seed=0):
+    """Cross-fitted linear nuisance residuals (the true models here are linear)."""
+    folds = cross_fitting_folds(T, 2, False, seed)
+    y_hat, t_hat = np.empty(len(Y)), np.empty(len(Y))
+    for k in range(2):
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        y_hat[test], t_hat[test], _ = fit_nuisance(X, Y, T, train, test, model_y="sklearn.linear_model.LinearRegression",
+                                                   model_t="sklearn.linear_model.LinearRegression", discrete=False,
+                                                   seed=seed)
+    return Y - y_hat, T - t_hat
+
+
+def partial_r2(target, base, extra):
+    """Share of the variance of `target` left by `base` that `extra` explains."""
+    def resid(y, Z):
+        Z = np.column_stack([np.ones(len(y)), Z])
+        return y - Z @ np.linalg.lstsq(Z, y, rcond=None)[0]
+
+    short, long = resid(target, base), resid(target, np.column_stack([base, extra]))
+    return 1 - long.var() / short.var()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_robustness_value_is_below_the_strength_of_a_confounder_that_flips_the_sign(seed):
+    X, U, T, Y = confounded(3000, gamma_t=1.0, gamma_y=-2.0, seed=seed)
+    y_res, t_res = residualize(X, T, Y, seed)
+    p = SensitivityParams.from_residuals(y_res, t_res)
+    assert p.theta < 0  # the true effect is +0.5: the omitted confounder flipped the sign
+    c_t = partial_r2(T, X, U)
+    c_y = partial_r2(Y, np.column_stack([X, T]), U)
+    assert robustness_value(p) < min(c_y, c_t)  # a confounder this strong can explain the estimate away
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_confounding_the_robustness_value_exceeds_the_confounders_strength(seed):
+    X, U, T, Y = confounded(3000, gamma_t=0.0, gamma_y=0.0, seed=seed)
+    y_res, t_res = residualize(X, T, Y, seed)
+    p = SensitivityParams.from_residuals(y_res, t_res)
+    strength = min(partial_r2(Y, np.column_stack([X, T]), U), partial_r2(T, X, U))
+    assert robustness_value(p) > max(strength, 0.05)
+
+
+@pytest.fixture(scope="module")
+def fits():
+    out = {}
+    for design in ("aw2", "constant"):
+        d = make_causal_data(design, n=3000, p=5, seed=0)
+        est = CausalForestDML(n_estimators=200, cv=2, random_state=0).fit(d.Y, d.T, X=d.X)
+        y_res, t_res = est.residuals_
+        out[design] = (d, y_res, t_res, oob_effect(est.forest_, d.X), d.T - t_res)
+    return out
+
+
+def test_calibration_slope_is_near_one_with_real_heterogeneity_and_insignificant_without(fits):
+    _, y_res, t_res, tau, _ = fits["aw2"]
+    cal = calibration_test(y_res, t_res, tau)
+    assert cal["mean_forest_prediction"] == pytest.approx(1, abs=0.1)
+    assert cal["differential_forest_prediction"] == pytest.approx(1, abs=0.2)
+    assert cal["differential_pvalue"] < 0.001
+    _, y_res, t_res, tau, _ = fits["constant"]
+    assert calibration_test(y_res, t_res, tau)["differential_pvalue"] > 0.05
+
+
+def test_rate_and_gates_find_heterogeneity_where_it_is_and_order_the_quartiles(fits):
+    d, y_res, t_res, tau, t_hat = fits["aw2"]
+    scores = doubly_robust_scores(tau, y_res, t_res, t_hat)
+    rate = autoc(tau, scores, n_bootstrap=100)
+    assert rate["autoc"] > 3 * rate["stderr"]
+    groups = gates(tau, scores)
+    assert [g["group"] for g in groups] == [1, 2, 3, 4] and sum(g["rows"] for g in groups) == 3000
+    assert groups[-1]["effect"] > groups[0]["effect"] + 3 * np.hypot(groups[-1]["stderr"], groups[0]["stderr"])
+    true_by_group = [d.tau[(tau >= g["cate_from"]) & (tau <= g["cate_to"])].mean() for g in groups]
+    assert np.all(np.diff(true_by_group) > 0)
+    d, y_res, t_res, tau, t_hat = fits["constant"]
+    rate = autoc(tau, doubly_robust_scores(tau, y_res, t_res, t_hat), n_bootstrap=100)
+    assert abs(rate["autoc"]) < 3 * rate["stderr"]
+
+
+def test_placebo_finds_no_effect_in_at_least_95_of_100_seeds():
+    passed = 0
+    for seed in range(100):
+        X, _, T, Y = confounded(400, gamma_t=0.0, gamma_y=0.0, seed=seed)
+        y_res, _ = residualize(X, T, Y, seed)
+        table = pd.DataFrame(X, columns=["a", "b", "c"]).assign(t=T, y=Y)
+        data = validate(table, DataSpec(outcome="y", treatment="t"))
+        passed += placebo(data, y_res, seed)["p_value"] > 0.05
+    assert passed >= 95
+
+
+def test_crump_threshold_trims_nothing_with_good_overlap_and_the_tails_with_poor():
+    assert crump_threshold(np.full(1000, 0.5)) == 0.0
+    e = np.random.default_rng(0).beta(0.3, 0.3, 20000).clip(1e-4, 1 - 1e-4)
+    alpha = crump_threshold(e)
+    assert 0.02 < alpha < 0.2  # Crump et al.: close to 0.1 for most designs
+    g = 1 / (e * (1 - e))
+    gamma = 1 / (alpha * (1 - alpha))
+    assert gamma == pytest.approx(2 * g[g <= gamma].mean(), rel=1e-3)
