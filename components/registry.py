@@ -6,6 +6,8 @@ Layout under the store's root (a local folder, or any fsspec URI):
     <root>/<model>/<version>/forest/model.json      its parameters, bin edges, checksums
     <root>/<model>/<version>/evaluation.json        the checks behind the publishing gate
     <root>/<model>/<version>/report.html            the same, for people
+    <root>/<model>/<version>/reference.parquet      training rows' covariates, treatment and CATE
+                                                    (a sample), what monitoring compares live traffic with
     <root>/<model>/<version>/model_card.json        what the causal claim depends on, and the
                                                     sha256 of every other file
     <root>/<model>/aliases.json                     {"champion": {"version": 2, "history": [1]}}
@@ -366,6 +368,7 @@ def publish_model(dataset: Input[Dataset], estimate: Input[Model], evaluation: I
 
     from components.data import fingerprint, load_validated, schema
     from components.estimate import FOREST_DIR, Estimate
+    from components.monitor import REFERENCE_FILE, reference_profile
     from components.registry import ModelStore, build_card
 
     data = load_validated(dataset.path)
@@ -376,6 +379,9 @@ def publish_model(dataset: Input[Dataset], estimate: Input[Model], evaluation: I
         shutil.copytree(os.path.join(estimate.path, FOREST_DIR), os.path.join(tmp, "forest"))
         shutil.copy(evaluation.path, os.path.join(tmp, "evaluation.json"))
         shutil.copy(report.path, os.path.join(tmp, "report.html"))
+        a = data.arrays()
+        reference_profile(a["X"], data.spec.covariates, a["T"], est.forest.predict).to_parquet(
+            os.path.join(tmp, REFERENCE_FILE), index=False)
         card = build_card(spec=json.loads(data.spec.to_json()),
                           data={"source": source, "rows": len(data.table), "fingerprint": fingerprint(data.table),
                                 "schema": schema(data.table)},

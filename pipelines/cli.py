@@ -290,6 +290,53 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from components.monitor import MonitorConfig, load_reference, monitor, render_report, write_gauges
+    from components.registry import ModelStore
+    from serving.event_log import read_events
+
+    store = ModelStore(_store_uri(args))
+    if not os.path.isdir(args.log_dir):
+        raise ValueError(f"--log-dir {args.log_dir} is not a directory")
+    events = read_events(args.log_dir)
+    events = events[events["model"] == args.model] if len(events) else events
+    if args.version is None and len(events[events["role"] == "champion"]):
+        version = int(events[events["role"] == "champion"]["version"].mode()[0])  # the version serving most
+    else:
+        version = store.resolve(args.model, args.version)
+    loaded = store.load(args.model, version)
+    columns = loaded.card["spec"]["covariates"]
+    champion_events = events[(events["role"] != "champion") | (events["version"] == version)]
+    outcomes = pd.read_parquet(args.outcomes) if args.outcomes else None
+    result = monitor(champion_events, load_reference(loaded.path), columns, MonitorConfig(alpha=args.alpha),
+                     outcomes=outcomes)
+    result.update(model=args.model, version=version)
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(render_report(result, f"tauforge monitor: {args.model} version {version}"))
+    if args.metrics_file:
+        write_gauges(result, args.model, version, args.metrics_file)
+    if args.json:
+        print(json.dumps(result, default=float))
+        return 0
+    print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows")
+    for a in result["alerts"]:
+        print(f"  ALERT {a['check']}: {a['message']}")
+    if not result["alerts"]:
+        print("  no alerts")
+    if "policy" in result:
+        pol = result["policy"]
+        if "confidence_sequence" in pol:
+            lo, hi = pol["confidence_sequence"]
+            print(f"  policy value (doubly robust): champion {pol['value_champion_dr']:.4f}, challenger "
+                  f"{pol['value_challenger_dr']:.4f}; difference {pol['difference_dr']:+.4f}, "
+                  f"confidence sequence [{lo:.4f}, {hi:.4f}] over {pol['rows']} rows")
+    print(f"  recommendation: {result['recommendation']}" + ("; retrain: drift found" if result["retrain"] else ""))
+    return 0
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", help="Parquet or CSV file (path or fsspec URI)")
@@ -394,6 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--out", default="tauforge-deploy", help="directory for the YAML (default: tauforge-deploy)")
     dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
     dep.set_defaults(func=_deploy)
+
+    mon = sub.add_parser("monitor", help="check served traffic for drift; judge champion against challenger")
+    mon.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    mon.add_argument("--model", required=True, help="model name")
+    mon.add_argument("--version", help="version to monitor (default: the champion version in the log)")
+    mon.add_argument("--log-dir", required=True, help="the serving event log (tauforge serve --log-dir)")
+    mon.add_argument("--outcomes", help="Parquet of request_id and row (or unit_id) with an 'outcome' column")
+    mon.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate of all drift tests together")
+    mon.add_argument("--report", help="write an HTML report here")
+    mon.add_argument("--metrics-file", help="write Prometheus gauges here (textfile collector format)")
+    mon.add_argument("--json", action="store_true", help="end stdout with one JSON object")
+    mon.set_defaults(func=_monitor)
 
     models = sub.add_parser("models", help="list, show, promote or roll back published models")
     models.add_argument("action", choices=("list", "show", "promote", "rollback"))

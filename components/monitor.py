@@ -1,0 +1,340 @@
+"""Production monitoring: the serving event log against the reference profile stored with the
+version, and, once outcomes arrive, the champion's and challenger's policy values.
+
+Checks (each an alert when it fires; p-value tests share one Bonferroni budget, `alpha`, so a
+quiet period raises no alarm with probability at least 1 - alpha):
+  covariate drift    per covariate: Kolmogorov-Smirnov (continuous) or chi-square (at most 10
+                     distinct values), with the population stability index (PSI) beside it; and a
+                     domain classifier (reference vs live) whose cross-validated AUC is tested against 0.5
+  propensity drift   the propensity of the training data, P(T = 1 | X) fit on the reference profile,
+                     applied to live covariates: its distribution (KS) and the share of live rows
+                     outside the training overlap region [0.05, 0.95]; where the log carries actions,
+                     whether live rows are treated at the rate training rows were at the same
+                     propensity (a changed treatment policy)
+  effect drift       the live CATE distribution (KS) and its mean (the ATE) against the reference
+  shadow agreement   Spearman correlation of champion and shadow CATE, top-decile overlap, action
+                     disagreement
+  policy value       with outcomes and logged actions of known propensity: inverse-propensity and
+                     doubly robust values of the champion's and challenger's policies, and an
+                     always-valid confidence sequence for their difference -> promote / hold / roll back
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 5000
+PSI_ALERT = 0.25
+OVERLAP_BOUNDS = (0.05, 0.95)
+
+
+# ----------------------------------------------------------------------------- reference profile
+def reference_profile(X: np.ndarray, columns: list[str], T: np.ndarray, predict, seed: int = 0) -> pd.DataFrame:
+    """What monitoring compares live traffic with: a sample of the training covariates, their
+    treatment and the published forest's CATE for them (`predict`, as the server answers)."""
+    n = len(T)
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, REFERENCE_ROWS), replace=False))
+    frame = pd.DataFrame(X[rows], columns=[f"input.{c}" for c in columns])
+    frame["T"] = T[rows]
+    frame["cate"] = np.asarray(predict(X[rows]), dtype=np.float64)
+    return frame
+
+
+def load_reference(version_path: str) -> pd.DataFrame:
+    path = os.path.join(version_path, REFERENCE_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"{version_path} has no {REFERENCE_FILE}: it was published before monitoring existed; "
+                         "publish a new version")
+    return pd.read_parquet(path)
+
+
+@dataclass
+class MonitorConfig:
+    alpha: float = 0.01  # family-wise false-alarm rate of all the tests together
+    max_outside_overlap_increase: float = 0.10  # live share outside [0.05, 0.95] minus the reference's
+    psi_alert: float = PSI_ALERT
+    min_live_rows: int = 200
+    cs_alpha: float = 0.05  # confidence sequence level for the policy-value difference
+
+
+# ----------------------------------------------------------------------------- statistics
+def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
+    """Population stability index over the reference's decile bins."""
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    r = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(reference)
+    q = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(edges) + 1) / len(live)
+    r, q = np.clip(r, 1e-4, None), np.clip(q, 1e-4, None)
+    return float(np.sum((q - r) * np.log(q / r)))
+
+
+def categorical(values: np.ndarray) -> bool:
+    distinct = np.unique(values)
+    return len(distinct) <= 10 and np.all(distinct == np.round(distinct))
+
+
+def chi_square_drift(reference: np.ndarray, live: np.ndarray) -> float:
+    levels = np.union1d(np.unique(reference), np.unique(live))
+    table = np.array([[np.sum(reference == v) for v in levels], [np.sum(live == v) for v in levels]])
+    table = table[:, table.sum(0) > 0]
+    if table.shape[1] < 2:
+        return 1.0
+    return float(stats.chi2_contingency(table)[1])
+
+
+def domain_classifier_auc(reference: np.ndarray, live: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """AUC of a classifier telling live rows from reference rows, on a held-out half, and the
+    one-sided p-value of AUC > 0.5 (Mann-Whitney: exact under no shift on held-out rows, which a
+    pooled cross-validated AUC is not)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import train_test_split
+
+    Z = np.vstack([reference, live])
+    y = np.r_[np.zeros(len(reference)), np.ones(len(live))]
+    Z_fit, Z_test, y_fit, y_test = train_test_split(Z, y, test_size=0.5, stratify=y, random_state=seed)
+    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, min_samples_leaf=40, random_state=seed)
+    score = clf.fit(Z_fit, y_fit).predict_proba(Z_test)[:, 1]
+    n1, n0 = int(y_test.sum()), int(len(y_test) - y_test.sum())
+    auc = float(stats.mannwhitneyu(score[y_test == 1], score[y_test == 0]).statistic / (n1 * n0))
+    se0 = np.sqrt((n0 + n1 + 1) / (12 * n0 * n1))
+    return auc, float(stats.norm.sf((auc - 0.5) / se0))
+
+
+def _propensity_classifier(seed: int):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=200, min_samples_leaf=50, early_stopping=True,
+                                          random_state=seed)
+
+
+def propensity_model(reference: pd.DataFrame, columns: list[str], seed: int = 0):
+    """P(T = 1 | X) fit on the reference profile (the covariates the server sees)."""
+    X = reference[[f"input.{c}" for c in columns]].to_numpy()
+    return _propensity_classifier(seed).fit(X, reference["T"].to_numpy())
+
+
+def policy_shift_pvalue(e_ref: np.ndarray, t_ref: np.ndarray, e_live: np.ndarray, a_live: np.ndarray,
+                        bins: int = 10) -> float:
+    """Are live rows treated at the rate training rows were, at the same propensity? Within each
+    decile of the (estimated) training propensity, compare the treated share of training rows
+    and of live actions; sum the squared z-scores (chi-square, one degree per decile). Two-sample,
+    so an imperfect propensity estimate only coarsens the strata; it does not bias the test."""
+    edges = np.unique(np.quantile(e_ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    g_ref, g_live = np.searchsorted(edges, e_ref, side="right"), np.searchsorted(edges, e_live, side="right")
+    stat, df = 0.0, 0
+    for g in np.unique(g_ref):
+        r, q = t_ref[g_ref == g], a_live[g_live == g]
+        if len(r) < 5 or len(q) < 5:
+            continue
+        pooled = (r.sum() + q.sum()) / (len(r) + len(q))
+        var = pooled * (1 - pooled) * (1 / len(r) + 1 / len(q))
+        if var > 0:
+            stat += (q.mean() - r.mean()) ** 2 / var
+            df += 1
+    return float(stats.chi2.sf(stat, df)) if df else 1.0
+
+
+def confidence_sequence(values: np.ndarray, alpha: float = 0.05, t_opt: int | None = None) -> tuple[float, float]:
+    """Asymptotic confidence sequence for the mean of `values` (Waudby-Smith et al. 2021, the
+    normal-mixture boundary): valid simultaneously over every sample size, so checking it after
+    every batch of outcomes keeps its coverage. Tuned to be tightest near t_opt (default n)."""
+    t = len(values)
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    t_opt = t_opt or t
+    rho2 = (-2 * np.log(alpha) + np.log(-2 * np.log(alpha) + 1)) / t_opt
+    half = sd * np.sqrt(2 * (t * rho2 + 1) / (t**2 * rho2) * np.log(np.sqrt(t * rho2 + 1) / alpha))
+    return mean - half, mean + half
+
+
+def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> pd.DataFrame:
+    """Per-row inverse-propensity and doubly robust scores of the champion's and challenger's
+    policies (treat where their CATE > 0) from logged actions with known propensities. The
+    outcome model mu(x, a) is cross-fitted (2 folds)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    X = frame[[f"input.{c}" for c in columns]].to_numpy()
+    A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
+    mu = {0: np.empty(len(Y)), 1: np.empty(len(Y))}
+    for train, test in KFold(2, shuffle=True, random_state=seed).split(X):
+        model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, min_samples_leaf=40,
+                                              random_state=seed).fit(np.column_stack([X[train], A[train]]), Y[train])
+        for a in (0, 1):
+            mu[a][test] = model.predict(np.column_stack([X[test], np.full(len(test), a)]))
+    out = {}
+    for who in ("champion", "challenger"):
+        pi = (frame[f"cate_{who}"].to_numpy() > 0).astype(float)
+        follows = (A == pi).astype(float)
+        mu_pi = np.where(pi == 1, mu[1], mu[0])
+        mu_a = np.where(A == 1, mu[1], mu[0])
+        out[f"ipw_{who}"] = follows * Y / p
+        out[f"dr_{who}"] = mu_pi + follows * (Y - mu_a) / p
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- the monitor
+def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], config: MonitorConfig | None = None,
+            outcomes: pd.DataFrame | None = None, seed: int = 0) -> dict:
+    """Every check on one model's event log against its reference profile; alerts and a
+    recommendation. `outcomes` has request_id and row (or unit_id) and an `outcome` column."""
+    config = config or MonitorConfig()
+    live = events[events["role"] == "champion"]
+    shadow = events[events["role"] == "shadow"]
+    result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)), "alerts": [], "checks": {}}
+    if len(live) < config.min_live_rows:
+        result["recommendation"] = "hold"
+        result["retrain"] = False
+        result["note"] = f"{len(live)} live rows; at least {config.min_live_rows} are needed to judge drift"
+        return result
+    cols = [f"input.{c}" for c in columns]
+    binary = set(np.unique(reference["T"])) <= {0.0, 1.0}
+    has_actions = "action" in live and live["action"].notna().all() and binary
+    # One Bonferroni budget for every p-value test below.
+    n_tests = len(columns) + 1 + 2 + (2 if binary else 0) + (1 if has_actions else 0)
+    level = config.alpha / n_tests
+    result["checks"]["test_level"] = level
+
+    def alert(check, message, covariate=None, **details):
+        result["alerts"].append({"check": check, "covariate": covariate, "message": message, **details})
+
+    drift = {}
+    for c, col in zip(columns, cols):
+        ref, now = reference[col].to_numpy(), live[col].to_numpy()
+        if categorical(ref):
+            test, p = "chi_square", chi_square_drift(ref, now)
+        else:
+            test, p = "ks", float(stats.ks_2samp(ref, now).pvalue)
+        index = psi(ref, now)
+        drift[c] = {"test": test, "p_value": p, "psi": index}
+        if p < level or index > config.psi_alert:
+            alert("covariate_drift", f"{c}: {test} p = {p:.2g}, PSI {index:.3f}", covariate=c, p_value=p, psi=index)
+    result["checks"]["covariate_drift"] = drift
+    auc, p = domain_classifier_auc(reference[cols].to_numpy(), live[cols].to_numpy(), seed)
+    result["checks"]["domain_classifier"] = {"auc": auc, "p_value": p}
+    if p < level:
+        alert("domain_classifier", f"a classifier tells live rows from training rows (AUC {auc:.3f}, p = {p:.2g})",
+              auc=auc, p_value=p)
+
+    if binary:
+        # Fit on half the reference, compare the other half with live rows: both out of sample, so
+        # neither the propensity's spread nor its fit to T differs between them by construction.
+        half = np.random.default_rng([seed, 5]).permutation(len(reference)) < len(reference) // 2
+        model = propensity_model(reference[half], columns, seed)
+        held_out = reference[~half]
+        e_ref = model.predict_proba(held_out[cols].to_numpy())[:, 1]
+        e_live = model.predict_proba(live[cols].to_numpy())[:, 1]
+        lo, hi = OVERLAP_BOUNDS
+        out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
+        p = float(stats.ks_2samp(e_ref, e_live).pvalue)
+        prop = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),
+                "share_outside_live": float(out_live)}
+        if p < level:
+            alert("propensity_drift", f"the training propensity of live rows has shifted (KS p = {p:.2g})", p_value=p)
+        if out_live - out_ref > config.max_outside_overlap_increase:
+            alert("overlap", f"{100 * out_live:.1f}% of live rows lie outside the training overlap region "
+                             f"(training: {100 * out_ref:.1f}%)", share=float(out_live))
+        if has_actions:
+            p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, live["action"].to_numpy(float))
+            prop["policy_p_value"] = p
+            if p < level:
+                alert("propensity_drift", f"live actions no longer follow the training treatment policy "
+                                          f"(treated share at equal propensity: chi-square p = {p:.2g})", p_value=p)
+        result["checks"]["propensity"] = prop
+
+    ref_cate, live_cate = reference["cate"].to_numpy(), live["cate"].to_numpy()
+    p_dist = float(stats.ks_2samp(ref_cate, live_cate).pvalue)
+    diff = float(live_cate.mean() - ref_cate.mean())
+    se = float(np.sqrt(ref_cate.var(ddof=1) / len(ref_cate) + live_cate.var(ddof=1) / len(live_cate)))
+    p_ate = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else 1.0
+    result["checks"]["effect"] = {"cate_ks_p_value": p_dist, "cate_psi": psi(ref_cate, live_cate),
+                                  "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()),
+                                  "ate_p_value": p_ate}
+    if p_dist < level:
+        alert("cate_drift", f"the distribution of the served CATE has shifted (KS p = {p_dist:.2g})", p_value=p_dist)
+    if p_ate < level:
+        alert("ate_drift", f"the mean served CATE moved by {diff:+.4g} (p = {p_ate:.2g})", p_value=p_ate)
+
+    if len(shadow):
+        pairs = live.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+        if len(pairs) >= 10:
+            a, b = pairs["cate"].to_numpy(), pairs["cate_shadow"].to_numpy()
+            k = max(1, len(a) // 10)
+            top_a, top_b = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
+            result["checks"]["shadow"] = {"pairs": int(len(pairs)), "spearman": float(stats.spearmanr(a, b)[0]),
+                                          "top_decile_overlap": len(top_a & top_b) / k,
+                                          "action_disagreement": float(np.mean((a > 0) != (b > 0)))}
+
+    result["recommendation"] = "hold"
+    if outcomes is not None:
+        result["policy"] = _policy(live, shadow, outcomes, columns, config, seed)
+        result["recommendation"] = result["policy"]["recommendation"]
+    result["retrain"] = any(a["check"] in ("covariate_drift", "domain_classifier", "propensity_drift", "overlap",
+                                           "cate_drift", "ate_drift") for a in result["alerts"])
+    return result
+
+
+def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
+    key = ["request_id", "row"] if {"request_id", "row"} <= set(outcomes.columns) else ["unit_id"]
+    frame = live.merge(outcomes[key + ["outcome"]], on=key)
+    frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
+                        on=["request_id", "row"])
+    frame = frame.rename(columns={"cate": "cate_champion"})
+    frame = frame[frame["action"].notna() & frame["propensity"].notna()]
+    if len(frame) < 50:
+        return {"rows": int(len(frame)), "recommendation": "hold",
+                "note": "too few rows with an outcome, a logged action and a shadow answer"}
+    scores = policy_values(frame, columns, seed)
+    diff = (scores["dr_challenger"] - scores["dr_champion"]).to_numpy()
+    lo, hi = confidence_sequence(diff, config.cs_alpha)
+    rec = "promote" if lo > 0 else "roll back" if hi < 0 else "hold"
+    return {"rows": int(len(frame)), "value_champion_ipw": float(scores["ipw_champion"].mean()),
+            "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
+            "value_champion_dr": float(scores["dr_champion"].mean()),
+            "value_challenger_dr": float(scores["dr_challenger"].mean()),
+            "difference_dr": float(diff.mean()), "confidence_sequence": [float(lo), float(hi)],
+            "recommendation": rec}
+
+
+def write_gauges(result: dict, model: str, version: int, path: str) -> None:
+    """The monitor's results as Prometheus gauges in the text exposition format (for the node
+    exporter's textfile collector or a Pushgateway)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    labels = {"model": model, "version": str(version)}
+    g = Gauge("tauforge_monitor_alerts", "Alerts raised by the last monitoring run", ["model", "version", "check"],
+              registry=registry)
+    for check in ("covariate_drift", "domain_classifier", "propensity_drift", "overlap", "cate_drift", "ate_drift"):
+        g.labels(**labels, check=check).set(sum(a["check"] == check for a in result["alerts"]))
+    Gauge("tauforge_monitor_retrain_needed", "1 when drift calls for retraining", ["model", "version"],
+          registry=registry).labels(**labels).set(float(result.get("retrain", False)))
+    Gauge("tauforge_monitor_live_rows", "Live rows in the monitored window", ["model", "version"],
+          registry=registry).labels(**labels).set(result["live_rows"])
+    rec = Gauge("tauforge_monitor_recommendation", "1 for the current recommendation",
+                ["model", "version", "recommendation"], registry=registry)
+    for r in ("promote", "hold", "roll back"):
+        rec.labels(**labels, recommendation=r.replace(" ", "_")).set(float(result["recommendation"] == r))
+    if "domain_classifier" in result["checks"]:
+        Gauge("tauforge_monitor_domain_auc", "Domain classifier AUC, live vs training", ["model", "version"],
+              registry=registry).labels(**labels).set(result["checks"]["domain_classifier"]["auc"])
+    if "shadow" in result["checks"]:
+        Gauge("tauforge_monitor_shadow_spearman", "Spearman correlation of champion and shadow CATE",
+              ["model", "version"], registry=registry).labels(**labels).set(result["checks"]["shadow"]["spearman"])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_to_textfile(path, registry)
+
+
+def render_report(result: dict, title: str) -> str:
+    import html
+
+    alerts = "".join(f"<li>{html.escape(a['check'])}: {html.escape(a['message'])}</li>" for a in result["alerts"])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Recommendation: <b>{html.escape(result['recommendation'])}</b>; "
+            f"retrain: {result.get('retrain')}</p><h2>Alerts</h2><ul>{alerts or '<li>none</li>'}</ul>"
+            f"<h2>Checks</h2><pre>{html.escape(json.dumps(result['checks'], indent=2, default=float))}</pre>"
+            + (f"<h2>Policy value</h2><pre>{html.escape(json.dumps(result['policy'], indent=2))}</pre>"
+               if "policy" in result else "") + "</body></html>")

@@ -1,0 +1,164 @@
+"""Monitoring on simulated traffic with known shifts, and the `tauforge monitor` command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi, reference_profile
+
+COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tau(X):
+    return np.maximum(X[:, 0], 0) - 0.2
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def reference(seed, n=2000):
+    rng = np.random.default_rng([seed, 1])
+    X = rng.normal(size=(n, 5))
+    X[:, 4] = rng.integers(0, 3, n)  # a categorical covariate
+    T = rng.binomial(1, sigmoid(X[:, 0])).astype(float)
+    return reference_profile(X, COLUMNS, T, tau, seed)
+
+
+def traffic(seed, n=1000, shift=None, policy=sigmoid):
+    """Champion event-log rows; `shift` moves one covariate's mean; `policy(x0)` assigns actions."""
+    rng = np.random.default_rng([seed, 2])
+    X = rng.normal(size=(n, 5))
+    X[:, 4] = rng.integers(0, 3, n)
+    if shift is not None:
+        X[:, shift] += 0.5
+    action = rng.binomial(1, policy(X[:, 0])).astype(float)
+    frame = pd.DataFrame(X, columns=[f"input.{c}" for c in COLUMNS])
+    return frame.assign(role="champion", request_id=[f"r{seed}-{i}" for i in range(n)], row=0, version=1,
+                        cate=tau(X), action=action, propensity=np.nan)
+
+
+def alerts(result):
+    return [(a["check"], a["covariate"]) for a in result["alerts"]]
+
+
+def test_no_alarm_on_unshifted_traffic_in_at_least_95_percent_of_seeds():
+    alarms = sum(bool(monitor(traffic(s), reference(s), COLUMNS)["alerts"]) for s in range(100))
+    assert alarms <= 5  # the tests share a 1% false-alarm budget; 1 of 100 seeds alarms here
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_shift_in_one_covariate_is_flagged_on_that_covariate(seed):
+    result = monitor(traffic(seed, shift=2), reference(seed), COLUMNS)
+    flagged = {c for check, c in alerts(result) if check == "covariate_drift"}
+    assert flagged == {"x2"}
+    assert ("domain_classifier", None) in alerts(result)
+    assert not any(check == "propensity_drift" for check, _ in alerts(result))  # x2 does not drive treatment
+    assert result["retrain"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_shift_in_the_treatment_policy_is_flagged_as_propensity_drift(seed):
+    result = monitor(traffic(seed, policy=lambda x0: sigmoid(-x0)), reference(seed), COLUMNS)
+    assert ("propensity_drift", None) in alerts(result)
+    assert not any(check == "covariate_drift" for check, _ in alerts(result))
+    assert result["checks"]["propensity"]["policy_p_value"] < 1e-6
+
+
+def test_a_shift_in_the_confounder_moves_the_propensity_and_the_effect():
+    result = monitor(traffic(0, shift=0), reference(0), COLUMNS)
+    checks = {check for check, _ in alerts(result)}
+    assert {"covariate_drift", "propensity_drift", "cate_drift", "ate_drift"} <= checks
+
+
+def test_policy_shift_test_and_psi_behave_under_the_null():
+    rng = np.random.default_rng(0)
+    e_ref, e_live = rng.uniform(0.1, 0.9, 5000), rng.uniform(0.1, 0.9, 3000)
+    t_ref, a_live = rng.binomial(1, e_ref).astype(float), rng.binomial(1, e_live).astype(float)
+    assert policy_shift_pvalue(e_ref, t_ref, e_live, a_live) > 0.01
+    assert policy_shift_pvalue(e_ref, t_ref, e_live, rng.binomial(1, 1 - e_live).astype(float)) < 1e-6
+    assert psi(rng.normal(size=5000), rng.normal(size=5000)) < 0.05
+    assert psi(rng.normal(size=5000), rng.normal(1, 1, 5000)) > 0.25
+
+
+def logged_traffic(seed, n=6000, epsilon=0.5):
+    """Champion treats by a wrong CATE, the challenger by a good one; the logged actions follow
+    the champion with epsilon-greedy exploration, so their propensities are known."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    true = tau(X)
+    champion = -X[:, 1] + 0.1 * rng.normal(size=n)  # unrelated to the true effect
+    challenger = true + 0.1 * rng.normal(size=n)
+    recommended = (champion > 0).astype(float)
+    explore = rng.random(n) < epsilon
+    action = np.where(explore, rng.integers(0, 2, n), recommended).astype(float)
+    propensity = np.where(action == recommended, 1 - epsilon / 2, epsilon / 2)
+    outcome = X[:, 2] + true * action + rng.normal(size=n)
+    ids = [f"r{i}" for i in range(n)]
+    inputs = pd.DataFrame(X, columns=[f"input.{c}" for c in COLUMNS])
+    live = inputs.assign(role="champion", request_id=ids, row=0, version=1, cate=champion, action=action,
+                         propensity=propensity)
+    shadow = inputs.assign(role="shadow", request_id=ids, row=0, version=2, cate=challenger, action=np.nan,
+                           propensity=np.nan)
+    truth = np.mean(true * ((challenger > 0).astype(float) - recommended))
+    return pd.concat([live, shadow]), pd.DataFrame({"request_id": ids, "row": 0, "outcome": outcome}), truth, X
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_policy_value_picks_the_better_challenger_and_its_confidence_sequence_covers_the_truth(seed):
+    events, outcomes, truth, X = logged_traffic(seed)
+    ref = reference_profile(X, COLUMNS, (X[:, 0] > 0).astype(float), tau)
+    result = monitor(events, ref, COLUMNS, outcomes=outcomes)
+    lo, hi = result["policy"]["confidence_sequence"]
+    assert lo <= truth <= hi
+    assert result["recommendation"] == "promote"
+    assert result["policy"]["value_challenger_dr"] > result["policy"]["value_champion_dr"]
+
+
+def test_confidence_sequence_is_wider_than_the_fixed_sample_interval_and_covers():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(200):
+        x = rng.normal(0.3, 1, 500)
+        lo, hi = confidence_sequence(x, 0.05)
+        covered += lo <= 0.3 <= hi
+        assert hi - lo > 2 * 1.96 * x.std(ddof=1) / np.sqrt(500)
+    assert covered >= 195
+
+
+def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
+    from components.registry import ModelStore
+    from kernels import CausalForest
+    from serving.event_log import EventLog
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 5))
+    X[:, 4] = rng.integers(0, 3, 1000)  # as traffic() draws it
+    T = rng.binomial(1, sigmoid(X[:, 0])).astype(float)
+    forest = CausalForest(n_estimators=20, random_state=0).fit(X, T - sigmoid(X[:, 0]), rng.normal(size=1000))
+    src = tmp_path / "v1"
+    forest.save(src / "forest")
+    reference_profile(X, COLUMNS, T, forest.predict).to_parquet(src / "reference.parquet", index=False)
+    ModelStore(str(tmp_path / "store")).publish("m", str(src), {"spec": {"covariates": COLUMNS}})
+    log = EventLog(str(tmp_path / "events"), rotate_rows=300)
+    live = traffic(0, n=800, shift=3)
+    live["cate"] = forest.predict(live[[f"input.{c}" for c in COLUMNS]].to_numpy())
+    log.append(live.assign(model="m", unit_id=None, lower=0.0, upper=0.0, recommended_action=None,
+                           latency_ms=1.0, time=0.0).to_dict("records"))
+    log.close()
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "monitor", "--store", str(tmp_path / "store"),
+                          "--model", "m", "--log-dir", str(tmp_path / "events"), "--json",
+                          "--report", str(tmp_path / "report.html"), "--metrics-file", str(tmp_path / "m.prom")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["recommendation"] == "hold" and result["version"] == 1 and result["live_rows"] == 800
+    assert {a["covariate"] for a in result["alerts"] if a["check"] == "covariate_drift"} == {"x3"}
+    assert "tauforge_monitor_retrain_needed" in (tmp_path / "m.prom").read_text()
+    assert "covariate_drift" in (tmp_path / "report.html").read_text()
