@@ -338,3 +338,35 @@ def render_report(result: dict, title: str) -> str:
             f"<h2>Checks</h2><pre>{html.escape(json.dumps(result['checks'], indent=2, default=float))}</pre>"
             + (f"<h2>Policy value</h2><pre>{html.escape(json.dumps(result['policy'], indent=2))}</pre>"
                if "policy" in result else "") + "</body></html>")
+
+
+# ----------------------------------------------------------------------------- KFP component
+from ._kfp import HTML, Metrics, Output, component  # noqa: E402 (the component section of the module)
+
+
+@component
+def monitor_model(store: str, model_name: str, version: str, log_dir: str, outcomes: str, alpha: float,
+                  report: Output[HTML], metrics: Output[Metrics]) -> bool:
+    """Monitor the served model's event log; return whether drift calls for retraining."""
+    import pandas as pd
+
+    from components.monitor import MonitorConfig, load_reference, monitor, render_report
+    from components.registry import ModelStore
+    from serving.event_log import read_events
+
+    registry = ModelStore(store)
+    loaded = registry.load(model_name, version or None)
+    events = read_events(log_dir)
+    events = events[(events["model"] == model_name)
+                    & ((events["role"] != "champion") | (events["version"] == loaded.version))]
+    result = monitor(events, load_reference(loaded.path), loaded.card["spec"]["covariates"],
+                     MonitorConfig(alpha=alpha), outcomes=pd.read_parquet(outcomes) if outcomes else None)
+    with open(report.path, "w") as f:
+        f.write(render_report(result, f"tauforge monitor: {model_name} version {loaded.version}"))
+    metrics.log_metric("alerts", float(len(result["alerts"])))
+    metrics.log_metric("live_rows", float(result["live_rows"]))
+    metrics.log_metric("retrain", float(result["retrain"]))
+    for a in result["alerts"]:
+        print(f"tauforge: ALERT {a['check']}: {a['message']}", flush=True)
+    print(f"tauforge: recommendation {result['recommendation']}; retrain {result['retrain']}", flush=True)
+    return bool(result["retrain"])

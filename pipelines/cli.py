@@ -193,8 +193,9 @@ def _report_path(run_dir: str) -> str:
 def _compile(args: argparse.Namespace) -> int:
     from pipelines.training import compile_pipeline
 
-    path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type)
-    print(f"wrote {path} ({args.folds} nuisance folds, {args.shards} forest shards"
+    path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type,
+                            args.pipeline)
+    print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds, {args.shards} forest shards"
           + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard)" if args.gpus_per_shard else ")"))
     return 0
 
@@ -398,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=_submit)
 
     comp = sub.add_parser("compile", help="write the training pipeline as KFP IR YAML")
+    comp.add_argument("--pipeline", choices=("training", "monitoring"), default="training",
+                      help="training, or monitoring (monitor -> If(retrain) -> training)")
     comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
     comp.add_argument("--folds", type=int, default=5, help="nuisance fold tasks (default: 5)")
     comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")

@@ -117,6 +117,32 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
     return training
 
 
+MONITORING_PIPELINE_NAME = "tauforge-monitoring"
+
+
+def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
+                              accelerator_type: str = "nvidia.com/gpu"):
+    """monitor -> If(retrain needed): the training pipeline on fresh data (`source`)."""
+    from components.monitor import monitor_model
+
+    training = build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type)
+
+    @dsl.pipeline(name=MONITORING_PIPELINE_NAME,
+                  description="Check served traffic against the model's training data; retrain when it drifted.")
+    def monitoring(store: str, model_name: str, log_dir: str, source: str, spec: str, version: str = "",
+                   outcomes: str = "", alpha: float = 0.01, seed: int = 0,
+                   forest_params: str = '{"n_estimators": 500}', gate: str = "{}") -> bool:
+        checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
+                                outcomes=outcomes, alpha=alpha)
+        checked.set_display_name("monitor")
+        with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)
+            training(source=source, spec=spec, store=store, model_name=model_name, seed=seed,
+                     forest_params=forest_params, gate=gate).set_display_name("retrain")
+        return checked.outputs["Output"]
+
+    return monitoring
+
+
 def _limit_threads(task, threads: int) -> None:
     if threads > 0:
         for name in THREAD_VARIABLES:
@@ -134,10 +160,11 @@ def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict
 
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
-                     accelerator_type: str = "nvidia.com/gpu") -> str:
+                     accelerator_type: str = "nvidia.com/gpu", pipeline: str = "training") -> str:
     from kfp import compiler
 
-    compiler.Compiler().compile(build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type), path)
+    build = {"training": build_training_pipeline, "monitoring": build_monitoring_pipeline}[pipeline]
+    compiler.Compiler().compile(build(n_folds, n_shards, gpus_per_shard, accelerator_type), path)
     return path
 
 

@@ -222,3 +222,23 @@ def test_deploy_command_writes_the_yaml(tmp_path):
     (path,) = tmp_path.iterdir()
     obj = yaml.safe_load(path.read_text())
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
+
+
+def test_alert_rules_use_only_metrics_tauforge_exports(tmp_path):
+    import re
+
+    from prometheus_client import parser
+
+    from components.monitor import write_gauges
+    from serving import metrics
+
+    rules = yaml.safe_load(open(os.path.join(ROOT, "manifests", "monitoring", "prometheus-rules.yaml")))
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    write_gauges({"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold", "checks": {}},
+                 "m", 1, str(tmp_path / "g.prom"))
+    exported = {f.name for f in parser.text_string_to_metric_families((tmp_path / "g.prom").read_text())}
+    for metric in (metrics.REQUESTS, metrics.ERRORS, metrics.LATENCY, metrics.SHADOW_DISAGREEMENT):
+        exported |= {f.name for f in metric.collect()}
+    exported = {n + s for n in exported for s in ("", "_total", "_bucket")}
+    used = {m for e in exprs for m in re.findall(r"\b(tauforge_[a-z_]+)", e)}
+    assert used and used <= exported, used - exported

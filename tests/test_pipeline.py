@@ -200,6 +200,21 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
     np.testing.assert_allclose(loaded.load_forest().predict(X[:200]), ecf.predict(X[:200]).ravel(), atol=1e-12)
 
 
+def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path):
+    from kfp import components
+
+    path = tmp_path / "monitoring.yaml"
+    code, out, err = tauforge(tmp_path, "compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
+    assert code == 0, err
+    assert components.load_component_from_file(str(path)).name == "tauforge-monitoring"
+    spec = yaml.safe_load(path.read_text())
+    assert set(spec["root"]["dag"]["tasks"]) == {"monitor-model", "condition-1"}
+    condition = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert "monitor-model" in json.dumps(condition["triggerPolicy"])
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert [t["componentRef"]["name"] for t in inner.values()] == ["comp-tauforge-training"]
+
+
 class FakeKubeflowPipelines:
     """A stand-in for the Kubeflow Pipelines API server, which needs a Kubernetes cluster and
     cannot run here: it answers the few v2beta1 calls `kfp.Client` makes to start a run and keeps
