@@ -30,6 +30,7 @@ from .sensitivity import sensitivity_report
 
 OVERLAP_BOUNDS = (0.05, 0.95)
 SMD_WARNING = 0.1
+LEAK_WARNING_R2 = 0.95
 
 
 @dataclass
@@ -48,6 +49,9 @@ class GateConfig:
     max_abs_smd : the largest absolute standardized mean difference allowed (off by default:
         imbalance is what the nuisance models adjust for; it is reported as a warning).
     min_outcome_r2 : the outcome model's mean out-of-fold R^2 must be at least this (off).
+    max_outcome_r2 : and at most this (off): an outcome model that predicts the outcome almost
+        perfectly out of fold usually sees the outcome itself (a leak into the covariates), which
+        also absorbs the effect. Over 0.95 is always a warning.
     require_significant_ate : the ATE interval must exclude zero (off).
     """
 
@@ -57,6 +61,7 @@ class GateConfig:
     min_robustness_value: float | None = None
     max_abs_smd: float | None = None
     min_outcome_r2: float | None = None
+    max_outcome_r2: float | None = None
     require_significant_ate: bool = False
     require_heterogeneity: bool = False
 
@@ -221,6 +226,12 @@ def verdict(result: dict, gate: GateConfig) -> dict:
     r2 = result["nuisance"].get("y_r2")
     if gate.min_outcome_r2 is not None and r2 is not None and r2 < gate.min_outcome_r2:
         reasons.append(f"nuisance: outcome model out-of-fold R^2 {r2:.3f} < {gate.min_outcome_r2}")
+    leak = (f"nuisance: the outcome model explains {100 * r2:.1f}% of the outcome out of fold; check the "
+            "covariates for the outcome or a copy of it (a leak)") if r2 is not None else ""
+    if gate.max_outcome_r2 is not None and r2 is not None and r2 > gate.max_outcome_r2:
+        reasons.append(leak)
+    elif r2 is not None and r2 > LEAK_WARNING_R2:
+        warnings.append(leak)
     eff = result["effect"]
     if not all(math.isfinite(eff[k]) for k in ("ate", "ate_lower", "ate_upper")):
         reasons.append("effect: the ATE or its interval is not finite")

@@ -3,7 +3,7 @@ and test that it did not change (or, for the placebo, that it vanished).
 
 placebo               the treatment replaced by a random permutation of itself: the effect must be 0
 random_common_cause   a random column added to the controls, nuisance models refit: the ATE must stay
-data_subset           the nuisance models refit on a random 80% of the rows: the ATE must stay
+data_subset           the nuisance models refit on random 80% subsets of the rows: the ATE must stay
 
 Each returns its estimate, a p-value for "nothing is wrong" and whether it passed at the level
 given. The ATE is re-estimated as the pipeline estimates it (doubly robust on the forest's
@@ -12,6 +12,7 @@ these refuters test the nuisance stage and the data, not the forest's fit.
 """
 
 import numpy as np
+from scipy import stats
 from scipy.stats import norm
 
 from kernels.dml import doubly_robust_ate, partially_linear_ate
@@ -65,11 +66,18 @@ def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_
 
 
 def data_subset(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray, nuisance: dict,
-                seed: int, fraction: float = 0.8) -> dict:
+                seed: int, fraction: float = 0.8, repeats: int = 5) -> dict:
+    """Refit on `repeats` random subsets; test that the full estimate lies within their spread, as
+    one more draw would (a t prediction interval with repeats - 1 degrees of freedom). Their
+    spread includes the noise of refitting the nuisance models, which a formula for the subset's
+    sampling noise alone misses (that version rejected 3x too often on correct pipelines)."""
     n = len(data.table)
-    rows = np.sort(np.random.default_rng([seed, 13]).choice(n, int(fraction * n), replace=False))
-    new = _refit_ate(data, rows, None, oob_cate, nuisance, seed)
-    # The subset's estimate shares a fraction of its data with the full one: under no problem,
-    # Var(subset - full) = Var(full) (1 / fraction - 1).
-    z = (new - ate) / (ate_stderr * np.sqrt(1 / fraction - 1))
-    return {"effect": new, "change": new - ate, "fraction": fraction, "p_value": _p_two_sided(z)}
+    effects = []
+    for r in range(repeats):
+        rows = np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n), replace=False))
+        effects.append(_refit_ate(data, rows, None, oob_cate, nuisance, seed + r))
+    effects = np.array(effects)
+    spread = effects.std(ddof=1) * np.sqrt(1 + 1 / repeats)
+    t = (effects.mean() - ate) / spread if spread > 0 else 0.0
+    return {"effect": float(effects.mean()), "change": float(effects.mean() - ate), "fraction": fraction,
+            "repeats": repeats, "effects": effects.tolist(), "p_value": float(2 * stats.t.sf(abs(t), repeats - 1))}
