@@ -28,6 +28,9 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
 	$(BIN)/python tests/benchmarks/bench_accuracy.py
 	$(BIN)/python tests/benchmarks/bench_serving.py
+	$(BIN)/python tests/benchmarks/bench_boosting.py
+	$(BIN)/python tests/benchmarks/bench_bootstrap.py coverage
+	$(BIN)/python tests/benchmarks/bench_bootstrap.py timing
 
 clean:
 	rm -rf $(VENV) build *.egg-info

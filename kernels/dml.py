@@ -65,10 +65,12 @@ class CausalForestDML(BaseEstimator):
 
     Parameters
     ----------
-    model_y, model_t : 'auto', import path or scikit-learn estimator, default 'auto'
-        Nuisance models for E[Y | X, W] and E[T | X, W]. 'auto' is HistGradientBoosting with early
-        stopping (a classifier for a discrete treatment; see `default_nuisance_model`). EconML's
-        'auto' is a cross-validated linear model.
+    model_y, model_t : 'auto', 'tauforge', import path or scikit-learn estimator, default 'auto'
+        Nuisance models for E[Y | X, W] and E[T | X, W]. 'auto' is scikit-learn's
+        HistGradientBoosting with early stopping on CPU (a classifier for a discrete treatment; see
+        `default_nuisance_model`) and the engine's own histogram boosting (`kernels.boosting`) on
+        CUDA; 'tauforge' picks the engine's boosting on any device. EconML's 'auto' is a
+        cross-validated linear model.
     discrete_treatment : bool or 'auto', default 'auto'
         Binary 0/1 treatment: model_t is a classifier (propensity), folds are stratified by T,
         and the ATE is doubly robust. 'auto' detects a 0/1 treatment.
@@ -79,6 +81,12 @@ class CausalForestDML(BaseEstimator):
     n_estimators, min_samples_leaf, max_depth, mtry, max_samples, ci_group_size, honest,
     honesty_fraction, alpha, imbalance_penalty, max_bins, device, backend, progress :
         Passed to `CausalForest` (see there, with grf and EconML defaults compared).
+    inference : {'blb', 'bootstrap'}, default 'blb'
+        'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
+        normal interval). 'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
+        forests of `bootstrap_trees` trees on resampled rows, with the nuisance models refit on
+        each resample when `bootstrap_nuisance`; `bootstrap_interval` 'percentile' or 'pivot'
+        for `effect_interval` and `ate_interval`. EconML: `inference=BootstrapInference(n_bootstrap_samples)`.
     random_state : int or None
         Seed for folds, nuisance models and forest.
 
@@ -100,6 +108,8 @@ class CausalForestDML(BaseEstimator):
                  max_depth: int | None = None, mtry: int | None = None, max_samples: float = 0.45,
                  ci_group_size: int = 2, honest: bool = True, honesty_fraction: float = 0.5, alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, max_bins: int = 256, device: str = "auto", backend: str = "auto",
+                 inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
+                 bootstrap_nuisance: bool = False, bootstrap_interval: str = "percentile",
                  random_state: int | None = None, progress: bool | None = None):
         self.model_y = model_y
         self.model_t = model_t
@@ -119,6 +129,11 @@ class CausalForestDML(BaseEstimator):
         self.max_bins = max_bins
         self.device = device
         self.backend = backend
+        self.inference = inference
+        self.n_bootstrap = n_bootstrap
+        self.bootstrap_trees = bootstrap_trees
+        self.bootstrap_nuisance = bootstrap_nuisance
+        self.bootstrap_interval = bootstrap_interval
         self.random_state = random_state
         self.progress = progress
 
@@ -159,7 +174,38 @@ class CausalForestDML(BaseEstimator):
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw)
         self.ate_, self.ate_stderr_ = self._ate(X, y_res, t_res, t_hat, sw)
         self.n_features_in_ = X.shape[1]
+        self.bootstrap_ = None
+        if self.inference == "bootstrap":
+            self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_hat), params)
+        elif self.inference != "blb":
+            raise ValueError(f"inference must be 'blb' or 'bootstrap', got {self.inference!r}")
         return self
+
+    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
+        from .bootstrap import INTERVALS, fit_replicates
+
+        if not (isinstance(self.n_bootstrap, (int, np.integer)) and self.n_bootstrap >= 2):
+            raise ValueError(f"n_bootstrap must be an integer >= 2, got {self.n_bootstrap!r}")
+        if self.bootstrap_interval not in INTERVALS:
+            raise ValueError(f"bootstrap_interval must be one of {', '.join(INTERVALS)}, "
+                             f"got {self.bootstrap_interval!r}")
+        tau_oob = oob_effect(self.forest_, X)  # the regression adjustment of every replicate's DR ATE
+        base = np.ones(len(Y)) if sw is None else sw
+
+        def residuals(counts):
+            if not self.bootstrap_nuisance:
+                return main_residuals
+            y_hat, t_hat, _ = self._cross_fit(XW, Y, T, counts * base, seed)
+            return Y - y_hat, T - t_hat, t_hat
+
+        def ate(counts, y_res, t_res, t_hat):
+            w = counts * base
+            if self.discrete_treatment_:
+                return doubly_robust_ate(tau_oob, y_res, t_res, t_hat, self.min_propensity, w)[0]
+            return partially_linear_ate(y_res, t_res, w)[0]
+
+        forest_params = {**params, "n_estimators": int(self.bootstrap_trees), "max_samples": 0.5}
+        return fit_replicates(X, int(self.n_bootstrap), seed, forest_params, residuals, ate, self.progress)
 
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
@@ -182,7 +228,8 @@ class CausalForestDML(BaseEstimator):
                 train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
                 y_hat[test], t_hat[test], fold_scores = fit_nuisance(
                     XW, Y, T, train, test, model_y=self.model_y, model_t=self.model_t,
-                    discrete=self.discrete_treatment_, seed=seed, sample_weight=sw)
+                    discrete=self.discrete_treatment_, seed=seed, sample_weight=sw,
+                    device=str(_inputs.resolve_device(self.device)))
                 for name, value in fold_scores.items():
                     scores.setdefault(name, []).append(value)
                 bar.update(1)
@@ -207,7 +254,13 @@ class CausalForestDML(BaseEstimator):
                         alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""
         self._check_fitted()
-        lo, hi = self.forest_.predict_interval(X, alpha=alpha)
+        if self.bootstrap_ is not None:
+            Xn = _inputs.to_numpy(X, "X", 2)
+            lo, hi = self.bootstrap_.effect_interval(Xn, self.forest_.predict(Xn), alpha, self.bootstrap_interval)
+            kind = _inputs.array_kind(X)
+            lo, hi = _inputs.as_output(lo, kind), _inputs.as_output(hi, kind)
+        else:
+            lo, hi = self.forest_.predict_interval(X, alpha=alpha)
         d = T1 - T0
         return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
 
@@ -216,5 +269,7 @@ class CausalForestDML(BaseEstimator):
         self._check_fitted()
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if self.bootstrap_ is not None:
+            return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval)
         half = float(norm.ppf(1 - alpha / 2)) * self.ate_stderr_
         return self.ate_ - half, self.ate_ + half

@@ -23,11 +23,28 @@ def default_nuisance_model(classifier: bool, seed: int) -> Any:
     return HistGradientBoostingClassifier(**params) if classifier else HistGradientBoostingRegressor(**params)
 
 
-def resolve_model(model: Any, role: str, discrete: bool, seed: int) -> Any:
-    """A fresh scikit-learn estimator from 'auto', an import path ('sklearn.linear_model.LassoCV'),
-    or an estimator instance (cloned)."""
+def engine_nuisance_model(classifier: bool, seed: int, device: str = "auto") -> Any:
+    """The engine's own histogram boosting (kernels.boosting) with the same slow, early-stopped
+    settings, on `device`: the nuisance learner that runs on the forest's GPU."""
+    from .boosting import HistGradientBoostingClassifier as Classifier
+    from .boosting import HistGradientBoostingRegressor as Regressor
+
+    params = dict(learning_rate=0.05, max_iter=300, max_depth=6, min_child_weight=10.0, early_stopping=True,
+                  device=device, random_state=seed)
+    return Classifier(**params) if classifier else Regressor(**params)
+
+
+def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str = "cpu") -> Any:
+    """A fresh scikit-learn estimator from 'auto' (scikit-learn's HistGradientBoosting on CPU, the
+    engine's boosting on CUDA), 'tauforge' (the engine's boosting on `device`), an import path
+    ('sklearn.linear_model.LassoCV'), or an estimator instance (cloned)."""
+    classifier = role == "t" and discrete
     if isinstance(model, str) and model == "auto":
-        return default_nuisance_model(role == "t" and discrete, seed)
+        if str(device).startswith("cuda"):
+            return engine_nuisance_model(classifier, seed, str(device))
+        return default_nuisance_model(classifier, seed)
+    if isinstance(model, str) and model == "tauforge":
+        return engine_nuisance_model(classifier, seed, str(device))
     if isinstance(model, str):
         module, _, name = model.rpartition(".")
         try:
@@ -53,12 +70,13 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int) 
 
 def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,
                  model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
-                 sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                 sample_weight: np.ndarray | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray,
+                                                                                         dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train`; return their predictions on rows `test`
     and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc' or 't_r2')."""
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-    my = resolve_model(model_y, "y", False, seed).fit(XW[train], Y[train], **kw)
-    mt = resolve_model(model_t, "t", discrete, seed)
+    my = resolve_model(model_y, "y", False, seed, device).fit(XW[train], Y[train], **kw)
+    mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
         raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
     mt.fit(XW[train], T[train], **kw)
