@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
               "gate_passed": run.gate_passed, "reasons": verdict["reasons"], "warnings": verdict["warnings"],
               "ate": effect["ate"], "ate_stderr": effect["ate_stderr"], "ate_lower": effect["ate_lower"],
               "ate_upper": effect["ate_upper"], "seconds": round(time.perf_counter() - start, 1),
-              "outputs": run.run_dir, "log": run.log_path}
+              "report": run.report_path, "outputs": run.run_dir, "log": run.log_path}
     if true_ate is not None:
         result["true_ate"] = true_ate
     if args.json:
@@ -179,15 +179,8 @@ def _run(args: argparse.Namespace) -> int:
             print("  gate FAILED, nothing published:")
             for r in verdict["reasons"]:
                 print(f"    - {r}")
-        print(f"  report: {_report_path(run.run_dir)}")
+        print(f"  report: {run.report_path}")
     return 0 if run.gate_passed else 1
-
-
-def _report_path(run_dir: str) -> str:
-    for dirpath, _, files in os.walk(run_dir):
-        if os.path.basename(dirpath) == "evaluate-model" and "report" in files:
-            return os.path.join(dirpath, "report")
-    return run_dir
 
 
 def _compile(args: argparse.Namespace) -> int:

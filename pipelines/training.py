@@ -173,6 +173,7 @@ class LocalRun:
     run_id: str
     gate_passed: bool
     evaluation: dict
+    report_path: str  # the evaluate step's HTML report
     run_dir: str  # the pipeline's outputs (kfp.local's pipeline root for this run)
     log_path: str
 
@@ -200,21 +201,22 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
             raise PipelineFailed(f"{message} The task logs are in {log_path}") from None
     gate_passed = bool(task.outputs["Output"])
-    evaluation = _read_evaluation(root)
-    return LocalRun(run_id, gate_passed, evaluation, root, log_path)
+    evaluate_dir = _step_dir(root, "evaluate-model")
+    with open(os.path.join(evaluate_dir, "evaluation")) as f:
+        evaluation = json.load(f)
+    return LocalRun(run_id, gate_passed, evaluation, os.path.join(evaluate_dir, "report"), root, log_path)
 
 
 class PipelineFailed(RuntimeError):
     """A task of the local run failed."""
 
 
-def _read_evaluation(root: str) -> dict:
-    """The evaluate step's JSON output (kfp.local writes <root>/<run>/<task>/<output>)."""
+def _step_dir(root: str, task: str) -> str:
+    """Where kfp.local left a task's outputs (<root>/<run>/<task>/<output>)."""
     for dirpath, _, files in os.walk(root):
-        if os.path.basename(dirpath) == "evaluate-model" and "evaluation" in files:
-            with open(os.path.join(dirpath, "evaluation")) as f:
-                return json.load(f)
-    raise PipelineFailed(f"the evaluate step left no evaluation under {root}")
+        if os.path.basename(dirpath) == task and files:
+            return dirpath
+    raise PipelineFailed(f"the {task} step left no outputs under {root}")
 
 
 @contextlib.contextmanager

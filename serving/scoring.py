@@ -48,13 +48,7 @@ class RowParser:
         units = []
         for i, row in enumerate(rows):
             if isinstance(row, dict):
-                unknown = [k for k in row if k not in self.index and k != UNIT_ID_FIELD]
-                if unknown:
-                    raise RequestError(f"row {i}: unknown column(s) {', '.join(map(repr, unknown))}; the model's "
-                                       f"covariates are {', '.join(self.columns)}")
-                missing = [c for c in self.columns if c not in row]
-                if missing:
-                    raise RequestError(f"row {i}: missing column(s) {', '.join(map(repr, missing))}")
+                self._check_names([k for k in row if k != UNIT_ID_FIELD], f"row {i}: ", "column")
                 values = [row[c] for c in self.columns]
                 units.append(row.get(UNIT_ID_FIELD))
             elif isinstance(row, list):
@@ -88,13 +82,7 @@ class RowParser:
                                    f"in the order {', '.join(self.columns)}")
             X = self._matrix(t.data, shape[0], t.name).reshape(shape[0], len(self.columns))
         else:
-            unknown = [n for n in by_name if n not in self.index]
-            if unknown:
-                raise RequestError(f"unknown input(s) {', '.join(map(repr, unknown))}; send one [rows, "
-                                   f"{len(self.columns)}] tensor or one tensor per covariate")
-            missing = [c for c in self.columns if c not in by_name]
-            if missing:
-                raise RequestError(f"missing input(s) {', '.join(map(repr, missing))}")
+            self._check_names(list(by_name), "", "input")
             n = int(np.prod(by_name[self.columns[0]].shape))
             X = np.empty((n, len(self.columns)))
             for j, c in enumerate(self.columns):
@@ -106,6 +94,16 @@ class RowParser:
         if units is not None and len(units) != X.shape[0]:
             raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
         return Rows(X, units if units is not None else [None] * X.shape[0])
+
+    def _check_names(self, names: list[str], where: str, what: str) -> None:
+        """Names (row keys or V2 tensor names) must be exactly the covariates."""
+        unknown = [k for k in names if k not in self.index]
+        if unknown:
+            raise RequestError(f"{where}unknown {what}(s) {', '.join(map(repr, unknown))}; the model's covariates "
+                               f"are {', '.join(self.columns)}")
+        missing = [c for c in self.columns if c not in names]
+        if missing:
+            raise RequestError(f"{where}missing {what}(s) {', '.join(map(repr, missing))}")
 
     def _check_count(self, n: int) -> None:
         if n > self.max_rows:
