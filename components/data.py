@@ -163,13 +163,15 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
             fail(f"column {c!r} has {int(bad.sum())} {what}/missing value(s) (first at row {int(np.argmax(bad))}); "
                  "drop or impute them")
     n = len(df)
-    if n < 2 * spec.min_rows_per_arm:
-        fail(f"the table has {n} rows; at least {2 * spec.min_rows_per_arm} are needed")
+    if n < max(2 * spec.min_rows_per_arm, 2):
+        fail(f"the table has {n} rows; at least {max(2 * spec.min_rows_per_arm, 2)} are needed")
     for c in [*covariates, *spec.controls, spec.outcome, spec.treatment]:
         if df[c].nunique(dropna=False) < 2:
             fail(f"column {c!r} is constant ({df[c].iloc[0]!r} in every row): it carries no information")
     if spec.weight and (df[spec.weight] < 0).any():
         fail(f"weight column {spec.weight!r} has negative values")
+    if spec.weight and not (df[spec.weight] > 0).any():
+        fail(f"weight column {spec.weight!r} is zero in every row")
 
     t = df[spec.treatment].to_numpy(np.float64)
     is_binary = bool(np.isin(t, (0.0, 1.0)).all())
@@ -179,6 +181,9 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
         fail(f"treatment column {spec.treatment!r} is declared binary but takes {len(values)} values ({shown}); "
              "recode it as 0/1 or declare it continuous")
     treatment_type = spec.treatment_type if spec.treatment_type != "auto" else ("binary" if is_binary else "continuous")
+    if spec.assignment == "randomized" and treatment_type != "binary":
+        fail(f"assignment 'randomized' with a known propensity needs a binary treatment; {spec.treatment!r} is "
+             "continuous (declare the assignment observational)")
     if treatment_type == "binary":
         for arm in (0, 1):
             count = int((t == arm).sum())

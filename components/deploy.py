@@ -45,6 +45,8 @@ class DeploySpec:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0 < self.percent <= 100:
             raise ValueError(f"percent must be in (0, 100], got {self.percent}")
+        if self.mode == "canary" and round(self.percent) < 1:
+            raise ValueError(f"a canary takes a whole percent of traffic (canaryTrafficPercent), got {self.percent}")
         if "://" not in self.store:
             raise ValueError(f"the store {self.store!r} is not a URI the cluster can read; publish to s3://, "
                              "gs:// or pvc:// and pass that store")
@@ -123,7 +125,8 @@ def render(spec: DeploySpec) -> list[dict]:
 
 
 def promote(spec: DeploySpec) -> list[dict]:
-    """After a canary or shadow is judged good: the version takes all the champion's traffic."""
+    """After a canary or shadow is judged good: the version takes all the champion's traffic.
+    A shadow's own InferenceService and mirror stay until deleted (README, Deploying)."""
     return render(DeploySpec(**{**spec.__dict__, "mode": "replace"}))
 
 

@@ -43,8 +43,8 @@ class GateConfig:
         means the pipeline finds effects where there are none.
     min_refuter_pvalue : the random-common-cause and data-subset refuters' p-values must be at
         least this (their ATE must not move more than noise explains).
-    min_robustness_value : the robustness value (confounding strength that would make the ATE
-        interval reach 0) must be at least this (off).
+    min_robustness_value : the robustness value (confounding strength that would make the
+        interval of the partially linear summary effect reach 0) must be at least this (off).
     require_heterogeneity : the calibration test must find heterogeneity at the 5% level (off).
     max_abs_smd : the largest absolute standardized mean difference allowed (off by default:
         imbalance is what the nuisance models adjust for; it is reported as a warning).
@@ -215,7 +215,7 @@ def verdict(result: dict, gate: GateConfig) -> dict:
                        f"and outcome would make the effect insignificant (gate needs "
                        f"{100 * gate.min_robustness_value:.1f}%)")
     cal = result["heterogeneity"]["calibration"]
-    if gate.require_heterogeneity and cal["differential_pvalue"] >= 0.05:
+    if gate.require_heterogeneity and not cal["differential_pvalue"] < 0.05:  # NaN (constant CATE) fails too
         reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
     bal = result["balance"]

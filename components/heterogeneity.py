@@ -16,6 +16,11 @@ from scipy.stats import norm
 def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray) -> dict:
     mean_tau = tau.mean()
     Z = np.stack([t_res * mean_tau, t_res * (tau - mean_tau)], axis=1)
+    if np.linalg.matrix_rank(Z) < 2:  # a constant CATE (or a zero mean) leaves nothing to calibrate
+        nan = float("nan")
+        return {"mean_forest_prediction": nan, "mean_stderr": nan, "differential_forest_prediction": nan,
+                "differential_stderr": nan, "mean_pvalue": nan, "differential_pvalue": nan,
+                "note": "the CATE is constant or averages 0: the regression is singular"}
     beta, *_ = np.linalg.lstsq(Z, y_res, rcond=None)
     resid = y_res - Z @ beta
     bread = np.linalg.inv(Z.T @ Z)

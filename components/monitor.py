@@ -60,6 +60,7 @@ class MonitorConfig:
     psi_alert: float = PSI_ALERT
     min_live_rows: int = 200
     cs_alpha: float = 0.05  # confidence sequence level for the policy-value difference
+    cs_t_opt: int = 10_000  # outcomes at which the sequence is tightest; fixed in advance, not per look
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -138,13 +139,13 @@ def policy_shift_pvalue(e_ref: np.ndarray, t_ref: np.ndarray, e_live: np.ndarray
     return float(stats.chi2.sf(stat, df)) if df else 1.0
 
 
-def confidence_sequence(values: np.ndarray, alpha: float = 0.05, t_opt: int | None = None) -> tuple[float, float]:
+def confidence_sequence(values: np.ndarray, alpha: float = 0.05, t_opt: int = 10_000) -> tuple[float, float]:
     """Asymptotic confidence sequence for the mean of `values` (Waudby-Smith et al. 2021, the
     normal-mixture boundary): valid simultaneously over every sample size, so checking it after
-    every batch of outcomes keeps its coverage. Tuned to be tightest near t_opt (default n)."""
+    every batch of outcomes keeps its coverage, provided `t_opt` (where it is tightest) is fixed
+    in advance; choosing it from the data at each look would make it a fixed-sample interval."""
     t = len(values)
     mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
-    t_opt = t_opt or t
     rho2 = (-2 * np.log(alpha) + np.log(-2 * np.log(alpha) + 1)) / t_opt
     half = sd * np.sqrt(2 * (t * rho2 + 1) / (t**2 * rho2) * np.log(np.sqrt(t * rho2 + 1) / alpha))
     return mean - half, mean + half
@@ -289,7 +290,7 @@ def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
                 "note": "too few rows with an outcome, a logged action and a shadow answer"}
     scores = policy_values(frame, columns, seed)
     diff = (scores["dr_challenger"] - scores["dr_champion"]).to_numpy()
-    lo, hi = confidence_sequence(diff, config.cs_alpha)
+    lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
     rec = "promote" if lo > 0 else "roll back" if hi < 0 else "hold"
     return {"rows": int(len(frame)), "value_champion_ipw": float(scores["ipw_champion"].mean()),
             "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
@@ -297,6 +298,18 @@ def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
             "value_challenger_dr": float(scores["dr_challenger"].mean()),
             "difference_dr": float(diff.mean()), "confidence_sequence": [float(lo), float(hi)],
             "recommendation": rec}
+
+
+def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> int:
+    """The version to monitor: `version` if given, else the one that answered most champion rows
+    in the log (the one being served, which a newer unpromoted version must not hide), else the
+    'champion' alias, else the latest."""
+    if version not in (None, ""):
+        return store.resolve(model, version)
+    champion = events[(events["model"] == model) & (events["role"] == "champion")] if len(events) else events
+    if len(champion):
+        return int(champion["version"].mode()[0])
+    return store.resolve(model, "champion" if "champion" in store.aliases(model) else None)
 
 
 def write_gauges(result: dict, model: str, version: int, path: str) -> None:
@@ -350,13 +363,13 @@ def monitor_model(store: str, model_name: str, version: str, log_dir: str, outco
     """Monitor the served model's event log; return whether drift calls for retraining."""
     import pandas as pd
 
-    from components.monitor import MonitorConfig, load_reference, monitor, render_report
+    from components.monitor import MonitorConfig, load_reference, monitor, monitored_version, render_report
     from components.registry import ModelStore
     from serving.event_log import read_events
 
     registry = ModelStore(store)
-    loaded = registry.load(model_name, version or None)
     events = read_events(log_dir)
+    loaded = registry.load(model_name, monitored_version(registry, model_name, events, version))
     events = events[(events["model"] == model_name)
                     & ((events["role"] != "champion") | (events["version"] == loaded.version))]
     result = monitor(events, load_reference(loaded.path), loaded.card["spec"]["covariates"],

@@ -88,9 +88,9 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions]) -> Residual
     pred = pd.concat([f.frame for f in folds], ignore_index=True).sort_values("row")
     rows = pred["row"].to_numpy()
     if len(rows) != n or not np.array_equal(rows, np.arange(n)):
-        seen = sorted(set(pred["fold"]))
-        raise ValueError(f"fold predictions cover {len(set(rows))} of {n} rows (folds {seen}); "
-                         "every fold must be fit once")
+        folds_given = sorted(f.fold for f in folds)
+        raise ValueError(f"fold predictions hold {len(rows)} predictions for {len(set(rows))} of {n} rows "
+                         f"(folds {folds_given}); every fold must be fit exactly once")
     a = data.arrays()
     y_hat, t_hat = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy()
     residuals = pd.DataFrame({"fold": pred["fold"].to_numpy(), "y_hat": y_hat, "t_hat": t_hat,

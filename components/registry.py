@@ -17,7 +17,9 @@ visible in one step: on a local filesystem an atomic rename to the next free num
 writers can never both win (the loser takes the next number) and which a crash never leaves half
 done. On object stores (s3://, gs://), which have no rename, the files are copied and the card
 goes last: a version without a verified card is invisible, but two writers racing for one number
-are not prevented there; publish from one pipeline at a time per model.
+are not prevented there; publish from one pipeline at a time per model. Aliases are swapped
+atomically under a file lock on a local filesystem; on object stores two promotions at the same
+instant can lose one (and its history entry): promote from one place.
 """
 
 import contextlib
@@ -55,8 +57,12 @@ def card_digest(card: dict) -> str:
     return _sha256_bytes(json.dumps(body, sort_keys=True).encode())
 
 
+def _is_model_name(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch in "-_." for ch in name) and not name.startswith(".")
+
+
 def _valid_name(name: str) -> str:
-    if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
+    if not _is_model_name(name):
         raise StoreError(f"model name {name!r} must be letters, digits, '-', '_' or '.' (not leading)")
     return name
 
@@ -91,8 +97,8 @@ class ModelStore:
     def models(self) -> list[str]:
         if not self.fs.exists(self.root):
             return []
-        return sorted(os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)
-                      if self.fs.isdir(p) and self.versions(os.path.basename(p.rstrip("/"))))
+        names = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p)]
+        return sorted(n for n in names if _is_model_name(n) and self.versions(n))  # skips lost+found and the like
 
     def versions(self, model: str) -> list[int]:
         """Published versions (those whose card exists), ascending."""
@@ -148,9 +154,17 @@ class ModelStore:
         src = f"{self._model_dir(model)}/{version}"
         if self.local:
             path = src
-        else:
-            path = os.path.join(cache_dir or tempfile.mkdtemp(prefix="tauforge-model-"), model, str(version))
-            self.fs.get(src, path, recursive=True)
+        else:  # one cached copy per store, model and version (versions are immutable), verified below
+            root = cache_dir or os.path.join(tempfile.gettempdir(), "tauforge-cache",
+                                             hashlib.sha256(self.uri.encode()).hexdigest()[:16])
+            path = os.path.join(root, model, str(version))
+            if not os.path.exists(os.path.join(path, CARD_FILE)):
+                staging = f"{path}.{uuid.uuid4().hex}"
+                self.fs.get(src, staging, recursive=True)
+                try:
+                    os.rename(staging, path)
+                except OSError:  # another process cached it first
+                    shutil.rmtree(staging, ignore_errors=True)
         verify_files(path, card)
         return ModelVersion(model, version, card, path)
 
@@ -253,6 +267,7 @@ class ModelStore:
             fd, tmp = tempfile.mkstemp(dir=self._model_dir(model), suffix=".json.tmp")
             with os.fdopen(fd, "w") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; servers may run as another user
             os.replace(tmp, path)  # readers see the old file or the new one, never half of one
         else:
             self.fs.pipe_file(path, data.encode())

@@ -1,7 +1,8 @@
 """Sensitivity of the average effect to an unobserved confounder: omitted-variable-bias bounds
 and the robustness value of Chernozhukov, Cinelli, Newey, Sharma and Syrgkanis (2022), for the
 partially linear summary effect theta of the residuals, as EconML's CausalForestDML reports them
-(`sensitivity_interval`, `robustness_value`).
+(`sensitivity_interval`, `robustness_value`), with one correction: the signs of the covariances
+of nu2 with theta and sigma2 in the delta-method variance (EconML's are flipped).
 
 A confounder that explains a share c_y of the outcome's residual variance and a share c_t of the
 treatment's moves theta by at most |rho| sqrt(c_y c_t / (1 - c_t)) sqrt(sigma2 nu2), where
@@ -29,10 +30,12 @@ class SensitivityParams:
         theta = np.mean(y_res * t_res) / m_tt
         sigma2 = np.mean((y_res - theta * t_res) ** 2)
         nu2 = 1 / m_tt
-        # Moment conditions of (theta, sigma2, nu2) and their Jacobian's diagonal, for the sandwich.
+        # Moment conditions of (theta, sigma2, nu2) and the inverse of their Jacobian's diagonal,
+        # (-E[t~^2], -1, +E[t~^2]), for the sandwich. EconML drops these signs, which flips the
+        # sign of every covariance with nu2 (checked against simulation in the tests).
         moments = np.stack([t_res * (y_res - theta * t_res), (y_res - theta * t_res) ** 2 - sigma2,
                             t_res**2 * nu2 - 1], axis=1)
-        jac_inv = 1 / np.array([m_tt, 1.0, m_tt])
+        jac_inv = 1 / np.array([-m_tt, -1.0, m_tt])
         omega = moments.T @ moments / n
         return cls(float(theta), float(sigma2), float(nu2), (jac_inv[:, None] * omega * jac_inv[None, :]) / n)
 

@@ -240,7 +240,7 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "promote":
         if args.version is None:
             raise ValueError("models promote needs --version V")
-        entry = store.set_alias(args.name, args.alias, int(args.version))
+        entry = store.set_alias(args.name, args.alias, store.resolve(args.name, args.version))
     else:  # rollback
         entry = store.rollback(args.name, args.alias)
     print(json.dumps({"model": args.name, "alias": args.alias, **entry}) if args.json else
@@ -287,7 +287,8 @@ def _deploy(args: argparse.Namespace) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from components.monitor import MonitorConfig, load_reference, monitor, render_report, write_gauges
+    from components.monitor import (MonitorConfig, load_reference, monitor, monitored_version, render_report,
+                                    write_gauges)
     from components.registry import ModelStore
     from serving.event_log import read_events
 
@@ -296,14 +297,22 @@ def _monitor(args: argparse.Namespace) -> int:
         raise ValueError(f"--log-dir {args.log_dir} is not a directory")
     events = read_events(args.log_dir)
     events = events[events["model"] == args.model] if len(events) else events
-    if args.version is None and len(events[events["role"] == "champion"]):
-        version = int(events[events["role"] == "champion"]["version"].mode()[0])  # the version serving most
-    else:
-        version = store.resolve(args.model, args.version)
+    version = monitored_version(store, args.model, events, args.version)
     loaded = store.load(args.model, version)
     columns = loaded.card["spec"]["covariates"]
     champion_events = events[(events["role"] != "champion") | (events["version"] == version)]
-    outcomes = pd.read_parquet(args.outcomes) if args.outcomes else None
+    outcomes = None
+    if args.outcomes:
+        if not os.path.exists(args.outcomes):
+            raise ValueError(f"--outcomes {args.outcomes} does not exist")
+        outcomes = pd.read_parquet(args.outcomes)
+        keys = {"request_id", "row"} <= set(outcomes.columns) or "unit_id" in outcomes.columns
+        if "outcome" not in outcomes.columns or not keys:
+            raise ValueError(f"--outcomes {args.outcomes} needs an 'outcome' column and request_id and row (or "
+                             f"unit_id); it has {', '.join(map(str, outcomes.columns))}")
+    for path in (args.report, args.metrics_file):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = monitor(champion_events, load_reference(loaded.path), columns, MonitorConfig(alpha=args.alpha),
                      outcomes=outcomes)
     result.update(model=args.model, version=version)

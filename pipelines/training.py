@@ -130,14 +130,19 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shar
     @dsl.pipeline(name=MONITORING_PIPELINE_NAME,
                   description="Check served traffic against the model's training data; retrain when it drifted.")
     def monitoring(store: str, model_name: str, log_dir: str, source: str, spec: str, version: str = "",
-                   outcomes: str = "", alpha: float = 0.01, seed: int = 0,
-                   forest_params: str = '{"n_estimators": 500}', gate: str = "{}") -> bool:
+                   outcomes: str = "", monitor_alpha: float = 0.01, seed: int = 0, model_y: str = "auto",
+                   model_t: str = "auto", forest_params: str = '{"n_estimators": 500}', gate: str = "{}",
+                   alpha: float = 0.05, estimator: str = "tauforge", estimator_config: str = "{}",
+                   nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds})) -> bool:
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
-                                outcomes=outcomes, alpha=alpha)
+                                outcomes=outcomes, alpha=monitor_alpha)
         checked.set_display_name("monitor")
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)
-            training(source=source, spec=spec, store=store, model_name=model_name, seed=seed,
-                     forest_params=forest_params, gate=gate).set_display_name("retrain")
+            # Every training parameter passes through; the run id is the Kubeflow run's own.
+            training(source=source, spec=spec, store=store, model_name=model_name, seed=seed, model_y=model_y,
+                     model_t=model_t, forest_params=forest_params, gate=gate, alpha=alpha,
+                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, estimator=estimator,
+                     estimator_config=estimator_config, nuisance_config=nuisance_config).set_display_name("retrain")
         return checked.outputs["Output"]
 
     return monitoring

@@ -23,13 +23,29 @@ def test_sensitivity_bounds_and_robustness_value_equal_econml_on_the_same_residu
     ours = SensitivityParams.from_residuals(y_res, t_res)
     ref = dml_sensitivity_values(t_res, y_res)
     assert ours.theta == pytest.approx(ref.theta) and ours.sigma2 == pytest.approx(ref.sigma)
-    np.testing.assert_allclose(ours.cov, ref.cov, rtol=1e-10)
+    flip = np.diag([1.0, 1.0, -1.0])  # EconML's covariances with nu2 carry the wrong sign (next test)
+    np.testing.assert_allclose(ours.cov, flip @ ref.cov @ flip, rtol=1e-10)
     for c_y, c_t, kind in [(0.05, 0.05, "ci"), (0.2, 0.1, "theta"), (0.3, 0.4, "ci")]:
         np.testing.assert_allclose(bounds(ours, c_y, c_t, 1.0, 0.05, kind),
-                                   sensitivity_interval(ref.theta, ref.sigma, ref.nu, ref.cov, 0.05, c_y, c_t, 1.0, kind),
-                                   rtol=1e-10)
+                                   sensitivity_interval(ours.theta, ours.sigma2, ours.nu2, ours.cov, 0.05, c_y, c_t,
+                                                        1.0, kind), rtol=1e-10)
     # EconML's bisection stops at |bound| < 1e-6; ours runs to machine precision.
-    assert robustness_value(ours) == pytest.approx(RV(ref.theta, ref.sigma, ref.nu, ref.cov, 0.05), abs=2e-3)
+    assert robustness_value(ours) == pytest.approx(RV(ours.theta, ours.sigma2, ours.nu2, ours.cov, 0.05), abs=2e-3)
+
+
+def test_sensitivity_covariance_matches_the_spread_of_the_estimates_over_simulations():
+    rng = np.random.default_rng(0)
+    estimates, formulas = [], []
+    for _ in range(1500):
+        t = rng.standard_t(5, size=400)
+        y = 0.3 * t + rng.normal(size=400) * (1 + 0.5 * np.abs(t))
+        p = SensitivityParams.from_residuals(y, t)
+        estimates.append((p.theta, p.sigma2, p.nu2))
+        formulas.append(p.cov)
+    empirical, formula = np.cov(np.array(estimates).T), np.mean(formulas, axis=0)
+    assert empirical[1, 2] < 0 and formula[1, 2] < 0  # sigma2 and nu2 move in opposite directions
+    np.testing.assert_allclose(np.diag(formula), np.diag(empirical), rtol=0.2)
+    assert formula[1, 2] == pytest.approx(empirical[1, 2], rel=0.5)  # heavy tails: fourth moments are noisy
 
 
 def confounded(n, gamma_t, gamma_y, seed):

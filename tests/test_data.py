@@ -50,6 +50,9 @@ def test_continuous_treatment_is_detected():
     (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
     (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
+    (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
+    (lambda d: d.assign(w=0.0), {"weight": "w"}, "weight column 'w' is zero in every row"),
+    (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
 ])
 def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
     with pytest.raises(DataValidationError) as err:

@@ -126,7 +126,7 @@ def test_confidence_sequence_is_wider_than_the_fixed_sample_interval_and_covers(
     covered = 0
     for _ in range(200):
         x = rng.normal(0.3, 1, 500)
-        lo, hi = confidence_sequence(x, 0.05)
+        lo, hi = confidence_sequence(x, 0.05, t_opt=500)
         covered += lo <= 0.3 <= hi
         assert hi - lo > 2 * 1.96 * x.std(ddof=1) / np.sqrt(500)
     assert covered >= 195

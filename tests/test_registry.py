@@ -82,6 +82,9 @@ def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_
     assert store.rollback("m", "champion")["version"] == 1
     with pytest.raises(StoreError, match="no earlier version"):
         store.rollback("m", "champion")
+    assert oct(os.stat(os.path.join(store.root, "m", "aliases.json")).st_mode & 0o777) == "0o644"
+    os.makedirs(os.path.join(store.root, "lost+found"))  # a volume's root: not a model, not an error
+    assert store.models() == ["m"]
     with pytest.raises(StoreError, match="no version 9"):
         store.set_alias("m", "champion", 9)
 
