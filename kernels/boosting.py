@@ -77,8 +77,9 @@ class _HistGradientBoosting(BaseEstimator):
         checks = [(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
                   (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1,
                    f"max_iter must be a positive integer, got {self.max_iter!r}"),
-                  (isinstance(self.max_depth, (int, np.integer)) and 1 <= self.max_depth <= 16,
-                   f"max_depth must be an integer in [1, 16], got {self.max_depth!r}"),
+                  # Every level holds (nodes x features x bins) histograms: 2^10 nodes is the memory cap.
+                  (isinstance(self.max_depth, (int, np.integer)) and 1 <= self.max_depth <= 10,
+                   f"max_depth must be an integer in [1, 10], got {self.max_depth!r}"),
                   (self.min_child_weight >= 0, f"min_child_weight must be >= 0, got {self.min_child_weight}"),
                   (self.l2_regularization >= 0, f"l2_regularization must be >= 0, got {self.l2_regularization}"),
                   (0 < self.validation_fraction < 1,
@@ -171,7 +172,8 @@ class _HistGradientBoosting(BaseEstimator):
             ok = (HL >= mcw) & (HR >= mcw) & (HL > 0) & (HR > 0)
             gain = torch.where(ok, gain, torch.full_like(gain, -torch.inf)).view(width, F * B)
             best_gain, best = gain.max(1)
-            split = best_gain > 1e-12
+            # Relative to the node's own objective, so the outcome's scale does not decide.
+            split = best_gain > 1e-10 * (best_gain.abs() + (Gp**2 / (Hp + lam)).view(width))
             f_best, b_best = best // B, best % B
             heap = torch.arange(first, first + width, device=dev)
             feature[heap] = torch.where(split, f_best, torch.full_like(f_best, -1))
@@ -236,7 +238,8 @@ class HistGradientBoostingRegressor(RegressorMixin, _HistGradientBoosting):
 
 
 class HistGradientBoostingClassifier(ClassifierMixin, _HistGradientBoosting):
-    """Binary log-loss boosting (classes 0/1 or any two labels); parameters as the regressor's."""
+    """Binary log-loss boosting (any two numeric labels, returned as float by `predict`);
+    parameters as the regressor's."""
 
     _loss = "log_loss"
 

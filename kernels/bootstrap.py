@@ -54,19 +54,21 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> t
 def fit_replicates(X: np.ndarray, n_bootstrap: int, seed: int, forest_params: dict,
                    residuals: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                    ate: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
-                   progress: bool | None = None) -> BootstrapReplicates:
+                   progress: bool | None = None, sample_weight: np.ndarray | None = None) -> BootstrapReplicates:
     """B replicates. `residuals(weights)` gives (y_res, t_res, t_hat) for a resample (the main
     fit's, or the nuisance models refit with those weights); `ate(weights, y_res, t_res, t_hat)`
     the replicate's ATE. Each replicate's forest is grown with its own seed and the resample's
-    counts as sample weights (groups of one tree: the bootstrap replaces the little bags)."""
+    counts (times `sample_weight`) as sample weights (groups of one tree: the bootstrap replaces
+    the little bags)."""
     n = X.shape[0]
     params = {**forest_params, "ci_group_size": 1, "progress": False}
     forests, ates = [], []
     with progress_bar(n_bootstrap, "bootstrap replicates", progress, unit="replicate") as bar:
         for b in range(n_bootstrap):
             counts = resample_counts(n, b, seed)
+            weights = counts if sample_weight is None else counts * sample_weight
             y_res, t_res, t_hat = residuals(counts)
-            forest = CausalForest(**params, random_state=seed + 1 + b).fit(X, t_res, y_res, sample_weight=counts)
+            forest = CausalForest(**params, random_state=seed + 1 + b).fit(X, t_res, y_res, sample_weight=weights)
             forests.append(forest)
             ates.append(ate(counts, y_res, t_res, t_hat))
             bar.update(1)

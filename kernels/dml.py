@@ -152,6 +152,7 @@ class CausalForestDML(BaseEstimator):
         if np.ptp(T) == 0:
             raise ValueError("T is constant: the treatment must vary to estimate its effect")
         sw = _inputs.check_sample_weight(sample_weight, n)
+        self._check_inference()
         self.discrete_treatment_ = self._is_discrete(T)
         if not (isinstance(self.cv, (int, np.integer)) and 2 <= self.cv <= n):
             raise ValueError(f"cv must be an integer between 2 and the number of rows ({n}), got {self.cv!r}")
@@ -177,18 +178,24 @@ class CausalForestDML(BaseEstimator):
         self.bootstrap_ = None
         if self.inference == "bootstrap":
             self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_hat), params)
-        elif self.inference != "blb":
-            raise ValueError(f"inference must be 'blb' or 'bootstrap', got {self.inference!r}")
         return self
 
-    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
-        from .bootstrap import INTERVALS, fit_replicates
+    def _check_inference(self) -> None:
+        """Before any fitting: a bad inference setting should not cost a whole fit first."""
+        from .bootstrap import INTERVALS
 
-        if not (isinstance(self.n_bootstrap, (int, np.integer)) and self.n_bootstrap >= 2):
-            raise ValueError(f"n_bootstrap must be an integer >= 2, got {self.n_bootstrap!r}")
-        if self.bootstrap_interval not in INTERVALS:
-            raise ValueError(f"bootstrap_interval must be one of {', '.join(INTERVALS)}, "
-                             f"got {self.bootstrap_interval!r}")
+        if self.inference not in ("blb", "bootstrap"):
+            raise ValueError(f"inference must be 'blb' or 'bootstrap', got {self.inference!r}")
+        if self.inference == "bootstrap":
+            if not (isinstance(self.n_bootstrap, (int, np.integer)) and self.n_bootstrap >= 2):
+                raise ValueError(f"n_bootstrap must be an integer >= 2, got {self.n_bootstrap!r}")
+            if self.bootstrap_interval not in INTERVALS:
+                raise ValueError(f"bootstrap_interval must be one of {', '.join(INTERVALS)}, "
+                                 f"got {self.bootstrap_interval!r}")
+
+    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
+        from .bootstrap import fit_replicates
+
         tau_oob = oob_effect(self.forest_, X)  # the regression adjustment of every replicate's DR ATE
         base = np.ones(len(Y)) if sw is None else sw
 
@@ -205,7 +212,7 @@ class CausalForestDML(BaseEstimator):
             return partially_linear_ate(y_res, t_res, w)[0]
 
         forest_params = {**params, "n_estimators": int(self.bootstrap_trees), "max_samples": 0.5}
-        return fit_replicates(X, int(self.n_bootstrap), seed, forest_params, residuals, ate, self.progress)
+        return fit_replicates(X, int(self.n_bootstrap), seed, forest_params, residuals, ate, self.progress, sw)
 
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
@@ -265,7 +272,8 @@ class CausalForestDML(BaseEstimator):
         return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
 
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
-        """(1 - alpha) normal confidence interval of `ate_`."""
+        """(1 - alpha) confidence interval of `ate_`: normal with inference='blb', the bootstrap's
+        percentile or pivot interval with inference='bootstrap'."""
         self._check_fitted()
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")

@@ -183,14 +183,21 @@ class CausalForest(BaseEstimator):
             raise ValueError("merge needs at least one shard")
         for s in shards:
             s._check_fitted()
+        foreign = {s.source_ for s in shards} - {"tauforge"}
+        if foreign:
+            raise ValueError(f"merge joins shards grown by fit_shard; got a forest imported from {foreign.pop()}")
         first = shards[0]
         k = first.shard_[1]
         indices = sorted(s.shard_[0] for s in shards)
         if any(s.shard_[1] != k for s in shards) or indices != list(range(k)):
             got = ", ".join(f"{i}/{n}" for i, n in sorted(s.shard_ for s in shards))
             raise ValueError(f"merge needs shards 0..{k - 1} of {k}, each once; got {got}")
+        def grown_the_same(a, b) -> bool:  # progress and device do not change the trees
+            pa, pb = ({k: v for k, v in x.get_params().items() if k not in ("progress", "device")} for x in (a, b))
+            return pa == pb and a.seed_ == b.seed_ and a.n_train_ == b.n_train_
+
         for s in shards[1:]:
-            if s.get_params() != first.get_params() or s.seed_ != first.seed_ or s.n_train_ != first.n_train_:
+            if not grown_the_same(s, first):
                 raise ValueError("shards differ in parameters, seed or training rows; "
                                  "grow every shard with the same settings and data")
             if not all(np.array_equal(a, b) for a, b in zip(s.binner_.to_arrays().values(),

@@ -29,6 +29,8 @@ def test_imported_forest_predicts_econml_point_and_variance(econml_forest, tmp_p
     assert loaded.source_ == "econml.grf.CausalForest"
     with pytest.raises(ValueError, match="not available on a forest imported from econml"):
         loaded.oob_predict(d.X)
+    with pytest.raises(ValueError, match="imported from econml"):
+        CausalForest.merge([loaded])
 
 
 def test_unfitted_or_multi_treatment_forests_are_refused(econml_forest):
