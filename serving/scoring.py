@@ -74,22 +74,29 @@ class RowParser:
         tensors = list(by_name.values())
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
+        for t in tensors:
+            if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in t.shape):
+                raise RequestError(f"input {t.name!r} has shape {list(t.shape)}; dimensions must be non-negative "
+                                   "integers")
         if len(tensors) == 1 and tensors[0].name not in self.index:
             t = tensors[0]
             shape = list(t.shape)
             if len(shape) != 2 or shape[1] != len(self.columns):
                 raise RequestError(f"input {t.name!r} has shape {shape}; expected [rows, {len(self.columns)}] "
                                    f"in the order {', '.join(self.columns)}")
-            X = self._matrix(t.data, shape[0], t.name).reshape(shape[0], len(self.columns))
+            self._check_count(shape[0])
+            X = self._matrix(t.data, shape[0] * len(self.columns), t.name).reshape(shape[0], len(self.columns))
         else:
             self._check_names(list(by_name), "", "input")
             n = int(np.prod(by_name[self.columns[0]].shape))
+            for c in self.columns:
+                if int(np.prod(by_name[c].shape)) != n:
+                    raise RequestError(f"input {c!r} has {int(np.prod(by_name[c].shape))} values, "
+                                       f"{self.columns[0]!r} has {n}")
+            self._check_count(n)  # before anything of that size is allocated
             X = np.empty((n, len(self.columns)))
             for j, c in enumerate(self.columns):
-                t = by_name[c]
-                if int(np.prod(t.shape)) != n:
-                    raise RequestError(f"input {c!r} has {int(np.prod(t.shape))} values, {self.columns[0]!r} has {n}")
-                X[:, j] = self._matrix(t.data, n, c)
+                X[:, j] = self._matrix(by_name[c].data, n, c)
         self._check_count(X.shape[0])
         if units is not None and len(units) != X.shape[0]:
             raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
@@ -118,11 +125,14 @@ class RowParser:
         return float(v)
 
     @staticmethod
-    def _matrix(data, n: int, name: str) -> np.ndarray:
+    def _matrix(data, size: int, name: str) -> np.ndarray:
+        """A tensor's data as `size` float64 numbers, or a RequestError saying why not."""
         try:
             a = np.asarray(data, dtype=np.float64).ravel()
         except (TypeError, ValueError):
             raise RequestError(f"input {name!r} holds values that are not numbers") from None
+        if a.size != size:
+            raise RequestError(f"input {name!r} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():
             raise RequestError(f"input {name!r} holds NaN or infinite values")
         return a

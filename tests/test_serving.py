@@ -155,6 +155,12 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v1/models/{MODEL}:predict", {"rows": [[0, 0, 0, 0, 0]]}, 400, '"instances" is missing'),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 3], "datatype": "FP64",
                                                "data": [1, 2, 3]}]}, 400, "expected [rows, 5]"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [2, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]}]}, 400, "holds 5 values"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [2], "datatype": "FP64", "data": [1.0]}
+                                              for c in COLUMNS]}, 400, "holds 1 values; its shape needs 2"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [-1, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]}]}, 400, "non-negative integers"),
     ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
