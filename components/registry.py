@@ -35,6 +35,8 @@ from typing import Any, Iterator
 
 import fsspec
 
+from kernels.serialization import sha256_file
+
 from ._kfp import HTML, Artifact, Dataset, Input, Model, component
 
 CARD_FILE = "model_card.json"
@@ -181,7 +183,7 @@ class ModelStore:
             raise StoreError(f"{source_dir} already holds a {CARD_FILE}; the store writes the card")
         d = self._model_dir(model)
         self.fs.makedirs(d, exist_ok=True)
-        files = {rel: _sha256_file(os.path.join(source_dir, rel)) for rel in _walk(source_dir)}
+        files = {rel: sha256_file(os.path.join(source_dir, rel)) for rel in _walk(source_dir)}
         if self.local:
             staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
             shutil.copytree(source_dir, staging)
@@ -300,7 +302,7 @@ def verify_files(path: str, card: dict) -> None:
         full = os.path.join(path, rel)
         if not os.path.exists(full):
             raise StoreError(f"{full} is missing")
-        if _sha256_file(full) != digest:
+        if sha256_file(full) != digest:
             raise StoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
 
 
@@ -310,14 +312,6 @@ def _walk(root: str) -> list[str]:
         for name in files:
             out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     return sorted(out)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def environment() -> dict[str, Any]:
