@@ -1,13 +1,18 @@
 """The prediction event log: one record per scored row, as rotated Parquet files.
 
-Records are buffered and written as `events-<UTC time>-<pid>-<seq>.parquet` once `rotate_rows`
-records or `rotate_seconds` have gathered, and on `close` (the server calls it on shutdown,
-SIGTERM included). Each file is written under a temporary name and renamed, so a reader (the
-monitoring step) never sees half a file.
+`append` only puts records on a queue; one writer thread gathers them and writes
+`events-<UTC time>-<pid>-<seq>.parquet` once `rotate_rows` records have gathered, once the oldest
+unwritten record is `rotate_seconds` old (an idle server's records do not wait for the next
+request), and on `close` (the server calls it on shutdown, SIGTERM included). So no file is
+written on the server's event loop, and `append` takes no lock: KServe calls `close` from a
+signal handler, which may interrupt `append` on the same thread. Each file is written under a
+temporary name and renamed, so a reader (the monitoring step) never sees half a file.
 """
 
 import datetime as _dt
+import logging
 import os
+import queue
 import threading
 import time
 
@@ -15,47 +20,82 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EVENT_FIELDS = ("time", "request_id", "row", "unit_id", "model", "version", "role", "cate", "lower", "upper",
-                "recommended_action", "action", "propensity", "latency_ms")
+                "recommended_action", "action", "propensity", "explore_seed", "latency_ms")
+log = logging.getLogger("tauforge.serving")
 
 
 class EventLog:
-    def __init__(self, directory: str, rotate_rows: int = 10_000, rotate_seconds: float = 60.0):
+    def __init__(self, directory: str, rotate_rows: int = 10_000, rotate_seconds: float = 60.0,
+                 close_timeout: float = 30.0):
         self.directory = directory
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
+        self.close_timeout = close_timeout
         os.makedirs(directory, exist_ok=True)
-        self._records: list[dict] = []
-        self._lock = threading.Lock()
-        self._last_flush = time.monotonic()
-        self._seq = 0
         self.files_written: list[str] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
+        self._seq = 0
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, daemon=True, name="tauforge-event-log")
+        self._writer.start()
 
     def append(self, records: list[dict]) -> None:
-        with self._lock:
-            self._records.extend(records)
-            due = (len(self._records) >= self.rotate_rows
-                   or time.monotonic() - self._last_flush >= self.rotate_seconds)
-        if due:
-            self.flush()
+        if records:
+            self._queue.put(records)
 
-    def flush(self) -> str | None:
-        with self._lock:
-            records, self._records = self._records, []
-            self._last_flush = time.monotonic()
-            self._seq += 1
-            seq = self._seq
-        if not records:
-            return None
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        path = os.path.join(self.directory, f"events-{stamp}-{os.getpid()}-{seq:06d}.parquet")
-        tmp = path + ".tmp"
-        pq.write_table(pa.Table.from_pylist(records), tmp)
-        os.replace(tmp, path)
-        self.files_written.append(path)
-        return path
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything appended so far; True once written (False on timeout)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     def close(self) -> None:
-        self.flush()
+        """Write what is buffered and stop the writer. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(self.close_timeout)
+        if self._writer.is_alive():
+            log.error("the event log writer did not finish within %.0f s; records may be lost", self.close_timeout)
+
+    def _write_loop(self) -> None:
+        buffer: list[dict] = []
+        oldest = None  # monotonic time of the oldest unwritten record
+        while True:
+            wait = None if oldest is None else max(0.0, oldest + self.rotate_seconds - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = ()  # the oldest record is due
+            if isinstance(item, list):
+                buffer += item
+                oldest = time.monotonic() if oldest is None else oldest
+                if len(buffer) < self.rotate_rows:
+                    continue
+            buffer = self._write(buffer)
+            oldest = time.monotonic() if buffer else None  # a failed write is retried later
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
+                return
+
+    def _write(self, records: list[dict]) -> list[dict]:
+        """Write records as one file; an empty buffer back (records are kept if writing fails)."""
+        if not records:
+            return []
+        self._seq += 1
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        path = os.path.join(self.directory, f"events-{stamp}-{os.getpid()}-{self._seq:06d}.parquet")
+        tmp = path + ".tmp"
+        try:
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 (a full disk must not kill the writer; retry with the next batch)
+            log.exception("could not write %d event-log records to %s; keeping them", len(records), path)
+            return records
+        self.files_written.append(path)
+        return []
 
 
 def read_events(directory: str):

@@ -80,13 +80,15 @@ class CateModel(Model):
                 out[k][idx] = getattr(scores, k)
             versions[idx] = scorer.version
             records += self._records(request_id, rows, idx, scorer, role, scores)
-        actions = self.explore.decide(out["cate"], request_id) if self.explore else None
+        actions = None
+        if self.explore is not None:
+            seed = self.explore.new_seed()
+            actions = self.explore.decide(out["cate"], seed)
+            for rec in records:
+                i = rec["row"]
+                rec.update(recommended_action=int(actions[0][i]), action=int(actions[1][i]),
+                           propensity=float(actions[2][i]), explore_seed=seed)
         if self.event_log is not None:
-            if actions is not None:
-                for rec in records:
-                    i = rec["row"]
-                    rec.update(recommended_action=int(actions[0][i]), action=int(actions[1][i]),
-                               propensity=float(actions[2][i]))
             self.event_log.append(records)
         if self.routing.mirror(request_id):
             task = asyncio.create_task(self._shadow(request_id, rows, out["cate"]))
@@ -146,7 +148,7 @@ class CateModel(Model):
             rec = {"time": now, "request_id": request_id, "row": i, "unit_id": _str(rows.unit_ids[i]),
                    "model": self.name, "version": scorer.version, "role": role, "cate": float(scores.cate[k]),
                    "lower": float(scores.lower[k]), "upper": float(scores.upper[k]), "recommended_action": None,
-                   "action": None, "propensity": None, "latency_ms": latency_ms}
+                   "action": None, "propensity": None, "explore_seed": None, "latency_ms": latency_ms}
             rec.update({f"input.{c}": float(v) for c, v in zip(scorer.columns, rows.X[i])})
             records.append(rec)
         return records

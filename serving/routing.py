@@ -8,6 +8,7 @@ challenger off the response path. `EpsilonGreedy` turns a CATE into an action fo
 """
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,9 @@ def make_routing(mode: str, percent: float | None = None, timeout_seconds: float
 @dataclass(frozen=True)
 class EpsilonGreedy:
     """Recommend treating (action 1) where the CATE exceeds `threshold`; with probability
-    `epsilon` draw the action uniformly instead. The draw is seeded by request id and row, so
-    a logged decision can be replayed; its propensity is what off-policy evaluation needs."""
+    `epsilon` draw the action uniformly instead. Each request's draw comes from a fresh seed of the
+    server's own (`new_seed`), logged beside the decision so that it can be replayed; a client
+    cannot choose or predict it (a client-chosen draw would bias the logged propensities)."""
 
     epsilon: float
     threshold: float = 0.0
@@ -90,10 +92,14 @@ class EpsilonGreedy:
         if not 0 <= self.epsilon <= 1:
             raise ValueError(f"explore epsilon must be in [0, 1], got {self.epsilon}")
 
-    def decide(self, cate: np.ndarray, request_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @staticmethod
+    def new_seed() -> int:
+        return secrets.randbits(63)
+
+    def decide(self, cate: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(recommended, drawn action, propensity of the drawn action) per row."""
         recommended = (cate > self.threshold).astype(np.int64)
-        rng = np.random.default_rng(int(bucket("explore:" + request_id) * 2**63))
+        rng = np.random.default_rng(seed)
         explore = rng.random(len(cate)) < self.epsilon
         drawn = np.where(explore, rng.integers(0, 2, len(cate)), recommended)
         propensity = np.where(drawn == recommended, 1 - self.epsilon / 2, self.epsilon / 2)

@@ -19,6 +19,7 @@ from components.registry import ModelStore
 from kernels import CausalForest
 from kernels.datasets import make_causal_data
 from serving.event_log import read_events
+from serving.routing import EpsilonGreedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = [f"x{j}" for j in range(5)]
@@ -248,17 +249,26 @@ def test_exploration_answers_carry_an_action_and_its_propensity_and_the_log_keep
     try:
         code, body = server.v1(rows_for(200).tolist(), **{"x-request-id": "explore-1"})
         assert code == 200
+        preds = body["predictions"]
+        for p in preds:
+            assert p["recommended_action"] == int(p["cate"] > 0)
+            assert p["propensity"] == pytest.approx(0.9 if p["action"] == p["recommended_action"] else 0.1)
+        explored = np.mean([p["action"] != p["recommended_action"] for p in preds])
+        assert 0.03 < explored < 0.2  # epsilon / 2 = 10% of rows expected
+        # The draw is the server's: the same client request id again draws afresh.
+        _, again = server.v1(rows_for(200).tolist(), **{"x-request-id": "explore-1"})
     finally:
         server.stop()
-    preds = body["predictions"]
-    for p in preds:
-        assert p["recommended_action"] == int(p["cate"] > 0)
-        assert p["propensity"] == pytest.approx(0.9 if p["action"] == p["recommended_action"] else 0.1)
-    explored = np.mean([p["action"] != p["recommended_action"] for p in preds])
-    assert 0.03 < explored < 0.2  # epsilon / 2 = 10% of rows expected
+    assert [p["action"] for p in again["predictions"]] != [p["action"] for p in preds]
     events = read_events(log_dir)
-    assert len(events) == 200 and events.propensity.notna().all()
-    np.testing.assert_array_equal(events.sort_values("row").action.to_numpy(), [p["action"] for p in preds])
+    assert len(events) == 400 and events.propensity.notna().all()
+    assert events.explore_seed.nunique() == 2
+    answered = {tuple(p["action"] for p in preds), tuple(p["action"] for p in again["predictions"])}
+    for seed, logged in events.groupby("explore_seed"):
+        logged = logged.sort_values("row")
+        assert tuple(logged.action) in answered  # the log holds what the caller was told
+        replay = EpsilonGreedy(0.2).decide(logged.cate.to_numpy(), int(seed))  # and replays from its seed
+        np.testing.assert_array_equal(replay[1], logged.action.to_numpy())
 
 
 def test_sigterm_flushes_the_event_log_one_record_per_scored_row(store, single):
