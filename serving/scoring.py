@@ -85,7 +85,7 @@ class RowParser:
                 raise RequestError(f"input {t.name!r} has shape {shape}; expected [rows, {len(self.columns)}] "
                                    f"in the order {', '.join(self.columns)}")
             self._check_count(shape[0])
-            X = self._matrix(t.data, shape[0] * len(self.columns), t.name).reshape(shape[0], len(self.columns))
+            X = self._matrix(t, shape[0] * len(self.columns)).reshape(shape[0], len(self.columns))
         else:
             self._check_names(list(by_name), "", "input")
             n = int(np.prod(by_name[self.columns[0]].shape))
@@ -96,7 +96,7 @@ class RowParser:
             self._check_count(n)  # before anything of that size is allocated
             X = np.empty((n, len(self.columns)))
             for j, c in enumerate(self.columns):
-                X[:, j] = self._matrix(by_name[c].data, n, c)
+                X[:, j] = self._matrix(by_name[c], n)
         self._check_count(X.shape[0])
         if units is not None and len(units) != X.shape[0]:
             raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
@@ -125,17 +125,32 @@ class RowParser:
         return float(v)
 
     @staticmethod
-    def _matrix(data, size: int, name: str) -> np.ndarray:
-        """A tensor's data as `size` float64 numbers, or a RequestError saying why not."""
-        try:
-            a = np.asarray(data, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
-            raise RequestError(f"input {name!r} holds values that are not numbers") from None
+    def _matrix(tensor, size: int) -> np.ndarray:
+        """A numeric tensor's data as `size` float64 numbers, or a RequestError saying why not.
+        Covariates are numbers: a BYTES or BOOL tensor, or strings and booleans inside a numeric
+        one, are refused rather than coerced."""
+        name = tensor.name
+        if tensor.datatype not in NUMERIC_DATATYPES:
+            raise RequestError(f"input {name!r} has datatype {tensor.datatype}; covariates must be numeric "
+                               f"({', '.join(sorted(NUMERIC_DATATYPES))})")
+        data = tensor.data
+        if not isinstance(data, np.ndarray):
+            values = np.asarray(data, dtype=object).ravel()
+            if any(type(v) not in _NUMBER_TYPES for v in values):
+                bad = next(v for v in values if type(v) not in _NUMBER_TYPES)
+                raise RequestError(f"input {name!r} holds {bad!r}, which is not a number")
+            data = values.astype(np.float64) if values.size else values
+        a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:
             raise RequestError(f"input {name!r} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():
             raise RequestError(f"input {name!r} holds NaN or infinite values")
         return a
+
+
+NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
+                               "UINT32", "UINT64"})
+_NUMBER_TYPES = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 
 
 @dataclass

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ import pytest
 from components.registry import ModelStore
 from kernels import CausalForest
 from kernels.datasets import make_causal_data
-from serving.event_log import read_events
+from serving.event_log import EventLog, read_events
 from serving.routing import EpsilonGreedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,10 @@ def free_port():
 class Server:
     def __init__(self, cmd, port, log_dir=None):
         self.port, self.log_dir = port, log_dir
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The server's own log goes to a file: a pipe nobody reads fills up (64 KB of access logs)
+        # and then blocks the server mid-request.
+        self.output = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.output, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 90
         while True:
             try:
@@ -60,8 +64,12 @@ class Server:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
                 self.proc.kill()
-                raise RuntimeError("the server did not start:\n" + self.proc.stdout.read())
+                raise RuntimeError("the server did not start:\n" + self.log_text())
             time.sleep(0.2)
+
+    def log_text(self) -> str:
+        self.output.seek(0)
+        return self.output.read()
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -162,6 +170,14 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
                                               for c in COLUMNS]}, 400, "holds 1 values; its shape needs 2"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [-1, 5], "datatype": "FP64",
                                                "data": [1, 2, 3, 4, 5]}]}, 400, "non-negative integers"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "BYTES",
+                                               "data": ["1", "2", "3", "4", "5"]}]}, 400, "datatype BYTES"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1], "datatype": "BOOL", "data": [True]}
+                                              for c in COLUMNS]}, 400, "datatype BOOL"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                               "data": [1.0, "2", 3.0, 4.0, 5.0]}]}, 400, "'2', which is not a number"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                               "data": [1.0, True, 3.0, 4.0, 5.0]}]}, 400, "True, which is not"),
     ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
@@ -170,6 +186,18 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     assert code == status, answer
     assert message in answer.get("error", "")
     assert single.v1([[0.0] * 5])[0] == 200
+
+
+def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_path):
+    log = EventLog(str(tmp_path), rotate_seconds=0.2)
+    log.append([{"time": 0.0, "request_id": "r1", "row": 0, "cate": 1.5}])
+    deadline = time.time() + 10
+    while not log.files_written and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(read_events(str(tmp_path))) == 1  # written by the writer thread, before close
+    log.close()
+    log.close()  # closing twice is harmless
+    assert len(log.files_written) == 1
 
 
 def test_metrics_carry_model_version_and_role_labels(single):
