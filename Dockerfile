@@ -20,8 +20,9 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 # Not editable: the image holds the installed package, not this folder. kfp comes with the project's
-# dependencies, so components (install_kfp_package=False) install nothing when they start.
-RUN pip install .
+# dependencies, so components (install_kfp_package=False) install nothing when they start; the
+# cloud extra lets tasks read data and publish to s3:// and gs:// stores.
+RUN pip install ".[cloud]"
 
 FROM ${PYTHON_BASE}
 # The model card records the commit it was trained by; there is no .git inside the image.
