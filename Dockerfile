@@ -33,7 +33,9 @@ ENV PATH=/opt/tauforge/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/numba-cache
 COPY --from=build /opt/tauforge /opt/tauforge
 # A fixed numeric uid so that runAsNonRoot can be checked by Kubernetes without a passwd lookup.
-RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin tauforge
+# /var/log/tauforge: the predictor's event log (--log-dir in the InferenceService), written as that user.
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin tauforge \
+    && install -d -o 10001 -g 10001 /var/log/tauforge
 USER 10001
 WORKDIR /home/tauforge
 EXPOSE 8080
