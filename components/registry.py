@@ -327,9 +327,11 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             packages[name] = None
     here = os.path.dirname(os.path.abspath(__file__))
+    # An image has no .git; the Dockerfiles bake the commit they were built from into this variable.
+    commit = os.environ.get("TAUFORGE_GIT_COMMIT") or None
     try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
+        commit = commit or subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                          timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,

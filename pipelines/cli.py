@@ -184,12 +184,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from components._kfp import IMAGE
     from pipelines.training import compile_pipeline
 
     path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type,
-                            args.pipeline)
+                            args.pipeline, image=args.image)
     print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds, {args.shards} forest shards"
-          + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard)" if args.gpus_per_shard else ")"))
+          + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard" if args.gpus_per_shard else "")
+          + f") on {args.image or IMAGE}")
     return 0
 
 
@@ -200,7 +202,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise ValueError("submit needs --store URI (or $TAUFORGE_STORE) that the cluster's pods can write: "
                          "s3://..., gs://..., or a path on a volume mounted in them")
     source, config, _ = _training_setup(args)
-    run_id = submit(args.host, source, config, experiment=args.experiment)
+    run_id = submit(args.host, source, config, experiment=args.experiment, image=args.image)
     print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")
     return 0
 
@@ -373,6 +375,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+IMAGE_HELP = "image every task runs on (default: the project image, $TAUFORGE_IMAGE or components/_kfp.py's)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kernels.datasets import DESIGNS
 
@@ -397,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
     submit.add_argument("--experiment", help="experiment name")
     submit.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
+    submit.add_argument("--image", help=IMAGE_HELP)
     _add_training_flags(submit)
     submit.set_defaults(func=_submit)
 
@@ -408,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")
     comp.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
     comp.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
+    comp.add_argument("--image", help=IMAGE_HELP)
     comp.set_defaults(func=_compile)
 
     srv = sub.add_parser("serve", help="serve a published model on KServe's model server")

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -165,12 +166,37 @@ def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict
 
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
-                     accelerator_type: str = "nvidia.com/gpu", pipeline: str = "training") -> str:
+                     accelerator_type: str = "nvidia.com/gpu", pipeline: str = "training",
+                     image: str | None = None) -> str:
+    """Write the pipeline's IR YAML to `path`; every task runs on `image` (default: the project
+    image of components/_kfp.py, $TAUFORGE_IMAGE)."""
     from kfp import compiler
 
     build = {"training": build_training_pipeline, "monitoring": build_monitoring_pipeline}[pipeline]
     compiler.Compiler().compile(build(n_folds, n_shards, gpus_per_shard, accelerator_type), path)
+    if image:
+        set_image(path, image)
     return path
+
+
+def set_image(path: str, image: str) -> None:
+    """Point every executor of the compiled pipeline at `image`.
+
+    Components fix their base image when they are defined (at import, components/_kfp.py), so a
+    different image for one compile is set on the compiled IR: all our executors are the same
+    project image, and an executor's image is all that names it."""
+    import yaml
+
+    with open(path) as f:
+        text = f.read()
+    header = "".join(line for line in text.splitlines(keepends=True)[:20] if line.startswith("#"))
+    docs = list(yaml.safe_load_all(text))  # the pipeline spec, then a platform spec if any
+    executors = docs[0]["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        executor["container"]["image"] = image
+    with open(path, "w") as f:
+        f.write(header)
+        yaml.safe_dump_all(docs, f, sort_keys=False)
 
 
 @dataclass
@@ -256,20 +282,23 @@ def _capture(log_file, progress):
         builtins.print = saved_print
 
 
-def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None) -> str:
-    """Submit a run to Kubeflow Pipelines at `host`; return its run id."""
+def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None,
+           image: str | None = None) -> str:
+    """Submit a run to Kubeflow Pipelines at `host`, its tasks on `image` (default: the project
+    image); return its run id."""
     import kfp
 
-    pipeline = build_training_pipeline(config.n_folds, config.n_shards, config.gpus_per_shard,
-                                       config.accelerator_type)
     run_id = uuid.uuid4().hex[:12]
-    try:
-        client = kfp.Client(host=host)
-        result = client.create_run_from_pipeline_func(
-            pipeline, arguments=pipeline_arguments(source, config, run_id), experiment_name=experiment,
-            run_name=f"tauforge-{run_id}")
-    except Exception as exc:  # the client raises urllib3, ApiException, ValueError... all mean "not submitted"
-        reason = str(exc).splitlines()[0][:300]
-        raise PipelineFailed(f"could not submit to Kubeflow Pipelines at {host}: {type(exc).__name__}: {reason}") \
-            from None
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.n_folds, config.n_shards,
+                                   config.gpus_per_shard, config.accelerator_type, image=image)
+        try:
+            client = kfp.Client(host=host)
+            result = client.create_run_from_pipeline_package(
+                package, arguments=pipeline_arguments(source, config, run_id), experiment_name=experiment,
+                run_name=f"tauforge-{run_id}")
+        except Exception as exc:  # the client raises urllib3, ApiException, ValueError... all mean "not submitted"
+            reason = str(exc).splitlines()[0][:300]
+            raise PipelineFailed(f"could not submit to Kubeflow Pipelines at {host}: {type(exc).__name__}: "
+                                 f"{reason}") from None
     return result.run_id

@@ -1,5 +1,7 @@
-"""Kubernetes objects from `tauforge deploy` and manifests/ validate strictly against the CRD
-schemas in ../shared/schemas (unknown fields rejected), and the RBAC stays least-privilege."""
+"""Kubernetes objects from `tauforge deploy` and manifests/ validate strictly: KServe and Istio kinds
+against the CRD schemas in ../shared/schemas, built-in kinds against Kubernetes' own schemas
+(kubernetes-validate), prometheus-operator kinds against a small structural schema here; unknown
+fields are rejected everywhere. The RBAC stays least-privilege."""
 
 import copy
 import json
@@ -20,7 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMAS = os.path.join(ROOT, "..", "shared", "schemas")
 CRDS = {("InferenceService", "serving.kserve.io/v1beta1"): ("kserve-inferenceservice-crd.yaml", "v1beta1"),
         ("VirtualService", "networking.istio.io/v1"): ("istio-virtualservice-crd.yaml", "v1")}
-KUSTOMIZATIONS = ["base", "overlays/canary", "overlays/shadow", "overlays/gpu"]
+KUSTOMIZATIONS = ["namespace", "base", "overlays/canary", "overlays/shadow", "overlays/gpu", "monitoring"]
+NAMESPACE = "tauforge"
+STORE_SECRET = "tauforge-store-credentials"  # the one secret anything here may name
+K8S_VERSION = "1.30"  # the oldest Kubernetes current KServe supports; the manifests are checked against it
 
 
 def closed(schema):
@@ -119,16 +124,121 @@ def kustomize(path):
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+# The prometheus-operator CRDs are not in ../shared/schemas, so their objects are checked against
+# this structural schema of the fields we use (closed: a misspelt field fails), not the full CRD.
+_RELABEL = {"type": "object", "additionalProperties": False, "properties": {
+    "sourceLabels": {"type": "array", "items": {"type": "string"}}, "separator": {"type": "string"},
+    "regex": {"type": "string"}, "targetLabel": {"type": "string"}, "replacement": {"type": "string"},
+    "action": {"enum": ["replace", "keep", "drop", "labeldrop", "labelkeep", "labelmap", "hashmod"]}}}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRINGS, "annotations": _STRINGS}}
+_DURATION = {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}
+PROMETHEUS_OPERATOR = {
+    ("PodMonitor", "monitoring.coreos.com/v1"): {"type": "object", "properties": {"spec": {
+        "type": "object", "required": ["selector", "podMetricsEndpoints"], "additionalProperties": False,
+        "properties": {
+            "selector": {"type": "object", "additionalProperties": False, "properties": {
+                "matchLabels": _STRINGS,
+                "matchExpressions": {"type": "array", "items": {
+                    "type": "object", "required": ["key", "operator"], "additionalProperties": False,
+                    "properties": {"key": {"type": "string"}, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                                   "values": {"type": "array", "items": {"type": "string"}}}}}}},
+            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"port": {"type": "string"}, "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+                               "path": {"type": "string"}, "interval": _DURATION,
+                               "relabelings": {"type": "array", "items": _RELABEL},
+                               "metricRelabelings": {"type": "array", "items": _RELABEL}}}}}}}},
+    ("PrometheusRule", "monitoring.coreos.com/v1"): {"type": "object", "properties": {"spec": {
+        "type": "object", "required": ["groups"], "additionalProperties": False, "properties": {"groups": {
+            "type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {"name": {"type": "string"}, "interval": _DURATION, "rules": {"type": "array", "items": {
+                    "type": "object", "required": ["expr"], "additionalProperties": False,
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                    "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
+                                   "expr": {"type": "string", "minLength": 1}, "for": _DURATION,
+                                   "labels": _STRINGS, "annotations": _STRINGS}}}}}}}}}},
+}
+for _schema in PROMETHEUS_OPERATOR.values():
+    _schema.update(required=["apiVersion", "kind", "metadata", "spec"], additionalProperties=False)
+    _schema["properties"].update(apiVersion={"type": "string"}, kind={"type": "string"}, metadata=_METADATA)
+
+
+def check_any(validators, obj):
+    """Validate one object of any kind strictly; fail for a kind nothing here can check."""
+    import kubernetes_validate
+
+    if check(validators, obj):
+        return
+    key = (obj["kind"], obj["apiVersion"])
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    if key in PROMETHEUS_OPERATOR:
+        errors = list(jsonschema.Draft7Validator(PROMETHEUS_OPERATOR[key]).iter_errors(obj))
+        assert not errors, f"{name}: " + "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+        return
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        pytest.fail(f"{name}: no schema for {obj['apiVersion']} {obj['kind']} (not a built-in kind, nor one "
+                    "of ../shared/schemas or the prometheus-operator kinds checked here)")
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{name}: {'/'.join(map(str, e.path))}: {e.message}")
+
+
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
-def test_kustomizations_build_into_valid_objects_with_least_privilege_rbac(validators, path):
+def test_kustomizations_build_into_strictly_valid_objects_in_one_namespace(validators, path):
     docs = kustomize(path)
-    kinds = [d["kind"] for d in docs]
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
-    assert sum(check(validators, d) for d in docs) == kinds.count("InferenceService") + kinds.count("VirtualService")
-    (role,) = [d for d in docs if d["kind"] == "Role"]
-    resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"inferenceservices", "virtualservices"}
-    assert all(d["metadata"]["namespace"] == "tauforge" for d in docs)
+    for doc in docs:
+        check_any(validators, doc)
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_the_strict_validators_reject_misspelt_fields_of_every_family(validators):
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verb": ["get"]}]}
+    with pytest.raises(pytest.fail.Exception, match="verb"):
+        check_any(validators, role)
+    (monitor,) = [d for d in kustomize("monitoring") if d["kind"] == "PodMonitor"]
+    monitor["spec"]["podMetricsEndpoints"][0]["portNumbr"] = 8080
+    with pytest.raises(AssertionError, match="portNumbr"):
+        check_any(validators, monitor)
+    with pytest.raises(pytest.fail.Exception, match="no schema"):
+        check_any(validators, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+
+
+def test_rbac_is_namespaced_and_names_no_secret_but_the_store_credentials():
+    docs = [d for path in KUSTOMIZATIONS for d in kustomize(path)]
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}, "nothing cluster-wide"
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert set(roles) == {"tauforge-deployer"}
+    for rule in roles["tauforge-deployer"]["rules"]:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+        if "secrets" in rule["resources"]:  # only `get`, only the named secret
+            assert rule["resources"] == ["secrets"] and rule.get("resourceNames") == [STORE_SECRET]
+            assert rule["verbs"] == ["get"]
+    granted = {r for rule in roles["tauforge-deployer"]["rules"] for r in rule["resources"]}
+    assert granted <= {"inferenceservices", "virtualservices", "secrets"}
+    assert {"inferenceservices", "virtualservices"} <= granted
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] in roles
+        for subject in binding["subjects"]:
+            # The API server refuses a ServiceAccount subject without a namespace.
+            assert subject["kind"] == "ServiceAccount" and subject.get("namespace"), subject
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    assert set(accounts) == {"tauforge-deployer", "tauforge-serving"}
+    assert accounts["tauforge-serving"]["secrets"] == [{"name": STORE_SECRET}]
+    assert "secrets" not in accounts["tauforge-deployer"]
+    assert "Secret" not in kinds, "credentials never live in the manifests"
+    # Every predictor runs as the account that holds the store's credentials.
+    for isvc in (d for d in docs if d["kind"] == "InferenceService"):
+        assert isvc["spec"]["predictor"]["serviceAccountName"] == "tauforge-serving"
 
 
 def test_overlays_are_the_objects_tauforge_deploy_generates():
@@ -224,21 +334,53 @@ def test_deploy_command_writes_the_yaml(tmp_path):
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
 
 
-def test_alert_rules_use_only_metrics_tauforge_exports(tmp_path):
-    import re
-
+def exported_metric_names(tmp_path):
+    """Every series name tauforge exports: the serving metrics (serving/metrics.py) and the gauges
+    `tauforge monitor --metrics-file` writes (components/monitor.py, with every optional one)."""
     from prometheus_client import parser
+    from prometheus_client.metrics import MetricWrapperBase
 
     from components.monitor import write_gauges
     from serving import metrics
 
+    result = {"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold",
+              "checks": {"domain_classifier": {"auc": 0.5}, "shadow": {"spearman": 1.0}}}
+    write_gauges(result, "m", 1, str(tmp_path / "g.prom"))
+    names = {f.name for f in parser.text_string_to_metric_families((tmp_path / "g.prom").read_text())}
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            names |= {f.name for f in metric.collect()}
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")  # counters' and histograms' series
+    return {n + s for n in names for s in suffixes}
+
+
+def used_metric_names(texts):
+    import re
+
+    return {m for t in texts for m in re.findall(r"\b(tauforge_[a-z_]+)", t)}
+
+
+def test_alert_rules_and_dashboard_use_only_metrics_tauforge_exports(tmp_path):
+    exported = exported_metric_names(tmp_path)
     rules = yaml.safe_load(open(os.path.join(ROOT, "manifests", "monitoring", "prometheus-rules.yaml")))
     exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
-    write_gauges({"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold", "checks": {}},
-                 "m", 1, str(tmp_path / "g.prom"))
-    exported = {f.name for f in parser.text_string_to_metric_families((tmp_path / "g.prom").read_text())}
-    for metric in (metrics.REQUESTS, metrics.ERRORS, metrics.LATENCY, metrics.SHADOW_DISAGREEMENT):
-        exported |= {f.name for f in metric.collect()}
-    exported = {n + s for n in exported for s in ("", "_total", "_bucket")}
-    used = {m for e in exprs for m in re.findall(r"\b(tauforge_[a-z_]+)", e)}
+    used = used_metric_names(exprs)
     assert used and used <= exported, used - exported
+
+    dashboard = json.load(open(os.path.join(ROOT, "manifests", "monitoring", "grafana-dashboard.json")))
+    panels = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    variables = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = used_metric_names(panels + variables)
+    assert used <= exported, used - exported
+    # Every metric family has a panel, and every panel follows the model and version selectors.
+    assert {n.removesuffix("_total").removesuffix("_bucket") for n in used} == {
+        n for n in exported if not n.endswith(("_total", "_bucket", "_count", "_sum"))}
+    assert all('model=~"$model", version=~"$version"' in q for q in panels)
+
+
+def test_grafana_dashboard_ships_as_a_labelled_config_map():
+    (cm,) = [d for d in kustomize("monitoring") if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(cm["data"]["grafana-dashboard.json"])
+    assert shipped == json.load(open(os.path.join(ROOT, "manifests", "monitoring", "grafana-dashboard.json")))
+    assert shipped["uid"] and shipped["panels"]

@@ -273,7 +273,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     try:
         monkeypatch.chdir(tmp_path)
         code = main(["submit", "--host", fake.url, "--data", "s3://bucket/table.parquet", "--treatment", "t",
-                     "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3"])
+                     "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3",
+                     "--image", "registry.example/tauforge:test-cuda"])
     finally:
         fake.close()
     assert code == 0
@@ -285,6 +286,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     assert json.loads(params["spec"])["treatment"] == "t"
     shard = spec["deploymentSpec"]["executors"]["exec-forest-shard"]["container"]
     assert shard["resources"]["accelerator"]["resourceCount"] == "1"
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/tauforge:test-cuda"}
 
 
 def test_submit_to_an_unreachable_host_fails_cleanly(tmp_path):

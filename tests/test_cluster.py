@@ -1,0 +1,181 @@
+"""The cluster path as far as this machine can check it (no Docker daemon, no cluster): the images'
+Dockerfiles, one image tag everywhere, compiled pipelines that name only that image and install
+nothing at run time, and a README walkthrough whose every `tauforge` command parses."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from components import _kfp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
+
+
+def read(*path):
+    with open(os.path.join(ROOT, *path)) as f:
+        return f.read()
+
+
+def default_image():
+    """The project image's default tag, as components/_kfp.py sets it (whatever $TAUFORGE_IMAGE is)."""
+    (tag,) = re.findall(r'os\.environ\.get\("TAUFORGE_IMAGE", "([^"]+)"\)', read("components", "_kfp.py"))
+    return tag
+
+
+def instructions(dockerfile):
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines = [line for line in read(dockerfile).splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", text, re.M)]
+
+
+def stages(dockerfile):
+    out = []
+    for op, args in instructions(dockerfile):
+        if op == "FROM":
+            out.append([])
+        if out:
+            out[-1].append((op, args))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_is_multi_stage_non_root_with_a_health_check(dockerfile):
+    # No Docker daemon here: the Dockerfiles are checked for shape, not built.
+    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    assert len(stages(dockerfile)) >= 2 and " AS " in build[0][1].upper()
+    assert any(op == "COPY" and args.startswith("--from=") for op, args in final), "the final stage copies the build"
+    users = [args for op, args in final if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), "runs as a non-root user"
+    assert any(op == "HEALTHCHECK" and "health/live" in args for op, args in final)
+    assert ("EXPOSE", "8080") in final
+    # The project is installed (with kfp, a dependency), from sources that exist, in the build stage.
+    assert "kfp" in read("pyproject.toml")
+    assert any(op == "RUN" and re.search(r'pip install "?\.\[', args) for op, args in build)
+    for op, args in build:
+        if op == "COPY" and not args.startswith("--from="):
+            for source in args.split()[:-1]:
+                assert os.path.exists(os.path.join(ROOT, source)), source
+    assert not any(op == "RUN" and "pip install" in args for op, args in final), "nothing installed late"
+
+
+def test_cpu_image_takes_cpu_torch_and_cuda_image_a_pytorch_cuda_base():
+    cpu = dict((op, args) for op, args in instructions("Dockerfile") if op == "RUN" and "torch" in args)
+    assert any("--index-url https://download.pytorch.org/whl/cpu" in args for args in cpu.values())
+    (base,) = re.findall(r"ARG CUDA_BASE=(\S+)", read("Dockerfile.cuda"))
+    assert base.startswith("pytorch/pytorch:") and "cuda" in base
+
+
+def test_dockerignore_sends_only_what_the_images_copy():
+    patterns = [p for p in read(".dockerignore").splitlines() if p and not p.startswith("#")]
+    assert patterns[0] == "*"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    copied = {source for dockerfile in DOCKERFILES for op, args in instructions(dockerfile)
+              if op == "COPY" and not args.startswith("--from=") for source in args.split()[:-1]}
+    assert allowed == copied
+
+
+def test_one_image_tag_everywhere():
+    image = default_image()
+    assert _kfp.IMAGE == os.environ.get("TAUFORGE_IMAGE", image)
+    version = re.search(r'^version = "([^"]+)"', read("pyproject.toml"), re.M).group(1)
+    assert image.endswith(f":{version}"), "the tag is the project's version"
+    assert f"IMAGE ?= $(or $(TAUFORGE_IMAGE),{image})" in read("Makefile")
+    assert "CUDA_IMAGE ?= $(IMAGE)-cuda" in read("Makefile")
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
+    for path, expected in [("base", image), ("overlays/canary", image), ("overlays/shadow", image),
+                           ("overlays/gpu", f"{image}-cuda")]:
+        out = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "manifests", path)], capture_output=True,
+                             text=True, check=True).stdout
+        images = {c["image"] for d in yaml.safe_load_all(out) if d and d["kind"] == "InferenceService"
+                  for c in d["spec"]["predictor"]["containers"]}
+        assert images == {expected}, path
+
+
+def test_make_images_builds_both_images_or_says_it_needs_docker():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plan = subprocess.run(["make", "-n", "images", "IMAGE=registry.example.com/ml/tauforge:t"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    assert "docker build -f Dockerfile " in plan and "-t registry.example.com/ml/tauforge:t " in plan
+    assert "docker build -f Dockerfile.cuda " in plan and "-t registry.example.com/ml/tauforge:t-cuda " in plan
+    if subprocess.run("docker info", shell=True, capture_output=True).returncode != 0:
+        out = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode != 0 and "make images needs Docker" in out.stderr
+
+
+@pytest.mark.parametrize("pipeline", ["training", "monitoring"])
+@pytest.mark.parametrize("image", [None, "registry.example.com/ml/tauforge:abc123"])
+def test_compiled_pipeline_names_only_the_project_image_and_installs_nothing(tmp_path, capsys, pipeline, image):
+    from pipelines.cli import main
+
+    path = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--pipeline", pipeline, "--out", str(path), "--folds", "2", "--shards", "2",
+                 *(["--image", image] if image else [])]) == 0
+    assert (image or _kfp.IMAGE) in capsys.readouterr().out
+    text = path.read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    executors = docs[0]["deploymentSpec"]["executors"]
+    assert len(executors) >= 6  # every step, the nested training pipeline's too
+    assert {e["container"]["image"] for e in executors.values()} == {image or _kfp.IMAGE}
+    for name, executor in executors.items():
+        line = " ".join(executor["container"].get("command", []) + executor["container"].get("args", []))
+        assert "pip install" not in line and "pip3 install" not in line, name
+    assert "pip install" not in text
+    assert text.startswith("# PIPELINE DEFINITION")
+
+
+# ----------------------------------------------------------------------------- the README walkthrough
+
+def walkthrough():
+    readme = read("README.md")
+    start = readme.index("## Running on a cluster")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def walkthrough_commands(program):
+    """Every `program ...` command of the walkthrough: in indented blocks and in `backticks`."""
+    text = walkthrough()
+    blocks = re.sub(r"\\\n\s*", " ", "\n".join(line[4:] for line in text.splitlines() if line.startswith("    ")))
+    found = [line.split("  #")[0].strip() for line in blocks.splitlines() if line.strip().startswith(program + " ")]
+    found += [c for c in re.findall(r"`([^`]+)`", text) if c.startswith(program + " ")]
+    return [shlex.split(c) for c in dict.fromkeys(found)]
+
+
+def test_every_tauforge_command_of_the_walkthrough_parses_with_its_flags(capsys):
+    from pipelines.cli import build_parser
+
+    commands = walkthrough_commands("tauforge")
+    shown = {(argv[1], argv[2] if argv[1] == "models" else argv[argv.index("--mode") + 1] if "--mode" in argv
+              else "") for argv in commands}
+    assert {("compile", ""), ("submit", ""), ("deploy", "replace"), ("deploy", "canary"), ("deploy", "shadow"),
+            ("monitor", ""), ("models", "list"), ("models", "promote"), ("models", "rollback")} <= shown, shown
+    for argv in commands:
+        try:
+            args = build_parser().parse_args(argv[1:])  # what `tauforge` would run, without running it
+        except SystemExit:
+            pytest.fail(f"the walkthrough's `{shlex.join(argv)}` does not parse: {capsys.readouterr().err}")
+        assert args.command == argv[1]
+    for sub in sorted({argv[1] for argv in commands}):  # and each subcommand's --help works
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([sub, "--help"])
+        assert exit_.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def test_every_file_and_kustomization_the_walkthrough_names_exists():
+    commands = walkthrough_commands("kubectl")
+    assert len(commands) >= 10
+    local = [argv[argv.index(flag) + 1] for argv in commands for flag in ("-k", "-f")
+             if flag in argv and argv[1] == "apply" and not argv[argv.index(flag) + 1].startswith(("http", "github"))]
+    assert "manifests/namespace" in local and "manifests/monitoring" in local
+    for path in local:
+        assert os.path.exists(os.path.join(ROOT, path)) or path == "tauforge-deploy", path  # written by deploy --out
+    for argv in walkthrough_commands("make"):
+        assert re.search(rf"^{argv[1]}:", read("Makefile"), re.M), f"make target {argv[1]}"
