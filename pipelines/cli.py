@@ -251,6 +251,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Idle OpenMP workers sleep instead of spinning: after every request's parallel tree walk,
+    # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
+    # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from serving.server import build_model, serve
 
     store = None if args.model_dir else _store_uri(args)

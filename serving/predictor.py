@@ -23,6 +23,7 @@ from .routing import CHALLENGER, CHAMPION, SHADOW, EpsilonGreedy, SingleRouting
 from .scoring import RequestError, Rows, Scores, VersionScorer
 
 log = logging.getLogger("tauforge.serving")
+INLINE_ROWS = 64  # requests up to this many rows are scored on the event loop itself
 SHADOW_THREADS = 4  # shadow scorings at once; beyond that, shadow requests are shed, not queued
 
 
@@ -75,7 +76,10 @@ class CateModel(Model):
             if not idx:
                 continue
             scorer = self.scorers[role]
-            scores = self._score(scorer, role, rows.X[idx])
+            if len(idx) > INLINE_ROWS:  # a large request must not stall the loop, which answers everyone
+                scores = await asyncio.to_thread(self._score, scorer, role, rows.X[idx])
+            else:  # a few rows score in about a millisecond; a thread hop would cost more (GIL handoff)
+                scores = self._score(scorer, role, rows.X[idx])
             for k in out:
                 out[k][idx] = getattr(scores, k)
             versions[idx] = scorer.version
