@@ -23,7 +23,7 @@ from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
 
 FORMAT = "tauforge.causal_forest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: float32 leaves, child pointers implicit (1 is still read)
 _ROWS_X_TREES_PER_CHUNK = 1 << 21  # prediction works on (rows, trees, 4) float64 blocks of ~64 MB
 
 
@@ -256,7 +256,9 @@ class CausalForest(BaseEstimator):
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
             valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk], device=backend.device)
-            tau, var = forest_estimate(leaf_values[ids.to(backend.device)], self.ci_group_size, valid,
+            # Leaves are stored in float32; the moment sums and the variance need float64.
+            values = leaf_values[ids.to(backend.device)].to(torch.float64)
+            tau, var = forest_estimate(values, self.ci_group_size, valid,
                                        with_variance=with_variance)
             taus.append(tau.cpu().numpy())
             if var is not None:
@@ -328,6 +330,9 @@ class CausalForest(BaseEstimator):
     def load(cls, path: str | os.PathLike, device: str | None = None) -> "CausalForest":
         """Load a forest written by `save`; raises ValueError if any file fails its checksum."""
         arrays, meta = load_model(path, FORMAT)
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"{path} was saved by a newer tauforge (forest format {meta['format_version']}, this "
+                             f"version reads up to {FORMAT_VERSION}); upgrade tauforge to load it")
         params = dict(meta["params"])
         if device is not None:
             params["device"] = device

@@ -1,11 +1,18 @@
 """A grown forest as flat arrays: what backends produce, what prediction reads, what is saved.
 
 Trees are stored breadth-first and concatenated. For node i:
-  feature[i]   split feature, or -1 for a leaf
+  feature[i]   split feature, or -1 for a leaf (int8 when there are fewer than 128 features)
   threshold[i] split fine code (kernels.binning): rows with fine code <= threshold go left
   child[i]     for a split, the global index of the left child (the right child is child[i] + 1);
                for a leaf, the global index of its row in leaf_values
-leaf_values[l] = estimation-half leaf means of (t, y, t*y, t*t). tree_offsets[b] is tree b's root.
+leaf_values[l] = estimation-half leaf means of (t, y, t*y, t*t), float32 (prediction sums them
+in float64). tree_offsets[b] is tree b's root.
+
+Compact by construction: breadth-first with each split's children adjacent, a tree's k-th split
+has its children at tree-local 2k+1 and 2k+2 and its k-th leaf is leaf row k, so `child` follows
+from `feature` alone. It is kept in memory for prediction but never saved (`to_arrays`), and
+rebuilt on load. At 1e6 rows (about 30,000 leaves a tree) that is 0.65 MB a tree on disk instead
+of 1.43 MB with float64 leaves and saved pointers.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LEAF_T, LEAF_Y, LEAF_TY, LEAF_TT = range(4)
+_TREES_PER_BLOCK = 256
 
 
 @dataclass
@@ -29,15 +37,13 @@ class TreeArrays:
 
 @dataclass
 class ForestArrays:
-    feature: np.ndarray  # int16 [nodes]
+    feature: np.ndarray  # int8/int16 [nodes]
     threshold: np.ndarray  # uint16 [nodes]
-    child: np.ndarray  # int32/int64 [nodes]
-    leaf_values: np.ndarray  # float64 [leaves, 4]
+    child: np.ndarray  # int32/int64 [nodes], rebuilt from feature (never saved)
+    leaf_values: np.ndarray  # float32 [leaves, 4]
     tree_offsets: np.ndarray  # int64 [trees + 1]
     leaf_offsets: np.ndarray  # int64 [trees + 1]
     max_depth: int
-
-    FIELDS = ("feature", "threshold", "child", "leaf_values", "tree_offsets", "leaf_offsets")
 
     @property
     def n_trees(self) -> int:
@@ -49,25 +55,40 @@ class ForestArrays:
 
     @classmethod
     def from_trees(cls, trees: list[TreeArrays]) -> "ForestArrays":
+        for b, t in enumerate(trees):
+            if not np.array_equal(t.child, _local_child(t.feature >= 0, np.array([0, len(t.feature)]))):
+                raise ValueError(f"tree {b} is not breadth-first with adjacent children; its pointers cannot be "
+                                 "left implicit")
         node_counts = np.array([len(t.feature) for t in trees], dtype=np.int64)
         leaf_counts = np.array([len(t.leaf_values) for t in trees], dtype=np.int64)
-        tree_offsets = np.concatenate([[0], np.cumsum(node_counts)])
-        leaf_offsets = np.concatenate([[0], np.cumsum(leaf_counts)])
-        feature = np.concatenate([t.feature for t in trees]).astype(np.int16)
-        child = np.concatenate([
-            np.where(t.feature >= 0, t.child + tree_offsets[b], t.child + leaf_offsets[b])
-            for b, t in enumerate(trees)
-        ])
-        child = child.astype(np.int32 if child.size == 0 or child.max() < 2**31 else np.int64)
-        return cls(
-            feature=feature,
+        feature = np.concatenate([t.feature for t in trees])
+        return cls._assemble(
+            feature=feature.astype(_feature_dtype(int(feature.max(initial=-1)) + 1)),
             threshold=np.concatenate([t.threshold for t in trees]).astype(np.uint16),
-            child=child,
-            leaf_values=np.concatenate([t.leaf_values for t in trees]).astype(np.float64),
-            tree_offsets=tree_offsets,
-            leaf_offsets=leaf_offsets,
+            leaf_values=np.concatenate([t.leaf_values for t in trees]).astype(np.float32),
+            tree_offsets=np.concatenate([[0], np.cumsum(node_counts)]),
+            leaf_offsets=np.concatenate([[0], np.cumsum(leaf_counts)]),
             max_depth=max(_depth(t) for t in trees),
         )
+
+    @classmethod
+    def _assemble(cls, feature, threshold, leaf_values, tree_offsets, leaf_offsets, max_depth) -> "ForestArrays":
+        """The forest with its global child pointers rebuilt from `feature`, a block of trees at a
+        time (whole-forest temporaries would be several GB at 1e8 nodes)."""
+        tree_offsets = np.asarray(tree_offsets, dtype=np.int64)
+        leaf_offsets = np.asarray(leaf_offsets, dtype=np.int64)
+        n_trees = len(tree_offsets) - 1
+        child = np.empty(len(feature), dtype=np.int32 if len(feature) < 2**31 else np.int64)
+        for lo in range(0, n_trees, _TREES_PER_BLOCK):
+            hi = min(lo + _TREES_PER_BLOCK, n_trees)
+            a, b = tree_offsets[lo], tree_offsets[hi]
+            offsets = tree_offsets[lo:hi + 1] - a
+            tree_of = np.repeat(np.arange(hi - lo), np.diff(offsets))
+            is_split = feature[a:b] >= 0
+            base = np.where(is_split, tree_offsets[lo:hi][tree_of], leaf_offsets[lo:hi][tree_of])
+            child[a:b] = base + _local_child(is_split, offsets, tree_of)
+        return cls(feature=feature, threshold=threshold, child=child, leaf_values=leaf_values,
+                   tree_offsets=tree_offsets, leaf_offsets=leaf_offsets, max_depth=max_depth)
 
     def tree(self, b: int) -> TreeArrays:
         lo, hi = self.tree_offsets[b], self.tree_offsets[b + 1]
@@ -81,12 +102,39 @@ class ForestArrays:
         """One forest of all the trees of `forests`, in order (tree shards grown apart)."""
         return cls.from_trees([f.tree(b) for f in forests for b in range(f.n_trees)])
 
+    SAVED = ("feature", "threshold", "leaf_values", "tree_offsets", "leaf_offsets")
+
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f"forest_{k}": getattr(self, k) for k in self.FIELDS}
+        """What is saved: everything but `child`, which `from_arrays` rebuilds."""
+        return {f"forest_{k}": getattr(self, k) for k in self.SAVED}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], max_depth: int) -> "ForestArrays":
-        return cls(**{k: arrays[f"forest_{k}"] for k in cls.FIELDS}, max_depth=max_depth)
+        a = {k: arrays[f"forest_{k}"] for k in cls.SAVED}
+        n_splits = int((a["feature"] >= 0).sum())
+        n_trees = len(a["tree_offsets"]) - 1
+        # A forest of binary trees has one more leaf than splits per tree, and a node per split or leaf.
+        if not (len(a["leaf_values"]) == n_splits + n_trees == a["leaf_offsets"][-1]
+                and len(a["feature"]) == 2 * n_splits + n_trees == a["tree_offsets"][-1]):
+            raise ValueError("the saved forest's arrays do not describe binary trees (sizes disagree)")
+        return cls._assemble(**a, max_depth=max_depth)
+
+
+def _local_child(is_split: np.ndarray, tree_offsets: np.ndarray, tree_of: np.ndarray | None = None) -> np.ndarray:
+    """Tree-local child pointers of concatenated breadth-first trees with adjacent children: a
+    tree's k-th split points at node 2k+1, its k-th leaf at leaf row k."""
+    if tree_of is None:
+        tree_of = np.repeat(np.arange(len(tree_offsets) - 1), np.diff(tree_offsets))
+    splits_before = np.cumsum(is_split) - is_split  # running counts over all trees...
+    leaves_before = np.arange(len(is_split)) - splits_before
+    roots = np.asarray(tree_offsets[:-1])[tree_of]
+    split_rank = splits_before - splits_before[roots]  # ...minus the count at the tree's root
+    leaf_rank = leaves_before - leaves_before[roots]
+    return np.where(is_split, 1 + 2 * split_rank, leaf_rank)
+
+
+def _feature_dtype(n_features: int) -> type:
+    return np.int8 if n_features <= 127 else np.int16
 
 
 def _depth(tree: TreeArrays) -> int:

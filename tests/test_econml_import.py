@@ -21,8 +21,10 @@ def test_imported_forest_predicts_econml_point_and_variance(econml_forest, tmp_p
     forest = import_econml_forest(ecf)
     point, var = ecf.predict_and_var(X)
     ours, our_var = forest.predict_and_var(X)
-    np.testing.assert_allclose(ours, point.ravel(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(our_var, var.ravel(), rtol=1e-9, atol=1e-15)  # EconML's BLB is ours
+    # Leaf means are stored in float32 (kernels/forest_arrays.py), about 7 significant digits;
+    # beyond that rounding, EconML's point and its BLB variance are ours.
+    np.testing.assert_allclose(ours, point.ravel(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(our_var, var.ravel(), rtol=1e-4, atol=1e-10)
     forest.save(tmp_path / "imported")
     loaded = CausalForest.load(tmp_path / "imported")
     np.testing.assert_array_equal(loaded.predict(X), ours)

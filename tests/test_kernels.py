@@ -85,9 +85,29 @@ def test_forest_arrays_merge_and_tree_roundtrip():
     grown = NumbaBackend().grow(data, mom, trees, RULES[0])
     whole = ForestArrays.from_trees(grown)
     merged = ForestArrays.merge([ForestArrays.from_trees(grown[:1]), ForestArrays.from_trees(grown[1:])])
-    for field in ForestArrays.FIELDS:
+    for field in (*ForestArrays.SAVED, "child"):
         np.testing.assert_array_equal(getattr(whole, field), getattr(merged, field))
     assert whole.max_depth == merged.max_depth > 0
+
+
+def test_compact_forest_saves_no_pointers_and_rebuilds_them_exactly():
+    data, mom, trees = _problem(1500)
+    grown = NumbaBackend().grow(data, mom, trees, RULES[0])
+    forest = ForestArrays.from_trees(grown)
+    assert forest.feature.dtype == np.int8 and forest.leaf_values.dtype == np.float32
+    saved = forest.to_arrays()
+    assert "forest_child" not in saved
+    rebuilt = ForestArrays.from_arrays(saved, forest.max_depth)
+    np.testing.assert_array_equal(rebuilt.child, forest.child)
+    for b, tree in enumerate(grown):  # the pointers the grower produced, tree by tree
+        np.testing.assert_array_equal(rebuilt.tree(b).child, tree.child)
+    broken = dict(saved, forest_feature=saved["forest_feature"][:-1])
+    with pytest.raises(ValueError, match="do not describe binary trees"):
+        ForestArrays.from_arrays(broken, forest.max_depth)
+    swapped = grown[0]
+    swapped = type(swapped)(swapped.feature, swapped.threshold, swapped.child[::-1].copy(), swapped.leaf_values)
+    with pytest.raises(ValueError, match="not breadth-first"):
+        ForestArrays.from_trees([swapped])
 
 
 @cuda

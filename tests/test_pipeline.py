@@ -197,7 +197,9 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
     dml = CausalForestDML(cv=2, n_estimators=2, random_state=2).fit(table["Y"], table["T"], X=X)
     y_res, t_res = dml.residuals_
     ecf = EconMLCausalForest(n_estimators=40, random_state=2).fit(X, t_res, y_res)
-    np.testing.assert_allclose(loaded.load_forest().predict(X[:200]), ecf.predict(X[:200]).ravel(), atol=1e-12)
+    # Equal up to the float32 leaf storage (kernels/forest_arrays.py).
+    np.testing.assert_allclose(loaded.load_forest().predict(X[:200]), ecf.predict(X[:200]).ravel(), rtol=1e-5,
+                               atol=1e-7)
 
 
 def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path):

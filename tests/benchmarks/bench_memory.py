@@ -1,0 +1,91 @@
+"""Memory at scale: how big a 2,000-tree forest on 1e6 rows is on disk and in memory, and the peak
+memory of scoring 1e6 rows with it (prediction works in chunks of rows).
+
+    .venv/bin/python tests/benchmarks/bench_memory.py [--rows 1000000] [--trees 2000] [--grown 40]
+
+Growing 2,000 trees on 1e6 rows takes most of an hour on 2 cores, so `--grown` trees are grown
+on the full data and repeated to `--trees`: every tree is a real tree of that data (the same
+size distribution), which is all that size and scoring memory depend on. Scoring runs in a fresh
+process (load, verify checksums, score, report its peak resident memory). The old layout (float64
+leaves, saved child pointers, int16 features) is computed from the same arrays, for comparison.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+GiB = 2**30
+
+
+def score_in_fresh_process(path: str, rows: int) -> dict:
+    code = f"""
+import json, resource, time, sys
+sys.path.insert(0, {ROOT!r})
+from kernels import CausalForest
+from kernels.datasets import make_causal_data
+X = make_causal_data("simple", n={rows}, p=10, seed=1).X
+start = time.perf_counter()
+forest = CausalForest.load({path!r})
+loaded = time.perf_counter() - start
+tau, lower, upper = forest.predict_with_interval(X)
+print(json.dumps({{"load_s": loaded, "score_s": time.perf_counter() - start - loaded,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "finite": bool((upper > lower).all())}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--trees", type=int, default=2000)
+    parser.add_argument("--grown", type=int, default=40, help="trees actually grown, repeated to --trees")
+    args = parser.parse_args()
+    if args.trees % args.grown or args.grown % 2:
+        raise SystemExit("--trees must be a multiple of --grown, and --grown even (little bags of 2)")
+
+    from kernels import CausalForest
+    from kernels.datasets import make_causal_data
+    from kernels.forest_arrays import ForestArrays
+
+    d = make_causal_data("simple", n=args.rows, p=10, seed=0)
+    start = time.perf_counter()
+    forest = CausalForest(n_estimators=args.grown, random_state=0, progress=False).fit(d.X, d.T - d.e, d.Y - d.m)
+    grow_s = time.perf_counter() - start
+    del d
+    grown = forest.forest_
+    forest.forest_ = ForestArrays.merge([grown] * (args.trees // args.grown))
+    forest.set_params(n_estimators=args.trees)
+    fa = forest.forest_
+    in_memory = sum(a.nbytes for a in (fa.feature, fa.threshold, fa.child, fa.leaf_values))
+    nodes, leaves = len(fa.feature), len(fa.leaf_values)
+    old_layout = nodes * (2 + 2 + 4) + leaves * 4 * 8  # int16 feature, uint16 threshold, int32 child, float64 leaves
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "forest")
+        forest.save(path)
+        on_disk = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        del forest, fa, grown
+        scored = score_in_fresh_process(path, args.rows)
+    print(f"grew {args.grown} trees on {args.rows:,} rows in {grow_s:.0f} s; repeated to {args.trees} trees: "
+          f"{nodes:,} nodes, {leaves:,} leaves ({leaves / args.trees:,.0f} a tree)")
+    print(f"| forest | on disk | in memory | old layout | load | score {args.rows:,} rows | peak RSS scoring |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.trees} trees, {args.rows:,} rows | {on_disk / GiB:.2f} GiB | {in_memory / GiB:.2f} GiB | "
+          f"{old_layout / GiB:.2f} GiB | {scored['load_s']:.1f} s | {scored['score_s']:.0f} s | "
+          f"{scored['peak_rss_gib']:.2f} GiB |")
+    print(f"(this process's own peak: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()
