@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_boosting.py
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py coverage
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py timing
+	$(BIN)/python tests/benchmarks/bench_memory.py
 
 images:
 	@docker info >/dev/null 2>&1 || { echo "make images needs Docker: a docker client and a running" \

@@ -249,17 +249,16 @@ class CausalForest(BaseEstimator):
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
         backend = self._backend
-        leaf_values = torch.as_tensor(self.forest_.leaf_values, device=backend.device)
-        T = self.forest_.n_trees
-        chunk = max(1, _ROWS_X_TREES_PER_CHUNK // T)
+        chunk = max(1, _ROWS_X_TREES_PER_CHUNK // self.forest_.n_trees)
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
-            valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk], device=backend.device)
-            # Leaves are stored in float32; the moment sums and the variance need float64.
-            values = leaf_values[ids.to(backend.device)].to(torch.float64)
-            tau, var = forest_estimate(values, self.ci_group_size, valid,
-                                       with_variance=with_variance)
+            if in_bag is None:
+                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance)
+            else:  # out-of-bag: each row's own set of trees (torch, on the backend's device)
+                valid = torch.as_tensor(~in_bag[lo:lo + chunk], device=backend.device)
+                values = torch.as_tensor(self.forest_.leaf_values, device=backend.device)[ids.to(backend.device)]
+                tau, var = forest_estimate(values.to(torch.float64), self.ci_group_size, valid, with_variance)
             taus.append(tau.cpu().numpy())
             if var is not None:
                 variances.append(var.cpu().numpy())

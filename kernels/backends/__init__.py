@@ -1,4 +1,5 @@
-"""The hot loops behind one small interface: grow trees, find the leaf of each row in each tree.
+"""The hot loops behind one small interface: grow trees, find the leaf of each row in each tree,
+turn those leaves into effects and variances.
 
 `TorchBackend` runs on any torch device (the CUDA path, also exercised on CPU by the tests);
 `NumbaBackend` is the CPU path, chosen on CPU because it measures faster there (README,
@@ -12,6 +13,7 @@ import torch
 
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
+from ..prediction import debias_between_group_variance, forest_estimate
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
@@ -50,6 +52,20 @@ class NumbaBackend:
                            forest.roots, out)
         return torch.from_numpy(out)
 
+    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int,
+                 with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """forest_estimate (kernels/prediction.py) for every tree valid, row by row in one
+        kernel: the torch version's (rows, trees, 4) float64 gather and temporaries cost 3-4x
+        the leaf walk itself on a CPU."""
+        out = np.empty((ids.shape[0], 4))
+        numba_cpu.forest_moments(ids.numpy(), forest.leaf_values, int(ci_group_size if with_variance else 1), out)
+        tau = torch.from_numpy(out[:, 0])
+        if not with_variance or ci_group_size < 2:
+            return tau, None
+        n_groups = torch.full_like(tau, float(forest.n_trees // ci_group_size))
+        var = debias_between_group_variance(torch.from_numpy(out[:, 1]), torch.from_numpy(out[:, 2]), n_groups)
+        return tau, var / torch.from_numpy(out[:, 3]) ** 2
+
 
 class TorchBackend:
     name = "torch"
@@ -57,6 +73,7 @@ class TorchBackend:
     def __init__(self, device: torch.device):
         self.device = device
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
+        self._leaf_values: tuple[ForestArrays, torch.Tensor] | None = None
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample], rule: SplitRule) -> list[TreeArrays]:
         return TorchLevelGrower(self.device).grow(data, torch.as_tensor(mom, device=self.device), trees, rule)
@@ -70,6 +87,13 @@ class TorchBackend:
         fine = torch.as_tensor(np.asarray(fine, dtype=np.int32) if isinstance(fine, np.ndarray) else fine,
                                device=self.device)
         return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
+
+    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int,
+                 with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._leaf_values is None or self._leaf_values[0] is not forest:
+            self._leaf_values = (forest, torch.as_tensor(forest.leaf_values, device=self.device))
+        values = self._leaf_values[1][ids.to(self.device)].to(torch.float64)  # float32 leaves, float64 sums
+        return forest_estimate(values, ci_group_size, None, with_variance)
 
 
 def get_backend(backend: str, device: torch.device):

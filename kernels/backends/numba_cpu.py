@@ -518,3 +518,47 @@ def node_capacity(n_struct_weight: float, n_est_weight: float, n_struct: int, n_
     """An upper bound on a tree's node count: every leaf holds >= min_leaf weight of each half."""
     leaves = min(n_struct, n_est, math.floor(min(n_struct_weight, n_est_weight) / max(min_leaf, 1e-12)) + 1)
     return 2 * max(leaves, 1) + 1
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def forest_moments(ids, leaf_values, group_size, out):
+    """Per row, from its leaf in every tree: out[r] = (tau, between-group variance, within-group
+    noise, denominator) of kernels.prediction.forest_estimate, without materializing the
+    (rows, trees, 4) gather. Rows are the parallel loop; leaf means (float32) sum in float64."""
+    n_trees = ids.shape[1]
+    groups = n_trees // group_size
+    for r in numba.prange(ids.shape[0]):
+        at = ay = aty = att = 0.0
+        for b in range(n_trees):
+            leaf = ids[r, b]
+            at += leaf_values[leaf, 0]
+            ay += leaf_values[leaf, 1]
+            aty += leaf_values[leaf, 2]
+            att += leaf_values[leaf, 3]
+        at /= n_trees
+        ay /= n_trees
+        aty /= n_trees
+        att /= n_trees
+        denom = att - at * at
+        tau = (aty - at * ay) / denom
+        mu = ay - tau * at
+        between = 0.0
+        total = 0.0
+        if group_size >= 2:
+            for g in range(groups):
+                group_sum = 0.0
+                for k in range(group_size):
+                    leaf = ids[r, g * group_size + k]
+                    t = leaf_values[leaf, 0]
+                    psi = (leaf_values[leaf, 2] - mu * t - tau * leaf_values[leaf, 3]) - at * (
+                        leaf_values[leaf, 1] - mu - tau * t)
+                    group_sum += psi
+                    total += psi * psi
+                group_mean = group_sum / group_size
+                between += group_mean * group_mean
+            between /= groups
+            total /= groups * group_size
+        out[r, 0] = tau
+        out[r, 1] = between
+        out[r, 2] = (total - between) / (group_size - 1) if group_size >= 2 else 0.0
+        out[r, 3] = denom
