@@ -24,7 +24,12 @@ from .splitting import SplitRule, quantize_weights
 
 FORMAT = "tauforge.causal_forest"
 FORMAT_VERSION = 2  # 2: float32 leaves, child pointers implicit (1 is still read)
-_ROWS_X_TREES_PER_CHUNK = 1 << 21  # prediction works on (rows, trees, 4) float64 blocks of ~64 MB
+# Prediction works on chunks of rows. The leaf walk streams every tree through the cache once per
+# chunk, so larger chunks walk faster (trees grown on 1e6 rows: 472 ns per row and tree at 1,048
+# rows a chunk, 173 ns at 8,192). The numba path keeps only (rows, trees) int64 leaf ids, 128 MB
+# at most; the torch and out-of-bag paths gather (rows, trees, 4) float64 values, 64 MB at most.
+_LEAF_IDS_PER_CHUNK = 1 << 24
+_GATHERED_PER_CHUNK = 1 << 21
 
 
 class CausalForest(BaseEstimator):
@@ -249,7 +254,8 @@ class CausalForest(BaseEstimator):
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
         backend = self._backend
-        chunk = max(1, _ROWS_X_TREES_PER_CHUNK // self.forest_.n_trees)
+        budget = _LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
+        chunk = max(1, budget // self.forest_.n_trees)
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
