@@ -17,7 +17,6 @@ from ._progress import progress_bar
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest_arrays import ForestArrays
-from .prediction import forest_estimate
 from .sampling import LittleBagSampler
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
@@ -259,12 +258,8 @@ class CausalForest(BaseEstimator):
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
-            if in_bag is None:
-                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance)
-            else:  # out-of-bag: each row's own set of trees (torch, on the backend's device)
-                valid = torch.as_tensor(~in_bag[lo:lo + chunk], device=backend.device)
-                values = torch.as_tensor(self.forest_.leaf_values, device=backend.device)[ids.to(backend.device)]
-                tau, var = forest_estimate(values.to(torch.float64), self.ci_group_size, valid, with_variance)
+            valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk])  # out-of-bag trees
+            tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid)
             taus.append(tau.cpu().numpy())
             if var is not None:
                 variances.append(var.cpu().numpy())

@@ -136,9 +136,9 @@ class RowParser:
         data = tensor.data
         if not isinstance(data, np.ndarray):
             values = np.asarray(data, dtype=object).ravel()
-            if any(type(v) not in _NUMBER_TYPES for v in values):
-                bad = next(v for v in values if type(v) not in _NUMBER_TYPES)
-                raise RequestError(f"input {name!r} holds {bad!r}, which is not a number")
+            bad = [v for v in values if type(v) not in _NUMBER_TYPES][:1]
+            if bad:
+                raise RequestError(f"input {name!r} holds {bad[0]!r}, which is not a number")
             data = values.astype(np.float64) if values.size else values
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:

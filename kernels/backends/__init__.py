@@ -52,11 +52,13 @@ class NumbaBackend:
                            forest.roots, out)
         return torch.from_numpy(out)
 
-    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int,
-                 with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """forest_estimate (kernels/prediction.py) for every tree valid, row by row in one
-        kernel: the torch version's (rows, trees, 4) float64 gather and temporaries cost 3-4x
-        the leaf walk itself on a CPU."""
+    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """forest_estimate (kernels/prediction.py), row by row in one kernel when every tree
+        counts: the torch version's (rows, trees, 4) float64 gather and temporaries cost 3-4x the
+        leaf walk itself on a CPU. Out-of-bag rows (`valid`) take the torch version."""
+        if valid is not None:
+            return gathered_estimate(torch.as_tensor(forest.leaf_values), ids, ci_group_size, with_variance, valid)
         out = np.empty((ids.shape[0], 4))
         numba_cpu.forest_moments(ids.numpy(), forest.leaf_values, int(ci_group_size if with_variance else 1), out)
         tau = torch.from_numpy(out[:, 0])
@@ -88,12 +90,20 @@ class TorchBackend:
                                device=self.device)
         return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
 
-    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int,
-                 with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._leaf_values is None or self._leaf_values[0] is not forest:
             self._leaf_values = (forest, torch.as_tensor(forest.leaf_values, device=self.device))
-        values = self._leaf_values[1][ids.to(self.device)].to(torch.float64)  # float32 leaves, float64 sums
-        return forest_estimate(values, ci_group_size, None, with_variance)
+        return gathered_estimate(self._leaf_values[1], ids, ci_group_size, with_variance, valid)
+
+
+def gathered_estimate(leaf_values: torch.Tensor, ids: torch.Tensor, ci_group_size: int, with_variance: bool,
+                      valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """forest_estimate on the (rows, trees, 4) gather of the rows' leaves, on leaf_values' device
+    (float32 leaves, float64 sums)."""
+    device = leaf_values.device
+    values = leaf_values[ids.to(device)].to(torch.float64)
+    return forest_estimate(values, ci_group_size, None if valid is None else valid.to(device), with_variance)
 
 
 def get_backend(backend: str, device: torch.device):
