@@ -117,7 +117,29 @@ class ForestArrays:
         if not (len(a["leaf_values"]) == n_splits + n_trees == a["leaf_offsets"][-1]
                 and len(a["feature"]) == 2 * n_splits + n_trees == a["tree_offsets"][-1]):
             raise ValueError("the saved forest's arrays do not describe binary trees (sizes disagree)")
-        return cls._assemble(**a, max_depth=max_depth)
+        nodes, leaves = np.diff(a["tree_offsets"]), np.diff(a["leaf_offsets"])
+        if a["tree_offsets"][0] != 0 or a["leaf_offsets"][0] != 0 or not ((leaves >= 1) & (nodes == 2 * leaves - 1)).all():
+            raise ValueError("the saved forest's tree offsets do not describe binary trees")
+        forest = cls._assemble(**a, max_depth=max_depth)
+        if forest._has_backward_pointer():
+            raise ValueError("the saved forest's trees are not breadth-first (a split points backwards)")
+        return forest
+
+    def _has_backward_pointer(self) -> bool:
+        """Whether some split's left child is not after it (a walk could then loop), or some
+        tree's splits are not one fewer than its leaves (pointers would leave the tree)."""
+        n_trees = self.n_trees
+        for lo in range(0, n_trees, _TREES_PER_BLOCK):
+            hi = min(lo + _TREES_PER_BLOCK, n_trees)
+            a, b = self.tree_offsets[lo], self.tree_offsets[hi]
+            splits = np.flatnonzero(self.feature[a:b] >= 0) + a
+            if (self.child[splits] <= splits).any():
+                return True
+            tree_of = np.searchsorted(self.tree_offsets, splits, side="right") - 1
+            if not np.array_equal(np.bincount(tree_of - lo, minlength=hi - lo),
+                                  np.diff(self.leaf_offsets[lo:hi + 1]) - 1):
+                return True
+        return False
 
 
 def _local_child(is_split: np.ndarray, tree_offsets: np.ndarray, tree_of: np.ndarray | None = None) -> np.ndarray:
