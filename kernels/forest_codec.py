@@ -65,20 +65,21 @@ def _compress(plane: np.ndarray, level: int) -> tuple[np.ndarray, str]:
 
 
 def _dictionary(column: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(distinct values, codes) of a uint32 column with fewer than 2^16 distinct values, else None.
-    A sample decides cheaply; the full column is then coded against the sample's values, and only
-    if some value was missing from the sample is it sorted whole."""
-    if len(column) == 0:
-        return None
+    """(distinct values, codes) of a uint32 column whose values repeat (at most 2^16 distinct, each
+    seen 16 times on average), else None. A sample decides cheaply; the full column is then coded
+    against the sample's values, and only if some value was missing from the sample is it sorted
+    whole."""
+    limit = min(_MAX_DICTIONARY, len(column) // 16)
     step = max(1, len(column) // _DICTIONARY_SAMPLE)
-    values = np.unique(column[::step])
-    if len(values) > _MAX_DICTIONARY // 16:
+    sample = column[::step]
+    values = np.unique(sample)
+    if len(values) > min(limit, len(sample) // 16):
         return None
     codes = np.searchsorted(values, column)
     codes[codes == len(values)] = 0
     if not np.array_equal(values[codes], column):
         values, codes = np.unique(column, return_inverse=True)
-        if len(values) > _MAX_DICTIONARY:
+        if len(values) > limit:
             return None
     return values, codes.astype(np.uint8 if len(values) <= 256 else np.uint16)
 

@@ -92,21 +92,22 @@ def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path
 
 def test_format_1_forests_still_load_and_a_newer_format_is_refused(fitted, data, tmp_path):
     """Format 1 saved float64 leaves, int16 features and the child pointers; format 2 saves
-    neither pointers nor float64. A version 1 folder, rewritten here from a fitted forest, loads
+    neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py). A version 1 folder, rewritten here from a fitted forest, loads
     and predicts what its leaves say."""
     from kernels.serialization import load_model, save_model
 
     fitted.save(tmp_path / "cf")
-    arrays, meta = load_model(tmp_path / "cf", "tauforge.causal_forest")
-    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256")}
+    _, meta = load_model(tmp_path / "cf", "tauforge.causal_forest")
+    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256", "forest_encoding")}
+    arrays = {**fitted.forest_.to_arrays(), **fitted.binner_.to_arrays()}  # format 2's arrays
     old = dict(arrays, forest_child=fitted.forest_.child, forest_feature=arrays["forest_feature"].astype(np.int16),
                forest_leaf_values=arrays["forest_leaf_values"].astype(np.float64))
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
     np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), fitted.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v3", arrays, dict(meta, format_version=3))
+    save_model(tmp_path / "v4", arrays, dict(meta, format_version=4))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v3")
+        CausalForest.load(tmp_path / "v4")
 
 
 def test_saved_model_has_no_pickle(fitted, tmp_path):

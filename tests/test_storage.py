@@ -1,0 +1,200 @@
+"""Forest storage: format 3's compact encoding round-trips exactly, format 2 still loads, and a
+corrupted or inconsistent saved forest is refused with a ValueError (never a crash)."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from kernels import CausalForest
+from kernels import forest_codec
+from kernels.datasets import make_causal_data
+from kernels.forest_arrays import ForestArrays
+from kernels.serialization import load_model, save_model
+
+FORMAT = "tauforge.causal_forest"
+FIELDS = ("feature", "threshold", "child", "leaf_values", "tree_offsets", "leaf_offsets")
+
+
+def _fit(kind: str) -> tuple[CausalForest, np.ndarray]:
+    """kind 'discrete': t = T - e with a two-valued propensity, so the t and t^2 leaf means take few
+    values (dictionary columns); 'continuous': a noisy estimated propensity (byte-plane columns);
+    'wide': 130 covariates, so split features are int16."""
+    p = 130 if kind == "wide" else 5
+    d = make_causal_data("simple", n=3000 if kind != "wide" else 600, p=p, seed=11)
+    e = d.e if kind == "discrete" else np.clip(d.e + np.random.default_rng(0).normal(0, 0.05, len(d.e)), 0.05, 0.95)
+    trees = 4 if kind == "wide" else 20
+    return CausalForest(n_estimators=trees, random_state=3).fit(d.X, d.T - e, d.Y - d.m), d.X
+
+
+@pytest.fixture(scope="module", params=["discrete", "continuous", "wide"])
+def fitted(request):
+    return _fit(request.param)
+
+
+@pytest.fixture(scope="module")
+def discrete():
+    return _fit("discrete")
+
+
+def _forest_bytes(path) -> int:
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        return sum(npz[k].nbytes for k in npz.files if k.startswith(("forest", "forest3_")))
+
+
+def _save_format_2(forest: CausalForest, path) -> None:
+    """The format 2 writer, kept for this test: the in-memory arrays as they are, no encoding."""
+    forest.save(path / "tmp")
+    _, meta = load_model(path / "tmp", FORMAT)
+    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256", "forest_encoding")}
+    save_model(path, {**forest.forest_.to_arrays(), **forest.binner_.to_arrays()}, dict(meta, format_version=2))
+
+
+def test_format_3_round_trip_is_exact(fitted, tmp_path):
+    forest, X = fitted
+    forest.save(tmp_path / "cf")
+    meta = json.loads((tmp_path / "cf" / "model.json").read_text())
+    assert meta["format_version"] == 3 and meta["forest_encoding"]["encoding"] == forest_codec.ENCODING
+    loaded = CausalForest.load(tmp_path / "cf")
+    for field in FIELDS:
+        a, b = getattr(forest.forest_, field), getattr(loaded.forest_, field)
+        assert a.dtype == b.dtype, field
+        np.testing.assert_array_equal(a, b, err_msg=field)
+    assert loaded.forest_.max_depth == forest.forest_.max_depth
+    for ours, theirs in zip(loaded.predict_and_var(X[:500]), forest.predict_and_var(X[:500])):
+        np.testing.assert_array_equal(ours, theirs)
+    with np.load(tmp_path / "cf" / "arrays.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+        assert "forest_leaf_values" not in npz.files  # the leaf means are saved encoded, not as they are
+
+
+def test_format_3_is_smaller_than_format_2(tmp_path):
+    for kind, at_most in (("discrete", 0.6), ("continuous", 0.9)):
+        forest, _ = _fit(kind)
+        forest.save(tmp_path / kind / "v3")
+        _save_format_2(forest, tmp_path / kind / "v2")
+        new, old = _forest_bytes(tmp_path / kind / "v3"), _forest_bytes(tmp_path / kind / "v2")
+        assert new < at_most * old, (kind, new, old)
+        leaves = len(forest.forest_.leaf_values)
+        assert old == pytest.approx(22 * leaves, rel=0.01)  # int8 + uint16 per node, 16 bytes a leaf
+
+
+def test_format_2_still_loads(discrete, tmp_path):
+    forest, X = discrete
+    _save_format_2(forest, tmp_path / "v2")
+    loaded = CausalForest.load(tmp_path / "v2")
+    for field in FIELDS:
+        np.testing.assert_array_equal(getattr(forest.forest_, field), getattr(loaded.forest_, field))
+    np.testing.assert_array_equal(loaded.predict(X[:300]), forest.predict(X[:300]))
+
+
+def test_a_corrupted_or_truncated_file_is_refused(discrete, tmp_path):
+    forest, _ = discrete
+    forest.save(tmp_path / "cf")
+    arrays = tmp_path / "cf" / "arrays.npz"
+    intact = arrays.read_bytes()
+    for damaged in (intact[: len(intact) // 3], intact[:100] + bytes([intact[100] ^ 1]) + intact[101:]):
+        arrays.write_bytes(damaged)
+        with pytest.raises(ValueError, match="checksum mismatch"):
+            CausalForest.load(tmp_path / "cf")
+
+
+def _resave(forest: CausalForest, path, change) -> None:
+    """Save, apply `change(arrays, meta)`, and rewrite with fresh checksums: what a bug in a writer
+    (not a damaged file, which the checksums catch) would produce."""
+    forest.save(path)
+    arrays, meta = load_model(path, FORMAT)
+    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256")}
+    change(arrays, meta)
+    save_model(path, arrays, meta)
+
+
+def _zlib_plane(meta):
+    return next(k for k, v in meta["forest_encoding"]["planes"].items() if v["codec"] == "zlib")
+
+
+def _garble(arrays, meta):
+    key = "forest3_" + _zlib_plane(meta)
+    arrays[key] = arrays[key][::-1].copy()
+
+
+def _shorten(arrays, meta):
+    arrays["forest3_leaf1__b0"] = arrays["forest3_leaf1__b0"][:-4].copy()
+    meta["forest_encoding"]["planes"]["leaf1__b0"]["size"] -= 4
+
+
+def _flip_structure_bit(arrays, meta):
+    key = "forest3_structure__b0"
+    arrays[key] = arrays[key].copy()
+    arrays[key][0] ^= 0x40  # the root's second child becomes a split (or a leaf): counts no longer match
+
+
+def _drop_plane(arrays, meta):
+    del arrays["forest3_split_threshold__b1"]
+
+
+def _wrong_size(arrays, meta):
+    meta["forest_encoding"]["planes"]["split_feature__b0"]["size"] += 1
+
+
+def _feature_out_of_range(arrays, meta):
+    meta["n_features_in"] = 1
+
+
+def _no_table(arrays, meta):
+    del meta["forest_encoding"]
+
+
+def _bad_dictionary_codes(arrays, meta):
+    """Drop the last distinct value of a dictionary column (its planes stored raw, sizes consistent)."""
+    table = meta["forest_encoding"]
+    j, column = next((j, c) for j, c in enumerate(table["leaf_columns"]) if c["kind"] == "dictionary")
+    column["n_values"] -= 1
+    for b in range(4):
+        key = f"leaf{j}_values__b{b}"
+        plane = arrays["forest3_" + key]
+        if table["planes"][key]["codec"] == "zlib":
+            plane = np.frombuffer(zlib.decompress(plane), np.uint8)
+        arrays["forest3_" + key] = plane[:-1].copy()
+        table["planes"][key] = {"codec": "raw", "size": column["n_values"]}
+
+
+@pytest.mark.parametrize("change, message", [
+    (_garble, "does not decompress"),
+    (_shorten, "expected"),
+    (_flip_structure_bit, "elements, expected|binary trees|breadth-first"),
+    (_drop_plane, "lacks"),
+    (_wrong_size, "expected"),
+    (_feature_out_of_range, "uses feature"),
+    (_no_table, "unknown forest encoding"),
+    (_bad_dictionary_codes, "codes beyond"),
+])
+def test_an_inconsistent_saved_forest_is_refused(discrete, tmp_path, change, message):
+    forest, _ = discrete
+    _resave(forest, tmp_path / "cf", change)
+    with pytest.raises(ValueError, match=message):
+        CausalForest.load(tmp_path / "cf")
+
+
+def test_trees_whose_pointers_could_loop_are_refused():
+    # Three nodes, one split, two leaves (the sizes agree), but the split comes second: its left
+    # child would be node 1, itself.
+    arrays = {"forest_feature": np.array([-1, 0, -1], np.int8), "forest_threshold": np.zeros(3, np.uint16),
+              "forest_leaf_values": np.zeros((2, 4), np.float32), "forest_tree_offsets": np.array([0, 3]),
+              "forest_leaf_offsets": np.array([0, 2])}
+    with pytest.raises(ValueError, match="breadth-first"):
+        ForestArrays.from_arrays(arrays, max_depth=1)
+    arrays["forest_feature"] = np.array([0, -1, -1], np.int8)
+    assert ForestArrays.from_arrays(arrays, max_depth=1).child.tolist() == [1, 0, 1]
+
+
+def test_dictionary_coding_finds_values_missing_from_its_sample():
+    rng = np.random.default_rng(0)
+    column = rng.choice(np.float32([0.1, 0.2, -0.3]), size=300_000).view(np.uint32)
+    column[12_345] = np.float32(7.5).view(np.uint32)  # off the sampling stride
+    values, codes = forest_codec._dictionary(column)
+    assert len(values) == 4 and codes.dtype == np.uint8
+    np.testing.assert_array_equal(values[codes], column)
+    noise = rng.standard_normal(300_000).astype(np.float32).view(np.uint32)
+    assert forest_codec._dictionary(noise) is None
