@@ -135,9 +135,9 @@ class ForestArrays:
             splits = np.flatnonzero(self.feature[a:b] >= 0) + a
             if (self.child[splits] <= splits).any():
                 return True
-            tree_of = np.searchsorted(self.tree_offsets, splits, side="right") - 1
-            if not np.array_equal(np.bincount(tree_of - lo, minlength=hi - lo),
-                                  np.diff(self.leaf_offsets[lo:hi + 1]) - 1):
+            # Every tree has a node (checked before), so reduceat sums each tree's own nodes.
+            splits_per_tree = np.add.reduceat(self.feature[a:b] >= 0, self.tree_offsets[lo:hi] - a, dtype=np.int64)
+            if not np.array_equal(splits_per_tree, np.diff(self.leaf_offsets[lo:hi + 1]) - 1):
                 return True
         return False
 

@@ -196,5 +196,9 @@ def test_dictionary_coding_finds_values_missing_from_its_sample():
     values, codes = forest_codec._dictionary(column)
     assert len(values) == 4 and codes.dtype == np.uint8
     np.testing.assert_array_equal(values[codes], column)
+    many = rng.choice(np.arange(3000, dtype=np.float32) / 7, size=300_000).view(np.uint32)  # some hash slots clash
+    values, codes = forest_codec._dictionary(many)
+    assert len(values) == 3000 and codes.dtype == np.uint16
+    np.testing.assert_array_equal(values[codes], many)
     noise = rng.standard_normal(300_000).astype(np.float32).view(np.uint32)
     assert forest_codec._dictionary(noise) is None
