@@ -11,8 +11,9 @@ in float64). tree_offsets[b] is tree b's root.
 Compact by construction: breadth-first with each split's children adjacent, a tree's k-th split
 has its children at tree-local 2k+1 and 2k+2 and its k-th leaf is leaf row k, so `child` follows
 from `feature` alone. It is kept in memory for prediction but never saved (`to_arrays`), and
-rebuilt on load. At 1e6 rows (about 30,000 leaves a tree) that is 0.65 MB a tree on disk instead
-of 1.43 MB with float64 leaves and saved pointers.
+rebuilt on load. At 1e6 rows (about 30,000 leaves a tree) these arrays are 0.65 MB a tree instead
+of 1.43 MB with float64 leaves and saved pointers; on disk kernels/forest_codec.py encodes them
+losslessly in about 0.33 MB (forest format 3).
 """
 
 from __future__ import annotations
