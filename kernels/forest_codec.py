@@ -154,7 +154,8 @@ class _Planes:
         missing = [name for name in self._table if _PREFIX + name not in arrays]
         if missing:
             raise ValueError(f"the saved forest lacks the planes {', '.join(missing[:5])}")
-        self._data = {name: arrays[_PREFIX + name] for name in self._table}
+        # Taken out of `arrays`, so that each compressed plane is freed once decoded.
+        self._data = {name: arrays.pop(_PREFIX + name) for name in self._table}
         self._pool = pool
         self._swap = spec.get("byteorder", "little") != sys.byteorder  # planes are in the writer's byte order
 
@@ -194,7 +195,8 @@ class _Planes:
 
 
 def decode(arrays: dict[str, np.ndarray], spec: dict, max_depth: int) -> ForestArrays:
-    """The ForestArrays that `encode` saved; ValueError if the arrays and the table disagree."""
+    """The ForestArrays that `encode` saved (its planes are removed from `arrays`, to free them as
+    they are decoded); ValueError if the arrays and the table disagree."""
     if not isinstance(spec, dict) or spec.get("encoding") != ENCODING:
         raise ValueError(f"unknown forest encoding {spec.get('encoding') if isinstance(spec, dict) else spec!r}")
     try:
