@@ -49,19 +49,20 @@ def test_bootstrap_cate_intervals_and_refit_nuisance():
     assert tau.shape == (50,)
 
 
-def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_its_own_fit():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_its_own_fit(backend):
     from kernels import CausalForest
     from kernels.bootstrap import fit_replicates, replicate_seed
 
     d = make_causal_data("simple", n=800, p=4, seed=2)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
-    params = {"n_estimators": 6, "max_samples": 0.5}
+    params = {"n_estimators": 6, "max_samples": 0.5, "backend": backend}
     fit = lambda batch: fit_replicates(d.X, 5, 11, params, lambda c: (y, t, None),  # noqa: E731
                                        lambda c, *_: float(c @ y), batch_size=batch)
     one, batched = fit(1), fit(3)
     for a, b in zip(one.forests, batched.forests):
         np.testing.assert_array_equal(a.predict(d.X), b.predict(d.X))
-    alone = CausalForest(n_estimators=6, max_samples=0.5, ci_group_size=1, random_state=replicate_seed(11, 4)).fit(
+    alone = CausalForest(**params, ci_group_size=1, random_state=replicate_seed(11, 4)).fit(
         d.X, t, y, sample_weight=resample_counts(800, 4, 11))
     np.testing.assert_array_equal(alone.predict(d.X), batched.forests[4].predict(d.X))
     assert len({float(f.predict(d.X[:1])[0]) for f in batched.forests}) == 5  # every replicate its own forest
