@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 
+from ._inputs import resolve_device
 from ._progress import progress_bar
+from .backends import get_backend
 from .forest import CausalForest, fit_forests, forests_per_batch
 from .serialization import load_model, save_model
 
@@ -108,12 +110,16 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     replicate's forest is grown with its own seed (`replicate_seed`) and the resample's counts
     (times `sample_weight`) as sample weights, in groups of one tree (the bootstrap replaces the
     little bags). Forests are grown `batch_size` at a time in the same device calls
-    (`kernels.forest.fit_forests`; default: as many as fit in 1 GiB), on the bins of X seeded
-    with `seed`: the batch size never changes a replicate."""
+    (`kernels.forest.fit_forests`; default `forests_per_batch`: as many as fit in 1 GiB on a
+    torch device, one on numba), on the bins of X seeded with `seed`: the batch size never
+    changes a replicate."""
     replicates = range(replicates) if isinstance(replicates, (int, np.integer)) else replicates
     n, p = X.shape
     params = {**forest_params, "ci_group_size": 1, "progress": False}
-    batch = int(batch_size) if batch_size else forests_per_batch(n, p, len(replicates))
+    if batch_size is None:
+        backend = get_backend(params.get("backend", "auto"), resolve_device(params.get("device", "auto")))
+        batch_size = forests_per_batch(n, p, len(replicates), backend.name)
+    batch = int(batch_size)
     if batch < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     forests, ates = [], []

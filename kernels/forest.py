@@ -403,8 +403,12 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
 _STACKED_BYTES = 1 << 30
 
 
-def forests_per_batch(n_rows: int, n_features: int, n_forests: int) -> int:
-    """How many forests `fit_forests` should grow at once on n_rows x n_features within 1 GiB."""
+def forests_per_batch(n_rows: int, n_features: int, n_forests: int, backend: str) -> int:
+    """How many forests `fit_forests` should grow at once: one on the numba backend, whose
+    grower already keeps every core busy within one forest (measured: stacking copies of the
+    rows only costs memory there), else as many as fit in 1 GiB of stacked rows."""
+    if backend == "numba":
+        return 1
     per_forest = n_rows * (3 * n_features + 40)
     return int(max(1, min(n_forests, _STACKED_BYTES // max(per_forest, 1))))
 
