@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_boosting.py
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py coverage
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py timing
+	$(BIN)/python tests/benchmarks/bench_bootstrap.py batching
 	$(BIN)/python tests/benchmarks/bench_memory.py
 
 images:

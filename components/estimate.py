@@ -4,6 +4,10 @@
 shard shares the seed, so `merge_forest` returns tree for tree the forest one `fit` would have
 grown, and the ATE of `kernels.CausalForestDML` on the same residuals.
 
+With a full bootstrap configured (`BootstrapConfig`), `grow_bootstrap_shard` fits shard k of K
+of the replicates (`kernels.bootstrap`) on the merged estimate's residuals and out-of-bag CATE,
+and `merge_bootstrap` joins them and makes the ATE interval the bootstrap's.
+
 With estimator 'econml' the one shard fits EconML's `econml.grf.CausalForest` (the final stage
 of its CausalForestDML, with EconML's defaults) on the same residuals and imports it as plain
 arrays (`kernels.econml_import`), keeping EconML's own out-of-bag CATE for the ATE.
@@ -18,13 +22,16 @@ from scipy.stats import norm
 import numpy as np
 
 from kernels import CausalForest
+from kernels.bootstrap import INTERVALS, BootstrapReplicates
 from kernels.dml import doubly_robust_ate, oob_effect, partially_linear_ate
 
 from ._kfp import Dataset, Input, List, Metrics, Model, Output, component
 from .data import ValidatedData
-from .nuisance import Residuals
+from .nuisance import Residuals, refit_residuals
 
 FOREST_DIR = "forest"
+BOOTSTRAP_DIR = "bootstrap"
+MIN_PROPENSITY = 0.01  # propensity clipping of the doubly robust ATE (kernels.CausalForestDML's default)
 ESTIMATE_FILE = "estimate.json"
 OOB_FILE = "oob_effect.npy"
 ESTIMATORS = ("tauforge", "econml")
@@ -95,25 +102,31 @@ class Estimate:
 
     forest: CausalForest
     oob_cate: np.ndarray
-    summary: dict  # estimand, ate, ate_stderr, ate_lower, ate_upper, alpha, n_trees, ...
+    summary: dict  # estimand, ate, ate_stderr, ate_lower, ate_upper, ate_interval, alpha, n_trees, ...
+    bootstrap: BootstrapReplicates | None = None  # the full bootstrap's replicates, when run
 
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         self.forest.save(os.path.join(path, FOREST_DIR))
         np.save(os.path.join(path, OOB_FILE), self.oob_cate, allow_pickle=False)
+        if self.bootstrap is not None:
+            self.bootstrap.save(os.path.join(path, BOOTSTRAP_DIR))
         with open(os.path.join(path, ESTIMATE_FILE), "w") as f:
             json.dump(self.summary, f, indent=2)
 
     @classmethod
-    def load(cls, path: str) -> "Estimate":
+    def load(cls, path: str, bootstrap: bool = False) -> "Estimate":
+        """The estimate at `path`; its bootstrap replicates (one forest each) only if `bootstrap`."""
         with open(os.path.join(path, ESTIMATE_FILE)) as f:
             summary = json.load(f)
+        replicates = os.path.join(path, BOOTSTRAP_DIR)
         return cls(CausalForest.load(os.path.join(path, FOREST_DIR)),
-                   np.load(os.path.join(path, OOB_FILE), allow_pickle=False), summary)
+                   np.load(os.path.join(path, OOB_FILE), allow_pickle=False), summary,
+                   BootstrapReplicates.load(replicates) if bootstrap and os.path.isdir(replicates) else None)
 
 
 def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residuals, alpha: float = 0.05,
-                   min_propensity: float = 0.01) -> dict:
+                   min_propensity: float = MIN_PROPENSITY) -> dict:
     """ATE with standard error and (1 - alpha) interval: doubly robust on the out-of-bag CATE for
     a binary treatment, partially linear for a continuous one (as kernels.CausalForestDML)."""
     a = data.arrays()
@@ -127,7 +140,8 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
         method = "partially linear DML"
     z = float(norm.ppf(1 - alpha / 2))
     return {"estimand": "ATE", "method": method, "ate": ate, "ate_stderr": se, "ate_lower": ate - z * se,
-            "ate_upper": ate + z * se, "alpha": alpha, "n_rows": len(y_res)}
+            "ate_upper": ate + z * se, "ate_interval": "normal, from the standard error", "alpha": alpha,
+            "n_rows": len(y_res)}
 
 
 def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Residuals,
@@ -145,6 +159,86 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
                    forest_source=forest.source_,
                    forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS})
     return Estimate(forest, oob_cate, summary)
+
+
+@dataclass
+class BootstrapConfig:
+    """The full bootstrap of a pipeline run (`kernels.bootstrap`): `n_bootstrap` replicate forests
+    of `trees` trees on resampled rows (0: none; intervals from the little bags, the ATE's
+    normal), refitting the nuisance models on every resample when `nuisance`; `interval` is
+    'percentile' or 'pivot'."""
+
+    n_bootstrap: int = 0
+    trees: int = 100
+    interval: str = "percentile"
+    nuisance: bool = False
+
+    @classmethod
+    def from_json(cls, text: str) -> "BootstrapConfig":
+        return cls.from_dict(json.loads(text or "{}"))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "BootstrapConfig":
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown bootstrap setting(s) {', '.join(sorted(unknown))}; known: "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        config = cls(**raw)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if not (isinstance(self.n_bootstrap, int) and (self.n_bootstrap == 0 or self.n_bootstrap >= 2)):
+            raise ValueError(f"bootstrap n_bootstrap must be 0 (off) or an integer >= 2, got {self.n_bootstrap!r}")
+        if not (isinstance(self.trees, int) and self.trees >= 1):
+            raise ValueError(f"bootstrap trees must be a positive integer, got {self.trees!r}")
+        if self.interval not in INTERVALS:
+            raise ValueError(f"bootstrap interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}")
+        if not isinstance(self.nuisance, bool):
+            raise ValueError(f"bootstrap nuisance must be true or false, got {self.nuisance!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Estimate, params: dict, seed: int,
+                         shard: int, n_shards: int, config: BootstrapConfig, n_folds: int, model_y: str = "auto",
+                         model_t: str = "auto") -> BootstrapReplicates:
+    """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
+    `kernels.CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run
+    with `config.trees` trees on half-samples, each replicate's ATE doubly robust on the merged
+    forest's out-of-bag CATE (or partially linear)."""
+    from kernels.bootstrap import dml_replicates
+    from kernels.sampling import shard_range
+
+    if config.n_bootstrap < 2:
+        raise ValueError("a bootstrap shard needs a bootstrap of at least 2 replicates (n_bootstrap)")
+    if estimate.forest.source_ != "tauforge":
+        raise ValueError(f"the full bootstrap grows tauforge forests; the estimate's forest comes from "
+                         f"{estimate.forest.source_} (use estimator 'tauforge')")
+    replicates = shard_range(config.n_bootstrap, shard, n_shards, "bootstrap replicates", "n_bootstrap")
+    a = data.arrays()
+    main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat"))
+    refit = (lambda w: refit_residuals(data, w, n_folds, seed, model_y, model_t)) if config.nuisance else None
+    forest = {k: v for k, v in forest_params(params, seed).items() if k != "random_state"}
+    forest.update(n_estimators=config.trees, max_samples=0.5)
+    return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, discrete=data.spec.binary,
+                          min_propensity=MIN_PROPENSITY, refit=refit, sample_weight=a["sample_weight"])
+
+
+def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], config: BootstrapConfig) -> Estimate:
+    """The estimate with every replicate (each shard's, checked complete) and the bootstrap's
+    ATE interval in place of the normal one (kept in summary['bootstrap'])."""
+    replicates = BootstrapReplicates.merge(shards, config.n_bootstrap)
+    s = estimate.summary
+    lower, upper = replicates.ate_interval(s["ate"], s["alpha"], config.interval)
+    summary = {**s, "ate_lower": lower, "ate_upper": upper,
+               "ate_interval": f"bootstrap {config.interval}, {config.n_bootstrap} replicates"
+                               + (" refitting the nuisance models" if config.nuisance else ""),
+               "bootstrap": {**config.__dict__, "n_shards": len(shards),
+                             "ate_replicate_std": float(np.std(replicates.ates, ddof=1)),
+                             "normal_interval": [s["ate_lower"], s["ate_upper"]]}}
+    return Estimate(estimate.forest, estimate.oob_cate, summary, replicates)
 
 
 # ----------------------------------------------------------------------------- KFP components
@@ -184,3 +278,43 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
           f"ATE {result.summary['ate']:.4f} [{result.summary['ate_lower']:.4f}, {result.summary['ate_upper']:.4f}]",
           flush=True)
 
+
+
+@component
+def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Model], params: str,
+                    seed: int, shard: int, n_shards: int, bootstrap: str, n_folds: int, model_y: str,
+                    model_t: str, replicates: Output[Model]):
+    """Fit shard `shard` of `n_shards` of the full bootstrap's replicates."""
+    import json
+    import time
+
+    from components.data import load_validated
+    from components.estimate import BootstrapConfig, Estimate, grow_bootstrap_shard
+    from components.nuisance import Residuals
+
+    start = time.perf_counter()
+    grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
+                                 Estimate.load(estimate.path), json.loads(params), int(seed), int(shard),
+                                 int(n_shards), BootstrapConfig.from_json(bootstrap), int(n_folds), model_y, model_t)
+    grown.save(replicates.path)
+    first, last = int(grown.replicates[0]), int(grown.replicates[-1])
+    print(f"tauforge: bootstrap shard {int(shard) + 1}/{int(n_shards)}: replicates {first}..{last} "
+          f"in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+@component
+def merge_bootstrap_shards(estimate: Input[Model], shards: Input[List[Model]], bootstrap: str,
+                           result: Output[Model], metrics: Output[Metrics]):
+    """Join the bootstrap shards; the ATE interval becomes the bootstrap's; log it as KFP metrics."""
+    from components.estimate import BootstrapConfig, Estimate, merge_bootstrap
+    from kernels.bootstrap import BootstrapReplicates
+
+    merged = merge_bootstrap(Estimate.load(estimate.path), [BootstrapReplicates.load(s.path) for s in shards],
+                             BootstrapConfig.from_json(bootstrap))
+    merged.save(result.path)
+    s = merged.summary
+    for key in ("ate", "ate_lower", "ate_upper"):
+        metrics.log_metric(key, float(s[key]))
+    metrics.log_metric("ate_replicate_std", s["bootstrap"]["ate_replicate_std"])
+    print(f"tauforge: merged {s['bootstrap']['n_shards']} bootstrap shards; ATE {s['ate']:.4f} "
+          f"[{s['ate_lower']:.4f}, {s['ate_upper']:.4f}] ({s['ate_interval']})", flush=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kernels.nuisance import cross_fitting_folds, fit_nuisance
+from kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance
 
 from ._kfp import Dataset, Input, List, Metrics, Output, component
 from .data import ValidatedData
@@ -49,13 +49,34 @@ def fit_nuisance_fold(data: ValidatedData, fold: int, n_folds: int, seed: int, m
     discrete = data.spec.binary
     folds = cross_fitting_folds(a["T"], n_folds, discrete, seed)
     train, test = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-    XW = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
-    y_hat, t_hat, scores = fit_nuisance(XW, a["Y"], a["T"], train, test, model_y=model_y, model_t=model_t,
-                                        discrete=discrete, seed=seed, sample_weight=a["sample_weight"])
-    if data.spec.assignment == "randomized":
-        t_hat = np.full(len(test), float(data.spec.propensity))  # the known design beats an estimate
+    y_hat, t_hat, scores = fit_nuisance(_nuisance_inputs(a), a["Y"], a["T"], train, test, model_y=model_y,
+                                        model_t=model_t, discrete=discrete, seed=seed,
+                                        sample_weight=a["sample_weight"])
+    t_hat = _known_propensity(data, t_hat)
     frame = pd.DataFrame({"row": test, "fold": fold, "y_hat": y_hat, "t_hat": t_hat})
     return FoldPredictions(fold, frame, scores)
+
+
+def refit_residuals(data: ValidatedData, sample_weight: np.ndarray, n_folds: int, seed: int,
+                    model_y: str = "auto", model_t: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_res, t_res, t_hat) of every row with the nuisance models cross-fit again under
+    `sample_weight` (a bootstrap resample's), with the folds and models of `fit_nuisance_fold`."""
+    a = data.arrays()
+    y_hat, t_hat, _ = cross_fit(_nuisance_inputs(a), a["Y"], a["T"], n_folds=n_folds, discrete=data.spec.binary,
+                                seed=seed, model_y=model_y, model_t=model_t, sample_weight=sample_weight)
+    t_hat = _known_propensity(data, t_hat)
+    return a["Y"] - y_hat, a["T"] - t_hat, t_hat
+
+
+def _nuisance_inputs(a: dict) -> np.ndarray:
+    """What the nuisance models see: the covariates and the controls."""
+    return a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
+
+
+def _known_propensity(data: ValidatedData, t_hat: np.ndarray) -> np.ndarray:
+    if data.spec.assignment == "randomized":
+        return np.full(len(t_hat), float(data.spec.propensity))  # the known design beats an estimate
+    return t_hat
 
 
 @dataclass

@@ -51,7 +51,7 @@ def render_report(result: dict, title: str = "tauforge evaluation") -> str:
              f"<ul>{warnings}</ul>" if warnings else "",
              "<h2>Average treatment effect</h2>",
              _table([(eff["method"], eff["ate"], eff["ate_stderr"],
-                      f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}]")],
+                      f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
                     ("method", "ATE", "std. error", f"{100 * (1 - eff['alpha']):.0f}% interval")),
              "<h2>Conditional effects (out-of-bag CATE)</h2>",
              bar_chart(eff["cate_histogram"]["edges"], {"CATE": eff["cate_histogram"]["counts"]},

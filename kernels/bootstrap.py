@@ -2,20 +2,29 @@
 refit on each resample, for percentile or pivot intervals of the CATE and the ATE.
 
 The bootstrap of little bags (the default inference) estimates a forest's variance from one fit;
-the full bootstrap refits, so it also sees the nuisance stage's variance when
-`refit_nuisance` is on, at B times the cost (what a GPU makes affordable). Resamples are
-multinomial row counts used as sample weights, so every replicate sees the same arrays.
+the full bootstrap refits, so it also sees the nuisance stage's variance when the nuisance
+models are refit on each resample, at B times the cost (what a GPU makes affordable). Resamples are
+multinomial row counts used as sample weights, so every replicate sees the same arrays, and a
+batch of replicates grows in the same device calls (`kernels.forest.fit_forests`). Replicate b
+depends only on (seed, b), so replicates can be fit in shards on separate machines and merged.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ._inputs import resolve_device
 from ._progress import progress_bar
-from .forest import CausalForest
+from .backends import get_backend
+from .forest import CausalForest, fit_forests, forests_per_batch
+from .serialization import load_model, save_model
+
+FORMAT = "tauforge.bootstrap_replicates"
 
 INTERVALS = ("percentile", "pivot")
 
@@ -28,8 +37,12 @@ def resample_counts(n: int, replicate: int, seed: int) -> np.ndarray:
 
 @dataclass
 class BootstrapReplicates:
-    forests: list[CausalForest]  # CATE of each replicate
-    ates: np.ndarray  # ATE of each replicate
+    """Replicates `replicates` (indices into 0..n_bootstrap-1: a whole bootstrap, or one shard's
+    part of it), each with its forest (its CATE) and its ATE."""
+
+    forests: list[CausalForest]
+    ates: np.ndarray
+    replicates: np.ndarray  # int64 replicate indices, ascending
 
     def effect_interval(self, X: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> tuple[np.ndarray, np.ndarray]:
         draws = np.stack([f.predict(X) for f in self.forests])
@@ -38,6 +51,36 @@ class BootstrapReplicates:
     def ate_interval(self, point: float, alpha: float, kind: str) -> tuple[float, float]:
         lo, hi = interval(self.ates[:, None], np.array([point]), alpha, kind)
         return float(lo[0]), float(hi[0])
+
+    @classmethod
+    def merge(cls, parts: list["BootstrapReplicates"], n_bootstrap: int) -> "BootstrapReplicates":
+        """The whole bootstrap from shards that each fit a range of replicates; every replicate
+        0..n_bootstrap-1 must appear exactly once."""
+        indices = np.concatenate([p.replicates for p in parts]) if parts else np.empty(0, np.int64)
+        if not np.array_equal(np.sort(indices), np.arange(n_bootstrap)):
+            missing = sorted(set(range(n_bootstrap)) - set(indices.tolist()))
+            extra = len(indices) - len(set(indices.tolist()))
+            raise ValueError(f"bootstrap shards do not hold replicates 0..{n_bootstrap - 1} once each: "
+                             f"{len(missing)} missing (first {missing[:5]}), {extra} repeated")
+        order = np.argsort(indices)
+        forests = [f for p in parts for f in p.forests]
+        ates = np.concatenate([p.ates for p in parts])
+        return cls([forests[i] for i in order], ates[order], indices[order].astype(np.int64))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Each replicate's forest in `<path>/replicate-<b>`, the ATEs and indices as checksummed arrays."""
+        path = Path(path)
+        for b, forest in zip(self.replicates, self.forests):
+            forest.save(path / f"replicate-{int(b):05d}")
+        save_model(path, {"ates": self.ates, "replicates": self.replicates},
+                   {"format": FORMAT, "format_version": 1, "n_replicates": len(self.replicates)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BootstrapReplicates":
+        arrays, _ = load_model(path, FORMAT)
+        replicates = arrays["replicates"].astype(np.int64)
+        forests = [CausalForest.load(Path(path) / f"replicate-{int(b):05d}") for b in replicates]
+        return cls(forests, arrays["ates"], replicates)
 
 
 def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -51,25 +94,71 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> t
     return (q_lo, q_hi) if kind == "percentile" else (2 * point - q_hi, 2 * point - q_lo)
 
 
-def fit_replicates(X: np.ndarray, n_bootstrap: int, seed: int, forest_params: dict,
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The forest seed of replicate `replicate` (the main forest has `seed`)."""
+    return seed + 1 + replicate
+
+
+def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_params: dict,
                    residuals: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                    ate: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
-                   progress: bool | None = None, sample_weight: np.ndarray | None = None) -> BootstrapReplicates:
-    """B replicates. `residuals(weights)` gives (y_res, t_res, t_hat) for a resample (the main
-    fit's, or the nuisance models refit with those weights); `ate(weights, y_res, t_res, t_hat)`
-    the replicate's ATE. Each replicate's forest is grown with its own seed and the resample's
-    counts (times `sample_weight`) as sample weights (groups of one tree: the bootstrap replaces
-    the little bags)."""
-    n = X.shape[0]
+                   progress: bool | None = None, sample_weight: np.ndarray | None = None,
+                   batch_size: int | None = None) -> BootstrapReplicates:
+    """Replicates 0..replicates-1 (or the given range: one shard's part). `residuals(counts)`
+    gives (y_res, t_res, t_hat) for a resample (the main fit's, or the nuisance models refit with
+    those counts as weights); `ate(counts, y_res, t_res, t_hat)` the replicate's ATE. Each
+    replicate's forest is grown with its own seed (`replicate_seed`) and the resample's counts
+    (times `sample_weight`) as sample weights, in groups of one tree (the bootstrap replaces the
+    little bags). Forests are grown `batch_size` at a time in the same device calls
+    (`kernels.forest.fit_forests`; default `forests_per_batch`: as many as fit in 1 GiB on a
+    torch device, one on numba), on the bins of X seeded with `seed`: the batch size never
+    changes a replicate."""
+    replicates = range(replicates) if isinstance(replicates, (int, np.integer)) else replicates
+    n, p = X.shape
     params = {**forest_params, "ci_group_size": 1, "progress": False}
+    if batch_size is None:
+        backend = get_backend(params.get("backend", "auto"), resolve_device(params.get("device", "auto")))
+        batch_size = forests_per_batch(n, p, len(replicates), backend.name)
+    batch = int(batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     forests, ates = [], []
-    with progress_bar(n_bootstrap, "bootstrap replicates", progress, unit="replicate") as bar:
-        for b in range(n_bootstrap):
-            counts = resample_counts(n, b, seed)
-            weights = counts if sample_weight is None else counts * sample_weight
-            y_res, t_res, t_hat = residuals(counts)
-            forest = CausalForest(**params, random_state=seed + 1 + b).fit(X, t_res, y_res, sample_weight=weights)
-            forests.append(forest)
-            ates.append(ate(counts, y_res, t_res, t_hat))
-            bar.update(1)
-    return BootstrapReplicates(forests, np.array(ates))
+    with progress_bar(len(replicates), "bootstrap replicates", progress, unit="replicate") as bar:
+        for lo in range(0, len(replicates), batch):
+            members, targets = [], []
+            for b in replicates[lo:lo + batch]:
+                counts = resample_counts(n, b, seed)
+                y_res, t_res, t_hat = residuals(counts)
+                members.append(CausalForest(**params, random_state=replicate_seed(seed, b)))
+                targets.append((t_res, y_res, counts if sample_weight is None else counts * sample_weight))
+                ates.append(ate(counts, y_res, t_res, t_hat))
+            forests += fit_forests(members, X, targets, binner_seed=seed)
+            bar.update(len(members))
+    return BootstrapReplicates(forests, np.array(ates, dtype=np.float64), np.array(replicates, dtype=np.int64))
+
+
+def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_params: dict,
+                   main_residuals: tuple[np.ndarray, np.ndarray, np.ndarray], tau_oob: np.ndarray, *,
+                   discrete: bool, min_propensity: float,
+                   refit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                   sample_weight: np.ndarray | None = None, progress: bool | None = None,
+                   batch_size: int | None = None) -> BootstrapReplicates:
+    """The bootstrap of a DML causal forest (`CausalForestDML` and the pipeline's bootstrap
+    shards): replicate forests on the residuals `main_residuals` (y_res, t_res, t_hat), or on
+    `refit(weights)`'s when the nuisance models are refit with the resample's weights; each
+    replicate's ATE is doubly robust on the main fit's out-of-bag CATE `tau_oob` (discrete
+    treatment) or partially linear, with the resample's weights."""
+    from .dml import doubly_robust_ate, partially_linear_ate
+
+    base = np.ones(X.shape[0]) if sample_weight is None else sample_weight
+
+    def residuals(counts):
+        return main_residuals if refit is None else refit(counts * base)
+
+    def ate(counts, y_res, t_res, t_hat):
+        w = counts * base
+        if discrete:
+            return doubly_robust_ate(tau_oob, y_res, t_res, t_hat, min_propensity, w)[0]
+        return partially_linear_ate(y_res, t_res, w)[0]
+
+    return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size)

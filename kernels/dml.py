@@ -14,9 +14,8 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs
-from ._progress import progress_bar
 from .forest import CausalForest
-from .nuisance import cross_fitting_folds, fit_nuisance
+from .nuisance import cross_fit
 
 _FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_samples", "ci_group_size",
                   "honest", "honesty_fraction", "alpha", "imbalance_penalty", "max_bins", "device", "backend",
@@ -194,25 +193,18 @@ class CausalForestDML(BaseEstimator):
                                  f"got {self.bootstrap_interval!r}")
 
     def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
-        from .bootstrap import fit_replicates
+        from .bootstrap import dml_replicates
 
-        tau_oob = oob_effect(self.forest_, X)  # the regression adjustment of every replicate's DR ATE
-        base = np.ones(len(Y)) if sw is None else sw
-
-        def residuals(counts):
-            if not self.bootstrap_nuisance:
-                return main_residuals
-            y_hat, t_hat, _ = self._cross_fit(XW, Y, T, counts * base, seed)
+        def refit(weights):
+            y_hat, t_hat, _ = self._cross_fit(XW, Y, T, weights, seed)
             return Y - y_hat, T - t_hat, t_hat
 
-        def ate(counts, y_res, t_res, t_hat):
-            w = counts * base
-            if self.discrete_treatment_:
-                return doubly_robust_ate(tau_oob, y_res, t_res, t_hat, self.min_propensity, w)[0]
-            return partially_linear_ate(y_res, t_res, w)[0]
-
         forest_params = {**params, "n_estimators": int(self.bootstrap_trees), "max_samples": 0.5}
-        return fit_replicates(X, int(self.n_bootstrap), seed, forest_params, residuals, ate, self.progress, sw)
+        return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
+                              oob_effect(self.forest_, X),  # the regression adjustment of every replicate's DR ATE
+                              discrete=self.discrete_treatment_, min_propensity=self.min_propensity,
+                              refit=refit if self.bootstrap_nuisance else None, sample_weight=sw,
+                              progress=self.progress)
 
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
@@ -226,21 +218,9 @@ class CausalForestDML(BaseEstimator):
         return bool(self.discrete_treatment)
 
     def _cross_fit(self, XW, Y, T, sw, seed):
-        n = len(Y)
-        fold = cross_fitting_folds(T, self.cv, self.discrete_treatment_, seed)
-        y_hat, t_hat = np.empty(n), np.empty(n)
-        scores: dict[str, list[float]] = {}
-        with progress_bar(self.cv, "cross-fitting nuisance models", self.progress, unit="fold") as bar:
-            for k in range(self.cv):
-                train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-                y_hat[test], t_hat[test], fold_scores = fit_nuisance(
-                    XW, Y, T, train, test, model_y=self.model_y, model_t=self.model_t,
-                    discrete=self.discrete_treatment_, seed=seed, sample_weight=sw,
-                    device=str(_inputs.resolve_device(self.device)))
-                for name, value in fold_scores.items():
-                    scores.setdefault(name, []).append(value)
-                bar.update(1)
-        return y_hat, t_hat, scores
+        return cross_fit(XW, Y, T, n_folds=self.cv, discrete=self.discrete_treatment_, seed=seed,
+                         model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
+                         device=str(_inputs.resolve_device(self.device)), progress=self.progress)
 
     def _ate(self, X, y_res, t_res, t_hat, sw):
         if not self.discrete_treatment_:

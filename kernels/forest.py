@@ -12,13 +12,12 @@ import torch
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
-from . import _inputs
+from . import _inputs, forest_codec
 from ._progress import progress_bar
 from .backends import get_backend
-from .binning import QuantileBinner
-from . import forest_codec
+from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
-from .sampling import LittleBagSampler
+from .sampling import LittleBagSampler, TreeSample, shard_range
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
 
@@ -135,6 +134,28 @@ class CausalForest(BaseEstimator):
         range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
         over tasks). Needs `random_state` set so every shard draws from the same seed."""
+        X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
+        n = X.shape[0]
+        if n_shards > 1 and self.random_state is None:
+            raise ValueError("fit_shard needs random_state set: the shards of one forest share its seed")
+        self.seed_ = int(self.random_state) if self.random_state is not None else int(
+            np.random.SeedSequence().entropy % (2**63))
+        sampler = self._sampler(n)
+        problem = sampler.minimum_rows_message()
+        if problem:
+            raise ValueError(problem)
+        groups = shard_range(sampler.n_groups, shard, n_shards, "little-bag groups",
+                             "n_estimators / ci_group_size")
+        device = _inputs.resolve_device(self.device)
+        backend = get_backend(self.backend, device)
+        binner = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
+        samples = sampler.trees(groups.start, len(groups))
+        with progress_bar(len(samples), "growing trees", self.progress) as bar:
+            trees = _grow(backend, binner.bin(X), [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)
+        self._set_fitted(X, binner, trees, device, backend, (int(shard), int(n_shards)))
+        return self
+
+    def _check_fit_inputs(self, X: Any, T: Any, y: Any, sample_weight: Any):
         X = _inputs.to_numpy(X, "X", 2)
         T = _inputs.to_numpy(T, "T", 1)
         y = _inputs.to_numpy(y, "y", 1)
@@ -149,39 +170,18 @@ class CausalForest(BaseEstimator):
             raise ValueError("T is constant: the treatment must vary to estimate its effect")
         w = _inputs.check_sample_weight(sample_weight, n)
         self._validate_params(X.shape[1])
-        if n_shards > 1 and self.random_state is None:
-            raise ValueError("fit_shard needs random_state set: the shards of one forest share its seed")
-        self.device_ = _inputs.resolve_device(self.device)
-        backend = get_backend(self.backend, self.device_)
+        return X, T, y, w
 
-        self.seed_ = int(self.random_state) if self.random_state is not None else int(
-            np.random.SeedSequence().entropy % (2**63))
-        sampler = self._sampler(n)
-        problem = sampler.minimum_rows_message()
-        if problem:
-            raise ValueError(problem)
-        groups = _shard_groups(sampler.n_groups, shard, n_shards)
-
+    def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, trees: list, device: torch.device, backend,
+                    shard: tuple[int, int]) -> None:
+        self.device_ = device
         self.n_features_in_ = X.shape[1]
-        self.n_train_ = n
-        self.binner_ = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
-        binned = self.binner_.bin(X)
-        w = np.ones(n) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
-        mom = np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
-        rule = self._rule(X.shape[1])
-
-        trees = []
-        groups_per_batch = max(1, _trees_per_batch(backend.name, n) // self.ci_group_size)
-        with progress_bar(len(groups) * self.ci_group_size, "growing trees", self.progress) as bar:
-            for g0 in range(groups.start, groups.stop, groups_per_batch):
-                ng = min(groups_per_batch, groups.stop - g0)
-                trees += backend.grow(binned, mom, sampler.trees(g0, ng), rule)
-                bar.update(ng * self.ci_group_size)
+        self.n_train_ = X.shape[0]
+        self.binner_ = binner
         self.forest_ = ForestArrays.from_trees(trees)
-        self.shard_ = (int(shard), int(n_shards))
+        self.shard_ = shard
         self.source_ = "tauforge"
         self._backend = backend  # kept: the torch backend caches the forest on its device
-        return self
 
     @classmethod
     def merge(cls, shards: list["CausalForest"]) -> "CausalForest":
@@ -360,15 +360,88 @@ class CausalForest(BaseEstimator):
         return forest
 
 
-def _shard_groups(n_groups: int, shard: int, n_shards: int) -> range:
-    """Shard `shard` of `n_shards`: a contiguous range of groups, sizes differing by at most one."""
-    if not (isinstance(n_shards, (int, np.integer)) and 1 <= n_shards <= n_groups):
-        raise ValueError(f"n_shards must be an integer between 1 and the number of little-bag groups "
-                         f"({n_groups} = n_estimators / ci_group_size), got {n_shards!r}")
-    if not (isinstance(shard, (int, np.integer)) and 0 <= shard < n_shards):
-        raise ValueError(f"shard must be an integer in [0, {n_shards}), got {shard!r}")
-    bounds = np.linspace(0, n_groups, n_shards + 1).round().astype(int)
-    return range(int(bounds[shard]), int(bounds[shard + 1]))
+def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, Any, Any]],
+                binner_seed: int | None = None, progress: bool | None = None) -> list[CausalForest]:
+    """Fit `forests[i]` on (X, *targets[i]), a target being (T, y, sample_weight), growing the
+    trees of all of them in the same backend calls: how bootstrap replicates are batched on a
+    device. The forests differ only in `random_state`; they share one binning of X (seeded with
+    `binner_seed`). Each equals `forests[i].fit(X, T, y, sample_weight)` whenever that fit bins
+    X the same way (always below QuantileBinner's 200,000-row subsample).
+
+    The rows are stacked, one copy of X's codes and moments per forest (trees index their own
+    copy), so a batch costs (3 p + 40) bytes a row per forest: keep batches within memory
+    (`forests_per_batch`)."""
+    if not forests:
+        return []
+    first = forests[0]
+    if len(targets) != len(forests):
+        raise ValueError(f"fit_forests needs one (T, y, sample_weight) per forest: {len(forests)} forests, "
+                         f"{len(targets)} targets")
+    shared = {k: v for k, v in first.get_params().items() if k != "random_state"}
+    if any({k: v for k, v in f.get_params().items() if k != "random_state"} != shared for f in forests):
+        raise ValueError("fit_forests grows forests that differ only in random_state")
+    if any(f.random_state is None for f in forests):
+        raise ValueError("fit_forests needs random_state set on every forest")
+    checked = [f._check_fit_inputs(X, T, y, w) for f, (T, y, w) in zip(forests, targets)]
+    X = checked[0][0]
+    n = X.shape[0]
+    samples = []
+    for r, f in enumerate(forests):
+        f.seed_ = int(f.random_state)
+        sampler = f._sampler(n)
+        problem = sampler.minimum_rows_message()
+        if problem:
+            raise ValueError(problem)
+        # Forest r's trees index its copy of the rows, r * n onwards.
+        samples.append([TreeSample(t.structure + np.int32(r * n), t.estimation + np.int32(r * n), t.key)
+                        for t in sampler.trees(0, sampler.n_groups)])
+    device = _inputs.resolve_device(first.device)
+    backend = get_backend(first.backend, device)
+    binner = QuantileBinner(first.max_bins, random_state=binner_seed).fit(X)
+    binned = binner.bin(X)
+    stacked = BinnedCovariates(np.tile(binned.fine, (len(forests), 1)), np.tile(binned.coarse, (len(forests), 1)),
+                               binned.n_bins, binned.coarse_thr, binned.max_bins)
+    moments = [_moments(T, y, w) for _, T, y, w in checked]
+    with progress_bar(sum(map(len, samples)), "growing trees", progress) as bar:
+        trees = _grow(backend, stacked, moments, samples, first._rule(X.shape[1]), bar)
+    for f, tree_samples in zip(forests, samples):
+        own, trees = trees[:len(tree_samples)], trees[len(tree_samples):]
+        f._set_fitted(X, binner, own, device, backend, (0, 1))
+    return forests
+
+
+# Memory for one batch of stacked forests (fit_forests): codes and moments of every copy of the rows.
+_STACKED_BYTES = 1 << 30
+
+
+def forests_per_batch(n_rows: int, n_features: int, n_forests: int, backend: str) -> int:
+    """How many forests `fit_forests` should grow at once: one on the numba backend, whose
+    grower already keeps every core busy within one forest (measured: stacking copies of the
+    rows only costs memory there), else as many as fit in 1 GiB of stacked rows."""
+    if backend == "numba":
+        return 1
+    per_forest = n_rows * (3 * n_features + 40)
+    return int(max(1, min(n_forests, _STACKED_BYTES // max(per_forest, 1))))
+
+
+def _moments(T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The five weighted moment channels (w, w t, w y, w t y, w t^2) the split rule sums."""
+    w = np.ones(len(T)) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
+    return np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
+
+
+def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples: list[list[TreeSample]],
+          rule: SplitRule, bar) -> list:
+    """Grow the trees of `samples` (one list per moments array, rows stacked in that order) in
+    backend calls of `_trees_per_batch` trees."""
+    mom = moments[0] if len(moments) == 1 else np.concatenate(moments)
+    flat = [t for tree_samples in samples for t in tree_samples]
+    per_call = _trees_per_batch(backend.name, len(moments[0]))
+    trees = []
+    for lo in range(0, len(flat), per_call):
+        trees += backend.grow(binned, mom, flat[lo:lo + per_call], rule)
+        bar.update(min(per_call, len(flat) - lo))
+    return trees
 
 
 def _trees_per_batch(backend: str, n_rows: int) -> int:

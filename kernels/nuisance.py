@@ -90,3 +90,27 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
         t_hat = mt.predict(XW[test])
         scores["t_r2"] = float(r2_score(T[test], t_hat))
     return y_hat, t_hat, scores
+
+
+def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, discrete: bool, seed: int,
+              model_y: Any = "auto", model_t: Any = "auto", sample_weight: np.ndarray | None = None,
+              device: str = "cpu", progress: bool | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                           dict[str, list[float]]]:
+    """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
+    (`cross_fitting_folds`), and each score as a list in fold order."""
+    from ._progress import progress_bar
+
+    n = len(Y)
+    fold = cross_fitting_folds(T, n_folds, discrete, seed)
+    y_hat, t_hat = np.empty(n), np.empty(n)
+    scores: dict[str, list[float]] = {}
+    with progress_bar(n_folds, "cross-fitting nuisance models", progress, unit="fold") as bar:
+        for k in range(n_folds):
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            y_hat[test], t_hat[test], fold_scores = fit_nuisance(
+                XW, Y, T, train, test, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
+                sample_weight=sample_weight, device=device)
+            for name, value in fold_scores.items():
+                scores.setdefault(name, []).append(value)
+            bar.update(1)
+    return y_hat, t_hat, scores

@@ -82,3 +82,15 @@ class LittleBagSampler:
                 mask[t.structure, b] = True
                 mask[t.estimation, b] = True
         return mask
+
+
+def shard_range(n_items: int, shard: int, n_shards: int, items: str, total: str) -> range:
+    """Shard `shard` of `n_shards` of n_items (little-bag groups, bootstrap replicates): a
+    contiguous range, shard sizes differing by at most one. `items` and `total` name them in errors."""
+    if not (isinstance(n_shards, (int, np.integer)) and 1 <= n_shards <= n_items):
+        raise ValueError(f"n_shards must be an integer between 1 and the number of {items} "
+                         f"({n_items} = {total}), got {n_shards!r}")
+    if not (isinstance(shard, (int, np.integer)) and 0 <= shard < n_shards):
+        raise ValueError(f"shard must be an integer in [0, {n_shards}), got {shard!r}")
+    bounds = np.linspace(0, n_items, n_shards + 1).round().astype(int)
+    return range(int(bounds[shard]), int(bounds[shard + 1]))

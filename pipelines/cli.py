@@ -130,12 +130,28 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
         from kernels._inputs import resolve_device
 
         resolve_device(args.device)  # 'cuda' without a GPU fails here, not in a task
+    from components.estimate import BootstrapConfig
+
+    if args.bootstrap == 1 or args.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be 0 (off) or at least 2 replicates, got {args.bootstrap}")
+    if args.bootstrap_trees < 1:
+        raise ValueError(f"--bootstrap-trees must be a positive integer, got {args.bootstrap_trees}")
+    bootstrap = BootstrapConfig(n_bootstrap=args.bootstrap, trees=args.bootstrap_trees,
+                                interval=args.bootstrap_interval, nuisance=args.bootstrap_nuisance)
+    if bootstrap.n_bootstrap:
+        if args.estimator == "econml":
+            raise ValueError("--bootstrap grows tauforge forests; it needs --estimator tauforge")
+        if not 1 <= args.bootstrap_shards <= bootstrap.n_bootstrap:
+            raise ValueError(f"--bootstrap-shards must be between 1 and {bootstrap.n_bootstrap} (--bootstrap), "
+                             f"got {args.bootstrap_shards}")
     forest = {"n_estimators": args.trees, "device": args.device}
     config = TrainingConfig(spec=json.loads(spec.to_json()), store=_store_uri(args), model_name=args.name,
                             n_folds=args.folds, n_shards=shards, seed=args.seed, estimator=args.estimator,
                             model_y=args.model_y,
                             model_t=args.model_t, forest_params=forest, gate=_parse_gate(args.gate),
-                            gpus_per_shard=getattr(args, "gpus_per_shard", 0))
+                            gpus_per_shard=getattr(args, "gpus_per_shard", 0),
+                            bootstrap=bootstrap.__dict__ if bootstrap.n_bootstrap else {},
+                            bootstrap_shards=args.bootstrap_shards)
     return source, config, true_ate
 
 
@@ -166,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"tauforge run: {source}")
         print(f"  ATE {effect['ate']:.4f}  95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
-              f"({effect['method']})")
+              f"({effect['method']}; {effect['ate_interval']} interval)")
         if true_ate is not None:
             covers = "covers" if effect["ate_lower"] <= true_ate <= effect["ate_upper"] else "MISSES"
             print(f"  true ATE of the simulated demo data {true_ate:.4f}: the interval {covers} it")
@@ -188,8 +204,9 @@ def _compile(args: argparse.Namespace) -> int:
     from pipelines.training import compile_pipeline
 
     path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type,
-                            args.pipeline, image=args.image)
+                            args.pipeline, image=args.image, bootstrap_shards=args.bootstrap_shards)
     print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds, {args.shards} forest shards"
+          + (f", {args.bootstrap_shards} bootstrap shards" if args.bootstrap_shards else "")
           + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard" if args.gpus_per_shard else "")
           + f") on {args.image or IMAGE}")
     return 0
@@ -372,6 +389,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
     model.add_argument("--model-y", default="auto", help="outcome model: 'auto' or a scikit-learn import path")
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
+    boot = p.add_argument_group("full bootstrap (off by default; intervals come from the little bags)")
+    boot.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                      help="replicate forests on resampled rows; the ATE interval becomes the bootstrap's (default: 0, off)")
+    boot.add_argument("--bootstrap-shards", type=int, default=1, help="tasks the replicates are spread over (default: 1)")
+    boot.add_argument("--bootstrap-trees", type=int, default=100, help="trees per replicate forest (default: 100)")
+    boot.add_argument("--bootstrap-interval", choices=("percentile", "pivot"), default="percentile",
+                      help="bootstrap interval (default: percentile)")
+    boot.add_argument("--bootstrap-nuisance", action="store_true",
+                      help="refit the nuisance models on every resample (B x folds more model fits)")
     model.add_argument("--gate", action="append", metavar="KEY=VALUE",
                        help="gate threshold, e.g. max_share_outside_overlap=0.05 or min_placebo_pvalue=off")
     p.add_argument("--pipeline-root", default="./tauforge-runs", help="where runs write outputs and logs")
@@ -416,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
     comp.add_argument("--folds", type=int, default=5, help="nuisance fold tasks (default: 5)")
     comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")
+    comp.add_argument("--bootstrap-shards", type=int, default=0,
+                      help="tasks of the full bootstrap in the training graph (default: 0, none); a run sets "
+                           "its replicates with the pipeline parameter 'bootstrap' (default: 100)")
     comp.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
     comp.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
     comp.add_argument("--image", help=IMAGE_HELP)

@@ -1,10 +1,11 @@
-"""The training pipeline: validate -> nuisance folds -> forest shards -> merge -> evaluate ->
-publish if the gate passed. One definition, run three ways: `run_local` (kfp.local's
+"""The training pipeline: validate -> nuisance folds -> forest shards -> merge -> (bootstrap
+shards -> merge) -> evaluate -> publish if the gate passed. One definition, run three ways: `run_local` (kfp.local's
 SubprocessRunner, no cluster), `compile_pipeline` (IR YAML for the Kubeflow UI), `submit`
 (kfp.Client against a Kubeflow Pipelines host).
 
-The number of folds and shards shapes the graph (one task each, in `dsl.ParallelFor` groups),
-so they are arguments of `build_training_pipeline`; everything else is a pipeline parameter.
+The number of folds and shards (forest and bootstrap) shapes the graph (one task each, in
+`dsl.ParallelFor` groups), so they are arguments of `build_training_pipeline`; everything else
+is a pipeline parameter.
 """
 
 import builtins
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from kfp import dsl
 
 from components.data import validate_data
-from components.estimate import forest_shard, merge_forest_shards
+from components.estimate import (BootstrapConfig, bootstrap_shard, forest_shard, merge_bootstrap_shards,
+                                 merge_forest_shards)
 from components.evaluate import evaluate_model
 from components.nuisance import combine_nuisance, nuisance_fold
 from components.registry import DEFAULT_STORE, publish_model
@@ -47,13 +49,23 @@ class TrainingConfig:
     alpha: float = 0.05
     gpus_per_shard: int = 0
     accelerator_type: str = "nvidia.com/gpu"
+    bootstrap: dict = field(default_factory=dict)  # components.estimate.BootstrapConfig fields
+    bootstrap_shards: int = 1  # tasks the bootstrap's replicates are spread over (when it runs)
+
+    def bootstrap_tasks(self) -> int:
+        """Bootstrap shard tasks in the graph: none unless the full bootstrap is on."""
+        return self.bootstrap_shards if BootstrapConfig.from_dict(self.bootstrap).n_bootstrap > 0 else 0
 
     def estimator_config(self) -> dict:
         name = {"tauforge": "tauforge.CausalForestDML", "econml": "econml.grf.CausalForest on tauforge's "
                 "cross-fitted residuals (EconML's CausalForestDML final stage)"}[self.estimator]
-        return {"name": name, "estimator": self.estimator, "forest_params": self.forest_params,
-                "nuisance": {"model_y": self.model_y, "model_t": self.model_t, "folds": self.n_folds},
-                "n_shards": self.n_shards, "seed": self.seed}
+        config = {"name": name, "estimator": self.estimator, "forest_params": self.forest_params,
+                  "nuisance": {"model_y": self.model_y, "model_t": self.model_t, "folds": self.n_folds},
+                  "n_shards": self.n_shards, "seed": self.seed}
+        if self.bootstrap_tasks():
+            config["bootstrap"] = {**BootstrapConfig.from_dict(self.bootstrap).__dict__,
+                                   "n_shards": self.bootstrap_shards}
+        return config
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -61,15 +73,24 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREAD
 
 def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
                             accelerator_type: str = "nvidia.com/gpu", parallelism: int = 0,
-                            threads_per_task: int = 0):
-    """The training pipeline with `n_folds` nuisance tasks and `n_shards` forest tasks (each
-    asking for `gpus_per_shard` accelerators of `accelerator_type`); `parallelism` caps how
-    many of a group run at once (0: no cap); `threads_per_task` > 0 caps the thread pools of
-    the parallel tasks (on one machine, tasks side by side must share its cores)."""
+                            threads_per_task: int = 0, bootstrap_shards: int = 0):
+    """The training pipeline with `n_folds` nuisance tasks, `n_shards` forest tasks and
+    `bootstrap_shards` tasks of the full bootstrap (0: no bootstrap in the graph), forest and
+    bootstrap tasks each asking for `gpus_per_shard` accelerators of `accelerator_type`;
+    `parallelism` caps how many of a group run at once (0: no cap); `threads_per_task` > 0 caps
+    the thread pools of the parallel tasks (on one machine, tasks side by side must share its cores)."""
     if n_folds < 2:
         raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     if n_shards < 1:
         raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+    if bootstrap_shards < 0:
+        raise ValueError(f"bootstrap_shards must be 0 (no bootstrap) or more, got {bootstrap_shards}")
+    # With bootstrap tasks in the graph, a run that sets no bootstrap still gets one.
+    default_bootstrap = BootstrapConfig(n_bootstrap=100).to_json() if bootstrap_shards else "{}"
+
+    def on_accelerators(task) -> None:
+        if gpus_per_shard > 0:
+            task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_shard)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Causal forest with cross-fitted nuisance models, evaluated and published if the "
@@ -78,7 +99,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
                  seed: int = 0, model_y: str = "auto", model_t: str = "auto",
                  forest_params: str = '{"n_estimators": 500}', gate: str = "{}", alpha: float = 0.05,
                  run_id: str = "", estimator: str = "tauforge", estimator_config: str = "{}",
-                 nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds})) -> bool:
+                 nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds}),
+                 bootstrap: str = default_bootstrap) -> bool:
         validated = validate_data(source=source, spec=spec)
         validated.set_display_name("validate")
         dataset = validated.outputs["dataset"]
@@ -98,18 +120,32 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
                                   estimator=estimator)
             shards.set_display_name("forest-shard")
             _limit_threads(shards, threads_per_task)
-            if gpus_per_shard > 0:
-                shards.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_shard)
+            on_accelerators(shards)
         merged = merge_forest_shards(dataset=dataset, residuals=residuals.outputs["residuals"],
                                      shards=dsl.Collected(shards.outputs["forest"]), alpha=alpha)
         merged.set_display_name("merge-forest")
+        estimate = merged.outputs["estimate"]
+
+        if bootstrap_shards:
+            with dsl.ParallelFor(items=list(range(bootstrap_shards)), parallelism=parallelism,
+                                 name="bootstrap-shards") as part:
+                replicates = bootstrap_shard(dataset=dataset, residuals=residuals.outputs["residuals"],
+                                             estimate=estimate, params=forest_params, seed=seed, shard=part,
+                                             n_shards=bootstrap_shards, bootstrap=bootstrap, n_folds=n_folds,
+                                             model_y=model_y, model_t=model_t)
+                replicates.set_display_name("bootstrap-shard")
+                _limit_threads(replicates, threads_per_task)
+                on_accelerators(replicates)
+            combined = merge_bootstrap_shards(estimate=estimate, bootstrap=bootstrap,
+                                              shards=dsl.Collected(replicates.outputs["replicates"]))
+            combined.set_display_name("merge-bootstrap")
+            estimate = combined.outputs["result"]
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                   estimate=merged.outputs["estimate"], gate=gate, seed=seed,
-                                   nuisance=nuisance_config)
+                                   estimate=estimate, gate=gate, seed=seed, nuisance=nuisance_config)
         evaluated.set_display_name("evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-            publish_model(dataset=dataset, estimate=merged.outputs["estimate"],
+            publish_model(dataset=dataset, estimate=estimate,
                           evaluation=evaluated.outputs["evaluation"], report=evaluated.outputs["report"],
                           store=store, model_name=model_name, source=source, run_id=run_id,
                           estimator=estimator_config).set_display_name("publish")
@@ -156,24 +192,34 @@ def _limit_threads(task, threads: int) -> None:
 
 
 def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict:
-    return {"source": source, "spec": json.dumps(config.spec), "store": config.store,
-            "model_name": config.model_name, "seed": config.seed, "model_y": config.model_y,
-            "model_t": config.model_t, "forest_params": json.dumps(config.forest_params),
-            "gate": json.dumps(config.gate), "alpha": config.alpha, "run_id": run_id,
-            "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config()),
-            "nuisance_config": json.dumps({"model_y": config.model_y, "model_t": config.model_t,
-                                           "folds": config.n_folds})}
+    arguments = {"source": source, "spec": json.dumps(config.spec), "store": config.store,
+                 "model_name": config.model_name, "seed": config.seed, "model_y": config.model_y,
+                 "model_t": config.model_t, "forest_params": json.dumps(config.forest_params),
+                 "gate": json.dumps(config.gate), "alpha": config.alpha, "run_id": run_id,
+                 "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config()),
+                 "nuisance_config": json.dumps({"model_y": config.model_y, "model_t": config.model_t,
+                                                "folds": config.n_folds})}
+    if config.bootstrap_tasks():
+        arguments["bootstrap"] = BootstrapConfig.from_dict(config.bootstrap).to_json()
+    return arguments
 
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
                      accelerator_type: str = "nvidia.com/gpu", pipeline: str = "training",
-                     image: str | None = None) -> str:
+                     image: str | None = None, bootstrap_shards: int = 0) -> str:
     """Write the pipeline's IR YAML to `path`; every task runs on `image` (default: the project
-    image of components/_kfp.py, $TAUFORGE_IMAGE)."""
+    image of components/_kfp.py, $TAUFORGE_IMAGE). `bootstrap_shards` > 0 puts the full
+    bootstrap's tasks in the training graph."""
     from kfp import compiler
 
-    build = {"training": build_training_pipeline, "monitoring": build_monitoring_pipeline}[pipeline]
-    compiler.Compiler().compile(build(n_folds, n_shards, gpus_per_shard, accelerator_type), path)
+    if pipeline == "training":
+        built = build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type,
+                                        bootstrap_shards=bootstrap_shards)
+    elif bootstrap_shards:
+        raise ValueError("the monitoring pipeline retrains without the full bootstrap; drop bootstrap_shards")
+    else:
+        built = build_monitoring_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type)
+    compiler.Compiler().compile(built, path)
     if image:
         set_image(path, image)
     return path
@@ -224,7 +270,7 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
     pipeline = build_training_pipeline(config.n_folds, config.n_shards, 0, config.accelerator_type, parallelism,
-                                       threads)
+                                       threads, config.bootstrap_tasks())
     with open(log_path, "w") as log_file, _capture(log_file, log):
         try:
             task = pipeline(**pipeline_arguments(source, config, run_id))
@@ -291,7 +337,8 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
     run_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.n_folds, config.n_shards,
-                                   config.gpus_per_shard, config.accelerator_type, image=image)
+                                   config.gpus_per_shard, config.accelerator_type, image=image,
+                                   bootstrap_shards=config.bootstrap_tasks())
         try:
             client = kfp.Client(host=host)
             result = client.create_run_from_pipeline_package(

@@ -47,3 +47,128 @@ def test_bootstrap_cate_intervals_and_refit_nuisance():
     with pytest.raises(ValueError, match="inference must be"):
         CausalForestDML(inference="jackknife", n_estimators=4, cv=2).fit(d.Y, d.T, X=d.X)
     assert tau.shape == (50,)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_its_own_fit(backend):
+    from kernels import CausalForest
+    from kernels.bootstrap import fit_replicates, replicate_seed
+
+    d = make_causal_data("simple", n=800, p=4, seed=2)
+    t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
+    params = {"n_estimators": 6, "max_samples": 0.5, "backend": backend}
+    fit = lambda batch: fit_replicates(d.X, 5, 11, params, lambda c: (y, t, None),  # noqa: E731
+                                       lambda c, *_: float(c @ y), batch_size=batch)
+    one, batched = fit(1), fit(3)
+    for a, b in zip(one.forests, batched.forests):
+        np.testing.assert_array_equal(a.predict(d.X), b.predict(d.X))
+    alone = CausalForest(**params, ci_group_size=1, random_state=replicate_seed(11, 4)).fit(
+        d.X, t, y, sample_weight=resample_counts(800, 4, 11))
+    np.testing.assert_array_equal(alone.predict(d.X), batched.forests[4].predict(d.X))
+    assert len({float(f.predict(d.X[:1])[0]) for f in batched.forests}) == 5  # every replicate its own forest
+
+
+def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_save_and_load(tmp_path):
+    from kernels.bootstrap import BootstrapReplicates, fit_replicates
+
+    d = make_causal_data("simple", n=600, p=3, seed=4)
+    fit = lambda replicates: fit_replicates(  # noqa: E731
+        d.X, replicates, 5, {"n_estimators": 4, "max_samples": 0.5}, lambda c: (d.Y, d.T, None),
+        lambda c, *_: float(c @ d.Y) / 600)
+    whole = fit(7)
+    later, first = fit(range(4, 7)), fit(range(0, 4))
+    later.save(tmp_path / "later")
+    merged = BootstrapReplicates.merge([BootstrapReplicates.load(tmp_path / "later"), first], 7)
+    np.testing.assert_array_equal(merged.replicates, np.arange(7))
+    np.testing.assert_array_equal(merged.ates, whole.ates)
+    for a, b in zip(whole.forests, merged.forests):
+        np.testing.assert_array_equal(a.predict(d.X), b.predict(d.X))
+    with pytest.raises(ValueError, match=r"1 missing \(first \[6\]\), 1 repeated"):
+        BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
+
+
+def test_pipeline_spreads_replicates_over_shards_and_reproduces_the_in_process_bootstrap(tmp_path):
+    """`tauforge run --bootstrap`: replicates in two bootstrap-shard tasks of the real kfp.local
+    runner, merged; the ATE interval is the one CausalForestDML(inference='bootstrap') gives with
+    the same seed, and the merge step's artifact holds every replicate's forest."""
+    import glob
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from components.estimate import Estimate
+    from components.registry import ModelStore
+
+    d = make_causal_data("simple", n=1000, p=4, seed=3)
+    columns = [f"x{j}" for j in range(4)]
+    pd.DataFrame(d.X, columns=columns).assign(t=d.T, y=d.Y).to_parquet(tmp_path / "data.parquet", index=False)
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tmp_path / "data.parquet"), "--treatment",
+           "t", "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", "--seed", "3",
+           "--bootstrap", "12", "--bootstrap-shards", "2", "--bootstrap-trees", "6", "--bootstrap-interval", "pivot",
+           "--store", str(tmp_path / "store"),
+           "--pipeline-root", str(tmp_path / "runs"), "--json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "bootstrap shard 2/2: replicates 6..11" in proc.stderr
+
+    est = CausalForestDML(cv=2, n_estimators=20, inference="bootstrap", n_bootstrap=12, bootstrap_trees=6,
+                          bootstrap_interval="pivot", random_state=3).fit(d.Y, d.T, X=d.X)
+    lower, upper = est.ate_interval()
+    assert (result["ate_lower"], result["ate_upper"]) == pytest.approx((lower, upper), rel=1e-9)
+    card = ModelStore(str(tmp_path / "store")).load("tauforge-model").card
+    assert card["effect"]["ate_interval"] == "bootstrap pivot, 12 replicates"
+    assert card["effect"]["bootstrap"]["n_shards"] == 2
+
+    merged = Estimate.load(glob.glob(str(tmp_path / "runs" / "*" / "**" / "merge-bootstrap-shards" / "result"),
+                                     recursive=True)[0], bootstrap=True)
+    np.testing.assert_array_equal(merged.bootstrap.replicates, np.arange(12))
+    np.testing.assert_allclose(merged.bootstrap.forests[7].predict(d.X[:20]),
+                               est.bootstrap_.forests[7].predict(d.X[:20]), rtol=1e-12)
+
+
+def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from components.estimate import BootstrapConfig
+
+    with pytest.raises(ValueError, match="unknown bootstrap setting.*n_boot; known: n_bootstrap"):
+        BootstrapConfig.from_json('{"n_boot": 3}')
+    with pytest.raises(ValueError, match="interval must be one of percentile, pivot, got 'bca'"):
+        BootstrapConfig.from_json('{"n_bootstrap": 10, "interval": "bca"}')
+    for args, message in ((["--bootstrap", "1"], "--bootstrap must be 0 (off) or at least 2 replicates, got 1"),
+                          (["--bootstrap", "4", "--bootstrap-shards", "5"],
+                           "--bootstrap-shards must be between 1 and 4 (--bootstrap), got 5")):
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--demo", "--store", str(tmp_path / "s"),
+                               "--pipeline-root", str(tmp_path / "runs"), *args],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_compiled_pipeline_runs_bootstrap_shards_in_a_parallel_for_on_accelerators(tmp_path):
+    import json
+
+    import yaml
+
+    from pipelines.training import compile_pipeline
+
+    path = compile_pipeline(str(tmp_path / "training.yaml"), n_folds=2, n_shards=2, gpus_per_shard=1,
+                            bootstrap_shards=3)
+    spec = yaml.safe_load(open(path))
+    executors = spec["deploymentSpec"]["executors"]
+    for shard in ("exec-forest-shard", "exec-bootstrap-shard"):
+        assert executors[shard]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert sorted(json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops) == [[0, 1], [0, 1], [0, 1, 2]]
+    default = spec["root"]["inputDefinitions"]["parameters"]["bootstrap"]["defaultValue"]
+    assert json.loads(default)["n_bootstrap"] == 100
+    # Evaluate and publish read the estimate the bootstrap merge wrote.
+    dag = spec["root"]["dag"]["tasks"]
+    assert dag["evaluate-model"]["inputs"]["artifacts"]["estimate"]["taskOutputArtifact"]["producerTask"] == \
+        "merge-bootstrap-shards"
+    with pytest.raises(ValueError, match="monitoring pipeline retrains without the full bootstrap"):
+        compile_pipeline(str(tmp_path / "m.yaml"), pipeline="monitoring", bootstrap_shards=2)
