@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_bootstrap.py coverage [--seeds 100]
     .venv/bin/python tests/benchmarks/bench_bootstrap.py timing [--n 100000] [--replicates 100] [--econml-n 10000]
-    .venv/bin/python tests/benchmarks/bench_bootstrap.py batching [--n 100000] [--replicates 8]
+    .venv/bin/python tests/benchmarks/bench_bootstrap.py batching [--n 100000] [--replicates 8] [--backend torch]
 
 coverage: the `constant` design (true ATE 1), 2,000 rows, 5 folds, 200 replicates, 95% percentile and pivot
 intervals; prints the share of seeds whose interval covers 1.
@@ -61,14 +61,14 @@ def timing(n: int, replicates: int, econml_n: int) -> None:
           f"{theirs / replicates:.2f} s per replicate |")
 
 
-def batching(n: int, replicates: int) -> None:
+def batching(n: int, replicates: int, backend: str) -> None:
     from kernels.bootstrap import fit_replicates
     from kernels.forest import forests_per_batch
 
     d = make_causal_data("simple", n=n, p=10, seed=0)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
-    params = {"n_estimators": 100, "max_samples": 0.5}
-    fit_replicates(d.X[:2000], 2, 0, {"n_estimators": 4}, lambda c: (y[:2000], t[:2000], None),
+    params = {"n_estimators": 100, "max_samples": 0.5, "backend": backend}
+    fit_replicates(d.X[:2000], 2, 0, {"n_estimators": 4, "backend": backend}, lambda c: (y[:2000], t[:2000], None),
                    lambda *_: 0.0)  # compile the kernels outside the timing
     timed = {}
     for label, batch in (("one forest per call", 1), ("batched", forests_per_batch(n, 10, replicates, "torch"))):
@@ -77,7 +77,7 @@ def batching(n: int, replicates: int) -> None:
                                       batch_size=batch)
         seconds = time.perf_counter() - start
         timed[label + " s"] = seconds
-        print(f"| {label} | n = {n:,} | {replicates} replicates, {batch} a batch | {seconds:.1f} s | "
+        print(f"| {label} ({backend}) | n = {n:,} | {replicates} replicates, {batch} a batch | {seconds:.1f} s | "
               f"{seconds / replicates:.2f} s per replicate |", flush=True)
     one, batched = timed["one forest per call"], timed["batched"]
     same = all(np.array_equal(a.predict(d.X[:1000]), b.predict(d.X[:1000])) for a, b in zip(one.forests, batched.forests))
@@ -92,11 +92,13 @@ def main():
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--replicates", type=int, help="default: 100 (timing), 8 (batching)")
     parser.add_argument("--econml-n", type=int, default=10_000)
+    parser.add_argument("--backend", choices=("auto", "numba", "torch"), default="auto",
+                        help="batching: the forest backend (default: auto, numba on a CPU)")
     args = parser.parse_args()
     if args.what == "coverage":
         coverage(args.seeds)
     elif args.what == "batching":
-        batching(args.n, args.replicates or 8)
+        batching(args.n, args.replicates or 8, args.backend)
     else:
         timing(args.n, args.replicates or 100, args.econml_n)
 
