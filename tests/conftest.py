@@ -1,11 +1,24 @@
 import os
 import sys
 
-import pytest
-import torch
+# Set before torch, numba or scikit-learn load an OpenMP runtime (they bring two copies of libgomp),
+# and inherited by every subprocess the tests start (pipeline tasks, servers). The tests' OpenMP
+# work is scikit-learn's HistGradientBoosting on 300-8,000 rows, where a second thread costs more
+# than it gives, and spinning workers starve whatever else runs on the 2 cores (a pipeline's
+# parallel task, a server, another test worker). Measured with one other busy process on the
+# machine, 10 monitor() calls: 217 s with the defaults, 8.6 s with passive waiting, 5.2 s with one
+# thread. torch sets its own pool below.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Two cores: one pool at a time is faster than torch, numba and OpenBLAS fighting over them.
-torch.set_num_threads(int(os.environ.get("TAUFORGE_TEST_THREADS", "2")))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One thread: torch and scikit-learn share one OpenMP runtime in this process (torch's libgomp is
+# loaded first), so torch's pool size is also scikit-learn's, and its small HistGradientBoosting fits
+# run faster on one thread (test_evaluate, test_boosting and an accuracy test: 30 s with 1, 61 s
+# with 2). numba keeps its own pool for the forest kernels.
+torch.set_num_threads(int(os.environ.get("TAUFORGE_TEST_THREADS", "1")))
 sys.path.insert(0, os.path.dirname(__file__))
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -60,42 +60,99 @@ def ihdp(tmp_path_factory):
     return str(path), table, covariates, controls
 
 
-def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(tmp_path):
-    first, second = (start(tmp_path, "run", "--demo", *SMALL, "--seed", str(s), "--json") for s in (0, 1))
-    results = [finish(first), finish(second)]
-    for code, out, err in results:
+LINEAR = ["--model-y", "sklearn.linear_model.LinearRegression", "--model-t", "sklearn.linear_model.LogisticRegression"]
+
+
+def poor_overlap_table(path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4))
+    T = rng.binomial(1, 1 / (1 + np.exp(-4 * X[:, 0]))).astype(float)  # propensities near 0 and 1
+    data = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(t=T, y=X[:, 0] + T + rng.normal(size=2000))
+    data.to_parquet(path, index=False)
+    return str(path)
+
+
+class Runs:
+    """Pipeline runs started together and awaited by the tests that inspect them: on 2 cores, runs
+    side by side overlap each other's process start-ups and single-task steps."""
+
+    def __init__(self, procs):
+        self.procs, self.results = procs, {}
+
+    def result(self, name):
+        if name not in self.results:
+            self.results[name] = finish(self.procs[name])
+        return self.results[name]
+
+    def close(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ihdp):
+    """Three runs into one store, at the same time: two of the demo data into one model (tauforge's
+    estimator with the default nuisance learners, EconML's forest with linear ones), which must
+    get versions 1 and 2, and the IHDP Parquet under its own name; beside them, in a store of its
+    own, a run whose gate fails."""
+    shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
+    path, table, covariates, controls = ihdp
+    runs = Runs({
+        "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--json"),
+        "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
+                        "2", *LINEAR, "--json"),
+        "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
+                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", "--json"),
+        "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
+                      "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
+    })
+    runs.dir, runs.poor_dir = shared, poor
+    yield runs
+    runs.close()
+
+
+def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(runs):
+    tmp_path = runs.dir
+    results = {name: runs.result(name) for name in ("demo", "econml")}
+    for code, out, err in results.values():
         assert code == 0, err
         assert "published tauforge-model version" in err  # progress lines reach stderr
-    runs = [last_json(out) for _, out, _ in results]
-    assert sorted(r["version"] for r in runs) == [1, 2]
-    for r in runs:
+    by_name = {name: last_json(out) for name, (_, out, _) in results.items()}
+    trees = {"demo": 60, "econml": 40}
+    assert sorted(r["version"] for r in by_name.values()) == [1, 2]
+    for r in by_name.values():
         assert r["gate_passed"] and r["model"] == "tauforge-model" and r["store"] == str(tmp_path / "store")
         assert r["ate_lower"] < r["ate"] < r["ate_upper"]
         assert abs(r["ate"] - 0.40) < 0.15  # the demo's true ATE is 0.396 (test_accuracy checks coverage)
     store = ModelStore(str(tmp_path / "store"))
-    for v in (1, 2):
-        loaded = store.load("tauforge-model", v)  # complete: every checksum verifies
-        assert loaded.load_forest().forest_.n_trees == 60
+    for name, r in by_name.items():
+        loaded = store.load("tauforge-model", r["version"])  # complete: every checksum verifies
+        assert loaded.load_forest().forest_.n_trees == trees[name]
         report = open(os.path.join(loaded.path, "report.html")).read()
         assert "<svg" in report and "Overlap" in report and "Balance" in report
     # kfp.local kept every step's outputs, the HTML report and the metrics the Kubeflow UI shows
-    executor_outputs = [os.path.join(d, f) for d, _, files in os.walk(runs[0]["outputs"]) for f in files
+    executor_outputs = [os.path.join(d, f) for d, _, files in os.walk(by_name["demo"]["outputs"]) for f in files
                         if f == "executor_output.json" and d.endswith("evaluate-model")]
     (evaluate_output,) = executor_outputs
     metrics = json.load(open(evaluate_output))["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert metrics["ate"] == pytest.approx(runs[0]["ate"]) and "refuter_placebo_p_value" in metrics
+    assert metrics["ate"] == pytest.approx(by_name["demo"]["ate"]) and "refuter_placebo_p_value" in metrics
 
+    runs.result("ihdp")  # the third run publishes to the same store, under its own name
     code, out, err = tauforge(tmp_path, "models", "list")
     assert code == 0, err
     lines = [line.split() for line in out.splitlines()[1:]]
-    assert [(line[0], line[1]) for line in lines] == [("tauforge-model", "1"), ("tauforge-model", "2")]
+    assert [(line[0], line[1]) for line in lines] == [("ihdp", "1"), ("tauforge-model", "1"),
+                                                      ("tauforge-model", "2")]
+    second = next(name for name, r in by_name.items() if r["version"] == 2)
     code, out, err = tauforge(tmp_path, "models", "show", "--name", "tauforge-model", "--version", "2")
     assert code == 0, err
     card = json.loads(out)
     assert card["version"] == 2 and card["data"]["rows"] == 5000 and len(card["data"]["fingerprint"]) == 64
-    assert card["spec"]["treatment"] == "T" and card["estimator"]["n_trees"] == 60
+    assert card["spec"]["treatment"] == "T" and card["estimator"]["n_trees"] == trees[second]
     assert card["evaluation"]["verdict"]["passed"] and "placebo" in card["evaluation"]["refuters"]
-    assert card["run"]["run_id"] in {r["run_id"] for r in runs}
+    assert card["run"]["run_id"] == by_name[second]["run_id"]
 
     code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "1")
     assert code == 0 and "champion -> version 1" in out
@@ -104,11 +161,9 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     assert code == 0 and "champion -> version 1" in out
 
 
-def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(tmp_path, ihdp):
+def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
     path, table, covariates, controls = ihdp
-    code, out, err = tauforge(tmp_path, "run", "--data", path, "--treatment", "treat", "--outcome", "iq",
-                              "--covariates", *covariates, "--controls", *controls, "--name", "ihdp", *SMALL,
-                              "--seed", "3", "--json")
+    code, out, err = runs.result("ihdp")
     assert code == 0, err
     result = last_json(out)
     assert result["version"] == 1 and result["model"] == "ihdp"
@@ -117,23 +172,17 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
         table["iq"], table["treat"], X=table[covariates], W=table[controls])
     assert result["ate"] == pytest.approx(est.ate_, rel=1e-9)
     assert result["ate_lower"] == pytest.approx(est.ate_interval()[0], rel=1e-9)
-    loaded = ModelStore(str(tmp_path / "store")).load("ihdp")
+    loaded = ModelStore(str(runs.dir / "store")).load("ihdp")
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
     np.testing.assert_allclose(loaded.load_forest().predict(table[covariates].to_numpy()[:50]),
                                est.effect(table[covariates].to_numpy()[:50]), rtol=1e-12)
 
 
-def test_a_failing_gate_publishes_nothing_and_says_why(tmp_path):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(2000, 4))
-    T = rng.binomial(1, 1 / (1 + np.exp(-4 * X[:, 0]))).astype(float)  # propensities near 0 and 1
-    data = pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(t=T, y=X[:, 0] + T + rng.normal(size=2000))
-    data.to_parquet(tmp_path / "poor_overlap.parquet", index=False)
-    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "poor_overlap.parquet"), "--treatment", "t",
-                              "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1")
+def test_a_failing_gate_publishes_nothing_and_says_why(runs):
+    code, out, err = runs.result("poor")
     assert code == 1, err
     assert "gate FAILED, nothing published" in out and "overlap:" in out and "outside [0.05, 0.95]" in out
-    assert ModelStore(str(tmp_path / "store")).models() == []
+    assert ModelStore(str(runs.poor_dir / "store")).models() == []
 
 
 @pytest.mark.parametrize("change, args, message", [
@@ -179,22 +228,24 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
     assert "pip install" not in path.read_text()
 
 
-def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_arrays(tmp_path):
+def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_arrays(runs):
     from econml.grf import CausalForest as EconMLCausalForest
 
     from components.data import demo_table
 
-    code, out, err = tauforge(tmp_path, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2",
-                              "--seed", "2", "--name", "reference", "--json")
+    code, out, err = runs.result("econml")
     assert code == 0, err
     result = last_json(out)
-    loaded = ModelStore(str(tmp_path / "store")).load("reference", result["version"])
+    loaded = ModelStore(str(runs.dir / "store")).load("tauforge-model", result["version"])
     assert loaded.card["estimator"]["estimator"] == "econml"
     assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in loaded.card["files"])
-    # The same residuals (tauforge's cross-fitting) and EconML's forest with the run's seed.
+    # The same residuals (tauforge's cross-fitting, with the run's --model-y and --model-t) and
+    # EconML's forest with the run's seed.
+    assert loaded.card["estimator"]["nuisance"]["model_t"] == "sklearn.linear_model.LogisticRegression"
     table, _ = demo_table(n=5000, seed=2)
     X = table[[f"x{j}" for j in range(10)]].to_numpy()
-    dml = CausalForestDML(cv=2, n_estimators=2, random_state=2).fit(table["Y"], table["T"], X=X)
+    dml = CausalForestDML(cv=2, n_estimators=2, random_state=2, model_y="sklearn.linear_model.LinearRegression",
+                          model_t="sklearn.linear_model.LogisticRegression").fit(table["Y"], table["T"], X=X)
     y_res, t_res = dml.residuals_
     ecf = EconMLCausalForest(n_estimators=40, random_state=2).fit(X, t_res, y_res)
     # Equal up to the float32 leaf storage (kernels/forest_arrays.py).
