@@ -87,48 +87,6 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
 
 
-def test_pipeline_spreads_replicates_over_shards_and_reproduces_the_in_process_bootstrap(tmp_path):
-    """`tauforge run --bootstrap`: replicates in two bootstrap-shard tasks of the real kfp.local
-    runner, merged; the ATE interval is the one CausalForestDML(inference='bootstrap') gives with
-    the same seed, and the merge step's artifact holds every replicate's forest."""
-    import glob
-    import json
-    import subprocess
-    import sys
-
-    import pandas as pd
-
-    from components.estimate import Estimate
-    from components.registry import ModelStore
-
-    d = make_causal_data("simple", n=1000, p=4, seed=3)
-    columns = [f"x{j}" for j in range(4)]
-    pd.DataFrame(d.X, columns=columns).assign(t=d.T, y=d.Y).to_parquet(tmp_path / "data.parquet", index=False)
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tmp_path / "data.parquet"), "--treatment",
-           "t", "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", "--seed", "3",
-           "--bootstrap", "12", "--bootstrap-shards", "2", "--bootstrap-trees", "6", "--bootstrap-interval", "pivot",
-           "--store", str(tmp_path / "store"),
-           "--pipeline-root", str(tmp_path / "runs"), "--json"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "bootstrap shard 2/2: replicates 6..11" in proc.stderr
-
-    est = CausalForestDML(cv=2, n_estimators=20, inference="bootstrap", n_bootstrap=12, bootstrap_trees=6,
-                          bootstrap_interval="pivot", random_state=3).fit(d.Y, d.T, X=d.X)
-    lower, upper = est.ate_interval()
-    assert (result["ate_lower"], result["ate_upper"]) == pytest.approx((lower, upper), rel=1e-9)
-    card = ModelStore(str(tmp_path / "store")).load("tauforge-model").card
-    assert card["effect"]["ate_interval"] == "bootstrap pivot, 12 replicates"
-    assert card["effect"]["bootstrap"]["n_shards"] == 2
-
-    merged = Estimate.load(glob.glob(str(tmp_path / "runs" / "*" / "**" / "merge-bootstrap-shards" / "result"),
-                                     recursive=True)[0], bootstrap=True)
-    np.testing.assert_array_equal(merged.bootstrap.replicates, np.arange(12))
-    np.testing.assert_allclose(merged.bootstrap.forests[7].predict(d.X[:20]),
-                               est.bootstrap_.forests[7].predict(d.X[:20]), rtol=1e-12)
-
-
 def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
     import subprocess
     import sys

@@ -63,6 +63,10 @@ def ihdp(tmp_path_factory):
 LINEAR = ["--model-y", "sklearn.linear_model.LinearRegression", "--model-t", "sklearn.linear_model.LogisticRegression"]
 
 
+# The IHDP run adds the full bootstrap: 12 replicates in two bootstrap-shard tasks.
+BOOTSTRAP = ["--bootstrap", "12", "--bootstrap-shards", "2", "--bootstrap-trees", "6", "--bootstrap-interval", "pivot"]
+
+
 def poor_overlap_table(path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 4))
@@ -95,8 +99,8 @@ class Runs:
 def runs(tmp_path_factory, ihdp):
     """Three runs into one store, at the same time: two of the demo data into one model (tauforge's
     estimator with the default nuisance learners, EconML's forest with linear ones), which must
-    get versions 1 and 2, and the IHDP Parquet under its own name; beside them, in a store of its
-    own, a run whose gate fails."""
+    get versions 1 and 2, and the IHDP Parquet under its own name with the full bootstrap in two
+    shards; beside them, in a store of its own, a run whose gate fails."""
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
     path, table, covariates, controls = ihdp
     runs = Runs({
@@ -104,7 +108,7 @@ def runs(tmp_path_factory, ihdp):
         "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
                         "2", *LINEAR, "--json"),
         "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
-                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", "--json"),
+                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP, "--json"),
         "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
                       "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
     })
@@ -162,20 +166,37 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
 
 
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
+    """The IHDP run, with its bootstrap replicates spread over two tasks, reproduces
+    CausalForestDML(inference='bootstrap') with the same seed exactly."""
+    from components.estimate import Estimate
+
     path, table, covariates, controls = ihdp
     code, out, err = runs.result("ihdp")
     assert code == 0, err
     result = last_json(out)
     assert result["version"] == 1 and result["model"] == "ihdp"
-    # The pipeline's folds and shards reproduce CausalForestDML with the same seed exactly.
-    est = CausalForestDML(cv=2, n_estimators=60, random_state=3).fit(
+    assert "bootstrap shard 2/2: replicates 6..11" in err
+    # The pipeline's folds, shards and bootstrap shards reproduce CausalForestDML with the same seed exactly.
+    est = CausalForestDML(cv=2, n_estimators=60, inference="bootstrap", n_bootstrap=12, bootstrap_trees=6,
+                          bootstrap_interval="pivot", random_state=3).fit(
         table["iq"], table["treat"], X=table[covariates], W=table[controls])
     assert result["ate"] == pytest.approx(est.ate_, rel=1e-9)
-    assert result["ate_lower"] == pytest.approx(est.ate_interval()[0], rel=1e-9)
+    assert (result["ate_lower"], result["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-9)
     loaded = ModelStore(str(runs.dir / "store")).load("ihdp")
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
-    np.testing.assert_allclose(loaded.load_forest().predict(table[covariates].to_numpy()[:50]),
-                               est.effect(table[covariates].to_numpy()[:50]), rtol=1e-12)
+    effect = loaded.card["effect"]
+    assert effect["ate_interval"] == "bootstrap pivot, 12 replicates" and effect["bootstrap"]["n_shards"] == 2
+    half = 1.959963984540054 * est.ate_stderr_
+    assert effect["bootstrap"]["normal_interval"] == pytest.approx([est.ate_ - half, est.ate_ + half], rel=1e-9)
+    X50 = table[covariates].to_numpy()[:50]
+    np.testing.assert_allclose(loaded.load_forest().predict(X50), est.effect(X50), rtol=1e-12)
+    # Every replicate's forest stays in the run's outputs, as the in-process bootstrap grew it.
+    (merged,) = [d for d, _, _ in os.walk(result["outputs"]) if d.endswith(os.path.join("merge-bootstrap-shards",
+                                                                                          "result"))]
+    replicates = Estimate.load(merged, bootstrap=True).bootstrap
+    np.testing.assert_array_equal(replicates.replicates, np.arange(12))
+    np.testing.assert_allclose(replicates.forests[7].predict(X50), est.bootstrap_.forests[7].predict(X50),
+                               rtol=1e-12)
 
 
 def test_a_failing_gate_publishes_nothing_and_says_why(runs):
