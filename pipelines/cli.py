@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"tauforge run: {source}")
         print(f"  ATE {effect['ate']:.4f}  95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
-              f"({effect['method']}; {effect['ate_interval']} interval)")
+              f"({effect['method']}; interval: {effect['ate_interval']})")
         if true_ate is not None:
             covers = "covers" if effect["ate_lower"] <= true_ate <= effect["ate_upper"] else "MISSES"
             print(f"  true ATE of the simulated demo data {true_ate:.4f}: the interval {covers} it")
