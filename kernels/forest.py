@@ -361,12 +361,14 @@ class CausalForest(BaseEstimator):
 
 
 def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, Any, Any]],
-                binner_seed: int | None = None, progress: bool | None = None) -> list[CausalForest]:
+                binner: QuantileBinner, binned: BinnedCovariates | None = None,
+                progress: bool | None = None) -> list[CausalForest]:
     """Fit `forests[i]` on (X, *targets[i]), a target being (T, y, sample_weight), growing the
     trees of all of them in the same backend calls: how bootstrap replicates are batched on a
-    device. The forests differ only in `random_state`; they share one binning of X (seeded with
-    `binner_seed`). Each equals `forests[i].fit(X, T, y, sample_weight)` whenever that fit bins
-    X the same way (always below QuantileBinner's 200,000-row subsample).
+    device. The forests differ only in `random_state`; they share `binner` (fitted on X) and its
+    codes of X, `binned` (computed when not given: pass them to bin X once for many calls). Each
+    equals `forests[i].fit(X, T, y, sample_weight)` whenever that fit bins X the same way (always
+    below QuantileBinner's 200,000-row subsample, for the same max_bins).
 
     The rows are stacked, one copy of X's codes and moments per forest (trees index their own
     copy), so a batch costs (3 p + 40) bytes a row per forest: keep batches within memory
@@ -397,10 +399,10 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
                         for t in sampler.trees(0, sampler.n_groups)])
     device = _inputs.resolve_device(first.device)
     backend = get_backend(first.backend, device)
-    binner = QuantileBinner(first.max_bins, random_state=binner_seed).fit(X)
-    binned = binner.bin(X)
-    stacked = BinnedCovariates(np.tile(binned.fine, (len(forests), 1)), np.tile(binned.coarse, (len(forests), 1)),
-                               binned.n_bins, binned.coarse_thr, binned.max_bins)
+    binned = binner.bin(X) if binned is None else binned
+    stacked = binned if len(forests) == 1 else BinnedCovariates(
+        np.tile(binned.fine, (len(forests), 1)), np.tile(binned.coarse, (len(forests), 1)), binned.n_bins,
+        binned.coarse_thr, binned.max_bins)
     moments = [_moments(T, y, w) for _, T, y, w in checked]
     with progress_bar(sum(map(len, samples)), "growing trees", progress) as bar:
         trees = _grow(backend, stacked, moments, samples, first._rule(X.shape[1]), bar)
