@@ -163,8 +163,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     summary = estimate.summary
     result = {
         "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower",
-                                                "ate_upper", "alpha")},
-                   "ate_interval": summary.get("ate_interval", "normal, from the standard error"),
+                                                "ate_upper", "ate_interval", "alpha")},
                    "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
                    "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
                    "cate_histogram": _histogram(cate)},

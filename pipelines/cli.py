@@ -391,8 +391,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
     boot = p.add_argument_group("full bootstrap (off by default; intervals come from the little bags)")
     boot.add_argument("--bootstrap", type=int, default=0, metavar="B",
-                      help="replicate forests on resampled rows; the ATE interval becomes the bootstrap's (default: 0, off)")
-    boot.add_argument("--bootstrap-shards", type=int, default=1, help="tasks the replicates are spread over (default: 1)")
+                      help="replicate forests on resampled rows; the ATE interval becomes the bootstrap's "
+                           "(default: 0, off)")
+    boot.add_argument("--bootstrap-shards", type=int, default=1,
+                      help="tasks the replicates are spread over (default: 1)")
     boot.add_argument("--bootstrap-trees", type=int, default=100, help="trees per replicate forest (default: 100)")
     boot.add_argument("--bootstrap-interval", choices=("percentile", "pivot"), default="percentile",
                       help="bootstrap interval (default: percentile)")

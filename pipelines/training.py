@@ -1,7 +1,7 @@
 """The training pipeline: validate -> nuisance folds -> forest shards -> merge -> (bootstrap
-shards -> merge) -> evaluate -> publish if the gate passed. One definition, run three ways: `run_local` (kfp.local's
-SubprocessRunner, no cluster), `compile_pipeline` (IR YAML for the Kubeflow UI), `submit`
-(kfp.Client against a Kubeflow Pipelines host).
+shards -> merge) -> evaluate -> publish if the gate passed. One definition, run three ways:
+`run_local` (kfp.local's SubprocessRunner, no cluster), `compile_pipeline` (IR YAML for the
+Kubeflow UI), `submit` (kfp.Client against a Kubeflow Pipelines host).
 
 The number of folds and shards (forest and bootstrap) shapes the graph (one task each, in
 `dsl.ParallelFor` groups), so they are arguments of `build_training_pipeline`; everything else

@@ -10,8 +10,8 @@ timing: tauforge's bootstrap (replicate forests of 100 trees on resampled residu
 and EconML's CausalForestDML with BootstrapInference (which refits everything per replicate) at
 --econml-n rows, same number of replicates; prints seconds per replicate.
 batching: the same replicates (100-tree forests at n rows) grown one forest per call and batched
-as on a torch device (within 1 GiB), on this machine's default backend, in one process; prints both times, their ratio, and checks
-that the forests agree.
+as on a torch device (within 1 GiB), on --backend, in one process; prints both times, their
+ratio, and whether the forests agree.
 """
 
 import argparse
@@ -68,8 +68,8 @@ def batching(n: int, replicates: int, backend: str) -> None:
     d = make_causal_data("simple", n=n, p=10, seed=0)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
     params = {"n_estimators": 100, "max_samples": 0.5, "backend": backend}
-    fit_replicates(d.X[:2000], 2, 0, {"n_estimators": 4, "backend": backend}, lambda c: (y[:2000], t[:2000], None),
-                   lambda *_: 0.0)  # compile the kernels outside the timing
+    fit_replicates(d.X[:2000], 2, 0, {"n_estimators": 4, "backend": backend},  # compile the kernels untimed
+                   lambda c: (y[:2000], t[:2000], None), lambda *_: 0.0)
     timed = {}
     for label, batch in (("one forest per call", 1), ("batched", forests_per_batch(n, 10, replicates, "torch"))):
         start = time.perf_counter()
@@ -80,7 +80,8 @@ def batching(n: int, replicates: int, backend: str) -> None:
         print(f"| {label} ({backend}) | n = {n:,} | {replicates} replicates, {batch} a batch | {seconds:.1f} s | "
               f"{seconds / replicates:.2f} s per replicate |", flush=True)
     one, batched = timed["one forest per call"], timed["batched"]
-    same = all(np.array_equal(a.predict(d.X[:1000]), b.predict(d.X[:1000])) for a, b in zip(one.forests, batched.forests))
+    same = all(np.array_equal(a.predict(d.X[:1000]), b.predict(d.X[:1000]))
+               for a, b in zip(one.forests, batched.forests))
     print(f"batched / one at a time: {timed['batched s'] / timed['one forest per call s']:.2f}x; "
           f"identical forests: {same}")
 
