@@ -14,7 +14,7 @@ ENV PATH=/opt/tauforge/bin:$PATH
 ARG TORCH_SPEC=torch==2.13.0
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "${TORCH_SPEC}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md __init__.py ./
 COPY kernels ./kernels
 COPY components ./components
 COPY pipelines ./pipelines

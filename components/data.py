@@ -240,7 +240,7 @@ def _preview(columns: Any, k: int = 12) -> str:
 
 def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple") -> tuple[pd.DataFrame, float]:
     """A simulated table with a known effect (columns x0..x{p-1}, T, Y) and its true ATE."""
-    from kernels.datasets import make_causal_data
+    from tauforge.kernels.datasets import make_causal_data
 
     data = make_causal_data(design, n=n, p=p, seed=seed)
     table = pd.DataFrame(data.X, columns=[f"x{j}" for j in range(p)])
@@ -253,7 +253,7 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 @component
 def validate_data(source: str, spec: str, dataset: Output[Dataset]):
     """Read and validate the source table; write its spec's columns and the resolved spec."""
-    from components.data import DataSpec, fingerprint, read_table, save_validated, validate
+    from tauforge.components.data import DataSpec, fingerprint, read_table, save_validated, validate
 
     data = validate(read_table(source), DataSpec.from_json(spec))
     save_validated(data, dataset.path)

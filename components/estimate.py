@@ -21,9 +21,9 @@ from scipy.stats import norm
 
 import numpy as np
 
-from kernels import CausalForest
-from kernels.bootstrap import INTERVALS, BootstrapReplicates
-from kernels.dml import doubly_robust_ate, oob_effect, partially_linear_ate
+from tauforge.kernels import CausalForest
+from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates
+from tauforge.kernels.dml import doubly_robust_ate, oob_effect, partially_linear_ate
 
 from ._kfp import Dataset, Input, List, Metrics, Model, Output, component
 from .data import ValidatedData
@@ -84,7 +84,7 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
                          "over trees itself")
     from econml.grf import CausalForest as EconMLCausalForest
 
-    from kernels.econml_import import import_econml_forest
+    from tauforge.kernels.econml_import import import_econml_forest
 
     forest_params(params, seed)  # the same parameter names are accepted
     ecf = EconMLCausalForest(n_estimators=int(params.get("n_estimators", 500)),
@@ -208,8 +208,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     `kernels.CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run
     with `config.trees` trees on half-samples, each replicate's ATE doubly robust on the merged
     forest's out-of-bag CATE (or partially linear)."""
-    from kernels.bootstrap import dml_replicates
-    from kernels.sampling import shard_range
+    from tauforge.kernels.bootstrap import dml_replicates
+    from tauforge.kernels.sampling import shard_range
 
     if config.n_bootstrap < 2:
         raise ValueError("a bootstrap shard needs a bootstrap of at least 2 replicates (n_bootstrap)")
@@ -249,9 +249,9 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
     import json
     import time
 
-    from components.data import load_validated
-    from components.estimate import grow_forest_shard
-    from components.nuisance import Residuals
+    from tauforge.components.data import load_validated
+    from tauforge.components.estimate import grow_forest_shard
+    from tauforge.components.nuisance import Residuals
 
     start = time.perf_counter()
     grown = grow_forest_shard(load_validated(dataset.path), Residuals.load(residuals.path),
@@ -265,9 +265,9 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
 def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shards: Input[List[Model]],
                         alpha: float, estimate: Output[Model], metrics: Output[Metrics]):
     """Join the shards into one forest; estimate the ATE; log it as KFP metrics."""
-    from components.data import load_validated
-    from components.estimate import ForestShard, merge_forest
-    from components.nuisance import Residuals
+    from tauforge.components.data import load_validated
+    from tauforge.components.estimate import ForestShard, merge_forest
+    from tauforge.components.nuisance import Residuals
 
     result = merge_forest([ForestShard.load(s.path) for s in shards], load_validated(dataset.path),
                           Residuals.load(residuals.path), float(alpha))
@@ -288,9 +288,9 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
     import json
     import time
 
-    from components.data import load_validated
-    from components.estimate import BootstrapConfig, Estimate, grow_bootstrap_shard
-    from components.nuisance import Residuals
+    from tauforge.components.data import load_validated
+    from tauforge.components.estimate import BootstrapConfig, Estimate, grow_bootstrap_shard
+    from tauforge.components.nuisance import Residuals
 
     start = time.perf_counter()
     grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
@@ -306,8 +306,8 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
 def merge_bootstrap_shards(estimate: Input[Model], shards: Input[List[Model]], bootstrap: str,
                            result: Output[Model], metrics: Output[Metrics]):
     """Join the bootstrap shards; the ATE interval becomes the bootstrap's; log it as KFP metrics."""
-    from components.estimate import BootstrapConfig, Estimate, merge_bootstrap
-    from kernels.bootstrap import BootstrapReplicates
+    from tauforge.components.estimate import BootstrapConfig, Estimate, merge_bootstrap
+    from tauforge.kernels.bootstrap import BootstrapReplicates
 
     merged = merge_bootstrap(Estimate.load(estimate.path), [BootstrapReplicates.load(s.path) for s in shards],
                              BootstrapConfig.from_json(bootstrap))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.dml import doubly_robust_scores
+from tauforge.kernels.dml import doubly_robust_scores
 
 from . import heterogeneity, refuters
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Model, Output, component
@@ -253,11 +253,11 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
     """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed."""
     import json
 
-    from components.data import load_validated
-    from components.estimate import Estimate
-    from components.evaluate import GateConfig, evaluate, metric_values
-    from components.nuisance import Residuals
-    from components.report import render_report
+    from tauforge.components.data import load_validated
+    from tauforge.components.estimate import Estimate
+    from tauforge.components.evaluate import GateConfig, evaluate, metric_values
+    from tauforge.components.nuisance import Residuals
+    from tauforge.components.report import render_report
 
     result = evaluate(load_validated(dataset.path), Residuals.load(residuals.path),
                       Estimate.load(estimate.path), GateConfig.from_dict(json.loads(gate)), int(seed),

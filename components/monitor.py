@@ -363,9 +363,9 @@ def monitor_model(store: str, model_name: str, version: str, log_dir: str, outco
     """Monitor the served model's event log; return whether drift calls for retraining."""
     import pandas as pd
 
-    from components.monitor import MonitorConfig, load_reference, monitor, monitored_version, render_report
-    from components.registry import ModelStore
-    from serving.event_log import read_events
+    from tauforge.components.monitor import MonitorConfig, load_reference, monitor, monitored_version, render_report
+    from tauforge.components.registry import ModelStore
+    from tauforge.serving.event_log import read_events
 
     registry = ModelStore(store)
     events = read_events(log_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance
+from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance
 
 from ._kfp import Dataset, Input, List, Metrics, Output, component
 from .data import ValidatedData
@@ -130,8 +130,8 @@ def nuisance_fold(dataset: Input[Dataset], fold: int, n_folds: int, seed: int, m
     """Fit the nuisance models without fold `fold`; write its out-of-fold predictions and scores."""
     import time
 
-    from components.data import load_validated
-    from components.nuisance import fit_nuisance_fold
+    from tauforge.components.data import load_validated
+    from tauforge.components.nuisance import fit_nuisance_fold
 
     start = time.perf_counter()
     result = fit_nuisance_fold(load_validated(dataset.path), int(fold), int(n_folds), int(seed),
@@ -147,8 +147,8 @@ def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], resid
     """Join the folds' predictions into residuals for every row; log the mean out-of-fold scores."""
     import numpy as np
 
-    from components.data import load_validated
-    from components.nuisance import FoldPredictions, combine_folds
+    from tauforge.components.data import load_validated
+    from tauforge.components.nuisance import FoldPredictions, combine_folds
 
     result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds])
     result.save(residuals.path)

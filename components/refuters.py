@@ -15,8 +15,8 @@ import numpy as np
 from scipy import stats
 from scipy.stats import norm
 
-from kernels.dml import doubly_robust_ate, partially_linear_ate
-from kernels.nuisance import cross_fitting_folds, fit_nuisance
+from tauforge.kernels.dml import doubly_robust_ate, partially_linear_ate
+from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
 
 from .data import ValidatedData
 

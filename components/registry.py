@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import fsspec
 
-from kernels.serialization import sha256_file
+from tauforge.kernels.serialization import sha256_file
 
 from ._kfp import HTML, Artifact, Dataset, Input, Model, component
 
@@ -78,7 +78,7 @@ class ModelVersion:
 
     def load_forest(self, device: str | None = None):
         """The version's `kernels.CausalForest`, its checksums verified again."""
-        from kernels import CausalForest
+        from tauforge.kernels import CausalForest
 
         return CausalForest.load(os.path.join(self.path, "forest"), device=device)
 
@@ -378,10 +378,10 @@ def publish_model(dataset: Input[Dataset], estimate: Input[Model], evaluation: I
     import shutil
     import tempfile
 
-    from components.data import fingerprint, load_validated, schema
-    from components.estimate import FOREST_DIR, Estimate
-    from components.monitor import REFERENCE_FILE, reference_profile
-    from components.registry import ModelStore, build_card
+    from tauforge.components.data import fingerprint, load_validated, schema
+    from tauforge.components.estimate import FOREST_DIR, Estimate
+    from tauforge.components.monitor import REFERENCE_FILE, reference_profile
+    from tauforge.components.registry import ModelStore, build_card
 
     data = load_validated(dataset.path)
     est = Estimate.load(estimate.path)

@@ -1,6 +1,6 @@
 """tauforge's estimation engine: a histogram causal forest on torch (numba on CPU).
 
-    from kernels import CausalForestDML
+    from tauforge.kernels import CausalForestDML
     est = CausalForestDML(random_state=0).fit(Y, T, X=X, W=W)
     est.effect(X_test), est.effect_interval(X_test), est.ate_, est.ate_interval()
 """
@@ -19,4 +19,4 @@ def __getattr__(name: str):
         from .dml import CausalForestDML
 
         return CausalForestDML
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    raise AttributeError(f"module 'tauforge.kernels' has no attribute {name!r}")

@@ -22,8 +22,8 @@ import numpy as np
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kernels import CausalForestDML
-    from kernels.datasets import make_causal_data
+    from tauforge.kernels import CausalForestDML
+    from tauforge.kernels.datasets import make_causal_data
 
     train = make_causal_data(args.design, n=args.n, p=args.p, seed=args.seed)
     test = make_causal_data(args.design, n=args.n_test, p=args.p, seed=args.seed + 1)
@@ -65,7 +65,7 @@ DEFAULT_STORE_ENV = "TAUFORGE_STORE"
 
 
 def _store_uri(args: argparse.Namespace) -> str:
-    from components.registry import DEFAULT_STORE
+    from tauforge.components.registry import DEFAULT_STORE
 
     uri = args.store or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
     return uri if "://" in uri else os.path.abspath(uri)  # pipeline tasks may run elsewhere
@@ -78,7 +78,7 @@ def _parse_gate(items: list[str]) -> dict:
         if not sep:
             raise ValueError(f"--gate takes KEY=VALUE, got {item!r}")
         gate[key.strip()] = value.strip()
-    from components.evaluate import GateConfig
+    from tauforge.components.evaluate import GateConfig
 
     GateConfig.from_dict(gate)  # fail now, not in the middle of the pipeline
     return gate
@@ -87,8 +87,8 @@ def _parse_gate(items: list[str]) -> dict:
 def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | None]:
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags, the data
     checked against the spec."""
-    from components.data import DataSpec, demo_table, read_table, validate
-    from pipelines.training import TrainingConfig
+    from tauforge.components.data import DataSpec, demo_table, read_table, validate
+    from tauforge.pipelines.training import TrainingConfig
 
     if args.demo:
         if args.data:
@@ -127,10 +127,10 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
                              f"got {args.trees}")
         shards = 1  # EconML grows all its trees in one task, parallel over the task's cores
     if args.command == "run":
-        from kernels._inputs import resolve_device
+        from tauforge.kernels._inputs import resolve_device
 
         resolve_device(args.device)  # 'cuda' without a GPU fails here, not in a task
-    from components.estimate import BootstrapConfig
+    from tauforge.components.estimate import BootstrapConfig
 
     if args.bootstrap == 1 or args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be 0 (off) or at least 2 replicates, got {args.bootstrap}")
@@ -156,8 +156,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.registry import ModelStore
-    from pipelines.training import run_local
+    from tauforge.components.registry import ModelStore
+    from tauforge.pipelines.training import run_local
 
     source, config, true_ate = _training_setup(args)
     stderr = sys.stderr  # the run redirects sys.stderr to its log; progress goes to the terminal
@@ -200,8 +200,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from components._kfp import IMAGE
-    from pipelines.training import compile_pipeline
+    from tauforge.components._kfp import IMAGE
+    from tauforge.pipelines.training import compile_pipeline
 
     path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type,
                             args.pipeline, image=args.image, bootstrap_shards=args.bootstrap_shards)
@@ -213,7 +213,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.training import submit
+    from tauforge.pipelines.training import submit
 
     if not (args.store or os.environ.get(DEFAULT_STORE_ENV)):
         raise ValueError("submit needs --store URI (or $TAUFORGE_STORE) that the cluster's pods can write: "
@@ -225,7 +225,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from components.registry import ModelStore
+    from tauforge.components.registry import ModelStore
 
     store = ModelStore(_store_uri(args))
     if args.action == "list":
@@ -272,7 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
     # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from serving.server import build_model, serve
+    from tauforge.serving.server import build_model, serve
 
     store = None if args.model_dir else _store_uri(args)
     model = build_model(store=store, model=args.model, version=args.version, challenger=args.challenger,
@@ -289,7 +289,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from components.deploy import DeploySpec, apply, render, write
+    from tauforge.components.deploy import DeploySpec, apply, render, write
 
     store = args.store or os.environ.get(DEFAULT_STORE_ENV) or ""
     spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
@@ -310,10 +310,10 @@ def _deploy(args: argparse.Namespace) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from components.monitor import (MonitorConfig, load_reference, monitor, monitored_version, render_report,
+    from tauforge.components.monitor import (MonitorConfig, load_reference, monitor, monitored_version, render_report,
                                     write_gauges)
-    from components.registry import ModelStore
-    from serving.event_log import read_events
+    from tauforge.components.registry import ModelStore
+    from tauforge.serving.event_log import read_events
 
     store = ModelStore(_store_uri(args))
     if not os.path.isdir(args.log_dir):
@@ -411,7 +411,7 @@ IMAGE_HELP = "image every task runs on (default: the project image, $TAUFORGE_IM
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kernels.datasets import DESIGNS
+    from tauforge.kernels.datasets import DESIGNS
 
     parser = argparse.ArgumentParser(prog="tauforge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

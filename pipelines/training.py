@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 from kfp import dsl
 
-from components.data import validate_data
-from components.estimate import (BootstrapConfig, bootstrap_shard, forest_shard, merge_bootstrap_shards,
+from tauforge.components.data import validate_data
+from tauforge.components.estimate import (BootstrapConfig, bootstrap_shard, forest_shard, merge_bootstrap_shards,
                                  merge_forest_shards)
-from components.evaluate import evaluate_model
-from components.nuisance import combine_nuisance, nuisance_fold
-from components.registry import DEFAULT_STORE, publish_model
+from tauforge.components.evaluate import evaluate_model
+from tauforge.components.nuisance import combine_nuisance, nuisance_fold
+from tauforge.components.registry import DEFAULT_STORE, publish_model
 
 PIPELINE_NAME = "tauforge-training"
 
@@ -160,7 +160,7 @@ MONITORING_PIPELINE_NAME = "tauforge-monitoring"
 def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
                               accelerator_type: str = "nvidia.com/gpu"):
     """monitor -> If(retrain needed): the training pipeline on fresh data (`source`)."""
-    from components.monitor import monitor_model
+    from tauforge.components.monitor import monitor_model
 
     training = build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type)
 

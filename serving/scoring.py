@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.registry import ModelStore, ModelVersion, StoreError, verify_files
+from tauforge.components.registry import ModelStore, ModelVersion, StoreError, verify_files
 
 UNIT_ID_FIELD = "unit_id"
 
@@ -182,7 +182,7 @@ class VersionScorer:
         """A version folder as KServe's storage initializer leaves it (e.g. /mnt/models)."""
         import json
 
-        from components.registry import CARD_FILE
+        from tauforge.components.registry import CARD_FILE
 
         card_path = os.path.join(path, CARD_FILE)
         if not os.path.exists(card_path):

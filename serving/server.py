@@ -7,7 +7,7 @@ predictor container of an InferenceService.
 import logging
 import sys
 
-from components.registry import ModelStore
+from tauforge.components.registry import ModelStore
 
 from .event_log import EventLog
 from .routing import EpsilonGreedy, make_routing

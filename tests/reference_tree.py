@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.backends.numba_cpu import child_keys, draw_features
-from kernels.forest_arrays import TreeArrays
-from kernels.splitting import SMALL_NODE_ROWS
+from tauforge.kernels.backends.numba_cpu import child_keys, draw_features
+from tauforge.kernels.forest_arrays import TreeArrays
+from tauforge.kernels.splitting import SMALL_NODE_ROWS
 
 
 def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penalty):

@@ -5,7 +5,7 @@ import sys
 import threading
 import time
 
-from serving.server import build_model, serve
+from tauforge.serving.server import build_model, serve
 
 store, name, port, log_dir, fault = sys.argv[1:6]
 model = build_model(store=store, model=name, version=1, challenger=2, mode="shadow", log_dir=log_dir,

@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 import pytest
-from kernels import CausalForestDML
-from kernels.datasets import make_causal_data
-from kernels.nuisance import default_nuisance_model
+from tauforge.kernels import CausalForestDML
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.nuisance import default_nuisance_model
 
 N_TREES = 500
 
@@ -71,7 +71,7 @@ def test_continuous_treatment_ate_is_partially_linear_dml():
 
 def test_interval_coverage_on_oracle_residuals():
     """With the true nuisances, 95% CATE intervals must cover the truth at >= 85% of points."""
-    from kernels import CausalForest
+    from tauforge.kernels import CausalForest
 
     d = make_causal_data("aw2", n=8000, p=10, seed=23)
     test = make_causal_data("aw2", n=1000, p=10, seed=24)

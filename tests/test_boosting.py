@@ -8,9 +8,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier as SklearnClassifier
 from sklearn.ensemble import HistGradientBoostingRegressor as SklearnRegressor
 from sklearn.metrics import log_loss, r2_score
 
-from kernels import CausalForestDML
-from kernels.boosting import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from kernels.datasets import make_causal_data
+from tauforge.kernels import CausalForestDML
+from tauforge.kernels.boosting import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from tauforge.kernels.datasets import make_causal_data
 
 PARAMS = dict(learning_rate=0.1, max_iter=200, early_stopping=True, random_state=0)
 

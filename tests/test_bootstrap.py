@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kernels import CausalForestDML
-from kernels.bootstrap import interval, resample_counts
-from kernels.datasets import make_causal_data
+from tauforge.kernels import CausalForestDML
+from tauforge.kernels.bootstrap import interval, resample_counts
+from tauforge.kernels.datasets import make_causal_data
 
 
 def test_resamples_are_seeded_multinomial_counts():
@@ -51,8 +51,8 @@ def test_bootstrap_cate_intervals_and_refit_nuisance():
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_its_own_fit(backend):
-    from kernels import CausalForest
-    from kernels.bootstrap import fit_replicates, replicate_seed
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.bootstrap import fit_replicates, replicate_seed
 
     d = make_causal_data("simple", n=800, p=4, seed=2)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
@@ -69,7 +69,7 @@ def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_i
 
 
 def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_save_and_load(tmp_path):
-    from kernels.bootstrap import BootstrapReplicates, fit_replicates
+    from tauforge.kernels.bootstrap import BootstrapReplicates, fit_replicates
 
     d = make_causal_data("simple", n=600, p=3, seed=4)
     fit = lambda replicates: fit_replicates(  # noqa: E731
@@ -91,7 +91,7 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
     import subprocess
     import sys
 
-    from components.estimate import BootstrapConfig
+    from tauforge.components.estimate import BootstrapConfig
 
     with pytest.raises(ValueError, match="unknown bootstrap setting.*n_boot; known: n_bootstrap"):
         BootstrapConfig.from_json('{"n_boot": 3}')
@@ -100,7 +100,7 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
     for args, message in ((["--bootstrap", "1"], "--bootstrap must be 0 (off) or at least 2 replicates, got 1"),
                           (["--bootstrap", "4", "--bootstrap-shards", "5"],
                            "--bootstrap-shards must be between 1 and 4 (--bootstrap), got 5")):
-        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--demo", "--store", str(tmp_path / "s"),
+        proc = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--store", str(tmp_path / "s"),
                                "--pipeline-root", str(tmp_path / "runs"), *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -112,7 +112,7 @@ def test_compiled_pipeline_runs_bootstrap_shards_in_a_parallel_for_on_accelerato
 
     import yaml
 
-    from pipelines.training import compile_pipeline
+    from tauforge.pipelines.training import compile_pipeline
 
     path = compile_pipeline(str(tmp_path / "training.yaml"), n_folds=2, n_shards=2, gpus_per_shard=1,
                             bootstrap_shards=3)

@@ -5,15 +5,15 @@ import pandas as pd
 import pytest
 from econml.validate.sensitivity_analysis import RV, dml_sensitivity_values, sensitivity_interval
 
-from components.data import DataSpec, validate
-from components.evaluate import crump_threshold
-from components.heterogeneity import autoc, calibration_test, gates
-from components.refuters import placebo
-from components.sensitivity import SensitivityParams, bounds, robustness_value
-from kernels import CausalForestDML
-from kernels.datasets import make_causal_data
-from kernels.dml import doubly_robust_scores, oob_effect
-from kernels.nuisance import cross_fitting_folds, fit_nuisance
+from tauforge.components.data import DataSpec, validate
+from tauforge.components.evaluate import crump_threshold
+from tauforge.components.heterogeneity import autoc, calibration_test, gates
+from tauforge.components.refuters import placebo
+from tauforge.components.sensitivity import SensitivityParams, bounds, robustness_value
+from tauforge.kernels import CausalForestDML
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.dml import doubly_robust_scores, oob_effect
+from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
 
 
 def test_sensitivity_bounds_and_robustness_value_equal_econml_on_the_same_residuals():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-TAUFORGE = [sys.executable, "-m", "pipelines.cli"]
+TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from components import _kfp
+from tauforge.components import _kfp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
@@ -114,7 +114,7 @@ def test_make_images_builds_both_images_or_says_it_needs_docker():
 @pytest.mark.parametrize("pipeline", ["training", "monitoring"])
 @pytest.mark.parametrize("image", [None, "registry.example.com/ml/tauforge:abc123"])
 def test_compiled_pipeline_names_only_the_project_image_and_installs_nothing(tmp_path, capsys, pipeline, image):
-    from pipelines.cli import main
+    from tauforge.pipelines.cli import main
 
     path = tmp_path / "pipeline.yaml"
     assert main(["compile", "--pipeline", pipeline, "--out", str(path), "--folds", "2", "--shards", "2",
@@ -150,7 +150,7 @@ def walkthrough_commands(program):
 
 
 def test_every_tauforge_command_of_the_walkthrough_parses_with_its_flags(capsys):
-    from pipelines.cli import build_parser
+    from tauforge.pipelines.cli import build_parser
 
     commands = walkthrough_commands("tauforge")
     shown = {(argv[1], argv[2] if argv[1] == "models" else argv[argv.index("--mode") + 1] if "--mode" in argv

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import DataSpec, DataValidationError, fingerprint, read_table, validate
+from tauforge.components.data import DataSpec, DataValidationError, fingerprint, read_table, validate
 
 
 def table(n=200, seed=0):

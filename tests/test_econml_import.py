@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from econml.grf import CausalForest as EconMLCausalForest
 
-from kernels import CausalForest
-from kernels.datasets import make_causal_data
-from kernels.econml_import import import_econml_forest
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.econml_import import import_econml_forest
 
 
 @pytest.fixture(scope="module")

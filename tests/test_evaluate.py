@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data import DataSpec, validate
-from components.estimate import grow_forest_shard, merge_forest
-from components.evaluate import GateConfig, evaluate, metric_values
-from components.nuisance import combine_folds, fit_nuisance_fold
-from components.report import render_report
-from kernels.datasets import make_causal_data
+from tauforge.components.data import DataSpec, validate
+from tauforge.components.estimate import grow_forest_shard, merge_forest
+from tauforge.components.evaluate import GateConfig, evaluate, metric_values
+from tauforge.components.nuisance import combine_folds, fit_nuisance_fold
+from tauforge.components.report import render_report
+from tauforge.kernels.datasets import make_causal_data
 
 
 def pipeline_in_process(design, n=2000, seed=0, leak=False):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kernels import CausalForest, CausalForestDML
-from kernels.datasets import make_causal_data
+from tauforge.kernels import CausalForest, CausalForestDML
+from tauforge.kernels.datasets import make_causal_data
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(fitted, data,
     """Format 1 saved float64 leaves, int16 features and the child pointers; format 2 saves
     neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py). A version 1 folder, rewritten here from a fitted forest, loads
     and predicts what its leaves say."""
-    from kernels.serialization import load_model, save_model
+    from tauforge.kernels.serialization import load_model, save_model
 
     fitted.save(tmp_path / "cf")
     _, meta = load_model(tmp_path / "cf", "tauforge.causal_forest")

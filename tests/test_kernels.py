@@ -6,14 +6,14 @@ import torch
 from conftest import cuda
 from reference_tree import grow_reference_tree
 
-from kernels.backends import NumbaBackend, TorchBackend
-from kernels.backends.torch_level import TorchLevelGrower
-from kernels.binning import QuantileBinner
-from kernels.datasets import make_causal_data
-from kernels.forest_arrays import ForestArrays
-from kernels.prediction import forest_estimate
-from kernels.sampling import LittleBagSampler
-from kernels.splitting import SplitRule, quantize_weights
+from tauforge.kernels.backends import NumbaBackend, TorchBackend
+from tauforge.kernels.backends.torch_level import TorchLevelGrower
+from tauforge.kernels.binning import QuantileBinner
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.forest_arrays import ForestArrays
+from tauforge.kernels.prediction import forest_estimate
+from tauforge.kernels.sampling import LittleBagSampler
+from tauforge.kernels.splitting import SplitRule, quantize_weights
 
 
 def _problem(n, p=4, seed=0, weights=False, max_bins=256):
@@ -95,7 +95,7 @@ def test_forest_arrays_merge_and_tree_roundtrip():
 def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
     """The CPU kernel (rows in parallel, no gather) against forest_estimate in float64, on the
     same leaves: tau and the debiased little-bag variance."""
-    from kernels import CausalForest
+    from tauforge.kernels import CausalForest
 
     d = make_causal_data("simple", n=3000, p=4, seed=3)
     forest = CausalForest(n_estimators=24, ci_group_size=group_size, random_state=0,

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from components.deploy import DeploySpec, apply, render
+from tauforge.components.deploy import DeploySpec, apply, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMAS = os.path.join(ROOT, "..", "shared", "schemas")
@@ -325,7 +325,7 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
 
 
 def test_deploy_command_writes_the_yaml(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "deploy", "--model", "uplift", "--version", "3",
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "uplift", "--version", "3",
                           "--mode", "canary", "--percent", "20", "--namespace", "causal", "--store", "s3://b/m",
                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -340,8 +340,8 @@ def exported_metric_names(tmp_path):
     from prometheus_client import parser
     from prometheus_client.metrics import MetricWrapperBase
 
-    from components.monitor import write_gauges
-    from serving import metrics
+    from tauforge.components.monitor import write_gauges
+    from tauforge.serving import metrics
 
     result = {"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold",
               "checks": {"domain_classifier": {"auc": 0.5}, "shadow": {"spearman": 1.0}}}

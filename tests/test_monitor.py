@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi, reference_profile
+from tauforge.components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi, reference_profile
 
 COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,9 +133,9 @@ def test_confidence_sequence_is_wider_than_the_fixed_sample_interval_and_covers(
 
 
 def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
-    from components.registry import ModelStore
-    from kernels import CausalForest
-    from serving.event_log import EventLog
+    from tauforge.components.registry import ModelStore
+    from tauforge.kernels import CausalForest
+    from tauforge.serving.event_log import EventLog
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1000, 5))
@@ -152,7 +152,7 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     log.append(live.assign(model="m", unit_id=None, lower=0.0, upper=0.0, recommended_action=None,
                            latency_ms=1.0, time=0.0).to_dict("records"))
     log.close()
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "monitor", "--store", str(tmp_path / "store"),
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store", str(tmp_path / "store"),
                           "--model", "m", "--log-dir", str(tmp_path / "events"), "--json",
                           "--report", str(tmp_path / "report.html"), "--metrics-file", str(tmp_path / "m.prom")],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.registry import ModelStore
-from kernels import CausalForestDML
+from tauforge.components.registry import ModelStore
+from tauforge.kernels import CausalForestDML
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TAUFORGE = [sys.executable, "-m", "pipelines.cli"]
+TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 SMALL = ["--trees", "60", "--folds", "2", "--shards", "2"]
 
 
@@ -168,7 +168,7 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
     """The IHDP run, with its bootstrap replicates spread over two tasks, reproduces
     CausalForestDML(inference='bootstrap') with the same seed exactly."""
-    from components.estimate import Estimate
+    from tauforge.components.estimate import Estimate
 
     path, table, covariates, controls = ihdp
     code, out, err = runs.result("ihdp")
@@ -252,7 +252,7 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
 def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_arrays(runs):
     from econml.grf import CausalForest as EconMLCausalForest
 
-    from components.data import demo_table
+    from tauforge.components.data import demo_table
 
     code, out, err = runs.result("econml")
     assert code == 0, err
@@ -341,7 +341,7 @@ class FakeKubeflowPipelines:
 
 
 def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_path, monkeypatch):
-    from pipelines.cli import main
+    from tauforge.pipelines.cli import main
 
     fake = FakeKubeflowPipelines()
     try:

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from components.registry import ModelStore, StoreError
-from kernels import CausalForest
-from kernels.datasets import make_causal_data
+from tauforge.components.registry import ModelStore, StoreError
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,7 +108,7 @@ def test_concurrent_publishers_get_distinct_complete_versions(model_dir, tmp_pat
 
 KILLED_PUBLISHER = """
 import sys, time
-import components.registry as registry
+import tauforge.components.registry as registry
 real_verify = registry.verify_files
 def slow_verify(path, card):
     real_verify(path, card)

@@ -16,11 +16,11 @@ import uuid
 import numpy as np
 import pytest
 
-from components.registry import ModelStore
-from kernels import CausalForest
-from kernels.datasets import make_causal_data
-from serving.event_log import EventLog, read_events
-from serving.routing import EpsilonGreedy
+from tauforge.components.registry import ModelStore
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.serving.event_log import EventLog, read_events
+from tauforge.serving.routing import EpsilonGreedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = [f"x{j}" for j in range(5)]
@@ -102,7 +102,7 @@ class Server:
 
 def tauforge_serve(store, *args, log_dir=None):
     port = free_port()
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--store", store, "--model", MODEL, "--port", str(port),
+    cmd = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL, "--port", str(port),
            *args] + (["--log-dir", log_dir] if log_dir else [])
     return Server(cmd, port, log_dir)
 
@@ -315,7 +315,7 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
     folder = tmp_path / "mnt-models"
     shutil.copytree(os.path.join(store, MODEL, "2"), folder)  # what STORAGE_URI=<store>/uplift/2 fetches
     port = free_port()
-    server = Server([sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(folder), "--port", str(port)],
+    server = Server([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder), "--port", str(port)],
                     port)
     try:
         X = rows_for(5)
@@ -328,6 +328,6 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
         server.stop()
     with open(folder / "forest" / "model.json", "a") as f:
         f.write(" ")  # a tampered folder is refused before the server starts
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(folder),
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
                           "--port", str(free_port())], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2 and "checksum mismatch" in out.stderr

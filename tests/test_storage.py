@@ -7,11 +7,11 @@ import zlib
 import numpy as np
 import pytest
 
-from kernels import CausalForest
-from kernels import forest_codec
-from kernels.datasets import make_causal_data
-from kernels.forest_arrays import ForestArrays
-from kernels.serialization import load_model, save_model
+from tauforge.kernels import CausalForest
+from tauforge.kernels import forest_codec
+from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.forest_arrays import ForestArrays
+from tauforge.kernels.serialization import load_model, save_model
 
 FORMAT = "tauforge.causal_forest"
 FIELDS = ("feature", "threshold", "child", "leaf_values", "tree_offsets", "leaf_offsets")

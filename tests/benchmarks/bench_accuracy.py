@@ -24,9 +24,9 @@ from _measure import measure  # noqa: E402
 def run(design: str, n: int, seed: int, trees: int) -> dict[str, dict[str, float]]:
     from econml.dml import CausalForestDML as EconMLCausalForestDML
 
-    from kernels import CausalForestDML
-    from kernels.datasets import make_causal_data
-    from kernels.nuisance import default_nuisance_model
+    from tauforge.kernels import CausalForestDML
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.nuisance import default_nuisance_model
 
     train = make_causal_data(design, n=n, p=10, seed=seed)
     test = make_causal_data(design, n=2000, p=10, seed=seed + 10_000)

@@ -21,8 +21,8 @@ from sklearn.metrics import log_loss, r2_score
 from sklearn.model_selection import KFold
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from kernels.boosting import HistGradientBoostingClassifier, HistGradientBoostingRegressor  # noqa: E402
-from kernels.datasets import make_causal_data  # noqa: E402
+from tauforge.kernels.boosting import HistGradientBoostingClassifier, HistGradientBoostingRegressor  # noqa: E402
+from tauforge.kernels.datasets import make_causal_data  # noqa: E402
 
 PARAMS = dict(learning_rate=0.1, max_iter=200, early_stopping=True, random_state=0)
 

@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from kernels import CausalForestDML  # noqa: E402
-from kernels.datasets import make_causal_data  # noqa: E402
-from kernels.nuisance import default_nuisance_model  # noqa: E402
+from tauforge.kernels import CausalForestDML  # noqa: E402
+from tauforge.kernels.datasets import make_causal_data  # noqa: E402
+from tauforge.kernels.nuisance import default_nuisance_model  # noqa: E402
 
 
 def coverage(seeds: int) -> None:
@@ -62,8 +62,8 @@ def timing(n: int, replicates: int, econml_n: int) -> None:
 
 
 def batching(n: int, replicates: int, backend: str) -> None:
-    from kernels.bootstrap import fit_replicates
-    from kernels.forest import forests_per_batch
+    from tauforge.kernels.bootstrap import fit_replicates
+    from tauforge.kernels.forest import forests_per_batch
 
     d = make_causal_data("simple", n=n, p=10, seed=0)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()

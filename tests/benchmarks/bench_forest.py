@@ -31,13 +31,13 @@ def _score(tau, var, truth):
 
 
 def run_one(library: str, n: int, p: int, trees: int, seed: int) -> dict:
-    from kernels.datasets import make_causal_data
+    from tauforge.kernels.datasets import make_causal_data
 
     train = make_causal_data("simple", n=n, p=p, seed=seed)
     test = make_causal_data("simple", n=10_000, p=p, seed=seed + 1)
     t_res, y_res = train.T - train.e, train.Y - train.m
     if library == "tauforge":
-        from kernels import CausalForest
+        from tauforge.kernels import CausalForest
 
         est = CausalForest(n_estimators=trees, random_state=seed)
     else:
@@ -56,8 +56,8 @@ def run_one(library: str, n: int, p: int, trees: int, seed: int) -> dict:
 
 def warm_up() -> None:
     """Load the compiled kernels once so the first timed fit does not pay for it."""
-    from kernels import CausalForest
-    from kernels.datasets import make_causal_data
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.datasets import make_causal_data
 
     d = make_causal_data("simple", n=2000, p=3, seed=0)
     CausalForest(n_estimators=4, random_state=0).fit(d.X, d.T - d.e, d.Y - d.m).predict_and_var(d.X[:10])

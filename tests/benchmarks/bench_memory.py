@@ -36,8 +36,8 @@ def score_in_fresh_process(path: str, rows: int, score: bool = True) -> dict:
     code = f"""
 import json, time, sys
 sys.path.insert(0, {ROOT!r})
-from kernels import CausalForest
-from kernels.datasets import make_causal_data
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
 X = make_causal_data("simple", n={rows}, p=10, seed=1).X
 start = time.perf_counter()
 forest = CausalForest.load({path!r})
@@ -64,9 +64,9 @@ def main() -> None:
     if args.trees % args.grown or args.grown % 2:
         raise SystemExit("--trees must be a multiple of --grown, and --grown even (little bags of 2)")
 
-    from kernels import CausalForest
-    from kernels.datasets import make_causal_data
-    from kernels.forest_arrays import ForestArrays
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.forest_arrays import ForestArrays
 
     d = make_causal_data("simple", n=args.rows, p=10, seed=0)
     start = time.perf_counter()

@@ -25,9 +25,9 @@ sys.path.insert(0, ROOT)
 
 
 def publish(store: str, trees: int) -> None:
-    from components.registry import ModelStore
-    from kernels import CausalForestDML
-    from kernels.datasets import make_causal_data
+    from tauforge.components.registry import ModelStore
+    from tauforge.kernels import CausalForestDML
+    from tauforge.kernels.datasets import make_causal_data
 
     d = make_causal_data("simple", n=5000, p=10, seed=0)
     est = CausalForestDML(n_estimators=trees, random_state=0).fit(d.Y, d.T, X=d.X)
@@ -82,7 +82,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--store", store, "--model", "bench",
+        server = subprocess.Popen([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", "bench",
                                    "--port", str(port), "--log-dir", os.path.join(tmp, "events")],
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -92,7 +92,7 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            from kernels.datasets import make_causal_data
+            from tauforge.kernels.datasets import make_causal_data
 
             rows = make_causal_data("simple", n=1000, p=10, seed=1).X
             url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
