@@ -1,5 +1,5 @@
 """Kubernetes objects from `tauforge deploy` and manifests/ validate strictly: KServe and Istio kinds
-against the CRD schemas in ../shared/schemas, built-in kinds against Kubernetes' own schemas
+against the CRD schemas vendored in tests/schemas, built-in kinds against Kubernetes' own schemas
 (kubernetes-validate), prometheus-operator kinds against a small structural schema here; unknown
 fields are rejected everywhere. The RBAC stays least-privilege."""
 
@@ -19,7 +19,7 @@ import yaml
 from tauforge.components.deploy import DeploySpec, apply, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMAS = os.path.join(ROOT, "..", "shared", "schemas")
+SCHEMAS = os.path.join(ROOT, "tests", "schemas")  # vendored CRDs: see tests/schemas/README.md
 CRDS = {("InferenceService", "serving.kserve.io/v1beta1"): ("kserve-inferenceservice-crd.yaml", "v1beta1"),
         ("VirtualService", "networking.istio.io/v1"): ("istio-virtualservice-crd.yaml", "v1")}
 KUSTOMIZATIONS = ["namespace", "base", "overlays/canary", "overlays/shadow", "overlays/gpu", "monitoring"]
@@ -55,8 +55,6 @@ def closed(schema):
 
 @pytest.fixture(scope="module")
 def validators():
-    if not os.path.isdir(SCHEMAS):
-        pytest.skip(f"CRD schemas not found at {SCHEMAS} (../shared/schemas from the project root)")
     out = {}
     for key, (filename, version) in CRDS.items():
         for doc in yaml.safe_load_all(open(os.path.join(SCHEMAS, filename))):
@@ -124,7 +122,8 @@ def kustomize(path):
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-# The prometheus-operator CRDs are not in ../shared/schemas, so their objects are checked against
+# The prometheus-operator CRDs are not among the vendored CRD schemas (tests/schemas), so their
+# objects are checked against
 # this structural schema of the fields we use (closed: a misspelt field fails), not the full CRD.
 _RELABEL = {"type": "object", "additionalProperties": False, "properties": {
     "sourceLabels": {"type": "array", "items": {"type": "string"}}, "separator": {"type": "string"},
@@ -142,11 +141,13 @@ PROMETHEUS_OPERATOR = {
                 "matchLabels": _STRINGS,
                 "matchExpressions": {"type": "array", "items": {
                     "type": "object", "required": ["key", "operator"], "additionalProperties": False,
-                    "properties": {"key": {"type": "string"}, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "properties": {"key": {"type": "string"},
+                                   "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
                                    "values": {"type": "array", "items": {"type": "string"}}}}}}},
             "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "additionalProperties": False,
-                "properties": {"port": {"type": "string"}, "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "properties": {"port": {"type": "string"},
+                               "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
                                "path": {"type": "string"}, "interval": _DURATION,
                                "relabelings": {"type": "array", "items": _RELABEL},
                                "metricRelabelings": {"type": "array", "items": _RELABEL}}}}}}}},
@@ -182,7 +183,7 @@ def check_any(validators, obj):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         pytest.fail(f"{name}: no schema for {obj['apiVersion']} {obj['kind']} (not a built-in kind, nor one "
-                    "of ../shared/schemas or the prometheus-operator kinds checked here)")
+                    "of tests/schemas or the prometheus-operator kinds checked here)")
     except kubernetes_validate.ValidationError as e:
         pytest.fail(f"{name}: {'/'.join(map(str, e.path))}: {e.message}")
 
@@ -325,7 +326,8 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
 
 
 def test_deploy_command_writes_the_yaml(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "uplift", "--version", "3",
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "uplift",
+                          "--version", "3",
                           "--mode", "canary", "--percent", "20", "--namespace", "causal", "--store", "s3://b/m",
                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
