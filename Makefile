@@ -1,5 +1,6 @@
 # make run   - set up .venv (if missing or stale), then run the main job on its embedded defaults
-# make test  - set up, then run the test suite (under 10 minutes on 2 cores)
+# make test  - set up, then lint (ruff), check the layer rules (import-linter), and run the test suite
+# make lint  - the linter and the layer rules alone
 # make bench - set up, then run the speed comparisons against EconML (tests/benchmarks/)
 # make images - build the CPU and CUDA images (needs Docker); push them with `docker push`
 PYTHON ?= python3
@@ -15,7 +16,7 @@ IMAGE ?= $(or $(TAUFORGE_IMAGE),ghcr.io/tauforge/tauforge:0.1.0)
 CUDA_IMAGE ?= $(IMAGE)-cuda
 GIT_COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
 
-.PHONY: setup run test bench images clean
+.PHONY: setup run lint test bench images clean
 
 setup: $(STAMP)
 
@@ -28,7 +29,11 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(BIN)/tauforge run --demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import List
+from typing import List  # noqa: UP035 (KFP's collected inputs are typed with typing.List)
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output

@@ -3,8 +3,10 @@
 A `DataSpec` names the outcome, the treatment, the covariates X (effect modifiers) and the
 controls W (confounders not used for heterogeneity), and optionally a unit id, timestamp,
 sample weight and instrument, plus the assignment mechanism. `validate` fails fast with a
-`DataValidationError` naming the column and the problem; what is suspicious but not fatal
-(positivity, balance) is measured by `components.evaluate` and recorded in the model card.
+`DataValidationError` naming the column and the problem. What is suspicious but not fatal is
+a warning recorded in the model card: a constant covariate or control here (it can never split
+and carries no information, as scikit-learn, EconML and grf also accept it), positivity and
+balance in `components.evaluate`.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import config
 from ._kfp import Dataset, Output, component
 
 TREATMENT_TYPES = ("auto", "binary", "continuous")
@@ -52,15 +55,25 @@ class DataSpec:
     min_rows_per_arm: int = 10
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return config.to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> "DataSpec":
-        data = json.loads(text)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise DataValidationError(f"unknown DataSpec field(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return config.from_json(cls, text, "DataSpec")
+
+    def check(self) -> None:
+        """What can be checked without the table: the choices and the assignment's propensity."""
+        if self.treatment_type not in TREATMENT_TYPES:
+            raise DataValidationError(f"treatment_type must be one of {', '.join(TREATMENT_TYPES)}, "
+                                      f"got {self.treatment_type!r}")
+        if self.assignment not in ASSIGNMENTS:
+            raise DataValidationError(f"assignment must be one of {', '.join(ASSIGNMENTS)}, got {self.assignment!r}")
+        if self.assignment == "randomized" and not (self.propensity is not None and 0 < self.propensity < 1):
+            raise DataValidationError(f"assignment 'randomized' needs the known propensity in (0, 1), "
+                                      f"got {self.propensity!r}")
+        if self.instrument:
+            raise DataValidationError("instrument: instrumental-variable estimation is not supported yet; drop the "
+                                      "instrument column")
 
     @property
     def binary(self) -> bool:
@@ -77,10 +90,12 @@ class DataSpec:
 
 @dataclass
 class ValidatedData:
-    """A table that passed `validate`, with the spec resolved (covariates, treatment type)."""
+    """A table that passed `validate`, with the spec resolved (covariates, treatment type) and
+    what validation found suspicious but not fatal."""
 
     table: pd.DataFrame  # only the spec's columns
     spec: DataSpec
+    warnings: list[str] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray | None]:
         s, t = self.spec, self.table
@@ -118,14 +133,7 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
     def fail(msg: str) -> None:
         raise DataValidationError(msg)
 
-    if spec.treatment_type not in TREATMENT_TYPES:
-        fail(f"treatment_type must be one of {', '.join(TREATMENT_TYPES)}, got {spec.treatment_type!r}")
-    if spec.assignment not in ASSIGNMENTS:
-        fail(f"assignment must be one of {', '.join(ASSIGNMENTS)}, got {spec.assignment!r}")
-    if spec.assignment == "randomized" and not (spec.propensity is not None and 0 < spec.propensity < 1):
-        fail(f"assignment 'randomized' needs the known propensity in (0, 1), got {spec.propensity!r}")
-    if spec.instrument:
-        fail("instrument: instrumental-variable estimation is not supported yet; drop the instrument column")
+    spec.check()
     dupes = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
     if dupes:
         fail(f"column {dupes[0]!r} appears more than once in the table")
@@ -165,9 +173,16 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
     n = len(df)
     if n < max(2 * spec.min_rows_per_arm, 2):
         fail(f"the table has {n} rows; at least {max(2 * spec.min_rows_per_arm, 2)} are needed")
-    for c in [*covariates, *spec.controls, spec.outcome, spec.treatment]:
+    def first(c: str):  # a plain Python value, shown as the user wrote it (1.0, not np.float64(1.0))
+        value = df[c].iloc[0]
+        return value.item() if hasattr(value, "item") else value
+
+    for c in (spec.outcome, spec.treatment):
         if df[c].nunique(dropna=False) < 2:
-            fail(f"column {c!r} is constant ({df[c].iloc[0]!r} in every row): it carries no information")
+            fail(f"column {c!r} is constant ({first(c)!r} in every row): it carries no information")
+    warnings = [f"{role} {c!r} is constant ({first(c)!r} in every row): it can never split and carries no "
+                "information" for role, cols in (("covariate", covariates), ("control", spec.controls))
+                for c in cols if df[c].nunique(dropna=False) < 2]
     if spec.weight and (df[spec.weight] < 0).any():
         fail(f"weight column {spec.weight!r} has negative values")
     if spec.weight and not (df[spec.weight] > 0).any():
@@ -201,24 +216,52 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
         if not ts.is_monotonic_increasing:
             fail(f"timestamp column {spec.timestamp!r} is not in increasing order; sort the table by time")
     spec = dataclasses.replace(spec, treatment_type=treatment_type)
-    return ValidatedData(df[spec.role_columns()].reset_index(drop=True), spec)
+    return ValidatedData(df[spec.role_columns()].reset_index(drop=True), spec, warnings)
 
 
-def save_validated(data: ValidatedData, path: str) -> None:
-    """Write a validated table as the pipeline's dataset: a folder with the table and its spec."""
+# The pipeline's dataset artifact: a folder with the validated table, its resolved spec, and its
+# profile (what the model card records of the data).
+_TABLE_FILE, _SPEC_FILE, _PROFILE_FILE = "table.parquet", "spec.json", "profile.json"
+
+
+def save_validated(data: ValidatedData, path: str) -> dict:
+    """Write a validated table as the pipeline's dataset: the table, its spec and its profile
+    (returned)."""
     os.makedirs(path, exist_ok=True)
-    data.table.to_parquet(os.path.join(path, "table.parquet"), index=False)
-    with open(os.path.join(path, "spec.json"), "w") as f:
+    data.table.to_parquet(os.path.join(path, _TABLE_FILE), index=False)
+    with open(os.path.join(path, _SPEC_FILE), "w") as f:
         f.write(data.spec.to_json())
+    summary = profile(data)
+    with open(os.path.join(path, _PROFILE_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
 
 def load_validated(path: str) -> ValidatedData:
-    """A dataset `save_validated` wrote: the table `validate` accepted and its resolved spec."""
+    """A dataset `save_validated` wrote: the table `validate` accepted, its resolved spec and its
+    warnings."""
     import pyarrow.parquet
 
-    with open(os.path.join(path, "spec.json")) as f:
-        spec = DataSpec.from_json(f.read())
-    return ValidatedData(pyarrow.parquet.read_table(os.path.join(path, "table.parquet")).to_pandas(), spec)
+    table = pyarrow.parquet.read_table(os.path.join(path, _TABLE_FILE)).to_pandas()
+    return ValidatedData(table, load_spec(path), load_profile(path)["warnings"])
+
+
+def load_spec(path: str) -> DataSpec:
+    """The resolved spec of the dataset `save_validated` wrote at `path`, without reading the table."""
+    with open(os.path.join(path, _SPEC_FILE)) as f:
+        return DataSpec.from_json(f.read())
+
+
+def profile(data: ValidatedData) -> dict:
+    """What the model card records of the training data: rows, fingerprint, schema, warnings."""
+    return {"rows": len(data.table), "fingerprint": fingerprint(data.table), "schema": schema(data.table),
+            "warnings": list(data.warnings)}
+
+
+def load_profile(path: str) -> dict:
+    """The profile of the dataset `save_validated` wrote at `path`, without reading the table."""
+    with open(os.path.join(path, _PROFILE_FILE)) as f:
+        return json.load(f)
 
 
 def fingerprint(df: pd.DataFrame) -> str:
@@ -253,11 +296,12 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 @component
 def validate_data(source: str, spec: str, dataset: Output[Dataset]):
     """Read and validate the source table; write its spec's columns and the resolved spec."""
-    from tauforge.components.data import DataSpec, fingerprint, read_table, save_validated, validate
+    from tauforge.components.data import DataSpec, read_table, save_validated, validate
 
     data = validate(read_table(source), DataSpec.from_json(spec))
-    save_validated(data, dataset.path)
-    dataset.metadata["fingerprint"] = fingerprint(data.table)
-    dataset.metadata["rows"] = len(data.table)
+    summary = save_validated(data, dataset.path)
+    dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
     print(f"tauforge: validated {source}: {len(data.table)} rows, {len(data.spec.covariates)} covariates, "
           f"{len(data.spec.controls)} controls, {data.spec.treatment_type} treatment", flush=True)
+    for warning in data.warnings:
+        print(f"tauforge: warning: {warning}", flush=True)

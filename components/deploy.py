@@ -124,12 +124,6 @@ def render(spec: DeploySpec) -> list[dict]:
     return [inference_service(spec, f"{spec.model}-shadow", "shadow", "RawDeployment"), mirror_virtual_service(spec)]
 
 
-def promote(spec: DeploySpec) -> list[dict]:
-    """After a canary or shadow is judged good: the version takes all the champion's traffic.
-    A shadow's own InferenceService and mirror stay until deleted (README, Deploying)."""
-    return render(DeploySpec(**{**spec.__dict__, "mode": "replace"}))
-
-
 def write(objects: list[dict], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -143,7 +137,7 @@ def write(objects: list[dict], out_dir: str) -> list[str]:
 
 def apply(objects: list[dict], api_client=None) -> list[str]:
     """Create each object, or replace it when it exists, with the Kubernetes Python client.
-    Needs a kubeconfig (or in-cluster credentials) allowed what manifests/base/rbac.yaml grants."""
+    Needs a kubeconfig (or in-cluster credentials) allowed what manifests/namespace/rbac.yaml grants."""
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 

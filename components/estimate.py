@@ -1,50 +1,49 @@
 """The causal forest as shards that grow apart and merge into one forest, and the ATE.
 
-`grow_forest_shard` grows shard k of K of the forest (`kernels.CausalForest.fit_shard`); every
-shard shares the seed, so `merge_forest` returns tree for tree the forest one `fit` would have
-grown, and the ATE of `kernels.CausalForestDML` on the same residuals.
+`grow_forest_shard` grows shard k of K of the forest (`CausalForest.fit_shard`); every shard
+shares the seed, so `merge_forest` returns tree for tree the forest one `fit` would have grown,
+and the ATE of `tauforge.kernels.CausalForestDML` on the same residuals (an `Estimate`: the
+out-of-bag CATE of the training rows and the summary of the average effect).
 
 With a full bootstrap configured (`BootstrapConfig`), `grow_bootstrap_shard` fits shard k of K
-of the replicates (`kernels.bootstrap`) on the merged estimate's residuals and out-of-bag CATE,
-and `merge_bootstrap` joins them and makes the ATE interval the bootstrap's.
+of the replicates (`tauforge.kernels.bootstrap`) on the residuals and the estimate's out-of-bag
+CATE, and `merge_bootstrap` joins them and makes the ATE interval the bootstrap's.
 
 With estimator 'econml' the one shard fits EconML's `econml.grf.CausalForest` (the final stage
 of its CausalForestDML, with EconML's defaults) on the same residuals and imports it as plain
-arrays (`kernels.econml_import`), keeping EconML's own out-of-bag CATE for the ATE.
+arrays (`tauforge.kernels.econml_import`), keeping EconML's own out-of-bag CATE for the ATE.
 """
 
 import json
 import os
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.stats import norm
 
-import numpy as np
-
 from tauforge.kernels import CausalForest
-from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates
-from tauforge.kernels.dml import doubly_robust_ate, oob_effect, partially_linear_ate
+from tauforge.kernels.ate import dml_ate, oob_effect
+from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates
+from tauforge.kernels.forest import FOREST_PARAMS
+from tauforge.kernels.sampling import shard_range
 
-from ._kfp import Dataset, Input, List, Metrics, Model, Output, component
+from . import config
+from ._kfp import Artifact, Dataset, Input, List, Metrics, Model, Output, component
+from .constants import DEFAULT_ALPHA, MIN_PROPENSITY
 from .data import ValidatedData
-from .nuisance import Residuals, refit_residuals
+from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
-FOREST_DIR = "forest"
-BOOTSTRAP_DIR = "bootstrap"
-MIN_PROPENSITY = 0.01  # propensity clipping of the doubly robust ATE (kernels.CausalForestDML's default)
-ESTIMATE_FILE = "estimate.json"
-OOB_FILE = "oob_effect.npy"
 ESTIMATORS = ("tauforge", "econml")
-# Forest parameters a run may set (kernels.CausalForest documents each).
-FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_samples", "ci_group_size", "honest",
-                 "honesty_fraction", "alpha", "imbalance_penalty", "max_bins", "device", "backend")
+# An estimate artifact's files, and a forest shard's.
+_SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
 
 
 def forest_params(params: dict, seed: int) -> dict:
+    """The CausalForest arguments of a run's forest parameters (`FOREST_PARAMS`) and seed."""
     unknown = set(params) - set(FOREST_PARAMS)
     if unknown:
-        raise ValueError(f"unknown forest parameter(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(FOREST_PARAMS)}")
+        raise config.ConfigError("forest_params", f"has unknown parameter(s) {', '.join(sorted(unknown))}; "
+                                                  f"known: {', '.join(FOREST_PARAMS)}")
     return {**params, "random_state": int(seed), "progress": False}
 
 
@@ -58,14 +57,14 @@ class ForestShard:
 
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        self.forest.save(os.path.join(path, FOREST_DIR))
+        self.forest.save(os.path.join(path, _FOREST_DIR))
         if self.oob_effect is not None:
-            np.save(os.path.join(path, OOB_FILE), self.oob_effect, allow_pickle=False)
+            np.save(os.path.join(path, _OOB_FILE), self.oob_effect, allow_pickle=False)
 
     @classmethod
     def load(cls, path: str) -> "ForestShard":
-        oob = os.path.join(path, OOB_FILE)
-        return cls(CausalForest.load(os.path.join(path, FOREST_DIR)),
+        oob = os.path.join(path, _OOB_FILE)
+        return cls(CausalForest.load(os.path.join(path, _FOREST_DIR)),
                    np.load(oob, allow_pickle=False) if os.path.exists(oob) else None)
 
 
@@ -78,10 +77,10 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
             a["X"], t_res, y_res, shard=shard, n_shards=n_shards, sample_weight=a["sample_weight"])
         return ForestShard(forest)
     if estimator != "econml":
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        raise config.ConfigError("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if n_shards != 1:
-        raise ValueError("estimator 'econml' grows its forest in one task (n_shards=1); EconML parallelizes "
-                         "over trees itself")
+        raise config.ConfigError("n_shards", "must be 1 with estimator 'econml': EconML grows its trees in one "
+                                             "task, parallel over the task's cores")
     from econml.grf import CausalForest as EconMLCausalForest
 
     from tauforge.kernels.econml_import import import_econml_forest
@@ -98,46 +97,40 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
 
 @dataclass
 class Estimate:
-    """The merged forest, the out-of-bag CATE of the training rows, and the ATE they imply."""
+    """What the forest says about the training rows: their out-of-bag CATE and the average effect
+    they imply (`summary`), and the full bootstrap's replicates when one was run. The forest
+    itself travels as its own artifact (a saved `CausalForest`)."""
 
-    forest: CausalForest
     oob_cate: np.ndarray
     summary: dict  # estimand, ate, ate_stderr, ate_lower, ate_upper, ate_interval, alpha, n_trees, ...
     bootstrap: BootstrapReplicates | None = None  # the full bootstrap's replicates, when run
 
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        self.forest.save(os.path.join(path, FOREST_DIR))
-        np.save(os.path.join(path, OOB_FILE), self.oob_cate, allow_pickle=False)
+        np.save(os.path.join(path, _OOB_FILE), self.oob_cate, allow_pickle=False)
         if self.bootstrap is not None:
-            self.bootstrap.save(os.path.join(path, BOOTSTRAP_DIR))
-        with open(os.path.join(path, ESTIMATE_FILE), "w") as f:
+            self.bootstrap.save(os.path.join(path, _BOOTSTRAP_DIR))
+        with open(os.path.join(path, _SUMMARY_FILE), "w") as f:
             json.dump(self.summary, f, indent=2)
 
     @classmethod
     def load(cls, path: str, bootstrap: bool = False) -> "Estimate":
         """The estimate at `path`; its bootstrap replicates (one forest each) only if `bootstrap`."""
-        with open(os.path.join(path, ESTIMATE_FILE)) as f:
+        with open(os.path.join(path, _SUMMARY_FILE)) as f:
             summary = json.load(f)
-        replicates = os.path.join(path, BOOTSTRAP_DIR)
-        return cls(CausalForest.load(os.path.join(path, FOREST_DIR)),
-                   np.load(os.path.join(path, OOB_FILE), allow_pickle=False), summary,
+        replicates = os.path.join(path, _BOOTSTRAP_DIR)
+        return cls(np.load(os.path.join(path, _OOB_FILE), allow_pickle=False), summary,
                    BootstrapReplicates.load(replicates) if bootstrap and os.path.isdir(replicates) else None)
 
 
-def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residuals, alpha: float = 0.05,
-                   min_propensity: float = MIN_PROPENSITY) -> dict:
+def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residuals,
+                   alpha: float = DEFAULT_ALPHA) -> dict:
     """ATE with standard error and (1 - alpha) interval: doubly robust on the out-of-bag CATE for
-    a binary treatment, partially linear for a continuous one (as kernels.CausalForestDML)."""
-    a = data.arrays()
+    a binary treatment, partially linear for a continuous one (as CausalForestDML)."""
     y_res, t_res = residuals.column("y_res"), residuals.column("t_res")
-    if data.spec.binary:
-        ate, se = doubly_robust_ate(oob_cate, y_res, t_res, residuals.column("t_hat"), min_propensity,
-                                    a["sample_weight"])
-        method = "doubly robust (AIPW on out-of-bag CATE)"
-    else:
-        ate, se = partially_linear_ate(y_res, t_res, a["sample_weight"])
-        method = "partially linear DML"
+    ate, se = dml_ate(oob_cate, y_res, t_res, residuals.column("t_hat"), discrete=data.spec.binary,
+                      min_propensity=MIN_PROPENSITY, sample_weight=data.arrays()["sample_weight"])
+    method = "doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else "partially linear DML"
     z = float(norm.ppf(1 - alpha / 2))
     return {"estimand": "ATE", "method": method, "ate": ate, "ate_stderr": se, "ate_lower": ate - z * se,
             "ate_upper": ate + z * se, "ate_interval": "normal, from the standard error", "alpha": alpha,
@@ -145,7 +138,8 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
 
 
 def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Residuals,
-                 alpha: float = 0.05) -> Estimate:
+                 alpha: float = DEFAULT_ALPHA) -> tuple[CausalForest, Estimate]:
+    """The whole forest from its shards, and its estimate on the training rows."""
     imported = [s for s in shards if s.oob_effect is not None]
     if imported:
         if len(shards) != 1:
@@ -158,13 +152,13 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
     summary.update(n_trees=forest.forest_.n_trees, n_shards=len(shards), seed=forest.seed_, device=str(forest.device_),
                    forest_source=forest.source_,
                    forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS})
-    return Estimate(forest, oob_cate, summary)
+    return forest, Estimate(oob_cate, summary)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BootstrapConfig:
-    """The full bootstrap of a pipeline run (`kernels.bootstrap`): `n_bootstrap` replicate forests
-    of `trees` trees on resampled rows (0: none; intervals from the little bags, the ATE's
+    """The full bootstrap of a pipeline run (`tauforge.kernels.bootstrap`): `n_bootstrap` replicate
+    forests of `trees` trees on resampled rows (0: none; intervals from the little bags, the ATE's
     normal), refitting the nuisance models on every resample when `nuisance`; `interval` is
     'percentile' or 'pivot'."""
 
@@ -173,72 +167,65 @@ class BootstrapConfig:
     interval: str = "percentile"
     nuisance: bool = False
 
+    def __post_init__(self):
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not (integer(self.n_bootstrap) and (self.n_bootstrap == 0 or self.n_bootstrap >= 2)):
+            raise config.ConfigError("n_bootstrap", f"must be 0 (off) or at least 2 replicates, "
+                                                    f"got {self.n_bootstrap!r}")
+        if not (integer(self.trees) and self.trees >= 1):
+            raise config.ConfigError("trees", f"must be a positive integer, got {self.trees!r}")
+        if self.interval not in INTERVALS:
+            raise config.ConfigError("interval", f"must be one of {', '.join(INTERVALS)}, got {self.interval!r}")
+        if not isinstance(self.nuisance, bool):
+            raise config.ConfigError("nuisance", f"must be true or false, got {self.nuisance!r}")
+
     @classmethod
     def from_json(cls, text: str) -> "BootstrapConfig":
-        return cls.from_dict(json.loads(text or "{}"))
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "BootstrapConfig":
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown bootstrap setting(s) {', '.join(sorted(unknown))}; known: "
-                             f"{', '.join(cls.__dataclass_fields__)}")
-        config = cls(**raw)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        if not (isinstance(self.n_bootstrap, int) and (self.n_bootstrap == 0 or self.n_bootstrap >= 2)):
-            raise ValueError(f"bootstrap n_bootstrap must be 0 (off) or an integer >= 2, got {self.n_bootstrap!r}")
-        if not (isinstance(self.trees, int) and self.trees >= 1):
-            raise ValueError(f"bootstrap trees must be a positive integer, got {self.trees!r}")
-        if self.interval not in INTERVALS:
-            raise ValueError(f"bootstrap interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}")
-        if not isinstance(self.nuisance, bool):
-            raise ValueError(f"bootstrap nuisance must be true or false, got {self.nuisance!r}")
+        return config.from_json(cls, text, "bootstrap")
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__)
+        return config.to_json(self)
 
 
 def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Estimate, params: dict, seed: int,
-                         shard: int, n_shards: int, config: BootstrapConfig, n_folds: int, model_y: str = "auto",
-                         model_t: str = "auto") -> BootstrapReplicates:
+                         shard: int, n_shards: int, bootstrap: BootstrapConfig,
+                         nuisance: NuisanceConfig) -> BootstrapReplicates:
     """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
-    `kernels.CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run
-    with `config.trees` trees on half-samples, each replicate's ATE doubly robust on the merged
-    forest's out-of-bag CATE (or partially linear)."""
-    from tauforge.kernels.bootstrap import dml_replicates
-    from tauforge.kernels.sampling import shard_range
-
-    if config.n_bootstrap < 2:
-        raise ValueError("a bootstrap shard needs a bootstrap of at least 2 replicates (n_bootstrap)")
-    if estimate.forest.source_ != "tauforge":
-        raise ValueError(f"the full bootstrap grows tauforge forests; the estimate's forest comes from "
-                         f"{estimate.forest.source_} (use estimator 'tauforge')")
-    replicates = shard_range(config.n_bootstrap, shard, n_shards, "bootstrap replicates", "n_bootstrap")
+    `CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run with
+    `bootstrap.trees` trees on half-samples, each replicate's ATE doubly robust on the estimate's
+    out-of-bag CATE (or partially linear), the nuisance models refit with `nuisance` when
+    `bootstrap.nuisance`."""
+    if bootstrap.n_bootstrap < 2:
+        raise config.ConfigError("n_bootstrap", "must be at least 2 for a bootstrap shard")
+    if estimate.summary["forest_source"] != "tauforge":
+        raise config.ConfigError("estimator", f"must be 'tauforge' for the full bootstrap, which grows tauforge "
+                                              f"forests; the estimate's forest comes from "
+                                              f"{estimate.summary['forest_source']}")
+    replicates = shard_range(bootstrap.n_bootstrap, shard, n_shards, "bootstrap replicates", "n_bootstrap")
     a = data.arrays()
     main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat"))
-    refit = (lambda w: refit_residuals(data, w, n_folds, seed, model_y, model_t)) if config.nuisance else None
+    refit = (lambda w: refit_residuals(data, nuisance, seed, sample_weight=w)) if bootstrap.nuisance else None
     forest = {k: v for k, v in forest_params(params, seed).items() if k != "random_state"}
-    forest.update(n_estimators=config.trees, max_samples=0.5)
+    forest.update(n_estimators=bootstrap.trees, max_samples=0.5)
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, discrete=data.spec.binary,
                           min_propensity=MIN_PROPENSITY, refit=refit, sample_weight=a["sample_weight"])
 
 
-def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], config: BootstrapConfig) -> Estimate:
+def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], bootstrap: BootstrapConfig) -> Estimate:
     """The estimate with every replicate (each shard's, checked complete) and the bootstrap's
     ATE interval in place of the normal one (kept in summary['bootstrap'])."""
-    replicates = BootstrapReplicates.merge(shards, config.n_bootstrap)
+    replicates = BootstrapReplicates.merge(shards, bootstrap.n_bootstrap)
     s = estimate.summary
-    lower, upper = replicates.ate_interval(s["ate"], s["alpha"], config.interval)
+    lower, upper = replicates.ate_interval(s["ate"], s["alpha"], bootstrap.interval)
     summary = {**s, "ate_lower": lower, "ate_upper": upper,
-               "ate_interval": f"bootstrap {config.interval}, {config.n_bootstrap} replicates"
-                               + (" refitting the nuisance models" if config.nuisance else ""),
-               "bootstrap": {**config.__dict__, "n_shards": len(shards),
+               "ate_interval": f"bootstrap {bootstrap.interval}, {bootstrap.n_bootstrap} replicates"
+                               + (" refitting the nuisance models" if bootstrap.nuisance else ""),
+               "bootstrap": {**json.loads(bootstrap.to_json()), "n_shards": len(shards),
                              "ate_replicate_std": float(np.std(replicates.ates, ddof=1)),
                              "normal_interval": [s["ate_lower"], s["ate_upper"]]}}
-    return Estimate(estimate.forest, estimate.oob_cate, summary, replicates)
+    return Estimate(estimate.oob_cate, summary, replicates)
 
 
 # ----------------------------------------------------------------------------- KFP components
@@ -263,15 +250,22 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
 
 @component
 def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shards: Input[List[Model]],
-                        alpha: float, estimate: Output[Model], metrics: Output[Metrics]):
-    """Join the shards into one forest; estimate the ATE; log it as KFP metrics."""
+                        alpha: float, forest: Output[Model], estimate: Output[Artifact], reference: Output[Dataset],
+                        metrics: Output[Metrics]):
+    """Join the shards into one forest; estimate the ATE (KFP metrics); write the reference
+    profile that monitoring will compare served traffic with."""
     from tauforge.components.data import load_validated
     from tauforge.components.estimate import ForestShard, merge_forest
+    from tauforge.components.events import reference_profile
     from tauforge.components.nuisance import Residuals
 
-    result = merge_forest([ForestShard.load(s.path) for s in shards], load_validated(dataset.path),
-                          Residuals.load(residuals.path), float(alpha))
+    data = load_validated(dataset.path)
+    merged, result = merge_forest([ForestShard.load(s.path) for s in shards], data, Residuals.load(residuals.path),
+                                  float(alpha))
+    merged.save(forest.path)
     result.save(estimate.path)
+    a = data.arrays()
+    reference_profile(a["X"], data.spec.covariates, a["T"], merged.predict).to_parquet(reference.path, index=False)
     for key in ("ate", "ate_stderr", "ate_lower", "ate_upper", "n_trees"):
         metrics.log_metric(key, float(result.summary[key]))
     print(f"tauforge: merged {result.summary['n_shards']} shards into {result.summary['n_trees']} trees; "
@@ -279,9 +273,8 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
           flush=True)
 
 
-
 @component
-def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Model], params: str,
+def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Artifact], params: str,
                     seed: int, shard: int, n_shards: int, bootstrap: str, n_folds: int, model_y: str,
                     model_t: str, replicates: Output[Model]):
     """Fit shard `shard` of `n_shards` of the full bootstrap's replicates."""
@@ -290,12 +283,13 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
 
     from tauforge.components.data import load_validated
     from tauforge.components.estimate import BootstrapConfig, Estimate, grow_bootstrap_shard
-    from tauforge.components.nuisance import Residuals
+    from tauforge.components.nuisance import NuisanceConfig, Residuals
 
     start = time.perf_counter()
     grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
                                  Estimate.load(estimate.path), json.loads(params), int(seed), int(shard),
-                                 int(n_shards), BootstrapConfig.from_json(bootstrap), int(n_folds), model_y, model_t)
+                                 int(n_shards), BootstrapConfig.from_json(bootstrap),
+                                 NuisanceConfig(model_y, model_t, int(n_folds)))
     grown.save(replicates.path)
     first, last = int(grown.replicates[0]), int(grown.replicates[-1])
     print(f"tauforge: bootstrap shard {int(shard) + 1}/{int(n_shards)}: replicates {first}..{last} "
@@ -303,8 +297,8 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
 
 
 @component
-def merge_bootstrap_shards(estimate: Input[Model], shards: Input[List[Model]], bootstrap: str,
-                           result: Output[Model], metrics: Output[Metrics]):
+def merge_bootstrap_shards(estimate: Input[Artifact], shards: Input[List[Model]], bootstrap: str,
+                           result: Output[Artifact], metrics: Output[Metrics]):
     """Join the bootstrap shards; the ATE interval becomes the bootstrap's; log it as KFP metrics."""
     from tauforge.components.estimate import BootstrapConfig, Estimate, merge_bootstrap
     from tauforge.kernels.bootstrap import BootstrapReplicates

@@ -13,27 +13,23 @@ The gate compares these with thresholds (`GateConfig`) and returns a verdict wit
 """
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from tauforge.kernels.dml import doubly_robust_scores
+from tauforge.kernels.ate import doubly_robust_scores
 
-from . import heterogeneity, refuters
-from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Model, Output, component
+from . import config, heterogeneity, refuters
+from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
+from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
 from .data import ValidatedData
 from .estimate import Estimate
-from .nuisance import Residuals
+from .nuisance import NuisanceConfig, Residuals
 from .sensitivity import sensitivity_report
 
-OVERLAP_BOUNDS = (0.05, 0.95)
-SMD_WARNING = 0.1
-LEAK_WARNING_R2 = 0.95
 
-
-@dataclass
+@dataclass(frozen=True)
 class GateConfig:
     """Thresholds of the publishing gate; None switches a check off.
 
@@ -67,12 +63,10 @@ class GateConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "GateConfig":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown gate setting(s) {', '.join(sorted(unknown))}; known: {', '.join(fields)}")
+        """Settings from values or strings: a number, or 'off' / None to switch a check off;
+        true / false for the require_ settings."""
         parsed = {}
-        for key, value in values.items():
+        for key, value in config.check_keys(cls, values, "gate").items():
             if key.startswith("require_"):
                 parsed[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
             elif value is None or str(value).lower() in ("none", "off"):
@@ -81,11 +75,15 @@ class GateConfig:
                 try:
                     parsed[key] = float(value)
                 except ValueError:
-                    raise ValueError(f"gate setting {key} must be a number or 'off', got {value!r}") from None
+                    raise config.ConfigError(key, f"must be a number or 'off', got {value!r}") from None
         return cls(**parsed)
 
+    @classmethod
+    def from_json(cls, text: str) -> "GateConfig":
+        return cls.from_dict(config.parse_json(text, "gate"))
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return config.to_json(self)
 
 
 def crump_threshold(e: np.ndarray) -> float:
@@ -134,10 +132,11 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
     if spec.binary:
         stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
         if t_hat is not None:
-            e = np.clip(t_hat, 0.01, 0.99)
+            e = np.clip(t_hat, MIN_PROPENSITY, 1 - MIN_PROPENSITY)
             weighted = _smd(Z, T, np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:
-        stat = np.array([np.corrcoef(Z[:, j], T)[0, 1] for j in range(Z.shape[1])])
+        # A constant column (accepted, with a warning) has no correlation: 0, not NaN.
+        stat = np.array([np.corrcoef(Z[:, j], T)[0, 1] if np.ptp(Z[:, j]) > 0 else 0.0 for j in range(Z.shape[1])])
         kind = "correlation"
     values = {c: float(v) for c, v in zip(columns, stat)}
     out = {"statistic": kind, "values": values, "max_abs": float(np.max(np.abs(stat))),
@@ -149,11 +148,11 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
-             nuisance: dict | None = None) -> dict:
-    """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` (model_y, model_t,
-    folds) is how the refuters refit the nuisance models; the run's own settings by default."""
+             nuisance: NuisanceConfig | None = None) -> dict:
+    """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
+    refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults)."""
+    nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
-    nuisance = {"model_y": "auto", "model_t": "auto", "folds": 5, **(nuisance or {})}
     cate = estimate.oob_cate
     y_res, t_res, t_hat = residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat")
     if data.spec.binary:
@@ -179,6 +178,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         "heterogeneity": {"calibration": heterogeneity.calibration_test(y_res, t_res, cate),
                           "rate": heterogeneity.autoc(cate, scores, seed=seed),
                           "gates": heterogeneity.gates(cate, scores)},
+        "data_warnings": list(data.warnings),
         "gate_config": dataclasses.asdict(gate),
     }
     if data.spec.binary:
@@ -189,7 +189,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
 
 def verdict(result: dict, gate: GateConfig) -> dict:
     """{'passed', 'reasons' (why it failed), 'warnings' (recorded, not fatal)}."""
-    reasons, warnings = [], []
+    reasons, warnings = [], [f"data: {w}" for w in result.get("data_warnings", [])]
     ov = result.get("overlap")
     if ov is not None:
         lo, hi = ov["bounds"]
@@ -247,21 +247,21 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict:
 
 # ----------------------------------------------------------------------------- KFP components
 @component
-def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Model],
-                   gate: str, seed: int, nuisance: str, evaluation: Output[Artifact], report: Output[HTML],
-                   metrics: Output[Metrics]) -> bool:
+def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Artifact],
+                   gate: str, seed: int, n_folds: int, model_y: str, model_t: str, evaluation: Output[Artifact],
+                   report: Output[HTML], metrics: Output[Metrics]) -> bool:
     """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed."""
     import json
 
     from tauforge.components.data import load_validated
     from tauforge.components.estimate import Estimate
     from tauforge.components.evaluate import GateConfig, evaluate, metric_values
-    from tauforge.components.nuisance import Residuals
+    from tauforge.components.nuisance import NuisanceConfig, Residuals
     from tauforge.components.report import render_report
 
     result = evaluate(load_validated(dataset.path), Residuals.load(residuals.path),
-                      Estimate.load(estimate.path), GateConfig.from_dict(json.loads(gate)), int(seed),
-                      json.loads(nuisance))
+                      Estimate.load(estimate.path), GateConfig.from_json(gate), int(seed),
+                      NuisanceConfig(model_y, model_t, int(n_folds)))
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
     with open(report.path, "w") as f:

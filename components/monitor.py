@@ -1,62 +1,48 @@
 """Production monitoring: the serving event log against the reference profile stored with the
 version, and, once outcomes arrive, the champion's and challenger's policy values.
 
-Checks (each an alert when it fires; p-value tests share one Bonferroni budget, `alpha`, so a
-quiet period raises no alarm with probability at least 1 - alpha):
-  covariate drift    per covariate: Kolmogorov-Smirnov (continuous) or chi-square (at most 10
-                     distinct values), with the population stability index (PSI) beside it; and a
-                     domain classifier (reference vs live) whose cross-validated AUC is tested against 0.5
-  propensity drift   the propensity of the training data, P(T = 1 | X) fit on the reference profile,
-                     applied to live covariates: its distribution (KS) and the share of live rows
-                     outside the training overlap region [0.05, 0.95]; where the log carries actions,
-                     whether live rows are treated at the rate training rows were at the same
-                     propensity (a changed treatment policy)
-  effect drift       the live CATE distribution (KS) and its mean (the ATE) against the reference
-  shadow agreement   Spearman correlation of champion and shadow CATE, top-decile overlap, action
-                     disagreement
-  policy value       with outcomes and logged actions of known propensity: inverse-propensity and
-                     doubly robust values of the champion's and challenger's policies, and an
-                     always-valid confidence sequence for their difference -> promote / hold / roll back
+`monitor` runs a list of checks (`CHECKS`), each one small type:
+  CovariateDrift     per covariate: Kolmogorov-Smirnov (continuous) or chi-square (at most 10
+                     distinct values), with the population stability index (PSI) beside it
+  DomainClassifier   a classifier telling live rows from reference rows: its held-out AUC against 0.5
+  PropensityDrift    the propensity of the training data, P(T = 1 | X) fit on the reference profile,
+                     applied to live covariates: its distribution (KS), the share of live rows outside
+                     the training overlap region; where the log carries actions, whether live rows are
+                     treated at the rate training rows were at the same propensity (a changed policy)
+  EffectDrift        the live CATE distribution (KS) and its mean (the ATE) against the reference
+  ShadowAgreement    Spearman correlation of champion and shadow CATE, top-decile overlap, action
+                     disagreement (reported, never an alert)
+Each check returns its summary and its signals: hypothesis tests with a p-value, and thresholds
+that alert on their own (PSI, the overlap share). All p-values share one Bonferroni budget: the
+level is `alpha` divided by the number of tests the checks actually ran, so a quiet period raises
+no alarm with probability at least 1 - alpha. Any alert calls for retraining.
+
+Policy value (with outcomes and logged actions of known propensity): inverse-propensity and doubly
+robust values of the champion's and challenger's policies, and an always-valid confidence sequence
+for their difference -> promote / hold / roll back.
+
+`run_monitor` is the step: it reads the log and the store and runs `monitor`, for the CLI and the
+KFP component alike.
 """
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-REFERENCE_FILE = "reference.parquet"
-REFERENCE_ROWS = 5000
-PSI_ALERT = 0.25
-OVERLAP_BOUNDS = (0.05, 0.95)
-
-
-# ----------------------------------------------------------------------------- reference profile
-def reference_profile(X: np.ndarray, columns: list[str], T: np.ndarray, predict, seed: int = 0) -> pd.DataFrame:
-    """What monitoring compares live traffic with: a sample of the training covariates, their
-    treatment and the published forest's CATE for them (`predict`, as the server answers)."""
-    n = len(T)
-    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, REFERENCE_ROWS), replace=False))
-    frame = pd.DataFrame(X[rows], columns=[f"input.{c}" for c in columns])
-    frame["T"] = T[rows]
-    frame["cate"] = np.asarray(predict(X[rows]), dtype=np.float64)
-    return frame
-
-
-def load_reference(version_path: str) -> pd.DataFrame:
-    path = os.path.join(version_path, REFERENCE_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{version_path} has no {REFERENCE_FILE}: it was published before monitoring existed; "
-                         "publish a new version")
-    return pd.read_parquet(path)
+from ._kfp import HTML, Metrics, Output, component
+from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
+from .events import input_columns, load_reference, read_events
+from .registry import ModelStore
 
 
 @dataclass
 class MonitorConfig:
-    alpha: float = 0.01  # family-wise false-alarm rate of all the tests together
-    max_outside_overlap_increase: float = 0.10  # live share outside [0.05, 0.95] minus the reference's
+    alpha: float = MONITOR_ALPHA  # family-wise false-alarm rate of all the tests together
+    max_outside_overlap_increase: float = 0.10  # live share outside the overlap bounds minus the reference's
     psi_alert: float = PSI_ALERT
     min_live_rows: int = 200
     cs_alpha: float = 0.05  # confidence sequence level for the policy-value difference
@@ -114,7 +100,7 @@ def _propensity_classifier(seed: int):
 
 def propensity_model(reference: pd.DataFrame, columns: list[str], seed: int = 0):
     """P(T = 1 | X) fit on the reference profile (the covariates the server sees)."""
-    X = reference[[f"input.{c}" for c in columns]].to_numpy()
+    X = reference[input_columns(columns)].to_numpy()
     return _propensity_classifier(seed).fit(X, reference["T"].to_numpy())
 
 
@@ -158,7 +144,7 @@ def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> pd.
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.model_selection import KFold
 
-    X = frame[[f"input.{c}" for c in columns]].to_numpy()
+    X = frame[input_columns(columns)].to_numpy()
     A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
     mu = {0: np.empty(len(Y)), 1: np.empty(len(Y))}
     for train, test in KFold(2, shuffle=True, random_state=seed).split(X):
@@ -177,9 +163,164 @@ def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> pd.
     return pd.DataFrame(out)
 
 
+# ----------------------------------------------------------------------------- the checks
+@dataclass
+class Signal:
+    """One thing a check found: a hypothesis test (`p_value`, judged at the shared level) and/or a
+    threshold crossed (`over_threshold`, an alert whatever the level)."""
+
+    check: str
+    message: str
+    p_value: float | None = None
+    over_threshold: bool = False
+    covariate: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def alerts(self, level: float) -> bool:
+        return self.over_threshold or (self.p_value is not None and self.p_value < level)
+
+
+@dataclass
+class CheckResult:
+    summary: dict
+    signals: list[Signal] = field(default_factory=list)
+
+
+@dataclass
+class MonitorInputs:
+    """What every check reads: live (champion) and shadow rows of the log, the reference profile."""
+
+    live: pd.DataFrame
+    shadow: pd.DataFrame
+    reference: pd.DataFrame
+    covariates: list[str]
+    config: MonitorConfig
+    seed: int
+
+    @property
+    def columns(self) -> list[str]:
+        return input_columns(self.covariates)
+
+    @property
+    def binary(self) -> bool:
+        return set(np.unique(self.reference["T"])) <= {0.0, 1.0}
+
+    @property
+    def has_actions(self) -> bool:
+        return "action" in self.live and bool(self.live["action"].notna().all()) and self.binary
+
+
+class CovariateDrift:
+    name = "covariate_drift"
+    alerts = ("covariate_drift",)
+
+    def run(self, m: MonitorInputs) -> CheckResult:
+        drift, signals = {}, []
+        for c, col in zip(m.covariates, m.columns):
+            ref, now = m.reference[col].to_numpy(), m.live[col].to_numpy()
+            if categorical(ref):
+                test, p = "chi_square", chi_square_drift(ref, now)
+            else:
+                test, p = "ks", float(stats.ks_2samp(ref, now).pvalue)
+            index = psi(ref, now)
+            drift[c] = {"test": test, "p_value": p, "psi": index}
+            signals.append(Signal("covariate_drift", f"{c}: {test} p = {p:.2g}, PSI {index:.3f}", p_value=p,
+                                  over_threshold=index > m.config.psi_alert, covariate=c,
+                                  details={"p_value": p, "psi": index}))
+        return CheckResult(drift, signals)
+
+
+class DomainClassifier:
+    name = "domain_classifier"
+    alerts = ("domain_classifier",)
+
+    def run(self, m: MonitorInputs) -> CheckResult:
+        auc, p = domain_classifier_auc(m.reference[m.columns].to_numpy(), m.live[m.columns].to_numpy(), m.seed)
+        return CheckResult({"auc": auc, "p_value": p}, [Signal(
+            "domain_classifier", f"a classifier tells live rows from training rows (AUC {auc:.3f}, p = {p:.2g})",
+            p_value=p, details={"auc": auc, "p_value": p})])
+
+
+class PropensityDrift:
+    name = "propensity"
+    alerts = ("propensity_drift", "overlap")
+
+    def run(self, m: MonitorInputs) -> CheckResult | None:
+        if not m.binary:
+            return None
+        # Fit on half the reference, compare the other half with live rows: both out of sample, so
+        # neither the propensity's spread nor its fit to T differs between them by construction.
+        reference = m.reference
+        half = np.random.default_rng([m.seed, 5]).permutation(len(reference)) < len(reference) // 2
+        model = propensity_model(reference[half], m.covariates, m.seed)
+        held_out = reference[~half]
+        e_ref = model.predict_proba(held_out[m.columns].to_numpy())[:, 1]
+        e_live = model.predict_proba(m.live[m.columns].to_numpy())[:, 1]
+        lo, hi = OVERLAP_BOUNDS
+        out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
+        p = float(stats.ks_2samp(e_ref, e_live).pvalue)
+        summary = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),
+                   "share_outside_live": float(out_live)}
+        signals = [
+            Signal("propensity_drift", f"the training propensity of live rows has shifted (KS p = {p:.2g})",
+                   p_value=p, details={"p_value": p}),
+            Signal("overlap", f"{100 * out_live:.1f}% of live rows lie outside the training overlap region "
+                              f"(training: {100 * out_ref:.1f}%)",
+                   over_threshold=out_live - out_ref > m.config.max_outside_overlap_increase,
+                   details={"share": float(out_live)})]
+        if m.has_actions:
+            p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, m.live["action"].to_numpy(float))
+            summary["policy_p_value"] = p
+            signals.append(Signal("propensity_drift", f"live actions no longer follow the training treatment "
+                                                      f"policy (treated share at equal propensity: chi-square "
+                                                      f"p = {p:.2g})", p_value=p, details={"p_value": p}))
+        return CheckResult(summary, signals)
+
+
+class EffectDrift:
+    name = "effect"
+    alerts = ("cate_drift", "ate_drift")
+
+    def run(self, m: MonitorInputs) -> CheckResult:
+        ref_cate, live_cate = m.reference["cate"].to_numpy(), m.live["cate"].to_numpy()
+        p_dist = float(stats.ks_2samp(ref_cate, live_cate).pvalue)
+        diff = float(live_cate.mean() - ref_cate.mean())
+        se = float(np.sqrt(ref_cate.var(ddof=1) / len(ref_cate) + live_cate.var(ddof=1) / len(live_cate)))
+        p_ate = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else 1.0
+        summary = {"cate_ks_p_value": p_dist, "cate_psi": psi(ref_cate, live_cate),
+                   "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()), "ate_p_value": p_ate}
+        return CheckResult(summary, [
+            Signal("cate_drift", f"the distribution of the served CATE has shifted (KS p = {p_dist:.2g})",
+                   p_value=p_dist, details={"p_value": p_dist}),
+            Signal("ate_drift", f"the mean served CATE moved by {diff:+.4g} (p = {p_ate:.2g})", p_value=p_ate,
+                   details={"p_value": p_ate})])
+
+
+class ShadowAgreement:
+    name = "shadow"
+    alerts = ()
+
+    def run(self, m: MonitorInputs) -> CheckResult | None:
+        if not len(m.shadow):
+            return None
+        pairs = m.live.merge(m.shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+        if len(pairs) < 10:
+            return None
+        a, b = pairs["cate"].to_numpy(), pairs["cate_shadow"].to_numpy()
+        k = max(1, len(a) // 10)
+        top_a, top_b = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
+        return CheckResult({"pairs": int(len(pairs)), "spearman": float(stats.spearmanr(a, b)[0]),
+                            "top_decile_overlap": len(top_a & top_b) / k,
+                            "action_disagreement": float(np.mean((a > 0) != (b > 0)))})
+
+
+CHECKS = (CovariateDrift(), DomainClassifier(), PropensityDrift(), EffectDrift(), ShadowAgreement())
+ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind of alert, for the gauges
+
+
 # ----------------------------------------------------------------------------- the monitor
 def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], config: MonitorConfig | None = None,
-            outcomes: pd.DataFrame | None = None, seed: int = 0) -> dict:
+            outcomes: pd.DataFrame | None = None, seed: int = 0, checks=CHECKS) -> dict:
     """Every check on one model's event log against its reference profile; alerts and a
     recommendation. `outcomes` has request_id and row (or unit_id) and an `outcome` column."""
     config = config or MonitorConfig()
@@ -191,90 +332,25 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
         result["retrain"] = False
         result["note"] = f"{len(live)} live rows; at least {config.min_live_rows} are needed to judge drift"
         return result
-    cols = [f"input.{c}" for c in columns]
-    binary = set(np.unique(reference["T"])) <= {0.0, 1.0}
-    has_actions = "action" in live and live["action"].notna().all() and binary
-    # One Bonferroni budget for every p-value test below.
-    n_tests = len(columns) + 1 + 2 + (2 if binary else 0) + (1 if has_actions else 0)
-    level = config.alpha / n_tests
-    result["checks"]["test_level"] = level
-
-    def alert(check, message, covariate=None, **details):
-        result["alerts"].append({"check": check, "covariate": covariate, "message": message, **details})
-
-    drift = {}
-    for c, col in zip(columns, cols):
-        ref, now = reference[col].to_numpy(), live[col].to_numpy()
-        if categorical(ref):
-            test, p = "chi_square", chi_square_drift(ref, now)
-        else:
-            test, p = "ks", float(stats.ks_2samp(ref, now).pvalue)
-        index = psi(ref, now)
-        drift[c] = {"test": test, "p_value": p, "psi": index}
-        if p < level or index > config.psi_alert:
-            alert("covariate_drift", f"{c}: {test} p = {p:.2g}, PSI {index:.3f}", covariate=c, p_value=p, psi=index)
-    result["checks"]["covariate_drift"] = drift
-    auc, p = domain_classifier_auc(reference[cols].to_numpy(), live[cols].to_numpy(), seed)
-    result["checks"]["domain_classifier"] = {"auc": auc, "p_value": p}
-    if p < level:
-        alert("domain_classifier", f"a classifier tells live rows from training rows (AUC {auc:.3f}, p = {p:.2g})",
-              auc=auc, p_value=p)
-
-    if binary:
-        # Fit on half the reference, compare the other half with live rows: both out of sample, so
-        # neither the propensity's spread nor its fit to T differs between them by construction.
-        half = np.random.default_rng([seed, 5]).permutation(len(reference)) < len(reference) // 2
-        model = propensity_model(reference[half], columns, seed)
-        held_out = reference[~half]
-        e_ref = model.predict_proba(held_out[cols].to_numpy())[:, 1]
-        e_live = model.predict_proba(live[cols].to_numpy())[:, 1]
-        lo, hi = OVERLAP_BOUNDS
-        out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
-        p = float(stats.ks_2samp(e_ref, e_live).pvalue)
-        prop = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),
-                "share_outside_live": float(out_live)}
-        if p < level:
-            alert("propensity_drift", f"the training propensity of live rows has shifted (KS p = {p:.2g})", p_value=p)
-        if out_live - out_ref > config.max_outside_overlap_increase:
-            alert("overlap", f"{100 * out_live:.1f}% of live rows lie outside the training overlap region "
-                             f"(training: {100 * out_ref:.1f}%)", share=float(out_live))
-        if has_actions:
-            p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, live["action"].to_numpy(float))
-            prop["policy_p_value"] = p
-            if p < level:
-                alert("propensity_drift", f"live actions no longer follow the training treatment policy "
-                                          f"(treated share at equal propensity: chi-square p = {p:.2g})", p_value=p)
-        result["checks"]["propensity"] = prop
-
-    ref_cate, live_cate = reference["cate"].to_numpy(), live["cate"].to_numpy()
-    p_dist = float(stats.ks_2samp(ref_cate, live_cate).pvalue)
-    diff = float(live_cate.mean() - ref_cate.mean())
-    se = float(np.sqrt(ref_cate.var(ddof=1) / len(ref_cate) + live_cate.var(ddof=1) / len(live_cate)))
-    p_ate = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else 1.0
-    result["checks"]["effect"] = {"cate_ks_p_value": p_dist, "cate_psi": psi(ref_cate, live_cate),
-                                  "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()),
-                                  "ate_p_value": p_ate}
-    if p_dist < level:
-        alert("cate_drift", f"the distribution of the served CATE has shifted (KS p = {p_dist:.2g})", p_value=p_dist)
-    if p_ate < level:
-        alert("ate_drift", f"the mean served CATE moved by {diff:+.4g} (p = {p_ate:.2g})", p_value=p_ate)
-
-    if len(shadow):
-        pairs = live.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
-        if len(pairs) >= 10:
-            a, b = pairs["cate"].to_numpy(), pairs["cate_shadow"].to_numpy()
-            k = max(1, len(a) // 10)
-            top_a, top_b = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
-            result["checks"]["shadow"] = {"pairs": int(len(pairs)), "spearman": float(stats.spearmanr(a, b)[0]),
-                                          "top_decile_overlap": len(top_a & top_b) / k,
-                                          "action_disagreement": float(np.mean((a > 0) != (b > 0)))}
-
+    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed)
+    signals: list[Signal] = []
+    for check in checks:
+        found = check.run(inputs)
+        if found is not None:
+            result["checks"][check.name] = found.summary
+            signals += found.signals
+    # One Bonferroni budget, over the tests the checks ran.
+    tests = sum(s.p_value is not None for s in signals)
+    level = config.alpha / max(tests, 1)
+    result["checks"]["tests"], result["checks"]["test_level"] = tests, level
+    for s in signals:
+        if s.alerts(level):
+            result["alerts"].append({"check": s.check, "covariate": s.covariate, "message": s.message, **s.details})
     result["recommendation"] = "hold"
     if outcomes is not None:
         result["policy"] = _policy(live, shadow, outcomes, columns, config, seed)
         result["recommendation"] = result["policy"]["recommendation"]
-    result["retrain"] = any(a["check"] in ("covariate_drift", "domain_classifier", "propensity_drift", "overlap",
-                                           "cate_drift", "ate_drift") for a in result["alerts"])
+    result["retrain"] = bool(result["alerts"])
     return result
 
 
@@ -321,7 +397,7 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
     labels = {"model": model, "version": str(version)}
     g = Gauge("tauforge_monitor_alerts", "Alerts raised by the last monitoring run", ["model", "version", "check"],
               registry=registry)
-    for check in ("covariate_drift", "domain_classifier", "propensity_drift", "overlap", "cate_drift", "ate_drift"):
+    for check in ALERTS:
         g.labels(**labels, check=check).set(sum(a["check"] == check for a in result["alerts"]))
     Gauge("tauforge_monitor_retrain_needed", "1 when drift calls for retraining", ["model", "version"],
           registry=registry).labels(**labels).set(float(result.get("retrain", False)))
@@ -353,29 +429,46 @@ def render_report(result: dict, title: str) -> str:
                if "policy" in result else "") + "</body></html>")
 
 
+def read_outcomes(path: str) -> pd.DataFrame:
+    """Outcomes for policy value: Parquet with an `outcome` column and request_id and row (or unit_id)."""
+    if not os.path.exists(path):
+        raise ValueError(f"outcomes {path} does not exist")
+    outcomes = pd.read_parquet(path)
+    keys = {"request_id", "row"} <= set(outcomes.columns) or "unit_id" in outcomes.columns
+    if "outcome" not in outcomes.columns or not keys:
+        raise ValueError(f"outcomes {path} needs an 'outcome' column and request_id and row (or unit_id); it has "
+                         f"{', '.join(map(str, outcomes.columns))}")
+    return outcomes
+
+
+def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,
+                outcomes: str | None = None, config: MonitorConfig | None = None) -> dict:
+    """The monitoring step: read `model`'s event log under `log_dir`, pick the version it served
+    (`monitored_version`), load that version's reference profile from `store`, and `monitor`;
+    the result names the model and version."""
+    registry = ModelStore(store)
+    events = read_events(log_dir)
+    events = events[events["model"] == model] if len(events) else events
+    served = monitored_version(registry, model, events, version)
+    loaded = registry.load(model, served)
+    events = events[(events["role"] != "champion") | (events["version"] == served)]
+    result = monitor(events, load_reference(loaded.reference_path), loaded.card["spec"]["covariates"], config,
+                     outcomes=read_outcomes(outcomes) if outcomes else None)
+    result.update(model=model, version=served)
+    return result
+
+
 # ----------------------------------------------------------------------------- KFP component
-from ._kfp import HTML, Metrics, Output, component  # noqa: E402 (the component section of the module)
-
-
 @component
 def monitor_model(store: str, model_name: str, version: str, log_dir: str, outcomes: str, alpha: float,
                   report: Output[HTML], metrics: Output[Metrics]) -> bool:
     """Monitor the served model's event log; return whether drift calls for retraining."""
-    import pandas as pd
+    from tauforge.components.monitor import MonitorConfig, render_report, run_monitor
 
-    from tauforge.components.monitor import MonitorConfig, load_reference, monitor, monitored_version, render_report
-    from tauforge.components.registry import ModelStore
-    from tauforge.serving.event_log import read_events
-
-    registry = ModelStore(store)
-    events = read_events(log_dir)
-    loaded = registry.load(model_name, monitored_version(registry, model_name, events, version))
-    events = events[(events["model"] == model_name)
-                    & ((events["role"] != "champion") | (events["version"] == loaded.version))]
-    result = monitor(events, load_reference(loaded.path), loaded.card["spec"]["covariates"],
-                     MonitorConfig(alpha=alpha), outcomes=pd.read_parquet(outcomes) if outcomes else None)
+    result = run_monitor(store, model_name, log_dir, version=version or None, outcomes=outcomes or None,
+                         config=MonitorConfig(alpha=alpha))
     with open(report.path, "w") as f:
-        f.write(render_report(result, f"tauforge monitor: {model_name} version {loaded.version}"))
+        f.write(render_report(result, f"tauforge monitor: {model_name} version {result['version']}"))
     metrics.log_metric("alerts", float(len(result["alerts"])))
     metrics.log_metric("live_rows", float(result["live_rows"]))
     metrics.log_metric("retrain", float(result["retrain"]))

@@ -2,8 +2,9 @@
 
 `fit_nuisance_fold` fits E[Y | X, W] and E[T | X, W] on every fold but one and predicts the
 held-out fold; `combine_folds` checks the folds cover every row once and forms the residuals
-the forest is grown on. Folds, models and seeds are those of `kernels.CausalForestDML`, so the
-pipeline and the in-process estimator produce the same residuals.
+the forest is grown on. Folds, models and seeds are those of `tauforge.kernels.CausalForestDML`,
+so the pipeline and the in-process estimator produce the same residuals. `NuisanceConfig` says
+which models and how many folds; the refuters and the bootstrap refit with the same settings.
 """
 
 import json
@@ -13,10 +14,45 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance
+from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance, resolve_model
 
+from . import config
 from ._kfp import Dataset, Input, List, Metrics, Output, component
+from .constants import DEFAULT_FOLDS
 from .data import ValidatedData
+
+
+@dataclass(frozen=True)
+class NuisanceConfig:
+    """How the nuisance models are fit.
+
+    model_y, model_t : 'auto' (scikit-learn's HistGradientBoosting, early-stopped), 'tauforge'
+        (the engine's boosting), or a scikit-learn estimator class by import path
+        ('sklearn.linear_model.LassoCV'); model_t must be a classifier for a binary treatment.
+    folds : cross-fitting folds (one pipeline task each), at least 2.
+    """
+
+    model_y: str = "auto"
+    model_t: str = "auto"
+    folds: int = DEFAULT_FOLDS
+
+    def __post_init__(self):
+        if not (isinstance(self.folds, int) and not isinstance(self.folds, bool) and self.folds >= 2):
+            raise config.ConfigError("folds", f"must be an integer of at least 2, got {self.folds!r}")
+        for role in ("y", "t"):
+            model = getattr(self, f"model_{role}")
+            try:  # an import path that does not resolve should fail here, not in a task
+                resolve_model(model, role, discrete=False, seed=0)
+            except ValueError as exc:
+                raise config.ConfigError(f"model_{role}", f"must be 'auto', 'tauforge' or an importable "
+                                                          f"scikit-learn estimator class: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "NuisanceConfig":
+        return config.from_json(cls, text, "nuisance")
+
+    def to_json(self) -> str:
+        return config.to_json(self)
 
 
 @dataclass
@@ -40,35 +76,42 @@ class FoldPredictions:
         return cls(meta["fold"], pd.read_parquet(os.path.join(path, "predictions.parquet")), meta["scores"])
 
 
-def fit_nuisance_fold(data: ValidatedData, fold: int, n_folds: int, seed: int, model_y: str = "auto",
-                      model_t: str = "auto") -> FoldPredictions:
+def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, seed: int) -> FoldPredictions:
     """Fit both nuisance models without fold `fold`; predict and score the rows of `fold`."""
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"fold must be in [0, {n_folds}), got {fold}")
+    if not 0 <= fold < nuisance.folds:
+        raise ValueError(f"fold must be in [0, {nuisance.folds}), got {fold}")
     a = data.arrays()
     discrete = data.spec.binary
-    folds = cross_fitting_folds(a["T"], n_folds, discrete, seed)
+    folds = cross_fitting_folds(a["T"], nuisance.folds, discrete, seed)
     train, test = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-    y_hat, t_hat, scores = fit_nuisance(_nuisance_inputs(a), a["Y"], a["T"], train, test, model_y=model_y,
-                                        model_t=model_t, discrete=discrete, seed=seed,
+    y_hat, t_hat, scores = fit_nuisance(nuisance_inputs(a), a["Y"], a["T"], train, test, model_y=nuisance.model_y,
+                                        model_t=nuisance.model_t, discrete=discrete, seed=seed,
                                         sample_weight=a["sample_weight"])
     t_hat = _known_propensity(data, t_hat)
     frame = pd.DataFrame({"row": test, "fold": fold, "y_hat": y_hat, "t_hat": t_hat})
     return FoldPredictions(fold, frame, scores)
 
 
-def refit_residuals(data: ValidatedData, sample_weight: np.ndarray, n_folds: int, seed: int,
-                    model_y: str = "auto", model_t: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y_res, t_res, t_hat) of every row with the nuisance models cross-fit again under
-    `sample_weight` (a bootstrap resample's), with the folds and models of `fit_nuisance_fold`."""
+def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sample_weight: np.ndarray | None = None,
+                    rows: np.ndarray | None = None,
+                    extra_control: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_res, t_res, t_hat) with the nuisance models cross-fit again, with the folds and models
+    of `fit_nuisance_fold`: under `sample_weight` (a bootstrap resample's; default the data's
+    own), on `rows` only (a refuter's subset; default all), with `extra_control` as one more
+    column the models see (a refuter's random common cause)."""
     a = data.arrays()
-    y_hat, t_hat, _ = cross_fit(_nuisance_inputs(a), a["Y"], a["T"], n_folds=n_folds, discrete=data.spec.binary,
-                                seed=seed, model_y=model_y, model_t=model_t, sample_weight=sample_weight)
+    rows = np.arange(len(a["Y"])) if rows is None else rows
+    XW = nuisance_inputs(a) if extra_control is None else np.hstack([nuisance_inputs(a), extra_control[:, None]])
+    weight = a["sample_weight"] if sample_weight is None else sample_weight
+    Y, T = a["Y"][rows], a["T"][rows]
+    y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=data.spec.binary, seed=seed,
+                                model_y=nuisance.model_y, model_t=nuisance.model_t,
+                                sample_weight=None if weight is None else weight[rows])
     t_hat = _known_propensity(data, t_hat)
-    return a["Y"] - y_hat, a["T"] - t_hat, t_hat
+    return Y - y_hat, T - t_hat, t_hat
 
 
-def _nuisance_inputs(a: dict) -> np.ndarray:
+def nuisance_inputs(a: dict) -> np.ndarray:
     """What the nuisance models see: the covariates and the controls."""
     return a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
 
@@ -131,11 +174,11 @@ def nuisance_fold(dataset: Input[Dataset], fold: int, n_folds: int, seed: int, m
     import time
 
     from tauforge.components.data import load_validated
-    from tauforge.components.nuisance import fit_nuisance_fold
+    from tauforge.components.nuisance import NuisanceConfig, fit_nuisance_fold
 
     start = time.perf_counter()
-    result = fit_nuisance_fold(load_validated(dataset.path), int(fold), int(n_folds), int(seed),
-                               model_y, model_t)
+    nuisance = NuisanceConfig(model_y, model_t, int(n_folds))
+    result = fit_nuisance_fold(load_validated(dataset.path), int(fold), nuisance, int(seed))
     result.save(predictions.path)
     print(f"tauforge: nuisance fold {int(fold) + 1}/{int(n_folds)} fit in {time.perf_counter() - start:.1f} s: "
           + ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items()), flush=True)

@@ -15,10 +15,11 @@ import numpy as np
 from scipy import stats
 from scipy.stats import norm
 
-from tauforge.kernels.dml import doubly_robust_ate, partially_linear_ate
-from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
+from tauforge.kernels.ate import dml_ate, partially_linear_ate
 
+from .constants import MIN_PROPENSITY
 from .data import ValidatedData
+from .nuisance import NuisanceConfig, refit_residuals
 
 
 def _p_two_sided(z: float) -> float:
@@ -35,38 +36,24 @@ def placebo(data: ValidatedData, y_res: np.ndarray, seed: int) -> dict:
 
 
 def _refit_ate(data: ValidatedData, rows: np.ndarray, extra: np.ndarray | None, oob_cate: np.ndarray,
-               nuisance: dict, seed: int) -> float:
-    a = data.arrays()
-    XW = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
-    if extra is not None:
-        XW = np.hstack([XW, extra[:, None]])
-    XW, Y, T = XW[rows], a["Y"][rows], a["T"][rows]
-    sw = None if a["sample_weight"] is None else a["sample_weight"][rows]
-    discrete = data.spec.binary
-    folds = cross_fitting_folds(T, int(nuisance.get("folds", 5)), discrete, seed)
-    y_hat, t_hat = np.empty(len(rows)), np.empty(len(rows))
-    for k in range(int(nuisance.get("folds", 5))):
-        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        y_hat[test], t_hat[test], _ = fit_nuisance(XW, Y, T, train, test, model_y=nuisance.get("model_y", "auto"),
-                                                   model_t=nuisance.get("model_t", "auto"), discrete=discrete,
-                                                   seed=seed, sample_weight=sw)
-    if data.spec.assignment == "randomized":
-        t_hat[:] = data.spec.propensity
-    if discrete:
-        return doubly_robust_ate(oob_cate[rows], Y - y_hat, T - t_hat, t_hat, 0.01, sw)[0]
-    return partially_linear_ate(Y - y_hat, T - t_hat, sw)[0]
+               nuisance: NuisanceConfig, seed: int) -> float:
+    """The ATE with the nuisance models refit on `rows`, seeing `extra` as one more control."""
+    y_res, t_res, t_hat = refit_residuals(data, nuisance, seed, rows=rows, extra_control=extra)
+    weight = data.arrays()["sample_weight"]
+    return dml_ate(oob_cate[rows], y_res, t_res, t_hat, discrete=data.spec.binary, min_propensity=MIN_PROPENSITY,
+                   sample_weight=None if weight is None else weight[rows])[0]
 
 
-def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray, nuisance: dict,
-                        seed: int) -> dict:
+def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray,
+                        nuisance: NuisanceConfig, seed: int) -> dict:
     n = len(data.table)
     noise = np.random.default_rng([seed, 11]).normal(size=n)
     new = _refit_ate(data, np.arange(n), noise, oob_cate, nuisance, seed)
     return {"effect": new, "change": new - ate, "p_value": _p_two_sided((new - ate) / ate_stderr)}
 
 
-def data_subset(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray, nuisance: dict,
-                seed: int, fraction: float = 0.8, repeats: int = 5) -> dict:
+def data_subset(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray,
+                nuisance: NuisanceConfig, seed: int, fraction: float = 0.8, repeats: int = 5) -> dict:
     """Refit on `repeats` random subsets; test that the full estimate lies within their spread, as
     one more draw would (a t prediction interval with repeats - 1 degrees of freedom). Their
     spread includes the noise of refitting the nuisance models, which a formula for the subset's

@@ -24,25 +24,29 @@ instant can lose one (and its history entry): promote from one place.
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 
-from tauforge.kernels.serialization import sha256_file
+from tauforge.kernels.serialization import sha256_file, sha256_json, sha256_text
 
-from ._kfp import HTML, Artifact, Dataset, Input, Model, component
+from .constants import DEFAULT_STORE
 
+# A version's files: what `tauforge.components.publish` assembles and every reader finds there.
+FOREST_DIR = "forest"
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.html"
+REFERENCE_FILE = "reference.parquet"
 CARD_FILE = "model_card.json"
 ALIASES_FILE = "aliases.json"
 CARD_FORMAT = "tauforge.model_card"
-DEFAULT_STORE = "./tauforge-store"
 _STAGING = ".staging"
 
 
@@ -50,20 +54,17 @@ class StoreError(ValueError):
     """A store operation that cannot be done as asked (unknown model, version or alias, bad card)."""
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def card_digest(card: dict) -> str:
-    body = {k: v for k, v in card.items() if k != "card_sha256"}
-    return _sha256_bytes(json.dumps(body, sort_keys=True).encode())
+    """The card's own checksum (of everything in it but this digest)."""
+    return sha256_json(card, "card_sha256")
 
 
 def _is_model_name(name: str) -> bool:
     return bool(name) and all(ch.isalnum() or ch in "-_." for ch in name) and not name.startswith(".")
 
 
-def _valid_name(name: str) -> str:
+def check_model_name(name: str) -> str:
+    """`name` if it can name a model in the store; else a StoreError saying what a name may hold."""
     if not _is_model_name(name):
         raise StoreError(f"model name {name!r} must be letters, digits, '-', '_' or '.' (not leading)")
     return name
@@ -77,10 +78,15 @@ class ModelVersion:
     path: str  # where the version's files are (a local path once loaded)
 
     def load_forest(self, device: str | None = None):
-        """The version's `kernels.CausalForest`, its checksums verified again."""
+        """The version's `tauforge.kernels.CausalForest`, its checksums verified again."""
         from tauforge.kernels import CausalForest
 
-        return CausalForest.load(os.path.join(self.path, "forest"), device=device)
+        return CausalForest.load(os.path.join(self.path, FOREST_DIR), device=device)
+
+    @property
+    def reference_path(self) -> str:
+        """The reference profile monitoring compares live traffic with (`components.events`)."""
+        return os.path.join(self.path, REFERENCE_FILE)
 
 
 class ModelStore:
@@ -94,7 +100,7 @@ class ModelStore:
 
     # ------------------------------------------------------------------ paths and listing
     def _model_dir(self, model: str) -> str:
-        return f"{self.root}/{_valid_name(model)}"
+        return f"{self.root}/{check_model_name(model)}"
 
     def models(self) -> list[str]:
         if not self.fs.exists(self.root):
@@ -158,7 +164,7 @@ class ModelStore:
             path = src
         else:  # one cached copy per store, model and version (versions are immutable), verified below
             root = cache_dir or os.path.join(tempfile.gettempdir(), "tauforge-cache",
-                                             hashlib.sha256(self.uri.encode()).hexdigest()[:16])
+                                             sha256_text(self.uri)[:16])
             path = os.path.join(root, model, str(version))
             if not os.path.exists(os.path.join(path, CARD_FILE)):
                 staging = f"{path}.{uuid.uuid4().hex}"
@@ -176,7 +182,7 @@ class ModelStore:
 
         `card` holds the causal metadata; the store adds model, version, creation time, parent
         version and the sha256 of every file. Nothing is visible until everything is written."""
-        _valid_name(model)
+        check_model_name(model)
         if not os.path.isdir(source_dir):
             raise StoreError(f"nothing to publish: {source_dir} is not a directory")
         if os.path.exists(os.path.join(source_dir, CARD_FILE)):
@@ -191,11 +197,11 @@ class ModelStore:
             staging = tempfile.mkdtemp(prefix="tauforge-publish-")
             shutil.copytree(source_dir, staging, dirs_exist_ok=True)
         try:
-            for attempt in range(1000):
+            for _ in range(1000):
                 existing = self.versions(model)
                 version = max([*existing, *self._claimed_numbers(model)], default=0) + 1
                 full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
-                            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                             parent_version=existing[-1] if existing else None, files=files)
                 full["card_sha256"] = card_digest(full)
                 with open(os.path.join(staging, CARD_FILE), "w") as f:
@@ -365,40 +371,3 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
         "environment": environment(), "run": run,
     }
-
-
-# ----------------------------------------------------------------------------- KFP components
-@component
-def publish_model(dataset: Input[Dataset], estimate: Input[Model], evaluation: Input[Artifact],
-                  report: Input[HTML], store: str, model_name: str, source: str, run_id: str,
-                  estimator: str) -> int:
-    """Publish the estimate as the next version of `model_name` in `store`; return the version."""
-    import json
-    import os
-    import shutil
-    import tempfile
-
-    from tauforge.components.data import fingerprint, load_validated, schema
-    from tauforge.components.estimate import FOREST_DIR, Estimate
-    from tauforge.components.monitor import REFERENCE_FILE, reference_profile
-    from tauforge.components.registry import ModelStore, build_card
-
-    data = load_validated(dataset.path)
-    est = Estimate.load(estimate.path)
-    with open(evaluation.path) as f:
-        result = json.load(f)
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(os.path.join(estimate.path, FOREST_DIR), os.path.join(tmp, "forest"))
-        shutil.copy(evaluation.path, os.path.join(tmp, "evaluation.json"))
-        shutil.copy(report.path, os.path.join(tmp, "report.html"))
-        a = data.arrays()
-        reference_profile(a["X"], data.spec.covariates, a["T"], est.forest.predict).to_parquet(
-            os.path.join(tmp, REFERENCE_FILE), index=False)
-        card = build_card(spec=json.loads(data.spec.to_json()),
-                          data={"source": source, "rows": len(data.table), "fingerprint": fingerprint(data.table),
-                                "schema": schema(data.table)},
-                          estimate=est.summary, evaluation=result, estimator=json.loads(estimator),
-                          run={"run_id": run_id, "pipeline": "tauforge-training"})
-        version = ModelStore(store).publish(model_name, tmp, card)
-    print(f"tauforge: published {model_name} version {version} to {store}", flush=True)
-    return version

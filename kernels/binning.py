@@ -51,7 +51,7 @@ class QuantileBinner:
         self.subsample = subsample
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray) -> "QuantileBinner":
+    def fit(self, X: np.ndarray) -> QuantileBinner:
         if not (2 <= int(self.max_bins) <= MAX_BINS):
             raise ValueError(f"max_bins must be between 2 and {MAX_BINS}, got {self.max_bins}")
         n = X.shape[0]
@@ -95,11 +95,6 @@ class QuantileBinner:
             np.searchsorted(c, np.arange(nf), side="left").astype(np.uint8)
             for c, nf in zip(self.coarse_last_fine_, self.n_fine_bins_)
         ]
-
-    @property
-    def edges_(self) -> list[np.ndarray]:
-        """Coarse bin edges per feature."""
-        return [f[c] for f, c in zip(self.fine_edges_, self.coarse_last_fine_)]
 
     def coarse_to_fine_thresholds(self) -> np.ndarray:
         """(features, max_bins) table: the fine threshold equal to the coarse split 'coarse <= b'."""
@@ -148,7 +143,7 @@ class QuantileBinner:
                 "bin_coarse_cuts": cut.astype(np.int64), "bin_coarse_offsets": cut_off}
 
     @classmethod
-    def from_edges(cls, fine_edges: list[np.ndarray], max_bins: int = MAX_BINS) -> "QuantileBinner":
+    def from_edges(cls, fine_edges: list[np.ndarray], max_bins: int = MAX_BINS) -> QuantileBinner:
         """A binner with the given sorted fine edges per feature (to predict with trees whose
         thresholds are those edges; coarse bins, used only to grow trees, are the first edges)."""
         binner = cls(max_bins=max_bins)
@@ -158,7 +153,7 @@ class QuantileBinner:
         return binner
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], max_bins: int) -> "QuantileBinner":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], max_bins: int) -> QuantileBinner:
         binner = cls(max_bins=max_bins)
         fe, fo = arrays["bin_fine_edges"], arrays["bin_fine_offsets"]
         cc, co = arrays["bin_coarse_cuts"], arrays["bin_coarse_offsets"]

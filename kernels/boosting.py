@@ -22,8 +22,6 @@ from sklearn.model_selection import train_test_split
 from . import _inputs
 from .binning import QuantileBinner
 
-LOSSES = ("squared_error", "log_loss")
-
 
 class _Trees:
     """Fitted trees in heap layout: feature (-1 for a leaf), coarse-bin threshold, node value."""

@@ -12,14 +12,15 @@ depends only on (seed, b), so replicates can be fit in shards on separate machin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ._inputs import resolve_device
 from ._progress import progress_bar
+from .ate import dml_ate
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest import CausalForest, fit_forests, forests_per_batch
@@ -45,7 +46,8 @@ class BootstrapReplicates:
     ates: np.ndarray
     replicates: np.ndarray  # int64 replicate indices, ascending
 
-    def effect_interval(self, X: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    def effect_interval(self, X: np.ndarray, point: np.ndarray, alpha: float,
+                        kind: str) -> tuple[np.ndarray, np.ndarray]:
         draws = np.stack([f.predict(X) for f in self.forests])
         return interval(draws, point, alpha, kind)
 
@@ -54,7 +56,7 @@ class BootstrapReplicates:
         return float(lo[0]), float(hi[0])
 
     @classmethod
-    def merge(cls, parts: list["BootstrapReplicates"], n_bootstrap: int) -> "BootstrapReplicates":
+    def merge(cls, parts: list[BootstrapReplicates], n_bootstrap: int) -> BootstrapReplicates:
         """The whole bootstrap from shards that each fit a range of replicates; every replicate
         0..n_bootstrap-1 must appear exactly once."""
         indices = np.concatenate([p.replicates for p in parts]) if parts else np.empty(0, np.int64)
@@ -77,7 +79,7 @@ class BootstrapReplicates:
                    {"format": FORMAT, "format_version": 1, "n_replicates": len(self.replicates)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "BootstrapReplicates":
+    def load(cls, path: str | os.PathLike) -> BootstrapReplicates:
         arrays, _ = load_model(path, FORMAT)
         replicates = arrays["replicates"].astype(np.int64)
         forests = [CausalForest.load(Path(path) / f"replicate-{int(b):05d}") for b in replicates]
@@ -151,17 +153,13 @@ def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     `refit(weights)`'s when the nuisance models are refit with the resample's weights; each
     replicate's ATE is doubly robust on the main fit's out-of-bag CATE `tau_oob` (discrete
     treatment) or partially linear, with the resample's weights."""
-    from .dml import doubly_robust_ate, partially_linear_ate
-
     base = np.ones(X.shape[0]) if sample_weight is None else sample_weight
 
     def residuals(counts):
         return main_residuals if refit is None else refit(counts * base)
 
     def ate(counts, y_res, t_res, t_hat):
-        w = counts * base
-        if discrete:
-            return doubly_robust_ate(tau_oob, y_res, t_res, t_hat, min_propensity, w)[0]
-        return partially_linear_ate(y_res, t_res, w)[0]
+        return dml_ate(tau_oob, y_res, t_res, t_hat, discrete=discrete, min_propensity=min_propensity,
+                       sample_weight=counts * base)[0]
 
     return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size)

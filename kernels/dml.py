@@ -14,49 +14,10 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs
-from .forest import CausalForest
+from .ate import MIN_PROPENSITY, dml_ate, oob_effect
+from .bootstrap import INTERVALS, dml_replicates
+from .forest import FOREST_PARAMS, CausalForest
 from .nuisance import cross_fit
-
-_FOREST_PARAMS = ("n_estimators", "min_samples_leaf", "max_depth", "mtry", "max_samples", "ci_group_size",
-                  "honest", "honesty_fraction", "alpha", "imbalance_penalty", "max_bins", "device", "backend",
-                  "progress")
-
-
-def doubly_robust_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
-                         min_propensity: float = 0.01) -> np.ndarray:
-    """Per-row AIPW scores of a binary treatment, tau + (y~ - tau t~) t~ / (e (1 - e)), with the
-    propensity clipped to [min_propensity, 1 - min_propensity]: their mean is the ATE, their mean
-    over a subgroup the subgroup's effect."""
-    e = np.clip(t_hat, min_propensity, 1 - min_propensity)
-    return tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
-
-
-def doubly_robust_ate(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
-                      min_propensity: float, sample_weight: np.ndarray | None = None) -> tuple[float, float]:
-    """ATE and standard error of a binary treatment from the AIPW score on out-of-bag CATE `tau`."""
-    w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
-    psi = doubly_robust_scores(tau, y_res, t_res, t_hat, min_propensity)
-    ate = float(np.average(psi, weights=w))
-    return ate, float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
-
-
-def partially_linear_ate(y_res: np.ndarray, t_res: np.ndarray,
-                         sample_weight: np.ndarray | None = None) -> tuple[float, float]:
-    """Partially linear DML effect: theta solves sum w t~ (y~ - theta t~) = 0; sandwich variance."""
-    w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
-    ate = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
-    score = w * t_res * (y_res - ate * t_res)
-    return ate, float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
-
-
-def oob_effect(forest: CausalForest, X: np.ndarray) -> np.ndarray:
-    """Out-of-bag CATE of the training rows; rows every tree saw (only with very few trees) use
-    all trees."""
-    tau = forest.oob_predict(X)
-    unseen = np.isnan(tau)
-    if unseen.any():
-        tau[unseen] = forest.predict(X[unseen])
-    return tau
 
 
 class CausalForestDML(BaseEstimator):
@@ -103,7 +64,8 @@ class CausalForestDML(BaseEstimator):
     """
 
     def __init__(self, *, model_y: Any = "auto", model_t: Any = "auto", discrete_treatment: bool | str = "auto",
-                 cv: int = 5, min_propensity: float = 0.01, n_estimators: int = 500, min_samples_leaf: float = 5,
+                 cv: int = 5, min_propensity: float = MIN_PROPENSITY, n_estimators: int = 500,
+                 min_samples_leaf: float = 5,
                  max_depth: int | None = None, mtry: int | None = None, max_samples: float = 0.45,
                  ci_group_size: int = 2, honest: bool = True, honesty_fraction: float = 0.5, alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, max_bins: int = 256, device: str = "auto", backend: str = "auto",
@@ -136,7 +98,7 @@ class CausalForestDML(BaseEstimator):
         self.random_state = random_state
         self.progress = progress
 
-    def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None) -> "CausalForestDML":
+    def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None) -> CausalForestDML:
         """Fit nuisance models by cross-fitting, then the causal forest on the residuals."""
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
@@ -170,7 +132,7 @@ class CausalForestDML(BaseEstimator):
         self.residuals_ = (y_res, t_res)
         self.nuisance_scores_ = scores
 
-        params = {k: getattr(self, k) for k in _FOREST_PARAMS}
+        params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw)
         self.ate_, self.ate_stderr_ = self._ate(X, y_res, t_res, t_hat, sw)
         self.n_features_in_ = X.shape[1]
@@ -181,8 +143,6 @@ class CausalForestDML(BaseEstimator):
 
     def _check_inference(self) -> None:
         """Before any fitting: a bad inference setting should not cost a whole fit first."""
-        from .bootstrap import INTERVALS
-
         if self.inference not in ("blb", "bootstrap"):
             raise ValueError(f"inference must be 'blb' or 'bootstrap', got {self.inference!r}")
         if self.inference == "bootstrap":
@@ -193,8 +153,6 @@ class CausalForestDML(BaseEstimator):
                                  f"got {self.bootstrap_interval!r}")
 
     def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
-        from .bootstrap import dml_replicates
-
         def refit(weights):
             y_hat, t_hat, _ = self._cross_fit(XW, Y, T, weights, seed)
             return Y - y_hat, T - t_hat, t_hat
@@ -223,9 +181,9 @@ class CausalForestDML(BaseEstimator):
                          device=str(_inputs.resolve_device(self.device)), progress=self.progress)
 
     def _ate(self, X, y_res, t_res, t_hat, sw):
-        if not self.discrete_treatment_:
-            return partially_linear_ate(y_res, t_res, sw)
-        return doubly_robust_ate(oob_effect(self.forest_, X), y_res, t_res, t_hat, self.min_propensity, sw)
+        tau = oob_effect(self.forest_, X) if self.discrete_treatment_ else None
+        return dml_ate(tau, y_res, t_res, t_hat, discrete=self.discrete_treatment_,
+                       min_propensity=self.min_propensity, sample_weight=sw)
 
     # ------------------------------------------------------------ results
     def _check_fitted(self) -> None:

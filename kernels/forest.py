@@ -3,6 +3,7 @@ grown on residualized treatment and outcome with quantile-binned covariates."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -124,12 +125,12 @@ class CausalForest(BaseEstimator):
         check(0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha}")
         check(self.imbalance_penalty >= 0, f"imbalance_penalty must be >= 0, got {self.imbalance_penalty}")
 
-    def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None) -> "CausalForest":
+    def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None) -> CausalForest:
         """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,)."""
         return self.fit_shard(X, T, y, shard=0, n_shards=1, sample_weight=sample_weight)
 
     def fit_shard(self, X: Any, T: Any, y: Any, *, shard: int, n_shards: int,
-                  sample_weight: Any = None) -> "CausalForest":
+                  sample_weight: Any = None) -> CausalForest:
         """Grow only shard `shard` of `n_shards` of the forest `fit` would grow: a contiguous
         range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
@@ -184,7 +185,7 @@ class CausalForest(BaseEstimator):
         self._backend = backend  # kept: the torch backend caches the forest on its device
 
     @classmethod
-    def merge(cls, shards: list["CausalForest"]) -> "CausalForest":
+    def merge(cls, shards: list[CausalForest]) -> CausalForest:
         """The forest of all `shards` (from `fit_shard` with one seed and parameters, shard
         0..k-1 of k, in any order): predicts exactly what `fit` with that seed predicts."""
         if not shards:
@@ -333,7 +334,7 @@ class CausalForest(BaseEstimator):
         save_model(path, arrays, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None) -> "CausalForest":
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> CausalForest:
         """Load a forest written by `save`; raises ValueError if any file fails its checksum."""
         arrays, meta = load_model(path, FORMAT)
         if meta.get("format_version", 1) > FORMAT_VERSION:
@@ -358,6 +359,12 @@ class CausalForest(BaseEstimator):
         forest.shard_ = tuple(meta.get("shard", (0, 1)))
         forest.source_ = meta.get("source", "tauforge")
         return forest
+
+
+# The growth parameters: every parameter of CausalForest but the seed and the progress display.
+# What CausalForestDML passes through to its forest, and what a pipeline run may set.
+FOREST_PARAMS = tuple(name for name in inspect.signature(CausalForest.__init__).parameters
+                      if name not in ("self", "random_state", "progress"))
 
 
 def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, Any, Any]],

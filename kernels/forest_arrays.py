@@ -55,7 +55,7 @@ class ForestArrays:
         return self.tree_offsets[:-1]
 
     @classmethod
-    def from_trees(cls, trees: list[TreeArrays]) -> "ForestArrays":
+    def from_trees(cls, trees: list[TreeArrays]) -> ForestArrays:
         for b, t in enumerate(trees):
             if not np.array_equal(t.child, _local_child(t.feature >= 0, np.array([0, len(t.feature)]))):
                 raise ValueError(f"tree {b} is not breadth-first with adjacent children; its pointers cannot be "
@@ -73,7 +73,7 @@ class ForestArrays:
         )
 
     @classmethod
-    def _assemble(cls, feature, threshold, leaf_values, tree_offsets, leaf_offsets, max_depth) -> "ForestArrays":
+    def _assemble(cls, feature, threshold, leaf_values, tree_offsets, leaf_offsets, max_depth) -> ForestArrays:
         """The forest with its global child pointers rebuilt from `feature`, a block of trees at a
         time (whole-forest temporaries would be several GB at 1e8 nodes)."""
         tree_offsets = np.asarray(tree_offsets, dtype=np.int64)
@@ -99,7 +99,7 @@ class ForestArrays:
         return TreeArrays(feature, self.threshold[lo:hi].copy(), child.astype(np.int64), self.leaf_values[llo:lhi])
 
     @classmethod
-    def merge(cls, forests: list["ForestArrays"]) -> "ForestArrays":
+    def merge(cls, forests: list[ForestArrays]) -> ForestArrays:
         """One forest of all the trees of `forests`, in order (tree shards grown apart)."""
         return cls.from_trees([f.tree(b) for f in forests for b in range(f.n_trees)])
 
@@ -110,7 +110,7 @@ class ForestArrays:
         return {f"forest_{k}": getattr(self, k) for k in self.SAVED}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], max_depth: int) -> "ForestArrays":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], max_depth: int) -> ForestArrays:
         a = {k: arrays[f"forest_{k}"] for k in cls.SAVED}
         n_splits = int((a["feature"] >= 0).sum())
         n_trees = len(a["tree_offsets"]) - 1
@@ -119,7 +119,8 @@ class ForestArrays:
                 and len(a["feature"]) == 2 * n_splits + n_trees == a["tree_offsets"][-1]):
             raise ValueError("the saved forest's arrays do not describe binary trees (sizes disagree)")
         nodes, leaves = np.diff(a["tree_offsets"]), np.diff(a["leaf_offsets"])
-        if a["tree_offsets"][0] != 0 or a["leaf_offsets"][0] != 0 or not ((leaves >= 1) & (nodes == 2 * leaves - 1)).all():
+        shapes_ok = ((leaves >= 1) & (nodes == 2 * leaves - 1)).all()
+        if a["tree_offsets"][0] != 0 or a["leaf_offsets"][0] != 0 or not shapes_ok:
             raise ValueError("the saved forest's tree offsets do not describe binary trees")
         forest = cls._assemble(**a, max_depth=max_depth)
         if forest._has_backward_pointer():

@@ -137,7 +137,8 @@ def encode(forest: ForestArrays, level: int = ZLIB_LEVEL) -> tuple[dict[str, np.
     arrays = {_PREFIX + name: data for (name, _), (data, _) in zip(named, packed)}
     arrays["forest_tree_offsets"] = np.asarray(forest.tree_offsets, dtype=np.int64)
     arrays["forest_leaf_offsets"] = np.asarray(forest.leaf_offsets, dtype=np.int64)
-    spec = {"encoding": ENCODING, "version": ENCODING_VERSION, "byteorder": sys.byteorder, "n_nodes": int(len(forest.feature)),
+    spec = {"encoding": ENCODING, "version": ENCODING_VERSION, "byteorder": sys.byteorder,
+            "n_nodes": int(len(forest.feature)),
             "n_leaves": int(len(forest.leaf_values)), "n_columns": int(forest.leaf_values.shape[1]),
             "feature_dtype": forest.feature.dtype.name, "leaf_columns": columns,
             "planes": {name: {"codec": codec, "size": int(len(plane))}

@@ -21,6 +21,7 @@ META_FILE = "model.json"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -28,10 +29,17 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _meta_digest(meta: dict[str, Any]) -> str:
-    """sha256 of the metadata itself (without this digest), so hand edits are caught too."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+def sha256_json(document: dict[str, Any], digest_key: str) -> str:
+    """sha256 of a JSON document without its own digest field `digest_key` (keys sorted), so a
+    document can carry its own checksum and hand edits are caught: the model metadata here, the
+    model card in the store."""
+    body = {k: v for k, v in document.items() if k != digest_key}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """sha256 of a string's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -46,7 +54,7 @@ def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
         np.savez(tmp, **arrays)
     os.replace(tmp.name, path / ARRAYS_FILE)
     meta = dict(meta, files={ARRAYS_FILE: sha256_file(path / ARRAYS_FILE)})
-    meta["meta_sha256"] = _meta_digest(meta)
+    meta["meta_sha256"] = sha256_json(meta, "meta_sha256")
     with tempfile.NamedTemporaryFile("w", dir=path, suffix=".json.tmp", delete=False) as tmp:
         json.dump(meta, tmp, indent=2, sort_keys=True)
     os.replace(tmp.name, path / META_FILE)
@@ -63,7 +71,7 @@ def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str,
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path} is not valid JSON: {exc}") from None
-    if meta.get("meta_sha256") != _meta_digest(meta):
+    if meta.get("meta_sha256") != sha256_json(meta, "meta_sha256"):
         raise ValueError(f"checksum mismatch for {meta_path}: the metadata was modified or corrupted")
     if meta.get("format") != expected_format:
         raise ValueError(f"{path} holds format {meta.get('format')!r}, expected {expected_format!r}")

@@ -1,9 +1,12 @@
 """The `tauforge` command line.
 
     tauforge run      train, evaluate and publish a causal model (the KFP pipeline, run locally)
-    tauforge compile  write the training pipeline as KFP IR YAML for the Kubeflow UI
+    tauforge compile  write the training or monitoring pipeline as KFP IR YAML for the Kubeflow UI
     tauforge submit   send a training run to Kubeflow Pipelines
     tauforge models   list | show | promote | rollback published models
+    tauforge serve    serve a published model on KServe's model server (canary, shadow)
+    tauforge deploy   write (and apply) the KServe and Istio objects that serve a version
+    tauforge monitor  check served traffic for drift; judge the champion against the challenger
     tauforge demo     fit the forest in-process on simulated data and compare with the truth
 
 Errors in what the user gave (flags, data) exit with status 2 and a message naming the
@@ -13,12 +16,23 @@ problem; a run whose quality gate fails exits with status 1 and says why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
 import os
+import sys
 import time
 
 import numpy as np
+
+from tauforge import __version__
+from tauforge.components.constants import (
+    DEFAULT_FOLDS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_STORE,
+    DEFAULT_TREES,
+    MONITOR_ALPHA,
+    STORE_ENV,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -61,34 +75,60 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 
-DEFAULT_STORE_ENV = "TAUFORGE_STORE"
-
-
 def _store_uri(args: argparse.Namespace) -> str:
-    from tauforge.components.registry import DEFAULT_STORE
-
-    uri = args.store or os.environ.get(DEFAULT_STORE_ENV) or DEFAULT_STORE
-    return uri if "://" in uri else os.path.abspath(uri)  # pipeline tasks may run elsewhere
+    """--store, else $TAUFORGE_STORE, else the default local store."""
+    return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
-def _parse_gate(items: list[str]) -> dict:
+def _shown(path: str) -> str:
+    """A path as the user would write it: relative to the working directory when inside it."""
+    if "://" in path:
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+# The flag behind each setting of a training run, so that a bad setting is reported as the flag
+# the user typed (the settings' own checks name the setting).
+TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "seed": "--seed", "store": "--store",
+                  "model_name": "--name", "estimator": "--estimator", "device": "--device",
+                  "bootstrap_shards": "--bootstrap-shards", "gpus_per_shard": "--gpus-per-shard",
+                  "n_bootstrap": "--bootstrap", "source": "--data"}
+NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t"}
+BOOTSTRAP_FLAGS = {"n_bootstrap": "--bootstrap", "trees": "--bootstrap-trees", "interval": "--bootstrap-interval",
+                   "nuisance": "--bootstrap-nuisance"}
+
+
+@contextlib.contextmanager
+def _as_flags(flags: dict[str, str], prefix: str = ""):
+    """Report a ConfigError raised inside as a ValueError naming the flag of its setting."""
+    from tauforge.components.config import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        raise ValueError(f"{flags.get(exc.field, prefix + exc.field)} {exc.problem}") from None
+
+
+def _parse_gate(items: list[str]) -> object:
+    from tauforge.components.evaluate import GateConfig
+
     gate = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--gate takes KEY=VALUE, got {item!r}")
         gate[key.strip()] = value.strip()
-    from tauforge.components.evaluate import GateConfig
-
-    GateConfig.from_dict(gate)  # fail now, not in the middle of the pipeline
-    return gate
+    with _as_flags({"gate": "--gate"}, prefix="--gate "):
+        return GateConfig.from_dict(gate)
 
 
-def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | None]:
-    """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags, the data
-    checked against the spec."""
-    from tauforge.components.data import DataSpec, demo_table, read_table, validate
-    from tauforge.pipelines.training import TrainingConfig
+def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None]:
+    """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
+    from tauforge.components.data import DataSpec, demo_table
+    from tauforge.components.estimate import BootstrapConfig
+    from tauforge.components.nuisance import NuisanceConfig
+    from tauforge.pipelines.config import TrainingConfig
 
     if args.demo:
         if args.data:
@@ -111,66 +151,40 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, "object", float | No
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
                     controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
                     treatment_type=args.treatment_type)
-    if args.command == "run" and ("://" not in source or source.startswith("file://")):
-        validate(read_table(source), spec)  # a clear error here, before any task starts
-    if args.folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {args.folds}")
-    if args.trees < 2 or args.trees % 2:
-        raise ValueError(f"--trees must be a positive even number (trees come in pairs for the intervals), "
-                         f"got {args.trees}")
-    if not 1 <= args.shards <= args.trees // 2:
-        raise ValueError(f"--shards must be between 1 and {args.trees // 2} (--trees / 2), got {args.shards}")
-    shards = args.shards
-    if args.estimator == "econml":
-        if args.trees % 4:
-            raise ValueError(f"--estimator econml needs --trees divisible by 4 (EconML's subforest size), "
-                             f"got {args.trees}")
-        shards = 1  # EconML grows all its trees in one task, parallel over the task's cores
-    if args.command == "run":
-        from tauforge.kernels._inputs import resolve_device
-
-        resolve_device(args.device)  # 'cuda' without a GPU fails here, not in a task
-    from tauforge.components.estimate import BootstrapConfig
-
-    if args.bootstrap == 1 or args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be 0 (off) or at least 2 replicates, got {args.bootstrap}")
-    if args.bootstrap_trees < 1:
-        raise ValueError(f"--bootstrap-trees must be a positive integer, got {args.bootstrap_trees}")
-    bootstrap = BootstrapConfig(n_bootstrap=args.bootstrap, trees=args.bootstrap_trees,
-                                interval=args.bootstrap_interval, nuisance=args.bootstrap_nuisance)
-    if bootstrap.n_bootstrap:
-        if args.estimator == "econml":
-            raise ValueError("--bootstrap grows tauforge forests; it needs --estimator tauforge")
-        if not 1 <= args.bootstrap_shards <= bootstrap.n_bootstrap:
-            raise ValueError(f"--bootstrap-shards must be between 1 and {bootstrap.n_bootstrap} (--bootstrap), "
-                             f"got {args.bootstrap_shards}")
-    forest = {"n_estimators": args.trees, "device": args.device}
-    config = TrainingConfig(spec=json.loads(spec.to_json()), store=_store_uri(args), model_name=args.name,
-                            n_folds=args.folds, n_shards=shards, seed=args.seed, estimator=args.estimator,
-                            model_y=args.model_y,
-                            model_t=args.model_t, forest_params=forest, gate=_parse_gate(args.gate),
-                            gpus_per_shard=getattr(args, "gpus_per_shard", 0),
-                            bootstrap=bootstrap.__dict__ if bootstrap.n_bootstrap else {},
-                            bootstrap_shards=args.bootstrap_shards)
+    with _as_flags(NUISANCE_FLAGS):
+        nuisance = NuisanceConfig(model_y=args.model_y, model_t=args.model_t, folds=args.folds)
+    with _as_flags(BOOTSTRAP_FLAGS):
+        bootstrap = BootstrapConfig(n_bootstrap=args.bootstrap, trees=args.bootstrap_trees,
+                                    interval=args.bootstrap_interval, nuisance=args.bootstrap_nuisance)
+    # EconML grows its trees in one task: its default is one shard.
+    shards = args.shards if args.shards is not None else (1 if args.estimator == "econml" else 2)
+    with _as_flags(TRAINING_FLAGS):
+        config = TrainingConfig(spec=spec, store=_store_uri(args), model_name=args.name, nuisance=nuisance,
+                                trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
+                                seed=args.seed, gate=_parse_gate(args.gate), bootstrap=bootstrap,
+                                bootstrap_shards=args.bootstrap_shards,
+                                gpus_per_shard=getattr(args, "gpus_per_shard", 0))
     return source, config, true_ate
 
 
 def _run(args: argparse.Namespace) -> int:
     from tauforge.components.registry import ModelStore
+    from tauforge.pipelines.config import absolute
     from tauforge.pipelines.training import run_local
 
     source, config, true_ate = _training_setup(args)
     stderr = sys.stderr  # the run redirects sys.stderr to its log; progress goes to the terminal
     say = (lambda line: print(f"  {line}", file=stderr, flush=True)) if not args.quiet else None
     if say:
-        say(f"running the training pipeline on {source} (kfp.local; logs in {args.pipeline_root})")
+        say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
     start = time.perf_counter()
-    run = run_local(source, config, pipeline_root=args.pipeline_root, log=say)
+    with _as_flags(TRAINING_FLAGS):
+        run = run_local(source, config, pipeline_root=args.pipeline_root, log=say)
     version = ModelStore(config.store).find_run(config.model_name, run.run_id) if run.gate_passed else None
     if run.gate_passed and version is None:
         raise RuntimeError(f"the gate passed but no version was published; see {run.log_path}")
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
-    result = {"model": config.model_name, "version": version, "store": config.store, "run_id": run.run_id,
+    result = {"model": config.model_name, "version": version, "store": absolute(config.store), "run_id": run.run_id,
               "gate_passed": run.gate_passed, "reasons": verdict["reasons"], "warnings": verdict["warnings"],
               "ate": effect["ate"], "ate_stderr": effect["ate_stderr"], "ate_lower": effect["ate_lower"],
               "ate_upper": effect["ate_upper"], "seconds": round(time.perf_counter() - start, 1),
@@ -180,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"tauforge run: {source}")
+        print(f"tauforge run: {_shown(source)}")
         print(f"  ATE {effect['ate']:.4f}  95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
               f"({effect['method']}; interval: {effect['ate_interval']})")
         if true_ate is not None:
@@ -189,13 +203,13 @@ def _run(args: argparse.Namespace) -> int:
         for w in verdict["warnings"]:
             print(f"  warning: {w}")
         if run.gate_passed:
-            print(f"  gate passed: published {config.model_name} version {version} to {config.store} "
+            print(f"  gate passed: published {config.model_name} version {version} to {_shown(result['store'])} "
                   f"in {result['seconds']} s")
         else:
             print("  gate FAILED, nothing published:")
             for r in verdict["reasons"]:
                 print(f"    - {r}")
-        print(f"  report: {run.report_path}")
+        print(f"  report: {_shown(run.report_path)}")
     return 0 if run.gate_passed else 1
 
 
@@ -215,11 +229,9 @@ def _compile(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import submit
 
-    if not (args.store or os.environ.get(DEFAULT_STORE_ENV)):
-        raise ValueError("submit needs --store URI (or $TAUFORGE_STORE) that the cluster's pods can write: "
-                         "s3://..., gs://..., or a path on a volume mounted in them")
     source, config, _ = _training_setup(args)
-    run_id = submit(args.host, source, config, experiment=args.experiment, image=args.image)
+    with _as_flags(TRAINING_FLAGS):
+        run_id = submit(args.host, source, config, experiment=args.experiment, image=args.image)
     print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")
     return 0
 
@@ -291,7 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from tauforge.components.deploy import DeploySpec, apply, render, write
 
-    store = args.store or os.environ.get(DEFAULT_STORE_ENV) or ""
+    store = args.store or os.environ.get(STORE_ENV) or ""
     spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
                       namespace=args.namespace, store=store, cpu=args.cpu, memory=args.memory, gpus=args.gpus,
                       service_account=args.service_account, **({"image": args.image} if args.image else {}))
@@ -308,37 +320,14 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from tauforge.components.monitor import MonitorConfig, render_report, run_monitor, write_gauges
 
-    from tauforge.components.monitor import (MonitorConfig, load_reference, monitor, monitored_version, render_report,
-                                    write_gauges)
-    from tauforge.components.registry import ModelStore
-    from tauforge.serving.event_log import read_events
-
-    store = ModelStore(_store_uri(args))
-    if not os.path.isdir(args.log_dir):
-        raise ValueError(f"--log-dir {args.log_dir} is not a directory")
-    events = read_events(args.log_dir)
-    events = events[events["model"] == args.model] if len(events) else events
-    version = monitored_version(store, args.model, events, args.version)
-    loaded = store.load(args.model, version)
-    columns = loaded.card["spec"]["covariates"]
-    champion_events = events[(events["role"] != "champion") | (events["version"] == version)]
-    outcomes = None
-    if args.outcomes:
-        if not os.path.exists(args.outcomes):
-            raise ValueError(f"--outcomes {args.outcomes} does not exist")
-        outcomes = pd.read_parquet(args.outcomes)
-        keys = {"request_id", "row"} <= set(outcomes.columns) or "unit_id" in outcomes.columns
-        if "outcome" not in outcomes.columns or not keys:
-            raise ValueError(f"--outcomes {args.outcomes} needs an 'outcome' column and request_id and row (or "
-                             f"unit_id); it has {', '.join(map(str, outcomes.columns))}")
     for path in (args.report, args.metrics_file):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    result = monitor(champion_events, load_reference(loaded.path), columns, MonitorConfig(alpha=args.alpha),
-                     outcomes=outcomes)
-    result.update(model=args.model, version=version)
+    result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
+                         config=MonitorConfig(alpha=args.alpha))
+    version = result["version"]
     if args.report:
         with open(args.report, "w") as f:
             f.write(render_report(result, f"tauforge monitor: {args.model} version {version}"))
@@ -377,15 +366,19 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument("--treatment-type", choices=("auto", "binary", "continuous"), default="auto",
                       help="default: binary when the column is 0/1")
     model = p.add_argument_group("model")
-    model.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
-    model.add_argument("--name", default="tauforge-model", help="model name in the store (default: tauforge-model)")
+    model.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
+    model.add_argument("--name", default=DEFAULT_MODEL_NAME,
+                       help=f"model name in the store (default: {DEFAULT_MODEL_NAME})")
     model.add_argument("--estimator", choices=("tauforge", "econml"), default="tauforge",
                        help="forest of the estimate step: tauforge (default) or EconML's econml.grf.CausalForest "
                             "(one task; imported as arrays for serving)")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda for the forest (default: auto)")
-    model.add_argument("--trees", type=int, default=500, help="trees in the forest (default: 500)")
-    model.add_argument("--folds", type=int, default=5, help="cross-fitting folds, one task each (default: 5)")
-    model.add_argument("--shards", type=int, default=2, help="forest shards, one task each (default: 2)")
+    model.add_argument("--trees", type=int, default=DEFAULT_TREES,
+                       help=f"trees in the forest, an even number (default: {DEFAULT_TREES})")
+    model.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                       help=f"cross-fitting folds, one task each (default: {DEFAULT_FOLDS})")
+    model.add_argument("--shards", type=int,
+                       help="forest shards, one task each (default: 2; 1 with --estimator econml)")
     model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
     model.add_argument("--model-y", default="auto", help="outcome model: 'auto' or a scikit-learn import path")
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
@@ -414,13 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     from tauforge.kernels.datasets import DESIGNS
 
     parser = argparse.ArgumentParser(prog="tauforge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"tauforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit the causal forest on simulated data with a known effect")
     demo.add_argument("--design", choices=DESIGNS, default="simple", help="simulation design (default: simple)")
     demo.add_argument("--n", type=int, default=5000, help="training rows (default: 5000)")
     demo.add_argument("--n-test", type=int, default=2000, help="fresh rows to score the CATE on (default: 2000)")
     demo.add_argument("--p", type=int, default=10, help="covariates (default: 10)")
-    demo.add_argument("--trees", type=int, default=500, help="trees in the forest (default: 500)")
+    demo.add_argument("--trees", type=int, default=DEFAULT_TREES,
+                      help=f"trees in the forest (default: {DEFAULT_TREES})")
     demo.add_argument("--seed", type=int, default=0, help="seed for data, folds and forest (default: 0)")
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -442,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--pipeline", choices=("training", "monitoring"), default="training",
                       help="training, or monitoring (monitor -> If(retrain) -> training)")
     comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
-    comp.add_argument("--folds", type=int, default=5, help="nuisance fold tasks (default: 5)")
+    comp.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                      help=f"nuisance fold tasks (default: {DEFAULT_FOLDS})")
     comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")
     comp.add_argument("--bootstrap-shards", type=int, default=0,
                       help="tasks of the full bootstrap in the training graph (default: 0, none); a run sets "
@@ -453,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=_compile)
 
     srv = sub.add_parser("serve", help="serve a published model on KServe's model server")
-    srv.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    srv.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     srv.add_argument("--model", help="model name in the store")
     srv.add_argument("--version", help="champion version or alias (default: alias 'champion', else latest)")
     srv.add_argument("--model-dir", help="serve the version folder DIR instead (KServe's /mnt/models)")
@@ -479,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
     dep.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dep.add_argument("--store", help="the store URI as the cluster reads it (s3://, gs://, pvc://; "
-                                     f"default: ${DEFAULT_STORE_ENV})")
+                                     f"default: ${STORE_ENV})")
     dep.add_argument("--image", help="predictor image (default: the project image, $TAUFORGE_IMAGE)")
     dep.add_argument("--cpu", default="1", help="CPU request and limit (default: 1)")
     dep.add_argument("--memory", default="2Gi", help="memory request and limit (default: 2Gi)")
@@ -490,12 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     dep.set_defaults(func=_deploy)
 
     mon = sub.add_parser("monitor", help="check served traffic for drift; judge champion against challenger")
-    mon.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    mon.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     mon.add_argument("--model", required=True, help="model name")
     mon.add_argument("--version", help="version to monitor (default: the champion version in the log)")
     mon.add_argument("--log-dir", required=True, help="the serving event log (tauforge serve --log-dir)")
     mon.add_argument("--outcomes", help="Parquet of request_id and row (or unit_id) with an 'outcome' column")
-    mon.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate of all drift tests together")
+    mon.add_argument("--alpha", type=float, default=MONITOR_ALPHA,
+                     help=f"false-alarm rate of all drift tests together (default: {MONITOR_ALPHA})")
     mon.add_argument("--report", help="write an HTML report here")
     mon.add_argument("--metrics-file", help="write Prometheus gauges here (textfile collector format)")
     mon.add_argument("--json", action="store_true", help="end stdout with one JSON object")
@@ -503,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list, show, promote or roll back published models")
     models.add_argument("action", choices=("list", "show", "promote", "rollback"))
-    models.add_argument("--store", help=f"model store URI (default: ${DEFAULT_STORE_ENV} or ./tauforge-store)")
+    models.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     models.add_argument("--name", help="model name")
     models.add_argument("--version", help="version number or alias (show: default latest; promote: required)")
     models.add_argument("--alias", default="champion", help="alias to move (default: champion)")

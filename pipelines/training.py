@@ -10,6 +10,7 @@ is a pipeline parameter.
 
 import builtins
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -17,55 +18,28 @@ import re
 import tempfile
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kfp import dsl
 
+from tauforge.components.config import ConfigError
+from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_STORE, DEFAULT_TREES, MONITOR_ALPHA
 from tauforge.components.data import validate_data
-from tauforge.components.estimate import (BootstrapConfig, bootstrap_shard, forest_shard, merge_bootstrap_shards,
-                                 merge_forest_shards)
+from tauforge.components.estimate import (
+    BootstrapConfig,
+    bootstrap_shard,
+    forest_shard,
+    merge_bootstrap_shards,
+    merge_forest_shards,
+)
 from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import combine_nuisance, nuisance_fold
-from tauforge.components.registry import DEFAULT_STORE, publish_model
+from tauforge.components.publish import publish_model
+
+from .config import TrainingConfig, absolute
 
 PIPELINE_NAME = "tauforge-training"
-
-
-@dataclass
-class TrainingConfig:
-    """Everything a training run needs besides the data's location."""
-
-    spec: dict  # components.data.DataSpec fields
-    store: str = DEFAULT_STORE
-    model_name: str = "tauforge-model"
-    n_folds: int = 5
-    n_shards: int = 2
-    seed: int = 0
-    model_y: str = "auto"
-    model_t: str = "auto"
-    estimator: str = "tauforge"  # or "econml": EconML's forest in the forest step (one shard)
-    forest_params: dict = field(default_factory=lambda: {"n_estimators": 500})
-    gate: dict = field(default_factory=dict)  # components.evaluate.GateConfig fields
-    alpha: float = 0.05
-    gpus_per_shard: int = 0
-    accelerator_type: str = "nvidia.com/gpu"
-    bootstrap: dict = field(default_factory=dict)  # components.estimate.BootstrapConfig fields
-    bootstrap_shards: int = 1  # tasks the bootstrap's replicates are spread over (when it runs)
-
-    def bootstrap_tasks(self) -> int:
-        """Bootstrap shard tasks in the graph: none unless the full bootstrap is on."""
-        return self.bootstrap_shards if BootstrapConfig.from_dict(self.bootstrap).n_bootstrap > 0 else 0
-
-    def estimator_config(self) -> dict:
-        name = {"tauforge": "tauforge.CausalForestDML", "econml": "econml.grf.CausalForest on tauforge's "
-                "cross-fitted residuals (EconML's CausalForestDML final stage)"}[self.estimator]
-        config = {"name": name, "estimator": self.estimator, "forest_params": self.forest_params,
-                  "nuisance": {"model_y": self.model_y, "model_t": self.model_t, "folds": self.n_folds},
-                  "n_shards": self.n_shards, "seed": self.seed}
-        if self.bootstrap_tasks():
-            config["bootstrap"] = {**BootstrapConfig.from_dict(self.bootstrap).__dict__,
-                                   "n_shards": self.bootstrap_shards}
-        return config
+DEFAULT_FOREST_PARAMS = json.dumps({"n_estimators": DEFAULT_TREES})
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -95,12 +69,10 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Causal forest with cross-fitted nuisance models, evaluated and published if the "
                               "quality gate passes.")
-    def training(source: str, spec: str, store: str = DEFAULT_STORE, model_name: str = "tauforge-model",
+    def training(source: str, spec: str, store: str = DEFAULT_STORE, model_name: str = DEFAULT_MODEL_NAME,
                  seed: int = 0, model_y: str = "auto", model_t: str = "auto",
-                 forest_params: str = '{"n_estimators": 500}', gate: str = "{}", alpha: float = 0.05,
-                 run_id: str = "", estimator: str = "tauforge", estimator_config: str = "{}",
-                 nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds}),
-                 bootstrap: str = default_bootstrap) -> bool:
+                 forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}", alpha: float = DEFAULT_ALPHA,
+                 run_id: str = "", estimator: str = "tauforge", bootstrap: str = default_bootstrap) -> bool:
         validated = validate_data(source=source, spec=spec)
         validated.set_display_name("validate")
         dataset = validated.outputs["dataset"]
@@ -124,7 +96,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
         merged = merge_forest_shards(dataset=dataset, residuals=residuals.outputs["residuals"],
                                      shards=dsl.Collected(shards.outputs["forest"]), alpha=alpha)
         merged.set_display_name("merge-forest")
-        estimate = merged.outputs["estimate"]
+        forest, estimate = merged.outputs["forest"], merged.outputs["estimate"]
 
         if bootstrap_shards:
             with dsl.ParallelFor(items=list(range(bootstrap_shards)), parallelism=parallelism,
@@ -141,14 +113,14 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard:
             combined.set_display_name("merge-bootstrap")
             estimate = combined.outputs["result"]
 
-        evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                   estimate=estimate, gate=gate, seed=seed, nuisance=nuisance_config)
+        evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate,
+                                   gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t)
         evaluated.set_display_name("evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-            publish_model(dataset=dataset, estimate=estimate,
+            publish_model(dataset=dataset, forest=forest, estimate=estimate, reference=merged.outputs["reference"],
                           evaluation=evaluated.outputs["evaluation"], report=evaluated.outputs["report"],
-                          store=store, model_name=model_name, source=source, run_id=run_id,
-                          estimator=estimator_config).set_display_name("publish")
+                          store=store, model_name=model_name, source=source, run_id=run_id, estimator=estimator,
+                          n_folds=n_folds, model_y=model_y, model_t=model_t).set_display_name("publish")
         return evaluated.outputs["Output"]
 
     return training
@@ -167,10 +139,9 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shar
     @dsl.pipeline(name=MONITORING_PIPELINE_NAME,
                   description="Check served traffic against the model's training data; retrain when it drifted.")
     def monitoring(store: str, model_name: str, log_dir: str, source: str, spec: str, version: str = "",
-                   outcomes: str = "", monitor_alpha: float = 0.01, seed: int = 0, model_y: str = "auto",
-                   model_t: str = "auto", forest_params: str = '{"n_estimators": 500}', gate: str = "{}",
-                   alpha: float = 0.05, estimator: str = "tauforge", estimator_config: str = "{}",
-                   nuisance_config: str = json.dumps({"model_y": "auto", "model_t": "auto", "folds": n_folds})) -> bool:
+                   outcomes: str = "", monitor_alpha: float = MONITOR_ALPHA, seed: int = 0, model_y: str = "auto",
+                   model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}",
+                   alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge") -> bool:
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
                                 outcomes=outcomes, alpha=monitor_alpha)
         checked.set_display_name("monitor")
@@ -178,8 +149,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shar
             # Every training parameter passes through; the run id is the Kubeflow run's own.
             training(source=source, spec=spec, store=store, model_name=model_name, seed=seed, model_y=model_y,
                      model_t=model_t, forest_params=forest_params, gate=gate, alpha=alpha,
-                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, estimator=estimator,
-                     estimator_config=estimator_config, nuisance_config=nuisance_config).set_display_name("retrain")
+                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, estimator=estimator).set_display_name("retrain")
         return checked.outputs["Output"]
 
     return monitoring
@@ -192,15 +162,14 @@ def _limit_threads(task, threads: int) -> None:
 
 
 def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict:
-    arguments = {"source": source, "spec": json.dumps(config.spec), "store": config.store,
-                 "model_name": config.model_name, "seed": config.seed, "model_y": config.model_y,
-                 "model_t": config.model_t, "forest_params": json.dumps(config.forest_params),
-                 "gate": json.dumps(config.gate), "alpha": config.alpha, "run_id": run_id,
-                 "estimator": config.estimator, "estimator_config": json.dumps(config.estimator_config()),
-                 "nuisance_config": json.dumps({"model_y": config.model_y, "model_t": config.model_t,
-                                                "folds": config.n_folds})}
+    """The training pipeline's parameters for a run of `config` on `source`."""
+    arguments = {"source": source, "spec": config.spec.to_json(), "store": config.store,
+                 "model_name": config.model_name, "seed": config.seed, "model_y": config.nuisance.model_y,
+                 "model_t": config.nuisance.model_t, "forest_params": json.dumps(config.forest_params()),
+                 "gate": config.gate.to_json(), "alpha": config.alpha, "run_id": run_id,
+                 "estimator": config.estimator}
     if config.bootstrap_tasks():
-        arguments["bootstrap"] = BootstrapConfig.from_dict(config.bootstrap).to_json()
+        arguments["bootstrap"] = config.bootstrap.to_json()
     return arguments
 
 
@@ -257,20 +226,26 @@ class LocalRun:
 
 def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./tauforge-runs",
               parallelism: int = 2, log=None) -> LocalRun:
-    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment.
+    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment, after
+    checking what can be checked here first (`TrainingConfig.check_local_run`: the device, and
+    a local table against the spec), so a bad run fails before any task starts.
 
     Task output goes to `<pipeline_root>/<run_id>.log`; `log(line)` receives one line per
     finished step (progress), if given."""
     from kfp import local
 
+    config.check_local_run(source)
+    # Tasks run in processes of their own, from another directory: local paths must be absolute.
+    source = absolute(source)
+    config = dataclasses.replace(config, store=absolute(config.store))
     run_id = uuid.uuid4().hex[:12]
     root = os.path.abspath(os.path.join(pipeline_root, run_id))
     os.makedirs(root, exist_ok=True)
     log_path = os.path.abspath(os.path.join(pipeline_root, f"{run_id}.log"))
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
-    pipeline = build_training_pipeline(config.n_folds, config.n_shards, 0, config.accelerator_type, parallelism,
-                                       threads, config.bootstrap_tasks())
+    pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, 0, config.accelerator_type,
+                                       parallelism, threads, config.bootstrap_tasks())
     with open(log_path, "w") as log_file, _capture(log_file, log):
         try:
             task = pipeline(**pipeline_arguments(source, config, run_id))
@@ -331,12 +306,17 @@ def _capture(log_file, progress):
 def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None,
            image: str | None = None) -> str:
     """Submit a run to Kubeflow Pipelines at `host`, its tasks on `image` (default: the project
-    image); return its run id."""
+    image); return its run id. The data and the store must be where the cluster's pods can reach
+    them: URIs (s3://, gs://) or absolute paths on a volume mounted in them."""
     import kfp
 
+    for name, where in (("source", source), ("store", config.store)):
+        if "://" not in where and not os.path.isabs(where):
+            raise ConfigError(name, f"must be a URI the cluster's pods can reach (s3://..., gs://...) or an "
+                                    f"absolute path on a volume mounted in them, got {where!r}")
     run_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.n_folds, config.n_shards,
+        package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.nuisance.folds, config.n_shards,
                                    config.gpus_per_shard, config.accelerator_type, image=image,
                                    bootstrap_shards=config.bootstrap_tasks())
         try:

@@ -1,1 +1,2 @@
-"""tauforge serving (see ../shared/ARCHITECTURE.md)."""
+"""The KServe predictor: scoring a version, canary and shadow routing, the event-log writer and
+Prometheus metrics. See docs/design.md."""

@@ -1,26 +1,22 @@
-"""The prediction event log: one record per scored row, as rotated Parquet files.
+"""The prediction event log's writer: records (`tauforge.components.events`, the log's schema and
+reader) gathered off the event loop and written as rotated Parquet files.
 
-`append` only puts records on a queue; one writer thread gathers them and writes
-`events-<UTC time>-<pid>-<seq>.parquet` once `rotate_rows` records have gathered, once the oldest
+`append` only puts records on a queue; one writer thread gathers them and writes a file of the
+log (`events.write_events`) once `rotate_rows` records have gathered, once the oldest
 unwritten record is `rotate_seconds` old (an idle server's records do not wait for the next
 request), and on `close` (the server calls it on shutdown, SIGTERM included). So no file is
 written on the server's event loop, and `append` takes no lock: KServe calls `close` from a
-signal handler, which may interrupt `append` on the same thread. Each file is written under a
-temporary name and renamed, so a reader (the monitoring step) never sees half a file.
+signal handler, which may interrupt `append` on the same thread.
 """
 
-import datetime as _dt
 import logging
 import os
 import queue
 import threading
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from tauforge.components.events import write_events
 
-EVENT_FIELDS = ("time", "request_id", "row", "unit_id", "model", "version", "role", "cate", "lower", "upper",
-                "recommended_action", "action", "propensity", "explore_seed", "latency_ms")
 log = logging.getLogger("tauforge.serving")
 
 
@@ -85,24 +81,10 @@ class EventLog:
         if not records:
             return []
         self._seq += 1
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        path = os.path.join(self.directory, f"events-{stamp}-{os.getpid()}-{self._seq:06d}.parquet")
-        tmp = path + ".tmp"
         try:
-            pq.write_table(pa.Table.from_pylist(records), tmp)
-            os.replace(tmp, path)
+            path = write_events(records, self.directory, self._seq)
         except Exception:  # noqa: BLE001 (a full disk must not kill the writer; retry with the next batch)
-            log.exception("could not write %d event-log records to %s; keeping them", len(records), path)
+            log.exception("could not write %d event-log records to %s; keeping them", len(records), self.directory)
             return records
         self.files_written.append(path)
         return []
-
-
-def read_events(directory: str):
-    """Every logged record under `directory` as one pandas DataFrame (for monitoring and tests)."""
-    import pandas as pd
-
-    files = sorted(f for f in os.listdir(directory) if f.startswith("events-") and f.endswith(".parquet"))
-    if not files:
-        return pd.DataFrame(columns=EVENT_FIELDS)
-    return pd.concat([pq.read_table(os.path.join(directory, f)).to_pandas() for f in files], ignore_index=True)

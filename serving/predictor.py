@@ -17,6 +17,8 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from tauforge.components.events import event_record
+
 from . import metrics
 from .event_log import EventLog
 from .routing import CHALLENGER, CHAMPION, SHADOW, EpsilonGreedy, SingleRouting
@@ -29,8 +31,9 @@ SHADOW_THREADS = 4  # shadow scorings at once; beyond that, shadow requests are 
 
 class CateModel(Model):
     def __init__(self, name: str, champion: VersionScorer, challenger: VersionScorer | None = None,
-                 routing=SingleRouting(), explore: EpsilonGreedy | None = None, event_log: EventLog | None = None):
+                 routing=None, explore: EpsilonGreedy | None = None, event_log: EventLog | None = None):
         super().__init__(name)
+        routing = routing or SingleRouting()
         if routing.mode != "single" and challenger is None:
             raise ValueError(f"{routing.mode} routing needs a challenger version")
         if challenger is not None and challenger.columns != champion.columns:
@@ -123,7 +126,7 @@ class CateModel(Model):
             return
         try:
             scores = await asyncio.wait_for(_in_daemon_thread(scorer.score, rows.X, self._shadow_slots), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             metrics.ERRORS.labels(*labels, "timeout").inc()
             log.warning("shadow %s version %s timed out after %.1f s on request %s", self.name, scorer.version,
                         timeout, request_id)
@@ -147,15 +150,11 @@ class CateModel(Model):
     def _records(self, request_id, rows: Rows, idx, scorer: VersionScorer, role, scores: Scores) -> list[dict]:
         """Event-log records of rows `idx` scored by `scorer` (scores in the order of idx)."""
         now, latency_ms = time.time(), 1000 * scores.seconds
-        records = []
-        for k, i in enumerate(idx):
-            rec = {"time": now, "request_id": request_id, "row": i, "unit_id": _str(rows.unit_ids[i]),
-                   "model": self.name, "version": scorer.version, "role": role, "cate": float(scores.cate[k]),
-                   "lower": float(scores.lower[k]), "upper": float(scores.upper[k]), "recommended_action": None,
-                   "action": None, "propensity": None, "explore_seed": None, "latency_ms": latency_ms}
-            rec.update({f"input.{c}": float(v) for c, v in zip(scorer.columns, rows.X[i])})
-            records.append(rec)
-        return records
+        return [event_record(time=now, request_id=request_id, row=i, unit_id=_str(rows.unit_ids[i]), model=self.name,
+                             version=scorer.version, role=role, cate=float(scores.cate[k]),
+                             lower=float(scores.lower[k]), upper=float(scores.upper[k]), latency_ms=latency_ms,
+                             inputs=dict(zip(scorer.columns, rows.X[i].tolist())))
+                for k, i in enumerate(idx)]
 
     def _response(self, payload, v2, request_id, out, versions, roles, actions):
         n = len(versions)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tauforge.components.registry import ModelStore, ModelVersion, StoreError, verify_files
+from tauforge.components.registry import CARD_FILE, ModelVersion, StoreError, verify_files
 
 UNIT_ID_FIELD = "unit_id"
 
@@ -174,15 +174,9 @@ class VersionScorer:
         self.parser = RowParser(self.columns)
 
     @classmethod
-    def from_store(cls, store_uri: str, model: str, ref=None) -> "VersionScorer":
-        return cls(ModelStore(store_uri).load(model, ref))
-
-    @classmethod
     def from_directory(cls, path: str) -> "VersionScorer":
         """A version folder as KServe's storage initializer leaves it (e.g. /mnt/models)."""
         import json
-
-        from tauforge.components.registry import CARD_FILE
 
         card_path = os.path.join(path, CARD_FILE)
         if not os.path.exists(card_path):

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from tauforge.kernels import CausalForestDML
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.nuisance import default_nuisance_model

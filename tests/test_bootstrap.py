@@ -99,8 +99,9 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
         BootstrapConfig.from_json('{"n_bootstrap": 10, "interval": "bca"}')
     for args, message in ((["--bootstrap", "1"], "--bootstrap must be 0 (off) or at least 2 replicates, got 1"),
                           (["--bootstrap", "4", "--bootstrap-shards", "5"],
-                           "--bootstrap-shards must be between 1 and 4 (--bootstrap), got 5")):
-        proc = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--store", str(tmp_path / "s"),
+                           "--bootstrap-shards must be between 1 and 4 (the number of bootstrap replicates), got 5")):
+        proc = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo",
+                               "--store", str(tmp_path / "s"),
                                "--pipeline-root", str(tmp_path / "runs"), *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -11,8 +11,8 @@ from tauforge.components.heterogeneity import autoc, calibration_test, gates
 from tauforge.components.refuters import placebo
 from tauforge.components.sensitivity import SensitivityParams, bounds, robustness_value
 from tauforge.kernels import CausalForestDML
+from tauforge.kernels.ate import doubly_robust_scores, oob_effect
 from tauforge.kernels.datasets import make_causal_data
-from tauforge.kernels.dml import doubly_robust_scores, oob_effect
 from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
 
 
@@ -63,7 +63,8 @@ def residualize(X, T, Y, seed=0):
     y_hat, t_hat = np.empty(len(Y)), np.empty(len(Y))
     for k in range(2):
         train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        y_hat[test], t_hat[test], _ = fit_nuisance(X, Y, T, train, test, model_y="sklearn.linear_model.LinearRegression",
+        y_hat[test], t_hat[test], _ = fit_nuisance(X, Y, T, train, test,
+                                                   model_y="sklearn.linear_model.LinearRegression",
                                                    model_t="sklearn.linear_model.LinearRegression", discrete=False,
                                                    seed=seed)
     return Y - y_hat, T - t_hat

@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tauforge.components.data import DataSpec, DataValidationError, fingerprint, read_table, validate
+from tauforge.components.config import ConfigError
+from tauforge.components.data import (
+    DataSpec,
+    DataValidationError,
+    fingerprint,
+    load_validated,
+    read_table,
+    save_validated,
+    validate,
+)
 
 
 def table(n=200, seed=0):
@@ -29,6 +38,23 @@ def test_valid_table_resolves_covariates_and_treatment_type():
     assert a["X"].shape == (200, 3) and a["W"].shape == (200, 1) and a["sample_weight"] is None
 
 
+def test_a_constant_covariate_or_control_is_accepted_with_a_warning_that_travels_with_the_dataset(tmp_path):
+    # An intercept column (EconML's IHDP covariates start with one) or a segment filtered to one
+    # value: it can never split, and scikit-learn, EconML and grf accept it.
+    df = table().assign(intercept=1.0, segment=3)
+    data = validate(df, spec(covariates=["intercept", "age"], controls=["segment"]))
+    assert data.spec.covariates == ["intercept", "age"]
+    assert data.warnings == ["covariate 'intercept' is constant (1.0 in every row): it can never split and "
+                             "carries no information",
+                             "control 'segment' is constant (3 in every row): it can never split and carries no "
+                             "information"]
+    save_validated(data, str(tmp_path / "dataset"))
+    assert load_validated(str(tmp_path / "dataset")).warnings == data.warnings
+    assert validate(table(), spec()).warnings == []
+    with pytest.raises(DataValidationError, match="column 'treated' is constant"):  # the treatment still must vary
+        validate(df.assign(treated=1.0), spec())
+
+
 def test_continuous_treatment_is_detected():
     df = table()
     df["dose"] = np.random.default_rng(1).uniform(0, 3, len(df))
@@ -44,7 +70,7 @@ def test_continuous_treatment_is_detected():
     (lambda d: d.assign(treated=d.index % 3), {"treatment_type": "binary"},
      "treatment column 'treated' is declared binary but takes 3 values (0, 1, 2)"),
     (lambda d: d.assign(treated=(d.index < 5).astype(float)), {}, "has 5 row(s) with value 1"),
-    (lambda d: d.assign(score=2.0), {}, "column 'score' is constant"),
+    (lambda d: d.assign(spend=2.0), {}, "column 'spend' is constant"),
     (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),
     (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
@@ -92,5 +118,5 @@ def test_fingerprint_changes_with_any_value_and_not_otherwise():
 def test_spec_round_trips_through_json_and_rejects_unknown_fields():
     s = spec(controls=["region"], unit_id="uid")
     assert DataSpec.from_json(s.to_json()) == s
-    with pytest.raises(DataValidationError, match="unknown DataSpec field"):
+    with pytest.raises(ConfigError, match="unknown DataSpec setting"):
         DataSpec.from_json('{"outcome": "y", "treatment": "t", "colour": "red"}')

@@ -7,9 +7,11 @@ import pytest
 from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
 from tauforge.components.evaluate import GateConfig, evaluate, metric_values
-from tauforge.components.nuisance import combine_folds, fit_nuisance_fold
+from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
 from tauforge.components.report import render_report
 from tauforge.kernels.datasets import make_causal_data
+
+TWO_FOLDS = NuisanceConfig(folds=2)
 
 
 def pipeline_in_process(design, n=2000, seed=0, leak=False):
@@ -20,28 +22,28 @@ def pipeline_in_process(design, n=2000, seed=0, leak=False):
     if leak:
         table["leaked"] = d.Y
     data = validate(table, DataSpec(outcome="Y", treatment="T"))
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, 2, seed) for k in range(2)])
-    estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, seed, 0, 1)], data, residuals)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)])
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, seed, 0, 1)], data, residuals)
     return data, residuals, estimate, d
 
 
 def test_an_outcome_leaked_into_the_covariates_is_flagged_though_the_placebo_cannot_see_it():
     data, residuals, estimate, d = pipeline_in_process("simple", leak=True)
-    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance={"folds": 2})
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
     # The leak absorbs the effect (true ATE 0.40) and a permuted treatment stays independent of
     # everything, leaked column included: the placebo is blind to it by construction.
     assert abs(result["effect"]["ate"]) < 0.1 and result["refuters"]["placebo"]["p_value"] > 0.05
     assert any("leak" in w for w in result["verdict"]["warnings"])
-    strict = evaluate(data, residuals, estimate, GateConfig(max_outcome_r2=0.95), seed=0, nuisance={"folds": 2})
+    strict = evaluate(data, residuals, estimate, GateConfig(max_outcome_r2=0.95), seed=0, nuisance=TWO_FOLDS)
     assert not strict["verdict"]["passed"] and "leak" in strict["verdict"]["reasons"][0]
     honest = evaluate(*pipeline_in_process("simple")[:3], GateConfig(max_outcome_r2=0.95), seed=0,
-                      nuisance={"folds": 2})
+                      nuisance=TWO_FOLDS)
     assert honest["verdict"]["passed"] and not any("leak" in w for w in honest["verdict"]["warnings"])
 
 
 def test_checks_measure_overlap_balance_and_placebo_on_confounded_data():
     data, residuals, estimate, d = pipeline_in_process("aw1")  # e(x) depends on x0 only; tau = 0
-    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance={"folds": 2})
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
     assert result["balance"]["over_threshold"] == ["x0"]  # the confounder, and only it
     t_hat = residuals.column("t_hat")
     assert result["overlap"]["propensity_min"] == pytest.approx(t_hat.min())
@@ -65,7 +67,7 @@ def test_the_gate_says_why_it_fails():
     data, residuals, estimate, _ = pipeline_in_process("aw1")
     strict = GateConfig(max_share_outside_overlap=None, max_abs_smd=0.05, min_outcome_r2=0.99,
                         require_significant_ate=True)
-    verdict = evaluate(data, residuals, estimate, strict, seed=0, nuisance={"folds": 2})["verdict"]
+    verdict = evaluate(data, residuals, estimate, strict, seed=0, nuisance=TWO_FOLDS)["verdict"]
     assert not verdict["passed"]
     assert [r.split(":")[0] for r in verdict["reasons"]] == ["balance", "nuisance", "effect"]
     assert "contains 0" in verdict["reasons"][2]

@@ -92,8 +92,8 @@ def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path
 
 def test_format_1_forests_still_load_and_a_newer_format_is_refused(fitted, data, tmp_path):
     """Format 1 saved float64 leaves, int16 features and the child pointers; format 2 saves
-    neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py). A version 1 folder, rewritten here from a fitted forest, loads
-    and predicts what its leaves say."""
+    neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py).
+    A version 1 folder, rewritten here from a fitted forest, loads and predicts what its leaves say."""
     from tauforge.kernels.serialization import load_model, save_model
 
     fitted.save(tmp_path / "cf")

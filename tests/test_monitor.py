@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tauforge.components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi, reference_profile
+from tauforge.components.events import reference_profile
+from tauforge.components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi
 
 COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -41,20 +41,19 @@ def last_json(stdout):
 
 @pytest.fixture(scope="module")
 def ihdp(tmp_path_factory):
-    """EconML's bundled IHDP covariates (as EconML selects them) with an outcome we simulate,
-    written as Parquet outside tauforge, with the columns under their own names."""
-    import econml
+    """EconML's IHDP covariates as EconML prepares them (`econml.data.dgps`: 25 columns of the
+    IHDP study, the numeric ones scaled, and a constant intercept column first) with its response
+    surface B, written as Parquet outside tauforge under the columns' own names. The intercept
+    cannot split; the run must accept it with a warning, as EconML does."""
+    from econml.data.dgps import ihdp_surface_B
 
-    raw = pd.read_csv(os.path.join(os.path.dirname(econml.__file__), "data", "ihdp", "sim.csv"))
-    raw = raw[~((raw["treat"] == 1) & (raw["momwhite"] == 0))].reset_index(drop=True)
-    covariates = ["bw", "b.head", "preterm", "nnhealth", "momage", "sex"]
-    controls = ["birth.o", "b.marr", "mom.lths", "mom.hs", "mom.scoll", "cig", "first", "booze", "work.dur",
-                "prenatal"]
-    rng = np.random.default_rng(5)
-    z = (raw["bw"] - raw["bw"].mean()) / raw["bw"].std()
-    tau = 4 + 1.5 * z
-    iq = 90 + 3 * z - 2 * raw["cig"] + tau * raw["treat"] + rng.normal(0, 1, len(raw))
-    table = raw[covariates + controls].astype(float).assign(treat=raw["treat"].astype(float), iq=iq)
+    Y, T, X, _ = ihdp_surface_B(random_state=3)
+    names = ["intercept", "bw", "b.head", "preterm", "birth.o", "nnhealth", "momage", "sex", "twin", "b.marr",
+             "mom.lths", "mom.hs", "mom.scoll", "cig", "first", "booze", "drugs", "work.dur", "prenatal",
+             *[f"site{k}" for k in range(1, 8)]]
+    table = pd.DataFrame(X, columns=names).assign(treat=T.astype(float), iq=Y)
+    assert (table["intercept"] == 1).all()
+    covariates, controls = names[:7], names[7:]  # the intercept and the six numeric ones modify the effect
     path = tmp_path_factory.mktemp("ihdp") / "ihdp.parquet"
     table.to_parquet(path, index=False)
     return str(path), table, covariates, controls
@@ -108,7 +107,8 @@ def runs(tmp_path_factory, ihdp):
         "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
                         "2", *LINEAR, "--json"),
         "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
-                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP, "--json"),
+                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP,
+                      "--json"),
         "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
                       "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
     })
@@ -120,7 +120,7 @@ def runs(tmp_path_factory, ihdp):
 def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(runs):
     tmp_path = runs.dir
     results = {name: runs.result(name) for name in ("demo", "econml")}
-    for code, out, err in results.values():
+    for code, _, err in results.values():
         assert code == 0, err
         assert "published tauforge-model version" in err  # progress lines reach stderr
     by_name = {name: last_json(out) for name, (_, out, _) in results.items()}
@@ -176,6 +176,9 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     result = last_json(out)
     assert result["version"] == 1 and result["model"] == "ihdp"
     assert "bootstrap shard 2/2: replicates 6..11" in err
+    # EconML's constant intercept column trains and publishes, with the warning in the output and the card.
+    constant = "covariate 'intercept' is constant (1.0 in every row): it can never split"
+    assert any(constant in w for w in result["warnings"]), result["warnings"]
     # The pipeline's folds, shards and bootstrap shards reproduce CausalForestDML with the same seed exactly.
     est = CausalForestDML(cv=2, n_estimators=60, inference="bootstrap", n_bootstrap=12, bootstrap_trees=6,
                           bootstrap_interval="pivot", random_state=3).fit(
@@ -184,6 +187,8 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     assert (result["ate_lower"], result["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-9)
     loaded = ModelStore(str(runs.dir / "store")).load("ihdp")
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
+    assert any(constant in w for w in loaded.card["data"]["warnings"])
+    assert any(constant in w for w in loaded.card["evaluation"]["verdict"]["warnings"])
     effect = loaded.card["effect"]
     assert effect["ate_interval"] == "bootstrap pivot, 12 replicates" and effect["bootstrap"]["n_shards"] == 2
     half = 1.959963984540054 * est.ate_stderr_

@@ -16,10 +16,11 @@ import uuid
 import numpy as np
 import pytest
 
+from tauforge.components.events import read_events
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
-from tauforge.serving.event_log import EventLog, read_events
+from tauforge.serving.event_log import EventLog
 from tauforge.serving.routing import EpsilonGreedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,12 +50,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, cmd, port, log_dir=None):
+    def __init__(self, cmd, port, log_dir=None, env=None, cwd=ROOT):
         self.port, self.log_dir = port, log_dir
         # The server's own log goes to a file: a pipe nobody reads fills up (64 KB of access logs)
         # and then blocks the server mid-request.
         self.output = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.output, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.output, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
         deadline = time.time() + 90
         while True:
             try:
@@ -100,19 +102,45 @@ class Server:
                 self.proc.kill()
 
 
-def tauforge_serve(store, *args, log_dir=None):
+def tauforge_serve(store, *args, log_dir=None, env=None, cwd=ROOT):
     port = free_port()
-    cmd = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL, "--port", str(port),
-           *args] + (["--log-dir", log_dir] if log_dir else [])
-    return Server(cmd, port, log_dir)
+    cmd = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL,
+           "--port", str(port), *args] + (["--log-dir", log_dir] if log_dir else [])
+    return Server(cmd, port, log_dir, env, cwd)
+
+
+SHADOWS = ("serving", "kernels", "components", "pipelines")
 
 
 @pytest.fixture(scope="module")
-def single(store, tmp_path_factory):
+def user_scripts(tmp_path_factory):
+    """A user's folder of scripts on PYTHONPATH whose names are generic (serving.py, kernels.py,
+    ...): each fails loudly if anything imports it in place of tauforge's own modules."""
+    folder = tmp_path_factory.mktemp("user-scripts")
+    for name in SHADOWS:
+        (folder / f"{name}.py").write_text(f"raise ImportError('the user\\'s own {name}.py was imported')\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def single(store, tmp_path_factory, user_scripts):
+    """The champion alone, served from a user's folder of generically named scripts, which is also
+    on PYTHONPATH."""
     log_dir = str(tmp_path_factory.mktemp("events"))
-    server = tauforge_serve(store, "--version", "1", log_dir=log_dir)
+    server = tauforge_serve(store, "--version", "1", log_dir=log_dir, env={**os.environ, "PYTHONPATH": user_scripts},
+                            cwd=user_scripts)
     yield server
     server.stop()
+
+
+def test_modules_named_serving_or_kernels_on_the_users_path_do_not_break_tauforge_serve(single, user_scripts):
+    env = {**os.environ, "PYTHONPATH": user_scripts}
+    for name in SHADOWS:  # on that path, the generic names are the user's (and fail)...
+        out = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, cwd=user_scripts,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and f"own {name}.py was imported" in out.stderr
+    code, body = single.v1([[0.1] * len(COLUMNS)])  # ...and the server started on it answers
+    assert code == 200 and body["predictions"][0]["version"] == 1
 
 
 def rows_for(n, seed=7):
@@ -315,7 +343,8 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
     folder = tmp_path / "mnt-models"
     shutil.copytree(os.path.join(store, MODEL, "2"), folder)  # what STORAGE_URI=<store>/uplift/2 fetches
     port = free_port()
-    server = Server([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder), "--port", str(port)],
+    server = Server([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
+                     "--port", str(port)],
                     port)
     try:
         X = rows_for(5)

@@ -7,8 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tauforge.kernels import CausalForest
-from tauforge.kernels import forest_codec
+from tauforge.kernels import CausalForest, forest_codec
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.forest_arrays import ForestArrays
 from tauforge.kernels.serialization import load_model, save_model

@@ -2,8 +2,8 @@
 turn those leaves into effects and variances.
 
 `TorchBackend` runs on any torch device (the CUDA path, also exercised on CPU by the tests);
-`NumbaBackend` is the CPU path, chosen on CPU because it measures faster there (README,
-Performance). Both grow the same trees from the same samples and keys.
+`NumbaBackend` is the CPU path, chosen on CPU because it measures faster there
+(docs/benchmarks.md). Both grow the same trees from the same samples and keys.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class NumbaBackend:
     name = "numba"
     device = torch.device("cpu")
 
-    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample], rule: SplitRule) -> list[TreeArrays]:
+    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
+             rule: SplitRule) -> list[TreeArrays]:
         s_rows = np.concatenate([t.structure for t in trees])
         e_rows = np.concatenate([t.estimation for t in trees])
         s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
@@ -77,7 +78,8 @@ class TorchBackend:
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
         self._leaf_values: tuple[ForestArrays, torch.Tensor] | None = None
 
-    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample], rule: SplitRule) -> list[TreeArrays]:
+    def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
+             rule: SplitRule) -> list[TreeArrays]:
         return TorchLevelGrower(self.device).grow(data, torch.as_tensor(mom, device=self.device), trees, rule)
 
     def leaf_ids(self, fine: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:

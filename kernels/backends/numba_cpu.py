@@ -21,8 +21,7 @@ import math
 import numba
 import numpy as np
 
-from ..splitting import E, N, ST, STT, STY, SY, TIE_RTOL
-
+from ..splitting import ST, STT, STY, SY, TIE_RTOL, E, N
 
 _LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
 _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)

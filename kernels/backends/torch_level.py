@@ -19,7 +19,7 @@ import torch
 from ..binning import FINE_BINS, BinnedCovariates
 from ..forest_arrays import TreeArrays
 from ..sampling import TreeSample
-from ..splitting import E, N, SMALL_NODE_ROWS, TIE_RTOL, SplitRule, parent_stats_torch, split_scores_torch
+from ..splitting import SMALL_NODE_ROWS, TIE_RTOL, E, N, SplitRule, parent_stats_torch, split_scores_torch
 from .numba_cpu import children_keys, draw_feature_masks  # per-node randomness, computed on the host
 
 DEFAULT_HIST_BUDGET = 256 * 2**20  # bytes of dense histogram per level

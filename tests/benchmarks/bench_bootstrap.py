@@ -46,7 +46,8 @@ def timing(n: int, replicates: int, econml_n: int) -> None:
     CausalForestDML(n_estimators=100, inference="bootstrap", n_bootstrap=replicates, bootstrap_trees=100,
                     random_state=0).fit(d.Y, d.T, X=d.X)
     ours = time.perf_counter() - start
-    print(f"| tauforge | n = {n:,} | {replicates} replicates | {ours:.1f} s | {ours / replicates:.2f} s per replicate |",
+    print(f"| tauforge | n = {n:,} | {replicates} replicates | {ours:.1f} s | "
+          f"{ours / replicates:.2f} s per replicate |",
           flush=True)
     from econml.dml import CausalForestDML as EconMLCausalForestDML
     from econml.inference import BootstrapInference

@@ -5,7 +5,7 @@ measured) with the same number of trees, in this one process, one after the othe
 with n_jobs=-1. Printed per size: fit and predict seconds, peak memory, CATE RMSE against the
 true effect, 95% interval coverage and width on 10,000 fresh rows, and EconML / tauforge time.
 
-    .venv/bin/python tests/benchmarks/bench_forest.py                 # the README table
+    .venv/bin/python tests/benchmarks/bench_forest.py                 # the table in docs/benchmarks.md
     .venv/bin/python tests/benchmarks/bench_forest.py --sizes 10000:10 --trees 100
 """
 

@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
@@ -94,7 +92,8 @@ def main() -> None:
           f"{nodes:,} nodes, {leaves:,} leaves ({leaves / args.trees:,.0f} a tree)")
     forest_on_disk = on_disk - binner_bytes
     print(f"on disk {on_disk:,} bytes (format 2: {format_2:,}); the forest alone {forest_on_disk / leaves:.2f} bytes "
-          f"a leaf, {forest_on_disk / args.trees / 1e6:.3f} MB a tree (format 2: {(format_2 - binner_bytes) / leaves:.2f},"
+          f"a leaf, {forest_on_disk / args.trees / 1e6:.3f} MB a tree "
+          f"(format 2: {(format_2 - binner_bytes) / leaves:.2f},"
           f" {(format_2 - binner_bytes) / args.trees / 1e6:.3f}); bin edges {binner_bytes:,} bytes")
     score = "not run" if args.no_score else f"{scored['score_s']:.0f} s"
     print(f"| forest | on disk | format 2 | in memory | old layout | save | load | score {args.rows:,} rows | "

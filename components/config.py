@@ -1,0 +1,52 @@
+"""What the steps' settings share (`DataSpec`, `NuisanceConfig`, `GateConfig`, `BootstrapConfig`):
+the error that names the setting at fault, and reading settings from a dict or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used as given. `field` names the setting and `problem` says what is
+    wrong with it, so a caller can name the setting its own way (the CLI names its flag)."""
+
+    def __init__(self, field: str, problem: str, message: str | None = None):
+        super().__init__(message or f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def check_keys(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:
+    """`raw` if every key is a field of the dataclass `cls`; else a ConfigError listing the
+    unknown ones (`what` names the kind of setting: 'gate', 'bootstrap')."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        listed = f"{', '.join(unknown)}; known: {', '.join(names)}"
+        raise ConfigError(what, f"has unknown setting(s) {listed}", f"unknown {what} setting(s) {listed}")
+    return raw
+
+
+def parse_json(text: str | None, what: str) -> dict[str, Any]:
+    """A JSON object of settings (an empty string is no settings: the defaults)."""
+    try:
+        raw = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(what, f"is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(what, f"must be a JSON object, got {text!r}")
+    return raw
+
+
+def from_json(cls: type[T], text: str | None, what: str) -> T:
+    """The dataclass of settings `cls` from a JSON object, refusing keys it does not have."""
+    return cls(**check_keys(cls, parse_json(text, what), what))
+
+
+def to_json(settings: Any) -> str:
+    """A dataclass of settings as JSON (keys sorted), the form pipeline parameters carry."""
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True)

@@ -1,0 +1,36 @@
+"""The lifecycle's shared constants, in one place: every step, the server and the CLI import them
+from here. The engine's own defaults stay in `tauforge.kernels` (which imports nothing of the
+lifecycle); the one the steps share, the propensity clip, is re-exported here."""
+
+from tauforge.kernels.ate import MIN_PROPENSITY
+
+# The model store: where `tauforge run` publishes unless told otherwise, and the variable that
+# overrides it; the model name of a run that names none.
+DEFAULT_STORE = "./tauforge-store"
+STORE_ENV = "TAUFORGE_STORE"
+DEFAULT_MODEL_NAME = "tauforge-model"
+
+# Estimation defaults of a training run (the engine's CausalForest defaults too).
+DEFAULT_TREES = 500
+DEFAULT_FOLDS = 5
+DEFAULT_ALPHA = 0.05  # 1 - the confidence level of every interval reported
+
+# Positivity: estimated propensities outside this range are flagged in evaluation (and gated)
+# and in monitoring (the share of live rows outside the training overlap region).
+OVERLAP_BOUNDS = (0.05, 0.95)
+
+# Evaluation warnings (recorded in the card, not fatal): covariate imbalance between arms, and an
+# outcome model so good out of fold that the outcome has probably leaked into the covariates.
+SMD_WARNING = 0.1
+LEAK_WARNING_R2 = 0.95
+
+# Monitoring: the family-wise false-alarm rate of all drift tests together, the population
+# stability index that raises a drift alert on its own, and the training rows kept as the
+# reference profile of each version.
+MONITOR_ALPHA = 0.01
+PSI_ALERT = 0.25
+REFERENCE_ROWS = 5000
+
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE", "DEFAULT_TREES",
+           "LEAK_WARNING_R2", "MIN_PROPENSITY", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS",
+           "SMD_WARNING", "STORE_ENV"]

@@ -1,0 +1,132 @@
+"""`TrainingConfig`: everything a training run needs besides the data's location, checked when
+it is made. The CLI builds one from its flags; `run_local`, `submit` and the pipeline's arguments
+take one, so the same rules hold however a run is started."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from tauforge.components.config import ConfigError
+from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_STORE, DEFAULT_TREES
+from tauforge.components.data import DataSpec, read_table, validate
+from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
+from tauforge.components.evaluate import GateConfig
+from tauforge.components.nuisance import NuisanceConfig
+from tauforge.components.registry import StoreError, check_model_name
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A training run's settings (see `tauforge run --help` for each as a flag).
+
+    spec : the data's causal roles (`DataSpec`).
+    store, model_name : where the version is published (a local folder or an fsspec URI).
+    nuisance : the nuisance models and cross-fitting folds (`NuisanceConfig`); one task per fold.
+    trees, device, forest_options : the forest: its number of trees (an even number: trees come in
+        pairs for the intervals), 'auto' / 'cpu' / 'cuda[:N]', and any other `CausalForest`
+        parameter (`tauforge.kernels.forest.FOREST_PARAMS`).
+    estimator : 'tauforge', or 'econml' (EconML's forest on the same residuals, in one task).
+    n_shards : forest tasks the trees are spread over (1 with estimator 'econml').
+    seed : of folds, nuisance models and forest.
+    gate : the publishing gate's thresholds (`GateConfig`); alpha : 1 - the intervals' level.
+    bootstrap, bootstrap_shards : the full bootstrap (`BootstrapConfig`, off by default) and the
+        tasks its replicates are spread over.
+    gpus_per_shard, accelerator_type : accelerators for each forest and bootstrap task on a cluster.
+    """
+
+    spec: DataSpec
+    store: str = DEFAULT_STORE
+    model_name: str = DEFAULT_MODEL_NAME
+    nuisance: NuisanceConfig = NuisanceConfig()
+    trees: int = DEFAULT_TREES
+    device: str = "auto"
+    forest_options: dict = field(default_factory=dict)
+    estimator: str = "tauforge"
+    n_shards: int = 2
+    seed: int = 0
+    gate: GateConfig = GateConfig()
+    alpha: float = DEFAULT_ALPHA
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    bootstrap_shards: int = 1
+    gpus_per_shard: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
+
+    def __post_init__(self):
+        def fail(name: str, problem: str):
+            raise ConfigError(name, problem)
+
+        self.spec.check()
+        try:
+            check_model_name(self.model_name)
+        except StoreError as exc:
+            fail("model_name", f"is not a valid name: {exc}")
+        if not (_integer(self.trees) and self.trees >= 2 and self.trees % 2 == 0):
+            fail("trees", f"must be a positive even number (trees come in pairs for the intervals), got {self.trees}")
+        if not (isinstance(self.device, str) and self.device.split(":")[0] in DEVICES):
+            fail("device", f"must be one of auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from tauforge.kernels.forest import FOREST_PARAMS
+
+        unknown = sorted(set(self.forest_options) - (set(FOREST_PARAMS) - {"n_estimators", "device"}))
+        if unknown:
+            fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
+                                   f"have their own settings)")
+        if self.estimator not in ESTIMATORS:
+            fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if not _integer(self.seed):
+            fail("seed", f"must be an integer, got {self.seed!r}")
+        if not 0 < self.alpha < 1:
+            fail("alpha", f"must be in (0, 1), got {self.alpha}")
+        if self.estimator == "econml":
+            if self.trees % 4:
+                fail("trees", f"must be divisible by 4 with estimator 'econml' (EconML's subforest size), "
+                              f"got {self.trees}")
+            if self.n_shards != 1:
+                fail("n_shards", f"must be 1 with estimator 'econml': EconML grows its trees in one task, "
+                                 f"got {self.n_shards}")
+            if self.bootstrap.n_bootstrap:
+                fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
+        if not (_integer(self.n_shards) and 1 <= self.n_shards <= self.trees // 2):
+            fail("n_shards", f"must be between 1 and {self.trees // 2} (half the trees), got {self.n_shards}")
+        if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
+                                               and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
+            fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
+                                     f"replicates), got {self.bootstrap_shards}")
+        if not (_integer(self.gpus_per_shard) and self.gpus_per_shard >= 0):
+            fail("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
+
+    def forest_params(self) -> dict:
+        """The CausalForest parameters of the run (the pipeline parameter `forest_params`)."""
+        return {"n_estimators": self.trees, "device": self.device, **self.forest_options}
+
+    def bootstrap_tasks(self) -> int:
+        """Bootstrap shard tasks in the graph: none unless the full bootstrap is on."""
+        return self.bootstrap_shards if self.bootstrap.n_bootstrap else 0
+
+    def check_local_run(self, source: str) -> None:
+        """What a run on this machine can check before any task starts: that the device exists
+        and, for a local table, that the data satisfies the spec."""
+        from tauforge.kernels._inputs import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise ConfigError("device", f"cannot be used here: {exc}") from None
+        if "://" not in source or source.startswith("file://"):
+            validate(read_table(source), self.spec)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def absolute(path_or_uri: str) -> str:
+    """A local path made absolute (pipeline tasks run from other directories); a URI as it is."""
+    return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
