@@ -3,12 +3,21 @@
 Components are lightweight Python components on the project's image: their bodies import the
 project, nothing is installed at run time, and `kfp.local`'s SubprocessRunner runs the very same
 definitions in this environment. The image is set here, once; `TAUFORGE_IMAGE` overrides it.
+
+A step that gathers the outputs of parallel tasks takes them as one `Input[List[...]]`, which the
+pipeline fills with `dsl.Collected` (KFP backends 2.14 and newer, and kfp.local). `explicit_fan_in`
+derives, from the same step, a component with one input per task, for backends without
+`dsl.Collected`: the number of folds and shards is fixed when the pipeline is compiled.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import inspect
+import linecache
 import os
+import textwrap
 from typing import List  # noqa: UP035 (KFP's collected inputs are typed with typing.List)
 
 from kfp import dsl
@@ -22,4 +31,40 @@ else:  # inside a running task (_KFP_RUNTIME=true) kfp.dsl has no decorators, an
     def component(func):
         return func
 
-__all__ = ["HTML", "IMAGE", "Artifact", "Dataset", "Input", "List", "Metrics", "Model", "Output", "component"]
+
+
+@functools.cache
+def explicit_fan_in(collector, count: int):
+    """`collector` (a component taking one `Input[List[X]]`, say `shards`) as a component taking
+    `count` inputs `shards_0` ... `shards_{count-1}` of type `Input[X]`; its body is the same, with
+    `shards` rebuilt as their list first. The component keeps its name, so its task does too."""
+    func = collector.python_func
+    source = textwrap.dedent(inspect.getsource(func))
+    (definition,) = ast.parse(source).body
+    definition.decorator_list = []
+    (collected,) = [a for a in definition.args.args if _is_list_input(a.annotation)]
+    item_type = collected.annotation.slice.slice  # Input[List[X]] -> X
+    parts = [ast.arg(arg=f"{collected.arg}_{k}", annotation=ast.Subscript(
+        value=ast.Name("Input", ast.Load()), slice=item_type, ctx=ast.Load())) for k in range(count)]
+    at = definition.args.args.index(collected)
+    definition.args.args[at:at + 1] = parts
+    gather = ast.parse(f"{collected.arg} = [{', '.join(p.arg for p in parts)}]").body[0]
+    has_docstring = isinstance(definition.body[0], ast.Expr) and isinstance(definition.body[0].value, ast.Constant)
+    definition.body.insert(1 if has_docstring else 0, gather)
+    text = ast.unparse(ast.fix_missing_locations(definition)) + "\n"
+    # KFP embeds the function's source in the task (inspect.getsource): keep it where inspect looks.
+    filename = f"<tauforge explicit fan-in: {func.__name__} of {count}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    namespace = dict(func.__globals__)
+    exec(compile(text, filename, "exec", dont_inherit=True), namespace)  # annotations evaluated, as KFP needs
+    return component(namespace[func.__name__])
+
+
+def _is_list_input(annotation) -> bool:
+    """Whether an annotation reads `Input[List[...]]`."""
+    return (isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", None) == "Input"
+            and isinstance(annotation.slice, ast.Subscript) and getattr(annotation.slice.value, "id", None) == "List")
+
+
+__all__ = ["HTML", "IMAGE", "Artifact", "Dataset", "Input", "List", "Metrics", "Model", "Output", "component",
+           "explicit_fan_in"]

@@ -294,10 +294,13 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 
 # ----------------------------------------------------------------------------- KFP components
 @component
-def validate_data(source: str, spec: str, dataset: Output[Dataset]):
-    """Read and validate the source table; write its spec's columns and the resolved spec."""
+def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset]):
+    """Read and validate the source table; write its spec's columns and the resolved spec. The
+    store is checked here too, so that a store the run could not publish to fails it first."""
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
+    from tauforge.components.registry import check_store_location
 
+    check_store_location(store)
     data = validate(read_table(source), DataSpec.from_json(spec))
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])

@@ -40,8 +40,8 @@ def estimator_description(estimator: str, summary: dict, nuisance: dict) -> dict
 @component
 def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input[Artifact],
                   reference: Input[Dataset], evaluation: Input[Artifact], report: Input[HTML], store: str,
-                  model_name: str, source: str, run_id: str, estimator: str, n_folds: int, model_y: str,
-                  model_t: str) -> int:
+                  model_name: str, source: str, run_id: str, run_name: str, estimator: str, n_folds: int,
+                  model_y: str, model_t: str) -> int:
     """Publish the trained forest and everything its card records as the next version of
     `model_name` in `store`; return the version."""
     import json
@@ -60,7 +60,7 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     card = build_card(spec=json.loads(spec.to_json()), data={"source": source, **load_profile(dataset.path)},
                       estimate=summary, evaluation=result,
                       estimator=estimator_description(estimator, summary, nuisance),
-                      run={"run_id": run_id, "pipeline": "tauforge-training"})
+                      run={"run_id": run_id, "run_name": run_name, "pipeline": "tauforge-training"})
     version = publish(store, model_name, card, forest_dir=forest.path, evaluation_path=evaluation.path,
                       report_path=report.path, reference_path=reference.path)
     print(f"tauforge: published {model_name} version {version} to {store}", flush=True)

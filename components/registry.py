@@ -70,6 +70,24 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def check_store_location(uri: str) -> None:
+    """In a Kubernetes pod, refuse a store that is a folder of the pod itself: whatever is published
+    there vanishes with the pod. A local path must lie on a mounted volume (an ancestor folder,
+    other than /, that is a mount point); object stores (s3://, gs://) are fine anywhere."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):  # not in a pod: a local store is what is meant
+        return
+    path = os.path.abspath(uri.removeprefix("file://"))
+    folder = path
+    while folder != os.path.dirname(folder):  # up to /
+        if os.path.ismount(folder):
+            return
+        folder = os.path.dirname(folder)
+    raise StoreError(f"store {uri!r} is a folder inside this pod and would vanish with it: publish to s3:// or "
+                     "gs://, or to a path on a volume mounted in the pipeline's pods")
+
+
 @dataclass
 class ModelVersion:
     model: str
@@ -146,13 +164,6 @@ class ModelStore:
         if ref not in aliases:
             raise StoreError(f"model {model!r} has no alias {ref!r} (aliases: {sorted(aliases) or 'none'})")
         return int(aliases[ref]["version"])
-
-    def find_run(self, model: str, run_id: str) -> int | None:
-        """The version a pipeline run published, if any."""
-        for v in reversed(self.versions(model)):
-            if self.card(model, v).get("run", {}).get("run_id") == run_id:
-                return v
-        return None
 
     # ------------------------------------------------------------------ load
     def load(self, model: str, ref: str | int | None = None, cache_dir: str | None = None) -> ModelVersion:

@@ -92,8 +92,8 @@ def _shown(path: str) -> str:
 # the user typed (the settings' own checks name the setting).
 TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "seed": "--seed", "store": "--store",
                   "model_name": "--name", "estimator": "--estimator", "device": "--device",
-                  "bootstrap_shards": "--bootstrap-shards", "gpus_per_shard": "--gpus-per-shard",
-                  "n_bootstrap": "--bootstrap", "source": "--data"}
+                  "bootstrap_shards": "--bootstrap-shards", "n_bootstrap": "--bootstrap", "source": "--data",
+                  "runner": "--runner"}
 NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t"}
 BOOTSTRAP_FLAGS = {"n_bootstrap": "--bootstrap", "trees": "--bootstrap-trees", "interval": "--bootstrap-interval",
                    "nuisance": "--bootstrap-nuisance"}
@@ -162,13 +162,11 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         config = TrainingConfig(spec=spec, store=_store_uri(args), model_name=args.name, nuisance=nuisance,
                                 trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
                                 seed=args.seed, gate=_parse_gate(args.gate), bootstrap=bootstrap,
-                                bootstrap_shards=args.bootstrap_shards,
-                                gpus_per_shard=getattr(args, "gpus_per_shard", 0))
+                                bootstrap_shards=args.bootstrap_shards)
     return source, config, true_ate
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tauforge.components.registry import ModelStore
     from tauforge.pipelines.config import absolute
     from tauforge.pipelines.training import run_local
 
@@ -179,10 +177,9 @@ def _run(args: argparse.Namespace) -> int:
         say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
     start = time.perf_counter()
     with _as_flags(TRAINING_FLAGS):
-        run = run_local(source, config, pipeline_root=args.pipeline_root, log=say)
-    version = ModelStore(config.store).find_run(config.model_name, run.run_id) if run.gate_passed else None
-    if run.gate_passed and version is None:
-        raise RuntimeError(f"the gate passed but no version was published; see {run.log_path}")
+        run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
+                        runner=args.runner)
+    version = run.version
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
     result = {"model": config.model_name, "version": version, "store": absolute(config.store), "run_id": run.run_id,
               "gate_passed": run.gate_passed, "reasons": verdict["reasons"], "warnings": verdict["warnings"],
@@ -213,16 +210,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if run.gate_passed else 1
 
 
-def _compile(args: argparse.Namespace) -> int:
+CLUSTER_FLAGS = {"image": "--image", "cuda_image": "--cuda-image", "cpu": "--cpu", "memory": "--memory",
+                 "compute_cpu": "--compute-cpu", "compute_memory": "--compute-memory",
+                 "gpus_per_shard": "--gpus-per-shard", "accelerator_type": "--accelerator-type",
+                 "gpu_node_selector": "--gpu-node-selector", "gpu_tolerations": "--gpu-toleration",
+                 "shard_retries": "--shard-retries", "store_secret": "--store-secret",
+                 "store_secret_keys": "--store-secret-key"}
+
+
+def _cluster(args: argparse.Namespace):
+    """The ClusterConfig of the compile/submit flags."""
     from tauforge.components._kfp import IMAGE
+    from tauforge.pipelines.config import ClusterConfig
+
+    selectors = []
+    for item in args.gpu_node_selector or []:
+        label, sep, value = item.partition("=")
+        if not (sep and label and value):
+            raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {item!r}")
+        selectors.append((label, value))
+    tolerations = []
+    for item in args.gpu_toleration or []:
+        key_value, _, effect = item.partition(":")
+        key, _, value = key_value.partition("=")
+        tolerations.append((key, value, effect))
+    with _as_flags(CLUSTER_FLAGS):
+        return ClusterConfig(image=args.image or IMAGE, cuda_image=args.cuda_image or "", cpu=args.cpu,
+                             memory=args.memory, compute_cpu=args.compute_cpu, compute_memory=args.compute_memory,
+                             gpus_per_shard=args.gpus_per_shard, accelerator_type=args.accelerator_type,
+                             gpu_node_selector=tuple(selectors), gpu_tolerations=tuple(tolerations),
+                             shard_retries=args.shard_retries, store_secret=args.store_secret or "",
+                             store_secret_keys=tuple(args.store_secret_key or ("AWS_ACCESS_KEY_ID",
+                                                                               "AWS_SECRET_ACCESS_KEY")))
+
+
+def _compile(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import compile_pipeline
 
-    path = compile_pipeline(args.out, args.folds, args.shards, args.gpus_per_shard, args.accelerator_type,
-                            args.pipeline, image=args.image, bootstrap_shards=args.bootstrap_shards)
+    cluster = _cluster(args)
+    with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
+                    "fan_in": "--fan-in", "pipeline": "--pipeline"}):
+        path = compile_pipeline(args.out, args.folds, args.shards, pipeline=args.pipeline,
+                                bootstrap_shards=args.bootstrap_shards, cluster=cluster, fan_in=args.fan_in)
     print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds, {args.shards} forest shards"
           + (f", {args.bootstrap_shards} bootstrap shards" if args.bootstrap_shards else "")
-          + (f", {args.gpus_per_shard} x {args.accelerator_type} per shard" if args.gpus_per_shard else "")
-          + f") on {args.image or IMAGE}")
+          + (f", {cluster.gpus_per_shard} x {cluster.accelerator_type} per shard on {cluster.gpu_image()}"
+             if cluster.gpus_per_shard else "")
+          + f", {args.fan_in} fan-in) on {cluster.image}")
     return 0
 
 
@@ -230,8 +264,10 @@ def _submit(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import submit
 
     source, config, _ = _training_setup(args)
+    cluster = _cluster(args)
     with _as_flags(TRAINING_FLAGS):
-        run_id = submit(args.host, source, config, experiment=args.experiment, image=args.image)
+        run_id = submit(args.host, source, config, experiment=args.experiment, cluster=cluster,
+                        cache=not args.no_cache)
     print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")
     return 0
 
@@ -403,6 +439,34 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 IMAGE_HELP = "image every task runs on (default: the project image, $TAUFORGE_IMAGE or components/_kfp.py's)"
 
 
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    pods = p.add_argument_group("pods (how each task runs on the cluster)")
+    pods.add_argument("--image", help=IMAGE_HELP)
+    pods.add_argument("--cuda-image", help="image of GPU tasks (default: --image with -cuda appended)")
+    pods.add_argument("--cpu", default="1", help="CPU request and limit of light tasks (default: 1)")
+    pods.add_argument("--memory", default="2Gi", help="memory request and limit of light tasks (default: 2Gi)")
+    pods.add_argument("--compute-cpu", default="2",
+                      help="CPU request and limit of folds, shards, merges and evaluate; their thread pools follow "
+                           "it (default: 2)")
+    pods.add_argument("--compute-memory", default="8Gi",
+                      help="memory request and limit of folds, shards, merges and evaluate (default: 8Gi)")
+    pods.add_argument("--gpus-per-shard", type=int, default=0,
+                      help="accelerators per forest and bootstrap shard, which then run on --cuda-image (default: 0)")
+    pods.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
+    pods.add_argument("--gpu-node-selector", action="append", metavar="LABEL=VALUE",
+                      help="node label GPU shards must run on; repeatable")
+    pods.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
+                      help="taint GPU shards tolerate, e.g. nvidia.com/gpu:NoSchedule; repeatable")
+    pods.add_argument("--shard-retries", type=int, default=2,
+                      help="retries of a failed shard, with backoff from 60 s (default: 2)")
+    pods.add_argument("--store-secret", metavar="NAME",
+                      help="Kubernetes Secret whose keys become the environment of the tasks that read the data "
+                           "or write the store (validate, publish, monitor)")
+    pods.add_argument("--store-secret-key", action="append", metavar="KEY",
+                      help="a key of --store-secret to pass (default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); "
+                           "repeatable, e.g. also AWS_ENDPOINT_URL for an S3-compatible store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tauforge.kernels.datasets import DESIGNS
 
@@ -423,14 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train, evaluate and publish a model with the local KFP runner")
     _add_training_flags(run)
+    run.add_argument("--fan-in", choices=("collected", "explicit"), default="collected",
+                     help="collected (default): a group's tasks run side by side; explicit: the graph `compile` "
+                          "writes, its tasks one after another")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess (default): every task a process of this environment; docker: every task a "
+                          "container of the project image (make images), as a cluster's pods run them, on the "
+                          "graph compile writes")
     run.set_defaults(func=_run)
 
     submit = sub.add_parser("submit", help="send a training run to a Kubeflow Pipelines host")
     submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
     submit.add_argument("--experiment", help="experiment name")
-    submit.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
-    submit.add_argument("--image", help=IMAGE_HELP)
+    submit.add_argument("--no-cache", action="store_true",
+                        help="run every task afresh (validate, publish and monitor never use the cache anyway)")
     _add_training_flags(submit)
+    _add_cluster_flags(submit)
     submit.set_defaults(func=_submit)
 
     comp = sub.add_parser("compile", help="write the training pipeline as KFP IR YAML")
@@ -443,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bootstrap-shards", type=int, default=0,
                       help="tasks of the full bootstrap in the training graph (default: 0, none); a run sets "
                            "its replicates with the pipeline parameter 'bootstrap' (default: 100)")
-    comp.add_argument("--gpus-per-shard", type=int, default=0, help="accelerators per forest shard (default: 0)")
-    comp.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
-    comp.add_argument("--image", help=IMAGE_HELP)
+    comp.add_argument("--fan-in", choices=("explicit", "collected"), default="explicit",
+                      help="how a group's tasks are gathered: explicit (one input each; every KFP backend from 2.2) "
+                           "or collected (dsl.ParallelFor + dsl.Collected; backend 2.14 and newer)")
+    _add_cluster_flags(comp)
     comp.set_defaults(func=_compile)
 
     srv = sub.add_parser("serve", help="serve a published model on KServe's model server")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
+from tauforge.components._kfp import IMAGE
 from tauforge.components.config import ConfigError
 from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_STORE, DEFAULT_TREES
 from tauforge.components.data import DataSpec, read_table, validate
@@ -40,7 +42,6 @@ class TrainingConfig:
     gate : the publishing gate's thresholds (`GateConfig`); alpha : 1 - the intervals' level.
     bootstrap, bootstrap_shards : the full bootstrap (`BootstrapConfig`, off by default) and the
         tasks its replicates are spread over.
-    gpus_per_shard, accelerator_type : accelerators for each forest and bootstrap task on a cluster.
     """
 
     spec: DataSpec
@@ -57,8 +58,6 @@ class TrainingConfig:
     alpha: float = DEFAULT_ALPHA
     bootstrap: BootstrapConfig = BootstrapConfig()
     bootstrap_shards: int = 1
-    gpus_per_shard: int = 0
-    accelerator_type: str = "nvidia.com/gpu"
 
     def __post_init__(self):
         def fail(name: str, problem: str):
@@ -100,8 +99,6 @@ class TrainingConfig:
                                                and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
             fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
                                      f"replicates), got {self.bootstrap_shards}")
-        if not (_integer(self.gpus_per_shard) and self.gpus_per_shard >= 0):
-            fail("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
 
     def forest_params(self) -> dict:
         """The CausalForest parameters of the run (the pipeline parameter `forest_params`)."""
@@ -130,3 +127,65 @@ class TrainingConfig:
 def absolute(path_or_uri: str) -> str:
     """A local path made absolute (pipeline tasks run from other directories); a URI as it is."""
     return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
+
+
+# What a Kubernetes CPU or memory quantity looks like ('2', '500m', '1.5'; '8Gi', '512Mi', '1G').
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How the pipeline's tasks run as pods on a Kubeflow cluster (`compile`, `submit`).
+
+    image : the project image every task runs on; cuda_image : the image of GPU tasks (default:
+        `image` with '-cuda' appended, as `make images` tags it).
+    cpu, memory : requests and limits of every light task (validate, residuals, publish);
+        compute_cpu, compute_memory : of the tasks that fit or score (folds, shards, merges,
+        evaluate, monitor). Each task's thread pools follow its CPU limit.
+    gpus_per_shard, accelerator_type : accelerators of each forest and bootstrap shard, which
+        then run on `cuda_image`; gpu_node_selector ((label, value), ...) and gpu_tolerations
+        ((key, value, effect), ...) place them on GPU nodes.
+    shard_retries : retries of a failed shard, with backoff (60 s, doubling).
+    store_secret, store_secret_keys : a Kubernetes Secret whose keys become the environment of the
+        tasks that read the data or write the store (validate, publish, monitor).
+    """
+
+    image: str = IMAGE
+    cuda_image: str = ""
+    cpu: str = "1"
+    memory: str = "2Gi"
+    compute_cpu: str = "2"
+    compute_memory: str = "8Gi"
+    gpus_per_shard: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
+    gpu_node_selector: tuple = ()
+    gpu_tolerations: tuple = ()
+    shard_retries: int = 2
+    store_secret: str = ""
+    store_secret_keys: tuple = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+    def __post_init__(self):
+        for name in ("cpu", "compute_cpu"):
+            if not _CPU.match(str(getattr(self, name))):
+                raise ConfigError(name, f"must be a CPU quantity such as 2 or 500m, got {getattr(self, name)!r}")
+        for name in ("memory", "compute_memory"):
+            if not _MEMORY.match(str(getattr(self, name))):
+                raise ConfigError(name, f"must be a memory quantity such as 8Gi or 512Mi, got {getattr(self, name)!r}")
+        if not (_integer(self.gpus_per_shard) and self.gpus_per_shard >= 0):
+            raise ConfigError("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
+        if not (_integer(self.shard_retries) and 0 <= self.shard_retries <= 10):
+            raise ConfigError("shard_retries", f"must be an integer from 0 to 10, got {self.shard_retries!r}")
+        for selector in self.gpu_node_selector:
+            if len(selector) != 2 or not all(selector):
+                raise ConfigError("gpu_node_selector", f"takes (label, value) pairs, got {selector!r}")
+        for toleration in self.gpu_tolerations:
+            if len(toleration) != 3 or not toleration[0] or toleration[2] not in ("", *_EFFECTS):
+                raise ConfigError("gpu_tolerations", f"takes (key, value, effect) with effect one of "
+                                                     f"{', '.join(_EFFECTS)} or empty, got {toleration!r}")
+        if self.store_secret and not self.store_secret_keys:
+            raise ConfigError("store_secret_keys", "must name at least one key of the store's Secret")
+
+    def gpu_image(self) -> str:
+        return self.cuda_image or f"{self.image}-cuda"

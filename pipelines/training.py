@@ -1,16 +1,20 @@
 """The training pipeline: validate -> nuisance folds -> forest shards -> merge -> (bootstrap
 shards -> merge) -> evaluate -> publish if the gate passed. One definition, run three ways:
-`run_local` (kfp.local's SubprocessRunner, no cluster), `compile_pipeline` (IR YAML for the
-Kubeflow UI), `submit` (kfp.Client against a Kubeflow Pipelines host).
+`run_local` (kfp.local, no cluster), `compile_pipeline` (IR YAML for the Kubeflow UI), `submit`
+(kfp.Client against a Kubeflow Pipelines host); and the monitoring pipeline around it.
 
-The number of folds and shards (forest and bootstrap) shapes the graph (one task each, in
-`dsl.ParallelFor` groups), so they are arguments of `build_training_pipeline`; everything else
-is a pipeline parameter.
+The number of folds and shards (forest and bootstrap) shapes the graph (one task each), so they
+are arguments of `build_training_pipeline`; everything else is a pipeline parameter. The tasks
+of a group gather in one step in one of two ways: `fan_in="explicit"` (what `compile` and
+`submit` write) gives the gathering step one input per task, which every KFP backend from 2.2 on
+runs; `fan_in="collected"` puts the group in a `dsl.ParallelFor` gathered by `dsl.Collected`,
+which needs backend 2.14, and is how kfp.local runs a group's tasks side by side.
 """
 
 import builtins
 import contextlib
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -22,8 +26,9 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
+from tauforge.components._kfp import explicit_fan_in
 from tauforge.components.config import ConfigError
-from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_STORE, DEFAULT_TREES, MONITOR_ALPHA
+from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_TREES, MONITOR_ALPHA
 from tauforge.components.data import validate_data
 from tauforge.components.estimate import (
     BootstrapConfig,
@@ -36,105 +41,136 @@ from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import combine_nuisance, nuisance_fold
 from tauforge.components.publish import publish_model
 
-from .config import TrainingConfig, absolute
+from .config import ClusterConfig, TrainingConfig, absolute
 
 PIPELINE_NAME = "tauforge-training"
+MONITORING_PIPELINE_NAME = "tauforge-monitoring"
 DEFAULT_FOREST_PARAMS = json.dumps({"n_estimators": DEFAULT_TREES})
-
-
+FAN_INS = ("explicit", "collected")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
-                            accelerator_type: str = "nvidia.com/gpu", parallelism: int = 0,
-                            threads_per_task: int = 0, bootstrap_shards: int = 0):
+def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shards: int = 0, *,
+                            cluster: ClusterConfig | None = None, fan_in: str = "explicit", parallelism: int = 0,
+                            threads_per_task: int = 0):
     """The training pipeline with `n_folds` nuisance tasks, `n_shards` forest tasks and
-    `bootstrap_shards` tasks of the full bootstrap (0: no bootstrap in the graph), forest and
-    bootstrap tasks each asking for `gpus_per_shard` accelerators of `accelerator_type`;
-    `parallelism` caps how many of a group run at once (0: no cap); `threads_per_task` > 0 caps
-    the thread pools of the parallel tasks (on one machine, tasks side by side must share its cores)."""
+    `bootstrap_shards` tasks of the full bootstrap (0: no bootstrap in the graph).
+
+    cluster : how the tasks run as pods (resources, retries, GPUs, images, the store's Secret);
+        None for a run on this machine.
+    fan_in : 'explicit' or 'collected' (see the module's docstring).
+    parallelism, threads_per_task : with 'collected', how many tasks of a group run at once (0: no
+        cap) and, above 0, the thread pools of each (tasks side by side must share one machine's cores).
+    """
     if n_folds < 2:
-        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+        raise ConfigError("n_folds", f"must be at least 2, got {n_folds}")
     if n_shards < 1:
-        raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+        raise ConfigError("n_shards", f"must be at least 1, got {n_shards}")
     if bootstrap_shards < 0:
-        raise ValueError(f"bootstrap_shards must be 0 (no bootstrap) or more, got {bootstrap_shards}")
-    # With bootstrap tasks in the graph, a run that sets no bootstrap still gets one.
-    default_bootstrap = BootstrapConfig(n_bootstrap=100).to_json() if bootstrap_shards else "{}"
+        raise ConfigError("bootstrap_shards", f"must be 0 (no bootstrap) or more, got {bootstrap_shards}")
+    if fan_in not in FAN_INS:
+        raise ConfigError("fan_in", f"must be one of {', '.join(FAN_INS)}, got {fan_in!r}")
+    pods = _Pods(cluster, threads_per_task if fan_in == "collected" else 0)
 
-    def on_accelerators(task) -> None:
-        if gpus_per_shard > 0:
-            task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus_per_shard)
+    def fan_out(n: int, name: str, make):
+        """`make(k)` for k in 0..n-1, as `fan_in` says; returns the gathering step's arguments for an
+        output of those tasks (`gathered(output, parameter)`) and the gathering step itself."""
+        if fan_in == "explicit":
+            tasks = [make(k).set_display_name(f"{name}-{k + 1}") for k in range(n)]
+            for task in tasks:
+                pods.parallel(task)
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="Causal forest with cross-fitted nuisance models, evaluated and published if the "
-                              "quality gate passes.")
-    def training(source: str, spec: str, store: str = DEFAULT_STORE, model_name: str = DEFAULT_MODEL_NAME,
-                 seed: int = 0, model_y: str = "auto", model_t: str = "auto",
-                 forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}", alpha: float = DEFAULT_ALPHA,
-                 run_id: str = "", estimator: str = "tauforge", bootstrap: str = default_bootstrap) -> bool:
-        validated = validate_data(source=source, spec=spec)
+            def gathered(output: str, parameter: str) -> dict:
+                return {f"{parameter}_{k}": t.outputs[output] for k, t in enumerate(tasks)}
+
+            return gathered, lambda collector: explicit_fan_in(collector, n)
+        with dsl.ParallelFor(items=list(range(n)), parallelism=parallelism, name=f"{name}s") as k:
+            task = make(k).set_display_name(name)
+            pods.parallel(task)
+        return (lambda output, parameter: {parameter: dsl.Collected(task.outputs[output])}), (lambda c: c)
+
+    def training(source: str, spec: str, store: str, model_name: str = DEFAULT_MODEL_NAME, seed: int = 0,
+                 model_y: str = "auto", model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS,
+                 gate: str = "{}", alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge",
+                 bootstrap: str = BootstrapConfig(n_bootstrap=100).to_json()) -> bool:
+        """Train, evaluate and publish a causal model.
+
+        Args:
+            source: The training table: a Parquet or CSV file (s3://, gs:// or a path the pods mount).
+            spec: The columns' causal roles as JSON, e.g. {"outcome": "Y", "treatment": "T"}; covariates default to
+                every other numeric column (DataSpec).
+            store: The model store the version is published to: s3://, gs://, or a path on a volume the pods mount.
+            model_name: The model's name in the store.
+            seed: The seed of folds, nuisance models and forest.
+            model_y: The outcome model: 'auto' or a scikit-learn estimator's import path.
+            model_t: The treatment model: 'auto' or a scikit-learn estimator's import path (a classifier for a binary
+                treatment).
+            forest_params: The causal forest's parameters as JSON, e.g. {"n_estimators": 2000, "device": "cuda"}.
+            gate: The publishing gate's thresholds as JSON, e.g. {"min_robustness_value": 0.1}; "off" switches a check
+                off.
+            alpha: One minus the confidence level of the intervals.
+            estimator: The forest: tauforge, or econml (EconML's forest on the same residuals, one shard).
+            bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, interval percentile or
+                pivot, nuisance true to refit the nuisance models.
+        """
+        validated = validate_data(source=source, spec=spec, store=store)
         validated.set_display_name("validate")
+        pods.reads_store(pods.light(validated))
+        validated.set_caching_options(False)  # reads a URI whose contents may change under the same name
         dataset = validated.outputs["dataset"]
 
-        with dsl.ParallelFor(items=list(range(n_folds)), parallelism=parallelism, name="nuisance-folds") as fold:
-            folds = nuisance_fold(dataset=dataset, fold=fold, n_folds=n_folds, seed=seed,
-                                  model_y=model_y, model_t=model_t)
-            folds.set_display_name("nuisance-fold")
-            _limit_threads(folds, threads_per_task)
-        residuals = combine_nuisance(dataset=dataset,
-                                     folds=dsl.Collected(folds.outputs["predictions"]))
-        residuals.set_display_name("residuals")
+        gathered, collector = fan_out(n_folds, "nuisance-fold", lambda k: nuisance_fold(
+            dataset=dataset, fold=k, n_folds=n_folds, seed=seed, model_y=model_y, model_t=model_t))
+        residuals = collector(combine_nuisance)(dataset=dataset, **gathered("predictions", "folds"))
+        pods.light(residuals.set_display_name("residuals"))
 
-        with dsl.ParallelFor(items=list(range(n_shards)), parallelism=parallelism, name="forest-shards") as shard:
-            shards = forest_shard(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                  params=forest_params, seed=seed, shard=shard, n_shards=n_shards,
-                                  estimator=estimator)
-            shards.set_display_name("forest-shard")
-            _limit_threads(shards, threads_per_task)
-            on_accelerators(shards)
-        merged = merge_forest_shards(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                     shards=dsl.Collected(shards.outputs["forest"]), alpha=alpha)
-        merged.set_display_name("merge-forest")
+        gathered, collector = fan_out(n_shards, "forest-shard", lambda k: pods.shard(forest_shard(
+            dataset=dataset, residuals=residuals.outputs["residuals"], params=forest_params, seed=seed, shard=k,
+            n_shards=n_shards, estimator=estimator)))
+        merged = collector(merge_forest_shards)(dataset=dataset, residuals=residuals.outputs["residuals"],
+                                                alpha=alpha, **gathered("forest", "shards"))
+        pods.compute(merged.set_display_name("merge-forest"))
         forest, estimate = merged.outputs["forest"], merged.outputs["estimate"]
 
         if bootstrap_shards:
-            with dsl.ParallelFor(items=list(range(bootstrap_shards)), parallelism=parallelism,
-                                 name="bootstrap-shards") as part:
-                replicates = bootstrap_shard(dataset=dataset, residuals=residuals.outputs["residuals"],
-                                             estimate=estimate, params=forest_params, seed=seed, shard=part,
-                                             n_shards=bootstrap_shards, bootstrap=bootstrap, n_folds=n_folds,
-                                             model_y=model_y, model_t=model_t)
-                replicates.set_display_name("bootstrap-shard")
-                _limit_threads(replicates, threads_per_task)
-                on_accelerators(replicates)
-            combined = merge_bootstrap_shards(estimate=estimate, bootstrap=bootstrap,
-                                              shards=dsl.Collected(replicates.outputs["replicates"]))
-            combined.set_display_name("merge-bootstrap")
+            gathered, collector = fan_out(bootstrap_shards, "bootstrap-shard", lambda k: pods.shard(bootstrap_shard(
+                dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate, params=forest_params,
+                seed=seed, shard=k, n_shards=bootstrap_shards, bootstrap=bootstrap, n_folds=n_folds,
+                model_y=model_y, model_t=model_t)))
+            combined = collector(merge_bootstrap_shards)(estimate=estimate, bootstrap=bootstrap,
+                                                         **gathered("replicates", "shards"))
+            pods.compute(combined.set_display_name("merge-bootstrap"))
             estimate = combined.outputs["result"]
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate,
                                    gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t)
-        evaluated.set_display_name("evaluate")
+        pods.compute(evaluated.set_display_name("evaluate"))
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-            publish_model(dataset=dataset, forest=forest, estimate=estimate, reference=merged.outputs["reference"],
-                          evaluation=evaluated.outputs["evaluation"], report=evaluated.outputs["report"],
-                          store=store, model_name=model_name, source=source, run_id=run_id, estimator=estimator,
-                          n_folds=n_folds, model_y=model_y, model_t=model_t).set_display_name("publish")
+            published = publish_model(dataset=dataset, forest=forest, estimate=estimate,
+                                      reference=merged.outputs["reference"], evaluation=evaluated.outputs["evaluation"],
+                                      report=evaluated.outputs["report"], store=store, model_name=model_name,
+                                      source=source, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                      run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, estimator=estimator,
+                                      n_folds=n_folds, model_y=model_y, model_t=model_t)
+            pods.reads_store(pods.light(published.set_display_name("publish")))
+            published.set_caching_options(False)  # a cached publish would announce a version it never wrote
         return evaluated.outputs["Output"]
 
-    return training
+    if not bootstrap_shards:  # a graph without bootstrap tasks offers no bootstrap parameter
+        signature = inspect.signature(training)
+        training.__signature__ = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name != "bootstrap"])
+    return dsl.pipeline(name=PIPELINE_NAME, description="Causal forest with cross-fitted nuisance models, evaluated "
+                                                        "and published if the quality gate passes.")(training)
 
 
-MONITORING_PIPELINE_NAME = "tauforge-monitoring"
-
-
-def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
-                              accelerator_type: str = "nvidia.com/gpu"):
+def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: ClusterConfig | None = None,
+                              fan_in: str = "explicit"):
     """monitor -> If(retrain needed): the training pipeline on fresh data (`source`)."""
     from tauforge.components.monitor import monitor_model
 
-    training = build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type)
+    training = build_training_pipeline(n_folds, n_shards, cluster=cluster, fan_in=fan_in)
+    pods = _Pods(cluster, 0)
 
     @dsl.pipeline(name=MONITORING_PIPELINE_NAME,
                   description="Check served traffic against the model's training data; retrain when it drifted.")
@@ -142,17 +178,100 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, gpus_per_shar
                    outcomes: str = "", monitor_alpha: float = MONITOR_ALPHA, seed: int = 0, model_y: str = "auto",
                    model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}",
                    alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge") -> bool:
+        """Monitor a served model's traffic and retrain it when the traffic drifted.
+
+        Args:
+            store: The model store the served model was published to (s3://, gs:// or a mounted path).
+            model_name: The served model's name in the store.
+            log_dir: The serving event log (the predictor's --log-dir).
+            source: The fresh training table a retrain reads (Parquet or CSV).
+            spec: The columns' causal roles as JSON, as for training.
+            version: The version to monitor; empty: the one that answered most champion rows in the log.
+            outcomes: Optional Parquet of request_id and row (or unit_id) with an 'outcome' column, for policy value.
+            monitor_alpha: The false-alarm rate of all drift tests together.
+            seed: The retrain's seed.
+            model_y: The retrain's outcome model.
+            model_t: The retrain's treatment model.
+            forest_params: The retrain's forest parameters as JSON.
+            gate: The retrain's gate thresholds as JSON.
+            alpha: One minus the confidence level of the retrain's intervals.
+            estimator: The retrain's forest: tauforge or econml.
+        """
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
                                 outcomes=outcomes, alpha=monitor_alpha)
-        checked.set_display_name("monitor")
+        pods.reads_store(pods.compute(checked.set_display_name("monitor")))
+        checked.set_caching_options(False)  # the log grows under the same path: a cached verdict is stale
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)
-            # Every training parameter passes through; the run id is the Kubeflow run's own.
             training(source=source, spec=spec, store=store, model_name=model_name, seed=seed, model_y=model_y,
                      model_t=model_t, forest_params=forest_params, gate=gate, alpha=alpha,
-                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, estimator=estimator).set_display_name("retrain")
+                     estimator=estimator).set_display_name("retrain")
         return checked.outputs["Output"]
 
     return monitoring
+
+
+class _Pods:
+    """What each kind of task asks of its pod, from a ClusterConfig (None: nothing, a local run)."""
+
+    def __init__(self, cluster: ClusterConfig | None, local_threads: int):
+        self.cluster = cluster
+        self.local_threads = local_threads
+
+    def _resources(self, task, cpu: str, memory: str):
+        if self.cluster is not None:
+            task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+            _limit_threads(task, _threads(cpu))  # pools sized to the CPU limit, not to the node's cores
+        return task
+
+    def light(self, task):
+        """Reading, joining, publishing: small and quick."""
+        return self._resources(task, self.cluster.cpu, self.cluster.memory) if self.cluster else task
+
+    def compute(self, task):
+        """Steps that score every training row with the whole forest (merges, evaluate, monitor)."""
+        return self._resources(task, self.cluster.compute_cpu, self.cluster.compute_memory) if self.cluster else task
+
+    def parallel(self, task):
+        """A task of a group: folds and shards."""
+        if self.cluster is None:
+            _limit_threads(task, self.local_threads)
+            return task
+        return self.compute(task)
+
+    def shard(self, task):
+        """Forest and bootstrap shards: retried (a preempted GPU node should not fail the run), and
+        on accelerators and the CUDA image when asked for."""
+        c = self.cluster
+        if c is None:
+            return task
+        if c.shard_retries:
+            task.set_retry(num_retries=c.shard_retries, backoff_duration="60s", backoff_factor=2.0)
+        if c.gpus_per_shard:
+            from kfp import kubernetes
+
+            task.set_accelerator_type(c.accelerator_type).set_accelerator_limit(c.gpus_per_shard)
+            task.set_container_image(c.gpu_image())
+            for key, value in c.gpu_node_selector:
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for key, value, effect in c.gpu_tolerations:
+                kubernetes.add_toleration(task, key=key, operator="Equal" if value else "Exists", value=value or None,
+                                          effect=effect or None)
+        return task
+
+    def reads_store(self, task):
+        """Tasks that read the data or write the store get its credentials from the Secret."""
+        if self.cluster is not None and self.cluster.store_secret:
+            from kfp import kubernetes
+
+            kubernetes.use_secret_as_env(task, self.cluster.store_secret,
+                                         {key: key for key in self.cluster.store_secret_keys})
+        return task
+
+
+def _threads(cpu: str) -> int:
+    """Whole cores in a Kubernetes CPU quantity ('2', '1.5', '500m'), at least 1."""
+    value = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, int(value))
 
 
 def _limit_threads(task, threads: int) -> None:
@@ -161,79 +280,114 @@ def _limit_threads(task, threads: int) -> None:
             task.set_env_variable(name, str(threads))
 
 
-def pipeline_arguments(source: str, config: TrainingConfig, run_id: str) -> dict:
+def pipeline_arguments(source: str, config: TrainingConfig) -> dict:
     """The training pipeline's parameters for a run of `config` on `source`."""
     arguments = {"source": source, "spec": config.spec.to_json(), "store": config.store,
                  "model_name": config.model_name, "seed": config.seed, "model_y": config.nuisance.model_y,
                  "model_t": config.nuisance.model_t, "forest_params": json.dumps(config.forest_params()),
-                 "gate": config.gate.to_json(), "alpha": config.alpha, "run_id": run_id,
-                 "estimator": config.estimator}
+                 "gate": config.gate.to_json(), "alpha": config.alpha, "estimator": config.estimator}
     if config.bootstrap_tasks():
         arguments["bootstrap"] = config.bootstrap.to_json()
     return arguments
 
 
-def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, gpus_per_shard: int = 0,
-                     accelerator_type: str = "nvidia.com/gpu", pipeline: str = "training",
-                     image: str | None = None, bootstrap_shards: int = 0) -> str:
-    """Write the pipeline's IR YAML to `path`; every task runs on `image` (default: the project
-    image of components/_kfp.py, $TAUFORGE_IMAGE). `bootstrap_shards` > 0 puts the full
-    bootstrap's tasks in the training graph."""
+def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, *, pipeline: str = "training",
+                     bootstrap_shards: int = 0, cluster: ClusterConfig | None = None,
+                     fan_in: str = "explicit") -> str:
+    """Write the pipeline's IR YAML to `path`, its tasks set up as `cluster` says (default:
+    `ClusterConfig()`, the project image). `bootstrap_shards` > 0 puts the full bootstrap's tasks
+    in the training graph."""
     from kfp import compiler
 
+    cluster = cluster or ClusterConfig()
     if pipeline == "training":
-        built = build_training_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type,
-                                        bootstrap_shards=bootstrap_shards)
+        built = build_training_pipeline(n_folds, n_shards, bootstrap_shards, cluster=cluster, fan_in=fan_in)
+    elif pipeline != "monitoring":
+        raise ConfigError("pipeline", f"must be training or monitoring, got {pipeline!r}")
     elif bootstrap_shards:
-        raise ValueError("the monitoring pipeline retrains without the full bootstrap; drop bootstrap_shards")
+        raise ConfigError("bootstrap_shards", "must be 0 for the monitoring pipeline, which retrains without the "
+                                              "full bootstrap")
     else:
-        built = build_monitoring_pipeline(n_folds, n_shards, gpus_per_shard, accelerator_type)
+        built = build_monitoring_pipeline(n_folds, n_shards, cluster=cluster, fan_in=fan_in)
     compiler.Compiler().compile(built, path)
-    if image:
-        set_image(path, image)
+    _finish_ir(path, cluster.image)
     return path
 
 
-def set_image(path: str, image: str) -> None:
-    """Point every executor of the compiled pipeline at `image`.
+# The oldest Kubeflow Pipelines backend the compiled pipelines are written for: 2.2.0, what
+# Kubeflow 1.9 ships (1.10 ships 2.4.0). Its SDKs wrote resources as plain numbers and Secrets by
+# name only; the fields below came later (kfp SDK 2.11+, kfp-kubernetes 2.x) and are written beside
+# the old ones, so the compiled YAML keeps the old ones and drops these. `dsl.Collected` (2.14) is
+# not used with the explicit fan-in, and retry policies, which 2.2-2.4 ignore, do no harm there.
+OLDEST_BACKEND = "2.2.0"
+NEWER_IR_FIELDS = {"resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit", "resourceMemoryRequest",
+                   "resourceType", "resourceCount", "secretNameParameter"}
 
-    Components fix their base image when they are defined (at import, components/_kfp.py), so a
-    different image for one compile is set on the compiled IR: all our executors are the same
-    project image, and an executor's image is all that names it."""
+
+def _finish_ir(path: str, image: str) -> None:
+    """The compiled YAML at `path`, for the backends from OLDEST_BACKEND on: every executor that
+    still names the components' own image names `image` instead (components fix their image when
+    they are defined; GPU shards already name their CUDA image), and the newer fields go."""
     import yaml
+
+    from tauforge.components._kfp import IMAGE
 
     with open(path) as f:
         text = f.read()
     header = "".join(line for line in text.splitlines(keepends=True)[:20] if line.startswith("#"))
-    docs = list(yaml.safe_load_all(text))  # the pipeline spec, then a platform spec if any
-    executors = docs[0]["deploymentSpec"]["executors"]
-    for executor in executors.values():
-        executor["container"]["image"] = image
+    docs = list(yaml.safe_load_all(text))  # the pipeline spec, then the Kubernetes platform spec if any
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        if executor["container"]["image"] == IMAGE:
+            executor["container"]["image"] = image
+    docs = [_without_newer_fields(doc) for doc in docs]
     with open(path, "w") as f:
         f.write(header)
         yaml.safe_dump_all(docs, f, sort_keys=False)
+
+
+def _without_newer_fields(node):
+    if isinstance(node, dict):
+        kept = {k: _without_newer_fields(v) for k, v in node.items() if k not in NEWER_IR_FIELDS}
+        if "secretName" in kept and kept.get("optional") is False:
+            kept.pop("optional")  # the default, and a field the older Secret spec does not have
+        return kept
+    if isinstance(node, list):
+        return [_without_newer_fields(v) for v in node]
+    return node
 
 
 @dataclass
 class LocalRun:
     run_id: str
     gate_passed: bool
+    version: int | None  # the version published, if the gate passed
     evaluation: dict
     report_path: str  # the evaluate step's HTML report
     run_dir: str  # the pipeline's outputs (kfp.local's pipeline root for this run)
     log_path: str
 
 
+RUNNERS = ("subprocess", "docker")
+
+
 def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./tauforge-runs",
-              parallelism: int = 2, log=None) -> LocalRun:
+              parallelism: int = 2, log=None, fan_in: str = "collected", runner: str = "subprocess") -> LocalRun:
     """Run the pipeline with kfp.local's SubprocessRunner in this Python environment, after
     checking what can be checked here first (`TrainingConfig.check_local_run`: the device, and
     a local table against the spec), so a bad run fails before any task starts.
 
     Task output goes to `<pipeline_root>/<run_id>.log`; `log(line)` receives one line per
-    finished step (progress), if given."""
+    finished step (progress), if given. kfp.local runs the tasks of a `dsl.ParallelFor` side by side
+    (`parallelism` at a time) and the tasks of an explicit fan-in one after another, so a local run
+    gathers with `fan_in="collected"` unless told to run the graph `compile` writes ("explicit").
+
+    runner : 'subprocess' (every task a process of this Python environment) or 'docker' (every
+        task a container of the project image, `kfp.local.DockerRunner`: the command a cluster's
+        pod runs, on the graph `compile` writes)."""
     from kfp import local
 
+    if runner not in RUNNERS:
+        raise ConfigError("runner", f"must be one of {', '.join(RUNNERS)}, got {runner!r}")
     config.check_local_run(source)
     # Tasks run in processes of their own, from another directory: local paths must be absolute.
     source = absolute(source)
@@ -242,13 +396,17 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     root = os.path.abspath(os.path.join(pipeline_root, run_id))
     os.makedirs(root, exist_ok=True)
     log_path = os.path.abspath(os.path.join(pipeline_root, f"{run_id}.log"))
-    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
+    if runner == "docker":
+        local.init(_docker_runner(source, config.store), pipeline_root=root, raise_on_error=True)
+        fan_in, parallelism = "explicit", 0
+    else:
+        local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
-    pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, 0, config.accelerator_type,
-                                       parallelism, threads, config.bootstrap_tasks())
+    pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
+                                       fan_in=fan_in, parallelism=parallelism, threads_per_task=threads)
     with open(log_path, "w") as log_file, _capture(log_file, log):
         try:
-            task = pipeline(**pipeline_arguments(source, config, run_id))
+            task = pipeline(**pipeline_arguments(source, config))
         except RuntimeError as exc:
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
             raise PipelineFailed(f"{message} The task logs are in {log_path}") from None
@@ -256,11 +414,55 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     evaluate_dir = _step_dir(root, "evaluate-model")
     with open(os.path.join(evaluate_dir, "evaluation")) as f:
         evaluation = json.load(f)
-    return LocalRun(run_id, gate_passed, evaluation, os.path.join(evaluate_dir, "report"), root, log_path)
+    version = _published_version(root) if gate_passed else None
+    return LocalRun(run_id, gate_passed, version, evaluation, os.path.join(evaluate_dir, "report"), root, log_path)
 
 
 class PipelineFailed(RuntimeError):
     """A task of the local run failed."""
+
+
+def _docker_runner(source: str, store: str):
+    """kfp.local's DockerRunner for this machine: the project image, present here (kfp.local would
+    try to pull it from a registry); host network (a local daemon often has no bridge); the
+    caller's uid, so that tasks write the pipeline root and the store as the caller would; and the
+    data's folder (read-only) and the store mounted where they are, as a pod mounts a volume."""
+    from tauforge.components._kfp import IMAGE
+
+    try:
+        import docker
+        from docker.types import Mount
+    except ImportError:
+        raise ConfigError("runner", "'docker' needs the docker Python package: pip install 'tauforge[docker]'") \
+            from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no socket, daemon down, permission: all mean "no Docker here"
+        raise ConfigError("runner", f"'docker' needs a running Docker daemon, and none answered: {exc}") from None
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        raise ConfigError("runner", f"'docker' runs every task in the image {IMAGE}, which is not on this machine: "
+                                    "build it with `make images` (or set TAUFORGE_IMAGE to one that is)") from None
+    finally:
+        client.close()
+    from kfp import local
+
+    mounts = []
+    if "://" not in source:
+        mounts.append(Mount(target=os.path.dirname(source), source=os.path.dirname(source), type="bind",
+                            read_only=True))
+    if "://" not in store:
+        os.makedirs(store, exist_ok=True)
+        mounts.append(Mount(target=store, source=store, type="bind"))
+    return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", mounts=mounts)
+
+
+def _published_version(root: str) -> int:
+    """The version the publish step returned (its executor output, as kfp.local leaves it)."""
+    with open(os.path.join(_step_dir(root, "publish-model"), "executor_output.json")) as f:
+        return int(json.load(f)["parameterValues"]["Output"])
 
 
 def _step_dir(root: str, task: str) -> str:
@@ -304,26 +506,26 @@ def _capture(log_file, progress):
 
 
 def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None,
-           image: str | None = None) -> str:
-    """Submit a run to Kubeflow Pipelines at `host`, its tasks on `image` (default: the project
-    image); return its run id. The data and the store must be where the cluster's pods can reach
-    them: URIs (s3://, gs://) or absolute paths on a volume mounted in them."""
+           cluster: ClusterConfig | None = None, cache: bool = True) -> str:
+    """Submit a run to Kubeflow Pipelines at `host`, its tasks set up as `cluster` says; return its
+    run id. The data and the store must be where the cluster's pods can reach them: URIs (s3://,
+    gs://) or absolute paths on a volume mounted in them. `cache=False` runs every task afresh
+    (validate, publish and monitor never take a cached result anyway)."""
     import kfp
 
     for name, where in (("source", source), ("store", config.store)):
         if "://" not in where and not os.path.isabs(where):
             raise ConfigError(name, f"must be a URI the cluster's pods can reach (s3://..., gs://...) or an "
                                     f"absolute path on a volume mounted in them, got {where!r}")
-    run_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.nuisance.folds, config.n_shards,
-                                   config.gpus_per_shard, config.accelerator_type, image=image,
-                                   bootstrap_shards=config.bootstrap_tasks())
+                                   bootstrap_shards=config.bootstrap_tasks(), cluster=cluster)
         try:
             client = kfp.Client(host=host)
             result = client.create_run_from_pipeline_package(
-                package, arguments=pipeline_arguments(source, config, run_id), experiment_name=experiment,
-                run_name=f"tauforge-{run_id}")
+                package, arguments=pipeline_arguments(source, config), experiment_name=experiment,
+                run_name=f"tauforge-{config.model_name}-{uuid.uuid4().hex[:8]}",
+                enable_caching=None if cache else False)
         except Exception as exc:  # the client raises urllib3, ApiException, ValueError... all mean "not submitted"
             reason = str(exc).splitlines()[0][:300]
             raise PipelineFailed(f"could not submit to Kubeflow Pipelines at {host}: {type(exc).__name__}: "

@@ -108,26 +108,32 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_compiled_pipeline_runs_bootstrap_shards_in_a_parallel_for_on_accelerators(tmp_path):
+def test_compiled_pipeline_runs_each_bootstrap_shard_as_its_own_task_on_accelerators(tmp_path):
     import json
 
     import yaml
 
+    from tauforge.pipelines.config import ClusterConfig
     from tauforge.pipelines.training import compile_pipeline
 
-    path = compile_pipeline(str(tmp_path / "training.yaml"), n_folds=2, n_shards=2, gpus_per_shard=1,
-                            bootstrap_shards=3)
+    path = compile_pipeline(str(tmp_path / "training.yaml"), n_folds=2, n_shards=2, bootstrap_shards=3,
+                            cluster=ClusterConfig(gpus_per_shard=1))
     spec = yaml.safe_load(open(path))
     executors = spec["deploymentSpec"]["executors"]
-    for shard in ("exec-forest-shard", "exec-bootstrap-shard"):
-        assert executors[shard]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
-    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
-    assert sorted(json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops) == [[0, 1], [0, 1], [0, 1, 2]]
+    dag = spec["root"]["dag"]["tasks"]
+    shards = {name: task for name, task in dag.items() if name.startswith(("forest-shard", "bootstrap-shard"))}
+    assert sorted(shards) == ["bootstrap-shard", "bootstrap-shard-2", "bootstrap-shard-3", "forest-shard",
+                              "forest-shard-2"]
+    for task in shards.values():  # each shard its own task, on an accelerator
+        container = executors[task["componentRef"]["name"].replace("comp-", "exec-", 1)]["container"]
+        assert container["resources"]["accelerator"]["count"] == "1"
+    gathered = dag["merge-bootstrap-shards"]["inputs"]["artifacts"]
+    assert sorted(a["taskOutputArtifact"]["producerTask"] for k, a in gathered.items() if k.startswith("shards_")) \
+        == ["bootstrap-shard", "bootstrap-shard-2", "bootstrap-shard-3"]
     default = spec["root"]["inputDefinitions"]["parameters"]["bootstrap"]["defaultValue"]
     assert json.loads(default)["n_bootstrap"] == 100
     # Evaluate and publish read the estimate the bootstrap merge wrote.
-    dag = spec["root"]["dag"]["tasks"]
     assert dag["evaluate-model"]["inputs"]["artifacts"]["estimate"]["taskOutputArtifact"]["producerTask"] == \
         "merge-bootstrap-shards"
-    with pytest.raises(ValueError, match="monitoring pipeline retrains without the full bootstrap"):
+    with pytest.raises(ValueError, match="0 for the monitoring pipeline, which retrains without the full bootstrap"):
         compile_pipeline(str(tmp_path / "m.yaml"), pipeline="monitoring", bootstrap_shards=2)

@@ -208,3 +208,95 @@ def test_every_file_and_kustomization_the_walkthrough_names_exists():
         assert os.path.exists(os.path.join(ROOT, path)) or path == "tauforge-deploy", path  # written by deploy --out
     for argv in walkthrough_commands("make"):
         assert re.search(rf"^{argv[1]}:", read("Makefile"), re.M), f"make target {argv[1]}"
+
+
+# ----------------------------------------------------------------------------- what a cluster reads
+def compiled(tmp_path, *flags, pipeline="training"):
+    from tauforge.pipelines.cli import main
+
+    path = tmp_path / f"{pipeline}.yaml"
+    assert main(["compile", "--pipeline", pipeline, "--out", str(path), "--folds", "2", "--shards", "2",
+                 "--store-secret", "tauforge-store-credentials", *flags]) == 0
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return path.read_text(), docs[0], (docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+                                       if len(docs) > 1 else {})
+
+
+def every_task(spec):
+    """(name, task) of every task of the pipeline and of the components it nests."""
+    yield from spec["root"]["dag"]["tasks"].items()
+    for component in spec["components"].values():
+        yield from component.get("dag", {}).get("tasks", {}).items()
+
+
+@pytest.mark.parametrize("pipeline, flags", [
+    ("training", ["--bootstrap-shards", "2", "--gpus-per-shard", "1", "--compute-cpu", "3",
+                  "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
+                  "--gpu-toleration", "nvidia.com/gpu:NoSchedule"]),
+    ("monitoring", []),
+])
+def test_the_compiled_pipeline_is_safe_on_kubeflow_backends_from_2_2(tmp_path, pipeline, flags):
+    from tauforge.pipelines.training import NEWER_IR_FIELDS
+
+    text, spec, platform = compiled(tmp_path, *flags, pipeline=pipeline)
+    # No IR the oldest backend claimed (2.2.0) cannot read: no dsl.Collected, no ParallelFor, none
+    # of the fields later SDKs add beside the old ones.
+    for field in (*NEWER_IR_FIELDS, "isArtifactList", "parameterIterator", "artifactIterator"):
+        assert f"{field}:" not in text, field
+    # Steps with side effects or outside inputs are never served from the cache; the rest are.
+    tasks = dict(every_task(spec))
+    for name in ("validate-data", "publish-model", "monitor-model"):
+        if name in tasks:
+            assert not tasks[name].get("cachingOptions", {}).get("enableCache"), name
+    assert tasks["nuisance-fold"]["cachingOptions"]["enableCache"]
+    # Every task asks for CPU and memory, and its thread pools follow its CPU limit.
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        container = executor["container"]
+        resources = container["resources"]
+        assert {"cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"} <= set(resources), name
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env["OMP_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == str(int(resources["cpuLimit"])), name
+    # GPU shards (and only they) run the CUDA image, placed on GPU nodes.
+    gpu = {name for name, e in executors.items() if "accelerator" in e["container"]["resources"]}
+    assert {executors[name]["container"]["image"] for name in gpu} <= {f"{_kfp.IMAGE}-cuda"}
+    assert {e["container"]["image"] for name, e in executors.items() if name not in gpu} == {_kfp.IMAGE}
+    if pipeline == "training":
+        assert {name.rstrip("-0123456789") for name in gpu} == {"exec-forest-shard", "exec-bootstrap-shard"}
+        assert len(gpu) == 4 and all(executors[name]["container"]["resources"]["cpuLimit"] == 3.0 for name in gpu)
+        for name in gpu:
+            assert platform[name]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert platform[name]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                      "effect": "NoSchedule"}]
+    # The store's credentials reach exactly the tasks that read the data or write the store.
+    with_secret = {name.rstrip("-0123456789") for name, e in platform.items() if "secretAsEnv" in e}
+    assert with_secret == ({"exec-validate-data", "exec-publish-model"} | ({"exec-monitor-model"}
+                                                                          if pipeline == "monitoring" else set()))
+    # Every parameter says what it is; the store has no default (a pod-local folder would vanish).
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in parameters.values()), [k for k, p in parameters.items()
+                                                                     if not p.get("description")]
+    assert "defaultValue" not in parameters["store"] and "run_id" not in parameters
+
+
+def test_a_training_pipeline_without_bootstrap_tasks_offers_no_bootstrap_parameter(tmp_path):
+    _, spec, _ = compiled(tmp_path)
+    assert "bootstrap" not in spec["root"]["inputDefinitions"]["parameters"]
+    _, spec, _ = compiled(tmp_path, "--bootstrap-shards", "2")
+    assert "bootstrap" in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_a_store_inside_the_pod_is_refused_and_one_on_a_volume_is_not(tmp_path, monkeypatch):
+    from tauforge.components.registry import StoreError, check_store_location
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # what every pod's environment holds
+    check_store_location("s3://bucket/models")  # object storage: fine anywhere
+    mounted = next(m.split()[1] for m in open("/proc/mounts") if m.split()[1] not in ("/", "/proc")
+                   and os.path.isdir(m.split()[1]) and os.access(m.split()[1], os.R_OK))
+    check_store_location(os.path.join(mounted, "store"))  # on a mounted volume: fine
+    unmounted = [p for p in ("/opt/tauforge-store", "/srv/store") if not any(
+        os.path.ismount(a) for a in (p, os.path.dirname(p)) if a != "/")]
+    with pytest.raises(StoreError, match="a folder inside this pod and would vanish"):
+        check_store_location(unmounted[0])
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    check_store_location(unmounted[0])  # on a laptop a local folder is what is meant

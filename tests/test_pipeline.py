@@ -102,13 +102,14 @@ def runs(tmp_path_factory, ihdp):
     shards; beside them, in a store of its own, a run whose gate fails."""
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
     path, table, covariates, controls = ihdp
+    # The IHDP run takes the explicit fan-in of compiled pipelines; the others kfp.local's collected one.
     runs = Runs({
         "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--json"),
         "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
                         "2", *LINEAR, "--json"),
         "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
                       *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP,
-                      "--json"),
+                      "--fan-in", "explicit", "--json"),
         "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
                       "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
     })
@@ -156,7 +157,9 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     assert card["version"] == 2 and card["data"]["rows"] == 5000 and len(card["data"]["fingerprint"]) == 64
     assert card["spec"]["treatment"] == "T" and card["estimator"]["n_trees"] == trees[second]
     assert card["evaluation"]["verdict"]["passed"] and "placebo" in card["evaluation"]["refuters"]
-    assert card["run"]["run_id"] == by_name[second]["run_id"]
+    # The run as Kubeflow names it: here kfp.local's job, whose outputs lie under the run's folder.
+    assert card["run"]["run_name"] in os.listdir(by_name[second]["outputs"])
+    assert card["run"]["run_id"] and "{{" not in card["run"]["run_id"]
 
     code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "1")
     assert code == 0 and "champion -> version 1" in out
@@ -167,7 +170,8 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
 
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
     """The IHDP run, with its bootstrap replicates spread over two tasks, reproduces
-    CausalForestDML(inference='bootstrap') with the same seed exactly."""
+    CausalForestDML(inference='bootstrap') with the same seed exactly. It runs the graph `compile`
+    writes (one task per fold and shard, gathered by the explicit fan-in components)."""
     from tauforge.components.estimate import Estimate
 
     path, table, covariates, controls = ihdp
@@ -241,16 +245,22 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
     assert loaded.name == "tauforge-training"
     spec = yaml.safe_load(path.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    shard = executors["exec-forest-shard"]["container"]
-    accelerator = shard["resources"]["accelerator"]
-    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    shards = {name: e["container"] for name, e in executors.items() if name.startswith("exec-forest-shard")}
+    assert len(shards) == 4
+    for shard in shards.values():
+        assert shard["resources"]["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
+        assert shard["image"] == "ghcr.io/tauforge/tauforge:0.1.0-cuda"
     assert all("accelerator" not in e["container"].get("resources", {})
-               for name, e in executors.items() if name != "exec-forest-shard")
-    loops = {name: t for name, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t}
-    items = sorted(json.loads(t["parameterIterator"]["items"]["raw"]) for t in loops.values())
-    assert items == [[0, 1, 2], [0, 1, 2, 3]]
+               for name, e in executors.items() if name not in shards)
+    tasks = spec["root"]["dag"]["tasks"]  # one task per fold and per shard, gathered explicitly
+    assert sorted(t for t in tasks if t.startswith("nuisance-fold")) == ["nuisance-fold", "nuisance-fold-2",
+                                                                        "nuisance-fold-3"]
+    assert sorted(t for t in tasks if t.startswith("forest-shard")) == ["forest-shard", "forest-shard-2",
+                                                                       "forest-shard-3", "forest-shard-4"]
+    assert not any("parameterIterator" in t for t in tasks.values())
     assert "condition-" in json.dumps(spec["root"]["dag"]) and "gate-passed" in path.read_text()
-    assert {e["container"]["image"] for e in executors.values()} == {"ghcr.io/tauforge/tauforge:0.1.0"}
+    assert {e["container"]["image"] for name, e in executors.items() if name not in shards} == \
+        {"ghcr.io/tauforge/tauforge:0.1.0"}
     assert "pip install" not in path.read_text()
 
 
@@ -353,7 +363,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
         monkeypatch.chdir(tmp_path)
         code = main(["submit", "--host", fake.url, "--data", "s3://bucket/table.parquet", "--treatment", "t",
                      "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3",
-                     "--image", "registry.example/tauforge:test-cuda"])
+                     "--image", "registry.example/tauforge:test", "--cuda-image", "registry.example/tauforge:gpu",
+                     "--no-cache"])
     finally:
         fake.close()
     assert code == 0
@@ -363,10 +374,15 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     params = run["runtime_config"]["parameters"]
     assert params["source"] == "s3://bucket/table.parquet" and params["store"] == "s3://bucket/models"
     assert json.loads(params["spec"])["treatment"] == "t"
-    shard = spec["deploymentSpec"]["executors"]["exec-forest-shard"]["container"]
-    assert shard["resources"]["accelerator"]["resourceCount"] == "1"
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example/tauforge:test-cuda"}
+    executors = spec["deploymentSpec"]["executors"]
+    shards = [e["container"] for name, e in executors.items() if name.startswith("exec-forest-shard")]
+    assert len(shards) == 3 and all(s["resources"]["accelerator"]["count"] == "1" for s in shards)
+    assert {s["image"] for s in shards} == {"registry.example/tauforge:gpu"}
+    assert {e["container"]["image"] for name, e in executors.items() if not name.startswith("exec-forest-shard")} \
+        == {"registry.example/tauforge:test"}
+    assert run["pipeline_spec"] and "run_id" not in params  # the run's id is the Kubeflow run's own
+    assert all(not task.get("cachingOptions", {}).get("enableCache")
+               for task in spec["root"]["dag"]["tasks"].values() if "cachingOptions" in task)  # --no-cache
 
 
 def test_submit_to_an_unreachable_host_fails_cleanly(tmp_path):
