@@ -1,79 +1,162 @@
 """Kubernetes objects that serve a published version on KServe, and applying them.
 
-    replace  one InferenceService `<model>` serving the version
-    canary   the same InferenceService with the new version and `canaryTrafficPercent` (KServe
-             keeps the previous revision for the rest; Serverless mode, where canaries work)
-    shadow   a second InferenceService `<model>-shadow` (RawDeployment mode: an Istio mirror adds
-             `-shadow` to the Host header, which Knative's host routing would reject) and an Istio
-             VirtualService that mirrors `percent`% of the champion's traffic to it
+Predictors take KServe's usual form: `modelFormat: tauforge` and a `storageUri`. The serving
+runtime `tauforge` (a ClusterServingRuntime, or a namespaced ServingRuntime; `serving_runtime`,
+written to manifests/runtime) runs `tauforge serve --model-dir /mnt/models` on the project image;
+KServe's storage initializer copies the version folder there from `storageUri`, and the server
+verifies every checksum of the card before it reports ready. `tauforge-gpu` is the same runtime
+on the CUDA image, for predictors that ask for GPUs.
 
-The predictor is the project image running `tauforge serve --model-dir /mnt/models`; KServe's
-storage initializer copies the version folder there from `STORAGE_URI`, and the server verifies
-every checksum of the card before it answers.
+    replace  one InferenceService `<name>` serving the version (Serverless mode)
+    canary   the same InferenceService with the new version and `canaryTrafficPercent`: Knative
+             splits each request, not each unit (Serverless mode, where canaries work)
+    shadow   the champion `<name>` and the challenger `<name>-shadow`, both RawDeployment, and one
+             VirtualService of tauforge's own on the champion's host, which mirrors `percent`% of
+             the requests to the challenger. In RawDeployment mode no Knative VirtualService owns
+             that host, so the mirror is not lost to a second route (Istio does not merge two).
+A split by unit (the same unit always meets the same version), or a shadow without a mesh, is the
+router inside one predictor: `tauforge serve --challenger V --mode canary|shadow`.
+
+Each predictor says who it is: `TAUFORGE_ROLE` (champion, challenger or shadow) for its event log,
+whose rows carry the version from the card, and `TAUFORGE_EVENT_LOG` for where the log goes.
 """
 
 import copy
 import os
+import re
+import time
 from dataclasses import dataclass, field
 
 import yaml
 
 from ._kfp import IMAGE
+from .config import ConfigError
 
 MODES = ("replace", "canary", "shadow")
+MODEL_FORMAT = "tauforge"
+RUNTIME, GPU_RUNTIME = "tauforge", "tauforge-gpu"
+DEFAULT_SERVICE_ACCOUNT = "tauforge-serving"  # manifests/namespace: it lists the store's credentials
 ISVC_API = ("serving.kserve.io", "v1beta1", "inferenceservices")
 VS_API = ("networking.istio.io", "v1", "virtualservices")
+HTTP_PORT, GRPC_PORT = 8080, 8081
+# A Kubernetes Service name (DNS-1035 label). KServe derives longer names from an InferenceService's
+# ("<name>-shadow-predictor-00001-deployment-...") that must fit 63 characters: 45 leaves room.
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 45
 
 
-@dataclass
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is a DNS-1035 label KServe can derive its objects' names from."""
+    if len(name) > MAX_NAME or not DNS_1035.match(name):
+        raise ConfigError(what, f"must be a DNS-1035 label of at most {MAX_NAME} characters (lower-case letters, "
+                                f"digits and '-', starting with a letter, not ending with '-'), got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
 class DeploySpec:
+    """What to deploy. `model` and `version` name the published version in `store` (the URI the
+    cluster reads); `name` is the InferenceService's (default: the model's, which must then be a
+    DNS-1035 label); `champion_version` is the version a shadow deployment keeps answering with."""
+
     model: str
     version: int
     mode: str = "replace"
     percent: float = 10.0
     namespace: str = "default"
-    store: str = ""  # the model store URI the cluster reads (s3://..., gs://..., pvc://...)
-    image: str = IMAGE
+    store: str = ""
+    name: str = ""
+    champion_version: int | None = None
     cpu: str = "1"
     memory: str = "2Gi"
     gpus: int = 0
-    service_account: str | None = None  # holds the store's credentials for the storage initializer
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    event_log: str = ""  # where predictors write their event logs (s3://, gs://, or a mounted path)
     node_selector: dict = field(default_factory=dict)
 
-    def validate(self) -> None:
+    def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_name(self.isvc_name, "name" if self.name else "model")
+        check_name(self.namespace, "namespace")
         if not 0 < self.percent <= 100:
-            raise ValueError(f"percent must be in (0, 100], got {self.percent}")
+            raise ConfigError("percent", f"must be in (0, 100], got {self.percent}")
         if self.mode == "canary" and round(self.percent) < 1:
-            raise ValueError(f"a canary takes a whole percent of traffic (canaryTrafficPercent), got {self.percent}")
+            raise ConfigError("percent", f"must be a whole percent of traffic for a canary (canaryTrafficPercent), "
+                                         f"got {self.percent}")
         if "://" not in self.store:
-            raise ValueError(f"the store {self.store!r} is not a URI the cluster can read; publish to s3://, "
-                             "gs:// or pvc:// and pass that store")
+            raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
+                                       "or pvc:// and pass that store")
+        if self.mode == "shadow" and self.champion_version is None:
+            raise ConfigError("champion_version", "is needed by a shadow deployment: both the champion and the "
+                                                  "shadow are written, on a route tauforge owns")
         if self.gpus < 0:
-            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+            raise ConfigError("gpus", f"must be >= 0, got {self.gpus}")
+        if self.service_account:
+            check_name(self.service_account, "service_account")
 
     @property
-    def storage_uri(self) -> str:
-        return f"{self.store.rstrip('/')}/{self.model}/{self.version}"
+    def isvc_name(self) -> str:
+        return self.name or self.model
+
+    def storage_uri(self, version: int) -> str:
+        return f"{self.store.rstrip('/')}/{self.model}/{version}"
 
 
-def inference_service(spec: DeploySpec, name: str, role: str, deployment_mode: str,
-                      canary_percent: float | None = None) -> dict:
-    limits = {"cpu": spec.cpu, "memory": spec.memory}  # requests == limits: Guaranteed QoS, steady latency
-    if spec.gpus:
-        limits["nvidia.com/gpu"] = str(spec.gpus)
+def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None = None, gpu: bool = False,
+                    image: str = IMAGE) -> dict:
+    """The serving runtime for `modelFormat: tauforge`: `tauforge serve` on the project image (the
+    CUDA image, selected explicitly, with `gpu`), KServe's V1 and V2 protocols on port 8080 (gRPC
+    on 8081), probes on the V2 health endpoints: ready only once the version's checksums are
+    verified and its kernels warmed."""
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5, "timeoutSeconds": 2,
+             "failureThreshold": 3}
     container = {
         "name": "kserve-container",
-        "image": spec.image,
+        "image": f"{image}-cuda" if gpu else image,
         "command": ["tauforge"],
-        "args": ["serve", "--model-dir", "/mnt/models", "--model", spec.model, "--host", "0.0.0.0",
-                 "--port", "8080", "--log-dir", "/var/log/tauforge"],
-        "env": [{"name": "STORAGE_URI", "value": spec.storage_uri}],
-        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": limits},
+        "args": ["serve", "--model-dir", "/mnt/models", "--model", "{{.Name}}", "--host", "0.0.0.0",
+                 "--port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT)] + (["--device", "cuda"] if gpu else []),
+        "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": probe,
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},  # up to 3 minutes to load and warm
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10,
+                          "timeoutSeconds": 2, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
     }
-    predictor = {"minReplicas": 1, "containers": [container]}
+    metadata = {"name": GPU_RUNTIME if gpu else RUNTIME,
+                "labels": {"app.kubernetes.io/name": "tauforge", "app.kubernetes.io/component": "serving-runtime"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {
+            "annotations": {"prometheus.kserve.io/port": str(HTTP_PORT), "prometheus.kserve.io/path": "/metrics"},
+            # The GPU runtime is chosen by name (`runtime: tauforge-gpu`), never picked for a format alone.
+            "supportedModelFormats": [{"name": MODEL_FORMAT, "version": "1", "autoSelect": not gpu,
+                                       "priority": 1}],
+            "protocolVersions": ["v1", "v2"],
+            "containers": [container],
+        },
+    }
+
+
+def inference_service(spec: DeploySpec, name: str, version: int, role: str, deployment_mode: str,
+                      canary_percent: float | None = None) -> dict:
+    resources = {"requests": {"cpu": spec.cpu, "memory": spec.memory},
+                 "limits": {"cpu": spec.cpu, "memory": spec.memory}}  # requests == limits: steady latency
+    if spec.gpus:
+        resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
+    env = [{"name": "TAUFORGE_ROLE", "value": role}]
+    if spec.event_log:
+        env.append({"name": "TAUFORGE_EVENT_LOG", "value": spec.event_log})
+    model = {"modelFormat": {"name": MODEL_FORMAT}, "runtime": GPU_RUNTIME if spec.gpus else RUNTIME,
+             "storageUri": spec.storage_uri(version), "env": env, "resources": resources}
+    predictor = {"minReplicas": 1, "model": model}
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(round(canary_percent))
     if spec.service_account:
@@ -86,9 +169,9 @@ def inference_service(spec: DeploySpec, name: str, role: str, deployment_mode: s
         "metadata": {
             "name": name, "namespace": spec.namespace,
             "labels": {"app.kubernetes.io/name": "tauforge", "tauforge.io/model": spec.model,
-                       "tauforge.io/version": str(spec.version), "tauforge.io/role": role},
+                       "tauforge.io/version": str(version), "tauforge.io/role": role},
             "annotations": {"serving.kserve.io/deploymentMode": deployment_mode,
-                            "prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                            "prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
                             "prometheus.io/path": "/metrics"},
         },
         "spec": {"predictor": predictor},
@@ -96,14 +179,15 @@ def inference_service(spec: DeploySpec, name: str, role: str, deployment_mode: s
 
 
 def mirror_virtual_service(spec: DeploySpec) -> dict:
-    """Route the champion's in-mesh host to itself and mirror `percent`% to the shadow."""
-    ns = spec.namespace
-    champion = f"{spec.model}-predictor.{ns}.svc.cluster.local"
-    shadow = f"{spec.model}-shadow-predictor.{ns}.svc.cluster.local"
+    """tauforge's own route on the champion's host: everything to the champion, `percent`% of it
+    mirrored to the shadow (whose answers Envoy discards). It applies to callers in the mesh."""
+    ns, name = spec.namespace, spec.isvc_name
+    champion = f"{name}-predictor.{ns}.svc.cluster.local"
+    shadow = f"{name}-shadow-predictor.{ns}.svc.cluster.local"
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": {"name": f"{spec.model}-shadow-mirror", "namespace": ns,
+        "metadata": {"name": f"{name}-shadow-mirror", "namespace": ns,
                      "labels": {"app.kubernetes.io/name": "tauforge", "tauforge.io/model": spec.model}},
         "spec": {
             "hosts": [champion],
@@ -116,12 +200,15 @@ def mirror_virtual_service(spec: DeploySpec) -> dict:
 
 def render(spec: DeploySpec) -> list[dict]:
     """The objects that deploy `spec.version` of `spec.model` in `spec.mode`."""
-    spec.validate()
+    name = spec.isvc_name
     if spec.mode == "replace":
-        return [inference_service(spec, spec.model, "champion", "Serverless")]
+        return [inference_service(spec, name, spec.version, "champion", "Serverless")]
     if spec.mode == "canary":
-        return [inference_service(spec, spec.model, "challenger", "Serverless", canary_percent=spec.percent)]
-    return [inference_service(spec, f"{spec.model}-shadow", "shadow", "RawDeployment"), mirror_virtual_service(spec)]
+        return [inference_service(spec, name, spec.version, "challenger", "Serverless",
+                                  canary_percent=spec.percent)]
+    return [inference_service(spec, name, spec.champion_version, "champion", "RawDeployment"),
+            inference_service(spec, f"{name}-shadow", spec.version, "shadow", "RawDeployment"),
+            mirror_virtual_service(spec)]
 
 
 def write(objects: list[dict], out_dir: str) -> list[str]:
@@ -135,19 +222,25 @@ def write(objects: list[dict], out_dir: str) -> list[str]:
     return paths
 
 
+def _api_client(api_client=None):
+    from kubernetes import client, config
+
+    if api_client is not None:
+        return api_client
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
 def apply(objects: list[dict], api_client=None) -> list[str]:
     """Create each object, or replace it when it exists, with the Kubernetes Python client.
     Needs a kubeconfig (or in-cluster credentials) allowed what manifests/namespace/rbac.yaml grants."""
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    if api_client is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        api_client = client.ApiClient()
-    api = client.CustomObjectsApi(api_client)
+    api = client.CustomObjectsApi(_api_client(api_client))
     done = []
     for obj in objects:
         group, version, plural = ISVC_API if obj["kind"] == "InferenceService" else VS_API
@@ -164,4 +257,39 @@ def apply(objects: list[dict], api_client=None) -> list[str]:
                                                       "resourceVersion": current["metadata"]["resourceVersion"]})
             api.replace_namespaced_custom_object(group, version, ns, plural, name, body)
             done.append(f"replaced {obj['kind']}/{name}")
+    return done
+
+
+def wait_ready(objects: list[dict], timeout: float = 600.0, api_client=None, interval: float = 5.0,
+               progress=None) -> list[str]:
+    """Wait until every InferenceService among `objects` reports Ready; return one line each.
+    Raises RuntimeError naming the services still not ready and why (their conditions' reasons and
+    messages) when `timeout` seconds pass. `progress(line)` hears what each is waiting for. (The
+    same API client as `apply`: KServe's own client insists on loading a kubeconfig itself.)"""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(_api_client(api_client))
+    group, version, plural = ISVC_API
+    pending = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects
+               if o["kind"] == "InferenceService"}
+    deadline, why, done = time.monotonic() + timeout, {}, []
+    while pending:
+        for ns, name in sorted(pending):
+            status = api.get_namespaced_custom_object(group, version, ns, plural, name).get("status", {})
+            conditions = status.get("conditions", [])
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                pending.discard((ns, name))
+                done.append(f"InferenceService/{name} is ready at {status.get('url', '(no url yet)')}")
+                continue
+            reasons = [f"{c['type']}: {c.get('reason') or c.get('status')}"
+                       + (f" ({c['message']})" if c.get("message") else "")
+                       for c in conditions if c.get("status") != "True"]
+            why[name] = "; ".join(reasons) or "no status yet"
+            if progress:
+                progress(f"waiting for InferenceService/{name}: {why[name]}")
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError("not ready after {:.0f} s: {}".format(
+                timeout, "; ".join(f"InferenceService/{n}: {why[n]}" for _, n in sorted(pending))))
+        if pending:
+            time.sleep(interval)
     return done

@@ -75,6 +75,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 
+def _progress(line: str) -> None:
+    """A progress line on stderr (stdout carries the result)."""
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
 def _store_uri(args: argparse.Namespace) -> str:
     """--store, else $TAUFORGE_STORE, else the default local store."""
     return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
@@ -325,33 +330,45 @@ def _serve(args: argparse.Namespace) -> int:
     store = None if args.model_dir else _store_uri(args)
     model = build_model(store=store, model=args.model, version=args.version, challenger=args.challenger,
                         mode=args.mode, percent=args.percent, explore=args.explore, log_dir=args.log_dir,
-                        model_dir=args.model_dir, shadow_timeout=args.shadow_timeout)
+                        model_dir=args.model_dir, shadow_timeout=args.shadow_timeout, device=args.device,
+                        role=args.role)
     champion, challenger = model.scorers["champion"], model.scorers["challenger"]
     print(f"tauforge serve: {model.name} version {champion.version}"
           + (f", challenger version {challenger.version} ({args.mode}"
              + (f", {model.routing.percent:g}%)" if args.mode != "single" else ")") if challenger else "")
           + f" on http://{args.host}:{args.port} (V1 /v1/models/{model.name}:predict, "
-            f"V2 /v2/models/{model.name}/infer, /metrics)", file=sys.stderr, flush=True)
-    serve(model, port=args.port, host=args.host)
+            f"V2 /v2/models/{model.name}/infer, /metrics" + (f"; gRPC on {args.host}:{args.grpc_port}"
+                                                             if args.grpc_port else "") + ")",
+          file=sys.stderr, flush=True)
+    serve(model, port=args.port, host=args.host, grpc_port=args.grpc_port)
     return 0
 
 
+DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace", "mode": "--mode",
+                "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
+                "gpus": "--gpus", "service_account": "--service-account"}
+
+
 def _deploy(args: argparse.Namespace) -> int:
-    from tauforge.components.deploy import DeploySpec, apply, render, write
+    from tauforge.components.deploy import DeploySpec, apply, render, wait_ready, write
 
     store = args.store or os.environ.get(STORE_ENV) or ""
-    spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
-                      namespace=args.namespace, store=store, cpu=args.cpu, memory=args.memory, gpus=args.gpus,
-                      service_account=args.service_account, **({"image": args.image} if args.image else {}))
+    with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
+        spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
+                          namespace=args.namespace, store=store, name=args.name or "",
+                          champion_version=args.champion_version, cpu=args.cpu, memory=args.memory,
+                          gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "")
     objects = render(spec)
-    paths = write(objects, args.out)
-    for path in paths:
-        print(f"wrote {path}")
-    if args.apply:
-        for line in apply(objects):
+    for path in write(objects, args.out):
+        print(f"wrote {_shown(path)}")
+    if not args.apply:
+        print(f"apply with: kubectl apply -f {_shown(args.out)}   (or rerun with --apply)")
+        return 0
+    for line in apply(objects):
+        print(line)
+    if args.wait > 0:
+        for line in wait_ready(objects, timeout=args.wait, progress=_progress):
             print(line)
-    else:
-        print(f"apply with: kubectl apply -f {args.out}   (or rerun with --apply)")
     return 0
 
 
@@ -535,27 +552,44 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--explore", type=float, metavar="EPS",
                      help="epsilon-greedy exploration: answers carry a drawn action and its propensity")
     srv.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    srv.add_argument("--grpc-port", type=int, default=8081, help="V2 gRPC port, 0 for none (default: 8081)")
+    srv.add_argument("--device", default="cpu",
+                     help="cpu, or cuda to score on the GPU (refused when none is visible) (default: cpu)")
+    srv.add_argument("--role", choices=("champion", "challenger", "shadow"),
+                     default=os.environ.get("TAUFORGE_ROLE", "champion"),
+                     help="what this server is to the deployment, as its event log and metrics say (default: "
+                          "$TAUFORGE_ROLE, set by tauforge deploy, else champion)")
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1; 0.0.0.0 in a pod)")
-    srv.add_argument("--log-dir", help="write the prediction event log (Parquet) here")
+    srv.add_argument("--log-dir", default=os.environ.get("TAUFORGE_EVENT_LOG"),
+                     help="write the prediction event log (Parquet) here (default: $TAUFORGE_EVENT_LOG, none)")
     srv.set_defaults(func=_serve)
 
     dep = sub.add_parser("deploy", help="write (and apply) the KServe / Istio objects that serve a version")
-    dep.add_argument("--model", required=True, help="model name")
+    dep.add_argument("--model", required=True, help="model name in the store")
     dep.add_argument("--version", required=True, type=int, help="version to deploy")
     dep.add_argument("--mode", choices=("replace", "canary", "shadow"), default="replace",
-                     help="replace: all traffic (also how a canary is promoted); canary: canaryTrafficPercent; "
-                          "shadow: a second InferenceService and an Istio mirror")
+                     help="replace: all traffic (also how a canary is promoted); canary: canaryTrafficPercent, split "
+                          "per request; shadow: champion and shadow as RawDeployment with tauforge's own Istio "
+                          "mirror (for a split per unit, see tauforge serve --challenger)")
     dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
+    dep.add_argument("--champion-version", type=int, help="shadow: the version that keeps answering")
+    dep.add_argument("--name", help="InferenceService name, a DNS-1035 label (default: the model name)")
     dep.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dep.add_argument("--store", help="the store URI as the cluster reads it (s3://, gs://, pvc://; "
                                      f"default: ${STORE_ENV})")
-    dep.add_argument("--image", help="predictor image (default: the project image, $TAUFORGE_IMAGE)")
     dep.add_argument("--cpu", default="1", help="CPU request and limit (default: 1)")
     dep.add_argument("--memory", default="2Gi", help="memory request and limit (default: 2Gi)")
-    dep.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per replica (default: 0)")
-    dep.add_argument("--service-account", help="service account holding the store's credentials")
+    dep.add_argument("--gpus", type=int, default=0,
+                     help="nvidia.com/gpu per replica; the predictor then runs the tauforge-gpu runtime (default: 0)")
+    dep.add_argument("--service-account", default="tauforge-serving",
+                     help="service account holding the store's credentials (default: tauforge-serving, from "
+                          "manifests/namespace)")
+    dep.add_argument("--event-log", metavar="URI", help="where predictors write their event logs (s3://, gs://)")
     dep.add_argument("--out", default="tauforge-deploy", help="directory for the YAML (default: tauforge-deploy)")
     dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
+    dep.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+                     help="with --apply, wait this long for the InferenceServices to be Ready and say why not "
+                          "(default: 600; 0: do not wait)")
     dep.set_defaults(func=_deploy)
 
     mon = sub.add_parser("monitor", help="check served traffic for drift; judge champion against challenger")

@@ -3,7 +3,9 @@ canary or shadow routing. A thin `kserve.Model` over `serving.scoring` (what a r
 `serving.routing` (who scores it); it adds the protocol (V1 and V2), the event log and metrics.
 
 Answers per row: cate, lower, upper, and the model version and role that produced them; with
-exploration on, the recommended action, the drawn action and its propensity.
+exploration on, the recommended action, the drawn action and its propensity. V2 (Open Inference
+Protocol, REST and gRPC): the model's metadata lists one FP64 input per covariate and these
+outputs, and a request that names `outputs` gets those only.
 """
 
 import asyncio
@@ -27,13 +29,24 @@ from .scoring import RequestError, Rows, Scores, VersionScorer
 log = logging.getLogger("tauforge.serving")
 INLINE_ROWS = 64  # requests up to this many rows are scored on the event loop itself
 SHADOW_THREADS = 4  # shadow scorings at once; beyond that, shadow requests are shed, not queued
+WARM_ROWS = 8  # rows scored by load(): compiles and caches every kernel before the server says ready
+ROLES = (CHAMPION, CHALLENGER, SHADOW)
+# The V2 outputs: name -> datatype (each of shape [rows]); the exploration ones only with --explore.
+OUTPUTS = {"cate": "FP64", "lower": "FP64", "upper": "FP64", "version": "INT64", "role": "BYTES"}
+EXPLORATION_OUTPUTS = {"recommended_action": "INT64", "action": "INT64", "propensity": "FP64"}
 
 
 class CateModel(Model):
+    """`role` is what this server is to the rest of a deployment (champion, or a challenger or
+    shadow that KServe or the mesh routes to): the label of the rows its first version answers."""
+
     def __init__(self, name: str, champion: VersionScorer, challenger: VersionScorer | None = None,
-                 routing=None, explore: EpsilonGreedy | None = None, event_log: EventLog | None = None):
+                 routing=None, explore: EpsilonGreedy | None = None, event_log: EventLog | None = None,
+                 role: str = CHAMPION):
         super().__init__(name)
         routing = routing or SingleRouting()
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if routing.mode != "single" and challenger is None:
             raise ValueError(f"{routing.mode} routing needs a challenger version")
         if challenger is not None and challenger.columns != champion.columns:
@@ -43,13 +56,28 @@ class CateModel(Model):
         self.routing = routing
         self.explore = explore
         self.event_log = event_log
+        self.role = role
         self._shadow_tasks: set[asyncio.Task] = set()
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_THREADS)
         self.ready = False
 
     def load(self) -> bool:
+        """Score a few rows with every loaded version before saying ready: the first request then
+        meets compiled, cached kernels (numba compiles on first use)."""
+        for scorer in filter(None, self.scorers.values()):
+            scorer.score(np.zeros((WARM_ROWS, len(scorer.columns))))
         self.ready = True
         return self.ready
+
+    # ------------------------------------------------------------------ V2 metadata
+    def get_input_types(self) -> list[dict]:
+        """One FP64 tensor of shape [rows] per covariate, by name (a single [rows, p] tensor in the
+        card's column order is accepted too); `unit_id` (BYTES) is optional."""
+        return [{"name": c, "datatype": "FP64", "shape": [-1]} for c in self.scorers[CHAMPION].columns]
+
+    def get_output_types(self) -> list[dict]:
+        outputs = {**OUTPUTS, **(EXPLORATION_OUTPUTS if self.explore is not None else {})}
+        return [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in outputs.items()]
 
     def stop(self) -> None:
         """Server shutdown (SIGTERM included): write what the event log still holds."""
@@ -65,11 +93,13 @@ class CateModel(Model):
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = _json_body(payload)
             rows = parser.v2(payload.inputs) if v2 else parser.v1(payload)
+            requested = self._requested_outputs(payload) if v2 else None
         except RequestError as exc:
-            metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), CHAMPION, "bad_request").inc()
+            metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
             raise InvalidInput(str(exc)) from None
 
         roles = self.routing.assign(rows.unit_ids, request_id)
+        labels = [self.role if r == CHAMPION else r for r in roles]  # what the log, metrics and answer say
         n = rows.X.shape[0]
         out = {k: np.empty(n) for k in ("cate", "lower", "upper")}
         versions = np.empty(n, dtype=np.int64)
@@ -78,15 +108,15 @@ class CateModel(Model):
             idx = [i for i, r in enumerate(roles) if r == role]
             if not idx:
                 continue
-            scorer = self.scorers[role]
+            scorer, label = self.scorers[role], labels[idx[0]]
             if len(idx) > INLINE_ROWS:  # a large request must not stall the loop, which answers everyone
-                scores = await asyncio.to_thread(self._score, scorer, role, rows.X[idx])
+                scores = await asyncio.to_thread(self._score, scorer, label, rows.X[idx])
             else:  # a few rows score in about a millisecond; a thread hop would cost more (GIL handoff)
-                scores = self._score(scorer, role, rows.X[idx])
+                scores = self._score(scorer, label, rows.X[idx])
             for k in out:
                 out[k][idx] = getattr(scores, k)
             versions[idx] = scorer.version
-            records += self._records(request_id, rows, idx, scorer, role, scores)
+            records += self._records(request_id, rows, idx, scorer, label, scores)
         actions = None
         if self.explore is not None:
             seed = self.explore.new_seed()
@@ -101,7 +131,7 @@ class CateModel(Model):
             task = asyncio.create_task(self._shadow(request_id, rows, out["cate"]))
             self._shadow_tasks.add(task)  # keep a reference until done
             task.add_done_callback(self._shadow_tasks.discard)
-        return self._response(payload, v2, request_id, out, versions, roles, actions)
+        return self._response(payload, v2, request_id, out, versions, labels, actions, requested)
 
     def _score(self, scorer: VersionScorer, role: str, X: np.ndarray) -> Scores:
         labels = (self.name, str(scorer.version), role)
@@ -156,7 +186,19 @@ class CateModel(Model):
                              inputs=dict(zip(scorer.columns, rows.X[i].tolist())))
                 for k, i in enumerate(idx)]
 
-    def _response(self, payload, v2, request_id, out, versions, roles, actions):
+    def _requested_outputs(self, payload) -> list[str] | None:
+        """The outputs a V2 request names (None: all), each one this model has."""
+        if not payload.request_outputs:
+            return None
+        known = [o["name"] for o in self.get_output_types()]
+        names = [o.name for o in payload.request_outputs]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise RequestError(f"unknown output(s) {', '.join(map(repr, unknown))}; the model's outputs are "
+                               f"{', '.join(known)}")
+        return names
+
+    def _response(self, payload, v2, request_id, out, versions, roles, actions, requested=None):
         n = len(versions)
         if not v2:
             preds = []
@@ -169,24 +211,25 @@ class CateModel(Model):
                 preds.append(row)
             return {"predictions": preds, "model": self.name, "versions": sorted(set(int(v) for v in versions)),
                     "request_id": request_id}
-        outputs = [self._tensor(k, out[k]) for k in ("cate", "lower", "upper")]
-        outputs.append(self._tensor("version", versions))
-        outputs.append(self._tensor("role", np.array(roles, dtype=object)))
+        values = {**out, "version": versions, "role": np.array(roles, dtype=object)}
         if actions is not None:
-            for name, values in zip(("recommended_action", "action", "propensity"), actions):
-                outputs.append(self._tensor(name, values))
+            values.update(zip(EXPLORATION_OUTPUTS, actions))
+        # Binary (raw) outputs where the request asks for them: gRPC requests with raw inputs (what
+        # Triton's clients send, and all they read back), REST requests with binary_data_output.
+        binary = bool(payload.use_binary_outputs)
+        outputs = [self._tensor(name, values[name], binary) for name in (requested or values)]
         single = len(set(versions.tolist())) == 1
         return InferResponse(response_id=payload.id or request_id, model_name=self.name, infer_outputs=outputs,
-                             model_version=str(versions[0]) if single else None,
+                             model_version=str(versions[0]) if single else None, use_binary_outputs=binary,
                              parameters={"model": self.name,
                                          "versions": ",".join(str(v) for v in sorted(set(versions.tolist()))),
                                          "request_id": request_id})
 
     @staticmethod
-    def _tensor(name: str, values: np.ndarray) -> InferOutput:
+    def _tensor(name: str, values: np.ndarray, binary: bool = False) -> InferOutput:
         datatype = {"f": "FP64", "i": "INT64", "O": "BYTES"}[values.dtype.kind]
         t = InferOutput(name=name, shape=[len(values)], datatype=datatype)
-        t.set_data_from_numpy(values.astype(np.float64) if datatype == "FP64" else values, binary_data=False)
+        t.set_data_from_numpy(values.astype(np.float64) if datatype == "FP64" else values, binary_data=binary)
         return t
 
 

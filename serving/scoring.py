@@ -70,7 +70,9 @@ class RowParser:
         by_name = {t.name: t for t in inputs}
         units = None
         if UNIT_ID_FIELD in by_name:
-            units = [u.decode() if isinstance(u, bytes) else u for u in by_name.pop(UNIT_ID_FIELD).data]
+            ids = by_name.pop(UNIT_ID_FIELD)
+            raw = getattr(ids, "_raw_data", None) is not None
+            units = [u.decode() if isinstance(u, bytes) else u for u in (ids.as_numpy().ravel() if raw else ids.data)]
         tensors = list(by_name.values())
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
@@ -134,7 +136,13 @@ class RowParser:
             raise RequestError(f"input {name!r} has datatype {tensor.datatype}; covariates must be numeric "
                                f"({', '.join(sorted(NUMERIC_DATATYPES))})")
         data = tensor.data
-        if not isinstance(data, np.ndarray):
+        if getattr(tensor, "_raw_data", None) is not None:  # binary data (gRPC raw contents, HTTP binary)
+            try:
+                data = tensor.as_numpy()  # bytes of the declared numeric type: numbers by construction
+            except ValueError as exc:
+                raise RequestError(f"input {name!r}: its binary data does not fit datatype {tensor.datatype}: "
+                                   f"{exc}") from None
+        elif not isinstance(data, np.ndarray):
             values = np.asarray(data, dtype=object).ravel()
             bad = [v for v in values if type(v) not in _NUMBER_TYPES][:1]
             if bad:
@@ -164,17 +172,17 @@ class Scores:
 class VersionScorer:
     """One published version, checksums verified, ready to score."""
 
-    def __init__(self, version: ModelVersion, alpha: float = 0.05):
+    def __init__(self, version: ModelVersion, alpha: float = 0.05, device: str = "cpu"):
         self.model = version.model
         self.version = version.version
         self.card = version.card
         self.alpha = alpha
         self.columns = list(version.card["spec"]["covariates"])
-        self.forest = version.load_forest(device="cpu")
+        self.forest = version.load_forest(device=device)  # 'cuda' without a visible GPU: a ValueError
         self.parser = RowParser(self.columns)
 
     @classmethod
-    def from_directory(cls, path: str) -> "VersionScorer":
+    def from_directory(cls, path: str, device: str = "cpu") -> "VersionScorer":
         """A version folder as KServe's storage initializer leaves it (e.g. /mnt/models)."""
         import json
 
@@ -184,7 +192,7 @@ class VersionScorer:
         with open(card_path) as f:
             card = json.load(f)
         verify_files(path, card)
-        return cls(ModelVersion(card["model"], card["version"], card, path))
+        return cls(ModelVersion(card["model"], card["version"], card, path), device=device)
 
     def score(self, X: np.ndarray) -> Scores:
         start = time.perf_counter()

@@ -18,14 +18,17 @@ log = logging.getLogger("tauforge.serving")
 
 def build_model(*, store: str | None = None, model: str | None = None, version=None, challenger=None,
                 mode: str = "single", percent: float | None = None, explore: float | None = None,
-                log_dir: str | None = None, model_dir: str | None = None, shadow_timeout: float = 2.0):
-    """A ready CateModel. The champion is `version` (a number or an alias; default: the
-    'champion' alias if set, else the latest), or the version folder `model_dir` (KServe's
-    storage initializer layout, /mnt/models); `challenger` is a second version of the same model."""
+                log_dir: str | None = None, model_dir: str | None = None, shadow_timeout: float = 2.0,
+                device: str = "cpu", role: str = "champion"):
+    """A ready (loaded and warmed) CateModel. The champion is `version` (a number or an alias;
+    default: the 'champion' alias if set, else the latest), or the version folder `model_dir`
+    (KServe's storage initializer layout, /mnt/models); `challenger` is a second version of the
+    same model. `device` 'cuda' puts the forests on the GPU (the torch kernels) and fails when no
+    GPU is visible; `role` is what this server is to the deployment (see CateModel)."""
     from .predictor import CateModel
 
     if model_dir:
-        champion = VersionScorer.from_directory(model_dir)
+        champion = VersionScorer.from_directory(model_dir, device=device)
         name = model or champion.model
         if challenger is not None:
             raise ValueError("--challenger needs --store: a model folder holds one version")
@@ -35,33 +38,82 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
         registry = ModelStore(store)
         if version is None:
             version = "champion" if "champion" in registry.aliases(model) else None
-        champion = VersionScorer(registry.load(model, version))
+        champion = VersionScorer(registry.load(model, version), device=device)
         name = model
     if mode != "single" and challenger is None:
         raise ValueError(f"--mode {mode} needs --challenger VERSION")
-    second = VersionScorer(ModelStore(store).load(model, challenger)) if challenger is not None else None
+    second = (VersionScorer(ModelStore(store).load(model, challenger), device=device)
+              if challenger is not None else None)
     routing = make_routing(mode if second is not None else "single", percent, shadow_timeout)
     cate_model = CateModel(name, champion, second, routing=routing,
                            explore=EpsilonGreedy(explore) if explore else None,
-                           event_log=EventLog(log_dir) if log_dir else None)
+                           event_log=EventLog(log_dir) if log_dir else None, role=role)
     cate_model.load()
     return cate_model
 
 
-def serve(model, port: int = 8080, host: str = "127.0.0.1") -> None:
-    """Serve `model` with KServe's ModelServer (V1, V2, /metrics) until SIGTERM or SIGINT."""
+def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 8081) -> None:
+    """Serve `model` with KServe's ModelServer (V1 and V2 over REST, V2 over gRPC on `grpc_port`
+    unless 0, /metrics) until SIGTERM or SIGINT, both listening on `host`."""
+    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
+        if number:
+            _check_port_free(host, number, flag)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import; our flags are not its
     import kserve.model_server as model_server
     from kserve import ModelServer
 
     if host != "0.0.0.0":
-        # KServe binds 0.0.0.0 unconditionally; a laptop server (and every test) should bind the
-        # loopback address, so set the host on the uvicorn config KServe builds.
+        # KServe binds 0.0.0.0 (REST) unconditionally; a laptop server (and every test) should
+        # listen on the loopback address only.
         class BoundRESTServer(model_server.RESTServer):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.config.host = host
 
         model_server.RESTServer = BoundRESTServer
-    log.info("serving %s on http://%s:%d", model.name, host, port)
-    ModelServer(http_port=port, enable_grpc=False, workers=1).start([model])
+    model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host)
+    log.info("serving %s on http://%s:%d%s", model.name, host, port, f" and grpc {grpc_port}" if grpc_port else "")
+    ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port), workers=1).start([model])
+
+
+def _check_port_free(host: str, port: int, flag: str) -> None:
+    """A clear error before starting, instead of a server that cannot listen (or, for gRPC, which
+    sets SO_REUSEPORT by default, one that silently shares the port with another server)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"{flag} {port} on {host} cannot be used: {exc.strerror}; pass another {flag}"
+                             + (" (or 0 for no gRPC)" if flag == "--grpc-port" else "")) from None
+
+
+def _bound_grpc_server(address: str):
+    """KServe's gRPC server listening on `address` (KServe's listens on every interface) and not
+    sharing its port (KServe's lets gRPC set SO_REUSEPORT, so a second server on the same port
+    would silently take half of the first one's calls)."""
+    from concurrent import futures
+
+    from grpc import aio
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class BoundGRPCServer(GRPCServer):
+        async def start(self, max_workers):
+            self._server = aio.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                                      interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                                      options=[("grpc.so_reuseport", 0),
+                                               ("grpc.max_send_message_length",
+                                                self._kwargs.get("grpc_max_send_message_length")),
+                                               ("grpc.max_receive_message_length",
+                                                self._kwargs.get("grpc_max_receive_message_length"))])
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
+            self._server.add_insecure_port(f"{address}:{self._port}")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return BoundGRPCServer

@@ -25,4 +25,4 @@ def broken_score(X):
 
 
 challenger.score = broken_score
-serve(model, port=int(port))
+serve(model, port=int(port), grpc_port=0)

@@ -97,13 +97,13 @@ def test_one_image_tag_everywhere():
     assert "CUDA_IMAGE ?= $(IMAGE)-cuda" in read("Makefile")
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
-    for path, expected in [("base", image), ("overlays/canary", image), ("overlays/shadow", image),
-                           ("overlays/gpu", f"{image}-cuda")]:
+    # Predictors take their image from the serving runtimes: the project image, and its CUDA twin.
+    for path in ("runtime", "overlays/namespaced-runtime"):
         out = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "manifests", path)], capture_output=True,
                              text=True, check=True).stdout
-        images = {c["image"] for d in yaml.safe_load_all(out) if d and d["kind"] == "InferenceService"
-                  for c in d["spec"]["predictor"]["containers"]}
-        assert images == {expected}, path
+        images = {d["metadata"]["name"]: c["image"] for d in yaml.safe_load_all(out)
+                  if d and d["kind"] in ("ClusterServingRuntime", "ServingRuntime") for c in d["spec"]["containers"]}
+        assert images == {"tauforge": image, "tauforge-gpu": f"{image}-cuda"}, path
 
 
 def test_make_images_builds_both_images_or_says_it_needs_docker():

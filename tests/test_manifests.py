@@ -16,13 +16,18 @@ import jsonschema
 import pytest
 import yaml
 
-from tauforge.components.deploy import DeploySpec, apply, render
+from tauforge.components.deploy import DeploySpec, apply, render, serving_runtime, wait_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMAS = os.path.join(ROOT, "tests", "schemas")  # vendored CRDs: see tests/schemas/README.md
 CRDS = {("InferenceService", "serving.kserve.io/v1beta1"): ("kserve-inferenceservice-crd.yaml", "v1beta1"),
+        ("ClusterServingRuntime", "serving.kserve.io/v1alpha1"): ("kserve-clusterservingruntimes-crd.yaml",
+                                                                  "v1alpha1"),
+        ("ServingRuntime", "serving.kserve.io/v1alpha1"): ("kserve-servingruntimes-crd.yaml", "v1alpha1"),
         ("VirtualService", "networking.istio.io/v1"): ("istio-virtualservice-crd.yaml", "v1")}
-KUSTOMIZATIONS = ["namespace", "base", "overlays/canary", "overlays/shadow", "overlays/gpu", "monitoring"]
+KUSTOMIZATIONS = ["namespace", "runtime", "base", "overlays/canary", "overlays/shadow", "overlays/gpu",
+                  "overlays/namespaced-runtime", "monitoring"]
+CLUSTER_SCOPED = {"Namespace", "ClusterServingRuntime"}
 NAMESPACE = "tauforge"
 STORE_SECRET = "tauforge-store-credentials"  # the one secret anything here may name
 K8S_VERSION = "1.30"  # the oldest Kubernetes current KServe supports; the manifests are checked against it
@@ -81,25 +86,72 @@ def spec(**kw):
 
 @pytest.mark.parametrize("kw", [
     {"mode": "replace"},
-    {"mode": "canary", "percent": 20},
-    {"mode": "shadow", "percent": 50, "gpus": 1, "service_account": "tauforge-serving",
+    {"mode": "canary", "percent": 20, "event_log": "s3://bucket/events"},
+    {"mode": "shadow", "percent": 50, "champion_version": 2, "gpus": 1,
      "node_selector": {"nvidia.com/gpu.present": "true"}},
 ])
 def test_every_generated_object_validates_strictly(validators, kw):
     objects = render(spec(**kw))
     assert all(check(validators, obj) for obj in objects)
-    isvc = objects[0]
-    env = isvc["spec"]["predictor"]["containers"][0]["env"]
-    assert env == [{"name": "STORAGE_URI", "value": "s3://bucket/models/uplift/3"}]
+    by_name = {o["metadata"]["name"]: o for o in objects}
+    isvc = by_name["uplift-shadow" if kw["mode"] == "shadow" else "uplift"]
+    model = isvc["spec"]["predictor"]["model"]  # KServe's usual form: a model format and a storage URI
+    assert model["modelFormat"] == {"name": "tauforge"} and model["storageUri"] == "s3://bucket/models/uplift/3"
+    role = {"replace": "champion", "canary": "challenger", "shadow": "shadow"}[kw["mode"]]
+    env = {e["name"]: e["value"] for e in model["env"]}
+    assert env["TAUFORGE_ROLE"] == role and env.get("TAUFORGE_EVENT_LOG") == kw.get("event_log")
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "tauforge-serving"  # holds the store's credentials
     mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
     if kw["mode"] == "canary":
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20 and mode == "Serverless"
     if kw["mode"] == "shadow":
-        assert isvc["metadata"]["name"] == "uplift-shadow" and mode == "RawDeployment"
-        vs = objects[1]["spec"]["http"][0]
-        assert vs["mirror"]["host"] == "uplift-shadow-predictor.causal.svc.cluster.local"
-        assert vs["mirrorPercentage"] == {"value": 50.0}
-        assert isvc["spec"]["predictor"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        # The champion and the shadow both RawDeployment (no Knative route on the champion's host),
+        # and one VirtualService of tauforge's own that mirrors to the shadow.
+        champion = by_name["uplift"]
+        assert champion["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/models/uplift/2"
+        assert {o["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] for o in (champion, isvc)} \
+            == {"RawDeployment"}
+        vs = by_name["uplift-shadow-mirror"]["spec"]
+        assert vs["hosts"] == ["uplift-predictor.causal.svc.cluster.local"]
+        assert vs["http"][0]["mirror"]["host"] == "uplift-shadow-predictor.causal.svc.cluster.local"
+        assert vs["http"][0]["mirrorPercentage"] == {"value": 50.0}
+        assert model["runtime"] == "tauforge-gpu" and model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+@pytest.mark.parametrize("kind, namespace", [("ClusterServingRuntime", None), ("ServingRuntime", "causal")])
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_serving_runtime_validates_strictly_and_serves_the_tauforge_format(validators, kind, namespace, gpu):
+    runtime = serving_runtime(kind, namespace, gpu=gpu)
+    assert check(validators, runtime)
+    spec_ = runtime["spec"]
+    assert spec_["supportedModelFormats"] == [{"name": "tauforge", "version": "1", "autoSelect": not gpu,
+                                               "priority": 1}]
+    assert spec_["protocolVersions"] == ["v1", "v2"]
+    (container,) = spec_["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["image"].endswith("-cuda") == gpu
+    from tauforge.pipelines.cli import build_parser
+
+    args = build_parser().parse_args(container["args"])  # the command the runtime runs is one tauforge takes
+    assert args.command == "serve" and args.model_dir == "/mnt/models"
+
+
+def test_a_bad_name_is_refused_before_anything_is_written(tmp_path):
+    for name, flag in (("Uplift_Model", "--model"), ("x" * 46, "--model")):
+        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", name, "--version",
+                              "1", "--store", "s3://b/m", "--out", str(tmp_path / "out")], capture_output=True,
+                             text=True, cwd=ROOT)
+        assert out.returncode == 2 and f"{flag} must be a DNS-1035 label" in out.stderr and repr(name) in out.stderr
+        assert not (tmp_path / "out").exists()
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "Uplift_Model",
+                          "--name", "uplift-model", "--version", "1", "--store", "s3://b/m", "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr  # a store name that is no DNS label, served under one that is
+    (path,) = (tmp_path / "out").iterdir()
+    isvc = yaml.safe_load(path.read_text())
+    assert isvc["metadata"]["name"] == "uplift-model"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://b/m/Uplift_Model/1"
 
 
 def test_the_validator_rejects_a_misspelt_field(validators):
@@ -112,6 +164,8 @@ def test_the_validator_rejects_a_misspelt_field(validators):
 def test_deploy_refuses_a_store_the_cluster_cannot_read():
     with pytest.raises(ValueError, match="not a URI the cluster can read"):
         render(spec(store="./tauforge-store"))
+    with pytest.raises(ValueError, match="champion_version is needed by a shadow deployment"):
+        spec(mode="shadow")
 
 
 def kustomize(path):
@@ -196,6 +250,8 @@ def test_kustomizations_build_into_strictly_valid_objects_in_one_namespace(valid
     for doc in docs:
         if doc["kind"] == "Namespace":
             assert doc["metadata"]["name"] == NAMESPACE
+        elif doc["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"], doc["metadata"]["name"]
         else:
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
 
@@ -243,15 +299,24 @@ def test_rbac_is_namespaced_and_names_no_secret_but_the_store_credentials():
 
 
 def test_overlays_are_the_objects_tauforge_deploy_generates():
-    common = dict(model="tauforge-model", namespace="tauforge", store="s3://tauforge-models",
-                  service_account="tauforge-serving")
+    common = dict(model="tauforge-model", namespace="tauforge", store="s3://tauforge-models")
     by_name = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}  # noqa: E731
+    (base,) = [d for d in kustomize("base") if d["kind"] == "InferenceService"]
+    assert base == render(DeploySpec(version=1, **common))[0]
     canary = by_name(kustomize("overlays/canary"))
     assert canary[("InferenceService", "tauforge-model")] == render(
         DeploySpec(version=2, mode="canary", percent=10, **common))[0]
     shadow = by_name(kustomize("overlays/shadow"))
-    for obj in render(DeploySpec(version=2, mode="shadow", percent=100, **common)):
+    for obj in render(DeploySpec(version=2, mode="shadow", percent=100, champion_version=1, **common)):
         assert shadow[(obj["kind"], obj["metadata"]["name"])] == obj
+    gpu = by_name(kustomize("overlays/gpu"))[("InferenceService", "tauforge-model")]
+    assert gpu["spec"]["predictor"]["model"] == render(DeploySpec(version=1, gpus=1, **common))[0]["spec"][
+        "predictor"]["model"]
+    # The runtimes, cluster-wide and namespaced, are `serving_runtime`'s.
+    assert kustomize("runtime") == [serving_runtime(), serving_runtime(gpu=True)]
+    namespaced = [d for d in kustomize("overlays/namespaced-runtime") if d["kind"] == "ServingRuntime"]
+    assert namespaced == [serving_runtime("ServingRuntime", "tauforge"),
+                          serving_runtime("ServingRuntime", "tauforge", gpu=True)]
 
 
 class FakeKubernetesAPI:
@@ -261,6 +326,7 @@ class FakeKubernetesAPI:
 
     def __init__(self):
         self.objects, self.calls = {}, []
+        self.statuses = {}  # path -> the statuses its GETs answer, one after another (the last one stays)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -290,7 +356,11 @@ class FakeKubernetesAPI:
 
             def do_GET(self):
                 fake.calls.append(("GET", self.path))
-                self.reply(200, fake.objects[self.path])
+                obj = dict(fake.objects[self.path])
+                statuses = fake.statuses.get(self.path)
+                if statuses:
+                    obj["status"] = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+                self.reply(200, obj)
 
             def do_PUT(self):
                 obj = self.body()
@@ -313,16 +383,45 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
     fake = FakeKubernetesAPI()
     try:
         api = client.ApiClient(client.Configuration(host=fake.url))
-        objects = render(spec(mode="shadow"))
-        assert apply(objects, api) == ["created InferenceService/uplift-shadow",
+        objects = render(spec(mode="shadow", champion_version=2))
+        assert apply(objects, api) == ["created InferenceService/uplift", "created InferenceService/uplift-shadow",
                                        "created VirtualService/uplift-shadow-mirror"]
-        assert apply(objects, api) == ["replaced InferenceService/uplift-shadow",
+        assert apply(objects, api) == ["replaced InferenceService/uplift", "replaced InferenceService/uplift-shadow",
                                        "replaced VirtualService/uplift-shadow-mirror"]
     finally:
         fake.close()
     isvc = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift-shadow"
     assert ("PUT", isvc) in fake.calls
-    assert fake.objects[isvc]["spec"] == objects[0]["spec"]
+    assert fake.objects[isvc]["spec"] == objects[1]["spec"]
+
+
+READY = {"url": "http://uplift.causal.example.com", "conditions": [{"type": "Ready", "status": "True"}]}
+NOT_READY = {"conditions": [{"type": "PredictorReady", "status": "False", "reason": "RevisionMissing",
+                             "message": "storage-initializer: AccessDenied"},
+                            {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}
+
+
+def test_apply_waits_until_ready_and_says_why_an_inference_service_is_not():
+    # KServe's own client reads the status; the API server is the fake above (none runs here).
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        objects = render(spec(mode="canary", percent=20))
+        apply(objects, api)
+        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+        heard = []
+        fake.statuses[path] = [NOT_READY, NOT_READY, READY]
+        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
+            "InferenceService/uplift is ready at http://uplift.causal.example.com"]
+        assert heard and "PredictorReady: RevisionMissing (storage-initializer: AccessDenied)" in heard[0]
+        fake.statuses[path] = [NOT_READY]  # never ready: the error says why
+        with pytest.raises(RuntimeError, match="InferenceService/uplift: PredictorReady: RevisionMissing "
+                                               r"\(storage-initializer: AccessDenied\)"):
+            wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
+    finally:
+        fake.close()
 
 
 def test_deploy_command_writes_the_yaml(tmp_path):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -103,9 +104,11 @@ class Server:
 
 
 def tauforge_serve(store, *args, log_dir=None, env=None, cwd=ROOT):
+    """`tauforge serve` on free ports (gRPC off unless `args` set --grpc-port)."""
     port = free_port()
+    grpc = [] if "--grpc-port" in args else ["--grpc-port", "0"]
     cmd = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL,
-           "--port", str(port), *args] + (["--log-dir", log_dir] if log_dir else [])
+           "--port", str(port), *grpc, *args] + (["--log-dir", log_dir] if log_dir else [])
     return Server(cmd, port, log_dir, env, cwd)
 
 
@@ -344,7 +347,7 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
     shutil.copytree(os.path.join(store, MODEL, "2"), folder)  # what STORAGE_URI=<store>/uplift/2 fetches
     port = free_port()
     server = Server([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
-                     "--port", str(port)],
+                     "--port", str(port), "--grpc-port", "0"],
                     port)
     try:
         X = rows_for(5)
@@ -360,3 +363,107 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
     out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
                           "--port", str(free_port())], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2 and "checksum mismatch" in out.stderr
+
+
+# ----------------------------------------------------------------------------- Open Inference Protocol
+@pytest.fixture(scope="module")
+def with_grpc(store):
+    port = free_port()
+    server = tauforge_serve(store, "--version", "1", "--grpc-port", str(port))
+    server.grpc = f"127.0.0.1:{port}"
+    yield server
+    server.stop()
+
+
+def test_a_third_party_v2_client_reads_the_metadata_and_gets_the_v1_answers_over_http_and_grpc(store, with_grpc):
+    # tritonclient, NVIDIA's Open Inference Protocol client: nothing in it knows tauforge.
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    X = rows_for(64, seed=11)
+    code, body = with_grpc.v1(X.tolist())
+    assert code == 200
+    v1_cate = np.array([p["cate"] for p in body["predictions"]])
+    http = httpclient.InferenceServerClient(url=f"127.0.0.1:{with_grpc.port}")
+    grpc = grpcclient.InferenceServerClient(url=with_grpc.grpc)
+    try:
+        for client, module in ((http, httpclient), (grpc, grpcclient)):
+            assert client.is_server_ready() and client.is_model_ready(MODEL)
+            meta = client.get_model_metadata(MODEL)
+            meta = meta if isinstance(meta, dict) else {"inputs": [{"name": i.name, "datatype": i.datatype,
+                                                                      "shape": list(i.shape)} for i in meta.inputs],
+                                                        "outputs": [{"name": o.name, "datatype": o.datatype}
+                                                                    for o in meta.outputs]}
+            assert [(i["name"], i["datatype"], list(i["shape"])) for i in meta["inputs"]] == \
+                [(c, "FP64", [-1]) for c in COLUMNS]
+            assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
+                "cate": "FP64", "lower": "FP64", "upper": "FP64", "version": "INT64", "role": "BYTES"}
+            # Inputs built from the metadata alone, one tensor per covariate.
+            inputs = []
+            for j, spec in enumerate(meta["inputs"]):
+                tensor = module.InferInput(spec["name"], [len(X)], spec["datatype"])
+                tensor.set_data_from_numpy(X[:, j].astype(np.float64))
+                inputs.append(tensor)
+            result = client.infer(MODEL, inputs)
+            np.testing.assert_allclose(result.as_numpy("cate"), v1_cate, rtol=0, atol=1e-12)
+            assert set(result.as_numpy("version").tolist()) == {1}
+            # A request naming its outputs gets those only.
+            only = client.infer(MODEL, inputs, outputs=[module.InferRequestedOutput("upper")])
+            assert only.as_numpy("upper") is not None and only.as_numpy("cate") is None
+            with pytest.raises(Exception, match="unknown output"):
+                client.infer(MODEL, inputs, outputs=[module.InferRequestedOutput("uplift")])
+    finally:
+        http.close()
+        grpc.close()
+
+
+def test_the_server_is_ready_only_with_every_kernel_compiled(store, tmp_path):
+    # What makes the first request fast (numba compiles on first call): load() has run them all.
+    # A fresh process with an empty numba cache, so that nothing was compiled before load().
+    code = textwrap.dedent(f"""
+        import numba
+        from tauforge.kernels.backends import numba_cpu
+        from tauforge.serving.server import build_model
+        def compiled():
+            return {{n: bool(f.signatures) for n, f in vars(numba_cpu).items()
+                     if isinstance(f, numba.core.registry.CPUDispatcher)}}
+        before = compiled()
+        model = build_model(store={store!r}, model={MODEL!r}, version=1)
+        after = compiled()
+        print(model.ready, sum(before.values()), sum(after.values()), len(after))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")})
+    assert out.returncode == 0, out.stderr
+    ready, before, after, total = map(str.strip, out.stdout.split())
+    assert ready == "True" and int(before) == 0 and int(after) > 0
+
+
+def test_a_predictor_serves_under_the_role_it_was_deployed_as(store, tmp_path):
+    log_dir = str(tmp_path / "events")
+    server = tauforge_serve(store, "--version", "2", "--role", "challenger", log_dir=log_dir)
+    try:
+        code, body = server.v1(rows_for(3).tolist())
+        assert code == 200 and {(p["version"], p["role"]) for p in body["predictions"]} == {(2, "challenger")}
+    finally:
+        assert server.stop() == 0
+    events = read_events(log_dir)
+    assert len(events) == 3 and set(events["role"]) == {"challenger"} and set(events["version"]) == {2}
+
+
+def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
+    import torch
+
+    if not torch.cuda.is_available():
+        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model",
+                              MODEL, "--device", "cuda", "--port", str(free_port()), "--grpc-port", "0"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model",
+                              MODEL, "--port", str(free_port()), "--grpc-port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in out.stderr

@@ -82,8 +82,8 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store,
-                                   "--model", "bench",
+        server = subprocess.Popen([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--grpc-port", "0",
+                                   "--store", store, "--model", "bench",
                                    "--port", str(port), "--log-dir", os.path.join(tmp, "events")],
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
