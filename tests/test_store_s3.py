@@ -104,7 +104,9 @@ class DemoRun:
         self.store, self.workdir = store, workdir
         cmd = [*TAUFORGE, "run", "--demo", "--store", store, "--trees", "20", "--folds", "2", "--shards", "1",
                "--pipeline-root", os.path.join(workdir, "runs"), "--json"]
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A session of its own, so that stopping it early also stops the pipeline's task processes.
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
         self._out = None
 
     def result(self):
@@ -113,8 +115,8 @@ class DemoRun:
         return self.proc.returncode, *self._out
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc.poll() is None:  # the module's tests ended (or failed) before the run did
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.communicate()
 
 
