@@ -11,25 +11,41 @@ Layout under the store's root (a local folder, or any fsspec URI):
     <root>/<model>/<version>/model_card.json        what the causal claim depends on, and the
                                                     sha256 of every other file
     <root>/<model>/aliases.json                     {"champion": {"version": 2, "history": [1]}}
+    <root>/<model>/.claims/<version>                object stores only: who took the number
 
-Publishing writes a version completely under a private staging name, verifies it, then makes it
-visible in one step: on a local filesystem an atomic rename to the next free number, which two
-writers can never both win (the loser takes the next number) and which a crash never leaves half
-done. On object stores (s3://, gs://), which have no rename, the files are copied and the card
-goes last: a version without a verified card is invisible, but two writers racing for one number
-are not prevented there; publish from one pipeline at a time per model. Aliases are swapped
-atomically under a file lock on a local filesystem; on object stores two promotions at the same
-instant can lose one (and its history entry): promote from one place.
+Publishing makes a version visible in one step, complete and verified, and two publishers never
+get one number:
+
+- On a local filesystem the version is written under a private staging name, verified, then
+  renamed to the next free number: a rename is atomic and fails when the number is taken (the
+  loser takes the next), and a crash never leaves half a version.
+- On object stores, which cannot rename, the publisher first claims the number by creating
+  `.claims/<version>` with a conditional write (S3's `If-None-Match: *`, fsspec's
+  `mode="create"`): the store creates it for exactly one writer and refuses the others, who take
+  the next number. The owner then uploads the files and writes the card last, again only if
+  absent. A version without a card is invisible, so a crashed publisher leaves its number unused
+  for good (burned, never reused) and nothing readable.
+- Aliases are read, changed and written back under a file lock on a local filesystem; on S3 the
+  write is conditional on the ETag read (`If-Match`), so of two promotions at the same instant
+  one is refused and retried on the new file: none is lost.
+- On object stores other than S3 (gs://, ...) the claim is as atomic as the fsspec backend's
+  exclusive write, and an alias write is unconditional: promote from one place at a time there.
+
+Published folders are 0755 and files 0644 on a local filesystem, whatever the umask, so a server
+running as another user can read them; a permission error is reported as one, naming the path.
 """
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +64,19 @@ CARD_FILE = "model_card.json"
 ALIASES_FILE = "aliases.json"
 CARD_FORMAT = "tauforge.model_card"
 _STAGING = ".staging"
+_CLAIMS = ".claims"
+# Published versions are readable by every user (a server may run as another user than the
+# pipeline that published), writable by their owner only.
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+# Object stores whose conditional writes (If-None-Match on create, If-Match on replace) tauforge uses.
+_CONDITIONAL_PROTOCOLS = ("s3", "s3a")
+_ATTEMPTS = 1000
 
 
 class StoreError(ValueError):
-    """A store operation that cannot be done as asked (unknown model, version or alias, bad card)."""
+    """A store operation that cannot be done as asked (unknown model, version or alias, bad card,
+    a file the user may not read or write)."""
 
 
 def card_digest(card: dict) -> str:
@@ -87,6 +112,55 @@ def check_store_location(uri: str) -> None:
     raise StoreError(f"store {uri!r} is a folder inside this pod and would vanish with it: publish to s3:// or "
                      "gs://, or to a path on a volume mounted in the pipeline's pods")
 
+# ---------------------------------------------------------------------- errors a user can act on
+@contextlib.contextmanager
+def _reported(doing: str) -> Iterator[None]:
+    """Report a PermissionError as one, naming the path: never as a file that is missing."""
+    try:
+        yield
+    except PermissionError as exc:
+        path = f"{exc.filename} " if exc.filename else ""
+        raise StoreError(f"permission denied on {path}while {doing}: tauforge runs as uid {os.geteuid()}, "
+                         f"which may not access it (tauforge publishes folders 0755 and files 0644; check the "
+                         f"owner and mode of the folders above it)") from exc
+
+
+def _store_operation(doing: str) -> Callable:
+    """Decorate a ModelStore method so a permission error inside it is reported as one, with
+    what it was doing ("reading", "publishing to", ...) to which store; and an object store it
+    cannot reach or sign in to (botocore's errors: no endpoint, no credentials) as a StoreError."""
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self: "ModelStore", *args, **kwargs):
+            with _reported(f"{doing} the model store {self.uri}"):
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if not _botocore_error(exc):
+                        raise
+                    raise StoreError(f"cannot use the model store {self.uri} ({doing}): {exc} (an S3-compatible "
+                                     f"store's endpoint is set with $AWS_ENDPOINT_URL; credentials are found as "
+                                     f"botocore finds them)") from exc
+        return wrapper
+    return decorate
+
+
+def _botocore_error(exc: Exception) -> bool:
+    """Whether botocore raised `exc` (s3fs passes its connection and credential errors on as they
+    are). Without botocore loaded, nothing it raised can be here: no import needed."""
+    botocore = sys.modules.get("botocore.exceptions")
+    return botocore is not None and isinstance(exc, botocore.BotoCoreError)
+
+
+def _local_exists(path: str) -> bool:
+    """Whether `path` exists; a PermissionError propagates (os.path.exists would say False, and a
+    folder a server may not read would look like a store without the model)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
 
 @dataclass
 class ModelVersion:
@@ -108,40 +182,89 @@ class ModelVersion:
 
 
 class ModelStore:
-    """Versions and aliases of causal models under one fsspec URI (default: ./tauforge-store)."""
+    """Versions and aliases of causal models under one fsspec URI (default: ./tauforge-store).
+
+    An s3:// store reaches the endpoint botocore is configured with: AWS's by default, or
+    `$AWS_ENDPOINT_URL` (MinIO and other S3-compatible stores); credentials as botocore finds them."""
 
     def __init__(self, uri: str = DEFAULT_STORE):
         self.uri = uri
-        self.fs, root = fsspec.core.url_to_fs(uri)
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocol = fsspec.utils.get_protocol(uri)
+        self.local = protocol in ("file", "local")
+        # Other writers publish while this process runs: list what is there now, not what a
+        # listing cache saw (s3fs caches listings per process by default).
+        options = {} if self.local else {"use_listings_cache": False}
+        self.fs, root = fsspec.core.url_to_fs(uri, **options)
+        self.conditional = protocol in _CONDITIONAL_PROTOCOLS
         self.root = os.path.abspath(root) if self.local else root.rstrip("/")
 
-    # ------------------------------------------------------------------ paths and listing
+    # ------------------------------------------------------------------ storage primitives
     def _model_dir(self, model: str) -> str:
         return f"{self.root}/{check_model_name(model)}"
 
-    def models(self) -> list[str]:
-        if not self.fs.exists(self.root):
+    def _exists(self, path: str) -> bool:
+        return _local_exists(path) if self.local else self.fs.exists(path)
+
+    def _entries(self, path: str) -> list[tuple[str, bool]]:
+        """(name, is a folder) of what is under `path`; none when nothing is (an object store
+        has no folders until something is written under them)."""
+        if self.local:
+            try:
+                with os.scandir(path) as it:
+                    return [(e.name, e.is_dir()) for e in it]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        try:
+            listed = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
             return []
-        names = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p)]
+        return [(os.path.basename(e["name"].rstrip("/")), e["type"] == "directory") for e in listed]
+
+    def _create(self, path: str, data: bytes) -> bool:
+        """Write `path` only if nothing is there, as one atomic step on the store's side; False
+        when something is (another writer created it first)."""
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if _lost_race(exc):
+                return False
+            raise
+        return True
+
+    def _replace(self, path: str, data: bytes, etag: str) -> bool:
+        """Overwrite `path` only if it is still the version read (its ETag); False when another
+        writer changed it since. Conditional on S3; a plain overwrite on other object stores."""
+        try:
+            if self.conditional:
+                self.fs.pipe_file(path, data, IfMatch=etag)
+            else:
+                self.fs.pipe_file(path, data)
+        except OSError as exc:
+            if _lost_race(exc):
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------ listing and cards
+    @_store_operation("reading")
+    def models(self) -> list[str]:
+        names = [name for name, is_dir in self._entries(self.root) if is_dir]
         return sorted(n for n in names if _is_model_name(n) and self.versions(n))  # skips lost+found and the like
 
+    @_store_operation("reading")
     def versions(self, model: str) -> list[int]:
         """Published versions (those whose card exists), ascending."""
         d = self._model_dir(model)
-        if not self.fs.exists(d):
-            return []
-        out = []
-        for p in self.fs.ls(d, detail=False):
-            name = os.path.basename(p.rstrip("/"))
-            if name.isdigit() and self.fs.exists(f"{d}/{name}/{CARD_FILE}"):
-                out.append(int(name))
-        return sorted(out)
+        return sorted(int(name) for name, is_dir in self._entries(d)
+                      if is_dir and name.isdigit() and self._exists(f"{d}/{name}/{CARD_FILE}"))
 
+    @_store_operation("reading")
     def card(self, model: str, version: int) -> dict:
         """The card of a version, its own checksum verified."""
         path = f"{self._model_dir(model)}/{int(version)}/{CARD_FILE}"
-        if not self.fs.exists(path):
+        if not self._exists(path):
             raise StoreError(f"model {model!r} has no version {version} in {self.uri} "
                              f"(versions: {self.versions(model) or 'none'})")
         card = json.loads(self.fs.cat_file(path))
@@ -166,6 +289,7 @@ class ModelStore:
         return int(aliases[ref]["version"])
 
     # ------------------------------------------------------------------ load
+    @_store_operation("reading")
     def load(self, model: str, ref: str | int | None = None, cache_dir: str | None = None) -> ModelVersion:
         """Fetch and verify a version: every file's sha256 must match its card."""
         version = self.resolve(model, ref)
@@ -178,124 +302,192 @@ class ModelStore:
                                              sha256_text(self.uri)[:16])
             path = os.path.join(root, model, str(version))
             if not os.path.exists(os.path.join(path, CARD_FILE)):
-                staging = f"{path}.{uuid.uuid4().hex}"
-                self.fs.get(src, staging, recursive=True)
-                try:
-                    os.rename(staging, path)
-                except OSError:  # another process cached it first
-                    shutil.rmtree(staging, ignore_errors=True)
+                self._download(src, path)
         verify_files(path, card)
         return ModelVersion(model, version, card, path)
 
+    def _download(self, src: str, path: str) -> None:
+        """Copy a version folder from the object store to `path`, in one rename at the end."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        staging = f"{path}.{uuid.uuid4().hex}"
+        try:
+            self.fs.get(f"{src}/", staging, recursive=True)
+            os.rename(staging, path)
+        except OSError:
+            if not os.path.exists(os.path.join(path, CARD_FILE)):
+                raise
+            # else another process cached the same version first: theirs is verified like ours
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     # ------------------------------------------------------------------ publish
+    @_store_operation("publishing to")
     def publish(self, model: str, source_dir: str, card: dict) -> int:
         """Publish the files of `source_dir` with `card` as the next version of `model`; return it.
 
         `card` holds the causal metadata; the store adds model, version, creation time, parent
         version and the sha256 of every file. Nothing is visible until everything is written."""
         check_model_name(model)
-        if not os.path.isdir(source_dir):
+        if not (_local_exists(source_dir) and os.path.isdir(source_dir)):  # a folder it may not read raises
             raise StoreError(f"nothing to publish: {source_dir} is not a directory")
         if os.path.exists(os.path.join(source_dir, CARD_FILE)):
             raise StoreError(f"{source_dir} already holds a {CARD_FILE}; the store writes the card")
-        d = self._model_dir(model)
-        self.fs.makedirs(d, exist_ok=True)
         files = {rel: sha256_file(os.path.join(source_dir, rel)) for rel in _walk(source_dir)}
         if self.local:
-            staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
-            shutil.copytree(source_dir, staging)
-        else:
-            staging = tempfile.mkdtemp(prefix="tauforge-publish-")
-            shutil.copytree(source_dir, staging, dirs_exist_ok=True)
-        try:
-            for _ in range(1000):
-                existing = self.versions(model)
-                version = max([*existing, *self._claimed_numbers(model)], default=0) + 1
-                full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
-                            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                            parent_version=existing[-1] if existing else None, files=files)
-                full["card_sha256"] = card_digest(full)
-                with open(os.path.join(staging, CARD_FILE), "w") as f:
-                    json.dump(full, f, indent=2, sort_keys=True)
-                verify_files(staging, full)
-                if self._commit(staging, f"{d}/{version}"):
-                    return version
-            raise StoreError(f"could not allocate a version of {model!r} after 1000 attempts")
-        finally:
-            if os.path.exists(staging):
-                shutil.rmtree(staging, ignore_errors=True)
+            return self._publish_local(model, source_dir, card, files)
+        return self._publish_remote(model, source_dir, card, files)
 
-    def _claimed_numbers(self, model: str) -> list[int]:
-        """Numbered directories without a card yet (another writer's copy in flight on an object
-        store, or a crashed one): never reused."""
+    def _full_card(self, card: dict, model: str, version: int, files: dict) -> dict:
+        """The card as published: the caller's causal metadata and the store's own fields."""
+        earlier = [v for v in self.versions(model) if v < version]
+        full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
+                    created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    parent_version=earlier[-1] if earlier else None, files=files)
+        full["card_sha256"] = card_digest(full)
+        return full
+
+    def _next_number(self, model: str) -> int:
+        """One above every number published or taken (a claim, a folder of a publisher in flight
+        or crashed): a number is never reused."""
+        taken = [int(name) for name, _ in self._entries(self._model_dir(model)) if name.isdigit()]
+        if not self.local:
+            taken += [int(name) for name, _ in self._entries(f"{self._model_dir(model)}/{_CLAIMS}")
+                      if name.isdigit()]
+        return max(taken, default=0) + 1
+
+    def _publish_local(self, model: str, source_dir: str, card: dict, files: dict) -> int:
         d = self._model_dir(model)
-        return [int(os.path.basename(p.rstrip("/"))) for p in self.fs.ls(d, detail=False)
-                if os.path.basename(p.rstrip("/")).isdigit()]
+        _makedirs_readable(d)
+        os.makedirs(f"{d}/{_STAGING}", exist_ok=True)
+        staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(source_dir, staging)
+            _make_readable(staging)  # copytree keeps the source's modes: a temporary folder's 0700
+            for _ in range(_ATTEMPTS):
+                version = self._next_number(model)
+                full = self._full_card(card, model, version, files)
+                _write_card(staging, full)
+                verify_files(staging, full)
+                try:
+                    os.rename(staging, f"{d}/{version}")  # atomic; fails when another writer took the number
+                    return version
+                except OSError:
+                    continue
+            raise StoreError(f"could not allocate a version of {model!r} in {self.uri} after {_ATTEMPTS} attempts")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
-    def _commit(self, staging: str, final: str) -> bool:
-        if self.local:
-            try:
-                os.rename(staging, final)  # atomic; fails when another writer took the number
-                return True
-            except OSError:
-                return False
-        if self.fs.exists(final):
-            return False
-        card = os.path.join(staging, CARD_FILE)
-        for rel in _walk(staging):
-            if rel != CARD_FILE:
+    def _publish_remote(self, model: str, source_dir: str, card: dict, files: dict) -> int:
+        d = self._model_dir(model)
+        claim = json.dumps({"writer": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                            "claimed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}).encode()
+        for _ in range(_ATTEMPTS):
+            version = self._next_number(model)
+            if self._create(f"{d}/{_CLAIMS}/{version}", claim):  # the number is ours alone
+                self._upload(source_dir, f"{d}/{version}", self._full_card(card, model, version, files))
+                return version
+        raise StoreError(f"could not claim a version of {model!r} in {self.uri} after {_ATTEMPTS} attempts")
+
+    def _upload(self, source_dir: str, final: str, card: dict) -> None:
+        """Upload a claimed version: its files, checked against the card, then the card."""
+        staging = tempfile.mkdtemp(prefix="tauforge-publish-")
+        try:
+            shutil.copytree(source_dir, staging, dirs_exist_ok=True)
+            _write_card(staging, card)
+            verify_files(staging, card)
+            for rel in card["files"]:
                 self.fs.put_file(os.path.join(staging, rel), f"{final}/{rel}")
-        self.fs.put_file(card, f"{final}/{CARD_FILE}")  # last: the version becomes visible
-        return True
+            uploaded = {os.path.relpath(p, final).replace(os.sep, "/") for p in self.fs.find(final)}
+            if uploaded != set(card["files"]):
+                raise StoreError(f"{final} in {self.uri} holds {sorted(uploaded)} after the upload, "
+                                 f"not the card's files {sorted(card['files'])}")
+            # Last, and only if absent: the version becomes visible.
+            created = self._create(f"{final}/{CARD_FILE}", json.dumps(card, indent=2, sort_keys=True).encode())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.rm(final, recursive=True)  # nothing half written stays; the claim keeps the number used
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not created:  # left as it is: whoever wrote that card owns those files now
+            raise StoreError(f"{final} already has a {CARD_FILE} although this publisher claimed the number: "
+                             f"something that does not claim versions writes to {self.uri}")
 
     # ------------------------------------------------------------------ aliases
+    @_store_operation("reading")
     def aliases(self, model: str) -> dict[str, dict]:
-        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
-        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else {}
+        return self._read_aliases(model)[0]
 
+    def _read_aliases(self, model: str) -> tuple[dict[str, dict], str | None]:
+        """The aliases and the ETag of the file they were read from (None when there is none
+        yet, or on a local filesystem, where a lock serializes writers instead)."""
+        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
+        if self.local:
+            return (json.loads(self.fs.cat_file(path)) if _local_exists(path) else {}), None
+        try:
+            # The ETag first: if the file changes before it is read, the conditional write that
+            # follows fails and the update is retried, never applied to a file it did not read.
+            etag = self.fs.info(path).get("ETag")
+        except FileNotFoundError:
+            return {}, None
+        return json.loads(self.fs.cat_file(path)), etag
+
+    @_store_operation("changing an alias in")
     def set_alias(self, model: str, alias: str, version: int) -> dict:
         """Point `alias` at `version`, keeping the previous target for `rollback`."""
         if not alias or alias.isdigit() or alias == "latest":
             raise StoreError(f"alias {alias!r} must be a name such as 'champion' (not a number or 'latest')")
         version = self.resolve(model, int(version))
-        with self._lock(model):
-            aliases = self.aliases(model)
+
+        def point(aliases: dict) -> dict:
             entry = aliases.get(alias, {"version": None, "history": []})
             if entry["version"] is not None and entry["version"] != version:
                 entry["history"].append(entry["version"])
             entry["version"] = version
             aliases[alias] = entry
-            self._write_aliases(model, aliases)
-        return entry
+            return entry
 
+        return self._update_aliases(model, point)
+
+    @_store_operation("changing an alias in")
     def rollback(self, model: str, alias: str = "champion") -> dict:
         """Point `alias` back at the version it named before the last change."""
-        with self._lock(model):
-            aliases = self.aliases(model)
+        def back(aliases: dict) -> dict:
             entry = aliases.get(alias)
             if not entry or not entry["history"]:
                 raise StoreError(f"alias {alias!r} of model {model!r} has no earlier version to roll back to")
             entry["version"] = entry["history"].pop()
-            self._write_aliases(model, aliases)
-        return entry
+            return entry
 
-    def _write_aliases(self, model: str, aliases: dict) -> None:
-        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
-        data = json.dumps(aliases, indent=2, sort_keys=True)
+        return self._update_aliases(model, back)
+
+    def _update_aliases(self, model: str, change: Callable[[dict], dict]) -> dict:
+        """Read the aliases, `change` them, write them back, without losing a concurrent update."""
         if self.local:
-            fd, tmp = tempfile.mkstemp(dir=self._model_dir(model), suffix=".json.tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; servers may run as another user
-            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-        else:
-            self.fs.pipe_file(path, data.encode())
+            with self._lock(model):
+                aliases, _ = self._read_aliases(model)
+                entry = change(aliases)
+                self._write_local_aliases(model, aliases)
+            return entry
+        path = f"{self._model_dir(model)}/{ALIASES_FILE}"
+        for _ in range(_ATTEMPTS):
+            aliases, etag = self._read_aliases(model)
+            entry = change(aliases)
+            data = json.dumps(aliases, indent=2, sort_keys=True).encode()
+            if self._create(path, data) if etag is None else self._replace(path, data, etag):
+                return entry
+        raise StoreError(f"could not update {path} in {self.uri} after {_ATTEMPTS} attempts: "
+                         f"other writers kept changing it")
+
+    def _write_local_aliases(self, model: str, aliases: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._model_dir(model), suffix=".json.tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(aliases, f, indent=2, sort_keys=True)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; servers may run as another user
+        os.replace(tmp, f"{self._model_dir(model)}/{ALIASES_FILE}")  # readers see the old file or the new one
 
     @contextlib.contextmanager
     def _lock(self, model: str) -> Iterator[None]:
-        if not self.local:
-            yield
-            return
         import fcntl
 
         os.makedirs(self._model_dir(model), exist_ok=True)
@@ -307,25 +499,85 @@ class ModelStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _lost_race(exc: OSError) -> bool:
+    """Whether an object store refused a conditional write because of another writer: 412
+    Precondition Failed (the object exists, or changed since read) or 409 Conditional Request
+    Conflict (a concurrent conditional write to the key, which S3 asks to retry). s3fs reports
+    both as an OSError caused by botocore's ClientError; its response says which."""
+    response = getattr(exc.__cause__, "response", None) or {}
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _write_card(folder: str, card: dict) -> None:
+    path = os.path.join(folder, CARD_FILE)
+    with open(path, "w") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+    os.chmod(path, FILE_MODE)
+
+
+def _makedirs_readable(path: str) -> None:
+    """`os.makedirs`, the folders it creates 0755 whatever the umask (the store's root and a
+    model's folder lead to every version: a server running as another user must pass them).
+    Folders that exist keep the mode their owner gave them."""
+    missing = []
+    while path and not _local_exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another publisher made it first
+            os.mkdir(folder)
+            os.chmod(folder, DIR_MODE)
+
+
+def _make_readable(root: str) -> None:
+    """Folders 0755 and files 0644 under `root` (and `root` itself), whatever they were."""
+    os.chmod(root, DIR_MODE)
+    for dirpath, dirs, files in os.walk(root, onerror=_raise):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), FILE_MODE)
+
+
+def read_card(path: str) -> dict:
+    """The card of the version folder `path` (as KServe's storage initializer leaves it, e.g.
+    /mnt/models), not yet verified: `verify_files` does that."""
+    card_path = os.path.join(path, CARD_FILE)
+    with _reported(f"reading the version folder {path}"):
+        if not _local_exists(card_path):
+            raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
+        with open(card_path) as f:
+            return json.load(f)
+
+
 def verify_files(path: str, card: dict) -> None:
     """Every file the card lists exists under `path` with its sha256; no other file is there."""
     if card.get("card_sha256") != card_digest(card):
         raise StoreError(f"the card in {path} fails its checksum: it was modified")
-    present = set(_walk(path)) - {CARD_FILE}
-    listed = set(card.get("files", {}))
-    if present - listed:
-        raise StoreError(f"{path} holds files its card does not list: {', '.join(sorted(present - listed))}")
-    for rel, digest in card["files"].items():
-        full = os.path.join(path, rel)
-        if not os.path.exists(full):
-            raise StoreError(f"{full} is missing")
-        if sha256_file(full) != digest:
-            raise StoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
+    with _reported(f"verifying the version folder {path}"):
+        present = set(_walk(path)) - {CARD_FILE}
+        listed = set(card.get("files", {}))
+        if present - listed:
+            raise StoreError(f"{path} holds files its card does not list: {', '.join(sorted(present - listed))}")
+        for rel, digest in card["files"].items():
+            full = os.path.join(path, rel)
+            if not _local_exists(full):
+                raise StoreError(f"{full} is missing")
+            if sha256_file(full) != digest:
+                raise StoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _walk(root: str) -> list[str]:
+    """Every file under `root`, relative, '/'-separated. A folder it may not read raises (os.walk
+    would skip it silently, and its files would look missing)."""
     out = []
-    for dirpath, _, files in os.walk(root):
+    for dirpath, _, files in os.walk(root, onerror=_raise):
         for name in files:
             out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     return sorted(out)

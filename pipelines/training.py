@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -494,15 +495,22 @@ def _capture(log_file, progress):
             log_file.flush()
 
     tee = Tee()
-    # kfp.local indents task output by swapping builtins.print; with tasks in parallel threads the
-    # swaps interleave and can leave the indenting print installed after the run.
+    # kfp.local indents task output by swapping builtins.print, and swaps the root logger's
+    # handlers for one writing to sys.stdout (here: the log file) at INFO; with tasks in parallel
+    # threads the swaps interleave and can leave either installed after the run. A handler left
+    # behind writes to the closed log file: every later INFO record (botocore's "Found credentials"
+    # when the CLI reads an s3:// store) printed "--- Logging error ---" and a traceback.
     saved_print = builtins.print
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
             yield
     finally:
         builtins.print = saved_print
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None,

@@ -6,13 +6,12 @@ matrix in the card's covariate order (or says exactly what is wrong with them), 
 """
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tauforge.components.registry import CARD_FILE, ModelVersion, StoreError, verify_files
+from tauforge.components.registry import ModelVersion, read_card, verify_files
 
 UNIT_ID_FIELD = "unit_id"
 
@@ -184,13 +183,7 @@ class VersionScorer:
     @classmethod
     def from_directory(cls, path: str, device: str = "cpu") -> "VersionScorer":
         """A version folder as KServe's storage initializer leaves it (e.g. /mnt/models)."""
-        import json
-
-        card_path = os.path.join(path, CARD_FILE)
-        if not os.path.exists(card_path):
-            raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
-        with open(card_path) as f:
-            card = json.load(f)
+        card = read_card(path)
         verify_files(path, card)
         return cls(ModelVersion(card["model"], card["version"], card, path), device=device)
 

@@ -4,17 +4,21 @@ interrupted publishing (real processes on a real local filesystem)."""
 import json
 import multiprocessing
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
-from tauforge.components.registry import ModelStore, StoreError
+from tauforge.components.registry import ModelStore, StoreError, read_card, verify_files
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
+from tauforge.serving.scoring import VersionScorer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,3 +138,120 @@ def test_a_publisher_killed_mid_publish_leaves_no_visible_version(model_dir, tmp
     store = ModelStore(uri)
     assert store.versions("m") == [] and store.models() == []
     assert store.publish("m", src, card()) == 1  # the store is still usable, the number unburned
+
+
+# ---------------------------------------------------------------------- permissions
+# A server may run as another user than the pipeline that published. Root reads every folder
+# whatever its mode, so when these tests run as root (as CI does) the reader is a forked child
+# that becomes the user `nobody`; as any other user it is this process, locked out of a folder
+# by the folder's mode (which stops its owner too).
+def _nobody():
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root, whom no permission stops, and there is no user 'nobody' to read as")
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_another_user(fn):
+    """("ok", fn()) or (the exception's type name, its message), as a user who does not own the store."""
+    if os.geteuid() != 0:
+        try:
+            return "ok", fn()
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+    uid, gid = _nobody()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: imports nothing new (nobody may not read root's Python), reports, exits
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                outcome = ["ok", fn()]
+            except Exception as exc:
+                outcome = [type(exc).__name__, str(exc)]
+            os.write(write_end, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return tuple(json.loads(data))
+
+
+def lock_out(path):
+    """Make `path` a folder the other user may not enter: 0700 is enough against nobody (root owns
+    it); the test's own user, as owner, needs 0000."""
+    os.chmod(path, 0o700 if os.geteuid() == 0 else 0o000)
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder every user may enter (pytest's tmp_path is under a 0700 folder of the test user)."""
+    path = tempfile.mkdtemp(prefix="tauforge-shared-")
+    os.chmod(path, 0o755)
+    yield path
+    for dirpath, dirs, _ in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+    shutil.rmtree(path)
+
+
+def test_published_folders_are_0755_and_files_0644_whatever_the_umask_so_another_user_reads_them(
+        model_dir, tmp_path, shared_dir):
+    _, forest, _ = model_dir
+    src = tmp_path / "private"
+    forest.save(src / "forest")
+    (src / "report.html").write_text("<html></html>")
+    for path in (src, src / "forest", *src.rglob("*")):
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)  # as a TemporaryDirectory leaves them
+    uri = os.path.join(shared_dir, "store")
+    old_umask = os.umask(0o077)
+    try:
+        assert ModelStore(uri).publish("m", str(src), card()) == 1
+    finally:
+        os.umask(old_umask)
+    version = os.path.join(uri, "m", "1")
+    folders = [uri, os.path.join(uri, "m"), version, os.path.join(version, "forest")]
+    assert {p: oct(os.stat(p).st_mode & 0o777) for p in folders} == {p: "0o755" for p in folders}
+    files = [os.path.join(d, f) for d, _, names in os.walk(version) for f in names]
+    assert len(files) == 4  # the forest's two files, the report and the card
+    assert {p: oct(os.stat(p).st_mode & 0o777) for p in files} == {p: "0o644" for p in files}
+
+    store = ModelStore(uri)
+    assert as_another_user(lambda: store.load("m").version) == ("ok", 1)
+    # What `tauforge serve --model-dir` reads before it builds the forest, as KServe's initializer leaves it.
+    assert as_another_user(lambda: verify_files(version, read_card(version))) == ("ok", None)
+
+
+def test_a_folder_the_reader_may_not_enter_is_reported_as_a_permission_error(model_dir, shared_dir):
+    src = shutil.copytree(model_dir[0], os.path.join(shared_dir, "source"))
+    for dirpath, _, files in os.walk(src):  # the other user reads it (copytree kept 0700 and 0600)
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    uri = os.path.join(shared_dir, "store")
+    store = ModelStore(uri)
+    store.publish("m", src, card())
+    version = os.path.join(uri, "m", "1")
+    lock_out(version)  # as the version folder was before publishing set its mode (0700)
+    card_path = os.path.join(version, "model_card.json")
+    for read in (lambda: store.versions("m"), lambda: store.load("m", 1), lambda: store.card("m", 1),
+                 lambda: VersionScorer.from_directory(version)):
+        kind, message = as_another_user(read)
+        # Not "holds no model_card.json" or "has no version 1": the file is there, unreadable.
+        assert kind == "StoreError" and f"permission denied on {card_path}" in message, (kind, message)
+    os.chmod(version, 0o755)
+
+    model = os.path.join(uri, "m")
+    os.chmod(model, 0o555)  # nobody may write to root's 0755 folder anyway; its owner may not write to 0555
+    try:
+        kind, message = as_another_user(lambda: store.publish("m", src, card()))
+    finally:
+        os.chmod(model, 0o755)
+    assert kind == "StoreError" and f"permission denied on {model}" in message, (kind, message)
+    assert f"while publishing to the model store {uri}" in message

@@ -1,0 +1,319 @@
+"""The model store on object storage, against a real S3-compatible server on 127.0.0.1 (moto's
+standalone server, which honours S3's conditional writes): the round trip a user makes from the
+command line, concurrent publishers and promoters in real processes, and planted defects.
+
+The endpoint and credentials reach botocore the standard way, through the environment
+($AWS_ENDPOINT_URL, $AWS_ACCESS_KEY_ID, ...), in this process and in every process it starts."""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+from tauforge.components.registry import CARD_FILE, ModelStore, StoreError
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
+
+TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
+MODEL = "tauforge-model"  # the name `tauforge run` publishes under
+BUCKET = "tauforge-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, what: str, output, timeout: float = 60) -> None:
+    """Return once `url` answers anything over HTTP; fail with the process's output if it died."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # an HTTP error is an answer: the server is up
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            output.seek(0)
+            raise RuntimeError(f"{what} did not start:\n{output.read()}")
+        time.sleep(0.1)
+
+
+class S3Server:
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def uri(self, name: str) -> str:
+        """A store of its own for one test, in the shared bucket."""
+        return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free port of 127.0.0.1 with one bucket; its endpoint and (dummy)
+    credentials in os.environ for this process and the ones it starts; stopped at the end."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    output = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would fill and block the server
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=output, stderr=subprocess.STDOUT, text=True)
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            env.delenv(name, raising=False)  # a developer's own settings would win over these
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off this machine
+        try:
+            wait_for_http(endpoint, proc, "moto's S3 server", output)
+            fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
+            yield S3Server(endpoint)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            output.close()
+
+
+class DemoRun:
+    """`tauforge run --demo` publishing to an s3:// store, running in the background."""
+
+    def __init__(self, store: str, workdir: str):
+        self.store, self.workdir = store, workdir
+        cmd = [*TAUFORGE, "run", "--demo", "--store", store, "--trees", "20", "--folds", "2", "--shards", "1",
+               "--pipeline-root", os.path.join(workdir, "runs"), "--json"]
+        # A session of its own, so that stopping it early also stops the pipeline's task processes.
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self._out = None
+
+    def result(self):
+        if self._out is None:
+            self._out = self.proc.communicate(timeout=600)
+        return self.proc.returncode, *self._out
+
+    def stop(self):
+        if self.proc.poll() is None:  # the module's tests ended (or failed) before the run did
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_run(s3, tmp_path_factory):
+    """Started before this module's first test, so the others run while it does."""
+    run = DemoRun(s3.uri("demo"), str(tmp_path_factory.mktemp("demo")))
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small version folder to publish: a saved forest and a report."""
+    d = make_causal_data("simple", n=600, p=4, seed=1)
+    forest = CausalForest(n_estimators=10, random_state=0).fit(d.X, d.T - d.e, d.Y - d.m)
+    path = tmp_path_factory.mktemp("model")
+    forest.save(path / "forest")
+    (path / "report.html").write_text("<html></html>")
+    return str(path), forest, d.X
+
+
+def card(ate=0.5):
+    return {"effect": {"ate": ate, "ate_lower": ate - 0.1, "ate_upper": ate + 0.1}, "data": {"rows": 600}}
+
+
+def tauforge(*args, cwd=None):
+    out = subprocess.run([*TAUFORGE, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert out.returncode == 0, f"tauforge {' '.join(args)} exited {out.returncode}:\n{out.stderr}"
+    assert "Traceback" not in out.stderr and "Logging error" not in out.stderr, out.stderr
+    return out.stdout
+
+
+# ---------------------------------------------------------------------- concurrency (real processes)
+def _publish_then_promote(uri, src, count, barrier, results):
+    """One publisher: `count` versions, then its first version made champion; each step starts
+    with the other publishers' (the barrier), so they race for the same numbers and the same alias."""
+    try:
+        store = ModelStore(uri)
+        barrier.wait(timeout=120)
+        versions = [store.publish(MODEL, src, card()) for _ in range(count)]
+        barrier.wait(timeout=120)
+        store.set_alias(MODEL, "champion", versions[0])
+        results.put(("ok", versions))
+    except BaseException as exc:  # the test shows it rather than waiting for a result that never comes
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.fixture(scope="module")
+def race(s3, model_dir):
+    """Three processes publish three versions each to one new model on S3 at the same time, then
+    each promotes its first version at the same time."""
+    src = model_dir[0]
+    uri = s3.uri("race")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_publish_then_promote, args=(uri, src, 3, barrier, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=300) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    errors = [message for status, message in outcomes if status == "error"]
+    assert not errors, errors
+    return uri, [versions for _, versions in outcomes]
+
+
+def test_concurrent_publishers_to_one_model_on_s3_get_distinct_complete_versions(race, model_dir, tmp_path):
+    uri, published = race
+    _, forest, X = model_dir
+    versions = sorted(v for per_process in published for v in per_process)
+    assert versions == list(range(1, 10))  # nine publishes, nine numbers, none shared, none skipped
+    store = ModelStore(uri)
+    assert store.versions(MODEL) == versions and store.models() == [MODEL]
+    for v in versions:
+        loaded = store.load(MODEL, v, cache_dir=str(tmp_path))  # complete: every checksum verifies
+        assert loaded.card["version"] == v
+        np.testing.assert_array_equal(loaded.load_forest().predict(X[:5]), forest.predict(X[:5]))
+
+
+def test_concurrent_promotions_on_s3_lose_no_update(race):
+    uri, published = race
+    promoted = {versions[0] for versions in published}
+    entry = ModelStore(uri).aliases(MODEL)["champion"]
+    # Each promotion read the alias, changed it and wrote it back only if no other had written
+    # since (If-Match): so every promoted version is the champion or in its history, once.
+    assert sorted([entry["version"], *entry["history"]]) == sorted(promoted)
+
+
+# ---------------------------------------------------------------------- defects
+def test_a_file_changed_after_publishing_on_s3_fails_load_with_a_checksum_error(s3, model_dir, tmp_path):
+    store = ModelStore(s3.uri("defect"))
+    version = store.publish(MODEL, model_dir[0], card())
+    folder = f"{store.root}/{MODEL}/{version}"
+    store.load(MODEL, version, cache_dir=str(tmp_path / "before"))  # as published: it verifies
+
+    store.fs.pipe_file(f"{folder}/report.html", b"<html>edited</html>")
+    with pytest.raises(StoreError, match=r"checksum mismatch for .*report\.html"):
+        store.load(MODEL, version, cache_dir=str(tmp_path / "after"))
+
+    store.fs.pipe_file(f"{folder}/extra.txt", b"planted")
+    with pytest.raises(StoreError, match="holds files its card does not list: extra.txt"):
+        store.load(MODEL, version, cache_dir=str(tmp_path / "planted"))
+
+    edited = json.loads(store.fs.cat_file(f"{folder}/{CARD_FILE}"))
+    edited["effect"]["ate"] = 9.9
+    store.fs.pipe_file(f"{folder}/{CARD_FILE}", json.dumps(edited).encode())
+    with pytest.raises(StoreError, match=f"card of {MODEL} version {version} fails its checksum"):
+        store.load(MODEL, version, cache_dir=str(tmp_path / "card"))
+
+
+def test_a_claimed_number_without_a_card_stays_invisible_and_is_never_reused(s3, model_dir):
+    store = ModelStore(s3.uri("crashed"))
+    # What a publisher killed after claiming number 1 and uploading part of its files leaves.
+    store.fs.pipe_file(f"{store.root}/{MODEL}/.claims/1", b"{}")
+    store.fs.pipe_file(f"{store.root}/{MODEL}/1/report.html", b"<html></html>")
+    assert store.versions(MODEL) == [] and store.models() == []
+    with pytest.raises(StoreError, match="has no published version"):
+        store.load(MODEL)
+    assert store.publish(MODEL, model_dir[0], card()) == 2
+    assert store.versions(MODEL) == [2] and store.card(MODEL, 2)["parent_version"] is None
+
+
+def test_a_store_without_credentials_is_a_clear_error_not_a_traceback(s3):
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+    out = subprocess.run([*TAUFORGE, "models", "list", "--store", s3.uri("nocreds")], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "cannot use the model store s3://" in out.stderr and "Unable to locate credentials" in out.stderr
+
+
+# ---------------------------------------------------------------------- the user's round trip
+def v1(port: int, rows: list[dict]):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict",
+                                 data=json.dumps({"instances": rows}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, json.loads(r.read())
+
+
+def test_a_user_runs_lists_promotes_rolls_back_and_serves_a_model_on_s3(s3, demo_run, tmp_path):
+    store_uri = demo_run.store
+    code, stdout, stderr = demo_run.result()
+    assert code == 0, stderr
+    assert "Logging error" not in stderr and "Traceback" not in stderr, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["gate_passed"] and result["version"] == 1 and result["store"] == store_uri
+
+    listed = json.loads(tauforge("models", "list", "--store", store_uri, "--json"))
+    assert [(r["model"], r["version"], r["aliases"]) for r in listed] == [(MODEL, 1, "")]
+
+    # A second version, as a second run would publish it: the first's files under a new run id.
+    store = ModelStore(store_uri)
+    first = store.load(MODEL, 1, cache_dir=str(tmp_path / "cache"))
+    src = tmp_path / "second"
+    shutil.copytree(first.path, src, ignore=shutil.ignore_patterns(CARD_FILE))
+    assert store.publish(MODEL, str(src), dict(first.card, run={"run_id": "second"})) == 2
+
+    shown = json.loads(tauforge("models", "show", "--store", store_uri, "--name", MODEL, "--version", "2"))
+    assert shown["version"] == 2 and shown["parent_version"] == 1 and shown["run"]["run_id"] == "second"
+    assert tauforge("models", "promote", "--store", store_uri, "--name", MODEL, "--version", "1").strip() \
+        == f"{MODEL}: champion -> version 1"
+    assert tauforge("models", "promote", "--store", store_uri, "--name", MODEL, "--version", "2").strip() \
+        == f"{MODEL}: champion -> version 2"
+    assert tauforge("models", "rollback", "--store", store_uri, "--name", MODEL).strip() \
+        == f"{MODEL}: champion -> version 1"
+    listed = json.loads(tauforge("models", "list", "--store", store_uri, "--json"))
+    assert [(r["version"], r["aliases"]) for r in listed] == [(1, "champion"), (2, "")]
+
+    # The champion, fetched fresh and verified: every file the card lists, with its sha256.
+    champion = ModelStore(store_uri).load(MODEL, "champion", cache_dir=str(tmp_path / "fresh"))
+    assert champion.version == 1
+    for rel, digest in champion.card["files"].items():
+        assert hashlib.sha256(open(os.path.join(champion.path, rel), "rb").read()).hexdigest() == digest
+
+    # Served from the store: the champion (after the rollback, version 1) answers V1 over HTTP.
+    port = free_port()
+    output = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen([*TAUFORGE, "serve", "--store", store_uri, "--model", MODEL, "--port", str(port)],
+                              cwd=str(tmp_path), stdout=output, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", server, "tauforge serve", output, timeout=90)
+        row = {name: 0.5 for name in champion.card["spec"]["covariates"]}
+        status, body = v1(port, [row, dict(row, unit_id="u1")])
+        assert status == 200
+        assert [(p["model"], p["version"], p["role"]) for p in body["predictions"]] == [(MODEL, 1, "champion")] * 2
+        assert all(p["lower"] <= p["cate"] <= p["upper"] for p in body["predictions"])
+    finally:
+        server.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod
+        try:
+            code = server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert code == 0
