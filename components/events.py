@@ -2,14 +2,22 @@
 monitoring reads, and the reference profile that publishing stores with each version and
 monitoring compares the log with. Both carry a row's covariates as `input.<covariate>` columns.
 
-Event log: one record per scored row (`EVENT_FIELDS` plus the inputs), written as Parquet files
-`events-<UTC time>-<pid>-<seq>.parquet` under one directory, each under a temporary name and then
-renamed, so a reader never sees half a file.
+Event log: one record per scored row (`EVENT_FIELDS` plus the inputs), as Parquet files under one
+location, a local folder or any fsspec URI (s3://, gs://), partitioned the Hive way:
+
+    <location>/model=<model>/version=<version>/role=<role>/date=<YYYY-MM-DD>/events-<time>-<pid>-<seq>.parquet
+
+so that the logs of every predictor of a deployment (champion, canary, shadow; pods that come
+and go) gather in one place and a reader takes one model's subtree only. A file appears whole or
+not at all: written under a temporary name and renamed on a local disk, one PUT on object storage.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import itertools
+import operator
 import os
 
 import numpy as np
@@ -21,6 +29,13 @@ from .constants import REFERENCE_ROWS
 
 EVENT_FIELDS = ("time", "request_id", "row", "unit_id", "model", "version", "role", "cate", "lower", "upper",
                 "recommended_action", "action", "propensity", "explore_seed", "latency_ms")
+# Their types, fixed so that every file of one model reads as one table whatever its rows held
+# (a file without exploration would otherwise type `action` as null, another as int64).
+EVENT_SCHEMA = pa.schema([("time", pa.float64()), ("request_id", pa.string()), ("row", pa.int64()),
+                          ("unit_id", pa.string()), ("model", pa.string()), ("version", pa.int64()),
+                          ("role", pa.string()), ("cate", pa.float64()), ("lower", pa.float64()),
+                          ("upper", pa.float64()), ("recommended_action", pa.int64()), ("action", pa.int64()),
+                          ("propensity", pa.float64()), ("explore_seed", pa.int64()), ("latency_ms", pa.float64())])
 INPUT_PREFIX = "input."
 _FILE_PREFIX, _FILE_SUFFIX = "events-", ".parquet"
 
@@ -43,24 +58,58 @@ def event_record(*, time: float, request_id: str, row: int, unit_id: str | None,
     return record
 
 
-def write_events(records: list[dict], directory: str, seq: int) -> str:
-    """Write records as one new file of the log in `directory` (atomically); return its path."""
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-    path = os.path.join(directory, f"{_FILE_PREFIX}{stamp}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}")
-    tmp = path + ".tmp"
-    pq.write_table(pa.Table.from_pylist(records), tmp)
-    os.replace(tmp, path)
-    return path
+def _filesystem(location: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(location)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return fs, (os.path.abspath(root) if local else root.rstrip("/")), local
 
 
-def read_events(directory: str) -> pd.DataFrame:
-    """Every logged record under `directory` as one DataFrame (empty, with the fields, if none)."""
-    if not os.path.isdir(directory):
-        raise ValueError(f"the event log {directory} is not a directory")
-    files = sorted(f for f in os.listdir(directory) if f.startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX))
+def write_events(records: list[dict], location: str, seq: int) -> list[str]:
+    """Write records to the log at `location` (a folder or fsspec URI), one new file per
+    partition they fall in, each appearing whole; return the files' paths."""
+    fs, root, local = _filesystem(location)
+    stamp = _dt.datetime.now(_dt.UTC)
+    key = operator.itemgetter("model", "version", "role")
+    paths = []
+    for (model, version, role), group in itertools.groupby(sorted(records, key=key), key=key):
+        group = list(group)
+        inputs = sorted({k for r in group for k in r if k.startswith(INPUT_PREFIX)})
+        schema = pa.schema([*EVENT_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
+        folder = f"{root}/model={model}/version={version}/role={role}/date={stamp:%Y-%m-%d}"
+        path = f"{folder}/{_FILE_PREFIX}{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}"
+        table = pa.Table.from_pylist(group, schema=schema)
+        if local:
+            os.makedirs(folder, exist_ok=True)
+            pq.write_table(table, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        else:  # one PUT: the object exists whole or not at all
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            fs.pipe_file(path, buffer.getvalue())
+        paths.append(path if local else f"{location.split('://')[0]}://{path}")
+    return paths
+
+
+def read_events(location: str, model: str | None = None) -> pd.DataFrame:
+    """Every logged record under `location` (of `model` only, if given) as one DataFrame, read
+    with pyarrow.dataset; empty, with the fields, if there is none. A local folder that does not
+    exist is an error (a mistyped path should not read as a quiet log)."""
+    import pyarrow.dataset as ds
+
+    fs, root, local = _filesystem(location)
+    if local and not os.path.isdir(root):
+        raise ValueError(f"the event log {location} is not a directory")
+    base = f"{root}/model={model}" if model else root
+    files = sorted(f for f in (fs.find(base) if fs.exists(base) else [])
+                   if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX))
     if not files:
         return pd.DataFrame(columns=list(EVENT_FIELDS))
-    return pd.concat([pq.read_table(os.path.join(directory, f)).to_pandas() for f in files], ignore_index=True)
+    dataset = ds.dataset(files, filesystem=fs, format="parquet")
+    schema = pa.unify_schemas([fragment.physical_schema for fragment in dataset.get_fragments()])
+    table = ds.dataset(files, filesystem=fs, format="parquet", schema=schema).to_table()
+    return table.to_pandas().sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
 
 
 def reference_profile(X: np.ndarray, covariates: list[str], T: np.ndarray, cate, seed: int = 0) -> pd.DataFrame:

@@ -443,12 +443,12 @@ def read_outcomes(path: str) -> pd.DataFrame:
 
 def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,
                 outcomes: str | None = None, config: MonitorConfig | None = None) -> dict:
-    """The monitoring step: read `model`'s event log under `log_dir`, pick the version it served
+    """The monitoring step: read `model`'s event log under `log_dir` (a folder or an fsspec URI),
+    pick the version it served
     (`monitored_version`), load that version's reference profile from `store`, and `monitor`;
     the result names the model and version."""
     registry = ModelStore(store)
-    events = read_events(log_dir)
-    events = events[events["model"] == model] if len(events) else events
+    events = read_events(log_dir, model=model)
     served = monitored_version(registry, model, events, version)
     loaded = registry.load(model, served)
     events = events[(events["role"] != "champion") | (events["version"] == served)]

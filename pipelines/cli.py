@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     mon.add_argument("--model", required=True, help="model name")
     mon.add_argument("--version", help="version to monitor (default: the champion version in the log)")
-    mon.add_argument("--log-dir", required=True, help="the serving event log (tauforge serve --log-dir)")
+    mon.add_argument("--log-dir", required=True,
+                     help="the serving event log, a folder or a URI (s3://, gs://): tauforge serve --log-dir")
     mon.add_argument("--outcomes", help="Parquet of request_id and row (or unit_id) with an 'outcome' column")
     mon.add_argument("--alpha", type=float, default=MONITOR_ALPHA,
                      help=f"false-alarm rate of all drift tests together (default: {MONITOR_ALPHA})")

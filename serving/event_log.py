@@ -23,11 +23,12 @@ log = logging.getLogger("tauforge.serving")
 class EventLog:
     def __init__(self, directory: str, rotate_rows: int = 10_000, rotate_seconds: float = 60.0,
                  close_timeout: float = 30.0):
-        self.directory = directory
+        self.directory = directory  # a local folder or an fsspec URI (s3://, gs://)
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.close_timeout = close_timeout
-        os.makedirs(directory, exist_ok=True)
+        if "://" not in directory:
+            os.makedirs(directory, exist_ok=True)
         self.files_written: list[str] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
@@ -82,9 +83,9 @@ class EventLog:
             return []
         self._seq += 1
         try:
-            path = write_events(records, self.directory, self._seq)
-        except Exception:  # noqa: BLE001 (a full disk must not kill the writer; retry with the next batch)
+            paths = write_events(records, self.directory, self._seq)
+        except Exception:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
             log.exception("could not write %d event-log records to %s; keeping them", len(records), self.directory)
             return records
-        self.files_written.append(path)
+        self.files_written += paths
         return []

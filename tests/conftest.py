@@ -22,3 +22,12 @@ torch.set_num_threads(int(os.environ.get("TAUFORGE_TEST_THREADS", "1")))
 sys.path.insert(0, os.path.dirname(__file__))
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3-compatible server on 127.0.0.1 for the whole session (tests/servers.py)."""
+    from servers import s3_server
+
+    with s3_server() as server:
+        yield server

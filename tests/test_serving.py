@@ -16,9 +16,10 @@ import uuid
 
 import numpy as np
 import pytest
+from servers import free_port
 
-from tauforge.components.events import read_events
-from tauforge.components.registry import ModelStore
+from tauforge.components.events import event_record, read_events, reference_profile
+from tauforge.components.registry import REFERENCE_FILE, ModelStore
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.serving.event_log import EventLog
@@ -37,17 +38,13 @@ def store(tmp_path_factory):
     registry = ModelStore(str(root / "store"))
     for seed in (1, 2):
         src = root / f"v{seed}"
-        CausalForest(n_estimators=100, random_state=seed).fit(d.X, d.T - d.e, d.Y - d.m).save(src / "forest")
+        forest = CausalForest(n_estimators=100, random_state=seed).fit(d.X, d.T - d.e, d.Y - d.m)
+        forest.save(src / "forest")
+        reference_profile(d.X, COLUMNS, d.T, forest.predict).to_parquet(src / REFERENCE_FILE, index=False)
         registry.publish(MODEL, str(src), {"spec": {"covariates": COLUMNS, "outcome": "Y", "treatment": "T"},
                                            "effect": {"ate": 0.4, "ate_lower": 0.3, "ate_upper": 0.5},
                                            "data": {"rows": 2000}})
     return str(root / "store")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -221,7 +218,8 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
 
 def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_path):
     log = EventLog(str(tmp_path), rotate_seconds=0.2)
-    log.append([{"time": 0.0, "request_id": "r1", "row": 0, "cate": 1.5}])
+    log.append([event_record(time=0.0, request_id="r1", row=0, unit_id=None, model=MODEL, version=1,
+                             role="champion", cate=1.5, lower=1.0, upper=2.0, latency_ms=1.0, inputs={"x0": 0.5})])
     deadline = time.time() + 10
     while not log.files_written and time.time() < deadline:
         time.sleep(0.05)
@@ -467,3 +465,50 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
                               MODEL, "--port", str(free_port()), "--grpc-port", str(port)],
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in out.stderr
+
+
+# ----------------------------------------------------------------------------- event logs on object storage
+def test_canary_and_shadow_servers_log_to_s3_and_monitor_reads_every_row_with_its_role_and_version(store, s3,
+                                                                                                 tmp_path):
+    # Two servers, as a cluster would run them, log to one s3:// location; stopped with SIGTERM
+    # (their buffered rows are written then); `tauforge monitor --log-dir s3://...` reads them.
+    events = s3.uri("events")
+    n = 40
+    canary = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "canary", "--percent", "50",
+                            log_dir=events)
+    shadow = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "shadow", "--percent", "100",
+                            log_dir=events)
+    answered = {}
+    try:
+        for name, server in (("canary", canary), ("shadow", shadow)):
+            roles = []
+            for i in range(n):
+                code, body = server.v1([dict(zip(COLUMNS, map(float, rows_for(1, seed=i)[0])), unit_id=f"u{i}")],
+                                       **{"x-request-id": f"{name}-{i}"})
+                assert code == 200
+                roles += [(p["role"], p["version"]) for p in body["predictions"]]
+            answered[name] = roles
+        time.sleep(1.0)  # the shadow's answers come off the response path
+    finally:
+        assert canary.stop() == 0 and shadow.stop() == 0
+    logged = read_events(events, model=MODEL)
+    canary_rows = logged[logged["request_id"].str.startswith("canary-")]
+    shadow_rows = logged[logged["request_id"].str.startswith("shadow-")]
+    # Every answered row is logged once, under the role and version that answered it.
+    assert sorted(zip(canary_rows["role"], canary_rows["version"])) == sorted(answered["canary"])
+    assert {"champion", "challenger"} == set(canary_rows["role"])
+    assert len(shadow_rows[shadow_rows["role"] == "champion"]) == n
+    assert len(shadow_rows[shadow_rows["role"] == "shadow"]) == n and set(shadow_rows["version"]) == {1, 2}
+    # Partitioned by model, version, role and date.
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    parts = {f.split(f"/model={MODEL}/")[1].rsplit("/", 2)[0] for f in fs.find(events.removeprefix("s3://"))}
+    assert parts == {"version=1/role=champion", "version=2/role=challenger", "version=2/role=shadow"}
+    # The monitor reads the same location: every champion row of the served version.
+    champions = int((logged["role"] == "champion").sum())
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store", store, "--model",
+                          MODEL, "--log-dir", events, "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["version"] == 1 and result["live_rows"] == champions

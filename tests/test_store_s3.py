@@ -11,18 +11,15 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-import uuid
 
-import fsspec
 import numpy as np
 import pytest
+from servers import free_port, wait_for_http
 
 from tauforge.components.registry import CARD_FILE, ModelStore, StoreError
 from tauforge.kernels import CausalForest
@@ -30,71 +27,6 @@ from tauforge.kernels.datasets import make_causal_data
 
 TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 MODEL = "tauforge-model"  # the name `tauforge run` publishes under
-BUCKET = "tauforge-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, proc: subprocess.Popen, what: str, output, timeout: float = 60) -> None:
-    """Return once `url` answers anything over HTTP; fail with the process's output if it died."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:  # an HTTP error is an answer: the server is up
-            return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            output.seek(0)
-            raise RuntimeError(f"{what} did not start:\n{output.read()}")
-        time.sleep(0.1)
-
-
-class S3Server:
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-
-    def uri(self, name: str) -> str:
-        """A store of its own for one test, in the shared bucket."""
-        return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on a free port of 127.0.0.1 with one bucket; its endpoint and (dummy)
-    credentials in os.environ for this process and the ones it starts; stopped at the end."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    output = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would fill and block the server
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=output, stderr=subprocess.STDOUT, text=True)
-    with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            env.delenv(name, raising=False)  # a developer's own settings would win over these
-        env.setenv("AWS_ENDPOINT_URL", endpoint)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never look for credentials off this machine
-        try:
-            wait_for_http(endpoint, proc, "moto's S3 server", output)
-            fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
-            yield S3Server(endpoint)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            output.close()
 
 
 class DemoRun:
