@@ -1,5 +1,5 @@
-"""The cluster path as far as this machine can check it (no Docker daemon, no cluster): the images'
-Dockerfiles, one image tag everywhere, compiled pipelines that name only that image and install
+"""The cluster path as far as it can be checked without a cluster: the images' Dockerfiles (built and
+run by tests/test_images.py), one image tag everywhere, compiled pipelines that name only that image and install
 nothing at run time, and a runbook walkthrough (docs/runbook.md) whose every `tauforge` command parses."""
 
 import builtins
@@ -55,7 +55,7 @@ def stages(dockerfile):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfile_is_multi_stage_non_root_with_a_health_check(dockerfile):
-    # No Docker daemon here: the Dockerfiles are checked for shape, not built.
+    # Their shape; tests/test_images.py builds and runs the CPU image where Docker runs.
     build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
     assert len(stages(dockerfile)) >= 2 and " AS " in build[0][1].upper()
     assert any(op == "COPY" and args.startswith("--from=") for op, args in final), "the final stage copies the build"
@@ -75,18 +75,34 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check(dockerfile):
 
 def test_cpu_image_takes_cpu_torch_and_cuda_image_a_pytorch_cuda_base():
     cpu = dict((op, args) for op, args in instructions("Dockerfile") if op == "RUN" and "torch" in args)
-    assert any("--index-url https://download.pytorch.org/whl/cpu" in args for args in cpu.values())
+    (install,) = [args for args in cpu.values() if "--index-url https://download.pytorch.org/whl/cpu" in args]
+    # or a local wheel (make images TORCH_WHEELS=DIR), and a CUDA build of torch stops the build.
+    assert "--find-links /tmp/wheels" in install and "torch.version.cuda" in install
+    assert re.search(r"^ARG PYTHON_BASE=python:3\.11-slim-bookworm$", read("Dockerfile"), re.M)
     (base,) = re.findall(r"ARG CUDA_BASE=(\S+)", read("Dockerfile.cuda"))
     assert base.startswith("pytorch/pytorch:") and "cuda" in base
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_carry_a_generic_numba_cache_every_user_reads(dockerfile):
+    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    runs = [args for op, args in build if op == "RUN"]
+    assert any("python -m tauforge.kernels.warmup" in args and "a+rX /opt/tauforge/numba-cache" in args
+               for args in runs)
+    for stage in (build, final):  # the same cache directory and CPU target when it is filled and read
+        env = " ".join(args for op, args in stage if op == "ENV")
+        assert "NUMBA_CACHE_DIR=/opt/tauforge/numba-cache" in env and "NUMBA_CPU_NAME=generic" in env
 
 
 def test_dockerignore_sends_only_what_the_images_copy():
     patterns = [p for p in read(".dockerignore").splitlines() if p and not p.startswith("#")]
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    copied = {source for dockerfile in DOCKERFILES for op, args in instructions(dockerfile)
+    copied = {source.rstrip("/") for dockerfile in DOCKERFILES for op, args in instructions(dockerfile)
               if op == "COPY" and not args.startswith("--from=") for source in args.split()[:-1]}
     assert allowed == copied
+    # A wheel put there for a build is never committed.
+    assert "/docker-wheels/*.whl" in read(".gitignore").splitlines()
 
 
 def test_one_image_tag_everywhere():
@@ -106,16 +122,23 @@ def test_one_image_tag_everywhere():
         assert images == {"tauforge": image, "tauforge-gpu": f"{image}-cuda"}, path
 
 
-def test_make_images_builds_both_images_or_says_it_needs_docker():
+def test_make_images_builds_the_cpu_image_and_the_cuda_one_if_it_can_or_says_it_needs_docker():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    plan = subprocess.run(["make", "-n", "images", "IMAGE=registry.example.com/ml/tauforge:t"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
-    assert "docker build -f Dockerfile " in plan and "-t registry.example.com/ml/tauforge:t " in plan
-    assert "docker build -f Dockerfile.cuda " in plan and "-t registry.example.com/ml/tauforge:t-cuda " in plan
-    if subprocess.run("docker info", shell=True, capture_output=True).returncode != 0:
-        out = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True)
-        assert out.returncode != 0 and "make images needs Docker" in out.stderr
+    plan = subprocess.run(["make", "-n", "images", "IMAGE=registry.example.com/ml/tauforge:t", "PYTHON_BASE=b:1",
+                           "TORCH_WHEELS="], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"docker build .*-f Dockerfile --build-arg PYTHON_BASE=b:1 ", plan)
+    assert "-t registry.example.com/ml/tauforge:t ." in plan
+    assert re.search(r"docker build .*-f Dockerfile.cuda .*-t registry.example.com/ml/tauforge:t-cuda \.", plan)
+    assert "skipped registry.example.com/ml/tauforge:t-cuda" in plan, "the CUDA image only where its base is"
+    # A local torch wheel goes into the build context when one is given, and out afterwards.
+    wheels = subprocess.run(["make", "-n", "image-cpu", "TORCH_WHEELS=/w", "PYTHON_BASE=b:1"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    assert "rm -f docker-wheels/*.whl" in wheels
+    # Without a daemon (none at this address) it says what to do.
+    out = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert out.returncode != 0 and "needs Docker" in out.stderr and ".ci/docker-setup" in out.stderr
 
 
 @pytest.mark.parametrize("pipeline", ["training", "monitoring"])

@@ -12,6 +12,9 @@ copied into contiguous buffers and radix-sorted on their fine codes, feature by 
 
 Node numbering is normalized to breadth-first order at the end, so a tree comes out
 identical (up to floating-point summation order) to the one the torch backend grows.
+
+Every kernel is compiled on first use and cached on disk where a cache can be written; `njit`
+(numba_cache.py) decides where, and turns the cache off rather than fail when nothing is writable.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numba
 import numpy as np
 
 from ..splitting import ST, STT, STY, SY, TIE_RTOL, E, N
+from .numba_cache import njit
 
 _LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
 _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
@@ -29,7 +33,7 @@ _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
 
 # ---- The splitting rule and per-node randomness (see kernels/splitting.py for the definitions) ----
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def splitmix64(x):
     z = x + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -37,12 +41,12 @@ def splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def child_keys(key):
     return splitmix64(key ^ _LEFT_SALT), splitmix64(key ^ _RIGHT_SALT)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def draw_features(key, p, mtry, mask):
     """Set mask[j] for the `mtry` features node `key` may split on (partial Fisher-Yates)."""
     if mtry >= p:
@@ -58,7 +62,7 @@ def draw_features(key, p, mtry, mask):
         mask[perm[i]] = True
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def draw_feature_masks(keys, p, mtry):
     """Feature masks (len(keys), p) for many nodes at once (used by the level-wise grower)."""
     out = np.zeros((keys.shape[0], p), dtype=np.bool_)
@@ -67,7 +71,7 @@ def draw_feature_masks(keys, p, mtry):
     return out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def children_keys(keys):
     left = np.empty_like(keys)
     right = np.empty_like(keys)
@@ -76,7 +80,7 @@ def children_keys(keys):
     return left, right
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def parent_stats(tot):
     """(a, b, tau_P, var_P) of a node from its totals; var_P <= 0 means it cannot split."""
     n = tot[N]
@@ -87,7 +91,7 @@ def parent_stats(tot):
     return a, b, tau, var
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def score_candidates(cum, n, tot, a, b, tau, var, min_leaf, alpha, penalty, out):
     """Scores of n candidate left children, cum[:, i] = their channel sums (6, n), into out[:n].
 
@@ -118,7 +122,7 @@ def score_candidates(cum, n, tot, a, b, tau, var, min_leaf, alpha, penalty, out)
 
 # ---- Tree growth ----
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi):
     p = codes_s.shape[1]
     hist[:] = 0.0
@@ -143,7 +147,7 @@ def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e,
             hist[j, codes_e[r, j], 5] += w
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _subtract_hist(parent, child):
     """parent -= child: the larger sibling from its parent and the smaller (one flat, vectorized loop)."""
     pf = parent.reshape(-1)
@@ -152,7 +156,7 @@ def _subtract_hist(parent, child):
         pf[i] -= cf[i]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, cand_cum):
     """Collect a node's candidate splits from its coarse histogram: (feature, fine threshold, left sums);
     returns the count.
@@ -183,7 +187,7 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
     return n_cand
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
                  fmask, tot, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k, cand_cum):
     """Collect a small node's candidate splits on fine codes (as `_scan_hist` on coarse ones).
@@ -265,7 +269,7 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
     return n_cand
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _pick(cand_s, n_cand):
     """The first candidate (in feature, bin order) within TIE_RTOL of the best score; -1 if none > 0."""
     best = 0.0
@@ -280,7 +284,7 @@ def _pick(cand_s, n_cand):
     return -1
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _partition(idx, lo, hi, codes, f, thr, scratch):
     """Stable partition of idx[lo:hi] by codes[:, f] <= thr; returns the first right position."""
     nl = 0
@@ -298,7 +302,7 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
     return lo + nl
 
 
-@numba.njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
               max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
@@ -483,7 +487,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     return n_nodes, n_leaves
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, error_model="numpy")
 def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
                max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
@@ -498,7 +502,7 @@ def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coa
         out_counts[t, 1] = nl
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, error_model="numpy")
 def leaf_ids(codes, feature, threshold, child, roots, out):
     """out[i, t] = index of the leaf that row i reaches in tree t.
 
@@ -519,7 +523,7 @@ def node_capacity(n_struct_weight: float, n_est_weight: float, n_struct: int, n_
     return 2 * max(leaves, 1) + 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, error_model="numpy")
 def forest_moments(ids, leaf_values, group_size, out):
     """Per row, from its leaf in every tree: out[r] = (tau, between-group variance, within-group
     noise, denominator) of kernels.prediction.forest_estimate, without materializing the

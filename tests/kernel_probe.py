@@ -1,0 +1,37 @@
+"""The first kernel call of a fresh process, as a script (`python -c PROBE`) for the tests to run in
+subprocesses and in containers: it fits and predicts a small forest with the numba kernels and
+prints one JSON line saying how long that took, where numba cached, and how many kernels came
+from the cache (hits) or were compiled (misses)."""
+
+import json
+
+PROBE = r"""
+import json, sys, time
+start = time.perf_counter()
+import numpy as np
+from tauforge.kernels import CausalForest
+from tauforge.kernels.backends import numba_cache, numba_cpu
+imported = time.perf_counter()
+rng = np.random.default_rng(0)
+X = rng.normal(size=(1000, 5))
+T = rng.normal(size=1000)
+y = X[:, 0] * T + rng.normal(size=1000)
+forest = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False)
+tau, lower, upper = forest.fit(X, T, y).predict_with_interval(X[:50])
+done = time.perf_counter()
+stats = [f.stats for f in vars(numba_cpu).values() if hasattr(f, "stats")]
+state = numba_cache.STATE
+print(json.dumps({
+    "import_seconds": imported - start, "first_call_seconds": done - imported,
+    "finite": bool(np.isfinite(tau).all() and (lower <= upper).all()),
+    "enabled": state.enabled, "directory": state.directory, "seeded_from": state.seeded_from,
+    "copied": state.copied, "reason": state.reason,
+    "hits": sum(sum(s.cache_hits.values()) for s in stats),
+    "misses": sum(sum(s.cache_misses.values()) for s in stats),
+}))
+"""
+
+
+def parse(stdout: str) -> dict:
+    """The probe's JSON line (the last line of its output)."""
+    return json.loads(stdout.strip().splitlines()[-1])

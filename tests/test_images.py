@@ -1,0 +1,216 @@
+"""The CPU image, built and run: `make image-cpu` once per session (reused while the sources it is
+built from are unchanged), then the image as Kubernetes and KFP run it: as uid 10001, as another
+uid, with a read-only root filesystem with and without a writable /tmp, and a real KFP task on
+kfp.local's DockerRunner.
+
+These tests need a Docker daemon (`.ci/docker-setup` installs and starts one, and builds the local
+base image a machine with no container registry needs). Without one they skip, except under
+CI=true, where they fail: CI must never skip them silently."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from kernel_probe import PROBE, parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = "tauforge-test"
+LOCAL_BASE = "tauforge-base:bookworm"
+UID = "10001"
+
+
+def docker(*args, timeout=600, check=True):
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} ... exited {out.returncode}:\n{out.stderr[-3000:]}")
+    return out
+
+
+def run(image, *command, flags=(), timeout=600, check=True):
+    """`docker run --rm` of the image, with no network (nothing here needs one)."""
+    return docker("run", "--rm", "--network", "none", *flags, image, *command, timeout=timeout, check=check)
+
+
+def docker_answers():
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def context_files():
+    """What the image is built from: the Dockerfile, the Makefile and every file .dockerignore lets
+    into the build context (without caches and wheels)."""
+    entries = ["Dockerfile", ".dockerignore", "Makefile"]
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        entries += [line[1:].strip().rstrip("/") for line in f if line.startswith("!")]
+    for entry in sorted(entries):
+        path = os.path.join(ROOT, entry)
+        if os.path.isfile(path):
+            yield entry
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if not name.endswith((".pyc", ".nbi", ".nbc", ".whl")):
+                    yield os.path.relpath(os.path.join(root, name), ROOT)
+
+
+def source_hash():
+    digest = hashlib.sha256()
+    for rel in context_files():
+        digest.update(rel.encode() + b"\0")
+        with open(os.path.join(ROOT, rel), "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    base = docker("image", "inspect", "-f", "{{.Id}}", LOCAL_BASE, check=False)
+    digest.update(base.stdout.strip().encode())  # a rebuilt local base rebuilds the image
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def image(request, tmp_path_factory):
+    """The CPU image of these sources, tagged tauforge-test:<hash of its sources>: built with
+    `make image-cpu` unless an image of that tag exists; older test images are removed."""
+    if not docker_answers():
+        message = ("no Docker daemon answers (`docker info` failed); `.ci/docker-setup` installs Docker, "
+                   "starts a daemon and builds the local base image")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: the image tests must run, but {message}")
+        pytest.skip(message)
+    tag = f"{REPOSITORY}:{source_hash()}"
+    plugins = request.config.pluginmanager
+
+    def say(line):  # on the terminal, not in the captured output
+        with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+            plugins.get_plugin("terminalreporter").write_line(line)
+
+    if docker("image", "inspect", tag, check=False).returncode == 0:
+        say(f"test_images: reusing {tag}")
+    else:
+        log = tmp_path_factory.mktemp("image") / "make-image-cpu.log"
+        start = time.monotonic()
+        with open(log, "w") as out:
+            built = subprocess.run(["make", "image-cpu", f"IMAGE={tag}"], cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT, timeout=3600)
+        seconds = time.monotonic() - start
+        if built.returncode != 0:
+            pytest.fail(f"make image-cpu failed after {seconds:.0f} s; its last lines:\n{log.read_text()[-4000:]}")
+        say(f"test_images: built {tag} with make image-cpu in {seconds:.0f} s (log: {log})")
+    listed = docker("images", REPOSITORY, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for old in set(listed) - {tag}:
+        docker("rmi", old, check=False)
+    return tag
+
+
+def test_the_image_runs_tauforge_as_uid_10001_with_cpu_torch(image):
+    help_ = run(image)  # the image's CMD: tauforge --help
+    assert "usage: tauforge" in help_.stdout and "demo" in help_.stdout
+    out = run(image, "python", "-c", "import os, sys, torch; print(os.getuid(), sys.executable, torch.version.cuda, "
+                                     "torch.__version__)").stdout.split()
+    assert out[0] == UID and out[1].startswith("/opt/tauforge/"), out
+    assert out[2] == "None" and out[3].endswith("+cpu"), f"torch {out[3]} is not the CPU build"
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
+    assert size < 3e9, f"{size / 1e9:.1f} GB: a CUDA build of torch or the build stage's leftovers got in"
+    # The KFP task command runs `sh`, `mktemp` and `python3` from PATH; nothing is installed at run time.
+    tools = run(image, "sh", "-c", "for c in mktemp python3; do command -v $c; done; python3 -c 'import kfp, tauforge'")
+    assert tools.stdout.split() == ["/usr/bin/mktemp", "/opt/tauforge/bin/python3"]
+
+
+def test_the_kernels_come_compiled_for_every_uid(image):
+    # The build filled numba's cache (read-only at run time); uid 10001 and another uid (KFP may run
+    # a task as any) each load every kernel from a private copy instead of compiling.
+    for user in (UID, "4242:4242"):
+        probe = parse(run(image, "python", "-c", PROBE, flags=["--user", user]).stdout)
+        assert probe["finite"] and probe["enabled"], probe
+        assert probe["seeded_from"] == "/opt/tauforge/numba-cache", probe
+        assert probe["directory"] == f"/tmp/tauforge-numba-cache-{user.split(':')[0]}", probe
+        assert probe["misses"] == 0 and probe["hits"] >= 3, probe
+        assert probe["first_call_seconds"] < 5, probe  # compiling takes 10-20 s on 2 cores
+
+
+def test_the_demo_runs_as_uid_10001(image):
+    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50")
+    assert re.search(r"ATE\s+-?\d", out.stdout) and "the interval covers it" in out.stdout, out.stdout
+    assert "numba's cache is off" not in out.stderr
+
+
+def test_a_read_only_root_filesystem_with_a_writable_tmp_keeps_the_cache(image):
+    flags = ["--read-only", "--tmpfs", "/tmp"]
+    probe = parse(run(image, "python", "-c", PROBE, flags=flags).stdout)
+    assert probe["finite"] and probe["misses"] == 0 and probe["directory"].startswith("/tmp/"), probe
+    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50", flags=flags)
+    assert "the interval covers it" in out.stdout and "numba's cache is off" not in out.stderr
+
+
+def test_without_numba_cache_dir_a_read_only_root_filesystem_caches_in_tmp(image):
+    # NUMBA_CACHE_DIR emptied by the user: numba's own places (site-packages, ~/.cache) are read-only,
+    # so the kernels are compiled into a private folder in /tmp instead of failing on import.
+    flags = ["--read-only", "--tmpfs", "/tmp", "-e", "NUMBA_CACHE_DIR="]
+    probe = parse(run(image, "python", "-c", PROBE, flags=flags).stdout)
+    assert probe["finite"] and probe["enabled"] and probe["seeded_from"] is None, probe
+    assert probe["directory"] == f"/tmp/tauforge-numba-cache-{UID}" and probe["misses"] > 0, probe
+
+
+def test_a_read_only_root_filesystem_with_nothing_writable_still_fits_and_predicts(image):
+    # numba alone raises on import here ("no locator available"); the kernels compile uncached instead.
+    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50", flags=["--read-only"])
+    assert "the interval covers it" in out.stdout, out.stdout + out.stderr
+    assert "numba's cache is off" in out.stderr and "not writable" in out.stderr
+
+
+KFP_TASK = r"""
+import json, os, sys
+import kfp.local
+from tauforge.components.data import demo_table, validate_data
+
+root = sys.argv[1]
+table, _ = demo_table(n=300, seed=0)
+source = os.path.join(root, "demo.parquet")
+table.to_parquet(source)
+kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"), pipeline_root=root)
+task = validate_data(source=source, spec=json.dumps({"outcome": "Y", "treatment": "T"}))
+dataset = task.outputs["dataset"]
+print(json.dumps({"path": dataset.path, "metadata": dataset.metadata}))
+"""
+
+
+def test_a_kfp_task_runs_in_the_image_on_kfp_local_docker_runner(image, tmp_path):
+    # The component as a cluster runs it: the command KFP generates, in the image (TAUFORGE_IMAGE),
+    # as uid 10001, reading and writing artifacts under the pipeline root (mounted at its own path,
+    # so uid 10001 must be able to write there).
+    pytest.importorskip("docker", reason="the Docker SDK for Python (the test extra) runs kfp.local's DockerRunner")
+    root = tmp_path / "pipeline-root"
+    root.mkdir()
+    root.chmod(0o777)
+    out = subprocess.run([sys.executable, "-c", KFP_TASK, str(root)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TAUFORGE_IMAGE": image})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert f"Found image '{image}'" in out.stdout, "the task ran in the test image"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["metadata"]["rows"] == 300
+    assert os.path.exists(os.path.join(result["path"], "table.parquet"))
+    assert os.stat(result["path"]).st_uid == int(UID), "written by the image's user"
+
+
+def test_make_images_skips_a_cuda_image_whose_base_it_cannot_have(image):
+    # The CPU image comes from the build cache (nothing changed); the CUDA image's base is one no
+    # registry holds, so make images must say it skipped it and still succeed.
+    out = subprocess.run(["make", "images", f"IMAGE={image}", "CUDA_BASE=tauforge-test/no-such-base:0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert f"skipped {image}-cuda: its base tauforge-test/no-such-base:0 is not on this machine" in out.stderr
+    assert "make image-cuda" in out.stderr
+    assert docker("image", "inspect", f"{image}-cuda", check=False).returncode != 0
+
+
+def test_make_image_cpu_says_what_to_do_without_its_base(image):
+    out = subprocess.run(["make", "image-cpu", "IMAGE=tauforge-test:never", "PYTHON_BASE=tauforge-test/no-such-base:0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "the base image tauforge-test/no-such-base:0 is not on this machine" in out.stderr
+    assert ".ci/docker-setup" in out.stderr
