@@ -173,7 +173,7 @@ table, _ = demo_table(n=300, seed=0)
 source = os.path.join(root, "demo.parquet")
 table.to_parquet(source)
 kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"), pipeline_root=root)
-task = validate_data(source=source, spec=json.dumps({"outcome": "Y", "treatment": "T"}))
+task = validate_data(source=source, spec=json.dumps({"outcome": "Y", "treatment": "T"}), store=root)
 dataset = task.outputs["dataset"]
 print(json.dumps({"path": dataset.path, "metadata": dataset.metadata}))
 """
@@ -214,3 +214,51 @@ def test_make_image_cpu_says_what_to_do_without_its_base(image):
     assert out.returncode != 0
     assert "the base image tauforge-test/no-such-base:0 is not on this machine" in out.stderr
     assert ".ci/docker-setup" in out.stderr
+
+
+def test_the_pipeline_in_containers_publishes_what_the_subprocess_runner_does(image, tmp_path):
+    # `tauforge run --runner docker`: every task a container of the image, the command a cluster's
+    # pod runs, on the graph `compile` writes. The same data and seed through the SubprocessRunner
+    # must give the same ATE and the very same forest.
+    import numpy as np
+
+    pytest.importorskip("docker", reason="the Docker SDK for Python (the test extra) runs kfp.local's DockerRunner")
+    from tauforge.components.registry import FOREST_DIR, ModelStore
+
+    def run_with(runner):
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--trees", "20",
+                              "--folds", "2", "--shards", "2", "--seed", "4", "--runner", runner, "--json",
+                              "--store", str(tmp_path / runner / "store"), "--pipeline-root",
+                              str(tmp_path / runner / "runs")], capture_output=True, text=True, timeout=1200,
+                             cwd=tmp_path, env={**os.environ, "TAUFORGE_IMAGE": image})
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+    (docker_result, docker_seconds), (local_result, local_seconds) = run_with("docker"), run_with("subprocess")
+    print(f"tauforge run --demo (20 trees, 2 folds, 2 shards): docker runner {docker_seconds:.1f} s, "
+          f"subprocess runner {local_seconds:.1f} s")
+    assert docker_result["gate_passed"] and docker_result["version"] == 1
+    assert docker_result["ate"] == pytest.approx(local_result["ate"], rel=1e-9)
+    forests = []
+    for result in (docker_result, local_result):
+        version = ModelStore(result["store"]).load("tauforge-model", 1)  # every checksum verified
+        with np.load(os.path.join(version.path, FOREST_DIR, "arrays.npz"), allow_pickle=False) as arrays:
+            forests.append({k: arrays[k] for k in arrays.files})
+    assert forests[0].keys() == forests[1].keys()
+    for key in forests[0]:
+        np.testing.assert_array_equal(forests[0][key], forests[1][key], err_msg=key)
+    # The tasks ran in containers of the test image (kfp.local says which image it found).
+    log = open(docker_result["log"]).read()
+    assert f"Found image '{image}'" in log and "Pulling image" not in log
+
+
+def test_the_docker_runner_says_what_is_missing_before_any_task(image, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--runner", "docker",
+                          "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "TAUFORGE_IMAGE": "tauforge-test:no-such-image"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--runner 'docker' runs every task in the image tauforge-test:no-such-image, which is not on this " \
+           "machine: build it with `make images`" in out.stderr
+    assert not (tmp_path / "store").exists()
