@@ -14,8 +14,10 @@ on the CUDA image, for predictors that ask for GPUs.
              VirtualService of tauforge's own on the champion's host, which mirrors `percent`% of
              the requests to the challenger. In RawDeployment mode no Knative VirtualService owns
              that host, so the mirror is not lost to a second route (Istio does not merge two).
-A split by unit (the same unit always meets the same version), or a shadow without a mesh, is the
-router inside one predictor: `tauforge serve --challenger V --mode canary|shadow`.
+With `router="predictor"`, a canary or shadow is instead the router inside one predictor (no mesh
+needed): one InferenceService running `tauforge serve --store ... --version <champion> --challenger
+<version> --mode canary|shadow`, which loads both versions from the store (its credentials from
+the store's Secret) and splits by unit: the same unit always meets the same version.
 
 Each predictor says who it is: `TAUFORGE_ROLE` (champion, challenger or shadow) for its event log,
 whose rows carry the version from the card, and `TAUFORGE_EVENT_LOG` for where the log goes.
@@ -33,6 +35,7 @@ from ._kfp import IMAGE
 from .config import ConfigError
 
 MODES = ("replace", "canary", "shadow")
+ROUTERS = ("mesh", "predictor")
 MODEL_FORMAT = "tauforge"
 RUNTIME, GPU_RUNTIME = "tauforge", "tauforge-gpu"
 DEFAULT_SERVICE_ACCOUNT = "tauforge-serving"  # manifests/namespace: it lists the store's credentials
@@ -67,6 +70,9 @@ class DeploySpec:
     store: str = ""
     name: str = ""
     champion_version: int | None = None
+    router: str = "mesh"  # canary and shadow: KServe and Istio ("mesh"), or tauforge's router in one predictor
+    store_secret: str = "tauforge-store-credentials"  # router="predictor": the store's credentials, as env
+    image: str = IMAGE  # router="predictor": its image (a runtime's otherwise)
     cpu: str = "1"
     memory: str = "2Gi"
     gpus: int = 0
@@ -87,9 +93,13 @@ class DeploySpec:
         if "://" not in self.store:
             raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
                                        "or pvc:// and pass that store")
-        if self.mode == "shadow" and self.champion_version is None:
-            raise ConfigError("champion_version", "is needed by a shadow deployment: both the champion and the "
-                                                  "shadow are written, on a route tauforge owns")
+        if self.router not in ROUTERS:
+            raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        both = self.mode == "shadow" or (self.mode == "canary" and self.router == "predictor")
+        if both and self.champion_version is None:
+            where = " in one predictor" if self.router == "predictor" else ""
+            raise ConfigError("champion_version", f"is needed by a {self.mode} deployment{where}: it serves both "
+                                                  "the champion and the new version")
         if self.gpus < 0:
             raise ConfigError("gpus", f"must be >= 0, got {self.gpus}")
         if self.service_account:
@@ -198,9 +208,36 @@ def mirror_virtual_service(spec: DeploySpec) -> dict:
     }
 
 
+def router_service(spec: DeploySpec) -> dict:
+    """One predictor serving both versions with tauforge's router (canary by unit, or shadow)."""
+    isvc = inference_service(spec, spec.isvc_name, spec.champion_version, "champion", "Serverless")
+    model = isvc["spec"]["predictor"].pop("model")
+    percent = f"{spec.percent:g}"
+    container = {
+        "name": "kserve-container",
+        "image": f"{spec.image}-cuda" if spec.gpus else spec.image,
+        "command": ["tauforge"],
+        "args": ["serve", "--store", spec.store, "--model", spec.model, "--version", str(spec.champion_version),
+                 "--challenger", str(spec.version), "--mode", spec.mode, "--percent", percent,
+                 "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT)]
+                + (["--device", "cuda"] if spec.gpus else []),
+        "env": model["env"],
+        "envFrom": [{"secretRef": {"name": spec.store_secret}}],
+        "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": model["resources"],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5},
+    }
+    isvc["spec"]["predictor"]["containers"] = [container]
+    isvc["metadata"]["labels"]["tauforge.io/challenger-version"] = str(spec.version)
+    isvc["metadata"]["labels"]["tauforge.io/router"] = spec.mode
+    return isvc
+
+
 def render(spec: DeploySpec) -> list[dict]:
     """The objects that deploy `spec.version` of `spec.model` in `spec.mode`."""
     name = spec.isvc_name
+    if spec.mode != "replace" and spec.router == "predictor":
+        return [router_service(spec)]
     if spec.mode == "replace":
         return [inference_service(spec, name, spec.version, "champion", "Serverless")]
     if spec.mode == "canary":

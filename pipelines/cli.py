@@ -346,7 +346,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace", "mode": "--mode",
                 "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
-                "gpus": "--gpus", "service_account": "--service-account"}
+                "gpus": "--gpus", "service_account": "--service-account", "router": "--router"}
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -356,8 +356,10 @@ def _deploy(args: argparse.Namespace) -> int:
     with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
         spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
                           namespace=args.namespace, store=store, name=args.name or "",
-                          champion_version=args.champion_version, cpu=args.cpu, memory=args.memory,
-                          gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "")
+                          champion_version=args.champion_version, router=args.router, cpu=args.cpu,
+                          memory=args.memory, **({"image": args.image} if args.image else {}),
+                          gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
+                          store_secret=args.store_secret)
     objects = render(spec)
     for path in write(objects, args.out):
         print(f"wrote {_shown(path)}")
@@ -572,7 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "per request; shadow: champion and shadow as RawDeployment with tauforge's own Istio "
                           "mirror (for a split per unit, see tauforge serve --challenger)")
     dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
-    dep.add_argument("--champion-version", type=int, help="shadow: the version that keeps answering")
+    dep.add_argument("--champion-version", type=int,
+                     help="shadow, and canary with --router predictor: the version that keeps answering")
+    dep.add_argument("--router", choices=("mesh", "predictor"), default="mesh",
+                     help="canary/shadow: mesh (KServe's canaryTrafficPercent, split per request; an Istio mirror) "
+                          "or predictor (tauforge's router in one predictor with both versions, split per unit; "
+                          "no mesh needed)")
+    dep.add_argument("--image", help="with --router predictor, the predictor's image (default: the project image)")
+    dep.add_argument("--store-secret", default="tauforge-store-credentials",
+                     help="with --router predictor, the Secret whose keys give the predictor the store's credentials "
+                          "(default: tauforge-store-credentials)")
     dep.add_argument("--name", help="InferenceService name, a DNS-1035 label (default: the model name)")
     dep.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dep.add_argument("--store", help="the store URI as the cluster reads it (s3://, gs://, pvc://; "

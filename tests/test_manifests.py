@@ -137,6 +137,23 @@ def test_the_serving_runtime_validates_strictly_and_serves_the_tauforge_format(v
     assert args.command == "serve" and args.model_dir == "/mnt/models"
 
 
+@pytest.mark.parametrize("mode", ["canary", "shadow"])
+def test_the_router_in_one_predictor_serves_both_versions_by_unit_with_no_mesh(validators, mode):
+    objects = render(spec(mode=mode, percent=30, champion_version=2, router="predictor", event_log="s3://b/e"))
+    (isvc,) = objects  # one predictor, no VirtualService: nothing for a mesh to do
+    assert check(validators, isvc)
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    from tauforge.pipelines.cli import build_parser
+
+    args = build_parser().parse_args(container["args"])  # a command tauforge takes
+    assert (args.command, args.store, args.model, args.version, args.challenger, args.mode, args.percent) == (
+        "serve", "s3://bucket/models", "uplift", "2", "3", mode, 30.0)
+    assert container["envFrom"] == [{"secretRef": {"name": "tauforge-store-credentials"}}]
+    assert {e["name"]: e["value"] for e in container["env"]}["TAUFORGE_EVENT_LOG"] == "s3://b/e"
+    with pytest.raises(ValueError, match="champion_version is needed by a canary deployment in one predictor"):
+        spec(mode="canary", router="predictor")
+
+
 def test_a_bad_name_is_refused_before_anything_is_written(tmp_path):
     for name, flag in (("Uplift_Model", "--model"), ("x" * 46, "--model")):
         out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", name, "--version",
