@@ -1,28 +1,44 @@
-"""The GRF causal splitting rule on raw-moment histograms, and the per-node randomness.
+"""grf's causal splitting rule on raw-moment histograms, and the per-node randomness.
 
 A node's structure samples carry five raw moments (N, St, Sy, Sty, Stt) = sums of
 (w, w t, w y, w t y, w t^2) of the residualized treatment t and outcome y; estimation
-(honest) samples carry one channel E = sum of w, so that both halves are held to the
-minimum leaf size. For a candidate left child L of parent P with a = St/N, b = Sy/N and
-tau_P = (Sty/N - a b) / (Stt/N - a^2), the sum of grf's pseudo-outcomes over L is
+(honest) samples carry one channel E = sum of w. For a candidate left child L of parent P
+with a = St/N, b = Sy/N and tau_P = (Sty/N - a b) / (Stt/N - a^2), the sum of grf's
+pseudo-outcomes rho_i = (t_i - a)(y_i - b - tau_P (t_i - a)) over L is
 
     S_L = Sty_L - b St_L - a Sy_L + a b N_L - tau_P (Stt_L - 2 a St_L + a^2 N_L)
 
-and S_R = -S_L. The split maximizes (S_L^2/N_L + S_R^2/N_R) / var_P^2 - penalty (1/N_L + 1/N_R),
-subject to N and E of each child >= min_samples_leaf, N of each child >= alpha * N_P (balance,
-as grf's alpha) and each child's treatment variance >= alpha * var_P.
+and S_R = -S_L. As grf's InstrumentalSplittingRule (the causal forest's, with
+stabilize.splits), a split scores S_L^2/N_L + S_R^2/N_R - penalty (1/size_L + 1/size_R),
+where size_c = Stt_c - St_c^2/N_c is the child's weighted sum of squares of t about its own
+mean, and it is admissible when each child
+
+  * holds at least min_samples_leaf structure rows with t below the parent's mean a, and at
+    least min_samples_leaf with t at or above it (grf's min.node.size, counted in rows);
+  * has size_c >= alpha * size_P (grf's alpha, min_balancedness in EconML's terms), and
+    size_c > 0 when penalty > 0;
+  * holds estimation weight E_c >= min_samples_leaf. grf instead prunes leaves left without
+    estimation rows; requiring them up front keeps every leaf estimable and agrees with
+    EconML's honest min_samples_leaf.
+
+A node may split when it holds 2 min_samples_leaf structure rows on each side of its mean,
+estimation weight 2 min_samples_leaf, and Stt - St^2/N > 0. The chosen split is the first
+admissible candidate, in (feature, threshold) order, whose score is within a relative TIE_RTOL
+of the best admissible score (if that is positive): two features that cut the structure rows
+the same way score equally in exact arithmetic, and summation order must not decide between
+them, so every backend picks the same split. The row counts depend on the node's mean, so they
+cannot be histogrammed once and subtracted: a backend either counts them per candidate or
+checks candidates from the best down (kernels/backends say which).
 
 Candidates: a node with SMALL_NODE_ROWS rows or more may split after any coarse bin holding
 structure rows; a smaller node after any fine code holding structure rows (kernels.binning),
-which is as fine as splitting on exact values. The chosen split is the first candidate, in
-(feature, threshold) order, whose score is within a relative TIE_RTOL of the best: two
-features that cut the structure rows the same way score equally in exact arithmetic, and
-summation order must not decide between them, so every backend picks the same split.
+which is as fine as splitting on exact values.
 
-Per-node randomness (which `mtry` features a node may split on) comes from a 64-bit key per
-node: the root's key is the tree's, and children's keys are hashes of the parent's. The draw
-depends only on the node's position in the tree, never on the order nodes are grown in,
-which lets the level-wise (torch) and depth-first (numba) growers build the same trees.
+Per-node randomness comes from a 64-bit key per node: the root's key is the tree's, and
+children's keys are hashes of the parent's. The key decides which features a node may split
+on: `mtry` of them, or, with `poisson_mtry` (grf's way), max(1, min(Poisson(mtry), p)) of
+them. The draw depends only on the node's position in the tree, never on the order nodes are
+grown in, which lets the level-wise (torch) and depth-first (numba) growers build the same trees.
 
 The numba versions of all this (and every other numba kernel) live in backends/numba_cpu.py:
 numba's on-disk cache is invalidated per source file, so compiled functions that call each
@@ -35,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Channels of a histogram bin / a node's totals.
-N, ST, SY, STY, STT, E = range(6)
-N_CHANNELS = 6
+# Channels of a histogram bin / a node's totals; LO and HI count structure rows below and at or
+# above the parent's mean treatment residual (per node, not subtractable).
+N, ST, SY, STY, STT, E, LO, HI = range(8)
 TIE_RTOL = 1e-9
 # Nodes with fewer rows (structure + estimation) than this choose among splits at every fine
 # code; larger nodes among coarse bins. Part of the rule: every backend uses it. Measured on the
@@ -55,27 +71,34 @@ class SplitRule:
     imbalance_penalty: float
     max_depth: int
     mtry: int
+    poisson_mtry: bool = False
 
 
-def split_scores_torch(left, tot, a, b, tau, var, min_leaf: float, alpha: float, penalty: float):
-    """`score_candidates` for torch: `left` (..., 6) candidate left-child sums, the other
-    arguments broadcast against left[..., 0]. Same formula and the same validity rules."""
+def split_scores_torch(left, tot, a, b, tau, min_leaf: float, alpha: float, penalty: float):
+    """`score_candidates` for torch: `left` (..., 8) candidate left-child sums and row counts,
+    `tot` the node's (..., 8), the other arguments broadcast against left[..., 0]. Same formula
+    and the same admissibility."""
     import torch
 
-    lN, lSt, lSy, lSty, lStt, lE = left.unbind(-1)
+    lN, lSt, lSy, lSty, lStt, lE, lLo, lHi = left.unbind(-1)
     rN = tot[..., N] - lN
-    rE = tot[..., E] - lE
-    least = torch.clamp(alpha * tot[..., N], min=min_leaf)
-    valid = (lN >= least) & (rN >= least) & (lE >= min_leaf) & (rE >= min_leaf)
+    rSt = tot[..., ST] - lSt
+    rStt = tot[..., STT] - lStt
+    valid = ((lLo >= min_leaf) & (lHi >= min_leaf) & (tot[..., LO] - lLo >= min_leaf)
+             & (tot[..., HI] - lHi >= min_leaf) & (lE >= min_leaf) & (tot[..., E] - lE >= min_leaf))
     safe_lN = torch.where(valid, lN, torch.ones_like(lN))
     safe_rN = torch.where(valid, rN, torch.ones_like(rN))
-    var_l = lStt / safe_lN - (lSt / safe_lN) ** 2
-    rSt = tot[..., ST] - lSt
-    var_r = (tot[..., STT] - lStt) / safe_rN - (rSt / safe_rN) ** 2
-    valid &= (var_l >= alpha * var) & (var_r >= alpha * var) & (var_l > 0) & (var_r > 0)
+    size_l = lStt - lSt * lSt / safe_lN
+    size_r = rStt - rSt * rSt / safe_rN
+    least = alpha * (tot[..., STT] - tot[..., ST] * tot[..., ST] / tot[..., N])
+    valid &= (size_l >= least) & (size_r >= least)
+    if penalty > 0:
+        valid &= (size_l > 0) & (size_r > 0)
     s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
-    inv = 1.0 / safe_lN + 1.0 / safe_rN
-    score = s * s * inv / (var * var) - penalty * inv
+    score = s * s * (1.0 / safe_lN + 1.0 / safe_rN)
+    if penalty > 0:
+        score = score - penalty * (1.0 / torch.where(valid, size_l, torch.ones_like(size_l))
+                                   + 1.0 / torch.where(valid, size_r, torch.ones_like(size_r)))
     return torch.where(valid, score, torch.full_like(score, -torch.inf))
 
 

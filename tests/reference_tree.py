@@ -16,25 +16,38 @@ from tauforge.kernels.forest_arrays import TreeArrays
 from tauforge.kernels.splitting import SMALL_NODE_ROWS
 
 
+def _sides(rows, mom, a):
+    """Structure rows (w > 0) with t below a, and at or above it."""
+    rows = rows[mom[rows, 0] > 0]
+    below = int(np.sum(mom[rows, 1] / mom[rows, 0] < a))
+    return below, len(rows) - below
+
+
+def _sum_of_squares(rows, mom):
+    """sum of w (t - weighted mean of t)^2 over rows."""
+    w, wt, wtt = mom[rows, 0].sum(), mom[rows, 1].sum(), mom[rows, 4].sum()
+    return wtt - wt * wt / w
+
+
 def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penalty):
     w, wt, wy, wty, wtt = (mom[node_rows, c].sum() for c in range(5))
     a, b = wt / w, wy / w
-    var = wtt / w - a * a
-    tau = (wty / w - a * b) / var
-    lw, lwt, lwy, lwty, lwtt = (mom[left_rows, c].sum() for c in range(5))
-    rw = w - lw
+    tau = (wty / w - a * b) / (wtt / w - a * a)
+    right_rows = np.setdiff1d(node_rows, left_rows)
     le, re = mom[est_left, 0].sum(), mom[est_node, 0].sum() - mom[est_left, 0].sum()
-    if min(lw, rw, le, re) < min_leaf or min(lw, rw) < alpha * w:
+    if min(le, re) < min_leaf or min(*_sides(left_rows, mom, a), *_sides(right_rows, mom, a)) < min_leaf:
         return -np.inf
-    var_l = lwtt / lw - (lwt / lw) ** 2
-    var_r = (wtt - lwtt) / rw - ((wt - lwt) / rw) ** 2
-    if var_l < alpha * var or var_r < alpha * var or var_l <= 0 or var_r <= 0:
+    size_l, size_r = _sum_of_squares(left_rows, mom), _sum_of_squares(right_rows, mom)
+    if min(size_l, size_r) < alpha * _sum_of_squares(node_rows, mom) or (penalty > 0 and min(size_l, size_r) <= 0):
         return -np.inf
-    # Sum over the left child of rho_i = (t_i - a)(y_i - b - tau (t_i - a)), weighted.
-    t = mom[left_rows, 1] / mom[left_rows, 0]
-    y = mom[left_rows, 2] / mom[left_rows, 0]
-    s = np.sum(mom[left_rows, 0] * (t - a) * (y - b - tau * (t - a)))
-    return s * s * (1 / lw + 1 / rw) / var**2 - penalty * (1 / lw + 1 / rw)
+    # Sums over each child of rho_i = (t_i - a)(y_i - b - tau (t_i - a)), weighted.
+    score = 0.0
+    for rows in (left_rows, right_rows):
+        t = mom[rows, 1] / mom[rows, 0]
+        y = mom[rows, 2] / mom[rows, 0]
+        s = np.sum(mom[rows, 0] * (t - a) * (y - b - tau * (t - a)))
+        score += s * s / mom[rows, 0].sum()
+    return score - (penalty * (1 / size_l + 1 / size_r) if penalty > 0 else 0.0)
 
 
 def _candidates(data, s_rows, e_rows, mom, j):
@@ -49,7 +62,8 @@ def _candidates(data, s_rows, e_rows, mom, j):
         yield f, s_rows[data.fine[s_rows, j] <= f], e_rows[data.fine[e_rows, j] <= f]
 
 
-def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, penalty, max_depth, mtry):
+def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, penalty, max_depth, mtry,
+                        poisson_mtry=False):
     p = data.fine.shape[1]
     queue = [(np.asarray(structure), np.asarray(estimation), 0, key)]
     feature, threshold, child, leaves = [], [], [], []
@@ -60,9 +74,10 @@ def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, 
         w, wt, wtt = mom[s_rows, 0].sum(), mom[s_rows, 1].sum(), mom[s_rows, 4].sum()
         var = wtt / w - (wt / w) ** 2 if w > 0 else 0.0
         bf, bb = -1, -1
-        if depth < max_depth and w >= 2 * min_leaf and mom[e_rows, 0].sum() >= 2 * min_leaf and var > 0:
+        if (depth < max_depth and var > 0 and mom[e_rows, 0].sum() >= 2 * min_leaf
+                and min(_sides(s_rows, mom, wt / w)) >= 2 * min_leaf):
             mask = np.zeros(p, dtype=bool)
-            draw_features(np.uint64(nkey), p, mtry, mask)
+            draw_features(np.uint64(nkey), p, mtry, poisson_mtry, mask)
             scored = [(j, f, _score(sl, s_rows, el, e_rows, mom, min_leaf, alpha, penalty))
                       for j in np.flatnonzero(mask) for f, sl, el in _candidates(data, s_rows, e_rows, mom, j)]
             best = max([c[2] for c in scored], default=-np.inf)

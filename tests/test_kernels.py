@@ -16,8 +16,8 @@ from tauforge.kernels.sampling import LittleBagSampler
 from tauforge.kernels.splitting import SplitRule, quantize_weights
 
 
-def _problem(n, p=4, seed=0, weights=False, max_bins=256):
-    d = make_causal_data("simple", n=n, p=p, seed=seed)
+def _problem(n, p=4, seed=0, weights=False, max_bins=256, design="simple"):
+    d = make_causal_data(design, n=n, p=p, seed=seed)
     t, y = d.T - d.e, d.Y - d.m
     rng = np.random.default_rng(seed)
     w = rng.uniform(0.5, 2.0, n) if weights else np.ones(n)
@@ -40,20 +40,79 @@ def _assert_same_trees(a, b):
 RULES = [
     SplitRule(min_samples_leaf=5, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4),
     SplitRule(min_samples_leaf=3, alpha=0.2, imbalance_penalty=0.5, max_depth=4, mtry=2),
+    SplitRule(min_samples_leaf=2, alpha=0.0, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=2, poisson_mtry=True),
 ]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained"])
+@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained", "poisson-mtry"])
 @pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
 def test_backends_match_reference(rule, weights):
     # n=1200: roots hold ~540 rows, so large nodes split on coarse histograms (with subtraction)
     # and small ones on fine codes; max_bins=32 makes coarse bins shared by many rows.
     data, mom, trees = _problem(1200, weights=weights, max_bins=32)
     ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
-                               rule.imbalance_penalty, rule.max_depth, rule.mtry) for t in trees]
+                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
     assert all(len(t.feature) > 15 for t in ref), "trees should be non-trivial"
     _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
     _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
+
+
+def _split_nodes(tree, rows, fine):
+    """(structure rows of the node, of its left child, of its right child) for every split node."""
+    out = []
+    stack = [(0, rows)]
+    while stack:
+        node, here = stack.pop()
+        if tree.feature[node] < 0:
+            continue
+        go_left = fine[here, tree.feature[node]] <= tree.threshold[node]
+        left, right = here[go_left], here[~go_left]
+        out.append((here, left, right))
+        stack += [(tree.child[node], left), (tree.child[node] + 1, right)]
+    return out
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_every_child_keeps_grfs_row_counts_and_sum_of_squares_bound(backend):
+    """grf's admissibility on an imbalanced design (about 22% treated): each child holds
+    min_samples_leaf structure rows on each side of its parent's mean treatment residual, and
+    at least alpha times its parent's sum of squares of t. The rule this replaced (rows and a
+    variance ratio) left a quarter of the leaves here with one arm only and breaks both."""
+    data, mom, trees = _problem(900, p=25, design="imbalanced")
+    rule = SplitRule(min_samples_leaf=5, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=25)
+    grower = NumbaBackend() if backend == "numba" else TorchBackend(torch.device("cpu"))
+    t = mom[:, 1] / mom[:, 0]
+
+    def sum_of_squares(rows):
+        return np.sum((t[rows] - t[rows].mean()) ** 2)
+
+    n_splits = 0
+    for tree, sample in zip(grower.grow(data, mom, trees, rule), trees):
+        for parent, left, right in _split_nodes(tree, sample.structure, data.fine):
+            a = t[parent].mean()
+            for child in (left, right):
+                assert np.sum(t[child] < a) >= 5 and np.sum(t[child] >= a) >= 5
+                assert sum_of_squares(child) >= 0.05 * sum_of_squares(parent) * (1 - 1e-12)
+            n_splits += 1
+    assert n_splits >= 20, "trees should be non-trivial"
+
+
+def test_poisson_mtry_draws_poisson_feature_counts():
+    """With poisson_mtry a node's feature count is max(1, min(Poisson(mtry), p)); without, mtry."""
+    from tauforge.kernels.backends.numba_cpu import draw_feature_masks
+
+    keys = np.random.default_rng(0).integers(0, 2**63, size=4000, dtype=np.uint64)
+    fixed = draw_feature_masks(keys, 40, 6, False).sum(axis=1)
+    assert (fixed == 6).all()
+    counts = draw_feature_masks(keys, 40, 6, True).sum(axis=1)
+    # Poisson(6): mean and variance 6; over 4000 draws the mean's standard error is 0.039 and the
+    # variance's about 0.15, so these bounds (5 standard errors) fail a correct draw with
+    # probability below 1e-5 and pass a fixed count (variance 0) or Poisson(5) (mean 5) never.
+    assert abs(counts.mean() - 6) < 0.2
+    assert abs(counts.var() - 6) < 0.75
+    assert counts.min() >= 1 and counts.max() <= 40
+    # The same key draws the same features: the level-wise and depth-first growers agree.
+    np.testing.assert_array_equal(draw_feature_masks(keys, 40, 6, True), draw_feature_masks(keys, 40, 6, True))
 
 
 def test_torch_sparse_levels_match_dense():

@@ -31,8 +31,8 @@ class NumbaBackend:
         s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
         e_off = np.concatenate([[0], np.cumsum([len(t.estimation) for t in trees])]).astype(np.int64)
         keys = np.array([t.key for t in trees], dtype=np.uint64)
-        cap = max(numba_cpu.node_capacity(float(mom[t.structure, 0].sum()), float(mom[t.estimation, 0].sum()),
-                                          len(t.structure), len(t.estimation), rule.min_samples_leaf)
+        cap = max(numba_cpu.node_capacity(float(mom[t.estimation, 0].sum()), len(t.structure), len(t.estimation),
+                                          rule.min_samples_leaf)
                   for t in trees)
         T = len(trees)
         feature = np.empty((T, cap), dtype=np.int32)
@@ -42,8 +42,9 @@ class NumbaBackend:
         counts = np.empty((T, 2), dtype=np.int64)
         numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
                              data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
-                             float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry), int(data.max_bins),
-                             SMALL_NODE_ROWS, feature, threshold, child, leaf, counts)
+                             float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
+                             bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, feature, threshold, child,
+                             leaf, counts)
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
                            leaf[t, :nl].copy()) for t, (nn, nl) in enumerate(counts)]
 

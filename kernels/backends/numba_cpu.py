@@ -24,11 +24,12 @@ import math
 import numba
 import numpy as np
 
-from ..splitting import ST, STT, STY, SY, TIE_RTOL, E, N
+from ..splitting import HI, LO, ST, STT, STY, SY, TIE_RTOL, E, N
 from .numba_cache import njit
 
 _LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
 _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
+_COUNT_SALT = np.uint64(0x8CB92BA72F3D8DD7)
 
 
 # ---- The splitting rule and per-node randomness (see kernels/splitting.py for the definitions) ----
@@ -47,15 +48,32 @@ def child_keys(key):
 
 
 @njit(error_model="numpy")
-def draw_features(key, p, mtry, mask):
-    """Set mask[j] for the `mtry` features node `key` may split on (partial Fisher-Yates)."""
-    if mtry >= p:
+def poisson_draw(key, lam):
+    """A Poisson(lam) draw from the node key: the count of unit-rate exponential arrivals before lam."""
+    state = key ^ _COUNT_SALT
+    k = 0
+    elapsed = 0.0
+    while True:
+        state = splitmix64(state)
+        u = (np.float64(state >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)  # in (0, 1)
+        elapsed -= math.log(u)
+        if elapsed > lam:
+            return k
+        k += 1
+
+
+@njit(error_model="numpy")
+def draw_features(key, p, mtry, poisson, mask):
+    """Set mask[j] for the features node `key` may split on (partial Fisher-Yates): `mtry` of
+    them, or max(1, min(Poisson(mtry), p)) with `poisson` (grf's draw)."""
+    n_try = min(max(1, poisson_draw(key, mtry)), p) if poisson else mtry
+    if n_try >= p:
         mask[:] = True
         return
     mask[:] = False
     perm = np.arange(p)
     state = key
-    for i in range(mtry):
+    for i in range(n_try):
         state = splitmix64(state)
         j = i + np.int64(state % np.uint64(p - i))
         perm[i], perm[j] = perm[j], perm[i]
@@ -63,11 +81,11 @@ def draw_features(key, p, mtry, mask):
 
 
 @njit(error_model="numpy")
-def draw_feature_masks(keys, p, mtry):
+def draw_feature_masks(keys, p, mtry, poisson):
     """Feature masks (len(keys), p) for many nodes at once (used by the level-wise grower)."""
     out = np.zeros((keys.shape[0], p), dtype=np.bool_)
     for i in range(keys.shape[0]):
-        draw_features(keys[i], p, mtry, out[i])
+        draw_features(keys[i], p, mtry, poisson, out[i])
     return out
 
 
@@ -92,32 +110,48 @@ def parent_stats(tot):
 
 
 @njit(error_model="numpy")
-def score_candidates(cum, n, tot, a, b, tau, var, min_leaf, alpha, penalty, out):
-    """Scores of n candidate left children, cum[:, i] = their channel sums (6, n), into out[:n].
+def score_candidates(cum, n, tot, a, b, tau, counts_known, min_leaf, alpha, penalty, out):
+    """Scores of n candidate left children, cum[:, i] = their sums and row counts (8, n), into out[:n].
 
-    Invalid candidates score -inf. Written without branches so that LLVM vectorizes it: this
-    loop runs once per candidate bin of every node and dominates a CPU fit.
+    Inadmissible candidates score -inf; without `counts_known` the row counts are left to
+    `_pick`. Written without branches so that LLVM vectorizes it: this loop runs once per
+    candidate bin of every node and dominates a CPU fit.
     """
-    tN, tE, tSt, tStt = tot[N], tot[E], tot[ST], tot[STT]
-    floor = alpha * var
-    least = max(min_leaf, alpha * tN)
-    inv_var2 = 1.0 / (var * var)
+    tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
+    least = alpha * (tStt - tSt * tSt / tN)
     for i in range(n):
         lN, lSt, lSy, lSty, lStt, lE = cum[0, i], cum[1, i], cum[2, i], cum[3, i], cum[4, i], cum[5, i]
+        lLo, lHi = cum[6, i], cum[7, i]
         rN = tN - lN
-        rE = tE - lE
-        inv_l = 1.0 / lN
-        inv_r = 1.0 / rN
-        mean_l = lSt * inv_l
-        var_l = lStt * inv_l - mean_l * mean_l
-        mean_r = (tSt - lSt) * inv_r
-        var_r = (tStt - lStt) * inv_r - mean_r * mean_r
+        rSt = tSt - lSt
+        size_l = lStt - lSt * lSt / lN
+        size_r = (tStt - lStt) - rSt * rSt / rN
         s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
-        inv = inv_l + inv_r
-        score = s * s * inv * inv_var2 - penalty * inv
-        ok = ((lN >= least) & (rN >= least) & (lE >= min_leaf) & (rE >= min_leaf)
-              & (var_l >= floor) & (var_r >= floor) & (var_l > 0.0) & (var_r > 0.0))
+        score = s * s * (1.0 / lN + 1.0 / rN)
+        if penalty > 0.0:
+            score -= penalty * (1.0 / size_l + 1.0 / size_r)
+        ok = ((lE >= min_leaf) & (tE - lE >= min_leaf) & (size_l >= least) & (size_r >= least)
+              & ((penalty == 0.0) | ((size_l > 0.0) & (size_r > 0.0))))
+        counts_ok = ((lLo >= min_leaf) & (lHi >= min_leaf) & (tLo - lLo >= min_leaf) & (tHi - lHi >= min_leaf))
+        ok &= counts_ok | (not counts_known)
         out[i] = score if ok else -np.inf
+
+
+@njit(error_model="numpy")
+def _count_sides(mom_s, s_idx, lo, hi, a, fine_s, f, thr):
+    """Structure rows (w > 0) of s_idx[lo:hi] with t below `a` and at or above it; only those with
+    fine code <= thr on feature f unless f < 0."""
+    below = 0.0
+    above = 0.0
+    for ii in range(lo, hi):
+        r = s_idx[ii]
+        w = mom_s[r, 0]
+        if w > 0.0 and (f < 0 or fine_s[r, f] <= thr):
+            if mom_s[r, 1] / w < a:
+                below += 1.0
+            else:
+                above += 1.0
+    return below, above
 
 
 # ---- Tree growth ----
@@ -162,7 +196,8 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
     returns the count.
 
     Candidates sit after bins holding structure rows (grf: after a split value) and leave at
-    least min_leaf on the left; the scan of a feature stops once the right child is too small."""
+    least min_leaf estimation weight on the left; the scan of a feature stops once the right
+    child's is below it. Row counts are not histogrammed (see kernels.splitting): `_pick` checks them."""
     n_cand = 0
     for j in range(hist.shape[0]):
         if not fmask[j]:
@@ -176,9 +211,9 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
             c3 += h[3]
             c4 += h[4]
             c5 += h[5]
-            if h[0] == 0.0 or c0 < min_leaf or c5 < min_leaf:
+            if h[0] == 0.0 or c5 < min_leaf:
                 continue
-            if tot[N] - c0 < min_leaf or tot[E] - c5 < min_leaf:
+            if tot[E] - c5 < min_leaf:
                 break
             cand_j[n_cand], cand_k[n_cand] = j, coarse_thr[j, k]
             cand_cum[0, n_cand], cand_cum[1, n_cand], cand_cum[2, n_cand] = c0, c1, c2
@@ -190,7 +225,8 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
 @njit(error_model="numpy")
 def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
                  fmask, tot, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k, cand_cum):
-    """Collect a small node's candidate splits on fine codes (as `_scan_hist` on coarse ones).
+    """Collect a small node's candidate splits on fine codes (as `_scan_hist` on coarse ones), with
+    their row counts on each side of the node's mean treatment residual (channels LO, HI).
 
     The node's rows are copied into contiguous buffers (channels in `buf`, fine codes transposed
     into `node_codes`); a two-pass radix sort of the uint16 codes costs O(rows + 512) per
@@ -198,17 +234,23 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
     ns = s_hi - s_lo
     m = ns + (e_hi - e_lo)
     p = fine_s.shape[1]
+    a = tot[ST] / tot[N]
     for i in range(ns):
         r = s_idx[s_lo + i]
         for c in range(5):
             buf[i, c] = mom_s[r, c]
         buf[i, 5] = 0.0
+        w = mom_s[r, 0]
+        below = w > 0.0 and mom_s[r, 1] / w < a
+        buf[i, 6] = 1.0 if below else 0.0
+        buf[i, 7] = 1.0 if w > 0.0 and not below else 0.0
         for j in range(p):
             node_codes[j, i] = fine_s[r, j]
     for i in range(m - ns):
         r = e_idx[e_lo + i]
         buf[ns + i, :5] = 0.0
         buf[ns + i, 5] = mom_e[r, 0]
+        buf[ns + i, 6:] = 0.0
         for j in range(p):
             node_codes[j, ns + i] = fine_e[r, j]
     n_cand = 0
@@ -239,9 +281,8 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
         # The sweep appends without branching: every row writes a candidate slot, and the count
         # only advances after the last row of a code holding structure rows, with both children
         # big enough. (Branches here mispredict on every other row.)
-        c0 = c1 = c2 = c3 = c4 = c5 = 0.0
+        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
         has_structure = False
-        tN = tot[N]
         tE = tot[E]
         for k in range(m - 1):
             i = order[k]
@@ -252,6 +293,8 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
             c3 += buf[i, 3]
             c4 += buf[i, 4]
             c5 += buf[i, 5]
+            c6 += buf[i, 6]
+            c7 += buf[i, 7]
             code = col[i]
             boundary = col[order[k + 1]] != code
             cand_j[n_cand] = j
@@ -262,24 +305,45 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
             cand_cum[3, n_cand] = c3
             cand_cum[4, n_cand] = c4
             cand_cum[5, n_cand] = c5
-            keep = (boundary & has_structure & (c0 >= min_leaf) & (c5 >= min_leaf)
-                    & (tN - c0 >= min_leaf) & (tE - c5 >= min_leaf))
+            cand_cum[6, n_cand] = c6
+            cand_cum[7, n_cand] = c7
+            keep = boundary & has_structure & (c5 >= min_leaf) & (tE - c5 >= min_leaf)
             n_cand += np.int64(keep)
             has_structure &= not boundary
     return n_cand
 
 
 @njit(error_model="numpy")
-def _pick(cand_s, n_cand):
-    """The first candidate (in feature, bin order) within TIE_RTOL of the best score; -1 if none > 0."""
-    best = 0.0
-    for i in range(n_cand):
-        best = max(best, cand_s[i])
-    if best <= 0.0:
-        return -1
+def _counts_ok(i, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
+    """Whether candidate i leaves min_leaf structure rows on each side of the mean `a` in each child."""
+    if counts_known:
+        return True  # score_candidates already applied them
+    below, above = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, cand_j[i], cand_k[i])
+    return below >= min_leaf and above >= min_leaf and tot[LO] - below >= min_leaf and tot[HI] - above >= min_leaf
+
+
+@njit(error_model="numpy")
+def _pick(cand_s, n_cand, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a,
+          min_leaf):
+    """The first admissible candidate (in feature, bin order) within TIE_RTOL of the best admissible
+    score; -1 if that is not > 0. Row counts not yet known are checked from the best score down,
+    so a node pays for a count only when its best candidates fail it."""
+    while True:
+        top = -1
+        best = 0.0
+        for i in range(n_cand):
+            if cand_s[i] > best:
+                best = cand_s[i]
+                top = i
+        if top < 0:
+            return -1
+        if _counts_ok(top, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
+            break
+        cand_s[top] = -np.inf
     bar = best - TIE_RTOL * best
     for i in range(n_cand):
-        if cand_s[i] >= bar:
+        if cand_s[i] >= bar and _counts_ok(i, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi,
+                                           a, min_leaf):
             return i
     return -1
 
@@ -304,7 +368,7 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
 
 @njit(error_model="numpy")
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
-              max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
+              max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
 
     The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
@@ -317,7 +381,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     s_idx = np.arange(ns).astype(np.int32)
     e_idx = np.arange(ne).astype(np.int32)
     scratch = np.empty(max(ns, ne), dtype=np.int32)
-    buf = np.empty((ns + ne, 6))
+    buf = np.empty((ns + ne, 8))
     node_codes = np.empty((p, ns + ne), dtype=np.uint16)
     counts = np.empty(257, dtype=np.int64)
     order = np.empty(ns + ne, dtype=np.int64)
@@ -329,7 +393,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     cand_j = np.empty(cap_cand, dtype=np.int64)
     cand_k = np.empty(cap_cand, dtype=np.int64)
     cand_s = np.empty(cap_cand)
-    cand_cum = np.empty((6, cap_cand))
+    cand_cum = np.empty((8, cap_cand))
+    t = np.zeros(8)  # the current node's totals, with its row counts LO and HI
 
     # Histograms of large nodes: the current one and those of pending larger siblings. Descending
     # into the smaller child first halves the rows at every pending level: log2(rows) + 2 suffice.
@@ -373,21 +438,25 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         node = st_id[top]
         s_lo, s_hi, e_lo, e_hi = st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3]
         depth, nkey, slot = st_depth[top], st_key[top], st_slot[top]
-        t = tot[node]
+        t[:6] = tot[node]
 
         bf, bb = -1, -1
-        _, _, _, var = parent_stats(t)
-        if depth < max_depth and t[N] >= 2 * min_leaf and t[E] >= 2 * min_leaf and var > 0:
-            draw_features(nkey, p, mtry, fmask)
+        a, b, tau, var = parent_stats(t)
+        if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
+            t[LO], t[HI] = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, -1, 0)
+        else:
+            t[LO], t[HI] = 0.0, 0.0
+        if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
+            draw_features(nkey, p, mtry, poisson, fmask)
             if slot >= 0:
                 n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
             else:
                 n_cand = _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
                                       fmask, t, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k,
                                       cand_cum)
-            a, b, tau, _ = parent_stats(t)
-            score_candidates(cand_cum, n_cand, t, a, b, tau, var, min_leaf, alpha, penalty, cand_s)
-            i = _pick(cand_s, n_cand)
+            counts_known = slot < 0  # the fine-code sweep counts rows; histograms cannot
+            score_candidates(cand_cum, n_cand, t, a, b, tau, counts_known, min_leaf, alpha, penalty, cand_s)
+            i = _pick(cand_s, n_cand, counts_known, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
                 bf, bb = cand_j[i], cand_k[i]
                 for c in range(6):
@@ -489,15 +558,16 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
 
 @njit(parallel=True, nogil=True, error_model="numpy")
 def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
-               max_depth, mtry, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf, out_counts):
+               max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf,
+               out_counts):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
     and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays."""
     for t in numba.prange(keys.shape[0]):
         srows = s_rows[s_off[t]:s_off[t + 1]]
         erows = e_rows[e_off[t]:e_off[t + 1]]
         nn, nl = grow_tree(codes[srows], fine[srows], mom[srows], codes[erows], fine[erows], mom[erows], n_bins,
-                           coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth, mtry, max_bins, small_node,
-                           out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
+                           coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth, mtry, poisson, max_bins,
+                           small_node, out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
         out_counts[t, 0] = nn
         out_counts[t, 1] = nl
 
@@ -517,9 +587,10 @@ def leaf_ids(codes, feature, threshold, child, roots, out):
             out[i, t] = child[node]
 
 
-def node_capacity(n_struct_weight: float, n_est_weight: float, n_struct: int, n_est: int, min_leaf: float) -> int:
-    """An upper bound on a tree's node count: every leaf holds >= min_leaf weight of each half."""
-    leaves = min(n_struct, n_est, math.floor(min(n_struct_weight, n_est_weight) / max(min_leaf, 1e-12)) + 1)
+def node_capacity(n_est_weight: float, n_struct: int, n_est: int, min_leaf: float) -> int:
+    """An upper bound on a tree's node count: every leaf holds a structure row and >= min_leaf
+    estimation weight."""
+    leaves = min(n_struct, n_est, math.floor(n_est_weight / max(min_leaf, 1e-12)) + 1)
     return 2 * max(leaves, 1) + 1
 
 

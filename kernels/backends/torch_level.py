@@ -4,8 +4,10 @@ Every sample of every tree in the batch carries the index of its node in the cur
 Large nodes split on coarse bins: while the level's histograms fit the memory budget they are
 dense, (nodes, features, bins, 6 channels), built with index_add and, below the root, only for
 the smaller child of each split: the larger is its parent's histogram minus the smaller
-(histogram subtraction). Deeper levels have more nodes than dense histograms afford; there,
-and for small nodes on fine codes, each feature's (node, code) keys are sorted and summed by
+(histogram subtraction). The rule's two row-count channels (rows below and at or above each
+node's mean treatment residual) depend on the node, so they are histogrammed afresh. Deeper
+levels have more nodes than dense histograms afford; there, and for small nodes on fine codes,
+each feature's (node, code) keys are sorted and summed by
 segment, as GPU boosting libraries do, so work and memory follow the samples, not nodes x
 bins. Every regime scores exactly the candidates the numba backend scores, with the same rule
 (kernels.splitting) and the same tie-breaking.
@@ -19,7 +21,7 @@ import torch
 from ..binning import FINE_BINS, BinnedCovariates
 from ..forest_arrays import TreeArrays
 from ..sampling import TreeSample
-from ..splitting import SMALL_NODE_ROWS, TIE_RTOL, E, N, SplitRule, parent_stats_torch, split_scores_torch
+from ..splitting import HI, LO, SMALL_NODE_ROWS, TIE_RTOL, E, N, SplitRule, parent_stats_torch, split_scores_torch
 from .numba_cpu import children_keys, draw_feature_masks  # per-node randomness, computed on the host
 
 DEFAULT_HIST_BUDGET = 256 * 2**20  # bytes of dense histogram per level
@@ -31,13 +33,14 @@ def _first_within_tolerance(scores: torch.Tensor, best: torch.Tensor) -> torch.T
     return (scores >= bar).to(torch.uint8).argmax(dim=1)
 
 
-def _cum_best(hist, tot, fmask, n_bins, rule: SplitRule):
-    """Best (feature, bin, score, left sums) per node from dense histograms (F, p, B, 6)."""
+def _cum_best(hist, counts, tot, fmask, n_bins, rule: SplitRule):
+    """Best (feature, bin, score, left sums) per node from dense histograms (F, p, B, 6) and the
+    level's row-count histograms (F, p, B, 2)."""
     F, p, B, _ = hist.shape
-    cum = hist.cumsum(dim=2)
-    a, b, tau, var = parent_stats_torch(tot)
+    cum = torch.cat([hist, counts], dim=3).cumsum(dim=2)
+    a, b, tau, _ = parent_stats_torch(tot)
     ex = (slice(None), None, None)
-    scores = split_scores_torch(cum, tot[:, None, None, :], a[ex], b[ex], tau[ex], var[ex],
+    scores = split_scores_torch(cum, tot[:, None, None, :], a[ex], b[ex], tau[ex],
                                 rule.min_samples_leaf, rule.alpha, rule.imbalance_penalty)
     no_structure = hist[..., N] == 0  # candidates sit after bins holding structure rows
     bins = torch.arange(B, device=hist.device)
@@ -70,9 +73,10 @@ def _segmented_cumsum(values: torch.Tensor, seg: torch.Tensor, max_len: int) -> 
 def _sparse_best(codes, rows, node, vals, F, tot, fmask, rule: SplitRule, B: int):
     """Best split per node from per-feature sorted (node, code) keys and segmented sums.
 
-    `codes` holds codes below B (coarse codes and B = max_bins, or fine codes and B = 65536)."""
+    `codes` holds codes below B (coarse codes and B = max_bins, or fine codes and B = 65536);
+    `vals` the samples' 8 channels."""
     dev = vals.device
-    a, b, tau, var = parent_stats_torch(tot)
+    a, b, tau, _ = parent_stats_torch(tot)
     allowed_sample = fmask[node]  # (samples, p)
     per_feature = []
     best = torch.full((F,), -torch.inf, dtype=torch.float64, device=dev)
@@ -82,10 +86,10 @@ def _sparse_best(codes, rows, node, vals, F, tot, fmask, rule: SplitRule, B: int
         if keys.numel() == 0:
             continue
         uk, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        sums = torch.zeros(len(uk), 6, dtype=torch.float64, device=dev).index_add_(0, inverse, vals[keep])
+        sums = torch.zeros(len(uk), vals.shape[1], dtype=torch.float64, device=dev).index_add_(0, inverse, vals[keep])
         seg = uk // B
         left = _segmented_cumsum(sums, seg, max_len=int(torch.bincount(seg).max()))
-        scores = split_scores_torch(left, tot[seg], a[seg], b[seg], tau[seg], var[seg],
+        scores = split_scores_torch(left, tot[seg], a[seg], b[seg], tau[seg],
                                     rule.min_samples_leaf, rule.alpha, rule.imbalance_penalty)
         scores = scores.masked_fill(sums[:, N] == 0, -torch.inf)
         best = best.scatter_reduce(0, seg, scores, reduce="amax")
@@ -94,7 +98,7 @@ def _sparse_best(codes, rows, node, vals, F, tot, fmask, rule: SplitRule, B: int
     bar = best - TIE_RTOL * best
     best_f = torch.full((F,), -1, dtype=torch.long, device=dev)
     best_b = torch.zeros(F, dtype=torch.long, device=dev)
-    best_left = torch.zeros(F, 6, dtype=torch.float64, device=dev)
+    best_left = torch.zeros(F, vals.shape[1], dtype=torch.float64, device=dev)
     for j, uk, seg, left, scores in per_feature:
         hit = (scores >= bar[seg]) & torch.isfinite(scores)
         first = torch.full((F,), len(uk), dtype=torch.long, device=dev)
@@ -136,6 +140,9 @@ class TorchLevelGrower:
         m = mom[rows]
         vals[~is_est, :5] = m[~is_est]
         vals[is_est, E] = m[is_est, 0]
+        # Each structure row's t (the row counts compare it with its node's mean); NaN elsewhere.
+        positive = ~is_est & (m[:, 0] > 0)
+        t_row = torch.where(positive, m[:, 1] / torch.where(positive, m[:, 0], 1.0), torch.nan)
 
         tot = torch.zeros(K, 6, dtype=torch.float64, device=dev).index_add_(0, node, vals)
         keys = np.array([t.key for t in trees], dtype=np.uint64)
@@ -145,24 +152,30 @@ class TorchLevelGrower:
         depth = 0
         while True:
             F = tot.shape[0]
-            _, _, _, var = parent_stats_torch(tot)
-            can = (var > 0) & (tot[:, N] >= 2 * rule.min_samples_leaf) & (tot[:, E] >= 2 * rule.min_samples_leaf)
+            a, _, _, var = parent_stats_torch(tot)
+            below = t_row < a[node]
+            counts = torch.stack([below, positive & ~below], dim=1).to(torch.float64)  # channels LO, HI
+            tot = torch.cat([tot, torch.zeros(F, 2, dtype=torch.float64, device=dev).index_add_(0, node, counts)], 1)
+            least = 2 * rule.min_samples_leaf
+            can = (var > 0) & (tot[:, E] >= least) & (tot[:, LO] >= least) & (tot[:, HI] >= least)
             if depth >= rule.max_depth:
                 can[:] = False
             small = torch.bincount(node, minlength=F) < SMALL_NODE_ROWS  # split on fine codes
-            fmask = torch.as_tensor(draw_feature_masks(keys, p, rule.mtry), device=dev)
+            fmask = torch.as_tensor(draw_feature_masks(keys, p, rule.mtry, rule.poisson_mtry), device=dev)
+            vals8 = torch.cat([vals, counts], dim=1)
             best_f = torch.full((F,), -1, dtype=torch.long, device=dev)
             best_thr = torch.zeros(F, dtype=torch.long, device=dev)
             best_score = torch.full((F,), -torch.inf, dtype=torch.float64, device=dev)
-            left = torch.zeros(F, 6, dtype=torch.float64, device=dev)
+            left = torch.zeros(F, 8, dtype=torch.float64, device=dev)
             if bool((can & ~small).any()):
                 if hist is None and self._dense_fits(F, p, B):
                     hist = self._dense_hist(coarse, rows, node, vals, F, p, B)
+                in_large = ~small[node]
                 if hist is not None:
-                    f, bb, score, lft = _cum_best(hist, tot, fmask, n_bins, rule)
+                    count_hist = self._dense_hist(coarse, rows[in_large], node[in_large], counts[in_large], F, p, B)
+                    f, bb, score, lft = _cum_best(hist, count_hist, tot, fmask, n_bins, rule)
                 else:
-                    in_large = ~small[node]
-                    f, bb, score, lft = _sparse_best(coarse, rows[in_large], node[in_large], vals[in_large], F, tot,
+                    f, bb, score, lft = _sparse_best(coarse, rows[in_large], node[in_large], vals8[in_large], F, tot,
                                                      fmask, rule, B)
                 take = can & ~small & (f >= 0)
                 best_f = torch.where(take, f, best_f)
@@ -171,7 +184,7 @@ class TorchLevelGrower:
                 left = torch.where(take[:, None], lft, left)
             if bool((can & small).any()):
                 in_small = small[node]
-                f, thr, score, lft = _sparse_best(fine, rows[in_small], node[in_small], vals[in_small], F, tot,
+                f, thr, score, lft = _sparse_best(fine, rows[in_small], node[in_small], vals8[in_small], F, tot,
                                                   fmask, rule, FINE_BINS)
                 take = can & small & (f >= 0)
                 best_f = torch.where(take, f, best_f)
@@ -196,10 +209,11 @@ class TorchLevelGrower:
             # Route the samples of split nodes to their children; samples in leaves retire.
             alive = split[node]
             rows, node, vals, is_est = rows[alive], node[alive], vals[alive], is_est[alive]
+            positive, t_row = positive[alive], t_row[alive]
             go_right = fine[rows, best_f[node]].long() > best_thr[node]
             node = 2 * rank[node] + go_right.long()
-            parent_tot = tot[split]
-            child_left = left[split]
+            parent_tot = tot[split, :6]
+            child_left = left[split, :6]
             tot = torch.stack([child_left, parent_tot - child_left], dim=1).reshape(-1, 6)
             lk, rk = children_keys(keys[split_np])
             keys = np.stack([lk, rk], axis=1).reshape(-1)
@@ -209,13 +223,15 @@ class TorchLevelGrower:
         return _assemble(levels, K)
 
     def _dense_fits(self, F: int, p: int, B: int) -> bool:
-        return F * p * B * 6 * 8 * 2 <= self.hist_budget  # parent level and child level side by side
+        # Parent and child levels' six channels side by side, and the level's two row counts.
+        return F * p * B * (6 * 2 + 2) * 8 <= self.hist_budget
 
     def _dense_hist(self, codes, rows, node, vals, F, p, B):
-        hist = torch.zeros(F * p * B, 6, dtype=torch.float64, device=self.device)
+        channels = vals.shape[1]
+        hist = torch.zeros(F * p * B, channels, dtype=torch.float64, device=self.device)
         for j in range(p):
             hist.index_add_(0, (node * p + j) * B + codes[rows, j].long(), vals)
-        return hist.view(F, p, B, 6)
+        return hist.view(F, p, B, channels)
 
     def _children_hist(self, parent_hist, split, tot, codes, rows, node, vals, p, B):
         """Children histograms by subtraction: build the smaller child of each split, derive the other."""
