@@ -11,7 +11,7 @@ STORE_ENV = "TAUFORGE_STORE"
 DEFAULT_MODEL_NAME = "tauforge-model"
 
 # Estimation defaults of a training run (the engine's CausalForest defaults too).
-DEFAULT_TREES = 500
+DEFAULT_TREES = 1000
 DEFAULT_FOLDS = 5
 DEFAULT_ALPHA = 0.05  # 1 - the confidence level of every interval reported
 

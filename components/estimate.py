@@ -23,13 +23,13 @@ from scipy.stats import norm
 
 from tauforge.kernels import CausalForest
 from tauforge.kernels.ate import dml_ate, oob_effect
-from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates
+from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates, replicate_forest_params
 from tauforge.kernels.forest import FOREST_PARAMS
 from tauforge.kernels.sampling import shard_range
 
 from . import config
 from ._kfp import Artifact, Dataset, Input, List, Metrics, Model, Output, component
-from .constants import DEFAULT_ALPHA, MIN_PROPENSITY
+from .constants import DEFAULT_ALPHA, DEFAULT_TREES, MIN_PROPENSITY
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
@@ -86,7 +86,7 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
     from tauforge.kernels.econml_import import import_econml_forest
 
     forest_params(params, seed)  # the same parameter names are accepted
-    ecf = EconMLCausalForest(n_estimators=int(params.get("n_estimators", 500)),
+    ecf = EconMLCausalForest(n_estimators=int(params.get("n_estimators", DEFAULT_TREES)),
                              min_samples_leaf=params.get("min_samples_leaf", 5),
                              max_depth=params.get("max_depth"), max_samples=params.get("max_samples", 0.45),
                              honest=params.get("honest", True), inference=True, subforest_size=4,
@@ -151,7 +151,9 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
     summary = average_effect(oob_cate, data, residuals, alpha)
     summary.update(n_trees=forest.forest_.n_trees, n_shards=len(shards), seed=forest.seed_, device=str(forest.device_),
                    forest_source=forest.source_,
-                   forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS})
+                   forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS},
+                   linear_correction_variables=(None if getattr(forest, "linear_correction_", None) is None
+                                                else list(forest.linear_correction_.variables)))
     return forest, Estimate(oob_cate, summary)
 
 
@@ -207,8 +209,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     a = data.arrays()
     main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat"))
     refit = (lambda w: refit_residuals(data, nuisance, seed, sample_weight=w)) if bootstrap.nuisance else None
-    forest = {k: v for k, v in forest_params(params, seed).items() if k != "random_state"}
-    forest.update(n_estimators=bootstrap.trees, max_samples=0.5)
+    forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
+                                     bootstrap.trees, estimate.summary.get("linear_correction_variables"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, discrete=data.spec.binary,
                           min_propensity=MIN_PROPENSITY, refit=refit, sample_weight=a["sample_weight"])
 

@@ -102,6 +102,15 @@ def replicate_seed(seed: int, replicate: int) -> int:
     return seed + 1 + replicate
 
 
+def replicate_forest_params(forest_params: dict, trees: int, correction_variables) -> dict:
+    """The growth parameters of every replicate forest: the point forest's, with `trees` trees on
+    half-samples, and the local linear correction on the covariates the point forest chose
+    (`correction_variables`, None without a correction): choosing them again per replicate would
+    cost a lasso each and make the interval describe another estimator."""
+    return {**forest_params, "n_estimators": int(trees), "max_samples": 0.5,
+            "linear_correction_variables": None if correction_variables is None else list(correction_variables)}
+
+
 def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_params: dict,
                    residuals: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                    ate: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],

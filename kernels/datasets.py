@@ -7,6 +7,12 @@ Designs follow grf's `generate_causal_data` (Athey, Tibshirani and Wager):
   aw3      : tau of aw2 with the confounding of aw1
   constant : aw1's confounding with a constant effect tau = 1
   continuous: X ~ N(0, 1); T = sin(X1) + N(0, 1); tau = 1 + X1/2; m = X2 + tau E[T|X]
+and, beyond grf's:
+  imbalanced: X ~ N(0, 1); e = logistic(-1.8 + X1 + X2) (about 22% treated, strongly
+              confounded); tau = 1 + max(X1, 0); m = 2 X1 + X2 + e tau
+  continuous_hetero: X ~ N(0, 1); T = X2 / 2 + exp(X1 / 2) N(0, 1), so Var(T | X) = exp(X1);
+              tau = 1 + X1; m = X2 + tau E[T|X]. The average effect is 1, the variance-weighted
+              one E[tau Var(T|X)] / E[Var(T|X)] = 2: an estimator that weights by t~^2 shows it.
 For a binary treatment Y = m(x) + (T - e(x)) tau(x) + N(0, 1), so m = E[Y | X].
 """
 
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta
 
-DESIGNS = ("simple", "aw1", "aw2", "aw3", "constant", "continuous")
+DESIGNS = ("simple", "aw1", "aw2", "aw3", "constant", "continuous", "imbalanced", "continuous_hetero")
 
 
 @dataclass
@@ -46,14 +52,16 @@ def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: i
     if p < 3:
         raise ValueError(f"p must be at least 3 for these designs, got {p}")
     rng = np.random.default_rng(seed)
-    if design in ("simple", "continuous"):
+    if design in ("simple", "continuous", "imbalanced", "continuous_hetero"):
         X = rng.normal(size=(n, p))
     else:
         X = rng.uniform(size=(n, p))
-    if design == "continuous":
-        e = np.sin(X[:, 0])
-        T = e + rng.normal(size=n)
-        tau = 1 + X[:, 0] / 2
+    if design in ("continuous", "continuous_hetero"):
+        if design == "continuous":
+            e, noise_sd, tau = np.sin(X[:, 0]), 1.0, 1 + X[:, 0] / 2
+        else:
+            e, noise_sd, tau = X[:, 1] / 2, np.exp(X[:, 0] / 2), 1 + X[:, 0]
+        T = e + noise_sd * rng.normal(size=n)
         m = X[:, 1] + tau * e
         Y = m + (T - e) * tau + rng.normal(size=n)
         return CausalData(X, T, Y, tau, e, m, design)
@@ -62,6 +70,10 @@ def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: i
         tau = np.maximum(X[:, 0], 0)
         e = 0.4 + 0.2 * (X[:, 0] > 0)
         base = X[:, 1] + np.minimum(X[:, 2], 0)
+    elif design == "imbalanced":
+        tau = 1 + np.maximum(X[:, 0], 0)
+        e = 1 / (1 + np.exp(1.8 - X[:, 0] - X[:, 1]))
+        base = 2 * X[:, 0] + X[:, 1]
     elif design == "aw1":
         tau, e, base = np.zeros(n), confounded, 2 * X[:, 0] - 1
     elif design == "aw2":

@@ -15,8 +15,9 @@ from sklearn.base import BaseEstimator
 
 from . import _inputs
 from .ate import MIN_PROPENSITY, dml_ate, oob_effect
-from .bootstrap import INTERVALS, dml_replicates
+from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
+from .local_linear import DEFAULT_RIDGE
 from .nuisance import cross_fit
 
 
@@ -38,8 +39,9 @@ class CausalForestDML(BaseEstimator):
         Cross-fitting folds. EconML: 2.
     min_propensity : float, default 0.01
         Propensities are clipped to [min_propensity, 1 - min_propensity] in the doubly robust ATE.
-    n_estimators, min_samples_leaf, max_depth, mtry, max_samples, ci_group_size, honest,
-    honesty_fraction, alpha, imbalance_penalty, max_bins, device, backend, progress :
+    n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, max_samples, ci_group_size, honest,
+    honesty_fraction, alpha, imbalance_penalty, linear_correction_variables, linear_correction_ridge,
+    max_bins, device, backend, progress :
         Passed to `CausalForest` (see there, with grf and EconML defaults compared).
     inference : {'blb', 'bootstrap'}, default 'blb'
         'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
@@ -64,11 +66,14 @@ class CausalForestDML(BaseEstimator):
     """
 
     def __init__(self, *, model_y: Any = "auto", model_t: Any = "auto", discrete_treatment: bool | str = "auto",
-                 cv: int = 5, min_propensity: float = MIN_PROPENSITY, n_estimators: int = 500,
-                 min_samples_leaf: float = 5,
-                 max_depth: int | None = None, mtry: int | None = None, max_samples: float = 0.45,
+                 cv: int = 5, min_propensity: float = MIN_PROPENSITY, n_estimators: int = 1000,
+                 min_samples_leaf: float = 3,
+                 max_depth: int | None = None, mtry: int | None = None, poisson_mtry: bool = False,
+                 max_samples: float = 0.5,
                  ci_group_size: int = 2, honest: bool = True, honesty_fraction: float = 0.5, alpha: float = 0.05,
-                 imbalance_penalty: float = 0.0, max_bins: int = 256, device: str = "auto", backend: str = "auto",
+                 imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
+                 linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
+                 backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
                  bootstrap_nuisance: bool = False, bootstrap_interval: str = "percentile",
                  random_state: int | None = None, progress: bool | None = None):
@@ -81,12 +86,15 @@ class CausalForestDML(BaseEstimator):
         self.min_samples_leaf = min_samples_leaf
         self.max_depth = max_depth
         self.mtry = mtry
+        self.poisson_mtry = poisson_mtry
         self.max_samples = max_samples
         self.ci_group_size = ci_group_size
         self.honest = honest
         self.honesty_fraction = honesty_fraction
         self.alpha = alpha
         self.imbalance_penalty = imbalance_penalty
+        self.linear_correction_variables = linear_correction_variables
+        self.linear_correction_ridge = linear_correction_ridge
         self.max_bins = max_bins
         self.device = device
         self.backend = backend
@@ -157,7 +165,9 @@ class CausalForestDML(BaseEstimator):
             y_hat, t_hat, _ = self._cross_fit(XW, Y, T, weights, seed)
             return Y - y_hat, T - t_hat, t_hat
 
-        forest_params = {**params, "n_estimators": int(self.bootstrap_trees), "max_samples": 0.5}
+        correction = self.forest_.linear_correction_
+        forest_params = replicate_forest_params(params, self.bootstrap_trees,
+                                                None if correction is None else correction.variables)
         return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
                               oob_effect(self.forest_, X),  # the regression adjustment of every replicate's DR ATE
                               discrete=self.discrete_treatment_, min_propensity=self.min_propensity,

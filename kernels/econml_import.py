@@ -43,7 +43,8 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
     forest = CausalForest(n_estimators=len(trees), min_samples_leaf=ecf.min_samples_leaf,
                           max_depth=ecf.max_depth, max_samples=ecf.max_samples,
                           ci_group_size=ecf.subforest_size if ecf.inference else 1, honest=ecf.honest,
-                          device=device, random_state=ecf.random_state if isinstance(ecf.random_state, int) else None)
+                          linear_correction_variables=None, device=device,
+                          random_state=ecf.random_state if isinstance(ecf.random_state, int) else None)
     forest.binner_ = QuantileBinner.from_edges(edges)
     forest.forest_ = ForestArrays.from_trees([_tree_arrays(t, edges) for t in trees])
     forest.n_features_in_ = p
@@ -51,6 +52,7 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
     forest.seed_ = forest.random_state if forest.random_state is not None else 0
     forest.shard_ = (0, 1)
     forest.source_ = SOURCE
+    forest.linear_correction_ = None  # EconML's forests have none
     from ._inputs import resolve_device
 
     forest.device_ = resolve_device(device)

@@ -34,8 +34,10 @@ class LittleBagSampler:
         self.honest = honest
         self.honesty_fraction = honesty_fraction
         self.seed = seed
-        self.subsample_size = int(ceil(max_samples * n_rows))
         self.half_size = n_rows // 2 if ci_group_size > 1 else n_rows
+        # Rounded up, but never past the half-sample: max_samples=0.5 (grf's default) on an odd
+        # number of rows draws the whole half.
+        self.subsample_size = min(int(ceil(max_samples * n_rows)), self.half_size)
 
     @property
     def n_groups(self) -> int:
@@ -44,9 +46,6 @@ class LittleBagSampler:
     def minimum_rows_message(self) -> str | None:
         """Why this many rows cannot grow honest trees, or None when they can."""
         s = self.subsample_size
-        if self.ci_group_size > 1 and s > self.half_size:
-            return (f"max_samples={self.max_samples} draws {s} rows per tree but a half-sample of "
-                    f"{self.n_rows} rows holds only {self.half_size}; use more rows or ci_group_size=1")
         n_struct = int(round(s * self.honesty_fraction)) if self.honest else s
         if n_struct < 1 or s - n_struct < (1 if self.honest else 0) or s < 2:
             return (f"{self.n_rows} rows give each tree a subsample of {s}, too few to split into a "

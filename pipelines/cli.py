@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -630,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # A user reads "what to do", not the library line that raised it.
+        print(f"tauforge {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
     try:
         return args.func(args)
     except ValueError as exc:  # the user's input: data, flags, store references

@@ -16,7 +16,8 @@ rng = np.random.default_rng(0)
 X = rng.normal(size=(1000, 5))
 T = rng.normal(size=1000)
 y = X[:, 0] * T + rng.normal(size=1000)
-forest = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False)
+forest = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False,
+                      linear_correction_variables=None)  # the numba prediction kernel, not the corrected path
 tau, lower, upper = forest.fit(X, T, y).predict_with_interval(X[:50])
 done = time.perf_counter()
 stats = [f.stats for f in vars(numba_cpu).values() if hasattr(f, "stats")]

@@ -14,7 +14,7 @@ from tauforge.kernels import CausalForestDML
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.nuisance import default_nuisance_model
 
-N_TREES = 500
+N_TREES = 1000  # both libraries; tauforge's default
 
 
 def _fit_both(design, n, seed):
@@ -41,12 +41,16 @@ def _fit_both(design, n, seed):
 
 @pytest.mark.parametrize("design, n, seed", [("simple", 3000, 11), ("aw2", 3000, 12), ("aw3", 3000, 13)])
 def test_cate_accuracy_and_intervals_against_econml(design, n, seed):
-    r = _fit_both(design, n, seed)
-    ours, ref = r["tauforge"], r["econml"]
+    """Means over two seeds (one seed's RMSE moves by 10% between the libraries on aw3).
+    Measured (2026-12-03), tauforge against EconML: RMSE 0.139/0.179, 0.173/0.189, 0.208/0.214;
+    coverage 0.957/0.907, 0.907/0.873, 0.867/0.851; width 0.609/0.558, 0.696/0.615, 0.703/0.656
+    (simple, aw2, aw3): 7-13% wider intervals than EconML's, which cover more."""
+    runs = [_fit_both(design, n, s) for s in (seed, seed + 50)]
+    ours, ref = ({k: float(np.mean([r[lib][k] for r in runs])) for k in runs[0][lib]} for lib in ("tauforge", "econml"))
     summary = f"{design}: tauforge {ours}, econml {ref}"
-    assert ours["rmse"] <= 1.10 * ref["rmse"], summary
-    assert ours["coverage"] >= 0.85, summary
-    assert ours["width"] <= 1.25 * ref["width"], summary
+    assert ours["rmse"] <= 1.0 * ref["rmse"], summary
+    assert ours["coverage"] >= ref["coverage"], summary
+    assert ours["width"] <= 1.15 * ref["width"], summary
 
 
 @pytest.mark.parametrize("design, true_ate", [("aw1", 0.0), ("constant", 1.0)])

@@ -52,16 +52,28 @@ def test_predict_interval_is_normal_interval_of_predict_and_var(fitted, data):
     np.testing.assert_array_equal(fitted.predict(X), tau)
 
 
-def test_oob_predictions_use_only_trees_that_did_not_see_the_row(fitted, data):
+@pytest.fixture(scope="module")
+def plain(data):
+    """The forest without the local linear correction: prediction is the leaf-mean moment equation."""
     d, t, y = data
-    oob = fitted.oob_predict(d.X)
-    in_bag = fitted._sampler(len(d.X)).in_bag()
-    assert in_bag.mean() == pytest.approx(0.45, abs=0.01)
-    assert (~in_bag).any(axis=1).all()
-    # OOB predictions are less optimistic than in-sample ones: further from the noisy y-fit.
-    assert np.corrcoef(oob, d.tau)[0, 1] > 0.5
+    return CausalForest(n_estimators=40, random_state=7, linear_correction_variables=None).fit(d.X, t, y)
+
+
+def test_oob_predictions_use_only_trees_that_did_not_see_the_row(plain, data):
+    d, t, y = data
+    oob = plain.oob_predict(d.X)
+    in_bag = plain._sampler(len(d.X)).in_bag()
+    assert in_bag.mean() == pytest.approx(plain.max_samples, abs=0.01)
+    # The property itself, written out: each row's tau from the leaf means of exactly the trees
+    # whose subsample left it out. Using every tree, or the in-bag ones, gives other numbers.
+    leaves = plain._backend.leaf_ids(plain._codes(d.X), plain.forest_).numpy()
+    values = plain.forest_.leaf_values.astype(np.float64)[leaves]  # (rows, trees, (t, y, ty, tt))
+    for mask, should_match in ((~in_bag, True), (np.ones_like(in_bag), False), (in_bag, False)):
+        A = (values * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        tau = (A[:, 2] - A[:, 0] * A[:, 1]) / (A[:, 3] - A[:, 0] ** 2)
+        assert np.allclose(oob, tau, rtol=1e-6, atol=1e-9) == should_match
     with pytest.raises(ValueError, match="training covariates"):
-        fitted.oob_predict(d.X[:10])
+        plain.oob_predict(d.X[:10])
 
 
 def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path):
@@ -90,24 +102,24 @@ def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path
         CausalForest.load(tmp_path / "cf2")
 
 
-def test_format_1_forests_still_load_and_a_newer_format_is_refused(fitted, data, tmp_path):
+def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, tmp_path):
     """Format 1 saved float64 leaves, int16 features and the child pointers; format 2 saves
     neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py).
-    A version 1 folder, rewritten here from a fitted forest, loads and predicts what its leaves say."""
+    A version 1 folder, rewritten here from a plain forest, loads and predicts what its leaves say."""
     from tauforge.kernels.serialization import load_model, save_model
 
-    fitted.save(tmp_path / "cf")
+    plain.save(tmp_path / "cf")
     _, meta = load_model(tmp_path / "cf", "tauforge.causal_forest")
     meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256", "forest_encoding")}
-    arrays = {**fitted.forest_.to_arrays(), **fitted.binner_.to_arrays()}  # format 2's arrays
-    old = dict(arrays, forest_child=fitted.forest_.child, forest_feature=arrays["forest_feature"].astype(np.int16),
+    arrays = {**plain.forest_.to_arrays(), **plain.binner_.to_arrays()}  # format 2's arrays
+    old = dict(arrays, forest_child=plain.forest_.child, forest_feature=arrays["forest_feature"].astype(np.int16),
                forest_leaf_values=arrays["forest_leaf_values"].astype(np.float64))
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
-    np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), fitted.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v4", arrays, dict(meta, format_version=4))
+    np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), plain.predict(X), rtol=0, atol=1e-12)
+    save_model(tmp_path / "v5", arrays, dict(meta, format_version=5))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v4")
+        CausalForest.load(tmp_path / "v5")
 
 
 def test_saved_model_has_no_pickle(fitted, tmp_path):
@@ -132,12 +144,29 @@ def test_sample_weights_change_the_fit_and_zero_weight_rows_are_ignored(data):
     d, t, y = data
     w = np.ones(len(t))
     w[:500] = 0.0
-    weighted = CausalForest(n_estimators=20, random_state=1).fit(d.X, t, y, sample_weight=w)
+    w[500:800] = 3.0
+    kw = dict(n_estimators=20, random_state=1, linear_correction_variables=[0])
+    weighted = CausalForest(**kw).fit(d.X, t, y, sample_weight=w)
+    unweighted = CausalForest(**kw).fit(d.X, t, y)
+    X = d.X[:100]
+    assert np.abs(weighted.predict(X) - unweighted.predict(X)).max() > 0.01  # the weights count
     t2, y2 = t.copy(), y.copy()
-    t2[:500] += 100.0  # garbage in zero-weight rows must not matter
+    t2[:500] += 100.0  # garbage in zero-weight rows must not matter, corrected or not
     y2[:500] -= 100.0
-    garbage = CausalForest(n_estimators=20, random_state=1).fit(d.X, t2, y2, sample_weight=w)
-    np.testing.assert_allclose(garbage.predict(d.X[:100]), weighted.predict(d.X[:100]), rtol=1e-9, atol=1e-9)
+    garbage = CausalForest(**kw).fit(d.X, t2, y2, sample_weight=w)
+    auto = [CausalForest(n_estimators=20, random_state=1).fit(d.X, a, b, sample_weight=w)
+            for a, b in ((t, y), (t2, y2))]
+    assert auto[0].linear_correction_variables == "auto"
+    np.testing.assert_array_equal(auto[0].predict(X), auto[1].predict(X))
+    np.testing.assert_allclose(garbage.predict(X), weighted.predict(X), rtol=1e-9, atol=1e-9)
+    # Integer weights are repeated rows: weight 3 on rows 500-799 is three copies of each in the
+    # leaf means (the subsamples differ, so compare the leaf moments of one fixed tree structure).
+    leaf = weighted._backend.leaf_ids(weighted._codes(d.X), weighted.forest_).numpy()[:, 0]
+    est = weighted._sampler(len(t)).trees(0, 1)[0].estimation
+    first = leaf[est] == leaf[est][0]
+    rows = est[first]
+    expected = np.average(t[rows], weights=w[rows])
+    assert weighted.forest_.leaf_values[leaf[est][0], 0] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -270,3 +299,14 @@ def test_incomplete_or_mismatched_shards_are_refused(data):
         grow(0, n=21)
     with pytest.raises(ValueError, match="needs random_state"):
         CausalForest(n_estimators=40).fit_shard(d.X, t, y, shard=0, n_shards=2)
+
+
+def test_half_samples_on_an_odd_number_of_rows_are_drawn_whole():
+    """max_samples=0.5 (the default) rounds up to 151 of 301 rows, past the 150-row half-sample its
+    group shares: the tree takes the whole half rather than failing."""
+    rng = np.random.default_rng(5)
+    X, t = rng.normal(size=(301, 3)), rng.normal(size=301)
+    forest = CausalForest(n_estimators=4, random_state=5, progress=False).fit(X, t, t + rng.normal(size=301))
+    sampler = forest._sampler(301)
+    assert sampler.subsample_size == sampler.half_size == 150
+    assert forest.forest_.n_trees == 4

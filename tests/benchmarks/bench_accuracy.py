@@ -1,11 +1,17 @@
 """CATE accuracy against the truth and against EconML's CausalForestDML, over designs, sizes and seeds.
 
 The same data, nuisance learners (tauforge's default, early-stopped HistGradientBoosting), cv=5
-and number of trees for both. Prints per (design, n): mean CATE RMSE, coverage of the 95%
-intervals and their width for each library, and the ratios tauforge / EconML.
+and number of trees for both, each library with its own defaults otherwise. Prints per case:
+mean CATE RMSE, coverage of the 95% intervals and their width for each library, the ratios
+tauforge / EconML, and tauforge's RMSE and coverage without the local linear correction (the
+same forest, the correction off: what the correction alone changes).
+
+Cases are design:n[:p] (p defaults to 10): grf's simple, aw2 and aw3 at n = 2,000 and 20,000;
+imbalanced (about 22% treated, strongly confounded) at p = 25 and n = 800; sparse (aw2's effect,
+which moves with 2 of 50 covariates) at n = 2,000; a heteroskedastic continuous treatment.
 
     .venv/bin/python tests/benchmarks/bench_accuracy.py
-    .venv/bin/python tests/benchmarks/bench_accuracy.py --designs aw2 --sizes 2000 --seeds 3
+    .venv/bin/python tests/benchmarks/bench_accuracy.py --cases aw2:2000,imbalanced:800:25 --seeds 3
 """
 
 from __future__ import annotations
@@ -20,58 +26,84 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import measure  # noqa: E402
 
+CASES = ("simple:2000,aw2:2000,aw3:2000,simple:20000,aw2:20000,aw3:20000,imbalanced:800:25,"
+         "aw2:2000:50,continuous_hetero:2000")
+NAMES = {"aw2:2000:50": "sparse (aw2, p = 50)"}
 
-def run(design: str, n: int, seed: int, trees: int) -> dict[str, dict[str, float]]:
+
+def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[str, float]]:
     from econml.dml import CausalForestDML as EconMLCausalForestDML
 
-    from tauforge.kernels import CausalForestDML
+    from tauforge.kernels import CausalForest, CausalForestDML
     from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.forest import FOREST_PARAMS
     from tauforge.kernels.nuisance import default_nuisance_model
 
-    train = make_causal_data(design, n=n, p=10, seed=seed)
-    test = make_causal_data(design, n=2000, p=10, seed=seed + 10_000)
-    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(True, 0))
+    train = make_causal_data(design, n=n, p=p, seed=seed)
+    test = make_causal_data(design, n=2000, p=p, seed=seed + 10_000)
+    binary = design != "continuous_hetero"
+    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(binary, 0))
     estimators = {
         "tauforge": CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed),
-        "econml": EconMLCausalForestDML(**models, discrete_treatment=True, cv=5, n_estimators=trees,
+        "econml": EconMLCausalForestDML(**models, discrete_treatment=binary, cv=5, n_estimators=trees,
                                         random_state=seed, n_jobs=-1),
     }
     out = {}
+
+    def score(name, tau, lo, hi, seconds):
+        out[name] = dict(rmse=float(np.sqrt(np.mean((tau - test.tau) ** 2))),
+                         coverage=float(np.mean((lo <= test.tau) & (test.tau <= hi))),
+                         width=float(np.mean(hi - lo)), fit_s=seconds)
+
     for name, est in estimators.items():
         with measure() as m:
             est.fit(train.Y, train.T, X=train.X)
-        tau = np.ravel(est.effect(test.X))
         lo, hi = (np.ravel(a) for a in est.effect_interval(test.X, alpha=0.05))
-        out[name] = dict(rmse=float(np.sqrt(np.mean((tau - test.tau) ** 2))),
-                         coverage=float(np.mean((lo <= test.tau) & (test.tau <= hi))),
-                         width=float(np.mean(hi - lo)), fit_s=m.seconds)
+        score(name, np.ravel(est.effect(test.X)), lo, hi, m.seconds)
+    # The same forest (same seed, residuals and trees) without the correction.
+    ours = estimators["tauforge"]
+    params = {k: getattr(ours, k) for k in FOREST_PARAMS}
+    y_res, t_res = ours.residuals_
+    plain = CausalForest(**{**params, "linear_correction_variables": None}, random_state=seed, progress=False)
+    plain.fit(train.X, t_res, y_res)
+    tau, lo, hi = (np.ravel(a) for a in plain.predict_with_interval(test.X, alpha=0.05))
+    score("plain", tau, lo, hi, 0.0)
+    correction = ours.forest_.linear_correction_
+    out["tauforge"]["variables"] = "none" if correction is None else ",".join(str(j) for j in correction.variables)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--designs", default="simple,aw2,aw3")
-    parser.add_argument("--sizes", default="2000,5000,20000")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (default: 3)")
-    parser.add_argument("--trees", type=int, default=500)
+    parser.add_argument("--cases", default=CASES, help="design:n[:p], comma-separated (default: the issue's table)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per case (default: 3)")
+    parser.add_argument("--trees", type=int, default=1000, help="trees of both forests (default: 1000)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    header = ("| design | n | tauforge RMSE | EconML RMSE | RMSE ratio | tauforge coverage | EconML coverage "
-              "| tauforge width | EconML width | width ratio | fit s (tauforge / EconML) |")
-    print(f"# {args.seeds} seeds per row, {args.trees} trees, p = 10, 95% intervals on 2,000 fresh rows")
+    header = ("| design | p | n | tauforge RMSE | EconML RMSE | RMSE ratio | tauforge coverage | EconML coverage "
+              "| tauforge width | EconML width | width ratio | no correction: RMSE / coverage | corrected on "
+              "| fit s (tauforge / EconML) |")
+    print(f"# {args.seeds} seeds per row, {args.trees} trees, 95% intervals on 2,000 fresh rows; "
+          "coverage (min: the worst seed's)")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for design in args.designs.split(","):
-        for n in (int(s) for s in args.sizes.split(",")):
-            runs = [run(design, n, seed, args.trees) for seed in range(args.seeds)]
-            mean = {lib: {k: float(np.mean([r[lib][k] for r in runs])) for k in runs[0][lib]}
-                    for lib in ("tauforge", "econml")}
-            worst_cov = min(r["tauforge"]["coverage"] for r in runs)
-            t, e = mean["tauforge"], mean["econml"]
-            print(f"| {design} | {n:,} | {t['rmse']:.4f} | {e['rmse']:.4f} | {t['rmse'] / e['rmse']:.3f} "
-                  f"| {t['coverage']:.3f} (min {worst_cov:.3f}) | {e['coverage']:.3f} | {t['width']:.3f} "
-                  f"| {e['width']:.3f} | {t['width'] / e['width']:.3f} | {t['fit_s']:.1f} / {e['fit_s']:.1f} |",
-                  flush=True)
+    ratios = []
+    for case in args.cases.split(","):
+        design, n, *rest = case.split(":")
+        n, p = int(n), int(rest[0]) if rest else 10
+        runs = [run(design, n, p, seed, args.trees) for seed in range(args.seeds)]
+        mean = {lib: {k: float(np.mean([r[lib][k] for r in runs])) for k in ("rmse", "coverage", "width", "fit_s")}
+                for lib in ("tauforge", "econml", "plain")}
+        worst_cov = min(r["tauforge"]["coverage"] for r in runs)
+        variables = sorted({r["tauforge"]["variables"] for r in runs})
+        t, e, f = mean["tauforge"], mean["econml"], mean["plain"]
+        ratios.append(t["rmse"] / e["rmse"])
+        print(f"| {NAMES.get(case, design)} | {p} | {n:,} | {t['rmse']:.4f} | {e['rmse']:.4f} "
+              f"| {t['rmse'] / e['rmse']:.3f} | {t['coverage']:.3f} (min {worst_cov:.3f}) | {e['coverage']:.3f} "
+              f"| {t['width']:.3f} | {e['width']:.3f} | {t['width'] / e['width']:.3f} "
+              f"| {f['rmse']:.4f} / {f['coverage']:.3f} | {' '.join(variables)} "
+              f"| {t['fit_s']:.1f} / {e['fit_s']:.1f} |", flush=True)
+    print(f"# mean RMSE ratio tauforge / EconML over the {len(ratios)} rows: {np.mean(ratios):.3f}")
 
 
 if __name__ == "__main__":

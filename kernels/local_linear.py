@@ -1,0 +1,205 @@
+"""Local linear correction of the CATE (Friedberg, Tibshirani, Athey and Wager 2020, "Local
+Linear Forests"), as grf's LLCausalPredictionStrategy computes it.
+
+A causal forest's estimate at x is a locally constant fit: the forest weights alpha_i(x) (the
+share of trees in which training row i falls in x's leaf, over that leaf's weight) weigh the
+regression y~ = mu + tau t~. Where the effect is steep, the rows around x sit mostly on one side
+of it and the fit is biased. The correction adds slopes in chosen covariates Z:
+
+    y~_i = mu + (Z_i - z) b_mu + t~_i (tau + (Z_i - z) b_tau)
+
+fit with the same weights and a ridge penalty lambda * trace(M) / D on the slopes (M the weighted
+Gram matrix, D = 2 d + 2 coefficients, d = len(Z)); tau is the corrected CATE.
+
+Its normal equations need only forest-weighted means of u u' and u y, u = (1, Z, t~, t~ Z), and a
+forest-weighted mean is the mean over trees of leaf means. So each leaf keeps the means of those
+products over its estimation rows (`leaf_moments`, float32, K = D (D + 1) / 2 + D numbers), and
+prediction averages them like the forest's own leaf values: no training row is kept in the model.
+Centring at z is a linear map of u, applied to the averaged moments.
+
+Variance: tau(x) is a smooth function of the tree average of leaf moments; its linearization
+gives each tree a contribution psi_b = h' ((r_b - r) - (M_b - M) theta), h = (M + penalty)^-T e_tau,
+linear in tree b's leaf moments, and the bootstrap of little bags (kernels.prediction) turns those
+into a variance. With no covariates (d = 0) this is exactly the forest's own estimate and variance.
+
+Covariates are standardized with the training mean and standard deviation, so one lambda fits
+all scales. "auto" chooses them as the covariates a lasso of the R-learner's linear model (y~ on
+t~ and t~ Z over all covariates) keeps at the one-standard-error penalty, at most
+MAX_AUTO_VARIABLES of them: a rule of the data alone, so every shard of a forest chooses the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .prediction import little_bag_variance
+
+MAX_AUTO_VARIABLES = 4
+SELECTION_ROWS = 50_000  # rows the lasso of 'auto' sees at most (a seeded subsample)
+DEFAULT_RIDGE = 0.1
+
+
+def n_moments(d: int) -> int:
+    """Numbers per leaf for d covariates: the upper triangle of u u' and u y, u of length 2 d + 2."""
+    D = 2 * d + 2
+    return D * (D + 1) // 2 + D
+
+
+def row_moments(z: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row (n, K): the upper triangle of u u' (row-major), then u y, u = (1, z, t, t z)."""
+    n, d = z.shape
+    v = np.hstack([np.ones((n, 1)), z])
+    u = np.hstack([v, t[:, None] * v])
+    i, j = np.triu_indices(2 * d + 2)
+    return np.hstack([u[:, i] * u[:, j], u * y[:, None]])
+
+
+def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: int,
+                     sample_weight: np.ndarray | None = None) -> tuple[int, ...]:
+    """The covariates a lasso of y~ on (t~, t~ X_std) keeps at the largest penalty whose
+    cross-validated error is within one standard error of the best (glmnet's lambda.1se: the
+    minimum keeps noise covariates, which only add variance here), largest coefficients first,
+    at most MAX_AUTO_VARIABLES: where the effect moves linearly, which is where the correction helps."""
+    from sklearn.linear_model import Lasso, LassoCV
+
+    w = np.ones(len(y_res)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    rows = np.flatnonzero(w > 0)  # zero-weight rows are not part of the data
+    if len(rows) > SELECTION_ROWS:  # the lasso's cost grows with n; its choice settles long before
+        rows = np.sort(np.random.default_rng(seed).choice(rows, SELECTION_ROWS, replace=False))
+    X, t_res, y_res, w = X[rows], t_res[rows], y_res[rows], w[rows]
+    scale = X.std(axis=0)
+    usable = np.flatnonzero(scale > 0)
+    if len(usable) == 0:
+        return ()
+    Xs = (X[:, usable] - X[:, usable].mean(axis=0)) / scale[usable]
+    design = np.hstack([t_res[:, None], t_res[:, None] * Xs])
+    fit_weight = None if sample_weight is None else w
+    cv = LassoCV(cv=5, random_state=seed).fit(design, y_res, sample_weight=fit_weight)
+    mse = cv.mse_path_.mean(axis=1)
+    best = int(np.argmin(mse))
+    bar = mse[best] + cv.mse_path_[best].std() / np.sqrt(cv.mse_path_.shape[1])
+    alpha = float(np.max(cv.alphas_[mse <= bar]))
+    coef = np.abs(Lasso(alpha=alpha).fit(design, y_res, sample_weight=fit_weight).coef_[1:])
+    kept = [int(usable[k]) for k in np.argsort(-coef, kind="stable") if coef[k] > 0]
+    return tuple(sorted(kept[:MAX_AUTO_VARIABLES]))
+
+
+@dataclass
+class LocalLinearCorrection:
+    """The fitted correction of one forest: which covariates, their standardization, the ridge
+    penalty, and the leaf moments aligned with the forest's leaf rows."""
+
+    variables: tuple[int, ...]
+    center: np.ndarray  # float64 [d]
+    scale: np.ndarray  # float64 [d]
+    ridge: float
+    leaf_moments: np.ndarray  # float32 [leaves, K]
+
+    def design(self, X: np.ndarray) -> np.ndarray:
+        """Standardized correction covariates of rows X (n, p) -> (n, d)."""
+        return (X[:, list(self.variables)] - self.center) / self.scale
+
+    @classmethod
+    def fit(cls, variables: tuple[int, ...], ridge: float, X: np.ndarray, T: np.ndarray, y: np.ndarray,
+            w: np.ndarray, leaf_of_row: list[tuple[np.ndarray, np.ndarray]], n_leaves: int) -> LocalLinearCorrection:
+        """Leaf means of the row moments: `leaf_of_row` lists, per block of trees, (training row,
+        global leaf row) of every estimation row of those trees; w the rows' sample weights."""
+        cols = X[:, list(variables)]
+        center = np.average(cols, axis=0, weights=w)  # zero-weight rows are not part of the data
+        scale = np.sqrt(np.average((cols - center) ** 2, axis=0, weights=w))
+        scale = np.where(scale > 0, scale, 1.0)
+        correction = cls(tuple(int(v) for v in variables), center, scale, float(ridge), np.empty(0))
+        moments = torch.from_numpy(w[:, None] * row_moments(correction.design(X), T, y))
+        weight = torch.from_numpy(np.asarray(w, dtype=np.float64))
+        sums = torch.zeros(n_leaves, moments.shape[1], dtype=torch.float64)
+        totals = torch.zeros(n_leaves, dtype=torch.float64)
+        for rows, leaves in leaf_of_row:
+            r, leaf = torch.from_numpy(rows), torch.from_numpy(leaves)
+            sums.index_add_(0, leaf, moments[r])
+            totals.index_add_(0, leaf, weight[r])
+        correction.leaf_moments = (sums / totals[:, None]).numpy().astype(np.float32)
+        return correction
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"ll_leaf_moments": self.leaf_moments, "ll_center": self.center, "ll_scale": self.scale}
+
+    def to_json(self) -> dict:
+        return {"variables": list(self.variables), "ridge": self.ridge}
+
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray], n_leaves: int) -> LocalLinearCorrection:
+        variables = tuple(int(v) for v in meta["variables"])
+        correction = cls(variables, np.asarray(arrays["ll_center"], dtype=np.float64),
+                         np.asarray(arrays["ll_scale"], dtype=np.float64), float(meta["ridge"]),
+                         np.asarray(arrays["ll_leaf_moments"], dtype=np.float32))
+        K = n_moments(len(variables))
+        if correction.leaf_moments.shape != (n_leaves, K) or correction.center.shape != (len(variables),) \
+                or correction.scale.shape != (len(variables),):
+            raise ValueError(f"the local linear correction's arrays do not match the forest ({n_leaves} leaves, "
+                             f"{len(variables)} covariates): the model files are inconsistent")
+        return correction
+
+    @staticmethod
+    def merge(parts: list[LocalLinearCorrection]) -> LocalLinearCorrection:
+        first = parts[0]
+        return LocalLinearCorrection(first.variables, first.center, first.scale, first.ridge,
+                                     np.concatenate([p.leaf_moments for p in parts]))
+
+
+def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, ci_group_size: int,
+                          valid: torch.Tensor | None = None,
+                          with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Corrected tau and its variance per row from gathered leaf moments (rows, trees, K) and the
+    rows' standardized covariates z (rows, d); `valid` as in kernels.prediction.forest_estimate."""
+    rows, T, K = values.shape
+    d = z.shape[1]
+    D = 2 * d + 2
+    if valid is None:
+        wt = values.new_full((rows, T), 1.0 / T)
+    else:
+        vf = valid.to(values.dtype)
+        wt = vf / vf.sum(dim=1, keepdim=True)
+    A = torch.einsum("rt,rtk->rk", wt, values)
+    dev, dtype = values.device, values.dtype
+    iu = torch.triu_indices(D, D, device=dev)
+    n_tri = iu.shape[1]
+    # Centring at z: u -> C u, C = blockdiag(c, c), c = [[1, 0], [-z, I]].
+    c = torch.eye(d + 1, dtype=dtype, device=dev).repeat(rows, 1, 1)
+    c[:, 1:, 0] = -z
+    C = torch.zeros(rows, D, D, dtype=dtype, device=dev)
+    C[:, : d + 1, : d + 1] = c
+    C[:, d + 1:, d + 1:] = c
+    M_raw = _symmetric(A[:, :n_tri], iu, D)
+    M = C @ M_raw @ C.transpose(1, 2)
+    r = (C @ A[:, n_tri:, None])[..., 0]
+    penalized = torch.ones(D, dtype=dtype, device=dev)
+    penalized[0] = penalized[d + 1] = 0.0  # intercept and effect: only the slopes are shrunk
+    trace = torch.diagonal(M, dim1=1, dim2=2).sum(dim=1) / D
+    M_pen = M + torch.diag_embed(ridge * trace[:, None] * penalized)
+    theta = torch.linalg.solve(M_pen, r)
+    tau = theta[:, d + 1]
+    if not with_variance or ci_group_size < 2:
+        return tau, None
+    # psi_b = h' C ((r_raw_b - r_raw) - (M_raw_b - M_raw) C' theta): linear in tree b's moments.
+    e_tau = torch.zeros(rows, D, dtype=dtype, device=dev)
+    e_tau[:, d + 1] = 1.0
+    h = (C.transpose(1, 2) @ torch.linalg.solve(M_pen.transpose(1, 2), e_tau)[..., None])[..., 0]
+    theta_raw = (C.transpose(1, 2) @ theta[..., None])[..., 0]
+    outer = h[:, :, None] * theta_raw[:, None, :]
+    coef_tri = -(outer + outer.transpose(1, 2))[:, iu[0], iu[1]]
+    diagonal = iu[0] == iu[1]
+    coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
+    coef = torch.cat([coef_tri, h], dim=1)  # (rows, K)
+    psi = torch.einsum("rtk,rk->rt", values - A[:, None, :], coef)
+    return tau, little_bag_variance(psi, ci_group_size, valid)
+
+
+def _symmetric(tri: torch.Tensor, iu: torch.Tensor, D: int) -> torch.Tensor:
+    """(rows, D, D) from upper-triangle entries (rows, D (D + 1) / 2) in triu_indices order."""
+    M = tri.new_zeros(tri.shape[0], D, D)
+    M[:, iu[0], iu[1]] = tri
+    M[:, iu[1], iu[0]] = tri
+    return M
