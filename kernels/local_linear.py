@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .prediction import little_bag_variance
+from .prediction import little_bag_variance, tree_average
 
 MAX_AUTO_VARIABLES = 4
 SELECTION_ROWS = 50_000  # rows the lasso of 'auto' sees at most (a seeded subsample)
@@ -154,15 +154,10 @@ def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, c
                           with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Corrected tau and its variance per row from gathered leaf moments (rows, trees, K) and the
     rows' standardized covariates z (rows, d); `valid` as in kernels.prediction.forest_estimate."""
-    rows, T, K = values.shape
+    rows = values.shape[0]
     d = z.shape[1]
     D = 2 * d + 2
-    if valid is None:
-        wt = values.new_full((rows, T), 1.0 / T)
-    else:
-        vf = valid.to(values.dtype)
-        wt = vf / vf.sum(dim=1, keepdim=True)
-    A = torch.einsum("rt,rtk->rk", wt, values)
+    A = tree_average(values, valid)
     dev, dtype = values.device, values.dtype
     iu = torch.triu_indices(D, D, device=dev)
     n_tri = iu.shape[1]

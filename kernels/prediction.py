@@ -41,6 +41,15 @@ def debias_between_group_variance(var_between: torch.Tensor, group_noise: torch.
     return initial + se * torch.exp(log_phi - torch.special.log_ndtr(r))
 
 
+def tree_average(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over trees of gathered leaf values (rows, trees, K) -> (rows, K), over the `valid`
+    trees only when given (rows, trees): a forest-weighted mean of whatever the leaves hold."""
+    if valid is None:
+        return values.mean(dim=1)
+    vf = valid.to(values.dtype)
+    return torch.einsum("rt,rtk->rk", vf / vf.sum(dim=1, keepdim=True), values)
+
+
 def forest_estimate(values: torch.Tensor, ci_group_size: int, valid: torch.Tensor | None = None,
                     with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """tau and its variance per row from gathered leaf values (rows, trees, 4).
@@ -48,13 +57,7 @@ def forest_estimate(values: torch.Tensor, ci_group_size: int, valid: torch.Tenso
     `valid` (rows, trees) excludes trees (out-of-bag prediction); the variance then uses only
     groups whose trees are all valid. Rows with no valid group get a NaN variance.
     """
-    rows, T, _ = values.shape
-    if valid is None:
-        w = values.new_full((rows, T), 1.0 / T)
-    else:
-        vf = valid.to(values.dtype)
-        w = vf / vf.sum(dim=1, keepdim=True)
-    A = torch.einsum("rt,rtk->rk", w, values)
+    A = tree_average(values, valid)
     At, Ay, Aty, Att = A[:, LEAF_T], A[:, LEAF_Y], A[:, LEAF_TY], A[:, LEAF_TT]
     denom = Att - At * At
     tau = (Aty - At * Ay) / denom
