@@ -22,14 +22,15 @@ import numpy as np
 from scipy.stats import norm
 
 from tauforge.kernels import CausalForest
-from tauforge.kernels.ate import dml_ate, oob_effect
+from tauforge.kernels.ate import average_effect as debiased_average
+from tauforge.kernels.ate import oob_effect, variance_weighted_effect
 from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates, replicate_forest_params
 from tauforge.kernels.forest import FOREST_PARAMS
 from tauforge.kernels.sampling import shard_range
 
 from . import config
 from ._kfp import Artifact, Dataset, Input, List, Metrics, Model, Output, component
-from .constants import DEFAULT_ALPHA, DEFAULT_TREES, MIN_PROPENSITY
+from .constants import DEFAULT_ALPHA, DEFAULT_TREES
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
@@ -125,16 +126,23 @@ class Estimate:
 
 def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residuals,
                    alpha: float = DEFAULT_ALPHA) -> dict:
-    """ATE with standard error and (1 - alpha) interval: doubly robust on the out-of-bag CATE for
-    a binary treatment, partially linear for a continuous one (as CausalForestDML)."""
-    y_res, t_res = residuals.column("y_res"), residuals.column("t_res")
-    ate, se = dml_ate(oob_cate, y_res, t_res, residuals.column("t_hat"), discrete=data.spec.binary,
-                      min_propensity=MIN_PROPENSITY, sample_weight=data.arrays()["sample_weight"])
-    method = "doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else "partially linear DML"
+    """The average effect with standard error and (1 - alpha) interval, as CausalForestDML's
+    `ate_`: the mean debiased score of the out-of-bag CATE (`tauforge.kernels.ate`), the ATE of
+    a binary treatment and the average partial effect (APE) of a continuous one. A continuous
+    treatment's summary also holds the variance-weighted (partially linear) effect, by its name."""
+    y_res, t_res, weight = residuals.column("y_res"), residuals.column("t_res"), data.arrays()["sample_weight"]
+    ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight)
     z = float(norm.ppf(1 - alpha / 2))
-    return {"estimand": "ATE", "method": method, "ate": ate, "ate_stderr": se, "ate_lower": ate - z * se,
-            "ate_upper": ate + z * se, "ate_interval": "normal, from the standard error", "alpha": alpha,
-            "n_rows": len(y_res)}
+    out = {"estimand": "ATE" if data.spec.binary else "APE",
+           "method": ("doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else
+                      "debiased average partial effect (out-of-bag CATE, weights t~ / Var(T | X))"),
+           "ate": ate, "ate_stderr": se, "ate_lower": ate - z * se,
+           "ate_upper": ate + z * se, "ate_interval": "normal, from the standard error", "alpha": alpha,
+           "n_rows": len(y_res)}
+    if not data.spec.binary:
+        out["variance_weighted_effect"], out["variance_weighted_stderr"] = variance_weighted_effect(y_res, t_res,
+                                                                                                  weight)
+    return out
 
 
 def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Residuals,
@@ -196,9 +204,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
                          nuisance: NuisanceConfig) -> BootstrapReplicates:
     """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
     `CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run with
-    `bootstrap.trees` trees on half-samples, each replicate's ATE doubly robust on the estimate's
-    out-of-bag CATE (or partially linear), the nuisance models refit with `nuisance` when
-    `bootstrap.nuisance`."""
+    `bootstrap.trees` trees on half-samples, each replicate's average effect on the estimate's
+    out-of-bag CATE, the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`."""
     if bootstrap.n_bootstrap < 2:
         raise config.ConfigError("n_bootstrap", "must be at least 2 for a bootstrap shard")
     if estimate.summary["forest_source"] != "tauforge":
@@ -207,12 +214,12 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
                                               f"{estimate.summary['forest_source']}")
     replicates = shard_range(bootstrap.n_bootstrap, shard, n_shards, "bootstrap replicates", "n_bootstrap")
     a = data.arrays()
-    main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat"))
+    main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_var"))
     refit = (lambda w: refit_residuals(data, nuisance, seed, sample_weight=w)) if bootstrap.nuisance else None
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
                                      bootstrap.trees, estimate.summary.get("linear_correction_variables"))
-    return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, discrete=data.spec.binary,
-                          min_propensity=MIN_PROPENSITY, refit=refit, sample_weight=a["sample_weight"])
+    return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
+                          sample_weight=a["sample_weight"])
 
 
 def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], bootstrap: BootstrapConfig) -> Estimate:

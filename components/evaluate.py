@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tauforge.kernels.ate import doubly_robust_scores
+from tauforge.kernels.ate import debiased_scores
 
 from . import config, heterogeneity, refuters
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
@@ -155,14 +155,13 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     a = data.arrays()
     cate = estimate.oob_cate
     y_res, t_res, t_hat = residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat")
-    if data.spec.binary:
-        scores = doubly_robust_scores(cate, y_res, t_res, t_hat)
-    else:  # the partially linear analogue: tau + (y~ - tau t~) t~ / E[t~^2]
-        scores = cate + (y_res - cate * t_res) * t_res / np.mean(t_res**2)
+    t_var = residuals.column("t_var")
+    scores = debiased_scores(cate, y_res, t_res, t_var)  # per-row effects: the mean of a group's is its effect
     summary = estimate.summary
     result = {
-        "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower",
-                                                "ate_upper", "ate_interval", "alpha")},
+        "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
+                                                "ate_interval", "alpha", "variance_weighted_effect",
+                                                "variance_weighted_stderr") if k in summary},
                    "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
                    "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
                    "cate_histogram": _histogram(cate)},
@@ -174,7 +173,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                                                                 nuisance, seed),
             "data_subset": refuters.data_subset(data, summary["ate"], summary["ate_stderr"], cate, nuisance, seed),
         },
-        "sensitivity": sensitivity_report(y_res, t_res, summary["alpha"]),
+        "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
         "heterogeneity": {"calibration": heterogeneity.calibration_test(y_res, t_res, cate),
                           "rate": heterogeneity.autoc(cate, scores, seed=seed),
                           "gates": heterogeneity.gates(cate, scores)},

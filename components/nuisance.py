@@ -2,8 +2,10 @@
 
 `fit_nuisance_fold` fits E[Y | X, W] and E[T | X, W] on every fold but one and predicts the
 held-out fold; `combine_folds` checks the folds cover every row once and forms the residuals
-the forest is grown on. Folds, models and seeds are those of `tauforge.kernels.CausalForestDML`,
-so the pipeline and the in-process estimator produce the same residuals. `NuisanceConfig` says
+the forest is grown on, and the treatment's conditional variance V(x) that weights the average
+effect (`tauforge.kernels.ate`; a continuous treatment's is a model of t~^2 fit on the same
+folds). Folds, models and seeds are those of `tauforge.kernels.CausalForestDML`, so the pipeline
+and the in-process estimator produce the same residuals. `NuisanceConfig` says
 which models and how many folds; the refuters and the bootstrap refit with the same settings.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance, resolve_model
+from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance, resolve_model, treatment_variance
 
 from . import config
 from ._kfp import Dataset, Input, List, Metrics, Output, component
@@ -95,7 +97,7 @@ def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, 
 def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sample_weight: np.ndarray | None = None,
                     rows: np.ndarray | None = None,
                     extra_control: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y_res, t_res, t_hat) with the nuisance models cross-fit again, with the folds and models
+    """(y_res, t_res, t_var) with the nuisance models (and V(x)) cross-fit again, with the folds and models
     of `fit_nuisance_fold`: under `sample_weight` (a bootstrap resample's; default the data's
     own), on `rows` only (a refuter's subset; default all), with `extra_control` as one more
     column the models see (a refuter's random common cause)."""
@@ -103,12 +105,14 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     rows = np.arange(len(a["Y"])) if rows is None else rows
     XW = nuisance_inputs(a) if extra_control is None else np.hstack([nuisance_inputs(a), extra_control[:, None]])
     weight = a["sample_weight"] if sample_weight is None else sample_weight
-    Y, T = a["Y"][rows], a["T"][rows]
-    y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=data.spec.binary, seed=seed,
-                                model_y=nuisance.model_y, model_t=nuisance.model_t,
-                                sample_weight=None if weight is None else weight[rows])
+    Y, T, weight = a["Y"][rows], a["T"][rows], None if weight is None else weight[rows]
+    discrete = data.spec.binary
+    y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
+                                model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight)
     t_hat = _known_propensity(data, t_hat)
-    return Y - y_hat, T - t_hat, t_hat
+    t_var = treatment_variance(XW[rows], T, t_hat, cross_fitting_folds(T, nuisance.folds, discrete, seed),
+                               discrete=discrete, seed=seed, sample_weight=weight)
+    return Y - y_hat, T - t_hat, t_var
 
 
 def nuisance_inputs(a: dict) -> np.ndarray:
@@ -124,8 +128,9 @@ def _known_propensity(data: ValidatedData, t_hat: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Residuals:
-    """Per row: fold, y_hat, t_hat and the residuals y_res = Y - y_hat, t_res = T - t_hat; and
-    the out-of-fold scores as lists in fold order."""
+    """Per row: fold, y_hat, t_hat, the residuals y_res = Y - y_hat, t_res = T - t_hat, and t_var,
+    the treatment's conditional variance V(x) (`kernels.nuisance.treatment_variance`); and the
+    out-of-fold scores as lists in fold order."""
 
     frame: pd.DataFrame
     scores: dict[str, list[float]]
@@ -146,8 +151,9 @@ class Residuals:
         return self.frame[name].to_numpy(np.float64)
 
 
-def combine_folds(data: ValidatedData, folds: list[FoldPredictions]) -> Residuals:
-    """Join the folds' predictions, checking that they cover every row exactly once."""
+def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int) -> Residuals:
+    """Join the folds' predictions, checking that they cover every row exactly once, and fit the
+    treatment's conditional variance on the same folds (with `seed`)."""
     n = len(data.table)
     pred = pd.concat([f.frame for f in folds], ignore_index=True).sort_values("row")
     rows = pred["row"].to_numpy()
@@ -156,9 +162,11 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions]) -> Residual
         raise ValueError(f"fold predictions hold {len(rows)} predictions for {len(set(rows))} of {n} rows "
                          f"(folds {folds_given}); every fold must be fit exactly once")
     a = data.arrays()
-    y_hat, t_hat = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy()
-    residuals = pd.DataFrame({"fold": pred["fold"].to_numpy(), "y_hat": y_hat, "t_hat": t_hat,
-                              "y_res": a["Y"] - y_hat, "t_res": a["T"] - t_hat})
+    y_hat, t_hat, fold = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy(), pred["fold"].to_numpy()
+    t_var = treatment_variance(nuisance_inputs(a), a["T"], t_hat, fold, discrete=data.spec.binary, seed=seed,
+                               sample_weight=a["sample_weight"])
+    residuals = pd.DataFrame({"fold": fold, "y_hat": y_hat, "t_hat": t_hat, "y_res": a["Y"] - y_hat,
+                              "t_res": a["T"] - t_hat, "t_var": t_var})
     scores: dict[str, list[float]] = {}
     for f in sorted(folds, key=lambda f: f.fold):
         for name, value in f.scores.items():
@@ -185,15 +193,16 @@ def nuisance_fold(dataset: Input[Dataset], fold: int, n_folds: int, seed: int, m
 
 
 @component
-def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], residuals: Output[Dataset],
+def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, residuals: Output[Dataset],
                      metrics: Output[Metrics]):
-    """Join the folds' predictions into residuals for every row; log the mean out-of-fold scores."""
+    """Join the folds' predictions into residuals (and V(x)) for every row; log the mean
+    out-of-fold scores."""
     import numpy as np
 
     from tauforge.components.data import load_validated
     from tauforge.components.nuisance import FoldPredictions, combine_folds
 
-    result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds])
+    result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds], int(seed))
     result.save(residuals.path)
     for name, values in result.scores.items():
         metrics.log_metric(f"nuisance_{name}", float(np.mean(values)))

@@ -15,9 +15,8 @@ import numpy as np
 from scipy import stats
 from scipy.stats import norm
 
-from tauforge.kernels.ate import dml_ate, partially_linear_ate
+from tauforge.kernels.ate import average_effect, variance_weighted_effect
 
-from .constants import MIN_PROPENSITY
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, refit_residuals
 
@@ -31,17 +30,16 @@ def placebo(data: ValidatedData, y_res: np.ndarray, seed: int) -> dict:
     partially linear estimate of its effect on the outcome residuals must be zero up to noise."""
     a = data.arrays()
     T_placebo = np.random.default_rng([seed, 7]).permutation(a["T"])
-    effect, stderr = partially_linear_ate(y_res, T_placebo - T_placebo.mean(), a["sample_weight"])
+    effect, stderr = variance_weighted_effect(y_res, T_placebo - T_placebo.mean(), a["sample_weight"])
     return {"effect": effect, "stderr": stderr, "p_value": _p_two_sided(effect / stderr) if stderr > 0 else 1.0}
 
 
 def _refit_ate(data: ValidatedData, rows: np.ndarray, extra: np.ndarray | None, oob_cate: np.ndarray,
                nuisance: NuisanceConfig, seed: int) -> float:
     """The ATE with the nuisance models refit on `rows`, seeing `extra` as one more control."""
-    y_res, t_res, t_hat = refit_residuals(data, nuisance, seed, rows=rows, extra_control=extra)
+    y_res, t_res, t_var = refit_residuals(data, nuisance, seed, rows=rows, extra_control=extra)
     weight = data.arrays()["sample_weight"]
-    return dml_ate(oob_cate[rows], y_res, t_res, t_hat, discrete=data.spec.binary, min_propensity=MIN_PROPENSITY,
-                   sample_weight=None if weight is None else weight[rows])[0]
+    return average_effect(oob_cate[rows], y_res, t_res, t_var, None if weight is None else weight[rows])[0]
 
 
 def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray,

@@ -626,7 +626,8 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "assumptions": ASSUMPTIONS[spec["assignment"]],
         "spec": spec, "data": data, "effect": {
             k: estimate[k] for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "ate_interval", "alpha",
-                                     "bootstrap") if k in estimate},
+                                     "variance_weighted_effect", "variance_weighted_stderr", "bootstrap")
+            if k in estimate},
         "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "refuters", "balance", "sensitivity")}
         | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}
         | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}

@@ -49,10 +49,10 @@ def render_report(result: dict, title: str = "tauforge evaluation") -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", status,
              f"<ul>{warnings}</ul>" if warnings else "",
-             "<h2>Average treatment effect</h2>",
+             f"<h2>Average effect ({html.escape(eff['estimand'])})</h2>",
              _table([(eff["method"], eff["ate"], eff["ate_stderr"],
                       f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
-                    ("method", "ATE", "std. error", f"{100 * (1 - eff['alpha']):.0f}% interval")),
+                    ("method", eff["estimand"], "std. error", f"{100 * (1 - eff['alpha']):.0f}% interval")),
              "<h2>Conditional effects (out-of-bag CATE)</h2>",
              bar_chart(eff["cate_histogram"]["edges"], {"CATE": eff["cate_histogram"]["counts"]},
                        "distribution of the CATE over training rows"),

@@ -1,19 +1,28 @@
 """Sensitivity of the average effect to an unobserved confounder: omitted-variable-bias bounds
-and the robustness value of Chernozhukov, Cinelli, Newey, Sharma and Syrgkanis (2022), for the
-partially linear summary effect theta of the residuals, as EconML's CausalForestDML reports them
-(`sensitivity_interval`, `robustness_value`), with one correction: the signs of the covariances
-of nu2 with theta and sigma2 in the delta-method variance (EconML's are flipped).
+and the robustness value of Chernozhukov, Cinelli, Newey, Sharma and Syrgkanis (2022).
 
 A confounder that explains a share c_y of the outcome's residual variance and a share c_t of the
-treatment's moves theta by at most |rho| sqrt(c_y c_t / (1 - c_t)) sqrt(sigma2 nu2), where
-sigma2 = E[(y~ - theta t~)^2] and nu2 = 1 / E[t~^2]. The robustness value is the equal strength
-c_y = c_t at which the bound (or its confidence interval) first reaches the null.
+Riesz representer's moves theta by at most |rho| sqrt(c_y c_t / (1 - c_t)) sqrt(sigma2 nu2),
+where sigma2 is the outcome's residual variance and nu2 = E[alpha^2] the representer's second
+moment. The robustness value is the equal strength c_y = c_t at which the bound (or its
+confidence interval) first reaches the null.
+
+Two parametrizations (`SensitivityParams`):
+- `from_scores`, what the pipeline reports: theta the average effect (ATE, or a continuous
+  treatment's average partial effect) of `tauforge.kernels.ate`, alpha = t~ / V(x) its debiasing
+  weight and sigma2 = E[(y~ - tau(x) t~)^2];
+- `from_residuals`: theta the partially linear (variance-weighted) effect, alpha = t~ / E[t~^2],
+  sigma2 = E[(y~ - theta t~)^2], as EconML's CausalForestDML reports it (`sensitivity_interval`,
+  `robustness_value`), with one correction: the signs of the covariances of nu2 with theta and
+  sigma2 in the delta-method variance (EconML's are flipped).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
+
+from tauforge.kernels.ate import debiased_scores
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,18 @@ class SensitivityParams:
         jac_inv = 1 / np.array([-m_tt, -1.0, m_tt])
         omega = moments.T @ moments / n
         return cls(float(theta), float(sigma2), float(nu2), (jac_inv[:, None] * omega * jac_inv[None, :]) / n)
+
+    @classmethod
+    def from_scores(cls, tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray,
+                    t_var: np.ndarray) -> "SensitivityParams":
+        """theta the mean debiased score of the CATE `tau` (the average effect), with the Riesz
+        representer alpha = t~ / V. Each of (theta, sigma2, nu2) is a plain mean, so their
+        covariance is that of the per-row terms over n."""
+        psi = debiased_scores(tau, y_res, t_res, t_var)
+        residual2, alpha2 = (y_res - tau * t_res) ** 2, (t_res / t_var) ** 2
+        terms = np.stack([psi, residual2, alpha2], axis=1)
+        return cls(float(psi.mean()), float(residual2.mean()), float(alpha2.mean()),
+                   np.cov(terms, rowvar=False, ddof=0) / len(psi))
 
 
 def bounds(p: SensitivityParams, c_y: float, c_t: float, rho: float = 1.0, alpha: float = 0.05,
@@ -80,9 +101,10 @@ def robustness_value(p: SensitivityParams, null: float = 0.0, alpha: float = 0.0
     return float((r_lo + r_hi) / 2)
 
 
-def sensitivity_report(y_res: np.ndarray, t_res: np.ndarray, alpha: float = 0.05,
-                       c_y: float = 0.05, c_t: float = 0.05) -> dict:
-    p = SensitivityParams.from_residuals(y_res, t_res)
+def sensitivity_report(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
+                       alpha: float = 0.05, c_y: float = 0.05, c_t: float = 0.05) -> dict:
+    """The bounds and robustness values of the average effect (`SensitivityParams.from_scores`)."""
+    p = SensitivityParams.from_scores(tau, y_res, t_res, t_var)
     return {"theta": p.theta, "c_y": c_y, "c_t": c_t,
             "theta_bounds": list(bounds(p, c_y, c_t, 1.0, alpha, "theta")),
             "ci_bounds": list(bounds(p, c_y, c_t, 1.0, alpha, "ci")),

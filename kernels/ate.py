@@ -1,8 +1,16 @@
-"""Average treatment effects from cross-fitted residuals: the estimators that `CausalForestDML`,
-the full bootstrap (`kernels.bootstrap`) and the pipeline's steps all use.
+"""Average effects from cross-fitted residuals: the estimators that `CausalForestDML`, the full
+bootstrap (`kernels.bootstrap`) and the pipeline's steps all use.
 
-A binary treatment's ATE is doubly robust (the AIPW score on out-of-bag CATE, as EconML's
-`CausalForestDML.ate_`); a continuous treatment's is the partially linear DML estimate.
+The average effect is the mean of the debiased (AIPW) score of the out-of-bag CATE,
+
+    psi_i = tau(x_i) + (y~_i - tau(x_i) t~_i) t~_i / V(x_i),    V(x) = Var[T | X = x],
+
+as grf's `average_treatment_effect` forms it. For a binary treatment V = e (1 - e) and psi is
+the doubly robust score of the ATE (EconML's `CausalForestDML.ate_`); for a continuous one V is
+a cross-fitted model of t~^2 (`kernels.nuisance.fit_treatment_variance`) and the mean is the
+average partial effect E[tau(X)]. The partially linear estimate sum t~ y~ / sum t~^2 weights
+each row's effect by its treatment variance: it is kept under its own name,
+`variance_weighted_effect`, and is not the average effect when both vary with x.
 """
 
 from __future__ import annotations
@@ -12,48 +20,52 @@ import numpy as np
 # Propensities are clipped to [MIN_PROPENSITY, 1 - MIN_PROPENSITY] in the doubly robust score:
 # CausalForestDML's default, and what every step that re-estimates the ATE uses.
 MIN_PROPENSITY = 0.01
+# A continuous treatment's fitted variance V(x) is floored at this share of the mean t~^2, so a
+# few rows where the model underestimates it cannot dominate the average. The binary analogue:
+# e (1 - e) with e clipped to [0.01, 0.99] is at least 4% of its largest value.
+MIN_VARIANCE_SHARE = 0.05
 
 
-def doubly_robust_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
-                         min_propensity: float = MIN_PROPENSITY) -> np.ndarray:
-    """Per-row AIPW scores of a binary treatment, tau + (y~ - tau t~) t~ / (e (1 - e)), with the
-    propensity clipped to [min_propensity, 1 - min_propensity]: their mean is the ATE, their mean
-    over a subgroup the subgroup's effect."""
+def propensity_variance(t_hat: np.ndarray, min_propensity: float = MIN_PROPENSITY) -> np.ndarray:
+    """V(x) = e (1 - e) of a binary treatment, its propensity clipped to [min_propensity, 1 - min_propensity]."""
     e = np.clip(t_hat, min_propensity, 1 - min_propensity)
-    return tau + (y_res - tau * t_res) * t_res / (e * (1 - e))
+    return e * (1 - e)
 
 
-def doubly_robust_ate(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray,
-                      min_propensity: float = MIN_PROPENSITY,
-                      sample_weight: np.ndarray | None = None) -> tuple[float, float]:
-    """ATE and standard error of a binary treatment from the AIPW score on out-of-bag CATE `tau`."""
+def floor_variance(v_hat: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """A continuous treatment's fitted V(x), floored at MIN_VARIANCE_SHARE of the (weighted) mean t~^2."""
+    return np.maximum(v_hat, MIN_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight)))
+
+
+def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray) -> np.ndarray:
+    """Per-row scores tau + (y~ - tau t~) t~ / V: their mean is the average effect, their mean
+    over a subgroup the subgroup's (a binary treatment's AIPW scores when V = e (1 - e))."""
+    return tau + (y_res - tau * t_res) * t_res / t_var
+
+
+def average_effect(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
+                   sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    """The average effect (ATE of a binary treatment, average partial effect of a continuous one)
+    and its standard error, from the debiased scores of the out-of-bag CATE `tau`."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
-    psi = doubly_robust_scores(tau, y_res, t_res, t_hat, min_propensity)
+    psi = debiased_scores(tau, y_res, t_res, t_var)
     ate = float(np.average(psi, weights=w))
     return ate, float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
 
 
-def partially_linear_ate(y_res: np.ndarray, t_res: np.ndarray,
-                         sample_weight: np.ndarray | None = None) -> tuple[float, float]:
-    """Partially linear DML effect: theta solves sum w t~ (y~ - theta t~) = 0; sandwich variance."""
+def variance_weighted_effect(y_res: np.ndarray, t_res: np.ndarray,
+                             sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    """The partially linear DML effect theta solving sum w t~ (y~ - theta t~) = 0, and its sandwich
+    standard error: E[Var(T|X) tau(X)] / E[Var(T|X)], each row's effect weighted by its treatment
+    variance (EconML's `CausalForestDML.ate_` for a continuous treatment)."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
-    ate = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
-    score = w * t_res * (y_res - ate * t_res)
-    return ate, float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
-
-
-def dml_ate(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_hat: np.ndarray, *, discrete: bool,
-            min_propensity: float = MIN_PROPENSITY,
-            sample_weight: np.ndarray | None = None) -> tuple[float, float]:
-    """The ATE and its standard error as the pipeline reports it: doubly robust on the out-of-bag
-    CATE `tau` for a binary (`discrete`) treatment, partially linear for a continuous one."""
-    if discrete:
-        return doubly_robust_ate(tau, y_res, t_res, t_hat, min_propensity, sample_weight)
-    return partially_linear_ate(y_res, t_res, sample_weight)
+    theta = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
+    score = w * t_res * (y_res - theta * t_res)
+    return theta, float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
 
 
 def oob_effect(forest, X: np.ndarray) -> np.ndarray:
-    """Out-of-bag CATE of a forest's training rows `X` (the `tau` of the doubly robust ATE); rows
+    """Out-of-bag CATE of a forest's training rows `X` (the `tau` of the average effect); rows
     every tree saw (only with very few trees) use all trees."""
     tau = forest.oob_predict(X)
     unseen = np.isnan(tau)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._inputs import resolve_device
 from ._progress import progress_bar
-from .ate import dml_ate
+from .ate import average_effect
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest import CausalForest, fit_forests, forests_per_batch
@@ -117,8 +117,8 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
                    progress: bool | None = None, sample_weight: np.ndarray | None = None,
                    batch_size: int | None = None) -> BootstrapReplicates:
     """Replicates 0..replicates-1 (or the given range: one shard's part). `residuals(counts)`
-    gives (y_res, t_res, t_hat) for a resample (the main fit's, or the nuisance models refit with
-    those counts as weights); `ate(counts, y_res, t_res, t_hat)` the replicate's ATE. Each
+    gives (y_res, t_res, t_var) for a resample (the main fit's, or the nuisance models refit with
+    those counts as weights); `ate(counts, y_res, t_res, t_var)` the replicate's average effect. Each
     replicate's forest is grown with its own seed (`replicate_seed`) and the resample's counts
     (times `sample_weight`) as sample weights, in groups of one tree (the bootstrap replaces the
     little bags). Forests are grown `batch_size` at a time in the same device calls
@@ -142,10 +142,10 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
             members, targets = [], []
             for b in replicates[lo:lo + batch]:
                 counts = resample_counts(n, b, seed)
-                y_res, t_res, t_hat = residuals(counts)
+                y_res, t_res, t_var = residuals(counts)
                 members.append(CausalForest(**params, random_state=replicate_seed(seed, b)))
                 targets.append((t_res, y_res, counts if sample_weight is None else counts * sample_weight))
-                ates.append(ate(counts, y_res, t_res, t_hat))
+                ates.append(ate(counts, y_res, t_res, t_var))
             forests += fit_forests(members, X, targets, binner, binned)
             bar.update(len(members))
     return BootstrapReplicates(forests, np.array(ates, dtype=np.float64), np.array(replicates, dtype=np.int64))
@@ -153,22 +153,20 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
 
 def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_params: dict,
                    main_residuals: tuple[np.ndarray, np.ndarray, np.ndarray], tau_oob: np.ndarray, *,
-                   discrete: bool, min_propensity: float,
                    refit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
                    sample_weight: np.ndarray | None = None, progress: bool | None = None,
                    batch_size: int | None = None) -> BootstrapReplicates:
     """The bootstrap of a DML causal forest (`CausalForestDML` and the pipeline's bootstrap
-    shards): replicate forests on the residuals `main_residuals` (y_res, t_res, t_hat), or on
+    shards): replicate forests on the residuals `main_residuals` (y_res, t_res, t_var), or on
     `refit(weights)`'s when the nuisance models are refit with the resample's weights; each
-    replicate's ATE is doubly robust on the main fit's out-of-bag CATE `tau_oob` (discrete
-    treatment) or partially linear, with the resample's weights."""
+    replicate's average effect (`ate.average_effect`) is on the main fit's out-of-bag CATE
+    `tau_oob`, with the resample's weights."""
     base = np.ones(X.shape[0]) if sample_weight is None else sample_weight
 
     def residuals(counts):
         return main_residuals if refit is None else refit(counts * base)
 
-    def ate(counts, y_res, t_res, t_hat):
-        return dml_ate(tau_oob, y_res, t_res, t_hat, discrete=discrete, min_propensity=min_propensity,
-                       sample_weight=counts * base)[0]
+    def ate(counts, y_res, t_res, t_var):
+        return average_effect(tau_oob, y_res, t_res, t_var, sample_weight=counts * base)[0]
 
     return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size)

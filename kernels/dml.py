@@ -14,11 +14,11 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs
-from .ate import MIN_PROPENSITY, dml_ate, oob_effect
+from .ate import MIN_PROPENSITY, average_effect, oob_effect, variance_weighted_effect
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .local_linear import DEFAULT_RIDGE
-from .nuisance import cross_fit
+from .nuisance import cross_fit, cross_fitting_folds, treatment_variance
 
 
 class CausalForestDML(BaseEstimator):
@@ -33,12 +33,13 @@ class CausalForestDML(BaseEstimator):
         CUDA; 'tauforge' picks the engine's boosting on any device. EconML's 'auto' is a
         cross-validated linear model.
     discrete_treatment : bool or 'auto', default 'auto'
-        Binary 0/1 treatment: model_t is a classifier (propensity), folds are stratified by T,
-        and the ATE is doubly robust. 'auto' detects a 0/1 treatment.
+        Binary 0/1 treatment: model_t is a classifier (propensity) and folds are stratified by
+        T. 'auto' detects a 0/1 treatment.
     cv : int, default 5
         Cross-fitting folds. EconML: 2.
     min_propensity : float, default 0.01
-        Propensities are clipped to [min_propensity, 1 - min_propensity] in the doubly robust ATE.
+        Propensities are clipped to [min_propensity, 1 - min_propensity] in the debiasing weights
+        of a binary treatment's ATE.
     n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, max_samples, ci_group_size, honest,
     honesty_fraction, alpha, imbalance_penalty, linear_correction_variables, linear_correction_ridge,
     max_bins, device, backend, progress :
@@ -56,13 +57,22 @@ class CausalForestDML(BaseEstimator):
     ----------
     forest_ : CausalForest
     ate_, ate_stderr_ : float
-        Average treatment effect on the training data and its standard error: doubly robust
-        (AIPW score with out-of-bag CATE) for a binary treatment, as EconML's `ate_`; the
-        partially linear DML estimate for a continuous one.
+        Average effect on the training data and its standard error: the mean of the debiased
+        scores tau + (y~ - tau t~) t~ / V(x) of the out-of-bag CATE (`kernels.ate`), as grf's
+        `average_treatment_effect`. For a binary treatment V = e (1 - e) and this is the doubly
+        robust ATE, as EconML's `ate_`; for a continuous one V is a cross-fitted model of t~^2 and
+        this is the average partial effect E[tau(X)] (EconML reports the variance-weighted
+        effect below instead).
+    variance_weighted_effect_, variance_weighted_stderr_ : float
+        The partially linear estimate sum t~ y~ / sum t~^2 and its standard error: each row's
+        effect weighted by Var(T | X). Equal to `ate_` only when the effect or the treatment's
+        variance is constant.
     nuisance_scores_ : dict
         Out-of-fold scores per fold: 'y_r2', and 't_log_loss' and 't_auc' (discrete) or 't_r2'.
     residuals_ : tuple (y_res, t_res)
         Out-of-fold residuals the forest was grown on.
+    treatment_variance_ : ndarray
+        V(x) of every training row (the debiasing weights' denominator).
     """
 
     def __init__(self, *, model_y: Any = "auto", model_t: Any = "auto", discrete_treatment: bool | str = "auto",
@@ -135,18 +145,20 @@ class CausalForestDML(BaseEstimator):
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().entropy % 2**31)
         XW = X if W is None else np.hstack([X, W])
 
-        y_hat, t_hat, scores = self._cross_fit(XW, Y, T, sw, seed)
-        y_res, t_res = Y - y_hat, T - t_hat
+        y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed)
         self.residuals_ = (y_res, t_res)
+        self.treatment_variance_ = t_var
         self.nuisance_scores_ = scores
 
         params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw)
-        self.ate_, self.ate_stderr_ = self._ate(X, y_res, t_res, t_hat, sw)
+        tau = oob_effect(self.forest_, X)
+        self.ate_, self.ate_stderr_ = average_effect(tau, y_res, t_res, t_var, sw)
+        self.variance_weighted_effect_, self.variance_weighted_stderr_ = variance_weighted_effect(y_res, t_res, sw)
         self.n_features_in_ = X.shape[1]
         self.bootstrap_ = None
         if self.inference == "bootstrap":
-            self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_hat), params)
+            self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_var), tau, params)
         return self
 
     def _check_inference(self) -> None:
@@ -160,17 +172,15 @@ class CausalForestDML(BaseEstimator):
                 raise ValueError(f"bootstrap_interval must be one of {', '.join(INTERVALS)}, "
                                  f"got {self.bootstrap_interval!r}")
 
-    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, params):
+    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, tau, params):
         def refit(weights):
-            y_hat, t_hat, _ = self._cross_fit(XW, Y, T, weights, seed)
-            return Y - y_hat, T - t_hat, t_hat
+            return self._residuals(XW, Y, T, weights, seed)[:3]
 
         correction = self.forest_.linear_correction_
         forest_params = replicate_forest_params(params, self.bootstrap_trees,
                                                 None if correction is None else correction.variables)
         return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
-                              oob_effect(self.forest_, X),  # the regression adjustment of every replicate's DR ATE
-                              discrete=self.discrete_treatment_, min_propensity=self.min_propensity,
+                              tau,  # the regression adjustment of every replicate's average effect
                               refit=refit if self.bootstrap_nuisance else None, sample_weight=sw,
                               progress=self.progress)
 
@@ -185,15 +195,15 @@ class CausalForestDML(BaseEstimator):
                              f"{len(values)} values ({shown})")
         return bool(self.discrete_treatment)
 
-    def _cross_fit(self, XW, Y, T, sw, seed):
-        return cross_fit(XW, Y, T, n_folds=self.cv, discrete=self.discrete_treatment_, seed=seed,
-                         model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
-                         device=str(_inputs.resolve_device(self.device)), progress=self.progress)
-
-    def _ate(self, X, y_res, t_res, t_hat, sw):
-        tau = oob_effect(self.forest_, X) if self.discrete_treatment_ else None
-        return dml_ate(tau, y_res, t_res, t_hat, discrete=self.discrete_treatment_,
-                       min_propensity=self.min_propensity, sample_weight=sw)
+    def _residuals(self, XW, Y, T, sw, seed):
+        """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x)."""
+        discrete = self.discrete_treatment_
+        y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
+                                         model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
+                                         device=str(_inputs.resolve_device(self.device)), progress=self.progress)
+        t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed), discrete=discrete,
+                                   seed=seed, sample_weight=sw, min_propensity=self.min_propensity)
+        return Y - y_hat, T - t_hat, t_var, scores
 
     # ------------------------------------------------------------ results
     def _check_fitted(self) -> None:

@@ -14,6 +14,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from .ate import MIN_PROPENSITY, floor_variance, propensity_variance
+
 
 def default_nuisance_model(classifier: bool, seed: int) -> Any:
     """HistGradientBoosting with early stopping always on and a slower, smoother fit than
@@ -114,3 +116,24 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
                 scores.setdefault(name, []).append(value)
             bar.update(1)
     return y_hat, t_hat, scores
+
+
+def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: np.ndarray, *, discrete: bool,
+                       seed: int, sample_weight: np.ndarray | None = None,
+                       min_propensity: float = MIN_PROPENSITY) -> np.ndarray:
+    """V(x) = Var[T | X, W] of every row, the denominator of the average effect's debiasing weights
+    (`kernels.ate`): e (1 - e) for a binary treatment; for a continuous one, out-of-fold
+    predictions on the folds `fold` of a model of t~^2 = (T - t_hat)^2 (grf fits a regression
+    forest to the same target), floored (`ate.floor_variance`). The model is HistGradientBoosting
+    with a Poisson loss, whose predictions are positive, early-stopped as the nuisance models are."""
+    if discrete:
+        return propensity_variance(t_hat, min_propensity)
+    target = (T - t_hat) ** 2
+    v_hat = np.empty(len(T))
+    for k in np.unique(fold):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        model = HistGradientBoostingRegressor(loss="poisson", learning_rate=0.05, max_iter=300, min_samples_leaf=50,
+                                              early_stopping=True, random_state=seed)
+        kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
+        v_hat[test] = model.fit(XW[train], target[train], **kw).predict(XW[test])
+    return floor_variance(v_hat, T - t_hat, sample_weight)

@@ -198,11 +198,12 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"tauforge run: {_shown(source)}")
-        print(f"  ATE {effect['ate']:.4f}  95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
+        print(f"  {effect['estimand']} {effect['ate']:.4f}  "
+              f"95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
               f"({effect['method']}; interval: {effect['ate_interval']})")
         if true_ate is not None:
             covers = "covers" if effect["ate_lower"] <= true_ate <= effect["ate_upper"] else "MISSES"
-            print(f"  true ATE of the simulated demo data {true_ate:.4f}: the interval {covers} it")
+            print(f"  true {effect['estimand']} of the simulated demo data {true_ate:.4f}: the interval {covers} it")
         for w in verdict["warnings"]:
             print(f"  warning: {w}")
         if run.gate_passed:

@@ -64,14 +64,19 @@ def test_ate_interval_covers_a_known_constant_effect(design, true_ate):
     assert np.abs(est.effect(d.X[:500]) - true_ate).mean() < 0.3
 
 
-def test_continuous_treatment_ate_is_partially_linear_dml():
-    d = make_causal_data("continuous", n=4000, p=10, seed=22)
-    est = CausalForestDML(n_estimators=100, random_state=22).fit(d.Y, d.T, X=d.X)
+def test_continuous_treatment_reports_the_average_partial_effect_not_the_variance_weighted_one():
+    # Var(T | X) = exp(X1) and tau = 1 + X1: the average effect is 1, the variance-weighted one 2.
+    d = make_causal_data("continuous_hetero", n=4000, p=5, seed=22)
+    est = CausalForestDML(n_estimators=200, random_state=22).fit(d.Y, d.T, X=d.X)
     assert not est.discrete_treatment_
     lo, hi = est.ate_interval()
-    assert lo <= d.ate <= hi, (est.ate_, lo, hi, d.ate)
+    assert lo <= 1.0 <= hi and hi < 1.5, (est.ate_, lo, hi)
+    # The variance-weighted effect is still there, under its own name, and estimates its own target.
     y_res, t_res = est.residuals_
-    assert est.ate_ == pytest.approx(np.sum(y_res * t_res) / np.sum(t_res**2))
+    assert est.variance_weighted_effect_ == pytest.approx(np.sum(y_res * t_res) / np.sum(t_res**2))
+    assert abs(est.variance_weighted_effect_ - 2.0) < 3 * est.variance_weighted_stderr_
+    # V(x) tracks the true conditional variance exp(X1).
+    assert np.corrcoef(np.log(est.treatment_variance_), d.X[:, 0])[0, 1] > 0.8
 
 
 def test_interval_coverage_on_oracle_residuals():

@@ -22,7 +22,7 @@ def pipeline_in_process(design, n=2000, seed=0, leak=False):
     if leak:
         table["leaked"] = d.Y
     data = validate(table, DataSpec(outcome="Y", treatment="T"))
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)])
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)], seed)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, seed, 0, 1)], data, residuals)
     return data, residuals, estimate, d
 
