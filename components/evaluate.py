@@ -40,7 +40,7 @@ class GateConfig:
     min_refuter_pvalue : the random-common-cause and data-subset refuters' p-values must be at
         least this (their ATE must not move more than noise explains).
     min_robustness_value : the robustness value (confounding strength that would make the
-        interval of the partially linear summary effect reach 0) must be at least this (off).
+        interval of the average effect reach 0) must be at least this (off).
     require_heterogeneity : the calibration test must find heterogeneity at the 5% level (off).
     max_abs_smd : the largest absolute standardized mean difference allowed (off by default:
         imbalance is what the nuisance models adjust for; it is reported as a warning).
@@ -158,6 +158,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     t_var = residuals.column("t_var")
     scores = debiased_scores(cate, y_res, t_res, t_var)  # per-row effects: the mean of a group's is its effect
     summary = estimate.summary
+    refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"))
     result = {
         "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                 "ate_interval", "alpha", "variance_weighted_effect",
@@ -168,10 +169,9 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
         "balance": balance(data, t_hat if data.spec.binary else None),
         "refuters": {
-            "placebo": refuters.placebo(data, y_res, seed),
-            "random_common_cause": refuters.random_common_cause(data, summary["ate"], summary["ate_stderr"], cate,
-                                                                nuisance, seed),
-            "data_subset": refuters.data_subset(data, summary["ate"], summary["ate_stderr"], cate, nuisance, seed),
+            "placebo": refuters.placebo(refit, seed),
+            "random_common_cause": refuters.random_common_cause(refit, summary["ate"], seed),
+            "data_subset": refuters.data_subset(refit, summary["ate"], seed),
         },
         "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
         "heterogeneity": {"calibration": heterogeneity.calibration_test(y_res, t_res, cate),

@@ -96,16 +96,19 @@ def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, 
 
 def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sample_weight: np.ndarray | None = None,
                     rows: np.ndarray | None = None,
-                    extra_control: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y_res, t_res, t_var) with the nuisance models (and V(x)) cross-fit again, with the folds and models
-    of `fit_nuisance_fold`: under `sample_weight` (a bootstrap resample's; default the data's
-    own), on `rows` only (a refuter's subset; default all), with `extra_control` as one more
-    column the models see (a refuter's random common cause)."""
+                    extra_control: np.ndarray | None = None,
+                    treatment: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_res, t_res, t_var) with the nuisance models (and V(x)) cross-fit again, with the folds and
+    models of `fit_nuisance_fold`: under `sample_weight` (a bootstrap resample's; default the
+    data's own), on `rows` only (a refuter's subset; default all), with `extra_control` as one
+    more column the models see (a refuter's random common cause), with `treatment` (all rows) in
+    place of the data's (a refuter's placebo)."""
     a = data.arrays()
     rows = np.arange(len(a["Y"])) if rows is None else rows
     XW = nuisance_inputs(a) if extra_control is None else np.hstack([nuisance_inputs(a), extra_control[:, None]])
     weight = a["sample_weight"] if sample_weight is None else sample_weight
-    Y, T, weight = a["Y"][rows], a["T"][rows], None if weight is None else weight[rows]
+    T = a["T"] if treatment is None else np.asarray(treatment, dtype=np.float64)
+    Y, T, weight = a["Y"][rows], T[rows], None if weight is None else weight[rows]
     discrete = data.spec.binary
     y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
                                 model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight)

@@ -1,68 +1,121 @@
-"""Refuters: perturb the problem in ways that should not change a sound estimate, re-estimate,
-and test that it did not change (or, for the placebo, that it vanished).
+"""Refuters: re-run the estimation on a perturbed problem whose answer is known, and test that the
+pipeline gives it.
 
-placebo               the treatment replaced by a random permutation of itself: the effect must be 0
-random_common_cause   a random column added to the controls, nuisance models refit: the ATE must stay
-data_subset           the nuisance models refit on random 80% subsets of the rows: the ATE must stay
+placebo               the treatment replaced by a random permutation of itself, the nuisance models
+                      refit and a new forest grown on the placebo's residuals: the average effect
+                      must be 0. A pipeline that finds effects whatever the treatment is fails.
+random_common_cause   a random column added to the controls, the nuisance models refit (3 draws):
+                      the average effect must not move by more than the draws' own spread.
+data_subset           the nuisance models refit on 5 random 80% subsets of the rows: the full-data
+                      effect must lie within their spread, as one more draw would.
 
-Each returns its estimate, a p-value for "nothing is wrong" and whether it passed at the level
-given. The ATE is re-estimated as the pipeline estimates it (doubly robust on the forest's
-out-of-bag CATE for a binary treatment, partially linear otherwise), with the forest held fixed:
-these refuters test the nuisance stage and the data, not the forest's fit.
+Each re-estimates through an `EffectRefit`: the run's nuisance settings, folds and seed, the
+average effect of `tauforge.kernels.ate`; the random common cause and the subsets keep the
+forest's out-of-bag CATE fixed (the debiased score corrects for it; a forest per refit would cost
+as much as the run), the placebo grows a smaller forest. Each refuter returns its estimate, a
+p-value for "nothing is wrong", and the numbers behind it. The tests plant defects in an
+`EffectRefit` subclass (a constant pseudo-effect, the real treatment leaking past the placebo, a
+dropped confounder, a wrong denominator) and check that the refuter catches each.
 """
 
 import numpy as np
 from scipy import stats
 from scipy.stats import norm
 
-from tauforge.kernels.ate import average_effect, variance_weighted_effect
+from tauforge.kernels import CausalForest
+from tauforge.kernels.ate import average_effect, oob_effect
 
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, refit_residuals
 
-
-def _p_two_sided(z: float) -> float:
-    return float(2 * norm.sf(abs(z)))
-
-
-def placebo(data: ValidatedData, y_res: np.ndarray, seed: int) -> dict:
-    """A permuted treatment is independent of everything: its propensity is its mean, and the
-    partially linear estimate of its effect on the outcome residuals must be zero up to noise."""
-    a = data.arrays()
-    T_placebo = np.random.default_rng([seed, 7]).permutation(a["T"])
-    effect, stderr = variance_weighted_effect(y_res, T_placebo - T_placebo.mean(), a["sample_weight"])
-    return {"effect": effect, "stderr": stderr, "p_value": _p_two_sided(effect / stderr) if stderr > 0 else 1.0}
+# The placebo's forest: the run's parameters with at most this many trees (its CATE only needs to
+# be the pipeline's kind of estimate, not a precise one).
+PLACEBO_TREES = 200
 
 
-def _refit_ate(data: ValidatedData, rows: np.ndarray, extra: np.ndarray | None, oob_cate: np.ndarray,
-               nuisance: NuisanceConfig, seed: int) -> float:
-    """The ATE with the nuisance models refit on `rows`, seeing `extra` as one more control."""
-    y_res, t_res, t_var = refit_residuals(data, nuisance, seed, rows=rows, extra_control=extra)
-    weight = data.arrays()["sample_weight"]
-    return average_effect(oob_cate[rows], y_res, t_res, t_var, None if weight is None else weight[rows])[0]
+class EffectRefit:
+    """The pipeline's average effect (`kernels.ate.average_effect`), estimated again on a perturbed
+    problem: the nuisance models (and V(x)) cross-fit again with `nuisance` and `seed` on `rows`
+    (default all), with `treatment` in place of the data's (a placebo) and `extra_control` as one
+    more control the models see; the CATE is the forest's out-of-bag `oob_cate` on those rows, or
+    with `regrow` the out-of-bag CATE of a new forest (`forest_params`, at most PLACEBO_TREES trees)
+    grown on the new residuals. Unperturbed, it reproduces the run's own estimate."""
+
+    def __init__(self, data: ValidatedData, nuisance: NuisanceConfig, seed: int, oob_cate: np.ndarray,
+                 forest_params: dict | None = None):
+        self.data, self.nuisance, self.seed, self.oob_cate = data, nuisance, seed, oob_cate
+        self.forest_params = dict(forest_params or {})
+        self.arrays = data.arrays()
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.arrays["Y"])
+
+    def residuals(self, rows: np.ndarray, treatment: np.ndarray | None,
+                  extra_control: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y_res, t_res, t_var) of `rows`, the nuisance models refit."""
+        return refit_residuals(self.data, self.nuisance, self.seed, rows=rows, extra_control=extra_control,
+                               treatment=treatment)
+
+    def effect(self, *, rows: np.ndarray | None = None, treatment: np.ndarray | None = None,
+               extra_control: np.ndarray | None = None, regrow: bool = False) -> tuple[float, float]:
+        """(average effect, its standard error) of the perturbed problem."""
+        rows = np.arange(self.n_rows) if rows is None else rows
+        y_res, t_res, t_var = self.residuals(rows, treatment, extra_control)
+        weight = self.arrays["sample_weight"]
+        weight = None if weight is None else weight[rows]
+        if regrow:
+            params = {**self.forest_params, "progress": False, "random_state": self.seed,
+                      "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES)}
+            X = self.arrays["X"][rows]
+            tau = oob_effect(CausalForest(**params).fit(X, t_res, y_res, sample_weight=weight), X)
+        else:
+            tau = self.oob_cate[rows]
+        return average_effect(tau, y_res, t_res, t_var, weight)
 
 
-def random_common_cause(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray,
-                        nuisance: NuisanceConfig, seed: int) -> dict:
-    n = len(data.table)
-    noise = np.random.default_rng([seed, 11]).normal(size=n)
-    new = _refit_ate(data, np.arange(n), noise, oob_cate, nuisance, seed)
-    return {"effect": new, "change": new - ate, "p_value": _p_two_sided((new - ate) / ate_stderr)}
+def placebo(refit: EffectRefit, seed: int) -> dict:
+    """The whole estimation re-run with the treatment permuted: a permuted treatment is
+    independent of everything, so a sound pipeline's average effect is 0 up to its standard error."""
+    T_placebo = np.random.default_rng([seed, 7]).permutation(refit.arrays["T"])
+    effect, stderr = refit.effect(treatment=T_placebo, regrow=True)
+    return {"effect": effect, "stderr": stderr,
+            "p_value": float(2 * norm.sf(abs(effect / stderr))) if stderr > 0 else 1.0}
 
 
-def data_subset(data: ValidatedData, ate: float, ate_stderr: float, oob_cate: np.ndarray,
-                nuisance: NuisanceConfig, seed: int, fraction: float = 0.8, repeats: int = 5) -> dict:
-    """Refit on `repeats` random subsets; test that the full estimate lies within their spread, as
-    one more draw would (a t prediction interval with repeats - 1 degrees of freedom). Their
-    spread includes the noise of refitting the nuisance models, which a formula for the subset's
-    sampling noise alone misses (that version rejected 3x too often on correct pipelines)."""
-    n = len(data.table)
-    effects = []
-    for r in range(repeats):
-        rows = np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n), replace=False))
-        effects.append(_refit_ate(data, rows, None, oob_cate, nuisance, seed + r))
-    effects = np.array(effects)
-    spread = effects.std(ddof=1) * np.sqrt(1 + 1 / repeats)
-    t = (effects.mean() - ate) / spread if spread > 0 else 0.0
-    return {"effect": float(effects.mean()), "change": float(effects.mean() - ate), "fraction": fraction,
-            "repeats": repeats, "effects": effects.tolist(), "p_value": float(2 * stats.t.sf(abs(t), repeats - 1))}
+def _within_spread(effects: list[float], baseline: float) -> dict:
+    """Test that `baseline` is one more draw from the distribution of `effects` (a t prediction
+    interval with len(effects) - 1 degrees of freedom). The spread of refits includes the noise of
+    refitting the nuisance models, which a formula for sampling noise alone misses. Refits that all
+    agree (no spread) pass only if they agree with `baseline` too."""
+    effects_ = np.array(effects)
+    spread = effects_.std(ddof=1) * np.sqrt(1 + 1 / len(effects_))
+    change = effects_.mean() - baseline
+    if spread > 0:
+        p_value = float(2 * stats.t.sf(abs(change / spread), len(effects_) - 1))
+    else:
+        p_value = 1.0 if abs(change) <= 1e-12 * (1 + abs(baseline)) else 0.0
+    return {"effect": float(effects_.mean()), "change": float(change), "spread": float(spread),
+            "effects": effects_.tolist(), "p_value": p_value}
+
+
+def random_common_cause(refit: EffectRefit, baseline: float, seed: int, repeats: int = 3) -> dict:
+    """Refit with an independent random column among the controls, `repeats` times: the run's
+    effect `baseline` must lie within the refits' spread. A pipeline whose answer depends on which
+    controls it is given beyond what they say about T and Y (a control dropped or misaligned by
+    position, say) moves every refit the same way and fails."""
+    effects = [refit.effect(extra_control=np.random.default_rng([seed, 11, r]).normal(size=refit.n_rows))[0]
+               for r in range(repeats)]
+    return {**_within_spread(effects, baseline), "repeats": repeats}
+
+
+def data_subset(refit: EffectRefit, baseline: float, seed: int, fraction: float = 0.8, repeats: int = 5) -> dict:
+    """Refit on `repeats` random subsets of `fraction` of the rows: the run's effect `baseline` must
+    lie within their spread (on correct pipelines a formula for the subset's sampling noise alone
+    rejected 3x too often). An estimate that changes with the sample's size, not just its noise,
+    fails."""
+    n = refit.n_rows
+    effects = [refit.effect(rows=np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n),
+                                                                                    replace=False)))[0]
+               for r in range(repeats)]
+    return {**_within_spread(effects, baseline), "fraction": fraction, "repeats": repeats}

@@ -1,0 +1,85 @@
+"""How often each refuter fails a sound pipeline, and how often it catches a planted defect.
+
+Per seed: tests/test_refuters.py's design (binary T confounded by the control w1, ATE 1) with
+n rows, the pipeline's steps in process (2 folds, a forest of 100 trees), then each refuter on
+the sound run and on its planted defect (test_refuters.py's EffectRefit subclasses): the placebo
+against a constant pseudo-effect, the random common cause against a dropped confounder, the data
+subset against a full-data denominator. Prints the share of seeds with p < 0.01 (the gate's
+level) and p < 0.05, and the largest count of false alarms at 0.01 that a correct 1% test
+exceeds with probability under 1% over that many seeds.
+
+    .venv/bin/python tests/benchmarks/bench_refuters.py            # 100 seeds, n = 1,000
+    .venv/bin/python tests/benchmarks/bench_refuters.py --seeds 20 --n 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+from scipy.stats import binom
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(seed: int, n: int) -> dict[str, float]:
+    from test_refuters import (
+        TWO_FOLDS,
+        ConstantPseudoEffect,
+        DropsTheLastControl,
+        FullDataDenominator,
+        confounded_table,
+    )
+
+    from tauforge.components.estimate import grow_forest_shard, merge_forest
+    from tauforge.components.nuisance import combine_folds, fit_nuisance_fold
+    from tauforge.components.refuters import EffectRefit, data_subset, placebo, random_common_cause
+
+    data = confounded_table(n, seed)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)], seed)
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 100}, seed, 0, 1)], data,
+                               residuals)
+    params = {**estimate.summary["forest_params"], "n_estimators": 60}
+    sound = EffectRefit(data, TWO_FOLDS, seed, estimate.oob_cate, params)
+    ate = estimate.summary["ate"]
+    dropped = DropsTheLastControl(data, TWO_FOLDS, seed, estimate.oob_cate)
+    denominator = FullDataDenominator(data, TWO_FOLDS, seed, estimate.oob_cate)
+    return {
+        "placebo, sound": placebo(sound, seed)["p_value"],
+        "placebo, constant pseudo-effect": placebo(ConstantPseudoEffect(data, TWO_FOLDS, seed, estimate.oob_cate,
+                                                                        params), seed)["p_value"],
+        "random common cause, sound": random_common_cause(sound, ate, seed)["p_value"],
+        "random common cause, dropped confounder": random_common_cause(dropped, dropped.effect()[0],
+                                                                       seed)["p_value"],
+        "data subset, sound": data_subset(sound, ate, seed)["p_value"],
+        "data subset, full-data denominator": data_subset(denominator, denominator.effect()[0], seed)["p_value"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--n", type=int, default=1000)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    p_values: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for seed in range(args.seeds):
+        for name, p in run(seed, args.n).items():
+            p_values.setdefault(name, []).append(p)
+        print(f"seed {seed + 1}/{args.seeds} done, {time.perf_counter() - start:.0f} s", flush=True)
+    bound = int(binom.ppf(0.99, args.seeds, 0.01))
+    print(f"\nn = {args.n}, {args.seeds} seeds; a correct 1% test has more than {bound} of {args.seeds} "
+          f"false alarms with probability < 1%")
+    print(f"{'refuter, case':45} {'p < 0.01':>9} {'p < 0.05':>9}")
+    for name, values in p_values.items():
+        v = np.array(values)
+        print(f"{name:45} {np.sum(v < 0.01):9d} {np.sum(v < 0.05):9d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Refuters (components/refuters.py): each passes a sound pipeline and catches a planted defect.
+
+A defect is planted in an `EffectRefit` subclass: the refit is the pipeline as the refuter re-runs
+it, so a bug there is a bug the refuter must see. The clean cases are single seeded runs (a
+p-value above 0.01 at one seed); the false-alarm rates over many seeds are in
+tests/benchmarks/bench_refuters.py, where they cost minutes, not seconds.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tauforge.components.data import DataSpec, validate
+from tauforge.components.estimate import grow_forest_shard, merge_forest
+from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+from tauforge.components.refuters import EffectRefit, data_subset, placebo, random_common_cause
+from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, treatment_variance
+
+TWO_FOLDS = NuisanceConfig(folds=2)
+SEED = 3
+
+
+def confounded_table(n=2000, seed=SEED):
+    """Binary T confounded by the last control w1; tau = 1 + x0 / 2 (ATE 1)."""
+    rng = np.random.default_rng(seed)
+    X, W = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+    T = rng.binomial(1, 1 / (1 + np.exp(-1.5 * W[:, 1]))).astype(float)
+    Y = (1 + X[:, 0] / 2) * T + 2 * W[:, 1] + X[:, 1] + rng.normal(size=n)
+    table = pd.DataFrame(np.hstack([X, W]), columns=["x0", "x1", "x2", "w0", "w1"]).assign(T=T, Y=Y)
+    return validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], controls=["w0", "w1"]))
+
+
+@pytest.fixture(scope="module")
+def run():
+    """The pipeline's steps in process: (data, its estimate summary, an EffectRefit of it)."""
+    data = confounded_table()
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, SEED) for k in range(2)], SEED)
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 100}, SEED, 0, 1)], data,
+                               residuals)
+    refit = EffectRefit(data, TWO_FOLDS, SEED, estimate.oob_cate, {**estimate.summary["forest_params"],
+                                                                    "n_estimators": 60})
+    return data, estimate.summary, refit
+
+
+class ConstantPseudoEffect(EffectRefit):
+    """Planted: an estimator that reports 0.5 more than the data say, whatever the treatment."""
+
+    def effect(self, **kw):
+        effect, stderr = super().effect(**kw)
+        return effect + 0.5, stderr
+
+
+class RealTreatmentLeaks(EffectRefit):
+    """Planted: the refit reads the data's treatment and ignores the one it is given."""
+
+    def residuals(self, rows, treatment, extra_control):
+        return super().residuals(rows, None, extra_control)
+
+
+class DropsTheLastControl(EffectRefit):
+    """Planted: an off-by-one that drops the nuisance models' last input column (here the
+    confounder w1, unless a refuter appended another column after it)."""
+
+    def residuals(self, rows, treatment, extra_control):
+        a = self.arrays
+        XW = np.hstack([a["X"], a["W"]] + ([] if extra_control is None else [extra_control[:, None]]))[rows, :-1]
+        Y, T = a["Y"][rows], a["T"][rows]
+        y_hat, t_hat, _ = cross_fit(XW, Y, T, n_folds=2, discrete=True, seed=self.seed)
+        folds = cross_fitting_folds(T, 2, True, self.seed)
+        return Y - y_hat, T - t_hat, treatment_variance(XW, T, t_hat, folds, discrete=True, seed=self.seed)
+
+
+class FullDataDenominator(EffectRefit):
+    """Planted: a subset's scores summed and divided by the full data's row count."""
+
+    def effect(self, *, rows=None, **kw):
+        effect, stderr = super().effect(rows=rows, **kw)
+        share = 1.0 if rows is None else len(rows) / self.n_rows
+        return effect * share, stderr * share
+
+
+def test_an_unperturbed_refit_reproduces_the_runs_own_effect(run):
+    data, summary, refit = run
+    effect, stderr = refit.effect()
+    assert effect == pytest.approx(summary["ate"], abs=1e-10) and stderr == pytest.approx(summary["ate_stderr"])
+    assert abs(summary["ate"] - 1.0) < 3 * summary["ate_stderr"]  # and the run is sound: the truth is 1
+
+
+def test_the_placebo_passes_a_sound_pipeline_and_catches_one_that_finds_effects_anyway(run):
+    data, summary, refit = run
+    clean = placebo(refit, SEED)
+    assert clean["p_value"] > 0.01 and abs(clean["effect"]) < 3 * clean["stderr"]
+    for planted in (ConstantPseudoEffect, RealTreatmentLeaks):
+        caught = placebo(planted(data, TWO_FOLDS, SEED, refit.oob_cate, refit.forest_params), SEED)
+        assert caught["p_value"] < 1e-4, (planted.__name__, caught)
+
+
+def test_random_common_cause_passes_a_sound_pipeline_and_catches_a_dropped_confounder(run):
+    data, summary, refit = run
+    clean = random_common_cause(refit, summary["ate"], SEED)
+    assert clean["p_value"] > 0.01, clean
+    buggy = DropsTheLastControl(data, TWO_FOLDS, SEED, refit.oob_cate)
+    reported = buggy.effect()[0]  # what the buggy pipeline publishes: confounded, far from 1
+    assert reported > 1.5
+    caught = random_common_cause(buggy, reported, SEED)
+    assert caught["p_value"] < 0.01 and caught["change"] < -0.5, caught
+
+
+def test_data_subset_passes_a_sound_pipeline_and_catches_an_estimate_that_moves_with_the_sample_size(run):
+    data, summary, refit = run
+    clean = data_subset(refit, summary["ate"], SEED)
+    assert clean["p_value"] > 0.01, clean
+    buggy = FullDataDenominator(data, TWO_FOLDS, SEED, refit.oob_cate)
+    caught = data_subset(buggy, buggy.effect()[0], SEED)
+    assert caught["p_value"] < 0.01 and caught["change"] == pytest.approx(-0.2 * summary["ate"], abs=0.1), caught
