@@ -24,7 +24,7 @@ from tauforge.components.events import event_record
 from . import metrics
 from .event_log import EventLog
 from .routing import CHALLENGER, CHAMPION, SHADOW, EpsilonGreedy, SingleRouting
-from .scoring import RequestError, Rows, Scores, VersionScorer
+from .scoring import RequestError, Rows, Scores, VersionScorer, parse_json_body
 
 log = logging.getLogger("tauforge.serving")
 INLINE_ROWS = 64  # requests up to this many rows are scored on the event loop itself
@@ -91,7 +91,7 @@ class CateModel(Model):
         parser = self.scorers[CHAMPION].parser
         try:
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
-                payload = _json_body(payload)
+                payload = parse_json_body(payload)
             rows = parser.v2(payload.inputs) if v2 else parser.v1(payload)
             requested = self._requested_outputs(payload) if v2 else None
         except RequestError as exc:
@@ -257,15 +257,6 @@ def _in_daemon_thread(func, arg, slots: threading.BoundedSemaphore) -> asyncio.F
 
     threading.Thread(target=work, daemon=True, name="tauforge-shadow").start()
     return future
-
-
-def _json_body(body: bytes) -> dict:
-    import orjson
-
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}") from None
 
 
 def _str(v):

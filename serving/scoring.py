@@ -5,6 +5,7 @@ matrix in the card's covariate order (or says exactly what is wrong with them), 
 `VersionScorer` holds one verified version and scores such a matrix.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,25 @@ UNIT_ID_FIELD = "unit_id"
 
 class RequestError(ValueError):
     """The request cannot be scored as sent (a 4xx, never a 500); the message says why."""
+
+
+def parse_json_body(body: bytes):
+    """A request body read as JSON, or a RequestError saying where it is not. NaN, Infinity and
+    numbers too large for a double are not JSON, but serializers write them (Python's json,
+    pandas): they are read as numbers here so that `RowParser` names the row and column that
+    holds one, instead of a parser's "unexpected character at column 17"."""
+    import orjson
+
+    try:
+        return orjson.loads(body)  # fast, and strict: everything that is JSON
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)  # slow, and lenient: NaN, Infinity, -Infinity, 1e999, 2**64
+    except RecursionError:
+        raise RequestError("the request body is nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise RequestError(f"the request body is not valid JSON: {exc}") from None
 
 
 @dataclass
@@ -121,9 +141,13 @@ class RowParser:
     def _number(v, row: int, column: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise RequestError(f"row {row}, column {column!r}: {v!r} is not a number")
-        if not math.isfinite(v):
+        try:
+            x = float(v)
+        except OverflowError:
+            raise RequestError(f"row {row}, column {column!r}: an integer beyond the range of a double") from None
+        if not math.isfinite(x):
             raise RequestError(f"row {row}, column {column!r}: {v!r} is not a finite number")
-        return float(v)
+        return x
 
     @staticmethod
     def _matrix(tensor, size: int) -> np.ndarray:
@@ -146,7 +170,10 @@ class RowParser:
             bad = [v for v in values if type(v) not in _NUMBER_TYPES][:1]
             if bad:
                 raise RequestError(f"input {name!r} holds {bad[0]!r}, which is not a number")
-            data = values.astype(np.float64) if values.size else values
+            try:
+                data = values.astype(np.float64) if values.size else values
+            except OverflowError:
+                raise RequestError(f"input {name!r} holds an integer beyond the range of a double") from None
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:
             raise RequestError(f"input {name!r} holds {a.size} values; its shape needs {size}")

@@ -11,7 +11,7 @@ from tauforge.components.registry import ModelStore
 
 from .event_log import EventLog
 from .routing import EpsilonGreedy, make_routing
-from .scoring import VersionScorer
+from .scoring import RequestError, VersionScorer, parse_json_body
 
 log = logging.getLogger("tauforge.serving")
 
@@ -62,18 +62,12 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     import kserve.model_server as model_server
     from kserve import ModelServer
 
-    if host != "0.0.0.0":
-        # KServe binds 0.0.0.0 (REST) unconditionally; a laptop server (and every test) should
-        # listen on the loopback address only.
-        class BoundRESTServer(model_server.RESTServer):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.config.host = host
-
-        model_server.RESTServer = BoundRESTServer
+    model_server.RESTServer = _rest_server(host)
     model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host)
     log.info("serving %s on http://%s:%d%s", model.name, host, port, f" and grpc {grpc_port}" if grpc_port else "")
-    ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port), workers=1).start([model])
+    server = ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port), workers=1)
+    server.dataplane = _json_data_plane()(model_registry=server.registered_models)
+    server.start([model])
 
 
 def _check_port_free(host: str, port: int, flag: str) -> None:
@@ -87,6 +81,68 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
         except OSError as exc:
             raise ValueError(f"{flag} {port} on {host} cannot be used: {exc.strerror}; pass another {flag}"
                              + (" (or 0 for no gRPC)" if flag == "--grpc-port" else "")) from None
+
+
+def _rest_server(host: str):
+    """KServe's REST server listening on `host` (KServe's binds 0.0.0.0 unconditionally; a laptop
+    server, and every test, should listen on the loopback address only), and answering a request
+    body that does not fit the V2 schema with a 400 and a message (FastAPI's own answer, a 422,
+    echoes the body, and a NaN in it cannot be written as JSON: the caller got a 500)."""
+    import kserve.model_server as model_server
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def invalid_request(_, exc: RequestValidationError):
+        return JSONResponse(status_code=400, content={"error": _validation_message(exc.errors())})
+
+    class TauforgeRESTServer(model_server.RESTServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+        def _add_exception_handlers(self, app):
+            super()._add_exception_handlers(app)
+            app.add_exception_handler(RequestValidationError, invalid_request)
+
+    return TauforgeRESTServer
+
+
+def _validation_message(errors) -> str:
+    """FastAPI's validation errors of a request body as one sentence, without the values."""
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}"
+    # loc is ("body", <the member of the body's union type tried>, field, index, ...): the member
+    # names say nothing to a caller, and "not valid bytes" only that the body is not binary either
+    errors = [e for e in errors if tuple(e["loc"][:2]) != ("body", "bytes")] or errors
+    problems = [f"{'.'.join(str(part) for part in e['loc'][2:]) or 'the body'}: {e['msg']}" for e in errors]
+    return "the request does not fit the V2 inference request schema: " + "; ".join(dict.fromkeys(problems))
+
+
+def _json_data_plane():
+    """KServe's data plane reading a V1 JSON body with `parse_json_body`: KServe's own reader
+    refuses NaN with "Unrecognized request format: unexpected character ... column 17", so the
+    caller never learned which row and column held it."""
+    from cloudevents.sdk.converters.util import has_binary_headers
+    from kserve.constants.constants import PredictorProtocol
+    from kserve.errors import InvalidInput
+    from kserve.protocol.dataplane import JSON_HEADERS, DataPlane
+
+    v1 = PredictorProtocol.REST_V1.value
+
+    class JsonDataPlane(DataPlane):
+        def decode(self, body, headers, protocol_version: str = v1, model_name: str | None = None):
+            headers = headers or {}
+            # What KServe's decode reads as JSON itself: a V1 body with a JSON (or no) content type.
+            if (isinstance(body, bytes) and protocol_version.lower() == v1 and not has_binary_headers(headers)
+                    and headers.get("content-type", JSON_HEADERS[0]) in JSON_HEADERS):
+                try:
+                    body = parse_json_body(body)
+                except RequestError as exc:
+                    raise InvalidInput(str(exc)) from None
+            return super().decode(body, headers, protocol_version, model_name)
+
+    return JsonDataPlane
 
 
 def _bound_grpc_server(address: str):
