@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from econml.validate.sensitivity_analysis import RV, dml_sensitivity_values, sensitivity_interval
-from scipy.stats import binom
 
 from tauforge.components.evaluate import crump_threshold
 from tauforge.components.heterogeneity import autoc, calibration_test, gates
