@@ -58,7 +58,7 @@ class GraphError(ConfigError):
 class CausalGraph:
     """A causal DAG over the data's columns and declared latent variables.
 
-    nodes : every node (node statements first, then nodes first met in an edge); edges : (cause, effect) pairs;
+    nodes : every node, in the order the file first names them; edges : (cause, effect) pairs;
     latent : the nodes that are not columns of the data; format : 'dot' or 'gml', what it was read
     from; text : the file's text as given (what the pipeline parameter carries)."""
 
@@ -348,24 +348,24 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         return [_unquote(n) for n in end.get("nodes", {})]
 
     def walk(graph) -> None:
-        for node in graph.get_nodes():
-            name = node.get_name()
-            if name in _DOT_KEYWORDS:
-                continue
-            nodes.append(_unquote(name))
-            if _unquote(str(node.get_attributes().get(LATENT_ATTRIBUTE, "yes"))).lower() in _NO:
-                latent.append(_unquote(name))
-        for edge in graph.get_edges():
-            for cause in endpoints(edge.get_source()):
-                for effect in endpoints(edge.get_destination()):
-                    nodes.extend((cause, effect))
-                    edges.append((cause, effect))
-        for sub in graph.get_subgraphs():
-            walk(sub)
+        # The statements in the file's order (pydot numbers them within each graph and subgraph), so
+        # nodes come in the order they are first written.
+        statements = [*graph.get_nodes(), *graph.get_edges(), *graph.get_subgraphs()]
+        for statement in sorted(statements, key=lambda st: st.obj_dict.get("sequence") or 0):
+            if isinstance(statement, pydot.Subgraph):
+                walk(statement)
+            elif isinstance(statement, pydot.Edge):
+                for cause in endpoints(statement.get_source()):
+                    for effect in endpoints(statement.get_destination()):
+                        nodes.extend((cause, effect))
+                        edges.append((cause, effect))
+            elif statement.get_name() not in _DOT_KEYWORDS:
+                name = _unquote(statement.get_name())
+                nodes.append(name)
+                if _unquote(str(statement.get_attributes().get(LATENT_ATTRIBUTE, "yes"))).lower() in _NO:
+                    latent.append(name)
 
     walk(dot)
-    # pydot lists node statements before edges: nodes so declared come first, then those first met
-    # in an edge, each in the file's order.
     return list(dict.fromkeys(nodes)), edges, latent
 
 
