@@ -294,14 +294,24 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 
 # ----------------------------------------------------------------------------- KFP components
 @component
-def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset]):
+def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], graph: str = ""):
     """Read and validate the source table; write its spec's columns and the resolved spec. The
-    store is checked here too, so that a store the run could not publish to fails it first."""
+    store is checked here too, so that a store the run could not publish to fails it first. With a
+    causal graph (DOT or GML text) the spec is checked against it, its covariates derived from it
+    when it names none (`graph.CausalGraph.adjusted_spec`)."""
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
+    from tauforge.components.graph import CausalGraph
     from tauforge.components.registry import check_store_location
 
     check_store_location(store)
-    data = validate(read_table(source), DataSpec.from_json(spec))
+    table, resolved = read_table(source), DataSpec.from_json(spec)
+    if graph:
+        causal_graph = CausalGraph.parse(graph)
+        causal_graph.check_columns(table.columns)
+        resolved = causal_graph.adjusted_spec(resolved)
+        print(f"tauforge: graph {causal_graph.sha256[:12]}: {len(causal_graph.nodes)} nodes, "
+              f"{len(causal_graph.edges)} edges; the covariates and controls block every back-door path", flush=True)
+    data = validate(table, resolved)
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
     print(f"tauforge: validated {source}: {len(data.table)} rows, {len(data.spec.covariates)} covariates, "

@@ -41,13 +41,15 @@ def estimator_description(estimator: str, summary: dict, nuisance: dict) -> dict
 def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input[Artifact],
                   reference: Input[Dataset], evaluation: Input[Artifact], report: Input[HTML], store: str,
                   model_name: str, source: str, run_id: str, run_name: str, estimator: str, n_folds: int,
-                  model_y: str, model_t: str) -> int:
+                  model_y: str, model_t: str, graph: str = "") -> int:
     """Publish the trained forest and everything its card records as the next version of
-    `model_name` in `store`; return the version."""
+    `model_name` in `store`; return the version. `graph`: the run's causal graph (DOT or GML text,
+    empty for none), which the validate step checked the spec against."""
     import json
 
     from tauforge.components.data import load_profile, load_spec
     from tauforge.components.estimate import Estimate
+    from tauforge.components.graph import CausalGraph, card_section
     from tauforge.components.nuisance import NuisanceConfig
     from tauforge.components.publish import estimator_description, publish
     from tauforge.components.registry import build_card
@@ -60,7 +62,8 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     card = build_card(spec=json.loads(spec.to_json()), data={"source": source, **load_profile(dataset.path)},
                       estimate=summary, evaluation=result,
                       estimator=estimator_description(estimator, summary, nuisance),
-                      run={"run_id": run_id, "run_name": run_name, "pipeline": "tauforge-training"})
+                      run={"run_id": run_id, "run_name": run_name, "pipeline": "tauforge-training"},
+                      graph=card_section(CausalGraph.parse(graph) if graph else None, spec))
     version = publish(store, model_name, card, forest_dir=forest.path, evaluation_path=evaluation.path,
                       report_path=report.path, reference_path=reference.path)
     print(f"tauforge: published {model_name} version {version} to {store}", flush=True)

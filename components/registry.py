@@ -340,9 +340,11 @@ class ModelStore:
     def _full_card(self, card: dict, model: str, version: int, files: dict) -> dict:
         """The card as published: the caller's causal metadata and the store's own fields."""
         earlier = [v for v in self.versions(model) if v < version]
+        parent = earlier[-1] if earlier else None
         full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
-                    created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                    parent_version=earlier[-1] if earlier else None, files=files)
+                    created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), parent_version=parent, files=files)
+        if "lineage" in card:
+            full["lineage"] = {**card["lineage"], "parent_version": parent}
         full["card_sha256"] = card_digest(full)
         return full
 
@@ -616,14 +618,38 @@ ASSUMPTIONS = {
 }
 
 
-def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, estimator: dict, run: dict) -> dict:
-    """The causal part of a model card; the store adds version, checksums and lineage."""
+def assumptions(assignment: str, graph: dict) -> list[str]:
+    """The identification assumptions of a model: its assignment's, with a declared graph's in place of
+    the bare unconfoundedness sentence (the graph says which variables suffice, and that was checked)."""
+    from .graph import assumption
+
+    stated = list(ASSUMPTIONS[assignment])
+    by_graph = assumption(graph)
+    if by_graph is None:
+        return stated
+    if assignment == "observational":
+        return [by_graph if s.startswith("unconfoundedness") else s for s in stated]
+    return [*stated, by_graph]
+
+
+def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, estimator: dict, run: dict,
+               graph: dict | None = None) -> dict:
+    """The causal part of a model card; the store adds version, checksums and parent version.
+    `graph` is the card's graph section (`graph.card_section`; None: no graph was given). The
+    lineage says what the version was made from: graph, data, code and run."""
+    from .graph import card_section
+
     binary = spec["treatment_type"] == "binary"
+    graph = graph or card_section(None)
+    env = environment()
     return {
         "estimand": {"cate": f"E[{spec['outcome']}(1) - {spec['outcome']}(0) | X]" if binary else
                      f"d E[{spec['outcome']} | do({spec['treatment']} = t), X] / dt (locally linear)",
                      "ate": estimate["estimand"], "ate_method": estimate["method"]},
-        "assumptions": ASSUMPTIONS[spec["assignment"]],
+        "assumptions": assumptions(spec["assignment"], graph),
+        "graph": graph,
+        "lineage": {"graph_sha256": graph.get("sha256"), "data_fingerprint": data.get("fingerprint"),
+                    "git_commit": env["git_commit"], "run_id": run.get("run_id")},
         "spec": spec, "data": data, "effect": {
             k: estimate[k] for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "ate_interval", "alpha",
                                      "variance_weighted_effect", "variance_weighted_stderr", "bootstrap")
@@ -633,5 +659,55 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
            if "overlap" in evaluation else {}),
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
-        "environment": environment(), "run": run,
+        "environment": env, "run": run,
+    }
+
+
+# The gate's checks whose values a diff shows: (name, path in the card's evaluation).
+_GATE_CHECKS = (("placebo p-value", ("refuters", "placebo", "p_value")),
+                ("random common cause p-value", ("refuters", "random_common_cause", "p_value")),
+                ("data subset p-value", ("refuters", "data_subset", "p_value")),
+                ("robustness value", ("sensitivity", "robustness_value")),
+                ("share outside overlap", ("overlap", "share_outside")))
+
+
+def diff_cards(old: dict, new: dict) -> dict:
+    """What changed from one version's card to another's: the causal graph (edges, nodes and latent
+    nodes added or removed), the assumptions, the data (fingerprint, rows, source), the nuisance
+    learners and their out-of-fold scores, the gate (verdict, reasons, warnings, the checks' values)
+    and the effect. Each part has `changed`; values that differ are [old, new] pairs."""
+    from .graph import diff as graph_diff
+
+    def listed(a: list, b: list) -> dict:
+        added, removed = [x for x in b if x not in a], [x for x in a if x not in b]
+        return {"changed": bool(added or removed), "added": added, "removed": removed}
+
+    def pairs(a: dict, b: dict) -> dict:
+        return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+    def at(card: dict, path: tuple):
+        node = card.get("evaluation", {})
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    data = {k: [old["data"].get(k), new["data"].get(k)] for k in ("fingerprint", "rows", "source")}
+    learners = pairs(old["estimator"].get("nuisance", {}), new["estimator"].get("nuisance", {}))
+    scores = pairs(old["evaluation"].get("nuisance", {}), new["evaluation"].get("nuisance", {}))
+    v_old, v_new = old["evaluation"]["verdict"], new["evaluation"]["verdict"]
+    effect = {k: [old["effect"].get(k), new["effect"].get(k)] for k in ("ate", "ate_lower", "ate_upper")}
+    return {
+        "from": {"model": old.get("model"), "version": old.get("version")},
+        "to": {"model": new.get("model"), "version": new.get("version")},
+        "graph": graph_diff(old.get("graph"), new.get("graph")),
+        "assumptions": listed(old.get("assumptions", []), new.get("assumptions", [])),
+        "data": {"changed": data["fingerprint"][0] != data["fingerprint"][1], **data},
+        "nuisance": {"changed": bool(learners), "learners": learners, "scores": scores},
+        "gate": {"changed": v_old["passed"] != v_new["passed"] or v_old["reasons"] != v_new["reasons"],
+                 "passed": [v_old["passed"], v_new["passed"]],
+                 "reasons": listed(v_old["reasons"], v_new["reasons"]),
+                 "warnings": listed(v_old["warnings"], v_new["warnings"]),
+                 "checks": {name: [at(old, path), at(new, path)] for name, path in _GATE_CHECKS
+                            if at(old, path) is not None or at(new, path) is not None}},
+        "effect": effect,
     }

@@ -99,7 +99,7 @@ def _shown(path: str) -> str:
 TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "seed": "--seed", "store": "--store",
                   "model_name": "--name", "estimator": "--estimator", "device": "--device",
                   "bootstrap_shards": "--bootstrap-shards", "n_bootstrap": "--bootstrap", "source": "--data",
-                  "runner": "--runner"}
+                  "runner": "--runner", "graph": "--graph"}
 NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t"}
 BOOTSTRAP_FLAGS = {"n_bootstrap": "--bootstrap", "trees": "--bootstrap-trees", "interval": "--bootstrap-interval",
                    "nuisance": "--bootstrap-nuisance"}
@@ -133,6 +133,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
     from tauforge.components.data import DataSpec, demo_table
     from tauforge.components.estimate import BootstrapConfig
+    from tauforge.components.graph import CausalGraph
     from tauforge.components.nuisance import NuisanceConfig
     from tauforge.pipelines.config import TrainingConfig
 
@@ -165,10 +166,11 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
     # EconML grows its trees in one task: its default is one shard.
     shards = args.shards if args.shards is not None else (1 if args.estimator == "econml" else 2)
     with _as_flags(TRAINING_FLAGS):
+        graph = CausalGraph.read(args.graph) if args.graph else None
         config = TrainingConfig(spec=spec, store=_store_uri(args), model_name=args.name, nuisance=nuisance,
                                 trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
                                 seed=args.seed, gate=_parse_gate(args.gate), bootstrap=bootstrap,
-                                bootstrap_shards=args.bootstrap_shards)
+                                bootstrap_shards=args.bootstrap_shards, graph=graph)
     return source, config, true_ate
 
 
@@ -283,6 +285,9 @@ def _models(args: argparse.Namespace) -> int:
     from tauforge.components.registry import ModelStore
 
     store = ModelStore(_store_uri(args))
+    if args.refs and args.action != "diff":
+        raise ValueError(f"models {args.action} takes no versions as arguments ({' '.join(args.refs)}): "
+                         "use --version V")
     if args.action == "list":
         names = [args.name] if args.name else store.models()
         rows = []
@@ -311,6 +316,8 @@ def _models(args: argparse.Namespace) -> int:
         version = store.resolve(args.name, args.version)
         print(json.dumps(store.card(args.name, version), indent=2, sort_keys=True))
         return 0
+    if args.action == "diff":
+        return _models_diff(store, args)
     if args.action == "promote":
         if args.version is None:
             raise ValueError("models promote needs --version V")
@@ -319,6 +326,58 @@ def _models(args: argparse.Namespace) -> int:
         entry = store.rollback(args.name, args.alias)
     print(json.dumps({"model": args.name, "alias": args.alias, **entry}) if args.json else
           f"{args.name}: {args.alias} -> version {entry['version']}")
+    return 0
+
+
+def _models_diff(store, args: argparse.Namespace) -> int:
+    """`models diff V1 V2`: what changed from one version's card to the other's."""
+    from tauforge.components.registry import diff_cards
+
+    if len(args.refs) != 2:
+        raise ValueError(f"models diff takes two versions (numbers or aliases), got {len(args.refs)}: "
+                         f"tauforge models diff --name MODEL V1 V2")
+    old, new = (store.card(args.name, store.resolve(args.name, ref)) for ref in args.refs)
+    d = diff_cards(old, new)
+    if args.json:
+        print(json.dumps(d))
+        return 0
+
+    def short(digest):
+        return digest[:12] if digest else "none"
+
+    def changes(part: dict, what: str) -> list[str]:
+        return [f"    + {what}: {x}" for x in part["added"]] + [f"    - {what}: {x}" for x in part["removed"]]
+
+    lines = [f"{args.name}: version {d['from']['version']} -> version {d['to']['version']}"]
+    g = d["graph"]
+    if not g["changed"]:
+        lines.append(f"  graph: same ({'sha256 ' + short(g['sha256'][0]) if g['given'][0] else 'none given'})")
+    else:
+        lines.append("  graph: " + " -> ".join(f"sha256 {short(h)}" if given else "none given"
+                                               for h, given in zip(g["sha256"], g["given"])))
+        for key in ("edges", "nodes", "latent"):
+            lines += [f"    + {key[:-1] if key != 'latent' else 'latent'} {x}" for x in g[f"{key}_added"]]
+            lines += [f"    - {key[:-1] if key != 'latent' else 'latent'} {x}" for x in g[f"{key}_removed"]]
+    a = d["assumptions"]
+    lines.append("  assumptions: " + ("changed" if a["changed"] else "same"))
+    lines += changes(a, "assumption")
+    data = d["data"]
+    lines.append(f"  data: {'changed' if data['changed'] else 'same'} (fingerprint "
+                 + " -> ".join(short(f) for f in dict.fromkeys(data["fingerprint"])) + ", rows "
+                 + " -> ".join(str(r) for r in dict.fromkeys(data["rows"])) + ")")
+    n = d["nuisance"]
+    lines.append("  nuisance learners: " + ("changed" if n["changed"] else "same"))
+    lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in n["learners"].items()]
+    lines += [f"    out-of-fold {k}: {v[0]:.4g} -> {v[1]:.4g}" for k, v in n["scores"].items()
+              if None not in v]
+    gate = d["gate"]
+    lines.append("  gate: " + " -> ".join("passed" if p else "failed" for p in gate["passed"]))
+    lines += changes(gate["reasons"], "reason") + changes(gate["warnings"], "warning")
+    lines += [f"    {k}: {v[0]:.4g} -> {v[1]:.4g}" for k, v in gate["checks"].items() if None not in v]
+    e = d["effect"]
+    lines.append(f"  ATE: {e['ate'][0]:.4f} [{e['ate_lower'][0]:.4f}, {e['ate_upper'][0]:.4f}] -> "
+                 f"{e['ate'][1]:.4f} [{e['ate_lower'][1]:.4f}, {e['ate_upper'][1]:.4f}]")
+    print("\n".join(lines))
     return 0
 
 
@@ -422,6 +481,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument("--weight", help="sample weight column")
     data.add_argument("--treatment-type", choices=("auto", "binary", "continuous"), default="auto",
                       help="default: binary when the column is 0/1")
+    data.add_argument("--graph", metavar="FILE",
+                      help="causal graph, DOT or GML as DoWhy reads them (latent nodes: observed=\"no\"): the "
+                           "covariates and controls must block every back-door path in it; without --covariates "
+                           "they are its observed nodes that are not descendants of the treatment")
     model = p.add_argument_group("model")
     model.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     model.add_argument("--name", default=DEFAULT_MODEL_NAME,
@@ -619,8 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     mon.set_defaults(func=_monitor)
 
-    models = sub.add_parser("models", help="list, show, promote or roll back published models")
-    models.add_argument("action", choices=("list", "show", "promote", "rollback"))
+    models = sub.add_parser("models", help="list, show, diff, promote or roll back published models")
+    models.add_argument("action", choices=("list", "show", "diff", "promote", "rollback"))
+    models.add_argument("refs", nargs="*", metavar="V",
+                        help="diff: the two versions (numbers or aliases) to compare, old then new")
     models.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     models.add_argument("--name", help="model name")
     models.add_argument("--version", help="version number or alias (show: default latest; promote: required)")
@@ -631,7 +696,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse gives a positional list that follows the action only the words right after it:
+    # `models diff --name M 1 2` leaves `1 2` over; they are the versions to compare.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "models" and not any(e.startswith("-") for e in extra):
+        args.refs = [*args.refs, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         # A user reads "what to do", not the library line that raised it.

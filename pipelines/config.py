@@ -16,6 +16,7 @@ from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEF
 from tauforge.components.data import DataSpec, read_table, validate
 from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
+from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig
 from tauforge.components.registry import StoreError, check_model_name
 
@@ -42,6 +43,9 @@ class TrainingConfig:
     gate : the publishing gate's thresholds (`GateConfig`); alpha : 1 - the intervals' level.
     bootstrap, bootstrap_shards : the full bootstrap (`BootstrapConfig`, off by default) and the
         tasks its replicates are spread over.
+    graph : the declared causal graph (`CausalGraph`), or None. With one, the spec's covariates and
+        controls must be a valid back-door adjustment set in it (checked here), and a spec without
+        covariates takes them from the graph (`CausalGraph.adjusted_spec`): `spec` is the result.
     """
 
     spec: DataSpec
@@ -58,12 +62,15 @@ class TrainingConfig:
     alpha: float = DEFAULT_ALPHA
     bootstrap: BootstrapConfig = BootstrapConfig()
     bootstrap_shards: int = 1
+    graph: CausalGraph | None = None
 
     def __post_init__(self):
         def fail(name: str, problem: str):
             raise ConfigError(name, problem)
 
         self.spec.check()
+        if self.graph is not None:
+            object.__setattr__(self, "spec", self.graph.adjusted_spec(self.spec))  # frozen: set once, here
         try:
             check_model_name(self.model_name)
         except StoreError as exc:
@@ -110,7 +117,8 @@ class TrainingConfig:
 
     def check_local_run(self, source: str) -> None:
         """What a run on this machine can check before any task starts: that the device exists
-        and, for a local table, that the data satisfies the spec."""
+        and, for a local table, that the data satisfies the spec and the graph's observed nodes
+        are its columns."""
         from tauforge.kernels._inputs import resolve_device
 
         try:
@@ -118,7 +126,10 @@ class TrainingConfig:
         except ValueError as exc:
             raise ConfigError("device", f"cannot be used here: {exc}") from None
         if "://" not in source or source.startswith("file://"):
-            validate(read_table(source), self.spec)
+            table = read_table(source)
+            if self.graph is not None:
+                self.graph.check_columns(table.columns)
+            validate(table, self.spec)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

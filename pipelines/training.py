@@ -92,7 +92,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
 
     def training(source: str, spec: str, store: str, model_name: str = DEFAULT_MODEL_NAME, seed: int = 0,
                  model_y: str = "auto", model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS,
-                 gate: str = "{}", alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge",
+                 gate: str = "{}", alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "",
                  bootstrap: str = BootstrapConfig(n_bootstrap=100).to_json()) -> bool:
         """Train, evaluate and publish a causal model.
 
@@ -111,10 +111,13 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                 off.
             alpha: One minus the confidence level of the intervals.
             estimator: The forest: tauforge, or econml (EconML's forest on the same residuals, one shard).
+            graph: The causal graph as DOT or GML text, e.g. digraph { Z -> T; Z -> Y; T -> Y }; empty for none. The
+                covariates and controls must block every back-door path in it; spec without covariates takes them
+                from it.
             bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, interval percentile or
                 pivot, nuisance true to refit the nuisance models.
         """
-        validated = validate_data(source=source, spec=spec, store=store)
+        validated = validate_data(source=source, spec=spec, store=store, graph=graph)
         validated.set_display_name("validate")
         pods.reads_store(pods.light(validated))
         validated.set_caching_options(False)  # reads a URI whose contents may change under the same name
@@ -152,7 +155,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                                       report=evaluated.outputs["report"], store=store, model_name=model_name,
                                       source=source, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                       run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, estimator=estimator,
-                                      n_folds=n_folds, model_y=model_y, model_t=model_t)
+                                      n_folds=n_folds, model_y=model_y, model_t=model_t, graph=graph)
             pods.reads_store(pods.light(published.set_display_name("publish")))
             published.set_caching_options(False)  # a cached publish would announce a version it never wrote
         return evaluated.outputs["Output"]
@@ -178,7 +181,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: C
     def monitoring(store: str, model_name: str, log_dir: str, source: str, spec: str, version: str = "",
                    outcomes: str = "", monitor_alpha: float = MONITOR_ALPHA, seed: int = 0, model_y: str = "auto",
                    model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}",
-                   alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge") -> bool:
+                   alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "") -> bool:
         """Monitor a served model's traffic and retrain it when the traffic drifted.
 
         Args:
@@ -197,6 +200,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: C
             gate: The retrain's gate thresholds as JSON.
             alpha: One minus the confidence level of the retrain's intervals.
             estimator: The retrain's forest: tauforge or econml.
+            graph: The retrain's causal graph as DOT or GML text; empty for none.
         """
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
                                 outcomes=outcomes, alpha=monitor_alpha)
@@ -205,7 +209,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: C
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)
             training(source=source, spec=spec, store=store, model_name=model_name, seed=seed, model_y=model_y,
                      model_t=model_t, forest_params=forest_params, gate=gate, alpha=alpha,
-                     estimator=estimator).set_display_name("retrain")
+                     estimator=estimator, graph=graph).set_display_name("retrain")
         return checked.outputs["Output"]
 
     return monitoring
@@ -286,7 +290,8 @@ def pipeline_arguments(source: str, config: TrainingConfig) -> dict:
     arguments = {"source": source, "spec": config.spec.to_json(), "store": config.store,
                  "model_name": config.model_name, "seed": config.seed, "model_y": config.nuisance.model_y,
                  "model_t": config.nuisance.model_t, "forest_params": json.dumps(config.forest_params()),
-                 "gate": config.gate.to_json(), "alpha": config.alpha, "estimator": config.estimator}
+                 "gate": config.gate.to_json(), "alpha": config.alpha, "estimator": config.estimator,
+                 "graph": (config.graph.text or config.graph.to_dot()) if config.graph else ""}
     if config.bootstrap_tasks():
         arguments["bootstrap"] = config.bootstrap.to_json()
     return arguments

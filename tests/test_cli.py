@@ -43,6 +43,9 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["demo", "--n", "1"], "at least 2"),
     (["demo", "--trees", "5"], "multiple of ci_group_size"),
     (["demo", "--design", "nope"], "invalid choice"),
+    (["models", "diff", "--name", "m", "1"], "models diff takes two versions (numbers or aliases), got 1"),
+    (["models", "show", "--name", "m", "1"], "models show takes no versions as arguments (1): use --version V"),
+    (["models", "diff", "--name", "m", "1", "--bogus"], "unrecognized arguments: 1 --bogus"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)

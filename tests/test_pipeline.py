@@ -75,6 +75,17 @@ def poor_overlap_table(path):
     return str(path)
 
 
+# The demo data's causal graph (kernels/datasets.py, design 'simple': x0 confounds, x1 and x2 move
+# the outcome, x3..x9 are noise), with and without an edge x1 -> T that the data do not have; both
+# make every x a valid adjustment set, so the runs' covariates (derived from the graph) are x0..x9.
+DEMO_GRAPH = """digraph demo {
+  x0 -> T; x0 -> Y; T -> Y;  // the confounder
+  x1 -> Y; x2 -> Y;%s
+  x3; x4; x5; x6; x7; x8; x9;
+}
+"""
+
+
 class Runs:
     """Pipeline runs started together and awaited by the tests that inspect them: on 2 cores, runs
     side by side overlap each other's process start-ups and single-task steps."""
@@ -97,16 +108,19 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, ihdp):
     """Three runs into one store, at the same time: two of the demo data into one model (tauforge's
-    estimator with the default nuisance learners, EconML's forest with linear ones), which must
-    get versions 1 and 2, and the IHDP Parquet under its own name with the full bootstrap in two
-    shards; beside them, in a store of its own, a run whose gate fails."""
+    estimator with the default nuisance learners and the demo's graph with an edge x1 -> T,
+    EconML's forest with linear ones and the graph without it), which must get versions 1 and 2,
+    and the IHDP Parquet under its own name with the full bootstrap in two shards and no graph;
+    beside them, in a store of its own, a run whose gate fails."""
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
     path, table, covariates, controls = ihdp
+    (shared / "with-edge.dot").write_text(DEMO_GRAPH % " x1 -> T;")
+    (shared / "without-edge.dot").write_text(DEMO_GRAPH % "")
     # The IHDP run takes the explicit fan-in of compiled pipelines; the others kfp.local's collected one.
     runs = Runs({
-        "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--json"),
+        "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--graph", "with-edge.dot", "--json"),
         "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
-                        "2", *LINEAR, "--json"),
+                        "2", *LINEAR, "--graph", "without-edge.dot", "--json"),
         "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
                       *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP,
                       "--fan-in", "explicit", "--json"),
@@ -168,6 +182,44 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     assert code == 0 and "champion -> version 1" in out
 
 
+def test_a_graph_goes_into_the_card_with_its_hash_and_models_diff_shows_the_edge_that_changed(runs):
+    from tauforge.components.graph import CausalGraph
+
+    results = {name: runs.result(name) for name in ("demo", "econml")}
+    for code, _, err in results.values():
+        assert code == 0, err
+    version = {name: last_json(out)["version"] for name, (_, out, _) in results.items()}
+    store = ModelStore(str(runs.dir / "store"))
+    for name, graph_file in (("demo", "with-edge.dot"), ("econml", "without-edge.dot")):
+        card = store.card("tauforge-model", version[name])
+        expected = CausalGraph.read(str(runs.dir / graph_file))
+        graph = card["graph"]
+        assert graph["given"] and graph["format"] == "dot" and graph["sha256"] == expected.sha256
+        assert [tuple(e) for e in graph["edges"]] == list(expected.edges) and graph["latent"] == []
+        assert card["lineage"]["graph_sha256"] == expected.sha256
+        assert card["lineage"]["data_fingerprint"] == card["data"]["fingerprint"]
+        # The covariates were derived from the graph: every x, in the order the graph names them.
+        assert card["spec"]["covariates"] == [f"x{j}" for j in range(10)] == graph["adjustment_set"]
+        assert any(expected.sha256[:12] in a for a in card["assumptions"])
+    code, out, err = tauforge(runs.dir, "models", "show", "--name", "tauforge-model", "--version",
+                              str(version["demo"]))
+    assert code == 0 and ["x1", "T"] in json.loads(out)["graph"]["edges"]
+
+    code, out, err = tauforge(runs.dir, "models", "diff", "--name", "tauforge-model", "1", "2")
+    assert code == 0, err
+    sign = "-" if version["demo"] == 1 else "+"  # the demo run's graph has the edge
+    lines = out.splitlines()
+    assert lines[0] == "tauforge-model: version 1 -> version 2"
+    assert f"    {sign} edge x1 -> T" in lines and not any("edge" in line and "x1 -> T" not in line for line in lines)
+    assert "  assumptions: changed" in lines and "  nuisance learners: changed" in lines
+    assert any(line.startswith("    model_y: ") and "LinearRegression" in line for line in lines)
+    assert any(line.startswith("  data: changed") for line in lines)  # seeds 0 and 2 draw other demo data
+    code, out, err = tauforge(runs.dir, "models", "diff", "--name", "tauforge-model", "1", "2", "--json")
+    d = last_json(out)
+    assert d["graph"]["changed"] and d["graph"][f"edges_{'removed' if sign == '-' else 'added'}"] == ["x1 -> T"]
+    assert d["data"]["changed"] and d["gate"]["passed"] == [True, True]
+
+
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
     """The IHDP run, with its bootstrap replicates spread over two tasks, reproduces
     CausalForestDML(inference='bootstrap') with the same seed exactly. It runs the graph `compile`
@@ -191,6 +243,10 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     assert (result["ate_lower"], result["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-9)
     loaded = ModelStore(str(runs.dir / "store")).load("ihdp")
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
+    # Without --graph the card says so, and the assumptions are the bare ones.
+    assert loaded.card["graph"]["given"] is False and "no causal graph was given" in loaded.card["graph"]["note"]
+    assert loaded.card["lineage"]["graph_sha256"] is None
+    assert loaded.card["assumptions"][0].startswith("unconfoundedness")
     assert any(constant in w for w in loaded.card["data"]["warnings"])
     assert any(constant in w for w in loaded.card["evaluation"]["verdict"]["warnings"])
     effect = loaded.card["effect"]
@@ -232,6 +288,35 @@ def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unch
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("graph, args, message", [
+    # b and c block nothing: the confounder a is left out
+    ("digraph { a -> t; a -> y; b -> y; c -> y; t -> y }", ["--covariates", "b", "c"],
+     "--graph leaves the back-door path t <- a -> y open given the covariates and controls (b, c)"),
+    # an unobserved confounder: no adjustment set exists
+    ('digraph { u [observed="no"]; u -> t; u -> y; a -> y; t -> y; b; c }', [],
+     "--graph leaves the back-door path t <- u -> y open given the covariates and controls (a, b, c)"),
+    # a mediator among the controls
+    ("digraph { a -> t; a -> y; t -> c -> y; b -> y }", ["--covariates", "a", "b", "--controls", "c"],
+     "--graph makes the control 'c' a descendant of the treatment (t -> c)"),
+    ("digraph { q -> t; t -> y; a -> y }", [],
+     "--graph has node 'q', which is neither a column of the data nor declared latent"),
+    ("digraph { a -> t -> y -> a }", [], "--graph has a cycle, a -> t -> y -> a"),
+])
+def test_a_graph_the_roles_do_not_fit_is_refused_before_any_task_runs_naming_the_path(tmp_path, graph, args,
+                                                                                      message):
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300)).to_parquet(
+        tmp_path / "data.parquet", index=False)
+    (tmp_path / "graph.dot").write_text(graph)
+    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t",
+                              "--outcome", "y", "--graph", "graph.dot", *args)
+    assert code == 2, err
+    assert f"tauforge run: error: {message}" in err and "Traceback" not in err
+    # No task ran (kfp.local never made the run's folder or log) and nothing was published.
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
 
 
 def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path):
@@ -361,10 +446,12 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     fake = FakeKubeflowPipelines()
     try:
         monkeypatch.chdir(tmp_path)
+        graph = 'digraph { z -> t; z -> y; t -> y; w -> y; u [observed="no"]; u -> y }'
+        (tmp_path / "graph.dot").write_text(graph)
         code = main(["submit", "--host", fake.url, "--data", "s3://bucket/table.parquet", "--treatment", "t",
                      "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3",
                      "--image", "registry.example/tauforge:test", "--cuda-image", "registry.example/tauforge:gpu",
-                     "--no-cache"])
+                     "--no-cache", "--graph", "graph.dot"])
     finally:
         fake.close()
     assert code == 0
@@ -374,6 +461,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     params = run["runtime_config"]["parameters"]
     assert params["source"] == "s3://bucket/table.parquet" and params["store"] == "s3://bucket/models"
     assert json.loads(params["spec"])["treatment"] == "t"
+    # The graph goes as the file's text; the covariates it implies are already in the spec.
+    assert params["graph"] == graph and json.loads(params["spec"])["covariates"] == ["z", "w"]
     executors = spec["deploymentSpec"]["executors"]
     shards = [e["container"] for name, e in executors.items() if name.startswith("exec-forest-shard")]
     assert len(shards) == 3 and all(s["resources"]["accelerator"]["count"] == "1" for s in shards)

@@ -1,0 +1,390 @@
+"""The causal graph a run declares (`tauforge run --graph FILE`, the pipeline parameter `graph`):
+read, checked against the data's roles, and recorded in the model card. This module is the one
+owner of that contract: the CLI, the pipeline's validate and publish steps and the store's card
+diff import it.
+
+Formats: the two DoWhy accepts, so a graph written for DoWhy works as it is.
+- DOT (Graphviz), parsed by pydot: `digraph { Z -> T; Z -> Y; T -> Y; U [observed="no"]; U -> Y }`.
+  Edge chains (`A -> B -> C`), node groups (`{A B} -> C`), subgraphs, comments and attributes are
+  read as Graphviz reads them; attributes other than `observed` are ignored.
+- GML, parsed by networkx: `graph [ directed 1 node [ id "T" label "T" ] ... edge [ source "T"
+  target "Y" ] ]`, nodes named by their label.
+A node is latent (unobserved, not a column of the data) when its attribute `observed` is "no", as
+in DoWhy. Every other node must be a column of the data.
+
+What is checked, before any task runs: the graph is directed and acyclic; treatment and outcome
+are observed nodes; every covariate and control is an observed node; no covariate or control is a
+descendant of the treatment; and the covariates and controls together block every back-door path
+from treatment to outcome (they d-separate the two once the treatment's outgoing edges are
+removed: Pearl's back-door criterion). A failure names the path or the descendant. When the run
+names no covariates, they are derived from the graph: every observed node that is neither
+treatment, outcome, a control nor a descendant of the treatment. The graph algorithms are
+networkx's (d-separation, descendants, cycles, minimal separators); only whether one given path is
+open is decided here, to name it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ConfigError
+
+FORMATS = ("dot", "gml")
+# DoWhy's node attribute: observed="no" marks a latent node.
+LATENT_ATTRIBUTE = "observed"
+_NO = ("no", "false", "0")
+# Attribute statements of DOT (`node [shape=box]`), which pydot lists as nodes of these names.
+_DOT_KEYWORDS = ("node", "edge", "graph")
+# GML opens with `graph [`, possibly after comments and Creator/Version lines; DOT with `digraph {`.
+_GML_START = re.compile(r'\s*((#[^\n]*|Creator\s+"[^"]*"|Version\s+\S+)\s*)*graph\s*\[', re.IGNORECASE)
+NO_GRAPH = "no causal graph was given: the adjustment set rests on the assumptions above alone, unchecked"
+
+
+class GraphError(ConfigError):
+    """A graph that cannot be read or does not fit the run's roles (the setting `graph`)."""
+
+    def __init__(self, problem: str):
+        super().__init__("graph", problem)
+
+
+@dataclass(frozen=True)
+class CausalGraph:
+    """A causal DAG over the data's columns and declared latent variables.
+
+    nodes : every node, in the order the file first names them; edges : (cause, effect) pairs;
+    latent : the nodes that are not columns of the data; format : 'dot' or 'gml', what it was read
+    from; text : the file's text as given (what the pipeline parameter carries)."""
+
+    nodes: tuple[str, ...]
+    edges: tuple[tuple[str, str], ...]
+    latent: tuple[str, ...] = ()
+    format: str = "dot"
+    text: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self):
+        nodes, edges = tuple(dict.fromkeys(self.nodes)), tuple(dict.fromkeys(tuple(e) for e in self.edges))
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "latent", tuple(dict.fromkeys(self.latent)))
+        if self.format not in FORMATS:
+            raise GraphError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not nodes:
+            raise GraphError("has no nodes")
+        known = set(nodes)
+        for cause, effect in edges:
+            for name in (cause, effect):
+                if name not in known:
+                    raise GraphError(f"has an edge {cause} -> {effect} whose node {name!r} is not among its nodes")
+        for name in self.latent:
+            if name not in known:
+                raise GraphError(f"declares {name!r} latent but has no such node")
+        import networkx as nx
+
+        dag = self.dag()
+        if not nx.is_directed_acyclic_graph(dag):
+            cycle = [cause for cause, _ in nx.find_cycle(dag)]
+            raise GraphError(f"has a cycle, {' -> '.join([*cycle, cycle[0]])}: a causal graph must be acyclic")
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def parse(cls, text: str, format: str | None = None) -> CausalGraph:
+        """A graph from DOT or GML text (`format` None: told apart by how the text opens)."""
+        if not isinstance(text, str) or not text.strip():
+            raise GraphError("is empty: give a DOT or GML graph")
+        format = format or ("gml" if _GML_START.match(text) else "dot")
+        if format == "dot":
+            nodes, edges, latent = _read_dot(text)
+        elif format == "gml":
+            nodes, edges, latent = _read_gml(text)
+        else:
+            raise GraphError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        return cls(tuple(nodes), tuple(edges), tuple(latent), format, text)
+
+    @classmethod
+    def read(cls, path: str) -> CausalGraph:
+        """A graph from a file (a path or an fsspec URI): GML for a .gml file, else DOT."""
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r", encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GraphError(f"cannot be read from {path!r}: {exc}") from None
+        return cls.parse(text, "gml" if path.lower().endswith(".gml") else None)
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> CausalGraph:
+        """The graph of a card's `graph` section (`to_dict`)."""
+        return cls(tuple(entry["nodes"]), tuple(tuple(e) for e in entry["edges"]), tuple(entry.get("latent", ())),
+                   entry.get("format", "dot"))
+
+    # ------------------------------------------------------------------ as data
+    @property
+    def observed(self) -> tuple[str, ...]:
+        return tuple(n for n in self.nodes if n not in set(self.latent))
+
+    @property
+    def sha256(self) -> str:
+        """The graph's identity: sha256 of its nodes, edges and latent nodes, each sorted. Formatting,
+        comments, the order of statements and the file's format do not change it."""
+        from tauforge.kernels.serialization import sha256_text
+
+        return sha256_text(json.dumps({"nodes": sorted(self.nodes), "edges": sorted(map(list, self.edges)),
+                                       "latent": sorted(self.latent)}, sort_keys=True))
+
+    def to_dict(self) -> dict:
+        """The graph as the card records it."""
+        return {"format": self.format, "nodes": list(self.nodes), "edges": [list(e) for e in self.edges],
+                "latent": list(self.latent), "sha256": self.sha256}
+
+    def to_dot(self) -> str:
+        """The graph as DOT text, latent nodes marked observed="no"."""
+        def q(name: str) -> str:
+            return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = [f"  {q(n)}" + (' [observed="no"]' if n in self.latent else "") + ";" for n in self.nodes]
+        lines += [f"  {q(a)} -> {q(b)};" for a, b in self.edges]
+        return "digraph {\n" + "\n".join(lines) + "\n}\n"
+
+    def dag(self):
+        """The graph as a networkx DiGraph."""
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(self.nodes)
+        dag.add_edges_from(self.edges)
+        return dag
+
+    # ------------------------------------------------------------------ checks
+    def check_columns(self, columns) -> None:
+        """Every observed node must be a column of the data."""
+        present = {str(c) for c in columns}
+        for name in self.observed:
+            if name not in present:
+                raise GraphError(f"has node {name!r}, which is neither a column of the data nor declared latent "
+                                 f'(mark a latent node {name} [observed="no"])')
+
+    def adjusted_spec(self, spec):
+        """`spec` (a DataSpec) with its covariates derived from the graph when it names none, after
+        checking that its covariates and controls are a valid back-door adjustment set for
+        treatment -> outcome in this graph. Raises GraphError naming what is wrong."""
+        import networkx as nx
+
+        dag = self.dag()
+        roles = [("treatment", spec.treatment), ("outcome", spec.outcome)]
+        for role, name in roles:
+            if name not in dag:
+                raise GraphError(f"has no node {name!r}, the {role}")
+            if name in self.latent:
+                raise GraphError(f"declares the {role} {name!r} latent: it must be a column of the data")
+        descendants = nx.descendants(dag, spec.treatment)
+        if not spec.covariates:
+            taken = {spec.treatment, spec.outcome, *spec.controls, spec.unit_id, spec.weight, spec.timestamp,
+                     spec.instrument}
+            derived = [n for n in self.observed if n not in taken and n not in descendants]
+            if not derived:
+                raise GraphError(f"has no observed node other than treatment, outcome and controls that is not a "
+                                 f"descendant of {spec.treatment!r}: nothing to use as covariates (effect modifiers)")
+            spec = dataclasses.replace(spec, covariates=derived)
+        adjustment = [*spec.covariates, *spec.controls]
+        for role, names in (("covariate", spec.covariates), ("control", spec.controls)):
+            for name in names:
+                if name in (spec.treatment, spec.outcome):
+                    raise GraphError(f"cannot check the {role} {name!r}: it is also the treatment or the outcome")
+                if name not in dag:
+                    raise GraphError(f"has no node {name!r}, a {role}: every variable the model adjusts for must be "
+                                     f"in the graph (a node without edges if it has none)")
+                if name in self.latent:
+                    raise GraphError(f"declares the {role} {name!r} latent: a latent variable cannot be adjusted for")
+                if name in descendants:
+                    path = nx.shortest_path(dag, spec.treatment, name)
+                    raise GraphError(f"makes the {role} {name!r} a descendant of the treatment ({' -> '.join(path)}): "
+                                     f"adjusting for it removes part of the effect or opens a path through a collider "
+                                     f"(back-door criterion); drop it{self._suggestion(spec, adjustment)}")
+        path = self.open_backdoor_path(spec.treatment, spec.outcome, adjustment)
+        if path is not None:
+            given = ", ".join(adjustment)
+            raise GraphError(f"leaves the back-door path {format_path(dag, path)} open given the covariates and "
+                             f"controls ({given}): the effect of {spec.treatment} on {spec.outcome} is confounded "
+                             f"along it{self._suggestion(spec, adjustment)}")
+        return spec
+
+    def open_backdoor_path(self, treatment: str, outcome: str, adjustment) -> list[str] | None:
+        """A back-door path from `treatment` to `outcome` that `adjustment` leaves open (the shortest
+        such), or None when `adjustment` d-separates the two in the graph without the treatment's
+        outgoing edges (the back-door criterion's second condition)."""
+        import networkx as nx
+
+        backdoor, given = self._backdoor_graph(treatment), set(adjustment)
+        if nx.is_d_separator(backdoor, {treatment}, {outcome}, given):
+            return None
+        # A collider on a path is open when it or one of its descendants is adjusted for.
+        opens_collider = given | {a for z in given for a in nx.ancestors(backdoor, z)}
+        skeleton = backdoor.to_undirected(as_view=True)
+        for path in nx.shortest_simple_paths(skeleton, treatment, outcome):
+            if path_is_open(backdoor, path, given, opens_collider):
+                return path
+        raise AssertionError("networkx finds treatment and outcome d-connected but no path is open")  # pragma: no cover
+
+    def valid_adjustment_set(self, treatment: str, outcome: str, include=()) -> list[str] | None:
+        """A minimal valid back-door adjustment set among the observed non-descendants of the
+        treatment, keeping those of `include` that are allowed; None when the graph has none."""
+        import networkx as nx
+
+        backdoor = self._backdoor_graph(treatment)
+        allowed = set(self.observed) - nx.descendants(self.dag(), treatment) - {treatment, outcome}
+        kept = [n for n in include if n in allowed]
+        found = (nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, included=set(kept), restricted=allowed)
+                 if kept else None)
+        if found is None:
+            found = nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, restricted=allowed)
+        return None if found is None else [n for n in self.nodes if n in found]
+
+    def _backdoor_graph(self, treatment: str):
+        dag = self.dag()
+        dag.remove_edges_from(list(dag.out_edges(treatment)))
+        return dag
+
+    def _suggestion(self, spec, adjustment) -> str:
+        valid = self.valid_adjustment_set(spec.treatment, spec.outcome, include=adjustment)
+        if valid is None:
+            return ("; no set of observed variables satisfies the back-door criterion in this graph, so the effect "
+                    "is not identified by adjustment")
+        return f"; a valid adjustment set in this graph: {', '.join(valid) or 'the empty set'}"
+
+
+def path_is_open(dag, path: list[str], given: set, opens_collider: set) -> bool:
+    """Whether `path` (a sequence of adjacent nodes of `dag`) is open given `given`: every
+    non-collider on it is outside `given`, every collider in `opens_collider` (the adjusted
+    variables and their ancestors)."""
+    for before, node, after in zip(path, path[1:], path[2:]):
+        collider = dag.has_edge(before, node) and dag.has_edge(after, node)
+        if (node not in opens_collider) if collider else (node in given):
+            return False
+    return True
+
+
+def format_path(dag, path: list[str]) -> str:
+    """A path with its edges' directions: 'T <- Z -> Y'."""
+    out = [path[0]]
+    for a, b in zip(path, path[1:]):
+        out += ["->" if dag.has_edge(a, b) else "<-", b]
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------------- the card
+def card_section(graph: CausalGraph | None, spec=None) -> dict:
+    """The card's `graph` section: the graph as data with its hash and the adjustment set it was
+    checked with, or a statement that none was given."""
+    if graph is None:
+        return {"given": False, "note": NO_GRAPH}
+    section = {"given": True, **graph.to_dict()}
+    if spec is not None:
+        section.update(treatment=spec.treatment, outcome=spec.outcome,
+                       adjustment_set=[*spec.covariates, *spec.controls],
+                       criterion="back-door: the adjustment set holds no descendant of the treatment and blocks every "
+                                 "back-door path from treatment to outcome (checked before training)")
+    return section
+
+
+def assumption(section: dict) -> str | None:
+    """The identification assumption a given graph states, as the card's assumptions list words it."""
+    if not section.get("given"):
+        return None
+    return (f"causal graph: the declared graph (sha256 {section['sha256'][:12]}) is true and complete: no common cause "
+            f"of treatment and outcome is missing from it; in it the covariates and controls block every back-door "
+            f"path from {section.get('treatment', 'the treatment')} to {section.get('outcome', 'the outcome')}")
+
+
+def diff(old: dict | None, new: dict | None) -> dict:
+    """What changed between two cards' `graph` sections (a card without one had no graph)."""
+    old, new = old or {"given": False}, new or {"given": False}
+
+    def items(section: dict, key: str) -> set:
+        values = section.get(key, []) if section.get("given") else []
+        return {" -> ".join(v) if isinstance(v, list | tuple) else v for v in values}
+
+    out: dict[str, Any] = {"changed": old.get("sha256") != new.get("sha256") or old.get("given") != new.get("given"),
+                           "given": [bool(old.get("given")), bool(new.get("given"))],
+                           "sha256": [old.get("sha256"), new.get("sha256")]}
+    for key in ("edges", "nodes", "latent"):
+        a, b = items(old, key), items(new, key)
+        out[f"{key}_added"], out[f"{key}_removed"] = sorted(b - a), sorted(a - b)
+    return out
+
+
+# ---------------------------------------------------------------------- readers
+def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    import pydot
+
+    printed = io.StringIO()
+    # pydot prints a parse error and returns None; and pydot 4.0's grammar calls pyparsing methods
+    # that pyparsing 3.3 deprecates, with a warning per call that would reach the user.
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graphs = pydot.graph_from_dot_data(text)
+    if not graphs:
+        message = " ".join(printed.getvalue().split()) or "nothing parsed"
+        raise GraphError(f"is not valid DOT: {message}")
+    if len(graphs) > 1:
+        raise GraphError(f"holds {len(graphs)} graphs; give one")
+    (dot,) = graphs
+    if dot.get_type() != "digraph":
+        raise GraphError("is an undirected DOT graph; a causal graph is a digraph (edges written A -> B)")
+    nodes, edges, latent = [], [], []
+
+    def endpoints(end) -> list[str]:
+        if isinstance(end, str):  # a name, perhaps with a port (A:p) that says where an arrow is drawn
+            return [_unquote(end if end.startswith('"') else end.split(":")[0])]
+        if end.get("edges") or end.get("subgraphs"):  # a subgraph with edges of its own as one end
+            raise GraphError("has an edge whose end is a subgraph with edges inside: write the edges one by one")
+        return [_unquote(n) for n in end.get("nodes", {})]
+
+    def walk(graph) -> None:
+        # The statements in the file's order (pydot numbers them within each graph and subgraph), so
+        # nodes come in the order they are first written.
+        statements = [*graph.get_nodes(), *graph.get_edges(), *graph.get_subgraphs()]
+        for statement in sorted(statements, key=lambda st: st.obj_dict.get("sequence") or 0):
+            if isinstance(statement, pydot.Subgraph):
+                walk(statement)
+            elif isinstance(statement, pydot.Edge):
+                for cause in endpoints(statement.get_source()):
+                    for effect in endpoints(statement.get_destination()):
+                        nodes.extend((cause, effect))
+                        edges.append((cause, effect))
+            elif statement.get_name() not in _DOT_KEYWORDS:
+                name = _unquote(statement.get_name())
+                nodes.append(name)
+                if _unquote(str(statement.get_attributes().get(LATENT_ATTRIBUTE, "yes"))).lower() in _NO:
+                    latent.append(name)
+
+    walk(dot)
+    return list(dict.fromkeys(nodes)), edges, latent
+
+
+def _read_gml(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    import networkx as nx
+
+    try:
+        graph = nx.parse_gml(text, label="label")
+    except (nx.NetworkXError, ValueError, KeyError) as exc:
+        raise GraphError(f"is not valid GML: {exc}") from None
+    if not graph.is_directed():
+        raise GraphError("is an undirected GML graph; a causal graph is directed (`directed 1`)")
+    latent = [str(n) for n, attrs in graph.nodes(data=True)
+              if str(attrs.get(LATENT_ATTRIBUTE, "yes")).lower() in _NO]
+    return [str(n) for n in graph.nodes], [(str(a), str(b)) for a, b in graph.edges()], latent
+
+
+def _unquote(name: str) -> str:
+    """A DOT ID as the user means it: "my node" -> my node (escaped quotes unescaped)."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return name
