@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tauforge.kernels.ate import debiased_scores
+from tauforge.kernels.progress import StepLog
 
 from . import config, heterogeneity, refuters
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
@@ -148,9 +149,10 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
-             nuisance: NuisanceConfig | None = None) -> dict:
+             nuisance: NuisanceConfig | None = None, progress: bool = False) -> dict:
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
-    refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults)."""
+    refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
+    `progress`: a line on stderr per slow check, with an estimate of the time left."""
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
     cate = estimate.oob_cate
@@ -159,6 +161,9 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     scores = debiased_scores(cate, y_res, t_res, t_var)  # per-row effects: the mean of a group's is its effect
     summary = estimate.summary
     refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"))
+    # Relative costs: nuisance refits per refuter (the placebo's forest counts as one).
+    steps = StepLog("evaluate", {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 4,
+                                 "heterogeneity": 1}, progress)
     result = {
         "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                 "ate_interval", "alpha", "variance_weighted_effect",
@@ -169,14 +174,15 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
         "balance": balance(data, t_hat if data.spec.binary else None),
         "refuters": {
-            "placebo": refuters.placebo(refit, seed),
-            "random_common_cause": refuters.random_common_cause(refit, summary["ate"], seed),
-            "data_subset": refuters.data_subset(refit, summary["ate"], seed),
+            "placebo": steps.run("placebo refuter", refuters.placebo, refit, seed),
+            "random_common_cause": steps.run("random common cause refuter", refuters.random_common_cause, refit,
+                                             summary["ate"], seed),
+            "data_subset": steps.run("data subset refuter", refuters.data_subset, refit, summary["ate"], seed),
         },
         "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
-        "heterogeneity": {"calibration": heterogeneity.calibration_test(y_res, t_res, cate),
-                          "rate": heterogeneity.autoc(cate, scores, seed=seed),
-                          "gates": heterogeneity.gates(cate, scores)},
+        "heterogeneity": steps.run("heterogeneity", lambda: {
+            "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
+            "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
         "data_warnings": list(data.warnings),
         "gate_config": dataclasses.asdict(gate),
     }
@@ -260,7 +266,7 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
 
     result = evaluate(load_validated(dataset.path), Residuals.load(residuals.path),
                       Estimate.load(estimate.path), GateConfig.from_json(gate), int(seed),
-                      NuisanceConfig(model_y, model_t, int(n_folds)))
+                      NuisanceConfig(model_y, model_t, int(n_folds)), progress=True)
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
     with open(report.path, "w") as f:

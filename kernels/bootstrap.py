@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ._inputs import resolve_device
-from ._progress import progress_bar
 from .ate import average_effect
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest import CausalForest, fit_forests, forests_per_batch
+from .progress import progress_bar
 from .serialization import load_model, save_model
 
 FORMAT = "tauforge.bootstrap_replicates"

@@ -15,12 +15,12 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs, forest_codec
-from ._progress import progress_bar
 from .backends import get_backend
 from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
 from .local_linear import DEFAULT_RIDGE, LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
 from .prediction import MIN_LITTLE_BAGS
+from .progress import progress_bar
 from .sampling import LittleBagSampler, TreeSample, shard_range
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights

@@ -100,7 +100,7 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
                                                                            dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
     (`cross_fitting_folds`), and each score as a list in fold order."""
-    from ._progress import progress_bar
+    from .progress import progress_bar
 
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed)
