@@ -42,6 +42,6 @@ class StepLog:
         if self.enabled:
             total = sum(self.weights.values())
             left = self.elapsed / self.done_weight * (total - self.done_weight) if self.done_weight else 0.0
-            print(f"tauforge {self.desc}: {name} done in {seconds:.1f} s; about {left:.0f} s left",
+            print(f"tauforge: {self.desc}: {name} done in {seconds:.1f} s; about {left:.0f} s left",
                   file=self.stream or sys.stderr, flush=True)
         return out
