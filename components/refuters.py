@@ -12,8 +12,8 @@ data_subset           the nuisance models refit on 5 random 80% subsets of the r
 Each re-estimates through an `EffectRefit`: the run's nuisance settings, folds and seed, the
 average effect of `tauforge.kernels.ate`; the random common cause and the subsets keep the
 forest's out-of-bag CATE fixed (the debiased score corrects for it; a forest per refit would cost
-as much as the run), the placebo grows a smaller forest (at most PLACEBO_TREES trees). Each refuter returns its estimate, a
-p-value for "nothing is wrong", and the numbers behind it. The tests plant defects in an
+as much as the run), the placebo grows a smaller forest (at most PLACEBO_TREES trees). Each
+refuter returns its estimate, a p-value for "nothing is wrong", and the numbers behind it. The tests plant defects in an
 `EffectRefit` subclass (a constant pseudo-effect, the real treatment leaking past the placebo, a
 dropped confounder, a wrong denominator) and check that the refuter catches each.
 """
