@@ -155,7 +155,7 @@ def screenshots(out_dir: str, n: int = 5000) -> list[str]:
             shot = render(page, work, name).screenshot
             target = os.path.join(out_dir, f"{name}.png")
             os.makedirs(out_dir, exist_ok=True)
-            Image.open(shot).convert("RGB").quantize(256).save(target, optimize=True)
+            Image.open(shot).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
             written.append(target)
     return written
 
