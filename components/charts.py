@@ -215,12 +215,15 @@ class Axes:
         top = 8 + 17 * len(self.title_lines)
         self.legend_rows = self._layout_legend()
         top += 16 * len(self.legend_rows) + 8
-        y_labels = self.y.label_width()
-        left = 10 + (18 if self.y_label else 0) + y_labels + 8
-        x_lines = self.x.line_count() if isinstance(self.x, Bands) else 1
-        bottom = self.height - (8 + (18 if self.x_label else 0) + 14 * x_lines + 6)
         # Half of the last x tick label may reach past the plotting area's right edge.
         right = self.width - max(14.0, (self.x.label_width() / 2 + 4) if isinstance(self.x, Linear) else 14.0)
+        # Axis titles longer than their axis wrap (a y title runs along the plot's height); the
+        # margins make room for every line.
+        self.x_label_lines = _wrap(self.x_label, right - 70, LABEL_SIZE) if self.x_label else []
+        x_lines = self.x.line_count() if isinstance(self.x, Bands) else 1
+        bottom = self.height - (8 + 16 * len(self.x_label_lines) + 2 * bool(self.x_label) + 14 * x_lines + 9)
+        self.y_label_lines = _wrap(self.y_label, bottom - top, LABEL_SIZE) if self.y_label else []
+        left = 10 + 16 * len(self.y_label_lines) + 2 * bool(self.y_label) + self.y.label_width() + 8
         self.left, self.top, self.right, self.bottom = left, top, right, bottom
         self.x.place(left, right)
         # A numeric y axis grows upwards; categories run down from the top, in the order given.
@@ -287,7 +290,8 @@ class Axes:
 
     def _ticks(self) -> list[str]:
         out = []
-        base = self.bottom + 4 + TICK_SIZE
+        # Low enough that the first x label clears the lowest y label at the corner.
+        base = self.bottom + 7 + TICK_SIZE
         if isinstance(self.x, Linear):
             out += [_tick("x", (self.x(t), self.bottom, self.x(t), self.bottom + 4), self.x(t), base, "middle", [text])
                     for t, text in self.x.labels()]
@@ -305,13 +309,14 @@ class Axes:
     def _titles(self) -> list[str]:
         out = [f'<text class="chart-title" x="8" y="{8 + 13 + 17 * k}" font-size="{TITLE_SIZE}" '
                f'font-weight="bold">{esc(line)}</text>' for k, line in enumerate(self.title_lines)]
-        if self.x_label:
-            out.append(f'<text class="axis-title x" x="{(self.left + self.right) / 2:.1f}" y="{self.height - 8}" '
-                       f'font-size="{LABEL_SIZE}" text-anchor="middle">{esc(self.x_label)}</text>')
-        if self.y_label:
-            cy = (self.top + self.bottom) / 2
-            out.append(f'<text class="axis-title y" x="0" y="0" transform="translate(20,{cy:.1f}) rotate(-90)" '
-                       f'font-size="{LABEL_SIZE}" text-anchor="middle">{esc(self.y_label)}</text>')
+        cx, cy = (self.left + self.right) / 2, (self.top + self.bottom) / 2
+        n = len(self.x_label_lines)
+        out += [f'<text class="axis-title x" x="{cx:.1f}" y="{self.height - 8 - 16 * (n - 1 - k)}" '
+                f'font-size="{LABEL_SIZE}" text-anchor="middle">{esc(line)}</text>'
+                for k, line in enumerate(self.x_label_lines)]
+        out += [f'<text class="axis-title y" x="0" y="0" transform="translate({20 + 16 * k},{cy:.1f}) rotate(-90)" '
+                f'font-size="{LABEL_SIZE}" text-anchor="middle">{esc(line)}</text>'
+                for k, line in enumerate(self.y_label_lines)]
         return out
 
     def _legend(self) -> list[str]:
@@ -523,7 +528,7 @@ class Interval:
 
 def interval_chart(intervals: Sequence[Interval], *, title: str, value_label: str, category_label: str = "",
                    lines: dict[str, float | Sequence[float]] | None = None, bars: bool = False,
-                   width: int = 560, height: int = 280) -> str:
+                   width: int = 560, height: int = 300) -> str:
     """Estimates as points with error bars from `lower` to `upper`, one per category, on an axis
     that includes 0 (a zero line). `bars`: a bar from 0 to each estimate behind it (below zero for
     a negative estimate). `lines`: dashed lines at given values, named in the legend."""

@@ -151,7 +151,7 @@ def _effect_section(eff: dict, unit: str) -> str:
         vw, half = eff["variance_weighted_effect"], _z(eff["alpha"]) * eff["variance_weighted_stderr"]
         rows.append(Interval("variance-weighted\neffect", vw, vw - half, vw + half, charts.PALETTE[7]))
     chart = charts.interval_chart(rows, title=f"Average effect with its {level} interval", value_label=unit,
-                                  width=460, height=260)
+                                  width=460)
     table = _table([(eff["method"], eff["ate"], eff["ate_stderr"],
                      f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
                    ("method", eff["estimand"], "std. error", f"{level} interval"))
@@ -162,7 +162,7 @@ def _cate_section(eff: dict, unit: str) -> str:
     hist = eff["cate_histogram"]
     chart = charts.histogram(hist["edges"], {"CATE": hist["counts"]}, title="Distribution of the out-of-bag CATE "
                              "over the training rows", x_label=f"CATE: {unit}", y_label="rows",
-                             lines={f"ATE {eff['ate']:.3g}": eff["ate"]})
+                             lines={f"{eff['estimand']} {eff['ate']:.3g}": eff["ate"]})
     table = _table([tuple(eff["cate_quantiles"].values())], tuple(f"q{q}" for q in eff["cate_quantiles"]))
     return _section("Conditional effects (CATE)", chart, table)
 
@@ -175,7 +175,7 @@ def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
     chart = charts.interval_chart(rows, title=f"Group average effects (GATES) by CATE quartile, "
                                               f"{100 * (1 - eff['alpha']):.0f}% intervals",
                                   value_label=unit, category_label="quartile of the predicted CATE [its range]",
-                                  bars=True, lines={f"ATE {eff['ate']:.3g}": eff["ate"]})
+                                  bars=True, height=330, lines={f"{eff['estimand']} {eff['ate']:.3g}": eff["ate"]})
     cal, rate = het["calibration"], het["rate"]
     calibration = _table([("mean forest prediction (1: the average is right)", cal["mean_forest_prediction"],
                            cal["mean_stderr"], cal["mean_pvalue"]),
@@ -297,7 +297,7 @@ def _refuters_section(ref: dict, eff: dict, gate: dict, unit: str) -> str:
     chart = charts.interval_chart(
         rows, title=f"Refuters: estimates with intervals at the gate's levels (placebo {100 * (1 - placebo_level):g}%,"
                     f" refits {100 * (1 - refit_level):g}%); circles: single refits", value_label=unit,
-        lines={f"the run's ATE, {eff['ate']:.3g}": eff["ate"]}, width=620, height=300)
+        lines={f"the run's {eff['estimand']}, {eff['ate']:.3g}": eff["ate"]}, width=620, height=340)
     note = ('<p class="note">The placebo\'s interval must hold 0; a refit interval (for one more refit) must hold '
             "the run's ATE. Red: the gate fails on it.</p>")
     return _section("Refuters", chart, note, _table(table, ("refuter", "estimate", "p-value")))
@@ -311,7 +311,7 @@ def _sensitivity_section(sens: dict, eff: dict, unit: str) -> str:
                      charts.PALETTE[4]),
             Interval("confidence bounds\nwith that confounder", theta, *sens["ci_bounds"], charts.PALETTE[1])]
     chart = charts.interval_chart(rows, title="How far an unobserved confounder could move the average effect",
-                                  value_label=unit, width=560, height=280)
+                                  value_label=unit)
     text = (f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
             "residual variance of both treatment and outcome would bring the effect's interval to 0 "
             f"({sens['robustness_value_theta']:.3f} for the point estimate).</p>")

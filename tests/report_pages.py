@@ -82,7 +82,7 @@ class Rendered:
 def render(page: str, workdir: str, name: str, *, width: int = PAGE_WIDTH, screenshot: bool = True,
            binary: str | None = None) -> Rendered:
     """Open the HTML `page` in headless Chromium: dump the DOM of a copy with the measuring script,
-    then screenshot the page itself (without the script) at its full height."""
+    then (`screenshot`) screenshot the page itself (without the script) at its full height."""
     binary = binary or chromium()
     if binary is None:
         raise RuntimeError(f"no Chromium binary found (tried {', '.join(CHROMIUM_NAMES)}; or set TAUFORGE_CHROMIUM)")
@@ -109,8 +109,9 @@ def render(page: str, workdir: str, name: str, *, width: int = PAGE_WIDTH, scree
 
 
 # ----------------------------------------------------------------------------- the pages
-def evaluation_page(n: int = 2000, seed: int = 0) -> str:
-    """The evaluation report of a small run of the pipeline's steps with the design's graph."""
+def evaluation_page(n: int = 2000, seed: int = 0, design: str = "simple") -> str:
+    """The evaluation report of a small run of the pipeline's steps on `design` (with its graph
+    for `simple`, none for the others)."""
     from test_evaluate import TWO_FOLDS, pipeline_in_process
 
     from tauforge.components.data import fingerprint
@@ -118,9 +119,10 @@ def evaluation_page(n: int = 2000, seed: int = 0) -> str:
     from tauforge.components.graph import CausalGraph
     from tauforge.components.report import ReportHeader, render_report
 
-    data, residuals, estimate, _ = pipeline_in_process("simple", n=n, seed=seed)
-    graph = CausalGraph.parse(SIMPLE_GRAPH)
-    graph.adjusted_spec(data.spec)  # as the validate step checks it
+    data, residuals, estimate, _ = pipeline_in_process(design, n=n, seed=seed)
+    graph = CausalGraph.parse(SIMPLE_GRAPH) if design == "simple" else None
+    if graph is not None:
+        graph.adjusted_spec(data.spec)  # as the validate step checks it
     result = evaluate(data, residuals, estimate, GateConfig(), seed=seed, nuisance=TWO_FOLDS, graph=graph)
     header = ReportHeader(model="uplift-demo", run_id="tauforge-training-example", treatment="T", outcome="Y",
                           data_fingerprint=fingerprint(data.table))

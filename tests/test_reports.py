@@ -192,16 +192,23 @@ def rendered(tmp_path_factory):
             pytest.fail(f"CI=true: the reports must be rendered, but {message}")
         pytest.skip(message)
     work = str(tmp_path_factory.mktemp("reports"))
-    pages = {"evaluate": evaluation_page(), "monitor": monitoring_page()}
-    return {name: (page, render(page, work, name, binary=binary)) for name, page in pages.items()}
+    pages = {"evaluate": evaluation_page(), "monitor": monitoring_page(),
+             "evaluate-continuous": evaluation_page(n=800, design="continuous")}
+    return {name: (page, render(page, work, name, binary=binary, screenshot=name != "evaluate-continuous"))
+            for name, page in pages.items()}
 
 
 # The charts each report draws: evaluate: effect, CATE, GATES, overlap, balance, refuters,
-# sensitivity, and the graph; monitor: 5 covariates, propensity, CATE, policy value.
-EXPECTED = {"evaluate": (7, 1), "monitor": (8, 0)}
+# sensitivity, and the graph; a continuous treatment has no overlap and no graph was given;
+# monitor: 5 covariates, propensity, CATE, policy value.
+EXPECTED = {"evaluate": (7, 1), "monitor": (8, 0), "evaluate-continuous": (6, 0)}
 
 
-@pytest.mark.parametrize("name", ["evaluate", "monitor"])
+def overlapping(a: list[float], b: list[float]) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
 def test_both_reports_render_in_chromium_with_every_chart_on_labelled_axes(rendered, name):
     page, shown = rendered[name]
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
@@ -220,6 +227,11 @@ def test_both_reports_render_in_chromium_with_every_chart_on_labelled_axes(rende
             assert right > left and bottom > top, (s["label"], t["text"])
             assert left >= -0.5 and top >= -0.5 and right <= s["width"] + 0.5 and bottom <= s["height"] + 0.5, (
                 s["label"], t["text"], t["box"], s["width"], s["height"])
+    for s in svgs:  # no two labels of a chart drawn over each other
+        texts = s["texts"]
+        for i, a in enumerate(texts):
+            for b in texts[i + 1:]:
+                assert not overlapping(a["box"], b["box"]), (s["label"], a["text"], a["box"], b["text"], b["box"])
     for s in chart_svgs:
         x_ticks = sorted((t for t in s["texts"] if t["kind"] == "tick x"), key=lambda t: t["box"][0])
         y_ticks = [t for t in s["texts"] if t["kind"] == "tick y"]
