@@ -202,7 +202,7 @@ def uplift_section(section: dict | None, outcome: str = "the outcome", title: st
 
 def _uplift_charts(models: dict[str, dict], outcome: str) -> list[str]:
     """The gain and Qini curves of one or more models' uplift results (keyed by model; "" for one)."""
-    gain, qini = {}, {}
+    gain, qini, random = {}, {}, {}
     for name, result in models.items():
         curve = result["curve"]
         share = [100 * s for s in curve.get("share", [])]
@@ -211,8 +211,10 @@ def _uplift_charts(models: dict[str, dict], outcome: str) -> list[str]:
             gain[f"{prefix}ranked by its CATE"] = (share, curve["gain"])
         if "qini" in curve:
             qini[f"{prefix}Qini"] = (share, curve["qini"])
-        if "random" in curve and not any(k.startswith("random") for k in gain):
-            gain["random order"] = (share, curve["random"])
+        if "random" in curve and not random:  # the same units: one random order for all
+            random["random order"] = (share, curve["random"])
+    if gain:
+        gain.update(random)  # last, so that each model keeps its colour in both charts
     x_label = "share of units treated, highest predicted CATE first (%)"
     out = []
     if gain:
