@@ -363,6 +363,7 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
     tests = sum(s.p_value is not None for s in signals)
     level = config.alpha / max(tests, 1)
     result["checks"]["tests"], result["checks"]["test_level"] = tests, level
+    result["checks"]["psi_alert"] = config.psi_alert
     for s in signals:
         if s.alerts(level):
             result["alerts"].append({"check": s.check, "covariate": s.covariate, "message": s.message, **s.details})

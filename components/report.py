@@ -358,7 +358,7 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
     if "covariate_drift" in checks:
         body.append(_drift_section(checks["covariate_drift"], checks.get("domain_classifier"),
                                    {a["covariate"] for a in result["alerts"] if a["check"] == "covariate_drift"},
-                                   checks.get("test_level")))
+                                   checks.get("test_level"), checks.get("psi_alert")))
     if "propensity" in checks:
         body.append(_propensity_drift_section(checks["propensity"], training.get("treatment") or "the treatment"))
     if "effect" in checks:
@@ -393,7 +393,8 @@ def _alerts_section(alerts: list[dict], checks: dict) -> str:
     return _section(f"Alerts ({len(alerts)})", _table(rows, ("check", "covariate", "message")), budget)
 
 
-def _drift_section(drift: dict, domain: dict | None, alerted: set, level: float | None) -> str:
+def _drift_section(drift: dict, domain: dict | None, alerted: set, level: float | None,
+                   psi_alert: float | None) -> str:
     """Reference against live rows, one small chart per covariate, alerting ones first and framed."""
     plots = []
     for name in sorted(drift, key=lambda c: (c not in alerted, list(drift).index(c))):
@@ -418,8 +419,8 @@ def _drift_section(drift: dict, domain: dict | None, alerted: set, level: float 
     if domain:
         text = (f"<p>Domain classifier: held-out AUC {domain['auc']:.3f} telling live rows from reference rows "
                 f"(0.5: indistinguishable), p = {domain['p_value']:.2g}.</p>")
-    note = (f'<p class="note">Shares of rows per bin; PSI over 0.2 or p &lt; {level:.2g} alerts.</p>'
-            if level else "")
+    note = (f'<p class="note">Shares of rows per bin (a level\'s, for a covariate of at most 10 integer values); '
+            f"a PSI over {psi_alert:g} or p &lt; {level:.2g} alerts.</p>" if level and psi_alert else "")
     return _section("Covariate drift (reference against live rows)", text, note,
                     f'<div class="charts">{"".join(plots)}</div>')
 
