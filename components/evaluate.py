@@ -26,6 +26,7 @@ from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
 from .data import ValidatedData
 from .estimate import Estimate
+from .graph import CausalGraph, card_section
 from .nuisance import NuisanceConfig, Residuals
 from .sensitivity import sensitivity_report
 
@@ -149,10 +150,11 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
-             nuisance: NuisanceConfig | None = None, progress: bool = False) -> dict:
+             nuisance: NuisanceConfig | None = None, progress: bool = False, graph: CausalGraph | None = None) -> dict:
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
     refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
-    `progress`: a line on stderr per slow check, with an estimate of the time left."""
+    `progress`: a line on stderr per slow check, with an estimate of the time left. `graph`: the
+    run's declared causal graph (None: none was given), recorded for the report to draw."""
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
     cate = estimate.oob_cate
@@ -183,6 +185,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         "heterogeneity": steps.run("heterogeneity", lambda: {
             "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
             "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
+        "graph": card_section(graph, data.spec),
         "data_warnings": list(data.warnings),
         "gate_config": dataclasses.asdict(gate),
     }
@@ -254,23 +257,31 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict:
 @component
 def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Artifact],
                    gate: str, seed: int, n_folds: int, model_y: str, model_t: str, evaluation: Output[Artifact],
-                   report: Output[HTML], metrics: Output[Metrics]) -> bool:
-    """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed."""
+                   report: Output[HTML], metrics: Output[Metrics], graph: str = "", model_name: str = "",
+                   run_id: str = "") -> bool:
+    """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed.
+    `graph`: the run's causal graph (DOT or GML text, empty for none); `model_name` and `run_id`
+    name the model and the run in the report's header."""
     import json
 
-    from tauforge.components.data import load_validated
+    from tauforge.components.data import load_profile, load_validated
     from tauforge.components.estimate import Estimate
     from tauforge.components.evaluate import GateConfig, evaluate, metric_values
+    from tauforge.components.graph import CausalGraph
     from tauforge.components.nuisance import NuisanceConfig, Residuals
-    from tauforge.components.report import render_report
+    from tauforge.components.report import ReportHeader, render_report
 
-    result = evaluate(load_validated(dataset.path), Residuals.load(residuals.path),
+    data = load_validated(dataset.path)
+    result = evaluate(data, Residuals.load(residuals.path),
                       Estimate.load(estimate.path), GateConfig.from_json(gate), int(seed),
-                      NuisanceConfig(model_y, model_t, int(n_folds)), progress=True)
+                      NuisanceConfig(model_y, model_t, int(n_folds)), progress=True,
+                      graph=CausalGraph.parse(graph) if graph else None)
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
+    header = ReportHeader(model=model_name, run_id=run_id, data_fingerprint=load_profile(dataset.path)["fingerprint"],
+                          treatment=data.spec.treatment, outcome=data.spec.outcome)
     with open(report.path, "w") as f:
-        f.write(render_report(result))
+        f.write(render_report(result, header))
     for key, value in metric_values(result).items():
         metrics.log_metric(key, value)
     v = result["verdict"]

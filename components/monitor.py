@@ -25,7 +25,6 @@ for their difference -> promote / hold / roll back.
 KFP component alike.
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -71,6 +70,22 @@ def chi_square_drift(reference: np.ndarray, live: np.ndarray) -> float:
     if table.shape[1] < 2:
         return 1.0
     return float(stats.chi2_contingency(table)[1])
+
+
+def drift_histogram(reference: np.ndarray, live: np.ndarray, levels: bool = False, bins: int = 20) -> dict:
+    """Reference and live values binned alike, for the report's drift plots: counts per distinct
+    value (`levels`, a categorical covariate), else over `bins` equal bins spanning both samples'
+    0.5% to 99.5% quantiles, values beyond them counted in the end bins."""
+    if levels:
+        values = np.union1d(np.unique(reference), np.unique(live))
+        return {"levels": values.tolist(), "reference": [int(np.sum(reference == v)) for v in values],
+                "live": [int(np.sum(live == v)) for v in values]}
+    lo, hi = np.quantile(np.concatenate([reference, live]), [0.005, 0.995])
+    edges = np.histogram_bin_edges([lo, hi], bins)  # equal bins; a single value gets a unit range around it
+    def counts(values: np.ndarray) -> list[int]:
+        return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].tolist()
+
+    return {"edges": edges.tolist(), "reference": counts(reference), "live": counts(live)}
 
 
 def domain_classifier_auc(reference: np.ndarray, live: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -218,12 +233,13 @@ class CovariateDrift:
         drift, signals = {}, []
         for c, col in zip(m.covariates, m.columns):
             ref, now = m.reference[col].to_numpy(), m.live[col].to_numpy()
-            if categorical(ref):
+            levels = categorical(ref)
+            if levels:
                 test, p = "chi_square", chi_square_drift(ref, now)
             else:
                 test, p = "ks", float(stats.ks_2samp(ref, now).pvalue)
             index = psi(ref, now)
-            drift[c] = {"test": test, "p_value": p, "psi": index}
+            drift[c] = {"test": test, "p_value": p, "psi": index, "histogram": drift_histogram(ref, now, levels)}
             signals.append(Signal("covariate_drift", f"{c}: {test} p = {p:.2g}, PSI {index:.3f}", p_value=p,
                                   over_threshold=index > m.config.psi_alert, covariate=c,
                                   details={"p_value": p, "psi": index}))
@@ -259,8 +275,11 @@ class PropensityDrift:
         lo, hi = OVERLAP_BOUNDS
         out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
         p = float(stats.ks_2samp(e_ref, e_live).pvalue)
+        edges = np.linspace(0, 1, 21)
         summary = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),
-                   "share_outside_live": float(out_live)}
+                   "share_outside_live": float(out_live),
+                   "histogram": {"edges": edges.tolist(), "reference": np.histogram(e_ref, edges)[0].tolist(),
+                                 "live": np.histogram(e_live, edges)[0].tolist()}}
         signals = [
             Signal("propensity_drift", f"the training propensity of live rows has shifted (KS p = {p:.2g})",
                    p_value=p, details={"p_value": p}),
@@ -288,7 +307,8 @@ class EffectDrift:
         se = float(np.sqrt(ref_cate.var(ddof=1) / len(ref_cate) + live_cate.var(ddof=1) / len(live_cate)))
         p_ate = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else 1.0
         summary = {"cate_ks_p_value": p_dist, "cate_psi": psi(ref_cate, live_cate),
-                   "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()), "ate_p_value": p_ate}
+                   "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()), "ate_p_value": p_ate,
+                   "cate_histogram": drift_histogram(ref_cate, live_cate)}
         return CheckResult(summary, [
             Signal("cate_drift", f"the distribution of the served CATE has shifted (KS p = {p_dist:.2g})",
                    p_value=p_dist, details={"p_value": p_dist}),
@@ -343,6 +363,7 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
     tests = sum(s.p_value is not None for s in signals)
     level = config.alpha / max(tests, 1)
     result["checks"]["tests"], result["checks"]["test_level"] = tests, level
+    result["checks"]["psi_alert"] = config.psi_alert
     for s in signals:
         if s.alerts(level):
             result["alerts"].append({"check": s.check, "covariate": s.covariate, "message": s.message, **s.details})
@@ -372,6 +393,8 @@ def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
             "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
             "value_champion_dr": float(scores["dr_champion"].mean()),
             "value_challenger_dr": float(scores["dr_challenger"].mean()),
+            **{f"value_{who}_dr_stderr": float(scores[f"dr_{who}"].std(ddof=1) / np.sqrt(len(scores)))
+               for who in ("champion", "challenger")},
             "difference_dr": float(diff.mean()), "confidence_sequence": [float(lo), float(hi)],
             "recommendation": rec}
 
@@ -417,18 +440,6 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
     write_to_textfile(path, registry)
 
 
-def render_report(result: dict, title: str) -> str:
-    import html
-
-    alerts = "".join(f"<li>{html.escape(a['check'])}: {html.escape(a['message'])}</li>" for a in result["alerts"])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>Recommendation: <b>{html.escape(result['recommendation'])}</b>; "
-            f"retrain: {result.get('retrain')}</p><h2>Alerts</h2><ul>{alerts or '<li>none</li>'}</ul>"
-            f"<h2>Checks</h2><pre>{html.escape(json.dumps(result['checks'], indent=2, default=float))}</pre>"
-            + (f"<h2>Policy value</h2><pre>{html.escape(json.dumps(result['policy'], indent=2))}</pre>"
-               if "policy" in result else "") + "</body></html>")
-
-
 def read_outcomes(path: str) -> pd.DataFrame:
     """Outcomes for policy value: Parquet with an `outcome` column and request_id and row (or unit_id)."""
     if not os.path.exists(path):
@@ -454,21 +465,26 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
     events = events[(events["role"] != "champion") | (events["version"] == served)]
     result = monitor(events, load_reference(loaded.reference_path), loaded.card["spec"]["covariates"], config,
                      outcomes=read_outcomes(outcomes) if outcomes else None)
-    result.update(model=model, version=served)
+    card = loaded.card
+    result.update(model=model, version=served, training={
+        "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
+        "treatment": card["spec"].get("treatment"), "outcome": card["spec"].get("outcome")})
     return result
 
 
 # ----------------------------------------------------------------------------- KFP component
 @component
 def monitor_model(store: str, model_name: str, version: str, log_dir: str, outcomes: str, alpha: float,
-                  report: Output[HTML], metrics: Output[Metrics]) -> bool:
-    """Monitor the served model's event log; return whether drift calls for retraining."""
-    from tauforge.components.monitor import MonitorConfig, render_report, run_monitor
+                  report: Output[HTML], metrics: Output[Metrics], run_id: str = "") -> bool:
+    """Monitor the served model's event log; return whether drift calls for retraining. `run_id`
+    names the monitoring run in the report's header."""
+    from tauforge.components.monitor import MonitorConfig, run_monitor
+    from tauforge.components.report import render_monitor_report
 
     result = run_monitor(store, model_name, log_dir, version=version or None, outcomes=outcomes or None,
                          config=MonitorConfig(alpha=alpha))
     with open(report.path, "w") as f:
-        f.write(render_report(result, f"tauforge monitor: {model_name} version {result['version']}"))
+        f.write(render_monitor_report(result, run_id=run_id))
     metrics.log_metric("alerts", float(len(result["alerts"])))
     metrics.log_metric("live_rows", float(result["live_rows"]))
     metrics.log_metric("retrain", float(result["retrain"]))

@@ -1,106 +1,497 @@
-"""The HTML report of an evaluation: one self-contained page (inline SVG, no scripts), as
-KFP's UI shows an HTML artifact."""
+"""The HTML reports: the evaluation of a trained candidate (`render_report`, written by the
+evaluate step and published with the version) and the monitoring of a served version
+(`render_monitor_report`). Each is one self-contained page: inline SVG charts
+(`components/charts.py`), no scripts, no external assets, as KFP's UI shows an HTML artifact.
+
+A report opens with a header naming what it is about (model, version, run, data fingerprint),
+then the verdict, then a section per check with its chart and the numbers behind it; the result
+as JSON comes last, collapsed.
+"""
+
+from __future__ import annotations
 
 import html
+import json
+import math
+from dataclasses import dataclass
 
-_STYLE = """body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
-.pass{color:#17692f}.fail{color:#b00020}.warn{color:#8a6d00}svg{background:#fafafa}"""
+from scipy import stats
+
+from . import charts
+from .charts import Interval
+from .constants import SMD_WARNING
+
+CANDIDATE = "candidate: version assigned at publish"
+MAX_BALANCE_ROWS = 30  # covariates drawn in the balance chart, largest imbalance first
+FAIL_COLOUR, PASS_COLOUR = "#c0392b", "#1f77b4"
+# Per-row data the charts draw, left out of the JSON at the end of a report.
+BULKY_KEYS = ("histogram", "cate_histogram", "curve")
+
+_STYLE = """
+body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1d;background:#f5f6f8}
+main{max-width:66em;margin:0 auto;padding:1.2em 2em 3em}
+h1{font-size:1.5em;margin:.2em 0 .5em}h2{font-size:1.15em;margin:0 0 .6em}
+section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:1em 1.2em;margin:1em 0}
+dl.header{display:grid;grid-template-columns:max-content 1fr;gap:.25em 1.2em;margin:0}
+dl.header dt{color:#555}dl.header dd{margin:0;font-family:"DejaVu Sans Mono",monospace;word-break:break-all}
+.verdict{border-left:6px solid;padding:.7em 1em;border-radius:4px;margin:1em 0;background:#fff}
+.verdict.pass{border-color:#1e8449}.verdict.fail{border-color:#c0392b}.verdict.hold{border-color:#b7950b}
+.verdict strong{font-size:1.1em}.pass-text{color:#1e8449}.fail-text{color:#c0392b}.warn{color:#7d6608}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+td,th{border:1px solid #d5d9de;padding:.25em .6em;text-align:left}th{background:#f0f2f4}td.num{text-align:right}
+.charts{display:flex;flex-wrap:wrap;gap:.8em}.charts>div{border:1px solid transparent;border-radius:4px}
+.charts>div.alert{border-color:#c0392b;background:#fdf1f0}
+svg{max-width:100%;height:auto;display:block}p.note{color:#555;font-size:.92em}
+details{margin-top:.5em}summary{cursor:pointer;color:#333}pre{font-size:.8em;overflow-x:auto}
+"""
 
 
-def bar_chart(edges: list[float], series: dict[str, list[int]], title: str, width: int = 560,
-              height: int = 200) -> str:
-    """Histogram bars over `edges`, one translucent colour per series, as an SVG element."""
-    colours = ["#1f77b4", "#d62728", "#2ca02c"]
-    n_bins = len(edges) - 1
-    top = max((max(c) for c in series.values() if c), default=1) or 1
-    pad, bw = 30, (width - 40) / n_bins
-    parts = [f'<svg width="{width}" height="{height + 40}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{pad}" y="14" font-size="13">{html.escape(title)}</text>']
-    for k, (name, counts) in enumerate(series.items()):
-        colour = colours[k % len(colours)]
-        for i, c in enumerate(counts):
-            h = height * c / top
-            parts.append(f'<rect x="{pad + i * bw:.1f}" y="{20 + height - h:.1f}" width="{max(bw - 1, 1):.1f}" '
-                         f'height="{h:.1f}" fill="{colour}" fill-opacity="0.55"/>')
-        parts.append(f'<text x="{width - 150}" y="{34 + 14 * k}" font-size="12" fill="{colour}">'
-                     f'{html.escape(name)}</text>')
-    parts.append(f'<text x="{pad}" y="{height + 36}" font-size="11">{edges[0]:.3g}</text>')
-    parts.append(f'<text x="{width - 50}" y="{height + 36}" font-size="11">{edges[-1]:.3g}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+@dataclass(frozen=True)
+class ReportHeader:
+    """What the evaluation report is about, shown at its top. `version` empty: a candidate (the
+    store assigns the version at publish). `treatment` and `outcome` name the axes' units."""
 
-
-def _table(rows: list[tuple], header: tuple) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    model: str = ""
+    version: str = ""
+    run_id: str = ""
+    data_fingerprint: str = ""
+    treatment: str = ""
+    outcome: str = ""
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if v is None:
+        return "\u2014"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
 
 
-def render_report(result: dict, title: str = "tauforge evaluation") -> str:
-    v, eff = result["verdict"], result["effect"]
-    status = ('<p class="pass">Gate passed.</p>' if v["passed"] else
-              '<p class="fail">Gate failed: ' + "; ".join(html.escape(r) for r in v["reasons"]) + "</p>")
-    warnings = "".join(f'<li class="warn">{html.escape(w)}</li>' for w in v["warnings"])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", status,
-             f"<ul>{warnings}</ul>" if warnings else "",
-             f"<h2>Average effect ({html.escape(eff['estimand'])})</h2>",
-             _table([(eff["method"], eff["ate"], eff["ate_stderr"],
-                      f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
-                    ("method", eff["estimand"], "std. error", f"{100 * (1 - eff['alpha']):.0f}% interval")),
-             "<h2>Conditional effects (out-of-bag CATE)</h2>",
-             bar_chart(eff["cate_histogram"]["edges"], {"CATE": eff["cate_histogram"]["counts"]},
-                       "distribution of the CATE over training rows"),
-             _table([tuple(eff["cate_quantiles"].values())], tuple(f"q{q}" for q in eff["cate_quantiles"]))]
-    if "overlap" in result:
-        ov = result["overlap"]
-        parts += ["<h2>Overlap</h2>",
-                  bar_chart(ov["histogram"]["edges"], {"treated": ov["histogram"]["treated"],
-                                                       "control": ov["histogram"]["control"]},
-                            "estimated propensity by arm"),
-                  _table([(ov["propensity_min"], ov["propensity_max"], ov["share_outside"])],
-                         ("min propensity", "max propensity", f"share outside {ov['bounds']}"))]
-    bal = result["balance"]
-    if "weighted_values" in bal:
-        rows = sorted(((c, v, bal["weighted_values"][c]) for c, v in bal["values"].items()), key=lambda r: -abs(r[1]))
-        parts += ["<h2>Balance (standardized mean difference per covariate)</h2>",
-                  _table(rows, ("covariate", "raw smd", "inverse-propensity weighted smd"))]
+def _numeric(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _table(rows, header) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if _numeric(v) else ''}>{html.escape(_fmt(v))}</td>"
+                                    for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(title: str, *parts: str, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f"<section{cls}><h2>{html.escape(title)}</h2>{''.join(parts)}</section>"
+
+
+def _page(title: str, header: list[tuple[str, str]], body: list[str], result: dict, what: str) -> str:
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v or chr(0x2014))}</dd>" for k, v in header)
+    dump = html.escape(json.dumps(_without_bulk(result), indent=1, default=str))
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><main><h1>{html.escape(title)}</h1>"
+            f"<section><dl class='header'>{items}</dl></section>{''.join(body)}"
+            f"<details><summary>{html.escape(what)} as JSON (histograms and curves left out: the charts draw them)"
+            f"</summary><pre>{dump}</pre></details></main></body></html>")
+
+
+def _without_bulk(value):
+    if isinstance(value, dict):
+        return {k: _without_bulk(v) for k, v in value.items() if k not in BULKY_KEYS}
+    if isinstance(value, list):
+        return [_without_bulk(v) for v in value]
+    return value
+
+
+def _fingerprint(value: str | None) -> str:
+    return f"sha256 {value}" if value else "not recorded"
+
+
+def _z(alpha: float) -> float:
+    return float(stats.norm.ppf(1 - alpha / 2))
+
+
+# ----------------------------------------------------------------------------- evaluation
+def render_report(result: dict, header: ReportHeader | None = None) -> str:
+    """The evaluation report of `result` (`evaluate.evaluate`'s dict)."""
+    header = header or ReportHeader()
+    eff = result["effect"]
+    binary = "overlap" in result
+    y, t = header.outcome or "the outcome", header.treatment or "the treatment"
+    unit = f"effect of {t} on {y} ({y} units)" if binary else f"effect on {y} per unit of {t} ({y} units)"
+    title = f"tauforge evaluation: {header.model}" if header.model else "tauforge evaluation"
+    facts = [("model", header.model or "not named"), ("version", header.version or CANDIDATE),
+             ("run", header.run_id or "not recorded"), ("training data", _fingerprint(header.data_fingerprint)),
+             ("effect", f"{eff['estimand']} of {t} on {y}")]
+    body = [_verdict(result["verdict"]), _effect_section(eff, unit), _cate_section(eff, unit),
+            _heterogeneity_section(result["heterogeneity"], eff, unit), uplift_section(result.get("uplift"), y)]
+    if binary:
+        body.append(_overlap_section(result["overlap"], t))
+    body += [_balance_section(result["balance"], t), _nuisance_section(result["nuisance"]),
+             _refuters_section(result["refuters"], eff, result.get("gate_config", {}), unit),
+             _sensitivity_section(result["sensitivity"], eff, unit), _graph_section(result.get("graph"))]
+    return _page(title, facts, body, result, "The evaluation")
+
+
+def _verdict(v: dict) -> str:
+    if v["passed"]:
+        head = '<strong class="pass-text">Gate passed</strong>: the checks below allow publishing.'
     else:
-        parts += [f"<h2>Balance ({bal['statistic']} with the treatment per covariate)</h2>",
-                  _table(sorted(bal["values"].items(), key=lambda kv: -abs(kv[1])), ("covariate", bal["statistic"]))]
-    ref = result["refuters"]
-    sens = result["sensitivity"]
-    het = result["heterogeneity"]
+        head = '<strong class="fail-text">Gate failed</strong>: nothing is published.'
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"])
+    warnings = "".join(f'<li class="warn">{html.escape(w)}</li>' for w in v["warnings"])
+    return (f'<div class="verdict {"pass" if v["passed"] else "fail"}">{head}'
+            + (f"<ul>{reasons}</ul>" if reasons else "") + (f"<ul>{warnings}</ul>" if warnings else "") + "</div>")
+
+
+def _effect_section(eff: dict, unit: str) -> str:
+    level = f"{100 * (1 - eff['alpha']):.0f}%"
+    rows = [Interval(eff["estimand"], eff["ate"], eff["ate_lower"], eff["ate_upper"])]
+    if _finite(eff.get("variance_weighted_effect")) and _finite(eff.get("variance_weighted_stderr")):
+        vw, half = eff["variance_weighted_effect"], _z(eff["alpha"]) * eff["variance_weighted_stderr"]
+        rows.append(Interval("variance-weighted\neffect", vw, vw - half, vw + half, charts.PALETTE[7]))
+    chart = charts.interval_chart(rows, title=f"Average effect with its {level} interval", value_label=unit,
+                                  width=460)
+    table = _table([(eff["method"], eff["ate"], eff["ate_stderr"],
+                     f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
+                   ("method", eff["estimand"], "std. error", f"{level} interval"))
+    return _section("Average effect", chart, table)
+
+
+def _cate_section(eff: dict, unit: str) -> str:
+    hist = eff["cate_histogram"]
+    chart = charts.histogram(hist["edges"], {"CATE": hist["counts"]}, title="Distribution of the out-of-bag CATE "
+                             "over the training rows", x_label=f"CATE: {unit}", y_label="rows",
+                             lines={f"{eff['estimand']} {eff['ate']:.3g}": eff["ate"]})
+    table = _table([tuple(eff["cate_quantiles"].values())], tuple(f"q{q}" for q in eff["cate_quantiles"]))
+    return _section("Conditional effects (CATE)", chart, table)
+
+
+def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
+    z = _z(eff["alpha"])
+    gates = het["gates"]
+    rows = [Interval(f"Q{g['group']}\n[{g['cate_from']:.2g}, {g['cate_to']:.2g}]", g["effect"],
+                     g["effect"] - z * g["stderr"], g["effect"] + z * g["stderr"]) for g in gates]
+    chart = charts.interval_chart(rows, title=f"Group average effects (GATES) by CATE quartile, "
+                                              f"{100 * (1 - eff['alpha']):.0f}% intervals",
+                                  value_label=unit, category_label="quartile of the predicted CATE [its range]",
+                                  bars=True, height=330, lines={f"{eff['estimand']} {eff['ate']:.3g}": eff["ate"]})
     cal, rate = het["calibration"], het["rate"]
-    parts += ["<h2>Nuisance models (mean out-of-fold score)</h2>",
-              _table(list(result["nuisance"].items()), ("score", "value")),
-              "<h2>Refuters</h2>",
-              _table([("placebo treatment (effect should be 0)", ref["placebo"]["effect"], ref["placebo"]["p_value"]),
-                      ("random common cause (ATE should not move)", ref["random_common_cause"]["effect"],
-                       ref["random_common_cause"]["p_value"]),
-                      ("80% data subset (ATE should not move)", ref["data_subset"]["effect"],
-                       ref["data_subset"]["p_value"])], ("refuter", "estimate", "p-value")),
-              "<h2>Sensitivity to an unobserved confounder</h2>",
-              f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
-              "residual variance of both treatment and outcome would bring the effect's interval to 0 "
-              f"({sens['robustness_value_theta']:.3f} for the point estimate).</p>",
-              _table([(sens["c_y"], sens["c_t"], f"[{sens['theta_bounds'][0]:.4g}, {sens['theta_bounds'][1]:.4g}]",
-                       f"[{sens['ci_bounds'][0]:.4g}, {sens['ci_bounds'][1]:.4g}]")],
-                     ("c_y", "c_t", "bias bounds on theta", "confidence bounds")),
-              "<h2>Heterogeneity</h2>",
-              _table([("mean forest prediction", cal["mean_forest_prediction"], cal["mean_stderr"], cal["mean_pvalue"]),
-                      ("differential forest prediction", cal["differential_forest_prediction"],
-                       cal["differential_stderr"], cal["differential_pvalue"]),
-                      ("RATE (AUTOC)", rate["autoc"], rate["stderr"], rate["pvalue"])],
-                     ("calibration test", "estimate", "std. error", "p-value (one-sided)")),
-              bar_chart([0, 1, 2, 3, 4], {"effect by CATE quartile": [max(g["effect"], 0) for g in het["gates"]]},
-                        "group average effect by CATE quartile (GATES; negative effects drawn as 0)"),
-              _table([(g["group"], f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g["effect"], g["stderr"])
-                      for g in het["gates"]], ("quartile", "CATE range", "effect", "std. error")),
-              "</body></html>"]
-    return "".join(parts)
+    calibration = _table([("mean forest prediction (1: the average is right)", cal["mean_forest_prediction"],
+                           cal["mean_stderr"], cal["mean_pvalue"]),
+                          ("differential forest prediction (1: the heterogeneity is right)",
+                           cal["differential_forest_prediction"], cal["differential_stderr"],
+                           cal["differential_pvalue"]),
+                          ("RATE (AUTOC): gain of treating by the CATE's ranking", rate["autoc"], rate["stderr"],
+                           rate["pvalue"])],
+                         ("calibration test", "estimate", "std. error", "p-value (one-sided)"))
+    table = _table([(f"Q{g['group']}", f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g.get("rows"), g["effect"],
+                     g["stderr"]) for g in gates], ("quartile", "CATE range", "rows", "effect", "std. error"))
+    return _section("Heterogeneity", chart, calibration, table)
+
+
+# ---------------------------------------------------------------- uplift (its section: components/uplift.py)
+def uplift_section(section: dict | None, outcome: str = "the outcome", title: str = "Uplift") -> str:
+    """Gain and Qini curves of a ranking by the CATE, with their areas: the evaluation's `uplift`
+    section, or one model's entry of the monitor's. Nothing when the section is absent or has no
+    curve."""
+    if not section or not isinstance(section.get("curve"), dict):
+        return ""
+    return _section(title, *_uplift_charts({"": section}, outcome), _uplift_table({"": section}))
+
+
+def _uplift_charts(models: dict[str, dict], outcome: str) -> list[str]:
+    """The gain and Qini curves of one or more models' uplift results (keyed by model; "" for one)."""
+    gain, qini, random = {}, {}, {}
+    for name, result in models.items():
+        curve = result["curve"]
+        share = [100 * s for s in curve.get("share", [])]
+        prefix = f"{name}: " if name else ""
+        if "gain" in curve:
+            gain[f"{prefix}ranked by its CATE"] = (share, curve["gain"])
+        if "qini" in curve:
+            qini[f"{prefix}Qini"] = (share, curve["qini"])
+        if "random" in curve and not random:  # the same units: one random order for all
+            random["random order"] = (share, curve["random"])
+    if gain:
+        gain.update(random)  # last, so that each model keeps its colour in both charts
+    x_label = "share of units treated, highest predicted CATE first (%)"
+    out = []
+    if gain:
+        out.append(charts.line_chart(gain, "Gain curve: effect gained per unit of the population", x_label,
+                                     f"cumulative gain ({outcome} units per unit)", dashed=["random order"]))
+    if qini:
+        out.append(charts.line_chart(qini, "Qini curve: gain over treating the same share at random", x_label,
+                                     f"gain over random ({outcome} units per unit)"))
+    return [f'<div class="charts">{"".join(f"<div>{c}</div>" for c in out)}</div>'] if out else []
+
+
+def _uplift_table(models: dict[str, dict]) -> str:
+    keys = ("auuc", "auuc_stderr", "qini", "qini_stderr", "qini_pvalue")
+    return _table([(name or "out-of-bag CATE", *(r.get(k) for k in keys)) for name, r in models.items()],
+                  ("ranking", "AUUC", "std. error", "Qini coefficient", "std. error", "p-value (beats random)"))
+
+
+def _overlap_section(ov: dict, treatment: str) -> str:
+    hist = ov["histogram"]
+    lo, hi = ov["bounds"]
+    marks = {f"overlap bounds {lo}, {hi}": [lo, hi]}
+    if ov.get("crump_alpha"):
+        marks[f"Crump et al. trimming at {ov['crump_alpha']:.3f}"] = [ov["crump_alpha"], 1 - ov["crump_alpha"]]
+    chart = charts.histogram(hist["edges"], {"treated": hist["treated"], "control": hist["control"]},
+                             title="Estimated propensity by arm", x_label=f"P({treatment} = 1 | covariates) "
+                             "(probability)", y_label="rows", lines=marks)
+    table = _table([(ov["propensity_min"], ov["propensity_max"], ov["share_outside"], ov.get("crump_share_trimmed"))],
+                   ("min propensity", "max propensity", f"share outside [{lo}, {hi}]",
+                    "share the Crump et al. rule trims"))
+    return _section("Overlap", chart, table)
+
+
+def _balance_section(bal: dict, treatment: str) -> str:
+    names = list(bal["values"])
+    weighted = bal.get("weighted_values")
+    size = {c: max(abs(bal["values"][c]), abs(weighted[c]) if weighted else 0.0) for c in names}
+    shown = sorted(names, key=lambda c: -size[c])[:MAX_BALANCE_ROWS]
+    if bal["statistic"] == "smd":
+        series = {"raw": [bal["values"][c] for c in shown]}
+        if weighted:
+            series["inverse-propensity weighted"] = [weighted[c] for c in shown]
+        label, what = "standardized mean difference, treated - control (SD units)", "standardized mean difference"
+    else:
+        series = {"correlation": [bal["values"][c] for c in shown]}
+        label, what = f"correlation with {treatment}", f"correlation with {treatment}"
+    more = f" (the {len(shown)} largest of {len(names)})" if len(shown) < len(names) else ""
+    chart = charts.bar_chart(shown, series, title=f"Balance: {what} per covariate{more}", value_label=label,
+                             horizontal=True, width=620,
+                             lines={f"warning threshold \u00b1{SMD_WARNING}": [-SMD_WARNING, SMD_WARNING]})
+    rows = [(c, bal["values"][c], *((weighted[c],) if weighted else ())) for c in names]
+    table = _table(sorted(rows, key=lambda r: -abs(r[1])), ("covariate", bal["statistic"], *(
+        ("inverse-propensity weighted smd",) if weighted else ())))
+    return _section("Balance", chart, f"<details><summary>values</summary>{table}</details>")
+
+
+def _nuisance_section(scores: dict) -> str:
+    return _section("Nuisance models (mean out-of-fold score)", _table(list(scores.items()), ("score", "value")))
+
+
+def _refuters_section(ref: dict, eff: dict, gate: dict, unit: str) -> str:
+    """Each refuter's estimate with an interval at the gate's level: the placebo's must hold 0, the
+    refits' (a prediction interval for one more refit) the run's ATE; red where the gate fails."""
+    placebo_level = gate.get("min_placebo_pvalue") or 0.05
+    refit_level = gate.get("min_refuter_pvalue") or 0.05
+    rows, table = [], []
+    p = ref["placebo"]
+    half = _z(placebo_level) * p.get("stderr", float("nan"))
+    rows.append(Interval(f"placebo treatment\np = {p['p_value']:.2g}", p["effect"], p["effect"] - half,
+                         p["effect"] + half, FAIL_COLOUR if p["p_value"] < placebo_level else PASS_COLOUR))
+    table.append(("placebo treatment (effect should be 0)", p["effect"], p["p_value"]))
+    fraction = ref["data_subset"].get("fraction", 0.8)
+    for key, name in (("random_common_cause", "random common cause"),
+                      ("data_subset", f"{100 * fraction:.0f}% data subsets")):
+        r = ref[key]
+        draws = tuple(r.get("effects", ()))
+        spread = r.get("spread", float("nan"))
+        q = float(stats.t.ppf(1 - refit_level / 2, max(len(draws) - 1, 1))) if draws else _z(refit_level)
+        rows.append(Interval(f"{name}\np = {r['p_value']:.2g}", r["effect"], r["effect"] - q * spread,
+                             r["effect"] + q * spread, FAIL_COLOUR if r["p_value"] < refit_level else PASS_COLOUR,
+                             draws))
+        table.append((f"{name} (ATE should not move)", r["effect"], r["p_value"]))
+    chart = charts.interval_chart(
+        rows, title=f"Refuters: estimates with intervals at the gate's levels (placebo {100 * (1 - placebo_level):g}%,"
+                    f" refits {100 * (1 - refit_level):g}%); circles: single refits", value_label=unit,
+        lines={f"the run's {eff['estimand']}, {eff['ate']:.3g}": eff["ate"]}, width=620, height=340)
+    note = ('<p class="note">The placebo\'s interval must hold 0; a refit interval (for one more refit) must hold '
+            "the run's ATE. Red: the gate fails on it.</p>")
+    return _section("Refuters", chart, note, _table(table, ("refuter", "estimate", "p-value")))
+
+
+def _sensitivity_section(sens: dict, eff: dict, unit: str) -> str:
+    level = f"{100 * (1 - eff['alpha']):.0f}%"
+    theta = sens.get("theta", eff["ate"])
+    rows = [Interval(f"estimate\n{level} interval", eff["ate"], eff["ate_lower"], eff["ate_upper"]),
+            Interval(f"bias bounds\nc_y = {sens['c_y']:g}, c_t = {sens['c_t']:g}", theta, *sens["theta_bounds"],
+                     charts.PALETTE[4]),
+            Interval("confidence bounds\nwith that confounder", theta, *sens["ci_bounds"], charts.PALETTE[1])]
+    chart = charts.interval_chart(rows, title="How far an unobserved confounder could move the average effect",
+                                  value_label=unit)
+    text = (f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
+            "residual variance of both treatment and outcome would bring the effect's interval to 0 "
+            f"({sens['robustness_value_theta']:.3f} for the point estimate).</p>")
+    table = _table([(sens["c_y"], sens["c_t"], f"[{sens['theta_bounds'][0]:.4g}, {sens['theta_bounds'][1]:.4g}]",
+                     f"[{sens['ci_bounds'][0]:.4g}, {sens['ci_bounds'][1]:.4g}]")],
+                   ("c_y", "c_t", "bias bounds on theta", "confidence bounds"))
+    return _section("Sensitivity to an unobserved confounder", text, chart, table)
+
+
+def _graph_section(graph: dict | None) -> str:
+    """The declared causal graph (the card's `graph` section), or the statement that none was given."""
+    if not graph:
+        return ""
+    if not graph.get("given"):
+        return _section("Causal graph", f'<p class="note">{html.escape(graph.get("note", "no graph was given"))}</p>')
+    chart = charts.graph_chart(graph, title=f"Causal graph (sha256 {graph['sha256'][:12]}), as declared")
+    criterion = graph.get("criterion")
+    adjustment = ", ".join(graph.get("adjustment_set", ())) or "the empty set"
+    text = (f"<p>Adjustment set: {html.escape(adjustment)}. {html.escape(criterion)}.</p>" if criterion else "")
+    return _section("Causal graph", chart, text)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+# ----------------------------------------------------------------------------- monitoring
+def render_monitor_report(result: dict, run_id: str = "") -> str:
+    """The monitoring report of `result` (`monitor.run_monitor`'s dict, or `monitor.monitor`'s with
+    `model` and `version` added); `run_id`: the monitoring run's (empty: a local run)."""
+    model, version = result.get("model"), result.get("version")
+    training = result.get("training") or {}
+    y = training.get("outcome") or "the outcome"
+    title = f"tauforge monitor: {model} version {version}" if model else "tauforge monitor"
+    facts = [("model", str(model or "not named")), ("served version", _fmt(version)),
+             ("monitoring run", run_id or "local (tauforge monitor)"),
+             ("version trained by run", training.get("run_id") or "not recorded"),
+             ("reference data", _fingerprint(training.get("data_fingerprint"))),
+             ("rows", f"{result['live_rows']} live, {result['reference_rows']} reference")]
+    checks = result.get("checks", {})
+    body = [_recommendation(result), _alerts_section(result["alerts"], checks)]
+    if "covariate_drift" in checks:
+        body.append(_drift_section(checks["covariate_drift"], checks.get("domain_classifier"),
+                                   {a["covariate"] for a in result["alerts"] if a["check"] == "covariate_drift"},
+                                   checks.get("test_level"), checks.get("psi_alert")))
+    if "propensity" in checks:
+        body.append(_propensity_drift_section(checks["propensity"], training.get("treatment") or "the treatment"))
+    if "effect" in checks:
+        body.append(_effect_drift_section(checks["effect"], y))
+    if "shadow" in checks:
+        sh = checks["shadow"]
+        body.append(_section("Shadow agreement (champion against shadow, same requests)", _table(
+            [(sh["pairs"], sh["spearman"], sh["top_decile_overlap"], sh["action_disagreement"])],
+            ("pairs", "Spearman correlation of CATE", "top-decile overlap", "action disagreement"))))
+    if "policy" in result:
+        body.append(_policy_section(result["policy"], y))
+    return _page(title, facts, body, result, "The monitor's result")
+
+
+def _recommendation(result: dict) -> str:
+    rec = result["recommendation"]
+    css = {"promote": "pass", "roll back": "fail"}.get(rec, "hold")
+    retrain = ('<strong class="fail-text">retrain</strong>: drift calls for it' if result.get("retrain")
+               else "no retraining needed")
+    note = f"<p class=\"note\">{html.escape(result['note'])}</p>" if result.get("note") else ""
+    return (f'<div class="verdict {css}"><strong>Recommendation: {html.escape(rec)}</strong> '
+            f"(challenger against champion); {retrain}.{note}</div>")
+
+
+def _alerts_section(alerts: list[dict], checks: dict) -> str:
+    level = checks.get("test_level")
+    budget = (f'<p class="note">{checks.get("tests")} tests share one false-alarm budget: each is judged at '
+              f"p &lt; {level:.2g} (Bonferroni).</p>" if level else "")
+    if not alerts:
+        return _section("Alerts", "<p>none</p>", budget)
+    rows = [(a["check"], a.get("covariate"), a["message"]) for a in alerts]
+    return _section(f"Alerts ({len(alerts)})", _table(rows, ("check", "covariate", "message")), budget)
+
+
+def _drift_section(drift: dict, domain: dict | None, alerted: set, level: float | None,
+                   psi_alert: float | None) -> str:
+    """Reference against live rows, one small chart per covariate, alerting ones first and framed."""
+    plots = []
+    for name in sorted(drift, key=lambda c: (c not in alerted, list(drift).index(c))):
+        d = drift[name]
+        hist = d.get("histogram")
+        if not hist:
+            continue
+        test = {"ks": "KS", "chi_square": "chi-square"}.get(d["test"], d["test"])
+        title = f"{name}: {test} p = {d['p_value']:.2g}, PSI {d['psi']:.2f}" + (" (alert)" if name in alerted else "")
+        series = {"reference": hist["reference"], "live": hist["live"]}
+        if "levels" in hist:
+            total = {k: sum(v) or 1 for k, v in series.items()}
+            chart = charts.bar_chart([_fmt(v) if not float(v).is_integer() else str(int(v)) for v in hist["levels"]],
+                                     {k: [100 * c / total[k] for c in v] for k, v in series.items()}, title=title,
+                                     value_label="share of rows (%)", category_label=f"{name} (level)", width=330,
+                                     height=240)
+        else:
+            chart = charts.histogram(hist["edges"], series, title=title, x_label=f"{name} (its units)",
+                                     y_label="share of rows (%)", normalize=True, width=330, height=240)
+        plots.append(f'<div class="{"alert" if name in alerted else ""}">{chart}</div>')
+    text = ""
+    if domain:
+        text = (f"<p>Domain classifier: held-out AUC {domain['auc']:.3f} telling live rows from reference rows "
+                f"(0.5: indistinguishable), p = {domain['p_value']:.2g}.</p>")
+    note = (f'<p class="note">Shares of rows per bin (a level\'s, for a covariate of at most 10 integer values); '
+            f"a PSI over {psi_alert:g} or p &lt; {level:.2g} alerts.</p>" if level and psi_alert else "")
+    return _section("Covariate drift (reference against live rows)", text, note,
+                    f'<div class="charts">{"".join(plots)}</div>')
+
+
+def _reference_against_live(hist: dict, title: str, x_label: str, lines: dict | None = None) -> str:
+    return charts.histogram(hist["edges"], {"reference": hist["reference"], "live": hist["live"]}, title=title,
+                            x_label=x_label, y_label="share of rows (%)", normalize=True, lines=lines)
+
+
+def _propensity_drift_section(pr: dict, treatment: str) -> str:
+    parts = []
+    if "histogram" in pr:
+        parts.append(_reference_against_live(
+            pr["histogram"], f"Training propensity of reference and live rows (KS p = {pr['ks_p_value']:.2g})",
+            f"P({treatment} = 1 | covariates) (probability)"))
+    parts.append(_table([(pr["ks_p_value"], pr["psi"], pr["share_outside_reference"], pr["share_outside_live"],
+                          pr.get("policy_p_value"))],
+                        ("KS p-value", "PSI", "share outside overlap, reference", "share outside overlap, live",
+                         "treatment policy p-value")))
+    return _section("Propensity and overlap", *parts)
+
+
+def _effect_drift_section(ef: dict, outcome: str) -> str:
+    parts = []
+    if "cate_histogram" in ef:
+        parts.append(_reference_against_live(
+            ef["cate_histogram"], f"Served CATE, reference against live rows (KS p = {ef['cate_ks_p_value']:.2g})",
+            f"CATE: effect on {outcome} ({outcome} units)",
+            {f"mean, reference: {ef['ate_reference']:.3g}": ef["ate_reference"],
+             f"mean, live: {ef['ate_live']:.3g}": ef["ate_live"]}))
+    parts.append(_table([(ef["ate_reference"], ef["ate_live"], ef["ate_p_value"], ef["cate_ks_p_value"],
+                          ef["cate_psi"])],
+                        ("ATE, reference", "ATE, live", "p-value (ATE moved)", "KS p-value (CATE)", "PSI (CATE)")))
+    return _section("Effect drift", *parts)
+
+
+def _policy_section(policy: dict, outcome: str) -> str:
+    """Each policy's doubly robust value with a 95% interval, and their difference with its
+    confidence sequence (valid at every look)."""
+    if "value_champion_dr" not in policy:
+        return _section("Policy value", f'<p class="note">{html.escape(policy.get("note", ""))}</p>')
+    z = _z(0.05)
+    rows = []
+    for who, colour in (("champion", charts.PALETTE[0]), ("challenger", charts.PALETTE[2])):
+        value, se = policy[f"value_{who}_dr"], policy.get(f"value_{who}_dr_stderr", float("nan"))
+        rows.append(Interval(f"{who}\n(95% interval)", value, value - z * se, value + z * se, colour))
+    lo, hi = policy["confidence_sequence"]
+    rows.append(Interval("challenger - champion\n(confidence sequence)", policy["difference_dr"], lo, hi,
+                         charts.PALETTE[3]))
+    chart = charts.interval_chart(rows, title=f"Policy values (doubly robust, {policy['rows']} logged outcomes)",
+                                  value_label=f"mean {outcome} under the policy ({outcome} units)", width=560)
+    table = _table([(policy["rows"], policy["value_champion_dr"], policy["value_challenger_dr"],
+                     policy["value_champion_ipw"], policy["value_challenger_ipw"], policy["difference_dr"],
+                     f"[{lo:.4g}, {hi:.4g}]", policy["recommendation"])],
+                   ("rows", "champion (DR)", "challenger (DR)", "champion (IPW)", "challenger (IPW)",
+                    "difference (DR)", "confidence sequence", "recommendation"))
+    return _section("Policy value (champion against challenger, logged outcomes)", chart, table,
+                    monitor_uplift(policy.get("uplift"), outcome))
+
+
+# ------------------------------------------------------- uplift of champion and challenger (components/uplift.py)
+def monitor_uplift(section: dict | None, outcome: str) -> str:
+    """The champion's and challenger's gain and Qini curves on the same logged units, when the
+    monitor's policy result has them (`policy['uplift']`, one entry per model); nothing otherwise."""
+    if not section:
+        return ""
+    models = {name: r for name, r in section.items() if isinstance(r, dict) and isinstance(r.get("curve"), dict)}
+    if not models:
+        note = section.get("note")
+        return f'<p class="note">{html.escape(note)}</p>' if note else ""
+    diff = section.get("qini_difference")
+    text = (f"<p>Qini coefficient {html.escape(diff['of'])}: {diff['value']:.4g} (std. error {diff['stderr']:.2g}, "
+            f"p = {diff['pvalue']:.2g}).</p>" if isinstance(diff, dict) and "value" in diff else "")
+    return "<h3>Uplift</h3>" + "".join(_uplift_charts(models, outcome)) + text + _uplift_table(models)

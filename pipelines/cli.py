@@ -432,7 +432,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from tauforge.components.monitor import MonitorConfig, render_report, run_monitor, write_gauges
+    from tauforge.components.monitor import MonitorConfig, run_monitor, write_gauges
+    from tauforge.components.report import render_monitor_report
 
     for path in (args.report, args.metrics_file):
         if path:
@@ -442,7 +443,7 @@ def _monitor(args: argparse.Namespace) -> int:
     version = result["version"]
     if args.report:
         with open(args.report, "w") as f:
-            f.write(render_report(result, f"tauforge monitor: {args.model} version {version}"))
+            f.write(render_monitor_report(result))
     if args.metrics_file:
         write_gauges(result, args.model, version, args.metrics_file)
     if args.json:

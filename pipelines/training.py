@@ -147,7 +147,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             estimate = combined.outputs["result"]
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate,
-                                   gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t)
+                                   gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t,
+                                   graph=graph, model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         pods.compute(evaluated.set_display_name("evaluate"))
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             published = publish_model(dataset=dataset, forest=forest, estimate=estimate,
@@ -203,7 +204,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: C
             graph: The retrain's causal graph as DOT or GML text; empty for none.
         """
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
-                                outcomes=outcomes, alpha=monitor_alpha)
+                                outcomes=outcomes, alpha=monitor_alpha, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         pods.reads_store(pods.compute(checked.set_display_name("monitor")))
         checked.set_caching_options(False)  # the log grows under the same path: a cached verdict is stale
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)

@@ -62,8 +62,8 @@ def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys):
     assert metrics["gate_passed"] == 1.0 and "refuter_placebo_p_value" in metrics
     assert abs(result["balance"]["weighted_values"]["x0"]) < abs(result["balance"]["values"]["x0"])  # IPW balances
     html = render_report(result)
-    for part in ("<svg", "Overlap", "Balance (standardized", "Refuters", "Robustness value", "GATES",
-                 "Gate passed"):
+    for part in ("<svg", "Overlap", "Balance: standardized mean difference", "Refuters", "Robustness value", "GATES",
+                 "Gate passed", "no causal graph was given"):
         assert part in html
 
 

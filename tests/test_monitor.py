@@ -188,4 +188,8 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert result["recommendation"] == "hold" and result["version"] == 1 and result["live_rows"] == 800
     assert {a["covariate"] for a in result["alerts"] if a["check"] == "covariate_drift"} == {"x3"}
     assert "tauforge_monitor_retrain_needed" in (tmp_path / "m.prom").read_text()
-    assert "covariate_drift" in (tmp_path / "report.html").read_text()
+    report = (tmp_path / "report.html").read_text()
+    assert "covariate_drift" in report and "<h1>tauforge monitor: m version 1</h1>" in report
+    charts = report.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"')
+    assert charts == 5 + 2  # one per covariate, the propensity's, the CATE's
+    assert "x3: KS p = " in report and "(alert)" in report  # the shifted covariate's plot says so

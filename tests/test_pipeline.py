@@ -151,6 +151,11 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
         assert loaded.load_forest().forest_.n_trees == trees[name]
         report = open(os.path.join(loaded.path, "report.html")).read()
         assert "<svg" in report and "Overlap" in report and "Balance" in report
+        # Its header names the model, the run and the data as the card does, and it draws the graph.
+        card = loaded.card
+        for fact in ("tauforge-model", card["run"]["run_id"], f"sha256 {card['data']['fingerprint']}"):
+            assert f"<dd>{fact}</dd>" in report, fact
+        assert report.count('class="graph"') == 1
     # kfp.local kept every step's outputs, the HTML report and the metrics the Kubeflow UI shows
     executor_outputs = [os.path.join(d, f) for d, _, files in os.walk(by_name["demo"]["outputs"]) for f in files
                         if f == "executor_output.json" and d.endswith("evaluate-model")]
