@@ -54,6 +54,8 @@ test: lint
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
 	$(BIN)/python tests/benchmarks/bench_accuracy.py
+	$(BIN)/python tests/benchmarks/bench_ape.py
+	$(BIN)/python tests/benchmarks/bench_refuters.py
 	$(BIN)/python tests/benchmarks/bench_serving.py
 	$(BIN)/python tests/benchmarks/bench_boosting.py
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py coverage
