@@ -60,7 +60,8 @@ class CausalForest(BaseEstimator):
         Every child holds at least this many structure rows with a treatment residual below
         its parent's mean and as many at or above it (grf's min.node.size, the same rule, whose
         default is 5: with 5, leaves are larger and the smoothing bias costs coverage on steep
-        effects), and at least this much estimation weight (a count, without sample weights).
+        effects), and at least this many estimation rows; rows of positive weight count once
+        whatever their weight.
         EconML: min_samples_leaf=5 rows of each half, whatever their treatment.
     max_depth : int or None, default None
         Maximum depth; None grows until the leaf constraints stop it. grf: none; EconML: None.
@@ -532,7 +533,7 @@ def forests_per_batch(n_rows: int, n_features: int, n_forests: int, backend: str
 
 def _moments(T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """The five weighted moment channels (w, w t, w y, w t y, w t^2) the split rule sums."""
-    w = np.ones(len(T)) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
+    w = np.ones(len(T)) if w is None else quantize_weights(w)  # exact sums in any order (kernels.splitting)
     return np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
 
 

@@ -31,7 +31,7 @@ class NumbaBackend:
         s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
         e_off = np.concatenate([[0], np.cumsum([len(t.estimation) for t in trees])]).astype(np.int64)
         keys = np.array([t.key for t in trees], dtype=np.uint64)
-        cap = max(numba_cpu.node_capacity(float(mom[t.estimation, 0].sum()), len(t.structure), len(t.estimation),
+        cap = max(numba_cpu.node_capacity(int((mom[t.estimation, 0] > 0).sum()), len(t.structure), len(t.estimation),
                                           rule.min_samples_leaf)
                   for t in trees)
         T = len(trees)
