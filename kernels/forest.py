@@ -312,11 +312,15 @@ class CausalForest(BaseEstimator):
         _inputs.check_finite(Xn, "X")
         return np.ascontiguousarray(self.binner_.transform(Xn))
 
-    def _estimate(self, X: Any, with_variance: bool, oob: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def _estimate(self, X: Any, with_variance: bool, oob: bool = False,
+                  monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
-        if with_variance and self.ci_group_size < 2:
+        if with_variance and self.ci_group_size < 2 and not monte_carlo:
             raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
-        if with_variance and self.forest_.n_trees // self.ci_group_size < MIN_LITTLE_BAGS:
+        if monte_carlo and self.forest_.n_trees // self.ci_group_size < 2:
+            raise ValueError(f"the Monte-Carlo variance needs at least 2 groups of trees, this forest has "
+                             f"{self.forest_.n_trees // self.ci_group_size}")
+        if with_variance and not monte_carlo and self.forest_.n_trees // self.ci_group_size < MIN_LITTLE_BAGS:
             warnings.warn(f"intervals from {self.forest_.n_trees // self.ci_group_size} little bags "
                           f"({self.forest_.n_trees} trees in groups of {self.ci_group_size}) have noisy widths; "
                           f"grow at least {MIN_LITTLE_BAGS * self.ci_group_size} trees (n_estimators) for "
@@ -347,9 +351,10 @@ class CausalForest(BaseEstimator):
                 values = leaf_moments.to(ids.device)[ids].to(torch.float64)
                 tau, var = local_linear_estimate(values, torch.as_tensor(z[lo:lo + chunk], device=ids.device),
                                                  correction.ridge, self.ci_group_size,
-                                                 None if valid is None else valid.to(ids.device), with_variance)
+                                                 None if valid is None else valid.to(ids.device), with_variance,
+                                                 monte_carlo)
             else:
-                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid)
+                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid, monte_carlo)
             taus.append(tau.cpu().numpy())
             if var is not None:
                 variances.append(var.cpu().numpy())
@@ -366,6 +371,15 @@ class CausalForest(BaseEstimator):
     def predict_and_var(self, X: Any) -> tuple[Any, Any]:
         """CATE and its variance (bootstrap of little bags) for each row of X."""
         tau, var = self._estimate(X, with_variance=True)
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
+
+    def predict_and_monte_carlo_var(self, X: Any) -> tuple[Any, Any]:
+        """CATE and the Monte-Carlo variance of this finite forest's CATE about the CATE of
+        infinitely many trees grown on the same data (`kernels.prediction.monte_carlo_variance`,
+        from the spread of its groups of trees): the noise a forest of few trees adds, which the
+        full bootstrap subtracts from the spread of its replicates. Works with groups of one tree."""
+        tau, var = self._estimate(X, with_variance=True, monte_carlo=True)
         kind = _inputs.array_kind(X)
         return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
 

@@ -598,9 +598,10 @@ def node_capacity(n_est_rows: int, n_struct: int, n_est: int, min_leaf: float) -
 def forest_moments(ids, leaf_values, group_size, out):
     """Per row, from its leaf in every tree: out[r] = (tau, between-group variance, within-group
     noise, denominator) of kernels.prediction.forest_estimate, without materializing the
-    (rows, trees, 4) gather. Rows are the parallel loop; leaf means (float32) sum in float64."""
+    (rows, trees, 4) gather; group_size 0 computes tau and the denominator only, 1 also the
+    variance between single trees. Rows are the parallel loop; leaf means (float32) sum in float64."""
     n_trees = ids.shape[1]
-    groups = n_trees // group_size
+    groups = n_trees // group_size if group_size >= 1 else 0
     for r in numba.prange(ids.shape[0]):
         at = ay = aty = att = 0.0
         for b in range(n_trees):
@@ -618,7 +619,7 @@ def forest_moments(ids, leaf_values, group_size, out):
         mu = ay - tau * at
         between = 0.0
         total = 0.0
-        if group_size >= 2:
+        if group_size >= 1:
             for g in range(groups):
                 group_sum = 0.0
                 for k in range(group_size):
