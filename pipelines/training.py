@@ -111,8 +111,9 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                 off.
             alpha: One minus the confidence level of the intervals.
             estimator: The forest: tauforge, or econml (EconML's forest on the same residuals, one shard).
-            bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, interval percentile or
-                pivot, nuisance true to refit the nuisance models.
+            bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, the ATE's interval
+                normal (default), percentile or pivot, nuisance false to keep the main fit's residuals instead of
+                refitting the nuisance models (default true).
         """
         validated = validate_data(source=source, spec=spec, store=store)
         validated.set_display_name("validate")
