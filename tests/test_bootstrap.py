@@ -237,6 +237,43 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
 
 
+@pytest.mark.parametrize("refit", [True, False])
+def test_the_pipelines_bootstrap_shards_equal_causal_forest_dml_with_and_without_the_nuisance_refit(refit):
+    """grow_bootstrap_shard (refit_residuals under each replicate's weights) and merge_bootstrap
+    give CausalForestDML(inference='bootstrap')'s replicates and ATE interval exactly."""
+    import pandas as pd
+
+    from tauforge.components.data import DataSpec, validate
+    from tauforge.components.estimate import (
+        BootstrapConfig,
+        grow_bootstrap_shard,
+        grow_forest_shard,
+        merge_bootstrap,
+        merge_forest,
+    )
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+
+    X, T, Y = linear_confounded(5, 500)
+    data = validate(pd.DataFrame(X, columns=["a", "b", "c"]).assign(T=T, Y=Y), DataSpec(outcome="Y", treatment="T"))
+    nuisance = NuisanceConfig("sklearn.linear_model.LinearRegression", "sklearn.linear_model.LogisticRegression", 2)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5)
+    params = {"n_estimators": 20, "linear_correction_variables": None}
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, params, 5, 0, 1)], data, residuals)
+    config = BootstrapConfig(n_bootstrap=6, trees=4, nuisance=refit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        merged = merge_bootstrap(estimate, [grow_bootstrap_shard(data, residuals, estimate, params, 5, k, 2, config,
+                                                                 nuisance) for k in range(2)], config)
+        est = small_bootstrap(model_y=nuisance.model_y, model_t=nuisance.model_t, n_bootstrap=6, bootstrap_trees=4,
+                              bootstrap_nuisance=refit, random_state=5).fit(Y, T, X=X)
+    np.testing.assert_allclose(merged.bootstrap.ates, est.bootstrap_.ates, rtol=1e-12)
+    assert (merged.summary["ate_lower"], merged.summary["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-12)
+    for a, b in zip(merged.bootstrap.forests, est.bootstrap_.forests):
+        np.testing.assert_allclose(a.predict(X[:20]), b.predict(X[:20]), rtol=1e-12)
+    assert merged.summary["ate_interval"] == "bootstrap normal, 6 replicates" + (
+        " refitting the nuisance models" if refit else "")
+
+
 def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
     import subprocess
     import sys
