@@ -168,14 +168,15 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
 @dataclass(frozen=True)
 class BootstrapConfig:
     """The full bootstrap of a pipeline run (`tauforge.kernels.bootstrap`): `n_bootstrap` replicate
-    forests of `trees` trees on resampled rows (0: none; intervals from the little bags, the ATE's
-    normal), refitting the nuisance models on every resample when `nuisance`; `interval` is
-    'percentile' or 'pivot'."""
+    forests with the run's forest settings but `trees` trees, on reweighted rows (0: none;
+    intervals from the little bags, the ATE's normal), refitting the nuisance models on every
+    replicate's weights unless `nuisance` is false; the ATE's `interval` is 'normal' (from the
+    replicates' standard error), 'percentile' or 'pivot'."""
 
     n_bootstrap: int = 0
     trees: int = 100
-    interval: str = "percentile"
-    nuisance: bool = False
+    interval: str = "normal"
+    nuisance: bool = True
 
     def __post_init__(self):
         def integer(v) -> bool:
@@ -204,8 +205,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
                          nuisance: NuisanceConfig) -> BootstrapReplicates:
     """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
     `CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run with
-    `bootstrap.trees` trees on half-samples, each replicate's average effect on the estimate's
-    out-of-bag CATE, the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`."""
+    `bootstrap.trees` trees, each replicate's average effect on the estimate's out-of-bag CATE,
+    the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`."""
     if bootstrap.n_bootstrap < 2:
         raise config.ConfigError("n_bootstrap", "must be at least 2 for a bootstrap shard")
     if estimate.summary["forest_source"] != "tauforge":

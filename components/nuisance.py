@@ -111,7 +111,8 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     Y, T, weight = a["Y"][rows], T[rows], None if weight is None else weight[rows]
     discrete = data.spec.binary
     y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
-                                model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight)
+                                model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight,
+                                with_scores=False)
     t_hat = _known_propensity(data, t_hat)
     t_var = treatment_variance(XW[rows], T, t_hat, cross_fitting_folds(T, nuisance.folds, discrete, seed),
                                discrete=discrete, seed=seed, sample_weight=weight)

@@ -1,12 +1,33 @@
-"""The full bootstrap: B causal forests on resampled rows, optionally with the nuisance models
-refit on each resample, for percentile or pivot intervals of the CATE and the ATE.
+"""The full bootstrap: B causal forests on reweighted rows, with the nuisance models refit on
+each reweighting by default, for normal, percentile or pivot intervals of the CATE and the ATE.
 
 The bootstrap of little bags (the default inference) estimates a forest's variance from one fit;
 the full bootstrap refits, so it also sees the nuisance stage's variance when the nuisance
-models are refit on each resample, at B times the cost (what a GPU makes affordable). Resamples are
-multinomial row counts used as sample weights, so every replicate sees the same arrays, and a
-batch of replicates grows in the same device calls (`kernels.forest.fit_forests`). Replicate b
-depends only on (seed, b), so replicates can be fit in shards on separate machines and merged.
+models are refit, at B times the cost (what a GPU makes affordable).
+
+What a replicate is, and why:
+- Resampling is Rubin's Bayesian bootstrap: every row is kept, with a weight drawn from
+  Exp(1) and scaled to mean one (`resample_weights`). Its weights have the mean and variance of
+  multinomial counts, so for the (asymptotically linear) forest and average effect it estimates
+  the same variance (Praestgaard and Wellner 1993), but no row is dropped or copied: each tree
+  draws its subsample from the same n distinct rows as the point forest, and a leaf of 3 holds
+  3 distinct rows (min_samples_leaf counts rows of positive weight, kernels.splitting). With
+  counts, a leaf could hold one row three times, and a subsample drawn from the ~63% distinct
+  rows of a resample would see fewer rows than the point forest's, making each replicate a
+  smoother estimator than the one whose variance is wanted.
+- Replicate forests have the point forest's configuration (`replicate_forest_params`): its leaf
+  size, honesty, subsample fraction, little-bag groups and local linear correction covariates;
+  only the number of trees is smaller. A replicate of few trees adds Monte-Carlo noise to the
+  spread of the replicates; each replicate estimates its own from the spread of its little bags
+  (`CausalForest.predict_and_monte_carlo_var`), and the mean of those is subtracted from the
+  replicates' variance with grf's objective-Bayes debiasing (`bootstrap_variance`).
+- Intervals: 'normal' is the point estimate +- z times the bootstrap standard error;
+  'percentile' and 'pivot' take quantiles of the replicates after shrinking them towards their
+  mean by the share of their spread that is not Monte-Carlo noise.
+
+Replicates are grown in batches in the same device calls (`kernels.forest.fit_forests`).
+Replicate b depends only on (seed, b), so replicates can be fit in shards on separate machines
+and merged.
 """
 
 from __future__ import annotations
@@ -14,27 +35,36 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.stats import norm
 
 from ._inputs import resolve_device
 from .ate import average_effect
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest import CausalForest, fit_forests, forests_per_batch
+<<<<<<< HEAD
 from .progress import progress_bar
+=======
+from .prediction import debias_between_group_variance
+>>>>>>> bootstrap
 from .serialization import load_model, save_model
 
 FORMAT = "tauforge.bootstrap_replicates"
 
-INTERVALS = ("percentile", "pivot")
+INTERVALS = ("normal", "percentile", "pivot")
 
 
-def resample_counts(n: int, replicate: int, seed: int) -> np.ndarray:
-    """How many times each row is drawn in bootstrap replicate `replicate` (sums to n)."""
+def resample_weights(n: int, replicate: int, seed: int) -> np.ndarray:
+    """The weight of each row in bootstrap replicate `replicate`: Exp(1) draws scaled to mean one
+    (Rubin's Bayesian bootstrap), so every row is kept, each with its own positive weight."""
     rng = np.random.default_rng([seed, 1009, replicate])
-    return np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+    w = rng.standard_exponential(n)
+    return w / w.mean()
 
 
 @dataclass
@@ -46,12 +76,23 @@ class BootstrapReplicates:
     ates: np.ndarray
     replicates: np.ndarray  # int64 replicate indices, ascending
 
+    def effect_draws(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every replicate's CATE at the rows of X and its Monte-Carlo variance, each (B, rows)."""
+        pairs = [f.predict_and_monte_carlo_var(X) for f in self.forests]
+        return np.stack([p for p, _ in pairs]), np.stack([v for _, v in pairs])
+
+    def effect_stderr(self, X: np.ndarray) -> np.ndarray:
+        """The bootstrap standard error of the CATE at the rows of X, Monte-Carlo noise removed."""
+        return np.sqrt(bootstrap_variance(*self.effect_draws(X)))
+
     def effect_interval(self, X: np.ndarray, point: np.ndarray, alpha: float,
                         kind: str) -> tuple[np.ndarray, np.ndarray]:
-        draws = np.stack([f.predict(X) for f in self.forests])
-        return interval(draws, point, alpha, kind)
+        draws, noise = self.effect_draws(X)
+        return interval(draws, point, alpha, kind, noise)
 
     def ate_interval(self, point: float, alpha: float, kind: str) -> tuple[float, float]:
+        """The average effect's interval. Its replicates carry no forest noise: each is the mean
+        debiased score of the main fit's out-of-bag CATE."""
         lo, hi = interval(self.ates[:, None], np.array([point]), alpha, kind)
         return float(lo[0]), float(hi[0])
 
@@ -86,13 +127,38 @@ class BootstrapReplicates:
         return cls(forests, arrays["ates"], replicates)
 
 
-def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval [q(alpha/2), q(1 - alpha/2)] of the replicate draws, or the pivot
-    (basic) interval [2 point - q(1 - alpha/2), 2 point - q(alpha/2)]."""
+def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    """The variance of the replicates `draws` (B, rows) less the mean Monte-Carlo variance of a
+    replicate `noise` (B, rows), debiased as grf debiases its little bags (the posterior mean of a
+    variance >= 0 given their unbiased but noisy difference); without `noise`, their variance."""
+    if draws.shape[0] < 2:
+        raise ValueError(f"a bootstrap variance needs at least 2 replicates, got {draws.shape[0]}")
+    spread = np.var(draws, axis=0, ddof=1)
+    if noise is None:
+        return spread
+    return debias_between_group_variance(torch.as_tensor(spread), torch.as_tensor(noise.mean(axis=0)),
+                                         torch.full(spread.shape, float(draws.shape[0]), dtype=torch.float64)).numpy()
+
+
+def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
+             noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(1 - alpha) interval from replicate draws (B, rows) whose Monte-Carlo variances are `noise`
+    (None: the draws carry none). 'normal': point +- z(1 - alpha/2) times the bootstrap standard
+    error (`bootstrap_variance`); 'percentile': [q(alpha/2), q(1 - alpha/2)] of the draws;
+    'pivot' (basic): [2 point - q(1 - alpha/2), 2 point - q(alpha/2)]. Quantiles are taken after
+    shrinking the draws towards their mean so that their variance is the bootstrap variance."""
     if kind not in INTERVALS:
         raise ValueError(f"bootstrap interval must be one of {', '.join(INTERVALS)}, got {kind!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    variance = bootstrap_variance(draws, noise)
+    if kind == "normal":
+        half = norm.ppf(1 - alpha / 2) * np.sqrt(variance)
+        return point - half, point + half
+    if noise is not None:
+        center, spread = draws.mean(axis=0), np.var(draws, axis=0, ddof=1)
+        shrink = np.sqrt(np.divide(variance, spread, out=np.ones_like(spread), where=spread > 0))
+        draws = center + (draws - center) * shrink
     q_lo, q_hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], axis=0)
     return (q_lo, q_hi) if kind == "percentile" else (2 * point - q_hi, 2 * point - q_lo)
 
@@ -103,11 +169,16 @@ def replicate_seed(seed: int, replicate: int) -> int:
 
 
 def replicate_forest_params(forest_params: dict, trees: int, correction_variables) -> dict:
-    """The growth parameters of every replicate forest: the point forest's, with `trees` trees on
-    half-samples, and the local linear correction on the covariates the point forest chose
-    (`correction_variables`, None without a correction): choosing them again per replicate would
-    cost a lasso each and make the interval describe another estimator."""
-    return {**forest_params, "n_estimators": int(trees), "max_samples": 0.5,
+    """The growth parameters of every replicate forest: the point forest's (leaf size, honesty,
+    subsample fraction, little-bag groups), with `trees` trees rounded up to whole groups and at
+    least two groups (the Monte-Carlo variance needs two), and the local linear correction on the
+    covariates the point forest chose (`correction_variables`, None without a correction):
+    choosing them again per replicate would cost a lasso each and make the interval describe
+    another estimator."""
+    group = int(forest_params.get("ci_group_size", CausalForest().ci_group_size))
+    if not (isinstance(trees, (int, np.integer)) and trees >= 1):
+        raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
+    return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)),
             "linear_correction_variables": None if correction_variables is None else list(correction_variables)}
 
 
@@ -116,18 +187,18 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
                    ate: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
                    progress: bool | None = None, sample_weight: np.ndarray | None = None,
                    batch_size: int | None = None) -> BootstrapReplicates:
-    """Replicates 0..replicates-1 (or the given range: one shard's part). `residuals(counts)`
-    gives (y_res, t_res, t_var) for a resample (the main fit's, or the nuisance models refit with
-    those counts as weights); `ate(counts, y_res, t_res, t_var)` the replicate's average effect. Each
-    replicate's forest is grown with its own seed (`replicate_seed`) and the resample's counts
-    (times `sample_weight`) as sample weights, in groups of one tree (the bootstrap replaces the
-    little bags). Forests are grown `batch_size` at a time in the same device calls
-    (`kernels.forest.fit_forests`; default `forests_per_batch`: as many as fit in 1 GiB on a
-    torch device, one on numba), on the bins of X seeded with `seed`: the batch size never
-    changes a replicate."""
+    """Replicates 0..replicates-1 (or the given range: one shard's part). `residuals(weights)`
+    gives (y_res, t_res, t_var) for a replicate's weights (`resample_weights`; the main fit's
+    residuals, or the nuisance models refit with those weights); `ate(weights, y_res, t_res,
+    t_var)` the replicate's average effect. Each replicate's forest is grown with
+    `forest_params` (`replicate_forest_params`), its own seed (`replicate_seed`) and the
+    replicate's weights (times `sample_weight`) as sample weights. Forests are grown
+    `batch_size` at a time in the same device calls (`kernels.forest.fit_forests`; default
+    `forests_per_batch`: as many as fit in 1 GiB on a torch device, one on numba), on the bins
+    of X seeded with `seed`: the batch size never changes a replicate."""
     replicates = range(replicates) if isinstance(replicates, (int, np.integer)) else replicates
     n, p = X.shape
-    params = {**forest_params, "ci_group_size": 1, "progress": False}
+    params = {**forest_params, "progress": False}
     if batch_size is None:
         backend = get_backend(params.get("backend", "auto"), resolve_device(params.get("device", "auto")))
         batch_size = forests_per_batch(n, p, len(replicates), backend.name)
@@ -141,11 +212,11 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
         for lo in range(0, len(replicates), batch):
             members, targets = [], []
             for b in replicates[lo:lo + batch]:
-                counts = resample_counts(n, b, seed)
-                y_res, t_res, t_var = residuals(counts)
+                weights = resample_weights(n, b, seed)
+                y_res, t_res, t_var = residuals(weights)
                 members.append(CausalForest(**params, random_state=replicate_seed(seed, b)))
-                targets.append((t_res, y_res, counts if sample_weight is None else counts * sample_weight))
-                ates.append(ate(counts, y_res, t_res, t_var))
+                targets.append((t_res, y_res, weights if sample_weight is None else weights * sample_weight))
+                ates.append(ate(weights, y_res, t_res, t_var))
             forests += fit_forests(members, X, targets, binner, binned)
             bar.update(len(members))
     return BootstrapReplicates(forests, np.array(ates, dtype=np.float64), np.array(replicates, dtype=np.int64))
@@ -157,16 +228,17 @@ def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
                    sample_weight: np.ndarray | None = None, progress: bool | None = None,
                    batch_size: int | None = None) -> BootstrapReplicates:
     """The bootstrap of a DML causal forest (`CausalForestDML` and the pipeline's bootstrap
-    shards): replicate forests on the residuals `main_residuals` (y_res, t_res, t_var), or on
-    `refit(weights)`'s when the nuisance models are refit with the resample's weights; each
-    replicate's average effect (`ate.average_effect`) is on the main fit's out-of-bag CATE
-    `tau_oob`, with the resample's weights."""
+    shards): replicate forests on `refit(weights)`'s residuals (y_res, t_res, t_var), the
+    nuisance models refit with the replicate's weights, or with `refit` None on the main fit's
+    `main_residuals` (no nuisance uncertainty); each replicate's average effect
+    (`ate.average_effect`) is on the main fit's out-of-bag CATE `tau_oob`, with the replicate's
+    weights."""
     base = np.ones(X.shape[0]) if sample_weight is None else sample_weight
 
-    def residuals(counts):
-        return main_residuals if refit is None else refit(counts * base)
+    def residuals(weights):
+        return main_residuals if refit is None else refit(weights * base)
 
-    def ate(counts, y_res, t_res, t_var):
-        return average_effect(tau_oob, y_res, t_res, t_var, sample_weight=counts * base)[0]
+    def ate(weights, y_res, t_res, t_var):
+        return average_effect(tau_oob, y_res, t_res, t_var, sample_weight=weights * base)[0]
 
     return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size)

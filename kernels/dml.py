@@ -47,9 +47,22 @@ class CausalForestDML(BaseEstimator):
     inference : {'blb', 'bootstrap'}, default 'blb'
         'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
         normal interval). 'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
-        forests of `bootstrap_trees` trees on resampled rows, with the nuisance models refit on
-        each resample when `bootstrap_nuisance`; `bootstrap_interval` 'percentile' or 'pivot'
-        for `effect_interval` and `ate_interval`. EconML: `inference=BootstrapInference(n_bootstrap_samples)`.
+        forests with the point forest's settings but `bootstrap_trees` trees, on reweighted rows
+        (Bayesian bootstrap: every row kept with an Exp(1) weight), their Monte-Carlo noise
+        subtracted; the nuisance models are refit on each reweighting unless
+        `bootstrap_nuisance=False`. EconML: `inference=BootstrapInference(n_bootstrap_samples)`.
+    n_bootstrap : int, default 100
+        Replicates of the full bootstrap.
+    bootstrap_trees : int, default 100
+        Trees per replicate forest, rounded up to whole little bags (`ci_group_size`).
+    bootstrap_nuisance : bool, default True
+        Refit the nuisance models (and V(x)) on every replicate's weights (B x cv more model fits),
+        so that the intervals carry the nuisance stage's uncertainty; False reuses the main
+        fit's residuals.
+    bootstrap_interval : {'normal', 'percentile', 'pivot'}, default 'normal'
+        `effect_interval` and `ate_interval` with inference='bootstrap': the estimate +- z times
+        the bootstrap standard error, or the percentile or pivot interval of the replicates
+        (whose 2.5% tails rest on a few replicates each: noisier).
     random_state : int or None
         Seed for folds, nuisance models and forest.
 
@@ -85,7 +98,7 @@ class CausalForestDML(BaseEstimator):
                  linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
                  backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
-                 bootstrap_nuisance: bool = False, bootstrap_interval: str = "percentile",
+                 bootstrap_nuisance: bool = True, bootstrap_interval: str = "normal",
                  random_state: int | None = None, progress: bool | None = None):
         self.model_y = model_y
         self.model_t = model_t
@@ -171,10 +184,14 @@ class CausalForestDML(BaseEstimator):
             if self.bootstrap_interval not in INTERVALS:
                 raise ValueError(f"bootstrap_interval must be one of {', '.join(INTERVALS)}, "
                                  f"got {self.bootstrap_interval!r}")
+            if not (isinstance(self.bootstrap_trees, (int, np.integer)) and self.bootstrap_trees >= 1):
+                raise ValueError(f"bootstrap_trees must be a positive integer, got {self.bootstrap_trees!r}")
+            if not isinstance(self.bootstrap_nuisance, (bool, np.bool_)):
+                raise ValueError(f"bootstrap_nuisance must be True or False, got {self.bootstrap_nuisance!r}")
 
     def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, tau, params):
         def refit(weights):
-            return self._residuals(XW, Y, T, weights, seed)[:3]
+            return self._residuals(XW, Y, T, weights, seed, replicate=True)[:3]
 
         correction = self.forest_.linear_correction_
         forest_params = replicate_forest_params(params, self.bootstrap_trees,
@@ -195,12 +212,14 @@ class CausalForestDML(BaseEstimator):
                              f"{len(values)} values ({shown})")
         return bool(self.discrete_treatment)
 
-    def _residuals(self, XW, Y, T, sw, seed):
-        """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x)."""
+    def _residuals(self, XW, Y, T, sw, seed, replicate=False):
+        """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x); for a
+        bootstrap `replicate` without scores or a progress bar of their own."""
         discrete = self.discrete_treatment_
         y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
                                          model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
-                                         device=str(_inputs.resolve_device(self.device)), progress=self.progress)
+                                         device=str(_inputs.resolve_device(self.device)),
+                                         progress=False if replicate else self.progress, with_scores=not replicate)
         t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed), discrete=discrete,
                                    seed=seed, sample_weight=sw, min_propensity=self.min_propensity)
         return Y - y_hat, T - t_hat, t_var, scores
@@ -230,8 +249,8 @@ class CausalForestDML(BaseEstimator):
         return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
 
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
-        """(1 - alpha) confidence interval of `ate_`: normal with inference='blb', the bootstrap's
-        percentile or pivot interval with inference='bootstrap'."""
+        """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with
+        inference='blb', the bootstrap's `bootstrap_interval` with inference='bootstrap'."""
         self._check_fitted()
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")

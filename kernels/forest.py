@@ -60,7 +60,8 @@ class CausalForest(BaseEstimator):
         Every child holds at least this many structure rows with a treatment residual below
         its parent's mean and as many at or above it (grf's min.node.size, the same rule, whose
         default is 5: with 5, leaves are larger and the smoothing bias costs coverage on steep
-        effects), and at least this much estimation weight (a count, without sample weights).
+        effects), and at least this many estimation rows; rows of positive weight count once
+        whatever their weight.
         EconML: min_samples_leaf=5 rows of each half, whatever their treatment.
     max_depth : int or None, default None
         Maximum depth; None grows until the leaf constraints stop it. grf: none; EconML: None.
@@ -311,11 +312,15 @@ class CausalForest(BaseEstimator):
         _inputs.check_finite(Xn, "X")
         return np.ascontiguousarray(self.binner_.transform(Xn))
 
-    def _estimate(self, X: Any, with_variance: bool, oob: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def _estimate(self, X: Any, with_variance: bool, oob: bool = False,
+                  monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
-        if with_variance and self.ci_group_size < 2:
+        if with_variance and self.ci_group_size < 2 and not monte_carlo:
             raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
-        if with_variance and self.forest_.n_trees // self.ci_group_size < MIN_LITTLE_BAGS:
+        if monte_carlo and self.forest_.n_trees // self.ci_group_size < 2:
+            raise ValueError(f"the Monte-Carlo variance needs at least 2 groups of trees, this forest has "
+                             f"{self.forest_.n_trees // self.ci_group_size}")
+        if with_variance and not monte_carlo and self.forest_.n_trees // self.ci_group_size < MIN_LITTLE_BAGS:
             warnings.warn(f"intervals from {self.forest_.n_trees // self.ci_group_size} little bags "
                           f"({self.forest_.n_trees} trees in groups of {self.ci_group_size}) have noisy widths; "
                           f"grow at least {MIN_LITTLE_BAGS * self.ci_group_size} trees (n_estimators) for "
@@ -346,9 +351,10 @@ class CausalForest(BaseEstimator):
                 values = leaf_moments.to(ids.device)[ids].to(torch.float64)
                 tau, var = local_linear_estimate(values, torch.as_tensor(z[lo:lo + chunk], device=ids.device),
                                                  correction.ridge, self.ci_group_size,
-                                                 None if valid is None else valid.to(ids.device), with_variance)
+                                                 None if valid is None else valid.to(ids.device), with_variance,
+                                                 monte_carlo)
             else:
-                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid)
+                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid, monte_carlo)
             taus.append(tau.cpu().numpy())
             if var is not None:
                 variances.append(var.cpu().numpy())
@@ -365,6 +371,15 @@ class CausalForest(BaseEstimator):
     def predict_and_var(self, X: Any) -> tuple[Any, Any]:
         """CATE and its variance (bootstrap of little bags) for each row of X."""
         tau, var = self._estimate(X, with_variance=True)
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
+
+    def predict_and_monte_carlo_var(self, X: Any) -> tuple[Any, Any]:
+        """CATE and the Monte-Carlo variance of this finite forest's CATE about the CATE of
+        infinitely many trees grown on the same data (`kernels.prediction.monte_carlo_variance`,
+        from the spread of its groups of trees): the noise a forest of few trees adds, which the
+        full bootstrap subtracts from the spread of its replicates. Works with groups of one tree."""
+        tau, var = self._estimate(X, with_variance=True, monte_carlo=True)
         kind = _inputs.array_kind(X)
         return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
 
@@ -532,7 +547,7 @@ def forests_per_batch(n_rows: int, n_features: int, n_forests: int, backend: str
 
 def _moments(T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """The five weighted moment channels (w, w t, w y, w t y, w t^2) the split rule sums."""
-    w = np.ones(len(T)) if w is None else quantize_weights(w)  # mean one: min_samples_leaf stays a count
+    w = np.ones(len(T)) if w is None else quantize_weights(w)  # exact sums in any order (kernels.splitting)
     return np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
 
 

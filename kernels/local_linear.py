@@ -150,10 +150,11 @@ class LocalLinearCorrection:
 
 
 def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, ci_group_size: int,
-                          valid: torch.Tensor | None = None,
-                          with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          valid: torch.Tensor | None = None, with_variance: bool = True,
+                          monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Corrected tau and its variance per row from gathered leaf moments (rows, trees, K) and the
-    rows' standardized covariates z (rows, d); `valid` as in kernels.prediction.forest_estimate."""
+    rows' standardized covariates z (rows, d); `valid` and `monte_carlo` as in
+    kernels.prediction.forest_estimate."""
     rows = values.shape[0]
     d = z.shape[1]
     D = 2 * d + 2
@@ -176,7 +177,7 @@ def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, c
     M_pen = M + torch.diag_embed(ridge * trace[:, None] * penalized)
     theta = torch.linalg.solve(M_pen, r)
     tau = theta[:, d + 1]
-    if not with_variance or ci_group_size < 2:
+    if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
     # psi_b = h' C ((r_raw_b - r_raw) - (M_raw_b - M_raw) C' theta): linear in tree b's moments.
     e_tau = torch.zeros(rows, D, dtype=dtype, device=dev)
@@ -189,7 +190,7 @@ def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, c
     coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
     coef = torch.cat([coef_tri, h], dim=1)  # (rows, K)
     psi = torch.einsum("rtk,rk->rt", values - A[:, None, :], coef)
-    return tau, little_bag_variance(psi, ci_group_size, valid)
+    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo)
 
 
 def _symmetric(tri: torch.Tensor, iu: torch.Tensor, D: int) -> torch.Tensor:

@@ -72,10 +72,12 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int) 
 
 def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,
                  model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
-                 sample_weight: np.ndarray | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray,
-                                                                                         dict[str, float]]:
+                 sample_weight: np.ndarray | None = None, device: str = "cpu",
+                 with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train`; return their predictions on rows `test`
-    and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc' or 't_r2')."""
+    and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc' or 't_r2'; none without
+    `with_scores`: a bootstrap refit has no use for them, and with small models they cost as much
+    as the fit)."""
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
     my = resolve_model(model_y, "y", False, seed, device).fit(XW[train], Y[train], **kw)
     mt = resolve_model(model_t, "t", discrete, seed, device)
@@ -83,24 +85,30 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
         raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
     mt.fit(XW[train], T[train], **kw)
     y_hat = my.predict(XW[test])
+    t_hat = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW[test])
+    if not with_scores:
+        return y_hat, t_hat, {}
     scores = {"y_r2": float(r2_score(Y[test], y_hat))}
     if discrete:
-        t_hat = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)]
         scores["t_log_loss"] = float(log_loss(T[test], t_hat, labels=[0.0, 1.0]))
         scores["t_auc"] = float(roc_auc_score(T[test], t_hat))
     else:
-        t_hat = mt.predict(XW[test])
         scores["t_r2"] = float(r2_score(T[test], t_hat))
     return y_hat, t_hat, scores
 
 
 def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, discrete: bool, seed: int,
               model_y: Any = "auto", model_t: Any = "auto", sample_weight: np.ndarray | None = None,
-              device: str = "cpu", progress: bool | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                           dict[str, list[float]]]:
+              device: str = "cpu", progress: bool | None = None,
+              with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
+<<<<<<< HEAD
     (`cross_fitting_folds`), and each score as a list in fold order."""
     from .progress import progress_bar
+=======
+    (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`)."""
+    from ._progress import progress_bar
+>>>>>>> bootstrap
 
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed)
@@ -111,7 +119,7 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             y_hat[test], t_hat[test], fold_scores = fit_nuisance(
                 XW, Y, T, train, test, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
-                sample_weight=sample_weight, device=device)
+                sample_weight=sample_weight, device=device, with_scores=with_scores)
             for name, value in fold_scores.items():
                 scores.setdefault(name, []).append(value)
             bar.update(1)

@@ -50,9 +50,21 @@ def tree_average(values: torch.Tensor, valid: torch.Tensor | None = None) -> tor
     return torch.einsum("rt,rtk->rk", vf / vf.sum(dim=1, keepdim=True), values)
 
 
+def monte_carlo_variance(var_between: torch.Tensor, n_groups: torch.Tensor) -> torch.Tensor:
+    """The Monte-Carlo variance of a forest's tree average about its infinite-forest limit, the
+    data held fixed: given the data, its G groups of trees are independent draws, so the tree
+    average's variance is the variance of the group means (G / (G - 1) var_between, unbiased)
+    over G. It includes each group's share of the half-sample variance, not only the
+    within-group noise: both vanish as G grows. NaN with fewer than two groups."""
+    return torch.where(n_groups > 1, var_between / (n_groups - 1).clamp(min=1), torch.full_like(var_between, torch.nan))
+
+
 def forest_estimate(values: torch.Tensor, ci_group_size: int, valid: torch.Tensor | None = None,
-                    with_variance: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """tau and its variance per row from gathered leaf values (rows, trees, 4).
+                    with_variance: bool = True,
+                    monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """tau and its variance per row from gathered leaf values (rows, trees, 4): the variance of
+    the estimate (bootstrap of little bags), or with `monte_carlo` the Monte-Carlo variance of
+    this finite forest (`monte_carlo_variance`; groups of one tree allowed).
 
     `valid` (rows, trees) excludes trees (out-of-bag prediction); the variance then uses only
     groups whose trees are all valid. Rows with no valid group get a NaN variance.
@@ -61,18 +73,20 @@ def forest_estimate(values: torch.Tensor, ci_group_size: int, valid: torch.Tenso
     At, Ay, Aty, Att = A[:, LEAF_T], A[:, LEAF_Y], A[:, LEAF_TY], A[:, LEAF_TT]
     denom = Att - At * At
     tau = (Aty - At * Ay) / denom
-    if not with_variance or ci_group_size < 2:
+    if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
     mu = Ay - tau * At
     t, y, ty, tt = values.unbind(-1)
     psi = (ty - mu[:, None] * t - tau[:, None] * tt) - At[:, None] * (y - mu[:, None] - tau[:, None] * t)
-    return tau, little_bag_variance(psi, ci_group_size, valid) / denom**2
+    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo) / denom**2
 
 
-def little_bag_variance(psi: torch.Tensor, ci_group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+def little_bag_variance(psi: torch.Tensor, ci_group_size: int, valid: torch.Tensor | None = None,
+                        monte_carlo: bool = False) -> torch.Tensor:
     """Variance of a forest estimate from its trees' linearized contributions psi (rows, trees),
     which average to zero over the (valid) trees: the debiased variance between groups of
-    `ci_group_size` trees sharing a half-sample. NaN for a row with no all-valid group."""
+    `ci_group_size` trees sharing a half-sample, or with `monte_carlo` the Monte-Carlo variance
+    of their average (`monte_carlo_variance`). NaN for a row with no all-valid group."""
     rows, T = psi.shape
     G = T // ci_group_size
     psi = psi[:, : G * ci_group_size].reshape(rows, G, ci_group_size)
@@ -83,6 +97,8 @@ def little_bag_variance(psi: torch.Tensor, ci_group_size: int, valid: torch.Tens
     n_good = good.sum(dim=1)
     group_mean = psi.mean(dim=2)
     var_between = (good * group_mean**2).sum(dim=1) / n_good
+    if monte_carlo:
+        return monte_carlo_variance(var_between, n_good)
     var_total = (good[:, :, None] * psi**2).sum(dim=(1, 2)) / (n_good * ci_group_size)
     group_noise = (var_total - var_between) / (ci_group_size - 1)
     var = debias_between_group_variance(var_between, group_noise, n_good)

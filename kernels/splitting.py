@@ -2,9 +2,10 @@
 
 A node's structure samples carry five raw moments (N, St, Sy, Sty, Stt) = sums of
 (w, w t, w y, w t y, w t^2) of the residualized treatment t and outcome y; estimation
-(honest) samples carry one channel E = sum of w. For a candidate left child L of parent P
-with a = St/N, b = Sy/N and tau_P = (Sty/N - a b) / (Stt/N - a^2), the sum of grf's
-pseudo-outcomes rho_i = (t_i - a)(y_i - b - tau_P (t_i - a)) over L is
+(honest) samples carry one channel E, their number (rows of positive weight). For a
+candidate left child L of parent P with a = St/N, b = Sy/N and
+tau_P = (Sty/N - a b) / (Stt/N - a^2), the sum of grf's pseudo-outcomes
+rho_i = (t_i - a)(y_i - b - tau_P (t_i - a)) over L is
 
     S_L = Sty_L - b St_L - a Sy_L + a b N_L - tau_P (Stt_L - 2 a St_L + a^2 N_L)
 
@@ -17,12 +18,14 @@ mean, and it is admissible when each child
     least min_samples_leaf with t at or above it (grf's min.node.size, counted in rows);
   * has size_c >= alpha * size_P (grf's alpha, min_balancedness in EconML's terms), and
     size_c > 0 when penalty > 0;
-  * holds estimation weight E_c >= min_samples_leaf. grf instead prunes leaves left without
-    estimation rows; requiring them up front keeps every leaf estimable and agrees with
-    EconML's honest min_samples_leaf.
+  * holds E_c >= min_samples_leaf estimation rows of positive weight (rows, not their weight,
+    as the structure counts: a row of weight 3 is one row, so a leaf of a bootstrap replicate
+    or of weighted data is never one row counted three times). grf instead prunes leaves left
+    without estimation rows; requiring them up front keeps every leaf estimable and agrees
+    with EconML's honest min_samples_leaf.
 
 A node may split when it holds 2 min_samples_leaf structure rows on each side of its mean,
-estimation weight 2 min_samples_leaf, and Stt - St^2/N > 0. The chosen split is the first
+2 min_samples_leaf estimation rows, and Stt - St^2/N > 0. The chosen split is the first
 admissible candidate, in (feature, threshold) order, whose score is within a relative TIE_RTOL
 of the best admissible score (if that is positive): two features that cut the structure rows
 the same way score equally in exact arithmetic, and summation order must not decide between
@@ -121,8 +124,8 @@ WEIGHT_QUANTUM = 2.0**-20
 def quantize_weights(w):
     """Sample weights scaled to mean one and rounded to multiples of 2^-20.
 
-    Sums of such weights are exact in float64 whatever the order of addition, so the N and E
-    channels (and with them min_samples_leaf, empty-bin detection and histogram subtraction)
+    Sums of such weights are exact in float64 whatever the order of addition, so the N channel
+    (and with it empty-bin detection and histogram subtraction)
     agree bit for bit across backends and devices. Unweighted data (all ones) is unchanged.
     """
     w = np.asarray(w, dtype=np.float64)

@@ -506,10 +506,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     boot.add_argument("--bootstrap-shards", type=int, default=1,
                       help="tasks the replicates are spread over (default: 1)")
     boot.add_argument("--bootstrap-trees", type=int, default=100, help="trees per replicate forest (default: 100)")
-    boot.add_argument("--bootstrap-interval", choices=("percentile", "pivot"), default="percentile",
-                      help="bootstrap interval (default: percentile)")
-    boot.add_argument("--bootstrap-nuisance", action="store_true",
-                      help="refit the nuisance models on every resample (B x folds more model fits)")
+    boot.add_argument("--bootstrap-interval", choices=("normal", "percentile", "pivot"), default="normal",
+                      help="the ATE's bootstrap interval: normal from the replicates' standard error, or their "
+                           "percentile or pivot interval (default: normal)")
+    boot.add_argument("--bootstrap-nuisance", action=argparse.BooleanOptionalAction, default=True,
+                      help="refit the nuisance models on every replicate (B x folds more model fits), so the "
+                           "interval carries their uncertainty; --no-bootstrap-nuisance reuses the main fit's "
+                           "residuals (default: on)")
     model.add_argument("--gate", action="append", metavar="KEY=VALUE",
                        help="gate threshold, e.g. max_share_outside_overlap=0.05 or min_placebo_pvalue=off")
     p.add_argument("--pipeline-root", default="./tauforge-runs", help="where runs write outputs and logs")

@@ -114,8 +114,9 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             graph: The causal graph as DOT or GML text, e.g. digraph { Z -> T; Z -> Y; T -> Y }; empty for none. The
                 covariates and controls must block every back-door path in it; spec without covariates takes them
                 from it.
-            bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, interval percentile or
-                pivot, nuisance true to refit the nuisance models.
+            bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, the ATE's interval
+                normal (default), percentile or pivot, nuisance false to keep the main fit's residuals instead of
+                refitting the nuisance models (default true).
         """
         validated = validate_data(source=source, spec=spec, store=store, graph=graph)
         validated.set_display_name("validate")

@@ -23,6 +23,11 @@ def _sides(rows, mom, a):
     return below, len(rows) - below
 
 
+def _rows(rows, mom):
+    """Rows of positive weight (min_samples_leaf counts estimation rows, not their weight)."""
+    return int(np.sum(mom[rows, 0] > 0))
+
+
 def _sum_of_squares(rows, mom):
     """sum of w (t - weighted mean of t)^2 over rows."""
     w, wt, wtt = mom[rows, 0].sum(), mom[rows, 1].sum(), mom[rows, 4].sum()
@@ -34,7 +39,7 @@ def _score(left_rows, node_rows, est_left, est_node, mom, min_leaf, alpha, penal
     a, b = wt / w, wy / w
     tau = (wty / w - a * b) / (wtt / w - a * a)
     right_rows = np.setdiff1d(node_rows, left_rows)
-    le, re = mom[est_left, 0].sum(), mom[est_node, 0].sum() - mom[est_left, 0].sum()
+    le, re = _rows(est_left, mom), _rows(est_node, mom) - _rows(est_left, mom)
     if min(le, re) < min_leaf or min(*_sides(left_rows, mom, a), *_sides(right_rows, mom, a)) < min_leaf:
         return -np.inf
     size_l, size_r = _sum_of_squares(left_rows, mom), _sum_of_squares(right_rows, mom)
@@ -74,7 +79,7 @@ def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, 
         w, wt, wtt = mom[s_rows, 0].sum(), mom[s_rows, 1].sum(), mom[s_rows, 4].sum()
         var = wtt / w - (wt / w) ** 2 if w > 0 else 0.0
         bf, bb = -1, -1
-        if (depth < max_depth and var > 0 and mom[e_rows, 0].sum() >= 2 * min_leaf
+        if (depth < max_depth and var > 0 and _rows(e_rows, mom) >= 2 * min_leaf
                 and min(_sides(s_rows, mom, wt / w)) >= 2 * min_leaf):
             mask = np.zeros(p, dtype=bool)
             draw_features(np.uint64(nkey), p, mtry, poisson_mtry, mask)

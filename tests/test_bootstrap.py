@@ -1,57 +1,206 @@
-"""The full bootstrap: replicate forests on resampled rows; percentile and pivot intervals."""
+"""The full bootstrap: replicate forests on reweighted rows with the point forest's settings, their
+Monte-Carlo noise removed, the nuisance models refit; normal, percentile and pivot intervals."""
+
+import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
-from tauforge.kernels import CausalForestDML
-from tauforge.kernels.bootstrap import interval, resample_counts
+from tauforge.kernels import CausalForest, CausalForestDML
+from tauforge.kernels.bootstrap import bootstrap_variance, interval, replicate_forest_params, resample_weights
 from tauforge.kernels.datasets import make_causal_data
 
 
-def test_resamples_are_seeded_multinomial_counts():
-    a, b = resample_counts(1000, 3, seed=7), resample_counts(1000, 3, seed=7)
+def linear_confounded(seed: int, n: int = 600):
+    """Confounded binary treatment whose nuisance functions are linear (logistic) in X, so
+    linear nuisance models are right and fast; the effect 1 + X3 / 2 averages 1."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    e = 1 / (1 + np.exp(-X[:, 0]))
+    T = rng.binomial(1, e).astype(float)
+    Y = X[:, 0] + X[:, 1] + T * (1 + X[:, 2] / 2) + rng.normal(size=n)
+    return X, T, Y
+
+
+def nonlinear_confounded(seed: int, n: int = 400):
+    """Strong confounding through steep, nonlinear nuisance functions that small trees fit with
+    much variance: a design where the nuisance stage's uncertainty matters."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    T = rng.binomial(1, 1 / (1 + np.exp(-1.5 * X[:, 0]))).astype(float)
+    Y = 3 * np.sin(2 * X[:, 0]) + 2 * X[:, 1] ** 2 + T + rng.normal(size=n)
+    return X, T, Y
+
+
+def small_bootstrap(**kw) -> CausalForestDML:
+    """A cheap bootstrap: linear nuisance models, two folds, a small plain point forest, replicate
+    forests of two little bags."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    params = dict(model_y=LinearRegression(), model_t=LogisticRegression(), cv=2, n_estimators=20,
+                  linear_correction_variables=None, inference="bootstrap", n_bootstrap=50, bootstrap_trees=2)
+    return CausalForestDML(**{**params, **kw})
+
+
+def test_resample_weights_are_seeded_positive_and_have_the_mean_and_variance_of_counts():
+    a, b = resample_weights(100_000, 3, seed=7), resample_weights(100_000, 3, seed=7)
     np.testing.assert_array_equal(a, b)
-    assert a.sum() == 1000 and (a == 0).mean() == pytest.approx(np.exp(-1), abs=0.05)
-    assert not np.array_equal(a, resample_counts(1000, 4, seed=7))
+    assert not np.array_equal(a, resample_weights(100_000, 4, seed=7))
+    # Every row kept (no leaf can lose its rows or hold copies); mean one; variance one, as
+    # multinomial counts have (1 - 1/n). Exp(1)'s sample variance over 1e5 draws has sd 0.009.
+    assert a.min() > 0 and a.mean() == pytest.approx(1.0, abs=1e-12)
+    assert a.var() == pytest.approx(1.0, abs=0.04)
 
 
-def test_percentile_and_pivot_intervals():
+def test_normal_percentile_and_pivot_intervals():
     draws = np.arange(1, 101, dtype=float)[:, None]  # quantiles 3.475 and 97.525 at alpha 0.05
     lo, hi = interval(draws, np.array([60.0]), 0.05, "percentile")
     assert (lo[0], hi[0]) == pytest.approx((3.475, 97.525))
     lo, hi = interval(draws, np.array([60.0]), 0.05, "pivot")
     assert (lo[0], hi[0]) == pytest.approx((120 - 97.525, 120 - 3.475))
-    with pytest.raises(ValueError, match="percentile, pivot"):
+    lo, hi = interval(draws, np.array([60.0]), 0.05, "normal")
+    half = 1.959963984540054 * np.std(draws, ddof=1)
+    assert (lo[0], hi[0]) == pytest.approx((60 - half, 60 + half))
+    with pytest.raises(ValueError, match="normal, percentile, pivot, got 'bca'"):
         interval(draws, np.array([60.0]), 0.05, "bca")
 
 
-def test_bootstrap_ate_intervals_cover_the_true_ate_in_most_seeds():
-    covered = []
-    for seed in range(15):
-        d = make_causal_data("constant", n=2000, p=3, seed=seed)
-        est = CausalForestDML(n_estimators=20, inference="bootstrap", n_bootstrap=100, bootstrap_trees=2,
-                              random_state=seed).fit(d.Y, d.T, X=d.X)
-        lo, hi = est.ate_interval()
-        covered.append(lo <= 1.0 <= hi)
-    assert np.mean(covered) >= 0.8  # 95% intervals, 15 seeds; 100 seeds in tests/benchmarks/bench_bootstrap.py
+def test_monte_carlo_noise_is_removed_from_the_spread_of_the_replicates():
+    """Draws = bootstrap signal (variance 1) + each replicate's own noise (variance 3, which the
+    replicate reports): the bootstrap variance is the signal's, and every interval has its width."""
+    rng = np.random.default_rng(0)
+    B, rows = 2000, 50
+    draws = rng.normal(size=(B, rows)) + np.sqrt(3) * rng.normal(size=(B, rows))
+    noise = np.full((B, rows), 3.0)
+    assert np.var(draws, axis=0, ddof=1).mean() == pytest.approx(4.0, rel=0.05)
+    assert bootstrap_variance(draws, noise).mean() == pytest.approx(1.0, rel=0.1)
+    point = np.zeros(rows)
+    for kind in ("normal", "percentile", "pivot"):
+        lo, hi = interval(draws, point, 0.05, kind, noise)
+        assert np.mean(hi - lo) == pytest.approx(2 * 1.96, rel=0.1), kind
+        raw_lo, raw_hi = interval(draws, point, 0.05, kind)
+        assert np.mean(raw_hi - raw_lo) == pytest.approx(2 * 1.96 * 2, rel=0.1), kind  # noise left in: twice as wide
 
 
-def test_bootstrap_cate_intervals_and_refit_nuisance():
-    d = make_causal_data("simple", n=1500, p=4, seed=1)
-    est = CausalForestDML(cv=2, n_estimators=40, inference="bootstrap", n_bootstrap=10, bootstrap_trees=20,
-                          bootstrap_nuisance=True, bootstrap_interval="pivot", random_state=1).fit(d.Y, d.T, X=d.X)
-    lo, hi = est.effect_interval(d.X[:50])
+@pytest.mark.parametrize("correction", [None, [0]])
+def test_a_forests_monte_carlo_variance_is_the_spread_of_forests_grown_with_other_seeds(correction):
+    """Forests of 40 trees on the same data with 40 seeds: the variance of their CATE across seeds
+    is what each forest's Monte-Carlo variance estimates (its little bags' spread / groups). The
+    torch path computes the same numbers (tests/test_kernels.py)."""
+    d = make_causal_data("simple", n=800, p=4, seed=0)
+    t, y, X = d.T - 0.5, d.Y - d.Y.mean(), d.X[:100]
+    tau, mc = zip(*(CausalForest(n_estimators=40, linear_correction_variables=correction,
+                                 random_state=s).fit(d.X, t, y).predict_and_monte_carlo_var(X) for s in range(40)))
+    ratio = np.var(tau, axis=0, ddof=1).mean() / np.mean(mc)
+    # Measured 1.01-1.05. An estimator off by the group size (within-group noise only, or the
+    # variance of single trees) would be off by 2x or more; the little-bag variance by 10x.
+    assert 0.8 < ratio < 1.25
+    with pytest.raises(ValueError, match="at least 2 groups of trees, this forest has 1"):
+        CausalForest(n_estimators=2, random_state=0).fit(d.X, t, y).predict_and_monte_carlo_var(X)
+
+
+def test_replicates_are_grown_with_the_point_forests_configuration():
+    X, T, Y = linear_confounded(0, 600)
+    est = small_bootstrap(n_bootstrap=3, bootstrap_trees=5, min_samples_leaf=4, max_samples=0.4,
+                          linear_correction_variables=[2], honesty_fraction=0.6, random_state=0).fit(Y, T, X=X)
+    point = est.forest_.get_params()
+    for forest in est.bootstrap_.forests:
+        params = forest.get_params()
+        assert params["n_estimators"] == 6  # 5 trees rounded up to whole little bags of 2
+        same = [k for k in point if k not in ("n_estimators", "random_state", "progress")]
+        assert {k: params[k] for k in same} == {k: point[k] for k in same}
+        assert forest.linear_correction_.variables == (2,)
+    assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
+    with pytest.raises(ValueError, match="bootstrap_trees must be a positive integer, got 0"):
+        small_bootstrap(bootstrap_trees=0).fit(Y, T, X=X)
+    with pytest.raises(ValueError, match="bootstrap_nuisance must be True or False, got 'yes'"):
+        small_bootstrap(bootstrap_nuisance="yes").fit(Y, T, X=X)
+
+
+def test_every_leaf_holds_min_samples_leaf_distinct_estimation_rows_whatever_their_weights():
+    """A replicate's rows carry weights from near 0 to about 10; a leaf of 3 is 3 distinct rows,
+    never one heavy row counted three times (the rule counts rows, not weight)."""
+    d = make_causal_data("simple", n=1000, p=4, seed=3)
+    weights = resample_weights(1000, 0, seed=3)
+    weights[:50] = 10.0  # heavy rows, which a weight-counting rule would let fill a leaf alone
+    for backend in ("numba", "torch"):
+        forest = CausalForest(n_estimators=8, min_samples_leaf=3, linear_correction_variables=None, backend=backend,
+                              random_state=1).fit(d.X, d.T - 0.5, d.Y, sample_weight=weights)
+        leaves = forest._backend.leaf_ids(forest._codes(d.X), forest.forest_).numpy()
+        for b, sample in enumerate(forest._sampler(1000).trees(0, 4)):
+            rows_per_leaf = np.bincount(leaves[sample.estimation, b])
+            assert rows_per_leaf[rows_per_leaf > 0].min() >= 3, backend
+
+
+def test_bootstrap_ate_intervals_cover_the_true_ate_and_match_the_analytic_standard_error():
+    """30 seeds of a design with linear nuisance functions (true ATE 1), nuisance models not
+    refit (so the replicates' spread is the reweighting's alone, which the analytic standard
+    error of the debiased scores also measures)."""
+    covered, ratio = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a 20-tree point forest
+        for seed in range(30):
+            X, T, Y = linear_confounded(seed)
+            est = small_bootstrap(bootstrap_nuisance=False, random_state=seed).fit(Y, T, X=X)
+            lo, hi = est.ate_interval()
+            covered.append(lo <= 1.0 <= hi)
+            ratio.append(np.std(est.bootstrap_.ates, ddof=1) / est.ate_stderr_)
+    # At 95% coverage, P(fewer than 26 of 30) = binom.cdf(25, 30, 0.95) = 0.016; an interval
+    # covering 80% passes with binom.sf(25, 30, 0.8) = 0.26, one covering 70% with 0.03: the
+    # width check below is what catches a too narrow or too wide spread.
+    assert binom.cdf(25, 30, 0.95) < 0.02
+    assert sum(covered) >= 26
+    # 50 replicates estimate a standard deviation within about 10%: over 30 seeds the mean ratio
+    # is within 3% of its expectation (measured 0.99); a spread off by 15% fails.
+    assert 0.9 < np.mean(ratio) < 1.1
+
+
+def test_refitting_the_nuisance_models_changes_every_replicate_and_widens_the_ate_spread():
+    """With noisy nuisance models on a steep confounded design, refitting them on every
+    replicate's weights must (a) change each replicate's residuals, so its forest and its
+    average effect, and (b) add the nuisance stage's variance to the replicates' spread. A
+    refit that silently does nothing gives the same replicates as no refit: both fail."""
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    X, T, Y = nonlinear_confounded(0)
+    fits = {refit: small_bootstrap(model_y=DecisionTreeRegressor(min_samples_leaf=10, random_state=0),
+                                   model_t=DecisionTreeClassifier(min_samples_leaf=20, random_state=0),
+                                   n_bootstrap=40, bootstrap_nuisance=refit, random_state=0).fit(Y, T, X=X)
+            for refit in (False, True)}
+    refit, kept = fits[True].bootstrap_, fits[False].bootstrap_
+    # Same weights, same forest seeds, same out-of-bag CATE: only the residuals can differ.
+    assert np.all(refit.ates != kept.ates)
+    for a, b in zip(refit.forests, kept.forests):
+        assert np.abs(a.predict(X[:20]) - b.predict(X[:20])).max() > 1e-6
+    # Measured: the refit spread is 2.0-2.3x the spread without refit on four seeds of this
+    # design (40 replicates estimate each spread within about 11%); no refit gives exactly 1.
+    assert np.std(refit.ates, ddof=1) / np.std(kept.ates, ddof=1) > 1.4
+
+
+def test_bootstrap_cate_intervals_of_each_kind():
+    d = make_causal_data("simple", n=1000, p=4, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est = small_bootstrap(n_bootstrap=10, bootstrap_trees=20, random_state=1).fit(d.Y, d.T, X=d.X)
     tau = est.effect(d.X[:50])
-    assert np.all(lo <= hi) and np.all(hi - lo > 0)
+    widths = {}
+    for kind in ("normal", "percentile", "pivot"):
+        est.bootstrap_interval = kind
+        lo, hi = est.effect_interval(d.X[:50])
+        assert np.all(lo < hi) and lo.shape == (50,)
+        widths[kind] = hi - lo
+    lo, hi = est.bootstrap_.effect_interval(d.X[:50], tau, 0.05, "normal")
+    np.testing.assert_allclose((lo + hi) / 2, tau)  # centred on the point forest's estimate
+    np.testing.assert_allclose(hi - lo, 2 * 1.959963984540054 * est.bootstrap_.effect_stderr(d.X[:50]))
+    np.testing.assert_allclose(widths["percentile"], widths["pivot"])  # the same quantiles, reflected
     assert len(est.bootstrap_.forests) == 10 and len(set(np.round(est.bootstrap_.ates, 10))) == 10
     with pytest.raises(ValueError, match="inference must be"):
         CausalForestDML(inference="jackknife", n_estimators=4, cv=2).fit(d.Y, d.T, X=d.X)
-    assert tau.shape == (50,)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_its_own_fit(backend):
-    from tauforge.kernels import CausalForest
     from tauforge.kernels.bootstrap import fit_replicates, replicate_seed
 
     d = make_causal_data("simple", n=800, p=4, seed=2)
@@ -62,8 +211,8 @@ def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_i
     one, batched = fit(1), fit(3)
     for a, b in zip(one.forests, batched.forests):
         np.testing.assert_array_equal(a.predict(d.X), b.predict(d.X))
-    alone = CausalForest(**params, ci_group_size=1, random_state=replicate_seed(11, 4)).fit(
-        d.X, t, y, sample_weight=resample_counts(800, 4, 11))
+    alone = CausalForest(**params, random_state=replicate_seed(11, 4)).fit(
+        d.X, t, y, sample_weight=resample_weights(800, 4, 11))
     np.testing.assert_array_equal(alone.predict(d.X), batched.forests[4].predict(d.X))
     assert len({float(f.predict(d.X[:1])[0]) for f in batched.forests}) == 5  # every replicate its own forest
 
@@ -83,8 +232,46 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
     np.testing.assert_array_equal(merged.ates, whole.ates)
     for a, b in zip(whole.forests, merged.forests):
         np.testing.assert_array_equal(a.predict(d.X), b.predict(d.X))
+    np.testing.assert_array_equal(merged.effect_draws(d.X[:5])[1], whole.effect_draws(d.X[:5])[1])
     with pytest.raises(ValueError, match=r"1 missing \(first \[6\]\), 1 repeated"):
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_the_pipelines_bootstrap_shards_equal_causal_forest_dml_with_and_without_the_nuisance_refit(refit):
+    """grow_bootstrap_shard (refit_residuals under each replicate's weights) and merge_bootstrap
+    give CausalForestDML(inference='bootstrap')'s replicates and ATE interval exactly."""
+    import pandas as pd
+
+    from tauforge.components.data import DataSpec, validate
+    from tauforge.components.estimate import (
+        BootstrapConfig,
+        grow_bootstrap_shard,
+        grow_forest_shard,
+        merge_bootstrap,
+        merge_forest,
+    )
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+
+    X, T, Y = linear_confounded(5, 500)
+    data = validate(pd.DataFrame(X, columns=["a", "b", "c"]).assign(T=T, Y=Y), DataSpec(outcome="Y", treatment="T"))
+    nuisance = NuisanceConfig("sklearn.linear_model.LinearRegression", "sklearn.linear_model.LogisticRegression", 2)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5)
+    params = {"n_estimators": 20, "linear_correction_variables": None}
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, params, 5, 0, 1)], data, residuals)
+    config = BootstrapConfig(n_bootstrap=6, trees=4, nuisance=refit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        merged = merge_bootstrap(estimate, [grow_bootstrap_shard(data, residuals, estimate, params, 5, k, 2, config,
+                                                                 nuisance) for k in range(2)], config)
+        est = small_bootstrap(model_y=nuisance.model_y, model_t=nuisance.model_t, n_bootstrap=6, bootstrap_trees=4,
+                              bootstrap_nuisance=refit, random_state=5).fit(Y, T, X=X)
+    np.testing.assert_allclose(merged.bootstrap.ates, est.bootstrap_.ates, rtol=1e-12)
+    assert (merged.summary["ate_lower"], merged.summary["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-12)
+    for a, b in zip(merged.bootstrap.forests, est.bootstrap_.forests):
+        np.testing.assert_allclose(a.predict(X[:20]), b.predict(X[:20]), rtol=1e-12)
+    assert merged.summary["ate_interval"] == "bootstrap normal, 6 replicates" + (
+        " refitting the nuisance models" if refit else "")
 
 
 def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
@@ -93,9 +280,10 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
 
     from tauforge.components.estimate import BootstrapConfig
 
+    assert BootstrapConfig().nuisance is True and BootstrapConfig().interval == "normal"
     with pytest.raises(ValueError, match="unknown bootstrap setting.*n_boot; known: n_bootstrap"):
         BootstrapConfig.from_json('{"n_boot": 3}')
-    with pytest.raises(ValueError, match="interval must be one of percentile, pivot, got 'bca'"):
+    with pytest.raises(ValueError, match="interval must be one of normal, percentile, pivot, got 'bca'"):
         BootstrapConfig.from_json('{"n_bootstrap": 10, "interval": "bca"}')
     for args, message in ((["--bootstrap", "1"], "--bootstrap must be 0 (off) or at least 2 replicates, got 1"),
                           (["--bootstrap", "4", "--bootstrap-shards", "5"],
@@ -106,6 +294,20 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_the_cli_refits_the_nuisance_models_unless_told_not_to(capsys):
+    from tauforge.pipelines.cli import build_parser
+
+    parser = build_parser()
+    run = ["run", "--demo", "--bootstrap", "10"]
+    assert parser.parse_args(run).bootstrap_nuisance is True
+    assert parser.parse_args([*run, "--no-bootstrap-nuisance"]).bootstrap_nuisance is False
+    assert parser.parse_args(run).bootstrap_interval == "normal"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--bootstrap-nuisance, --no-bootstrap-nuisance" in help_text and "(default: on)" in help_text
 
 
 def test_compiled_pipeline_runs_each_bootstrap_shard_as_its_own_task_on_accelerators(tmp_path):
@@ -130,8 +332,8 @@ def test_compiled_pipeline_runs_each_bootstrap_shard_as_its_own_task_on_accelera
     gathered = dag["merge-bootstrap-shards"]["inputs"]["artifacts"]
     assert sorted(a["taskOutputArtifact"]["producerTask"] for k, a in gathered.items() if k.startswith("shards_")) \
         == ["bootstrap-shard", "bootstrap-shard-2", "bootstrap-shard-3"]
-    default = spec["root"]["inputDefinitions"]["parameters"]["bootstrap"]["defaultValue"]
-    assert json.loads(default)["n_bootstrap"] == 100
+    default = json.loads(spec["root"]["inputDefinitions"]["parameters"]["bootstrap"]["defaultValue"])
+    assert default["n_bootstrap"] == 100 and default["nuisance"] is True and default["interval"] == "normal"
     # Evaluate and publish read the estimate the bootstrap merge wrote.
     assert dag["evaluate-model"]["inputs"]["artifacts"]["estimate"]["taskOutputArtifact"]["producerTask"] == \
         "merge-bootstrap-shards"

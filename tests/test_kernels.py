@@ -153,7 +153,8 @@ def test_forest_arrays_merge_and_tree_roundtrip():
 @pytest.mark.parametrize("group_size", [1, 2, 4])
 def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
     """The CPU kernel (rows in parallel, no gather) against forest_estimate in float64, on the
-    same leaves: tau and the debiased little-bag variance."""
+    same leaves: tau, the debiased little-bag variance, and the Monte-Carlo variance (groups of
+    one tree included)."""
     from tauforge.kernels import CausalForest
 
     d = make_causal_data("simple", n=3000, p=4, seed=3)
@@ -171,6 +172,10 @@ def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
         assert (var > 0).all()
     else:
         assert var is None and ref_var is None
+    _, mc = NumbaBackend().estimate(ids, forest.forest_, group_size, True, monte_carlo=True)
+    _, ref_mc = forest_estimate(values, group_size, None, True, monte_carlo=True)
+    np.testing.assert_allclose(mc.numpy(), ref_mc.numpy(), rtol=1e-9)
+    assert (mc > 0).all()
 
 
 def test_compact_forest_saves_no_pointers_and_rebuilds_them_exactly():

@@ -13,7 +13,7 @@ import torch
 
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
-from ..prediction import debias_between_group_variance, forest_estimate
+from ..prediction import debias_between_group_variance, forest_estimate, monte_carlo_variance
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
@@ -31,7 +31,7 @@ class NumbaBackend:
         s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
         e_off = np.concatenate([[0], np.cumsum([len(t.estimation) for t in trees])]).astype(np.int64)
         keys = np.array([t.key for t in trees], dtype=np.uint64)
-        cap = max(numba_cpu.node_capacity(float(mom[t.estimation, 0].sum()), len(t.structure), len(t.estimation),
+        cap = max(numba_cpu.node_capacity(int((mom[t.estimation, 0] > 0).sum()), len(t.structure), len(t.estimation),
                                           rule.min_samples_leaf)
                   for t in trees)
         T = len(trees)
@@ -55,19 +55,26 @@ class NumbaBackend:
         return torch.from_numpy(out)
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
-                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 valid: torch.Tensor | None = None,
+                 monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """forest_estimate (kernels/prediction.py), row by row in one kernel when every tree
         counts: the torch version's (rows, trees, 4) float64 gather and temporaries cost 3-4x the
         leaf walk itself on a CPU. Out-of-bag rows (`valid`) take the torch version."""
         if valid is not None:
-            return gathered_estimate(torch.as_tensor(forest.leaf_values), ids, ci_group_size, with_variance, valid)
+            return gathered_estimate(torch.as_tensor(forest.leaf_values), ids, ci_group_size, with_variance, valid,
+                                     monte_carlo)
+        wanted = with_variance and ci_group_size >= (1 if monte_carlo else 2)
         out = np.empty((ids.shape[0], 4))
-        numba_cpu.forest_moments(ids.numpy(), forest.leaf_values, int(ci_group_size if with_variance else 1), out)
+        numba_cpu.forest_moments(ids.numpy(), forest.leaf_values, int(ci_group_size if wanted else 0), out)
         tau = torch.from_numpy(out[:, 0])
-        if not with_variance or ci_group_size < 2:
+        if not wanted:
             return tau, None
         n_groups = torch.full_like(tau, float(forest.n_trees // ci_group_size))
-        var = debias_between_group_variance(torch.from_numpy(out[:, 1]), torch.from_numpy(out[:, 2]), n_groups)
+        between = torch.from_numpy(out[:, 1])
+        if monte_carlo:
+            var = monte_carlo_variance(between, n_groups)
+        else:
+            var = debias_between_group_variance(between, torch.from_numpy(out[:, 2]), n_groups)
         return tau, var / torch.from_numpy(out[:, 3]) ** 2
 
 
@@ -94,19 +101,22 @@ class TorchBackend:
         return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
-                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 valid: torch.Tensor | None = None,
+                 monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._leaf_values is None or self._leaf_values[0] is not forest:
             self._leaf_values = (forest, torch.as_tensor(forest.leaf_values, device=self.device))
-        return gathered_estimate(self._leaf_values[1], ids, ci_group_size, with_variance, valid)
+        return gathered_estimate(self._leaf_values[1], ids, ci_group_size, with_variance, valid, monte_carlo)
 
 
 def gathered_estimate(leaf_values: torch.Tensor, ids: torch.Tensor, ci_group_size: int, with_variance: bool,
-                      valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      valid: torch.Tensor | None,
+                      monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """forest_estimate on the (rows, trees, 4) gather of the rows' leaves, on leaf_values' device
     (float32 leaves, float64 sums)."""
     device = leaf_values.device
     values = leaf_values[ids.to(device)].to(torch.float64)
-    return forest_estimate(values, ci_group_size, None if valid is None else valid.to(device), with_variance)
+    return forest_estimate(values, ci_group_size, None if valid is None else valid.to(device), with_variance,
+                           monte_carlo)
 
 
 def get_backend(backend: str, device: torch.device):

@@ -176,9 +176,9 @@ def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e,
             h[4] += m4
     for ii in range(e_lo, e_hi):
         r = e_idx[ii]
-        w = mom_e[r, 0]
-        for j in range(p):
-            hist[j, codes_e[r, j], 5] += w
+        if mom_e[r, 0] > 0.0:  # E counts estimation rows of positive weight
+            for j in range(p):
+                hist[j, codes_e[r, j], 5] += 1.0
 
 
 @njit(error_model="numpy")
@@ -196,7 +196,7 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
     returns the count.
 
     Candidates sit after bins holding structure rows (grf: after a split value) and leave at
-    least min_leaf estimation weight on the left; the scan of a feature stops once the right
+    least min_leaf estimation rows on the left; the scan of a feature stops once the right
     child's is below it. Row counts are not histogrammed (see kernels.splitting): `_pick` checks them."""
     n_cand = 0
     for j in range(hist.shape[0]):
@@ -249,7 +249,7 @@ def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e
     for i in range(m - ns):
         r = e_idx[e_lo + i]
         buf[ns + i, :5] = 0.0
-        buf[ns + i, 5] = mom_e[r, 0]
+        buf[ns + i, 5] = 1.0 if mom_e[r, 0] > 0.0 else 0.0
         buf[ns + i, 6:] = 0.0
         for j in range(p):
             node_codes[j, ns + i] = fine_e[r, j]
@@ -421,7 +421,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         for c in range(5):
             tot[0, c] += mom_s[r, c]
     for r in range(ne):
-        tot[0, E] += mom_e[r, 0]
+        tot[0, E] += 1.0 if mom_e[r, 0] > 0.0 else 0.0
     n_nodes = 1
     root_slot = -1
     if ns + ne >= small_node:
@@ -587,10 +587,10 @@ def leaf_ids(codes, feature, threshold, child, roots, out):
             out[i, t] = child[node]
 
 
-def node_capacity(n_est_weight: float, n_struct: int, n_est: int, min_leaf: float) -> int:
+def node_capacity(n_est_rows: int, n_struct: int, n_est: int, min_leaf: float) -> int:
     """An upper bound on a tree's node count: every leaf holds a structure row and >= min_leaf
-    estimation weight."""
-    leaves = min(n_struct, n_est, math.floor(n_est_weight / max(min_leaf, 1e-12)) + 1)
+    estimation rows of positive weight (`n_est_rows` of the tree's `n_est`)."""
+    leaves = min(n_struct, n_est, math.floor(n_est_rows / max(min_leaf, 1e-12)) + 1)
     return 2 * max(leaves, 1) + 1
 
 
@@ -598,9 +598,10 @@ def node_capacity(n_est_weight: float, n_struct: int, n_est: int, min_leaf: floa
 def forest_moments(ids, leaf_values, group_size, out):
     """Per row, from its leaf in every tree: out[r] = (tau, between-group variance, within-group
     noise, denominator) of kernels.prediction.forest_estimate, without materializing the
-    (rows, trees, 4) gather. Rows are the parallel loop; leaf means (float32) sum in float64."""
+    (rows, trees, 4) gather; group_size 0 computes tau and the denominator only, 1 also the
+    variance between single trees. Rows are the parallel loop; leaf means (float32) sum in float64."""
     n_trees = ids.shape[1]
-    groups = n_trees // group_size
+    groups = n_trees // group_size if group_size >= 1 else 0
     for r in numba.prange(ids.shape[0]):
         at = ay = aty = att = 0.0
         for b in range(n_trees):
@@ -618,7 +619,7 @@ def forest_moments(ids, leaf_values, group_size, out):
         mu = ay - tau * at
         between = 0.0
         total = 0.0
-        if group_size >= 2:
+        if group_size >= 1:
             for g in range(groups):
                 group_sum = 0.0
                 for k in range(group_size):

@@ -135,11 +135,12 @@ class TorchLevelGrower:
                           torch.repeat_interleave(torch.arange(K, device=dev), torch.as_tensor(e_sizes, device=dev))])
         is_est = torch.zeros(len(rows), dtype=torch.bool, device=dev)
         is_est[sum(s_sizes):] = True
-        # Histogram channels: structure samples carry the five moments, estimation samples their weight.
+        # Histogram channels: structure samples carry the five moments, estimation samples count
+        # themselves if their weight is positive (min_samples_leaf counts rows, not weight).
         vals = torch.zeros(len(rows), 6, dtype=torch.float64, device=dev)
         m = mom[rows]
         vals[~is_est, :5] = m[~is_est]
-        vals[is_est, E] = m[is_est, 0]
+        vals[is_est, E] = (m[is_est, 0] > 0).to(torch.float64)
         # Each structure row's t (the row counts compare it with its node's mean); NaN elsewhere.
         positive = ~is_est & (m[:, 0] > 0)
         t_row = torch.where(positive, m[:, 1] / torch.where(positive, m[:, 0], 1.0), torch.nan)
