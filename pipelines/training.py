@@ -147,7 +147,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             estimate = combined.outputs["result"]
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate,
-                                   gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t)
+                                   gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t,
+                                   graph=graph)
         pods.compute(evaluated.set_display_name("evaluate"))
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             published = publish_model(dataset=dataset, forest=forest, estimate=estimate,
