@@ -9,7 +9,7 @@ data contradict fails some of them.
 
 The test: the generalised covariance measure (GCM; Shah and Peters 2020, "The hardness of
 conditional independence testing and the generalised covariance measure"). Regress each of the
-pair on the conditioning set, cross-fitted (2 folds); with residuals r_a, r_b and R = r_a r_b,
+pair on the conditioning set, cross-fitted (5 folds); with residuals r_a, r_b and R = r_a r_b,
     z = sqrt(n) mean(R) / sd(R),  two-sided p-value from N(0, 1).
 Why this one:
 - mixed data: it needs only conditional means, so a binary variable (a treatment) is regressed
@@ -21,11 +21,18 @@ Why this one:
 - doubly robust: under independence the mean of R is zero when either regression is right, and
   its bias is the product of the two regression errors (the argument of double machine learning,
   as in the rest of tauforge): cross-fitting keeps overfitting out of it;
-- fast: two regressions per variable and conditioning set (cached across statements), an empty
-  set none at all. The regression is least squares plus gradient-boosted trees (scikit-learn's
-  HistGradientBoosting, early-stopped) on its residuals: the linear part exactly, which trees
-  alone approximate by steps whose errors are the same for both variables of a pair (a bias
-  that grows with n), and non-linear parts and interactions by the trees.
+- fast: one cross-fitted regression per variable and conditioning set (cached across
+  statements), none for an empty set. The regression is an additive model fit by least squares
+  (each conditioning variable linearly, and a continuous one by a cubic spline too), then
+  gradient-boosted trees (scikit-learn's HistGradientBoosting, early-stopped) on what it leaves,
+  for interactions. Trees alone approximate a smooth trend by steps, and the two variables of a
+  pair then share the steps' errors; splines remove the smooth part first, and 5 folds train
+  each fit on 80% of the rows. Both shrink the regressions' errors, whose product is the test's
+  bias under independence. Measured over 500 seeds of tests/test_graph_checks.py's graph
+  (n = 1,000), the two worst statements' 5% rejection rates: 8.0% and 8.6% with trees alone in 2
+  folds, 9.2% and 7.4% with splines in 2 folds, 7.6% and 7.2% with splines in 5 folds (each
+  within about 1.1 points of noise): the GCM stays somewhat liberal at this size. A check costs
+  about 1 s there (0.5 s in 2 folds).
 At most `max_rows` rows (a seeded sample) are used: the cost stays bounded, and a graph that is
 only approximately true is not refuted by a million rows' power to see negligible dependence.
 Sample weights are not used.
@@ -46,9 +53,10 @@ import pandas as pd
 from .graph import CausalGraph, Independence
 
 MAX_ROWS = 20_000
-FOLDS = 2
-TEST = ("generalised covariance measure (Shah & Peters 2020): cross-fitted residuals of least squares plus "
-        "gradient-boosted trees on the conditioning set; two-sided normal p-value")
+FOLDS = 5
+SPLINE_KNOTS = 6
+TEST = ("generalised covariance measure (Shah & Peters 2020): residuals of an additive spline model plus "
+        "gradient-boosted trees on the conditioning set, cross-fitted in 5 folds; two-sided normal p-value")
 CORRECTION = "holm"
 NO_GRAPH = "no causal graph was given: no implications to test"
 
@@ -61,21 +69,31 @@ def _regression(seed: int):
                                          random_state=seed)
 
 
-def residual(v: np.ndarray, Z: np.ndarray, seed: int = 0, folds: int = FOLDS) -> np.ndarray:
-    """v minus its cross-fitted prediction from Z (least squares plus boosted trees on what it
-    leaves); v minus its mean when Z has no columns."""
+def residual(v: np.ndarray, Z: np.ndarray, seed: int = 0, folds: int | None = None) -> np.ndarray:
+    """v minus its cross-fitted prediction from Z (an additive spline model by least squares, then
+    boosted trees on what it leaves); v minus its mean when Z has no columns."""
     if Z.shape[1] == 0:
         return v - v.mean()
     from sklearn.model_selection import KFold
+    from sklearn.preprocessing import SplineTransformer
 
     out = np.empty_like(v)
-    design = np.column_stack([np.ones(len(v)), Z])
-    for train, test in KFold(folds, shuffle=True, random_state=seed).split(Z):
-        beta, *_ = np.linalg.lstsq(design[train], v[train], rcond=None)
-        linear = v[train] - design[train] @ beta
-        trees = _regression(seed).fit(Z[train], linear)
-        out[test] = v[test] - design[test] @ beta - trees.predict(Z[test])
+    for train, test in KFold(folds or FOLDS, shuffle=True, random_state=seed).split(Z):
+        # Splines for the continuous columns (a binary one is its own basis), knots from this fold.
+        smooth = [j for j in range(Z.shape[1]) if len(np.unique(Z[train, j])) > SPLINE_KNOTS + 4]
+        splines = (SplineTransformer(n_knots=SPLINE_KNOTS, degree=3, extrapolation="linear").fit(Z[train][:, smooth])
+                   if smooth else None)
+        fit, held_out = (_additive_design(Z[rows], splines, smooth) for rows in (train, test))
+        beta, *_ = np.linalg.lstsq(fit, v[train], rcond=None)  # minimum norm: the bases overlap
+        trees = _regression(seed).fit(Z[train], v[train] - fit @ beta)
+        out[test] = v[test] - held_out @ beta - trees.predict(Z[test])
     return out
+
+
+def _additive_design(Z: np.ndarray, splines, smooth: list[int]) -> np.ndarray:
+    """An intercept, the columns of Z, and the spline basis of its continuous ones."""
+    parts = [np.ones((len(Z), 1)), Z] + ([splines.transform(Z[:, smooth])] if splines is not None else [])
+    return np.column_stack(parts)
 
 
 def gcm_test(r_a: np.ndarray, r_b: np.ndarray) -> tuple[float, float]:

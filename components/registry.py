@@ -658,7 +658,8 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}
         | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
            if "overlap" in evaluation else {})
-        | ({"uplift": {k: v for k, v in evaluation["uplift"].items() if k != "curve"}} if "uplift" in evaluation else {})
+        | ({"uplift": {k: v for k, v in evaluation["uplift"].items() if k != "curve"}}
+           if "uplift" in evaluation else {})
         | ({"graph_checks": evaluation["graph_checks"]} if "graph_checks" in evaluation else {}),
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
         "environment": env, "run": run,

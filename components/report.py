@@ -98,7 +98,8 @@ def render_report(result: dict, title: str = "tauforge evaluation") -> str:
                        cal["differential_stderr"], cal["differential_pvalue"]),
                       ("RATE (AUTOC)", rate["autoc"], rate["stderr"], rate["pvalue"])]
                      + ([("Qini coefficient (uplift over random targeting)", result["uplift"]["qini"],
-                          result["uplift"]["qini_stderr"], result["uplift"]["qini_pvalue"])] if "uplift" in result else []),
+                          result["uplift"]["qini_stderr"], result["uplift"]["qini_pvalue"])]
+                        if "uplift" in result else []),
                      ("calibration test", "estimate", "std. error", "p-value (one-sided)")),
               bar_chart([0, 1, 2, 3, 4], {"effect by CATE quartile": [max(g["effect"], 0) for g in het["gates"]]},
                         "group average effect by CATE quartile (GATES; negative effects drawn as 0)"),
