@@ -93,7 +93,7 @@ class ValidatedData:
     """A table that passed `validate`, with the spec resolved (covariates, treatment type) and
     what validation found suspicious but not fatal."""
 
-    table: pd.DataFrame  # only the spec's columns
+    table: pd.DataFrame  # the spec's columns, then any others kept for the causal graph's checks
     spec: DataSpec
     warnings: list[str] = field(default_factory=list)
 
@@ -127,9 +127,11 @@ def read_table(source: str) -> pd.DataFrame:
         raise DataValidationError(f"cannot read {source!r} as Parquet or CSV: {exc}") from None
 
 
-def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
+def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     """Check `df` against `spec`; return the needed columns and the resolved spec, or raise
-    DataValidationError naming the first column at fault."""
+    DataValidationError naming the first column at fault. Columns of `keep` (the causal graph's
+    observed nodes) that have no role are kept too, after the spec's, unchecked: the graph's
+    implications are tested on them (`graph_checks`), and nothing is estimated from them."""
     def fail(msg: str) -> None:
         raise DataValidationError(msg)
 
@@ -216,7 +218,12 @@ def validate(df: pd.DataFrame, spec: DataSpec) -> ValidatedData:
         if not ts.is_monotonic_increasing:
             fail(f"timestamp column {spec.timestamp!r} is not in increasing order; sort the table by time")
     spec = dataclasses.replace(spec, treatment_type=treatment_type)
-    return ValidatedData(df[spec.role_columns()].reset_index(drop=True), spec, warnings)
+    roles = spec.role_columns()
+    kept = [c for c in dict.fromkeys(keep) if c not in roles]
+    for c in kept:
+        if c not in df.columns:
+            fail(f"column {c!r}, a node of the causal graph, is missing from the table")
+    return ValidatedData(df[roles + kept].reset_index(drop=True), spec, warnings)
 
 
 # The pipeline's dataset artifact: a folder with the validated table, its resolved spec, and its
@@ -311,7 +318,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
         resolved = causal_graph.adjusted_spec(resolved)
         print(f"tauforge: graph {causal_graph.sha256[:12]}: {len(causal_graph.nodes)} nodes, "
               f"{len(causal_graph.edges)} edges; the covariates and controls block every back-door path", flush=True)
-    data = validate(table, resolved)
+    data = validate(table, resolved, keep=causal_graph.observed if graph else ())
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
     print(f"tauforge: validated {source}: {len(data.table)} rows, {len(data.spec.covariates)} covariates, "

@@ -9,6 +9,10 @@
   sensitivity    omitted-variable-bias bounds and robustness value (components/sensitivity.py)
   heterogeneity  calibration test, RATE (AUTOC) and GATES by CATE quartile (components/heterogeneity.py)
   effect         the ATE with its interval, and the distribution of the out-of-bag CATE
+  uplift         gain (uplift) and Qini curves of the ranking by the out-of-bag CATE, with their areas
+                 (AUUC, Qini coefficient), from the debiased scores (components/uplift.py)
+  graph_checks   the independences the declared causal graph implies, tested on the training data
+                 (components/graph_checks.py); says so when no graph was given
 The gate compares these with thresholds (`GateConfig`) and returns a verdict with its reasons.
 """
 
@@ -21,7 +25,7 @@ import numpy as np
 from tauforge.kernels.ate import debiased_scores
 from tauforge.kernels.progress import StepLog
 
-from . import config, heterogeneity, refuters
+from . import config, graph_checks, heterogeneity, refuters, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
 from .data import ValidatedData
@@ -51,6 +55,13 @@ class GateConfig:
         perfectly out of fold usually sees the outcome itself (a leak into the covariates), which
         also absorbs the effect. Over 0.95 is always a warning.
     require_significant_ate : the ATE interval must exclude zero (off).
+    min_graph_pvalue : every independence the declared causal graph implies must have a
+        Holm-adjusted p-value of at least this (components/graph_checks.py); a smaller one means
+        the data contradict the graph that justified the adjustment set. On by default at 0.01,
+        as the placebo: it only acts when a run declares a graph, which asks for its assumptions
+        to be checked, and Holm's correction keeps a true graph's chance of failing it at most
+        1% however many independences it implies. Switch it off for a graph meant as an
+        approximation on data large enough to see its small departures.
     """
 
     max_share_outside_overlap: float | None = 0.10
@@ -62,6 +73,7 @@ class GateConfig:
     max_outcome_r2: float | None = None
     require_significant_ate: bool = False
     require_heterogeneity: bool = False
+    min_graph_pvalue: float | None = 0.01
 
     @classmethod
     def from_dict(cls, values: dict) -> "GateConfig":
@@ -154,7 +166,8 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
     refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
     `progress`: a line on stderr per slow check, with an estimate of the time left. `graph`: the
-    run's declared causal graph (None: none was given), recorded for the report to draw."""
+    run's declared causal graph (None: none was given), whose implications are tested on `data`'s
+    table and which the report draws."""
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
     cate = estimate.oob_cate
@@ -165,7 +178,8 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"))
     # Relative costs: nuisance refits per refuter (the placebo's forest counts as one).
     steps = StepLog("evaluate", {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 4,
-                                 "heterogeneity": 1}, progress)
+                                 "heterogeneity": 1, "uplift": 1,
+                                 "graph checks": 2 if graph is not None else 0}, progress)
     result = {
         "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                 "ate_interval", "alpha", "variance_weighted_effect",
@@ -185,6 +199,8 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         "heterogeneity": steps.run("heterogeneity", lambda: {
             "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
             "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
+        "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
+        "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed),
         "graph": card_section(graph, data.spec),
         "data_warnings": list(data.warnings),
         "gate_config": dataclasses.asdict(gate),
@@ -193,6 +209,21 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         result["overlap"] = overlap(t_hat, a["T"])
     result["verdict"] = verdict(result, gate)
     return result
+
+
+def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, seed: int) -> dict:
+    """The ranking by the out-of-bag CATE judged by the debiased scores (`uplift.doubly_robust`),
+    and, when the treatment was randomized, CausalML's classic normalized AUUC and Qini score from
+    outcome and treatment alone (which measure effects only then)."""
+    section = {"ranking": "out-of-bag CATE", "effect_scores": "debiased (AIPW) scores of the out-of-bag CATE",
+               **uplift.doubly_robust(cate, scores, seed=seed)}
+    if data.spec.binary and data.spec.assignment == "randomized":
+        a = data.arrays()
+        section["classic"] = {"definition": "CausalML's auuc_score and qini_score (normalized), from outcome and "
+                                            "treatment: valid because the treatment was randomized",
+                              "auuc": uplift.auuc_score(a["Y"], a["T"], cate),
+                              "qini": uplift.qini_score(a["Y"], a["T"], cate)}
+    return section
 
 
 def verdict(result: dict, gate: GateConfig) -> dict:
@@ -240,6 +271,19 @@ def verdict(result: dict, gate: GateConfig) -> dict:
         reasons.append(leak)
     elif r2 is not None and r2 > LEAK_WARNING_R2:
         warnings.append(leak)
+    checks = result.get("graph_checks", {})
+    if checks.get("given"):
+        if checks["min_adjusted_p_value"] is None:
+            warnings.append("graph: it implies no independence testable on the data's columns; nothing was checked")
+        elif gate.min_graph_pvalue is not None:
+            contradicted = graph_checks.rejected(checks, gate.min_graph_pvalue)
+            if contradicted:
+                shown = "; ".join(f"{t['statement']} (Holm-adjusted p = {t['adjusted_p_value']:.2g})"
+                                  for t in contradicted[:3])
+                more = f" and {len(contradicted) - 3} more" if len(contradicted) > 3 else ""
+                reasons.append(f"graph: the data contradict {len(contradicted)} of the {len(checks['statements'])} "
+                               f"independences the graph implies: {shown}{more} (gate needs p >= "
+                               f"{gate.min_graph_pvalue}); an edge or a common cause between them is missing")
     eff = result["effect"]
     if not all(math.isfinite(eff[k]) for k in ("ate", "ate_lower", "ate_upper")):
         reasons.append("effect: the ATE or its interval is not finite")
@@ -260,8 +304,8 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
                    report: Output[HTML], metrics: Output[Metrics], graph: str = "", model_name: str = "",
                    run_id: str = "") -> bool:
     """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed.
-    `graph`: the run's causal graph (DOT or GML text, empty for none); `model_name` and `run_id`
-    name the model and the run in the report's header."""
+    `graph`: the run's causal graph (DOT or GML text, empty for none), whose implications are
+    tested; `model_name` and `run_id` name the model and the run in the report's header."""
     import json
 
     from tauforge.components.data import load_profile, load_validated
@@ -304,6 +348,9 @@ def metric_values(result: dict) -> dict[str, float]:
     out["calibration_differential"] = cal["differential_forest_prediction"]
     out["calibration_differential_p_value"] = cal["differential_pvalue"]
     out["autoc"] = result["heterogeneity"]["rate"]["autoc"]
+    out["auuc"], out["qini"] = result["uplift"]["auuc"], result["uplift"]["qini"]
+    if result["graph_checks"].get("min_adjusted_p_value") is not None:
+        out["graph_min_adjusted_p_value"] = result["graph_checks"]["min_adjusted_p_value"]
     if "overlap" in result:
         out["propensity_share_outside"] = result["overlap"]["share_outside"]
         out["crump_share_trimmed"] = result["overlap"]["crump_share_trimmed"]

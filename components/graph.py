@@ -247,6 +247,31 @@ class CausalGraph:
             found = nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, restricted=allowed)
         return None if found is None else [n for n in self.nodes if n in found]
 
+    def implied_independences(self, columns=None) -> tuple[list[Independence], list[tuple[str, str]]]:
+        """The conditional independences the graph implies among its observed nodes (those in
+        `columns` when given), one for each pair of non-adjacent nodes (dagitty's "missing edge"
+        basis): the pair given a minimal set of observed nodes that d-separates it (networkx's
+        `find_minimal_d_separator`, restricted to those nodes). Returns the statements, in the
+        order the graph names their nodes, and the non-adjacent pairs that no observed set
+        separates (connected through a latent node): they imply nothing testable."""
+        import itertools
+
+        import networkx as nx
+
+        dag = self.dag()
+        present = None if columns is None else {str(c) for c in columns}
+        nodes = [n for n in self.observed if present is None or n in present]
+        statements, unseparable = [], []
+        for a, b in itertools.combinations(nodes, 2):
+            if dag.has_edge(a, b) or dag.has_edge(b, a):
+                continue
+            given = nx.find_minimal_d_separator(dag, {a}, {b}, restricted=set(nodes))
+            if given is None:
+                unseparable.append((a, b))
+            else:
+                statements.append(Independence(a, b, tuple(n for n in nodes if n in given)))
+        return statements, unseparable
+
     def _backdoor_graph(self, treatment: str):
         dag = self.dag()
         dag.remove_edges_from(list(dag.out_edges(treatment)))
@@ -258,6 +283,18 @@ class CausalGraph:
             return ("; no set of observed variables satisfies the back-door criterion in this graph, so the effect "
                     "is not identified by adjustment")
         return f"; a valid adjustment set in this graph: {', '.join(valid) or 'the empty set'}"
+
+
+@dataclass(frozen=True)
+class Independence:
+    """`a` is independent of `b` given the nodes `given`: a testable implication of a graph."""
+
+    a: str
+    b: str
+    given: tuple[str, ...] = ()
+
+    def __str__(self) -> str:  # dagitty's notation
+        return f"{self.a} _||_ {self.b}" + (f" | {', '.join(self.given)}" if self.given else "")
 
 
 def path_is_open(dag, path: list[str], given: set, opens_collider: set) -> bool:

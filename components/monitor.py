@@ -19,7 +19,10 @@ no alarm with probability at least 1 - alpha. Any alert calls for retraining.
 
 Policy value (with outcomes and logged actions of known propensity): inverse-propensity and doubly
 robust values of the champion's and challenger's policies, and an always-valid confidence sequence
-for their difference -> promote / hold / roll back.
+for their difference -> promote / hold / roll back. Beside it, uplift: how well each model's CATE
+ranks the same units by their effect (gain and Qini curves, AUUC and Qini coefficient, from the
+per-unit doubly robust effect scores of the logged outcomes; components/uplift.py), and the
+challenger's Qini coefficient minus the champion's with a paired bootstrap standard error.
 
 `run_monitor` is the step: it reads the log and the store and runs `monitor`, for the CLI and the
 KFP component alike.
@@ -32,6 +35,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tauforge.kernels.ate import debiased_scores
+
+from . import uplift
 from ._kfp import HTML, Metrics, Output, component
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
 from .events import input_columns, load_reference, read_events
@@ -152,21 +158,29 @@ def confidence_sequence(values: np.ndarray, alpha: float = 0.05, t_opt: int = 10
     return mean - half, mean + half
 
 
-def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> pd.DataFrame:
-    """Per-row inverse-propensity and doubly robust scores of the champion's and challenger's
-    policies (treat where their CATE > 0) from logged actions with known propensities. The
-    outcome model mu(x, a) is cross-fitted (2 folds)."""
+def outcome_model(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> dict[int, np.ndarray]:
+    """The logged outcome's model mu(x, a) at a = 0 and 1 for every row, cross-fitted (2 folds)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.model_selection import KFold
 
     X = frame[input_columns(columns)].to_numpy()
-    A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
+    A, Y = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float)
     mu = {0: np.empty(len(Y)), 1: np.empty(len(Y))}
     for train, test in KFold(2, shuffle=True, random_state=seed).split(X):
         model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, min_samples_leaf=40,
                                               random_state=seed).fit(np.column_stack([X[train], A[train]]), Y[train])
         for a in (0, 1):
             mu[a][test] = model.predict(np.column_stack([X[test], np.full(len(test), a)]))
+    return mu
+
+
+def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
+                  mu: dict[int, np.ndarray] | None = None) -> pd.DataFrame:
+    """Per-row inverse-propensity and doubly robust scores of the champion's and challenger's
+    policies (treat where their CATE > 0) from logged actions with known propensities, with the
+    outcome model `mu` (default: `outcome_model`)."""
+    A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
+    mu = outcome_model(frame, columns, seed) if mu is None else mu
     out = {}
     for who in ("champion", "challenger"):
         pi = (frame[f"cate_{who}"].to_numpy() > 0).astype(float)
@@ -375,6 +389,30 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
     return result
 
 
+def effect_scores(frame: pd.DataFrame, mu: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Per-row doubly robust (AIPW) scores of the effect of action 1 from logged outcomes: the
+    debiased score of `kernels.ate` with the logging policy's known P(action = 1) (the logged
+    propensity is that of the action taken) and the outcome model `mu`; unbiased whatever `mu`'s
+    errors, since the propensities are known. None when some row's action was certain (no
+    exploration there): no effect can be learned from it."""
+    A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
+    e = np.where(A == 1, p, 1 - p)
+    if not ((e > 0) & (e < 1)).all():
+        return None
+    tau = mu[1] - mu[0]
+    return debiased_scores(tau, Y - (mu[0] + e * tau), A - e, e * (1 - e))
+
+
+def _uplift(frame: pd.DataFrame, mu: dict[int, np.ndarray], seed: int) -> dict:
+    psi = effect_scores(frame, mu)
+    if psi is None:
+        return {"note": "some logged actions had propensity 1 (no exploration): no per-unit effect can be estimated, "
+                        "so no uplift curve; serve with exploration (--explore) to measure it"}
+    return {"effect_scores": "doubly robust (AIPW) scores from the logged outcomes and propensities",
+            **uplift.compare(psi, {"champion": frame["cate_champion"].to_numpy(float),
+                                   "challenger": frame["cate_challenger"].to_numpy(float)}, seed=seed)}
+
+
 def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
     key = ["request_id", "row"] if {"request_id", "row"} <= set(outcomes.columns) else ["unit_id"]
     frame = live.merge(outcomes[key + ["outcome"]], on=key)
@@ -385,7 +423,8 @@ def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
     if len(frame) < 50:
         return {"rows": int(len(frame)), "recommendation": "hold",
                 "note": "too few rows with an outcome, a logged action and a shadow answer"}
-    scores = policy_values(frame, columns, seed)
+    mu = outcome_model(frame, columns, seed)
+    scores = policy_values(frame, columns, seed, mu)
     diff = (scores["dr_challenger"] - scores["dr_champion"]).to_numpy()
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
     rec = "promote" if lo > 0 else "roll back" if hi < 0 else "hold"
@@ -396,7 +435,7 @@ def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
             **{f"value_{who}_dr_stderr": float(scores[f"dr_{who}"].std(ddof=1) / np.sqrt(len(scores)))
                for who in ("champion", "challenger")},
             "difference_dr": float(diff.mean()), "confidence_sequence": [float(lo), float(hi)],
-            "recommendation": rec}
+            "recommendation": rec, "uplift": _uplift(frame, mu, seed)}
 
 
 def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> int:

@@ -657,7 +657,10 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "refuters", "balance", "sensitivity")}
         | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}
         | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
-           if "overlap" in evaluation else {}),
+           if "overlap" in evaluation else {})
+        | ({"uplift": {k: v for k, v in evaluation["uplift"].items() if k != "curve"}}
+           if "uplift" in evaluation else {})
+        | ({"graph_checks": evaluation["graph_checks"]} if "graph_checks" in evaluation else {}),
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
         "environment": env, "run": run,
     }
@@ -668,7 +671,8 @@ _GATE_CHECKS = (("placebo p-value", ("refuters", "placebo", "p_value")),
                 ("random common cause p-value", ("refuters", "random_common_cause", "p_value")),
                 ("data subset p-value", ("refuters", "data_subset", "p_value")),
                 ("robustness value", ("sensitivity", "robustness_value")),
-                ("share outside overlap", ("overlap", "share_outside")))
+                ("share outside overlap", ("overlap", "share_outside")),
+                ("graph checks' smallest adjusted p-value", ("graph_checks", "min_adjusted_p_value")))
 
 
 def diff_cards(old: dict, new: dict) -> dict:

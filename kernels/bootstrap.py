@@ -47,11 +47,8 @@ from .ate import average_effect
 from .backends import get_backend
 from .binning import QuantileBinner
 from .forest import CausalForest, fit_forests, forests_per_batch
-<<<<<<< HEAD
-from .progress import progress_bar
-=======
 from .prediction import debias_between_group_variance
->>>>>>> bootstrap
+from .progress import progress_bar
 from .serialization import load_model, save_model
 
 FORMAT = "tauforge.bootstrap_replicates"

@@ -102,13 +102,8 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
               device: str = "cpu", progress: bool | None = None,
               with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
-<<<<<<< HEAD
-    (`cross_fitting_folds`), and each score as a list in fold order."""
-    from .progress import progress_bar
-=======
     (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`)."""
-    from ._progress import progress_bar
->>>>>>> bootstrap
+    from .progress import progress_bar
 
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed)

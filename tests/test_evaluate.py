@@ -6,7 +6,7 @@ import pytest
 
 from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
-from tauforge.components.evaluate import GateConfig, evaluate, metric_values
+from tauforge.components.evaluate import GateConfig, evaluate, metric_values, verdict
 from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
 from tauforge.components.report import render_report
 from tauforge.kernels.datasets import make_causal_data
@@ -91,3 +91,28 @@ def test_gate_settings_parse_numbers_and_off():
                                  "require_significant_ate": "true"})
     assert gate.min_placebo_pvalue is None and gate.max_share_outside_overlap == 0.2
     assert gate.require_significant_ate is True
+
+
+def test_the_graph_checks_fail_the_gate_when_the_data_contradict_the_declared_graph():
+    from test_graph_checks import DROPPED_EDGE, simulate
+
+    from tauforge.components.graph import CausalGraph
+
+    graph = CausalGraph.parse(DROPPED_EDGE)  # the data have an edge A -> Y that it lacks
+    spec = graph.adjusted_spec(DataSpec(outcome="Y", treatment="T"))
+    data = validate(simulate(0, n=2000), spec, keep=graph.observed)
+    assert spec.covariates == ["A", "C", "B"] and list(data.table.columns) == ["Y", "T", "A", "C", "B", "M"]
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0)
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, 0, 0, 1)], data, residuals)
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS, graph=graph)
+    checks = result["graph_checks"]
+    assert checks["given"] and checks["graph_sha256"] == graph.sha256 and len(checks["statements"]) == 7
+    (reason,) = [r for r in result["verdict"]["reasons"] if r.startswith("graph:")]
+    assert reason.startswith("graph: the data contradict 1 of the 7 independences the graph implies: A _||_ Y | C, T")
+    assert metric_values(result)["graph_min_adjusted_p_value"] == checks["min_adjusted_p_value"] < 0.01
+    # Switched off, the same result passes on that account; the curves are there for the charts.
+    assert not any(r.startswith("graph:") for r in verdict(result, GateConfig(min_graph_pvalue=None))["reasons"])
+    lift = result["uplift"]
+    assert lift["ranking"] == "out-of-bag CATE" and len(lift["curve"]["share"]) == 101
+    assert lift["ate"] == pytest.approx(result["effect"]["ate"])  # the gain curve ends at the average effect
+    assert "classic" not in lift  # an observational study: differences of means between arms are confounded

@@ -139,6 +139,26 @@ def test_policy_value_picks_the_better_challenger_and_its_confidence_sequence_co
     assert lo <= truth <= hi
     assert result["recommendation"] == "promote"
     assert result["policy"]["value_challenger_dr"] > result["policy"]["value_champion_dr"]
+    # Uplift on the same units: the challenger ranks by the true effect, the champion by noise.
+    lift = result["policy"]["uplift"]
+    assert lift["challenger"]["qini"] > 0.05 and lift["challenger"]["qini_pvalue"] < 1e-3
+    assert abs(lift["champion"]["qini"]) < 3 * lift["champion"]["qini_stderr"]
+    assert lift["qini_difference"]["value"] > 0 and lift["qini_difference"]["pvalue"] < 1e-3
+    assert len(lift["champion"]["curve"]["gain"]) == 101 and lift["champion"]["rows"] == len(X)
+
+
+def test_uplift_from_logged_outcomes_uses_the_known_propensities_and_needs_exploration():
+    from tauforge.components.monitor import effect_scores
+
+    # Logged by a champion with 50% exploration: P(action = 1) is 0.75 where it recommends 1,
+    # else 0.25. With a constant outcome model, the AIPW score is the inverse-propensity one.
+    frame = pd.DataFrame({"action": [1.0, 0.0, 1.0, 0.0], "propensity": [0.75, 0.25, 0.25, 0.75],
+                          "outcome": [3.0, 1.0, 2.0, 4.0]})
+    mu = {0: np.zeros(4), 1: np.zeros(4)}
+    e = np.array([0.75, 0.75, 0.25, 0.25])  # P(action = 1): the logged action's propensity, or its complement
+    expected = np.where(frame["action"] == 1, frame["outcome"] / e, -frame["outcome"] / (1 - e))
+    np.testing.assert_allclose(effect_scores(frame, mu), expected)
+    assert effect_scores(frame.assign(propensity=1.0), mu) is None  # no exploration: nothing to learn from
 
 
 def test_confidence_sequence_covers_the_mean_at_every_look_and_is_wider_than_the_fixed_sample_interval():

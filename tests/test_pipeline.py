@@ -208,6 +208,13 @@ def test_a_graph_goes_into_the_card_with_its_hash_and_models_diff_shows_the_edge
         assert card["lineage"]["data_fingerprint"] == card["data"]["fingerprint"]
         # The covariates were derived from the graph: every x, in the order the graph names them.
         assert card["spec"]["covariates"] == [f"x{j}" for j in range(10)] == graph["adjustment_set"]
+        # The independences each graph implies hold in the demo data (the edge x1 -> T only removes
+        # some): the gate's graph check passed on them.
+        checks = card["evaluation"]["graph_checks"]
+        assert checks["given"] and checks["graph_sha256"] == expected.sha256
+        assert len(checks["statements"]) == 61 - (name == "demo") and checks["min_adjusted_p_value"] >= 0.01
+        uplift = card["evaluation"]["uplift"]
+        assert uplift["ranking"] == "out-of-bag CATE" and "curve" not in uplift  # the curves stay in evaluation.json
         assert any(expected.sha256[:12] in a for a in card["assumptions"])
     code, out, err = tauforge(runs.dir, "models", "show", "--name", "tauforge-model", "--version",
                               str(version["demo"]))
@@ -253,6 +260,8 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
     # Without --graph the card says so, and the assumptions are the bare ones.
     assert loaded.card["graph"]["given"] is False and "no causal graph was given" in loaded.card["graph"]["note"]
+    assert loaded.card["evaluation"]["graph_checks"] == {"given": False,
+                                                          "note": "no causal graph was given: no implications to test"}
     assert loaded.card["lineage"]["graph_sha256"] is None
     assert loaded.card["assumptions"][0].startswith("unconfoundedness")
     assert any(constant in w for w in loaded.card["data"]["warnings"])

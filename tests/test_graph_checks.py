@@ -1,0 +1,111 @@
+"""The causal graph's testable implications (components/graph_checks.py): the independences a
+graph implies, the conditional-independence test, Holm's correction, and the check on data drawn
+from a known graph (it passes at the nominal rate) and from a graph with an edge the declared one
+drops (it fails)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+from tauforge.components.graph import CausalGraph, Independence
+from tauforge.components.graph_checks import check_graph, gcm_test, holm, rejected, residual
+
+# A known graph over mixed data: A continuous, B and T binary, the rest continuous; non-linear
+# effects (sin, square, |A|) and an interaction (A T), so a linear test would be misled.
+TRUE_GRAPH = "digraph { A -> C; B -> C; A -> T; B -> T; C -> M; T -> M; M -> Y; A -> Y; T -> Y }"
+
+
+def simulate(seed: int, n: int = 1000) -> pd.DataFrame:
+    """n rows drawn from TRUE_GRAPH."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=n)
+    B = rng.binomial(1, 0.4, n).astype(float)
+    C = np.sin(2 * A) + 0.8 * B + rng.normal(size=n)
+    T = rng.binomial(1, 1 / (1 + np.exp(-(A + B - 0.5)))).astype(float)
+    M = 0.8 * T + 0.4 * C**2 + rng.normal(size=n)
+    Y = M + A * T + 0.5 * np.abs(A) + rng.normal(size=n)
+    return pd.DataFrame({"A": A, "B": B, "C": C, "T": T, "M": M, "Y": Y})
+
+DROPPED_EDGE = TRUE_GRAPH.replace(" A -> Y;", "")  # the data have A -> Y; this graph says they do not
+
+
+def test_the_implied_independences_are_one_per_missing_edge_with_a_minimal_observed_separator():
+    statements, unseparable = CausalGraph.parse(TRUE_GRAPH).implied_independences()
+    assert [str(s) for s in statements] == ["A _||_ B", "A _||_ M | C, T", "C _||_ T | A, B", "C _||_ Y | A, T, M",
+                                            "B _||_ M | C, T", "B _||_ Y | A, C, T"]
+    assert unseparable == []
+    # A latent common cause leaves its children inseparable; a column missing from the data is
+    # neither tested nor used to separate (here: without M, nothing separates C from Y).
+    latent = CausalGraph.parse('digraph { U [observed="no"]; U -> P; U -> Q; P -> T; Q -> Y; T -> Y }')
+    statements, unseparable = latent.implied_independences()
+    assert unseparable == [("P", "Q")] and Independence("P", "Y", ("Q", "T")) in statements
+    statements, _ = CausalGraph.parse(TRUE_GRAPH).implied_independences(["A", "B", "C", "T", "Y"])
+    assert [str(s) for s in statements] == ["A _||_ B", "C _||_ T | A, B", "B _||_ Y | A, C, T"]
+
+
+def test_the_gcm_statistic_is_the_normalised_mean_of_the_residual_products():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=400), rng.normal(size=400)
+    z, p = gcm_test(a, b)
+    assert z == pytest.approx(np.sqrt(400) * np.mean(a * b) / np.std(a * b)) and 0 < p < 1
+    assert np.isnan(gcm_test(np.zeros(400), b)[1])  # a constant residual: no test
+
+
+def test_the_residual_removes_a_non_linear_dependence_on_the_conditioning_set():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(2000, 2))
+    a = np.sin(2 * Z[:, 0]) + Z[:, 1] + 0.3 * rng.normal(size=2000)
+    b = np.abs(Z[:, 0]) + (Z[:, 1] > 0) + 0.3 * rng.normal(size=2000)  # dependent on a only through Z
+    assert gcm_test(a - a.mean(), b - b.mean())[1] < 1e-6
+    r_a, r_b = residual(a, Z, seed=0), residual(b, Z, seed=0)
+    assert abs(gcm_test(r_a, r_b)[0]) < 3
+    assert np.var(r_a) < 0.12 and np.var(r_b) < 0.12  # the signal is explained: the noise's variance is 0.09
+
+
+def test_holm_adjusts_step_down():
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.5]), [0.04, 0.09, 0.09, 0.5])
+    assert len(holm([])) == 0
+
+
+def test_a_true_graph_passes_at_the_nominal_rate_over_seeds():
+    # The check fails a graph when a Holm-adjusted p-value is under the level: with the data drawn
+    # from the graph, in at most 5% of seeds at 0.05. Here the table holds A, B, C and T only (M
+    # and Y unobserved), so the graph implies A _||_ B and C _||_ T | A, B (a binary treatment
+    # given a continuous and a binary variable): two regressions a seed, so 80 seeds fit the time.
+    # A valid check fails in at most 9 (binom.isf(0.01, 80, 0.05) = 9; more has probability
+    # 0.0065). A check failing true graphs in 20% of seeds passes anyway with probability 0.029,
+    # in 15% with 0.22. The conditional statement is held to its own 5% level the same way.
+    # Measured: the check failed in 8 seeds, C _||_ T | A, B was rejected in 5 (the GCM is somewhat
+    # liberal at n = 1,000: see components/graph_checks.py).
+    # tests/benchmarks/bench_graph_checks.py measures every statement of the full graph over 400
+    # seeds (docs/benchmarks.md#statistical-checks).
+    graph, seeds = CausalGraph.parse(TRUE_GRAPH), 80
+    failed = rejected = 0
+    for seed in range(seeds):
+        result = check_graph(graph, simulate(seed)[["A", "B", "C", "T"]], seed)
+        assert [s["statement"] for s in result["statements"]] == ["A _||_ B", "C _||_ T | A, B"]
+        failed += result["min_adjusted_p_value"] < 0.05
+        rejected += result["statements"][1]["p_value"] < 0.05
+    assert failed <= binom.isf(0.01, seeds, 0.05), failed
+    assert rejected <= binom.isf(0.01, seeds, 0.05), rejected
+
+
+def test_a_graph_missing_an_edge_the_data_have_fails_naming_the_independence_they_contradict():
+    table = simulate(0)
+    result = check_graph(CausalGraph.parse(DROPPED_EDGE), table, seed=0)
+    (contradicted,) = rejected(result, 0.01)
+    assert contradicted["statement"] == "A _||_ Y | C, T" and contradicted["adjusted_p_value"] < 1e-4
+    assert result["correction"] == "holm" and result["rows"] == 1000 and result["untestable"] == []
+    assert check_graph(CausalGraph.parse(TRUE_GRAPH), table, seed=0)["min_adjusted_p_value"] > 0.05
+
+
+def test_statements_on_unusable_columns_are_listed_untestable_and_rows_are_capped():
+    table = simulate(1).assign(B=lambda d: d["B"].map({0.0: "no", 1.0: "yes"}))
+    result = check_graph(CausalGraph.parse(TRUE_GRAPH), table, seed=0, max_rows=300)
+    assert result["rows"] == 300
+    assert {u["statement"] for u in result["untestable"]} == {"A _||_ B", "C _||_ T | A, B", "B _||_ M | C, T",
+                                                              "B _||_ Y | A, C, T"}
+    assert all(u["reason"] == "column 'B' is not numeric" for u in result["untestable"])
+    assert [s["statement"] for s in result["statements"]] == ["A _||_ M | C, T", "C _||_ Y | A, T, M"]
+    assert check_graph(None, table) == {"given": False, "note": "no causal graph was given: no implications to test"}
