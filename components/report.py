@@ -129,7 +129,8 @@ def render_report(result: dict, header: ReportHeader | None = None) -> str:
         body.append(_overlap_section(result["overlap"], t))
     body += [_balance_section(result["balance"], t), _nuisance_section(result["nuisance"]),
              _refuters_section(result["refuters"], eff, result.get("gate_config", {}), unit),
-             _sensitivity_section(result["sensitivity"], eff, unit), _graph_section(result.get("graph"))]
+             _sensitivity_section(result["sensitivity"], eff, unit),
+             _graph_section(result.get("graph"), result.get("graph_checks"))]
     return _page(title, facts, body, result, "The evaluation")
 
 
@@ -323,8 +324,9 @@ def _sensitivity_section(sens: dict, eff: dict, unit: str) -> str:
     return _section("Sensitivity to an unobserved confounder", text, chart, table)
 
 
-def _graph_section(graph: dict | None) -> str:
-    """The declared causal graph (the card's `graph` section), or the statement that none was given."""
+def _graph_section(graph: dict | None, checks: dict | None = None) -> str:
+    """The declared causal graph (the card's `graph` section), or the statement that none was given;
+    with `checks` (evaluate's `graph_checks`), the table of its implied independences tested."""
     if not graph:
         return ""
     if not graph.get("given"):
@@ -333,7 +335,14 @@ def _graph_section(graph: dict | None) -> str:
     criterion = graph.get("criterion")
     adjustment = ", ".join(graph.get("adjustment_set", ())) or "the empty set"
     text = (f"<p>Adjustment set: {html.escape(adjustment)}. {html.escape(criterion)}.</p>" if criterion else "")
-    return _section("Causal graph", chart, text)
+    tests = ""
+    if checks and checks.get("given") and checks.get("statements"):
+        tests = (f"<p>Implied independences tested ({html.escape(str(checks['test']))}, "
+                 f"{html.escape(str(checks['correction']))}-adjusted):</p>"
+                 + _table([(t["statement"], t["statistic"], t["p_value"], t["adjusted_p_value"])
+                           for t in sorted(checks["statements"], key=lambda t: t["adjusted_p_value"])],
+                          ("independence", "statistic", "p-value", "adjusted p-value")))
+    return _section("Causal graph", chart, text, tests)
 
 
 def _finite(v) -> bool:

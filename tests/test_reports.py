@@ -158,6 +158,15 @@ def test_the_causal_graph_is_drawn_in_layers_with_latent_nodes_dashed_and_treatm
     section = {**graph.to_dict(), "given": True, "treatment": "T", "outcome": "Y", "adjustment_set": ["Z", "W"]}
     assert charts.graph_chart(section, title="g") == charts.graph_chart(graph, title="g", treatment="T",
                                                                          outcome="Y", adjustment=["Z", "W"])
+    # With evaluate's graph checks, the section lists each tested independence, the least supported first.
+    from tauforge.components.report import _graph_section
+
+    checks = {"given": True, "test": "GCM", "correction": "holm", "statements": [
+        {"statement": "W _||_ Z", "statistic": 0.3, "p_value": 0.7, "adjusted_p_value": 0.9},
+        {"statement": "W _||_ T | Z", "statistic": 4.1, "p_value": 1e-4, "adjusted_p_value": 2e-4}]}
+    html_text = _graph_section(section, checks)
+    assert html_text.index("W _||_ T | Z") < html_text.index("W _||_ Z") and "adjusted p-value" in html_text
+    assert "adjusted p-value" not in _graph_section(section)
 
 
 def test_mismatched_series_are_refused_naming_the_series():
