@@ -46,7 +46,8 @@ def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys):
     result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS, progress=True)
     log = capsys.readouterr().err.splitlines()  # a task log's progress: one line per slow check, time left
     assert [line.split(":")[2].split(" done")[0].strip() for line in log] == [
-        "placebo refuter", "random common cause refuter", "data subset refuter", "heterogeneity"]
+        "placebo refuter", "random common cause refuter", "data subset refuter", "heterogeneity", "uplift",
+        "graph checks"]
     assert log[0].startswith("tauforge: evaluate: ") and "s left" in log[0] and log[-1].endswith("about 0 s left")
     assert result["balance"]["over_threshold"] == ["x0"]  # the confounder, and only it
     t_hat = residuals.column("t_hat")
