@@ -49,13 +49,11 @@ RUN python -m tauforge.kernels.warmup && chmod -R a+rX /opt/tauforge/numba-cache
 FROM ${PYTHON_BASE}
 # The model card records the commit it was trained by; there is no .git inside the image.
 ARG GIT_COMMIT=""
-# OMP_WAIT_POLICY: idle OpenMP workers sleep rather than spin (why: pipelines/cli.py's main).
 ENV PATH=/opt/tauforge/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TAUFORGE_GIT_COMMIT=${GIT_COMMIT} \
     NUMBA_CACHE_DIR=/opt/tauforge/numba-cache \
-    NUMBA_CPU_NAME=generic \
-    OMP_WAIT_POLICY=PASSIVE
+    NUMBA_CPU_NAME=generic
 COPY --from=build /opt/tauforge /opt/tauforge
 # A fixed numeric uid so that runAsNonRoot can be checked by Kubernetes without a passwd lookup.
 # /var/log/tauforge: the predictor's event log (--log-dir in the InferenceService), written as that user.

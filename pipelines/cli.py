@@ -382,6 +382,10 @@ def _models_diff(store, args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Idle OpenMP workers sleep instead of spinning: after every request's parallel tree walk,
+    # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
+    # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tauforge.serving.server import build_model, serve
 
     store = None if args.model_dir else _store_uri(args)
@@ -696,12 +700,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP workers sleep instead of spinning, here and in the pipeline tasks this process
-    # starts (they inherit the environment). Spinning workers took the cores others needed: the
-    # server's event loop (p99 34 ms -> 12 ms at 100 req/s, tests/benchmarks/bench_serving.py), and
-    # side-by-side tasks or a busy machine (the evaluate step's nuisance refits, 2.2 s each
-    # passive, 50-100 s spinning beside other work on 2 cores). Read when OpenMP loads: set first.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     # argparse gives a positional list that follows the action only the words right after it:
     # `models diff --name M 1 2` leaves `1 2` over; they are the versions to compare.
