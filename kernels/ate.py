@@ -7,7 +7,7 @@ The average effect is the mean of the debiased (AIPW) score of the out-of-bag CA
 
 as grf's `average_treatment_effect` forms it. For a binary treatment V = e (1 - e) and psi is
 the doubly robust score of the ATE (EconML's `CausalForestDML.ate_`); for a continuous one V is
-a cross-fitted model of t~^2 (`kernels.nuisance.fit_treatment_variance`) and the mean is the
+a cross-fitted model of t~^2 (`kernels.nuisance.treatment_variance`) and the mean is the
 average partial effect E[tau(X)]. The partially linear estimate sum t~ y~ / sum t~^2 weights
 each row's effect by its treatment variance: it is kept under its own name,
 `variance_weighted_effect`, and is not the average effect when both vary with x.

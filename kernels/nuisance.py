@@ -16,12 +16,15 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from .ate import MIN_PROPENSITY, floor_variance, propensity_variance
 
+# The default nuisance models' boosting settings (and the treatment variance model's).
+_SMOOTH_BOOSTING = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, early_stopping=True)
+
 
 def default_nuisance_model(classifier: bool, seed: int) -> Any:
     """HistGradientBoosting with early stopping always on and a slower, smoother fit than
     scikit-learn's defaults: residuals from an overfit nuisance model bias the forest (with the
     defaults, which stop early only above 10,000 rows, a 0.5 propensity is fit worse than a constant)."""
-    params = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, early_stopping=True, random_state=seed)
+    params = dict(_SMOOTH_BOOSTING, random_state=seed)
     return HistGradientBoostingClassifier(**params) if classifier else HistGradientBoostingRegressor(**params)
 
 
@@ -135,8 +138,7 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
     v_hat = np.empty(len(T))
     for k in np.unique(fold):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = HistGradientBoostingRegressor(loss="poisson", learning_rate=0.05, max_iter=300, min_samples_leaf=50,
-                                              early_stopping=True, random_state=seed)
+        model = HistGradientBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)
         kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
         v_hat[test] = model.fit(XW[train], target[train], **kw).predict(XW[test])
     return floor_variance(v_hat, T - t_hat, sample_weight)
