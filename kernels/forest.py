@@ -348,7 +348,8 @@ class CausalForest(BaseEstimator):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
             valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk])  # out-of-bag trees
             if correction is not None:
-                values = leaf_moments.to(ids.device)[ids].to(torch.float64)
+                leaf_moments = leaf_moments.to(ids.device)  # moved once: a no-op from the second chunk on
+                values = leaf_moments[ids].to(torch.float64)
                 tau, var = local_linear_estimate(values, torch.as_tensor(z[lo:lo + chunk], device=ids.device),
                                                  correction.ridge, self.ci_group_size,
                                                  None if valid is None else valid.to(ids.device), with_variance,

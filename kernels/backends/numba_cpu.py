@@ -341,11 +341,11 @@ def _pick(cand_s, n_cand, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_id
             break
         cand_s[top] = -np.inf
     bar = best - TIE_RTOL * best
-    for i in range(n_cand):
+    for i in range(top):  # an earlier admissible candidate within the bar; else top, already counted
         if cand_s[i] >= bar and _counts_ok(i, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi,
                                            a, min_leaf):
             return i
-    return -1
+    return top
 
 
 @njit(error_model="numpy")
