@@ -15,7 +15,7 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs, forest_codec
-from .backends import get_backend
+from .backends import LEAF_IDS_PER_CHUNK, get_backend
 from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
 from .local_linear import DEFAULT_RIDGE, LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
@@ -33,11 +33,8 @@ FORMAT = "tauforge.causal_forest"
 # correction). 1, 2 and 3 are still read.
 FORMAT_VERSION = 4
 PLAIN_FORMAT_VERSION = 3
-# Prediction works on chunks of rows. The leaf walk streams every tree through the cache once per
-# chunk, so larger chunks walk faster (trees grown on 1e6 rows: 472 ns per row and tree at 1,048
-# rows a chunk, 173 ns at 8,192). The numba path keeps only (rows, trees) int64 leaf ids, 128 MB
-# at most; the torch and out-of-bag paths gather (rows, trees, 4) float64 values, 64 MB at most.
-_LEAF_IDS_PER_CHUNK = 1 << 24
+# Prediction works on chunks of rows (backends.LEAF_IDS_PER_CHUNK leaf ids on the numba path). The
+# torch and out-of-bag paths gather (rows, trees, 4) float64 values, 64 MB at most.
 _GATHERED_PER_CHUNK = 1 << 21
 
 
@@ -247,7 +244,7 @@ class CausalForest(BaseEstimator):
             return  # nothing to correct with: the plain forest
         self.linear_correction_ = LocalLinearCorrection.fit(
             variables, self.linear_correction_ridge, X, T, y, weights,
-            _estimation_leaves(self._backend, binned.fine, self.forest_, samples), len(self.forest_.leaf_values))
+            self._backend.estimation_leaves(binned.fine, self.forest_, samples), len(self.forest_.leaf_values))
 
     @classmethod
     def merge(cls, shards: list[CausalForest]) -> CausalForest:
@@ -341,7 +338,7 @@ class CausalForest(BaseEstimator):
             leaf_moments = torch.as_tensor(correction.leaf_moments)
             budget = _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables))
         else:
-            budget = _LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
+            budget = LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
         chunk = max(1, budget // self.forest_.n_trees)
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
@@ -564,20 +561,6 @@ def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples:
         trees += backend.grow(binned, mom, flat[lo:lo + per_call], rule)
         bar.update(min(per_call, len(flat) - lo))
     return trees
-
-
-def _estimation_leaves(backend, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
-    """(training row, global leaf row) of every tree's estimation rows, in blocks of rows: the
-    leaves the estimation half fills, which the local linear correction averages over."""
-    tree_of = np.concatenate([np.full(len(t.estimation), b, dtype=np.int64) for b, t in enumerate(samples)])
-    row_of = np.concatenate([t.estimation for t in samples]).astype(np.int64)
-    order = np.argsort(row_of, kind="stable")
-    tree_of, row_of = tree_of[order], row_of[order]
-    chunk = max(1, _LEAF_IDS_PER_CHUNK // forest.n_trees)
-    for lo in range(0, fine.shape[0], chunk):
-        ids = backend.leaf_ids(np.ascontiguousarray(fine[lo:lo + chunk]), forest).cpu().numpy()
-        a, b = np.searchsorted(row_of, [lo, lo + chunk])
-        yield row_of[a:b], ids[row_of[a:b] - lo, tree_of[a:b]]
 
 
 def _trees_per_batch(backend: str, n_rows: int) -> int:

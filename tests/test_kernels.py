@@ -140,6 +140,18 @@ def test_leaf_ids_agree_and_follow_the_splits():
         assert ids_numba[i, 0] == forest.child[node]
 
 
+def test_estimation_leaves_are_each_trees_own_rows_in_their_leaves():
+    """Both backends list, for every tree, exactly its estimation rows with the leaf each reaches."""
+    data, mom, trees = _problem(2000)
+    forest = ForestArrays.from_trees(NumbaBackend().grow(data, mom, trees, RULES[0]))
+    ids = NumbaBackend().leaf_ids(data.fine, forest).numpy()
+    expected = sorted((int(r), int(ids[r, b])) for b, t in enumerate(trees) for r in t.estimation)
+    for backend in (NumbaBackend(), TorchBackend(torch.device("cpu"))):
+        got = sorted((int(r), int(leaf)) for rows, leaves in backend.estimation_leaves(data.fine, forest, trees)
+                     for r, leaf in zip(rows, leaves))
+        assert got == expected, backend.name
+
+
 def test_forest_arrays_merge_and_tree_roundtrip():
     data, mom, trees = _problem(1500)
     grown = NumbaBackend().grow(data, mom, trees, RULES[0])

@@ -32,11 +32,9 @@ def test_without_covariates_the_correction_is_the_forest_itself():
     X, t, y, _ = _steep(1500, 0)
     forest = _forest().fit(X, t, y)
     samples = forest._sampler(len(t)).trees(0, forest.n_estimators // forest.ci_group_size)
-    from tauforge.kernels.forest import _estimation_leaves
-
     plain = LocalLinearCorrection.fit((), 0.1, X, t, y, np.ones(len(t)),
-                                      _estimation_leaves(forest._backend, forest.binner_.bin(X).fine,
-                                                         forest.forest_, samples),
+                                      forest._backend.estimation_leaves(forest.binner_.bin(X).fine, forest.forest_,
+                                                                        samples),
                                       len(forest.forest_.leaf_values))
     X_test = _steep(300, 1)[0]
     ids = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)

@@ -19,10 +19,21 @@ from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
 from .torch_level import TorchLevelGrower, leaf_ids_torch
 
+_TREES_PER_BLOCK = 64  # estimation_leaves: trees per block of (row, leaf) pairs
+# Leaf walks of many rows work on chunks of rows. The walk streams every tree through the cache
+# once per chunk, so larger chunks walk faster (trees grown on 1e6 rows: 472 ns per row and tree
+# at 1,048 rows a chunk, 173 ns at 8,192); (rows, trees) int64 leaf ids, 128 MB at most.
+LEAF_IDS_PER_CHUNK = 1 << 24
+
 
 class NumbaBackend:
     name = "numba"
     device = torch.device("cpu")
+
+    def __init__(self):
+        # CPU cycles each phase of growth took (numba_cpu.PHASES), summed over the trees grown by
+        # this backend: the profile behind docs/benchmarks.md's split of a tree's time.
+        self.phase_cycles = np.zeros(len(numba_cpu.PHASES))
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
@@ -40,11 +51,13 @@ class NumbaBackend:
         child = np.empty((T, cap), dtype=np.int64)
         leaf = np.empty((T, cap, 4), dtype=np.float64)
         counts = np.empty((T, 2), dtype=np.int64)
+        phase_cycles = np.zeros((T, len(numba_cpu.PHASES)))
         numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
                              data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
                              float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
                              bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, feature, threshold, child,
-                             leaf, counts)
+                             leaf, counts, phase_cycles)
+        self.phase_cycles += phase_cycles.sum(axis=0)
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
                            leaf[t, :nl].copy()) for t, (nn, nl) in enumerate(counts)]
 
@@ -53,6 +66,19 @@ class NumbaBackend:
         numba_cpu.leaf_ids(np.ascontiguousarray(fine), forest.feature, forest.threshold, forest.child,
                            forest.roots, out)
         return torch.from_numpy(out)
+
+    def estimation_leaves(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
+        """(training row, global leaf row) of every tree's estimation rows, in blocks of trees:
+        each tree walks its own rows only."""
+        fine = np.ascontiguousarray(fine)
+        for lo in range(0, len(samples), _TREES_PER_BLOCK):
+            block = samples[lo:lo + _TREES_PER_BLOCK]
+            rows = np.concatenate([t.estimation for t in block]).astype(np.int64)
+            offsets = np.concatenate([[0], np.cumsum([len(t.estimation) for t in block])]).astype(np.int64)
+            leaves = np.empty(len(rows), dtype=np.int64)
+            numba_cpu.own_leaf_ids(fine, forest.feature, forest.threshold, forest.child,
+                                   forest.roots[lo:lo + len(block)], rows, offsets, leaves)
+            yield rows, leaves
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
                  valid: torch.Tensor | None = None,
@@ -99,6 +125,19 @@ class TorchBackend:
         fine = torch.as_tensor(np.asarray(fine, dtype=np.int32) if isinstance(fine, np.ndarray) else fine,
                                device=self.device)
         return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
+
+    def estimation_leaves(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
+        """(training row, global leaf row) of every tree's estimation rows, in blocks of rows:
+        every row walks every tree at once (the device's way), and each tree keeps its own rows."""
+        tree_of = np.concatenate([np.full(len(t.estimation), b, dtype=np.int64) for b, t in enumerate(samples)])
+        row_of = np.concatenate([t.estimation for t in samples]).astype(np.int64)
+        order = np.argsort(row_of, kind="stable")
+        tree_of, row_of = tree_of[order], row_of[order]
+        chunk = max(1, LEAF_IDS_PER_CHUNK // forest.n_trees)
+        for lo in range(0, fine.shape[0], chunk):
+            ids = self.leaf_ids(np.ascontiguousarray(fine[lo:lo + chunk]), forest).cpu().numpy()
+            a, b = np.searchsorted(row_of, [lo, lo + chunk])
+            yield row_of[a:b], ids[row_of[a:b] - lo, tree_of[a:b]]
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
                  valid: torch.Tensor | None = None,

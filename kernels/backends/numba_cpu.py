@@ -23,6 +23,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from ..splitting import HI, LO, ST, STT, STY, SY, TIE_RTOL, E, N
 from .numba_cache import njit
@@ -30,6 +33,40 @@ from .numba_cache import njit
 _LEFT_SALT = np.uint64(0x9E3779B97F4A7C15)
 _RIGHT_SALT = np.uint64(0xD1B54A32D192ED03)
 _COUNT_SALT = np.uint64(0x8CB92BA72F3D8DD7)
+
+
+# ---- The grower's own profile: CPU cycles per phase, per tree ----
+
+# What `grow_trees` times in each tree (its `out_cycles` columns, in this order). The counter
+# costs about 20 cycles a read, a few reads a node: under 1% of a tree's time.
+PHASES = ("gather rows", "allocation, root totals", "histogram build", "sibling subtraction", "fine roots: copy, sort",
+          "side counts", "coarse scan", "coarse scores", "fine scan and scores", "pick split", "partition",
+          "leaf moments", "renumber")
+(_GATHER, _ROOT, _HIST, _SUBTRACT, _FINE_ROOT, _SIDES, _COARSE, _SCORE, _FINE, _PICK, _PARTITION, _LEAF,
+ _RENUMBER) = range(len(PHASES))
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's cycle counter (rdtsc on x86): a clock cheap enough to read inside the kernels."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.uint64(), codegen
+
+
+@njit()
+def _tick(prof, phase, start):
+    """Add the cycles since `start` to prof[phase]; return the counter now (the next phase's start)."""
+    now = cycles()
+    prof[phase] += np.float64(now - start)
+    return now
+
+
+@njit()
+def cycles_now():
+    return cycles()
 
 
 # ---- The splitting rule and per-node randomness (see kernels/splitting.py for the definitions) ----
@@ -109,32 +146,36 @@ def parent_stats(tot):
     return a, b, tau, var
 
 
+@njit(inline="always", error_model="numpy")
+def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, tau, counts_known, min_leaf, penalty):
+    """The score of one candidate left child from its sums and row counts, -inf if inadmissible
+    (`least` = alpha times the parent's sum of squares); without `counts_known` the row counts
+    are left to `_pick`. Branch-free, so that the loops calling it vectorize."""
+    tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
+    rN = tN - lN
+    rSt = tSt - lSt
+    size_l = lStt - lSt * lSt / lN
+    size_r = (tStt - lStt) - rSt * rSt / rN
+    s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
+    score = s * s * (1.0 / lN + 1.0 / rN)
+    if penalty > 0.0:
+        score -= penalty * (1.0 / size_l + 1.0 / size_r)
+    ok = ((lE >= min_leaf) & (tE - lE >= min_leaf) & (size_l >= least) & (size_r >= least)
+          & ((penalty == 0.0) | ((size_l > 0.0) & (size_r > 0.0))))
+    counts_ok = ((lLo >= min_leaf) & (lHi >= min_leaf) & (tLo - lLo >= min_leaf) & (tHi - lHi >= min_leaf))
+    ok &= counts_ok | (not counts_known)
+    return score if ok else -np.inf
+
+
 @njit(error_model="numpy")
 def score_candidates(cum, n, tot, a, b, tau, counts_known, min_leaf, alpha, penalty, out):
     """Scores of n candidate left children, cum[:, i] = their sums and row counts (8, n), into out[:n].
 
-    Inadmissible candidates score -inf; without `counts_known` the row counts are left to
-    `_pick`. Written without branches so that LLVM vectorizes it: this loop runs once per
-    candidate bin of every node and dominates a CPU fit.
-    """
-    tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
-    least = alpha * (tStt - tSt * tSt / tN)
+    This loop runs once per candidate bin of every node split on histograms."""
+    least = alpha * (tot[STT] - tot[ST] * tot[ST] / tot[N])
     for i in range(n):
-        lN, lSt, lSy, lSty, lStt, lE = cum[0, i], cum[1, i], cum[2, i], cum[3, i], cum[4, i], cum[5, i]
-        lLo, lHi = cum[6, i], cum[7, i]
-        rN = tN - lN
-        rSt = tSt - lSt
-        size_l = lStt - lSt * lSt / lN
-        size_r = (tStt - lStt) - rSt * rSt / rN
-        s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
-        score = s * s * (1.0 / lN + 1.0 / rN)
-        if penalty > 0.0:
-            score -= penalty * (1.0 / size_l + 1.0 / size_r)
-        ok = ((lE >= min_leaf) & (tE - lE >= min_leaf) & (size_l >= least) & (size_r >= least)
-              & ((penalty == 0.0) | ((size_l > 0.0) & (size_r > 0.0))))
-        counts_ok = ((lLo >= min_leaf) & (lHi >= min_leaf) & (tLo - lLo >= min_leaf) & (tHi - lHi >= min_leaf))
-        ok &= counts_ok | (not counts_known)
-        out[i] = score if ok else -np.inf
+        out[i] = candidate_score(cum[0, i], cum[1, i], cum[2, i], cum[3, i], cum[4, i], cum[5, i], cum[6, i],
+                                 cum[7, i], tot, least, a, b, tau, counts_known, min_leaf, penalty)
 
 
 @njit(error_model="numpy")
@@ -222,95 +263,211 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
     return n_cand
 
 
-@njit(error_model="numpy")
-def _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
-                 fmask, tot, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k, cand_cum):
-    """Collect a small node's candidate splits on fine codes (as `_scan_hist` on coarse ones), with
-    their row counts on each side of the node's mean treatment residual (channels LO, HI).
+# Below this many rows a node's codes are insertion-sorted: the radix sort's two passes over 256
+# buckets cost more than m^2/4 compares there, and most nodes of a deep tree are that small.
+_INSERTION_ROWS = 48
 
-    The node's rows are copied into contiguous buffers (channels in `buf`, fine codes transposed
-    into `node_codes`); a two-pass radix sort of the uint16 codes costs O(rows + 512) per
-    feature, and the sweep touches only the node's rows."""
-    ns = s_hi - s_lo
-    m = ns + (e_hi - e_lo)
+
+@njit(error_model="numpy")
+def _sort_codes(col, m, counts, order, scratch):
+    """order[:m] = the stable ascending order of col[:m] (uint16): insertion sort for few rows, else
+    an LSD radix sort on the low byte, then on the high byte where the codes' high bytes differ."""
+    if m <= _INSERTION_ROWS:
+        for i in range(m):
+            key = col[i]
+            k = i
+            while k > 0 and col[order[k - 1]] > key:
+                order[k] = order[k - 1]
+                k -= 1
+            order[k] = i
+        return
+    counts[:] = 0
+    high_lo = high_hi = col[0] >> 8
+    for i in range(m):
+        counts[(col[i] & 0xFF) + 1] += 1
+        high = col[i] >> 8
+        high_lo = min(high_lo, high)
+        high_hi = max(high_hi, high)
+    for c in range(256):
+        counts[c + 1] += counts[c]
+    one_pass = high_lo == high_hi
+    first = order if one_pass else scratch
+    for i in range(m):
+        c = col[i] & 0xFF
+        first[counts[c]] = i
+        counts[c] += 1
+    if one_pass:
+        return
+    counts[:] = 0
+    for i in range(m):
+        counts[(col[i] >> 8) + 1] += 1
+    for c in range(256):
+        counts[c + 1] += counts[c]
+    for k in range(m):
+        i = scratch[k]
+        c = col[i] >> 8
+        order[counts[c]] = i
+        counts[c] += 1
+
+
+# A node of fewer than `small_node` rows (a fine node) chooses among splits at every fine code.
+# The first fine node on a path (a fine root) copies its rows of positive weight into small local
+# buffers: their channels, fine codes, and per feature the rows in code order (a radix sort).
+# Its descendants never sort again: a split partitions every feature's order stably into the
+# children's (as CART implementations with presorted features do), so a node sweeps its rows in
+# code order at O(rows) per feature, in cache. Depth-first growth finishes a fine root's subtree
+# before it meets another fine root, so one set of buffers (small_node rows) serves the tree.
+# Rows of zero weight add nothing anywhere and are left out. Within a fine subtree a node's range
+# (on the stack) indexes these orders, not s_idx and e_idx, which are no longer partitioned there.
+_NOT_LOCAL, _LEAF_ONLY, _ORDERED = 0, 1, 2  # what the local buffers hold of a node (stack flag)
+
+
+@njit(error_model="numpy")
+def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local, local_codes, order,
+               e_row, counts, scratch):
+    """Fill the local buffers from a fine root's rows; return their number. Local rows are the
+    structure rows, then the estimation rows: local[q] = (w, wt, wy, wty, wtt, 0, t = wt / w, 1)
+    for a structure row, (0, 0, 0, 0, 0, 1, 0, 0) and its index into mom_e in e_row[q] for an
+    estimation row; order[j] = the local rows by fine code j."""
     p = fine_s.shape[1]
-    a = tot[ST] / tot[N]
-    for i in range(ns):
-        r = s_idx[s_lo + i]
-        for c in range(5):
-            buf[i, c] = mom_s[r, c]
-        buf[i, 5] = 0.0
+    m = 0
+    for ii in range(s_lo, s_hi):
+        r = s_idx[ii]
         w = mom_s[r, 0]
-        below = w > 0.0 and mom_s[r, 1] / w < a
-        buf[i, 6] = 1.0 if below else 0.0
-        buf[i, 7] = 1.0 if w > 0.0 and not below else 0.0
-        for j in range(p):
-            node_codes[j, i] = fine_s[r, j]
-    for i in range(m - ns):
-        r = e_idx[e_lo + i]
-        buf[ns + i, :5] = 0.0
-        buf[ns + i, 5] = 1.0 if mom_e[r, 0] > 0.0 else 0.0
-        buf[ns + i, 6:] = 0.0
-        for j in range(p):
-            node_codes[j, ns + i] = fine_e[r, j]
-    n_cand = 0
+        if w > 0.0:
+            for c in range(5):
+                local[m, c] = mom_s[r, c]
+            local[m, 5] = 0.0
+            local[m, 6] = mom_s[r, 1] / w
+            local[m, 7] = 1.0
+            for j in range(p):
+                local_codes[j, m] = fine_s[r, j]
+            m += 1
+    for ii in range(e_lo, e_hi):
+        r = e_idx[ii]
+        if mom_e[r, 0] > 0.0:
+            local[m, :] = 0.0
+            local[m, 5] = 1.0
+            e_row[m] = r
+            for j in range(p):
+                local_codes[j, m] = fine_e[r, j]
+            m += 1
     for j in range(p):
+        _sort_codes(local_codes[j], m, counts, order[j], scratch)
+    return m
+
+
+@njit(error_model="numpy")
+def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_leaf, alpha, penalty, cum, cand_j,
+               cand_k, cand_s):
+    """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
+    holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist` on
+    coarse bins), with the row counts on each side of the parent's mean `a` summed along, so the
+    scores are complete. Returns the number of candidates, in (feature, code) order.
+
+    One feature at a time: its sweep writes the candidates' sums into `cum` (8, small_node), which
+    `score_candidates` reads while it is still in cache; only the scores of all features are kept
+    (`_fine_left_sums` recomputes the winner's sums). The sweep appends without branching: every
+    row writes a slot, and the count only advances after the last row of a code holding structure
+    rows with both children big enough (branches here mispredict on every other row)."""
+    tE = tot[E]
+    n_cand = 0
+    for j in range(local_codes.shape[0]):
         if not fmask[j]:
             continue
-        col = node_codes[j]
-        # Stable LSD radix sort on the low byte, then the high byte.
-        counts[:] = 0
-        for i in range(m):
-            counts[(col[i] & 0xFF) + 1] += 1
-        for c in range(256):
-            counts[c + 1] += counts[c]
-        for i in range(m):
-            c = col[i] & 0xFF
-            order2[counts[c]] = i
-            counts[c] += 1
-        counts[:] = 0
-        for i in range(m):
-            counts[(col[i] >> 8) + 1] += 1
-        for c in range(256):
-            counts[c + 1] += counts[c]
-        for k in range(m):
-            i = order2[k]
-            c = col[i] >> 8
-            order[counts[c]] = i
-            counts[c] += 1
-        # The sweep appends without branching: every row writes a candidate slot, and the count
-        # only advances after the last row of a code holding structure rows, with both children
-        # big enough. (Branches here mispredict on every other row.)
+        col = local_codes[j]
+        rows = order[j]
         c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
         has_structure = False
-        tE = tot[E]
-        for k in range(m - 1):
-            i = order[k]
-            has_structure |= buf[i, 0] > 0.0
-            c0 += buf[i, 0]
-            c1 += buf[i, 1]
-            c2 += buf[i, 2]
-            c3 += buf[i, 3]
-            c4 += buf[i, 4]
-            c5 += buf[i, 5]
-            c6 += buf[i, 6]
-            c7 += buf[i, 7]
-            code = col[i]
-            boundary = col[order[k + 1]] != code
-            cand_j[n_cand] = j
-            cand_k[n_cand] = code
-            cand_cum[0, n_cand] = c0
-            cand_cum[1, n_cand] = c1
-            cand_cum[2, n_cand] = c2
-            cand_cum[3, n_cand] = c3
-            cand_cum[4, n_cand] = c4
-            cand_cum[5, n_cand] = c5
-            cand_cum[6, n_cand] = c6
-            cand_cum[7, n_cand] = c7
+        n = 0
+        for k in range(lo, hi - 1):
+            q = rows[k]
+            structure = local[q, 7]
+            below = structure * (local[q, 6] < a)
+            has_structure |= structure > 0.0
+            c0 += local[q, 0]
+            c1 += local[q, 1]
+            c2 += local[q, 2]
+            c3 += local[q, 3]
+            c4 += local[q, 4]
+            c5 += local[q, 5]
+            c6 += below
+            c7 += structure - below
+            code = col[q]
+            boundary = col[rows[k + 1]] != code
+            cand_k[n_cand + n] = code
+            cum[0, n] = c0
+            cum[1, n] = c1
+            cum[2, n] = c2
+            cum[3, n] = c3
+            cum[4, n] = c4
+            cum[5, n] = c5
+            cum[6, n] = c6
+            cum[7, n] = c7
             keep = boundary & has_structure & (c5 >= min_leaf) & (tE - c5 >= min_leaf)
-            n_cand += np.int64(keep)
+            n += np.int64(keep)
             has_structure &= not boundary
+        score_candidates(cum, n, tot, a, b, tau, True, min_leaf, alpha, penalty, cand_s[n_cand:])
+        cand_j[n_cand:n_cand + n] = j
+        n_cand += n
     return n_cand
+
+
+@njit(error_model="numpy")
+def _fine_left_sums(local, local_codes, order, lo, hi, f, thr, out):
+    """out[:6] = the channel sums of a fine node's rows with code <= thr on feature f, added in the
+    sweep's order, so that they equal the winning candidate's sums bit for bit."""
+    out[:] = 0.0
+    col = local_codes[f]
+    rows = order[f]
+    for k in range(lo, hi):
+        q = rows[k]
+        if col[q] > thr:
+            break
+        for c in range(6):
+            out[c] += local[q, c]
+
+
+@njit(error_model="numpy")
+def _fine_count_sides(local, rows, lo, hi, a):
+    """`_count_sides` of a fine node from the local buffers."""
+    below = 0.0
+    above = 0.0
+    for k in range(lo, hi):
+        q = rows[k]
+        structure = local[q, 7]
+        is_below = structure * (local[q, 6] < a)
+        below += is_below
+        above += structure - is_below
+    return below, above
+
+
+@njit(error_model="numpy")
+def _partition_order(rows, lo, hi, side, thr, scratch):
+    """Partition rows[lo:hi] stably by side[row] <= thr; return the number on the left."""
+    nl = 0
+    nr = 0
+    for k in range(lo, hi):
+        q = rows[k]
+        left = side[q] <= thr
+        rows[lo + nl] = q  # written to both places, kept in one: no branch to mispredict
+        scratch[nr] = q
+        nl += np.int64(left)
+        nr += np.int64(not left)
+    for k in range(nr):
+        rows[lo + nl + k] = scratch[k]
+    return nl
+
+
+@njit(error_model="numpy")
+def _split_fine(local_codes, order, lo, hi, f, thr, every_feature, scratch):
+    """Partition the orders of a fine node's rows [lo, hi) stably into its children's (rows with
+    code <= thr on feature f first): every feature's, or with `every_feature` False only the first
+    feature's (enough to find a leaf's rows); return the left child's row count."""
+    nl = 0
+    for j in range(local_codes.shape[0] if every_feature else 1):
+        nl = _partition_order(order[j], lo, hi, local_codes[f], thr, scratch)
+    return nl
 
 
 @njit(error_model="numpy")
@@ -368,24 +525,30 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
 
 @njit(error_model="numpy")
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
-              max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf):
+              max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf,
+              prof):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
 
     The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
     (w, wt, wy, wty, wtt) [ns, 5]; *_e: the estimation half. Thresholds are fine codes;
-    out_leaf rows hold the leaf means of (t, y, ty, tt).
+    out_leaf rows hold the leaf means of (t, y, ty, tt). prof[phase] gains the cycles spent in
+    each of PHASES.
     """
+    clock = cycles()
     ns, p = codes_s.shape
     ne = codes_e.shape[0]
     cap = out_feature.shape[0]
     s_idx = np.arange(ns).astype(np.int32)
     e_idx = np.arange(ne).astype(np.int32)
     scratch = np.empty(max(ns, ne), dtype=np.int32)
-    buf = np.empty((ns + ne, 8))
-    node_codes = np.empty((p, ns + ne), dtype=np.uint16)
+    # The local buffers of the current fine root's subtree (see `_fine_root`).
+    local = np.empty((small_node, 8))
+    local_codes = np.empty((p, small_node), dtype=np.uint16)
+    order = np.empty((p, small_node), dtype=np.int32)
+    e_row = np.empty(small_node, dtype=np.int64)
+    fine_cum = np.empty((8, small_node))
     counts = np.empty(257, dtype=np.int64)
-    order = np.empty(ns + ne, dtype=np.int64)
-    order2 = np.empty(ns + ne, dtype=np.int64)
+    fine_scratch = np.empty(small_node, dtype=np.int32)
     fmask = np.zeros(p, dtype=np.bool_)
     best_left = np.zeros(6)
     # Candidates per feature: fewer than max_bins (coarse) or than small_node (fine, one per row at most).
@@ -393,7 +556,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     cand_j = np.empty(cap_cand, dtype=np.int64)
     cand_k = np.empty(cap_cand, dtype=np.int64)
     cand_s = np.empty(cap_cand)
-    cand_cum = np.empty((8, cap_cand))
+    cand_cum = np.empty((8, p * max_bins))  # coarse candidates' sums (fine ones go through fine_cum)
     t = np.zeros(8)  # the current node's totals, with its row counts LO and HI
 
     # Histograms of large nodes: the current one and those of pending larger siblings. Descending
@@ -410,7 +573,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     tot = np.zeros((cap, 6))
     leafval = np.zeros((cap, 4))
 
-    # The stack of nodes to process: id, ranges, depth, key, histogram slot.
+    # The stack of nodes to process: id, ranges, depth, key, histogram slot, and what the local
+    # buffers hold of it (_NOT_LOCAL: its ranges index s_idx and e_idx; else the local orders).
+    st_fine = np.zeros(cap, dtype=np.int8)
     st_id = np.empty(cap, dtype=np.int64)
     st_rng = np.empty((cap, 4), dtype=np.int64)
     st_depth = np.empty(cap, dtype=np.int64)
@@ -424,10 +589,12 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         tot[0, E] += 1.0 if mom_e[r, 0] > 0.0 else 0.0
     n_nodes = 1
     root_slot = -1
+    clock = _tick(prof, _ROOT, clock)
     if ns + ne >= small_node:
         n_free -= 1
         root_slot = free[n_free]
         _build_hist(hists[root_slot], n_bins, codes_s, mom_s, s_idx, 0, ns, codes_e, mom_e, e_idx, 0, ne)
+        clock = _tick(prof, _HIST, clock)
     top = 0
     st_id[0], st_depth[0], st_key[0], st_slot[0] = 0, 0, key, root_slot
     st_rng[0, 0], st_rng[0, 1], st_rng[0, 2], st_rng[0, 3] = 0, ns, 0, ne
@@ -437,47 +604,85 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         top -= 1
         node = st_id[top]
         s_lo, s_hi, e_lo, e_hi = st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3]
-        depth, nkey, slot = st_depth[top], st_key[top], st_slot[top]
+        depth, nkey, slot, ordered = st_depth[top], st_key[top], st_slot[top], st_fine[top]
         t[:6] = tot[node]
 
         bf, bb = -1, -1
         a, b, tau, var = parent_stats(t)
+        fine = slot < 0  # no histogram: a node of fewer than small_node rows
         if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
-            t[LO], t[HI] = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, -1, 0)
+            if fine:
+                if ordered == _NOT_LOCAL:  # a fine root
+                    m = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
+                                   local_codes, order, e_row, counts, fine_scratch)
+                    s_lo, s_hi = 0, m  # from here on the node's range in the local orders
+                    ordered = _ORDERED
+                    clock = _tick(prof, _FINE_ROOT, clock)
+                elif ordered == _LEAF_ONLY:
+                    raise RuntimeError("a node kept for a leaf can split (cannot happen: see children_ordered)")
+                t[LO], t[HI] = _fine_count_sides(local, order[0], s_lo, s_hi, a)
+            else:
+                t[LO], t[HI] = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, -1, 0)
         else:
             t[LO], t[HI] = 0.0, 0.0
+        clock = _tick(prof, _SIDES, clock)
         if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
             draw_features(nkey, p, mtry, poisson, fmask)
-            if slot >= 0:
-                n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
+            if fine:  # scored feature by feature, row counts included
+                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, fmask, t, a, b, tau, min_leaf, alpha,
+                                    penalty, fine_cum, cand_j, cand_k, cand_s)
+                clock = _tick(prof, _FINE, clock)
             else:
-                n_cand = _scan_sorted(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi,
-                                      fmask, t, min_leaf, buf, node_codes, counts, order, order2, cand_j, cand_k,
-                                      cand_cum)
-            counts_known = slot < 0  # the fine-code sweep counts rows; histograms cannot
-            score_candidates(cand_cum, n_cand, t, a, b, tau, counts_known, min_leaf, alpha, penalty, cand_s)
-            i = _pick(cand_s, n_cand, counts_known, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
+                n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
+                clock = _tick(prof, _COARSE, clock)
+                score_candidates(cand_cum, n_cand, t, a, b, tau, False, min_leaf, alpha, penalty, cand_s)
+                clock = _tick(prof, _SCORE, clock)
+            i = _pick(cand_s, n_cand, fine, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
                 bf, bb = cand_j[i], cand_k[i]
-                for c in range(6):
-                    best_left[c] = cand_cum[c, i]
+                if fine:
+                    _fine_left_sums(local, local_codes, order, s_lo, s_hi, bf, bb, best_left)
+                else:
+                    for c in range(6):
+                        best_left[c] = cand_cum[c, i]
+            clock = _tick(prof, _PICK, clock)
         if bf < 0:  # a leaf: populate it with the estimation half
             w = 0.0
             acc = np.zeros(4)
-            for ii in range(e_lo, e_hi):
-                r = e_idx[ii]
-                w += mom_e[r, 0]
-                for c in range(4):
-                    acc[c] += mom_e[r, c + 1]
+            if ordered == _NOT_LOCAL:
+                for ii in range(e_lo, e_hi):
+                    r = e_idx[ii]
+                    w += mom_e[r, 0]
+                    for c in range(4):
+                        acc[c] += mom_e[r, c + 1]
+            else:  # the estimation rows of the node's local range
+                for ii in range(s_lo, s_hi):
+                    q = order[0, ii]
+                    if local[q, 5] > 0.0:
+                        r = e_row[q]
+                        w += mom_e[r, 0]
+                        for c in range(4):
+                            acc[c] += mom_e[r, c + 1]
             for c in range(4):
                 leafval[node, c] = acc[c] / w
             if slot >= 0:
                 free[n_free] = slot
                 n_free += 1
+            clock = _tick(prof, _LEAF, clock)
             continue
 
-        s_mid = _partition(s_idx, s_lo, s_hi, fine_s, bf, bb, scratch)
-        e_mid = _partition(e_idx, e_lo, e_hi, fine_e, bf, bb, scratch)
+        if fine:
+            # The children inherit the node's ordered rows; only the first feature's order (for
+            # their leaves) when neither of them can split.
+            can_split = depth + 1 < max_depth and max(best_left[E], t[E] - best_left[E]) >= 2 * min_leaf
+            children_ordered = _ORDERED if can_split else _LEAF_ONLY
+            s_mid = s_lo + _split_fine(local_codes, order, s_lo, s_hi, bf, bb, can_split, fine_scratch)
+            e_lo = e_mid = e_hi = 0  # a local node's range is [s_lo, s_hi) alone
+        else:
+            children_ordered = _NOT_LOCAL
+            s_mid = _partition(s_idx, s_lo, s_hi, fine_s, bf, bb, scratch)
+            e_mid = _partition(e_idx, e_lo, e_hi, fine_e, bf, bb, scratch)
+        clock = _tick(prof, _PARTITION, clock)
         lid, rid = n_nodes, n_nodes + 1
         n_nodes += 2
         feat[node], thr[node], left[node] = bf, bb, lid
@@ -502,7 +707,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_lo, s_mid, codes_e, mom_e, e_idx, e_lo, e_mid)
             else:
                 _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_mid, s_hi, codes_e, mom_e, e_idx, e_mid, e_hi)
+            clock = _tick(prof, _HIST, clock)
             _subtract_hist(hists[slot], hists[new])
+            clock = _tick(prof, _SUBTRACT, clock)
             if small_is_left:
                 l_slot, r_slot = new, slot
             else:
@@ -530,8 +737,10 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 st_id[top], st_slot[top], st_key[top] = rid, r_slot, rkey
                 st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3] = s_mid, s_hi, e_mid, e_hi
             st_depth[top] = depth + 1
+            st_fine[top] = children_ordered
             top += 1
 
+    clock = _tick(prof, _ROOT, clock)  # the stack bookkeeping of the last node: negligible
     # Renumber breadth-first: children of a node are consecutive, leaves numbered in that order.
     queue = np.empty(n_nodes, dtype=np.int64)
     queue[0] = 0
@@ -553,21 +762,27 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             queue[tail + 1] = left[old] + 1
             tail += 2
         head += 1
+    _tick(prof, _RENUMBER, clock)
     return n_nodes, n_leaves
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
 def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
                max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf,
-               out_counts):
+               out_counts, out_cycles):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
-    and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays."""
+    and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays;
+    out_cycles (trees, len(PHASES)) gains each tree's cycles per phase."""
     for t in numba.prange(keys.shape[0]):
+        start = cycles()
         srows = s_rows[s_off[t]:s_off[t + 1]]
         erows = e_rows[e_off[t]:e_off[t + 1]]
-        nn, nl = grow_tree(codes[srows], fine[srows], mom[srows], codes[erows], fine[erows], mom[erows], n_bins,
-                           coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth, mtry, poisson, max_bins,
-                           small_node, out_feature[t], out_threshold[t], out_child[t], out_leaf[t])
+        cs, fs, ms = codes[srows], fine[srows], mom[srows]
+        ce, fe, me = codes[erows], fine[erows], mom[erows]
+        _tick(out_cycles[t], _GATHER, start)
+        nn, nl = grow_tree(cs, fs, ms, ce, fe, me, n_bins, coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth,
+                           mtry, poisson, max_bins, small_node, out_feature[t], out_threshold[t], out_child[t],
+                           out_leaf[t], out_cycles[t])
         out_counts[t, 0] = nn
         out_counts[t, 1] = nl
 
@@ -585,6 +800,20 @@ def leaf_ids(codes, feature, threshold, child, roots, out):
             while feature[node] >= 0:
                 node = child[node] + (codes[i, feature[node]] > threshold[node])
             out[i, t] = child[node]
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
+def own_leaf_ids(codes, feature, threshold, child, roots, rows, offsets, out):
+    """out[k] = the leaf that row rows[k] reaches in tree t, for k in offsets[t]:offsets[t + 1]:
+    each tree's own rows only (the estimation rows that filled its leaves)."""
+    for t in numba.prange(roots.shape[0]):
+        root = roots[t]
+        for k in range(offsets[t], offsets[t + 1]):
+            i = rows[k]
+            node = root
+            while feature[node] >= 0:
+                node = child[node] + (codes[i, feature[node]] > threshold[node])
+            out[k] = child[node]
 
 
 def node_capacity(n_est_rows: int, n_struct: int, n_est: int, min_leaf: float) -> int:
