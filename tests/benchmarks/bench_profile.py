@@ -1,0 +1,157 @@
+"""Where one tree's time goes: the phases of a CausalForest fit on one core, per tree, next to
+the limit (histogram adds per second one core reaches on node-sorted rows), and the torch
+path's time per tree on the CPU next to numba's.
+
+    .venv/bin/python tests/benchmarks/bench_profile.py                     # 1e5 x 10 and 1e6 x 30
+    .venv/bin/python tests/benchmarks/bench_profile.py --sizes 100000:10:40 --torch-trees 0
+
+Everything runs on one thread (NUMBA_NUM_THREADS=1, one torch and BLAS thread), so the figures
+are CPU time per tree; growth spreads whole trees over the cores (numba's prange over trees),
+so a fit of many trees on c cores takes about trees x (time per tree) / c. The grower's phases
+come from its own cycle counters (kernels/backends/numba_cpu.py, PHASES), scaled so that they
+add up to the growth's measured CPU time (the counters read wall time, which a busy machine
+inflates). "Python between kernel calls" is the growth's wall time outside the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def timed(fn, *args, **kwargs):
+    """(result, CPU seconds, wall seconds) of fn(*args, **kwargs)."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def cycles_per_second() -> float:
+    from tauforge.kernels.backends import numba_cpu
+
+    numba_cpu.cycles_now()
+    c0, w0 = numba_cpu.cycles_now(), time.perf_counter()
+    time.sleep(0.3)
+    return (numba_cpu.cycles_now() - c0) / (time.perf_counter() - w0)
+
+
+def histogram_rates(binned, mom, rows: int) -> tuple[float, float]:
+    """Adds per second of the grower's histogram kernel over `rows` structure rows: node-sorted
+    (the node's rows contiguous in memory, the limit) and gathered in the scattered order a deep
+    node's rows have in the tree's sample (how the grower reads them). 5 channel adds a row and
+    feature."""
+    from tauforge.kernels.backends import numba_cpu
+
+    p = binned.coarse.shape[1]
+    hist = np.zeros((p, binned.max_bins, 6))
+    codes = np.ascontiguousarray(binned.coarse[:rows])
+    moments = np.ascontiguousarray(mom[:rows])
+    empty_e = np.zeros(0, dtype=np.int32)
+    scattered = np.sort(np.random.default_rng(0).choice(len(mom), rows, replace=False)).astype(np.int32)
+    out = []
+    for data, idx in ((codes, np.arange(rows, dtype=np.int32)), (binned.coarse, scattered)):
+        mom_data = moments if data is codes else mom
+        numba_cpu._build_hist(hist, binned.n_bins, data, mom_data, idx, 0, len(idx), data, mom_data, empty_e, 0, 0)
+        best = np.inf
+        for _ in range(5):
+            _, cpu, _ = timed(numba_cpu._build_hist, hist, binned.n_bins, data, mom_data, idx, 0, len(idx), data,
+                              mom_data, empty_e, 0, 0)
+            best = min(best, cpu)
+        out.append(rows * p * 5 / best)
+    return out[0], out[1]
+
+
+def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None:
+    import torch
+
+    from tauforge.kernels.backends import get_backend, numba_cpu
+    from tauforge.kernels.binning import QuantileBinner
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.forest import CausalForest, _grow, _moments
+    from tauforge.kernels.forest_arrays import ForestArrays
+    from tauforge.kernels.local_linear import LocalLinearCorrection, select_variables
+
+    torch.set_num_threads(1)
+    data = make_causal_data("simple", n=n, p=p, seed=seed)
+    t_res, y_res = data.T - data.e, data.Y - data.m
+    forest = CausalForest(n_estimators=trees, random_state=seed)
+    forest.seed_ = seed
+    binner, bin_cpu, _ = timed(QuantileBinner(forest.max_bins, random_state=seed).fit, data.X)
+    binned, codes_cpu, _ = timed(binner.bin, data.X)
+    sampler = forest._sampler(n)
+    samples, sample_cpu, _ = timed(sampler.trees, 0, sampler.n_groups)
+    mom = _moments(t_res, y_res, None)
+    rule = forest._rule(p)
+
+    class Quiet:
+        def update(self, _):
+            pass
+
+    numba_backend = get_backend("numba", torch.device("cpu"))
+    _grow(numba_backend, binned, [mom], [samples[:2]], rule, Quiet())  # compiled and cached before timing
+    numba_backend.phase_cycles[:] = 0
+    grown, grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
+    arrays = ForestArrays.from_trees(grown)
+    variables, select_cpu, _ = timed(select_variables, data.X, t_res, y_res, seed)
+    pairs, walk_cpu, _ = timed(lambda: list(numba_backend.estimation_leaves(binned.fine, arrays, samples)))
+    _, ll_cpu, _ = timed(LocalLinearCorrection.fit, variables or (0,), forest.linear_correction_ridge, data.X, t_res,
+                         y_res, np.ones(n), pairs, len(arrays.leaf_values))
+    _, in_bag_cpu, _ = timed(sampler.in_bag)
+
+    seconds = numba_backend.phase_cycles / cycles_per_second()
+    kernel_wall = seconds.sum()
+    scale = grow_cpu / max(kernel_wall, 1e-12)  # counters read wall time; the table shows CPU time
+    per_tree = 1000.0 / trees
+    rows = [("binning (fit the quantiles, code X), whole fit", bin_cpu + codes_cpu, False),
+            ("sampling (subsamples, honest halves), whole fit", sample_cpu, False)]
+    rows += [(f"growth: {name}", s * scale, True) for name, s in zip(numba_cpu.PHASES, seconds)]
+    rows += [("growth: Python between kernel calls", max(grow_wall - kernel_wall, 0.0), True),
+             ("local linear correction: choosing covariates (lasso), whole fit", select_cpu, False),
+             ("local linear correction: estimation rows' leaves", walk_cpu, True),
+             ("local linear correction: leaf moments", ll_cpu, True),
+             ("out-of-bag bookkeeping (which trees saw each row), at prediction", in_bag_cpu, False)]
+    total = sum(s for _, s, _ in rows)
+    print(f"\n### n = {n:,}, p = {p}, {trees} trees on one thread (mtry {rule.mtry}, "
+          f"{len(arrays.feature) // trees:,} nodes a tree)\n")
+    print("| phase | ms a tree | share |")
+    print("|---|---|---|")
+    for name, s, _ in rows:
+        print(f"| {name} | {s * per_tree:.1f} | {100 * s / total:.1f}% |")
+    print(f"| **all** | **{total * per_tree:.1f}** | 100% |")
+    growth = sum(s for name, s, per in rows if name.startswith("growth"))
+    print(f"\ngrowth alone: {growth * per_tree:.1f} ms a tree of CPU time")
+
+    sorted_rate, gathered_rate = histogram_rates(binned, mom, min(n // 4, 250_000))
+    hist_share = seconds[numba_cpu.PHASES.index("histogram build")] / kernel_wall
+    print(f"histogram adds per second on one core: {sorted_rate / 1e6:.0f} M on node-sorted rows (the limit), "
+          f"{gathered_rate / 1e6:.0f} M on rows gathered as the grower reads them; the histogram build is "
+          f"{100 * hist_share:.0f}% of growth")
+
+    if torch_trees:
+        torch_backend = get_backend("torch", torch.device("cpu"))
+        _, torch_cpu, _ = timed(_grow, torch_backend, binned, [mom], [samples[:torch_trees]], rule, Quiet())
+        numba_per_tree = grow_cpu / trees
+        print(f"torch path on the CPU: {1000 * torch_cpu / torch_trees:.0f} ms a tree ({torch_trees} trees), numba "
+              f"{1000 * numba_per_tree:.0f} ms: {torch_cpu / torch_trees / numba_per_tree:.1f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000:10:100,1000000:30:8",
+                        help="comma-separated n:p:trees (default: %(default)s)")
+    parser.add_argument("--torch-trees", type=int, default=4, help="trees grown on the torch path (0: skip)")
+    args = parser.parse_args()
+    for size in args.sizes.split(","):
+        n, p, trees = (int(v) for v in size.split(":"))
+        profile(n, p, trees, args.torch_trees)
+
+
+if __name__ == "__main__":
+    main()
