@@ -70,11 +70,13 @@ class ForestShard:
 
 
 def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, seed: int, shard: int,
-                      n_shards: int, estimator: str = "tauforge") -> ForestShard:
+                      n_shards: int, estimator: str = "tauforge", progress: bool | None = False) -> ForestShard:
+    """Shard `shard` of `n_shards` of the forest on the residuals; `progress`: the trees' growth
+    as progress lines (`tauforge.kernels.progress`; EconML's forest shows none)."""
     a = data.arrays()
     t_res, y_res = residuals.column("t_res"), residuals.column("y_res")
     if estimator == "tauforge":
-        forest = CausalForest(**forest_params(params, seed)).fit_shard(
+        forest = CausalForest(**{**forest_params(params, seed), "progress": progress}).fit_shard(
             a["X"], t_res, y_res, shard=shard, n_shards=n_shards, sample_weight=a["sample_weight"])
         return ForestShard(forest)
     if estimator != "econml":
@@ -202,11 +204,12 @@ class BootstrapConfig:
 
 def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Estimate, params: dict, seed: int,
                          shard: int, n_shards: int, bootstrap: BootstrapConfig,
-                         nuisance: NuisanceConfig) -> BootstrapReplicates:
+                         nuisance: NuisanceConfig, progress: bool | None = False) -> BootstrapReplicates:
     """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
     `CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run with
     `bootstrap.trees` trees, each replicate's average effect on the estimate's out-of-bag CATE,
-    the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`."""
+    the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`. `progress`:
+    the replicates as progress lines (`tauforge.kernels.progress`)."""
     if bootstrap.n_bootstrap < 2:
         raise config.ConfigError("n_bootstrap", "must be at least 2 for a bootstrap shard")
     if estimate.summary["forest_source"] != "tauforge":
@@ -220,7 +223,7 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
                                      bootstrap.trees, estimate.summary.get("linear_correction_variables"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
-                          sample_weight=a["sample_weight"])
+                          sample_weight=a["sample_weight"], progress=progress)
 
 
 def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], bootstrap: BootstrapConfig) -> Estimate:
@@ -252,7 +255,7 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
 
     start = time.perf_counter()
     grown = grow_forest_shard(load_validated(dataset.path), Residuals.load(residuals.path),
-                              json.loads(params), int(seed), int(shard), int(n_shards), estimator)
+                              json.loads(params), int(seed), int(shard), int(n_shards), estimator, progress=True)
     grown.save(forest.path)
     print(f"tauforge: forest shard {int(shard) + 1}/{int(n_shards)}: {grown.forest.forest_.n_trees} trees "
           f"({estimator}) on {grown.forest.device_} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -299,7 +302,7 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
     grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
                                  Estimate.load(estimate.path), json.loads(params), int(seed), int(shard),
                                  int(n_shards), BootstrapConfig.from_json(bootstrap),
-                                 NuisanceConfig(model_y, model_t, int(n_folds)))
+                                 NuisanceConfig(model_y, model_t, int(n_folds)), progress=True)
     grown.save(replicates.path)
     first, last = int(grown.replicates[0]), int(grown.replicates[-1])
     print(f"tauforge: bootstrap shard {int(shard) + 1}/{int(n_shards)}: replicates {first}..{last} "

@@ -205,7 +205,9 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     binner = QuantileBinner(CausalForest(**params).max_bins, random_state=seed).fit(X)
     binned = binner.bin(X)  # once for every batch: binning 1e6 x 30 takes seconds
     forests, ates = [], []
-    with progress_bar(len(replicates), "bootstrap replicates", progress, unit="replicate") as bar:
+    # Shards of one bootstrap run side by side: the range tells their lines apart.
+    desc = f"bootstrap replicates {replicates[0]}..{replicates[-1]}" if len(replicates) else "bootstrap replicates"
+    with progress_bar(len(replicates), desc, progress, unit="replicate") as bar:
         for lo in range(0, len(replicates), batch):
             members, targets = [], []
             for b in replicates[lo:lo + batch]:

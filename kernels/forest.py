@@ -109,7 +109,9 @@ class CausalForest(BaseEstimator):
     random_state : int or None
         Seed of all randomness; the same seed and device give the same forest.
     progress : bool or None, default None
-        Progress bar on stderr; None shows it on a terminal when the fit takes over 2 s.
+        Progress on stderr (`kernels.progress`): None shows a bar on a terminal when the fit takes
+        over 2 s; True also writes a log line every 10 s or so elsewhere (a pipeline task's log);
+        False shows nothing.
     """
 
     def __init__(self, n_estimators: int = 1000, *, min_samples_leaf: float = 3, max_depth: int | None = None,
@@ -198,7 +200,8 @@ class CausalForest(BaseEstimator):
         binner = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
         samples = sampler.trees(groups.start, len(groups))
         binned = binner.bin(X)
-        with progress_bar(len(samples), "growing trees", self.progress) as bar:
+        desc = "growing trees" if n_shards == 1 else f"growing trees (shard {int(shard) + 1}/{int(n_shards)})"
+        with progress_bar(len(samples), desc, self.progress) as bar:
             trees = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)
         self._set_fitted(X, binner, trees, device, backend, (int(shard), int(n_shards)))
         self._fit_linear_correction(X, T, y, w, samples, binned)
@@ -428,7 +431,8 @@ class CausalForest(BaseEstimator):
         correction = getattr(self, "linear_correction_", None)
         if correction is not None:
             arrays.update(correction.to_arrays())
-        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items()}
+        # How a fit was shown (progress) is no part of the model.
+        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items() if k != "progress"}
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
         version = FORMAT_VERSION if correction is not None else PLAIN_FORMAT_VERSION
