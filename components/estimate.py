@@ -17,15 +17,13 @@ arrays (`tauforge.kernels.econml_import`), keeping EconML's own out-of-bag CATE 
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import norm
 
-from tauforge.kernels import CausalForest
 from tauforge.kernels.ate import average_effect as debiased_average
 from tauforge.kernels.ate import oob_effect, variance_weighted_effect
 from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates, replicate_forest_params
-from tauforge.kernels.forest import FOREST_PARAMS
 from tauforge.kernels.sampling import shard_range
 
 from . import config
@@ -34,6 +32,11 @@ from .constants import DEFAULT_ALPHA, DEFAULT_TREES
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
+# The forest (and torch with it, over a second to load) is imported where a forest is grown or
+# loaded, so that a run's settings (BootstrapConfig, ESTIMATORS) are checked without it.
+if TYPE_CHECKING:
+    from tauforge.kernels import CausalForest
+
 ESTIMATORS = ("tauforge", "econml")
 # An estimate artifact's files, and a forest shard's.
 _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
@@ -41,6 +44,8 @@ _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_ef
 
 def forest_params(params: dict, seed: int) -> dict:
     """The CausalForest arguments of a run's forest parameters (`FOREST_PARAMS`) and seed."""
+    from tauforge.kernels.forest import FOREST_PARAMS
+
     unknown = set(params) - set(FOREST_PARAMS)
     if unknown:
         raise config.ConfigError("forest_params", f"has unknown parameter(s) {', '.join(sorted(unknown))}; "
@@ -53,7 +58,7 @@ class ForestShard:
     """One forest task's output: a (part of a) forest, and for an imported EconML forest the
     out-of-bag CATE EconML computed (ours is regenerated from the seed instead)."""
 
-    forest: CausalForest
+    forest: "CausalForest"
     oob_effect: np.ndarray | None = None
 
     def save(self, path: str) -> None:
@@ -64,6 +69,8 @@ class ForestShard:
 
     @classmethod
     def load(cls, path: str) -> "ForestShard":
+        from tauforge.kernels import CausalForest
+
         oob = os.path.join(path, _OOB_FILE)
         return cls(CausalForest.load(os.path.join(path, _FOREST_DIR)),
                    np.load(oob, allow_pickle=False) if os.path.exists(oob) else None)
@@ -73,6 +80,8 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
                       n_shards: int, estimator: str = "tauforge", progress: bool | None = False) -> ForestShard:
     """Shard `shard` of `n_shards` of the forest on the residuals; `progress`: the trees' growth
     as progress lines (`tauforge.kernels.progress`; EconML's forest shows none)."""
+    from tauforge.kernels import CausalForest
+
     a = data.arrays()
     t_res, y_res = residuals.column("t_res"), residuals.column("y_res")
     if estimator == "tauforge":
@@ -134,6 +143,8 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
     treatment's summary also holds the variance-weighted (partially linear) effect, by its name."""
     y_res, t_res, weight = residuals.column("y_res"), residuals.column("t_res"), data.arrays()["sample_weight"]
     ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight)
+    from scipy.stats import norm  # here, like the forest: scipy.stats takes 0.6 s to load
+
     z = float(norm.ppf(1 - alpha / 2))
     out = {"estimand": "ATE" if data.spec.binary else "APE",
            "method": ("doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else
@@ -148,8 +159,11 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
 
 
 def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Residuals,
-                 alpha: float = DEFAULT_ALPHA) -> tuple[CausalForest, Estimate]:
+                 alpha: float = DEFAULT_ALPHA) -> tuple["CausalForest", Estimate]:
     """The whole forest from its shards, and its estimate on the training rows."""
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.forest import FOREST_PARAMS
+
     imported = [s for s in shards if s.oob_effect is not None]
     if imported:
         if len(shards) != 1:

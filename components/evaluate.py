@@ -25,14 +25,13 @@ import numpy as np
 from tauforge.kernels.ate import debiased_scores
 from tauforge.kernels.progress import progress_steps
 
-from . import config, graph_checks, heterogeneity, refuters, uplift
+from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
 from .data import ValidatedData
 from .estimate import Estimate
 from .graph import CausalGraph, card_section
 from .nuisance import NuisanceConfig, Residuals
-from .sensitivity import sensitivity_report
 
 # The slow checks' relative costs, for evaluate's progress: in nuisance refits on every row (the
 # placebo's forest counts as one; the data subset refits five times on 80% of the rows).
@@ -176,6 +175,11 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     `progress`: progress on stderr (`tauforge.kernels.progress`) counting every refit of the
     refuters, with an estimate of the time left. `graph`: the run's declared causal graph (None:
     none was given), whose implications are tested on `data`'s table and which the report draws."""
+    # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
+    # by the command line before any task starts.
+    from . import heterogeneity, refuters
+    from .sensitivity import sensitivity_report
+
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
     cate = estimate.oob_cate

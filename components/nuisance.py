@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance, resolve_model, treatment_variance
-
 from . import config
 from ._kfp import Dataset, Input, List, Metrics, Output, component
 from .constants import DEFAULT_FOLDS
 from .data import ValidatedData
+
+# tauforge.kernels.nuisance (scikit-learn, 0.4 s to load) is imported where models are fit, so
+# that a run's settings are checked (before any task starts) without it.
+NAMED_MODELS = ("auto", "tauforge")  # the models named, not imported: they always resolve
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class NuisanceConfig:
             raise config.ConfigError("folds", f"must be an integer of at least 2, got {self.folds!r}")
         for role in ("y", "t"):
             model = getattr(self, f"model_{role}")
+            if isinstance(model, str) and model in NAMED_MODELS:
+                continue
+            from tauforge.kernels.nuisance import resolve_model
+
             try:  # an import path that does not resolve should fail here, not in a task
                 resolve_model(model, role, discrete=False, seed=0)
             except ValueError as exc:
@@ -84,6 +90,8 @@ def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, 
     `progress`: the models' fits as progress lines (`tauforge.kernels.progress`)."""
     if not 0 <= fold < nuisance.folds:
         raise ValueError(f"fold must be in [0, {nuisance.folds}), got {fold}")
+    from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
+
     a = data.arrays()
     discrete = data.spec.binary
     folds = cross_fitting_folds(a["T"], nuisance.folds, discrete, seed)
@@ -106,6 +114,8 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     data's own), on `rows` only (a refuter's subset; default all), with `extra_control` as one
     more column the models see (a refuter's random common cause), with `treatment` (all rows) in
     place of the data's (a refuter's placebo)."""
+    from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, treatment_variance
+
     a = data.arrays()
     rows = np.arange(len(a["Y"])) if rows is None else rows
     XW = nuisance_inputs(a) if extra_control is None else np.hstack([nuisance_inputs(a), extra_control[:, None]])
@@ -162,6 +172,8 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
                   progress: bool | None = False) -> Residuals:
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
     treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines)."""
+    from tauforge.kernels.nuisance import treatment_variance
+
     n = len(data.table)
     pred = pd.concat([f.frame for f in folds], ignore_index=True).sort_values("row")
     rows = pred["row"].to_numpy()

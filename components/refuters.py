@@ -25,7 +25,6 @@ from scipy import stats
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
-from tauforge.kernels import CausalForest
 from tauforge.kernels.ate import average_effect, oob_effect
 
 from .data import ValidatedData
@@ -76,6 +75,9 @@ class EffectRefit:
         weight = self.arrays["sample_weight"]
         weight = None if weight is None else weight[rows]
         if regrow:
+            # Imported here: evaluate's settings (GateConfig) are checked before a run, without torch.
+            from tauforge.kernels import CausalForest
+
             params = {**self.forest_params, "progress": False, "random_state": self.seed,
                       "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES)}
             X = self.arrays["X"][rows]

@@ -53,3 +53,29 @@ def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     assert out.returncode != 0
     assert message in out.stderr
     assert out.stdout == ""
+
+
+# What the engine and the models load (torch and numba: over a second; scikit-learn and
+# scipy.stats: most of another), which neither the help nor a run refused for its data needs.
+HEAVY = ("torch", "numba", "sklearn", "scipy.stats")
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["run", "--data", "missing.parquet", "--treatment", "T", "--outcome", "Y"],
+    ["run", "--data", "DATA", "--treatment", "nope", "--outcome", "Y", "--model-t", "tauforge"],
+])
+def test_help_and_data_errors_answer_without_loading_the_engine(tmp_path, args):
+    import pandas as pd
+
+    pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "T": [0, 1, 0, 1], "Y": [1.0, 2.0, 3.0, 4.0]}).to_parquet(
+        tmp_path / "data.parquet")
+    args = [str(tmp_path / "data.parquet") if a == "DATA" else a for a in args]
+    probe = ("import sys\nfrom tauforge.pipelines.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             f"print(code, [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.stdout.splitlines()[-1] == ("0 []" if args == ["--help"] else "2 []"), out.stderr
+    if args != ["--help"]:
+        assert "does not exist" in out.stderr or "treatment column 'nope' is missing" in out.stderr
