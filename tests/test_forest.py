@@ -240,8 +240,11 @@ def test_progress_is_silent_off_a_terminal_and_logged_on_request(data, capfd, mo
     CausalForest(n_estimators=8, random_state=0).fit(d.X, t, y)  # stderr is captured, not a TTY
     CausalForest(n_estimators=8, random_state=0, progress=False).fit(d.X, t, y)
     assert capfd.readouterr().err == ""
-    CausalForest(n_estimators=8, random_state=0, progress=True).fit_shard(d.X, t, y, shard=1, n_shards=2)
-    assert capfd.readouterr().err.startswith("tauforge: growing trees (shard 2/2): 4/4 trees in ")
+    CausalForest(n_estimators=8, random_state=0, progress=True, linear_correction_variables=[0]).fit_shard(
+        d.X, t, y, shard=1, n_shards=2)
+    growth, correction = capfd.readouterr().err.splitlines()  # the correction's time follows the trees'
+    assert growth.startswith("tauforge: growing trees (shard 2/2): 4/4 trees in ")
+    assert correction.startswith("tauforge: local linear correction (shard 2/2): done in ")
 
 
 def test_cuda_request_without_a_gpu_is_an_error_not_a_fallback(data):
