@@ -17,15 +17,13 @@ arrays (`tauforge.kernels.econml_import`), keeping EconML's own out-of-bag CATE 
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import norm
 
-from tauforge.kernels import CausalForest
 from tauforge.kernels.ate import average_effect as debiased_average
 from tauforge.kernels.ate import oob_effect, variance_weighted_effect
 from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates, replicate_forest_params
-from tauforge.kernels.forest import FOREST_PARAMS
 from tauforge.kernels.sampling import shard_range
 
 from . import config
@@ -34,6 +32,11 @@ from .constants import DEFAULT_ALPHA, DEFAULT_TREES
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
+# The forest (and torch with it, over a second to load) is imported where a forest is grown or
+# loaded, so that a run's settings (BootstrapConfig, ESTIMATORS) are checked without it.
+if TYPE_CHECKING:
+    from tauforge.kernels import CausalForest
+
 ESTIMATORS = ("tauforge", "econml")
 # An estimate artifact's files, and a forest shard's.
 _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
@@ -41,6 +44,8 @@ _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_ef
 
 def forest_params(params: dict, seed: int) -> dict:
     """The CausalForest arguments of a run's forest parameters (`FOREST_PARAMS`) and seed."""
+    from tauforge.kernels.forest import FOREST_PARAMS
+
     unknown = set(params) - set(FOREST_PARAMS)
     if unknown:
         raise config.ConfigError("forest_params", f"has unknown parameter(s) {', '.join(sorted(unknown))}; "
@@ -53,7 +58,7 @@ class ForestShard:
     """One forest task's output: a (part of a) forest, and for an imported EconML forest the
     out-of-bag CATE EconML computed (ours is regenerated from the seed instead)."""
 
-    forest: CausalForest
+    forest: "CausalForest"
     oob_effect: np.ndarray | None = None
 
     def save(self, path: str) -> None:
@@ -64,17 +69,23 @@ class ForestShard:
 
     @classmethod
     def load(cls, path: str) -> "ForestShard":
+        from tauforge.kernels import CausalForest
+
         oob = os.path.join(path, _OOB_FILE)
         return cls(CausalForest.load(os.path.join(path, _FOREST_DIR)),
                    np.load(oob, allow_pickle=False) if os.path.exists(oob) else None)
 
 
 def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, seed: int, shard: int,
-                      n_shards: int, estimator: str = "tauforge") -> ForestShard:
+                      n_shards: int, estimator: str = "tauforge", progress: bool | None = False) -> ForestShard:
+    """Shard `shard` of `n_shards` of the forest on the residuals; `progress`: the trees' growth
+    as progress lines (`tauforge.kernels.progress`; EconML's forest shows none)."""
+    from tauforge.kernels import CausalForest
+
     a = data.arrays()
     t_res, y_res = residuals.column("t_res"), residuals.column("y_res")
     if estimator == "tauforge":
-        forest = CausalForest(**forest_params(params, seed)).fit_shard(
+        forest = CausalForest(**{**forest_params(params, seed), "progress": progress}).fit_shard(
             a["X"], t_res, y_res, shard=shard, n_shards=n_shards, sample_weight=a["sample_weight"])
         return ForestShard(forest)
     if estimator != "econml":
@@ -132,6 +143,8 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
     treatment's summary also holds the variance-weighted (partially linear) effect, by its name."""
     y_res, t_res, weight = residuals.column("y_res"), residuals.column("t_res"), data.arrays()["sample_weight"]
     ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight)
+    from scipy.stats import norm  # here, like the forest: scipy.stats takes 0.6 s to load
+
     z = float(norm.ppf(1 - alpha / 2))
     out = {"estimand": "ATE" if data.spec.binary else "APE",
            "method": ("doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else
@@ -146,8 +159,11 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
 
 
 def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Residuals,
-                 alpha: float = DEFAULT_ALPHA) -> tuple[CausalForest, Estimate]:
+                 alpha: float = DEFAULT_ALPHA) -> tuple["CausalForest", Estimate]:
     """The whole forest from its shards, and its estimate on the training rows."""
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.forest import FOREST_PARAMS
+
     imported = [s for s in shards if s.oob_effect is not None]
     if imported:
         if len(shards) != 1:
@@ -202,11 +218,12 @@ class BootstrapConfig:
 
 def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Estimate, params: dict, seed: int,
                          shard: int, n_shards: int, bootstrap: BootstrapConfig,
-                         nuisance: NuisanceConfig) -> BootstrapReplicates:
+                         nuisance: NuisanceConfig, progress: bool | None = False) -> BootstrapReplicates:
     """Replicates of shard `shard` of `n_shards` (a contiguous range of 0..n_bootstrap-1), as
     `CausalForestDML(inference='bootstrap')` fits them: the forest parameters of the run with
     `bootstrap.trees` trees, each replicate's average effect on the estimate's out-of-bag CATE,
-    the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`."""
+    the nuisance models (and V(x)) refit with `nuisance` when `bootstrap.nuisance`. `progress`:
+    the replicates as progress lines (`tauforge.kernels.progress`)."""
     if bootstrap.n_bootstrap < 2:
         raise config.ConfigError("n_bootstrap", "must be at least 2 for a bootstrap shard")
     if estimate.summary["forest_source"] != "tauforge":
@@ -220,7 +237,7 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
                                      bootstrap.trees, estimate.summary.get("linear_correction_variables"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
-                          sample_weight=a["sample_weight"])
+                          sample_weight=a["sample_weight"], progress=progress)
 
 
 def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], bootstrap: BootstrapConfig) -> Estimate:
@@ -252,7 +269,7 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
 
     start = time.perf_counter()
     grown = grow_forest_shard(load_validated(dataset.path), Residuals.load(residuals.path),
-                              json.loads(params), int(seed), int(shard), int(n_shards), estimator)
+                              json.loads(params), int(seed), int(shard), int(n_shards), estimator, progress=True)
     grown.save(forest.path)
     print(f"tauforge: forest shard {int(shard) + 1}/{int(n_shards)}: {grown.forest.forest_.n_trees} trees "
           f"({estimator}) on {grown.forest.device_} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -299,7 +316,7 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
     grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
                                  Estimate.load(estimate.path), json.loads(params), int(seed), int(shard),
                                  int(n_shards), BootstrapConfig.from_json(bootstrap),
-                                 NuisanceConfig(model_y, model_t, int(n_folds)))
+                                 NuisanceConfig(model_y, model_t, int(n_folds)), progress=True)
     grown.save(replicates.path)
     first, last = int(grown.replicates[0]), int(grown.replicates[-1])
     print(f"tauforge: bootstrap shard {int(shard) + 1}/{int(n_shards)}: replicates {first}..{last} "

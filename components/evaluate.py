@@ -23,16 +23,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from tauforge.kernels.ate import debiased_scores
-from tauforge.kernels.progress import StepLog
+from tauforge.kernels.progress import progress_steps
 
-from . import config, graph_checks, heterogeneity, refuters, uplift
+from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
 from .data import ValidatedData
 from .estimate import Estimate
 from .graph import CausalGraph, card_section
 from .nuisance import NuisanceConfig, Residuals
-from .sensitivity import sensitivity_report
+
+# The slow checks' relative costs, for evaluate's progress: in nuisance refits on every row (the
+# placebo's forest counts as one; the data subset refits five times on 80% of the rows).
+# Heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows); the graph
+# checks count only when a graph was given.
+EVALUATE_STEPS = {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 4,
+                  "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
 
 
 @dataclass(frozen=True)
@@ -162,12 +168,18 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
-             nuisance: NuisanceConfig | None = None, progress: bool = False, graph: CausalGraph | None = None) -> dict:
+             nuisance: NuisanceConfig | None = None, progress: bool | None = False,
+             graph: CausalGraph | None = None) -> dict:
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
     refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
-    `progress`: a line on stderr per slow check, with an estimate of the time left. `graph`: the
-    run's declared causal graph (None: none was given), whose implications are tested on `data`'s
-    table and which the report draws."""
+    `progress`: progress on stderr (`tauforge.kernels.progress`) counting every refit of the
+    refuters, with an estimate of the time left. `graph`: the run's declared causal graph (None:
+    none was given), whose implications are tested on `data`'s table and which the report draws."""
+    # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
+    # by the command line before any task starts.
+    from . import heterogeneity, refuters
+    from .sensitivity import sensitivity_report
+
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
     cate = estimate.oob_cate
@@ -175,36 +187,34 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     t_var = residuals.column("t_var")
     scores = debiased_scores(cate, y_res, t_res, t_var)  # per-row effects: the mean of a group's is its effect
     summary = estimate.summary
-    refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"))
-    # Relative costs: nuisance refits per refuter (the placebo's forest counts as one).
-    steps = StepLog("evaluate", {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 4,
-                                 "heterogeneity": 1, "uplift": 1,
-                                 "graph checks": 2 if graph is not None else 0}, progress)
-    result = {
-        "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
-                                                "ate_interval", "alpha", "variance_weighted_effect",
-                                                "variance_weighted_stderr") if k in summary},
-                   "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
-                   "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
-                   "cate_histogram": _histogram(cate)},
-        "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
-        "balance": balance(data, t_hat if data.spec.binary else None),
-        "refuters": {
-            "placebo": steps.run("placebo refuter", refuters.placebo, refit, seed),
-            "random_common_cause": steps.run("random common cause refuter", refuters.random_common_cause, refit,
-                                             summary["ate"], seed),
-            "data_subset": steps.run("data subset refuter", refuters.data_subset, refit, summary["ate"], seed),
-        },
-        "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
-        "heterogeneity": steps.run("heterogeneity", lambda: {
-            "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
-            "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
-        "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
-        "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed),
-        "graph": card_section(graph, data.spec),
-        "data_warnings": list(data.warnings),
-        "gate_config": dataclasses.asdict(gate),
-    }
+    costs = EVALUATE_STEPS if graph is not None else {**EVALUATE_STEPS, "graph checks": 0}
+    with progress_steps("evaluate", costs, progress) as steps:
+        refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"), on_refit=steps.update)
+        result = {
+            "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
+                                                    "ate_interval", "alpha", "variance_weighted_effect",
+                                                    "variance_weighted_stderr") if k in summary},
+                       "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
+                       "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+                       "cate_histogram": _histogram(cate)},
+            "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
+            "balance": balance(data, t_hat if data.spec.binary else None),
+            "refuters": {
+                "placebo": steps.run("placebo refuter", refuters.placebo, refit, seed),
+                "random_common_cause": steps.run("random common cause refuter", refuters.random_common_cause,
+                                                 refit, summary["ate"], seed),
+                "data_subset": steps.run("data subset refuter", refuters.data_subset, refit, summary["ate"], seed),
+            },
+            "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
+            "heterogeneity": steps.run("heterogeneity", lambda: {
+                "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
+                "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
+            "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
+            "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed),
+            "graph": card_section(graph, data.spec),
+            "data_warnings": list(data.warnings),
+            "gate_config": dataclasses.asdict(gate),
+        }
     if data.spec.binary:
         result["overlap"] = overlap(t_hat, a["T"])
     result["verdict"] = verdict(result, gate)

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, fit_nuisance, resolve_model, treatment_variance
-
 from . import config
 from ._kfp import Dataset, Input, List, Metrics, Output, component
 from .constants import DEFAULT_FOLDS
 from .data import ValidatedData
+
+# tauforge.kernels.nuisance (scikit-learn, 0.4 s to load) is imported where models are fit, so
+# that a run's settings are checked (before any task starts) without it.
+NAMED_MODELS = ("auto", "tauforge")  # the models named, not imported: they always resolve
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class NuisanceConfig:
             raise config.ConfigError("folds", f"must be an integer of at least 2, got {self.folds!r}")
         for role in ("y", "t"):
             model = getattr(self, f"model_{role}")
+            if isinstance(model, str) and model in NAMED_MODELS:
+                continue
+            from tauforge.kernels.nuisance import resolve_model
+
             try:  # an import path that does not resolve should fail here, not in a task
                 resolve_model(model, role, discrete=False, seed=0)
             except ValueError as exc:
@@ -78,17 +84,22 @@ class FoldPredictions:
         return cls(meta["fold"], pd.read_parquet(os.path.join(path, "predictions.parquet")), meta["scores"])
 
 
-def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, seed: int) -> FoldPredictions:
-    """Fit both nuisance models without fold `fold`; predict and score the rows of `fold`."""
+def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, seed: int,
+                      progress: bool | None = False) -> FoldPredictions:
+    """Fit both nuisance models without fold `fold`; predict and score the rows of `fold`.
+    `progress`: the models' fits as progress lines (`tauforge.kernels.progress`)."""
     if not 0 <= fold < nuisance.folds:
         raise ValueError(f"fold must be in [0, {nuisance.folds}), got {fold}")
+    from tauforge.kernels.nuisance import cross_fitting_folds, fit_nuisance
+
     a = data.arrays()
     discrete = data.spec.binary
     folds = cross_fitting_folds(a["T"], nuisance.folds, discrete, seed)
     train, test = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
     y_hat, t_hat, scores = fit_nuisance(nuisance_inputs(a), a["Y"], a["T"], train, test, model_y=nuisance.model_y,
                                         model_t=nuisance.model_t, discrete=discrete, seed=seed,
-                                        sample_weight=a["sample_weight"])
+                                        sample_weight=a["sample_weight"], progress=progress,
+                                        desc=f"nuisance fold {fold + 1}/{nuisance.folds}")
     t_hat = _known_propensity(data, t_hat)
     frame = pd.DataFrame({"row": test, "fold": fold, "y_hat": y_hat, "t_hat": t_hat})
     return FoldPredictions(fold, frame, scores)
@@ -103,6 +114,8 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     data's own), on `rows` only (a refuter's subset; default all), with `extra_control` as one
     more column the models see (a refuter's random common cause), with `treatment` (all rows) in
     place of the data's (a refuter's placebo)."""
+    from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, treatment_variance
+
     a = data.arrays()
     rows = np.arange(len(a["Y"])) if rows is None else rows
     XW = nuisance_inputs(a) if extra_control is None else np.hstack([nuisance_inputs(a), extra_control[:, None]])
@@ -155,9 +168,12 @@ class Residuals:
         return self.frame[name].to_numpy(np.float64)
 
 
-def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int) -> Residuals:
+def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
+                  progress: bool | None = False) -> Residuals:
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
-    treatment's conditional variance on the same folds (with `seed`)."""
+    treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines)."""
+    from tauforge.kernels.nuisance import treatment_variance
+
     n = len(data.table)
     pred = pd.concat([f.frame for f in folds], ignore_index=True).sort_values("row")
     rows = pred["row"].to_numpy()
@@ -168,7 +184,7 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int) 
     a = data.arrays()
     y_hat, t_hat, fold = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy(), pred["fold"].to_numpy()
     t_var = treatment_variance(nuisance_inputs(a), a["T"], t_hat, fold, discrete=data.spec.binary, seed=seed,
-                               sample_weight=a["sample_weight"])
+                               sample_weight=a["sample_weight"], progress=progress)
     residuals = pd.DataFrame({"fold": fold, "y_hat": y_hat, "t_hat": t_hat, "y_res": a["Y"] - y_hat,
                               "t_res": a["T"] - t_hat, "t_var": t_var})
     scores: dict[str, list[float]] = {}
@@ -190,7 +206,7 @@ def nuisance_fold(dataset: Input[Dataset], fold: int, n_folds: int, seed: int, m
 
     start = time.perf_counter()
     nuisance = NuisanceConfig(model_y, model_t, int(n_folds))
-    result = fit_nuisance_fold(load_validated(dataset.path), int(fold), nuisance, int(seed))
+    result = fit_nuisance_fold(load_validated(dataset.path), int(fold), nuisance, int(seed), progress=True)
     result.save(predictions.path)
     print(f"tauforge: nuisance fold {int(fold) + 1}/{int(n_folds)} fit in {time.perf_counter() - start:.1f} s: "
           + ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items()), flush=True)
@@ -206,7 +222,8 @@ def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed:
     from tauforge.components.data import load_validated
     from tauforge.components.nuisance import FoldPredictions, combine_folds
 
-    result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds], int(seed))
+    result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds], int(seed),
+                           progress=True)
     result.save(residuals.path)
     for name, values in result.scores.items():
         metrics.log_metric(f"nuisance_{name}", float(np.mean(values)))

@@ -18,12 +18,13 @@ refuter returns its estimate, a p-value for "nothing is wrong", and the numbers 
 dropped confounder, a wrong denominator) and check that the refuter catches each.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import stats
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
-from tauforge.kernels import CausalForest
 from tauforge.kernels.ate import average_effect, oob_effect
 
 from .data import ValidatedData
@@ -40,13 +41,17 @@ class EffectRefit:
     (default all), with `treatment` in place of the data's (a placebo) and `extra_control` as one
     more control the models see; the CATE is the forest's out-of-bag `oob_cate` on those rows, or
     with `regrow` the out-of-bag CATE of a new forest (`forest_params`, at most PLACEBO_TREES trees)
-    grown on the new residuals. Unperturbed, it reproduces the run's own estimate."""
+    grown on the new residuals. Unperturbed, it reproduces the run's own estimate.
+
+    `on_refit(cost)`, if given, hears of each finished refit, at its cost in full-data nuisance
+    refits (a subset's share of the rows; one more for a regrown forest): evaluate's progress."""
 
     def __init__(self, data: ValidatedData, nuisance: NuisanceConfig, seed: int, oob_cate: np.ndarray,
-                 forest_params: dict | None = None):
+                 forest_params: dict | None = None, on_refit: Callable[[float], None] | None = None):
         self.data, self.nuisance, self.seed, self.oob_cate = data, nuisance, seed, oob_cate
         self.forest_params = dict(forest_params or {})
         self.arrays = data.arrays()
+        self.on_refit = on_refit
 
     @property
     def n_rows(self) -> int:
@@ -70,12 +75,17 @@ class EffectRefit:
         weight = self.arrays["sample_weight"]
         weight = None if weight is None else weight[rows]
         if regrow:
+            # Imported here: evaluate's settings (GateConfig) are checked before a run, without torch.
+            from tauforge.kernels import CausalForest
+
             params = {**self.forest_params, "progress": False, "random_state": self.seed,
                       "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES)}
             X = self.arrays["X"][rows]
             tau = oob_effect(CausalForest(**params).fit(X, t_res, y_res, sample_weight=weight), X)
         else:
             tau = self.oob_cate[rows]
+        if self.on_refit is not None:
+            self.on_refit(len(rows) / self.n_rows + (1 if regrow else 0))
         return average_effect(tau, y_res, t_res, t_var, weight)
 
 

@@ -37,19 +37,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from scipy.stats import norm
 
-from ._inputs import resolve_device
 from .ate import average_effect
-from .backends import get_backend
-from .binning import QuantileBinner
-from .forest import CausalForest, fit_forests, forests_per_batch
-from .prediction import debias_between_group_variance
 from .progress import progress_bar
 from .serialization import load_model, save_model
+
+if TYPE_CHECKING:
+    from .forest import CausalForest
+
+# The forest and torch are imported where a replicate is grown, loaded or predicted: a run's
+# settings (INTERVALS, through components.estimate.BootstrapConfig) are checked before any task
+# starts, and torch takes over a second to load.
 
 FORMAT = "tauforge.bootstrap_replicates"
 
@@ -118,6 +119,8 @@ class BootstrapReplicates:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BootstrapReplicates:
+        from .forest import CausalForest
+
         arrays, _ = load_model(path, FORMAT)
         replicates = arrays["replicates"].astype(np.int64)
         forests = [CausalForest.load(Path(path) / f"replicate-{int(b):05d}") for b in replicates]
@@ -133,6 +136,10 @@ def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np
     spread = np.var(draws, axis=0, ddof=1)
     if noise is None:
         return spread
+    import torch
+
+    from .prediction import debias_between_group_variance
+
     return debias_between_group_variance(torch.as_tensor(spread), torch.as_tensor(noise.mean(axis=0)),
                                          torch.full(spread.shape, float(draws.shape[0]), dtype=torch.float64)).numpy()
 
@@ -150,6 +157,8 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     variance = bootstrap_variance(draws, noise)
     if kind == "normal":
+        from scipy.stats import norm
+
         half = norm.ppf(1 - alpha / 2) * np.sqrt(variance)
         return point - half, point + half
     if noise is not None:
@@ -172,6 +181,8 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
     covariates the point forest chose (`correction_variables`, None without a correction):
     choosing them again per replicate would cost a lasso each and make the interval describe
     another estimator."""
+    from .forest import CausalForest
+
     group = int(forest_params.get("ci_group_size", CausalForest().ci_group_size))
     if not (isinstance(trees, (int, np.integer)) and trees >= 1):
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
@@ -193,6 +204,11 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     `batch_size` at a time in the same device calls (`kernels.forest.fit_forests`; default
     `forests_per_batch`: as many as fit in 1 GiB on a torch device, one on numba), on the bins
     of X seeded with `seed`: the batch size never changes a replicate."""
+    from ._inputs import resolve_device
+    from .backends import get_backend
+    from .binning import QuantileBinner
+    from .forest import CausalForest, fit_forests, forests_per_batch
+
     replicates = range(replicates) if isinstance(replicates, (int, np.integer)) else replicates
     n, p = X.shape
     params = {**forest_params, "progress": False}
@@ -205,7 +221,9 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     binner = QuantileBinner(CausalForest(**params).max_bins, random_state=seed).fit(X)
     binned = binner.bin(X)  # once for every batch: binning 1e6 x 30 takes seconds
     forests, ates = [], []
-    with progress_bar(len(replicates), "bootstrap replicates", progress, unit="replicate") as bar:
+    # Shards of one bootstrap run side by side: the range tells their lines apart.
+    desc = f"bootstrap replicates {replicates[0]}..{replicates[-1]}" if len(replicates) else "bootstrap replicates"
+    with progress_bar(len(replicates), desc, progress, unit="replicate") as bar:
         for lo in range(0, len(replicates), batch):
             members, targets = [], []
             for b in replicates[lo:lo + batch]:

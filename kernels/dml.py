@@ -221,7 +221,8 @@ class CausalForestDML(BaseEstimator):
                                          device=str(_inputs.resolve_device(self.device)),
                                          progress=False if replicate else self.progress, with_scores=not replicate)
         t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed), discrete=discrete,
-                                   seed=seed, sample_weight=sw, min_propensity=self.min_propensity)
+                                   seed=seed, sample_weight=sw, min_propensity=self.min_propensity,
+                                   progress=False if replicate else self.progress)
         return Y - y_hat, T - t_hat, t_var, scores
 
     # ------------------------------------------------------------ results

@@ -20,7 +20,7 @@ from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
 from .local_linear import DEFAULT_RIDGE, LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
 from .prediction import MIN_LITTLE_BAGS
-from .progress import progress_bar
+from .progress import progress_bar, progress_steps
 from .sampling import LittleBagSampler, TreeSample, shard_range
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
@@ -106,7 +106,9 @@ class CausalForest(BaseEstimator):
     random_state : int or None
         Seed of all randomness; the same seed and device give the same forest.
     progress : bool or None, default None
-        Progress bar on stderr; None shows it on a terminal when the fit takes over 2 s.
+        Progress on stderr (`kernels.progress`): None shows a bar on a terminal when the fit takes
+        over 2 s; True also writes a log line every 10 s or so elsewhere (a pipeline task's log);
+        False shows nothing.
     """
 
     def __init__(self, n_estimators: int = 1000, *, min_samples_leaf: float = 3, max_depth: int | None = None,
@@ -195,10 +197,11 @@ class CausalForest(BaseEstimator):
         binner = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
         samples = sampler.trees(groups.start, len(groups))
         binned = binner.bin(X)
-        with progress_bar(len(samples), "growing trees", self.progress) as bar:
+        which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
+        with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
             trees = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)
         self._set_fitted(X, binner, trees, device, backend, (int(shard), int(n_shards)))
-        self._fit_linear_correction(X, T, y, w, samples, binned)
+        self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
         return self
 
     def _check_fit_inputs(self, X: Any, T: Any, y: Any, sample_weight: Any):
@@ -231,20 +234,28 @@ class CausalForest(BaseEstimator):
         self._backend = backend  # kept: the torch backend caches the forest on its device
 
     def _fit_linear_correction(self, X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray | None,
-                               samples: list[TreeSample], binned: BinnedCovariates) -> None:
-        """Leaf moments of the local linear correction from each tree's estimation rows."""
+                               samples: list[TreeSample], binned: BinnedCovariates,
+                               desc: str = "local linear correction") -> None:
+        """Leaf moments of the local linear correction from each tree's estimation rows. Its
+        progress (as `desc`) follows the trees': at 20,000 rows it took as long as growing 500."""
         if self.linear_correction_variables is None:
             return
         weights = np.ones(len(T)) if w is None else quantize_weights(w)
-        if isinstance(self.linear_correction_variables, str):  # 'auto'
-            variables = select_variables(X, T, y, self.seed_, None if w is None else weights)
-        else:
-            variables = tuple(int(j) for j in self.linear_correction_variables)
-        if not variables:
-            return  # nothing to correct with: the plain forest
-        self.linear_correction_ = LocalLinearCorrection.fit(
-            variables, self.linear_correction_ridge, X, T, y, weights,
-            self._backend.estimation_leaves(binned.fine, self.forest_, samples), len(self.forest_.leaf_values))
+        auto = isinstance(self.linear_correction_variables, str)  # 'auto'
+        # Relative costs measured at 20,000 rows x 10 covariates, 500 trees: 2.1 s and 1.7 s.
+        with progress_steps(desc, {"choosing covariates": 1 if auto else 0, "leaf moments": 1},
+                            self.progress) as steps:
+            if auto:
+                variables = steps.run("choosing covariates", select_variables, X, T, y, self.seed_,
+                                      None if w is None else weights)
+            else:
+                variables = tuple(int(j) for j in self.linear_correction_variables)
+            if not variables:
+                steps.update(steps.total)
+                return  # nothing to correct with: the plain forest
+            self.linear_correction_ = steps.run(
+                "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
+                self._backend.estimation_leaves(binned.fine, self.forest_, samples), len(self.forest_.leaf_values))
 
     @classmethod
     def merge(cls, shards: list[CausalForest]) -> CausalForest:
@@ -425,7 +436,8 @@ class CausalForest(BaseEstimator):
         correction = getattr(self, "linear_correction_", None)
         if correction is not None:
             arrays.update(correction.to_arrays())
-        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items()}
+        # How a fit was shown (progress) is no part of the model.
+        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items() if k != "progress"}
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
         version = FORMAT_VERSION if correction is not None else PLAIN_FORMAT_VERSION

@@ -15,6 +15,7 @@ from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from .ate import MIN_PROPENSITY, floor_variance, propensity_variance
+from .progress import progress_bar, progress_steps
 
 # The default nuisance models' boosting settings (and the treatment variance model's).
 _SMOOTH_BOOSTING = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, early_stopping=True)
@@ -76,17 +77,21 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int) 
 def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,
                  model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
                  sample_weight: np.ndarray | None = None, device: str = "cpu",
-                 with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                 with_scores: bool = True, progress: bool | None = False,
+                 desc: str = "fitting nuisance models") -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train`; return their predictions on rows `test`
     and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc' or 't_r2'; none without
     `with_scores`: a bootstrap refit has no use for them, and with small models they cost as much
-    as the fit)."""
+    as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit in a task of its own;
+    off by default, since `cross_fit` counts folds."""
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-    my = resolve_model(model_y, "y", False, seed, device).fit(XW[train], Y[train], **kw)
     mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
         raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
-    mt.fit(XW[train], T[train], **kw)
+    with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
+        my = steps.run("outcome model", resolve_model(model_y, "y", False, seed, device).fit, XW[train], Y[train],
+                       **kw)
+        steps.run("treatment model", mt.fit, XW[train], T[train], **kw)
     y_hat = my.predict(XW[test])
     t_hat = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW[test])
     if not with_scores:
@@ -106,8 +111,6 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
               with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
     (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`)."""
-    from .progress import progress_bar
-
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed)
     y_hat, t_hat = np.empty(n), np.empty(n)
@@ -126,19 +129,23 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
 
 def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: np.ndarray, *, discrete: bool,
                        seed: int, sample_weight: np.ndarray | None = None,
-                       min_propensity: float = MIN_PROPENSITY) -> np.ndarray:
+                       min_propensity: float = MIN_PROPENSITY, progress: bool | None = False) -> np.ndarray:
     """V(x) = Var[T | X, W] of every row, the denominator of the average effect's debiasing weights
     (`kernels.ate`): e (1 - e) for a binary treatment; for a continuous one, out-of-fold
     predictions on the folds `fold` of a model of t~^2 = (T - t_hat)^2 (grf fits a regression
     forest to the same target), floored (`ate.floor_variance`). The model is HistGradientBoosting
-    with a Poisson loss, whose predictions are positive, early-stopped as the nuisance models are."""
+    with a Poisson loss, whose predictions are positive, early-stopped as the nuisance models are.
+    `progress` counts its folds (`kernels.progress`)."""
     if discrete:
         return propensity_variance(t_hat, min_propensity)
     target = (T - t_hat) ** 2
     v_hat = np.empty(len(T))
-    for k in np.unique(fold):
-        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = HistGradientBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)
-        kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-        v_hat[test] = model.fit(XW[train], target[train], **kw).predict(XW[test])
+    folds = np.unique(fold)
+    with progress_bar(len(folds), "fitting the treatment variance model", progress, unit="fold") as bar:
+        for k in folds:
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            model = HistGradientBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)
+            kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
+            v_hat[test] = model.fit(XW[train], target[train], **kw).predict(XW[test])
+            bar.update(1)
     return floor_variance(v_hat, T - t_hat, sample_weight)

@@ -43,7 +43,8 @@ def _demo(args: argparse.Namespace) -> int:
     train = make_causal_data(args.design, n=args.n, p=args.p, seed=args.seed)
     test = make_causal_data(args.design, n=args.n_test, p=args.p, seed=args.seed + 1)
     start = time.perf_counter()
-    est = CausalForestDML(n_estimators=args.trees, device=args.device, random_state=args.seed)
+    # Progress on stderr: a bar on a terminal, log lines elsewhere (kernels.progress).
+    est = CausalForestDML(n_estimators=args.trees, device=args.device, random_state=args.seed, progress=True)
     est.fit(train.Y, train.T, X=train.X)
     fit_seconds = time.perf_counter() - start
     tau = est.effect(test.X)
@@ -443,7 +444,7 @@ def _monitor(args: argparse.Namespace) -> int:
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
-                         config=MonitorConfig(alpha=args.alpha))
+                         config=MonitorConfig(alpha=args.alpha), progress=True)
     version = result["version"]
     if args.report:
         with open(args.report, "w") as f:

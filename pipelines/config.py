@@ -79,9 +79,12 @@ class TrainingConfig:
             fail("trees", f"must be a positive even number (trees come in pairs for the intervals), got {self.trees}")
         if not (isinstance(self.device, str) and self.device.split(":")[0] in DEVICES):
             fail("device", f"must be one of auto, cpu, cuda or cuda:N, got {self.device!r}")
-        from tauforge.kernels.forest import FOREST_PARAMS
+        if self.forest_options:  # kernels.forest loads torch (over a second): only when there is something to check
+            from tauforge.kernels.forest import FOREST_PARAMS
 
-        unknown = sorted(set(self.forest_options) - (set(FOREST_PARAMS) - {"n_estimators", "device"}))
+            unknown = sorted(set(self.forest_options) - (set(FOREST_PARAMS) - {"n_estimators", "device"}))
+        else:
+            unknown = []
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
@@ -119,17 +122,20 @@ class TrainingConfig:
         """What a run on this machine can check before any task starts: that the device exists
         and, for a local table, that the data satisfies the spec and the graph's observed nodes
         are its columns."""
-        from tauforge.kernels._inputs import resolve_device
-
-        try:
-            resolve_device(self.device)
-        except ValueError as exc:
-            raise ConfigError("device", f"cannot be used here: {exc}") from None
         if "://" not in source or source.startswith("file://"):
             table = read_table(source)
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
             validate(table, self.spec)
+        # 'auto' and 'cpu' always resolve; only a GPU needs torch's word (torch takes over a second
+        # to load, and this process needs it for nothing else).
+        if self.device.startswith("cuda"):
+            from tauforge.kernels._inputs import resolve_device
+
+            try:
+                resolve_device(self.device)
+            except ValueError as exc:
+                raise ConfigError("device", f"cannot be used here: {exc}") from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

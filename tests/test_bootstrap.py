@@ -237,6 +237,21 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
 
 
+def test_a_shards_replicates_report_progress_by_their_range_when_asked(capfd, monkeypatch):
+    from tauforge.kernels import progress
+    from tauforge.kernels.bootstrap import fit_replicates
+
+    monkeypatch.setattr(progress, "DELAY", 0.0)  # show even this quick fit's progress
+    d = make_causal_data("simple", n=600, p=3, seed=4)
+    fit = lambda shown: fit_replicates(  # noqa: E731
+        d.X, range(4, 7), 5, {"n_estimators": 4, "max_samples": 0.5}, lambda c: (d.Y, d.T, None),
+        lambda c, *_: 0.0, progress=shown)
+    fit(None), fit(False)  # stderr is captured, not a terminal
+    assert capfd.readouterr().err == ""
+    fit(True)  # as the pipeline's bootstrap tasks run it
+    assert capfd.readouterr().err.startswith("tauforge: bootstrap replicates 4..6: 3/3 replicates in ")
+
+
 @pytest.mark.parametrize("refit", [True, False])
 def test_the_pipelines_bootstrap_shards_equal_causal_forest_dml_with_and_without_the_nuisance_refit(refit):
     """grow_bootstrap_shard (refit_residuals under each replicate's weights) and merge_bootstrap

@@ -41,14 +41,19 @@ def test_an_outcome_leaked_into_the_covariates_is_flagged_though_the_placebo_can
     assert honest["verdict"]["passed"] and not any("leak" in w for w in honest["verdict"]["warnings"])
 
 
-def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys):
+def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys, monkeypatch):
+    from tauforge.kernels import progress
+
+    for limit in ("DELAY", "LINE_INTERVAL", "LINE_SHARE"):  # a line at every update, however quick
+        monkeypatch.setattr(progress, limit, 0.0)
     data, residuals, estimate, d = pipeline_in_process("aw1")  # e(x) depends on x0 only; tau = 0
     result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS, progress=True)
-    log = capsys.readouterr().err.splitlines()  # a task log's progress: one line per slow check, time left
-    assert [line.split(":")[2].split(" done")[0].strip() for line in log] == [
-        "placebo refuter", "random common cause refuter", "data subset refuter", "heterogeneity", "uplift",
-        "graph checks"]
-    assert log[0].startswith("tauforge: evaluate: ") and "s left" in log[0] and log[-1].endswith("about 0 s left")
+    log = capsys.readouterr().err.splitlines()  # a task log's progress: every refit counted, time left
+    assert [line.split(": ")[2].split(", ")[0] for line in log[:-1]] == [
+        "placebo refuter", *["random common cause refuter"] * 3, *["data subset refuter"] * 5, "heterogeneity"]
+    shares = [int(line.split(", ")[1].rstrip("%")) for line in log[:-1]]
+    assert shares == sorted(shares) and shares[-1] < 100 and all("s left" in line for line in log[:-1])
+    assert log[-1].startswith("tauforge: evaluate: done in ")
     assert result["balance"]["over_threshold"] == ["x0"]  # the confounder, and only it
     t_hat = residuals.column("t_hat")
     assert result["overlap"]["propensity_min"] == pytest.approx(t_hat.min())

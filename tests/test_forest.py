@@ -232,13 +232,19 @@ def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
     assert y_res.shape == t_res.shape == (800,)
 
 
-def test_progress_bar_is_silent_off_a_terminal_and_shown_on_request(data, capfd):
+def test_progress_is_silent_off_a_terminal_and_logged_on_request(data, capfd, monkeypatch):
+    from tauforge.kernels import progress
+
+    monkeypatch.setattr(progress, "DELAY", 0.0)  # show even this quick fit's progress
     d, t, y = data
     CausalForest(n_estimators=8, random_state=0).fit(d.X, t, y)  # stderr is captured, not a TTY
+    CausalForest(n_estimators=8, random_state=0, progress=False).fit(d.X, t, y)
     assert capfd.readouterr().err == ""
-    CausalForest(n_estimators=8, random_state=0, progress=True).fit(d.X, t, y)
-    err = capfd.readouterr().err
-    assert "growing trees" in err and "/8" in err
+    CausalForest(n_estimators=8, random_state=0, progress=True, linear_correction_variables=[0]).fit_shard(
+        d.X, t, y, shard=1, n_shards=2)
+    growth, correction = capfd.readouterr().err.splitlines()  # the correction's time follows the trees'
+    assert growth.startswith("tauforge: growing trees (shard 2/2): 4/4 trees in ")
+    assert correction.startswith("tauforge: local linear correction (shard 2/2): done in ")
 
 
 def test_cuda_request_without_a_gpu_is_an_error_not_a_fallback(data):

@@ -12,7 +12,7 @@ from scipy.stats import binom
 
 from tauforge.components.constants import MONITOR_ALPHA
 from tauforge.components.events import reference_profile
-from tauforge.components.monitor import confidence_sequence, monitor, policy_shift_pvalue, psi
+from tauforge.components.monitor import CHECKS, confidence_sequence, monitor, policy_shift_pvalue, psi
 
 COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +80,21 @@ def test_a_shift_in_the_treatment_policy_is_flagged_as_propensity_drift(seed):
     assert ("propensity_drift", None) in alerts(result)
     assert not any(check == "covariate_drift" for check, _ in alerts(result))
     assert result["checks"]["propensity"]["policy_p_value"] < 1e-6
+
+
+def test_monitoring_reports_each_check_as_progress_only_when_asked(capsys, monkeypatch):
+    from tauforge.kernels import progress
+
+    for limit in ("DELAY", "LINE_INTERVAL", "LINE_SHARE"):  # a line at every step, however quick
+        monkeypatch.setattr(progress, limit, 0.0)
+    quiet = monitor(traffic(0), reference(0), COLUMNS)
+    assert capsys.readouterr().err == ""
+    shown = monitor(traffic(0), reference(0), COLUMNS, progress=True)
+    assert shown == quiet  # progress changes nothing else
+    log = capsys.readouterr().err.splitlines()
+    # Every check but the last (whose end is the final line) names itself with the time left.
+    assert [line.split(": ")[2].split(", ")[0] for line in log[:-1]] == [c.name for c in CHECKS[:-1]]
+    assert all("s left" in line for line in log[:-1]) and log[-1].startswith("tauforge: monitoring: done in ")
 
 
 def test_a_shift_in_the_confounder_moves_the_propensity_and_the_effect():
