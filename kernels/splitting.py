@@ -91,14 +91,15 @@ def split_scores_torch(left, tot, a, b, tau, min_leaf: float, alpha: float, pena
              & (tot[..., HI] - lHi >= min_leaf) & (lE >= min_leaf) & (tot[..., E] - lE >= min_leaf))
     safe_lN = torch.where(valid, lN, torch.ones_like(lN))
     safe_rN = torch.where(valid, rN, torch.ones_like(rN))
-    size_l = lStt - lSt * lSt / safe_lN
-    size_r = rStt - rSt * rSt / safe_rN
+    inv_l, inv_r = 1.0 / safe_lN, 1.0 / safe_rN  # as the numba kernel computes them, rounding included
+    size_l = lStt - lSt * lSt * inv_l
+    size_r = rStt - rSt * rSt * inv_r
     least = alpha * (tot[..., STT] - tot[..., ST] * tot[..., ST] / tot[..., N])
     valid &= (size_l >= least) & (size_r >= least)
     if penalty > 0:
         valid &= (size_l > 0) & (size_r > 0)
     s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
-    score = s * s * (1.0 / safe_lN + 1.0 / safe_rN)
+    score = s * s * (inv_l + inv_r)
     if penalty > 0:
         score = score - penalty * (1.0 / torch.where(valid, size_l, torch.ones_like(size_l))
                                    + 1.0 / torch.where(valid, size_r, torch.ones_like(size_r)))

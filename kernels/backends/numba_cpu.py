@@ -154,10 +154,12 @@ def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, ta
     tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
     rN = tN - lN
     rSt = tSt - lSt
-    size_l = lStt - lSt * lSt / lN
-    size_r = (tStt - lStt) - rSt * rSt / rN
+    inv_l = 1.0 / lN  # two divisions, not four: they bound the cost of scoring
+    inv_r = 1.0 / rN
+    size_l = lStt - lSt * lSt * inv_l
+    size_r = (tStt - lStt) - rSt * rSt * inv_r
     s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
-    score = s * s * (1.0 / lN + 1.0 / rN)
+    score = s * s * (inv_l + inv_r)
     if penalty > 0.0:
         score -= penalty * (1.0 / size_l + 1.0 / size_r)
     ok = ((lE >= min_leaf) & (tE - lE >= min_leaf) & (size_l >= least) & (size_r >= least)
@@ -199,10 +201,10 @@ def _count_sides(mom_s, s_idx, lo, hi, a, fine_s, f, thr):
 
 @njit(error_model="numpy")
 def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi):
-    p = codes_s.shape[1]
+    p = np.uint64(codes_s.shape[1])
     hist[:] = 0.0
     for ii in range(s_lo, s_hi):
-        r = s_idx[ii]
+        r = np.uint64(s_idx[ii])  # unsigned indices: see _scan_fine
         m0 = mom_s[r, 0]
         m1 = mom_s[r, 1]
         m2 = mom_s[r, 2]
@@ -359,7 +361,7 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
 
 @njit(error_model="numpy")
 def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_leaf, alpha, penalty, cum, cand_j,
-               cand_k, cand_s):
+               cand_k, cand_s, block_start, block_max):
     """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
     holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist` on
     coarse bins), with the row counts on each side of the parent's mean `a` summed along, so the
@@ -367,21 +369,27 @@ def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_lea
 
     One feature at a time: its sweep writes the candidates' sums into `cum` (8, small_node), which
     `score_candidates` reads while it is still in cache; only the scores of all features are kept
-    (`_fine_left_sums` recomputes the winner's sums). The sweep appends without branching: every
-    row writes a slot, and the count only advances after the last row of a code holding structure
-    rows with both children big enough (branches here mispredict on every other row)."""
+    (`_fine_left_sums` recomputes the winner's sums), with each feature's first candidate and best
+    score in block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
+    sweep appends without branching: every row writes a slot, and the count only advances after
+    the last row of a code holding structure rows with both children big enough (branches here
+    mispredict on every other row)."""
     tE = tot[E]
     n_cand = 0
     for j in range(local_codes.shape[0]):
+        block_start[j] = n_cand
+        block_max[j] = -np.inf
         if not fmask[j]:
             continue
         col = local_codes[j]
         rows = order[j]
         c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
         has_structure = False
-        n = 0
-        for k in range(lo, hi - 1):
-            q = rows[k]
+        n = np.uint64(0)
+        # Unsigned indices: numba checks every signed index for wraparound (a negative index counts
+        # from the end), which costs a fifth of this loop.
+        for k in range(np.uint64(lo), np.uint64(hi - 1)):
+            q = np.uint64(rows[k])
             structure = local[q, 7]
             below = structure * (local[q, 6] < a)
             has_structure |= structure > 0.0
@@ -394,7 +402,7 @@ def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_lea
             c6 += below
             c7 += structure - below
             code = col[q]
-            boundary = col[rows[k + 1]] != code
+            boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
             cand_k[n_cand + n] = code
             cum[0, n] = c0
             cum[1, n] = c1
@@ -405,12 +413,36 @@ def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_lea
             cum[6, n] = c6
             cum[7, n] = c7
             keep = boundary & has_structure & (c5 >= min_leaf) & (tE - c5 >= min_leaf)
-            n += np.int64(keep)
+            n += np.uint64(keep)
             has_structure &= not boundary
+        n = np.int64(n)
         score_candidates(cum, n, tot, a, b, tau, True, min_leaf, alpha, penalty, cand_s[n_cand:])
         cand_j[n_cand:n_cand + n] = j
+        best = -np.inf
+        for i in range(n_cand, n_cand + n):
+            best = max(best, cand_s[i])
+        block_max[j] = best
         n_cand += n
     return n_cand
+
+
+@njit(error_model="numpy")
+def _pick_fine(cand_s, n_cand, block_start, block_max):
+    """`_pick` for a fine node, whose candidates' row counts are known: the first candidate within
+    TIE_RTOL of the best score (if that is > 0), found through the features' best scores instead
+    of two passes over every candidate."""
+    best = 0.0
+    for j in range(block_max.shape[0]):
+        best = max(best, block_max[j])
+    if best <= 0.0:
+        return -1
+    bar = best - TIE_RTOL * best
+    for j in range(block_max.shape[0]):
+        if block_max[j] >= bar:
+            for i in range(block_start[j], n_cand):
+                if cand_s[i] >= bar:
+                    return i
+    return -1  # not reached: the best feature holds a score at the bar
 
 
 @njit(error_model="numpy")
@@ -445,18 +477,19 @@ def _fine_count_sides(local, rows, lo, hi, a):
 @njit(error_model="numpy")
 def _partition_order(rows, lo, hi, side, thr, scratch):
     """Partition rows[lo:hi] stably by side[row] <= thr; return the number on the left."""
-    nl = 0
-    nr = 0
-    for k in range(lo, hi):
+    nl = np.uint64(0)
+    nr = np.uint64(0)
+    start = np.uint64(lo)
+    for k in range(start, np.uint64(hi)):  # unsigned indices: see _scan_fine
         q = rows[k]
-        left = side[q] <= thr
-        rows[lo + nl] = q  # written to both places, kept in one: no branch to mispredict
+        left = side[np.uint64(q)] <= thr
+        rows[start + nl] = q  # written to both places, kept in one: no branch to mispredict
         scratch[nr] = q
-        nl += np.int64(left)
-        nr += np.int64(not left)
+        nl += np.uint64(left)
+        nr += np.uint64(not left)
     for k in range(nr):
-        rows[lo + nl + k] = scratch[k]
-    return nl
+        rows[start + nl + k] = scratch[k]
+    return np.int64(nl)
 
 
 @njit(error_model="numpy")
@@ -471,20 +504,18 @@ def _split_fine(local_codes, order, lo, hi, f, thr, every_feature, scratch):
 
 
 @njit(error_model="numpy")
-def _counts_ok(i, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
+def _counts_ok(i, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
     """Whether candidate i leaves min_leaf structure rows on each side of the mean `a` in each child."""
-    if counts_known:
-        return True  # score_candidates already applied them
     below, above = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, cand_j[i], cand_k[i])
     return below >= min_leaf and above >= min_leaf and tot[LO] - below >= min_leaf and tot[HI] - above >= min_leaf
 
 
 @njit(error_model="numpy")
-def _pick(cand_s, n_cand, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a,
-          min_leaf):
-    """The first admissible candidate (in feature, bin order) within TIE_RTOL of the best admissible
-    score; -1 if that is not > 0. Row counts not yet known are checked from the best score down,
-    so a node pays for a count only when its best candidates fail it."""
+def _pick(cand_s, n_cand, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
+    """The first admissible candidate of a node split on histograms (in feature, bin order) within
+    TIE_RTOL of the best admissible score; -1 if that is not > 0. Histograms cannot count rows on
+    each side of the node's mean, so candidates are checked from the best score down: a node pays
+    for a count only when its best candidates fail it."""
     while True:
         top = -1
         best = 0.0
@@ -494,13 +525,12 @@ def _pick(cand_s, n_cand, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_id
                 top = i
         if top < 0:
             return -1
-        if _counts_ok(top, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
+        if _counts_ok(top, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
             break
         cand_s[top] = -np.inf
     bar = best - TIE_RTOL * best
     for i in range(top):  # an earlier admissible candidate within the bar; else top, already counted
-        if cand_s[i] >= bar and _counts_ok(i, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi,
-                                           a, min_leaf):
+        if cand_s[i] >= bar and _counts_ok(i, cand_j, cand_k, tot, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf):
             return i
     return top
 
@@ -508,19 +538,7 @@ def _pick(cand_s, n_cand, counts_known, cand_j, cand_k, tot, mom_s, fine_s, s_id
 @njit(error_model="numpy")
 def _partition(idx, lo, hi, codes, f, thr, scratch):
     """Stable partition of idx[lo:hi] by codes[:, f] <= thr; returns the first right position."""
-    nl = 0
-    nr = 0
-    for ii in range(lo, hi):
-        r = idx[ii]
-        if codes[r, f] <= thr:
-            idx[lo + nl] = r
-            nl += 1
-        else:
-            scratch[nr] = r
-            nr += 1
-    for k in range(nr):
-        idx[lo + nl + k] = scratch[k]
-    return lo + nl
+    return lo + _partition_order(idx, lo, hi, codes[:, f], thr, scratch)
 
 
 @njit(error_model="numpy")
@@ -547,6 +565,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     order = np.empty((p, small_node), dtype=np.int32)
     e_row = np.empty(small_node, dtype=np.int64)
     fine_cum = np.empty((8, small_node))
+    block_start = np.empty(p, dtype=np.int64)
+    block_max = np.empty(p)
     counts = np.empty(257, dtype=np.int64)
     fine_scratch = np.empty(small_node, dtype=np.int32)
     fmask = np.zeros(p, dtype=np.bool_)
@@ -630,14 +650,15 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             draw_features(nkey, p, mtry, poisson, fmask)
             if fine:  # scored feature by feature, row counts included
                 n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, fmask, t, a, b, tau, min_leaf, alpha,
-                                    penalty, fine_cum, cand_j, cand_k, cand_s)
+                                    penalty, fine_cum, cand_j, cand_k, cand_s, block_start, block_max)
                 clock = _tick(prof, _FINE, clock)
+                i = _pick_fine(cand_s, n_cand, block_start, block_max)
             else:
                 n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
                 clock = _tick(prof, _COARSE, clock)
                 score_candidates(cand_cum, n_cand, t, a, b, tau, False, min_leaf, alpha, penalty, cand_s)
                 clock = _tick(prof, _SCORE, clock)
-            i = _pick(cand_s, n_cand, fine, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
+                i = _pick(cand_s, n_cand, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
                 bf, bb = cand_j[i], cand_k[i]
                 if fine:
