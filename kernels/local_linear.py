@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backends.numba_cpu import local_linear_leaf_sums
 from .prediction import little_bag_variance, tree_average
 
 MAX_AUTO_VARIABLES = 4
@@ -46,15 +47,6 @@ def n_moments(d: int) -> int:
     """Numbers per leaf for d covariates: the upper triangle of u u' and u y, u of length 2 d + 2."""
     D = 2 * d + 2
     return D * (D + 1) // 2 + D
-
-
-def row_moments(z: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row (n, K): the upper triangle of u u' (row-major), then u y, u = (1, z, t, t z)."""
-    n, d = z.shape
-    v = np.hstack([np.ones((n, 1)), z])
-    u = np.hstack([v, t[:, None] * v])
-    i, j = np.triu_indices(2 * d + 2)
-    return np.hstack([u[:, i] * u[:, j], u * y[:, None]])
 
 
 def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: int,
@@ -112,15 +104,14 @@ class LocalLinearCorrection:
         scale = np.sqrt(np.average((cols - center) ** 2, axis=0, weights=w))
         scale = np.where(scale > 0, scale, 1.0)
         correction = cls(tuple(int(v) for v in variables), center, scale, float(ridge), np.empty(0))
-        moments = torch.from_numpy(w[:, None] * row_moments(correction.design(X), T, y))
-        weight = torch.from_numpy(np.asarray(w, dtype=np.float64))
-        sums = torch.zeros(n_leaves, moments.shape[1], dtype=torch.float64)
-        totals = torch.zeros(n_leaves, dtype=torch.float64)
-        for rows, leaves in leaf_of_row:
-            r, leaf = torch.from_numpy(rows), torch.from_numpy(leaves)
-            sums.index_add_(0, leaf, moments[r])
-            totals.index_add_(0, leaf, weight[r])
-        correction.leaf_moments = (sums / totals[:, None]).numpy().astype(np.float32)
+        z = np.ascontiguousarray(correction.design(X))
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        T, y = np.ascontiguousarray(T, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
+        sums = np.zeros((n_leaves, n_moments(len(variables))))
+        totals = np.zeros(n_leaves)
+        for rows, leaves in leaf_of_row:  # the rows' moments summed by leaf, row by row
+            local_linear_leaf_sums(z, T, y, w, np.ascontiguousarray(rows), np.ascontiguousarray(leaves), sums, totals)
+        correction.leaf_moments = (sums / totals[:, None]).astype(np.float32)
         return correction
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tauforge.kernels import CausalForest
-from tauforge.kernels.local_linear import LocalLinearCorrection, local_linear_estimate, select_variables
+from tauforge.kernels.local_linear import LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
 from tauforge.kernels.prediction import forest_estimate
 
 
@@ -131,3 +131,30 @@ def test_bad_correction_variables_are_named(bad, message):
     X, t, y, _ = _steep(300, 11)
     with pytest.raises(ValueError, match=message):
         _forest(linear_correction_variables=bad).fit(X, t, y)
+
+
+def _row_moments(z, t, y):
+    """Per row: the upper triangle of u u' (row-major), then u y, u = (1, z, t, t z)."""
+    n, d = z.shape
+    v = np.hstack([np.ones((n, 1)), z])
+    u = np.hstack([v, t[:, None] * v])
+    i, j = np.triu_indices(2 * d + 2)
+    return np.hstack([u[:, i] * u[:, j], u * y[:, None]])
+
+
+def test_leaf_sums_are_the_weighted_row_moments_summed_by_leaf():
+    from tauforge.kernels.backends.numba_cpu import local_linear_leaf_sums
+
+    rng = np.random.default_rng(5)
+    n, d, leaves = 400, 3, 17
+    z, t, y = rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=n)
+    w = rng.uniform(0, 2, n) * (rng.random(n) > 0.1)  # some rows of zero weight
+    rows = rng.integers(0, n, 3000)
+    leaf = rng.integers(0, leaves, 3000)
+    sums, totals = np.zeros((leaves, n_moments(d))), np.zeros(leaves)
+    local_linear_leaf_sums(z, t, y, w, rows, leaf, sums, totals)
+    expected, expected_totals = np.zeros_like(sums), np.zeros(leaves)
+    np.add.at(expected, leaf, w[rows, None] * _row_moments(z, t, y)[rows])
+    np.add.at(expected_totals, leaf, w[rows])
+    np.testing.assert_allclose(sums, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(totals, expected_totals, rtol=1e-12)
