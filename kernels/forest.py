@@ -18,7 +18,15 @@ from . import _inputs, forest_codec
 from .backends import LEAF_IDS_PER_CHUNK, get_backend
 from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
-from .local_linear import DEFAULT_RIDGE, LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
+from .local_linear import (
+    AUTO_MAX_LEAF_MOMENT_BYTES,
+    DEFAULT_RIDGE,
+    LocalLinearCorrection,
+    leaf_moment_bytes_bound,
+    local_linear_estimate,
+    n_moments,
+    select_variables,
+)
 from .prediction import MIN_LITTLE_BAGS
 from .progress import progress_bar, progress_steps
 from .sampling import LittleBagSampler, TreeSample, shard_range
@@ -90,8 +98,10 @@ class CausalForest(BaseEstimator):
         (kernels.local_linear): the forest's weights fit a local regression with slopes in these
         covariates, which removes the bias of a locally constant fit where the effect is steep.
         'auto' takes those a cross-validated lasso of the R-learner's linear model keeps (at most
-        4, chosen on at most 50,000 rows; none where the effect does not move linearly); None
-        turns it off. Each leaf then stores (2d+2)(2d+3)/2 + 2d + 2 more numbers for d covariates.
+        4, chosen on at most 50,000 rows; none where the effect does not move linearly, and none,
+        with a warning, where their leaf moments could take over 1 GiB: large forests on many
+        rows); None turns it off. Each leaf then stores (2d+2)(2d+3)/2 + 2d + 2 more numbers for
+        d covariates.
         grf: predict.causal_forest's linear.correction.variables (a beta feature: chosen by hand,
         no sample weights, training rows kept for prediction); EconML: none.
     linear_correction_ridge : float, default 0.1
@@ -250,6 +260,16 @@ class CausalForest(BaseEstimator):
                                       None if w is None else weights)
             else:
                 variables = tuple(int(j) for j in self.linear_correction_variables)
+            if auto and variables:
+                bound = leaf_moment_bytes_bound(self.n_estimators, len(samples[0].estimation), self.min_samples_leaf,
+                                                len(variables))
+                if bound > AUTO_MAX_LEAF_MOMENT_BYTES:
+                    warnings.warn(f"linear_correction_variables='auto' chose covariates {list(variables)}, but their "
+                                  f"leaf moments could take {bound / 2**30:.1f} GiB at {self.n_estimators} trees on "
+                                  f"{self.n_train_} rows (more than {AUTO_MAX_LEAF_MOMENT_BYTES / 2**30:.0f} GiB): "
+                                  "the correction is off. At this size its bias correction is small; pass them as "
+                                  "linear_correction_variables to have it anyway", UserWarning, stacklevel=4)
+                    variables = ()
             if not variables:
                 steps.update(steps.total)
                 return  # nothing to correct with: the plain forest

@@ -30,6 +30,7 @@ MAX_AUTO_VARIABLES of them: a rule of the data alone, so every shard of a forest
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,20 @@ from .backends.numba_cpu import local_linear_leaf_sums
 from .prediction import little_bag_variance, tree_average
 
 MAX_AUTO_VARIABLES = 4
+# 'auto' leaves the correction off where its leaf moments could take more memory than this: they
+# grow with rows x trees (at 1e6 rows, 2,000 trees and one covariate about 2.9 GB), while the
+# smoothing bias they remove shrinks as rows grow. Bounded from the forest's settings alone
+# (leaves of a tree <= its estimation rows / min_samples_leaf), so every shard decides alike.
+AUTO_MAX_LEAF_MOMENT_BYTES = 1 << 30
 SELECTION_ROWS = 50_000  # rows the lasso of 'auto' sees at most (a seeded subsample)
 DEFAULT_RIDGE = 0.1
+
+
+def leaf_moment_bytes_bound(n_trees: int, estimation_rows: int, min_samples_leaf: float, d: int) -> int:
+    """The most memory the float32 leaf moments of d covariates can take in a forest of n_trees
+    trees, each with estimation_rows rows and leaves of at least min_samples_leaf of them."""
+    leaves = math.floor(estimation_rows / max(min_samples_leaf, 1e-12)) + 1
+    return n_trees * leaves * n_moments(d) * 4
 
 
 def n_moments(d: int) -> int:

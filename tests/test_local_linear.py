@@ -158,3 +158,22 @@ def test_leaf_sums_are_the_weighted_row_moments_summed_by_leaf():
     np.add.at(expected_totals, leaf, w[rows])
     np.testing.assert_allclose(sums, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(totals, expected_totals, rtol=1e-12)
+
+
+def test_auto_leaves_the_correction_off_where_its_leaf_moments_could_outgrow_memory(monkeypatch):
+    """'auto' keeps the covariates it chose while the bound on their leaf moments is within
+    AUTO_MAX_LEAF_MOMENT_BYTES, and turns the correction off, with a warning, above it."""
+    import tauforge.kernels.forest as forest_module
+    from tauforge.kernels.local_linear import leaf_moment_bytes_bound
+
+    X, t, y, _ = _steep(1500, 7)
+    kept = _forest(n_estimators=40, linear_correction_variables="auto").fit(X, t, y)
+    assert kept.linear_correction_ is not None and 0 in kept.linear_correction_.variables
+    bound = leaf_moment_bytes_bound(40, 375, 3, len(kept.linear_correction_.variables))
+    monkeypatch.setattr(forest_module, "AUTO_MAX_LEAF_MOMENT_BYTES", bound - 1)
+    with pytest.warns(UserWarning, match="the correction is off"):
+        dropped = _forest(n_estimators=40, linear_correction_variables="auto").fit(X, t, y)
+    assert dropped.linear_correction_ is None
+    # Chosen by hand, the correction stays whatever its size.
+    forced = _forest(n_estimators=40, linear_correction_variables=[0]).fit(X, t, y)
+    assert forced.linear_correction_ is not None
