@@ -34,6 +34,7 @@ class NumbaBackend:
         # CPU cycles each phase of growth took (numba_cpu.PHASES), summed over the trees grown by
         # this backend: the profile behind docs/benchmarks.md's split of a tree's time.
         self.phase_cycles = np.zeros(len(numba_cpu.PHASES))
+        self.histogram_adds = 0  # histogram bin additions in those trees
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
@@ -50,7 +51,7 @@ class NumbaBackend:
         threshold = np.empty((T, cap), dtype=np.int32)
         child = np.empty((T, cap), dtype=np.int64)
         leaf = np.empty((T, cap, 4), dtype=np.float64)
-        counts = np.empty((T, 2), dtype=np.int64)
+        counts = np.empty((T, 3), dtype=np.int64)
         phase_cycles = np.zeros((T, len(numba_cpu.PHASES)))
         numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
                              data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
@@ -58,8 +59,9 @@ class NumbaBackend:
                              bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, feature, threshold, child,
                              leaf, counts, phase_cycles)
         self.phase_cycles += phase_cycles.sum(axis=0)
+        self.histogram_adds += int(counts[:, 2].sum())
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
-                           leaf[t, :nl].copy()) for t, (nn, nl) in enumerate(counts)]
+                           leaf[t, :nl].copy()) for t, (nn, nl, _) in enumerate(counts)]
 
     def leaf_ids(self, fine: np.ndarray, forest: ForestArrays) -> torch.Tensor:
         out = np.empty((fine.shape[0], forest.n_trees), dtype=np.int64)

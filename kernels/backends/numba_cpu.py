@@ -201,7 +201,10 @@ def _count_sides(mom_s, s_idx, lo, hi, a, fine_s, f, thr):
 
 @njit(error_model="numpy")
 def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e, e_idx, e_lo, e_hi):
+    """Histogram the node's structure rows (5 channels) and estimation rows (channel E) into hist;
+    return the number of bin additions (what bench_profile.py divides by the time)."""
     p = np.uint64(codes_s.shape[1])
+    adds = 0
     hist[:] = 0.0
     for ii in range(s_lo, s_hi):
         r = np.uint64(s_idx[ii])  # unsigned indices: see _scan_fine
@@ -220,8 +223,10 @@ def _build_hist(hist, n_bins, codes_s, mom_s, s_idx, s_lo, s_hi, codes_e, mom_e,
     for ii in range(e_lo, e_hi):
         r = e_idx[ii]
         if mom_e[r, 0] > 0.0:  # E counts estimation rows of positive weight
+            adds += 1
             for j in range(p):
                 hist[j, codes_e[r, j], 5] += 1.0
+    return (5 * (s_hi - s_lo) + adds) * codes_s.shape[1]
 
 
 @njit(error_model="numpy")
@@ -545,7 +550,8 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
               max_depth, mtry, poisson, max_bins, small_node, out_feature, out_threshold, out_child, out_leaf,
               prof):
-    """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves).
+    """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves,
+    histogram bin additions).
 
     The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
     (w, wt, wy, wty, wtt) [ns, 5]; *_e: the estimation half. Thresholds are fine codes;
@@ -607,13 +613,14 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             tot[0, c] += mom_s[r, c]
     for r in range(ne):
         tot[0, E] += 1.0 if mom_e[r, 0] > 0.0 else 0.0
+    hist_adds = 0
     n_nodes = 1
     root_slot = -1
     clock = _tick(prof, _ROOT, clock)
     if ns + ne >= small_node:
         n_free -= 1
         root_slot = free[n_free]
-        _build_hist(hists[root_slot], n_bins, codes_s, mom_s, s_idx, 0, ns, codes_e, mom_e, e_idx, 0, ne)
+        hist_adds += _build_hist(hists[root_slot], n_bins, codes_s, mom_s, s_idx, 0, ns, codes_e, mom_e, e_idx, 0, ne)
         clock = _tick(prof, _HIST, clock)
     top = 0
     st_id[0], st_depth[0], st_key[0], st_slot[0] = 0, 0, key, root_slot
@@ -725,9 +732,11 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             n_free -= 1
             new = free[n_free]
             if small_is_left:
-                _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_lo, s_mid, codes_e, mom_e, e_idx, e_lo, e_mid)
+                hist_adds += _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_lo, s_mid, codes_e, mom_e, e_idx,
+                                         e_lo, e_mid)
             else:
-                _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_mid, s_hi, codes_e, mom_e, e_idx, e_mid, e_hi)
+                hist_adds += _build_hist(hists[new], n_bins, codes_s, mom_s, s_idx, s_mid, s_hi, codes_e, mom_e, e_idx,
+                                         e_mid, e_hi)
             clock = _tick(prof, _HIST, clock)
             _subtract_hist(hists[slot], hists[new])
             clock = _tick(prof, _SUBTRACT, clock)
@@ -784,7 +793,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             tail += 2
         head += 1
     _tick(prof, _RENUMBER, clock)
-    return n_nodes, n_leaves
+    return n_nodes, n_leaves, hist_adds
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
@@ -793,7 +802,8 @@ def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coa
                out_counts, out_cycles):
     """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
     and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays;
-    out_cycles (trees, len(PHASES)) gains each tree's cycles per phase."""
+    out_cycles (trees, len(PHASES)) gains each tree's cycles per phase, out_counts (trees, 3) holds
+    each tree's nodes, leaves and histogram bin additions."""
     for t in numba.prange(keys.shape[0]):
         start = cycles()
         srows = s_rows[s_off[t]:s_off[t + 1]]
@@ -801,11 +811,12 @@ def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coa
         cs, fs, ms = codes[srows], fine[srows], mom[srows]
         ce, fe, me = codes[erows], fine[erows], mom[erows]
         _tick(out_cycles[t], _GATHER, start)
-        nn, nl = grow_tree(cs, fs, ms, ce, fe, me, n_bins, coarse_thr, keys[t], min_leaf, alpha, penalty, max_depth,
-                           mtry, poisson, max_bins, small_node, out_feature[t], out_threshold[t], out_child[t],
-                           out_leaf[t], out_cycles[t])
+        nn, nl, adds = grow_tree(cs, fs, ms, ce, fe, me, n_bins, coarse_thr, keys[t], min_leaf, alpha, penalty,
+                                 max_depth, mtry, poisson, max_bins, small_node, out_feature[t], out_threshold[t],
+                                 out_child[t], out_leaf[t], out_cycles[t])
         out_counts[t, 0] = nn
         out_counts[t, 1] = nl
+        out_counts[t, 2] = adds
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")

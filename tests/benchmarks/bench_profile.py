@@ -97,6 +97,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     numba_backend = get_backend("numba", torch.device("cpu"))
     _grow(numba_backend, binned, [mom], [samples[:2]], rule, Quiet())  # compiled and cached before timing
     numba_backend.phase_cycles[:] = 0
+    numba_backend.histogram_adds = 0
     grown, grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
     arrays = ForestArrays.from_trees(grown)
     variables, select_cpu, _ = timed(select_variables, data.X, t_res, y_res, seed)
@@ -129,10 +130,12 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     print(f"\ngrowth alone: {growth * per_tree:.1f} ms a tree of CPU time")
 
     sorted_rate, gathered_rate = histogram_rates(binned, mom, min(n // 4, 250_000))
-    hist_share = seconds[numba_cpu.PHASES.index("histogram build")] / kernel_wall
+    hist_seconds = seconds[numba_cpu.PHASES.index("histogram build")] * scale
     print(f"histogram adds per second on one core: {sorted_rate / 1e6:.0f} M on node-sorted rows (the limit), "
-          f"{gathered_rate / 1e6:.0f} M on rows gathered as the grower reads them; the histogram build is "
-          f"{100 * hist_share:.0f}% of growth")
+          f"{gathered_rate / 1e6:.0f} M on rows gathered in a deep node's order, "
+          f"{numba_backend.histogram_adds / hist_seconds / 1e6:.0f} M in the grower "
+          f"({numba_backend.histogram_adds / trees / 1e6:.0f} M adds a tree); the histogram build is "
+          f"{100 * hist_seconds / grow_cpu:.0f}% of growth")
 
     if torch_trees:
         torch_backend = get_backend("torch", torch.device("cpu"))
