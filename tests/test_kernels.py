@@ -54,6 +54,7 @@ def test_backends_match_reference(rule, weights):
                                rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
     assert all(len(t.feature) > 15 for t in ref), "trees should be non-trivial"
     _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
+    _assert_same_trees(NumbaBackend(move_rows_bytes=0).grow(data, mom, trees, rule), ref)  # rows moved, not indexed
     _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
 
 

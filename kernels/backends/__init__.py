@@ -30,7 +30,8 @@ class NumbaBackend:
     name = "numba"
     device = torch.device("cpu")
 
-    def __init__(self):
+    def __init__(self, move_rows_bytes: int = numba_cpu.MOVE_ROWS_BYTES):
+        self.move_rows_bytes = move_rows_bytes  # trees with more bytes of rows move them (numba_cpu)
         # CPU cycles each phase of growth took (numba_cpu.PHASES), summed over the trees grown by
         # this backend: the profile behind docs/benchmarks.md's split of a tree's time.
         self.phase_cycles = np.zeros(len(numba_cpu.PHASES))
@@ -56,8 +57,8 @@ class NumbaBackend:
         numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
                              data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
                              float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
-                             bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, feature, threshold, child,
-                             leaf, counts, phase_cycles)
+                             bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes),
+                             feature, threshold, child, leaf, counts, phase_cycles)
         self.phase_cycles += phase_cycles.sum(axis=0)
         self.histogram_adds += int(counts[:, 2].sum())
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
