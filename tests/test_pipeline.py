@@ -1,10 +1,15 @@
 """The training pipeline end to end, as a user runs it: `tauforge run` processes driving the real
-kfp.local SubprocessRunner, real Parquet files, a real local model store."""
+kfp.local SubprocessRunner, real Parquet files, a real local model store. The commands that stop
+before any task runs (bad data, a graph the roles do not fit, compile, submit) run in this process
+through the same `main()` the `tauforge` console script calls: the same checks, messages and exit
+status, without a new process's 3-5 s of imports each (test_cli.py checks exit statuses through a
+real process)."""
 
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -33,6 +38,27 @@ def finish(proc, timeout=600):
 
 def tauforge(tmp_path, *args):
     return finish(start(tmp_path, *args))
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """`tauforge ARGS` in this process, in tmp_path, storing under it as `tauforge()` does: (exit
+    status, stdout, stderr). main() installs its own warnings.showwarning; it is put back after."""
+    from tauforge.pipelines.cli import main
+
+    def call(*args):
+        extra = {"run": ["--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")]}
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+        capsys.readouterr()
+        try:
+            code = main([*args, *extra.get(args[0], [])])
+        except SystemExit as exc:  # argparse's errors exit 2, as in the process
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
 
 
 def last_json(stdout):
@@ -295,14 +321,13 @@ def test_a_failing_gate_publishes_nothing_and_says_why(runs):
     (lambda d: d.assign(t=d.index % 3), ["--treatment-type", "binary"], "treatment column 't' is declared binary "
                                                                           "but takes 3 values"),
 ])
-def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unchanged(tmp_path, change, args,
+def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unchanged(tmp_path, cli, change, args,
                                                                                        message):
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     data = data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300))
     change(data).to_parquet(tmp_path / "bad.parquet", index=False)
-    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "bad.parquet"), "--treatment", "t",
-                              "--outcome", "y", *args)
+    code, out, err = cli("run", "--data", str(tmp_path / "bad.parquet"), "--treatment", "t", "--outcome", "y", *args)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
@@ -322,27 +347,26 @@ def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unch
      "--graph has node 'q', which is neither a column of the data nor declared latent"),
     ("digraph { a -> t -> y -> a }", [], "--graph has a cycle, a -> t -> y -> a"),
 ])
-def test_a_graph_the_roles_do_not_fit_is_refused_before_any_task_runs_naming_the_path(tmp_path, graph, args,
+def test_a_graph_the_roles_do_not_fit_is_refused_before_any_task_runs_naming_the_path(tmp_path, cli, graph, args,
                                                                                       message):
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300)).to_parquet(
         tmp_path / "data.parquet", index=False)
     (tmp_path / "graph.dot").write_text(graph)
-    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t",
-                              "--outcome", "y", "--graph", "graph.dot", *args)
+    code, out, err = cli("run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t", "--outcome", "y",
+                         "--graph", "graph.dot", *args)
     assert code == 2, err
     assert f"tauforge run: error: {message}" in err and "Traceback" not in err
     # No task ran (kfp.local never made the run's folder or log) and nothing was published.
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
 
 
-def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path):
+def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path, cli):
     from kfp import components
 
     path = tmp_path / "training.yaml"
-    code, out, err = tauforge(tmp_path, "compile", "--out", str(path), "--folds", "3", "--shards", "4",
-                              "--gpus-per-shard", "1")
+    code, out, err = cli("compile", "--out", str(path), "--folds", "3", "--shards", "4", "--gpus-per-shard", "1")
     assert code == 0, err
     loaded = components.load_component_from_file(str(path))
     assert loaded.name == "tauforge-training"
@@ -392,11 +416,11 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
                                atol=1e-7)
 
 
-def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path):
+def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path, cli):
     from kfp import components
 
     path = tmp_path / "monitoring.yaml"
-    code, out, err = tauforge(tmp_path, "compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
+    code, out, err = cli("compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
     assert code == 0, err
     assert components.load_component_from_file(str(path)).name == "tauforge-monitoring"
     spec = yaml.safe_load(path.read_text())
@@ -492,8 +516,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
                for task in spec["root"]["dag"]["tasks"].values() if "cachingOptions" in task)  # --no-cache
 
 
-def test_submit_to_an_unreachable_host_fails_cleanly(tmp_path):
-    code, out, err = tauforge(tmp_path, "submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/t.parquet",
-                              "--treatment", "t", "--outcome", "y", "--store", "s3://b/models")
+def test_submit_to_an_unreachable_host_fails_cleanly(cli):
+    code, out, err = cli("submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/t.parquet", "--treatment", "t",
+                         "--outcome", "y", "--store", "s3://b/models")
     assert code == 1
     assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err and "Traceback" not in err
