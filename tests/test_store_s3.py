@@ -19,6 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from publishers import publish_then_promote
 from servers import free_port, wait_for_http
 
 from tauforge.components.registry import CARD_FILE, ModelStore, StoreError
@@ -83,20 +84,6 @@ def tauforge(*args, cwd=None):
 
 
 # ---------------------------------------------------------------------- concurrency (real processes)
-def _publish_then_promote(uri, src, count, barrier, results):
-    """One publisher: `count` versions, then its first version made champion; each step starts
-    with the other publishers' (the barrier), so they race for the same numbers and the same alias."""
-    try:
-        store = ModelStore(uri)
-        barrier.wait(timeout=120)
-        versions = [store.publish(MODEL, src, card()) for _ in range(count)]
-        barrier.wait(timeout=120)
-        store.set_alias(MODEL, "champion", versions[0])
-        results.put(("ok", versions))
-    except BaseException as exc:  # the test shows it rather than waiting for a result that never comes
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-
-
 @pytest.fixture(scope="module")
 def race(s3, model_dir):
     """Three processes publish three versions each to one new model on S3 at the same time, then
@@ -105,7 +92,8 @@ def race(s3, model_dir):
     uri = s3.uri("race")
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=_publish_then_promote, args=(uri, src, 3, barrier, results)) for _ in range(3)]
+    procs = [ctx.Process(target=publish_then_promote, args=(uri, MODEL, src, card(), 3, barrier, results))
+             for _ in range(3)]
     for p in procs:
         p.start()
     try:
