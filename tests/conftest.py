@@ -31,3 +31,34 @@ def s3():
 
     with s3_server() as server:
         yield server
+
+
+def awaits_background(item) -> bool:
+    return "background" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session")
+def background(request, tmp_path_factory):
+    """The slow work in other processes that selected tests await (tests/background.py): the
+    `start_background(tmp_path_factory)` of each test module whose selected tests use this
+    fixture, by module name; stopped at the end of the session."""
+    modules = sorted({item.module for item in request.session.items if awaits_background(item)},
+                     key=lambda module: module.__name__)
+    started = {}
+    try:
+        for module in modules:
+            started[module.__name__] = module.start_background(tmp_path_factory)
+        yield started
+    finally:
+        for work in started.values():
+            work.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_background_first(request):
+    """Starts `background` before the session's first test rather than at the first test that
+    awaits it. Most tests run in this process on one thread (EconML fits, seed sweeps), leaving
+    the other core idle: the pipeline runs and kernel compiles, which are processes of their own,
+    use it meanwhile instead of running after them."""
+    if any(awaits_background(item) for item in request.session.items):
+        request.getfixturevalue("background")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from background import Processes
 
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForestDML
@@ -24,20 +25,16 @@ TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 SMALL = ["--trees", "60", "--folds", "2", "--shards", "2"]
 
 
-def start(tmp_path, *args):
+def command(tmp_path, *args):
+    """`tauforge ARGS` storing under tmp_path."""
     extra = {"run": ["--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")],
              "models": ["--store", str(tmp_path / "store")]}.get(args[0], [])
-    cmd = [*TAUFORGE, *args, *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return [*TAUFORGE, *args, *extra]
 
 
 def tauforge(tmp_path, *args):
-    return finish(start(tmp_path, *args))
+    out = subprocess.run(command(tmp_path, *args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return out.returncode, out.stdout, out.stderr
 
 
 @pytest.fixture
@@ -65,12 +62,12 @@ def last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def ihdp(tmp_path_factory):
+def ihdp_parquet(path):
     """EconML's IHDP covariates as EconML prepares them (`econml.data.dgps`: 25 columns of the
     IHDP study, the numeric ones scaled, and a constant intercept column first) with its response
-    surface B, written as Parquet outside tauforge under the columns' own names. The intercept
-    cannot split; the run must accept it with a warning, as EconML does."""
+    surface B, written as Parquet outside tauforge under the columns' own names, to `path`. The
+    intercept cannot split; the run must accept it with a warning, as EconML does. Returns (path,
+    table, covariates, controls)."""
     from econml.data.dgps import ihdp_surface_B
 
     Y, T, X, _ = ihdp_surface_B(random_state=3)
@@ -80,7 +77,6 @@ def ihdp(tmp_path_factory):
     table = pd.DataFrame(X, columns=names).assign(treat=T.astype(float), iq=Y)
     assert (table["intercept"] == 1).all()
     covariates, controls = names[:7], names[7:]  # the intercept and the six numeric ones modify the effect
-    path = tmp_path_factory.mktemp("ihdp") / "ihdp.parquet"
     table.to_parquet(path, index=False)
     return str(path), table, covariates, controls
 
@@ -115,50 +111,42 @@ DEMO_GRAPH = """digraph demo {
 """
 
 
-class Runs:
-    """Pipeline runs started together and awaited by the tests that inspect them: on 2 cores, runs
-    side by side overlap each other's process start-ups and single-task steps."""
-
-    def __init__(self, procs):
-        self.procs, self.results = procs, {}
-
-    def result(self, name):
-        if name not in self.results:
-            self.results[name] = finish(self.procs[name])
-        return self.results[name]
-
-    def close(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, ihdp):
-    """Three runs into one store, at the same time: two of the demo data into one model (tauforge's
-    estimator with the default nuisance learners and the demo's graph with an edge x1 -> T,
-    EconML's forest with linear ones and the graph without it), which must get versions 1 and 2,
-    and the IHDP Parquet under its own name with the full bootstrap in two shards and no graph;
-    beside them, in a store of its own, a run whose gate fails."""
+def start_background(tmp_path_factory):
+    """Four runs at the same time (conftest.py starts them at the session's start; on 2 cores,
+    runs side by side overlap each other's process start-ups and single-task steps). Three into
+    one store: two of the demo data into one model (tauforge's estimator with the default nuisance
+    learners and the demo's graph with an edge x1 -> T, EconML's forest with linear ones and the
+    graph without it), which must get versions 1 and 2, and the IHDP Parquet under its own name
+    with the full bootstrap in two shards and no graph; beside them, in a store of its own, a run
+    whose gate fails."""
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
+    ihdp = ihdp_parquet(tmp_path_factory.mktemp("ihdp") / "ihdp.parquet")
     path, table, covariates, controls = ihdp
     (shared / "with-edge.dot").write_text(DEMO_GRAPH % " x1 -> T;")
     (shared / "without-edge.dot").write_text(DEMO_GRAPH % "")
+    runs = Processes(dir=shared, poor_dir=poor, ihdp=ihdp)
+    runs.start("demo", command(shared, "run", "--demo", *SMALL, "--seed", "0", "--graph", "with-edge.dot", "--json"),
+               cwd=shared)
+    runs.start("econml", command(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2",
+                                 "--seed", "2", *LINEAR, "--graph", "without-edge.dot", "--json"), cwd=shared)
     # The IHDP run takes the explicit fan-in of compiled pipelines; the others kfp.local's collected one.
-    runs = Runs({
-        "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--graph", "with-edge.dot", "--json"),
-        "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
-                        "2", *LINEAR, "--graph", "without-edge.dot", "--json"),
-        "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
-                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP,
-                      "--fan-in", "explicit", "--json"),
-        "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
-                      "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
-    })
-    runs.dir, runs.poor_dir = shared, poor
-    yield runs
-    runs.close()
+    runs.start("ihdp", command(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
+                               *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3",
+                               *BOOTSTRAP, "--fan-in", "explicit", "--json"), cwd=shared)
+    runs.start("poor", command(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"),
+                               "--treatment", "t", "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1",
+                               *LINEAR), cwd=poor)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(background):
+    return background[__name__]
+
+
+@pytest.fixture(scope="module")
+def ihdp(runs):
+    return runs.ihdp
 
 
 def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(runs):
