@@ -1,7 +1,7 @@
-"""The CPU image, built and run: `make image-cpu` once per session (reused while the sources it is
-built from are unchanged), then the image as Kubernetes and KFP run it: as uid 10001, as another
-uid, with a read-only root filesystem with and without a writable /tmp, and a real KFP task on
-kfp.local's DockerRunner.
+"""The CPU image, built and run: `make image-cpu` once per session, started at the session's first
+test (reused while the sources it is built from are unchanged), then the image as Kubernetes and
+KFP run it: as uid 10001, as another uid, with a read-only root filesystem with and without a
+writable /tmp, and a real KFP task on kfp.local's DockerRunner.
 
 These tests need a Docker daemon (`.ci/docker-setup` installs and starts one, and builds the local
 base image a machine with no container registry needs). Without one they skip, except under
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -72,35 +73,70 @@ def source_hash():
     return digest.hexdigest()[:16]
 
 
+class ImageBuild:
+    """`make image-cpu` of these sources as tauforge-test:<hash of its sources>, started unless an
+    image of that tag exists (or no Docker daemon answers)."""
+
+    def __init__(self, folder):
+        self.answers, self.proc = docker_answers(), None
+        if not self.answers:
+            return
+        self.tag = f"{REPOSITORY}:{source_hash()}"
+        self.reused = docker("image", "inspect", self.tag, check=False).returncode == 0
+        if not self.reused:
+            self.log = folder / "make-image-cpu.log"
+            self.output = open(self.log, "w")
+            self.started = time.time()
+            # A session of its own: stopping the build early also stops the docker client under make.
+            self.proc = subprocess.Popen(["make", "image-cpu", f"IMAGE={self.tag}"], cwd=ROOT, stdout=self.output,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self):
+        """make's exit status and the build's seconds (to its last line of output: it may have
+        ended well before a test awaited it)."""
+        code = self.proc.wait(timeout=3600)
+        self.output.close()
+        return code, min(time.time(), os.path.getmtime(self.log)) - self.started
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start_background(tmp_path_factory):
+    """The image build, started at the session's first test (conftest.py): about 70 s after a
+    change to the sources, beside the tests that run in the pytest process on one thread."""
+    return ImageBuild(tmp_path_factory.mktemp("image"))
+
+
 @pytest.fixture(scope="session")
-def image(request, tmp_path_factory):
+def image(request, background):
     """The CPU image of these sources, tagged tauforge-test:<hash of its sources>: built with
     `make image-cpu` unless an image of that tag exists; older test images are removed."""
-    if not docker_answers():
+    build = background[__name__]
+    if not build.answers:
         message = ("no Docker daemon answers (`docker info` failed); `.ci/docker-setup` installs Docker, "
                    "starts a daemon and builds the local base image")
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: the image tests must run, but {message}")
         pytest.skip(message)
-    tag = f"{REPOSITORY}:{source_hash()}"
+    tag = build.tag
     plugins = request.config.pluginmanager
 
     def say(line):  # on the terminal, not in the captured output
         with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
             plugins.get_plugin("terminalreporter").write_line(line)
 
-    if docker("image", "inspect", tag, check=False).returncode == 0:
+    if build.reused:
         say(f"test_images: reusing {tag}")
     else:
-        log = tmp_path_factory.mktemp("image") / "make-image-cpu.log"
-        start = time.monotonic()
-        with open(log, "w") as out:
-            built = subprocess.run(["make", "image-cpu", f"IMAGE={tag}"], cwd=ROOT, stdout=out,
-                                   stderr=subprocess.STDOUT, timeout=3600)
-        seconds = time.monotonic() - start
-        if built.returncode != 0:
-            pytest.fail(f"make image-cpu failed after {seconds:.0f} s; its last lines:\n{log.read_text()[-4000:]}")
-        say(f"test_images: built {tag} with make image-cpu in {seconds:.0f} s (log: {log})")
+        code, seconds = build.wait()
+        if code != 0:
+            pytest.fail(f"make image-cpu failed after {seconds:.0f} s; its last lines:\n"
+                        f"{build.log.read_text()[-4000:]}")
+        say(f"test_images: built {tag} with make image-cpu in {seconds:.0f} s, started at the session's start "
+            f"(log: {build.log})")
     listed = docker("images", REPOSITORY, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     for old in set(listed) - {tag}:
         docker("rmi", old, check=False)
