@@ -1,7 +1,9 @@
-"""Slow work in other processes that tests await (pipeline runs, kernel compiles): a test module
-starts it in `start_background(tmp_path_factory)`, which conftest.py's `background` fixture calls
-at the session's first test (see there why), and its tests await each process by name."""
+"""Slow work in other processes that tests await (pipeline runs, kernel compiles, the image build):
+a test module starts it in `start_background(request)`, which conftest.py's `background` fixture
+calls at the session's first test (see there why), and its tests await each process by name."""
 
+import os
+import signal
 import subprocess
 import tempfile
 
@@ -18,8 +20,9 @@ class Processes:
 
     def start(self, name: str, cmd: list[str], **popen):
         self.outputs[name] = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        # A session of its own, so that stopping it early also stops what it started (a pipeline's tasks).
         self.procs[name] = subprocess.Popen(cmd, stdout=self.outputs[name][0], stderr=self.outputs[name][1],
-                                            text=True, **popen)
+                                            text=True, start_new_session=True, **popen)
         return self
 
     def result(self, name: str):
@@ -31,8 +34,8 @@ class Processes:
 
     def close(self):
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # the session ended (or failed) before a test awaited it
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         for files in self.outputs.values():
             for f in files:

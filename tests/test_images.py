@@ -104,10 +104,10 @@ class ImageBuild:
             self.proc.wait()
 
 
-def start_background(tmp_path_factory):
+def start_background(request):
     """The image build, started at the session's first test (conftest.py): about 70 s after a
     change to the sources, beside the tests that run in the pytest process on one thread."""
-    return ImageBuild(tmp_path_factory.mktemp("image"))
+    return ImageBuild(request.getfixturevalue("tmp_path_factory").mktemp("image"))
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,11 @@ def env(**extra):
     return out
 
 
-def start_background(tmp_path_factory):
+def start_background(request):
     """Three fresh processes at once (each compiles the kernels, 15-20 s; conftest.py starts them
     at the session's start): a NUMBA_CACHE_DIR that cannot be created, the same with no usable
     temp directory either, and the image's build-time warm-up filling a cache."""
-    base = tmp_path_factory.mktemp("numba-cache")
+    base = request.getfixturevalue("tmp_path_factory").mktemp("numba-cache")
     blocker = base / "a-file"
     blocker.write_text("NUMBA_CACHE_DIR below a regular file cannot be created\n")
     (base / "tmp").mkdir()

@@ -111,7 +111,7 @@ DEMO_GRAPH = """digraph demo {
 """
 
 
-def start_background(tmp_path_factory):
+def start_background(request):
     """Four runs at the same time (conftest.py starts them at the session's start; on 2 cores,
     runs side by side overlap each other's process start-ups and single-task steps). Three into
     one store: two of the demo data into one model (tauforge's estimator with the default nuisance
@@ -119,6 +119,7 @@ def start_background(tmp_path_factory):
     graph without it), which must get versions 1 and 2, and the IHDP Parquet under its own name
     with the full bootstrap in two shards and no graph; beside them, in a store of its own, a run
     whose gate fails."""
+    tmp_path_factory = request.getfixturevalue("tmp_path_factory")
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
     ihdp = ihdp_parquet(tmp_path_factory.mktemp("ihdp") / "ihdp.parquet")
     path, table, covariates, controls = ihdp
