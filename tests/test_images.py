@@ -87,9 +87,9 @@ class ImageBuild:
             self.log = folder / "make-image-cpu.log"
             self.output = open(self.log, "w")
             self.started = time.time()
-            # A session of its own: stopping the build early also stops the docker client under make.
+            # A process group of its own: stopping the build early also stops the docker client under make.
             self.proc = subprocess.Popen(["make", "image-cpu", f"IMAGE={self.tag}"], cwd=ROOT, stdout=self.output,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, process_group=0)
 
     def wait(self):
         """make's exit status and the build's seconds (to its last line of output: it may have
