@@ -26,8 +26,43 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.fixture(scope="session")
 def s3():
-    """moto's S3-compatible server on 127.0.0.1 for the whole session (tests/servers.py)."""
+    """moto's S3-compatible server on 127.0.0.1 for the rest of the session (tests/servers.py), its
+    endpoint and credentials in os.environ from then on; from the first test when test_store_s3.py's
+    demo run is selected, which starts in the background."""
     from servers import s3_server
 
     with s3_server() as server:
         yield server
+
+
+def awaits_background(item) -> bool:
+    return "background" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session")
+def background(request):
+    """The slow work in other processes that selected tests await (tests/background.py): the
+    `start_background(request)` of each test module whose selected tests use this fixture (its
+    request.getfixturevalue gives session fixtures: tmp_path_factory, s3), by module name; stopped
+    at the end of the session."""
+    modules = sorted({item.module for item in request.session.items if awaits_background(item)},
+                     key=lambda module: module.__name__)
+    started = {}
+    try:
+        for module in modules:
+            started[module.__name__] = module.start_background(request)
+        yield started
+    finally:
+        for work in started.values():
+            work.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_background_first(request):
+    """Starts `background` before the session's first test rather than at the first test that
+    awaits it. Most tests run in this process on one thread (EconML fits, seed sweeps), leaving
+    the other core idle: the pipeline runs, kernel compiles and image build, which are processes
+    of their own (at a lower priority: tests/background.py), use it meanwhile instead of running
+    after them."""
+    if any(awaits_background(item) for item in request.session.items):
+        request.getfixturevalue("background")

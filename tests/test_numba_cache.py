@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 import pytest
+from background import Processes
 from kernel_probe import PROBE, parse
 
 from tauforge.kernels.backends import numba_cache
@@ -22,34 +23,34 @@ def env(**extra):
     return out
 
 
-def start(args, **extra):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env(**extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err[-3000:]
-    return out, err
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Three fresh processes at once (each compiles the kernels, 15-20 s): a NUMBA_CACHE_DIR that
-    cannot be created, the same with no usable temp directory either, and the image's build-time
-    warm-up filling a cache."""
-    base = tmp_path_factory.mktemp("numba-cache")
+def start_background(request):
+    """Three fresh processes at once (each compiles the kernels, 15-20 s; conftest.py starts them
+    at the session's start): a NUMBA_CACHE_DIR that cannot be created, the same with no usable
+    temp directory either, and the image's build-time warm-up filling a cache."""
+    base = request.getfixturevalue("tmp_path_factory").mktemp("numba-cache")
     blocker = base / "a-file"
     blocker.write_text("NUMBA_CACHE_DIR below a regular file cannot be created\n")
     (base / "tmp").mkdir()
     nothing_writable = f"import tempfile; tempfile.tempdir = {str(blocker / 'tmp')!r}\n" + PROBE
-    processes = {
-        "unwritable": start(["-c", PROBE], NUMBA_CACHE_DIR=str(blocker / "cache"), TMPDIR=str(base / "tmp")),
-        "nothing writable": start(["-c", nothing_writable], NUMBA_CACHE_DIR=str(blocker / "cache")),
-        "warmup": start(["-m", "tauforge.kernels.warmup"], NUMBA_CACHE_DIR=str(base / "prebuilt")),
-    }
-    results = {name: finish(p) for name, p in processes.items()}
-    return base, results
+    processes = Processes(timeout=300, base=base)
+    for name, args, extra in (
+        ("unwritable", ["-c", PROBE], {"NUMBA_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(base / "tmp")}),
+        ("nothing writable", ["-c", nothing_writable], {"NUMBA_CACHE_DIR": str(blocker / "cache")}),
+        ("warmup", ["-m", "tauforge.kernels.warmup"], {"NUMBA_CACHE_DIR": str(base / "prebuilt")}),
+    ):
+        processes.start(name, [sys.executable, *args], cwd=ROOT, env=env(**extra))
+    return processes
+
+
+@pytest.fixture(scope="module")
+def runs(background):
+    processes = background[__name__]
+    results = {}
+    for name in processes.procs:
+        code, out, err = processes.result(name)
+        assert code == 0, err[-3000:]
+        results[name] = out, err
+    return processes.base, results
 
 
 def test_an_unwritable_numba_cache_dir_caches_in_a_private_temp_folder(runs):

@@ -1,15 +1,21 @@
 """The training pipeline end to end, as a user runs it: `tauforge run` processes driving the real
-kfp.local SubprocessRunner, real Parquet files, a real local model store."""
+kfp.local SubprocessRunner, real Parquet files, a real local model store. The commands that stop
+before any task runs (bad data, a graph the roles do not fit, compile, submit) run in this process
+through the same `main()` the `tauforge` console script calls: the same checks, messages and exit
+status, without a new process's 3-5 s of imports each (test_cli.py checks exit statuses through a
+real process)."""
 
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from background import Processes
 
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForestDML
@@ -19,32 +25,49 @@ TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 SMALL = ["--trees", "60", "--folds", "2", "--shards", "2"]
 
 
-def start(tmp_path, *args):
+def command(tmp_path, *args):
+    """`tauforge ARGS` storing under tmp_path."""
     extra = {"run": ["--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")],
              "models": ["--store", str(tmp_path / "store")]}.get(args[0], [])
-    cmd = [*TAUFORGE, *args, *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return [*TAUFORGE, *args, *extra]
 
 
 def tauforge(tmp_path, *args):
-    return finish(start(tmp_path, *args))
+    out = subprocess.run(command(tmp_path, *args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return out.returncode, out.stdout, out.stderr
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """`tauforge ARGS` in this process, in tmp_path, storing under it as `tauforge()` does: (exit
+    status, stdout, stderr). main() installs its own warnings.showwarning; it is put back after."""
+    from tauforge.pipelines.cli import main
+
+    def call(*args):
+        extra = {"run": ["--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")]}
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+        capsys.readouterr()
+        try:
+            code = main([*args, *extra.get(args[0], [])])
+        except SystemExit as exc:  # argparse's errors exit 2, as in the process
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
 
 
 def last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def ihdp(tmp_path_factory):
+def ihdp_parquet(path):
     """EconML's IHDP covariates as EconML prepares them (`econml.data.dgps`: 25 columns of the
     IHDP study, the numeric ones scaled, and a constant intercept column first) with its response
-    surface B, written as Parquet outside tauforge under the columns' own names. The intercept
-    cannot split; the run must accept it with a warning, as EconML does."""
+    surface B, written as Parquet outside tauforge under the columns' own names, to `path`. The
+    intercept cannot split; the run must accept it with a warning, as EconML does. Returns (path,
+    table, covariates, controls)."""
     from econml.data.dgps import ihdp_surface_B
 
     Y, T, X, _ = ihdp_surface_B(random_state=3)
@@ -54,7 +77,6 @@ def ihdp(tmp_path_factory):
     table = pd.DataFrame(X, columns=names).assign(treat=T.astype(float), iq=Y)
     assert (table["intercept"] == 1).all()
     covariates, controls = names[:7], names[7:]  # the intercept and the six numeric ones modify the effect
-    path = tmp_path_factory.mktemp("ihdp") / "ihdp.parquet"
     table.to_parquet(path, index=False)
     return str(path), table, covariates, controls
 
@@ -89,50 +111,43 @@ DEMO_GRAPH = """digraph demo {
 """
 
 
-class Runs:
-    """Pipeline runs started together and awaited by the tests that inspect them: on 2 cores, runs
-    side by side overlap each other's process start-ups and single-task steps."""
-
-    def __init__(self, procs):
-        self.procs, self.results = procs, {}
-
-    def result(self, name):
-        if name not in self.results:
-            self.results[name] = finish(self.procs[name])
-        return self.results[name]
-
-    def close(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, ihdp):
-    """Three runs into one store, at the same time: two of the demo data into one model (tauforge's
-    estimator with the default nuisance learners and the demo's graph with an edge x1 -> T,
-    EconML's forest with linear ones and the graph without it), which must get versions 1 and 2,
-    and the IHDP Parquet under its own name with the full bootstrap in two shards and no graph;
-    beside them, in a store of its own, a run whose gate fails."""
+def start_background(request):
+    """Four runs at the same time (conftest.py starts them at the session's start; on 2 cores,
+    runs side by side overlap each other's process start-ups and single-task steps). Three into
+    one store: two of the demo data into one model (tauforge's estimator with the default nuisance
+    learners and the demo's graph with an edge x1 -> T, EconML's forest with linear ones and the
+    graph without it), which must get versions 1 and 2, and the IHDP Parquet under its own name
+    with the full bootstrap in two shards and no graph; beside them, in a store of its own, a run
+    whose gate fails."""
+    tmp_path_factory = request.getfixturevalue("tmp_path_factory")
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
+    ihdp = ihdp_parquet(tmp_path_factory.mktemp("ihdp") / "ihdp.parquet")
     path, table, covariates, controls = ihdp
     (shared / "with-edge.dot").write_text(DEMO_GRAPH % " x1 -> T;")
     (shared / "without-edge.dot").write_text(DEMO_GRAPH % "")
+    runs = Processes(dir=shared, poor_dir=poor, ihdp=ihdp)
+    runs.start("demo", command(shared, "run", "--demo", *SMALL, "--seed", "0", "--graph", "with-edge.dot", "--json"),
+               cwd=shared)
+    runs.start("econml", command(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2",
+                                 "--seed", "2", *LINEAR, "--graph", "without-edge.dot", "--json"), cwd=shared)
     # The IHDP run takes the explicit fan-in of compiled pipelines; the others kfp.local's collected one.
-    runs = Runs({
-        "demo": start(shared, "run", "--demo", *SMALL, "--seed", "0", "--graph", "with-edge.dot", "--json"),
-        "econml": start(shared, "run", "--demo", "--estimator", "econml", "--trees", "40", "--folds", "2", "--seed",
-                        "2", *LINEAR, "--graph", "without-edge.dot", "--json"),
-        "ihdp": start(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
-                      *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3", *BOOTSTRAP,
-                      "--fan-in", "explicit", "--json"),
-        "poor": start(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"), "--treatment", "t",
-                      "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1", *LINEAR),
-    })
-    runs.dir, runs.poor_dir = shared, poor
-    yield runs
-    runs.close()
+    runs.start("ihdp", command(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
+                               *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3",
+                               *BOOTSTRAP, "--fan-in", "explicit", "--json"), cwd=shared)
+    runs.start("poor", command(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"),
+                               "--treatment", "t", "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1",
+                               *LINEAR), cwd=poor)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(background):
+    return background[__name__]
+
+
+@pytest.fixture(scope="module")
+def ihdp(runs):
+    return runs.ihdp
 
 
 def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both(runs):
@@ -295,14 +310,13 @@ def test_a_failing_gate_publishes_nothing_and_says_why(runs):
     (lambda d: d.assign(t=d.index % 3), ["--treatment-type", "binary"], "treatment column 't' is declared binary "
                                                                           "but takes 3 values"),
 ])
-def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unchanged(tmp_path, change, args,
+def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unchanged(tmp_path, cli, change, args,
                                                                                        message):
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     data = data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300))
     change(data).to_parquet(tmp_path / "bad.parquet", index=False)
-    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "bad.parquet"), "--treatment", "t",
-                              "--outcome", "y", *args)
+    code, out, err = cli("run", "--data", str(tmp_path / "bad.parquet"), "--treatment", "t", "--outcome", "y", *args)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
@@ -322,27 +336,26 @@ def test_invalid_data_exits_non_zero_naming_the_column_and_leaves_the_store_unch
      "--graph has node 'q', which is neither a column of the data nor declared latent"),
     ("digraph { a -> t -> y -> a }", [], "--graph has a cycle, a -> t -> y -> a"),
 ])
-def test_a_graph_the_roles_do_not_fit_is_refused_before_any_task_runs_naming_the_path(tmp_path, graph, args,
+def test_a_graph_the_roles_do_not_fit_is_refused_before_any_task_runs_naming_the_path(tmp_path, cli, graph, args,
                                                                                       message):
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300)).to_parquet(
         tmp_path / "data.parquet", index=False)
     (tmp_path / "graph.dot").write_text(graph)
-    code, out, err = tauforge(tmp_path, "run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t",
-                              "--outcome", "y", "--graph", "graph.dot", *args)
+    code, out, err = cli("run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t", "--outcome", "y",
+                         "--graph", "graph.dot", *args)
     assert code == 2, err
     assert f"tauforge run: error: {message}" in err and "Traceback" not in err
     # No task ran (kfp.local never made the run's folder or log) and nothing was published.
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
 
 
-def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path):
+def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_for(tmp_path, cli):
     from kfp import components
 
     path = tmp_path / "training.yaml"
-    code, out, err = tauforge(tmp_path, "compile", "--out", str(path), "--folds", "3", "--shards", "4",
-                              "--gpus-per-shard", "1")
+    code, out, err = cli("compile", "--out", str(path), "--folds", "3", "--shards", "4", "--gpus-per-shard", "1")
     assert code == 0, err
     loaded = components.load_component_from_file(str(path))
     assert loaded.name == "tauforge-training"
@@ -392,11 +405,11 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
                                atol=1e-7)
 
 
-def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path):
+def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path, cli):
     from kfp import components
 
     path = tmp_path / "monitoring.yaml"
-    code, out, err = tauforge(tmp_path, "compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
+    code, out, err = cli("compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
     assert code == 0, err
     assert components.load_component_from_file(str(path)).name == "tauforge-monitoring"
     spec = yaml.safe_load(path.read_text())
@@ -492,8 +505,8 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
                for task in spec["root"]["dag"]["tasks"].values() if "cachingOptions" in task)  # --no-cache
 
 
-def test_submit_to_an_unreachable_host_fails_cleanly(tmp_path):
-    code, out, err = tauforge(tmp_path, "submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/t.parquet",
-                              "--treatment", "t", "--outcome", "y", "--store", "s3://b/models")
+def test_submit_to_an_unreachable_host_fails_cleanly(cli):
+    code, out, err = cli("submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/t.parquet", "--treatment", "t",
+                         "--outcome", "y", "--store", "s3://b/models")
     assert code == 1
     assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err and "Traceback" not in err

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from publishers import publish_many
 
 from tauforge.components.registry import ModelStore, StoreError, read_card, verify_files
 from tauforge.kernels import CausalForest
@@ -93,16 +94,11 @@ def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_
         store.set_alias("m", "champion", 9)
 
 
-def _publish_many(args):
-    uri, src, count = args
-    return [ModelStore(uri).publish("m", src, card()) for _ in range(count)]
-
-
 def test_concurrent_publishers_get_distinct_complete_versions(model_dir, tmp_path):
     src, forest, X = model_dir
     uri = str(tmp_path / "store")
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_publish_many, [(uri, src, 3)] * 4)
+        results = pool.map(publish_many, [(uri, "m", src, card(), 3)] * 4)
     versions = sorted(v for r in results for v in r)
     assert versions == list(range(1, 13))
     store = ModelStore(uri)

@@ -48,7 +48,7 @@ def store(tmp_path_factory):
 
 
 class Server:
-    def __init__(self, cmd, port, log_dir=None, env=None, cwd=ROOT):
+    def __init__(self, cmd, port, log_dir=None, env=None, cwd=ROOT, wait=True):
         self.port, self.log_dir = port, log_dir
         self.scored = []  # (request id, rows) of every request answered with a 200 through post()
         # The server's own log goes to a file: a pipe nobody reads fills up (64 KB of access logs)
@@ -56,6 +56,11 @@ class Server:
         self.output = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.output, stderr=subprocess.STDOUT, text=True,
                                      env=env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Until the model answers; servers started with wait=False start side by side."""
         deadline = time.time() + 90
         while True:
             try:
@@ -106,13 +111,13 @@ class Server:
                 self.proc.kill()
 
 
-def tauforge_serve(store, *args, log_dir=None, env=None, cwd=ROOT):
+def tauforge_serve(store, *args, log_dir=None, env=None, cwd=ROOT, wait=True):
     """`tauforge serve` on free ports (gRPC off unless `args` set --grpc-port)."""
     port = free_port()
     grpc = [] if "--grpc-port" in args else ["--grpc-port", "0"]
     cmd = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL,
            "--port", str(port), *grpc, *args] + (["--log-dir", log_dir] if log_dir else [])
-    return Server(cmd, port, log_dir, env, cwd)
+    return Server(cmd, port, log_dir, env, cwd, wait)
 
 
 SHADOWS = ("serving", "kernels", "components", "pipelines")
@@ -492,19 +497,20 @@ def test_a_predictor_serves_under_the_role_it_was_deployed_as(store, tmp_path):
 def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
     import torch
 
-    if not torch.cuda.is_available():
-        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model",
-                              MODEL, "--device", "cuda", "--port", str(free_port()), "--grpc-port", "0"],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
+    serve = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model",
-                              MODEL, "--port", str(free_port()), "--grpc-port", str(port)],
-                             capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in out.stderr
+        # The two refusals side by side.
+        port_taken = subprocess.Popen([*serve, "--port", str(free_port()), "--grpc-port", str(port)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if not torch.cuda.is_available():
+            out = subprocess.run([*serve, "--device", "cuda", "--port", str(free_port()), "--grpc-port", "0"],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
+        _, err = port_taken.communicate(timeout=120)
+    assert port_taken.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in err
 
 
 # ----------------------------------------------------------------------------- event logs on object storage
@@ -515,11 +521,13 @@ def test_canary_and_shadow_servers_log_to_s3_and_monitor_reads_every_row_with_it
     events = s3.uri("events")
     n = 40
     canary = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "canary", "--percent", "50",
-                            log_dir=events)
+                            log_dir=events, wait=False)
     shadow = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "shadow", "--percent", "100",
-                            log_dir=events)
+                            log_dir=events, wait=False)  # the two start side by side
     answered = {}
     try:
+        canary.wait_ready()
+        shadow.wait_ready()
         for name, server in (("canary", canary), ("shadow", shadow)):
             roles = []
             for i in range(n):

@@ -19,6 +19,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+from background import Processes
+from publishers import publish_then_promote
 from servers import free_port, wait_for_http
 
 from tauforge.components.registry import CARD_FILE, ModelStore, StoreError
@@ -29,35 +31,19 @@ TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 MODEL = "tauforge-model"  # the name `tauforge run` publishes under
 
 
-class DemoRun:
-    """`tauforge run --demo` publishing to an s3:// store, running in the background."""
-
-    def __init__(self, store: str, workdir: str):
-        self.store, self.workdir = store, workdir
-        cmd = [*TAUFORGE, "run", "--demo", "--store", store, "--trees", "20", "--folds", "2", "--shards", "1",
-               "--pipeline-root", os.path.join(workdir, "runs"), "--json"]
-        # A session of its own, so that stopping it early also stops the pipeline's task processes.
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
-        self._out = None
-
-    def result(self):
-        if self._out is None:
-            self._out = self.proc.communicate(timeout=600)
-        return self.proc.returncode, *self._out
-
-    def stop(self):
-        if self.proc.poll() is None:  # the module's tests ended (or failed) before the run did
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.communicate()
+def start_background(request):
+    """`tauforge run --demo` publishing to an s3:// store, started at the session's first test
+    (conftest.py), so that the other tests run while it does."""
+    store = request.getfixturevalue("s3").uri("demo")
+    workdir = request.getfixturevalue("tmp_path_factory").mktemp("demo")
+    cmd = [*TAUFORGE, "run", "--demo", "--store", store, "--trees", "20", "--folds", "2", "--shards", "1",
+           "--pipeline-root", str(workdir / "runs"), "--json"]
+    return Processes(store=store).start("demo", cmd, cwd=workdir)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def demo_run(s3, tmp_path_factory):
-    """Started before this module's first test, so the others run while it does."""
-    run = DemoRun(s3.uri("demo"), str(tmp_path_factory.mktemp("demo")))
-    yield run
-    run.stop()
+@pytest.fixture(scope="module")
+def demo_run(background):
+    return background[__name__]
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +69,6 @@ def tauforge(*args, cwd=None):
 
 
 # ---------------------------------------------------------------------- concurrency (real processes)
-def _publish_then_promote(uri, src, count, barrier, results):
-    """One publisher: `count` versions, then its first version made champion; each step starts
-    with the other publishers' (the barrier), so they race for the same numbers and the same alias."""
-    try:
-        store = ModelStore(uri)
-        barrier.wait(timeout=120)
-        versions = [store.publish(MODEL, src, card()) for _ in range(count)]
-        barrier.wait(timeout=120)
-        store.set_alias(MODEL, "champion", versions[0])
-        results.put(("ok", versions))
-    except BaseException as exc:  # the test shows it rather than waiting for a result that never comes
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-
-
 @pytest.fixture(scope="module")
 def race(s3, model_dir):
     """Three processes publish three versions each to one new model on S3 at the same time, then
@@ -105,7 +77,8 @@ def race(s3, model_dir):
     uri = s3.uri("race")
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=_publish_then_promote, args=(uri, src, 3, barrier, results)) for _ in range(3)]
+    procs = [ctx.Process(target=publish_then_promote, args=(uri, MODEL, src, card(), 3, barrier, results))
+             for _ in range(3)]
     for p in procs:
         p.start()
     try:
@@ -196,7 +169,7 @@ def v1(port: int, rows: list[dict]):
 
 def test_a_user_runs_lists_promotes_rolls_back_and_serves_a_model_on_s3(s3, demo_run, tmp_path):
     store_uri = demo_run.store
-    code, stdout, stderr = demo_run.result()
+    code, stdout, stderr = demo_run.result("demo")
     assert code == 0, stderr
     assert "Logging error" not in stderr and "Traceback" not in stderr, stderr
     result = json.loads(stdout.strip().splitlines()[-1])

@@ -1,0 +1,47 @@
+"""Slow work in other processes that tests await (pipeline runs, kernel compiles, the image build):
+a test module starts it in `start_background(request)`, which conftest.py's `background` fixture
+calls at the session's first test (see there why), and its tests await each process by name."""
+
+import os
+import signal
+import subprocess
+import tempfile
+
+
+class Processes:
+    """Processes started together, each awaited by the tests that inspect it: (exit status,
+    stdout, stderr) by name. Their output goes to files, not pipes: nothing reads it until a test
+    awaits the process, minutes later, and a full pipe would stop it. They run at a lower
+    priority (nice 10, inherited by what they start): they take the core the tests in the pytest
+    process leave idle rather than slowing those tests down, and get both cores once a test waits
+    for them. Extra attributes (folders, data) travel with them."""
+
+    def __init__(self, timeout: float = 600, **attributes):
+        self.procs, self.outputs, self.results, self.timeout = {}, {}, {}, timeout
+        self.__dict__.update(attributes)
+
+    def start(self, name: str, cmd: list[str], **popen):
+        self.outputs[name] = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        # A process group of its own, so that stopping it early also stops what it started (a
+        # pipeline's tasks). Not a session of its own: Linux schedules each session (autogroup) as
+        # one unit whatever its processes' nice values, so the pytest process would get no more
+        # CPU than each background process.
+        self.procs[name] = subprocess.Popen(["nice", "-n", "10", *cmd], stdout=self.outputs[name][0],
+                                            stderr=self.outputs[name][1], text=True, process_group=0, **popen)
+        return self
+
+    def result(self, name: str):
+        if name not in self.results:
+            code = self.procs[name].wait(timeout=self.timeout)
+            out, err = (f.seek(0) or f.read() for f in self.outputs[name])
+            self.results[name] = code, out, err
+        return self.results[name]
+
+    def close(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:  # the session ended (or failed) before a test awaited it
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for files in self.outputs.values():
+            for f in files:
+                f.close()
