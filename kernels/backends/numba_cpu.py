@@ -1,14 +1,18 @@
 """CPU backend: numba kernels, one tree per thread, grown depth-first.
 
 Why depth-first here when the torch backend grows level-wise: on a CPU the cost is memory
-traffic, not parallel width. One tree's samples stay partitioned by node (contiguous index
-ranges, as scikit-learn's HistGradientBoosting keeps them), one node's histogram
-(features x bins x 6 channels) stays in cache while it is built and scanned, and only the
-histograms of pending larger siblings are kept: always descending into the smaller child
-first bounds them by log2(n) per tree. Parallelism comes from growing many trees at once.
+traffic, not parallel width. One tree's samples stay partitioned by node (contiguous ranges
+of an index, as scikit-learn's HistGradientBoosting keeps them, or of the rows themselves when
+they outgrow the cache: MOVE_ROWS_BYTES), one node's histogram (features x bins x 6 channels)
+stays in cache while it is built and scanned, and only the histograms of pending larger
+siblings are kept: always descending into the smaller child first bounds them by log2(n) per
+tree. Parallelism comes from growing many trees at once, one a thread.
 
-Nodes of `small_node` rows or more search splits on coarse histograms; smaller ones are
-copied into contiguous buffers and radix-sorted on their fine codes, feature by feature.
+Nodes of `small_node` rows or more search splits on coarse histograms; smaller ones on every
+fine code, sweeping their rows in each feature's order: the first of them on a path sorts its
+rows once, its descendants inherit the orders (see `_fine_root`).
+
+The grower times its phases with the CPU's cycle counter (PHASES; tests/benchmarks/bench_profile.py).
 
 Node numbering is normalized to breadth-first order at the end, so a tree comes out
 identical (up to floating-point summation order) to the one the torch backend grows.
