@@ -558,6 +558,16 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
 MOVE_ROWS_BYTES = 16 << 20
 
 
+@njit(inline="always", error_model="numpy")
+def _copy_row(codes, fine, mom, r, to_codes, to_fine, to_mom, i):
+    """Row r of (codes, fine, mom) into row i of (to_codes, to_fine, to_mom)."""
+    for j in range(np.uint64(codes.shape[1])):
+        to_codes[i, j] = codes[r, j]
+        to_fine[i, j] = fine[r, j]
+    for j in range(np.uint64(mom.shape[1])):
+        to_mom[i, j] = mom[r, j]
+
+
 @njit(error_model="numpy")
 def _partition_rows(codes, fine, mom, lo, hi, f, thr, scratch_codes, scratch_fine, scratch_mom):
     """Stable partition of the rows [lo, hi) of a tree's own arrays (codes, fine codes, moments)
@@ -565,25 +575,15 @@ def _partition_rows(codes, fine, mom, lo, hi, f, thr, scratch_codes, scratch_fin
     node's rows then stay contiguous in memory, so its histogram and every later pass over them
     read memory in order instead of one cache miss a row (scikit-learn's HistGradientBoosting
     keeps an index; its rows are far fewer bytes)."""
-    p = np.uint64(codes.shape[1])
-    c = np.uint64(mom.shape[1])
     nl = np.uint64(lo)
     nr = np.uint64(0)
     for r in range(np.uint64(lo), np.uint64(hi)):  # unsigned indices: see _scan_fine
         if fine[r, f] <= thr:
             if nl != r:
-                for j in range(p):
-                    codes[nl, j] = codes[r, j]
-                    fine[nl, j] = fine[r, j]
-                for j in range(c):
-                    mom[nl, j] = mom[r, j]
+                _copy_row(codes, fine, mom, r, codes, fine, mom, nl)
             nl += np.uint64(1)
         else:
-            for j in range(p):
-                scratch_codes[nr, j] = codes[r, j]
-                scratch_fine[nr, j] = fine[r, j]
-            for j in range(c):
-                scratch_mom[nr, j] = mom[r, j]
+            _copy_row(codes, fine, mom, r, scratch_codes, scratch_fine, scratch_mom, nr)
             nr += np.uint64(1)
     nl = np.int64(nl)
     nr = np.int64(nr)
