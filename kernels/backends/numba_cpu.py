@@ -274,41 +274,20 @@ def _scan_hist(hist, n_bins, coarse_thr, fmask, tot, min_leaf, cand_j, cand_k, c
     return n_cand
 
 
-# Below this many rows a node's codes are insertion-sorted: the radix sort's two passes over 256
-# buckets cost more than m^2/4 compares there, and most nodes of a deep tree are that small.
-_INSERTION_ROWS = 48
-
-
 @njit(error_model="numpy")
 def _sort_codes(col, m, counts, order, scratch):
-    """order[:m] = the stable ascending order of col[:m] (uint16): insertion sort for few rows, else
-    an LSD radix sort on the low byte, then on the high byte where the codes' high bytes differ."""
-    if m <= _INSERTION_ROWS:
-        for i in range(m):
-            key = col[i]
-            k = i
-            while k > 0 and col[order[k - 1]] > key:
-                order[k] = order[k - 1]
-                k -= 1
-            order[k] = i
-        return
+    """order[:m] = the stable ascending order of col[:m] (uint16): an LSD radix sort on the low
+    byte, then on the high byte. Only fine roots sort (once per feature), so its fixed cost of
+    two passes over 256 buckets is paid rarely."""
     counts[:] = 0
-    high_lo = high_hi = col[0] >> 8
     for i in range(m):
         counts[(col[i] & 0xFF) + 1] += 1
-        high = col[i] >> 8
-        high_lo = min(high_lo, high)
-        high_hi = max(high_hi, high)
     for c in range(256):
         counts[c + 1] += counts[c]
-    one_pass = high_lo == high_hi
-    first = order if one_pass else scratch
     for i in range(m):
         c = col[i] & 0xFF
-        first[counts[c]] = i
+        scratch[counts[c]] = i
         counts[c] += 1
-    if one_pass:
-        return
     counts[:] = 0
     for i in range(m):
         counts[(col[i] >> 8) + 1] += 1
