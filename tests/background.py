@@ -15,10 +15,12 @@ class Processes:
     priority (nice 19, and Linux's SCHED_IDLE where the OS has it; what they start inherits it):
     they take the core the tests in the pytest process leave idle rather than slowing those tests
     down (weights add up: ten at nice 19 took more than half of the CPU from a test at nice 10
-    beside them), and get both cores once a test waits for them. Extra attributes (folders, data)
-    travel with them."""
+    beside them), and get both cores once a test waits for them. On a machine busy with other
+    work there is no idle core: they then run mostly while a test waits for them, so `timeout`
+    (a guard against a hung process, counted from then) is generous. Extra attributes (folders,
+    data) travel with them."""
 
-    def __init__(self, timeout: float = 600, **attributes):
+    def __init__(self, timeout: float = 1200, **attributes):
         self.procs, self.outputs, self.results, self.timeout = {}, {}, {}, timeout
         self.__dict__.update(attributes)
 
