@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from background import Processes
 from kernel_probe import PROBE, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +144,47 @@ def image(request, background):
     return tag
 
 
+DEMO = ("tauforge", "demo", "--n", "2000", "--trees", "50")
+READ_ONLY_TMP = ("--read-only", "--tmpfs", "/tmp")
+
+
+def pipeline_command(runner, root):
+    """`tauforge run --demo`, small, with the given runner, storing under root/runner."""
+    return [sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--trees", "20", "--folds", "2",
+            "--shards", "2", "--seed", "4", "--runner", runner, "--json", "--store", str(root / runner / "store"),
+            "--pipeline-root", str(root / runner / "runs")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def containers(image, tmp_path_factory):
+    """The slow runs of the image, started together at the module's first test and awaited by the
+    tests that inspect them: the demo as uid 10001, on a read-only root with a writable /tmp, and
+    with nothing writable (it compiles the kernels); the probe with NUMBA_CACHE_DIR emptied (it
+    compiles them too); and the demo pipeline on the docker runner and, to compare, on the
+    subprocess runner. One after the other they took 160 s beside other work, each mostly one
+    process on one core or a wait for containers to start. (`docker run --rm` containers that a
+    stopped session leaves behind end on their own within a minute.)"""
+    docker_run = ["docker", "run", "--rm", "--network", "none"]
+    runs = Processes(root=tmp_path_factory.mktemp("pipelines"))
+    runs.start("demo", [*docker_run, image, *DEMO])
+    runs.start("demo, read-only root, writable /tmp", [*docker_run, *READ_ONLY_TMP, image, *DEMO])
+    runs.start("demo, nothing writable", [*docker_run, "--read-only", image, *DEMO])
+    runs.start("probe, NUMBA_CACHE_DIR emptied", [*docker_run, *READ_ONLY_TMP, "-e", "NUMBA_CACHE_DIR=", image,
+                                                  "python", "-c", PROBE])
+    for runner in ("docker", "subprocess"):
+        runs.start(f"pipeline, {runner} runner", pipeline_command(runner, runs.root), cwd=runs.root,
+                   env={**os.environ, "TAUFORGE_IMAGE": image})
+    yield runs
+    runs.close()
+
+
+def succeeded(containers, name):
+    """The stdout and stderr of a run of `containers`, which must have exited 0."""
+    code, out, err = containers.result(name)
+    assert code == 0, f"{name} exited {code}:\n{(out + err)[-4000:]}"
+    return out, err
+
+
 def test_the_image_runs_tauforge_as_uid_10001_with_cpu_torch(image):
     help_ = run(image)  # the image's CMD: tauforge --help
     assert "usage: tauforge" in help_.stdout and "demo" in help_.stdout
@@ -169,34 +211,32 @@ def test_the_kernels_come_compiled_for_every_uid(image):
         assert probe["first_call_seconds"] < 5, probe  # compiling takes 10-20 s on 2 cores
 
 
-def test_the_demo_runs_as_uid_10001(image):
-    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50")
-    assert re.search(r"ATE\s+-?\d", out.stdout) and "the interval covers it" in out.stdout, out.stdout
-    assert "numba's cache is off" not in out.stderr
+def test_the_demo_runs_as_uid_10001(containers):
+    out, err = succeeded(containers, "demo")
+    assert re.search(r"ATE\s+-?\d", out) and "the interval covers it" in out, out
+    assert "numba's cache is off" not in err
 
 
-def test_a_read_only_root_filesystem_with_a_writable_tmp_keeps_the_cache(image):
-    flags = ["--read-only", "--tmpfs", "/tmp"]
-    probe = parse(run(image, "python", "-c", PROBE, flags=flags).stdout)
+def test_a_read_only_root_filesystem_with_a_writable_tmp_keeps_the_cache(image, containers):
+    probe = parse(run(image, "python", "-c", PROBE, flags=READ_ONLY_TMP).stdout)
     assert probe["finite"] and probe["misses"] == 0 and probe["directory"].startswith("/tmp/"), probe
-    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50", flags=flags)
-    assert "the interval covers it" in out.stdout and "numba's cache is off" not in out.stderr
+    out, err = succeeded(containers, "demo, read-only root, writable /tmp")
+    assert "the interval covers it" in out and "numba's cache is off" not in err
 
 
-def test_without_numba_cache_dir_a_read_only_root_filesystem_caches_in_tmp(image):
+def test_without_numba_cache_dir_a_read_only_root_filesystem_caches_in_tmp(containers):
     # NUMBA_CACHE_DIR emptied by the user: numba's own places (site-packages, ~/.cache) are read-only,
     # so the kernels are compiled into a private folder in /tmp instead of failing on import.
-    flags = ["--read-only", "--tmpfs", "/tmp", "-e", "NUMBA_CACHE_DIR="]
-    probe = parse(run(image, "python", "-c", PROBE, flags=flags).stdout)
+    probe = parse(succeeded(containers, "probe, NUMBA_CACHE_DIR emptied")[0])
     assert probe["finite"] and probe["enabled"] and probe["seeded_from"] is None, probe
     assert probe["directory"] == f"/tmp/tauforge-numba-cache-{UID}" and probe["misses"] > 0, probe
 
 
-def test_a_read_only_root_filesystem_with_nothing_writable_still_fits_and_predicts(image):
+def test_a_read_only_root_filesystem_with_nothing_writable_still_fits_and_predicts(containers):
     # numba alone raises on import here ("no locator available"); the kernels compile uncached instead.
-    out = run(image, "tauforge", "demo", "--n", "2000", "--trees", "50", flags=["--read-only"])
-    assert "the interval covers it" in out.stdout, out.stdout + out.stderr
-    assert "numba's cache is off" in out.stderr and "not writable" in out.stderr
+    out, err = succeeded(containers, "demo, nothing writable")
+    assert "the interval covers it" in out, out + err
+    assert "numba's cache is off" in err and "not writable" in err
 
 
 KFP_TASK = r"""
@@ -252,7 +292,7 @@ def test_make_image_cpu_says_what_to_do_without_its_base(image):
     assert ".ci/docker-setup" in out.stderr
 
 
-def test_the_pipeline_in_containers_publishes_what_the_subprocess_runner_does(image, tmp_path):
+def test_the_pipeline_in_containers_publishes_what_the_subprocess_runner_does(image, containers):
     # `tauforge run --runner docker`: every task a container of the image, the command a cluster's
     # pod runs, on the graph `compile` writes. The same data and seed through the SubprocessRunner
     # must give the same ATE and the very same forest.
@@ -261,31 +301,8 @@ def test_the_pipeline_in_containers_publishes_what_the_subprocess_runner_does(im
     pytest.importorskip("docker", reason="the Docker SDK for Python (the test extra) runs kfp.local's DockerRunner")
     from tauforge.components.registry import FOREST_DIR, ModelStore
 
-    # The two runs side by side: each spends much of its time waiting on its tasks' start-ups
-    # (container or process) and on its single-task steps, which the other run fills.
-    started = time.perf_counter()
-    procs = {runner: subprocess.Popen([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--trees", "20",
-                                       "--folds", "2", "--shards", "2", "--seed", "4", "--runner", runner, "--json",
-                                       "--store", str(tmp_path / runner / "store"), "--pipeline-root",
-                                       str(tmp_path / runner / "runs")], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                                      env={**os.environ, "TAUFORGE_IMAGE": image})
-             for runner in ("docker", "subprocess")}
-    results, seconds = {}, {}
-    try:
-        for runner, proc in procs.items():
-            out, err = proc.communicate(timeout=1200)
-            seconds[runner] = time.perf_counter() - started
-            assert proc.returncode == 0, f"--runner {runner}:\n{(out + err)[-4000:]}"
-            results[runner] = json.loads(out.strip().splitlines()[-1])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    docker_result, local_result = results["docker"], results["subprocess"]
-    print(f"tauforge run --demo (20 trees, 2 folds, 2 shards), side by side: docker runner {seconds['docker']:.1f} s, "
-          f"subprocess runner {seconds['subprocess']:.1f} s (or less: awaited after the docker run)")
+    docker_result, local_result = (json.loads(succeeded(containers, f"pipeline, {runner} runner")[0].strip()
+                                              .splitlines()[-1]) for runner in ("docker", "subprocess"))
     assert docker_result["gate_passed"] and docker_result["version"] == 1
     assert docker_result["ate"] == pytest.approx(local_result["ate"], rel=1e-9)
     forests = []

@@ -32,7 +32,7 @@ def start_background(request):
     blocker.write_text("NUMBA_CACHE_DIR below a regular file cannot be created\n")
     (base / "tmp").mkdir()
     nothing_writable = f"import tempfile; tempfile.tempdir = {str(blocker / 'tmp')!r}\n" + PROBE
-    processes = Processes(timeout=300, base=base)
+    processes = Processes(base=base)
     for name, args, extra in (
         ("unwritable", ["-c", PROBE], {"NUMBA_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(base / "tmp")}),
         ("nothing writable", ["-c", nothing_writable], {"NUMBA_CACHE_DIR": str(blocker / "cache")}),
