@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numba
@@ -209,8 +210,8 @@ class CausalForest(BaseEstimator):
         binned = binner.bin(X)
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
         with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
-            trees = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)
-        self._set_fitted(X, binner, trees, device, backend, (int(shard), int(n_shards)))
+            forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
+        self._set_fitted(X, binner, forest, device, backend, (int(shard), int(n_shards)))
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
         return self
 
@@ -231,13 +232,13 @@ class CausalForest(BaseEstimator):
         self._validate_params(X.shape[1])
         return X, T, y, w
 
-    def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, trees: list, device: torch.device, backend,
+    def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: torch.device, backend,
                     shard: tuple[int, int]) -> None:
         self.device_ = device
         self.n_features_in_ = X.shape[1]
         self.n_train_ = X.shape[0]
         self.binner_ = binner
-        self.forest_ = ForestArrays.from_trees(trees)
+        self.forest_ = forest
         self.shard_ = shard
         self.source_ = "tauforge"
         self.linear_correction_ = None
@@ -551,10 +552,9 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
         binned.coarse_thr, binned.max_bins)
     moments = [_moments(T, y, w) for _, T, y, w in checked]
     with progress_bar(sum(map(len, samples)), "growing trees", progress) as bar:
-        trees = _grow(backend, stacked, moments, samples, first._rule(X.shape[1]), bar)
-    for r, (f, tree_samples, (_, T, y, w)) in enumerate(zip(forests, samples, checked)):
-        own, trees = trees[:len(tree_samples)], trees[len(tree_samples):]
-        f._set_fitted(X, binner, own, device, backend, (0, 1))
+        grown = _grow(backend, stacked, moments, samples, first._rule(X.shape[1]), bar)
+    for r, (f, forest, tree_samples, (_, T, y, w)) in enumerate(zip(forests, grown, samples, checked)):
+        f._set_fitted(X, binner, forest, device, backend, (0, 1))
         unstacked = [TreeSample(t.structure - np.int32(r * n), t.estimation - np.int32(r * n), t.key)
                      for t in tree_samples]
         f._fit_linear_correction(X, T, y, w, unstacked, binned)
@@ -581,18 +581,34 @@ def _moments(T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
 
 
-def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples: list[list[TreeSample]],
-          rule: SplitRule, bar) -> list:
-    """Grow the trees of `samples` (one list per moments array, rows stacked in that order) in
-    backend calls of `_trees_per_batch` trees."""
+def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples: list[Sequence[TreeSample]],
+          rule: SplitRule, bar) -> list[ForestArrays]:
+    """One forest per sequence of `samples` (one per moments array, rows stacked in that order),
+    grown in backend calls of `_trees_per_batch` trees. Each call's trees are compacted into
+    forest arrays at once (a grown tree's arrays are about 3x its compact ones), and samples are
+    read as they are needed: at 1e6 rows and 2,000 trees both held whole would take 8 GB."""
     mom = moments[0] if len(moments) == 1 else np.concatenate(moments)
-    flat = [t for tree_samples in samples for t in tree_samples]
     per_call = _trees_per_batch(backend.name, len(moments[0]))
-    trees = []
-    for lo in range(0, len(flat), per_call):
-        trees += backend.grow(binned, mom, flat[lo:lo + per_call], rule)
-        bar.update(min(per_call, len(flat) - lo))
-    return trees
+    parts: list[list[ForestArrays]] = [[] for _ in samples]
+    batch, owner = [], []
+
+    def grow_batch() -> None:
+        grown = backend.grow(binned, mom, batch, rule)
+        for r in dict.fromkeys(owner):
+            parts[r].append(ForestArrays.from_trees([t for t, o in zip(grown, owner) if o == r]))
+        bar.update(len(batch))
+        batch.clear()
+        owner.clear()
+
+    for r, tree_samples in enumerate(samples):
+        for sample in tree_samples:
+            batch.append(sample)
+            owner.append(r)
+            if len(batch) == per_call:
+                grow_batch()
+    if batch:
+        grow_batch()
+    return [ForestArrays.merge(p) for p in parts]
 
 
 def _trees_per_batch(backend: str, n_rows: int) -> int:

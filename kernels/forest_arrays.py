@@ -100,8 +100,32 @@ class ForestArrays:
 
     @classmethod
     def merge(cls, forests: list[ForestArrays]) -> ForestArrays:
-        """One forest of all the trees of `forests`, in order (tree shards grown apart)."""
-        return cls.from_trees([f.tree(b) for f in forests for b in range(f.n_trees)])
+        """One forest of all the trees of `forests`, in order (tree shards grown apart, batches
+        of trees grown one after the other). The list is emptied as its forests are copied, so
+        that a caller who keeps no other reference to them holds one forest and one part at the
+        peak, not two forests (2,000 trees on 1e6 rows are 1.3 GB)."""
+        if not forests:
+            raise ValueError("merge needs at least one forest")
+        n_nodes = sum(len(f.feature) for f in forests)
+        n_leaves = sum(len(f.leaf_values) for f in forests)
+        feature = np.empty(n_nodes, dtype=np.result_type(*(f.feature.dtype for f in forests)))
+        threshold = np.empty(n_nodes, dtype=np.uint16)
+        leaf_values = np.empty((n_leaves, 4), dtype=np.float32)
+        tree_offsets, leaf_offsets, max_depth = [np.zeros(1, dtype=np.int64)], [np.zeros(1, dtype=np.int64)], 0
+        node, leaf = 0, 0
+        forests.reverse()  # popped from the end, in the original order
+        while forests:
+            f = forests.pop()
+            feature[node:node + len(f.feature)] = f.feature
+            threshold[node:node + len(f.feature)] = f.threshold
+            leaf_values[leaf:leaf + len(f.leaf_values)] = f.leaf_values
+            tree_offsets.append(f.tree_offsets[1:] + node)
+            leaf_offsets.append(f.leaf_offsets[1:] + leaf)
+            node, leaf, max_depth = node + len(f.feature), leaf + len(f.leaf_values), max(max_depth, f.max_depth)
+            del f
+        return cls._assemble(feature=feature, threshold=threshold, leaf_values=leaf_values,
+                             tree_offsets=np.concatenate(tree_offsets), leaf_offsets=np.concatenate(leaf_offsets),
+                             max_depth=max_depth)
 
     SAVED = ("feature", "threshold", "leaf_values", "tree_offsets", "leaf_offsets")
 

@@ -153,6 +153,24 @@ def test_estimation_leaves_are_each_trees_own_rows_in_their_leaves():
         assert got == expected, backend.name
 
 
+def test_tree_samples_are_drawn_when_read_the_same_however_read():
+    # fit reads each tree's rows as it grows it (2 MB a tree at 1e6 rows): iterating, slicing,
+    # indexing out of order and from the end must all give the trees drawing them at once gives.
+    sampler = LittleBagSampler(1000, 8, 2, 0.45, True, 0.5, 3)
+    lazy = sampler.trees(1, 3)
+    eager = [t for g in range(1, 4) for t in sampler.group(g)]
+    order = [5, 0, 3, 1, 4, 2]
+    assert len(lazy) == 6 and len({t.key for t in eager}) == 6
+    for got, want in ((list(lazy), eager), (lazy[0:6], eager), ([lazy[i] for i in order], [eager[i] for i in order]),
+                      ([lazy[-1]], eager[-1:])):
+        assert [t.key for t in got] == [t.key for t in want]
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.structure, b.structure)
+            np.testing.assert_array_equal(a.estimation, b.estimation)
+    with pytest.raises(IndexError):
+        lazy[6]
+
+
 def test_forest_arrays_merge_and_tree_roundtrip():
     data, mom, trees = _problem(1500)
     grown = NumbaBackend().grow(data, mom, trees, RULES[0])
