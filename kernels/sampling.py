@@ -86,18 +86,36 @@ class LittleBagSampler:
         return mask
 
 
+# Drawn groups are kept while all of a TreeSamples' rows take at most this many bytes: a forest
+# reads its samples twice (growth, then the local linear correction), and drawing them again
+# costs as much CPU as growing 4% of the trees at 1e5 rows.
+KEEP_SAMPLE_BYTES = 256 << 20
+
+
 class TreeSamples(Sequence):
     """The trees of a range of little-bag groups, each group drawn from the seed when a tree of
-    it is read (the last group drawn is kept, so reading in order draws each group once). Held all
-    at once they would take a forest's worth of row indices: 2 MB a tree at 1e6 rows, 4 GB for
-    2,000 trees."""
+    it is read. All of them are kept once drawn if they fit KEEP_SAMPLE_BYTES; otherwise only the
+    last group drawn is (so reading in order draws each group once): held all at once they would
+    take 2 MB a tree at 1e6 rows, 4 GB for 2,000 trees."""
 
     def __init__(self, sampler: LittleBagSampler, first_group: int, n_groups: int):
         self.sampler, self.first_group, self.n_groups = sampler, first_group, n_groups
-        self._last: tuple[int, list[TreeSample]] | None = None
+        keep = n_groups * sampler.ci_group_size * sampler.subsample_size * 4 <= KEEP_SAMPLE_BYTES
+        self._kept: dict[int, list[TreeSample]] = {}
+        self._keep_all = keep
 
     def __len__(self) -> int:
         return self.n_groups * self.sampler.ci_group_size
+
+    def group(self, g: int) -> list[TreeSample]:
+        """The trees of the g-th group of this range."""
+        trees = self._kept.get(g)
+        if trees is None:
+            trees = self.sampler.group(self.first_group + g)
+            if not self._keep_all:
+                self._kept.clear()
+            self._kept[g] = trees
+        return trees
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -105,13 +123,11 @@ class TreeSamples(Sequence):
         if not -len(self) <= i < len(self):
             raise IndexError(f"tree {i} of {len(self)}")
         g, k = divmod(i % len(self), self.sampler.ci_group_size)
-        if self._last is None or self._last[0] != g:
-            self._last = (g, self.sampler.group(self.first_group + g))
-        return self._last[1][k]
+        return self.group(g)[k]
 
     def __iter__(self) -> Iterator[TreeSample]:
-        for g in range(self.first_group, self.first_group + self.n_groups):
-            yield from self.sampler.group(g)
+        for g in range(self.n_groups):
+            yield from self.group(g)
 
 
 def shard_range(n_items: int, shard: int, n_shards: int, items: str, total: str) -> range:

@@ -6,6 +6,7 @@ import torch
 from conftest import cuda
 from reference_tree import grow_reference_tree
 
+from tauforge.kernels import sampling
 from tauforge.kernels.backends import NumbaBackend, TorchBackend
 from tauforge.kernels.backends.torch_level import TorchLevelGrower
 from tauforge.kernels.binning import QuantileBinner
@@ -153,9 +154,12 @@ def test_estimation_leaves_are_each_trees_own_rows_in_their_leaves():
         assert got == expected, backend.name
 
 
-def test_tree_samples_are_drawn_when_read_the_same_however_read():
+@pytest.mark.parametrize("keep_bytes", [sampling.KEEP_SAMPLE_BYTES, 0], ids=["kept", "drawn-again"])
+def test_tree_samples_are_drawn_when_read_the_same_however_read(keep_bytes, monkeypatch):
     # fit reads each tree's rows as it grows it (2 MB a tree at 1e6 rows): iterating, slicing,
-    # indexing out of order and from the end must all give the trees drawing them at once gives.
+    # indexing out of order and from the end must all give the trees drawing them at once gives,
+    # whether the drawn groups are kept or drawn again.
+    monkeypatch.setattr(sampling, "KEEP_SAMPLE_BYTES", keep_bytes)
     sampler = LittleBagSampler(1000, 8, 2, 0.45, True, 0.5, 3)
     lazy = sampler.trees(1, 3)
     eager = [t for g in range(1, 4) for t in sampler.group(g)]
@@ -167,6 +171,7 @@ def test_tree_samples_are_drawn_when_read_the_same_however_read():
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a.structure, b.structure)
             np.testing.assert_array_equal(a.estimation, b.estimation)
+    assert len(lazy._kept) == (3 if keep_bytes else 1)
     with pytest.raises(IndexError):
         lazy[6]
 

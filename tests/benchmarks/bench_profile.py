@@ -75,7 +75,6 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     from tauforge.kernels.binning import QuantileBinner
     from tauforge.kernels.datasets import make_causal_data
     from tauforge.kernels.forest import CausalForest, _grow, _moments
-    from tauforge.kernels.forest_arrays import ForestArrays
     from tauforge.kernels.local_linear import LocalLinearCorrection, select_variables
 
     torch.set_num_threads(1)
@@ -86,7 +85,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     binner, bin_cpu, _ = timed(QuantileBinner(forest.max_bins, random_state=seed).fit, data.X)
     binned, codes_cpu, _ = timed(binner.bin, data.X)
     sampler = forest._sampler(n)
-    samples, sample_cpu, _ = timed(sampler.trees, 0, sampler.n_groups)
+    samples, sample_cpu, _ = timed(lambda: list(sampler.trees(0, sampler.n_groups)))  # drawn when read
     mom = _moments(t_res, y_res, None)
     rule = forest._rule(p)
 
@@ -98,8 +97,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     _grow(numba_backend, binned, [mom], [samples[:2]], rule, Quiet())  # compiled and cached before timing
     numba_backend.phase_cycles[:] = 0
     numba_backend.histogram_adds = 0
-    grown, grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
-    arrays = ForestArrays.from_trees(grown)
+    (arrays,), grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
     variables, select_cpu, _ = timed(select_variables, data.X, t_res, y_res, seed)
     pairs, walk_cpu, _ = timed(lambda: list(numba_backend.estimation_leaves(binned.fine, arrays, samples)))
     _, ll_cpu, _ = timed(LocalLinearCorrection.fit, variables or (0,), forest.linear_correction_ridge, data.X, t_res,
