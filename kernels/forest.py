@@ -17,7 +17,7 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs, forest_codec
-from .backends import LEAF_IDS_PER_CHUNK, get_backend
+from .backends import LEAF_IDS_PER_CHUNK, get_backend, release_free_heap
 from .binning import BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
 from .local_linear import (
@@ -615,6 +615,8 @@ def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples:
             grown = backend.grow(binned, mom, batch, rule)
             for r in dict.fromkeys(owner):
                 parts[r].append(ForestArrays.from_trees([t for t, o in zip(grown, owner) if o == r]))
+            del grown
+            release_free_heap()
             bar.update(len(batch))
     return [ForestArrays.merge(p) for p in parts]
 

@@ -8,6 +8,9 @@ turn those leaves into effects and variances.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import numpy as np
 import torch
 
@@ -24,6 +27,26 @@ _TREES_PER_BLOCK = 64  # estimation_leaves: trees per block of (row, leaf) pairs
 # once per chunk, so larger chunks walk faster (trees grown on 1e6 rows: 472 ns per row and tree
 # at 1,048 rows a chunk, 173 ns at 8,192); (rows, trees) int64 leaf ids, 128 MB at most.
 LEAF_IDS_PER_CHUNK = 1 << 24
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free memory back to the OS, after a batch of trees is grown. The grower's
+    buffers (about 100 MB a tree at 1e6 rows, allocated by numba's threads) and a batch's output
+    arrays are freed into glibc's heaps, which keep them: resident memory was 0.25 GiB higher
+    after the first 32 trees at 1e6 rows without this."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class NumbaBackend:

@@ -873,34 +873,48 @@ def leaf_ids(codes, feature, threshold, child, roots, out):
             out[i, t] = child[node]
 
 
-@njit(nogil=True, error_model="numpy")
+@njit(parallel=True, nogil=True, error_model="numpy")
 def local_linear_leaf_sums(z, t, y, w, rows, leaves, sums, totals):
     """For each k: sums[leaves[k]] += w_r (the upper triangle of u u', row-major, then u y) and
     totals[leaves[k]] += w_r, r = rows[k], u = (1, z_r, t_r, t_r z_r): the local linear
-    correction's leaf moments (kernels.local_linear), without a (rows, K) matrix of row moments."""
+    correction's leaf moments (kernels.local_linear), without a (rows, K) matrix of row moments.
+
+    The threads split the leaves into ranges, each skipping the pairs outside its own: no two
+    threads add to one leaf, and each leaf's rows are added in the pairs' order (the same sums
+    on any number of threads). On one thread it was a serial step of every fit with the
+    correction: 2.3 ms a tree at 1e5 rows, a twentieth of growing the tree."""
+    if rows.shape[0] == 0:
+        return
     d = z.shape[1]
     D = 2 * d + 2
-    u = np.empty(D)
-    for k in range(rows.shape[0]):
-        r = rows[k]
-        wr = w[r]
-        if wr == 0.0:
-            continue
-        leaf = leaves[k]
-        u[0] = 1.0
-        u[d + 1] = t[r]
-        for i in range(d):
-            u[1 + i] = z[r, i]
-            u[d + 2 + i] = t[r] * z[r, i]
-        c = 0
-        for i in range(D):
-            for j in range(i, D):
-                sums[leaf, c] += wr * (u[i] * u[j])
+    first, last = leaves.min(), leaves.max() + 1
+    n_parts = numba.get_num_threads()
+    for part in numba.prange(n_parts):
+        lo = first + (last - first) * part // n_parts
+        hi = first + (last - first) * (part + 1) // n_parts
+        u = np.empty(D)
+        for k in range(rows.shape[0]):
+            leaf = leaves[k]
+            if leaf < lo or leaf >= hi:
+                continue
+            r = rows[k]
+            wr = w[r]
+            if wr == 0.0:
+                continue
+            u[0] = 1.0
+            u[d + 1] = t[r]
+            for i in range(d):
+                u[1 + i] = z[r, i]
+                u[d + 2 + i] = t[r] * z[r, i]
+            c = 0
+            for i in range(D):
+                for j in range(i, D):
+                    sums[leaf, c] += wr * (u[i] * u[j])
+                    c += 1
+            for i in range(D):
+                sums[leaf, c] += wr * (u[i] * y[r])
                 c += 1
-        for i in range(D):
-            sums[leaf, c] += wr * (u[i] * y[r])
-            c += 1
-        totals[leaf] += wr
+            totals[leaf] += wr
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
