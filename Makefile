@@ -49,7 +49,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
