@@ -100,9 +100,8 @@ class TreeSamples(Sequence):
 
     def __init__(self, sampler: LittleBagSampler, first_group: int, n_groups: int):
         self.sampler, self.first_group, self.n_groups = sampler, first_group, n_groups
-        keep = n_groups * sampler.ci_group_size * sampler.subsample_size * 4 <= KEEP_SAMPLE_BYTES
+        self._keep_all = n_groups * sampler.ci_group_size * sampler.subsample_size * 4 <= KEEP_SAMPLE_BYTES
         self._kept: dict[int, list[TreeSample]] = {}
-        self._keep_all = keep
 
     def __len__(self) -> int:
         return self.n_groups * self.sampler.ci_group_size
