@@ -368,7 +368,6 @@ class CausalForest(BaseEstimator):
         correction = getattr(self, "linear_correction_", None)
         if correction is not None:
             z = correction.design(_inputs.to_numpy(X, "X", 2))
-            leaf_moments = torch.as_tensor(correction.leaf_moments)
             budget = _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables))
         else:
             budget = LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
@@ -378,9 +377,8 @@ class CausalForest(BaseEstimator):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
             valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk])  # out-of-bag trees
             if correction is not None:
-                leaf_moments = leaf_moments.to(ids.device)  # moved once: a no-op from the second chunk on
-                values = leaf_moments[ids].to(torch.float64)
-                tau, var = local_linear_estimate(values, torch.as_tensor(z[lo:lo + chunk], device=ids.device),
+                tau, var = local_linear_estimate(backend, ids, correction.leaf_moments,
+                                                 torch.as_tensor(z[lo:lo + chunk], device=ids.device),
                                                  correction.ridge, self.ci_group_size,
                                                  None if valid is None else valid.to(ids.device), with_variance,
                                                  monte_carlo)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .backends.numba_cpu import local_linear_leaf_sums
-from .prediction import little_bag_variance, tree_average
+from .prediction import little_bag_variance
 
 MAX_AUTO_VARIABLES = 4
 # 'auto' leaves the correction off where its leaf moments could take more memory than this: they
@@ -153,17 +153,19 @@ class LocalLinearCorrection:
                                      np.concatenate([p.leaf_moments for p in parts]))
 
 
-def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, ci_group_size: int,
-                          valid: torch.Tensor | None = None, with_variance: bool = True,
+def local_linear_estimate(backend, ids: torch.Tensor, leaf_moments: np.ndarray, z: torch.Tensor, ridge: float,
+                          ci_group_size: int, valid: torch.Tensor | None = None, with_variance: bool = True,
                           monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Corrected tau and its variance per row from gathered leaf moments (rows, trees, K) and the
-    rows' standardized covariates z (rows, d); `valid` and `monte_carlo` as in
-    kernels.prediction.forest_estimate."""
-    rows = values.shape[0]
+    """Corrected tau and its variance per row from the rows' leaves `ids` (rows, trees), the
+    forest's leaf moments (leaves, K) and the rows' standardized covariates z (rows, d), on
+    `backend` (kernels.backends: its leaf_means and leaf_scores walk the (rows, trees, K) moments
+    without gathering them, 600 MB for 10,000 rows and 500 trees); `valid` and `monte_carlo` as
+    in kernels.prediction.forest_estimate."""
+    rows = ids.shape[0]
     d = z.shape[1]
     D = 2 * d + 2
-    A = tree_average(values, valid)
-    dev, dtype = values.device, values.dtype
+    A = backend.leaf_means(ids, leaf_moments, valid)
+    dev, dtype = A.device, A.dtype
     iu = torch.triu_indices(D, D, device=dev)
     n_tri = iu.shape[1]
     # Centring at z: u -> C u, C = blockdiag(c, c), c = [[1, 0], [-z, I]].
@@ -193,7 +195,7 @@ def local_linear_estimate(values: torch.Tensor, z: torch.Tensor, ridge: float, c
     diagonal = iu[0] == iu[1]
     coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
     coef = torch.cat([coef_tri, h], dim=1)  # (rows, K)
-    psi = torch.einsum("rtk,rk->rt", values - A[:, None, :], coef)
+    psi = backend.leaf_scores(ids, leaf_moments, A, coef)
     return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo)
 
 

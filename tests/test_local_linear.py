@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tauforge.kernels import CausalForest
+from tauforge.kernels.backends import get_backend
 from tauforge.kernels.local_linear import LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
 from tauforge.kernels.prediction import forest_estimate
 
@@ -38,7 +39,7 @@ def test_without_covariates_the_correction_is_the_forest_itself():
                                       len(forest.forest_.leaf_values))
     X_test = _steep(300, 1)[0]
     ids = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
-    tau_ll, var_ll = local_linear_estimate(torch.as_tensor(plain.leaf_moments)[ids].double(),
+    tau_ll, var_ll = local_linear_estimate(forest._backend, ids, plain.leaf_moments,
                                            torch.zeros(300, 0, dtype=torch.float64), 0.1, 2)
     tau, var = forest_estimate(torch.as_tensor(forest.forest_.leaf_values)[ids].double(), 2)
     # Leaf means are float32 in both, summed in a different order: agreement to float32 precision.
@@ -68,6 +69,21 @@ def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_we
         penalty = 0.3 * np.trace(M) / 6 * np.array([0, 1, 1, 0, 1, 1])
         theta = np.linalg.solve(M + np.diag(penalty), design.T @ (alpha * y))
         assert got[k] == pytest.approx(theta[3], rel=1e-4, abs=1e-4)
+
+
+def test_both_backends_give_the_corrected_estimate_and_its_variance():
+    """The numba kernels (leaf_means, leaf_scores: no (rows, trees, K) gather) against the torch
+    backend's gathered moments, on new rows and out of bag (where trees are excluded per row)."""
+    X, t, y, _ = _steep(800, 6)
+    forest = _forest(n_estimators=40, linear_correction_variables=[0, 1]).fit(X, t, y)
+    X_test = _steep(200, 7)[0]
+    results = {}
+    for name in ("numba", "torch"):
+        forest._backend = get_backend(name, torch.device("cpu"))
+        results[name] = (*forest.predict_and_var(X_test), *forest._estimate(X, with_variance=True, oob=True))
+    for got, want in zip(results["numba"], results["torch"]):
+        assert np.isfinite(want).mean() > 0.5  # not vacuous: out of bag too, most rows have a variance
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_on_a_steep_effect_the_correction_cuts_the_error_and_keeps_coverage():

@@ -16,7 +16,7 @@ import torch
 
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
-from ..prediction import debias_between_group_variance, forest_estimate, monte_carlo_variance
+from ..prediction import debias_between_group_variance, forest_estimate, monte_carlo_variance, tree_average
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
@@ -130,6 +130,22 @@ class NumbaBackend:
         return tau, var / torch.from_numpy(out[:, 3]) ** 2
 
 
+    def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Per row, the mean over its (valid) trees of table[leaf] (rows, K) in float64:
+        kernels.prediction.tree_average of the gathered rows, without gathering them."""
+        out = np.empty((ids.shape[0], table.shape[1]))
+        mask = np.empty((0, 0), dtype=np.bool_) if valid is None else valid.numpy()
+        numba_cpu.leaf_means(ids.numpy(), table, mask, valid is not None, out)
+        return torch.from_numpy(out)
+
+    def leaf_scores(self, ids: torch.Tensor, table: np.ndarray, center: torch.Tensor,
+                    coef: torch.Tensor) -> torch.Tensor:
+        """(rows, trees): (table[leaf of row r in tree t] - center[r]) . coef[r], in float64."""
+        out = np.empty(tuple(ids.shape))
+        numba_cpu.leaf_scores(ids.numpy(), table, center.numpy(), coef.numpy(), out)
+        return torch.from_numpy(out)
+
+
 class TorchBackend:
     name = "torch"
 
@@ -137,6 +153,7 @@ class TorchBackend:
         self.device = device
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
         self._leaf_values: tuple[ForestArrays, torch.Tensor] | None = None
+        self._table: tuple[np.ndarray, torch.Tensor] | None = None
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
@@ -164,6 +181,22 @@ class TorchBackend:
             ids = self.leaf_ids(np.ascontiguousarray(fine[lo:lo + chunk]), forest).cpu().numpy()
             a, b = np.searchsorted(row_of, [lo, lo + chunk])
             yield row_of[a:b], ids[row_of[a:b] - lo, tree_of[a:b]]
+
+    def _on_device(self, table: np.ndarray) -> torch.Tensor:
+        """A leaf table (leaf values or moments) on the device, copied once per table."""
+        if self._table is None or self._table[0] is not table:
+            self._table = (table, torch.as_tensor(table, device=self.device))
+        return self._table[1]
+
+    def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """NumbaBackend.leaf_means, on the gathered rows (the device's way)."""
+        return tree_average(self._on_device(table)[ids].to(torch.float64), valid)
+
+    def leaf_scores(self, ids: torch.Tensor, table: np.ndarray, center: torch.Tensor,
+                    coef: torch.Tensor) -> torch.Tensor:
+        """NumbaBackend.leaf_scores, on the gathered rows."""
+        values = self._on_device(table)[ids].to(torch.float64)
+        return torch.einsum("rtk,rk->rt", values - center[:, None, :], coef)
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
                  valid: torch.Tensor | None = None,

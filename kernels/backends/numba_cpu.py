@@ -918,6 +918,39 @@ def local_linear_leaf_sums(z, t, y, w, rows, leaves, sums, totals):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
+def leaf_means(ids, table, valid, use_valid, out):
+    """out[r] = the mean over trees t (those with valid[r, t] if use_valid) of table[ids[r, t]],
+    in float64; NaN for a row with no such tree."""
+    K = table.shape[1]
+    for r in numba.prange(ids.shape[0]):
+        for k in range(K):
+            out[r, k] = 0.0
+        count = 0
+        for t in range(ids.shape[1]):
+            if use_valid and not valid[r, t]:
+                continue
+            leaf = ids[r, t]
+            for k in range(K):
+                out[r, k] += table[leaf, k]
+            count += 1
+        for k in range(K):
+            out[r, k] = out[r, k] / count if count > 0 else np.nan
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
+def leaf_scores(ids, table, center, coef, out):
+    """out[r, t] = sum_k (table[ids[r, t], k] - center[r, k]) coef[r, k], in float64."""
+    K = table.shape[1]
+    for r in numba.prange(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            leaf = ids[r, t]
+            s = 0.0
+            for k in range(K):
+                s += (table[leaf, k] - center[r, k]) * coef[r, k]
+            out[r, t] = s
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
 def own_leaf_ids(codes, feature, threshold, child, roots, rows, offsets, out):
     """out[k] = the leaf that row rows[k] reaches in tree t, for k in offsets[t]:offsets[t + 1]:
     each tree's own rows only (the estimation rows that filled its leaves)."""
