@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -122,8 +123,10 @@ class LocalLinearCorrection:
         T, y = np.ascontiguousarray(T, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
         sums = np.zeros((n_leaves, n_moments(len(variables))))
         totals = np.zeros(n_leaves)
+        threads = numba.get_num_threads()
         for rows, leaves in leaf_of_row:  # the rows' moments summed by leaf, row by row
-            local_linear_leaf_sums(z, T, y, w, np.ascontiguousarray(rows), np.ascontiguousarray(leaves), sums, totals)
+            local_linear_leaf_sums(z, T, y, w, np.ascontiguousarray(rows), np.ascontiguousarray(leaves), threads, sums,
+                                   totals)
         correction.leaf_moments = (sums / totals[:, None]).astype(np.float32)
         return correction
 

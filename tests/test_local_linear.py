@@ -167,13 +167,19 @@ def test_leaf_sums_are_the_weighted_row_moments_summed_by_leaf():
     w = rng.uniform(0, 2, n) * (rng.random(n) > 0.1)  # some rows of zero weight
     rows = rng.integers(0, n, 3000)
     leaf = rng.integers(0, leaves, 3000)
-    sums, totals = np.zeros((leaves, n_moments(d))), np.zeros(leaves)
-    local_linear_leaf_sums(z, t, y, w, rows, leaf, sums, totals)
-    expected, expected_totals = np.zeros_like(sums), np.zeros(leaves)
+    expected, expected_totals = np.zeros((leaves, n_moments(d))), np.zeros(leaves)
     np.add.at(expected, leaf, w[rows, None] * _row_moments(z, t, y)[rows])
     np.add.at(expected_totals, leaf, w[rows])
-    np.testing.assert_allclose(sums, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(totals, expected_totals, rtol=1e-12)
+    results = []
+    for n_parts in (1, 2, 5):  # threads, each a range of leaves
+        sums, totals = np.zeros((leaves, n_moments(d))), np.zeros(leaves)
+        local_linear_leaf_sums(z, t, y, w, rows, leaf, n_parts, sums, totals)
+        np.testing.assert_allclose(sums, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(totals, expected_totals, rtol=1e-12)
+        results.append((sums, totals))
+    for sums, totals in results[1:]:  # each leaf's rows added in one order, whatever the split
+        np.testing.assert_array_equal(sums, results[0][0])
+        np.testing.assert_array_equal(totals, results[0][1])
 
 
 def test_auto_leaves_the_correction_off_where_its_leaf_moments_could_outgrow_memory(monkeypatch):

@@ -874,12 +874,13 @@ def leaf_ids(codes, feature, threshold, child, roots, out):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
-def local_linear_leaf_sums(z, t, y, w, rows, leaves, sums, totals):
+def local_linear_leaf_sums(z, t, y, w, rows, leaves, n_parts, sums, totals):
     """For each k: sums[leaves[k]] += w_r (the upper triangle of u u', row-major, then u y) and
     totals[leaves[k]] += w_r, r = rows[k], u = (1, z_r, t_r, t_r z_r): the local linear
     correction's leaf moments (kernels.local_linear), without a (rows, K) matrix of row moments.
 
-    The threads split the leaves into ranges, each skipping the pairs outside its own: no two
+    n_parts threads (numba.get_num_threads(), passed in: called in here it would keep the
+    function out of numba's cache) split the leaves into ranges, each skipping the pairs outside its own: no two
     threads add to one leaf, and each leaf's rows are added in the pairs' order (the same sums
     on any number of threads). On one thread it was a serial step of every fit with the
     correction: 2.3 ms a tree at 1e5 rows, a twentieth of growing the tree."""
@@ -888,7 +889,6 @@ def local_linear_leaf_sums(z, t, y, w, rows, leaves, sums, totals):
     d = z.shape[1]
     D = 2 * d + 2
     first, last = leaves.min(), leaves.max() + 1
-    n_parts = numba.get_num_threads()
     for part in numba.prange(n_parts):
         lo = first + (last - first) * part // n_parts
         hi = first + (last - first) * (part + 1) // n_parts
