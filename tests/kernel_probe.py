@@ -1,5 +1,6 @@
 """The first kernel call of a fresh process, as a script (`python -c PROBE`) for the tests to run in
-subprocesses and in containers: it fits and predicts a small forest with the numba kernels and
+subprocesses and in containers: it fits and predicts small forests (plain and with the local linear
+correction, so that every kernel of a fit and a prediction runs) with the numba kernels and
 prints one JSON line saying how long that took, where numba cached, and how many kernels came
 from the cache (hits) or were compiled (misses)."""
 
@@ -17,14 +18,18 @@ X = rng.normal(size=(1000, 5))
 T = rng.normal(size=1000)
 y = X[:, 0] * T + rng.normal(size=1000)
 forest = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False,
-                      linear_correction_variables=None)  # the numba prediction kernel, not the corrected path
+                      linear_correction_variables=None)  # the numba prediction kernel
 tau, lower, upper = forest.fit(X, T, y).predict_with_interval(X[:50])
+corrected = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False,
+                         linear_correction_variables=[0])  # and the corrected path's kernels
+tau_ll, lower_ll, upper_ll = corrected.fit(X, T, y).predict_with_interval(X[:50])
 done = time.perf_counter()
 stats = [f.stats for f in vars(numba_cpu).values() if hasattr(f, "stats")]
 state = numba_cache.STATE
 print(json.dumps({
     "import_seconds": imported - start, "first_call_seconds": done - imported,
-    "finite": bool(np.isfinite(tau).all() and (lower <= upper).all()),
+    "finite": bool(np.isfinite(tau).all() and (lower <= upper).all() and np.isfinite(tau_ll).all()
+                   and (lower_ll <= upper_ll).all()),
     "enabled": state.enabled, "directory": state.directory, "seeded_from": state.seeded_from,
     "copied": state.copied, "reason": state.reason,
     "hits": sum(sum(s.cache_hits.values()) for s in stats),
