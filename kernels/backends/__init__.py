@@ -129,7 +129,6 @@ class NumbaBackend:
             var = debias_between_group_variance(between, torch.from_numpy(out[:, 2]), n_groups)
         return tau, var / torch.from_numpy(out[:, 3]) ** 2
 
-
     def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Per row, the mean over its (valid) trees of table[leaf] (rows, K) in float64:
         kernels.prediction.tree_average of the gathered rows, without gathering them."""
@@ -152,7 +151,6 @@ class TorchBackend:
     def __init__(self, device: torch.device):
         self.device = device
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
-        self._leaf_values: tuple[ForestArrays, torch.Tensor] | None = None
         self._table: tuple[np.ndarray, torch.Tensor] | None = None
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
@@ -201,9 +199,8 @@ class TorchBackend:
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
                  valid: torch.Tensor | None = None,
                  monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self._leaf_values is None or self._leaf_values[0] is not forest:
-            self._leaf_values = (forest, torch.as_tensor(forest.leaf_values, device=self.device))
-        return gathered_estimate(self._leaf_values[1], ids, ci_group_size, with_variance, valid, monte_carlo)
+        return gathered_estimate(self._on_device(forest.leaf_values), ids, ci_group_size, with_variance, valid,
+                                 monte_carlo)
 
 
 def gathered_estimate(leaf_values: torch.Tensor, ids: torch.Tensor, ci_group_size: int, with_variance: bool,
