@@ -27,10 +27,11 @@ class CausalForestDML(BaseEstimator):
     Parameters
     ----------
     model_y, model_t : 'auto', 'tauforge', import path or scikit-learn estimator, default 'auto'
-        Nuisance models for E[Y | X, W] and E[T | X, W]. 'auto' is scikit-learn's
-        HistGradientBoosting with early stopping on CPU (a classifier for a discrete treatment; see
-        `default_nuisance_model`) and the engine's own histogram boosting (`kernels.boosting`) on
-        CUDA; 'tauforge' picks the engine's boosting on any device. EconML's 'auto' is a
+        Nuisance models for E[Y | X, W] and E[T | X, W]. 'auto' on CPU is an additive spline
+        model plus early-stopped boosting of what it leaves (`AdditiveBoostingRegressor`; for a
+        discrete treatment an early-stopped HistGradientBoosting classifier; see
+        `default_nuisance_model`), on CUDA the engine's own histogram boosting (`kernels.boosting`);
+        'tauforge' picks the engine's boosting on any device. EconML's 'auto' is a
         cross-validated linear model.
     discrete_treatment : bool or 'auto', default 'auto'
         Binary 0/1 treatment: model_t is a classifier (propensity) and folds are stratified by
