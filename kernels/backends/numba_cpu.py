@@ -151,10 +151,12 @@ def parent_stats(tot):
 
 
 @njit(inline="always", error_model="numpy")
-def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, tau, counts_known, min_leaf, penalty):
+def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, tau, counts_known, min_leaf,
+                    min_leaf_e, penalty):
     """The score of one candidate left child from its sums and row counts, -inf if inadmissible
     (`least` = alpha times the parent's sum of squares); without `counts_known` the row counts
-    are left to `_pick`. Branch-free, so that the loops calling it vectorize."""
+    are left to `_pick`; each child needs min_leaf_e estimation rows (0 where the caller has
+    checked them: `_scan_fine`). Branch-free, so that the loops calling it vectorize."""
     tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
     rN = tN - lN
     rSt = tSt - lSt
@@ -166,7 +168,7 @@ def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, ta
     score = s * s * (inv_l + inv_r)
     if penalty > 0.0:
         score -= penalty * (1.0 / size_l + 1.0 / size_r)
-    ok = ((lE >= min_leaf) & (tE - lE >= min_leaf) & (size_l >= least) & (size_r >= least)
+    ok = ((lE >= min_leaf_e) & (tE - lE >= min_leaf_e) & (size_l >= least) & (size_r >= least)
           & ((penalty == 0.0) | ((size_l > 0.0) & (size_r > 0.0))))
     counts_ok = ((lLo >= min_leaf) & (lHi >= min_leaf) & (tLo - lLo >= min_leaf) & (tHi - lHi >= min_leaf))
     ok &= counts_ok | (not counts_known)
@@ -174,14 +176,14 @@ def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, ta
 
 
 @njit(error_model="numpy")
-def score_candidates(cum, n, tot, a, b, tau, counts_known, min_leaf, alpha, penalty, out):
+def score_candidates(cum, n, tot, a, b, tau, counts_known, min_leaf, min_leaf_e, alpha, penalty, out):
     """Scores of n candidate left children, cum[:, i] = their sums and row counts (8, n), into out[:n].
 
     This loop runs once per candidate bin of every node split on histograms."""
     least = alpha * (tot[STT] - tot[ST] * tot[ST] / tot[N])
     for i in range(n):
         out[i] = candidate_score(cum[0, i], cum[1, i], cum[2, i], cum[3, i], cum[4, i], cum[5, i], cum[6, i],
-                                 cum[7, i], tot, least, a, b, tau, counts_known, min_leaf, penalty)
+                                 cum[7, i], tot, least, a, b, tau, counts_known, min_leaf, min_leaf_e, penalty)
 
 
 @njit(error_model="numpy")
@@ -302,7 +304,10 @@ def _sort_codes(col, m, counts, order, scratch):
 
 # A node of fewer than `small_node` rows (a fine node) chooses among splits at every fine code.
 # The first fine node on a path (a fine root) copies its rows of positive weight into small local
-# buffers: their channels, fine codes, and per feature the rows in code order (a radix sort).
+# buffers: their channels, fine codes, and per feature the rows in code order (a radix sort), the
+# structure rows and the estimation rows apart. Only structure rows are swept: an estimation row
+# adds nothing to the split criterion, and the estimation half's minimum leaf size is a range of
+# thresholds, read off the estimation rows' order (`_scan_fine`).
 # Its descendants never sort again: a split partitions every feature's order stably into the
 # children's (as CART implementations with presorted features do), so a node sweeps its rows in
 # code order at O(rows) per feature, in cache. Depth-first growth finishes a fine root's subtree
@@ -314,11 +319,11 @@ _NOT_LOCAL, _LEAF_ONLY, _ORDERED = 0, 1, 2  # what the local buffers hold of a n
 
 @njit(error_model="numpy")
 def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local, local_codes, order,
-               e_row, counts, scratch):
-    """Fill the local buffers from a fine root's rows; return their number. Local rows are the
-    structure rows, then the estimation rows: local[q] = (w, wt, wy, wty, wtt, 0, t = wt / w, 1)
-    for a structure row, (0, 0, 0, 0, 0, 1, 0, 0) and its index into mom_e in e_row[q] for an
-    estimation row; order[j] = the local rows by fine code j."""
+               e_row, e_codes, e_order, counts, scratch):
+    """Fill the local buffers from a fine root's rows; return the numbers of structure and
+    estimation rows. Structure row q: local[q] = (w, wt, wy, wty, wtt, 0, t = wt / w, 1), its fine
+    codes in local_codes[:, q], order[j] = the structure rows by fine code j. Estimation row q: its
+    index into mom_e in e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by code j."""
     p = fine_s.shape[1]
     m = 0
     for ii in range(s_lo, s_hi):
@@ -333,36 +338,38 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
             for j in range(p):
                 local_codes[j, m] = fine_s[r, j]
             m += 1
+    m_e = 0
     for ii in range(e_lo, e_hi):
         r = e_idx[ii]
         if mom_e[r, 0] > 0.0:
-            local[m, :] = 0.0
-            local[m, 5] = 1.0
-            e_row[m] = r
+            e_row[m_e] = r
             for j in range(p):
-                local_codes[j, m] = fine_e[r, j]
-            m += 1
+                e_codes[j, m_e] = fine_e[r, j]
+            m_e += 1
     for j in range(p):
         _sort_codes(local_codes[j], m, counts, order[j], scratch)
-    return m
+        _sort_codes(e_codes[j], m_e, counts, e_order[j], scratch)
+    return m, m_e
 
 
 @njit(error_model="numpy")
-def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_leaf, alpha, penalty, cum, cand_j,
-               cand_k, cand_s, block_start, block_max):
+def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, a, b, tau, min_leaf,
+               alpha, penalty, cum, cand_j, cand_k, cand_s, block_start, block_max):
     """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
     holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist` on
     coarse bins), with the row counts on each side of the parent's mean `a` summed along, so the
     scores are complete. Returns the number of candidates, in (feature, code) order.
 
-    One feature at a time: its sweep writes the candidates' sums into `cum` (8, small_node), which
-    `score_candidates` reads while it is still in cache; only the scores of all features are kept
-    (`_fine_left_sums` recomputes the winner's sums), with each feature's first candidate and best
-    score in block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
-    sweep appends without branching: every row writes a slot, and the count only advances after
-    the last row of a code holding structure rows with both children big enough (branches here
-    mispredict on every other row)."""
-    tE = tot[E]
+    One feature at a time: its sweep over the structure rows [lo, hi) writes the candidates' sums
+    into `cum` (8, small_node; row 5, the estimation rows, stays 0), which `score_candidates` reads
+    while it is still in cache; only the scores of all features are kept (`_fine_left_sums`
+    recomputes the winner's sums), with each feature's first candidate and best score in
+    block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
+    estimation rows [e_lo, e_hi) are not swept: a threshold leaves min_leaf of them on each side
+    exactly when it is at least the code of the ceil(min_leaf)-th smallest and below that of the
+    ceil(min_leaf)-th largest. The sweep appends without branching: every row writes a slot, and
+    the count only advances after the last row of a code with both children big enough."""
+    k_e = max(math.ceil(min_leaf), 0)
     n_cand = 0
     for j in range(local_codes.shape[0]):
         block_start[j] = n_cand
@@ -371,24 +378,24 @@ def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_lea
             continue
         col = local_codes[j]
         rows = order[j]
-        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
-        has_structure = False
+        lowest, highest = 0, 1 << 16  # the thresholds [lowest, highest) the estimation half allows
+        if k_e > 0:
+            lowest = np.int64(e_codes[j, e_order[j, e_lo + k_e - 1]])
+            highest = np.int64(e_codes[j, e_order[j, e_hi - k_e]])
+        c0 = c1 = c2 = c3 = c4 = c6 = c7 = 0.0
         n = np.uint64(0)
         # Unsigned indices: numba checks every signed index for wraparound (a negative index counts
         # from the end), which costs a fifth of this loop.
         for k in range(np.uint64(lo), np.uint64(hi - 1)):
             q = np.uint64(rows[k])
-            structure = local[q, 7]
-            below = structure * (local[q, 6] < a)
-            has_structure |= structure > 0.0
+            below = np.float64(local[q, 6] < a)
             c0 += local[q, 0]
             c1 += local[q, 1]
             c2 += local[q, 2]
             c3 += local[q, 3]
             c4 += local[q, 4]
-            c5 += local[q, 5]
             c6 += below
-            c7 += structure - below
+            c7 += 1.0 - below
             code = col[q]
             boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
             cand_k[n_cand + n] = code
@@ -397,14 +404,12 @@ def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, a, b, tau, min_lea
             cum[2, n] = c2
             cum[3, n] = c3
             cum[4, n] = c4
-            cum[5, n] = c5
             cum[6, n] = c6
             cum[7, n] = c7
-            keep = boundary & has_structure & (c5 >= min_leaf) & (tE - c5 >= min_leaf)
+            keep = boundary & (code >= lowest) & (code < highest)
             n += np.uint64(keep)
-            has_structure &= not boundary
         n = np.int64(n)
-        score_candidates(cum, n, tot, a, b, tau, True, min_leaf, alpha, penalty, cand_s[n_cand:])
+        score_candidates(cum, n, tot, a, b, tau, True, min_leaf, 0.0, alpha, penalty, cand_s[n_cand:])
         cand_j[n_cand:n_cand + n] = j
         best = -np.inf
         for i in range(n_cand, n_cand + n):
@@ -434,9 +439,10 @@ def _pick_fine(cand_s, n_cand, block_start, block_max):
 
 
 @njit(error_model="numpy")
-def _fine_left_sums(local, local_codes, order, lo, hi, f, thr, out):
+def _fine_left_sums(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, f, thr, out):
     """out[:6] = the channel sums of a fine node's rows with code <= thr on feature f, added in the
-    sweep's order, so that they equal the winning candidate's sums bit for bit."""
+    sweep's order, so that they equal the winning candidate's sums bit for bit; out[E] counts
+    its estimation rows there."""
     out[:] = 0.0
     col = local_codes[f]
     rows = order[f]
@@ -444,8 +450,12 @@ def _fine_left_sums(local, local_codes, order, lo, hi, f, thr, out):
         q = rows[k]
         if col[q] > thr:
             break
-        for c in range(6):
+        for c in range(5):
             out[c] += local[q, c]
+    for k in range(e_lo, e_hi):
+        if e_codes[f, e_order[f, k]] > thr:
+            break
+        out[E] += 1.0
 
 
 @njit(error_model="numpy")
@@ -481,14 +491,16 @@ def _partition_order(rows, lo, hi, side, thr, scratch):
 
 
 @njit(error_model="numpy")
-def _split_fine(local_codes, order, lo, hi, f, thr, every_feature, scratch):
-    """Partition the orders of a fine node's rows [lo, hi) stably into its children's (rows with
-    code <= thr on feature f first): every feature's, or with `every_feature` False only the first
-    feature's (enough to find a leaf's rows); return the left child's row count."""
-    nl = 0
+def _split_fine(local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, f, thr, every_feature, scratch):
+    """Partition the orders of a fine node's structure rows [lo, hi) and estimation rows
+    [e_lo, e_hi) stably into its children's (rows with code <= thr on feature f first): every
+    feature's, or with `every_feature` False only the first feature's (enough to find a leaf's
+    rows); return the left child's numbers of structure and estimation rows."""
+    nl = nl_e = 0
     for j in range(local_codes.shape[0] if every_feature else 1):
         nl = _partition_order(order[j], lo, hi, local_codes[f], thr, scratch)
-    return nl
+        nl_e = _partition_order(e_order[j], e_lo, e_hi, e_codes[f], thr, scratch)
+    return nl, nl_e
 
 
 @njit(error_model="numpy")
@@ -603,7 +615,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     local_codes = np.empty((p, small_node), dtype=np.uint16)
     order = np.empty((p, small_node), dtype=np.int32)
     e_row = np.empty(small_node, dtype=np.int64)
-    fine_cum = np.empty((8, small_node))
+    e_codes = np.empty((p, small_node), dtype=np.uint16)
+    e_order = np.empty((p, small_node), dtype=np.int32)
+    fine_cum = np.zeros((8, small_node))  # row 5 (estimation rows) stays 0: see _scan_fine
     block_start = np.empty(p, dtype=np.int64)
     block_max = np.empty(p)
     counts = np.empty(257, dtype=np.int64)
@@ -673,9 +687,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
             if fine:
                 if ordered == _NOT_LOCAL:  # a fine root
-                    m = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
-                                   local_codes, order, e_row, counts, fine_scratch)
-                    s_lo, s_hi = 0, m  # from here on the node's range in the local orders
+                    m, m_e = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
+                                        local_codes, order, e_row, e_codes, e_order, counts, fine_scratch)
+                    s_lo, s_hi, e_lo, e_hi = 0, m, 0, m_e  # from here on the node's ranges in the local orders
                     ordered = _ORDERED
                     clock = _tick(prof, _FINE_ROOT, clock)
                 elif ordered == _LEAF_ONLY:
@@ -689,20 +703,22 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
             draw_features(nkey, p, mtry, poisson, fmask)
             if fine:  # scored feature by feature, row counts included
-                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, fmask, t, a, b, tau, min_leaf, alpha,
-                                    penalty, fine_cum, cand_j, cand_k, cand_s, block_start, block_max)
+                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, fmask, t, a,
+                                    b, tau, min_leaf, alpha, penalty, fine_cum, cand_j, cand_k, cand_s, block_start,
+                                    block_max)
                 clock = _tick(prof, _FINE, clock)
                 i = _pick_fine(cand_s, n_cand, block_start, block_max)
             else:
                 n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
                 clock = _tick(prof, _COARSE, clock)
-                score_candidates(cand_cum, n_cand, t, a, b, tau, False, min_leaf, alpha, penalty, cand_s)
+                score_candidates(cand_cum, n_cand, t, a, b, tau, False, min_leaf, min_leaf, alpha, penalty, cand_s)
                 clock = _tick(prof, _SCORE, clock)
                 i = _pick(cand_s, n_cand, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
                 bf, bb = cand_j[i], cand_k[i]
                 if fine:
-                    _fine_left_sums(local, local_codes, order, s_lo, s_hi, bf, bb, best_left)
+                    _fine_left_sums(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb,
+                                    best_left)
                 else:
                     for c in range(6):
                         best_left[c] = cand_cum[c, i]
@@ -716,14 +732,12 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                     w += mom_e[r, 0]
                     for c in range(4):
                         acc[c] += mom_e[r, c + 1]
-            else:  # the estimation rows of the node's local range
-                for ii in range(s_lo, s_hi):
-                    q = order[0, ii]
-                    if local[q, 5] > 0.0:
-                        r = e_row[q]
-                        w += mom_e[r, 0]
-                        for c in range(4):
-                            acc[c] += mom_e[r, c + 1]
+            else:  # the node's local estimation rows
+                for ii in range(e_lo, e_hi):
+                    r = e_row[e_order[0, ii]]
+                    w += mom_e[r, 0]
+                    for c in range(4):
+                        acc[c] += mom_e[r, c + 1]
             for c in range(4):
                 leafval[node, c] = acc[c] / w
             if slot >= 0:
@@ -737,8 +751,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             # their leaves) when neither of them can split.
             can_split = depth + 1 < max_depth and max(best_left[E], t[E] - best_left[E]) >= 2 * min_leaf
             children_ordered = _ORDERED if can_split else _LEAF_ONLY
-            s_mid = s_lo + _split_fine(local_codes, order, s_lo, s_hi, bf, bb, can_split, fine_scratch)
-            e_lo = e_mid = e_hi = 0  # a local node's range is [s_lo, s_hi) alone
+            nl, nl_e = _split_fine(local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb, can_split,
+                                   fine_scratch)
+            s_mid, e_mid = s_lo + nl, e_lo + nl_e
         else:
             children_ordered = _NOT_LOCAL
             if move_rows:  # s_idx and e_idx stay the identity: the rows themselves move
