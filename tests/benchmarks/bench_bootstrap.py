@@ -7,7 +7,8 @@
     .venv/bin/python tests/benchmarks/bench_bootstrap.py batching [--n 100000] [--replicates 8] [--backend torch]
 
 coverage: per seed, one CausalForestDML(inference="bootstrap") fit with the code's bootstrap defaults
-(but --replicates replicates, 2 folds, and the default nuisance models with 32 bins) on --n rows of --design (p = 5); the same fit's
+(but --replicates replicates, 2 folds, and the default nuisance models with 32 bins) on --n rows
+of --design (p = 5); the same fit's
 little-bag intervals (blb: the forest's CATE interval, the ATE's normal interval) beside the
 bootstrap's normal, percentile and pivot intervals (those the code offers:
 kernels.bootstrap.INTERVALS). Truths: the CATE at 200 fixed test points drawn from the design,
