@@ -84,8 +84,8 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         if self.loss == "squared_error":
             self.additive_ = RidgeCV(alphas=RIDGE_ALPHAS).fit(design, y[rows], sample_weight=w_rows)
         else:
-            self.additive_ = PoissonRegressor(alpha=self.poisson_alpha, solver="newton-cholesky").fit(design, y[rows],
-                                                                                            sample_weight=w_rows)
+            glm = PoissonRegressor(alpha=self.poisson_alpha, solver="newton-cholesky")
+            self.additive_ = glm.fit(design, y[rows], sample_weight=w_rows)
         smooth = self._additive(X)
         self.trees_ = HistGradientBoostingRegressor(
             loss=self.loss, learning_rate=self.learning_rate, max_iter=self.max_iter,
