@@ -321,9 +321,10 @@ _NOT_LOCAL, _LEAF_ONLY, _ORDERED = 0, 1, 2  # what the local buffers hold of a n
 def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local, local_codes, order,
                e_row, e_codes, e_order, counts, scratch):
     """Fill the local buffers from a fine root's rows; return the numbers of structure and
-    estimation rows. Structure row q: local[q] = (w, wt, wy, wty, wtt, 0, t = wt / w, 1), its fine
-    codes in local_codes[:, q], order[j] = the structure rows by fine code j. Estimation row q: its
-    index into mom_e in e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by code j."""
+    estimation rows. Structure row q: local[q] = (w, wt, wy, wty, wtt, -, t = wt / w, -) (columns
+    5 and 7 unused: 8 columns keep a row in one cache line), its fine codes in local_codes[:, q],
+    order[j] = the structure rows by fine code j. Estimation row q: its index into mom_e in
+    e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by code j."""
     p = fine_s.shape[1]
     m = 0
     for ii in range(s_lo, s_hi):
@@ -332,9 +333,7 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
         if w > 0.0:
             for c in range(5):
                 local[m, c] = mom_s[r, c]
-            local[m, 5] = 0.0
             local[m, 6] = mom_s[r, 1] / w
-            local[m, 7] = 1.0
             for j in range(p):
                 local_codes[j, m] = fine_s[r, j]
             m += 1
@@ -460,16 +459,11 @@ def _fine_left_sums(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e
 
 @njit(error_model="numpy")
 def _fine_count_sides(local, rows, lo, hi, a):
-    """`_count_sides` of a fine node from the local buffers."""
+    """`_count_sides` of a fine node from the local buffers (its structure rows [lo, hi))."""
     below = 0.0
-    above = 0.0
     for k in range(lo, hi):
-        q = rows[k]
-        structure = local[q, 7]
-        is_below = structure * (local[q, 6] < a)
-        below += is_below
-        above += structure - is_below
-    return below, above
+        below += local[rows[k], 6] < a
+    return below, (hi - lo) - below
 
 
 @njit(error_model="numpy")
