@@ -59,6 +59,21 @@ def test_backends_match_reference(rule, weights):
     _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
 
 
+def test_coarse_nodes_match_reference_whether_rows_move_or_not():
+    # n=10000: roots hold ~4,500 rows and their children ~2,250, so two levels split on coarse
+    # histograms (SMALL_NODE_ROWS = 2,048) before fine nodes take over; the test above never
+    # reaches them. A row here is 52 bytes (p = 4): the default threshold indexes every node,
+    # 0 moves every coarse node's rows, and 150 KB moves the root's (234 KB) while its
+    # children (117 KB) partition an index within the root's block.
+    data, mom, trees = _problem(10000, weights=True, max_bins=32)
+    trees, rule = trees[:2], RULES[1]
+    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
+                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
+    for move_rows_bytes in (NumbaBackend().move_rows_bytes, 0, 150_000):
+        _assert_same_trees(NumbaBackend(move_rows_bytes=move_rows_bytes).grow(data, mom, trees, rule), ref)
+    _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
+
+
 def _split_nodes(tree, rows, fine):
     """(structure rows of the node, of its left child, of its right child) for every split node."""
     out = []

@@ -54,7 +54,7 @@ class NumbaBackend:
     device = torch.device("cpu")
 
     def __init__(self, move_rows_bytes: int = numba_cpu.MOVE_ROWS_BYTES):
-        self.move_rows_bytes = move_rows_bytes  # trees with more bytes of rows move them (numba_cpu)
+        self.move_rows_bytes = move_rows_bytes  # nodes with more bytes of rows move them (numba_cpu)
         # CPU cycles each phase of growth took (numba_cpu.PHASES), summed over the trees grown by
         # this backend: the profile behind docs/benchmarks.md's split of a tree's time.
         self.phase_cycles = np.zeros(len(numba_cpu.PHASES))

@@ -2,8 +2,8 @@
 
 Why depth-first here when the torch backend grows level-wise: on a CPU the cost is memory
 traffic, not parallel width. One tree's samples stay partitioned by node (contiguous ranges
-of an index, as scikit-learn's HistGradientBoosting keeps them, or of the rows themselves when
-they outgrow the cache: MOVE_ROWS_BYTES), one node's histogram (features x bins x 6 channels)
+of the rows themselves while a node's rows outgrow the cache, MOVE_ROWS_BYTES, then of an
+index, as scikit-learn's HistGradientBoosting keeps them), one node's histogram (features x bins x 6 channels)
 stays in cache while it is built and scanned, and only the histograms of pending larger
 siblings are kept: always descending into the smaller child first bounds them by log2(n) per
 tree. Parallelism comes from growing many trees at once, one a thread.
@@ -535,12 +535,13 @@ def _partition(idx, lo, hi, codes, f, thr, scratch):
     return lo + _partition_order(idx, lo, hi, codes[:, f], thr, scratch)
 
 
-# A tree whose rows take more bytes than this (codes, fine codes, moments) moves the rows of its
-# coarse nodes when it splits them (`_partition_rows`); a smaller tree partitions an index. Its
-# rows are in cache anyway, and moving them costs more than the misses it saves: measured on one
-# core, a tree at 1e6 x 30 (65 MB of rows) grows 10% faster moving rows, one at 1e5 x 10 (6.5 MB)
-# 10% slower.
-MOVE_ROWS_BYTES = 16 << 20
+# A coarse node whose rows take more bytes than this (codes, fine codes, moments) moves them when
+# it splits (`_partition_rows`), so that its children's rows are contiguous; a smaller node
+# partitions an index over its block of rows, which is in cache. Measured on one core (whole
+# fits, docs/benchmarks.md): at 1e6 x 30 (65 MB of rows a tree) moving only nodes over 4 MB took
+# 5-7% less time than moving every coarse node's rows, and 2% less than moving those over 16 MB;
+# indexing every node was 10% slower. At 1e5 x 10 (6.5 MB) the root alone moves: within 1% of none.
+MOVE_ROWS_BYTES = 4 << 20
 
 
 @njit(inline="always", error_model="numpy")
@@ -588,7 +589,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
     (w, wt, wy, wty, wtt) [ns, 5]; *_e: the estimation half. Thresholds are fine codes;
     out_leaf rows hold the leaf means of (t, y, ty, tt). Coarse splits move the rows themselves
-    where they take more than move_rows_bytes (MOVE_ROWS_BYTES). prof[phase] gains the cycles
+    where a node's rows take more than move_rows_bytes (MOVE_ROWS_BYTES). prof[phase] gains the cycles
     spent in each of PHASES.
     """
     clock = cycles()
@@ -598,9 +599,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     s_idx = np.arange(ns).astype(np.int32)
     e_idx = np.arange(ne).astype(np.int32)
     scratch = np.empty(max(ns, ne), dtype=np.int32)
-    move_rows = (ns + ne) * (3 * p + 8 * mom_s.shape[1]) > move_rows_bytes
+    row_bytes = 3 * p + 8 * mom_s.shape[1]
     # Room for the right child's rows of a coarse split (`_partition_rows`).
-    room = max(ns, ne) if move_rows else 0
+    room = max(ns, ne) if (ns + ne) * row_bytes > move_rows_bytes else 0
     scratch_codes = np.empty((room, p), dtype=codes_s.dtype)
     scratch_fine = np.empty((room, p), dtype=fine_s.dtype)
     scratch_mom = np.empty((room, mom_s.shape[1]))
@@ -750,7 +751,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             s_mid, e_mid = s_lo + nl, e_lo + nl_e
         else:
             children_ordered = _NOT_LOCAL
-            if move_rows:  # s_idx and e_idx stay the identity: the rows themselves move
+            # A large node moves its rows (s_idx and e_idx stay the identity there); below
+            # move_rows_bytes its subtree's rows stay in its block, in cache, and an index moves.
+            if (s_hi - s_lo + e_hi - e_lo) * row_bytes > move_rows_bytes:
                 s_mid = _partition_rows(codes_s, fine_s, mom_s, s_lo, s_hi, bf, bb, scratch_codes, scratch_fine,
                                         scratch_mom)
                 e_mid = _partition_rows(codes_e, fine_e, mom_e, e_lo, e_hi, bf, bb, scratch_codes, scratch_fine,

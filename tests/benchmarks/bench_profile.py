@@ -4,6 +4,7 @@ path's time per tree on the CPU next to numba's.
 
     .venv/bin/python tests/benchmarks/bench_profile.py                     # 1e5 x 10 and 1e6 x 30
     .venv/bin/python tests/benchmarks/bench_profile.py --sizes 100000:10:40 --torch-trees 0
+    .venv/bin/python tests/benchmarks/bench_profile.py --sizes 1000000:30:4 --move-rows-bytes 0,16777216,4194304
 
 Everything runs on one thread (NUMBA_NUM_THREADS=1, one torch and BLAS thread), so the figures
 are CPU time per tree; growth spreads whole trees over the cores (numba's prange over trees),
@@ -143,15 +144,63 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
               f"{1000 * numba_per_tree:.0f} ms: {torch_cpu / torch_trees / numba_per_tree:.1f}x", flush=True)
 
 
+def compare_move_thresholds(n: int, p: int, trees: int, values: list[int], repeats: int, seed: int = 0) -> None:
+    """Growth CPU time a tree with each numba_cpu.MOVE_ROWS_BYTES in `values` (nodes with more
+    bytes of rows move them, smaller ones partition an index), the same trees, alternating
+    `repeats` times: the median of each."""
+    import torch
+
+    from tauforge.kernels.backends import NumbaBackend
+    from tauforge.kernels.binning import QuantileBinner
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.forest import CausalForest, _grow, _moments
+
+    class Quiet:
+        def update(self, _):
+            pass
+
+    torch.set_num_threads(1)
+    data = make_causal_data("simple", n=n, p=p, seed=seed)
+    forest = CausalForest(n_estimators=trees, random_state=seed)
+    forest.seed_ = seed
+    binned = QuantileBinner(forest.max_bins, random_state=seed).fit(data.X).bin(data.X)
+    sampler = forest._sampler(n)
+    samples = list(sampler.trees(0, sampler.n_groups))
+    mom, rule = _moments(data.T - data.e, data.Y - data.m, None), forest._rule(p)
+    seconds: dict[int, list[float]] = {v: [] for v in values}
+    features = None
+    for r in range(repeats + 1):  # the first round compiles and warms the caches
+        for v in values:
+            (arrays,), cpu, _ = timed(_grow, NumbaBackend(move_rows_bytes=v), binned, [mom], [samples], rule, Quiet())
+            if features is None:
+                features = arrays.feature
+            if not np.array_equal(features, arrays.feature):
+                raise AssertionError(f"move_rows_bytes={v} grew other trees")
+            if r:
+                seconds[v].append(cpu)
+    print(f"\n### n = {n:,}, p = {p}, {trees} trees on one thread: growth CPU ms a tree by MOVE_ROWS_BYTES "
+          f"(median of {repeats})\n")
+    print("| move_rows_bytes | ms a tree | runs |")
+    print("|---|---|---|")
+    for v, s in seconds.items():
+        print(f"| {v:,} | {1000 * np.median(s) / trees:.1f} | {', '.join(f'{1000 * x / trees:.0f}' for x in s)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000:10:100,1000000:30:8",
                         help="comma-separated n:p:trees (default: %(default)s)")
     parser.add_argument("--torch-trees", type=int, default=4, help="trees grown on the torch path (0: skip)")
+    parser.add_argument("--move-rows-bytes", default="",
+                        help="comma-separated thresholds to compare instead of the profile (e.g. 16777216,4194304)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of --move-rows-bytes (default: 3)")
     args = parser.parse_args()
     for size in args.sizes.split(","):
         n, p, trees = (int(v) for v in size.split(":"))
-        profile(n, p, trees, args.torch_trees)
+        if args.move_rows_bytes:
+            compare_move_thresholds(n, p, trees, [int(v) for v in args.move_rows_bytes.split(",")], args.repeats)
+        else:
+            profile(n, p, trees, args.torch_trees)
 
 
 if __name__ == "__main__":
