@@ -1,0 +1,103 @@
+"""Where pointwise coverage is lost: the CATE error split into squared bias and variance over
+training seeds, next to the variance the intervals claim, for tauforge and EconML.
+
+One test set (1,000 rows, fixed), `--seeds` training sets of the design, each fit once by each
+estimator. Per test point: bias = mean estimate - true CATE, variance = the estimates' variance
+over seeds (what an interval's width should reflect), and the mean of the estimated variances
+(half the 95% interval's width / 1.96, squared). Printed as means over the test points, with
+the coverage and width of the intervals. An estimated/true variance ratio above 1 means the
+intervals are wider than the sampling variance calls for; coverage below nominal with such a
+ratio means bias, not the variance estimate, costs the coverage.
+
+Estimators: `tauforge` (CausalForestDML, defaults), `econml` (its CausalForestDML with the same
+nuisance learners), `tauforge-boosted` (a second forest fit on the residual effect
+y~ - tau_oob(x) t~ of the first, added to it, its variance added: the one-step boosted forest of
+Ghosal and Hooker, 2021, a bias correction tried for issue 16).
+
+    .venv/bin/python tests/benchmarks/bench_intervals.py
+    .venv/bin/python tests/benchmarks/bench_intervals.py --cases aw2:2000 --seeds 10 --estimators tauforge
+    .venv/bin/python tests/benchmarks/bench_intervals.py --estimators tauforge --params ci_group_size=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+
+Z = 1.959963984540054  # the 97.5% normal quantile
+
+
+def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, trees: int, params: dict):
+    """(estimate, estimated variance) at test_X; `params` go to tauforge's CausalForestDML."""
+    from tauforge.kernels import CausalForest, CausalForestDML
+    from tauforge.kernels.nuisance import default_nuisance_model
+
+    binary = design != "continuous_hetero"
+    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(binary, 0))
+    if name == "econml":
+        from econml.dml import CausalForestDML as EconMLCausalForestDML
+
+        est = EconMLCausalForestDML(**models, discrete_treatment=binary, cv=5, n_estimators=trees, random_state=seed,
+                                    n_jobs=-1).fit(train.Y, train.T, X=train.X)
+        tau = np.ravel(est.effect(test_X))
+        lo, hi = (np.ravel(a) for a in est.effect_interval(test_X, alpha=0.05))
+        return tau, ((hi - lo) / (2 * Z)) ** 2
+    est = CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed, progress=False, **params)
+    est.fit(train.Y, train.T, X=train.X)
+    tau, var = (np.ravel(a) for a in est.forest_.predict_and_var(test_X))
+    if name == "tauforge-boosted":
+        y_res, t_res = est.residuals_
+        oob = np.ravel(est.forest_.oob_predict(train.X))
+        second = CausalForest(n_estimators=trees, random_state=seed + 1, progress=False, **params)
+        second.fit(train.X, t_res, y_res - oob * t_res)
+        tau2, var2 = (np.ravel(a) for a in second.predict_and_var(test_X))
+        tau, var = tau + tau2, var + var2
+    return tau, var
+
+
+def main() -> None:
+    from tauforge.kernels.datasets import make_causal_data
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default="aw3:2000,aw2:2000,simple:2000",
+                        help="design:n[:p], comma-separated (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=10, help="training sets per case (default: 10)")
+    parser.add_argument("--trees", type=int, default=1000, help="trees per forest (default: 1000)")
+    parser.add_argument("--estimators", default="tauforge,econml,tauforge-boosted",
+                        help="comma-separated, of tauforge, econml, tauforge-boosted (default: all)")
+    parser.add_argument("--params", default="",
+                        help="tauforge forest parameters, e.g. ci_group_size=4,max_samples=0.45 (default: none)")
+    args = parser.parse_args()
+    params = {k: None if v == "None" else float(v) if "." in v else int(v)
+              for k, v in (kv.split("=") for kv in args.params.split(",") if kv)}
+    warnings.filterwarnings("ignore")
+    print("| design | n | p | estimator | RMSE | bias^2 | variance over seeds | estimated variance | "
+          "estimated / true | coverage | width |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for case in args.cases.split(","):
+        parts = case.split(":")
+        design, n, p = parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 10
+        test = make_causal_data(design, n=1000, p=p, seed=99_999)
+        for name in args.estimators.split(","):
+            taus, variances = [], []
+            for seed in range(args.seeds):
+                train = make_causal_data(design, n=n, p=p, seed=seed)
+                tau, var = fit_predict(name, design, train, test.X, seed, args.trees, params)
+                taus.append(tau)
+                variances.append(var)
+            taus, variances = np.array(taus), np.array(variances)
+            bias2 = np.mean((taus.mean(axis=0) - test.tau) ** 2)
+            spread = np.mean(taus.var(axis=0, ddof=1))
+            claimed = np.mean(variances)
+            coverage = np.mean(np.abs(taus - test.tau) <= Z * np.sqrt(variances))
+            label = name + (f" ({args.params})" if args.params and name != "econml" else "")
+            rmse = np.sqrt(np.mean((taus - test.tau) ** 2))
+            width = np.mean(2 * Z * np.sqrt(variances))
+            print(f"| {design} | {n:,} | {p} | {label} | {rmse:.4f} | {bias2:.4f} | {spread:.4f} | {claimed:.4f} | "
+                  f"{claimed / spread:.2f} | {coverage:.3f} | {width:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
