@@ -43,6 +43,13 @@ def cycles_per_second() -> float:
     return (numba_cpu.cycles_now() - c0) / (time.perf_counter() - w0)
 
 
+class Quiet:
+    """A progress bar that shows nothing (`_grow` reports to one)."""
+
+    def update(self, _):
+        pass
+
+
 def histogram_rates(binned, mom, rows: int) -> tuple[float, float]:
     """Adds per second of the grower's histogram kernel over `rows` structure rows: node-sorted
     (the node's rows contiguous in memory, the limit) and gathered in the scattered order a deep
@@ -89,10 +96,6 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     samples, sample_cpu, _ = timed(lambda: list(sampler.trees(0, sampler.n_groups)))  # drawn when read
     mom = _moments(t_res, y_res, None)
     rule = forest._rule(p)
-
-    class Quiet:
-        def update(self, _):
-            pass
 
     numba_backend = get_backend("numba", torch.device("cpu"))
     _grow(numba_backend, binned, [mom], [samples[:2]], rule, Quiet())  # compiled and cached before timing
@@ -154,10 +157,6 @@ def compare_move_thresholds(n: int, p: int, trees: int, values: list[int], repea
     from tauforge.kernels.binning import QuantileBinner
     from tauforge.kernels.datasets import make_causal_data
     from tauforge.kernels.forest import CausalForest, _grow, _moments
-
-    class Quiet:
-        def update(self, _):
-            pass
 
     torch.set_num_threads(1)
     data = make_causal_data("simple", n=n, p=p, seed=seed)
