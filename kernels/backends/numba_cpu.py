@@ -3,10 +3,10 @@
 Why depth-first here when the torch backend grows level-wise: on a CPU the cost is memory
 traffic, not parallel width. One tree's samples stay partitioned by node (contiguous ranges
 of the rows themselves while a node's rows outgrow the cache, MOVE_ROWS_BYTES, then of an
-index, as scikit-learn's HistGradientBoosting keeps them), one node's histogram (features x bins x 6 channels)
-stays in cache while it is built and scanned, and only the histograms of pending larger
-siblings are kept: always descending into the smaller child first bounds them by log2(n) per
-tree. Parallelism comes from growing many trees at once, one a thread.
+index, as scikit-learn's HistGradientBoosting keeps them), one node's histogram (features x
+bins x 6 channels) stays in cache while it is built and scanned, and only the histograms of
+pending larger siblings are kept: always descending into the smaller child first bounds them
+by log2(n) per tree. Parallelism comes from growing many trees at once, one a thread.
 
 Nodes of `small_node` rows or more search splits on coarse histograms; smaller ones on every
 fine code, sweeping their rows in each feature's order: the first of them on a path sorts its
@@ -589,8 +589,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     The structure half: coarse codes (uint8 [ns, p]), fine codes (uint16 [ns, p]), moments
     (w, wt, wy, wty, wtt) [ns, 5]; *_e: the estimation half. Thresholds are fine codes;
     out_leaf rows hold the leaf means of (t, y, ty, tt). Coarse splits move the rows themselves
-    where a node's rows take more than move_rows_bytes (MOVE_ROWS_BYTES). prof[phase] gains the cycles
-    spent in each of PHASES.
+    where a node's rows take more than move_rows_bytes (MOVE_ROWS_BYTES). prof[phase] gains the
+    cycles spent in each of PHASES.
     """
     clock = cycles()
     ns, p = codes_s.shape

@@ -32,23 +32,31 @@ CASES = ("simple:2000,aw2:2000,aw3:2000,simple:20000,aw2:20000,aw3:20000,imbalan
 NAMES = {"aw2:2000:50": "sparse (aw2, p = 50)"}
 
 
-def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[str, float]]:
+def make_estimators(design: str, seed: int, trees: int, **tauforge_params) -> dict:
+    """Unfitted CausalForestDML of both libraries for `design`, with the same nuisance learners,
+    folds and trees: {"tauforge": ..., "econml": ...}; `tauforge_params` go to tauforge's."""
     from econml.dml import CausalForestDML as EconMLCausalForestDML
 
-    from tauforge.kernels import CausalForest, CausalForestDML
-    from tauforge.kernels.datasets import make_causal_data
-    from tauforge.kernels.forest import FOREST_PARAMS
+    from tauforge.kernels import CausalForestDML
     from tauforge.kernels.nuisance import default_nuisance_model
 
-    train = make_causal_data(design, n=n, p=p, seed=seed)
-    test = make_causal_data(design, n=2000, p=p, seed=seed + 10_000)
     binary = design != "continuous_hetero"
     models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(binary, 0))
-    estimators = {
-        "tauforge": CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed),
+    return {
+        "tauforge": CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed, **tauforge_params),
         "econml": EconMLCausalForestDML(**models, discrete_treatment=binary, cv=5, n_estimators=trees,
                                         random_state=seed, n_jobs=-1),
     }
+
+
+def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[str, float]]:
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.forest import FOREST_PARAMS
+
+    train = make_causal_data(design, n=n, p=p, seed=seed)
+    test = make_causal_data(design, n=2000, p=p, seed=seed + 10_000)
+    estimators = make_estimators(design, seed, trees)
     out = {}
 
     def score(name, tau, lo, hi, seconds):

@@ -22,30 +22,29 @@ Ghosal and Hooker, 2021, a bias correction tried for issue 16).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))  # bench_accuracy, beside this script
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 
 
 def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, trees: int, params: dict):
     """(estimate, estimated variance) at test_X; `params` go to tauforge's CausalForestDML."""
-    from tauforge.kernels import CausalForest, CausalForestDML
-    from tauforge.kernels.nuisance import default_nuisance_model
+    from bench_accuracy import make_estimators
 
-    binary = design != "continuous_hetero"
-    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(binary, 0))
+    from tauforge.kernels import CausalForest
+
+    est = make_estimators(design, seed, trees, progress=False, **params)["econml" if name == "econml" else "tauforge"]
+    est.fit(train.Y, train.T, X=train.X)
     if name == "econml":
-        from econml.dml import CausalForestDML as EconMLCausalForestDML
-
-        est = EconMLCausalForestDML(**models, discrete_treatment=binary, cv=5, n_estimators=trees, random_state=seed,
-                                    n_jobs=-1).fit(train.Y, train.T, X=train.X)
         tau = np.ravel(est.effect(test_X))
         lo, hi = (np.ravel(a) for a in est.effect_interval(test_X, alpha=0.05))
         return tau, ((hi - lo) / (2 * Z)) ** 2
-    est = CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed, progress=False, **params)
-    est.fit(train.Y, train.T, X=train.X)
     tau, var = (np.ravel(a) for a in est.forest_.predict_and_var(test_X))
     if name == "tauforge-boosted":
         y_res, t_res = est.residuals_
