@@ -182,11 +182,14 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
     choosing them again per replicate would cost a lasso each and make the interval describe
     another estimator."""
     from .forest import CausalForest
+    from .sampling import resolve_group_size
 
-    group = int(forest_params.get("ci_group_size", CausalForest().ci_group_size))
+    defaults = CausalForest().get_params()
+    group = resolve_group_size(forest_params.get("ci_group_size", defaults["ci_group_size"]),
+                               forest_params.get("n_estimators", defaults["n_estimators"]))
     if not (isinstance(trees, (int, np.integer)) and trees >= 1):
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
-    return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)),
+    return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)), "ci_group_size": group,
             "linear_correction_variables": None if correction_variables is None else list(correction_variables)}
 
 

@@ -55,7 +55,7 @@ class CausalForestDML(BaseEstimator):
     n_bootstrap : int, default 100
         Replicates of the full bootstrap.
     bootstrap_trees : int, default 100
-        Trees per replicate forest, rounded up to whole little bags (`ci_group_size`).
+        Trees per replicate forest, rounded up to whole little bags of the point forest's size.
     bootstrap_nuisance : bool, default True
         Refit the nuisance models (and V(x)) on every replicate's weights (B x cv more model fits),
         so that the intervals carry the nuisance stage's uncertainty; False reuses the main
@@ -94,7 +94,8 @@ class CausalForestDML(BaseEstimator):
                  min_samples_leaf: float = 3,
                  max_depth: int | None = None, mtry: int | None = None, poisson_mtry: bool = False,
                  max_samples: float = 0.5,
-                 ci_group_size: int = 2, honest: bool = True, honesty_fraction: float = 0.5, alpha: float = 0.05,
+                 ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
+                 alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
                  linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
                  backend: str = "auto",

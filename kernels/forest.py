@@ -29,9 +29,9 @@ from .local_linear import (
     n_moments,
     select_variables,
 )
-from .prediction import MIN_LITTLE_BAGS
+from .prediction import MIN_INTERVAL_TREES
 from .progress import progress_bar, progress_steps
-from .sampling import LittleBagSampler, TreeSample, shard_range
+from .sampling import LittleBagSampler, TreeSample, resolve_group_size, shard_range
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
 
@@ -52,16 +52,16 @@ class CausalForest(BaseEstimator):
     """Causal forest (GRF) on residuals: fit(X, T, y) with T and y already residualized.
 
     Use `CausalForestDML` to residualize with cross-fitted nuisance models first.
-    Defaults follow grf where grf and EconML differ, except three chosen by measurement
-    (docs/benchmarks.md, "Choosing the defaults"): 1,000 trees, leaves of 3, and the local linear
-    correction on, which together give a lower CATE error and higher coverage than EconML's on
-    grf's designs, with intervals 5-21% wider at equal trees.
+    Defaults follow grf where grf and EconML differ, except four chosen by measurement
+    (docs/benchmarks.md, "Choosing the defaults" and "Where coverage is lost"): 1,000 trees,
+    leaves of 3, little bags of 8 trees, and the local linear correction on, which together give
+    a lower CATE error than EconML's on grf's designs with narrower intervals at equal trees.
 
     Parameters
     ----------
     n_estimators : int, default 1000
-        Number of trees; a multiple of `ci_group_size`. Intervals from fewer than
-        MIN_LITTLE_BAGS little bags (n_estimators / ci_group_size) warn: their width is noisy.
+        Number of trees; a multiple of `ci_group_size` when that is a number. Intervals from
+        fewer than MIN_INTERVAL_TREES (500) trees warn: their width is noisy.
         grf: num.trees=2000; EconML: 100.
     min_samples_leaf : float, default 3
         Every child holds at least this many structure rows with a treatment residual below
@@ -81,9 +81,12 @@ class CausalForest(BaseEstimator):
     max_samples : float, default 0.5
         Fraction of rows in each tree's subsample, drawn without replacement; at most 0.5
         when `ci_group_size` > 1. grf: sample.fraction=0.5; EconML: max_samples=0.45.
-    ci_group_size : int, default 2
+    ci_group_size : int or 'auto', default 'auto'
         Trees per little bag (they share a half-sample) for the variance estimate; 1 disables
-        intervals. grf: ci.group.size=2; EconML: subforest_size=4.
+        intervals. 'auto' takes the largest of 8, 4 and 2 that divides `n_estimators` into at
+        least 50 groups (8 for the default 1,000 trees, 4 for 500, 2 for 40; 1 for an odd
+        number): at equal trees, larger groups give a less noisy variance, so narrower intervals
+        at the same CATE error. grf: ci.group.size=2; EconML: subforest_size=4.
     honest : bool, default True
         Choose splits on one part of the subsample, fill leaves with the other. grf and EconML: True.
     honesty_fraction : float, default 0.5
@@ -125,7 +128,8 @@ class CausalForest(BaseEstimator):
 
     def __init__(self, n_estimators: int = 1000, *, min_samples_leaf: float = 3, max_depth: int | None = None,
                  mtry: int | None = None, poisson_mtry: bool = False, max_samples: float = 0.5,
-                 ci_group_size: int = 2, honest: bool = True, honesty_fraction: float = 0.5, alpha: float = 0.05,
+                 ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
+                 alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
                  linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
                  backend: str = "auto", random_state: int | None = None, progress: bool | None = None):
@@ -156,11 +160,14 @@ class CausalForest(BaseEstimator):
 
         check(isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators >= 1,
               f"n_estimators must be a positive integer, got {self.n_estimators!r}")
-        check(isinstance(self.ci_group_size, (int, np.integer)) and self.ci_group_size >= 1,
-              f"ci_group_size must be a positive integer, got {self.ci_group_size!r}")
-        check(self.n_estimators % self.ci_group_size == 0,
-              f"n_estimators={self.n_estimators} must be a multiple of ci_group_size={self.ci_group_size}")
-        check(0 < self.max_samples <= (0.5 if self.ci_group_size > 1 else 1.0),
+        auto = isinstance(self.ci_group_size, str) and self.ci_group_size == "auto"
+        check(auto or (isinstance(self.ci_group_size, (int, np.integer)) and not isinstance(self.ci_group_size, bool)
+                       and self.ci_group_size >= 1),
+              f"ci_group_size must be 'auto' or a positive integer, got {self.ci_group_size!r}")
+        check(auto or self.n_estimators % self.ci_group_size == 0,
+              f"n_estimators={self.n_estimators} must be a multiple of ci_group_size={self.ci_group_size}; "
+              "or pass ci_group_size='auto'")
+        check(0 < self.max_samples <= (0.5 if self._group_size() > 1 else 1.0),
               f"max_samples must be in (0, 0.5] with ci_group_size > 1 (in (0, 1] otherwise), "
               f"got {self.max_samples}")
         check(self.min_samples_leaf > 0, f"min_samples_leaf must be positive, got {self.min_samples_leaf}")
@@ -319,8 +326,12 @@ class CausalForest(BaseEstimator):
         merged.linear_correction_ = None if parts[0] is None else LocalLinearCorrection.merge(parts)
         return merged
 
+    def _group_size(self) -> int:
+        """Trees per little bag: `ci_group_size` with 'auto' resolved (kernels.sampling)."""
+        return resolve_group_size(self.ci_group_size, self.n_estimators)
+
     def _sampler(self, n: int) -> LittleBagSampler:
-        return LittleBagSampler(n, self.n_estimators, self.ci_group_size, self.max_samples, self.honest,
+        return LittleBagSampler(n, self.n_estimators, self._group_size(), self.max_samples, self.honest,
                                 self.honesty_fraction, self.seed_)
 
     def _rule(self, p: int) -> SplitRule:
@@ -345,16 +356,19 @@ class CausalForest(BaseEstimator):
     def _estimate(self, X: Any, with_variance: bool, oob: bool = False,
                   monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
-        if with_variance and self.ci_group_size < 2 and not monte_carlo:
-            raise ValueError("variance needs ci_group_size >= 2; refit with ci_group_size=2 (the default)")
-        if monte_carlo and self.forest_.n_trees // self.ci_group_size < 2:
+        group = self._group_size()
+        if with_variance and group < 2 and not monte_carlo:
+            why = (f"ci_group_size='auto' grows single trees for an odd n_estimators ({self.n_estimators})"
+                   if self.ci_group_size == "auto" else "this forest has ci_group_size=1")
+            raise ValueError(f"variance needs little bags of at least 2 trees; {why}: refit with an even n_estimators "
+                             "and ci_group_size='auto' (the default)")
+        if monte_carlo and self.forest_.n_trees // group < 2:
             raise ValueError(f"the Monte-Carlo variance needs at least 2 groups of trees, this forest has "
-                             f"{self.forest_.n_trees // self.ci_group_size}")
-        if with_variance and not monte_carlo and self.forest_.n_trees // self.ci_group_size < MIN_LITTLE_BAGS:
-            warnings.warn(f"intervals from {self.forest_.n_trees // self.ci_group_size} little bags "
-                          f"({self.forest_.n_trees} trees in groups of {self.ci_group_size}) have noisy widths; "
-                          f"grow at least {MIN_LITTLE_BAGS * self.ci_group_size} trees (n_estimators) for "
-                          "intervals", UserWarning, stacklevel=3)
+                             f"{self.forest_.n_trees // group}")
+        if with_variance and not monte_carlo and self.forest_.n_trees < MIN_INTERVAL_TREES:
+            warnings.warn(f"intervals from {self.forest_.n_trees} trees (in groups of {group}) have noisy widths; "
+                          f"grow at least {MIN_INTERVAL_TREES} trees (n_estimators) for intervals",
+                          UserWarning, stacklevel=3)
         codes = self._codes(X)
         if oob and codes.shape[0] != self.n_train_:
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
@@ -379,11 +393,11 @@ class CausalForest(BaseEstimator):
             if correction is not None:
                 tau, var = local_linear_estimate(backend, ids, correction.leaf_moments,
                                                  torch.as_tensor(z[lo:lo + chunk], device=ids.device),
-                                                 correction.ridge, self.ci_group_size,
+                                                 correction.ridge, group,
                                                  None if valid is None else valid.to(ids.device), with_variance,
                                                  monte_carlo)
             else:
-                tau, var = backend.estimate(ids, self.forest_, self.ci_group_size, with_variance, valid, monte_carlo)
+                tau, var = backend.estimate(ids, self.forest_, group, with_variance, valid, monte_carlo)
             taus.append(tau.cpu().numpy())
             if var is not None:
                 variances.append(var.cpu().numpy())

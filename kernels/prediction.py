@@ -21,11 +21,11 @@ import torch
 
 from .forest_arrays import LEAF_T, LEAF_TT, LEAF_TY, LEAF_Y
 
-# Fewer little bags than this and the variance (so an interval's width) is itself noisy and,
-# after the within-group noise is subtracted and clipped at zero, inflated: the forest warns when
-# intervals are asked of it. Measured on grf's aw2 at n = 3,000 (docs/benchmarks.md): 250 bags
-# gave intervals 10% wider than 1,000 bags of the same forest settings.
-MIN_LITTLE_BAGS = 250
+# Fewer trees than this and the variance (so an interval's width) is itself noisy and, after the
+# within-group noise is subtracted and clipped at zero, inflated: the forest warns when intervals
+# are asked of it. Measured on grf's aw2 at n = 3,000 (docs/benchmarks.md): 500 trees in groups
+# of 2 gave intervals 10% wider than 2,000; larger groups are less noisy at equal trees.
+MIN_INTERVAL_TREES = 500
 
 
 def debias_between_group_variance(var_between: torch.Tensor, group_noise: torch.Tensor,

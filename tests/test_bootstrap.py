@@ -108,10 +108,15 @@ def test_replicates_are_grown_with_the_point_forests_configuration():
     for forest in est.bootstrap_.forests:
         params = forest.get_params()
         assert params["n_estimators"] == 6  # 5 trees rounded up to whole little bags of 2
-        same = [k for k in point if k not in ("n_estimators", "random_state", "progress")]
+        # The point forest's little bags, resolved: its 'auto' may stand for another size at 6 trees.
+        assert params["ci_group_size"] == est.forest_._group_size() == 2
+        same = [k for k in point if k not in ("n_estimators", "random_state", "progress", "ci_group_size")]
         assert {k: params[k] for k in same} == {k: point[k] for k in same}
         assert forest.linear_correction_.variables == (2,)
     assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
+    # 'auto' takes the point forest's size (8 at 1,000 trees), not the size 'auto' gives 100 trees.
+    auto = replicate_forest_params({"n_estimators": 1000}, 100, None)
+    assert (auto["ci_group_size"], auto["n_estimators"]) == (8, 104)
     with pytest.raises(ValueError, match="bootstrap_trees must be a positive integer, got 0"):
         small_bootstrap(bootstrap_trees=0).fit(Y, T, X=X)
     with pytest.raises(ValueError, match="bootstrap_nuisance must be True or False, got 'yes'"):

@@ -21,10 +21,10 @@ def test_demo_prints_the_ate_interval_and_cate_error_against_the_truth():
     assert "ATE" in out.stdout and "95% CI" in out.stdout and "(true " in out.stdout
     assert "RMSE" in out.stdout and "cover it at" in out.stdout
     # Off a terminal progress comes as log lines (only for work that lasts over 2 s, so perhaps
-    # none here); 100 trees (50 little bags) earn a one-line warning that says what to do, not a
-    # traceback-style location.
+    # none here); 100 trees earn a one-line warning that says what to do, not a traceback-style
+    # location.
     assert [line for line in out.stderr.splitlines() if not line.startswith("tauforge: ")] == [
-        "tauforge demo: warning: intervals from 50 little bags (100 trees in groups of 2) have noisy widths; "
+        "tauforge demo: warning: intervals from 100 trees (in groups of 2) have noisy widths; "
         "grow at least 500 trees (n_estimators) for intervals"]
 
 
@@ -42,7 +42,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
 
 @pytest.mark.parametrize("args, message", [
     (["demo", "--n", "1"], "at least 2"),
-    (["demo", "--trees", "5"], "multiple of ci_group_size"),
+    (["demo", "--trees", "5"], "odd n_estimators (5): refit with an even n_estimators"),
     (["demo", "--design", "nope"], "invalid choice"),
     (["models", "diff", "--name", "m", "1"], "models diff takes two versions (numbers or aliases), got 1"),
     (["models", "show", "--name", "m", "1"], "models show takes no versions as arguments (1): use --version V"),

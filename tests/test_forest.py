@@ -185,7 +185,9 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, match):
 
 
 @pytest.mark.parametrize("params, match", [
-    (dict(n_estimators=5, ci_group_size=2), "multiple of ci_group_size"),
+    (dict(n_estimators=5, ci_group_size=2), "multiple of ci_group_size=2; or pass ci_group_size='auto'"),
+    (dict(ci_group_size="big"), "ci_group_size must be 'auto' or a positive integer, got 'big'"),
+    (dict(ci_group_size=0), "ci_group_size must be 'auto' or a positive integer, got 0"),
     (dict(max_samples=0.8), r"max_samples must be in \(0, 0.5\]"),
     (dict(mtry=7), "mtry must be between 1 and 3"),
     (dict(max_bins=300), "max_bins must be between 2 and 256"),
@@ -197,6 +199,27 @@ def test_bad_parameters_raise_value_error(params, match):
     with pytest.raises(ValueError, match=match):
         CausalForest(**({"n_estimators": 4} | params)).fit(rng.normal(size=(60, 3)), rng.normal(size=60),
                                                            rng.normal(size=60))
+
+
+def test_auto_group_size_is_the_largest_that_leaves_fifty_little_bags(data):
+    from tauforge.kernels.sampling import resolve_group_size
+
+    sizes = {n: resolve_group_size("auto", n) for n in (1000, 2000, 500, 400, 100, 40, 6, 5)}
+    assert sizes == {1000: 8, 2000: 8, 500: 4, 400: 8, 100: 2, 40: 2, 6: 2, 5: 1}
+    assert resolve_group_size(4, 1000) == 4
+    # The forest grows what it resolves to: 8 trees share each half-sample at 400 trees.
+    d, t, y = data
+    forest = CausalForest(n_estimators=400, random_state=0, linear_correction_variables=None)
+    forest.fit(d.X[:300], t[:300], y[:300])
+    in_bag = forest._sampler(300).in_bag()
+    halves = [in_bag[:, g * 8:(g + 1) * 8] for g in range(50)]
+    assert all((h == h[:, :1]).all() for h in halves)  # max_samples=0.5: each tree takes its whole half
+    assert not (halves[0] == halves[1]).all()
+    # An odd number of trees gives point estimates but no intervals, and says why.
+    odd = CausalForest(n_estimators=5, random_state=0).fit(d.X[:300], t[:300], y[:300])
+    assert np.isfinite(odd.predict(d.X[:5])).all()
+    with pytest.raises(ValueError, match=r"odd n_estimators \(5\): refit with an even n_estimators"):
+        odd.predict_interval(d.X[:5])
 
 
 def test_predict_checks_columns_and_fit_state(fitted):

@@ -201,7 +201,7 @@ def test_forest_arrays_merge_and_tree_roundtrip():
     assert whole.max_depth == merged.max_depth > 0
 
 
-@pytest.mark.parametrize("group_size", [1, 2, 4])
+@pytest.mark.parametrize("group_size", [1, 2, 4, 8])
 def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
     """The CPU kernel (rows in parallel, no gather) against forest_estimate in float64, on the
     same leaves: tau, the debiased little-bag variance, and the Monte-Carlo variance (groups of

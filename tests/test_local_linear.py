@@ -32,7 +32,7 @@ def test_without_covariates_the_correction_is_the_forest_itself():
     linearized variance the forest's little-bag variance."""
     X, t, y, _ = _steep(1500, 0)
     forest = _forest().fit(X, t, y)
-    samples = forest._sampler(len(t)).trees(0, forest.n_estimators // forest.ci_group_size)
+    samples = forest._sampler(len(t)).trees(0, forest.n_estimators // forest._group_size())
     plain = LocalLinearCorrection.fit((), 0.1, X, t, y, np.ones(len(t)),
                                       forest._backend.estimation_leaves(forest.binner_.bin(X).fine, forest.forest_,
                                                                         samples),
