@@ -35,10 +35,11 @@ class TrainingConfig:
     store, model_name : where the version is published (a local folder or an fsspec URI).
     nuisance : the nuisance models and cross-fitting folds (`NuisanceConfig`); one task per fold.
     trees, device, forest_options : the forest: its number of trees (an even number: trees come in
-        pairs for the intervals), 'auto' / 'cpu' / 'cuda[:N]', and any other `CausalForest`
-        parameter (`tauforge.kernels.forest.FOREST_PARAMS`).
+        little bags of 2 or more for the intervals), 'auto' / 'cpu' / 'cuda[:N]', and any other
+        `CausalForest` parameter (`tauforge.kernels.forest.FOREST_PARAMS`).
+    n_shards : forest tasks the trees are spread over (1 with estimator 'econml'), each a whole
+        number of little bags.
     estimator : 'tauforge', or 'econml' (EconML's forest on the same residuals, in one task).
-    n_shards : forest tasks the trees are spread over (1 with estimator 'econml').
     seed : of folds, nuisance models and forest.
     gate : the publishing gate's thresholds (`GateConfig`); alpha : 1 - the intervals' level.
     bootstrap, bootstrap_shards : the full bootstrap (`BootstrapConfig`, off by default) and the
@@ -76,7 +77,8 @@ class TrainingConfig:
         except StoreError as exc:
             fail("model_name", f"is not a valid name: {exc}")
         if not (_integer(self.trees) and self.trees >= 2 and self.trees % 2 == 0):
-            fail("trees", f"must be a positive even number (trees come in pairs for the intervals), got {self.trees}")
+            fail("trees", f"must be a positive even number (trees come in little bags for the intervals), "
+                          f"got {self.trees}")
         if not (isinstance(self.device, str) and self.device.split(":")[0] in DEVICES):
             fail("device", f"must be one of auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.forest_options:  # kernels.forest loads torch (over a second): only when there is something to check
@@ -103,8 +105,16 @@ class TrainingConfig:
                                  f"got {self.n_shards}")
             if self.bootstrap.n_bootstrap:
                 fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
-        if not (_integer(self.n_shards) and 1 <= self.n_shards <= self.trees // 2):
-            fail("n_shards", f"must be between 1 and {self.trees // 2} (half the trees), got {self.n_shards}")
+        if self.estimator == "tauforge":  # shards hold whole little bags (kernels.sampling: numpy only)
+            from tauforge.kernels.sampling import resolve_group_size
+
+            group = self.forest_options.get("ci_group_size", "auto")
+            if not (group == "auto" or (_integer(group) and group >= 1)):
+                fail("forest_options", f"ci_group_size must be 'auto' or a positive integer, got {group!r}")
+            bags = self.trees // resolve_group_size(group, self.trees)
+            if not (_integer(self.n_shards) and 1 <= self.n_shards <= bags):
+                fail("n_shards", f"must be between 1 and {bags} (the little bags: {self.trees} trees in groups of "
+                                 f"{resolve_group_size(group, self.trees)}), got {self.n_shards}")
         if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
                                                and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
             fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
