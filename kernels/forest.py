@@ -163,14 +163,8 @@ class CausalForest(BaseEstimator):
 
         check(isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators >= 1,
               f"n_estimators must be a positive integer, got {self.n_estimators!r}")
-        auto = isinstance(self.ci_group_size, str) and self.ci_group_size == "auto"
-        check(auto or (isinstance(self.ci_group_size, (int, np.integer)) and not isinstance(self.ci_group_size, bool)
-                       and self.ci_group_size >= 1),
-              f"ci_group_size must be 'auto' or a positive integer, got {self.ci_group_size!r}")
-        check(auto or self.n_estimators % self.ci_group_size == 0,
-              f"n_estimators={self.n_estimators} must be a multiple of ci_group_size={self.ci_group_size}; "
-              "or pass ci_group_size='auto'")
-        check(0 < self.max_samples <= (0.5 if self._group_size() > 1 else 1.0),
+        group = self._group_size()  # raises on a bad ci_group_size
+        check(0 < self.max_samples <= (0.5 if group > 1 else 1.0),
               f"max_samples must be in (0, 0.5] with ci_group_size > 1 (in (0, 1] otherwise), "
               f"got {self.max_samples}")
         check(self.min_samples_leaf > 0, f"min_samples_leaf must be positive, got {self.min_samples_leaf}")

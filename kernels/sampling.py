@@ -29,10 +29,17 @@ AUTO_MIN_GROUPS = 50
 def resolve_group_size(ci_group_size: int | str, n_trees: int) -> int:
     """Trees per little bag: `ci_group_size`, or under "auto" the largest of AUTO_GROUP_SIZES
     that divides n_trees into at least AUTO_MIN_GROUPS groups (2 for any other even n_trees, 1
-    for an odd one)."""
+    for an odd one). Raises ValueError, naming the parameter, for anything else or for a number
+    that does not divide n_trees: the one check of `ci_group_size` (forest and pipeline config)."""
     if isinstance(ci_group_size, str) and ci_group_size == "auto":
         fits = [g for g in AUTO_GROUP_SIZES if n_trees % g == 0 and n_trees // g >= AUTO_MIN_GROUPS]
         return fits[0] if fits else (2 if n_trees % 2 == 0 else 1)
+    if not (isinstance(ci_group_size, (int, np.integer)) and not isinstance(ci_group_size, bool)
+            and ci_group_size >= 1):
+        raise ValueError(f"ci_group_size must be 'auto' or a positive integer, got {ci_group_size!r}")
+    if n_trees % ci_group_size:
+        raise ValueError(f"n_estimators={n_trees} must be a multiple of ci_group_size={ci_group_size}; "
+                         "or pass ci_group_size='auto'")
     return int(ci_group_size)
 
 

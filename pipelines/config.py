@@ -108,13 +108,14 @@ class TrainingConfig:
         if self.estimator == "tauforge":  # shards hold whole little bags (kernels.sampling: numpy only)
             from tauforge.kernels.sampling import resolve_group_size
 
-            group = self.forest_options.get("ci_group_size", "auto")
-            if not (group == "auto" or (_integer(group) and group >= 1)):
-                fail("forest_options", f"ci_group_size must be 'auto' or a positive integer, got {group!r}")
-            bags = self.trees // resolve_group_size(group, self.trees)
+            try:
+                group = resolve_group_size(self.forest_options.get("ci_group_size", "auto"), self.trees)
+            except ValueError as e:
+                fail("forest_options", f"{e} (n_estimators is the trees setting here)")
+            bags = self.trees // group
             if not (_integer(self.n_shards) and 1 <= self.n_shards <= bags):
                 fail("n_shards", f"must be between 1 and {bags} (the little bags: {self.trees} trees in groups of "
-                                 f"{resolve_group_size(group, self.trees)}), got {self.n_shards}")
+                                 f"{group}), got {self.n_shards}")
         if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
                                                and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
             fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "

@@ -82,3 +82,19 @@ def test_help_and_data_errors_answer_without_loading_the_engine(tmp_path, args):
     assert out.stdout.splitlines()[-1] == ("0 []" if args == ["--help"] else "2 []"), out.stderr
     if args != ["--help"]:
         assert "does not exist" in out.stderr or "treatment column 'nope' is missing" in out.stderr
+
+
+@pytest.mark.parametrize("group, problem", [
+    (3, "n_estimators=1000 must be a multiple of ci_group_size=3"),
+    ("big", "ci_group_size must be 'auto' or a positive integer, got 'big'"),
+])
+def test_a_bad_ci_group_size_is_refused_by_the_config_before_any_task(group, problem):
+    # The forest's own check (kernels.sampling.resolve_group_size), raised where the run is configured.
+    from tauforge.components.config import ConfigError
+    from tauforge.components.data import DataSpec
+    from tauforge.pipelines.config import TrainingConfig
+
+    spec = DataSpec(outcome="y", treatment="t", covariates=["x0"])
+    with pytest.raises(ConfigError, match="multiple|positive") as raised:
+        TrainingConfig(spec=spec, trees=1000, forest_options={"ci_group_size": group})
+    assert raised.value.field == "forest_options" and problem in raised.value.problem
