@@ -47,7 +47,9 @@ class CausalForestDML(BaseEstimator):
         Passed to `CausalForest` (see there, with grf and EconML defaults compared).
     inference : {'blb', 'bootstrap'}, default 'blb'
         'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
-        normal interval). 'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
+        normal interval). They treat the residuals as fixed, so they miss the nuisance models'
+        own variance: on a heteroskedastic continuous treatment (docs/benchmarks.md, "Where
+        coverage is lost") that was 44% of the CATE's variance. 'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
         forests with the point forest's settings but `bootstrap_trees` trees, on reweighted rows
         (Bayesian bootstrap: every row kept with an Exp(1) weight), their Monte-Carlo noise
         subtracted; the nuisance models are refit on each reweighting unless

@@ -12,7 +12,8 @@ ratio means bias, not the variance estimate, costs the coverage.
 Estimators: `tauforge` (CausalForestDML, defaults), `econml` (its CausalForestDML with the same
 nuisance learners), `tauforge-boosted` (a second forest fit on the residual effect
 y~ - tau_oob(x) t~ of the first, added to it, its variance added: the one-step boosted forest of
-Ghosal and Hooker, 2021, a bias correction tried for issue 16).
+Ghosal and Hooker, 2021, a bias correction tried for issue 16), `tauforge-oracle` (the same
+forest on the residuals of the true E[Y | X] and E[T | X]: what remains without nuisance error).
 
     .venv/bin/python tests/benchmarks/bench_intervals.py
     .venv/bin/python tests/benchmarks/bench_intervals.py --cases aw2:2000 --seeds 10 --estimators tauforge
@@ -39,6 +40,10 @@ def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, tr
 
     from tauforge.kernels import CausalForest
 
+    if name == "tauforge-oracle":  # the design's own nuisance functions: no cross-fitting error
+        oracle = CausalForest(n_estimators=trees, random_state=seed, progress=False, **params)
+        oracle.fit(train.X, train.T - train.e, train.Y - train.m)
+        return tuple(np.ravel(a) for a in oracle.predict_and_var(test_X))
     est = make_estimators(design, seed, trees, progress=False, **params)["econml" if name == "econml" else "tauforge"]
     est.fit(train.Y, train.T, X=train.X)
     if name == "econml":
@@ -65,7 +70,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="training sets per case (default: 10)")
     parser.add_argument("--trees", type=int, default=1000, help="trees per forest (default: 1000)")
     parser.add_argument("--estimators", default="tauforge,econml,tauforge-boosted",
-                        help="comma-separated, of tauforge, econml, tauforge-boosted (default: all)")
+                        help="comma-separated, of tauforge, econml, tauforge-boosted, tauforge-oracle "
+                             "(default: the first three)")
     parser.add_argument("--params", default="",
                         help="tauforge forest parameters, e.g. ci_group_size=4,max_samples=0.45 (default: none)")
     args = parser.parse_args()
