@@ -49,7 +49,8 @@ class CausalForestDML(BaseEstimator):
         'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
         normal interval). They treat the residuals as fixed, so they miss the nuisance models'
         own variance: on a heteroskedastic continuous treatment (docs/benchmarks.md, "Where
-        coverage is lost") that was 44% of the CATE's variance. 'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
+        coverage is lost") that was 44% of the CATE's variance.
+        'bootstrap': the full bootstrap (`kernels.bootstrap`): `n_bootstrap`
         forests with the point forest's settings but `bootstrap_trees` trees, on reweighted rows
         (Bayesian bootstrap: every row kept with an Exp(1) weight), their Monte-Carlo noise
         subtracted; the nuisance models are refit on each reweighting unless
