@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import PoissonRegressor, RidgeCV
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
@@ -26,6 +26,7 @@ _SMOOTH_BOOSTING = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, e
 # penalties generalized cross-validation chooses from, and the rows its fit and its design see
 # at once (the design is (rows, columns x (SPLINE_KNOTS + 3)): 2 GB at 1e6 x 30 in one piece).
 SPLINE_KNOTS = 6
+PROBABILITY_FLOOR = 1e-3  # AdditiveBoostingClassifier's least-squares probabilities stay in (0, 1) for the log loss
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 ADDITIVE_FIT_ROWS = 100_000
 _ADDITIVE_CHUNK_ROWS = 65_536
@@ -142,7 +143,8 @@ def engine_nuisance_model(classifier: bool, seed: int, device: str = "auto") -> 
 def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str = "cpu") -> Any:
     """A fresh scikit-learn estimator from 'auto' (scikit-learn's HistGradientBoosting on CPU, the
     engine's boosting on CUDA), 'tauforge' (the engine's boosting on `device`), an import path
-    ('sklearn.linear_model.LassoCV'), or an estimator instance (cloned)."""
+    ('sklearn.linear_model.LassoCV': its defaults, and `seed` as its random_state if it has one),
+    or an estimator instance (cloned)."""
     classifier = role == "t" and discrete
     if isinstance(model, str) and model == "auto":
         if str(device).startswith("cuda"):
@@ -153,9 +155,12 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
     if isinstance(model, str):
         module, _, name = model.rpartition(".")
         try:
-            return getattr(importlib.import_module(module), name)()
+            estimator = getattr(importlib.import_module(module), name)()
         except (ImportError, AttributeError, ValueError) as exc:
             raise ValueError(f"model_{role}={model!r} is not an importable estimator class: {exc}") from None
+        if "random_state" in getattr(estimator, "get_params", dict)():  # the run's one seed, as for 'auto'
+            estimator.set_params(random_state=seed)
+        return estimator
     if not (hasattr(model, "fit") and hasattr(model, "predict")):
         raise ValueError(f"model_{role} must be 'auto', an import path or a scikit-learn estimator, got {model!r}")
     return clone(model)
@@ -171,6 +176,45 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int) 
     for k, (_, test) in enumerate(splitter):
         fold[test] = k
     return fold
+
+
+class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
+    """P(T = 1 | x) of a binary treatment as E[T | x] by least squares: `AdditiveBoostingRegressor`
+    on the 0/1 target, clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR].
+
+    The residual-on-residual forest needs E[T | X], which any consistent regression estimates. On
+    grf's aw3 (a propensity smooth in x1) the boosted classifier's steps left over a third of the
+    CATE's squared bias, and this model removes most of it (docs/benchmarks.md, "Where coverage is
+    lost"). Not the default yet: `model_t="tauforge.kernels.nuisance.AdditiveBoostingClassifier"`.
+    Least squares rather than a logistic spline model, whose 225 spline columns overfit 640 rows
+    of an imbalanced design; the ridge here is chosen by generalized cross-validation."""
+
+    def __init__(self, *, learning_rate: float = 0.05, max_iter: int = 300, min_samples_leaf: int = 50,
+                 max_bins: int = 255, early_stopping: bool = True, random_state: int | None = None):
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.min_samples_leaf = min_samples_leaf
+        self.max_bins = max_bins
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> AdditiveBoostingClassifier:
+        y = np.asarray(y, dtype=np.float64)
+        if not np.isin(y, (0.0, 1.0)).all():
+            bad = float(y[~np.isin(y, (0.0, 1.0))][0])
+            raise ValueError(f"y must be a binary 0/1 treatment, got the value {bad}: for a continuous treatment "
+                             "use AdditiveBoostingRegressor")
+        self.classes_ = np.array([0.0, 1.0])
+        self.regressor_ = AdditiveBoostingRegressor(**self.get_params()).fit(X, y, sample_weight=sample_weight)
+        self.n_features_in_ = self.regressor_.n_features_in_
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = np.clip(self.regressor_.predict(X), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
 
 
 def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,

@@ -81,3 +81,42 @@ def test_binary_columns_enter_linearly_and_the_default_models_are_these():
     assert fitted.smooth_columns_ == [0, 1, 2, 3]
     assert isinstance(default_nuisance_model(False, 0), AdditiveBoostingRegressor)
     assert hasattr(default_nuisance_model(True, 0), "predict_proba")
+
+
+def test_the_additive_classifier_fits_a_smooth_propensity_the_boosted_classifier_steps_through():
+    # grf's aw3 propensity, (1 + Beta(2, 4) density at x1) / 4: smooth in x1, 0.25 to 0.76.
+    from scipy.stats import beta
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from tauforge.kernels.nuisance import AdditiveBoostingClassifier
+
+    rng = np.random.default_rng(7)
+    X, X_test = rng.uniform(size=(2000, 10)), rng.uniform(size=(20_000, 10))
+    e, e_test = ((1 + beta.pdf(Z[:, 0], 2, 4)) / 4 for Z in (X, X_test))
+    T = rng.binomial(1, e).astype(float)
+    ours = AdditiveBoostingClassifier(random_state=0).fit(X, T)
+    trees = HistGradientBoostingClassifier(**_SMOOTH_BOOSTING, random_state=0).fit(X, T)
+    mse = np.mean((ours.predict_proba(X_test)[:, 1] - e_test) ** 2)
+    # Measured: 0.0061 against the boosted classifier's 0.0096 (seed 7; ratios 0.56-0.80 over seeds 7-11).
+    assert mse < 0.75 * np.mean((trees.predict_proba(X_test)[:, 1] - e_test) ** 2)
+    p = ours.predict_proba(X_test)
+    assert p.shape == (20_000, 2) and np.allclose(p.sum(axis=1), 1) and (p > 0).all() and (p < 1).all()
+    assert set(ours.predict(X_test)) <= {0.0, 1.0} and list(ours.classes_) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="y must be a binary 0/1 treatment, got the value 0.5"):
+        AdditiveBoostingClassifier().fit(X[:3], [0.0, 1.0, 0.5])
+
+
+def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits():
+    from tauforge.kernels.nuisance import AdditiveBoostingClassifier, cross_fit, resolve_model
+
+    path = "tauforge.kernels.nuisance.AdditiveBoostingClassifier"
+    model = resolve_model(path, "t", True, seed=5)
+    assert isinstance(model, AdditiveBoostingClassifier) and model.random_state == 5
+    assert "random_state" not in resolve_model("sklearn.linear_model.LinearRegression", "y", False, 5).get_params()
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(600, 4))
+    T = rng.binomial(1, 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    Y = X[:, 1] + T + rng.normal(size=600)
+    first, second = (cross_fit(X, Y, T, n_folds=3, discrete=True, seed=1, model_t=path) for _ in range(2))
+    np.testing.assert_array_equal(first[1], second[1])  # seeded: the same propensities twice
+    assert 0 < first[1].min() and first[1].max() < 1 and min(first[2]["t_auc"]) > 0.65  # one score per fold

@@ -32,16 +32,18 @@ CASES = ("simple:2000,aw2:2000,aw3:2000,simple:20000,aw2:20000,aw3:20000,imbalan
 NAMES = {"aw2:2000:50": "sparse (aw2, p = 50)"}
 
 
-def make_estimators(design: str, seed: int, trees: int, **tauforge_params) -> dict:
+def make_estimators(design: str, seed: int, trees: int, model_t: str | None = None, **tauforge_params) -> dict:
     """Unfitted CausalForestDML of both libraries for `design`, with the same nuisance learners,
-    folds and trees: {"tauforge": ..., "econml": ...}; `tauforge_params` go to tauforge's."""
+    folds and trees: {"tauforge": ..., "econml": ...}; `tauforge_params` go to tauforge's.
+    `model_t`: an import path for a binary treatment's propensity model instead of the default."""
     from econml.dml import CausalForestDML as EconMLCausalForestDML
 
     from tauforge.kernels import CausalForestDML
-    from tauforge.kernels.nuisance import default_nuisance_model
+    from tauforge.kernels.nuisance import default_nuisance_model, resolve_model
 
     binary = design != "continuous_hetero"
-    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(binary, 0))
+    propensity = resolve_model(model_t, "t", True, 0) if model_t and binary else default_nuisance_model(binary, 0)
+    models = dict(model_y=default_nuisance_model(False, 0), model_t=propensity)
     return {
         "tauforge": CausalForestDML(**models, cv=5, n_estimators=trees, random_state=seed, **tauforge_params),
         "econml": EconMLCausalForestDML(**models, discrete_treatment=binary, cv=5, n_estimators=trees,

@@ -34,8 +34,10 @@ sys.path.insert(0, os.path.dirname(__file__))  # bench_accuracy, beside this scr
 Z = 1.959963984540054  # the 97.5% normal quantile
 
 
-def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, trees: int, params: dict):
-    """(estimate, estimated variance) at test_X; `params` go to tauforge's CausalForestDML."""
+def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, trees: int, params: dict,
+                model_t: str | None = None):
+    """(estimate, estimated variance) at test_X; `params` go to tauforge's CausalForestDML,
+    `model_t` to both libraries (bench_accuracy.make_estimators)."""
     from bench_accuracy import make_estimators
 
     from tauforge.kernels import CausalForest
@@ -44,7 +46,8 @@ def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, tr
         oracle = CausalForest(n_estimators=trees, random_state=seed, progress=False, **params)
         oracle.fit(train.X, train.T - train.e, train.Y - train.m)
         return tuple(np.ravel(a) for a in oracle.predict_and_var(test_X))
-    est = make_estimators(design, seed, trees, progress=False, **params)["econml" if name == "econml" else "tauforge"]
+    library = "econml" if name == "econml" else "tauforge"
+    est = make_estimators(design, seed, trees, model_t, progress=False, **params)[library]
     est.fit(train.Y, train.T, X=train.X)
     if name == "econml":
         tau = np.ravel(est.effect(test_X))
@@ -74,6 +77,9 @@ def main() -> None:
                              "(default: the first three)")
     parser.add_argument("--params", default="",
                         help="tauforge forest parameters, e.g. ci_group_size=4,max_samples=0.45 (default: none)")
+    parser.add_argument("--model-t", default=None,
+                        help="import path of a binary treatment's propensity model for both libraries, e.g. "
+                             "tauforge.kernels.nuisance.AdditiveBoostingClassifier (default: the default model)")
     args = parser.parse_args()
     params = {k: None if v == "None" else float(v) if "." in v else int(v)
               for k, v in (kv.split("=") for kv in args.params.split(",") if kv)}
@@ -89,7 +95,7 @@ def main() -> None:
             taus, variances = [], []
             for seed in range(args.seeds):
                 train = make_causal_data(design, n=n, p=p, seed=seed)
-                tau, var = fit_predict(name, design, train, test.X, seed, args.trees, params)
+                tau, var = fit_predict(name, design, train, test.X, seed, args.trees, params, args.model_t)
                 taus.append(tau)
                 variances.append(var)
             taus, variances = np.array(taus), np.array(variances)
@@ -97,7 +103,8 @@ def main() -> None:
             spread = np.mean(taus.var(axis=0, ddof=1))
             claimed = np.mean(variances)
             coverage = np.mean(np.abs(taus - test.tau) <= Z * np.sqrt(variances))
-            label = name + (f" ({args.params})" if args.params and name != "econml" else "")
+            label = name + (f" ({args.params})" if args.params and name != "econml" else "") + (
+                f" (model_t {args.model_t.rsplit('.', 1)[-1]})" if args.model_t and name != "tauforge-oracle" else "")
             rmse = np.sqrt(np.mean((taus - test.tau) ** 2))
             width = np.mean(2 * Z * np.sqrt(variances))
             print(f"| {design} | {n:,} | {p} | {label} | {rmse:.4f} | {bias2:.4f} | {spread:.4f} | {claimed:.4f} | "
