@@ -184,8 +184,8 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
 
     The residual-on-residual forest needs E[T | X], which any consistent regression estimates. On
     grf's aw3 (a propensity smooth in x1) the boosted classifier's steps left over a third of the
-    CATE's squared bias, and this model removes most of it (docs/benchmarks.md, "Where coverage is
-    lost"). Not the default yet: `model_t="tauforge.kernels.nuisance.AdditiveBoostingClassifier"`.
+    CATE's squared bias, and this model removes three quarters of that share (docs/benchmarks.md,
+    "Where coverage is lost"). Not the default yet: `model_t="tauforge.kernels.nuisance.AdditiveBoostingClassifier"`.
     Least squares rather than a logistic spline model, whose 225 spline columns overfit 640 rows
     of an imbalanced design; the ridge here is chosen by generalized cross-validation."""
 
