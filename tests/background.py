@@ -2,6 +2,7 @@
 a test module starts it in `start_background(request)`, which conftest.py's `background` fixture
 calls at the session's first test (see there why), and its tests await each process by name."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -57,3 +58,14 @@ class Processes:
         for files in self.outputs.values():
             for f in files:
                 f.close()
+
+
+@functools.cache
+def compile_kernels():
+    """Compile the numba kernels in this process, once, into numba's cache in their source's
+    __pycache__ (empty on a fresh clone): a `start_background` whose processes fit forests calls
+    it first. Otherwise the first forest task of each pipeline started together compiles them at
+    the same time (10-20 s of CPU each), and this process again at its first fit."""
+    from tauforge.kernels.warmup import warm
+
+    warm()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from background import Processes
+from background import Processes, compile_kernels
 
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForestDML
@@ -119,6 +119,7 @@ def start_background(request):
     graph without it), which must get versions 1 and 2, and the IHDP Parquet under its own name
     with the full bootstrap in two shards and no graph; beside them, in a store of its own, a run
     whose gate fails."""
+    compile_kernels()
     tmp_path_factory = request.getfixturevalue("tmp_path_factory")
     shared, poor = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("poor-overlap")
     ihdp = ihdp_parquet(tmp_path_factory.mktemp("ihdp") / "ihdp.parquet")

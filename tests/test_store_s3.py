@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from background import Processes
+from background import Processes, compile_kernels
 from publishers import publish_then_promote
 from servers import free_port, wait_for_http
 
@@ -34,6 +34,7 @@ MODEL = "tauforge-model"  # the name `tauforge run` publishes under
 def start_background(request):
     """`tauforge run --demo` publishing to an s3:// store, started at the session's first test
     (conftest.py), so that the other tests run while it does."""
+    compile_kernels()
     store = request.getfixturevalue("s3").uri("demo")
     workdir = request.getfixturevalue("tmp_path_factory").mktemp("demo")
     cmd = [*TAUFORGE, "run", "--demo", "--store", store, "--trees", "20", "--folds", "2", "--shards", "1",
