@@ -31,7 +31,7 @@ class NuisanceConfig:
     """How the nuisance models are fit.
 
     model_y, model_t : 'auto' (`kernels.nuisance.default_nuisance_model`: an additive spline model
-        plus early-stopped boosting, a boosted classifier for a binary treatment), 'tauforge'
+        plus early-stopped boosting, for a binary treatment on the 0/1 treatment), 'tauforge'
         (the engine's boosting), or a scikit-learn estimator class by import path
         ('sklearn.linear_model.LassoCV'); model_t must be a classifier for a binary treatment.
     folds : cross-fitting folds (one pipeline task each), at least 2.

@@ -29,7 +29,7 @@ class CausalForestDML(BaseEstimator):
     model_y, model_t : 'auto', 'tauforge', import path or scikit-learn estimator, default 'auto'
         Nuisance models for E[Y | X, W] and E[T | X, W]. 'auto' on CPU is an additive spline
         model plus early-stopped boosting of what it leaves (`AdditiveBoostingRegressor`; for a
-        discrete treatment an early-stopped HistGradientBoosting classifier; see
+        discrete treatment the same model on the 0/1 treatment, `AdditiveBoostingClassifier`; see
         `default_nuisance_model`), on CUDA the engine's own histogram boosting (`kernels.boosting`);
         'tauforge' picks the engine's boosting on any device. EconML's 'auto' is a
         cross-validated linear model.

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import PoissonRegressor, RidgeCV
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -118,14 +118,17 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
 
 
 def default_nuisance_model(classifier: bool, seed: int) -> Any:
-    """The CPU default: for E[Y | X, W] and a continuous treatment's E[T | X, W], an additive
-    spline model plus boosted trees on what it leaves (`AdditiveBoostingRegressor`); for a binary
-    treatment's propensity, HistGradientBoosting. Both boost with early stopping always on and
-    more slowly and smoothly than scikit-learn's defaults: residuals from an overfit nuisance
-    model bias the forest (with the defaults, which stop early only above 10,000 rows, a 0.5
-    propensity is fit worse than a constant)."""
+    """The CPU default: an additive spline model plus boosted trees on what it leaves, for
+    E[Y | X, W] and a continuous treatment's E[T | X, W] (`AdditiveBoostingRegressor`) and for a
+    binary treatment's propensity (`AdditiveBoostingClassifier`, the same model on the 0/1
+    treatment). Boosting with early stopping always on and more slowly and smoothly than
+    scikit-learn's defaults: residuals from an overfit nuisance model bias the forest (with the
+    defaults, which stop early only above 10,000 rows, a 0.5 propensity is fit worse than a
+    constant). The additive propensity replaced a boosted classifier, whose steps left most of
+    grf's aw3 CATE bias that the nuisance models cause (docs/benchmarks.md, "Where coverage is
+    lost")."""
     if classifier:
-        return HistGradientBoostingClassifier(**_SMOOTH_BOOSTING, random_state=seed)
+        return AdditiveBoostingClassifier(**_SMOOTH_BOOSTING, random_state=seed)
     return AdditiveBoostingRegressor(**_SMOOTH_BOOSTING, random_state=seed)
 
 
@@ -185,7 +188,7 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
     The residual-on-residual forest needs E[T | X], which any consistent regression estimates. On
     grf's aw3 (a propensity smooth in x1) the boosted classifier's steps left over a third of the
     CATE's squared bias, and this model removes three quarters of that share (docs/benchmarks.md,
-    "Where coverage is lost"). Not the default yet: `model_t="tauforge.kernels.nuisance.AdditiveBoostingClassifier"`.
+    "Where coverage is lost"). The default for a binary treatment (`default_nuisance_model`).
     Least squares rather than a logistic spline model, whose 225 spline columns overfit 640 rows
     of an imbalanced design; the ridge here is chosen by generalized cross-validation."""
 

@@ -7,7 +7,12 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from tauforge.kernels import nuisance
-from tauforge.kernels.nuisance import _SMOOTH_BOOSTING, AdditiveBoostingRegressor, default_nuisance_model
+from tauforge.kernels.nuisance import (
+    _SMOOTH_BOOSTING,
+    AdditiveBoostingClassifier,
+    AdditiveBoostingRegressor,
+    default_nuisance_model,
+)
 
 
 def _data(n: int, seed: int):
@@ -80,15 +85,14 @@ def test_binary_columns_enter_linearly_and_the_default_models_are_these():
     fitted = AdditiveBoostingRegressor(random_state=0).fit(X, y)
     assert fitted.smooth_columns_ == [0, 1, 2, 3]
     assert isinstance(default_nuisance_model(False, 0), AdditiveBoostingRegressor)
-    assert hasattr(default_nuisance_model(True, 0), "predict_proba")
+    propensity = default_nuisance_model(True, 0)
+    assert isinstance(propensity, AdditiveBoostingClassifier) and propensity.get_params()["random_state"] == 0
 
 
 def test_the_additive_classifier_fits_a_smooth_propensity_the_boosted_classifier_steps_through():
     # grf's aw3 propensity, (1 + Beta(2, 4) density at x1) / 4: smooth in x1, 0.25 to 0.76.
     from scipy.stats import beta
     from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from tauforge.kernels.nuisance import AdditiveBoostingClassifier
 
     rng = np.random.default_rng(7)
     X, X_test = rng.uniform(size=(2000, 10)), rng.uniform(size=(20_000, 10))
@@ -107,7 +111,7 @@ def test_the_additive_classifier_fits_a_smooth_propensity_the_boosted_classifier
 
 
 def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits():
-    from tauforge.kernels.nuisance import AdditiveBoostingClassifier, cross_fit, resolve_model
+    from tauforge.kernels.nuisance import cross_fit, resolve_model
 
     path = "tauforge.kernels.nuisance.AdditiveBoostingClassifier"
     model = resolve_model(path, "t", True, seed=5)
