@@ -1,12 +1,15 @@
 # The tauforge CPU image: the KServe predictor (`tauforge serve --model-dir /mnt/models`) and every
 # KFP component run from it. Build with `make images` (from the project root: this is the context).
 #
-# Stage 1 builds a self-contained virtual environment; stage 2 copies only that environment onto a
-# clean base, so compilers, pip caches and the source tree stay out of the final image.
+# Stage `deps` builds a self-contained virtual environment with the dependencies, stage `build`
+# installs the project into it; the final stage copies the environment onto a clean base in two
+# layers, the dependencies (about 2 GB, from the build cache while pyproject.toml is unchanged) and
+# the project (a few MB), so compilers, pip caches and the source tree stay out of the image and a
+# change to the sources neither copies nor stores the dependencies again.
 
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 
-FROM ${PYTHON_BASE} AS build
+FROM ${PYTHON_BASE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/tauforge
 ENV PATH=/opt/tauforge/bin:$PATH
@@ -30,6 +33,9 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['cloud']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
+
+FROM deps AS build
+RUN touch /tmp/deps-done
 COPY README.md __init__.py ./
 COPY kernels ./kernels
 COPY components ./components
@@ -45,8 +51,28 @@ RUN pip install ".[cloud]"
 # to a private copy when it cannot write there (kernels/backends/numba_cache.py).
 ENV NUMBA_CACHE_DIR=/opt/tauforge/numba-cache NUMBA_CPU_NAME=generic
 RUN python -m tauforge.kernels.warmup && chmod -R a+rX /opt/tauforge/numba-cache
+# What the project added to the environment, under /out at the same paths: the package, its
+# metadata, its command and the kernels' cache. Anything else that changed (a dependency the
+# project's install pulled in that `deps` lacks) stops the build rather than go missing.
+RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && find /opt/tauforge -newer /tmp/deps-done -type f \
+        ! -path "$site/tauforge/*" ! -path "$site/tauforge-*.dist-info/*" ! -path /opt/tauforge/bin/tauforge \
+        ! -path "/opt/tauforge/numba-cache/*" > /tmp/unexpected \
+    && { [ ! -s /tmp/unexpected ] || { echo "the project's install changed files outside the project:"; \
+         head -20 /tmp/unexpected; exit 1; }; } \
+    && mkdir -p "/out$site" /out/opt/tauforge/bin \
+    && cp -a "$site/tauforge" "$site"/tauforge-*.dist-info "/out$site/" \
+    && cp -a /opt/tauforge/bin/tauforge /out/opt/tauforge/bin/ \
+    && cp -a /opt/tauforge/numba-cache /out/opt/tauforge/
 
 FROM ${PYTHON_BASE}
+# What changes least first: the dependencies' layer and the user are reused from the build cache
+# by every build with the same base and pyproject.toml, whatever the commit or the sources.
+COPY --from=deps /opt/tauforge /opt/tauforge
+# A fixed numeric uid so that runAsNonRoot can be checked by Kubernetes without a passwd lookup.
+# /var/log/tauforge: the predictor's event log (--log-dir in the InferenceService), written as that user.
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin tauforge \
+    && install -d -o 10001 -g 10001 /var/log/tauforge
 # The model card records the commit it was trained by; there is no .git inside the image.
 ARG GIT_COMMIT=""
 ENV PATH=/opt/tauforge/bin:$PATH \
@@ -54,11 +80,7 @@ ENV PATH=/opt/tauforge/bin:$PATH \
     TAUFORGE_GIT_COMMIT=${GIT_COMMIT} \
     NUMBA_CACHE_DIR=/opt/tauforge/numba-cache \
     NUMBA_CPU_NAME=generic
-COPY --from=build /opt/tauforge /opt/tauforge
-# A fixed numeric uid so that runAsNonRoot can be checked by Kubernetes without a passwd lookup.
-# /var/log/tauforge: the predictor's event log (--log-dir in the InferenceService), written as that user.
-RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin tauforge \
-    && install -d -o 10001 -g 10001 /var/log/tauforge
+COPY --from=build /out/ /
 USER 10001
 WORKDIR /home/tauforge
 EXPOSE 8080

@@ -53,10 +53,16 @@ def stages(dockerfile):
     return out
 
 
+def build_and_final(dockerfile):
+    """The instructions of the stages before the last (the build, in one or more stages) and of the last."""
+    *build, final = stages(dockerfile)
+    return [instruction for stage in build for instruction in stage], final
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfile_is_multi_stage_non_root_with_a_health_check(dockerfile):
     # Their shape; tests/test_images.py builds and runs the CPU image where Docker runs.
-    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    build, final = build_and_final(dockerfile)
     assert len(stages(dockerfile)) >= 2 and " AS " in build[0][1].upper()
     assert any(op == "COPY" and args.startswith("--from=") for op, args in final), "the final stage copies the build"
     users = [args for op, args in final if op == "USER"]
@@ -85,7 +91,7 @@ def test_cpu_image_takes_cpu_torch_and_cuda_image_a_pytorch_cuda_base():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_images_carry_a_generic_numba_cache_every_user_reads(dockerfile):
-    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    build, final = build_and_final(dockerfile)
     runs = [args for op, args in build if op == "RUN"]
     assert any("python -m tauforge.kernels.warmup" in args and "a+rX /opt/tauforge/numba-cache" in args
                for args in runs)
