@@ -64,7 +64,8 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py batching
 	$(BIN)/python tests/benchmarks/bench_memory.py
 
-CUDA_BUILD = docker build $(DOCKER_BUILD_FLAGS) -f Dockerfile.cuda --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(CUDA_IMAGE) .
+CUDA_BUILD = docker build $(DOCKER_BUILD_FLAGS) -f Dockerfile.cuda --build-arg CUDA_BASE=$(CUDA_BASE) \
+	--build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(CUDA_IMAGE) .
 
 define need_docker
 	@docker info >/dev/null 2>&1 || { echo "make $@ needs Docker: a docker client and a running daemon, and" \
