@@ -2,7 +2,7 @@
 
 The images run it at build time with NUMBA_CACHE_DIR=/opt/tauforge/numba-cache, so that a task or
 a predictor starting in a fresh container loads the kernels (0.2-0.4 s) instead of compiling them
-(10-20 s); `kernels/backends/numba_cache.py` says how a read-only copy of that cache is used.
+(35-40 s of CPU); `kernels/backends/numba_cache.py` says how a read-only copy of that cache is used.
 
 A tiny fit and prediction with each backend on the CPU: the numba backend's kernels, and the
 per-node randomness the torch backend draws with numba. Exits 1 if the kernels did not end up in

@@ -65,7 +65,7 @@ def compile_kernels():
     """Compile the numba kernels in this process, once, into numba's cache in their source's
     __pycache__ (empty on a fresh clone): a `start_background` whose processes fit forests calls
     it first. Otherwise the first forest task of each pipeline started together compiles them at
-    the same time (10-20 s of CPU each), and this process again at its first fit."""
+    the same time (35-40 s of CPU each), and this process again at its first fit."""
     from tauforge.kernels.warmup import warm
 
     warm()

@@ -208,7 +208,7 @@ def test_the_kernels_come_compiled_for_every_uid(image):
         assert probe["seeded_from"] == "/opt/tauforge/numba-cache", probe
         assert probe["directory"] == f"/tmp/tauforge-numba-cache-{user.split(':')[0]}", probe
         assert probe["misses"] == 0 and probe["hits"] >= 3, probe
-        assert probe["first_call_seconds"] < 5, probe  # compiling takes 10-20 s on 2 cores
+        assert probe["first_call_seconds"] < 5, probe  # compiling takes 35-40 s of CPU
 
 
 def test_the_demo_runs_as_uid_10001(containers):

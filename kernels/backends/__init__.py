@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import torch
 
@@ -62,11 +64,10 @@ class NumbaBackend:
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
-        s_rows = np.concatenate([t.structure for t in trees])
-        e_rows = np.concatenate([t.estimation for t in trees])
-        s_off = np.concatenate([[0], np.cumsum([len(t.structure) for t in trees])]).astype(np.int64)
-        e_off = np.concatenate([[0], np.cumsum([len(t.estimation) for t in trees])]).astype(np.int64)
-        keys = np.array([t.key for t in trees], dtype=np.uint64)
+        """Grow `trees`, one a thread on numba's thread count (NUMBA_NUM_THREADS): `grow_tree`
+        releases the GIL. Threads here rather than a numba prange over trees, whose kernel had
+        LLVM optimize the whole grower a second time: a cold start compiled for 61 s then, 38 s
+        now, and fits take the same time (docs/benchmarks.md, "make run and make test")."""
         cap = max(numba_cpu.node_capacity(int((mom[t.estimation, 0] > 0).sum()), len(t.structure), len(t.estimation),
                                           rule.min_samples_leaf)
                   for t in trees)
@@ -77,11 +78,26 @@ class NumbaBackend:
         leaf = np.empty((T, cap, 4), dtype=np.float64)
         counts = np.empty((T, 3), dtype=np.int64)
         phase_cycles = np.zeros((T, len(numba_cpu.PHASES)))
-        numba_cpu.grow_trees(data.coarse, data.fine, mom, s_rows, s_off, e_rows, e_off, keys, data.n_bins,
-                             data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
-                             float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
-                             bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes),
-                             feature, threshold, child, leaf, counts, phase_cycles)
+        settings = (data.n_bins, data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
+                    float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry), bool(rule.poisson_mtry),
+                    int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes))
+
+        def grow_one(t: int) -> None:
+            tree, start = trees[t], numba_cpu.cycles_now()
+            structure = numba_cpu.gather_rows(data.coarse, data.fine, mom, tree.structure)
+            estimation = numba_cpu.gather_rows(data.coarse, data.fine, mom, tree.estimation)
+            phase_cycles[t, numba_cpu.PHASES.index("gather rows")] += float(numba_cpu.cycles_now() - start)
+            counts[t] = numba_cpu.grow_tree(*structure, *estimation, settings[0], settings[1], np.uint64(tree.key),
+                                            *settings[2:], feature[t], threshold[t], child[t], leaf[t],
+                                            phase_cycles[t])
+
+        threads = min(T, numba.get_num_threads())
+        if threads <= 1:
+            for t in range(T):
+                grow_one(t)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(grow_one, range(T)))  # list(): a tree's exception is raised here
         self.phase_cycles += phase_cycles.sum(axis=0)
         self.histogram_adds += int(counts[:, 2].sum())
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),

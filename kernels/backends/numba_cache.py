@@ -1,6 +1,6 @@
 """Where the numba kernels keep their compiled code, so that importing them never fails.
 
-The kernels of `numba_cpu.py` compile on first use (10-20 s for a fit and a prediction on 2 cores)
+The kernels of `numba_cpu.py` compile on first use (35-40 s of CPU for a fit and a prediction, 2026-12-04)
 unless numba's on-disk cache holds them (0.2-0.4 s). numba caches a `cache=True` function in
 NUMBA_CACHE_DIR if set, else in its source's `__pycache__`, else in the user's cache folder, and
 when none of them is writable it raises as the function is decorated, on import ("cannot cache
@@ -150,7 +150,7 @@ def configure() -> CacheState:
 
 
 def _warn_off() -> None:
-    log.warning("tauforge: numba's cache is off (%s): the kernels compile in every process, 10-20 s "
+    log.warning("tauforge: numba's cache is off (%s): the kernels compile in every process, about 40 s "
                 "on first use. Give the process a writable NUMBA_CACHE_DIR, /tmp or $TMPDIR.", STATE.reason)
 
 

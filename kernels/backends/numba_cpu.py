@@ -41,7 +41,7 @@ _COUNT_SALT = np.uint64(0x8CB92BA72F3D8DD7)
 
 # ---- The grower's own profile: CPU cycles per phase, per tree ----
 
-# What `grow_trees` times in each tree (its `out_cycles` columns, in this order). The counter
+# What growing a tree times (`grow_tree`'s `prof`, and the gather before it, in this order). The counter
 # costs about 20 cycles a read, a few reads a node: under 1% of a tree's time.
 PHASES = ("gather rows", "allocation, root totals", "histogram build", "sibling subtraction", "fine roots: copy, sort",
           "side counts", "coarse scan", "coarse scores", "fine scan and scores", "pick split", "partition",
@@ -579,7 +579,13 @@ def _partition_rows(codes, fine, mom, lo, hi, f, thr, scratch_codes, scratch_fin
     return nl
 
 
-@njit(error_model="numpy")
+@njit(nogil=True, error_model="numpy")
+def gather_rows(codes, fine, mom, rows):
+    """One tree's rows of the coarse codes, fine codes and moments, contiguous, outside the GIL."""
+    return codes[rows], fine[rows], mom[rows]
+
+
+@njit(nogil=True, error_model="numpy")
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
               max_depth, mtry, poisson, max_bins, small_node, move_rows_bytes, out_feature, out_threshold, out_child,
               out_leaf, prof):
@@ -845,29 +851,6 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         head += 1
     _tick(prof, _RENUMBER, clock)
     return n_nodes, n_leaves, hist_adds
-
-
-@njit(parallel=True, nogil=True, error_model="numpy")
-def grow_trees(codes, fine, mom, s_rows, s_off, e_rows, e_off, keys, n_bins, coarse_thr, min_leaf, alpha, penalty,
-               max_depth, mtry, poisson, max_bins, small_node, move_rows_bytes, out_feature, out_threshold, out_child,
-               out_leaf, out_counts, out_cycles):
-    """Grow len(keys) trees in parallel; tree t uses rows s_rows[s_off[t]:s_off[t+1]] (structure)
-    and e_rows[e_off[t]:e_off[t+1]] (estimation). Outputs are (trees, capacity) arrays;
-    out_cycles (trees, len(PHASES)) gains each tree's cycles per phase, out_counts (trees, 3) holds
-    each tree's nodes, leaves and histogram bin additions."""
-    for t in numba.prange(keys.shape[0]):
-        start = cycles()
-        srows = s_rows[s_off[t]:s_off[t + 1]]
-        erows = e_rows[e_off[t]:e_off[t + 1]]
-        cs, fs, ms = codes[srows], fine[srows], mom[srows]
-        ce, fe, me = codes[erows], fine[erows], mom[erows]
-        _tick(out_cycles[t], _GATHER, start)
-        nn, nl, adds = grow_tree(cs, fs, ms, ce, fe, me, n_bins, coarse_thr, keys[t], min_leaf, alpha, penalty,
-                                 max_depth, mtry, poisson, max_bins, small_node, move_rows_bytes, out_feature[t],
-                                 out_threshold[t], out_child[t], out_leaf[t], out_cycles[t])
-        out_counts[t, 0] = nn
-        out_counts[t, 1] = nl
-        out_counts[t, 2] = adds
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")

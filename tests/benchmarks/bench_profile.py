@@ -7,7 +7,7 @@ path's time per tree on the CPU next to numba's.
     .venv/bin/python tests/benchmarks/bench_profile.py --sizes 1000000:30:4 --move-rows-bytes 0,16777216,4194304
 
 Everything runs on one thread (NUMBA_NUM_THREADS=1, one torch and BLAS thread), so the figures
-are CPU time per tree; growth spreads whole trees over the cores (numba's prange over trees),
+are CPU time per tree; growth spreads whole trees over the cores (a tree a thread, numba's thread count),
 so a fit of many trees on c cores takes about trees x (time per tree) / c. The grower's phases
 come from its own cycle counters (kernels/backends/numba_cpu.py, PHASES), scaled so that they
 add up to the growth's measured CPU time (the counters read wall time, which a busy machine
