@@ -78,18 +78,18 @@ class NumbaBackend:
         leaf = np.empty((T, cap, 4), dtype=np.float64)
         counts = np.empty((T, 3), dtype=np.int64)
         phase_cycles = np.zeros((T, len(numba_cpu.PHASES)))
-        settings = (data.n_bins, data.coarse_thr, float(rule.min_samples_leaf), float(rule.alpha),
-                    float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry), bool(rule.poisson_mtry),
-                    int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes))
+        # grow_tree's arguments around each tree's key, the same for every tree
+        before_key = (data.n_bins, data.coarse_thr)
+        after_key = (float(rule.min_samples_leaf), float(rule.alpha), float(rule.imbalance_penalty),
+                     int(rule.max_depth), int(rule.mtry), bool(rule.poisson_mtry), int(data.max_bins),
+                     SMALL_NODE_ROWS, int(self.move_rows_bytes))
 
         def grow_one(t: int) -> None:
-            tree, start = trees[t], numba_cpu.cycles_now()
-            structure = numba_cpu.gather_rows(data.coarse, data.fine, mom, tree.structure)
-            estimation = numba_cpu.gather_rows(data.coarse, data.fine, mom, tree.estimation)
-            phase_cycles[t, numba_cpu.PHASES.index("gather rows")] += float(numba_cpu.cycles_now() - start)
-            counts[t] = numba_cpu.grow_tree(*structure, *estimation, settings[0], settings[1], np.uint64(tree.key),
-                                            *settings[2:], feature[t], threshold[t], child[t], leaf[t],
-                                            phase_cycles[t])
+            tree = trees[t]
+            rows = numba_cpu.gather_tree_rows(data.coarse, data.fine, mom, tree.structure, tree.estimation,
+                                              phase_cycles[t])
+            counts[t] = numba_cpu.grow_tree(*rows, *before_key, np.uint64(tree.key), *after_key, feature[t],
+                                            threshold[t], child[t], leaf[t], phase_cycles[t])
 
         threads = min(T, numba.get_num_threads())
         if threads <= 1:

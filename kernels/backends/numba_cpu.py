@@ -580,9 +580,13 @@ def _partition_rows(codes, fine, mom, lo, hi, f, thr, scratch_codes, scratch_fin
 
 
 @njit(nogil=True, error_model="numpy")
-def gather_rows(codes, fine, mom, rows):
-    """One tree's rows of the coarse codes, fine codes and moments, contiguous, outside the GIL."""
-    return codes[rows], fine[rows], mom[rows]
+def gather_tree_rows(codes, fine, mom, structure, estimation, prof):
+    """One tree's structure and estimation rows of the coarse codes, fine codes and moments, as
+    contiguous arrays (grow_tree's first six arguments), outside the GIL; prof gains the cycles."""
+    start = cycles()
+    out = (codes[structure], fine[structure], mom[structure], codes[estimation], fine[estimation], mom[estimation])
+    _tick(prof, _GATHER, start)
+    return out
 
 
 @njit(nogil=True, error_model="numpy")
