@@ -63,9 +63,16 @@ def test_the_residual_removes_a_non_linear_dependence_on_the_conditioning_set():
     assert np.var(r_a) < 0.12 and np.var(r_b) < 0.12  # the signal is explained: the noise's variance is 0.09
 
 
-def test_holm_adjusts_step_down():
+def test_holm_adjusts_step_down_as_statsmodels_does():
+    from statsmodels.stats.multitest import multipletests  # the reference (EconML depends on statsmodels)
+
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.5]), [0.04, 0.09, 0.09, 0.5])
     assert len(holm([])) == 0
+    rng = np.random.default_rng(2)
+    for m in (1, 2, 7, 40):
+        p = rng.uniform(size=m) ** 3  # many small ones: adjustments that reach 1 and that need the running max
+        p[rng.integers(m)] = p[0]  # a tie
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
 
 
 def test_a_true_graph_passes_at_the_nominal_rate_over_seeds():
