@@ -2,11 +2,15 @@
 subprocesses and in containers: it fits and predicts small forests (plain and with the local linear
 correction, so that every kernel of a fit and a prediction runs) with the numba kernels and
 prints one JSON line saying how long that took, where numba cached, and how many kernels came
-from the cache (hits) or were compiled (misses)."""
+from the cache (hits) or were compiled (misses).
+
+`TORCH_PROBE` does the same with the torch backend, which compiles only its few numba kernels (the
+per-node randomness and the corrected prediction's sums): 7-8 s of CPU where PROBE compiles every
+kernel in 35-40 s, for the tests of where kernels cache, which a handful shows as well as all."""
 
 import json
 
-PROBE = r"""
+PROBE_TEMPLATE = r"""
 import json, sys, time
 start = time.perf_counter()
 import numpy as np
@@ -17,11 +21,11 @@ rng = np.random.default_rng(0)
 X = rng.normal(size=(1000, 5))
 T = rng.normal(size=1000)
 y = X[:, 0] * T + rng.normal(size=1000)
-forest = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False,
-                      linear_correction_variables=None)  # the numba prediction kernel
+forest = CausalForest(n_estimators=8, backend=BACKEND, device="cpu", random_state=0, progress=False,
+                      linear_correction_variables=None)  # the plain prediction
 tau, lower, upper = forest.fit(X, T, y).predict_with_interval(X[:50])
-corrected = CausalForest(n_estimators=8, backend="numba", device="cpu", random_state=0, progress=False,
-                         linear_correction_variables=[0])  # and the corrected path's kernels
+corrected = CausalForest(n_estimators=8, backend=BACKEND, device="cpu", random_state=0, progress=False,
+                         linear_correction_variables=[0])  # and the corrected one
 tau_ll, lower_ll, upper_ll = corrected.fit(X, T, y).predict_with_interval(X[:50])
 done = time.perf_counter()
 stats = [f.stats for f in vars(numba_cpu).values() if hasattr(f, "stats")]
@@ -36,6 +40,8 @@ print(json.dumps({
     "misses": sum(sum(s.cache_misses.values()) for s in stats),
 }))
 """
+PROBE = PROBE_TEMPLATE.replace("BACKEND", '"numba"')
+TORCH_PROBE = PROBE_TEMPLATE.replace("BACKEND", '"torch"')
 
 
 def parse(stdout: str) -> dict:

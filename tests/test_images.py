@@ -18,7 +18,7 @@ import time
 
 import pytest
 from background import Processes
-from kernel_probe import PROBE, parse
+from kernel_probe import PROBE, TORCH_PROBE, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPOSITORY = "tauforge-test"
@@ -159,8 +159,8 @@ def pipeline_command(runner, root):
 def containers(image, tmp_path_factory):
     """The slow runs of the image, started together at the module's first test and awaited by the
     tests that inspect them: the demo as uid 10001, on a read-only root with a writable /tmp, and
-    with nothing writable (it compiles the kernels); the probe with NUMBA_CACHE_DIR emptied (it
-    compiles them too); and the demo pipeline on the docker runner and, to compare, on the
+    with nothing writable (it compiles every kernel); the torch backend's probe with NUMBA_CACHE_DIR
+    emptied (it compiles its few kernels into /tmp); and the demo pipeline on the docker runner and, to compare, on the
     subprocess runner. One after the other they took 160 s beside other work, each mostly one
     process on one core or a wait for containers to start. (`docker run --rm` containers that a
     stopped session leaves behind end on their own within a minute.)"""
@@ -170,7 +170,7 @@ def containers(image, tmp_path_factory):
     runs.start("demo, read-only root, writable /tmp", [*docker_run, *READ_ONLY_TMP, image, *DEMO])
     runs.start("demo, nothing writable", [*docker_run, "--read-only", image, *DEMO])
     runs.start("probe, NUMBA_CACHE_DIR emptied", [*docker_run, *READ_ONLY_TMP, "-e", "NUMBA_CACHE_DIR=", image,
-                                                  "python", "-c", PROBE])
+                                                  "python", "-c", TORCH_PROBE])
     for runner in ("docker", "subprocess"):
         runs.start(f"pipeline, {runner} runner", pipeline_command(runner, runs.root), cwd=runs.root,
                    env={**os.environ, "TAUFORGE_IMAGE": image})

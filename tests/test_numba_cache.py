@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 from background import Processes
-from kernel_probe import PROBE, parse
+from kernel_probe import PROBE, TORCH_PROBE, parse
 
 from tauforge.kernels.backends import numba_cache
 
@@ -24,17 +24,19 @@ def env(**extra):
 
 
 def start_background(request):
-    """Three fresh processes at once (each compiles the kernels, 15-20 s; conftest.py starts them
-    at the session's start): a NUMBA_CACHE_DIR that cannot be created, the same with no usable
-    temp directory either, and the image's build-time warm-up filling a cache."""
+    """Three fresh processes at once (conftest.py starts them at the session's start): a
+    NUMBA_CACHE_DIR that cannot be created, the same with no usable temp directory either (each
+    the torch backend's probe, which compiles a handful of kernels in 7-8 s of CPU: where they
+    cache does not need them all), and the image's build-time warm-up filling a cache (every
+    kernel, 35-40 s)."""
     base = request.getfixturevalue("tmp_path_factory").mktemp("numba-cache")
     blocker = base / "a-file"
     blocker.write_text("NUMBA_CACHE_DIR below a regular file cannot be created\n")
     (base / "tmp").mkdir()
-    nothing_writable = f"import tempfile; tempfile.tempdir = {str(blocker / 'tmp')!r}\n" + PROBE
+    nothing_writable = f"import tempfile; tempfile.tempdir = {str(blocker / 'tmp')!r}\n" + TORCH_PROBE
     processes = Processes(base=base)
     for name, args, extra in (
-        ("unwritable", ["-c", PROBE], {"NUMBA_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(base / "tmp")}),
+        ("unwritable", ["-c", TORCH_PROBE], {"NUMBA_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(base / "tmp")}),
         ("nothing writable", ["-c", nothing_writable], {"NUMBA_CACHE_DIR": str(blocker / "cache")}),
         ("warmup", ["-m", "tauforge.kernels.warmup"], {"NUMBA_CACHE_DIR": str(base / "prebuilt")}),
     ):
