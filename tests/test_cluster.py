@@ -308,6 +308,31 @@ def test_the_compiled_pipeline_is_safe_on_kubeflow_backends_from_2_2(tmp_path, p
     assert "defaultValue" not in parameters["store"] and "run_id" not in parameters
 
 
+def test_task_settings_never_walk_the_stack_and_a_pipeline_task_is_still_refused_them(tmp_path, monkeypatch):
+    # kfp's setters call inspect.stack() to name themselves in an error, which scans every loaded
+    # module per frame without a source file: pipelines/training.py names them from their frame.
+    from kfp import dsl
+
+    from tauforge.components.data import validate_data
+
+    def walk(*args, **kwargs):
+        raise AssertionError("inspect.stack() was called")
+
+    monkeypatch.setattr(inspect, "stack", walk)
+    _, spec, platform = compiled(tmp_path, "--bootstrap-shards", "2", "--gpus-per-shard", "1",
+                                 "--gpu-toleration", "nvidia.com/gpu:NoSchedule")
+    assert any("accelerator" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
+
+    @dsl.pipeline
+    def inner(source: str):
+        validate_data(source=source, spec="{}", store="")
+
+    @dsl.pipeline
+    def outer(source: str):
+        with pytest.raises(ValueError, match="^set_cpu_limit can only be used on single-step components"):
+            inner(source=source).set_cpu_limit("1")
+
+
 def test_a_training_pipeline_without_bootstrap_tasks_offers_no_bootstrap_parameter(tmp_path):
     _, spec, _ = compiled(tmp_path)
     assert "bootstrap" not in spec["root"]["inputDefinitions"]["parameters"]
