@@ -37,6 +37,11 @@ from tauforge.components.constants import (
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.n < 2:
+        raise ValueError(f"--n {args.n}: a causal forest needs at least 2 training rows (in practice hundreds)")
+    if args.trees % 2:  # refused before any fit: the demo always reports CATE intervals
+        raise ValueError(f"--trees {args.trees} is odd: the demo's CATE intervals need little bags of 2 trees, "
+                         "give an even number")
     from tauforge.kernels import CausalForestDML
     from tauforge.kernels.datasets import make_causal_data
 

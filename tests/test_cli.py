@@ -42,7 +42,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
 
 @pytest.mark.parametrize("args, message", [
     (["demo", "--n", "1"], "at least 2"),
-    (["demo", "--trees", "5"], "odd n_estimators (5): refit with an even n_estimators"),
+    (["demo", "--trees", "5"], "--trees 5 is odd: the demo's CATE intervals need little bags of 2 trees"),
     # Shards hold whole little bags: 1,000 trees make 125 bags of 8, refused before any task runs.
     (["run", "--demo", "--shards", "200"], "--shards must be between 1 and 125 (the little bags: 1000 trees in "
                                            "groups of 8), got 200"),
