@@ -14,10 +14,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from background import Processes
+from background import Processes, compile_kernels
 from kernel_probe import PROBE, TORCH_PROBE, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,17 +106,56 @@ class ImageBuild:
             self.proc.wait()
 
 
+class ImageRuns:
+    """The image build and the slow runs the tests inspect, started at the session's first test
+    (conftest.py) so that they use the core the tests in the pytest process leave idle: the build
+    (about 70 s after a change to the sources), the demo pipeline on the subprocess runner (it
+    needs no image), and once the image exists, at once or when its build ends, the runs of it
+    (`start_container_runs`)."""
+
+    def __init__(self, request):
+        tmp_path_factory = request.getfixturevalue("tmp_path_factory")
+        self.build = ImageBuild(tmp_path_factory.mktemp("image"))
+        self.runs = Processes(root=tmp_path_factory.mktemp("pipelines"))
+        self.waiter = None
+        if not self.build.answers:
+            return
+        compile_kernels()  # into this checkout's cache, which the subprocess runner's tasks load
+        self.runs.start("pipeline, subprocess runner", pipeline_command("subprocess", self.runs.root),
+                        cwd=self.runs.root)
+        if self.build.reused:
+            start_container_runs(self.runs, self.build.tag)
+        else:  # a thread that only waits for make; the image fixture reports a failed build
+            self.waiter = threading.Thread(target=self._after_build, daemon=True)
+            self.waiter.start()
+
+    def _after_build(self):
+        if self.build.proc.wait() == 0:
+            start_container_runs(self.runs, self.build.tag)
+
+    def container_runs(self) -> Processes:
+        """The runs, once the image fixture has the image (waited for its build, and failed if it
+        failed)."""
+        if self.waiter is not None:
+            self.waiter.join()
+        return self.runs
+
+    def close(self):
+        self.build.close()  # the waiter then starts nothing
+        if self.waiter is not None:
+            self.waiter.join()
+        self.runs.close()
+
+
 def start_background(request):
-    """The image build, started at the session's first test (conftest.py): about 70 s after a
-    change to the sources, beside the tests that run in the pytest process on one thread."""
-    return ImageBuild(request.getfixturevalue("tmp_path_factory").mktemp("image"))
+    return ImageRuns(request)
 
 
 @pytest.fixture(scope="session")
 def image(request, background):
     """The CPU image of these sources, tagged tauforge-test:<hash of its sources>: built with
     `make image-cpu` unless an image of that tag exists; older test images are removed."""
-    build = background[__name__]
+    build = background[__name__].build
     if not build.answers:
         message = ("no Docker daemon answers (`docker info` failed); `.ci/docker-setup` installs Docker, "
                    "starts a daemon and builds the local base image")
@@ -155,27 +195,29 @@ def pipeline_command(runner, root):
             "--pipeline-root", str(root / runner / "runs")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def containers(image, tmp_path_factory):
-    """The slow runs of the image, started together at the module's first test and awaited by the
-    tests that inspect them: the demo as uid 10001, on a read-only root with a writable /tmp, and
-    with nothing writable (it compiles every kernel); the torch backend's probe with NUMBA_CACHE_DIR
-    emptied (it compiles its few kernels into /tmp); and the demo pipeline on the docker runner and, to compare, on the
-    subprocess runner. One after the other they took 160 s beside other work, each mostly one
+def start_container_runs(runs: Processes, image: str) -> None:
+    """The slow runs of the image, started together and awaited by the tests that inspect them:
+    the demo as uid 10001, on a read-only root with a writable /tmp, and with nothing writable (it
+    compiles every kernel); the torch backend's probe with NUMBA_CACHE_DIR emptied (it compiles
+    its few kernels into /tmp); and the demo pipeline on the docker runner (beside the subprocess
+    runner's, to compare). One after the other they took 160 s beside other work, each mostly one
     process on one core or a wait for containers to start. (`docker run --rm` containers that a
-    stopped session leaves behind end on their own within a minute.)"""
+    stopped session leaves behind end on their own within a minute.) The docker clients run at the
+    lowest priority; the containers, children of dockerd, do not."""
     docker_run = ["docker", "run", "--rm", "--network", "none"]
-    runs = Processes(root=tmp_path_factory.mktemp("pipelines"))
     runs.start("demo", [*docker_run, image, *DEMO])
     runs.start("demo, read-only root, writable /tmp", [*docker_run, *READ_ONLY_TMP, image, *DEMO])
     runs.start("demo, nothing writable", [*docker_run, "--read-only", image, *DEMO])
     runs.start("probe, NUMBA_CACHE_DIR emptied", [*docker_run, *READ_ONLY_TMP, "-e", "NUMBA_CACHE_DIR=", image,
                                                   "python", "-c", TORCH_PROBE])
-    for runner in ("docker", "subprocess"):
-        runs.start(f"pipeline, {runner} runner", pipeline_command(runner, runs.root), cwd=runs.root,
-                   env={**os.environ, "TAUFORGE_IMAGE": image})
-    yield runs
-    runs.close()
+    runs.start("pipeline, docker runner", pipeline_command("docker", runs.root), cwd=runs.root,
+               env={**os.environ, "TAUFORGE_IMAGE": image})
+
+
+@pytest.fixture(scope="module")
+def containers(image, background):
+    """The runs of `start_container_runs` and the subprocess runner's pipeline."""
+    return background[__name__].container_runs()
 
 
 def succeeded(containers, name):
