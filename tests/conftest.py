@@ -39,6 +39,14 @@ def awaits_background(item) -> bool:
     return "background" in getattr(item, "fixturenames", ())
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The modules with tests that await background work run after the others (each module
+    whole, in its order): that work, started at the session's first test, then runs on the core
+    the other tests leave idle instead of being waited for."""
+    awaiting = {item.module for item in items if awaits_background(item)}
+    items.sort(key=lambda item: item.module in awaiting)  # a stable sort
+
+
 @pytest.fixture(scope="session")
 def background(request):
     """The slow work in other processes that selected tests await (tests/background.py): the
