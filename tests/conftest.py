@@ -68,9 +68,9 @@ def background(request):
 @pytest.fixture(scope="session", autouse=True)
 def start_background_first(request):
     """Starts `background` before the session's first test rather than at the first test that
-    awaits it. Most tests run in this process on one thread (EconML fits, seed sweeps), leaving
-    the other core idle: the pipeline runs, kernel compiles and image build, which are processes
-    of their own (at the lowest priority: tests/background.py), use it meanwhile instead of
-    running after them."""
+    awaits it. Most tests run in this process on one thread (seed sweeps, servers started one at
+    a time), leaving the other core idle: the pipeline runs, kernel compiles, EconML comparisons,
+    image build and container runs, which are processes of their own (at the lowest priority:
+    tests/background.py), use it meanwhile instead of running after them."""
     if any(awaits_background(item) for item in request.session.items):
         request.getfixturevalue("background")
