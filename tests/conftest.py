@@ -53,10 +53,8 @@ def background(request):
     `start_background(request)` of each test module whose selected tests use this fixture (its
     request.getfixturevalue gives session fixtures: tmp_path_factory, s3), by module name; stopped
     at the end of the session."""
-    # The modules whose processes load the kernels this process compiles (compile_kernels) last:
-    # the others' work (the image build, fresh processes that compile their own) runs meanwhile.
     modules = sorted({item.module for item in request.session.items if awaits_background(item)},
-                     key=lambda module: (getattr(module, "LOADS_COMPILED_KERNELS", False), module.__name__))
+                     key=lambda module: module.__name__)
     started = {}
     try:
         for module in modules:

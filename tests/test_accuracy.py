@@ -69,9 +69,6 @@ def fit_seeds(design: str, n: str, seed: str) -> list[dict]:
     return [_fit_both(design, int(n), int(seed) + s) for s in SEEDS]
 
 
-LOADS_COMPILED_KERNELS = True  # conftest.py starts this module's background work after others'
-
-
 def start_background(request):
     """The comparisons' fits, one process a design (conftest.py starts them at the session's
     start): 25-35 s of CPU each, two fits by each library, mostly EconML's forest. Numbers equal

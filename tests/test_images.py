@@ -120,16 +120,14 @@ class ImageRuns:
         self.waiter = None
         if not self.build.answers:
             return
+        compile_kernels()  # into this checkout's cache, which the subprocess runner's tasks load
+        self.runs.start("pipeline, subprocess runner", pipeline_command("subprocess", self.runs.root),
+                        cwd=self.runs.root)
         if self.build.reused:
             start_container_runs(self.runs, self.build.tag)
         else:  # a thread that only waits for make; the image fixture reports a failed build
             self.waiter = threading.Thread(target=self._after_build, daemon=True)
             self.waiter.start()
-        # The build or the containers (which load the image's own kernels) run while this process
-        # compiles the kernels into this checkout's cache, which the subprocess runner's tasks load.
-        compile_kernels()
-        self.runs.start("pipeline, subprocess runner", pipeline_command("subprocess", self.runs.root),
-                        cwd=self.runs.root)
 
     def _after_build(self):
         if self.build.proc.wait() == 0:

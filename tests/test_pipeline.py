@@ -111,9 +111,6 @@ DEMO_GRAPH = """digraph demo {
 """
 
 
-LOADS_COMPILED_KERNELS = True  # conftest.py starts this module's background work after others'
-
-
 def start_background(request):
     """Four runs at the same time (conftest.py starts them at the session's start; on 2 cores,
     runs side by side overlap each other's process start-ups and single-task steps). Three into

@@ -31,9 +31,6 @@ TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
 MODEL = "tauforge-model"  # the name `tauforge run` publishes under
 
 
-LOADS_COMPILED_KERNELS = True  # conftest.py starts this module's background work after others'
-
-
 def start_background(request):
     """`tauforge run --demo` publishing to an s3:// store, started at the session's first test
     (conftest.py), so that the other tests run while it does."""
