@@ -66,7 +66,7 @@ class NumbaBackend:
              rule: SplitRule) -> list[TreeArrays]:
         """Grow `trees`, one a thread on numba's thread count (NUMBA_NUM_THREADS): `grow_tree`
         releases the GIL. Threads here rather than a numba prange over trees, whose kernel had
-        LLVM optimize the whole grower a second time: a cold start compiled for 61 s then, 38 s
+        LLVM optimize the whole grower a second time: a cold start compiled for 61 s then, 33-39 s
         now, and fits take the same time (docs/benchmarks.md, "make run and make test")."""
         cap = max(numba_cpu.node_capacity(int((mom[t.estimation, 0] > 0).sum()), len(t.structure), len(t.estimation),
                                           rule.min_samples_leaf)
