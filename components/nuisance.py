@@ -115,7 +115,8 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     data's own), on `rows` only (a refuter's subset; default all), with `extra_control` as one
     more column the models see (a refuter's random common cause), with `treatment` (all rows) in
     place of the data's (a refuter's placebo)."""
-    from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, treatment_variance
+    from tauforge.kernels.ate import treatment_variance
+    from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
     a = data.arrays()
     rows = np.arange(len(a["Y"])) if rows is None else rows
@@ -147,7 +148,7 @@ def _known_propensity(data: ValidatedData, t_hat: np.ndarray) -> np.ndarray:
 @dataclass
 class Residuals:
     """Per row: fold, y_hat, t_hat, the residuals y_res = Y - y_hat, t_res = T - t_hat, and t_var,
-    the treatment's conditional variance V(x) (`kernels.nuisance.treatment_variance`); and the
+    the treatment's conditional variance V(x) (`kernels.ate.treatment_variance`); and the
     out-of-fold scores as lists in fold order."""
 
     frame: pd.DataFrame
@@ -173,7 +174,7 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
                   progress: bool | None = False) -> Residuals:
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
     treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines)."""
-    from tauforge.kernels.nuisance import treatment_variance
+    from tauforge.kernels.ate import treatment_variance
 
     n = len(data.table)
     pred = pd.concat([f.frame for f in folds], ignore_index=True).sort_values("row")

@@ -7,7 +7,7 @@ The average effect is the mean of the debiased (AIPW) score of the out-of-bag CA
 
 as grf's `average_treatment_effect` forms it. For a binary treatment V = e (1 - e) and psi is
 the doubly robust score of the ATE (EconML's `CausalForestDML.ate_`); for a continuous one V is
-a cross-fitted model of t~^2 (`kernels.nuisance.treatment_variance`) and the mean is the
+a cross-fitted model of t~^2 (`treatment_variance`) and the mean is the
 average partial effect E[tau(X)]. The partially linear estimate sum t~ y~ / sum t~^2 weights
 each row's effect by its treatment variance: it is kept under its own name,
 `variance_weighted_effect`, and is not the average effect when both vary with x.
@@ -35,6 +35,32 @@ def propensity_variance(t_hat: np.ndarray, min_propensity: float = MIN_PROPENSIT
 def floor_variance(v_hat: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
     """A continuous treatment's fitted V(x), floored at MIN_VARIANCE_SHARE of the (weighted) mean t~^2."""
     return np.maximum(v_hat, MIN_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight)))
+
+
+def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: np.ndarray, *, discrete: bool,
+                       seed: int, sample_weight: np.ndarray | None = None,
+                       min_propensity: float = MIN_PROPENSITY, progress: bool | None = False) -> np.ndarray:
+    """V(x) = Var[T | X, W] of every row, the denominator of the debiasing weights: e (1 - e) for a
+    binary treatment; for a continuous one, out-of-fold predictions on the folds `fold` of a model
+    of t~^2 = (T - t_hat)^2 (`nuisance.treatment_variance_model`; grf fits a regression forest to
+    the same target), floored (`floor_variance`). `progress` counts its folds (`kernels.progress`).
+    The model, and scikit-learn with it, loads only for a continuous treatment: the pipeline's step
+    that joins the folds needs neither for a binary one."""
+    if discrete:
+        return propensity_variance(t_hat, min_propensity)
+    from .nuisance import treatment_variance_model
+    from .progress import progress_bar
+
+    target = (T - t_hat) ** 2
+    v_hat = np.empty(len(T))
+    folds = np.unique(fold)
+    with progress_bar(len(folds), "fitting the treatment variance model", progress, unit="fold") as bar:
+        for k in folds:
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
+            v_hat[test] = treatment_variance_model(seed).fit(XW[train], target[train], **kw).predict(XW[test])
+            bar.update(1)
+    return floor_variance(v_hat, T - t_hat, sample_weight)
 
 
 def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
 from . import _inputs
-from .ate import MIN_PROPENSITY, average_effect, oob_effect, variance_weighted_effect
+from .ate import MIN_PROPENSITY, average_effect, oob_effect, treatment_variance, variance_weighted_effect
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .local_linear import DEFAULT_RIDGE
-from .nuisance import cross_fit, cross_fitting_folds, treatment_variance
+from .nuisance import cross_fit, cross_fitting_folds
 
 
 class CausalForestDML(BaseEstimator):

@@ -16,7 +16,6 @@ from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import SplineTransformer
 
-from .ate import MIN_PROPENSITY, floor_variance, propensity_variance
 from .progress import progress_bar, progress_steps
 
 # The default nuisance models' boosting settings (and the treatment variance model's).
@@ -273,27 +272,10 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
     return y_hat, t_hat, scores
 
 
-def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: np.ndarray, *, discrete: bool,
-                       seed: int, sample_weight: np.ndarray | None = None,
-                       min_propensity: float = MIN_PROPENSITY, progress: bool | None = False) -> np.ndarray:
-    """V(x) = Var[T | X, W] of every row, the denominator of the average effect's debiasing weights
-    (`kernels.ate`): e (1 - e) for a binary treatment; for a continuous one, out-of-fold
-    predictions on the folds `fold` of a model of t~^2 = (T - t_hat)^2 (grf fits a regression
-    forest to the same target), floored (`ate.floor_variance`). The model is
-    `AdditiveBoostingRegressor` with a Poisson loss (positive predictions), early-stopped as the
-    nuisance models are: boosted trees alone flatten V towards the edges of the data, and where V
-    is small the average effect's weights 1 / V magnify that error.
-    `progress` counts its folds (`kernels.progress`)."""
-    if discrete:
-        return propensity_variance(t_hat, min_propensity)
-    target = (T - t_hat) ** 2
-    v_hat = np.empty(len(T))
-    folds = np.unique(fold)
-    with progress_bar(len(folds), "fitting the treatment variance model", progress, unit="fold") as bar:
-        for k in folds:
-            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            model = AdditiveBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)
-            kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-            v_hat[test] = model.fit(XW[train], target[train], **kw).predict(XW[test])
-            bar.update(1)
-    return floor_variance(v_hat, T - t_hat, sample_weight)
+def treatment_variance_model(seed: int) -> AdditiveBoostingRegressor:
+    """The model of t~^2 = (T - t_hat)^2 behind a continuous treatment's V(x)
+    (`ate.treatment_variance`): `AdditiveBoostingRegressor` with a Poisson loss (positive
+    predictions), early-stopped as the nuisance models are: boosted trees alone flatten V towards
+    the edges of the data, and where V is small the average effect's weights 1 / V magnify that
+    error."""
+    return AdditiveBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -124,3 +126,43 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
     first, second = (cross_fit(X, Y, T, n_folds=3, discrete=True, seed=1, model_t=path) for _ in range(2))
     np.testing.assert_array_equal(first[1], second[1])  # seeded: the same propensities twice
     assert 0 < first[1].min() and first[1].max() < 1 and min(first[2]["t_auc"]) > 0.65  # one score per fold
+
+
+# What a task spends over a second loading and the step joining the folds needs only for a
+# continuous treatment's V(x) model (test_cli.py's HEAVY, torch and numba aside).
+MODEL_LIBRARIES = ("sklearn", "scipy.stats")
+JOIN_FOLDS = f"""import json, sys
+from tauforge.components.data import load_validated
+from tauforge.components.nuisance import FoldPredictions, combine_folds
+residuals = combine_folds(load_validated(sys.argv[1]), [FoldPredictions.load(p) for p in sys.argv[2:]], 3)
+print(json.dumps([residuals.column("t_var").tolist(), [m for m in {MODEL_LIBRARIES!r} if m in sys.modules]]))
+"""
+
+
+@pytest.mark.parametrize("design", ["simple", "continuous_hetero"])
+def test_the_step_joining_the_folds_loads_scikit_learn_only_for_a_continuous_treatments_variance_model(
+        tmp_path, design):
+    # The pipeline's combine step, as its task runs it (a fresh process reading the folds' outputs):
+    # a binary treatment's V(x) = e (1 - e) needs no model, and its task starts 1-1.5 s sooner
+    # without scikit-learn and scipy.stats; a continuous one fits V(x) and loads them.
+    import subprocess
+    import sys
+
+    from tauforge.components.data import DataSpec, demo_table, save_validated, validate
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+
+    table, _ = demo_table(n=400, p=4, seed=3, design=design)
+    data = validate(table, DataSpec(outcome="Y", treatment="T"))
+    model_t = "sklearn.linear_model.LogisticRegression" if design == "simple" else "auto"
+    nuisance = NuisanceConfig(model_y="sklearn.linear_model.LinearRegression", model_t=model_t, folds=2)
+    save_validated(data, str(tmp_path / "data"))
+    folds = [fit_nuisance_fold(data, k, nuisance, seed=3) for k in range(2)]
+    for k, fold in enumerate(folds):
+        fold.save(str(tmp_path / f"fold{k}"))
+    out = subprocess.run([sys.executable, "-c", JOIN_FOLDS, str(tmp_path / "data"), str(tmp_path / "fold0"),
+                          str(tmp_path / "fold1")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    t_var, loaded = json.loads(out.stdout.splitlines()[-1])
+    # The same V(x) as the join in this process, which has every library loaded.
+    np.testing.assert_allclose(t_var, combine_folds(data, folds, 3).column("t_var"), rtol=1e-12)
+    assert loaded == ([] if design == "simple" else list(MODEL_LIBRARIES)), loaded

@@ -14,7 +14,8 @@ from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
 from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
 from tauforge.components.refuters import EffectRefit, data_subset, placebo, random_common_cause
-from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, treatment_variance
+from tauforge.kernels.ate import treatment_variance
+from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
 TWO_FOLDS = NuisanceConfig(folds=2)
 SEED = 3
