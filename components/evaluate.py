@@ -34,12 +34,11 @@ from .graph import CausalGraph, card_section
 from .nuisance import NuisanceConfig, Residuals
 
 # The slow checks' relative costs, for evaluate's progress: in nuisance refits on every row (the
-# refuters' refits run first, side by side: the placebo's, three random common causes, five
-# subsets of 80% of the rows; then the placebo's forest counts as one). The other refuters only
-# average, and heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows);
-# the graph checks count only when a graph was given.
-EVALUATE_STEPS = {"refuters' nuisance refits": 8, "placebo refuter": 1, "random common cause refuter": 0,
-                  "data subset refuter": 0, "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
+# placebo's forest counts as one; the data subset refits five times on 80% of the rows).
+# Heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows); the graph
+# checks count only when a graph was given.
+EVALUATE_STEPS = {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 4,
+                  "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
 
 
 @dataclass(frozen=True)
@@ -170,14 +169,12 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
              nuisance: NuisanceConfig | None = None, progress: bool | None = False,
-             graph: CausalGraph | None = None, workers: int = 1) -> dict:
+             graph: CausalGraph | None = None) -> dict:
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
     refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
     `progress`: progress on stderr (`tauforge.kernels.progress`) counting every refit of the
     refuters, with an estimate of the time left. `graph`: the run's declared causal graph (None:
-    none was given), whose implications are tested on `data`'s table and which the report draws.
-    `workers`: processes the refuters' nuisance refits run in (forked from this one: the pipeline's
-    step passes its cores, `refuters.refit_workers`); the results do not depend on it."""
+    none was given), whose implications are tested on `data`'s table and which the report draws."""
     # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
     # by the command line before any task starts.
     from . import heterogeneity, refuters
@@ -192,9 +189,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     summary = estimate.summary
     costs = EVALUATE_STEPS if graph is not None else {**EVALUATE_STEPS, "graph checks": 0}
     with progress_steps("evaluate", costs, progress) as steps:
-        refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"), on_refit=steps.update,
-                                     workers=workers)
-        steps.run("refuters' nuisance refits", refit.prefetch, refuters.perturbations(refit, seed))
+        refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"), on_refit=steps.update)
         result = {
             "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                     "ate_interval", "alpha", "variance_weighted_effect",
@@ -328,14 +323,13 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
     from tauforge.components.evaluate import GateConfig, evaluate, metric_values
     from tauforge.components.graph import CausalGraph
     from tauforge.components.nuisance import NuisanceConfig, Residuals
-    from tauforge.components.refuters import refit_workers
     from tauforge.components.report import ReportHeader, render_report
 
     data = load_validated(dataset.path)
     result = evaluate(data, Residuals.load(residuals.path),
                       Estimate.load(estimate.path), GateConfig.from_json(gate), int(seed),
                       NuisanceConfig(model_y, model_t, int(n_folds)), progress=True,
-                      graph=CausalGraph.parse(graph) if graph else None, workers=refit_workers())
+                      graph=CausalGraph.parse(graph) if graph else None)
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
     header = ReportHeader(model=model_name, run_id=run_id, data_fingerprint=load_profile(dataset.path)["fingerprint"],

@@ -6,8 +6,6 @@ p-value above 0.01 at one seed); the false-alarm rates over many seeds are in
 tests/benchmarks/bench_refuters.py, where they cost minutes, not seconds.
 """
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,14 +13,7 @@ import pytest
 from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
 from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
-from tauforge.components.refuters import (
-    EffectRefit,
-    common_causes,
-    data_subset,
-    perturbations,
-    placebo,
-    random_common_cause,
-)
+from tauforge.components.refuters import EffectRefit, data_subset, placebo, random_common_cause
 from tauforge.kernels.ate import treatment_variance
 from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
@@ -123,41 +114,3 @@ def test_data_subset_passes_a_sound_pipeline_and_catches_an_estimate_that_moves_
     buggy = FullDataDenominator(data, TWO_FOLDS, SEED, refit.oob_cate)
     caught = data_subset(buggy, buggy.effect()[0], SEED)
     assert caught["p_value"] < 0.01 and caught["change"] == pytest.approx(-0.2 * summary["ate"], abs=0.1), caught
-
-
-class RecordsItsProcess(EffectRefit):
-    """The pipeline's refit, leaving a file named for the process that ran it in `log_dir`."""
-
-    log_dir = None
-
-    def residuals(self, rows, treatment, extra_control):
-        (self.log_dir / f"{os.getpid()}-{len(list(self.log_dir.iterdir()))}").touch()
-        return super().residuals(rows, treatment, extra_control)
-
-
-def test_refits_prefetched_in_two_forked_processes_give_the_serial_results_bit_for_bit(run, tmp_path):
-    # evaluate runs the refuters' nine refits side by side first (EffectRefit.prefetch); a refit is
-    # seeded by what it perturbs, so neither the processes nor their order may change a number.
-    data, summary, refit = run
-
-    def refute(r):
-        return (placebo(r, SEED), random_common_cause(r, summary["ate"], SEED), data_subset(r, summary["ate"], SEED))
-
-    serial = refute(refit)
-    costs = []
-    parallel = RecordsItsProcess(data, TWO_FOLDS, SEED, refit.oob_cate, refit.forest_params, on_refit=costs.append,
-                                 workers=2)
-    parallel.log_dir = tmp_path
-    parallel.prefetch(perturbations(parallel, SEED))
-    processes = {name.split("-")[0] for name in os.listdir(tmp_path)}
-    assert len(processes) == 2 and str(os.getpid()) not in processes, processes  # two others did the work
-    # Every refit counted as it arrived: the placebo's and the common causes' on every row, the
-    # subsets' on 80% of them; and all nine kept for the refuters, which find them.
-    assert costs == pytest.approx([1, 1, 1, 1, 0.8, 0.8, 0.8, 0.8, 0.8]) and len(parallel._prefetched) == 9
-    assert refute(parallel) == serial
-    assert not parallel._prefetched and costs[9:] == [1]  # only the placebo's forest was grown after
-    # A subclass's refit (here a planted defect) is what the forked processes run.
-    buggy = DropsTheLastControl(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2)
-    buggy.prefetch(perturbations(buggy, SEED)[1:2])
-    assert buggy._prefetched and buggy.effect(extra_control=common_causes(buggy, SEED)[0]) == \
-        DropsTheLastControl(data, TWO_FOLDS, SEED, refit.oob_cate).effect(extra_control=common_causes(buggy, SEED)[0])
