@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .progress import progress_bar
+
 # Propensities are clipped to [MIN_PROPENSITY, 1 - MIN_PROPENSITY] in the doubly robust score:
 # CausalForestDML's default, and what every step that re-estimates the ATE uses.
 MIN_PROPENSITY = 0.01
@@ -49,7 +51,6 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
     if discrete:
         return propensity_variance(t_hat, min_propensity)
     from .nuisance import treatment_variance_model
-    from .progress import progress_bar
 
     target = (T - t_hat) ** 2
     v_hat = np.empty(len(T))

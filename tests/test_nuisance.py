@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,8 +130,8 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
     assert 0 < first[1].min() and first[1].max() < 1 and min(first[2]["t_auc"]) > 0.65  # one score per fold
 
 
-# What a task spends over a second loading and the step joining the folds needs only for a
-# continuous treatment's V(x) model (test_cli.py's HEAVY, torch and numba aside).
+# The model libraries, 1-1.5 s of a task's start (test_cli.py's HEAVY without torch and numba):
+# the step joining the folds needs them only for a continuous treatment's V(x) model.
 MODEL_LIBRARIES = ("sklearn", "scipy.stats")
 JOIN_FOLDS = f"""import json, sys
 from tauforge.components.data import load_validated
@@ -145,9 +147,6 @@ def test_the_step_joining_the_folds_loads_scikit_learn_only_for_a_continuous_tre
     # The pipeline's combine step, as its task runs it (a fresh process reading the folds' outputs):
     # a binary treatment's V(x) = e (1 - e) needs no model, and its task starts 1-1.5 s sooner
     # without scikit-learn and scipy.stats; a continuous one fits V(x) and loads them.
-    import subprocess
-    import sys
-
     from tauforge.components.data import DataSpec, demo_table, save_validated, validate
     from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
 
