@@ -32,8 +32,8 @@ from .constants import DEFAULT_ALPHA, DEFAULT_TREES
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, Residuals, refit_residuals
 
-# The forest (and torch with it, over a second to load) is imported where a forest is grown or
-# loaded, so that a run's settings (BootstrapConfig, ESTIMATORS) are checked without it.
+# The forest (numba and scikit-learn with it, two seconds to load) is imported where a forest is
+# grown or loaded, so that a run's settings (BootstrapConfig, ESTIMATORS) are checked without it.
 if TYPE_CHECKING:
     from tauforge.kernels import CausalForest
 

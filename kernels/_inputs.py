@@ -4,15 +4,20 @@ Arrays arrive as NumPy, pandas, torch or CuPy and become float64 NumPy arrays on
 where binning happens (CuPy through DLPack); results go back in the caller's kind, to torch
 and CuPy zero-copy through DLPack. Every check names the argument and the problem, because a
 causal fit that silently drops rows or broadcasts a column is worse than one that stops.
+
+torch is imported only where a tensor, a CuPy array or a GPU is met: it takes over a second to
+load, and a CPU fit or prediction (the numba kernels) runs without it. An input can only be a
+tensor if the caller's process has loaded torch, so `is_tensor` asks `sys.modules`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,13 @@ class ArrayKind:
     """What the caller passed, so outputs can be returned in the same kind."""
 
     kind: str  # "numpy" | "torch" | "cupy"
-    device: torch.device
+    device: Any  # a torch.device for "torch" and "cupy", "cpu" for "numpy"
+
+
+def is_tensor(a: Any) -> bool:
+    """Whether `a` is a torch tensor, without importing torch (if it is not loaded, `a` is none)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor)
 
 
 def _is_cupy(a: Any) -> bool:
@@ -28,18 +39,24 @@ def _is_cupy(a: Any) -> bool:
 
 
 def array_kind(a: Any) -> ArrayKind:
-    if isinstance(a, torch.Tensor):
+    if is_tensor(a):
         return ArrayKind("torch", a.device)
     if _is_cupy(a):
+        import torch
+
         return ArrayKind("cupy", torch.device("cuda", a.device.id))
-    return ArrayKind("numpy", torch.device("cpu"))
+    return ArrayKind("numpy", "cpu")
 
 
 def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
     """A float64 host copy (or view) of `a`, with `ndim` dimensions (1 or 2)."""
-    if isinstance(a, torch.Tensor):
+    if is_tensor(a):
+        import torch
+
         a = a.detach().to("cpu", torch.float64).numpy()
     elif _is_cupy(a):
+        import torch
+
         a = torch.from_dlpack(a).detach().to("cpu", torch.float64).numpy()
     elif hasattr(a, "to_numpy"):  # pandas DataFrame / Series
         a = a.to_numpy()
@@ -60,13 +77,13 @@ def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def check_finite(arr: np.ndarray | torch.Tensor, name: str) -> None:
+def check_finite(arr: np.ndarray, name: str) -> None:
     """Raise naming the first non-finite entry (row, and column for 2-D inputs)."""
-    bad = ~torch.isfinite(torch.as_tensor(arr))
-    if bool(bad.any()):
-        first = torch.nonzero(bad)[0].tolist()
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
         where = f"row {first[0]}" + (f", column {first[1]}" if len(first) > 1 else "")
-        kind = "NaN" if bool(torch.isnan(torch.as_tensor(arr)).any()) else "infinite values"
+        kind = "NaN" if np.isnan(arr).any() else "infinite values"
         raise ValueError(f"{name} contains {kind} (first at {where}); impute or drop those rows first")
 
 
@@ -93,25 +110,45 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     return w
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' picks CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif isinstance(device, str) and (device == "cpu" or device.startswith("cuda")):
-        dev = torch.device(device)
-    else:
+def resolve_device(device: Any) -> str:
+    """The device's name, 'cpu' or 'cuda[:N]' (a torch.device is named by str()). 'auto' picks
+    CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
+    name = str(device) if is_tensor_device(device) else device
+    if name == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if not (isinstance(name, str) and (name == "cpu" or name == "cuda" or name.startswith("cuda:"))):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if name != "cpu" and not cuda_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'")
-    return dev
+    return name
+
+
+def is_tensor_device(device: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(device, torch.device)
+
+
+# Where one of these exists a GPU driver is loaded (NVIDIA's, ROCm's, WSL's); where none does,
+# torch's CUDA is unavailable too, and asking it would cost its import.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), without loading torch on a Linux machine with no GPU driver."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and not any(
+            os.path.exists(p) for p in _GPU_DRIVER_PATHS):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def as_output(values: np.ndarray, like: ArrayKind) -> Any:
     """Return `values` in the kind of array the caller passed (NumPy, torch or CuPy)."""
     if like.kind == "numpy":
         return values
+    import torch  # the caller passed a tensor or a CuPy array, so torch is installed
+
     t = torch.from_numpy(np.ascontiguousarray(values)).to(like.device)
     if like.kind == "torch":
         return t

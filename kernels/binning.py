@@ -14,9 +14,11 @@ fine edges, so the coarse split "coarse <= b" is the fine split "fine <= coarse_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
+
+from ._inputs import is_tensor
 
 MAX_BINS = 256
 FINE_BINS = 65536
@@ -103,11 +105,13 @@ class QuantileBinner:
             table[j, : len(c)] = c
         return table
 
-    def transform(self, X: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def transform(self, X: Any) -> Any:
         """uint16 fine codes of shape X.shape; a torch input gives an int32 tensor on its device."""
         if X.shape[1] != len(self.fine_edges_):
             raise ValueError(f"X has {X.shape[1]} columns, the forest was fit on {len(self.fine_edges_)}")
-        if isinstance(X, torch.Tensor):
+        if is_tensor(X):
+            import torch
+
             codes = torch.empty(X.shape, dtype=torch.int32, device=X.device)
             for j, e in enumerate(self.fine_edges_):
                 edges = torch.as_tensor(e, dtype=X.dtype, device=X.device)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numba
 import numpy as np
-import torch
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
 
@@ -118,7 +117,8 @@ class CausalForest(BaseEstimator):
     max_bins : int, default 256
         Quantile bins per covariate (2..256). grf and EconML split on exact values.
     device : {'auto', 'cpu', 'cuda'}, default 'auto'
-        'auto' uses CUDA when torch sees a GPU.
+        'auto' uses CUDA when torch sees a GPU. torch is loaded only for a GPU (or a tensor
+        input): a CPU forest runs on numba without it. `device_` names the device chosen.
     backend : {'auto', 'numba', 'torch'}, default 'auto'
         Kernels for the hot loops: numba on CPU, torch on GPU under 'auto'.
     random_state : int or None
@@ -237,7 +237,7 @@ class CausalForest(BaseEstimator):
         self._validate_params(X.shape[1])
         return X, T, y, w
 
-    def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: torch.device, backend,
+    def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
                     shard: tuple[int, int]) -> None:
         self.device_ = device
         self.n_features_in_ = X.shape[1]
@@ -386,18 +386,16 @@ class CausalForest(BaseEstimator):
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
-            valid = None if in_bag is None else torch.as_tensor(~in_bag[lo:lo + chunk])  # out-of-bag trees
+            valid = None if in_bag is None else backend.asarray(~in_bag[lo:lo + chunk])  # out-of-bag trees
             if correction is not None:
                 tau, var = local_linear_estimate(backend, ids, correction.leaf_moments,
-                                                 torch.as_tensor(z[lo:lo + chunk], device=ids.device),
-                                                 correction.ridge, group,
-                                                 None if valid is None else valid.to(ids.device), with_variance,
-                                                 monte_carlo)
+                                                 backend.asarray(z[lo:lo + chunk]), correction.ridge, group, valid,
+                                                 with_variance, monte_carlo)
             else:
                 tau, var = backend.estimate(ids, self.forest_, group, with_variance, valid, monte_carlo)
-            taus.append(tau.cpu().numpy())
+            taus.append(backend.to_numpy(tau))
             if var is not None:
-                variances.append(var.cpu().numpy())
+                variances.append(backend.to_numpy(var))
         tau = np.concatenate(taus) if taus else np.empty(0)
         if not with_variance:
             return tau, None

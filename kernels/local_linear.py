@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
-import torch
 
 from .backends.numba_cpu import local_linear_leaf_sums
-from .prediction import little_bag_variance
+from .prediction import array_lib, little_bag_variance
 
 MAX_AUTO_VARIABLES = 4
 # 'auto' leaves the correction off where its leaf moments could take more memory than this: they
@@ -156,55 +156,54 @@ class LocalLinearCorrection:
                                      np.concatenate([p.leaf_moments for p in parts]))
 
 
-def local_linear_estimate(backend, ids: torch.Tensor, leaf_moments: np.ndarray, z: torch.Tensor, ridge: float,
-                          ci_group_size: int, valid: torch.Tensor | None = None, with_variance: bool = True,
-                          monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, ridge: float, ci_group_size: int,
+                          valid: Any | None = None, with_variance: bool = True,
+                          monte_carlo: bool = False) -> tuple[Any, Any | None]:
     """Corrected tau and its variance per row from the rows' leaves `ids` (rows, trees), the
     forest's leaf moments (leaves, K) and the rows' standardized covariates z (rows, d), on
     `backend` (kernels.backends: its leaf_means and leaf_scores walk the (rows, trees, K) moments
     without gathering them, 600 MB for 10,000 rows and 500 trees); `valid` and `monte_carlo` as
-    in kernels.prediction.forest_estimate."""
+    in kernels.prediction.forest_estimate. Arrays of the backend's library (NumPy or torch)."""
     rows = ids.shape[0]
     d = z.shape[1]
     D = 2 * d + 2
     A = backend.leaf_means(ids, leaf_moments, valid)
-    dev, dtype = A.device, A.dtype
-    iu = torch.triu_indices(D, D, device=dev)
+    xp = array_lib(A)
+    like = {"dtype": A.dtype, "device": A.device}
+    iu = xp.asarray(np.stack(np.triu_indices(D)), device=A.device)
     n_tri = iu.shape[1]
     # Centring at z: u -> C u, C = blockdiag(c, c), c = [[1, 0], [-z, I]].
-    c = torch.eye(d + 1, dtype=dtype, device=dev).repeat(rows, 1, 1)
-    c[:, 1:, 0] = -z
-    C = torch.zeros(rows, D, D, dtype=dtype, device=dev)
-    C[:, : d + 1, : d + 1] = c
-    C[:, d + 1:, d + 1:] = c
+    C = xp.zeros((rows, D, D), **like) + xp.eye(D, **like)
+    C[:, 1:d + 1, 0] = -z
+    C[:, d + 2:, d + 1] = -z
     M_raw = _symmetric(A[:, :n_tri], iu, D)
-    M = C @ M_raw @ C.transpose(1, 2)
+    M = C @ M_raw @ C.swapaxes(1, 2)
     r = (C @ A[:, n_tri:, None])[..., 0]
-    penalized = torch.ones(D, dtype=dtype, device=dev)
+    penalized = xp.ones(D, **like)
     penalized[0] = penalized[d + 1] = 0.0  # intercept and effect: only the slopes are shrunk
-    trace = torch.diagonal(M, dim1=1, dim2=2).sum(dim=1) / D
-    M_pen = M + torch.diag_embed(ridge * trace[:, None] * penalized)
-    theta = torch.linalg.solve(M_pen, r)
+    trace = xp.einsum("rii->r", M) / D
+    M_pen = M + (ridge * trace[:, None] * penalized)[:, :, None] * xp.eye(D, **like)
+    theta = xp.linalg.solve(M_pen, r[..., None])[..., 0]
     tau = theta[:, d + 1]
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
     # psi_b = h' C ((r_raw_b - r_raw) - (M_raw_b - M_raw) C' theta): linear in tree b's moments.
-    e_tau = torch.zeros(rows, D, dtype=dtype, device=dev)
+    e_tau = xp.zeros((rows, D, 1), **like)
     e_tau[:, d + 1] = 1.0
-    h = (C.transpose(1, 2) @ torch.linalg.solve(M_pen.transpose(1, 2), e_tau)[..., None])[..., 0]
-    theta_raw = (C.transpose(1, 2) @ theta[..., None])[..., 0]
+    h = (C.swapaxes(1, 2) @ xp.linalg.solve(M_pen.swapaxes(1, 2), e_tau))[..., 0]
+    theta_raw = (C.swapaxes(1, 2) @ theta[..., None])[..., 0]
     outer = h[:, :, None] * theta_raw[:, None, :]
-    coef_tri = -(outer + outer.transpose(1, 2))[:, iu[0], iu[1]]
+    coef_tri = -(outer + outer.swapaxes(1, 2))[:, iu[0], iu[1]]
     diagonal = iu[0] == iu[1]
     coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
-    coef = torch.cat([coef_tri, h], dim=1)  # (rows, K)
+    coef = xp.concatenate([coef_tri, h], axis=1)  # (rows, K)
     psi = backend.leaf_scores(ids, leaf_moments, A, coef)
     return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo)
 
 
-def _symmetric(tri: torch.Tensor, iu: torch.Tensor, D: int) -> torch.Tensor:
+def _symmetric(tri: Any, iu: Any, D: int) -> Any:
     """(rows, D, D) from upper-triangle entries (rows, D (D + 1) / 2) in triu_indices order."""
-    M = tri.new_zeros(tri.shape[0], D, D)
+    M = array_lib(tri).zeros((tri.shape[0], D, D), dtype=tri.dtype, device=tri.device)
     M[:, iu[0], iu[1]] = tri
     M[:, iu[1], iu[0]] = tri
     return M

@@ -132,7 +132,7 @@ def test_every_leaf_holds_min_samples_leaf_distinct_estimation_rows_whatever_the
     for backend in ("numba", "torch"):
         forest = CausalForest(n_estimators=8, min_samples_leaf=3, linear_correction_variables=None, backend=backend,
                               random_state=1).fit(d.X, d.T - 0.5, d.Y, sample_weight=weights)
-        leaves = forest._backend.leaf_ids(forest._codes(d.X), forest.forest_).numpy()
+        leaves = forest._backend.leaf_ids(forest._codes(d.X), forest.forest_)
         for b, sample in enumerate(forest._sampler(1000).trees(0, 4)):
             rows_per_leaf = np.bincount(leaves[sample.estimation, b])
             assert rows_per_leaf[rows_per_leaf > 0].min() >= 3, backend

@@ -1,6 +1,8 @@
 """CausalForest and CausalForestDML behaviour: determinism, persistence, inputs, errors."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -66,7 +68,7 @@ def test_oob_predictions_use_only_trees_that_did_not_see_the_row(plain, data):
     assert in_bag.mean() == pytest.approx(plain.max_samples, abs=0.01)
     # The property itself, written out: each row's tau from the leaf means of exactly the trees
     # whose subsample left it out. Using every tree, or the in-bag ones, gives other numbers.
-    leaves = plain._backend.leaf_ids(plain._codes(d.X), plain.forest_).numpy()
+    leaves = plain._backend.leaf_ids(plain._codes(d.X), plain.forest_)
     values = plain.forest_.leaf_values.astype(np.float64)[leaves]  # (rows, trees, (t, y, ty, tt))
     for mask, should_match in ((~in_bag, True), (np.ones_like(in_bag), False), (in_bag, False)):
         A = (values * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
@@ -161,7 +163,7 @@ def test_sample_weights_change_the_fit_and_zero_weight_rows_are_ignored(data):
     np.testing.assert_allclose(garbage.predict(X), weighted.predict(X), rtol=1e-9, atol=1e-9)
     # Integer weights are repeated rows: weight 3 on rows 500-799 is three copies of each in the
     # leaf means (the subsamples differ, so compare the leaf moments of one fixed tree structure).
-    leaf = weighted._backend.leaf_ids(weighted._codes(d.X), weighted.forest_).numpy()[:, 0]
+    leaf = weighted._backend.leaf_ids(weighted._codes(d.X), weighted.forest_)[:, 0]
     est = weighted._sampler(len(t)).trees(0, 1)[0].estimation
     first = leaf[est] == leaf[est][0]
     rows = est[first]
@@ -339,3 +341,32 @@ def test_half_samples_on_an_odd_number_of_rows_are_drawn_whole():
     sampler = forest._sampler(301)
     assert sampler.subsample_size == sampler.half_size == 150
     assert forest.forest_.n_trees == 4
+
+
+
+# A CPU forest's whole life, as the pipeline's shard, merge and evaluate tasks and a model server
+# live it: the numba backend works on NumPy arrays, so torch (over a second of each such process's
+# start) never loads. The backends' agreement is test_local_linear's and test_kernels' concern.
+CPU_FOREST_LIFE = """import json, sys
+import numpy as np
+from tauforge.kernels import CausalForest
+from tauforge.kernels.datasets import make_causal_data
+d = make_causal_data("aw2", n=1500, p=4, seed=5)
+shards = [CausalForest(n_estimators=40, random_state=0).fit_shard(d.X, d.T - d.e, d.Y - d.m, shard=k, n_shards=2)
+          for k in range(2)]
+shards[1].save(sys.argv[1])
+forest = CausalForest.merge([shards[0], CausalForest.load(sys.argv[1])])
+tau, lower, upper = forest.predict_with_interval(d.X[:50])
+oob, oob_var = forest.oob_predict_and_var(d.X)
+print(json.dumps([forest.device_, forest.linear_correction_ is not None, bool(np.all(lower < upper)),
+                  float(np.isfinite(oob_var).mean()), "torch" in sys.modules]))
+"""
+
+
+def test_a_cpu_forest_grows_merges_loads_and_predicts_without_loading_torch(tmp_path):
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", CPU_FOREST_LIFE, str(tmp_path / "shard")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    device, corrected, ordered, oob_with_variance, torch_loaded = json.loads(out.stdout.splitlines()[-1])
+    assert (device, corrected, ordered, torch_loaded) == ("cpu", True, True, False)
+    assert oob_with_variance > 0.5  # the out-of-bag (gathered, NumPy) path ran and gave variances

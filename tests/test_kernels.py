@@ -146,7 +146,7 @@ def test_torch_sparse_levels_match_dense():
 def test_leaf_ids_agree_and_follow_the_splits():
     data, mom, trees = _problem(2000)
     forest = ForestArrays.from_trees(NumbaBackend().grow(data, mom, trees, RULES[0]))
-    ids_numba = NumbaBackend().leaf_ids(data.fine, forest).numpy()
+    ids_numba = NumbaBackend().leaf_ids(data.fine, forest)
     ids_torch = TorchBackend(torch.device("cpu")).leaf_ids(data.fine, forest).numpy()
     np.testing.assert_array_equal(ids_numba, ids_torch)
     # Walk tree 0 by hand for a few rows.
@@ -161,7 +161,7 @@ def test_estimation_leaves_are_each_trees_own_rows_in_their_leaves():
     """Both backends list, for every tree, exactly its estimation rows with the leaf each reaches."""
     data, mom, trees = _problem(2000)
     forest = ForestArrays.from_trees(NumbaBackend().grow(data, mom, trees, RULES[0]))
-    ids = NumbaBackend().leaf_ids(data.fine, forest).numpy()
+    ids = NumbaBackend().leaf_ids(data.fine, forest)
     expected = sorted((int(r), int(ids[r, b])) for b, t in enumerate(trees) for r in t.estimation)
     for backend in (NumbaBackend(), TorchBackend(torch.device("cpu"))):
         got = sorted((int(r), int(leaf)) for rows, leaves in backend.estimation_leaves(data.fine, forest, trees)
@@ -202,10 +202,11 @@ def test_forest_arrays_merge_and_tree_roundtrip():
 
 
 @pytest.mark.parametrize("group_size", [1, 2, 4, 8])
-def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
-    """The CPU kernel (rows in parallel, no gather) against forest_estimate in float64, on the
-    same leaves: tau, the debiased little-bag variance, and the Monte-Carlo variance (groups of
-    one tree included)."""
+def test_numba_estimate_equals_the_prediction_strategy_in_torch_and_numpy(group_size):
+    """The CPU kernel (rows in parallel, no gather) against forest_estimate in float64 on torch
+    tensors (the GPU path) and on NumPy arrays (the CPU's out-of-bag path), on the same leaves:
+    tau, the debiased little-bag variance, and the Monte-Carlo variance (groups of one tree
+    included)."""
     from tauforge.kernels import CausalForest
 
     d = make_causal_data("simple", n=3000, p=4, seed=3)
@@ -215,18 +216,21 @@ def test_numba_estimate_equals_the_torch_prediction_strategy(group_size):
     ids = NumbaBackend().leaf_ids(forest._codes(X), forest.forest_)
     with_variance = group_size > 1
     tau, var = NumbaBackend().estimate(ids, forest.forest_, group_size, with_variance)
-    values = torch.as_tensor(forest.forest_.leaf_values)[ids].to(torch.float64)
-    ref_tau, ref_var = forest_estimate(values, group_size, None, with_variance)
-    np.testing.assert_allclose(tau.numpy(), ref_tau.numpy(), rtol=1e-12, atol=1e-12)
-    if with_variance:
-        np.testing.assert_allclose(var.numpy(), ref_var.numpy(), rtol=1e-9)
-        assert (var > 0).all()
-    else:
-        assert var is None and ref_var is None
     _, mc = NumbaBackend().estimate(ids, forest.forest_, group_size, True, monte_carlo=True)
-    _, ref_mc = forest_estimate(values, group_size, None, True, monte_carlo=True)
-    np.testing.assert_allclose(mc.numpy(), ref_mc.numpy(), rtol=1e-9)
     assert (mc > 0).all()
+    if with_variance:
+        assert (var > 0).all()
+    gathered = forest.forest_.leaf_values[ids].astype(np.float64)
+    for values in (torch.as_tensor(gathered), gathered):
+        ref_tau, ref_var = forest_estimate(values, group_size, None, with_variance)
+        assert isinstance(ref_tau, type(values))  # computed in the library it was given
+        np.testing.assert_allclose(tau, np.asarray(ref_tau), rtol=1e-12, atol=1e-12)
+        if with_variance:
+            np.testing.assert_allclose(var, np.asarray(ref_var), rtol=1e-9)
+        else:
+            assert var is None and ref_var is None
+        _, ref_mc = forest_estimate(values, group_size, None, True, monte_carlo=True)
+        np.testing.assert_allclose(mc, np.asarray(ref_mc), rtol=1e-9)
 
 
 def test_compact_forest_saves_no_pointers_and_rebuilds_them_exactly():

@@ -39,12 +39,11 @@ def test_without_covariates_the_correction_is_the_forest_itself():
                                       len(forest.forest_.leaf_values))
     X_test = _steep(300, 1)[0]
     ids = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
-    tau_ll, var_ll = local_linear_estimate(forest._backend, ids, plain.leaf_moments,
-                                           torch.zeros(300, 0, dtype=torch.float64), 0.1, 2)
-    tau, var = forest_estimate(torch.as_tensor(forest.forest_.leaf_values)[ids].double(), 2)
+    tau_ll, var_ll = local_linear_estimate(forest._backend, ids, plain.leaf_moments, np.zeros((300, 0)), 0.1, 2)
+    tau, var = forest_estimate(forest.forest_.leaf_values[ids].astype(np.float64), 2)
     # Leaf means are float32 in both, summed in a different order: agreement to float32 precision.
-    np.testing.assert_allclose(tau_ll.numpy(), tau.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(var_ll.numpy(), var.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(tau_ll, tau, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var_ll, var, rtol=1e-3)
 
 
 def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_weights():
@@ -54,8 +53,8 @@ def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_we
     X_test = _steep(25, 3)[0]
     got = forest.predict(X_test)
     samples = forest._sampler(len(t)).trees(0, 10)
-    train_leaf = forest._backend.leaf_ids(forest._codes(X), forest.forest_).numpy()
-    test_leaf = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_).numpy()
+    train_leaf = forest._backend.leaf_ids(forest._codes(X), forest.forest_)
+    test_leaf = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
     Z = (X[:, [0, 2]] - X[:, [0, 2]].mean(axis=0)) / X[:, [0, 2]].std(axis=0)
     Z_test = (X_test[:, [0, 2]] - X[:, [0, 2]].mean(axis=0)) / X[:, [0, 2]].std(axis=0)
     for k in range(len(X_test)):

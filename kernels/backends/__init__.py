@@ -4,6 +4,10 @@ turn those leaves into effects and variances.
 `TorchBackend` runs on any torch device (the CUDA path, also exercised on CPU by the tests);
 `NumbaBackend` is the CPU path, chosen on CPU because it measures faster there
 (docs/benchmarks.md). Both grow the same trees from the same samples and keys.
+
+A backend's arrays are of its own library: NumPy for numba, torch tensors on the device for
+torch (`asarray` makes one, `to_numpy` brings one back). So a CPU process never loads torch,
+over a second of every pipeline task's and model server's start.
 """
 
 from __future__ import annotations
@@ -11,18 +15,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
-import torch
 
+from .._inputs import resolve_device
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
-from ..prediction import debias_between_group_variance, forest_estimate, monte_carlo_variance, tree_average
+from ..prediction import as_float64, debias_between_group_variance, forest_estimate, monte_carlo_variance, tree_average
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
-from .torch_level import TorchLevelGrower, leaf_ids_torch
+
+if TYPE_CHECKING:
+    import torch
 
 _TREES_PER_BLOCK = 64  # estimation_leaves: trees per block of (row, leaf) pairs
 # Leaf walks of many rows work on chunks of rows. The walk streams every tree through the cache
@@ -53,7 +60,7 @@ def release_free_heap() -> None:
 
 class NumbaBackend:
     name = "numba"
-    device = torch.device("cpu")
+    device = "cpu"
 
     def __init__(self, move_rows_bytes: int = numba_cpu.MOVE_ROWS_BYTES):
         self.move_rows_bytes = move_rows_bytes  # nodes with more bytes of rows move them (numba_cpu)
@@ -103,11 +110,19 @@ class NumbaBackend:
         return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
                            leaf[t, :nl].copy()) for t, (nn, nl, _) in enumerate(counts)]
 
-    def leaf_ids(self, fine: np.ndarray, forest: ForestArrays) -> torch.Tensor:
+    @staticmethod
+    def asarray(a: Any) -> np.ndarray:
+        return np.asarray(a)
+
+    @staticmethod
+    def to_numpy(a: np.ndarray) -> np.ndarray:
+        return a
+
+    def leaf_ids(self, fine: np.ndarray, forest: ForestArrays) -> np.ndarray:
         out = np.empty((fine.shape[0], forest.n_trees), dtype=np.int64)
         numba_cpu.leaf_ids(np.ascontiguousarray(fine), forest.feature, forest.threshold, forest.child,
                            forest.roots, out)
-        return torch.from_numpy(out)
+        return out
 
     def estimation_leaves(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
         """(training row, global leaf row) of every tree's estimation rows, in blocks of trees:
@@ -122,58 +137,73 @@ class NumbaBackend:
                                    forest.roots[lo:lo + len(block)], rows, offsets, leaves)
             yield rows, leaves
 
-    def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
-                 valid: torch.Tensor | None = None,
-                 monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def estimate(self, ids: np.ndarray, forest: ForestArrays, ci_group_size: int, with_variance: bool,
+                 valid: np.ndarray | None = None,
+                 monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """forest_estimate (kernels/prediction.py), row by row in one kernel when every tree
-        counts: the torch version's (rows, trees, 4) float64 gather and temporaries cost 3-4x the
-        leaf walk itself on a CPU. Out-of-bag rows (`valid`) take the torch version."""
+        counts: the (rows, trees, 4) float64 gather and temporaries cost 3-4x the leaf walk
+        itself on a CPU. Out-of-bag rows (`valid`) take the gathered version."""
         if valid is not None:
-            return gathered_estimate(torch.as_tensor(forest.leaf_values), ids, ci_group_size, with_variance, valid,
-                                     monte_carlo)
+            return gathered_estimate(forest.leaf_values, ids, ci_group_size, with_variance, valid, monte_carlo)
         wanted = with_variance and ci_group_size >= (1 if monte_carlo else 2)
         out = np.empty((ids.shape[0], 4))
-        numba_cpu.forest_moments(ids.numpy(), forest.leaf_values, int(ci_group_size if wanted else 0), out)
-        tau = torch.from_numpy(out[:, 0])
+        numba_cpu.forest_moments(ids, forest.leaf_values, int(ci_group_size if wanted else 0), out)
+        tau = out[:, 0]
         if not wanted:
             return tau, None
-        n_groups = torch.full_like(tau, float(forest.n_trees // ci_group_size))
-        between = torch.from_numpy(out[:, 1])
+        n_groups = np.full_like(tau, float(forest.n_trees // ci_group_size))
+        between = out[:, 1]
         if monte_carlo:
             var = monte_carlo_variance(between, n_groups)
         else:
-            var = debias_between_group_variance(between, torch.from_numpy(out[:, 2]), n_groups)
-        return tau, var / torch.from_numpy(out[:, 3]) ** 2
+            var = debias_between_group_variance(between, out[:, 2], n_groups)
+        return tau, var / out[:, 3] ** 2
 
-    def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def leaf_means(self, ids: np.ndarray, table: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Per row, the mean over its (valid) trees of table[leaf] (rows, K) in float64:
         kernels.prediction.tree_average of the gathered rows, without gathering them."""
         out = np.empty((ids.shape[0], table.shape[1]))
-        mask = np.empty((0, 0), dtype=np.bool_) if valid is None else valid.numpy()
-        numba_cpu.leaf_means(ids.numpy(), table, mask, valid is not None, out)
-        return torch.from_numpy(out)
+        mask = np.empty((0, 0), dtype=np.bool_) if valid is None else valid
+        numba_cpu.leaf_means(ids, table, mask, valid is not None, out)
+        return out
 
-    def leaf_scores(self, ids: torch.Tensor, table: np.ndarray, center: torch.Tensor,
-                    coef: torch.Tensor) -> torch.Tensor:
+    def leaf_scores(self, ids: np.ndarray, table: np.ndarray, center: np.ndarray, coef: np.ndarray) -> np.ndarray:
         """(rows, trees): (table[leaf of row r in tree t] - center[r]) . coef[r], in float64."""
         out = np.empty(tuple(ids.shape))
-        numba_cpu.leaf_scores(ids.numpy(), table, center.numpy(), coef.numpy(), out)
-        return torch.from_numpy(out)
+        numba_cpu.leaf_scores(ids, table, np.ascontiguousarray(center), np.ascontiguousarray(coef), out)
+        return out
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: Any):
+        import torch
+
+        self.device = torch.device(device)
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
         self._table: tuple[np.ndarray, torch.Tensor] | None = None
 
+    def asarray(self, a: Any) -> torch.Tensor:
+        import torch
+
+        return torch.as_tensor(a, device=self.device)
+
+    @staticmethod
+    def to_numpy(a: torch.Tensor) -> np.ndarray:
+        return a.cpu().numpy()
+
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
-        return TorchLevelGrower(self.device).grow(data, torch.as_tensor(mom, device=self.device), trees, rule)
+        from .torch_level import TorchLevelGrower
+
+        return TorchLevelGrower(self.device).grow(data, self.asarray(mom), trees, rule)
 
     def leaf_ids(self, fine: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:
+        import torch
+
+        from .torch_level import leaf_ids_torch
+
         if self._forest_cache is None or self._forest_cache[0] is not forest:
             to = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)  # noqa: E731
             self._forest_cache = (forest, (to(forest.feature), to(forest.threshold), to(forest.child),
@@ -199,17 +229,19 @@ class TorchBackend:
     def _on_device(self, table: np.ndarray) -> torch.Tensor:
         """A leaf table (leaf values or moments) on the device, copied once per table."""
         if self._table is None or self._table[0] is not table:
-            self._table = (table, torch.as_tensor(table, device=self.device))
+            self._table = (table, self.asarray(table))
         return self._table[1]
 
     def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
         """NumbaBackend.leaf_means, on the gathered rows (the device's way)."""
-        return tree_average(self._on_device(table)[ids].to(torch.float64), valid)
+        return tree_average(as_float64(self._on_device(table)[ids]), valid)
 
     def leaf_scores(self, ids: torch.Tensor, table: np.ndarray, center: torch.Tensor,
                     coef: torch.Tensor) -> torch.Tensor:
         """NumbaBackend.leaf_scores, on the gathered rows."""
-        values = self._on_device(table)[ids].to(torch.float64)
+        import torch
+
+        values = as_float64(self._on_device(table)[ids])
         return torch.einsum("rtk,rk->rt", values - center[:, None, :], coef)
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
@@ -219,23 +251,21 @@ class TorchBackend:
                                  monte_carlo)
 
 
-def gathered_estimate(leaf_values: torch.Tensor, ids: torch.Tensor, ci_group_size: int, with_variance: bool,
-                      valid: torch.Tensor | None,
-                      monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """forest_estimate on the (rows, trees, 4) gather of the rows' leaves, on leaf_values' device
-    (float32 leaves, float64 sums)."""
-    device = leaf_values.device
-    values = leaf_values[ids.to(device)].to(torch.float64)
-    return forest_estimate(values, ci_group_size, None if valid is None else valid.to(device), with_variance,
-                           monte_carlo)
+def gathered_estimate(leaf_values: Any, ids: Any, ci_group_size: int, with_variance: bool, valid: Any | None,
+                      monte_carlo: bool = False) -> tuple[Any, Any | None]:
+    """forest_estimate on the (rows, trees, 4) gather of the rows' leaves (float32 leaves,
+    float64 sums); leaf_values, ids and valid of one library and device."""
+    return forest_estimate(as_float64(leaf_values[ids]), ci_group_size, valid, with_variance, monte_carlo)
 
 
-def get_backend(backend: str, device: torch.device):
-    """'auto' is numba on CPU and torch elsewhere."""
+def get_backend(backend: str, device: Any):
+    """'auto' is numba on CPU and torch elsewhere; `device` as `resolve_device` names it (or a
+    torch.device)."""
+    device = resolve_device(device)
     if backend == "auto":
-        backend = "numba" if device.type == "cpu" else "torch"
+        backend = "numba" if device == "cpu" else "torch"
     if backend == "numba":
-        if device.type != "cpu":
+        if device != "cpu":
             raise ValueError(f"backend='numba' runs on the CPU only, but device={device}; use backend='torch'")
         return NumbaBackend()
     if backend == "torch":
