@@ -157,6 +157,14 @@ def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, ta
     (`least` = alpha times the parent's sum of squares); without `counts_known` the row counts
     are left to `_pick`; each child needs min_leaf_e estimation rows (0 where the caller has
     checked them: `_scan_fine`). Branch-free, so that the loops calling it vectorize."""
+    s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
+    return score_from_sum(s, lN, lSt, lStt, lE, lLo, lHi, tot, least, counts_known, min_leaf, min_leaf_e, penalty)
+
+
+@njit(inline="always", error_model="numpy")
+def score_from_sum(s, lN, lSt, lStt, lE, lLo, lHi, tot, least, counts_known, min_leaf, min_leaf_e, penalty):
+    """`candidate_score` given the left child's sum of pseudo-outcomes s (its split statistic):
+    s^2 (1 / N_L + 1 / N_R), since the right child's sum is -s."""
     tN, tE, tSt, tStt, tLo, tHi = tot[N], tot[E], tot[ST], tot[STT], tot[LO], tot[HI]
     rN = tN - lN
     rSt = tSt - lSt
@@ -164,7 +172,6 @@ def candidate_score(lN, lSt, lSy, lSty, lStt, lE, lLo, lHi, tot, least, a, b, ta
     inv_r = 1.0 / rN
     size_l = lStt - lSt * lSt * inv_l
     size_r = (tStt - lStt) - rSt * rSt * inv_r
-    s = lSty - b * lSt - a * lSy + a * b * lN - tau * (lStt - 2.0 * a * lSt + a * a * lN)
     score = s * s * (inv_l + inv_r)
     if penalty > 0.0:
         score -= penalty * (1.0 / size_l + 1.0 / size_r)
@@ -322,9 +329,10 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
                e_row, e_codes, e_order, counts, scratch):
     """Fill the local buffers from a fine root's rows; return the numbers of structure and
     estimation rows. Structure row q: local[q] = (w, wt, wy, wty, wtt, -, t = wt / w, -) (columns
-    5 and 7 unused: 8 columns keep a row in one cache line), its fine codes in local_codes[:, q],
-    order[j] = the structure rows by fine code j. Estimation row q: its index into mom_e in
-    e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by code j."""
+    5 and 7 are each node's, `_fine_pseudo_outcomes`: 8 columns keep a row in one cache line), its
+    fine codes in local_codes[:, q], order[j] = the structure rows by fine code j. Estimation row
+    q: its index into mom_e in e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by
+    code j."""
     p = fine_s.shape[1]
     m = 0
     for ii in range(s_lo, s_hi):
@@ -352,6 +360,30 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
 
 
 @njit(error_model="numpy")
+def _fine_pseudo_outcomes(local, rows, lo, hi, a, b, tau):
+    """For the structure rows q = rows[lo:hi] of a fine node: local[q, 5] = the pseudo-outcome
+    w (t - a)((y - b) - tau (t - a)) from the row's weighted moments, whose sum over a child is
+    its split statistic (grf's relabeling, kernels.splitting), and local[q, 7] = 1 where t < a
+    (the row counts on each side of the parent's mean), else 0. Once per node, so that the sweep
+    of every candidate feature adds two channels where it would add four."""
+    for k in range(lo, hi):
+        q = rows[k]
+        w, wt, wy, wty, wtt = local[q, 0], local[q, 1], local[q, 2], local[q, 3], local[q, 4]
+        local[q, 5] = wty - b * wt - a * wy + a * b * w - tau * (wtt - 2.0 * a * wt + a * a * w)
+        local[q, 7] = np.float64(local[q, 6] < a)
+
+
+@njit(error_model="numpy")
+def _score_fine_candidates(cum, n, tot, min_leaf, alpha, penalty, out):
+    """Scores of n fine candidates into out[:n] from the sweep's sums, cum[:, i] = (N, St, -, -,
+    Stt, pseudo-outcome sum, rows below the parent's mean, rows) of the left child."""
+    least = alpha * (tot[STT] - tot[ST] * tot[ST] / tot[N])
+    for i in range(n):
+        out[i] = score_from_sum(cum[5, i], cum[0, i], cum[1, i], cum[4, i], 0.0, cum[6, i], cum[7, i] - cum[6, i],
+                                tot, least, True, min_leaf, 0.0, penalty)
+
+
+@njit(error_model="numpy")
 def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, a, b, tau, min_leaf,
                alpha, penalty, cum, cand_j, cand_k, cand_s, block_start, block_max):
     """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
@@ -360,7 +392,8 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
     scores are complete. Returns the number of candidates, in (feature, code) order.
 
     One feature at a time: its sweep over the structure rows [lo, hi) writes the candidates' sums
-    into `cum` (8, small_node; row 5, the estimation rows, stays 0), which `score_candidates` reads
+    (`_score_fine_candidates`: of the rows' pseudo-outcomes, `_fine_pseudo_outcomes`, and what
+    admissibility needs) into `cum` (8, small_node), which `_score_fine_candidates` reads
     while it is still in cache; only the scores of all features are kept (`_fine_left_sums`
     recomputes the winner's sums), with each feature's first candidate and best score in
     block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
@@ -368,6 +401,7 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
     exactly when it is at least the code of the ceil(min_leaf)-th smallest and below that of the
     ceil(min_leaf)-th largest. The sweep appends without branching: every row writes a slot, and
     the count only advances after the last row of a code with both children big enough."""
+    _fine_pseudo_outcomes(local, order[0], lo, hi, a, b, tau)
     k_e = max(math.ceil(min_leaf), 0)
     n_cand = 0
     for j in range(local_codes.shape[0]):
@@ -381,34 +415,31 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
         if k_e > 0:
             lowest = np.int64(e_codes[j, e_order[j, e_lo + k_e - 1]])
             highest = np.int64(e_codes[j, e_order[j, e_hi - k_e]])
-        c0 = c1 = c2 = c3 = c4 = c6 = c7 = 0.0
+        c0 = c1 = c4 = c5 = c6 = c7 = 0.0
         n = np.uint64(0)
         # Unsigned indices: numba checks every signed index for wraparound (a negative index counts
         # from the end), which costs a fifth of this loop.
         for k in range(np.uint64(lo), np.uint64(hi - 1)):
             q = np.uint64(rows[k])
-            below = np.float64(local[q, 6] < a)
             c0 += local[q, 0]
             c1 += local[q, 1]
-            c2 += local[q, 2]
-            c3 += local[q, 3]
             c4 += local[q, 4]
-            c6 += below
-            c7 += 1.0 - below
+            c5 += local[q, 5]
+            c6 += local[q, 7]
+            c7 += 1.0
             code = col[q]
             boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
             cand_k[n_cand + n] = code
             cum[0, n] = c0
             cum[1, n] = c1
-            cum[2, n] = c2
-            cum[3, n] = c3
             cum[4, n] = c4
+            cum[5, n] = c5
             cum[6, n] = c6
             cum[7, n] = c7
             keep = boundary & (code >= lowest) & (code < highest)
             n += np.uint64(keep)
         n = np.int64(n)
-        score_candidates(cum, n, tot, a, b, tau, True, min_leaf, 0.0, alpha, penalty, cand_s[n_cand:])
+        _score_fine_candidates(cum, n, tot, min_leaf, alpha, penalty, cand_s[n_cand:])
         cand_j[n_cand:n_cand + n] = j
         best = -np.inf
         for i in range(n_cand, n_cand + n):
@@ -622,7 +653,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     e_row = np.empty(small_node, dtype=np.int64)
     e_codes = np.empty((p, small_node), dtype=np.uint16)
     e_order = np.empty((p, small_node), dtype=np.int32)
-    fine_cum = np.zeros((8, small_node))  # row 5 (estimation rows) stays 0: see _scan_fine
+    fine_cum = np.zeros((8, small_node))  # the fine candidates' sums: see _scan_fine
     block_start = np.empty(p, dtype=np.int64)
     block_max = np.empty(p)
     counts = np.empty(257, dtype=np.int64)
