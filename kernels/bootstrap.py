@@ -136,12 +136,9 @@ def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np
     spread = np.var(draws, axis=0, ddof=1)
     if noise is None:
         return spread
-    import torch
-
     from .prediction import debias_between_group_variance
 
-    return debias_between_group_variance(torch.as_tensor(spread), torch.as_tensor(noise.mean(axis=0)),
-                                         torch.full(spread.shape, float(draws.shape[0]), dtype=torch.float64)).numpy()
+    return debias_between_group_variance(spread, noise.mean(axis=0), np.full(spread.shape, float(draws.shape[0])))
 
 
 def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,

@@ -81,7 +81,7 @@ class TrainingConfig:
                           f"got {self.trees}")
         if not (isinstance(self.device, str) and self.device.split(":")[0] in DEVICES):
             fail("device", f"must be one of auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.forest_options:  # kernels.forest loads numba and scikit-learn (2 s): only when there is something to check
+        if self.forest_options:  # kernels.forest loads numba and scikit-learn (2 s): only if there is a check
             from tauforge.kernels.forest import FOREST_PARAMS
 
             unknown = sorted(set(self.forest_options) - (set(FOREST_PARAMS) - {"n_estimators", "device"}))
