@@ -113,7 +113,7 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
 def resolve_device(device: Any) -> str:
     """The device's name, 'cpu' or 'cuda[:N]' (a torch.device is named by str()). 'auto' picks
     CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
-    name = str(device) if is_tensor_device(device) else device
+    name = str(device) if _is_torch_device(device) else device
     if name == "auto":
         return "cuda" if cuda_available() else "cpu"
     if not (isinstance(name, str) and (name == "cpu" or name == "cuda" or name.startswith("cuda:"))):
@@ -123,7 +123,8 @@ def resolve_device(device: Any) -> str:
     return name
 
 
-def is_tensor_device(device: Any) -> bool:
+def _is_torch_device(device: Any) -> bool:
+    """Whether `device` is a torch.device, without importing torch (as `is_tensor`)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(device, torch.device)
 
