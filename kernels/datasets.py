@@ -64,9 +64,6 @@ def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: i
         m = X[:, 1] + tau * e
         Y = m + (T - e) * tau + rng.normal(size=n)
         return CausalData(X, T, Y, tau, e, m, design)
-    from scipy.stats import beta  # here: the CLI imports DESIGNS for every command, scipy.stats takes 0.6 s
-
-    confounded = (1 + beta.pdf(X[:, 0], 2, 4)) / 4
     if design == "simple":
         tau = np.maximum(X[:, 0], 0)
         e = 0.4 + 0.2 * (X[:, 0] > 0)
@@ -75,14 +72,20 @@ def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: i
         tau = 1 + np.maximum(X[:, 0], 0)
         e = 1 / (1 + np.exp(1.8 - X[:, 0] - X[:, 1]))
         base = 2 * X[:, 0] + X[:, 1]
-    elif design == "aw1":
-        tau, e, base = np.zeros(n), confounded, 2 * X[:, 0] - 1
     elif design == "aw2":
         tau, e, base = _zeta(X[:, 0]) * _zeta(X[:, 1]), np.full(n, 0.5), np.zeros(n)
-    elif design == "aw3":
-        tau, e, base = _zeta(X[:, 0]) * _zeta(X[:, 1]), confounded, 2 * X[:, 0] - 1
-    else:  # constant
-        tau, e, base = np.ones(n), confounded, 2 * X[:, 0] - 1
+    else:
+        # Here, for the designs that need it: the CLI imports DESIGNS for every command, and the
+        # demo's data ('simple') for every demo run; scipy.stats takes 0.6 s to load.
+        from scipy.stats import beta
+
+        confounded = (1 + beta.pdf(X[:, 0], 2, 4)) / 4
+        if design == "aw1":
+            tau, e, base = np.zeros(n), confounded, 2 * X[:, 0] - 1
+        elif design == "aw3":
+            tau, e, base = _zeta(X[:, 0]) * _zeta(X[:, 1]), confounded, 2 * X[:, 0] - 1
+        else:  # constant
+            tau, e, base = np.ones(n), confounded, 2 * X[:, 0] - 1
     m = base + e * tau
     T = rng.binomial(1, e).astype(np.float64)
     Y = m + (T - e) * tau + rng.normal(size=n)
