@@ -13,6 +13,9 @@ DEFAULT_MODEL_NAME = "tauforge-model"
 # Estimation defaults of a training run (the engine's CausalForest defaults too).
 DEFAULT_TREES = 1000
 DEFAULT_FOLDS = 5
+# The pipeline tasks the folds are spread over: a task's start (its libraries, a second and more)
+# costs more than a fold's fit on the demo's 5,000 rows, and two tasks fill two cores.
+DEFAULT_FOLD_TASKS = 2
 DEFAULT_ALPHA = 0.05  # 1 - the confidence level of every interval reported
 
 # Positivity: estimated propensities outside this range are flagged in evaluation (and gated)
@@ -31,6 +34,6 @@ MONITOR_ALPHA = 0.01
 PSI_ALERT = 0.25
 REFERENCE_ROWS = 5000
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE", "DEFAULT_TREES",
-           "LEAK_WARNING_R2", "MIN_PROPENSITY", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS",
-           "SMD_WARNING", "STORE_ENV"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE",
+           "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT",
+           "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV"]

@@ -1,4 +1,5 @@
-"""Cross-fitted nuisance models, one fold per call, so folds can run as parallel tasks.
+"""Cross-fitted nuisance models, one fold per call, so folds can run as parallel tasks (each task
+one fold or several: `nuisance_folds`).
 
 `fit_nuisance_fold` fits E[Y | X, W] and E[T | X, W] on every fold but one and predicts the
 held-out fold; `combine_folds` checks the folds cover every row once and forms the residuals
@@ -83,6 +84,25 @@ class FoldPredictions:
         with open(os.path.join(path, "scores.json")) as f:
             meta = json.load(f)
         return cls(meta["fold"], pd.read_parquet(os.path.join(path, "predictions.parquet")), meta["scores"])
+
+    @staticmethod
+    def task_path(path: str, fold: int) -> str:
+        """Where a fold task writing to `path` saves fold `fold` (`nuisance_folds`)."""
+        return os.path.join(path, f"fold-{fold}")
+
+    @classmethod
+    def load_task(cls, path: str) -> list["FoldPredictions"]:
+        """The folds one fold task saved under `path`."""
+        return [cls.load(os.path.join(path, name)) for name in sorted(os.listdir(path)) if name.startswith("fold-")]
+
+
+def folds_of_task(task: int, n_tasks: int, n_folds: int) -> list[int]:
+    """The folds task `task` of `n_tasks` fits: task, task + n_tasks, ... (each fold in one task)."""
+    if not 1 <= n_tasks <= n_folds:
+        raise ValueError(f"fold tasks must be between 1 and the {n_folds} folds, got {n_tasks}")
+    if not 0 <= task < n_tasks:
+        raise ValueError(f"task must be in [0, {n_tasks}), got {task}")
+    return list(range(task, n_folds, n_tasks))
 
 
 def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, seed: int,
@@ -198,34 +218,38 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
 
 # ----------------------------------------------------------------------------- KFP components
 @component
-def nuisance_fold(dataset: Input[Dataset], fold: int, n_folds: int, seed: int, model_y: str,
-                  model_t: str, predictions: Output[Dataset]):
-    """Fit the nuisance models without fold `fold`; write its out-of-fold predictions and scores."""
+def nuisance_folds(dataset: Input[Dataset], task: int, n_tasks: int, n_folds: int, seed: int, model_y: str,
+                   model_t: str, predictions: Output[Dataset]):
+    """Fit the nuisance models without each of the folds task, task + n_tasks, ... in turn; write each
+    fold's out-of-fold predictions and scores. Several folds to a task, because a task's start (its
+    libraries: a second and more) costs more than a fold's fit on small data."""
     import time
 
     from tauforge.components.data import load_validated
-    from tauforge.components.nuisance import NuisanceConfig, fit_nuisance_fold
+    from tauforge.components.nuisance import FoldPredictions, NuisanceConfig, fit_nuisance_fold, folds_of_task
 
-    start = time.perf_counter()
     nuisance = NuisanceConfig(model_y, model_t, int(n_folds))
-    result = fit_nuisance_fold(load_validated(dataset.path), int(fold), nuisance, int(seed), progress=True)
-    result.save(predictions.path)
-    print(f"tauforge: nuisance fold {int(fold) + 1}/{int(n_folds)} fit in {time.perf_counter() - start:.1f} s: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items()), flush=True)
+    data = load_validated(dataset.path)
+    for fold in folds_of_task(int(task), int(n_tasks), int(n_folds)):
+        start = time.perf_counter()
+        result = fit_nuisance_fold(data, fold, nuisance, int(seed), progress=True)
+        result.save(FoldPredictions.task_path(predictions.path, fold))
+        print(f"tauforge: nuisance fold {fold + 1}/{int(n_folds)} fit in {time.perf_counter() - start:.1f} s: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items()), flush=True)
 
 
 @component
 def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, residuals: Output[Dataset],
                      metrics: Output[Metrics]):
-    """Join the folds' predictions into residuals (and V(x)) for every row; log the mean
+    """Join the fold tasks' predictions into residuals (and V(x)) for every row; log the mean
     out-of-fold scores."""
     import numpy as np
 
     from tauforge.components.data import load_validated
     from tauforge.components.nuisance import FoldPredictions, combine_folds
 
-    result = combine_folds(load_validated(dataset.path), [FoldPredictions.load(f.path) for f in folds], int(seed),
-                           progress=True)
+    result = combine_folds(load_validated(dataset.path), [p for f in folds for p in FoldPredictions.load_task(f.path)],
+                           int(seed), progress=True)
     result.save(residuals.path)
     for name, values in result.scores.items():
         metrics.log_metric(f"nuisance_{name}", float(np.mean(values)))

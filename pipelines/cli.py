@@ -27,6 +27,7 @@ import numpy as np
 
 from tauforge import __version__
 from tauforge.components.constants import (
+    DEFAULT_FOLD_TASKS,
     DEFAULT_FOLDS,
     DEFAULT_MODEL_NAME,
     DEFAULT_STORE,
@@ -102,8 +103,8 @@ def _shown(path: str) -> str:
 
 # The flag behind each setting of a training run, so that a bad setting is reported as the flag
 # the user typed (the settings' own checks name the setting).
-TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "seed": "--seed", "store": "--store",
-                  "model_name": "--name", "estimator": "--estimator", "device": "--device",
+TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "fold_tasks": "--fold-tasks", "seed": "--seed",
+                  "store": "--store", "model_name": "--name", "estimator": "--estimator", "device": "--device",
                   "bootstrap_shards": "--bootstrap-shards", "n_bootstrap": "--bootstrap", "source": "--data",
                   "runner": "--runner", "graph": "--graph"}
 NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t"}
@@ -175,8 +176,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         graph = CausalGraph.read(args.graph) if args.graph else None
         config = TrainingConfig(spec=spec, store=_store_uri(args), model_name=args.name, nuisance=nuisance,
                                 trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
-                                seed=args.seed, gate=_parse_gate(args.gate), bootstrap=bootstrap,
-                                bootstrap_shards=args.bootstrap_shards, graph=graph)
+                                fold_tasks=args.fold_tasks, seed=args.seed, gate=_parse_gate(args.gate),
+                                bootstrap=bootstrap, bootstrap_shards=args.bootstrap_shards, graph=graph)
     return source, config, true_ate
 
 
@@ -264,10 +265,12 @@ def _compile(args: argparse.Namespace) -> int:
 
     cluster = _cluster(args)
     with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
-                    "fan_in": "--fan-in", "pipeline": "--pipeline"}):
+                    "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
         path = compile_pipeline(args.out, args.folds, args.shards, pipeline=args.pipeline,
-                                bootstrap_shards=args.bootstrap_shards, cluster=cluster, fan_in=args.fan_in)
-    print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds, {args.shards} forest shards"
+                                bootstrap_shards=args.bootstrap_shards, fold_tasks=args.fold_tasks, cluster=cluster,
+                                fan_in=args.fan_in)
+    print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds in {args.fold_tasks} tasks, "
+          f"{args.shards} forest shards"
           + (f", {args.bootstrap_shards} bootstrap shards" if args.bootstrap_shards else "")
           + (f", {cluster.gpus_per_shard} x {cluster.accelerator_type} per shard on {cluster.gpu_image()}"
              if cluster.gpus_per_shard else "")
@@ -503,7 +506,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     model.add_argument("--trees", type=int, default=DEFAULT_TREES,
                        help=f"trees in the forest, an even number (default: {DEFAULT_TREES})")
     model.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
-                       help=f"cross-fitting folds, one task each (default: {DEFAULT_FOLDS})")
+                       help=f"cross-fitting folds (default: {DEFAULT_FOLDS})")
+    model.add_argument("--fold-tasks", type=int, default=DEFAULT_FOLD_TASKS,
+                       help=f"tasks the folds are spread over, 1 to --folds (default: {DEFAULT_FOLD_TASKS}; "
+                            "--folds for one pod per fold on a cluster with large data)")
     model.add_argument("--shards", type=int,
                        help="forest shards, one task each (default: 2; 1 with --estimator econml)")
     model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
@@ -604,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training, or monitoring (monitor -> If(retrain) -> training)")
     comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
     comp.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
-                      help=f"nuisance fold tasks (default: {DEFAULT_FOLDS})")
+                      help=f"cross-fitting folds (default: {DEFAULT_FOLDS})")
+    comp.add_argument("--fold-tasks", type=int, default=DEFAULT_FOLD_TASKS,
+                      help=f"nuisance tasks the folds are spread over (default: {DEFAULT_FOLD_TASKS})")
     comp.add_argument("--shards", type=int, default=2, help="forest shard tasks (default: 2)")
     comp.add_argument("--bootstrap-shards", type=int, default=0,
                       help="tasks of the full bootstrap in the training graph (default: 0, none); a run sets "

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from tauforge.components._kfp import IMAGE
 from tauforge.components.config import ConfigError
-from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_STORE, DEFAULT_TREES
+from tauforge.components.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_FOLD_TASKS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_STORE,
+    DEFAULT_TREES,
+)
 from tauforge.components.data import DataSpec, read_table, validate
 from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
@@ -33,7 +39,9 @@ class TrainingConfig:
 
     spec : the data's causal roles (`DataSpec`).
     store, model_name : where the version is published (a local folder or an fsspec URI).
-    nuisance : the nuisance models and cross-fitting folds (`NuisanceConfig`); one task per fold.
+    nuisance : the nuisance models and cross-fitting folds (`NuisanceConfig`).
+    fold_tasks : the pipeline tasks the folds are spread over (1 to the number of folds; fold k in
+        task k mod fold_tasks).
     trees, device, forest_options : the forest: its number of trees (an even number: trees come in
         little bags of 2 or more for the intervals), 'auto' / 'cpu' / 'cuda[:N]', and any other
         `CausalForest` parameter (`tauforge.kernels.forest.FOREST_PARAMS`).
@@ -57,6 +65,7 @@ class TrainingConfig:
     device: str = "auto"
     forest_options: dict = field(default_factory=dict)
     estimator: str = "tauforge"
+    fold_tasks: int = DEFAULT_FOLD_TASKS
     n_shards: int = 2
     seed: int = 0
     gate: GateConfig = GateConfig()
@@ -90,6 +99,8 @@ class TrainingConfig:
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
+        if not (_integer(self.fold_tasks) and 1 <= self.fold_tasks <= self.nuisance.folds):
+            fail("fold_tasks", f"must be between 1 and the {self.nuisance.folds} folds, got {self.fold_tasks}")
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not _integer(self.seed):

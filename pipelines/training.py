@@ -3,9 +3,10 @@ shards -> merge) -> evaluate -> publish if the gate passed. One definition, run 
 `run_local` (kfp.local, no cluster), `compile_pipeline` (IR YAML for the Kubeflow UI), `submit`
 (kfp.Client against a Kubeflow Pipelines host); and the monitoring pipeline around it.
 
-The number of folds and shards (forest and bootstrap) shapes the graph (one task each), so they
-are arguments of `build_training_pipeline`; everything else is a pipeline parameter. The tasks
-of a group gather in one step in one of two ways: `fan_in="explicit"` (what `compile` and
+The number of folds, the tasks they are spread over and the shards (forest and bootstrap) shape
+the graph (a task per fold task and per shard), so they are arguments of
+`build_training_pipeline`; everything else is a pipeline parameter. The tasks of a group gather
+in one step in one of two ways: `fan_in="explicit"` (what `compile` and
 `submit` write) gives the gathering step one input per task, which every KFP backend from 2.2 on
 runs; `fan_in="collected"` puts the group in a `dsl.ParallelFor` gathered by `dsl.Collected`,
 which needs backend 2.14, and is how kfp.local runs a group's tasks side by side.
@@ -30,7 +31,13 @@ from kfp import dsl
 
 from tauforge.components._kfp import explicit_fan_in
 from tauforge.components.config import ConfigError
-from tauforge.components.constants import DEFAULT_ALPHA, DEFAULT_MODEL_NAME, DEFAULT_TREES, MONITOR_ALPHA
+from tauforge.components.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_FOLD_TASKS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_TREES,
+    MONITOR_ALPHA,
+)
 from tauforge.components.data import validate_data
 from tauforge.components.estimate import (
     BootstrapConfig,
@@ -40,7 +47,7 @@ from tauforge.components.estimate import (
     merge_forest_shards,
 )
 from tauforge.components.evaluate import evaluate_model
-from tauforge.components.nuisance import combine_nuisance, nuisance_fold
+from tauforge.components.nuisance import combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
 
 from .config import ClusterConfig, TrainingConfig, absolute
@@ -53,10 +60,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREAD
 
 
 def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shards: int = 0, *,
-                            cluster: ClusterConfig | None = None, fan_in: str = "explicit", parallelism: int = 0,
-                            threads_per_task: int = 0):
-    """The training pipeline with `n_folds` nuisance tasks, `n_shards` forest tasks and
-    `bootstrap_shards` tasks of the full bootstrap (0: no bootstrap in the graph).
+                            fold_tasks: int = DEFAULT_FOLD_TASKS, cluster: ClusterConfig | None = None,
+                            fan_in: str = "explicit", parallelism: int = 0, threads_per_task: int = 0):
+    """The training pipeline with `n_folds` cross-fitting folds spread over `fold_tasks` nuisance
+    tasks (at most one task per fold), `n_shards` forest tasks and `bootstrap_shards` tasks of the
+    full bootstrap (0: no bootstrap in the graph).
 
     cluster : how the tasks run as pods (resources, retries, GPUs, images, the store's Secret);
         None for a run on this machine.
@@ -66,6 +74,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     """
     if n_folds < 2:
         raise ConfigError("n_folds", f"must be at least 2, got {n_folds}")
+    if not 1 <= fold_tasks <= n_folds:
+        raise ConfigError("fold_tasks", f"must be between 1 and the {n_folds} folds, got {fold_tasks}")
     if n_shards < 1:
         raise ConfigError("n_shards", f"must be at least 1, got {n_shards}")
     if bootstrap_shards < 0:
@@ -125,8 +135,9 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
         validated.set_caching_options(False)  # reads a URI whose contents may change under the same name
         dataset = validated.outputs["dataset"]
 
-        gathered, collector = fan_out(n_folds, "nuisance-fold", lambda k: nuisance_fold(
-            dataset=dataset, fold=k, n_folds=n_folds, seed=seed, model_y=model_y, model_t=model_t))
+        gathered, collector = fan_out(fold_tasks, "nuisance-folds", lambda k: nuisance_folds(
+            dataset=dataset, task=k, n_tasks=fold_tasks, n_folds=n_folds, seed=seed, model_y=model_y,
+            model_t=model_t))
         residuals = collector(combine_nuisance)(dataset=dataset, seed=seed, **gathered("predictions", "folds"))
         pods.light(residuals.set_display_name("residuals"))
 
@@ -171,12 +182,12 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                                                         "and published if the quality gate passes.")(training)
 
 
-def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, cluster: ClusterConfig | None = None,
-                              fan_in: str = "explicit"):
+def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks: int = DEFAULT_FOLD_TASKS,
+                              cluster: ClusterConfig | None = None, fan_in: str = "explicit"):
     """monitor -> If(retrain needed): the training pipeline on fresh data (`source`)."""
     from tauforge.components.monitor import monitor_model
 
-    training = build_training_pipeline(n_folds, n_shards, cluster=cluster, fan_in=fan_in)
+    training = build_training_pipeline(n_folds, n_shards, fold_tasks=fold_tasks, cluster=cluster, fan_in=fan_in)
     pods = _Pods(cluster, 0)
 
     @dsl.pipeline(name=MONITORING_PIPELINE_NAME,
@@ -324,8 +335,8 @@ def pipeline_arguments(source: str, config: TrainingConfig) -> dict:
 
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, *, pipeline: str = "training",
-                     bootstrap_shards: int = 0, cluster: ClusterConfig | None = None,
-                     fan_in: str = "explicit") -> str:
+                     bootstrap_shards: int = 0, fold_tasks: int = DEFAULT_FOLD_TASKS,
+                     cluster: ClusterConfig | None = None, fan_in: str = "explicit") -> str:
     """Write the pipeline's IR YAML to `path`, its tasks set up as `cluster` says (default:
     `ClusterConfig()`, the project image). `bootstrap_shards` > 0 puts the full bootstrap's tasks
     in the training graph."""
@@ -333,14 +344,15 @@ def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, *, pipeline
 
     cluster = cluster or ClusterConfig()
     if pipeline == "training":
-        built = build_training_pipeline(n_folds, n_shards, bootstrap_shards, cluster=cluster, fan_in=fan_in)
+        built = build_training_pipeline(n_folds, n_shards, bootstrap_shards, fold_tasks=fold_tasks, cluster=cluster,
+                                        fan_in=fan_in)
     elif pipeline != "monitoring":
         raise ConfigError("pipeline", f"must be training or monitoring, got {pipeline!r}")
     elif bootstrap_shards:
         raise ConfigError("bootstrap_shards", "must be 0 for the monitoring pipeline, which retrains without the "
                                               "full bootstrap")
     else:
-        built = build_monitoring_pipeline(n_folds, n_shards, cluster=cluster, fan_in=fan_in)
+        built = build_monitoring_pipeline(n_folds, n_shards, fold_tasks=fold_tasks, cluster=cluster, fan_in=fan_in)
     compiler.Compiler().compile(built, path)
     _finish_ir(path, cluster.image)
     return path
@@ -436,7 +448,8 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
-                                       fan_in=fan_in, parallelism=parallelism, threads_per_task=threads)
+                                       fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
+                                       threads_per_task=threads)
     with open(log_path, "w") as log_file, _capture(log_file, log):
         try:
             task = pipeline(**pipeline_arguments(source, config))
@@ -559,7 +572,8 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
                                     f"absolute path on a volume mounted in them, got {where!r}")
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.nuisance.folds, config.n_shards,
-                                   bootstrap_shards=config.bootstrap_tasks(), cluster=cluster)
+                                   bootstrap_shards=config.bootstrap_tasks(), fold_tasks=config.fold_tasks,
+                                   cluster=cluster)
         try:
             client = kfp.Client(host=host)
             result = client.create_run_from_pipeline_package(

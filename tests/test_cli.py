@@ -46,6 +46,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     # Shards hold whole little bags: 1,000 trees make 125 bags of 8, refused before any task runs.
     (["run", "--demo", "--shards", "200"], "--shards must be between 1 and 125 (the little bags: 1000 trees in "
                                            "groups of 8), got 200"),
+    (["run", "--demo", "--fold-tasks", "6"], "--fold-tasks must be between 1 and the 5 folds, got 6"),
     (["demo", "--design", "nope"], "invalid choice"),
     (["models", "diff", "--name", "m", "1"], "models diff takes two versions (numbers or aliases), got 1"),
     (["models", "show", "--name", "m", "1"], "models show takes no versions as arguments (1): use --version V"),

@@ -277,7 +277,7 @@ def test_the_compiled_pipeline_is_safe_on_kubeflow_backends_from_2_2(tmp_path, p
     for name in ("validate-data", "publish-model", "monitor-model"):
         if name in tasks:
             assert not tasks[name].get("cachingOptions", {}).get("enableCache"), name
-    assert tasks["nuisance-fold"]["cachingOptions"]["enableCache"]
+    assert tasks["nuisance-folds"]["cachingOptions"]["enableCache"]
     # Every task asks for CPU and memory, and its thread pools follow its CPU limit.
     executors = spec["deploymentSpec"]["executors"]
     for name, executor in executors.items():

@@ -141,6 +141,19 @@ print(json.dumps([residuals.column("t_var").tolist(), [m for m in {MODEL_LIBRARI
 """
 
 
+@pytest.mark.parametrize("n_folds", [2, 3, 5, 7])
+def test_fold_tasks_fit_every_fold_once(n_folds):
+    from tauforge.components.nuisance import folds_of_task
+
+    for n_tasks in range(1, n_folds + 1):
+        folds = [folds_of_task(k, n_tasks, n_folds) for k in range(n_tasks)]
+        assert sorted(f for task in folds for f in task) == list(range(n_folds))
+        assert all(task for task in folds)  # no idle task
+    for bad in (0, n_folds + 1):
+        with pytest.raises(ValueError, match=f"between 1 and the {n_folds} folds"):
+            folds_of_task(0, bad, n_folds)
+
+
 @pytest.mark.parametrize("design", ["simple", "continuous_hetero"])
 def test_the_step_joining_the_folds_loads_scikit_learn_only_for_a_continuous_treatments_variance_model(
         tmp_path, design):

@@ -356,7 +356,8 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
     from kfp import components
 
     path = tmp_path / "training.yaml"
-    code, out, err = cli("compile", "--out", str(path), "--folds", "3", "--shards", "4", "--gpus-per-shard", "1")
+    code, out, err = cli("compile", "--out", str(path), "--folds", "5", "--fold-tasks", "3", "--shards", "4",
+                         "--gpus-per-shard", "1")
     assert code == 0, err
     loaded = components.load_component_from_file(str(path))
     assert loaded.name == "tauforge-training"
@@ -369,9 +370,9 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
         assert shard["image"] == "ghcr.io/tauforge/tauforge:0.1.0-cuda"
     assert all("accelerator" not in e["container"].get("resources", {})
                for name, e in executors.items() if name not in shards)
-    tasks = spec["root"]["dag"]["tasks"]  # one task per fold and per shard, gathered explicitly
-    assert sorted(t for t in tasks if t.startswith("nuisance-fold")) == ["nuisance-fold", "nuisance-fold-2",
-                                                                        "nuisance-fold-3"]
+    tasks = spec["root"]["dag"]["tasks"]  # one task per fold task and per shard, gathered explicitly
+    assert sorted(t for t in tasks if t.startswith("nuisance-folds")) == ["nuisance-folds", "nuisance-folds-2",
+                                                                         "nuisance-folds-3"]
     assert sorted(t for t in tasks if t.startswith("forest-shard")) == ["forest-shard", "forest-shard-2",
                                                                        "forest-shard-3", "forest-shard-4"]
     assert not any("parameterIterator" in t for t in tasks.values())
