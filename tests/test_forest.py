@@ -343,7 +343,6 @@ def test_half_samples_on_an_odd_number_of_rows_are_drawn_whole():
     assert forest.forest_.n_trees == 4
 
 
-
 # A CPU forest's whole life, as the pipeline's shard, merge and evaluate tasks and a model server
 # live it: the numba backend works on NumPy arrays, so torch (over a second of each such process's
 # start) never loads. The backends' agreement is test_local_linear's and test_kernels' concern.
