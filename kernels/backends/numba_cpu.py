@@ -363,14 +363,19 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
 def _fine_pseudo_outcomes(local, rows, lo, hi, a, b, tau):
     """For the structure rows q = rows[lo:hi] of a fine node: local[q, 5] = the pseudo-outcome
     w (t - a)((y - b) - tau (t - a)) from the row's weighted moments, whose sum over a child is
-    its split statistic (grf's relabeling, kernels.splitting), and local[q, 7] = 1 where t < a
-    (the row counts on each side of the parent's mean), else 0. Once per node, so that the sweep
-    of every candidate feature adds two channels where it would add four."""
+    its split statistic (grf's relabeling, kernels.splitting), and local[q, 7] = 1 where t < a,
+    else 0; return the node's rows below and at or above `a` (`_count_sides` of a fine node).
+    Once per node, so that the sweep of every candidate feature adds two channels where it
+    would add four."""
+    below = 0.0
     for k in range(lo, hi):
         q = rows[k]
         w, wt, wy, wty, wtt = local[q, 0], local[q, 1], local[q, 2], local[q, 3], local[q, 4]
         local[q, 5] = wty - b * wt - a * wy + a * b * w - tau * (wtt - 2.0 * a * wt + a * a * w)
-        local[q, 7] = np.float64(local[q, 6] < a)
+        side = np.float64(local[q, 6] < a)
+        local[q, 7] = side
+        below += side
+    return below, (hi - lo) - below
 
 
 @njit(error_model="numpy")
@@ -384,16 +389,17 @@ def _score_fine_candidates(cum, n, tot, min_leaf, alpha, penalty, out):
 
 
 @njit(error_model="numpy")
-def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, a, b, tau, min_leaf,
-               alpha, penalty, cum, cand_j, cand_k, cand_s, block_start, block_max):
+def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, min_leaf, alpha, penalty,
+               cum, cand_j, cand_k, cand_s, block_start, block_max):
     """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
     holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist` on
-    coarse bins), with the row counts on each side of the parent's mean `a` summed along, so the
+    coarse bins), with the row counts on each side of the parent's mean summed along, so the
     scores are complete. Returns the number of candidates, in (feature, code) order.
 
     One feature at a time: its sweep over the structure rows [lo, hi) writes the candidates' sums
-    (`_score_fine_candidates`: of the rows' pseudo-outcomes, `_fine_pseudo_outcomes`, and what
-    admissibility needs) into `cum` (8, small_node), which `_score_fine_candidates` reads
+    (`_score_fine_candidates`: of the rows' pseudo-outcomes and sides, which the node's
+    `_fine_pseudo_outcomes` wrote when it counted them, and of what admissibility needs) into
+    `cum` (8, small_node), which `_score_fine_candidates` reads
     while it is still in cache; only the scores of all features are kept (`_fine_left_sums`
     recomputes the winner's sums), with each feature's first candidate and best score in
     block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
@@ -401,7 +407,6 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
     exactly when it is at least the code of the ceil(min_leaf)-th smallest and below that of the
     ceil(min_leaf)-th largest. The sweep appends without branching: every row writes a slot, and
     the count only advances after the last row of a code with both children big enough."""
-    _fine_pseudo_outcomes(local, order[0], lo, hi, a, b, tau)
     k_e = max(math.ceil(min_leaf), 0)
     n_cand = 0
     for j in range(local_codes.shape[0]):
@@ -486,15 +491,6 @@ def _fine_left_sums(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e
         if e_codes[f, e_order[f, k]] > thr:
             break
         out[E] += 1.0
-
-
-@njit(error_model="numpy")
-def _fine_count_sides(local, rows, lo, hi, a):
-    """`_count_sides` of a fine node from the local buffers (its structure rows [lo, hi))."""
-    below = 0.0
-    for k in range(lo, hi):
-        below += local[rows[k], 6] < a
-    return below, (hi - lo) - below
 
 
 @njit(error_model="numpy")
@@ -730,7 +726,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                     clock = _tick(prof, _FINE_ROOT, clock)
                 elif ordered == _LEAF_ONLY:
                     raise RuntimeError("a node kept for a leaf can split (cannot happen: see children_ordered)")
-                t[LO], t[HI] = _fine_count_sides(local, order[0], s_lo, s_hi, a)
+                t[LO], t[HI] = _fine_pseudo_outcomes(local, order[0], s_lo, s_hi, a, b, tau)
             else:
                 t[LO], t[HI] = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, -1, 0)
         else:
@@ -739,9 +735,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
             draw_features(nkey, p, mtry, poisson, fmask)
             if fine:  # scored feature by feature, row counts included
-                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, fmask, t, a,
-                                    b, tau, min_leaf, alpha, penalty, fine_cum, cand_j, cand_k, cand_s, block_start,
-                                    block_max)
+                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, fmask, t,
+                                    min_leaf, alpha, penalty, fine_cum, cand_j, cand_k, cand_s, block_start, block_max)
                 clock = _tick(prof, _FINE, clock)
                 i = _pick_fine(cand_s, n_cand, block_start, block_max)
             else:
