@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .ate import average_effect
+from .prediction import debias_between_group_variance
 from .progress import progress_bar
 from .serialization import load_model, save_model
 
@@ -136,8 +137,6 @@ def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np
     spread = np.var(draws, axis=0, ddof=1)
     if noise is None:
         return spread
-    from .prediction import debias_between_group_variance
-
     return debias_between_group_variance(spread, noise.mean(axis=0), np.full(spread.shape, float(draws.shape[0])))
 
 
