@@ -131,6 +131,18 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
 
 
 # The model libraries, 1-1.5 s of a task's start (test_cli.py's HEAVY without torch and numba):
+
+def test_a_design_whose_svd_does_not_converge_still_cross_fits():
+    # On grf's imbalanced design (seed 8) a fold's additive design, 640 x 225 of rank 176, makes
+    # NumPy's SVD raise LinAlgError: the default models crashed on it before the fallback.
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.nuisance import cross_fit
+
+    data = make_causal_data("imbalanced", n=800, p=25, seed=8)
+    y_hat, t_hat, _ = cross_fit(data.X, data.Y, data.T, n_folds=5, discrete=True, seed=8, progress=False)
+    assert np.isfinite(y_hat).all() and ((0 < t_hat) & (t_hat < 1)).all()
+    assert np.corrcoef(y_hat, data.Y)[0, 1] > 0.5
+
 # the step joining the folds needs them only for a continuous treatment's V(x) model.
 MODEL_LIBRARIES = ("sklearn", "scipy.stats")
 JOIN_FOLDS = f"""import json, sys
