@@ -130,8 +130,6 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
     assert 0 < first[1].min() and first[1].max() < 1 and min(first[2]["t_auc"]) > 0.65  # one score per fold
 
 
-# The model libraries, 1-1.5 s of a task's start (test_cli.py's HEAVY without torch and numba):
-
 def test_a_design_whose_svd_does_not_converge_still_cross_fits():
     # On grf's imbalanced design (seed 8) a fold's additive design, 640 x 225 of rank 176, makes
     # NumPy's SVD raise LinAlgError: the default models crashed on it before the fallback.
@@ -143,6 +141,8 @@ def test_a_design_whose_svd_does_not_converge_still_cross_fits():
     assert np.isfinite(y_hat).all() and ((0 < t_hat) & (t_hat < 1)).all()
     assert np.corrcoef(y_hat, data.Y)[0, 1] > 0.5
 
+
+# The model libraries, 1-1.5 s of a task's start (test_cli.py's HEAVY without torch and numba):
 # the step joining the folds needs them only for a continuous treatment's V(x) model.
 MODEL_LIBRARIES = ("sklearn", "scipy.stats")
 JOIN_FOLDS = f"""import json, sys
