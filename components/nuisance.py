@@ -96,10 +96,16 @@ class FoldPredictions:
         return [cls.load(os.path.join(path, name)) for name in sorted(os.listdir(path)) if name.startswith("fold-")]
 
 
+def check_fold_tasks(n_tasks: int, n_folds: int) -> None:
+    """The one check of a number of fold tasks (here, in the pipeline builders and in
+    TrainingConfig): ConfigError naming `fold_tasks` unless it is an integer from 1 to n_folds."""
+    if not (isinstance(n_tasks, (int, np.integer)) and not isinstance(n_tasks, bool) and 1 <= n_tasks <= n_folds):
+        raise config.ConfigError("fold_tasks", f"must be between 1 and the {n_folds} folds, got {n_tasks}")
+
+
 def folds_of_task(task: int, n_tasks: int, n_folds: int) -> list[int]:
     """The folds task `task` of `n_tasks` fits: task, task + n_tasks, ... (each fold in one task)."""
-    if not 1 <= n_tasks <= n_folds:
-        raise ValueError(f"fold tasks must be between 1 and the {n_folds} folds, got {n_tasks}")
+    check_fold_tasks(n_tasks, n_folds)
     if not 0 <= task < n_tasks:
         raise ValueError(f"task must be in [0, {n_tasks}), got {task}")
     return list(range(task, n_folds, n_tasks))

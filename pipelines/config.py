@@ -23,7 +23,7 @@ from tauforge.components.data import DataSpec, read_table, validate
 from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
-from tauforge.components.nuisance import NuisanceConfig
+from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks
 from tauforge.components.registry import StoreError, check_model_name
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -99,8 +99,7 @@ class TrainingConfig:
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
-        if not (_integer(self.fold_tasks) and 1 <= self.fold_tasks <= self.nuisance.folds):
-            fail("fold_tasks", f"must be between 1 and the {self.nuisance.folds} folds, got {self.fold_tasks}")
+        check_fold_tasks(self.fold_tasks, self.nuisance.folds)
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not _integer(self.seed):

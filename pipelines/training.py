@@ -47,7 +47,7 @@ from tauforge.components.estimate import (
     merge_forest_shards,
 )
 from tauforge.components.evaluate import evaluate_model
-from tauforge.components.nuisance import combine_nuisance, nuisance_folds
+from tauforge.components.nuisance import check_fold_tasks, combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
 
 from .config import ClusterConfig, TrainingConfig, absolute
@@ -74,8 +74,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     """
     if n_folds < 2:
         raise ConfigError("n_folds", f"must be at least 2, got {n_folds}")
-    if not 1 <= fold_tasks <= n_folds:
-        raise ConfigError("fold_tasks", f"must be between 1 and the {n_folds} folds, got {fold_tasks}")
+    check_fold_tasks(fold_tasks, n_folds)
     if n_shards < 1:
         raise ConfigError("n_shards", f"must be at least 1, got {n_shards}")
     if bootstrap_shards < 0:
