@@ -44,10 +44,10 @@ _COUNT_SALT = np.uint64(0x8CB92BA72F3D8DD7)
 # What growing a tree times (`grow_tree`'s `prof`, and the gather before it, in this order). The counter
 # costs about 20 cycles a read, a few reads a node: under 1% of a tree's time.
 PHASES = ("gather rows", "allocation, root totals", "histogram build", "sibling subtraction", "fine roots: copy, sort",
-          "side counts", "coarse scan", "coarse scores", "fine scan and scores", "pick split", "partition",
-          "leaf moments", "renumber")
-(_GATHER, _ROOT, _HIST, _SUBTRACT, _FINE_ROOT, _SIDES, _COARSE, _SCORE, _FINE, _PICK, _PARTITION, _LEAF,
- _RENUMBER) = range(len(PHASES))
+          "side counts", "coarse scan", "coarse scores", "fine scan and scores", "pick split",
+          "partition: coarse nodes", "partition: fine nodes", "leaf moments", "renumber")
+(_GATHER, _ROOT, _HIST, _SUBTRACT, _FINE_ROOT, _SIDES, _COARSE, _SCORE, _FINE, _PICK, _PARTITION, _FINE_PARTITION,
+ _LEAF, _RENUMBER) = range(len(PHASES))
 
 
 @intrinsic
@@ -199,14 +199,17 @@ def _count_sides(mom_s, s_idx, lo, hi, a, fine_s, f, thr):
     fine code <= thr on feature f unless f < 0."""
     below = 0.0
     above = 0.0
-    for ii in range(lo, hi):
-        r = s_idx[ii]
+    every = f < 0
+    col = max(f, 0)
+    for ii in range(np.uint64(lo), np.uint64(hi)):  # unsigned indices: see _scan_fine
+        r = np.uint64(s_idx[ii])
         w = mom_s[r, 0]
-        if w > 0.0 and (f < 0 or fine_s[r, f] <= thr):
-            if mom_s[r, 1] / w < a:
-                below += 1.0
-            else:
-                above += 1.0
+        # Without branches: a row's side is a coin flip to the branch predictor. A row of zero
+        # weight gives 0 / 0, which compares false, and is not counted either way.
+        counted = (w > 0.0) & (every | (fine_s[r, col] <= thr))
+        is_below = mom_s[r, 1] / w < a
+        below += np.float64(counted & is_below)
+        above += np.float64(counted & (not is_below))
     return below, above
 
 
@@ -321,6 +324,10 @@ def _sort_codes(col, m, counts, order, scratch):
 # before it meets another fine root, so one set of buffers (small_node rows) serves the tree.
 # Rows of zero weight add nothing anywhere and are left out. Within a fine subtree a node's range
 # (on the stack) indexes these orders, not s_idx and e_idx, which are no longer partitioned there.
+# The local buffers' rows are padded by PAD entries: rows of 2,048 uint16 lie 4,096 bytes apart, so
+# a row's entry q of every feature would share one set of an 8-way L1 cache, and a fine root's
+# copy, writing 30 of them a row, took twice as long (docs/benchmarks.md).
+PAD = 32
 _NOT_LOCAL, _LEAF_ONLY, _ORDERED = 0, 1, 2  # what the local buffers hold of a node (stack flag)
 
 
@@ -379,21 +386,23 @@ def _fine_pseudo_outcomes(local, rows, lo, hi, a, b, tau):
 
 
 @njit(error_model="numpy")
-def _score_fine_candidates(cum, n, tot, min_leaf, alpha, penalty, out):
+def _score_fine_candidates(cum, rows, n, tot, min_leaf, alpha, penalty, out):
     """Scores of n fine candidates into out[:n] from the sweep's sums, cum[:, i] = (N, St, -, -,
-    Stt, pseudo-outcome sum, rows below the parent's mean, rows) of the left child."""
+    Stt, pseudo-outcome sum, rows below the parent's mean) of the left child, and its number of
+    rows, rows[i]."""
     least = alpha * (tot[STT] - tot[ST] * tot[ST] / tot[N])
     for i in range(n):
-        out[i] = score_from_sum(cum[5, i], cum[0, i], cum[1, i], cum[4, i], 0.0, cum[6, i], cum[7, i] - cum[6, i],
-                                tot, least, True, min_leaf, 0.0, penalty)
+        out[i] = score_from_sum(cum[5, i], cum[0, i], cum[1, i], cum[4, i], 0.0, cum[6, i],
+                                np.float64(rows[i]) - cum[6, i], tot, least, True, min_leaf, 0.0, penalty)
 
 
 @njit(error_model="numpy")
 def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, min_leaf, alpha, penalty,
-               cum, cand_j, cand_k, cand_s, block_start, block_max):
-    """Score a fine node's candidate splits into cand_s (with cand_j, cand_k): after each fine code
-    holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist` on
-    coarse bins), with the row counts on each side of the parent's mean summed along, so the
+               cum, cand_k, cand_s, block_start, block_max):
+    """Score a fine node's candidate splits into cand_s (with their left children's numbers of
+    rows in cand_k, whose last row in the feature's order holds the threshold): after each fine
+    code holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist`
+    on coarse bins), with the row counts on each side of the parent's mean summed along, so the
     scores are complete. Returns the number of candidates, in (feature, code) order.
 
     One feature at a time: its sweep over the structure rows [lo, hi) writes the candidates' sums
@@ -420,7 +429,7 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
         if k_e > 0:
             lowest = np.int64(e_codes[j, e_order[j, e_lo + k_e - 1]])
             highest = np.int64(e_codes[j, e_order[j, e_hi - k_e]])
-        c0 = c1 = c4 = c5 = c6 = c7 = 0.0
+        c0 = c1 = c4 = c5 = c6 = 0.0
         n = np.uint64(0)
         # Unsigned indices: numba checks every signed index for wraparound (a negative index counts
         # from the end), which costs a fifth of this loop.
@@ -431,21 +440,18 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
             c4 += local[q, 4]
             c5 += local[q, 5]
             c6 += local[q, 7]
-            c7 += 1.0
             code = col[q]
             boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
-            cand_k[n_cand + n] = code
+            cand_k[n_cand + n] = k - np.uint64(lo) + np.uint64(1)  # its left child's rows: see the docstring
             cum[0, n] = c0
             cum[1, n] = c1
             cum[4, n] = c4
             cum[5, n] = c5
             cum[6, n] = c6
-            cum[7, n] = c7
             keep = boundary & (code >= lowest) & (code < highest)
             n += np.uint64(keep)
         n = np.int64(n)
-        _score_fine_candidates(cum, n, tot, min_leaf, alpha, penalty, cand_s[n_cand:])
-        cand_j[n_cand:n_cand + n] = j
+        _score_fine_candidates(cum, cand_k[n_cand:], n, tot, min_leaf, alpha, penalty, cand_s[n_cand:])
         best = -np.inf
         for i in range(n_cand, n_cand + n):
             best = max(best, cand_s[i])
@@ -458,19 +464,19 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
 def _pick_fine(cand_s, n_cand, block_start, block_max):
     """`_pick` for a fine node, whose candidates' row counts are known: the first candidate within
     TIE_RTOL of the best score (if that is > 0), found through the features' best scores instead
-    of two passes over every candidate."""
+    of two passes over every candidate; returns it and its feature, or (-1, -1)."""
     best = 0.0
     for j in range(block_max.shape[0]):
         best = max(best, block_max[j])
     if best <= 0.0:
-        return -1
+        return -1, -1
     bar = best - TIE_RTOL * best
     for j in range(block_max.shape[0]):
         if block_max[j] >= bar:
             for i in range(block_start[j], n_cand):
                 if cand_s[i] >= bar:
-                    return i
-    return -1  # not reached: the best feature holds a score at the bar
+                    return i, j
+    return -1, -1  # not reached: the best feature holds a score at the bar
 
 
 @njit(error_model="numpy")
@@ -515,13 +521,14 @@ def _partition_order(rows, lo, hi, side, thr, scratch):
 def _split_fine(local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, f, thr, every_feature, scratch):
     """Partition the orders of a fine node's structure rows [lo, hi) and estimation rows
     [e_lo, e_hi) stably into its children's (rows with code <= thr on feature f first): every
-    feature's, or with `every_feature` False only the first feature's (enough to find a leaf's
-    rows); return the left child's numbers of structure and estimation rows."""
-    nl = nl_e = 0
-    for j in range(local_codes.shape[0] if every_feature else 1):
-        nl = _partition_order(order[j], lo, hi, local_codes[f], thr, scratch)
-        nl_e = _partition_order(e_order[j], e_lo, e_hi, e_codes[f], thr, scratch)
-    return nl, nl_e
+    feature's, or with `every_feature` False only the estimation rows' first order (enough to
+    populate the children as leaves)."""
+    if not every_feature:
+        _partition_order(e_order[0], e_lo, e_hi, e_codes[f], thr, scratch)
+        return
+    for j in range(local_codes.shape[0]):
+        _partition_order(order[j], lo, hi, local_codes[f], thr, scratch)
+        _partition_order(e_order[j], e_lo, e_hi, e_codes[f], thr, scratch)
 
 
 @njit(error_model="numpy")
@@ -629,6 +636,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     where a node's rows take more than move_rows_bytes (MOVE_ROWS_BYTES). prof[phase] gains the
     cycles spent in each of PHASES.
     """
+    if small_node > 1 << 16:
+        raise ValueError("small_node must be at most 65536: fine nodes number their rows in uint16")
     clock = cycles()
     ns, p = codes_s.shape
     ne = codes_e.shape[0]
@@ -644,16 +653,18 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     scratch_mom = np.empty((room, mom_s.shape[1]))
     # The local buffers of the current fine root's subtree (see `_fine_root`).
     local = np.empty((small_node, 8))
-    local_codes = np.empty((p, small_node), dtype=np.uint16)
-    order = np.empty((p, small_node), dtype=np.int32)
+    local_codes = np.empty((p, small_node + PAD), dtype=np.uint16)
+    # Local row numbers are below small_node (at most 2^16, checked above): uint16 halves the orders'
+    # share of the cache.
+    order = np.empty((p, small_node + PAD), dtype=np.uint16)
     e_row = np.empty(small_node, dtype=np.int64)
-    e_codes = np.empty((p, small_node), dtype=np.uint16)
-    e_order = np.empty((p, small_node), dtype=np.int32)
-    fine_cum = np.zeros((8, small_node))  # the fine candidates' sums: see _scan_fine
+    e_codes = np.empty((p, small_node + PAD), dtype=np.uint16)
+    e_order = np.empty((p, small_node + PAD), dtype=np.uint16)
+    fine_cum = np.zeros((8, small_node + PAD // 4))  # the fine candidates' sums: see _scan_fine
     block_start = np.empty(p, dtype=np.int64)
     block_max = np.empty(p)
     counts = np.empty(257, dtype=np.int64)
-    fine_scratch = np.empty(small_node, dtype=np.int32)
+    fine_scratch = np.empty(small_node, dtype=np.uint16)
     fmask = np.zeros(p, dtype=np.bool_)
     best_left = np.zeros(6)
     # Candidates per feature: fewer than max_bins (coarse) or than small_node (fine, one per row at most).
@@ -713,7 +724,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         depth, nkey, slot, ordered = st_depth[top], st_key[top], st_slot[top], st_fine[top]
         t[:6] = tot[node]
 
-        bf, bb = -1, -1
+        bf, bb, nl, fine_j = -1, -1, 0, -1
         a, b, tau, var = parent_stats(t)
         fine = slot < 0  # no histogram: a node of fewer than small_node rows
         if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
@@ -724,9 +735,10 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                     s_lo, s_hi, e_lo, e_hi = 0, m, 0, m_e  # from here on the node's ranges in the local orders
                     ordered = _ORDERED
                     clock = _tick(prof, _FINE_ROOT, clock)
-                elif ordered == _LEAF_ONLY:
-                    raise RuntimeError("a node kept for a leaf can split (cannot happen: see children_ordered)")
-                t[LO], t[HI] = _fine_pseudo_outcomes(local, order[0], s_lo, s_hi, a, b, tau)
+                if ordered == _LEAF_ONLY:  # too few rows to split (see children_ordered): no orders kept
+                    t[LO], t[HI] = 0.0, 0.0
+                else:
+                    t[LO], t[HI] = _fine_pseudo_outcomes(local, order[0], s_lo, s_hi, a, b, tau)
             else:
                 t[LO], t[HI] = _count_sides(mom_s, s_idx, s_lo, s_hi, a, fine_s, -1, 0)
         else:
@@ -736,9 +748,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             draw_features(nkey, p, mtry, poisson, fmask)
             if fine:  # scored feature by feature, row counts included
                 n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, fmask, t,
-                                    min_leaf, alpha, penalty, fine_cum, cand_j, cand_k, cand_s, block_start, block_max)
+                                    min_leaf, alpha, penalty, fine_cum, cand_k, cand_s, block_start, block_max)
                 clock = _tick(prof, _FINE, clock)
-                i = _pick_fine(cand_s, n_cand, block_start, block_max)
+                i, fine_j = _pick_fine(cand_s, n_cand, block_start, block_max)
             else:
                 n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
                 clock = _tick(prof, _COARSE, clock)
@@ -746,11 +758,13 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 clock = _tick(prof, _SCORE, clock)
                 i = _pick(cand_s, n_cand, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
-                bf, bb = cand_j[i], cand_k[i]
-                if fine:
+                if fine:  # the threshold: the code of the left child's last row in the feature's order
+                    bf, nl = fine_j, cand_k[i]
+                    bb = np.int64(local_codes[bf, order[bf, s_lo + nl - 1]])
                     _fine_left_sums(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb,
                                     best_left)
                 else:
+                    bf, bb = cand_j[i], cand_k[i]
                     for c in range(6):
                         best_left[c] = cand_cum[c, i]
             clock = _tick(prof, _PICK, clock)
@@ -778,13 +792,17 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             continue
 
         if fine:
-            # The children inherit the node's ordered rows; only the first feature's order (for
-            # their leaves) when neither of them can split.
-            can_split = depth + 1 < max_depth and max(best_left[E], t[E] - best_left[E]) >= 2 * min_leaf
+            # The children inherit the node's ordered rows; only the estimation rows' first order
+            # (for their leaves) when neither of them can split. A child splits only with 2 min_leaf
+            # estimation rows and 2 min_leaf structure rows on each side of its mean (the sides
+            # test above), so with fewer than 4 min_leaf structure rows it stays a leaf.
+            nl_e = best_left[E]
+            can_split = depth + 1 < max_depth and (
+                (nl_e >= 2 * min_leaf and nl >= 4 * min_leaf)
+                or (t[E] - nl_e >= 2 * min_leaf and (s_hi - s_lo) - nl >= 4 * min_leaf))
             children_ordered = _ORDERED if can_split else _LEAF_ONLY
-            nl, nl_e = _split_fine(local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb, can_split,
-                                   fine_scratch)
-            s_mid, e_mid = s_lo + nl, e_lo + nl_e
+            _split_fine(local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb, can_split, fine_scratch)
+            s_mid, e_mid = s_lo + nl, e_lo + np.int64(nl_e)
         else:
             children_ordered = _NOT_LOCAL
             # A large node moves its rows (s_idx and e_idx stay the identity there); below
@@ -797,7 +815,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             else:
                 s_mid = _partition(s_idx, s_lo, s_hi, fine_s, bf, bb, scratch)
                 e_mid = _partition(e_idx, e_lo, e_hi, fine_e, bf, bb, scratch)
-        clock = _tick(prof, _PARTITION, clock)
+        clock = _tick(prof, _FINE_PARTITION if fine else _PARTITION, clock)
         lid, rid = n_nodes, n_nodes + 1
         n_nodes += 2
         feat[node], thr[node], left[node] = bf, bb, lid
