@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -613,18 +614,26 @@ def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples:
         if batch:
             yield batch, owner
 
-    drawn = batches()
-    with ThreadPoolExecutor(1, thread_name_prefix="tauforge-samples") as drawing:
-        upcoming = drawing.submit(next, drawn, None)
-        while (current := upcoming.result()) is not None:
+    owners: deque[list[int]] = deque()  # the forest of each tree of the batches drawn, in order
+
+    def drawn_ahead():
+        """The batches' samples, each drawn on a thread while the one before it is taken."""
+        drawn = batches()
+        with ThreadPoolExecutor(1, thread_name_prefix="tauforge-samples") as drawing:
             upcoming = drawing.submit(next, drawn, None)
-            batch, owner = current
-            grown = backend.grow(binned, mom, batch, rule)
-            for r in dict.fromkeys(owner):
-                parts[r].append(ForestArrays.from_trees([t for t, o in zip(grown, owner) if o == r]))
-            del grown
-            release_free_heap()
-            bar.update(len(batch))
+            while (current := upcoming.result()) is not None:
+                upcoming = drawing.submit(next, drawn, None)
+                batch, owner = current
+                owners.append(owner)
+                yield batch
+
+    for grown in backend.grow_batches(binned, mom, drawn_ahead(), rule):
+        owner = owners.popleft()
+        for r in dict.fromkeys(owner):
+            parts[r].append(ForestArrays.from_trees([t for t, o in zip(grown, owner) if o == r]))
+        del grown
+        release_free_heap()
+        bar.update(len(owner))
     return [ForestArrays.merge(p) for p in parts]
 
 

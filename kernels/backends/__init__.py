@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numba
@@ -71,44 +73,58 @@ class NumbaBackend:
 
     def grow(self, data: BinnedCovariates, mom: np.ndarray, trees: list[TreeSample],
              rule: SplitRule) -> list[TreeArrays]:
-        """Grow `trees`, one a thread on numba's thread count (NUMBA_NUM_THREADS): `grow_tree`
-        releases the GIL. Threads here rather than a numba prange over trees, whose kernel had
-        LLVM optimize the whole grower a second time: a cold start compiled for 61 s then, 33-39 s
-        now, and fits take the same time (docs/benchmarks.md, "make run and make test")."""
-        cap = max(numba_cpu.node_capacity(int((mom[t.estimation, 0] > 0).sum()), len(t.structure), len(t.estimation),
-                                          rule.min_samples_leaf)
-                  for t in trees)
-        T = len(trees)
-        feature = np.empty((T, cap), dtype=np.int32)
-        threshold = np.empty((T, cap), dtype=np.int32)
-        child = np.empty((T, cap), dtype=np.int64)
-        leaf = np.empty((T, cap, 4), dtype=np.float64)
-        counts = np.empty((T, 3), dtype=np.int64)
-        phase_cycles = np.zeros((T, len(numba_cpu.PHASES)))
-        # grow_tree's arguments around each tree's key, the same for every tree
-        before_key = (data.n_bins, data.coarse_thr)
-        after_key = (float(rule.min_samples_leaf), float(rule.alpha), float(rule.imbalance_penalty),
-                     int(rule.max_depth), int(rule.mtry), bool(rule.poisson_mtry), int(data.max_bins),
-                     SMALL_NODE_ROWS, int(self.move_rows_bytes))
+        """Grow `trees` (`grow_batches` of one batch)."""
+        return next(self.grow_batches(data, mom, iter([trees]), rule))
 
-        def grow_one(t: int) -> None:
-            tree = trees[t]
-            rows = numba_cpu.gather_tree_rows(data.coarse, data.fine, mom, tree.structure, tree.estimation,
-                                              phase_cycles[t])
-            counts[t] = numba_cpu.grow_tree(*rows, *before_key, np.uint64(tree.key), *after_key, feature[t],
-                                            threshold[t], child[t], leaf[t], phase_cycles[t])
+    def grow_batches(self, data: BinnedCovariates, mom: np.ndarray, batches: Iterator[list[TreeSample]],
+                     rule: SplitRule) -> Iterator[list[TreeArrays]]:
+        """Grow each batch of trees, yielding its trees in order, one tree a thread on numba's
+        thread count (NUMBA_NUM_THREADS): `grow_tree` releases the GIL. The next batch's trees
+        are queued behind the current one's, so no thread waits for the batch's last tree while
+        the caller compacts it: with each call's trees on their own, that wait and the compaction
+        left 7% of two cores idle at 1e6 x 30 (docs/benchmarks.md). Threads here rather than a
+        numba prange over trees, whose kernel had LLVM optimize the whole grower a second time:
+        a cold start compiled for 61 s then, 33-39 s now, and fits take the same time."""
+        pool = ThreadPoolExecutor(numba.get_num_threads(), thread_name_prefix="tauforge-grow")
+        try:
+            queued: deque[list[Future]] = deque()
+            for trees in batches:
+                queued.append([pool.submit(self._grow_one, data, mom, tree, rule) for tree in trees])
+                if len(queued) > 1:
+                    yield self._collect(queued.popleft())
+            while queued:
+                yield self._collect(queued.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an error or an early close: grow no more
 
-        threads = min(T, numba.get_num_threads())
-        if threads <= 1:
-            for t in range(T):
-                grow_one(t)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(grow_one, range(T)))  # list(): a tree's exception is raised here
-        self.phase_cycles += phase_cycles.sum(axis=0)
-        self.histogram_adds += int(counts[:, 2].sum())
-        return [TreeArrays(feature[t, :nn].copy(), threshold[t, :nn].copy(), child[t, :nn].copy(),
-                           leaf[t, :nl].copy()) for t, (nn, nl, _) in enumerate(counts)]
+    def _grow_one(self, data: BinnedCovariates, mom: np.ndarray, tree: TreeSample,
+                  rule: SplitRule) -> tuple[TreeArrays, np.ndarray, int]:
+        """One tree, compacted as soon as it is grown (its arrays are sized for the most nodes it
+        could have, about 3x what it has); with the cycles of its phases and its histogram adds."""
+        cap = numba_cpu.node_capacity(int((mom[tree.estimation, 0] > 0).sum()), len(tree.structure),
+                                      len(tree.estimation), rule.min_samples_leaf)
+        feature = np.empty(cap, dtype=np.int32)
+        threshold = np.empty(cap, dtype=np.int32)
+        child = np.empty(cap, dtype=np.int64)
+        leaf = np.empty((cap, 4), dtype=np.float64)
+        cycles = np.zeros(len(numba_cpu.PHASES))
+        rows = numba_cpu.gather_tree_rows(data.coarse, data.fine, mom, tree.structure, tree.estimation, cycles)
+        n_nodes, n_leaves, hist_adds = numba_cpu.grow_tree(
+            *rows, data.n_bins, data.coarse_thr, np.uint64(tree.key), float(rule.min_samples_leaf),
+            float(rule.alpha), float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
+            bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes), feature,
+            threshold, child, leaf, cycles)
+        tree_arrays = TreeArrays(feature[:n_nodes].copy(), threshold[:n_nodes].copy(), child[:n_nodes].copy(),
+                                 leaf[:n_leaves].copy())
+        return tree_arrays, cycles, int(hist_adds)
+
+    def _collect(self, futures: list[Future]) -> list[TreeArrays]:
+        """A batch's trees, once grown (a tree's exception is raised here), its profile added."""
+        grown = [f.result() for f in futures]
+        for _, cycles, hist_adds in grown:
+            self.phase_cycles += cycles
+            self.histogram_adds += hist_adds
+        return [tree for tree, _, _ in grown]
 
     @staticmethod
     def asarray(a: Any) -> np.ndarray:
@@ -198,6 +214,12 @@ class TorchBackend:
         from .torch_level import TorchLevelGrower
 
         return TorchLevelGrower(self.device).grow(data, self.asarray(mom), trees, rule)
+
+    def grow_batches(self, data: BinnedCovariates, mom: np.ndarray, batches: Iterator[list[TreeSample]],
+                     rule: SplitRule) -> Iterator[list[TreeArrays]]:
+        """Each batch's trees in turn: a batch fills the device (`NumbaBackend.grow_batches`)."""
+        for trees in batches:
+            yield self.grow(data, mom, trees, rule)
 
     def leaf_ids(self, fine: np.ndarray | torch.Tensor, forest: ForestArrays) -> torch.Tensor:
         import torch
