@@ -282,7 +282,7 @@ class CausalForest(BaseEstimator):
                 return  # nothing to correct with: the plain forest
             self.linear_correction_ = steps.run(
                 "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
-                self._backend.estimation_leaves(binned.fine, self.forest_, samples), len(self.forest_.leaf_values))
+                self._backend, binned.fine, self.forest_, samples)
 
     @classmethod
     def merge(cls, shards: list[CausalForest]) -> CausalForest:

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
-from .backends.numba_cpu import local_linear_leaf_sums
 from .prediction import array_lib, little_bag_variance
+
+if TYPE_CHECKING:
+    from .forest_arrays import ForestArrays
+    from .sampling import TreeSample
 
 MAX_AUTO_VARIABLES = 4
 # 'auto' leaves the correction off where its leaf moments could take more memory than this: they
@@ -110,9 +112,11 @@ class LocalLinearCorrection:
 
     @classmethod
     def fit(cls, variables: tuple[int, ...], ridge: float, X: np.ndarray, T: np.ndarray, y: np.ndarray,
-            w: np.ndarray, leaf_of_row: list[tuple[np.ndarray, np.ndarray]], n_leaves: int) -> LocalLinearCorrection:
-        """Leaf means of the row moments: `leaf_of_row` lists, per block of trees, (training row,
-        global leaf row) of every estimation row of those trees; w the rows' sample weights."""
+            w: np.ndarray, backend: Any, fine: np.ndarray, forest: ForestArrays,
+            samples: list[TreeSample]) -> LocalLinearCorrection:
+        """The correction of `forest`, grown on the binned rows `fine` with `samples`: its leaves'
+        means of the row moments over their estimation rows (`backend.local_linear_moments`);
+        w the rows' sample weights."""
         cols = X[:, list(variables)]
         center = np.average(cols, axis=0, weights=w)  # zero-weight rows are not part of the data
         scale = np.sqrt(np.average((cols - center) ** 2, axis=0, weights=w))
@@ -121,13 +125,7 @@ class LocalLinearCorrection:
         z = np.ascontiguousarray(correction.design(X))
         w = np.ascontiguousarray(w, dtype=np.float64)
         T, y = np.ascontiguousarray(T, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
-        sums = np.zeros((n_leaves, n_moments(len(variables))))
-        totals = np.zeros(n_leaves)
-        threads = numba.get_num_threads()
-        for rows, leaves in leaf_of_row:  # the rows' moments summed by leaf, row by row
-            local_linear_leaf_sums(z, T, y, w, np.ascontiguousarray(rows), np.ascontiguousarray(leaves), threads, sums,
-                                   totals)
-        correction.leaf_moments = (sums / totals[:, None]).astype(np.float32)
+        correction.leaf_moments = backend.local_linear_moments(fine, forest, samples, z, T, y, w)
         return correction
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -157,16 +157,30 @@ def test_leaf_ids_agree_and_follow_the_splits():
         assert ids_numba[i, 0] == forest.child[node]
 
 
-def test_estimation_leaves_are_each_trees_own_rows_in_their_leaves():
-    """Both backends list, for every tree, exactly its estimation rows with the leaf each reaches."""
+def test_local_linear_moments_average_each_trees_own_rows_in_their_leaves(monkeypatch):
+    """Both backends average in each leaf the weighted row moments of exactly the tree's own
+    estimation rows that reach it (a row of zero weight adds nothing), and agree bit for bit."""
+    from tauforge.kernels import backends
+
     data, mom, trees = _problem(2000)
     forest = ForestArrays.from_trees(NumbaBackend().grow(data, mom, trees, RULES[0]))
     ids = NumbaBackend().leaf_ids(data.fine, forest)
-    expected = sorted((int(r), int(ids[r, b])) for b, t in enumerate(trees) for r in t.estimation)
-    for backend in (NumbaBackend(), TorchBackend(torch.device("cpu"))):
-        got = sorted((int(r), int(leaf)) for rows, leaves in backend.estimation_leaves(data.fine, forest, trees)
-                     for r, leaf in zip(rows, leaves))
-        assert got == expected, backend.name
+    rng = np.random.default_rng(1)
+    n = data.fine.shape[0]
+    z, t, y = rng.normal(size=(n, 2)), rng.normal(size=n), rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, n) * (rng.random(n) > 0.1)
+    u = np.hstack([np.ones((n, 1)), z, t[:, None], t[:, None] * z])
+    i, j = np.triu_indices(u.shape[1])
+    row_moments = np.hstack([u[:, i] * u[:, j], u * y[:, None]])
+    sums, totals = np.zeros((len(forest.leaf_values), row_moments.shape[1])), np.zeros(len(forest.leaf_values))
+    for b, tree in enumerate(trees):
+        np.add.at(sums, ids[tree.estimation, b], w[tree.estimation, None] * row_moments[tree.estimation])
+        np.add.at(totals, ids[tree.estimation, b], w[tree.estimation])
+    monkeypatch.setattr(backends, "_TREES_PER_BLOCK", 3)  # the 4 trees in two blocks
+    numba_moments = NumbaBackend().local_linear_moments(data.fine, forest, trees, z, t, y, w)
+    torch_moments = TorchBackend(torch.device("cpu")).local_linear_moments(data.fine, forest, trees, z, t, y, w)
+    np.testing.assert_allclose(numba_moments, sums / totals[:, None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(numba_moments, torch_moments)
 
 
 @pytest.mark.parametrize("keep_bytes", [sampling.KEEP_SAMPLE_BYTES, 0], ids=["kept", "drawn-again"])

@@ -33,10 +33,8 @@ def test_without_covariates_the_correction_is_the_forest_itself():
     X, t, y, _ = _steep(1500, 0)
     forest = _forest().fit(X, t, y)
     samples = forest._sampler(len(t)).trees(0, forest.n_estimators // forest._group_size())
-    plain = LocalLinearCorrection.fit((), 0.1, X, t, y, np.ones(len(t)),
-                                      forest._backend.estimation_leaves(forest.binner_.bin(X).fine, forest.forest_,
-                                                                        samples),
-                                      len(forest.forest_.leaf_values))
+    plain = LocalLinearCorrection.fit((), 0.1, X, t, y, np.ones(len(t)), forest._backend, forest.binner_.bin(X).fine,
+                                      forest.forest_, samples)
     X_test = _steep(300, 1)[0]
     ids = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
     tau_ll, var_ll = local_linear_estimate(forest._backend, ids, plain.leaf_moments, np.zeros((300, 0)), 0.1, 2)

@@ -25,6 +25,7 @@ import numpy as np
 from .._inputs import resolve_device
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
+from ..local_linear import n_moments
 from ..prediction import as_float64, debias_between_group_variance, forest_estimate, monte_carlo_variance, tree_average
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
@@ -33,7 +34,7 @@ from . import numba_cpu
 if TYPE_CHECKING:
     import torch
 
-_TREES_PER_BLOCK = 64  # estimation_leaves: trees per block of (row, leaf) pairs
+_TREES_PER_BLOCK = 64  # local_linear_moments: trees whose estimation rows are listed together
 # Leaf walks of many rows work on chunks of rows. The walk streams every tree through the cache
 # once per chunk, so larger chunks walk faster (trees grown on 1e6 rows: 472 ns per row and tree
 # at 1,048 rows a chunk, 173 ns at 8,192); (rows, trees) int64 leaf ids, 128 MB at most.
@@ -140,18 +141,22 @@ class NumbaBackend:
                            forest.roots, out)
         return out
 
-    def estimation_leaves(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
-        """(training row, global leaf row) of every tree's estimation rows, in blocks of trees:
-        each tree walks its own rows only."""
+    def local_linear_moments(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample],
+                             z: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The local linear correction's leaf moments (leaves, K) in float32 (kernels.local_linear):
+        each tree walks its own estimation rows and averages their moments in its leaves, a block
+        of trees at a time (their rows listed together)."""
+        out = np.empty((len(forest.leaf_values), n_moments(z.shape[1])), dtype=np.float32)
         fine = np.ascontiguousarray(fine)
         for lo in range(0, len(samples), _TREES_PER_BLOCK):
             block = samples[lo:lo + _TREES_PER_BLOCK]
             rows = np.concatenate([t.estimation for t in block]).astype(np.int64)
             offsets = np.concatenate([[0], np.cumsum([len(t.estimation) for t in block])]).astype(np.int64)
-            leaves = np.empty(len(rows), dtype=np.int64)
-            numba_cpu.own_leaf_ids(fine, forest.feature, forest.threshold, forest.child,
-                                   forest.roots[lo:lo + len(block)], rows, offsets, leaves)
-            yield rows, leaves
+            numba_cpu.local_linear_leaf_moments(fine, forest.feature, forest.threshold, forest.child,
+                                                forest.roots[lo:lo + len(block)],
+                                                forest.leaf_offsets[lo:lo + len(block) + 1], rows, offsets, z, T, y,
+                                                w, numba.get_num_threads(), out)
+        return out
 
     def estimate(self, ids: np.ndarray, forest: ForestArrays, ci_group_size: int, with_variance: bool,
                  valid: np.ndarray | None = None,
@@ -234,6 +239,19 @@ class TorchBackend:
         fine = torch.as_tensor(np.asarray(fine, dtype=np.int32) if isinstance(fine, np.ndarray) else fine,
                                device=self.device)
         return leaf_ids_torch(fine, feature, threshold, child, roots, forest.max_depth)
+
+    def local_linear_moments(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample],
+                             z: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """`NumbaBackend.local_linear_moments`, the rows' leaves found on the device
+        (`estimation_leaves`) and their moments summed by numba on the CPU."""
+        sums = np.zeros((len(forest.leaf_values), n_moments(z.shape[1])))
+        totals = np.zeros(len(forest.leaf_values))
+        threads = numba.get_num_threads()
+        for rows, leaves in self.estimation_leaves(fine, forest, samples):
+            numba_cpu.local_linear_leaf_sums(z, T, y, w, np.ascontiguousarray(rows), np.ascontiguousarray(leaves),
+                                             threads, sums, totals)
+        np.divide(sums, totals[:, None], out=sums)
+        return sums.astype(np.float32)
 
     def estimation_leaves(self, fine: np.ndarray, forest: ForestArrays, samples: list[TreeSample]):
         """(training row, global leaf row) of every tree's estimation rows, in blocks of rows:

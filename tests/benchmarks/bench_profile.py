@@ -103,9 +103,8 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     numba_backend.histogram_adds = 0
     (arrays,), grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
     variables, select_cpu, _ = timed(select_variables, data.X, t_res, y_res, seed)
-    pairs, walk_cpu, _ = timed(lambda: list(numba_backend.estimation_leaves(binned.fine, arrays, samples)))
     _, ll_cpu, _ = timed(LocalLinearCorrection.fit, variables or (0,), forest.linear_correction_ridge, data.X, t_res,
-                         y_res, np.ones(n), pairs, len(arrays.leaf_values))
+                         y_res, np.ones(n), numba_backend, binned.fine, arrays, samples)
     _, in_bag_cpu, _ = timed(sampler.in_bag)
 
     seconds = numba_backend.phase_cycles / cycles_per_second()
@@ -117,8 +116,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     rows += [(f"growth: {name}", s * scale, True) for name, s in zip(numba_cpu.PHASES, seconds)]
     rows += [("growth: Python between kernel calls", max(grow_wall - kernel_wall, 0.0), True),
              ("local linear correction: choosing covariates (lasso), whole fit", select_cpu, False),
-             ("local linear correction: estimation rows' leaves", walk_cpu, True),
-             ("local linear correction: leaf moments", ll_cpu, True),
+             ("local linear correction: leaf moments (each tree's own rows walked)", ll_cpu, True),
              ("out-of-bag bookkeeping (which trees saw each row), at prediction", in_bag_cpu, False)]
     total = sum(s for _, s, _ in rows)
     print(f"\n### n = {n:,}, p = {p}, {trees} trees on one thread (mtry {rule.mtry}, "
