@@ -704,7 +704,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     # Histograms of large nodes: the current one and those of pending larger siblings. Descending
     # into the smaller child first halves the rows at every pending level: log2(rows) + 2 suffice.
     n_slots = int(np.log2(ns + ne + 1)) + 3
-    hists = np.zeros((n_slots, p, max_bins, 6))
+    hists = np.empty((n_slots, p, max_bins, 6))  # `_build_hist` zeroes a slot: untouched slots cost no pages
     free = np.arange(n_slots)[::-1].copy()
     n_free = n_slots
 
@@ -712,8 +712,11 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     feat = np.full(cap, -1, dtype=np.int32)
     thr = np.zeros(cap, dtype=np.int32)
     left = np.full(cap, -1, dtype=np.int32)
-    tot = np.zeros((cap, 6))
-    leafval = np.zeros((cap, 4))
+    # Written before they are read (a child's totals when its parent splits, a leaf's values when
+    # it is populated): left unzeroed, the nodes a tree never reaches cost no pages.
+    tot = np.empty((cap, 6))
+    leafval = np.empty((cap, 4))
+    acc = np.empty(4)  # a leaf's sums
 
     # The stack of nodes to process: id, ranges, depth, key, histogram slot, and what the local
     # buffers hold of it (_NOT_LOCAL: its ranges index s_idx and e_idx; else the local orders).
@@ -724,6 +727,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     st_key = np.empty(cap, dtype=np.uint64)
     st_slot = np.empty(cap, dtype=np.int64)
 
+    tot[0] = 0.0
     for r in range(ns):
         for c in range(5):
             tot[0, c] += mom_s[r, c]
@@ -796,7 +800,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             clock = _tick(prof, _PICK, clock)
         if bf < 0:  # a leaf: populate it with the estimation half
             w = 0.0
-            acc = np.zeros(4)
+            acc[:] = 0.0
             if ordered == _NOT_LOCAL:
                 for ii in range(e_lo, e_hi):
                     r = e_idx[ii]
