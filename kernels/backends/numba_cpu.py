@@ -940,7 +940,7 @@ def _walk(codes, feature, threshold, child, root, rows, k0, m, nodes):
     """nodes[:m] = the leaf nodes that rows rows[k0:k0 + m] reach from `root`. A walk is a chain
     of dependent loads (node, its feature, the row's code, the child); walking several rows in
     lockstep overlaps their latencies: the local linear correction's walk of each tree's own
-    rows at 1e5 took 30% less time with 8 (docs/benchmarks.md)."""
+    rows at 1e5 took a third less time with 8 than one at a time (docs/benchmarks.md)."""
     for g in range(m):
         nodes[g] = root
     walking = True
