@@ -331,7 +331,9 @@ def _sort_codes(col, m, counts, order, scratch):
 # thresholds, read off the estimation rows' order (`_scan_fine`).
 # Its descendants never sort again: a split partitions every feature's order stably into the
 # children's (as CART implementations with presorted features do), so a node sweeps its rows in
-# code order at O(rows) per feature, in cache. Depth-first growth finishes a fine root's subtree
+# code order at O(rows) per feature, in cache. The orders come in two buffers: a split reads its
+# node's and writes its children's into the other one (`_partition_order_into`), each row once,
+# and a node on the stack records which buffer holds its orders. Depth-first growth finishes a fine root's subtree
 # before it meets another fine root, so one set of buffers (small_node rows) serves the tree.
 # Rows of zero weight add nothing anywhere and are left out. Within a fine subtree a node's range
 # (on the stack) indexes these orders, not s_idx and e_idx, which are no longer partitioned there.
@@ -529,17 +531,32 @@ def _partition_order(rows, lo, hi, side, thr, scratch):
 
 
 @njit(error_model="numpy")
-def _split_fine(local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, f, thr, every_feature, scratch):
+def _partition_order_into(src, dst, lo, hi, n_left, side, thr):
+    """dst[lo:hi] = src[lo:hi] partitioned stably by side[row] <= thr, n_left of them on the left
+    (known from the split's sums): one store a row, without a branch, and no copy back."""
+    il = np.uint64(lo)
+    ir = np.uint64(lo + n_left)
+    for k in range(np.uint64(lo), np.uint64(hi)):  # unsigned indices: see _scan_fine
+        q = src[k]
+        left = side[np.uint64(q)] <= thr
+        dst[il if left else ir] = q
+        il += np.uint64(left)
+        ir += np.uint64(not left)
+
+
+@njit(error_model="numpy")
+def _split_fine(local_codes, order, to_order, lo, hi, nl, e_codes, e_order, to_e_order, e_lo, e_hi, nl_e, f, thr,
+                every_feature):
     """Partition the orders of a fine node's structure rows [lo, hi) and estimation rows
-    [e_lo, e_hi) stably into its children's (rows with code <= thr on feature f first): every
-    feature's, or with `every_feature` False only the estimation rows' first order (enough to
-    populate the children as leaves)."""
+    [e_lo, e_hi) stably into its children's in to_order and to_e_order (rows with code <= thr on
+    feature f first: nl and nl_e of them): every feature's, or with `every_feature` False only
+    the estimation rows' first order (enough to populate the children as leaves)."""
     if not every_feature:
-        _partition_order(e_order[0], e_lo, e_hi, e_codes[f], thr, scratch)
+        _partition_order_into(e_order[0], to_e_order[0], e_lo, e_hi, nl_e, e_codes[f], thr)
         return
     for j in range(local_codes.shape[0]):
-        _partition_order(order[j], lo, hi, local_codes[f], thr, scratch)
-        _partition_order(e_order[j], e_lo, e_hi, e_codes[f], thr, scratch)
+        _partition_order_into(order[j], to_order[j], lo, hi, nl, local_codes[f], thr)
+        _partition_order_into(e_order[j], to_e_order[j], e_lo, e_hi, nl_e, e_codes[f], thr)
 
 
 @njit(error_model="numpy")
@@ -682,10 +699,11 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     local_codes = np.empty((p, small_node + PAD), dtype=np.uint16)
     # Local row numbers are below small_node (at most 2^16, checked above): uint16 halves the orders'
     # share of the cache.
-    order = np.empty((p, small_node + PAD), dtype=np.uint16)
+    # Two of each order: a node's in one, its children's in the other (`_split_fine`).
+    orders = np.empty((2, p, small_node + PAD), dtype=np.uint16)
     e_row = np.empty(small_node, dtype=np.int64)
     e_codes = np.empty((p, small_node + PAD), dtype=np.uint16)
-    e_order = np.empty((p, small_node + PAD), dtype=np.uint16)
+    e_orders = np.empty((2, p, small_node + PAD), dtype=np.uint16)
     fine_cum = np.zeros((8, small_node + PAD // 4))  # the fine candidates' sums: see _scan_fine
     block_start = np.empty(p, dtype=np.int64)
     block_max = np.empty(p)
@@ -721,6 +739,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     # The stack of nodes to process: id, ranges, depth, key, histogram slot, and what the local
     # buffers hold of it (_NOT_LOCAL: its ranges index s_idx and e_idx; else the local orders).
     st_fine = np.zeros(cap, dtype=np.int8)
+    st_buf = np.zeros(cap, dtype=np.int8)  # which of the two buffers holds a local node's orders
     st_id = np.empty(cap, dtype=np.int64)
     st_rng = np.empty((cap, 4), dtype=np.int64)
     st_depth = np.empty(cap, dtype=np.int64)
@@ -751,17 +770,18 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         top -= 1
         node = st_id[top]
         s_lo, s_hi, e_lo, e_hi = st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3]
-        depth, nkey, slot, ordered = st_depth[top], st_key[top], st_slot[top], st_fine[top]
+        depth, nkey, slot, ordered, buf = st_depth[top], st_key[top], st_slot[top], st_fine[top], st_buf[top]
         t[:6] = tot[node]
 
         bf, bb, nl, fine_j = -1, -1, 0, -1
+        order, e_order = orders[buf], e_orders[buf]  # a local node's (see st_buf)
         a, b, tau, var = parent_stats(t)
         fine = slot < 0  # no histogram: a node of fewer than small_node rows
         if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
             if fine:
-                if ordered == _NOT_LOCAL:  # a fine root
+                if ordered == _NOT_LOCAL:  # a fine root: its orders go to buffer 0 (st_buf)
                     m, m_e = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
-                                        local_codes, order, e_row, e_codes, e_order, counts, fine_scratch)
+                                        local_codes, orders[buf], e_row, e_codes, e_orders[buf], counts, fine_scratch)
                     s_lo, s_hi, e_lo, e_hi = 0, m, 0, m_e  # from here on the node's ranges in the local orders
                     ordered = _ORDERED
                     clock = _tick(prof, _FINE_ROOT, clock)
@@ -831,7 +851,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 (nl_e >= 2 * min_leaf and nl >= 4 * min_leaf)
                 or (t[E] - nl_e >= 2 * min_leaf and (s_hi - s_lo) - nl >= 4 * min_leaf))
             children_ordered = _ORDERED if can_split else _LEAF_ONLY
-            _split_fine(local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb, can_split, fine_scratch)
+            _split_fine(local_codes, order, orders[1 - buf], s_lo, s_hi, nl, e_codes, e_order, e_orders[1 - buf],
+                        e_lo, e_hi, np.int64(nl_e), bf, bb, can_split)
             s_mid, e_mid = s_lo + nl, e_lo + np.int64(nl_e)
         else:
             children_ordered = _NOT_LOCAL
@@ -903,6 +924,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 st_rng[top, 0], st_rng[top, 1], st_rng[top, 2], st_rng[top, 3] = s_mid, s_hi, e_mid, e_hi
             st_depth[top] = depth + 1
             st_fine[top] = children_ordered
+            st_buf[top] = 1 - buf if fine else 0
             top += 1
 
     clock = _tick(prof, _ROOT, clock)  # the stack bookkeeping of the last node: negligible

@@ -51,3 +51,13 @@ def measure(poll_seconds: float = 0.25):
         stop.set()
         thread.join()
         result.peak_rss_gib = max(peak[0], rss()) / 2**30
+
+
+def parse_params(text: str) -> dict:
+    """Forest parameters from the command line, "k=v,k=v": ints, floats (with a dot) and None."""
+    def value(v: str):
+        if v == "None":
+            return None
+        return float(v) if "." in v else int(v)
+
+    return {k: value(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}

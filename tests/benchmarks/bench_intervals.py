@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))  # bench_accuracy, beside this script
+from _measure import parse_params  # noqa: E402
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 
@@ -81,8 +82,7 @@ def main() -> None:
                         help="import path of a binary treatment's propensity model for both libraries, e.g. "
                              "tauforge.kernels.nuisance.AdditiveBoostingClassifier (default: the default model)")
     args = parser.parse_args()
-    params = {k: None if v == "None" else float(v) if "." in v else int(v)
-              for k, v in (kv.split("=") for kv in args.params.split(",") if kv)}
+    params = parse_params(args.params)
     warnings.filterwarnings("ignore")
     print("| design | n | p | estimator | RMSE | bias^2 | variance over seeds | estimated variance | "
           "estimated / true | coverage | width |")

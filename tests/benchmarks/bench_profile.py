@@ -4,6 +4,7 @@ path's time per tree on the CPU next to numba's.
 
     .venv/bin/python tests/benchmarks/bench_profile.py                     # 1e5 x 10 and 1e6 x 30
     .venv/bin/python tests/benchmarks/bench_profile.py --sizes 100000:10:40 --torch-trees 0
+    .venv/bin/python tests/benchmarks/bench_profile.py --sizes 100000:10:100 --params min_samples_leaf=5
     .venv/bin/python tests/benchmarks/bench_profile.py --sizes 1000000:30:4 --move-rows-bytes 0,16777216,4194304
 
 Everything runs on one thread (NUMBA_NUM_THREADS=1, one torch and BLAS thread), so the figures
@@ -22,9 +23,13 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _measure import parse_params  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -76,7 +81,7 @@ def histogram_rates(binned, mom, rows: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None:
+def profile(n: int, p: int, trees: int, torch_trees: int, params: dict, seed: int = 0) -> None:
     import torch
 
     from tauforge.kernels.backends import get_backend, numba_cpu
@@ -88,7 +93,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, seed: int = 0) -> None
     torch.set_num_threads(1)
     data = make_causal_data("simple", n=n, p=p, seed=seed)
     t_res, y_res = data.T - data.e, data.Y - data.m
-    forest = CausalForest(n_estimators=trees, random_state=seed)
+    forest = CausalForest(n_estimators=trees, random_state=seed, **params)
     forest.seed_ = seed
     binner, bin_cpu, _ = timed(QuantileBinner(forest.max_bins, random_state=seed).fit, data.X)
     binned, codes_cpu, _ = timed(binner.bin, data.X)
@@ -191,13 +196,15 @@ def main() -> None:
     parser.add_argument("--move-rows-bytes", default="",
                         help="comma-separated thresholds to compare instead of the profile (e.g. 16777216,4194304)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of --move-rows-bytes (default: 3)")
+    parser.add_argument("--params", default="",
+                        help="forest parameters, e.g. min_samples_leaf=5,max_samples=0.45 (default: none)")
     args = parser.parse_args()
     for size in args.sizes.split(","):
         n, p, trees = (int(v) for v in size.split(":"))
         if args.move_rows_bytes:
             compare_move_thresholds(n, p, trees, [int(v) for v in args.move_rows_bytes.split(",")], args.repeats)
         else:
-            profile(n, p, trees, args.torch_trees)
+            profile(n, p, trees, args.torch_trees, parse_params(args.params))
 
 
 if __name__ == "__main__":
