@@ -211,7 +211,7 @@ class CausalForest(BaseEstimator):
                              "n_estimators / ci_group_size")
         device = _inputs.resolve_device(self.device)
         backend = get_backend(self.backend, device)
-        binner = QuantileBinner(self.max_bins, random_state=self.seed_).fit(X)
+        binner = QuantileBinner(self.max_bins, random_state=self.seed_, n_threads=numba.get_num_threads()).fit(X)
         samples = sampler.trees(groups.start, len(groups))
         binned = binner.bin(X)
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side

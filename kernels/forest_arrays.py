@@ -58,18 +58,21 @@ class ForestArrays:
 
     @classmethod
     def from_trees(cls, trees: list[TreeArrays]) -> ForestArrays:
-        for b, t in enumerate(trees):
-            if not np.array_equal(t.child, _local_child(t.feature >= 0, np.array([0, len(t.feature)]))):
-                raise ValueError(f"tree {b} is not breadth-first with adjacent children; its pointers cannot be "
-                                 "left implicit")
         node_counts = np.array([len(t.feature) for t in trees], dtype=np.int64)
         leaf_counts = np.array([len(t.leaf_values) for t in trees], dtype=np.int64)
+        tree_offsets = np.concatenate([[0], np.cumsum(node_counts)])
         feature = np.concatenate([t.feature for t in trees])
+        # Every tree's pointers at once (one call a batch, not a tree: this runs beside growth).
+        implicit = _local_child(feature >= 0, tree_offsets) == np.concatenate([t.child for t in trees])
+        if not implicit.all():
+            b = int(np.searchsorted(tree_offsets, np.argmin(implicit), side="right")) - 1
+            raise ValueError(f"tree {b} is not breadth-first with adjacent children; its pointers cannot be "
+                             "left implicit")
         return cls._assemble(
             feature=feature.astype(_feature_dtype(int(feature.max(initial=-1)) + 1)),
             threshold=np.concatenate([t.threshold for t in trees]).astype(np.uint16),
             leaf_values=np.concatenate([t.leaf_values for t in trees]).astype(np.float32),
-            tree_offsets=np.concatenate([[0], np.cumsum(node_counts)]),
+            tree_offsets=tree_offsets,
             leaf_offsets=np.concatenate([[0], np.cumsum(leaf_counts)]),
             max_depth=max(_depth(t) for t in trees),
         )
@@ -191,12 +194,10 @@ def _feature_dtype(n_features: int) -> type:
 
 
 def _depth(tree: TreeArrays) -> int:
-    """Depth of a breadth-first tree, one vectorized pass per level."""
-    depth = np.zeros(len(tree.feature), dtype=np.int64)
-    parents = np.flatnonzero(tree.feature >= 0)
-    left = tree.child[parents]
-    while True:
-        below = depth[parents] + 1
-        if np.array_equal(depth[left], below):
-            return int(depth.max()) if len(depth) else 0
-        depth[left] = depth[left + 1] = below
+    """Depth of a breadth-first tree with adjacent children (`from_trees` checks that): its levels
+    are consecutive ranges of nodes, and a level's splits put twice their number in the next."""
+    splits_before = np.concatenate([[0], np.cumsum(tree.feature >= 0)])
+    start, end, depth = 0, 1, 0
+    while end <= len(tree.feature) and (n_splits := int(splits_before[end] - splits_before[start])) > 0:
+        start, end, depth = end, end + 2 * n_splits, depth + 1
+    return depth

@@ -29,6 +29,20 @@ def _problem(n, p=4, seed=0, weights=False, max_bins=256, design="simple"):
     return data, mom, sampler.trees(0, 2)
 
 
+def test_binning_codes_count_the_edges_below_on_any_number_of_threads():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=70_000),  # more distinct values than fine bins: quantile edges
+                         rng.integers(0, 7, 70_000).astype(float), rng.uniform(size=70_000)])
+    one, two = QuantileBinner(random_state=0).fit(X), QuantileBinner(random_state=0, n_threads=2).fit(X)
+    for a, b in zip(one.fine_edges_ + one.coarse_last_fine_, two.fine_edges_ + two.coarse_last_fine_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one.fine_edges_[1], np.arange(6) + 0.5)  # midpoints of the distinct values
+    assert len(one.fine_edges_[0]) < 65536 and np.all(np.diff(one.fine_edges_[0]) > 0)
+    codes = two.transform(X)
+    for j, edges in enumerate(one.fine_edges_):  # fine(x) = the number of fine edges strictly below x
+        np.testing.assert_array_equal(codes[:2000, j], (edges[None, :] < X[:2000, j, None]).sum(axis=1))
+
+
 def _assert_same_trees(a, b):
     assert len(a) == len(b)
     for ta, tb in zip(a, b):
@@ -263,8 +277,24 @@ def test_compact_forest_saves_no_pointers_and_rebuilds_them_exactly():
         ForestArrays.from_arrays(broken, forest.max_depth)
     swapped = grown[0]
     swapped = type(swapped)(swapped.feature, swapped.threshold, swapped.child[::-1].copy(), swapped.leaf_values)
-    with pytest.raises(ValueError, match="not breadth-first"):
-        ForestArrays.from_trees([swapped])
+    with pytest.raises(ValueError, match="tree 1 is not breadth-first"):
+        ForestArrays.from_trees([grown[0], swapped])
+
+
+def test_forest_depth_is_the_deepest_node_of_any_tree():
+    data, mom, trees = _problem(1500)
+    grown = NumbaBackend().grow(data, mom, trees, RULES[0])
+
+    def walked_depth(tree, node=0):  # the depth below `node`, by following the pointers
+        if tree.feature[node] < 0:
+            return 0
+        left = int(tree.child[node])
+        return 1 + max(walked_depth(tree, left), walked_depth(tree, left + 1))
+
+    assert ForestArrays.from_trees(grown).max_depth == max(walked_depth(t) for t in grown) > 3
+    stump = type(grown[0])(np.array([-1], dtype=np.int32), np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int64),
+                           grown[0].leaf_values[:1])
+    assert ForestArrays.from_trees([stump]).max_depth == 0
 
 
 @cuda
