@@ -56,10 +56,12 @@ RULES = [
     SplitRule(min_samples_leaf=5, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4),
     SplitRule(min_samples_leaf=3, alpha=0.2, imbalance_penalty=0.5, max_depth=4, mtry=2),
     SplitRule(min_samples_leaf=2, alpha=0.0, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=2, poisson_mtry=True),
+    # A fractional minimum: the fine sweep skips candidates by ceil(2 min_samples_leaf) rows.
+    SplitRule(min_samples_leaf=2.5, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4),
 ]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained", "poisson-mtry"])
+@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained", "poisson-mtry", "fractional-leaf"])
 @pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
 def test_backends_match_reference(rule, weights):
     # n=1200: roots hold ~540 rows, so every node splits on fine codes (under SMALL_NODE_ROWS);
