@@ -333,8 +333,9 @@ def _sort_codes(col, m, counts, order, scratch):
 # children's (as CART implementations with presorted features do), so a node sweeps its rows in
 # code order at O(rows) per feature, in cache. The orders come in two buffers: a split reads its
 # node's and writes its children's into the other one (`_partition_order_into`), each row once,
-# and a node on the stack records which buffer holds its orders. Depth-first growth finishes a fine root's subtree
-# before it meets another fine root, so one set of buffers (small_node rows) serves the tree.
+# and a node on the stack records which buffer holds its orders. Depth-first growth finishes a
+# fine root's subtree before it meets another fine root, so one set of buffers (small_node rows)
+# serves the tree.
 # Rows of zero weight add nothing anywhere and are left out. Within a fine subtree a node's range
 # (on the stack) indexes these orders, not s_idx and e_idx, which are no longer partitioned there.
 # The local buffers' rows are padded by PAD entries: rows of 2,048 uint16 lie 4,096 bytes apart, so
@@ -809,7 +810,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             if fine:
                 if ordered == _NOT_LOCAL:  # a fine root: its orders go to buffer 0 (st_buf)
                     m, m_e = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
-                                        local_codes, orders[buf], e_row, e_codes, e_orders[buf], counts, fine_scratch)
+                                        local_codes, order, e_row, e_codes, e_order, counts, fine_scratch)
                     s_lo, s_hi, e_lo, e_hi = 0, m, 0, m_e  # from here on the node's ranges in the local orders
                     ordered = _ORDERED
                     clock = _tick(prof, _FINE_ROOT, clock)
