@@ -410,6 +410,13 @@ def _score_fine_candidates(cum, rows, n, tot, min_leaf, alpha, penalty, out):
                                 np.float64(rows[i]) - cum[6, i], tot, least, True, min_leaf, 0.0, penalty)
 
 
+@njit(inline="always", error_model="numpy")
+def _add_swept_row(local, q, c0, c1, c4, c5, c6):
+    """The fine sweep's running sums with local row q added: N, St, Stt, the pseudo-outcome and
+    the row's side of the parent's mean (`_fine_pseudo_outcomes`)."""
+    return c0 + local[q, 0], c1 + local[q, 1], c4 + local[q, 4], c5 + local[q, 5], c6 + local[q, 7]
+
+
 @njit(error_model="numpy")
 def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, min_leaf, alpha, penalty,
                cum, cand_k, cand_s, block_start, block_max):
@@ -451,21 +458,12 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
         n = np.uint64(0)
         first = lo + k_min - 1  # the row after which the left child holds k_min rows
         for k in range(np.uint64(lo), np.uint64(min(first, hi))):  # summed, not candidates
-            q = np.uint64(rows[k])
-            c0 += local[q, 0]
-            c1 += local[q, 1]
-            c4 += local[q, 4]
-            c5 += local[q, 5]
-            c6 += local[q, 7]
+            c0, c1, c4, c5, c6 = _add_swept_row(local, np.uint64(rows[k]), c0, c1, c4, c5, c6)
         # Unsigned indices: numba checks every signed index for wraparound (a negative index counts
         # from the end), which costs a fifth of this loop.
         for k in range(np.uint64(first), np.uint64(max(hi - k_min, first))):
             q = np.uint64(rows[k])
-            c0 += local[q, 0]
-            c1 += local[q, 1]
-            c4 += local[q, 4]
-            c5 += local[q, 5]
-            c6 += local[q, 7]
+            c0, c1, c4, c5, c6 = _add_swept_row(local, q, c0, c1, c4, c5, c6)
             code = col[q]
             boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
             cand_k[n_cand + n] = k - np.uint64(lo) + np.uint64(1)  # its left child's rows: see the docstring
