@@ -17,7 +17,7 @@ from tauforge.kernels.sampling import LittleBagSampler
 from tauforge.kernels.splitting import SplitRule, quantize_weights
 
 
-def _problem(n, p=4, seed=0, weights=False, max_bins=256, design="simple"):
+def _problem(n, p=4, seed=0, weights=False, max_bins=256, design="simple", honesty_fraction=0.5):
     d = make_causal_data(design, n=n, p=p, seed=seed)
     t, y = d.T - d.e, d.Y - d.m
     rng = np.random.default_rng(seed)
@@ -25,7 +25,7 @@ def _problem(n, p=4, seed=0, weights=False, max_bins=256, design="simple"):
     w = quantize_weights(w)
     data = QuantileBinner(max_bins).fit(d.X).bin(d.X)
     mom = np.ascontiguousarray(np.stack([w, w * t, w * y, w * t * y, w * t * t], axis=1))
-    sampler = LittleBagSampler(n, 4, 2, 0.45, True, 0.5, seed)
+    sampler = LittleBagSampler(n, 4, 2, 0.45, True, honesty_fraction, seed)
     return data, mom, sampler.trees(0, 2)
 
 
@@ -73,6 +73,18 @@ def test_backends_match_reference(rule, weights):
     _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
     _assert_same_trees(NumbaBackend(move_rows_bytes=0).grow(data, mom, trees, rule), ref)  # rows moved, not indexed
     _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
+
+
+def test_fine_splits_keep_the_estimation_minimum_when_the_best_candidates_break_it():
+    # 85% of each subsample chooses splits: a fine node's best thresholds often leave fewer than
+    # min_samples_leaf estimation rows on a side, so the numba grower's pick (which counts those
+    # rows only for candidates that could win, best first) must pass over them as the reference does.
+    data, mom, trees = _problem(1200, max_bins=32, honesty_fraction=0.85)
+    rule = SplitRule(min_samples_leaf=4, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4)
+    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
+                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
+    assert all(len(t.feature) > 7 for t in ref), "trees should be non-trivial"
+    _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
 
 
 def test_coarse_nodes_match_reference_whether_rows_move_or_not():

@@ -325,10 +325,11 @@ def _sort_codes(col, m, counts, order, scratch):
 
 # A node of fewer than `small_node` rows (a fine node) chooses among splits at every fine code.
 # The first fine node on a path (a fine root) copies its rows of positive weight into small local
-# buffers: their channels, fine codes, and per feature the rows in code order (a radix sort), the
-# structure rows and the estimation rows apart. Only structure rows are swept: an estimation row
-# adds nothing to the split criterion, and the estimation half's minimum leaf size is a range of
-# thresholds, read off the estimation rows' order (`_scan_fine`).
+# buffers: their channels, fine codes, and per feature the structure rows in code order (a radix
+# sort); the estimation rows apart, in one list. Only structure rows are swept: an estimation row
+# adds nothing to the split criterion, and the estimation half's minimum leaf size is checked
+# only for the candidates that could win (`_pick_fine`), by counting the node's estimation rows
+# on each side: one pass for the winner, where keeping and splitting p orders of them cost more.
 # Its descendants never sort again: a split partitions every feature's order stably into the
 # children's (as CART implementations with presorted features do), so a node sweeps its rows in
 # code order at O(rows) per feature, in cache. The orders come in two buffers: a split reads its
@@ -347,13 +348,13 @@ _NOT_LOCAL, _LEAF_ONLY, _ORDERED = 0, 1, 2  # what the local buffers hold of a n
 
 @njit(error_model="numpy")
 def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local, local_codes, order,
-               e_row, e_codes, e_order, counts, scratch):
+               e_row, e_codes, e_list, counts, scratch):
     """Fill the local buffers from a fine root's rows; return the numbers of structure and
     estimation rows. Structure row q: local[q] = (w, wt, wy, wty, wtt, -, t = wt / w, -) (columns
     5 and 7 are each node's, `_fine_pseudo_outcomes`: 8 columns keep a row in one cache line), its
     fine codes in local_codes[:, q], order[j] = the structure rows by fine code j. Estimation row
-    q: its index into mom_e in e_row[q], its codes in e_codes[:, q], e_order[j] = those rows by
-    code j."""
+    q: its index into mom_e in e_row[q], its codes in e_codes[:, q]; e_list = those rows, in
+    no particular order."""
     p = fine_s.shape[1]
     m = 0
     for ii in range(s_lo, s_hi):
@@ -371,12 +372,12 @@ def _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_h
         r = e_idx[ii]
         if mom_e[r, 0] > 0.0:
             e_row[m_e] = r
+            e_list[m_e] = m_e
             for j in range(p):
                 e_codes[j, m_e] = fine_e[r, j]
             m_e += 1
     for j in range(p):
         _sort_codes(local_codes[j], m, counts, order[j], scratch)
-        _sort_codes(e_codes[j], m_e, counts, e_order[j], scratch)
     return m, m_e
 
 
@@ -418,13 +419,13 @@ def _add_swept_row(local, q, c0, c1, c4, c5, c6):
 
 
 @njit(error_model="numpy")
-def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, fmask, tot, min_leaf, alpha, penalty,
-               cum, cand_k, cand_s, block_start, block_max):
+def _scan_fine(local, local_codes, order, lo, hi, fmask, tot, min_leaf, alpha, penalty, cum, cand_k, cand_s,
+               block_start, block_max):
     """Score a fine node's candidate splits into cand_s (with their left children's numbers of
     rows in cand_k, whose last row in the feature's order holds the threshold): after each fine
-    code holding structure rows, leaving min_leaf estimation rows on each side (as `_scan_hist`
-    on coarse bins), with the row counts on each side of the parent's mean summed along, so the
-    scores are complete. Returns the number of candidates, in (feature, code) order.
+    code holding structure rows, with the row counts on each side of the parent's mean summed
+    along, so the scores are complete but for the estimation half's minimum (`_pick_fine`
+    checks it). Returns the number of candidates, in (feature, code) order.
 
     One feature at a time: its sweep over the structure rows [lo, hi) writes the candidates' sums
     (`_score_fine_candidates`: of the rows' pseudo-outcomes and sides, which the node's
@@ -432,15 +433,12 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
     `cum` (8, small_node), which `_score_fine_candidates` reads
     while it is still in cache; only the scores of all features are kept (`_fine_left_sums`
     recomputes the winner's sums), with each feature's first candidate and best score in
-    block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The
-    estimation rows [e_lo, e_hi) are not swept: a threshold leaves min_leaf of them on each side
-    exactly when it is at least the code of the ceil(min_leaf)-th smallest and below that of the
-    ceil(min_leaf)-th largest. The sweep appends without branching: every row writes a slot, and
-    the count only advances after the last row of a code with both children big enough. A child
-    needs min_leaf structure rows on each side of the parent's mean, so candidates that leave
-    fewer than 2 min_leaf rows on a side are not written (they would score -inf): the first
-    rows are only summed and the last ones not read, which in the smallest nodes is half of them."""
-    k_e = max(math.ceil(min_leaf), 0)
+    block_start[j] and block_max[j] (-inf for features not drawn) for `_pick_fine`. The sweep
+    appends without branching: every row writes a slot, and the count only advances after the
+    last row of a code. A child needs min_leaf structure rows on each side of the parent's mean,
+    so candidates that leave fewer than 2 min_leaf rows on a side are not written (they would
+    score -inf): the first rows are only summed and the last ones not read, which in the
+    smallest nodes is half of them."""
     k_min = max(math.ceil(2.0 * min_leaf), 1)  # the fewest rows a child can hold
     n_cand = 0
     for j in range(local_codes.shape[0]):
@@ -450,10 +448,6 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
             continue
         col = local_codes[j]
         rows = order[j]
-        lowest, highest = 0, 1 << 16  # the thresholds [lowest, highest) the estimation half allows
-        if k_e > 0:
-            lowest = np.int64(e_codes[j, e_order[j, e_lo + k_e - 1]])
-            highest = np.int64(e_codes[j, e_order[j, e_hi - k_e]])
         c0 = c1 = c4 = c5 = c6 = 0.0
         n = np.uint64(0)
         first = lo + k_min - 1  # the row after which the left child holds k_min rows
@@ -464,16 +458,14 @@ def _scan_fine(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, 
         for k in range(np.uint64(first), np.uint64(max(hi - k_min, first))):
             q = np.uint64(rows[k])
             c0, c1, c4, c5, c6 = _add_swept_row(local, q, c0, c1, c4, c5, c6)
-            code = col[q]
-            boundary = col[np.uint64(rows[k + np.uint64(1)])] != code
+            boundary = col[np.uint64(rows[k + np.uint64(1)])] != col[q]
             cand_k[n_cand + n] = k - np.uint64(lo) + np.uint64(1)  # its left child's rows: see the docstring
             cum[0, n] = c0
             cum[1, n] = c1
             cum[4, n] = c4
             cum[5, n] = c5
             cum[6, n] = c6
-            keep = boundary & (code >= lowest) & (code < highest)
-            n += np.uint64(keep)
+            n += np.uint64(boundary)
         n = np.int64(n)
         _score_fine_candidates(cum, cand_k[n_cand:], n, tot, min_leaf, alpha, penalty, cand_s[n_cand:])
         block_max[j] = _max_of(cand_s, n_cand, n_cand + n)
@@ -501,29 +493,74 @@ def _max_of(a, lo, hi):
 
 
 @njit(error_model="numpy")
-def _pick_fine(cand_s, n_cand, block_start, block_max):
-    """`_pick` for a fine node, whose candidates' row counts are known: the first candidate within
-    TIE_RTOL of the best score (if that is > 0), found through the features' best scores instead
-    of two passes over every candidate; returns it and its feature, or (-1, -1)."""
-    best = 0.0
-    for j in range(block_max.shape[0]):
-        best = max(best, block_max[j])
-    if best <= 0.0:
-        return -1, -1
-    bar = best - TIE_RTOL * best
-    for j in range(block_max.shape[0]):
-        if block_max[j] >= bar:
-            for i in range(block_start[j], n_cand):
-                if cand_s[i] >= bar:
-                    return i, j
-    return -1, -1  # not reached: the best feature holds a score at the bar
+def _estimation_left(e_codes, e_list, e_lo, e_hi, f, thr):
+    """The number of a fine node's estimation rows with code <= thr on feature f."""
+    col = e_codes[f]
+    left = 0
+    for k in range(np.uint64(e_lo), np.uint64(e_hi)):  # unsigned indices: see _scan_fine
+        left += col[np.uint64(e_list[k])] <= thr
+    return left
+
+
+@njit(inline="always", error_model="numpy")
+def _block_end(block_start, n_cand, j):
+    """Where feature j's candidates end (`_scan_fine` lists them feature after feature)."""
+    return block_start[j + 1] if j + 1 < block_start.shape[0] else n_cand
 
 
 @njit(error_model="numpy")
-def _fine_left_sums(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e_hi, f, thr, out):
-    """out[:6] = the channel sums of a fine node's rows with code <= thr on feature f, added in the
-    sweep's order, so that they equal the winning candidate's sums bit for bit; out[E] counts
-    its estimation rows there."""
+def _pick_fine(cand_s, cand_k, n_cand, block_start, block_max, local_codes, order, lo, e_codes, e_list, e_lo, e_hi,
+               min_leaf):
+    """`_pick` for a fine node, whose candidates' structure row counts are known: the first
+    candidate within TIE_RTOL of the best score (if that is > 0) among those leaving
+    ceil(min_leaf) estimation rows on each side; returns it, its feature and its left child's
+    estimation rows, or (-1, -1, 0). The estimation rows are counted only for candidates that
+    could win: first the best ones in turn until one leaves enough (its score is the best), then
+    those at the bar in order. A feature's candidates come in code order, so one found short on
+    the left rules out those before it, and one short on the right those after it: they are set
+    to -inf in cand_s (and the feature's best in block_max recomputed), so that at most two
+    candidates a feature are counted in vain."""
+    k_e = max(math.ceil(min_leaf), 0)
+    n_e = e_hi - e_lo
+    while True:  # the best admissible score
+        best, jb = 0.0, -1
+        for j in range(block_max.shape[0]):
+            if block_max[j] > best:
+                best, jb = block_max[j], j
+        if jb < 0:
+            return -1, -1, 0
+        start, end = block_start[jb], _block_end(block_start, n_cand, jb)
+        i = start
+        while cand_s[i] != best:
+            i += 1
+        thr = local_codes[jb, order[jb, lo + cand_k[i] - 1]]
+        left = _estimation_left(e_codes, e_list, e_lo, e_hi, jb, thr)
+        if left < k_e:
+            cand_s[start:i + 1] = -np.inf
+        elif n_e - left < k_e:
+            cand_s[i:end] = -np.inf
+        else:
+            break
+        block_max[jb] = _max_of(cand_s, start, end)
+    bar = best - TIE_RTOL * best
+    for j in range(block_max.shape[0]):
+        if block_max[j] < bar:
+            continue
+        for i in range(block_start[j], _block_end(block_start, n_cand, j)):
+            if cand_s[i] >= bar:
+                thr = local_codes[j, order[j, lo + cand_k[i] - 1]]
+                left = _estimation_left(e_codes, e_list, e_lo, e_hi, j, thr)
+                if left >= k_e and n_e - left >= k_e:
+                    return i, j, left
+                if n_e - left < k_e:
+                    break  # and so is every later candidate of this feature
+    return -1, -1, 0  # not reached: the best admissible candidate is at the bar
+
+
+@njit(error_model="numpy")
+def _fine_left_sums(local, local_codes, order, lo, hi, f, thr, out):
+    """out[:5] = the channel sums of a fine node's structure rows with code <= thr on feature f,
+    added in the sweep's order, so that they equal the winning candidate's sums bit for bit."""
     out[:] = 0.0
     col = local_codes[f]
     rows = order[f]
@@ -533,10 +570,6 @@ def _fine_left_sums(local, local_codes, order, lo, hi, e_codes, e_order, e_lo, e
             break
         for c in range(5):
             out[c] += local[q, c]
-    for k in range(e_lo, e_hi):
-        if e_codes[f, e_order[f, k]] > thr:
-            break
-        out[E] += 1.0
 
 
 @njit(error_model="numpy")
@@ -572,18 +605,16 @@ def _partition_order_into(src, dst, lo, hi, n_left, side, thr):
 
 
 @njit(error_model="numpy")
-def _split_fine(local_codes, order, to_order, lo, hi, nl, e_codes, e_order, to_e_order, e_lo, e_hi, nl_e, f, thr,
+def _split_fine(local_codes, order, to_order, lo, hi, nl, e_codes, e_list, to_e_list, e_lo, e_hi, nl_e, f, thr,
                 every_feature):
-    """Partition the orders of a fine node's structure rows [lo, hi) and estimation rows
-    [e_lo, e_hi) stably into its children's in to_order and to_e_order (rows with code <= thr on
-    feature f first: nl and nl_e of them): every feature's, or with `every_feature` False only
-    the estimation rows' first order (enough to populate the children as leaves)."""
-    if not every_feature:
-        _partition_order_into(e_order[0], to_e_order[0], e_lo, e_hi, nl_e, e_codes[f], thr)
-        return
-    for j in range(local_codes.shape[0]):
-        _partition_order_into(order[j], to_order[j], lo, hi, nl, local_codes[f], thr)
-        _partition_order_into(e_order[j], to_e_order[j], e_lo, e_hi, nl_e, e_codes[f], thr)
+    """Partition a fine node's estimation rows [e_lo, e_hi) and every feature's order of its
+    structure rows [lo, hi) stably into its children's in to_e_list and to_order (rows with code
+    <= thr on feature f first: nl_e and nl of them); with `every_feature` False only the
+    estimation rows (enough to populate the children as leaves)."""
+    _partition_order_into(e_list, to_e_list, e_lo, e_hi, nl_e, e_codes[f], thr)
+    if every_feature:
+        for j in range(local_codes.shape[0]):
+            _partition_order_into(order[j], to_order[j], lo, hi, nl, local_codes[f], thr)
 
 
 @njit(error_model="numpy")
@@ -730,7 +761,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
     orders = np.empty((2, p, small_node + PAD), dtype=np.uint16)
     e_row = np.empty(small_node, dtype=np.int64)
     e_codes = np.empty((p, small_node + PAD), dtype=np.uint16)
-    e_orders = np.empty((2, p, small_node + PAD), dtype=np.uint16)
+    e_lists = np.empty((2, small_node + PAD), dtype=np.uint16)
     fine_cum = np.zeros((8, small_node + PAD // 4))  # the fine candidates' sums: see _scan_fine
     block_start = np.empty(p, dtype=np.int64)
     block_max = np.empty(p)
@@ -801,14 +832,14 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         t[:6] = tot[node]
 
         bf, bb, nl, fine_j = -1, -1, 0, -1
-        order, e_order = orders[buf], e_orders[buf]  # a local node's (see st_buf)
+        order, e_list = orders[buf], e_lists[buf]  # a local node's (see st_buf)
         a, b, tau, var = parent_stats(t)
         fine = slot < 0  # no histogram: a node of fewer than small_node rows
         if depth < max_depth and var > 0 and t[E] >= 2 * min_leaf:
             if fine:
                 if ordered == _NOT_LOCAL:  # a fine root: its orders go to buffer 0 (st_buf)
                     m, m_e = _fine_root(fine_s, mom_s, s_idx, s_lo, s_hi, fine_e, mom_e, e_idx, e_lo, e_hi, local,
-                                        local_codes, order, e_row, e_codes, e_order, counts, fine_scratch)
+                                        local_codes, order, e_row, e_codes, e_list, counts, fine_scratch)
                     s_lo, s_hi, e_lo, e_hi = 0, m, 0, m_e  # from here on the node's ranges in the local orders
                     ordered = _ORDERED
                     clock = _tick(prof, _FINE_ROOT, clock)
@@ -824,10 +855,11 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
         if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
             draw_features(nkey, p, mtry, poisson, fmask)
             if fine:  # scored feature by feature, row counts included
-                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, fmask, t,
-                                    min_leaf, alpha, penalty, fine_cum, cand_k, cand_s, block_start, block_max)
+                n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, fmask, t, min_leaf, alpha, penalty,
+                                    fine_cum, cand_k, cand_s, block_start, block_max)
                 clock = _tick(prof, _FINE, clock)
-                i, fine_j = _pick_fine(cand_s, n_cand, block_start, block_max)
+                i, fine_j, fine_nl_e = _pick_fine(cand_s, cand_k, n_cand, block_start, block_max, local_codes, order,
+                                                  s_lo, e_codes, e_list, e_lo, e_hi, min_leaf)
             else:
                 n_cand = _scan_hist(hists[slot], n_bins, coarse_thr, fmask, t, min_leaf, cand_j, cand_k, cand_cum)
                 clock = _tick(prof, _COARSE, clock)
@@ -838,8 +870,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 if fine:  # the threshold: the code of the left child's last row in the feature's order
                     bf, nl = fine_j, cand_k[i]
                     bb = np.int64(local_codes[bf, order[bf, s_lo + nl - 1]])
-                    _fine_left_sums(local, local_codes, order, s_lo, s_hi, e_codes, e_order, e_lo, e_hi, bf, bb,
-                                    best_left)
+                    _fine_left_sums(local, local_codes, order, s_lo, s_hi, bf, bb, best_left)
+                    best_left[E] = fine_nl_e
                 else:
                     bf, bb = cand_j[i], cand_k[i]
                     for c in range(6):
@@ -856,7 +888,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                         acc[c] += mom_e[r, c + 1]
             else:  # the node's local estimation rows
                 for ii in range(e_lo, e_hi):
-                    r = e_row[e_order[0, ii]]
+                    r = e_row[e_list[ii]]
                     w += mom_e[r, 0]
                     for c in range(4):
                         acc[c] += mom_e[r, c + 1]
@@ -869,8 +901,8 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             continue
 
         if fine:
-            # The children inherit the node's ordered rows; only the estimation rows' first order
-            # (for their leaves) when neither of them can split. A child splits only with 2 min_leaf
+            # The children inherit the node's ordered rows; only the estimation rows (for their
+            # leaves) when neither of them can split. A child splits only with 2 min_leaf
             # estimation rows and 2 min_leaf structure rows on each side of its mean (the sides
             # test above), so with fewer than 4 min_leaf structure rows it stays a leaf.
             nl_e = best_left[E]
@@ -878,7 +910,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 (nl_e >= 2 * min_leaf and nl >= 4 * min_leaf)
                 or (t[E] - nl_e >= 2 * min_leaf and (s_hi - s_lo) - nl >= 4 * min_leaf))
             children_ordered = _ORDERED if can_split else _LEAF_ONLY
-            _split_fine(local_codes, order, orders[1 - buf], s_lo, s_hi, nl, e_codes, e_order, e_orders[1 - buf],
+            _split_fine(local_codes, order, orders[1 - buf], s_lo, s_hi, nl, e_codes, e_list, e_lists[1 - buf],
                         e_lo, e_hi, np.int64(nl_e), bf, bb, can_split)
             s_mid, e_mid = s_lo + nl, e_lo + np.int64(nl_e)
         else:
