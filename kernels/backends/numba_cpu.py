@@ -503,6 +503,13 @@ def _estimation_left(e_codes, e_list, e_lo, e_hi, f, thr):
 
 
 @njit(inline="always", error_model="numpy")
+def _fine_threshold(local_codes, order, lo, n_left, j):
+    """The threshold of a fine candidate on feature j whose left child holds n_left structure rows:
+    the code of its last row in the feature's order (`_scan_fine` keeps the count, not the code)."""
+    return np.int64(local_codes[j, order[j, lo + n_left - 1]])
+
+
+@njit(inline="always", error_model="numpy")
 def _block_end(block_start, n_cand, j):
     """Where feature j's candidates end (`_scan_fine` lists them feature after feature)."""
     return block_start[j + 1] if j + 1 < block_start.shape[0] else n_cand
@@ -533,7 +540,7 @@ def _pick_fine(cand_s, cand_k, n_cand, block_start, block_max, local_codes, orde
         i = start
         while cand_s[i] != best:
             i += 1
-        thr = local_codes[jb, order[jb, lo + cand_k[i] - 1]]
+        thr = _fine_threshold(local_codes, order, lo, cand_k[i], jb)
         left = _estimation_left(e_codes, e_list, e_lo, e_hi, jb, thr)
         if left < k_e:
             cand_s[start:i + 1] = -np.inf
@@ -548,7 +555,7 @@ def _pick_fine(cand_s, cand_k, n_cand, block_start, block_max, local_codes, orde
             continue
         for i in range(block_start[j], _block_end(block_start, n_cand, j)):
             if cand_s[i] >= bar:
-                thr = local_codes[j, order[j, lo + cand_k[i] - 1]]
+                thr = _fine_threshold(local_codes, order, lo, cand_k[i], j)
                 left = _estimation_left(e_codes, e_list, e_lo, e_hi, j, thr)
                 if left >= k_e and n_e - left >= k_e:
                     return i, j, left
@@ -867,9 +874,9 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
                 clock = _tick(prof, _SCORE, clock)
                 i = _pick(cand_s, n_cand, cand_j, cand_k, t, mom_s, fine_s, s_idx, s_lo, s_hi, a, min_leaf)
             if i >= 0:
-                if fine:  # the threshold: the code of the left child's last row in the feature's order
+                if fine:
                     bf, nl = fine_j, cand_k[i]
-                    bb = np.int64(local_codes[bf, order[bf, s_lo + nl - 1]])
+                    bb = _fine_threshold(local_codes, order, s_lo, nl, bf)
                     _fine_left_sums(local, local_codes, order, s_lo, s_hi, bf, bb, best_left)
                     best_left[E] = fine_nl_e
                 else:
