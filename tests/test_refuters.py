@@ -113,4 +113,7 @@ def test_data_subset_passes_a_sound_pipeline_and_catches_an_estimate_that_moves_
     assert clean["p_value"] > 0.01, clean
     buggy = FullDataDenominator(data, TWO_FOLDS, SEED, refit.oob_cate)
     caught = data_subset(buggy, buggy.effect()[0], SEED)
-    assert caught["p_value"] < 0.01 and caught["change"] == pytest.approx(-0.2 * summary["ate"], abs=0.1), caught
+    # Halves of the rows halve the buggy effect. Over 40 seeds (bench_refuters.py --seeds 40
+    # --n 2000) the refuter catches this at p < 0.01 in 33 (37 at p < 0.05): this seed is one of
+    # them, and a refuter blind to the shift would give p near uniform here, under 0.01 one time in 100.
+    assert caught["p_value"] < 0.01 and caught["change"] == pytest.approx(-0.5 * summary["ate"], abs=0.1), caught

@@ -29,7 +29,7 @@ from scipy.stats import binom
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(seed: int, n: int) -> dict[str, float]:
+def run(seed: int, n: int, subset: dict | None = None) -> dict[str, float]:
     from test_refuters import (
         TWO_FOLDS,
         ConstantPseudoEffect,
@@ -51,6 +51,7 @@ def run(seed: int, n: int) -> dict[str, float]:
     ate = estimate.summary["ate"]
     dropped = DropsTheLastControl(data, TWO_FOLDS, seed, estimate.oob_cate)
     denominator = FullDataDenominator(data, TWO_FOLDS, seed, estimate.oob_cate)
+    subset = subset or {}
     return {
         "placebo, sound": placebo(sound, seed)["p_value"],
         "placebo, constant pseudo-effect": placebo(ConstantPseudoEffect(data, TWO_FOLDS, seed, estimate.oob_cate,
@@ -58,8 +59,9 @@ def run(seed: int, n: int) -> dict[str, float]:
         "random common cause, sound": random_common_cause(sound, ate, seed)["p_value"],
         "random common cause, dropped confounder": random_common_cause(dropped, dropped.effect()[0],
                                                                        seed)["p_value"],
-        "data subset, sound": data_subset(sound, ate, seed)["p_value"],
-        "data subset, full-data denominator": data_subset(denominator, denominator.effect()[0], seed)["p_value"],
+        "data subset, sound": data_subset(sound, ate, seed, **subset)["p_value"],
+        "data subset, full-data denominator": data_subset(denominator, denominator.effect()[0], seed,
+                                                          **subset)["p_value"],
     }
 
 
@@ -67,12 +69,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--subset-repeats", type=int, default=None,
+                        help="subsets the data subset refuter refits on (default: the refuter's)")
+    parser.add_argument("--subset-fraction", type=float, default=None,
+                        help="share of the rows in each subset (default: the refuter's)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     p_values: dict[str, list[float]] = {}
     start = time.perf_counter()
     for seed in range(args.seeds):
-        for name, p in run(seed, args.n).items():
+        subset = {k: v for k, v in (("repeats", args.subset_repeats), ("fraction", args.subset_fraction))
+                  if v is not None}
+        for name, p in run(seed, args.n, subset).items():
             p_values.setdefault(name, []).append(p)
         print(f"seed {seed + 1}/{args.seeds} done, {time.perf_counter() - start:.0f} s", flush=True)
     bound = int(binom.ppf(0.99, args.seeds, 0.01))
