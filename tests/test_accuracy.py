@@ -128,12 +128,55 @@ def test_continuous_treatment_reports_the_average_partial_effect_not_the_varianc
     assert np.corrcoef(np.log(est.treatment_variance_), d.X[:, 0])[0, 1] > 0.8
 
 
-def test_interval_coverage_on_oracle_residuals():
-    """With the true nuisances, 95% CATE intervals must cover the truth at >= 85% of points."""
+def _interval_score(tau, half, truth, alpha=0.05):
+    """Mean interval score (Gneiting and Raftery) of tau +- half: width plus 2/alpha times each miss."""
+    lo, hi = tau - half, tau + half
+    return np.mean((hi - lo) + 2 / alpha * ((lo - truth) * (truth < lo) + (truth - hi) * (truth > hi)))
+
+
+def test_cate_intervals_on_oracle_residuals_cover_and_are_not_inflated():
+    """With the true nuisances, 95% CATE intervals cover the truth at most test points, and their
+    width is the right scale: the interval score, a proper score, prefers them to the same
+    intervals at 2/3 or 3/2 their width."""
     from tauforge.kernels import CausalForest
 
     d = make_causal_data("aw2", n=8000, p=10, seed=23)
     test = make_causal_data("aw2", n=1000, p=10, seed=24)
-    cf = CausalForest(n_estimators=500, random_state=23).fit(d.X, d.T - d.e, d.Y - d.m)
-    lo, hi = cf.predict_interval(test.X)
-    assert np.mean((lo <= test.tau) & (test.tau <= hi)) >= 0.85
+    cf = CausalForest(n_estimators=500, random_state=23, progress=False).fit(d.X, d.T - d.e, d.Y - d.m)
+    tau, lo, hi = cf.predict_with_interval(test.X)
+    half = (hi - lo) / 2
+    # Measured (seeded): coverage 0.951; the same intervals at 2/3 their width cover 0.844, at
+    # half 0.716. The 1,000 points share one fit, so their misses are not independent draws and
+    # no binomial tail applies here (the next test has one): 0.90 leaves room for that.
+    assert np.mean(np.abs(tau - test.tau) <= half) >= 0.90
+    # Scores measured 0.783 at this width, 0.879 at 2/3 and 0.978 at 3/2. A variance overstated
+    # (or understated) 2.25-fold or more would put the best of the three at another width, and fail.
+    score = _interval_score(tau, half, test.tau)
+    assert score < _interval_score(tau, half * 2 / 3, test.tau)
+    assert score < _interval_score(tau, half * 3 / 2, test.tau)
+
+
+def test_cate_intervals_cover_at_the_nominal_rate_over_independent_training_sets():
+    """Pointwise coverage as a rate: one point, 60 independent training sets (true nuisances), each
+    fit's 95% interval there an independent Bernoulli draw."""
+    from tauforge.kernels import CausalForest
+
+    x0 = np.full((1, 10), 0.5)
+    x0[0, :2] = 0.8  # on aw2's plateau, away from its steps: where bias is small
+    truth = (1 + 1 / (1 + np.exp(-20 * (0.8 - 1 / 3)))) ** 2  # aw2: zeta(x1) zeta(x2)
+    z = []
+    for s in range(60):
+        d = make_causal_data("aw2", n=2000, p=10, seed=1000 + s)
+        cf = CausalForest(n_estimators=500, random_state=s, progress=False).fit(d.X, d.T - d.e, d.Y - d.m)
+        tau, var = cf.predict_and_var(x0)
+        z.append((tau[0] - truth) / np.sqrt(var[0]))
+    z = np.array(z)
+    covers = int(np.sum(np.abs(z) <= 1.959963984540054))
+    # At least 54 of 60 (measured 57; at half the width 42): a correct 95% interval falls short
+    # with probability binom.cdf(53, 60, 0.95) = 0.030; one that covers 85% passes with
+    # probability 0.18, one that covers 80% with 0.03.
+    assert covers >= 54, (covers, z)
+    # Not bought with width: the standardized errors spread by at least half a unit (measured
+    # 0.89; the little bags overstate the variance somewhat, docs/benchmarks.md). Intervals twice
+    # too wide would put it near 0.45 and fail.
+    assert np.std(z) >= 0.5, np.std(z)
