@@ -128,12 +128,6 @@ def test_continuous_treatment_reports_the_average_partial_effect_not_the_varianc
     assert np.corrcoef(np.log(est.treatment_variance_), d.X[:, 0])[0, 1] > 0.8
 
 
-def _interval_score(tau, half, truth, alpha=0.05):
-    """Mean interval score (Gneiting and Raftery) of tau +- half: width plus 2/alpha times each miss."""
-    lo, hi = tau - half, tau + half
-    return np.mean((hi - lo) + 2 / alpha * ((lo - truth) * (truth < lo) + (truth - hi) * (truth > hi)))
-
-
 def test_cate_intervals_on_oracle_residuals_cover_and_are_not_inflated():
     """With the true nuisances, 95% CATE intervals cover the truth at most test points, and their
     width is the right scale: the interval score, a proper score, prefers them to the same
@@ -149,11 +143,14 @@ def test_cate_intervals_on_oracle_residuals_cover_and_are_not_inflated():
     # half 0.716. The 1,000 points share one fit, so their misses are not independent draws and
     # no binomial tail applies here (the next test has one): 0.90 leaves room for that.
     assert np.mean(np.abs(tau - test.tau) <= half) >= 0.90
+
+    def score(k):  # the intervals at k times their width
+        return interval_score(tau - k * half, tau + k * half, test.tau, 0.05)
+
     # Scores measured 0.783 at this width, 0.879 at 2/3 and 0.978 at 3/2. A variance overstated
     # (or understated) 2.25-fold or more would put the best of the three at another width, and fail.
-    score = _interval_score(tau, half, test.tau)
-    assert score < _interval_score(tau, half * 2 / 3, test.tau)
-    assert score < _interval_score(tau, half * 3 / 2, test.tau)
+    assert score(1) < score(2 / 3)
+    assert score(1) < score(3 / 2)
 
 
 def test_cate_intervals_cover_at_the_nominal_rate_over_independent_training_sets():
