@@ -87,7 +87,7 @@ def plug_in_bias(est, X, test_X) -> np.ndarray:
     from tauforge.kernels.local_linear import LocalLinearCorrection
 
     forest = est.forest_
-    y_res, t_res = est.residuals_
+    _, t_res = est.residuals_
     pilot = np.ravel(forest.oob_predict(X))
     pilot = np.where(np.isnan(pilot), np.ravel(forest.predict(X)), pilot)
     sampler = forest._sampler(X.shape[0])

@@ -77,9 +77,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     p_values: dict[str, list[float]] = {}
     start = time.perf_counter()
+    subset = {k: v for k, v in (("repeats", args.subset_repeats), ("fraction", args.subset_fraction)) if v is not None}
     for seed in range(args.seeds):
-        subset = {k: v for k, v in (("repeats", args.subset_repeats), ("fraction", args.subset_fraction))
-                  if v is not None}
         for name, p in run(seed, args.n, subset).items():
             p_values.setdefault(name, []).append(p)
         print(f"seed {seed + 1}/{args.seeds} done, {time.perf_counter() - start:.0f} s", flush=True)
