@@ -109,9 +109,9 @@ class ImageBuild:
 class ImageRuns:
     """The image build and the slow runs the tests inspect, started at the session's first test
     (conftest.py) so that they use the core the tests in the pytest process leave idle: the build
-    (about 70 s after a change to the sources), the demo pipeline on the subprocess runner (it
-    needs no image), and once the image exists, at once or when its build ends, the runs of it
-    (`start_container_runs`)."""
+    (about 70 s after a change to the sources); once the image exists, at once or when its build
+    ends, the runs of it (`start_container_runs`); and, once the kernels are compiled, the demo
+    pipeline on the subprocess runner (it needs no image)."""
 
     def __init__(self, request):
         tmp_path_factory = request.getfixturevalue("tmp_path_factory")
@@ -120,14 +120,15 @@ class ImageRuns:
         self.waiter = None
         if not self.build.answers:
             return
-        compile_kernels()  # into this checkout's cache, which the subprocess runner's tasks load
-        self.runs.start("pipeline, subprocess runner", pipeline_command("subprocess", self.runs.root),
-                        cwd=self.runs.root)
+        # The image and its runs first: they need none of this checkout's compiled kernels.
         if self.build.reused:
             start_container_runs(self.runs, self.build.tag)
         else:  # a thread that only waits for make; the image fixture reports a failed build
             self.waiter = threading.Thread(target=self._after_build, daemon=True)
             self.waiter.start()
+        compile_kernels()  # into this checkout's cache, which the subprocess runner's tasks load
+        self.runs.start("pipeline, subprocess runner", pipeline_command("subprocess", self.runs.root),
+                        cwd=self.runs.root)
 
     def _after_build(self):
         if self.build.proc.wait() == 0:
@@ -145,6 +146,9 @@ class ImageRuns:
         if self.waiter is not None:
             self.waiter.join()
         self.runs.close()
+
+
+BACKGROUND_ORDER = 0  # before the modules that compile the kernels first (conftest.py)
 
 
 def start_background(request):

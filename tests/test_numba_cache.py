@@ -23,6 +23,9 @@ def env(**extra):
     return out
 
 
+BACKGROUND_ORDER = -1  # first (conftest.py): its processes use caches of their own
+
+
 def start_background(request):
     """Three fresh processes at once (conftest.py starts them at the session's start): a
     NUMBA_CACHE_DIR that cannot be created, the same with no usable temp directory either (each
