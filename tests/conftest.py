@@ -53,9 +53,9 @@ def background(request):
     `start_background(request)` of each test module whose selected tests use this fixture (its
     request.getfixturevalue gives session fixtures: tmp_path_factory, s3), by module name; stopped
     at the end of the session."""
-    # A module's BACKGROUND_ORDER (default 1) puts work that needs no compiled kernels first (0):
-    # it then runs on the core that the first `compile_kernels()` (35-40 s on a fresh clone, one
-    # thread) leaves idle.
+    # A module's BACKGROUND_ORDER (lowest first; 1 by default) starts work that needs no compiled
+    # kernels before the rest: it then runs on the core that the first `compile_kernels()` (35-40 s
+    # on a fresh clone, one thread) leaves idle.
     modules = sorted({item.module for item in request.session.items if awaits_background(item)},
                      key=lambda module: (getattr(module, "BACKGROUND_ORDER", 1), module.__name__))
     started = {}

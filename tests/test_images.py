@@ -204,9 +204,8 @@ def start_container_runs(runs: Processes, image: str) -> None:
     the demo as uid 10001 on a read-only root with a writable /tmp; the torch backend's probe with
     nothing writable (its few kernels compile uncached: 7-8 s of CPU where the demo's every kernel
     took 35-40 s) and with NUMBA_CACHE_DIR emptied (it compiles them into /tmp); and the demo
-    pipeline on the docker runner (beside the subprocess runner's, to compare). One after the
-    other they took 160 s beside other work, each mostly one process on one core or a wait for
-    containers to start. (`docker run --rm` containers that a
+    pipeline on the docker runner (beside the subprocess runner's, to compare). Each is mostly one
+    process on one core or a wait for containers to start. (`docker run --rm` containers that a
     stopped session leaves behind end on their own within a minute.) The docker clients run at the
     lowest priority; the containers, children of dockerd, do not."""
     docker_run = ["docker", "run", "--rm", "--network", "none"]
