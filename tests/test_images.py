@@ -256,8 +256,8 @@ def test_the_kernels_come_compiled_for_every_uid(image):
         assert probe["first_call_seconds"] < 5, probe  # compiling takes 35-40 s of CPU
 
 
-def test_the_demo_runs_as_uid_10001_on_a_read_only_root_with_a_writable_tmp_keeping_the_cache(image, containers):
-    # The image's user (10001: test_the_image_runs_tauforge_as_uid_10001_with_cpu_torch) on the
+def test_the_demo_runs_on_a_read_only_root_with_a_writable_tmp_and_keeps_the_cache(image, containers):
+    # As the image's user (uid 10001: test_the_image_runs_tauforge_as_uid_10001_with_cpu_torch), on the
     # root filesystem a hardened pod gets.
     probe = parse(run(image, "python", "-c", PROBE, flags=READ_ONLY_TMP).stdout)
     assert probe["finite"] and probe["misses"] == 0 and probe["directory"].startswith("/tmp/"), probe
