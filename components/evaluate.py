@@ -253,8 +253,10 @@ def verdict(result: dict, gate: GateConfig) -> dict:
     if gate.min_placebo_pvalue is not None and p < gate.min_placebo_pvalue:
         reasons.append(f"placebo: a permuted treatment shows an effect ({ref['placebo']['effect']:.4g}, "
                        f"p = {p:.3g} < {gate.min_placebo_pvalue})")
-    subsets = f"{100 * ref['data_subset']['fraction']:.0f}% data subsets"
-    for name, what in (("random_common_cause", "a random common cause"), ("data_subset", subsets)):
+    from .refuters import data_subset_label
+
+    for name, what in (("random_common_cause", "a random common cause"),
+                       ("data_subset", data_subset_label(ref["data_subset"]))):
         r = ref[name]
         if gate.min_refuter_pvalue is not None and r["p_value"] < gate.min_refuter_pvalue:
             reasons.append(f"{name.replace('_', ' ')}: {what} moves the ATE by {r['change']:.4g} "

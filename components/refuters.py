@@ -136,3 +136,9 @@ def data_subset(refit: EffectRefit, baseline: float, seed: int, fraction: float 
                                                                                     replace=False)))[0]
                for r in range(repeats)]
     return {**_within_spread(effects, baseline), "fraction": fraction, "repeats": repeats}
+
+
+def data_subset_label(result: dict) -> str:
+    """The data subset refuter's `result` named by its subsets' share ("50% data subsets"), for the
+    gate's reasons and the report; results written before the share was recorded used 80%."""
+    return f"{100 * result.get('fraction', 0.8):.0f}% data subsets"

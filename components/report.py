@@ -286,9 +286,10 @@ def _refuters_section(ref: dict, eff: dict, gate: dict, unit: str) -> str:
     rows.append(Interval(f"placebo treatment\np = {p['p_value']:.2g}", p["effect"], p["effect"] - half,
                          p["effect"] + half, FAIL_COLOUR if p["p_value"] < placebo_level else PASS_COLOUR))
     table.append(("placebo treatment (effect should be 0)", p["effect"], p["p_value"]))
-    fraction = ref["data_subset"].get("fraction", 0.8)
+    from .refuters import data_subset_label  # loaded already where a report is rendered: evaluate ran it
+
     for key, name in (("random_common_cause", "random common cause"),
-                      ("data_subset", f"{100 * fraction:.0f}% data subsets")):
+                      ("data_subset", data_subset_label(ref["data_subset"]))):
         r = ref[key]
         draws = tuple(r.get("effects", ()))
         spread = r.get("spread", float("nan"))
