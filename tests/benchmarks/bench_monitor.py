@@ -9,6 +9,16 @@ probability under 1% over that many seeds. The test suite runs the first 150 see
 
     .venv/bin/python tests/benchmarks/bench_monitor.py                 # 2,000 seeds, about 5 minutes
     .venv/bin/python tests/benchmarks/bench_monitor.py --seeds 300
+
+With --power: how often the domain classifier alone (components.monitor.domain_classifier_auc)
+finds small shifts at p < 0.01, at its setting (early stopping) and at the setting until 2026-12-05
+(scikit-learn's "auto": 100 rounds up to 10,000 rows), on the same draws, with the time a call.
+Reference rows as the design's (5 covariates, x4 categorical), live rows shifted: x1's mean,
+the correlation of x0 and x1 at unchanged marginals (only a joint test can see it), or a share
+of rows moved into x0's upper tail.
+
+    .venv/bin/python tests/benchmarks/bench_monitor.py --power      # 300 seeds, about 7 minutes
+    .venv/bin/python tests/benchmarks/bench_monitor.py --power --seeds 50 --reference-rows 5000 --live-rows 20000
 """
 
 from __future__ import annotations
@@ -27,15 +37,61 @@ from scipy.stats import binom  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+SHIFTS = {"none": [0.0], "mean": [0.15, 0.2], "correlation": [0.25, 0.35], "tail": [0.05, 0.08]}
+
+
+def covariates(rng, n: int, shift: str = "none", size: float = 0.0):
+    X = rng.normal(size=(n, 5))
+    X[:, 4] = rng.integers(0, 3, n)
+    if shift == "mean":
+        X[:, 1] += size
+    elif shift == "correlation":
+        X[:, 1] = size * X[:, 0] + (1 - size**2) ** 0.5 * X[:, 1]
+    elif shift == "tail":
+        moved = rng.random(n) < size
+        X[moved, 0] = 1.5 + abs(rng.normal(size=moved.sum()))
+    return X
+
+
+def power(args) -> None:
+    import numpy as np
+
+    from tauforge.components.monitor import domain_classifier_auc
+
+    print(f"domain classifier, {args.reference_rows:,} reference and {args.live_rows:,} live rows, "
+          f"{args.seeds} seeds: alarms at p < 0.01 (a correct test under no shift exceeds "
+          f"{int(binom.isf(0.01, args.seeds, 0.01))} with probability < 1%); mean time a call")
+    for shift, sizes in SHIFTS.items():
+        for size in sizes:
+            row = []
+            for setting in (True, "auto"):
+                alarms, start = 0, time.perf_counter()
+                for seed in range(args.seeds):
+                    rng = np.random.default_rng([seed, 7])
+                    reference = covariates(rng, args.reference_rows)
+                    live = covariates(rng, args.live_rows, shift, size)
+                    alarms += domain_classifier_auc(reference, live, seed, early_stopping=setting)[1] < 0.01
+                label = "early stopping" if setting is True else "until 2026-12-05"
+                row.append(f"{label} {alarms}/{args.seeds}, {(time.perf_counter() - start) / args.seeds * 1e3:.0f} ms")
+            print(f"  {shift} {size}: " + "; ".join(row), flush=True)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, help="default 2,000 (300 with --power)")
+    parser.add_argument("--power", action="store_true", help="the domain classifier's power against small shifts")
+    parser.add_argument("--reference-rows", type=int, default=2000)
+    parser.add_argument("--live-rows", type=int, default=1000)
+    args = parser.parse_args()
+    args.seeds = args.seeds or (300 if args.power else 2000)
+    if args.power:
+        return power(args)
+
     from test_monitor import COLUMNS, reference, traffic
 
     from tauforge.components.constants import MONITOR_ALPHA
     from tauforge.components.monitor import monitor
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2000)
-    args = parser.parse_args()
     alarmed, by_check = [], collections.Counter()
     start = time.perf_counter()
     for seed in range(args.seeds):
