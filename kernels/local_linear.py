@@ -95,6 +95,14 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     return tuple(sorted(kept[:MAX_AUTO_VARIABLES]))
 
 
+# Standard deviations from the training mean beyond which a row's correction covariates are held.
+# Centring at z squares it: past about 1e154 the local regression overflowed and the CATE was
+# NaN. Far out, the ridge (scaled by the trace, which grows as z^2) holds the slopes, so the
+# estimate has long stopped moving (at 1e4 and 1e8 standard deviations it agrees to 1e-5), and no
+# training row reaches the limit (standardized by its own data, |z| <= sqrt(rows)).
+DESIGN_LIMIT = 1e6
+
+
 @dataclass
 class LocalLinearCorrection:
     """The fitted correction of one forest: which covariates, their standardization, the ridge
@@ -107,8 +115,10 @@ class LocalLinearCorrection:
     leaf_moments: np.ndarray  # float32 [leaves, K]
 
     def design(self, X: np.ndarray) -> np.ndarray:
-        """Standardized correction covariates of rows X (n, p) -> (n, d)."""
-        return (X[:, list(self.variables)] - self.center) / self.scale
+        """Standardized correction covariates of rows X (n, p) -> (n, d), clipped at DESIGN_LIMIT."""
+        with np.errstate(over="ignore"):  # a row at 1e308 standardizes to inf, then to the limit
+            z = (X[:, list(self.variables)] - self.center) / self.scale
+        return np.clip(z, -DESIGN_LIMIT, DESIGN_LIMIT)
 
     @classmethod
     def fit(cls, variables: tuple[int, ...], ridge: float, X: np.ndarray, T: np.ndarray, y: np.ndarray,

@@ -84,6 +84,19 @@ def test_both_backends_give_the_corrected_estimate_and_its_variance():
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:intervals from 20 trees")
+def test_rows_far_outside_the_training_data_get_the_estimate_the_correction_tends_to_not_nan():
+    # Centring at a row squares its covariates: at 1e160 that overflowed, and the CATE, its
+    # interval and the served answer were NaN. Far out, the ridge holds the slopes, so the
+    # estimate settles; past DESIGN_LIMIT standard deviations the row's covariates are held there.
+    X, t, y, _ = _steep(600, 8)
+    forest = _forest(n_estimators=20, linear_correction_variables=[0]).fit(X, t, y)
+    far = np.array([[1e4], [1e8], [1e160], [np.finfo(np.float64).max], [-1e200]]) * [[1, 0, 0, 0, 0]]
+    tau, var = forest.predict_and_var(far)
+    assert np.isfinite(tau).all() and np.isfinite(var).all() and (var > 0).all()
+    np.testing.assert_allclose(tau[1:4], tau[0], rtol=1e-4)  # settled by 1e4 sd (the column's sd is 0.58)
+
+
 def test_on_a_steep_effect_the_correction_cuts_the_error_and_keeps_coverage():
     """Less error, and coverage kept without buying it with width: the corrected intervals are no
     wider than the plain ones, and the interval score (width plus 2/alpha times each miss)
