@@ -395,8 +395,9 @@ def _serve(args: argparse.Namespace) -> int:
     # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
     # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tauforge.serving.server import build_model, serve
+    from tauforge.serving.server import build_model, check_ports, serve
 
+    check_ports(args.host, args.port, args.grpc_port)  # before the model's load and warm-up
     store = None if args.model_dir else _store_uri(args)
     model = build_model(store=store, model=args.model, version=args.version, challenger=args.challenger,
                         mode=args.mode, percent=args.percent, explore=args.explore, log_dir=args.log_dir,

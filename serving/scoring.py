@@ -86,6 +86,10 @@ class RowParser:
     def v2(self, inputs: list) -> Rows:
         """V2 inputs: one [n, p] tensor in column order, or one [n] tensor per covariate
         (named after it); an optional BYTES tensor 'unit_id'."""
+        names = [t.name for t in inputs]
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if repeated is not None:
+            raise RequestError(f"input {repeated!r} appears {names.count(repeated)} times; send each input once")
         by_name = {t.name: t for t in inputs}
         units = None
         if UNIT_ID_FIELD in by_name:
@@ -96,9 +100,10 @@ class RowParser:
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
         for t in tensors:
-            if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in t.shape):
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t.shape):
                 raise RequestError(f"input {t.name!r} has shape {list(t.shape)}; dimensions must be non-negative "
                                    "integers")
+            self._check_count(t.shape[0] if t.shape else 0)  # rows come first in every accepted shape
         if len(tensors) == 1 and tensors[0].name not in self.index:
             t = tensors[0]
             shape = list(t.shape)
@@ -119,6 +124,8 @@ class RowParser:
             for j, c in enumerate(self.columns):
                 X[:, j] = self._matrix(by_name[c], n)
         self._check_count(X.shape[0])
+        if X.shape[0] == 0:
+            raise RequestError("the request holds no rows")
         if units is not None and len(units) != X.shape[0]:
             raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
         return Rows(X, units if units is not None else [None] * X.shape[0])

@@ -55,9 +55,7 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
 def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 8081) -> None:
     """Serve `model` with KServe's ModelServer (V1 and V2 over REST, V2 over gRPC on `grpc_port`
     unless 0, /metrics) until SIGTERM or SIGINT, both listening on `host`."""
-    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
-        if number:
-            _check_port_free(host, number, flag)
+    check_ports(host, port, grpc_port)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import; our flags are not its
     import kserve.model_server as model_server
     from kserve import ModelServer
@@ -70,12 +68,22 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     server.start([model])
 
 
+def check_ports(host: str, port: int, grpc_port: int) -> None:
+    """A clear error before starting (the CLI calls it before loading the model too), instead of a
+    server that cannot listen or, for gRPC, which sets SO_REUSEPORT by default, one that silently
+    shares the port with another server."""
+    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
+        if number:
+            _check_port_free(host, number, flag)
+
+
 def _check_port_free(host: str, port: int, flag: str) -> None:
-    """A clear error before starting, instead of a server that cannot listen (or, for gRPC, which
-    sets SO_REUSEPORT by default, one that silently shares the port with another server)."""
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the servers bind: a port whose last connections linger in TIME_WAIT (a server just
+        # restarted) is free to them; one that another socket listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -124,15 +132,27 @@ def _json_data_plane():
     refuses NaN with "Unrecognized request format: unexpected character ... column 17", so the
     caller never learned which row and column held it."""
     from cloudevents.sdk.converters.util import has_binary_headers
-    from kserve.constants.constants import PredictorProtocol
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, PredictorProtocol
     from kserve.errors import InvalidInput
     from kserve.protocol.dataplane import JSON_HEADERS, DataPlane
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from pydantic import ValidationError
 
-    v1 = PredictorProtocol.REST_V1.value
+    v1, v2 = PredictorProtocol.REST_V1.value, PredictorProtocol.REST_V2.value
 
     class JsonDataPlane(DataPlane):
         def decode(self, body, headers, protocol_version: str = v1, model_name: str | None = None):
             headers = headers or {}
+            # A V2 body without a JSON content type reaches here as bytes, which KServe reads as
+            # binary tensors and refuses for want of their header; without that header the whole
+            # body is JSON (tritonclient's JSON requests, curl's default form type).
+            if (isinstance(body, bytes) and protocol_version.lower() == v2
+                    and INFERENCE_CONTENT_LENGTH_HEADER not in {k.lower() for k in headers}):
+                try:
+                    body = InferenceRequest.model_validate_json(body)
+                except ValidationError as exc:
+                    raise InvalidInput(_validation_message(
+                        [{**e, "loc": ("body", "json", *e["loc"])} for e in exc.errors()])) from None
             # What KServe's decode reads as JSON itself: a V1 body with a JSON (or no) content type.
             if (isinstance(body, bytes) and protocol_version.lower() == v1 and not has_binary_headers(headers)
                     and headers.get("content-type", JSON_HEADERS[0]) in JSON_HEADERS):

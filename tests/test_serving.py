@@ -189,6 +189,14 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     code, body = single.post(f"/v2/models/{MODEL}/infer", per_column)
     assert code == 200, body
     np.testing.assert_allclose({o["name"]: o["data"] for o in body["outputs"]}["cate"], cate, rtol=0, atol=1e-12)
+    # A JSON body under another content type (curl's default form type; tritonclient's JSON
+    # requests send none): without the binary header, the body is JSON.
+    for content_type in ("application/x-www-form-urlencoded", "application/octet-stream"):
+        code, body = single.post(f"/v2/models/{MODEL}/infer", per_column, headers={"Content-Type": content_type})
+        assert code == 200, body
+        np.testing.assert_allclose({o["name"]: o["data"] for o in body["outputs"]}["cate"], cate, rtol=0, atol=1e-12)
+    code, body = single.post(f"/v2/models/{MODEL}/infer", b"{not json", headers={"Content-Type": "text/plain"})
+    assert code == 400 and "not valid JSON" in body["error"], body
 
 
 @pytest.mark.parametrize("path, body, status, message", [
@@ -235,6 +243,12 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
                                                "data": [1.0, "2", 3.0, 4.0, 5.0]}]}, 400, "'2', which is not a number"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
                                                "data": [1.0, True, 3.0, 4.0, 5.0]}]}, 400, "True, which is not"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [1.0]}
+                                              for c in [*COLUMNS, "x0"]]}, 400, "input 'x0' appears 2 times"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [0, 5], "datatype": "FP64", "data": []}]},
+     400, "the request holds no rows"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [10**12, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]}]}, 400, "the limit is 10000"),
     ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
@@ -455,6 +469,13 @@ def test_a_third_party_v2_client_reads_the_metadata_and_gets_the_v1_answers_over
             assert only.as_numpy("upper") is not None and only.as_numpy("cate") is None
             with pytest.raises(Exception, match="unknown output"):
                 client.infer(MODEL, inputs, outputs=[module.InferRequestedOutput("uplift")])
+        # Over HTTP the client sends JSON tensors too (binary_data=False), as a JSON body without a
+        # JSON content type.
+        inputs = [httpclient.InferInput(c, [len(X)], "FP64") for c in COLUMNS]
+        for j, tensor in enumerate(inputs):
+            tensor.set_data_from_numpy(X[:, j].astype(np.float64), binary_data=False)
+        result = http.infer(MODEL, inputs, outputs=[httpclient.InferRequestedOutput("cate", binary_data=False)])
+        np.testing.assert_allclose(result.as_numpy("cate"), v1_cate, rtol=0, atol=1e-12)
     finally:
         http.close()
         grpc.close()
@@ -511,6 +532,23 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
             assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
         _, err = port_taken.communicate(timeout=120)
     assert port_taken.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in err
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_to_the_next():
+    from tauforge.serving.server import check_ports
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's and gRPC's listeners
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server closes first: its end waits in TIME_WAIT for a minute
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the check did before: refused a restart for a minute
+    check_ports("127.0.0.1", port, 0)
 
 
 # ----------------------------------------------------------------------------- event logs on object storage
