@@ -59,7 +59,10 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
 
         a = torch.from_dlpack(a).detach().to("cpu", torch.float64).numpy()
     elif hasattr(a, "to_numpy"):  # pandas DataFrame / Series
-        a = a.to_numpy()
+        try:  # missing values of nullable dtypes (pd.NA) become NaN, which check_finite names
+            a = a.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            a = a.to_numpy()  # not numeric: the conversion below says which value
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -71,10 +74,57 @@ def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if arr.ndim == 2 and ndim == 1 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim == 1 and ndim == 2:
-        arr = arr[:, None]
+        arr = arr[:, None]  # one covariate; a single row reads as one column (check_columns says so)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     return arr
+
+
+def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | None, fitted: str) -> None:
+    """Rows to predict have the fitted number of columns and, where both the fit and `X` are
+    DataFrames, the fitted column names in the fitted order (a reordered frame would silently
+    mean other covariates). `fitted` names the model in the message."""
+    if Xn.shape[1] != n_features:
+        one_row = getattr(X, "ndim", np.ndim(X)) == 1 and Xn.shape[0] == n_features
+        raise ValueError(f"X has {Xn.shape[1]} columns, {fitted} was fit on {n_features}"
+                         + ("; for a single row pass a 2-D array, X.reshape(1, -1)" if one_row else ""))
+    given = feature_names(X)
+    if names is not None and given is not None and not np.array_equal(given, names):
+        first = next(i for i, (a, b) in enumerate(zip(given, names)) if a != b)
+        raise ValueError(f"X's columns differ from those {fitted} was fit on: column {first} is {given[first]!r} "
+                         f"where the fit had {names[first]!r}; select the fitted columns in their order "
+                         "(the model's feature_names_in_)")
+
+
+def feature_names(X: Any) -> np.ndarray | None:
+    """A DataFrame's column names when all are strings (scikit-learn's `feature_names_in_`), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not all(isinstance(c, str) for c in columns):
+        return None
+    return np.asarray(columns, dtype=object)
+
+
+def set_feature_names(estimator: Any, names: np.ndarray | None) -> None:
+    """`feature_names_in_` (scikit-learn's), present only when the fit's X was a DataFrame of named columns."""
+    if names is not None:
+        estimator.feature_names_in_ = names
+    elif hasattr(estimator, "feature_names_in_"):
+        del estimator.feature_names_in_
+
+
+def seed_from(random_state: Any, bits: int = 31) -> int:
+    """An integer seed from `random_state`: an int as given; a NumPy RandomState or Generator
+    (scikit-learn's convention) draws one; None draws one from the OS's entropy."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % 2**bits)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**bits))
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+        return int(random_state)
+    raise ValueError(f"random_state must be a non-negative int, a numpy RandomState or Generator, or None; "
+                     f"got {random_state!r}")
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:

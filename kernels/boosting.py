@@ -100,7 +100,7 @@ class _HistGradientBoosting(BaseEstimator):
         self.device_ = _inputs.resolve_device(self.device)
         self.n_features_in_ = X.shape[1]
         stop_early = self.early_stopping is True or (self.early_stopping == "auto" and n > 10_000)
-        seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().entropy % 2**31)
+        seed = _inputs.seed_from(self.random_state)
         rows = np.arange(n)
         if stop_early:
             stratify = y if self._loss == "log_loss" else None

@@ -7,6 +7,7 @@ can swap one for the other.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -67,8 +68,8 @@ class CausalForestDML(BaseEstimator):
         `effect_interval` and `ate_interval` with inference='bootstrap': the estimate +- z times
         the bootstrap standard error, or the percentile or pivot interval of the replicates
         (whose 2.5% tails rest on a few replicates each: noisier).
-    random_state : int or None
-        Seed for folds, nuisance models and forest.
+    random_state : int, numpy RandomState or Generator, or None
+        Seed for folds, nuisance models and forest (a RandomState or Generator draws it at fit).
 
     Attributes
     ----------
@@ -90,6 +91,9 @@ class CausalForestDML(BaseEstimator):
         Out-of-fold residuals the forest was grown on.
     treatment_variance_ : ndarray
         V(x) of every training row (the debiasing weights' denominator).
+    feature_names_in_ : ndarray of str
+        X's column names, when X was a DataFrame with string names: `effect` and
+        `effect_interval` then refuse a DataFrame whose columns differ or come in another order.
     """
 
     def __init__(self, *, model_y: Any = "auto", model_t: Any = "auto", discrete_treatment: bool | str = "auto",
@@ -104,7 +108,7 @@ class CausalForestDML(BaseEstimator):
                  backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
                  bootstrap_nuisance: bool = True, bootstrap_interval: str = "normal",
-                 random_state: int | None = None, progress: bool | None = None):
+                 random_state: Any = None, progress: bool | None = None):
         self.model_y = model_y
         self.model_t = model_t
         self.discrete_treatment = discrete_treatment
@@ -136,6 +140,7 @@ class CausalForestDML(BaseEstimator):
 
     def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None) -> CausalForestDML:
         """Fit nuisance models by cross-fitting, then the causal forest on the residuals."""
+        names = _inputs.feature_names(X)
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
         X = _inputs.to_numpy(X, "X", 2)
@@ -160,7 +165,7 @@ class CausalForestDML(BaseEstimator):
             if smallest < self.cv:
                 raise ValueError(f"T has only {smallest} row(s) in its smaller arm; "
                                  f"stratified cross-fitting with cv={self.cv} needs at least {self.cv}")
-        seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().entropy % 2**31)
+        seed = _inputs.seed_from(self.random_state)
         XW = X if W is None else np.hstack([X, W])
 
         y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed)
@@ -170,6 +175,8 @@ class CausalForestDML(BaseEstimator):
 
         params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw)
+        for fitted in (self, self.forest_):  # effect(X) checks a DataFrame's columns in the forest
+            _inputs.set_feature_names(fitted, names)
         tau = oob_effect(self.forest_, X)
         self.ate_, self.ate_stderr_ = average_effect(tau, y_res, t_res, t_var, sw)
         self.variance_weighted_effect_, self.variance_weighted_stderr_ = variance_weighted_effect(y_res, t_res, sw)
@@ -209,6 +216,12 @@ class CausalForestDML(BaseEstimator):
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
         if self.discrete_treatment == "auto":
+            values = np.unique(T) if not binary else None
+            if values is not None and len(values) == 2:  # 1/2 or -1/1: likely two arms, coded otherwise
+                warnings.warn(f"T takes two values ({values[0]:g}, {values[1]:g}) but not 0 and 1, so it is treated "
+                              "as continuous: ate_ is the average effect per unit of T. For the average effect of "
+                              "one arm against the other, recode T to 0/1; pass discrete_treatment=False to "
+                              "silence this", UserWarning, stacklevel=3)
             return binary
         if self.discrete_treatment and not binary:
             values = np.unique(T)
@@ -246,6 +259,7 @@ class CausalForestDML(BaseEstimator):
         self._check_fitted()
         if self.bootstrap_ is not None:
             Xn = _inputs.to_numpy(X, "X", 2)
+            _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
             lo, hi = self.bootstrap_.effect_interval(Xn, self.forest_.predict(Xn), alpha, self.bootstrap_interval)
             kind = _inputs.array_kind(X)
             lo, hi = _inputs.as_output(lo, kind), _inputs.as_output(hi, kind)
@@ -258,6 +272,10 @@ class CausalForestDML(BaseEstimator):
         """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with
         inference='blb', the bootstrap's `bootstrap_interval` with inference='bootstrap'."""
         self._check_fitted()
+        if not isinstance(alpha, (float, int, np.floating, np.integer)):
+            raise TypeError(f"ate_interval takes alpha only, got {type(alpha).__name__}: ate_ is the average over the "
+                            "training rows (EconML's ate_interval(X) averages effect(X) over X; for other rows "
+                            "use effect_interval)")
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if self.bootstrap_ is not None:

@@ -122,8 +122,9 @@ class CausalForest(BaseEstimator):
         input): a CPU forest runs on numba without it. `device_` names the device chosen.
     backend : {'auto', 'numba', 'torch'}, default 'auto'
         Kernels for the hot loops: numba on CPU, torch on GPU under 'auto'.
-    random_state : int or None
-        Seed of all randomness; the same seed and device give the same forest.
+    random_state : int, numpy RandomState or Generator, or None
+        Seed of all randomness; the same seed and device give the same forest (a RandomState or
+        Generator draws the seed at fit; `fit_shard` over several shards needs an int).
     progress : bool or None, default None
         Progress on stderr (`kernels.progress`): None shows a bar on a terminal when the fit takes
         over 2 s; True also writes a log line every 10 s or so elsewhere (a pipeline task's log);
@@ -136,7 +137,7 @@ class CausalForest(BaseEstimator):
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
                  linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
-                 backend: str = "auto", random_state: int | None = None, progress: bool | None = None):
+                 backend: str = "auto", random_state: Any = None, progress: bool | None = None):
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.max_depth = max_depth
@@ -197,12 +198,12 @@ class CausalForest(BaseEstimator):
         range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
         over tasks). Needs `random_state` set so every shard draws from the same seed."""
+        names = _inputs.feature_names(X)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
         n = X.shape[0]
-        if n_shards > 1 and self.random_state is None:
-            raise ValueError("fit_shard needs random_state set: the shards of one forest share its seed")
-        self.seed_ = int(self.random_state) if self.random_state is not None else int(
-            np.random.SeedSequence().entropy % (2**63))
+        if n_shards > 1 and not isinstance(self.random_state, (int, np.integer)):
+            raise ValueError("fit_shard needs random_state set to an int: the shards of one forest share its seed")
+        self.seed_ = _inputs.seed_from(self.random_state, 63)
         sampler = self._sampler(n)
         problem = sampler.minimum_rows_message()
         if problem:
@@ -218,6 +219,7 @@ class CausalForest(BaseEstimator):
         with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
             forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
         self._set_fitted(X, binner, forest, device, backend, (int(shard), int(n_shards)))
+        _inputs.set_feature_names(self, names)
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
         return self
 
@@ -346,8 +348,7 @@ class CausalForest(BaseEstimator):
 
     def _codes(self, X: Any) -> np.ndarray:
         Xn = _inputs.to_numpy(X, "X", 2)
-        if Xn.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {Xn.shape[1]} columns, the forest was fit on {self.n_features_in_}")
+        _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
         _inputs.check_finite(Xn, "X")
         return np.ascontiguousarray(self.binner_.transform(Xn))
 

@@ -245,6 +245,44 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=4, model_y="sklearn.nope.Model").fit(d.Y, d.T, X=d.X)
 
 
+@pytest.mark.filterwarnings("ignore:intervals from")
+def test_a_dataframe_fit_predicts_only_on_its_columns_in_their_order():
+    import pandas as pd
+
+    d = make_causal_data("simple", n=300, p=3, seed=0)
+    X = pd.DataFrame(d.X, columns=["age", "income", "tenure"])
+    est = CausalForestDML(n_estimators=20, random_state=0, progress=False).fit(d.Y, d.T, X=X)
+    assert list(est.feature_names_in_) == ["age", "income", "tenure"]
+    np.testing.assert_array_equal(est.effect(X), est.effect(d.X))  # arrays are taken in the fitted order
+    with pytest.raises(ValueError, match="column 0 is 'tenure' where the fit had 'age'"):
+        est.effect(X[["tenure", "income", "age"]])  # would silently be other covariates
+    with pytest.raises(ValueError, match="column 1 is 'salary' where the fit had 'income'"):
+        est.effect_interval(X.rename(columns={"income": "salary"}))
+    with pytest.raises(ValueError, match=r"for a single row pass a 2-D array, X.reshape\(1, -1\)"):
+        est.effect(d.X[0])
+    refit = est.fit(d.Y, d.T, X=d.X)  # refit on an array: no names left over from the first fit
+    assert not hasattr(refit, "feature_names_in_") and not hasattr(refit.forest_, "feature_names_in_")
+
+
+def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions():
+    import pandas as pd
+
+    d = make_causal_data("simple", n=300, p=3, seed=0)
+    fits = [CausalForestDML(n_estimators=4, random_state=np.random.RandomState(7), progress=False).fit(d.Y, d.T, X=d.X)
+            for _ in range(2)]  # a RandomState draws the seed, as in scikit-learn
+    np.testing.assert_array_equal(fits[0].effect(d.X), fits[1].effect(d.X))
+    with pytest.raises(ValueError, match="random_state must be a non-negative int"):
+        CausalForestDML(n_estimators=4, random_state="0").fit(d.Y, d.T, X=d.X)
+    with pytest.raises(TypeError, match="ate_interval takes alpha only"):
+        fits[0].ate_interval(d.X)  # EconML's ate_interval(X)
+    X = pd.DataFrame(d.X).astype("Float64")
+    X.iloc[5, 1] = pd.NA
+    with pytest.raises(ValueError, match=r"X contains NaN \(first at row 5, column 1\)"):
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X)
+    with pytest.warns(UserWarning, match=r"T takes two values \(1, 2\) but not 0 and 1"):
+        CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, d.T + 1, X=d.X)
+
+
 def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
     d = make_causal_data("continuous", n=800, p=4, seed=0)
     est = CausalForestDML(model_y="sklearn.linear_model.LinearRegression",
