@@ -267,7 +267,7 @@ class ModelStore:
         if not self._exists(path):
             raise StoreError(f"model {model!r} has no version {version} in {self.uri} "
                              f"(versions: {self.versions(model) or 'none'})")
-        card = json.loads(self.fs.cat_file(path))
+        card = _parse_card(self.fs.cat_file(path), f"{path} in {self.uri}")
         if card.get("card_sha256") != card_digest(card):
             raise StoreError(f"the card of {model} version {version} fails its checksum: it was modified")
         return card
@@ -454,6 +454,8 @@ class ModelStore:
     @_store_operation("changing an alias in")
     def rollback(self, model: str, alias: str = "champion") -> dict:
         """Point `alias` back at the version it named before the last change."""
+        self.resolve(model)  # a model that is not there: say so, and create nothing (not even its lock)
+
         def back(aliases: dict) -> dict:
             entry = aliases.get(alias)
             if not entry or not entry["history"]:
@@ -550,8 +552,21 @@ def read_card(path: str) -> dict:
     with _reported(f"reading the version folder {path}"):
         if not _local_exists(card_path):
             raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
-        with open(card_path) as f:
-            return json.load(f)
+        with open(card_path, "rb") as f:
+            return _parse_card(f.read(), card_path)
+
+
+def _parse_card(data: bytes, where: str) -> dict:
+    """A card's JSON, or a StoreError naming the file: a damaged card is the version's fault,
+    not the reader's."""
+    try:
+        card = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{where} is not a readable model card ({exc}): the version is damaged") from None
+    if not isinstance(card, dict):
+        raise StoreError(f"{where} is not a readable model card (a JSON {type(card).__name__}): the version is "
+                         "damaged")
+    return card
 
 
 def verify_files(path: str, card: dict) -> None:

@@ -291,19 +291,26 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from tauforge.components.registry import ModelStore
+    from tauforge.components.registry import ModelStore, StoreError
 
     store = ModelStore(_store_uri(args))
     if args.refs and args.action != "diff":
         raise ValueError(f"models {args.action} takes no versions as arguments ({' '.join(args.refs)}): "
                          "use --version V")
     if args.action == "list":
+        if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
+            problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
+            raise ValueError(f"--store {store.uri}: {store.root} {problem}")
         names = [args.name] if args.name else store.models()
-        rows = []
+        rows, damaged = [], []
         for name in names:
             aliases = store.aliases(name)
             for v in store.versions(name):
-                card = store.card(name, v)
+                try:
+                    card = store.card(name, v)
+                except StoreError as exc:  # one damaged version must not hide the others
+                    damaged.append(f"{name} version {v}: {exc}")
+                    continue
                 tags = ",".join(a for a, e in aliases.items() if e["version"] == v)
                 rows.append({"model": name, "version": v, "created": card["created"], "ate": card["effect"]["ate"],
                              "ate_lower": card["effect"]["ate_lower"], "ate_upper": card["effect"]["ate_upper"],
@@ -318,7 +325,9 @@ def _models(args: argparse.Namespace) -> int:
                 ci = f"[{r['ate_lower']:.4f}, {r['ate_upper']:.4f}]"
                 print(f"{r['model']:20} {r['version']:>7}  {r['created']:25} {r['ate']:>9.4f}  {ci:22} "
                       f"{r['rows']:>8}  {r['aliases']}")
-        return 0
+        for problem in damaged:
+            print(f"tauforge models: {problem}", file=sys.stderr)
+        return 1 if damaged else 0
     if not args.name:
         raise ValueError(f"models {args.action} needs --name MODEL")
     if args.action == "show":

@@ -75,6 +75,35 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(model_dir, tmp_pat
         store.publish("../x", src, card())
 
 
+def test_a_damaged_card_is_named_and_hides_no_other_version_from_the_listing(model_dir, tmp_path):
+    src, _, _ = model_dir
+    store = ModelStore(str(tmp_path / "store"))
+    for _ in range(2):
+        store.publish("m", src, card())
+    with open(os.path.join(store.root, "m", "1", "model_card.json"), "w") as f:
+        f.write("{bad")
+    with pytest.raises(StoreError, match=r"m/1/model_card.json in .* is not a readable model card"):
+        store.card("m", 1)
+    with pytest.raises(StoreError, match="model_card.json is not a readable model card"):
+        read_card(os.path.join(store.root, "m", "1"))
+    cli = [sys.executable, "-m", "tauforge.pipelines.cli", "models", "list"]
+    out = subprocess.run([*cli, "--store", store.root], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1 and "m version 1: " in out.stderr and "Traceback" not in out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "2"]]
+    # A mistyped store is not an empty one.
+    a_file = tmp_path / "store" / "m" / "1" / "model_card.json"
+    for where, problem in ((tmp_path / "nowhere", "does not exist"), (a_file, "is a file, not a folder")):
+        out = subprocess.run([*cli, "--store", str(where)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+
+
+def test_rolling_back_a_model_that_is_not_there_says_so_and_creates_nothing(tmp_path):
+    store = ModelStore(str(tmp_path / "store"))
+    with pytest.raises(StoreError, match="model 'ghost' has no published version"):
+        store.rollback("ghost")
+    assert not os.path.exists(store.root)
+
+
 def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_path):
     src, _, _ = model_dir
     store = ModelStore(str(tmp_path / "store"))
