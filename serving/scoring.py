@@ -69,7 +69,7 @@ class RowParser:
             if isinstance(row, dict):
                 self._check_names([k for k in row if k != UNIT_ID_FIELD], f"row {i}: ", "column")
                 values = [row[c] for c in self.columns]
-                units.append(row.get(UNIT_ID_FIELD))
+                units.append(self._unit_id(row.get(UNIT_ID_FIELD), i))
             elif isinstance(row, list):
                 if len(row) != len(self.columns):
                     raise RequestError(f"row {i} has {len(row)} values; the model takes {len(self.columns)} "
@@ -95,7 +95,8 @@ class RowParser:
         if UNIT_ID_FIELD in by_name:
             ids = by_name.pop(UNIT_ID_FIELD)
             raw = getattr(ids, "_raw_data", None) is not None
-            units = [u.decode() if isinstance(u, bytes) else u for u in (ids.as_numpy().ravel() if raw else ids.data)]
+            units = [self._unit_id(u.decode() if isinstance(u, bytes) else u, i)
+                     for i, u in enumerate(ids.as_numpy().ravel().tolist() if raw else ids.data)]
         tensors = list(by_name.values())
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
@@ -143,6 +144,18 @@ class RowParser:
     def _check_count(self, n: int) -> None:
         if n > self.max_rows:
             raise RequestError(f"{n} rows in one request; the limit is {self.max_rows}")
+
+    @staticmethod
+    def _unit_id(v, row: int) -> str | None:
+        """A unit id as the routing hashes it and the log keeps it: one string per unit, whether it
+        came as "7", 7 or 7.0 (V2 numeric tensors), so a unit meets the same version either way."""
+        if v is None or isinstance(v, str):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        raise RequestError(f"row {row}: {UNIT_ID_FIELD} {v!r} must be a string or an integer")
 
     @staticmethod
     def _number(v, row: int, column: str) -> float:

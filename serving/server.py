@@ -99,9 +99,18 @@ def _rest_server(host: str):
     import kserve.model_server as model_server
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from kserve.errors import InvalidInput
 
     async def invalid_request(_, exc: RequestValidationError):
-        return JSONResponse(status_code=400, content={"error": _validation_message(exc.errors())})
+        message = _validation_message(exc.errors())
+        log.warning("400: %s", message)
+        return JSONResponse(status_code=400, content={"error": message})
+
+    async def invalid_input(_, exc: InvalidInput):
+        # A caller's mistake: one warning line. KServe's handler logs it as an ERROR with the
+        # server's traceback, 20 lines a bad request.
+        log.warning("400: %s", exc)
+        return JSONResponse(status_code=400, content={"error": str(exc)})
 
     class TauforgeRESTServer(model_server.RESTServer):
         def __init__(self, *args, **kwargs):
@@ -111,6 +120,7 @@ def _rest_server(host: str):
         def _add_exception_handlers(self, app):
             super()._add_exception_handlers(app)
             app.add_exception_handler(RequestValidationError, invalid_request)
+            app.add_exception_handler(InvalidInput, invalid_input)
 
     return TauforgeRESTServer
 

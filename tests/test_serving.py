@@ -257,6 +257,9 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     assert code == status, answer
     assert message in answer.get("error", "")
     assert single.v1([[0.0] * 5])[0] == 200
+    if status == 400:  # a caller's mistake is one warning line in the server's log, not a traceback
+        log = single.log_text()
+        assert "Traceback" not in log and any("400: " in line and message in line for line in log.splitlines())
 
 
 def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_path):
@@ -302,6 +305,23 @@ def test_canary_sends_about_the_share_of_units_and_each_unit_always_meets_the_sa
         code, body = server.v1(rows)
         assert [p["version"] for p in body["predictions"]] == [first[units[i]] for i in again]
         assert {p["role"] for p in body["predictions"]} == {"champion", "challenger"}
+        # A unit is the same unit however its id is typed: 40 integer ids as "k", k and k.0 over
+        # V1, and as BYTES, INT64 and FP64 tensors over V2, each meet one version.
+        ids = list(range(40))
+        row = dict(zip(COLUMNS, map(float, X[0])))
+        seen = []
+        for unit in ([str(k) for k in ids], ids, [float(k) for k in ids]):
+            code, body = server.v1([{**row, "unit_id": u} for u in unit])
+            seen.append([p["version"] for p in body["predictions"]])
+        for datatype, unit in (("BYTES", [str(k) for k in ids]), ("INT64", ids), ("FP64", [float(k) for k in ids])):
+            code, body = server.post(f"/v2/models/{MODEL}/infer", {"inputs": [
+                *({"name": c, "shape": [40], "datatype": "FP64", "data": [row[c]] * 40} for c in COLUMNS),
+                {"name": "unit_id", "shape": [40], "datatype": datatype, "data": unit}]})
+            assert code == 200, body
+            seen.append({o["name"]: o["data"] for o in body["outputs"]}["version"])
+        assert all(versions == seen[0] for versions in seen) and set(seen[0]) == {1, 2}, seen
+        code, body = server.v1([{**row, "unit_id": {"a": 1}}])
+        assert code == 400 and "unit_id {'a': 1} must be a string or an integer" in body["error"]
     finally:
         server.stop()
 
