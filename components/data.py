@@ -124,7 +124,8 @@ def read_table(source: str) -> pd.DataFrame:
                 return pyarrow.csv.read_csv(f).to_pandas()
         return pyarrow.parquet.read_table(path, filesystem=fs).to_pandas()
     except (OSError, pyarrow.ArrowInvalid) as exc:
-        raise DataValidationError(f"cannot read {source!r} as Parquet or CSV: {exc}") from None
+        kind = "CSV" if path.lower().endswith((".csv", ".csv.gz")) else "Parquet (a CSV file's name ends in .csv)"
+        raise DataValidationError(f"cannot read {source!r} as {kind}: {exc}") from None
 
 
 def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
@@ -154,9 +155,14 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                 fail(f"column {c!r} is given two roles: {seen[c]} and {role}")
             seen[c] = role
 
+    n = len(df)  # first: a table of no rows has no numeric columns either
+    if n < max(2 * spec.min_rows_per_arm, 2):
+        fail(f"the table has {n} rows; at least {max(2 * spec.min_rows_per_arm, 2)} are needed")
     covariates = list(spec.covariates)
+    left_out = []  # columns the default covariates skip, said in a warning below
     if not covariates:
         covariates = [c for c in df.columns if c not in seen and pd.api.types.is_numeric_dtype(df[c])]
+        left_out = [c for c in df.columns if c not in seen and c not in covariates]
         if not covariates:
             fail("covariates: none given and the table has no other numeric column")
     spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
@@ -172,9 +178,6 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             what = "NaN" if np.isnan(values[bad]).any() else "inf"
             fail(f"column {c!r} has {int(bad.sum())} {what}/missing value(s) (first at row {int(np.argmax(bad))}); "
                  "drop or impute them")
-    n = len(df)
-    if n < max(2 * spec.min_rows_per_arm, 2):
-        fail(f"the table has {n} rows; at least {max(2 * spec.min_rows_per_arm, 2)} are needed")
     def first(c: str):  # a plain Python value, shown as the user wrote it (1.0, not np.float64(1.0))
         value = df[c].iloc[0]
         return value.item() if hasattr(value, "item") else value
@@ -185,6 +188,9 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     warnings = [f"{role} {c!r} is constant ({first(c)!r} in every row): it can never split and carries no "
                 "information" for role, cols in (("covariate", covariates), ("control", spec.controls))
                 for c in cols if df[c].nunique(dropna=False) < 2]
+    if left_out:
+        warnings.append(f"column(s) {_preview(left_out)} are not numeric and were left out of the covariates; "
+                        "encode them as numbers, or name the covariates, to use them")
     if spec.weight and (df[spec.weight] < 0).any():
         fail(f"weight column {spec.weight!r} has negative values")
     if spec.weight and not (df[spec.weight] > 0).any():
@@ -198,6 +204,12 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(f"treatment column {spec.treatment!r} is declared binary but takes {len(values)} values ({shown}); "
              "recode it as 0/1 or declare it continuous")
     treatment_type = spec.treatment_type if spec.treatment_type != "auto" else ("binary" if is_binary else "continuous")
+    levels = np.unique(t)
+    if spec.treatment_type == "auto" and not is_binary and len(levels) <= 5:  # arms coded otherwise, or doses?
+        shown = ", ".join(f"{v:g}" for v in levels)
+        warnings.append(f"treatment {spec.treatment!r} takes {len(levels)} values ({shown}) and is taken as "
+                        "continuous: the estimate is the average effect of one unit of it; recode two arms as 0/1 "
+                        "for the ATE, or declare it continuous to silence this")
     if spec.assignment == "randomized" and treatment_type != "binary":
         fail(f"assignment 'randomized' with a known propensity needs a binary treatment; {spec.treatment!r} is "
              "continuous (declare the assignment observational)")

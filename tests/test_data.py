@@ -59,7 +59,21 @@ def test_continuous_treatment_is_detected():
     df = table()
     df["dose"] = np.random.default_rng(1).uniform(0, 3, len(df))
     data = validate(df, DataSpec(outcome="spend", treatment="dose", covariates=["age", "income"]))
-    assert data.spec.treatment_type == "continuous"
+    assert data.spec.treatment_type == "continuous" and data.warnings == []
+
+
+def test_what_auto_decides_quietly_is_said_in_a_warning():
+    # Two arms coded 1/2, or three levels: continuous, which changes the estimand; a string
+    # column the default covariates leave out.
+    df = table().assign(city="x")
+    for arms, shown in (([1.0, 2.0], "2 values (1, 2)"), ([0.0, 1.0, 2.0], "3 values (0, 1, 2)")):
+        data = validate(df.assign(treated=np.resize(arms, len(df))), spec())
+        assert data.spec.treatment_type == "continuous"
+        assert any(f"treatment 'treated' takes {shown} and is taken as continuous" in w for w in data.warnings)
+        assert validate(df.assign(treated=np.resize(arms, len(df))), spec(treatment_type="continuous")).warnings \
+            == ["column(s) city are not numeric and were left out of the covariates; encode them as numbers, or "
+                "name the covariates, to use them"]
+    assert validate(df, spec(covariates=["age"])).warnings == []  # named covariates: nothing was left out
 
 
 @pytest.mark.parametrize("change, kw, message", [
@@ -79,6 +93,7 @@ def test_continuous_treatment_is_detected():
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
     (lambda d: d.assign(w=0.0), {"weight": "w"}, "weight column 'w' is zero in every row"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
+    (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
 ])
 def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
     with pytest.raises(DataValidationError) as err:
@@ -104,6 +119,9 @@ def test_parquet_and_csv_read_alike(tmp_path):
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(DataValidationError, match="cannot read"):
         read_table(str(tmp_path / "junk.parquet"))
+    df.to_csv(tmp_path / "t.txt", index=False)
+    with pytest.raises(DataValidationError, match=r"as Parquet \(a CSV file's name ends in .csv\)"):
+        read_table(str(tmp_path / "t.txt"))
 
 
 def test_fingerprint_changes_with_any_value_and_not_otherwise():
