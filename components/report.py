@@ -21,7 +21,9 @@ from . import charts
 from .charts import Interval
 from .constants import SMD_WARNING
 
-CANDIDATE = "candidate: version assigned at publish"
+# A report is made before its version is numbered; the published copy sits beside the card that
+# numbers it (the card cannot be written into it: its checksum is in the card).
+CANDIDATE = "assigned at publish: the model_card.json beside a published report names it"
 MAX_BALANCE_ROWS = 30  # covariates drawn in the balance chart, largest imbalance first
 FAIL_COLOUR, PASS_COLOUR = "#c0392b", "#1f77b4"
 # Per-row data the charts draw, left out of the JSON at the end of a report.

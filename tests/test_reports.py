@@ -272,7 +272,8 @@ def test_the_screenshots_show_the_whole_page_in_colour(rendered, name):
 
 def test_the_evaluate_report_header_names_model_version_run_and_data_and_its_axes_carry_units(rendered):
     page, _ = rendered["evaluate"]
-    assert "candidate: version assigned at publish" in page and "tauforge-training-example" in page
+    assert "assigned at publish: the model_card.json beside a published report names it" in page
+    assert "tauforge-training-example" in page
     assert re.search(r"sha256 [0-9a-f]{64}", page)
     assert "Gate passed" in page and "Causal graph (sha256" in page
     assert "effect of T on Y (Y units)" in page  # the axes carry units
