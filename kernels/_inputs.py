@@ -85,7 +85,7 @@ def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | N
     DataFrames, the fitted column names in the fitted order (a reordered frame would silently
     mean other covariates). `fitted` names the model in the message."""
     if Xn.shape[1] != n_features:
-        one_row = getattr(X, "ndim", np.ndim(X)) == 1 and Xn.shape[0] == n_features
+        one_row = (X.ndim if hasattr(X, "ndim") else np.ndim(X)) == 1 and Xn.shape[0] == n_features
         raise ValueError(f"X has {Xn.shape[1]} columns, {fitted} was fit on {n_features}"
                          + ("; for a single row pass a 2-D array, X.reshape(1, -1)" if one_row else ""))
     given = feature_names(X)
