@@ -437,8 +437,9 @@ class ModelStore:
     @_store_operation("changing an alias in")
     def set_alias(self, model: str, alias: str, version: int) -> dict:
         """Point `alias` at `version`, keeping the previous target for `rollback`."""
-        if not alias or alias.isdigit() or alias == "latest":
-            raise StoreError(f"alias {alias!r} must be a name such as 'champion' (not a number or 'latest')")
+        if not _is_model_name(alias) or alias.isdigit() or alias == "latest":
+            raise StoreError(f"alias {alias!r} must be a name such as 'champion': letters, digits, '-', '_' or '.' "
+                             "(not leading), not a number or 'latest'")
         version = self.resolve(model, int(version))
 
         def point(aliases: dict) -> dict:

@@ -121,6 +121,9 @@ def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_
     assert store.models() == ["m"]
     with pytest.raises(StoreError, match="no version 9"):
         store.set_alias("m", "champion", 9)
+    for bad in ("../x", "", "7", "latest", "a b"):  # an alias is a key others type: a name, as a model's is
+        with pytest.raises(StoreError, match="must be a name such as 'champion'"):
+            store.set_alias("m", bad, 1)
 
 
 def test_concurrent_publishers_get_distinct_complete_versions(model_dir, tmp_path):
