@@ -24,7 +24,7 @@ from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks
-from tauforge.components.registry import StoreError, check_model_name
+from tauforge.components.registry import StoreError, check_model_name, check_store
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -140,14 +140,18 @@ class TrainingConfig:
         return self.bootstrap_shards if self.bootstrap.n_bootstrap else 0
 
     def check_local_run(self, source: str) -> None:
-        """What a run on this machine can check before any task starts: that the device exists
-        and, for a local table, that the data satisfies the spec and the graph's observed nodes
-        are its columns."""
+        """What a run on this machine can check before any task starts: for a local table, that the
+        data satisfies the spec and the graph's observed nodes are its columns; that the store can
+        be published to (`registry.check_store`); and that the device exists."""
         if "://" not in source or source.startswith("file://"):
             table = read_table(source)
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
             validate(table, self.spec)
+        try:
+            check_store(self.store)
+        except StoreError as exc:
+            raise ConfigError("store", str(exc)) from None
         # 'auto' and 'cpu' always resolve; only a GPU needs torch's word (torch takes over a second
         # to load, and this process needs it for nothing else).
         if self.device.startswith("cuda"):

@@ -49,6 +49,7 @@ from tauforge.components.estimate import (
 from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import check_fold_tasks, combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
+from tauforge.components.registry import StoreError, check_store
 
 from .config import ClusterConfig, TrainingConfig, absolute
 
@@ -569,6 +570,10 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
         if "://" not in where and not os.path.isabs(where):
             raise ConfigError(name, f"must be a URI the cluster's pods can reach (s3://..., gs://...) or an "
                                     f"absolute path on a volume mounted in them, got {where!r}")
+    try:  # the protocol only: the pods reach the store with their own volumes and credentials
+        check_store(config.store, here=False)
+    except StoreError as exc:
+        raise ConfigError("store", str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.nuisance.folds, config.n_shards,
                                    bootstrap_shards=config.bootstrap_tasks(), fold_tasks=config.fold_tasks,

@@ -99,3 +99,39 @@ def test_a_bad_ci_group_size_is_refused_by_the_config_before_any_task(group, pro
     with pytest.raises(ConfigError, match="multiple|positive") as raised:
         TrainingConfig(spec=spec, trees=1000, forest_options={"ci_group_size": group})
     assert raised.value.field == "forest_options" and problem in raised.value.problem
+
+
+def small_table(path, n=60):
+    """A small valid table (binary T, 30 rows an arm) for runs refused before any task starts."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=["x0", "x1", "x2"])
+    frame["T"] = np.arange(n) % 2
+    frame["Y"] = frame["x0"] + frame["T"] + rng.normal(size=n)
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def refused_run(tmp_path, *flags):
+    """`tauforge run` on the small table with `flags`; it must exit 2 before any task starts."""
+    runs = tmp_path / "runs"
+    out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1",
+              "--pipeline-root", str(runs), "--quiet", *flags)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert not runs.exists() or not os.listdir(runs), "a task ran"
+    return out.stderr.strip()
+
+
+@pytest.mark.parametrize("store, problem", [
+    ("FILE", "FILE is not a folder; give a folder (it is created if missing)"),
+    ("FILE/store", "FILE/store is not a folder: FILE is a file; give a folder"),
+    ("foo://x", "foo://x cannot be opened: Protocol not known: foo; give a local folder or an fsspec URI"),
+])
+def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, store, problem):
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    stderr = refused_run(tmp_path, "--store", store.replace("FILE", str(afile)))
+    assert stderr.startswith(f"tauforge run: error: --store {problem.replace('FILE', str(afile))}"), stderr
