@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     if say:
         say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
     start = time.perf_counter()
-    with _as_flags(TRAINING_FLAGS):
+    with _as_flags({**TRAINING_FLAGS, **NUISANCE_FLAGS}):
         run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
                         runner=args.runner)
     version = run.version

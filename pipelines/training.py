@@ -450,12 +450,16 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
                                        fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
                                        threads_per_task=threads)
+    failure = None
     with open(log_path, "w") as log_file, _capture(log_file, log):
         try:
             task = pipeline(**pipeline_arguments(source, config))
         except RuntimeError as exc:
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
-            raise PipelineFailed(f"{message} The task logs are in {log_path}") from None
+            failure = _uncoloured(str(exc))
+    if failure is not None:  # read once the log is closed, with everything the tasks wrote
+        cause = _task_error(log_path)
+        raise PipelineFailed(f"{failure}" + (f" It raised {cause.rstrip('.')}." if cause else "")
+                             + f" The task logs are in {log_path}")
     gate_passed = bool(task.outputs["Output"])
     evaluate_dir = _step_dir(root, "evaluate-model")
     with open(os.path.join(evaluate_dir, "evaluation")) as f:
@@ -466,6 +470,28 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
 
 class PipelineFailed(RuntimeError):
     """A task of the local run failed."""
+
+
+def _uncoloured(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # kfp.local colours its messages
+
+
+def _task_error(log_path: str) -> str | None:
+    """The exception line ("ValueError: ...") of the traceback the first failed task left in the
+    run's log, or None. kfp.local indents each task's output, and a traceback's last line sits at
+    the indentation of its "Traceback" header; of chained ones the last is the one raised."""
+    with open(log_path, errors="replace") as f:
+        lines = [_uncoloured(line.rstrip("\n")) for line in f]
+    end = next((i for i, line in enumerate(lines) if "finished with status FAILURE" in line), len(lines))
+    cause = None
+    for i, line in enumerate(lines[:end]):
+        if line.lstrip() == "Traceback (most recent call last):":
+            indent = line[:len(line) - len(line.lstrip())]
+            for after in lines[i + 1:end]:
+                if after.startswith(indent) and after[len(indent):len(indent) + 1] not in (" ", ""):
+                    cause = after.strip()
+                    break
+    return cause
 
 
 def _docker_runner(source: str, store: str):

@@ -135,3 +135,28 @@ def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, stor
     afile.write_text("not a store")
     stderr = refused_run(tmp_path, "--store", store.replace("FILE", str(afile)))
     assert stderr.startswith(f"tauforge run: error: --store {problem.replace('FILE', str(afile))}"), stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
+    # 60 rows, 30 an arm: stratified folds need a row of each arm in every fold.
+    (["--folds", "31"], "--folds must be at most the 30 rows in the smaller treatment arm, got 31"),
+    (["--model-y", "sklearn.linear_model.LogisticRegression"],
+     "--model-y 'sklearn.linear_model.LogisticRegression' is a classifier; the outcome model predicts"),
+    (["--model-t", "sklearn.linear_model.LinearRegression"],
+     "--model-t 'sklearn.linear_model.LinearRegression' is not a classifier; a binary treatment's model"),
+])
+def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, flags, message):
+    assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
+
+
+def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
+    # A Poisson outcome model on an outcome with negative values: only its fit can tell.
+    out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet",
+              "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"),
+              "--model-y", "sklearn.linear_model.PoissonRegressor")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "Inner task failed: 'nuisance-folds'" in out.stderr
+    assert "It raised ValueError: Some value(s) of y are out of the valid range" in out.stderr
+    assert not (tmp_path / "store").exists()
