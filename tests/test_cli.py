@@ -160,3 +160,22 @@ def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
     assert "Inner task failed: 'nuisance-folds'" in out.stderr
     assert "It raised ValueError: Some value(s) of y are out of the valid range" in out.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path):
+    # kfp.local draws a job id of its own for dsl.PIPELINE_JOB_ID_PLACEHOLDER; run_local makes it
+    # LocalRun.run_id (the runs folder's and the log's name). A kfp upgrade that changes how
+    # kfp.local draws it fails here.
+    out = run("run", "--data", small_table(tmp_path / "data.csv", n=400), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet", "--json",
+              "--model-y", "sklearn.linear_model.LinearRegression",
+              "--model-t", "sklearn.linear_model.LogisticRegression",
+              "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    with open(os.path.join(result["store"], result["model"], str(result["version"]), "model_card.json")) as f:
+        card = json.load(f)
+    assert card["run"]["run_id"] == card["lineage"]["run_id"] == result["run_id"]
+    assert result["log"].endswith(f"{result['run_id']}.log")
+    with open(result["report"]) as f:
+        assert f"<dd>{result['run_id']}</dd>" in f.read()
