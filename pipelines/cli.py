@@ -101,6 +101,23 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _check_output(path: str, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file is
+    to go (or the reverse), a file where a folder is needed above it, or a folder not writable."""
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    full = os.path.abspath(path)
+    if os.path.exists(full) and os.path.isdir(full) != folder:
+        raise ValueError(f"{flag} {path} is a {other}; give the path of a {kind}")
+    parent = full if folder else os.path.dirname(full)
+    while not os.path.exists(parent):  # made when written
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path} cannot be written: {_shown(parent)} is a file, not a folder; "
+                         f"give a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} cannot be written: {_shown(parent)} is not writable by uid {os.geteuid()}")
+
+
 # The flag behind each setting of a training run, so that a bad setting is reported as the flag
 # the user typed (the settings' own checks name the setting).
 TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "fold_tasks": "--fold-tasks", "seed": "--seed",
@@ -144,6 +161,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
     from tauforge.components.nuisance import NuisanceConfig
     from tauforge.pipelines.config import TrainingConfig
 
+    if args.command == "run":
+        _check_output(args.pipeline_root, "--pipeline-root", folder=True)
     if args.demo:
         if args.data:
             raise ValueError("pass --data PATH or --demo, not both")
@@ -263,6 +282,7 @@ def _cluster(args: argparse.Namespace):
 def _compile(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import compile_pipeline
 
+    _check_output(args.out, "--out")
     cluster = _cluster(args)
     with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
                     "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
@@ -431,6 +451,7 @@ def _deploy(args: argparse.Namespace) -> int:
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
                           store_secret=args.store_secret)
+    _check_output(args.out, "--out", folder=True)
     objects = render(spec)
     for path in write(objects, args.out):
         print(f"wrote {_shown(path)}")
@@ -449,8 +470,9 @@ def _monitor(args: argparse.Namespace) -> int:
     from tauforge.components.monitor import MonitorConfig, run_monitor, write_gauges
     from tauforge.components.report import render_monitor_report
 
-    for path in (args.report, args.metrics_file):
+    for path, flag in ((args.report, "--report"), (args.metrics_file, "--metrics-file")):
         if path:
+            _check_output(path, flag)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
                          config=MonitorConfig(alpha=args.alpha), progress=True)
@@ -730,7 +752,12 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_warning
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
+        return code
+    except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped
     except ValueError as exc:  # the user's input: data, flags, store references
         print(f"tauforge {args.command}: error: {exc}", file=sys.stderr)
         return 2

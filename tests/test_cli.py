@@ -179,3 +179,35 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
     assert result["log"].endswith(f"{result['run_id']}.log")
     with open(result["report"]) as f:
         assert f"<dd>{result['run_id']}</dd>" in f.read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--demo", "--pipeline-root", "FILE"], "run: error: --pipeline-root FILE is a file; give the path of a "
+                                                   "folder"),
+    (["compile", "--out", "FILE/x.yaml"], "compile: error: --out FILE/x.yaml cannot be written: FILE is a file, "
+                                          "not a folder; give a path in a folder"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out", "FILE"],
+     "deploy: error: --out FILE is a file; give the path of a folder"),
+    (["monitor", "--model", "m", "--log-dir", "events", "--report", "FILE/x.html"],
+     "monitor: error: --report FILE/x.html cannot be written: FILE is a file"),
+    (["serve", "--port", "99999"], "serve: error: --port must be a port number from 1 to 65535, got 99999"),
+    (["serve", "--port", "0"], "serve: error: --port must be a port number from 1 to 65535, got 0"),
+    (["serve", "--grpc-port", "-1"], "serve: error: --grpc-port must be a port number from 0 to 65535, got -1"),
+])
+def test_an_output_or_port_that_cannot_be_used_exits_2_with_a_message(tmp_path, args, message):
+    afile = tmp_path / "afile"
+    afile.write_text("a file")
+    out = subprocess.run([*TAUFORGE, *(a.replace("FILE", "afile") for a in args)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"tauforge {message.replace('FILE', 'afile')}"), out.stderr
+    assert afile.read_text() == "a file" and sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_a_reader_that_leaves_early_stops_the_output_quietly(tmp_path):
+    # `tauforge models list | head`: head exits and the next write meets a closed pipe.
+    proc = subprocess.Popen([*TAUFORGE, "models", "list", "--store", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141  # 128 + SIGPIPE, as a shell reports a tool stopped by it
+    assert proc.stderr.read() == ""
