@@ -179,7 +179,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
             raise ValueError("pass --data PATH (Parquet or CSV) or --demo")
         if not (args.treatment and args.outcome):
             raise ValueError("--treatment COL and --outcome COL are required with --data")
-        source = args.data if "://" in args.data else os.path.abspath(args.data)
+        # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
+        source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
         treatment, outcome, true_ate = args.treatment, args.outcome, None
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
                     controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
@@ -415,6 +416,9 @@ def _serve(args: argparse.Namespace) -> int:
     # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
     # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.challenger and args.mode == "single":
+        raise ValueError(f"--challenger {args.challenger} needs --mode canary or --mode shadow (single serves the "
+                         "champion alone)")
     from tauforge.serving.server import build_model, check_ports, serve
 
     check_ports(args.host, args.port, args.grpc_port)  # before the model's load and warm-up
@@ -486,6 +490,8 @@ def _monitor(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=float))
         return 0
     print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows")
+    if "note" in result:  # why nothing was judged (too few live rows)
+        print(f"  {result['note']}")
     for a in result["alerts"]:
         print(f"  ALERT {a['check']}: {a['message']}")
     if not result["alerts"]:

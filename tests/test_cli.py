@@ -211,3 +211,37 @@ def test_a_reader_that_leaves_early_stops_the_output_quietly(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=300) == 141  # 128 + SIGPIPE, as a shell reports a tool stopped by it
     assert proc.stderr.read() == ""
+
+
+def test_submit_refuses_a_relative_data_path_it_would_send_to_a_cluster(tmp_path):
+    data = small_table(tmp_path / "data.csv")
+    out = subprocess.run([*TAUFORGE, "submit", "--host", "http://127.0.0.1:9", "--data", "data.csv",
+                          "--treatment", "T", "--outcome", "Y", "--store", "s3://bucket/store"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert os.path.exists(data) and out.returncode == 2, out.stderr
+    assert out.stderr.startswith("tauforge submit: error: --data must be a URI the cluster's pods can reach"), \
+        out.stderr
+    assert "got 'data.csv'" in out.stderr
+
+
+def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
+    out = run("serve", "--model", "m", "--challenger", "2")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ("tauforge serve: error: --challenger 2 needs --mode canary or --mode shadow "
+                                  "(single serves the champion alone)")
+
+
+def test_monitor_says_why_it_judged_nothing(monkeypatch, capsys):
+    import tauforge.components.monitor as monitor
+    from tauforge.pipelines.cli import main
+
+    def no_traffic(*args, **kwargs):  # what run_monitor returns for an event log without live rows
+        return {"version": 1, "live_rows": 0, "reference_rows": 500, "alerts": [], "checks": {},
+                "recommendation": "hold", "retrain": False,
+                "note": "0 live rows; at least 200 are needed to judge drift"}
+
+    monkeypatch.setattr(monitor, "run_monitor", no_traffic)
+    assert main(["monitor", "--model", "m", "--log-dir", "events"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "tauforge monitor: m version 1, 0 live rows", "  0 live rows; at least 200 are needed to judge drift",
+        "  no alerts", "  recommendation: hold"]
