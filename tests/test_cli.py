@@ -143,6 +143,7 @@ def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, stor
     (["--folds", "31"], "--folds must be at most the 30 rows in the smaller treatment arm, got 31"),
     (["--model-y", "sklearn.linear_model.LogisticRegression"],
      "--model-y 'sklearn.linear_model.LogisticRegression' is a classifier; the outcome model predicts"),
+    (["--covariates", "x0", "x0", "x1"], "covariates column 'x0' is listed twice; list it once"),
     (["--model-t", "sklearn.linear_model.LinearRegression"],
      "--model-t 'sklearn.linear_model.LinearRegression' is not a classifier; a binary treatment's model"),
 ])
