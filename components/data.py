@@ -151,6 +151,8 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                 continue
             if c not in df.columns:
                 fail(f"{role} column {c!r} is missing from the table (columns: {_preview(df.columns)})")
+            if c in seen and seen[c] == role:
+                fail(f"{role} column {c!r} is listed twice; list it once")
             if c in seen:
                 fail(f"column {c!r} is given two roles: {seen[c]} and {role}")
             seen[c] = role

@@ -49,13 +49,36 @@ class NuisanceConfig:
             model = getattr(self, f"model_{role}")
             if isinstance(model, str) and model in NAMED_MODELS:
                 continue
+            from sklearn.base import is_classifier
+
             from tauforge.kernels.nuisance import resolve_model
 
             try:  # an import path that does not resolve should fail here, not in a task
-                resolve_model(model, role, discrete=False, seed=0)
+                estimator = resolve_model(model, role, discrete=False, seed=0)
             except ValueError as exc:
                 raise config.ConfigError(f"model_{role}", f"must be 'auto', 'tauforge' or an importable "
                                                           f"scikit-learn estimator class: {exc}") from None
+            if role == "y" and is_classifier(estimator):
+                raise config.ConfigError("model_y", f"{model!r} is a classifier; the outcome model predicts "
+                                                    "E[Y | X, W]: give a regressor, or 'auto'")
+
+    def check_treatment_model(self, binary: bool) -> None:
+        """model_t against the treatment, known once the table is read: a classifier (for the
+        propensity) for a binary treatment, a regressor for a continuous one."""
+        if isinstance(self.model_t, str) and self.model_t in NAMED_MODELS:
+            return
+        from sklearn.base import is_classifier, is_regressor
+
+        from tauforge.kernels.nuisance import resolve_model
+
+        estimator = resolve_model(self.model_t, "t", discrete=binary, seed=0)
+        if binary and not is_classifier(estimator):
+            raise config.ConfigError("model_t", f"{self.model_t!r} is not a classifier; a binary treatment's model "
+                                                "gives its propensity (predict_proba): give a classifier, e.g. "
+                                                "sklearn.linear_model.LogisticRegression, or 'auto'")
+        if not binary and not is_regressor(estimator):
+            raise config.ConfigError("model_t", f"{self.model_t!r} is not a regressor; a continuous treatment's "
+                                                "model predicts E[T | X, W]: give a regressor, or 'auto'")
 
     @classmethod
     def from_json(cls, text: str) -> "NuisanceConfig":

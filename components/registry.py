@@ -138,11 +138,51 @@ def _store_operation(doing: str) -> Callable:
                 except Exception as exc:
                     if not _botocore_error(exc):
                         raise
-                    raise StoreError(f"cannot use the model store {self.uri} ({doing}): {exc} (an S3-compatible "
-                                     f"store's endpoint is set with $AWS_ENDPOINT_URL; credentials are found as "
-                                     f"botocore finds them)") from exc
+                    raise StoreError(f"cannot use the model store {self.uri} ({doing}): {exc} {_S3_HINT}") from exc
         return wrapper
     return decorate
+
+
+_S3_HINT = ("(an S3-compatible store's endpoint is set with $AWS_ENDPOINT_URL; credentials are found as botocore "
+            "finds them)")
+
+
+def check_store(uri: str, here: bool = True) -> None:
+    """Refuse, before a run starts, a store its publish step could not use (a StoreError whose
+    message starts with the URI): a protocol fsspec does not know or lacks the package for,
+    opened as `ModelStore` opens it; and with `here` (the store is used from this machine, not
+    from a cluster's pods), a local store that is a file, lies under one or is not writable, and
+    an object store whose bucket does not answer (no credentials, no endpoint, no such bucket)."""
+    try:
+        store = ModelStore(uri)
+    except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
+        raise StoreError(f"{uri} cannot be opened: {exc}; give a local folder or an fsspec URI such as "
+                         "s3://bucket/path") from None
+    if not here:
+        return
+    if store.local:
+        with _reported(f"checking the model store {uri}"):
+            folder = store.root
+            while not _local_exists(folder):  # the store and its model folders are created at publish
+                folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            where = "" if folder == store.root else f": {folder} is a file"
+            raise StoreError(f"{uri} is not a folder{where}; give a folder (it is created if missing)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreError(f"{uri} cannot be published to: {folder} is not writable by uid {os.geteuid()}")
+        return
+    bucket = store.root.split("/")[0]
+    if not bucket:
+        return
+    try:
+        with _reported(f"checking the model store {uri}"):
+            store.fs.info(bucket)  # one request (S3: HeadBucket); s3fs's exists() says False for no credentials
+    except FileNotFoundError:
+        raise StoreError(f"{uri} cannot be published to: its bucket {bucket!r} does not exist") from None
+    except Exception as exc:
+        if not _botocore_error(exc):
+            raise
+        raise StoreError(f"{uri} cannot be reached: {exc} {_S3_HINT}") from None
 
 
 def _botocore_error(exc: Exception) -> bool:

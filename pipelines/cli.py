@@ -101,6 +101,23 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _check_output(path: str, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file is
+    to go (or the reverse), a file where a folder is needed above it, or a folder not writable."""
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    full = os.path.abspath(path)
+    if os.path.exists(full) and os.path.isdir(full) != folder:
+        raise ValueError(f"{flag} {path} is a {other}; give the path of a {kind}")
+    parent = full if folder else os.path.dirname(full)
+    while not os.path.exists(parent):  # made when written
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path} cannot be written: {_shown(parent)} is a file, not a folder; "
+                         f"give a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} cannot be written: {_shown(parent)} is not writable by uid {os.geteuid()}")
+
+
 # The flag behind each setting of a training run, so that a bad setting is reported as the flag
 # the user typed (the settings' own checks name the setting).
 TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "fold_tasks": "--fold-tasks", "seed": "--seed",
@@ -144,6 +161,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
     from tauforge.components.nuisance import NuisanceConfig
     from tauforge.pipelines.config import TrainingConfig
 
+    if args.command == "run":
+        _check_output(args.pipeline_root, "--pipeline-root", folder=True)
     if args.demo:
         if args.data:
             raise ValueError("pass --data PATH or --demo, not both")
@@ -160,7 +179,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
             raise ValueError("pass --data PATH (Parquet or CSV) or --demo")
         if not (args.treatment and args.outcome):
             raise ValueError("--treatment COL and --outcome COL are required with --data")
-        source = args.data if "://" in args.data else os.path.abspath(args.data)
+        # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
+        source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
         treatment, outcome, true_ate = args.treatment, args.outcome, None
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
                     controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
@@ -191,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     if say:
         say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
     start = time.perf_counter()
-    with _as_flags(TRAINING_FLAGS):
+    with _as_flags({**TRAINING_FLAGS, **NUISANCE_FLAGS}):
         run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
                         runner=args.runner)
     version = run.version
@@ -263,6 +283,7 @@ def _cluster(args: argparse.Namespace):
 def _compile(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import compile_pipeline
 
+    _check_output(args.out, "--out")
     cluster = _cluster(args)
     with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
                     "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
@@ -404,6 +425,9 @@ def _serve(args: argparse.Namespace) -> int:
     # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
     # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.challenger and args.mode == "single":
+        raise ValueError(f"--challenger {args.challenger} needs --mode canary or --mode shadow (single serves the "
+                         "champion alone)")
     from tauforge.serving.server import build_model, check_ports, serve
 
     check_ports(args.host, args.port, args.grpc_port)  # before the model's load and warm-up
@@ -440,6 +464,7 @@ def _deploy(args: argparse.Namespace) -> int:
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
                           store_secret=args.store_secret)
+    _check_output(args.out, "--out", folder=True)
     objects = render(spec)
     for path in write(objects, args.out):
         print(f"wrote {_shown(path)}")
@@ -458,8 +483,9 @@ def _monitor(args: argparse.Namespace) -> int:
     from tauforge.components.monitor import MonitorConfig, run_monitor, write_gauges
     from tauforge.components.report import render_monitor_report
 
-    for path in (args.report, args.metrics_file):
+    for path, flag in ((args.report, "--report"), (args.metrics_file, "--metrics-file")):
         if path:
+            _check_output(path, flag)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
                          config=MonitorConfig(alpha=args.alpha), progress=True)
@@ -473,6 +499,8 @@ def _monitor(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=float))
         return 0
     print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows")
+    if "note" in result:  # why nothing was judged (too few live rows)
+        print(f"  {result['note']}")
     for a in result["alerts"]:
         print(f"  ALERT {a['check']}: {a['message']}")
     if not result["alerts"]:
@@ -739,7 +767,12 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_warning
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
+        return code
+    except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped
     except ValueError as exc:  # the user's input: data, flags, store references
         print(f"tauforge {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks
-from tauforge.components.registry import StoreError, check_model_name
+from tauforge.components.registry import StoreError, check_model_name, check_store
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -102,8 +102,8 @@ class TrainingConfig:
         check_fold_tasks(self.fold_tasks, self.nuisance.folds)
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if not _integer(self.seed):
-            fail("seed", f"must be an integer, got {self.seed!r}")
+        if not (_integer(self.seed) and 0 <= self.seed < 2**32):  # numpy's and scikit-learn's seeds
+            fail("seed", f"must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if not 0 < self.alpha < 1:
             fail("alpha", f"must be in (0, 1), got {self.alpha}")
         if self.estimator == "econml":
@@ -140,14 +140,25 @@ class TrainingConfig:
         return self.bootstrap_shards if self.bootstrap.n_bootstrap else 0
 
     def check_local_run(self, source: str) -> None:
-        """What a run on this machine can check before any task starts: that the device exists
-        and, for a local table, that the data satisfies the spec and the graph's observed nodes
-        are its columns."""
+        """What a run on this machine can check before any task starts: for a local table, that the
+        data satisfies the spec and the graph's observed nodes are its columns; that the store can
+        be published to (`registry.check_store`); and that the device exists."""
         if "://" not in source or source.startswith("file://"):
             table = read_table(source)
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
-            validate(table, self.spec)
+            data = validate(table, self.spec)
+            self.nuisance.check_treatment_model(data.spec.binary)
+            t = data.table[data.spec.treatment].to_numpy()
+            # Cross-fitting splits the rows (stratified by arm for a binary treatment) into folds.
+            rows, what = ((int(min((t == 0).sum(), (t == 1).sum())), "rows in the smaller treatment arm")
+                          if data.spec.binary else (len(t), "rows"))
+            if self.nuisance.folds > rows:
+                raise ConfigError("folds", f"must be at most the {rows} {what}, got {self.nuisance.folds}")
+        try:
+            check_store(self.store)
+        except StoreError as exc:
+            raise ConfigError("store", str(exc)) from None
         # 'auto' and 'cpu' always resolve; only a GPU needs torch's word (torch takes over a second
         # to load, and this process needs it for nothing else).
         if self.device.startswith("cuda"):

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import types
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from tauforge.components.estimate import (
 from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import check_fold_tasks, combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
+from tauforge.components.registry import StoreError, check_store
 
 from .config import ClusterConfig, TrainingConfig, absolute
 
@@ -449,12 +451,16 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
                                        fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
                                        threads_per_task=threads)
-    with open(log_path, "w") as log_file, _capture(log_file, log):
+    failure = None
+    with open(log_path, "w") as log_file, _capture(log_file, log), _job_id(run_id):
         try:
             task = pipeline(**pipeline_arguments(source, config))
         except RuntimeError as exc:
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
-            raise PipelineFailed(f"{message} The task logs are in {log_path}") from None
+            failure = _uncoloured(str(exc))
+    if failure is not None:  # read once the log is closed, with everything the tasks wrote
+        cause = _task_error(log_path)
+        raise PipelineFailed(f"{failure}" + (f" It raised {cause.rstrip('.')}." if cause else "")
+                             + f" The task logs are in {log_path}")
     gate_passed = bool(task.outputs["Output"])
     evaluate_dir = _step_dir(root, "evaluate-model")
     with open(os.path.join(evaluate_dir, "evaluation")) as f:
@@ -463,8 +469,46 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     return LocalRun(run_id, gate_passed, version, evaluation, os.path.join(evaluate_dir, "report"), root, log_path)
 
 
+@contextlib.contextmanager
+def _job_id(run_id: str):
+    """kfp.local with `run_id` as the pipeline's job id (dsl.PIPELINE_JOB_ID_PLACEHOLDER, which
+    the card and the report record), instead of the random number it draws for every run:
+    its pipeline orchestrator's one call of placeholder_utils.make_random_id gives it.
+    tests/test_cli.py checks the published card's run id."""
+    from unittest import mock
+
+    from kfp.local import pipeline_orchestrator, placeholder_utils
+
+    ids = types.SimpleNamespace(**vars(placeholder_utils))  # the module's own, the job id's aside
+    ids.make_random_id = lambda: run_id
+    with mock.patch.object(pipeline_orchestrator, "placeholder_utils", ids):
+        yield
+
+
 class PipelineFailed(RuntimeError):
     """A task of the local run failed."""
+
+
+def _uncoloured(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # kfp.local colours its messages
+
+
+def _task_error(log_path: str) -> str | None:
+    """The exception line ("ValueError: ...") of the traceback the first failed task left in the
+    run's log, or None. kfp.local indents each task's output, and a traceback's last line sits at
+    the indentation of its "Traceback" header; of chained ones the last is the one raised."""
+    with open(log_path, errors="replace") as f:
+        lines = [_uncoloured(line.rstrip("\n")) for line in f]
+    end = next((i for i, line in enumerate(lines) if "finished with status FAILURE" in line), len(lines))
+    cause = None
+    for i, line in enumerate(lines[:end]):
+        if line.lstrip() == "Traceback (most recent call last):":
+            indent = line[:len(line) - len(line.lstrip())]
+            for after in lines[i + 1:end]:
+                if after.startswith(indent) and after[len(indent):len(indent) + 1] not in (" ", ""):
+                    cause = after.strip()
+                    break
+    return cause
 
 
 def _docker_runner(source: str, store: str):
@@ -569,6 +613,10 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
         if "://" not in where and not os.path.isabs(where):
             raise ConfigError(name, f"must be a URI the cluster's pods can reach (s3://..., gs://...) or an "
                                     f"absolute path on a volume mounted in them, got {where!r}")
+    try:  # the protocol only: the pods reach the store with their own volumes and credentials
+        check_store(config.store, here=False)
+    except StoreError as exc:
+        raise ConfigError("store", str(exc)) from None
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(os.path.join(tmp, "pipeline.yaml"), config.nuisance.folds, config.n_shards,
                                    bootstrap_shards=config.bootstrap_tasks(), fold_tasks=config.fold_tasks,

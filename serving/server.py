@@ -72,7 +72,10 @@ def check_ports(host: str, port: int, grpc_port: int) -> None:
     """A clear error before starting (the CLI calls it before loading the model too), instead of a
     server that cannot listen or, for gRPC, which sets SO_REUSEPORT by default, one that silently
     shares the port with another server."""
-    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
+    for flag, number, lowest in (("--port", port, 1), ("--grpc-port", grpc_port, 0)):
+        if not lowest <= number <= 65535:  # else socket's OverflowError
+            raise ValueError(f"{flag} must be a port number from {lowest} to 65535, got {number}"
+                             + (" (0: no gRPC)" if lowest == 0 else ""))
         if number:
             _check_port_free(host, number, flag)
 

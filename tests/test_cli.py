@@ -99,3 +99,150 @@ def test_a_bad_ci_group_size_is_refused_by_the_config_before_any_task(group, pro
     with pytest.raises(ConfigError, match="multiple|positive") as raised:
         TrainingConfig(spec=spec, trees=1000, forest_options={"ci_group_size": group})
     assert raised.value.field == "forest_options" and problem in raised.value.problem
+
+
+def small_table(path, n=60):
+    """A small valid table (binary T, 30 rows an arm) for runs refused before any task starts."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=["x0", "x1", "x2"])
+    frame["T"] = np.arange(n) % 2
+    frame["Y"] = frame["x0"] + frame["T"] + rng.normal(size=n)
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def refused_run(tmp_path, *flags):
+    """`tauforge run` on the small table with `flags`; it must exit 2 before any task starts."""
+    runs = tmp_path / "runs"
+    out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1",
+              "--pipeline-root", str(runs), "--quiet", *flags)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert not runs.exists() or not os.listdir(runs), "a task ran"
+    return out.stderr.strip()
+
+
+@pytest.mark.parametrize("store, problem", [
+    ("FILE", "FILE is not a folder; give a folder (it is created if missing)"),
+    ("FILE/store", "FILE/store is not a folder: FILE is a file; give a folder"),
+    ("foo://x", "foo://x cannot be opened: Protocol not known: foo; give a local folder or an fsspec URI"),
+])
+def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, store, problem):
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    stderr = refused_run(tmp_path, "--store", store.replace("FILE", str(afile)))
+    assert stderr.startswith(f"tauforge run: error: --store {problem.replace('FILE', str(afile))}"), stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
+    # 60 rows, 30 an arm: stratified folds need a row of each arm in every fold.
+    (["--folds", "31"], "--folds must be at most the 30 rows in the smaller treatment arm, got 31"),
+    (["--model-y", "sklearn.linear_model.LogisticRegression"],
+     "--model-y 'sklearn.linear_model.LogisticRegression' is a classifier; the outcome model predicts"),
+    (["--covariates", "x0", "x0", "x1"], "covariates column 'x0' is listed twice; list it once"),
+    (["--model-t", "sklearn.linear_model.LinearRegression"],
+     "--model-t 'sklearn.linear_model.LinearRegression' is not a classifier; a binary treatment's model"),
+])
+def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, flags, message):
+    assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
+
+
+def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
+    # A Poisson outcome model on an outcome with negative values: only its fit can tell.
+    out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet",
+              "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"),
+              "--model-y", "sklearn.linear_model.PoissonRegressor")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "Inner task failed: 'nuisance-folds'" in out.stderr
+    assert "It raised ValueError: Some value(s) of y are out of the valid range" in out.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path):
+    # kfp.local draws a job id of its own for dsl.PIPELINE_JOB_ID_PLACEHOLDER; run_local makes it
+    # LocalRun.run_id (the runs folder's and the log's name). A kfp upgrade that changes how
+    # kfp.local draws it fails here.
+    out = run("run", "--data", small_table(tmp_path / "data.csv", n=400), "--treatment", "T", "--outcome", "Y",
+              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet", "--json",
+              "--model-y", "sklearn.linear_model.LinearRegression",
+              "--model-t", "sklearn.linear_model.LogisticRegression",
+              "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    with open(os.path.join(result["store"], result["model"], str(result["version"]), "model_card.json")) as f:
+        card = json.load(f)
+    assert card["run"]["run_id"] == card["lineage"]["run_id"] == result["run_id"]
+    assert result["log"].endswith(f"{result['run_id']}.log")
+    with open(result["report"]) as f:
+        assert f"<dd>{result['run_id']}</dd>" in f.read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--demo", "--pipeline-root", "FILE"], "run: error: --pipeline-root FILE is a file; give the path of a "
+                                                   "folder"),
+    (["compile", "--out", "FILE/x.yaml"], "compile: error: --out FILE/x.yaml cannot be written: FILE is a file, "
+                                          "not a folder; give a path in a folder"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out", "FILE"],
+     "deploy: error: --out FILE is a file; give the path of a folder"),
+    (["monitor", "--model", "m", "--log-dir", "events", "--report", "FILE/x.html"],
+     "monitor: error: --report FILE/x.html cannot be written: FILE is a file"),
+    (["serve", "--port", "99999"], "serve: error: --port must be a port number from 1 to 65535, got 99999"),
+    (["serve", "--port", "0"], "serve: error: --port must be a port number from 1 to 65535, got 0"),
+    (["serve", "--grpc-port", "-1"], "serve: error: --grpc-port must be a port number from 0 to 65535, got -1"),
+])
+def test_an_output_or_port_that_cannot_be_used_exits_2_with_a_message(tmp_path, args, message):
+    afile = tmp_path / "afile"
+    afile.write_text("a file")
+    out = subprocess.run([*TAUFORGE, *(a.replace("FILE", "afile") for a in args)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"tauforge {message.replace('FILE', 'afile')}"), out.stderr
+    assert afile.read_text() == "a file" and sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_a_reader_that_leaves_early_stops_the_output_quietly(tmp_path):
+    # `tauforge models list | head`: head exits and the next write meets a closed pipe.
+    proc = subprocess.Popen([*TAUFORGE, "models", "list", "--store", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141  # 128 + SIGPIPE, as a shell reports a tool stopped by it
+    assert proc.stderr.read() == ""
+
+
+def test_submit_refuses_a_relative_data_path_it_would_send_to_a_cluster(tmp_path):
+    data = small_table(tmp_path / "data.csv")
+    out = subprocess.run([*TAUFORGE, "submit", "--host", "http://127.0.0.1:9", "--data", "data.csv",
+                          "--treatment", "T", "--outcome", "Y", "--store", "s3://bucket/store"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert os.path.exists(data) and out.returncode == 2, out.stderr
+    assert out.stderr.startswith("tauforge submit: error: --data must be a URI the cluster's pods can reach"), \
+        out.stderr
+    assert "got 'data.csv'" in out.stderr
+
+
+def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
+    out = run("serve", "--model", "m", "--challenger", "2")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ("tauforge serve: error: --challenger 2 needs --mode canary or --mode shadow "
+                                  "(single serves the champion alone)")
+
+
+def test_monitor_says_why_it_judged_nothing(monkeypatch, capsys):
+    import tauforge.components.monitor as monitor
+    from tauforge.pipelines.cli import main
+
+    def no_traffic(*args, **kwargs):  # what run_monitor returns for an event log without live rows
+        return {"version": 1, "live_rows": 0, "reference_rows": 500, "alerts": [], "checks": {},
+                "recommendation": "hold", "retrain": False,
+                "note": "0 live rows; at least 200 are needed to judge drift"}
+
+    monkeypatch.setattr(monitor, "run_monitor", no_traffic)
+    assert main(["monitor", "--model", "m", "--log-dir", "events"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "tauforge monitor: m version 1, 0 live rows", "  0 live rows; at least 200 are needed to judge drift",
+        "  no alerts", "  recommendation: hold"]

@@ -159,6 +159,29 @@ def test_a_store_without_credentials_is_a_clear_error_not_a_traceback(s3):
     assert "cannot use the model store s3://" in out.stderr and "Unable to locate credentials" in out.stderr
 
 
+def test_a_run_checks_the_bucket_before_any_task(s3, monkeypatch):
+    import fsspec
+
+    from tauforge.components.registry import check_store
+
+    check_store(s3.uri("new-store"))  # a bucket that answers; the store's folder comes at publish
+    with pytest.raises(StoreError, match="s3://no-such-bucket/x cannot be published to: its bucket "
+                                         "'no-such-bucket' does not exist"):
+        check_store("s3://no-such-bucket/x")
+    check_store("s3://no-such-bucket/x", here=False)  # submit: the pods reach it with their own credentials
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    # fsspec keeps one filesystem per URI's options, holding the credentials it was made with.
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    try:
+        with pytest.raises(StoreError, match="cannot be reached: Unable to locate credentials"):
+            check_store(s3.uri("nocreds"))
+    finally:
+        fsspec.get_filesystem_class("s3").clear_instance_cache()  # none without credentials for the next tests
+
+
 # ---------------------------------------------------------------------- the user's round trip
 def v1(port: int, rows: list[dict]):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict",
