@@ -166,8 +166,9 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
-    """The forest seed of replicate `replicate` (the main forest has `seed`)."""
-    return seed + 1 + replicate
+    """The forest seed of replicate `replicate` (the main forest has `seed`), within the 32 bits
+    numpy's and scikit-learn's seeds take (a run's seed may be 2**32 - 1)."""
+    return (seed + 1 + replicate) % 2**32
 
 
 def replicate_forest_params(forest_params: dict, trees: int, correction_variables) -> dict:
