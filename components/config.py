@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,3 +51,19 @@ def from_json(cls: type[T], text: str | None, what: str) -> T:
 def to_json(settings: Any) -> str:
     """A dataclass of settings as JSON (keys sorted), the form pipeline parameters carry."""
     return json.dumps(dataclasses.asdict(settings), sort_keys=True)
+
+
+# What a Kubernetes CPU or memory quantity looks like ('2', '500m', '1.5'; '8Gi', '512Mi', '1G'):
+# the pipeline's tasks and the deployed predictors take them.
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+
+
+def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...]) -> None:
+    """The named fields of `settings` are Kubernetes CPU and memory quantities, else a ConfigError."""
+    for name in cpu:
+        if not _CPU.match(str(getattr(settings, name))):
+            raise ConfigError(name, f"must be a CPU quantity such as 2 or 500m, got {getattr(settings, name)!r}")
+    for name in memory:
+        if not _MEMORY.match(str(getattr(settings, name))):
+            raise ConfigError(name, f"must be a memory quantity such as 8Gi or 512Mi, got {getattr(settings, name)!r}")

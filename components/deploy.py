@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ._kfp import IMAGE
-from .config import ConfigError
+from .config import ConfigError, check_quantities
 
 MODES = ("replace", "canary", "shadow")
 ROUTERS = ("mesh", "predictor")
@@ -90,6 +90,9 @@ class DeploySpec:
         if self.mode == "canary" and round(self.percent) < 1:
             raise ConfigError("percent", f"must be a whole percent of traffic for a canary (canaryTrafficPercent), "
                                          f"got {self.percent}")
+        if not self.store:
+            raise ConfigError("store", "is needed: the URI of the store the cluster reads the version from "
+                                       "(s3://, gs:// or pvc://), or $TAUFORGE_STORE")
         if "://" not in self.store:
             raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
                                        "or pvc:// and pass that store")
@@ -102,6 +105,7 @@ class DeploySpec:
                                                   "the champion and the new version")
         if self.gpus < 0:
             raise ConfigError("gpus", f"must be >= 0, got {self.gpus}")
+        check_quantities(self, cpu=("cpu",), memory=("memory",))
         if self.service_account:
             check_name(self.service_account, "service_account")
 

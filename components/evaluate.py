@@ -81,6 +81,13 @@ class GateConfig:
     require_heterogeneity: bool = False
     min_graph_pvalue: float | None = 0.01
 
+    def __post_init__(self):
+        # A threshold outside its statistic's range passes or fails every model whatever it is.
+        for key, (low, high, what) in _GATE_RANGES.items():
+            value = getattr(self, key)
+            if value is not None and not low <= value <= high:
+                raise config.ConfigError(key, f"must be {what} (or 'off'), got {value:g}")
+
     @classmethod
     def from_dict(cls, values: dict) -> "GateConfig":
         """Settings from values or strings: a number, or 'off' / None to switch a check off;
@@ -88,7 +95,11 @@ class GateConfig:
         parsed = {}
         for key, value in config.check_keys(cls, values, "gate").items():
             if key.startswith("require_"):
-                parsed[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                flag = value if isinstance(value, bool) else {"1": True, "true": True, "yes": True, "0": False,
+                                                              "false": False, "no": False}.get(str(value).lower())
+                if flag is None:
+                    raise config.ConfigError(key, f"must be true or false, got {value!r}")
+                parsed[key] = flag
             elif value is None or str(value).lower() in ("none", "off"):
                 parsed[key] = None
             else:
@@ -104,6 +115,13 @@ class GateConfig:
 
     def to_json(self) -> str:
         return config.to_json(self)
+
+
+_PROBABILITY = (0.0, 1.0, "between 0 and 1")
+_GATE_RANGES = {"max_share_outside_overlap": _PROBABILITY, "min_placebo_pvalue": _PROBABILITY,
+                "min_refuter_pvalue": _PROBABILITY, "min_graph_pvalue": _PROBABILITY,
+                "min_robustness_value": _PROBABILITY, "max_abs_smd": (0.0, np.inf, "at least 0"),
+                "min_outcome_r2": (-np.inf, 1.0, "at most 1"), "max_outcome_r2": (-np.inf, 1.0, "at most 1")}
 
 
 def crump_threshold(e: np.ndarray) -> float:

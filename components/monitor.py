@@ -54,6 +54,11 @@ class MonitorConfig:
     cs_alpha: float = 0.05  # confidence sequence level for the policy-value difference
     cs_t_opt: int = 10_000  # outcomes at which the sequence is tightest; fixed in advance, not per look
 
+    def __post_init__(self):
+        for name in ("alpha", "cs_alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+
 
 # ----------------------------------------------------------------------------- statistics
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:

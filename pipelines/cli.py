@@ -40,6 +40,8 @@ from tauforge.components.constants import (
 def _demo(args: argparse.Namespace) -> int:
     if args.n < 2:
         raise ValueError(f"--n {args.n}: a causal forest needs at least 2 training rows (in practice hundreds)")
+    if args.n_test < 1:
+        raise ValueError(f"--n-test {args.n_test}: the CATE's error needs at least 1 fresh row to score")
     if args.trees % 2:  # refused before any fit: the demo always reports CATE intervals
         raise ValueError(f"--trees {args.trees} is odd: the demo's CATE intervals need little bags of 2 trees, "
                          "give an even number")
@@ -450,7 +452,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace", "mode": "--mode",
                 "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
-                "gpus": "--gpus", "service_account": "--service-account", "router": "--router"}
+                "gpus": "--gpus", "service_account": "--service-account", "router": "--router", "cpu": "--cpu",
+                "memory": "--memory"}
 
 
 def _deploy(args: argparse.Namespace) -> int:

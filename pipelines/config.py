@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 
 from tauforge.components._kfp import IMAGE
-from tauforge.components.config import ConfigError
+from tauforge.components.config import ConfigError, check_quantities
 from tauforge.components.constants import (
     DEFAULT_ALPHA,
     DEFAULT_FOLD_TASKS,
@@ -178,9 +177,6 @@ def absolute(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
 
 
-# What a Kubernetes CPU or memory quantity looks like ('2', '500m', '1.5'; '8Gi', '512Mi', '1G').
-_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -216,12 +212,7 @@ class ClusterConfig:
     store_secret_keys: tuple = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
     def __post_init__(self):
-        for name in ("cpu", "compute_cpu"):
-            if not _CPU.match(str(getattr(self, name))):
-                raise ConfigError(name, f"must be a CPU quantity such as 2 or 500m, got {getattr(self, name)!r}")
-        for name in ("memory", "compute_memory"):
-            if not _MEMORY.match(str(getattr(self, name))):
-                raise ConfigError(name, f"must be a memory quantity such as 8Gi or 512Mi, got {getattr(self, name)!r}")
+        check_quantities(self, cpu=("cpu", "compute_cpu"), memory=("memory", "compute_memory"))
         if not (_integer(self.gpus_per_shard) and self.gpus_per_shard >= 0):
             raise ConfigError("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
         if not (_integer(self.shard_retries) and 0 <= self.shard_retries <= 10):

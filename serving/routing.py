@@ -60,6 +60,8 @@ class ShadowRouting:
     def __post_init__(self):
         if not 0 <= self.percent <= 100:
             raise ValueError(f"shadow percent must be in [0, 100], got {self.percent}")
+        if not self.timeout_seconds > 0:  # else every shadow answer times out: a shadow that judges nothing
+            raise ValueError(f"shadow timeout must be a positive number of seconds, got {self.timeout_seconds}")
 
     def assign(self, unit_ids: list, request_id: str) -> list[str]:
         return [CHAMPION] * len(unit_ids)

@@ -51,6 +51,16 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["models", "diff", "--name", "m", "1"], "models diff takes two versions (numbers or aliases), got 1"),
     (["models", "show", "--name", "m", "1"], "models show takes no versions as arguments (1): use --version V"),
     (["models", "diff", "--name", "m", "1", "--bogus"], "unrecognized arguments: 1 --bogus"),
+    # Values outside their range, which passed and then judged every model alike or wrote bad YAML.
+    (["demo", "--n-test", "0"], "--n-test 0: the CATE's error needs at least 1 fresh row"),
+    (["run", "--demo", "--gate", "min_placebo_pvalue=2"], "--gate min_placebo_pvalue must be between 0 and 1"),
+    (["run", "--demo", "--gate", "require_heterogeneity=maybe"], "require_heterogeneity must be true or false"),
+    (["monitor", "--model", "m", "--log-dir", ".", "--alpha", "2"], "alpha must be in (0, 1), got 2.0"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "-3"],
+     "--cpu must be a CPU quantity such as 2 or 500m, got '-3'"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
+     "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
+    (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)

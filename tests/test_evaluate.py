@@ -86,6 +86,12 @@ def test_the_gate_says_why_it_fails():
 @pytest.mark.parametrize("values, message", [
     ({"colour": 1}, "unknown gate setting"),
     ({"min_placebo_pvalue": "high"}, "must be a number or 'off'"),
+    ({"min_placebo_pvalue": "2"}, "min_placebo_pvalue must be between 0 and 1"),  # would fail every model
+    ({"max_share_outside_overlap": "-0.1"}, "must be between 0 and 1"),
+    ({"max_abs_smd": "-1"}, "max_abs_smd must be at least 0"),
+    ({"max_outcome_r2": "1.5"}, "max_outcome_r2 must be at most 1"),
+    ({"min_graph_pvalue": "nan"}, "min_graph_pvalue must be between 0 and 1"),
+    ({"require_heterogeneity": "maybe"}, "require_heterogeneity must be true or false"),
 ])
 def test_gate_settings_are_checked(values, message):
     with pytest.raises(ValueError, match=message):

@@ -23,7 +23,7 @@ from tauforge.components.registry import REFERENCE_FILE, ModelStore
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.serving.event_log import EventLog
-from tauforge.serving.routing import EpsilonGreedy
+from tauforge.serving.routing import EpsilonGreedy, make_routing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = [f"x{j}" for j in range(5)]
@@ -618,3 +618,11 @@ def test_canary_and_shadow_servers_log_to_s3_and_monitor_reads_every_row_with_it
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["version"] == 1 and result["live_rows"] == champions
+
+
+def test_routing_refuses_settings_under_which_it_would_judge_nothing():
+    with pytest.raises(ValueError, match="shadow timeout must be a positive number of seconds, got -1"):
+        make_routing("shadow", 100, -1)  # every shadow answer would time out
+    with pytest.raises(ValueError, match=r"canary percent must be in \[0, 100\], got 150"):
+        make_routing("canary", 150)
+    assert make_routing("shadow", 100, 0.5).timeout_seconds == 0.5
