@@ -39,7 +39,7 @@ class CausalForestDML(BaseEstimator):
         T. 'auto' detects a 0/1 treatment.
     cv : int, default 5
         Cross-fitting folds. EconML: 2.
-    min_propensity : float, default 0.01
+    min_propensity : float, default 0.025
         Propensities are clipped to [min_propensity, 1 - min_propensity] in the debiasing weights
         of a binary treatment's ATE.
     n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, max_samples, ci_group_size, honest,
