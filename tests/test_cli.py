@@ -240,19 +240,3 @@ def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == ("tauforge serve: error: --challenger 2 needs --mode canary or --mode shadow "
                                   "(single serves the champion alone)")
-
-
-def test_monitor_says_why_it_judged_nothing(monkeypatch, capsys):
-    import tauforge.components.monitor as monitor
-    from tauforge.pipelines.cli import main
-
-    def no_traffic(*args, **kwargs):  # what run_monitor returns for an event log without live rows
-        return {"version": 1, "live_rows": 0, "reference_rows": 500, "alerts": [], "checks": {},
-                "recommendation": "hold", "retrain": False,
-                "note": "0 live rows; at least 200 are needed to judge drift"}
-
-    monkeypatch.setattr(monitor, "run_monitor", no_traffic)
-    assert main(["monitor", "--model", "m", "--log-dir", "events"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "tauforge monitor: m version 1, 0 live rows", "  0 live rows; at least 200 are needed to judge drift",
-        "  no alerts", "  recommendation: hold"]

@@ -244,3 +244,14 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     charts = report.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"')
     assert charts == 5 + 2  # one per covariate, the propensity's, the CATE's
     assert "x3: KS p = " in report and "(alert)" in report  # the shifted covariate's plot says so
+    # A log with too few live rows to judge: the text says so, not just "no alerts".
+    few = EventLog(str(tmp_path / "quiet"))
+    few.append(live.head(50).assign(model="m", unit_id=None, lower=0.0, upper=0.0, recommended_action=None,
+                                    latency_ms=1.0, time=0.0).to_dict("records"))
+    few.close()
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store", str(tmp_path / "store"),
+                          "--model", "m", "--log-dir", str(tmp_path / "quiet")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == ["tauforge monitor: m version 1, 50 live rows",
+                                           "  50 live rows; at least 200 are needed to judge drift"], out.stdout
