@@ -456,12 +456,25 @@ DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace"
                 "memory": "--memory"}
 
 
+def _deployed_alias(store: str, model: str, alias: str) -> int:
+    """The version an alias names, read from the store as this machine reaches it; the manifests
+    pin that number (an InferenceService names one version folder)."""
+    from tauforge.components.registry import ModelStore
+
+    try:
+        return ModelStore(store).resolve(model, alias)
+    except (ValueError, ImportError, OSError) as exc:
+        raise ValueError(f"--version {alias!r}: give a version number, or an alias this machine can read from "
+                         f"--store ({exc})") from None
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from tauforge.components.deploy import DeploySpec, apply, render, wait_ready, write
 
     store = args.store or os.environ.get(STORE_ENV) or ""
+    version = int(args.version) if args.version.isdigit() else _deployed_alias(store, args.model, args.version)
     with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
-        spec = DeploySpec(model=args.model, version=int(args.version), mode=args.mode, percent=args.percent,
+        spec = DeploySpec(model=args.model, version=version, mode=args.mode, percent=args.percent,
                           namespace=args.namespace, store=store, name=args.name or "",
                           champion_version=args.champion_version, router=args.router, cpu=args.cpu,
                           memory=args.memory, **({"image": args.image} if args.image else {}),
@@ -692,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dep = sub.add_parser("deploy", help="write (and apply) the KServe / Istio objects that serve a version")
     dep.add_argument("--model", required=True, help="model name in the store")
-    dep.add_argument("--version", required=True, type=int, help="version to deploy")
+    dep.add_argument("--version", required=True,
+                     help="version to deploy: a number, or an alias (champion) read from --store")
     dep.add_argument("--mode", choices=("replace", "canary", "shadow"), default="replace",
                      help="replace: all traffic (also how a canary is promoted); canary: canaryTrafficPercent, split "
                           "per request; shadow: champion and shadow as RawDeployment with tauforge's own Istio "

@@ -219,6 +219,10 @@ def test_a_user_runs_lists_promotes_rolls_back_and_serves_a_model_on_s3(s3, demo
         == f"{MODEL}: champion -> version 1"
     listed = json.loads(tauforge("models", "list", "--store", store_uri, "--json"))
     assert [(r["version"], r["aliases"]) for r in listed] == [(1, "champion"), (2, "")]
+    # deploy takes the alias too, read from the store, and pins the version it names.
+    tauforge("deploy", "--store", store_uri, "--model", MODEL, "--version", "champion", "--out", str(tmp_path / "k8s"))
+    manifests = "".join(p.read_text() for p in (tmp_path / "k8s").iterdir())
+    assert f"storageUri: {store_uri}/{MODEL}/1" in manifests and f"{MODEL}/2" not in manifests
 
     # The champion, fetched fresh and verified: every file the card lists, with its sha256.
     champion = ModelStore(store_uri).load(MODEL, "champion", cache_dir=str(tmp_path / "fresh"))
