@@ -511,10 +511,14 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
 
 
 def read_outcomes(path: str) -> pd.DataFrame:
-    """Outcomes for policy value: Parquet with an `outcome` column and request_id and row (or unit_id)."""
-    if not os.path.exists(path):
-        raise ValueError(f"outcomes {path} does not exist")
-    outcomes = pd.read_parquet(path)
+    """Outcomes for policy value: Parquet or CSV (a path or an fsspec URI, read as training data
+    is) with an `outcome` column and request_id and row (or unit_id)."""
+    from .data import read_table
+
+    try:
+        outcomes = read_table(path)
+    except ValueError as exc:
+        raise ValueError(f"outcomes: {exc}") from None
     keys = {"request_id", "row"} <= set(outcomes.columns) or "unit_id" in outcomes.columns
     if "outcome" not in outcomes.columns or not keys:
         raise ValueError(f"outcomes {path} needs an 'outcome' column and request_id and row (or unit_id); it has "

@@ -255,3 +255,18 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == ["tauforge monitor: m version 1, 50 live rows",
                                            "  50 live rows; at least 200 are needed to judge drift"], out.stdout
+
+
+def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path):
+    from tauforge.components.monitor import read_outcomes
+
+    frame = pd.DataFrame({"request_id": ["r0", "r0", "r1"], "row": [0, 1, 0], "outcome": [1.5, -0.5, 2.0]})
+    frame.to_parquet(tmp_path / "o.parquet", index=False)
+    frame.to_csv(tmp_path / "o.csv", index=False)
+    for name in ("o.parquet", "o.csv"):
+        pd.testing.assert_frame_equal(read_outcomes(str(tmp_path / name)), frame, check_dtype=False)
+    with pytest.raises(ValueError, match="outcomes: data source .*missing.parquet' does not exist"):
+        read_outcomes(str(tmp_path / "missing.parquet"))
+    frame.drop(columns="outcome").to_csv(tmp_path / "no-outcome.csv", index=False)
+    with pytest.raises(ValueError, match="needs an 'outcome' column and request_id and row"):
+        read_outcomes(str(tmp_path / "no-outcome.csv"))
