@@ -792,10 +792,17 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped
     except ValueError as exc:  # the user's input: data, flags, store references
         print(f"tauforge {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _json_error(args, exc, 2)
     except RuntimeError as exc:  # a pipeline task failed
         print(f"tauforge {args.command}: failed: {exc}", file=sys.stderr)
-        return 1
+        return _json_error(args, exc, 1)
+
+
+def _json_error(args: argparse.Namespace, exc: Exception, code: int) -> int:
+    """With --json, stdout still ends with one JSON object: a script reads why, not an empty line."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": str(exc), "exit_code": code}))
+    return code
 
 
 if __name__ == "__main__":

@@ -240,3 +240,10 @@ def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == ("tauforge serve: error: --challenger 2 needs --mode canary or --mode shadow "
                                   "(single serves the champion alone)")
+
+
+def test_with_json_a_refused_command_still_ends_stdout_with_one_json_object():
+    out = run("run", "--demo", "--json", "--gate", "min_placebo_pvalue=2")
+    assert out.returncode == 2 and "min_placebo_pvalue must be between 0 and 1" in out.stderr
+    assert json.loads(out.stdout) == {"error": "--gate min_placebo_pvalue must be between 0 and 1 (or 'off'), got 2",
+                                      "exit_code": 2}
