@@ -427,6 +427,9 @@ def _serve(args: argparse.Namespace) -> int:
     # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
     # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # KServe's REST server answers with FastAPI's ORJSONResponse, deprecated since: nothing a
+    # user of `serve` can act on, printed at every start.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     if args.challenger and args.mode == "single":
         raise ValueError(f"--challenger {args.challenger} needs --mode canary or --mode shadow (single serves the "
                          "champion alone)")

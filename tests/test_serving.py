@@ -260,6 +260,7 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     if status == 400:  # a caller's mistake is one warning line in the server's log, not a traceback
         log = single.log_text()
         assert "Traceback" not in log and any("400: " in line and message in line for line in log.splitlines())
+        assert "deprecated" not in log  # a library's deprecation the user of `serve` cannot act on
 
 
 def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_path):
