@@ -253,6 +253,22 @@ class CausalForestDML(BaseEstimator):
         self._check_fitted()
         return self.forest_.predict(X) * (T1 - T0)
 
+    def const_marginal_effect(self, X: Any) -> Any:
+        """tau(x), the effect of one unit of treatment at each row (EconML's name; `effect` with
+        T0 = 0, T1 = 1)."""
+        return self.effect(X)
+
+    def feature_importances(self, max_depth: int = 4, depth_decay_exponent: float = 2.0) -> np.ndarray:
+        """How much the forest splits on each covariate of X: `CausalForest.feature_importances`
+        (grf's variable importance)."""
+        self._check_fitted()
+        return self.forest_.feature_importances(max_depth, depth_decay_exponent)
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        """`feature_importances()` with its defaults, as EconML's attribute."""
+        return self.feature_importances()
+
     def effect_interval(self, X: Any, *, T0: float = 0.0, T1: float = 1.0,
                         alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""

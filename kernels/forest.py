@@ -458,6 +458,25 @@ class CausalForest(BaseEstimator):
         kind = _inputs.array_kind(X)
         return _inputs.as_output(tau, kind), _inputs.as_output(var, kind)
 
+    def feature_importances(self, max_depth: int = 4, depth_decay_exponent: float = 2.0) -> np.ndarray:
+        """grf's `variable_importance`: per covariate, the share of the splits at each depth
+        1..`max_depth` that split on it, averaged over the depths with weights depth^-exponent
+        (the root's splits count most). Sums to 1 when the trees split at every depth up to
+        `max_depth`; a depth without splits counts as none (as in grf)."""
+        self._check_fitted()
+        if not (isinstance(max_depth, (int, np.integer)) and max_depth >= 1):
+            raise ValueError(f"max_depth must be a positive integer, got {max_depth!r}")
+        forest = self.forest_
+        feature = forest.feature.astype(np.int64)
+        nodes, total, weights = forest.roots, np.zeros(self.n_features_in_), 0.0
+        for depth in range(1, max_depth + 1):
+            splits = nodes[feature[nodes] >= 0]
+            weight = depth ** -float(depth_decay_exponent)
+            total += weight * np.bincount(feature[splits], minlength=self.n_features_in_) / max(len(splits), 1)
+            weights += weight
+            nodes = np.concatenate([forest.child[splits], forest.child[splits] + 1])  # children are adjacent
+        return total / weights
+
     # ------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted forest as arrays plus JSON (no pickle), checksummed."""

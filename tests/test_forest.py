@@ -231,6 +231,28 @@ def test_predict_checks_columns_and_fit_state(fitted):
         CausalForest().predict(np.zeros((2, 3)))
 
 
+def test_feature_importances_are_grfs_depth_weighted_split_shares(fitted):
+    # The simple design's effect moves with x0 alone: the forest splits on it most.
+    importance = fitted.feature_importances()
+    assert importance.shape == (5,) and importance.sum() == pytest.approx(1.0)
+    assert importance.argmax() == 0 and importance[0] > 2 * np.sort(importance)[-2]
+    # Against the definition, tree by tree: the splits at depths 1 and 2 (tree-local children of
+    # split k at 2k+1 and 2k+2), each depth's shares weighted 1 and 2^-2.
+    shares = []
+    for b in range(fitted.forest_.n_trees):
+        tree = fitted.forest_.tree(b)
+        level = [0]
+        for _ in range(2):
+            split = [i for i in level if tree.feature[i] >= 0]
+            shares.append(np.bincount(tree.feature[split], minlength=5))
+            level = [c for i in split for c in (tree.child[i], tree.child[i] + 1)]
+    depth1, depth2 = sum(shares[0::2]), sum(shares[1::2])
+    expected = (depth1 / depth1.sum() + 0.25 * depth2 / depth2.sum()) / 1.25
+    np.testing.assert_allclose(fitted.feature_importances(max_depth=2), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="max_depth must be a positive integer"):
+        fitted.feature_importances(max_depth=0)
+
+
 def test_dml_validates_its_inputs():
     d = make_causal_data("simple", n=300, p=3, seed=0)
     with pytest.raises(ValueError, match="same number of rows"):
@@ -275,6 +297,8 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
         CausalForestDML(n_estimators=4, random_state="0").fit(d.Y, d.T, X=d.X)
     with pytest.raises(TypeError, match="ate_interval takes alpha only"):
         fits[0].ate_interval(d.X)  # EconML's ate_interval(X)
+    np.testing.assert_array_equal(fits[0].const_marginal_effect(d.X), fits[0].effect(d.X))  # EconML's names
+    np.testing.assert_array_equal(fits[0].feature_importances_, fits[0].forest_.feature_importances())
     X = pd.DataFrame(d.X).astype("Float64")
     X.iloc[5, 1] = pd.NA
     with pytest.raises(ValueError, match=r"X contains NaN \(first at row 5, column 1\)"):
