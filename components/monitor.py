@@ -251,6 +251,13 @@ class MonitorInputs:
     def has_actions(self) -> bool:
         return "action" in self.live and bool(self.live["action"].notna().all()) and self.binary
 
+    @property
+    def actions_drawn_here(self) -> bool:
+        """Whether the server drew the logged actions (`serve --explore` logs each one's
+        propensity): they follow the served policy by design, not the assignment the training
+        data came from."""
+        return "propensity" in self.live and bool(self.live["propensity"].notna().any())
+
 
 class CovariateDrift:
     name = "covariate_drift"
@@ -314,7 +321,10 @@ class PropensityDrift:
                               f"(training: {100 * out_ref:.1f}%)",
                    over_threshold=out_live - out_ref > m.config.max_outside_overlap_increase,
                    details={"share": float(out_live)})]
-        if m.has_actions:
+        if m.has_actions and m.actions_drawn_here:
+            summary["policy_note"] = ("actions drawn by the server (--explore) follow the served policy: not "
+                                      "compared with the training treatment policy")
+        elif m.has_actions:
             p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, m.live["action"].to_numpy(float))
             summary["policy_p_value"] = p
             signals.append(Signal("propensity_drift", f"live actions no longer follow the training treatment "

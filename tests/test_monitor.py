@@ -96,6 +96,14 @@ def test_a_shift_in_the_treatment_policy_is_flagged_as_propensity_drift(seed):
     assert ("propensity_drift", None) in alerts(result)
     assert not any(check == "covariate_drift" for check, _ in alerts(result))
     assert result["checks"]["propensity"]["policy_p_value"] < 1e-6
+    # The same actions drawn by the server (`serve --explore` logs their propensities) follow the
+    # served policy by design: no alarm, which would otherwise call for retraining at every run.
+    explored = traffic(seed, policy=lambda x0: sigmoid(-x0))
+    explored["propensity"] = 0.9
+    result = monitor(explored, reference(seed), COLUMNS)
+    assert not any(check == "propensity_drift" for check, _ in alerts(result))
+    assert "policy_p_value" not in result["checks"]["propensity"]
+    assert "follow the served policy" in result["checks"]["propensity"]["policy_note"]
 
 
 def test_monitoring_reports_each_check_as_progress_only_when_asked(capsys, monkeypatch):
