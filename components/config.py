@@ -61,9 +61,11 @@ _MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 
 def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...]) -> None:
     """The named fields of `settings` are Kubernetes CPU and memory quantities, else a ConfigError."""
-    for name in cpu:
-        if not _CPU.match(str(getattr(settings, name))):
-            raise ConfigError(name, f"must be a CPU quantity such as 2 or 500m, got {getattr(settings, name)!r}")
-    for name in memory:
-        if not _MEMORY.match(str(getattr(settings, name))):
-            raise ConfigError(name, f"must be a memory quantity such as 8Gi or 512Mi, got {getattr(settings, name)!r}")
+    for names, pattern, example in ((cpu, _CPU, "2 or 500m"), (memory, _MEMORY, "8Gi or 512Mi")):
+        kind = "CPU" if pattern is _CPU else "memory"
+        for name in names:
+            value = str(getattr(settings, name))
+            if not pattern.match(value):
+                raise ConfigError(name, f"must be a {kind} quantity such as {example}, got {value!r}")
+            if float(re.sub(r"[A-Za-z]+$", "", value)) == 0:  # Kubernetes drops a zero request and limit
+                raise ConfigError(name, f"must be more than 0, got {value!r}")

@@ -79,6 +79,8 @@ class DeploySpec:
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     event_log: str = ""  # where predictors write their event logs (s3://, gs://, or a mounted path)
     node_selector: dict = field(default_factory=dict)
+    explore: float = 0.0  # epsilon-greedy exploration of every predictor (`serve --explore`), for the policy value
+    raw: bool = False  # replace: a RawDeployment champion, which a mesh shadow can later mirror
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -105,6 +107,11 @@ class DeploySpec:
                                                   "the champion and the new version")
         if self.gpus < 0:
             raise ConfigError("gpus", f"must be >= 0, got {self.gpus}")
+        if not 0 <= self.explore <= 1:
+            raise ConfigError("explore", f"must be in [0, 1], got {self.explore}")
+        if self.raw and self.mode != "replace":
+            raise ConfigError("raw", f"applies to --mode replace (a canary is Serverless, a shadow RawDeployment), "
+                                     f"not {self.mode}")
         check_quantities(self, cpu=("cpu",), memory=("memory",))
         if self.service_account:
             check_name(self.service_account, "service_account")
@@ -168,6 +175,8 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
     env = [{"name": "TAUFORGE_ROLE", "value": role}]
     if spec.event_log:
         env.append({"name": "TAUFORGE_EVENT_LOG", "value": spec.event_log})
+    if spec.explore and role != "shadow":  # a shadow's actions are never taken: nothing to explore
+        env.append({"name": "TAUFORGE_EXPLORE", "value": f"{spec.explore:g}"})
     model = {"modelFormat": {"name": MODEL_FORMAT}, "runtime": GPU_RUNTIME if spec.gpus else RUNTIME,
              "storageUri": spec.storage_uri(version), "env": env, "resources": resources}
     predictor = {"minReplicas": 1, "model": model}
@@ -243,7 +252,7 @@ def render(spec: DeploySpec) -> list[dict]:
     if spec.mode != "replace" and spec.router == "predictor":
         return [router_service(spec)]
     if spec.mode == "replace":
-        return [inference_service(spec, name, spec.version, "champion", "Serverless")]
+        return [inference_service(spec, name, spec.version, "champion", "RawDeployment" if spec.raw else "Serverless")]
     if spec.mode == "canary":
         return [inference_service(spec, name, spec.version, "challenger", "Serverless",
                                   canary_percent=spec.percent)]
@@ -294,11 +303,31 @@ def apply(objects: list[dict], api_client=None) -> list[str]:
                 raise RuntimeError(f"could not create {obj['kind']}/{name} in {ns}: {exc.status} {exc.reason}") \
                     from None
             current = api.get_namespaced_custom_object(group, version, ns, plural, name)
+            if obj["kind"] == "InferenceService":
+                _check_same_deployment_mode(current, obj)
             body = dict(copy.deepcopy(obj), metadata={**obj["metadata"],
                                                       "resourceVersion": current["metadata"]["resourceVersion"]})
-            api.replace_namespaced_custom_object(group, version, ns, plural, name, body)
+            try:
+                api.replace_namespaced_custom_object(group, version, ns, plural, name, body)
+            except ApiException as exc:
+                raise RuntimeError(f"could not replace {obj['kind']}/{name} in {ns}: {exc.status} {exc.reason}"
+                                   + (f": {exc.body}" if exc.body else "")) from None
             done.append(f"replaced {obj['kind']}/{name}")
     return done
+
+
+def _check_same_deployment_mode(current: dict, new: dict) -> None:
+    """KServe refuses to change an InferenceService's deployment mode; say so, and what to do,
+    before sending the change (its webhook's answer names neither)."""
+    key = "serving.kserve.io/deploymentMode"
+    was = (current["metadata"].get("annotations") or {}).get(key, "Serverless")  # KServe's default
+    wants = new["metadata"]["annotations"][key]
+    if was != wants:
+        name = new["metadata"]["name"]
+        raise RuntimeError(f"InferenceService/{name} runs in {was} mode and KServe does not change an "
+                           f"InferenceService's mode to {wants}: for a shadow of a Serverless champion use "
+                           "--router predictor (both versions in one predictor), deploy a champion meant to be "
+                           "mirrored with --mode replace --raw, or delete the InferenceService first")
 
 
 def wait_ready(objects: list[dict], timeout: float = 600.0, api_client=None, interval: float = 5.0,

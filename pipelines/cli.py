@@ -267,6 +267,8 @@ def _cluster(args: argparse.Namespace):
         if not (sep and label and value):
             raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {item!r}")
         selectors.append((label, value))
+    if args.store_secret_key and not args.store_secret:
+        raise ValueError("--store-secret-key needs --store-secret NAME, the Secret that holds the key")
     tolerations = []
     for item in args.gpu_toleration or []:
         key_value, _, effect = item.partition(":")
@@ -278,8 +280,9 @@ def _cluster(args: argparse.Namespace):
                              gpus_per_shard=args.gpus_per_shard, accelerator_type=args.accelerator_type,
                              gpu_node_selector=tuple(selectors), gpu_tolerations=tuple(tolerations),
                              shard_retries=args.shard_retries, store_secret=args.store_secret or "",
-                             store_secret_keys=tuple(args.store_secret_key or ("AWS_ACCESS_KEY_ID",
-                                                                               "AWS_SECRET_ACCESS_KEY")))
+                             # the keys given are added to the default ones, as --help says
+                             store_secret_keys=tuple(dict.fromkeys([*ClusterConfig.store_secret_keys,
+                                                                    *(args.store_secret_key or [])])))
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -456,7 +459,7 @@ def _serve(args: argparse.Namespace) -> int:
 DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace", "mode": "--mode",
                 "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
                 "gpus": "--gpus", "service_account": "--service-account", "router": "--router", "cpu": "--cpu",
-                "memory": "--memory"}
+                "memory": "--memory", "explore": "--explore", "raw": "--raw"}
 
 
 def _deployed_alias(store: str, model: str, alias: str) -> int:
@@ -482,7 +485,7 @@ def _deploy(args: argparse.Namespace) -> int:
                           champion_version=args.champion_version, router=args.router, cpu=args.cpu,
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
-                          store_secret=args.store_secret)
+                          store_secret=args.store_secret, explore=args.explore, raw=args.raw)
     _check_output(args.out, "--out", folder=True)
     objects = render(spec)
     for path in write(objects, args.out):
@@ -620,8 +623,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                       help="Kubernetes Secret whose keys become the environment of the tasks that read the data "
                            "or write the store (validate, publish, monitor)")
     pods.add_argument("--store-secret-key", action="append", metavar="KEY",
-                      help="a key of --store-secret to pass (default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); "
-                           "repeatable, e.g. also AWS_ENDPOINT_URL for an S3-compatible store")
+                      help="a key of --store-secret to pass besides AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+                           "repeatable, e.g. AWS_ENDPOINT_URL for an S3-compatible store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -691,8 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--percent", type=float, help="canary: %% of units to the challenger (default 10); "
                                                    "shadow: %% of requests mirrored (default 100)")
     srv.add_argument("--shadow-timeout", type=float, default=2.0, help="seconds a shadow answer may take (default 2)")
-    srv.add_argument("--explore", type=float, metavar="EPS",
-                     help="epsilon-greedy exploration: answers carry a drawn action and its propensity")
+    srv.add_argument("--explore", type=float, metavar="EPS", default=os.environ.get("TAUFORGE_EXPLORE"),
+                     help="epsilon-greedy exploration: answers carry a drawn action and its propensity "
+                          "(default: $TAUFORGE_EXPLORE, set by tauforge deploy --explore, else none)")
     srv.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
     srv.add_argument("--grpc-port", type=int, default=8081, help="V2 gRPC port, 0 for none (default: 8081)")
     srv.add_argument("--device", default="cpu",
@@ -737,6 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="service account holding the store's credentials (default: tauforge-serving, from "
                           "manifests/namespace)")
     dep.add_argument("--event-log", metavar="URI", help="where predictors write their event logs (s3://, gs://)")
+    dep.add_argument("--explore", type=float, default=0.0, metavar="EPS",
+                     help="epsilon-greedy exploration of every predictor (serve --explore): logged actions of "
+                          "known propensity, which the monitor's policy value needs (default: 0, none)")
+    dep.add_argument("--raw", action="store_true",
+                     help="with --mode replace, a RawDeployment champion that a --mode shadow can later mirror "
+                          "(KServe does not change an InferenceService's mode)")
     dep.add_argument("--out", default="tauforge-deploy", help="directory for the YAML (default: tauforge-deploy)")
     dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
     dep.add_argument("--wait", type=float, default=600, metavar="SECONDS",

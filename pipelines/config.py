@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from tauforge.components._kfp import IMAGE
@@ -178,6 +179,7 @@ def absolute(path_or_uri: str) -> str:
 
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # DNS-1123 subdomain
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,12 @@ class ClusterConfig:
                                                      f"{', '.join(_EFFECTS)} or empty, got {toleration!r}")
         if self.store_secret and not self.store_secret_keys:
             raise ConfigError("store_secret_keys", "must name at least one key of the store's Secret")
+        if self.store_secret and not _SECRET_NAME.match(self.store_secret):
+            raise ConfigError("store_secret", f"must be a Kubernetes Secret's name (lower-case letters, digits, "
+                                              f"'-' and '.'), got {self.store_secret!r}")
+        if (self.gpu_tolerations or self.gpu_node_selector) and not self.gpus_per_shard:
+            raise ConfigError("gpu_tolerations" if self.gpu_tolerations else "gpu_node_selector",
+                              "applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too")
 
     def gpu_image(self) -> str:
         return self.cuda_image or f"{self.image}-cuda"

@@ -61,6 +61,16 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
      "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
     (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "0"], "--cpu must be more than 0"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--explore", "2"],
+     "--explore must be in [0, 1], got 2.0"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--mode", "canary", "--raw"],
+     "--raw applies to --mode replace"),
+    (["compile", "--compute-cpu", "0"], "--compute-cpu must be more than 0, got '0'"),
+    (["compile", "--store-secret-key", "AWS_ENDPOINT_URL"], "--store-secret-key needs --store-secret NAME"),
+    (["compile", "--store-secret", "Bad_Name"], "--store-secret must be a Kubernetes Secret's name"),
+    (["compile", "--gpu-toleration", "nvidia.com/gpu:NoSchedule"],
+     "--gpu-toleration applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)

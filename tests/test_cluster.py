@@ -262,7 +262,7 @@ def every_task(spec):
     ("training", ["--bootstrap-shards", "2", "--gpus-per-shard", "1", "--compute-cpu", "3",
                   "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
                   "--gpu-toleration", "nvidia.com/gpu:NoSchedule"]),
-    ("monitoring", []),
+    ("monitoring", ["--store-secret-key", "AWS_ENDPOINT_URL"]),
 ])
 def test_the_compiled_pipeline_is_safe_on_kubeflow_backends_from_2_2(tmp_path, pipeline, flags):
     from tauforge.pipelines.training import NEWER_IR_FIELDS
@@ -301,6 +301,9 @@ def test_the_compiled_pipeline_is_safe_on_kubeflow_backends_from_2_2(tmp_path, p
     with_secret = {name.rstrip("-0123456789") for name, e in platform.items() if "secretAsEnv" in e}
     assert with_secret == ({"exec-validate-data", "exec-publish-model"} | ({"exec-monitor-model"}
                                                                           if pipeline == "monitoring" else set()))
+    keys = {m["secretKey"] for e in platform.values() for s in e.get("secretAsEnv", []) for m in s["keyToEnv"]}
+    assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} | ({"AWS_ENDPOINT_URL"} if "monitoring" == pipeline
+                                                                     else set())  # a key given adds to the two
     # Every parameter says what it is; the store has no default (a pod-local folder would vanish).
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert all(p.get("description") for p in parameters.values()), [k for k, p in parameters.items()

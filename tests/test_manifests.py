@@ -87,6 +87,7 @@ def spec(**kw):
 
 @pytest.mark.parametrize("kw", [
     {"mode": "replace"},
+    {"mode": "replace", "raw": True, "explore": 0.2},
     {"mode": "canary", "percent": 20, "event_log": "s3://bucket/events"},
     {"mode": "shadow", "percent": 50, "champion_version": 2, "gpus": 1,
      "node_selector": {"nvidia.com/gpu.present": "true"}},
@@ -411,6 +412,50 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
     isvc = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift-shadow"
     assert ("PUT", isvc) in fake.calls
     assert fake.objects[isvc]["spec"] == objects[1]["spec"]
+
+
+def test_apply_refuses_to_change_a_services_deployment_mode_and_says_what_to_do():
+    # KServe's webhook refuses a Serverless InferenceService turned RawDeployment (replace, then a
+    # mesh shadow); the fake API server (no Kubernetes here) holds what the first apply created.
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        apply(render(spec(mode="replace", version=1)), api)
+        with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode and KServe does not "
+                                               "change an InferenceService's mode to RawDeployment: .*--router "
+                                               "predictor.*--mode replace --raw"):
+            apply(render(spec(mode="shadow", champion_version=1)), api)
+        # A champion deployed --raw can be mirrored later.
+        raw = FakeKubernetesAPI()
+        try:
+            api = client.ApiClient(client.Configuration(host=raw.url))
+            apply(render(spec(mode="replace", version=1, raw=True)), api)
+            assert apply(render(spec(mode="shadow", champion_version=1)), api)[0] == "replaced InferenceService/uplift"
+        finally:
+            raw.close()
+    finally:
+        fake.close()
+
+
+def test_explore_reaches_every_predictor_that_answers_but_not_the_shadow():
+    shadow = render(spec(mode="shadow", champion_version=1, explore=0.1))
+    env = {o["metadata"]["name"]: o["spec"]["predictor"]["model"]["env"]
+           for o in shadow if o["kind"] == "InferenceService"}
+    assert {"name": "TAUFORGE_EXPLORE", "value": "0.1"} in env["uplift"]
+    assert not any(e["name"] == "TAUFORGE_EXPLORE" for e in env["uplift-shadow"])  # its actions are never taken
+    (router,) = render(spec(mode="canary", router="predictor", champion_version=1, explore=0.1))
+    assert {"name": "TAUFORGE_EXPLORE", "value": "0.1"} in router["spec"]["predictor"]["containers"][0]["env"]
+    from tauforge.pipelines.cli import build_parser  # and serve reads it, as deploy sets it
+
+    os.environ["TAUFORGE_EXPLORE"] = "0.1"
+    try:
+        assert build_parser().parse_args(["serve", "--model", "m"]).explore == 0.1
+    finally:
+        del os.environ["TAUFORGE_EXPLORE"]
+    with pytest.raises(ValueError, match="explore must be in"):
+        spec(explore=2)
 
 
 READY = {"url": "http://uplift.causal.example.com", "conditions": [{"type": "Ready", "status": "True"}]}
