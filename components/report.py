@@ -187,7 +187,7 @@ def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
                            cal["differential_pvalue"]),
                           ("RATE (AUTOC): gain of treating by the CATE's ranking", rate["autoc"], rate["stderr"],
                            rate["pvalue"])],
-                         ("calibration test", "estimate", "std. error", "p-value (one-sided)"))
+                         ("calibration test", "estimate", "std. error", "p-value (one-sided, against 0, as grf)"))
     table = _table([(f"Q{g['group']}", f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g.get("rows"), g["effect"],
                      g["stderr"]) for g in gates], ("quartile", "CATE range", "rows", "effect", "std. error"))
     return _section("Heterogeneity", chart, calibration, table)
