@@ -7,7 +7,8 @@ KServe's storage initializer copies the version folder there from `storageUri`, 
 verifies every checksum of the card before it reports ready. `tauforge-gpu` is the same runtime
 on the CUDA image, for predictors that ask for GPUs.
 
-    replace  one InferenceService `<name>` serving the version (Serverless mode)
+    replace  one InferenceService `<name>` serving the version (Serverless mode; RawDeployment with
+             `raw`, for a champion a mesh shadow will mirror: KServe never changes a service's mode)
     canary   the same InferenceService with the new version and `canaryTrafficPercent`: Knative
              splits each request, not each unit (Serverless mode, where canaries work)
     shadow   the champion `<name>` and the challenger `<name>-shadow`, both RawDeployment, and one
@@ -20,7 +21,9 @@ needed): one InferenceService running `tauforge serve --store ... --version <cha
 the store's Secret) and splits by unit: the same unit always meets the same version.
 
 Each predictor says who it is: `TAUFORGE_ROLE` (champion, challenger or shadow) for its event log,
-whose rows carry the version from the card, and `TAUFORGE_EVENT_LOG` for where the log goes.
+whose rows carry the version from the card, `TAUFORGE_EVENT_LOG` for where the log goes, and
+`TAUFORGE_EXPLORE` for its exploration (`serve --explore`; none for a shadow, whose actions are never
+taken).
 """
 
 import copy
@@ -317,8 +320,8 @@ def apply(objects: list[dict], api_client=None) -> list[str]:
 
 
 def _check_same_deployment_mode(current: dict, new: dict) -> None:
-    """KServe refuses to change an InferenceService's deployment mode; say so, and what to do,
-    before sending the change (its webhook's answer names neither)."""
+    """KServe refuses to change an InferenceService's deployment mode; say so, and what to do
+    instead, before sending the change (its webhook's refusal says only that it refuses)."""
     key = "serving.kserve.io/deploymentMode"
     was = (current["metadata"].get("annotations") or {}).get(key, "Serverless")  # KServe's default
     wants = new["metadata"]["annotations"][key]
