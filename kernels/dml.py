@@ -216,8 +216,7 @@ class CausalForestDML(BaseEstimator):
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
         if self.discrete_treatment == "auto":
-            values = np.unique(T) if not binary else None
-            if values is not None and len(values) == 2:  # 1/2 or -1/1: likely two arms, coded otherwise
+            if not binary and len(values := np.unique(T)) == 2:  # 1/2 or -1/1: likely two arms, coded otherwise
                 warnings.warn(f"T takes two values ({values[0]:g}, {values[1]:g}) but not 0 and 1, so it is treated "
                               "as continuous: ate_ is the average effect per unit of T. For the average effect of "
                               "one arm against the other, recode T to 0/1; pass discrete_treatment=False to "

@@ -467,12 +467,12 @@ class CausalForest(BaseEstimator):
         if not (isinstance(max_depth, (int, np.integer)) and max_depth >= 1):
             raise ValueError(f"max_depth must be a positive integer, got {max_depth!r}")
         forest = self.forest_
-        feature = forest.feature.astype(np.int64)
         nodes, total, weights = forest.roots, np.zeros(self.n_features_in_), 0.0
         for depth in range(1, max_depth + 1):
-            splits = nodes[feature[nodes] >= 0]
+            feature = forest.feature[nodes].astype(np.int64)  # this depth's nodes only, not the whole forest's
+            splits = nodes[feature >= 0]
             weight = depth ** -float(depth_decay_exponent)
-            total += weight * np.bincount(feature[splits], minlength=self.n_features_in_) / max(len(splits), 1)
+            total += weight * np.bincount(feature[feature >= 0], minlength=self.n_features_in_) / max(len(splits), 1)
             weights += weight
             nodes = np.concatenate([forest.child[splits], forest.child[splits] + 1])  # children are adjacent
         return total / weights
