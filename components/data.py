@@ -206,8 +206,7 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(f"treatment column {spec.treatment!r} is declared binary but takes {len(values)} values ({shown}); "
              "recode it as 0/1 or declare it continuous")
     treatment_type = spec.treatment_type if spec.treatment_type != "auto" else ("binary" if is_binary else "continuous")
-    levels = np.unique(t)
-    if spec.treatment_type == "auto" and not is_binary and len(levels) <= 5:  # arms coded otherwise, or doses?
+    if spec.treatment_type == "auto" and not is_binary and len(levels := np.unique(t)) <= 5:  # arms coded otherwise?
         shown = ", ".join(f"{v:g}" for v in levels)
         warnings.append(f"treatment {spec.treatment!r} takes {len(levels)} values ({shown}) and is taken as "
                         "continuous: the estimate is the average effect of one unit of it; recode two arms as 0/1 "
