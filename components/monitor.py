@@ -17,12 +17,17 @@ that alert on their own (PSI, the overlap share). All p-values share one Bonferr
 level is `alpha` divided by the number of tests the checks actually ran, so a quiet period raises
 no alarm with probability at least 1 - alpha. Any alert calls for retraining.
 
-Policy value (with outcomes and logged actions of known propensity): inverse-propensity and doubly
-robust values of the champion's and challenger's policies, and an always-valid confidence sequence
-for their difference -> promote / hold / roll back. Beside it, uplift: how well each model's CATE
-ranks the same units by their effect (gain and Qini curves, AUUC and Qini coefficient, from the
-per-unit doubly robust effect scores of the logged outcomes; components/uplift.py), and the
-challenger's Qini coefficient minus the champion's with a paired bootstrap standard error.
+With outcomes, champion against challenger -> promote / hold / roll back, by an always-valid
+confidence sequence for the difference (rows clustered by unit):
+  a shadow   (both versions answered the same requests; needs logged actions of known propensity)
+             inverse-propensity and doubly robust values of the two policies on the same rows.
+             Beside it, uplift: how well each model's CATE ranks the same units by their effect
+             (gain and Qini curves, AUUC and Qini coefficient, from the per-unit doubly robust
+             effect scores of the logged outcomes; components/uplift.py), and the challenger's Qini
+             coefficient minus the champion's with a paired bootstrap standard error.
+  a canary   (each request or unit met one version at random; no exploration needed) each
+             version's mean outcome on its own traffic while both answered, doubly robust
+             (`arm_values`): an online A/B comparison of the two deployed policies.
 
 `run_monitor` is the step: it reads the log and the store and runs `monitor`, for the CLI and the
 KFP component alike.
@@ -171,20 +176,36 @@ def confidence_sequence(values: np.ndarray, alpha: float = 0.05, t_opt: int = 10
     return mean - half, mean + half
 
 
-def outcome_model(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> dict[int, np.ndarray]:
-    """The logged outcome's model mu(x, a) at a = 0 and 1 for every row, cross-fitted (2 folds)."""
+def outcome_model(frame: pd.DataFrame, columns: list[str], seed: int = 0, by: str = "action",
+                  clusters: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """The logged outcome's model mu(x, a) at a = 0 and 1 for every row, cross-fitted (2 folds);
+    `a` is the column `by` (the logged action, or a canary's arm). A cluster's rows (`clusters`:
+    a unit's, which share its outcome noise) stay in one fold, so no row's prediction has learned
+    its own noise from its unit's other rows."""
     from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.model_selection import KFold
 
     X = frame[input_columns(columns)].to_numpy()
-    A, Y = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float)
+    A, Y = frame[by].to_numpy(float), frame["outcome"].to_numpy(float)
+    clusters = np.arange(len(Y)) if clusters is None else clusters
+    names, index = np.unique(clusters, return_inverse=True)
+    fold = np.random.default_rng([seed, 7]).permutation(len(names))[index] % 2
     mu = {0: np.empty(len(Y)), 1: np.empty(len(Y))}
-    for train, test in KFold(2, shuffle=True, random_state=seed).split(X):
+    for k in (0, 1):
+        train, test = fold != k, fold == k
         model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, min_samples_leaf=40,
                                               random_state=seed).fit(np.column_stack([X[train], A[train]]), Y[train])
         for a in (0, 1):
-            mu[a][test] = model.predict(np.column_stack([X[test], np.full(len(test), a)]))
+            mu[a][test] = model.predict(np.column_stack([X[test], np.full(test.sum(), a)]))
     return mu
+
+
+def clusters_of(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's cluster: its unit (a unit's rows share its outcome noise and, in the router's
+    canary, its version), or its request where the row has no unit id."""
+    requests = "request:" + frame["request_id"].astype(str)
+    if "unit_id" not in frame:
+        return requests.to_numpy()
+    return frame["unit_id"].where(frame["unit_id"].notna(), requests).astype(str).to_numpy()
 
 
 def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
@@ -203,6 +224,31 @@ def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
         out[f"ipw_{who}"] = follows * Y / p
         out[f"dr_{who}"] = mu_pi + follows * (Y - mu_a) / p
     return pd.DataFrame(out)
+
+
+def arm_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
+               clusters: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-row doubly robust scores of each version's mean outcome in a canary. `frame` holds the
+    rows each version answered (`arm`: 1 for the challenger's) with their outcomes; the arm was
+    drawn at random (a hash of the unit, or Knative's per-request split), so its share q is the
+    assignment probability. The score of arm a, mu(x, a) + 1{arm = a} (y - mu(x, a)) / P(arm = a),
+    averages to the mean outcome had every row met version a: the difference in the arms' means,
+    with the outcome model `outcome_model` taking out the covariates' share of the noise (and
+    unbiased whatever its errors, the assignment being random)."""
+    Z, Y = frame["arm"].to_numpy(float), frame["outcome"].to_numpy(float)
+    q = Z.mean()
+    mu = outcome_model(frame, columns, seed, by="arm", clusters=clusters)
+    return pd.DataFrame({"dr_champion": mu[0] + (1 - Z) * (Y - mu[0]) / (1 - q),
+                         "dr_challenger": mu[1] + Z * (Y - mu[1]) / q})
+
+
+def cluster_values(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """One value per cluster (a unit's rows, which share the unit's outcome noise and its arm),
+    whose mean is the rows' mean and whose spread is the cluster-robust (linearized) one: the
+    mean plus each cluster's summed deviation, times clusters / rows."""
+    mean = float(np.mean(values))
+    sums = pd.Series(values - mean).groupby(clusters).sum().to_numpy()
+    return mean + sums * len(sums) / len(values)
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -378,6 +424,10 @@ ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind 
 # ----------------------------------------------------------------------------- the monitor
 # Relative costs of monitoring's steps, for its progress lines. Measured at 50,000 live rows: the
 # two classifiers (domain, propensity) 1-2 s, the other checks a tenth of that or less.
+# Champion rows this close to the challenger's first or last row count as the canary's time: one
+# request's rows are scored, and stamped, milliseconds apart.
+CANARY_SLACK_S = 60.0
+MIN_POLICY_ROWS = 50  # rows with outcomes below which no version is judged (a canary: half that per version)
 STEP_COSTS = {"reading the event log": 1, "domain_classifier": 1, "propensity": 1, "policy value": 2}
 
 
@@ -400,6 +450,7 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
     config = config or MonitorConfig()
     live = events[events["role"] == "champion"]
     shadow = events[events["role"] == "shadow"]
+    challenger = events[events["role"] == "challenger"]
     result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)), "alerts": [], "checks": {}}
     if len(live) < config.min_live_rows:
         result["recommendation"] = "hold"
@@ -424,7 +475,8 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
             result["alerts"].append({"check": s.check, "covariate": s.covariate, "message": s.message, **s.details})
     result["recommendation"] = "hold"
     if outcomes is not None:
-        result["policy"] = steps.run("policy value", _policy, live, shadow, outcomes, columns, config, seed)
+        result["policy"] = steps.run("policy value", _policy, live, shadow, challenger, outcomes, columns, config,
+                                     seed)
         result["recommendation"] = result["policy"]["recommendation"]
     result["retrain"] = bool(result["alerts"])
     return result
@@ -454,29 +506,93 @@ def _uplift(frame: pd.DataFrame, mu: dict[int, np.ndarray], seed: int) -> dict:
                                    "challenger": frame["cate_challenger"].to_numpy(float)}, seed=seed)}
 
 
-def _policy(live, shadow, outcomes, columns, config, seed) -> dict:
+def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """`rows` of the log with their outcomes, joined on request_id and row where the outcomes have
+    them, else on unit_id."""
     key = ["request_id", "row"] if {"request_id", "row"} <= set(outcomes.columns) else ["unit_id"]
-    frame = live.merge(outcomes[key + ["outcome"]], on=key)
+    return rows.merge(outcomes[key + ["outcome"]], on=key)
+
+
+def _policy(live, shadow, challenger, outcomes, columns, config, seed) -> dict:
+    """A shadow is judged by the policy values of both versions' answers to the same requests; a
+    canary (challenger rows, no shadow) by the outcomes of each version's own traffic."""
+    if not len(shadow) and len(challenger):
+        return judge_canary(live, challenger, outcomes, columns, config, seed)
+    frame = _with_outcomes(live, outcomes)
     frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
                         on=["request_id", "row"])
     frame = frame.rename(columns={"cate": "cate_champion"})
     frame = frame[frame["action"].notna() & frame["propensity"].notna()]
-    if len(frame) < 50:
-        return {"rows": int(len(frame)), "recommendation": "hold",
+    if len(frame) < MIN_POLICY_ROWS:
+        return {"judged": "shadow", "rows": int(len(frame)), "recommendation": "hold",
                 "note": "too few rows with an outcome, a logged action and a shadow answer"}
-    mu = outcome_model(frame, columns, seed)
+    clusters = clusters_of(frame)
+    mu = outcome_model(frame, columns, seed, clusters=clusters)
     scores = policy_values(frame, columns, seed, mu)
-    diff = (scores["dr_challenger"] - scores["dr_champion"]).to_numpy()
+    diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
-    rec = "promote" if lo > 0 else "roll back" if hi < 0 else "hold"
-    return {"rows": int(len(frame)), "value_champion_ipw": float(scores["ipw_champion"].mean()),
+    return {"judged": "shadow", "rows": int(len(frame)),
+            "value_champion_ipw": float(scores["ipw_champion"].mean()),
             "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
             "value_champion_dr": float(scores["dr_champion"].mean()),
             "value_challenger_dr": float(scores["dr_challenger"].mean()),
-            **{f"value_{who}_dr_stderr": float(scores[f"dr_{who}"].std(ddof=1) / np.sqrt(len(scores)))
-               for who in ("champion", "challenger")},
-            "difference_dr": float(diff.mean()), "confidence_sequence": [float(lo), float(hi)],
-            "recommendation": rec, "uplift": _uplift(frame, mu, seed)}
+            **_stderrs(scores, clusters), "units": int(len(diff)), **_difference(diff),
+            "confidence_sequence": [float(lo), float(hi)], "recommendation": _decision(lo, hi),
+            "uplift": _uplift(frame, mu, seed)}
+
+
+def _stderrs(scores: pd.DataFrame, clusters: np.ndarray) -> dict:
+    """Each version's value's standard error, cluster-robust."""
+    return {f"value_{who}_dr_stderr": float(np.std(cluster_values(scores[f"dr_{who}"].to_numpy(), clusters), ddof=1)
+                                            / np.sqrt(len(np.unique(clusters))))
+            for who in ("champion", "challenger")}
+
+
+def _difference(values: np.ndarray) -> dict:
+    """The challenger's value minus the champion's from per-cluster values, with its (fixed-sample)
+    standard error."""
+    return {"difference_dr": float(np.mean(values)),
+            "difference_dr_stderr": float(np.std(values, ddof=1) / np.sqrt(len(values)))}
+
+
+def _decision(lo: float, hi: float) -> str:
+    return "promote" if lo > 0 else "roll back" if hi < 0 else "hold"
+
+
+def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
+    """The canary's judgement: each version's mean outcome over the rows it answered, while both
+    answered (champion rows outside the challenger's time span, give or take `CANARY_SLACK_S`, are
+    left out: an earlier period is no control), doubly robust (`arm_values`), with rows clustered
+    by unit (request where no unit id) and an always-valid confidence sequence for the difference."""
+    version = int(challenger["version"].mode()[0])  # a log may hold several canaries: the main one
+    challenger = challenger[challenger["version"] == version]
+    if "time" in challenger and challenger["time"].notna().all():
+        span = challenger["time"].min() - CANARY_SLACK_S, challenger["time"].max() + CANARY_SLACK_S
+        live = live[live["time"].between(*span)]
+    frame = _with_outcomes(pd.concat([live.assign(arm=0), challenger.assign(arm=1)], ignore_index=True), outcomes)
+    counts = {"rows_champion": int((frame["arm"] == 0).sum()), "rows_challenger": int((frame["arm"] == 1).sum())}
+    base = {"judged": "canary", "challenger_version": version, "rows": int(len(frame)), **counts}
+    if min(counts.values()) < MIN_POLICY_ROWS // 2:
+        return {**base, "recommendation": "hold",
+                "note": f"too few rows with an outcome in each version's traffic (at least {MIN_POLICY_ROWS // 2} "
+                        f"each): champion {counts['rows_champion']}, challenger {counts['rows_challenger']}"}
+    clusters = clusters_of(frame)
+    scores = arm_values(frame, columns, seed, clusters)
+    both = int((frame.groupby(clusters)["arm"].nunique() > 1).sum())
+    diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
+    lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
+    result = {**base, "units": int(len(diff)), "challenger_share": float(frame["arm"].mean()),
+              **{f"value_{who}_mean": float(frame.loc[frame["arm"] == arm, "outcome"].mean())
+                 for arm, who in ((0, "champion"), (1, "challenger"))},
+              **{f"value_{who}_dr": float(scores[f"dr_{who}"].mean()) for who in ("champion", "challenger")},
+              **_stderrs(scores, clusters), **_difference(diff), "confidence_sequence": [float(lo), float(hi)],
+              "recommendation": _decision(lo, hi), "units_in_both_versions": both}
+    if both:
+        result["note"] = (f"{both} of {len(diff)} units met both versions (a per-request split, as KServe's "
+                          "canaryTrafficPercent makes): where a unit's outcome follows all its requests, it belongs "
+                          "to neither version alone, which pulls the difference toward 0; the router's canary "
+                          "(serve --mode canary) keeps each unit with one version")
+    return result
 
 
 def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> int:

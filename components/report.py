@@ -470,10 +470,14 @@ def _effect_drift_section(ef: dict, outcome: str) -> str:
 
 
 def _policy_section(policy: dict, outcome: str) -> str:
-    """Each policy's doubly robust value with a 95% interval, and their difference with its
-    confidence sequence (valid at every look)."""
+    """Each version's doubly robust value with a 95% interval, and their difference with its
+    confidence sequence (valid at every look): a shadow's policy values on the same requests, or
+    a canary's mean outcomes on each version's own traffic."""
+    canary = policy.get("judged") == "canary"
+    title = ("Canary (each version's mean outcome on its own traffic)" if canary
+             else "Policy value (champion against challenger, logged outcomes)")
     if "value_champion_dr" not in policy:
-        return _section("Policy value", f'<p class="note">{html.escape(policy.get("note", ""))}</p>')
+        return _section(title, f'<p class="note">{html.escape(policy.get("note", ""))}</p>')
     z = _z(0.05)
     rows = []
     for who, colour in (("champion", charts.PALETTE[0]), ("challenger", charts.PALETTE[2])):
@@ -482,15 +486,27 @@ def _policy_section(policy: dict, outcome: str) -> str:
     lo, hi = policy["confidence_sequence"]
     rows.append(Interval("challenger - champion\n(confidence sequence)", policy["difference_dr"], lo, hi,
                          charts.PALETTE[3]))
-    chart = charts.interval_chart(rows, title=f"Policy values (doubly robust, {policy['rows']} logged outcomes)",
-                                  value_label=f"mean {outcome} under the policy ({outcome} units)", width=560)
+    what = "mean outcome of its traffic" if canary else "policy values"
+    chart = charts.interval_chart(rows, title=f"{what[0].upper() + what[1:]} (doubly robust, {policy['rows']} "
+                                              "logged outcomes)",
+                                  value_label=f"mean {outcome} under the {'version' if canary else 'policy'} "
+                                              f"({outcome} units)", width=560)
+    if canary:
+        table = _table([(policy["rows_champion"], policy["rows_challenger"], policy["units"],
+                         policy["value_champion_mean"], policy["value_challenger_mean"], policy["value_champion_dr"],
+                         policy["value_challenger_dr"], policy["difference_dr"], f"[{lo:.4g}, {hi:.4g}]",
+                         policy["recommendation"])],
+                       ("champion rows", "challenger rows", "units", "champion (mean)", "challenger (mean)",
+                        "champion (DR)", "challenger (DR)", "difference (DR)", "confidence sequence",
+                        "recommendation"))
+        note = f'<p class="note">{html.escape(policy["note"])}</p>' if policy.get("note") else ""
+        return _section(title, chart, table, note)
     table = _table([(policy["rows"], policy["value_champion_dr"], policy["value_challenger_dr"],
                      policy["value_champion_ipw"], policy["value_challenger_ipw"], policy["difference_dr"],
                      f"[{lo:.4g}, {hi:.4g}]", policy["recommendation"])],
                    ("rows", "champion (DR)", "challenger (DR)", "champion (IPW)", "challenger (IPW)",
                     "difference (DR)", "confidence sequence", "recommendation"))
-    return _section("Policy value (champion against challenger, logged outcomes)", chart, table,
-                    monitor_uplift(policy.get("uplift"), outcome))
+    return _section(title, chart, table, monitor_uplift(policy.get("uplift"), outcome))
 
 
 # ------------------------------------------------------- uplift of champion and challenger (components/uplift.py)

@@ -531,9 +531,13 @@ def _monitor(args: argparse.Namespace) -> int:
         pol = result["policy"]
         if "confidence_sequence" in pol:
             lo, hi = pol["confidence_sequence"]
-            print(f"  policy value (doubly robust): champion {pol['value_champion_dr']:.4f}, challenger "
+            what = ("canary, mean outcome of each version's traffic" if pol.get("judged") == "canary"
+                    else "policy value")
+            print(f"  {what} (doubly robust): champion {pol['value_champion_dr']:.4f}, challenger "
                   f"{pol['value_challenger_dr']:.4f}; difference {pol['difference_dr']:+.4f}, "
                   f"confidence sequence [{lo:.4f}, {hi:.4f}] over {pol['rows']} rows")
+        if pol.get("note"):
+            print(f"  {pol['note']}")
     print(f"  recommendation: {result['recommendation']}" + ("; retrain: drift found" if result["retrain"] else ""))
     return 0
 

@@ -21,6 +21,20 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("TAUFORGE_TEST_THREADS", "1")))
 sys.path.insert(0, os.path.dirname(__file__))
 
+@pytest.fixture(autouse=True)
+def one_openmp_thread():
+    """Each test starts with one OpenMP thread, as OMP_NUM_THREADS above says. numba's OpenMP
+    threading layer sets the shared runtime (torch's libgomp, which scikit-learn's compiled code
+    also calls) to numba's thread count when a forest kernel runs, and scikit-learn's small
+    boosting fits after it then run on two sleeping threads: the monitor's 150-seed test took 11 s
+    alone and 88 s after one forest test in the same process. numba's kernels name their thread
+    count themselves, so they keep both cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -327,6 +327,40 @@ def test_canary_sends_about_the_share_of_units_and_each_unit_always_meets_the_sa
         server.stop()
 
 
+def test_a_canary_served_here_is_judged_by_tauforge_monitor_from_its_log_and_the_outcomes(store, tmp_path):
+    # The router's canary at 50%: 300 units, each visiting twice in requests of 50 rows. The
+    # outcomes (known later, as in production) are 1 higher wherever version 2 answered, a planted
+    # effect the monitor must find from the log and the outcomes alone: a promote.
+    server = tauforge_serve(store, "--version", "1", "--challenger", "2", "--mode", "canary", "--percent", "50",
+                            log_dir=str(tmp_path / "events"))
+    X, rng, outcomes = rows_for(300, seed=3), np.random.default_rng(3), []
+    try:
+        for visit in range(2):
+            for lo in range(0, 300, 50):
+                rows = [{**dict(zip(COLUMNS, map(float, X[i]))), "unit_id": f"u{i}"} for i in range(lo, lo + 50)]
+                code, body = server.v1(rows, **{"x-request-id": f"v{visit}-{lo}"})
+                assert code == 200
+                outcomes += [{"request_id": f"v{visit}-{lo}", "row": k, "version": p["version"],
+                              "outcome": float(X[lo + k, 2] + (p["version"] == 2) + rng.normal())}
+                             for k, p in enumerate(body["predictions"])]
+    finally:
+        assert server.stop() == 0
+    import pandas as pd
+
+    answered = pd.DataFrame(outcomes)
+    answered.drop(columns="version").to_parquet(tmp_path / "outcomes.parquet", index=False)
+    out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store", store, "--model",
+                          MODEL, "--log-dir", str(tmp_path / "events"), "--json", "--outcomes",
+                          str(tmp_path / "outcomes.parquet")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    policy = json.loads(out.stdout.strip().splitlines()[-1])["policy"]
+    assert policy["judged"] == "canary" and policy["challenger_version"] == 2, policy
+    assert policy["rows_challenger"] == (answered["version"] == 2).sum() and policy["rows"] == 600
+    assert policy["units"] == 300 and policy["units_in_both_versions"] == 0  # each unit stayed with its version
+    lo, hi = policy["confidence_sequence"]
+    assert 0 < lo < 1 < hi and policy["recommendation"] == "promote"
+
+
 @pytest.mark.parametrize("fault", ["raise", "hang", "slow"])
 def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault):
     """The challenger is deliberately broken (tests/serving_app.py); the champion must answer every
