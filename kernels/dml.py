@@ -18,6 +18,7 @@ from . import _inputs
 from .ate import MIN_PROPENSITY, average_effect, oob_effect, treatment_variance, variance_weighted_effect
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
+from .inference import EffectInference
 from .local_linear import DEFAULT_RIDGE
 from .nuisance import cross_fit, cross_fitting_folds
 
@@ -282,6 +283,22 @@ class CausalForestDML(BaseEstimator):
             lo, hi = self.forest_.predict_interval(X, alpha=alpha)
         d = T1 - T0
         return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
+
+    def effect_inference(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> EffectInference:
+        """`effect` at each row of X with its standard error (the little bags', or the bootstrap's
+        with inference='bootstrap'), as NumPy arrays with EconML's inference methods:
+        `summary_frame()`, `conf_int(alpha)`, `pvalue()`, `zstat()`. Its intervals are normal; with
+        a percentile or pivot `bootstrap_interval`, `effect_interval` gives those."""
+        self._check_fitted()
+        Xn = _inputs.to_numpy(X, "X", 2)
+        _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
+        if self.bootstrap_ is not None:
+            tau, stderr = self.forest_.predict(Xn), self.bootstrap_.effect_stderr(Xn)
+        else:
+            tau, var = self.forest_.predict_and_var(Xn)
+            stderr = np.sqrt(var)
+        d = T1 - T0
+        return EffectInference(np.asarray(tau, dtype=float) * d, np.asarray(stderr, dtype=float) * abs(d))
 
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with

@@ -198,6 +198,9 @@ def test_bootstrap_cate_intervals_of_each_kind():
     lo, hi = est.bootstrap_.effect_interval(d.X[:50], tau, 0.05, "normal")
     np.testing.assert_allclose((lo + hi) / 2, tau)  # centred on the point forest's estimate
     np.testing.assert_allclose(hi - lo, 2 * 1.959963984540054 * est.bootstrap_.effect_stderr(d.X[:50]))
+    inference = est.effect_inference(d.X[:50])  # the bootstrap's standard error, normal intervals
+    np.testing.assert_allclose(inference.stderr, est.bootstrap_.effect_stderr(d.X[:50]))
+    np.testing.assert_allclose(inference.conf_int(0.05), (lo, hi))
     np.testing.assert_allclose(widths["percentile"], widths["pivot"])  # the same quantiles, reflected
     assert len(est.bootstrap_.forests) == 10 and len(set(np.round(est.bootstrap_.ates, 10))) == 10
     with pytest.raises(ValueError, match="inference must be"):

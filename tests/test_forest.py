@@ -363,6 +363,39 @@ def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
     assert np.all(lo <= hi)
 
 
+def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
+    import warnings
+
+    from econml.dml import CausalForestDML as EconMLCausalForestDML
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    d = make_causal_data("simple", n=1000, p=4, seed=0)
+    est = CausalForestDML(n_estimators=500, cv=2, random_state=0).fit(d.Y, d.T, X=d.X)
+    X = d.X[:200]
+    inference = est.effect_inference(X)
+    np.testing.assert_allclose(inference.point_estimate, est.effect(X))
+    for alpha in (0.05, 0.2):  # the same intervals as effect_interval's
+        np.testing.assert_allclose(inference.conf_int(alpha), est.effect_interval(X, alpha=alpha))
+    frame = inference.summary_frame(decimals=None)
+    # A p-value under 0.05 exactly where the 95% interval leaves out 0 (a sign error or a
+    # one-sided p-value would split them), and both sides occur on this design.
+    outside = (frame["ci_lower"] > 0) | (frame["ci_upper"] < 0)
+    assert ((frame["pvalue"] < 0.05) == outside).all() and 0 < outside.sum() < len(X)
+    np.testing.assert_allclose(inference.summary_frame(value=0.5, decimals=None)["zstat"],
+                               (frame["point_estimate"] - 0.5) / frame["stderr"])
+    moved = est.effect_inference(X, T0=1, T1=-1)  # a change of -2: twice the effect, sign flipped
+    np.testing.assert_allclose(moved.point_estimate, -2 * inference.point_estimate)
+    np.testing.assert_allclose(moved.conf_int(0.05), est.effect_interval(X, T0=1, T1=-1, alpha=0.05))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = EconMLCausalForestDML(model_y=LinearRegression(), model_t=LogisticRegression(), discrete_treatment=True,
+                                    n_estimators=100, random_state=0).fit(d.Y, d.T, X=d.X)
+    theirs = ref.effect_inference(X[:5]).summary_frame()
+    ours = est.effect_inference(X[:5]).summary_frame()
+    assert list(ours.columns) == list(theirs.columns) and ours.index.name == theirs.index.name
+    assert ours.shape == theirs.shape and ours.equals(ours.round(3))
+
+
 def test_shards_merge_into_the_forest_one_fit_grows(data, fitted, tmp_path):
     d, t, y = data
     shards = [CausalForest(n_estimators=40, random_state=7).fit_shard(d.X, t, y, shard=k, n_shards=3)
