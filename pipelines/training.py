@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import types
@@ -466,7 +467,10 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     with open(os.path.join(evaluate_dir, "evaluation")) as f:
         evaluation = json.load(f)
     version = _published_version(root) if gate_passed else None
-    return LocalRun(run_id, gate_passed, version, evaluation, os.path.join(evaluate_dir, "report"), root, log_path)
+    # KFP names the artifact after its output ("report"); a copy named .html opens in a browser.
+    report = os.path.join(evaluate_dir, "report.html")
+    shutil.copyfile(os.path.join(evaluate_dir, "report"), report)
+    return LocalRun(run_id, gate_passed, version, evaluation, report, root, log_path)
 
 
 @contextlib.contextmanager

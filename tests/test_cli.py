@@ -198,6 +198,7 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
         card = json.load(f)
     assert card["run"]["run_id"] == card["lineage"]["run_id"] == result["run_id"]
     assert result["log"].endswith(f"{result['run_id']}.log")
+    assert result["report"].endswith(".html")  # opens in a browser; KFP's artifact is named "report"
     with open(result["report"]) as f:
         assert f"<dd>{result['run_id']}</dd>" in f.read()
 
