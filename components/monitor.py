@@ -422,12 +422,12 @@ ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind 
 
 
 # ----------------------------------------------------------------------------- the monitor
-# Relative costs of monitoring's steps, for its progress lines. Measured at 50,000 live rows: the
-# two classifiers (domain, propensity) 1-2 s, the other checks a tenth of that or less.
 # Champion rows this close to the challenger's first or last row count as the canary's time: one
 # request's rows are scored, and stamped, milliseconds apart.
 CANARY_SLACK_S = 60.0
 MIN_POLICY_ROWS = 50  # rows with outcomes below which no version is judged (a canary: half that per version)
+# Relative costs of monitoring's steps, for its progress lines. Measured at 50,000 live rows: the
+# two classifiers (domain, propensity) 1-2 s, the other checks a tenth of that or less.
 STEP_COSTS = {"reading the event log": 1, "domain_classifier": 1, "propensity": 1, "policy value": 2}
 
 
@@ -442,6 +442,7 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
     """Every check on one model's event log against its reference profile; alerts and a
     recommendation. `outcomes` has request_id and row (or unit_id) and an `outcome` column.
     `progress`: progress on stderr (`tauforge.kernels.progress`), a step per check."""
+    outcomes = None if outcomes is None else check_outcomes(outcomes)
     with progress_steps("monitoring", monitor_steps(checks, outcomes is not None), progress) as steps:
         return _monitor(events, reference, columns, config, outcomes, seed, checks, steps)
 
@@ -506,11 +507,38 @@ def _uplift(frame: pd.DataFrame, mu: dict[int, np.ndarray], seed: int) -> dict:
                                    "challenger": frame["cate_challenger"].to_numpy(float)}, seed=seed)}
 
 
+def outcome_keys(outcomes: pd.DataFrame) -> list[str]:
+    """The columns that join outcomes to the log's rows: request_id and row where the outcomes
+    have them, else unit_id."""
+    return ["request_id", "row"] if {"request_id", "row"} <= set(outcomes.columns) else ["unit_id"]
+
+
+def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataFrame:
+    """`outcomes` if the policy judgements can read them: an `outcome` column of numbers (NaN: not
+    known yet, left out) and one row per key (`outcome_keys`); else a ValueError naming the problem."""
+    keys = outcome_keys(outcomes)
+    if "outcome" not in outcomes.columns or not set(keys) <= set(outcomes.columns):
+        raise ValueError(f"{source} needs an 'outcome' column and request_id and row (or unit_id); it has "
+                         f"{', '.join(map(str, outcomes.columns))}")
+    try:
+        values = pd.to_numeric(outcomes["outcome"]).astype(float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: 'outcome' must hold numbers, got {outcomes['outcome'].dtype} values") from None
+    if np.isinf(values).any():
+        raise ValueError(f"{source}: 'outcome' holds infinite values in {int(np.isinf(values).sum())} rows")
+    repeated = outcomes.duplicated(keys, keep=False)
+    if repeated.any():
+        first = outcomes.loc[repeated, keys].iloc[0].tolist()
+        raise ValueError(f"{source}: {int(repeated.sum())} rows share a {' and '.join(keys)} with another (the "
+                         f"first: {', '.join(map(str, first))}); give one outcome per "
+                         f"{'scored row' if len(keys) == 2 else 'unit'}")
+    return outcomes.assign(outcome=values)
+
+
 def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """`rows` of the log with their outcomes, joined on request_id and row where the outcomes have
-    them, else on unit_id."""
-    key = ["request_id", "row"] if {"request_id", "row"} <= set(outcomes.columns) else ["unit_id"]
-    return rows.merge(outcomes[key + ["outcome"]], on=key)
+    """`rows` of the log with their known outcomes (`outcome_keys`); rows without one are left out."""
+    key = outcome_keys(outcomes)
+    return rows.merge(outcomes.loc[outcomes["outcome"].notna(), key + ["outcome"]], on=key)
 
 
 def _policy(live, shadow, challenger, outcomes, columns, config, seed) -> dict:
@@ -645,11 +673,7 @@ def read_outcomes(path: str) -> pd.DataFrame:
         outcomes = read_table(path)
     except ValueError as exc:
         raise ValueError(f"outcomes: {exc}") from None
-    keys = {"request_id", "row"} <= set(outcomes.columns) or "unit_id" in outcomes.columns
-    if "outcome" not in outcomes.columns or not keys:
-        raise ValueError(f"outcomes {path} needs an 'outcome' column and request_id and row (or unit_id); it has "
-                         f"{', '.join(map(str, outcomes.columns))}")
-    return outcomes
+    return check_outcomes(outcomes, f"outcomes {path}")
 
 
 def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,

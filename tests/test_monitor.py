@@ -374,3 +374,20 @@ def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path)
     frame.drop(columns="outcome").to_csv(tmp_path / "no-outcome.csv", index=False)
     with pytest.raises(ValueError, match="needs an 'outcome' column and request_id and row"):
         read_outcomes(str(tmp_path / "no-outcome.csv"))
+    for bad, message in ((frame.assign(row=0), r"2 rows share a request_id and row with another \(the first: r0, 0\); "
+                                               "give one outcome per scored row"),
+                         (frame.assign(outcome=["a", "b", "c"]), "'outcome' must hold numbers, got object values"),
+                         (frame.assign(outcome=[1.0, np.inf, 0.0]), "'outcome' holds infinite values in 1 rows")):
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(ValueError, match=f"outcomes .*bad.csv: {message}"):
+            read_outcomes(str(tmp_path / "bad.csv"))
+
+
+def test_outcomes_not_known_yet_are_left_out_of_the_judgement():
+    events, outcomes, _, X = canary_traffic(0, units=1000)
+    ref = reference_profile(X[:2000], COLUMNS, (X[:2000, 0] > 0).astype(float), tau)
+    unknown = outcomes.assign(outcome=outcomes["outcome"].where(np.arange(len(outcomes)) % 4 != 0))  # NaN: not yet
+    policy = monitor(events, ref, COLUMNS, outcomes=unknown)["policy"]
+    known = monitor(events, ref, COLUMNS, outcomes=unknown.dropna())["policy"]
+    assert policy["rows"] == known["rows"] == unknown["outcome"].notna().sum()
+    assert policy["difference_dr"] == known["difference_dr"] and np.isfinite(policy["difference_dr"])
