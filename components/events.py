@@ -40,6 +40,22 @@ INPUT_PREFIX = "input."
 _FILE_PREFIX, _FILE_SUFFIX = "events-", ".parquet"
 
 
+def id_string(value) -> str | None:
+    """A unit or request id as the log keeps it: one string per id, whether it came as "7", 7 or
+    7.0 (a V2 numeric tensor, a CSV column read as numbers), so that the canary's hash and the
+    outcomes' join meet the same id; None for a missing one. Other values: ValueError."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return None
+        if float(value).is_integer():
+            value = int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    raise ValueError(f"{value!r} must be a string or an integer")
+
+
 def input_columns(covariates: list[str]) -> list[str]:
     """The event-log (and reference-profile) columns that hold these covariates."""
     return [INPUT_PREFIX + c for c in covariates]

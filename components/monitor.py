@@ -46,7 +46,7 @@ from tauforge.kernels.progress import Progress, progress_steps
 from . import uplift
 from ._kfp import HTML, Metrics, Output, component
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
-from .events import input_columns, load_reference, read_events
+from .events import id_string, input_columns, load_reference, read_events
 from .registry import ModelStore
 
 
@@ -226,17 +226,19 @@ def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
     return pd.DataFrame(out)
 
 
-def arm_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
-               clusters: np.ndarray | None = None) -> pd.DataFrame:
+def arm_values(frame: pd.DataFrame, columns: list[str], seed: int = 0, clusters: np.ndarray | None = None,
+               share: np.ndarray | None = None) -> pd.DataFrame:
     """Per-row doubly robust scores of each version's mean outcome in a canary. `frame` holds the
     rows each version answered (`arm`: 1 for the challenger's) with their outcomes; the arm was
-    drawn at random (a hash of the unit, or Knative's per-request split), so its share q is the
-    assignment probability. The score of arm a, mu(x, a) + 1{arm = a} (y - mu(x, a)) / P(arm = a),
-    averages to the mean outcome had every row met version a: the difference in the arms' means,
-    with the outcome model `outcome_model` taking out the covariates' share of the noise (and
-    unbiased whatever its errors, the assignment being random)."""
+    drawn at random (a hash of the unit, or Knative's per-request split) with probability `share`
+    (per row: the challenger's share of its period, which an operator raising the canary's
+    percent changes; default: its share of all rows). The score of arm a,
+    mu(x, a) + 1{arm = a} (y - mu(x, a)) / P(arm = a), averages to the mean outcome had every row
+    met version a: the difference in the arms' means, with the outcome model `outcome_model`
+    taking out the covariates' share of the noise (and unbiased whatever its errors, the
+    assignment being random)."""
     Z, Y = frame["arm"].to_numpy(float), frame["outcome"].to_numpy(float)
-    q = Z.mean()
+    q = np.full(len(Z), Z.mean()) if share is None else share
     mu = outcome_model(frame, columns, seed, by="arm", clusters=clusters)
     return pd.DataFrame({"dr_champion": mu[0] + (1 - Z) * (Y - mu[0]) / (1 - q),
                          "dr_challenger": mu[1] + Z * (Y - mu[1]) / q})
@@ -426,6 +428,11 @@ ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind 
 # request's rows are scored, and stamped, milliseconds apart.
 CANARY_SLACK_S = 60.0
 MIN_POLICY_ROWS = 50  # rows with outcomes below which no version is judged (a canary: half that per version)
+MIN_POLICY_UNITS = 20  # units (clusters) below which no version is judged: a unit's rows are not independent
+# A canary's share is estimated per period of time (equal numbers of rows, at least this many each,
+# at most CANARY_PERIODS): an operator raising the canary's percent changes it while outcomes drift.
+CANARY_PERIOD_ROWS = 200
+CANARY_PERIODS = 20
 # Relative costs of monitoring's steps, for its progress lines. Measured at 50,000 live rows: the
 # two classifiers (domain, propensity) 1-2 s, the other checks a tenth of that or less.
 STEP_COSTS = {"reading the event log": 1, "domain_classifier": 1, "propensity": 1, "policy value": 2}
@@ -453,14 +460,12 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
     shadow = events[events["role"] == "shadow"]
     challenger = events[events["role"] == "challenger"]
     result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)), "alerts": [], "checks": {}}
-    if len(live) < config.min_live_rows:
-        result["recommendation"] = "hold"
-        result["retrain"] = False
-        result["note"] = f"{len(live)} live rows; at least {config.min_live_rows} are needed to judge drift"
-        steps.update(steps.total)  # nothing more to do
-        return result
-    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed)
     signals: list[Signal] = []
+    if len(live) < config.min_live_rows:  # too few to judge drift; a canary's outcomes may still be judged
+        result["note"] = f"{len(live)} live rows; at least {config.min_live_rows} are needed to judge drift"
+        steps.update(sum(STEP_COSTS.get(check.name, 0.1) for check in checks))
+        checks = ()
+    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed)
     for check in checks:
         found = steps.run(check.name, check.run, inputs)
         if found is not None:
@@ -469,8 +474,8 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
     # One Bonferroni budget, over the tests the checks ran.
     tests = sum(s.p_value is not None for s in signals)
     level = config.alpha / max(tests, 1)
-    result["checks"]["tests"], result["checks"]["test_level"] = tests, level
-    result["checks"]["psi_alert"] = config.psi_alert
+    if checks:
+        result["checks"].update(tests=tests, test_level=level, psi_alert=config.psi_alert)
     for s in signals:
         if s.alerts(level):
             result["alerts"].append({"check": s.check, "covariate": s.covariate, "message": s.message, **s.details})
@@ -536,25 +541,51 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
 
 
 def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """`rows` of the log with their known outcomes (`outcome_keys`); rows without one are left out."""
+    """`rows` of the log with their known outcomes (`outcome_keys`); rows without one are left out.
+    Ids are joined as the log keeps them (`events.id_string`): a CSV's 7 meets the log's "7"."""
     key = outcome_keys(outcomes)
-    return rows.merge(outcomes.loc[outcomes["outcome"].notna(), key + ["outcome"]], on=key)
+    ids = [c for c in key if c != "row"]
+    known = outcomes.loc[outcomes["outcome"].notna(), key + ["outcome"]]
+    known = known.assign(**{c: [id_string(v) for v in known[c]] for c in ids}).dropna(subset=key)
+    rows = rows.drop(columns="outcome", errors="ignore").assign(**{c: [id_string(v) for v in rows[c]] for c in ids})
+    return rows.merge(known.astype({"row": int}) if "row" in key else known, on=key)
+
+
+def _latest(rows: pd.DataFrame) -> float:
+    return float(rows["time"].max()) if "time" in rows and rows["time"].notna().any() else -np.inf
 
 
 def _policy(live, shadow, challenger, outcomes, columns, config, seed) -> dict:
     """A shadow is judged by the policy values of both versions' answers to the same requests; a
-    canary (challenger rows, no shadow) by the outcomes of each version's own traffic."""
-    if not len(shadow) and len(challenger):
-        return judge_canary(live, challenger, outcomes, columns, config, seed)
+    canary by the outcomes of each version's own traffic. A log holding both judges the one that
+    answered last (the experiment running now), and says so."""
+    if not len(challenger) and not len(shadow):
+        return {"rows": 0, "recommendation": "hold",
+                "note": "the log holds no challenger or shadow rows: nothing to judge the champion against"}
+    if len(challenger) and (not len(shadow) or _latest(challenger) >= _latest(shadow)):
+        result = judge_canary(live, challenger, outcomes, columns, config, seed)
+        other = "shadow" if len(shadow) else None
+    else:
+        result = _judge_shadow(live, shadow, outcomes, columns, config, seed)
+        other = "challenger" if len(challenger) else None
+    if other:
+        also = f"the log also holds {other} rows, from an earlier experiment: the one that answered last is judged"
+        result["note"] = f"{result['note']}; {also}" if result.get("note") else also
+    return result
+
+
+def _judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
     frame = _with_outcomes(live, outcomes)
     frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
                         on=["request_id", "row"])
     frame = frame.rename(columns={"cate": "cate_champion"})
     frame = frame[frame["action"].notna() & frame["propensity"].notna()]
-    if len(frame) < MIN_POLICY_ROWS:
-        return {"judged": "shadow", "rows": int(len(frame)), "recommendation": "hold",
-                "note": "too few rows with an outcome, a logged action and a shadow answer"}
     clusters = clusters_of(frame)
+    if len(frame) < MIN_POLICY_ROWS or len(np.unique(clusters)) < MIN_POLICY_UNITS:
+        return {"judged": "shadow", "rows": int(len(frame)), "recommendation": "hold",
+                "note": f"too few rows with an outcome, a logged action and a shadow answer (at least "
+                        f"{MIN_POLICY_ROWS} rows of {MIN_POLICY_UNITS} units): {len(frame)} rows of "
+                        f"{len(np.unique(clusters))} units"}
     mu = outcome_model(frame, columns, seed, clusters=clusters)
     scores = policy_values(frame, columns, seed, mu)
     diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
@@ -588,39 +619,98 @@ def _decision(lo: float, hi: float) -> str:
 
 
 def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
-    """The canary's judgement: each version's mean outcome over the rows it answered, while both
-    answered (champion rows outside the challenger's time span, give or take `CANARY_SLACK_S`, are
-    left out: an earlier period is no control), doubly robust (`arm_values`), with rows clustered
-    by unit (request where no unit id) and an always-valid confidence sequence for the difference."""
-    version = int(challenger["version"].mode()[0])  # a log may hold several canaries: the main one
-    challenger = challenger[challenger["version"] == version]
-    if "time" in challenger and challenger["time"].notna().all():
-        span = challenger["time"].min() - CANARY_SLACK_S, challenger["time"].max() + CANARY_SLACK_S
-        live = live[live["time"].between(*span)]
-    frame = _with_outcomes(pd.concat([live.assign(arm=0), challenger.assign(arm=1)], ignore_index=True), outcomes)
+    """The canary's judgement: each version's mean outcome over the rows it answered, doubly robust
+    (`arm_values`), with rows clustered by unit (request where no unit id) and an always-valid
+    confidence sequence for the difference. The canary is the latest challenger version other
+    than the champion's. Only the time both answered counts (give or take `CANARY_SLACK_S`): an
+    earlier or later period, when one version answered alone, is no control. Within it the
+    challenger's share is taken per period (`CANARY_PERIODS`). Outcomes given per unit count once
+    per unit, not once per visit (a version that brings units back more often would otherwise
+    look better), and units that met both versions are then left out."""
+    candidates = challenger[~challenger["version"].isin(set(live["version"]))]
+    timed = "time" in candidates and candidates["time"].notna().any()
+    if not len(candidates):
+        return {"judged": "canary", "rows": 0, "recommendation": "hold",
+                "note": "the challenger rows answered with the champion's own version: nothing to compare"}
+    latest = candidates.loc[candidates["time"].idxmax()] if timed else candidates.loc[candidates["version"].idxmax()]
+    version = int(latest["version"])
+    notes = []
+    if candidates["version"].nunique() > 1:
+        notes.append(f"the log holds canaries of versions {', '.join(map(str, sorted(candidates['version'].unique())))}"
+                     f"; the latest, version {version}, is judged")
+    frame = pd.concat([live.assign(arm=0), candidates[candidates["version"] == version].assign(arm=1)],
+                      ignore_index=True)
+    if "time" in frame:
+        untimed = frame["time"].isna()
+        if untimed.any():
+            notes.append(f"{int(untimed.sum())} rows without a time left out")
+        frame = frame[~untimed]
+        spans = frame.groupby("arm")["time"].agg(["min", "max"])
+        if len(spans) == 2:
+            start, end = spans["min"].max() - CANARY_SLACK_S, spans["max"].min() + CANARY_SLACK_S
+            outside = ~frame["time"].between(start, end)
+            if outside.any():
+                notes.append(f"{int(outside.sum())} rows from when only one version answered left out")
+            frame = frame[~outside]
+    frame = _with_outcomes(frame, outcomes)
+    if outcome_keys(outcomes) == ["unit_id"]:
+        frame, mixed = _one_row_per_unit(frame)
+        if mixed:
+            notes.append(f"{mixed} units met both versions: with one outcome per unit they belong to neither, and "
+                         "are left out")
     counts = {"rows_champion": int((frame["arm"] == 0).sum()), "rows_challenger": int((frame["arm"] == 1).sum())}
     base = {"judged": "canary", "challenger_version": version, "rows": int(len(frame)), **counts}
-    if min(counts.values()) < MIN_POLICY_ROWS // 2:
-        return {**base, "recommendation": "hold",
-                "note": f"too few rows with an outcome in each version's traffic (at least {MIN_POLICY_ROWS // 2} "
-                        f"each): champion {counts['rows_champion']}, challenger {counts['rows_challenger']}"}
     clusters = clusters_of(frame)
-    scores = arm_values(frame, columns, seed, clusters)
+    units = [len(np.unique(clusters[frame["arm"].to_numpy() == arm])) for arm in (0, 1)]
+    if min(counts.values()) < MIN_POLICY_ROWS // 2 or min(units) < MIN_POLICY_UNITS // 2:
+        notes.insert(0, f"too few rows with an outcome in each version's traffic (at least {MIN_POLICY_ROWS // 2} "
+                        f"rows of {MIN_POLICY_UNITS // 2} units each): champion {counts['rows_champion']} rows of "
+                        f"{units[0]} units, challenger {counts['rows_challenger']} of {units[1]}")
+        return {**base, "recommendation": "hold", "note": "; ".join(notes)}
+    share = _period_share(frame)
+    if ((share == 0) | (share == 1)).any():  # a period one version answered alone: no comparison there
+        keep = (share > 0) & (share < 1)
+        frame, share, clusters = frame[keep], share[keep], clusters[keep]
+    scores = arm_values(frame, columns, seed, clusters, share)
     both = int((frame.groupby(clusters)["arm"].nunique() > 1).sum())
     diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
-    result = {**base, "units": int(len(diff)), "challenger_share": float(frame["arm"].mean()),
+    result = {**base, "rows": int(len(frame)), "units": int(len(diff)),
+              "challenger_share": float(frame["arm"].mean()),
               **{f"value_{who}_mean": float(frame.loc[frame["arm"] == arm, "outcome"].mean())
                  for arm, who in ((0, "champion"), (1, "challenger"))},
               **{f"value_{who}_dr": float(scores[f"dr_{who}"].mean()) for who in ("champion", "challenger")},
               **_stderrs(scores, clusters), **_difference(diff), "confidence_sequence": [float(lo), float(hi)],
               "recommendation": _decision(lo, hi), "units_in_both_versions": both}
     if both:
-        result["note"] = (f"{both} of {len(diff)} units met both versions (a per-request split, as KServe's "
-                          "canaryTrafficPercent makes): where a unit's outcome follows all its requests, it belongs "
-                          "to neither version alone, which pulls the difference toward 0; the router's canary "
-                          "(serve --mode canary) keeps each unit with one version")
+        notes.append(f"{both} of {len(diff)} units met both versions (a per-request split, as KServe's "
+                     "canaryTrafficPercent makes): where a unit's outcome follows all its requests, it belongs "
+                     "to neither version alone, which pulls the difference toward 0; the router's canary "
+                     "(serve --mode canary) keeps each unit with one version")
+    if notes:
+        result["note"] = "; ".join(notes)
     return result
+
+
+def _one_row_per_unit(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A canary's rows reduced to one per unit (its first, with its version), for outcomes given
+    per unit; and how many units met both versions (left out)."""
+    frame = frame[frame["unit_id"].notna()].sort_values("time" if "time" in frame else "request_id", kind="stable")
+    arms = frame.groupby("unit_id")["arm"].nunique()
+    mixed = arms.index[arms > 1]
+    return frame[~frame["unit_id"].isin(mixed)].drop_duplicates("unit_id"), int(len(mixed))
+
+
+def _period_share(frame: pd.DataFrame) -> np.ndarray:
+    """The challenger's share of each row's period: the rows in time order cut into equal periods
+    (`CANARY_PERIODS` at most, `CANARY_PERIOD_ROWS` rows at least); one period without times."""
+    arm = frame["arm"].to_numpy(float)
+    periods = int(np.clip(len(arm) // CANARY_PERIOD_ROWS, 1, CANARY_PERIODS))
+    if "time" not in frame or periods == 1:
+        return np.full(len(arm), arm.mean())
+    rank = np.argsort(np.argsort(frame["time"].to_numpy(), kind="stable"), kind="stable")
+    period = rank * periods // len(arm)
+    return (np.bincount(period, arm) / np.bincount(period))[period]
 
 
 def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> int:

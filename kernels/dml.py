@@ -286,9 +286,11 @@ class CausalForestDML(BaseEstimator):
 
     def effect_inference(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> EffectInference:
         """`effect` at each row of X with its standard error (the little bags', or the bootstrap's
-        with inference='bootstrap'), as NumPy arrays with EconML's inference methods:
-        `summary_frame()`, `conf_int(alpha)`, `pvalue()`, `zstat()`. Its intervals are normal; with
-        a percentile or pivot `bootstrap_interval`, `effect_interval` gives those."""
+        with inference='bootstrap'), as NumPy arrays with these of EconML's inference methods:
+        `summary_frame(alpha, value, decimals)`, `conf_int(alpha)`, `pvalue(value)`,
+        `zstat(value)`, `var` (not `population_summary`, `pred_stderr` or the naming arguments).
+        Its intervals are normal; with a percentile or pivot `bootstrap_interval`,
+        `effect_interval` gives those."""
         self._check_fitted()
         Xn = _inputs.to_numpy(X, "X", 2)
         _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")

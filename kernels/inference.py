@@ -1,5 +1,5 @@
-"""Normal inference on per-row effects, EconML's `NormalInferenceResults` by another name: what
-`CausalForestDML.effect_inference` returns."""
+"""Normal inference on per-row effects, what `CausalForestDML.effect_inference` returns: the part
+of EconML's `NormalInferenceResults` that a per-row CATE needs (no population summary)."""
 
 from __future__ import annotations
 

@@ -535,7 +535,7 @@ def _monitor(args: argparse.Namespace) -> int:
                     else "policy value")
             print(f"  {what} (doubly robust): champion {pol['value_champion_dr']:.4f}, challenger "
                   f"{pol['value_challenger_dr']:.4f}; difference {pol['difference_dr']:+.4f}, "
-                  f"confidence sequence [{lo:.4f}, {hi:.4f}] over {pol['rows']} rows")
+                  f"confidence sequence [{lo:.4f}, {hi:.4f}] over {pol['rows']} rows of {pol['units']} units")
         if pol.get("note"):
             print(f"  {pol['note']}")
     print(f"  recommendation: {result['recommendation']}" + ("; retrain: drift found" if result["retrain"] else ""))

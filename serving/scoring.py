@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tauforge.components.events import id_string
 from tauforge.components.registry import ModelVersion, read_card, verify_files
 
 UNIT_ID_FIELD = "unit_id"
@@ -149,13 +150,10 @@ class RowParser:
     def _unit_id(v, row: int) -> str | None:
         """A unit id as the routing hashes it and the log keeps it: one string per unit, whether it
         came as "7", 7 or 7.0 (V2 numeric tensors), so a unit meets the same version either way."""
-        if v is None or isinstance(v, str):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        raise RequestError(f"row {row}: {UNIT_ID_FIELD} {v!r} must be a string or an integer")
+        try:
+            return id_string(v)
+        except ValueError as exc:
+            raise RequestError(f"row {row}: {UNIT_ID_FIELD} {exc}") from None
 
     @staticmethod
     def _number(v, row: int, column: str) -> float:

@@ -238,7 +238,8 @@ def test_a_canary_is_judged_by_each_versions_own_traffic_over_the_time_both_answ
         assert lo <= truth <= hi, (seed, truth, lo, hi)
         assert result["recommendation"] == ("promote" if good == "challenger" else "roll back")
         judged = set(during["unit_id"]) | set(events.loc[events["role"] == "challenger", "unit_id"])
-        assert policy["units"] == len(judged) and policy["units_in_both_versions"] == 0 and "note" not in policy
+        assert policy["units"] == len(judged) and policy["units_in_both_versions"] == 0
+        assert policy["note"] == "1000 rows from when only one version answered left out"
     page = render_monitor_report(result)
     assert "<h2>Canary (each version&#x27;s mean outcome on its own traffic)</h2>" in page
     assert f"<td class=num>{policy['rows_challenger']}</td>" in page and "<td>roll back</td>" in page
@@ -266,6 +267,105 @@ def test_a_canary_between_equal_versions_is_held_and_its_standard_error_counts_u
         z2.append((result["difference_dr"] / result["difference_dr_stderr"]) ** 2)
     assert decisions <= binom.isf(0.01, 40, 0.05), decisions
     assert sum(z2) <= chi2.ppf(0.99, 40), sum(z2)
+
+
+def drifting_canary(seed, share, trend=1.0, champion_until=None, n=6000):
+    """Two versions of the same policy (the truth: no difference), one visit per unit over a week,
+    the outcome drifting by `trend` sd over it; `share(s)`: the challenger's share at the fraction
+    s of the week; after `champion_until` (a fraction) every request meets the challenger."""
+    rng = np.random.default_rng([seed, 11])
+    t = np.sort(rng.uniform(0, 7 * 86400, n))
+    X, s = rng.normal(size=(n, 5)), t / t.max()
+    arm = (rng.random(n) < share(s)) | (s > (champion_until or 2))
+    ids = [f"r{i}" for i in range(n)]
+    events = pd.DataFrame(X, columns=[f"input.{c}" for c in COLUMNS]).assign(
+        request_id=ids, row=0, unit_id=[f"u{i}" for i in range(n)], time=t, cate=0.0,
+        role=np.where(arm, "challenger", "champion"), version=np.where(arm, 2, 1))
+    return events, pd.DataFrame({"request_id": ids, "row": 0, "outcome": X[:, 2] + trend * s + rng.normal(size=n)})
+
+
+def test_a_canary_compares_the_versions_only_while_both_answered_and_at_each_periods_share():
+    # Planted: an operator raises the canary from 10% to 50% halfway through a week, or sends all
+    # traffic to the challenger after four days, while outcomes drift up by 1 sd. With one share
+    # for the week and the challenger's later rows kept, the difference was +0.22 and +0.39 and
+    # every one of these fits promoted. Over 5 fits a right judgement's squared z-scores sum to
+    # chi-square with 5 degrees (over 15.1 with probability 0.01); measured 5.4 and 3.3 here,
+    # and 254 and 996 for that judgement.
+    from tauforge.components.monitor import MonitorConfig, judge_canary
+
+    for scenario in ({"share": lambda s: np.where(s < 0.5, 0.1, 0.5)},
+                     {"share": lambda s: np.full(len(s), 0.2), "champion_until": 4 / 7}):
+        z2 = []
+        for seed in range(5):
+            events, outcomes = drifting_canary(seed, **scenario)
+            result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"],
+                                  outcomes, COLUMNS, MonitorConfig(), seed)
+            assert result["recommendation"] == "hold", result
+            z2.append((result["difference_dr"] / result["difference_dr_stderr"]) ** 2)
+        assert sum(z2) <= chi2.ppf(0.99, 5), (scenario, z2)
+    assert result["note"].endswith("rows from when only one version answered left out")
+    assert result["rows_challenger"] < (events["role"] == "challenger").sum()
+
+
+def test_outcomes_per_unit_count_once_per_unit_and_ids_match_whatever_their_type(tmp_path):
+    # Planted: the challenger brings its more engaged units back three times; each unit's outcome
+    # (one per unit) does not depend on the version. Counted once per visit, the difference was
+    # +0.38 here, a promote; once per unit it is the units' own difference.
+    from tauforge.components.monitor import MonitorConfig, judge_canary, read_outcomes
+
+    rng = np.random.default_rng(5)
+    units = 3000
+    X, arm, engaged = rng.normal(size=(units, 5)), rng.random(units) < 0.5, rng.normal(size=units)
+    visits = np.repeat(np.arange(units), np.where(arm & (engaged > 0), 3, 1))
+    events = pd.DataFrame(X[visits], columns=[f"input.{c}" for c in COLUMNS]).assign(
+        request_id=[f"r{i}" for i in range(len(visits))], row=0, unit_id=[str(100000 + u) for u in visits],
+        time=np.arange(len(visits), dtype=float), role=np.where(arm[visits], "challenger", "champion"),
+        version=np.where(arm[visits], 2, 1), cate=0.0)
+    outcome = X[:, 2] + engaged
+    # Numeric unit ids in a CSV, read back as integers, meet the log's strings.
+    pd.DataFrame({"unit_id": 100000 + np.arange(units), "outcome": outcome}).to_csv(tmp_path / "o.csv", index=False)
+    result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"],
+                          read_outcomes(str(tmp_path / "o.csv")), COLUMNS, MonitorConfig(), 0)
+    assert result["rows"] == result["units"] == units
+    truth = outcome[arm].mean() - outcome[~arm].mean()
+    assert abs(result["difference_dr"] - truth) < 3 * result["difference_dr_stderr"], (result, truth)
+    assert result["recommendation"] == "hold"
+
+
+def test_the_experiment_that_answered_last_is_judged():
+    from tauforge.components.monitor import MonitorConfig, judge_canary
+
+    old, old_outcomes, _, _ = canary_traffic(1, units=1000, visits=1, share=0.5)  # last week: v2's canary
+    new, new_outcomes, truth, X = canary_traffic(2, units=3000, visits=1, share=0.2)
+    new = new.assign(time=new["time"] + 1e6, version=np.where(new["role"] == "challenger", 3, 1))
+    outcomes = pd.concat([old_outcomes, new_outcomes])
+    events = pd.concat([old, new])
+    result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"], outcomes,
+                          COLUMNS, MonitorConfig(), 0)
+    assert result["challenger_version"] == 3 and result["rows_challenger"] == (new["role"] == "challenger").sum()
+    assert "canaries of versions 2, 3; the latest, version 3, is judged" in result["note"]
+    lo, hi = result["confidence_sequence"]
+    assert lo <= truth <= hi and result["recommendation"] == "promote"
+    # A canary of the champion's own version (promoted since) is no canary.
+    same = judge_canary(old[old["role"] == "champion"].assign(version=2), old[old["role"] == "challenger"],
+                        old_outcomes, COLUMNS, MonitorConfig(), 0)
+    assert same["recommendation"] == "hold" and "the champion's own version" in same["note"]
+    # Shadow rows from an earlier experiment do not hide the canary running now, nor the reverse.
+    ref = reference_profile(X[:2000], COLUMNS, (X[:2000, 0] > 0).astype(float), tau)
+    shadow = new[new["role"] == "champion"].head(300).assign(role="shadow", version=2, time=-1.0)
+    policy = monitor(pd.concat([new, shadow]), ref, COLUMNS, outcomes=new_outcomes)["policy"]
+    assert policy["judged"] == "canary" and "also holds shadow rows" in policy["note"]
+    policy = monitor(pd.concat([new, shadow.assign(time=1e7)]), ref, COLUMNS, outcomes=new_outcomes)["policy"]
+    assert policy["judged"] == "shadow" and "also holds challenger rows" in policy["note"]
+
+
+def test_a_canary_with_most_of_the_traffic_is_judged_though_drift_is_not():
+    events, outcomes, _, X = canary_traffic(3, units=1500, visits=1, share=0.9)
+    ref = reference_profile(X[:1000], COLUMNS, (X[:1000, 0] > 0).astype(float), tau)
+    result = monitor(events, ref, COLUMNS, outcomes=outcomes)
+    assert result["live_rows"] < 200 and "are needed to judge drift" in result["note"] and not result["alerts"]
+    assert result["policy"]["judged"] == "canary" and result["policy"]["rows"] == 1500
+    assert result["recommendation"] == result["policy"]["recommendation"]
 
 
 def test_a_per_request_canary_says_its_units_met_both_versions():

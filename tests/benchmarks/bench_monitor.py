@@ -22,12 +22,14 @@ of rows moved into x0's upper tail.
 
 With --canary: the canary's judgement (components.monitor.judge_canary) on tests/test_monitor.py's
 canary traffic (units visiting several times, each unit with one version, the caller treating
-where the answering version's CATE > 0): with both versions the same policy, how often it
+where the answering version's CATE > 0; 20% of the units to the challenger) and drifting canaries
+(a share raised, or all traffic moved to the challenger, while outcomes drift): with both
+versions the same policy, how often it
 decides (promote or roll back; the confidence sequence claims at most 5%) and the mean squared
 z-score of the difference (1 where the standard error is right); with the challenger's policy
 the better one, how often it promotes and how often its sequence covers the true difference.
 
-    .venv/bin/python tests/benchmarks/bench_monitor.py --canary     # 200 seeds, about 12 minutes
+    .venv/bin/python tests/benchmarks/bench_monitor.py --canary     # 200 seeds, about 15 minutes
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import time
 # Set before scikit-learn loads OpenMP: one thread, as the test suite runs monitor() (tests/conftest.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 from scipy.stats import binom  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,8 +66,6 @@ def covariates(rng, n: int, shift: str = "none", size: float = 0.0):
 
 
 def power(args) -> None:
-    import numpy as np
-
     from tauforge.components.monitor import domain_classifier_auc
 
     print(f"domain classifier, {args.reference_rows:,} reference and {args.live_rows:,} live rows, "
@@ -85,27 +86,34 @@ def power(args) -> None:
             print(f"  {shift} {size}: " + "; ".join(row), flush=True)
 
 
-CANARIES = {  # name: canary_traffic's settings
-    "equal versions, 200 units x 10 visits, unit sd 2": dict(units=200, visits=10, unit_sd=2.0, challenger_good=False),
-    "equal versions, 2,000 units x 2 visits": dict(units=2000, visits=2, challenger_good=False),
-    "better challenger, 1,000 units x 2 visits": dict(units=1000, visits=2),
-    "better challenger, 3,000 units x 2 visits": dict(units=3000, visits=2),
-    "better challenger, 3,000 units x 2 visits, unit sd 1": dict(units=3000, visits=2, unit_sd=1.0),
-    "better challenger, 10,000 units x 2 visits, unit sd 1": dict(units=10000, visits=2, unit_sd=1.0),
+CANARIES = {  # name: (tests/test_monitor.py's traffic maker, its settings)
+    "equal versions, 200 units x 10 visits, unit sd 2": ("canary_traffic", dict(units=200, visits=10, unit_sd=2.0,
+                                                                                challenger_good=False)),
+    "equal versions, 2,000 units x 2 visits": ("canary_traffic", dict(units=2000, visits=2, challenger_good=False)),
+    "equal versions, share 10% then 50%, outcomes drifting 1 sd a week": (
+        "drifting_canary", dict(share=lambda s: np.where(s < 0.5, 0.1, 0.5))),
+    "equal versions, 20% then all to the challenger, outcomes drifting": (
+        "drifting_canary", dict(share=lambda s: np.full(len(s), 0.2), champion_until=4 / 7)),
+    "better challenger, 1,000 units x 2 visits": ("canary_traffic", dict(units=1000, visits=2)),
+    "better challenger, 3,000 units x 2 visits": ("canary_traffic", dict(units=3000, visits=2)),
+    "better challenger, 3,000 units x 2 visits, unit sd 1": ("canary_traffic", dict(units=3000, visits=2, unit_sd=1.0)),
+    "better challenger, 10,000 units x 2 visits, unit sd 1": ("canary_traffic", dict(units=10000, visits=2,
+                                                                                     unit_sd=1.0)),
 }
 
 
 def canary(args) -> None:
-    import numpy as np
-    from test_monitor import COLUMNS, canary_traffic
+    import test_monitor
+    from test_monitor import COLUMNS
 
     from tauforge.components.monitor import MonitorConfig, judge_canary
 
-    print(f"canary judgement, {args.seeds} seeds a row, 20% of units to the challenger")
-    for name, settings in CANARIES.items():
+    print(f"canary judgement, {args.seeds} seeds a row")
+    for name, (maker, settings) in CANARIES.items():
         decisions, covered, z2, start = collections.Counter(), 0, [], time.perf_counter()
         for seed in range(args.seeds):
-            events, outcomes, truth, _ = canary_traffic(seed, **settings)
+            events, outcomes, *rest = getattr(test_monitor, maker)(seed, **settings)
+            truth = rest[0] if rest else 0.0
             result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"],
                                   outcomes, COLUMNS, MonitorConfig(), seed)
             decisions[result["recommendation"]] += 1
