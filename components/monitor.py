@@ -658,6 +658,9 @@ def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
         if mixed:
             notes.append(f"{mixed} units met both versions: with one outcome per unit they belong to neither, and "
                          "are left out")
+    share = _period_share(frame)
+    keep = (share > 0) & (share < 1)  # a period one version answered alone holds no comparison
+    frame, share = frame[keep], share[keep]
     counts = {"rows_champion": int((frame["arm"] == 0).sum()), "rows_challenger": int((frame["arm"] == 1).sum())}
     base = {"judged": "canary", "challenger_version": version, "rows": int(len(frame)), **counts}
     clusters = clusters_of(frame)
@@ -667,15 +670,11 @@ def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
                         f"rows of {MIN_POLICY_UNITS // 2} units each): champion {counts['rows_champion']} rows of "
                         f"{units[0]} units, challenger {counts['rows_challenger']} of {units[1]}")
         return {**base, "recommendation": "hold", "note": "; ".join(notes)}
-    share = _period_share(frame)
-    if ((share == 0) | (share == 1)).any():  # a period one version answered alone: no comparison there
-        keep = (share > 0) & (share < 1)
-        frame, share, clusters = frame[keep], share[keep], clusters[keep]
     scores = arm_values(frame, columns, seed, clusters, share)
     both = int((frame.groupby(clusters)["arm"].nunique() > 1).sum())
     diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
-    result = {**base, "rows": int(len(frame)), "units": int(len(diff)),
+    result = {**base, "units": int(len(diff)),
               "challenger_share": float(frame["arm"].mean()),
               **{f"value_{who}_mean": float(frame.loc[frame["arm"] == arm, "outcome"].mean())
                  for arm, who in ((0, "champion"), (1, "challenger"))},
@@ -707,7 +706,7 @@ def _period_share(frame: pd.DataFrame) -> np.ndarray:
     arm = frame["arm"].to_numpy(float)
     periods = int(np.clip(len(arm) // CANARY_PERIOD_ROWS, 1, CANARY_PERIODS))
     if "time" not in frame or periods == 1:
-        return np.full(len(arm), arm.mean())
+        return np.full(len(arm), arm.mean() if len(arm) else 0.0)
     rank = np.argsort(np.argsort(frame["time"].to_numpy(), kind="stable"), kind="stable")
     period = rank * periods // len(arm)
     return (np.bincount(period, arm) / np.bincount(period))[period]
