@@ -805,6 +805,11 @@ def monitor_model(store: str, model_name: str, version: str, log_dir: str, outco
     metrics.log_metric("alerts", float(len(result["alerts"])))
     metrics.log_metric("live_rows", float(result["live_rows"]))
     metrics.log_metric("retrain", float(result["retrain"]))
+    policy = result.get("policy", {})
+    if "difference_dr" in policy:  # challenger minus champion (a shadow's policy values, a canary's outcomes)
+        metrics.log_metric("difference", policy["difference_dr"])
+        metrics.log_metric("difference_lower", policy["confidence_sequence"][0])
+        metrics.log_metric("difference_upper", policy["confidence_sequence"][1])
     for a in result["alerts"]:
         print(f"tauforge: ALERT {a['check']}: {a['message']}", flush=True)
     print(f"tauforge: recommendation {result['recommendation']}; retrain {result['retrain']}", flush=True)

@@ -414,10 +414,10 @@ def test_confidence_sequence_covers_the_mean_at_every_look_and_is_wider_than_the
     assert covered >= binom.ppf(0.01, paths, 0.95), covered
 
 
-def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
+def published_forest(tmp_path):
+    """A small forest published as model "m" version 1 in tmp_path/store, with its reference profile."""
     from tauforge.components.registry import ModelStore
     from tauforge.kernels import CausalForest
-    from tauforge.serving.event_log import EventLog
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1000, 5))
@@ -428,6 +428,41 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     forest.save(src / "forest")
     reference_profile(X, COLUMNS, T, forest.predict).to_parquet(src / "reference.parquet", index=False)
     ModelStore(str(tmp_path / "store")).publish("m", str(src), {"spec": {"covariates": COLUMNS}})
+    return forest
+
+
+def test_the_monitoring_component_judges_a_canary_under_kfp_local_and_logs_the_difference(tmp_path):
+    import warnings
+
+    from kfp import local
+
+    from tauforge.components.monitor import monitor_model
+    from tauforge.serving.event_log import EventLog
+
+    published_forest(tmp_path)
+    events, outcomes, truth, _ = canary_traffic(0, units=1500)
+    log = EventLog(str(tmp_path / "events"))
+    log.append(events.assign(model="m", lower=0.0, upper=0.0, recommended_action=None, action=None,
+                             latency_ms=1.0).to_dict("records"))
+    log.close()
+    outcomes.to_parquet(tmp_path / "outcomes.parquet", index=False)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"), raise_on_error=True)
+    with warnings.catch_warnings():  # the component names the project image, which this environment is
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        task = monitor_model(store=str(tmp_path / "store"), model_name="m", version="",
+                             log_dir=str(tmp_path / "events"), outcomes=str(tmp_path / "outcomes.parquet"), alpha=0.01)
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["live_rows"] == (events["role"] == "champion").sum()
+    assert metrics["difference_lower"] < truth < metrics["difference_upper"]
+    assert metrics["difference_lower"] < metrics["difference"] < metrics["difference_upper"]
+    report = open(task.outputs["report"].path).read()
+    assert "<h2>Canary (each version&#x27;s mean outcome on its own traffic)</h2>" in report
+
+
+def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
+    from tauforge.serving.event_log import EventLog
+
+    forest = published_forest(tmp_path)
     log = EventLog(str(tmp_path / "events"), rotate_rows=300)
     live = traffic(0, n=800, shift=3)
     live["cate"] = forest.predict(live[[f"input.{c}" for c in COLUMNS]].to_numpy())
