@@ -12,7 +12,8 @@ from scipy.stats import binom, chi2
 
 from tauforge.components.constants import MONITOR_ALPHA
 from tauforge.components.events import reference_profile
-from tauforge.components.monitor import CHECKS, confidence_sequence, monitor, policy_shift_pvalue, psi
+from tauforge.components.judgement import confidence_sequence
+from tauforge.components.monitor import CHECKS, monitor, policy_shift_pvalue, psi
 
 COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +214,7 @@ def canary_traffic(seed, units=3000, visits=2, unit_sd=0.0, share=0.2, challenge
 
 
 def test_a_canary_is_judged_by_each_versions_own_traffic_over_the_time_both_answered():
-    from tauforge.components.monitor import CANARY_SLACK_S
+    from tauforge.components.judgement import CANARY_SLACK_S
     from tauforge.components.report import render_monitor_report
 
     # The caller acts on each answer without exploration: a canary needs none, the split being
@@ -255,7 +256,8 @@ def test_a_canary_between_equal_versions_is_held_and_its_standard_error_counts_u
     # chi-square with 40 degrees (over 63.7 with probability 0.01). Measured: 38.0. Rows taken as
     # independent gave 329, cross-fitting with a unit's rows in both folds 308: a standard error
     # that small passes with probability about 2e-8.
-    from tauforge.components.monitor import MonitorConfig, judge_canary
+    from tauforge.components.judgement import judge_canary
+    from tauforge.components.monitor import MonitorConfig
 
     decisions, z2 = 0, []
     for seed in range(40):
@@ -291,7 +293,8 @@ def test_a_canary_compares_the_versions_only_while_both_answered_and_at_each_per
     # every one of these fits promoted. Over 5 fits a right judgement's squared z-scores sum to
     # chi-square with 5 degrees (over 15.1 with probability 0.01); measured 5.4 and 3.3 here,
     # and 254 and 996 for that judgement.
-    from tauforge.components.monitor import MonitorConfig, judge_canary
+    from tauforge.components.judgement import judge_canary
+    from tauforge.components.monitor import MonitorConfig
 
     for scenario in ({"share": lambda s: np.where(s < 0.5, 0.1, 0.5)},
                      {"share": lambda s: np.full(len(s), 0.2), "champion_until": 4 / 7}):
@@ -311,7 +314,8 @@ def test_outcomes_per_unit_count_once_per_unit_and_ids_match_whatever_their_type
     # Planted: the challenger brings its more engaged units back three times; each unit's outcome
     # (one per unit) does not depend on the version. Counted once per visit, the difference was
     # +0.38 here, a promote; once per unit it is the units' own difference.
-    from tauforge.components.monitor import MonitorConfig, judge_canary, read_outcomes
+    from tauforge.components.judgement import judge_canary, read_outcomes
+    from tauforge.components.monitor import MonitorConfig
 
     rng = np.random.default_rng(5)
     units = 3000
@@ -333,7 +337,8 @@ def test_outcomes_per_unit_count_once_per_unit_and_ids_match_whatever_their_type
 
 
 def test_the_experiment_that_answered_last_is_judged():
-    from tauforge.components.monitor import MonitorConfig, judge_canary
+    from tauforge.components.judgement import judge_canary
+    from tauforge.components.monitor import MonitorConfig
 
     old, old_outcomes, _, _ = canary_traffic(1, units=1000, visits=1, share=0.5)  # last week: v2's canary
     new, new_outcomes, truth, X = canary_traffic(2, units=3000, visits=1, share=0.2)
@@ -369,7 +374,8 @@ def test_a_canary_with_most_of_the_traffic_is_judged_though_drift_is_not():
 
 
 def test_a_per_request_canary_says_its_units_met_both_versions():
-    from tauforge.components.monitor import MonitorConfig, judge_canary
+    from tauforge.components.judgement import judge_canary
+    from tauforge.components.monitor import MonitorConfig
 
     events, outcomes, _, _ = canary_traffic(0, units=300, visits=3, per_request=True)
     result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"],
@@ -383,7 +389,7 @@ def test_a_per_request_canary_says_its_units_met_both_versions():
 
 
 def test_uplift_from_logged_outcomes_uses_the_known_propensities_and_needs_exploration():
-    from tauforge.components.monitor import effect_scores
+    from tauforge.components.judgement import effect_scores
 
     # Logged by a champion with 50% exploration: P(action = 1) is 0.75 where it recommends 1,
     # else 0.25. With a constant outcome model, the AIPW score is the inverse-propensity one.
@@ -497,7 +503,7 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
 
 
 def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path):
-    from tauforge.components.monitor import read_outcomes
+    from tauforge.components.judgement import read_outcomes
 
     frame = pd.DataFrame({"request_id": ["r0", "r0", "r1"], "row": [0, 1, 0], "outcome": [1.5, -0.5, 2.0]})
     frame.to_parquet(tmp_path / "o.parquet", index=False)

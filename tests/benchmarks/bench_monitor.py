@@ -106,7 +106,8 @@ def canary(args) -> None:
     import test_monitor
     from test_monitor import COLUMNS
 
-    from tauforge.components.monitor import MonitorConfig, judge_canary
+    from tauforge.components.judgement import judge_canary
+    from tauforge.components.monitor import MonitorConfig
 
     print(f"canary judgement, {args.seeds} seeds a row")
     for name, (maker, settings) in CANARIES.items():
