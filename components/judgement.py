@@ -239,7 +239,7 @@ def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
     scores = policy_values(frame, columns, seed, mu)
     diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
-    return {"judged": "shadow", "rows": int(len(frame)),
+    return {"judged": "shadow", "challenger_version": int(shadow["version"].mode()[0]), "rows": int(len(frame)),
             "value_champion_ipw": float(scores["ipw_champion"].mean()),
             "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
             "value_champion_dr": float(scores["dr_champion"].mean()),

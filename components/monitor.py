@@ -414,6 +414,15 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
     if "domain_classifier" in result["checks"]:
         Gauge("tauforge_monitor_domain_auc", "Domain classifier AUC, live vs training", ["model", "version"],
               registry=registry).labels(**labels).set(result["checks"]["domain_classifier"]["auc"])
+    policy = result.get("policy", {})
+    if "difference_dr" in policy:  # the judgement of champion against challenger, with its bounds
+        g = Gauge("tauforge_monitor_challenger_difference", "Challenger minus champion from logged outcomes (a "
+                  "shadow's policy values, a canary's outcomes) and its confidence sequence",
+                  ["model", "version", "challenger_version", "judged", "bound"], registry=registry)
+        lo, hi = policy["confidence_sequence"]
+        for bound, value in (("estimate", policy["difference_dr"]), ("lower", lo), ("upper", hi)):
+            g.labels(**labels, challenger_version=str(policy.get("challenger_version", "")), judged=policy["judged"],
+                     bound=bound).set(value)
     if "shadow" in result["checks"]:
         Gauge("tauforge_monitor_shadow_spearman", "Spearman correlation of champion and shadow CATE",
               ["model", "version"], registry=registry).labels(**labels).set(result["checks"]["shadow"]["spearman"])

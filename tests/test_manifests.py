@@ -508,7 +508,9 @@ def exported_metric_names(tmp_path):
     from tauforge.serving import metrics
 
     result = {"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold",
-              "checks": {"domain_classifier": {"auc": 0.5}, "shadow": {"spearman": 1.0}}}
+              "checks": {"domain_classifier": {"auc": 0.5}, "shadow": {"spearman": 1.0}},
+              "policy": {"judged": "canary", "challenger_version": 2, "difference_dr": 0.1,
+                         "confidence_sequence": [-0.1, 0.3]}}
     write_gauges(result, "m", 1, str(tmp_path / "g.prom"))
     names = {f.name for f in parser.text_string_to_metric_families((tmp_path / "g.prom").read_text())}
     for metric in vars(metrics).values():

@@ -351,9 +351,16 @@ def test_a_canary_served_here_is_judged_by_tauforge_monitor_from_its_log_and_the
     answered.drop(columns="version").to_parquet(tmp_path / "outcomes.parquet", index=False)
     out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store", store, "--model",
                           MODEL, "--log-dir", str(tmp_path / "events"), "--json", "--outcomes",
-                          str(tmp_path / "outcomes.parquet")], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "outcomes.parquet"), "--metrics-file", str(tmp_path / "m.prom")],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     policy = json.loads(out.stdout.strip().splitlines()[-1])["policy"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gauges = {s.labels["bound"]: s for f in text_string_to_metric_families((tmp_path / "m.prom").read_text())
+              for s in f.samples if s.name == "tauforge_monitor_challenger_difference"}
+    assert gauges["lower"].value == policy["confidence_sequence"][0] and gauges["estimate"].value > 0
+    assert gauges["lower"].labels["challenger_version"] == "2" and gauges["lower"].labels["judged"] == "canary"
     assert policy["judged"] == "canary" and policy["challenger_version"] == 2, policy
     assert policy["rows_challenger"] == (answered["version"] == 2).sum() and policy["rows"] == 600
     assert policy["units"] == 300 and policy["units_in_both_versions"] == 0  # each unit stayed with its version
