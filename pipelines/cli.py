@@ -210,12 +210,14 @@ def _run(args: argparse.Namespace) -> int:
     source, config, true_ate = _training_setup(args)
     stderr = sys.stderr  # the run redirects sys.stderr to its log; progress goes to the terminal
     say = (lambda line: print(f"  {line}", file=stderr, flush=True)) if not args.quiet else None
-    if say:
-        say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
+    def started():  # once the checks before any task have passed: a failed check names no logs
+        if say:
+            say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
+
     start = time.perf_counter()
     with _as_flags({**TRAINING_FLAGS, **NUISANCE_FLAGS}):
         run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
-                        runner=args.runner)
+                        runner=args.runner, started=started)
     version = run.version
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
     result = {"model": config.model_name, "version": version, "store": absolute(config.store), "run_id": run.run_id,

@@ -418,13 +418,15 @@ RUNNERS = ("subprocess", "docker")
 
 
 def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./tauforge-runs",
-              parallelism: int = 2, log=None, fan_in: str = "collected", runner: str = "subprocess") -> LocalRun:
+              parallelism: int = 2, log=None, fan_in: str = "collected", runner: str = "subprocess",
+              started=None) -> LocalRun:
     """Run the pipeline with kfp.local's SubprocessRunner in this Python environment, after
     checking what can be checked here first (`TrainingConfig.check_local_run`: the device, and
     a local table against the spec), so a bad run fails before any task starts.
 
     Task output goes to `<pipeline_root>/<run_id>.log`; `log(line)` receives one line per
-    finished step (progress), if given. kfp.local runs the tasks of a `dsl.ParallelFor` side by side
+    finished step (progress), if given; `started()`, if given, is called once the checks have
+    passed, before the first task. kfp.local runs the tasks of a `dsl.ParallelFor` side by side
     (`parallelism` at a time) and the tasks of an explicit fan-in one after another, so a local run
     gathers with `fan_in="collected"` unless told to run the graph `compile` writes ("explicit").
 
@@ -439,6 +441,8 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     # Tasks run in processes of their own, from another directory: local paths must be absolute.
     source = absolute(source)
     config = dataclasses.replace(config, store=absolute(config.store))
+    if started:
+        started()
     run_id = uuid.uuid4().hex[:12]
     root = os.path.abspath(os.path.join(pipeline_root, run_id))
     os.makedirs(root, exist_ok=True)
