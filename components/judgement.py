@@ -224,6 +224,10 @@ def judge(live, shadow, challenger, outcomes, columns, config, seed) -> dict:
 
 
 def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
+    """The shadow's judgement: on the rows both versions answered that have an outcome and a
+    logged action of known propensity, the inverse-propensity and doubly robust values of each
+    version's policy (treat where its CATE > 0; `policy_values`), rows clustered by unit, an
+    always-valid confidence sequence for the difference, and the two CATEs' uplift."""
     frame = _with_outcomes(live, outcomes)
     frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
                         on=["request_id", "row"])
