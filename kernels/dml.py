@@ -248,6 +248,12 @@ class CausalForestDML(BaseEstimator):
         if not hasattr(self, "forest_"):
             raise RuntimeError("this CausalForestDML is not fitted yet; call fit(Y, T, X=X) first")
 
+    def _rows(self, X: Any) -> np.ndarray:
+        """X as a float64 array, checked against the fit's columns (and names)."""
+        Xn = _inputs.to_numpy(X, "X", 2)
+        _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
+        return Xn
+
     def effect(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> Any:
         """CATE of moving the treatment from T0 to T1 at each row of X: tau(x) (T1 - T0)."""
         self._check_fitted()
@@ -274,8 +280,7 @@ class CausalForestDML(BaseEstimator):
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""
         self._check_fitted()
         if self.bootstrap_ is not None:
-            Xn = _inputs.to_numpy(X, "X", 2)
-            _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
+            Xn = self._rows(X)
             lo, hi = self.bootstrap_.effect_interval(Xn, self.forest_.predict(Xn), alpha, self.bootstrap_interval)
             kind = _inputs.array_kind(X)
             lo, hi = _inputs.as_output(lo, kind), _inputs.as_output(hi, kind)
@@ -292,8 +297,7 @@ class CausalForestDML(BaseEstimator):
         Its intervals are normal; with a percentile or pivot `bootstrap_interval`,
         `effect_interval` gives those."""
         self._check_fitted()
-        Xn = _inputs.to_numpy(X, "X", 2)
-        _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
+        Xn = self._rows(X)
         if self.bootstrap_ is not None:
             tau, stderr = self.forest_.predict(Xn), self.bootstrap_.effect_stderr(Xn)
         else:
