@@ -72,12 +72,13 @@ def outcome_model(frame: pd.DataFrame, columns: list[str], seed: int = 0, by: st
 
 
 def clusters_of(frame: pd.DataFrame) -> np.ndarray:
-    """Each row's cluster: its unit (a unit's rows share its outcome noise and, in the router's
-    canary, its version), or its request where the row has no unit id."""
-    requests = "request:" + frame["request_id"].astype(str)
-    if "unit_id" not in frame:
-        return requests.to_numpy()
-    return frame["unit_id"].where(frame["unit_id"].notna(), requests).astype(str).to_numpy()
+    """Each row's cluster as an integer code: its unit (a unit's rows share its outcome noise and,
+    in the router's canary, its version), or its request where the row has no unit id. Codes,
+    not the ids: the judgement groups by them several times."""
+    keys = "request:" + frame["request_id"].astype(str)
+    if "unit_id" in frame:
+        keys = frame["unit_id"].where(frame["unit_id"].notna(), keys).astype(str)
+    return pd.factorize(keys, sort=True)[0]  # sorted: the folds are those of the ids themselves
 
 
 def policy_values(frame: pd.DataFrame, columns: list[str], seed: int = 0,
