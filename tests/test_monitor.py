@@ -251,11 +251,11 @@ def test_a_canary_between_equal_versions_is_held_and_its_standard_error_counts_u
     # visits share an outcome level (sd 2) and its version. The confidence sequence claims at
     # most 5% wrong decisions: more than 6 of 40 has probability 0.0034 at 5% (binom.isf(0.01,
     # 40, 0.05) = 6). Measured: none. That bound is weak (a standard error that takes rows as
-    # independent made 10 wrong decisions here, and passes it with probability 0.10), so the
-    # standard error is checked harder: if it is right, the sum of the 40 squared z-scores is
-    # chi-square with 40 degrees (over 63.7 with probability 0.01). Measured: 38.0. Rows taken as
-    # independent gave 329, cross-fitting with a unit's rows in both folds 308: a standard error
-    # that small passes with probability about 2e-8.
+    # independent made 5 wrong decisions here, and at that rate passes it with probability 0.77),
+    # so the standard error is checked harder: if it is right, the sum of the 40 squared z-scores
+    # is chi-square with 40 degrees (over 63.7 with probability 0.01). Measured: 34.6. Rows taken
+    # as independent gave 299, cross-fitting with a unit's rows in both folds 335: a standard
+    # error that small passes with probability about 3e-8.
     from tauforge.components.judgement import judge_canary
     from tauforge.components.monitor import MonitorConfig
 
