@@ -74,6 +74,10 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), ADDITIVE_FIT_ROWS, replace=False))
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.smooth_columns_ = [j for j in range(X.shape[1]) if len(np.unique(X[rows, j])) > SPLINE_KNOTS + 4]
+        # Rows to predict are held to the fit's range: past it the linear terms and splines would
+        # extrapolate, and one extreme held-out value (1e4 in an irrelevant column) gave a residual
+        # of 200 that spoiled the forest's leaves around it. Trees hold the edge value the same way.
+        self.lower_, self.upper_ = X.min(axis=0), X.max(axis=0)
         self.center_ = X[rows].mean(axis=0)
         scale = X[rows].std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
@@ -115,6 +119,7 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         return smooth + trees if self.loss == "squared_error" else smooth * trees
 
     def _design(self, X: np.ndarray) -> np.ndarray:
+        X = np.clip(X, self.lower_, self.upper_)
         linear = (X - self.center_) / self.scale_
         if self.splines_ is None:
             return linear
