@@ -133,7 +133,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     if bad.any():
         first = np.argwhere(bad)[0].tolist()
         where = f"row {first[0]}" + (f", column {first[1]}" if len(first) > 1 else "")
-        kind = "NaN" if np.isnan(arr).any() else "infinite values"
+        kind = "NaN" if np.isnan(arr[tuple(first)]) else "infinite values"  # what the named cell holds
         raise ValueError(f"{name} contains {kind} (first at {where}); impute or drop those rows first")
 
 

@@ -89,7 +89,8 @@ def variance_weighted_effect(y_res: np.ndarray, t_res: np.ndarray,
                              sample_weight: np.ndarray | None = None) -> tuple[float, float]:
     """The partially linear DML effect theta solving sum w t~ (y~ - theta t~) = 0, and its sandwich
     standard error: E[Var(T|X) tau(X)] / E[Var(T|X)], each row's effect weighted by its treatment
-    variance (EconML's `CausalForestDML.ate_` for a continuous treatment)."""
+    variance: the constant effect a partially linear DML (EconML's `LinearDML` without X)
+    reports. Not the average effect E[tau(X)] unless tau or Var(T|X) is constant."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
     theta = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
     score = w * t_res * (y_res - theta * t_res)

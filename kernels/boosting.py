@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 
 from . import _inputs
@@ -195,7 +196,7 @@ class _HistGradientBoosting(BaseEstimator):
     # ------------------------------------------------------------------ predict
     def _raw(self, X: Any) -> torch.Tensor:
         if not hasattr(self, "trees_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
         X = _inputs.to_numpy(X, "X", 2)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} columns, the model was fit on {self.n_features_in_}")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from . import _inputs
 from .ate import MIN_PROPENSITY, average_effect, oob_effect, treatment_variance, variance_weighted_effect
@@ -80,8 +81,8 @@ class CausalForestDML(BaseEstimator):
         scores tau + (y~ - tau t~) t~ / V(x) of the out-of-bag CATE (`kernels.ate`), as grf's
         `average_treatment_effect`. For a binary treatment V = e (1 - e) and this is the doubly
         robust ATE, as EconML's `ate_`; for a continuous one V is a cross-fitted model of t~^2 and
-        this is the average partial effect E[tau(X)] (EconML reports the variance-weighted
-        effect below instead).
+        this is the average partial effect E[tau(X)] (EconML's `CausalForestDML` has no `ate_`
+        for a continuous treatment; the variance-weighted effect is below).
     variance_weighted_effect_, variance_weighted_stderr_ : float
         The partially linear estimate sum t~ y~ / sum t~^2 and its standard error: each row's
         effect weighted by Var(T | X). Equal to `ate_` only when the effect or the treatment's
@@ -152,9 +153,15 @@ class CausalForestDML(BaseEstimator):
                 _inputs.check_finite(arr, name)
         if n < 2:
             raise ValueError(f"Y has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
-        if np.ptp(T) == 0:
-            raise ValueError("T is constant: the treatment must vary to estimate its effect")
         sw = _inputs.check_sample_weight(sample_weight, n)
+        if sw is not None:
+            # Weights say how much rows count relative to each other: the nuisance models' ridge
+            # penalties are not scale-free, so 2 * ones must fit as ones (and as None) do.
+            sw = sw / sw.mean()
+        counted = T if sw is None else T[sw > 0]  # a row of weight 0 tells nothing about its arm
+        if np.ptp(counted) == 0:
+            raise ValueError("T is constant" + ("" if sw is None else " among the rows of positive sample_weight")
+                             + ": the treatment must vary to estimate its effect")
         self._check_inference()
         self.discrete_treatment_ = self._is_discrete(T)
         if not (isinstance(self.cv, (int, np.integer)) and 2 <= self.cv <= n):
@@ -162,10 +169,11 @@ class CausalForestDML(BaseEstimator):
         if not 0 < self.min_propensity < 0.5:
             raise ValueError(f"min_propensity must be in (0, 0.5), got {self.min_propensity}")
         if self.discrete_treatment_:
-            smallest = int(min((T == 0).sum(), (T == 1).sum()))
+            smallest = int(min((counted == 0).sum(), (counted == 1).sum()))
             if smallest < self.cv:
-                raise ValueError(f"T has only {smallest} row(s) in its smaller arm; "
-                                 f"stratified cross-fitting with cv={self.cv} needs at least {self.cv}")
+                raise ValueError(f"T has only {smallest} row(s)" + ("" if sw is None else " of positive sample_weight")
+                                 + f" in its smaller arm; stratified cross-fitting with cv={self.cv} needs at least "
+                                 f"{self.cv}")
         seed = _inputs.seed_from(self.random_state)
         XW = X if W is None else np.hstack([X, W])
 
@@ -246,7 +254,7 @@ class CausalForestDML(BaseEstimator):
     # ------------------------------------------------------------ results
     def _check_fitted(self) -> None:
         if not hasattr(self, "forest_"):
-            raise RuntimeError("this CausalForestDML is not fitted yet; call fit(Y, T, X=X) first")
+            raise NotFittedError("this CausalForestDML is not fitted yet; call fit(Y, T, X=X) first")
 
     def _rows(self, X: Any) -> np.ndarray:
         """X as a float64 array, checked against the fit's columns (and names)."""
@@ -254,10 +262,36 @@ class CausalForestDML(BaseEstimator):
         _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
         return Xn
 
-    def effect(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> Any:
-        """CATE of moving the treatment from T0 to T1 at each row of X: tau(x) (T1 - T0)."""
+    def _contrast(self, T0: Any, T1: Any, n_rows: int) -> float | np.ndarray:
+        """T1 - T0: a number, or one per row of X when either is an array of X's length (as
+        EconML takes them). For a binary treatment both must be 0 or 1."""
+        sides = {}
+        for name, value in (("T0", T0), ("T1", T1)):
+            a = np.asarray(value, dtype=object if value is None else None)
+            if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}")
+            a = a.astype(np.float64)
+            if a.ndim == 2 and a.shape[1] == 1:
+                a = a[:, 0]
+            if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != n_rows):
+                raise ValueError(f"{name} must be a number or have one value per row of X ({n_rows}), "
+                                 f"got shape {a.shape}")
+            if self.discrete_treatment_ and not np.isin(a, (0.0, 1.0)).all():
+                raise ValueError(f"{name} must be 0 or 1 for a binary treatment (the effect of T1 against T0), "
+                                 f"got {value!r}")
+            sides[name] = a
+        d = sides["T1"] - sides["T0"]
+        return float(d) if d.ndim == 0 else d
+
+    def effect(self, X: Any, *, T0: Any = 0.0, T1: Any = 1.0) -> Any:
+        """CATE of moving the treatment from T0 to T1 at each row of X: tau(x) (T1 - T0). T0 and
+        T1 are numbers or one per row."""
         self._check_fitted()
-        return self.forest_.predict(X) * (T1 - T0)
+        d = self._contrast(T0, T1, _inputs.to_numpy(X, "X", 2).shape[0])
+        if isinstance(d, float):
+            return self.forest_.predict(X) * d
+        Xn = self._rows(X)
+        return _inputs.as_output(np.asarray(self.forest_.predict(Xn)) * d, _inputs.array_kind(X))
 
     def const_marginal_effect(self, X: Any) -> Any:
         """tau(x), the effect of one unit of treatment at each row (EconML's name; `effect` with
@@ -275,21 +309,24 @@ class CausalForestDML(BaseEstimator):
         """`feature_importances()` with its defaults, as EconML's attribute."""
         return self.feature_importances()
 
-    def effect_interval(self, X: Any, *, T0: float = 0.0, T1: float = 1.0,
+    def effect_interval(self, X: Any, *, T0: Any = 0.0, T1: Any = 1.0,
                         alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""
         self._check_fitted()
-        if self.bootstrap_ is not None:
-            Xn = self._rows(X)
-            lo, hi = self.bootstrap_.effect_interval(Xn, self.forest_.predict(Xn), alpha, self.bootstrap_interval)
-            kind = _inputs.array_kind(X)
-            lo, hi = _inputs.as_output(lo, kind), _inputs.as_output(hi, kind)
-        else:
+        d = self._contrast(T0, T1, _inputs.to_numpy(X, "X", 2).shape[0])
+        if self.bootstrap_ is None and isinstance(d, float):
             lo, hi = self.forest_.predict_interval(X, alpha=alpha)
-        d = T1 - T0
-        return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
+            return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
+        Xn = self._rows(X)
+        if self.bootstrap_ is not None:
+            lo, hi = self.bootstrap_.effect_interval(Xn, self.forest_.predict(Xn), alpha, self.bootstrap_interval)
+        else:
+            lo, hi = self.forest_.predict_interval(Xn, alpha=alpha)
+        lo, hi = np.asarray(lo) * d, np.asarray(hi) * d  # a negative contrast swaps the ends
+        kind = _inputs.array_kind(X)
+        return _inputs.as_output(np.minimum(lo, hi), kind), _inputs.as_output(np.maximum(lo, hi), kind)
 
-    def effect_inference(self, X: Any, *, T0: float = 0.0, T1: float = 1.0) -> EffectInference:
+    def effect_inference(self, X: Any, *, T0: Any = 0.0, T1: Any = 1.0) -> EffectInference:
         """`effect` at each row of X with its standard error (the little bags', or the bootstrap's
         with inference='bootstrap'), as NumPy arrays with these of EconML's inference methods:
         `summary_frame(alpha, value, decimals)`, `conf_int(alpha)`, `pvalue(value)`,
@@ -298,12 +335,12 @@ class CausalForestDML(BaseEstimator):
         `effect_interval` gives those."""
         self._check_fitted()
         Xn = self._rows(X)
+        d = self._contrast(T0, T1, Xn.shape[0])
         if self.bootstrap_ is not None:
             tau, stderr = self.forest_.predict(Xn), self.bootstrap_.effect_stderr(Xn)
         else:
             tau, var = self.forest_.predict_and_var(Xn)
             stderr = np.sqrt(var)
-        d = T1 - T0
         return EffectInference(np.asarray(tau, dtype=float) * d, np.asarray(stderr, dtype=float) * abs(d))
 
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:

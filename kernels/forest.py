@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from . import _inputs, forest_codec
 from .backends import LEAF_IDS_PER_CHUNK, get_backend, release_free_heap
@@ -344,7 +345,7 @@ class CausalForest(BaseEstimator):
     # -------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
         if not hasattr(self, "forest_"):
-            raise RuntimeError("this CausalForest is not fitted yet; call fit(X, T, y) first")
+            raise NotFittedError("this CausalForest is not fitted yet; call fit(X, T, y) first")
 
     def _codes(self, X: Any) -> np.ndarray:
         Xn = _inputs.to_numpy(X, "X", 2)

@@ -6,6 +6,7 @@ import torch
 from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier as SklearnClassifier
 from sklearn.ensemble import HistGradientBoostingRegressor as SklearnRegressor
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import log_loss, r2_score
 
 from tauforge.kernels import CausalForestDML
@@ -45,7 +46,7 @@ def test_same_seed_same_model_and_sklearn_conventions(data):
     b = clone(a).fit(train.X, train.Y)
     np.testing.assert_array_equal(a.predict(train.X[:100]), b.predict(train.X[:100]))
     assert b.get_params()["max_iter"] == 20
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         HistGradientBoostingRegressor().predict(train.X)
     with pytest.raises(ValueError, match="max_depth must be an integer"):
         HistGradientBoostingRegressor(max_depth=0).fit(train.X, train.Y)

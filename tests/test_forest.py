@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels.datasets import make_causal_data
@@ -227,7 +228,7 @@ def test_auto_group_size_is_the_largest_that_leaves_fifty_little_bags(data):
 def test_predict_checks_columns_and_fit_state(fitted):
     with pytest.raises(ValueError, match="X has 3 columns, the forest was fit on 5"):
         fitted.predict(np.zeros((2, 3)))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         CausalForest().predict(np.zeros((2, 3)))
 
 
@@ -354,13 +355,51 @@ def test_cuda_fit_matches_cpu_and_returns_tensors_on_the_gpu(data, fitted):
     np.testing.assert_allclose(tau.cpu().numpy(), fitted.predict(d.X[:100]), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:intervals from")
 def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
     d = make_causal_data("simple", n=400, p=3, seed=0)
     est = CausalForestDML(n_estimators=4, cv=2, random_state=0).fit(d.Y, d.T, X=d.X)
     assert np.isfinite(est.ate_) and np.isfinite(est.ate_stderr_)
-    np.testing.assert_allclose(est.effect(d.X[:20], T0=1, T1=3), 2 * est.effect(d.X[:20]))
-    lo, hi = est.effect_interval(d.X[:20], T0=1, T1=0)  # a negative change flips the interval
+    X = d.X[:20]
+    np.testing.assert_allclose(est.effect(X, T0=1, T1=0), -est.effect(X))
+    lo, hi = est.effect_interval(X, T0=1, T1=0)  # a negative change flips the interval
     assert np.all(lo <= hi)
+    with pytest.raises(ValueError, match="T1 must be 0 or 1 for a binary treatment"):
+        est.effect(X, T1=5)  # as EconML's unknown category
+    c = make_causal_data("continuous_hetero", n=400, p=3, seed=0)
+    est = CausalForestDML(n_estimators=4, cv=2, random_state=0).fit(c.Y, c.T, X=c.X)
+    np.testing.assert_allclose(est.effect(X, T0=1, T1=3), 2 * est.effect(X))
+    # One treatment change per row, as EconML takes them, in either shape; a (20, 1) column
+    # must not broadcast against the 20 effects into a (20, 20) table.
+    change = np.linspace(-2, 2, 20)
+    for T1 in (change, change[:, None]):
+        np.testing.assert_allclose(est.effect(X, T1=T1), change * est.effect(X))
+    lo, hi = est.effect_interval(X, T0=change, T1=0)
+    base_lo, base_hi = est.effect_interval(X)
+    np.testing.assert_allclose(lo, np.minimum(-change * base_lo, -change * base_hi))
+    np.testing.assert_allclose(hi, np.maximum(-change * base_lo, -change * base_hi))
+    np.testing.assert_allclose(est.effect_inference(X, T1=change).point_estimate, change * est.effect(X))
+    with pytest.raises(ValueError, match=r"one value per row of X \(20\), got shape \(5,\)"):
+        est.effect(X, T1=np.ones(5))
+    with pytest.raises(TypeError, match="T0 must be a number"):
+        est.effect(X, T0=None)
+
+
+def test_weights_say_how_much_rows_count_and_an_arm_of_zero_weight_is_refused():
+    d = make_causal_data("simple", n=400, p=3, seed=0)
+    fits = [CausalForestDML(n_estimators=8, cv=2, random_state=0, progress=False).fit(d.Y, d.T, X=d.X, sample_weight=w)
+            for w in (None, np.full(400, 2.0))]
+    # The nuisance models' ridge penalties are not scale-free: unnormalized, 2 * ones moved the
+    # outcome residuals by up to 0.13.
+    np.testing.assert_allclose(fits[0].residuals_[0], fits[1].residuals_[0], atol=1e-9)
+    assert fits[0].ate_ == pytest.approx(fits[1].ate_)
+    with pytest.raises(ValueError, match="T is constant among the rows of positive sample_weight"):
+        CausalForestDML(n_estimators=8).fit(d.Y, d.T, X=d.X, sample_weight=(d.T == 0).astype(float))
+    few = np.ones(400)
+    few[np.flatnonzero(d.T == 1)[3:]] = 0.0  # 3 treated rows count
+    with pytest.raises(ValueError, match="T has only 3 row.s. of positive sample_weight in its smaller arm"):
+        CausalForestDML(n_estimators=8, cv=5).fit(d.Y, d.T, X=d.X, sample_weight=few)
+    assert not hasattr(CausalForestDML(), "feature_importances_")  # NotFittedError is an AttributeError
 
 
 def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
@@ -383,9 +422,9 @@ def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
     assert ((frame["pvalue"] < 0.05) == outside).all() and 0 < outside.sum() < len(X)
     np.testing.assert_allclose(inference.summary_frame(value=0.5, decimals=None)["zstat"],
                                (frame["point_estimate"] - 0.5) / frame["stderr"])
-    moved = est.effect_inference(X, T0=1, T1=-1)  # a change of -2: twice the effect, sign flipped
-    np.testing.assert_allclose(moved.point_estimate, -2 * inference.point_estimate)
-    np.testing.assert_allclose(moved.conf_int(0.05), est.effect_interval(X, T0=1, T1=-1, alpha=0.05))
+    moved = est.effect_inference(X, T0=1, T1=0)  # a change of -1: the effect, sign flipped
+    np.testing.assert_allclose(moved.point_estimate, -inference.point_estimate)
+    np.testing.assert_allclose(moved.conf_int(0.05), est.effect_interval(X, T0=1, T1=0, alpha=0.05))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = EconMLCausalForestDML(model_y=LinearRegression(), model_t=LogisticRegression(), discrete_treatment=True,
