@@ -54,8 +54,9 @@ class GateConfig:
     min_robustness_value : the robustness value (confounding strength that would make the
         interval of the average effect reach 0) must be at least this (off).
     require_heterogeneity : the calibration test must find heterogeneity at the 5% level (off).
-    max_abs_smd : the largest absolute standardized mean difference allowed (off by default:
-        imbalance is what the nuisance models adjust for; it is reported as a warning).
+    max_abs_smd : the largest absolute standardized mean difference allowed after
+        inverse-propensity weighting (binary treatment; the largest correlation with T for a
+        continuous one). Off by default: each covariate over 0.1, raw or weighted, is a warning.
     min_outcome_r2 : the outcome model's mean out-of-fold R^2 must be at least this (off).
     max_outcome_r2 : and at most this (off): an outcome model that predicts the outcome almost
         perfectly out of fold usually sees the outcome itself (a leak into the covariates), which
@@ -223,7 +224,9 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                                                  refit, summary["ate"], seed),
                 "data_subset": steps.run("data subset refuter", refuters.data_subset, refit, summary["ate"], seed),
             },
-            "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"]),
+            # Weighted as the reported effect is: its bounds must be about that number.
+            "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"],
+                                              sample_weight=a["sample_weight"]),
             "heterogeneity": steps.run("heterogeneity", lambda: {
                 "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
                 "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
@@ -277,23 +280,37 @@ def verdict(result: dict, gate: GateConfig) -> dict:
                        ("data_subset", data_subset_label(ref["data_subset"]))):
         r = ref[name]
         if gate.min_refuter_pvalue is not None and r["p_value"] < gate.min_refuter_pvalue:
-            reasons.append(f"{name.replace('_', ' ')}: {what} moves the ATE by {r['change']:.4g} "
+            verb = "moves" if name == "random_common_cause" else "move"  # "50% data subsets move"
+            reasons.append(f"{name.replace('_', ' ')}: {what} {verb} the ATE by {r['change']:.4g} "
                            f"(p = {r['p_value']:.3g} < {gate.min_refuter_pvalue})")
     rv = result["sensitivity"]["robustness_value"]
     if gate.min_robustness_value is not None and rv < gate.min_robustness_value:
-        reasons.append(f"sensitivity: a confounder explaining {100 * rv:.1f}% of the residual variance of treatment "
-                       f"and outcome would make the effect insignificant (gate needs "
-                       f"{100 * gate.min_robustness_value:.1f}%)")
+        reasons.append("sensitivity: " + (
+            "the interval of the average effect contains 0 without any confounder (robustness value 0)" if rv <= 0
+            else f"a confounder explaining {100 * rv:.1f}% of the residual variance of treatment and outcome would "
+                 "make the effect insignificant") + f" (gate needs {100 * gate.min_robustness_value:.1f}%)")
     cal = result["heterogeneity"]["calibration"]
     if gate.require_heterogeneity and not cal["differential_pvalue"] < 0.05:  # NaN (constant CATE) fails too
         reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
     bal = result["balance"]
+    weighted = bal.get("weighted_values")  # binary treatment: what the propensity weights leave
     if bal["over_threshold"]:
-        warnings.append(f"balance: |{bal['statistic']}| > {SMD_WARNING} for {', '.join(bal['over_threshold'][:10])}")
-    if gate.max_abs_smd is not None and bal["max_abs"] > gate.max_abs_smd:
-        reasons.append(f"balance: max |{bal['statistic']}| {bal['max_abs']:.3f} exceeds {gate.max_abs_smd}")
+        warnings.append(f"balance: |{bal['statistic']}| > {SMD_WARNING} for {', '.join(bal['over_threshold'][:10])}"
+                        + (" before weighting" if weighted else ""))
+    left = [c for c, v in (weighted or {}).items() if abs(v) > SMD_WARNING]
+    if left:
+        warnings.append(f"balance: |smd| > {SMD_WARNING} after inverse-propensity weighting for "
+                        f"{', '.join(left[:10])}: the propensity model does not balance these")
+    # The gate reads the weighted SMD where there is one: raw imbalance is what the nuisance
+    # models adjust for, imbalance left after weighting is what they failed to.
+    worst, stat = ((bal["weighted_max_abs"], "weighted smd") if weighted else (bal["max_abs"], bal["statistic"]))
+    if gate.max_abs_smd is not None and worst > gate.max_abs_smd:
+        reasons.append(f"balance: max |{stat}| {worst:.3f} exceeds {gate.max_abs_smd}")
     r2 = result["nuisance"].get("y_r2")
+    if r2 is not None and r2 < 0:
+        warnings.append(f"nuisance: the outcome model's out-of-fold R^2 is {r2:.3f}, worse than the outcome's mean: "
+                        "too few rows for it, or covariates that do not predict the outcome")
     if gate.min_outcome_r2 is not None and r2 is not None and r2 < gate.min_outcome_r2:
         reasons.append(f"nuisance: outcome model out-of-fold R^2 {r2:.3f} < {gate.min_outcome_r2}")
     leak = (f"nuisance: the outcome model explains {100 * r2:.1f}% of the outcome out of fold; check the "

@@ -170,3 +170,25 @@ def test_sensitivity_of_the_average_effect_has_the_spread_its_covariance_claims(
         cov.append(np.diag(p.cov))
     ratio = np.var(est, axis=0, ddof=1) / np.mean(cov, axis=0)
     assert np.all(np.abs(ratio - 1) < 0.2), ratio
+
+
+def test_weighted_sensitivity_is_about_the_weighted_average_effect_the_run_reports():
+    from tauforge.kernels.ate import average_effect
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=600)
+    v = np.exp(x)
+    t_res = np.sqrt(v) * rng.normal(size=600)
+    y_res = (1 + x) * t_res + rng.normal(size=600)
+    w = rng.integers(1, 4, size=600).astype(float)
+    p = SensitivityParams.from_scores(1 + x, y_res, t_res, v, sample_weight=w)
+    ate, se = average_effect(1 + x, y_res, t_res, v, w)
+    # Before, the evaluate step left the weights out: its theta was the unweighted effect.
+    assert p.theta == pytest.approx(ate) and np.sqrt(p.cov[0, 0]) == pytest.approx(se)
+    rows = np.repeat(np.arange(600), w.astype(int))  # integer weights: the rows repeated
+    repeated = SensitivityParams.from_scores(1 + x[rows], y_res[rows], t_res[rows], v[rows])
+    np.testing.assert_allclose([p.theta, p.sigma2, p.nu2], [repeated.theta, repeated.sigma2, repeated.nu2])
+    unweighted = SensitivityParams.from_scores(1 + x, y_res, t_res, v)
+    assert abs(unweighted.theta - p.theta) > 1e-3
+    np.testing.assert_allclose(SensitivityParams.from_scores(1 + x, y_res, t_res, v, np.full(600, 3.0)).cov,
+                               unweighted.cov)

@@ -77,10 +77,37 @@ def test_the_gate_says_why_it_fails():
     data, residuals, estimate, _ = pipeline_in_process("aw1")
     strict = GateConfig(max_share_outside_overlap=None, max_abs_smd=0.05, min_outcome_r2=0.99,
                         require_significant_ate=True)
-    verdict = evaluate(data, residuals, estimate, strict, seed=0, nuisance=TWO_FOLDS)["verdict"]
+    result = evaluate(data, residuals, estimate, strict, seed=0, nuisance=TWO_FOLDS)
+    bal = result["balance"]
+    assert bal["weighted_max_abs"] > 0.05, bal  # else the planted imbalance below would be the only one
+    verdict = result["verdict"]
     assert not verdict["passed"]
     assert [r.split(":")[0] for r in verdict["reasons"]] == ["balance", "nuisance", "effect"]
-    assert "contains 0" in verdict["reasons"][2]
+    assert "max |weighted smd|" in verdict["reasons"][0] and "contains 0" in verdict["reasons"][2]
+
+    # The SMD gate reads what inverse-propensity weighting leaves, not the raw imbalance the
+    # nuisance models adjust for: x0 raw 0.85 weighted 0.02 passes, the reverse fails and warns.
+    def with_balance(raw, weighted, r2=0.5):
+        values, weights = {"x0": raw}, {"x0": weighted}
+        return verdict_of({**result, "nuisance": {**result["nuisance"], "y_r2": r2},
+                           "balance": {**bal, "values": values, "max_abs": abs(raw),
+                                       "over_threshold": ["x0"] if abs(raw) > 0.1 else [],
+                                       "weighted_values": weights, "weighted_max_abs": abs(weighted)}},
+                          GateConfig(max_abs_smd=0.1))
+
+    balanced = with_balance(0.85, 0.02)
+    assert not any(r.startswith("balance") for r in balanced["reasons"])
+    assert [w for w in balanced["warnings"] if w.startswith("balance")] == [
+        "balance: |smd| > 0.1 for x0 before weighting"]
+    left = with_balance(0.05, 0.3)
+    assert "balance: max |weighted smd| 0.300 exceeds 0.1" in left["reasons"]
+    assert any("after inverse-propensity weighting for x0" in w for w in left["warnings"])
+    assert any("R^2 is -0.200, worse than the outcome's mean" in w for w in with_balance(0, 0, r2=-0.2)["warnings"])
+    assert not any("R^2" in w for w in balanced["warnings"])
+
+
+def verdict_of(result, gate):
+    return verdict({k: v for k, v in result.items() if k != "verdict"}, gate)
 
 
 @pytest.mark.parametrize("values, message", [
