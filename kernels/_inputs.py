@@ -50,6 +50,8 @@ def array_kind(a: Any) -> ArrayKind:
 
 def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
     """A float64 host copy (or view) of `a`, with `ndim` dimensions (1 or 2)."""
+    if a is None:
+        raise ValueError(f"{name} is None; pass an array")
     if is_tensor(a):
         import torch
 
@@ -62,6 +64,12 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
         try:  # missing values of nullable dtypes (pd.NA) become NaN, which check_finite names
             a = a.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
+            dtypes = getattr(a, "dtypes", None)  # a DataFrame's, per column: name the first not numeric
+            if dtypes is not None and hasattr(dtypes, "items"):
+                for column, dtype in dtypes.items():
+                    if dtype.kind not in "biuf":
+                        raise ValueError(f"{name} must be numeric, but its column {column!r} holds {dtype} values; "
+                                         "encode it as numbers first (one column per category)") from None
             a = a.to_numpy()  # not numeric: the conversion below says which value
     try:
         arr = np.asarray(a, dtype=np.float64)
@@ -78,6 +86,11 @@ def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     return arr
+
+
+def check_has_columns(X: np.ndarray) -> None:
+    if X.shape[1] < 1:
+        raise ValueError("X has no columns; pass at least one covariate")
 
 
 def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | None, fitted: str) -> None:

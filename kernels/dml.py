@@ -148,6 +148,9 @@ class CausalForestDML(BaseEstimator):
         X = _inputs.to_numpy(X, "X", 2)
         W = None if W is None else _inputs.to_numpy(W, "W", 2)
         n = _inputs.check_same_length(Y=Y, T=T, X=X, W=W)
+        _inputs.check_has_columns(X)
+        if not (isinstance(self.discrete_treatment, (bool, np.bool_)) or self.discrete_treatment == "auto"):
+            raise ValueError(f"discrete_treatment must be True, False or 'auto', got {self.discrete_treatment!r}")
         for arr, name in ((Y, "Y"), (T, "T"), (X, "X"), (W, "W")):
             if arr is not None:
                 _inputs.check_finite(arr, name)

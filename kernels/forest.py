@@ -233,8 +233,7 @@ class CausalForest(BaseEstimator):
             _inputs.check_finite(arr, name)
         if n < 2:
             raise ValueError(f"X has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
-        if X.shape[1] < 1:
-            raise ValueError("X has no columns; pass at least one covariate")
+        _inputs.check_has_columns(X)
         if np.ptp(T) == 0:
             raise ValueError("T is constant: the treatment must vary to estimate its effect")
         w = _inputs.check_sample_weight(sample_weight, n)

@@ -248,9 +248,15 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
     mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
         raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
+    if not discrete and is_classifier(mt):
+        raise ValueError(f"model_t must be a regressor for a continuous treatment (it estimates E[T | X, W]), "
+                         f"got the classifier {type(mt).__name__}")
+    my = resolve_model(model_y, "y", False, seed, device)
+    if is_classifier(my):  # its predict gives labels, not E[Y | X, W]
+        raise ValueError(f"model_y must be a regressor (it estimates E[Y | X, W]), got the classifier "
+                         f"{type(my).__name__}")
     with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
-        my = steps.run("outcome model", resolve_model(model_y, "y", False, seed, device).fit, XW[train], Y[train],
-                       **kw)
+        my = steps.run("outcome model", my.fit, XW[train], Y[train], **kw)
         steps.run("treatment model", mt.fit, XW[train], T[train], **kw)
     y_hat = my.predict(XW[test])
     t_hat = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW[test])

@@ -266,6 +266,22 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=d.X, W=W)
     with pytest.raises(ValueError, match="not an importable estimator"):
         CausalForestDML(n_estimators=4, model_y="sklearn.nope.Model").fit(d.Y, d.T, X=d.X)
+    # Each of these reached the user as a scikit-learn or NumPy error that named nothing of theirs.
+    with pytest.raises(ValueError, match="X has no columns"):
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=np.empty((300, 0)))
+    with pytest.raises(ValueError, match="model_y must be a regressor .* got the classifier LogisticRegression"):
+        CausalForestDML(n_estimators=4, model_y="sklearn.linear_model.LogisticRegression").fit(d.Y, d.T, X=d.X)
+    with pytest.raises(ValueError, match="model_t must be a regressor for a continuous treatment"):
+        CausalForestDML(n_estimators=4, model_t="sklearn.linear_model.LogisticRegression").fit(d.Y, d.X[:, 0], X=d.X)
+    with pytest.raises(ValueError, match="X must be numeric, but its column 'segment' holds object values"):
+        frame = pd.DataFrame({"age": d.X[:, 0], "segment": np.where(d.X[:, 1] > 0, "hi", "lo")})
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=frame)
+    with pytest.raises(ValueError, match="discrete_treatment must be True, False or 'auto', got 'yes'"):
+        CausalForestDML(n_estimators=4, discrete_treatment="yes").fit(d.Y, d.T, X=d.X)
+    with pytest.raises(ValueError, match="X contains infinite values .first at row 3, column 0."):
+        X = d.X.copy()
+        X[3, 0], X[5, 1] = np.inf, np.nan  # the message names what the first bad cell holds
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X)
 
 
 @pytest.mark.filterwarnings("ignore:intervals from")
