@@ -25,6 +25,7 @@ KFP component alike.
 """
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -346,9 +347,48 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
         return _monitor(events, reference, columns, config, outcomes, seed, checks, steps)
 
 
+def window_start(since: str, now: float) -> float:
+    """The monitored window's start in epoch seconds (the event log's `time`): `since` is a
+    duration back from `now` ('30m', '24h', '7d') or an ISO-8601 time ('2026-12-01',
+    '2026-12-01T08:00:00+00:00'; UTC if it names no zone)."""
+    text = str(since).strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1.0
+        if amount > 0:
+            return now - amount * units[text[-1]]
+    try:
+        start = pd.Timestamp(text)
+    except ValueError:
+        raise ValueError(f"--since {since!r} is neither a duration (30m, 24h, 7d) nor an ISO-8601 time "
+                         "(2026-12-01T08:00:00)") from None
+    return (start.tz_localize("UTC") if start.tzinfo is None else start).timestamp()
+
+
+def check_live_inputs(live: pd.DataFrame, columns: list[str]) -> None:
+    """The champion's rows hold every covariate the model was trained on, and a CATE, all finite:
+    ValueError naming the first that does not (a log written by another tool, or for another
+    model's columns), before a check trips over it."""
+    for column in [*input_columns(columns), "cate"]:
+        if column not in live.columns:
+            raise ValueError(f"the event log has no column {column!r}, which the model's covariates need "
+                             f"({', '.join(columns)}): is it this model's log?")
+        values = pd.to_numeric(live[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise ValueError(f"the event log's column {column!r} holds missing or non-finite values in {bad} of "
+                             f"{len(values)} champion rows; tauforge serve refuses such requests, so another writer "
+                             "logged them: drop those rows")
+
+
 def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: Progress) -> dict:
     config = config or MonitorConfig()
     live = events[events["role"] == "champion"]
+    if len(live):
+        check_live_inputs(live, list(columns))
     shadow = events[events["role"] == "shadow"]
     challenger = events[events["role"] == "challenger"]
     result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)), "alerts": [], "checks": {}}
@@ -407,6 +447,10 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
           registry=registry).labels(**labels).set(float(result.get("retrain", False)))
     Gauge("tauforge_monitor_live_rows", "Live rows in the monitored window", ["model", "version"],
           registry=registry).labels(**labels).set(result["live_rows"])
+    # 0 alerts and 0 here is "not judged" (too few live rows, or a log path that reads nothing),
+    # which must not look like a quiet period on a dashboard.
+    Gauge("tauforge_monitor_drift_judged", "1 when the window held enough live rows to judge drift",
+          ["model", "version"], registry=registry).labels(**labels).set(float("note" not in result))
     rec = Gauge("tauforge_monitor_recommendation", "1 for the current recommendation",
                 ["model", "version", "recommendation"], registry=registry)
     for r in ("promote", "hold", "roll back"):
@@ -432,22 +476,29 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
 
 def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,
                 outcomes: str | None = None, config: MonitorConfig | None = None,
-                progress: bool | None = False) -> dict:
+                progress: bool | None = False, since: str | None = None) -> dict:
     """The monitoring step: read `model`'s event log under `log_dir` (a folder or an fsspec URI),
     pick the version it served (`monitored_version`), load that version's reference profile from
-    `store`, and `monitor`; the result names the model and version. `progress`: progress on
-    stderr (`tauforge.kernels.progress`), the reading and each check a step."""
+    `store`, and `monitor`; the result names the model and version. `since` (`window_start`)
+    keeps the rows logged from then on: without it every period's rows pile up, old traffic
+    dilutes new drift and drift once logged alarms for ever. `progress`: progress on stderr
+    (`tauforge.kernels.progress`), the reading and each check a step."""
     registry = ModelStore(store)
+    start = window_start(since, time.time()) if since else None
     read = read_outcomes(outcomes) if outcomes else None
     costs = {"reading the event log": STEP_COSTS["reading the event log"], **monitor_steps(CHECKS, read is not None)}
     with progress_steps("monitoring", costs, progress) as steps:
         events = steps.run("reading the event log", read_events, log_dir, model=model)
+        if start is not None:
+            events = events[events["time"] >= start]
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
         events = events[(events["role"] != "champion") | (events["version"] == served)]
         result = _monitor(events, load_reference(loaded.reference_path), loaded.card["spec"]["covariates"], config,
                           read, 0, CHECKS, steps)
     card = loaded.card
+    if start is not None:
+        result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
     result.update(model=model, version=served, training={
         "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
         "treatment": card["spec"].get("treatment"), "outcome": card["spec"].get("outcome")})
@@ -457,14 +508,15 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
 # ----------------------------------------------------------------------------- KFP component
 @component
 def monitor_model(store: str, model_name: str, version: str, log_dir: str, outcomes: str, alpha: float,
-                  report: Output[HTML], metrics: Output[Metrics], run_id: str = "") -> bool:
-    """Monitor the served model's event log; return whether drift calls for retraining. `run_id`
-    names the monitoring run in the report's header."""
+                  report: Output[HTML], metrics: Output[Metrics], run_id: str = "", since: str = "") -> bool:
+    """Monitor the served model's event log (the rows logged `since`, all if empty: see
+    `run_monitor`); return whether drift calls for retraining. `run_id` names the monitoring run
+    in the report's header."""
     from tauforge.components.monitor import MonitorConfig, run_monitor
     from tauforge.components.report import render_monitor_report
 
     result = run_monitor(store, model_name, log_dir, version=version or None, outcomes=outcomes or None,
-                         config=MonitorConfig(alpha=alpha), progress=True)
+                         config=MonitorConfig(alpha=alpha), progress=True, since=since or None)
     with open(report.path, "w") as f:
         f.write(render_monitor_report(result, run_id=run_id))
     metrics.log_metric("alerts", float(len(result["alerts"])))

@@ -512,7 +512,7 @@ def _monitor(args: argparse.Namespace) -> int:
             _check_output(path, flag)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
-                         config=MonitorConfig(alpha=args.alpha), progress=True)
+                         config=MonitorConfig(alpha=args.alpha), progress=True, since=args.since)
     version = result["version"]
     if args.report:
         with open(args.report, "w") as f:
@@ -522,7 +522,8 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=float))
         return 0
-    print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows")
+    print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows"
+          + (f" since {result['since']}" if "since" in result else ""))
     if "note" in result:  # why nothing was judged (too few live rows)
         print(f"  {result['note']}")
     for a in result["alerts"]:
@@ -767,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--log-dir", required=True,
                      help="the serving event log, a folder or a URI (s3://, gs://): tauforge serve --log-dir")
     mon.add_argument("--outcomes", help="Parquet of request_id and row (or unit_id) with an 'outcome' column")
+    mon.add_argument("--since", help="judge only rows logged since then: a duration back from now (24h, 7d) or "
+                                     "an ISO-8601 time (default: the whole log)")
     mon.add_argument("--alpha", type=float, default=MONITOR_ALPHA,
                      help=f"false-alarm rate of all drift tests together (default: {MONITOR_ALPHA})")
     mon.add_argument("--report", help="write an HTML report here")

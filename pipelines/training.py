@@ -197,7 +197,8 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
     def monitoring(store: str, model_name: str, log_dir: str, source: str, spec: str, version: str = "",
                    outcomes: str = "", monitor_alpha: float = MONITOR_ALPHA, seed: int = 0, model_y: str = "auto",
                    model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}",
-                   alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "") -> bool:
+                   alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "",
+                   since: str = "") -> bool:
         """Monitor a served model's traffic and retrain it when the traffic drifted.
 
         Args:
@@ -217,9 +218,12 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
             alpha: One minus the confidence level of the retrain's intervals.
             estimator: The retrain's forest: tauforge or econml.
             graph: The retrain's causal graph as DOT or GML text; empty for none.
+            since: Judge only rows logged since then: a duration back from the run (24h, 7d) or an ISO-8601 time;
+                empty: the whole log. A schedule's period, so that each run judges its own traffic.
         """
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
-                                outcomes=outcomes, alpha=monitor_alpha, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                outcomes=outcomes, alpha=monitor_alpha, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                since=since)
         pods.reads_store(pods.compute(checked.set_display_name("monitor")))
         checked.set_caching_options(False)  # the log grows under the same path: a cached verdict is stale
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)

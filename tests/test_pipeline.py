@@ -19,6 +19,7 @@ from background import Processes, compile_kernels
 
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForestDML
+from tauforge.kernels.ate import oob_effect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAUFORGE = [sys.executable, "-m", "tauforge.pipelines.cli"]
@@ -289,6 +290,9 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     assert effect["bootstrap"]["normal_interval"] == pytest.approx([est.ate_ - half, est.ate_ + half], rel=1e-9)
     X50 = table[covariates].to_numpy()[:50]
     np.testing.assert_allclose(loaded.load_forest().predict(X50), est.effect(X50), rtol=1e-12)
+    # Monitoring's reference holds the out-of-bag CATE (all 747 rows here), as served rows see it.
+    reference = pd.read_parquet(loaded.reference_path)
+    np.testing.assert_allclose(reference["cate"], oob_effect(est.forest_, table[covariates].to_numpy()), rtol=1e-12)
     # Every replicate's forest stays in the run's outputs, as the in-process bootstrap grew it.
     (merged,) = [d for d, _, _ in os.walk(result["outputs"]) if d.endswith(os.path.join("merge-bootstrap-shards",
                                                                                           "result"))]
