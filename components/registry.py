@@ -11,7 +11,9 @@ Layout under the store's root (a local folder, or any fsspec URI):
     <root>/<model>/<version>/model_card.json        what the causal claim depends on, and the
                                                     sha256 of every other file
     <root>/<model>/aliases.json                     {"champion": {"version": 2, "history": [1]}}
-    <root>/<model>/.claims/<version>                object stores only: who took the number
+    <root>/<model>/.claims/<version>                who took the number (on a local folder written
+                                                    after publishing): a removed version's number
+                                                    is never taken again
 
 Publishing makes a version visible in one step, complete and verified, and two publishers never
 get one number:
@@ -33,6 +35,8 @@ get one number:
 
 Published folders are 0755 and files 0644 on a local filesystem, whatever the umask, so a server
 running as another user can read them; a permission error is reported as one, naming the path.
+Versions loaded from an object store are cached in a folder only this user may write, verified
+before they are kept and at every load.
 """
 
 import contextlib
@@ -51,6 +55,7 @@ from typing import Any
 
 import fsspec
 
+from tauforge.kernels.private_dirs import private_directory
 from tauforge.kernels.serialization import sha256_file, sha256_json, sha256_text
 
 from .constants import DEFAULT_STORE
@@ -310,6 +315,9 @@ class ModelStore:
         card = _parse_card(self.fs.cat_file(path), f"{path} in {self.uri}")
         if card.get("card_sha256") != card_digest(card):
             raise StoreError(f"the card of {model} version {version} fails its checksum: it was modified")
+        if (card.get("model"), card.get("version")) != (model, int(version)):
+            raise StoreError(f"{path} in {self.uri} is the card of {card.get('model')} version {card.get('version')}, "
+                             f"not of {model} version {version}: a version folder was copied or moved by hand")
         return card
 
     def resolve(self, model: str, ref: str | int | None = None) -> int:
@@ -336,22 +344,34 @@ class ModelStore:
         card = self.card(model, version)
         src = f"{self._model_dir(model)}/{version}"
         if self.local:
-            path = src
-        else:  # one cached copy per store, model and version (versions are immutable), verified below
-            root = cache_dir or os.path.join(tempfile.gettempdir(), "tauforge-cache",
-                                             sha256_text(self.uri)[:16])
-            path = os.path.join(root, model, str(version))
-            if not os.path.exists(os.path.join(path, CARD_FILE)):
-                self._download(src, path)
+            verify_files(src, card)
+            return ModelVersion(model, version, card, src)
+        # One cached copy per store (its endpoint too: two stores may share a bucket's name),
+        # model and version (versions are immutable), in a folder only this uid can write.
+        where = f"{self.uri} {os.environ.get('AWS_ENDPOINT_URL', '')}"
+        root = cache_dir or os.path.join(_cache_root(), sha256_text(where)[:16])
+        path = os.path.join(root, model, str(version))
+        if os.path.exists(os.path.join(path, CARD_FILE)):
+            try:
+                verify_files(path, card)
+                return ModelVersion(model, version, card, path)
+            except StoreError:  # a copy of an earlier store under the same name, or damaged since
+                shutil.rmtree(path, ignore_errors=True)
+        self._download(src, path, card, f"{model} version {version}")
         verify_files(path, card)
         return ModelVersion(model, version, card, path)
 
-    def _download(self, src: str, path: str) -> None:
-        """Copy a version folder from the object store to `path`, in one rename at the end."""
+    def _download(self, src: str, path: str, card: dict, what: str) -> None:
+        """Copy a version folder from the object store to `path`, verified against `card`
+        before one rename at the end: a bad download never becomes the cached copy."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         staging = f"{path}.{uuid.uuid4().hex}"
         try:
             self.fs.get(f"{src}/", staging, recursive=True)
+            try:
+                verify_files(staging, card)
+            except StoreError as exc:
+                raise StoreError(f"{what} in {self.uri} fails verification: {exc}") from None
             os.rename(staging, path)
         except OSError:
             if not os.path.exists(os.path.join(path, CARD_FILE)):
@@ -390,11 +410,10 @@ class ModelStore:
 
     def _next_number(self, model: str) -> int:
         """One above every number published or taken (a claim, a folder of a publisher in flight
-        or crashed): a number is never reused."""
+        or crashed): a number is never reused, not even after its folder was removed by hand (an
+        alias naming it would follow the new model)."""
         taken = [int(name) for name, _ in self._entries(self._model_dir(model)) if name.isdigit()]
-        if not self.local:
-            taken += [int(name) for name, _ in self._entries(f"{self._model_dir(model)}/{_CLAIMS}")
-                      if name.isdigit()]
+        taken += [int(name) for name, _ in self._entries(f"{self._model_dir(model)}/{_CLAIMS}") if name.isdigit()]
         return max(taken, default=0) + 1
 
     def _publish_local(self, model: str, source_dir: str, card: dict, files: dict) -> int:
@@ -412,9 +431,11 @@ class ModelStore:
                 verify_files(staging, full)
                 try:
                     os.rename(staging, f"{d}/{version}")  # atomic; fails when another writer took the number
-                    return version
                 except OSError:
                     continue
+                os.makedirs(f"{d}/{_CLAIMS}", exist_ok=True)
+                open(f"{d}/{_CLAIMS}/{version}", "a").close()  # the number stays taken if the folder goes
+                return version
             raise StoreError(f"could not allocate a version of {model!r} in {self.uri} after {_ATTEMPTS} attempts")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -464,15 +485,16 @@ class ModelStore:
         """The aliases and the ETag of the file they were read from (None when there is none
         yet, or on a local filesystem, where a lock serializes writers instead)."""
         path = f"{self._model_dir(model)}/{ALIASES_FILE}"
+        where = f"{path} in {self.uri}"
         if self.local:
-            return (json.loads(self.fs.cat_file(path)) if _local_exists(path) else {}), None
+            return (_parse_aliases(self.fs.cat_file(path), where) if _local_exists(path) else {}), None
         try:
             # The ETag first: if the file changes before it is read, the conditional write that
             # follows fails and the update is retried, never applied to a file it did not read.
             etag = self.fs.info(path).get("ETag")
         except FileNotFoundError:
             return {}, None
-        return json.loads(self.fs.cat_file(path)), etag
+        return _parse_aliases(self.fs.cat_file(path), where), etag
 
     @_store_operation("changing an alias in")
     def set_alias(self, model: str, alias: str, version: int) -> dict:
@@ -480,7 +502,7 @@ class ModelStore:
         if not _is_model_name(alias) or alias.isdigit() or alias == "latest":
             raise StoreError(f"alias {alias!r} must be a name such as 'champion': letters, digits, '-', '_' or '.' "
                              "(not leading), not a number or 'latest'")
-        version = self.resolve(model, int(version))
+        version = self.load(model, int(version)).version  # only a version that verifies: serving would refuse it
 
         def point(aliases: dict) -> dict:
             entry = aliases.get(alias, {"version": None, "history": []})
@@ -542,6 +564,33 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cache_root() -> str:
+    """Where versions downloaded from an object store are kept: a folder of this uid's only, for
+    the files are trusted once verified there (`kernels.private_dirs`)."""
+    root = private_directory("tauforge-cache-")
+    if root is None:
+        raise StoreError("no writable temporary folder to download model versions to: set TMPDIR")
+    return root
+
+
+def _parse_aliases(data: bytes, where: str) -> dict[str, dict]:
+    """An aliases file's {alias: {"version": N, "history": [...]}}, or a StoreError naming it."""
+    try:
+        aliases = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        aliases, problem = None, str(exc)
+    else:
+        problem = 'not {"alias": {"version": N, "history": [...]}}'
+
+    def entry(e) -> bool:
+        return (isinstance(e, dict) and type(e.get("version")) is int and isinstance(e.get("history"), list)
+                and all(type(v) is int for v in e["history"]))
+
+    if not (isinstance(aliases, dict) and all(entry(e) for e in aliases.values())):
+        raise StoreError(f"{where} is damaged ({problem}): restore it, or remove it and promote a version again")
+    return aliases
 
 
 def _lost_race(exc: OSError) -> bool:
@@ -716,7 +765,8 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
            if "overlap" in evaluation else {})
         | ({"uplift": {k: v for k, v in evaluation["uplift"].items() if k != "curve"}}
            if "uplift" in evaluation else {})
-        | ({"graph_checks": evaluation["graph_checks"]} if "graph_checks" in evaluation else {}),
+        | ({"graph_checks": evaluation["graph_checks"]} if "graph_checks" in evaluation else {})
+        | ({"gate_config": evaluation["gate_config"]} if "gate_config" in evaluation else {}),  # what "passed" meant
         "estimator": {**estimator, "n_trees": estimate["n_trees"], "device": estimate["device"]},
         "environment": env, "run": run,
     }
@@ -733,9 +783,11 @@ _GATE_CHECKS = (("placebo p-value", ("refuters", "placebo", "p_value")),
 
 def diff_cards(old: dict, new: dict) -> dict:
     """What changed from one version's card to another's: the causal graph (edges, nodes and latent
-    nodes added or removed), the assumptions, the data (fingerprint, rows, source), the nuisance
-    learners and their out-of-fold scores, the gate (verdict, reasons, warnings, the checks' values)
-    and the effect. Each part has `changed`; values that differ are [old, new] pairs."""
+    nodes added or removed), the assumptions, the data (fingerprint, rows, source), the columns'
+    roles (covariates and controls added or removed, other spec fields), the estimator (seed,
+    trees, forest parameters), the nuisance learners and their out-of-fold scores, the gate
+    (verdict, reasons, warnings, the checks' values, its thresholds) and the effect. Each part
+    has `changed`; values that differ are [old, new] pairs."""
     from .graph import diff as graph_diff
 
     def listed(a: list, b: list) -> dict:
@@ -751,7 +803,20 @@ def diff_cards(old: dict, new: dict) -> dict:
             node = node.get(key) if isinstance(node, dict) else None
         return node
 
+    def flat(d: dict, prefix: str = "") -> dict:  # nested settings as dotted keys: forest_params.mtry
+        out = {}
+        for k, v in (d or {}).items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
     data = {k: [old["data"].get(k), new["data"].get(k)] for k in ("fingerprint", "rows", "source")}
+    spec_old, spec_new = old.get("spec", {}), new.get("spec", {})
+    roles = {k: listed(spec_old.get(k) or [], spec_new.get(k) or []) for k in ("covariates", "controls")}
+    spec_fields = pairs({k: v for k, v in spec_old.items() if k not in roles},
+                        {k: v for k, v in spec_new.items() if k not in roles})
+    estimator = pairs(*(flat({k: v for k, v in c.get("estimator", {}).items() if k != "nuisance"})
+                        for c in (old, new)))
+    thresholds = [c.get("evaluation", {}).get("gate_config") for c in (old, new)]
     learners = pairs(old["estimator"].get("nuisance", {}), new["estimator"].get("nuisance", {}))
     scores = pairs(old["evaluation"].get("nuisance", {}), new["evaluation"].get("nuisance", {}))
     v_old, v_new = old["evaluation"]["verdict"], new["evaluation"]["verdict"]
@@ -762,8 +827,14 @@ def diff_cards(old: dict, new: dict) -> dict:
         "graph": graph_diff(old.get("graph"), new.get("graph")),
         "assumptions": listed(old.get("assumptions", []), new.get("assumptions", [])),
         "data": {"changed": data["fingerprint"][0] != data["fingerprint"][1], **data},
+        "spec": {"changed": bool(spec_fields) or any(r["changed"] for r in roles.values()), **roles,
+                 "fields": spec_fields},
+        "estimator": {"changed": bool(estimator), "settings": estimator},
         "nuisance": {"changed": bool(learners), "learners": learners, "scores": scores},
-        "gate": {"changed": v_old["passed"] != v_new["passed"] or v_old["reasons"] != v_new["reasons"],
+        "gate": {"changed": v_old["passed"] != v_new["passed"] or v_old["reasons"] != v_new["reasons"]
+                 or thresholds[0] != thresholds[1],
+                 # None where a card predates recording them (published before 2026-12-05)
+                 "thresholds": pairs(*(t or {} for t in thresholds)) if None not in thresholds else None,
                  "passed": [v_old["passed"], v_new["passed"]],
                  "reasons": listed(v_old["reasons"], v_new["reasons"]),
                  "warnings": listed(v_old["warnings"], v_new["warnings"]),

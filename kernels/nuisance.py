@@ -158,10 +158,10 @@ def engine_nuisance_model(classifier: bool, seed: int, device: str = "auto") -> 
 
 
 def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str = "cpu") -> Any:
-    """A fresh scikit-learn estimator from 'auto' (scikit-learn's HistGradientBoosting on CPU, the
-    engine's boosting on CUDA), 'tauforge' (the engine's boosting on `device`), an import path
-    ('sklearn.linear_model.LassoCV': its defaults, and `seed` as its random_state if it has one),
-    or an estimator instance (cloned)."""
+    """A fresh scikit-learn estimator from 'auto' (`default_nuisance_model` on CPU: the additive
+    spline part plus scikit-learn's boosting; the engine's boosting on CUDA), 'tauforge' (the
+    engine's boosting on `device`), an import path ('sklearn.linear_model.LassoCV': its defaults,
+    and `seed` as its random_state if it has one), or an estimator instance (cloned)."""
     classifier = role == "t" and discrete
     if isinstance(model, str) and model == "auto":
         if str(device).startswith("cuda"):

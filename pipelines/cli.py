@@ -332,7 +332,11 @@ def _models(args: argparse.Namespace) -> int:
         names = [args.name] if args.name else store.models()
         rows, damaged = [], []
         for name in names:
-            aliases = store.aliases(name)
+            try:
+                aliases = store.aliases(name)
+            except StoreError as exc:  # a damaged aliases file must not hide the other models either
+                damaged.append(str(exc))
+                aliases = {}
             for v in store.versions(name):
                 try:
                     card = store.card(name, v)
@@ -411,6 +415,14 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     lines.append(f"  data: {'changed' if data['changed'] else 'same'} (fingerprint "
                  + " -> ".join(short(f) for f in dict.fromkeys(data["fingerprint"])) + ", rows "
                  + " -> ".join(str(r) for r in dict.fromkeys(data["rows"])) + ")")
+    sp = d["spec"]
+    lines.append("  columns: " + ("changed" if sp["changed"] else "same"))
+    for role in ("covariates", "controls"):
+        lines += changes(sp[role], role[:-1])
+    lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in sp["fields"].items()]
+    est = d["estimator"]
+    lines.append("  estimator: " + ("changed" if est["changed"] else "same"))
+    lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in est["settings"].items()]
     n = d["nuisance"]
     lines.append("  nuisance learners: " + ("changed" if n["changed"] else "same"))
     lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in n["learners"].items()]
@@ -418,6 +430,9 @@ def _models_diff(store, args: argparse.Namespace) -> int:
               if None not in v]
     gate = d["gate"]
     lines.append("  gate: " + " -> ".join("passed" if p else "failed" for p in gate["passed"]))
+    if gate["thresholds"] is None:
+        lines.append("    thresholds: not recorded in the older card")
+    lines += [f"    threshold {k}: {v[0]} -> {v[1]}" for k, v in (gate["thresholds"] or {}).items()]
     lines += changes(gate["reasons"], "reason") + changes(gate["warnings"], "warning")
     lines += [f"    {k}: {v[0]:.4g} -> {v[1]:.4g}" for k, v in gate["checks"].items() if None not in v]
     e = d["effect"]

@@ -39,6 +39,9 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
         if version is None:
             version = "champion" if "champion" in registry.aliases(model) else None
         champion = VersionScorer(registry.load(model, version), device=device)
+        if version is None:  # never promoted (or its aliases file was removed): say what is served
+            print(f"tauforge serve: model {model!r} has no 'champion' alias, so its latest version "
+                  f"({champion.version}) is served; promote one with tauforge models promote", file=sys.stderr)
         name = model
     if mode != "single" and challenger is None:
         raise ValueError(f"--mode {mode} needs --challenger VERSION")

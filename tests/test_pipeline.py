@@ -246,10 +246,17 @@ def test_a_graph_goes_into_the_card_with_its_hash_and_models_diff_shows_the_edge
     assert "  assumptions: changed" in lines and "  nuisance learners: changed" in lines
     assert any(line.startswith("    model_y: ") and "LinearRegression" in line for line in lines)
     assert any(line.startswith("  data: changed") for line in lines)  # seeds 0 and 2 draw other demo data
+    # What else the causal claim rests on (a user's review: these changed without a word): the
+    # columns' roles (the same here, from the graphs), the estimator and the gate's thresholds.
+    assert "  columns: same" in lines and "  estimator: changed" in lines
+    seeds, trees = ("0 -> 2", "60 -> 40") if sign == "-" else ("2 -> 0", "40 -> 60")
+    assert f"    seed: {seeds}" in lines and f"    n_trees: {trees}" in lines
     code, out, err = tauforge(runs.dir, "models", "diff", "--name", "tauforge-model", "1", "2", "--json")
     d = last_json(out)
     assert d["graph"]["changed"] and d["graph"][f"edges_{'removed' if sign == '-' else 'added'}"] == ["x1 -> T"]
     assert d["data"]["changed"] and d["gate"]["passed"] == [True, True]
+    assert d["gate"]["thresholds"] == {} and not d["spec"]["changed"]  # both cards record the default gate
+    assert store.card("tauforge-model", 1)["evaluation"]["gate_config"]["min_placebo_pvalue"] == 0.01
 
 
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):

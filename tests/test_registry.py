@@ -283,3 +283,52 @@ def test_a_folder_the_reader_may_not_enter_is_reported_as_a_permission_error(mod
         os.chmod(model, 0o755)
     assert kind == "StoreError" and f"permission denied on {model}" in message, (kind, message)
     assert f"while publishing to the model store {uri}" in message
+
+
+def test_a_damaged_aliases_file_is_named_and_hides_no_other_model(model_dir, tmp_path):
+    src, _, _ = model_dir
+    store = ModelStore(str(tmp_path / "store"))
+    for name in ("m", "n"):
+        store.publish(name, src, card())
+    store.set_alias("m", "champion", 1)
+    aliases = os.path.join(store.root, "m", "aliases.json")
+    # A user's review: these gave a TypeError or AttributeError traceback, or "Expecting value".
+    for damage in ("", "[]", '{"champion": 2}', '{"champion": {"version": "1", "history": []}}'):
+        with open(aliases, "w") as f:
+            f.write(damage)
+        with pytest.raises(StoreError, match=r"m/aliases.json in .* is damaged .*restore it, or remove it"):
+            store.resolve("m", "champion")
+        with pytest.raises(StoreError, match="is damaged"):
+            store.set_alias("m", "champion", 1)
+    cli = [sys.executable, "-m", "tauforge.pipelines.cli", "models", "list", "--store", store.root]
+    out = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1 and "aliases.json" in out.stderr and "Traceback" not in out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "1"], ["n", "1"]]
+
+
+def test_promote_refuses_a_version_that_does_not_verify(model_dir, tmp_path):
+    src, _, _ = model_dir
+    store = ModelStore(str(tmp_path / "store"))
+    for _ in range(2):
+        store.publish("m", src, card())
+    with open(os.path.join(store.root, "m", "2", "report.html"), "a") as f:
+        f.write("<!-- edited -->")
+    with pytest.raises(StoreError, match="checksum mismatch for .*report.html"):
+        store.set_alias("m", "champion", 2)  # the champion would point at what serving refuses
+    assert store.aliases("m") == {}
+
+
+def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_named(model_dir, tmp_path):
+    src, _, _ = model_dir
+    store = ModelStore(str(tmp_path / "store"))
+    for _ in range(3):
+        store.publish("m", src, card())
+    store.set_alias("m", "champion", 3)
+    shutil.rmtree(os.path.join(store.root, "m", "3"))  # an operator removes a version by hand
+    # Numbered 3 again, the champion alias would have named a version nobody promoted.
+    assert store.publish("m", src, card()) == 4
+    with pytest.raises(StoreError, match="no version 3"):
+        store.load("m", "champion")
+    shutil.copytree(os.path.join(store.root, "m", "1"), os.path.join(store.root, "m", "7"))
+    with pytest.raises(StoreError, match="m/7/model_card.json in .* is the card of m version 1, not of m version 7"):
+        store.load("m", 7)

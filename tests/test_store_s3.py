@@ -123,9 +123,23 @@ def test_a_file_changed_after_publishing_on_s3_fails_load_with_a_checksum_error(
     folder = f"{store.root}/{MODEL}/{version}"
     store.load(MODEL, version, cache_dir=str(tmp_path / "before"))  # as published: it verifies
 
+    original = store.fs.cat_file(f"{folder}/report.html")
     store.fs.pipe_file(f"{folder}/report.html", b"<html>edited</html>")
-    with pytest.raises(StoreError, match=r"checksum mismatch for .*report\.html"):
+    with pytest.raises(StoreError, match=rf"{MODEL} version {version} in s3://.* fails verification: checksum "
+                                         r"mismatch for .*report\.html"):
         store.load(MODEL, version, cache_dir=str(tmp_path / "after"))
+    # A bad download is never kept: repaired in the store, the version loads through the same cache
+    # (a user's review: the copy was cached before it was checked, and failed for good).
+    store.fs.pipe_file(f"{folder}/report.html", original)
+    assert store.load(MODEL, version, cache_dir=str(tmp_path / "after")).version == version
+    # A cached copy that no longer verifies (another store of the same name) is fetched again.
+    cached = tmp_path / "after" / MODEL / str(version) / "report.html"
+    cached.write_text("<html>stale</html>")
+    assert store.load(MODEL, version, cache_dir=str(tmp_path / "after")).version == version
+    assert cached.read_bytes() == original
+    # Without cache_dir: a folder of this uid's only, in the temp directory.
+    default = store.load(MODEL, version).path
+    assert os.stat(os.path.dirname(os.path.dirname(os.path.dirname(default)))).st_mode & 0o077 == 0
 
     store.fs.pipe_file(f"{folder}/extra.txt", b"planted")
     with pytest.raises(StoreError, match="holds files its card does not list: extra.txt"):

@@ -29,11 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import stat
-import tempfile
 from dataclasses import dataclass
 
 import numba
+
+from .. import private_dirs
+from ..private_dirs import writable
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,11 @@ class CacheState:
 STATE: CacheState | None = None
 
 
-def writable(path: str) -> bool:
-    """Whether this process can create files in `path` (created if missing): numba's own test."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError:
-        return False
-    return True
-
-
 def private_directory() -> str | None:
     """A folder in the temp directory that only this uid can write, or None if there is none.
-
     The cache holds pickles that numba loads, so a folder another uid could have written is not
-    used: it must be this uid's, with no write bits for others, else a fresh one is made."""
-    try:
-        parent = tempfile.gettempdir()  # raises when no candidate ($TMPDIR, /tmp, ..., cwd) is writable
-        path = os.path.join(parent, f"{PRIVATE_PREFIX}{os.getuid()}")
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            st = os.lstat(path)
-            if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022):
-                path = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
-    except OSError:
-        return None
-    return path if writable(path) else None
+    used (`kernels.private_dirs`)."""
+    return private_dirs.private_directory(PRIVATE_PREFIX)
 
 
 def copy_missing(source: str, target: str) -> int:
