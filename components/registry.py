@@ -358,7 +358,6 @@ class ModelStore:
             except StoreError:  # a copy of an earlier store under the same name, or damaged since
                 shutil.rmtree(path, ignore_errors=True)
         self._download(src, path, card, f"{model} version {version}")
-        verify_files(path, card)
         return ModelVersion(model, version, card, path)
 
     def _download(self, src: str, path: str, card: dict, what: str) -> None:
@@ -376,7 +375,7 @@ class ModelStore:
         except OSError:
             if not os.path.exists(os.path.join(path, CARD_FILE)):
                 raise
-            # else another process cached the same version first: theirs is verified like ours
+            verify_files(path, card)  # another process cached the same version first: theirs is checked too
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

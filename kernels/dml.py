@@ -265,10 +265,11 @@ class CausalForestDML(BaseEstimator):
         _inputs.check_columns(X, Xn, self.n_features_in_, getattr(self, "feature_names_in_", None), "the forest")
         return Xn
 
-    def _contrast(self, T0: Any, T1: Any, n_rows: int) -> float | np.ndarray:
+    def _contrast(self, T0: Any, T1: Any, X: Any) -> float | np.ndarray:
         """T1 - T0: a number, or one per row of X when either is an array of X's length (as
         EconML takes them). For a binary treatment both must be 0 or 1."""
         sides = {}
+        n_rows = None if np.ndim(T0) == np.ndim(T1) == 0 else len(X)
         for name, value in (("T0", T0), ("T1", T1)):
             a = np.asarray(value, dtype=object if value is None else None)
             if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -290,7 +291,7 @@ class CausalForestDML(BaseEstimator):
         """CATE of moving the treatment from T0 to T1 at each row of X: tau(x) (T1 - T0). T0 and
         T1 are numbers or one per row."""
         self._check_fitted()
-        d = self._contrast(T0, T1, _inputs.to_numpy(X, "X", 2).shape[0])
+        d = self._contrast(T0, T1, X)
         if isinstance(d, float):
             return self.forest_.predict(X) * d
         Xn = self._rows(X)
@@ -316,7 +317,7 @@ class CausalForestDML(BaseEstimator):
                         alpha: float = 0.05) -> tuple[Any, Any]:
         """Pointwise (1 - alpha) confidence interval (lower, upper) of `effect`."""
         self._check_fitted()
-        d = self._contrast(T0, T1, _inputs.to_numpy(X, "X", 2).shape[0])
+        d = self._contrast(T0, T1, X)
         if self.bootstrap_ is None and isinstance(d, float):
             lo, hi = self.forest_.predict_interval(X, alpha=alpha)
             return (lo * d, hi * d) if d >= 0 else (hi * d, lo * d)
@@ -338,7 +339,7 @@ class CausalForestDML(BaseEstimator):
         `effect_interval` gives those."""
         self._check_fitted()
         Xn = self._rows(X)
-        d = self._contrast(T0, T1, Xn.shape[0])
+        d = self._contrast(T0, T1, Xn)
         if self.bootstrap_ is not None:
             tau, stderr = self.forest_.predict(Xn), self.bootstrap_.effect_stderr(Xn)
         else:
