@@ -471,9 +471,18 @@ class ModelStore:
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if not created and self._card_is(f"{final}/{CARD_FILE}", card):
+            return  # our own card: a retried PUT whose first attempt landed, its answer lost
         if not created:  # left as it is: whoever wrote that card owns those files now
             raise StoreError(f"{final} already has a {CARD_FILE} although this publisher claimed the number: "
                              f"something that does not claim versions writes to {self.uri}")
+
+    def _card_is(self, path: str, card: dict) -> bool:
+        """Whether the card at `path` is `card` (its checksum covers the creation time and files)."""
+        try:
+            return _parse_card(self.fs.cat_file(path), path).get("card_sha256") == card["card_sha256"]
+        except (OSError, StoreError):
+            return False
 
     # ------------------------------------------------------------------ aliases
     @_store_operation("reading")

@@ -329,6 +329,8 @@ def _models(args: argparse.Namespace) -> int:
         if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
             problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
             raise ValueError(f"--store {store.uri}: {store.root} {problem}")
+        if args.name:
+            store.resolve(args.name)  # a model that is not there is an error, not an empty listing
         names = [args.name] if args.name else store.models()
         rows, damaged = [], []
         for name in names:

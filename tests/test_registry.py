@@ -90,6 +90,10 @@ def test_a_damaged_card_is_named_and_hides_no_other_version_from_the_listing(mod
     out = subprocess.run([*cli, "--store", store.root], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 1 and "m version 1: " in out.stderr and "Traceback" not in out.stderr
     assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "2"]]
+    # Nor a mistyped model name an empty listing.
+    out = subprocess.run([*cli, "--store", store.root, "--name", "nosuch"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 2 and "model 'nosuch' has no published version" in out.stderr, out.stderr
     # A mistyped store is not an empty one.
     a_file = tmp_path / "store" / "m" / "1" / "model_card.json"
     for where, problem in ((tmp_path / "nowhere", "does not exist"), (a_file, "is a file, not a folder")):

@@ -152,6 +152,26 @@ def test_a_file_changed_after_publishing_on_s3_fails_load_with_a_checksum_error(
         store.load(MODEL, version, cache_dir=str(tmp_path / "card"))
 
 
+def test_a_card_whose_write_landed_but_whose_answer_was_lost_is_published_not_refused(s3, model_dir, monkeypatch):
+    # S3 answers a retried conditional PUT whose first attempt landed with 412: the card there is
+    # ours, and the version is published (a user's review: publish raised, the version live).
+    store = ModelStore(s3.uri("retried"))
+    create = store._create
+
+    def landed_then_refused(path, data, theirs=None):
+        if not path.endswith(CARD_FILE):
+            return create(path, data)
+        create(path, data if theirs is None else theirs)
+        return False
+
+    monkeypatch.setattr(store, "_create", landed_then_refused)
+    assert store.publish(MODEL, model_dir[0], card()) == 1 and store.load(MODEL, 1).version == 1
+    # Another writer's card in that place is still refused, naming the store.
+    monkeypatch.setattr(store, "_create", lambda path, data: landed_then_refused(path, data, theirs=b"{}"))
+    with pytest.raises(StoreError, match="already has a model_card.json although this publisher claimed the number"):
+        store.publish(MODEL, model_dir[0], card())
+
+
 def test_a_claimed_number_without_a_card_stays_invisible_and_is_never_reused(s3, model_dir):
     store = ModelStore(s3.uri("crashed"))
     # What a publisher killed after claiming number 1 and uploading part of its files leaves.
