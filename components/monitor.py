@@ -241,6 +241,41 @@ class DomainClassifier:
             p_value=p, details={"auc": auc, "p_value": p})])
 
 
+class Support:
+    """Live rows outside the training data's range on some covariate. The forest and the default
+    nuisance models hold their edge values past it (they do not extrapolate), so there the served
+    CATE is the edge's, and the propensity (the overlap check's measure) cannot show it.
+
+    The test: on one continuous covariate, the chance q that a new row from the training
+    distribution falls outside the range of n reference rows is Beta(2, n - 1) distributed over
+    reference samples (the two outer spacings of n uniforms; ties only lower it). q0, its upper
+    1e-4 / p quantile times p, bounds the chance on any of p covariates, whatever their
+    dependence, except with probability 1e-4; the live count outside is tested one-sided against
+    Binomial(live rows, q0). A test against the mean of q alone (2p / (n + 1)) would alarm on
+    quiet traffic of tens of thousands of rows whenever the reference's range came out narrow."""
+
+    name = "support"
+    alerts = ("support",)
+
+    def run(self, m: MonitorInputs) -> CheckResult:
+        ref, live = m.reference[m.columns].to_numpy(float), m.live[m.columns].to_numpy(float)
+        outside = (live < ref.min(axis=0)) | (live > ref.max(axis=0))
+        n, p = len(ref), ref.shape[1]
+        q0 = min(1.0, p * float(stats.beta.isf(1e-4 / p, 2, max(n - 1, 1))))
+        count = int(outside.any(axis=1).sum())
+        p_value = float(stats.binom.sf(count - 1, len(live), q0)) if count else 1.0
+        share = count / len(live)
+        by_covariate = {c: float(outside[:, j].mean()) for j, c in enumerate(m.covariates)}
+        most = sorted((c for c in by_covariate if by_covariate[c] > 0), key=lambda c: -by_covariate[c])[:3]
+        where = ", ".join(f"{c} {100 * by_covariate[c]:.1f}%" for c in most) or "none"
+        return CheckResult({"share_outside": share, "null_bound": q0, "p_value": p_value,
+                            "by_covariate": by_covariate}, [Signal(
+            "support", f"{100 * share:.1f}% of live rows lie outside the training data's range ({where}); a sample "
+                       f"like the training data's would put at most {100 * q0:.1f}% there (p = {p_value:.2g}): the "
+                       "model answers them with its edge values", p_value=p_value,
+            details={"share": share, "p_value": p_value})])
+
+
 class PropensityDrift:
     name = "propensity"
     alerts = ("propensity_drift", "overlap")
@@ -321,7 +356,7 @@ class ShadowAgreement:
                             "action_disagreement": float(np.mean((a > 0) != (b > 0)))})
 
 
-CHECKS = (CovariateDrift(), DomainClassifier(), PropensityDrift(), EffectDrift(), ShadowAgreement())
+CHECKS = (CovariateDrift(), DomainClassifier(), Support(), PropensityDrift(), EffectDrift(), ShadowAgreement())
 ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind of alert, for the gauges
 
 

@@ -371,6 +371,12 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
         body.append(_drift_section(checks["covariate_drift"], checks.get("domain_classifier"),
                                    {a["covariate"] for a in result["alerts"] if a["check"] == "covariate_drift"},
                                    checks.get("test_level"), checks.get("psi_alert")))
+    if "support" in checks:
+        sup = checks["support"]
+        body.append(_section("Support (live rows outside the training data's range)", _table(
+            [(sup["share_outside"], sup["null_bound"], sup["p_value"],
+              ", ".join(f"{c} {v:.3f}" for c, v in sup["by_covariate"].items() if v > 0) or "none")],
+            ("share outside", "at most, from the training distribution", "p-value", "by covariate"))))
     if "propensity" in checks:
         body.append(_propensity_drift_section(checks["propensity"], training.get("treatment") or "the treatment"))
     if "effect" in checks:

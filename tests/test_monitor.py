@@ -545,6 +545,24 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
         run_monitor(*args, since="soon")
 
 
+def test_traffic_past_the_training_range_is_flagged_by_the_support_check_and_quiet_traffic_is_not():
+    # A user's review: x0 shifted by 2.5 sd put 11.6% of live rows past the training data, where
+    # the models hold their edge values; the overlap check (the estimated propensity, which does
+    # not extrapolate either) reported 0.0%. On quiet traffic the check's p-values stay near 1
+    # (its null bound holds for any reference sample but one in 10,000): see the 150-seed test.
+    live = traffic(0)
+    live["input.x3"] += 2.5
+    result = monitor(live, reference(0), COLUMNS)
+    (alert,) = [a for a in result["alerts"] if a["check"] == "support"]
+    assert alert["message"].startswith("19.2% of live rows lie outside the training data's range (x3 19.1%, x2 0.1%)")
+    assert "would put at most 3.4% there" in alert["message"]
+    # A one-sd shift puts 0.6% there, within what the training distribution itself would: the
+    # covariate drift check's to see, not this one's.
+    live["input.x3"] -= 1.5
+    assert not [a for a in monitor(live, reference(0), COLUMNS)["alerts"] if a["check"] == "support"]
+    assert monitor(traffic(1), reference(1), COLUMNS)["checks"]["support"]["p_value"] > 0.5
+
+
 def test_a_log_without_the_models_columns_or_with_missing_values_is_named_not_judged():
     # A user's review: a renamed column crashed with KeyError 'input.x3', NaN with "autodetected
     # range of [nan, nan] is not finite"; tauforge serve refuses both, other writers may not.
