@@ -48,6 +48,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -419,6 +420,7 @@ class ModelStore:
         d = self._model_dir(model)
         _makedirs_readable(d)
         os.makedirs(f"{d}/{_STAGING}", exist_ok=True)
+        _remove_stale(f"{d}/{_STAGING}")
         staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
         try:
             shutil.copytree(source_dir, staging)
@@ -574,6 +576,18 @@ class ModelStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# A staging folder untouched this long belongs to a publisher that was killed (a publish copies and
+# verifies for minutes at most): the next publisher removes it.
+STALE_STAGING_S = 24 * 3600
+
+
+def _remove_stale(staging_root: str) -> None:
+    for entry in os.scandir(staging_root):
+        with contextlib.suppress(OSError):  # another publisher may remove it first
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_STAGING_S:
+                shutil.rmtree(entry.path)
+
+
 def _cache_root() -> str:
     """Where versions downloaded from an object store are kept: a folder of this uid's only, for
     the files are trusted once verified there (`kernels.private_dirs`)."""
@@ -710,16 +724,22 @@ def environment() -> dict[str, Any]:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
-    here = os.path.dirname(os.path.abspath(__file__))
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # components/ lies in the project's root
     # An image has no .git; the Dockerfiles bake the commit they were built from into this variable.
-    commit = os.environ.get("TAUFORGE_GIT_COMMIT") or None
-    try:
-        commit = commit or subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                          timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit, dirty = os.environ.get("TAUFORGE_GIT_COMMIT") or None, None
+    if commit is None:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", project, *args], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        try:
+            # Only this project's own repository: an install inside another one would name its commit.
+            if os.path.realpath(git("rev-parse", "--show-toplevel") or "/nonexistent") == os.path.realpath(project):
+                commit = git("rev-parse", "HEAD") or None
+                dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
     return {"python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
-            "packages": packages}
+            "git_dirty": dirty, "packages": packages}
 
 
 ASSUMPTIONS = {

@@ -336,3 +336,31 @@ def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_name
     shutil.copytree(os.path.join(store.root, "m", "1"), os.path.join(store.root, "m", "7"))
     with pytest.raises(StoreError, match="m/7/model_card.json in .* is the card of m version 1, not of m version 7"):
         store.load("m", 7)
+
+
+def test_a_killed_publishers_staging_copy_is_removed_by_a_later_publish(model_dir, tmp_path):
+    from tauforge.components.registry import STALE_STAGING_S
+
+    src, _, _ = model_dir
+    store = ModelStore(str(tmp_path / "store"))
+    store.publish("m", src, card())
+    staging = os.path.join(store.root, "m", ".staging")
+    stale, fresh = os.path.join(staging, "killed"), os.path.join(staging, "in-flight")
+    for folder in (stale, fresh):
+        shutil.copytree(src, folder)  # a full copy, as a publisher killed mid-publish leaves
+    old = time.time() - STALE_STAGING_S - 60
+    os.utime(stale, (old, old))
+    store.publish("m", src, card())
+    assert sorted(os.listdir(staging)) == ["in-flight"]  # another publisher's may still be at work
+
+
+def test_the_card_names_this_projects_commit_and_whether_the_tree_had_changes():
+    from tauforge.components.registry import environment
+
+    env = environment()
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    changed = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True).stdout.strip() != ""
+    assert env["git_commit"] == head and env["git_dirty"] is changed
