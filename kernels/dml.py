@@ -166,6 +166,11 @@ class CausalForestDML(BaseEstimator):
             raise ValueError("T is constant" + ("" if sw is None else " among the rows of positive sample_weight")
                              + ": the treatment must vary to estimate its effect")
         self._check_inference()
+        odd = isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators % 2
+        if self.inference == "blb" and self.ci_group_size == "auto" and odd:  # said before the fit, not after it
+            warnings.warn(f"n_estimators={self.n_estimators} is odd, so ci_group_size='auto' grows single trees and "
+                          "effect_interval and effect_inference will be refused; pass an even number for intervals",
+                          UserWarning, stacklevel=2)
         self.discrete_treatment_ = self._is_discrete(T)
         if not (isinstance(self.cv, (int, np.integer)) and 2 <= self.cv <= n):
             raise ValueError(f"cv must be an integer between 2 and the number of rows ({n}), got {self.cv!r}")

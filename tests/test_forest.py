@@ -276,6 +276,8 @@ def test_dml_validates_its_inputs():
     with pytest.raises(ValueError, match="X must be numeric, but its column 'segment' holds object values"):
         frame = pd.DataFrame({"age": d.X[:, 0], "segment": np.where(d.X[:, 1] > 0, "hi", "lo")})
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=frame)
+    with pytest.warns(UserWarning, match="n_estimators=5 is odd, so ci_group_size='auto' grows single trees"):
+        CausalForestDML(n_estimators=5, cv=2, progress=False).fit(d.Y, d.T, X=d.X)
     with pytest.raises(ValueError, match="discrete_treatment must be True, False or 'auto', got 'yes'"):
         CausalForestDML(n_estimators=4, discrete_treatment="yes").fit(d.Y, d.T, X=d.X)
     with pytest.raises(ValueError, match="X contains infinite values .first at row 3, column 0."):
