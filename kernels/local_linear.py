@@ -85,7 +85,8 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     Xs = (X[:, usable] - X[:, usable].mean(axis=0)) / scale[usable]
     design = np.hstack([t_res[:, None], t_res[:, None] * Xs])
     fit_weight = None if sample_weight is None else w
-    cv = LassoCV(cv=5, random_state=seed).fit(design, y_res, sample_weight=fit_weight)
+    # The forest's seeds have 63 bits, scikit-learn takes 32 (random_state=None crashed here).
+    cv = LassoCV(cv=5, random_state=seed % 2**32).fit(design, y_res, sample_weight=fit_weight)
     mse = cv.mse_path_.mean(axis=1)
     best = int(np.argmin(mse))
     bar = mse[best] + cv.mse_path_[best].std() / np.sqrt(cv.mse_path_.shape[1])

@@ -290,7 +290,9 @@ def _cluster(args: argparse.Namespace):
 def _compile(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import compile_pipeline
 
+    args.out = args.out or f"tauforge-{args.pipeline}.yaml"  # the monitoring one must not overwrite the training one
     _check_output(args.out, "--out")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # kfp's compiler makes no folders
     cluster = _cluster(args)
     with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
                     "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
@@ -689,10 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(submit)
     submit.set_defaults(func=_submit)
 
-    comp = sub.add_parser("compile", help="write the training pipeline as KFP IR YAML")
+    comp = sub.add_parser("compile", help="write the training (or monitoring) pipeline as KFP IR YAML")
     comp.add_argument("--pipeline", choices=("training", "monitoring"), default="training",
                       help="training, or monitoring (monitor -> If(retrain) -> training)")
-    comp.add_argument("--out", default="tauforge-training.yaml", help="output path (default: tauforge-training.yaml)")
+    comp.add_argument("--out", help="output path (default: tauforge-training.yaml, or tauforge-monitoring.yaml "
+                                    "for --pipeline monitoring)")
     comp.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                       help=f"cross-fitting folds (default: {DEFAULT_FOLDS})")
     comp.add_argument("--fold-tasks", type=int, default=DEFAULT_FOLD_TASKS,

@@ -85,6 +85,11 @@ class CateModel(Model):
             self.event_log.close()
 
     # ------------------------------------------------------------------ predict
+    def count_bad_request(self) -> None:
+        """A caller's malformed request, under this model's labels: those refused here, and those
+        the REST server refuses before they reach `predict` (bad JSON, not the V2 schema)."""
+        metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
+
     async def predict(self, payload, headers=None):
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         v2 = isinstance(payload, InferRequest)
@@ -95,8 +100,10 @@ class CateModel(Model):
             rows = parser.v2(payload.inputs) if v2 else parser.v1(payload)
             requested = self._requested_outputs(payload) if v2 else None
         except RequestError as exc:
-            metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
-            raise InvalidInput(str(exc)) from None
+            self.count_bad_request()
+            error = InvalidInput(str(exc))
+            error.counted = True  # the REST server's 400 handler counts only what did not reach here
+            raise error from None
 
         roles = self.routing.assign(rows.unit_ids, request_id)
         labels = [self.role if r == CHAMPION else r for r in roles]  # what the log, metrics and answer say

@@ -63,7 +63,7 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     import kserve.model_server as model_server
     from kserve import ModelServer
 
-    model_server.RESTServer = _rest_server(host)
+    model_server.RESTServer = _rest_server(host, model)
     model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host)
     log.info("serving %s on http://%s:%d%s", model.name, host, port, f" and grpc {grpc_port}" if grpc_port else "")
     server = ModelServer(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port), workers=1)
@@ -97,11 +97,12 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
                              + (" (or 0 for no gRPC)" if flag == "--grpc-port" else "")) from None
 
 
-def _rest_server(host: str):
+def _rest_server(host: str, model):
     """KServe's REST server listening on `host` (KServe's binds 0.0.0.0 unconditionally; a laptop
     server, and every test, should listen on the loopback address only), and answering a request
     body that does not fit the V2 schema with a 400 and a message (FastAPI's own answer, a 422,
-    echoes the body, and a NaN in it cannot be written as JSON: the caller got a 500)."""
+    echoes the body, and a NaN in it cannot be written as JSON: the caller got a 500). Every 400
+    counts in `model`'s bad-request metric, also those refused before they reach it."""
     import kserve.model_server as model_server
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -110,12 +111,15 @@ def _rest_server(host: str):
     async def invalid_request(_, exc: RequestValidationError):
         message = _validation_message(exc.errors())
         log.warning("400: %s", message)
+        model.count_bad_request()
         return JSONResponse(status_code=400, content={"error": message})
 
     async def invalid_input(_, exc: InvalidInput):
         # A caller's mistake: one warning line. KServe's handler logs it as an ERROR with the
         # server's traceback, 20 lines a bad request.
         log.warning("400: %s", exc)
+        if not getattr(exc, "counted", False):
+            model.count_bad_request()
         return JSONResponse(status_code=400, content={"error": str(exc)})
 
     class TauforgeRESTServer(model_server.RESTServer):

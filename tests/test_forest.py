@@ -305,6 +305,15 @@ def test_a_dataframe_fit_predicts_only_on_its_columns_in_their_order():
     assert not hasattr(refit, "feature_names_in_") and not hasattr(refit.forest_, "feature_names_in_")
 
 
+def test_the_forest_alone_takes_any_random_state_scikit_learn_does():
+    # A newcomer's review: random_state=None (or a Generator) drew a 63-bit seed that the local
+    # linear correction's LassoCV refused ("must be an int in the range [0, 4294967295]").
+    d = make_causal_data("simple", n=400, p=3, seed=0)
+    for state in (None, np.random.default_rng(3), np.random.RandomState(3), 2**40):
+        forest = CausalForest(n_estimators=8, random_state=state, progress=False).fit(d.X, d.T - d.e, d.Y - d.m)
+        assert np.isfinite(forest.predict(d.X[:5])).all()  # the correction's covariate selection ran
+
+
 def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions():
     import pandas as pd
 

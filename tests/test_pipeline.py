@@ -421,7 +421,11 @@ def test_econml_estimator_runs_in_the_same_steps_and_publishes_econml_trees_as_a
 def test_monitoring_pipeline_compiles_with_the_training_pipeline_behind_its_condition(tmp_path, cli):
     from kfp import components
 
-    path = tmp_path / "monitoring.yaml"
+    # Without --out it is named for its pipeline (it overwrote tauforge-training.yaml before), and
+    # --out may name folders that do not exist yet (kfp's compiler raised FileNotFoundError).
+    code, out, err = cli("compile", "--pipeline", "monitoring", "--folds", "2")
+    assert code == 0 and os.listdir(tmp_path) == ["tauforge-monitoring.yaml"], err
+    path = tmp_path / "new" / "folder" / "monitoring.yaml"
     code, out, err = cli("compile", "--pipeline", "monitoring", "--out", str(path), "--folds", "2")
     assert code == 0, err
     assert components.load_component_from_file(str(path)).name == "tauforge-monitoring"

@@ -253,8 +253,17 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
                                                                                   message):
+    def bad_requests() -> float:
+        _, text = single.get("/metrics")
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("tauforge_errors_total{") and 'kind="bad_request"' in line)
+
+    before = bad_requests()
     code, answer = single.post(path, body)
     assert code == status, answer
+    # Every 400 counts once, also those refused before they reach the model (bad JSON, not the
+    # V2 schema), which a user's review found missing from the metric.
+    assert bad_requests() - before == (1 if status == 400 else 0)
     assert message in answer.get("error", "")
     assert single.v1([[0.0] * 5])[0] == 200
     if status == 400:  # a caller's mistake is one warning line in the server's log, not a traceback
