@@ -106,6 +106,25 @@ def test_the_gate_says_why_it_fails():
     assert not any("R^2" in w for w in balanced["warnings"])
 
 
+def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure():
+    from tauforge.components.evaluate import NEGLIGIBLE_REFUTER_MOVE
+
+    data, residuals, estimate, _ = pipeline_in_process("aw1")
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    se = result["effect"]["ate_stderr"]
+
+    def with_move(change):
+        refuters = {**result["refuters"], "random_common_cause": {**result["refuters"]["random_common_cause"],
+                                                                  "change": change, "p_value": 0.005}}
+        return verdict_of({**result, "refuters": refuters}, GateConfig())
+
+    # A user's review: refits that agree closely made a move of 0.28 standard errors fail a sound run.
+    small = with_move(0.28 * se)
+    assert small["passed"] and any("random common cause" in w and "negligible" in w for w in small["warnings"])
+    large = with_move(-2 * NEGLIGIBLE_REFUTER_MOVE * se)  # the planted defects move it by 4-39
+    assert not large["passed"] and large["reasons"][0].startswith("random common cause: a random common cause moves")
+
+
 def verdict_of(result, gate):
     return verdict({k: v for k, v in result.items() if k != "verdict"}, gate)
 
