@@ -35,8 +35,8 @@ from .nuisance import NuisanceConfig, Residuals
 
 # A refuter's move of the ATE smaller than this many of its standard errors does not fail the
 # gate, however small its p-value: three refits that agree closely make a move of 0.28 standard
-# errors significant (a user's review), while the planted defects move it by 4-39 (a scratch run
-# of tests/test_refuters.py's design over 40 seeds, 2026-12-05; docs/benchmarks.md).
+# errors significant (a user's review), while the planted defects move it by 4-39 standard errors
+# (tests/benchmarks/bench_refuters.py, 40 seeds; docs/benchmarks.md).
 NEGLIGIBLE_REFUTER_MOVE = 0.5
 
 # The slow checks' relative costs, for evaluate's progress: in nuisance refits on every row (the
