@@ -38,6 +38,14 @@ def card(ate=0.5):
     return {"effect": {"ate": ate, "ate_lower": ate - 0.1, "ate_upper": ate + 0.1}, "data": {"rows": 600}}
 
 
+def store_with(model_dir, tmp_path, versions: int, model: str = "m") -> ModelStore:
+    """A local store under tmp_path holding `versions` published versions of `model`."""
+    store = ModelStore(str(tmp_path / "store"))
+    for _ in range(versions):
+        store.publish(model, model_dir[0], card())
+    return store
+
+
 def test_publish_numbers_versions_and_load_verifies_every_file(model_dir, tmp_path):
     src, forest, X = model_dir
     store = ModelStore(str(tmp_path / "store"))
@@ -76,10 +84,7 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(model_dir, tmp_pat
 
 
 def test_a_damaged_card_is_named_and_hides_no_other_version_from_the_listing(model_dir, tmp_path):
-    src, _, _ = model_dir
-    store = ModelStore(str(tmp_path / "store"))
-    for _ in range(2):
-        store.publish("m", src, card())
+    store = store_with(model_dir, tmp_path, 2)
     with open(os.path.join(store.root, "m", "1", "model_card.json"), "w") as f:
         f.write("{bad")
     with pytest.raises(StoreError, match=r"m/1/model_card.json in .* is not a readable model card"):
@@ -109,10 +114,7 @@ def test_rolling_back_a_model_that_is_not_there_says_so_and_creates_nothing(tmp_
 
 
 def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_path):
-    src, _, _ = model_dir
-    store = ModelStore(str(tmp_path / "store"))
-    for _ in range(3):
-        store.publish("m", src, card())
+    store = store_with(model_dir, tmp_path, 3)
     store.set_alias("m", "champion", 1)
     store.set_alias("m", "champion", 3)
     store.set_alias("m", "challenger", 2)
@@ -311,10 +313,7 @@ def test_a_damaged_aliases_file_is_named_and_hides_no_other_model(model_dir, tmp
 
 
 def test_promote_refuses_a_version_that_does_not_verify(model_dir, tmp_path):
-    src, _, _ = model_dir
-    store = ModelStore(str(tmp_path / "store"))
-    for _ in range(2):
-        store.publish("m", src, card())
+    store = store_with(model_dir, tmp_path, 2)
     with open(os.path.join(store.root, "m", "2", "report.html"), "a") as f:
         f.write("<!-- edited -->")
     with pytest.raises(StoreError, match="checksum mismatch for .*report.html"):
@@ -323,14 +322,11 @@ def test_promote_refuses_a_version_that_does_not_verify(model_dir, tmp_path):
 
 
 def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_named(model_dir, tmp_path):
-    src, _, _ = model_dir
-    store = ModelStore(str(tmp_path / "store"))
-    for _ in range(3):
-        store.publish("m", src, card())
+    store = store_with(model_dir, tmp_path, 3)
     store.set_alias("m", "champion", 3)
     shutil.rmtree(os.path.join(store.root, "m", "3"))  # an operator removes a version by hand
     # Numbered 3 again, the champion alias would have named a version nobody promoted.
-    assert store.publish("m", src, card()) == 4
+    assert store.publish("m", model_dir[0], card()) == 4
     with pytest.raises(StoreError, match="no version 3"):
         store.load("m", "champion")
     shutil.copytree(os.path.join(store.root, "m", "1"), os.path.join(store.root, "m", "7"))
