@@ -18,6 +18,10 @@ DEFAULT_FOLDS = 5
 DEFAULT_FOLD_TASKS = 2
 DEFAULT_ALPHA = 0.05  # 1 - the confidence level of every interval reported
 
+# The data contract's choices (`DataSpec.treatment_type`, `DataSpec.assignment`; the CLI's flags).
+TREATMENT_TYPES = ("auto", "binary", "continuous")
+ASSIGNMENTS = ("observational", "randomized")
+
 # Positivity: estimated propensities outside this range are flagged in evaluation (and gated)
 # and in monitoring (the share of live rows outside the training overlap region).
 OVERLAP_BOUNDS = (0.05, 0.95)
@@ -34,6 +38,7 @@ MONITOR_ALPHA = 0.01
 PSI_ALERT = 0.25
 REFERENCE_ROWS = 5000
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE",
+__all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE",
            "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT",
-           "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV"]
+           "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
+           "TREATMENT_TYPES"]

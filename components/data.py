@@ -21,9 +21,7 @@ import pandas as pd
 
 from . import config
 from ._kfp import Dataset, Output, component
-
-TREATMENT_TYPES = ("auto", "binary", "continuous")
-ASSIGNMENTS = ("observational", "randomized")
+from .constants import ASSIGNMENTS, TREATMENT_TYPES
 
 
 class DataValidationError(ValueError):
@@ -220,6 +218,12 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             if count < spec.min_rows_per_arm:
                 fail(f"treatment column {spec.treatment!r} has {count} row(s) with value {arm}; "
                      f"at least {spec.min_rows_per_arm} per arm are needed")
+    if spec.assignment == "randomized":
+        message = _declared_propensity_check(int((t == 1).sum()), len(t), float(spec.propensity), spec.treatment)
+        if message and message.startswith("fail: "):
+            fail(message.removeprefix("fail: "))
+        elif message:
+            warnings.append(message)
     if spec.unit_id:
         dup = df[spec.unit_id].duplicated()
         if dup.any():
@@ -237,6 +241,27 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if c not in df.columns:
             fail(f"column {c!r}, a node of the causal graph, is missing from the table")
     return ValidatedData(df[roles + kept].reset_index(drop=True), spec, warnings)
+
+
+# A declared propensity the treated share contradicts biases every effect (the residuals use it):
+# below this binomial p-value the declaration is refused, below the second it is a warning.
+PROPENSITY_REFUSE_P = 1e-6
+PROPENSITY_WARN_P = 1e-2
+
+
+def _declared_propensity_check(treated: int, rows: int, propensity: float, column: str) -> str | None:
+    """None, a warning, or 'fail: ' and why, from the two-sided binomial test of the treated share."""
+    from scipy.stats import binomtest  # here: validating a table without a trial loads no scipy.stats
+
+    p_value = binomtest(treated, rows, propensity).pvalue
+    if p_value >= PROPENSITY_WARN_P:
+        return None
+    said = (f"{column!r} is 1 in {treated} of {rows} rows ({treated / rows:.1%}), against the declared propensity "
+            f"{propensity:g} (binomial p = {p_value:.2g})")
+    if p_value < PROPENSITY_REFUSE_P:
+        return (f"fail: assignment 'randomized': {said}; declare the propensity the trial used, or the "
+                "assignment observational")
+    return f"assignment 'randomized': {said}; check that the declared propensity is the trial's"
 
 
 # The pipeline's dataset artifact: a folder with the validated table, its resolved spec, and its

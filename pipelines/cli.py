@@ -27,6 +27,7 @@ import numpy as np
 
 from tauforge import __version__
 from tauforge.components.constants import (
+    ASSIGNMENTS,
     DEFAULT_FOLD_TASKS,
     DEFAULT_FOLDS,
     DEFAULT_MODEL_NAME,
@@ -34,6 +35,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
     MONITOR_ALPHA,
     STORE_ENV,
+    TREATMENT_TYPES,
 )
 
 
@@ -184,9 +186,15 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
         source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
         treatment, outcome, true_ate = args.treatment, args.outcome, None
+    if (args.assignment == "randomized") != (args.propensity is not None):
+        raise ValueError("--assignment randomized and --propensity P go together (P: the known probability of "
+                         "treatment)")
+    if args.propensity is not None and not 0 < args.propensity < 1:
+        raise ValueError(f"--propensity must be in (0, 1), got {args.propensity}")
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
                     controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
-                    treatment_type=args.treatment_type)
+                    timestamp=args.timestamp, treatment_type=args.treatment_type,
+                    assignment=args.assignment, propensity=args.propensity)
     with _as_flags(NUISANCE_FLAGS):
         nuisance = NuisanceConfig(model_y=args.model_y, model_t=args.model_t, folds=args.folds)
     with _as_flags(BOOTSTRAP_FLAGS):
@@ -575,7 +583,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument("--controls", nargs="+", metavar="COL", help="confounders W used by the nuisance models only")
     data.add_argument("--unit-id", help="unit id column (must be unique)")
     data.add_argument("--weight", help="sample weight column")
-    data.add_argument("--treatment-type", choices=("auto", "binary", "continuous"), default="auto",
+    data.add_argument("--timestamp", help="time column: must be in increasing order (checked, recorded in the card)")
+    data.add_argument("--assignment", choices=ASSIGNMENTS, default="observational",
+                      help="randomized: a binary treatment assigned with the known --propensity, which replaces "
+                           "the fitted treatment model (default: observational)")
+    data.add_argument("--propensity", type=float, metavar="P",
+                      help="with --assignment randomized: the probability of treatment, in (0, 1)")
+    data.add_argument("--treatment-type", choices=TREATMENT_TYPES, default="auto",
                       help="default: binary when the column is 0/1")
     data.add_argument("--graph", metavar="FILE",
                       help="causal graph, DOT or GML as DoWhy reads them (latent nodes: observed=\"no\"): the "

@@ -165,6 +165,10 @@ def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, stor
     (["--model-y", "sklearn.linear_model.LogisticRegression"],
      "--model-y 'sklearn.linear_model.LogisticRegression' is a classifier; the outcome model predicts"),
     (["--covariates", "x0", "x0", "x1"], "covariates column 'x0' is listed twice; list it once"),
+    (["--assignment", "randomized"], "--assignment randomized and --propensity P go together"),
+    (["--propensity", "0.5"], "--assignment randomized and --propensity P go together"),
+    (["--assignment", "randomized", "--propensity", "1"], "--propensity must be in (0, 1), got 1.0"),
+    (["--timestamp", "nope"], "timestamp column 'nope' is missing"),
     (["--model-t", "sklearn.linear_model.LinearRegression"],
      "--model-t 'sklearn.linear_model.LinearRegression' is not a classifier; a binary treatment's model"),
 ])
@@ -187,17 +191,22 @@ def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
 def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path):
     # kfp.local draws a job id of its own for dsl.PIPELINE_JOB_ID_PLACEHOLDER; run_local makes it
     # LocalRun.run_id (the runs folder's and the log's name). A kfp upgrade that changes how
-    # kfp.local draws it fails here.
+    # kfp.local draws it fails here. The small table's treatment alternates, a trial with the
+    # known propensity 0.5, which the run is told: the card keeps the design, the report the
+    # ranking scores only a randomized treatment makes valid.
     out = run("run", "--data", small_table(tmp_path / "data.csv", n=400), "--treatment", "T", "--outcome", "Y",
               "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet", "--json",
               "--model-y", "sklearn.linear_model.LinearRegression",
               "--model-t", "sklearn.linear_model.LogisticRegression",
+              "--assignment", "randomized", "--propensity", "0.5",
               "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     with open(os.path.join(result["store"], result["model"], str(result["version"]), "model_card.json")) as f:
         card = json.load(f)
     assert card["run"]["run_id"] == card["lineage"]["run_id"] == result["run_id"]
+    assert (card["spec"]["assignment"], card["spec"]["propensity"]) == ("randomized", 0.5)
+    assert "auuc" in card["evaluation"]["uplift"]["classic"]
     assert result["log"].endswith(f"{result['run_id']}.log")
     assert result["report"].endswith(".html")  # opens in a browser; KFP's artifact is named "report"
     with open(result["report"]) as f:

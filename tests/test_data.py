@@ -29,6 +29,15 @@ def spec(**kw):
     return DataSpec(**{"outcome": "spend", "treatment": "treated", **kw})
 
 
+@pytest.mark.parametrize("propensity, flagged", [(0.5, False), (0.35, True)])
+def test_a_declared_propensity_the_treated_share_doubts_is_a_warning(propensity, flagged):
+    # 91 of 200 treated: binomial p = 0.23 under 0.5 (a trial's ordinary luck), 0.0023 under 0.35
+    # (flagged); under 0.1 it is 5e-38 and the table is refused (the invalid tables below).
+    warned = [w for w in validate(table(), spec(assignment="randomized", propensity=propensity)).warnings
+              if "declared propensity" in w]
+    assert bool(warned) == flagged, warned
+
+
 def test_valid_table_resolves_covariates_and_treatment_type():
     data = validate(table(), spec(controls=["region"]))
     assert data.spec.covariates == ["age", "income", "score"]  # every other numeric column
@@ -91,6 +100,8 @@ def test_what_auto_decides_quietly_is_said_in_a_warning():
     (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
+    (lambda d: d, {"assignment": "randomized", "propensity": 0.1},
+     "assignment 'randomized': 'treated' is 1 in 91 of 200 rows (45.5%), against the declared propensity 0.1"),
     (lambda d: d.assign(w=0.0), {"weight": "w"}, "weight column 'w' is zero in every row"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
     (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
