@@ -25,6 +25,11 @@ ASSIGNMENTS = ("observational", "randomized")
 # Positivity: estimated propensities outside this range are flagged in evaluation (and gated)
 # and in monitoring (the share of live rows outside the training overlap region).
 OVERLAP_BOUNDS = (0.05, 0.95)
+# A continuous treatment's overlap: rows whose estimated Var(T | X) is under this share of the
+# mean squared treatment residual count as outside it (their debiasing weights t~ / V are the
+# ones that dominate the average partial effect). The binary bounds put e (1 - e) under 19% of
+# its largest value, 0.25.
+MIN_TREATMENT_VARIANCE_SHARE = 0.1
 
 # Evaluation warnings (recorded in the card, not fatal): covariate imbalance between arms, and an
 # outcome model so good out of fold that the outcome has probably leaked into the covariates.
@@ -38,7 +43,7 @@ MONITOR_ALPHA = 0.01
 PSI_ALERT = 0.25
 REFERENCE_ROWS = 5000
 
-__all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME", "DEFAULT_STORE",
-           "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT",
-           "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
+__all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME",
+           "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE",
+           "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
            "TREATMENT_TYPES"]

@@ -1,7 +1,9 @@
 """Checks a causal estimate before it is published, and the gate that decides.
 
   overlap        propensity histogram by arm, range, share outside [0.05, 0.95], and the share the
-                 Crump et al. (2009) rule would trim
+                 Crump et al. (2009) rule would trim (binary treatment)
+  treatment_variance  a continuous treatment's overlap: the estimated Var(T | X) over its mean, and
+                 the share of rows under MIN_TREATMENT_VARIANCE_SHARE of it
   balance        standardized mean difference of each covariate between arms, raw and inverse-
                  propensity weighted (binary treatment); its correlation with the treatment (continuous)
   nuisance       the out-of-fold scores of the nuisance models
@@ -27,7 +29,13 @@ from tauforge.kernels.progress import progress_steps
 
 from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
-from .constants import LEAK_WARNING_R2, MIN_PROPENSITY, OVERLAP_BOUNDS, SMD_WARNING
+from .constants import (
+    LEAK_WARNING_R2,
+    MIN_PROPENSITY,
+    MIN_TREATMENT_VARIANCE_SHARE,
+    OVERLAP_BOUNDS,
+    SMD_WARNING,
+)
 from .data import ValidatedData
 from .estimate import Estimate
 from .graph import CausalGraph, card_section
@@ -52,7 +60,8 @@ class GateConfig:
     """Thresholds of the publishing gate; None switches a check off.
 
     max_share_outside_overlap : the share of rows whose estimated propensity lies outside
-        [0.05, 0.95] may be at most this (binary treatment).
+        [0.05, 0.95] may be at most this (binary treatment); for a continuous treatment, the
+        share whose estimated Var(T | X) is under a tenth of its mean.
     min_placebo_pvalue : the placebo effect's p-value must be at least this; a smaller one
         means the pipeline finds effects where there are none.
     min_refuter_pvalue : the random-common-cause and data-subset refuters' p-values must be at
@@ -158,6 +167,21 @@ def overlap(t_hat: np.ndarray, T: np.ndarray) -> dict:
                           "control": np.histogram(t_hat[T == 0], bins)[0].tolist()}}
 
 
+def treatment_variance_overlap(t_var: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None) -> dict:
+    """A continuous treatment's overlap: where Var(T | X) is small, T hardly varies once X is known,
+    the data say little about the effect there and the rows' debiasing weights t~ / V are large.
+    V over the (weighted) mean t~^2, its low quantiles, and the share of rows under the bound."""
+    ratio = t_var / float(np.average(t_res**2, weights=sample_weight))
+    edges = np.linspace(0, max(float(np.quantile(ratio, 0.99)), 2 * MIN_TREATMENT_VARIANCE_SHARE), 31)
+    counts = np.histogram(np.minimum(ratio, edges[-1]), edges)[0]  # the top 1% in the last bin
+    return {"measure": "estimated Var(T | X) over the mean squared treatment residual",
+            "ratio_min": float(ratio.min()), "ratio_quantiles": {str(q): float(np.quantile(ratio, q))
+                                                                  for q in (0.01, 0.05, 0.5)},
+            "share_outside": float(np.mean(ratio < MIN_TREATMENT_VARIANCE_SHARE)),
+            "bound": MIN_TREATMENT_VARIANCE_SHARE,
+            "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
 def _smd(Z: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted mean difference between arms over the unweighted pooled standard deviation."""
     m1 = np.average(Z[T == 1], axis=0, weights=w[T == 1])
@@ -244,6 +268,8 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         }
     if data.spec.binary:
         result["overlap"] = overlap(t_hat, a["T"])
+    else:
+        result["treatment_variance"] = treatment_variance_overlap(t_var, t_res, a["sample_weight"])
     result["verdict"] = verdict(result, gate)
     return result
 
@@ -271,6 +297,15 @@ def verdict(result: dict, gate: GateConfig) -> dict:
         lo, hi = ov["bounds"]
         share = ov["share_outside"]
         text = f"{100 * share:.1f}% of rows have an estimated propensity outside [{lo}, {hi}]"
+        if gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
+            reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
+        elif share > 0:
+            warnings.append(f"positivity: {text}")
+    tv = result.get("treatment_variance")
+    if tv is not None:
+        share = tv["share_outside"]
+        text = (f"{100 * share:.1f}% of rows have an estimated treatment variance Var(T | X) under "
+                f"{tv['bound']:g} of its mean: there the treatment hardly varies given the covariates")
         if gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
             reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
         elif share > 0:
@@ -413,5 +448,7 @@ def metric_values(result: dict) -> dict[str, float]:
     if "overlap" in result:
         out["propensity_share_outside"] = result["overlap"]["share_outside"]
         out["crump_share_trimmed"] = result["overlap"]["crump_share_trimmed"]
+    if "treatment_variance" in result:
+        out["treatment_variance_share_outside"] = result["treatment_variance"]["share_outside"]
     out["gate_passed"] = float(result["verdict"]["passed"])
     return out

@@ -789,8 +789,8 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
             if k in estimate},
         "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "refuters", "balance", "sensitivity")}
         | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}
-        | ({"overlap": {k: v for k, v in evaluation["overlap"].items() if k != "histogram"}}
-           if "overlap" in evaluation else {})
+        | {key: {k: v for k, v in evaluation[key].items() if k != "histogram"}
+           for key in ("overlap", "treatment_variance") if key in evaluation}
         | ({"uplift": {k: v for k, v in evaluation["uplift"].items() if k != "curve"}}
            if "uplift" in evaluation else {})
         | ({"graph_checks": evaluation["graph_checks"]} if "graph_checks" in evaluation else {})
@@ -806,6 +806,7 @@ _GATE_CHECKS = (("placebo p-value", ("refuters", "placebo", "p_value")),
                 ("data subset p-value", ("refuters", "data_subset", "p_value")),
                 ("robustness value", ("sensitivity", "robustness_value")),
                 ("share outside overlap", ("overlap", "share_outside")),
+                ("share under the treatment variance bound", ("treatment_variance", "share_outside")),
                 ("graph checks' smallest adjusted p-value", ("graph_checks", "min_adjusted_p_value")))
 
 

@@ -129,6 +129,8 @@ def render_report(result: dict, header: ReportHeader | None = None) -> str:
             _heterogeneity_section(result["heterogeneity"], eff, unit), uplift_section(result.get("uplift"), y)]
     if binary:
         body.append(_overlap_section(result["overlap"], t))
+    if "treatment_variance" in result:
+        body.append(_treatment_variance_section(result["treatment_variance"], t))
     body += [_balance_section(result["balance"], t), _nuisance_section(result["nuisance"]),
              _refuters_section(result["refuters"], eff, result.get("gate_config", {}), unit),
              _sensitivity_section(result["sensitivity"], eff, unit),
@@ -248,6 +250,18 @@ def _overlap_section(ov: dict, treatment: str) -> str:
                    ("min propensity", "max propensity", f"share outside [{lo}, {hi}]",
                     "share the Crump et al. rule trims"))
     return _section("Overlap", chart, table)
+
+
+def _treatment_variance_section(tv: dict, treatment: str) -> str:
+    hist = tv["histogram"]
+    chart = charts.histogram(hist["edges"], {"rows": hist["counts"]},
+                             title=f"Estimated Var({treatment} | covariates) over its mean",
+                             x_label="ratio (1 = an average row; the top 1% in the last bin)", y_label="rows",
+                             lines={f"overlap bound {tv['bound']:g}": [tv["bound"]]})
+    q = tv["ratio_quantiles"]
+    table = _table([(tv["ratio_min"], q["0.01"], q["0.05"], q["0.5"], tv["share_outside"])],
+                   ("min ratio", "1% quantile", "5% quantile", "median", f"share under {tv['bound']:g}"))
+    return _section("Overlap: how much the treatment varies given the covariates", chart, table)
 
 
 def _balance_section(bal: dict, treatment: str) -> str:
