@@ -18,9 +18,9 @@ Layout under the store's root (a local folder, or any fsspec URI):
 Publishing makes a version visible in one step, complete and verified, and two publishers never
 get one number:
 
-- On a local filesystem the version is written under a private staging name, verified, then
-  renamed to the next free number: a rename is atomic and fails when the number is taken (the
-  loser takes the next), and a crash never leaves half a version.
+- On a local filesystem the version is written under a private staging name, verified, synced
+  to disk, then renamed to the next free number: a rename is atomic and fails when the number is
+  taken (the loser takes the next), and a crash (or a power loss) never leaves half a version.
 - On object stores, which cannot rename, the publisher first claims the number by creating
   `.claims/<version>` with a conditional write (S3's `If-None-Match: *`, fsspec's
   `mode="create"`): the store creates it for exactly one writer and refuses the others, who take
@@ -430,10 +430,12 @@ class ModelStore:
                 full = self._full_card(card, model, version, files)
                 _write_card(staging, full)
                 verify_files(staging, full)
+                _sync_tree(staging)  # on disk before the rename publishes it: a power loss cannot publish holes
                 try:
                     os.rename(staging, f"{d}/{version}")  # atomic; fails when another writer took the number
                 except OSError:
                     continue
+                _sync_path(d)  # the rename itself
                 os.makedirs(f"{d}/{_CLAIMS}", exist_ok=True)
                 open(f"{d}/{_CLAIMS}/{version}", "a").close()  # the number stays taken if the folder goes
                 return version
@@ -561,7 +563,9 @@ class ModelStore:
         with os.fdopen(fd, "w") as f:
             json.dump(aliases, f, indent=2, sort_keys=True)
         os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; servers may run as another user
+        _sync_path(tmp)
         os.replace(tmp, f"{self._model_dir(model)}/{ALIASES_FILE}")  # readers see the old file or the new one
+        _sync_path(self._model_dir(model))
 
     @contextlib.contextmanager
     def _lock(self, model: str) -> Iterator[None]:
@@ -624,6 +628,23 @@ def _lost_race(exc: OSError) -> bool:
     code = response.get("Error", {}).get("Code")
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _sync_path(path: str) -> None:
+    """fsync a file or a folder (a folder's entries: a rename in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(folder: str) -> None:
+    """fsync every file of `folder`, then its folders, deepest first."""
+    for root, _dirs, names in os.walk(folder, topdown=False):
+        for name in names:
+            _sync_path(os.path.join(root, name))
+        _sync_path(root)
 
 
 def _write_card(folder: str, card: dict) -> None:

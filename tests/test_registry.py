@@ -360,3 +360,27 @@ def test_the_card_names_this_projects_commit_and_whether_the_tree_had_changes():
     changed = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                              capture_output=True, text=True).stdout.strip() != ""
     assert env["git_commit"] == head and env["git_dirty"] is changed
+
+
+def test_a_local_publish_is_on_disk_before_its_rename_makes_it_visible(model_dir, tmp_path, monkeypatch):
+    # A power loss cannot be staged here; what can be checked is the order: every file and folder
+    # of the version fsynced before the rename that publishes it, and the model's folder (the
+    # rename) after it; the alias file likewise before its replace.
+    events = []
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(b))), real_rename(a, b))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    store = ModelStore(str(tmp_path / "store"))
+    store.publish("m", model_dir[0], card())
+    model = os.path.join(store.root, "m")
+    renamed = events.index(("rename", f"{model}/1"))
+    staging = events[renamed - 1][1]  # the staging folder, synced last
+    synced = {os.path.relpath(path, staging) for kind, path in events[:renamed] if kind == "fsync"}
+    assert {"forest/arrays.npz", "forest/model.json", "report.html", "model_card.json", "forest", "."} <= synced
+    assert ("fsync", model) in events[renamed:]
+    events.clear()
+    store.set_alias("m", "champion", 1)
+    replaced = events.index(("replace", f"{model}/aliases.json"))
+    assert events[replaced - 1][0] == "fsync" and events[replaced + 1] == ("fsync", model)
