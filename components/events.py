@@ -19,6 +19,7 @@ import io
 import itertools
 import operator
 import os
+import reprlib
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ EVENT_SCHEMA = pa.schema([("time", pa.float64()), ("request_id", pa.string()), (
                           ("upper", pa.float64()), ("recommended_action", pa.int64()), ("action", pa.int64()),
                           ("propensity", pa.float64()), ("explore_seed", pa.int64()), ("latency_ms", pa.float64())])
 INPUT_PREFIX = "input."
+# The longest unit or request id kept: a caller's id is stored in every record of its rows and
+# echoed in answers; a longer unit id is refused (a 400), a longer request id replaced.
+MAX_ID_LENGTH = 256
 _FILE_PREFIX, _FILE_SUFFIX = "events-", ".parquet"
 
 
@@ -44,6 +48,8 @@ def id_string(value) -> str | None:
     """A unit or request id as the log keeps it: one string per id, whether it came as "7", 7 or
     7.0 (a V2 numeric tensor, a CSV column read as numbers), so that the canary's hash and the
     outcomes' join meet the same id; None for a missing one. Other values: ValueError."""
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"is {len(value)} characters long; at most {MAX_ID_LENGTH}")
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (float, np.floating)):
@@ -53,7 +59,7 @@ def id_string(value) -> str | None:
             value = int(value)
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
-    raise ValueError(f"{value!r} must be a string or an integer")
+    raise ValueError(f"{reprlib.repr(value)} must be a string or an integer")
 
 
 def input_columns(covariates: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from tauforge.components.events import event_record
+from tauforge.components.events import MAX_ID_LENGTH, event_record
 
 from . import metrics
 from .event_log import EventLog
@@ -91,7 +91,7 @@ class CateModel(Model):
         metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
 
     async def predict(self, payload, headers=None):
-        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id((headers or {}).get("x-request-id"))
         v2 = isinstance(payload, InferRequest)
         parser = self.scorers[CHAMPION].parser
         try:
@@ -268,3 +268,11 @@ def _in_daemon_thread(func, arg, slots: threading.BoundedSemaphore) -> asyncio.F
 
 def _str(v):
     return None if v is None else str(v)
+
+
+def _request_id(header: str | None) -> str:
+    """The caller's (or the mesh's) x-request-id when it is a short printable id, else a new one:
+    it is stored in every record of the request and decides the arm of rows without a unit id."""
+    if header and len(header) <= MAX_ID_LENGTH and header.isprintable() and header.isascii():
+        return header
+    return uuid.uuid4().hex

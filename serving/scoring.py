@@ -7,6 +7,7 @@ matrix in the card's covariate order (or says exactly what is wrong with them), 
 
 import json
 import math
+import reprlib
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +40,13 @@ def parse_json_body(body: bytes):
         raise RequestError("the request body is nested too deeply to read") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _text(value: bytes, row: int) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise RequestError(f"row {row}: {UNIT_ID_FIELD} is not UTF-8 text") from None
 
 
 @dataclass
@@ -90,28 +98,29 @@ class RowParser:
         names = [t.name for t in inputs]
         repeated = next((name for name in names if names.count(name) > 1), None)
         if repeated is not None:
-            raise RequestError(f"input {repeated!r} appears {names.count(repeated)} times; send each input once")
+            raise RequestError(f"input {reprlib.repr(repeated)} appears {names.count(repeated)} times; send each "
+                               "input once")
         by_name = {t.name: t for t in inputs}
         units = None
         if UNIT_ID_FIELD in by_name:
             ids = by_name.pop(UNIT_ID_FIELD)
             raw = getattr(ids, "_raw_data", None) is not None
-            units = [self._unit_id(u.decode() if isinstance(u, bytes) else u, i)
+            units = [self._unit_id(_text(u, i) if isinstance(u, bytes) else u, i)
                      for i, u in enumerate(ids.as_numpy().ravel().tolist() if raw else ids.data)]
         tensors = list(by_name.values())
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
         for t in tensors:
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t.shape):
-                raise RequestError(f"input {t.name!r} has shape {list(t.shape)}; dimensions must be non-negative "
-                                   "integers")
+                raise RequestError(f"input {reprlib.repr(t.name)} has shape {reprlib.repr(list(t.shape))}; "
+                                   "dimensions must be non-negative integers")
             self._check_count(t.shape[0] if t.shape else 0)  # rows come first in every accepted shape
         if len(tensors) == 1 and tensors[0].name not in self.index:
             t = tensors[0]
             shape = list(t.shape)
             if len(shape) != 2 or shape[1] != len(self.columns):
-                raise RequestError(f"input {t.name!r} has shape {shape}; expected [rows, {len(self.columns)}] "
-                                   f"in the order {', '.join(self.columns)}")
+                raise RequestError(f"input {reprlib.repr(t.name)} has shape {reprlib.repr(shape)}; expected "
+                                   f"[rows, {len(self.columns)}] in the order {', '.join(self.columns)}")
             self._check_count(shape[0])
             X = self._matrix(t, shape[0] * len(self.columns)).reshape(shape[0], len(self.columns))
         else:
@@ -136,8 +145,9 @@ class RowParser:
         """Names (row keys or V2 tensor names) must be exactly the covariates."""
         unknown = [k for k in names if k not in self.index]
         if unknown:
-            raise RequestError(f"{where}unknown {what}(s) {', '.join(map(repr, unknown))}; the model's covariates "
-                               f"are {', '.join(self.columns)}")
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise RequestError(f"{where}unknown {what}(s) {', '.join(map(reprlib.repr, unknown[:5]))}{more}; the "
+                               f"model's covariates are {', '.join(self.columns)}")
         missing = [c for c in self.columns if c not in names]
         if missing:
             raise RequestError(f"{where}missing {what}(s) {', '.join(map(repr, missing))}")
@@ -158,13 +168,13 @@ class RowParser:
     @staticmethod
     def _number(v, row: int, column: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RequestError(f"row {row}, column {column!r}: {v!r} is not a number")
+            raise RequestError(f"row {row}, column {column!r}: {reprlib.repr(v)} is not a number")
         try:
             x = float(v)
         except OverflowError:
             raise RequestError(f"row {row}, column {column!r}: an integer beyond the range of a double") from None
         if not math.isfinite(x):
-            raise RequestError(f"row {row}, column {column!r}: {v!r} is not a finite number")
+            raise RequestError(f"row {row}, column {column!r}: {reprlib.repr(v)} is not a finite number")
         return x
 
     @staticmethod
@@ -172,31 +182,31 @@ class RowParser:
         """A numeric tensor's data as `size` float64 numbers, or a RequestError saying why not.
         Covariates are numbers: a BYTES or BOOL tensor, or strings and booleans inside a numeric
         one, are refused rather than coerced."""
-        name = tensor.name
+        name = reprlib.repr(tensor.name)  # the caller's: shown short
         if tensor.datatype not in NUMERIC_DATATYPES:
-            raise RequestError(f"input {name!r} has datatype {tensor.datatype}; covariates must be numeric "
+            raise RequestError(f"input {name} has datatype {tensor.datatype[:32]}; covariates must be numeric "
                                f"({', '.join(sorted(NUMERIC_DATATYPES))})")
         data = tensor.data
         if getattr(tensor, "_raw_data", None) is not None:  # binary data (gRPC raw contents, HTTP binary)
             try:
                 data = tensor.as_numpy()  # bytes of the declared numeric type: numbers by construction
             except ValueError as exc:
-                raise RequestError(f"input {name!r}: its binary data does not fit datatype {tensor.datatype}: "
+                raise RequestError(f"input {name}: its binary data does not fit datatype {tensor.datatype}: "
                                    f"{exc}") from None
         elif not isinstance(data, np.ndarray):
             values = np.asarray(data, dtype=object).ravel()
             bad = [v for v in values if type(v) not in _NUMBER_TYPES][:1]
             if bad:
-                raise RequestError(f"input {name!r} holds {bad[0]!r}, which is not a number")
+                raise RequestError(f"input {name} holds {reprlib.repr(bad[0])}, which is not a number")
             try:
                 data = values.astype(np.float64) if values.size else values
             except OverflowError:
-                raise RequestError(f"input {name!r} holds an integer beyond the range of a double") from None
+                raise RequestError(f"input {name} holds an integer beyond the range of a double") from None
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:
-            raise RequestError(f"input {name!r} holds {a.size} values; its shape needs {size}")
+            raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():
-            raise RequestError(f"input {name!r} holds NaN or infinite values")
+            raise RequestError(f"input {name} holds NaN or infinite values")
         return a
 
 

@@ -4,6 +4,7 @@ predictor container of an InferenceService.
     serve(build_model(store="./tauforge-store", model="tauforge-model"), port=8080)
 """
 
+import json
 import logging
 import sys
 
@@ -106,7 +107,7 @@ def _rest_server(host: str, model):
     import kserve.model_server as model_server
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from kserve.errors import InvalidInput
+    from kserve.errors import InvalidInput, ModelNotFound
 
     async def invalid_request(_, exc: RequestValidationError):
         message = _validation_message(exc.errors())
@@ -122,17 +123,104 @@ def _rest_server(host: str, model):
             model.count_bad_request()
         return JSONResponse(status_code=400, content={"error": str(exc)})
 
+    async def model_not_found(_, exc: ModelNotFound):
+        log.warning("404: %s", exc)  # KServe's handler logs a traceback for a caller's typo
+        return JSONResponse(status_code=404, content={"error": str(exc)})
+
     class TauforgeRESTServer(model_server.RESTServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = host
 
+        def _add_middlewares(self, app):
+            super()._add_middlewares(app)
+            app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES, on_refused=model.count_bad_request)
+            app.add_middleware(NoRepositoryRoutes)
+
         def _add_exception_handlers(self, app):
             super()._add_exception_handlers(app)
             app.add_exception_handler(RequestValidationError, invalid_request)
             app.add_exception_handler(InvalidInput, invalid_input)
+            app.add_exception_handler(ModelNotFound, model_not_found)
 
     return TauforgeRESTServer
+
+
+# The largest request body read: 10,000 rows (the parser's limit) of 100 covariates keyed by
+# name fit in it; parsing a JSON body costs about 20 times its size in memory, so 32 MiB stays
+# well inside the predictor's 2 GiB. Larger bodies are refused before they are read (413).
+MAX_REQUEST_BYTES = 32 * 2**20
+REPOSITORY_PREFIX = "/v2/repository"
+
+
+class NoRepositoryRoutes:
+    """ASGI middleware: a 404 for KServe's model repository routes, which let any caller unload
+    the model while the server still reports ready (a predictor has no credentials): the version
+    served is chosen at start."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(REPOSITORY_PREFIX):
+            log.warning("404: %s %s is not served", scope.get("method"), scope["path"][:100])
+            return await _answer(send, 404, "model repository calls are not served")
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a 413 with a message for a body over `limit` bytes, by its Content-Length
+    or, sent in chunks without one, as soon as the chunks pass it; nothing larger is buffered."""
+
+    def __init__(self, app, limit: int, on_refused=None):
+        self.app, self.limit, self.on_refused = app, limit, on_refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        if length is not None:  # uvicorn stops reading at the declared length
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(send)
+            if not message.get("more_body", False):
+                return await self.app(scope, _replay(chunks), send)
+
+    async def _refuse(self, send):
+        if self.on_refused:
+            self.on_refused()
+        log.warning("413: a request body over %d bytes", self.limit)
+        await _answer(send, 413, f"the request body is over {self.limit // 2**20} MiB; send at most 10,000 rows a "
+                                 "request, in several requests")
+
+
+async def _answer(send, status: int, error: str) -> None:
+    """An ASGI JSON answer {"error": ...}, as KServe's error handlers write them."""
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list):
+    """An ASGI receive that gives back messages already read, then waits for the disconnect."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _validation_message(errors) -> str:
@@ -191,23 +279,47 @@ def _bound_grpc_server(address: str):
     would silently take half of the first one's calls)."""
     from concurrent import futures
 
+    import grpc
     from grpc import aio
+    from kserve.errors import InvalidInput
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
 
+    class CallerErrorsAsWarnings(ExceptionToStatusInterceptor):
+        """KServe's interceptor, but a caller's bad request is one warning line (as over REST),
+        not an ERROR with the server's traceback."""
+
+        async def handle_exception(self, ex, request_or_iterator, context, method_name):
+            if isinstance(ex, InvalidInput):
+                log.warning("400: %s (gRPC %s)", ex, method_name)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
+            if isinstance(ex, NotImplementedError):
+                log.warning("%s (gRPC %s)", ex, method_name)
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(ex))
+            return await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+    class NoRepositoryServicer(InferenceServicer):
+        """KServe's servicer without the model repository calls (see `_rest_server`)."""
+
+        async def RepositoryModelLoad(self, request, context):
+            raise NotImplementedError("model repository calls are not served")
+
+        async def RepositoryModelUnload(self, request, context):
+            raise NotImplementedError("model repository calls are not served")
+
     class BoundGRPCServer(GRPCServer):
         async def start(self, max_workers):
             self._server = aio.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                      interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                                      interceptors=(LoggingInterceptor(), CallerErrorsAsWarnings()),
                                       options=[("grpc.so_reuseport", 0),
                                                ("grpc.max_send_message_length",
                                                 self._kwargs.get("grpc_max_send_message_length")),
                                                ("grpc.max_receive_message_length",
                                                 self._kwargs.get("grpc_max_receive_message_length"))])
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
+                NoRepositoryServicer(self._data_plane, self._model_repository_extension), self._server)
             self._server.add_insecure_port(f"{address}:{self._port}")
             await self._server.start()
             await self._server.wait_for_termination()

@@ -250,6 +250,9 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [10**12, 5], "datatype": "FP64",
                                                "data": [1, 2, 3, 4, 5]}]}, 400, "the limit is 10000"),
     ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
+    # A caller's id is kept in every record of its rows: a long one is refused, not stored.
+    (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "u" * 300}]}, 400,
+     "row 0: unit_id is 300 characters long; at most 256"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
                                                                                   message):
@@ -266,10 +269,76 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     assert bad_requests() - before == (1 if status == 400 else 0)
     assert message in answer.get("error", "")
     assert single.v1([[0.0] * 5])[0] == 200
-    if status == 400:  # a caller's mistake is one warning line in the server's log, not a traceback
-        log = single.log_text()
-        assert "Traceback" not in log and any("400: " in line and message in line for line in log.splitlines())
+    # A caller's mistake is one warning line in the server's log, not a traceback.
+    log = single.log_text()
+    assert "Traceback" not in log and any(f"{status}: " in line and message in line for line in log.splitlines())
+    if status == 400:
         assert "deprecated" not in log  # a library's deprecation the user of `serve` cannot act on
+
+
+def test_a_callers_large_values_are_echoed_short_and_a_body_over_the_limit_gets_a_413(single):
+    # A security review: a 10 MB string came back as a 10 MB 400 and a line as long in the log;
+    # a 180 MB body was parsed whole (3.85 GB) before its rows were counted.
+    import http.client
+
+    from tauforge.serving.server import MAX_REQUEST_BYTES
+
+    logged = len(single.log_text())
+    for row, shown in (({**dict.fromkeys(COLUMNS, 0.0), "x2": "a" * 1_000_000}, "column 'x2': 'aaaaaaaaaaaa"),
+                       ({**dict.fromkeys(COLUMNS, 0.0), **{f"k{i}": 0 for i in range(10_000)}},
+                        "unknown column(s) 'k0', 'k1', 'k2', 'k3', 'k4' and 9995 more")):
+        code, answer = single.v1([row])
+        assert code == 400 and shown in answer["error"] and len(answer["error"]) < 300, answer["error"][:300]
+    assert len(single.log_text()) - logged < 2_000
+
+    def refused(send_body) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", single.port, timeout=30)
+        try:
+            send_body(conn)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())["error"]
+        finally:
+            conn.close()
+
+    def declared(conn):  # refused on its Content-Length, before a byte of the body is read
+        conn.putrequest("POST", f"/v1/models/{MODEL}:predict")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(MAX_REQUEST_BYTES + 1))
+        conn.endheaders()
+
+    def chunked(conn):  # no length declared: refused once the chunks pass the limit
+        chunk = b" " * 2**20
+        conn.request("POST", f"/v1/models/{MODEL}:predict", body=iter([chunk] * (MAX_REQUEST_BYTES // 2**20 + 1)),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+
+    for send_body in (declared, chunked):
+        status, error = refused(send_body)
+        assert status == 413 and "the request body is over 32 MiB" in error
+    assert single.v1([[0.0] * 5])[0] == 200
+
+
+def test_no_caller_can_unload_the_served_model(single, with_grpc):
+    # KServe's repository routes unloaded the model for anyone, and /v2/health/ready stayed true.
+    import tritonclient.grpc as grpcclient
+
+    code, _ = single.post(f"/v2/repository/models/{MODEL}/unload", {})
+    assert code == 404
+    assert single.v1([[0.0] * 5])[0] == 200 and json.loads(single.get("/v2/health/ready")[1])["ready"]
+    client = grpcclient.InferenceServerClient(url=with_grpc.grpc)
+    try:
+        with pytest.raises(Exception, match="model repository calls are not served"):
+            client.unload_model(MODEL)
+        assert client.is_model_ready(MODEL)
+        # A unit id that is not UTF-8 is the caller's mistake, named, not an internal error.
+        ids = grpcclient.InferInput("unit_id", [1], "BYTES")
+        ids.set_data_from_numpy(np.array([b"\xff\xfe"], dtype=object))
+        rows = grpcclient.InferInput("rows", [1, 5], "FP64")
+        rows.set_data_from_numpy(np.zeros((1, 5)))
+        with pytest.raises(Exception, match="row 0: unit_id is not UTF-8 text"):
+            client.infer(MODEL, [rows, ids])
+    finally:
+        client.close()
+    assert "Traceback" not in with_grpc.log_text()  # over gRPC too, a caller's mistake is a warning line
 
 
 def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_path):
