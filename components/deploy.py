@@ -36,6 +36,7 @@ import yaml
 
 from ._kfp import IMAGE
 from .config import ConfigError, check_quantities
+from .registry import StoreError, check_model_name
 
 MODES = ("replace", "canary", "shadow")
 ROUTERS = ("mesh", "predictor")
@@ -88,6 +89,10 @@ class DeploySpec:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        try:  # the version's path in the store is built from it (a review: ../../other-team/x passed)
+            check_model_name(self.model)
+        except StoreError as exc:
+            raise ConfigError("model", str(exc).removeprefix("model name ")) from None
         check_name(self.isvc_name, "name" if self.name else "model")
         check_name(self.namespace, "namespace")
         if not 0 < self.percent <= 100:

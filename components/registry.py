@@ -44,6 +44,7 @@ import datetime as _dt
 import functools
 import json
 import os
+import reprlib
 import shutil
 import socket
 import sys
@@ -90,14 +91,21 @@ def card_digest(card: dict) -> str:
     return sha256_json(card, "card_sha256")
 
 
+# A model name is a folder of the store and part of an InferenceService's name and host: ASCII,
+# and no longer than a Kubernetes DNS label.
+MAX_MODEL_NAME = 63
+
+
 def _is_model_name(name: str) -> bool:
-    return bool(name) and all(ch.isalnum() or ch in "-_." for ch in name) and not name.startswith(".")
+    return (isinstance(name, str) and 0 < len(name) <= MAX_MODEL_NAME and name.isascii() and not name.startswith(".")
+            and all(ch.isalnum() or ch in "-_." for ch in name))
 
 
 def check_model_name(name: str) -> str:
     """`name` if it can name a model in the store; else a StoreError saying what a name may hold."""
     if not _is_model_name(name):
-        raise StoreError(f"model name {name!r} must be letters, digits, '-', '_' or '.' (not leading)")
+        raise StoreError(f"model name {reprlib.repr(name)} must be 1 to {MAX_MODEL_NAME} ASCII letters, digits, "
+                         "'-', '_' or '.' (not leading)")
     return name
 
 
@@ -699,7 +707,23 @@ def _parse_card(data: bytes, where: str) -> dict:
     if not isinstance(card, dict):
         raise StoreError(f"{where} is not a readable model card (a JSON {type(card).__name__}): the version is "
                          "damaged")
+    # What readers build paths and labels from (the event log's folders, metrics): checked here,
+    # not trusted because the card's own digest matches (anyone who can edit it can recompute that).
+    version, files = card.get("version"), card.get("files")
+    if not _is_model_name(card.get("model")) or not (isinstance(version, int) and version > 0):
+        raise StoreError(f"{where} names model {reprlib.repr(card.get('model'))} version {reprlib.repr(version)}: "
+                         "not a model name and a version number; the version is damaged")
+    if not isinstance(files, dict) or not all(map(_is_inside, files)):
+        bad = next((f for f in files if not _is_inside(f)), None) if isinstance(files, dict) else files
+        raise StoreError(f"{where} lists the file {reprlib.repr(bad)}, which is not a path inside the version "
+                         "folder; the version is damaged")
     return card
+
+
+def _is_inside(rel) -> bool:
+    """A relative, '/'-separated path without '.' or '..' parts: it cannot leave its folder."""
+    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/") and "\\" not in rel
+            and all(part not in ("", ".", "..") for part in rel.split("/")))
 
 
 def verify_files(path: str, card: dict) -> None:

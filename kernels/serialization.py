@@ -76,6 +76,9 @@ def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str,
     if meta.get("format") != expected_format:
         raise ValueError(f"{path} holds format {meta.get('format')!r}, expected {expected_format!r}")
     for name, digest in meta.get("files", {}).items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"{meta_path} lists the file {name!r}, which is not a file of {path}: the metadata "
+                             "is damaged")
         actual = sha256_file(path / name)
         if actual != digest:
             raise ValueError(f"checksum mismatch for {path / name}: the file was modified or corrupted "

@@ -61,6 +61,8 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
      "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
     (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
+    (["deploy", "--model", "../../team-b/x", "--name", "ok", "--version", "1", "--store", "s3://b/s"],
+     "--model '../../team-b/x' must be 1 to 63 ASCII letters"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "0"], "--cpu must be more than 0"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--explore", "2"],
      "--explore must be in [0, 1], got 2.0"),

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -81,6 +82,37 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(model_dir, tmp_pat
         store.resolve("m", "champion")
     with pytest.raises(StoreError, match="model name '../x'"):
         store.publish("../x", src, card())
+    # An InferenceService's name and host hold the model's name: ASCII, 63 characters at most.
+    for name in ("m" * 64, "ｓｅｃ"):
+        with pytest.raises(StoreError, match="must be 1 to 63 ASCII letters"):
+            store.publish(name, src, card())
+    assert store.publish("m" * 63, src, card()) == 1
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda c: c.update(model="../../escaped"), "names model '../../escaped' version 1: not a model name"),
+    (lambda c: c.update(version="../1"), "names model 'm' version '../1'"),
+    (lambda c: c["files"].update({"../../../etc/hostname": "0" * 64}), "lists the file '../../../etc/hostname', "
+                                                                       "which is not a path inside the version"),
+    (lambda c: c["files"].update({"/etc/hostname": "0" * 64}), "lists the file '/etc/hostname'"),
+])
+def test_a_card_naming_paths_outside_its_folder_is_refused_though_its_digest_matches(model_dir, tmp_path, edit,
+                                                                                      problem):
+    # A security review: the card's digest has no key, so whoever can edit a card can recompute
+    # it; the event log's folders and the files hashed were built from what the card said.
+    from tauforge.components.registry import card_digest, read_card
+
+    store = store_with(model_dir, tmp_path, 1)
+    path = os.path.join(store.root, "m", "1")
+    edited = read_card(path)
+    edit(edited)
+    edited["card_sha256"] = card_digest(edited)
+    with open(os.path.join(path, "model_card.json"), "w") as f:
+        json.dump(edited, f)
+    with pytest.raises(StoreError, match=re.escape(problem)):
+        read_card(path)
+    with pytest.raises(StoreError, match="the version is damaged"):
+        store.load("m", 1)
 
 
 def test_a_damaged_card_is_named_and_hides_no_other_version_from_the_listing(model_dir, tmp_path):
