@@ -21,6 +21,29 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+def check_no_credentials(uri: str, field: str) -> str:
+    """`uri`, unless it carries a user name or password (scheme://user:secret@host/...): a URI is
+    recorded in the run's parameters, its logs and the model card, where a secret must not go."""
+    from urllib.parse import urlsplit
+
+    if "://" in uri and "@" in urlsplit(uri).netloc:
+        raise ConfigError(field, "carries a user name or password: it would be recorded in the run's parameters, "
+                                 "logs and model card; give credentials the filesystem's own way (for s3://, "
+                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from a Secret on a cluster)")
+    return uri
+
+
+def redacted_uri(uri: str) -> str:
+    """`uri` as it is recorded and shown: without a query string, which may hold a token (a
+    presigned URL's signature)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(query="<redacted>" if parts.query else ""))
+
+
 def check_keys(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:
     """`raw` if every key is a field of the dataclass `cls`; else a ConfigError listing the
     unknown ones (`what` names the kind of setting: 'gate', 'bootstrap')."""

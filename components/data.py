@@ -115,7 +115,7 @@ def read_table(source: str) -> pd.DataFrame:
 
     fs, path = fsspec.core.url_to_fs(source)
     if not fs.exists(path):
-        raise DataValidationError(f"data source {source!r} does not exist")
+        raise DataValidationError(f"data source {config.redacted_uri(source)!r} does not exist")
     try:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
@@ -123,7 +123,7 @@ def read_table(source: str) -> pd.DataFrame:
         return pyarrow.parquet.read_table(path, filesystem=fs).to_pandas()
     except (OSError, pyarrow.ArrowInvalid) as exc:
         kind = "CSV" if path.lower().endswith((".csv", ".csv.gz")) else "Parquet (a CSV file's name ends in .csv)"
-        raise DataValidationError(f"cannot read {source!r} as {kind}: {exc}") from None
+        raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as {kind}: {exc}") from None
 
 
 def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
@@ -359,7 +359,8 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     data = validate(table, resolved, keep=causal_graph.observed if graph else ())
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
-    print(f"tauforge: validated {source}: {len(data.table)} rows, {len(data.spec.covariates)} covariates, "
-          f"{len(data.spec.controls)} controls, {data.spec.treatment_type} treatment", flush=True)
+    print(f"tauforge: validated {config.redacted_uri(source)}: {len(data.table)} rows, "
+          f"{len(data.spec.covariates)} covariates, {len(data.spec.controls)} controls, "
+          f"{data.spec.treatment_type} treatment", flush=True)
     for warning in data.warnings:
         print(f"tauforge: warning: {warning}", flush=True)

@@ -47,6 +47,7 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     empty for none), which the validate step checked the spec against."""
     import json
 
+    from tauforge.components.config import redacted_uri
     from tauforge.components.data import load_profile, load_spec
     from tauforge.components.estimate import Estimate
     from tauforge.components.graph import CausalGraph, card_section
@@ -59,7 +60,8 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     with open(evaluation.path) as f:
         result = json.load(f)
     nuisance = json.loads(NuisanceConfig(model_y, model_t, int(n_folds)).to_json())
-    card = build_card(spec=json.loads(spec.to_json()), data={"source": source, **load_profile(dataset.path)},
+    data = {"source": redacted_uri(source), **load_profile(dataset.path)}  # a presigned URL's token: not kept
+    card = build_card(spec=json.loads(spec.to_json()), data=data,
                       estimate=summary, evaluation=result,
                       estimator=estimator_description(estimator, summary, nuisance),
                       run={"run_id": run_id, "run_name": run_name, "pipeline": "tauforge-training"},

@@ -94,13 +94,18 @@ def _progress(line: str) -> None:
 
 def _store_uri(args: argparse.Namespace) -> str:
     """--store, else $TAUFORGE_STORE, else the default local store."""
-    return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
+    from tauforge.components.config import check_no_credentials
+
+    with _as_flags({"store": "--store"}):
+        return check_no_credentials(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE, "store")
 
 
 def _shown(path: str) -> str:
     """A path as the user would write it: relative to the working directory when inside it."""
     if "://" in path:
-        return path
+        from tauforge.components.config import redacted_uri
+
+        return redacted_uri(path)
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
 
@@ -159,6 +164,7 @@ def _parse_gate(items: list[str]) -> object:
 
 def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None]:
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
+    from tauforge.components.config import check_no_credentials
     from tauforge.components.data import DataSpec, demo_table
     from tauforge.components.estimate import BootstrapConfig
     from tauforge.components.graph import CausalGraph
@@ -186,6 +192,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
         source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
         treatment, outcome, true_ate = args.treatment, args.outcome, None
+        with _as_flags({"source": "--data"}):
+            check_no_credentials(source, "source")
     if (args.assignment == "randomized") != (args.propensity is not None):
         raise ValueError("--assignment randomized and --propensity P go together (P: the known probability of "
                          "treatment)")

@@ -61,6 +61,10 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
      "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
     (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
+    # A URI is recorded in the run's parameters, its logs and the card: no secret in one.
+    (["run", "--data", "http://alice:S3CRET@127.0.0.1:9/d.parquet", "--treatment", "T", "--outcome", "Y"],
+     "--data carries a user name or password: it would be recorded"),
+    (["models", "list", "--store", "s3://KEY:S3CRET@bucket/store"], "--store carries a user name or password"),
     (["deploy", "--model", "../../team-b/x", "--name", "ok", "--version", "1", "--store", "s3://b/s"],
      "--model '../../team-b/x' must be 1 to 63 ASCII letters"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "0"], "--cpu must be more than 0"),
@@ -77,8 +81,16 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)
     assert out.returncode != 0
-    assert message in out.stderr
+    assert message in out.stderr and "S3CRET" not in out.stderr
     assert out.stdout == ""
+
+
+def test_a_presigned_urls_token_is_neither_shown_nor_recorded():
+    from tauforge.components.config import redacted_uri
+
+    assert redacted_uri("https://h.example/d.parquet?X-Amz-Signature=abc") == "https://h.example/d.parquet?<redacted>"
+    assert redacted_uri("s3://bucket/d.parquet") == "s3://bucket/d.parquet"
+    assert redacted_uri("/data/d?.parquet") == "/data/d?.parquet"  # a local path's '?' is part of its name
 
 
 # What the engine and the models load (torch and numba: over a second; scikit-learn and
