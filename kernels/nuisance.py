@@ -6,6 +6,7 @@ Kept free of torch so that a pipeline task fitting one fold starts fast.
 from __future__ import annotations
 
 import importlib
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -172,9 +173,18 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
     if isinstance(model, str):
         module, _, name = model.rpartition(".")
         try:
-            estimator = getattr(importlib.import_module(module), name)()
+            found = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError) as exc:
             raise ValueError(f"model_{role}={model!r} is not an importable estimator class: {exc}") from None
+        # Only a class with fit and predict is called: an import path names a learner, not any
+        # callable (a review's `os.getpid` ran).
+        if not (isinstance(found, type) and hasattr(found, "fit") and hasattr(found, "predict")):
+            raise ValueError(f"model_{role}={model!r} is not an estimator class (a class with fit and predict), "
+                             f"it is {type(found).__name__} {reprlib.repr(found)}")
+        try:
+            estimator = found()
+        except TypeError as exc:
+            raise ValueError(f"model_{role}={model!r} cannot be made with its defaults: {exc}") from None
         if "random_state" in getattr(estimator, "get_params", dict)():  # the run's one seed, as for 'auto'
             estimator.set_params(random_state=seed)
         return estimator

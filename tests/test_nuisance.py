@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -157,6 +158,19 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
     first, second = (cross_fit(X, Y, T, n_folds=3, discrete=True, seed=1, model_t=path) for _ in range(2))
     np.testing.assert_array_equal(first[1], second[1])  # seeded: the same propensities twice
     assert 0 < first[1].min() and first[1].max() < 1 and min(first[2]["t_auc"]) > 0.65  # one score per fold
+
+
+@pytest.mark.parametrize("path, message", [
+    ("os.getpid", "is not an estimator class (a class with fit and predict), it is builtin_function_or_method"),
+    ("collections.OrderedDict", "is not an estimator class"),
+    ("sklearn.pipeline.Pipeline", "cannot be made with its defaults"),
+    ("sklearn.linear_model.NoSuchModel", "is not an importable estimator class"),
+])
+def test_an_import_path_that_names_no_estimator_class_is_refused_before_anything_is_called(path, message):
+    from tauforge.kernels.nuisance import resolve_model
+
+    with pytest.raises(ValueError, match=re.escape(f"model_y={path!r} {message}")):
+        resolve_model(path, "y", False, 0)
 
 
 def test_a_design_whose_svd_does_not_converge_still_cross_fits():
