@@ -132,6 +132,12 @@ class DeploySpec:
         return f"{self.store.rstrip('/')}/{self.model}/{version}"
 
 
+# Every serving container: not root, no privilege escalation, no capabilities, the runtime's
+# default seccomp profile. (The root filesystem stays writable: numba may add to its cache.)
+CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                      "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None = None, gpu: bool = False,
                     image: str = IMAGE) -> dict:
     """The serving runtime for `modelFormat: tauforge`: `tauforge serve` on the project image (the
@@ -152,8 +158,7 @@ def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None =
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT}, "periodSeconds": 10,
                           "timeoutSeconds": 2, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": CONTAINER_SECURITY,
     }
     metadata = {"name": GPU_RUNTIME if gpu else RUNTIME,
                 "labels": {"app.kubernetes.io/name": "tauforge", "app.kubernetes.io/component": "serving-runtime"}}
@@ -187,7 +192,8 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
         env.append({"name": "TAUFORGE_EXPLORE", "value": f"{spec.explore:g}"})
     model = {"modelFormat": {"name": MODEL_FORMAT}, "runtime": GPU_RUNTIME if spec.gpus else RUNTIME,
              "storageUri": spec.storage_uri(version), "env": env, "resources": resources}
-    predictor = {"minReplicas": 1, "model": model}
+    # A predictor never calls the Kubernetes API: no token in its pods.
+    predictor = {"minReplicas": 1, "model": model, "automountServiceAccountToken": False}
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(round(canary_percent))
     if spec.service_account:
@@ -247,6 +253,7 @@ def router_service(spec: DeploySpec) -> dict:
         "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": model["resources"],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5},
+        "securityContext": CONTAINER_SECURITY,
     }
     isvc["spec"]["predictor"]["containers"] = [container]
     isvc["metadata"]["labels"]["tauforge.io/challenger-version"] = str(spec.version)
