@@ -344,6 +344,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     store is checked here too, so that a store the run could not publish to fails it first. With a
     causal graph (DOT or GML text) the spec is checked against it, its covariates derived from it
     when it names none (`graph.CausalGraph.adjusted_spec`)."""
+    from tauforge.components.config import redacted_uri
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
     from tauforge.components.graph import CausalGraph
     from tauforge.components.registry import check_store_location
@@ -359,7 +360,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     data = validate(table, resolved, keep=causal_graph.observed if graph else ())
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
-    print(f"tauforge: validated {config.redacted_uri(source)}: {len(data.table)} rows, "
+    print(f"tauforge: validated {redacted_uri(source)}: {len(data.table)} rows, "
           f"{len(data.spec.covariates)} covariates, {len(data.spec.controls)} controls, "
           f"{data.spec.treatment_type} treatment", flush=True)
     for warning in data.warnings:
