@@ -109,3 +109,47 @@ def test_the_readme_is_a_front_door():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "make run" in readme and "make test" in readme
 
+
+
+def body_globals(func) -> set[str]:
+    """The names the body of `func` reads from its module: what a lightweight component, whose
+    body KFP runs alone in the task, would find undefined."""
+    import builtins
+    import inspect
+    import symtable
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(func))
+    table = next(t for t in symtable.symtable(source, "<component>", "exec").get_children()
+                 if t.get_name() == func.__name__)
+
+    def free(t) -> set[str]:
+        names = {s.get_name() for s in t.get_symbols() if s.is_global() and not s.is_assigned()}
+        return names.union(*(free(child) - set(t.get_identifiers()) for child in t.get_children()))
+
+    return {name for name in free(table) if not hasattr(builtins, name)}
+
+
+def test_every_components_body_imports_what_it_uses():
+    # KFP runs a lightweight component's body alone, with its own imports only: a name from the
+    # module around it (ce15746's `config`) passes every in-process test and fails every run.
+    import importlib
+    import pkgutil
+
+    import tauforge.components as package
+
+    components = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        components.update({f"{info.name}.{name}": obj for name, obj in vars(module).items()
+                           if getattr(getattr(obj, "python_func", None), "__module__", None) == module.__name__})
+    assert len(components) >= 8, sorted(components)
+    leaks = {name: sorted(body_globals(c.python_func)) for name, c in components.items()}
+    assert {name: names for name, names in leaks.items() if names} == {}
+    # The check sees a planted leak: a body that reads a module name.
+    import json  # noqa: F401 (the planted body's module global)
+
+    def planted():
+        return json.dumps({})
+
+    assert body_globals(planted) == {"json"}
