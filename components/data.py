@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,13 @@ def read_table(source: str) -> pd.DataFrame:
     try:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
-                return pyarrow.csv.read_csv(f).to_pandas()
+                table = pyarrow.csv.read_csv(f).to_pandas()
+            if len(table.columns) == 1 and any(sep in str(table.columns[0]) for sep in ";\t"):
+                raise DataValidationError(f"{config.redacted_uri(source)!r} reads as one column "
+                                          f"{reprlib.repr(str(table.columns[0]))}: its fields are separated by "
+                                          "';' or tabs, and tauforge reads commas; write it as Parquet or with "
+                                          "commas (and '.' for decimals)")
+            return table
         return pyarrow.parquet.read_table(path, filesystem=fs).to_pandas()
     except (OSError, pyarrow.ArrowInvalid) as exc:
         kind = "CSV" if path.lower().endswith((".csv", ".csv.gz")) else "Parquet (a CSV file's name ends in .csv)"
@@ -160,9 +167,12 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(f"the table has {n} rows; at least {max(2 * spec.min_rows_per_arm, 2)} are needed")
     covariates = list(spec.covariates)
     left_out = []  # columns the default covariates skip, said in a warning below
-    if not covariates:
-        covariates = [c for c in df.columns if c not in seen and pd.api.types.is_numeric_dtype(df[c])]
-        left_out = [c for c in df.columns if c not in seen and c not in covariates]
+    defaulted = not covariates
+    if defaulted:
+        index_like = [c for c in df.columns if c not in seen and _is_written_index(c)]
+        covariates = [c for c in df.columns if c not in seen and c not in index_like
+                      and pd.api.types.is_numeric_dtype(df[c])]
+        left_out = [c for c in df.columns if c not in seen and c not in covariates and c not in index_like]
         if not covariates:
             fail("covariates: none given and the table has no other numeric column")
     spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
@@ -174,10 +184,16 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             fail(f"column {c!r} is not numeric (dtype {col.dtype}); encode it as numbers first")
         values = col.to_numpy(np.float64, na_value=np.nan)
         bad = ~np.isfinite(values)
+        picked = " (picked as a covariate by default: name the covariates to leave it out)" if (
+            defaulted and c in covariates) else ""
         if bad.any():
             what = "NaN" if np.isnan(values[bad]).any() else "inf"
             fail(f"column {c!r} has {int(bad.sum())} {what}/missing value(s) (first at row {int(np.argmax(bad))}); "
-                 "drop or impute them")
+                 f"drop or impute them{picked}")
+        huge = np.abs(values) > MAX_ABS_VALUE
+        if huge.any():  # squares and sums of them overflow in the models: NaN far from here
+            fail(f"column {c!r} has {int(huge.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} (first at row "
+                 f"{int(np.argmax(huge))}, {values[huge][0]:g}); rescale it{picked}")
     def first(c: str):  # a plain Python value, shown as the user wrote it (1.0, not np.float64(1.0))
         value = df[c].iloc[0]
         return value.item() if hasattr(value, "item") else value
@@ -191,6 +207,14 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     if left_out:
         warnings.append(f"column(s) {_preview(left_out)} are not numeric and were left out of the covariates; "
                         "encode them as numbers, or name the covariates, to use them")
+    if defaulted and index_like:
+        warnings.append(f"column(s) {', '.join(map(repr, index_like))} look like a written row index and were left "
+                        "out of the covariates; name the covariates to use them")
+    id_like = [c for c in covariates if defaulted and _looks_like_id(c, df[c])]
+    if id_like:
+        warnings.append(f"covariate(s) {_preview(id_like)}, picked by default, look like ids (distinct integers, "
+                        "or a name ending in id): a model that splits on an id does not generalize; name the "
+                        "covariates to leave them out")
     if spec.weight and (df[spec.weight] < 0).any():
         fail(f"weight column {spec.weight!r} has negative values")
     if spec.weight and not (df[spec.weight] > 0).any():
@@ -204,7 +228,11 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(f"treatment column {spec.treatment!r} is declared binary but takes {len(values)} values ({shown}); "
              "recode it as 0/1 or declare it continuous")
     treatment_type = spec.treatment_type if spec.treatment_type != "auto" else ("binary" if is_binary else "continuous")
-    if spec.treatment_type == "auto" and not is_binary and len(levels := np.unique(t)) <= 5:  # arms coded otherwise?
+    if spec.treatment_type == "auto" and not is_binary and len(levels := np.unique(t)) == 2:
+        fail(f"treatment column {spec.treatment!r} takes two values ({levels[0]:g}, {levels[1]:g}): recode them as "
+             "0 (control) and 1 (treated) for the average effect of treating, or declare the treatment "
+             "continuous if it is a dose (the effect is then per unit of it)")
+    if spec.treatment_type == "auto" and not is_binary and len(levels) <= 5:  # arms coded otherwise?
         shown = ", ".join(f"{v:g}" for v in levels)
         warnings.append(f"treatment {spec.treatment!r} takes {len(levels)} values ({shown}) and is taken as "
                         "continuous: the estimate is the average effect of one unit of it; recode two arms as 0/1 "
@@ -213,11 +241,16 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(f"assignment 'randomized' with a known propensity needs a binary treatment; {spec.treatment!r} is "
              "continuous (declare the assignment observational)")
     if treatment_type == "binary":
+        weighted = df[spec.weight].to_numpy(np.float64) > 0 if spec.weight else np.ones(len(t), bool)
         for arm in (0, 1):
             count = int((t == arm).sum())
             if count < spec.min_rows_per_arm:
                 fail(f"treatment column {spec.treatment!r} has {count} row(s) with value {arm}; "
                      f"at least {spec.min_rows_per_arm} per arm are needed")
+            count = int(((t == arm) & weighted).sum())  # a zero weight takes a row out of the estimate
+            if count < spec.min_rows_per_arm:
+                fail(f"weight column {spec.weight!r} is positive in {count} row(s) with treatment {arm}; at least "
+                     f"{spec.min_rows_per_arm} per arm are needed")
     if spec.assignment == "randomized":
         message = _declared_propensity_check(int((t == 1).sum()), len(t), float(spec.propensity), spec.treatment)
         if message and message.startswith("fail: "):
@@ -241,6 +274,26 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if c not in df.columns:
             fail(f"column {c!r}, a node of the causal graph, is missing from the table")
     return ValidatedData(df[roles + kept].reset_index(drop=True), spec, warnings)
+
+
+# Values beyond this break the models' sums of squares (they overflow to inf, then NaN).
+MAX_ABS_VALUE = 1e100
+
+
+def _is_written_index(name) -> bool:
+    """A column that a writer's row index became: pandas' to_csv ('' or 'Unnamed: 0'), Parquet's
+    '__index_level_0__'."""
+    name = str(name)
+    return (name == "" or name.startswith("__index_level_") or
+            (name.startswith("Unnamed: ") and name.removeprefix("Unnamed: ").isdigit()))
+
+
+def _looks_like_id(name, column: pd.Series) -> bool:
+    """An id-like covariate: a name ending in id, or distinct integers in every row."""
+    raw = str(name)
+    if raw.lower() == "id" or raw.lower().endswith(("_id", " id", "-id", ".id")) or raw.endswith("Id"):
+        return True
+    return pd.api.types.is_integer_dtype(column) and len(column) > 50 and column.is_unique
 
 
 # A declared propensity the treated share contradicts biases every effect (the residuals use it):
@@ -360,8 +413,9 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     data = validate(table, resolved, keep=causal_graph.observed if graph else ())
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
+    named = ", ".join(map(str, data.spec.covariates[:12])) + (", ..." if len(data.spec.covariates) > 12 else "")
     print(f"tauforge: validated {redacted_uri(source)}: {len(data.table)} rows, "
-          f"{len(data.spec.covariates)} covariates, {len(data.spec.controls)} controls, "
+          f"{len(data.spec.covariates)} covariates ({named}), {len(data.spec.controls)} controls, "
           f"{data.spec.treatment_type} treatment", flush=True)
     for warning in data.warnings:
         print(f"tauforge: warning: {warning}", flush=True)

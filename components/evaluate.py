@@ -268,6 +268,9 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         }
     if data.spec.binary:
         result["overlap"] = overlap(t_hat, a["T"])
+        # A trial's propensity is its design, known, not estimated: extreme, it widens the interval,
+        # it does not threaten identification.
+        result["overlap"]["declared"] = data.spec.assignment == "randomized"
     else:
         result["treatment_variance"] = treatment_variance_overlap(t_var, t_res, a["sample_weight"])
     result["verdict"] = verdict(result, gate)
@@ -297,7 +300,11 @@ def verdict(result: dict, gate: GateConfig) -> dict:
         lo, hi = ov["bounds"]
         share = ov["share_outside"]
         text = f"{100 * share:.1f}% of rows have an estimated propensity outside [{lo}, {hi}]"
-        if gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
+        if ov.get("declared"):
+            if share > 0:
+                warnings.append(f"positivity: the trial's declared propensity {ov['propensity_min']:g} lies outside "
+                                f"[{lo}, {hi}]: known, so not gated, but its large weights widen the intervals")
+        elif gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
             reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
         elif share > 0:
             warnings.append(f"positivity: {text}")

@@ -140,14 +140,32 @@ def seed_from(random_state: Any, bits: int = 31) -> int:
                      f"got {random_state!r}")
 
 
-def check_finite(arr: np.ndarray, name: str) -> None:
-    """Raise naming the first non-finite entry (row, and column for 2-D inputs)."""
+def check_finite(arr: np.ndarray, name: str, columns: Any = None) -> None:
+    """Raise naming the first non-finite entry (row, and column for 2-D inputs: by its name when
+    `columns` has them)."""
     bad = ~np.isfinite(arr)
     if bad.any():
         first = np.argwhere(bad)[0].tolist()
-        where = f"row {first[0]}" + (f", column {first[1]}" if len(first) > 1 else "")
+        column = "" if len(first) < 2 else (f", column {columns[first[1]]!r}" if columns is not None
+                                            else f", column {first[1]}")
+        where = f"row {first[0]}" + column
         kind = "NaN" if np.isnan(arr[tuple(first)]) else "infinite values"  # what the named cell holds
         raise ValueError(f"{name} contains {kind} (first at {where}); impute or drop those rows first")
+
+
+def check_same_index(**inputs: Any) -> None:
+    """pandas inputs (None and arrays skipped) have the same index: rows are matched by position,
+    so a Series sorted differently from the DataFrame would pair each outcome with another row."""
+    indexed = {k: v.index for k, v in inputs.items() if v is not None and hasattr(v, "index")
+               and hasattr(v, "to_numpy")}
+    (first, index), *others = list(indexed.items()) or [(None, None)]
+    for name, other in others:
+        if len(other) == len(index) and not other.equals(index):
+            at = int(np.argmax(np.asarray(other) != np.asarray(index)))
+            shown = [i.item() if hasattr(i, "item") else i for i in (index[at], other[at])]  # 299, not np.int64(299)
+            raise ValueError(f"{first} and {name} are pandas objects with different indexes (at position {at}: "
+                             f"{shown[0]!r} and {shown[1]!r}); rows are matched by position: align them "
+                             f"({name}.loc[{first}.index]) or reset both indexes")
 
 
 def check_same_length(**arrays: Any) -> int:

@@ -143,6 +143,7 @@ class CausalForestDML(BaseEstimator):
     def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None) -> CausalForestDML:
         """Fit nuisance models by cross-fitting, then the causal forest on the residuals."""
         names = _inputs.feature_names(X)
+        _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight)
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
         X = _inputs.to_numpy(X, "X", 2)
@@ -153,7 +154,7 @@ class CausalForestDML(BaseEstimator):
             raise ValueError(f"discrete_treatment must be True, False or 'auto', got {self.discrete_treatment!r}")
         for arr, name in ((Y, "Y"), (T, "T"), (X, "X"), (W, "W")):
             if arr is not None:
-                _inputs.check_finite(arr, name)
+                _inputs.check_finite(arr, name, names if name == "X" else None)
         if n < 2:
             raise ValueError(f"Y has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
         sw = _inputs.check_sample_weight(sample_weight, n)

@@ -72,17 +72,30 @@ def test_continuous_treatment_is_detected():
 
 
 def test_what_auto_decides_quietly_is_said_in_a_warning():
-    # Two arms coded 1/2, or three levels: continuous, which changes the estimand; a string
-    # column the default covariates leave out.
+    # Three levels: continuous, which changes the estimand; a string column the default
+    # covariates leave out. (Two arms coded otherwise than 0/1 are refused: below.)
     df = table().assign(city="x")
-    for arms, shown in (([1.0, 2.0], "2 values (1, 2)"), ([0.0, 1.0, 2.0], "3 values (0, 1, 2)")):
-        data = validate(df.assign(treated=np.resize(arms, len(df))), spec())
-        assert data.spec.treatment_type == "continuous"
-        assert any(f"treatment 'treated' takes {shown} and is taken as continuous" in w for w in data.warnings)
-        assert validate(df.assign(treated=np.resize(arms, len(df))), spec(treatment_type="continuous")).warnings \
-            == ["column(s) city are not numeric and were left out of the covariates; encode them as numbers, or "
-                "name the covariates, to use them"]
+    arms, shown = [0.0, 1.0, 2.0], "3 values (0, 1, 2)"
+    data = validate(df.assign(treated=np.resize(arms, len(df))), spec())
+    assert data.spec.treatment_type == "continuous"
+    assert any(f"treatment 'treated' takes {shown} and is taken as continuous" in w for w in data.warnings)
+    assert validate(df.assign(treated=np.resize(arms, len(df))), spec(treatment_type="continuous")).warnings \
+        == ["column(s) city are not numeric and were left out of the covariates; encode them as numbers, or "
+            "name the covariates, to use them"]
     assert validate(df, spec(covariates=["age"])).warnings == []  # named covariates: nothing was left out
+
+
+def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns():
+    # A data review: pandas' to_csv index ('' or 'Unnamed: 0') and a customer id were taken as
+    # covariates, the id took 0.29 of the forest's importance, and nothing said so.
+    df = table().assign(customer_id=np.arange(200) * 7 + 1000)
+    df.insert(0, "Unnamed: 0", np.arange(200))
+    data = validate(df, spec(controls=["region"]))
+    assert data.spec.covariates == ["age", "income", "score", "customer_id"]
+    assert any("'Unnamed: 0' look like a written row index and were left out" in w for w in data.warnings)
+    assert any("covariate(s) customer_id, picked by default, look like ids" in w for w in data.warnings)
+    named = validate(df, spec(covariates=["age", "customer_id"], controls=["region"]))
+    assert not any("index" in w or "ids" in w for w in named.warnings)  # what the user named is not second-guessed
 
 
 @pytest.mark.parametrize("change, kw, message", [
@@ -93,6 +106,13 @@ def test_what_auto_decides_quietly_is_said_in_a_warning():
     (lambda d: d.assign(treated=d.index % 3), {"treatment_type": "binary"},
      "treatment column 'treated' is declared binary but takes 3 values (0, 1, 2)"),
     (lambda d: d.assign(treated=(d.index < 5).astype(float)), {}, "has 5 row(s) with value 1"),
+    # Two arms coded 1/2 (or -1/+1) became a continuous dose: an effect of the wrong sign or half size.
+    (lambda d: d.assign(treated=d.treated + 1), {}, "treatment column 'treated' takes two values (1, 2): recode"),
+    (lambda d: d.assign(w=np.where(d.treated == 1, 0.0, 1.0)), {"weight": "w"},
+     "weight column 'w' is positive in 0 row(s) with treatment 1"),
+    (lambda d: d.assign(age=d.age.where(d.index != 4, 1e300)), {},
+     "column 'age' has 1 value(s) beyond +-1e+100 (first at row 4, 1e+300); rescale it (picked as a covariate by "
+     "default"),
     (lambda d: d.assign(spend=2.0), {}, "column 'spend' is constant"),
     (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),

@@ -154,6 +154,18 @@ def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure()
     assert not large["passed"] and large["reasons"][0].startswith("random common cause: a random common cause moves")
 
 
+def test_a_trials_declared_propensity_outside_the_bounds_warns_where_an_estimated_one_fails():
+    # A data review: a trial treating 2% by design failed the overlap gate on its known propensity.
+    data, residuals, estimate, _ = pipeline_in_process("aw1")
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    extreme = {**result["overlap"], "propensity_min": 0.02, "propensity_max": 0.02, "share_outside": 1.0}
+    estimated = verdict_of({**result, "overlap": {**extreme, "declared": False}}, GateConfig())
+    assert not estimated["passed"] and estimated["reasons"][0].startswith("overlap: 100.0% of rows")
+    declared = verdict_of({**result, "overlap": {**extreme, "declared": True}}, GateConfig())
+    assert declared["passed"] and any("the trial's declared propensity 0.02" in w for w in declared["warnings"])
+    assert result["overlap"]["declared"] is False  # the table's assignment is observational
+
+
 def verdict_of(result, gate):
     return verdict({k: v for k, v in result.items() if k != "verdict"}, gate)
 

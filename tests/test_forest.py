@@ -331,6 +331,15 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
     X.iloc[5, 1] = pd.NA
     with pytest.raises(ValueError, match=r"X contains NaN \(first at row 5, column 1\)"):
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X)
+    with pytest.raises(ValueError, match=r"X contains NaN \(first at row 5, column 'n_orders'\)"):
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X.set_axis(["age", "n_orders", "spend"], axis=1))
+    # Rows are matched by position: an outcome Series sorted another way than X (a data review:
+    # ATE -0.06 for a true 3.06, silently) is refused.
+    frame = pd.DataFrame(d.X, columns=["a", "b", "c"])
+    outcome = pd.Series(d.Y).sort_index(ascending=False)
+    with pytest.raises(ValueError, match=r"X and Y are pandas objects with different indexes \(at position 0: 0 and "
+                                         r"299\); rows are matched by position"):
+        CausalForestDML(n_estimators=4).fit(outcome, d.T, X=frame)
     with pytest.warns(UserWarning, match=r"T takes two values \(1, 2\) but not 0 and 1"):
         CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, d.T + 1, X=d.X)
 
