@@ -66,6 +66,14 @@ class CateModel(Model):
         meets compiled, cached kernels (numba compiles on first use)."""
         for scorer in filter(None, self.scorers.values()):
             scorer.score(np.zeros((WARM_ROWS, len(scorer.columns))))
+        # Every series at 0 from the start: a version that fails every request still has a
+        # request series, so the error-rate alert (errors over requests and errors) can fire.
+        second = {"canary": CHALLENGER, "shadow": SHADOW}.get(self.routing.mode)
+        for scorer, role in ((self.scorers[CHAMPION], self.role), (self.scorers[CHALLENGER], second)):
+            if scorer is not None and role is not None:
+                labels = (self.name, str(scorer.version), role)
+                metrics.REQUESTS.labels(*labels), metrics.ROWS.labels(*labels), metrics.LATENCY.labels(*labels)
+                metrics.ERRORS.labels(*labels, "scoring")
         self.ready = True
         return self.ready
 
@@ -91,6 +99,7 @@ class CateModel(Model):
         metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
 
     async def predict(self, payload, headers=None):
+        start = time.perf_counter()
         request_id = _request_id((headers or {}).get("x-request-id"))
         v2 = isinstance(payload, InferRequest)
         parser = self.scorers[CHAMPION].parser
@@ -138,7 +147,12 @@ class CateModel(Model):
             task = asyncio.create_task(self._shadow(request_id, rows, out["cate"]))
             self._shadow_tasks.add(task)  # keep a reference until done
             task.add_done_callback(self._shadow_tasks.discard)
-        return self._response(payload, v2, request_id, out, versions, labels, actions, requested)
+        response = self._response(payload, v2, request_id, out, versions, labels, actions, requested)
+        # The request's time in the model (rows read, scored, logged, answered), under every
+        # version that scored some of its rows: what a caller waits for beyond the transport.
+        for version, label in dict(zip(versions.tolist(), labels)).items():
+            metrics.LATENCY.labels(self.name, str(version), label).observe(time.perf_counter() - start)
+        return response
 
     def _score(self, scorer: VersionScorer, role: str, X: np.ndarray) -> Scores:
         labels = (self.name, str(scorer.version), role)
@@ -149,7 +163,6 @@ class CateModel(Model):
             raise
         metrics.REQUESTS.labels(*labels).inc()
         metrics.ROWS.labels(*labels).inc(len(X))
-        metrics.LATENCY.labels(*labels).observe(scores.seconds)
         return scores
 
     async def _shadow(self, request_id: str, rows: Rows, champion_cate: np.ndarray) -> None:

@@ -485,6 +485,9 @@ def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault)
         assert len(shadow) == 0
         kind = "scoring" if fault == "raise" else "shed"  # a hung challenger's shadows are shed, not queued
         assert f'kind="{kind}"' in text
+        # An ops review: a shadow that always failed had no request series, so the error-rate
+        # alert (errors over requests and errors) had nothing to divide and never fired.
+        assert f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} 0.0' in text
 
 
 def test_exploration_answers_carry_an_action_and_its_propensity_and_the_log_keeps_them(store, tmp_path):
