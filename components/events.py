@@ -104,7 +104,10 @@ def write_events(records: list[dict], location: str, seq: int) -> list[str]:
         table = pa.Table.from_pylist(group, schema=schema)
         if local:
             os.makedirs(folder, exist_ok=True)
-            pq.write_table(table, path + ".tmp")
+            with open(path + ".tmp", "wb") as f:
+                pq.write_table(table, f)
+                f.flush()
+                os.fsync(f.fileno())  # whole on disk before the rename shows it: a node crash leaves no stub
             os.replace(path + ".tmp", path)
         else:  # one PUT: the object exists whole or not at all
             buffer = io.BytesIO()
@@ -114,24 +117,48 @@ def write_events(records: list[dict], location: str, seq: int) -> list[str]:
     return paths
 
 
-def read_events(location: str, model: str | None = None) -> pd.DataFrame:
-    """Every logged record under `location` (of `model` only, if given) as one DataFrame, read
-    with pyarrow.dataset; empty, with the fields, if there is none. A local folder that does not
-    exist is an error (a mistyped path should not read as a quiet log)."""
+def read_events(location: str, model: str | None = None, since: float | None = None) -> pd.DataFrame:
+    """Every logged record under `location` (of `model` only, if given; logged at or after the
+    Unix time `since`, if given) as one DataFrame, read with pyarrow.dataset; empty, with the
+    fields, if there is none. With `since`, files in date folders before its day are not read (a
+    file's folder is the day it was written, which is no earlier than its records). Files that
+    cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
+    the frame's `attrs["unreadable_files"]`. A local folder that does not exist is an error (a
+    mistyped path should not read as a quiet log)."""
     import pyarrow.dataset as ds
 
     fs, root, local = _filesystem(location)
     if local and not os.path.isdir(root):
         raise ValueError(f"the event log {location} is not a directory")
     base = f"{root}/model={model}" if model else root
+    first_day = None  # a day's margin: pods' clocks differ
+    if since is not None:
+        first_day = f"{_dt.datetime.fromtimestamp(since, _dt.UTC) - _dt.timedelta(days=1):%Y-%m-%d}"
     files = sorted(f for f in (fs.find(base) if fs.exists(base) else [])
-                   if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX))
-    if not files:
-        return pd.DataFrame(columns=list(EVENT_FIELDS))
-    dataset = ds.dataset(files, filesystem=fs, format="parquet")
-    schema = pa.unify_schemas([fragment.physical_schema for fragment in dataset.get_fragments()])
-    table = ds.dataset(files, filesystem=fs, format="parquet", schema=schema).to_table()
-    return table.to_pandas().sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
+                   if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX)
+                   and (first_day is None or _written_on(f) is None or _written_on(f) >= first_day))
+    readable, schemas, unreadable = [], [], []
+    for f in files:
+        try:
+            schemas.append(pq.read_schema(f, filesystem=fs))
+            readable.append(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            unreadable.append(f"{f}: {exc}")
+    if not readable:
+        frame = pd.DataFrame(columns=list(EVENT_FIELDS))
+    else:
+        table = ds.dataset(readable, filesystem=fs, format="parquet", schema=pa.unify_schemas(schemas)).to_table()
+        frame = table.to_pandas().sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
+        if since is not None:
+            frame = frame[frame["time"] >= since].reset_index(drop=True)
+    frame.attrs["unreadable_files"] = unreadable
+    return frame
+
+
+def _written_on(path: str) -> str | None:
+    """The YYYY-MM-DD of a log file's `date=` folder (None outside the layout)."""
+    folder = os.path.basename(os.path.dirname(path))
+    return folder.removeprefix("date=") if folder.startswith("date=") else None
 
 
 def reference_profile(X: np.ndarray, covariates: list[str], T: np.ndarray, cate, seed: int = 0) -> pd.DataFrame:

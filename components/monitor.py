@@ -523,9 +523,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
     read = read_outcomes(outcomes) if outcomes else None
     costs = {"reading the event log": STEP_COSTS["reading the event log"], **monitor_steps(CHECKS, read is not None)}
     with progress_steps("monitoring", costs, progress) as steps:
-        events = steps.run("reading the event log", read_events, log_dir, model=model)
-        if start is not None:
-            events = events[events["time"] >= start]
+        events = steps.run("reading the event log", read_events, log_dir, model=model, since=start)
+        unreadable = events.attrs.get("unreadable_files", [])
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
         events = events[(events["role"] != "champion") | (events["version"] == served)]
@@ -534,6 +533,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
     card = loaded.card
     if start is not None:
         result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
+    if unreadable:  # judged without them, and said
+        result["unreadable_files"] = unreadable
     result.update(model=model, version=served, training={
         "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
         "treatment": card["spec"].get("treatment"), "outcome": card["spec"].get("outcome")})

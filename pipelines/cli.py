@@ -561,6 +561,8 @@ def _monitor(args: argparse.Namespace) -> int:
           + (f" since {result['since']}" if "since" in result else ""))
     if "note" in result:  # why nothing was judged (too few live rows)
         print(f"  {result['note']}")
+    for problem in result.get("unreadable_files", []):
+        print(f"  warning: an event-log file could not be read and was skipped: {problem}")
     for a in result["alerts"]:
         print(f"  ALERT {a['check']}: {a['message']}")
     if not result["alerts"]:

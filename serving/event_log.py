@@ -7,6 +7,12 @@ unwritten record is `rotate_seconds` old (an idle server's records do not wait f
 request), and on `close` (the server calls it on shutdown, SIGTERM included). So no file is
 written on the server's event loop, and `append` takes no lock: KServe calls `close` from a
 signal handler, which may interrupt `append` on the same thread.
+
+When writing fails (a full disk, a lost object store) the records are kept and the write is
+retried after a pause that doubles up to `MAX_RETRY_SECONDS`, one warning line a failure; beyond
+`max_backlog_rows` unwritten records the oldest are dropped and counted, so a store that stays
+down costs a bounded amount of memory. Metrics: `tauforge_event_log_write_errors_total`,
+`tauforge_event_log_dropped_rows_total`, `tauforge_event_log_backlog_rows`.
 """
 
 import logging
@@ -15,18 +21,26 @@ import queue
 import threading
 import time
 
+from prometheus_client import Counter, Gauge
+
 from tauforge.components.events import write_events
 
 log = logging.getLogger("tauforge.serving")
+MAX_RETRY_SECONDS = 60.0
+
+WRITE_ERRORS = Counter("tauforge_event_log_write_errors", "Event-log files that could not be written (retried)")
+DROPPED_ROWS = Counter("tauforge_event_log_dropped_rows", "Event-log records dropped: unwritten past the backlog cap")
+BACKLOG_ROWS = Gauge("tauforge_event_log_backlog_rows", "Event-log records not yet written")
 
 
 class EventLog:
     def __init__(self, directory: str, rotate_rows: int = 10_000, rotate_seconds: float = 60.0,
-                 close_timeout: float = 30.0):
+                 close_timeout: float = 30.0, max_backlog_rows: int = 200_000):
         self.directory = directory  # a local folder or an fsspec URI (s3://, gs://)
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.close_timeout = close_timeout
+        self.max_backlog_rows = max_backlog_rows  # about 1 KB a record with a few covariates
         if "://" not in directory:
             os.makedirs(directory, exist_ok=True)
         self.files_written: list[str] = []
@@ -58,20 +72,27 @@ class EventLog:
 
     def _write_loop(self) -> None:
         buffer: list[dict] = []
-        oldest = None  # monotonic time of the oldest unwritten record
+        due = None  # monotonic time the buffer is next written (None: nothing buffered)
+        pause = 0.0  # after a failed write: how long to wait before the next attempt
         while True:
-            wait = None if oldest is None else max(0.0, oldest + self.rotate_seconds - time.monotonic())
+            wait = None if due is None else max(0.0, due - time.monotonic())
             try:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
-                item = ()  # the oldest record is due
+                item = ()  # the buffer is due
             if isinstance(item, list):
                 buffer += item
-                oldest = time.monotonic() if oldest is None else oldest
-                if len(buffer) < self.rotate_rows:
-                    continue
+                if len(buffer) > self.max_backlog_rows:  # the store is down: keep the newest
+                    DROPPED_ROWS.inc(len(buffer) - self.max_backlog_rows)
+                    buffer = buffer[-self.max_backlog_rows:]
+                BACKLOG_ROWS.set(len(buffer))
+                due = time.monotonic() + self.rotate_seconds if due is None else due
+                if len(buffer) < self.rotate_rows or (pause and time.monotonic() < due):
+                    continue  # not full yet, or still pausing after a failure
             buffer = self._write(buffer)
-            oldest = time.monotonic() if buffer else None  # a failed write is retried later
+            BACKLOG_ROWS.set(len(buffer))
+            pause = min(2 * pause or 1.0, MAX_RETRY_SECONDS) if buffer else 0.0
+            due = (time.monotonic() + pause) if buffer else None
             if isinstance(item, threading.Event):
                 item.set()
             elif item is None:
@@ -84,8 +105,10 @@ class EventLog:
         self._seq += 1
         try:
             paths = write_events(records, self.directory, self._seq)
-        except Exception:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
-            log.exception("could not write %d event-log records to %s; keeping them", len(records), self.directory)
+        except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
+            WRITE_ERRORS.inc()
+            log.warning("could not write %d event-log records to %s (%s: %s); keeping them and retrying",
+                        len(records), self.directory, type(exc).__name__, exc)
             return records
         self.files_written += paths
         return []

@@ -604,3 +604,36 @@ def test_outcomes_not_known_yet_are_left_out_of_the_judgement():
     known = monitor(events, ref, COLUMNS, outcomes=unknown.dropna())["policy"]
     assert policy["rows"] == known["rows"] == unknown["outcome"].notna().sum()
     assert policy["difference_dr"] == known["difference_dr"] and np.isfinite(policy["difference_dr"])
+
+
+def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_old_days_unread(tmp_path):
+    # An ops review: one truncated file (a node crash before the writer synced) stopped the
+    # monitor with "Parquet magic bytes not found", and --since read the whole history.
+    import time
+
+    from tauforge.components.events import event_record, read_events
+    from tauforge.serving.event_log import EventLog
+
+    now = time.time()
+    log = EventLog(str(tmp_path))
+    log.append([event_record(time=now - 60 * i, request_id=f"r{i}", row=0, unit_id=None, model="m", version=1,
+                             role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+                for i in range(10)])
+    log.close()
+    (written,) = log.files_written
+    today = os.path.dirname(written)
+    with open(os.path.join(today, "events-truncated.parquet"), "wb") as f:
+        f.write(b"PAR1\x00")
+    old_day = os.path.join(os.path.dirname(today), "date=2020-01-01")
+    os.makedirs(old_day)
+    with open(os.path.join(old_day, "events-old.parquet"), "wb") as f:
+        f.write(b"")
+    frame = read_events(str(tmp_path), model="m")
+    assert len(frame) == 10
+    assert sorted(os.path.basename(u.split(": ")[0]) for u in frame.attrs["unreadable_files"]) == [
+        "events-old.parquet", "events-truncated.parquet"]
+    recent = read_events(str(tmp_path), model="m", since=now - 60 * 4.5)
+    assert sorted(recent.request_id) == ["r0", "r1", "r2", "r3", "r4"]
+    # The 2020 folder is not opened: only today's truncated file is reported.
+    skipped = [os.path.basename(u.split(": ")[0]) for u in recent.attrs["unreadable_files"]]
+    assert skipped == ["events-truncated.parquet"]

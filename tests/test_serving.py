@@ -354,6 +354,34 @@ def test_event_log_writes_idle_records_without_waiting_for_another_request(tmp_p
     assert len(log.files_written) == 1
 
 
+def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_backlog(tmp_path):
+    # An ops review: with the log's folder unwritable every request re-sorted and retried the
+    # whole buffer (throughput 210 -> 30 requests/s), memory grew without bound, and every
+    # attempt logged a traceback.
+    from tauforge.serving import event_log
+
+    blocker = tmp_path / f"model={MODEL}"
+    blocker.write_text("a file where the partition folder goes")
+    errors_before, dropped_before = event_log.WRITE_ERRORS._value.get(), event_log.DROPPED_ROWS._value.get()
+    log = EventLog(str(tmp_path), rotate_rows=1, max_backlog_rows=5)
+
+    def record(i):
+        return event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=MODEL, version=1,
+                            role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+
+    for i in range(40):
+        log.append([record(i)])
+        time.sleep(0.01)
+    time.sleep(0.3)
+    attempts = event_log.WRITE_ERRORS._value.get() - errors_before
+    assert 1 <= attempts <= 3  # 40 appends in about 0.7 s: a failure, then pauses of 1 s, 2 s (unpaced: 40)
+    assert event_log.DROPPED_ROWS._value.get() - dropped_before == 35 and event_log.BACKLOG_ROWS._value.get() == 5
+    blocker.unlink()
+    assert log.flush(timeout=10)
+    log.close()
+    assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(35, 40)]  # the newest kept
+
+
 def test_metrics_carry_model_version_and_role_labels(single):
     single.v1([[0.0] * 5])
     _, text = single.get("/metrics")
