@@ -136,6 +136,9 @@ class DeploySpec:
 # default seccomp profile. (The root filesystem stays writable: numba may add to its cache.)
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                       "seccompProfile": {"type": "RuntimeDefault"}}
+# Before SIGTERM, a pause while the endpoints drop the pod: the server stops taking requests at
+# SIGTERM, and callers routed to it meanwhile got resets and, over gRPC, NOT_FOUND (an ops review).
+PRE_STOP = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
 
 
 def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None = None, gpu: bool = False,
@@ -159,6 +162,7 @@ def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None =
                           "timeoutSeconds": 2, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "securityContext": CONTAINER_SECURITY,
+        "lifecycle": PRE_STOP,
     }
     metadata = {"name": GPU_RUNTIME if gpu else RUNTIME,
                 "labels": {"app.kubernetes.io/name": "tauforge", "app.kubernetes.io/component": "serving-runtime"}}
@@ -254,6 +258,7 @@ def router_service(spec: DeploySpec) -> dict:
         "resources": model["resources"],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5},
         "securityContext": CONTAINER_SECURITY,
+        "lifecycle": PRE_STOP,
     }
     isvc["spec"]["predictor"]["containers"] = [container]
     isvc["metadata"]["labels"]["tauforge.io/challenger-version"] = str(spec.version)

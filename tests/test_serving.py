@@ -290,6 +290,7 @@ def test_a_callers_large_values_are_echoed_short_and_a_body_over_the_limit_gets_
         code, answer = single.v1([row])
         assert code == 400 and shown in answer["error"] and len(answer["error"]) < 300, answer["error"][:300]
     assert len(single.log_text()) - logged < 2_000
+    assert "kserve.trace" not in single.log_text()  # no timing lines per request beside the access log
 
     def refused(send_body) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", single.port, timeout=30)
