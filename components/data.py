@@ -181,6 +181,8 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     for c in numeric:
         col = df[c]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            if col.isna().all():  # a CSV column with no value reads as nulls, typed object
+                fail(f"column {c!r} is empty: missing in every row; drop it")
             fail(f"column {c!r} is not numeric (dtype {col.dtype}); encode it as numbers first")
         values = col.to_numpy(np.float64, na_value=np.nan)
         bad = ~np.isfinite(values)

@@ -61,6 +61,12 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
 
         a = torch.from_dlpack(a).detach().to("cpu", torch.float64).numpy()
     elif hasattr(a, "to_numpy"):  # pandas DataFrame / Series
+        dtypes = getattr(a, "dtypes", None)
+        kinds = dtypes.items() if hasattr(dtypes, "items") else [(getattr(a, "name", None), getattr(a, "dtype", None))]
+        for column, dtype in kinds:  # times would pass as nanoseconds since 1970, numbers of 1e18
+            if getattr(dtype, "kind", None) in ("m", "M"):
+                raise ValueError(f"{name}'s column {column!r} holds {dtype} values; encode them as numbers (days "
+                                 "since a date, hour of day, ...) first")
         try:  # missing values of nullable dtypes (pd.NA) become NaN, which check_finite names
             a = a.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):

@@ -333,6 +333,8 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X)
     with pytest.raises(ValueError, match=r"X contains NaN \(first at row 5, column 'n_orders'\)"):
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X.set_axis(["age", "n_orders", "spend"], axis=1))
+    with pytest.raises(ValueError, match="X's column 'signup' holds datetime64"):
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=frame_with_dates(d.X))
     # Rows are matched by position: an outcome Series sorted another way than X (a data review:
     # ATE -0.06 for a true 3.06, silently) is refused.
     frame = pd.DataFrame(d.X, columns=["a", "b", "c"])
@@ -342,6 +344,11 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
         CausalForestDML(n_estimators=4).fit(outcome, d.T, X=frame)
     with pytest.warns(UserWarning, match=r"T takes two values \(1, 2\) but not 0 and 1"):
         CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, d.T + 1, X=d.X)
+
+
+def frame_with_dates(X):
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+    return frame.assign(signup=pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(len(X)), unit="D"))
 
 
 def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
