@@ -106,7 +106,10 @@ class CateModel(Model):
         try:
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = parse_json_body(payload)
-            rows = parser.v2(payload.inputs) if v2 else parser.v1(payload)
+            parse = (lambda: parser.v2(payload.inputs)) if v2 else (lambda: parser.v1(payload))
+            # Reading 10,000 rows takes 70 ms: off the loop, which answers everyone (an ops review
+            # saw one-row requests wait 332 ms behind one of them).
+            rows = await asyncio.to_thread(parse) if _row_count(payload, v2) > INLINE_ROWS else parse()
             requested = self._requested_outputs(payload) if v2 else None
         except RequestError as exc:
             self.count_bad_request()
@@ -125,14 +128,18 @@ class CateModel(Model):
             if not idx:
                 continue
             scorer, label = self.scorers[role], labels[idx[0]]
-            if len(idx) > INLINE_ROWS:  # a large request must not stall the loop, which answers everyone
-                scores = await asyncio.to_thread(self._score, scorer, label, rows.X[idx])
-            else:  # a few rows score in about a millisecond; a thread hop would cost more (GIL handoff)
+            def score_and_record(scorer=scorer, label=label, idx=idx):
                 scores = self._score(scorer, label, rows.X[idx])
+                return scores, self._records(request_id, rows, idx, scorer, label, scores)
+
+            if len(idx) > INLINE_ROWS:  # a large request must not stall the loop, which answers everyone
+                scores, scored = await asyncio.to_thread(score_and_record)
+            else:  # a few rows score in about a millisecond; a thread hop would cost more (GIL handoff)
+                scores, scored = score_and_record()
             for k in out:
                 out[k][idx] = getattr(scores, k)
             versions[idx] = scorer.version
-            records += self._records(request_id, rows, idx, scorer, label, scores)
+            records += scored
         actions = None
         if self.explore is not None:
             seed = self.explore.new_seed()
@@ -185,16 +192,20 @@ class CateModel(Model):
             metrics.ERRORS.labels(*labels, "scoring").inc()
             log.warning("shadow %s version %s failed on request %s: %s", self.name, scorer.version, request_id, exc)
             return
-        metrics.REQUESTS.labels(*labels).inc()
-        metrics.ROWS.labels(*labels).inc(len(rows.X))
-        metrics.LATENCY.labels(*labels).observe(scores.seconds)
-        for d in np.abs(scores.cate - champion_cate):
-            metrics.SHADOW_DISAGREEMENT.labels(*labels).observe(float(d))
-        threshold = self.explore.threshold if self.explore else 0.0
-        metrics.SHADOW_ACTION_DISAGREEMENT.labels(*labels).inc(
-            int(np.sum((scores.cate > threshold) != (champion_cate > threshold))))
-        if self.event_log is not None:
-            self.event_log.append(self._records(request_id, rows, range(len(rows.X)), scorer, SHADOW, scores))
+        def record() -> None:
+            metrics.REQUESTS.labels(*labels).inc()
+            metrics.ROWS.labels(*labels).inc(len(rows.X))
+            metrics.LATENCY.labels(*labels).observe(scores.seconds)
+            for d in np.abs(scores.cate - champion_cate):
+                metrics.SHADOW_DISAGREEMENT.labels(*labels).observe(float(d))
+            threshold = self.explore.threshold if self.explore else 0.0
+            metrics.SHADOW_ACTION_DISAGREEMENT.labels(*labels).inc(
+                int(np.sum((scores.cate > threshold) != (champion_cate > threshold))))
+            if self.event_log is not None:
+                self.event_log.append(self._records(request_id, rows, range(len(rows.X)), scorer, SHADOW, scores))
+
+        # 10,000 rows' histogram and records take 70 ms: off the loop too, as the scoring.
+        await asyncio.to_thread(record) if len(rows.X) > INLINE_ROWS else record()
 
     # ------------------------------------------------------------------ log and response
     def _records(self, request_id, rows: Rows, idx, scorer: VersionScorer, role, scores: Scores) -> list[dict]:
@@ -281,6 +292,16 @@ def _in_daemon_thread(func, arg, slots: threading.BoundedSemaphore) -> asyncio.F
 
 def _str(v):
     return None if v is None else str(v)
+
+
+def _row_count(payload, v2: bool) -> int:
+    """How many rows a request holds, before reading them (0 when its form is not the expected one:
+    the parser says what is wrong, on the loop)."""
+    if v2:
+        shapes = [list(getattr(t, "shape", None) or [0]) for t in payload.inputs]
+        return max((s[0] for s in shapes if isinstance(s[0], int)), default=0)
+    rows = payload.get("instances") if isinstance(payload, dict) else None
+    return len(rows) if isinstance(rows, list) else 0
 
 
 def _request_id(header: str | None) -> str:
