@@ -24,13 +24,24 @@ class ConfigError(ValueError):
 def check_no_credentials(uri: str, field: str) -> str:
     """`uri`, unless it carries a user name or password (scheme://user:secret@host/...): a URI is
     recorded in the run's parameters, its logs and the model card, where a secret must not go."""
-    from urllib.parse import urlsplit
-
-    if "://" in uri and "@" in urlsplit(uri).netloc:
+    if "://" in uri and _has_userinfo(uri.split("://", 1)[1]):
         raise ConfigError(field, "carries a user name or password: it would be recorded in the run's parameters, "
                                  "logs and model card; give credentials the filesystem's own way (for s3://, "
                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from a Secret on a cluster)")
     return uri
+
+
+def _has_userinfo(rest: str) -> bool:
+    """Whether the text after a URI's '://' starts with user[:password]@. A secret may hold '/'
+    (AWS secret keys do), which ends urlsplit's netloc early, so the password is read up to the
+    '@' unless what follows the ':' is a port (digits, then the path)."""
+    user = re.match(r"([^/@?#]+)(?::([^@]*))?@", rest)
+    if user is None:
+        return False
+    password = user.group(2)
+    if password is not None and re.fullmatch(r"\d+[/?#].*", password):  # host:port/path@... is no user
+        return False
+    return True
 
 
 def redacted_uri(uri: str) -> str:

@@ -174,7 +174,9 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                       and pd.api.types.is_numeric_dtype(df[c])]
         left_out = [c for c in df.columns if c not in seen and c not in covariates and c not in index_like]
         if not covariates:
-            fail("covariates: none given and the table has no other numeric column")
+            fail("covariates: none given and the table has no other numeric column"
+                 + (f" but {', '.join(map(repr, index_like))}, which looks like a written row index; name it as a "
+                    "covariate if it is one" if index_like else ""))
     spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
 
     numeric = [spec.outcome, spec.treatment, *covariates, *spec.controls] + ([spec.weight] if spec.weight else [])

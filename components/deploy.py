@@ -90,7 +90,7 @@ class DeploySpec:
         if self.mode not in MODES:
             raise ConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
         try:  # the version's path in the store is built from it (a review: ../../other-team/x passed)
-            check_model_name(self.model)
+            check_model_name(self.model, new=True)
         except StoreError as exc:
             raise ConfigError("model", str(exc).removeprefix("model name ")) from None
         check_name(self.isvc_name, "name" if self.name else "model")

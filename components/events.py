@@ -38,8 +38,9 @@ EVENT_SCHEMA = pa.schema([("time", pa.float64()), ("request_id", pa.string()), (
                           ("upper", pa.float64()), ("recommended_action", pa.int64()), ("action", pa.int64()),
                           ("propensity", pa.float64()), ("explore_seed", pa.int64()), ("latency_ms", pa.float64())])
 INPUT_PREFIX = "input."
-# The longest unit or request id kept: a caller's id is stored in every record of its rows and
-# echoed in answers; a longer unit id is refused (a 400), a longer request id replaced.
+# The longest unit or request id a server keeps: a caller's id is stored in every record of its
+# rows and echoed in answers; a longer unit id is refused (a 400), a longer request id replaced.
+# Readers (the monitor's joins) take ids of any length: logs written before the cap hold some.
 MAX_ID_LENGTH = 256
 _FILE_PREFIX, _FILE_SUFFIX = "events-", ".parquet"
 
@@ -48,8 +49,6 @@ def id_string(value) -> str | None:
     """A unit or request id as the log keeps it: one string per id, whether it came as "7", 7 or
     7.0 (a V2 numeric tensor, a CSV column read as numbers), so that the canary's hash and the
     outcomes' join meet the same id; None for a missing one. Other values: ValueError."""
-    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"is {len(value)} characters long; at most {MAX_ID_LENGTH}")
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (float, np.floating)):
@@ -132,8 +131,11 @@ def read_events(location: str, model: str | None = None, since: float | None = N
         raise ValueError(f"the event log {location} is not a directory")
     base = f"{root}/model={model}" if model else root
     first_day = None  # a day's margin: pods' clocks differ
-    if since is not None:
-        first_day = f"{_dt.datetime.fromtimestamp(since, _dt.UTC) - _dt.timedelta(days=1):%Y-%m-%d}"
+    try:
+        if since is not None:
+            first_day = f"{_dt.datetime.fromtimestamp(since, _dt.UTC) - _dt.timedelta(days=1):%Y-%m-%d}"
+    except (OverflowError, ValueError, OSError):  # before year 1 (or NaN): every day's folder is read
+        first_day = None
     files = sorted(f for f in (fs.find(base) if fs.exists(base) else [])
                    if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX)
                    and (first_day is None or _written_on(f) is None or _written_on(f) >= first_day))

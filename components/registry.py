@@ -91,21 +91,25 @@ def card_digest(card: dict) -> str:
     return sha256_json(card, "card_sha256")
 
 
-# A model name is a folder of the store and part of an InferenceService's name and host: ASCII,
-# and no longer than a Kubernetes DNS label.
+# A new model's name is a folder of the store and part of an InferenceService's name and host:
+# ASCII, and no longer than a Kubernetes DNS label. Names published before that rule are still
+# read: a name only has to be one folder (no separator, not hidden).
 MAX_MODEL_NAME = 63
 
 
-def _is_model_name(name: str) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= MAX_MODEL_NAME and name.isascii() and not name.startswith(".")
-            and all(ch.isalnum() or ch in "-_." for ch in name))
+def _is_model_name(name: str, new: bool = False) -> bool:
+    if not (isinstance(name, str) and name and not name.startswith(".")
+            and all(ch.isalnum() or ch in "-_." for ch in name)):
+        return False
+    return not new or (len(name) <= MAX_MODEL_NAME and name.isascii())
 
 
-def check_model_name(name: str) -> str:
-    """`name` if it can name a model in the store; else a StoreError saying what a name may hold."""
-    if not _is_model_name(name):
-        raise StoreError(f"model name {reprlib.repr(name)} must be 1 to {MAX_MODEL_NAME} ASCII letters, digits, "
-                         "'-', '_' or '.' (not leading)")
+def check_model_name(name: str, new: bool = False) -> str:
+    """`name` if it can name a model in the store (`new`: a model about to be published or
+    deployed); else a StoreError saying what a name may hold."""
+    if not _is_model_name(name, new):
+        rule = f"1 to {MAX_MODEL_NAME} ASCII letters, digits," if new else "letters, digits,"
+        raise StoreError(f"model name {reprlib.repr(name)} must be {rule} '-', '_' or '.' (not leading)")
     return name
 
 
@@ -395,7 +399,7 @@ class ModelStore:
 
         `card` holds the causal metadata; the store adds model, version, creation time, parent
         version and the sha256 of every file. Nothing is visible until everything is written."""
-        check_model_name(model)
+        check_model_name(model, new=True)
         if not (_local_exists(source_dir) and os.path.isdir(source_dir)):  # a folder it may not read raises
             raise StoreError(f"nothing to publish: {source_dir} is not a directory")
         if os.path.exists(os.path.join(source_dir, CARD_FILE)):

@@ -94,10 +94,7 @@ def _progress(line: str) -> None:
 
 def _store_uri(args: argparse.Namespace) -> str:
     """--store, else $TAUFORGE_STORE, else the default local store."""
-    from tauforge.components.config import check_no_credentials
-
-    with _as_flags({"store": "--store"}):
-        return check_no_credentials(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE, "store")
+    return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE  # checked by _check_uris
 
 
 def _shown(path: str) -> str:
@@ -164,7 +161,6 @@ def _parse_gate(items: list[str]) -> object:
 
 def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None]:
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
-    from tauforge.components.config import check_no_credentials
     from tauforge.components.data import DataSpec, demo_table
     from tauforge.components.estimate import BootstrapConfig
     from tauforge.components.graph import CausalGraph
@@ -192,8 +188,6 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
         source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
         treatment, outcome, true_ate = args.treatment, args.outcome, None
-        with _as_flags({"source": "--data"}):
-            check_no_credentials(source, "source")
     if (args.assignment == "randomized") != (args.propensity is not None):
         raise ValueError("--assignment randomized and --propensity P go together (P: the known probability of "
                          "treatment)")
@@ -850,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_warning
     try:
+        _check_uris(args)
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
         return code
@@ -862,6 +857,24 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # a pipeline task failed
         print(f"tauforge {args.command}: failed: {exc}", file=sys.stderr)
         return _json_error(args, exc, 1)
+
+
+# The flags that take a URI (an object store's, a data file's): each is recorded somewhere (the
+# run's parameters, a card, a manifest, logs), where a user name or password must not go.
+URI_FLAGS = {"data": "--data", "store": "--store", "log_dir": "--log-dir", "outcomes": "--outcomes",
+             "event_log": "--event-log"}
+
+
+def _check_uris(args: argparse.Namespace) -> None:
+    from tauforge.components.config import check_no_credentials
+
+    given = {flag: getattr(args, key, None) for key, flag in URI_FLAGS.items()}
+    if hasattr(args, "store") and not args.store and os.environ.get(STORE_ENV):  # a command that reads the store
+        given[f"${STORE_ENV}"] = os.environ[STORE_ENV]
+    for flag, value in given.items():
+        if isinstance(value, str):
+            with _as_flags({"uri": flag}):
+                check_no_credentials(value, "uri")
 
 
 def _json_error(args: argparse.Namespace, exc: Exception, code: int) -> int:

@@ -82,7 +82,7 @@ class TrainingConfig:
         if self.graph is not None:
             object.__setattr__(self, "spec", self.graph.adjusted_spec(self.spec))  # frozen: set once, here
         try:
-            check_model_name(self.model_name)
+            check_model_name(self.model_name, new=True)
         except StoreError as exc:
             fail("model_name", f"is not a valid name: {exc}")
         if not (_integer(self.trees) and self.trees >= 2 and self.trees % 2 == 0):

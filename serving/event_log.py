@@ -55,10 +55,12 @@ class EventLog:
             self._queue.put(records)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write everything appended so far; True once written (False on timeout)."""
+        """Write everything appended so far; True once written (False on timeout, or when the
+        write failed and the records wait for the next attempt)."""
         done = threading.Event()
+        done.written = False
         self._queue.put(done)
-        return done.wait(timeout)
+        return done.wait(timeout) and done.written
 
     def close(self) -> None:
         """Write what is buffered and stop the writer. Safe to call more than once."""
@@ -94,8 +96,14 @@ class EventLog:
             pause = min(2 * pause or 1.0, MAX_RETRY_SECONDS) if buffer else 0.0
             due = (time.monotonic() + pause) if buffer else None
             if isinstance(item, threading.Event):
+                item.written = not buffer
                 item.set()
             elif item is None:
+                if buffer:  # closing, and the last attempt failed: said and counted, not kept in silence
+                    log.error("the event log could not write its last %d records to %s; they are lost",
+                              len(buffer), self.directory)
+                    DROPPED_ROWS.inc(len(buffer))
+                BACKLOG_ROWS.set(0)
                 return
 
     def _write(self, records: list[dict]) -> list[dict]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tauforge.components.events import id_string
+from tauforge.components.events import MAX_ID_LENGTH, id_string
 from tauforge.components.registry import ModelVersion, read_card, verify_files
 
 UNIT_ID_FIELD = "unit_id"
@@ -161,9 +161,12 @@ class RowParser:
         """A unit id as the routing hashes it and the log keeps it: one string per unit, whether it
         came as "7", 7 or 7.0 (V2 numeric tensors), so a unit meets the same version either way."""
         try:
-            return id_string(v)
+            unit = id_string(v)
         except ValueError as exc:
             raise RequestError(f"row {row}: {UNIT_ID_FIELD} {exc}") from None
+        if unit is not None and len(unit) > MAX_ID_LENGTH:  # 1e300 is 301 characters once written out
+            raise RequestError(f"row {row}: {UNIT_ID_FIELD} is {len(unit)} characters long; at most {MAX_ID_LENGTH}")
+        return unit
 
     @staticmethod
     def _number(v, row: int, column: str) -> float:

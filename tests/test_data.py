@@ -124,6 +124,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
      "assignment 'randomized': 'treated' is 1 in 91 of 200 rows (45.5%), against the declared propensity 0.1"),
     (lambda d: d.assign(w=0.0), {"weight": "w"}, "weight column 'w' is zero in every row"),
     (lambda d: d.assign(notes=None), {"covariates": ["age", "notes"]}, "column 'notes' is empty: missing in every row"),
+    (lambda d: d[["treated", "spend"]].assign(**{"Unnamed: 0": np.arange(len(d))}), {},
+     "no other numeric column but 'Unnamed: 0', which looks like a written row index"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
     (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
 ])

@@ -87,6 +87,18 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(model_dir, tmp_pat
         with pytest.raises(StoreError, match="must be 1 to 63 ASCII letters"):
             store.publish(name, src, card())
     assert store.publish("m" * 63, src, card()) == 1
+    # A model published before that rule is still listed and loaded (a review: it vanished).
+    from tauforge.components.registry import card_digest, read_card
+
+    old_name = "an-old-model-whose-name-is-longer-than-a-kubernetes-label-allows-x"
+    os.rename(os.path.join(store.root, "m"), os.path.join(store.root, old_name))
+    path = os.path.join(store.root, old_name, "1")
+    edited = read_card(path)
+    edited["model"] = old_name
+    edited["card_sha256"] = card_digest(edited)
+    with open(os.path.join(path, "model_card.json"), "w") as f:
+        json.dump(edited, f)
+    assert old_name in store.models() and store.load(old_name, 1).version == 1
 
 
 @pytest.mark.parametrize("edit, problem", [

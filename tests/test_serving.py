@@ -253,6 +253,8 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     # A caller's id is kept in every record of its rows: a long one is refused, not stored.
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "u" * 300}]}, 400,
      "row 0: unit_id is 300 characters long; at most 256"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": 1e300}]}, 400,
+     "row 0: unit_id is 301 characters long; at most 256"),  # the cap applies to the id as written out
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
                                                                                   message):
@@ -366,8 +368,8 @@ def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_
     errors_before, dropped_before = event_log.WRITE_ERRORS._value.get(), event_log.DROPPED_ROWS._value.get()
     log = EventLog(str(tmp_path), rotate_rows=1, max_backlog_rows=5)
 
-    def record(i):
-        return event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=MODEL, version=1,
+    def record(i, version=1):
+        return event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=MODEL, version=version,
                             role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
 
     for i in range(40):
@@ -377,10 +379,16 @@ def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_
     attempts = event_log.WRITE_ERRORS._value.get() - errors_before
     assert 1 <= attempts <= 3  # 40 appends in about 0.7 s: a failure, then pauses of 1 s, 2 s (unpaced: 40)
     assert event_log.DROPPED_ROWS._value.get() - dropped_before == 35 and event_log.BACKLOG_ROWS._value.get() == 5
+    assert not log.flush(timeout=10)  # the write failed: the records wait, and flush says so
     blocker.unlink()
     assert log.flush(timeout=10)
-    log.close()
     assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(35, 40)]  # the newest kept
+    # Closing while the store is down again: the records left are counted as dropped, not kept in silence.
+    (blocker / "version=2").write_text("a file where the version folder goes")
+    log.append([record(40, version=2)])
+    dropped = event_log.DROPPED_ROWS._value.get()
+    log.close()
+    assert event_log.DROPPED_ROWS._value.get() - dropped == 1 and event_log.BACKLOG_ROWS._value.get() == 0
 
 
 def test_metrics_carry_model_version_and_role_labels(single):
