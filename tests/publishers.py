@@ -1,4 +1,4 @@
-"""Publisher processes for the concurrency tests (test_registry.py, test_store_s3.py).
+"""Publisher (and promoter) processes for the concurrency tests (test_registry.py, test_store_s3.py).
 
 Their own module, importing the model store alone: a spawned process imports the module its target
 comes from, and the test modules import the forest, scipy and torch (3 s a process, 4-7 processes a
@@ -11,6 +11,15 @@ def publish_many(args):
     """`count` versions of `src` published to `uri` as model `name`: their numbers."""
     uri, name, src, card, count = args
     return [ModelStore(uri).publish(name, src, card) for _ in range(count)]
+
+
+def set_aliases(args):
+    """`count` aliases `{prefix}-0` ... of model `name` pointed at version 1: each a read, change
+    and write of the one aliases file, racing the other processes' for it."""
+    uri, name, prefix, count = args
+    store = ModelStore(uri)
+    for i in range(count):
+        store.set_alias(name, f"{prefix}-{i}", 1)
 
 
 def publish_then_promote(uri, name, src, card, count, barrier, results):

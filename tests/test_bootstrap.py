@@ -189,12 +189,17 @@ def test_bootstrap_cate_intervals_of_each_kind():
         warnings.simplefilter("ignore", UserWarning)
         est = small_bootstrap(n_bootstrap=10, bootstrap_trees=20, random_state=1).fit(d.Y, d.T, X=d.X)
     tau = est.effect(d.X[:50])
-    widths = {}
+    widths, intervals = {}, {}
     for kind in ("normal", "percentile", "pivot"):
         est.bootstrap_interval = kind
         lo, hi = est.effect_interval(d.X[:50])
         assert np.all(lo < hi) and lo.shape == (50,)
-        widths[kind] = hi - lo
+        # The setting picks the kind (a test audit: an estimator that always gave normal
+        # intervals passed the width comparison below).
+        np.testing.assert_allclose((lo, hi), est.bootstrap_.effect_interval(d.X[:50], tau, 0.05, kind))
+        widths[kind], intervals[kind] = hi - lo, (lo, hi)
+    for a, b in (("normal", "percentile"), ("percentile", "pivot")):
+        assert np.abs(intervals[a][0] - intervals[b][0]).max() > 1e-6, (a, b)
     lo, hi = est.bootstrap_.effect_interval(d.X[:50], tau, 0.05, "normal")
     np.testing.assert_allclose((lo + hi) / 2, tau)  # centred on the point forest's estimate
     np.testing.assert_allclose(hi - lo, 2 * 1.959963984540054 * est.bootstrap_.effect_stderr(d.X[:50]))

@@ -445,6 +445,21 @@ def test_weights_say_how_much_rows_count_and_an_arm_of_zero_weight_is_refused():
     assert not hasattr(CausalForestDML(), "feature_importances_")  # NotFittedError is an AttributeError
 
 
+def test_weights_move_the_average_effect_to_the_weighted_population():
+    # The effect is 2 where x0 > 0 and 0 elsewhere; those rows weigh 3, so the weighted average
+    # effect is 1.485 and the unweighted one 0.98. An estimator that ignored the weights in its
+    # average (a test audit's mutation) lands 9 standard errors from the weighted truth.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    T = rng.binomial(1, 0.5, 3000).astype(float)
+    tau = np.where(X[:, 0] > 0, 2.0, 0.0)
+    Y = X[:, 1] + tau * T + rng.normal(size=3000)
+    w = np.where(X[:, 0] > 0, 3.0, 1.0)
+    est = CausalForestDML(n_estimators=100, cv=2, random_state=0, progress=False).fit(Y, T, X=X, sample_weight=w)
+    lo, hi = est.ate_interval()
+    assert lo < np.average(tau, weights=w) < hi and not lo < tau.mean() < hi, (lo, hi)
+
+
 def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
     import warnings
 

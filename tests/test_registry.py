@@ -188,6 +188,17 @@ def test_concurrent_publishers_get_distinct_complete_versions(model_dir, tmp_pat
         np.testing.assert_array_equal(store.load("m", v).load_forest().predict(X[:5]), forest.predict(X[:5]))
 
 
+def test_concurrent_alias_changes_on_a_local_store_lose_no_update(model_dir, tmp_path):
+    # Each change reads the aliases file, changes one alias and writes it back, under a file
+    # lock; without the lock (a test audit's mutation) concurrent changes overwrite each other.
+    from publishers import set_aliases
+
+    store = store_with(model_dir, tmp_path, 1)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(set_aliases, [(store.uri, "m", f"p{k}", 25) for k in range(4)])
+    assert sorted(store.aliases("m")) == sorted(f"p{k}-{i}" for k in range(4) for i in range(25))
+
+
 KILLED_PUBLISHER = """
 import sys, time
 import tauforge.components.registry as registry
