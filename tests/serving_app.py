@@ -9,7 +9,7 @@ from tauforge.serving.server import build_model, serve
 
 store, name, port, log_dir, fault = sys.argv[1:6]
 model = build_model(store=store, model=name, version=1, challenger=2, mode="shadow", log_dir=log_dir,
-                    shadow_timeout=3.0)
+                    shadow_timeout=6.0)
 challenger = model.scorers["challenger"]
 real_score = challenger.score
 
@@ -20,7 +20,7 @@ def broken_score(X):
     if fault == "hang":
         threading.Event().wait()
     if fault == "slow":
-        time.sleep(1.5)
+        time.sleep(3.0)
     return real_score(X)
 
 

@@ -108,9 +108,12 @@ def test_ate_interval_covers_a_known_constant_effect(design, true_ate):
     est = CausalForestDML(n_estimators=100, random_state=21).fit(d.Y, d.T, X=d.X)
     lo, hi = est.ate_interval(alpha=0.05)
     assert lo <= true_ate <= hi, (est.ate_, lo, hi)
-    assert hi - lo < 0.5  # informative, not vacuous
-    # With a constant effect the CATE is flat too: no point estimate strays far.
-    assert np.abs(est.effect(d.X[:500]) - true_ate).mean() < 0.3
+    # One seed cannot test a rate (the ATE's standard error against its spread over seeds is in
+    # test_bootstrap); it can bound the width: 0.146-0.148 here, so a standard error inflated by
+    # 40% fails, where the old bound (0.5) passed one 3.4 times too large.
+    assert hi - lo < 0.2
+    # With a constant effect the CATE is flat too: no point estimate strays far (0.084 here).
+    assert np.abs(est.effect(d.X[:500]) - true_ate).mean() < 0.15
 
 
 def test_continuous_treatment_reports_the_average_partial_effect_not_the_variance_weighted_one():

@@ -70,6 +70,13 @@ def test_selectable_as_the_nuisance_learner_of_the_dml_estimator():
     lo, hi = est.ate_interval()
     assert lo < 1.0 < hi  # the true effect is 1
     assert np.mean(est.nuisance_scores_["t_auc"]) > 0.55
+    # Selected, not just any learner that works (a test audit: 'tauforge' falling back to the
+    # default models passed the lines above).
+    from tauforge.kernels import boosting
+    from tauforge.kernels.nuisance import resolve_model
+
+    assert isinstance(resolve_model("tauforge", "y", False, 0), boosting.HistGradientBoostingRegressor)
+    assert isinstance(resolve_model("tauforge", "t", True, 0), boosting.HistGradientBoostingClassifier)
 
 
 @pytest.mark.gpu

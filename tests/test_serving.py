@@ -503,9 +503,12 @@ def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault)
             elapsed = time.perf_counter() - start
             assert code == 200
             np.testing.assert_allclose([p["cate"] for p in body["predictions"]], expected[2 * k:2 * k + 2], atol=1e-12)
-            assert elapsed < 1.0  # the slow challenger sleeps 1.5 s, the hung one forever
-        if fault == "slow":
-            time.sleep(2.5)  # let the shadow answers arrive (within the 3 s shadow timeout)
+            assert elapsed < 2.0  # the slow challenger sleeps 3 s, the hung one forever
+        if fault == "slow":  # until the shadow answers arrive (within the 6 s shadow timeout)
+            answered = f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} {n_requests}.0'
+            deadline = time.time() + 20
+            while answered not in server.get("/metrics")[1] and time.time() < deadline:
+                time.sleep(0.2)
         _, text = server.get("/metrics")
     finally:
         assert server.stop() == 0  # SIGTERM ends the server even with a hung shadow thread
@@ -769,7 +772,11 @@ def test_canary_and_shadow_servers_log_to_s3_and_monitor_reads_every_row_with_it
                 assert code == 200
                 roles += [(p["role"], p["version"]) for p in body["predictions"]]
             answered[name] = roles
-        time.sleep(1.0)  # the shadow's answers come off the response path
+        # The shadow's answers come off the response path: wait until all n are in (not a fixed pause).
+        scored = f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} {n}.0'
+        deadline = time.time() + 30
+        while scored not in shadow.get("/metrics")[1] and time.time() < deadline:
+            time.sleep(0.1)
     finally:
         assert canary.stop() == 0 and shadow.stop() == 0
     logged = read_events(events, model=MODEL)
