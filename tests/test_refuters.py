@@ -3,7 +3,8 @@
 A defect is planted in an `EffectRefit` subclass: the refit is the pipeline as the refuter re-runs
 it, so a bug there is a bug the refuter must see. The clean cases are single seeded runs (a
 p-value above 0.01 at one seed); the false-alarm rates over many seeds are in
-tests/benchmarks/bench_refuters.py, where they cost minutes, not seconds.
+tests/benchmarks/bench_refuters.py, where they cost minutes, not seconds; the spread test both
+refuters share is checked at its nominal rate here, on simulated draws.
 """
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
 from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
-from tauforge.components.refuters import EffectRefit, data_subset, placebo, random_common_cause
+from tauforge.components.refuters import EffectRefit, _within_spread, data_subset, placebo, random_common_cause
 from tauforge.kernels.ate import treatment_variance
 from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
@@ -117,3 +118,17 @@ def test_data_subset_passes_a_sound_pipeline_and_catches_an_estimate_that_moves_
     # --n 2000) the refuter catches this at p < 0.01 in 33 (37 at p < 0.05): this seed is one of
     # them, and a refuter blind to the shift would give p near uniform here, under 0.01 one time in 100.
     assert caught["p_value"] < 0.01 and caught["change"] == pytest.approx(-0.5 * summary["ate"], abs=0.1), caught
+
+
+@pytest.mark.parametrize("repeats", [3, 5])
+def test_the_spread_test_rejects_one_more_draw_at_its_nominal_rate(repeats):
+    # Both refuters ask whether the run's effect could be one more draw among the refits': when it
+    # is (iid normal draws), p < 0.05 must happen 5% of the time. 4,000 trials: the count of
+    # rejections lies within binom(4000, 0.05)'s central 99.98% (151 to 253). A spread taken as
+    # the mean's standard error (a test audit's mutation) rejects 16% (repeats 3) or 33% (5):
+    # it cannot pass.
+    from scipy.stats import binom
+
+    draws = np.random.default_rng([SEED, repeats]).normal(size=(4000, repeats + 1))
+    rejected = sum(_within_spread(list(d[1:]), d[0])["p_value"] < 0.05 for d in draws)
+    assert binom.ppf(1e-4, 4000, 0.05) <= rejected <= binom.isf(1e-4, 4000, 0.05), rejected
