@@ -203,6 +203,7 @@ def test_concurrent_demo_runs_publish_versions_one_and_two_and_models_lists_both
     code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "1")
     assert code == 0 and "champion -> version 1" in out
     code, out, err = tauforge(tmp_path, "models", "promote", "--name", "tauforge-model", "--version", "2")
+    assert code == 0 and "champion -> version 2" in out
     code, out, err = tauforge(tmp_path, "models", "rollback", "--name", "tauforge-model")
     assert code == 0 and "champion -> version 1" in out
 
