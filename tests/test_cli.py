@@ -157,8 +157,9 @@ def test_a_bad_ci_group_size_is_refused_by_the_config_before_any_task(group, pro
     assert raised.value.field == "forest_options" and problem in raised.value.problem
 
 
-def small_table(path, n=60):
-    """A small valid table (binary T, 30 rows an arm) for runs refused before any task starts."""
+def small_table(path, n=60, weight=False):
+    """A small valid table (binary T, 30 rows an arm) for runs refused before any task starts;
+    `weight`: with a column `w` (rows with x0 > 0 count twice)."""
     import numpy as np
     import pandas as pd
 
@@ -166,6 +167,8 @@ def small_table(path, n=60):
     frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=["x0", "x1", "x2"])
     frame["T"] = np.arange(n) % 2
     frame["Y"] = frame["x0"] + frame["T"] + rng.normal(size=n)
+    if weight:
+        frame["w"] = np.where(frame["x0"] > 0, 2.0, 1.0)
     frame.to_csv(path, index=False)
     return str(path)
 
@@ -228,8 +231,9 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
     # LocalRun.run_id (the runs folder's and the log's name). A kfp upgrade that changes how
     # kfp.local draws it fails here. The small table's treatment alternates, a trial with the
     # known propensity 0.5, which the run is told: the card keeps the design, the report the
-    # ranking scores only a randomized treatment makes valid.
-    out = run("run", "--data", small_table(tmp_path / "data.csv", n=400), "--treatment", "T", "--outcome", "Y",
+    # ranking scores only a randomized treatment makes valid. Its rows carry weights.
+    out = run("run", "--data", small_table(tmp_path / "data.csv", n=400, weight=True), "--treatment", "T",
+              "--outcome", "Y", "--weight", "w",
               "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--quiet", "--json",
               "--model-y", "sklearn.linear_model.LinearRegression",
               "--model-t", "sklearn.linear_model.LogisticRegression",
@@ -241,6 +245,11 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
         card = json.load(f)
     assert card["run"]["run_id"] == card["lineage"]["run_id"] == result["run_id"]
     assert (card["spec"]["assignment"], card["spec"]["propensity"]) == ("randomized", 0.5)
+    # A weight column through every task (a test audit found it only in validation's errors):
+    # the spec keeps it, the covariates leave it out, and the sensitivity section describes the
+    # reported effect, both weighted (one of them unweighted would differ: the weights are 1 or 2).
+    assert card["spec"]["weight"] == "w" and "w" not in card["spec"]["covariates"]
+    assert card["evaluation"]["sensitivity"]["theta"] == pytest.approx(card["effect"]["ate"], abs=1e-9)
     assert "auuc" in card["evaluation"]["uplift"]["classic"]
     assert result["log"].endswith(f"{result['run_id']}.log")
     assert result["report"].endswith(".html")  # opens in a browser; KFP's artifact is named "report"
