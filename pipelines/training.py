@@ -62,6 +62,11 @@ FAN_INS = ("explicit", "collected")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+# Shard tasks a pipeline may have: each is a pod growing whole little bags (125 bags at the
+# default 1,000 trees), and an explicit fan-in of 100,000 inputs kept `compile` busy for minutes.
+MAX_SHARD_TASKS = 256
+
+
 def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shards: int = 0, *,
                             fold_tasks: int = DEFAULT_FOLD_TASKS, cluster: ClusterConfig | None = None,
                             fan_in: str = "explicit", parallelism: int = 0, threads_per_task: int = 0):
@@ -78,10 +83,10 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     if n_folds < 2:
         raise ConfigError("n_folds", f"must be at least 2, got {n_folds}")
     check_fold_tasks(fold_tasks, n_folds)
-    if n_shards < 1:
-        raise ConfigError("n_shards", f"must be at least 1, got {n_shards}")
-    if bootstrap_shards < 0:
-        raise ConfigError("bootstrap_shards", f"must be 0 (no bootstrap) or more, got {bootstrap_shards}")
+    if not 1 <= n_shards <= MAX_SHARD_TASKS:
+        raise ConfigError("n_shards", f"must be between 1 and {MAX_SHARD_TASKS}, got {n_shards}")
+    if not 0 <= bootstrap_shards <= MAX_SHARD_TASKS:
+        raise ConfigError("bootstrap_shards", f"must be 0 (no bootstrap) to {MAX_SHARD_TASKS}, got {bootstrap_shards}")
     if fan_in not in FAN_INS:
         raise ConfigError("fan_in", f"must be one of {', '.join(FAN_INS)}, got {fan_in!r}")
     pods = _Pods(cluster, threads_per_task if fan_in == "collected" else 0)

@@ -84,6 +84,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--mode", "canary", "--raw"],
      "--raw applies to --mode replace"),
     (["compile", "--compute-cpu", "0"], "--compute-cpu must be more than 0, got '0'"),
+    (["compile", "--shards", "100000"], "--shards must be between 1 and 256, got 100000"),
     (["compile", "--store-secret-key", "AWS_ENDPOINT_URL"], "--store-secret-key needs --store-secret NAME"),
     (["compile", "--store-secret", "Bad_Name"], "--store-secret must be a Kubernetes Secret's name"),
     (["compile", "--gpu-toleration", "nvidia.com/gpu:NoSchedule"],
