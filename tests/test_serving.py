@@ -580,6 +580,21 @@ def test_sigterm_flushes_the_event_log_one_record_per_scored_row(single):
             "propensity", "latency_ms", "input.x0"} <= set(events.columns)
 
 
+def test_sighup_stops_the_server_as_sigterm_does_its_event_log_written(store, tmp_path):
+    # An ops review: SIGHUP, the conventional reload signal, killed the server and its buffered rows.
+    server = tauforge_serve(store, "--version", "1", log_dir=str(tmp_path / "events"))
+    try:
+        code, _ = server.v1(rows_for(4).tolist(), **{"x-request-id": "before-sighup"})
+        assert code == 200
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    events = read_events(str(tmp_path / "events"))
+    assert sorted(events.row[events.request_id == "before-sighup"]) == [0, 1, 2, 3]
+
+
 def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, tmp_path):
     import shutil
 
