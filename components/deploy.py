@@ -133,9 +133,12 @@ class DeploySpec:
 
 
 # Every serving container: not root, no privilege escalation, no capabilities, the runtime's
-# default seccomp profile. (The root filesystem stays writable: numba may add to its cache.)
+# default seccomp profile, a read-only root filesystem. It writes only below /tmp (an emptyDir):
+# numba's private cache copy and the store's download cache (tests/test_images.py runs the image so).
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                      "seccompProfile": {"type": "RuntimeDefault"}}
+                      "seccompProfile": {"type": "RuntimeDefault"}, "readOnlyRootFilesystem": True}
+TMP_MOUNT = [{"name": "tmp", "mountPath": "/tmp"}]
+TMP_VOLUME = [{"name": "tmp", "emptyDir": {}}]
 # Before SIGTERM, a pause while the endpoints drop the pod: the server stops taking requests at
 # SIGTERM, and callers routed to it meanwhile got resets and, over gRPC, NOT_FOUND (an ops review).
 PRE_STOP = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
@@ -162,6 +165,7 @@ def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None =
                           "timeoutSeconds": 2, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": TMP_MOUNT,
         "lifecycle": PRE_STOP,
     }
     metadata = {"name": GPU_RUNTIME if gpu else RUNTIME,
@@ -179,6 +183,7 @@ def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None =
                                        "priority": 1}],
             "protocolVersions": ["v1", "v2"],
             "containers": [container],
+            "volumes": TMP_VOLUME,
         },
     }
 
@@ -258,9 +263,11 @@ def router_service(spec: DeploySpec) -> dict:
         "resources": model["resources"],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5},
         "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": TMP_MOUNT,
         "lifecycle": PRE_STOP,
     }
     isvc["spec"]["predictor"]["containers"] = [container]
+    isvc["spec"]["predictor"]["volumes"] = TMP_VOLUME
     isvc["metadata"]["labels"]["tauforge.io/challenger-version"] = str(spec.version)
     isvc["metadata"]["labels"]["tauforge.io/router"] = spec.mode
     return isvc

@@ -361,6 +361,42 @@ def test_the_pipeline_in_containers_publishes_what_the_subprocess_runner_does(im
     assert f"Found image '{image}'" in log and "Pulling image" not in log
 
 
+SERVE_PROBE = r"""
+import json, subprocess, time, urllib.request
+
+port = 18080
+server = subprocess.Popen(["tauforge", "serve", "--model-dir", "/mnt/models", "--model", "tauforge-model",
+                           "--port", str(port), "--grpc-port", "0"])
+deadline = time.time() + 120
+while True:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2)
+        break
+    except OSError:
+        if time.time() > deadline or server.poll() is not None:
+            raise SystemExit("the server did not become ready")
+        time.sleep(0.5)
+request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/tauforge-model:predict",
+                                 data=json.dumps({"instances": [[0.0] * 10]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+print(json.dumps(json.load(urllib.request.urlopen(request, timeout=30))))
+server.terminate()
+server.wait(timeout=30)
+"""
+
+
+def test_the_predictor_serves_as_the_runtime_runs_it_read_only_root_no_capabilities(image, containers):
+    # components/deploy.py's serving containers: a read-only root filesystem with an emptyDir at
+    # /tmp, every capability dropped, no privilege escalation, the version mounted read-only as
+    # KServe's storage initializer leaves it. Here the version the docker runner's pipeline published.
+    result = json.loads(succeeded(containers, "pipeline, docker runner")[0].strip().splitlines()[-1])
+    version = os.path.join(result["store"], "tauforge-model", "1")
+    out = run(image, "python", "-c", SERVE_PROBE, flags=[*READ_ONLY_TMP, "--cap-drop", "ALL", "--security-opt",
+                                                         "no-new-privileges", "-v", f"{version}:/mnt/models:ro"])
+    (answer,) = json.loads(out.stdout.strip().splitlines()[-1])["predictions"]
+    assert answer["version"] == 1 and answer["lower"] < answer["cate"] < answer["upper"], answer
+
+
 def test_the_docker_runner_says_what_is_missing_before_any_task(image, tmp_path):
     out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "run", "--demo", "--runner", "docker",
                           "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs")],
