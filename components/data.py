@@ -256,11 +256,16 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                 fail(f"weight column {spec.weight!r} is positive in {count} row(s) with treatment {arm}; at least "
                      f"{spec.min_rows_per_arm} per arm are needed")
     if spec.assignment == "randomized":
-        message = _declared_propensity_check(int((t == 1).sum()), len(t), float(spec.propensity), spec.treatment)
-        if message and message.startswith("fail: "):
-            fail(message.removeprefix("fail: "))
-        elif message:
-            warnings.append(message)
+        from scipy.stats import binomtest  # here: validating a table without a trial loads no scipy.stats
+
+        treated, p = int((t == 1).sum()), float(spec.propensity)
+        p_value = binomtest(treated, len(t), p).pvalue
+        said = (f"assignment 'randomized': {spec.treatment!r} is 1 in {treated} of {len(t)} rows "
+                f"({treated / len(t):.1%}), against the declared propensity {p:g} (binomial p = {p_value:.2g})")
+        if p_value < PROPENSITY_REFUSE_P:
+            fail(f"{said}; declare the propensity the trial used, or the assignment observational")
+        if p_value < PROPENSITY_WARN_P:
+            warnings.append(f"{said}; check that the declared propensity is the trial's")
     if spec.unit_id:
         dup = df[spec.unit_id].duplicated()
         if dup.any():
@@ -301,24 +306,9 @@ def _looks_like_id(name, column: pd.Series) -> bool:
 
 
 # A declared propensity the treated share contradicts biases every effect (the residuals use it):
-# below this binomial p-value the declaration is refused, below the second it is a warning.
+# below this two-sided binomial p-value the declaration is refused, below the second it is a warning.
 PROPENSITY_REFUSE_P = 1e-6
 PROPENSITY_WARN_P = 1e-2
-
-
-def _declared_propensity_check(treated: int, rows: int, propensity: float, column: str) -> str | None:
-    """None, a warning, or 'fail: ' and why, from the two-sided binomial test of the treated share."""
-    from scipy.stats import binomtest  # here: validating a table without a trial loads no scipy.stats
-
-    p_value = binomtest(treated, rows, propensity).pvalue
-    if p_value >= PROPENSITY_WARN_P:
-        return None
-    said = (f"{column!r} is 1 in {treated} of {rows} rows ({treated / rows:.1%}), against the declared propensity "
-            f"{propensity:g} (binomial p = {p_value:.2g})")
-    if p_value < PROPENSITY_REFUSE_P:
-        return (f"fail: assignment 'randomized': {said}; declare the propensity the trial used, or the "
-                "assignment observational")
-    return f"assignment 'randomized': {said}; check that the declared propensity is the trial's"
 
 
 # The pipeline's dataset artifact: a folder with the validated table, its resolved spec, and its

@@ -295,24 +295,21 @@ def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, se
 def verdict(result: dict, gate: GateConfig) -> dict:
     """{'passed', 'reasons' (why it failed), 'warnings' (recorded, not fatal)}."""
     reasons, warnings = [], [f"data: {w}" for w in result.get("data_warnings", [])]
-    ov = result.get("overlap")
+    # Positivity: a binary treatment's estimated propensity, or a continuous one's Var(T | X).
+    ov, tv, text = result.get("overlap"), result.get("treatment_variance"), None
     if ov is not None:
         lo, hi = ov["bounds"]
         share = ov["share_outside"]
-        text = f"{100 * share:.1f}% of rows have an estimated propensity outside [{lo}, {hi}]"
-        if ov.get("declared"):
-            if share > 0:
-                warnings.append(f"positivity: the trial's declared propensity {ov['propensity_min']:g} lies outside "
-                                f"[{lo}, {hi}]: known, so not gated, but its large weights widen the intervals")
-        elif gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
-            reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
-        elif share > 0:
-            warnings.append(f"positivity: {text}")
-    tv = result.get("treatment_variance")
-    if tv is not None:
+        if ov.get("declared") and share > 0:
+            warnings.append(f"positivity: the trial's declared propensity {ov['propensity_min']:g} lies outside "
+                            f"[{lo}, {hi}]: known, so not gated, but its large weights widen the intervals")
+        elif not ov.get("declared"):
+            text = f"{100 * share:.1f}% of rows have an estimated propensity outside [{lo}, {hi}]"
+    elif tv is not None:
         share = tv["share_outside"]
         text = (f"{100 * share:.1f}% of rows have an estimated treatment variance Var(T | X) under "
                 f"{tv['bound']:g} of its mean: there the treatment hardly varies given the covariates")
+    if text is not None:
         if gate.max_share_outside_overlap is not None and share > gate.max_share_outside_overlap:
             reasons.append(f"overlap: {text} (gate allows {100 * gate.max_share_outside_overlap:.1f}%)")
         elif share > 0:

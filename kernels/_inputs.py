@@ -62,20 +62,19 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
         a = torch.from_dlpack(a).detach().to("cpu", torch.float64).numpy()
     elif hasattr(a, "to_numpy"):  # pandas DataFrame / Series
         dtypes = getattr(a, "dtypes", None)
-        kinds = dtypes.items() if hasattr(dtypes, "items") else [(getattr(a, "name", None), getattr(a, "dtype", None))]
-        for column, dtype in kinds:  # times would pass as nanoseconds since 1970, numbers of 1e18
+        frame = hasattr(dtypes, "items")
+        columns = list(dtypes.items()) if frame else [(getattr(a, "name", None), getattr(a, "dtype", None))]
+        for column, dtype in columns:  # times would pass as nanoseconds since 1970, numbers of 1e18
             if getattr(dtype, "kind", None) in ("m", "M"):
                 raise ValueError(f"{name}'s column {column!r} holds {dtype} values; encode them as numbers (days "
                                  "since a date, hour of day, ...) first")
         try:  # missing values of nullable dtypes (pd.NA) become NaN, which check_finite names
             a = a.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
-            dtypes = getattr(a, "dtypes", None)  # a DataFrame's, per column: name the first not numeric
-            if dtypes is not None and hasattr(dtypes, "items"):
-                for column, dtype in dtypes.items():
-                    if dtype.kind not in "biuf":
-                        raise ValueError(f"{name} must be numeric, but its column {column!r} holds {dtype} values; "
-                                         "encode it as numbers first (one column per category)") from None
+            for column, dtype in columns if frame else ():  # a DataFrame's: name the first column not numeric
+                if dtype.kind not in "biuf":
+                    raise ValueError(f"{name} must be numeric, but its column {column!r} holds {dtype} values; "
+                                     "encode it as numbers first (one column per category)") from None
             a = a.to_numpy()  # not numeric: the conversion below says which value
     try:
         arr = np.asarray(a, dtype=np.float64)

@@ -107,9 +107,7 @@ class CateModel(Model):
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = parse_json_body(payload)
             parse = (lambda: parser.v2(payload.inputs)) if v2 else (lambda: parser.v1(payload))
-            # Reading 10,000 rows takes 70 ms: off the loop, which answers everyone (an ops review
-            # saw one-row requests wait 332 ms behind one of them).
-            rows = await asyncio.to_thread(parse) if _row_count(payload, v2) > INLINE_ROWS else parse()
+            rows = await _by_size(_row_count(payload, v2), parse)
             requested = self._requested_outputs(payload) if v2 else None
         except RequestError as exc:
             self.count_bad_request()
@@ -122,24 +120,23 @@ class CateModel(Model):
         n = rows.X.shape[0]
         out = {k: np.empty(n) for k in ("cate", "lower", "upper")}
         versions = np.empty(n, dtype=np.int64)
-        records = []
+        records, answered = [], []  # answered: (version, label) of each version that scored rows
         for role in (CHAMPION, CHALLENGER):
             idx = [i for i, r in enumerate(roles) if r == role]
             if not idx:
                 continue
             scorer, label = self.scorers[role], labels[idx[0]]
+
             def score_and_record(scorer=scorer, label=label, idx=idx):
                 scores = self._score(scorer, label, rows.X[idx])
                 return scores, self._records(request_id, rows, idx, scorer, label, scores)
 
-            if len(idx) > INLINE_ROWS:  # a large request must not stall the loop, which answers everyone
-                scores, scored = await asyncio.to_thread(score_and_record)
-            else:  # a few rows score in about a millisecond; a thread hop would cost more (GIL handoff)
-                scores, scored = score_and_record()
+            scores, scored = await _by_size(len(idx), score_and_record)
             for k in out:
                 out[k][idx] = getattr(scores, k)
             versions[idx] = scorer.version
             records += scored
+            answered.append((scorer.version, label))
         actions = None
         if self.explore is not None:
             seed = self.explore.new_seed()
@@ -157,7 +154,7 @@ class CateModel(Model):
         response = self._response(payload, v2, request_id, out, versions, labels, actions, requested)
         # The request's time in the model (rows read, scored, logged, answered), under every
         # version that scored some of its rows: what a caller waits for beyond the transport.
-        for version, label in dict(zip(versions.tolist(), labels)).items():
+        for version, label in answered:
             metrics.LATENCY.labels(self.name, str(version), label).observe(time.perf_counter() - start)
         return response
 
@@ -192,6 +189,7 @@ class CateModel(Model):
             metrics.ERRORS.labels(*labels, "scoring").inc()
             log.warning("shadow %s version %s failed on request %s: %s", self.name, scorer.version, request_id, exc)
             return
+
         def record() -> None:
             metrics.REQUESTS.labels(*labels).inc()
             metrics.ROWS.labels(*labels).inc(len(rows.X))
@@ -204,8 +202,7 @@ class CateModel(Model):
             if self.event_log is not None:
                 self.event_log.append(self._records(request_id, rows, range(len(rows.X)), scorer, SHADOW, scores))
 
-        # 10,000 rows' histogram and records take 70 ms: off the loop too, as the scoring.
-        await asyncio.to_thread(record) if len(rows.X) > INLINE_ROWS else record()
+        await _by_size(len(rows.X), record)  # 10,000 rows' histogram and records: 70 ms
 
     # ------------------------------------------------------------------ log and response
     def _records(self, request_id, rows: Rows, idx, scorer: VersionScorer, role, scores: Scores) -> list[dict]:
@@ -292,6 +289,13 @@ def _in_daemon_thread(func, arg, slots: threading.BoundedSemaphore) -> asyncio.F
 
 def _str(v):
     return None if v is None else str(v)
+
+
+async def _by_size(rows: int, work):
+    """`work()` on the event loop for a few rows (about a millisecond; a thread hop, with its GIL
+    handoff, would cost more), in a worker thread for more: the loop answers everyone, and an ops
+    review saw one-row requests wait 332 ms behind one request of 10,000 rows read on it."""
+    return await asyncio.to_thread(work) if rows > INLINE_ROWS else work()
 
 
 def _row_count(payload, v2: bool) -> int:

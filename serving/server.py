@@ -303,11 +303,12 @@ def _bound_grpc_server(address: str):
         async def handle_exception(self, ex, request_or_iterator, context, method_name):
             if isinstance(ex, InvalidInput):
                 log.warning("400: %s (gRPC %s)", ex, method_name)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
-            if isinstance(ex, NotImplementedError):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)  # abort raises: the call ends
+            elif isinstance(ex, NotImplementedError):
                 log.warning("%s (gRPC %s)", ex, method_name)
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(ex))
-            return await super().handle_exception(ex, request_or_iterator, context, method_name)
+            else:
+                await super().handle_exception(ex, request_or_iterator, context, method_name)
 
     class NoRepositoryServicer(InferenceServicer):
         """KServe's servicer without the model repository calls (see `_rest_server`)."""
