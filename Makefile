@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_refuters.py
 	$(BIN)/python tests/benchmarks/bench_serving.py
 	$(BIN)/python tests/benchmarks/bench_boosting.py
+	$(BIN)/python tests/benchmarks/bench_nuisance.py
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py coverage
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py timing
 	$(BIN)/python tests/benchmarks/bench_bootstrap.py batching

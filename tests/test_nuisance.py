@@ -173,9 +173,10 @@ def test_an_import_path_that_names_no_estimator_class_is_refused_before_anything
         resolve_model(path, "y", False, 0)
 
 
-def test_a_design_whose_svd_does_not_converge_still_cross_fits():
-    # On grf's imbalanced design (seed 8) a fold's additive design, 640 x 225 of rank 176, makes
-    # NumPy's SVD raise LinAlgError: the default models crashed on it before the fallback.
+def test_a_rank_deficient_design_still_cross_fits():
+    # On grf's imbalanced design (seed 8) a fold's additive design, 640 x 225 of rank 176, made
+    # NumPy's SVD raise LinAlgError when RidgeCV's SVD chose the penalty: the default models
+    # crashed on it.
     from tauforge.kernels.datasets import make_causal_data
     from tauforge.kernels.nuisance import cross_fit
 
@@ -183,6 +184,46 @@ def test_a_design_whose_svd_does_not_converge_still_cross_fits():
     y_hat, t_hat, _ = cross_fit(data.X, data.Y, data.T, n_folds=5, discrete=True, seed=8, progress=False)
     assert np.isfinite(y_hat).all() and ((0 < t_hat) & (t_hat < 1)).all()
     assert np.corrcoef(y_hat, data.Y)[0, 1] > 0.5
+
+
+def _additive_design(X: np.ndarray) -> np.ndarray:
+    """The additive part's design (linear columns and splines) of every row of X."""
+    model = AdditiveBoostingRegressor(max_iter=1, early_stopping=False, random_state=0).fit(X, X[:, 0])
+    return model._design(X)
+
+
+@pytest.mark.parametrize("design,n,p,target,weighted", [
+    ("aw3", 2000, 10, "Y", False),
+    ("continuous_hetero", 3000, 10, "Y", True),
+    ("aw2", 3000, 10, "T", False),  # a constant propensity: the grid's largest penalty
+    ("imbalanced", 640, 25, "Y", True),  # rank 176 of 225 columns
+    ("simple", 150, 25, "Y", False),  # fewer rows than columns
+])
+def test_gcv_ridge_chooses_ridgecvs_penalty_and_predicts_what_it_predicts(design, n, p, target, weighted):
+    from sklearn.linear_model import RidgeCV
+
+    from tauforge.kernels.datasets import make_causal_data
+    from tauforge.kernels.nuisance import RIDGE_ALPHAS, GCVRidge
+
+    data = make_causal_data(design, n=n, p=p, seed=8)
+    X, y = _additive_design(data.X), getattr(data, target)
+    weight = np.random.default_rng(1).exponential(size=n) if weighted else None
+    reference = RidgeCV(alphas=RIDGE_ALPHAS).fit(X, y, sample_weight=weight)
+    ours = GCVRidge(alphas=RIDGE_ALPHAS).fit(X, y, sample_weight=weight)
+    assert ours.alpha_ == reference.alpha_
+    assert ours.best_score_ == pytest.approx(reference.best_score_, rel=1e-9)
+    scale = np.std(reference.predict(X))
+    assert np.max(np.abs(ours.predict(X) - reference.predict(X))) < 1e-8 * scale
+    if weighted:  # the comparison sees the weights: a ridge that dropped them would fail it
+        unweighted = GCVRidge(alphas=RIDGE_ALPHAS).fit(X, y)
+        assert np.max(np.abs(unweighted.predict(X) - reference.predict(X))) > 1e-3 * scale
+
+
+def test_gcv_ridge_refuses_a_penalty_that_is_not_positive():
+    from tauforge.kernels.nuisance import GCVRidge
+
+    with pytest.raises(ValueError, match="alphas must be positive"):
+        GCVRidge(alphas=[1.0, 0.0]).fit(np.ones((5, 2)), np.arange(5.0))
 
 
 # The model libraries, 1-1.5 s of a task's start (test_cli.py's HEAVY without torch and numba):
