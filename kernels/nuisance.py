@@ -10,6 +10,7 @@ import reprlib
 from typing import Any
 
 import numpy as np
+from scipy.interpolate import BSpline
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import PoissonRegressor
@@ -23,13 +24,12 @@ from .progress import progress_bar, progress_steps
 _SMOOTH_BOOSTING = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, early_stopping=True)
 # The additive part of AdditiveBoostingRegressor: knots of each continuous column's cubic spline
 # (a column with fewer distinct values than SPLINE_KNOTS + 4 enters linearly only), the ridge
-# penalties generalized cross-validation chooses from, and the rows its fit and its design see
-# at once (the design is (rows, columns x (SPLINE_KNOTS + 3)): 2 GB at 1e6 x 30 in one piece).
+# penalties generalized cross-validation chooses from, and the most rows its fit sees (its design
+# is (rows, columns x (SPLINE_KNOTS + 3)): 216 MB at 100,000 x 30; predictions build none).
 SPLINE_KNOTS = 6
 PROBABILITY_FLOOR = 1e-3  # AdditiveBoostingClassifier's least-squares probabilities stay in (0, 1) for the log loss
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 ADDITIVE_FIT_ROWS = 100_000
-_ADDITIVE_CHUNK_ROWS = 65_536
 
 
 class GCVRidge(RegressorMixin, BaseEstimator):
@@ -171,9 +171,31 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         return np.hstack([linear, self.splines_.transform(X[:, self.smooth_columns_])])
 
     def _additive(self, X: np.ndarray) -> np.ndarray:
-        """The additive part's predictions, a chunk of rows at a time (its design is wide)."""
-        return np.concatenate([self.additive_.predict(self._design(X[i:i + _ADDITIVE_CHUNK_ROWS]))
-                               for i in range(0, max(len(X), 1), _ADDITIVE_CHUNK_ROWS)])
+        """The additive part's predictions, `_design(X)` times its coefficients, without the design:
+        each column's splines with their coefficients are one B-spline, evaluated alone. The
+        design is 9 times as wide as X; building it for every row took 10 of the 26 s of a fold's
+        two models on 800,000 rows x 30 (docs/benchmarks.md, "Nuisance boosting")."""
+        X = np.clip(np.asarray(X, dtype=np.float64), self.lower_, self.upper_)
+        coef, p = self.additive_.coef_, X.shape[1]
+        linear = ((X - self.center_) / self.scale_) @ coef[:p] + self.additive_.intercept_
+        for i, column in enumerate(self.smooth_columns_):
+            basis = self.splines_.bsplines_[i]
+            width = basis.c.shape[1]
+            linear += _spline_term(basis.t, basis.k, coef[p + i * width:p + (i + 1) * width], X[:, column])
+        return linear if self.loss == "squared_error" else np.exp(linear)  # PoissonRegressor's log link
+
+
+def _spline_term(knots: np.ndarray, degree: int, coef: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """sum_j coef_j B_j(x) for SplineTransformer's B-splines B_j (extrapolation='linear'): past
+    the boundary knots the sum continues along its tangent there, as the bases that do not vanish
+    at a boundary do (the others vanish with their slopes)."""
+    spline = BSpline(knots, coef, degree, extrapolate=False)
+    low, high = knots[degree], knots[-degree - 1]
+    out = spline(np.clip(x, low, high))
+    below, above = x < low, x > high
+    out[below] += (x[below] - low) * spline(low, nu=1)
+    out[above] += (x[above] - high) * spline(high, nu=1)
+    return out
 
 
 def default_nuisance_model(classifier: bool, seed: int) -> Any:

@@ -94,15 +94,38 @@ def test_sample_weights_select_the_rows_that_count():
     assert np.corrcoef(pred, 3 * X[:, 0])[0, 1] > 0.99
 
 
-def test_a_large_fit_samples_its_additive_part_and_predicts_in_chunks(monkeypatch):
+def test_a_large_fit_samples_its_additive_part(monkeypatch):
     X, _, y = _data(3000, 4)
     whole = AdditiveBoostingRegressor(random_state=0).fit(X, y).predict(X)
-    monkeypatch.setattr(nuisance, "_ADDITIVE_CHUNK_ROWS", 7)
-    np.testing.assert_allclose(AdditiveBoostingRegressor(random_state=0).fit(X, y).predict(X), whole, rtol=1e-9)
     monkeypatch.setattr(nuisance, "ADDITIVE_FIT_ROWS", 500)
     sampled = AdditiveBoostingRegressor(random_state=0).fit(X, y)
     assert sampled.splines_.bsplines_[0].t.size > 0 and not np.array_equal(sampled.predict(X), whole)
     assert np.corrcoef(sampled.predict(X), whole)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_the_additive_part_predicts_its_design_times_its_coefficients_without_building_the_design(loss):
+    # Fit on a sample (the splines' boundary knots inside the data's range), then predict rows
+    # inside, past the boundary knots (SplineTransformer's linear extrapolation) and past the
+    # fit's range (held to its edge).
+    rng = np.random.default_rng(3)
+    X, f, y = _data(4000, 6)
+    y = np.exp(f / 4) * rng.exponential(size=len(f)) if loss == "poisson" else y
+    model = AdditiveBoostingRegressor(loss=loss, random_state=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nuisance, "ADDITIVE_FIT_ROWS", 300)
+        model.fit(X, y)
+    new_rows = np.vstack([X[:500], X[:50] * 3, np.full((1, X.shape[1]), -1e4)])
+    eta = model._design(new_rows) @ model.additive_.coef_ + model.additive_.intercept_
+    expected = eta if loss == "squared_error" else np.exp(eta)
+    low = np.array([b.t[b.k] for b in model.splines_.bsplines_])
+    assert ((X[:50] * 3)[:, model.smooth_columns_] < low).any()  # rows past the boundary knots
+    np.testing.assert_allclose(model._additive(new_rows), expected, rtol=1e-10, atol=1e-10 * np.std(expected))
+    # Planted: without the tangent past the boundary knots, those rows differ.
+    tangent = nuisance._spline_term
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nuisance, "_spline_term", lambda t, k, c, x: tangent(t, k, c, np.clip(x, t[k], t[-k - 1])))
+        assert np.max(np.abs(model._additive(new_rows) - expected)) > 1e-3 * np.std(expected)
 
 
 def test_bad_settings_and_targets_are_refused():
