@@ -90,8 +90,8 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
     """E[y | x] as a smooth additive model plus boosted trees on what it leaves.
 
     The additive part: every column linearly and each continuous one by a cubic spline (knots at
-    quantiles), ridge-penalized, the penalty chosen by generalized cross-validation (`GCVRidge`), fit on at
-    most `ADDITIVE_FIT_ROWS` rows (a seeded sample: it has few coefficients). Then early-stopped
+    quantiles), ridge-penalized, the penalty chosen by generalized cross-validation (`GCVRidge`),
+    fit on at most `ADDITIVE_FIT_ROWS` rows (a seeded sample: it has few coefficients). Then early-stopped
     HistGradientBoosting fits what it leaves: interactions and sharp changes.
 
     Why not trees alone: they approximate a smooth trend by steps that flatten towards the edges
@@ -177,12 +177,13 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         two models on 800,000 rows x 30 (docs/benchmarks.md, "Nuisance boosting")."""
         X = np.clip(np.asarray(X, dtype=np.float64), self.lower_, self.upper_)
         coef, p = self.additive_.coef_, X.shape[1]
-        linear = ((X - self.center_) / self.scale_) @ coef[:p] + self.additive_.intercept_
+        linear_predictor = ((X - self.center_) / self.scale_) @ coef[:p] + self.additive_.intercept_
         for i, column in enumerate(self.smooth_columns_):
             basis = self.splines_.bsplines_[i]
             width = basis.c.shape[1]
-            linear += _spline_term(basis.t, basis.k, coef[p + i * width:p + (i + 1) * width], X[:, column])
-        return linear if self.loss == "squared_error" else np.exp(linear)  # PoissonRegressor's log link
+            linear_predictor += _spline_term(basis.t, basis.k, coef[p + i * width:p + (i + 1) * width], X[:, column])
+        # PoissonRegressor's log link
+        return linear_predictor if self.loss == "squared_error" else np.exp(linear_predictor)
 
 
 def _spline_term(knots: np.ndarray, degree: int, coef: np.ndarray, x: np.ndarray) -> np.ndarray:
