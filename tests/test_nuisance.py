@@ -219,7 +219,7 @@ def _additive_design(X: np.ndarray) -> np.ndarray:
     ("aw3", 2000, 10, "Y", False),
     ("continuous_hetero", 3000, 10, "Y", True),
     ("aw2", 3000, 10, "T", False),  # a constant propensity: the grid's largest penalty
-    ("imbalanced", 640, 25, "Y", True),  # rank 176 of 225 columns
+    ("imbalanced", 640, 25, "Y", True),  # rank 175 of 225 columns, centered
     ("simple", 150, 25, "Y", False),  # fewer rows than columns
 ])
 def test_gcv_ridge_chooses_ridgecvs_penalty_and_predicts_what_it_predicts(design, n, p, target, weighted):
