@@ -130,15 +130,10 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     if local and not os.path.isdir(root):
         raise ValueError(f"the event log {location} is not a directory")
     base = f"{root}/model={model}" if model else root
-    first_day = None  # a day's margin: pods' clocks differ
-    try:
-        if since is not None:
-            first_day = f"{_dt.datetime.fromtimestamp(since, _dt.UTC) - _dt.timedelta(days=1):%Y-%m-%d}"
-    except (OverflowError, ValueError, OSError):  # before year 1 (or NaN): every day's folder is read
-        first_day = None
+    first_day = None if since is None else _day_before(since)
     files = sorted(f for f in (fs.find(base) if fs.exists(base) else [])
                    if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX)
-                   and (first_day is None or _written_on(f) is None or _written_on(f) >= first_day))
+                   and (first_day is None or (day := _written_on(f)) is None or day >= first_day))
     readable, schemas, unreadable = [], [], []
     for f in files:
         try:
@@ -155,6 +150,15 @@ def read_events(location: str, model: str | None = None, since: float | None = N
             frame = frame[frame["time"] >= since].reset_index(drop=True)
     frame.attrs["unreadable_files"] = unreadable
     return frame
+
+
+def _day_before(since: float) -> str | None:
+    """The YYYY-MM-DD of the day before Unix time `since` (a day's margin: pods' clocks differ);
+    None before year 1 (or NaN): then every day's folder is read."""
+    try:
+        return f"{_dt.datetime.fromtimestamp(since, _dt.UTC) - _dt.timedelta(days=1):%Y-%m-%d}"
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _written_on(path: str) -> str | None:
