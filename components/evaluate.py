@@ -51,8 +51,7 @@ NEGLIGIBLE_REFUTER_MOVE = 0.5
 # placebo's forest counts as one; the data subset refits five times on half the rows).
 # Heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows); the graph
 # checks count only when a graph was given.
-EVALUATE_STEPS = {"placebo refuter": 2, "random common cause refuter": 3, "data subset refuter": 2.5,
-                  "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
+EVALUATE_STEPS = {"refuters": 7.5, "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
 
 
 @dataclass(frozen=True)
@@ -218,12 +217,14 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
 
 def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate: GateConfig, seed: int,
              nuisance: NuisanceConfig | None = None, progress: bool | None = False,
-             graph: CausalGraph | None = None) -> dict:
+             graph: CausalGraph | None = None, refit_workers: int | None = None) -> dict:
     """Every check and the gate's verdict, as one JSON-ready dict. `nuisance` is how the refuters
     refit the nuisance models: the run's own settings (default: NuisanceConfig's defaults).
     `progress`: progress on stderr (`tauforge.kernels.progress`) counting every refit of the
     refuters, with an estimate of the time left. `graph`: the run's declared causal graph (None:
-    none was given), whose implications are tested on `data`'s table and which the report draws."""
+    none was given), whose implications are tested on `data`'s table and which the report draws.
+    `refit_workers`: processes the refuters' nine refits share (None: `refuters.default_workers`,
+    from 50,000 rows one per usable CPU that the free memory allows; each holds a copy of the data)."""
     # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
     # by the command line before any task starts.
     from . import heterogeneity, refuters
@@ -238,7 +239,10 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     summary = estimate.summary
     costs = EVALUATE_STEPS if graph is not None else {**EVALUATE_STEPS, "graph checks": 0}
     with progress_steps("evaluate", costs, progress) as steps:
-        refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"), on_refit=steps.update)
+        n_inputs = len(data.spec.covariates) + len(data.spec.controls)
+        workers = refuters.default_workers(len(cate), n_inputs) if refit_workers is None else refit_workers
+        refit = refuters.EffectRefit(data, nuisance, seed, cate, summary.get("forest_params"), on_refit=steps.update,
+                                     workers=workers)
         result = {
             "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                     "ate_interval", "alpha", "variance_weighted_effect",
@@ -248,12 +252,10 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                        "cate_histogram": _histogram(cate)},
             "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
             "balance": balance(data, t_hat if data.spec.binary else None),
-            "refuters": {
-                "placebo": steps.run("placebo refuter", refuters.placebo, refit, seed),
-                "random_common_cause": steps.run("random common cause refuter", refuters.random_common_cause,
-                                                 refit, summary["ate"], seed),
-                "data_subset": steps.run("data subset refuter", refuters.data_subset, refit, summary["ate"], seed),
-            },
+            "refuters": steps.run("refuters", refuters.run_refuters, refit, {
+                "placebo": refuters.placebo_refuter(refit, seed),
+                "random_common_cause": refuters.random_common_cause_refuter(refit, summary["ate"], seed),
+                "data_subset": refuters.data_subset_refuter(refit, summary["ate"], seed)}),
             # Weighted as the reported effect is: its bounds must be about that number.
             "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"],
                                               sample_weight=a["sample_weight"]),

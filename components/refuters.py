@@ -16,11 +16,20 @@ as much as the run), the placebo grows a smaller forest (at most PLACEBO_TREES t
 refuter returns its estimate, a p-value for "nothing is wrong", and the numbers behind it. The tests plant defects in an
 `EffectRefit` subclass (a constant pseudo-effect, the real treatment leaking past the placebo, a
 dropped confounder, a wrong denominator) and check that the refuter catches each.
+
+A refuter is the refits it asks for and a judgement of their results (`Refuter`);
+`run_refuters` gathers every refuter's refits into one batch, which an `EffectRefit` with
+`workers` > 1 spreads over that many processes: the nine refits are independent, and each is
+mostly one core's work (scikit-learn's boosting gains 5-7% from a second thread).
 """
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 from scipy import stats
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
@@ -34,6 +43,48 @@ from .nuisance import NuisanceConfig, refit_residuals
 # be the pipeline's kind of estimate, not a precise one).
 PLACEBO_TREES = 100
 
+# Below this many rows the refits run in evaluate's own process: a refit there takes seconds (0.8 s
+# at 5,000 rows), and each worker process spends about as long importing torch and scikit-learn.
+PROCESS_MIN_ROWS = 50_000
+# A worker's peak memory: 0.33 GB idle (its imports) and 2.6 GB at most during a refit of 1e6 rows
+# x 30 inputs (one more for the random common cause), measured; with a margin, per data cell.
+WORKER_BASE_BYTES = 0.4e9
+WORKER_BYTES_PER_CELL = 90
+
+
+def default_workers(n_rows: int, n_inputs: int) -> int:
+    """How many processes evaluate's refits of `n_rows` x `n_inputs` (covariates and controls) use:
+    one below PROCESS_MIN_ROWS rows, else one per usable CPU (OMP_NUM_THREADS where a pod's CPU
+    limit set it, else the CPUs this process may run on), as many as the free memory holds."""
+    if n_rows < PROCESS_MIN_ROWS:
+        return 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
+    per_worker = WORKER_BASE_BYTES + WORKER_BYTES_PER_CELL * n_rows * (n_inputs + 1)
+    return max(1, min(cpus, int(available_memory() // per_worker)))
+
+
+def available_memory() -> float:
+    """Bytes this process may still allocate: under a cgroup's memory limit (a pod's), its limit
+    less its use; else the machine's available memory (/proc/meminfo); infinite where neither is
+    readable."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f, open(usage_file) as g:
+                limit, usage = f.read().strip(), g.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # v1 writes a huge number for "no limit", v2 "max"
+            return float(int(limit) - int(usage))
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return float(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return float("inf")
+
 
 class EffectRefit:
     """The pipeline's average effect (`kernels.ate.average_effect`), estimated again on a perturbed
@@ -44,14 +95,25 @@ class EffectRefit:
     grown on the new residuals. Unperturbed, it reproduces the run's own estimate.
 
     `on_refit(cost)`, if given, hears of each finished refit, at its cost in full-data nuisance
-    refits (a subset's share of the rows; one more for a regrown forest): evaluate's progress."""
+    refits (a subset's share of the rows; one more for a regrown forest): evaluate's progress.
+    `workers`: how many processes `effects` spreads a batch of refits over (1: this one)."""
 
     def __init__(self, data: ValidatedData, nuisance: NuisanceConfig, seed: int, oob_cate: np.ndarray,
-                 forest_params: dict | None = None, on_refit: Callable[[float], None] | None = None):
+                 forest_params: dict | None = None, on_refit: Callable[[float], None] | None = None,
+                 workers: int = 1):
         self.data, self.nuisance, self.seed, self.oob_cate = data, nuisance, seed, oob_cate
         self.forest_params = dict(forest_params or {})
         self.arrays = data.arrays()
         self.on_refit = on_refit
+        self.workers = workers
+
+    def __getstate__(self) -> dict:
+        # What a worker process receives: no callback (progress is the parent's), no derived arrays.
+        return {k: v for k, v in vars(self).items() if k not in ("arrays", "on_refit")}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state, on_refit=None)
+        self.arrays = self.data.arrays()
 
     @property
     def n_rows(self) -> int:
@@ -85,17 +147,68 @@ class EffectRefit:
         else:
             tau = self.oob_cate[rows]
         if self.on_refit is not None:
-            self.on_refit(len(rows) / self.n_rows + (1 if regrow else 0))
+            self.on_refit(self.cost(rows, regrow))
         return average_effect(tau, y_res, t_res, t_var, weight)
 
+    def cost(self, rows: np.ndarray | None = None, regrow: bool = False, **_) -> float:
+        """A refit's cost in full-data nuisance refits (what `on_refit` hears)."""
+        return (1.0 if rows is None else len(rows) / self.n_rows) + (1 if regrow else 0)
 
-def placebo(refit: EffectRefit, seed: int) -> dict:
+    def effects(self, jobs: list[dict]) -> list[tuple[float, float]]:
+        """`effect(**job)` for every job, in their order: one after another, or in `workers`
+        processes (each job is seeded by its own arguments, so the answers are the same)."""
+        workers = min(self.workers, len(jobs))
+        if workers <= 1:
+            return [self.effect(**job) for job in jobs]
+        # joblib's loky processes (scikit-learn's): spawned, not forked from a process holding
+        # OpenMP and torch pools; they do not re-run a script's __main__, and they start with the
+        # thread pools (OpenMP, BLAS, numba) sized to their share of the CPUs. No memory-mapping: the
+        # refits get plain, writable copies of the data.
+        parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", max_nbytes=None,
+                            inner_max_num_threads=max(1, len(os.sched_getaffinity(0)) // workers))
+        results: list = [None] * len(jobs)
+        try:
+            for i, result in parallel(delayed(_effect_in_worker)(self, i, job) for i, job in enumerate(jobs)):
+                results[i] = result
+                if self.on_refit is not None:
+                    self.on_refit(self.cost(**jobs[i]))
+        except TerminatedWorkerError as exc:
+            raise RuntimeError(f"a refuter's refit process ended abruptly (killed for memory?) while {workers} "
+                               f"refits ran at once, each with a copy of the data: run evaluate with "
+                               f"refit_workers=1 to refit in its own process") from exc
+        return results
+
+
+def _effect_in_worker(refit: EffectRefit, i: int, job: dict) -> tuple[int, tuple[float, float]]:
+    """A job's refit in a worker process, with the job's place in the batch (they finish unordered).
+    torch sizes its pool from OMP_NUM_THREADS when it starts, which loky set for the worker."""
+    return i, refit.effect(**job)
+
+
+@dataclass
+class Refuter:
+    """A refuter as the refits it asks for (`jobs`, keyword arguments of `EffectRefit.effect`) and
+    its judgement of their (effect, stderr) results, in the same order."""
+    jobs: list[dict]
+    judge: Callable[[list[tuple[float, float]]], dict]
+
+
+def run_refuters(refit: EffectRefit, refuters: dict[str, Refuter]) -> dict[str, dict]:
+    """Every refuter's judgement, its refits run as one batch (`EffectRefit.effects`)."""
+    results = iter(refit.effects([job for refuter in refuters.values() for job in refuter.jobs]))
+    return {name: refuter.judge([next(results) for _ in refuter.jobs]) for name, refuter in refuters.items()}
+
+
+def placebo_refuter(refit: EffectRefit, seed: int) -> Refuter:
     """The whole estimation re-run with the treatment permuted: a permuted treatment is
     independent of everything, so a sound pipeline's average effect is 0 up to its standard error."""
     T_placebo = np.random.default_rng([seed, 7]).permutation(refit.arrays["T"])
-    effect, stderr = refit.effect(treatment=T_placebo, regrow=True)
-    return {"effect": effect, "stderr": stderr,
-            "p_value": float(2 * norm.sf(abs(effect / stderr))) if stderr > 0 else 1.0}
+
+    def judge(results):
+        (effect, stderr), = results
+        return {"effect": effect, "stderr": stderr,
+                "p_value": float(2 * norm.sf(abs(effect / stderr))) if stderr > 0 else 1.0}
+    return Refuter([{"treatment": T_placebo, "regrow": True}], judge)
 
 
 def _within_spread(effects: list[float], baseline: float) -> dict:
@@ -114,17 +227,17 @@ def _within_spread(effects: list[float], baseline: float) -> dict:
             "effects": effects_.tolist(), "p_value": p_value}
 
 
-def random_common_cause(refit: EffectRefit, baseline: float, seed: int, repeats: int = 3) -> dict:
+def random_common_cause_refuter(refit: EffectRefit, baseline: float, seed: int, repeats: int = 3) -> Refuter:
     """Refit with an independent random column among the controls, `repeats` times: the run's
     effect `baseline` must lie within the refits' spread. A pipeline whose answer depends on which
     controls it is given beyond what they say about T and Y (a control dropped or misaligned by
     position, say) moves every refit the same way and fails."""
-    effects = [refit.effect(extra_control=np.random.default_rng([seed, 11, r]).normal(size=refit.n_rows))[0]
-               for r in range(repeats)]
-    return {**_within_spread(effects, baseline), "repeats": repeats}
+    jobs = [{"extra_control": np.random.default_rng([seed, 11, r]).normal(size=refit.n_rows)} for r in range(repeats)]
+    return Refuter(jobs, lambda results: {**_within_spread([e for e, _ in results], baseline), "repeats": repeats})
 
 
-def data_subset(refit: EffectRefit, baseline: float, seed: int, fraction: float = 0.5, repeats: int = 5) -> dict:
+def data_subset_refuter(refit: EffectRefit, baseline: float, seed: int, fraction: float = 0.5,
+                        repeats: int = 5) -> Refuter:
     """Refit on `repeats` random subsets of `fraction` of the rows: the run's effect `baseline` must
     lie within their spread (on correct pipelines a formula for the subset's sampling noise alone
     rejected 3x too often). An estimate that changes with the sample's size, not just its noise,
@@ -132,10 +245,25 @@ def data_subset(refit: EffectRefit, baseline: float, seed: int, fraction: float 
     fifth, and on 2,000 rows was caught at p < 0.01 in 33 of 40 seeds against 18 (the full-data
     effect, less noisy than a half's, keeps false alarms rarer still: 0 of 40; docs/benchmarks.md)."""
     n = refit.n_rows
-    effects = [refit.effect(rows=np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n),
-                                                                                    replace=False)))[0]
-               for r in range(repeats)]
-    return {**_within_spread(effects, baseline), "fraction": fraction, "repeats": repeats}
+    jobs = [{"rows": np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n), replace=False))}
+            for r in range(repeats)]
+    return Refuter(jobs, lambda results: {**_within_spread([e for e, _ in results], baseline),
+                                          "fraction": fraction, "repeats": repeats})
+
+
+def placebo(refit: EffectRefit, seed: int) -> dict:
+    """`placebo_refuter`'s judgement."""
+    return run_refuters(refit, {"placebo": placebo_refuter(refit, seed)})["placebo"]
+
+
+def random_common_cause(refit: EffectRefit, baseline: float, seed: int, repeats: int = 3) -> dict:
+    """`random_common_cause_refuter`'s judgement."""
+    return run_refuters(refit, {"rcc": random_common_cause_refuter(refit, baseline, seed, repeats)})["rcc"]
+
+
+def data_subset(refit: EffectRefit, baseline: float, seed: int, fraction: float = 0.5, repeats: int = 5) -> dict:
+    """`data_subset_refuter`'s judgement."""
+    return run_refuters(refit, {"subsets": data_subset_refuter(refit, baseline, seed, fraction, repeats)})["subsets"]
 
 
 def data_subset_label(result: dict) -> str:

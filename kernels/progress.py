@@ -22,7 +22,7 @@ Lines start with "tauforge: ", which `tauforge run` relays from its tasks to the
 Work made of unequal named steps (evaluate's checks, monitoring's) counts in relative costs:
 `progress_steps(desc, {name: cost})` and `.run(name, fn, ...)` per step; a step may report its
 own parts with `update` (evaluate's refuters report each refit). Their final line says where the
-time went, e.g. `tauforge: evaluate: done in 8 s (placebo refuter 2 s, data subset refuter 3 s)`.
+time went, e.g. `tauforge: evaluate: done in 8 s (refuters 7 s, graph checks 1 s)`.
 """
 
 from __future__ import annotations

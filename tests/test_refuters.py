@@ -14,7 +14,18 @@ import pytest
 from tauforge.components.data import DataSpec, validate
 from tauforge.components.estimate import grow_forest_shard, merge_forest
 from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
-from tauforge.components.refuters import EffectRefit, _within_spread, data_subset, placebo, random_common_cause
+from tauforge.components.refuters import (
+    EffectRefit,
+    _within_spread,
+    data_subset,
+    data_subset_refuter,
+    default_workers,
+    placebo,
+    placebo_refuter,
+    random_common_cause,
+    random_common_cause_refuter,
+    run_refuters,
+)
 from tauforge.kernels.ate import treatment_variance
 from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
@@ -79,6 +90,60 @@ class FullDataDenominator(EffectRefit):
         effect, stderr = super().effect(rows=rows, **kw)
         share = 1.0 if rows is None else len(rows) / self.n_rows
         return effect * share, stderr * share
+
+
+class DiesInAWorker(EffectRefit):
+    """A refit whose process ends abruptly (as the kernel's OOM killer ends one): only ever run in a worker."""
+
+    def effect(self, **kw):
+        import os
+
+        os._exit(3)
+
+
+def judged_numbers(judged: dict[str, dict]) -> np.ndarray:
+    """Every number in refuters' judgements (all are numbers or lists of them), in a fixed order."""
+    return np.hstack([np.ravel(value) for result in judged.values() for _, value in sorted(result.items())])
+
+
+def test_refits_in_worker_processes_give_the_answers_of_refits_in_this_one(run):
+    data, summary, refit = run
+
+    def refuters(r):
+        return {"placebo": placebo_refuter(r, SEED), "rcc": random_common_cause_refuter(r, summary["ate"], SEED, 2),
+                "subsets": data_subset_refuter(r, summary["ate"], SEED, repeats=2)}
+    costs = []
+    in_workers = EffectRefit(data, TWO_FOLDS, SEED, refit.oob_cate, refit.forest_params, on_refit=costs.append,
+                             workers=2)
+    # The same up to the order of floating-point sums (BLAS threads differ in a worker: 1e-15 apart at 100,000 rows).
+    assert judged_numbers(run_refuters(in_workers, refuters(in_workers))) == pytest.approx(
+        judged_numbers(run_refuters(refit, refuters(refit))), rel=1e-9, abs=1e-12)
+    assert sorted(costs) == [0.5, 0.5, 1, 1, 2]  # evaluate's progress hears of every refit, from this process
+    # The workers run the refit they were given, subclass and all: a planted defect still shows.
+    jobs = refuters(refit)["rcc"].jobs
+    planted = ConstantPseudoEffect(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2)
+    assert [e for e, _ in planted.effects(jobs)] == pytest.approx([e + 0.5 for e, _ in refit.effects(jobs)], abs=1e-12)
+    with pytest.raises(RuntimeError, match="refit process ended abruptly .* refit_workers=1"):
+        DiesInAWorker(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2).effects(jobs)
+
+
+def test_refits_use_processes_from_50000_rows_one_per_usable_cpu_as_memory_allows(monkeypatch):
+    import os
+
+    from tauforge.components import refuters
+
+    assert 1e8 < refuters.available_memory() < float("inf")  # this machine's, from its cgroup or /proc/meminfo
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(refuters, "available_memory", lambda: 64e9)
+    assert default_workers(49_999, 30) == 1
+    assert default_workers(50_000, 30) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a pod's CPU limit, as the cluster's tasks set it
+    assert default_workers(1_000_000, 30) == 3
+    # 1e6 rows x 30 inputs: 3.2 GB a worker; 7 GB free hold two, 3 GB none (then one: this process).
+    monkeypatch.setattr(refuters, "available_memory", lambda: 7e9)
+    assert default_workers(1_000_000, 30) == 2
+    monkeypatch.setattr(refuters, "available_memory", lambda: 3e9)
+    assert default_workers(1_000_000, 30) == 1
 
 
 def test_an_unperturbed_refit_reproduces_the_runs_own_effect(run):

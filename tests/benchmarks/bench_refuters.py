@@ -10,6 +10,12 @@ exceeds with probability under 1% over that many seeds.
 
     .venv/bin/python tests/benchmarks/bench_refuters.py            # 100 seeds, n = 1,000
     .venv/bin/python tests/benchmarks/bench_refuters.py --seeds 20 --n 2000
+
+`--timing N` instead times evaluate's refits (the three refuters' nine, with the run's default
+nuisance models and 5 folds) on one data set of N rows: in evaluate's own process, then spread
+over `default_workers` processes, and checks that both give the same judgements.
+
+    .venv/bin/python tests/benchmarks/bench_refuters.py --timing 100000
 """
 
 from __future__ import annotations
@@ -71,6 +77,45 @@ def run(seed: int, n: int, subset: dict | None = None) -> dict[str, float]:
     }
 
 
+def timing(n: int) -> None:
+    from test_refuters import confounded_table
+
+    from tauforge.components.estimate import grow_forest_shard, merge_forest
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+    from tauforge.components.refuters import (
+        EffectRefit,
+        data_subset_refuter,
+        default_workers,
+        placebo_refuter,
+        random_common_cause_refuter,
+        run_refuters,
+    )
+
+    nuisance, seed = NuisanceConfig(), 0
+    data = confounded_table(n, seed)
+    start = time.perf_counter()
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, seed) for k in range(nuisance.folds)], seed)
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 100}, seed, 0, 1)], data,
+                               residuals)
+    print(f"n = {n}: nuisance folds and a 100-tree forest in {time.perf_counter() - start:.1f} s", flush=True)
+    ate = estimate.summary["ate"]
+    seconds, judged = {}, {}
+    for workers in (1, default_workers(n, len(data.spec.covariates) + len(data.spec.controls))):
+        refit = EffectRefit(data, nuisance, seed, estimate.oob_cate, estimate.summary["forest_params"], workers=workers)
+        start = time.perf_counter()
+        judged[workers] = run_refuters(refit, {"placebo": placebo_refuter(refit, seed),
+                                               "random_common_cause": random_common_cause_refuter(refit, ate, seed),
+                                               "data_subset": data_subset_refuter(refit, ate, seed)})
+        seconds[workers] = time.perf_counter() - start
+        print(f"nine refits, {workers} process{'es' if workers > 1 else ''}: {seconds[workers]:.1f} s", flush=True)
+    one, many = seconds
+    if many != one:
+        from test_refuters import judged_numbers
+
+        same = np.allclose(judged_numbers(judged[one]), judged_numbers(judged[many]), rtol=1e-9, atol=1e-12)
+        print(f"ratio {seconds[one] / seconds[many]:.2f}x; the same judgements (to 1e-9): {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=100)
@@ -79,8 +124,12 @@ def main() -> None:
                         help="subsets the data subset refuter refits on (default: the refuter's)")
     parser.add_argument("--subset-fraction", type=float, default=None,
                         help="share of the rows in each subset (default: the refuter's)")
+    parser.add_argument("--timing", type=int, default=None, metavar="N",
+                        help="time evaluate's nine refits on N rows, in one process and in several, instead")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.timing is not None:
+        return timing(args.timing)
     found: dict[str, list[tuple[float, float]]] = {}
     start = time.perf_counter()
     subset = {k: v for k, v in (("repeats", args.subset_repeats), ("fraction", args.subset_fraction)) if v is not None}
