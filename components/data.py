@@ -107,10 +107,12 @@ class ValidatedData:
         }
 
 
-def read_table(source: str) -> pd.DataFrame:
+def read_table(source: str, id_columns=()) -> pd.DataFrame:
     """Read Parquet or CSV (by extension; a directory is a Parquet dataset) from a path or an
-    fsspec URI, with pyarrow."""
+    fsspec URI, with pyarrow. A CSV's `id_columns` (those it has) are read as text, not inferred:
+    an id written 007 stays "007", as a request or a Parquet file of strings gives it."""
     import fsspec
+    import pyarrow
     import pyarrow.csv
     import pyarrow.parquet
 
@@ -120,7 +122,8 @@ def read_table(source: str) -> pd.DataFrame:
     try:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
-                table = pyarrow.csv.read_csv(f).to_pandas()
+                as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in id_columns if c})
+                table = pyarrow.csv.read_csv(f, convert_options=as_text).to_pandas()
             if len(table.columns) == 1 and any(sep in str(table.columns[0]) for sep in ";\t"):
                 raise DataValidationError(f"{config.redacted_uri(source)!r} reads as one column "
                                           f"{reprlib.repr(str(table.columns[0]))}: its fields are separated by "
@@ -397,7 +400,8 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     from tauforge.components.registry import check_store_location
 
     check_store_location(store)
-    table, resolved = read_table(source), DataSpec.from_json(spec)
+    resolved = DataSpec.from_json(spec)
+    table = read_table(source, id_columns=[resolved.unit_id])
     if graph:
         causal_graph = CausalGraph.parse(graph)
         causal_graph.check_columns(table.columns)

@@ -184,7 +184,7 @@ def read_outcomes(path: str) -> pd.DataFrame:
     from .data import read_table
 
     try:
-        outcomes = read_table(path)
+        outcomes = read_table(path, id_columns=["request_id", "unit_id"])
     except ValueError as exc:
         raise ValueError(f"outcomes: {exc}") from None
     return check_outcomes(outcomes, f"outcomes {path}")
@@ -192,7 +192,8 @@ def read_outcomes(path: str) -> pd.DataFrame:
 
 def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """`rows` of the log with their known outcomes (`outcome_keys`); rows without one are left out.
-    Ids are joined as the log keeps them (`events.id_string`): a CSV's 7 meets the log's "7"."""
+    Ids are joined as the log keeps them (`events.id_string`): an id 7 read as a number meets the
+    log's "7" (a CSV's ids are read as text, so its 007 meets "007")."""
     key = outcome_keys(outcomes)
     ids = [c for c in key if c != "row"]
     known = outcomes.loc[outcomes["outcome"].notna(), key + ["outcome"]]

@@ -144,7 +144,7 @@ class TrainingConfig:
         data satisfies the spec and the graph's observed nodes are its columns; that the store can
         be published to (`registry.check_store`); and that the device exists."""
         if "://" not in source or source.startswith("file://"):
-            table = read_table(source)
+            table = read_table(source, id_columns=[self.spec.unit_id])
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
             data = validate(table, self.spec)

@@ -158,6 +158,18 @@ def test_parquet_and_csv_read_alike(tmp_path):
         read_table(str(tmp_path / "t.txt"))
 
 
+def test_a_csvs_id_columns_are_read_as_written(tmp_path):
+    # Inferred as numbers, 007 and 7 would be one id (a false duplicate) and 007 would no longer
+    # meet the "007" a request or a Parquet file of strings gives.
+    df = table().assign(customer=[f"{i:03d}" for i in range(100)] + [str(i) for i in range(100)])  # 007 and 7
+    df.to_csv(tmp_path / "t.csv", index=False)
+    read = read_table(str(tmp_path / "t.csv"), id_columns=["customer", "not_a_column"])
+    assert read["customer"].tolist() == df["customer"].tolist()
+    validate(read, spec(unit_id="customer"))
+    with pytest.raises(DataValidationError, match="duplicate ids"):  # what inferring numbers made of them
+        validate(read_table(str(tmp_path / "t.csv")), spec(unit_id="customer"))
+
+
 def test_fingerprint_changes_with_any_value_and_not_otherwise():
     df = table()
     assert fingerprint(df) == fingerprint(df.copy())

@@ -582,6 +582,9 @@ def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path)
     frame.to_csv(tmp_path / "o.csv", index=False)
     for name in ("o.parquet", "o.csv"):
         pd.testing.assert_frame_equal(read_outcomes(str(tmp_path / name)), frame, check_dtype=False)
+    # A CSV's ids as written: 007 stays "007" (the log's), not 7.
+    pd.DataFrame({"unit_id": ["007", "010"], "outcome": [1.0, 2.0]}).to_csv(tmp_path / "ids.csv", index=False)
+    assert read_outcomes(str(tmp_path / "ids.csv"))["unit_id"].tolist() == ["007", "010"]
     with pytest.raises(ValueError, match="outcomes: data source .*missing.parquet' does not exist"):
         read_outcomes(str(tmp_path / "missing.parquet"))
     frame.drop(columns="outcome").to_csv(tmp_path / "no-outcome.csv", index=False)
