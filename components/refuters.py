@@ -58,10 +58,15 @@ def default_workers(n_rows: int, n_inputs: int) -> int:
     limit set it, else the CPUs this process may run on), as many as the free memory holds."""
     if n_rows < PROCESS_MIN_ROWS:
         return 1
-    limit = os.environ.get("OMP_NUM_THREADS", "")
-    cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
     per_worker = WORKER_BASE_BYTES + WORKER_BYTES_PER_CELL * n_rows * (n_inputs + 1)
-    return max(1, min(cpus, int(available_memory() // per_worker)))
+    return max(1, min(usable_cpus(), int(available_memory() // per_worker)))
+
+
+def usable_cpus() -> int:
+    """OMP_NUM_THREADS where a pod's CPU limit set it (a pod may see every core of its node), else
+    the CPUs this process may run on."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
 
 
 def available_memory() -> float:
@@ -165,7 +170,7 @@ class EffectRefit:
         # thread pools (OpenMP, BLAS, numba) sized to their share of the CPUs. No memory-mapping: the
         # refits get plain, writable copies of the data.
         parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", max_nbytes=None,
-                            inner_max_num_threads=max(1, len(os.sched_getaffinity(0)) // workers))
+                            inner_max_num_threads=max(1, usable_cpus() // workers))
         results: list = [None] * len(jobs)
         try:
             for i, result in parallel(delayed(_effect_in_worker)(self, i, job) for i, job in enumerate(jobs)):
@@ -174,8 +179,9 @@ class EffectRefit:
                     self.on_refit(self.cost(**jobs[i]))
         except TerminatedWorkerError as exc:
             raise RuntimeError(f"a refuter's refit process ended abruptly (killed for memory?) while {workers} "
-                               f"refits ran at once, each with a copy of the data: run evaluate with "
-                               f"refit_workers=1 to refit in its own process") from exc
+                               f"refits ran at once, each with a copy of the data: give the evaluate task more "
+                               f"memory (--compute-memory on a cluster), or call evaluate with refit_workers=1 "
+                               f"to refit in its own process") from exc
         return results
 
 

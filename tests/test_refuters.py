@@ -123,7 +123,7 @@ def test_refits_in_worker_processes_give_the_answers_of_refits_in_this_one(run):
     jobs = refuters(refit)["rcc"].jobs
     planted = ConstantPseudoEffect(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2)
     assert [e for e, _ in planted.effects(jobs)] == pytest.approx([e + 0.5 for e, _ in refit.effects(jobs)], abs=1e-12)
-    with pytest.raises(RuntimeError, match="refit process ended abruptly .* refit_workers=1"):
+    with pytest.raises(RuntimeError, match="refit process ended abruptly .*--compute-memory.*refit_workers=1"):
         DiesInAWorker(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2).effects(jobs)
 
 
