@@ -433,6 +433,7 @@ class ModelStore:
         _makedirs_readable(d)
         os.makedirs(f"{d}/{_STAGING}", exist_ok=True)
         _remove_stale(f"{d}/{_STAGING}")
+        os.makedirs(f"{d}/{_CLAIMS}", exist_ok=True)
         staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
         try:
             shutil.copytree(source_dir, staging)
@@ -443,13 +444,23 @@ class ModelStore:
                 _write_card(staging, full)
                 verify_files(staging, full)
                 _sync_tree(staging)  # on disk before the rename publishes it: a power loss cannot publish holes
+                # The number claimed just before the rename publishes it: nothing can fail once the
+                # version is visible (a full disk once failed the claim of a published version), and
+                # a publisher killed earlier claimed nothing. The claim keeps the number taken if the
+                # folder goes.
                 try:
-                    os.rename(staging, f"{d}/{version}")  # atomic; fails when another writer took the number
-                except OSError:
+                    open(f"{d}/{_CLAIMS}/{version}", "x").close()
+                except FileExistsError:  # another writer's
                     continue
-                _sync_path(d)  # the rename itself
-                os.makedirs(f"{d}/{_CLAIMS}", exist_ok=True)
-                open(f"{d}/{_CLAIMS}/{version}", "a").close()  # the number stays taken if the folder goes
+                try:
+                    os.rename(staging, f"{d}/{version}")  # atomic
+                except OSError:
+                    if os.path.exists(f"{d}/{version}"):  # a folder without a claim (an older store's)
+                        continue
+                    raise
+                # The rename itself, to disk; the version is published whatever this says.
+                with contextlib.suppress(OSError):
+                    _sync_path(d)
                 return version
             raise StoreError(f"could not allocate a version of {model!r} in {self.uri} after {_ATTEMPTS} attempts")
         finally:

@@ -389,6 +389,29 @@ def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_name
         store.load("m", 7)
 
 
+def test_a_publish_that_cannot_claim_its_number_leaves_no_visible_version(model_dir, tmp_path, monkeypatch):
+    # A disk-full review: the claim was taken after the rename, so a full disk failed the publish
+    # of a version already visible (and left its number unclaimed). A full disk is faked at the
+    # claim's creation alone (the store module's `open`); everything else is the real filesystem.
+    import errno
+
+    from tauforge.components import registry
+
+    store = store_with(model_dir, tmp_path, 1)
+
+    def full_disk_for_claims(path, *args, **kwargs):
+        if f"{os.sep}.claims{os.sep}" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return open(path, *args, **kwargs)
+    monkeypatch.setattr(registry, "open", full_disk_for_claims, raising=False)
+    with pytest.raises(OSError, match="No space left on device"):
+        store.publish("m", model_dir[0], card())
+    assert store.versions("m") == [1] and os.listdir(os.path.join(store.root, "m", ".staging")) == []
+    monkeypatch.undo()
+    assert store.publish("m", model_dir[0], card()) == 2  # space freed: the next number, complete
+    store.load("m", 2)
+
+
 def test_a_killed_publishers_staging_copy_is_removed_by_a_later_publish(model_dir, tmp_path):
     from tauforge.components.registry import STALE_STAGING_S
 
