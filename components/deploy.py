@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from tauforge.kernels.serialization import replaced_whole
+
 from ._kfp import IMAGE
 from .config import ConfigError, check_quantities
 from .registry import StoreError, check_model_name
@@ -293,7 +295,7 @@ def write(objects: list[dict], out_dir: str) -> list[str]:
     paths = []
     for obj in objects:
         path = os.path.join(out_dir, f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml")
-        with open(path, "w") as f:
+        with replaced_whole(path) as f:  # whole or not at all: kubectl apply -f may read the folder
             yaml.safe_dump(obj, f, sort_keys=False)
         paths.append(path)
     return paths

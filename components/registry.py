@@ -58,7 +58,7 @@ from typing import Any
 import fsspec
 
 from tauforge.kernels.private_dirs import private_directory
-from tauforge.kernels.serialization import sha256_file, sha256_json, sha256_text
+from tauforge.kernels.serialization import replaced_whole, sha256_file, sha256_json, sha256_text
 
 from .constants import DEFAULT_STORE
 
@@ -582,12 +582,9 @@ class ModelStore:
                          f"other writers kept changing it")
 
     def _write_local_aliases(self, model: str, aliases: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._model_dir(model), suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
+        with replaced_whole(f"{self._model_dir(model)}/{ALIASES_FILE}", sync=True) as f:
             json.dump(aliases, f, indent=2, sort_keys=True)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; servers may run as another user
-        _sync_path(tmp)
-        os.replace(tmp, f"{self._model_dir(model)}/{ALIASES_FILE}")  # readers see the old file or the new one
+            os.fchmod(f.fileno(), FILE_MODE)  # whatever the umask: servers may run as another user
         _sync_path(self._model_dir(model))
 
     @contextlib.contextmanager

@@ -7,12 +7,14 @@ file). Loading recomputes the checksums and refuses a file that does not match.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -42,6 +44,32 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def replaced_whole(path: str | os.PathLike, binary: bool = False, sync: bool = False) -> Iterator[IO]:
+    """A file to write that replaces `path` only once the block completes: readers see the old
+    file or the new one, never a part. It is a temporary file beside `path` (named `<path>.<random>.tmp`,
+    with the mode open() would give), removed on any failure, a full disk's included, so that none
+    is left behind. `sync`: on disk before it replaces `path` (a crash then leaves no stub). A
+    `path` that is not a regular file (/dev/stdout, a pipe) is written directly, never replaced."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "wb" if binary else "w") as f:
+            yield f
+        return
+    tmp = f"{os.fspath(path)}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write `arrays` and `meta` into directory `path` (created; existing files are replaced)."""
     path = Path(path)
@@ -49,15 +77,13 @@ def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; only numeric arrays are saved")
-    # Write to temporary names, then rename, so a crash never leaves a half-written model.
-    with tempfile.NamedTemporaryFile(dir=path, suffix=".npz.tmp", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path / ARRAYS_FILE)
+    # Each file whole or not at all: a crash or a full disk never leaves a half-written model.
+    with replaced_whole(path / ARRAYS_FILE, binary=True) as f:
+        np.savez(f, **arrays)
     meta = dict(meta, files={ARRAYS_FILE: sha256_file(path / ARRAYS_FILE)})
     meta["meta_sha256"] = sha256_json(meta, "meta_sha256")
-    with tempfile.NamedTemporaryFile("w", dir=path, suffix=".json.tmp", delete=False) as tmp:
-        json.dump(meta, tmp, indent=2, sort_keys=True)
-    os.replace(tmp.name, path / META_FILE)
+    with replaced_whole(path / META_FILE) as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
     return path
 
 

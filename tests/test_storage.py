@@ -1,6 +1,7 @@
 """Forest storage: format 3's compact encoding round-trips exactly, format 2 still loads, and a
 corrupted or inconsistent saved forest is refused with a ValueError (never a crash)."""
 
+import os
 import json
 import zlib
 
@@ -208,3 +209,30 @@ def test_dictionary_coding_finds_values_missing_from_its_sample():
     np.testing.assert_array_equal(values[codes], many)
     noise = rng.standard_normal(300_000).astype(np.float32).view(np.uint32)
     assert forest_codec._dictionary(noise) is None
+
+
+def test_a_file_replaced_whole_keeps_the_old_one_and_leaves_nothing_when_its_writing_fails(tmp_path):
+    # A disk-full review: a monitor report written in place lost the last one and left half of the
+    # new one; temporary files were left behind by every failed write. The failure is raised inside
+    # the block (a full disk raises there, from a write or a flush); /dev/full is the real thing.
+    import errno
+
+    from tauforge.kernels.serialization import replaced_whole
+
+    target = tmp_path / "report.html"
+    target.write_text("the last report")
+    with pytest.raises(OSError, match="No space left"), replaced_whole(target) as f:
+        f.write("half of the new one")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "the last report" and os.listdir(tmp_path) == ["report.html"]
+    with replaced_whole(target) as f:
+        f.write("the new report")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "the new report" and os.listdir(tmp_path) == ["report.html"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode open() gives, not a temporary file's 0600
+    if os.path.exists("/dev/full"):  # a device is written, never replaced
+        with pytest.raises(OSError, match="No space left"), replaced_whole("/dev/full") as f:
+            f.write("x" * 100_000)
+        assert not os.path.isfile("/dev/full")
+
