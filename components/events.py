@@ -14,6 +14,7 @@ not at all: written under a temporary name and renamed on a local disk, one PUT 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import itertools
@@ -25,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tauforge.kernels.serialization import replaced_whole
 
 from .constants import REFERENCE_ROWS
 
@@ -89,31 +92,37 @@ def _filesystem(location: str):
 
 def write_events(records: list[dict], location: str, seq: int) -> list[str]:
     """Write records to the log at `location` (a folder or fsspec URI), one new file per
-    partition they fall in, each appearing whole; return the files' paths."""
+    partition they fall in, each appearing whole; return the files' paths. All or none: when one
+    file cannot be written (a full disk), those already written are removed before the error is
+    raised, so that the writer's retry of the whole batch logs no record twice."""
     fs, root, local = _filesystem(location)
     stamp = _dt.datetime.now(_dt.UTC)
     key = operator.itemgetter("model", "version", "role")
-    paths = []
-    for (model, version, role), group in itertools.groupby(sorted(records, key=key), key=key):
-        group = list(group)
-        inputs = sorted({k for r in group for k in r if k.startswith(INPUT_PREFIX)})
-        schema = pa.schema([*EVENT_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
-        folder = f"{root}/model={model}/version={version}/role={role}/date={stamp:%Y-%m-%d}"
-        path = f"{folder}/{_FILE_PREFIX}{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}"
-        table = pa.Table.from_pylist(group, schema=schema)
-        if local:
-            os.makedirs(folder, exist_ok=True)
-            with open(path + ".tmp", "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())  # whole on disk before the rename shows it: a node crash leaves no stub
-            os.replace(path + ".tmp", path)
-        else:  # one PUT: the object exists whole or not at all
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            fs.pipe_file(path, buffer.getvalue())
-        paths.append(path if local else f"{location.split('://')[0]}://{path}")
-    return paths
+    written = []
+    try:
+        for (model, version, role), group in itertools.groupby(sorted(records, key=key), key=key):
+            group = list(group)
+            inputs = sorted({k for r in group for k in r if k.startswith(INPUT_PREFIX)})
+            schema = pa.schema([*EVENT_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
+            folder = f"{root}/model={model}/version={version}/role={role}/date={stamp:%Y-%m-%d}"
+            path = f"{folder}/{_FILE_PREFIX}{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}"
+            table = pa.Table.from_pylist(group, schema=schema)
+            if local:
+                os.makedirs(folder, exist_ok=True)
+                # Whole on disk before the rename shows it: a node crash leaves no stub, a full disk no part.
+                with replaced_whole(path, binary=True, sync=True) as f:
+                    pq.write_table(table, f)
+            else:  # one PUT: the object exists whole or not at all
+                buffer = io.BytesIO()
+                pq.write_table(table, buffer)
+                fs.pipe_file(path, buffer.getvalue())
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(Exception):
+                fs.rm(path)
+        raise
+    return written if local else [f"{location.split('://')[0]}://{path}" for path in written]
 
 
 def read_events(location: str, model: str | None = None, since: float | None = None) -> pd.DataFrame:

@@ -46,6 +46,7 @@ class EventLog:
         self.files_written: list[str] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
+        self._failed_writes = 0  # since the last write that succeeded
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, daemon=True, name="tauforge-event-log")
         self._writer.start()
@@ -115,8 +116,13 @@ class EventLog:
             paths = write_events(records, self.directory, self._seq)
         except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
             WRITE_ERRORS.inc()
+            self._failed_writes += 1
             log.warning("could not write %d event-log records to %s (%s: %s); keeping them and retrying",
                         len(records), self.directory, type(exc).__name__, exc)
             return records
+        if self._failed_writes:  # the warnings above said it stopped; this says it is whole again
+            log.warning("the event log wrote the %d records it kept to %s, after %d failed attempts",
+                        len(records), self.directory, self._failed_writes)
+            self._failed_writes = 0
         self.files_written += paths
         return []

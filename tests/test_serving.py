@@ -391,6 +391,27 @@ def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_
     assert event_log.DROPPED_ROWS._value.get() - dropped == 1 and event_log.BACKLOG_ROWS._value.get() == 0
 
 
+def test_a_batch_the_log_cannot_write_whole_leaves_no_file_so_its_retry_logs_each_record_once(tmp_path):
+    # A disk-full review: the champion's file was written and the shadow's failed; the writer's
+    # retry of the whole batch then logged the champion's records twice (25,000 rows read for 20,000).
+    # The shadow's partition is blocked by a file where its folder goes, as a full disk fails it.
+    from tauforge.components.events import write_events
+
+    records = [event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=MODEL, version=version,
+                            role=role, cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+               for i, (role, version) in enumerate([("champion", 1)] * 3 + [("shadow", 2)] * 2)]
+    blocker = tmp_path / f"model={MODEL}" / "version=2"
+    blocker.parent.mkdir()
+    blocker.write_text("a file where the shadow's partition folder goes")
+    with pytest.raises(OSError):
+        write_events(records, str(tmp_path), seq=1)
+    assert read_events(str(tmp_path)).empty  # the champion's file, written first, removed
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p != blocker] == []
+    blocker.unlink()
+    write_events(records, str(tmp_path), seq=2)
+    assert sorted(read_events(str(tmp_path)).request_id) == sorted(r["request_id"] for r in records)
+
+
 def test_metrics_carry_model_version_and_role_labels(single):
     single.v1([[0.0] * 5])
     _, text = single.get("/metrics")
