@@ -112,6 +112,10 @@ def _check_output(path: str, flag: str, folder: bool = False) -> None:
     to go (or the reverse), a file where a folder is needed above it, or a folder not writable."""
     kind, other = ("folder", "file") if folder else ("file", "folder")
     full = os.path.abspath(path)
+    if not folder and os.path.exists(full) and not os.path.isdir(full) and not os.path.isfile(full):
+        if not os.access(full, os.W_OK):  # a device or a pipe (/dev/stdout) is written as it is, in place
+            raise ValueError(f"{flag} {path} cannot be written by uid {os.geteuid()}")
+        return
     if os.path.exists(full) and os.path.isdir(full) != folder:
         raise ValueError(f"{flag} {path} is a {other}; give the path of a {kind}")
     parent = full if folder else os.path.dirname(full)
@@ -535,6 +539,7 @@ def _deploy(args: argparse.Namespace) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     from tauforge.components.monitor import MonitorConfig, run_monitor, write_gauges
     from tauforge.components.report import render_monitor_report
+    from tauforge.kernels.serialization import replaced_whole
 
     for path, flag in ((args.report, "--report"), (args.metrics_file, "--metrics-file")):
         if path:
@@ -544,7 +549,7 @@ def _monitor(args: argparse.Namespace) -> int:
                          config=MonitorConfig(alpha=args.alpha), progress=True, since=args.since)
     version = result["version"]
     if args.report:
-        with open(args.report, "w") as f:
+        with replaced_whole(args.report) as f:  # the last report stays whole if this one cannot be written
             f.write(render_monitor_report(result))
     if args.metrics_file:
         write_gauges(result, args.model, version, args.metrics_file)
@@ -857,6 +862,16 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # a pipeline task failed
         print(f"tauforge {args.command}: failed: {exc}", file=sys.stderr)
         return _json_error(args, exc, 1)
+    except OSError as exc:  # the machine's: a full disk, a file that cannot be written, a connection refused
+        cause = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"tauforge {args.command}: failed: {cause}", file=sys.stderr)
+        try:
+            code = _json_error(args, OSError(cause), 1)
+            sys.stdout.flush()
+            return code
+        except OSError:  # stdout itself cannot be written (redirected to a full disk)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit fails again
+            return 1
 
 
 # The flags that take a URI (an object store's, a data file's): each is recorded somewhere (the

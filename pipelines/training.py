@@ -52,6 +52,7 @@ from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import check_fold_tasks, combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
 from tauforge.components.registry import StoreError, check_store
+from tauforge.kernels.serialization import replaced_whole
 
 from .config import ClusterConfig, TrainingConfig, absolute
 
@@ -396,7 +397,7 @@ def _finish_ir(path: str, image: str) -> None:
         if executor["container"]["image"] == IMAGE:
             executor["container"]["image"] = image
     docs = [_without_newer_fields(doc) for doc in docs]
-    with open(path, "w") as f:
+    with replaced_whole(path) as f:  # an earlier compile's file stays whole if this one cannot be written
         f.write(header)
         yaml.safe_dump_all(docs, f, sort_keys=False)
 
@@ -466,24 +467,50 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
                                        fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
                                        threads_per_task=threads)
     failure = None
-    with open(log_path, "w") as log_file, _capture(log_file, log), _job_id(run_id):
+    log_file = open(log_path, "w")
+    try:
+        with _capture(log_file, log) as tee, _job_id(run_id):
+            try:
+                task = pipeline(**pipeline_arguments(source, config))
+            except RuntimeError as exc:
+                failure = _uncoloured(str(exc))
+    finally:
         try:
-            task = pipeline(**pipeline_arguments(source, config))
-        except RuntimeError as exc:
-            failure = _uncoloured(str(exc))
+            log_file.close()
+        except OSError as exc:  # its last buffered lines: a full disk
+            tee.fail(exc)
+    if tee.error is not None:
+        print(f"tauforge: the run's log {log_path} is incomplete: {tee.error.strerror}", file=sys.stderr)
     if failure is not None:  # read once the log is closed, with everything the tasks wrote
-        cause = _task_error(log_path)
+        with open(log_path, errors="replace") as f:
+            cause = _task_error(f.read() + tee.unwritten())
         raise PipelineFailed(f"{failure}" + (f" It raised {cause.rstrip('.')}." if cause else "")
-                             + f" The task logs are in {log_path}")
+                             + f" The task logs are in {log_path}"
+                             + (f" (incomplete: {tee.error.strerror})" if tee.error is not None else ""))
     gate_passed = bool(task.outputs["Output"])
     evaluate_dir = _step_dir(root, "evaluate-model")
     with open(os.path.join(evaluate_dir, "evaluation")) as f:
         evaluation = json.load(f)
     version = _published_version(root) if gate_passed else None
-    # KFP names the artifact after its output ("report"); a copy named .html opens in a browser.
-    report = os.path.join(evaluate_dir, "report.html")
-    shutil.copyfile(os.path.join(evaluate_dir, "report"), report)
-    return LocalRun(run_id, gate_passed, version, evaluation, report, root, log_path)
+    return LocalRun(run_id, gate_passed, version, evaluation, _report_html(evaluate_dir), root, log_path)
+
+
+def _report_html(evaluate_dir: str) -> str:
+    """The evaluation report under a name that opens in a browser: KFP names the artifact after its
+    output ("report"), so report.html beside it, a hard link (no second copy on a full disk), else a
+    copy; else, since the run has published by now and must not fail, the artifact itself."""
+    artifact, report = os.path.join(evaluate_dir, "report"), os.path.join(evaluate_dir, "report.html")
+    try:
+        os.link(artifact, report)
+    except OSError:
+        try:
+            shutil.copyfile(artifact, report)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(report)  # a partial copy
+            print(f"tauforge: could not write {report} ({exc.strerror}); the report is {artifact}", file=sys.stderr)
+            return artifact
+    return report
 
 
 @contextlib.contextmanager
@@ -510,12 +537,11 @@ def _uncoloured(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # kfp.local colours its messages
 
 
-def _task_error(log_path: str) -> str | None:
+def _task_error(log: str) -> str | None:
     """The exception line ("ValueError: ...") of the traceback the first failed task left in the
-    run's log, or None. kfp.local indents each task's output, and a traceback's last line sits at
-    the indentation of its "Traceback" header; of chained ones the last is the one raised."""
-    with open(log_path, errors="replace") as f:
-        lines = [_uncoloured(line.rstrip("\n")) for line in f]
+    run's log text, or None. kfp.local indents each task's output, and a traceback's last line sits
+    at the indentation of its "Traceback" header; of chained ones the last is the one raised."""
+    lines = [_uncoloured(line) for line in log.split("\n")]
     end = next((i for i, line in enumerate(lines) if "finished with status FAILURE" in line), len(lines))
     cause = None
     for i, line in enumerate(lines[:end]):
@@ -584,11 +610,29 @@ def _capture(log_file, progress):
     """Send everything the run prints (kfp.local logs to stdout, task output included) to
     `log_file`, and pass the lines our components print ("tauforge: ...") to `progress`."""
     class Tee(io.TextIOBase):
+        """Where the run's output goes. When the log file cannot be written (a full disk), it stops
+        writing there and keeps the rest, so that the failed task's error can still be read from
+        it and the run does not fail on its own log instead (`unwritten`, `error`)."""
+
         def __init__(self):
             self._pending = ""
+            self.error: OSError | None = None
+            self._kept: list[str] = []
+
+        def fail(self, exc: OSError) -> None:
+            self.error = self.error or exc
+
+        def unwritten(self) -> str:
+            return "".join(self._kept)
 
         def write(self, s: str) -> int:
-            log_file.write(s)
+            if self.error is None:
+                try:
+                    log_file.write(s)
+                except OSError as exc:
+                    self.fail(exc)
+            if self.error is not None:
+                self._kept.append(s)
             *lines, self._pending = (self._pending + s).split("\n")
             for line in lines:
                 text = line.strip()
@@ -597,7 +641,11 @@ def _capture(log_file, progress):
             return len(s)
 
         def flush(self) -> None:
-            log_file.flush()
+            if self.error is None:
+                try:
+                    log_file.flush()
+                except OSError as exc:
+                    self.fail(exc)
 
     tee = Tee()
     # kfp.local indents task output by swapping builtins.print, and swaps the root logger's
@@ -611,7 +659,7 @@ def _capture(log_file, progress):
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-            yield
+            yield tee
     finally:
         builtins.print = saved_print
         root.handlers[:] = saved_handlers

@@ -290,6 +290,36 @@ def test_a_reader_that_leaves_early_stops_the_output_quietly(tmp_path):
     assert proc.stderr.read() == ""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails as a full disk")
+def test_a_full_disk_is_a_one_line_failure_not_a_traceback(tmp_path):
+    # A disk-full review: the machine's errors (OSError) escaped as tracebacks, with nothing on
+    # stdout under --json. /dev/full is a real device that answers every write as a full disk.
+    for flags in ((), ("--json",)):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([*TAUFORGE, "models", "list", "--store", str(tmp_path), *flags], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+        assert proc.returncode == 1 and proc.stderr == "tauforge models: failed: [Errno 28] No space left on device\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails as a full disk")
+def test_a_run_log_on_a_full_disk_keeps_the_failed_tasks_error_and_the_progress(tmp_path):
+    # A disk-full review: the run's log, once its disk was full, raised from every write, hiding
+    # the failed task's own error behind its own. Here the log is /dev/full.
+    from tauforge.pipelines.training import _capture, _task_error
+
+    progress = []
+    log_file = open("/dev/full", "w")
+    with _capture(log_file, progress.append) as tee:
+        print("tauforge: nuisance fold 1/2: done in 1 s")
+        print("x" * 20_000)  # past the file's buffer: the first write that reaches the device fails
+        print("    Traceback (most recent call last):\n      File \"task.py\"\n    OSError: [Errno 28] No space left")
+    with pytest.raises(OSError):
+        log_file.close()
+    assert tee.error is not None and tee.error.errno == 28
+    assert progress == ["nuisance fold 1/2: done in 1 s"]
+    assert _task_error(tee.unwritten()) == "OSError: [Errno 28] No space left"
+
+
 def test_submit_refuses_a_relative_data_path_it_would_send_to_a_cluster(tmp_path):
     data = small_table(tmp_path / "data.csv")
     out = subprocess.run([*TAUFORGE, "submit", "--host", "http://127.0.0.1:9", "--data", "data.csv",
