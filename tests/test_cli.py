@@ -290,7 +290,11 @@ def test_a_reader_that_leaves_early_stops_the_output_quietly(tmp_path):
     assert proc.stderr.read() == ""
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails as a full disk")
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"),
+                                    reason="needs /dev/full, a device every write to fails as a full disk")
+
+
+@needs_dev_full
 def test_a_full_disk_is_a_one_line_failure_not_a_traceback(tmp_path):
     # A disk-full review: the machine's errors (OSError) escaped as tracebacks, with nothing on
     # stdout under --json. /dev/full is a real device that answers every write as a full disk.
@@ -301,7 +305,7 @@ def test_a_full_disk_is_a_one_line_failure_not_a_traceback(tmp_path):
         assert proc.returncode == 1 and proc.stderr == "tauforge models: failed: [Errno 28] No space left on device\n"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails as a full disk")
+@needs_dev_full
 def test_a_run_log_on_a_full_disk_keeps_the_failed_tasks_error_and_the_progress(tmp_path):
     # A disk-full review: the run's log, once its disk was full, raised from every write, hiding
     # the failed task's own error behind its own. Here the log is /dev/full.

@@ -1,8 +1,8 @@
 """Forest storage: format 3's compact encoding round-trips exactly, format 2 still loads, and a
 corrupted or inconsistent saved forest is refused with a ValueError (never a crash)."""
 
-import os
 import json
+import os
 import zlib
 
 import numpy as np
