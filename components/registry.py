@@ -41,6 +41,7 @@ before they are kept and at every load.
 
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import json
 import os
@@ -133,7 +134,8 @@ def check_store_location(uri: str) -> None:
 # ---------------------------------------------------------------------- errors a user can act on
 @contextlib.contextmanager
 def _reported(doing: str) -> Iterator[None]:
-    """Report a PermissionError as one, naming the path: never as a file that is missing."""
+    """Report a PermissionError as one, naming the path: never as a file that is missing; and a
+    full disk (or quota) as what the store was doing, and where."""
     try:
         yield
     except PermissionError as exc:
@@ -141,6 +143,10 @@ def _reported(doing: str) -> Iterator[None]:
         raise StoreError(f"permission denied on {path}while {doing}: tauforge runs as uid {os.geteuid()}, "
                          f"which may not access it (tauforge publishes folders 0755 and files 0644; check the "
                          f"owner and mode of the folders above it)") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(exc.errno, f"{exc.strerror} while {doing}", exc.filename) from exc
 
 
 def _store_operation(doing: str) -> Callable:

@@ -404,7 +404,7 @@ def test_a_publish_that_cannot_claim_its_number_leaves_no_visible_version(model_
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return open(path, *args, **kwargs)
     monkeypatch.setattr(registry, "open", full_disk_for_claims, raising=False)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match="No space left on device while publishing to the model store .*store"):
         store.publish("m", model_dir[0], card())
     assert store.versions("m") == [1] and os.listdir(os.path.join(store.root, "m", ".staging")) == []
     monkeypatch.undo()
