@@ -470,7 +470,9 @@ def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> 
 def write_gauges(result: dict, model: str, version: int, path: str) -> None:
     """The monitor's results as Prometheus gauges in the text exposition format (for the node
     exporter's textfile collector or a Pushgateway)."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    from tauforge.kernels.serialization import replaced_whole
 
     registry = CollectorRegistry()
     labels = {"model": model, "version": str(version)}
@@ -506,7 +508,9 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
         Gauge("tauforge_monitor_shadow_spearman", "Spearman correlation of champion and shadow CATE",
               ["model", "version"], registry=registry).labels(**labels).set(result["checks"]["shadow"]["spearman"])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_to_textfile(path, registry)
+    # Whole or not at all, as the textfile collector needs; /dev/stdout written in place.
+    with replaced_whole(path, binary=True) as f:
+        f.write(generate_latest(registry))
 
 
 def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,23 +48,32 @@ def sha256_text(text: str) -> str:
 @contextlib.contextmanager
 def replaced_whole(path: str | os.PathLike, binary: bool = False, sync: bool = False) -> Iterator[IO]:
     """A file to write that replaces `path` only once the block completes: readers see the old
-    file or the new one, never a part. It is a temporary file beside `path` (named `<path>.<random>.tmp`,
-    with the mode open() would give), removed on any failure, a full disk's included, so that none
-    is left behind. `sync`: on disk before it replaces `path` (a crash then leaves no stub). A
-    `path` that is not a regular file (/dev/stdout, a pipe) is written directly, never replaced."""
-    if os.path.exists(path) and not os.path.isfile(path):
+    file or the new one, never a part. It is a hidden temporary file beside it (`.<name>.<random>.tmp`),
+    removed on any failure, a full disk's included, so that none is left behind; the new file
+    keeps an existing file's mode (a new one gets the mode open() gives). A symbolic link's target
+    is replaced, not the link. `sync`: on disk before it replaces `path` (a crash then leaves no
+    stub). Anything but a regular file or a new one, such as /dev/stdout, a pipe or a device, is
+    written in place, never replaced."""
+    target = os.path.realpath(path)
+    if (os.path.exists(target) and not os.path.isfile(target)) or target.startswith(("/dev/", "/proc/")):
         with open(path, "wb" if binary else "w") as f:
             yield f
         return
-    tmp = f"{os.fspath(path)}.{uuid.uuid4().hex[:12]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:  # named as the file asked for, not as the temporary one
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
+            if os.path.exists(target):
+                shutil.copymode(target, tmp)
             yield f
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
