@@ -223,8 +223,9 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     `progress`: progress on stderr (`tauforge.kernels.progress`) counting every refit of the
     refuters, with an estimate of the time left. `graph`: the run's declared causal graph (None:
     none was given), whose implications are tested on `data`'s table and which the report draws.
-    `refit_workers`: processes the refuters' nine refits share (None: `refuters.default_workers`,
-    from 50,000 rows one per usable CPU that the free memory allows; each holds a copy of the data)."""
+    `refit_workers`: processes the refuters' nine refits share (None: `refuters.default_workers`:
+    $TAUFORGE_REFIT_WORKERS, else from 50,000 rows one per usable CPU that the free memory allows;
+    each holds a copy of the data)."""
     # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
     # by the command line before any task starts.
     from . import heterogeneity, refuters

@@ -23,6 +23,7 @@ A refuter is the refits it asks for and a judgement of their results (`Refuter`)
 mostly one core's work (scikit-learn's boosting gains 5-7% from a second thread).
 """
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,21 +53,33 @@ WORKER_BASE_BYTES = 0.4e9
 WORKER_BYTES_PER_CELL = 90
 
 
+# Set, the number of processes evaluate's refits use, whatever the data (1: evaluate's own).
+WORKERS_VARIABLE = "TAUFORGE_REFIT_WORKERS"
+
+
 def default_workers(n_rows: int, n_inputs: int) -> int:
     """How many processes evaluate's refits of `n_rows` x `n_inputs` (covariates and controls) use:
-    one below PROCESS_MIN_ROWS rows, else one per usable CPU (OMP_NUM_THREADS where a pod's CPU
-    limit set it, else the CPUs this process may run on), as many as the free memory holds."""
+    $TAUFORGE_REFIT_WORKERS where set; else one below PROCESS_MIN_ROWS rows, else one per usable
+    CPU (`usable_cpus`), as many as the free memory holds."""
+    given = os.environ.get(WORKERS_VARIABLE, "")
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise ValueError(f"${WORKERS_VARIABLE} must be a whole number of processes, 1 or more; got {given!r}")
+        return int(given)
     if n_rows < PROCESS_MIN_ROWS:
         return 1
     per_worker = WORKER_BASE_BYTES + WORKER_BYTES_PER_CELL * n_rows * (n_inputs + 1)
-    return max(1, min(usable_cpus(), int(available_memory() // per_worker)))
+    free = available_memory()
+    return usable_cpus() if math.isinf(free) else max(1, min(usable_cpus(), int(free // per_worker)))
 
 
 def usable_cpus() -> int:
-    """OMP_NUM_THREADS where a pod's CPU limit set it (a pod may see every core of its node), else
-    the CPUs this process may run on."""
+    """The CPUs this process may use: joblib's count (affinity, a cgroup's CPU quota), capped by
+    OMP_NUM_THREADS where it is set (the cluster's tasks set it from their CPU limit)."""
+    from joblib import cpu_count
+
     limit = os.environ.get("OMP_NUM_THREADS", "")
-    return int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
+    return min(cpu_count(), int(limit)) if limit.isdigit() and int(limit) > 0 else cpu_count()
 
 
 def available_memory() -> float:
@@ -170,7 +183,8 @@ class EffectRefit:
         # thread pools (OpenMP, BLAS, numba) sized to their share of the CPUs. No memory-mapping: the
         # refits get plain, writable copies of the data.
         parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", max_nbytes=None,
-                            inner_max_num_threads=max(1, usable_cpus() // workers))
+                            inner_max_num_threads=max(1, usable_cpus() // workers),
+                            idle_worker_timeout=1)  # the workers and their memory go with the batch
         results: list = [None] * len(jobs)
         try:
             for i, result in parallel(delayed(_effect_in_worker)(self, i, job) for i, job in enumerate(jobs)):
@@ -180,8 +194,8 @@ class EffectRefit:
         except TerminatedWorkerError as exc:
             raise RuntimeError(f"a refuter's refit process ended abruptly (killed for memory?) while {workers} "
                                f"refits ran at once, each with a copy of the data: give the evaluate task more "
-                               f"memory (--compute-memory on a cluster), or call evaluate with refit_workers=1 "
-                               f"to refit in its own process") from exc
+                               f"memory (--compute-memory on a cluster), or set ${WORKERS_VARIABLE}=1 to refit "
+                               f"in its own process") from exc
         return results
 
 

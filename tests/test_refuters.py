@@ -123,20 +123,25 @@ def test_refits_in_worker_processes_give_the_answers_of_refits_in_this_one(run):
     jobs = refuters(refit)["rcc"].jobs
     planted = ConstantPseudoEffect(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2)
     assert [e for e, _ in planted.effects(jobs)] == pytest.approx([e + 0.5 for e, _ in refit.effects(jobs)], abs=1e-12)
-    with pytest.raises(RuntimeError, match="refit process ended abruptly .*--compute-memory.*refit_workers=1"):
+    with pytest.raises(RuntimeError, match="refit process ended abruptly .*--compute-memory.*TAUFORGE_REFIT_WORKERS=1"):
         DiesInAWorker(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2).effects(jobs)
 
 
 def test_refits_use_processes_from_50000_rows_one_per_usable_cpu_as_memory_allows(monkeypatch):
     import os
 
+    import joblib
+
     from tauforge.components import refuters
 
     assert 1e8 < refuters.available_memory() < float("inf")  # this machine's, from its cgroup or /proc/meminfo
+    assert refuters.usable_cpus() == min(joblib.cpu_count(), int(os.environ.get("OMP_NUM_THREADS") or 10**6))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TAUFORGE_REFIT_WORKERS", raising=False)
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 8)  # a node of 8 usable CPUs
     monkeypatch.setattr(refuters, "available_memory", lambda: 64e9)
     assert default_workers(49_999, 30) == 1
-    assert default_workers(50_000, 30) == len(os.sched_getaffinity(0))
+    assert default_workers(50_000, 30) == 8
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a pod's CPU limit, as the cluster's tasks set it
     assert default_workers(1_000_000, 30) == 3
     # 1e6 rows x 30 inputs: 3.2 GB a worker; 7 GB free hold two, 3 GB none (then one: this process).
@@ -144,6 +149,13 @@ def test_refits_use_processes_from_50000_rows_one_per_usable_cpu_as_memory_allow
     assert default_workers(1_000_000, 30) == 2
     monkeypatch.setattr(refuters, "available_memory", lambda: 3e9)
     assert default_workers(1_000_000, 30) == 1
+    monkeypatch.setattr(refuters, "available_memory", lambda: float("inf"))  # nothing said how much is free
+    assert default_workers(1_000_000, 30) == 3
+    monkeypatch.setenv("TAUFORGE_REFIT_WORKERS", "1")  # the user's word, whatever the data
+    assert default_workers(1_000_000, 30) == 1
+    monkeypatch.setenv("TAUFORGE_REFIT_WORKERS", "two")
+    with pytest.raises(ValueError, match=r"\$TAUFORGE_REFIT_WORKERS must be a whole number of processes, 1 or more"):
+        default_workers(1_000_000, 30)
 
 
 def test_an_unperturbed_refit_reproduces_the_runs_own_effect(run):
