@@ -857,21 +857,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped
     except ValueError as exc:  # the user's input: data, flags, store references
-        print(f"tauforge {args.command}: error: {exc}", file=sys.stderr)
-        return _json_error(args, exc, 2)
+        return _report(args, "error", str(exc), 2)
     except RuntimeError as exc:  # a pipeline task failed
-        print(f"tauforge {args.command}: failed: {exc}", file=sys.stderr)
-        return _json_error(args, exc, 1)
+        return _report(args, "failed", str(exc), 1)
     except OSError as exc:  # the machine's: a full disk, a file that cannot be written, a connection refused
-        cause = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
-        print(f"tauforge {args.command}: failed: {cause}", file=sys.stderr)
-        try:
-            code = _json_error(args, OSError(cause), 1)
-            sys.stdout.flush()
-            return code
-        except OSError:  # stdout itself cannot be written (redirected to a full disk)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit fails again
-            return 1
+        return _report(args, "failed", f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename
+                       else str(exc), 1)
 
 
 # The flags that take a URI (an object store's, a data file's): each is recorded somewhere (the
@@ -892,10 +883,16 @@ def _check_uris(args: argparse.Namespace) -> None:
                 check_no_credentials(value, "uri")
 
 
-def _json_error(args: argparse.Namespace, exc: Exception, code: int) -> int:
-    """With --json, stdout still ends with one JSON object: a script reads why, not an empty line."""
-    if getattr(args, "json", False):
-        print(json.dumps({"error": str(exc), "exit_code": code}))
+def _report(args: argparse.Namespace, kind: str, message: str, code: int) -> int:
+    """A command's end in error: one line on stderr and, with --json, one JSON object on stdout (a
+    script reads why, not an empty line); `code` back, whatever stdout can take."""
+    print(f"tauforge {args.command}: {kind}: {message}", file=sys.stderr)
+    try:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": message, "exit_code": code}))
+        sys.stdout.flush()
+    except OSError:  # stdout itself cannot be written (a reader gone, a redirect to a full disk)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit fails again
     return code
 
 

@@ -13,6 +13,7 @@ which needs backend 2.14, and is how kfp.local runs a group's tasks side by side
 """
 
 import builtins
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -466,7 +467,7 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
                                        fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
                                        threads_per_task=threads)
-    failure = None
+    failure, tee = None, None
     log_file = open(log_path, "w")
     try:
         with _capture(log_file, log) as tee, _job_id(run_id):
@@ -478,12 +479,18 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         try:
             log_file.close()
         except OSError as exc:  # its last buffered lines: a full disk
+            if tee is None:
+                raise
             tee.fail(exc)
     if tee.error is not None:
         print(f"tauforge: the run's log {log_path} is incomplete: {tee.error.strerror}", file=sys.stderr)
     if failure is not None:  # read once the log is closed, with everything the tasks wrote
-        with open(log_path, errors="replace") as f:
-            cause = _task_error(f.read() + tee.unwritten())
+        if tee.error is None:
+            with open(log_path, errors="replace") as f:
+                log_text = f.read()
+        else:  # the file lacks what its buffer held when the disk filled
+            log_text = tee.tail()
+        cause = _task_error(log_text)
         raise PipelineFailed(f"{failure}" + (f" It raised {cause.rstrip('.')}." if cause else "")
                              + f" The task logs are in {log_path}"
                              + (f" (incomplete: {tee.error.strerror})" if tee.error is not None else ""))
@@ -605,25 +612,31 @@ def _step_dir(root: str, task: str) -> str:
     raise PipelineFailed(f"the {task} step left no outputs under {root}")
 
 
+# The run's output kept in memory, for the failed task's error when its log could not be written.
+TAIL_CHARS = 1 << 20
+
+
 @contextlib.contextmanager
 def _capture(log_file, progress):
     """Send everything the run prints (kfp.local logs to stdout, task output included) to
     `log_file`, and pass the lines our components print ("tauforge: ...") to `progress`."""
     class Tee(io.TextIOBase):
-        """Where the run's output goes. When the log file cannot be written (a full disk), it stops
-        writing there and keeps the rest, so that the failed task's error can still be read from
-        it and the run does not fail on its own log instead (`unwritten`, `error`)."""
+        """Where the run's output goes. It also keeps the output's last TAIL_CHARS characters: when
+        the log file cannot be written (a full disk: what its buffer held is lost too), it stops
+        writing there, and the failed task's error is read from that tail instead (`tail`, `error`),
+        so that the run does not fail on its own log."""
 
         def __init__(self):
             self._pending = ""
             self.error: OSError | None = None
-            self._kept: list[str] = []
+            self._tail: collections.deque[str] = collections.deque()
+            self._tail_chars = 0
 
         def fail(self, exc: OSError) -> None:
             self.error = self.error or exc
 
-        def unwritten(self) -> str:
-            return "".join(self._kept)
+        def tail(self) -> str:
+            return "".join(self._tail)
 
         def write(self, s: str) -> int:
             if self.error is None:
@@ -631,8 +644,10 @@ def _capture(log_file, progress):
                     log_file.write(s)
                 except OSError as exc:
                     self.fail(exc)
-            if self.error is not None:
-                self._kept.append(s)
+            self._tail.append(s)
+            self._tail_chars += len(s)
+            while self._tail_chars - len(self._tail[0]) >= TAIL_CHARS:
+                self._tail_chars -= len(self._tail.popleft())
             *lines, self._pending = (self._pending + s).split("\n")
             for line in lines:
                 text = line.strip()

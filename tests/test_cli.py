@@ -315,13 +315,14 @@ def test_a_run_log_on_a_full_disk_keeps_the_failed_tasks_error_and_the_progress(
     log_file = open("/dev/full", "w")
     with _capture(log_file, progress.append) as tee:
         print("tauforge: nuisance fold 1/2: done in 1 s")
-        print("x" * 20_000)  # past the file's buffer: the first write that reaches the device fails
-        print("    Traceback (most recent call last):\n      File \"task.py\"\n    OSError: [Errno 28] No space left")
+        print("    Traceback (most recent call last):\n      File \"task.py\"")  # held in the file's buffer
+        print("x" * 20_000)  # past the buffer: the first write that reaches the device fails
+        print("    OSError: [Errno 28] No space left")
     with pytest.raises(OSError):
         log_file.close()
     assert tee.error is not None and tee.error.errno == 28
     assert progress == ["nuisance fold 1/2: done in 1 s"]
-    assert _task_error(tee.unwritten()) == "OSError: [Errno 28] No space left"
+    assert _task_error(tee.tail()) == "OSError: [Errno 28] No space left"  # the traceback's start was in the buffer
 
 
 def test_submit_refuses_a_relative_data_path_it_would_send_to_a_cluster(tmp_path):
