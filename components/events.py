@@ -90,13 +90,15 @@ def _filesystem(location: str):
     return fs, (os.path.abspath(root) if local else root.rstrip("/")), local
 
 
-def write_events(records: list[dict], location: str, seq: int) -> list[str]:
+def write_events(records: list[dict], location: str, seq: int, stamp: _dt.datetime | None = None) -> list[str]:
     """Write records to the log at `location` (a folder or fsspec URI), one new file per
-    partition they fall in, each appearing whole; return the files' paths. All or none: when one
-    file cannot be written (a full disk), those already written are removed before the error is
-    raised, so that the writer's retry of the whole batch logs no record twice."""
+    partition they fall in, each appearing whole, named by `stamp` (default now) and `seq`;
+    return the files' paths. All or none: when one file cannot be written (a full disk), those
+    already written are removed before the error is raised. A writer that retries a batch with
+    the same `stamp` and `seq` replaces whatever an attempt left (an object stored although its
+    PUT timed out, a file its cleanup could not remove), so no record is logged twice."""
     fs, root, local = _filesystem(location)
-    stamp = _dt.datetime.now(_dt.UTC)
+    stamp = stamp or _dt.datetime.now(_dt.UTC)
     key = operator.itemgetter("model", "version", "role")
     written = []
     try:

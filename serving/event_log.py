@@ -15,6 +15,7 @@ down costs a bounded amount of memory. Metrics: `tauforge_event_log_write_errors
 `tauforge_event_log_dropped_rows_total`, `tauforge_event_log_backlog_rows`.
 """
 
+import datetime as _dt
 import logging
 import os
 import queue
@@ -47,6 +48,7 @@ class EventLog:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
         self._failed_writes = 0  # since the last write that succeeded
+        self._retry_name: tuple | None = None  # (seq, stamp) of the batch being retried
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, daemon=True, name="tauforge-event-log")
         self._writer.start()
@@ -111,15 +113,21 @@ class EventLog:
         """Write records as one file; an empty buffer back (records are kept if writing fails)."""
         if not records:
             return []
-        self._seq += 1
+        now = _dt.datetime.now(_dt.UTC)
+        # A batch's files keep their names through its retries (see write_events), within a day: a
+        # file's date folder must be no earlier than its records (read_events skips by it).
+        if self._retry_name is None or self._retry_name[1].date() != now.date():
+            self._seq += 1
+            self._retry_name = (self._seq, now)
         try:
-            paths = write_events(records, self.directory, self._seq)
+            paths = write_events(records, self.directory, *self._retry_name)
         except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
             WRITE_ERRORS.inc()
             self._failed_writes += 1
             log.warning("could not write %d event-log records to %s (%s: %s); keeping them and retrying",
                         len(records), self.directory, type(exc).__name__, exc)
             return records
+        self._retry_name = None
         if self._failed_writes:  # the warnings above said it stopped; this says it is whole again
             log.warning("the event log wrote the %d records it kept to %s, after %d failed attempts",
                         len(records), self.directory, self._failed_writes)

@@ -408,7 +408,13 @@ def test_a_batch_the_log_cannot_write_whole_leaves_no_file_so_its_retry_logs_eac
     assert read_events(str(tmp_path)).empty  # the champion's file, written first, removed
     assert [p for p in tmp_path.rglob("*") if p.is_file() and p != blocker] == []
     blocker.unlink()
-    write_events(records, str(tmp_path), seq=2)
+    # The writer retries under the batch's first name: whatever an attempt left (an object stored
+    # although its PUT timed out) is replaced, not added to.
+    import datetime
+
+    first_attempt = datetime.datetime.now(datetime.UTC)
+    for _ in range(2):
+        write_events(records, str(tmp_path), seq=2, stamp=first_attempt)
     assert sorted(read_events(str(tmp_path)).request_id) == sorted(r["request_id"] for r in records)
 
 
