@@ -36,6 +36,7 @@ from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from tauforge.kernels.ate import average_effect, oob_effect
+from tauforge.kernels.cpus import usable_cpus
 
 from .data import ValidatedData
 from .nuisance import NuisanceConfig, refit_residuals
@@ -60,7 +61,7 @@ WORKERS_VARIABLE = "TAUFORGE_REFIT_WORKERS"
 def default_workers(n_rows: int, n_inputs: int) -> int:
     """How many processes evaluate's refits of `n_rows` x `n_inputs` (covariates and controls) use:
     $TAUFORGE_REFIT_WORKERS where set; else one below PROCESS_MIN_ROWS rows, else one per usable
-    CPU (`usable_cpus`), as many as the free memory holds."""
+    CPU (`kernels.cpus.usable_cpus`), as many as the free memory holds."""
     given = os.environ.get(WORKERS_VARIABLE, "")
     if given:
         if not given.isdigit() or int(given) < 1:
@@ -71,15 +72,6 @@ def default_workers(n_rows: int, n_inputs: int) -> int:
     per_worker = WORKER_BASE_BYTES + WORKER_BYTES_PER_CELL * n_rows * (n_inputs + 1)
     free = available_memory()
     return usable_cpus() if math.isinf(free) else max(1, min(usable_cpus(), int(free // per_worker)))
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use: joblib's count (affinity, a cgroup's CPU quota), capped by
-    OMP_NUM_THREADS where it is set (the cluster's tasks set it from their CPU limit)."""
-    from joblib import cpu_count
-
-    limit = os.environ.get("OMP_NUM_THREADS", "")
-    return min(cpu_count(), int(limit)) if limit.isdigit() and int(limit) > 0 else cpu_count()
 
 
 def available_memory() -> float:

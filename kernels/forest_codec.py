@@ -22,13 +22,13 @@ checksummed metadata. Decoding checks every size and raises ValueError on any in
 
 from __future__ import annotations
 
-import os
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .forest_arrays import ForestArrays
 
 ENCODING = "tauforge.forest-planes"
@@ -42,7 +42,7 @@ _PREFIX = "forest3_"
 
 
 def _workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, usable_cpus()))
 
 
 def _planes(name: str, a: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -53,6 +53,7 @@ from tauforge.components.evaluate import evaluate_model
 from tauforge.components.nuisance import check_fold_tasks, combine_nuisance, nuisance_folds
 from tauforge.components.publish import publish_model
 from tauforge.components.registry import StoreError, check_store
+from tauforge.kernels.cpus import usable_cpus
 from tauforge.kernels.serialization import replaced_whole
 
 from .config import ClusterConfig, TrainingConfig, absolute
@@ -463,7 +464,7 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         fan_in, parallelism = "explicit", 0
     else:
         local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
-    threads = max(1, (os.cpu_count() or 1) // parallelism) if parallelism > 1 else 0
+    threads = max(1, usable_cpus() // parallelism) if parallelism > 1 else 0
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
                                        fold_tasks=config.fold_tasks, fan_in=fan_in, parallelism=parallelism,
                                        threads_per_task=threads)
