@@ -588,7 +588,9 @@ def _docker_runner(source: str, store: str):
     finally:
         client.close()
     from kfp import local
+    from kfp.local import docker_task_handler
 
+    docker_task_handler.run_docker_container = _run_docker_container
     mounts = []
     if "://" not in source:
         mounts.append(Mount(target=os.path.dirname(source), source=os.path.dirname(source), type="bind",
@@ -597,6 +599,22 @@ def _docker_runner(source: str, store: str):
         os.makedirs(store, exist_ok=True)
         mounts.append(Mount(target=store, source=store, type="bind"))
     return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", mounts=mounts)
+
+
+def _run_docker_container(client, image: str, command: list[str], volumes: dict, **container_run_args) -> int:
+    """kfp.local's `run_docker_container` without its race: it runs the task's container with
+    auto_remove, so a task that ends quickly can be removed before its logs are read; Docker then
+    answers 409 ("dead or marked for removal", which kfp does not catch) and the run failed with a
+    task that had succeeded (twice in a clean `make test`, 2026-12-05). Here the container is
+    removed only once its logs are read and its exit status known."""
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, **container_run_args)
+    try:
+        for line in container.logs(stream=True):
+            print(line.decode(), end="")
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
 
 
 def _published_version(root: str) -> int:
