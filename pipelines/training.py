@@ -605,8 +605,18 @@ def _run_docker_container(client, image: str, command: list[str], volumes: dict,
     """kfp.local's `run_docker_container` without its race: it runs the task's container with
     auto_remove, so a task that ends quickly can be removed before its logs are read; Docker then
     answers 409 ("dead or marked for removal", which kfp does not catch) and the run failed with a
-    task that had succeeded (twice in a clean `make test`, 2026-12-05). Here the container is
-    removed only once its logs are read and its exit status known."""
+    task that had succeeded (a clean `make test`, 2026-12-05). Here the container is
+    removed only once its logs are read and its exit status known. The image is found (or
+    pulled), and said, as kfp does."""
+    from kfp.local.docker_task_handler import add_latest_tag_if_not_present
+
+    image = add_latest_tag_if_not_present(image=image)
+    if any(image in (found.tags + found.attrs["RepoDigests"]) for found in client.images.list()):
+        print(f"Found image {image!r}\n")
+    else:
+        print(f"Pulling image {image!r}")
+        client.images.pull(image)
+        print("Image pull complete\n")
     container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
                                       volumes=volumes, **container_run_args)
     try:
