@@ -21,7 +21,7 @@ from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .inference import EffectInference
 from .local_linear import DEFAULT_RIDGE
-from .nuisance import cross_fit, cross_fitting_folds
+from .nuisance import cross_fit, cross_fitting_folds, nuisance_predictions
 
 
 class CausalForestDML(BaseEstimator):
@@ -91,6 +91,13 @@ class CausalForestDML(BaseEstimator):
         Out-of-fold scores per fold: 'y_r2', and 't_log_loss' and 't_auc' (discrete) or 't_r2'.
     residuals_ : tuple (y_res, t_res)
         Out-of-fold residuals the forest was grown on.
+    models_y, models_t : list of one list of fitted models
+        The nuisance models fitted on each cross-fitting fold's training rows, as EconML nests
+        them (one Monte-Carlo iteration): `score` averages their predictions on new rows.
+    score_ : float
+        The final stage's mean squared error on the training rows, mean((y~ - tau(x) t~)^2),
+        with the out-of-bag CATE (EconML's uses the in-sample one, which an honest forest
+        flatters less, but still does). Compare with `score` on held-out rows.
     treatment_variance_ : ndarray
         V(x) of every training row (the debiasing weights' denominator).
     feature_names_in_ : ndarray of str
@@ -186,7 +193,10 @@ class CausalForestDML(BaseEstimator):
         seed = _inputs.seed_from(self.random_state)
         XW = X if W is None else np.hstack([X, W])
 
-        y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed)
+        fold_models: list = []
+        y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed, models=fold_models)
+        self.models_y, self.models_t = [[m for m, _ in fold_models]], [[m for _, m in fold_models]]
+        self._n_controls = 0 if W is None else W.shape[1]
         self.residuals_ = (y_res, t_res)
         self.treatment_variance_ = t_var
         self.nuisance_scores_ = scores
@@ -198,6 +208,7 @@ class CausalForestDML(BaseEstimator):
         tau = oob_effect(self.forest_, X)
         self.ate_, self.ate_stderr_ = average_effect(tau, y_res, t_res, t_var, sw)
         self.variance_weighted_effect_, self.variance_weighted_stderr_ = variance_weighted_effect(y_res, t_res, sw)
+        self.score_ = _final_stage_mse(y_res, t_res, tau, sw)
         self.n_features_in_ = X.shape[1]
         self.bootstrap_ = None
         if self.inference == "bootstrap":
@@ -247,14 +258,16 @@ class CausalForestDML(BaseEstimator):
                              f"{len(values)} values ({shown})")
         return bool(self.discrete_treatment)
 
-    def _residuals(self, XW, Y, T, sw, seed, replicate=False):
+    def _residuals(self, XW, Y, T, sw, seed, replicate=False, models=None):
         """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x); for a
-        bootstrap `replicate` without scores or a progress bar of their own."""
+        bootstrap `replicate` without scores or a progress bar of their own. `models` gets each
+        fold's fitted (model_y, model_t)."""
         discrete = self.discrete_treatment_
         y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
                                          model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
                                          device=str(_inputs.resolve_device(self.device)),
-                                         progress=False if replicate else self.progress, with_scores=not replicate)
+                                         progress=False if replicate else self.progress, with_scores=not replicate,
+                                         models=models)
         t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed), discrete=discrete,
                                    seed=seed, sample_weight=sw, min_propensity=self.min_propensity,
                                    progress=False if replicate else self.progress)
@@ -353,6 +366,37 @@ class CausalForestDML(BaseEstimator):
             stderr = np.sqrt(var)
         return EffectInference(np.asarray(tau, dtype=float) * d, np.asarray(stderr, dtype=float) * abs(d))
 
+    def score(self, Y: Any, T: Any, X: Any, W: Any = None, sample_weight: Any = None) -> float:
+        """The final stage's mean squared error on new rows, as EconML's `score`: residuals from
+        the mean prediction of the cross-fitting folds' nuisance models (`models_y`, `models_t`),
+        then mean((y~ - tau(x) t~)^2), weighted by `sample_weight`. Lower is better (it is a loss,
+        not scikit-learn's higher-is-better score); use it on rows the model was not fit on, to
+        compare CATE models fit with the same nuisance learners (the R-loss of Nie and Wager)."""
+        self._check_fitted()
+        _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight)
+        Xn = self._rows(X)
+        Y = _inputs.to_numpy(Y, "Y", 1)
+        T = _inputs.to_numpy(T, "T", 1)
+        W = None if W is None else _inputs.to_numpy(W, "W", 2)
+        n = _inputs.check_same_length(Y=Y, T=T, X=Xn, W=W)
+        width = 0 if W is None else W.shape[1]
+        if width != self._n_controls:
+            raise ValueError(f"W has {width} column(s) but the model was fit with {self._n_controls}"
+                             + ("" if self._n_controls else " (no W)") + ": pass the same controls as to fit")
+        for arr, name in ((Y, "Y"), (T, "T"), (W, "W")):
+            if arr is not None:
+                _inputs.check_finite(arr, name, None)
+        if self.discrete_treatment_ and not np.isin(T, (0.0, 1.0)).all():
+            raise ValueError("T must be 0 or 1: the model was fit with a binary treatment")
+        sw = _inputs.check_sample_weight(sample_weight, n)
+        XW = Xn if W is None else np.hstack([Xn, W])
+        predictions = [nuisance_predictions(pair, XW, self.discrete_treatment_)
+                       for pair in zip(self.models_y[0], self.models_t[0])]
+        y_hat = np.mean([y for y, _ in predictions], axis=0)
+        t_hat = np.mean([t for _, t in predictions], axis=0)
+        tau = np.asarray(self.forest_.predict(Xn), dtype=np.float64)
+        return _final_stage_mse(Y - y_hat, T - t_hat, tau, sw)
+
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with
         inference='blb', the bootstrap's `bootstrap_interval` with inference='bootstrap'."""
@@ -367,3 +411,8 @@ class CausalForestDML(BaseEstimator):
             return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval)
         half = float(norm.ppf(1 - alpha / 2)) * self.ate_stderr_
         return self.ate_ - half, self.ate_ + half
+
+
+def _final_stage_mse(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, sample_weight: np.ndarray | None) -> float:
+    """mean((y~ - tau t~)^2), weighted: the loss the final stage minimizes (`score`, `score_`)."""
+    return float(np.average((y_res - tau * t_res) ** 2, weights=sample_weight))

@@ -311,16 +311,11 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
 
 
-def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,
-                 model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
-                 sample_weight: np.ndarray | None = None, device: str = "cpu",
-                 with_scores: bool = True, progress: bool | None = False,
-                 desc: str = "fitting nuisance models") -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Fit E[Y | X, W] and E[T | X, W] on rows `train`; return their predictions on rows `test`
-    and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc' or 't_r2'; none without
-    `with_scores`: a bootstrap refit has no use for them, and with small models they cost as much
-    as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit in a task of its own;
-    off by default, since `cross_fit` counts folds."""
+def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, *,
+                        model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
+                        sample_weight: np.ndarray | None = None, device: str = "cpu",
+                        progress: bool | None = False, desc: str = "fitting nuisance models") -> tuple[Any, Any]:
+    """The fitted (model_y, model_t) of E[Y | X, W] and E[T | X, W] on rows `train`."""
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
     mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
@@ -335,8 +330,33 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
     with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
         my = steps.run("outcome model", my.fit, XW[train], Y[train], **kw)
         steps.run("treatment model", mt.fit, XW[train], T[train], **kw)
-    y_hat = my.predict(XW[test])
-    t_hat = mt.predict_proba(XW[test])[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW[test])
+    return my, mt
+
+
+def nuisance_predictions(models: tuple[Any, Any], XW: np.ndarray, discrete: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(y_hat, t_hat) of fitted (model_y, model_t) at XW; t_hat is P(T = 1) for a discrete treatment."""
+    my, mt = models
+    t_hat = mt.predict_proba(XW)[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW)
+    return np.asarray(my.predict(XW), dtype=np.float64), np.asarray(t_hat, dtype=np.float64)
+
+
+def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,
+                 model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
+                 sample_weight: np.ndarray | None = None, device: str = "cpu",
+                 with_scores: bool = True, progress: bool | None = False,
+                 desc: str = "fitting nuisance models",
+                 models: list | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Fit E[Y | X, W] and E[T | X, W] on rows `train` (`fit_nuisance_models`); return their
+    predictions on rows `test` and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc'
+    or 't_r2'; none without `with_scores`: a bootstrap refit has no use for them, and with small
+    models they cost as much as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit
+    in a task of its own; off by default, since `cross_fit` counts folds. `models`, if given, gets
+    the fitted (model_y, model_t) appended."""
+    fitted = fit_nuisance_models(XW, Y, T, train, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
+                                 sample_weight=sample_weight, device=device, progress=progress, desc=desc)
+    if models is not None:
+        models.append(fitted)
+    y_hat, t_hat = nuisance_predictions(fitted, XW[test], discrete)
     if not with_scores:
         return y_hat, t_hat, {}
     scores = {"y_r2": float(r2_score(Y[test], y_hat))}
@@ -350,10 +370,11 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
 
 def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, discrete: bool, seed: int,
               model_y: Any = "auto", model_t: Any = "auto", sample_weight: np.ndarray | None = None,
-              device: str = "cpu", progress: bool | None = None,
-              with_scores: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+              device: str = "cpu", progress: bool | None = None, with_scores: bool = True,
+              models: list | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
-    (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`)."""
+    (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`).
+    `models`, if given, gets each fold's fitted (model_y, model_t) appended, in fold order."""
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed)
     y_hat, t_hat = np.empty(n), np.empty(n)
@@ -363,7 +384,7 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             y_hat[test], t_hat[test], fold_scores = fit_nuisance(
                 XW, Y, T, train, test, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
-                sample_weight=sample_weight, device=device, with_scores=with_scores)
+                sample_weight=sample_weight, device=device, with_scores=with_scores, models=models)
             for name, value in fold_scores.items():
                 scores.setdefault(name, []).append(value)
             bar.update(1)

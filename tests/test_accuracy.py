@@ -15,6 +15,7 @@ import pytest
 from background import Processes, compile_kernels
 
 from tauforge.kernels import CausalForestDML
+from tauforge.kernels.ate import oob_effect
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.nuisance import default_nuisance_model
 
@@ -114,6 +115,43 @@ def test_ate_interval_covers_a_known_constant_effect(design, true_ate):
     assert hi - lo < 0.2
     # With a constant effect the CATE is flat too: no point estimate strays far (0.084 here).
     assert np.abs(est.effect(d.X[:500]) - true_ate).mean() < 0.15
+
+
+def test_score_is_econmls_held_out_loss_near_the_truths_and_ranks_a_placebo_model_last():
+    from econml.dml import CausalForestDML as EconMLCausalForestDML
+
+    train = make_causal_data("aw2", n=2000, p=10, seed=0)
+    test = make_causal_data("aw2", n=4000, p=10, seed=100)
+    models = dict(model_y=default_nuisance_model(False, 0), model_t=default_nuisance_model(True, 0))
+    ours = CausalForestDML(**models, n_estimators=200, random_state=0, progress=False).fit(train.Y, train.T, X=train.X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = EconMLCausalForestDML(**models, discrete_treatment=True, cv=5, n_estimators=200,
+                                    random_state=0).fit(train.Y, train.T, X=train.X)
+    score = ours.score(test.Y, test.T, test.X)
+    # The same loss as EconML's on the same held-out rows (1.0389 and 1.0432: each with its own forest).
+    assert score == pytest.approx(ref.score(test.Y, test.T, X=test.X), rel=0.02)
+    # The true functions' loss is the noise variance (0.987): a fitted model's is above it, by its
+    # own error and its nuisance models' (5% here; 3.9% with the true CATE and these nuisance
+    # models). The bound fails a CATE flattened to the model's ATE (31% above) or to 0 (3.3 times).
+    truth = np.mean((test.Y - test.m - test.tau * (test.T - test.e)) ** 2)
+    assert truth < score < 1.07 * truth
+    # A planted defect: a model fit with the treatment permuted (no effect to find) scores 3.39.
+    placebo_T = np.random.default_rng(0).permutation(train.T)
+    placebo = CausalForestDML(**models, n_estimators=200, random_state=0, progress=False).fit(train.Y, placebo_T,
+                                                                                              X=train.X)
+    assert placebo.score(test.Y, test.T, test.X) > 2 * score
+    # Residuals from the mean of the folds' models, as EconML's score takes them.
+    y_hat = np.mean([m.predict(test.X) for m in ours.models_y[0]], axis=0)
+    t_hat = np.mean([m.predict_proba(test.X)[:, 1] for m in ours.models_t[0]], axis=0)
+    loss = (test.Y - y_hat - ours.effect(test.X) * (test.T - t_hat)) ** 2
+    assert score == pytest.approx(loss.mean(), rel=1e-12)
+    # Weights: 2 for every row is no weight; 0 for the first half scores the second half alone.
+    assert ours.score(test.Y, test.T, test.X, sample_weight=np.full(4000, 2.0)) == pytest.approx(score, rel=1e-12)
+    half = np.r_[np.zeros(2000), np.ones(2000)]
+    assert ours.score(test.Y, test.T, test.X, sample_weight=half) == pytest.approx(loss[2000:].mean(), rel=1e-12)
+    assert ours.score_ == pytest.approx(np.mean((ours.residuals_[0] - oob_effect(ours.forest_, train.X)
+                                                 * ours.residuals_[1]) ** 2), rel=1e-12)
 
 
 def test_continuous_treatment_reports_the_average_partial_effect_not_the_variance_weighted_one():

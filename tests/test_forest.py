@@ -286,6 +286,27 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=X)
 
 
+def test_score_refuses_rows_unlike_the_fits():
+    d = make_causal_data("simple", n=300, p=3, seed=0)
+    W = d.X[:, :2] ** 2
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        CausalForestDML().score(d.Y, d.T, d.X)
+    est = CausalForestDML(n_estimators=4, cv=2, random_state=0, progress=False).fit(d.Y, d.T, X=d.X, W=W)
+    assert np.isfinite(est.score(d.Y, d.T, d.X, W)) and len(est.models_y[0]) == len(est.models_t[0]) == 2
+    with pytest.raises(ValueError, match=r"W has 0 column\(s\) but the model was fit with 2: pass the same controls"):
+        est.score(d.Y, d.T, d.X)
+    with pytest.raises(ValueError, match="X has 2 columns"):
+        est.score(d.Y, d.T, d.X[:, :2], W)
+    with pytest.raises(ValueError, match="T must be 0 or 1: the model was fit with a binary treatment"):
+        est.score(d.Y, d.T + 1, d.X, W)
+    with pytest.raises(ValueError, match="same number of rows"):
+        est.score(d.Y[:-1], d.T, d.X, W)
+    Y = d.Y.copy()
+    Y[7] = np.nan
+    with pytest.raises(ValueError, match=r"Y contains NaN \(first at row 7\)"):
+        est.score(Y, d.T, d.X, W)
+
+
 @pytest.mark.filterwarnings("ignore:intervals from")
 def test_a_dataframe_fit_predicts_only_on_its_columns_in_their_order():
     import pandas as pd
