@@ -497,15 +497,17 @@ DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace"
                 "memory": "--memory", "explore": "--explore", "raw": "--raw"}
 
 
-def _deployed_alias(store: str, model: str, alias: str) -> int:
-    """The version an alias names, read from the store as this machine reaches it; the manifests
-    pin that number (an InferenceService names one version folder)."""
+def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
+    """The version a number or an alias names (an alias read from the store as this machine
+    reaches it); the manifests pin that number (an InferenceService names one version folder)."""
     from tauforge.components.registry import ModelStore
 
+    if ref.isdigit():
+        return int(ref)
     try:
-        return ModelStore(store).resolve(model, alias)
+        return ModelStore(store).resolve(model, ref)
     except (ValueError, ImportError, OSError) as exc:
-        raise ValueError(f"--version {alias!r}: give a version number, or an alias this machine can read from "
+        raise ValueError(f"{flag} {ref!r}: give a version number, or an alias this machine can read from "
                          f"--store ({exc})") from None
 
 
@@ -513,11 +515,13 @@ def _deploy(args: argparse.Namespace) -> int:
     from tauforge.components.deploy import DeploySpec, apply, render, wait_ready, write
 
     store = args.store or os.environ.get(STORE_ENV) or ""
-    version = int(args.version) if args.version.isdigit() else _deployed_alias(store, args.model, args.version)
+    version = _deployed_version(store, args.model, args.version, "--version")
+    champion = (None if args.champion_version is None
+                else _deployed_version(store, args.model, args.champion_version, "--champion-version"))
     with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
         spec = DeploySpec(model=args.model, version=version, mode=args.mode, percent=args.percent,
                           namespace=args.namespace, store=store, name=args.name or "",
-                          champion_version=args.champion_version, router=args.router, cpu=args.cpu,
+                          champion_version=champion, router=args.router, cpu=args.cpu,
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
                           store_secret=args.store_secret, explore=args.explore, raw=args.raw)
@@ -640,9 +644,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                            "residuals (default: on)")
     model.add_argument("--gate", action="append", metavar="KEY=VALUE",
                        help="gate threshold, e.g. max_share_outside_overlap=0.05 or min_placebo_pvalue=off")
-    p.add_argument("--pipeline-root", default="./tauforge-runs", help="where runs write outputs and logs")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 IMAGE_HELP = "image every task runs on (default: the project image, $TAUFORGE_IMAGE or components/_kfp.py's)"
@@ -676,10 +678,21 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                            "repeatable, e.g. AWS_ENDPOINT_URL for an S3-compatible store")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (a bad flag, type or choice) also end stdout with
+    `--json`'s error object when `json_errors` is set (`main` sets it when --json is given)."""
+    json_errors = False
+
+    def error(self, message: str):
+        if _Parser.json_errors:
+            print(json.dumps({"error": message, "exit_code": 2}), flush=True)
+        super().error(message)  # usage and message on stderr, exit 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tauforge.kernels.datasets import DESIGNS
 
-    parser = argparse.ArgumentParser(prog="tauforge", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="tauforge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"tauforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit the causal forest on simulated data with a known effect")
@@ -696,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train, evaluate and publish a model with the local KFP runner")
     _add_training_flags(run)
+    run.add_argument("--pipeline-root", default="./tauforge-runs", help="where runs write outputs and logs")
+    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     run.add_argument("--fan-in", choices=("collected", "explicit"), default="collected",
                      help="collected (default): a group's tasks run side by side; explicit: the graph `compile` "
                           "writes, its tasks one after another")
@@ -769,8 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "per request; shadow: champion and shadow as RawDeployment with tauforge's own Istio "
                           "mirror (for a split per unit, see tauforge serve --challenger)")
     dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
-    dep.add_argument("--champion-version", type=int,
-                     help="shadow, and canary with --router predictor: the version that keeps answering")
+    dep.add_argument("--champion-version",
+                     help="shadow, and canary with --router predictor: the version that keeps answering, a number "
+                          "or an alias read from --store")
     dep.add_argument("--router", choices=("mesh", "predictor"), default="mesh",
                      help="canary/shadow: mesh (KServe's canaryTrafficPercent, split per request; an Istio mirror) "
                           "or predictor (tauforge's router in one predictor with both versions, split per unit; "
@@ -792,8 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "manifests/namespace)")
     dep.add_argument("--event-log", metavar="URI", help="where predictors write their event logs (s3://, gs://)")
     dep.add_argument("--explore", type=float, default=0.0, metavar="EPS",
-                     help="epsilon-greedy exploration of every predictor (serve --explore): logged actions of "
-                          "known propensity, which the monitor's policy value needs (default: 0, none)")
+                     help="epsilon-greedy exploration of the champion and canary predictors, not a shadow's "
+                          "(serve --explore): logged actions of known propensity, which the monitor's policy value "
+                          "needs (default: 0, none)")
     dep.add_argument("--raw", action="store_true",
                      help="with --mode replace, a RawDeployment champion that a --mode shadow can later mirror "
                           "(KServe does not change an InferenceService's mode)")
@@ -810,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--version", help="version to monitor (default: the champion version in the log)")
     mon.add_argument("--log-dir", required=True,
                      help="the serving event log, a folder or a URI (s3://, gs://): tauforge serve --log-dir")
-    mon.add_argument("--outcomes", help="Parquet of request_id and row (or unit_id) with an 'outcome' column")
+    mon.add_argument("--outcomes", help="Parquet or CSV of request_id and row (or unit_id) with an 'outcome' column")
     mon.add_argument("--since", help="judge only rows logged since then: a duration back from now (24h, 7d) or "
                                      "an ISO-8601 time (default: the whole log)")
     mon.add_argument("--alpha", type=float, default=MONITOR_ALPHA,
@@ -835,6 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     # argparse gives a positional list that follows the action only the words right after it:
     # `models diff --name M 1 2` leaves `1 2` over; they are the versions to compare.
     args, extra = parser.parse_known_args(argv)

@@ -348,3 +348,11 @@ def test_with_json_a_refused_command_still_ends_stdout_with_one_json_object():
     assert out.returncode == 2 and "min_placebo_pvalue must be between 0 and 1" in out.stderr
     assert json.loads(out.stdout) == {"error": "--gate min_placebo_pvalue must be between 0 and 1 (or 'off'), got 2",
                                       "exit_code": 2}
+    # Flags argparse itself refuses too (a docs review: these printed nothing on stdout).
+    for argv, error in ((("run", "--demo", "--json", "--trees", "abc"), "argument --trees: invalid int value: 'abc'"),
+                        (("models", "list", "--json", "--bogus"), "unrecognized arguments: --bogus"),
+                        (("models", "lst", "--json"), "argument action: invalid choice: 'lst'")):
+        out = run(*argv)
+        assert out.returncode == 2 and error in out.stderr, out.stderr
+        assert json.loads(out.stdout)["error"].startswith(error) and json.loads(out.stdout)["exit_code"] == 2
+    assert run("models", "lst").stdout == ""  # without --json, stdout stays empty

@@ -257,6 +257,11 @@ def test_a_user_runs_lists_promotes_rolls_back_and_serves_a_model_on_s3(s3, demo
     tauforge("deploy", "--store", store_uri, "--model", MODEL, "--version", "champion", "--out", str(tmp_path / "k8s"))
     manifests = "".join(p.read_text() for p in (tmp_path / "k8s").iterdir())
     assert f"storageUri: {store_uri}/{MODEL}/1" in manifests and f"{MODEL}/2" not in manifests
+    # And for the version that keeps answering a shadow (a review: it took a number only).
+    tauforge("deploy", "--store", store_uri, "--model", MODEL, "--mode", "shadow", "--version", "2",
+             "--champion-version", "champion", "--out", str(tmp_path / "k8s-shadow"))
+    manifests = "".join(p.read_text() for p in (tmp_path / "k8s-shadow").iterdir())
+    assert f"storageUri: {store_uri}/{MODEL}/1" in manifests and f"storageUri: {store_uri}/{MODEL}/2" in manifests
 
     # The champion, fetched fresh and verified: every file the card lists, with its sha256.
     champion = ModelStore(store_uri).load(MODEL, "champion", cache_dir=str(tmp_path / "fresh"))
