@@ -74,26 +74,56 @@ def default_workers(n_rows: int, n_inputs: int) -> int:
     return usable_cpus() if math.isinf(free) else max(1, min(usable_cpus(), int(free // per_worker)))
 
 
-def available_memory() -> float:
-    """Bytes this process may still allocate: under a cgroup's memory limit (a pod's), its limit
-    less its use; else the machine's available memory (/proc/meminfo); infinite where neither is
-    readable."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_file) as f, open(usage_file) as g:
-                limit, usage = f.read().strip(), g.read().strip()
-        except OSError:
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # v1 writes a huge number for "no limit", v2 "max"
-            return float(int(limit) - int(usage))
+def available_memory(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup",
+                     meminfo: str = "/proc/meminfo") -> float:
+    """Bytes this process may still allocate: the least of the machine's available memory
+    (/proc/meminfo) and, for its memory cgroup and every cgroup above it (a pod's, a systemd
+    slice's), the limit less the use; infinite where none of them is readable. The paths are
+    parameters for the tests."""
+    free = _cgroup_headrooms(proc_cgroup, cgroup_root)
     try:
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             fields = dict(line.split(":", 1) for line in f)
-        return float(fields["MemAvailable"].split()[0]) * 1024
+        free.append(float(fields["MemAvailable"].split()[0]) * 1024)
     except (OSError, KeyError, ValueError):
-        return float("inf")
+        pass
+    return min(free, default=float("inf"))
+
+
+def _cgroup_headrooms(proc_cgroup: str, cgroup_root: str) -> list[float]:
+    """limit - usage of each memory cgroup from this process's own up to its hierarchy's root,
+    where a limit is set: cgroup v2 (memory.max) and v1 (memory/memory.limit_in_bytes). Inside a
+    container with its own cgroup namespace the process's cgroup is the mount's root."""
+    try:
+        with open(proc_cgroup) as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        entries = [["0", "", "/"]]
+    hierarchies = []  # (mount, the process's cgroup under it, limit file, usage file)
+    for _, controllers, path in entries:
+        if controllers == "":
+            hierarchies.append((cgroup_root, path, "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):
+            hierarchies.append((os.path.join(cgroup_root, "memory"), path, "memory.limit_in_bytes",
+                                "memory.usage_in_bytes"))
+    headrooms = []
+    for mount, path, limit_name, usage_name in hierarchies:
+        mount = os.path.normpath(mount)
+        folder = os.path.normpath(os.path.join(mount, path.lstrip("/")))
+        if not os.path.isdir(folder) or not folder.startswith(mount):  # the host's path; the mount is the container's
+            folder = mount
+        while True:
+            try:
+                with open(os.path.join(folder, limit_name)) as f, open(os.path.join(folder, usage_name)) as g:
+                    limit, usage = f.read().strip(), g.read().strip()
+                if limit.isdigit() and int(limit) < 2**60:  # v1 writes a huge number for "no limit", v2 "max"
+                    headrooms.append(float(int(limit) - int(usage)))
+            except (OSError, ValueError):
+                pass
+            if folder == mount:
+                break
+            folder = os.path.dirname(folder)
+    return headrooms
 
 
 class EffectRefit:

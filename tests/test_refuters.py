@@ -127,6 +127,43 @@ def test_refits_in_worker_processes_give_the_answers_of_refits_in_this_one(run):
         DiesInAWorker(data, TWO_FOLDS, SEED, refit.oob_cate, workers=2).effects(jobs)
 
 
+def test_free_memory_is_the_least_headroom_of_the_cgroups_above_the_process_and_the_machine(tmp_path):
+    """A cgroup file system cannot be made here without privileges: these are folders of the
+    kernel's file names and formats, read by the same code as /sys/fs/cgroup."""
+    from tauforge.components.refuters import available_memory
+
+    def tree(files: dict[str, str], cgroup: str, meminfo: str | None = "MemAvailable:   20000000 kB\n"):
+        root = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        (root / "fs").mkdir(parents=True)
+        for rel, text in files.items():
+            (root / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "fs" / rel).write_text(text + "\n")
+        (root / "cgroup").write_text(cgroup)
+        if meminfo is not None:
+            (root / "meminfo").write_text(meminfo)
+        return available_memory(str(root / "cgroup"), str(root / "fs"), str(root / "meminfo"))
+
+    # v2, a pod's limit one level above the container's (which has none): missed before, when only
+    # the mount's root was read.
+    v2 = {"kubepods/memory.max": "max", "kubepods/memory.current": "9000000000",
+          "kubepods/pod1/memory.max": "4000000000", "kubepods/pod1/memory.current": "1000000000",
+          "kubepods/pod1/ctr/memory.max": "max", "kubepods/pod1/ctr/memory.current": "500000000"}
+    assert tree(v2, "0::/kubepods/pod1/ctr\n") == 3e9
+    # The container's own namespace: its cgroup is the mount's root; a host path that is not under
+    # the mount falls back to the root too.
+    own = {"memory.max": "2000000000", "memory.current": "500000000"}
+    assert tree(own, "0::/\n") == tree(own, "0::/kubepods/pod9/other\n") == 1.5e9
+    # v1: no limit (a huge number) on the process's group, one on its parent.
+    v1 = {"memory/docker/memory.limit_in_bytes": "6000000000", "memory/docker/memory.usage_in_bytes": "2000000000",
+          "memory/docker/abc/memory.limit_in_bytes": "9223372036854771712",
+          "memory/docker/abc/memory.usage_in_bytes": "100"}
+    assert tree(v1, "4:memory:/docker/abc\n1:cpu:/docker/abc\n0::/\n") == 4e9
+    # The machine's available memory when it is less, or when no cgroup sets a limit; nothing readable.
+    assert tree(own, "0::/\n", "MemAvailable:   1000000 kB\n") == 1024e6
+    assert tree({}, "0::/\n") == 20000000 * 1024
+    assert tree({}, "0::/\n", None) == float("inf")
+
+
 def test_refits_use_processes_from_50000_rows_one_per_usable_cpu_as_memory_allows(monkeypatch):
     import os
 
