@@ -90,24 +90,31 @@ def _filesystem(location: str):
     return fs, (os.path.abspath(root) if local else root.rstrip("/")), local
 
 
+def _batch_files(records: list[dict], root: str, seq: int, stamp: _dt.datetime):
+    """(path, folder, the records it holds) of each file a batch is written as: one per
+    (model, version, role) partition, named by `stamp` and `seq`."""
+    key = operator.itemgetter("model", "version", "role")
+    for (model, version, role), group in itertools.groupby(sorted(records, key=key), key=key):
+        folder = f"{root}/model={model}/version={version}/role={role}/date={stamp:%Y-%m-%d}"
+        name = f"{_FILE_PREFIX}{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}"
+        yield f"{folder}/{name}", folder, list(group)
+
+
 def write_events(records: list[dict], location: str, seq: int, stamp: _dt.datetime | None = None) -> list[str]:
     """Write records to the log at `location` (a folder or fsspec URI), one new file per
     partition they fall in, each appearing whole, named by `stamp` (default now) and `seq`;
     return the files' paths. All or none: when one file cannot be written (a full disk), those
     already written are removed before the error is raised. A writer that retries a batch with
     the same `stamp` and `seq` replaces whatever an attempt left (an object stored although its
-    PUT timed out, a file its cleanup could not remove), so no record is logged twice."""
+    PUT timed out, a file its cleanup could not remove), so no record is logged twice; one that
+    must rename it (`remove_events` first) removes that."""
     fs, root, local = _filesystem(location)
     stamp = stamp or _dt.datetime.now(_dt.UTC)
-    key = operator.itemgetter("model", "version", "role")
     written = []
     try:
-        for (model, version, role), group in itertools.groupby(sorted(records, key=key), key=key):
-            group = list(group)
+        for path, folder, group in _batch_files(records, root, seq, stamp):
             inputs = sorted({k for r in group for k in r if k.startswith(INPUT_PREFIX)})
             schema = pa.schema([*EVENT_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
-            folder = f"{root}/model={model}/version={version}/role={role}/date={stamp:%Y-%m-%d}"
-            path = f"{folder}/{_FILE_PREFIX}{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}{_FILE_SUFFIX}"
             table = pa.Table.from_pylist(group, schema=schema)
             if local:
                 os.makedirs(folder, exist_ok=True)
@@ -125,6 +132,16 @@ def write_events(records: list[dict], location: str, seq: int, stamp: _dt.dateti
                 fs.rm(path)
         raise
     return written if local else [f"{location.split('://')[0]}://{path}" for path in written]
+
+
+def remove_events(records: list[dict], location: str, seq: int, stamp: _dt.datetime) -> None:
+    """Remove whatever files `write_events(records, location, seq, stamp)` may have left: a
+    writer's failed attempts under a name it must give up. Missing files are no error; any other
+    failure (the store still unreachable) is raised."""
+    fs, root, _ = _filesystem(location)
+    for path, _, _ in _batch_files(records, root, seq, stamp):
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path)
 
 
 def read_events(location: str, model: str | None = None, since: float | None = None) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import time
 
 from prometheus_client import Counter, Gauge
 
-from tauforge.components.events import write_events
+from tauforge.components.events import remove_events, write_events
 
 log = logging.getLogger("tauforge.serving")
 MAX_RETRY_SECONDS = 60.0
@@ -115,8 +115,19 @@ class EventLog:
             return []
         now = _dt.datetime.now(_dt.UTC)
         # A batch's files keep their names through its retries (see write_events), within a day: a
-        # file's date folder must be no earlier than its records (read_events skips by it).
-        if self._retry_name is None or self._retry_name[1].date() != now.date():
+        # file's date folder must be no earlier than its records (read_events skips by it). Past
+        # midnight the batch takes a new name once what its old one may have left is removed.
+        if self._retry_name is not None and self._retry_name[1].date() != now.date():
+            try:
+                remove_events(records, self.directory, *self._retry_name)
+            except Exception as exc:  # noqa: BLE001 (still unreachable: keep the old name, retry later)
+                WRITE_ERRORS.inc()
+                self._failed_writes += 1
+                log.warning("could not clear an earlier attempt's event-log files in %s (%s: %s); keeping %d "
+                            "records and retrying", self.directory, type(exc).__name__, exc, len(records))
+                return records
+            self._retry_name = None
+        if self._retry_name is None:
             self._seq += 1
             self._retry_name = (self._seq, now)
         try:

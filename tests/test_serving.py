@@ -418,6 +418,40 @@ def test_a_batch_the_log_cannot_write_whole_leaves_no_file_so_its_retry_logs_eac
     assert sorted(read_events(str(tmp_path)).request_id) == sorted(r["request_id"] for r in records)
 
 
+def test_a_batch_retried_past_midnight_takes_a_new_name_only_once_its_old_files_are_gone(tmp_path, caplog):
+    # A batch keeps its name through its retries, within a day (its date folder must be no
+    # earlier than its records). Past midnight it is renamed: an object its failed attempt left
+    # under the old name (a PUT that timed out yet stored it) must go first, or its records count
+    # twice. The old file is planted here as that attempt would have left it.
+    import datetime
+
+    from tauforge.components.events import write_events
+
+    records = [event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=MODEL, version=1,
+                            role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+               for i in range(4)]
+    yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    (old_file,) = write_events(records, str(tmp_path), seq=1, stamp=yesterday)
+    log = EventLog(str(tmp_path), rotate_rows=10**6, rotate_seconds=3600)  # its writer waits: _write is called here
+    try:
+        log._seq, log._retry_name = 1, (1, yesterday)  # the writer's state after that attempt failed
+        # The old file cannot be removed yet (a folder where it was: the store still failing):
+        # the records are kept, under the old name.
+        os.remove(old_file)
+        os.mkdir(old_file)
+        with caplog.at_level("WARNING", logger="tauforge.serving"):
+            assert log._write(records) == records
+        assert "could not clear an earlier attempt's event-log files" in caplog.text
+        assert log._retry_name == (1, yesterday)
+        os.rmdir(old_file)
+        write_events(records, str(tmp_path), seq=1, stamp=yesterday)  # and the object it stored after all
+        assert log._write(records) == []
+    finally:
+        log.close()
+    assert not os.path.exists(old_file)
+    assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(4)]  # each once
+
+
 def test_metrics_carry_model_version_and_role_labels(single):
     single.v1([[0.0] * 5])
     _, text = single.get("/metrics")
