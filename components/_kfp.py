@@ -17,7 +17,9 @@ import functools
 import inspect
 import linecache
 import os
+import signal
 import textwrap
+import threading
 from typing import List  # noqa: UP035 (KFP's collected inputs are typed with typing.List)
 
 from kfp import dsl
@@ -30,6 +32,14 @@ if hasattr(dsl, "component"):
 else:  # inside a running task (_KFP_RUNTIME=true) kfp.dsl has no decorators, and none are needed
     def component(func):
         return func
+
+    def _exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    # A task stopped with SIGTERM (a pod deleted, an interrupted local run) unwinds instead of
+    # vanishing, so its cleanup runs: publish's staging folder and temporary copy are removed.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 

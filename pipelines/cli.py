@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -871,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
         return code
+    except KeyboardInterrupt as exc:  # Ctrl-C; in a local run also SIGTERM (training.RunInterrupted)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        notes = " ".join(getattr(exc, "__notes__", ()))
+        message = f"stopped by {signal.Signals(signum).name}" + (f": {notes}" if notes else "")
+        return _report(args, "interrupted", message, 128 + signum)
     except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as other Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped

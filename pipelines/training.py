@@ -23,8 +23,12 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 import types
 import uuid
 import warnings
@@ -463,6 +467,9 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         local.init(_docker_runner(source, config.store), pipeline_root=root, raise_on_error=True)
         fan_in, parallelism = "explicit", 0
     else:
+        from kfp.local import subprocess_task_handler
+
+        subprocess_task_handler.run_local_subprocess = _run_task_process
         local.init(local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     threads = max(1, usable_cpus() // parallelism) if parallelism > 1 else 0
     pipeline = build_training_pipeline(config.nuisance.folds, config.n_shards, config.bootstrap_tasks(),
@@ -471,11 +478,14 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     failure, tee = None, None
     log_file = open(log_path, "w")
     try:
-        with _capture(log_file, log) as tee, _job_id(run_id):
+        with _capture(log_file, log) as tee, _job_id(run_id), _tasks_stopped_on_signals():
             try:
                 task = pipeline(**pipeline_arguments(source, config))
             except RuntimeError as exc:
                 failure = _uncoloured(str(exc))
+    except RunInterrupted as exc:
+        exc.add_note(_after_interrupt(config.store, config.model_name, run_id, log_path))
+        raise
     finally:
         try:
             log_file.close()
@@ -492,7 +502,11 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         else:  # the file lacks what its buffer held when the disk filled
             log_text = tee.tail()
         cause = _task_error(log_text)
-        raise PipelineFailed(f"{failure}" + (f" It raised {cause.rstrip('.')}." if cause else "")
+        if cause is None and (stopped := _task_stopped(log_text)):
+            cause = f"Its process was {stopped}."
+        elif cause is not None:
+            cause = f"It raised {cause.rstrip('.')}."
+        raise PipelineFailed(f"{failure}" + (f" {cause}" if cause else "")
                              + f" The task logs are in {log_path}"
                              + (f" (incomplete: {tee.error.strerror})" if tee.error is not None else ""))
     gate_passed = bool(task.outputs["Output"])
@@ -543,6 +557,15 @@ class PipelineFailed(RuntimeError):
 
 def _uncoloured(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # kfp.local colours its messages
+
+
+STOPPED_BY = "tauforge: the task's process was "  # what _run_task_process says of a task a signal ended
+
+
+def _task_stopped(log: str) -> str | None:
+    """How the first task a signal ended was stopped ("stopped by SIGKILL (out of memory?)"), or None."""
+    said = [line.strip() for line in map(_uncoloured, log.split("\n")) if line.strip().startswith(STOPPED_BY)]
+    return said[0].removeprefix(STOPPED_BY) if said else None
 
 
 def _task_error(log: str) -> str | None:
@@ -601,6 +624,126 @@ def _docker_runner(source: str, store: str):
     return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", mounts=mounts)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A local run stopped by SIGINT (Ctrl-C) or SIGTERM, its tasks stopped; a KeyboardInterrupt,
+    so that no `except Exception` on the way (kfp.local's) takes it for a task's failure. Its
+    note says whether a version was published before the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The local run's live tasks: processes (a process group each) and containers. An interrupted run
+# stops them: kfp.local's runners do not, and a task's command is a shell whose Python child
+# outlives a signal to the shell, so tasks ran on, and a publish task published after its run had
+# died (an interrupt review, 2026-12-05).
+_LIVE_TASKS: set = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by a signal: no task starts after it
+STOP_GRACE_SECONDS = 10.0  # from SIGTERM to SIGKILL: a task's cleanup (publish's staging) runs in it
+
+
+def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> int:
+    """kfp.local's `run_local_subprocess` (its output printed line by line into the run's log),
+    with the task in a process group of its own, which an interrupted run stops whole (the shell,
+    the task's Python, evaluate's refit processes). Says when a signal ended the task."""
+    if _STOPPING.is_set():
+        return 128 + signal.SIGTERM
+    process = subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               env={**os.environ, **env_vars} if env_vars else None, start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE_TASKS.add(process)  # kept until the run ends: its group may outlive it
+    for line in iter(process.stdout.readline, ""):
+        print(line, end="")
+    process.stdout.close()  # here, not on an interrupt: a task stopping may still write its last lines
+    print("\n")
+    code = process.wait()
+    signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
+    if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+        print(f"{STOPPED_BY}stopped by {signal.Signals(signum).name}"
+              + (" (out of memory?)" if signum == signal.SIGKILL else ""))
+    return code
+
+
+def _signal_tasks(signum: int) -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE_TASKS)
+    for task in live:
+        with contextlib.suppress(Exception):  # gone already
+            if isinstance(task, subprocess.Popen):
+                os.killpg(task.pid, signum)  # the group: the task's children too, when the task is gone
+            else:  # a docker container: its first process ignores SIGTERM unless it handles it
+                task.kill(signal="SIGKILL" if signum == signal.SIGKILL else "SIGTERM")
+
+
+def _tasks_running() -> bool:
+    with _LIVE_LOCK:
+        return any(not isinstance(task, subprocess.Popen) or task.poll() is None for task in _LIVE_TASKS)
+
+
+def _stop_tasks(grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM to every task, up to `grace` seconds for them to end (a task's cleanup runs), then
+    SIGKILL to whatever is left of them."""
+    _signal_tasks(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _tasks_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_tasks(signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while _tasks_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _tasks_stopped_on_signals():
+    """While a local run runs: SIGINT (Ctrl-C) and SIGTERM stop its tasks and raise RunInterrupted
+    in the run's thread. Tasks run in process groups of their own, so a terminal's Ctrl-C reaches
+    them only through this. A second signal kills them at once. Outside the main thread (where
+    Python cannot take signals) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum, frame):
+        if _STOPPING.is_set():  # the second: no more waiting
+            _signal_tasks(signal.SIGKILL)
+            return
+        _STOPPING.set()
+        _signal_tasks(signal.SIGTERM)
+        raise RunInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        try:
+            if _STOPPING.is_set():
+                _stop_tasks()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            _STOPPING.clear()
+            with _LIVE_LOCK:
+                _LIVE_TASKS.clear()
+
+
+def _after_interrupt(store_uri: str, model: str, run_id: str, log_path: str) -> str:
+    """What an interrupted run leaves: whether its publish step published (the store's word: the
+    step can be stopped between its rename and its output), and where its log is."""
+    from tauforge.components.registry import ModelStore
+
+    published = None
+    with contextlib.suppress(Exception):  # no store yet, no model yet: nothing published
+        store = ModelStore(store_uri)
+        for version in reversed(store.versions(model)):
+            if (store.card(model, version).get("run") or {}).get("run_id") == run_id:
+                published = version
+                break
+    done = "nothing was published" if published is None else f"version {published} of {model} was published before it"
+    return f"the run's tasks were stopped; {done}. The task logs are in {log_path}"
+
+
 def _run_docker_container(client, image: str, command: list[str], volumes: dict, **container_run_args) -> int:
     """kfp.local's `run_docker_container` without its race: it runs the task's container with
     auto_remove, so a task that ends quickly can be removed before its logs are read; Docker then
@@ -617,14 +760,20 @@ def _run_docker_container(client, image: str, command: list[str], volumes: dict,
         print(f"Pulling image {image!r}")
         client.images.pull(image)
         print("Image pull complete\n")
+    if _STOPPING.is_set():
+        return 128 + signal.SIGTERM
     container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
                                       volumes=volumes, **container_run_args)
+    with _LIVE_LOCK:
+        _LIVE_TASKS.add(container)
     try:
         for line in container.logs(stream=True):
             print(line.decode(), end="")
         return container.wait()["StatusCode"]
     finally:
         container.remove(force=True)
+        with _LIVE_LOCK:
+            _LIVE_TASKS.discard(container)
 
 
 def _published_version(root: str) -> int:

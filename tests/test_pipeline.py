@@ -5,10 +5,13 @@ through the same `main()` the `tauforge` console script calls: the same checks, 
 status, without a new process's 3-5 s of imports each (test_cli.py checks exit statuses through a
 real process)."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -308,6 +311,92 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     np.testing.assert_array_equal(replicates.replicates, np.arange(12))
     np.testing.assert_allclose(replicates.forests[7].predict(X50), est.bootstrap_.forests[7].predict(X50),
                                rtol=1e-12)
+
+
+def _run_signalled_while_the_forest_grows(tmp_path, send):
+    """`tauforge run --demo --json`, and `send(run, tasks)` once its forest shards run: (the run's
+    exit status, stdout, stderr, the pids of its task processes when signalled)."""
+    import re
+
+    run = subprocess.Popen(command(tmp_path, "run", "--demo", "--trees", "2000", "--json"), cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            logs = list((tmp_path / "runs").glob("*.log"))
+            text = re.sub(r"\x1b\[[0-9;]*m", "", logs[0].read_text(errors="replace")) if logs else ""
+            if "Executing task 'forest-shard'" in text:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # the shard tasks' processes have started
+        tasks = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True).stdout.split()
+        assert tasks and run.poll() is None
+        send(run, tasks)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    return run.returncode, out, err, tasks
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_signalled_run_stops_its_tasks_publishes_nothing_and_says_so(tmp_path, signum, to_group):
+    # An interrupt review: SIGTERM to `tauforge run` alone left its tasks running (each a shell whose
+    # Python outlives it), and a publish task published after the command had died; Ctrl-C (SIGINT
+    # to the terminal's process group) printed a traceback.
+    def send(run, tasks):
+        (os.killpg if to_group else os.kill)(run.pid, signum)
+
+    code, out, err, tasks = _run_signalled_while_the_forest_grows(tmp_path, send)
+    assert code == 128 + signum, err
+    message = f"stopped by {signal.Signals(signum).name}: the run's tasks were stopped; nothing was published."
+    assert json.loads(out)["error"].startswith(message) and json.loads(out)["exit_code"] == 128 + signum
+    assert err.strip().splitlines()[-1].startswith(f"tauforge run: interrupted: {message}") and "Traceback" not in err
+    alive = [pid for pid in tasks if os.path.exists(f"/proc/{pid}") and "zombie" not in
+             open(f"/proc/{pid}/status").read()]
+    assert alive == [], "task processes outlived their run"
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("model_card.json"))
+
+
+def test_a_task_killed_as_out_of_memory_is_named_so(tmp_path):
+    # A task's process killed by SIGKILL (what the kernel's OOM killer sends) left no traceback,
+    # and the run's message gave no cause.
+    def send(run, tasks):
+        for pid in tasks:
+            with contextlib.suppress(OSError):
+                if open(f"/proc/{pid}/comm").read().startswith("python") and \
+                        "forest_shard" in open(f"/proc/{pid}/cmdline").read():
+                    os.kill(int(pid), signal.SIGKILL)
+
+    code, out, err, _ = _run_signalled_while_the_forest_grows(tmp_path, send)
+    assert code == 1, err
+    assert "Its process was stopped by SIGKILL (out of memory?)" in json.loads(out)["error"], out
+
+
+def test_an_interrupted_run_says_the_version_its_publish_step_published(runs):
+    from tauforge.components.registry import ModelStore
+    from tauforge.pipelines.training import _after_interrupt
+
+    for name in ("demo", "econml"):
+        runs.result(name)  # both published, as versions 1 and 2
+    store = str(runs.dir / "store")
+    run_id = ModelStore(store).card("tauforge-model", 1)["run"]["run_id"]
+    assert _after_interrupt(store, "tauforge-model", run_id, "LOG").startswith(
+        "the run's tasks were stopped; version 1 of tauforge-model was published before it. ")
+    assert "nothing was published" in _after_interrupt(store, "tauforge-model", "another-run", "LOG")
+    assert "nothing was published" in _after_interrupt(str(runs.dir / "no-store"), "tauforge-model", run_id, "LOG")
+
+
+def test_a_task_stopped_with_sigterm_runs_its_cleanup(tmp_path):
+    # What a pod's deletion or an interrupted run sends a task: it must unwind (publish removes its
+    # staging folder and temporary copy in `finally`), not vanish.
+    body = ("import os, signal, tauforge.components._kfp\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    import time; time.sleep(30)\n"
+            "finally:\n    open('cleaned', 'w').close()\n")
+    out = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, _KFP_RUNTIME="true"))
+    assert out.returncode == 128 + signal.SIGTERM and (tmp_path / "cleaned").exists(), out.stderr
 
 
 def test_a_failing_gate_publishes_nothing_and_says_why(runs):
