@@ -489,6 +489,9 @@ def _serve(args: argparse.Namespace) -> int:
                                                              if args.grpc_port else "") + ")",
           file=sys.stderr, flush=True)
     serve(model, port=args.port, host=args.host, grpc_port=args.grpc_port)
+    if model.event_log is not None and model.event_log.lost_rows:  # a pod's exit then says so
+        raise RuntimeError(f"the event log lost {model.event_log.lost_rows} records it could not write to "
+                           f"{args.log_dir} (the warnings above say why)")
     return 0
 
 

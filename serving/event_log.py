@@ -45,6 +45,7 @@ class EventLog:
         if "://" not in directory:
             os.makedirs(directory, exist_ok=True)
         self.files_written: list[str] = []
+        self.lost_rows = 0  # records dropped past the backlog or unwritten at close (DROPPED_ROWS, per log)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
         self._failed_writes = 0  # since the last write that succeeded
@@ -89,6 +90,7 @@ class EventLog:
                 buffer += item
                 if len(buffer) > self.max_backlog_rows:  # the store is down: keep the newest
                     DROPPED_ROWS.inc(len(buffer) - self.max_backlog_rows)
+                    self.lost_rows += len(buffer) - self.max_backlog_rows
                     buffer = buffer[-self.max_backlog_rows:]
                 BACKLOG_ROWS.set(len(buffer))
                 due = time.monotonic() + self.rotate_seconds if due is None else due
@@ -106,6 +108,7 @@ class EventLog:
                     log.error("the event log could not write its last %d records to %s; they are lost",
                               len(buffer), self.directory)
                     DROPPED_ROWS.inc(len(buffer))
+                    self.lost_rows += len(buffer)
                 BACKLOG_ROWS.set(0)
                 return
 

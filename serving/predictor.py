@@ -88,7 +88,19 @@ class CateModel(Model):
         return [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in outputs.items()]
 
     def stop(self) -> None:
-        """Server shutdown (SIGTERM included): write what the event log still holds."""
+        """KServe's unload, which its SIGTERM handler calls at once, before the requests in flight
+        have been answered: the event log stays open for them and their shadows (it closed here
+        before, and the last shadows' records were lost); `drain` closes it at the server's end."""
+
+    async def drain(self) -> None:
+        """At the server's shutdown, once no request is in flight: wait for the shadows still
+        scoring (their timeout at most), then write what the event log holds and close it."""
+        if self._shadow_tasks:
+            await asyncio.wait(set(self._shadow_tasks), timeout=self.routing.timeout_seconds + 1.0)
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Write what the event log still holds and stop its writer (once; again does nothing)."""
         if self.event_log is not None:
             self.event_log.close()
 

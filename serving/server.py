@@ -4,6 +4,7 @@ predictor container of an InferenceService.
     serve(build_model(store="./tauforge-store", model="tauforge-model"), port=8080)
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -78,7 +79,10 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     # does, its event log written; before, it killed the process and the buffered rows with it.
     # A new version is served by a restart (docs/runbook.md).
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    server.start([model])
+    try:
+        server.start([model])
+    finally:
+        model.close()  # drained at the REST server's shutdown already, unless it never got there
 
 
 def check_ports(host: str, port: int, grpc_port: int) -> None:
@@ -145,6 +149,18 @@ def _rest_server(host: str, model):
             super()._add_middlewares(app)
             app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES, on_refused=model.count_bad_request)
             app.add_middleware(NoRepositoryRoutes)
+
+        def _register_endpoints(self, app):
+            super()._register_endpoints(app)
+            serving = app.router.lifespan_context
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                async with serving(app) as state:
+                    yield state
+                await model.drain()  # uvicorn's shutdown, after the requests in flight
+
+            app.router.lifespan_context = lifespan
 
         def _add_exception_handlers(self, app):
             super()._add_exception_handlers(app)

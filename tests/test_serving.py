@@ -389,6 +389,21 @@ def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_
     dropped = event_log.DROPPED_ROWS._value.get()
     log.close()
     assert event_log.DROPPED_ROWS._value.get() - dropped == 1 and event_log.BACKLOG_ROWS._value.get() == 0
+    assert log.lost_rows == 36  # this log's own count, which `tauforge serve` exits by
+
+
+def test_a_server_whose_event_log_lost_records_exits_non_zero_saying_so(store, tmp_path):
+    # An interrupt review: it logged "they are lost", then exited 0, so a pod's end looked clean.
+    log_dir = tmp_path / "events"
+    log_dir.mkdir()
+    (log_dir / f"model={MODEL}").write_text("a file where the partition folder goes")  # every write fails
+    server = tauforge_serve(store, "--version", "1", log_dir=str(log_dir))
+    try:
+        assert server.v1(rows_for(3).tolist())[0] == 200
+    finally:
+        code = server.stop()
+    assert code == 1, server.log_text()
+    assert "tauforge serve: failed: the event log lost 3 records it could not write" in server.log_text()
 
 
 def test_a_batch_the_log_cannot_write_whole_leaves_no_file_so_its_retry_logs_each_record_once(tmp_path):
@@ -589,6 +604,23 @@ def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault)
         # An ops review: a shadow that always failed had no request series, so the error-rate
         # alert (errors over requests and errors) had nothing to divide and never fired.
         assert f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} 0.0' in text
+
+
+def test_sigterm_waits_for_the_shadows_in_flight_and_logs_their_records(store, tmp_path):
+    # An interrupt review: KServe's SIGTERM handler unloads the model at once, which closed the
+    # event log before the shadows still scoring had answered; their records were lost, silently.
+    # The slow challenger (tests/serving_app.py) answers after 3 s, inside its 6 s timeout.
+    port, log_dir = free_port(), str(tmp_path / "events")
+    server = Server([sys.executable, os.path.join(ROOT, "tests", "serving_app.py"), store, MODEL, str(port),
+                     log_dir, "slow"], port, log_dir)
+    try:
+        for k in range(3):
+            code, _ = server.v1(rows_for(12)[2 * k:2 * k + 2].tolist(), **{"x-request-id": f"last-{k}"})
+            assert code == 200
+    finally:
+        assert server.stop() == 0  # at once: every shadow is still asleep
+    shadow = read_events(log_dir).query("role == 'shadow'")
+    assert sorted(shadow.request_id) == sorted(f"last-{k}" for k in range(3) for _ in range(2))
 
 
 def test_exploration_answers_carry_an_action_and_its_propensity_and_the_log_keeps_them(store, tmp_path):
