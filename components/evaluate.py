@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tauforge.kernels.ate import debiased_scores
+from tauforge.kernels.ate import debiased_scores, propensity_clip
 from tauforge.kernels.progress import progress_steps
 
 from . import config, graph_checks, uplift
@@ -200,7 +200,8 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
     if spec.binary:
         stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
         if t_hat is not None:
-            e = np.clip(t_hat, MIN_PROPENSITY, 1 - MIN_PROPENSITY)
+            clip = propensity_clip(T, MIN_PROPENSITY)
+            e = np.clip(t_hat, clip, 1 - clip)
             weighted = _smd(Z, T, np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:
         # A constant column (accepted, with a warning) has no correlation: 0, not NaN.

@@ -154,6 +154,21 @@ def test_score_is_econmls_held_out_loss_near_the_truths_and_ranks_a_placebo_mode
                                                  * ours.residuals_[1]) ** 2), rel=1e-12)
 
 
+def test_a_rare_treatments_ate_stderr_is_not_below_the_efficiency_bound():
+    # A numerics review: with 1% of rows treated, propensities clipped at 0.025 shrank every row's
+    # correction; ate_stderr_ averaged 0.047 where the estimates' spread over 16 seeds was 0.120,
+    # and 95% intervals covered 11 of 16. Randomized here with P(T = 1) = 0.01 and unit noise, so
+    # no unbiased estimator's standard error is below sqrt((1 / 0.01 + 1 / 0.99) / n) = 0.112
+    # (Hahn's bound, less the effect's own variance). This fit's: 0.147.
+    d = make_causal_data("simple", n=8000, p=5, seed=100)
+    T = (np.random.default_rng(0).uniform(size=8000) < 0.01).astype(float)
+    Y = d.Y + (T - d.T) * d.tau  # the same units under the rarer treatment
+    est = CausalForestDML(n_estimators=200, random_state=0, progress=False).fit(Y, T, X=d.X)
+    assert est.ate_stderr_ > 0.9 * np.sqrt((1 / 0.01 + 1 / 0.99) / 8000), est.ate_stderr_
+    lo, hi = est.ate_interval()
+    assert lo <= d.tau.mean() <= hi
+
+
 def test_continuous_treatment_reports_the_average_partial_effect_not_the_variance_weighted_one():
     # Var(T | X) = exp(X1) and tau = 1 + X1: the average effect is 1, the variance-weighted one 2.
     d = make_causal_data("continuous_hetero", n=4000, p=5, seed=22)
