@@ -175,6 +175,9 @@ class CausalForestDML(BaseEstimator):
         if np.ptp(counted) == 0:
             raise ValueError("T is constant" + ("" if sw is None else " among the rows of positive sample_weight")
                              + ": the treatment must vary to estimate its effect")
+        if np.ptp(Y if sw is None else Y[sw > 0]) == 0:  # else every standard error is 0 (a numerics review)
+            raise ValueError("Y is constant" + ("" if sw is None else " among the rows of positive sample_weight")
+                             + ": there is no effect on it to estimate")
         self._check_inference()
         odd = isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators % 2
         if self.inference == "blb" and self.ci_group_size == "auto" and odd:  # said before the fit, not after it
@@ -184,6 +187,9 @@ class CausalForestDML(BaseEstimator):
         self.discrete_treatment_ = self._is_discrete(T)
         if not (isinstance(self.cv, (int, np.integer)) and 2 <= self.cv <= n):
             raise ValueError(f"cv must be an integer between 2 and the number of rows ({n}), got {self.cv!r}")
+        if n < 2 * self.cv:  # the nuisance models' own validation split needs two rows of a fold
+            raise ValueError(f"Y has {n} rows; cross-fitting with cv={self.cv} needs at least 2 a fold "
+                             f"({2 * self.cv} rows; a useful fit, hundreds)")
         if not 0 < self.min_propensity < 0.5:
             raise ValueError(f"min_propensity must be in (0, 0.5), got {self.min_propensity}")
         if self.discrete_treatment_:

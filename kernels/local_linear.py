@@ -65,6 +65,11 @@ def n_moments(d: int) -> int:
     return D * (D + 1) // 2 + D
 
 
+# Below this many rows, "auto" chooses no covariates (the lasso's 5-fold cross-validation needs
+# rows in every fold, and a correction fit on so few would only add variance).
+MIN_SELECTION_ROWS = 20
+
+
 def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: int,
                      sample_weight: np.ndarray | None = None) -> tuple[int, ...]:
     """The covariates a lasso of y~ on (t~, t~ X_std) keeps at the largest penalty whose
@@ -80,7 +85,7 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     X, t_res, y_res, w = X[rows], t_res[rows], y_res[rows], w[rows]
     scale = X.std(axis=0)
     usable = np.flatnonzero(scale > 0)
-    if len(usable) == 0:
+    if len(usable) == 0 or len(rows) < MIN_SELECTION_ROWS:  # too few rows to cross-validate a lasso
         return ()
     Xs = (X[:, usable] - X[:, usable].mean(axis=0)) / scale[usable]
     design = np.hstack([t_res[:, None], t_res[:, None] * Xs])

@@ -280,6 +280,12 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=5, cv=2, progress=False).fit(d.Y, d.T, X=d.X)
     with pytest.raises(ValueError, match="discrete_treatment must be True, False or 'auto', got 'yes'"):
         CausalForestDML(n_estimators=4, discrete_treatment="yes").fit(d.Y, d.T, X=d.X)
+    # A numerics review: a constant outcome gave standard errors of 0, and 3 rows an error from
+    # deep inside scikit-learn ("the resulting train set will be empty").
+    with pytest.raises(ValueError, match="Y is constant: there is no effect on it to estimate"):
+        CausalForestDML(n_estimators=4).fit(np.full(300, 2.0), d.T, X=d.X)
+    with pytest.raises(ValueError, match=r"Y has 3 rows; cross-fitting with cv=2 needs at least 2 a fold \(4 rows"):
+        CausalForestDML(n_estimators=4, cv=2).fit(d.Y[:3], d.X[:3, 0], X=d.X[:3])
     with pytest.raises(ValueError, match="X contains infinite values .first at row 3, column 0."):
         X = d.X.copy()
         X[3, 0], X[5, 1] = np.inf, np.nan  # the message names what the first bad cell holds
