@@ -119,6 +119,9 @@ class _HistGradientBoosting(BaseEstimator):
         self.trees_ = _Trees(int(self.max_depth), dev)
         self.validation_scores_ = []
         best, since_best = np.inf, 0
+        # The tolerance is relative to the baseline's validation loss: absolute, it stopped early an
+        # outcome of standard deviation 1e-4, whose whole loss is 1e-8 (a numerics review).
+        tol = self.tol * self._loss_value(raw[va], y_t[va], w_t[va]) if stop_early else 0.0
         n_bins = int(self.binner_.n_bins_.max())
         for it in range(int(self.max_iter)):
             g, h = self._gradients(raw[tr], y_t[tr], w_t[tr])
@@ -128,7 +131,7 @@ class _HistGradientBoosting(BaseEstimator):
             if stop_early:
                 score = self._loss_value(raw[va], y_t[va], w_t[va])
                 self.validation_scores_.append(score)
-                if score < best - self.tol:
+                if score < best - tol:
                     best, since_best = score, 0
                 else:
                     since_best += 1
@@ -211,7 +214,8 @@ class _HistGradientBoosting(BaseEstimator):
 class HistGradientBoostingRegressor(RegressorMixin, _HistGradientBoosting):
     """Squared-error boosting. Parameters as scikit-learn's HistGradientBoostingRegressor where
     they exist: learning_rate, max_iter, max_bins, early_stopping ('auto': on above 10,000 rows),
-    validation_fraction, n_iter_no_change, tol, l2_regularization; trees grow level-wise to
+    validation_fraction, n_iter_no_change, tol (here relative to the constant baseline's validation
+    loss, so the target's units do not matter), l2_regularization; trees grow level-wise to
     max_depth (default 6; scikit-learn grows best-first to 31 leaves); min_child_weight is the
     minimum hessian (row count for squared error) of a child."""
 

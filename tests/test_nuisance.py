@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from tauforge.kernels import nuisance
@@ -39,6 +40,30 @@ def test_additive_part_follows_a_trend_to_the_edges_where_trees_alone_flatten():
     assert mse_edge < 0.25 * np.mean((trees - f_test)[edge] ** 2)
     # The trees still fit the interaction: without them the error would be about its variance, 0.24.
     assert np.mean((ours - f_test) ** 2) < 0.12
+
+
+@pytest.mark.parametrize("scale", [2.0**-14, 2.0**14])  # exact in floating point: the same trees, bit for bit
+def test_the_nuisance_models_do_not_depend_on_the_targets_units(scale):
+    # A numerics review: the boosting's early stopping took an absolute tolerance, so an outcome in
+    # units 1e4 times smaller stopped at 10 trees (y R^2 0.63 -> 0.46 on its design), and the
+    # Poisson model of t~^2 weighed its penalty by the target's units (here: 11 trees instead of
+    # 112, and 136 or 124 instead of 104).
+    from tauforge.kernels.boosting import HistGradientBoostingRegressor as EngineRegressor
+
+    X, _, y = _data(3000, 2)
+    y = y + 2 * np.sin(2 * X[:, 1] * X[:, 2])
+    X_test = _data(500, 3)[0]
+    for model in (AdditiveBoostingRegressor(**_SMOOTH_BOOSTING, random_state=0),
+                  AdditiveBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=0),
+                  EngineRegressor(early_stopping=True, random_state=0, device="cpu")):
+        target = y**2 if getattr(model, "loss", "") == "poisson" else y
+        base = clone(model).fit(X, target)
+        scaled = clone(model).fit(X, scale * target)
+        np.testing.assert_allclose(scaled.predict(X_test), scale * base.predict(X_test), rtol=1e-12)
+        def trees(m):
+            return m.trees_.n_iter_ if isinstance(m, AdditiveBoostingRegressor) else m.n_iter_
+
+        assert trees(scaled) == trees(base) > 20
 
 
 def test_a_value_past_the_fits_range_is_predicted_as_at_its_edge():
