@@ -41,8 +41,10 @@ FORMAT = "tauforge.causal_forest"
 # split structure as bits, features and thresholds for splits only, leaf means as byte planes or
 # dictionaries, zlib where it pays); 4: format 3 plus a local linear correction's leaf moments
 # (written only by forests that have one, so older readers refuse them instead of ignoring the
-# correction). 1, 2 and 3 are still read.
-FORMAT_VERSION = 4
+# correction); 5: format 4 whose correction shrinks each block's slopes by its own scale
+# ("penalty": "blocks", kernels.local_linear), so a reader of 4 refuses it rather than predict with
+# the one-trace penalty. 1 to 4 are still read (4 with the one-trace penalty it was fit with).
+FORMAT_VERSION = 5
 PLAIN_FORMAT_VERSION = 3
 # Prediction works on chunks of rows (backends.LEAF_IDS_PER_CHUNK leaf ids on the numba path). The
 # torch and out-of-bag paths gather (rows, trees, 4) float64 values, 64 MB at most.
@@ -115,7 +117,9 @@ class CausalForest(BaseEstimator):
         no sample weights, training rows kept for prediction); EconML: none.
     linear_correction_ridge : float, default 0.1
         Ridge penalty on the correction's slopes, relative to the mean diagonal of the local
-        Gram matrix (grf's ll.lambda, with covariates standardized).
+        Gram matrix's block each slope belongs to, the level's or the effect's (grf's ll.lambda,
+        with covariates standardized; grf takes one mean diagonal for both, which makes a
+        continuous treatment's CATE depend on its units).
     max_bins : int, default 256
         Quantile bins per covariate (2..256). grf and EconML split on exact values.
     device : {'auto', 'cpu', 'cuda'}, default 'auto'
@@ -392,7 +396,7 @@ class CausalForest(BaseEstimator):
             if correction is not None:
                 tau, var = local_linear_estimate(backend, ids, correction.leaf_moments,
                                                  backend.asarray(z[lo:lo + chunk]), correction.ridge, group, valid,
-                                                 with_variance, monte_carlo)
+                                                 with_variance, monte_carlo, correction.penalty_blocks)
             else:
                 tau, var = backend.estimate(ids, self.forest_, group, with_variance, valid, monte_carlo)
             taus.append(backend.to_numpy(tau))

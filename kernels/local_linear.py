@@ -8,8 +8,12 @@ of it and the fit is biased. The correction adds slopes in chosen covariates Z:
 
     y~_i = mu + (Z_i - z) b_mu + t~_i (tau + (Z_i - z) b_tau)
 
-fit with the same weights and a ridge penalty lambda * trace(M) / D on the slopes (M the weighted
-Gram matrix, D = 2 d + 2 coefficients, d = len(Z)); tau is the corrected CATE.
+fit with the same weights and a ridge penalty on the slopes (M the weighted Gram matrix, D = 2 d
++ 2 coefficients, d = len(Z)): lambda LEVEL_PENALTY times the mean diagonal of M's (1, Z) block on
+b_mu, lambda EFFECT_PENALTY times the mean diagonal of its (t~, t~ Z) block on b_tau, so that the
+estimate does not depend on T's units (grf's, and this module's before format 5 of the saved
+forest, one lambda trace(M) / D for both, mixed T's units into the level's penalty); tau is the
+corrected CATE.
 
 Its normal equations need only forest-weighted means of u u' and u y, u = (1, Z, t~, t~ Z), and a
 forest-weighted mean is the mean over trees of leaf means. So each leaf keeps the means of those
@@ -50,6 +54,10 @@ MAX_AUTO_VARIABLES = 4
 AUTO_MAX_LEAF_MOMENT_BYTES = 1 << 30
 SELECTION_ROWS = 50_000  # rows the lasso of 'auto' sees at most (a seeded subsample)
 DEFAULT_RIDGE = 0.1
+# The ridge's multipliers for the level's Z slopes and the effect's t~ Z slopes, each relative to
+# its own block of M (`local_linear_estimate`).
+LEVEL_PENALTY = 0.6
+EFFECT_PENALTY = 3.0
 
 
 def leaf_moment_bytes_bound(n_trees: int, estimation_rows: int, min_samples_leaf: float, d: int) -> int:
@@ -119,6 +127,7 @@ class LocalLinearCorrection:
     scale: np.ndarray  # float64 [d]
     ridge: float
     leaf_moments: np.ndarray  # float32 [leaves, K]
+    penalty_blocks: bool = True  # False in models saved before the per-block penalty
 
     def design(self, X: np.ndarray) -> np.ndarray:
         """Standardized correction covariates of rows X (n, p) -> (n, d), clipped at DESIGN_LIMIT."""
@@ -148,14 +157,14 @@ class LocalLinearCorrection:
         return {"ll_leaf_moments": self.leaf_moments, "ll_center": self.center, "ll_scale": self.scale}
 
     def to_json(self) -> dict:
-        return {"variables": list(self.variables), "ridge": self.ridge}
+        return {"variables": list(self.variables), "ridge": self.ridge, "penalty": "blocks"}
 
     @classmethod
     def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray], n_leaves: int) -> LocalLinearCorrection:
         variables = tuple(int(v) for v in meta["variables"])
         correction = cls(variables, np.asarray(arrays["ll_center"], dtype=np.float64),
                          np.asarray(arrays["ll_scale"], dtype=np.float64), float(meta["ridge"]),
-                         np.asarray(arrays["ll_leaf_moments"], dtype=np.float32))
+                         np.asarray(arrays["ll_leaf_moments"], dtype=np.float32), meta.get("penalty") == "blocks")
         K = n_moments(len(variables))
         if correction.leaf_moments.shape != (n_leaves, K) or correction.center.shape != (len(variables),) \
                 or correction.scale.shape != (len(variables),):
@@ -167,12 +176,12 @@ class LocalLinearCorrection:
     def merge(parts: list[LocalLinearCorrection]) -> LocalLinearCorrection:
         first = parts[0]
         return LocalLinearCorrection(first.variables, first.center, first.scale, first.ridge,
-                                     np.concatenate([p.leaf_moments for p in parts]))
+                                     np.concatenate([p.leaf_moments for p in parts]), first.penalty_blocks)
 
 
 def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, ridge: float, ci_group_size: int,
                           valid: Any | None = None, with_variance: bool = True,
-                          monte_carlo: bool = False) -> tuple[Any, Any | None]:
+                          monte_carlo: bool = False, penalty_blocks: bool = True) -> tuple[Any, Any | None]:
     """Corrected tau and its variance per row from the rows' leaves `ids` (rows, trees), the
     forest's leaf moments (leaves, K) and the rows' standardized covariates z (rows, d), on
     `backend` (kernels.backends: its leaf_means and leaf_scores walk the (rows, trees, K) moments
@@ -193,10 +202,21 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     M_raw = _symmetric(A[:, :n_tri], iu, D)
     M = C @ M_raw @ C.swapaxes(1, 2)
     r = (C @ A[:, n_tri:, None])[..., 0]
-    penalized = xp.ones(D, **like)
-    penalized[0] = penalized[d + 1] = 0.0  # intercept and effect: only the slopes are shrunk
-    trace = xp.einsum("rii->r", M) / D
-    M_pen = M + (ridge * trace[:, None] * penalized)[:, :, None] * xp.eye(D, **like)
+    if penalty_blocks:
+        # Each block's slopes shrunk relative to that block's own scale: the Z slopes of the level
+        # by the mean of M's (1, Z) diagonal, the t~ Z slopes of the effect by the mean of its
+        # (t~, t~ Z) diagonal, which carries T's units squared; so the estimate does not depend on
+        # T's units (one trace mixed both: a numerics review).
+        diagonal = xp.einsum("rii->ri", M)
+        level, effect = diagonal[:, :d + 1].mean(1), diagonal[:, d + 1:].mean(1)
+        weights = xp.zeros((rows, D), **like)
+        weights[:, 1:d + 1] = (ridge * LEVEL_PENALTY * level)[:, None]
+        weights[:, d + 2:] = (ridge * EFFECT_PENALTY * effect)[:, None]
+    else:  # models saved before 2026-12-06: one trace for both blocks
+        penalized = xp.ones(D, **like)
+        penalized[0] = penalized[d + 1] = 0.0  # intercept and effect: only the slopes are shrunk
+        weights = ridge * (xp.einsum("rii->r", M) / D)[:, None] * penalized
+    M_pen = M + weights[:, :, None] * xp.eye(D, **like)
     theta = xp.linalg.solve(M_pen, r[..., None])[..., 0]
     tau = theta[:, d + 1]
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):

@@ -8,7 +8,14 @@ from test_accuracy import interval_score
 
 from tauforge.kernels import CausalForest
 from tauforge.kernels.backends import get_backend
-from tauforge.kernels.local_linear import LocalLinearCorrection, local_linear_estimate, n_moments, select_variables
+from tauforge.kernels.local_linear import (
+    EFFECT_PENALTY,
+    LEVEL_PENALTY,
+    LocalLinearCorrection,
+    local_linear_estimate,
+    n_moments,
+    select_variables,
+)
 from tauforge.kernels.prediction import forest_estimate
 
 
@@ -51,6 +58,8 @@ def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_we
     forest = _forest(n_estimators=20, linear_correction_variables=[0, 2], linear_correction_ridge=0.3).fit(X, t, y)
     X_test = _steep(25, 3)[0]
     got = forest.predict(X_test)
+    forest.linear_correction_.penalty_blocks = False  # as models saved before the per-block penalty
+    got_before = forest.predict(X_test)
     samples = forest._sampler(len(t)).trees(0, 10)
     train_leaf = forest._backend.leaf_ids(forest._codes(X), forest.forest_)
     test_leaf = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
@@ -64,9 +73,32 @@ def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_we
         dz = Z - Z_test[k]
         design = np.hstack([np.ones((len(t), 1)), dz, t[:, None], t[:, None] * dz])
         M = design.T @ (alpha[:, None] * design)
-        penalty = 0.3 * np.trace(M) / 6 * np.array([0, 1, 1, 0, 1, 1])
+        # Each block's slopes by its own diagonal: (1, Z) for the level, (t~, t~ Z) for the effect.
+        level, effect = np.diag(M)[:3].mean(), np.diag(M)[3:].mean()
+        penalty = 0.3 * np.array([0, LEVEL_PENALTY * level, LEVEL_PENALTY * level,
+                                  0, EFFECT_PENALTY * effect, EFFECT_PENALTY * effect])
         theta = np.linalg.solve(M + np.diag(penalty), design.T @ (alpha * y))
         assert got[k] == pytest.approx(theta[3], rel=1e-4, abs=1e-4)
+        penalty = 0.3 * np.trace(M) / 6 * np.array([0, 1, 1, 0, 1, 1])  # one trace for both
+        theta = np.linalg.solve(M + np.diag(penalty), design.T @ (alpha * y))
+        assert got_before[k] == pytest.approx(theta[3], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("units", [1e-3, 1e3])
+def test_the_corrected_effect_does_not_depend_on_the_treatments_units(units):
+    # A numerics review: one trace mixed the level's unit-free block with the effect's, in T's
+    # units squared, so a continuous treatment's CATE moved by up to 27% with T's units (1e-3).
+    X, t, y, _ = _steep(1500, 4)
+    t = t + np.random.default_rng(4).normal(scale=0.8, size=len(t))  # continuous
+    X_test = _steep(300, 5)[0]
+    base = _forest(linear_correction_variables=[0, 1]).fit(X, t, y)
+    scaled = _forest(linear_correction_variables=[0, 1]).fit(X, units * t, y)
+    tau, var = base.predict_and_var(X_test)
+    tau_scaled, var_scaled = scaled.predict_and_var(X_test)
+    np.testing.assert_allclose(units * tau_scaled, tau, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(units**2 * var_scaled, var, rtol=1e-3)
+    scaled.linear_correction_.penalty_blocks = False  # the one-trace penalty moves with the units
+    assert np.abs(units * scaled.predict(X_test) - tau).max() > 0.01
 
 
 def test_both_backends_give_the_corrected_estimate_and_its_variance():
@@ -144,7 +176,16 @@ def test_saved_and_loaded_the_correction_predicts_the_same(tmp_path):
     import json
 
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["format_version"] == 4 and meta["linear_correction"]["variables"] == [0]
+    assert meta["format_version"] == 5 and meta["linear_correction"] == {"variables": [0], "ridge": 0.1,
+                                                                         "penalty": "blocks"}
+    # A model of format 4 (before the per-block penalty) predicts as it was fit to.
+    from tauforge.kernels.serialization import sha256_json
+
+    meta["format_version"] = 4
+    del meta["linear_correction"]["penalty"]
+    meta["meta_sha256"] = sha256_json(meta, "meta_sha256")  # as format 4 wrote it, checksummed
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    assert not CausalForest.load(tmp_path / "m").linear_correction_.penalty_blocks
     plain = _forest().fit(X, t, y)
     plain.save(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "model.json").read_text())["format_version"] == 3
