@@ -59,11 +59,23 @@ class GCVRidge(RegressorMixin, BaseEstimator):
         sqrt_w = np.sqrt(w)
         Xc = (X - x_mean) * sqrt_w[:, None]
         yc = (y - y_mean) * sqrt_w
-        eigenvalues, V = np.linalg.eigh(Xc.T @ Xc)
-        # Round-off leaves null directions of a rank-deficient design (the splines span each
-        # linear column) slightly negative; their Z columns are zero either way.
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
-        Z = Xc @ V
+        if Xc.shape[0] < Xc.shape[1]:
+            # Fewer rows than columns (many covariates, each with its splines): the rows' Gram
+            # matrix has the same nonzero eigenvalues, and its eigendecomposition costs rows^3,
+            # not columns^3 (p = 500 covariates, 9,000 columns: 9.6 s a fit; a numerics review).
+            # The ridge's solution lies in the rows' span, so the null directions can be dropped.
+            eigenvalues, U = np.linalg.eigh(Xc @ Xc.T)
+            kept = eigenvalues > eigenvalues.max() * 1e-12 if eigenvalues.max() > 0 else eigenvalues > 0
+            eigenvalues, U = eigenvalues[kept], U[:, kept]
+            root = np.sqrt(eigenvalues)
+            Z = U * root
+            V = (Xc.T @ U) / root
+        else:
+            eigenvalues, V = np.linalg.eigh(Xc.T @ Xc)
+            # Round-off leaves null directions of a rank-deficient design (the splines span each
+            # linear column) slightly negative; their Z columns are zero either way.
+            eigenvalues = np.clip(eigenvalues, 0.0, None)
+            Z = Xc @ V
         del Xc
         Z_y = Z.T @ yc
         Z2 = np.square(Z)
