@@ -88,9 +88,9 @@ class CateModel(Model):
         return [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in outputs.items()]
 
     def stop(self) -> None:
-        """KServe's unload, which its SIGTERM handler calls at once, before the requests in flight
-        have been answered: the event log stays open for them and their shadows (it closed here
-        before, and the last shadows' records were lost); `drain` closes it at the server's end."""
+        """KServe's unload. Nothing to do: the event log is closed by `drain`, once the servers have
+        stopped answering (`serving.server`; closed here, at KServe's SIGTERM, it lost the last
+        shadows' records)."""
 
     async def drain(self) -> None:
         """At the server's shutdown, once no request is in flight: wait for the shadows still
