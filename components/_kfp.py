@@ -34,6 +34,7 @@ else:  # inside a running task (_KFP_RUNTIME=true) kfp.dsl has no decorators, an
         return func
 
     def _exit_on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second would cut the cleanup short
         raise SystemExit(128 + signum)
 
     # A task stopped with SIGTERM (a pod deleted, an interrupted local run) unwinds instead of

@@ -200,7 +200,7 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
     if spec.binary:
         stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
         if t_hat is not None:
-            clip = propensity_clip(T, MIN_PROPENSITY)
+            clip = propensity_clip(T, MIN_PROPENSITY, a["sample_weight"])  # the model's clip
             e = np.clip(t_hat, clip, 1 - clip)
             weighted = _smd(Z, T, np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:

@@ -19,8 +19,9 @@ import numpy as np
 
 from .progress import progress_bar
 
-# Propensities are clipped to [MIN_PROPENSITY, 1 - MIN_PROPENSITY] in the doubly robust score:
-# CausalForestDML's default, and what every step that re-estimates the ATE uses. A fitted
+# Propensities are clipped to [MIN_PROPENSITY, 1 - MIN_PROPENSITY] in the doubly robust score
+# (closer to 0 and 1 for a rare arm: `propensity_clip`): CausalForestDML's default, and what every
+# step that re-estimates the ATE uses. A fitted
 # propensity near 0 or 1 is mostly the model's error (the default least-squares one reaches its
 # 0.001 floor where the truth is 0.03): clipped at 0.01 such rows weighed up to 100. At 0.025
 # the ATE's error fell 13-44% on four designs of five (the fifth's propensities never reach the
@@ -29,7 +30,8 @@ from .progress import progress_bar
 MIN_PROPENSITY = 0.025
 # A continuous treatment's fitted variance V(x) is floored at this share of the mean t~^2, so a
 # few rows where the model underestimates it cannot dominate the average. The binary analogue:
-# e (1 - e) with e clipped to [0.025, 0.975] is at least 10% of its largest value.
+# e (1 - e) with e clipped to [0.025, 0.975] is at least 10% of its largest value (less for a
+# rare arm, whose clip is lower).
 MIN_VARIANCE_SHARE = 0.05
 
 

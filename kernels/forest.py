@@ -45,6 +45,7 @@ FORMAT = "tauforge.causal_forest"
 # ("penalty": "blocks", kernels.local_linear), so a reader of 4 refuses it rather than predict with
 # the one-trace penalty. 1 to 4 are still read (4 with the one-trace penalty it was fit with).
 FORMAT_VERSION = 5
+ONE_TRACE_FORMAT_VERSION = 4  # a format-4 forest saved again keeps its format, and its penalty
 PLAIN_FORMAT_VERSION = 3
 # Prediction works on chunks of rows (backends.LEAF_IDS_PER_CHUNK leaf ids on the numba path). The
 # torch and out-of-bag paths gather (rows, trees, 4) float64 values, 64 MB at most.
@@ -494,7 +495,8 @@ class CausalForest(BaseEstimator):
         params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items() if k != "progress"}
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
-        version = FORMAT_VERSION if correction is not None else PLAIN_FORMAT_VERSION
+        version = (PLAIN_FORMAT_VERSION if correction is None
+                   else FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
                 "max_depth_grown": self.forest_.max_depth, "device": str(self.device_),

@@ -157,7 +157,8 @@ class LocalLinearCorrection:
         return {"ll_leaf_moments": self.leaf_moments, "ll_center": self.center, "ll_scale": self.scale}
 
     def to_json(self) -> dict:
-        return {"variables": list(self.variables), "ridge": self.ridge, "penalty": "blocks"}
+        return {"variables": list(self.variables), "ridge": self.ridge,
+                **({"penalty": "blocks"} if self.penalty_blocks else {})}
 
     @classmethod
     def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray], n_leaves: int) -> LocalLinearCorrection:

@@ -639,7 +639,7 @@ class RunInterrupted(KeyboardInterrupt):
 # outlives a signal to the shell, so tasks ran on, and a publish task published after its run had
 # died (an interrupt review, 2026-12-05).
 _LIVE_TASKS: set = set()
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler takes it in a thread that may hold it
 _STOPPING = threading.Event()  # set by a signal: no task starts after it
 STOP_GRACE_SECONDS = 10.0  # from SIGTERM to SIGKILL: a task's cleanup (publish's staging) runs in it
 
@@ -653,12 +653,16 @@ def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> 
     process = subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                env={**os.environ, **env_vars} if env_vars else None, start_new_session=True)
     with _LIVE_LOCK:
-        _LIVE_TASKS.add(process)  # kept until the run ends: its group may outlive it
+        _LIVE_TASKS.add(process)
+    if _STOPPING.is_set():  # a signal came between the start and the line above: stopped all the same
+        _signal_group(process.pid, signal.SIGTERM)
     for line in iter(process.stdout.readline, ""):
         print(line, end="")
     process.stdout.close()  # here, not on an interrupt: a task stopping may still write its last lines
     print("\n")
     code = process.wait()
+    with _LIVE_LOCK:
+        _LIVE_TASKS.discard(process)
     signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
     if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
         print(f"{STOPPED_BY}stopped by {signal.Signals(signum).name}"
@@ -666,15 +670,20 @@ def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> 
     return code
 
 
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):  # gone already
+        os.killpg(pid, signum)  # the group: the task's children too
+
+
 def _signal_tasks(signum: int) -> None:
     with _LIVE_LOCK:
         live = list(_LIVE_TASKS)
     for task in live:
-        with contextlib.suppress(Exception):  # gone already
-            if isinstance(task, subprocess.Popen):
-                os.killpg(task.pid, signum)  # the group: the task's children too, when the task is gone
-            else:  # a docker container: its first process ignores SIGTERM unless it handles it
-                task.kill(signal="SIGKILL" if signum == signal.SIGKILL else "SIGTERM")
+        if isinstance(task, subprocess.Popen):
+            _signal_group(task.pid, signum)
+        else:  # a docker container: its first process, a shell, ignores SIGTERM, so it is killed
+            with contextlib.suppress(Exception):
+                task.kill()
 
 
 def _tasks_running() -> bool:
@@ -683,9 +692,8 @@ def _tasks_running() -> bool:
 
 
 def _stop_tasks(grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM to every task, up to `grace` seconds for them to end (a task's cleanup runs), then
-    SIGKILL to whatever is left of them."""
-    _signal_tasks(signal.SIGTERM)
+    """After the signal's SIGTERM: up to `grace` seconds for the tasks to end (their cleanup runs;
+    a second SIGTERM would cut it short), then SIGKILL to whatever is left of them."""
     deadline = time.monotonic() + grace
     while _tasks_running() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -705,12 +713,21 @@ def _tasks_stopped_on_signals():
         yield
         return
 
+    kill_timer = None
+
     def interrupted(signum, frame):
+        nonlocal kill_timer
         if _STOPPING.is_set():  # the second: no more waiting
             _signal_tasks(signal.SIGKILL)
             return
         _STOPPING.set()
         _signal_tasks(signal.SIGTERM)
+        # kfp.local waits for its worker threads' tasks before this exception reaches the
+        # `finally` below: a task slow to stop would hold the run there, so the SIGKILL is timed
+        # from here.
+        kill_timer = threading.Timer(STOP_GRACE_SECONDS, _signal_tasks, (signal.SIGKILL,))
+        kill_timer.daemon = True
+        kill_timer.start()
         raise RunInterrupted(signum)
 
     previous = {signum: signal.signal(signum, interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -721,6 +738,8 @@ def _tasks_stopped_on_signals():
             if _STOPPING.is_set():
                 _stop_tasks()
         finally:
+            if kill_timer is not None:
+                kill_timer.cancel()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             _STOPPING.clear()

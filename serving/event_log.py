@@ -75,6 +75,7 @@ class EventLog:
         self._writer.join(self.close_timeout)
         if self._writer.is_alive():
             log.error("the event log writer did not finish within %.0f s; records may be lost", self.close_timeout)
+            self.lost_rows += max(1, int(BACKLOG_ROWS._value.get()))  # its unwritten records, at least one batch
 
     def _write_loop(self) -> None:
         buffer: list[dict] = []
@@ -123,6 +124,9 @@ class EventLog:
         if self._retry_name is not None and self._retry_name[1].date() != now.date():
             try:
                 remove_events(records, self.directory, *self._retry_name)
+            except PermissionError as exc:  # a store that takes writes but no deletes: say so, and go on
+                log.warning("could not remove an earlier attempt's event-log files in %s (%s); if one was stored "
+                            "after all, its records are logged twice", self.directory, exc)
             except Exception as exc:  # noqa: BLE001 (still unreachable: keep the old name, retry later)
                 WRITE_ERRORS.inc()
                 self._failed_writes += 1

@@ -185,7 +185,12 @@ def test_saved_and_loaded_the_correction_predicts_the_same(tmp_path):
     del meta["linear_correction"]["penalty"]
     meta["meta_sha256"] = sha256_json(meta, "meta_sha256")  # as format 4 wrote it, checksummed
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
-    assert not CausalForest.load(tmp_path / "m").linear_correction_.penalty_blocks
+    old = CausalForest.load(tmp_path / "m")
+    assert not old.linear_correction_.penalty_blocks
+    old.save(tmp_path / "again")  # saved again, still format 4: its predictions do not change
+    again = CausalForest.load(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "model.json").read_text())["format_version"] == 4
+    np.testing.assert_array_equal(again.predict(X_test), old.predict(X_test))
     plain = _forest().fit(X, t, y)
     plain.save(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "model.json").read_text())["format_version"] == 3

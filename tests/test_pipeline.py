@@ -391,9 +391,11 @@ def test_an_interrupted_run_says_the_version_its_publish_step_published(runs):
 def test_a_task_stopped_with_sigterm_runs_its_cleanup(tmp_path):
     # What a pod's deletion or an interrupted run sends a task: it must unwind (publish removes its
     # staging folder and temporary copy in `finally`), not vanish.
-    body = ("import os, signal, tauforge.components._kfp\n"
-            "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    import time; time.sleep(30)\n"
-            "finally:\n    open('cleaned', 'w').close()\n")
+    # A second SIGTERM (the run's, after the pod's) must not cut the cleanup short (a review).
+    body = ("import os, signal, time, tauforge.components._kfp\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\n"
+            "finally:\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.2)\n"
+            "    open('cleaned', 'w').close()\n")
     out = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, _KFP_RUNTIME="true"))
     assert out.returncode == 128 + signal.SIGTERM and (tmp_path / "cleaned").exists(), out.stderr

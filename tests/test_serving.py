@@ -467,6 +467,32 @@ def test_a_batch_retried_past_midnight_takes_a_new_name_only_once_its_old_files_
     assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(4)]  # each once
 
 
+def test_a_store_that_refuses_deletes_does_not_stall_the_log_past_midnight(tmp_path, monkeypatch, caplog):
+    # A review: on an append-only bucket the removal above fails for ever, and the log stalled. A
+    # fake stands in for the bucket's policy (a 403 on delete, which fsspec raises as
+    # PermissionError; root ignores a local folder's permissions): the batch is renamed and written,
+    # with a warning that it may be logged twice.
+    import datetime
+
+    from tauforge.serving import event_log
+
+    def refused(*args):
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr(event_log, "remove_events", refused)
+    records = [event_record(time=0.0, request_id="r0", row=0, unit_id=None, model=MODEL, version=1,
+                            role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})]
+    log = EventLog(str(tmp_path), rotate_rows=10**6, rotate_seconds=3600)
+    try:
+        log._seq, log._retry_name = 1, (1, datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1))
+        with caplog.at_level("WARNING", logger="tauforge.serving"):
+            assert log._write(records) == []
+        assert "its records are logged twice" in caplog.text
+    finally:
+        log.close()
+    assert list(read_events(str(tmp_path)).request_id) == ["r0"]
+
+
 def test_metrics_carry_model_version_and_role_labels(single):
     single.v1([[0.0] * 5])
     _, text = single.get("/metrics")
