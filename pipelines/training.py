@@ -641,6 +641,7 @@ class RunInterrupted(KeyboardInterrupt):
 _LIVE_TASKS: set = set()
 _LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler takes it in a thread that may hold it
 _STOPPING = threading.Event()  # set by a signal: no task starts after it
+_GUARDED = threading.Event()  # set while `_tasks_stopped_on_signals` holds the signals: tasks get groups
 STOP_GRACE_SECONDS = 10.0  # from SIGTERM to SIGKILL: a task's cleanup (publish's staging) runs in it
 
 
@@ -651,7 +652,8 @@ def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> 
     if _STOPPING.is_set():
         return 128 + signal.SIGTERM
     process = subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               env={**os.environ, **env_vars} if env_vars else None, start_new_session=True)
+                               env={**os.environ, **env_vars} if env_vars else None,
+                               start_new_session=_GUARDED.is_set())  # else a terminal's Ctrl-C still reaches it
     with _LIVE_LOCK:
         _LIVE_TASKS.add(process)
     if _STOPPING.is_set():  # a signal came between the start and the line above: stopped all the same
@@ -731,6 +733,7 @@ def _tasks_stopped_on_signals():
         raise RunInterrupted(signum)
 
     previous = {signum: signal.signal(signum, interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    _GUARDED.set()
     try:
         yield
     finally:
@@ -742,6 +745,7 @@ def _tasks_stopped_on_signals():
                 kill_timer.cancel()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            _GUARDED.clear()
             _STOPPING.clear()
             with _LIVE_LOCK:
                 _LIVE_TASKS.clear()
