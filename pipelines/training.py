@@ -693,16 +693,18 @@ def _tasks_running() -> bool:
         return any(not isinstance(task, subprocess.Popen) or task.poll() is None for task in _LIVE_TASKS)
 
 
+def _wait_for_tasks(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while _tasks_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _stop_tasks(grace: float = STOP_GRACE_SECONDS) -> None:
     """After the signal's SIGTERM: up to `grace` seconds for the tasks to end (their cleanup runs;
     a second SIGTERM would cut it short), then SIGKILL to whatever is left of them."""
-    deadline = time.monotonic() + grace
-    while _tasks_running() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_tasks(grace)
     _signal_tasks(signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while _tasks_running() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_tasks(grace)
 
 
 @contextlib.contextmanager

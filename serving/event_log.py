@@ -46,6 +46,7 @@ class EventLog:
             os.makedirs(directory, exist_ok=True)
         self.files_written: list[str] = []
         self.lost_rows = 0  # records dropped past the backlog or unwritten at close (DROPPED_ROWS, per log)
+        self._backlog = 0  # records not yet written (BACKLOG_ROWS, per log)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
         self._failed_writes = 0  # since the last write that succeeded
@@ -75,7 +76,7 @@ class EventLog:
         self._writer.join(self.close_timeout)
         if self._writer.is_alive():
             log.error("the event log writer did not finish within %.0f s; records may be lost", self.close_timeout)
-            self.lost_rows += max(1, int(BACKLOG_ROWS._value.get()))  # its unwritten records, at least one batch
+            self.lost_rows += max(1, self._backlog)  # its unwritten records, at least one batch
 
     def _write_loop(self) -> None:
         buffer: list[dict] = []
@@ -93,12 +94,12 @@ class EventLog:
                     DROPPED_ROWS.inc(len(buffer) - self.max_backlog_rows)
                     self.lost_rows += len(buffer) - self.max_backlog_rows
                     buffer = buffer[-self.max_backlog_rows:]
-                BACKLOG_ROWS.set(len(buffer))
+                self._set_backlog(len(buffer))
                 due = time.monotonic() + self.rotate_seconds if due is None else due
                 if len(buffer) < self.rotate_rows or (pause and time.monotonic() < due):
                     continue  # not full yet, or still pausing after a failure
             buffer = self._write(buffer)
-            BACKLOG_ROWS.set(len(buffer))
+            self._set_backlog(len(buffer))
             pause = min(2 * pause or 1.0, MAX_RETRY_SECONDS) if buffer else 0.0
             due = (time.monotonic() + pause) if buffer else None
             if isinstance(item, threading.Event):
@@ -110,8 +111,19 @@ class EventLog:
                               len(buffer), self.directory)
                     DROPPED_ROWS.inc(len(buffer))
                     self.lost_rows += len(buffer)
-                BACKLOG_ROWS.set(0)
+                self._set_backlog(0)
                 return
+
+    def _set_backlog(self, rows: int) -> None:
+        self._backlog = rows
+        BACKLOG_ROWS.set(rows)
+
+    def _kept(self, records: list[dict], failure: str, exc: Exception) -> list[dict]:
+        """A failed attempt, counted and said: the records are kept for the next one."""
+        WRITE_ERRORS.inc()
+        self._failed_writes += 1
+        log.warning("%s (%s: %s); keeping %d records and retrying", failure, type(exc).__name__, exc, len(records))
+        return records
 
     def _write(self, records: list[dict]) -> list[dict]:
         """Write records as one file; an empty buffer back (records are kept if writing fails)."""
@@ -128,11 +140,8 @@ class EventLog:
                 log.warning("could not remove an earlier attempt's event-log files in %s (%s); if one was stored "
                             "after all, its records are logged twice", self.directory, exc)
             except Exception as exc:  # noqa: BLE001 (still unreachable: keep the old name, retry later)
-                WRITE_ERRORS.inc()
-                self._failed_writes += 1
-                log.warning("could not clear an earlier attempt's event-log files in %s (%s: %s); keeping %d "
-                            "records and retrying", self.directory, type(exc).__name__, exc, len(records))
-                return records
+                return self._kept(records, f"could not clear an earlier attempt's event-log files in {self.directory}",
+                                  exc)
             self._retry_name = None
         if self._retry_name is None:
             self._seq += 1
@@ -140,11 +149,7 @@ class EventLog:
         try:
             paths = write_events(records, self.directory, *self._retry_name)
         except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
-            WRITE_ERRORS.inc()
-            self._failed_writes += 1
-            log.warning("could not write %d event-log records to %s (%s: %s); keeping them and retrying",
-                        len(records), self.directory, type(exc).__name__, exc)
-            return records
+            return self._kept(records, f"could not write {len(records)} event-log records to {self.directory}", exc)
         self._retry_name = None
         if self._failed_writes:  # the warnings above said it stopped; this says it is whole again
             log.warning("the event log wrote the %d records it kept to %s, after %d failed attempts",
