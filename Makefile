@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py
 	$(BIN)/python tests/benchmarks/bench_accuracy.py
 	$(BIN)/python tests/benchmarks/bench_ape.py
+	$(BIN)/python tests/benchmarks/bench_groups.py
 	$(BIN)/python tests/benchmarks/bench_intervals.py
 	$(BIN)/python tests/benchmarks/bench_refuters.py
 	$(BIN)/python tests/benchmarks/bench_serving.py

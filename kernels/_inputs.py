@@ -196,6 +196,28 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     return w
 
 
+def check_groups(groups: Any, n: int) -> np.ndarray | None:
+    """`groups` (one label per row: rows of one unit, household or market; EconML's name, grf's
+    clusters) as int32 codes 0..G-1 in the order the labels sort, or None. Any labels numpy can
+    sort; missing ones (NaN, None) are refused, since a row of no group cannot be kept with its own."""
+    if groups is None:
+        return None
+    labels = groups.to_numpy() if hasattr(groups, "to_numpy") else np.asarray(groups)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"groups must have one label per row ({n}), got shape {labels.shape}")
+    missing = np.array([v is None or (isinstance(v, float) and v != v) for v in labels]) if labels.dtype == object \
+        else (np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else np.zeros(n, bool))
+    if missing.any():
+        raise ValueError(f"groups has a missing label (first at row {int(np.argmax(missing))}); give every row a group")
+    try:
+        _, codes = np.unique(labels, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(f"groups must be labels of one sortable kind (numbers or strings): {exc}") from None
+    return codes.astype(np.int32).reshape(-1)
+
+
 def resolve_device(device: Any) -> str:
     """The device's name, 'cpu' or 'cuda[:N]' (a torch.device is named by str()). 'auto' picks
     CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""

@@ -58,16 +58,18 @@ def floor_variance(v_hat: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarr
 
 def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: np.ndarray, *, discrete: bool,
                        seed: int, sample_weight: np.ndarray | None = None,
-                       min_propensity: float = MIN_PROPENSITY, progress: bool | None = False) -> np.ndarray:
+                       min_propensity: float = MIN_PROPENSITY, progress: bool | None = False,
+                       groups: np.ndarray | None = None) -> np.ndarray:
     """V(x) = Var[T | X, W] of every row, the denominator of the debiasing weights: e (1 - e) for a
     binary treatment; for a continuous one, out-of-fold predictions on the folds `fold` of a model
     of t~^2 = (T - t_hat)^2 (`nuisance.treatment_variance_model`; grf fits a regression forest to
     the same target), floored (`floor_variance`). `progress` counts its folds (`kernels.progress`).
     The model, and scikit-learn with it, loads only for a continuous treatment: the pipeline's step
-    that joins the folds needs neither for a binary one."""
+    that joins the folds needs neither for a binary one. `groups` go to the model's own validation
+    (`nuisance.fit_with_groups`)."""
     if discrete:
         return propensity_variance(t_hat, propensity_clip(T, min_propensity, sample_weight))
-    from .nuisance import treatment_variance_model
+    from .nuisance import fit_with_groups, treatment_variance_model
 
     target = (T - t_hat) ** 2
     v_hat = np.empty(len(T))
@@ -76,7 +78,9 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
         for k in folds:
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-            v_hat[test] = treatment_variance_model(seed).fit(XW[train], target[train], **kw).predict(XW[test])
+            model = fit_with_groups(treatment_variance_model(seed), XW[train], target[train],
+                                    None if groups is None else groups[train], **kw)
+            v_hat[test] = model.predict(XW[test])
             bar.update(1)
     return floor_variance(v_hat, T - t_hat, sample_weight)
 
@@ -87,26 +91,38 @@ def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var
     return tau + (y_res - tau * t_res) * t_res / t_var
 
 
+def clustered_stderr(score: np.ndarray, scale: float, groups: np.ndarray | None = None) -> float:
+    """sqrt(sum over groups of (the group's sum of `score`)^2) / scale: the sandwich standard error
+    of an estimate whose (weighted, centred) scores are `score`, with rows dependent within a
+    group (codes 0..G-1, `_inputs.check_groups`) and groups independent; each row its own group
+    without `groups`. No G / (G - 1) factor, so one row per group gives exactly the unclustered
+    value."""
+    sums = score if groups is None else np.bincount(groups, weights=score)
+    return float(np.sqrt(np.sum(sums**2)) / scale)
+
+
 def average_effect(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
-                   sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+                   sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None) -> tuple[float, float]:
     """The average effect (ATE of a binary treatment, average partial effect of a continuous one)
-    and its standard error, from the debiased scores of the out-of-bag CATE `tau`."""
+    and its standard error, from the debiased scores of the out-of-bag CATE `tau`; clustered by
+    `groups` when given (rows of a group dependent: `clustered_stderr`)."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
     psi = debiased_scores(tau, y_res, t_res, t_var)
     ate = float(np.average(psi, weights=w))
-    return ate, float(np.sqrt(np.sum(w**2 * (psi - ate) ** 2)) / w.sum())
+    return ate, clustered_stderr(w * (psi - ate), w.sum(), groups)
 
 
-def variance_weighted_effect(y_res: np.ndarray, t_res: np.ndarray,
-                             sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+def variance_weighted_effect(y_res: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None,
+                             groups: np.ndarray | None = None) -> tuple[float, float]:
     """The partially linear DML effect theta solving sum w t~ (y~ - theta t~) = 0, and its sandwich
-    standard error: E[Var(T|X) tau(X)] / E[Var(T|X)], each row's effect weighted by its treatment
-    variance: the constant effect a partially linear DML (EconML's `LinearDML` without X)
-    reports. Not the average effect E[tau(X)] unless tau or Var(T|X) is constant."""
+    standard error (clustered by `groups` when given): E[Var(T|X) tau(X)] / E[Var(T|X)], each
+    row's effect weighted by its treatment variance: the constant effect a partially linear DML
+    (EconML's `LinearDML` without X) reports. Not the average effect E[tau(X)] unless tau or
+    Var(T|X) is constant."""
     w = np.ones(len(y_res)) if sample_weight is None else sample_weight / sample_weight.mean()
     theta = float(np.sum(w * t_res * y_res) / np.sum(w * t_res**2))
     score = w * t_res * (y_res - theta * t_res)
-    return theta, float(np.sqrt(np.sum(score**2)) / np.sum(w * t_res**2))
+    return theta, clustered_stderr(score, float(np.sum(w * t_res**2)), groups)
 
 
 def oob_effect(forest, X: np.ndarray) -> np.ndarray:

@@ -89,7 +89,9 @@ class _HistGradientBoosting(BaseEstimator):
             if not ok:
                 raise ValueError(message)
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None):
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, groups: Any = None):
+        """`groups` (one label per row): early stopping holds out whole groups, so a row's
+        duplicate never validates the trees fit on it."""
         X = _inputs.to_numpy(X, "X", 2)
         y = self._encode_target(_inputs.to_numpy(y, "y", 1))
         n = _inputs.check_same_length(X=X, y=y)
@@ -103,7 +105,13 @@ class _HistGradientBoosting(BaseEstimator):
         stop_early = self.early_stopping is True or (self.early_stopping == "auto" and n > 10_000)
         seed = _inputs.seed_from(self.random_state)
         rows = np.arange(n)
-        if stop_early:
+        codes = _inputs.check_groups(groups, n)
+        if stop_early and codes is not None:
+            from .nuisance import holdout_groups
+
+            train, val = holdout_groups(codes, self.validation_fraction, seed)
+            stop_early = len(val) > 0
+        elif stop_early:
             stratify = y if self._loss == "log_loss" else None
             train, val = train_test_split(rows, test_size=self.validation_fraction, stratify=stratify,
                                           random_state=seed)

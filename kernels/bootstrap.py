@@ -58,11 +58,14 @@ FORMAT = "tauforge.bootstrap_replicates"
 INTERVALS = ("normal", "percentile", "pivot")
 
 
-def resample_weights(n: int, replicate: int, seed: int) -> np.ndarray:
+def resample_weights(n: int, replicate: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """The weight of each row in bootstrap replicate `replicate`: Exp(1) draws scaled to mean one
-    (Rubin's Bayesian bootstrap), so every row is kept, each with its own positive weight."""
+    (Rubin's Bayesian bootstrap), so every row is kept, each with its own positive weight. With
+    `groups` (codes 0..G-1) one draw per group, which all its rows take: the cluster bootstrap,
+    for rows dependent within a group (groups 0..n-1 give the rows' own draws)."""
     rng = np.random.default_rng([seed, 1009, replicate])
-    w = rng.standard_exponential(n)
+    w = rng.standard_exponential(n if groups is None else int(groups.max()) + 1)
+    w = w if groups is None else w[groups]
     return w / w.mean()
 
 
@@ -194,7 +197,7 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
                    residuals: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
                    ate: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
                    progress: bool | None = None, sample_weight: np.ndarray | None = None,
-                   batch_size: int | None = None) -> BootstrapReplicates:
+                   batch_size: int | None = None, groups: np.ndarray | None = None) -> BootstrapReplicates:
     """Replicates 0..replicates-1 (or the given range: one shard's part). `residuals(weights)`
     gives (y_res, t_res, t_var) for a replicate's weights (`resample_weights`; the main fit's
     residuals, or the nuisance models refit with those weights); `ate(weights, y_res, t_res,
@@ -203,7 +206,8 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     replicate's weights (times `sample_weight`) as sample weights. Forests are grown
     `batch_size` at a time in the same device calls (`kernels.forest.fit_forests`; default
     `forests_per_batch`: as many as fit in 1 GiB on a torch device, one on numba), on the bins
-    of X seeded with `seed`: the batch size never changes a replicate."""
+    of X seeded with `seed`: the batch size never changes a replicate. With `groups` (codes
+    0..G-1) a group's rows share their weight and the forests draw whole groups."""
     from ._inputs import resolve_device
     from .backends import get_backend
     from .binning import QuantileBinner
@@ -227,12 +231,12 @@ def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
         for lo in range(0, len(replicates), batch):
             members, targets = [], []
             for b in replicates[lo:lo + batch]:
-                weights = resample_weights(n, b, seed)
+                weights = resample_weights(n, b, seed, groups)
                 y_res, t_res, t_var = residuals(weights)
                 members.append(CausalForest(**params, random_state=replicate_seed(seed, b)))
                 targets.append((t_res, y_res, weights if sample_weight is None else weights * sample_weight))
                 ates.append(ate(weights, y_res, t_res, t_var))
-            forests += fit_forests(members, X, targets, binner, binned)
+            forests += fit_forests(members, X, targets, binner, binned, groups=groups)
             bar.update(len(members))
     return BootstrapReplicates(forests, np.array(ates, dtype=np.float64), np.array(replicates, dtype=np.int64))
 
@@ -241,13 +245,13 @@ def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
                    main_residuals: tuple[np.ndarray, np.ndarray, np.ndarray], tau_oob: np.ndarray, *,
                    refit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
                    sample_weight: np.ndarray | None = None, progress: bool | None = None,
-                   batch_size: int | None = None) -> BootstrapReplicates:
+                   batch_size: int | None = None, groups: np.ndarray | None = None) -> BootstrapReplicates:
     """The bootstrap of a DML causal forest (`CausalForestDML` and the pipeline's bootstrap
     shards): replicate forests on `refit(weights)`'s residuals (y_res, t_res, t_var), the
     nuisance models refit with the replicate's weights, or with `refit` None on the main fit's
     `main_residuals` (no nuisance uncertainty); each replicate's average effect
     (`ate.average_effect`) is on the main fit's out-of-bag CATE `tau_oob`, with the replicate's
-    weights."""
+    weights; `groups` as in `fit_replicates`."""
     base = np.ones(X.shape[0]) if sample_weight is None else sample_weight
 
     def residuals(weights):
@@ -256,4 +260,5 @@ def dml_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_par
     def ate(weights, y_res, t_res, t_var):
         return average_effect(tau_oob, y_res, t_res, t_var, sample_weight=weights * base)[0]
 
-    return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size)
+    return fit_replicates(X, replicates, seed, forest_params, residuals, ate, progress, sample_weight, batch_size,
+                          groups)

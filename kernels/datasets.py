@@ -14,6 +14,8 @@ and, beyond grf's:
               tau = 1 + X1; m = X2 + tau E[T|X]. The average effect is 1, the variance-weighted
               one E[tau Var(T|X)] / E[Var(T|X)] = 2: an estimator that weights by t~^2 shows it.
 For a binary treatment Y = m(x) + (T - e(x)) tau(x) + N(0, 1), so m = E[Y | X].
+
+`make_clustered_data`: rows in clusters (fit(..., groups=)), a cluster-randomized treatment.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CausalData:
     e: np.ndarray  # true propensity E[T | X]
     m: np.ndarray  # true E[Y | X]
     design: str
+    groups: np.ndarray | None = None  # cluster of each row (make_clustered_data)
 
     @property
     def ate(self) -> float:
@@ -90,3 +93,23 @@ def make_causal_data(design: str = "simple", n: int = 2000, p: int = 10, seed: i
     T = rng.binomial(1, e).astype(np.float64)
     Y = m + (T - e) * tau + rng.normal(size=n)
     return CausalData(X, T, Y, tau, e, m, design)
+
+
+def make_clustered_data(n_clusters: int = 100, cluster_size: int = 10, p: int = 3, seed: int | None = 0) -> CausalData:
+    """Rows in clusters that are far from independent: the treatment is assigned per cluster
+    (e = 0.5), and a cluster's rows share a shock u ~ N(0, 1) in the outcome and in the effect.
+    X = the cluster's N(0, 1) covariates plus N(0, 0.5^2) of the row's own; tau = 1 + X1 / 2
+    (the effect of the cluster's shock has mean 0); Y = X2 + T tau + u + u T + N(0, 1), so
+    m = X2 + tau / 2. With clusters of 10, the ATE's spread over seeds is about 2.5 times what
+    independent rows would give (docs/benchmarks.md, "Clustered rows")."""
+    if p < 2:
+        raise ValueError(f"p must be at least 2 for this design, got {p}")
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_clusters), cluster_size)
+    X = rng.normal(size=(n_clusters, p))[groups] + 0.5 * rng.normal(size=(len(groups), p))
+    T = rng.binomial(1, 0.5, n_clusters)[groups].astype(np.float64)
+    shock = rng.normal(size=n_clusters)[groups]
+    tau = 1 + X[:, 0] / 2
+    e = np.full(len(groups), 0.5)
+    Y = X[:, 1] + T * tau + shock + shock * T + rng.normal(size=len(groups))
+    return CausalData(X, T, Y, tau, e, X[:, 1] + e * tau, "clustered", groups)

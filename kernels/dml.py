@@ -149,15 +149,23 @@ class CausalForestDML(BaseEstimator):
         self.random_state = random_state
         self.progress = progress
 
-    def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None) -> CausalForestDML:
-        """Fit nuisance models by cross-fitting, then the causal forest on the residuals."""
+    def fit(self, Y: Any, T: Any, *, X: Any, W: Any = None, sample_weight: Any = None,
+            groups: Any = None) -> CausalForestDML:
+        """Fit nuisance models by cross-fitting, then the causal forest on the residuals.
+
+        `groups` (one label per row, or None) names rows that are not independent: repeated
+        rows of one unit, members of one household or market. A group's rows are held out
+        together in cross-fitting (EconML's `groups`), drawn together by the forest's trees
+        (grf's `clusters`), and the standard errors of `ate_` and of the CATE are those of
+        independent groups rather than rows; the full bootstrap reweights whole groups."""
         names = _inputs.feature_names(X)
-        _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight)
+        _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight, groups=groups)
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
         X = _inputs.to_numpy(X, "X", 2)
         W = None if W is None else _inputs.to_numpy(W, "W", 2)
         n = _inputs.check_same_length(Y=Y, T=T, X=X, W=W)
+        codes = _inputs.check_groups(groups, n)
         _inputs.check_has_columns(X)
         if not (isinstance(self.discrete_treatment, (bool, np.bool_)) or self.discrete_treatment == "auto"):
             raise ValueError(f"discrete_treatment must be True, False or 'auto', got {self.discrete_treatment!r}")
@@ -202,7 +210,7 @@ class CausalForestDML(BaseEstimator):
         XW = X if W is None else np.hstack([X, W])
 
         fold_models: list = []
-        y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed, models=fold_models)
+        y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed, models=fold_models, groups=codes)
         self.models_y, self.models_t = [[m for m, _ in fold_models]], [[m for _, m in fold_models]]
         self._n_controls = 0 if W is None else W.shape[1]
         self.residuals_ = (y_res, t_res)
@@ -210,17 +218,18 @@ class CausalForestDML(BaseEstimator):
         self.nuisance_scores_ = scores
 
         params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
-        self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw)
+        self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw, groups=codes)
         for fitted in (self, self.forest_):  # effect(X) checks a DataFrame's columns in the forest
             _inputs.set_feature_names(fitted, names)
         tau = oob_effect(self.forest_, X)
-        self.ate_, self.ate_stderr_ = average_effect(tau, y_res, t_res, t_var, sw)
-        self.variance_weighted_effect_, self.variance_weighted_stderr_ = variance_weighted_effect(y_res, t_res, sw)
+        self.ate_, self.ate_stderr_ = average_effect(tau, y_res, t_res, t_var, sw, codes)
+        self.variance_weighted_effect_, self.variance_weighted_stderr_ = variance_weighted_effect(y_res, t_res, sw,
+                                                                                                  codes)
         self.score_ = _final_stage_mse(y_res, t_res, tau, sw)
         self.n_features_in_ = X.shape[1]
         self.bootstrap_ = None
         if self.inference == "bootstrap":
-            self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_var), tau, params)
+            self.bootstrap_ = self._bootstrap(X, XW, Y, T, sw, seed, (y_res, t_res, t_var), tau, params, codes)
         return self
 
     def _check_inference(self) -> None:
@@ -238,9 +247,9 @@ class CausalForestDML(BaseEstimator):
             if not isinstance(self.bootstrap_nuisance, (bool, np.bool_)):
                 raise ValueError(f"bootstrap_nuisance must be True or False, got {self.bootstrap_nuisance!r}")
 
-    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, tau, params):
+    def _bootstrap(self, X, XW, Y, T, sw, seed, main_residuals, tau, params, groups):
         def refit(weights):
-            return self._residuals(XW, Y, T, weights, seed, replicate=True)[:3]
+            return self._residuals(XW, Y, T, weights, seed, replicate=True, groups=groups)[:3]
 
         correction = self.forest_.linear_correction_
         forest_params = replicate_forest_params(params, self.bootstrap_trees,
@@ -248,7 +257,7 @@ class CausalForestDML(BaseEstimator):
         return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
                               tau,  # the regression adjustment of every replicate's average effect
                               refit=refit if self.bootstrap_nuisance else None, sample_weight=sw,
-                              progress=self.progress)
+                              progress=self.progress, groups=groups)
 
     def _is_discrete(self, T: np.ndarray) -> bool:
         binary = bool(np.isin(T, (0.0, 1.0)).all())
@@ -266,19 +275,19 @@ class CausalForestDML(BaseEstimator):
                              f"{len(values)} values ({shown})")
         return bool(self.discrete_treatment)
 
-    def _residuals(self, XW, Y, T, sw, seed, replicate=False, models=None):
-        """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x); for a
-        bootstrap `replicate` without scores or a progress bar of their own. `models` gets each
-        fold's fitted (model_y, model_t)."""
+    def _residuals(self, XW, Y, T, sw, seed, replicate=False, models=None, groups=None):
+        """(y_res, t_res, t_var, scores): out-of-fold residuals and treatment variance V(x), whole
+        `groups` held out together; for a bootstrap `replicate` without scores or a progress bar
+        of their own. `models` gets each fold's fitted (model_y, model_t)."""
         discrete = self.discrete_treatment_
         y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
                                          model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
                                          device=str(_inputs.resolve_device(self.device)),
                                          progress=False if replicate else self.progress, with_scores=not replicate,
-                                         models=models)
-        t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed), discrete=discrete,
-                                   seed=seed, sample_weight=sw, min_propensity=self.min_propensity,
-                                   progress=False if replicate else self.progress)
+                                         models=models, groups=groups)
+        t_var = treatment_variance(XW, T, t_hat, cross_fitting_folds(T, self.cv, discrete, seed, groups),
+                                   discrete=discrete, seed=seed, sample_weight=sw, min_propensity=self.min_propensity,
+                                   progress=False if replicate else self.progress, groups=groups)
         return Y - y_hat, T - t_hat, t_var, scores
 
     # ------------------------------------------------------------ results

@@ -43,8 +43,12 @@ FORMAT = "tauforge.causal_forest"
 # (written only by forests that have one, so older readers refuse them instead of ignoring the
 # correction); 5: format 4 whose correction shrinks each block's slopes by its own scale
 # ("penalty": "blocks", kernels.local_linear), so a reader of 4 refuses it rather than predict with
-# the one-trace penalty. 1 to 4 are still read (4 with the one-trace penalty it was fit with).
-FORMAT_VERSION = 5
+# the one-trace penalty; 6: format 3 or 5 plus the codes of `fit(groups=)` ("clusters"), written
+# only by forests grown on groups, so an older reader refuses them rather than compute their
+# out-of-bag rows as if rows were drawn. 1 to 5 are still read (4 with the one-trace penalty it
+# was fit with).
+FORMAT_VERSION = 6
+PENALTY_BLOCKS_FORMAT_VERSION = 5
 ONE_TRACE_FORMAT_VERSION = 4  # a format-4 forest saved again keeps its format, and its penalty
 PLAIN_FORMAT_VERSION = 3
 # Prediction works on chunks of rows (backends.LEAF_IDS_PER_CHUNK leaf ids on the numba path). The
@@ -194,12 +198,15 @@ class CausalForest(BaseEstimator):
         check(self.linear_correction_ridge > 0,
               f"linear_correction_ridge must be > 0, got {self.linear_correction_ridge}")
 
-    def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None) -> CausalForest:
-        """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,)."""
-        return self.fit_shard(X, T, y, shard=0, n_shards=1, sample_weight=sample_weight)
+    def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> CausalForest:
+        """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,).
+        `groups` (one label per row, or None) keeps each group's rows together: trees draw
+        whole groups, so a row is out of bag only where its group is, and the variance is the
+        one of drawing groups (grf's clusters; kernels.sampling)."""
+        return self.fit_shard(X, T, y, shard=0, n_shards=1, sample_weight=sample_weight, groups=groups)
 
     def fit_shard(self, X: Any, T: Any, y: Any, *, shard: int, n_shards: int,
-                  sample_weight: Any = None) -> CausalForest:
+                  sample_weight: Any = None, groups: Any = None) -> CausalForest:
         """Grow only shard `shard` of `n_shards` of the forest `fit` would grow: a contiguous
         range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
@@ -210,6 +217,7 @@ class CausalForest(BaseEstimator):
         if n_shards > 1 and not isinstance(self.random_state, (int, np.integer)):
             raise ValueError("fit_shard needs random_state set to an int: the shards of one forest share its seed")
         self.seed_ = _inputs.seed_from(self.random_state, 63)
+        self.clusters_ = _inputs.check_groups(groups, n)
         sampler = self._sampler(n)
         problem = sampler.minimum_rows_message()
         if problem:
@@ -271,7 +279,7 @@ class CausalForest(BaseEstimator):
                             self.progress) as steps:
             if auto:
                 variables = steps.run("choosing covariates", select_variables, X, T, y, self.seed_,
-                                      None if w is None else weights)
+                                      None if w is None else weights, getattr(self, "clusters_", None))
             else:
                 variables = tuple(int(j) for j in self.linear_correction_variables)
             if auto and variables:
@@ -319,11 +327,14 @@ class CausalForest(BaseEstimator):
             if not all(np.array_equal(a, b) for a, b in zip(s.binner_.to_arrays().values(),
                                                              first.binner_.to_arrays().values())):
                 raise ValueError("shards were binned differently: grow every shard on the same covariates")
+            if not _same_clusters(s.clusters_, first.clusters_):
+                raise ValueError("shards were grown with different groups: pass every shard the same groups")
         ordered = sorted(shards, key=lambda s: s.shard_[0])
         merged = cls(**first.get_params())
         merged.device_, merged.seed_ = first.device_, first.seed_
         merged.n_features_in_, merged.n_train_ = first.n_features_in_, first.n_train_
         merged.binner_ = first.binner_
+        merged.clusters_ = first.clusters_
         merged.forest_ = ForestArrays.merge([s.forest_ for s in ordered])
         merged.shard_ = (0, 1)
         merged.source_ = "tauforge"
@@ -337,7 +348,7 @@ class CausalForest(BaseEstimator):
 
     def _sampler(self, n: int) -> LittleBagSampler:
         return LittleBagSampler(n, self.n_estimators, self._group_size(), self.max_samples, self.honest,
-                                self.honesty_fraction, self.seed_)
+                                self.honesty_fraction, self.seed_, getattr(self, "clusters_", None))
 
     def _rule(self, p: int) -> SplitRule:
         mtry = self.mtry if self.mtry is not None else p
@@ -491,12 +502,15 @@ class CausalForest(BaseEstimator):
         correction = getattr(self, "linear_correction_", None)
         if correction is not None:
             arrays.update(correction.to_arrays())
+        clusters = getattr(self, "clusters_", None)
+        if clusters is not None:
+            arrays["clusters"] = clusters
         # How a fit was shown (progress) is no part of the model.
         params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items() if k != "progress"}
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
-        version = (PLAIN_FORMAT_VERSION if correction is None
-                   else FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
+        version = (FORMAT_VERSION if clusters is not None else PLAIN_FORMAT_VERSION if correction is None
+                   else PENALTY_BLOCKS_FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
                 "max_depth_grown": self.forest_.max_depth, "device": str(self.device_),
@@ -529,11 +543,18 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"{path}: a split uses feature {int(forest.forest_.feature.max())}, but the forest "
                              f"has {forest.n_features_in_} features")
         forest.shard_ = tuple(meta.get("shard", (0, 1)))
+        forest.clusters_ = arrays.get("clusters")
+        if forest.clusters_ is not None and len(forest.clusters_) != forest.n_train_:
+            raise ValueError(f"{path}: {len(forest.clusters_)} group codes for {forest.n_train_} training rows")
         forest.source_ = meta.get("source", "tauforge")
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
         return forest
+
+
+def _same_clusters(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 # The growth parameters: every parameter of CausalForest but the seed and the progress display.
@@ -544,13 +565,13 @@ FOREST_PARAMS = tuple(name for name in inspect.signature(CausalForest.__init__).
 
 def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, Any, Any]],
                 binner: QuantileBinner, binned: BinnedCovariates | None = None,
-                progress: bool | None = None) -> list[CausalForest]:
+                progress: bool | None = None, groups: Any = None) -> list[CausalForest]:
     """Fit `forests[i]` on (X, *targets[i]), a target being (T, y, sample_weight), growing the
     trees of all of them in the same backend calls: how bootstrap replicates are batched on a
     device. The forests differ only in `random_state`; they share `binner` (fitted on X) and its
-    codes of X, `binned` (computed when not given: pass them to bin X once for many calls). Each
-    equals `forests[i].fit(X, T, y, sample_weight)` whenever that fit bins X the same way (always
-    below QuantileBinner's 200,000-row subsample, for the same max_bins).
+    codes of X, `binned` (computed when not given: pass them to bin X once for many calls), and
+    `groups`. Each equals `forests[i].fit(X, T, y, sample_weight, groups)` whenever that fit bins
+    X the same way (always below QuantileBinner's 200,000-row subsample, for the same max_bins).
 
     The rows are stacked, one copy of X's codes and moments per forest (trees index their own
     copy), so a batch costs (3 p + 40) bytes a row per forest: keep batches within memory
@@ -569,9 +590,11 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
     checked = [f._check_fit_inputs(X, T, y, w) for f, (T, y, w) in zip(forests, targets)]
     X = checked[0][0]
     n = X.shape[0]
+    clusters = _inputs.check_groups(groups, n)
     samples = []
     for r, f in enumerate(forests):
         f.seed_ = int(f.random_state)
+        f.clusters_ = clusters
         sampler = f._sampler(n)
         problem = sampler.minimum_rows_message()
         if problem:

@@ -79,18 +79,22 @@ MIN_SELECTION_ROWS = 20
 
 
 def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: int,
-                     sample_weight: np.ndarray | None = None) -> tuple[int, ...]:
+                     sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None) -> tuple[int, ...]:
     """The covariates a lasso of y~ on (t~, t~ X_std) keeps at the largest penalty whose
     cross-validated error is within one standard error of the best (glmnet's lambda.1se: the
     minimum keeps noise covariates, which only add variance here), largest coefficients first,
-    at most MAX_AUTO_VARIABLES: where the effect moves linearly, which is where the correction helps."""
+    at most MAX_AUTO_VARIABLES: where the effect moves linearly, which is where the correction helps.
+    With `groups` (codes, one per row) its folds hold out whole groups."""
     from sklearn.linear_model import Lasso, LassoCV
+    from sklearn.model_selection import GroupKFold
 
     w = np.ones(len(y_res)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     rows = np.flatnonzero(w > 0)  # zero-weight rows are not part of the data
     if len(rows) > SELECTION_ROWS:  # the lasso's cost grows with n; its choice settles long before
         rows = np.sort(np.random.default_rng(seed).choice(rows, SELECTION_ROWS, replace=False))
     X, t_res, y_res, w = X[rows], t_res[rows], y_res[rows], w[rows]
+    if groups is not None and len(np.unique(groups[rows])) < 5:  # five folds of whole groups
+        return ()
     scale = X.std(axis=0)
     usable = np.flatnonzero(scale > 0)
     if len(usable) == 0 or len(rows) < MIN_SELECTION_ROWS:  # too few rows to cross-validate a lasso
@@ -99,7 +103,8 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     design = np.hstack([t_res[:, None], t_res[:, None] * Xs])
     fit_weight = None if sample_weight is None else w
     # The forest's seeds have 63 bits, scikit-learn takes 32 (random_state=None crashed here).
-    cv = LassoCV(cv=5, random_state=seed % 2**32).fit(design, y_res, sample_weight=fit_weight)
+    folds = 5 if groups is None else list(GroupKFold(5).split(design, groups=groups[rows]))
+    cv = LassoCV(cv=folds, random_state=seed % 2**32).fit(design, y_res, sample_weight=fit_weight)
     mse = cv.mse_path_.mean(axis=1)
     best = int(np.argmin(mse))
     bar = mse[best] + cv.mse_path_[best].std() / np.sqrt(cv.mse_path_.shape[1])

@@ -6,6 +6,7 @@ Kept free of torch so that a pipeline task fitting one fold starts fast.
 from __future__ import annotations
 
 import importlib
+import inspect
 import reprlib
 from typing import Any
 
@@ -15,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, 
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import PoissonRegressor
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import SplineTransformer
 
 from .progress import progress_bar, progress_steps
@@ -30,6 +31,35 @@ SPLINE_KNOTS = 6
 PROBABILITY_FLOOR = 1e-3  # AdditiveBoostingClassifier's least-squares probabilities stay in (0, 1) for the log loss
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 ADDITIVE_FIT_ROWS = 100_000
+# With groups (rows of one unit together), GCVRidge chooses its penalty by this many folds of
+# whole groups, and early stopping holds out whole groups: leave-one-out errors and a random
+# validation split of rows both see a row's duplicate, and on duplicated rows the boosting ran to
+# its last tree and put propensities at 0.001.
+GROUP_CV_FOLDS = 5
+
+
+def holdout_groups(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) rows, about `fraction` of the groups (codes, one per row) held out
+    whole; every row trains and none validates when there is only one group."""
+    if len(np.unique(groups)) < 2:
+        return np.arange(len(groups)), np.arange(0)
+    return next(GroupShuffleSplit(1, test_size=fraction, random_state=seed % 2**32).split(groups, groups=groups))
+
+
+def group_folds(groups: np.ndarray, n_folds: int = GROUP_CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) rows of min(n_folds, number of groups) folds of whole groups (codes, one per
+    row), for a model's own choice of penalty; none with fewer than two groups."""
+    k = min(n_folds, len(np.unique(groups)))
+    return [] if k < 2 else list(GroupKFold(k).split(groups, groups=groups))
+
+
+def fit_with_groups(model: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, **kw: Any) -> Any:
+    """`model.fit(X, y, **kw)`, with `groups` too when there are groups and its fit takes them
+    (this module's models and the engine's boosting hold out whole groups to validate; a
+    scikit-learn model validates as it was configured, e.g. `cv=GroupKFold(5)`)."""
+    if groups is not None and "groups" in inspect.signature(model.fit).parameters:
+        kw["groups"] = groups
+    return model.fit(X, y, **kw)
 
 
 class GCVRidge(RegressorMixin, BaseEstimator):
@@ -47,12 +77,33 @@ class GCVRidge(RegressorMixin, BaseEstimator):
     def __init__(self, alphas=RIDGE_ALPHAS):
         self.alphas = alphas
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> GCVRidge:
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> GCVRidge:
+        """With `groups` (codes, one per row) the penalty is the one with the least error over
+        `group_folds` (whole groups held out) instead of leave-one-out."""
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
         alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
         if alphas.size == 0 or not (alphas > 0).all():
             raise ValueError(f"alphas must be positive penalties, got {self.alphas!r}")
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        folds = [] if groups is None else group_folds(np.asarray(groups))
+        if folds:
+            errors = np.zeros(len(alphas))
+            for train, test in folds:
+                part = GCVRidge(alphas=alphas)._fit_all(X[train], y[train], w[train], keep_path=True)
+                predictions = part.predict_each(X[test])  # (rows, alphas)
+                errors += w[test] @ np.square(y[test][:, None] - predictions)
+            best = int(np.argmin(errors))
+            self._fit_all(X, y, w, alphas[best:best + 1])
+            self.best_score_ = -float(errors[best] / w.sum())
+            return self
+        return self._fit_all(X, y, w, alphas)
+
+    def _fit_all(self, X: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: np.ndarray | None = None,
+                 keep_path: bool = False) -> GCVRidge:
+        """Fit with the penalty of least generalized cross-validation error among `alphas` (all of
+        `self.alphas` when None); `keep_path` keeps what `predict_each` needs."""
+        alphas = np.atleast_1d(np.asarray(self.alphas if alphas is None else alphas, dtype=np.float64))
         # Weighted centering takes the (unpenalized) intercept out; rows scaled by sqrt(w) make
         # every sum below a weighted one, as RidgeCV's preprocessing does.
         x_mean, y_mean = w @ X / w.sum(), w @ y / w.sum()
@@ -92,7 +143,15 @@ class GCVRidge(RegressorMixin, BaseEstimator):
         self.coef_ = V @ (Z_y / (eigenvalues + self.alpha_))
         self.intercept_ = float(y_mean - x_mean @ self.coef_)
         self.n_features_in_ = X.shape[1]
+        if keep_path:
+            self.path_ = (alphas, V, Z_y, eigenvalues, x_mean, y_mean)
         return self
+
+    def predict_each(self, X: np.ndarray) -> np.ndarray:
+        """Predictions at X (rows, alphas) with every penalty the fit considered."""
+        alphas, V, Z_y, eigenvalues, x_mean, y_mean = self.path_
+        coefs = V @ (Z_y[:, None] / (eigenvalues[:, None] + alphas[None, :]))
+        return (np.asarray(X, dtype=np.float64) - x_mean) @ coefs + y_mean
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
@@ -130,7 +189,10 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         self.poisson_alpha = poisson_alpha
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> AdditiveBoostingRegressor:
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> AdditiveBoostingRegressor:
+        """`groups` (codes, one per row): both parts validate on whole groups held out
+        (`GCVRidge`, `holdout_groups`), never on a row whose group they were fit on."""
         if self.loss not in ("squared_error", "poisson"):
             raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -157,7 +219,8 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         # 1e-4, and the Poisson penalty weighs the same whatever the target's units (a numerics
         # review). The scale goes back on in `predict`.
         if self.loss == "squared_error":
-            self.additive_ = GCVRidge(alphas=RIDGE_ALPHAS).fit(design, y[rows], sample_weight=w_rows)
+            self.additive_ = GCVRidge(alphas=RIDGE_ALPHAS).fit(design, y[rows], sample_weight=w_rows,
+                                                               groups=None if groups is None else groups[rows])
             self.y_scale_ = 1.0
         else:
             self.y_scale_ = float(np.average(y[rows], weights=w_rows)) or 1.0
@@ -171,10 +234,19 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         if self.loss == "squared_error":
             left = y - smooth
             self.tree_scale_ = float(np.sqrt(np.average((left - np.average(left, weights=w)) ** 2, weights=w))) or 1.0
-            self.trees_.fit(X, left / self.tree_scale_, sample_weight=w)
+            target = left / self.tree_scale_
         else:
             self.tree_scale_ = 1.0
-            self.trees_.fit(X, y / (smooth * self.y_scale_), sample_weight=w)
+            target = y / (smooth * self.y_scale_)
+        if groups is None or not self.early_stopping:
+            self.trees_.fit(X, target, sample_weight=w)
+        else:  # scikit-learn's own validation split would be of rows
+            train, val = holdout_groups(groups, self.trees_.validation_fraction, self.random_state or 0)
+            if len(val) == 0:
+                self.trees_.set_params(early_stopping=False).fit(X, target, sample_weight=w)
+            else:
+                self.trees_.fit(X[train], target[train], sample_weight=None if w is None else w[train],
+                                X_val=X[val], y_val=target[val], sample_weight_val=None if w is None else w[val])
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -281,15 +353,34 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
     return clone(model)
 
 
-def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int) -> np.ndarray:
-    """Fold index (0..n_folds-1) of every row: stratified by T for a binary treatment. The same
-    arguments give the same folds, so folds fit in separate processes agree."""
+def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int,
+                        groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every row: stratified by T for a binary treatment. With
+    `groups` (codes 0..G-1, `_inputs.check_groups`) each group's rows share a fold, as EconML's
+    `fit(groups=)` keeps them: a model must not predict a row from its own group's other rows,
+    which on duplicated rows makes residuals too small. The same arguments give the same folds,
+    so folds fit in separate processes agree."""
     rows = np.zeros((len(T), 1))
-    splitter = (StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(rows, T) if discrete
-                else KFold(n_folds, shuffle=True, random_state=seed).split(rows))
-    fold = np.empty(len(T), dtype=np.int64)
+    if groups is None:
+        splitter = (StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(rows, T) if discrete
+                    else KFold(n_folds, shuffle=True, random_state=seed).split(rows))
+    else:
+        n_groups = len(np.unique(groups))
+        if n_groups < n_folds:
+            raise ValueError(f"groups has {n_groups} group(s); cross-fitting with cv={n_folds} holds out whole groups "
+                             f"and needs at least {n_folds}")
+        splitter = (StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, T, groups)
+                    if discrete else GroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, groups=groups))
+    fold = np.full(len(T), -1, dtype=np.int64)
     for k, (_, test) in enumerate(splitter):
         fold[test] = k
+    if groups is not None:  # whole groups can leave a fold empty, or a fold's training rows with one arm
+        for k in range(n_folds):
+            train = T[fold != k]
+            if (fold == k).sum() == 0 or (discrete and np.ptp(train) == 0):
+                why = "no rows" if (fold == k).sum() == 0 else "training rows of one arm only"
+                raise ValueError(f"cross-fitting fold {k} of {n_folds} has {why} when whole groups are held out "
+                                 "together; pass more groups, or a smaller cv")
     return fold
 
 
@@ -313,14 +404,16 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> AdditiveBoostingClassifier:
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> AdditiveBoostingClassifier:
         y = np.asarray(y, dtype=np.float64)
         if not np.isin(y, (0.0, 1.0)).all():
             bad = float(y[~np.isin(y, (0.0, 1.0))][0])
             raise ValueError(f"y must be a binary 0/1 treatment, got the value {bad}: for a continuous treatment "
                              "use AdditiveBoostingRegressor")
         self.classes_ = np.array([0.0, 1.0])
-        self.regressor_ = AdditiveBoostingRegressor(**self.get_params()).fit(X, y, sample_weight=sample_weight)
+        self.regressor_ = AdditiveBoostingRegressor(**self.get_params()).fit(X, y, sample_weight=sample_weight,
+                                                                           groups=groups)
         self.n_features_in_ = self.regressor_.n_features_in_
         return self
 
@@ -335,8 +428,11 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
 def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, *,
                         model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
                         sample_weight: np.ndarray | None = None, device: str = "cpu",
-                        progress: bool | None = False, desc: str = "fitting nuisance models") -> tuple[Any, Any]:
-    """The fitted (model_y, model_t) of E[Y | X, W] and E[T | X, W] on rows `train`."""
+                        progress: bool | None = False, desc: str = "fitting nuisance models",
+                        groups: np.ndarray | None = None) -> tuple[Any, Any]:
+    """The fitted (model_y, model_t) of E[Y | X, W] and E[T | X, W] on rows `train`, each given
+    the training rows' `groups` when its fit takes them (`fit_with_groups`)."""
+    part = None if groups is None else groups[train]
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
     mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
@@ -349,8 +445,8 @@ def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.
         raise ValueError(f"model_y must be a regressor (it estimates E[Y | X, W]), got the classifier "
                          f"{type(my).__name__}")
     with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
-        my = steps.run("outcome model", my.fit, XW[train], Y[train], **kw)
-        steps.run("treatment model", mt.fit, XW[train], T[train], **kw)
+        my = steps.run("outcome model", fit_with_groups, my, XW[train], Y[train], part, **kw)
+        steps.run("treatment model", fit_with_groups, mt, XW[train], T[train], part, **kw)
     return my, mt
 
 
@@ -365,16 +461,17 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
                  model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
                  sample_weight: np.ndarray | None = None, device: str = "cpu",
                  with_scores: bool = True, progress: bool | None = False,
-                 desc: str = "fitting nuisance models",
-                 models: list | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                 desc: str = "fitting nuisance models", models: list | None = None,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train` (`fit_nuisance_models`); return their
     predictions on rows `test` and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc'
     or 't_r2'; none without `with_scores`: a bootstrap refit has no use for them, and with small
     models they cost as much as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit
     in a task of its own; off by default, since `cross_fit` counts folds. `models`, if given, gets
-    the fitted (model_y, model_t) appended."""
+    the fitted (model_y, model_t) appended. `groups` as in `fit_nuisance_models`."""
     fitted = fit_nuisance_models(XW, Y, T, train, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
-                                 sample_weight=sample_weight, device=device, progress=progress, desc=desc)
+                                 sample_weight=sample_weight, device=device, progress=progress, desc=desc,
+                                 groups=groups)
     if models is not None:
         models.append(fitted)
     y_hat, t_hat = nuisance_predictions(fitted, XW[test], discrete)
@@ -392,12 +489,14 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
 def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, discrete: bool, seed: int,
               model_y: Any = "auto", model_t: Any = "auto", sample_weight: np.ndarray | None = None,
               device: str = "cpu", progress: bool | None = None, with_scores: bool = True,
-              models: list | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+              models: list | None = None,
+              groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
-    (`cross_fitting_folds`), and each score as a list in fold order (none without `with_scores`).
-    `models`, if given, gets each fold's fitted (model_y, model_t) appended, in fold order."""
+    (`cross_fitting_folds`, whole `groups` held out together), and each score as a list in fold
+    order (none without `with_scores`). `models`, if given, gets each fold's fitted (model_y,
+    model_t) appended, in fold order."""
     n = len(Y)
-    fold = cross_fitting_folds(T, n_folds, discrete, seed)
+    fold = cross_fitting_folds(T, n_folds, discrete, seed, groups)
     y_hat, t_hat = np.empty(n), np.empty(n)
     scores: dict[str, list[float]] = {}
     with progress_bar(n_folds, "cross-fitting nuisance models", progress, unit="fold") as bar:
@@ -405,7 +504,7 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             y_hat[test], t_hat[test], fold_scores = fit_nuisance(
                 XW, Y, T, train, test, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
-                sample_weight=sample_weight, device=device, with_scores=with_scores, models=models)
+                sample_weight=sample_weight, device=device, with_scores=with_scores, models=models, groups=groups)
             for name, value in fold_scores.items():
                 scores.setdefault(name, []).append(value)
             bar.update(1)

@@ -5,6 +5,14 @@ As in grf: for inference, trees come in groups of `ci_group_size`; each group dr
 the rows without replacement, and each tree of the group draws its subsample from that half.
 Everything derives from one seed, and any tree's rows can be regenerated from the seed alone,
 which is how out-of-bag membership is recovered after a save and load.
+
+With clusters (`fit(..., groups=)`: rows of one unit, household or market), grf's clustered
+sampling: the half-samples, subsamples and honest halves draw whole clusters, so a cluster's
+rows are in a tree together or not at all, never on both sides of its honest split, and a row
+is out of bag only where its whole cluster is. The little bags' variance then measures how the
+estimate moves with the clusters drawn, which is the variance when rows of a cluster are
+dependent. grf also offers equal weights per cluster (`equalize.cluster.weights`); here a
+cluster weighs as many rows as it has.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ class LittleBagSampler:
     """Draws tree subsamples in groups sharing a half-sample (bootstrap of little bags)."""
 
     def __init__(self, n_rows: int, n_trees: int, ci_group_size: int, max_samples: float,
-                 honest: bool, honesty_fraction: float, seed: int):
+                 honest: bool, honesty_fraction: float, seed: int, clusters: np.ndarray | None = None):
         self.n_rows = n_rows
         self.n_trees = n_trees
         self.ci_group_size = ci_group_size
@@ -62,39 +70,64 @@ class LittleBagSampler:
         self.honest = honest
         self.honesty_fraction = honesty_fraction
         self.seed = seed
-        self.half_size = n_rows // 2 if ci_group_size > 1 else n_rows
+        # What is drawn: rows, or whole clusters (codes 0..C-1 of each row, `_inputs.check_groups`).
+        # Clusters given as 0..n-1 draw exactly the rows that no clusters do.
+        self.clusters = clusters
+        if clusters is None:
+            self.n_units = n_rows
+        else:
+            counts = np.bincount(clusters)
+            self.n_units = len(counts)
+            self._cluster_rows = np.argsort(clusters, kind="stable").astype(np.int32)  # rows, cluster by cluster
+            self._cluster_start = np.concatenate([[0], np.cumsum(counts)])
+        self.half_size = self.n_units // 2 if ci_group_size > 1 else self.n_units
         # Rounded up, but never past the half-sample: max_samples=0.5 (grf's default) on an odd
         # number of rows draws the whole half.
-        self.subsample_size = min(int(ceil(max_samples * n_rows)), self.half_size)
+        self.subsample_size = min(int(ceil(max_samples * self.n_units)), self.half_size)
 
     @property
     def n_groups(self) -> int:
         return self.n_trees // self.ci_group_size
 
+    @property
+    def rows_per_tree(self) -> float:
+        """A tree's subsample in rows (on average, with clusters)."""
+        return self.subsample_size * self.n_rows / self.n_units
+
     def minimum_rows_message(self) -> str | None:
-        """Why this many rows cannot grow honest trees, or None when they can."""
+        """Why this many rows (or clusters) cannot grow honest trees, or None when they can."""
         s = self.subsample_size
         n_struct = int(round(s * self.honesty_fraction)) if self.honest else s
         if n_struct < 1 or s - n_struct < (1 if self.honest else 0) or s < 2:
-            return (f"{self.n_rows} rows give each tree a subsample of {s}, too few to split into a "
-                    "structure and an estimation half; pass more rows")
+            units = "rows" if self.clusters is None else "groups"
+            return (f"{self.n_units} {units} give each tree a subsample of {s}, too few to split into a "
+                    f"structure and an estimation half; pass more {units}")
         return None
+
+    def _rows(self, units: np.ndarray) -> np.ndarray:
+        """The rows of `units` (rows, or cluster codes), sorted, as int32."""
+        if self.clusters is None:
+            return np.sort(units).astype(np.int32)
+        start, stop = self._cluster_start[units], self._cluster_start[units + 1]
+        sizes = stop - start
+        offsets = np.repeat(start - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        return np.sort(self._cluster_rows[offsets + np.arange(int(sizes.sum()))])
 
     def group(self, g: int) -> list[TreeSample]:
         """The samples of every tree in group g (deterministic in seed and g)."""
         rng = np.random.default_rng([self.seed, g])
-        half = rng.permutation(self.n_rows)[: self.half_size] if self.ci_group_size > 1 else None
+        half = rng.permutation(self.n_units)[: self.half_size] if self.ci_group_size > 1 else None
         out = []
         for _ in range(self.ci_group_size):
-            pool = half if half is not None else np.arange(self.n_rows)
+            pool = half if half is not None else np.arange(self.n_units)
             sub = pool[rng.permutation(len(pool))[: self.subsample_size]]
             key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
             if self.honest:
                 n_struct = int(round(len(sub) * self.honesty_fraction))
-                struct, est = np.sort(sub[:n_struct]), np.sort(sub[n_struct:])
+                struct, est = self._rows(sub[:n_struct]), self._rows(sub[n_struct:])
             else:
-                struct = est = np.sort(sub)
-            out.append(TreeSample(struct.astype(np.int32), est.astype(np.int32), key))
+                struct = est = self._rows(sub)
+            out.append(TreeSample(struct, est, key))
         return out
 
     def trees(self, first_group: int, n_groups: int) -> TreeSamples:
@@ -127,7 +160,7 @@ class TreeSamples(Sequence):
 
     def __init__(self, sampler: LittleBagSampler, first_group: int, n_groups: int):
         self.sampler, self.first_group, self.n_groups = sampler, first_group, n_groups
-        self._keep_all = n_groups * sampler.ci_group_size * sampler.subsample_size * 4 <= KEEP_SAMPLE_BYTES
+        self._keep_all = n_groups * sampler.ci_group_size * sampler.rows_per_tree * 4 <= KEEP_SAMPLE_BYTES
         self._kept: dict[int, list[TreeSample]] = {}
 
     def __len__(self) -> int:

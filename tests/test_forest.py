@@ -120,9 +120,9 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
     np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), plain.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v6", arrays, dict(meta, format_version=6))
+    save_model(tmp_path / "v7", arrays, dict(meta, format_version=7))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v6")
+        CausalForest.load(tmp_path / "v7")
 
 
 def test_saved_model_has_no_pickle(fitted, tmp_path):
