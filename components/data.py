@@ -1,8 +1,8 @@
 """The data contract: which column plays which causal role, checked before anything is fit.
 
 A `DataSpec` names the outcome, the treatment, the covariates X (effect modifiers) and the
-controls W (confounders not used for heterogeneity), and optionally a unit id, timestamp,
-sample weight and instrument, plus the assignment mechanism. `validate` fails fast with a
+controls W (confounders not used for heterogeneity), and optionally a unit id, a group, a
+timestamp, sample weight and instrument, plus the assignment mechanism. `validate` fails fast with a
 `DataValidationError` naming the column and the problem. What is suspicious but not fatal is
 a warning recorded in the model card: a constant covariate or control here (it can never split
 and carries no information, as scikit-learn, EconML and grf also accept it), positivity and
@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tauforge.kernels._inputs import check_groups
+from tauforge.kernels.ate import MIN_GROUPS
 
 from . import config
 from ._kfp import Dataset, Output, component
@@ -38,6 +41,9 @@ class DataSpec:
     treatment_type : 'binary' (0/1), 'continuous', or 'auto' (binary when the column is 0/1).
     assignment : 'observational', or 'randomized' with the known `propensity`.
     min_rows_per_arm : a binary treatment needs at least this many rows in each arm.
+    group : a column labelling rows that are not independent (a unit's repeated rows, a
+        household, a market): each group is held out whole in cross-fitting, drawn whole by the
+        trees, and counted once in every standard error (`CausalForestDML.fit(groups=)`).
     """
 
     outcome: str
@@ -47,6 +53,7 @@ class DataSpec:
     unit_id: str | None = None
     timestamp: str | None = None
     weight: str | None = None
+    group: str | None = None
     instrument: str | None = None
     treatment_type: str = "auto"
     assignment: str = "observational"
@@ -82,7 +89,8 @@ class DataSpec:
 
     def role_columns(self) -> list[str]:
         """Every column the spec uses, each once, in a stable order."""
-        singles = [self.outcome, self.treatment, self.unit_id, self.timestamp, self.weight, self.instrument]
+        singles = [self.outcome, self.treatment, self.unit_id, self.group, self.timestamp, self.weight,
+                   self.instrument]
         cols = [c for c in singles if c] + list(self.covariates) + list(self.controls)
         return list(dict.fromkeys(cols))
 
@@ -104,6 +112,7 @@ class ValidatedData:
             "X": t[s.covariates].to_numpy(np.float64),
             "W": t[s.controls].to_numpy(np.float64) if s.controls else None,
             "sample_weight": t[s.weight].to_numpy(np.float64) if s.weight else None,
+            "groups": check_groups(t[s.group], len(t)) if s.group else None,
         }
 
 
@@ -151,7 +160,7 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
 
     roles = {"outcome": [spec.outcome], "treatment": [spec.treatment], "covariates": list(spec.covariates),
              "controls": list(spec.controls), "unit_id": [spec.unit_id], "timestamp": [spec.timestamp],
-             "weight": [spec.weight]}
+             "weight": [spec.weight], "group": [spec.group]}
     seen: dict[str, str] = {}
     for role, cols in roles.items():
         for c in cols:
@@ -273,6 +282,19 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         dup = df[spec.unit_id].duplicated()
         if dup.any():
             fail(f"unit_id column {spec.unit_id!r} has duplicate ids (first: {df[spec.unit_id][dup].iloc[0]!r})")
+    if spec.group:
+        labels = df[spec.group]
+        if labels.isna().any():
+            fail(f"group column {spec.group!r} has {int(labels.isna().sum())} missing value(s) (first at row "
+                 f"{int(np.argmax(labels.isna().to_numpy()))}); give every row a group")
+        n_groups = labels.nunique()
+        if n_groups < 2:
+            fail(f"group column {spec.group!r} puts every row in one group: nothing is independent of anything")
+        if n_groups < MIN_GROUPS:
+            warnings.append(f"group column {spec.group!r} has only {n_groups} groups: standard errors that count "
+                            f"groups are too small with fewer than {MIN_GROUPS}")
+        if n_groups == n:
+            warnings.append(f"group column {spec.group!r} puts every row in a group of its own: the same as no group")
     if spec.timestamp:
         ts = df[spec.timestamp]
         if ts.isna().any():

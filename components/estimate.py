@@ -86,13 +86,16 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
     t_res, y_res = residuals.column("t_res"), residuals.column("y_res")
     if estimator == "tauforge":
         forest = CausalForest(**{**forest_params(params, seed), "progress": progress}).fit_shard(
-            a["X"], t_res, y_res, shard=shard, n_shards=n_shards, sample_weight=a["sample_weight"])
+            a["X"], t_res, y_res, shard=shard, n_shards=n_shards, sample_weight=a["sample_weight"],
+            groups=a["groups"])
         return ForestShard(forest)
     if estimator != "econml":
         raise config.ConfigError("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if n_shards != 1:
         raise config.ConfigError("n_shards", "must be 1 with estimator 'econml': EconML grows its trees in one "
                                              "task, parallel over the task's cores")
+    if a["groups"] is not None:
+        raise config.ConfigError("estimator", "must be 'tauforge' with a group column: EconML's forest draws rows")
     from econml.grf import CausalForest as EconMLCausalForest
 
     from tauforge.kernels.econml_import import import_econml_forest
@@ -140,9 +143,11 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
     """The average effect with standard error and (1 - alpha) interval, as CausalForestDML's
     `ate_`: the mean debiased score of the out-of-bag CATE (`tauforge.kernels.ate`), the ATE of
     a binary treatment and the average partial effect (APE) of a continuous one. A continuous
-    treatment's summary also holds the variance-weighted (partially linear) effect, by its name."""
-    y_res, t_res, weight = residuals.column("y_res"), residuals.column("t_res"), data.arrays()["sample_weight"]
-    ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight)
+    treatment's summary also holds the variance-weighted (partially linear) effect, by its name.
+    Standard errors count the data's groups, when it has them, as independent, not its rows."""
+    a = data.arrays()
+    y_res, t_res, weight, groups = residuals.column("y_res"), residuals.column("t_res"), a["sample_weight"], a["groups"]
+    ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight, groups)
     from scipy.stats import norm  # here, like the forest: scipy.stats takes 0.6 s to load
 
     z = float(norm.ppf(1 - alpha / 2))
@@ -152,9 +157,11 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
            "ate": ate, "ate_stderr": se, "ate_lower": ate - z * se,
            "ate_upper": ate + z * se, "ate_interval": "normal, from the standard error", "alpha": alpha,
            "n_rows": len(y_res)}
+    if groups is not None:
+        out["n_groups"] = int(groups.max()) + 1
     if not data.spec.binary:
         out["variance_weighted_effect"], out["variance_weighted_stderr"] = variance_weighted_effect(y_res, t_res,
-                                                                                                  weight)
+                                                                                                  weight, groups)
     return out
 
 
@@ -237,7 +244,7 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
                                      bootstrap.trees, estimate.summary.get("linear_correction_variables"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
-                          sample_weight=a["sample_weight"], progress=progress)
+                          sample_weight=a["sample_weight"], progress=progress, groups=a["groups"])
 
 
 def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], bootstrap: BootstrapConfig) -> Estimate:

@@ -234,6 +234,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
 
     nuisance = nuisance or NuisanceConfig()
     a = data.arrays()
+    groups = a["groups"]  # standard errors count the data's groups as independent, not its rows
     cate = estimate.oob_cate
     y_res, t_res, t_hat = residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat")
     t_var = residuals.column("t_var")
@@ -248,7 +249,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
         result = {
             "effect": {**{k: summary[k] for k in ("estimand", "method", "ate", "ate_stderr", "ate_lower", "ate_upper",
                                                     "ate_interval", "alpha", "variance_weighted_effect",
-                                                    "variance_weighted_stderr") if k in summary},
+                                                    "variance_weighted_stderr", "n_groups") if k in summary},
                        "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
                        "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
                        "cate_histogram": _histogram(cate)},
@@ -260,10 +261,11 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                 "data_subset": refuters.data_subset_refuter(refit, summary["ate"], seed)}),
             # Weighted as the reported effect is: its bounds must be about that number.
             "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"],
-                                              sample_weight=a["sample_weight"]),
+                                              sample_weight=a["sample_weight"], groups=groups),
             "heterogeneity": steps.run("heterogeneity", lambda: {
-                "calibration": heterogeneity.calibration_test(y_res, t_res, cate),
-                "rate": heterogeneity.autoc(cate, scores, seed=seed), "gates": heterogeneity.gates(cate, scores)}),
+                "calibration": heterogeneity.calibration_test(y_res, t_res, cate, groups),
+                "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups),
+                "gates": heterogeneity.gates(cate, scores, groups=groups)}),
             "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
             "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed),
             "graph": card_section(graph, data.spec),
@@ -286,7 +288,7 @@ def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, se
     and, when the treatment was randomized, CausalML's classic normalized AUUC and Qini score from
     outcome and treatment alone (which measure effects only then)."""
     section = {"ranking": "out-of-bag CATE", "effect_scores": "debiased (AIPW) scores of the out-of-bag CATE",
-               **uplift.doubly_robust(cate, scores, seed=seed)}
+               **uplift.doubly_robust(cate, scores, seed=seed, groups=data.arrays()["groups"])}
     if data.spec.binary and data.spec.assignment == "randomized":
         a = data.arrays()
         section["classic"] = {"definition": "CausalML's auuc_score and qini_score (normalized), from outcome and "

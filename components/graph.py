@@ -186,8 +186,8 @@ class CausalGraph:
                 raise GraphError(f"declares the {role} {name!r} latent: it must be a column of the data")
         descendants = nx.descendants(dag, spec.treatment)
         if not spec.covariates:
-            taken = {spec.treatment, spec.outcome, *spec.controls, spec.unit_id, spec.weight, spec.timestamp,
-                     spec.instrument}
+            taken = {spec.treatment, spec.outcome, *spec.controls, spec.unit_id, spec.group, spec.weight,
+                     spec.timestamp, spec.instrument}
             derived = [n for n in self.observed if n not in taken and n not in descendants]
             if not derived:
                 raise GraphError(f"has no observed node other than treatment, outcome and controls that is not a "

@@ -7,13 +7,19 @@ rate         the rank-weighted average treatment effect (AUTOC, as grf's
              `rank_average_treatment_effect`): how much more the units ranked first by the CATE
              gain than average, integrated over the share treated; standard error by bootstrap.
 gates        group average effects by CATE quartile (mean doubly robust score in each).
+
+Each takes the data's `groups` (codes, one per row, or None): with them, standard errors count
+groups, not rows, as independent (the cluster sandwich, a bootstrap of whole groups).
 """
 
 import numpy as np
 from scipy.stats import norm
 
+from tauforge.kernels.ate import clustered_stderr
+from tauforge.kernels.bootstrap import bootstrap_counts
 
-def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray) -> dict:
+
+def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, groups: np.ndarray | None = None) -> dict:
     mean_tau = tau.mean()
     Z = np.stack([t_res * mean_tau, t_res * (tau - mean_tau)], axis=1)
     if np.linalg.matrix_rank(Z) < 2:  # a constant CATE (or a zero mean) leaves nothing to calibrate
@@ -24,8 +30,12 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray) -> d
     beta, *_ = np.linalg.lstsq(Z, y_res, rcond=None)
     resid = y_res - Z @ beta
     bread = np.linalg.inv(Z.T @ Z)
-    hat = np.einsum("ij,jk,ik->i", Z, bread, Z)  # leverages, for the HC3 sandwich grf uses
-    meat = (Z * (resid / (1 - hat))[:, None] ** 2).T @ Z
+    if groups is None:
+        hat = np.einsum("ij,jk,ik->i", Z, bread, Z)  # leverages, for the HC3 sandwich grf uses
+        meat = (Z * (resid / (1 - hat))[:, None] ** 2).T @ Z
+    else:  # the cluster sandwich: a group's scores summed before they are squared
+        sums = np.stack([np.bincount(groups, weights=Z[:, j] * resid) for j in range(2)], axis=1)
+        meat = sums.T @ sums
     se = np.sqrt(np.diag(bread @ meat @ bread))
     t_stats = beta / se
     return {"mean_forest_prediction": float(beta[0]), "mean_stderr": float(se[0]),
@@ -34,8 +44,10 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray) -> d
             "mean_pvalue": float(norm.sf(t_stats[0])), "differential_pvalue": float(norm.sf(t_stats[1]))}
 
 
-def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed: int = 0) -> dict:
-    """AUTOC of `priority` with doubly robust `scores`, and its bootstrap standard error."""
+def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed: int = 0,
+          groups: np.ndarray | None = None) -> dict:
+    """AUTOC of `priority` with doubly robust `scores`, and its bootstrap standard error (of rows,
+    or of whole `groups`)."""
     def estimate(p, s):
         order = np.argsort(-p, kind="stable")
         top_means = np.cumsum(s[order]) / np.arange(1, len(s) + 1)  # TOC(q) + mean at q = k / n
@@ -44,18 +56,24 @@ def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed
     value = estimate(priority, scores)
     rng = np.random.default_rng(seed)
     n = len(scores)
-    boot = [estimate(priority[idx], scores[idx]) for idx in (rng.integers(0, n, n) for _ in range(n_bootstrap))]
+    resamples = (np.repeat(np.arange(n), bootstrap_counts(n, rng, groups).astype(np.int64))
+                 for _ in range(n_bootstrap))
+    boot = [estimate(priority[idx], scores[idx]) for idx in resamples]
     se = float(np.std(boot, ddof=1))
     return {"autoc": value, "stderr": se, "pvalue": float(norm.sf(value / se)) if se > 0 else float("nan")}
 
 
-def gates(priority: np.ndarray, scores: np.ndarray, groups: int = 4) -> list[dict]:
-    """Average effect (mean doubly robust score, standard error) in each quantile group of `priority`."""
-    edges = np.quantile(priority, np.linspace(0, 1, groups + 1))
-    label = np.clip(np.searchsorted(edges, priority, side="right") - 1, 0, groups - 1)
+def gates(priority: np.ndarray, scores: np.ndarray, n_quantiles: int = 4,
+          groups: np.ndarray | None = None) -> list[dict]:
+    """Average effect (mean doubly robust score, standard error) in each quantile of `priority`;
+    with `groups`, the standard error counts the data's groups as independent."""
+    edges = np.quantile(priority, np.linspace(0, 1, n_quantiles + 1))
+    label = np.clip(np.searchsorted(edges, priority, side="right") - 1, 0, n_quantiles - 1)
     out = []
-    for g in range(groups):
+    for g in range(n_quantiles):
         s = scores[label == g]
+        stderr = (s.std(ddof=1) / np.sqrt(len(s)) if groups is None
+                  else clustered_stderr(s - s.mean(), len(s), groups[label == g]))
         out.append({"group": g + 1, "cate_from": float(edges[g]), "cate_to": float(edges[g + 1]), "rows": int(len(s)),
-                    "effect": float(s.mean()), "stderr": float(s.std(ddof=1) / np.sqrt(len(s)))})
+                    "effect": float(s.mean()), "stderr": float(stderr)})
     return out

@@ -144,12 +144,12 @@ def fit_nuisance_fold(data: ValidatedData, fold: int, nuisance: NuisanceConfig, 
 
     a = data.arrays()
     discrete = data.spec.binary
-    folds = cross_fitting_folds(a["T"], nuisance.folds, discrete, seed)
+    folds = cross_fitting_folds(a["T"], nuisance.folds, discrete, seed, a["groups"])
     train, test = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
     y_hat, t_hat, scores = fit_nuisance(nuisance_inputs(a), a["Y"], a["T"], train, test, model_y=nuisance.model_y,
                                         model_t=nuisance.model_t, discrete=discrete, seed=seed,
                                         sample_weight=a["sample_weight"], progress=progress,
-                                        desc=f"nuisance fold {fold + 1}/{nuisance.folds}")
+                                        desc=f"nuisance fold {fold + 1}/{nuisance.folds}", groups=a["groups"])
     t_hat = _known_propensity(data, t_hat)
     frame = pd.DataFrame({"row": test, "fold": fold, "y_hat": y_hat, "t_hat": t_hat})
     return FoldPredictions(fold, frame, scores)
@@ -163,7 +163,7 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     models of `fit_nuisance_fold`: under `sample_weight` (a bootstrap resample's; default the
     data's own), on `rows` only (a refuter's subset; default all), with `extra_control` as one
     more column the models see (a refuter's random common cause), with `treatment` (all rows) in
-    place of the data's (a refuter's placebo)."""
+    place of the data's (a refuter's placebo). The data's groups stay whole, as in the run."""
     from tauforge.kernels.ate import treatment_variance
     from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds
 
@@ -173,13 +173,14 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     weight = a["sample_weight"] if sample_weight is None else sample_weight
     T = a["T"] if treatment is None else np.asarray(treatment, dtype=np.float64)
     Y, T, weight = a["Y"][rows], T[rows], None if weight is None else weight[rows]
+    groups = None if a["groups"] is None else a["groups"][rows]
     discrete = data.spec.binary
     y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
                                 model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight,
-                                with_scores=False)
+                                with_scores=False, groups=groups)
     t_hat = _known_propensity(data, t_hat)
-    t_var = treatment_variance(XW[rows], T, t_hat, cross_fitting_folds(T, nuisance.folds, discrete, seed),
-                               discrete=discrete, seed=seed, sample_weight=weight)
+    t_var = treatment_variance(XW[rows], T, t_hat, cross_fitting_folds(T, nuisance.folds, discrete, seed, groups),
+                               discrete=discrete, seed=seed, sample_weight=weight, groups=groups)
     return Y - y_hat, T - t_hat, t_var
 
 
@@ -235,7 +236,7 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
     a = data.arrays()
     y_hat, t_hat, fold = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy(), pred["fold"].to_numpy()
     t_var = treatment_variance(nuisance_inputs(a), a["T"], t_hat, fold, discrete=data.spec.binary, seed=seed,
-                               sample_weight=a["sample_weight"], progress=progress)
+                               sample_weight=a["sample_weight"], progress=progress, groups=a["groups"])
     residuals = pd.DataFrame({"fold": fold, "y_hat": y_hat, "t_hat": t_hat, "y_res": a["Y"] - y_hat,
                               "t_res": a["T"] - t_hat, "t_var": t_var})
     scores: dict[str, list[float]] = {}

@@ -842,13 +842,15 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "estimand": {"cate": f"E[{spec['outcome']}(1) - {spec['outcome']}(0) | X]" if binary else
                      f"d E[{spec['outcome']} | do({spec['treatment']} = t), X] / dt (locally linear)",
                      "ate": estimate["estimand"], "ate_method": estimate["method"]},
-        "assumptions": assumptions(spec["assignment"], graph),
+        "assumptions": assumptions(spec["assignment"], graph) + (
+            [f"independent groups: rows of different {spec['group']!r} are independent; rows of one may depend on "
+             "each other (its standard errors count groups)"] if spec.get("group") else []),
         "graph": graph,
         "lineage": {"graph_sha256": graph.get("sha256"), "data_fingerprint": data.get("fingerprint"),
                     "git_commit": env["git_commit"], "run_id": run.get("run_id")},
         "spec": spec, "data": data, "effect": {
             k: estimate[k] for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "ate_interval", "alpha",
-                                     "variance_weighted_effect", "variance_weighted_stderr", "bootstrap")
+                                     "variance_weighted_effect", "variance_weighted_stderr", "n_groups", "bootstrap")
             if k in estimate},
         "evaluation": {k: evaluation[k] for k in ("verdict", "nuisance", "refuters", "balance", "sensitivity")}
         | {"heterogeneity": {k: v for k, v in evaluation["heterogeneity"].items()}}

@@ -50,17 +50,22 @@ class SensitivityParams:
 
     @classmethod
     def from_scores(cls, tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
-                    sample_weight: np.ndarray | None = None) -> "SensitivityParams":
+                    sample_weight: np.ndarray | None = None,
+                    groups: np.ndarray | None = None) -> "SensitivityParams":
         """theta the mean debiased score of the CATE `tau` (the average effect), with the Riesz
         representer alpha = t~ / V. Each of (theta, sigma2, nu2) is a (weighted) mean, so their
         covariance is that of the per-row terms, as `kernels.ate.average_effect`'s standard
-        error: with `sample_weight`, theta is the weighted average effect the run reports."""
+        error: with `sample_weight`, theta is the weighted average effect the run reports; with
+        `groups` (codes, one per row), a group's terms are summed before their covariance, as
+        there."""
         psi = debiased_scores(tau, y_res, t_res, t_var)
         residual2, alpha2 = (y_res - tau * t_res) ** 2, (t_res / t_var) ** 2
         terms = np.stack([psi, residual2, alpha2], axis=1)
         w = np.ones(len(psi)) if sample_weight is None else sample_weight / sample_weight.mean()
         means = w @ terms / w.sum()
         spread = w[:, None] * (terms - means)
+        if groups is not None:
+            spread = np.stack([np.bincount(groups, weights=spread[:, j]) for j in range(spread.shape[1])], axis=1)
         theta, sigma2, nu2 = (float(m) for m in means)
         return cls(theta, sigma2, nu2, spread.T @ spread / w.sum() ** 2)
 
@@ -107,9 +112,9 @@ def robustness_value(p: SensitivityParams, null: float = 0.0, alpha: float = 0.0
 
 def sensitivity_report(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
                        alpha: float = 0.05, c_y: float = 0.05, c_t: float = 0.05,
-                       sample_weight: np.ndarray | None = None) -> dict:
+                       sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None) -> dict:
     """The bounds and robustness values of the average effect (`SensitivityParams.from_scores`)."""
-    p = SensitivityParams.from_scores(tau, y_res, t_res, t_var, sample_weight)
+    p = SensitivityParams.from_scores(tau, y_res, t_res, t_var, sample_weight, groups)
     return {"theta": p.theta, "c_y": c_y, "c_t": c_t,
             "theta_bounds": list(bounds(p, c_y, c_t, 1.0, alpha, "theta")),
             "ci_bounds": list(bounds(p, c_y, c_t, 1.0, alpha, "ci")),

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tauforge.kernels.bootstrap import bootstrap_counts
+
 # The curves kept in a result (for the reports' charts): read at this many evenly spaced shares.
 CURVE_POINTS = 101
 
@@ -154,15 +156,16 @@ def _areas(psi_ranked: np.ndarray, counts: np.ndarray | None = None) -> tuple[fl
 
 
 def doubly_robust(score, effect_scores, *, n_bootstrap: int = 200, seed: int = 0,
-                  points: int = CURVE_POINTS) -> dict:
+                  points: int = CURVE_POINTS, groups: np.ndarray | None = None) -> dict:
     """Gain and Qini curves and areas of a ranking by `score`, from per-row debiased effect
     scores: {'auuc', 'qini', their bootstrap standard errors, 'qini_pvalue' (one-sided: the
-    ranking beats random), 'ate', 'rows', 'curve': the curves at `points` evenly spaced shares}."""
+    ranking beats random), 'ate', 'rows', 'curve': the curves at `points` evenly spaced shares}.
+    With `groups` (codes, one per row) the bootstrap draws whole groups."""
     order, psi = ranking(score), _effect_scores(effect_scores, score)
     n = len(psi)
     ranked = psi[order]
     auuc, qini = _areas(ranked)
-    (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed)
+    (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed, groups=groups)
     gain = np.concatenate([[0.0], np.cumsum(ranked)]) / n
     at = np.unique(np.round(np.linspace(0, n, min(points, n + 1))).astype(int))
     share, ate = at / n, gain[-1]
@@ -200,7 +203,7 @@ def _effect_scores(effect_scores, score) -> np.ndarray:
 
 
 def _bootstrap_se(psi: np.ndarray, orders: list[np.ndarray], n_bootstrap: int, seed: int,
-                  difference: bool = False) -> list[tuple[float, float]]:
+                  difference: bool = False, groups: np.ndarray | None = None) -> list[tuple[float, float]]:
     """Bootstrap standard errors of (AUUC, Qini) of the ranking of `psi` by each order (with
     `difference`, of the second's minus the first's), every ranking on the same resampled rows.
     The rankings stay those of the full sample: the score is a fixed function, only the rows
@@ -212,7 +215,7 @@ def _bootstrap_se(psi: np.ndarray, orders: list[np.ndarray], n_bootstrap: int, s
     rng = np.random.default_rng([seed, 18])
     draws = []
     for _ in range(n_bootstrap):
-        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        counts = bootstrap_counts(n, rng, groups)
         draws.append([_areas(r, counts[o]) for r, o in zip(ranked, orders)])
     draws = np.array(draws)  # (bootstrap, ranking, [auuc, qini])
     if difference:

@@ -207,8 +207,14 @@ def check_groups(groups: Any, n: int) -> np.ndarray | None:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"groups must have one label per row ({n}), got shape {labels.shape}")
-    missing = np.array([v is None or (isinstance(v, float) and v != v) for v in labels]) if labels.dtype == object \
-        else (np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else np.zeros(n, bool))
+    if labels.dtype == object:
+        missing = np.array([_is_missing_label(v) for v in labels], dtype=bool)
+    elif labels.dtype.kind in "fc":
+        missing = np.isnan(labels)
+    elif labels.dtype.kind in "mM":
+        missing = np.isnat(labels)
+    else:
+        missing = np.zeros(n, bool)
     if missing.any():
         raise ValueError(f"groups has a missing label (first at row {int(np.argmax(missing))}); give every row a group")
     try:
@@ -216,6 +222,16 @@ def check_groups(groups: Any, n: int) -> np.ndarray | None:
     except TypeError as exc:
         raise ValueError(f"groups must be labels of one sortable kind (numbers or strings): {exc}") from None
     return codes.astype(np.int32).reshape(-1)
+
+
+def _is_missing_label(value: Any) -> bool:
+    """None, NaN, pandas' NA and NaT (without importing pandas: NA's truth value raises)."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):
+        return False
 
 
 def resolve_device(device: Any) -> str:

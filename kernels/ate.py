@@ -33,6 +33,10 @@ MIN_PROPENSITY = 0.025
 # e (1 - e) with e clipped to [0.025, 0.975] is at least 10% of its largest value (less for a
 # rare arm, whose clip is lower).
 MIN_VARIANCE_SHARE = 0.05
+# Fewer groups than this (fit(groups=)) draw a warning: cluster-robust standard errors are too
+# small with few clusters (Cameron and Miller 2015, "A Practitioner's Guide to Cluster-Robust
+# Inference", put the trouble below 20 to 50).
+MIN_GROUPS = 20
 
 
 def propensity_clip(T: np.ndarray, min_propensity: float = MIN_PROPENSITY,
@@ -94,11 +98,14 @@ def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var
 def clustered_stderr(score: np.ndarray, scale: float, groups: np.ndarray | None = None) -> float:
     """sqrt(sum over groups of (the group's sum of `score`)^2) / scale: the sandwich standard error
     of an estimate whose (weighted, centred) scores are `score`, with rows dependent within a
-    group (codes 0..G-1, `_inputs.check_groups`) and groups independent; each row its own group
-    without `groups`. No G / (G - 1) factor, so one row per group gives exactly the unclustered
-    value."""
-    sums = score if groups is None else np.bincount(groups, weights=score)
-    return float(np.sqrt(np.sum(sums**2)) / scale)
+    group (codes, `_inputs.check_groups`) and groups independent; each row its own group without
+    `groups`. With groups, times sqrt(G / (G - 1)) (Stata's CR1): without it a 95% interval from
+    20 groups covered 0.93 in a review's simulation, and with weights that vary by group 0.89."""
+    if groups is None:
+        return float(np.sqrt(np.sum(score**2)) / scale)
+    sums = np.bincount(groups, weights=score)
+    n_groups = int(np.count_nonzero(np.bincount(groups)))
+    return float(np.sqrt(np.sum(sums**2) * n_groups / max(n_groups - 1, 1)) / scale)
 
 
 def average_effect(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,

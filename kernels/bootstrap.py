@@ -63,10 +63,24 @@ def resample_weights(n: int, replicate: int, seed: int, groups: np.ndarray | Non
     (Rubin's Bayesian bootstrap), so every row is kept, each with its own positive weight. With
     `groups` (codes 0..G-1) one draw per group, which all its rows take: the cluster bootstrap,
     for rows dependent within a group (groups 0..n-1 give the rows' own draws)."""
+    from ._inputs import check_groups
+
+    groups = check_groups(groups, n)  # any labels, as codes 0..G-1
     rng = np.random.default_rng([seed, 1009, replicate])
     w = rng.standard_exponential(n if groups is None else int(groups.max()) + 1)
     w = w if groups is None else w[groups]
     return w / w.mean()
+
+
+def bootstrap_counts(n: int, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
+    """How many times each of n rows is in a classical bootstrap resample (float64 counts): n
+    rows drawn with replacement, or with `groups` (codes 0..G-1) G groups drawn with replacement,
+    each bringing all its rows. For statistics resampled as a whole (the evaluation's AUTOC and
+    uplift curves), where `resample_weights` reweights a fit."""
+    if groups is None:
+        return np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+    n_groups = int(groups.max()) + 1
+    return np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(np.float64)[groups]
 
 
 @dataclass

@@ -212,6 +212,7 @@ class CausalForest(BaseEstimator):
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
         over tasks). Needs `random_state` set so every shard draws from the same seed."""
         names = _inputs.feature_names(X)
+        _inputs.check_same_index(X=X, T=T, y=y, sample_weight=sample_weight, groups=groups)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
         n = X.shape[0]
         if n_shards > 1 and not isinstance(self.random_state, (int, np.integer)):

@@ -54,12 +54,29 @@ def group_folds(groups: np.ndarray, n_folds: int = GROUP_CV_FOLDS) -> list[tuple
 
 
 def fit_with_groups(model: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, **kw: Any) -> Any:
-    """`model.fit(X, y, **kw)`, with `groups` too when there are groups and its fit takes them
-    (this module's models and the engine's boosting hold out whole groups to validate; a
-    scikit-learn model validates as it was configured, e.g. `cv=GroupKFold(5)`)."""
-    if groups is not None and "groups" in inspect.signature(model.fit).parameters:
-        kw["groups"] = groups
+    """`model.fit(X, y, **kw)`, its own validation holding out whole `groups` when there are any:
+    a fit that takes `groups` gets them (this module's models, the engine's boosting), and a
+    model with a `cv` parameter (scikit-learn's LassoCV, GridSearchCV, ...) gets its folds as
+    explicit splits of whole groups: a group splitter's (GroupKFold(5)), or GroupKFold for a
+    number of folds or None (its default 5). Other splitters are kept as given. Returns the
+    fitted model, which is a clone when its `cv` was replaced."""
+    if groups is None:
+        return model.fit(X, y, **kw)
+    if "groups" in inspect.signature(model.fit).parameters:
+        return model.fit(X, y, groups=groups, **kw)
+    cv = model.get_params(deep=False).get("cv", False) if hasattr(model, "get_params") else False
+    if cv is None or (isinstance(cv, (int, np.integer)) and not isinstance(cv, bool)):
+        k = min(int(cv or GROUP_CV_FOLDS), len(np.unique(groups)))
+        model = clone(model).set_params(cv=list(GroupKFold(k).split(X, y, groups)))
+    elif hasattr(cv, "split") and "groups" in inspect.signature(cv.split).parameters and _uses_groups(cv):
+        model = clone(model).set_params(cv=list(cv.split(X, y, groups)))
     return model.fit(X, y, **kw)
+
+
+def _uses_groups(splitter: Any) -> bool:
+    """Whether a scikit-learn splitter splits by groups (GroupKFold, LeaveOneGroupOut, ...): its
+    name says so, as scikit-learn's own do."""
+    return "Group" in type(splitter).__name__
 
 
 class GCVRidge(RegressorMixin, BaseEstimator):

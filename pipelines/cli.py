@@ -199,7 +199,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
     if args.propensity is not None and not 0 < args.propensity < 1:
         raise ValueError(f"--propensity must be in (0, 1), got {args.propensity}")
     spec = DataSpec(outcome=outcome, treatment=treatment, covariates=args.covariates or [],
-                    controls=args.controls or [], unit_id=args.unit_id, weight=args.weight,
+                    controls=args.controls or [], unit_id=args.unit_id, weight=args.weight, group=args.group,
                     timestamp=args.timestamp, treatment_type=args.treatment_type,
                     assignment=args.assignment, propensity=args.propensity)
     with _as_flags(NUISANCE_FLAGS):
@@ -600,6 +600,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument("--controls", nargs="+", metavar="COL", help="confounders W used by the nuisance models only")
     data.add_argument("--unit-id", help="unit id column (must be unique)")
     data.add_argument("--weight", help="sample weight column")
+    data.add_argument("--group", metavar="COL",
+                      help="column labelling rows that are not independent (a unit's repeated rows, a household, "
+                           "a market): each group is held out whole in cross-fitting, drawn whole by the trees and "
+                           "counted once in every standard error")
     data.add_argument("--timestamp", help="time column: must be in increasing order (checked, recorded in the card)")
     data.add_argument("--assignment", choices=ASSIGNMENTS, default="observational",
                       help="randomized: a binary treatment assigned with the known --propensity, which replaces "

@@ -115,6 +115,9 @@ class TrainingConfig:
                                  f"got {self.n_shards}")
             if self.bootstrap.n_bootstrap:
                 fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
+            if self.spec.group:
+                fail("estimator", "must be 'tauforge' with a group column: EconML's forest draws rows, not groups, "
+                                  "and its intervals would count a group's rows as independent")
         if self.estimator == "tauforge":  # shards hold whole little bags (kernels.sampling: numpy only)
             from tauforge.kernels.sampling import resolve_group_size
 

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import LassoCV, LinearRegression
+from sklearn.model_selection import GroupKFold
 
 from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels._inputs import check_groups
@@ -78,6 +79,16 @@ def test_groups_are_checked_with_errors_that_name_the_problem():
         check_groups([1.0, np.nan, 2.0], 3)
     with pytest.raises(ValueError, match="missing label.*row 2"):
         check_groups(np.array(["a", "b", None], dtype=object), 3)
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="missing label.*row 1"):
+        check_groups(pd.Series(["a", pd.NA, "b"], dtype="string"), 3)
+    with pytest.raises(ValueError, match="missing label.*row 0"):
+        check_groups(pd.Series(pd.to_datetime([None, "2026-01-01", "2026-01-02"])), 3)
+    X3 = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="different indexes"):  # matched by position, a reordered Series would lie
+        CausalForest(n_estimators=4).fit(X3, [0.0, 1.0, 0.0, 1.0], [1.0, 2.0, 3.0, 4.0],
+                                         groups=pd.Series([1, 1, 2, 2], index=[3, 2, 1, 0]))
     T = np.array([0.0, 1.0] * 10)
     with pytest.raises(ValueError, match="2 group.*cv=3"):
         cross_fitting_folds(T, 3, True, 0, groups=check_groups(np.arange(20) % 2, 20))
@@ -109,8 +120,13 @@ def test_model_validation_holds_out_whole_groups_so_duplicates_cannot_hide_overf
     additive_leaked = AdditiveBoostingRegressor(random_state=0).fit(Xd, yd)
     additive_held = AdditiveBoostingRegressor(random_state=0).fit(Xd, yd, groups=groups)
     assert additive_held.trees_.n_iter_ <= 20 < additive_leaked.trees_.n_iter_
-    # A scikit-learn model whose fit takes no groups is fit as it always is.
+    # A scikit-learn model whose fit takes no groups is fit as it always is; one with a `cv`
+    # (its number of folds, or a group splitter) gets folds of whole groups.
     assert fit_with_groups(LinearRegression(), X, y, np.arange(300)).coef_.shape == (20,)
+    for cv in (None, 4, GroupKFold(3)):
+        lasso = fit_with_groups(LassoCV(cv=cv), Xd, yd, groups)
+        assert all(not set(groups[train]) & set(groups[test]) for train, test in lasso.cv)
+        assert len(lasso.cv) == (5 if cv is None else 4 if cv == 4 else 3)
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +189,8 @@ def test_clustered_ate_interval_covers_at_the_nominal_rate_where_the_rows_one_do
     # 30 seeds of a cluster-randomized design (clusters of 10 sharing shocks in the outcome and
     # the effect: the ATE's spread is 2.5 times what independent rows would give). A correct 95%
     # interval covers at least 25 of 30 with probability 0.997 (binomial tail), so this fails a
-    # correct implementation 0.3% of the time. The unclustered standard error covered 56 of 100
-    # seeds when this was written, and at that rate passes 25 of 30 with probability 0.0015.
+    # correct implementation 0.3% of the time. The unclustered standard error covered 54 of 100
+    # seeds when this was written, and at that rate passes 25 of 30 with probability 0.0008.
     covered = {"groups": 0, "rows": 0}
     for seed in range(30):
         d = make_clustered_data(seed=seed)
@@ -204,6 +220,92 @@ def test_the_full_bootstrap_reweights_whole_groups():
             model.fit(d.Y, d.T, X=d.X, groups=groups)
         lower, upper = model.ate_interval()
         stderr[name] = (upper - lower) / (2 * 1.96)
+        assert (model.bootstrap_.forests[0].clusters_ is not None) == (groups is not None)
     # The clusters' shared shocks make the ATE 2.5 times as variable as independent rows would:
     # resampling rows misses that (0.15 against 0.26 when this was written).
     assert stderr["groups"] > 1.4 * stderr["rows"], stderr
+
+
+def test_a_group_column_makes_every_standard_error_of_the_evaluation_count_groups():
+    """The pipeline's steps as plain functions, on clusters of 10 rows labelled by strings: every
+    standard error the evaluation reports grows by the clusters' design effect (2-4 times here,
+    when this test was written), except the placebo's, whose permuted treatment varies within
+    clusters and so is independent of their shocks."""
+    import pandas as pd
+
+    from tauforge.components.data import DataSpec, validate
+    from tauforge.components.estimate import grow_forest_shard, merge_forest
+    from tauforge.components.evaluate import GateConfig, evaluate
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold
+
+    d = make_clustered_data(seed=0)
+    table = pd.DataFrame(d.X, columns=["x0", "x1", "x2"]).assign(T=d.T, Y=d.Y, household=[f"h{g}" for g in d.groups])
+    two_folds = NuisanceConfig(folds=2)
+    stderr = {}
+    for name, group in (("groups", "household"), ("rows", None)):
+        data = validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], group=group))
+        residuals = combine_folds(data, [fit_nuisance_fold(data, k, two_folds, 0) for k in range(2)], 0)
+        _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, 0, 0, 1)], data,
+                                   residuals)
+        result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=two_folds, refit_workers=1)
+        heterogeneity, sensitivity = result["heterogeneity"], result["sensitivity"]
+        stderr[name] = {
+            "ate": result["effect"]["ate_stderr"],
+            "calibration": heterogeneity["calibration"]["mean_stderr"],
+            "differential": heterogeneity["calibration"]["differential_stderr"],
+            "rate": heterogeneity["rate"]["stderr"],
+            "gates": np.mean([g["stderr"] for g in heterogeneity["gates"]]),
+            "sensitivity": np.ptp(sensitivity["ci_bounds"]) - np.ptp(sensitivity["theta_bounds"]),
+            "qini": result["uplift"]["qini_stderr"]}
+        if group:
+            assert result["effect"]["n_groups"] == 100
+    for statistic, grouped in stderr["groups"].items():
+        assert grouped > 1.5 * stderr["rows"][statistic], (statistic, grouped, stderr["rows"][statistic])
+
+
+def test_the_data_contract_checks_the_group_column():
+    import pandas as pd
+
+    from tauforge.components.data import DataSpec, DataValidationError, validate
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"x": rng.normal(size=60), "T": np.tile([0.0, 1.0], 30), "Y": rng.normal(size=60),
+                          "household": np.repeat(np.arange(12), 5)})
+    spec = DataSpec(outcome="Y", treatment="T", covariates=["x"], group="household")
+    few = validate(table, spec)
+    assert any("only 12 groups" in w for w in few.warnings)
+    np.testing.assert_array_equal(few.arrays()["groups"], table["household"].to_numpy())
+    with pytest.raises(DataValidationError, match="group column 'household' has 1 missing value.*row 3"):
+        validate(table.assign(household=table["household"].where(table.index != 3)), spec)
+    with pytest.raises(DataValidationError, match="every row in one group"):
+        validate(table.assign(household=7), spec)
+    with pytest.raises(DataValidationError, match="missing from the table"):
+        validate(table.drop(columns="household"), spec)
+
+
+def test_econmls_forest_is_refused_with_a_group_column_before_any_task():
+    from tauforge.components.config import ConfigError
+    from tauforge.components.data import DataSpec
+    from tauforge.pipelines.config import TrainingConfig
+
+    spec = DataSpec(outcome="Y", treatment="T", group="household")
+    with pytest.raises(ConfigError, match="estimator.*draws rows, not groups"):
+        TrainingConfig(spec=spec, estimator="econml", trees=40, n_shards=1)
+    assert TrainingConfig(spec=spec, trees=40).spec.group == "household"
+
+
+def test_a_continuous_treatments_duplicated_rows_with_groups_estimate_what_the_original_rows_do():
+    # The average partial effect's V(x) model validates on groups too (kernels.ate.treatment_variance).
+    rng = np.random.default_rng(1)
+    n = 800
+    X = rng.normal(size=(n, 3))
+    T = X[:, 1] / 2 + np.exp(X[:, 0] / 2) * rng.normal(size=n)
+    Y = X[:, 1] + (1 + X[:, 0]) * T + rng.normal(size=n)
+    kw = dict(n_estimators=200, random_state=2, progress=False, linear_correction_variables=None)
+    original = CausalForestDML(**kw).fit(Y, T, X=X)
+    twice = CausalForestDML(**kw).fit(np.repeat(Y, 2), np.repeat(T, 2), X=np.repeat(X, 2, 0),
+                                      groups=np.repeat(np.arange(n), 2))
+    # Other folds and nuisance fits move the estimate by a fraction of its standard error (0.64 here).
+    assert abs(twice.ate_ - original.ate_) < original.ate_stderr_
+    assert 0.85 < twice.ate_stderr_ / original.ate_stderr_ < 1.15
+    assert 0.85 < twice.variance_weighted_stderr_ / original.variance_weighted_stderr_ < 1.15

@@ -70,15 +70,17 @@ def ihdp_parquet(path):
     """EconML's IHDP covariates as EconML prepares them (`econml.data.dgps`: 25 columns of the
     IHDP study, the numeric ones scaled, and a constant intercept column first) with its response
     surface B, written as Parquet outside tauforge under the columns' own names, to `path`. The
-    intercept cannot split; the run must accept it with a warning, as EconML does. Returns (path,
-    table, covariates, controls)."""
+    intercept cannot split; the run must accept it with a warning, as EconML does. A `family`
+    column puts every row in one of 249 groups of three (`--group`). Returns (path, table,
+    covariates, controls)."""
     from econml.data.dgps import ihdp_surface_B
 
     Y, T, X, _ = ihdp_surface_B(random_state=3)
     names = ["intercept", "bw", "b.head", "preterm", "birth.o", "nnhealth", "momage", "sex", "twin", "b.marr",
              "mom.lths", "mom.hs", "mom.scoll", "cig", "first", "booze", "drugs", "work.dur", "prenatal",
              *[f"site{k}" for k in range(1, 8)]]
-    table = pd.DataFrame(X, columns=names).assign(treat=T.astype(float), iq=Y)
+    family = np.random.default_rng(0).permutation(len(Y)) // 3  # families of three rows, drawn at random
+    table = pd.DataFrame(X, columns=names).assign(treat=T.astype(float), iq=Y, family=family)
     assert (table["intercept"] == 1).all()
     covariates, controls = names[:7], names[7:]  # the intercept and the six numeric ones modify the effect
     table.to_parquet(path, index=False)
@@ -137,7 +139,8 @@ def start_background(request):
                                  "--seed", "2", *LINEAR, "--graph", "without-edge.dot", "--json"), cwd=shared)
     # The IHDP run takes the explicit fan-in of compiled pipelines; the others kfp.local's collected one.
     runs.start("ihdp", command(shared, "run", "--data", path, "--treatment", "treat", "--outcome", "iq", "--covariates",
-                               *covariates, "--controls", *controls, "--name", "ihdp", *SMALL, "--seed", "3",
+                               *covariates, "--controls", *controls, "--group", "family", "--name", "ihdp", *SMALL,
+                               "--seed", "3",
                                *BOOTSTRAP, "--fan-in", "explicit", "--json"), cwd=shared)
     runs.start("poor", command(poor, "run", "--data", poor_overlap_table(poor / "poor_overlap.parquet"),
                                "--treatment", "t", "--outcome", "y", "--trees", "20", "--folds", "2", "--shards", "1",
@@ -264,9 +267,10 @@ def test_a_graph_goes_into_the_card_with_its_hash_and_models_diff_shows_the_edge
 
 
 def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_estimator(runs, ihdp):
-    """The IHDP run, with its bootstrap replicates spread over two tasks, reproduces
-    CausalForestDML(inference='bootstrap') with the same seed exactly. It runs the graph `compile`
-    writes (one task per fold and shard, gathered by the explicit fan-in components)."""
+    """The IHDP run, with its bootstrap replicates spread over two tasks and a group column,
+    reproduces CausalForestDML(inference='bootstrap', groups=) with the same seed exactly. It runs
+    the graph `compile` writes (one task per fold and shard, gathered by the explicit fan-in
+    components)."""
     from tauforge.components.estimate import Estimate
 
     path, table, covariates, controls = ihdp
@@ -281,11 +285,13 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     # The pipeline's folds, shards and bootstrap shards reproduce CausalForestDML with the same seed exactly.
     est = CausalForestDML(cv=2, n_estimators=60, inference="bootstrap", n_bootstrap=12, bootstrap_trees=6,
                           bootstrap_interval="pivot", bootstrap_nuisance=False, random_state=3).fit(
-        table["iq"], table["treat"], X=table[covariates], W=table[controls])
+        table["iq"], table["treat"], X=table[covariates], W=table[controls], groups=table["family"])
     assert result["ate"] == pytest.approx(est.ate_, rel=1e-9)
     assert (result["ate_lower"], result["ate_upper"]) == pytest.approx(est.ate_interval(), rel=1e-9)
     loaded = ModelStore(str(runs.dir / "store")).load("ihdp")
     assert loaded.card["spec"]["covariates"] == covariates and loaded.card["spec"]["controls"] == controls
+    assert loaded.card["spec"]["group"] == "family" and loaded.card["effect"]["n_groups"] == 249
+    assert "independent groups: rows of different 'family'" in loaded.card["assumptions"][-1]
     # Without --graph the card says so, and the assumptions are the bare ones.
     assert loaded.card["graph"]["given"] is False and "no causal graph was given" in loaded.card["graph"]["note"]
     assert loaded.card["evaluation"]["graph_checks"] == {"given": False,
