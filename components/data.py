@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tauforge.kernels._inputs import check_groups
-from tauforge.kernels.ate import MIN_GROUPS
+from tauforge.kernels.ate import few_groups_message
 
 from . import config
 from ._kfp import Dataset, Output, component
@@ -112,8 +112,17 @@ class ValidatedData:
             "X": t[s.covariates].to_numpy(np.float64),
             "W": t[s.controls].to_numpy(np.float64) if s.controls else None,
             "sample_weight": t[s.weight].to_numpy(np.float64) if s.weight else None,
-            "groups": check_groups(t[s.group], len(t)) if s.group else None,
+            "groups": self.group_codes(),
         }
+
+    def group_codes(self) -> np.ndarray | None:
+        """The group column's labels as codes 0..G-1 (`kernels._inputs.check_groups`), worked out
+        once: sorting a million string labels takes a second, and the steps ask often."""
+        if not self.spec.group:
+            return None
+        if getattr(self, "_group_codes", None) is None:
+            self._group_codes = check_groups(self.table[self.spec.group], len(self.table))
+        return self._group_codes
 
 
 def read_table(source: str, id_columns=()) -> pd.DataFrame:
@@ -287,14 +296,18 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if labels.isna().any():
             fail(f"group column {spec.group!r} has {int(labels.isna().sum())} missing value(s) (first at row "
                  f"{int(np.argmax(labels.isna().to_numpy()))}); give every row a group")
-        n_groups = labels.nunique()
+        try:
+            codes = check_groups(labels, n)
+        except ValueError as exc:
+            fail(f"group column {spec.group!r}: {exc}")
+        n_groups = int(codes.max()) + 1
         if n_groups < 2:
             fail(f"group column {spec.group!r} puts every row in one group: nothing is independent of anything")
-        if n_groups < MIN_GROUPS:
-            warnings.append(f"group column {spec.group!r} has only {n_groups} groups: standard errors that count "
-                            f"groups are too small with fewer than {MIN_GROUPS}")
+        if few := few_groups_message(codes, f"group column {spec.group!r}"):
+            warnings.append(few)
         if n_groups == n:
-            warnings.append(f"group column {spec.group!r} puts every row in a group of its own: the same as no group")
+            warnings.append(f"group column {spec.group!r} puts every row in a group of its own: rows are counted as "
+                            "independent, as without it (the folds and models' validation are drawn otherwise)")
     if spec.timestamp:
         ts = df[spec.timestamp]
         if ts.isna().any():
@@ -423,7 +436,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
 
     check_store_location(store)
     resolved = DataSpec.from_json(spec)
-    table = read_table(source, id_columns=[resolved.unit_id])
+    table = read_table(source, id_columns=[resolved.unit_id, resolved.group])
     if graph:
         causal_graph = CausalGraph.parse(graph)
         causal_graph.check_columns(table.columns)

@@ -52,6 +52,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tauforge.kernels.ate import clustered_stderr
+
 from .graph import CausalGraph, Independence
 
 MAX_ROWS = 20_000
@@ -71,16 +73,21 @@ def _regression(seed: int):
                                          random_state=seed)
 
 
-def residual(v: np.ndarray, Z: np.ndarray, seed: int = 0, folds: int | None = None) -> np.ndarray:
+def residual(v: np.ndarray, Z: np.ndarray, seed: int = 0, folds: int | None = None,
+             groups: np.ndarray | None = None) -> np.ndarray:
     """v minus its cross-fitted prediction from Z (an additive spline model by least squares, then
-    boosted trees on what it leaves); v minus its mean when Z has no columns."""
+    boosted trees on what it leaves), whole `groups` (codes, one per row) held out together; v
+    minus its mean when Z has no columns."""
     if Z.shape[1] == 0:
         return v - v.mean()
-    from sklearn.model_selection import KFold
+    from sklearn.model_selection import GroupKFold, KFold
     from sklearn.preprocessing import SplineTransformer
 
+    k = folds or FOLDS
+    splits = (KFold(k, shuffle=True, random_state=seed).split(Z) if groups is None else
+              GroupKFold(min(k, len(np.unique(groups))), shuffle=True, random_state=seed).split(Z, groups=groups))
     out = np.empty_like(v)
-    for train, test in KFold(folds or FOLDS, shuffle=True, random_state=seed).split(Z):
+    for train, test in splits:
         # Splines for the continuous columns (a binary one is its own basis), knots from this fold.
         smooth = [j for j in range(Z.shape[1]) if len(np.unique(Z[train, j])) > SPLINE_KNOTS + 4]
         splines = (SplineTransformer(n_knots=SPLINE_KNOTS, degree=3, extrapolation="linear").fit(Z[train][:, smooth])
@@ -98,16 +105,20 @@ def _additive_design(Z: np.ndarray, splines, smooth: list[int]) -> np.ndarray:
     return np.column_stack(parts)
 
 
-def gcm_test(r_a: np.ndarray, r_b: np.ndarray) -> tuple[float, float]:
+def gcm_test(r_a: np.ndarray, r_b: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float]:
     """(z, two-sided p-value) of the generalised covariance measure of two residual vectors; NaN
-    when their product is constant (a constant variable)."""
+    when their product is constant (a constant variable). With `groups` (codes, one per row) the
+    product's mean has the clustered standard error (`kernels.ate.clustered_stderr`)."""
     from scipy.stats import norm
 
     product = r_a * r_b
     sd = product.std()
     if not sd > 1e-12 * max(np.abs(product).max(), 1e-300):
         return float("nan"), float("nan")
-    z = float(np.sqrt(len(product)) * product.mean() / sd)
+    if groups is None:
+        z = float(np.sqrt(len(product)) * product.mean() / sd)
+    else:
+        z = float(product.mean() / clustered_stderr(product - product.mean(), len(product), groups))
     return z, float(2 * norm.sf(abs(z)))
 
 
@@ -126,15 +137,26 @@ def holm(p_values) -> np.ndarray:
     return adjusted
 
 
-def check_graph(graph: CausalGraph | None, table: pd.DataFrame, seed: int = 0, max_rows: int = MAX_ROWS) -> dict:
+def check_graph(graph: CausalGraph | None, table: pd.DataFrame, seed: int = 0, max_rows: int = MAX_ROWS,
+                groups: np.ndarray | None = None) -> dict:
     """Every independence `graph` implies among `table`'s columns, tested: the `graph_checks`
     section of an evaluation. `min_adjusted_p_value` is what the gate compares (None when nothing
-    was testable)."""
+    was testable). With `groups` (codes, one per row of `table`: rows of a group are not
+    independent) the folds, the tests' standard errors and a large table's subsample keep
+    groups whole."""
     if graph is None:
         return {"given": False, "note": NO_GRAPH}
     statements, unseparable = graph.implied_independences(table.columns)
     if len(table) > max_rows:
-        table = table.iloc[np.sort(np.random.default_rng([seed, 2]).choice(len(table), max_rows, replace=False))]
+        rng = np.random.default_rng([seed, 2])
+        if groups is None:
+            rows = np.sort(rng.choice(len(table), max_rows, replace=False))
+        else:  # whole groups, about max_rows rows of them
+            n_groups = int(groups.max()) + 1
+            drawn = rng.choice(n_groups, max(2, int(n_groups * max_rows / len(table))), replace=False)
+            rows = np.flatnonzero(np.isin(groups, drawn))
+            groups = groups[rows]
+        table = table.iloc[rows]
     columns, unusable = {}, {}
     for name in {n for s in statements for n in (s.a, s.b, *s.given)}:
         column = table[name]
@@ -153,7 +175,7 @@ def check_graph(graph: CausalGraph | None, table: pd.DataFrame, seed: int = 0, m
     def residual_of(name: str, given: tuple[str, ...]) -> np.ndarray:
         if (name, given) not in cache:
             Z = np.column_stack([columns[g] for g in given]) if given else np.empty((len(table), 0))
-            cache[name, given] = residual(columns[name], Z, seed)
+            cache[name, given] = residual(columns[name], Z, seed, groups=groups)
         return cache[name, given]
 
     tested, untestable = [], []
@@ -162,7 +184,7 @@ def check_graph(graph: CausalGraph | None, table: pd.DataFrame, seed: int = 0, m
         if bad:
             untestable.append({"statement": str(s), "reason": bad[0]})
             continue
-        z, p = gcm_test(residual_of(s.a, s.given), residual_of(s.b, s.given))
+        z, p = gcm_test(residual_of(s.a, s.given), residual_of(s.b, s.given), groups)
         if np.isnan(p):
             untestable.append({"statement": str(s), "reason": f"{s.a} or {s.b} is a function of the conditioning "
                                                               "set: a residual is constant"})

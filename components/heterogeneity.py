@@ -33,15 +33,28 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, grou
     if groups is None:
         hat = np.einsum("ij,jk,ik->i", Z, bread, Z)  # leverages, for the HC3 sandwich grf uses
         meat = (Z * (resid / (1 - hat))[:, None] ** 2).T @ Z
-    else:  # the cluster sandwich: a group's scores summed before they are squared
-        sums = np.stack([np.bincount(groups, weights=Z[:, j] * resid) for j in range(2)], axis=1)
-        meat = sums.T @ sums
+    else:
+        meat = _cluster_hc3_meat(Z, resid, groups)
     se = np.sqrt(np.diag(bread @ meat @ bread))
     t_stats = beta / se
     return {"mean_forest_prediction": float(beta[0]), "mean_stderr": float(se[0]),
             "differential_forest_prediction": float(beta[1]), "differential_stderr": float(se[1]),
             # one-sided: heterogeneity exists (coefficient > 0), as grf reports it
             "mean_pvalue": float(norm.sf(t_stats[0])), "differential_pvalue": float(norm.sf(t_stats[1]))}
+
+
+def _cluster_hc3_meat(Z: np.ndarray, resid: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The meat of grf's clustered calibration test (sandwich's vcovCL, type HC3, with its G / (G -
+    1)): per group, u_g = Z_g' (I - H_gg)^-1 e_g with H_gg = Z_g (Z'Z)^-1 Z_g', summed as u_g u_g'.
+    By Woodbury, (I - H_gg)^-1 e_g = e_g + Z_g (Z'Z - Z_g'Z_g)^-1 Z_g' e_g, so each group needs
+    only its 2 x 2 Z_g'Z_g and 2-vector Z_g'e_g. One row a group gives HC3 times n / (n - 1)."""
+    k = Z.shape[1]
+    zz = np.stack([np.bincount(groups, weights=Z[:, a] * Z[:, b]) for a in range(k) for b in range(k)],
+                  axis=1).reshape(-1, k, k)
+    ze = np.stack([np.bincount(groups, weights=Z[:, a] * resid) for a in range(k)], axis=1)
+    u = ze + np.einsum("gab,gb->ga", zz, np.einsum("gab,gb->ga", np.linalg.pinv(Z.T @ Z - zz), ze))
+    n_groups = len(u)
+    return (u.T @ u) * n_groups / max(n_groups - 1, 1)
 
 
 def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed: int = 0,

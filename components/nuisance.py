@@ -126,6 +126,24 @@ def check_fold_tasks(n_tasks: int, n_folds: int) -> None:
         raise config.ConfigError("fold_tasks", f"must be between 1 and the {n_folds} folds, got {n_tasks}")
 
 
+def check_groups_for_folds(data: ValidatedData, n_folds: int) -> None:
+    """ConfigError naming `folds` unless the data's groups fill the folds: cross-fitting holds out
+    whole groups and the data-subset refuter refits on half of them, so at least 2 n_folds groups,
+    and for a binary treatment as many groups holding each arm (else a fold trains on one arm)."""
+    groups, T = data.arrays()["groups"], data.arrays()["T"]
+    if groups is None:
+        return
+    need, column = 2 * n_folds, data.spec.group
+    arms = [("", groups)] + ([(f" with treatment {arm}", groups[T == arm]) for arm in (0, 1)] if data.spec.binary
+                             else [])
+    for which, held in arms:
+        count = len(np.unique(held))
+        if count < need:
+            raise config.ConfigError("folds", f"must leave whole groups in every fold: group column {column!r} has "
+                                              f"{count} group(s){which}, and {n_folds} folds need at least {need} "
+                                              "(the data-subset refuter refits on half of them); pass fewer folds")
+
+
 def folds_of_task(task: int, n_tasks: int, n_folds: int) -> list[int]:
     """The folds task `task` of `n_tasks` fits: task, task + n_tasks, ... (each fold in one task)."""
     check_fold_tasks(n_tasks, n_folds)

@@ -292,11 +292,23 @@ def data_subset_refuter(refit: EffectRefit, baseline: float, seed: int, fraction
         jobs = [{"rows": np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n), replace=False))}
                 for r in range(repeats)]
     else:  # the data's groups stay whole: a subset of groups, each with all its rows
-        n_groups = int(groups.max()) + 1
-        jobs = [{"rows": np.flatnonzero(np.isin(groups, np.random.default_rng([seed, 13, r]).choice(
-            n_groups, int(fraction * n_groups), replace=False)))} for r in range(repeats)]
+        jobs = [{"rows": _group_subset(refit, fraction, np.random.default_rng([seed, 13, r]))} for r in range(repeats)]
     return Refuter(jobs, lambda results: {**_within_spread([e for e, _ in results], baseline),
                                           "fraction": fraction, "repeats": repeats})
+
+
+def _group_subset(refit: EffectRefit, fraction: float, rng: np.random.Generator, attempts: int = 20) -> np.ndarray:
+    """The rows of `fraction` of the data's groups drawn by `rng`: drawn again (up to `attempts`
+    times) while a binary treatment's arm is in fewer groups than the folds, which could not be
+    cross-fit (a treatment assigned by group, few groups)."""
+    groups, T = refit.arrays["groups"], refit.arrays["T"]
+    n_groups, folds = int(groups.max()) + 1, refit.nuisance.folds
+    binary = refit.data.spec.binary
+    for _ in range(attempts):
+        rows = np.flatnonzero(np.isin(groups, rng.choice(n_groups, int(fraction * n_groups), replace=False)))
+        if not binary or all(len(np.unique(groups[rows][T[rows] == arm])) >= folds for arm in (0, 1)):
+            break
+    return rows
 
 
 def placebo(refit: EffectRefit, seed: int) -> dict:

@@ -33,10 +33,30 @@ MIN_PROPENSITY = 0.025
 # e (1 - e) with e clipped to [0.025, 0.975] is at least 10% of its largest value (less for a
 # rare arm, whose clip is lower).
 MIN_VARIANCE_SHARE = 0.05
-# Fewer groups than this (fit(groups=)) draw a warning: cluster-robust standard errors are too
-# small with few clusters (Cameron and Miller 2015, "A Practitioner's Guide to Cluster-Robust
-# Inference", put the trouble below 20 to 50).
+# Fewer effective groups than this (fit(groups=), `effective_groups`) draw a warning:
+# cluster-robust standard errors are too small with few clusters (Cameron and Miller 2015, "A
+# Practitioner's Guide to Cluster-Robust Inference", put the trouble below 20 to 50), and
+# unequal sizes make many clusters act as few: 40 groups, one of half the rows, rejected a true
+# null 34% of the time at 5% in a review's simulation.
 MIN_GROUPS = 20
+
+
+def effective_groups(groups: np.ndarray) -> float:
+    """(sum n_g)^2 / sum n_g^2 of the groups' sizes n_g: the number of equal groups that would
+    weigh as these do (G when they are equal, about 4 for 40 with one holding half the rows)."""
+    sizes = np.bincount(groups).astype(np.float64)
+    return float(sizes.sum() ** 2 / np.sum(sizes**2))
+
+
+def few_groups_message(groups: np.ndarray, name: str) -> str | None:
+    """The warning for groups (codes) that act as fewer than MIN_GROUPS, naming them `name`, or None."""
+    effective = effective_groups(groups)
+    if effective >= MIN_GROUPS:
+        return None
+    count = int(np.count_nonzero(np.bincount(groups)))
+    unequal = "" if effective > count - 0.5 else f", as unequal in size as {effective:.1f} equal ones"
+    return (f"{name} has {count} groups{unequal}: standard errors that count groups are too small with fewer than "
+            f"{MIN_GROUPS}")
 
 
 def propensity_clip(T: np.ndarray, min_propensity: float = MIN_PROPENSITY,
@@ -105,7 +125,9 @@ def clustered_stderr(score: np.ndarray, scale: float, groups: np.ndarray | None 
         return float(np.sqrt(np.sum(score**2)) / scale)
     sums = np.bincount(groups, weights=score)
     n_groups = int(np.count_nonzero(np.bincount(groups)))
-    return float(np.sqrt(np.sum(sums**2) * n_groups / max(n_groups - 1, 1)) / scale)
+    if n_groups < 2:  # one group's centred scores sum to 0: a variance it cannot show
+        return float("nan")
+    return float(np.sqrt(np.sum(sums**2) * n_groups / (n_groups - 1)) / scale)
 
 
 def average_effect(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,

@@ -16,7 +16,14 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from . import _inputs
-from .ate import MIN_GROUPS, MIN_PROPENSITY, average_effect, oob_effect, treatment_variance, variance_weighted_effect
+from .ate import (
+    MIN_PROPENSITY,
+    average_effect,
+    few_groups_message,
+    oob_effect,
+    treatment_variance,
+    variance_weighted_effect,
+)
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .inference import EffectInference
@@ -166,9 +173,8 @@ class CausalForestDML(BaseEstimator):
         W = None if W is None else _inputs.to_numpy(W, "W", 2)
         n = _inputs.check_same_length(Y=Y, T=T, X=X, W=W)
         codes = _inputs.check_groups(groups, n)
-        if codes is not None and (n_groups := int(codes.max()) + 1) < MIN_GROUPS:
-            warnings.warn(f"groups has only {n_groups} groups: standard errors that count groups are too small with "
-                          f"fewer than {MIN_GROUPS}", UserWarning, stacklevel=2)
+        if codes is not None and (few := few_groups_message(codes, "groups")):
+            warnings.warn(few, UserWarning, stacklevel=2)
         _inputs.check_has_columns(X)
         if not (isinstance(self.discrete_treatment, (bool, np.bool_)) or self.discrete_treatment == "auto"):
             raise ValueError(f"discrete_treatment must be True, False or 'auto', got {self.discrete_treatment!r}")

@@ -284,8 +284,8 @@ class CausalForest(BaseEstimator):
             else:
                 variables = tuple(int(j) for j in self.linear_correction_variables)
             if auto and variables:
-                bound = leaf_moment_bytes_bound(self.n_estimators, len(samples[0].estimation), self.min_samples_leaf,
-                                                len(variables))
+                bound = leaf_moment_bytes_bound(self.n_estimators, self._sampler(self.n_train_).max_estimation_rows(),
+                                                self.min_samples_leaf, len(variables))
                 if bound > AUTO_MAX_LEAF_MOMENT_BYTES:
                     warnings.warn(f"linear_correction_variables='auto' chose covariates {list(variables)}, but their "
                                   f"leaf moments could take {bound / 2**30:.1f} GiB at {self.n_estimators} trees on "

@@ -94,6 +94,14 @@ class LittleBagSampler:
         """A tree's subsample in rows (on average, with clusters)."""
         return self.subsample_size * self.n_rows / self.n_units
 
+    def max_estimation_rows(self) -> int:
+        """The most rows a tree's estimation half can hold: with clusters, those of the largest."""
+        s = self.subsample_size
+        units = s - int(round(s * self.honesty_fraction)) if self.honest else s
+        if self.clusters is None:
+            return units
+        return int(np.sort(np.diff(self._cluster_start))[::-1][:units].sum())
+
     def minimum_rows_message(self) -> str | None:
         """Why this many rows (or clusters) cannot grow honest trees, or None when they can."""
         s = self.subsample_size

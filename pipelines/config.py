@@ -23,7 +23,7 @@ from tauforge.components.data import DataSpec, read_table, validate
 from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
-from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks
+from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks, check_groups_for_folds
 from tauforge.components.registry import StoreError, check_model_name, check_store
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -147,7 +147,7 @@ class TrainingConfig:
         data satisfies the spec and the graph's observed nodes are its columns; that the store can
         be published to (`registry.check_store`); and that the device exists."""
         if "://" not in source or source.startswith("file://"):
-            table = read_table(source, id_columns=[self.spec.unit_id])
+            table = read_table(source, id_columns=[self.spec.unit_id, self.spec.group])
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
             data = validate(table, self.spec)
@@ -158,6 +158,8 @@ class TrainingConfig:
                           if data.spec.binary else (len(t), "rows"))
             if self.nuisance.folds > rows:
                 raise ConfigError("folds", f"must be at most the {rows} {what}, got {self.nuisance.folds}")
+            if data.spec.group:
+                check_groups_for_folds(data, self.nuisance.folds)
         try:
             check_store(self.store)
         except StoreError as exc:

@@ -124,7 +124,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
         Args:
             source: The training table: a Parquet or CSV file (s3://, gs:// or a path the pods mount).
             spec: The columns' causal roles as JSON, e.g. {"outcome": "Y", "treatment": "T"}; covariates default to
-                every other numeric column (DataSpec).
+                every other numeric column; "group": a column of labels for rows that are not independent, each
+                group kept whole and counted once in standard errors (DataSpec).
             store: The model store the version is published to: s3://, gs://, or a path on a volume the pods mount.
             model_name: The model's name in the store.
             seed: The seed of folds, nuisance models and forest.

@@ -273,7 +273,7 @@ def test_the_data_contract_checks_the_group_column():
                           "household": np.repeat(np.arange(12), 5)})
     spec = DataSpec(outcome="Y", treatment="T", covariates=["x"], group="household")
     few = validate(table, spec)
-    assert any("only 12 groups" in w for w in few.warnings)
+    assert any("has 12 groups: standard errors that count groups are too small" in w for w in few.warnings)
     np.testing.assert_array_equal(few.arrays()["groups"], table["household"].to_numpy())
     with pytest.raises(DataValidationError, match="group column 'household' has 1 missing value.*row 3"):
         validate(table.assign(household=table["household"].where(table.index != 3)), spec)
@@ -309,3 +309,52 @@ def test_a_continuous_treatments_duplicated_rows_with_groups_estimate_what_the_o
     assert abs(twice.ate_ - original.ate_) < original.ate_stderr_
     assert 0.85 < twice.ate_stderr_ / original.ate_stderr_ < 1.15
     assert 0.85 < twice.variance_weighted_stderr_ / original.variance_weighted_stderr_ < 1.15
+
+
+def test_the_graph_checks_count_groups_so_shared_shocks_do_not_reject_a_true_independence():
+    # a and b are independent given z, but each shares a shock within clusters of 10 rows. Tested
+    # as independent rows the GCM rejected at 5% in 23 of 40 seeds when this was written; a correct
+    # 5% test rejects 7 or more of 40 with probability 0.003, and the rows' rate (0.575) passes
+    # this bound with probability 4e-8.
+    from tauforge.components.graph_checks import gcm_test, residual
+
+    rejected = {"groups": 0, "rows": 0}
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        g = np.repeat(np.arange(100), 10)
+        z = rng.normal(size=100)[g] + rng.normal(size=1000)
+        a, b = (z + 2 * rng.normal(size=100)[g] + rng.normal(size=1000) for _ in range(2))
+        rejected["groups"] += gcm_test(residual(a, z[:, None], seed, groups=g), residual(b, z[:, None], seed, groups=g),
+                                       g)[1] < 0.05
+        rejected["rows"] += gcm_test(residual(a, z[:, None], seed), residual(b, z[:, None], seed))[1] < 0.05
+    assert rejected["groups"] <= 6 < rejected["rows"], rejected
+
+
+def test_the_pipeline_keeps_groups_whole_in_its_folds_and_refuter_subsets_and_checks_there_are_enough(tmp_path):
+    import pandas as pd
+
+    from tauforge.components.config import ConfigError
+    from tauforge.components.data import DataSpec, read_table, validate
+    from tauforge.components.nuisance import NuisanceConfig, check_groups_for_folds, combine_folds, fit_nuisance_fold
+    from tauforge.components.refuters import EffectRefit, data_subset_refuter
+
+    d = make_clustered_data(seed=1)
+    table = pd.DataFrame(d.X, columns=["x0", "x1", "x2"]).assign(T=d.T, Y=d.Y, family=[f"{g:03d}" for g in d.groups])
+    table.to_csv(tmp_path / "t.csv", index=False)
+    spec = DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], group="family")
+    read = read_table(str(tmp_path / "t.csv"), id_columns=[spec.unit_id, spec.group])
+    assert read["family"].iloc[7] == "000"  # a CSV's labels as text: 007 and 7 stay apart
+    data = validate(read, spec)
+    groups = data.arrays()["groups"]
+    three = NuisanceConfig(folds=3)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, three, 0) for k in range(3)], 0)
+    fold = residuals.frame["fold"].to_numpy()
+    assert all(len(set(fold[groups == code])) == 1 for code in range(100))  # the fold tasks held out groups
+    refit = EffectRefit(data, three, 0, np.zeros(len(groups)), None, workers=1)
+    for job in data_subset_refuter(refit, 0.0, 0).jobs:
+        drawn = set(groups[job["rows"]])
+        assert len(drawn) == 50 and np.array_equal(job["rows"], np.flatnonzero(np.isin(groups, list(drawn))))
+    check_groups_for_folds(data, 5)
+    few = validate(read[read["family"] < "012"], spec)  # 12 families, 6 or so of each arm
+    with pytest.raises(ConfigError, match="folds.*group column 'family' has .* group.*5 folds need at least 10"):
+        check_groups_for_folds(few, 5)
