@@ -159,6 +159,7 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
            "n_rows": len(y_res)}
     if groups is not None:
         out["n_groups"] = int(groups.max()) + 1
+        out["ate_interval"] += f" of {out['n_groups']} independent groups ({data.spec.group!r})"
     if not data.spec.binary:
         out["variance_weighted_effect"], out["variance_weighted_stderr"] = variance_weighted_effect(y_res, t_res,
                                                                                                   weight, groups)
@@ -255,7 +256,8 @@ def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], boots
     lower, upper = replicates.ate_interval(s["ate"], s["alpha"], bootstrap.interval)
     summary = {**s, "ate_lower": lower, "ate_upper": upper,
                "ate_interval": f"bootstrap {bootstrap.interval}, {bootstrap.n_bootstrap} replicates"
-                               + (" refitting the nuisance models" if bootstrap.nuisance else ""),
+                               + (" refitting the nuisance models" if bootstrap.nuisance else "")
+                               + (f", {s['n_groups']} groups drawn whole" if "n_groups" in s else ""),
                "bootstrap": {**json.loads(bootstrap.to_json()), "n_shards": len(shards),
                              "ate_replicate_std": float(np.std(replicates.ates, ddof=1)),
                              "normal_interval": [s["ate_lower"], s["ate_upper"]]}}

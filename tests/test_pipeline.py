@@ -301,7 +301,7 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     assert any(constant in w for w in loaded.card["data"]["warnings"])
     assert any(constant in w for w in loaded.card["evaluation"]["verdict"]["warnings"])
     effect = loaded.card["effect"]
-    assert effect["ate_interval"] == "bootstrap pivot, 12 replicates"
+    assert effect["ate_interval"] == "bootstrap pivot, 12 replicates, 249 groups drawn whole"
     assert effect["bootstrap"]["n_shards"] == 2 and effect["bootstrap"]["nuisance"] is False
     half = 1.959963984540054 * est.ate_stderr_
     assert effect["bootstrap"]["normal_interval"] == pytest.approx([est.ate_ - half, est.ate_ + half], rel=1e-9)
