@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tauforge.kernels.ate import average_effect as debiased_average
-from tauforge.kernels.ate import oob_effect, variance_weighted_effect
+from tauforge.kernels.ate import interval_quantile, oob_effect, variance_weighted_effect
 from tauforge.kernels.bootstrap import INTERVALS, BootstrapReplicates, dml_replicates, replicate_forest_params
 from tauforge.kernels.sampling import shard_range
 
@@ -148,9 +148,7 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
     a = data.arrays()
     y_res, t_res, weight, groups = residuals.column("y_res"), residuals.column("t_res"), a["sample_weight"], a["groups"]
     ate, se = debiased_average(oob_cate, y_res, t_res, residuals.column("t_var"), weight, groups)
-    from scipy.stats import norm  # here, like the forest: scipy.stats takes 0.6 s to load
-
-    z = float(norm.ppf(1 - alpha / 2))
+    z = interval_quantile(alpha, None if groups is None else int(groups.max()) + 1)
     out = {"estimand": "ATE" if data.spec.binary else "APE",
            "method": ("doubly robust (AIPW on out-of-bag CATE)" if data.spec.binary else
                       "debiased average partial effect (out-of-bag CATE, weights t~ / Var(T | X))"),
@@ -159,7 +157,8 @@ def average_effect(oob_cate: np.ndarray, data: ValidatedData, residuals: Residua
            "n_rows": len(y_res)}
     if groups is not None:
         out["n_groups"] = int(groups.max()) + 1
-        out["ate_interval"] += f" of {out['n_groups']} independent groups ({data.spec.group!r})"
+        out["ate_interval"] = (f"Student's t ({out['n_groups'] - 1} degrees of freedom), from the standard error of "
+                               f"{out['n_groups']} independent groups ({data.spec.group!r})")
     if not data.spec.binary:
         out["variance_weighted_effect"], out["variance_weighted_stderr"] = variance_weighted_effect(y_res, t_res,
                                                                                                   weight, groups)

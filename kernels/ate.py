@@ -48,6 +48,16 @@ def effective_groups(groups: np.ndarray) -> float:
     return float(sizes.sum() ** 2 / np.sum(sizes**2))
 
 
+def interval_quantile(alpha: float, n_groups: int | None = None) -> float:
+    """The multiplier of a standard error for a two-sided (1 - alpha) interval: the normal
+    quantile, or with `n_groups` independent groups Student's t with n_groups - 1 degrees of
+    freedom, the usual reference for a cluster-robust standard error (Cameron and Miller 2015):
+    2.09 against 1.96 at 20 groups, 1.98 at 100."""
+    from scipy.stats import norm, t  # here: scipy.stats takes 0.6 s to load
+
+    return float(norm.ppf(1 - alpha / 2) if n_groups is None else t.ppf(1 - alpha / 2, max(n_groups - 1, 1)))
+
+
 def few_groups_message(groups: np.ndarray, name: str) -> str | None:
     """The warning for groups (codes) that act as fewer than MIN_GROUPS, naming them `name`, or None."""
     effective = effective_groups(groups)

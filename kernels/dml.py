@@ -11,7 +11,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
@@ -20,6 +19,7 @@ from .ate import (
     MIN_PROPENSITY,
     average_effect,
     few_groups_message,
+    interval_quantile,
     oob_effect,
     treatment_variance,
     variance_weighted_effect,
@@ -173,6 +173,7 @@ class CausalForestDML(BaseEstimator):
         W = None if W is None else _inputs.to_numpy(W, "W", 2)
         n = _inputs.check_same_length(Y=Y, T=T, X=X, W=W)
         codes = _inputs.check_groups(groups, n)
+        self.n_groups_ = None if codes is None else int(codes.max()) + 1
         if codes is not None and (few := few_groups_message(codes, "groups")):
             warnings.warn(few, UserWarning, stacklevel=2)
         _inputs.check_has_columns(X)
@@ -425,7 +426,8 @@ class CausalForestDML(BaseEstimator):
 
     def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
         """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with
-        inference='blb', the bootstrap's `bootstrap_interval` with inference='bootstrap'."""
+        inference='blb' (Student's t with G - 1 degrees of freedom when fit with G groups), the
+        bootstrap's `bootstrap_interval` with inference='bootstrap'."""
         self._check_fitted()
         if not isinstance(alpha, (float, int, np.floating, np.integer)):
             raise TypeError(f"ate_interval takes alpha only, got {type(alpha).__name__}: ate_ is the average over the "
@@ -435,7 +437,7 @@ class CausalForestDML(BaseEstimator):
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if self.bootstrap_ is not None:
             return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval)
-        half = float(norm.ppf(1 - alpha / 2)) * self.ate_stderr_
+        half = interval_quantile(alpha, self.n_groups_) * self.ate_stderr_
         return self.ate_ - half, self.ate_ + half
 
 

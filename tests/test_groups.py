@@ -358,3 +358,19 @@ def test_the_pipeline_keeps_groups_whole_in_its_folds_and_refuter_subsets_and_ch
     few = validate(read[read["family"] < "012"], spec)  # 12 families, 6 or so of each arm
     with pytest.raises(ConfigError, match="folds.*group column 'family' has .* group.*5 folds need at least 10"):
         check_groups_for_folds(few, 5)
+
+
+def test_a_grouped_ate_interval_takes_students_t_with_one_degree_of_freedom_fewer_than_groups():
+    from scipy.stats import norm, t
+
+    from tauforge.kernels.ate import interval_quantile
+
+    assert interval_quantile(0.05) == pytest.approx(norm.ppf(0.975))
+    assert interval_quantile(0.05, 20) == pytest.approx(t.ppf(0.975, 19)) and interval_quantile(0.05, 20) > 2.09
+    d = make_clustered_data(n_clusters=30, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = CausalForestDML(n_estimators=40, random_state=0, progress=False).fit(d.Y, d.T, X=d.X, groups=d.groups)
+    lower, upper = model.ate_interval(0.1)
+    assert model.n_groups_ == 30
+    assert (upper - lower) / 2 == pytest.approx(t.ppf(0.95, 29) * model.ate_stderr_)
