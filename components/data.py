@@ -307,7 +307,8 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             warnings.append(few)
         if n_groups == n:
             warnings.append(f"group column {spec.group!r} puts every row in a group of its own: rows are counted as "
-                            "independent, as without it (the folds and models' validation are drawn otherwise)")
+                            "independent, as without it (but the folds and the models' validation are drawn "
+                            "otherwise, and standard errors take sqrt(n / (n - 1)))")
     if spec.timestamp:
         ts = df[spec.timestamp]
         if ts.isna().any():

@@ -6,8 +6,9 @@ placebo               the treatment replaced by a random permutation of itself, 
                       must be 0. A pipeline that finds effects whatever the treatment is fails.
 random_common_cause   a random column added to the controls, the nuisance models refit (3 draws):
                       the average effect must not move by more than the draws' own spread.
-data_subset           the nuisance models refit on 5 random halves of the rows: the full-data
-                      effect must lie within their spread, as one more draw would.
+data_subset           the nuisance models refit on 5 random halves of the rows (of the groups, with
+                      groups): the full-data effect must lie within their spread, as one more
+                      draw would.
 
 Each re-estimates through an `EffectRefit`: the run's nuisance settings, folds and seed, the
 average effect of `tauforge.kernels.ate`; the random common cause and the subsets keep the
@@ -281,12 +282,14 @@ def random_common_cause_refuter(refit: EffectRefit, baseline: float, seed: int, 
 
 def data_subset_refuter(refit: EffectRefit, baseline: float, seed: int, fraction: float = 0.5,
                         repeats: int = 5) -> Refuter:
-    """Refit on `repeats` random subsets of `fraction` of the rows: the run's effect `baseline` must
-    lie within their spread (on correct pipelines a formula for the subset's sampling noise alone
-    rejected 3x too often). An estimate that changes with the sample's size, not just its noise,
-    fails. Halves, not DoWhy's 80%: an effect that scales with the rows used moves by half, not a
-    fifth, and on 2,000 rows was caught at p < 0.01 in 33 of 40 seeds against 18 (the full-data
-    effect, less noisy than a half's, keeps false alarms rarer still: 0 of 40; docs/benchmarks.md)."""
+    """Refit on `repeats` random subsets of `fraction` of the rows (with the data's groups, of the
+    groups, each with all its rows, redrawn while an arm is in fewer groups than folds): the run's
+    effect `baseline` must lie within their spread (on correct pipelines a formula for the
+    subset's sampling noise alone rejected 3x too often). An estimate that changes with the
+    sample's size, not just its noise, fails. Halves, not DoWhy's 80%: an effect that scales with
+    the rows used moves by half, not a fifth, and on 2,000 rows was caught at p < 0.01 in 33 of
+    40 seeds against 18 (the full-data effect, less noisy than a half's, keeps false alarms rarer
+    still: 0 of 40; docs/benchmarks.md)."""
     n, groups = refit.n_rows, refit.arrays["groups"]
     if groups is None:
         jobs = [{"rows": np.sort(np.random.default_rng([seed, 13, r]).choice(n, int(fraction * n), replace=False))}

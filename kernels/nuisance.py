@@ -208,8 +208,9 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
             groups: np.ndarray | None = None) -> AdditiveBoostingRegressor:
-        """`groups` (codes, one per row): both parts validate on whole groups held out
-        (`GCVRidge`, `holdout_groups`), never on a row whose group they were fit on."""
+        """`groups` (codes, one per row): the ridge's penalty (squared error, `GCVRidge`) and the
+        trees' early stopping (`holdout_groups`) validate on whole groups held out, never on a
+        row whose group they were fit on; the Poisson part's penalty is fixed."""
         if self.loss not in ("squared_error", "poisson"):
             raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)

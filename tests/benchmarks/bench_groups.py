@@ -10,7 +10,9 @@ mean standard error and how often its 95% interval covers the true ATE; the CATE
 pointwise 95% coverage and mean interval width.
 
 `--duplicated`: one data set of 1,000 independent rows (tests/test_groups.py's design), fit as it
-is and with every row twice, with and without groups, by both libraries (500 trees, cv=2).
+is and with every row twice, with and without groups, by both libraries (500 trees; tauforge
+at its defaults, cv=5; EconML with tauforge's nuisance learners, cv=2); the CATE's RMSE and
+interval width on the first 300 rows.
 
     .venv/bin/python tests/benchmarks/bench_groups.py              # 100 seeds (about 5 min)
     .venv/bin/python tests/benchmarks/bench_groups.py --seeds 20
