@@ -115,10 +115,7 @@ def gcm_test(r_a: np.ndarray, r_b: np.ndarray, groups: np.ndarray | None = None)
     sd = product.std()
     if not sd > 1e-12 * max(np.abs(product).max(), 1e-300):
         return float("nan"), float("nan")
-    if groups is None:
-        z = float(np.sqrt(len(product)) * product.mean() / sd)
-    else:
-        z = float(product.mean() / clustered_stderr(product - product.mean(), len(product), groups))
+    z = float(product.mean() / clustered_stderr(product - product.mean(), len(product), groups))
     return z, float(2 * norm.sf(abs(z)))
 
 

@@ -130,7 +130,8 @@ def check_groups_for_folds(data: ValidatedData, n_folds: int) -> None:
     """ConfigError naming `folds` unless the data's groups fill the folds: cross-fitting holds out
     whole groups and the data-subset refuter refits on half of them, so at least 2 n_folds groups,
     and for a binary treatment as many groups holding each arm (else a fold trains on one arm)."""
-    groups, T = data.arrays()["groups"], data.arrays()["T"]
+    a = data.arrays()
+    groups, T = a["groups"], a["T"]
     if groups is None:
         return
     need, column = 2 * n_folds, data.spec.group
@@ -193,12 +194,13 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     Y, T, weight = a["Y"][rows], T[rows], None if weight is None else weight[rows]
     groups = None if a["groups"] is None else a["groups"][rows]
     discrete = data.spec.binary
+    fold = cross_fitting_folds(T, nuisance.folds, discrete, seed, groups)  # drawn once, for both fits
     y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
                                 model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight,
-                                with_scores=False, groups=groups)
+                                with_scores=False, groups=groups, fold=fold)
     t_hat = _known_propensity(data, t_hat)
-    t_var = treatment_variance(XW[rows], T, t_hat, cross_fitting_folds(T, nuisance.folds, discrete, seed, groups),
-                               discrete=discrete, seed=seed, sample_weight=weight, groups=groups)
+    t_var = treatment_variance(XW[rows], T, t_hat, fold, discrete=discrete, seed=seed, sample_weight=weight,
+                               groups=groups)
     return Y - y_hat, T - t_hat, t_var
 
 

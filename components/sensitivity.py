@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from tauforge.kernels.ate import debiased_scores
+from tauforge.kernels.ate import clustered_cross_products, debiased_scores
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,8 @@ class SensitivityParams:
         w = np.ones(len(psi)) if sample_weight is None else sample_weight / sample_weight.mean()
         means = w @ terms / w.sum()
         spread = w[:, None] * (terms - means)
-        scale = 1.0
-        if groups is not None:  # as kernels.ate.clustered_stderr: summed by group, times G / (G - 1)
-            spread = np.stack([np.bincount(groups, weights=spread[:, j]) for j in range(spread.shape[1])], axis=1)
-            n_groups = int(np.count_nonzero(np.bincount(groups)))
-            scale = n_groups / max(n_groups - 1, 1)
         theta, sigma2, nu2 = (float(m) for m in means)
-        return cls(theta, sigma2, nu2, scale * spread.T @ spread / w.sum() ** 2)
+        return cls(theta, sigma2, nu2, clustered_cross_products(spread, groups) / w.sum() ** 2)
 
 
 def bounds(p: SensitivityParams, c_y: float, c_t: float, rho: float = 1.0, alpha: float = 0.05,

@@ -86,7 +86,8 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     at most MAX_AUTO_VARIABLES: where the effect moves linearly, which is where the correction helps.
     With `groups` (codes, one per row) its folds hold out whole groups."""
     from sklearn.linear_model import Lasso, LassoCV
-    from sklearn.model_selection import GroupKFold
+
+    from .nuisance import group_folds
 
     w = np.ones(len(y_res)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     rows = np.flatnonzero(w > 0)  # zero-weight rows are not part of the data
@@ -103,7 +104,7 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     design = np.hstack([t_res[:, None], t_res[:, None] * Xs])
     fit_weight = None if sample_weight is None else w
     # The forest's seeds have 63 bits, scikit-learn takes 32 (random_state=None crashed here).
-    folds = 5 if groups is None else list(GroupKFold(5).split(design, groups=groups[rows]))
+    folds = 5 if groups is None else group_folds(groups[rows], 5)
     cv = LassoCV(cv=folds, random_state=seed % 2**32).fit(design, y_res, sample_weight=fit_weight)
     mse = cv.mse_path_.mean(axis=1)
     best = int(np.argmin(mse))
