@@ -300,7 +300,8 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
     merged.save(forest.path)
     result.save(estimate.path)
     a = data.arrays()
-    reference_profile(a["X"], data.spec.covariates, a["T"], result.oob_cate).to_parquet(reference.path, index=False)
+    reference_profile(a["X"], data.spec.covariates, a["T"], result.oob_cate,
+                      groups=a.get("groups")).to_parquet(reference.path, index=False)
     for key in ("ate", "ate_stderr", "ate_lower", "ate_upper", "n_trees"):
         metrics.log_metric(key, float(result.summary[key]))
     print(f"tauforge: merged {result.summary['n_shards']} shards into {result.summary['n_trees']} trees; "

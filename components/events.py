@@ -41,6 +41,7 @@ EVENT_SCHEMA = pa.schema([("time", pa.float64()), ("request_id", pa.string()), (
                           ("upper", pa.float64()), ("recommended_action", pa.int64()), ("action", pa.int64()),
                           ("propensity", pa.float64()), ("explore_seed", pa.int64()), ("latency_ms", pa.float64())])
 INPUT_PREFIX = "input."
+REFERENCE_GROUP = "group"  # the reference profile's column of training groups (codes), where the fit had them
 # The longest unit or request id a server keeps: a caller's id is stored in every record of its
 # rows and echoed in answers; a longer unit id is refused (a 400), a longer request id replaced.
 # Readers (the monitor's joins) take ids of any length: logs written before the cap hold some.
@@ -195,19 +196,32 @@ def _written_on(path: str) -> str | None:
     return folder.removeprefix("date=") if folder.startswith("date=") else None
 
 
-def reference_profile(X: np.ndarray, covariates: list[str], T: np.ndarray, cate, seed: int = 0) -> pd.DataFrame:
+def reference_profile(X: np.ndarray, covariates: list[str], T: np.ndarray, cate, seed: int = 0,
+                      groups: np.ndarray | None = None) -> pd.DataFrame:
     """What monitoring compares live traffic with: a sample of the training covariates (as
     `input.<covariate>` columns), their treatment `T` and the published forest's CATE for them:
     `cate`, one per row of X, or a function of rows. The pipeline passes the out-of-bag CATE,
     which is what the server answers for rows the forest did not grow on. In-sample predictions
     spread wider (each holds its own row's outcome: 0.107 against fresh rows' 0.096 in a user's
-    review), and against 20,000 quiet live rows the CATE drift check alarmed every time."""
+    review), and against 20,000 quiet live rows the CATE drift check alarmed every time.
+    `groups` (codes, the fit's `groups=`): each sampled row's group in a `REFERENCE_GROUP`
+    column, so that monitoring counts a group's rows once where a test counts independent rows."""
     n = len(T)
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, REFERENCE_ROWS), replace=False))
     frame = pd.DataFrame(X[rows], columns=input_columns(covariates))
     frame["T"] = T[rows]
     frame["cate"] = np.asarray(cate(X[rows]) if callable(cate) else np.asarray(cate)[rows], dtype=np.float64)
+    if groups is not None:
+        frame[REFERENCE_GROUP] = np.asarray(groups, dtype=np.int64)[rows]
     return frame
+
+
+def reference_groups(reference: pd.DataFrame) -> np.ndarray:
+    """The reference rows' groups as codes 0..G-1: its `REFERENCE_GROUP` column, or each row its
+    own group (a model fit without groups, or published before they were kept)."""
+    if REFERENCE_GROUP not in reference:
+        return np.arange(len(reference))
+    return np.unique(reference[REFERENCE_GROUP].to_numpy(), return_inverse=True)[1].reshape(-1)
 
 
 def load_reference(path: str) -> pd.DataFrame:

@@ -17,6 +17,13 @@ that alert on their own (PSI, the overlap share). All p-values share one Bonferr
 level is `alpha` divided by the number of tests the checks actually ran, so a quiet period raises
 no alarm with probability at least 1 - alpha. Any alert calls for retraining.
 
+Rows that are not independent count once per group in every test: the reference's training
+groups (a fit with `groups=`, kept in the reference profile) and the log's units (a unit scored
+again and again). The tests take the effective number of groups, (sum n_g)^2 / sum n_g^2, for
+their sample sizes, which is exact when a group's rows are alike and cautious when they are not;
+the classifiers learn and are judged on disjoint groups. Counting rows instead, 500 training
+units of 10 rows against quiet traffic of 300 units seen 10 times alarmed in 10 of 10 runs.
+
 With outcomes, champion against challenger: promote, hold or roll back, judged from the logged
 outcomes of a shadow or a canary (components/judgement.py).
 
@@ -32,11 +39,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tauforge.kernels.ate import clustered_stderr, effective_groups
 from tauforge.kernels.progress import Progress, progress_steps
 
 from ._kfp import HTML, Metrics, Output, component
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
-from .events import input_columns, load_reference, read_events
+from .events import input_columns, load_reference, read_events, reference_groups
 from .judgement import check_outcomes, judge, read_outcomes
 from .registry import ModelStore
 
@@ -71,9 +79,32 @@ def categorical(values: np.ndarray) -> bool:
     return len(distinct) <= 10 and np.all(distinct == np.round(distinct))
 
 
-def chi_square_drift(reference: np.ndarray, live: np.ndarray) -> float:
+def ks_pvalue(reference: np.ndarray, live: np.ndarray, reference_groups: np.ndarray | None = None,
+              live_groups: np.ndarray | None = None) -> float:
+    """Two-sample Kolmogorov-Smirnov p-value; with groups (codes) the samples' sizes are their
+    effective numbers of groups, as scipy's asymptotic two-sample distribution takes them."""
+    result = stats.ks_2samp(reference, live)
+    n_ref, n_live = effective_size(reference, reference_groups), effective_size(live, live_groups)
+    if n_ref == len(reference) and n_live == len(live):
+        return float(result.pvalue)
+    return float(stats.kstwo.sf(result.statistic, max(1, round(n_ref * n_live / (n_ref + n_live)))))
+
+
+def effective_size(values: np.ndarray, groups: np.ndarray | None) -> float:
+    """How many independent rows `values` weigh as: their count, or with groups (codes) the
+    effective number of groups (`kernels.ate.effective_groups`). A group's n_g rows add at most
+    n_g^2 times one row's variance to a sum (all alike), so a test that counts these is cautious."""
+    return float(len(values)) if groups is None or not len(groups) else effective_groups(groups)
+
+
+def chi_square_drift(reference: np.ndarray, live: np.ndarray, reference_groups: np.ndarray | None = None,
+                     live_groups: np.ndarray | None = None) -> float:
+    """Chi-square test of equal level shares; with groups each sample's counts scaled to its
+    effective size (the design-effect correction of a clustered sample's counts)."""
     levels = np.union1d(np.unique(reference), np.unique(live))
-    table = np.array([[np.sum(reference == v) for v in levels], [np.sum(live == v) for v in levels]])
+    table = np.array([[np.sum(reference == v) for v in levels], [np.sum(live == v) for v in levels]], dtype=float)
+    table[0] *= effective_size(reference, reference_groups) / len(reference)
+    table[1] *= effective_size(live, live_groups) / len(live)
     table = table[:, table.sum(0) > 0]
     if table.shape[1] < 2:
         return 1.0
@@ -97,17 +128,32 @@ def drift_histogram(reference: np.ndarray, live: np.ndarray, levels: bool = Fals
 
 
 def domain_classifier_auc(reference: np.ndarray, live: np.ndarray, seed: int = 0,
-                          early_stopping: bool | str = True) -> tuple[float, float]:
+                          early_stopping: bool | str = True, reference_groups: np.ndarray | None = None,
+                          live_groups: np.ndarray | None = None) -> tuple[float, float]:
     """AUC of a classifier telling live rows from reference rows, on a held-out half, and the
     one-sided p-value of AUC > 0.5 (Mann-Whitney: exact under no shift on held-out rows, which a
-    pooled cross-validated AUC is not). `early_stopping="auto"` (scikit-learn's: 100 rounds at up
-    to 10,000 rows, the setting until 2026-12-05) is for the benchmark's comparison."""
+    pooled cross-validated AUC is not). With groups (codes) the halves hold whole groups, else
+    a classifier that learnt a unit's rows would know its held-out ones, and the p-value counts
+    effective groups. `early_stopping="auto"` (scikit-learn's: 100 rounds at up to 10,000 rows,
+    the setting until 2026-12-05) is for the benchmark's comparison."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import train_test_split
 
     Z = np.vstack([reference, live])
     y = np.r_[np.zeros(len(reference)), np.ones(len(live))]
-    Z_fit, Z_test, y_fit, y_test = train_test_split(Z, y, test_size=0.5, stratify=y, random_state=seed)
+    groups = np.r_[np.arange(len(reference)) if reference_groups is None else reference_groups,
+                   len(reference) + (np.arange(len(live)) if live_groups is None else live_groups)]
+    _, first, groups = np.unique(groups, return_index=True, return_inverse=True)
+    # Split the groups, stratified by sample; each row follows its group, in the split's order
+    # (with a row a group, exactly train_test_split's split of the rows).
+    fit_groups, test_groups = train_test_split(np.arange(len(first)), test_size=0.5, stratify=y[first],
+                                               random_state=seed)
+    position = np.empty(len(first), dtype=np.int64)
+    position[np.r_[fit_groups, test_groups]] = np.arange(len(first))
+    order = np.argsort(position[groups], kind="stable")
+    n_fit = int(np.isin(groups, fit_groups).sum())
+    fit, test = order[:n_fit], order[n_fit:]
+    Z_fit, Z_test, y_fit, y_test = Z[fit], Z[test], y[fit], y[test]
     # Early stopping on a tenth of the fitting half (scikit-learn's default above 10,000 rows, here
     # always): under no shift it stops after a dozen rounds instead of fitting 100 to noise, which
     # is 5 times faster and, at 3,000 rows, catches small shifts 1.3-3 times as often
@@ -117,6 +163,7 @@ def domain_classifier_auc(reference: np.ndarray, live: np.ndarray, seed: int = 0
     score = clf.fit(Z_fit, y_fit).predict_proba(Z_test)[:, 1]
     n1, n0 = int(y_test.sum()), int(len(y_test) - y_test.sum())
     auc = float(stats.mannwhitneyu(score[y_test == 1], score[y_test == 0]).statistic / (n1 * n0))
+    n1, n0 = (effective_groups(groups[test][y_test == k]) for k in (1, 0))
     se0 = np.sqrt((n0 + n1 + 1) / (12 * n0 * n1))
     return auc, float(stats.norm.sf((auc - 0.5) / se0))
 
@@ -135,20 +182,25 @@ def propensity_model(reference: pd.DataFrame, columns: list[str], seed: int = 0)
 
 
 def policy_shift_pvalue(e_ref: np.ndarray, t_ref: np.ndarray, e_live: np.ndarray, a_live: np.ndarray,
-                        bins: int = 10) -> float:
+                        bins: int = 10, reference_groups: np.ndarray | None = None,
+                        live_groups: np.ndarray | None = None) -> float:
     """Are live rows treated at the rate training rows were, at the same propensity? Within each
     decile of the (estimated) training propensity, compare the treated share of training rows
     and of live actions; sum the squared z-scores (chi-square, one degree per decile). Two-sample,
-    so an imperfect propensity estimate only coarsens the strata; it does not bias the test."""
+    so an imperfect propensity estimate only coarsens the strata; it does not bias the test.
+    With groups (codes) each decile's shares count its effective groups (`effective_size`)."""
     edges = np.unique(np.quantile(e_ref, np.linspace(0, 1, bins + 1)[1:-1]))
     g_ref, g_live = np.searchsorted(edges, e_ref, side="right"), np.searchsorted(edges, e_live, side="right")
     stat, df = 0.0, 0
     for g in np.unique(g_ref):
-        r, q = t_ref[g_ref == g], a_live[g_live == g]
+        in_ref, in_live = g_ref == g, g_live == g
+        r, q = t_ref[in_ref], a_live[in_live]
         if len(r) < 5 or len(q) < 5:
             continue
         pooled = (r.sum() + q.sum()) / (len(r) + len(q))
-        var = pooled * (1 - pooled) * (1 / len(r) + 1 / len(q))
+        n_ref = effective_size(r, None if reference_groups is None else reference_groups[in_ref])
+        n_live = effective_size(q, None if live_groups is None else live_groups[in_live])
+        var = pooled * (1 - pooled) * (1 / n_ref + 1 / n_live)
         if var > 0:
             stat += (q.mean() - r.mean()) ** 2 / var
             df += 1
@@ -180,7 +232,8 @@ class CheckResult:
 
 @dataclass
 class MonitorInputs:
-    """What every check reads: live (champion) and shadow rows of the log, the reference profile."""
+    """What every check reads: live (champion) and shadow rows of the log, the reference profile,
+    and which rows of each belong together."""
 
     live: pd.DataFrame
     shadow: pd.DataFrame
@@ -188,6 +241,8 @@ class MonitorInputs:
     covariates: list[str]
     config: MonitorConfig
     seed: int
+    reference_groups: np.ndarray  # codes: the training groups, or a row each (`events.reference_groups`)
+    live_groups: np.ndarray  # codes: the live rows' units, or a row each (`unit_codes`)
 
     @property
     def columns(self) -> list[str]:
@@ -219,9 +274,9 @@ class CovariateDrift:
             ref, now = m.reference[col].to_numpy(), m.live[col].to_numpy()
             levels = categorical(ref)
             if levels:
-                test, p = "chi_square", chi_square_drift(ref, now)
+                test, p = "chi_square", chi_square_drift(ref, now, m.reference_groups, m.live_groups)
             else:
-                test, p = "ks", float(stats.ks_2samp(ref, now).pvalue)
+                test, p = "ks", ks_pvalue(ref, now, m.reference_groups, m.live_groups)
             index = psi(ref, now)
             drift[c] = {"test": test, "p_value": p, "psi": index, "histogram": drift_histogram(ref, now, levels)}
             signals.append(Signal("covariate_drift", f"{c}: {test} p = {p:.2g}, PSI {index:.3f}", p_value=p,
@@ -235,7 +290,8 @@ class DomainClassifier:
     alerts = ("domain_classifier",)
 
     def run(self, m: MonitorInputs) -> CheckResult:
-        auc, p = domain_classifier_auc(m.reference[m.columns].to_numpy(), m.live[m.columns].to_numpy(), m.seed)
+        auc, p = domain_classifier_auc(m.reference[m.columns].to_numpy(), m.live[m.columns].to_numpy(), m.seed,
+                                       reference_groups=m.reference_groups, live_groups=m.live_groups)
         return CheckResult({"auc": auc, "p_value": p}, [Signal(
             "domain_classifier", f"a classifier tells live rows from training rows (AUC {auc:.3f}, p = {p:.2g})",
             p_value=p, details={"auc": auc, "p_value": p})])
@@ -252,7 +308,9 @@ class Support:
     1e-4 / p quantile times p, bounds the chance on any of p covariates, whatever their
     dependence, except with probability 1e-4; the live count outside is tested one-sided against
     Binomial(live rows, q0). A test against the mean of q alone (2p / (n + 1)) would alarm on
-    quiet traffic of tens of thousands of rows whenever the reference's range came out narrow."""
+    quiet traffic of tens of thousands of rows whenever the reference's range came out narrow.
+    With groups, n and the live rows are effective numbers of groups, and the count outside is
+    scaled as the live rows are (a unit outside counts once, however often it is scored)."""
 
     name = "support"
     alerts = ("support",)
@@ -260,10 +318,12 @@ class Support:
     def run(self, m: MonitorInputs) -> CheckResult:
         ref, live = m.reference[m.columns].to_numpy(float), m.live[m.columns].to_numpy(float)
         outside = (live < ref.min(axis=0)) | (live > ref.max(axis=0))
-        n, p = len(ref), ref.shape[1]
+        n, p = round(effective_size(ref, m.reference_groups)), ref.shape[1]
         q0 = min(1.0, p * float(stats.beta.isf(1e-4 / p, 2, max(n - 1, 1))))
         count = int(outside.any(axis=1).sum())
-        p_value = float(stats.binom.sf(count - 1, len(live), q0)) if count else 1.0
+        n_live = effective_size(live, m.live_groups)
+        count_scaled = round(count * n_live / len(live))
+        p_value = float(stats.binom.sf(count_scaled - 1, round(n_live), q0)) if count else 1.0
         share = count / len(live)
         by_covariate = {c: float(outside[:, j].mean()) for j, c in enumerate(m.covariates)}
         most = sorted((c for c in by_covariate if by_covariate[c] > 0), key=lambda c: -by_covariate[c])[:3]
@@ -285,15 +345,17 @@ class PropensityDrift:
             return None
         # Fit on half the reference, compare the other half with live rows: both out of sample, so
         # neither the propensity's spread nor its fit to T differs between them by construction.
-        reference = m.reference
-        half = np.random.default_rng([m.seed, 5]).permutation(len(reference)) < len(reference) // 2
+        # Halves of whole groups: the model must not have seen a held-out row's group.
+        reference, groups = m.reference, m.reference_groups
+        n_groups = int(groups.max()) + 1
+        half = (np.random.default_rng([m.seed, 5]).permutation(n_groups) < n_groups // 2)[groups]
         model = propensity_model(reference[half], m.covariates, m.seed)
-        held_out = reference[~half]
+        held_out, held_out_groups = reference[~half], groups[~half]
         e_ref = model.predict_proba(held_out[m.columns].to_numpy())[:, 1]
         e_live = model.predict_proba(m.live[m.columns].to_numpy())[:, 1]
         lo, hi = OVERLAP_BOUNDS
         out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
-        p = float(stats.ks_2samp(e_ref, e_live).pvalue)
+        p = ks_pvalue(e_ref, e_live, held_out_groups, m.live_groups)
         edges = np.linspace(0, 1, 21)
         summary = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),
                    "share_outside_live": float(out_live),
@@ -310,7 +372,8 @@ class PropensityDrift:
             summary["policy_note"] = ("actions drawn by the server (--explore) follow the served policy: not "
                                       "compared with the training treatment policy")
         elif m.has_actions:
-            p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, m.live["action"].to_numpy(float))
+            p = policy_shift_pvalue(e_ref, held_out["T"].to_numpy(float), e_live, m.live["action"].to_numpy(float),
+                                    reference_groups=held_out_groups, live_groups=m.live_groups)
             summary["policy_p_value"] = p
             signals.append(Signal("propensity_drift", f"live actions no longer follow the training treatment "
                                                       f"policy (treated share at equal propensity: chi-square "
@@ -324,9 +387,12 @@ class EffectDrift:
 
     def run(self, m: MonitorInputs) -> CheckResult:
         ref_cate, live_cate = m.reference["cate"].to_numpy(), m.live["cate"].to_numpy()
-        p_dist = float(stats.ks_2samp(ref_cate, live_cate).pvalue)
+        p_dist = ks_pvalue(ref_cate, live_cate, m.reference_groups, m.live_groups)
         diff = float(live_cate.mean() - ref_cate.mean())
-        se = float(np.sqrt(ref_cate.var(ddof=1) / len(ref_cate) + live_cate.var(ddof=1) / len(live_cate)))
+        # Each mean's standard error by groups, with CR1's G / (G - 1): with a row a group, the
+        # sample variance (ddof 1) over n.
+        se = float(np.hypot(clustered_stderr(ref_cate - ref_cate.mean(), len(ref_cate), m.reference_groups),
+                            clustered_stderr(live_cate - live_cate.mean(), len(live_cate), m.live_groups)))
         p_ate = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else 1.0
         summary = {"cate_ks_p_value": p_dist, "cate_psi": psi(ref_cate, live_cate),
                    "ate_reference": float(ref_cate.mean()), "ate_live": float(live_cate.mean()), "ate_p_value": p_ate,
@@ -419,6 +485,18 @@ def check_live_inputs(live: pd.DataFrame, columns: list[str]) -> None:
                              "logged them: drop those rows")
 
 
+def unit_codes(live: pd.DataFrame) -> np.ndarray:
+    """Each live row's unit as a code, a row without a unit id its own: a unit scored again and
+    again sends rows that are not independent. Not `judgement.clusters_of`, which groups such
+    rows by request because the canary's split assigns a request whole: a batch request's rows
+    are as independent as the rows its caller sent."""
+    units = live["unit_id"] if "unit_id" in live else pd.Series(None, index=live.index, dtype=object)
+    codes = pd.factorize(units)[0]  # -1 where missing; in order of appearance
+    missing = codes < 0
+    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return codes
+
+
 def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: Progress) -> dict:
     config = config or MonitorConfig()
     live = events[events["role"] == "champion"]
@@ -426,13 +504,17 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
         check_live_inputs(live, list(columns))
     shadow = events[events["role"] == "shadow"]
     challenger = events[events["role"] == "challenger"]
-    result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)), "alerts": [], "checks": {}}
+    live_groups, ref_groups = unit_codes(live), reference_groups(reference)
+    live_size, ref_size = effective_size(live_groups, live_groups), effective_size(ref_groups, ref_groups)
+    result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)),
+                    "live_effective_rows": live_size, "reference_effective_rows": ref_size, "alerts": [], "checks": {}}
     signals: list[Signal] = []
-    if len(live) < config.min_live_rows:  # too few to judge drift; a canary's outcomes may still be judged
-        result["note"] = f"{len(live)} live rows; at least {config.min_live_rows} are needed to judge drift"
+    if live_size < config.min_live_rows:  # too few to judge drift; a canary's outcomes may still be judged
+        units = "" if live_size == len(live) else f" from units that weigh as {live_size:.0f} independent rows"
+        result["note"] = f"{len(live)} live rows{units}; at least {config.min_live_rows} are needed to judge drift"
         steps.update(sum(STEP_COSTS.get(check.name, 0.1) for check in checks))
         checks = ()
-    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed)
+    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed, ref_groups, live_groups)
     for check in checks:
         found = steps.run(check.name, check.run, inputs)
         if found is not None:

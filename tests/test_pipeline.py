@@ -20,6 +20,7 @@ import pytest
 import yaml
 from background import Processes, compile_kernels
 
+from tauforge.components.events import reference_groups
 from tauforge.components.registry import ModelStore
 from tauforge.kernels import CausalForestDML
 from tauforge.kernels.ate import interval_quantile, oob_effect
@@ -310,6 +311,8 @@ def test_external_parquet_runs_with_named_columns_and_matches_the_in_process_est
     # Monitoring's reference holds the out-of-bag CATE (all 747 rows here), as served rows see it.
     reference = pd.read_parquet(loaded.reference_path)
     np.testing.assert_allclose(reference["cate"], oob_effect(est.forest_, table[covariates].to_numpy()), rtol=1e-12)
+    # ...and each row's family, so that monitoring counts a family's rows once.
+    np.testing.assert_array_equal(reference_groups(reference), pd.factorize(table["family"], sort=True)[0])
     # Every replicate's forest stays in the run's outputs, as the in-process bootstrap grew it.
     (merged,) = [d for d, _, _ in os.walk(result["outputs"]) if d.endswith(os.path.join("merge-bootstrap-shards",
                                                                                           "result"))]

@@ -30,6 +30,14 @@ z-score of the difference (1 where the standard error is right); with the challe
 the better one, how often it promotes and how often its sequence covers the true difference.
 
     .venv/bin/python tests/benchmarks/bench_monitor.py --canary     # 200 seeds, about 15 minutes
+
+With --units: rows that are not independent, tests/test_monitor.py's `repeated_units` (a reference
+of 300 training units of 8 rows fit with groups, live rows of 250 other units scored 4 times each,
+a unit's rows nearly alike): how often quiet traffic alarms when monitoring counts groups and when
+it counts rows (the reference's groups and the log's unit ids dropped), and how often it flags a
+shift of x2 among the units, by the size of the shift in sd.
+
+    .venv/bin/python tests/benchmarks/bench_monitor.py --units      # 500 seeds, about 3 minutes
 """
 
 from __future__ import annotations
@@ -125,19 +133,44 @@ def canary(args) -> None:
               f"mean z^2 {np.mean(z2):.2f}; {(time.perf_counter() - start) / args.seeds:.2f} s a call", flush=True)
 
 
+def units(args) -> None:
+    from test_monitor import COLUMNS, repeated_units
+
+    from tauforge.components.constants import MONITOR_ALPHA
+    from tauforge.components.monitor import monitor
+
+    bound = int(binom.isf(0.01, args.seeds, MONITOR_ALPHA))
+    print(f"units met again and again, {args.seeds} seeds a row (a monitor keeping the claimed "
+          f"{MONITOR_ALPHA:.0%} exceeds {bound} alarms with probability < 1%)")
+    for name, settings in {"quiet, counting groups": {}, "quiet, counting rows": dict(grouped=False),
+                           "x2 +0.2 sd": dict(shift=2, size=0.2), "x2 +0.3 sd": dict(shift=2, size=0.3),
+                           "x2 +0.5 sd": dict(shift=2, size=0.5)}.items():
+        alarmed, by_check, start = 0, collections.Counter(), time.perf_counter()
+        for seed in range(args.seeds):
+            alerts = monitor(*repeated_units(seed, **settings), COLUMNS)["alerts"]
+            alarmed += bool(alerts)
+            by_check.update({a["check"] for a in alerts})
+        print(f"  {name}: {alarmed}/{args.seeds} alarmed ({dict(by_check.most_common())}); "
+              f"{(time.perf_counter() - start) / args.seeds:.2f} s a call", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, help="default 2,000 (300 with --power, 200 with --canary)")
+    parser.add_argument("--seeds", type=int, help="default 2,000 (300 with --power, 200 with --canary, 500 with "
+                                                  "--units)")
     parser.add_argument("--power", action="store_true", help="the domain classifier's power against small shifts")
     parser.add_argument("--canary", action="store_true", help="the canary judgement's wrong decisions and power")
+    parser.add_argument("--units", action="store_true", help="false alarms and power with rows of repeated units")
     parser.add_argument("--reference-rows", type=int, default=2000)
     parser.add_argument("--live-rows", type=int, default=1000)
     args = parser.parse_args()
-    args.seeds = args.seeds or (300 if args.power else 200 if args.canary else 2000)
+    args.seeds = args.seeds or (300 if args.power else 200 if args.canary else 500 if args.units else 2000)
     if args.power:
         return power(args)
     if args.canary:
         return canary(args)
+    if args.units:
+        return units(args)
 
     from test_monitor import COLUMNS, reference, traffic
 
