@@ -37,7 +37,7 @@ a unit's rows nearly alike): how often quiet traffic alarms when monitoring coun
 it counts rows (the reference's groups and the log's unit ids dropped), and how often it flags a
 shift of x2 among the units, by the size of the shift in sd.
 
-    .venv/bin/python tests/benchmarks/bench_monitor.py --units      # 500 seeds, about 3 minutes
+    .venv/bin/python tests/benchmarks/bench_monitor.py --units      # 500 seeds, about 7 minutes
 """
 
 from __future__ import annotations
