@@ -469,6 +469,8 @@ def _reference_against_live(hist: dict, title: str, x_label: str, lines: dict | 
 
 
 def _propensity_drift_section(pr: dict, treatment: str) -> str:
+    if "ks_p_value" not in pr:  # not judged (`note` says why)
+        return _section("Propensity and overlap", f"<p>{html.escape(pr.get('note', 'not judged'))}</p>")
     parts = []
     if "histogram" in pr:
         parts.append(_reference_against_live(
