@@ -228,8 +228,9 @@ def policy_shift_pvalue(e_ref: np.ndarray, t_ref: np.ndarray, e_live: np.ndarray
     decile of the (estimated) training propensity, compare the treated share of training rows
     and of live actions; sum the squared z-scores (chi-square, one degree per decile). Two-sample,
     so an imperfect propensity estimate only coarsens the strata; it does not bias the test.
-    With groups (codes) a Wald test of the deciles' differences, their covariance summed by group:
-    a unit's rows in several deciles, treated alike, tie the deciles together."""
+    With groups (codes) a score test of the deciles' differences, their covariance summed by
+    group (`_policy_shift_clustered`): a unit's rows in several deciles, treated alike, tie the
+    deciles together."""
     edges = np.unique(np.quantile(e_ref, np.linspace(0, 1, bins + 1)[1:-1]))
     g_ref, g_live = np.searchsorted(edges, e_ref, side="right"), np.searchsorted(edges, e_live, side="right")
     deciles = [g for g in np.unique(g_ref) if np.sum(g_ref == g) >= 5 and np.sum(g_live == g) >= 5]
@@ -568,6 +569,13 @@ def unit_codes(live: pd.DataFrame) -> np.ndarray:
     missing = codes < 0
     codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
     return codes
+
+
+def rows_text(result: dict, side: str) -> str:
+    """'1000 live rows' (`side`: live or reference) from `monitor`'s result, with the effective
+    number where groups made it fewer (results from before groups have none)."""
+    rows, effective = result[f"{side}_rows"], result.get(f"{side}_effective_rows", result[f"{side}_rows"])
+    return f"{rows} {side} rows" + ("" if effective == rows else f" (as {effective:.0f} independent, by group)")
 
 
 def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: Progress) -> dict:

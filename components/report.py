@@ -367,15 +367,11 @@ def _finite(v) -> bool:
 
 
 # ----------------------------------------------------------------------------- monitoring
-def _rows(result: dict, side: str) -> str:
-    """'1000 live', with the effective number where groups made it fewer (older results have none)."""
-    rows, effective = result[f"{side}_rows"], result.get(f"{side}_effective_rows", result[f"{side}_rows"])
-    return f"{rows} {side}" + ("" if effective == rows else f" (as {effective:.0f} independent, by group)")
-
-
 def render_monitor_report(result: dict, run_id: str = "") -> str:
     """The monitoring report of `result` (`monitor.run_monitor`'s dict, or `monitor.monitor`'s with
     `model` and `version` added); `run_id`: the monitoring run's (empty: a local run)."""
+    from .monitor import rows_text  # loaded already: the report renders its result
+
     model, version = result.get("model"), result.get("version")
     training = result.get("training") or {}
     y = training.get("outcome") or "the outcome"
@@ -384,7 +380,7 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
              ("monitoring run", run_id or "local (tauforge monitor)"),
              ("version trained by run", training.get("run_id") or "not recorded"),
              ("reference data", _fingerprint(training.get("data_fingerprint"))),
-             ("rows", ", ".join(_rows(result, side) for side in ("live", "reference")))]
+             ("rows", ", ".join(rows_text(result, side) for side in ("live", "reference")))]
     checks = result.get("checks", {})
     body = [_recommendation(result), _alerts_section(result["alerts"], checks)]
     if "covariate_drift" in checks:

@@ -545,7 +545,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from tauforge.components.monitor import MonitorConfig, run_monitor, write_gauges
+    from tauforge.components.monitor import MonitorConfig, rows_text, run_monitor, write_gauges
     from tauforge.components.report import render_monitor_report
     from tauforge.kernels.serialization import replaced_whole
 
@@ -564,7 +564,7 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=float))
         return 0
-    print(f"tauforge monitor: {args.model} version {version}, {result['live_rows']} live rows"
+    print(f"tauforge monitor: {args.model} version {version}, {rows_text(result, 'live')}"
           + (f" since {result['since']}" if "since" in result else ""))
     if "note" in result:  # why nothing was judged (too few live rows)
         print(f"  {result['note']}")

@@ -147,8 +147,8 @@ def test_a_shift_among_units_met_again_and_again_is_still_flagged_on_that_covari
     assert result["retrain"]
     from tauforge.components.report import render_monitor_report
 
-    assert "1000 live (as 250 independent, by group), 2400 reference (as 300 independent" in render_monitor_report(
-        result)
+    assert ("1000 live rows (as 250 independent, by group), 2400 reference rows (as 300 independent"
+            in render_monitor_report(result))
 
 
 def units_of_unequal_sizes(rng, n_units, noise=0.0):
