@@ -566,7 +566,7 @@ def _monitor(args: argparse.Namespace) -> int:
         return 0
     print(f"tauforge monitor: {args.model} version {version}, {rows_text(result, 'live')}"
           + (f" since {result['since']}" if "since" in result else ""))
-    if "note" in result:  # why nothing was judged (too few live rows)
+    if "note" in result:  # why nothing was judged (too few live rows, or a reference of too few groups)
         print(f"  {result['note']}")
     for problem in result.get("unreadable_files", []):
         print(f"  warning: an event-log file could not be read and was skipped: {problem}")
