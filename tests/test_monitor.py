@@ -128,10 +128,10 @@ def repeated_units(seed, shift=None, grouped=True, size=0.5):
 def test_quiet_traffic_of_units_met_again_and_again_alarms_at_the_claimed_rate_counting_units_not_rows():
     # Counting rows, these samples look 8 and 4 times larger than they are: the same loop alarmed
     # in every seed of the first 10 (below) and in 10 of 10 of a scratch probe at 500 units of 10.
-    # Counting effective groups the tests are exact where a unit's rows are alike and cautious
-    # where not; a monitor keeping the claimed 1% alarms in Binomial(60, 0.01) seeds, more than 3
-    # with probability 0.0033 (binom.isf(0.01, 60, 0.01) = 3). One that alarmed in 10% of quiet
-    # periods would pass with probability 0.15, in 20% with 0.0015. Measured: 1 of 60 (covariate drift).
+    # Counting groups (each test's design effect, estimated from the units' sums), a monitor
+    # keeping the claimed 1% alarms in Binomial(60, 0.01) seeds, more than 3 with probability
+    # 0.0033 (binom.isf(0.01, 60, 0.01) = 3). One that alarmed in 10% of quiet periods would pass
+    # with probability 0.15, in 20% with 0.0015. Measured: 1 of 60 (seed 22, covariate drift).
     seeds = 60
     alarms = sum(bool(monitor(*repeated_units(s), COLUMNS)["alerts"]) for s in range(seeds))
     assert alarms <= binom.isf(0.01, seeds, MONITOR_ALPHA), alarms
