@@ -85,13 +85,6 @@ def grouped(groups: np.ndarray | None) -> bool:
     return groups is not None and len(np.unique(groups)) < len(groups)
 
 
-def effective_size(values: np.ndarray, groups: np.ndarray | None) -> float:
-    """How many independent rows `values` weigh as by their groups' sizes: their count, or with
-    groups (codes) the effective number of groups (`kernels.ate.effective_groups`). The tests
-    take `design_effect`, which also sees what the sizes cannot."""
-    return float(len(values)) if groups is None or not len(groups) else effective_groups(groups)
-
-
 def design_effect(scores: np.ndarray, groups: np.ndarray | None) -> float:
     """How many rows weigh as one independent row where the means of the columns of `scores`
     (n, k) are concerned: the largest, over the columns, of the variance of the column's mean
@@ -380,7 +373,7 @@ class Support:
     dependence, except with probability 1e-4; the live count outside is tested one-sided against
     Binomial(live rows, q0). A test against the mean of q alone (2p / (n + 1)) would alarm on
     quiet traffic of tens of thousands of rows whenever the reference's range came out narrow.
-    With groups, n is the reference's effective number of groups (`effective_size`), and the
+    With groups, n is the reference's effective number of groups (`effective_groups`), and the
     live count outside and the live rows are divided by the design effect of the share outside
     (`design_effect`): a unit outside, however often scored, counts about once."""
 
@@ -390,7 +383,7 @@ class Support:
     def run(self, m: MonitorInputs) -> CheckResult:
         ref, live = m.reference[m.columns].to_numpy(float), m.live[m.columns].to_numpy(float)
         outside = (live < ref.min(axis=0)) | (live > ref.max(axis=0))
-        n, p = round(effective_size(ref, m.reference_groups)), ref.shape[1]
+        n, p = round(effective_groups(m.reference_groups)), ref.shape[1]
         q0 = min(1.0, p * float(stats.beta.isf(1e-4 / p, 2, max(n - 1, 1))))
         count = int(outside.any(axis=1).sum())
         deff = design_effect(outside.any(axis=1)[:, None].astype(float), m.live_groups)
@@ -586,7 +579,9 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
     shadow = events[events["role"] == "shadow"]
     challenger = events[events["role"] == "challenger"]
     live_groups, ref_groups = unit_codes(live), reference_groups(reference)
-    live_size, ref_size = effective_size(live_groups, live_groups), effective_size(ref_groups, ref_groups)
+    # The floors' measure, from the sizes alone; each test takes its own `design_effect`.
+    live_size = effective_groups(live_groups) if len(live) else 0.0
+    ref_size = effective_groups(ref_groups)
     result: dict = {"live_rows": int(len(live)), "reference_rows": int(len(reference)),
                     "live_effective_rows": live_size, "reference_effective_rows": ref_size, "alerts": [], "checks": {}}
     signals: list[Signal] = []
