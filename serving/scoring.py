@@ -8,6 +8,7 @@ matrix in the card's covariate order (or says exactly what is wrong with them), 
 import json
 import math
 import reprlib
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -101,20 +102,12 @@ class RowParser:
             raise RequestError(f"input {reprlib.repr(repeated)} appears {names.count(repeated)} times; send each "
                                "input once")
         by_name = {t.name: t for t in inputs}
-        units = None
-        if UNIT_ID_FIELD in by_name:
-            ids = by_name.pop(UNIT_ID_FIELD)
-            raw = getattr(ids, "_raw_data", None) is not None
-            units = [self._unit_id(_text(u, i) if isinstance(u, bytes) else u, i)
-                     for i, u in enumerate(ids.as_numpy().ravel().tolist() if raw else ids.data)]
+        units = self._unit_ids(by_name.pop(UNIT_ID_FIELD)) if UNIT_ID_FIELD in by_name else None
         tensors = list(by_name.values())
         if not tensors:
             raise RequestError("the V2 request has no input tensors")
         for t in tensors:
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t.shape):
-                raise RequestError(f"input {reprlib.repr(t.name)} has shape {reprlib.repr(list(t.shape))}; "
-                                   "dimensions must be non-negative integers")
-            self._check_count(t.shape[0] if t.shape else 0)  # rows come first in every accepted shape
+            self._check_shape(t)
         if len(tensors) == 1 and tensors[0].name not in self.index:
             t = tensors[0]
             shape = list(t.shape)
@@ -140,6 +133,31 @@ class RowParser:
         if units is not None and len(units) != X.shape[0]:
             raise RequestError(f"'unit_id' has {len(units)} values for {X.shape[0]} rows")
         return Rows(X, units if units is not None else [None] * X.shape[0])
+
+    def _check_shape(self, tensor) -> None:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in tensor.shape):
+            raise RequestError(f"input {reprlib.repr(tensor.name)} has shape {reprlib.repr(list(tensor.shape))}; "
+                               "dimensions must be non-negative integers")
+        self._check_count(tensor.shape[0] if tensor.shape else 0)  # rows come first in every accepted shape
+
+    def _unit_ids(self, tensor) -> list:
+        """The optional 'unit_id' tensor: one id per value, as many values as its shape says. Its
+        binary data (gRPC raw contents, HTTP binary) is read here, where a BYTES buffer whose
+        length prefixes overrun it, or numbers of a size the datatype does not fit, are the
+        caller's error (they were a 500)."""
+        self._check_shape(tensor)
+        values = tensor.data
+        if getattr(tensor, "_raw_data", None) is not None:
+            try:
+                values = tensor.as_numpy().ravel().tolist()
+            except (ValueError, TypeError, struct.error) as exc:
+                raise RequestError(f"input {UNIT_ID_FIELD!r}: its binary data does not fit datatype "
+                                   f"{str(tensor.datatype)[:32]} and shape {list(tensor.shape)}: {exc}") from None
+        values = np.asarray(values if isinstance(values, (list, tuple, np.ndarray)) else [values], dtype=object).ravel()
+        size = int(np.prod(tensor.shape))
+        if len(values) != size:
+            raise RequestError(f"input {UNIT_ID_FIELD!r} holds {len(values)} values; its shape needs {size}")
+        return [self._unit_id(_text(u, i) if isinstance(u, bytes) else u, i) for i, u in enumerate(values)]
 
     def _check_names(self, names: list[str], where: str, what: str) -> None:
         """Names (row keys or V2 tensor names) must be exactly the covariates."""

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import sys
 
 from tauforge.components.registry import ModelStore
@@ -66,7 +67,7 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     import kserve.model_server as model_server
 
     model_server.RESTServer = _rest_server(host, model)
-    model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host)
+    model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host, model)
     log.info("serving %s on http://%s:%d%s", model.name, host, port, f" and grpc {grpc_port}" if grpc_port else "")
     server = _draining_server(model)(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port),
                                      workers=1)
@@ -117,6 +118,10 @@ def check_ports(host: str, port: int, grpc_port: int) -> None:
         if not lowest <= number <= 65535:  # else socket's OverflowError
             raise ValueError(f"{flag} must be a port number from {lowest} to 65535, got {number}"
                              + (" (0: no gRPC)" if lowest == 0 else ""))
+    if port == grpc_port:  # each alone is free; the second server would fail once the model is loaded
+        raise ValueError(f"--port and --grpc-port are both {port}: REST and gRPC need a port each "
+                         "(--grpc-port 0: no gRPC)")
+    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
         if number:
             _check_port_free(host, number, flag)
 
@@ -142,9 +147,11 @@ def _rest_server(host: str, model):
     echoes the body, and a NaN in it cannot be written as JSON: the caller got a 500). Every 400
     counts in `model`'s bad-request metric, also those refused before they reach it."""
     import kserve.model_server as model_server
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.errors import InvalidInput, ModelNotFound
+    from starlette.exceptions import HTTPException
 
     async def invalid_request(_, exc: RequestValidationError):
         message = _validation_message(exc.errors())
@@ -159,6 +166,16 @@ def _rest_server(host: str, model):
         if not getattr(exc, "counted", False):
             model.count_bad_request()
         return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    async def unparsed_body(request, exc: HTTPException):
+        # FastAPI's 400 for a body it could not parse at all (JSON nested past Python's recursion
+        # limit): in this server's form, and counted.
+        if exc.status_code != 400:
+            return await http_exception_handler(request, exc)
+        message = f"the request body cannot be read: {exc.detail}"
+        log.warning("400: %s", message)
+        model.count_bad_request()
+        return JSONResponse(status_code=400, content={"error": message})
 
     async def model_not_found(_, exc: ModelNotFound):
         log.warning("404: %s", exc)  # KServe's handler logs a traceback for a caller's typo
@@ -178,6 +195,7 @@ def _rest_server(host: str, model):
             super()._add_exception_handlers(app)
             app.add_exception_handler(RequestValidationError, invalid_request)
             app.add_exception_handler(InvalidInput, invalid_input)
+            app.add_exception_handler(HTTPException, unparsed_body)
             app.add_exception_handler(ModelNotFound, model_not_found)
 
     return TauforgeRESTServer
@@ -305,15 +323,25 @@ def _json_data_plane():
                     body = parse_json_body(body)
                 except RequestError as exc:
                     raise InvalidInput(str(exc)) from None
-            return super().decode(body, headers, protocol_version, model_name)
+            try:
+                return super().decode(body, headers, protocol_version, model_name)
+            except InvalidInput:
+                raise
+            except (ValueError, TypeError, struct.error) as exc:
+                # KServe reads binary tensors (HTTP's binary extension) here, before the model sees
+                # them: sizes that disagree with the header or the shape were a 500.
+                raise InvalidInput("the request's binary tensors do not fit their JSON header (each input's "
+                                   "parameters.binary_data_size must be the bytes its shape and datatype take, "
+                                   f"BYTES elements each after a 4-byte length): {exc}") from None
 
     return JsonDataPlane
 
 
-def _bound_grpc_server(address: str):
+def _bound_grpc_server(address: str, model):
     """KServe's gRPC server listening on `address` (KServe's listens on every interface) and not
     sharing its port (KServe's lets gRPC set SO_REUSEPORT, so a second server on the same port
-    would silently take half of the first one's calls)."""
+    would silently take half of the first one's calls); every INVALID_ARGUMENT counts in
+    `model`'s bad-request metric, also those KServe refuses before they reach it."""
     from concurrent import futures
 
     import grpc
@@ -331,6 +359,8 @@ def _bound_grpc_server(address: str):
         async def handle_exception(self, ex, request_or_iterator, context, method_name):
             if isinstance(ex, InvalidInput):
                 log.warning("400: %s (gRPC %s)", ex, method_name)
+                if not getattr(ex, "counted", False):
+                    model.count_bad_request()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)  # abort raises: the call ends
             elif isinstance(ex, NotImplementedError):
                 log.warning("%s (gRPC %s)", ex, method_name)

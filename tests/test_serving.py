@@ -249,6 +249,13 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
      400, "the request holds no rows"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [10**12, 5], "datatype": "FP64",
                                                "data": [1, 2, 3, 4, 5]}]}, 400, "the limit is 10000"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]},
+                                              {"name": "unit_id", "shape": [3], "datatype": "BYTES", "data": ["a"]}]},
+     400, "input 'unit_id' holds 1 values; its shape needs 3"),
+    # Nested past Python's recursion limit: FastAPI's own 400, in this server's form and counted.
+    (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", "data": '
+                                  + b"[" * 5000 + b"]" * 5000 + b"}]}", 400, "the request body cannot be read"),
     ("/v1/models/no-such-model:predict", {"instances": [[0, 0, 0, 0, 0]]}, 404, "no-such-model"),
     # A caller's id is kept in every record of its rows: a long one is refused, not stored.
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "u" * 300}]}, 400,
@@ -276,6 +283,53 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     assert "Traceback" not in log and any(f"{status}: " in line and message in line for line in log.splitlines())
     if status == 400:
         assert "deprecated" not in log  # a library's deprecation the user of `serve` cannot act on
+
+
+def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_http_and_grpc(with_grpc):
+    # A serving review: these were a 500 over HTTP and INTERNAL over gRPC, with a traceback, and
+    # KServe's own gRPC refusals (an unknown datatype) were missing from the bad-request metric.
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb  # not KServe's: both in one process clash
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    def bad_requests() -> float:
+        return sum(float(line.split()[-1]) for line in with_grpc.get("/metrics")[1].splitlines()
+                   if line.startswith("tauforge_errors_total{") and 'kind="bad_request"' in line)
+
+    two_rows = np.array([0.1, 0.2]).tobytes()
+    cases = [  # (unit_id's datatype, its bytes, the covariates' declared byte size, gRPC's answer)
+        ("BYTES", b"\x05\x00\x00\x00ab", 16, "input 'unit_id': its binary data does not fit datatype BYTES"),
+        ("INT64", b"\x00" * 7, 16, "input 'unit_id': its binary data does not fit datatype INT64"),
+        ("INT64", np.array([1], dtype=np.int64).tobytes(), 16, "does not fit datatype INT64 and shape [2]"),
+        ("INT64", np.array([1, 2], dtype=np.int64).tobytes(), 8, None),  # over HTTP only: x0's size is wrong
+    ]
+    before = bad_requests()
+    for datatype, blob, size, _ in cases:
+        header = json.dumps({"inputs": [{"name": c, "datatype": "FP64", "shape": [2],
+                                         "parameters": {"binary_data_size": size}} for c in COLUMNS]
+                            + [{"name": "unit_id", "datatype": datatype, "shape": [2],
+                                "parameters": {"binary_data_size": len(blob)}}]}).encode()
+        code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", header + two_rows * 5 + blob,
+                                      {"Content-Type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(header))})
+        # HTTP's binary tensors are read by KServe before the model sees them.
+        assert code == 400 and "binary tensors do not fit their JSON header" in answer["error"], answer
+    channel = grpc.insecure_channel(with_grpc.grpc)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        tensor = pb.ModelInferRequest.InferInputTensor
+        for datatype, blob, _, message in [*cases[:3], ("FOO", b"\x00" * 16, 16, "invalid content type")]:
+            request = pb.ModelInferRequest(model_name=MODEL, inputs=[
+                *(tensor(name=c, datatype="FP64", shape=[2]) for c in COLUMNS),
+                tensor(name="unit_id", datatype=datatype, shape=[2])])
+            request.raw_input_contents.extend([two_rows] * 5 + [blob])
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in refused.value.details()
+    finally:
+        channel.close()
+    assert bad_requests() - before == len(cases) + 4
+    assert with_grpc.v1([[0.0] * 5])[0] == 200 and "Traceback" not in with_grpc.log_text()
 
 
 def test_a_callers_large_values_are_echoed_short_and_a_body_over_the_limit_gets_a_413(single):
@@ -914,6 +968,12 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
             assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
         _, err = port_taken.communicate(timeout=120)
     assert port_taken.returncode == 2 and f"--grpc-port {port} on 127.0.0.1 cannot be used" in err
+    # One port for both: each alone is free, and the gRPC server failed only once the model was
+    # loaded, with 90 lines of traceback and exit 3.
+    port = free_port()
+    out = subprocess.run([*serve, "--port", str(port), "--grpc-port", str(port)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "--port and --grpc-port are both" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_to_the_next():
