@@ -158,6 +158,22 @@ def check_finite(arr: np.ndarray, name: str, columns: Any = None) -> None:
         raise ValueError(f"{name} contains {kind} (first at {where}); impute or drop those rows first")
 
 
+# The forest keeps its leaves' means of t, y, t*y and t*t (and the correction's products of them
+# with standardized covariates) as float32, whose range ends near 3.4e38: an outcome or treatment
+# beyond 1e15 can overflow them, and every estimate became NaN (a review's outcome at 1e39).
+MAX_ABS_OUTCOME = 1e15
+
+
+def check_magnitude(arr: np.ndarray, name: str) -> None:
+    """Raise naming the first value of an outcome or treatment beyond +-MAX_ABS_OUTCOME."""
+    huge = np.abs(arr) > MAX_ABS_OUTCOME
+    if huge.any():
+        first = int(np.argmax(huge))
+        raise ValueError(f"{name} has {int(huge.sum())} value(s) beyond +-{MAX_ABS_OUTCOME:g} (first at row {first}, "
+                         f"{arr[first]:g}): the forest's leaf moments are float32; rescale it (a unit of 1,000 or "
+                         "1e6 times larger)")
+
+
 def check_same_index(**inputs: Any) -> None:
     """pandas inputs (None and arrays skipped) have the same index: rows are matched by position,
     so a Series sorted differently from the DataFrame would pair each outcome with another row."""

@@ -179,6 +179,9 @@ def test_sample_weights_change_the_fit_and_zero_weight_rows_are_ignored(data):
     (dict(X=np.zeros((1, 3)), T=np.ones(1), y=np.ones(1)), "at least 2"),
     (dict(T=np.array(["a"] * 50)), "T must be numeric"),
     (dict(y=np.r_[np.inf, np.zeros(49)]), "y contains infinite values"),
+    # Its leaf moments are float32: an outcome at 1e39 made every estimate NaN.
+    (dict(y=np.r_[np.zeros(3), 1e39, np.zeros(46)]), r"y has 1 value\(s\) beyond \+-1e\+15 \(first at row 3"),
+    (dict(T=np.r_[-2e15, np.zeros(49)]), r"T has 1 value\(s\) beyond"),
 ])
 def test_bad_input_raises_value_error_naming_the_problem(bad, match):
     rng = np.random.default_rng(0)
@@ -266,6 +269,8 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=d.X, W=W)
     with pytest.raises(ValueError, match="not an importable estimator"):
         CausalForestDML(n_estimators=4, model_y="sklearn.nope.Model").fit(d.Y, d.T, X=d.X)
+    with pytest.raises(ValueError, match=r"Y has 300 value\(s\) beyond \+-1e\+15 .* rescale it"):
+        CausalForestDML(n_estimators=4).fit(d.Y * 1e39 + 1e30, d.T, X=d.X)
     # Each of these reached the user as a scikit-learn or NumPy error that named nothing of theirs.
     with pytest.raises(ValueError, match="X has no columns"):
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=np.empty((300, 0)))
