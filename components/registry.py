@@ -177,11 +177,7 @@ def check_store(uri: str, here: bool = True) -> None:
     opened as `ModelStore` opens it; and with `here` (the store is used from this machine, not
     from a cluster's pods), a local store that is a file, lies under one or is not writable, and
     an object store whose bucket does not answer (no credentials, no endpoint, no such bucket)."""
-    try:
-        store = ModelStore(uri)
-    except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
-        raise StoreError(f"{uri} cannot be opened: {exc}; give a local folder or an fsspec URI such as "
-                         "s3://bucket/path") from None
+    store = ModelStore(uri)
     if not here:
         return
     if store.local:
@@ -258,7 +254,11 @@ class ModelStore:
         # Other writers publish while this process runs: list what is there now, not what a
         # listing cache saw (s3fs caches listings per process by default).
         options = {} if self.local else {"use_listings_cache": False}
-        self.fs, root = fsspec.core.url_to_fs(uri, **options)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(uri, **options)
+        except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
+            raise StoreError(f"{uri} cannot be opened: {exc}; give a local folder or an fsspec URI such as "
+                             "s3://bucket/path") from None
         self.conditional = protocol in _CONDITIONAL_PROTOCOLS
         self.root = os.path.abspath(root) if self.local else root.rstrip("/")
 
@@ -557,13 +557,19 @@ class ModelStore:
 
     @_store_operation("changing an alias in")
     def rollback(self, model: str, alias: str = "champion") -> dict:
-        """Point `alias` back at the version it named before the last change."""
+        """Point `alias` back at the version it named before the last change, if that version
+        still verifies (as `set_alias` requires: serving would refuse it)."""
         self.resolve(model)  # a model that is not there: say so, and create nothing (not even its lock)
 
         def back(aliases: dict) -> dict:
             entry = aliases.get(alias)
             if not entry or not entry["history"]:
                 raise StoreError(f"alias {alias!r} of model {model!r} has no earlier version to roll back to")
+            try:
+                self.load(model, int(entry["history"][-1]))
+            except StoreError as exc:
+                raise StoreError(f"alias {alias!r} of model {model!r} cannot roll back to version "
+                                 f"{entry['history'][-1]}: {exc}; promote a version that verifies instead") from None
             entry["version"] = entry["history"].pop()
             return entry
 

@@ -1,5 +1,6 @@
 """The `tauforge` command as a user runs it: a subprocess, its output and its exit status."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -195,6 +196,16 @@ def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, stor
     afile.write_text("not a store")
     stderr = refused_run(tmp_path, "--store", store.replace("FILE", str(afile)))
     assert stderr.startswith(f"tauforge run: error: --store {problem.replace('FILE', str(afile))}"), stderr
+
+
+def test_a_store_whose_filesystem_package_is_missing_is_one_line_for_every_command():
+    # A review: `models` and `serve` printed ImportError's traceback (run refused it already).
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here: a missing filesystem package cannot be shown with gs://")
+    for command in (["models", "list"], ["models", "show", "--name", "m"], ["serve", "--model", "m"]):
+        out = run(*command, "--store", "gs://bucket/store")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "gs://bucket/store cannot be opened: Please install gcsfs" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("flags, message", [

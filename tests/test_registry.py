@@ -367,13 +367,23 @@ def test_a_damaged_aliases_file_is_named_and_hides_no_other_model(model_dir, tmp
     assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "1"], ["n", "1"]]
 
 
-def test_promote_refuses_a_version_that_does_not_verify(model_dir, tmp_path):
+def test_promote_and_rollback_refuse_a_version_that_does_not_verify(model_dir, tmp_path):
     store = store_with(model_dir, tmp_path, 2)
-    with open(os.path.join(store.root, "m", "2", "report.html"), "a") as f:
+    for version in (1, 2):
+        store.set_alias("m", "champion", version)
+    with open(os.path.join(store.root, "m", "1", "report.html"), "a") as f:
         f.write("<!-- edited -->")
     with pytest.raises(StoreError, match="checksum mismatch for .*report.html"):
-        store.set_alias("m", "champion", 2)  # the champion would point at what serving refuses
-    assert store.aliases("m") == {}
+        store.set_alias("m", "challenger", 1)  # the alias would point at what serving refuses
+    assert "challenger" not in store.aliases("m")
+    # Nor can a rollback point one there (a review: promote refused the version, rollback took it).
+    with pytest.raises(StoreError, match="cannot roll back to version 1: checksum mismatch for .*report.html"):
+        store.rollback("m")
+    assert store.resolve("m", "champion") == 2
+    shutil.rmtree(os.path.join(store.root, "m", "1"))
+    with pytest.raises(StoreError, match="cannot roll back to version 1: .*no version 1"):
+        store.rollback("m")
+    assert store.aliases("m")["champion"] == {"version": 2, "history": [1]}
 
 
 def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_named(model_dir, tmp_path):
