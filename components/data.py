@@ -316,6 +316,14 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         ts = df[spec.timestamp]
         if ts.isna().any():
             fail(f"timestamp column {spec.timestamp!r} has missing values")
+        if pd.api.types.is_object_dtype(ts) or pd.api.types.is_string_dtype(ts):
+            # Text that the reader did not take for dates (1/31/2020): ordered as text, a sorted
+            # table was refused (a review). Read as dates, in the format of the first value.
+            try:
+                ts = pd.to_datetime(ts)
+            except (ValueError, TypeError) as exc:
+                fail(f"timestamp column {spec.timestamp!r} holds text that is not a date ({exc}); write it as "
+                     "ISO 8601 (2020-01-31 12:00:00) or as numbers")
         if not ts.is_monotonic_increasing:
             fail(f"timestamp column {spec.timestamp!r} is not in increasing order; sort the table by time")
     spec = dataclasses.replace(spec, treatment_type=treatment_type)

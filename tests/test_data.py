@@ -122,6 +122,9 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),
     (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
     (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
+    (lambda d: d.assign(ts=[f"{1 + i % 12}/1/{2020 - i // 12}" for i in d.index]), {"timestamp": "ts"},
+     "timestamp column 'ts' is not in increasing order"),
+    (lambda d: d.assign(ts="soon"), {"timestamp": "ts"}, "timestamp column 'ts' holds text that is not a date"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
     (lambda d: d, {"assignment": "randomized", "propensity": 0.1},
@@ -137,6 +140,13 @@ def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
     with pytest.raises(DataValidationError) as err:
         validate(change(table()), spec(**kw))
     assert message in str(err.value)
+
+
+def test_timestamps_written_as_text_are_ordered_as_dates():
+    # A review: 1/9/2020 then 1/10/2020 was refused as unsorted, compared as text.
+    days = pd.date_range("2020-01-01", periods=len(table()), freq="D")
+    for written in (days.strftime("%m/%d/%Y"), days.strftime("%-m/%-d/%Y"), days.strftime("%Y-%m-%d")):
+        assert validate(table().assign(ts=list(written)), spec(timestamp="ts")).spec.timestamp == "ts"
 
 
 def test_duplicate_column_names_are_refused():
