@@ -102,6 +102,9 @@ class GateConfig:
             value = getattr(self, key)
             if value is not None and not low <= value <= high:
                 raise config.ConfigError(key, f"must be {what} (or 'off'), got {value:g}")
+        if None not in (self.min_outcome_r2, self.max_outcome_r2) and self.min_outcome_r2 > self.max_outcome_r2:
+            raise config.ConfigError("max_outcome_r2", f"must be at least min_outcome_r2 ({self.min_outcome_r2:g}), "
+                                                       f"got {self.max_outcome_r2:g}: no model passes both")
 
     @classmethod
     def from_dict(cls, values: dict) -> "GateConfig":

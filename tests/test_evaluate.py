@@ -177,6 +177,7 @@ def verdict_of(result, gate):
     ({"max_share_outside_overlap": "-0.1"}, "must be between 0 and 1"),
     ({"max_abs_smd": "-1"}, "max_abs_smd must be at least 0"),
     ({"max_outcome_r2": "1.5"}, "max_outcome_r2 must be at most 1"),
+    ({"min_outcome_r2": "0.9", "max_outcome_r2": "0.1"}, "max_outcome_r2 must be at least min_outcome_r2 \\(0.9\\)"),
     ({"min_graph_pvalue": "nan"}, "min_graph_pvalue must be between 0 and 1"),
     ({"require_heterogeneity": "maybe"}, "require_heterogeneity must be true or false"),
 ])
