@@ -45,7 +45,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
     MONITOR_ALPHA,
 )
-from tauforge.components.data import validate_data
+from tauforge.components.data import DataValidationError, validate_data
 from tauforge.components.estimate import (
     BootstrapConfig,
     bootstrap_shard,
@@ -503,6 +503,12 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         else:  # the file lacks what its buffer held when the disk filled
             log_text = tee.tail()
         cause = _task_error(log_text)
+        invalid = f"{DataValidationError.__module__}.{DataValidationError.__name__}: "
+        if cause is not None and cause.startswith(invalid):
+            # A table at a URI is read first by the validate task: the user's data, as a local
+            # table's checks before the run say it (exit status 2), not a failed run.
+            raise DataValidationError(f"{cause[len(invalid):]} (found by the validate step, which reads a table at "
+                                      f"a URI; its log: {log_path})")
         if cause is None and (stopped := _task_stopped(log_text)):
             cause = f"Its process was {stopped}."
         elif cause is not None:

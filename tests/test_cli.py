@@ -198,6 +198,36 @@ def test_a_store_publish_could_not_use_is_refused_before_any_task(tmp_path, stor
     assert stderr.startswith(f"tauforge run: error: --store {problem.replace('FILE', str(afile))}"), stderr
 
 
+def test_a_table_at_a_uri_that_fails_its_checks_is_the_users_error_named_by_the_validate_step(tmp_path):
+    # Only a local table is read before the run: one at a URI is read first by the validate task,
+    # whose refusal was a failed run (exit 1), where a local table's is exit 2 (a CLI review).
+    import functools
+    import http.server
+    import threading
+
+    import pandas as pd
+
+    small_table(tmp_path / "data.csv")
+    pd.read_csv(tmp_path / "data.csv").assign(x1=lambda d: d.x1.where(d.index != 4)).to_csv(tmp_path / "data.csv",
+                                                                                         index=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = run("run", "--data", f"http://127.0.0.1:{server.server_port}/data.csv", "--treatment", "T",
+                  "--outcome", "Y", "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1",
+                  "--store", str(tmp_path / "store"), "--pipeline-root", str(tmp_path / "runs"), "--quiet", "--json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 2, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["exit_code"] == 2 and answer["error"].startswith(
+        "column 'x1' has 1 NaN/missing value(s) (first at row 4)"), answer
+    assert "found by the validate step" in answer["error"] and "tauforge run: error: column 'x1'" in out.stderr
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_store_whose_filesystem_package_is_missing_is_one_line_for_every_command():
     # A review: `models` and `serve` printed ImportError's traceback (run refused it already).
     if importlib.util.find_spec("gcsfs") is not None:
