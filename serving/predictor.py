@@ -10,6 +10,7 @@ outputs, and a request that names `outputs` gets those only.
 
 import asyncio
 import logging
+import reprlib
 import threading
 import time
 import uuid
@@ -112,10 +113,19 @@ class CateModel(Model):
 
     async def predict(self, payload, headers=None):
         start = time.perf_counter()
-        request_id = _request_id((headers or {}).get("x-request-id"))
         v2 = isinstance(payload, InferRequest)
+        # The mesh's (or the caller's) x-request-id, else a V2 request's own id: the log's key to a
+        # request, by which a caller later joins its outcomes (the V2 id was echoed, not logged).
+        request_id = _request_id((headers or {}).get("x-request-id") or (payload.id if v2 else None))
         parser = self.scorers[CHAMPION].parser
         try:
+            if v2 and payload.model_version not in (None, "", str(self.scorers[CHAMPION].version)):
+                # gRPC's model_version (REST's versions/ path is KServe's 501): answering another
+                # version than the one asked for, silently, was worse than refusing.
+                served = f"version {self.scorers[CHAMPION].version}" + (
+                    f" (and {self.scorers[CHALLENGER].version} by its routing)" if self.scorers[CHALLENGER] else "")
+                raise RequestError(f"model_version {reprlib.repr(payload.model_version)} is not served here: this "
+                                   f"server answers {served}; send no model_version")
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = parse_json_body(payload)
             parse = (lambda: parser.v2(payload.inputs)) if v2 else (lambda: parser.v1(payload))

@@ -51,6 +51,9 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
         raise ValueError(f"--mode {mode} needs --challenger VERSION")
     second = (VersionScorer(ModelStore(store).load(model, challenger), device=device)
               if challenger is not None else None)
+    if second is not None and second.version == champion.version:  # a comparison of a version with itself
+        raise ValueError(f"--challenger {challenger} is version {second.version}, the version served as champion: "
+                         f"--mode {mode} needs another version")
     routing = make_routing(mode if second is not None else "single", percent, shadow_timeout)
     cate_model = CateModel(name, champion, second, routing=routing,
                            explore=EpsilonGreedy(explore) if explore else None,

@@ -332,6 +332,38 @@ def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_h
     assert with_grpc.v1([[0.0] * 5])[0] == 200 and "Traceback" not in with_grpc.log_text()
 
 
+def test_a_v2_requests_id_keys_its_log_records_and_a_version_not_served_is_refused(with_grpc):
+    # A serving review: the V2 id was echoed but the log kept a new uuid, so a caller could not
+    # join its outcomes by it; and gRPC's model_version "7" was answered by version 1, silently.
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb  # not KServe's: both in one process clash
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    tensors = [{"name": c, "shape": [1], "datatype": "FP64", "data": [0.5]} for c in COLUMNS]
+    code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", {"id": "order-17", "inputs": tensors})
+    assert code == 200 and answer["id"] == answer["parameters"]["request_id"] == "order-17"
+    code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", {"id": "order-18", "inputs": tensors},
+                                  {"x-request-id": "mesh-1"})
+    assert code == 200 and answer["parameters"]["request_id"] == "mesh-1"  # the mesh's id first
+    channel = grpc.insecure_channel(with_grpc.grpc)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for version in ("7", "1", ""):
+            request = pb.ModelInferRequest(model_name=MODEL, model_version=version, id="g-1", inputs=[
+                pb.ModelInferRequest.InferInputTensor(name=c, datatype="FP64", shape=[1]) for c in COLUMNS])
+            request.raw_input_contents.extend([np.array([0.5]).tobytes()] * 5)
+            if version == "7":
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelInfer(request, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "model_version '7' is not served here: this server answers version 1" in refused.value.details()
+            else:
+                reply = stub.ModelInfer(request, timeout=30)
+                assert reply.model_version == "1" and reply.parameters["request_id"].string_param == "g-1"
+    finally:
+        channel.close()
+
+
 def test_a_callers_large_values_are_echoed_short_and_a_body_over_the_limit_gets_a_413(single):
     # A security review: a 10 MB string came back as a 10 MB 400 and a line as long in the log;
     # a 180 MB body was parsed whole (3.85 GB) before its rows were counted.
@@ -974,6 +1006,10 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
     out = subprocess.run([*serve, "--port", str(port), "--grpc-port", str(port)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "--port and --grpc-port are both" in out.stderr and "Traceback" not in out.stderr
+    # A canary of the champion against itself (no champion alias: the latest, 2, is the champion).
+    out = subprocess.run([*serve, "--challenger", "2", "--mode", "canary", "--port", str(free_port()), "--grpc-port",
+                          "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--challenger 2 is version 2, the version served as champion" in out.stderr
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_to_the_next():
