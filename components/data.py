@@ -291,6 +291,9 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if p_value < PROPENSITY_WARN_P:
             warnings.append(f"{said}; check that the declared propensity is the trial's")
     if spec.unit_id:
+        if (missing := int(df[spec.unit_id].isna().sum())):  # (two were called duplicates)
+            fail(f"unit_id column {spec.unit_id!r} has {missing} missing id(s) (first at row "
+                 f"{int(np.argmax(df[spec.unit_id].isna().to_numpy()))}); every row needs its unit's id")
         dup = df[spec.unit_id].duplicated()
         if dup.any():
             fail(f"unit_id column {spec.unit_id!r} has duplicate ids (first: {df[spec.unit_id][dup].iloc[0]!r})")

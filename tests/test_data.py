@@ -121,6 +121,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),
     (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
+    (lambda d: d.assign(uid=d.index.astype(str).where(d.index != 6)), {"unit_id": "uid"},
+     "unit_id column 'uid' has 1 missing id(s) (first at row 6); every row needs its unit's id"),
     (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
     (lambda d: d.assign(ts=[f"{1 + i % 12}/1/{2020 - i // 12}" for i in d.index]), {"timestamp": "ts"},
      "timestamp column 'ts' is not in increasing order"),
