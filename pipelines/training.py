@@ -372,8 +372,10 @@ def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, *, pipeline
                                               "full bootstrap")
     else:
         built = build_monitoring_pipeline(n_folds, n_shards, fold_tasks=fold_tasks, cluster=cluster, fan_in=fan_in)
-    compiler.Compiler().compile(built, path)
-    _finish_ir(path, cluster.image)
+    with tempfile.TemporaryDirectory() as scratch:  # kfp writes straight to its path: not over an earlier file
+        compiled = os.path.join(scratch, "pipeline.yaml")
+        compiler.Compiler().compile(built, compiled)
+        _finish_ir(compiled, path, cluster.image)
     return path
 
 
@@ -387,22 +389,24 @@ NEWER_IR_FIELDS = {"resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimi
                    "resourceType", "resourceCount", "secretNameParameter"}
 
 
-def _finish_ir(path: str, image: str) -> None:
-    """The compiled YAML at `path`, for the backends from OLDEST_BACKEND on: every executor that
-    still names the components' own image names `image` instead (components fix their image when
-    they are defined; GPU shards already name their CUDA image), and the newer fields go."""
+def _finish_ir(compiled: str, path: str, image: str) -> None:
+    """kfp's YAML at `compiled`, written to `path` for the backends from OLDEST_BACKEND on: every
+    executor that still names the components' own image names `image` instead (components fix
+    their image when they are defined; GPU shards already name their CUDA image, which may be that
+    same image), and the newer fields go."""
     import yaml
 
     from tauforge.components._kfp import IMAGE
 
-    with open(path) as f:
+    with open(compiled) as f:
         text = f.read()
     header = "".join(line for line in text.splitlines(keepends=True)[:20] if line.startswith("#"))
     # The pipeline spec, then the Kubernetes platform spec if any; libyaml's parser where PyYAML has it (faster).
     docs = list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     for executor in docs[0]["deploymentSpec"]["executors"].values():
-        if executor["container"]["image"] == IMAGE:
-            executor["container"]["image"] = image
+        container = executor["container"]
+        if container["image"] == IMAGE and "accelerator" not in container.get("resources", {}):
+            container["image"] = image
     docs = [_without_newer_fields(doc) for doc in docs]
     with replaced_whole(path) as f:  # an earlier compile's file stays whole if this one cannot be written
         f.write(header)

@@ -264,6 +264,18 @@ def compiled(tmp_path, *flags, pipeline="training"):
                                        if len(docs) > 1 else {})
 
 
+def test_gpu_shards_keep_a_cuda_image_that_is_also_the_components_own(tmp_path):
+    # A review: with --cuda-image equal to the components' built-in image, the shards were given
+    # --image too, while the command said they run the CUDA image.
+    _, spec, _ = compiled(tmp_path, "--image", "registry.example/cpu:1", "--gpus-per-shard", "1",
+                          "--cuda-image", _kfp.IMAGE)
+    executors = spec["deploymentSpec"]["executors"].values()
+    gpu = [e["container"]["image"] for e in executors if "accelerator" in e["container"]["resources"]]
+    assert len(gpu) == 2 and set(gpu) == {_kfp.IMAGE}
+    assert {e["container"]["image"] for e in executors if "accelerator" not in e["container"]["resources"]} \
+        == {"registry.example/cpu:1"}
+
+
 def every_task(spec):
     """(name, task) of every task of the pipeline and of the components it nests."""
     yield from spec["root"]["dag"]["tasks"].items()
