@@ -8,6 +8,7 @@ file). Loading recomputes the checksums and refuses a file that does not match.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +46,9 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}  # a write's own failures
+
+
 @contextlib.contextmanager
 def replaced_whole(path: str | os.PathLike, binary: bool = False, sync: bool = False) -> Iterator[IO]:
     """A file to write that replaces `path` only once the block completes: readers see the old
@@ -74,9 +78,13 @@ def replaced_whole(path: str | os.PathLike, binary: bool = False, sync: bool = F
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        # A full disk's write or flush names no file: name the one asked for, so the user knows
+        # which (the CLI says "No space left on device: <path>").
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno in _WRITE_ERRNOS:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
         raise
 
 

@@ -221,10 +221,11 @@ def test_a_file_replaced_whole_keeps_the_old_one_and_leaves_nothing_when_its_wri
 
     target = tmp_path / "report.html"
     target.write_text("the last report")
-    with pytest.raises(OSError, match="No space left"), replaced_whole(target) as f:
+    with pytest.raises(OSError, match="No space left") as full, replaced_whole(target) as f:
         f.write("half of the new one")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert target.read_text() == "the last report" and os.listdir(tmp_path) == ["report.html"]
+    assert full.value.filename == str(target)  # a write names no file; the user is told which
     with replaced_whole(target) as f:
         f.write("the new report")
     umask = os.umask(0)
