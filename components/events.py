@@ -14,6 +14,7 @@ not at all: written under a temporary name and renamed on a local disk, one PUT 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import io
@@ -147,13 +148,12 @@ def remove_events(records: list[dict], location: str, seq: int, stamp: _dt.datet
 
 def read_events(location: str, model: str | None = None, since: float | None = None) -> pd.DataFrame:
     """Every logged record under `location` (of `model` only, if given; logged at or after the
-    Unix time `since`, if given) as one DataFrame, read with pyarrow.dataset; empty, with the
+    Unix time `since`, if given) as one DataFrame, read file by file with pyarrow; empty, with the
     fields, if there is none. With `since`, files in date folders before its day are not read (a
     file's folder is the day it was written, which is no earlier than its records). Files that
     cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
     the frame's `attrs["unreadable_files"]`. A local folder that does not exist is an error (a
     mistyped path should not read as a quiet log)."""
-    import pyarrow.dataset as ds
 
     fs, root, local = _filesystem(location)
     if local and not os.path.isdir(root):
@@ -163,22 +163,44 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     files = sorted(f for f in (fs.find(base) if fs.exists(base) else [])
                    if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX)
                    and (first_day is None or (day := _written_on(f)) is None or day >= first_day))
-    readable, schemas, unreadable = [], [], []
-    for f in files:
+    tables, unreadable = [], []
+    for f in files:  # each whole: a file whose footer reads can still hold corrupt pages
         try:
-            schemas.append(pq.read_schema(f, filesystem=fs))
-            readable.append(f)
-        except (OSError, pa.ArrowInvalid) as exc:
+            tables.append((f, pq.read_table(f, filesystem=fs)))
+        except (OSError, pa.ArrowException) as exc:
             unreadable.append(f"{f}: {exc}")
-    if not readable:
+    tables, mismatched = _of_one_schema(tables)
+    unreadable += mismatched
+    if not tables:
         frame = pd.DataFrame(columns=list(EVENT_FIELDS))
     else:
-        table = ds.dataset(readable, filesystem=fs, format="parquet", schema=pa.unify_schemas(schemas)).to_table()
+        table = pa.concat_tables(tables, promote_options="permissive")
         frame = table.to_pandas().sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
         if since is not None:
             frame = frame[frame["time"] >= since].reset_index(drop=True)
     frame.attrs["unreadable_files"] = unreadable
     return frame
+
+
+def _of_one_schema(tables: list[tuple[str, pa.Table]]) -> tuple[list[pa.Table], list[str]]:
+    """The tables whose columns can be read together (`concat_tables`' permissive promotion: nulls
+    and wider numbers), and the files left out: each column takes the type of most rows, so a
+    file written otherwise (a column of text where the others hold numbers) is named rather
+    than failing the whole read."""
+    votes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for _, table in tables:
+        for field in table.schema:
+            if not pa.types.is_null(field.type):
+                votes[field.name][field.type] += table.num_rows + 1  # by rows: one stray file loses
+    expected = {name: counts.most_common(1)[0][0] for name, counts in votes.items()}
+    kept, left_out = [], []
+    for path, table in tables:
+        try:
+            pa.unify_schemas([table.schema, pa.schema(expected.items())], promote_options="permissive")
+            kept.append(table)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            left_out.append(f"{path}: its columns cannot be read with the other files': {exc}")
+    return kept, left_out
 
 
 def _day_before(since: float) -> str | None:

@@ -805,15 +805,27 @@ def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_
     os.makedirs(old_day)
     with open(os.path.join(old_day, "events-old.parquet"), "wb") as f:
         f.write(b"")
+    # Pages that do not read behind a footer that does (a review: the whole read failed), and a
+    # file whose column holds text where the others hold numbers (a traceback).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = bytearray(open(written, "rb").read())
+    data[4:len(data) // 2] = b"\xff" * (len(data) // 2 - 4)
+    with open(os.path.join(today, "events-bad-pages.parquet"), "wb") as f:
+        f.write(bytes(data))
+    typed = pq.read_table(written).to_pandas().head(3)
+    pq.write_table(pa.Table.from_pandas(typed.assign(**{"input.x0": "zero"}), preserve_index=False),
+                   os.path.join(today, "events-text.parquet"))
     frame = read_events(str(tmp_path), model="m")
     assert len(frame) == 10
     assert sorted(os.path.basename(u.split(": ")[0]) for u in frame.attrs["unreadable_files"]) == [
-        "events-old.parquet", "events-truncated.parquet"]
+        "events-bad-pages.parquet", "events-old.parquet", "events-text.parquet", "events-truncated.parquet"]
     recent = read_events(str(tmp_path), model="m", since=now - 60 * 4.5)
     assert sorted(recent.request_id) == ["r0", "r1", "r2", "r3", "r4"]
     # The 2020 folder is not opened: only today's truncated file is reported.
     skipped = [os.path.basename(u.split(": ")[0]) for u in recent.attrs["unreadable_files"]]
-    assert skipped == ["events-truncated.parquet"]
+    assert sorted(skipped) == ["events-bad-pages.parquet", "events-text.parquet", "events-truncated.parquet"]
     assert len(read_events(str(tmp_path), model="m", since=-1e13)) == 10  # before year 1: no folder is left out
     # Logs written before the server capped ids hold longer ones: the readers' joins take them.
     from tauforge.components.events import id_string
