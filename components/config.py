@@ -90,12 +90,14 @@ def to_json(settings: Any) -> str:
 # What a Kubernetes CPU or memory quantity looks like ('2', '500m', '1.5'; '8Gi', '512Mi', '1G'):
 # the pipeline's tasks and the deployed predictors take them.
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+# Whole numbers only: kfp refuses 1.5Gi (a review: `compile --memory 1.5Gi` failed in kfp, naming no flag).
+_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # DNS-1123 subdomain
 
 
 def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...]) -> None:
     """The named fields of `settings` are Kubernetes CPU and memory quantities, else a ConfigError."""
-    for names, pattern, example in ((cpu, _CPU, "2 or 500m"), (memory, _MEMORY, "8Gi or 512Mi")):
+    for names, pattern, example in ((cpu, _CPU, "2 or 500m"), (memory, _MEMORY, "8Gi or 1536Mi (whole numbers)")):
         kind = "CPU" if pattern is _CPU else "memory"
         for name in names:
             value = str(getattr(settings, name))
@@ -103,3 +105,10 @@ def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...
                 raise ConfigError(name, f"must be a {kind} quantity such as {example}, got {value!r}")
             if float(re.sub(r"[A-Za-z]+$", "", value)) == 0:  # Kubernetes drops a zero request and limit
                 raise ConfigError(name, f"must be more than 0, got {value!r}")
+
+
+def check_secret_name(name: str, field: str) -> None:
+    """`name` is a Kubernetes Secret's name (a DNS-1123 subdomain), else a ConfigError for `field`."""
+    if len(name) > 253 or not _SECRET_NAME.match(name):
+        raise ConfigError(field, f"must be a Kubernetes Secret's name (lower-case letters, digits, '-' and '.'), "
+                                 f"got {name!r}")

@@ -29,15 +29,15 @@ taken).
 import copy
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import yaml
 
-from tauforge.kernels.serialization import replaced_whole
-
 from ._kfp import IMAGE
-from .config import ConfigError, check_quantities
+from .config import ConfigError, check_quantities, check_secret_name
 from .registry import StoreError, check_model_name
 
 MODES = ("replace", "canary", "shadow")
@@ -52,6 +52,7 @@ HTTP_PORT, GRPC_PORT = 8080, 8081
 # ("<name>-shadow-predictor-00001-deployment-...") that must fit 63 characters: 45 leaves room.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 45
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a namespace's name (may start with a digit)
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -96,7 +97,12 @@ class DeploySpec:
         except StoreError as exc:
             raise ConfigError("model", str(exc).removeprefix("model name ")) from None
         check_name(self.isvc_name, "name" if self.name else "model")
-        check_name(self.namespace, "namespace")
+        if len(self.namespace) > 63 or not DNS_1123_LABEL.match(self.namespace):
+            raise ConfigError("namespace", f"must be a DNS-1123 label of at most 63 characters (lower-case letters, "
+                                           f"digits and '-', not starting or ending with '-'), got {self.namespace!r}")
+        for key, number in (("version", self.version), ("champion_version", self.champion_version)):
+            if number is not None and number < 1:
+                raise ConfigError(key, f"must be a published version, numbered from 1, got {number}")
         if not 0 < self.percent <= 100:
             raise ConfigError("percent", f"must be in (0, 100], got {self.percent}")
         if self.mode == "canary" and round(self.percent) < 1:
@@ -105,11 +111,17 @@ class DeploySpec:
         if not self.store:
             raise ConfigError("store", "is needed: the URI of the store the cluster reads the version from "
                                        "(s3://, gs:// or pvc://), or $TAUFORGE_STORE")
-        if "://" not in self.store:
+        if "://" not in self.store or self.store.startswith(("file://", "local://")):
             raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
                                        "or pvc:// and pass that store")
         if self.router not in ROUTERS:
             raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        if self.router == "predictor" and self.mode != "replace" and self.store.startswith("pvc://"):
+            # Only KServe's storage initializer mounts a pvc:// store; the router reads the store itself.
+            raise ConfigError("router", "'predictor' reads the store itself, which a pvc:// store does not allow "
+                                        "(KServe's storage initializer mounts it for one version): publish to "
+                                        "s3:// or gs://, or use the mesh router")
+        check_secret_name(self.store_secret, "store_secret")
         both = self.mode == "shadow" or (self.mode == "canary" and self.router == "predictor")
         if both and self.champion_version is None:
             where = " in one predictor" if self.router == "predictor" else ""
@@ -291,14 +303,53 @@ def render(spec: DeploySpec) -> list[dict]:
 
 
 def write(objects: list[dict], out_dir: str) -> list[str]:
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for obj in objects:
-        path = os.path.join(out_dir, f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml")
-        with replaced_whole(path) as f:  # whole or not at all: kubectl apply -f may read the folder
-            yaml.safe_dump(obj, f, sort_keys=False)
-        paths.append(path)
-    return paths
+    """The objects as YAML files in `out_dir`, which then holds this deployment's objects and no
+    others: `kubectl apply -f` on a folder that kept an earlier shadow deploy's files recreated that
+    shadow and its mirror after a replace (an ops review). Whole or not at all: the set is written
+    into a new folder beside it and swapped in, so a full disk leaves the earlier set as it was. A
+    folder holding files deploy did not write is refused."""
+    out_dir = os.path.realpath(out_dir)  # a link to a folder: the folder is replaced, not the link
+    if os.path.isdir(out_dir):
+        foreign = sorted(n for n in os.listdir(out_dir) if not _written_by_deploy(os.path.join(out_dir, n)))
+        if foreign:
+            raise ValueError(f"{out_dir} holds files tauforge deploy did not write ({', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}); it replaces the whole folder: give it a "
+                             "folder of its own")
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    names = [f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml" for obj in objects]
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the manifests from the user's group
+        for obj, file_name in zip(objects, names, strict=True):
+            with open(os.path.join(staging, file_name), "w") as f:
+                yaml.safe_dump(obj, f, sort_keys=False)
+        if os.path.isdir(out_dir):
+            earlier = f"{staging}.old"
+            os.rename(out_dir, earlier)
+            os.rename(staging, out_dir)
+            shutil.rmtree(earlier, ignore_errors=True)
+        else:
+            os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [os.path.join(out_dir, n) for n in names]
+
+
+def _written_by_deploy(path: str) -> bool:
+    """A YAML file of a Kubernetes object labelled as tauforge's (what `write` leaves)."""
+    if not (path.endswith(".yaml") and os.path.isfile(path)):
+        return False
+    try:
+        with open(path) as f:
+            obj = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False
+    labels = obj.get("metadata", {}).get("labels", {}) if isinstance(obj, dict) else {}
+    return isinstance(labels, dict) and labels.get("app.kubernetes.io/name") == "tauforge"
 
 
 def _api_client(api_client=None):

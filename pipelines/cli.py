@@ -498,7 +498,8 @@ def _serve(args: argparse.Namespace) -> int:
 DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace", "mode": "--mode",
                 "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
                 "gpus": "--gpus", "service_account": "--service-account", "router": "--router", "cpu": "--cpu",
-                "memory": "--memory", "explore": "--explore", "raw": "--raw"}
+                "memory": "--memory", "explore": "--explore", "raw": "--raw", "store_secret": "--store-secret",
+                "version": "--version"}
 
 
 def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
@@ -516,6 +517,8 @@ def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    import yaml
+
     from tauforge.components.deploy import DeploySpec, apply, render, wait_ready, write
 
     store = args.store or os.environ.get(STORE_ENV) or ""
@@ -529,6 +532,11 @@ def _deploy(args: argparse.Namespace) -> int:
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
                           store_secret=args.store_secret, explore=args.explore, raw=args.raw)
+    if args.out == "-":  # the YAML alone on stdout, for `| kubectl apply -f -`
+        if args.apply:
+            raise ValueError("--out - writes the YAML to stdout for kubectl; --apply applies it here: pass one")
+        print(yaml.safe_dump_all(render(spec), sort_keys=False), end="")
+        return 0
     _check_output(args.out, "--out", folder=True)
     objects = render(spec)
     for path in write(objects, args.out):
@@ -822,7 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--raw", action="store_true",
                      help="with --mode replace, a RawDeployment champion that a --mode shadow can later mirror "
                           "(KServe does not change an InferenceService's mode)")
-    dep.add_argument("--out", default="tauforge-deploy", help="directory for the YAML (default: tauforge-deploy)")
+    dep.add_argument("--out", default="tauforge-deploy",
+                     help="directory for the YAML, replaced whole by this deployment's objects (default: "
+                          "tauforge-deploy); '-': the YAML on stdout")
     dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
     dep.add_argument("--wait", type=float, default=600, metavar="SECONDS",
                      help="with --apply, wait this long for the InferenceServices to be Ready and say why not "

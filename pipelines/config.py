@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 
 from tauforge.components._kfp import IMAGE
-from tauforge.components.config import ConfigError, check_quantities
+from tauforge.components.config import ConfigError, check_quantities, check_secret_name
 from tauforge.components.constants import (
     DEFAULT_ALPHA,
     DEFAULT_FOLD_TASKS,
@@ -184,7 +183,6 @@ def absolute(path_or_uri: str) -> str:
 
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # DNS-1123 subdomain
 
 
 @dataclass(frozen=True)
@@ -231,11 +229,13 @@ class ClusterConfig:
             if len(toleration) != 3 or not toleration[0] or toleration[2] not in ("", *_EFFECTS):
                 raise ConfigError("gpu_tolerations", f"takes (key, value, effect) with effect one of "
                                                      f"{', '.join(_EFFECTS)} or empty, got {toleration!r}")
+        if self.gpus_per_shard and not self.accelerator_type.strip():
+            raise ConfigError("accelerator_type", "must name the GPUs' resource (nvidia.com/gpu, or a type the "
+                                                  "backend maps to one), got an empty one")
         if self.store_secret and not self.store_secret_keys:
             raise ConfigError("store_secret_keys", "must name at least one key of the store's Secret")
-        if self.store_secret and not _SECRET_NAME.match(self.store_secret):
-            raise ConfigError("store_secret", f"must be a Kubernetes Secret's name (lower-case letters, digits, "
-                                              f"'-' and '.'), got {self.store_secret!r}")
+        if self.store_secret:
+            check_secret_name(self.store_secret, "store_secret")
         if (self.gpu_tolerations or self.gpu_node_selector) and not self.gpus_per_shard:
             raise ConfigError("gpu_tolerations" if self.gpu_tolerations else "gpu_node_selector",
                               "applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too")

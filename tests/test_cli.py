@@ -67,7 +67,20 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "-3"],
      "--cpu must be a CPU quantity such as 2 or 500m, got '-3'"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
-     "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
+     "--memory must be a memory quantity such as 8Gi or 1536Mi (whole numbers), got 'lots'"),
+    # kfp refuses 1.5Gi, naming no flag (an ops review): refused here as a whole-number quantity.
+    (["compile", "--memory", "1.5Gi"], "--memory must be a memory quantity such as 8Gi or 1536Mi (whole numbers)"),
+    # Each of these was written as YAML a cluster would refuse or misread (an ops review).
+    (["deploy", "--model", "m", "--version", "0", "--store", "s3://b/s"], "--version must be a published version"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--store-secret", "Bad Secret!"],
+     "--store-secret must be a Kubernetes Secret's name"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "file:///srv/store"],
+     "--store 'file:///srv/store' is not a URI the cluster can read"),
+    (["deploy", "--model", "m", "--version", "2", "--champion-version", "1", "--mode", "canary", "--router",
+      "predictor", "--store", "pvc://claim/store"], "--router 'predictor' reads the store itself"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out", "-", "--apply"],
+     "--out - writes the YAML to stdout for kubectl; --apply applies it here: pass one"),
+    (["compile", "--gpus-per-shard", "1", "--accelerator-type", ""], "--accelerator-type must name the GPUs'"),
     (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
     # A URI is recorded in the run's parameters, its logs and the card: no secret in one.
     (["run", "--data", "http://alice:S3CRET@127.0.0.1:9/d.parquet", "--treatment", "T", "--outcome", "Y"],

@@ -87,7 +87,7 @@ def spec(**kw):
 
 @pytest.mark.parametrize("kw", [
     {"mode": "replace"},
-    {"mode": "replace", "raw": True, "explore": 0.2},
+    {"mode": "replace", "raw": True, "explore": 0.2, "namespace": "1team"},  # a namespace may start with a digit
     {"mode": "canary", "percent": 20, "event_log": "s3://bucket/events"},
     {"mode": "shadow", "percent": 50, "champion_version": 2, "gpus": 1,
      "node_selector": {"nvidia.com/gpu.present": "true"}},
@@ -496,6 +496,26 @@ def test_deploy_command_writes_the_yaml(tmp_path):
     (path,) = tmp_path.iterdir()
     obj = yaml.safe_load(path.read_text())
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
+
+    def deploy(*flags):
+        return subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "uplift",
+                               "--store", "s3://b/m", *flags], capture_output=True, text=True, cwd=ROOT)
+
+    # The folder holds the last deployment's objects only: after a shadow, a replace left the
+    # shadow and its mirror there, and `kubectl apply -f` recreated them (an ops review).
+    folder = tmp_path / "deploy"
+    assert deploy("--version", "3", "--mode", "shadow", "--champion-version", "2", "--out", str(folder)).returncode == 0
+    assert len(list(folder.iterdir())) == 3
+    assert deploy("--version", "3", "--mode", "replace", "--raw", "--out", str(folder)).returncode == 0
+    (path,) = folder.iterdir()
+    assert yaml.safe_load(path.read_text())["metadata"]["labels"]["tauforge.io/version"] == "3"
+    (folder / "notes.txt").write_text("mine")
+    refused = deploy("--version", "4", "--out", str(folder))
+    assert refused.returncode == 2 and "holds files tauforge deploy did not write (notes.txt)" in refused.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [path.name, "notes.txt"] and "'3'" in path.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    piped = deploy("--version", "4", "--out", "-")
+    assert piped.returncode == 0 and yaml.safe_load(piped.stdout)["kind"] == "InferenceService"
 
 
 def exported_metric_names(tmp_path):
