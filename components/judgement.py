@@ -169,6 +169,13 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
         raise ValueError(f"{source}: 'outcome' must hold numbers, got {outcomes['outcome'].dtype} values") from None
     if np.isinf(values).any():
         raise ValueError(f"{source}: 'outcome' holds infinite values in {int(np.isinf(values).sum())} rows")
+    if "row" in keys:  # a scored row's position in its request: 1.5 was read as 1 (an ops review)
+        rows = pd.to_numeric(outcomes["row"], errors="coerce")
+        bad = rows.isna() | (rows < 0) | (rows != np.floor(rows))
+        if bad.any():
+            raise ValueError(f"{source}: 'row' must hold whole numbers from 0 (a row's position in its request), "
+                             f"got {_plain(outcomes['row'][bad].iloc[0])!r} in {int(bad.sum())} row(s)")
+        outcomes = outcomes.assign(row=rows.astype(np.int64))
     repeated = outcomes.duplicated(keys, keep=False)
     if repeated.any():
         first = outcomes.loc[repeated, keys].iloc[0].tolist()
@@ -176,6 +183,11 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
                          f"first: {', '.join(map(str, first))}); give one outcome per "
                          f"{'scored row' if len(keys) == 2 else 'unit'}")
     return outcomes.assign(outcome=values)
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (shown 1.5, not np.float64(1.5))."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def read_outcomes(path: str) -> pd.DataFrame:

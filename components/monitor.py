@@ -527,22 +527,33 @@ def monitor(events: pd.DataFrame, reference: pd.DataFrame, columns: list[str], c
 def window_start(since: str, now: float) -> float:
     """The monitored window's start in epoch seconds (the event log's `time`): `since` is a
     duration back from `now` ('30m', '24h', '7d') or an ISO-8601 time ('2026-12-01',
-    '2026-12-01T08:00:00+00:00'; UTC if it names no zone)."""
+    '2026-12-01T08:00:00+00:00'; UTC if it names no zone), from 1970 on. A duration of 0 or less,
+    or one reaching before 1970, is refused: pandas read '0h' as the year 1, and the run failed
+    after judging, with a message that named no flag (an ops review)."""
     text = str(since).strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    shown = f"--since {since!r}"
     if text[-1:] in units:
         try:
             amount = float(text[:-1])
         except ValueError:
-            amount = -1.0
-        if amount > 0:
+            amount = None
+        if amount is not None:
+            if not 0 < amount * units[text[-1]] <= now:
+                raise ValueError(f"{shown}: a duration must be more than 0 and reach back no further than 1970; "
+                                 "leave --since out to judge the whole log")
             return now - amount * units[text[-1]]
     try:
-        start = pd.Timestamp(text)
-    except ValueError:
-        raise ValueError(f"--since {since!r} is neither a duration (30m, 24h, 7d) nor an ISO-8601 time "
-                         "(2026-12-01T08:00:00)") from None
-    return (start.tz_localize("UTC") if start.tzinfo is None else start).timestamp()
+        start = pd.Timestamp(text) if text else pd.NaT
+    except (ValueError, OverflowError):
+        start = pd.NaT
+    if start is pd.NaT:
+        raise ValueError(f"{shown} is neither a duration (30m, 24h, 7d) nor an ISO-8601 time (2026-12-01T08:00:00)")
+    seconds = (start.tz_localize("UTC") if start.tzinfo is None else start).timestamp()
+    if seconds < 0:
+        raise ValueError(f"{shown} is before 1970, where no event log reaches; leave --since out to judge the "
+                         "whole log")
+    return seconds
 
 
 def check_live_inputs(live: pd.DataFrame, columns: list[str]) -> None:

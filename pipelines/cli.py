@@ -560,9 +560,11 @@ def _monitor(args: argparse.Namespace) -> int:
     for path, flag in ((args.report, "--report"), (args.metrics_file, "--metrics-file")):
         if path:
             _check_output(path, flag)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
                          config=MonitorConfig(alpha=args.alpha), progress=True, since=args.since)
+    for path in (args.report, args.metrics_file):  # made once there is something to write (not on a refusal)
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     version = result["version"]
     if args.report:
         with replaced_whole(args.report) as f:  # the last report stays whole if this one cannot be written

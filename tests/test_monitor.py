@@ -715,6 +715,11 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert old["live_rows"] == 800 and old["since"] == "1970-01-01T00:00:00+00:00" and old["alerts"]
     assert window_start("90m", 10_000.0) == 4_600.0
     assert window_start("2026-12-01T01:00:00+01:00", 0) == window_start("2026-12-01", 0) == 1_796_083_200
+    for nonsense, message in (("0h", "a duration must be more than 0"), ("-1h", "a duration must be more than 0"),
+                              ("1e12d", "reach back no further than 1970"), ("  ", "neither a duration"),
+                              ("0001-01-01", "is before 1970")):  # an ops review: each failed after judging
+        with pytest.raises(ValueError, match=message):
+            window_start(nonsense, 1_796_083_200)
     with pytest.raises(ValueError, match="--since 'soon' is neither a duration"):
         run_monitor(*args, since="soon")
 
@@ -767,7 +772,10 @@ def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path)
     for bad, message in ((frame.assign(row=0), r"2 rows share a request_id and row with another \(the first: r0, 0\); "
                                                "give one outcome per scored row"),
                          (frame.assign(outcome=["a", "b", "c"]), "'outcome' must hold numbers, got object values"),
-                         (frame.assign(outcome=[1.0, np.inf, 0.0]), "'outcome' holds infinite values in 1 rows")):
+                         (frame.assign(outcome=[1.0, np.inf, 0.0]), "'outcome' holds infinite values in 1 rows"),
+                         # 1.5 was read as 1: one row counted twice, another dropped (an ops review).
+                         (frame.assign(row=[0, 1.5, 0]), r"'row' must hold whole numbers from 0 .*, got 1.5 in 1 row"),
+                         (frame.assign(row=["0", "one", "0"]), "'row' must hold whole numbers from 0 .*, got 'one'")):
         bad.to_csv(tmp_path / "bad.csv", index=False)
         with pytest.raises(ValueError, match=f"outcomes .*bad.csv: {message}"):
             read_outcomes(str(tmp_path / "bad.csv"))
