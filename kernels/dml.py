@@ -164,7 +164,20 @@ class CausalForestDML(BaseEstimator):
         rows of one unit, members of one household or market. A group's rows are held out
         together in cross-fitting (EconML's `groups`), drawn together by the forest's trees
         (grf's `clusters`), and the standard errors of `ate_` and of the CATE are those of
-        independent groups rather than rows; the full bootstrap reweights whole groups."""
+        independent groups rather than rows; the full bootstrap reweights whole groups.
+
+        A fit that fails leaves the estimator unfitted, not half of one fit beside half of the
+        last (an API review: a refused refit kept the old forest beside the new nuisance models)."""
+        try:
+            return self._fit(Y, T, X, W, sample_weight, groups)
+        except BaseException:
+            for name in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+                delattr(self, name)
+            for name in ("models_y", "models_t", "_n_controls"):
+                self.__dict__.pop(name, None)
+            raise
+
+    def _fit(self, Y, T, X, W, sample_weight, groups) -> CausalForestDML:
         names = _inputs.feature_names(X)
         _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight, groups=groups)
         Y = _inputs.to_numpy(Y, "Y", 1)
@@ -219,6 +232,8 @@ class CausalForestDML(BaseEstimator):
                                  + f" in its smaller arm; stratified cross-fitting with cv={self.cv} needs at least "
                                  f"{self.cv}")
         seed = _inputs.seed_from(self.random_state)
+        params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
+        CausalForest(**params, random_state=seed)._validate_params(X.shape[1])  # before the nuisance models' fits
         XW = X if W is None else np.hstack([X, W])
 
         fold_models: list = []
@@ -231,7 +246,6 @@ class CausalForestDML(BaseEstimator):
         self.treatment_variance_ = t_var
         self.nuisance_scores_ = scores
 
-        params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw, groups=codes)
         for fitted in (self, self.forest_):  # effect(X) checks a DataFrame's columns in the forest
             _inputs.set_feature_names(fitted, names)

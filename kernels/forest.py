@@ -78,7 +78,8 @@ class CausalForest(BaseEstimator):
         default is 5: with 5, leaves are larger and the smoothing bias costs coverage on steep
         effects), and at least this many estimation rows; rows of positive weight count once
         whatever their weight.
-        EconML: min_samples_leaf=5 rows of each half, whatever their treatment.
+        EconML: min_samples_leaf=5 rows of each half, whatever their treatment (a number below 1
+        is a share of the rows there, refused here).
     max_depth : int or None, default None
         Maximum depth; None grows until the leaf constraints stop it. grf: none; EconML: None.
     mtry : int or None, default None
@@ -179,7 +180,11 @@ class CausalForest(BaseEstimator):
         check(0 < self.max_samples <= (0.5 if group > 1 else 1.0),
               f"max_samples must be in (0, 0.5] with ci_group_size > 1 (in (0, 1] otherwise), "
               f"got {self.max_samples}")
-        check(self.min_samples_leaf > 0, f"min_samples_leaf must be positive, got {self.min_samples_leaf}")
+        # Below 1 EconML and scikit-learn read a share of the rows; here it was read as 1 row, the
+        # least regularized forest there is (an API review): refused, with the count to pass.
+        check(self.min_samples_leaf >= 1, f"min_samples_leaf must be a count of rows, at least 1, got "
+                                          f"{self.min_samples_leaf} (a share of the rows, as EconML reads a number "
+                                          "below 1, is not taken: pass that share times the rows)")
         check(self.max_depth is None or self.max_depth >= 0, f"max_depth must be >= 0 or None, got {self.max_depth}")
         check(self.mtry is None or 1 <= self.mtry <= p, f"mtry must be between 1 and {p} (features), got {self.mtry}")
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),

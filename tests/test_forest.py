@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LinearRegression
 
 from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels.datasets import make_causal_data
@@ -196,6 +197,7 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, match):
     (dict(ci_group_size=0), "ci_group_size must be 'auto' or a positive integer, got 0"),
     (dict(max_samples=0.8), r"max_samples must be in \(0, 0.5\]"),
     (dict(mtry=7), "mtry must be between 1 and 3"),
+    (dict(min_samples_leaf=0.05), "min_samples_leaf must be a count of rows, at least 1, got 0.05"),  # EconML: a share
     (dict(max_bins=300), "max_bins must be between 2 and 256"),
     (dict(device="tpu"), "device must be"),
     (dict(backend="cuda"), "backend must be"),
@@ -381,6 +383,33 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
 def frame_with_dates(X):
     frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
     return frame.assign(signup=pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(len(X)), unit="D"))
+
+
+class CountingRegression(LinearRegression):
+    """LinearRegression that counts its fits (over every clone: a class attribute)."""
+
+    fits = 0
+
+    def fit(self, X, y, sample_weight=None):
+        CountingRegression.fits += 1
+        return super().fit(X, y, sample_weight)
+
+
+def test_a_refused_refit_leaves_the_estimator_unfitted_and_is_refused_before_the_nuisance_fits():
+    # An API review: mtry=4 on 3 covariates was refused only after cross-fitting, and left the
+    # old forest and ate_ beside the new nuisance models; score() on the first data then crashed.
+    first, second = make_causal_data("simple", n=400, p=5, seed=0), make_causal_data("continuous", n=400, p=3, seed=1)
+    est = CausalForestDML(n_estimators=20, cv=2, mtry=4, random_state=0, model_y=CountingRegression()).fit(
+        first.Y, first.T, X=first.X)
+    assert np.isfinite(est.ate_)
+    CountingRegression.fits = 0
+    with pytest.raises(ValueError, match="mtry must be between 1 and 3"):
+        est.fit(second.Y, second.T, X=second.X)
+    assert CountingRegression.fits == 0
+    assert not [a for a in vars(est) if a.endswith("_") and not a.startswith("_")] and not hasattr(est, "models_y")
+    with pytest.raises(NotFittedError):
+        est.effect(first.X)
+    assert est.set_params(mtry=3).fit(second.Y, second.T, X=second.X).ate_ == pytest.approx(1.0, abs=0.5)
 
 
 def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():
