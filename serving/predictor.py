@@ -246,6 +246,9 @@ class CateModel(Model):
         if unknown:
             raise RequestError(f"unknown output(s) {', '.join(map(repr, unknown))}; the model's outputs are "
                                f"{', '.join(known)}")
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated is not None:  # it was answered twice (a serving review); an input named twice is refused too
+            raise RequestError(f"output {repeated!r} is asked for {names.count(repeated)} times; ask for each once")
         return names
 
     def _response(self, payload, v2, request_id, out, versions, roles, actions, requested=None):

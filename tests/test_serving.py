@@ -253,6 +253,9 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
                                                "data": [1, 2, 3, 4, 5]},
                                               {"name": "unit_id", "shape": [3], "datatype": "BYTES", "data": ["a"]}]},
      400, "input 'unit_id' holds 1 values; its shape needs 3"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]}], "outputs": [{"name": "cate"}] * 2},
+     400, "output 'cate' is asked for 2 times; ask for each once"),
     # Nested past Python's recursion limit: FastAPI's own 400, in this server's form and counted.
     (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", "data": '
                                   + b"[" * 5000 + b"]" * 5000 + b"}]}", 400, "the request body cannot be read"),
