@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels._inputs import MAX_ABS_OUTCOME, check_groups
+from tauforge.kernels._inputs import check_groups, check_moments
 from tauforge.kernels.ate import few_groups_message
 
 from . import config
@@ -215,13 +215,16 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             what = "NaN" if np.isnan(values[bad]).any() else "inf"
             fail(f"column {c!r} has {int(bad.sum())} {what}/missing value(s) (first at row {int(np.argmax(bad))}); "
                  f"drop or impute them{picked}")
-        # Squares and sums of them overflow in the models (NaN far from here); the outcome and the
-        # treatment also enter the forest's float32 leaf moments.
-        limit = MAX_ABS_OUTCOME if c in (spec.outcome, spec.treatment) else MAX_ABS_VALUE
-        huge = np.abs(values) > limit
-        if huge.any():
-            fail(f"column {c!r} has {int(huge.sum())} value(s) beyond +-{limit:g} (first at row "
+        huge = np.abs(values) > MAX_ABS_VALUE
+        if huge.any():  # squares and sums of them overflow in the models: NaN far from here
+            fail(f"column {c!r} has {int(huge.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} (first at row "
                  f"{int(np.argmax(huge))}, {values[huge][0]:g}); rescale it{picked}")
+    try:  # the outcome and the treatment together, as the forest's float32 leaf moments hold them
+        check_moments(*(df[c].to_numpy(np.float64, na_value=np.nan) for c in (spec.outcome, spec.treatment)),
+                      f"outcome {spec.outcome!r}", f"treatment {spec.treatment!r}")
+    except ValueError as exc:
+        fail(str(exc))
+
     def first(c: str):  # a plain Python value, shown as the user wrote it (1.0, not np.float64(1.0))
         value = df[c].iloc[0]
         return value.item() if hasattr(value, "item") else value

@@ -158,20 +158,25 @@ def check_finite(arr: np.ndarray, name: str, columns: Any = None) -> None:
         raise ValueError(f"{name} contains {kind} (first at {where}); impute or drop those rows first")
 
 
-# The forest keeps its leaves' means of t, y, t*y and t*t (and the correction's products of them
-# with standardized covariates) as float32, whose range ends near 3.4e38: an outcome or treatment
-# beyond 1e15 can overflow them, and every estimate became NaN (a review's outcome at 1e39).
-MAX_ABS_OUTCOME = 1e15
+# The forest keeps its leaves' means of t, y, t*y and t*t, and the correction's products of those
+# with standardized covariates (|z| up to about sqrt(n)), as float32, whose range ends near 3.4e38:
+# an outcome at 1e39 made every estimate NaN (a review). Inputs whose largest |y| x |t| (or t^2)
+# passes this are refused; residuals can be twice their input, so the forest alone allows 100 times it.
+MAX_LEAF_MOMENT = 1e33
 
 
-def check_magnitude(arr: np.ndarray, name: str) -> None:
-    """Raise naming the first value of an outcome or treatment beyond +-MAX_ABS_OUTCOME."""
-    huge = np.abs(arr) > MAX_ABS_OUTCOME
-    if huge.any():
-        first = int(np.argmax(huge))
-        raise ValueError(f"{name} has {int(huge.sum())} value(s) beyond +-{MAX_ABS_OUTCOME:g} (first at row {first}, "
-                         f"{arr[first]:g}): the forest's leaf moments are float32; rescale it (a unit of 1,000 or "
-                         "1e6 times larger)")
+def check_moments(y: np.ndarray, t: np.ndarray, y_name: str = "Y", t_name: str = "T",
+                  limit: float = MAX_LEAF_MOMENT) -> None:
+    """Raise if an outcome `y` and treatment `t` this large would overflow the forest's float32
+    leaf moments: max |y| x max(max |t|, 1) and max |t|^2 must stay under `limit` (a binary
+    treatment's residual is at most 1, so there |y| alone counts)."""
+    y_max = float(np.max(np.abs(y), initial=0.0))
+    t_max = float(np.max(np.abs(t), initial=0.0))
+    for what, value in ((f"|{y_name}| x |{t_name}|", y_max * max(t_max, 1.0)), (f"{t_name}^2", t_max**2)):
+        if value > limit:
+            raise ValueError(f"{y_name} and {t_name} are too large for the forest's leaf moments (float32): the "
+                             f"largest |{y_name}| is {y_max:g} and |{t_name}| {t_max:g}, so {what} reaches {value:g}, "
+                             f"over {limit:g}; rescale them (a unit a million times larger, say)")
 
 
 def check_same_index(**inputs: Any) -> None:

@@ -195,8 +195,7 @@ class CausalForestDML(BaseEstimator):
         for arr, name in ((Y, "Y"), (T, "T"), (X, "X"), (W, "W")):
             if arr is not None:
                 _inputs.check_finite(arr, name, names if name == "X" else None)
-        _inputs.check_magnitude(Y, "Y")
-        _inputs.check_magnitude(T, "T")
+        _inputs.check_moments(Y, T)
         if n < 2:
             raise ValueError(f"Y has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
         sw = _inputs.check_sample_weight(sample_weight, n)

@@ -250,8 +250,7 @@ class CausalForest(BaseEstimator):
         n = _inputs.check_same_length(X=X, T=T, y=y)
         for arr, name in ((X, "X"), (T, "T"), (y, "y")):
             _inputs.check_finite(arr, name)
-        _inputs.check_magnitude(T, "T")
-        _inputs.check_magnitude(y, "y")
+        _inputs.check_moments(y, T, "y", "T", limit=100 * _inputs.MAX_LEAF_MOMENT)  # residuals: twice their input
         if n < 2:
             raise ValueError(f"X has {n} row(s); a causal forest needs at least 2 (in practice hundreds)")
         _inputs.check_has_columns(X)

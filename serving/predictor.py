@@ -113,10 +113,11 @@ class CateModel(Model):
 
     async def predict(self, payload, headers=None):
         start = time.perf_counter()
+        # The mesh's (or the caller's) x-request-id, else a new one; never a V2 body's `id`, which
+        # callers reuse ("id": "42" in every request): as the key that splits rows without a unit
+        # id, it sent all such requests to one arm (a review of 0ac3d85).
+        request_id = _request_id((headers or {}).get("x-request-id"))
         v2 = isinstance(payload, InferRequest)
-        # The mesh's (or the caller's) x-request-id, else a V2 request's own id: the log's key to a
-        # request, by which a caller later joins its outcomes (the V2 id was echoed, not logged).
-        request_id = _request_id((headers or {}).get("x-request-id") or (payload.id if v2 else None))
         parser = self.scorers[CHAMPION].parser
         try:
             if v2 and payload.model_version not in (None, "", str(self.scorers[CHAMPION].version)):

@@ -116,7 +116,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     # The outcome enters the forest's float32 leaf moments: at 1e39 the run's ATE was NaN and kfp
     # failed to write it, with a traceback.
     (lambda d: d.assign(spend=d.spend.where(d.index != 5, 1e39)), {},
-     "column 'spend' has 1 value(s) beyond +-1e+15 (first at row 5, 1e+39); rescale it"),
+     "outcome 'spend' and treatment 'treated' are too large for the forest's leaf moments (float32): the largest "
+     "|outcome 'spend'| is 1e+39"),
     (lambda d: d.assign(spend=2.0), {}, "column 'spend' is constant"),
     (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),

@@ -335,19 +335,24 @@ def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_h
     assert with_grpc.v1([[0.0] * 5])[0] == 200 and "Traceback" not in with_grpc.log_text()
 
 
-def test_a_v2_requests_id_keys_its_log_records_and_a_version_not_served_is_refused(with_grpc):
-    # A serving review: the V2 id was echoed but the log kept a new uuid, so a caller could not
-    # join its outcomes by it; and gRPC's model_version "7" was answered by version 1, silently.
+def test_a_version_not_served_is_refused_and_a_v2_id_is_echoed_but_does_not_key_the_log(with_grpc):
+    # A serving review: gRPC's model_version "7" was answered by version 1, silently. A V2 body's
+    # id is echoed; the log's request id (which splits rows without a unit id) is x-request-id or
+    # a new one, since callers reuse body ids (a review sent 40 requests of id "1" to one arm).
     import grpc
     from tritonclient.grpc import service_pb2 as pb  # not KServe's: both in one process clash
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
     tensors = [{"name": c, "shape": [1], "datatype": "FP64", "data": [0.5]} for c in COLUMNS]
-    code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", {"id": "order-17", "inputs": tensors})
-    assert code == 200 and answer["id"] == answer["parameters"]["request_id"] == "order-17"
+    ids = set()
+    for _ in range(2):
+        code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", {"id": "order-17", "inputs": tensors})
+        assert code == 200 and answer["id"] == "order-17"
+        ids.add(answer["parameters"]["request_id"])
+    assert len(ids) == 2 and "order-17" not in ids
     code, answer = with_grpc.post(f"/v2/models/{MODEL}/infer", {"id": "order-18", "inputs": tensors},
                                   {"x-request-id": "mesh-1"})
-    assert code == 200 and answer["parameters"]["request_id"] == "mesh-1"  # the mesh's id first
+    assert code == 200 and answer["parameters"]["request_id"] == "mesh-1"
     channel = grpc.insecure_channel(with_grpc.grpc)
     try:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -362,7 +367,7 @@ def test_a_v2_requests_id_keys_its_log_records_and_a_version_not_served_is_refus
                 assert "model_version '7' is not served here: this server answers version 1" in refused.value.details()
             else:
                 reply = stub.ModelInfer(request, timeout=30)
-                assert reply.model_version == "1" and reply.parameters["request_id"].string_param == "g-1"
+                assert reply.model_version == "1" and reply.id == "g-1"
     finally:
         channel.close()
 
