@@ -323,13 +323,10 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if ts.isna().any():
             fail(f"timestamp column {spec.timestamp!r} has missing values")
         if pd.api.types.is_object_dtype(ts) or pd.api.types.is_string_dtype(ts):
-            # Text that the reader did not take for dates (1/31/2020): ordered as text, a sorted
-            # table was refused (a review). Read as dates, in the format of the first value.
-            try:
-                ts = pd.to_datetime(ts)
-            except (ValueError, TypeError) as exc:
-                fail(f"timestamp column {spec.timestamp!r} holds text that is not a date ({exc}); write it as "
-                     "ISO 8601 (2020-01-31 12:00:00) or as numbers")
+            # Text the reader did not take for times: ordered as text, 1/9/2020 came after
+            # 1/10/2020 and a sorted table was refused (a review). Read as ISO 8601 (any mix of
+            # its forms), else as numbers (epoch seconds as text), else in the first value's format.
+            ts = _text_times(ts, spec.timestamp, fail)
         if not ts.is_monotonic_increasing:
             fail(f"timestamp column {spec.timestamp!r} is not in increasing order; sort the table by time")
     spec = dataclasses.replace(spec, treatment_type=treatment_type)
@@ -343,6 +340,22 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
 
 # Values beyond this break the models' sums of squares (they overflow to inf, then NaN).
 MAX_ABS_VALUE = 1e100
+
+
+def _text_times(ts: pd.Series, name: str, fail) -> pd.Series:
+    """A timestamp column of text as times (or numbers) that order as the times they write."""
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # pandas' advice on mixed offsets and inferred formats: tried in turn
+        for read in (lambda: pd.to_datetime(ts, format="ISO8601", utc=True), lambda: pd.to_numeric(ts),
+                     lambda: pd.to_datetime(ts, utc=True)):
+            try:
+                return read()
+            except (ValueError, TypeError, OverflowError):
+                pass
+    fail(f"timestamp column {name!r} holds text that is neither a time nor a number (first: {ts.iloc[0]!r}); "
+         "write it as ISO 8601 (2020-01-31T12:00:00) or as numbers")
 
 
 def _is_written_index(name) -> bool:

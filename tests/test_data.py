@@ -127,7 +127,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d.assign(ts=-d.index), {"timestamp": "ts"}, "timestamp column 'ts' is not in increasing order"),
     (lambda d: d.assign(ts=[f"{1 + i % 12}/1/{2020 - i // 12}" for i in d.index]), {"timestamp": "ts"},
      "timestamp column 'ts' is not in increasing order"),
-    (lambda d: d.assign(ts="soon"), {"timestamp": "ts"}, "timestamp column 'ts' holds text that is not a date"),
+    (lambda d: d.assign(ts="soon"), {"timestamp": "ts"},
+     "timestamp column 'ts' holds text that is neither a time nor a number (first: 'soon')"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
     (lambda d: d, {"assignment": "randomized", "propensity": 0.1},
@@ -148,7 +149,13 @@ def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
 def test_timestamps_written_as_text_are_ordered_as_dates():
     # A review: 1/9/2020 then 1/10/2020 was refused as unsorted, compared as text.
     days = pd.date_range("2020-01-01", periods=len(table()), freq="D")
-    for written in (days.strftime("%m/%d/%Y"), days.strftime("%-m/%-d/%Y"), days.strftime("%Y-%m-%d")):
+    # ISO 8601 as Python writes it: datetime.isoformat() drops the microseconds when they are 0,
+    # and a date alone may come first (a review of the first version, which took the first
+    # value's format for all); epoch seconds as text.
+    iso = [(d + pd.Timedelta(microseconds=500_000 * (i % 2))).to_pydatetime().isoformat() for i, d in enumerate(days)]
+    for written in (days.strftime("%m/%d/%Y"), days.strftime("%-m/%-d/%Y"), days.strftime("%Y-%m-%d"), iso,
+                    [f"{t}+00:00" for t in iso], ["2019-12-31", *days[1:].strftime("%Y-%m-%d %H:%M:%S")],
+                    [str(int(d.timestamp())) for d in days]):
         assert validate(table().assign(ts=list(written)), spec(timestamp="ts")).spec.timestamp == "ts"
 
 
