@@ -90,14 +90,18 @@ def to_json(settings: Any) -> str:
 # What a Kubernetes CPU or memory quantity looks like ('2', '500m', '1.5'; '8Gi', '512Mi', '1G'):
 # the pipeline's tasks and the deployed predictors take them.
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-# Whole numbers only: kfp refuses 1.5Gi (a review: `compile --memory 1.5Gi` failed in kfp, naming no flag).
-_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+# kfp takes whole numbers only (a review: `compile --memory 1.5Gi` failed in kfp, naming no flag).
+_WHOLE_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # DNS-1123 subdomain
 
 
-def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...]) -> None:
-    """The named fields of `settings` are Kubernetes CPU and memory quantities, else a ConfigError."""
-    for names, pattern, example in ((cpu, _CPU, "2 or 500m"), (memory, _MEMORY, "8Gi or 1536Mi (whole numbers)")):
+def check_quantities(settings: Any, cpu: tuple[str, ...], memory: tuple[str, ...], whole_memory: bool = False) -> None:
+    """The named fields of `settings` are Kubernetes CPU and memory quantities, else a ConfigError;
+    `whole_memory`: memory in whole numbers, as kfp's tasks take it."""
+    memory_form = ((memory, _WHOLE_MEMORY, "8Gi or 1536Mi (whole numbers)") if whole_memory
+                   else (memory, _MEMORY, "8Gi or 512Mi"))
+    for names, pattern, example in ((cpu, _CPU, "2 or 500m"), memory_form):
         kind = "CPU" if pattern is _CPU else "memory"
         for name in names:
             value = str(getattr(settings, name))

@@ -26,7 +26,9 @@ whose rows carry the version from the card, `TAUFORGE_EVENT_LOG` for where the l
 taken).
 """
 
+import contextlib
 import copy
+import errno
 import os
 import re
 import shutil
@@ -35,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 
 import yaml
+
+from tauforge.kernels.serialization import replaced_whole
 
 from ._kfp import IMAGE
 from .config import ConfigError, check_quantities, check_secret_name
@@ -121,7 +125,8 @@ class DeploySpec:
             raise ConfigError("router", "'predictor' reads the store itself, which a pvc:// store does not allow "
                                         "(KServe's storage initializer mounts it for one version): publish to "
                                         "s3:// or gs://, or use the mesh router")
-        check_secret_name(self.store_secret, "store_secret")
+        if self.store_secret or self.router == "predictor":  # only the router's predictor reads it
+            check_secret_name(self.store_secret, "store_secret")
         both = self.mode == "shadow" or (self.mode == "canary" and self.router == "predictor")
         if both and self.champion_version is None:
             where = " in one predictor" if self.router == "predictor" else ""
@@ -305,38 +310,67 @@ def render(spec: DeploySpec) -> list[dict]:
 def write(objects: list[dict], out_dir: str) -> list[str]:
     """The objects as YAML files in `out_dir`, which then holds this deployment's objects and no
     others: `kubectl apply -f` on a folder that kept an earlier shadow deploy's files recreated that
-    shadow and its mirror after a replace (an ops review). Whole or not at all: the set is written
-    into a new folder beside it and swapped in, so a full disk leaves the earlier set as it was. A
+    shadow and its mirror after a replace (an ops review). Where it can, the set is written whole:
+    into a new folder beside it, swapped in, so a full disk leaves the earlier set as it was. A
+    folder that cannot be swapped (a mount point, a parent this user cannot write) is written in
+    place, file by file, and the earlier set's other files removed once the new ones are there. A
     folder holding files deploy did not write is refused."""
     out_dir = os.path.realpath(out_dir)  # a link to a folder: the folder is replaced, not the link
+    earlier = []
     if os.path.isdir(out_dir):
-        foreign = sorted(n for n in os.listdir(out_dir) if not _written_by_deploy(os.path.join(out_dir, n)))
+        earlier = sorted(os.listdir(out_dir))
+        foreign = [n for n in earlier if not _written_by_deploy(os.path.join(out_dir, n))]
         if foreign:
             raise ValueError(f"{out_dir} holds files tauforge deploy did not write ({', '.join(foreign[:3])}"
                              f"{' ...' if len(foreign) > 3 else ''}); it replaces the whole folder: give it a "
                              "folder of its own")
-    parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
     names = [f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml" for obj in objects]
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the manifests from the user's group
-        for obj, file_name in zip(objects, names, strict=True):
-            with open(os.path.join(staging, file_name), "w") as f:
+        _swap_in(objects, names, out_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS):
+            raise
+        os.makedirs(out_dir, exist_ok=True)
+        for obj, name in zip(objects, names, strict=True):
+            with replaced_whole(os.path.join(out_dir, name)) as f:
+                yaml.safe_dump(obj, f, sort_keys=False)
+        for name in set(earlier) - set(names):
+            os.remove(os.path.join(out_dir, name))
+    return [os.path.join(out_dir, n) for n in names]
+
+
+def _swap_in(objects: list[dict], names: list[str], out_dir: str) -> None:
+    """Write the set into a new folder beside `out_dir` (its mode and group, if it exists), then
+    put it in `out_dir`'s place; on any failure nothing of it is left."""
+    parent, base = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    moved = f"{staging}.old"
+    try:
+        if os.path.isdir(out_dir):
+            shutil.copymode(out_dir, staging)
+            with contextlib.suppress(OSError):  # a group the user may keep (setgid folders)
+                os.chown(staging, -1, os.stat(out_dir).st_gid)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the manifests from the user's group
+        for obj, name in zip(objects, names, strict=True):
+            with open(os.path.join(staging, name), "w") as f:
                 yaml.safe_dump(obj, f, sort_keys=False)
         if os.path.isdir(out_dir):
-            earlier = f"{staging}.old"
-            os.rename(out_dir, earlier)
-            os.rename(staging, out_dir)
-            shutil.rmtree(earlier, ignore_errors=True)
+            os.rename(out_dir, moved)
+            try:
+                os.rename(staging, out_dir)
+            except OSError:
+                os.rename(moved, out_dir)  # the earlier set back in place
+                raise
+            shutil.rmtree(moved, ignore_errors=True)
         else:
             os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return [os.path.join(out_dir, n) for n in names]
 
 
 def _written_by_deploy(path: str) -> bool:

@@ -171,11 +171,11 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
         raise ValueError(f"{source}: 'outcome' holds infinite values in {int(np.isinf(values).sum())} rows")
     if "row" in keys:  # a scored row's position in its request: 1.5 was read as 1 (an ops review)
         rows = pd.to_numeric(outcomes["row"], errors="coerce")
-        bad = rows.isna() | (rows < 0) | (rows != np.floor(rows))
+        bad = (rows.isna() & outcomes["row"].notna()) | (rows < 0) | (rows != np.floor(rows)) & rows.notna()
         if bad.any():
             raise ValueError(f"{source}: 'row' must hold whole numbers from 0 (a row's position in its request), "
                              f"got {_plain(outcomes['row'][bad].iloc[0])!r} in {int(bad.sum())} row(s)")
-        outcomes = outcomes.assign(row=rows.astype(np.int64))
+        outcomes = outcomes.assign(row=rows)  # a missing one: the row is left out of the judgement, as before
     repeated = outcomes.duplicated(keys, keep=False)
     if repeated.any():
         first = outcomes.loc[repeated, keys].iloc[0].tolist()

@@ -217,7 +217,7 @@ class ClusterConfig:
     store_secret_keys: tuple = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
     def __post_init__(self):
-        check_quantities(self, cpu=("cpu", "compute_cpu"), memory=("memory", "compute_memory"))
+        check_quantities(self, cpu=("cpu", "compute_cpu"), memory=("memory", "compute_memory"), whole_memory=True)
         if not (_integer(self.gpus_per_shard) and self.gpus_per_shard >= 0):
             raise ConfigError("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
         if not (_integer(self.shard_retries) and 0 <= self.shard_retries <= 10):

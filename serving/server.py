@@ -333,6 +333,8 @@ def _json_data_plane():
             except (ValueError, TypeError, struct.error) as exc:
                 # KServe reads binary tensors (HTTP's binary extension) here, before the model sees
                 # them: sizes that disagree with the header or the shape were a 500.
+                if INFERENCE_CONTENT_LENGTH_HEADER not in {k.lower() for k in headers}:
+                    raise InvalidInput(f"the request body cannot be decoded: {exc}") from None
                 raise InvalidInput("the request's binary tensors do not fit their JSON header (each input's "
                                    "parameters.binary_data_size must be the bytes its shape and datatype take, "
                                    f"BYTES elements each after a 4-byte length): {exc}") from None

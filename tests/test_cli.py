@@ -67,7 +67,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "-3"],
      "--cpu must be a CPU quantity such as 2 or 500m, got '-3'"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--memory", "lots"],
-     "--memory must be a memory quantity such as 8Gi or 1536Mi (whole numbers), got 'lots'"),
+     "--memory must be a memory quantity such as 8Gi or 512Mi, got 'lots'"),
     # kfp refuses 1.5Gi, naming no flag (an ops review): refused here as a whole-number quantity.
     (["compile", "--memory", "1.5Gi"], "--memory must be a memory quantity such as 8Gi or 1536Mi (whole numbers)"),
     # Each of these was written as YAML a cluster would refuse or misread (an ops review).

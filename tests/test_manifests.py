@@ -518,6 +518,25 @@ def test_deploy_command_writes_the_yaml(tmp_path):
     assert piped.returncode == 0 and yaml.safe_load(piped.stdout)["kind"] == "InferenceService"
 
 
+def test_deploy_writes_into_a_mount_point_in_place_leaving_the_last_set_only(tmp_path):
+    # A review: the folder swap failed with 'Device or resource busy' on a mount point (a volume
+    # given to a container as its --out), where deploy had written before. Needs root for mount.
+    from tauforge.components.deploy import write
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (and a mount namespace that allows it)")
+    try:
+        write(render(spec(mode="shadow", champion_version=2)), str(folder))
+        assert len(list(folder.iterdir())) == 3
+        (path,) = write(render(spec()), str(folder))
+        assert [p.name for p in folder.iterdir()] == [os.path.basename(path)]
+        assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no staging folder beside it
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def exported_metric_names(tmp_path):
     """Every series name tauforge exports: the serving metrics (serving/metrics.py) and the gauges
     `tauforge monitor --metrics-file` writes (components/monitor.py, with every optional one)."""

@@ -766,6 +766,8 @@ def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path)
     assert read_outcomes(str(tmp_path / "ids.csv"))["unit_id"].tolist() == ["007", "010"]
     with pytest.raises(ValueError, match="outcomes: data source .*missing.parquet' does not exist"):
         read_outcomes(str(tmp_path / "missing.parquet"))
+    frame.assign(row=[0, None, 0]).to_csv(tmp_path / "no-row.csv", index=False)  # that one is left out, as before
+    assert read_outcomes(str(tmp_path / "no-row.csv"))["row"].isna().tolist() == [False, True, False]
     frame.drop(columns="outcome").to_csv(tmp_path / "no-outcome.csv", index=False)
     with pytest.raises(ValueError, match="needs an 'outcome' column and request_id and row"):
         read_outcomes(str(tmp_path / "no-outcome.csv"))
