@@ -154,7 +154,6 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
     the frame's `attrs["unreadable_files"]`. A local folder that does not exist is an error (a
     mistyped path should not read as a quiet log)."""
-
     fs, root, local = _filesystem(location)
     if local and not os.path.isdir(root):
         raise ValueError(f"the event log {location} is not a directory")
