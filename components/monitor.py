@@ -669,6 +669,10 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
     # which must not look like a quiet period on a dashboard.
     Gauge("tauforge_monitor_drift_judged", "1 when the window held enough live rows to judge drift",
           ["model", "version"], registry=registry).labels(**labels).set(float("note" not in result))
+    # Files skipped as unreadable were said only in the report's JSON (an ops review): judged
+    # without them, the run looks complete on a dashboard.
+    Gauge("tauforge_monitor_unreadable_files", "Event-log files the last monitoring run could not read and skipped",
+          ["model", "version"], registry=registry).labels(**labels).set(len(result.get("unreadable_files", [])))
     rec = Gauge("tauforge_monitor_recommendation", "1 for the current recommendation",
                 ["model", "version", "recommendation"], registry=registry)
     for r in ("promote", "hold", "roll back"):

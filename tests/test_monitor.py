@@ -711,6 +711,8 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert recent["live_rows"] == 0 and not recent["alerts"] and "at least 200 are needed" in recent["note"]
     write_gauges(recent, "m", 1, str(tmp_path / "recent.prom"))  # not judged is not quiet
     assert 'tauforge_monitor_drift_judged{model="m",version="1"} 0.0' in (tmp_path / "recent.prom").read_text()
+    write_gauges({**recent, "unreadable_files": ["a: torn", "b: torn"]}, "m", 1, str(tmp_path / "skipped.prom"))
+    assert 'tauforge_monitor_unreadable_files{model="m",version="1"} 2.0' in (tmp_path / "skipped.prom").read_text()
     old = run_monitor(*args, since="1970-01-01")
     assert old["live_rows"] == 800 and old["since"] == "1970-01-01T00:00:00+00:00" and old["alerts"]
     assert window_start("90m", 10_000.0) == 4_600.0
