@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tauforge.kernels._inputs import check_groups, check_moments
+from tauforge.kernels._inputs import check_groups, check_moments, plain
 from tauforge.kernels.ate import few_groups_message
 
 from . import config
@@ -226,8 +226,7 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         fail(str(exc))
 
     def first(c: str):  # a plain Python value, shown as the user wrote it (1.0, not np.float64(1.0))
-        value = df[c].iloc[0]
-        return value.item() if hasattr(value, "item") else value
+        return plain(df[c].iloc[0])
 
     for c in (spec.outcome, spec.treatment):
         if df[c].nunique(dropna=False) < 2:

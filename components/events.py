@@ -191,11 +191,11 @@ def _of_one_schema(tables: list[tuple[str, pa.Table]]) -> tuple[list[pa.Table], 
         for field in table.schema:
             if not pa.types.is_null(field.type):
                 votes[field.name][field.type] += table.num_rows + 1  # by rows: one stray file loses
-    expected = {name: counts.most_common(1)[0][0] for name, counts in votes.items()}
+    expected = pa.schema((name, counts.most_common(1)[0][0]) for name, counts in votes.items())
     kept, left_out = [], []
     for path, table in tables:
         try:
-            pa.unify_schemas([table.schema, pa.schema(expected.items())], promote_options="permissive")
+            pa.unify_schemas([table.schema, expected], promote_options="permissive")
             kept.append(table)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             left_out.append(f"{path}: its columns cannot be read with the other files': {exc}")

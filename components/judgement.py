@@ -20,6 +20,7 @@ clustered by unit.
 import numpy as np
 import pandas as pd
 
+from tauforge.kernels._inputs import plain
 from tauforge.kernels.ate import debiased_scores
 
 from . import uplift
@@ -174,7 +175,7 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
         bad = (rows.isna() & outcomes["row"].notna()) | (rows < 0) | (rows != np.floor(rows)) & rows.notna()
         if bad.any():
             raise ValueError(f"{source}: 'row' must hold whole numbers from 0 (a row's position in its request), "
-                             f"got {_plain(outcomes['row'][bad].iloc[0])!r} in {int(bad.sum())} row(s)")
+                             f"got {plain(outcomes['row'][bad].iloc[0])!r} in {int(bad.sum())} row(s)")
         outcomes = outcomes.assign(row=rows)  # a missing one: the row is left out of the judgement, as before
     repeated = outcomes.duplicated(keys, keep=False)
     if repeated.any():
@@ -183,11 +184,6 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
                          f"first: {', '.join(map(str, first))}); give one outcome per "
                          f"{'scored row' if len(keys) == 2 else 'unit'}")
     return outcomes.assign(outcome=values)
-
-
-def _plain(value):
-    """A NumPy scalar as the Python value it holds (shown 1.5, not np.float64(1.5))."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def read_outcomes(path: str) -> pd.DataFrame:

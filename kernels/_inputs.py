@@ -179,6 +179,11 @@ def check_moments(y: np.ndarray, t: np.ndarray, y_name: str = "Y", t_name: str =
                              f"over {limit:g}; rescale them (a unit a million times larger, say)")
 
 
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds, for messages: 299, not np.int64(299)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def check_same_index(**inputs: Any) -> None:
     """pandas inputs (None and arrays skipped) have the same index: rows are matched by position,
     so a Series sorted differently from the DataFrame would pair each outcome with another row."""
@@ -188,7 +193,7 @@ def check_same_index(**inputs: Any) -> None:
     for name, other in others:
         if len(other) == len(index) and not other.equals(index):
             at = int(np.argmax(np.asarray(other) != np.asarray(index)))
-            shown = [i.item() if hasattr(i, "item") else i for i in (index[at], other[at])]  # 299, not np.int64(299)
+            shown = [plain(i) for i in (index[at], other[at])]
             raise ValueError(f"{first} and {name} are pandas objects with different indexes (at position {at}: "
                              f"{shown[0]!r} and {shown[1]!r}); rows are matched by position: align them "
                              f"({name}.loc[{first}.index]) or reset both indexes")

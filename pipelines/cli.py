@@ -532,13 +532,13 @@ def _deploy(args: argparse.Namespace) -> int:
                           memory=args.memory, **({"image": args.image} if args.image else {}),
                           gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
                           store_secret=args.store_secret, explore=args.explore, raw=args.raw)
+    objects = render(spec)
     if args.out == "-":  # the YAML alone on stdout, for `| kubectl apply -f -`
         if args.apply:
             raise ValueError("--out - writes the YAML to stdout for kubectl; --apply applies it here: pass one")
-        print(yaml.safe_dump_all(render(spec), sort_keys=False), end="")
+        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
         return 0
     _check_output(args.out, "--out", folder=True)
-    objects = render(spec)
     for path in write(objects, args.out):
         print(f"wrote {_shown(path)}")
     if not args.apply:
