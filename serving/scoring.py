@@ -223,6 +223,8 @@ class RowParser:
                 data = values.astype(np.float64) if values.size else values
             except OverflowError:
                 raise RequestError(f"input {name} holds an integer beyond the range of a double") from None
+            if tensor.datatype in _INTEGER_RANGES and values.size:
+                _check_integers(name, tensor.datatype, values, data)
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:
             raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
@@ -234,6 +236,17 @@ class RowParser:
 NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
                                "UINT32", "UINT64"})
 _NUMBER_TYPES = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
+_INTEGER_RANGES = {t: np.iinfo(t.lower()) for t in NUMERIC_DATATYPES if "INT" in t}
+
+
+def _check_integers(name: str, datatype: str, values: np.ndarray, data: np.ndarray) -> None:
+    """JSON numbers in a tensor declared integer must be whole and within the type's range, as
+    the Open Inference Protocol's datatypes say (1.5 as INT64 was scored as 1.5; Triton refuses it)."""
+    bounds = _INTEGER_RANGES[datatype]
+    bad = (data != np.floor(data)) | (data < bounds.min) | (data > bounds.max)
+    if bad.any():
+        raise RequestError(f"input {name} has datatype {datatype} but holds {reprlib.repr(values[np.flatnonzero(bad)[0]])}, which is not "
+                           f"an integer in [{bounds.min}, {bounds.max}]; declare FP64 for fractional values")
 
 
 @dataclass

@@ -189,6 +189,13 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     code, body = single.post(f"/v2/models/{MODEL}/infer", per_column)
     assert code == 200, body
     np.testing.assert_allclose({o["name"]: o["data"] for o in body["outputs"]}["cate"], cate, rtol=0, atol=1e-12)
+    whole = np.round(X * 10)  # integer tensors whose JSON numbers are whole, as 3 or 3.0, are scored
+    as_int64 = {"inputs": [{"name": "rows", "shape": [20, 5], "datatype": "INT64",
+                            "data": [int(v) if i % 2 else float(v) for i, v in enumerate(whole.ravel())]}]}
+    code, body = single.post(f"/v2/models/{MODEL}/infer", as_int64)
+    assert code == 200, body
+    np.testing.assert_allclose({o["name"]: o["data"] for o in body["outputs"]}["cate"],
+                               forest.predict(whole), rtol=0, atol=1e-12)
     # A JSON body under another content type (curl's default form type; tritonclient's JSON
     # requests send none): without the binary header, the body is JSON.
     for content_type in ("application/x-www-form-urlencoded", "application/octet-stream"):
@@ -245,6 +252,12 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
                                                "data": [1.0, True, 3.0, 4.0, 5.0]}]}, 400, "True, which is not"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [1.0]}
                                               for c in [*COLUMNS, "x0"]]}, 400, "input 'x0' appears 2 times"),
+    # Numbers in a tensor declared integer are whole and in the type's range (1.5 was scored as 1.5).
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "INT64",
+                                               "data": [1, 2, 1.5, 4, 5]}]}, 400,
+     "input 'rows' has datatype INT64 but holds 1.5, which is not an integer in"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "UINT8",
+                                               "data": [1, 2, 3, 4, 300]}]}, 400, "holds 300, which is not an integer in [0, 255]"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [0, 5], "datatype": "FP64", "data": []}]},
      400, "the request holds no rows"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [10**12, 5], "datatype": "FP64",
