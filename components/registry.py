@@ -171,18 +171,19 @@ _S3_HINT = ("(an S3-compatible store's endpoint is set with $AWS_ENDPOINT_URL; c
             "finds them)")
 
 
-def check_store(uri: str, here: bool = True) -> None:
+def check_store(uri: str, here: bool = True, model: str | None = None) -> None:
     """Refuse, before a run starts, a store its publish step could not use (a StoreError whose
     message starts with the URI): a protocol fsspec does not know or lacks the package for,
     opened as `ModelStore` opens it; and with `here` (the store is used from this machine, not
-    from a cluster's pods), a local store that is a file, lies under one or is not writable, and
-    an object store whose bucket does not answer (no credentials, no endpoint, no such bucket)."""
+    from a cluster's pods), a local store that is a file, lies under one or is not writable (nor
+    `model`'s folder in it, where publish writes), and an object store whose bucket does not
+    answer (no credentials, no endpoint, no such bucket)."""
     store = ModelStore(uri)
     if not here:
         return
     if store.local:
         with _reported(f"checking the model store {uri}"):
-            folder = store.root
+            folder = store._model_dir(model) if model else store.root
             while not _local_exists(folder):  # the store and its model folders are created at publish
                 folder = os.path.dirname(folder)
         if not os.path.isdir(folder):

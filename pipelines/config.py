@@ -160,7 +160,7 @@ class TrainingConfig:
             if data.spec.group:
                 check_groups_for_folds(data, self.nuisance.folds)
         try:
-            check_store(self.store)
+            check_store(self.store, model=self.model_name)
         except StoreError as exc:
             raise ConfigError("store", str(exc)) from None
         # 'auto' and 'cpu' always resolve; only a GPU needs torch's word (torch takes over a second

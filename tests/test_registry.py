@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from publishers import publish_many
 
-from tauforge.components.registry import ModelStore, StoreError, read_card, verify_files
+from tauforge.components.registry import ModelStore, StoreError, check_store, read_card, verify_files
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.serving.scoring import VersionScorer
@@ -344,6 +344,19 @@ def test_a_folder_the_reader_may_not_enter_is_reported_as_a_permission_error(mod
         os.chmod(model, 0o755)
     assert kind == "StoreError" and f"permission denied on {model}" in message, (kind, message)
     assert f"while publishing to the model store {uri}" in message
+
+    # The run's check before any task sees it too: a store open to all holding a model folder the
+    # user may not write to (it checked the store's root only, and publish failed at the end).
+    os.chmod(uri, 0o777)
+    os.chmod(model, 0o555)
+    try:
+        root_only = as_another_user(lambda: check_store(uri))
+        with_model = as_another_user(lambda: check_store(uri, model="m"))
+    finally:
+        os.chmod(model, 0o755)
+        os.chmod(uri, 0o755)
+    assert root_only == ("ok", None), root_only
+    assert with_model[0] == "StoreError" and f"cannot be published to: {model} is not writable" in with_model[1]
 
 
 def test_a_damaged_aliases_file_is_named_and_hides_no_other_model(model_dir, tmp_path):
