@@ -163,20 +163,29 @@ def check_finite(arr: np.ndarray, name: str, columns: Any = None) -> None:
 # an outcome at 1e39 made every estimate NaN (a review). Inputs whose largest |y| x |t| (or t^2)
 # passes this are refused; residuals can be twice their input, so the forest alone allows 100 times it.
 MAX_LEAF_MOMENT = 1e33
+# At the other end float32 stops near 1e-38 (and t~^2 at 1e-25 x T's unit went to 0: a CATE of
+# -14,000 where it was 0.9, in a review); inputs whose largest |y| x |t| (or t^2) stays under this
+# are refused as well.
+MIN_LEAF_MOMENT = 1e-30
 
 
 def check_moments(y: np.ndarray, t: np.ndarray, y_name: str = "Y", t_name: str = "T",
                   limit: float = MAX_LEAF_MOMENT) -> None:
-    """Raise if an outcome `y` and treatment `t` this large would overflow the forest's float32
-    leaf moments: max |y| x max(max |t|, 1) and max |t|^2 must stay under `limit` (a binary
-    treatment's residual is at most 1, so there |y| alone counts)."""
+    """Raise if an outcome `y` and treatment `t` this large (or small) would overflow (or
+    underflow) the forest's float32 leaf moments: max |y| x max(max |t|, 1) and max |t|^2 must
+    stay under `limit` and, unless 0 (a constant input, refused elsewhere), over MIN_LEAF_MOMENT
+    (a binary treatment's residual is at most 1, so there |y| alone counts)."""
     y_max = float(np.max(np.abs(y), initial=0.0))
     t_max = float(np.max(np.abs(t), initial=0.0))
-    for what, value in ((f"|{y_name}| x |{t_name}|", y_max * max(t_max, 1.0)), (f"{t_name}^2", t_max**2)):
-        if value > limit:
-            raise ValueError(f"{y_name} and {t_name} are too large for the forest's leaf moments (float32): the "
-                             f"largest |{y_name}| is {y_max:g} and |{t_name}| {t_max:g}, so {what} reaches {value:g}, "
-                             f"over {limit:g}; rescale them (a unit a million times larger, say)")
+    for what, value, whose in ((f"|{y_name}| x |{t_name}|", y_max * max(t_max, 1.0), f"{y_name} and {t_name} are"),
+                               (f"{t_name}^2", t_max**2, f"{t_name} is")):
+        size, reach, unit = (("large", f"reaches {value:g}, over {limit:g}", "larger") if value > limit else
+                             ("small", f"is only {value:g}, under {MIN_LEAF_MOMENT:g}", "smaller")
+                             if 0 < value < MIN_LEAF_MOMENT else (None, None, None))
+        if size:
+            raise ValueError(f"{whose} too {size} for the forest's leaf moments (float32): the "
+                             f"largest |{y_name}| is {y_max:g} and |{t_name}| {t_max:g}, so {what} {reach}; "
+                             f"rescale them (a unit a million times {unit}, say)")
 
 
 def plain(value: Any) -> Any:

@@ -100,6 +100,12 @@ def select_variables(X: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, seed: 
     usable = np.flatnonzero(scale > 0)
     if len(usable) == 0 or len(rows) < MIN_SELECTION_ROWS:  # too few rows to cross-validate a lasso
         return ()
+    # In units of their own spread: the lasso's choice does not depend on them, but its solver's
+    # tolerances do (with T or Y 1e-16 times smaller it kept other covariates, and the CATE moved).
+    t_scale, y_scale = float(np.sqrt(np.mean(t_res**2))), float(np.sqrt(np.mean(y_res**2)))
+    if not (t_scale > 0 and y_scale > 0):
+        return ()
+    t_res, y_res = t_res / t_scale, y_res / y_scale
     Xs = (X[:, usable] - X[:, usable].mean(axis=0)) / scale[usable]
     design = np.hstack([t_res[:, None], t_res[:, None] * Xs])
     fit_weight = None if sample_weight is None else w

@@ -273,6 +273,12 @@ def test_dml_validates_its_inputs():
         CausalForestDML(n_estimators=4, model_y="sklearn.nope.Model").fit(d.Y, d.T, X=d.X)
     with pytest.raises(ValueError, match=r"Y and T are too large for the forest's leaf moments .* rescale them"):
         CausalForestDML(n_estimators=4).fit(d.Y * 1e39 + 1e30, d.T, X=d.X)
+    # At the other end they underflow: a continuous T at 1e-25 gave CATEs of -14,000 (a review).
+    with pytest.raises(ValueError, match=r"Y and T are too small for the forest's leaf moments .* under 1e-30; "
+                                         r"rescale them \(a unit a million times smaller"):
+        CausalForestDML(n_estimators=4).fit(d.Y * 1e-31, d.T, X=d.X)
+    with pytest.raises(ValueError, match=r"T is too small for .* so T\^2 is only 5.87096e-50, under 1e-30"):
+        CausalForestDML(n_estimators=4).fit(d.Y, d.T * 1e-25 + 1e-26 * d.X[:, 0] ** 2, X=d.X)
     # Large, but in range (amounts in wei): the same estimate at every scale, as before the check
     # (a review of a first limit at 1e15, which refused them).
     small, large = (CausalForestDML(n_estimators=20, cv=2, random_state=0).fit(d.Y * scale, d.T, X=d.X).ate_ / scale
