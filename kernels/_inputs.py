@@ -12,8 +12,10 @@ tensor if the caller's process has loaded torch, so `is_tensor` asks `sys.module
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,6 +188,19 @@ def check_moments(y: np.ndarray, t: np.ndarray, y_name: str = "Y", t_name: str =
             raise ValueError(f"{whose} too {size} for the forest's leaf moments (float32): the "
                              f"largest |{y_name}| is {y_max:g} and |{t_name}| {t_max:g}, so {what} {reach}; "
                              f"rescale them (a unit a million times {unit}, say)")
+
+
+@contextlib.contextmanager
+def unfitted_on_failure(estimator: Any, private: tuple[str, ...] = ()) -> Iterator[None]:
+    """A fit that fails inside leaves `estimator` unfitted: its fitted (trailing-underscore)
+    attributes and `private` ones are removed, not half of one fit left beside half of the last
+    (API reviews: a refused refit kept the old forest beside a new seed, or new nuisance models)."""
+    try:
+        yield
+    except BaseException:
+        for name in [a for a in vars(estimator) if a.endswith("_") and not a.startswith("_")] + list(private):
+            estimator.__dict__.pop(name, None)
+        raise
 
 
 def plain(value: Any) -> Any:

@@ -67,7 +67,7 @@ class QuantileBinner:
 
     def fit(self, X: np.ndarray) -> QuantileBinner:
         if not (2 <= int(self.max_bins) <= MAX_BINS):
-            raise ValueError(f"max_bins must be between 2 and {MAX_BINS}, got {self.max_bins}")
+            raise ValueError(f"max_bins must be an integer between 2 and {MAX_BINS}, got {self.max_bins}")
         n = X.shape[0]
         if n > self.subsample:
             rows = np.random.default_rng(self.random_state).choice(n, self.subsample, replace=False)

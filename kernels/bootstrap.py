@@ -124,6 +124,7 @@ class BootstrapReplicates:
                              f"{len(missing)} missing (first {missing[:5]}), {extra} repeated")
         order = np.argsort(indices)
         forests = [f for p in parts for f in p.forests]
+        _check_one_bootstrap(forests, indices)
         ates = np.concatenate([p.ates for p in parts])
         return cls([forests[i] for i in order], ates[order], indices[order].astype(np.int64))
 
@@ -180,6 +181,23 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
         draws = center + (draws - center) * shrink
     q_lo, q_hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], axis=0)
     return (q_lo, q_hi) if kind == "percentile" else (2 * point - q_hi, 2 * point - q_lo)
+
+
+def _check_one_bootstrap(forests: list[CausalForest], replicates: np.ndarray) -> None:
+    """Replicate forests of one bootstrap: grown with the same parameters on the same number of
+    rows, each with its replicate's seed from one run seed (a review: shards of other seeds and
+    settings merged into a standard error)."""
+    def growth(f: CausalForest) -> dict:
+        return {k: v for k, v in f.get_params().items() if k not in ("random_state", "progress", "device")}
+
+    base = (int(forests[0].seed_) - 1 - int(replicates[0])) % 2**32
+    for forest, b in zip(forests, replicates):
+        if growth(forest) != growth(forests[0]) or forest.n_train_ != forests[0].n_train_:
+            raise ValueError(f"bootstrap replicate {int(b)} was grown with other settings or rows than replicate "
+                             f"{int(replicates[0])}: merge the shards of one bootstrap")
+        if forest.seed_ != replicate_seed(base, int(b)):
+            raise ValueError(f"bootstrap replicate {int(b)} has seed {forest.seed_}, not the one replicate {int(b)} of "
+                             f"the other shards' run takes: merge the shards of one bootstrap")
 
 
 def replicate_seed(seed: int, replicate: int) -> int:

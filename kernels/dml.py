@@ -168,14 +168,8 @@ class CausalForestDML(BaseEstimator):
 
         A fit that fails leaves the estimator unfitted, not half of one fit beside half of the
         last (an API review: a refused refit kept the old forest beside the new nuisance models)."""
-        try:
+        with _inputs.unfitted_on_failure(self, ("models_y", "models_t", "_n_controls")):
             return self._fit(Y, T, X, W, sample_weight, groups)
-        except BaseException:
-            for name in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-                delattr(self, name)
-            for name in ("models_y", "models_t", "_n_controls"):
-                self.__dict__.pop(name, None)
-            raise
 
     def _fit(self, Y, T, X, W, sample_weight, groups) -> CausalForestDML:
         names = _inputs.feature_names(X)

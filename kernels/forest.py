@@ -19,7 +19,7 @@ from sklearn.exceptions import NotFittedError
 
 from . import _inputs, forest_codec
 from .backends import LEAF_IDS_PER_CHUNK, get_backend, release_free_heap
-from .binning import BinnedCovariates, QuantileBinner
+from .binning import MAX_BINS, BinnedCovariates, QuantileBinner
 from .forest_arrays import ForestArrays
 from .local_linear import (
     AUTO_MAX_LEAF_MOMENT_BYTES,
@@ -174,24 +174,38 @@ class CausalForest(BaseEstimator):
             if not ok:
                 raise ValueError(msg)
 
-        check(isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators >= 1,
+        def integer(v: Any) -> bool:  # bool is an int, and True trees is 1 tree: refused
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def number(v: Any) -> bool:  # a finite real number (a string or None failed with a bare TypeError)
+            return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    and bool(np.isfinite(v)))
+
+        check(integer(self.n_estimators) and self.n_estimators >= 1,
               f"n_estimators must be a positive integer, got {self.n_estimators!r}")
         group = self._group_size()  # raises on a bad ci_group_size
-        check(0 < self.max_samples <= (0.5 if group > 1 else 1.0),
+        check(number(self.max_samples) and 0 < self.max_samples <= (0.5 if group > 1 else 1.0),
               f"max_samples must be in (0, 0.5] with ci_group_size > 1 (in (0, 1] otherwise), "
-              f"got {self.max_samples}")
+              f"got {self.max_samples!r}")
         # Below 1 EconML and scikit-learn read a share of the rows; here it was read as 1 row, the
         # least regularized forest there is (an API review): refused, with the count to pass.
-        check(self.min_samples_leaf >= 1, f"min_samples_leaf must be a count of rows, at least 1, got "
-                                          f"{self.min_samples_leaf} (a share of the rows, as EconML reads a number "
-                                          "below 1, is not taken: pass that share times the rows)")
-        check(self.max_depth is None or self.max_depth >= 0, f"max_depth must be >= 0 or None, got {self.max_depth}")
-        check(self.mtry is None or 1 <= self.mtry <= p, f"mtry must be between 1 and {p} (features), got {self.mtry}")
+        check(number(self.min_samples_leaf) and self.min_samples_leaf >= 1,
+              f"min_samples_leaf must be a count of rows, at least 1, got {self.min_samples_leaf!r} (a share of the "
+              "rows, as EconML reads a number below 1, is not taken: pass that share times the rows)")
+        check(self.max_depth is None or integer(self.max_depth) and self.max_depth >= 0,
+              f"max_depth must be an integer >= 0 or None, got {self.max_depth!r}")
+        check(self.mtry is None or integer(self.mtry) and 1 <= self.mtry <= p,
+              f"mtry must be an integer between 1 and {p} (features), got {self.mtry!r}")
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),
               f"poisson_mtry must be True or False, got {self.poisson_mtry!r}")
-        check(0 < self.honesty_fraction < 1, f"honesty_fraction must be in (0, 1), got {self.honesty_fraction}")
-        check(0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha}")
-        check(self.imbalance_penalty >= 0, f"imbalance_penalty must be >= 0, got {self.imbalance_penalty}")
+        check(isinstance(self.honest, (bool, np.bool_)), f"honest must be True or False, got {self.honest!r}")
+        check(number(self.honesty_fraction) and 0 < self.honesty_fraction < 1,
+              f"honesty_fraction must be in (0, 1), got {self.honesty_fraction!r}")
+        check(number(self.alpha) and 0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha!r}")
+        check(number(self.imbalance_penalty) and self.imbalance_penalty >= 0,
+              f"imbalance_penalty must be a finite number >= 0, got {self.imbalance_penalty!r}")
+        check(integer(self.max_bins) and 2 <= self.max_bins <= MAX_BINS,
+              f"max_bins must be an integer between 2 and {MAX_BINS}, got {self.max_bins!r}")
         v = self.linear_correction_variables
         if v is not None and not (isinstance(v, str) and v == "auto"):
             ok = not isinstance(v, str) and all(isinstance(j, (int, np.integer)) and not isinstance(j, bool)
@@ -200,8 +214,8 @@ class CausalForest(BaseEstimator):
             cols = [int(j) for j in v]
             check(all(0 <= j < p for j in cols) and len(set(cols)) == len(cols),
                   f"linear_correction_variables must be distinct column indices in [0, {p}), got {cols}")
-        check(self.linear_correction_ridge > 0,
-              f"linear_correction_ridge must be > 0, got {self.linear_correction_ridge}")
+        check(number(self.linear_correction_ridge) and self.linear_correction_ridge > 0,
+              f"linear_correction_ridge must be a finite number > 0, got {self.linear_correction_ridge!r}")
 
     def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> CausalForest:
         """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,).
@@ -215,7 +229,12 @@ class CausalForest(BaseEstimator):
         """Grow only shard `shard` of `n_shards` of the forest `fit` would grow: a contiguous
         range of its little-bag groups. `CausalForest.merge` joins the shards of one seed into
         the forest `fit` grows with that seed, tree for tree (how the pipeline spreads trees
-        over tasks). Needs `random_state` set so every shard draws from the same seed."""
+        over tasks). Needs `random_state` set so every shard draws from the same seed. A fit that
+        fails leaves the forest unfitted."""
+        with _inputs.unfitted_on_failure(self, ("_backend",)):
+            return self._fit_shard(X, T, y, shard, n_shards, sample_weight, groups)
+
+    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups) -> CausalForest:
         names = _inputs.feature_names(X)
         _inputs.check_same_index(X=X, T=T, y=y, sample_weight=sample_weight, groups=groups)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
@@ -238,6 +257,10 @@ class CausalForest(BaseEstimator):
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
         with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
             forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
+        if w is not None and np.isnan(forest.leaf_values).any():  # 0 / 0: an estimation half of weight 0
+            raise ValueError(f"only {int((w > 0).sum())} of {n} rows have positive sample_weight, and some trees drew "
+                             "none of them into their estimation half (their leaves have no data): pass more rows "
+                             "of positive weight, or leave the zero-weight rows out")
         self._set_fitted(X, binner, forest, device, backend, (int(shard), int(n_shards)))
         _inputs.set_feature_names(self, names)
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
@@ -257,6 +280,9 @@ class CausalForest(BaseEstimator):
         if np.ptp(T) == 0:
             raise ValueError("T is constant: the treatment must vary to estimate its effect")
         w = _inputs.check_sample_weight(sample_weight, n)
+        if w is not None and np.ptp(T[w > 0]) == 0:  # zero-weight rows are not part of the data
+            raise ValueError("T is constant among the rows of positive sample_weight: the treatment must vary "
+                             "there to estimate its effect")
         self._validate_params(X.shape[1])
         return X, T, y, w
 
@@ -336,12 +362,21 @@ class CausalForest(BaseEstimator):
                 raise ValueError("shards were binned differently: grow every shard on the same covariates")
             if not _same_clusters(s.clusters_, first.clusters_):
                 raise ValueError("shards were grown with different groups: pass every shard the same groups")
+            names = [getattr(x, "feature_names_in_", None) for x in (s, first)]
+            if not (names[0] is None and names[1] is None or names[0] is not None and names[1] is not None
+                    and list(names[0]) == list(names[1])):
+                raise ValueError("shards were grown on covariates named differently: fit every shard on the "
+                                 "same DataFrame columns, in the same order")
+            if not LocalLinearCorrection.same_fit(s.linear_correction_, first.linear_correction_):
+                raise ValueError("shards have different local linear corrections (covariates, standardization or "
+                                 "penalty): grow every shard with the same settings and data")
         ordered = sorted(shards, key=lambda s: s.shard_[0])
         merged = cls(**first.get_params())
         merged.device_, merged.seed_ = first.device_, first.seed_
         merged.n_features_in_, merged.n_train_ = first.n_features_in_, first.n_train_
         merged.binner_ = first.binner_
         merged.clusters_ = first.clusters_
+        _inputs.set_feature_names(merged, getattr(first, "feature_names_in_", None))
         merged.forest_ = ForestArrays.merge([s.forest_ for s in ordered])
         merged.shard_ = (0, 1)
         merged.source_ = "tauforge"
@@ -512,10 +547,16 @@ class CausalForest(BaseEstimator):
         clusters = getattr(self, "clusters_", None)
         if clusters is not None:
             arrays["clusters"] = clusters
-        # How a fit was shown (progress) is no part of the model.
-        params = {k: (str(v) if k == "device" else v) for k, v in self.get_params().items() if k != "progress"}
+        # How a fit was shown (progress) is no part of the model. NumPy scalars are written as the
+        # numbers they hold, and a RandomState or Generator as the seed it gave (a review: save
+        # failed on np.int64(0), which fit takes).
+        params = {k: (str(v) if k == "device" else _inputs.plain(v)) for k, v in self.get_params().items()
+                  if k != "progress"}
+        if not (params["random_state"] is None or isinstance(params["random_state"], int)):
+            params["random_state"] = self.seed_
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
+        names = getattr(self, "feature_names_in_", None)
         version = (FORMAT_VERSION if clusters is not None else PLAIN_FORMAT_VERSION if correction is None
                    else PENALTY_BLOCKS_FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
@@ -524,6 +565,8 @@ class CausalForest(BaseEstimator):
                 "shard": list(getattr(self, "shard_", (0, 1))), "source": self.source_,
                 "forest_encoding": encoding,
                 "linear_correction": None if correction is None else correction.to_json()}
+        if names is not None:  # a DataFrame's columns: the loaded forest refuses them reordered, as this one does
+            meta["feature_names"] = [str(c) for c in names]
         save_model(path, arrays, meta)
 
     @classmethod
@@ -554,6 +597,10 @@ class CausalForest(BaseEstimator):
         if forest.clusters_ is not None and len(forest.clusters_) != forest.n_train_:
             raise ValueError(f"{path}: {len(forest.clusters_)} group codes for {forest.n_train_} training rows")
         forest.source_ = meta.get("source", "tauforge")
+        names = meta.get("feature_names")
+        if names is not None and len(names) != forest.n_features_in_:
+            raise ValueError(f"{path}: {len(names)} feature names for {forest.n_features_in_} features")
+        _inputs.set_feature_names(forest, None if names is None else np.asarray(names, dtype=object))
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))

@@ -186,6 +186,16 @@ class LocalLinearCorrection:
         return correction
 
     @staticmethod
+    def same_fit(a: LocalLinearCorrection | None, b: LocalLinearCorrection | None) -> bool:
+        """Whether two shards' corrections (or their absence) can be merged: the same covariates,
+        standardization and penalty (a review: shards correcting on (0,) and (2,) merged into
+        one that read shard 1's leaf moments as shard 0's covariates)."""
+        if a is None or b is None:
+            return a is None and b is None
+        return (a.variables == b.variables and np.array_equal(a.center, b.center) and np.array_equal(a.scale, b.scale)
+                and a.ridge == b.ridge and a.penalty_blocks == b.penalty_blocks)
+
+    @staticmethod
     def merge(parts: list[LocalLinearCorrection]) -> LocalLinearCorrection:
         first = parts[0]
         return LocalLinearCorrection(first.variables, first.center, first.scale, first.ridge,

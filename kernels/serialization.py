@@ -95,6 +95,7 @@ def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; only numeric arrays are saved")
+    json.dumps(meta)  # fails here, before any file is replaced: a model saved before stays whole
     # Each file whole or not at all: a crash or a full disk never leaves a half-written model.
     with replaced_whole(path / ARRAYS_FILE, binary=True) as f:
         np.savez(f, **arrays)

@@ -245,8 +245,9 @@ def _check_integers(name: str, datatype: str, values: np.ndarray, data: np.ndarr
     bounds = _INTEGER_RANGES[datatype]
     bad = (data != np.floor(data)) | (data < bounds.min) | (data > bounds.max)
     if bad.any():
-        raise RequestError(f"input {name} has datatype {datatype} but holds {reprlib.repr(values[np.flatnonzero(bad)[0]])}, which is not "
-                           f"an integer in [{bounds.min}, {bounds.max}]; declare FP64 for fractional values")
+        value = reprlib.repr(values[np.flatnonzero(bad)[0]])
+        raise RequestError(f"input {name} has datatype {datatype} but holds {value}, which is not an integer in "
+                           f"[{bounds.min}, {bounds.max}]; declare FP64 for fractional values")
 
 
 @dataclass

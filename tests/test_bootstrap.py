@@ -248,6 +248,15 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
     np.testing.assert_array_equal(merged.effect_draws(d.X[:5])[1], whole.effect_draws(d.X[:5])[1])
     with pytest.raises(ValueError, match=r"1 missing \(first \[6\]\), 1 repeated"):
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
+    # Shards of another run's seed, or other settings, were merged into a standard error (a review).
+    other_seed = fit_replicates(d.X, range(4, 7), 6, {"n_estimators": 4, "max_samples": 0.5},
+                                lambda c: (d.Y, d.T, None), lambda c, *_: 0.0)
+    with pytest.raises(ValueError, match="replicate 4 has seed 11, not the one replicate 4 of the other shards' run"):
+        BootstrapReplicates.merge([first, other_seed], 7)
+    other_leaf = fit_replicates(d.X, range(4, 7), 5, {"n_estimators": 4, "max_samples": 0.5, "min_samples_leaf": 9},
+                                lambda c: (d.Y, d.T, None), lambda c, *_: 0.0)
+    with pytest.raises(ValueError, match="replicate 4 was grown with other settings or rows than replicate 0"):
+        BootstrapReplicates.merge([first, other_leaf], 7)
 
 
 def test_a_shards_replicates_report_progress_by_their_range_when_asked(capfd, monkeypatch):

@@ -13,6 +13,7 @@ from sklearn.linear_model import LinearRegression
 
 from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.serialization import save_model
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,36 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
         CausalForest.load(tmp_path / "v7")
 
 
+def test_a_forest_fit_with_numpy_parameters_or_a_dataframe_saves_and_loads_what_it_was(data, tmp_path):
+    d, t, y = data
+    X = pd.DataFrame(d.X, columns=[f"c{j}" for j in range(d.X.shape[1])])
+    kept = CausalForest(n_estimators=40, random_state=0).fit(X, t, y)
+    kept.save(tmp_path / "cf")
+    # NumPy scalars and a RandomState, which fit takes, failed in json.dump after the arrays were
+    # replaced: the folder's earlier model then failed its checksum (a review).
+    numpy_typed = CausalForest(n_estimators=np.int64(40), mtry=np.int64(3), poisson_mtry=np.True_,
+                               random_state=np.random.RandomState(0)).fit(X, t, y)
+    numpy_typed.save(tmp_path / "np")
+    again = CausalForest.load(tmp_path / "np")
+    assert again.get_params()["random_state"] == numpy_typed.seed_ and again.n_estimators == 40
+    np.testing.assert_array_equal(again.predict(X[:50]), numpy_typed.predict(X[:50]))
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_model(tmp_path / "cf", {"a": np.zeros(3)}, {"bad": object()})
+    np.testing.assert_array_equal(CausalForest.load(tmp_path / "cf").predict(X[:50]), kept.predict(X[:50]))
+    # The loaded (and a merged) forest refuses the columns reordered, as the fitted one does; it
+    # used to lose their names and score them in the new order.
+    loaded = CausalForest.load(tmp_path / "cf")
+    assert list(loaded.feature_names_in_) == list(X.columns)
+    shards = [CausalForest(n_estimators=40, random_state=0).fit_shard(X, t, y, shard=k, n_shards=2) for k in (0, 1)]
+    for forest in (loaded, CausalForest.merge(shards)):
+        with pytest.raises(ValueError, match="column 0 is 'c4' where the fit had 'c0'"):
+            forest.predict(X[X.columns[::-1]])
+    other = CausalForest(n_estimators=40, random_state=0).fit_shard(X.set_axis([f"z{j}" for j in range(5)], axis=1),
+                                                                     t, y, shard=1, n_shards=2)
+    with pytest.raises(ValueError, match="covariates named differently"):
+        CausalForest.merge([shards[0], other])
+
+
 def test_saved_model_has_no_pickle(fitted, tmp_path):
     fitted.save(tmp_path / "cf")
     with np.load(tmp_path / "cf" / "arrays.npz", allow_pickle=False) as npz:
@@ -196,9 +227,18 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, match):
     (dict(ci_group_size="big"), "ci_group_size must be 'auto' or a positive integer, got 'big'"),
     (dict(ci_group_size=0), "ci_group_size must be 'auto' or a positive integer, got 0"),
     (dict(max_samples=0.8), r"max_samples must be in \(0, 0.5\]"),
-    (dict(mtry=7), "mtry must be between 1 and 3"),
+    (dict(mtry=7), "mtry must be an integer between 1 and 3"),
     (dict(min_samples_leaf=0.05), "min_samples_leaf must be a count of rows, at least 1, got 0.05"),  # EconML: a share
-    (dict(max_bins=300), "max_bins must be between 2 and 256"),
+    (dict(max_bins=300), "max_bins must be an integer between 2 and 256"),
+    # A review: these were taken as 1 tree, truthy, truncated, NaN estimates or a bare TypeError.
+    (dict(n_estimators=True), "n_estimators must be a positive integer, got True"),
+    (dict(honest="no"), "honest must be True or False, got 'no'"),
+    (dict(mtry=2.5), "mtry must be an integer between 1 and 3 .* got 2.5"),
+    (dict(max_depth=2.7), "max_depth must be an integer >= 0 or None, got 2.7"),
+    (dict(max_depth="3"), "max_depth must be an integer >= 0 or None, got '3'"),
+    (dict(min_samples_leaf=None), "min_samples_leaf must be a count of rows, at least 1, got None"),
+    (dict(max_bins="64"), "max_bins must be an integer between 2 and 256, got '64'"),
+    (dict(linear_correction_ridge=np.inf), "linear_correction_ridge must be a finite number > 0, got inf"),
     (dict(device="tpu"), "device must be"),
     (dict(backend="cuda"), "backend must be"),
 ])
@@ -414,13 +454,38 @@ def test_a_refused_refit_leaves_the_estimator_unfitted_and_is_refused_before_the
         first.Y, first.T, X=first.X)
     assert np.isfinite(est.ate_)
     CountingRegression.fits = 0
-    with pytest.raises(ValueError, match="mtry must be between 1 and 3"):
+    with pytest.raises(ValueError, match="mtry must be an integer between 1 and 3"):
         est.fit(second.Y, second.T, X=second.X)
     assert CountingRegression.fits == 0
     assert not [a for a in vars(est) if a.endswith("_") and not a.startswith("_")] and not hasattr(est, "models_y")
     with pytest.raises(NotFittedError):
         est.effect(first.X)
     assert est.set_params(mtry=3).fit(second.Y, second.T, X=second.X).ate_ == pytest.approx(1.0, abs=0.5)
+
+
+def test_a_refused_forest_refit_leaves_the_forest_unfitted(data):
+    # A review: a refit refused for its groups kept the new seed and groups beside the old trees,
+    # and out-of-bag estimates silently moved by up to 0.55.
+    d, t, y = data
+    forest = CausalForest(n_estimators=40, random_state=0).fit(d.X, t, y)
+    with pytest.raises(ValueError, match="2 groups give each tree a subsample of 1"):
+        forest.set_params(random_state=5).fit(d.X, t, y, groups=np.arange(len(t)) % 2)
+    assert not [a for a in vars(forest) if a.endswith("_") and not a.startswith("_")]
+    with pytest.raises(NotFittedError):
+        forest.oob_predict(d.X)
+
+
+def test_weights_that_leave_a_tree_without_data_or_the_treatment_without_variation_are_refused(data):
+    # A review: 20 positive weights of 400 left some trees' estimation halves empty, and every
+    # estimate was NaN; a binary T weighted in one arm only gave NaN or a LinAlgError.
+    d, t, y = data
+    few = np.zeros(len(t))
+    few[:20] = 1.0
+    with pytest.raises(ValueError, match="only 20 of 1500 rows have positive sample_weight, and some trees drew none"):
+        CausalForest(random_state=0).fit(d.X, t, y, sample_weight=few)
+    one_arm = (d.T == 1).astype(float)
+    with pytest.raises(ValueError, match="T is constant among the rows of positive sample_weight"):
+        CausalForest(random_state=0).fit(d.X, d.T, y, sample_weight=one_arm)
 
 
 def test_dml_accepts_models_by_import_path_and_reports_nuisance_scores():

@@ -209,6 +209,18 @@ def test_shards_merge_into_the_corrected_forest_fit_grows():
     merged = CausalForest.merge(shards)
     np.testing.assert_array_equal(merged.linear_correction_.leaf_moments, whole.linear_correction_.leaf_moments)
     np.testing.assert_array_equal(merged.predict(X[:50]), whole.predict(X[:50]))
+    # Shards correcting on other covariates, or one without a correction, were merged (into
+    # estimates reading one shard's leaf moments as another's covariates) or crashed (a review).
+    # 'auto' chooses them from each shard's data: here (0,) from y, (2,) and none from others.
+    auto = [_forest(n_estimators=40, linear_correction_variables="auto").fit_shard(X, t, y, shard=i, n_shards=3)
+            for i in range(2)]
+    noise = np.random.default_rng(3).normal(size=len(t))
+    for other_y in (3 * t * X[:, 2] + noise, 0.5 * t + noise):
+        odd = _forest(n_estimators=40, linear_correction_variables="auto").fit_shard(X, t, other_y, shard=2, n_shards=3)
+        chosen = None if odd.linear_correction_ is None else odd.linear_correction_.variables
+        assert chosen != auto[0].linear_correction_.variables
+        with pytest.raises(ValueError, match="shards have different local linear corrections"):
+            CausalForest.merge([*auto, odd])
 
 
 @pytest.mark.parametrize("bad, message", [
