@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any, TypeVar
 
@@ -19,6 +20,22 @@ class ConfigError(ValueError):
         super().__init__(message or f"{field} {problem}")
         self.field = field
         self.problem = problem
+
+
+# Set, the number of processes evaluate's refits use, whatever the data (1: evaluate's own).
+REFIT_WORKERS_VARIABLE = "TAUFORGE_REFIT_WORKERS"
+
+
+def refit_workers_from_environment() -> int | None:
+    """$TAUFORGE_REFIT_WORKERS as a number of processes, None when unset; a ValueError when it is
+    not a whole number of at least 1. `tauforge run` checks it before any task (a review: a bad
+    value failed the evaluate task after every fit, with exit 1)."""
+    given = os.environ.get(REFIT_WORKERS_VARIABLE, "")
+    if not given:
+        return None
+    if not given.isdigit() or int(given) < 1:
+        raise ValueError(f"${REFIT_WORKERS_VARIABLE} must be a whole number of processes, 1 or more; got {given!r}")
+    return int(given)
 
 
 def check_no_credentials(uri: str, field: str) -> str:

@@ -46,6 +46,8 @@ from .nuisance import NuisanceConfig, Residuals
 # errors significant (a user's review), while the planted defects move it by 4-39 standard errors
 # (tests/benchmarks/bench_refuters.py, 40 seeds; docs/benchmarks.md).
 NEGLIGIBLE_REFUTER_MOVE = 0.5
+# With min_placebo_pvalue off, a placebo p-value under this is still a warning.
+UNGATED_PLACEBO_WARNING = 0.01
 
 # The slow checks' relative costs, for evaluate's progress: in nuisance refits on every row (the
 # placebo's forest counts as one; the data subset refits five times on half the rows).
@@ -101,7 +103,8 @@ class GateConfig:
         for key, (low, high, what) in _GATE_RANGES.items():
             value = getattr(self, key)
             if value is not None and not low <= value <= high:
-                raise config.ConfigError(key, f"must be {what} (or 'off'), got {value:g}")
+                must = f"be {what}" if value == value else "be a number"  # NaN: not a matter of range
+                raise config.ConfigError(key, f"must {must} (or 'off'), got {value:g}")
         if None not in (self.min_outcome_r2, self.max_outcome_r2) and self.min_outcome_r2 > self.max_outcome_r2:
             raise config.ConfigError("max_outcome_r2", f"must be at least min_outcome_r2 ({self.min_outcome_r2:g}), "
                                                        f"got {self.max_outcome_r2:g}: no model passes both")
@@ -136,9 +139,11 @@ class GateConfig:
 
 
 _PROBABILITY = (0.0, 1.0, "between 0 and 1")
-_GATE_RANGES = {"max_share_outside_overlap": _PROBABILITY, "min_placebo_pvalue": _PROBABILITY,
-                "min_refuter_pvalue": _PROBABILITY, "min_graph_pvalue": _PROBABILITY,
-                "min_robustness_value": _PROBABILITY, "max_abs_smd": (0.0, np.inf, "at least 0"),
+# A minimum of 1 fails every model: p-values and the robustness value stay below 1 (a review).
+_BELOW_ONE = (0.0, np.nextafter(1.0, 0.0), "at least 0 and below 1")
+_GATE_RANGES = {"max_share_outside_overlap": _PROBABILITY, "min_placebo_pvalue": _BELOW_ONE,
+                "min_refuter_pvalue": _BELOW_ONE, "min_graph_pvalue": _BELOW_ONE,
+                "min_robustness_value": _BELOW_ONE, "max_abs_smd": (0.0, np.inf, "at least 0"),
                 "min_outcome_r2": (-np.inf, 1.0, "at most 1"), "max_outcome_r2": (-np.inf, 1.0, "at most 1")}
 
 
@@ -295,10 +300,13 @@ def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, se
                **uplift.doubly_robust(cate, scores, seed=seed, groups=data.arrays()["groups"])}
     if data.spec.binary and data.spec.assignment == "randomized":
         a = data.arrays()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores_ = {"auuc": uplift.auuc_score(a["Y"], a["T"], cate), "qini": uplift.qini_score(a["Y"], a["T"], cate)}
         section["classic"] = {"definition": "CausalML's auuc_score and qini_score (normalized), from outcome and "
-                                            "treatment: valid because the treatment was randomized",
-                              "auuc": uplift.auuc_score(a["Y"], a["T"], cate),
-                              "qini": uplift.qini_score(a["Y"], a["T"], cate)}
+                                            "treatment: valid because the treatment was randomized", **scores_}
+        if not all(np.isfinite(v) for v in scores_.values()):  # NaN was written into the card (a review)
+            section["classic"].update(dict.fromkeys(scores_), note="undefined: normalized by the overall lift, "
+                                                                   "which is 0 in these data")
     return section
 
 
@@ -329,6 +337,9 @@ def verdict(result: dict, gate: GateConfig) -> dict:
     if gate.min_placebo_pvalue is not None and p < gate.min_placebo_pvalue:
         reasons.append(f"placebo: a permuted treatment shows an effect ({ref['placebo']['effect']:.4g}, "
                        f"p = {p:.3g} < {gate.min_placebo_pvalue})")
+    elif gate.min_placebo_pvalue is None and p < UNGATED_PLACEBO_WARNING:  # switched off, not unseen
+        warnings.append(f"placebo: a permuted treatment shows an effect ({ref['placebo']['effect']:.4g}, "
+                        f"p = {p:.3g}); the gate's placebo check is off")
     from .refuters import data_subset_label
 
     stderr = result["effect"].get("ate_stderr", 0.0)
@@ -355,11 +366,14 @@ def verdict(result: dict, gate: GateConfig) -> dict:
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
     bal = result["balance"]
     weighted = bal.get("weighted_values")  # binary treatment: what the propensity weights leave
+    trial = (ov or {}).get("declared")  # a trial's weights are one constant: nothing to balance with
     if bal["over_threshold"]:
         warnings.append(f"balance: |{bal['statistic']}| > {SMD_WARNING} for {', '.join(bal['over_threshold'][:10])}"
-                        + (" before weighting" if weighted else ""))
+                        + (": chance imbalance between the trial's arms (its declared propensity weighs every "
+                           "row alike); the nuisance models adjust for it" if trial else
+                           " before weighting" if weighted else ""))
     left = [c for c, v in (weighted or {}).items() if abs(v) > SMD_WARNING]
-    if left:
+    if left and not trial:
         warnings.append(f"balance: |smd| > {SMD_WARNING} after inverse-propensity weighting for "
                         f"{', '.join(left[:10])}: the propensity model does not balance these")
     # The gate reads the weighted SMD where there is one: raw imbalance is what the nuisance

@@ -36,6 +36,7 @@ from scipy import stats
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
+from tauforge.components.config import REFIT_WORKERS_VARIABLE, refit_workers_from_environment
 from tauforge.kernels.ate import average_effect, oob_effect
 from tauforge.kernels.cpus import usable_cpus
 
@@ -55,19 +56,15 @@ WORKER_BASE_BYTES = 0.4e9
 WORKER_BYTES_PER_CELL = 90
 
 
-# Set, the number of processes evaluate's refits use, whatever the data (1: evaluate's own).
-WORKERS_VARIABLE = "TAUFORGE_REFIT_WORKERS"
 
 
 def default_workers(n_rows: int, n_inputs: int) -> int:
     """How many processes evaluate's refits of `n_rows` x `n_inputs` (covariates and controls) use:
     $TAUFORGE_REFIT_WORKERS where set; else one below PROCESS_MIN_ROWS rows, else one per usable
     CPU (`kernels.cpus.usable_cpus`), as many as the free memory holds."""
-    given = os.environ.get(WORKERS_VARIABLE, "")
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise ValueError(f"${WORKERS_VARIABLE} must be a whole number of processes, 1 or more; got {given!r}")
-        return int(given)
+    given = refit_workers_from_environment()
+    if given is not None:
+        return given
     if n_rows < PROCESS_MIN_ROWS:
         return 1
     per_worker = WORKER_BASE_BYTES + WORKER_BYTES_PER_CELL * n_rows * (n_inputs + 1)
@@ -218,7 +215,7 @@ class EffectRefit:
         except TerminatedWorkerError as exc:
             raise RuntimeError(f"a refuter's refit process ended abruptly (killed for memory?) while {workers} "
                                f"refits ran at once, each with a copy of the data: give the evaluate task more "
-                               f"memory (--compute-memory on a cluster), or set ${WORKERS_VARIABLE}=1 to refit "
+                               f"memory (--compute-memory on a cluster), or set ${REFIT_WORKERS_VARIABLE}=1 to refit "
                                f"in its own process") from exc
         return results
 

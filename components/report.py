@@ -25,7 +25,7 @@ from .constants import SMD_WARNING
 # numbers it (the card cannot be written into it: its checksum is in the card).
 CANDIDATE = "assigned at publish: the model_card.json beside a published report names it"
 MAX_BALANCE_ROWS = 30  # covariates drawn in the balance chart, largest imbalance first
-FAIL_COLOUR, PASS_COLOUR = "#c0392b", "#1f77b4"
+FAIL_COLOUR, PASS_COLOUR, WARN_COLOUR = "#c0392b", "#1f77b4", "#e67e22"
 # Per-row data the charts draw, left out of the JSON at the end of a report.
 BULKY_KEYS = ("histogram", "cate_histogram", "curve")
 
@@ -132,7 +132,7 @@ def render_report(result: dict, header: ReportHeader | None = None) -> str:
     if "treatment_variance" in result:
         body.append(_treatment_variance_section(result["treatment_variance"], t))
     body += [_balance_section(result["balance"], t), _nuisance_section(result["nuisance"]),
-             _refuters_section(result["refuters"], eff, result.get("gate_config", {}), unit),
+             _refuters_section(result["refuters"], eff, result.get("gate_config", {}), result.get("verdict", {}), unit),
              _sensitivity_section(result["sensitivity"], eff, unit),
              _graph_section(result.get("graph"), result.get("graph_checks"))]
     return _page(title, facts, body, result, "The evaluation")
@@ -291,16 +291,25 @@ def _nuisance_section(scores: dict) -> str:
     return _section("Nuisance models (mean out-of-fold score)", _table(list(scores.items()), ("score", "value")))
 
 
-def _refuters_section(ref: dict, eff: dict, gate: dict, unit: str) -> str:
-    """Each refuter's estimate with an interval at the gate's level: the placebo's must hold 0, the
-    refits' (a prediction interval for one more refit) the run's ATE; red where the gate fails."""
-    placebo_level = gate.get("min_placebo_pvalue") or 0.05
-    refit_level = gate.get("min_refuter_pvalue") or 0.05
+def _refuters_section(ref: dict, eff: dict, gate: dict, verdict: dict, unit: str) -> str:
+    """Each refuter's estimate with an interval at the gate's level (95% for a check switched
+    off): the placebo's must hold 0, the refits' (a prediction interval for one more refit) the
+    run's ATE; coloured as the verdict judged it (a review: red had followed the p-value alone,
+    where the gate passed a negligible move or did not check at all)."""
+    levels = {key: gate.get(key) or 0.05 for key in ("min_placebo_pvalue", "min_refuter_pvalue")}
+    placebo_level, refit_level = levels["min_placebo_pvalue"], levels["min_refuter_pvalue"]
+    shown = {key: f"{100 * (1 - level):g}%" + ("" if gate.get(key) else ", not gated") for key, level in levels.items()}
+
+    def colour(prefix: str) -> str:
+        if any(r.startswith(prefix) for r in verdict.get("reasons", ())):
+            return FAIL_COLOUR
+        return WARN_COLOUR if any(w.startswith(prefix) for w in verdict.get("warnings", ())) else PASS_COLOUR
+
     rows, table = [], []
     p = ref["placebo"]
     half = _z(placebo_level) * p.get("stderr", float("nan"))
     rows.append(Interval(f"placebo treatment\np = {p['p_value']:.2g}", p["effect"], p["effect"] - half,
-                         p["effect"] + half, FAIL_COLOUR if p["p_value"] < placebo_level else PASS_COLOUR))
+                         p["effect"] + half, colour("placebo:")))
     table.append(("placebo treatment (effect should be 0)", p["effect"], p["p_value"]))
     from .refuters import data_subset_label  # loaded already where a report is rendered: evaluate ran it
 
@@ -311,15 +320,14 @@ def _refuters_section(ref: dict, eff: dict, gate: dict, unit: str) -> str:
         spread = r.get("spread", float("nan"))
         q = float(stats.t.ppf(1 - refit_level / 2, max(len(draws) - 1, 1))) if draws else _z(refit_level)
         rows.append(Interval(f"{name}\np = {r['p_value']:.2g}", r["effect"], r["effect"] - q * spread,
-                             r["effect"] + q * spread, FAIL_COLOUR if r["p_value"] < refit_level else PASS_COLOUR,
-                             draws))
+                             r["effect"] + q * spread, colour(f"{key.replace('_', ' ')}:"), draws))
         table.append((f"{name} (ATE should not move)", r["effect"], r["p_value"]))
     chart = charts.interval_chart(
-        rows, title=f"Refuters: estimates with intervals at the gate's levels (placebo {100 * (1 - placebo_level):g}%,"
-                    f" refits {100 * (1 - refit_level):g}%); circles: single refits", value_label=unit,
+        rows, title=f"Refuters: estimates with intervals at the gate's levels (placebo {shown['min_placebo_pvalue']},"
+                    f" refits {shown['min_refuter_pvalue']}); circles: single refits", value_label=unit,
         lines={f"the run's {eff['estimand']}, {eff['ate']:.3g}": eff["ate"]}, width=620, height=340)
     note = ('<p class="note">The placebo\'s interval must hold 0; a refit interval (for one more refit) must hold '
-            "the run's ATE. Red: the gate fails on it.</p>")
+            "the run's ATE. Red: the gate fails on it; amber: the verdict warns about it.</p>")
     return _section("Refuters", chart, note, _table(table, ("refuter", "estimate", "p-value")))
 
 
@@ -334,7 +342,10 @@ def _sensitivity_section(sens: dict, eff: dict, unit: str) -> str:
                                   value_label=unit)
     text = (f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
             "residual variance of both treatment and outcome would bring the effect's interval to 0 "
-            f"({sens['robustness_value_theta']:.3f} for the point estimate).</p>")
+            f"({sens['robustness_value_theta']:.3f} for the point estimate)."
+            + (f" These figures rest on the analytic standard error ({eff['ate_stderr']:.4g}); the interval shown for "
+               f"the estimate is the {html.escape(str(eff['ate_interval']))}." if str(eff.get("ate_interval", ""))
+               .startswith("bootstrap") and _finite(eff.get("ate_stderr")) else "") + "</p>")
     table = _table([(sens["c_y"], sens["c_t"], f"[{sens['theta_bounds'][0]:.4g}, {sens['theta_bounds'][1]:.4g}]",
                      f"[{sens['ci_bounds'][0]:.4g}, {sens['ci_bounds'][1]:.4g}]")],
                    ("c_y", "c_t", "bias bounds on theta", "confidence bounds"))

@@ -157,7 +157,7 @@ def _parse_gate(items: list[str]) -> object:
     gate = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--gate takes KEY=VALUE, got {item!r}")
         gate[key.strip()] = value.strip()
     with _as_flags({"gate": "--gate"}, prefix="--gate "):
@@ -166,6 +166,7 @@ def _parse_gate(items: list[str]) -> object:
 
 def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None]:
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
+    from tauforge.components.config import refit_workers_from_environment
     from tauforge.components.data import DataSpec, demo_table
     from tauforge.components.estimate import BootstrapConfig
     from tauforge.components.graph import CausalGraph
@@ -174,16 +175,15 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
 
     if args.command == "run":
         _check_output(args.pipeline_root, "--pipeline-root", folder=True)
+        refit_workers_from_environment()  # read by the evaluate task, after every fit
     if args.demo:
         if args.data:
             raise ValueError("pass --data PATH or --demo, not both")
         if args.command == "submit":
             raise ValueError("--demo writes a local file a cluster cannot read; upload the data and pass "
                              "--data URI (s3://, gs://, or a path mounted in the pipeline's pods)")
-        os.makedirs(args.pipeline_root, exist_ok=True)
         source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
-        table, true_ate = demo_table(n=5000, seed=args.seed)
-        table.to_parquet(source, index=False)
+        table, true_ate = demo_table(n=5000, seed=args.seed)  # written once the settings are found sound
         treatment, outcome = args.treatment or "T", args.outcome or "Y"
     else:
         if not args.data:
@@ -215,6 +215,9 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
                                 trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
                                 fold_tasks=args.fold_tasks, seed=args.seed, gate=_parse_gate(args.gate),
                                 bootstrap=bootstrap, bootstrap_shards=args.bootstrap_shards, graph=graph)
+    if args.demo:  # a refused run used to leave it behind (a review)
+        os.makedirs(args.pipeline_root, exist_ok=True)
+        table.to_parquet(source, index=False)
     return source, config, true_ate
 
 

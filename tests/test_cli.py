@@ -61,7 +61,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["models", "diff", "--name", "m", "1", "--bogus"], "unrecognized arguments: 1 --bogus"),
     # Values outside their range, which passed and then judged every model alike or wrote bad YAML.
     (["demo", "--n-test", "0"], "--n-test 0: the CATE's error needs at least 1 fresh row"),
-    (["run", "--demo", "--gate", "min_placebo_pvalue=2"], "--gate min_placebo_pvalue must be between 0 and 1"),
+    (["run", "--demo", "--gate", "min_placebo_pvalue=2"], "--gate min_placebo_pvalue must be at least 0 and below 1"),
     (["run", "--demo", "--gate", "require_heterogeneity=maybe"], "require_heterogeneity must be true or false"),
     (["monitor", "--model", "m", "--log-dir", ".", "--alpha", "2"], "alpha must be in (0, 1), got 2.0"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--cpu", "-3"],
@@ -269,6 +269,19 @@ def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, fla
     assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
 
 
+def test_a_refused_demo_run_leaves_no_files_and_a_bad_refit_workers_variable_is_refused_first(tmp_path,
+                                                                                                monkeypatch):
+    # A review: a refused --gate left demo-0.parquet behind, and $TAUFORGE_REFIT_WORKERS=two
+    # failed the evaluate task after every fit, with exit 1.
+    runs = tmp_path / "runs"
+    out = run("run", "--demo", "--pipeline-root", str(runs), "--gate", "=0.1")
+    assert out.returncode == 2 and "--gate takes KEY=VALUE, got '=0.1'" in out.stderr, out.stderr
+    assert not runs.exists() or not os.listdir(runs)
+    monkeypatch.setenv("TAUFORGE_REFIT_WORKERS", "two")
+    assert refused_run(tmp_path) == ("tauforge run: error: $TAUFORGE_REFIT_WORKERS must be a whole number of "
+                                     "processes, 1 or more; got 'two'")
+
+
 def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
     # A Poisson outcome model on an outcome with negative values: only its fit can tell.
     out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
@@ -399,9 +412,9 @@ def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
 
 def test_with_json_a_refused_command_still_ends_stdout_with_one_json_object():
     out = run("run", "--demo", "--json", "--gate", "min_placebo_pvalue=2")
-    assert out.returncode == 2 and "min_placebo_pvalue must be between 0 and 1" in out.stderr
-    assert json.loads(out.stdout) == {"error": "--gate min_placebo_pvalue must be between 0 and 1 (or 'off'), got 2",
-                                      "exit_code": 2}
+    assert out.returncode == 2 and "min_placebo_pvalue must be at least 0 and below 1" in out.stderr
+    assert json.loads(out.stdout) == {
+        "error": "--gate min_placebo_pvalue must be at least 0 and below 1 (or 'off'), got 2", "exit_code": 2}
     # Flags argparse itself refuses too (a docs review: these printed nothing on stdout).
     for argv, error in ((("run", "--demo", "--json", "--trees", "abc"), "argument --trees: invalid int value: 'abc'"),
                         (("models", "list", "--json", "--bogus"), "unrecognized arguments: --bogus"),

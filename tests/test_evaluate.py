@@ -1,5 +1,7 @@
 """The first-version checks and the gate, on simulated data with known confounding."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,6 +154,26 @@ def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure()
     assert small["passed"] and any("random common cause" in w and "negligible" in w for w in small["warnings"])
     large = with_move(-2 * NEGLIGIBLE_REFUTER_MOVE * se)  # the planted defects move it by 4-39
     assert not large["passed"] and large["reasons"][0].startswith("random common cause: a random common cause moves")
+    # The report colours each refuter as the verdict judged it: amber for the warning, red for the
+    # failure (a review: red followed the p-value alone, under "Red: the gate fails on it").
+    from dataclasses import asdict
+
+    from tauforge.components.report import FAIL_COLOUR, PASS_COLOUR, WARN_COLOUR, _refuters_section
+
+    def colours(verdict_, gate=None):
+        gate = gate or GateConfig()
+        html = _refuters_section(result["refuters"], result["effect"], asdict(gate), verdict_, "")
+        return {c for c in (FAIL_COLOUR, PASS_COLOUR, WARN_COLOUR) if c in html}
+
+    assert colours(result["verdict"]) == {PASS_COLOUR}
+    assert colours(small) == {PASS_COLOUR, WARN_COLOUR} and colours(large) == {PASS_COLOUR, FAIL_COLOUR}
+    # A placebo check switched off still warns of a placebo effect, and the chart says it is not gated.
+    placebo = {**result["refuters"], "placebo": {**result["refuters"]["placebo"], "p_value": 0.0}}
+    off = GateConfig(min_placebo_pvalue=None)
+    ungated = verdict_of({**result, "refuters": placebo}, off)
+    assert ungated["passed"] and any(w.startswith("placebo:") and "check is off" in w for w in ungated["warnings"])
+    assert colours(ungated, off) == {PASS_COLOUR, WARN_COLOUR}
+    assert "placebo 95%, not gated" in _refuters_section(placebo, result["effect"], asdict(off), ungated, "")
 
 
 def test_a_trials_declared_propensity_outside_the_bounds_warns_where_an_estimated_one_fails():
@@ -164,6 +186,32 @@ def test_a_trials_declared_propensity_outside_the_bounds_warns_where_an_estimate
     declared = verdict_of({**result, "overlap": {**extreme, "declared": True}}, GateConfig())
     assert declared["passed"] and any("the trial's declared propensity 0.02" in w for w in declared["warnings"])
     assert result["overlap"]["declared"] is False  # the table's assignment is observational
+    # A trial's chance imbalance is not blamed on a propensity model it does not have (a review).
+    imbalanced = {**result["balance"], "over_threshold": ["x0"], "weighted_values": {"x0": 0.2}}
+    trial = verdict_of({**result, "balance": imbalanced, "overlap": {**result["overlap"], "declared": True}},
+                       GateConfig())
+    (balance,) = [w for w in trial["warnings"] if w.startswith("balance:")]
+    assert "chance imbalance between the trial's arms" in balance and "propensity model" not in balance
+    observational = verdict_of({**result, "balance": imbalanced}, GateConfig())
+    assert any("the propensity model does not balance these" in w for w in observational["warnings"])
+
+
+def test_a_trials_classic_uplift_scores_are_none_not_nan_where_the_overall_lift_is_0():
+    # A review: a trial converting 100 of 1,000 in each arm wrote "auuc": NaN into the card,
+    # which strict JSON readers refuse. Normalized by a lift of 0, the scores are undefined.
+    from tauforge.components.evaluate import uplift_section
+
+    rng = np.random.default_rng(0)
+    T = np.repeat([0.0, 1.0], 1000)
+    Y = np.concatenate([rng.permutation(np.repeat([1.0, 0.0], [100, 900])) for _ in range(2)])
+    table = pd.DataFrame({"x0": rng.normal(size=2000), "T": T, "Y": Y})
+    data = validate(table, DataSpec(outcome="Y", treatment="T", assignment="randomized", propensity=0.5))
+    cate = rng.normal(size=2000)
+    classic = uplift_section(data, cate, cate, seed=0)["classic"]
+    assert classic["auuc"] is None and classic["qini"] is None and "overall lift, which is 0" in classic["note"]
+    json.dumps(classic, allow_nan=False)
+    lifted = validate(table.assign(Y=np.where(T == 1, 1.0 - Y, Y)), data.spec)  # 900 of 1,000 treated convert
+    assert np.isfinite(uplift_section(lifted, cate, cate, seed=0)["classic"]["auuc"])
 
 
 def verdict_of(result, gate):
@@ -173,12 +221,13 @@ def verdict_of(result, gate):
 @pytest.mark.parametrize("values, message", [
     ({"colour": 1}, "unknown gate setting"),
     ({"min_placebo_pvalue": "high"}, "must be a number or 'off'"),
-    ({"min_placebo_pvalue": "2"}, "min_placebo_pvalue must be between 0 and 1"),  # would fail every model
+    ({"min_placebo_pvalue": "2"}, "min_placebo_pvalue must be at least 0 and below 1"),  # would fail every model
+    ({"min_robustness_value": "1"}, "min_robustness_value must be at least 0 and below 1"),  # so would this
     ({"max_share_outside_overlap": "-0.1"}, "must be between 0 and 1"),
     ({"max_abs_smd": "-1"}, "max_abs_smd must be at least 0"),
     ({"max_outcome_r2": "1.5"}, "max_outcome_r2 must be at most 1"),
     ({"min_outcome_r2": "0.9", "max_outcome_r2": "0.1"}, "max_outcome_r2 must be at least min_outcome_r2 \\(0.9\\)"),
-    ({"min_graph_pvalue": "nan"}, "min_graph_pvalue must be between 0 and 1"),
+    ({"min_graph_pvalue": "nan"}, r"min_graph_pvalue must be a number \(or 'off'\), got nan"),
     ({"require_heterogeneity": "maybe"}, "require_heterogeneity must be true or false"),
 ])
 def test_gate_settings_are_checked(values, message):
