@@ -210,6 +210,14 @@ def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(known.astype({"row": int}) if "row" in key else known, on=key)
 
 
+def latest_version(rows: pd.DataFrame) -> int:
+    """The version of the row logged last (the highest version where no row has a time); by
+    position, since rows of several log files share index labels."""
+    versions = rows["version"].to_numpy()
+    times = rows["time"].to_numpy(float) if "time" in rows else np.full(len(rows), np.nan)
+    return int(versions[np.nanargmax(times)] if not np.isnan(times).all() else versions.max())
+
+
 def _latest(rows: pd.DataFrame) -> float:
     return float(rows["time"].max()) if "time" in rows and rows["time"].notna().any() else -np.inf
 
@@ -238,29 +246,59 @@ def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
     logged action of known propensity, the inverse-propensity and doubly robust values of each
     version's policy (treat where its CATE > 0; `policy_values`), rows clustered by unit, an
     always-valid confidence sequence for the difference, and the two CATEs' uplift."""
+    notes = []
+    # One shadow version at a time: the latest, as a canary's (a review: two were pooled and
+    # judged under the label of the one with more rows).
+    version = latest_version(shadow)
+    if shadow["version"].nunique() > 1:
+        notes.append(f"the log holds shadows of versions {', '.join(map(str, sorted(shadow['version'].unique())))}; "
+                     f"the latest, version {version}, is judged")
+    shadow = shadow[shadow["version"] == version]
     frame = _with_outcomes(live, outcomes)
     frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
                         on=["request_id", "row"])
     frame = frame.rename(columns={"cate": "cate_champion"})
     frame = frame[frame["action"].notna() & frame["propensity"].notna()]
+    # A propensity is the probability of the action taken: in (0, 1]. Another writer's 0 made
+    # every value NaN, and 1.5 passed (a review): such rows are left out, and counted.
+    p = frame["propensity"].to_numpy(float)
+    impossible = ~((p > 0) & (p <= 1)) | ~frame["action"].isin((0, 1)).to_numpy()
+    if impossible.any():
+        notes.append(f"{int(impossible.sum())} rows whose logged action is not 0 or 1, or whose propensity is not in "
+                     "(0, 1], left out")
+        frame = frame[~impossible]
+    base = {"judged": "shadow", "challenger_version": version, "rows": int(len(frame)),
+            **({"note": "; ".join(notes)} if notes else {})}
     clusters = clusters_of(frame)
     if len(frame) < MIN_POLICY_ROWS or len(np.unique(clusters)) < MIN_POLICY_UNITS:
-        return {"judged": "shadow", "rows": int(len(frame)), "recommendation": "hold",
-                "note": f"too few rows with an outcome, a logged action and a shadow answer (at least "
-                        f"{MIN_POLICY_ROWS} rows of {MIN_POLICY_UNITS} units): {len(frame)} rows of "
-                        f"{len(np.unique(clusters))} units"}
+        return _hold(base, f"too few rows with an outcome, a logged action and a shadow answer (at least "
+                           f"{MIN_POLICY_ROWS} rows of {MIN_POLICY_UNITS} units): {len(frame)} rows of "
+                           f"{len(np.unique(clusters))} units")
+    # Where the two policies disagree, only exploration there tells them apart: an action taken
+    # with certainty leaves the outcome model's guess alone, and a confident sequence around it
+    # (a review: a confidence sequence of [-0.01, 0.05] missed a difference of 0.21).
+    disagree = (frame["cate_champion"].to_numpy() > 0) != (frame["cate_challenger"].to_numpy() > 0)
+    certain = frame["propensity"].to_numpy(float) >= 1
+    if (disagree & certain).any():
+        return _hold(base, f"{int((disagree & certain).sum())} of the {int(disagree.sum())} rows where the two "
+                           "versions' policies disagree were served without exploration (propensity 1): there only "
+                           "the outcome model's guess separates them; serve with exploration (--explore) to judge")
     mu = outcome_model(frame, columns, seed, clusters=clusters)
     scores = policy_values(frame, columns, seed, mu)
     diff = cluster_values((scores["dr_challenger"] - scores["dr_champion"]).to_numpy(), clusters)
     lo, hi = confidence_sequence(diff, config.cs_alpha, config.cs_t_opt)
-    return {"judged": "shadow", "challenger_version": int(shadow["version"].mode()[0]), "rows": int(len(frame)),
-            "value_champion_ipw": float(scores["ipw_champion"].mean()),
+    return {**base, "value_champion_ipw": float(scores["ipw_champion"].mean()),
             "value_challenger_ipw": float(scores["ipw_challenger"].mean()),
             "value_champion_dr": float(scores["dr_champion"].mean()),
             "value_challenger_dr": float(scores["dr_challenger"].mean()),
             **_stderrs(scores, clusters), "units": int(len(diff)), **_difference(diff),
             "confidence_sequence": [float(lo), float(hi)], "recommendation": _decision(lo, hi),
             "uplift": _uplift(frame, mu, seed)}
+
+
+def _hold(base: dict, note: str) -> dict:
+    """`base` judged `hold`, `note` added to its notes."""
+    return {**base, "recommendation": "hold", "note": f"{base['note']}; {note}" if base.get("note") else note}
 
 
 def _stderrs(scores: pd.DataFrame, clusters: np.ndarray) -> dict:
@@ -291,12 +329,10 @@ def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
     per unit, not once per visit (a version that brings units back more often would otherwise
     look better), and units that met both versions are then left out."""
     candidates = challenger[~challenger["version"].isin(set(live["version"]))]
-    timed = "time" in candidates and candidates["time"].notna().any()
     if not len(candidates):
         return {"judged": "canary", "rows": 0, "recommendation": "hold",
                 "note": "the challenger rows answered with the champion's own version: nothing to compare"}
-    latest = candidates.loc[candidates["time"].idxmax()] if timed else candidates.loc[candidates["version"].idxmax()]
-    version = int(latest["version"])
+    version = latest_version(candidates)
     notes = []
     if candidates["version"].nunique() > 1:
         notes.append(f"the log holds canaries of versions {', '.join(map(str, sorted(candidates['version'].unique())))}"

@@ -44,9 +44,10 @@ from tauforge.kernels.ate import MIN_GROUPS, clustered_cross_products, clustered
 from tauforge.kernels.progress import Progress, progress_steps
 
 from ._kfp import HTML, Metrics, Output, component
+from .config import ConfigError
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
 from .events import input_columns, load_reference, read_events, reference_groups
-from .judgement import check_outcomes, judge, read_outcomes
+from .judgement import check_outcomes, judge, latest_version, read_outcomes
 from .registry import ModelStore
 
 
@@ -62,7 +63,7 @@ class MonitorConfig:
     def __post_init__(self):
         for name in ("alpha", "cs_alpha"):
             if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+                raise ConfigError(name, f"must be in (0, 1), got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -487,15 +488,21 @@ class ShadowAgreement:
     def run(self, m: MonitorInputs) -> CheckResult | None:
         if not len(m.shadow):
             return None
-        pairs = m.live.merge(m.shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+        version = latest_version(m.shadow)  # as the judgement: one shadow version, the latest
+        shadow = m.shadow[m.shadow["version"] == version]
+        pairs = m.live.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
         if len(pairs) < 10:
             return None
         a, b = pairs["cate"].to_numpy(), pairs["cate_shadow"].to_numpy()
+        result = {"version": version, "pairs": int(len(pairs)),
+                  "action_disagreement": float(np.mean((a > 0) != (b > 0)))}
+        if np.ptp(a) == 0 or np.ptp(b) == 0:  # no ranking to compare: a NaN had reached the gauge (a review)
+            return CheckResult({**result, "spearman": None, "top_decile_overlap": None,
+                                "note": "a constant CATE ranks nothing: no rank correlation or top-decile overlap"})
         k = max(1, len(a) // 10)
         top_a, top_b = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
-        return CheckResult({"pairs": int(len(pairs)), "spearman": float(stats.spearmanr(a, b)[0]),
-                            "top_decile_overlap": len(top_a & top_b) / k,
-                            "action_disagreement": float(np.mean((a > 0) != (b > 0)))})
+        return CheckResult({**result, "spearman": float(stats.spearmanr(a, b)[0]),
+                            "top_decile_overlap": len(top_a & top_b) / k})
 
 
 CHECKS = (CovariateDrift(), DomainClassifier(), Support(), PropensityDrift(), EffectDrift(), ShadowAgreement())
@@ -689,7 +696,7 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
         for bound, value in (("estimate", policy["difference_dr"]), ("lower", lo), ("upper", hi)):
             g.labels(**labels, challenger_version=str(policy.get("challenger_version", "")), judged=policy["judged"],
                      bound=bound).set(value)
-    if "shadow" in result["checks"]:
+    if result["checks"].get("shadow", {}).get("spearman") is not None:
         Gauge("tauforge_monitor_shadow_spearman", "Spearman correlation of champion and shadow CATE",
               ["model", "version"], registry=registry).labels(**labels).set(result["checks"]["shadow"]["spearman"])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -716,6 +723,9 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         unreadable = events.attrs.get("unreadable_files", [])
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
+        others = {} if not len(events) else {
+            int(v): int(n) for v, n in events.loc[(events["role"] == "champion") & (events["version"] != served),
+                                                  "version"].value_counts().sort_index().items()}
         events = events[(events["role"] != "champion") | (events["version"] == served)]
         result = _monitor(events, load_reference(loaded.reference_path), loaded.card["spec"]["covariates"], config,
                           read, 0, CHECKS, steps)
@@ -724,6 +734,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
     if unreadable:  # judged without them, and said
         result["unreadable_files"] = unreadable
+    if others:  # a --version the log did not serve read as "0 live rows" alone (a review)
+        result["other_champion_versions"] = others
     result.update(model=model, version=served, training={
         "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
         "treatment": card["spec"].get("treatment"), "outcome": card["spec"].get("outcome")})

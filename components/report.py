@@ -410,9 +410,11 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
         body.append(_effect_drift_section(checks["effect"], y))
     if "shadow" in checks:
         sh = checks["shadow"]
+        note = f'<p class="note">{html.escape(sh["note"])}</p>' if sh.get("note") else ""
         body.append(_section("Shadow agreement (champion against shadow, same requests)", _table(
-            [(sh["pairs"], sh["spearman"], sh["top_decile_overlap"], sh["action_disagreement"])],
-            ("pairs", "Spearman correlation of CATE", "top-decile overlap", "action disagreement"))))
+            [(sh.get("version"), sh["pairs"], sh["spearman"], sh["top_decile_overlap"], sh["action_disagreement"])],
+            ("shadow version", "pairs", "Spearman correlation of CATE", "top-decile overlap", "action disagreement")),
+            note))
     if "policy" in result:
         body.append(_policy_section(result["policy"], y))
     return _page(title, facts, body, result, "The monitor's result")

@@ -563,8 +563,12 @@ def _monitor(args: argparse.Namespace) -> int:
     for path, flag in ((args.report, "--report"), (args.metrics_file, "--metrics-file")):
         if path:
             _check_output(path, flag)
+    if not args.log_dir.strip():  # read as this folder, which holds no log: "0 live rows" (a review)
+        raise ValueError("--log-dir must name the event log's folder or URI, got ''")
+    with _as_flags({"alpha": "--alpha"}):
+        config = MonitorConfig(alpha=args.alpha)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
-                         config=MonitorConfig(alpha=args.alpha), progress=True, since=args.since)
+                         config=config, progress=True, since=args.since)
     for path in (args.report, args.metrics_file):  # made once there is something to write (not on a refusal)
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -583,6 +587,9 @@ def _monitor(args: argparse.Namespace) -> int:
         print(f"  {result['note']}")
     for problem in result.get("unreadable_files", []):
         print(f"  warning: an event-log file could not be read and was skipped: {problem}")
+    if result.get("other_champion_versions"):
+        served = ", ".join(f"version {v} ({n} rows)" for v, n in result["other_champion_versions"].items())
+        print(f"  the log's champion rows of {served} are not judged here: pass --version to monitor another")
     for a in result["alerts"]:
         print(f"  ALERT {a['check']}: {a['message']}")
     if not result["alerts"]:

@@ -387,6 +387,40 @@ def test_policy_value_picks_the_better_challenger_and_its_confidence_sequence_co
     assert len(lift["champion"]["curve"]["gain"]) == 101 and lift["champion"]["rows"] == len(X)
 
 
+def test_a_shadow_is_judged_one_version_at_a_time_on_valid_propensities_where_its_disagreements_were_explored(
+        tmp_path):
+    from tauforge.components.monitor import write_gauges
+
+    events, outcomes, truth, X = logged_traffic(0)
+    events = events.assign(time=1000.0)
+    ref = reference_profile(X, COLUMNS, (X[:, 0] > 0).astype(float), tau)
+    # An earlier shadow, version 3, treating by noise: pooled with version 2 and judged under its
+    # label (a review), it made the verdict of neither. The latest is judged, and the note says so.
+    older = events[events["role"] == "shadow"].head(3000).assign(version=3, time=1.0, cate=-X[:3000, 1])
+    policy = monitor(pd.concat([events, older]), ref, COLUMNS, outcomes=outcomes)["policy"]
+    alone = monitor(events, ref, COLUMNS, outcomes=outcomes)["policy"]
+    assert policy["challenger_version"] == 2 and "shadows of versions 2, 3; the latest, version 2" in policy["note"]
+    assert policy["confidence_sequence"] == alone["confidence_sequence"] and policy["recommendation"] == "promote"
+    # A constant shadow CATE ranks nothing: no correlation (it was NaN in the JSON and the gauge).
+    constant = monitor(events.assign(cate=np.where(events["role"] == "shadow", 0.3, events["cate"])), ref, COLUMNS)
+    shadow = constant["checks"]["shadow"]
+    assert shadow["version"] == 2 and shadow["spearman"] is None and "a constant CATE ranks nothing" in shadow["note"]
+    write_gauges(constant, "m", 1, str(tmp_path / "m.prom"))
+    assert "NaN" not in (tmp_path / "m.prom").read_text() and "shadow_spearman" not in (tmp_path / "m.prom").read_text()
+    # Propensities another writer logged as 0 or 1.5 are left out, counted (0 made every value NaN).
+    bad = events.copy()
+    champion = np.flatnonzero(bad["role"].to_numpy() == "champion")
+    bad.iloc[champion[:3], bad.columns.get_loc("propensity")] = [0.0, 1.5, -0.25]
+    policy = monitor(bad, ref, COLUMNS, outcomes=outcomes)["policy"]
+    assert "3 rows whose logged action is not 0 or 1, or whose propensity is not in (0, 1], left out" in policy["note"]
+    assert np.isfinite(policy["confidence_sequence"]).all() and policy["rows"] == len(X) - 3
+    # Without exploration the policies' disagreements rest on the outcome model alone: held.
+    unexplored, outcomes, _, _ = logged_traffic(0, epsilon=0.0)
+    policy = monitor(unexplored, ref, COLUMNS, outcomes=outcomes)["policy"]
+    assert policy["recommendation"] == "hold" and "confidence_sequence" not in policy
+    assert "where the two versions' policies disagree were served without exploration" in policy["note"]
+
+
 def canary_traffic(seed, units=3000, visits=2, unit_sd=0.0, share=0.2, challenger_good=True, champion_good=False,
                    per_request=False):
     """A canary's log: each unit comes `visits` times and meets the challenger with probability
@@ -724,6 +758,14 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
             window_start(nonsense, 1_796_083_200)
     with pytest.raises(ValueError, match="--since 'soon' is neither a duration"):
         run_monitor(*args, since="soon")
+    # Asked for a version the log did not serve, the result names the versions it did (a review:
+    # "0 live rows" alone, beside 50 rows of version 2).
+    other = EventLog(str(tmp_path / "other"))
+    other.append(live.head(50).assign(model="m", version=2, unit_id=None, lower=0.0, upper=0.0,
+                                      recommended_action=None, latency_ms=1.0, time=0.0).to_dict("records"))
+    other.close()
+    elsewhere = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "other"), version=1)
+    assert elsewhere["live_rows"] == 0 and elsewhere["other_champion_versions"] == {2: 50}
 
 
 def test_traffic_past_the_training_range_is_flagged_by_the_support_check_and_quiet_traffic_is_not():
