@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import re
 import warnings
@@ -42,8 +43,13 @@ LATENT_ATTRIBUTE = "observed"
 _NO = ("no", "false", "0")
 # Attribute statements of DOT (`node [shape=box]`), which pydot lists as nodes of these names.
 _DOT_KEYWORDS = ("node", "edge", "graph")
-# GML opens with `graph [`, possibly after comments and Creator/Version lines; DOT with `digraph {`.
-_GML_START = re.compile(r'\s*((#[^\n]*|Creator\s+"[^"]*"|Version\s+\S+)\s*)*graph\s*\[', re.IGNORECASE)
+# What may hold '--' in DOT text without being an edge: quoted strings and comments.
+_DOT_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"|//[^\n]*|/\*.*?\*/|^\s*#[^\n]*', re.DOTALL | re.MULTILINE)
+# GML opens with `graph [`, possibly after comments and top-level `key value` pairs (Creator,
+# Version, comment: a review's file opened with `comment "..."`, which the tasks, reading the text
+# without its file name, took for DOT); DOT with `digraph {`. Items are whitespace-separated and
+# values hold no brackets, so a long DOT text fails the match in linear time.
+_GML_START = re.compile(r'\s*(?:(?:#[^\n]*|[A-Za-z_]\w*[ \t]+(?:"[^"]*"|[^\s\[\]{}"]+))\s+)*graph\s*\[')
 NO_GRAPH = "no causal graph was given: the adjustment set rests on the assumptions above alone, unchecked"
 
 
@@ -96,6 +102,8 @@ class CausalGraph:
     @classmethod
     def parse(cls, text: str, format: str | None = None) -> CausalGraph:
         """A graph from DOT or GML text (`format` None: told apart by how the text opens)."""
+        if isinstance(text, str):
+            text = text.lstrip("\ufeff")  # a byte-order mark, as Windows editors write: invisible in an error
         if not isinstance(text, str) or not text.strip():
             raise GraphError("is empty: give a DOT or GML graph")
         format = format or ("gml" if _GML_START.match(text) else "dot")
@@ -185,6 +193,10 @@ class CausalGraph:
             if name in self.latent:
                 raise GraphError(f"declares the {role} {name!r} latent: it must be a column of the data")
         descendants = nx.descendants(dag, spec.treatment)
+        if spec.outcome not in descendants:  # a review: accepted, and the run estimated an effect the graph denies
+            raise GraphError(f"has no directed path from the treatment {spec.treatment!r} to the outcome "
+                             f"{spec.outcome!r}: it says the treatment has no effect to estimate; add the edges it "
+                             "acts through")
         if not spec.covariates:
             taken = {spec.treatment, spec.outcome, *spec.controls, spec.unit_id, spec.group, spec.weight,
                      spec.timestamp, spec.instrument}
@@ -192,7 +204,10 @@ class CausalGraph:
             if not derived:
                 raise GraphError(f"has no observed node other than treatment, outcome and controls that is not a "
                                  f"descendant of {spec.treatment!r}: nothing to use as covariates (effect modifiers)")
-            spec = dataclasses.replace(spec, covariates=derived)
+            # Those of them a valid adjustment set can hold: a collider among them (M-bias) would
+            # open a path (a review: it was derived, then refused).
+            valid = self.valid_adjustment_set(spec.treatment, spec.outcome, include=[*derived, *spec.controls])
+            spec = dataclasses.replace(spec, covariates=[n for n in derived if valid is None or n in valid] or derived)
         adjustment = [*spec.covariates, *spec.controls]
         for role, names in (("covariate", spec.covariates), ("control", spec.controls)):
             for name in names:
@@ -227,11 +242,16 @@ class CausalGraph:
             return None
         # A collider on a path is open when it or one of its descendants is adjusted for.
         opens_collider = given | {a for z in given for a in nx.ancestors(backdoor, z)}
+        walk = open_walk(backdoor, treatment, outcome, given, opens_collider)
+        if walk is not None and len(set(walk)) == len(walk):
+            return walk
+        # The shortest open walk passes a node twice (rare): the shortest open simple path, among
+        # the first few thousand simple paths (trying them all took minutes on 28 nodes, a review).
         skeleton = backdoor.to_undirected(as_view=True)
-        for path in nx.shortest_simple_paths(skeleton, treatment, outcome):
+        for path in itertools.islice(nx.shortest_simple_paths(skeleton, treatment, outcome), MAX_PATHS_TRIED):
             if path_is_open(backdoor, path, given, opens_collider):
                 return path
-        raise AssertionError("networkx finds treatment and outcome d-connected but no path is open")  # pragma: no cover
+        return walk  # d-connected all the same: the walk shows how
 
     def valid_adjustment_set(self, treatment: str, outcome: str, include=()) -> list[str] | None:
         """A minimal valid back-door adjustment set among the observed non-descendants of the
@@ -240,11 +260,19 @@ class CausalGraph:
 
         backdoor = self._backdoor_graph(treatment)
         allowed = set(self.observed) - nx.descendants(self.dag(), treatment) - {treatment, outcome}
+
+        def separator(kept: list[str]):
+            return nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, included=set(kept),
+                                               restricted=allowed)
+
+        # Keep as many of `include` as a valid set can hold: drop one at a time, the first whose
+        # loss lets a separator hold the rest (a review: one collider among them dropped them all).
         kept = [n for n in include if n in allowed]
-        found = (nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, included=set(kept), restricted=allowed)
-                 if kept else None)
-        if found is None:
-            found = nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, restricted=allowed)
+        found = separator(kept)
+        while found is None and kept:
+            fewer = next((rest for rest in ([m for m in kept if m != n] for n in kept) if separator(rest) is not None),
+                         kept[:-1])
+            kept, found = fewer, separator(fewer)
         return None if found is None else [n for n in self.nodes if n in found]
 
     def implied_independences(self, columns=None) -> tuple[list[Independence], list[tuple[str, str]]]:
@@ -254,8 +282,6 @@ class CausalGraph:
         `find_minimal_d_separator`, restricted to those nodes). Returns the statements, in the
         order the graph names their nodes, and the non-adjacent pairs that no observed set
         separates (connected through a latent node): they imply nothing testable."""
-        import itertools
-
         import networkx as nx
 
         dag = self.dag()
@@ -295,6 +321,42 @@ class Independence:
 
     def __str__(self) -> str:  # dagitty's notation
         return f"{self.a} _||_ {self.b}" + (f" | {', '.join(self.given)}" if self.given else "")
+
+
+# Simple paths tried for an open back-door path when the shortest open walk repeats a node.
+MAX_PATHS_TRIED = 5_000
+
+
+def open_walk(dag, start: str, end: str, given: set, opens_collider: set) -> list[str] | None:
+    """The shortest walk from `start` to `end` in `dag` that `given` leaves open (non-colliders
+    outside `given`, colliders in `opens_collider`), or None: a breadth-first search over (node,
+    arrived along or against an edge), linear in the graph's size (the Bayes-ball reachability
+    of Shachter 1998 with back-pointers)."""
+    from collections import deque
+
+    came_from = {(start, "up"): None}  # 'up': arrived from a child (against the edge), 'down': from a parent
+    queue = deque([(start, "up")])
+    while queue:
+        node, arrived = queue.popleft()
+        if node == end and node != start:
+            walk, state = [], (node, arrived)
+            while state is not None:
+                walk.append(state[0])
+                state = came_from[state]
+            return walk[::-1]
+        passes = node == start or node not in given  # as a non-collider
+        steps = []
+        if passes:
+            steps += [(child, "down") for child in dag.successors(node)]
+            if arrived == "up":
+                steps += [(parent, "up") for parent in dag.predecessors(node)]
+        if arrived == "down" and node != start and node in opens_collider:  # a collider, opened
+            steps += [(parent, "up") for parent in dag.predecessors(node)]
+        for state in steps:
+            if state not in came_from:
+                came_from[state] = (node, arrived)
+                queue.append(state)
+    return None
 
 
 def path_is_open(dag, path: list[str], given: set, opens_collider: set) -> bool:
@@ -375,7 +437,10 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     (dot,) = graphs
     if dot.get_type() != "digraph":
         raise GraphError("is an undirected DOT graph; a causal graph is a digraph (edges written A -> B)")
-    nodes, edges, latent = [], [], []
+    if "--" in _DOT_NOISE.sub(" ", text):  # pydot reads A -- B in a digraph as A -> B
+        raise GraphError("has an undirected edge (--) in a digraph: write each edge A -> B, and a latent common "
+                         'cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
+    nodes, edges = [], []
 
     def endpoints(end) -> list[str]:
         if isinstance(end, str):  # a name, perhaps with a port (A:p) that says where an arrow is drawn
@@ -384,26 +449,43 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
             raise GraphError("has an edge whose end is a subgraph with edges inside: write the edges one by one")
         return [_unquote(n) for n in end.get("nodes", {})]
 
-    def walk(graph) -> None:
+    def is_latent(attributes: dict, default: bool) -> bool:
+        value = attributes.get(LATENT_ATTRIBUTE)
+        return default if value is None else _unquote(str(value)).lower() in _NO
+
+    marked: dict[str, bool] = {}  # each node's latent mark: its creation's default, then its own attribute
+
+    def meet(name: str, default: bool) -> None:
+        nodes.append(name)
+        marked.setdefault(name, default)  # defaults apply where a node is first written, as in Graphviz
+
+    def walk(graph, default: bool) -> None:
         # The statements in the file's order (pydot numbers them within each graph and subgraph), so
-        # nodes come in the order they are first written.
+        # nodes come in the order they are first written; `node [observed="no"]` marks the nodes
+        # written after it in its graph or subgraph (a review: it was ignored).
         statements = [*graph.get_nodes(), *graph.get_edges(), *graph.get_subgraphs()]
         for statement in sorted(statements, key=lambda st: st.obj_dict.get("sequence") or 0):
             if isinstance(statement, pydot.Subgraph):
-                walk(statement)
+                walk(statement, default)
             elif isinstance(statement, pydot.Edge):
+                direction = _unquote(str(statement.get_attributes().get("dir", "forward"))).lower()
+                if direction != "forward":
+                    raise GraphError(f"has an edge with dir={direction}: an edge is a cause A -> B; write a latent "
+                                     'common cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
                 for cause in endpoints(statement.get_source()):
                     for effect in endpoints(statement.get_destination()):
-                        nodes.extend((cause, effect))
+                        meet(cause, default)
+                        meet(effect, default)
                         edges.append((cause, effect))
+            elif statement.get_name() == "node":
+                default = is_latent(statement.get_attributes(), default)
             elif statement.get_name() not in _DOT_KEYWORDS:
                 name = _unquote(statement.get_name())
-                nodes.append(name)
-                if _unquote(str(statement.get_attributes().get(LATENT_ATTRIBUTE, "yes"))).lower() in _NO:
-                    latent.append(name)
+                meet(name, default)
+                marked[name] = is_latent(statement.get_attributes(), marked[name])
 
-    walk(dot)
-    return list(dict.fromkeys(nodes)), edges, latent
+    walk(dot, False)
+    return list(dict.fromkeys(nodes)), edges, [n for n, is_marked in marked.items() if is_marked]
 
 
 def _read_gml(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:

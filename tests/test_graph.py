@@ -73,11 +73,28 @@ def test_the_hash_ignores_layout_and_order_but_not_an_edge():
     ("   ", "is empty"),
     ('graph [ directed 0 node [ id 0 label "A" ] ]', "is an undirected GML graph"),
     ('graph [ directed 1 node [ id 0 label "A" ] edge [ source 0 target 7 ] ]', "is not valid GML"),
+    # pydot read these as A -> B: a latent confounder drawn as a bidirected edge became a cause.
+    ("digraph { A -- B }", r"has an undirected edge \(--\) in a digraph: .* \(U \[observed=\"no\"\]; U -> A"),
+    ("digraph { A -> B [dir=both] }", "has an edge with dir=both: an edge is a cause A -> B"),
+    ("digraph { A -> B [dir=back] }", "has an edge with dir=back"),
 ])
 def test_a_graph_that_cannot_be_read_is_refused_saying_why(text, message):
     with pytest.raises(GraphError, match=message) as caught:
         CausalGraph.parse(text)
     assert caught.value.field == "graph"
+
+
+def test_what_graphviz_and_editors_write_is_read_as_they_mean_it():
+    # A review: each of these was refused or misread.
+    gml = 'comment "drawn by hand"\ngraph [ directed 1 node [ id 0 label "T" ] node [ id 1 label "Y" ] ' \
+          'edge [ source 0 target 1 ] ]'
+    assert CausalGraph.parse(gml).format == "gml"  # the tasks get the text alone, without the file's name
+    assert CausalGraph.parse("\ufeffdigraph { T -> Y }").edges == (("T", "Y"),)  # a byte-order mark
+    defaults = CausalGraph.parse('digraph { subgraph latent { node [observed="no"]; U; V [observed="yes"] } '
+                                 'U -> T; T -> Y; U -> Y; V -> Y; W -> Y }')
+    assert defaults.latent == ("U",)  # node [...] applies to the nodes written after it in its scope
+    assert CausalGraph.parse('digraph { T [label="a -- b"]; T -> Y }  // a -- b').edges == (("T", "Y"),)
+    assert CausalGraph.parse("strict digraph G { graph [rankdir=LR]; T -> Y }").format == "dot"
 
 
 def test_reading_a_file_takes_gml_by_extension_and_names_a_missing_file(tmp_path):
@@ -145,6 +162,9 @@ def test_a_descendant_of_the_treatment_in_the_adjustment_set_is_refused_naming_i
     ('digraph { Y [observed="no"]; T -> Y }', spec(), "declares the outcome 'Y' latent"),
     (CONFOUNDED, spec(["Z", "T"]), "the covariate 'T': it is also the treatment or the outcome"),
     ('digraph { T -> Y; T -> M }', spec(), "nothing to use as covariates"),
+    ('digraph { X -> T; X -> Y }', spec(["X"]), "has no directed path from the treatment 'T' to the outcome 'Y': "
+                                                "it says the treatment has no effect to estimate"),
+    ('digraph { Y -> T; X -> Y }', spec(["X"]), "has no directed path from the treatment 'T'"),
 ])
 def test_roles_that_do_not_fit_the_graph_are_refused_naming_the_node(text, s, message):
     with pytest.raises(GraphError, match=message):
@@ -195,9 +215,25 @@ def test_the_named_path_agrees_with_networkx_d_separation_on_random_graphs():
                 assert not path_is_open(backdoor, p, given, opens), p
         else:
             named += 1
+            given = set(adjustment)
+            opens = given | {a for z in given for a in nx.ancestors(backdoor, z)}
+            assert len(set(path)) == len(path) and path_is_open(backdoor, path, given, opens), path
             assert path[0] == treatment and path[-1] == outcome and dag.has_edge(path[1], treatment)
             assert format_path(dag, path).startswith(f"{treatment} <- ")
     assert named > 30 and separated > 30  # both cases were exercised
+
+
+def test_an_open_path_behind_many_closed_ones_is_named_at_once():
+    # A review: 4 x 4 layers of adjusted confounders beside an unadjusted chain of 10 nodes; trying
+    # every shorter simple path first ran for minutes before any task started.
+    lines = [f"W1_{i} -> T; W4_{i} -> Y" for i in range(4)]
+    lines += [f"W{j + 1}_{k} -> W{j}_{i}" for j in range(1, 4) for i in range(4) for k in range(4)]
+    lines += ["a0 -> T", *(f"a{i + 1} -> a{i}" for i in range(9)), "a9 -> Y", "T -> Y"]
+    g = CausalGraph.parse("digraph { " + "; ".join(lines) + " }")
+    covariates = [f"W{j}_{i}" for j in range(1, 5) for i in range(4)]
+    chain = "T <- a0 <- a1 <- a2 <- a3 <- a4 <- a5 <- a6 <- a7 <- a8 <- a9 -> Y"
+    with pytest.raises(GraphError, match=f"leaves the back-door path {chain} open"):
+        g.adjusted_spec(spec(covariates))
 
 
 # ---------------------------------------------------------------------- the card
