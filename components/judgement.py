@@ -198,7 +198,7 @@ def read_outcomes(path: str) -> pd.DataFrame:
     return check_outcomes(outcomes, f"outcomes {path}")
 
 
-def _with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+def with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """`rows` of the log with their known outcomes (`outcome_keys`); rows without one are left out.
     Ids are joined as the log keeps them (`events.id_string`): an id 7 read as a number meets the
     log's "7" (a CSV's ids are read as text, so its 007 meets "007")."""
@@ -254,7 +254,7 @@ def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
         notes.append(f"the log holds shadows of versions {', '.join(map(str, sorted(shadow['version'].unique())))}; "
                      f"the latest, version {version}, is judged")
     shadow = shadow[shadow["version"] == version]
-    frame = _with_outcomes(live, outcomes)
+    frame = with_outcomes(live, outcomes)
     frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
                         on=["request_id", "row"])
     frame = frame.rename(columns={"cate": "cate_champion"})
@@ -351,7 +351,7 @@ def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
             if outside.any():
                 notes.append(f"{int(outside.sum())} rows from when only one version answered left out")
             frame = frame[~outside]
-    frame = _with_outcomes(frame, outcomes)
+    frame = with_outcomes(frame, outcomes)
     if outcome_keys(outcomes) == ["unit_id"]:
         frame, mixed = _one_row_per_unit(frame)
         if mixed:

@@ -47,7 +47,18 @@ from ._kfp import HTML, Metrics, Output, component
 from .config import ConfigError
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
 from .events import input_columns, load_reference, read_events, reference_groups
-from .judgement import check_outcomes, judge, latest_version, read_outcomes
+from .judgement import (
+    MIN_POLICY_ROWS,
+    MIN_POLICY_UNITS,
+    check_outcomes,
+    clusters_of,
+    effect_scores,
+    judge,
+    latest_version,
+    outcome_model,
+    read_outcomes,
+    with_outcomes,
+)
 from .registry import ModelStore
 
 
@@ -345,6 +356,7 @@ class MonitorInputs:
     seed: int
     reference_groups: np.ndarray  # codes: the training groups, or a row each (`events.reference_groups`)
     live_groups: np.ndarray  # codes: the live rows' units, or a row each (`unit_codes`)
+    outcomes: pd.DataFrame | None = None  # `--outcomes`, checked (`judgement.check_outcomes`)
 
     @property
     def columns(self) -> list[str]:
@@ -509,6 +521,57 @@ class EffectDrift:
                    details={"p_value": p_ate})])
 
 
+class EffectCalibration:
+    """Whether the served CATE still describes the effect, from logged outcomes of the champion's
+    explored rows (an action drawn with a known propensity strictly between 0 and 1): per-row
+    doubly robust effect scores (`judgement.effect_scores`), unbiased whatever the outcome model
+    since the propensities are known. Two tests: the scores' mean against the served CATE's
+    (the average effect has moved), and the slope of the scores on the served CATE against 0,
+    one-sided (the CATE ranks units against their effects: it has turned). Effect drift above
+    sees only the traffic, through the model; this sees the world (a review: an effect that
+    reversed, with outcomes and exploration logged, raised nothing)."""
+
+    name = "effect_calibration"
+    alerts = ("effect_calibration", "effect_reversal")
+    needs_outcomes = True
+
+    def run(self, m: MonitorInputs) -> CheckResult | None:
+        if m.outcomes is None or not m.binary or not {"action", "propensity"} <= set(m.live.columns):
+            return None
+        frame = with_outcomes(m.live, m.outcomes)
+        action, p = frame["action"].to_numpy(float), frame["propensity"].to_numpy(float)
+        e = np.where(action == 1, p, 1 - p)  # P(action = 1) under the logging policy
+        frame = frame[np.isin(action, (0.0, 1.0)) & (e > 0) & (e < 1)]
+        clusters = clusters_of(frame)
+        units = len(np.unique(clusters))
+        if len(frame) < MIN_POLICY_ROWS or units < MIN_POLICY_UNITS:
+            return CheckResult({"rows": int(len(frame)), "note": f"too few explored rows with outcomes (at least "
+                                f"{MIN_POLICY_ROWS} of {MIN_POLICY_UNITS} units): {len(frame)} of {units} units; "
+                                "serve with exploration (--explore) to judge the effect"})
+        psi = effect_scores(frame, outcome_model(frame, m.covariates, m.seed, clusters=clusters))
+        cate = frame["cate"].to_numpy(float)
+        gap = psi - cate
+        gap_se = clustered_stderr(gap - gap.mean(), len(gap), clusters)
+        p_mean = float(2 * stats.norm.sf(abs(gap.mean()) / gap_se)) if gap_se > 0 else 1.0
+        summary = {"rows": int(len(frame)), "units": int(units), "logged_effect": float(psi.mean()),
+                   "served_effect": float(cate.mean()), "p_value": p_mean}
+        signals = [Signal("effect_calibration", f"logged outcomes give an average effect of {psi.mean():.4g} where "
+                          f"the served CATE averages {cate.mean():.4g} (p = {p_mean:.2g})", p_value=p_mean,
+                          details={"p_value": p_mean})]
+        centred = cate - cate.mean()
+        spread = float(np.mean(centred**2))
+        if spread > 0:  # a constant CATE ranks nothing
+            slope = float(np.mean(centred * (psi - psi.mean())) / spread)
+            influence = centred * (psi - psi.mean() - slope * centred) / spread
+            slope_se = clustered_stderr(influence - influence.mean(), len(psi), clusters)
+            p_turn = float(stats.norm.cdf(slope / slope_se)) if slope_se > 0 else 1.0
+            summary.update(slope=slope, slope_stderr=slope_se, slope_p_value=p_turn)
+            signals.append(Signal("effect_reversal", f"the served CATE ranks units against their logged effects "
+                                  f"(slope {slope:.3g}, p = {p_turn:.2g})", p_value=p_turn,
+                                  details={"p_value": p_turn}))
+        return CheckResult(summary, signals)
+
+
 class ShadowAgreement:
     name = "shadow"
     alerts = ()
@@ -533,19 +596,22 @@ class ShadowAgreement:
                             "top_decile_overlap": len(top_a & top_b) / k})
 
 
-CHECKS = (CovariateDrift(), DomainClassifier(), Support(), PropensityDrift(), EffectDrift(), ShadowAgreement())
+CHECKS = (CovariateDrift(), DomainClassifier(), Support(), PropensityDrift(), EffectDrift(), EffectCalibration(),
+          ShadowAgreement())
 ALERTS = tuple(name for check in CHECKS for name in check.alerts)  # every kind of alert, for the gauges
 
 
 # ----------------------------------------------------------------------------- the monitor
 # Relative costs of monitoring's steps, for its progress lines. Measured at 50,000 live rows: the
 # two classifiers (domain, propensity) 1-2 s, the other checks a tenth of that or less.
-STEP_COSTS = {"reading the event log": 1, "domain_classifier": 1, "propensity": 1, "policy value": 2}
+STEP_COSTS = {"reading the event log": 1, "domain_classifier": 1, "propensity": 1, "effect_calibration": 1,
+              "policy value": 2}
 
 
 def monitor_steps(checks, outcomes: bool) -> dict[str, float]:
     """The steps of `monitor` with `checks` (name -> relative cost), and the policy value's with outcomes."""
-    steps = {check.name: STEP_COSTS.get(check.name, 0.1) for check in checks}
+    steps = {check.name: STEP_COSTS.get(check.name, 0.1) if outcomes or not getattr(check, "needs_outcomes", False)
+             else 0.01 for check in checks}
     return {**steps, "policy value": STEP_COSTS["policy value"]} if outcomes else steps
 
 
@@ -648,7 +714,7 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
                           f"independent rows; at least {MIN_GROUPS} are needed to judge drift")
         steps.update(sum(STEP_COSTS.get(check.name, 0.1) for check in checks))
         checks = ()
-    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed, ref_groups, live_groups)
+    inputs = MonitorInputs(live, shadow, reference, list(columns), config, seed, ref_groups, live_groups, outcomes)
     for check in checks:
         found = steps.run(check.name, check.run, inputs)
         if found is not None:
