@@ -26,6 +26,7 @@ import numpy as np
 
 from tauforge.kernels.ate import debiased_scores, propensity_clip
 from tauforge.kernels.progress import progress_steps
+from tauforge.kernels.serialization import finite_json
 
 from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
@@ -443,7 +444,7 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
                       NuisanceConfig(model_y, model_t, int(n_folds)), progress=True,
                       graph=CausalGraph.parse(graph) if graph else None)
     with open(evaluation.path, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(finite_json(result), f, indent=2)
     header = ReportHeader(model=model_name, run_id=run_id, data_fingerprint=load_profile(dataset.path)["fingerprint"],
                           treatment=data.spec.treatment, outcome=data.spec.outcome)
     with open(report.path, "w") as f:

@@ -59,7 +59,7 @@ from typing import Any
 import fsspec
 
 from tauforge.kernels.private_dirs import private_directory
-from tauforge.kernels.serialization import replaced_whole, sha256_file, sha256_json, sha256_text
+from tauforge.kernels.serialization import finite_json, replaced_whole, sha256_file, sha256_json, sha256_text
 
 from .constants import DEFAULT_STORE
 
@@ -420,8 +420,9 @@ class ModelStore:
         """The card as published: the caller's causal metadata and the store's own fields."""
         earlier = [v for v in self.versions(model) if v < version]
         parent = earlier[-1] if earlier else None
-        full = dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
-                    created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), parent_version=parent, files=files)
+        full = finite_json(dict(card, format=CARD_FORMAT, format_version=1, model=model, version=version,
+                                created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                                parent_version=parent, files=files))
         if "lineage" in card:
             full["lineage"] = {**card["lineage"], "parent_version": parent}
         full["card_sha256"] = card_digest(full)

@@ -88,6 +88,19 @@ def replaced_whole(path: str | os.PathLike, binary: bool = False, sync: bool = F
         raise
 
 
+def finite_json(value: Any) -> Any:
+    """`value` (dicts, lists, numbers, text) with every NaN or infinite float as None: JSON has no
+    NaN, and strict readers (JavaScript's JSON.parse, jq, Go) refuse the token Python writes (a
+    review found NaN in a card and in `monitor --json`)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write `arrays` and `meta` into directory `path` (created; existing files are replaced)."""
     path = Path(path)

@@ -579,7 +579,9 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.metrics_file:
         write_gauges(result, args.model, version, args.metrics_file)
     if args.json:
-        print(json.dumps(result, default=float))
+        from tauforge.kernels.serialization import finite_json
+
+        print(json.dumps(finite_json(result), default=float))
         return 0
     print(f"tauforge monitor: {args.model} version {version}, {rows_text(result, 'live')}"
           + (f" since {result['since']}" if "since" in result else ""))

@@ -47,6 +47,20 @@ def store_with(model_dir, tmp_path, versions: int, model: str = "m") -> ModelSto
     return store
 
 
+def test_a_card_holds_strict_json_null_where_a_number_was_not_finite(model_dir, tmp_path):
+    # A review: a trial's undefined AUUC was written as NaN, a token strict JSON readers refuse.
+    store = ModelStore(str(tmp_path / "store"))
+    store.publish("m", model_dir[0], {**card(), "uplift": {"auuc": float("nan"), "curve": [np.float64(np.inf), 1.0]}})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    with open(os.path.join(store.root, "m", "1", "model_card.json")) as f:
+        written = json.load(f, parse_constant=refuse)
+    assert written["uplift"] == {"auuc": None, "curve": [None, 1.0]}
+    assert store.load("m", 1).card["uplift"]["auuc"] is None  # and it passes its checksum
+
+
 def test_publish_numbers_versions_and_load_verifies_every_file(model_dir, tmp_path):
     src, forest, X = model_dir
     store = ModelStore(str(tmp_path / "store"))
