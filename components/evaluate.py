@@ -26,7 +26,6 @@ import numpy as np
 
 from tauforge.kernels.ate import debiased_scores, propensity_clip
 from tauforge.kernels.progress import progress_steps
-from tauforge.kernels.serialization import finite_json
 
 from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
@@ -437,6 +436,7 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
     from tauforge.components.graph import CausalGraph
     from tauforge.components.nuisance import NuisanceConfig, Residuals
     from tauforge.components.report import ReportHeader, render_report
+    from tauforge.kernels.serialization import finite_json
 
     data = load_validated(dataset.path)
     result = evaluate(data, Residuals.load(residuals.path),

@@ -265,15 +265,17 @@ class CausalGraph:
             return nx.find_minimal_d_separator(backdoor, {treatment}, {outcome}, included=set(kept),
                                                restricted=allowed)
 
-        # Keep as many of `include` as a valid set can hold: drop one at a time, the first whose
-        # loss lets a separator hold the rest (a review: one collider among them dropped them all).
-        kept = [n for n in include if n in allowed]
-        found = separator(kept)
-        while found is None and kept:
-            fewer = next((rest for rest in ([m for m in kept if m != n] for n in kept) if separator(rest) is not None),
-                         kept[:-1])
-            kept, found = fewer, separator(fewer)
-        return None if found is None else [n for n in self.nodes if n in found]
+        # Keep as many of `include` as a valid set can hold, in their order: each joins if a
+        # separator can still hold it with those before (a review: one collider among them had
+        # dropped them all, and a first mend's backward search dropped a valid one).
+        found = separator([])
+        if found is None:
+            return None
+        kept: list[str] = []
+        for n in include:
+            if n in allowed and (with_n := separator([*kept, n])) is not None:
+                kept, found = [*kept, n], with_n
+        return [n for n in self.nodes if n in found]
 
     def implied_independences(self, columns=None) -> tuple[list[Independence], list[tuple[str, str]]]:
         """The conditional independences the graph implies among its observed nodes (those in
@@ -437,7 +439,7 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     (dot,) = graphs
     if dot.get_type() != "digraph":
         raise GraphError("is an undirected DOT graph; a causal graph is a digraph (edges written A -> B)")
-    if "--" in _DOT_NOISE.sub(" ", text):  # pydot reads A -- B in a digraph as A -> B
+    if "--" in _without_html_labels(_DOT_NOISE.sub(" ", text)):  # pydot reads A -- B in a digraph as A -> B
         raise GraphError("has an undirected edge (--) in a digraph: write each edge A -> B, and a latent common "
                          'cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
     nodes, edges = [], []
@@ -459,16 +461,16 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         nodes.append(name)
         marked.setdefault(name, default)  # defaults apply where a node is first written, as in Graphviz
 
-    def walk(graph, default: bool) -> None:
+    def walk(graph, default: bool, edge_dir: str = "forward") -> None:
         # The statements in the file's order (pydot numbers them within each graph and subgraph), so
         # nodes come in the order they are first written; `node [observed="no"]` marks the nodes
         # written after it in its graph or subgraph (a review: it was ignored).
         statements = [*graph.get_nodes(), *graph.get_edges(), *graph.get_subgraphs()]
         for statement in sorted(statements, key=lambda st: st.obj_dict.get("sequence") or 0):
             if isinstance(statement, pydot.Subgraph):
-                walk(statement, default)
+                walk(statement, default, edge_dir)
             elif isinstance(statement, pydot.Edge):
-                direction = _unquote(str(statement.get_attributes().get("dir", "forward"))).lower()
+                direction = _unquote(str(statement.get_attributes().get("dir", edge_dir))).lower()
                 if direction != "forward":
                     raise GraphError(f"has an edge with dir={direction}: an edge is a cause A -> B; write a latent "
                                      'common cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
@@ -479,6 +481,8 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
                         edges.append((cause, effect))
             elif statement.get_name() == "node":
                 default = is_latent(statement.get_attributes(), default)
+            elif statement.get_name() == "edge":  # edge [dir=back]: the edges after it, in its scope
+                edge_dir = _unquote(str(statement.get_attributes().get("dir", edge_dir))).lower()
             elif statement.get_name() not in _DOT_KEYWORDS:
                 name = _unquote(statement.get_name())
                 meet(name, default)
@@ -486,6 +490,16 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
 
     walk(dot, False)
     return list(dict.fromkeys(nodes)), edges, [n for n, is_marked in marked.items() if is_marked]
+
+
+def _without_html_labels(text: str) -> str:
+    """DOT text (strings and comments gone) without its HTML labels (<...>, nested), which may
+    hold '--'; what is left holds no '<' otherwise, DOT having no edge operator with one."""
+    while True:
+        shorter = re.sub(r"<[^<>]*>", " ", text)
+        if shorter == text:
+            return text
+        text = shorter
 
 
 def _read_gml(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:

@@ -411,10 +411,11 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
     if "effect_calibration" in checks:
         cal = checks["effect_calibration"]
         body.append(_section("Effect calibration (logged outcomes of explored rows)", _table(
-            [(cal["rows"], cal.get("logged_effect"), cal.get("served_effect"), cal.get("p_value"), cal.get("slope"),
-              cal.get("slope_p_value"))],
-            ("rows", "effect, logged", "CATE, served", "p-value (moved)", "slope on the CATE",
-             "p-value (turned)")), f'<p class="note">{html.escape(cal["note"])}</p>' if cal.get("note") else ""))
+            [(cal["rows"], cal.get("logged_effect"), cal.get("served_effect"), cal.get("gap_training"),
+              cal.get("p_value"), cal.get("slope"), cal.get("slope_p_value"))],
+            ("rows", "effect, logged", "CATE, served", "gap at training", "p-value (gap moved)",
+             "slope on the CATE", "p-value (turned)")),
+            f'<p class="note">{html.escape(cal["note"])}</p>' if cal.get("note") else ""))
     if "shadow" in checks:
         sh = checks["shadow"]
         note = f'<p class="note">{html.escape(sh["note"])}</p>' if sh.get("note") else ""

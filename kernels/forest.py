@@ -550,8 +550,8 @@ class CausalForest(BaseEstimator):
         # How a fit was shown (progress) is no part of the model. NumPy scalars are written as the
         # numbers they hold, and a RandomState or Generator as the seed it gave (a review: save
         # failed on np.int64(0), which fit takes).
-        params = {k: (str(v) if k == "device" else _inputs.plain(v)) for k, v in self.get_params().items()
-                  if k != "progress"}
+        params = {k: (str(v) if k == "device" else _inputs.plain(v) if np.ndim(v) == 0 else v)
+                  for k, v in self.get_params().items() if k != "progress"}
         if not (params["random_state"] is None or isinstance(params["random_state"], int)):
             params["random_state"] = self.seed_
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):

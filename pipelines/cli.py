@@ -228,14 +228,23 @@ def _run(args: argparse.Namespace) -> int:
     source, config, true_ate = _training_setup(args)
     stderr = sys.stderr  # the run redirects sys.stderr to its log; progress goes to the terminal
     say = (lambda line: print(f"  {line}", file=stderr, flush=True)) if not args.quiet else None
+    began = []
+
     def started():  # once the checks before any task have passed: a failed check names no logs
+        began.append(True)
         if say:
             say(f"running the training pipeline on {_shown(source)} (kfp.local; logs in {_shown(args.pipeline_root)})")
 
     start = time.perf_counter()
-    with _as_flags({**TRAINING_FLAGS, **NUISANCE_FLAGS}):
-        run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
-                        runner=args.runner, started=started)
+    try:
+        with _as_flags({**TRAINING_FLAGS, **NUISANCE_FLAGS}):
+            run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
+                            runner=args.runner, started=started)
+    except BaseException:
+        if args.demo and not began:  # refused by the checks on this machine: no run, no demo table left
+            with contextlib.suppress(OSError):
+                os.remove(source)
+        raise
     version = run.version
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
     result = {"model": config.model_name, "version": version, "store": absolute(config.store), "run_id": run.run_id,
@@ -248,12 +257,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        def four(v) -> str:  # evaluation.json is strict JSON: a number that was not finite is null
+            return "n/a" if v is None else f"{v:.4f}"
+
         print(f"tauforge run: {_shown(source)}")
-        print(f"  {effect['estimand']} {effect['ate']:.4f}  "
-              f"95% CI [{effect['ate_lower']:.4f}, {effect['ate_upper']:.4f}]  "
+        print(f"  {effect['estimand']} {four(effect['ate'])}  "
+              f"95% CI [{four(effect['ate_lower'])}, {four(effect['ate_upper'])}]  "
               f"({effect['method']}; interval: {effect['ate_interval']})")
         if true_ate is not None:
-            covers = "covers" if effect["ate_lower"] <= true_ate <= effect["ate_upper"] else "MISSES"
+            bounds = (effect["ate_lower"], effect["ate_upper"])
+            covers = "covers" if None not in bounds and bounds[0] <= true_ate <= bounds[1] else "MISSES"
             print(f"  true {effect['estimand']} of the simulated demo data {true_ate:.4f}: the interval {covers} it")
         for w in verdict["warnings"]:
             print(f"  warning: {w}")

@@ -244,6 +244,9 @@ def _check_integers(name: str, datatype: str, values: np.ndarray, data: np.ndarr
     the Open Inference Protocol's datatypes say (1.5 as INT64 was scored as 1.5; Triton refuses it)."""
     bounds = _INTEGER_RANGES[datatype]
     bad = (data != np.floor(data)) | (data < bounds.min) | (data > bounds.max)
+    edge = np.abs(data) >= 2.0**53  # doubles there are whole but round: 2**63 reads as INT64's largest
+    if edge.any():
+        bad[edge] = [not bounds.min <= v <= bounds.max for v in values[edge]]  # Python's exact comparison
     if bad.any():
         value = reprlib.repr(values[np.flatnonzero(bad)[0]])
         raise RequestError(f"input {name} has datatype {datatype} but holds {value}, which is not an integer in "

@@ -278,6 +278,10 @@ def test_a_refused_demo_run_leaves_no_files_and_a_bad_refit_workers_variable_is_
     out = run("run", "--demo", "--pipeline-root", str(runs), "--gate", "=0.1")
     assert out.returncode == 2 and "--gate takes KEY=VALUE, got '=0.1'" in out.stderr, out.stderr
     assert not runs.exists() or not os.listdir(runs)
+    (tmp_path / "afile").write_text("not a store")  # refused by the checks that read the demo table
+    out = run("run", "--demo", "--pipeline-root", str(runs), "--store", str(tmp_path / "afile"))
+    assert out.returncode == 2 and "is not a folder" in out.stderr, out.stderr
+    assert not runs.exists() or not os.listdir(runs)
     monkeypatch.setenv("TAUFORGE_REFIT_WORKERS", "two")
     assert refused_run(tmp_path) == ("tauforge run: error: $TAUFORGE_REFIT_WORKERS must be a whole number of "
                                      "processes, 1 or more; got 'two'")

@@ -135,10 +135,12 @@ def test_a_forest_fit_with_numpy_parameters_or_a_dataframe_saves_and_loads_what_
     # NumPy scalars and a RandomState, which fit takes, failed in json.dump after the arrays were
     # replaced: the folder's earlier model then failed its checksum (a review).
     numpy_typed = CausalForest(n_estimators=np.int64(40), mtry=np.int64(3), poisson_mtry=np.True_,
-                               random_state=np.random.RandomState(0)).fit(X, t, y)
+                               random_state=np.random.RandomState(0),
+                               linear_correction_variables=np.array([0, 2])).fit(X, t, y)
     numpy_typed.save(tmp_path / "np")
     again = CausalForest.load(tmp_path / "np")
     assert again.get_params()["random_state"] == numpy_typed.seed_ and again.n_estimators == 40
+    assert again.linear_correction_variables == [0, 2]
     np.testing.assert_array_equal(again.predict(X[:50]), numpy_typed.predict(X[:50]))
     with pytest.raises(TypeError, match="not JSON serializable"):
         save_model(tmp_path / "cf", {"a": np.zeros(3)}, {"bad": object()})

@@ -77,6 +77,7 @@ def test_the_hash_ignores_layout_and_order_but_not_an_edge():
     ("digraph { A -- B }", r"has an undirected edge \(--\) in a digraph: .* \(U \[observed=\"no\"\]; U -> A"),
     ("digraph { A -> B [dir=both] }", "has an edge with dir=both: an edge is a cause A -> B"),
     ("digraph { A -> B [dir=back] }", "has an edge with dir=back"),
+    ("digraph { edge [dir=back]; A -> B }", "has an edge with dir=back"),  # as a default for the edges after it
 ])
 def test_a_graph_that_cannot_be_read_is_refused_saying_why(text, message):
     with pytest.raises(GraphError, match=message) as caught:
@@ -94,6 +95,7 @@ def test_what_graphviz_and_editors_write_is_read_as_they_mean_it():
                                  'U -> T; T -> Y; U -> Y; V -> Y; W -> Y }')
     assert defaults.latent == ("U",)  # node [...] applies to the nodes written after it in its scope
     assert CausalGraph.parse('digraph { T [label="a -- b"]; T -> Y }  // a -- b').edges == (("T", "Y"),)
+    assert CausalGraph.parse("digraph { T [label=<a -- <b>b</b>>]; T -> Y }").edges == (("T", "Y"),)  # HTML
     assert CausalGraph.parse("strict digraph G { graph [rankdir=LR]; T -> Y }").format == "dot"
 
 
@@ -169,6 +171,19 @@ def test_a_descendant_of_the_treatment_in_the_adjustment_set_is_refused_naming_i
 def test_roles_that_do_not_fit_the_graph_are_refused_naming_the_node(text, s, message):
     with pytest.raises(GraphError, match=message):
         CausalGraph.parse(text).adjusted_spec(s)
+
+
+def test_the_suggested_and_derived_sets_keep_every_given_variable_a_valid_set_can_hold():
+    # Two M-bias colliders beside a confounder C and an effect modifier X: the valid set keeps C
+    # and X (a review: first all four were dropped, then X with the last collider tried).
+    g = CausalGraph.parse('digraph { U1 [observed="no"]; U2 [observed="no"]; U3 [observed="no"]; '
+                          'U4 [observed="no"]; C -> T; C -> Y; U1 -> T; U1 -> M1; U2 -> M1; U2 -> Y; U3 -> T; '
+                          'U3 -> M2; U4 -> M2; U4 -> Y; X -> Y; T -> Y }')
+    assert g.valid_adjustment_set("T", "Y", include=["C", "M1", "M2", "X"]) == ["C", "X"]
+    assert g.adjusted_spec(spec()).covariates == ["C", "X"]
+    with pytest.raises(GraphError, match=r"open given the covariates and controls \(M1, C, X\).* set in this "
+                                         r"graph: C, X$"):
+        g.adjusted_spec(spec(["M1", "C", "X"]))
 
 
 def test_covariates_are_derived_from_the_graph_when_none_are_named():

@@ -197,6 +197,10 @@ def test_the_chi_square_test_keeps_its_level_on_rare_levels_and_sees_a_new_one()
     p = [chi_square_drift(rng.choice(10, 2000, p=shares).astype(float), rng.choice(11, 250, p=with_new).astype(float))
          for _ in range(20)]
     assert max(p) < 0.001
+    # Past what 9,999 draws resolve, the distribution's p-value: half the traffic on a 0.3% level
+    # could never alert at a level under 1e-4 (a review).
+    moved = np.where(rng.random(250) < 0.5, 9, rng.choice(10, 250, p=shares)).astype(float)
+    assert chi_square_drift(rng.choice(10, 2000, p=shares).astype(float), moved) < 1e-10
 
 
 def test_the_domain_classifier_keeps_its_level_where_a_few_heavy_units_hold_most_rows():
@@ -428,17 +432,27 @@ def test_logged_outcomes_of_explored_rows_catch_an_effect_that_turned_and_pass_o
     # at 20 times its level (3.3% a seed) passes anyway with probability 0.86: the bound is for
     # gross errors; the slope's bound checks the estimate itself. Measured: none.
     ref = reference(0)
+    trained = {"ate": float(ref["cate"].mean()), "ate_stderr": 0.01}  # the reference's CATE is the truth here
     quiet = 0
     for seed in range(20):
         events, outcomes = explored_traffic(seed)
-        result = monitor(events, ref, COLUMNS, outcomes=outcomes)
+        result = monitor(events, ref, COLUMNS, outcomes=outcomes, training_effect=trained)
         quiet += any(a["check"] in ("effect_calibration", "effect_reversal") for a in result["alerts"])
         assert abs(result["checks"]["effect_calibration"]["slope"] - 1) < 0.5
     assert quiet <= 1, quiet
     events, outcomes = explored_traffic(0, effect=lambda X: -tau(X))
-    result = monitor(events, ref, COLUMNS, outcomes=outcomes)
+    result = monitor(events, ref, COLUMNS, outcomes=outcomes, training_effect=trained)
     assert {"effect_calibration", "effect_reversal"} <= {a["check"] for a in result["alerts"]}
     assert result["retrain"] and result["checks"]["effect_calibration"]["slope"] < 0
+    # A model whose mean CATE missed the effect by 0.1 at training and still does is not alarmed
+    # at 20,000 rows (against 0, that gap alone would be); the same gap arising now is.
+    events, outcomes = explored_traffic(1, n=20000, effect=lambda X: tau(X) + 0.1)
+    same = monitor(events, ref, COLUMNS, outcomes=outcomes, training_effect={**trained, "ate": trained["ate"] + 0.1})
+    moved = monitor(events, ref, COLUMNS, outcomes=outcomes, training_effect=trained)
+    assert "effect_calibration" not in {a["check"] for a in same["alerts"]}
+    assert "effect_calibration" in {a["check"] for a in moved["alerts"]}
+    assert "only the ranking is tested" in monitor(events, ref, COLUMNS, outcomes=outcomes)["checks"][
+        "effect_calibration"]["note"]
     # Without outcomes, or without exploration, it does not run (and says why).
     assert "effect_calibration" not in monitor(events, ref, COLUMNS)["checks"]
     unexplored = monitor(events.assign(propensity=1.0), ref, COLUMNS, outcomes=outcomes)
