@@ -127,14 +127,20 @@ def cluster_values(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     return mean + sums * len(sums) / len(values)
 
 
+def treatment_probability(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's P(action = 1) under the logging policy: the log keeps the propensity of the
+    action taken."""
+    p = frame["propensity"].to_numpy(float)
+    return np.where(frame["action"].to_numpy(float) == 1, p, 1 - p)
+
+
 def effect_scores(frame: pd.DataFrame, mu: dict[int, np.ndarray]) -> np.ndarray | None:
     """Per-row doubly robust (AIPW) scores of the effect of action 1 from logged outcomes: the
     debiased score of `kernels.ate` with the logging policy's known P(action = 1) (the logged
     propensity is that of the action taken) and the outcome model `mu`; unbiased whatever `mu`'s
     errors, since the propensities are known. None when some row's action was certain (no
     exploration there): no effect can be learned from it."""
-    A, Y, p = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), frame["propensity"].to_numpy(float)
-    e = np.where(A == 1, p, 1 - p)
+    A, Y, e = frame["action"].to_numpy(float), frame["outcome"].to_numpy(float), treatment_probability(frame)
     if not ((e > 0) & (e < 1)).all():
         return None
     tau = mu[1] - mu[0]

@@ -57,6 +57,7 @@ from .judgement import (
     latest_version,
     outcome_model,
     read_outcomes,
+    treatment_probability,
     with_outcomes,
 )
 from .registry import ModelStore
@@ -545,9 +546,8 @@ class EffectCalibration:
         if m.outcomes is None or not m.binary or not {"action", "propensity"} <= set(m.live.columns):
             return None
         frame = with_outcomes(m.live, m.outcomes)
-        action, p = frame["action"].to_numpy(float), frame["propensity"].to_numpy(float)
-        e = np.where(action == 1, p, 1 - p)  # P(action = 1) under the logging policy
-        frame = frame[np.isin(action, (0.0, 1.0)) & (e > 0) & (e < 1)]
+        e = treatment_probability(frame)
+        frame = frame[np.isin(frame["action"].to_numpy(float), (0.0, 1.0)) & (e > 0) & (e < 1)]
         clusters = clusters_of(frame)
         units = len(np.unique(clusters))
         if len(frame) < MIN_POLICY_ROWS or units < MIN_POLICY_UNITS:

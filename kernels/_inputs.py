@@ -204,7 +204,8 @@ def unfitted_on_failure(estimator: Any, private: tuple[str, ...] = ()) -> Iterat
 
 
 def plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value it holds, for messages: 299, not np.int64(299)."""
+    """A NumPy scalar as the Python value it holds (299, not np.int64(299)), for messages and
+    for JSON; anything else as it is."""
     return value.item() if hasattr(value, "item") else value
 
 

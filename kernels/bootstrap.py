@@ -187,12 +187,9 @@ def _check_one_bootstrap(forests: list[CausalForest], replicates: np.ndarray) ->
     """Replicate forests of one bootstrap: grown with the same parameters on the same number of
     rows, each with its replicate's seed from one run seed (a review: shards of other seeds and
     settings merged into a standard error)."""
-    def growth(f: CausalForest) -> dict:
-        return {k: v for k, v in f.get_params().items() if k not in ("random_state", "progress", "device")}
-
     base = (int(forests[0].seed_) - 1 - int(replicates[0])) % 2**32
     for forest, b in zip(forests, replicates):
-        if growth(forest) != growth(forests[0]) or forest.n_train_ != forests[0].n_train_:
+        if forest.growth_params() != forests[0].growth_params() or forest.n_train_ != forests[0].n_train_:
             raise ValueError(f"bootstrap replicate {int(b)} was grown with other settings or rows than replicate "
                              f"{int(replicates[0])}: merge the shards of one bootstrap")
         if forest.seed_ != replicate_seed(base, int(b)):

@@ -332,6 +332,11 @@ class CausalForest(BaseEstimator):
                 "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
 
+    def growth_params(self) -> dict:
+        """The parameters that shape the trees, but the seed (`seed_` is the one drawn): progress
+        and device do not change them."""
+        return {k: v for k, v in self.get_params().items() if k not in ("random_state", "progress", "device")}
+
     @classmethod
     def merge(cls, shards: list[CausalForest]) -> CausalForest:
         """The forest of all `shards` (from `fit_shard` with one seed and parameters, shard
@@ -349,9 +354,8 @@ class CausalForest(BaseEstimator):
         if any(s.shard_[1] != k for s in shards) or indices != list(range(k)):
             got = ", ".join(f"{i}/{n}" for i, n in sorted(s.shard_ for s in shards))
             raise ValueError(f"merge needs shards 0..{k - 1} of {k}, each once; got {got}")
-        def grown_the_same(a, b) -> bool:  # progress and device do not change the trees
-            pa, pb = ({k: v for k, v in x.get_params().items() if k not in ("progress", "device")} for x in (a, b))
-            return pa == pb and a.seed_ == b.seed_ and a.n_train_ == b.n_train_
+        def grown_the_same(a, b) -> bool:
+            return a.growth_params() == b.growth_params() and a.seed_ == b.seed_ and a.n_train_ == b.n_train_
 
         for s in shards[1:]:
             if not grown_the_same(s, first):
