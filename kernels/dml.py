@@ -226,7 +226,7 @@ class CausalForestDML(BaseEstimator):
                                  f"{self.cv}")
         seed = _inputs.seed_from(self.random_state)
         params = {k: getattr(self, k) for k in (*FOREST_PARAMS, "progress")}
-        CausalForest(**params, random_state=seed)._validate_params(X.shape[1])  # before the nuisance models' fits
+        CausalForest(**params, random_state=seed).check_params(X.shape[1])  # before the nuisance models' fits
         XW = X if W is None else np.hstack([X, W])
 
         fold_models: list = []

@@ -3,6 +3,7 @@ grown on residualized treatment and outcome with quantile-binned covariates."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import warnings
@@ -169,7 +170,12 @@ class CausalForest(BaseEstimator):
         self.progress = progress
 
     # ------------------------------------------------------------------ fit
-    def _validate_params(self, p: int) -> None:
+    def check_params(self, n_features: int | None = None) -> None:
+        """Raise ValueError naming the first parameter that is not valid. Called by `fit`; a
+        pipeline calls it before any task runs. Without `n_features` the checks that need the
+        number of covariates (mtry, linear_correction_variables) check their type only."""
+        p = n_features
+
         def check(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(msg)
@@ -194,8 +200,8 @@ class CausalForest(BaseEstimator):
               "rows, as EconML reads a number below 1, is not taken: pass that share times the rows)")
         check(self.max_depth is None or integer(self.max_depth) and self.max_depth >= 0,
               f"max_depth must be an integer >= 0 or None, got {self.max_depth!r}")
-        check(self.mtry is None or integer(self.mtry) and 1 <= self.mtry <= p,
-              f"mtry must be an integer between 1 and {p} (features), got {self.mtry!r}")
+        check(self.mtry is None or integer(self.mtry) and 1 <= self.mtry <= (self.mtry if p is None else p),
+              f"mtry must be an integer between 1 and {p or 'the number of'} (features), got {self.mtry!r}")
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),
               f"poisson_mtry must be True or False, got {self.poisson_mtry!r}")
         check(isinstance(self.honest, (bool, np.bool_)), f"honest must be True or False, got {self.honest!r}")
@@ -208,14 +214,19 @@ class CausalForest(BaseEstimator):
               f"max_bins must be an integer between 2 and {MAX_BINS}, got {self.max_bins!r}")
         v = self.linear_correction_variables
         if v is not None and not (isinstance(v, str) and v == "auto"):
-            ok = not isinstance(v, str) and all(isinstance(j, (int, np.integer)) and not isinstance(j, bool)
-                                                for j in np.ravel(np.asarray(v, dtype=object)))
+            ok = not isinstance(v, str) and np.ndim(v) == 1 and all(
+                isinstance(j, (int, np.integer)) and not isinstance(j, bool) for j in np.asarray(v, dtype=object))
             check(ok, f"linear_correction_variables must be None, 'auto' or a list of column indices, got {v!r}")
             cols = [int(j) for j in v]
-            check(all(0 <= j < p for j in cols) and len(set(cols)) == len(cols),
-                  f"linear_correction_variables must be distinct column indices in [0, {p}), got {cols}")
+            check(all(0 <= j < (j + 1 if p is None else p) for j in cols) and len(set(cols)) == len(cols),
+                  f"linear_correction_variables must be distinct column indices in [0, {p or 'features'}), "
+                  f"got {cols}")
         check(number(self.linear_correction_ridge) and self.linear_correction_ridge > 0,
               f"linear_correction_ridge must be a finite number > 0, got {self.linear_correction_ridge!r}")
+        check(self.backend in ("auto", "numba", "torch"),
+              f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
+        check(self.progress is None or isinstance(self.progress, (bool, np.bool_)),
+              f"progress must be True, False or None, got {self.progress!r}")
 
     def fit(self, X: Any, T: Any, y: Any, sample_weight: Any = None, groups: Any = None) -> CausalForest:
         """Grow the forest on covariates X (n, p), treatment residuals T (n,), outcome residuals y (n,).
@@ -262,6 +273,8 @@ class CausalForest(BaseEstimator):
                              "none of them into their estimation half (their leaves have no data): pass more rows "
                              "of positive weight, or leave the zero-weight rows out")
         self._set_fitted(X, binner, forest, device, backend, (int(shard), int(n_shards)))
+        # What merge compares: shards grown on other residuals of the same covariates bin alike.
+        self.training_digest_ = _training_digest(X, T, y, w) if n_shards > 1 else None
         _inputs.set_feature_names(self, names)
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
         return self
@@ -283,7 +296,7 @@ class CausalForest(BaseEstimator):
         if w is not None and np.ptp(T[w > 0]) == 0:  # zero-weight rows are not part of the data
             raise ValueError("T is constant among the rows of positive sample_weight: the treatment must vary "
                              "there to estimate its effect")
-        self._validate_params(X.shape[1])
+        self.check_params(X.shape[1])
         return X, T, y, w
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
@@ -361,6 +374,10 @@ class CausalForest(BaseEstimator):
             if not grown_the_same(s, first):
                 raise ValueError("shards differ in parameters, seed or training rows; "
                                  "grow every shard with the same settings and data")
+            digests = (getattr(s, "training_digest_", None), getattr(first, "training_digest_", None))
+            if None not in digests and digests[0] != digests[1]:  # shards saved before 2026-12-06 have none
+                raise ValueError("shards were grown on different data (covariates, T, y or sample_weight): grow "
+                                 "every shard on the same rows")
             if not all(np.array_equal(a, b) for a, b in zip(s.binner_.to_arrays().values(),
                                                              first.binner_.to_arrays().values())):
                 raise ValueError("shards were binned differently: grow every shard on the same covariates")
@@ -383,6 +400,7 @@ class CausalForest(BaseEstimator):
         _inputs.set_feature_names(merged, getattr(first, "feature_names_in_", None))
         merged.forest_ = ForestArrays.merge([s.forest_ for s in ordered])
         merged.shard_ = (0, 1)
+        merged.training_digest_ = None
         merged.source_ = "tauforge"
         parts = [s.linear_correction_ for s in ordered]
         merged.linear_correction_ = None if parts[0] is None else LocalLinearCorrection.merge(parts)
@@ -571,6 +589,8 @@ class CausalForest(BaseEstimator):
                 "linear_correction": None if correction is None else correction.to_json()}
         if names is not None:  # a DataFrame's columns: the loaded forest refuses them reordered, as this one does
             meta["feature_names"] = [str(c) for c in names]
+        if getattr(self, "training_digest_", None) is not None:
+            meta["training_digest"] = self.training_digest_
         save_model(path, arrays, meta)
 
     @classmethod
@@ -597,6 +617,7 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"{path}: a split uses feature {int(forest.forest_.feature.max())}, but the forest "
                              f"has {forest.n_features_in_} features")
         forest.shard_ = tuple(meta.get("shard", (0, 1)))
+        forest.training_digest_ = meta.get("training_digest")
         forest.clusters_ = arrays.get("clusters")
         if forest.clusters_ is not None and len(forest.clusters_) != forest.n_train_:
             raise ValueError(f"{path}: {len(forest.clusters_)} group codes for {forest.n_train_} training rows")
@@ -609,6 +630,15 @@ class CausalForest(BaseEstimator):
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
         return forest
+
+
+def _training_digest(X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> str:
+    """sha256 of a shard's training arrays, read in place (0.15 s for 1e6 x 30 here)."""
+    digest = hashlib.sha256()
+    for a in (X, T, y, np.zeros(0) if w is None else w):
+        digest.update(np.ascontiguousarray(a, dtype=np.float64).data)
+        digest.update(str(np.shape(a)).encode())
+    return digest.hexdigest()
 
 
 def _same_clusters(a: np.ndarray | None, b: np.ndarray | None) -> bool:

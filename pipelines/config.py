@@ -19,7 +19,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
 )
 from tauforge.components.data import DataSpec, read_table, validate
-from tauforge.components.estimate import ESTIMATORS, BootstrapConfig
+from tauforge.components.estimate import ECONML_FOREST_OPTIONS, ESTIMATORS, BootstrapConfig
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks, check_groups_for_folds
@@ -98,6 +98,12 @@ class TrainingConfig:
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
+        if self.forest_options and self.estimator == "econml":
+            ignored = sorted(set(self.forest_options) - set(ECONML_FOREST_OPTIONS))
+            if ignored:
+                fail("forest_options", f"has {', '.join(ignored)}, which EconML's forest does not take (estimator "
+                                       f"'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
+        self.check_forest_options(len(self.spec.covariates) or None)
         check_fold_tasks(self.fold_tasks, self.nuisance.folds)
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
@@ -133,6 +139,18 @@ class TrainingConfig:
             fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
                                      f"replicates), got {self.bootstrap_shards}")
 
+    def check_forest_options(self, n_features: int | None) -> None:
+        """The forest's parameters checked as the forest task would (`CausalForest.check_params`),
+        so that a bad value fails here rather than after the nuisance models' fits."""
+        if not self.forest_options or self.estimator != "tauforge":
+            return
+        from tauforge.kernels.forest import CausalForest
+
+        try:
+            CausalForest(**self.forest_params()).check_params(n_features)
+        except ValueError as exc:
+            raise ConfigError("forest_options", f"has a value the forest refuses: {exc}") from None
+
     def forest_params(self) -> dict:
         """The CausalForest parameters of the run (the pipeline parameter `forest_params`)."""
         return {"n_estimators": self.trees, "device": self.device, **self.forest_options}
@@ -150,6 +168,7 @@ class TrainingConfig:
             if self.graph is not None:
                 self.graph.check_columns(table.columns)
             data = validate(table, self.spec)
+            self.check_forest_options(len(data.spec.covariates))
             self.nuisance.check_treatment_model(data.spec.binary)
             t = data.table[data.spec.treatment].to_numpy()
             # Cross-fitting splits the rows (stratified by arm for a binary treatment) into folds.

@@ -173,6 +173,28 @@ def test_a_bad_ci_group_size_is_refused_by_the_config_before_any_task(group, pro
     assert raised.value.field == "forest_options" and problem in raised.value.problem
 
 
+@pytest.mark.parametrize("options, estimator, problem", [
+    # The forest's own check (CausalForest.check_params) against the spec's covariates: in the forest
+    # task these failed after every nuisance model had been fit.
+    ({"mtry": 3}, "tauforge", "mtry must be an integer between 1 and 2 (features), got 3"),
+    ({"honest": "no"}, "tauforge", "honest must be True or False, got 'no'"),
+    ({"linear_correction_variables": [0, 5]}, "tauforge", "distinct column indices in [0, 2)"),
+    # EconML's forest is given four of them; the others were dropped without a word.
+    ({"mtry": 1}, "econml", "has mtry, which EconML's forest does not take"),
+])
+def test_forest_options_the_forest_would_refuse_are_refused_by_the_config(options, estimator, problem):
+    from tauforge.components.config import ConfigError
+    from tauforge.components.data import DataSpec
+    from tauforge.pipelines.config import TrainingConfig
+
+    spec = DataSpec(outcome="y", treatment="t", covariates=["x0", "x1"])
+    settings = dict(estimator=estimator, n_shards=1) if estimator == "econml" else {}
+    with pytest.raises(ConfigError) as raised:
+        TrainingConfig(spec=spec, trees=1000, forest_options=options, **settings)
+    assert raised.value.field == "forest_options" and problem in raised.value.problem
+    TrainingConfig(spec=spec, trees=1000, forest_options={"min_samples_leaf": 5}, **settings)  # a valid one passes
+
+
 def small_table(path, n=60, weight=False):
     """A small valid table (binary T, 30 rows an arm) for runs refused before any task starts;
     `weight`: with a column `w` (rows with x0 > 0 count twice)."""

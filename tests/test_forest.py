@@ -243,6 +243,8 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, match):
     (dict(linear_correction_ridge=np.inf), "linear_correction_ridge must be a finite number > 0, got inf"),
     (dict(device="tpu"), "device must be"),
     (dict(backend="cuda"), "backend must be"),
+    (dict(linear_correction_variables=0), "linear_correction_variables must be None, 'auto' or a list"),
+    (dict(progress="yes"), "progress must be True, False or None, got 'yes'"),
 ])
 def test_bad_parameters_raise_value_error(params, match):
     rng = np.random.default_rng(0)
@@ -655,6 +657,10 @@ def test_incomplete_or_mismatched_shards_are_refused(data):
         CausalForest.merge([s0, s1])
     with pytest.raises(ValueError, match="differ in parameters, seed"):
         CausalForest.merge([s0, s1, grow(2, seed=8)])
+    # The same covariates bin alike: residuals of another nuisance fit are told apart by the digest.
+    other = CausalForest(n_estimators=40, random_state=7).fit_shard(d.X, t, y + 0.01, shard=2, n_shards=3)
+    with pytest.raises(ValueError, match="grown on different data"):
+        CausalForest.merge([s0, s1, other])
     with pytest.raises(ValueError, match="join the shards with CausalForest.merge"):
         s0.oob_predict(d.X)
     with pytest.raises(ValueError, match="n_shards must be an integer between 1 and"):
