@@ -28,6 +28,7 @@ taken).
 
 import contextlib
 import copy
+import ctypes
 import errno
 import os
 import re
@@ -311,7 +312,8 @@ def write(objects: list[dict], out_dir: str) -> list[str]:
     """The objects as YAML files in `out_dir`, which then holds this deployment's objects and no
     others: `kubectl apply -f` on a folder that kept an earlier shadow deploy's files recreated that
     shadow and its mirror after a replace (an ops review). Where it can, the set is written whole:
-    into a new folder beside it, swapped in, so a full disk leaves the earlier set as it was. A
+    into a new folder beside it, swapped in (in one step on Linux, where the file system allows:
+    `_exchange`), so a full disk leaves the earlier set as it was. A
     folder that cannot be swapped (a mount point, a parent this user cannot write) is written in
     place, file by file, and the earlier set's other files removed once the new ones are there. A
     folder holding files deploy did not write is refused."""
@@ -358,7 +360,9 @@ def _swap_in(objects: list[dict], names: list[str], out_dir: str) -> None:
         for obj, name in zip(objects, names, strict=True):
             with open(os.path.join(staging, name), "w") as f:
                 yaml.safe_dump(obj, f, sort_keys=False)
-        if os.path.isdir(out_dir):
+        if os.path.isdir(out_dir) and _exchange(staging, out_dir):
+            shutil.rmtree(staging, ignore_errors=True)  # now the earlier set
+        elif os.path.isdir(out_dir):  # no atomic exchange here: out_dir is absent between two renames
             os.rename(out_dir, moved)
             try:
                 os.rename(staging, out_dir)
@@ -371,6 +375,27 @@ def _swap_in(objects: list[dict], names: list[str], out_dir: str) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two folders in one step (Linux's renameat2 RENAME_EXCHANGE), so that a reader (kubectl,
+    a GitOps agent) never finds `b` absent or half written; False where the system or file system
+    has no such call."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not glibc 2.28+, or not Linux
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without it
+        return False
+    raise OSError(code, os.strerror(code), b)
 
 
 def _written_by_deploy(path: str) -> bool:

@@ -537,6 +537,28 @@ def test_deploy_writes_into_a_mount_point_in_place_leaving_the_last_set_only(tmp
         subprocess.run(["umount", str(folder)], check=True)
 
 
+def test_deploy_replaces_a_folder_in_one_step_where_linux_can(tmp_path, monkeypatch):
+    # With two renames the folder was absent between them, and a crash there left it absent.
+    # Where the file system has renameat2's exchange (tmpfs, ext4, xfs, overlayfs) it never is:
+    # the folder is never renamed away.
+    from tauforge.components import deploy
+
+    folder = tmp_path / "out"
+    deploy.write(render(spec(mode="shadow", champion_version=2)), str(folder))
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir()
+    probe_b.mkdir()
+    if not deploy._exchange(str(probe_a), str(probe_b)):
+        pytest.skip("this file system has no atomic exchange of folders")
+    renamed = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renamed.append(os.fspath(a)), real_rename(a, b)))
+    (path,) = deploy.write(render(spec()), str(folder))
+    assert str(folder) not in renamed
+    assert [p.name for p in folder.iterdir()] == [os.path.basename(path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no staging folder beside it
+
+
 def exported_metric_names(tmp_path):
     """Every series name tauforge exports: the serving metrics (serving/metrics.py) and the gauges
     `tauforge monitor --metrics-file` writes (components/monitor.py, with every optional one)."""
