@@ -47,6 +47,21 @@ def test_valid_table_resolves_covariates_and_treatment_type():
     assert a["X"].shape == (200, 3) and a["W"].shape == (200, 1) and a["sample_weight"] is None
 
 
+def test_weights_in_any_units_fit_the_nuisance_models_as_the_same_relative_weights():
+    # A review: the pipeline passed weights as given, and the nuisance models' penalties are not
+    # scale-free: a constant weight of 1e6 moved a run's ATE from 0.02 to 0.27.
+    from tauforge.components.nuisance import NuisanceConfig, fit_nuisance_fold
+
+    df = table()
+    relative = np.where(df["age"] > 0, 2.0, 1.0)
+    fits = [fit_nuisance_fold(validate(df.assign(w=relative * scale), spec(weight="w")), 0,
+                              NuisanceConfig(folds=2), seed=0).frame for scale in (1.0, 1e6, 1e-6)]
+    for other in fits[1:]:
+        np.testing.assert_allclose(other[["y_hat", "t_hat"]], fits[0][["y_hat", "t_hat"]], rtol=1e-9, atol=1e-12)
+    a = validate(df.assign(w=relative * 1e6), spec(weight="w")).arrays()
+    assert a["sample_weight"].mean() == pytest.approx(1.0)
+
+
 def test_a_constant_covariate_or_control_is_accepted_with_a_warning_that_travels_with_the_dataset(tmp_path):
     # An intercept column (EconML's IHDP covariates start with one) or a segment filtered to one
     # value: it can never split, and scikit-learn, EconML and grf accept it.
@@ -120,6 +135,10 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
      "|outcome 'spend'| is 1e+39"),
     (lambda d: d.assign(spend=2.0), {}, "column 'spend' is constant"),
     (lambda d: d.assign(city="x"), {"covariates": ["age", "city"]}, "column 'city' is not numeric"),
+    # A review: the string was read as its letters (columns 'a' and 'g' ...), and the imaginary
+    # part of a complex column was dropped with a NumPy warning.
+    (lambda d: d, {"covariates": "age"}, "covariates must be a list of column names, got the string 'age'"),
+    (lambda d: d.assign(z=d.age + 1j), {"covariates": ["age", "z"]}, "column 'z' holds complex numbers"),
     (lambda d: d, {"covariates": ["age"], "controls": ["age"]}, "column 'age' is given two roles"),
     (lambda d: d.assign(uid=d.index % 10), {"unit_id": "uid"}, "unit_id column 'uid' has duplicate ids"),
     (lambda d: d.assign(uid=d.index.astype(str).where(d.index != 6)), {"unit_id": "uid"},
@@ -128,7 +147,9 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d.assign(ts=[f"{1 + i % 12}/1/{2020 - i // 12}" for i in d.index]), {"timestamp": "ts"},
      "timestamp column 'ts' is not in increasing order"),
     (lambda d: d.assign(ts="soon"), {"timestamp": "ts"},
-     "timestamp column 'ts' holds text that is neither a time nor a number (first: 'soon')"),
+     "timestamp column 'ts' holds text that is neither a time nor a number (first at row 0: 'soon')"),
+    (lambda d: d.assign(ts=[f"2020-02-{1 + i % 28:02d}" if i != 150 else "2020-02-30" for i in d.index]),
+     {"timestamp": "ts"}, "neither a time nor a number (first at row 150: '2020-02-30')"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
     (lambda d: d, {"assignment": "randomized", "propensity": 0.1},
@@ -182,6 +203,35 @@ def test_parquet_and_csv_read_alike(tmp_path):
         read_table(str(tmp_path / "t.txt"))
 
 
+def test_a_folder_of_parquet_files_reads_in_numbered_order_with_hive_partitions_as_numbers(tmp_path):
+    # A review: part.10 was read before part.2 (a table sorted by time was refused as unsorted),
+    # a hive partition column of integers came back as a category ("not numeric"), Parquet's
+    # repeated column names gave pyarrow's internal error, and decimals were "not numeric".
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = table(n=240).assign(ts=pd.date_range("2026-01-01", periods=240, freq="h"))
+    (tmp_path / "parts").mkdir()
+    for k in range(12):
+        df.iloc[20 * k:20 * (k + 1)].to_parquet(tmp_path / "parts" / f"part.{k}.parquet", index=False)
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    parts = read_table(str(tmp_path / "parts"))
+    pd.testing.assert_frame_equal(parts, df)
+    validate(parts, spec(timestamp="ts"))
+    df.to_parquet(tmp_path / "hive", partition_cols=["region"], index=False)
+    hive = read_table(str(tmp_path / "hive"))
+    assert hive["region"].dtype.kind == "i" and sorted(hive["region"].unique()) == [0, 1, 2, 3]
+    assert "region" in validate(hive, spec()).spec.covariates
+    pq.write_table(pa.table([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["x0", "x0"]), tmp_path / "dup.parquet")
+    with pytest.raises(DataValidationError, match="column 'x0' appears more than once"):
+        read_table(str(tmp_path / "dup.parquet"))
+    money = pa.array([decimal.Decimal("1.25"), decimal.Decimal("-3.50")], type=pa.decimal128(9, 2))
+    pq.write_table(pa.table({"spend": money}), tmp_path / "money.parquet")
+    assert read_table(str(tmp_path / "money.parquet"))["spend"].tolist() == [1.25, -3.5]
+
+
 def test_a_csvs_id_columns_are_read_as_written(tmp_path):
     # Inferred as numbers, 007 and 7 would be one id (a false duplicate) and 007 would no longer
     # meet the "007" a request or a Parquet file of strings gives.
@@ -192,6 +242,15 @@ def test_a_csvs_id_columns_are_read_as_written(tmp_path):
     validate(read, spec(unit_id="customer"))
     with pytest.raises(DataValidationError, match="duplicate ids"):  # what inferring numbers made of them
         validate(read_table(str(tmp_path / "t.csv")), spec(unit_id="customer"))
+    # An empty cell is a missing id or group, as Parquet's null is: read as the text '', a CSV's
+    # empty group cells became one group, and the run published (a review).
+    df.loc[7, "customer"] = None
+    df.assign(store=np.where(np.arange(200) % 9 == 3, None, "s1")).to_csv(tmp_path / "gaps.csv", index=False)
+    gaps = read_table(str(tmp_path / "gaps.csv"), id_columns=["customer", "store"])
+    with pytest.raises(DataValidationError, match=r"unit_id column 'customer' has 1 missing id\(s\) \(first at row 7"):
+        validate(gaps, spec(unit_id="customer"))
+    with pytest.raises(DataValidationError, match=r"group column 'store' has 22 missing value\(s\) \(first at row 3"):
+        validate(gaps, spec(group="store"))
 
 
 def test_fingerprint_changes_with_any_value_and_not_otherwise():
