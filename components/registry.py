@@ -11,9 +11,11 @@ Layout under the store's root (a local folder, or any fsspec URI):
     <root>/<model>/<version>/model_card.json        what the causal claim depends on, and the
                                                     sha256 of every other file
     <root>/<model>/aliases.json                     {"champion": {"version": 2, "history": [1]}}
-    <root>/<model>/.claims/<version>                who took the number (on a local folder written
-                                                    after publishing): a removed version's number
-                                                    is never taken again
+    <root>/<model>/.claims/<version>                the number taken: on an object store who took
+                                                    it (writer, host, pid), on a local folder an
+                                                    empty file made just before the rename that
+                                                    publishes; a removed version's number is never
+                                                    taken again
 
 Publishing makes a version visible in one step, complete and verified, and two publishers never
 get one number:
@@ -45,6 +47,7 @@ import errno
 import functools
 import json
 import os
+import re
 import reprlib
 import shutil
 import socket
@@ -87,6 +90,14 @@ class StoreError(ValueError):
     a file the user may not read or write)."""
 
 
+class DamagedStoreError(StoreError):
+    """What the store holds fails its checks (a card or file modified, missing or extra files, an
+    alias at a version that is gone): the store's fault, not the request's. The CLI exits 1 on it,
+    as on any failure, where a request it cannot do exits 2."""
+
+    exit_code = 1
+
+
 def card_digest(card: dict) -> str:
     """The card's own checksum (of everything in it but this digest)."""
     return sha256_json(card, "card_sha256")
@@ -96,6 +107,16 @@ def card_digest(card: dict) -> str:
 # ASCII, and no longer than a Kubernetes DNS label. Names published before that rule are still
 # read: a name only has to be one folder (no separator, not hidden).
 MAX_MODEL_NAME = 63
+
+
+def _is_version(name) -> bool:
+    """A version folder's name as the store writes it: 1, 2, ... (not 01, not ², which isdigit takes)."""
+    return isinstance(name, str) and re.fullmatch(r"[1-9][0-9]*", name) is not None
+
+
+def _is_alias(name) -> bool:
+    """An alias: champion, challenger, canary-2 (never a number, -1 or 'latest', which mean versions)."""
+    return isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_.-]*", name) is not None and name != "latest"
 
 
 def _is_model_name(name: str, new: bool = False) -> bool:
@@ -199,7 +220,7 @@ def check_store(uri: str, here: bool = True, model: str | None = None) -> None:
         with _reported(f"checking the model store {uri}"):
             store.fs.info(bucket)  # one request (S3: HeadBucket); s3fs's exists() says False for no credentials
     except FileNotFoundError:
-        raise StoreError(f"{uri} cannot be published to: its bucket {bucket!r} does not exist") from None
+        raise StoreError(f"{uri} cannot be used: its bucket {bucket!r} does not exist") from None
     except Exception as exc:
         if not _botocore_error(exc):
             raise
@@ -323,7 +344,7 @@ class ModelStore:
         """Published versions (those whose card exists), ascending."""
         d = self._model_dir(model)
         return sorted(int(name) for name, is_dir in self._entries(d)
-                      if is_dir and name.isdigit() and self._exists(f"{d}/{name}/{CARD_FILE}"))
+                      if is_dir and _is_version(name) and self._exists(f"{d}/{name}/{CARD_FILE}"))
 
     @_store_operation("reading")
     def card(self, model: str, version: int) -> dict:
@@ -334,10 +355,11 @@ class ModelStore:
                              f"(versions: {self.versions(model) or 'none'})")
         card = _parse_card(self.fs.cat_file(path), f"{path} in {self.uri}")
         if card.get("card_sha256") != card_digest(card):
-            raise StoreError(f"the card of {model} version {version} fails its checksum: it was modified")
+            raise DamagedStoreError(f"the card of {model} version {version} fails its checksum: it was modified")
         if (card.get("model"), card.get("version")) != (model, int(version)):
-            raise StoreError(f"{path} in {self.uri} is the card of {card.get('model')} version {card.get('version')}, "
-                             f"not of {model} version {version}: a version folder was copied or moved by hand")
+            raise DamagedStoreError(f"{path} in {self.uri} is the card of {card.get('model')} version "
+                                    f"{card.get('version')}, not of {model} version {version}: a version folder was "
+                                    "copied or moved by hand")
         return card
 
     def resolve(self, model: str, ref: str | int | None = None) -> int:
@@ -347,14 +369,20 @@ class ModelStore:
             raise StoreError(f"model {model!r} has no published version in {self.uri}")
         if ref is None or ref == "latest":
             return versions[-1]
-        if isinstance(ref, int) or str(ref).isdigit():
+        if isinstance(ref, int) or _is_version(ref):
             if int(ref) not in versions:
                 raise StoreError(f"model {model!r} has no version {ref} (versions: {versions})")
             return int(ref)
+        if not _is_alias(ref):  # 01, ², -1: neither a version as the store writes it nor an alias
+            raise StoreError(f"{ref!r} is neither a version number (1, 2, ...) nor an alias such as 'champion'")
         aliases = self.aliases(model)
         if ref not in aliases:
             raise StoreError(f"model {model!r} has no alias {ref!r} (aliases: {sorted(aliases) or 'none'})")
-        return int(aliases[ref]["version"])
+        version = int(aliases[ref]["version"])
+        if version not in versions:
+            raise DamagedStoreError(f"alias {ref!r} of model {model!r} points at version {version}, which is not "
+                                    f"published (versions: {versions}): promote another version")
+        return version
 
     # ------------------------------------------------------------------ load
     @_store_operation("reading")
@@ -390,7 +418,7 @@ class ModelStore:
             try:
                 verify_files(staging, card)
             except StoreError as exc:
-                raise StoreError(f"{what} in {self.uri} fails verification: {exc}") from None
+                raise DamagedStoreError(f"{what} in {self.uri} fails verification: {exc}") from None
             os.rename(staging, path)
         except OSError:
             if not os.path.exists(os.path.join(path, CARD_FILE)):
@@ -432,8 +460,8 @@ class ModelStore:
         """One above every number published or taken (a claim, a folder of a publisher in flight
         or crashed): a number is never reused, not even after its folder was removed by hand (an
         alias naming it would follow the new model)."""
-        taken = [int(name) for name, _ in self._entries(self._model_dir(model)) if name.isdigit()]
-        taken += [int(name) for name, _ in self._entries(f"{self._model_dir(model)}/{_CLAIMS}") if name.isdigit()]
+        taken = [int(name) for name, _ in self._entries(self._model_dir(model)) if _is_version(name)]
+        taken += [int(name) for name, _ in self._entries(f"{self._model_dir(model)}/{_CLAIMS}") if _is_version(name)]
         return max(taken, default=0) + 1
 
     def _publish_local(self, model: str, source_dir: str, card: dict, files: dict) -> int:
@@ -442,10 +470,15 @@ class ModelStore:
         os.makedirs(f"{d}/{_STAGING}", exist_ok=True)
         _remove_stale(f"{d}/{_STAGING}")
         os.makedirs(f"{d}/{_CLAIMS}", exist_ok=True)
-        staging = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
+        # The version is staged inside a fresh folder of its own: copytree gives the copy the
+        # source's time, and a source older than a day made it look stale to another publisher's
+        # sweep (`_remove_stale`) the moment it was copied (a review lost a version's files so).
+        holder = f"{d}/{_STAGING}/{uuid.uuid4().hex}"
+        os.mkdir(holder)
+        staging = f"{holder}/version"
         try:
-            shutil.copytree(source_dir, staging)
-            _make_readable(staging)  # copytree keeps the source's modes: a temporary folder's 0700
+            _copy_files(source_dir, staging, files)
+            _make_readable(staging)  # copies keep the source's modes: a temporary folder's 0700
             for _ in range(_ATTEMPTS):
                 version = self._next_number(model)
                 full = self._full_card(card, model, version, files)
@@ -472,7 +505,7 @@ class ModelStore:
                 return version
             raise StoreError(f"could not allocate a version of {model!r} in {self.uri} after {_ATTEMPTS} attempts")
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(holder, ignore_errors=True)
 
     def _publish_remote(self, model: str, source_dir: str, card: dict, files: dict) -> int:
         d = self._model_dir(model)
@@ -489,7 +522,7 @@ class ModelStore:
         """Upload a claimed version: its files, checked against the card, then the card."""
         staging = tempfile.mkdtemp(prefix="tauforge-publish-")
         try:
-            shutil.copytree(source_dir, staging, dirs_exist_ok=True)
+            _copy_files(source_dir, staging, card["files"])
             _write_card(staging, card)
             verify_files(staging, card)
             for rel in card["files"]:
@@ -500,10 +533,16 @@ class ModelStore:
                                  f"not the card's files {sorted(card['files'])}")
             # Last, and only if absent: the version becomes visible.
             created = self._create(f"{final}/{CARD_FILE}", json.dumps(card, indent=2, sort_keys=True).encode())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.fs.rm(final, recursive=True)  # nothing half written stays; the claim keeps the number used
-            raise
+        except BaseException as exc:
+            # The card may have landed with its answer lost (a reset connection): the version is
+            # then complete and readers may have seen it, so it stays.
+            if not self._card_is(f"{final}/{CARD_FILE}", card):
+                with contextlib.suppress(OSError):
+                    self.fs.rm(final, recursive=True)  # nothing half written stays; the claim keeps the number used
+                raise
+            if not isinstance(exc, Exception):  # interrupted once published: the version stays, the interrupt goes on
+                raise
+            created = True
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if not created and self._card_is(f"{final}/{CARD_FILE}", card):
@@ -542,9 +581,9 @@ class ModelStore:
     @_store_operation("changing an alias in")
     def set_alias(self, model: str, alias: str, version: int) -> dict:
         """Point `alias` at `version`, keeping the previous target for `rollback`."""
-        if not _is_model_name(alias) or alias.isdigit() or alias == "latest":
-            raise StoreError(f"alias {alias!r} must be a name such as 'champion': letters, digits, '-', '_' or '.' "
-                             "(not leading), not a number or 'latest'")
+        if not _is_alias(alias):
+            raise StoreError(f"alias {alias!r} must be a name such as 'champion': a lowercase letter, then lowercase "
+                             "letters, digits, '-', '_' or '.'; not 'latest'")
         version = self.load(model, int(version)).version  # only a version that verifies: serving would refuse it
 
         def point(aliases: dict) -> dict:
@@ -570,8 +609,9 @@ class ModelStore:
             try:
                 self.load(model, int(entry["history"][-1]))
             except StoreError as exc:
-                raise StoreError(f"alias {alias!r} of model {model!r} cannot roll back to version "
-                                 f"{entry['history'][-1]}: {exc}; promote a version that verifies instead") from None
+                raise DamagedStoreError(f"alias {alias!r} of model {model!r} cannot roll back to version "
+                                        f"{entry['history'][-1]}: {exc}; promote a version that verifies "
+                                        "instead") from None
             entry["version"] = entry["history"].pop()
             return entry
 
@@ -649,7 +689,7 @@ def _parse_aliases(data: bytes, where: str) -> dict[str, dict]:
                 and all(type(v) is int for v in e["history"]))
 
     if not (isinstance(aliases, dict) and all(entry(e) for e in aliases.values())):
-        raise StoreError(f"{where} is damaged ({problem}): restore it, or remove it and promote a version again")
+        raise DamagedStoreError(f"{where} is damaged ({problem}): restore it, or remove it and promote a version again")
     return aliases
 
 
@@ -729,20 +769,21 @@ def _parse_card(data: bytes, where: str) -> dict:
     try:
         card = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{where} is not a readable model card ({exc}): the version is damaged") from None
+        raise DamagedStoreError(f"{where} is not a readable model card ({exc}): the version is damaged") from None
     if not isinstance(card, dict):
-        raise StoreError(f"{where} is not a readable model card (a JSON {type(card).__name__}): the version is "
-                         "damaged")
+        raise DamagedStoreError(f"{where} is not a readable model card (a JSON {type(card).__name__}): the "
+                                "version is damaged")
     # What readers build paths and labels from (the event log's folders, metrics): checked here,
     # not trusted because the card's own digest matches (anyone who can edit it can recompute that).
     version, files = card.get("version"), card.get("files")
     if not _is_model_name(card.get("model")) or not (isinstance(version, int) and version > 0):
-        raise StoreError(f"{where} names model {reprlib.repr(card.get('model'))} version {reprlib.repr(version)}: "
-                         "not a model name and a version number; the version is damaged")
+        raise DamagedStoreError(f"{where} names model {reprlib.repr(card.get('model'))} version "
+                                f"{reprlib.repr(version)}: not a model name and a version number; the version is "
+                                "damaged")
     if not isinstance(files, dict) or not all(map(_is_inside, files)):
         bad = next((f for f in files if not _is_inside(f)), None) if isinstance(files, dict) else files
-        raise StoreError(f"{where} lists the file {reprlib.repr(bad)}, which is not a path inside the version "
-                         "folder; the version is damaged")
+        raise DamagedStoreError(f"{where} lists the file {reprlib.repr(bad)}, which is not a path inside the "
+                                "version folder; the version is damaged")
     return card
 
 
@@ -755,18 +796,23 @@ def _is_inside(rel) -> bool:
 def verify_files(path: str, card: dict) -> None:
     """Every file the card lists exists under `path` with its sha256; no other file is there."""
     if card.get("card_sha256") != card_digest(card):
-        raise StoreError(f"the card in {path} fails its checksum: it was modified")
+        raise DamagedStoreError(f"the card in {path} fails its checksum: it was modified")
     with _reported(f"verifying the version folder {path}"):
-        present = set(_walk(path)) - {CARD_FILE}
+        try:
+            present = set(_walk(path)) - {CARD_FILE}
+        except DamagedStoreError:
+            raise
+        except StoreError as exc:  # a link to a folder planted in the version
+            raise DamagedStoreError(str(exc)) from None
         listed = set(card.get("files", {}))
         if present - listed:
-            raise StoreError(f"{path} holds files its card does not list: {', '.join(sorted(present - listed))}")
+            raise DamagedStoreError(f"{path} holds files its card does not list: {', '.join(sorted(present - listed))}")
         for rel, digest in card["files"].items():
             full = os.path.join(path, rel)
             if not _local_exists(full):
-                raise StoreError(f"{full} is missing")
+                raise DamagedStoreError(f"{full} is missing")
             if sha256_file(full) != digest:
-                raise StoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
+                raise DamagedStoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
 
 
 def _raise(exc: OSError) -> None:
@@ -775,12 +821,28 @@ def _raise(exc: OSError) -> None:
 
 def _walk(root: str) -> list[str]:
     """Every file under `root`, relative, '/'-separated. A folder it may not read raises (os.walk
-    would skip it silently, and its files would look missing)."""
+    would skip it silently, and its files would look missing), and so does a link to a folder
+    (os.walk does not enter it, and what it holds would go unchecked)."""
     out = []
-    for dirpath, _, files in os.walk(root, onerror=_raise):
+    for dirpath, dirs, files in os.walk(root, onerror=_raise):
+        linked = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+        if linked:
+            raise StoreError(f"{os.path.join(dirpath, linked[0])} is a link to a folder: a version holds its files "
+                             "itself")
         for name in files:
             out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     return sorted(out)
+
+
+def _copy_files(source_dir: str, dest: str, files) -> None:
+    """Copy the listed files (relative paths) of `source_dir` into a new folder `dest`, one by
+    one, so that a full disk raises its own OSError (copytree gathers errors into one
+    shutil.Error, without the errno that names a full disk)."""
+    os.makedirs(dest, exist_ok=True)
+    for rel in files:
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(os.path.join(source_dir, rel), target)
 
 
 def environment() -> dict[str, Any]:
@@ -911,7 +973,8 @@ def diff_cards(old: dict, new: dict) -> dict:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    data = {k: [old["data"].get(k), new["data"].get(k)] for k in ("fingerprint", "rows", "source")}
+    # A card published through the Python API may lack any part: it is compared as empty.
+    data = {k: [old.get("data", {}).get(k), new.get("data", {}).get(k)] for k in ("fingerprint", "rows", "source")}
     spec_old, spec_new = old.get("spec", {}), new.get("spec", {})
     roles = {k: listed(spec_old.get(k) or [], spec_new.get(k) or []) for k in ("covariates", "controls")}
     spec_fields = pairs({k: v for k, v in spec_old.items() if k not in roles},
@@ -919,10 +982,11 @@ def diff_cards(old: dict, new: dict) -> dict:
     estimator = pairs(*(flat({k: v for k, v in c.get("estimator", {}).items() if k != "nuisance"})
                         for c in (old, new)))
     thresholds = [c.get("evaluation", {}).get("gate_config") for c in (old, new)]
-    learners = pairs(old["estimator"].get("nuisance", {}), new["estimator"].get("nuisance", {}))
-    scores = pairs(old["evaluation"].get("nuisance", {}), new["evaluation"].get("nuisance", {}))
-    v_old, v_new = old["evaluation"]["verdict"], new["evaluation"]["verdict"]
-    effect = {k: [old["effect"].get(k), new["effect"].get(k)] for k in ("ate", "ate_lower", "ate_upper")}
+    learners = pairs(old.get("estimator", {}).get("nuisance", {}), new.get("estimator", {}).get("nuisance", {}))
+    scores = pairs(old.get("evaluation", {}).get("nuisance", {}), new.get("evaluation", {}).get("nuisance", {}))
+    v_old, v_new = ({"passed": None, "reasons": [], "warnings": [], **c.get("evaluation", {}).get("verdict", {})}
+                    for c in (old, new))
+    effect = {k: [c.get("effect", {}).get(k) for c in (old, new)] for k in ("ate", "ate_lower", "ate_upper")}
     return {
         "from": {"model": old.get("model"), "version": old.get("version")},
         "to": {"model": new.get("model"), "version": new.get("version")},

@@ -3,7 +3,7 @@
     tauforge run      train, evaluate and publish a causal model (the KFP pipeline, run locally)
     tauforge compile  write the training or monitoring pipeline as KFP IR YAML for the Kubeflow UI
     tauforge submit   send a training run to Kubeflow Pipelines
-    tauforge models   list | show | promote | rollback published models
+    tauforge models   list | show | diff | promote | rollback published models
     tauforge serve    serve a published model on KServe's model server (canary, shadow)
     tauforge deploy   write (and apply) the KServe and Istio objects that serve a version
     tauforge monitor  check served traffic for drift; judge the champion against the challenger
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -352,16 +353,26 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from tauforge.components.registry import ModelStore, StoreError
+    from tauforge.components.registry import ModelStore, StoreError, check_store
 
     store = ModelStore(_store_uri(args))
     if args.refs and args.action != "diff":
         raise ValueError(f"models {args.action} takes no versions as arguments ({' '.join(args.refs)}): "
                          "use --version V")
+    # A flag an action does not read is refused, not ignored (`show --alias x` showed the latest).
+    if args.version is not None and args.action not in ("show", "promote"):
+        raise ValueError(f"models {args.action} takes no --version" + (": give the two versions as arguments"
+                                                                       if args.action == "diff" else ""))
+    if args.alias is not None and args.action not in ("promote", "rollback"):
+        raise ValueError(f"models {args.action} takes no --alias" + (": pass the alias as --version"
+                                                                     if args.action == "show" else ""))
+    args.alias = args.alias or "champion"
+    if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
+        problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
+        raise ValueError(f"--store {store.uri}: {store.root} {problem}")
+    if not store.local:  # nor a mistyped bucket (one request: S3's HeadBucket)
+        check_store(store.uri)
     if args.action == "list":
-        if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
-            problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
-            raise ValueError(f"--store {store.uri}: {store.root} {problem}")
         if args.name:
             store.resolve(args.name)  # a model that is not there is an error, not an empty listing
         names = [args.name] if args.name else store.models()
@@ -372,26 +383,31 @@ def _models(args: argparse.Namespace) -> int:
             except StoreError as exc:  # a damaged aliases file must not hide the other models either
                 damaged.append(str(exc))
                 aliases = {}
-            for v in store.versions(name):
+            versions = store.versions(name)
+            damaged += [f"{name}: alias {a!r} points at version {e['version']}, which is not published (versions: "
+                        f"{versions}); serving it would fail: promote another version"
+                        for a, e in sorted(aliases.items()) if e["version"] not in versions]
+            for v in versions:
                 try:
                     card = store.card(name, v)
                 except StoreError as exc:  # one damaged version must not hide the others
                     damaged.append(f"{name} version {v}: {exc}")
                     continue
-                tags = ",".join(a for a, e in aliases.items() if e["version"] == v)
-                rows.append({"model": name, "version": v, "created": card["created"], "ate": card["effect"]["ate"],
-                             "ate_lower": card["effect"]["ate_lower"], "ate_upper": card["effect"]["ate_upper"],
-                             "rows": card["data"]["rows"], "aliases": tags})
+                effect = card.get("effect", {})  # a card published through the Python API may lack parts
+                rows.append({"model": name, "version": v, "created": card.get("created"), "ate": effect.get("ate"),
+                             "ate_lower": effect.get("ate_lower"), "ate_upper": effect.get("ate_upper"),
+                             "rows": card.get("data", {}).get("rows"),
+                             "aliases": [a for a, e in sorted(aliases.items()) if e["version"] == v]})
         if args.json:
-            print(json.dumps(rows))
+            print(_strict_json(rows))  # the problems go to stderr, as in text, and the exit code is 1
         elif not rows:
             print(f"no models in {store.uri}")
         else:
             print(f"{'MODEL':20} {'VERSION':>7}  {'CREATED':25} {'ATE':>9}  {'95% CI':22} {'ROWS':>8}  ALIASES")
             for r in rows:
-                ci = f"[{r['ate_lower']:.4f}, {r['ate_upper']:.4f}]"
-                print(f"{r['model']:20} {r['version']:>7}  {r['created']:25} {r['ate']:>9.4f}  {ci:22} "
-                      f"{r['rows']:>8}  {r['aliases']}")
+                ci = f"[{_number(r['ate_lower'], '.4f')}, {_number(r['ate_upper'], '.4f')}]"
+                print(f"{r['model']:20} {r['version']:>7}  {_number(r['created'], '')[:25]:25} "
+                      f"{_number(r['ate'], '.4f'):>9}  {ci:22} {_number(r['rows'], ''):>8}  {','.join(r['aliases'])}")
         for problem in damaged:
             print(f"tauforge models: {problem}", file=sys.stderr)
         return 1 if damaged else 0
@@ -399,7 +415,7 @@ def _models(args: argparse.Namespace) -> int:
         raise ValueError(f"models {args.action} needs --name MODEL")
     if args.action == "show":
         version = store.resolve(args.name, args.version)
-        print(json.dumps(store.card(args.name, version), indent=2, sort_keys=True))
+        print(_strict_json(store.card(args.name, version), indent=2, sort_keys=True))
         return 0
     if args.action == "diff":
         return _models_diff(store, args)
@@ -414,6 +430,20 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strict_json(value, **kwargs) -> str:
+    """JSON strict readers take: a NaN or infinity (in a card written before 2026-12-06) as null."""
+    from tauforge.kernels.serialization import finite_json
+
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+def _number(value, spec: str) -> str:
+    """A card's number as text; n/a where it is missing or not a number."""
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    return format(value, spec)
+
+
 def _models_diff(store, args: argparse.Namespace) -> int:
     """`models diff V1 V2`: what changed from one version's card to the other's."""
     from tauforge.components.registry import diff_cards
@@ -424,7 +454,7 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     old, new = (store.card(args.name, store.resolve(args.name, ref)) for ref in args.refs)
     d = diff_cards(old, new)
     if args.json:
-        print(json.dumps(d))
+        print(_strict_json(d))
         return 0
 
     def short(digest):
@@ -461,18 +491,17 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     n = d["nuisance"]
     lines.append("  nuisance learners: " + ("changed" if n["changed"] else "same"))
     lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in n["learners"].items()]
-    lines += [f"    out-of-fold {k}: {v[0]:.4g} -> {v[1]:.4g}" for k, v in n["scores"].items()
-              if None not in v]
+    lines += [f"    out-of-fold {k}: {_number(v[0], '.4g')} -> {_number(v[1], '.4g')}" for k, v in n["scores"].items()]
     gate = d["gate"]
-    lines.append("  gate: " + " -> ".join("passed" if p else "failed" for p in gate["passed"]))
+    lines.append("  gate: " + " -> ".join("n/a" if p is None else "passed" if p else "failed" for p in gate["passed"]))
     if gate["thresholds"] is None:
         lines.append("    thresholds: not recorded in the older card")
     lines += [f"    threshold {k}: {v[0]} -> {v[1]}" for k, v in (gate["thresholds"] or {}).items()]
     lines += changes(gate["reasons"], "reason") + changes(gate["warnings"], "warning")
-    lines += [f"    {k}: {v[0]:.4g} -> {v[1]:.4g}" for k, v in gate["checks"].items() if None not in v]
-    e = d["effect"]
-    lines.append(f"  ATE: {e['ate'][0]:.4f} [{e['ate_lower'][0]:.4f}, {e['ate_upper'][0]:.4f}] -> "
-                 f"{e['ate'][1]:.4f} [{e['ate_lower'][1]:.4f}, {e['ate_upper'][1]:.4f}]")
+    lines += [f"    {k}: {_number(v[0], '.4g')} -> {_number(v[1], '.4g')}" for k, v in gate["checks"].items()]
+    e = {k: [_number(x, ".4f") for x in v] for k, v in d["effect"].items()}
+    lines.append(f"  ATE: {e['ate'][0]} [{e['ate_lower'][0]}, {e['ate_upper'][0]}] -> "
+                 f"{e['ate'][1]} [{e['ate_lower'][1]}, {e['ate_upper'][1]}]")
     print("\n".join(lines))
     return 0
 
@@ -889,7 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     models.add_argument("--name", help="model name")
     models.add_argument("--version", help="version number or alias (show: default latest; promote: required)")
-    models.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    models.add_argument("--alias", help="promote, rollback: the alias to move (default: champion)")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_models)
     return parser
@@ -924,8 +953,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as other Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool its signal stopped
-    except ValueError as exc:  # the user's input: data, flags, store references
-        return _report(args, "error", str(exc), 2)
+    except ValueError as exc:  # the user's input: data, flags, store references (2); a damaged store (1)
+        code = getattr(exc, "exit_code", 2)
+        return _report(args, "error" if code == 2 else "failed", str(exc), code)
     except RuntimeError as exc:  # a pipeline task failed
         return _report(args, "failed", str(exc), 1)
     except OSError as exc:  # the machine's: a full disk, a file that cannot be written, a connection refused

@@ -419,7 +419,7 @@ def test_a_removed_versions_number_is_never_taken_again_and_a_moved_card_is_name
     shutil.rmtree(os.path.join(store.root, "m", "3"))  # an operator removes a version by hand
     # Numbered 3 again, the champion alias would have named a version nobody promoted.
     assert store.publish("m", model_dir[0], card()) == 4
-    with pytest.raises(StoreError, match="no version 3"):
+    with pytest.raises(StoreError, match="alias 'champion' of model 'm' points at version 3, which is not published"):
         store.load("m", "champion")
     shutil.copytree(os.path.join(store.root, "m", "1"), os.path.join(store.root, "m", "7"))
     with pytest.raises(StoreError, match="m/7/model_card.json in .* is the card of m version 1, not of m version 7"):
@@ -463,6 +463,134 @@ def test_a_killed_publishers_staging_copy_is_removed_by_a_later_publish(model_di
     os.utime(stale, (old, old))
     store.publish("m", src, card())
     assert sorted(os.listdir(staging)) == ["in-flight"]  # another publisher's may still be at work
+
+
+def test_another_publishers_sweep_right_after_copying_a_day_old_source_leaves_the_version_whole(
+        model_dir, tmp_path, monkeypatch):
+    # A review: copytree gave the staged copy its source's time, so a source older than a day
+    # looked stale to another publisher's sweep the moment it was copied; the sweep removed it,
+    # and a version was published holding its card alone. The sweep is run here at that moment.
+    from tauforge.components import registry
+
+    src = tmp_path / "old-source"
+    shutil.copytree(model_dir[0], src)
+    old = time.time() - 2 * 86400
+    for folder, _, files in os.walk(src):
+        for name in [*files, "."]:
+            os.utime(os.path.join(folder, name), (old, old))
+    store = ModelStore(str(tmp_path / "store"))
+    real_copy = registry._copy_files
+
+    def copy_then_sweep(source, dest, files):
+        real_copy(source, dest, files)
+        registry._remove_stale(os.path.join(store.root, "m", ".staging"))
+    monkeypatch.setattr(registry, "_copy_files", copy_then_sweep)
+    assert store.publish("m", str(src), card()) == 1
+    store.load("m", 1)  # every file there, verified
+
+
+def test_a_full_disk_while_copying_a_version_is_named_as_one(model_dir, tmp_path, monkeypatch):
+    # A review: copytree gathered the error into a shutil.Error without its errno, printed as a list.
+    import errno
+
+    from tauforge.components import registry
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", args[1])
+    monkeypatch.setattr(registry.shutil, "copy2", full)
+    store = ModelStore(str(tmp_path / "store"))
+    with pytest.raises(OSError, match="No space left on device while publishing to the model store .*store"):
+        store.publish("m", model_dir[0], card())
+    monkeypatch.undo()
+    assert os.listdir(os.path.join(store.root, "m", ".staging")) == [] and store.versions("m") == []
+
+
+def test_version_and_alias_names_are_the_stores_own_spellings(model_dir, tmp_path):
+    # A review: isdigit took '²' and '١' as numbers (a stray folder '²' failed every publish), a
+    # hand copy '01' was listed as version 1 twice, and an alias '-1' read as 'the one before'.
+    store = store_with(model_dir, tmp_path, 1)
+    os.mkdir(os.path.join(store.root, "m", "²"))
+    shutil.copytree(os.path.join(store.root, "m", "1"), os.path.join(store.root, "m", "01"))
+    assert store.publish("m", model_dir[0], card()) == 2 and store.versions("m") == [1, 2]
+    for ref in ("01", "²", "-1", "Champion"):
+        with pytest.raises(StoreError, match="is neither a version number .* nor an alias"):
+            store.resolve("m", ref)
+    for alias in ("-1", "Champion", "7", "latest", "ｃ"):
+        with pytest.raises(StoreError, match="must be a name such as 'champion'"):
+            store.set_alias("m", alias, 1)
+
+
+def test_a_link_to_a_folder_planted_in_a_version_fails_its_verification(model_dir, tmp_path):
+    from tauforge.components.registry import DamagedStoreError
+
+    store = store_with(model_dir, tmp_path, 1)
+    os.symlink(tmp_path, os.path.join(store.root, "m", "1", "extra"))
+    with pytest.raises(DamagedStoreError, match="extra is a link to a folder"):
+        store.set_alias("m", "champion", 1)
+
+
+def models_cli(store, *args):
+    return subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "models", *args, "--store", store.root],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_models_cli_prints_strict_json_and_n_a_for_a_cards_nan_and_missing_parts(model_dir, tmp_path):
+    # A review: a card written before strict JSON holds NaN (its checksum still good), and `show`
+    # and `diff --json` printed it as is; a card published through the Python API without the
+    # parts `list` and `diff` read failed them with a traceback; `diff` left out what one side lacked.
+    from tauforge.components.registry import card_digest
+
+    store = store_with(model_dir, tmp_path, 1)
+    store.publish("m", model_dir[0], {"note": "a card without effect or data"})
+    path = os.path.join(store.root, "m", "1", "model_card.json")
+    with open(path) as f:
+        old = json.load(f)
+    old["effect"]["ate_lower"] = float("nan")
+    old["evaluation"] = {"verdict": {"passed": True, "reasons": [], "warnings": []},
+                         "refuters": {"placebo": {"p_value": 0.5}}}
+    old["card_sha256"] = card_digest(old)
+    with open(path, "w") as f:
+        json.dump(old, f)  # NaN, as Python writes it
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
+
+    shown = models_cli(store, "show", "--name", "m", "--version", "1")
+    assert shown.returncode == 0 and strict(shown.stdout)["effect"]["ate_lower"] is None
+    listed = models_cli(store, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = strict(listed.stdout)
+    assert [(r["version"], r["ate"], r["ate_lower"]) for r in rows] == [(1, 0.5, None), (2, None, None)]
+    text = models_cli(store, "list")
+    assert text.returncode == 0 and "[n/a, 0.6000]" in text.stdout and "Traceback" not in text.stderr
+    diffed = models_cli(store, "diff", "--name", "m", "1", "2", "--json")
+    assert diffed.returncode == 0, diffed.stderr
+    assert strict(diffed.stdout)["effect"]["ate_lower"] == [None, None]
+    text = models_cli(store, "diff", "--name", "m", "1", "2")
+    assert text.returncode == 0, text.stderr
+    assert "gate: passed -> n/a" in text.stdout and "placebo p-value: 0.5 -> n/a" in text.stdout
+    assert "ATE: 0.5000 [n/a, 0.6000] -> n/a [n/a, n/a]" in text.stdout
+
+
+def test_models_cli_names_a_dangling_alias_refuses_unread_flags_and_exits_1_on_damage(model_dir, tmp_path):
+    store = store_with(model_dir, tmp_path, 2)
+    store.set_alias("m", "champion", 2)
+    shutil.rmtree(os.path.join(store.root, "m", "2"))  # an operator removes the champion by hand
+    out = models_cli(store, "list")
+    assert out.returncode == 1 and "alias 'champion' points at version 2, which is not published" in out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "1"]]
+    out = models_cli(store, "show", "--name", "m", "--version", "champion")
+    assert out.returncode == 1 and "alias 'champion' of model 'm' points at version 2" in out.stderr
+    for args, problem in ((("show", "--name", "m", "--alias", "x"), "models show takes no --alias"),
+                          (("list", "--version", "2"), "models list takes no --version"),
+                          (("rollback", "--name", "m", "--version", "1"), "models rollback takes no --version"),
+                          (("diff", "--name", "m", "1", "1", "--version", "7"), "models diff takes no --version")):
+        out = models_cli(store, *args)
+        assert out.returncode == 2 and problem in out.stderr, (args, out.stderr)
+    with open(os.path.join(store.root, "m", "1", "report.html"), "a") as f:
+        f.write("<!-- edited -->")
+    out = models_cli(store, "promote", "--name", "m", "--version", "1")
+    assert out.returncode == 1 and "checksum mismatch" in out.stderr and "failed:" in out.stderr
 
 
 def test_the_card_names_this_projects_commit_and_whether_the_tree_had_changes():
