@@ -83,6 +83,14 @@ def test_monte_carlo_noise_is_removed_from_the_spread_of_the_replicates():
         assert np.mean(raw_hi - raw_lo) == pytest.approx(2 * 1.96 * 2, rel=0.1), kind  # noise left in: twice as wide
 
 
+def test_the_monte_carlo_variance_of_little_bags_is_their_means_unbiased_variance_over_their_number():
+    # Exact: the seeds test below allows 0.8-1.25, and G in place of G - 1 (5% at 20 bags) passed it.
+    from tauforge.kernels.prediction import little_bag_variance
+
+    psi = np.array([[1.0, 3.0, -1.0, -3.0, 2.0, -2.0]])  # bags of 2 trees: means 2, -2, 0
+    assert little_bag_variance(psi, 2, monte_carlo=True)[0] == pytest.approx(np.var([2, -2, 0], ddof=1) / 3)
+
+
 @pytest.mark.parametrize("correction", [None, [0]])
 def test_a_forests_monte_carlo_variance_is_the_spread_of_forests_grown_with_other_seeds(correction):
     """Forests of 40 trees on the same data with 40 seeds: the variance of their CATE across seeds

@@ -397,3 +397,16 @@ def test_a_grouped_ate_interval_takes_students_t_with_one_degree_of_freedom_fewe
     lower, upper = model.ate_interval(0.1)
     assert model.n_groups_ == 30
     assert (upper - lower) / 2 == pytest.approx(t.ppf(0.95, 29) * model.ate_stderr_)
+
+
+def test_the_clustered_standard_error_and_its_quantile_are_the_textbook_numbers():
+    # Exact values: the coverage tests run at 100 groups, where CR1's G / (G - 1) is 1.01 and
+    # dropping it passed them all (a mutation review); at 10 groups the intervals then cover 0.938.
+    from tauforge.kernels.ate import clustered_stderr, interval_quantile
+
+    score, groups = np.array([1.0, -1.0, 2.0, 0.0, -2.0, 0.0]), np.array([0, 0, 1, 1, 2, 2])
+    # The groups' sums are 0, 2 and -2: sqrt(3 / 2 * (0 + 4 + 4)), halved by the scale.
+    assert clustered_stderr(score, 2.0, groups) == pytest.approx(np.sqrt(1.5 * 8) / 2)
+    assert clustered_stderr(score, 1.0) == pytest.approx(np.sqrt(10.0))  # each row its own group, no CR1
+    assert interval_quantile(0.05) == pytest.approx(1.959964, abs=1e-6)  # two-sided: not 1.645
+    assert interval_quantile(0.05, n_groups=20) == pytest.approx(2.093024, abs=1e-6)  # Student's t, 19 df

@@ -317,3 +317,18 @@ def test_cuda_grows_the_cpu_trees():
     cpu = NumbaBackend().grow(data, mom, trees, RULES[0])
     gpu = TorchBackend(torch.device("cuda")).grow(data, mom, trees, RULES[0])
     _assert_same_trees(cpu, gpu)
+
+
+def test_grfs_debiased_variance_is_the_mean_of_the_truncated_normal_it_describes():
+    # Exact, against scipy: an error in the estimate's standard error (sqrt(1 / G) for
+    # sqrt(2 / G)) passed every test but the slow comparison with EconML (a mutation review).
+    from scipy.stats import truncnorm
+
+    from tauforge.kernels.prediction import debias_between_group_variance
+
+    var_between, noise, groups = np.array([1.0, 1.0, 0.2]), np.array([0.3, 1.2, 0.5]), np.array([50, 50, 125])
+    got = debias_between_group_variance(var_between, noise, groups)
+    center = var_between - noise
+    se = np.maximum(var_between, noise) * np.sqrt(2 / groups)  # grf's: the noisier term's sd over G bags
+    expected = truncnorm.mean(-center / se, np.inf, loc=center, scale=se)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)

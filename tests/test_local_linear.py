@@ -219,6 +219,9 @@ def test_shards_merge_into_the_corrected_forest_fit_grows():
         odd = _forest(n_estimators=40, linear_correction_variables="auto").fit_shard(X, t, other_y, shard=2, n_shards=3)
         chosen = None if odd.linear_correction_ is None else odd.linear_correction_.variables
         assert chosen != auto[0].linear_correction_.variables
+        with pytest.raises(ValueError, match="shards were grown on different data"):  # told by its digest
+            CausalForest.merge([*auto, odd])
+        odd.training_digest_ = None  # as a shard saved before digests were: the corrections tell
         with pytest.raises(ValueError, match="shards have different local linear corrections"):
             CausalForest.merge([*auto, odd])
 

@@ -7,6 +7,8 @@ tests/benchmarks/bench_refuters.py, where they cost minutes, not seconds; the sp
 refuters share is checked at its nominal rate here, on simulated draws.
 """
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,6 +211,14 @@ def test_the_placebo_passes_a_sound_pipeline_and_catches_one_that_finds_effects_
     for planted in (ConstantPseudoEffect, RealTreatmentLeaks):
         caught = placebo(planted(data, TWO_FOLDS, SEED, refit.oob_cate, refit.forest_params), SEED)
         assert caught["p_value"] < 1e-4, (planted.__name__, caught)
+
+
+def test_the_placebos_p_value_is_two_sided():
+    # Exact: the placebo tests above hold at one seed whether p is two-sided or half of it, and a
+    # one-sided p doubles the gate's false alarms (a mutation review). |z| = 1.96 is p = 0.05.
+    judge = placebo_refuter(types.SimpleNamespace(arrays={"T": np.zeros(10)}), 0).judge
+    for effect in (0.196, -0.196):
+        assert judge([(effect, 0.1)])["p_value"] == pytest.approx(0.05, abs=1e-4)
 
 
 def test_random_common_cause_passes_a_sound_pipeline_and_catches_a_dropped_confounder(run):
