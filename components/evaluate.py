@@ -270,10 +270,11 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             # Weighted as the reported effect is: its bounds must be about that number.
             "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"],
                                               sample_weight=a["sample_weight"], groups=groups),
+            # Weighted as the reported effect is (as grf weights them): the population it is about.
             "heterogeneity": steps.run("heterogeneity", lambda: {
-                "calibration": heterogeneity.calibration_test(y_res, t_res, cate, groups),
-                "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups),
-                "gates": heterogeneity.gates(cate, scores, groups=groups)}),
+                "calibration": heterogeneity.calibration_test(y_res, t_res, cate, groups, a["sample_weight"]),
+                "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups, sample_weight=a["sample_weight"]),
+                "gates": heterogeneity.gates(cate, scores, groups=groups, sample_weight=a["sample_weight"])}),
             "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
             "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed,
                                       groups=groups),
@@ -296,10 +297,10 @@ def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, se
     """The ranking by the out-of-bag CATE judged by the debiased scores (`uplift.doubly_robust`),
     and, when the treatment was randomized, CausalML's classic normalized AUUC and Qini score from
     outcome and treatment alone (which measure effects only then)."""
+    a = data.arrays()
     section = {"ranking": "out-of-bag CATE", "effect_scores": "debiased (AIPW) scores of the out-of-bag CATE",
-               **uplift.doubly_robust(cate, scores, seed=seed, groups=data.arrays()["groups"])}
+               **uplift.doubly_robust(cate, scores, seed=seed, groups=a["groups"], sample_weight=a["sample_weight"])}
     if data.spec.binary and data.spec.assignment == "randomized":
-        a = data.arrays()
         with np.errstate(divide="ignore", invalid="ignore"):
             scores_ = {"auuc": uplift.auuc_score(a["Y"], a["T"], cate), "qini": uplift.qini_score(a["Y"], a["T"], cate)}
         section["classic"] = {"definition": "CausalML's auuc_score and qini_score (normalized), from outcome and "

@@ -9,7 +9,9 @@ rate         the rank-weighted average treatment effect (AUTOC, as grf's
 gates        group average effects by CATE quartile (mean doubly robust score in each).
 
 Each takes the data's `groups` (codes, one per row, or None): with them, standard errors count
-groups, not rows, as independent (the cluster sandwich, a bootstrap of whole groups).
+groups, not rows, as independent (the cluster sandwich, a bootstrap of whole groups); and
+`sample_weight` (or None), as grf weights them: the weighted regression, weighted means and
+shares. Rows of weight 0 take no part. Tied CATEs share their mean score (`uplift.tie_averaged`).
 """
 
 import numpy as np
@@ -18,10 +20,27 @@ from scipy.stats import norm
 from tauforge.kernels.ate import clustered_stderr
 from tauforge.kernels.bootstrap import bootstrap_counts
 
+from .uplift import check_weights, ranking, tie_averaged, tie_runs
 
-def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, groups: np.ndarray | None = None) -> dict:
-    mean_tau = tau.mean()
-    Z = np.stack([t_res * mean_tau, t_res * (tau - mean_tau)], axis=1)
+
+def _finite(**arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and not np.isfinite(a).all():
+            raise ValueError(f"{name} has a NaN or infinite value (first at row {int(np.argmax(~np.isfinite(a)))})")
+
+
+def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, groups: np.ndarray | None = None,
+                     sample_weight: np.ndarray | None = None) -> dict:
+    _finite(y_res=y_res, t_res=t_res, tau=tau)
+    w = check_weights(sample_weight, len(tau))
+    kept = w > 0
+    y_res, t_res, tau, w = y_res[kept], t_res[kept], tau[kept], w[kept]
+    groups = None if groups is None else groups[kept]
+    mean_tau = np.average(tau, weights=w)
+    # Weighted least squares as grf's lm(weights =): ordinary least squares on rows scaled by sqrt(w).
+    root = np.sqrt(w)
+    Z = root[:, None] * np.stack([t_res * mean_tau, t_res * (tau - mean_tau)], axis=1)
+    y_res = root * y_res
     if np.linalg.matrix_rank(Z) < 2:  # a constant CATE (or a zero mean) leaves nothing to calibrate
         nan = float("nan")
         return {"mean_forest_prediction": nan, "mean_stderr": nan, "differential_forest_prediction": nan,
@@ -53,40 +72,61 @@ def _cluster_hc3_meat(Z: np.ndarray, resid: np.ndarray, groups: np.ndarray) -> n
                   axis=1).reshape(-1, k, k)
     ze = np.stack([np.bincount(groups, weights=Z[:, a] * resid) for a in range(k)], axis=1)
     u = ze + np.einsum("gab,gb->ga", zz, np.einsum("gab,gb->ga", np.linalg.pinv(Z.T @ Z - zz), ze))
-    n_groups = len(u)
+    n_groups = int(np.count_nonzero(np.bincount(groups)))  # codes of groups whose rows all weigh 0 hold none
     return (u.T @ u) * n_groups / max(n_groups - 1, 1)
 
 
 def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed: int = 0,
-          groups: np.ndarray | None = None) -> dict:
+          groups: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> dict:
     """AUTOC of `priority` with doubly robust `scores`, and its bootstrap standard error (of rows,
-    or of whole `groups`)."""
-    def estimate(p, s):
-        order = np.argsort(-p, kind="stable")
-        top_means = np.cumsum(s[order]) / np.arange(1, len(s) + 1)  # TOC(q) + mean at q = k / n
-        return float(np.mean(top_means - s.mean()))
+    or of whole `groups`). The ranking is the full sample's, held fixed in the bootstrap (as grf's)."""
+    _finite(priority=priority, scores=scores)
+    order = ranking(priority)
+    ranked, runs = scores[order], tie_runs(priority[order])
+    w = check_weights(sample_weight, len(scores))[order]
 
-    value = estimate(priority, scores)
+    def estimate(counts):  # each row's weight (times its bootstrap draws), in rank order
+        psi = tie_averaged(ranked, counts, runs)
+        seen, total = np.cumsum(counts), np.cumsum(counts * psi)
+        kept = counts > 0
+        # TOC(q) + mean at each row's q, weighted by the share of the population the row adds
+        top_means = total[kept] / seen[kept]
+        return float(np.sum(counts[kept] * (top_means - total[-1] / seen[-1])) / seen[-1])
+
+    value = estimate(w)
     rng = np.random.default_rng(seed)
     n = len(scores)
-    resamples = (np.repeat(np.arange(n), bootstrap_counts(n, rng, groups).astype(np.int64))
-                 for _ in range(n_bootstrap))
-    boot = [estimate(priority[idx], scores[idx]) for idx in resamples]
+    boot = [estimate(bootstrap_counts(n, rng, groups)[order] * w) for _ in range(n_bootstrap)]
     se = float(np.std(boot, ddof=1))
     return {"autoc": value, "stderr": se, "pvalue": float(norm.sf(value / se)) if se > 0 else float("nan")}
 
 
 def gates(priority: np.ndarray, scores: np.ndarray, n_quantiles: int = 4,
-          groups: np.ndarray | None = None) -> list[dict]:
+          groups: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> list[dict]:
     """Average effect (mean doubly robust score, standard error) in each quantile of `priority`;
-    with `groups`, the standard error counts the data's groups as independent."""
-    edges = np.quantile(priority, np.linspace(0, 1, n_quantiles + 1))
-    label = np.clip(np.searchsorted(edges, priority, side="right") - 1, 0, n_quantiles - 1)
+    with `groups`, the standard error counts the data's groups as independent. A row's quantile
+    is that of its rank, tied rows sharing their mean rank: ties stay in one group, and a CATE
+    of few values gives fewer groups, none empty (empty groups with NaN effects before)."""
+    from scipy.stats import rankdata
+
+    if n_quantiles < 1:
+        raise ValueError(f"n_quantiles must be at least 1, got {n_quantiles}")
+    _finite(priority=priority, scores=scores)
+    w = check_weights(sample_weight, len(scores))
+    kept = np.flatnonzero(w > 0)
+    share = (rankdata(priority[kept], method="average") - 0.5) / len(kept)
+    label = np.full(len(scores), -1)
+    label[kept] = np.minimum((share * n_quantiles).astype(int), n_quantiles - 1)
     out = []
-    for g in range(n_quantiles):
-        s = scores[label == g]
-        stderr = (s.std(ddof=1) / np.sqrt(len(s)) if groups is None
-                  else clustered_stderr(s - s.mean(), len(s), groups[label == g]))
-        out.append({"group": g + 1, "cate_from": float(edges[g]), "cate_to": float(edges[g + 1]), "rows": int(len(s)),
-                    "effect": float(s.mean()), "stderr": float(stderr)})
+    for g in np.unique(label[kept]):
+        rows = label == g
+        s, wg = scores[rows], w[rows]
+        effect = np.average(s, weights=wg)
+        if groups is None and sample_weight is None:
+            stderr = s.std(ddof=1) / np.sqrt(len(s)) if len(s) > 1 else float("nan")
+        else:
+            stderr = clustered_stderr(wg * (s - effect), wg.sum(), None if groups is None else groups[rows])
+        out.append({"group": len(out) + 1, "cate_from": float(priority[rows].min()),
+                    "cate_to": float(priority[rows].max()), "rows": int(rows.sum()), "effect": float(effect),
+                    "stderr": float(stderr)})
     return out

@@ -77,7 +77,8 @@ def bounds(p: SensitivityParams, c_y: float, c_t: float, rho: float = 1.0, alpha
     if not -1 <= rho <= 1:
         raise ValueError(f"rho must be in [-1, 1], got {rho}")
     half = abs(rho) * np.sqrt(c_y) * np.sqrt(c_t / (1 - c_t)) / 2  # the bias is 2 half sqrt(sigma2 nu2)
-    ratio = np.sqrt(p.nu2 / p.sigma2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # sigma2 = 0 (a perfect fit): no finite bound
+        ratio = np.sqrt(np.float64(p.nu2) / np.float64(p.sigma2))
     up = np.array([1.0, half * ratio, half / ratio])  # gradient of theta + bias in (theta, sigma2, nu2)
     down = np.array([1.0, -half * ratio, -half / ratio])
     est = np.array([p.theta, p.sigma2, p.nu2])
@@ -94,6 +95,8 @@ def robustness_value(p: SensitivityParams, null: float = 0.0, alpha: float = 0.0
     """The equal confounding strength r = c_y = c_t at which the bounds first include `null`
     (0 when they already do at r = 0). Bisection on r."""
     lo, hi = bounds(p, 0.0, 0.0, 1.0, alpha, interval)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # the bisection would run on NaN comparisons
+        return float("nan")
     if lo <= null <= hi:
         return 0.0
     side = 0 if lo > null else 1

@@ -2,8 +2,8 @@
 definitions of the cumulative gain (uplift) curve, the Qini curve and their areas (AUUC and the
 Qini coefficient); the evaluate and monitor steps import them.
 
-Rows are ranked by the score, highest first (ties keep their row order: a stable sort), and the
-curves are read at k = 0, 1, ..., n rows treated. Two estimates of the effect among the top k:
+Rows are ranked by the score, highest first (a stable sort), and the curves are read at k = 0,
+1, ..., n rows treated. Two estimates of the effect among the top k:
 
 Doubly robust (`doubly_robust`, what evaluate and monitor report). Each row carries a debiased
 score psi_i whose mean over any group estimates the group's average effect (evaluate: the AIPW
@@ -14,13 +14,19 @@ outcomes and the logging propensities). As grf's `rank_average_treatment_effect`
     qini(k) = gain(k) - (k/n) gain(n)               the gain over treating k/n at random
                                                     (= q TOC(q), q = k/n)
     AUUC    = mean of gain(k) over k = 0..n;  Qini coefficient = mean of qini(k) = AUUC - ATE/2,
-the discrete form of grf's RATE with QINI weights (Yadlowsky et al. 2021). They are in the
+the discrete form of grf's RATE with QINI weights (Yadlowsky et al. 2021). As grf does, rows
+whose scores tie share their mean psi (`tie_runs`, `tie_averaged`): a ranking cannot tell them
+apart, and their row order must not decide the result (a review: a constant score "found" an
+AUTOC with p = 0 on a table sorted by outcome). With sample weights, psi's sums and the share
+treated are weighted (n is then the weights' sum, the weights scaled to mean 1 over the rows of
+positive weight). They are in the
 outcome's units, valid under the same conditions as the average effect (no confounding beyond
 what the nuisance models adjust for), binary or continuous treatment alike. The rows must not
 have shaped the score: out-of-bag predictions in evaluate (grf ranks its training rows the same
 way), live traffic the model never trained on in monitor.
 
-Classic (`cumulative_gain`, `qini_curve`, `auuc_score`, `qini_score`): CausalML's definitions
+Classic (`cumulative_gain`, `qini_curve`, `auuc_score`, `qini_score`): CausalML's definitions,
+ties in row order as CausalML's sort leaves them
 (`causalml.metrics.get_cumgain`, `get_qini`, `auuc_score`, `qini_score`, version 0.18.0), from
 outcome, binary treatment and score alone. Differences of mean outcomes between the arms among
 the top k, which estimate effects only when the treatment was randomized (with one probability
@@ -48,6 +54,34 @@ def ranking(score) -> np.ndarray:
     if score.ndim != 1 or not np.isfinite(score).all():
         raise ValueError("score must be one finite value per row")
     return np.argsort(-score, kind="stable")
+
+
+def tie_runs(ranked_score: np.ndarray) -> np.ndarray | None:
+    """For scores in rank order, the run of equal scores each row is in (0, 1, ...); None when no
+    two rows tie (nothing to average)."""
+    new = np.r_[True, ranked_score[1:] != ranked_score[:-1]]
+    return None if new.all() else np.cumsum(new) - 1
+
+
+def tie_averaged(psi_ranked: np.ndarray, weight: np.ndarray, runs: np.ndarray | None) -> np.ndarray:
+    """Effect scores in rank order, each run of tied rows (`tie_runs`) holding its `weight`-ed mean."""
+    if runs is None:
+        return psi_ranked
+    total = np.bincount(runs, weights=weight)
+    mean = np.divide(np.bincount(runs, weights=weight * psi_ranked), total, out=np.zeros_like(total),
+                     where=total > 0)
+    return mean[runs]
+
+
+def check_weights(sample_weight, n: int) -> np.ndarray:
+    """Sample weights scaled to mean 1 over the rows of positive weight (ones without them), one
+    finite value >= 0 per row: a row of weight 0 is then exactly a row left out."""
+    if sample_weight is None:
+        return np.ones(n)
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"sample_weight must be {n} finite values >= 0, not all 0")
+    return w / w[w > 0].mean()
 
 
 def _arrays(outcome, treatment, score, effect) -> tuple:
@@ -140,12 +174,15 @@ def qini_score(outcome=None, treatment=None, score=None, *, effect=None, normali
 
 
 # ----------------------------------------------------------------------------- doubly robust
-def _areas(psi_ranked: np.ndarray, counts: np.ndarray | None = None) -> tuple[float, float]:
+def _areas(psi_ranked: np.ndarray, counts: np.ndarray | None = None,
+           runs: np.ndarray | None = None) -> tuple[float, float]:
     """(AUUC, Qini coefficient) of effect scores in rank order; `counts` (how often each row is
-    drawn, a bootstrap resample) repeats rows in place, so resamples need no new sort. With n rows
-    drawn, AUUC = mean over k = 0..n of S_k / n, S_k the sum of the first k scores."""
+    drawn, a bootstrap resample, times its weight) repeats rows in place, so resamples need no
+    new sort; tied rows (`runs`) share their mean. With n rows drawn, AUUC = mean over k = 0..n
+    of S_k / n, S_k the sum of the first k scores."""
     if counts is None:
         counts = np.ones(len(psi_ranked))
+    psi_ranked = tie_averaged(psi_ranked, counts, runs)
     n = counts.sum()
     total = np.cumsum(counts * psi_ranked)
     before = total - counts * psi_ranked
@@ -156,22 +193,27 @@ def _areas(psi_ranked: np.ndarray, counts: np.ndarray | None = None) -> tuple[fl
 
 
 def doubly_robust(score, effect_scores, *, n_bootstrap: int = 200, seed: int = 0,
-                  points: int = CURVE_POINTS, groups: np.ndarray | None = None) -> dict:
+                  points: int = CURVE_POINTS, groups: np.ndarray | None = None, sample_weight=None) -> dict:
     """Gain and Qini curves and areas of a ranking by `score`, from per-row debiased effect
     scores: {'auuc', 'qini', their bootstrap standard errors, 'qini_pvalue' (one-sided: the
     ranking beats random), 'ate', 'rows', 'curve': the curves at `points` evenly spaced shares}.
-    With `groups` (codes, one per row) the bootstrap draws whole groups."""
+    With `groups` (codes, one per row) the bootstrap draws whole groups; with `sample_weight`
+    the rows count by their weights (rows of weight 0 not at all)."""
     order, psi = ranking(score), _effect_scores(effect_scores, score)
-    n = len(psi)
-    ranked = psi[order]
-    auuc, qini = _areas(ranked)
-    (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed, groups=groups)
-    gain = np.concatenate([[0.0], np.cumsum(ranked)]) / n
-    at = np.unique(np.round(np.linspace(0, n, min(points, n + 1))).astype(int))
-    share, ate = at / n, gain[-1]
+    w = check_weights(sample_weight, len(psi))
+    n = w.sum()
+    ranked, w_ranked, runs = psi[order], w[order], tie_runs(np.asarray(score, dtype=np.float64)[order])
+    auuc, qini = _areas(ranked, w_ranked, runs)
+    (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed, groups=groups, weight=w, runs=[runs])
+    gain = np.concatenate([[0.0], np.cumsum(w_ranked * tie_averaged(ranked, w_ranked, runs))]) / n
+    treated = np.concatenate([[0.0], np.cumsum(w_ranked)]) / n  # the share treated after each row
+    rows = len(psi)
+    share = np.unique(np.round(np.linspace(0, rows, min(points, rows + 1)))) / rows
+    gain_at, ate = np.interp(share, treated, gain), gain[-1]  # unweighted, read at its own rows exactly
     return {"auuc": auuc, "auuc_stderr": se_auuc, "qini": qini, "qini_stderr": se_qini,
-            "qini_pvalue": _one_sided(qini, se_qini), "ate": float(ate), "rows": n, "bootstrap": n_bootstrap,
-            "curve": {"share": share.tolist(), "gain": gain[at].tolist(), "qini": (gain[at] - share * ate).tolist(),
+            "qini_pvalue": _one_sided(qini, se_qini), "ate": float(ate), "rows": int(np.count_nonzero(w)),
+            "bootstrap": n_bootstrap,
+            "curve": {"share": share.tolist(), "gain": gain_at.tolist(), "qini": (gain_at - share * ate).tolist(),
                       "random": (share * ate).tolist()}}
 
 
@@ -185,7 +227,9 @@ def compare(effect_scores, scores: dict, *, n_bootstrap: int = 200, seed: int = 
     (first, a), (second, b) = scores.items()
     psi = _effect_scores(effect_scores, a)
     out = {name: doubly_robust(s, psi, n_bootstrap=n_bootstrap, seed=seed, points=points) for name, s in scores.items()}
-    (_, se), = _bootstrap_se(psi, [ranking(a), ranking(b)], n_bootstrap, seed, difference=True)
+    orders = [ranking(a), ranking(b)]
+    runs = [tie_runs(np.asarray(s, dtype=np.float64)[o]) for s, o in zip((a, b), orders)]
+    (_, se), = _bootstrap_se(psi, orders, n_bootstrap, seed, difference=True, runs=runs)
     diff = out[second]["qini"] - out[first]["qini"]
     out["qini_difference"] = {"of": f"{second} - {first}", "value": diff, "stderr": se, "pvalue": _two_sided(diff, se)}
     return out
@@ -203,20 +247,23 @@ def _effect_scores(effect_scores, score) -> np.ndarray:
 
 
 def _bootstrap_se(psi: np.ndarray, orders: list[np.ndarray], n_bootstrap: int, seed: int,
-                  difference: bool = False, groups: np.ndarray | None = None) -> list[tuple[float, float]]:
+                  difference: bool = False, groups: np.ndarray | None = None, weight: np.ndarray | None = None,
+                  runs: list | None = None) -> list[tuple[float, float]]:
     """Bootstrap standard errors of (AUUC, Qini) of the ranking of `psi` by each order (with
-    `difference`, of the second's minus the first's), every ranking on the same resampled rows.
-    The rankings stay those of the full sample: the score is a fixed function, only the rows
-    vary (as grf's RATE bootstrap holds the priorities fixed)."""
+    `difference`, of the second's minus the first's), every ranking on the same resampled rows
+    (each row's draws times its `weight`; ties per `runs`, one per order). The rankings stay
+    those of the full sample: the score is a fixed function, only the rows vary (as grf's RATE
+    bootstrap holds the priorities fixed)."""
     if n_bootstrap < 2:
         return [(float("nan"), float("nan"))] * (1 if difference else len(orders))
     n = len(psi)
     ranked = [psi[o] for o in orders]
+    runs = runs or [None] * len(orders)
     rng = np.random.default_rng([seed, 18])
     draws = []
     for _ in range(n_bootstrap):
-        counts = bootstrap_counts(n, rng, groups)
-        draws.append([_areas(r, counts[o]) for r, o in zip(ranked, orders)])
+        counts = bootstrap_counts(n, rng, groups) * (1.0 if weight is None else weight)
+        draws.append([_areas(r, counts[o], t) for r, o, t in zip(ranked, orders, runs)])
     draws = np.array(draws)  # (bootstrap, ranking, [auuc, qini])
     if difference:
         draws = draws[:, 1:2] - draws[:, 0:1]

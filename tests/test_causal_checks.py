@@ -208,3 +208,68 @@ def test_autocs_standard_error_is_its_spread_over_independent_samples():
         values.append(result["autoc"])
         stderrs.append(result["stderr"])
     assert 0.8 < np.mean(stderrs) / np.std(values, ddof=1) < 1.25
+
+
+def test_rate_qini_and_gates_give_tied_rows_their_mean_whatever_their_order():
+    # A review: ties kept their row order, so a constant CATE on a table sorted by outcome
+    # "found" an AUTOC and a Qini with p = 0. grf averages the scores of tied rows.
+    from tauforge.components.uplift import doubly_robust
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    scores = 1 + 2 * rng.normal(size=2000)  # a constant effect: no ranking can gain anything
+    coarse = np.round(x, 1)  # a CATE of few values
+    by_score = np.argsort(-scores)  # the table sorted so that ties favour the high scores
+    shuffled = rng.permutation(2000)
+    for priority in (np.zeros(2000), coarse):
+        autocs = [autoc(priority[rows], scores[rows], n_bootstrap=20)["autoc"] for rows in (by_score, shuffled)]
+        qinis = [doubly_robust(priority[rows], scores[rows], n_bootstrap=20)["qini"] for rows in (by_score, shuffled)]
+        assert autocs[0] == pytest.approx(autocs[1], abs=1e-9) and qinis[0] == pytest.approx(qinis[1], abs=1e-9)
+    assert autoc(np.zeros(2000), scores)["autoc"] == pytest.approx(0, abs=1e-12)
+    assert doubly_robust(np.zeros(2000), scores)["qini"] == pytest.approx(0, abs=1e-12)
+    # GATES merges tied quantiles rather than leave groups empty (NaN effects before).
+    assert [g["rows"] for g in gates(np.zeros(2000), scores)] == [2000]
+    two = gates((x > 0).astype(float), scores)
+    assert [g["rows"] for g in two] == [int((x <= 0).sum()), int((x > 0).sum())]
+
+
+def test_heterogeneity_and_uplift_checks_weigh_rows_as_the_reported_effect_does(fits):
+    # A review: the card's ATE and sensitivity were weighted, these checks not, and rows of
+    # weight 0 (outside the population) were in them: the gain curve ended at another ATE.
+    from tauforge.components.uplift import doubly_robust
+
+    d, y_res, t_res, tau, t_hat = fits["aw2"]
+    scores = debiased_scores(tau, y_res, t_res, propensity_variance(t_hat))
+    w = np.where(d.X[:, 0] > 0.7, 0.0, 1.0 + (d.X[:, 1] > 0.5))  # weights 0, 1 and 2 (X is uniform on [0, 1])
+    kept = w > 0
+
+    def checks(weight, rows):
+        cal = calibration_test(y_res[rows], t_res[rows], tau[rows], sample_weight=weight)
+        lift = doubly_robust(tau[rows], scores[rows], n_bootstrap=20, sample_weight=weight)
+        return ([cal[k] for k in ("mean_forest_prediction", "differential_forest_prediction", "mean_stderr",
+                                  "differential_stderr")]
+                + [autoc(tau[rows], scores[rows], n_bootstrap=20, sample_weight=weight)["autoc"]]
+                + [g["effect"] for g in gates(tau[rows], scores[rows], sample_weight=weight)]
+                + [lift["auuc"], lift["qini"], lift["ate"]])
+
+    weighted = checks(w, slice(None))
+    np.testing.assert_allclose(weighted, checks(w[kept], kept), rtol=1e-10)  # weight 0: as if the row were not there
+    np.testing.assert_allclose(weighted, checks(1000 * w, slice(None)), rtol=1e-10)  # any units
+    assert weighted[-1] == pytest.approx(np.average(scores, weights=w))  # the gain curve ends at the weighted ATE
+    assert abs(weighted[-1] - scores.mean()) > 0.05
+    # A weight of 2 is the row twice, for the calibration regression's coefficients.
+    twice = np.repeat(np.flatnonzero(kept), w[kept].astype(int))
+    doubled = calibration_test(y_res[twice], t_res[twice], tau[twice])
+    assert [doubled[k] for k in ("mean_forest_prediction", "differential_forest_prediction")] == pytest.approx(
+        weighted[:2], rel=1e-10)
+
+
+def test_sensitivity_of_inputs_it_cannot_bound_is_nan_not_a_robustness_of_zero():
+    # A review: a zero in V(x) made theta infinite, and the bisection on NaN comparisons reported
+    # a robustness value of 4e-19 (any confounder breaks the effect); sigma2 = 0 raised ZeroDivisionError.
+    rng = np.random.default_rng(0)
+    t_res, tau = rng.normal(size=200), np.ones(200)
+    p = SensitivityParams.from_scores(tau, tau * t_res + rng.normal(size=200), t_res, np.r_[0.0, np.ones(199)])
+    assert np.isnan(robustness_value(p))
+    exact = SensitivityParams.from_scores(tau, tau * t_res, t_res, np.ones(200))  # y~ explained exactly
+    assert exact.sigma2 == 0 and np.isnan(robustness_value(exact, interval="theta"))
