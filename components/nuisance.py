@@ -47,7 +47,11 @@ class NuisanceConfig:
             raise config.ConfigError("folds", f"must be an integer of at least 2, got {self.folds!r}")
         for role in ("y", "t"):
             model = getattr(self, f"model_{role}")
-            if isinstance(model, str) and model in NAMED_MODELS:
+            if not isinstance(model, str):  # the pipeline's parameter is text (it failed at compile, in KFP)
+                raise config.ConfigError(f"model_{role}", f"must be 'auto', 'tauforge' or an import path, got "
+                                                          f"{type(model).__name__}: estimator instances are for "
+                                                          "CausalForestDML(model_y=..., model_t=...)")
+            if model in NAMED_MODELS:
                 continue
             from sklearn.base import is_classifier
 
@@ -72,13 +76,30 @@ class NuisanceConfig:
         from tauforge.kernels.nuisance import resolve_model
 
         estimator = resolve_model(self.model_t, "t", discrete=binary, seed=0)
-        if binary and not is_classifier(estimator):
-            raise config.ConfigError("model_t", f"{self.model_t!r} is not a classifier; a binary treatment's model "
-                                                "gives its propensity (predict_proba): give a classifier, e.g. "
+        if binary and not (is_classifier(estimator) and hasattr(estimator, "predict_proba")):
+            what = "has no predict_proba" if is_classifier(estimator) else "is not a classifier"
+            raise config.ConfigError("model_t", f"{self.model_t!r} {what}; a binary treatment's model gives its "
+                                                "propensity (predict_proba): give a classifier with it, e.g. "
                                                 "sklearn.linear_model.LogisticRegression, or 'auto'")
         if not binary and not is_regressor(estimator):
             raise config.ConfigError("model_t", f"{self.model_t!r} is not a regressor; a continuous treatment's "
                                                 "model predicts E[T | X, W]: give a regressor, or 'auto'")
+
+    def check_sample_weight(self) -> None:
+        """With a weight column, both models' fit must take sample_weight (it failed in the task)."""
+        import inspect
+
+        from tauforge.kernels.nuisance import resolve_model
+
+        for role in ("y", "t"):
+            model = getattr(self, f"model_{role}")
+            if model in NAMED_MODELS:
+                continue
+            parameters = inspect.signature(resolve_model(model, role, discrete=False, seed=0).fit).parameters
+            if "sample_weight" not in parameters and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+                raise config.ConfigError(f"model_{role}", f"{model!r} cannot be fit with sample weights (its fit "
+                                                          "takes no sample_weight), and the data have a weight "
+                                                          "column: give a model that takes them, or no weight")
 
     @classmethod
     def from_json(cls, text: str) -> "NuisanceConfig":

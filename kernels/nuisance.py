@@ -29,7 +29,7 @@ _SMOOTH_BOOSTING = dict(learning_rate=0.05, max_iter=300, min_samples_leaf=50, e
 # is (rows, columns x (SPLINE_KNOTS + 3)): 216 MB at 100,000 x 30; predictions build none).
 SPLINE_KNOTS = 6
 PROBABILITY_FLOOR = 1e-3  # AdditiveBoostingClassifier's least-squares probabilities stay in (0, 1) for the log loss
-RIDGE_ALPHAS = np.logspace(-3, 4, 15)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))  # a tuple: scikit-learn's repr compares defaults
 ADDITIVE_FIT_ROWS = 100_000
 # With groups (rows of one unit together), GCVRidge chooses its penalty by this many folds of
 # whole groups, and early stopping holds out whole groups: leave-one-out errors and a random
@@ -354,10 +354,15 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
         except (ImportError, AttributeError, ValueError) as exc:
             raise ValueError(f"model_{role}={model!r} is not an importable estimator class: {exc}") from None
         # Only a class with fit and predict is called: an import path names a learner, not any
-        # callable (a review's `os.getpid` ran).
+        # callable (a review's `os.getpid` ran). A scikit-learn estimator: the roles are checked
+        # with is_classifier / is_regressor, which need its tags (a plain class failed them with
+        # an AttributeError, after the run had started).
         if not (isinstance(found, type) and hasattr(found, "fit") and hasattr(found, "predict")):
             raise ValueError(f"model_{role}={model!r} is not an estimator class (a class with fit and predict), "
                              f"it is {type(found).__name__} {reprlib.repr(found)}")
+        if not issubclass(found, BaseEstimator):
+            raise ValueError(f"model_{role}={model!r} is not a scikit-learn estimator: derive it from "
+                             "sklearn.base.BaseEstimator and RegressorMixin or ClassifierMixin")
         try:
             estimator = found()
         except TypeError as exc:
@@ -472,8 +477,10 @@ def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.
     part = None if groups is None else groups[train]
     kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
     mt = resolve_model(model_t, "t", discrete, seed, device)
-    if discrete and not (is_classifier(mt) or hasattr(mt, "predict_proba")):
-        raise ValueError("model_t must be a classifier (with predict_proba) for a discrete treatment")
+    if discrete and not (is_classifier(mt) and hasattr(mt, "predict_proba")):
+        raise ValueError(f"model_t must be a classifier with predict_proba for a discrete treatment (it gives the "
+                         f"propensity), got {type(mt).__name__}; a 0/1 T is discrete under "
+                         f"discrete_treatment='auto': pass discrete_treatment=False to model it as continuous")
     if not discrete and is_classifier(mt):
         raise ValueError(f"model_t must be a regressor for a continuous treatment (it estimates E[T | X, W]), "
                          f"got the classifier {type(mt).__name__}")
@@ -482,8 +489,9 @@ def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.
         raise ValueError(f"model_y must be a regressor (it estimates E[Y | X, W]), got the classifier "
                          f"{type(my).__name__}")
     with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
+        # fit_with_groups may fit a clone (a model whose cv it gives folds of whole groups): keep what it returns.
         my = steps.run("outcome model", fit_with_groups, my, XW[train], Y[train], part, **kw)
-        steps.run("treatment model", fit_with_groups, mt, XW[train], T[train], part, **kw)
+        mt = steps.run("treatment model", fit_with_groups, mt, XW[train], T[train], part, **kw)
     return my, mt
 
 
@@ -491,7 +499,15 @@ def nuisance_predictions(models: tuple[Any, Any], XW: np.ndarray, discrete: bool
     """(y_hat, t_hat) of fitted (model_y, model_t) at XW; t_hat is P(T = 1) for a discrete treatment."""
     my, mt = models
     t_hat = mt.predict_proba(XW)[:, list(mt.classes_).index(1.0)] if discrete else mt.predict(XW)
-    return np.asarray(my.predict(XW), dtype=np.float64), np.asarray(t_hat, dtype=np.float64)
+    y_hat, t_hat = np.asarray(my.predict(XW), dtype=np.float64), np.asarray(t_hat, dtype=np.float64)
+    for role, model, hat in (("y", my, y_hat), ("t", mt, t_hat)):
+        if hat.shape != (len(XW),):
+            raise ValueError(f"model_{role} ({type(model).__name__}) predicted shape {hat.shape} for {len(XW)} rows")
+        if not np.isfinite(hat).all():  # else "Input contains NaN", from a metric, as if the data held it
+            raise ValueError(f"model_{role} ({type(model).__name__}) predicted NaN or infinity for "
+                             f"{int((~np.isfinite(hat)).sum())} of {len(XW)} rows: the model, not the data (the "
+                             "data were checked finite)")
+    return y_hat, t_hat
 
 
 def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, *,

@@ -105,6 +105,8 @@ class TrainingConfig:
                                        f"'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
         self.check_forest_options(len(self.spec.covariates) or None)
         check_fold_tasks(self.fold_tasks, self.nuisance.folds)
+        if self.spec.weight:
+            self.nuisance.check_sample_weight()
         if self.estimator not in ESTIMATORS:
             fail("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if not (_integer(self.seed) and 0 <= self.seed < 2**32):  # numpy's and scikit-learn's seeds

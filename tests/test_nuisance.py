@@ -322,3 +322,62 @@ def test_the_step_joining_the_folds_loads_scikit_learn_only_for_a_continuous_tre
     # The same V(x) as the join in this process, which has every library loaded.
     np.testing.assert_allclose(t_var, combine_folds(data, folds, 3).column("t_var"), rtol=1e-12)
     assert loaded == ([] if design == "simple" else list(MODEL_LIBRARIES)), loaded
+
+
+class Duck:
+    """fit and predict, but no scikit-learn estimator: its role cannot be told."""
+
+    def fit(self, X, y):
+        return self
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+class NaNRegressor(HistGradientBoostingRegressor):
+    def predict(self, X):
+        return np.full(len(X), np.nan)
+
+
+def test_nuisance_learners_a_review_found_failing_inside_a_run_are_refused_or_fit():
+    from sklearn.linear_model import LassoCV, LogisticRegressionCV
+    from sklearn.svm import LinearSVC
+
+    from tauforge.components.config import ConfigError
+    from tauforge.components.nuisance import NuisanceConfig
+    from tauforge.kernels import CausalForestDML
+    from tauforge.kernels.datasets import make_clustered_data
+
+    # A plain class (no scikit-learn tags): refused by name, where is_classifier raised AttributeError.
+    with pytest.raises(ConfigError, match="test_nuisance.Duck' is not a scikit-learn estimator"):
+        NuisanceConfig(model_y="test_nuisance.Duck")
+    # A classifier without predict_proba gives no propensity: refused before any task.
+    with pytest.raises(ConfigError, match="LinearSVC' has no predict_proba"):
+        NuisanceConfig(model_t="sklearn.svm.LinearSVC").check_treatment_model(binary=True)
+    with pytest.raises(ValueError, match="model_t must be a classifier with predict_proba .* got LinearSVC"):
+        CausalForestDML(model_t=LinearSVC(), n_estimators=8).fit(**_binary(200))
+    # An instance is for CausalForestDML; the pipeline's parameter is text (it failed at compile).
+    with pytest.raises(ConfigError, match="must be 'auto', 'tauforge' or an import path, got LassoCV"):
+        NuisanceConfig(model_y=LassoCV())
+    # A fit without sample_weight, with a weight column: refused, not failed in the task.
+    with pytest.raises(ConfigError, match="KNeighborsRegressor' cannot be fit with sample weights"):
+        NuisanceConfig(model_y="sklearn.neighbors.KNeighborsRegressor").check_sample_weight()
+    NuisanceConfig(model_y="sklearn.linear_model.LassoCV").check_sample_weight()
+    # NaN predictions are the model's, named as such (the metric's "Input contains NaN" before).
+    with pytest.raises(ValueError, match=r"model_y \(NaNRegressor\) predicted NaN or infinity for 100 of 100 rows"):
+        CausalForestDML(model_y=NaNRegressor(), n_estimators=8, cv=2).fit(**_binary(200))
+    # With groups, a model with cv gets folds of whole groups on a clone: the fitted clone is the
+    # one that predicts (the treatment model's was dropped, and predicting raised NotFittedError).
+    d = make_clustered_data(n_clusters=60, cluster_size=5, seed=0)
+    est = CausalForestDML(model_y=LassoCV(), model_t=LogisticRegressionCV(), n_estimators=8, cv=2,
+                          random_state=0).fit(d.Y, d.T, X=d.X, groups=d.groups)
+    assert np.isfinite(est.ate_)
+    # The ridge's defaults print (an array default made repr raise).
+    assert repr(nuisance.GCVRidge()) == "GCVRidge()"
+
+
+def _binary(n):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3))
+    T = (rng.random(n) < 0.5).astype(float)
+    return {"Y": X[:, 0] + T + rng.normal(size=n), "T": T, "X": X}
