@@ -800,8 +800,6 @@ def verify_files(path: str, card: dict) -> None:
     with _reported(f"verifying the version folder {path}"):
         try:
             present = set(_walk(path)) - {CARD_FILE}
-        except DamagedStoreError:
-            raise
         except StoreError as exc:  # a link to a folder planted in the version
             raise DamagedStoreError(str(exc)) from None
         listed = set(card.get("files", {}))

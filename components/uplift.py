@@ -25,9 +25,9 @@ what the nuisance models adjust for), binary or continuous treatment alike. The 
 have shaped the score: out-of-bag predictions in evaluate (grf ranks its training rows the same
 way), live traffic the model never trained on in monitor.
 
-Classic (`cumulative_gain`, `qini_curve`, `auuc_score`, `qini_score`): CausalML's definitions,
-ties in row order as CausalML's sort leaves them
-(`causalml.metrics.get_cumgain`, `get_qini`, `auuc_score`, `qini_score`, version 0.18.0), from
+Classic (`cumulative_gain`, `qini_curve`, `auuc_score`, `qini_score`): CausalML's definitions
+(`causalml.metrics.get_cumgain`, `get_qini`, `auuc_score`, `qini_score`, version 0.18.0; tied
+rows left in row order, not averaged, as `ranking` says), from
 outcome, binary treatment and score alone. Differences of mean outcomes between the arms among
 the top k, which estimate effects only when the treatment was randomized (with one probability
 for every row). Given `effect` (CausalML's `treatment_effect_col`: a known or estimated effect
