@@ -41,7 +41,14 @@ from tauforge.components.constants import (
 )
 
 
+def _check_seed(seed: int, flag: str = "--seed", top: int = 2**32 - 1) -> None:
+    """numpy's and scikit-learn's seeds, checked before anything is drawn or written."""
+    if not 0 <= seed <= top:
+        raise ValueError(f"{flag} must be an integer from 0 to 2**32 - {2**32 - top}, got {seed}")
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _check_seed(args.seed, top=2**32 - 2)  # the fresh rows are drawn with seed + 1
     if args.n < 2:
         raise ValueError(f"--n {args.n}: a causal forest needs at least 2 training rows (in practice hundreds)")
     if args.n_test < 1:
@@ -52,12 +59,18 @@ def _demo(args: argparse.Namespace) -> int:
     from tauforge.kernels import CausalForestDML
     from tauforge.kernels.datasets import make_causal_data
 
-    train = make_causal_data(args.design, n=args.n, p=args.p, seed=args.seed)
-    test = make_causal_data(args.design, n=args.n_test, p=args.p, seed=args.seed + 1)
+    try:
+        train = make_causal_data(args.design, n=args.n, p=args.p, seed=args.seed)
+        test = make_causal_data(args.design, n=args.n_test, p=args.p, seed=args.seed + 1)
+    except ValueError as exc:
+        raise ValueError(f"--design {args.design} --p {args.p}: {exc}") from None
     start = time.perf_counter()
     # Progress on stderr: a bar on a terminal, log lines elsewhere (kernels.progress).
     est = CausalForestDML(n_estimators=args.trees, device=args.device, random_state=args.seed, progress=True)
-    est.fit(train.Y, train.T, X=train.X)
+    try:
+        est.fit(train.Y, train.T, X=train.X)
+    except ValueError as exc:  # the settings' fault, said with the flags that set them
+        raise ValueError(f"the demo's fit on --n {args.n} rows, --p {args.p}, --trees {args.trees}: {exc}") from None
     fit_seconds = time.perf_counter() - start
     tau = est.effect(test.X)
     lower, upper = est.effect_interval(test.X, alpha=0.05)
@@ -183,6 +196,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         if args.command == "submit":
             raise ValueError("--demo writes a local file a cluster cannot read; upload the data and pass "
                              "--data URI (s3://, gs://, or a path mounted in the pipeline's pods)")
+        _check_seed(args.seed)  # drawn before the settings are checked
         source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
         table, true_ate = demo_table(n=5000, seed=args.seed)  # written once the settings are found sound
         treatment, outcome = args.treatment or "T", args.outcome or "Y"
@@ -729,10 +743,10 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     pods.add_argument("--cpu", default="1", help="CPU request and limit of light tasks (default: 1)")
     pods.add_argument("--memory", default="2Gi", help="memory request and limit of light tasks (default: 2Gi)")
     pods.add_argument("--compute-cpu", default="2",
-                      help="CPU request and limit of folds, shards, merges and evaluate; their thread pools follow "
-                           "it (default: 2)")
+                      help="CPU request and limit of folds, shards, merges, evaluate and monitor; their thread "
+                           "pools follow it (default: 2)")
     pods.add_argument("--compute-memory", default="8Gi",
-                      help="memory request and limit of folds, shards, merges and evaluate (default: 8Gi)")
+                      help="memory request and limit of folds, shards, merges, evaluate and monitor (default: 8Gi)")
     pods.add_argument("--gpus-per-shard", type=int, default=0,
                       help="accelerators per forest and bootstrap shard, which then run on --cuda-image (default: 0)")
     pods.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")

@@ -292,6 +292,17 @@ def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, fla
     assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
 
 
+def test_a_demos_seed_and_sizes_are_named_by_their_flags(tmp_path):
+    # A review: a negative seed reached NumPy first ("expected non-negative integer", no flag named).
+    for command in (["run", "--demo", "--pipeline-root", str(tmp_path / "runs")], ["demo"]):
+        out = run(*command, "--seed", "-1")
+        assert out.returncode == 2 and "--seed must be an integer from 0 to 2**32 - " in out.stderr, out.stderr
+    out = run("demo", "--p", "2", "--trees", "10")
+    assert out.returncode == 2 and "--design simple --p 2: p must be at least 3" in out.stderr, out.stderr
+    out = run("demo", "--n", "5", "--trees", "10")
+    assert out.returncode == 2 and "the demo's fit on --n 5 rows" in out.stderr, out.stderr
+
+
 def test_a_refused_demo_run_leaves_no_files_and_a_bad_refit_workers_variable_is_refused_first(tmp_path,
                                                                                                 monkeypatch):
     # A review: a refused --gate left demo-0.parquet behind, and $TAUFORGE_REFIT_WORKERS=two
