@@ -259,7 +259,7 @@ def merge_bootstrap(estimate: Estimate, shards: list[BootstrapReplicates], boots
     ATE interval in place of the normal one (kept in summary['bootstrap'])."""
     replicates = BootstrapReplicates.merge(shards, bootstrap.n_bootstrap)
     s = estimate.summary
-    lower, upper = replicates.ate_interval(s["ate"], s["alpha"], bootstrap.interval)
+    lower, upper = replicates.ate_interval(s["ate"], s["alpha"], bootstrap.interval, s.get("n_groups"))
     summary = {**s, "ate_lower": lower, "ate_upper": upper,
                "ate_interval": f"bootstrap {bootstrap.interval}, {bootstrap.n_bootstrap} replicates"
                                + (" refitting the nuisance models" if bootstrap.nuisance else "")

@@ -106,10 +106,11 @@ class BootstrapReplicates:
         draws, noise = self.effect_draws(X)
         return interval(draws, point, alpha, kind, noise)
 
-    def ate_interval(self, point: float, alpha: float, kind: str) -> tuple[float, float]:
+    def ate_interval(self, point: float, alpha: float, kind: str, n_groups: int | None = None) -> tuple[float, float]:
         """The average effect's interval. Its replicates carry no forest noise: each is the mean
-        debiased score of the main fit's out-of-bag CATE."""
-        lo, hi = interval(self.ates[:, None], np.array([point]), alpha, kind)
+        debiased score of the main fit's out-of-bag CATE. With `n_groups` drawn whole, a normal
+        interval takes Student's t with n_groups - 1 degrees of freedom, as the analytic one."""
+        lo, hi = interval(self.ates[:, None], np.array([point]), alpha, kind, n_groups=n_groups)
         return float(lo[0]), float(hi[0])
 
     @classmethod
@@ -159,10 +160,12 @@ def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np
 
 
 def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
-             noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             noise: np.ndarray | None = None, n_groups: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(1 - alpha) interval from replicate draws (B, rows) whose Monte-Carlo variances are `noise`
     (None: the draws carry none). 'normal': point +- z(1 - alpha/2) times the bootstrap standard
-    error (`bootstrap_variance`); 'percentile': [q(alpha/2), q(1 - alpha/2)] of the draws;
+    error (`bootstrap_variance`), or with `n_groups` G drawn whole Student's t with G - 1 degrees
+    of freedom, as the analytic interval takes (at 6 groups z covered 0.86 in a review's
+    simulation, the analytic t interval 0.95); 'percentile': [q(alpha/2), q(1 - alpha/2)] of the draws;
     'pivot' (basic): [2 point - q(1 - alpha/2), 2 point - q(alpha/2)]. Quantiles are taken after
     shrinking the draws towards their mean so that their variance is the bootstrap variance."""
     if kind not in INTERVALS:
@@ -171,9 +174,9 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     variance = bootstrap_variance(draws, noise)
     if kind == "normal":
-        from scipy.stats import norm
+        from .ate import interval_quantile
 
-        half = norm.ppf(1 - alpha / 2) * np.sqrt(variance)
+        half = interval_quantile(alpha, n_groups) * np.sqrt(variance)
         return point - half, point + half
     if noise is not None:
         center, spread = draws.mean(axis=0), np.var(draws, axis=0, ddof=1)

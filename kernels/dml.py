@@ -449,7 +449,7 @@ class CausalForestDML(BaseEstimator):
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if self.bootstrap_ is not None:
-            return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval)
+            return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval, self.n_groups_)
         half = interval_quantile(alpha, self.n_groups_) * self.ate_stderr_
         return self.ate_ - half, self.ate_ + half
 

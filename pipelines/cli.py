@@ -41,6 +41,11 @@ from tauforge.components.constants import (
 )
 
 
+def _given(value, default):
+    """A flag's value, or its default where it was not given (None)."""
+    return default if value is None else value
+
+
 def _check_seed(seed: int, flag: str = "--seed", top: int = 2**32 - 1) -> None:
     """numpy's and scikit-learn's seeds, checked before anything is drawn or written."""
     if not 0 <= seed <= top:
@@ -219,9 +224,20 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
                     assignment=args.assignment, propensity=args.propensity)
     with _as_flags(NUISANCE_FLAGS):
         nuisance = NuisanceConfig(model_y=args.model_y, model_t=args.model_t, folds=args.folds)
+    given = [flag for flag, value in (("--bootstrap-shards", args.bootstrap_shards),
+                                      ("--bootstrap-trees", args.bootstrap_trees),
+                                      ("--bootstrap-interval", args.bootstrap_interval),
+                                      ("--bootstrap-nuisance" if args.bootstrap_nuisance else "--no-bootstrap-nuisance",
+                                       args.bootstrap_nuisance)) if value is not None]
+    if given and not args.bootstrap:
+        raise ValueError(f"{given[0]} sets the full bootstrap, which is off: add --bootstrap B (replicates)")
+    defaults = BootstrapConfig()
     with _as_flags(BOOTSTRAP_FLAGS):
-        bootstrap = BootstrapConfig(n_bootstrap=args.bootstrap, trees=args.bootstrap_trees,
-                                    interval=args.bootstrap_interval, nuisance=args.bootstrap_nuisance)
+        bootstrap = BootstrapConfig(
+            n_bootstrap=args.bootstrap, trees=_given(args.bootstrap_trees, defaults.trees),
+            interval=_given(args.bootstrap_interval, defaults.interval),
+            nuisance=_given(args.bootstrap_nuisance, defaults.nuisance))
+    args.bootstrap_shards = _given(args.bootstrap_shards, 1)
     # EconML grows its trees in one task: its default is one shard.
     shards = args.shards if args.shards is not None else (1 if args.estimator == "econml" else 2)
     with _as_flags(TRAINING_FLAGS):
@@ -718,13 +734,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     boot.add_argument("--bootstrap", type=int, default=0, metavar="B",
                       help="replicate forests on resampled rows; the ATE interval becomes the bootstrap's "
                            "(default: 0, off)")
-    boot.add_argument("--bootstrap-shards", type=int, default=1,
+    # Defaults None: set without --bootstrap, each is refused (it was ignored).
+    boot.add_argument("--bootstrap-shards", type=int, default=None,
                       help="tasks the replicates are spread over (default: 1)")
-    boot.add_argument("--bootstrap-trees", type=int, default=100, help="trees per replicate forest (default: 100)")
-    boot.add_argument("--bootstrap-interval", choices=("normal", "percentile", "pivot"), default="normal",
+    boot.add_argument("--bootstrap-trees", type=int, default=None, help="trees per replicate forest (default: 100)")
+    boot.add_argument("--bootstrap-interval", choices=("normal", "percentile", "pivot"), default=None,
                       help="the ATE's bootstrap interval: normal from the replicates' standard error, or their "
                            "percentile or pivot interval (default: normal)")
-    boot.add_argument("--bootstrap-nuisance", action=argparse.BooleanOptionalAction, default=True,
+    boot.add_argument("--bootstrap-nuisance", action=argparse.BooleanOptionalAction, default=None,
                       help="refit the nuisance models on every replicate (B x folds more model fits), so the "
                            "interval carries their uncertainty; --no-bootstrap-nuisance reuses the main fit's "
                            "residuals (default: on)")

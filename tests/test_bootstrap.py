@@ -62,6 +62,10 @@ def test_normal_percentile_and_pivot_intervals():
     lo, hi = interval(draws, np.array([60.0]), 0.05, "normal")
     half = 1.959963984540054 * np.std(draws, ddof=1)
     assert (lo[0], hi[0]) == pytest.approx((60 - half, 60 + half))
+    # Of 6 groups drawn whole: t with 5 degrees of freedom, as the analytic interval (z covered 0.86
+    # in a review's simulation, where the analytic t interval covered 0.95).
+    lo, hi = interval(draws, np.array([60.0]), 0.05, "normal", n_groups=6)
+    assert hi[0] - 60 == pytest.approx(2.570582 * np.std(draws, ddof=1))
     with pytest.raises(ValueError, match="normal, percentile, pivot, got 'bca'"):
         interval(draws, np.array([60.0]), 0.05, "bca")
 

@@ -287,6 +287,9 @@ def test_a_store_whose_filesystem_package_is_missing_is_one_line_for_every_comma
     (["--timestamp", "nope"], "timestamp column 'nope' is missing"),
     (["--model-t", "sklearn.linear_model.LinearRegression"],
      "--model-t 'sklearn.linear_model.LinearRegression' is not a classifier; a binary treatment's model"),
+    # A review: without --bootstrap these were ignored, and the run published with other intervals.
+    (["--bootstrap-trees", "7"], "--bootstrap-trees sets the full bootstrap, which is off: add --bootstrap B"),
+    (["--no-bootstrap-nuisance"], "--no-bootstrap-nuisance sets the full bootstrap, which is off"),
 ])
 def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, flags, message):
     assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
