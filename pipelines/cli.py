@@ -537,10 +537,9 @@ def _models_diff(store, args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Idle OpenMP workers sleep instead of spinning: after every request's parallel tree walk,
-    # spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at 100
-    # req/s, tests/benchmarks/bench_serving.py). Read when OpenMP loads, so set before any import.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE (set by main) matters most here: after every request's parallel tree
+    # walk, spinning threads took the cores the server's event loop needed (p99 34 ms -> 12 ms at
+    # 100 req/s, tests/benchmarks/bench_serving.py).
     # KServe's REST server answers with FastAPI's ORJSONResponse, deprecated since: nothing a
     # user of `serve` can act on, printed at every start.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
@@ -956,6 +955,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP workers sleep rather than spin, in this process and the tasks it starts (read
+    # when OpenMP loads: set before any import of it). Spinning workers took the cores from
+    # everything else: `demo --n 1000 --trees 100` took 16.7 s against 4.3 s beside other work,
+    # and on a quiet machine passive waiting cost nothing (docs/benchmarks.md, "make run").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     # argparse gives a positional list that follows the action only the words right after it:
