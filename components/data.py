@@ -184,7 +184,7 @@ def _read_parquet(fs, path: str, where: str) -> pd.DataFrame:
             return any(part.startswith((".", "_")) for part in file[len(base) + 1:].split("/"))
 
         def natural(file: str) -> list:
-            return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", file)]
+            return [int(piece) if piece.isdecimal() else piece for piece in re.split(r"(\d+)", file)]
 
         files = sorted((f for f in fs.find(base) if not hidden(f)), key=natural)
         if not files:

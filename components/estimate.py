@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 ESTIMATORS = ("tauforge", "econml")
 # The forest parameters EconML's forest is given (`grow_forest_shard`); the others have no
 # counterpart there.
-ECONML_FOREST_OPTIONS = ("n_estimators", "device", "min_samples_leaf", "max_depth", "max_samples", "honest")
+ECONML_FOREST_OPTIONS = ("min_samples_leaf", "max_depth", "max_samples", "honest")
 # An estimate artifact's files, and a forest shard's.
 _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
 
@@ -104,7 +104,7 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
     from tauforge.kernels.econml_import import import_econml_forest
 
     forest_params(params, seed)  # the same parameter names are accepted
-    ignored = sorted(set(params) - set(ECONML_FOREST_OPTIONS))
+    ignored = sorted(set(params) - {"n_estimators", "device", *ECONML_FOREST_OPTIONS})  # trees and device: the run's
     if ignored:
         raise config.ConfigError("forest_params", f"has {', '.join(ignored)}, which EconML's forest does not take "
                                                   f"(estimator 'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")

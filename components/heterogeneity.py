@@ -23,6 +23,15 @@ from tauforge.kernels.bootstrap import bootstrap_counts
 from .uplift import check_weights, ranking, tie_averaged, tie_runs
 
 
+def _positive(w: np.ndarray, *arrays):
+    """The rows of positive weight of each array (None stays None), groups re-coded 0..G-1 among
+    them: a bootstrap that drew only groups of weight 0 had no rows, and its NaN made the
+    standard error NaN. The last array is the groups."""
+    kept = w > 0
+    *out, groups = (None if a is None else a[kept] for a in arrays)
+    return (*out, None if groups is None else np.unique(groups, return_inverse=True)[1])
+
+
 def _finite(**arrays) -> None:
     for name, a in arrays.items():
         if a is not None and not np.isfinite(a).all():
@@ -81,9 +90,10 @@ def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed
     """AUTOC of `priority` with doubly robust `scores`, and its bootstrap standard error (of rows,
     or of whole `groups`). The ranking is the full sample's, held fixed in the bootstrap (as grf's)."""
     _finite(priority=priority, scores=scores)
+    w = check_weights(sample_weight, len(scores))
+    priority, scores, w, groups = _positive(w, priority, scores, w, groups)
     order = ranking(priority)
-    ranked, runs = scores[order], tie_runs(priority[order])
-    w = check_weights(sample_weight, len(scores))[order]
+    ranked, runs, w = scores[order], tie_runs(priority[order]), w[order]
 
     def estimate(counts):  # each row's weight (times its bootstrap draws), in rank order
         psi = tie_averaged(ranked, counts, runs)
@@ -122,10 +132,9 @@ def gates(priority: np.ndarray, scores: np.ndarray, n_quantiles: int = 4,
         rows = label == g
         s, wg = scores[rows], w[rows]
         effect = np.average(s, weights=wg)
-        if groups is None and sample_weight is None:
-            stderr = s.std(ddof=1) / np.sqrt(len(s)) if len(s) > 1 else float("nan")
-        else:
-            stderr = clustered_stderr(wg * (s - effect), wg.sum(), None if groups is None else groups[rows])
+        stderr = clustered_stderr(wg * (s - effect), wg.sum(), None if groups is None else groups[rows])
+        if groups is None:  # rows as independent: n / (n - 1), so equal weights give std(ddof=1) / sqrt(n)
+            stderr = stderr * np.sqrt(len(s) / (len(s) - 1)) if len(s) > 1 else float("nan")
         out.append({"group": len(out) + 1, "cate_from": float(priority[rows].min()),
                     "cate_to": float(priority[rows].max()), "rows": int(rows.sum()), "effect": float(effect),
                     "stderr": float(stderr)})

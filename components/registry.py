@@ -373,9 +373,9 @@ class ModelStore:
             if int(ref) not in versions:
                 raise StoreError(f"model {model!r} has no version {ref} (versions: {versions})")
             return int(ref)
-        if not _is_alias(ref):  # 01, ², -1: neither a version as the store writes it nor an alias
-            raise StoreError(f"{ref!r} is neither a version number (1, 2, ...) nor an alias such as 'champion'")
         aliases = self.aliases(model)
+        if ref not in aliases and not _is_alias(ref):  # 01, ², -1 (an alias made before the rule still resolves)
+            raise StoreError(f"{ref!r} is neither a version number (1, 2, ...) nor an alias such as 'champion'")
         if ref not in aliases:
             raise StoreError(f"model {model!r} has no alias {ref!r} (aliases: {sorted(aliases) or 'none'})")
         version = int(aliases[ref]["version"])
@@ -581,7 +581,8 @@ class ModelStore:
     @_store_operation("changing an alias in")
     def set_alias(self, model: str, alias: str, version: int) -> dict:
         """Point `alias` at `version`, keeping the previous target for `rollback`."""
-        if not _is_alias(alias):
+        # A new alias follows the rule; one made before it (Champion, 2024-q1) can still be moved.
+        if not _is_alias(alias) and not (_is_model_name(alias) and alias in self.aliases(model)):
             raise StoreError(f"alias {alias!r} must be a name such as 'champion': a lowercase letter, then lowercase "
                              "letters, digits, '-', '_' or '.'; not 'latest'")
         version = self.load(model, int(version)).version  # only a version that verifies: serving would refuse it
@@ -825,8 +826,8 @@ def _walk(root: str) -> list[str]:
     for dirpath, dirs, files in os.walk(root, onerror=_raise):
         linked = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
         if linked:
-            raise StoreError(f"{os.path.join(dirpath, linked[0])} is a link to a folder: a version holds its files "
-                             "itself")
+            raise StoreError(f"{os.path.join(dirpath, linked[0])} is a link to a folder, which a model version "
+                             "cannot hold: copy the files in instead")
         for name in files:
             out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     return sorted(out)

@@ -199,10 +199,14 @@ def doubly_robust(score, effect_scores, *, n_bootstrap: int = 200, seed: int = 0
     ranking beats random), 'ate', 'rows', 'curve': the curves at `points` evenly spaced shares}.
     With `groups` (codes, one per row) the bootstrap draws whole groups; with `sample_weight`
     the rows count by their weights (rows of weight 0 not at all)."""
-    order, psi = ranking(score), _effect_scores(effect_scores, score)
+    psi = _effect_scores(effect_scores, score)
     w = check_weights(sample_weight, len(psi))
+    kept = w > 0  # rows of weight 0 take no part, not even in the bootstrap's draws of groups
+    score, psi, w = np.asarray(score, dtype=np.float64)[kept], psi[kept], w[kept]
+    groups = None if groups is None else np.unique(np.asarray(groups)[kept], return_inverse=True)[1]
+    order = ranking(score)
     n = w.sum()
-    ranked, w_ranked, runs = psi[order], w[order], tie_runs(np.asarray(score, dtype=np.float64)[order])
+    ranked, w_ranked, runs = psi[order], w[order], tie_runs(score[order])
     auuc, qini = _areas(ranked, w_ranked, runs)
     (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed, groups=groups, weight=w, runs=[runs])
     gain = np.concatenate([[0.0], np.cumsum(w_ranked * tie_averaged(ranked, w_ranked, runs))]) / n
@@ -211,7 +215,7 @@ def doubly_robust(score, effect_scores, *, n_bootstrap: int = 200, seed: int = 0
     share = np.unique(np.round(np.linspace(0, rows, min(points, rows + 1)))) / rows
     gain_at, ate = np.interp(share, treated, gain), gain[-1]  # unweighted, read at its own rows exactly
     return {"auuc": auuc, "auuc_stderr": se_auuc, "qini": qini, "qini_stderr": se_qini,
-            "qini_pvalue": _one_sided(qini, se_qini), "ate": float(ate), "rows": int(np.count_nonzero(w)),
+            "qini_pvalue": _one_sided(qini, se_qini), "ate": float(ate), "rows": len(psi),
             "bootstrap": n_bootstrap,
             "curve": {"share": share.tolist(), "gain": gain_at.tolist(), "qini": (gain_at - share * ate).tolist(),
                       "random": (share * ate).tolist()}}

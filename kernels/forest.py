@@ -201,7 +201,8 @@ class CausalForest(BaseEstimator):
         check(self.max_depth is None or integer(self.max_depth) and self.max_depth >= 0,
               f"max_depth must be an integer >= 0 or None, got {self.max_depth!r}")
         check(self.mtry is None or integer(self.mtry) and 1 <= self.mtry <= (self.mtry if p is None else p),
-              f"mtry must be an integer between 1 and {p or 'the number of'} (features), got {self.mtry!r}")
+              f"mtry must be an integer between 1 and {f'{p} (features)' if p else 'the number of features'}, "
+              f"got {self.mtry!r}")
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),
               f"poisson_mtry must be True or False, got {self.poisson_mtry!r}")
         check(isinstance(self.honest, (bool, np.bool_)), f"honest must be True or False, got {self.honest!r}")

@@ -400,8 +400,6 @@ def _models(args: argparse.Namespace) -> int:
     if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
         problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
         raise ValueError(f"--store {store.uri}: {store.root} {problem}")
-    if not store.local:  # nor a mistyped bucket (one request: S3's HeadBucket)
-        check_store(store.uri)
     if args.action == "list":
         if args.name:
             store.resolve(args.name)  # a model that is not there is an error, not an empty listing
@@ -431,6 +429,8 @@ def _models(args: argparse.Namespace) -> int:
         if args.json:
             print(_strict_json(rows))  # the problems go to stderr, as in text, and the exit code is 1
         elif not rows:
+            if not store.local:  # nor a mistyped bucket (asked only now: HeadBucket needs more than a listing)
+                check_store(store.uri)
             print(f"no models in {store.uri}")
         else:
             print(f"{'MODEL':20} {'VERSION':>7}  {'CREATED':25} {'ATE':>9}  {'95% CI':22} {'ROWS':>8}  ALIASES")

@@ -291,3 +291,21 @@ def test_calibrations_differential_test_rejects_at_its_nominal_rate_under_no_het
         weight = 1 + rng.exponential(size=1000) if weighted else None
         rejected += calibration_test(y_res, t_res, tau_hat, sample_weight=weight)["differential_pvalue"] < 0.05
     assert binom.ppf(0.0005, 400, 0.05) <= rejected <= binom.isf(0.0005, 400, 0.05), rejected
+
+
+def test_groups_of_weight_0_take_no_part_in_the_bootstraps_and_equal_weights_change_no_standard_error():
+    # A diff review: a bootstrap draw of only weight-0 groups had no rows, and its NaN made the
+    # AUTOC's and the Qini's standard errors NaN; weighted GATES divided by n, not n - 1.
+    from tauforge.components.uplift import doubly_robust
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=600)
+    scores, groups = np.maximum(x, 0) + rng.normal(size=600), np.repeat(np.arange(3), 200)
+    w = np.where(groups == 2, 0.0, 1.0)
+    kept = w > 0
+    for check in (lambda *a, **k: autoc(*a, n_bootstrap=200, **k)["stderr"],
+                  lambda *a, **k: doubly_robust(*a, n_bootstrap=200, **k)["qini_stderr"]):
+        zero = check(x, scores, groups=groups, sample_weight=w)
+        assert np.isfinite(zero) and zero == pytest.approx(check(x[kept], scores[kept], groups=groups[kept]))
+    plain, equal = gates(x, scores), gates(x, scores, sample_weight=np.full(600, 2.0))
+    assert [g["stderr"] for g in equal] == pytest.approx([g["stderr"] for g in plain], rel=1e-12)

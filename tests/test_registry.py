@@ -518,6 +518,11 @@ def test_version_and_alias_names_are_the_stores_own_spellings(model_dir, tmp_pat
     for alias in ("-1", "Champion", "7", "latest", "ｃ"):
         with pytest.raises(StoreError, match="must be a name such as 'champion'"):
             store.set_alias("m", alias, 1)
+    # An alias made before the rule (a diff review: they could no longer be read or moved).
+    with open(os.path.join(store.root, "m", "aliases.json"), "w") as f:
+        json.dump({"Champion": {"version": 1, "history": []}}, f)
+    assert store.resolve("m", "Champion") == 1
+    assert store.set_alias("m", "Champion", 2)["version"] == 2 and store.resolve("m", "Champion") == 2
 
 
 def test_a_link_to_a_folder_planted_in_a_version_fails_its_verification(model_dir, tmp_path):
