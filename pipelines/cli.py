@@ -397,6 +397,9 @@ def _models(args: argparse.Namespace) -> int:
         raise ValueError(f"models {args.action} takes no --alias" + (": pass the alias as --version"
                                                                      if args.action == "show" else ""))
     args.alias = args.alias or "champion"
+    if args.action == "diff" and len(args.refs) != 2:
+        raise ValueError(f"models diff takes two versions (numbers or aliases), got {len(args.refs)}: "
+                         f"tauforge models diff --name MODEL V1 V2")
     if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
         problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
         raise ValueError(f"--store {store.uri}: {store.root} {problem}")
@@ -478,9 +481,6 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     """`models diff V1 V2`: what changed from one version's card to the other's."""
     from tauforge.components.registry import diff_cards
 
-    if len(args.refs) != 2:
-        raise ValueError(f"models diff takes two versions (numbers or aliases), got {len(args.refs)}: "
-                         f"tauforge models diff --name MODEL V1 V2")
     old, new = (store.card(args.name, store.resolve(args.name, ref)) for ref in args.refs)
     d = diff_cards(old, new)
     if args.json:

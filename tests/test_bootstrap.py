@@ -344,14 +344,17 @@ def test_bad_bootstrap_settings_name_the_setting_before_anything_runs(tmp_path, 
     assert not (tmp_path / "s").exists()
 
 
-def test_the_cli_refits_the_nuisance_models_unless_told_not_to(capsys):
-    from tauforge.pipelines.cli import build_parser
+def test_the_cli_refits_the_nuisance_models_unless_told_not_to(capsys, tmp_path):
+    from tauforge.pipelines.cli import _training_setup, build_parser
 
     parser = build_parser()
-    run = ["run", "--demo", "--bootstrap", "10"]
-    assert parser.parse_args(run).bootstrap_nuisance is True
-    assert parser.parse_args([*run, "--no-bootstrap-nuisance"]).bootstrap_nuisance is False
-    assert parser.parse_args(run).bootstrap_interval == "normal"
+    run = ["run", "--demo", "--bootstrap", "10", "--pipeline-root", str(tmp_path)]
+
+    def bootstrap(*flags):  # the run's settings (the flags' defaults are resolved there: None if not given)
+        return _training_setup(parser.parse_args([*run, *flags]))[1].bootstrap
+
+    assert bootstrap().nuisance is True and bootstrap().interval == "normal"
+    assert bootstrap("--no-bootstrap-nuisance").nuisance is False
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
