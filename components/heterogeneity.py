@@ -17,34 +17,18 @@ shares. Rows of weight 0 take no part. Tied CATEs share their mean score (`uplif
 import numpy as np
 from scipy.stats import norm
 
+from tauforge.kernels._inputs import check_finite
 from tauforge.kernels.ate import clustered_stderr
 from tauforge.kernels.bootstrap import bootstrap_counts
 
-from .uplift import check_weights, ranking, tie_averaged, tie_runs
-
-
-def _positive(w: np.ndarray, *arrays):
-    """The rows of positive weight of each array (None stays None), groups re-coded 0..G-1 among
-    them: a bootstrap that drew only groups of weight 0 had no rows, and its NaN made the
-    standard error NaN. The last array is the groups."""
-    kept = w > 0
-    *out, groups = (None if a is None else a[kept] for a in arrays)
-    return (*out, None if groups is None else np.unique(groups, return_inverse=True)[1])
-
-
-def _finite(**arrays) -> None:
-    for name, a in arrays.items():
-        if a is not None and not np.isfinite(a).all():
-            raise ValueError(f"{name} has a NaN or infinite value (first at row {int(np.argmax(~np.isfinite(a)))})")
+from .uplift import ranking, tie_averaged, tie_runs, weighted_rows
 
 
 def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, groups: np.ndarray | None = None,
                      sample_weight: np.ndarray | None = None) -> dict:
-    _finite(y_res=y_res, t_res=t_res, tau=tau)
-    w = check_weights(sample_weight, len(tau))
-    kept = w > 0
-    y_res, t_res, tau, w = y_res[kept], t_res[kept], tau[kept], w[kept]
-    groups = None if groups is None else groups[kept]
+    for name, values in (("y_res", y_res), ("t_res", t_res), ("tau", tau)):
+        check_finite(values, name)
+    w, y_res, t_res, tau, groups = weighted_rows(sample_weight, y_res, t_res, tau, groups=groups)
     mean_tau = np.average(tau, weights=w)
     # Weighted least squares as grf's lm(weights =): ordinary least squares on rows scaled by sqrt(w).
     root = np.sqrt(w)
@@ -81,7 +65,7 @@ def _cluster_hc3_meat(Z: np.ndarray, resid: np.ndarray, groups: np.ndarray) -> n
                   axis=1).reshape(-1, k, k)
     ze = np.stack([np.bincount(groups, weights=Z[:, a] * resid) for a in range(k)], axis=1)
     u = ze + np.einsum("gab,gb->ga", zz, np.einsum("gab,gb->ga", np.linalg.pinv(Z.T @ Z - zz), ze))
-    n_groups = int(np.count_nonzero(np.bincount(groups)))  # codes of groups whose rows all weigh 0 hold none
+    n_groups = len(u)
     return (u.T @ u) * n_groups / max(n_groups - 1, 1)
 
 
@@ -89,9 +73,9 @@ def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed
           groups: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> dict:
     """AUTOC of `priority` with doubly robust `scores`, and its bootstrap standard error (of rows,
     or of whole `groups`). The ranking is the full sample's, held fixed in the bootstrap (as grf's)."""
-    _finite(priority=priority, scores=scores)
-    w = check_weights(sample_weight, len(scores))
-    priority, scores, w, groups = _positive(w, priority, scores, w, groups)
+    check_finite(priority, "priority")
+    check_finite(scores, "scores")
+    w, priority, scores, groups = weighted_rows(sample_weight, priority, scores, groups=groups)
     order = ranking(priority)
     ranked, runs, w = scores[order], tie_runs(priority[order]), w[order]
 
@@ -121,14 +105,13 @@ def gates(priority: np.ndarray, scores: np.ndarray, n_quantiles: int = 4,
 
     if n_quantiles < 1:
         raise ValueError(f"n_quantiles must be at least 1, got {n_quantiles}")
-    _finite(priority=priority, scores=scores)
-    w = check_weights(sample_weight, len(scores))
-    kept = np.flatnonzero(w > 0)
-    share = (rankdata(priority[kept], method="average") - 0.5) / len(kept)
-    label = np.full(len(scores), -1)
-    label[kept] = np.minimum((share * n_quantiles).astype(int), n_quantiles - 1)
+    check_finite(priority, "priority")
+    check_finite(scores, "scores")
+    w, priority, scores, groups = weighted_rows(sample_weight, priority, scores, groups=groups)
+    share = (rankdata(priority, method="average") - 0.5) / len(scores)
+    label = np.minimum((share * n_quantiles).astype(int), n_quantiles - 1)
     out = []
-    for g in np.unique(label[kept]):
+    for g in np.unique(label):
         rows = label == g
         s, wg = scores[rows], w[rows]
         effect = np.average(s, weights=wg)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tauforge.kernels._inputs import check_sample_weight
 from tauforge.kernels.bootstrap import bootstrap_counts
 
 # The curves kept in a result (for the reports' charts): read at this many evenly spaced shares.
@@ -73,15 +74,19 @@ def tie_averaged(psi_ranked: np.ndarray, weight: np.ndarray, runs: np.ndarray | 
     return mean[runs]
 
 
-def check_weights(sample_weight, n: int) -> np.ndarray:
-    """Sample weights scaled to mean 1 over the rows of positive weight (ones without them), one
-    finite value >= 0 per row: a row of weight 0 is then exactly a row left out."""
-    if sample_weight is None:
-        return np.ones(n)
-    w = np.asarray(sample_weight, dtype=np.float64)
-    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"sample_weight must be {n} finite values >= 0, not all 0")
-    return w / w[w > 0].mean()
+def weighted_rows(sample_weight, *arrays: np.ndarray, groups: np.ndarray | None = None) -> tuple:
+    """(weights, *arrays, groups) at the rows that count: those of positive `sample_weight`
+    (`kernels._inputs.check_sample_weight`), the weights scaled to mean 1 there and the groups
+    (codes) re-coded 0..G-1 among them, so that a row of weight 0 is exactly a row left out (a
+    bootstrap that drew only groups of weight 0 had no rows, and its NaN made the standard error
+    NaN). Without weights: ones, and the arrays and groups as they are."""
+    n = len(arrays[0])
+    w = check_sample_weight(sample_weight, n)
+    if w is None:
+        return np.ones(n), *arrays, groups
+    kept = w > 0
+    return (w[kept] / w[kept].mean(), *(a[kept] for a in arrays),
+            None if groups is None else np.unique(np.asarray(groups)[kept], return_inverse=True)[1])
 
 
 def _arrays(outcome, treatment, score, effect) -> tuple:
@@ -200,16 +205,14 @@ def doubly_robust(score, effect_scores, *, n_bootstrap: int = 200, seed: int = 0
     With `groups` (codes, one per row) the bootstrap draws whole groups; with `sample_weight`
     the rows count by their weights (rows of weight 0 not at all)."""
     psi = _effect_scores(effect_scores, score)
-    w = check_weights(sample_weight, len(psi))
-    kept = w > 0  # rows of weight 0 take no part, not even in the bootstrap's draws of groups
-    score, psi, w = np.asarray(score, dtype=np.float64)[kept], psi[kept], w[kept]
-    groups = None if groups is None else np.unique(np.asarray(groups)[kept], return_inverse=True)[1]
+    w, score, psi, groups = weighted_rows(sample_weight, np.asarray(score, dtype=np.float64), psi, groups=groups)
     order = ranking(score)
     n = w.sum()
-    ranked, w_ranked, runs = psi[order], w[order], tie_runs(score[order])
-    auuc, qini = _areas(ranked, w_ranked, runs)
+    w_ranked, runs = w[order], tie_runs(score[order])
+    tied = tie_averaged(psi[order], w_ranked, runs)  # once, for the areas and the curves
+    auuc, qini = _areas(tied, w_ranked)
     (se_auuc, se_qini), = _bootstrap_se(psi, [order], n_bootstrap, seed, groups=groups, weight=w, runs=[runs])
-    gain = np.concatenate([[0.0], np.cumsum(w_ranked * tie_averaged(ranked, w_ranked, runs))]) / n
+    gain = np.concatenate([[0.0], np.cumsum(w_ranked * tied)]) / n
     treated = np.concatenate([[0.0], np.cumsum(w_ranked)]) / n  # the share treated after each row
     rows = len(psi)
     share = np.unique(np.round(np.linspace(0, rows, min(points, rows + 1)))) / rows
