@@ -177,7 +177,8 @@ def _read_parquet(fs, path: str, where: str) -> pd.DataFrame:
     import pyarrow.dataset
     import pyarrow.parquet
 
-    if fs.isdir(path):
+    folder = fs.isdir(path)
+    if folder:
         base = path.rstrip("/")
 
         def hidden(file: str) -> bool:
@@ -199,7 +200,7 @@ def _read_parquet(fs, path: str, where: str) -> pd.DataFrame:
     if repeated is not None:
         raise DataValidationError(f"column {repeated!r} appears more than once in {where!r}: give each column "
                                   "its own name")
-    table = dataset.to_table() if fs.isdir(path) else pyarrow.parquet.read_table(path, filesystem=fs)
+    table = dataset.to_table() if folder else pyarrow.parquet.read_table(path, filesystem=fs)
     decimals = [i for i, f in enumerate(table.schema) if pyarrow.types.is_decimal(f.type)]
     for i in decimals:
         table = table.set_column(i, table.schema.field(i).name, table.column(i).cast(pyarrow.float64()))

@@ -41,6 +41,15 @@ ESTIMATORS = ("tauforge", "econml")
 # The forest parameters EconML's forest is given (`grow_forest_shard`); the others have no
 # counterpart there.
 ECONML_FOREST_OPTIONS = ("min_samples_leaf", "max_depth", "max_samples", "honest")
+
+
+def check_econml_options(params: dict, field: str = "forest_params") -> None:
+    """Refuse, naming `field`, forest parameters EconML's forest has no counterpart for (they
+    were dropped without a word); trees and device are the run's own settings."""
+    ignored = sorted(set(params) - {"n_estimators", "device", *ECONML_FOREST_OPTIONS})
+    if ignored:
+        raise config.ConfigError(field, f"has {', '.join(ignored)}, which EconML's forest does not take (estimator "
+                                         f"'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
 # An estimate artifact's files, and a forest shard's.
 _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
 
@@ -104,10 +113,7 @@ def grow_forest_shard(data: ValidatedData, residuals: Residuals, params: dict, s
     from tauforge.kernels.econml_import import import_econml_forest
 
     forest_params(params, seed)  # the same parameter names are accepted
-    ignored = sorted(set(params) - {"n_estimators", "device", *ECONML_FOREST_OPTIONS})  # trees and device: the run's
-    if ignored:
-        raise config.ConfigError("forest_params", f"has {', '.join(ignored)}, which EconML's forest does not take "
-                                                  f"(estimator 'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
+    check_econml_options(params)
     ecf = EconMLCausalForest(n_estimators=int(params.get("n_estimators", DEFAULT_TREES)),
                              min_samples_leaf=params.get("min_samples_leaf", 5),
                              max_depth=params.get("max_depth"), max_samples=params.get("max_samples", 0.45),

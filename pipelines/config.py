@@ -19,7 +19,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
 )
 from tauforge.components.data import DataSpec, read_table, validate
-from tauforge.components.estimate import ECONML_FOREST_OPTIONS, ESTIMATORS, BootstrapConfig
+from tauforge.components.estimate import ESTIMATORS, BootstrapConfig, check_econml_options
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks, check_groups_for_folds
@@ -98,11 +98,8 @@ class TrainingConfig:
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
-        if self.forest_options and self.estimator == "econml":
-            ignored = sorted(set(self.forest_options) - set(ECONML_FOREST_OPTIONS))
-            if ignored:
-                fail("forest_options", f"has {', '.join(ignored)}, which EconML's forest does not take (estimator "
-                                       f"'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
+        if self.estimator == "econml":
+            check_econml_options(self.forest_options, "forest_options")
         self.check_forest_options(len(self.spec.covariates) or None)
         check_fold_tasks(self.fold_tasks, self.nuisance.folds)
         if self.spec.weight:
