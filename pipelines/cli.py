@@ -46,14 +46,9 @@ def _given(value, default):
     return default if value is None else value
 
 
-def _check_seed(seed: int, flag: str = "--seed", top: int = 2**32 - 1) -> None:
-    """numpy's and scikit-learn's seeds, checked before anything is drawn or written."""
-    if not 0 <= seed <= top:
-        raise ValueError(f"{flag} must be an integer from 0 to 2**32 - {2**32 - top}, got {seed}")
-
-
 def _demo(args: argparse.Namespace) -> int:
-    _check_seed(args.seed, top=2**32 - 2)  # the fresh rows are drawn with seed + 1
+    if not 0 <= args.seed <= 2**32 - 2:  # NumPy's seeds; the fresh rows are drawn with seed + 1
+        raise ValueError(f"--seed must be an integer from 0 to 2**32 - 2, got {args.seed}")
     if args.n < 2:
         raise ValueError(f"--n {args.n}: a causal forest needs at least 2 training rows (in practice hundreds)")
     if args.n_test < 1:
@@ -201,9 +196,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         if args.command == "submit":
             raise ValueError("--demo writes a local file a cluster cannot read; upload the data and pass "
                              "--data URI (s3://, gs://, or a path mounted in the pipeline's pods)")
-        _check_seed(args.seed)  # drawn before the settings are checked
         source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
-        table, true_ate = demo_table(n=5000, seed=args.seed)  # written once the settings are found sound
         treatment, outcome = args.treatment or "T", args.outcome or "Y"
     else:
         if not args.data:
@@ -212,7 +205,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
             raise ValueError("--treatment COL and --outcome COL are required with --data")
         # A relative path is this machine's: submit refuses it (training.submit) rather than send it to a cluster.
         source = args.data if "://" in args.data or args.command == "submit" else os.path.abspath(args.data)
-        treatment, outcome, true_ate = args.treatment, args.outcome, None
+        treatment, outcome = args.treatment, args.outcome
     if (args.assignment == "randomized") != (args.propensity is not None):
         raise ValueError("--assignment randomized and --propensity P go together (P: the known probability of "
                          "treatment)")
@@ -246,7 +239,9 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
                                 trees=args.trees, device=args.device, estimator=args.estimator, n_shards=shards,
                                 fold_tasks=args.fold_tasks, seed=args.seed, gate=_parse_gate(args.gate),
                                 bootstrap=bootstrap, bootstrap_shards=args.bootstrap_shards, graph=graph)
-    if args.demo:  # a refused run used to leave it behind (a review)
+    true_ate = None
+    if args.demo:  # drawn once the settings (its seed too) are found sound: a refused run left it behind
+        table, true_ate = demo_table(n=5000, seed=args.seed)
         os.makedirs(args.pipeline_root, exist_ok=True)
         table.to_parquet(source, index=False)
     return source, config, true_ate
