@@ -459,7 +459,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _strict_json(value, **kwargs) -> str:
-    """JSON strict readers take: a NaN or infinity (in a card written before 2026-12-06) as null."""
+    """JSON strict readers take: a NaN or infinity (a card's from before 2026-12-06, a monitor
+    result's) as null."""
     from tauforge.kernels.serialization import finite_json
 
     return json.dumps(finite_json(value), allow_nan=False, **kwargs)
@@ -645,9 +646,7 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.metrics_file:
         write_gauges(result, args.model, version, args.metrics_file)
     if args.json:
-        from tauforge.kernels.serialization import finite_json
-
-        print(json.dumps(finite_json(result), default=float))
+        print(_strict_json(result, default=float))  # NumPy's numbers as JSON's
         return 0
     print(f"tauforge monitor: {args.model} version {version}, {rows_text(result, 'live')}"
           + (f" since {result['since']}" if "since" in result else ""))
