@@ -79,8 +79,8 @@ def bounds(p: SensitivityParams, c_y: float, c_t: float, rho: float = 1.0, alpha
     half = abs(rho) * np.sqrt(c_y) * np.sqrt(c_t / (1 - c_t)) / 2  # the bias is 2 half sqrt(sigma2 nu2)
     with np.errstate(divide="ignore", invalid="ignore"):  # sigma2 = 0 (a perfect fit): no finite bound
         ratio = np.sqrt(np.float64(p.nu2) / np.float64(p.sigma2))
-    up = np.array([1.0, half * ratio, half / ratio])  # gradient of theta + bias in (theta, sigma2, nu2)
-    down = np.array([1.0, -half * ratio, -half / ratio])
+        up = np.array([1.0, half * ratio, half / ratio])  # gradient of theta + bias in (theta, sigma2, nu2)
+        down = np.array([1.0, -half * ratio, -half / ratio])
     est = np.array([p.theta, p.sigma2, p.nu2])
     lo, hi = float(est @ down), float(est @ up)
     if interval == "theta":

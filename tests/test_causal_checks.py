@@ -309,3 +309,12 @@ def test_groups_of_weight_0_take_no_part_in_the_bootstraps_and_equal_weights_cha
         assert np.isfinite(zero) and zero == pytest.approx(check(x[kept], scores[kept], groups=groups[kept]))
     plain, equal = gates(x, scores), gates(x, scores, sample_weight=np.full(600, 2.0))
     assert [g["stderr"] for g in equal] == pytest.approx([g["stderr"] for g in plain], rel=1e-12)
+
+    # GATES' quartiles count weight, as its effects do: a weight of 2 is the row twice (they
+    # counted rows: here, half the weight in the top quartile, its effect then another group's).
+    w = np.where(x > 0.8, 2.0, 1.0)
+    twice = np.concatenate([np.arange(600), np.flatnonzero(w == 2)])
+    weighted, duplicated = gates(x, scores, sample_weight=w), gates(x[twice], scores[twice])
+    for key in ("cate_from", "cate_to", "effect"):
+        assert [g[key] for g in weighted] == pytest.approx([g[key] for g in duplicated], rel=1e-12)
+    assert [g["rows"] for g in weighted] != [g["rows"] for g in plain]
