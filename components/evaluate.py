@@ -356,8 +356,9 @@ def verdict(result: dict, gate: GateConfig) -> dict:
             else:
                 reasons.append(text)
     rv = result["sensitivity"]["robustness_value"]
-    if gate.min_robustness_value is not None and rv < gate.min_robustness_value:
+    if gate.min_robustness_value is not None and not rv >= gate.min_robustness_value:  # NaN fails too
         reasons.append("sensitivity: " + (
+            "the robustness value is undefined (NaN)" if rv != rv else
             "the interval of the average effect contains 0 without any confounder (robustness value 0)" if rv <= 0
             else f"a confounder explaining {100 * rv:.1f}% of the residual variance of treatment and outcome would "
                  "make the effect insignificant") + f" (gate needs {100 * gate.min_robustness_value:.1f}%)")
@@ -416,7 +417,10 @@ def verdict(result: dict, gate: GateConfig) -> dict:
 
 
 def _histogram(values: np.ndarray, bins: int = 30) -> dict:
-    counts, edges = np.histogram(values, bins)
+    try:
+        counts, edges = np.histogram(values, bins)
+    except ValueError:  # values a few ulps apart: no finite-sized bins; drawn as one value
+        counts, edges = np.histogram(values, bins, range=(values.min() - 0.5, values.min() + 0.5))
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
@@ -458,7 +462,9 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
 
 
 def metric_values(result: dict) -> dict[str, float]:
-    """The scalar results shown as KFP Metrics."""
+    """The scalar results shown as KFP Metrics, the undefined (NaN) left out: KFP's metadata, a
+    protobuf Struct, has no NaN, and one failed the task after the gate passed (a constant CATE's
+    calibration and robustness value). evaluation.json and the report keep them."""
     out = {k: float(result["effect"][k]) for k in ("ate", "ate_stderr", "ate_lower", "ate_upper", "cate_std")}
     out.update({f"nuisance_{k}": v for k, v in result["nuisance"].items()})
     for name, r in result["refuters"].items():
@@ -481,4 +487,4 @@ def metric_values(result: dict) -> dict[str, float]:
     if "treatment_variance" in result:
         out["treatment_variance_share_outside"] = result["treatment_variance"]["share_outside"]
     out["gate_passed"] = float(result["verdict"]["passed"])
-    return out
+    return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}

@@ -190,7 +190,10 @@ def drift_histogram(reference: np.ndarray, live: np.ndarray, levels: bool = Fals
         return {"levels": values.tolist(), "reference": [int(np.sum(reference == v)) for v in values],
                 "live": [int(np.sum(live == v)) for v in values]}
     lo, hi = np.quantile(np.concatenate([reference, live]), [0.005, 0.995])
-    edges = np.histogram_bin_edges([lo, hi], bins)  # equal bins; a single value gets a unit range around it
+    try:
+        edges = np.histogram_bin_edges([lo, hi], bins)  # equal bins; a single value gets a unit range around it
+    except ValueError:  # lo and hi a few ulps apart: no finite-sized bins between them; one value, drawn as one
+        edges = np.histogram_bin_edges([lo, lo], bins)
     def counts(values: np.ndarray) -> list[int]:
         return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].tolist()
 

@@ -113,6 +113,14 @@ def _z(alpha: float) -> float:
     return float(stats.norm.ppf(1 - alpha / 2))
 
 
+def _effect_quantile(eff: dict) -> float:
+    """The multiplier the average effect's interval takes: with groups Student's t (G - 1), which
+    the GATES and the variance-weighted effect take too (z drew them narrower than their label)."""
+    from tauforge.kernels.ate import interval_quantile
+
+    return interval_quantile(eff["alpha"], eff.get("n_groups"))
+
+
 # ----------------------------------------------------------------------------- evaluation
 def render_report(result: dict, header: ReportHeader | None = None) -> str:
     """The evaluation report of `result` (`evaluate.evaluate`'s dict)."""
@@ -122,7 +130,9 @@ def render_report(result: dict, header: ReportHeader | None = None) -> str:
     y, t = header.outcome or "the outcome", header.treatment or "the treatment"
     unit = f"effect of {t} on {y} ({y} units)" if binary else f"effect on {y} per unit of {t} ({y} units)"
     title = f"tauforge evaluation: {header.model}" if header.model else "tauforge evaluation"
-    facts = [("model", header.model or "not named"), ("version", header.version or CANDIDATE),
+    unpublished = "none: the gate failed, so nothing is published"
+    facts = [("model", header.model or "not named"),
+             ("version", header.version or (CANDIDATE if result["verdict"]["passed"] else unpublished)),
              ("run", header.run_id or "not recorded"), ("training data", _fingerprint(header.data_fingerprint)),
              ("effect", f"{eff['estimand']} of {t} on {y}")]
     body = [_verdict(result["verdict"]), _effect_section(eff, unit), _cate_section(eff, unit),
@@ -153,13 +163,16 @@ def _effect_section(eff: dict, unit: str) -> str:
     level = f"{100 * (1 - eff['alpha']):.0f}%"
     rows = [Interval(eff["estimand"], eff["ate"], eff["ate_lower"], eff["ate_upper"])]
     if _finite(eff.get("variance_weighted_effect")) and _finite(eff.get("variance_weighted_stderr")):
-        vw, half = eff["variance_weighted_effect"], _z(eff["alpha"]) * eff["variance_weighted_stderr"]
+        vw, half = eff["variance_weighted_effect"], _effect_quantile(eff) * eff["variance_weighted_stderr"]
         rows.append(Interval("variance-weighted\neffect", vw, vw - half, vw + half, charts.PALETTE[7]))
     chart = charts.interval_chart(rows, title=f"Average effect with its {level} interval", value_label=unit,
                                   width=460)
-    table = _table([(eff["method"], eff["ate"], eff["ate_stderr"],
-                     f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")],
-                   ("method", eff["estimand"], "std. error", f"{level} interval"))
+    lines = [(eff["method"], eff["ate"], eff["ate_stderr"],
+              f"[{eff['ate_lower']:.4g}, {eff['ate_upper']:.4g}] ({eff['ate_interval']})")]
+    if len(rows) > 1:  # a continuous treatment's variance-weighted effect, in the chart above
+        lines.append(("variance-weighted effect (sum of t~ y~ / sum of t~^2)", rows[1].estimate,
+                      eff["variance_weighted_stderr"], f"[{rows[1].lower:.4g}, {rows[1].upper:.4g}]"))
+    table = _table(lines, ("method", eff["estimand"], "std. error", f"{level} interval"))
     return _section("Average effect", chart, table)
 
 
@@ -173,7 +186,7 @@ def _cate_section(eff: dict, unit: str) -> str:
 
 
 def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
-    z = _z(eff["alpha"])
+    z = _effect_quantile(eff)
     gates = het["gates"]
     rows = [Interval(f"Q{g['group']}\n[{g['cate_from']:.2g}, {g['cate_to']:.2g}]", g["effect"],
                      g["effect"] - z * g["stderr"], g["effect"] + z * g["stderr"]) for g in gates]
@@ -340,9 +353,13 @@ def _sensitivity_section(sens: dict, eff: dict, unit: str) -> str:
             Interval("confidence bounds\nwith that confounder", theta, *sens["ci_bounds"], charts.PALETTE[1])]
     chart = charts.interval_chart(rows, title="How far an unobserved confounder could move the average effect",
                                   value_label=unit)
-    text = (f"<p>Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
-            "residual variance of both treatment and outcome would bring the effect's interval to 0 "
-            f"({sens['robustness_value_theta']:.3f} for the point estimate)."
+    robust = (f"Robustness value {sens['robustness_value']:.3f}: a confounder explaining that share of the "
+              "residual variance of both treatment and outcome would bring the effect's interval to 0 "
+              f"({sens['robustness_value_theta']:.3f} for the point estimate)."
+              if _finite(sens.get("robustness_value")) else
+              "Robustness value undefined: the bounds cannot be computed for these scores (an infinite or "
+              "undefined effect, or residuals the nuisance models fit exactly).")
+    text = ("<p>" + robust
             + (f" These figures rest on the analytic standard error ({eff['ate_stderr']:.4g}); the interval shown for "
                f"the estimate is the {html.escape(str(eff['ate_interval']))}." if str(eff.get("ate_interval", ""))
                .startswith("bootstrap") and _finite(eff.get("ate_stderr")) else "") + "</p>")
@@ -392,6 +409,12 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
              ("version trained by run", training.get("run_id") or "not recorded"),
              ("reference data", _fingerprint(training.get("data_fingerprint"))),
              ("rows", ", ".join(rows_text(result, side) for side in ("live", "reference")))]
+    facts.append(("window", f"rows logged since {result['since']}" if result.get("since") else "the whole log"))
+    if result.get("unreadable_files"):
+        facts.append(("skipped (unreadable)", "; ".join(result["unreadable_files"])))
+    if result.get("other_champion_versions"):
+        facts.append(("not judged here", ", ".join(f"version {v} ({n} champion rows)"
+                                                     for v, n in result["other_champion_versions"].items())))
     checks = result.get("checks", {})
     body = [_recommendation(result), _alerts_section(result["alerts"], checks)]
     if "covariate_drift" in checks:
@@ -432,7 +455,7 @@ def _recommendation(result: dict) -> str:
     rec = result["recommendation"]
     css = {"promote": "pass", "roll back": "fail"}.get(rec, "hold")
     retrain = ('<strong class="fail-text">retrain</strong>: drift calls for it' if result.get("retrain")
-               else "no retraining needed")
+               else "drift not judged (see below)" if result.get("note") else "no retraining needed")
     note = f"<p class=\"note\">{html.escape(result['note'])}</p>" if result.get("note") else ""
     return (f'<div class="verdict {css}"><strong>Recommendation: {html.escape(rec)}</strong> '
             f"(challenger against champion); {retrain}.{note}</div>")

@@ -68,11 +68,24 @@ def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys, m
     assert any("balance" in w for w in result["verdict"]["warnings"])
     metrics = metric_values(result)
     assert metrics["gate_passed"] == 1.0 and "refuter_placebo_p_value" in metrics
+    # A review: a constant CATE's NaN calibration and robustness value, logged as KFP metrics,
+    # failed the task after the gate passed (KFP's protobuf Struct has no NaN); and the gate's
+    # robustness floor let a NaN through (NaN < floor is false).
+    undefined = {**result, "sensitivity": {**result["sensitivity"], "robustness_value": float("nan")}}
+    assert "robustness_value" not in metric_values(undefined) and "robustness_value" in metrics
+    json.dumps(metric_values(undefined), allow_nan=False)
+    floor = verdict(undefined, GateConfig(min_robustness_value=0.01))
+    assert not floor["passed"] and "robustness value is undefined" in floor["reasons"][-1]
+    assert "undefined" not in str(verdict(result, GateConfig(min_robustness_value=0.01))["reasons"])
     assert abs(result["balance"]["weighted_values"]["x0"]) < abs(result["balance"]["values"]["x0"])  # IPW balances
     html = render_report(result)
     for part in ("<svg", "Overlap", "Balance: standardized mean difference", "Refuters", "Robustness value", "GATES",
                  "Gate passed", "no causal graph was given"):
         assert part in html
+    assert "assigned at publish" in html
+    failed = render_report({**undefined, "verdict": floor})  # a review: it promised a version
+    assert "Gate failed" in failed and "assigned at publish" not in failed
+    assert "none: the gate failed, so nothing is published" in failed and "Robustness value undefined" in failed
 
 
 def continuous_table(n, seed, narrow_share):

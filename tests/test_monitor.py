@@ -821,6 +821,17 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert 'tauforge_monitor_unreadable_files{model="m",version="1"} 2.0' in (tmp_path / "skipped.prom").read_text()
     old = run_monitor(*args, since="1970-01-01")
     assert old["live_rows"] == 800 and old["since"] == "1970-01-01T00:00:00+00:00" and old["alerts"]
+    # The report says so too (a review: it read "no retraining needed", the window and the
+    # skipped files only in its collapsed JSON).
+    from tauforge.components.report import render_monitor_report
+
+    page = render_monitor_report({**recent, "unreadable_files": ["a: torn"], "other_champion_versions": {"2": 7}})
+    assert "drift not judged (see below)" in page and "no retraining needed" not in page
+    assert f"rows logged since {recent['since']}" in page and "a: torn" in page
+    assert "version 2 (7 champion rows)" in page
+    judged = render_monitor_report(old)
+    assert "drift not judged" not in judged and "retrain</strong>: drift calls for it" in judged
+    assert "the whole log" in render_monitor_report(run_monitor(*args))
     assert window_start("90m", 10_000.0) == 4_600.0
     assert window_start("2026-12-01T01:00:00+01:00", 0) == window_start("2026-12-01", 0) == 1_796_083_200
     for nonsense, message in (("0h", "a duration must be more than 0"), ("-1h", "a duration must be more than 0"),
