@@ -84,7 +84,8 @@ class ForestShard:
         from tauforge.kernels import CausalForest
 
         oob = os.path.join(path, _OOB_FILE)
-        return cls(CausalForest.load(os.path.join(path, _FOREST_DIR)),
+        # device "auto": a shard grown on a GPU pod is merged on a CPU one (params device "cuda" would refuse it)
+        return cls(CausalForest.load(os.path.join(path, _FOREST_DIR), device="auto"),
                    np.load(oob, allow_pickle=False) if os.path.exists(oob) else None)
 
 

@@ -86,7 +86,13 @@ class QuantileBinner:
         first = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
         distinct, counts = ordered[first], np.diff(np.append(first, len(ordered)))
         if len(distinct) <= FINE_BINS:
-            fine = (distinct[:-1] + distinct[1:]) / 2.0
+            lo, hi = distinct[:-1], distinct[1:]
+            with np.errstate(over="ignore"):
+                fine = (lo + hi) / 2.0
+            fine = np.where(np.isfinite(fine), fine, lo / 2.0 + hi / 2.0)  # past 9e307 the sum overflows
+            # Neighbours an ulp apart (or subnormal) have a midpoint that rounds to one of them: an
+            # edge equal to hi would give lo and hi one code. Any edge in [lo, hi) keeps them apart.
+            fine = np.where((lo <= fine) & (fine < hi), fine, lo)
         else:
             pos = (len(ordered) - 1) * np.arange(1, FINE_BINS) / FINE_BINS
             fine = np.unique((ordered[np.floor(pos).astype(np.int64)] + ordered[np.ceil(pos).astype(np.int64)]) / 2)
@@ -176,6 +182,17 @@ class QuantileBinner:
         binner = cls(max_bins=max_bins)
         fe, fo = arrays["bin_fine_edges"], arrays["bin_fine_offsets"]
         cc, co = arrays["bin_coarse_cuts"], arrays["bin_coarse_offsets"]
+        for name, values, offsets in (("fine edges", fe, fo), ("coarse cuts", cc, co)):
+            if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(values)
+                    or (np.diff(offsets) < 0).any()):
+                raise ValueError(f"the saved binner's {name} offsets do not partition its {len(values)} values")
+        if len(fo) != len(co):
+            raise ValueError("the saved binner has fine edges and coarse cuts for different numbers of features")
+        for j in range(len(fo) - 1):
+            e = fe[fo[j]:fo[j + 1]]
+            if len(e) >= FINE_BINS or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
+                raise ValueError(f"the saved binner's fine edges of feature {j} are not finite, increasing and "
+                                 f"fewer than {FINE_BINS}")
         binner.fine_edges_ = [fe[fo[j]:fo[j + 1]] for j in range(len(fo) - 1)]
         binner.coarse_last_fine_ = [cc[co[j]:co[j + 1]] for j in range(len(co) - 1)]
         binner._derive()

@@ -143,7 +143,7 @@ class BootstrapReplicates:
 
         arrays, _ = load_model(path, FORMAT)
         replicates = arrays["replicates"].astype(np.int64)
-        forests = [CausalForest.load(Path(path) / f"replicate-{int(b):05d}") for b in replicates]
+        forests = [CausalForest.load(Path(path) / f"replicate-{int(b):05d}", device="auto") for b in replicates]
         return cls(forests, arrays["ates"], replicates)
 
 

@@ -617,6 +617,9 @@ class CausalForest(BaseEstimator):
         if forest.forest_.feature.max(initial=-1) >= forest.n_features_in_:
             raise ValueError(f"{path}: a split uses feature {int(forest.forest_.feature.max())}, but the forest "
                              f"has {forest.n_features_in_} features")
+        if len(forest.binner_.fine_edges_) != forest.n_features_in_:
+            raise ValueError(f"{path}: the binner has {len(forest.binner_.fine_edges_)} features, the forest "
+                             f"{forest.n_features_in_}")
         forest.shard_ = tuple(meta.get("shard", (0, 1)))
         forest.training_digest_ = meta.get("training_digest")
         forest.clusters_ = arrays.get("clusters")

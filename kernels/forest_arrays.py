@@ -40,7 +40,7 @@ class TreeArrays:
 
 @dataclass
 class ForestArrays:
-    feature: np.ndarray  # int8/int16 [nodes]
+    feature: np.ndarray  # int8/int16/int32 [nodes]
     threshold: np.ndarray  # uint16 [nodes]
     child: np.ndarray  # int32/int64 [nodes], rebuilt from feature (never saved)
     leaf_values: np.ndarray  # float32 [leaves, 4]
@@ -144,6 +144,9 @@ class ForestArrays:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], max_depth: int) -> ForestArrays:
         a = {k: arrays[f"forest_{k}"] for k in cls.SAVED}
+        if (a["feature"].ndim != 1 or a["threshold"].shape != a["feature"].shape
+                or a["leaf_values"].ndim != 2 or a["leaf_values"].shape[1] != 4):  # the kernels read these unchecked
+            raise ValueError("the saved forest's arrays do not describe binary trees (shapes disagree)")
         n_splits = int((a["feature"] >= 0).sum())
         n_trees = len(a["tree_offsets"]) - 1
         # A forest of binary trees has one more leaf than splits per tree, and a node per split or leaf.
@@ -190,7 +193,7 @@ def _local_child(is_split: np.ndarray, tree_offsets: np.ndarray, tree_of: np.nda
 
 
 def _feature_dtype(n_features: int) -> type:
-    return np.int8 if n_features <= 127 else np.int16
+    return np.int8 if n_features <= 127 else np.int16 if n_features <= 32767 else np.int32
 
 
 def _depth(tree: TreeArrays) -> int:

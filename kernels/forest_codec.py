@@ -205,6 +205,8 @@ def decode(arrays: dict[str, np.ndarray], spec: dict, max_depth: int) -> ForestA
             raise ValueError(f"forest encoding version {spec['version']} is newer than this tauforge reads "
                              f"({ENCODING_VERSION}); upgrade tauforge to load it")
         n_nodes, n_leaves, n_columns = int(spec["n_nodes"]), int(spec["n_leaves"]), int(spec["n_columns"])
+        if n_columns != 4:  # prediction reads the means of (t, y, ty, tt) of every leaf, unchecked
+            raise ValueError(f"the saved forest's leaves hold {n_columns} values each, expected 4")
         feature_dtype = np.dtype(spec["feature_dtype"])
         with ThreadPoolExecutor(_workers()) as pool:
             planes = _Planes(arrays, spec, pool)

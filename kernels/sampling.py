@@ -108,8 +108,13 @@ class LittleBagSampler:
         n_struct = int(round(s * self.honesty_fraction)) if self.honest else s
         if n_struct < 1 or s - n_struct < (1 if self.honest else 0) or s < 2:
             units = "rows" if self.clusters is None else "groups"
-            return (f"{self.n_units} {units} give each tree a subsample of {s}, too few to split into a "
-                    f"structure and an estimation half; pass more {units}")
+            if s < 2:
+                return (f"{self.n_units} {units} give each tree a subsample of {s} (max_samples={self.max_samples}), "
+                        f"too few to split into a structure and an estimation half; pass more {units} or a "
+                        "larger max_samples")
+            return (f"{self.n_units} {units} give each tree a subsample of {s}, of which honesty_fraction="
+                    f"{self.honesty_fraction} leaves {n_struct} to choose splits and {s - n_struct} to estimate; "
+                    "each half needs at least one: pass a honesty_fraction nearer 0.5")
         return None
 
     def _rows(self, units: np.ndarray) -> np.ndarray:

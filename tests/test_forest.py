@@ -477,6 +477,11 @@ def test_a_refused_forest_refit_leaves_the_forest_unfitted(data):
     assert not [a for a in vars(forest) if a.endswith("_") and not a.startswith("_")]
     with pytest.raises(NotFittedError):
         forest.oob_predict(d.X)
+    # The message names what is at fault (a review: it blamed the rows for an extreme honesty_fraction).
+    with pytest.raises(ValueError, match=r"honesty_fraction=0.9995 leaves \d+ to choose splits and 0 to estimate"):
+        CausalForest(n_estimators=4, honesty_fraction=0.9995).fit(d.X[:1000], t[:1000], y[:1000])
+    with pytest.raises(ValueError, match=r"\(max_samples=0.001\).*or a larger max_samples"):
+        CausalForest(n_estimators=4, max_samples=0.001).fit(d.X[:1000], t[:1000], y[:1000])
 
 
 def test_weights_that_leave_a_tree_without_data_or_the_treatment_without_variation_are_refused(data):

@@ -167,7 +167,41 @@ def _bad_dictionary_codes(arrays, meta):
         table["planes"][key] = {"codec": "raw", "size": column["n_values"]}
 
 
+def _two_leaf_columns(arrays, meta):
+    """Leaves of 2 values: prediction's kernels read 4 per leaf unchecked (past the array's end)."""
+    table = meta["forest_encoding"]
+    table["n_columns"], table["leaf_columns"] = 2, table["leaf_columns"][:2]
+    for key in [k for k in table["planes"] if k.startswith(("leaf2", "leaf3"))]:
+        del table["planes"][key], arrays["forest3_" + key]
+
+
+def _unsorted_edges(arrays, meta):
+    arrays["bin_fine_edges"] = arrays["bin_fine_edges"][::-1].copy()
+
+
+def _nan_edges(arrays, meta):
+    arrays["bin_fine_edges"] = np.full_like(arrays["bin_fine_edges"], np.nan)
+
+
+def _binner_of_fewer_features(arrays, meta):
+    for values, offsets in (("bin_fine_edges", "bin_fine_offsets"), ("bin_coarse_cuts", "bin_coarse_offsets")):
+        arrays[offsets] = arrays[offsets][:-1]
+        arrays[values] = arrays[values][:arrays[offsets][-1]]
+
+
+def _negative_offset(arrays, meta):
+    arrays["bin_fine_offsets"] = arrays["bin_fine_offsets"].copy()
+    arrays["bin_fine_offsets"][1] = -5
+
+
 @pytest.mark.parametrize("change, message", [
+    # A review: these five loaded (checksums are no signature) and predicted other values, the
+    # first by reading past an array's end.
+    (_two_leaf_columns, "hold 2 values each, expected 4"),
+    (_unsorted_edges, "not finite, increasing"),
+    (_nan_edges, "not finite, increasing"),
+    (_binner_of_fewer_features, "the binner has 4 features, the forest 5"),
+    (_negative_offset, "offsets do not partition"),
     (_garble, "does not decompress"),
     (_shorten, "expected"),
     (_flip_structure_bit, "elements, expected|binary trees|breadth-first"),
@@ -182,6 +216,19 @@ def test_an_inconsistent_saved_forest_is_refused(discrete, tmp_path, change, mes
     _resave(forest, tmp_path / "cf", change)
     with pytest.raises(ValueError, match=message):
         CausalForest.load(tmp_path / "cf")
+
+
+def test_a_max_depth_below_the_trees_depth_is_refused_when_the_torch_path_walks_them(discrete, tmp_path):
+    # A review: the torch walk stops after max_depth levels and took the split node it stood on for
+    # a leaf (an IndexError here; on a GPU, or with the index in range, silently wrong values).
+    forest, X = discrete
+
+    def shallow(arrays, meta):
+        meta["max_depth_grown"], meta["params"]["backend"] = 1, "torch"
+
+    _resave(forest, tmp_path / "cf", shallow)
+    with pytest.raises(ValueError, match=r"trees are deeper than its max_depth \(1\)"):
+        CausalForest.load(tmp_path / "cf").predict(X[:5])
 
 
 def test_trees_whose_pointers_could_loop_are_refused():
@@ -237,3 +284,42 @@ def test_a_file_replaced_whole_keeps_the_old_one_and_leaves_nothing_when_its_wri
             f.write("x" * 100_000)
         assert not os.path.isfile("/dev/full")
 
+
+
+def test_a_forest_of_more_than_32767_covariates_splits_on_the_last_and_round_trips(tmp_path):
+    # A review: split features were int16 past 127 covariates, so feature 32,999 was stored as
+    # -32,537 (a leaf): wrong predictions, and a saved forest that would not load.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 33_000)).astype(np.float32)
+    T = rng.binomial(1, 0.5, 200) - 0.5
+    y = np.where(X[:, -1] > 0, 5.0, -5.0) * T + 0.1 * rng.normal(size=200)
+    forest = CausalForest(4, ci_group_size=2, random_state=0, linear_correction_variables=None).fit(X, T, y)
+    assert forest.forest_.feature.max() == 32_999
+    predicted = forest.predict(X[:20])
+    assert np.mean(np.sign(predicted) == np.where(X[:20, -1] > 0, 1, -1)) >= 0.9
+    forest.save(tmp_path / "wide")
+    np.testing.assert_array_equal(CausalForest.load(tmp_path / "wide").predict(X[:20]), predicted)
+
+
+def test_a_shard_grown_on_a_gpu_is_merged_on_a_cpu(discrete, tmp_path):
+    # A pipelines review: shards saved device "cuda" and the merge task (a CPU pod) reloaded them
+    # with it: "device='cuda' was requested but torch sees no CUDA device". The bootstrap's
+    # replicates load the same way (BootstrapReplicates.load).
+    import torch
+
+    from tauforge.components.estimate import ForestShard
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    forest, X = discrete
+    ForestShard(forest).save(str(tmp_path / "shard"))
+
+    def on_gpu(arrays, meta):
+        meta["params"]["device"] = "cuda"
+
+    _resave(forest, tmp_path / "shard" / "forest", on_gpu)
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        CausalForest.load(tmp_path / "shard" / "forest")
+    loaded = ForestShard.load(str(tmp_path / "shard")).forest
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.predict(X[:5]), forest.predict(X[:5]))

@@ -296,4 +296,6 @@ def leaf_ids_torch(codes: torch.Tensor, feature: torch.Tensor, threshold: torch.
             break
         code = torch.gather(codes_l, 1, f.clamp(min=0))
         node = torch.where(is_leaf, node, child[node] + (code > threshold[node]).long())
+    if not bool((feature[node] < 0).all()):  # a max_depth below the trees' (a damaged model) ends on splits
+        raise ValueError(f"the forest's trees are deeper than its max_depth ({max_depth})")
     return child[node]
