@@ -119,6 +119,10 @@ class DeploySpec:
         if "://" not in self.store or self.store.startswith(("file://", "local://")):
             raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
                                        "or pvc:// and pass that store")
+        if self.event_log and ("://" not in self.event_log or self.event_log.startswith(("file://", "local://"))):
+            # predictors have a read-only root and only an emptyDir /tmp: a path would lose every row
+            raise ConfigError("event_log", f"{self.event_log!r} is not a location the predictors can keep their "
+                                           "logs in; give an object-store URI (s3://, gs://)")
         if self.router not in ROUTERS:
             raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
         if self.router == "predictor" and self.mode != "replace" and self.store.startswith("pvc://"):
@@ -161,6 +165,8 @@ TMP_MOUNT = [{"name": "tmp", "mountPath": "/tmp"}]
 TMP_VOLUME = [{"name": "tmp", "emptyDir": {}}]
 # Before SIGTERM, a pause while the endpoints drop the pod: the server stops taking requests at
 # SIGTERM, and callers routed to it meanwhile got resets and, over gRPC, NOT_FOUND (an ops review).
+# RawDeployment predictors only: Knative's Service schema has no `lifecycle` (the API server drops
+# or refuses it) and its queue-proxy drains a pod itself.
 PRE_STOP = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
 
 
@@ -186,7 +192,6 @@ def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None =
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": TMP_MOUNT,
-        "lifecycle": PRE_STOP,
     }
     metadata = {"name": GPU_RUNTIME if gpu else RUNTIME,
                 "labels": {"app.kubernetes.io/name": "tauforge", "app.kubernetes.io/component": "serving-runtime"}}
@@ -221,6 +226,11 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
         env.append({"name": "TAUFORGE_EXPLORE", "value": f"{spec.explore:g}"})
     model = {"modelFormat": {"name": MODEL_FORMAT}, "runtime": GPU_RUNTIME if spec.gpus else RUNTIME,
              "storageUri": spec.storage_uri(version), "env": env, "resources": resources}
+    if role == "shadow":  # KServe appends these to the runtime's args: the mirror copies the champion's
+        # paths (/v1/models/<champion>:predict), and the event log must file the rows under the champion's model
+        model["args"] = ["--model", spec.isvc_name]
+    if deployment_mode == "RawDeployment":  # Knative's pods take no lifecycle (it drains through its queue-proxy)
+        model["lifecycle"] = PRE_STOP
     # A predictor never calls the Kubernetes API: no token in its pods.
     predictor = {"minReplicas": 1, "model": model, "automountServiceAccountToken": False}
     if canary_percent is not None:
@@ -284,7 +294,6 @@ def router_service(spec: DeploySpec) -> dict:
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": TMP_MOUNT,
-        "lifecycle": PRE_STOP,
     }
     isvc["spec"]["predictor"]["containers"] = [container]
     isvc["spec"]["predictor"]["volumes"] = TMP_VOLUME
@@ -419,7 +428,11 @@ def _api_client(api_client=None):
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise RuntimeError(f"no cluster to apply to: no in-cluster credentials and no usable kubeconfig ({exc}); "
+                               "set KUBECONFIG, or apply the written files with kubectl") from None
     return client.ApiClient()
 
 

@@ -349,7 +349,6 @@ def _compile(args: argparse.Namespace) -> int:
 
     args.out = args.out or f"tauforge-{args.pipeline}.yaml"  # the monitoring one must not overwrite the training one
     _check_output(args.out, "--out")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # kfp's compiler makes no folders
     cluster = _cluster(args)
     with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
                     "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
@@ -370,6 +369,9 @@ def _submit(args: argparse.Namespace) -> int:
 
     source, config, _ = _training_setup(args)
     cluster = _cluster(args)
+    if config.device.startswith("cuda") and not cluster.gpus_per_shard:
+        raise ValueError(f"--device {config.device} needs GPU shards: add --gpus-per-shard N (no task of this "
+                         "pipeline would have a GPU)")
     with _as_flags(TRAINING_FLAGS):
         run_id = submit(args.host, source, config, experiment=args.experiment, cluster=cluster,
                         cache=not args.no_cache)
@@ -569,7 +571,7 @@ DEPLOY_FLAGS = {"model": "--model", "name": "--name", "namespace": "--namespace"
                 "percent": "--percent", "store": "--store", "champion_version": "--champion-version",
                 "gpus": "--gpus", "service_account": "--service-account", "router": "--router", "cpu": "--cpu",
                 "memory": "--memory", "explore": "--explore", "raw": "--raw", "store_secret": "--store-secret",
-                "version": "--version"}
+                "version": "--version", "event_log": "--event-log"}
 
 
 def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
@@ -614,11 +616,16 @@ def _deploy(args: argparse.Namespace) -> int:
     if not args.apply:
         print(f"apply with: kubectl apply -f {_shown(args.out)}   (or rerun with --apply)")
         return 0
-    for line in apply(objects):
-        print(line)
-    if args.wait > 0:
-        for line in wait_ready(objects, timeout=args.wait, progress=_progress):
+    import urllib3
+
+    try:
+        for line in apply(objects):
             print(line)
+        if args.wait > 0:
+            for line in wait_ready(objects, timeout=args.wait, progress=_progress):
+                print(line)
+    except urllib3.exceptions.HTTPError as exc:  # the API server unreachable (refused, TLS, DNS)
+        raise RuntimeError(f"could not reach the Kubernetes API: {str(exc).splitlines()[0][:300]}") from None
     return 0
 
 

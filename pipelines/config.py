@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from tauforge.components._kfp import IMAGE
@@ -254,6 +255,10 @@ class ClusterConfig:
             raise ConfigError("store_secret_keys", "must name at least one key of the store's Secret")
         if self.store_secret:
             check_secret_name(self.store_secret, "store_secret")
+        for key in self.store_secret_keys:  # each becomes an env var of that name, read from the Secret's key
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ConfigError("store_secret_keys", f"must be environment variable names (letters, digits, '_'), "
+                                                       f"got {key!r}")
         if (self.gpu_tolerations or self.gpu_node_selector) and not self.gpus_per_shard:
             raise ConfigError("gpu_tolerations" if self.gpu_tolerations else "gpu_node_selector",
                               "applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too")

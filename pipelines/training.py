@@ -408,6 +408,7 @@ def _finish_ir(compiled: str, path: str, image: str) -> None:
         if container["image"] == IMAGE and "accelerator" not in container.get("resources", {}):
             container["image"] = image
     docs = [_without_newer_fields(doc) for doc in docs]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # only once every setting was accepted
     with replaced_whole(path) as f:  # an earlier compile's file stays whole if this one cannot be written
         f.write(header)
         yaml.safe_dump_all(docs, f, sort_keys=False)

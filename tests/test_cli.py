@@ -104,6 +104,13 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     (["compile", "--store-secret", "Bad_Name"], "--store-secret must be a Kubernetes Secret's name"),
     (["compile", "--gpu-toleration", "nvidia.com/gpu:NoSchedule"],
      "--gpu-toleration applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too"),
+    # A pipelines review: each of these compiled or was written, and failed on the cluster.
+    (["compile", "--store-secret", "s", "--store-secret-key", "bad key"], "--store-secret-key must be environment "
+                                                                           "variable names (letters, digits, '_')"),
+    (["submit", "--host", "http://127.0.0.1:9", "--data", "s3://b/d.parquet", "--treatment", "T", "--outcome", "Y",
+      "--device", "cuda"], "--device cuda needs GPU shards: add --gpus-per-shard N"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--event-log", "./events"],
+     "--event-log './events' is not a location the predictors can keep their logs in"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)
@@ -464,3 +471,23 @@ def test_with_json_a_refused_command_still_ends_stdout_with_one_json_object():
         assert out.returncode == 2 and error in out.stderr, out.stderr
         assert json.loads(out.stdout)["error"].startswith(error) and json.loads(out.stdout)["exit_code"] == 2
     assert run("models", "lst").stdout == ""  # without --json, stdout stays empty
+
+
+def test_a_refused_compile_leaves_no_folder_and_an_apply_without_a_cluster_says_so(tmp_path):
+    # A pipelines review: compile made its output folder before checking its flags, and deploy
+    # --apply without a cluster printed tracebacks (kubernetes' ConfigException, urllib3's retries).
+    out = subprocess.run([*TAUFORGE, "compile", "--cpu", "two", "--out", str(tmp_path / "new" / "sub" / "x.yaml")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "--cpu must be a CPU quantity" in out.stderr
+    assert not (tmp_path / "new").exists()
+    kubeconfig = tmp_path / "kubeconfig"  # a cluster at a port where nothing listens
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: "
+                          "{server: 'https://127.0.0.1:9'}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n"
+                          "users:\n- name: u\n  user: {token: x}\n")
+    for config, message in ((tmp_path / "none", "no cluster to apply to: no in-cluster credentials and no usable "
+                                                "kubeconfig"), (kubeconfig, "could not reach the Kubernetes API")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        out = subprocess.run([*TAUFORGE, "deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out",
+                              str(tmp_path / "objects"), "--apply"], capture_output=True, text=True, cwd=tmp_path,
+                             env={**env, "KUBECONFIG": str(config)}, timeout=300)
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

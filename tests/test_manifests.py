@@ -104,6 +104,10 @@ def test_every_generated_object_validates_strictly(validators, kw):
     assert env["TAUFORGE_ROLE"] == role and env.get("TAUFORGE_EVENT_LOG") == kw.get("event_log")
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "tauforge-serving"  # holds the store's credentials
     mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    # The pre-stop pause only where it takes: Knative's Service has no `lifecycle` (a review).
+    for obj in (o for o in objects if o["kind"] == "InferenceService"):
+        raw = obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        assert ("lifecycle" in obj["spec"]["predictor"]["model"]) == raw
     if kw["mode"] == "canary":
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20 and mode == "Serverless"
     if kw["mode"] == "shadow":
@@ -118,6 +122,16 @@ def test_every_generated_object_validates_strictly(validators, kw):
         assert vs["http"][0]["mirror"]["host"] == "uplift-shadow-predictor.causal.svc.cluster.local"
         assert vs["http"][0]["mirrorPercentage"] == {"value": 50.0}
         assert model["runtime"] == "tauforge-gpu" and model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        # The mirror copies the champion's paths (/v1/models/uplift:predict): the shadow must serve,
+        # and log, under the champion's name, where the runtime names it for its own InferenceService
+        # (a review: every mirrored request met a 404). KServe appends the model's args to the runtime's.
+        from tauforge.pipelines.cli import build_parser
+
+        runtime_args = [a.replace("{{.Name}}", "uplift-shadow")
+                        for a in serving_runtime(gpu=True)["spec"]["containers"][0]["args"]]
+        assert build_parser().parse_args(runtime_args + model["args"]).model == "uplift"
+    else:
+        assert "args" not in model
 
 
 @pytest.mark.parametrize("kind, namespace", [("ClusterServingRuntime", None), ("ServingRuntime", "causal")])
@@ -125,6 +139,7 @@ def test_every_generated_object_validates_strictly(validators, kw):
 def test_the_serving_runtime_validates_strictly_and_serves_the_tauforge_format(validators, kind, namespace, gpu):
     runtime = serving_runtime(kind, namespace, gpu=gpu)
     assert check(validators, runtime)
+    assert "lifecycle" not in runtime["spec"]["containers"][0]  # shared with Serverless predictors
     spec_ = runtime["spec"]
     assert spec_["supportedModelFormats"] == [{"name": "tauforge", "version": "1", "autoSelect": not gpu,
                                                "priority": 1}]
@@ -299,6 +314,8 @@ def test_rbac_is_namespaced_and_names_no_secret_but_the_store_credentials():
         if "secrets" in rule["resources"]:  # only `get`, only the named secret
             assert rule["resources"] == ["secrets"] and rule.get("resourceNames") == [STORE_SECRET]
             assert rule["verbs"] == ["get"]
+        if "secrets" not in rule["resources"]:  # what apply() calls, no more (a review: list, watch, patch
+            assert rule["verbs"] == ["get", "create", "update"]  # and delete were granted to every pipeline)
     granted = {r for rule in roles["tauforge-deployer"]["rules"] for r in rule["resources"]}
     assert granted <= {"inferenceservices", "virtualservices", "secrets"}
     assert {"inferenceservices", "virtualservices"} <= granted
