@@ -240,14 +240,14 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
         penalized[0] = penalized[d + 1] = 0.0  # intercept and effect: only the slopes are shrunk
         weights = ridge * (xp.einsum("rii->r", M) / D)[:, None] * penalized
     M_pen = M + weights[:, :, None] * xp.eye(D, **like)
-    theta = xp.linalg.solve(M_pen, r[..., None])[..., 0]
+    theta = _solve(M_pen, r[..., None])[..., 0]
     tau = theta[:, d + 1]
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
     # psi_b = h' C ((r_raw_b - r_raw) - (M_raw_b - M_raw) C' theta): linear in tree b's moments.
     e_tau = xp.zeros((rows, D, 1), **like)
     e_tau[:, d + 1] = 1.0
-    h = (C.swapaxes(1, 2) @ xp.linalg.solve(M_pen.swapaxes(1, 2), e_tau))[..., 0]
+    h = (C.swapaxes(1, 2) @ _solve(M_pen.swapaxes(1, 2), e_tau))[..., 0]
     theta_raw = (C.swapaxes(1, 2) @ theta[..., None])[..., 0]
     outer = h[:, :, None] * theta_raw[:, None, :]
     coef_tri = -(outer + outer.swapaxes(1, 2))[:, iu[0], iu[1]]
@@ -256,6 +256,26 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     coef = xp.concatenate([coef_tri, h], axis=1)  # (rows, K)
     psi = backend.leaf_scores(ids, leaf_moments, A, coef)
     return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo)
+
+
+def _solve(M: Any, b: Any) -> Any:
+    """Batched solve of M x = b; NaN for a row whose M is singular (the treatment constant
+    among its neighbours, where the plain forest's estimate is 0 / 0) instead of an error for
+    every row of the call."""
+    xp = array_lib(M)
+    if xp is np:
+        try:
+            return np.linalg.solve(M, b)
+        except np.linalg.LinAlgError:
+            out = np.full(b.shape, np.nan, dtype=np.result_type(M, b))
+            for i in range(M.shape[0]):
+                try:
+                    out[i] = np.linalg.solve(M[i], b[i])
+                except np.linalg.LinAlgError:
+                    pass
+            return out
+    x, info = xp.linalg.solve_ex(M, b)
+    return xp.where((info != 0)[:, None, None], xp.full_like(x, math.nan), x)
 
 
 def _symmetric(tri: Any, iu: Any, D: int) -> Any:

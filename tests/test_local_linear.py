@@ -287,3 +287,86 @@ def test_auto_leaves_the_correction_off_where_its_leaf_moments_could_outgrow_mem
     # Chosen by hand, the correction stays whatever its size.
     forced = _forest(n_estimators=40, linear_correction_variables=[0]).fit(X, t, y)
     assert forced.linear_correction_ is not None
+
+
+def test_the_corrected_variance_is_grfs_pseudo_residual_little_bag_variance():
+    """grf's LLCausalPredictionStrategy::compute_variance written out with explicit forest weights
+    (pseudo-residuals zeta' u_i (y_i - u_i' theta) averaged in each tree's leaf, their mean over
+    groups subtracted), on a continuous treatment: with a binary +-0.5 one t~^2 is 0.25 in every
+    leaf, and errors in its coefficients (the diagonal's halving) went unseen."""
+    from tauforge.kernels.prediction import debias_between_group_variance
+
+    rng = np.random.default_rng(2)
+    n = 600
+    X = rng.uniform(-1, 1, (n, 5))
+    t = rng.normal(size=n)
+    y = (1 + 2 * X[:, 0]) * t + rng.normal(size=n)
+    forest = _forest(n_estimators=40, linear_correction_variables=[0, 2], linear_correction_ridge=0.3).fit(X, t, y)
+    X_test = rng.uniform(-1, 1, (25, 5))
+    with pytest.warns(UserWarning, match="intervals from 40 trees"):
+        tau, var = forest.predict_and_var(X_test)
+    g, B = forest._group_size(), 40
+    samples = forest._sampler(n).trees(0, B // g)
+    train_leaf = forest._backend.leaf_ids(forest._codes(X), forest.forest_)
+    test_leaf = forest._backend.leaf_ids(forest._codes(X_test), forest.forest_)
+    Z, Z_test = forest.linear_correction_.design(X), forest.linear_correction_.design(X_test)
+    for k in range(len(X_test)):
+        leaves = [s.estimation[train_leaf[s.estimation, b] == test_leaf[k, b]] for b, s in enumerate(samples)]
+        alpha = np.zeros(n)
+        for rows in leaves:
+            alpha[rows] += 1 / len(rows) / B
+        dz = Z - Z_test[k]
+        U = np.hstack([np.ones((n, 1)), dz, t[:, None], t[:, None] * dz])
+        M = U.T @ (alpha[:, None] * U)
+        level, effect = np.diag(M)[:3].mean(), np.diag(M)[3:].mean()
+        M_pen = M + np.diag(0.3 * np.array([0, LEVEL_PENALTY * level, LEVEL_PENALTY * level,
+                                            0, EFFECT_PENALTY * effect, EFFECT_PENALTY * effect]))
+        theta = np.linalg.solve(M_pen, U.T @ (alpha * y))
+        zeta = np.linalg.solve(M_pen, np.eye(6)[3])
+        pseudo = (U @ zeta) * (y - U @ theta)
+        psi = np.array([pseudo[rows].mean() for rows in leaves]).reshape(-1, g)
+        between = (psi.mean(axis=1) ** 2).mean() - psi.mean() ** 2
+        total = (psi**2).mean() - psi.mean() ** 2
+        want = debias_between_group_variance(np.array([between]), np.array([(total - between) / (g - 1)]),
+                                             np.array([B // g]))[0]
+        assert tau[k] == pytest.approx(theta[3], rel=1e-5, abs=1e-6)
+        assert var[k] == pytest.approx(want, rel=1e-5)
+
+
+def test_the_corrected_out_of_bag_estimate_uses_only_the_trees_that_did_not_see_the_row():
+    X, t, y, _ = _steep(600, 12)
+    forest = _forest(n_estimators=40, linear_correction_variables=[0, 1]).fit(X, t, y)
+    oob = forest.oob_predict(X)[:30]
+    in_bag = forest._sampler(len(t)).in_bag()
+    ids = forest._backend.leaf_ids(forest._codes(X[:30]), forest.forest_)
+    z = forest.linear_correction_.design(X[:30])
+    for k in range(30):
+        out = ~in_bag[k]
+        want, _ = local_linear_estimate(forest._backend, np.ascontiguousarray(ids[k:k + 1, out]),
+                                        forest.linear_correction_.leaf_moments, z[k:k + 1], 0.1, 2,
+                                        with_variance=False)
+        assert oob[k] == pytest.approx(want[0], rel=1e-12)
+        assert out.sum() < 40  # not vacuous: some trees saw the row
+
+
+@pytest.mark.filterwarnings("ignore:intervals from")
+def test_a_row_whose_neighbours_share_one_treatment_gets_nan_not_an_error_for_every_row():
+    # Two trees, out of bag: some rows' only leaf holds one value of t (+-0.5), a singular local
+    # regression, where the plain forest gives 0 / 0. np.linalg.solve raised for the whole call.
+    X, t, y, _ = _steep(600, 8)
+    plain = _forest(n_estimators=2, ci_group_size=1).fit(X, t, y).oob_predict(X)
+    for name in ("numba", "torch"):
+        corrected = _forest(n_estimators=2, ci_group_size=1, linear_correction_variables=[0]).fit(X, t, y)
+        corrected._backend = get_backend(name, torch.device("cpu"))
+        tau = corrected.oob_predict(X)
+        np.testing.assert_array_equal(np.isnan(tau), np.isnan(plain))
+        assert np.isnan(plain).sum() > (corrected._sampler(len(t)).in_bag().all(axis=1)).sum()  # not vacuous
+
+
+def test_the_standardization_counts_rows_by_their_weight():
+    X, t, y, _ = _steep(600, 13)
+    w = np.random.default_rng(13).uniform(0, 3, len(t)) * (np.arange(len(t)) % 5 > 0)
+    c = _forest(n_estimators=20, linear_correction_variables=[0, 3]).fit(X, t, y, sample_weight=w).linear_correction_
+    np.testing.assert_allclose(c.center, np.average(X[:, [0, 3]], axis=0, weights=w), rtol=1e-4)
+    np.testing.assert_allclose(c.scale, np.sqrt(np.average((X[:, [0, 3]] - c.center) ** 2, axis=0, weights=w)),
+                               rtol=1e-4)
