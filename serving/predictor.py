@@ -229,9 +229,11 @@ class CateModel(Model):
 
     # ------------------------------------------------------------------ log and response
     def _records(self, request_id, rows: Rows, idx, scorer: VersionScorer, role, scores: Scores) -> list[dict]:
-        """Event-log records of rows `idx` scored by `scorer` (scores in the order of idx)."""
+        """Event-log records of rows `idx` scored by `scorer` (scores in the order of idx), filed
+        under the store's model name, which monitoring reads: the served name may differ (KServe
+        serves an InferenceService's name, `tauforge deploy --name`)."""
         now, latency_ms = time.time(), 1000 * scores.seconds
-        return [event_record(time=now, request_id=request_id, row=i, unit_id=_str(rows.unit_ids[i]), model=self.name,
+        return [event_record(time=now, request_id=request_id, row=i, unit_id=_str(rows.unit_ids[i]), model=scorer.model,
                              version=scorer.version, role=role, cate=float(scores.cate[k]),
                              lower=float(scores.lower[k]), upper=float(scores.upper[k]), latency_ms=latency_ms,
                              inputs=dict(zip(scorer.columns, rows.X[i].tolist())))

@@ -843,6 +843,24 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
         np.testing.assert_allclose([p["cate"] for p in body["predictions"]], expected, atol=1e-12)
     finally:
         server.stop()
+    # Served under another name (KServe passes the InferenceService's, `deploy --name`), its rows
+    # are logged under the store's model, which monitoring reads (a review: under the served name).
+    port = free_port()
+    server = Server([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
+                     "--model", "uplift-eu", "--port", str(port), "--grpc-port", "0", "--log-dir",
+                     str(tmp_path / "events")], port, wait=False)
+    try:
+        for _ in range(450):
+            try:
+                if server.get("/v1/models/uplift-eu")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        code, body = server.post("/v1/models/uplift-eu:predict", {"instances": rows_for(3).tolist()})
+        assert code == 200 and body["model"] == "uplift-eu"
+    finally:
+        server.stop()
+    assert set(read_events(str(tmp_path / "events")).model) == {MODEL}
     with open(folder / "forest" / "model.json", "a") as f:
         f.write(" ")  # a tampered folder is refused before the server starts
     out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--model-dir", str(folder),
