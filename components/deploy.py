@@ -137,6 +137,13 @@ class DeploySpec:
             where = " in one predictor" if self.router == "predictor" else ""
             raise ConfigError("champion_version", f"is needed by a {self.mode} deployment{where}: it serves both "
                                                   "the champion and the new version")
+        if both and self.champion_version == self.version:
+            raise ConfigError("champion_version", f"is version {self.version}, the version deployed: a {self.mode} "
+                                                  "compares two versions")
+        if not both and self.champion_version is not None:  # it was ignored
+            raise ConfigError("champion_version", "applies to a shadow and to a canary in one predictor (--router "
+                                                  "predictor); a mesh canary's champion is the version the "
+                                                  "InferenceService serves now, and a replace serves one version")
         if self.gpus < 0:
             raise ConfigError("gpus", f"must be >= 0, got {self.gpus}")
         if not 0 <= self.explore <= 1:
@@ -145,8 +152,8 @@ class DeploySpec:
             raise ConfigError("raw", f"applies to --mode replace (a canary is Serverless, a shadow RawDeployment), "
                                      f"not {self.mode}")
         check_quantities(self, cpu=("cpu",), memory=("memory",))
-        if self.service_account:
-            check_name(self.service_account, "service_account")
+        # Empty was the namespace's default account, which holds no store credentials.
+        check_name(self.service_account, "service_account")
 
     @property
     def isvc_name(self) -> str:
@@ -235,8 +242,7 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
     predictor = {"minReplicas": 1, "model": model, "automountServiceAccountToken": False}
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(round(canary_percent))
-    if spec.service_account:
-        predictor["serviceAccountName"] = spec.service_account
+    predictor["serviceAccountName"] = spec.service_account
     if spec.node_selector:
         predictor["nodeSelector"] = dict(spec.node_selector)
     return {

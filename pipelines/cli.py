@@ -334,7 +334,8 @@ def _cluster(args: argparse.Namespace):
         key, _, value = key_value.partition("=")
         tolerations.append((key, value, effect))
     with _as_flags(CLUSTER_FLAGS):
-        return ClusterConfig(image=args.image or IMAGE, cuda_image=args.cuda_image or "", cpu=args.cpu,
+        return ClusterConfig(image=IMAGE if args.image is None else args.image, cuda_image=args.cuda_image or "",
+                             cpu=args.cpu,
                              memory=args.memory, compute_cpu=args.compute_cpu, compute_memory=args.compute_memory,
                              gpus_per_shard=args.gpus_per_shard, accelerator_type=args.accelerator_type,
                              gpu_node_selector=tuple(selectors), gpu_tolerations=tuple(tolerations),

@@ -202,6 +202,9 @@ def absolute(path_or_uri: str) -> str:
 
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# Kubernetes' label values and qualified names (label and taint keys, extended resources).
+_LABEL_VALUE = r"(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_QUALIFIED_NAME = r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 
 
 @dataclass(frozen=True)
@@ -241,16 +244,25 @@ class ClusterConfig:
             raise ConfigError("gpus_per_shard", f"must be a non-negative integer, got {self.gpus_per_shard!r}")
         if not (_integer(self.shard_retries) and 0 <= self.shard_retries <= 10):
             raise ConfigError("shard_retries", f"must be an integer from 0 to 10, got {self.shard_retries!r}")
+        for key in ("image", "cuda_image"):  # a task's pod with another image fails only on the cluster
+            if (key == "image" or getattr(self, key)) and not re.fullmatch(r"\S+", getattr(self, key)):
+                raise ConfigError(key, f"must be a container image reference, got {getattr(self, key)!r}")
         for selector in self.gpu_node_selector:
-            if len(selector) != 2 or not all(selector):
-                raise ConfigError("gpu_node_selector", f"takes (label, value) pairs, got {selector!r}")
+            if (len(selector) != 2 or not re.fullmatch(_QUALIFIED_NAME, selector[0])
+                    or not selector[1] or not re.fullmatch(_LABEL_VALUE, selector[1])):
+                raise ConfigError("gpu_node_selector", f"takes (label, value) pairs, each a Kubernetes label and "
+                                                       f"label value, got {selector!r}")
         for toleration in self.gpu_tolerations:
-            if len(toleration) != 3 or not toleration[0] or toleration[2] not in ("", *_EFFECTS):
-                raise ConfigError("gpu_tolerations", f"takes (key, value, effect) with effect one of "
-                                                     f"{', '.join(_EFFECTS)} or empty, got {toleration!r}")
-        if self.gpus_per_shard and not self.accelerator_type.strip():
-            raise ConfigError("accelerator_type", "must name the GPUs' resource (nvidia.com/gpu, or a type the "
-                                                  "backend maps to one), got an empty one")
+            if (len(toleration) != 3 or not re.fullmatch(_QUALIFIED_NAME, toleration[0])
+                    or not re.fullmatch(_LABEL_VALUE, toleration[1]) or toleration[2] not in ("", *_EFFECTS)):
+                raise ConfigError("gpu_tolerations", f"takes (key, value, effect): a taint's key and value (as "
+                                                     f"labels) and an effect, one of {', '.join(_EFFECTS)} or "
+                                                     f"empty, got {toleration!r}")
+        if self.gpus_per_shard and ("/" not in self.accelerator_type
+                                    or not re.fullmatch(_QUALIFIED_NAME, self.accelerator_type)):
+            raise ConfigError("accelerator_type", "must be the GPUs' Kubernetes resource name, a domain and a "
+                                                  "name such as nvidia.com/gpu or amd.com/gpu (the KFP driver "
+                                                  f"requests it as it is), got {self.accelerator_type!r}")
         if self.store_secret and not self.store_secret_keys:
             raise ConfigError("store_secret_keys", "must name at least one key of the store's Secret")
         if self.store_secret:
@@ -259,9 +271,9 @@ class ClusterConfig:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ConfigError("store_secret_keys", f"must be environment variable names (letters, digits, '_'), "
                                                        f"got {key!r}")
-        if (self.gpu_tolerations or self.gpu_node_selector) and not self.gpus_per_shard:
-            raise ConfigError("gpu_tolerations" if self.gpu_tolerations else "gpu_node_selector",
-                              "applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too")
+        gpu_only = [k for k in ("gpu_tolerations", "gpu_node_selector", "cuda_image") if getattr(self, k)]
+        if gpu_only and not self.gpus_per_shard:
+            raise ConfigError(gpu_only[0], "applies to GPU shards: set gpus_per_shard (--gpus-per-shard) too")
 
     def gpu_image(self) -> str:
         return self.cuda_image or f"{self.image}-cuda"

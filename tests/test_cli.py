@@ -81,7 +81,8 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
       "predictor", "--store", "pvc://claim/store"], "--router 'predictor' reads the store itself"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out", "-", "--apply"],
      "--out - writes the YAML to stdout for kubectl; --apply applies it here: pass one"),
-    (["compile", "--gpus-per-shard", "1", "--accelerator-type", ""], "--accelerator-type must name the GPUs'"),
+    (["compile", "--gpus-per-shard", "1", "--accelerator-type", ""],
+     "--accelerator-type must be the GPUs' Kubernetes resource name"),
     (["deploy", "--model", "m", "--version", "1"], "--store is needed: the URI of the store the cluster reads"),
     # A URI is recorded in the run's parameters, its logs and the card: no secret in one.
     (["run", "--data", "http://alice:S3CRET@127.0.0.1:9/d.parquet", "--treatment", "T", "--outcome", "Y"],
@@ -111,6 +112,18 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
       "--device", "cuda"], "--device cuda needs GPU shards: add --gpus-per-shard N"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--event-log", "./events"],
      "--event-log './events' is not a location the predictors can keep their logs in"),
+    (["compile", "--image", ""], "--image must be a container image reference, got ''"),  # was the default
+    (["compile", "--image", "bad image"], "--image must be a container image reference"),
+    (["compile", "--cuda-image", "r/x:1-cuda"], "--cuda-image applies to GPU shards"),  # was ignored
+    (["compile", "--gpus-per-shard", "1", "--gpu-toleration", "k=v=w"], "--gpu-toleration takes (key, value, effect)"),
+    (["compile", "--gpus-per-shard", "1", "--accelerator-type", "NVIDIA_TESLA_T4"],
+     "--accelerator-type must be the GPUs' Kubernetes resource name"),
+    (["deploy", "--model", "m", "--version", "2", "--store", "s3://b/s", "--mode", "shadow", "--champion-version",
+      "2"], "--champion-version is version 2, the version deployed"),
+    (["deploy", "--model", "m", "--version", "2", "--store", "s3://b/s", "--mode", "canary", "--champion-version",
+      "1"], "--champion-version applies to a shadow and to a canary in one predictor"),  # was ignored
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--service-account", ""],
+     "--service-account must be a DNS-1035 label"),  # was the namespace's default account: no credentials
 ])
 def test_bad_arguments_exit_non_zero_with_a_message(args, message):
     out = run(*args)
