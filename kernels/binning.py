@@ -65,26 +65,34 @@ class QuantileBinner:
         with ThreadPoolExecutor(min(int(self.n_threads), n_features), thread_name_prefix="tauforge-bin") as pool:
             return list(pool.map(fn, range(n_features)))
 
-    def fit(self, X: np.ndarray) -> QuantileBinner:
+    def fit(self, X: np.ndarray, sample_weight: np.ndarray | None = None) -> QuantileBinner:
+        """`sample_weight`: rows of weight 0 make no edges, and coarse bins hold equal weight
+        (a weight of 2 bins as the row twice)."""
         if not (2 <= int(self.max_bins) <= MAX_BINS):
             raise ValueError(f"max_bins must be an integer between 2 and {MAX_BINS}, got {self.max_bins}")
+        w = None
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64)
+            X, w = X[w > 0], w[w > 0]
         n = X.shape[0]
         if n > self.subsample:
-            rows = np.random.default_rng(self.random_state).choice(n, self.subsample, replace=False)
-            X = X[np.sort(rows)]
-        edges = self._per_feature(lambda j: self._feature_edges(X[:, j]), X.shape[1])
+            rows = np.sort(np.random.default_rng(self.random_state).choice(n, self.subsample, replace=False))
+            X, w = X[rows], (None if w is None else w[rows])
+        edges = self._per_feature(lambda j: self._feature_edges(X[:, j], w), X.shape[1])
         self.fine_edges_ = [fine for fine, _ in edges]
         self.coarse_last_fine_ = [coarse_idx for _, coarse_idx in edges]
         self._derive()
         return self
 
-    def _feature_edges(self, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _feature_edges(self, col: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Fine edges, and the indices of the fine edges that are also coarse edges."""
         # One sort gives the distinct values and the quantiles (np.percentile with 65,535 levels
         # partitions once per level).
-        ordered = np.sort(col)
+        order = np.argsort(col, kind="stable") if w is not None else None
+        ordered = np.sort(col) if w is None else col[order]
         first = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-        distinct, counts = ordered[first], np.diff(np.append(first, len(ordered)))
+        distinct = ordered[first]
+        counts = np.diff(np.append(first, len(ordered))) if w is None else np.add.reduceat(w[order], first)
         if len(distinct) <= FINE_BINS:
             lo, hi = distinct[:-1], distinct[1:]
             with np.errstate(over="ignore"):

@@ -98,7 +98,8 @@ class _HistGradientBoosting(BaseEstimator):
         _inputs.check_finite(X, "X")
         _inputs.check_finite(y, "y")
         w = _inputs.check_sample_weight(sample_weight, n)
-        w = np.ones(n) if w is None else w
+        # Relative weights: min_child_weight is a hessian sum, so weights summing to 1 grew no splits.
+        w = np.ones(n) if w is None else w / w[w > 0].mean()
         self._validate()
         self.device_ = _inputs.resolve_device(self.device)
         self.n_features_in_ = X.shape[1]
@@ -117,7 +118,7 @@ class _HistGradientBoosting(BaseEstimator):
                                           random_state=seed)
         else:
             train, val = rows, rows[:0]
-        self.binner_ = QuantileBinner(self.max_bins, random_state=seed).fit(X[train])
+        self.binner_ = QuantileBinner(self.max_bins, random_state=seed).fit(X[train], sample_weight=w[train])
         dev = self.device_
         codes = torch.as_tensor(self._codes(X), device=dev)
         y_t, w_t = torch.as_tensor(y, device=dev), torch.as_tensor(w, device=dev)
@@ -280,4 +281,5 @@ class HistGradientBoostingClassifier(ClassifierMixin, _HistGradientBoosting):
         return np.stack([1 - p, p], axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+        positive = self.predict_proba(X)[:, 1] > 0.5  # first: unfitted raises NotFittedError
+        return self.classes_[positive.astype(int)]

@@ -18,7 +18,9 @@ from sklearn.linear_model import PoissonRegressor
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedKFold
 from sklearn.preprocessing import SplineTransformer
+from sklearn.utils.validation import check_is_fitted
 
+from . import _inputs
 from .progress import progress_bar, progress_steps
 
 # The default nuisance models' boosting settings (and the treatment variance model's).
@@ -212,13 +214,22 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         row whose group they were fit on; the Poisson part's penalty is fixed."""
         if self.loss not in ("squared_error", "poisson"):
             raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        X, y = _inputs.to_numpy(X, "X", 2), _inputs.to_numpy(y, "y", 1)
+        n = _inputs.check_same_length(X=X, y=y)
+        _inputs.check_finite(X, "X")
+        _inputs.check_finite(y, "y")
         if self.loss == "poisson" and (y < 0).any():
             raise ValueError("loss='poisson' needs a nonnegative target y")
+        w = _inputs.check_sample_weight(sample_weight, n)
+        if w is not None:
+            # Weights count rows relative to each other (the ridge's penalty grid and the trees'
+            # minimum hessian are not scale-free), and a row of weight 0 is a row absent.
+            keep = w > 0
+            X, y, w = X[keep], y[keep], w[keep] / w[keep].mean()
+            groups = None if groups is None else np.asarray(groups)[keep]
         rows = np.arange(len(y))
         if len(y) > ADDITIVE_FIT_ROWS:
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), ADDITIVE_FIT_ROWS, replace=False))
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.smooth_columns_ = [j for j in range(X.shape[1]) if len(np.unique(X[rows, j])) > SPLINE_KNOTS + 4]
         # Rows to predict are held to the fit's range: past it the linear terms and splines would
         # extrapolate, and one extreme held-out value (1e4 in an irrelevant column) gave a residual
@@ -268,7 +279,11 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
+        check_is_fitted(self, "trees_")
+        X = _inputs.to_numpy(X, "X", 2)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} columns, the model was fit on {self.n_features_in_}")
+        _inputs.check_finite(X, "X")
         trees = self.trees_.predict(X) * self.tree_scale_
         smooth = self._additive(X)
         return smooth + trees if self.loss == "squared_error" else smooth * self.y_scale_ * trees
@@ -460,11 +475,13 @@ class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "regressor_")
         p = np.clip(self.regressor_.predict(X), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return np.column_stack([1 - p, p])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+        positive = self.predict_proba(X)[:, 1] > 0.5
+        return self.classes_[positive.astype(int)]
 
 
 def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray, *,

@@ -86,3 +86,32 @@ def test_cuda_fit_matches_cpu(data):
     cpu = HistGradientBoostingRegressor(max_iter=30, random_state=0, device="cpu").fit(train.X, train.Y)
     gpu = HistGradientBoostingRegressor(max_iter=30, random_state=0, device="cuda").fit(train.X, train.Y)
     np.testing.assert_allclose(gpu.predict(test.X), cpu.predict(test.X), atol=1e-8)
+
+
+@pytest.mark.parametrize("model", [HistGradientBoostingRegressor, HistGradientBoostingClassifier])
+def test_a_row_of_weight_0_is_a_row_absent_and_the_weights_units_do_not_matter(data, model):
+    # A review: the binning counted rows of weight 0 (their values made edges: predictions off by
+    # 0.4 where the outcome's sd is 1.2), and min_child_weight, a sum of weighted hessians, grew no
+    # split at all under weights summing to 1.
+    train, test = data
+    X, target = train.X[:2000], (train.Y if model is HistGradientBoostingRegressor else train.T)[:2000]
+    w = np.random.default_rng(0).choice([0.0, 1.0, 2.0], size=2000)
+    kept = w > 0
+    params = dict(max_iter=30, random_state=0, early_stopping=False)
+
+    def predicted(X_fit, y_fit, weight):
+        fitted = model(**params).fit(X_fit, y_fit, sample_weight=weight)
+        return fitted.predict(test.X[:500]) if model is HistGradientBoostingRegressor else \
+            fitted.predict_proba(test.X[:500])[:, 1]
+
+    weighted = predicted(X, target, w)
+    # Not to the last bit: the node sums add up in another order without the 0 rows, which can
+    # break an exact tie between splits that part the weighted rows alike the other way (measured:
+    # the regressor's predictions differ at 7% of the points, by 0.007 on average; before, at all
+    # of them, by 0.27 for the regressor and 0.067 for the classifier).
+    apart = np.abs(weighted - predicted(X[kept], target[kept], w[kept]))
+    assert np.mean(apart > 1e-8) < 0.2 and apart.mean() < 0.02
+    np.testing.assert_allclose(weighted, predicted(X, target, w / w.sum()), atol=1e-10)
+    assert np.std(weighted) > 0.1 * np.std(predicted(X, target, None))  # not a constant
+    with pytest.raises(NotFittedError):
+        model().predict(test.X)

@@ -381,3 +381,36 @@ def _binary(n):
     X = rng.normal(size=(n, 3))
     T = (rng.random(n) < 0.5).astype(float)
     return {"Y": X[:, 0] + T + rng.normal(size=n), "T": T, "X": X}
+
+
+def test_the_additive_models_drop_rows_of_weight_0_ignore_the_weights_units_and_check_their_inputs():
+    # A review: rows of weight 0 still set the range, scaling and early stopping, the ridge's
+    # penalty grid moved with the weights' units, and NaN rows were predicted silently.
+    from sklearn.exceptions import NotFittedError
+
+    from tauforge.kernels.nuisance import AdditiveBoostingClassifier
+
+    X, _, _ = _data(1500, 3)
+    y = X[:, 0] + np.sin(3 * X[:, 1])
+    t = (X[:, 0] + np.random.default_rng(1).normal(size=1500) > 0).astype(float)
+    w = np.random.default_rng(2).choice([0.0, 1.0, 2.0], size=1500)
+    w[np.argsort(X[:, 2])[-50:]] = 0.0  # the extreme rows of a column absent: the range must not see them
+    kept = w > 0
+    for model, target, out in ((AdditiveBoostingRegressor, y, "predict"), (AdditiveBoostingClassifier, t,
+                                                                             "predict_proba")):
+        def predicted(rows, weight, model=model, target=target, out=out):
+            fitted = model(**_SMOOTH_BOOSTING, random_state=0).fit(X[rows], target[rows], sample_weight=weight)
+            return getattr(fitted, out)(X)
+
+        weighted = predicted(slice(None), w)
+        np.testing.assert_allclose(weighted, predicted(kept, w[kept]), atol=1e-10)
+        np.testing.assert_allclose(weighted, predicted(slice(None), 1000 * w), atol=1e-8)
+        with pytest.raises(NotFittedError):
+            getattr(model(), out)(X)
+        bad = X.copy()
+        bad[3, 1] = np.nan
+        fitted = model(**_SMOOTH_BOOSTING, random_state=0).fit(X, target)
+        with pytest.raises(ValueError, match="X"):
+            getattr(fitted, out)(bad)
+        with pytest.raises(ValueError, match="sample_weight"):
+            model().fit(X, target, sample_weight=-w)
