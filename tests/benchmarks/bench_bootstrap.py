@@ -31,14 +31,12 @@ ratio, and whether the forests agree.
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy.stats import norm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from tauforge.kernels import CausalForestDML  # noqa: E402
 from tauforge.kernels.datasets import make_causal_data  # noqa: E402
 from tauforge.kernels.nuisance import default_nuisance_model  # noqa: E402

@@ -71,6 +71,7 @@ def fit_predict(name: str, design: str, train, test_X: np.ndarray, seed: int, tr
     if name == "tauforge-boosted":
         y_res, t_res = est.residuals_
         oob = np.ravel(est.forest_.oob_predict(train.X))
+        oob = np.where(np.isnan(oob), np.ravel(est.forest_.predict(train.X)), oob)  # rows every tree saw
         second = CausalForest(n_estimators=trees, random_state=seed + 1, progress=False, **params)
         second.fit(train.X, t_res, y_res - oob * t_res)
         tau2, var2 = (np.ravel(a) for a in second.predict_and_var(test_X))

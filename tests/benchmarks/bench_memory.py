@@ -24,16 +24,12 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
 GiB = 2**30
 
 
 def score_in_fresh_process(path: str, rows: int, score: bool = True) -> dict:
     code = f"""
-import json, time, sys
-sys.path.insert(0, {ROOT!r})
+import json, time
 from tauforge.kernels import CausalForest
 from tauforge.kernels.datasets import make_causal_data
 X = make_causal_data("simple", n={rows}, p=10, seed=1).X
@@ -48,7 +44,9 @@ peak_kib = int(next(line for line in open("/proc/self/status") if line.startswit
 print(json.dumps({{"load_s": loaded, "score_s": score_s, "peak_rss_gib": peak_kib / 2**20,
                   "finite": bool((upper > lower).all())}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:  # the child's own error, which capture_output would swallow
+        raise RuntimeError(f"scoring in a fresh process failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -65,6 +63,7 @@ def main() -> None:
     from tauforge.kernels import CausalForest
     from tauforge.kernels.datasets import make_causal_data
     from tauforge.kernels.forest_arrays import ForestArrays
+    from tauforge.kernels.local_linear import AUTO_MAX_LEAF_MOMENT_BYTES, LocalLinearCorrection, leaf_moment_bytes_bound
 
     d = make_causal_data("simple", n=args.rows, p=10, seed=0)
     start = time.perf_counter()
@@ -74,6 +73,13 @@ def main() -> None:
     grown = forest.forest_
     forest.forest_ = ForestArrays.merge([grown] * (args.trees // args.grown))
     forest.set_params(n_estimators=args.trees)
+    correction = forest.linear_correction_  # its leaf moments are aligned with the leaves: repeat them too
+    if correction is not None:
+        bound = leaf_moment_bytes_bound(args.trees, forest._sampler(args.rows).max_estimation_rows(),
+                                        forest.min_samples_leaf, len(correction.variables))
+        # 'auto' decides at the forest's size: off where --trees trees' moments could pass the cap
+        forest.linear_correction_ = (None if bound > AUTO_MAX_LEAF_MOMENT_BYTES else
+                                     LocalLinearCorrection.merge([correction] * (args.trees // args.grown)))
     fa = forest.forest_
     in_memory = sum(a.nbytes for a in (fa.feature, fa.threshold, fa.child, fa.leaf_values))
     nodes, leaves = len(fa.feature), len(fa.leaf_values)

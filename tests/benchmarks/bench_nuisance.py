@@ -11,15 +11,12 @@ times `kernels.nuisance.cross_fit` (5 folds, both default models) on n rows of a
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 from sklearn.linear_model import RidgeCV
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from tauforge.kernels.datasets import make_causal_data  # noqa: E402
 from tauforge.kernels.nuisance import RIDGE_ALPHAS, AdditiveBoostingRegressor, GCVRidge, cross_fit  # noqa: E402
 
