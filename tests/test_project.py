@@ -110,3 +110,25 @@ def test_the_readme_is_a_front_door():
     assert "make run" in readme and "make test" in readme
 
 
+
+
+def test_every_benchmark_script_imports_and_has_a_main():
+    # make bench is not part of make test; a smoke run found bench_memory broken for days (the
+    # correction's leaf moments). Importing each script catches a renamed import or a removed
+    # helper at test time (a full run of each stays make bench's). In a process of its own: some
+    # scripts set thread variables as they load.
+    code = """
+import importlib.util, os, sys
+folder = sys.argv[1]
+sys.path.insert(0, folder)
+for name in sorted(f for f in os.listdir(folder) if f.startswith("bench_") and f.endswith(".py")):
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(folder, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(getattr(module, "main", None)), name + " has no main()"
+    print(name)
+"""
+    folder = os.path.join(ROOT, "tests", "benchmarks")
+    out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.split()) == len([f for f in os.listdir(folder) if f.startswith("bench_")]) >= 16
