@@ -25,8 +25,7 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
     """A CausalForest predicting what `ecf` predicts: its point estimate exactly, its variance
     with our bootstrap-of-little-bags over EconML's subforests (groups of trees sharing a
     half-sample). Out-of-bag prediction is not available on an imported forest."""
-    if not hasattr(ecf, "estimators_"):
-        raise ValueError("the EconML forest is not fitted; call its fit(X, T, y) first")
+    ecf = _causal_forest(ecf)
     if not getattr(ecf, "fit_intercept", False) or ecf.n_outputs_ != 2:
         raise ValueError("only econml.grf.CausalForest with fit_intercept=True and a single treatment "
                          "can be imported")
@@ -57,6 +56,30 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
 
     forest.device_ = resolve_device(device)
     return forest
+
+
+def _causal_forest(ecf: Any) -> Any:
+    """The econml.grf.CausalForest to import: `ecf` itself, or a fitted CausalForestDML's final
+    forest when its CATE is that forest's prediction on X (no featurizer, one outcome)."""
+    from econml.dml import CausalForestDML
+    from econml.grf import CausalForest as EconMLCausalForest
+
+    if isinstance(ecf, CausalForestDML):
+        if not hasattr(ecf, "models_y"):
+            raise ValueError("the CausalForestDML is not fitted; call its fit(Y, T, X=X) first")
+        if ecf.featurizer is not None or getattr(ecf, "treatment_featurizer", None) is not None:
+            raise ValueError("a CausalForestDML with a featurizer or treatment_featurizer cannot be imported: its "
+                             "forest is grown on featurized covariates or treatments")
+        forests = ecf.model_cate.estimators_
+        if len(forests) != 1:
+            raise ValueError(f"a CausalForestDML of {len(forests)} outcomes cannot be imported; fit one per outcome")
+        ecf = forests[0]
+    if not isinstance(ecf, EconMLCausalForest):  # CausalIVForest (no subclass) has the same arrays, other moments
+        raise ValueError(f"only econml.grf.CausalForest (or a CausalForestDML) can be imported, got "
+                         f"{type(ecf).__module__}.{type(ecf).__name__}")
+    if not hasattr(ecf, "estimators_"):
+        raise ValueError("the EconML forest is not fitted; call its fit(X, T, y) first")
+    return ecf
 
 
 def _tree_arrays(tree: Any, edges: list[np.ndarray]) -> TreeArrays:

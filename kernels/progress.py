@@ -48,12 +48,14 @@ class Progress:
         self.total, self.desc, self.unit, self.steps = float(total), desc, unit, dict(steps or {})
         self.stream = sys.stderr if stream is None else stream
         terminal = _isatty(self.stream)
-        self.mode = "off" if enabled is False or (enabled is None and not terminal) else "bar" if terminal else "log"
+        self.mode = ("off" if enabled is False or self.stream is None or (enabled is None and not terminal)
+                     else "bar" if terminal else "log")  # no stderr (2>&-): print(file=None) would write to stdout
         self.n, self.stage = 0.0, ""
         self.step_seconds: dict[str, float] = {}
         self._clock = clock
         self._start = self._last_line = clock()
         self._n_last_line = 0.0
+        self._first: tuple[float, float] | None = None  # (time, count) at the first update
         self._bar = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
@@ -68,6 +70,8 @@ class Progress:
         if n <= 1e-9 * self.total:  # nothing (a step whose parts reported all of it): no line either
             return
         self.n += n
+        if self._first is None:  # the first unit carries the one-off costs (compiling, a pool's start)
+            self._first = (self._clock(), self.n)
         if self._bar is not None:
             self._bar.update(n)
         elif self.mode == "log" and not self.done:
@@ -108,7 +112,9 @@ class Progress:
         if elapsed < DELAY:
             return
         if since >= HEARTBEAT or (since >= LINE_INTERVAL and self.n - self._n_last_line >= LINE_SHARE * self.total):
-            left = f", about {_duration(elapsed / self.n * (self.total - self.n))} left" if self.n > 0 else ""
+            t1, n1 = self._first
+            rate = (now - t1) / (self.n - n1) if self.n > n1 else elapsed / self.n  # seconds a unit, after the first
+            left = f", about {_duration(rate * (self.total - self.n))} left"
             stage = f"{self.stage}, " if self.stage else ""
             self._write(f"{stage}{self._count()}, {_duration(elapsed)}{left}")
             self._last_line, self._n_last_line = now, self.n
@@ -119,7 +125,10 @@ class Progress:
         return f"{self.n:g}/{self.total:g} {self.unit}s"
 
     def _write(self, text: str) -> None:
-        print(f"tauforge: {self.desc}: {text}", file=self.stream, flush=True)
+        try:
+            print(f"tauforge: {self.desc}: {text}", file=self.stream, flush=True)
+        except (OSError, ValueError):  # a pipe nobody reads any more, a closed stream, a full disk:
+            self.mode = "off"  # the progress is lost, never the work
 
 
 @contextmanager

@@ -26,10 +26,14 @@ META_FILE = "model.json"
 
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        return _sha256_stream(f)
+
+
+def _sha256_stream(f: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -121,14 +125,18 @@ def save_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dic
 
 def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a model written by `save_model`, verifying its format and every checksum."""
-    path = Path(path)
+    # One directory for the whole load, even if a symbolic link to it is switched meanwhile (a
+    # ConfigMap volume's or git-sync's ..data link): never one version's metadata with another's arrays.
+    path = Path(os.path.realpath(path))
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no {META_FILE} in {path}: not a saved tauforge model")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise ValueError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
+        raise ValueError(f"{meta_path} is not the metadata of a saved tauforge model")
     if meta.get("meta_sha256") != sha256_json(meta, "meta_sha256"):
         raise ValueError(f"checksum mismatch for {meta_path}: the metadata was modified or corrupted")
     if meta.get("format") != expected_format:
@@ -137,10 +145,21 @@ def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str,
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise ValueError(f"{meta_path} lists the file {name!r}, which is not a file of {path}: the metadata "
                              "is damaged")
-        actual = sha256_file(path / name)
-        if actual != digest:
-            raise ValueError(f"checksum mismatch for {path / name}: the file was modified or corrupted "
-                             f"(expected sha256 {digest[:12]}..., got {actual[:12]}...)")
-    with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+        if name != ARRAYS_FILE:
+            _check_digest(path / name, sha256_file(path / name), digest)
+    if ARRAYS_FILE not in meta.get("files", {}):
+        raise ValueError(f"{meta_path} lists no checksum for {ARRAYS_FILE}: the metadata is damaged")
+    # The arrays are read from the handle their checksum was computed on: a file replaced meanwhile
+    # (another save into the same directory) is never loaded unverified.
+    with open(path / ARRAYS_FILE, "rb") as f:
+        _check_digest(path / ARRAYS_FILE, _sha256_stream(f), meta["files"][ARRAYS_FILE])
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
     return arrays, meta
+
+
+def _check_digest(path: Path, actual: str, digest: Any) -> None:
+    if actual != digest:
+        raise ValueError(f"checksum mismatch for {path}: the file was modified or corrupted "
+                         f"(expected sha256 {str(digest)[:12]}..., got {actual[:12]}...)")

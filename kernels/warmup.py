@@ -46,6 +46,7 @@ def cache_files(directory: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tauforge.kernels.warmup", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
+    requested = os.environ.get("NUMBA_CACHE_DIR")  # before configure() may point it at a private copy
     from .backends import numba_cache
 
     start = time.perf_counter()
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tauforge warmup: kernels compiled or loaded in {seconds:.1f} s; numba cache: {where} ({state.reason})")
     if not state.enabled:
         print("tauforge warmup: the kernels are not cached", file=sys.stderr)
+        return 1
+    if requested and state.directory != requested:
+        print(f"tauforge warmup: NUMBA_CACHE_DIR={requested} is not writable: the kernels went to "
+              f"{state.directory}, and {requested} stays without them", file=sys.stderr)
         return 1
     if state.directory is not None:
         found = cache_files(state.directory)

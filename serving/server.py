@@ -29,8 +29,11 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
     (KServe's storage initializer layout, /mnt/models); `challenger` is a second version of the
     same model. `device` 'cuda' puts the forests on the GPU (the torch kernels) and fails when no
     GPU is visible; `role` is what this server is to the deployment (see CateModel)."""
+    from tauforge.kernels.cpus import limit_thread_pools
+
     from .predictor import CateModel
 
+    limit_thread_pools()  # the pod's CPU limit, not the node's cores (the manifests set no thread variables)
     if model_dir:
         champion = VersionScorer.from_directory(model_dir, device=device)
         name = model or champion.model

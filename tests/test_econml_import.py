@@ -42,3 +42,27 @@ def test_unfitted_or_multi_treatment_forests_are_refused(econml_forest):
     two = EconMLCausalForest(n_estimators=4, random_state=0).fit(d.X, np.c_[d.T, d.X[:, 0]], d.Y)
     with pytest.raises(ValueError, match="single treatment"):
         import_econml_forest(two)
+
+
+def test_a_fitted_causal_forest_dml_imports_its_final_forest_and_other_forests_are_refused(econml_forest):
+    # A review: a CausalIVForest (instrument moments in its leaves) imported without a word and
+    # predicted other values; a fitted CausalForestDML was called "not fitted".
+    from econml.dml import CausalForestDML
+    from econml.grf import CausalIVForest
+    from sklearn.linear_model import LinearRegression
+    from sklearn.preprocessing import PolynomialFeatures
+
+    _, d = econml_forest
+    dml = CausalForestDML(model_y=LinearRegression(), model_t=LinearRegression(), n_estimators=24, cv=2,
+                          random_state=0).fit(d.Y, d.T, X=d.X)
+    np.testing.assert_allclose(import_econml_forest(dml).predict(d.X[:50]), dml.effect(d.X[:50]), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="CausalForestDML is not fitted"):
+        import_econml_forest(CausalForestDML())
+    featurized = CausalForestDML(model_y=LinearRegression(), model_t=LinearRegression(), n_estimators=4, cv=2,
+                                 featurizer=PolynomialFeatures(2), random_state=0).fit(d.Y, d.T, X=d.X)
+    with pytest.raises(ValueError, match="featurizer"):
+        import_econml_forest(featurized)
+    iv = CausalIVForest(n_estimators=4, random_state=0).fit(d.X, d.T, d.Y, Z=d.T)
+    with pytest.raises(ValueError, match="only econml.grf.CausalForest"):
+        import_econml_forest(iv)

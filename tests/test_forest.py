@@ -711,3 +711,41 @@ def test_a_cpu_forest_grows_merges_loads_and_predicts_without_loading_torch(tmp_
     device, corrected, ordered, oob_with_variance, torch_loaded = json.loads(out.stdout.splitlines()[-1])
     assert (device, corrected, ordered, torch_loaded) == ("cpu", True, True, False)
     assert oob_with_variance > 0.5  # the out-of-bag (gathered, NumPy) path ran and gave variances
+
+
+def test_thread_counts_from_the_environment_are_read_as_openmp_does_and_nonsense_is_ignored(monkeypatch):
+    # A review: OMP_NUM_THREADS='²' passed isdigit() and then failed int(); OpenMP's list form
+    # '2,1' and ' 1' were ignored; a LOKY_MAX_CPU_COUNT that is no number failed every save.
+    from joblib import cpu_count
+
+    from tauforge.kernels.cpus import usable_cpus
+
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    machine = cpu_count()
+    for value, want in (("1", 1), (" 1", 1), ("1,1", 1), ("²", machine), ("abc", machine), ("0", machine)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert usable_cpus() == min(want, machine), value
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "abc")
+    assert usable_cpus() >= 1
+
+
+def test_a_server_runs_numbas_kernels_on_the_cpus_its_pod_may_use(monkeypatch):
+    # A review: numba sizes its pool from the node's cores, not a pod's CPU limit (which joblib's
+    # count reads): a 1-CPU predictor on a large node ran every core's thread under a 1-CPU quota.
+    import numba
+
+    from tauforge.kernels import cpus
+
+    before = numba.get_num_threads()
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 1)
+    try:
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+        cpus.limit_thread_pools()
+        assert numba.get_num_threads() == 1
+        numba.set_num_threads(before)
+        monkeypatch.setenv("NUMBA_NUM_THREADS", str(before))  # set by the operator: kept
+        cpus.limit_thread_pools()
+        assert numba.get_num_threads() == before
+    finally:
+        numba.set_num_threads(before)

@@ -116,3 +116,47 @@ def test_steps_show_their_name_and_the_share_done_and_may_report_their_parts():
         "tauforge: evaluate: subsets, 75%, 1 min 00 s, about 20 s left",
         "tauforge: evaluate: subsets, 88%, 1 min 10 s, about 10 s left",
         "tauforge: evaluate: done in 1 min 10 s (placebo 20 s, subsets 50 s)"]  # "quick" took no time
+
+
+def test_the_time_left_leaves_out_the_first_units_one_off_cost():
+    # A review: a first tree that compiled the kernels for 35 s (then 1 s a tree) gave "about 39 min
+    # left" at 25 of 1,000 trees, where 975 s were left.
+    from tauforge.kernels.progress import _duration
+
+    clock, stream = FakeClock(), io.StringIO()
+    with progress_bar(1000, "growing trees", True, "tree", stream=stream, clock=clock) as bar:
+        clock.now += 35
+        bar.update(1)
+        for _ in range(199):
+            clock.now += 1
+            bar.update(1)
+    first = stream.getvalue().splitlines()[0]
+    done = int(first.split(": ")[2].split("/")[0])
+    assert first.endswith(f"about {_duration(1000 - done)} left"), first
+
+
+class BrokenPipe(io.StringIO):
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stream_that_fails_loses_the_progress_not_the_work(capsys):
+    # A review: a reader gone from the pipe, a closed stream or a full disk raised from a progress
+    # line and lost the fit; without stderr (2>&-) the lines went to stdout.
+    import sys
+
+    closed = io.StringIO()
+    closed.close()
+    for stream in (BrokenPipe(), closed, None):
+        real, clock = sys.stderr, FakeClock()
+        if stream is None:
+            sys.stderr = None
+        try:
+            with progress_bar(100, "growing trees", True, "tree", stream=stream, clock=clock) as bar:
+                for _ in range(10):
+                    clock.now += 5
+                    bar.update(10)
+        finally:
+            sys.stderr = real
+        assert bar.n == 100
+    assert capsys.readouterr().out == ""

@@ -323,3 +323,45 @@ def test_a_shard_grown_on_a_gpu_is_merged_on_a_cpu(discrete, tmp_path):
     loaded = ForestShard.load(str(tmp_path / "shard")).forest
     assert loaded.device_ == "cpu"
     np.testing.assert_array_equal(loaded.predict(X[:5]), forest.predict(X[:5]))
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("[1, 2]", "is not the metadata of a saved tauforge model"),
+    ('{"files": "arrays.npz"}', "is not the metadata of a saved tauforge model"),
+    ("[" * 100_000 + "]" * 100_000, "is not valid JSON"),
+])
+def test_metadata_of_another_shape_is_refused_by_name(tmp_path, meta, message):
+    # A review: a list, a string for the files or JSON nested too deep raised AttributeError or
+    # RecursionError from inside the loader.
+    save_model(tmp_path / "m", {"a": np.zeros(3)}, {"format": FORMAT})
+    (tmp_path / "m" / "model.json").write_text(meta)
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "m", FORMAT)
+
+
+def test_arrays_without_a_checksum_are_refused_and_are_read_from_the_file_that_was_checked(tmp_path, monkeypatch):
+    # A review: metadata listing no arrays.npz (its own checksum redone) loaded the arrays
+    # unchecked; and the arrays were opened again after their checksum, so a save into the same
+    # folder in between (or a switched ..data link) loaded another version's arrays.
+    from tauforge.kernels import serialization
+
+    save_model(tmp_path / "m", {"a": np.zeros(3)}, {"format": FORMAT})
+    full = json.loads((tmp_path / "m" / "model.json").read_text())
+    del full["files"]["arrays.npz"]
+    full["meta_sha256"] = serialization.sha256_json(full, "meta_sha256")
+    (tmp_path / "m" / "model.json").write_text(json.dumps(full))
+    with pytest.raises(ValueError, match="lists no checksum for arrays.npz"):
+        load_model(tmp_path / "m", FORMAT)
+
+    save_model(tmp_path / "v", {"a": np.zeros(3)}, {"format": FORMAT})
+    real_stream = serialization._sha256_stream
+
+    def then_replaced(f):  # another save lands right after the checksum was taken
+        digest = real_stream(f)
+        np.savez(tmp_path / "other.npz", a=np.full(3, 666.0))
+        os.replace(tmp_path / "other.npz", tmp_path / "v" / "arrays.npz")
+        return digest
+
+    monkeypatch.setattr(serialization, "_sha256_stream", then_replaced)
+    arrays, _ = load_model(tmp_path / "v", FORMAT)
+    assert arrays["a"].tolist() == [0.0, 0.0, 0.0]
