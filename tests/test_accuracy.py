@@ -169,6 +169,23 @@ def test_a_rare_treatments_ate_stderr_is_not_below_the_efficiency_bound():
     assert lo <= d.tau.mean() <= hi
 
 
+def test_propensities_are_clipped_at_the_default_or_half_the_smaller_arms_share():
+    # Exact values: the rare-treatment test above passed with the clip at the whole share (0.01
+    # there, not 0.005) and with the default at 0.01 for 0.025 (a mutation review).
+    from tauforge.kernels.ate import propensity_clip, propensity_variance
+
+    balanced = np.r_[np.ones(30), np.zeros(70)]
+    assert CausalForestDML().min_propensity == 0.025 == propensity_clip(balanced)
+    rare = np.r_[np.ones(2), np.zeros(198)]  # 1% treated
+    assert propensity_clip(rare) == pytest.approx(0.005) and propensity_clip(1 - rare) == pytest.approx(0.005)
+    w = np.r_[np.full(2, 3.0), np.ones(198)]  # the treated weigh 6 of 204
+    assert propensity_clip(rare, sample_weight=w) == pytest.approx(0.5 * 6 / 204)
+    assert propensity_clip(rare, min_propensity=0.001) == 0.001  # a smaller clip asked for is kept
+    e = np.array([0.0001, 0.3, 0.9999])
+    np.testing.assert_allclose(propensity_variance(e), [0.025 * 0.975, 0.21, 0.025 * 0.975])
+    np.testing.assert_allclose(propensity_variance(e, propensity_clip(rare)), [0.005 * 0.995, 0.21, 0.005 * 0.995])
+
+
 def test_continuous_treatment_reports_the_average_partial_effect_not_the_variance_weighted_one():
     # Var(T | X) = exp(X1) and tau = 1 + X1: the average effect is 1, the variance-weighted one 2.
     d = make_causal_data("continuous_hetero", n=4000, p=5, seed=22)
@@ -182,6 +199,17 @@ def test_continuous_treatment_reports_the_average_partial_effect_not_the_varianc
     assert abs(est.variance_weighted_effect_ - 2.0) < 3 * est.variance_weighted_stderr_
     # V(x) tracks the true conditional variance exp(X1).
     assert np.corrcoef(np.log(est.treatment_variance_), d.X[:, 0])[0, 1] > 0.8
+
+
+def test_a_continuous_treatments_variance_is_floored_at_a_twentieth_of_the_weighted_mean_square():
+    # Hand numbers: no test reached the floor, or its weights (a mutation review dropped both).
+    from tauforge.kernels.ate import floor_variance
+
+    t_res = np.array([1.0, -1.0, 3.0, -3.0])  # mean t~^2 = 5: floor 0.25
+    v_hat = np.array([0.01, 2.0, 0.1, 0.3])
+    np.testing.assert_allclose(floor_variance(v_hat, t_res), [0.25, 2.0, 0.25, 0.3])
+    # Weights 3, 1, 0, 0: the weighted mean t~^2 is 1, the floor 0.05.
+    np.testing.assert_allclose(floor_variance(v_hat, t_res, np.array([3.0, 1.0, 0.0, 0.0])), [0.05, 2.0, 0.1, 0.3])
 
 
 def test_cate_intervals_on_oracle_residuals_cover_and_are_not_inflated():

@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 
 from tauforge.kernels import CausalForest, CausalForestDML
+from tauforge.kernels.ate import variance_weighted_effect
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.serialization import save_model
 
@@ -79,6 +80,46 @@ def test_oob_predictions_use_only_trees_that_did_not_see_the_row(plain, data):
         assert np.allclose(oob, tau, rtol=1e-6, atol=1e-9) == should_match
     with pytest.raises(ValueError, match="training covariates"):
         plain.oob_predict(d.X[:10])
+
+
+def test_oob_variance_counts_only_little_bags_whose_trees_all_left_the_row_out(data):
+    """grf's good groups: a row's out-of-bag variance comes from the little bags none of whose
+    trees saw it, with the tau of all its out-of-bag trees; NaN with no such bag, a value from
+    one. Written out from the module's linearization. With max_samples=0.5 (the default) a bag's
+    trees all draw its whole half-sample, so no bag is partly in bag and counting bags with any
+    out-of-bag tree passed every test (a mutation review): 0.3 here, and 4 bags of 2, so that
+    rows with partly-out bags, no good bag and exactly one occur."""
+    from tauforge.kernels.prediction import debias_between_group_variance
+
+    d, t, y = data
+    forest = CausalForest(n_estimators=8, max_samples=0.3, random_state=7, linear_correction_variables=None,
+                          progress=False).fit(d.X, t, y)
+    with pytest.warns(UserWarning, match="intervals from 8 trees"):
+        oob, var = forest.oob_predict_and_var(d.X)
+    g, n = forest._group_size(), len(d.X)
+    out = ~forest._sampler(n).in_bag()  # (rows, trees): the trees that did not see the row
+    leaves = forest._backend.leaf_ids(forest._codes(d.X), forest.forest_)
+    values = forest.forest_.leaf_values.astype(np.float64)[leaves]  # (rows, trees, (t, y, ty, tt))
+    with np.errstate(invalid="ignore"):  # rows every tree saw: NaN, as oob_predict gives
+        A = (values * out[..., None]).sum(axis=1) / out.sum(axis=1, keepdims=True)
+    denom = A[:, 3] - A[:, 0] ** 2
+    tau = (A[:, 2] - A[:, 0] * A[:, 1]) / denom
+    mu = A[:, 1] - tau * A[:, 0]
+    tb, yb, tyb, ttb = (values[..., k] for k in range(4))
+    psi = (tyb - mu[:, None] * tb - tau[:, None] * ttb) - A[:, [0]] * (yb - mu[:, None] - tau[:, None] * tb)
+    bags_out = out.reshape(n, -1, g)
+    good = bags_out.all(axis=2)  # every tree of the bag left the row out
+    n_good = good.sum(axis=1)
+    assert (n_good == 0).sum() > 10 and (n_good == 1).sum() > 10  # not vacuous
+    assert (bags_out.any(axis=2) & ~good).any(axis=1).mean() > 0.2  # bags partly out of bag
+    psi = psi.reshape(n, -1, g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = (good * psi.mean(axis=2) ** 2).sum(axis=1) / n_good
+        total = (good[..., None] * psi**2).sum(axis=(1, 2)) / (n_good * g)
+        want = debias_between_group_variance(between, (total - between) / (g - 1), n_good) / denom**2
+    np.testing.assert_allclose(oob, tau, rtol=1e-9)
+    np.testing.assert_array_equal(np.isnan(var), n_good == 0)
+    np.testing.assert_allclose(var[n_good > 0], want[n_good > 0], rtol=1e-9)
 
 
 def test_save_load_predicts_exactly_and_refuses_tampering(fitted, data, tmp_path):
@@ -606,6 +647,25 @@ def test_weights_move_the_average_effect_to_the_weighted_population():
     assert lo < np.average(tau, weights=w) < hi and not lo < tau.mean() < hi, (lo, hi)
 
 
+def test_the_variance_weighted_effect_and_its_standard_error_weigh_rows_by_their_sample_weight():
+    # The sandwich written out on the fit's own residuals: fit dropped the weights of this effect
+    # and its score its weights, each passing every test (a mutation review).
+    d = make_causal_data("simple", n=600, p=3, seed=1)
+    w = np.where(d.X[:, 0] > 0.5, 3.0, 1.0)
+    est = CausalForestDML(n_estimators=8, cv=2, random_state=0, progress=False).fit(d.Y, d.T, X=d.X,
+                                                                                   sample_weight=w)
+    y_res, t_res = est.residuals_
+    theta = np.sum(w * t_res * y_res) / np.sum(w * t_res**2)
+    stderr = np.sqrt(np.sum((w * t_res * (y_res - theta * t_res)) ** 2)) / np.sum(w * t_res**2)
+    assert est.variance_weighted_effect_ == pytest.approx(theta, rel=1e-12)
+    assert est.variance_weighted_stderr_ == pytest.approx(stderr, rel=1e-12)
+    # Not vacuous: the weights move both, and the standard error does not depend on their scale.
+    unweighted = np.sum(t_res * y_res) / np.sum(t_res**2)
+    assert abs(theta - unweighted) > 0.1 * stderr
+    assert abs(np.sqrt(np.sum((t_res * (y_res - theta * t_res)) ** 2)) / np.sum(w * t_res**2) - stderr) > 0.1 * stderr
+    assert variance_weighted_effect(y_res, t_res, 5 * w) == pytest.approx((theta, stderr), rel=1e-12)
+
+
 def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
     import warnings
 
@@ -637,6 +697,24 @@ def test_effect_inference_is_econmls_summary_over_the_forests_own_intervals():
     ours = est.effect_inference(X[:5]).summary_frame()
     assert list(ours.columns) == list(theirs.columns) and ours.index.name == theirs.index.name
     assert ours.shape == theirs.shape and ours.equals(ours.round(3))
+
+
+def test_effect_inference_on_hand_numbers():
+    # var was stderr itself, unsquared, and passed every test (a mutation review): it is not in
+    # summary_frame, which the test above checks.
+    from scipy.stats import norm
+
+    from tauforge.kernels.inference import EffectInference
+
+    inference = EffectInference(np.array([1.0, -3.0]), np.array([0.5, 2.0]))
+    np.testing.assert_allclose(inference.var, [0.25, 4.0])
+    np.testing.assert_allclose(inference.zstat(), [2.0, -1.5])
+    np.testing.assert_allclose(inference.zstat(1.0), [0.0, -2.0])
+    np.testing.assert_allclose(inference.pvalue(), [0.0455003, 0.1336144], rtol=1e-6)
+    lower, upper = inference.conf_int(0.1)
+    half = norm.ppf(0.95) * np.array([0.5, 2.0])
+    np.testing.assert_allclose(lower, [1.0, -3.0] - half)
+    np.testing.assert_allclose(upper, [1.0, -3.0] + half)
 
 
 def test_shards_merge_into_the_forest_one_fit_grows(data, fitted, tmp_path):

@@ -410,3 +410,19 @@ def test_the_clustered_standard_error_and_its_quantile_are_the_textbook_numbers(
     assert clustered_stderr(score, 1.0) == pytest.approx(np.sqrt(10.0))  # each row its own group, no CR1
     assert interval_quantile(0.05) == pytest.approx(1.959964, abs=1e-6)  # two-sided: not 1.645
     assert interval_quantile(0.05, n_groups=20) == pytest.approx(2.093024, abs=1e-6)  # Student's t, 19 df
+
+
+def test_unequal_groups_are_counted_as_the_equal_groups_they_weigh_as():
+    # Hand numbers: the warning counted groups alone, 40 here, and passed every test (a mutation
+    # review); 39 groups of one row and one of 39 weigh as 78^2 / (39^2 + 39) = 3.9 equal ones.
+    from tauforge.kernels.ate import effective_groups, few_groups_message
+
+    equal = np.repeat(np.arange(40), 5)
+    assert effective_groups(equal) == pytest.approx(40.0) and few_groups_message(equal, "groups") is None
+    lopsided = np.r_[np.zeros(39, dtype=int), np.arange(1, 40)]
+    assert effective_groups(lopsided) == pytest.approx(78**2 / (39**2 + 39))
+    assert few_groups_message(lopsided, "groups") == (
+        "groups has 40 groups, as unequal in size as 3.9 equal ones: standard errors that count groups are too "
+        "small with fewer than 20")
+    assert few_groups_message(np.repeat(np.arange(10), 3), "groups") == (
+        "groups has 10 groups: standard errors that count groups are too small with fewer than 20")

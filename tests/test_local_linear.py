@@ -129,6 +129,22 @@ def test_rows_far_outside_the_training_data_get_the_estimate_the_correction_tend
     np.testing.assert_allclose(tau[1:4], tau[0], rtol=1e-4)  # settled by 1e4 sd (the column's sd is 0.58)
 
 
+def test_covariates_are_held_only_past_the_design_limit_far_out():
+    # The test above compares rows past 1e4 standard deviations with each other: with the limit at
+    # 3 (a mutation review) they agreed too, every row past 3 sd getting the 3-sd row's estimate
+    # (2.75 here, where the estimate settles at 2.32). The covariates are exact up to 1e6 sd.
+    X, t, y, _ = _steep(600, 8)
+    forest = _forest(n_estimators=20, linear_correction_variables=[0]).fit(X, t, y)
+    c = forest.linear_correction_
+    sd = np.array([3.0, 5.0, 10.0, 1e4, 1e5, 1e7, -1e7])
+    rows = np.zeros((len(sd), 5))
+    rows[:, 0] = c.center[0] + sd * c.scale[0]
+    np.testing.assert_allclose(c.design(rows)[:, 0], [3.0, 5.0, 10.0, 1e4, 1e5, 1e6, -1e6], rtol=1e-9)
+    tau = forest.predict(rows)
+    assert abs(tau[1] - tau[0]) > 0.05 and abs(tau[2] - tau[1]) > 0.05  # still moving between 3 and 10 sd
+    np.testing.assert_allclose(tau[3:5], tau[5], rtol=1e-4)  # settled long before the limit
+
+
 def test_on_a_steep_effect_the_correction_cuts_the_error_and_keeps_coverage():
     """Less error, and coverage kept without buying it with width: the corrected intervals are no
     wider than the plain ones, and the interval score (width plus 2/alpha times each miss)
