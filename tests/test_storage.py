@@ -290,9 +290,9 @@ def test_a_forest_of_more_than_32767_covariates_splits_on_the_last_and_round_tri
     # A review: split features were int16 past 127 covariates, so feature 32,999 was stored as
     # -32,537 (a leaf): wrong predictions, and a saved forest that would not load.
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(200, 33_000)).astype(np.float32)
-    T = rng.binomial(1, 0.5, 200) - 0.5
-    y = np.where(X[:, -1] > 0, 5.0, -5.0) * T + 0.1 * rng.normal(size=200)
+    X = rng.normal(size=(100, 33_000)).astype(np.float32)
+    T = rng.binomial(1, 0.5, 100) - 0.5
+    y = np.where(X[:, -1] > 0, 5.0, -5.0) * T + 0.1 * rng.normal(size=100)
     forest = CausalForest(4, ci_group_size=2, random_state=0, linear_correction_variables=None).fit(X, T, y)
     assert forest.forest_.feature.max() == 32_999
     predicted = forest.predict(X[:20])
