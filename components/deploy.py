@@ -68,6 +68,10 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+# Object stores fsspec writes to, which outlive a predictor's pod.
+EVENT_LOG_PROTOCOLS = ("s3", "gs", "gcs")  # the image's [cloud] extra: s3fs, gcsfs
+
+
 @dataclass(frozen=True)
 class DeploySpec:
     """What to deploy. `model` and `version` name the published version in `store` (the URI the
@@ -89,7 +93,7 @@ class DeploySpec:
     memory: str = "2Gi"
     gpus: int = 0
     service_account: str = DEFAULT_SERVICE_ACCOUNT
-    event_log: str = ""  # where predictors write their event logs (s3://, gs://, or a mounted path)
+    event_log: str = ""  # where predictors write their event logs: object storage (EVENT_LOG_PROTOCOLS)
     node_selector: dict = field(default_factory=dict)
     explore: float = 0.0  # epsilon-greedy exploration of every predictor (`serve --explore`), for the policy value
     raw: bool = False  # replace: a RawDeployment champion, which a mesh shadow can later mirror
@@ -119,10 +123,12 @@ class DeploySpec:
         if "://" not in self.store or self.store.startswith(("file://", "local://")):
             raise ConfigError("store", f"{self.store!r} is not a URI the cluster can read; publish to s3://, gs:// "
                                        "or pvc:// and pass that store")
-        if self.event_log and ("://" not in self.event_log or self.event_log.startswith(("file://", "local://"))):
-            # predictors have a read-only root and only an emptyDir /tmp: a path would lose every row
+        if self.event_log and ("://" not in self.event_log
+                               or self.event_log.split("://")[0] not in EVENT_LOG_PROTOCOLS):
+            # predictors have a read-only root and only an emptyDir /tmp: a path (or memory://) would
+            # lose every row, and pvc:// is no protocol fsspec writes to
             raise ConfigError("event_log", f"{self.event_log!r} is not a location the predictors can keep their "
-                                           "logs in; give an object-store URI (s3://, gs://)")
+                                           f"logs in; give an object-store URI ({', '.join(EVENT_LOG_PROTOCOLS)})")
         if self.router not in ROUTERS:
             raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
         if self.router == "predictor" and self.mode != "replace" and self.store.startswith("pvc://"):

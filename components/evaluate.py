@@ -420,7 +420,8 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict:
     try:
         counts, edges = np.histogram(values, bins)
     except ValueError:  # values a few ulps apart: no finite-sized bins; drawn as one value
-        counts, edges = np.histogram(values, bins, range=(values.min() - 0.5, values.min() + 0.5))
+        half = max(0.5, bins * float(np.spacing(abs(values.min()))))  # +-0.5 vanishes past 2**52
+        counts, edges = np.histogram(values, bins, range=(values.min() - half, values.min() + half))
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 

@@ -193,7 +193,8 @@ def drift_histogram(reference: np.ndarray, live: np.ndarray, levels: bool = Fals
     try:
         edges = np.histogram_bin_edges([lo, hi], bins)  # equal bins; a single value gets a unit range around it
     except ValueError:  # lo and hi a few ulps apart: no finite-sized bins between them; one value, drawn as one
-        edges = np.histogram_bin_edges([lo, lo], bins)
+        half = max(0.5, bins * float(np.spacing(abs(lo))))  # +-0.5 vanishes past 2**52
+        edges = np.histogram_bin_edges([lo], bins, range=(lo - half, lo + half))
     def counts(values: np.ndarray) -> list[int]:
         return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].tolist()
 

@@ -73,6 +73,8 @@ class QuantileBinner:
         w = None
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64)
+            if not (w > 0).any():
+                raise ValueError("sample_weight is 0 for every row: no row to bin")
             X, w = X[w > 0], w[w > 0]
         n = X.shape[0]
         if n > self.subsample:
@@ -105,7 +107,8 @@ class QuantileBinner:
             pos = (len(ordered) - 1) * np.arange(1, FINE_BINS) / FINE_BINS
             fine = np.unique((ordered[np.floor(pos).astype(np.int64)] + ordered[np.ceil(pos).astype(np.int64)]) / 2)
             fine = fine[fine < distinct[-1]]  # an edge at the maximum would leave an empty last bin
-            counts = np.bincount(np.searchsorted(fine, col, side="left"), minlength=len(fine) + 1)
+            counts = np.bincount(np.searchsorted(fine, ordered, side="left"), minlength=len(fine) + 1,
+                                 weights=None if w is None else w[order])
         if len(fine) + 1 <= self.max_bins:
             return fine, np.arange(len(fine))
         # Equal-frequency coarse bins made of whole fine bins: cut after the fine bin where the
@@ -198,9 +201,13 @@ class QuantileBinner:
             raise ValueError("the saved binner has fine edges and coarse cuts for different numbers of features")
         for j in range(len(fo) - 1):
             e = fe[fo[j]:fo[j + 1]]
-            if len(e) >= FINE_BINS or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
-                raise ValueError(f"the saved binner's fine edges of feature {j} are not finite, increasing and "
-                                 f"fewer than {FINE_BINS}")
+            # Not strictly increasing nor finite: versions before 2026-12-06 saved equal edges (values
+            # an ulp apart) and inf (values past 9e307), which code as they did then.
+            with np.errstate(invalid="ignore"):  # inf - inf
+                decreasing = (np.diff(e) < 0).any()
+            if len(e) >= FINE_BINS or np.isnan(e).any() or decreasing:
+                raise ValueError(f"the saved binner's fine edges of feature {j} are not sorted, or NaN, or "
+                                 f"{FINE_BINS} or more")
         binner.fine_edges_ = [fe[fo[j]:fo[j + 1]] for j in range(len(fo) - 1)]
         binner.coarse_last_fine_ = [cc[co[j]:co[j + 1]] for j in range(len(co) - 1)]
         binner._derive()

@@ -112,6 +112,8 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
       "--device", "cuda"], "--device cuda needs GPU shards: add --gpus-per-shard N"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--event-log", "./events"],
      "--event-log './events' is not a location the predictors can keep their logs in"),
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--event-log", "memory://events"],
+     "--event-log 'memory://events' is not a location the predictors can keep their logs in"),
     (["compile", "--image", ""], "--image must be a container image reference, got ''"),  # was the default
     (["compile", "--image", "bad image"], "--image must be a container image reference"),
     (["compile", "--cuda-image", "r/x:1-cuda"], "--cuda-image applies to GPU shards"),  # was ignored

@@ -345,3 +345,30 @@ def test_grfs_debiased_variance_is_the_mean_of_the_truncated_normal_it_describes
     se = np.maximum(var_between, noise) * np.sqrt(2 / groups)  # grf's: the noisier term's sd over G bags
     expected = truncnorm.mean(-center / se, np.inf, loc=center, scale=se)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_weighted_binning_makes_coarse_bins_of_equal_weight_past_the_fine_quantiles():
+    # A review: past 65,536 distinct values the coarse bins counted rows, not weight (the positive
+    # half at weight 10 got 8 of 16 bins); and weights all 0 raised an IndexError.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=100_000)
+    w = np.where(x > 0, 10.0, 1.0)
+    binner = QuantileBinner(max_bins=16).fit(x[:, None], sample_weight=w)
+    codes = binner.transform(x[:, None])[:, 0]
+    share = np.bincount(binner.coarse(codes[:, None])[:, 0], weights=w) / w.sum()
+    assert share.min() > 0.05 and share.max() < 0.075
+    with pytest.raises(ValueError, match="sample_weight is 0 for every row"):
+        QuantileBinner().fit(x[:10, None], sample_weight=np.zeros(10))
+
+
+def test_bin_edges_saved_before_the_ulp_fix_still_load_and_code_as_then():
+    # A diff review: the load check first refused equal and infinite edges, which the binning
+    # before 2026-12-06 saved for values an ulp apart or past 9e307: those models would not load.
+    a = 0.3
+    X = np.array([[a, 1e308], [np.nextafter(a, 1), 1.5e308], [np.nextafter(np.nextafter(a, 1), 1), 1.7e308]])
+    arrays = QuantileBinner().fit(X).to_arrays()
+    old = dict(arrays, bin_fine_edges=np.array([np.nextafter(a, 1)] * 2 + [np.inf, np.inf]))  # as saved then
+    binner = QuantileBinner.from_arrays(old, 256)
+    assert binner.transform(X).tolist() == [[0, 0], [0, 0], [2, 0]]  # fine(x): edges strictly below x
+    with pytest.raises(ValueError, match="not sorted, or NaN"):
+        QuantileBinner.from_arrays(dict(arrays, bin_fine_edges=np.array([1.0, 0.0, 1.0, 2.0])), 256)

@@ -299,7 +299,7 @@ def test_a_continuous_treatments_variance_weighted_effect_is_tabled_and_with_gro
     # the GATES bars took z, narrower than their "95%"; the variance-weighted effect had no table row.
     from scipy import stats
 
-    from tauforge.components.report import _effect_section
+    from tauforge.components.report import _effect_quantile, _effect_section
 
     eff = {"estimand": "average partial effect", "method": "debiased", "ate": 1.0, "ate_stderr": 0.1,
            "ate_lower": 0.8, "ate_upper": 1.2, "ate_interval": "t", "alpha": 0.05,
@@ -308,6 +308,16 @@ def test_a_continuous_treatments_variance_weighted_effect_is_tabled_and_with_gro
     for name, extra in (("plain", {}), ("grouped", {"n_groups": 20})):
         page = _effect_section({**eff, **extra}, "Y")
         assert f"[{2 - half[name]:.4g}, {2 + half[name]:.4g}]" in page and "variance-weighted effect (sum" in page
+        # The GATES bars take the same multiplier.
+        assert _effect_quantile({**eff, **extra}) == pytest.approx(half[name] / 0.1)
+    from tauforge.components.report import _heterogeneity_section
+
+    het = {"gates": [{"group": 1, "cate_from": 0.0, "cate_to": 1.0, "effect": 1.0, "stderr": 0.1}],
+           "calibration": {"mean_forest_prediction": 1.0, "mean_stderr": 0.1, "differential_forest_prediction": 1.0,
+                           "differential_stderr": 0.1, "mean_pvalue": 0.01, "differential_pvalue": 0.01},
+           "rate": {"autoc": 0.1, "stderr": 0.05, "pvalue": 0.02}}
+    plain, grouped = (_heterogeneity_section(het, {**eff, **extra}, "Y") for extra in ({}, {"n_groups": 20}))
+    assert plain != grouped  # the bars' ends moved out with Student's t
 
 
 def test_histograms_of_values_a_few_float_steps_apart_are_drawn_not_raised():
@@ -315,10 +325,10 @@ def test_histograms_of_values_a_few_float_steps_apart_are_drawn_not_raised():
     from tauforge.components.evaluate import _histogram
     from tauforge.components.monitor import drift_histogram
 
-    close = np.array([0.3, 0.1 * 3] * 50)
-    assert sum(_histogram(close)["counts"]) == 100
-    drawn = drift_histogram(close, close[::-1])
-    assert sum(drawn["reference"]) == sum(drawn["live"]) == 100
+    for close in (np.array([0.3, 0.1 * 3] * 50), np.array([1.7e18, np.nextafter(1.7e18, 2e18)] * 50)):
+        assert sum(_histogram(close)["counts"]) == 100  # nanosecond timestamps: +-0.5 is below their ulp
+        drawn = drift_histogram(close, close[::-1])
+        assert sum(drawn["reference"]) == sum(drawn["live"]) == 100
 
 
 def test_an_undefined_robustness_value_is_said_to_be_undefined():

@@ -855,7 +855,8 @@ def test_serves_a_version_folder_as_kserve_storage_initializer_leaves_it(store, 
                 if server.get("/v1/models/uplift-eu")[0] == 200:
                     break
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         code, body = server.post("/v1/models/uplift-eu:predict", {"instances": rows_for(3).tolist()})
         assert code == 200 and body["model"] == "uplift-eu"
     finally:

@@ -198,8 +198,8 @@ def _negative_offset(arrays, meta):
     # A review: these five loaded (checksums are no signature) and predicted other values, the
     # first by reading past an array's end.
     (_two_leaf_columns, "hold 2 values each, expected 4"),
-    (_unsorted_edges, "not finite, increasing"),
-    (_nan_edges, "not finite, increasing"),
+    (_unsorted_edges, "not sorted, or NaN"),
+    (_nan_edges, "not sorted, or NaN"),
     (_binner_of_fewer_features, "the binner has 4 features, the forest 5"),
     (_negative_offset, "offsets do not partition"),
     (_garble, "does not decompress"),
