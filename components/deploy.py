@@ -239,8 +239,8 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
         env.append({"name": "TAUFORGE_EXPLORE", "value": f"{spec.explore:g}"})
     model = {"modelFormat": {"name": MODEL_FORMAT}, "runtime": GPU_RUNTIME if spec.gpus else RUNTIME,
              "storageUri": spec.storage_uri(version), "env": env, "resources": resources}
-    if role == "shadow":  # KServe appends these to the runtime's args: the mirror copies the champion's
-        # paths (/v1/models/<champion>:predict), and the event log must file the rows under the champion's model
+    if role == "shadow":  # KServe appends these to the runtime's args (--model {{.Name}}, its own name): the
+        # mirror copies the champion's paths (/v1/models/<champion>:predict), which the shadow must answer
         model["args"] = ["--model", spec.isvc_name]
     if deployment_mode == "RawDeployment":  # Knative's pods take no lifecycle (it drains through its queue-proxy)
         model["lifecycle"] = PRE_STOP

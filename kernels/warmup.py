@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not state.enabled:
         print("tauforge warmup: the kernels are not cached", file=sys.stderr)
         return 1
-    if requested and state.directory != requested:
+    if requested and (state.directory is None
+                      or os.path.realpath(state.directory) != os.path.realpath(requested)):
         print(f"tauforge warmup: NUMBA_CACHE_DIR={requested} is not writable: the kernels went to "
               f"{state.directory}, and {requested} stays without them", file=sys.stderr)
         return 1
