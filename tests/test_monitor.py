@@ -366,6 +366,22 @@ def test_policy_shift_test_rejects_at_its_level_under_the_null_and_catches_a_rev
     assert policy_shift_pvalue(e_ref, t_ref, e_live, rng.binomial(1, 1 - e_live).astype(float)) < 1e-6
 
 
+def test_the_grouped_policy_shift_test_counts_the_smaller_samples_groups():
+    # Hotelling's F takes its covariance's degrees of freedom from the groups of the smaller
+    # sample (here 8 live units against 300 training units): with no more groups than deciles it
+    # cannot judge and says p = 1, even of a reversed policy. Counting the larger sample's groups
+    # (a mutation review, which the level tests above let pass) read F off a covariance that 8
+    # units cannot estimate: p = 0.51 here, a number with no meaning.
+    rng = np.random.default_rng(0)
+    ref_groups, live_groups = np.repeat(np.arange(300), 8), np.repeat(np.arange(8), 50)
+    e_ref, e_live = rng.uniform(0.1, 0.9, 2400), rng.uniform(0.1, 0.9, 400)
+    t_ref, reversed_ = rng.binomial(1, e_ref).astype(float), rng.binomial(1, 1 - e_live).astype(float)
+    assert policy_shift_pvalue(e_ref, t_ref, e_live, reversed_, reference_groups=ref_groups,
+                               live_groups=live_groups) == 1.0
+    many = np.repeat(np.arange(100), 4)  # 100 live units: judged, and the reversal seen
+    assert policy_shift_pvalue(e_ref, t_ref, e_live, reversed_, reference_groups=ref_groups, live_groups=many) < 1e-6
+
+
 def test_psi_is_small_under_the_null_and_large_under_a_shift():
     rng = np.random.default_rng(0)
     assert psi(rng.normal(size=5000), rng.normal(size=5000)) < 0.05
@@ -410,6 +426,24 @@ def test_policy_value_picks_the_better_challenger_and_its_confidence_sequence_co
     assert abs(lift["champion"]["qini"]) < 3 * lift["champion"]["qini_stderr"]
     assert lift["qini_difference"]["value"] > 0 and lift["qini_difference"]["pvalue"] < 1e-3
     assert len(lift["champion"]["curve"]["gain"]) == 101 and lift["champion"]["rows"] == len(X)
+
+
+def test_a_shadow_is_judged_only_from_enough_units_not_enough_rows():
+    # 60 rows with outcomes from 10 units of 6 rows: more rows than MIN_POLICY_ROWS (50) but fewer
+    # units than MIN_POLICY_UNITS (20), whose rows share their noise: held, not judged. Counting
+    # rows as units (a mutation review) judged them. From 30 units of 2 rows it is judged.
+    from tauforge.components.judgement import judge_shadow
+    from tauforge.components.monitor import MonitorConfig
+
+    events, outcomes, _, _ = logged_traffic(0, n=60)
+    for units, judged in ((10, False), (30, True)):
+        ids = np.tile([f"u{i % units}" for i in range(60)], 2)
+        logged = events.assign(unit_id=ids)
+        live, shadow = logged[logged["role"] == "champion"], logged[logged["role"] == "shadow"]
+        result = judge_shadow(live, shadow, outcomes, COLUMNS, MonitorConfig(), 0)
+        assert ("confidence_sequence" in result) == judged, result
+        if not judged:
+            assert result["recommendation"] == "hold" and "60 rows of 10 units" in result["note"], result
 
 
 def explored_traffic(seed, n=2000, effect=tau):
@@ -726,6 +760,31 @@ def test_confidence_sequence_covers_the_mean_at_every_look_and_is_wider_than_the
     assert covered >= binom.ppf(0.01, paths, 0.95), covered
 
 
+def test_confidence_sequence_at_four_values_is_the_normal_mixture_boundary_by_hand():
+    # Waudby-Smith et al.'s boundary by hand at t = 4, alpha 0.05, t_opt 100: rho^2 =
+    # (2 log 20 + log(2 log 20 + 1)) / 100 = 0.0793615; the sample sd (ddof 1) of 1, 2, 3, 4 is
+    # sqrt(5/3) = 1.29099; the half width sd * sqrt(2 (t rho^2 + 1) / (t^2 rho^2) log(sqrt(t rho^2
+    # + 1) / alpha)) = 3.29201. With ddof 0 (a mutation review; the coverage test above cannot see
+    # it at t >= 20) it is 2.85097.
+    lo, hi = confidence_sequence(np.array([1.0, 2.0, 3.0, 4.0]), 0.05, t_opt=100)
+    assert (lo, hi) == pytest.approx((2.5 - 3.29201, 2.5 + 3.29201), abs=1e-5)
+
+
+def test_each_versions_standard_error_counts_units_and_a_sequence_touching_0_holds():
+    # By hand: two rows for each of 3 units, whose means are 2, 2 and 6 (cluster_values gives each
+    # unit its mean when units are of one size): sd 2.3094 over sqrt(3 units) = 4/3. Over
+    # sqrt(6 rows) (a mutation review; the judgement tests above read only the difference's
+    # standard error) it is 0.943.
+    from tauforge.components.judgement import _decision, _stderrs
+
+    scores = pd.DataFrame({"dr_champion": [1.0, 3.0, 2.0, 2.0, 5.0, 7.0], "dr_challenger": 2.0})
+    found = _stderrs(scores, np.array([0, 0, 1, 1, 2, 2]))
+    assert found == pytest.approx({"value_champion_dr_stderr": 4 / 3, "value_challenger_dr_stderr": 0.0})
+    # Promote or roll back only when the sequence excludes 0; one that reaches it holds.
+    assert [_decision(lo, hi) for lo, hi in ((0.0, 0.3), (-0.3, 0.0), (1e-9, 0.3), (-0.3, -1e-9))] == [
+        "hold", "hold", "promote", "roll back"]
+
+
 def published_forest(tmp_path):
     """A small forest published as model "m" version 1 in tmp_path/store, with its reference profile."""
     from tauforge.components.registry import ModelStore
@@ -968,3 +1027,99 @@ def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_
     from tauforge.components.events import id_string
 
     assert id_string("u" * 300) == "u" * 300
+
+
+def check_inputs(live, reference, covariates=(), shadow=None):
+    """What a check reads, rows independent (a group each), for calling one check alone."""
+    from tauforge.components.monitor import MonitorConfig, MonitorInputs
+
+    return MonitorInputs(live, live.iloc[:0] if shadow is None else shadow, reference, list(covariates),
+                         MonitorConfig(), 0, np.arange(len(reference)), np.arange(len(live)))
+
+
+def test_the_ate_drift_p_value_is_two_sided_on_each_means_standard_error():
+    # Exact: the served CATE's mean moved by 1.96 standard errors (each mean's, ddof 1, added in
+    # quadrature), up or down, is p = 0.05. The shift tests above pass with p halved (one-sided,
+    # doubling the check's false alarms) or the move's sign ignored; a mutation review.
+    from tauforge.components.monitor import EffectDrift
+
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"cate": rng.normal(size=400)})
+    for sign in (1, -1):
+        live = rng.normal(size=300)
+        se = np.hypot(ref["cate"].std(ddof=1) / np.sqrt(400), live.std(ddof=1) / np.sqrt(300))
+        live += ref["cate"].mean() - live.mean() + sign * 1.96 * se
+        found = EffectDrift().run(check_inputs(pd.DataFrame({"cate": live}), ref))
+        assert found.summary["ate_p_value"] == pytest.approx(0.05, abs=1e-4), sign
+
+
+def test_the_domain_classifiers_p_value_is_one_sided_on_the_held_out_auc():
+    # Exact: held out, 500 rows of each sample; the p-value of AUC > 0.5 is the normal tail of
+    # (AUC - 0.5) over the Mann-Whitney null standard error, one-sided, so an AUC under 0.5 (the
+    # classifier no better than chance) never alarms. A two-sided p doubles it (a mutation review:
+    # the shift and level tests above passed with it), and one of an AUC under 0.5 turns small.
+    from tauforge.components.monitor import domain_classifier_auc
+
+    rng = np.random.default_rng(0)
+    se0 = np.sqrt((500 + 500 + 1) / (12 * 500 * 500))
+    aucs = []
+    for seed in range(6):
+        auc, p = domain_classifier_auc(rng.normal(size=(1000, 3)), rng.normal(size=(1000, 3)), seed)
+        assert p == pytest.approx(stats.norm.sf((auc - 0.5) / se0), rel=1e-9), (seed, auc, p)
+        aucs.append(auc)
+    assert min(aucs) < 0.5 < max(aucs), aucs  # both sides seen (measured: 4 under, 2 over)
+
+
+def test_the_overlap_alert_is_on_the_rise_of_the_share_outside_not_on_the_share():
+    # A steep training policy puts about 45% of rows outside the overlap bounds; quiet traffic from
+    # the same population keeps that share and must not alert (a mutation review: the alert on the
+    # live share alone passed every test). Live rows moved by 1.5 in x0 put about 78% there.
+    from tauforge.components.monitor import PropensityDrift
+
+    def steep(x):
+        return sigmoid(4 * x)
+
+    rng = np.random.default_rng([0, 1])
+    X = rng.normal(size=(2000, 5))
+    X[:, 4] = rng.integers(0, 3, 2000)
+    ref = reference_profile(X, COLUMNS, rng.binomial(1, steep(X[:, 0])).astype(float), tau, 0)
+    quiet = monitor(traffic(0, policy=steep), ref, COLUMNS, checks=(PropensityDrift(),))
+    summary = quiet["checks"]["propensity"]
+    assert summary["share_outside_reference"] > 0.3 and summary["share_outside_live"] > 0.3, summary
+    assert "overlap" not in [check for check, _ in alerts(quiet)], quiet["alerts"]
+    moved = traffic(1, policy=steep)
+    moved["input.x0"] += 1.5
+    assert "overlap" in [check for check, _ in alerts(monitor(moved, ref, COLUMNS, checks=(PropensityDrift(),)))]
+
+
+def test_the_support_tests_p_value_is_that_of_at_least_the_rows_outside():
+    # Exact: 2 of 500 live rows past the range of 1,000 reference rows on one of 2 covariates;
+    # under the null bound q0 the count is Binomial(500, q0), and the p-value is P(count >= 2).
+    # P(count > 2) (a mutation review) passed the support tests above.
+    from tauforge.components.monitor import Support
+
+    rng = np.random.default_rng(0)
+    names = ["input.a", "input.b"]
+    ref = pd.DataFrame(rng.uniform(size=(1000, 2)), columns=names)
+    live = pd.DataFrame(rng.uniform(0.01, 0.99, size=(500, 2)), columns=names)
+    live.iloc[:2, 0] = 2.0
+    q0 = 2 * stats.beta.isf(1e-4 / 2, 2, 999)
+    found = Support().run(check_inputs(live, ref, ["a", "b"]))
+    assert found.summary["null_bound"] == pytest.approx(q0)
+    assert found.summary["p_value"] == pytest.approx(1 - (1 - q0) ** 500 - 500 * q0 * (1 - q0) ** 499, rel=1e-9)
+
+
+def test_shadow_agreement_compares_both_top_deciles_and_the_signs():
+    # Known answers: a shadow whose CATE is an increasing function of the champion's ranks alike
+    # (rank correlation 1, top decile the same rows); a reversed one shares no top-decile row. The
+    # signs differ on the rows whose champion CATE lies in (-0.5, 0], 50 of 200.
+    from tauforge.components.monitor import ShadowAgreement
+
+    a = np.linspace(-1, 1, 200)
+    live = pd.DataFrame({"request_id": [f"r{i}" for i in range(200)], "row": 0, "cate": a})
+    for b, rho, overlap in ((2 * a + 1, 1.0, 1.0), (-a, -1.0, 0.0)):
+        shadow = live.assign(cate=b, version=2)
+        found = ShadowAgreement().run(check_inputs(live, live, shadow=shadow)).summary
+        assert found["spearman"] == pytest.approx(rho) and found["top_decile_overlap"] == overlap, found
+    shifted = ShadowAgreement().run(check_inputs(live, live, shadow=live.assign(cate=a + 0.5, version=2))).summary
+    assert shifted["action_disagreement"] == np.mean((a > -0.5) & (a <= 0)) == 0.25

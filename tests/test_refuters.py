@@ -256,3 +256,14 @@ def test_the_spread_test_rejects_one_more_draw_at_its_nominal_rate(repeats):
     draws = np.random.default_rng([SEED, repeats]).normal(size=(4000, repeats + 1))
     rejected = sum(_within_spread(list(d[1:]), d[0])["p_value"] < 0.05 for d in draws)
     assert binom.ppf(1e-4, 4000, 0.05) <= rejected <= binom.isf(1e-4, 4000, 0.05), rejected
+
+
+def test_the_spread_test_by_hand_counts_the_new_draws_own_noise():
+    # By hand: refits 1, 2, 3 (mean 2, sd 1) and a run's effect of 0. One more draw differs from
+    # their mean by sd * sqrt(1 + 1/3) = 1.1547, so t = sqrt(3) on 2 degrees of freedom, whose
+    # two-sided p is 1 - sqrt(3/5) = 0.22540 (t_2's tail is 1/2 - t / (2 sqrt(t^2 + 2))). The
+    # spread without the draw's own noise (sd alone, a mutation review: 6.4-6.5% rejections at 5%,
+    # inside the rate test's band) gives t = 2, p = 0.18350.
+    found = _within_spread([1.0, 2.0, 3.0], 0.0)
+    assert found["spread"] == pytest.approx(np.sqrt(4 / 3)) and found["change"] == 2.0
+    assert found["p_value"] == pytest.approx(1 - np.sqrt(3 / 5), abs=1e-9)
