@@ -26,6 +26,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 TICK_SIZE, LABEL_SIZE, TITLE_SIZE = 11, 12, 13
@@ -33,6 +35,17 @@ TICK_SIZE, LABEL_SIZE, TITLE_SIZE = 11, 12, 13
 # sans-serif fonts) averages about 0.6 em over digits and lower-case letters; 0.62 leaves room.
 CHAR_WIDTH = 0.62
 ZERO_COLOUR, AXIS_COLOUR, GRID_COLOUR = "#222", "#666", "#e4e4e4"
+
+
+def histogram_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    """`bins` equal bins over [lo, hi], as np.histogram draws them; a single value gets a range
+    around it, wide enough for `bins` bins where it is large or its values a few ulps apart (0.3
+    and 0.1 x 3, nanosecond timestamps), where NumPy finds no finite-sized bins and raises."""
+    try:
+        return np.histogram_bin_edges([lo, hi], bins)
+    except ValueError:
+        half = max(0.5, bins * float(np.spacing(abs(lo))))  # NumPy's +-0.5 vanishes past 2**52
+        return np.histogram_bin_edges([lo], bins, range=(lo - half, lo + half))
 
 
 def esc(text) -> str:

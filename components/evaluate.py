@@ -29,6 +29,7 @@ from tauforge.kernels.progress import progress_steps
 
 from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
+from .charts import histogram_edges
 from .constants import (
     LEAK_WARNING_R2,
     MIN_PROPENSITY,
@@ -417,11 +418,7 @@ def verdict(result: dict, gate: GateConfig) -> dict:
 
 
 def _histogram(values: np.ndarray, bins: int = 30) -> dict:
-    try:
-        counts, edges = np.histogram(values, bins)
-    except ValueError:  # values a few ulps apart: no finite-sized bins; drawn as one value
-        half = max(0.5, bins * float(np.spacing(abs(values.min()))))  # +-0.5 vanishes past 2**52
-        counts, edges = np.histogram(values, bins, range=(values.min() - half, values.min() + half))
+    counts, edges = np.histogram(values, histogram_edges(values.min(), values.max(), bins))
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 

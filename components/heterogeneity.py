@@ -17,11 +17,11 @@ shares. Rows of weight 0 take no part. Tied CATEs share their mean score (`uplif
 import numpy as np
 from scipy.stats import norm
 
-from tauforge.kernels._inputs import check_finite
+from tauforge.kernels._inputs import check_finite, weighted_rows
 from tauforge.kernels.ate import clustered_stderr
 from tauforge.kernels.bootstrap import bootstrap_counts
 
-from .uplift import ranking, tie_averaged, tie_runs, weighted_rows
+from .uplift import ranking, tie_averaged, tie_runs
 
 
 def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, groups: np.ndarray | None = None,

@@ -44,6 +44,7 @@ from tauforge.kernels.ate import MIN_GROUPS, clustered_cross_products, clustered
 from tauforge.kernels.progress import Progress, progress_steps
 
 from ._kfp import HTML, Metrics, Output, component
+from .charts import histogram_edges
 from .config import ConfigError
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
 from .events import input_columns, load_reference, read_events, reference_groups
@@ -190,11 +191,7 @@ def drift_histogram(reference: np.ndarray, live: np.ndarray, levels: bool = Fals
         return {"levels": values.tolist(), "reference": [int(np.sum(reference == v)) for v in values],
                 "live": [int(np.sum(live == v)) for v in values]}
     lo, hi = np.quantile(np.concatenate([reference, live]), [0.005, 0.995])
-    try:
-        edges = np.histogram_bin_edges([lo, hi], bins)  # equal bins; a single value gets a unit range around it
-    except ValueError:  # lo and hi a few ulps apart: no finite-sized bins between them; one value, drawn as one
-        half = max(0.5, bins * float(np.spacing(abs(lo))))  # +-0.5 vanishes past 2**52
-        edges = np.histogram_bin_edges([lo], bins, range=(lo - half, lo + half))
+    edges = histogram_edges(lo, hi, bins)
     def counts(values: np.ndarray) -> list[int]:
         return np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].tolist()
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tauforge.kernels._inputs import check_sample_weight
+from tauforge.kernels._inputs import weighted_rows
 from tauforge.kernels.bootstrap import bootstrap_counts
 
 # The curves kept in a result (for the reports' charts): read at this many evenly spaced shares.
@@ -72,21 +72,6 @@ def tie_averaged(psi_ranked: np.ndarray, weight: np.ndarray, runs: np.ndarray | 
     mean = np.divide(np.bincount(runs, weights=weight * psi_ranked), total, out=np.zeros_like(total),
                      where=total > 0)
     return mean[runs]
-
-
-def weighted_rows(sample_weight, *arrays: np.ndarray, groups: np.ndarray | None = None) -> tuple:
-    """(weights, *arrays, groups) at the rows that count: those of positive `sample_weight`
-    (`kernels._inputs.check_sample_weight`), the weights scaled to mean 1 there and the groups
-    (codes) re-coded 0..G-1 among them, so that a row of weight 0 is exactly a row left out (a
-    bootstrap that drew only groups of weight 0 had no rows, and its NaN made the standard error
-    NaN). Without weights: ones, and the arrays and groups as they are."""
-    n = len(arrays[0])
-    w = check_sample_weight(sample_weight, n)
-    if w is None:
-        return np.ones(n), *arrays, groups
-    kept = w > 0
-    return (w[kept] / w[kept].mean(), *(a[kept] for a in arrays),
-            None if groups is None else np.unique(np.asarray(groups)[kept], return_inverse=True)[1])
 
 
 def _arrays(outcome, treatment, score, effect) -> tuple:

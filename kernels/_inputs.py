@@ -247,6 +247,21 @@ def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     return w
 
 
+def weighted_rows(sample_weight: Any, *arrays: np.ndarray, groups: np.ndarray | None = None) -> tuple:
+    """(weights, *arrays, groups) at the rows that count: those of positive `sample_weight`
+    (`check_sample_weight`), the weights scaled to mean 1 there and the groups (codes) re-coded
+    0..G-1 among them, so that a row of weight 0 is exactly a row left out (a bootstrap that drew
+    only groups of weight 0 had no rows, and its NaN made the standard error NaN; a model's
+    penalty grid is not scale-free). Without weights: ones, and the arrays and groups as they are."""
+    n = len(arrays[0])
+    w = check_sample_weight(sample_weight, n)
+    if w is None:
+        return np.ones(n), *arrays, groups
+    kept = w > 0
+    return (w[kept] / w[kept].mean(), *(a[kept] for a in arrays),
+            None if groups is None else np.unique(np.asarray(groups)[kept], return_inverse=True)[1])
+
+
 def check_groups(groups: Any, n: int) -> np.ndarray | None:
     """`groups` (one label per row: rows of one unit, household or market; EconML's name, grf's
     clusters) as int32 codes 0..G-1 in the order the labels sort, or None. Any labels numpy can

@@ -215,18 +215,17 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         if self.loss not in ("squared_error", "poisson"):
             raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
         X, y = _inputs.to_numpy(X, "X", 2), _inputs.to_numpy(y, "y", 1)
-        n = _inputs.check_same_length(X=X, y=y)
+        _inputs.check_same_length(X=X, y=y)
         _inputs.check_finite(X, "X")
         _inputs.check_finite(y, "y")
         if self.loss == "poisson" and (y < 0).any():
             raise ValueError("loss='poisson' needs a nonnegative target y")
-        w = _inputs.check_sample_weight(sample_weight, n)
-        if w is not None:
+        if sample_weight is not None:
             # Weights count rows relative to each other (the ridge's penalty grid and the trees'
             # minimum hessian are not scale-free), and a row of weight 0 is a row absent.
-            keep = w > 0
-            X, y, w = X[keep], y[keep], w[keep] / w[keep].mean()
-            groups = None if groups is None else np.asarray(groups)[keep]
+            w, X, y, groups = _inputs.weighted_rows(sample_weight, X, y, groups=groups)
+        else:
+            w = None
         rows = np.arange(len(y))
         if len(y) > ADDITIVE_FIT_ROWS:
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), ADDITIVE_FIT_ROWS, replace=False))
