@@ -533,8 +533,8 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
                  desc: str = "fitting nuisance models", models: list | None = None,
                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train` (`fit_nuisance_models`); return their
-    predictions on rows `test` and the out-of-fold scores there ('y_r2', and 't_log_loss', 't_auc'
-    or 't_r2'; none without `with_scores`: a bootstrap refit has no use for them, and with small
+    predictions on rows `test` and the out-of-fold scores there, weighted ('y_r2', and 't_log_loss',
+    't_auc' or 't_r2'; none without `with_scores`: a bootstrap refit has no use for them, and with small
     models they cost as much as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit
     in a task of its own; off by default, since `cross_fit` counts folds. `models`, if given, gets
     the fitted (model_y, model_t) appended. `groups` as in `fit_nuisance_models`."""
@@ -546,12 +546,14 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
     y_hat, t_hat = nuisance_predictions(fitted, XW[test], discrete)
     if not with_scores:
         return y_hat, t_hat, {}
-    scores = {"y_r2": float(r2_score(Y[test], y_hat))}
+    # Scored under the rows' weights, as the models were fit: a weight of 0 leaves a row out.
+    w = None if sample_weight is None else sample_weight[test]
+    scores = {"y_r2": float(r2_score(Y[test], y_hat, sample_weight=w))}
     if discrete:
-        scores["t_log_loss"] = float(log_loss(T[test], t_hat, labels=[0.0, 1.0]))
-        scores["t_auc"] = float(roc_auc_score(T[test], t_hat))
+        scores["t_log_loss"] = float(log_loss(T[test], t_hat, labels=[0.0, 1.0], sample_weight=w))
+        scores["t_auc"] = float(roc_auc_score(T[test], t_hat, sample_weight=w))
     else:
-        scores["t_r2"] = float(r2_score(T[test], t_hat))
+        scores["t_r2"] = float(r2_score(T[test], t_hat, sample_weight=w))
     return y_hat, t_hat, scores
 
 

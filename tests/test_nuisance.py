@@ -119,6 +119,39 @@ def test_sample_weights_select_the_rows_that_count():
     assert np.corrcoef(pred, 3 * X[:, 0])[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_out_of_fold_scores_count_the_rows_weights(discrete):
+    """The card's nuisance scores are the weighted fit's: rows of weight 0 (here pure noise, the
+    treatment flipped) leave them where the rows that count put them, and a weight of 2 is the row
+    twice. Unweighted, the noise rows took y_r2 from 0.98 to 0.003."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.metrics import log_loss, r2_score, roc_auc_score
+
+    from tauforge.kernels.nuisance import fit_nuisance
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    X = rng.normal(size=(n, 3))
+    T = (rng.random(n) < 1 / (1 + np.exp(-2 * X[:, 0]))).astype(float) if discrete else X[:, 0] + rng.normal(size=n)
+    Y = 2 * X[:, 1] + 0.3 * rng.normal(size=n)
+    w = rng.choice([0.0, 1.0, 2.0], size=n)
+    Y[w == 0] = 50 * rng.normal(size=int((w == 0).sum()))
+    T[w == 0] = 1 - T[w == 0] if discrete else -T[w == 0]
+    train, test = np.arange(0, n, 2), np.arange(1, n, 2)
+    model_t = LogisticRegression() if discrete else LinearRegression()
+    y_hat, t_hat, scores = fit_nuisance(X, Y, T, train, test, model_y=LinearRegression(), model_t=model_t,
+                                        discrete=discrete, seed=0, sample_weight=w)
+    counted = np.repeat(test, w[test].astype(int))  # each row as often as its weight
+    at = np.searchsorted(test, counted)
+    assert scores["y_r2"] == pytest.approx(r2_score(Y[counted], y_hat[at]), abs=1e-9)
+    assert scores["y_r2"] > 0.9
+    if discrete:
+        assert scores["t_log_loss"] == pytest.approx(log_loss(T[counted], t_hat[at]), abs=1e-9)
+        assert scores["t_auc"] == pytest.approx(roc_auc_score(T[counted], t_hat[at]), abs=1e-9)
+    else:
+        assert scores["t_r2"] == pytest.approx(r2_score(T[counted], t_hat[at]), abs=1e-9)
+
+
 def test_a_large_fit_samples_its_additive_part(monkeypatch):
     X, _, y = _data(3000, 4)
     whole = AdditiveBoostingRegressor(random_state=0).fit(X, y).predict(X)
