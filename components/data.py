@@ -12,6 +12,7 @@ balance in `components.evaluate`.
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import reprlib
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class DataSpec:
                                       f"got {self.treatment_type!r}")
         if self.assignment not in ASSIGNMENTS:
             raise DataValidationError(f"assignment must be one of {', '.join(ASSIGNMENTS)}, got {self.assignment!r}")
+        # A spec edited as JSON (a pipeline parameter) can carry "10" or true: say so here, not
+        # with a TypeError from inside validate.
+        if isinstance(self.min_rows_per_arm, bool) or not isinstance(self.min_rows_per_arm, numbers.Integral) or \
+                self.min_rows_per_arm < 0:
+            raise DataValidationError(f"min_rows_per_arm must be a whole number (0 or more), got "
+                                      f"{self.min_rows_per_arm!r}")
+        if self.propensity is not None and (isinstance(self.propensity, bool)
+                                            or not isinstance(self.propensity, numbers.Real)):
+            raise DataValidationError(f"propensity must be a number in (0, 1), got {self.propensity!r}")
         if self.assignment == "randomized" and not (self.propensity is not None and 0 < self.propensity < 1):
             raise DataValidationError(f"assignment 'randomized' needs the known propensity in (0, 1), "
                                       f"got {self.propensity!r}")
@@ -148,7 +158,8 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
     try:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
-                as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in id_columns if c})
+                as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in id_columns if c},
+                                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
                 table = pyarrow.csv.read_csv(f, convert_options=as_text).to_pandas()
             for c in id_columns:  # an empty cell is a missing id (Parquet's null), not the id ''
                 if c and c in table.columns:
@@ -160,7 +171,15 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
                                           "commas (and '.' for decimals)")
             return table
         return _read_parquet(fs, path, config.redacted_uri(source))
-    except (OSError, pyarrow.ArrowInvalid) as exc:
+    except (OSError, pyarrow.ArrowInvalid, UnicodeDecodeError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({exc.reason} at "
+                                      f"byte {exc.start}); save it as UTF-8 (or Parquet)") from None
+        if path.lower().endswith((".csv", ".csv.gz")) and "Expected 1 columns" in str(exc):
+            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as CSV: its header is one column "
+                                      f"and its rows more ({exc}): its fields are separated by ';' or tabs, and "
+                                      "tauforge reads commas; write it as Parquet or with commas (and '.' for "
+                                      "decimals)") from None
         kind = "CSV" if path.lower().endswith((".csv", ".csv.gz")) else "Parquet (a CSV file's name ends in .csv)"
         raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as {kind}: {exc}") from None
 
@@ -259,7 +278,21 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
             if col.isna().all():  # a CSV column with no value reads as nulls, typed object
                 fail(f"column {c!r} is empty: missing in every row; drop it")
-            fail(f"column {c!r} is not numeric (dtype {col.dtype}); encode it as numbers first")
+            try:
+                numbers = pd.to_numeric(col.astype(object), errors="coerce")
+            except (TypeError, ValueError):  # lists, dicts: nothing to convert
+                numbers = pd.Series(np.nan, index=col.index)
+            unread = (numbers.isna() & col.notna()).to_numpy()
+            if unread.any():
+                row = int(np.argmax(unread))
+                value = col.iloc[row]
+                fail(f"column {c!r} is not numeric (dtype {col.dtype}): row {row} holds "
+                     f"{reprlib.repr(plain(value) if np.ndim(value) == 0 else value)}, which is not a number; "
+                     "encode it as numbers first")
+            if col.isna().any():  # numbers (or booleans) and missing values: pyarrow's nullable bool is read so
+                fail(f"column {c!r} has {int(col.isna().sum())} missing value(s) (first at row "
+                     f"{int(np.argmax(col.isna().to_numpy()))}); drop or impute them")
+            fail(f"column {c!r} holds numbers as {col.dtype}; convert it first (pd.to_numeric(df[{c!r}]))")
         if pd.api.types.is_complex_dtype(col):  # float64 would drop the imaginary part with a warning only
             fail(f"column {c!r} holds complex numbers (dtype {col.dtype}); give its real and imaginary parts "
                  "columns of their own")
@@ -308,6 +341,13 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
 
     t = df[spec.treatment].to_numpy(np.float64)
     is_binary = bool(np.isin(t, (0.0, 1.0)).all())
+    # A 0/1 column one rounding error off (1.0000000000000002) was read as a continuous dose.
+    rounded = np.round(t)
+    if (spec.treatment_type != "continuous" and not is_binary and np.isin(rounded, (0.0, 1.0)).all()
+            and np.abs(t - rounded).max() <= 1e-9):
+        row = int(np.argmax(t != rounded))
+        fail(f"treatment column {spec.treatment!r} is 0/1 up to rounding (row {row} holds {float(t[row])!r}): round "
+             "it to 0/1 first, or declare the treatment continuous")
     if spec.treatment_type == "binary" and not is_binary:
         values = np.unique(t)
         shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
@@ -354,7 +394,9 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                  f"{int(np.argmax(df[spec.unit_id].isna().to_numpy()))}); every row needs its unit's id")
         dup = df[spec.unit_id].duplicated()
         if dup.any():
-            fail(f"unit_id column {spec.unit_id!r} has duplicate ids (first: {df[spec.unit_id][dup].iloc[0]!r})")
+            first = int(np.argmax(dup.to_numpy()))
+            fail(f"unit_id column {spec.unit_id!r} has duplicate ids (first: {plain(df[spec.unit_id].iloc[first])!r}, "
+                 f"at row {first})")
     if spec.group:
         labels = df[spec.group]
         if labels.isna().any():
@@ -404,7 +446,7 @@ def _text_times(ts: pd.Series, name: str, fail) -> pd.Series:
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")  # pandas' advice on mixed offsets and inferred formats: tried in turn
         for read in (lambda: pd.to_datetime(ts, format="ISO8601", utc=True), lambda: pd.to_numeric(ts),
-                     lambda: pd.to_datetime(ts, utc=True)):
+                     lambda: pd.to_datetime(ts, utc=True), lambda: pd.to_datetime(ts, dayfirst=True, utc=True)):
             try:
                 return read()
             except (ValueError, TypeError, OverflowError):

@@ -190,12 +190,20 @@ def treatment_variance_overlap(t_var: np.ndarray, t_res: np.ndarray, sample_weig
             "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
 
 
+def _counted_rows(sample_weight: np.ndarray | None) -> slice | np.ndarray:
+    """The rows that take part in the estimate: rows of weight 0 do not, nor in its diagnostics."""
+    return slice(None) if sample_weight is None else sample_weight > 0
+
+
 def _smd(Z: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted mean difference between arms over the unweighted pooled standard deviation."""
     m1 = np.average(Z[T == 1], axis=0, weights=w[T == 1])
     m0 = np.average(Z[T == 0], axis=0, weights=w[T == 0])
     pooled = np.sqrt((Z[T == 1].var(0, ddof=1) + Z[T == 0].var(0, ddof=1)) / 2)
-    return np.where(pooled > 0, (m1 - m0) / np.where(pooled > 0, pooled, 1), 0.0)
+    # Constant within each arm: the arms' own spread is 0, so scale by the whole sample's (a column
+    # that separates the arms is the worst imbalance, not none); 0 only for a column constant overall.
+    scale = np.where(pooled > 0, pooled, Z.std(0, ddof=1))
+    return np.where(scale > 0, (m1 - m0) / np.where(scale > 0, scale, 1), 0.0)
 
 
 def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
@@ -203,15 +211,18 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
     propensity (binary), or correlations with T (continuous)."""
     a, spec = data.arrays(), data.spec
     columns = spec.covariates + spec.controls
-    Z = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
-    T = a["T"]
+    counted = _counted_rows(a["sample_weight"])
+    Z = (a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]]))[counted]
+    T = a["T"][counted]
     weighted = None
     if spec.binary:
         stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
         if t_hat is not None:
-            clip = propensity_clip(T, MIN_PROPENSITY, a["sample_weight"])  # the model's clip
-            e = np.clip(t_hat, clip, 1 - clip)
-            weighted = _smd(Z, T, np.where(T == 1, 1 / e, 1 / (1 - e)))
+            clip = propensity_clip(a["T"], MIN_PROPENSITY, a["sample_weight"])  # the model's clip
+            e = np.clip(t_hat[counted], clip, 1 - clip)
+            # The estimate's own weights: inverse propensity times the rows' weights.
+            rows = 1.0 if a["sample_weight"] is None else a["sample_weight"][counted]
+            weighted = _smd(Z, T, rows * np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:
         # A constant column (accepted, with a warning) has no correlation: 0, not NaN.
         stat = np.array([np.corrcoef(Z[:, j], T)[0, 1] if np.ptp(Z[:, j]) > 0 else 0.0 for j in range(Z.shape[1])])
@@ -284,7 +295,8 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             "gate_config": dataclasses.asdict(gate),
         }
     if data.spec.binary:
-        result["overlap"] = overlap(t_hat, a["T"])
+        counted = _counted_rows(a["sample_weight"])
+        result["overlap"] = overlap(t_hat[counted], a["T"][counted])
         # A trial's propensity is its design, known, not estimated: extreme, it widens the interval,
         # it does not threaten identification.
         result["overlap"]["declared"] = data.spec.assignment == "randomized"

@@ -158,6 +158,22 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d.assign(notes=None), {"covariates": ["age", "notes"]}, "column 'notes' is empty: missing in every row"),
     (lambda d: d[["treated", "spend"]].assign(**{"Unnamed: 0": np.arange(len(d))}), {},
      "no other numeric column but 'Unnamed: 0', which looks like a written row index"),
+    # A review: a 0/1 column one rounding error off became a continuous dose without a word.
+    (lambda d: d.assign(treated=d.treated.where(d.index != 3, 0.1 * 3 / 0.3)), {},
+     "treatment column 'treated' is 0/1 up to rounding (row 3 holds 1.0000000000000002): round it to 0/1 first"),
+    # A review: the message named neither the cell nor, for numbers stored as objects, the cure.
+    (lambda d: d.assign(age=d.age.astype(object).where(d.index != 9, "missing")), {"covariates": ["age"]},
+     "column 'age' is not numeric (dtype object): row 9 holds 'missing', which is not a number"),
+    (lambda d: d.assign(age=d.age.astype(object)), {"covariates": ["age"]},
+     "column 'age' holds numbers as object; convert it first"),
+    (lambda d: d.assign(treated=d.treated.astype(bool).astype(object).where(d.index != 4)), {},
+     "column 'treated' has 1 missing value(s) (first at row 4); drop or impute them"),
+    (lambda d: d.assign(uid=np.arange(len(d)) % 10), {"unit_id": "uid"},
+     "unit_id column 'uid' has duplicate ids (first: 0, at row 10)"),
+    # A spec edited as JSON: a TypeError from inside validate before.
+    (lambda d: d, {"min_rows_per_arm": "10"}, "min_rows_per_arm must be a whole number (0 or more), got '10'"),
+    (lambda d: d, {"min_rows_per_arm": True}, "min_rows_per_arm must be a whole number (0 or more), got True"),
+    (lambda d: d, {"assignment": "randomized", "propensity": "0.5"}, "propensity must be a number in (0, 1)"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
     (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
 ])
@@ -178,6 +194,38 @@ def test_timestamps_written_as_text_are_ordered_as_dates():
                     [f"{t}+00:00" for t in iso], ["2019-12-31", *days[1:].strftime("%Y-%m-%d %H:%M:%S")],
                     [str(int(d.timestamp())) for d in days]):
         assert validate(table().assign(ts=list(written)), spec(timestamp="ts")).spec.timestamp == "ts"
+
+
+def test_day_first_dates_are_read_when_month_first_cannot_be():
+    # A review: sorted 13/1/2020 (13 January) was refused as "neither a time nor a number".
+    days = pd.date_range("2020-01-01", periods=len(table()), freq="D")
+    written = [f"{d.day}/{d.month}/{d.year}" for d in days]
+    assert validate(table().assign(ts=written), spec(timestamp="ts")).spec.timestamp == "ts"
+    with pytest.raises(DataValidationError, match="timestamp column 'ts' is not in increasing order"):
+        validate(table().assign(ts=written[::-1]), spec(timestamp="ts"))
+
+
+def test_a_csv_that_is_not_utf8_or_not_comma_separated_is_refused_with_the_cure(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("x,größe\n1,2\n".encode("latin-1"))
+    with pytest.raises(DataValidationError, match=r"latin1.csv': it is not UTF-8 .*save it as UTF-8 \(or Parquet\)"):
+        read_table(str(tmp_path / "latin1.csv"))
+    # Decimal commas made the rows longer than the header, and pyarrow's message was all it said.
+    (tmp_path / "semi.csv").write_text("x;y;T\n0;0;0,5\n1;2;1,5\n")
+    with pytest.raises(DataValidationError, match=r"separated by ';' or tabs, and tauforge reads commas"):
+        read_table(str(tmp_path / "semi.csv"))
+
+
+def test_a_csvs_unquoted_NA_is_a_missing_group_not_a_group_named_NA(tmp_path):
+    # A review: R's write.csv writes a missing value as NA unquoted; the 40 missing households
+    # became one household named 'NA', which moved the folds and the clustered errors silently.
+    # Quoted, "NA" is a name (Namibia's code) and stays one.
+    df = table().assign(hh=[str(i // 5) for i in range(200)])
+    df.loc[df.index % 5 == 0, "hh"] = None
+    df.to_csv(tmp_path / "t.csv", index=False, na_rep="NA")
+    with pytest.raises(DataValidationError, match=r"group column 'hh' has 40 missing value\(s\) \(first at row 0"):
+        validate(read_table(str(tmp_path / "t.csv"), id_columns=["hh"]), spec(group="hh"))
+    (tmp_path / "quoted.csv").write_text('hh,x\n"NA",1\nUS,2\n')
+    assert read_table(str(tmp_path / "quoted.csv"), id_columns=["hh"])["hh"].tolist() == ["NA", "US"]
 
 
 def test_duplicate_column_names_are_refused():

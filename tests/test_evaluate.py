@@ -117,6 +117,33 @@ def test_a_continuous_treatment_that_hardly_varies_given_the_covariates_fails_th
     assert "overlap" not in result  # the propensity's check is a binary treatment's
 
 
+def test_balance_sees_a_column_that_separates_the_arms_and_leaves_out_rows_of_weight_0():
+    """A check tested both ways. A review: a site column equal to the treatment (constant within
+    each arm) had SMD 0, "perfectly balanced"; and rows of weight 0, which take no part in the
+    estimate, hid an imbalance among the rows that do (0.004 reported, 0.97 among them)."""
+    from tauforge.components.evaluate import balance
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    T = rng.binomial(1, 0.5, n).astype(float)
+    x = rng.normal(size=n)
+    dropped = (T == 1) & (x < 0)  # weight 0: what is left of the treated arm sits at x > 0
+    df = pd.DataFrame({"y": x + T + rng.normal(size=n), "T": T, "x": x, "site": T, "noise": rng.normal(size=n),
+                       "w": np.where(dropped, 0.0, 1.0)})
+    sound = balance(validate(df.drop(columns=["site", "w"]), DataSpec(outcome="y", treatment="T")), np.full(n, 0.5))
+    assert sound["max_abs"] < 0.1 and sound["weighted_max_abs"] < 0.1
+    separated = balance(validate(df, DataSpec(outcome="y", treatment="T", covariates=["x", "site", "noise"])))
+    assert separated["values"]["site"] == pytest.approx(1 / np.std(T, ddof=1))  # about 2: the worst, not none
+    assert separated["over_threshold"] == ["site"]
+    weighted = balance(validate(df, DataSpec(outcome="y", treatment="T", covariates=["x", "noise"], weight="w")),
+                       np.full(n, 0.5))
+    kept = ~dropped
+    expected = (x[kept & (T == 1)].mean() - x[kept & (T == 0)].mean()) / np.sqrt(
+        (x[kept & (T == 1)].var(ddof=1) + x[kept & (T == 0)].var(ddof=1)) / 2)
+    assert weighted["values"]["x"] == pytest.approx(expected) and expected > 0.9
+    assert weighted["weighted_values"]["x"] == pytest.approx(expected)  # a constant propensity moves nothing
+
+
 def test_the_gate_says_why_it_fails():
     data, residuals, estimate, _ = pipeline_in_process("aw1")
     strict = GateConfig(max_share_outside_overlap=None, max_abs_smd=0.05, min_outcome_r2=0.99,
