@@ -269,7 +269,11 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
         if not covariates:
             fail("covariates: none given and the table has no other numeric column"
                  + (f" but {', '.join(map(repr, index_like))}, which looks like a written row index; name it as a "
-                    "covariate if it is one" if index_like else ""))
+                    "covariate if it is one" if index_like else "")
+                 # Text such as "1,000" or "12%" is no number: name what was skipped (a review).
+                 + (f"; the columns left out ({', '.join(map(repr, left_out[:5]))}"
+                    f"{' and more' if len(left_out) > 5 else ''}) are not numeric: encode them as numbers"
+                    if left_out else ""))
     spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
 
     numeric = [spec.outcome, spec.treatment, *covariates, *spec.controls] + ([spec.weight] if spec.weight else [])

@@ -174,6 +174,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d, {"min_rows_per_arm": "10"}, "min_rows_per_arm must be a whole number (0 or more), got '10'"),
     (lambda d: d, {"min_rows_per_arm": True}, "min_rows_per_arm must be a whole number (0 or more), got True"),
     (lambda d: d, {"assignment": "randomized", "propensity": "0.5"}, "propensity must be a number in (0, 1)"),
+    (lambda d: d[["treated", "spend"]].assign(price=[f"{1000 + i:,}" for i in range(len(d))]), {},
+     "no other numeric column; the columns left out ('price') are not numeric: encode them as numbers"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
     (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
 ])
