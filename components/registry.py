@@ -51,6 +51,7 @@ import re
 import reprlib
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
 REFERENCE_FILE = "reference.parquet"
 CARD_FILE = "model_card.json"
+MAX_CARD_BYTES = 16 * 2**20  # cards are tens of KB: far above any real one
 ALIASES_FILE = "aliases.json"
 CARD_FORMAT = "tauforge.model_card"
 _STAGING = ".staging"
@@ -353,7 +355,7 @@ class ModelStore:
         if not self._exists(path):
             raise StoreError(f"model {model!r} has no version {version} in {self.uri} "
                              f"(versions: {self.versions(model) or 'none'})")
-        card = _parse_card(self.fs.cat_file(path), f"{path} in {self.uri}")
+        card = _parse_card(self.fs.cat_file(path, start=0, end=MAX_CARD_BYTES + 1), f"{path} in {self.uri}")
         if card.get("card_sha256") != card_digest(card):
             raise DamagedStoreError(f"the card of {model} version {version} fails its checksum: it was modified")
         if (card.get("model"), card.get("version")) != (model, int(version)):
@@ -554,7 +556,8 @@ class ModelStore:
     def _card_is(self, path: str, card: dict) -> bool:
         """Whether the card at `path` is `card` (its checksum covers the creation time and files)."""
         try:
-            return _parse_card(self.fs.cat_file(path), path).get("card_sha256") == card["card_sha256"]
+            return _parse_card(self.fs.cat_file(path, start=0, end=MAX_CARD_BYTES + 1), path).get(
+                "card_sha256") == card["card_sha256"]
         except (OSError, StoreError):
             return False
 
@@ -761,12 +764,15 @@ def read_card(path: str) -> dict:
         if not _local_exists(card_path):
             raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
         with open(card_path, "rb") as f:
-            return _parse_card(f.read(), card_path)
+            return _parse_card(f.read(MAX_CARD_BYTES + 1), card_path)
 
 
 def _parse_card(data: bytes, where: str) -> dict:
     """A card's JSON, or a StoreError naming the file: a damaged card is the version's fault,
-    not the reader's."""
+    not the reader's. `data` is read up to one byte past MAX_CARD_BYTES."""
+    if len(data) > MAX_CARD_BYTES:  # read whole, a crafted card would take a predictor's memory first
+        raise DamagedStoreError(f"{where} is over {MAX_CARD_BYTES:,} bytes, far more than any model card: the "
+                                "version is damaged")
     try:
         card = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -810,6 +816,8 @@ def verify_files(path: str, card: dict) -> None:
             full = os.path.join(path, rel)
             if not _local_exists(full):
                 raise DamagedStoreError(f"{full} is missing")
+            if not stat.S_ISREG(os.stat(full).st_mode):  # a FIFO or /dev/zero: hashing it never ends
+                raise DamagedStoreError(f"{full} is not a regular file")
             if sha256_file(full) != digest:
                 raise DamagedStoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +23,7 @@ import numpy as np
 
 ARRAYS_FILE = "arrays.npz"
 META_FILE = "model.json"
+MAX_META_BYTES = 16 * 2**20  # parameters and checksums: kilobytes, so far above any real one
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -131,6 +133,9 @@ def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str,
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no {META_FILE} in {path}: not a saved tauforge model")
+    if meta_path.stat().st_size > MAX_META_BYTES:  # a crafted one would take the server's memory first
+        raise ValueError(f"{meta_path} is {meta_path.stat().st_size:,} bytes; a saved model's metadata is at most "
+                         f"{MAX_META_BYTES:,}: the metadata is damaged")
     try:
         meta = json.loads(meta_path.read_bytes())
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
@@ -153,6 +158,12 @@ def load_model(path: str | os.PathLike, expected_format: str) -> tuple[dict[str,
     # (another save into the same directory) is never loaded unverified.
     with open(path / ARRAYS_FILE, "rb") as f:
         _check_digest(path / ARRAYS_FILE, _sha256_stream(f), meta["files"][ARRAYS_FILE])
+        f.seek(0)
+        # save_model writes np.savez (stored, uncompressed): a compressed member is no array of
+        # ours, and a few MB of it inflate to GBs (a 1.9 MB file took 1.7 GB here).
+        with zipfile.ZipFile(f) as z:
+            if any(i.compress_type != zipfile.ZIP_STORED for i in z.infolist()):
+                raise ValueError(f"{path / ARRAYS_FILE} holds compressed members: not written by save_model")
         f.seek(0)
         with np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -534,6 +534,66 @@ def test_a_link_to_a_folder_planted_in_a_version_fails_its_verification(model_di
         store.set_alias("m", "champion", 1)
 
 
+@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
+def test_a_fifo_or_device_in_place_of_a_file_fails_verification_at_once(model_dir, tmp_path, planted):
+    # A serving review: hashing a FIFO blocked in open() and a link to /dev/zero read forever, so
+    # a predictor never became ready and never said why. The load runs in a thread here, so a
+    # regression fails this test instead of hanging the suite.
+    import threading
+
+    from tauforge.components.registry import DamagedStoreError
+
+    store = store_with(model_dir, tmp_path, 1)
+    report = os.path.join(store.root, "m", "1", "report.html")
+    os.chmod(os.path.dirname(report), 0o755)  # published folders are read-only to their writer
+    os.remove(report)
+    if planted == "fifo":
+        os.mkfifo(report)
+    else:
+        os.symlink("/dev/zero", report)
+    raised = []
+
+    def load():
+        try:
+            store.load("m", 1)
+        except DamagedStoreError as exc:
+            raised.append(str(exc))
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(timeout=20)
+    if loading.is_alive() and planted == "fifo":  # release the blocked open() before failing
+        os.close(os.open(report, os.O_WRONLY | os.O_NONBLOCK))
+    assert not loading.is_alive() and raised and raised[0].endswith("report.html is not a regular file")
+
+
+def test_a_card_or_forest_metadata_padded_past_its_cap_is_refused_unread(model_dir, tmp_path):
+    # A serving review: an 80 MB card took a predictor 8.8 s and 900 MB to read. JSON whitespace
+    # changes no checksum (they are over the parsed content), so only the cap refuses these.
+    from tauforge.components.registry import MAX_CARD_BYTES, DamagedStoreError
+    from tauforge.kernels.serialization import MAX_META_BYTES
+
+    store = store_with(model_dir, tmp_path, 1)
+    folder = os.path.join(store.root, "m", "1")
+    os.chmod(folder, 0o755)
+    os.chmod(os.path.join(folder, "forest"), 0o755)
+    read_card(folder)  # whole before
+    card_path = os.path.join(folder, "model_card.json")
+    os.chmod(card_path, 0o644)
+    with open(card_path, "a") as f:
+        f.write(" " * MAX_CARD_BYTES)
+    with pytest.raises(DamagedStoreError, match=r"model_card.json is over 16,777,216 bytes"):
+        read_card(folder)
+    with pytest.raises(DamagedStoreError, match=r"model_card.json in .* is over 16,777,216 bytes"):
+        store.card("m", 1)
+    meta_path = os.path.join(folder, "forest", "model.json")
+    os.chmod(meta_path, 0o644)
+    with open(meta_path, "a") as f:
+        f.write(" " * MAX_META_BYTES)
+    with pytest.raises(ValueError, match=r"model.json is 16,7\d\d,\d{3} bytes; a saved model's metadata is at most"):
+        CausalForest.load(os.path.join(folder, "forest"))
+
+
 def models_cli(store, *args):
     return subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "models", *args, "--store", store.root],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)

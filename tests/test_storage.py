@@ -339,6 +339,23 @@ def test_metadata_of_another_shape_is_refused_by_name(tmp_path, meta, message):
         load_model(tmp_path / "m", FORMAT)
 
 
+def test_compressed_arrays_are_refused_before_they_inflate(tmp_path):
+    # A serving review: a 1.9 MB arrays.npz of compressed zeros (its checksums redone, as anyone
+    # who may write to the store can) took a predictor's memory to 1.7 GB. save_model stores
+    # its arrays uncompressed, so a compressed member is no array of ours.
+    from tauforge.kernels import serialization
+
+    save_model(tmp_path / "m", {"a": np.zeros(3)}, {"format": FORMAT})
+    np.savez_compressed(tmp_path / "m" / "arrays.npz", a=np.zeros(3))
+    full = json.loads((tmp_path / "m" / "model.json").read_text())
+    with open(tmp_path / "m" / "arrays.npz", "rb") as f:
+        full["files"]["arrays.npz"] = serialization._sha256_stream(f)
+    full["meta_sha256"] = serialization.sha256_json(full, "meta_sha256")
+    (tmp_path / "m" / "model.json").write_text(json.dumps(full))
+    with pytest.raises(ValueError, match="arrays.npz holds compressed members: not written by save_model"):
+        load_model(tmp_path / "m", FORMAT)
+
+
 def test_arrays_without_a_checksum_are_refused_and_are_read_from_the_file_that_was_checked(tmp_path, monkeypatch):
     # A review: metadata listing no arrays.npz (its own checksum redone) loaded the arrays
     # unchecked; and the arrays were opened again after their checksum, so a save into the same
