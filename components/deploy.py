@@ -181,6 +181,11 @@ TMP_VOLUME = [{"name": "tmp", "emptyDir": {}}]
 # RawDeployment predictors only: Knative's Service schema has no `lifecycle` (the API server drops
 # or refuses it) and its queue-proxy drains a pod itself.
 PRE_STOP = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+# Then the server drains: the shadows in flight (their timeout, 2 s by default), and the event
+# log's last write (up to 30 s against a slow store): 38 s at worst, past Kubernetes' default 30 s
+# grace, after which the kubelet kills the pod before it says records were lost. Knative sets its
+# own grace, the revision's timeout (300 s by default).
+GRACE_SECONDS = 60
 
 
 def serving_runtime(kind: str = "ClusterServingRuntime", namespace: str | None = None, gpu: bool = False,
@@ -246,6 +251,8 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
         model["lifecycle"] = PRE_STOP
     # A predictor never calls the Kubernetes API: no token in its pods.
     predictor = {"minReplicas": 1, "model": model, "automountServiceAccountToken": False}
+    if deployment_mode == "RawDeployment":
+        predictor["terminationGracePeriodSeconds"] = GRACE_SECONDS
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(round(canary_percent))
     predictor["serviceAccountName"] = spec.service_account

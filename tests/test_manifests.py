@@ -85,6 +85,23 @@ def spec(**kw):
     return DeploySpec(**{"model": "uplift", "version": 3, "namespace": "causal", "store": "s3://bucket/models", **kw})
 
 
+def drain_seconds() -> float:
+    """A RawDeployment predictor's stop at worst: the pre-stop pause, the shadows' default timeout
+    plus the second the server waits past it, and the event log's last write."""
+    import inspect
+
+    from tauforge.components.deploy import PRE_STOP
+    from tauforge.serving.event_log import EventLog
+    from tauforge.serving.routing import ShadowRouting
+
+    pause = float(PRE_STOP["preStop"]["exec"]["command"][1])
+    last_write = inspect.signature(EventLog).parameters["close_timeout"].default
+    return pause + ShadowRouting().timeout_seconds + 1.0 + last_write
+
+
+DRAIN_SECONDS = drain_seconds()
+
+
 @pytest.mark.parametrize("kw", [
     {"mode": "replace"},
     {"mode": "replace", "raw": True, "explore": 0.2, "namespace": "1team"},  # a namespace may start with a digit
@@ -108,6 +125,9 @@ def test_every_generated_object_validates_strictly(validators, kw):
     for obj in (o for o in objects if o["kind"] == "InferenceService"):
         raw = obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
         assert ("lifecycle" in obj["spec"]["predictor"]["model"]) == raw
+        # And a grace period the drain fits in (a serving review: 38 s at worst against the
+        # default 30, so the kubelet killed the pod before it said records were lost).
+        assert obj["spec"]["predictor"].get("terminationGracePeriodSeconds", 0) >= (DRAIN_SECONDS if raw else 0)
     if kw["mode"] == "canary":
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20 and mode == "Serverless"
     if kw["mode"] == "shadow":
@@ -574,14 +594,16 @@ def test_deploy_replaces_a_folder_in_one_step_where_linux_can(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no staging folder beside it
 
 
-def exported_metric_names(tmp_path):
+def exported_metric_names(tmp_path, with_event_log: bool = False):
     """Every series name tauforge exports: the serving metrics (serving/metrics.py) and the gauges
-    `tauforge monitor --metrics-file` writes (components/monitor.py, with every optional one)."""
+    `tauforge monitor --metrics-file` writes (components/monitor.py, with every optional one); with
+    `with_event_log`, also the event log's (serving/event_log.py: a server's, with no model label,
+    so alerted on but not on the dashboard, whose panels follow the model and version)."""
     from prometheus_client import parser
     from prometheus_client.metrics import MetricWrapperBase
 
     from tauforge.components.monitor import write_gauges
-    from tauforge.serving import metrics
+    from tauforge.serving import event_log, metrics
 
     result = {"alerts": [], "retrain": False, "live_rows": 1, "recommendation": "hold",
               "checks": {"domain_classifier": {"auc": 0.5}, "shadow": {"spearman": 1.0}},
@@ -589,7 +611,7 @@ def exported_metric_names(tmp_path):
                          "confidence_sequence": [-0.1, 0.3]}}
     write_gauges(result, "m", 1, str(tmp_path / "g.prom"))
     names = {f.name for f in parser.text_string_to_metric_families((tmp_path / "g.prom").read_text())}
-    for metric in vars(metrics).values():
+    for metric in [*vars(metrics).values(), *(vars(event_log).values() if with_event_log else ())]:
         if isinstance(metric, MetricWrapperBase):
             names |= {f.name for f in metric.collect()}
     suffixes = ("", "_total", "_bucket", "_count", "_sum")  # counters' and histograms' series
@@ -603,7 +625,7 @@ def used_metric_names(texts):
 
 
 def test_alert_rules_and_dashboard_use_only_metrics_tauforge_exports(tmp_path):
-    exported = exported_metric_names(tmp_path)
+    exported = exported_metric_names(tmp_path, with_event_log=True)
     rules = yaml.safe_load(open(os.path.join(ROOT, "manifests", "monitoring", "prometheus-rules.yaml")))
     exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
     used = used_metric_names(exprs)
@@ -613,6 +635,7 @@ def test_alert_rules_and_dashboard_use_only_metrics_tauforge_exports(tmp_path):
     panels = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     variables = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     used = used_metric_names(panels + variables)
+    exported = exported_metric_names(tmp_path)
     assert used <= exported, used - exported
     # Every metric family has a panel, and every panel follows the model and version selectors.
     assert {n.removesuffix("_total").removesuffix("_bucket") for n in used} == {
