@@ -71,6 +71,17 @@ def input_columns(covariates: list[str]) -> list[str]:
     return [INPUT_PREFIX + c for c in covariates]
 
 
+def with_shadow(live: pd.DataFrame, shadow: pd.DataFrame, columns: list[str], suffix: str = "_shadow") -> pd.DataFrame:
+    """Each row of `live` beside the shadow's `columns` for the same row of the same request (the
+    shadow's columns renamed with `suffix`), joined on the request id, the row and the inputs both
+    logged. The inputs are in the key because callers reuse request ids (a client's retries, one
+    upstream id passed on to several calls): joined on the id alone, every row of such requests
+    paired with every shadow row of the others. A shadow answer logged twice for one row counts once."""
+    key = ["request_id", "row", *sorted(c for c in shadow.columns if c.startswith(INPUT_PREFIX) and c in live.columns)]
+    answers = shadow[key + columns].drop_duplicates(key).rename(columns={c: c + suffix for c in columns})
+    return live.merge(answers, on=key)
+
+
 def event_record(*, time: float, request_id: str, row: int, unit_id: str | None, model: str, version: int,
                  role: str, cate: float, lower: float, upper: float, latency_ms: float,
                  inputs: dict[str, float]) -> dict:
@@ -136,6 +147,19 @@ def write_events(records: list[dict], location: str, seq: int, stamp: _dt.dateti
     return written if local else [f"{location.split('://')[0]}://{path}" for path in written]
 
 
+def unstorable(records: list[dict]) -> set[int]:
+    """Indexes of the records no Parquet file of the log can hold (text that is not UTF-8, a
+    value of the wrong type): a writer drops them rather than retrying them forever."""
+    bad = set()
+    for i, r in enumerate(records):
+        inputs = [pa.field(k, pa.float64()) for k in r if k.startswith(INPUT_PREFIX)]
+        try:
+            pa.Table.from_pylist([r], schema=pa.schema([*EVENT_SCHEMA, *inputs]))
+        except (pa.ArrowException, UnicodeError, TypeError, ValueError, OverflowError):
+            bad.add(i)
+    return bad
+
+
 def remove_events(records: list[dict], location: str, seq: int, stamp: _dt.datetime) -> None:
     """Remove whatever files `write_events(records, location, seq, stamp)` may have left: a
     writer's failed attempts under a name it must give up. Missing files are no error; any other
@@ -174,7 +198,11 @@ def read_events(location: str, model: str | None = None, since: float | None = N
         frame = pd.DataFrame(columns=list(EVENT_FIELDS))
     else:
         table = pa.concat_tables(tables, promote_options="permissive")
-        frame = table.to_pandas().sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
+        frame = table.to_pandas()
+        # A 63-bit explore_seed beside nulls (shadow rows, a server without --explore) read as
+        # float64 lost its low bits, and the logged draw no longer replayed: a nullable integer.
+        frame["explore_seed"] = table.column("explore_seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        frame = frame.sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
         if since is not None:
             frame = frame[frame["time"] >= since].reset_index(drop=True)
     frame.attrs["unreadable_files"] = unreadable

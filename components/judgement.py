@@ -24,7 +24,7 @@ from tauforge.kernels._inputs import plain
 from tauforge.kernels.ate import debiased_scores
 
 from . import uplift
-from .events import id_string, input_columns
+from .events import id_string, input_columns, with_shadow
 
 # Champion rows this close to the challenger's first or last row count as the canary's time: one
 # request's rows are scored, and stamped, milliseconds apart.
@@ -261,8 +261,7 @@ def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
                      f"the latest, version {version}, is judged")
     shadow = shadow[shadow["version"] == version]
     frame = with_outcomes(live, outcomes)
-    frame = frame.merge(shadow[["request_id", "row", "cate"]].rename(columns={"cate": "cate_challenger"}),
-                        on=["request_id", "row"])
+    frame = with_shadow(frame, shadow, ["cate"], suffix="_challenger")
     frame = frame.rename(columns={"cate": "cate_champion"})
     frame = frame[frame["action"].notna() & frame["propensity"].notna()]
     # A propensity is the probability of the action taken: in (0, 1]. Another writer's 0 made

@@ -47,7 +47,7 @@ from ._kfp import HTML, Metrics, Output, component
 from .charts import histogram_edges
 from .config import ConfigError
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
-from .events import input_columns, load_reference, read_events, reference_groups
+from .events import input_columns, load_reference, read_events, reference_groups, with_shadow
 from .judgement import (
     MIN_POLICY_ROWS,
     MIN_POLICY_UNITS,
@@ -601,7 +601,7 @@ class ShadowAgreement:
             return None
         version = latest_version(m.shadow)  # as the judgement: one shadow version, the latest
         shadow = m.shadow[m.shadow["version"] == version]
-        pairs = m.live.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+        pairs = with_shadow(m.live, shadow, ["cate"])
         if len(pairs) < 10:
             return None
         a, b = pairs["cate"].to_numpy(), pairs["cate_shadow"].to_numpy()

@@ -24,13 +24,14 @@ import time
 
 from prometheus_client import Counter, Gauge
 
-from tauforge.components.events import remove_events, write_events
+from tauforge.components.events import remove_events, unstorable, write_events
 
 log = logging.getLogger("tauforge.serving")
 MAX_RETRY_SECONDS = 60.0
 
 WRITE_ERRORS = Counter("tauforge_event_log_write_errors", "Event-log files that could not be written (retried)")
-DROPPED_ROWS = Counter("tauforge_event_log_dropped_rows", "Event-log records dropped: unwritten past the backlog cap")
+DROPPED_ROWS = Counter("tauforge_event_log_dropped_rows",
+                       "Event-log records dropped: past the backlog cap, unwritten at close, or not storable")
 BACKLOG_ROWS = Gauge("tauforge_event_log_backlog_rows", "Event-log records not yet written")
 
 
@@ -149,6 +150,15 @@ class EventLog:
         try:
             paths = write_events(records, self.directory, *self._retry_name)
         except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
+            # A store that fails raises OSError; anything else may be a record no retry can write
+            # (the scan costs a table per record, so only then).
+            bad = set() if isinstance(exc, OSError) else unstorable(records)
+            if bad:  # dropped and counted, or they block every other record forever
+                log.error("dropping %d event-log records the log's schema cannot hold (%s: %s)", len(bad),
+                          type(exc).__name__, exc)
+                DROPPED_ROWS.inc(len(bad))
+                self.lost_rows += len(bad)
+                return self._write([r for i, r in enumerate(records) if i not in bad])
             return self._kept(records, f"could not write {len(records)} event-log records to {self.directory}", exc)
         self._retry_name = None
         if self._failed_writes:  # the warnings above said it stopped; this says it is whole again

@@ -138,6 +138,15 @@ class CateModel(Model):
             error.counted = True  # the REST server's 400 handler counts only what did not reach here
             raise error from None
 
+        try:
+            return await self._answer(payload, v2, request_id, rows, requested, start)
+        except Exception as exc:
+            # Any other failure is a 500 the error-rate alert must see (only scoring was counted).
+            if not getattr(exc, "counted", False):
+                metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "internal").inc()
+            raise
+
+    async def _answer(self, payload, v2, request_id, rows, requested, start):
         roles = self.routing.assign(rows.unit_ids, request_id)
         labels = [self.role if r == CHAMPION else r for r in roles]  # what the log, metrics and answer say
         n = rows.X.shape[0]
@@ -185,8 +194,9 @@ class CateModel(Model):
         labels = (self.name, str(scorer.version), role)
         try:
             scores = scorer.score(X)
-        except Exception:
+        except Exception as exc:
             metrics.ERRORS.labels(*labels, "scoring").inc()
+            exc.counted = True
             raise
         metrics.REQUESTS.labels(*labels).inc()
         metrics.ROWS.labels(*labels).inc(len(X))

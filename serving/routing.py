@@ -2,7 +2,8 @@
 
 `SingleRouting` sends every row to the champion. `CanaryRouting` sends `percent`% of units to
 the challenger, by a stable hash of the row's unit id (the same unit always meets the same model,
-which keeps an online comparison valid) or, for rows without one, of the request id.
+which keeps an online comparison valid) or, for rows without one, of the request id, salted by
+the rollout (model and challenger version).
 `ShadowRouting` answers every row with the champion and mirrors `percent`% of requests to the
 challenger off the response path. `EpsilonGreedy` turns a CATE into an action for exploration.
 """
@@ -36,7 +37,11 @@ class SingleRouting:
 
 @dataclass(frozen=True)
 class CanaryRouting:
+    """`salt` names the rollout (the server passes model and challenger version): a unit meets the
+    same version throughout one rollout, but each rollout draws its own units, so the same 10% do
+    not carry every challenger's risk and bring their exposure to the last one into the next test."""
     percent: float
+    salt: str = ""
     mode = "canary"
 
     def __post_init__(self):
@@ -45,7 +50,8 @@ class CanaryRouting:
 
     def assign(self, unit_ids: list, request_id: str) -> list[str]:
         share = self.percent / 100
-        return [CHALLENGER if bucket(u if u is not None else request_id) < share else CHAMPION for u in unit_ids]
+        return [CHALLENGER if bucket(f"canary:{self.salt}:{u if u is not None else request_id}") < share else CHAMPION
+                for u in unit_ids]
 
     def mirror(self, request_id: str) -> bool:
         return False
@@ -70,11 +76,12 @@ class ShadowRouting:
         return bucket("shadow:" + request_id) < self.percent / 100
 
 
-def make_routing(mode: str, percent: float | None = None, timeout_seconds: float = 2.0):
+def make_routing(mode: str, percent: float | None = None, timeout_seconds: float = 2.0, rollout: str = ""):
+    """`rollout` salts the canary's split (`CanaryRouting.salt`)."""
     if mode == "single":
         return SingleRouting()
     if mode == "canary":
-        return CanaryRouting(10.0 if percent is None else percent)
+        return CanaryRouting(10.0 if percent is None else percent, rollout)
     if mode == "shadow":
         return ShadowRouting(100.0 if percent is None else percent, timeout_seconds)
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -118,10 +118,12 @@ class RowParser:
             X = self._matrix(t, shape[0] * len(self.columns)).reshape(shape[0], len(self.columns))
         else:
             self._check_names(list(by_name), "", "input")
-            n = int(np.prod(by_name[self.columns[0]].shape))
+            # Python's product of the (checked, non-negative int) dimensions: NumPy's wraps at 2**64,
+            # and a shape of 2**64 + 1 values read as 1 row (a serving review).
+            n = math.prod(by_name[self.columns[0]].shape)
             for c in self.columns:
-                if int(np.prod(by_name[c].shape)) != n:
-                    raise RequestError(f"input {c!r} has {int(np.prod(by_name[c].shape))} values, "
+                if math.prod(by_name[c].shape) != n:
+                    raise RequestError(f"input {c!r} has {math.prod(by_name[c].shape)} values, "
                                        f"{self.columns[0]!r} has {n}")
             self._check_count(n)  # before anything of that size is allocated
             X = np.empty((n, len(self.columns)))
@@ -154,7 +156,7 @@ class RowParser:
                 raise RequestError(f"input {UNIT_ID_FIELD!r}: its binary data does not fit datatype "
                                    f"{str(tensor.datatype)[:32]} and shape {list(tensor.shape)}: {exc}") from None
         values = np.asarray(values if isinstance(values, (list, tuple, np.ndarray)) else [values], dtype=object).ravel()
-        size = int(np.prod(tensor.shape))
+        size = math.prod(tensor.shape)
         if len(values) != size:
             raise RequestError(f"input {UNIT_ID_FIELD!r} holds {len(values)} values; its shape needs {size}")
         return [self._unit_id(_text(u, i) if isinstance(u, bytes) else u, i) for i, u in enumerate(values)]
@@ -184,6 +186,8 @@ class RowParser:
             raise RequestError(f"row {row}: {UNIT_ID_FIELD} {exc}") from None
         if unit is not None and len(unit) > MAX_ID_LENGTH:  # 1e300 is 301 characters once written out
             raise RequestError(f"row {row}: {UNIT_ID_FIELD} is {len(unit)} characters long; at most {MAX_ID_LENGTH}")
+        if unit is not None and not (unit and unit.isprintable()):  # "", control characters, lone surrogates
+            raise RequestError(f"row {row}: {UNIT_ID_FIELD} {reprlib.repr(unit)} must be non-empty printable text")
         return unit
 
     @staticmethod

@@ -57,7 +57,8 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
     if second is not None and second.version == champion.version:  # a comparison of a version with itself
         raise ValueError(f"--challenger {challenger} is version {second.version}, the version served as champion: "
                          f"--mode {mode} needs another version")
-    routing = make_routing(mode if second is not None else "single", percent, shadow_timeout)
+    routing = make_routing(mode if second is not None else "single", percent, shadow_timeout,
+                           rollout=f"{name}:{second.version}" if second is not None else "")
     cate_model = CateModel(name, champion, second, routing=routing,
                            explore=EpsilonGreedy(explore) if explore else None,
                            event_log=EventLog(log_dir) if log_dir else None, role=role)

@@ -1109,6 +1109,25 @@ def test_the_support_tests_p_value_is_that_of_at_least_the_rows_outside():
     assert found.summary["p_value"] == pytest.approx(1 - (1 - q0) ** 500 - 500 * q0 * (1 - q0) ** 499, rel=1e-9)
 
 
+def test_shadow_rows_pair_on_request_row_and_inputs_where_callers_reuse_request_ids():
+    # A serving review: three requests under one x-request-id (a client's retries, an upstream id
+    # passed on) paired each champion row with all three shadow rows: 18 pairs from 6. The inputs
+    # are in the key now; a shadow answer logged twice for one row counts once.
+    from tauforge.components.events import with_shadow
+    from tauforge.components.monitor import ShadowAgreement
+
+    events, _, _, _ = logged_traffic(0, n=300)
+    live, shadow = events[events["role"] == "champion"], events[events["role"] == "shadow"]
+    unique = ShadowAgreement().run(check_inputs(live, live, shadow=shadow)).summary
+    reused = [f"retry-{i // 3}" for i in range(300)]
+    live, shadow = live.assign(request_id=reused), shadow.assign(request_id=reused)
+    shadow = pd.concat([shadow, shadow.head(10)])  # logged twice
+    pairs = with_shadow(live, shadow, ["cate"])
+    assert len(pairs) == 300
+    np.testing.assert_array_equal(pairs["cate_shadow"], shadow["cate"].head(300))
+    assert ShadowAgreement().run(check_inputs(live, live, shadow=shadow)).summary == unique
+
+
 def test_shadow_agreement_compares_both_top_deciles_and_the_signs():
     # Known answers: a shadow whose CATE is an increasing function of the champion's ranks alike
     # (rank correlation 1, top decile the same rows); a reversed one shares no top-decile row. The
