@@ -691,4 +691,100 @@ def test_a_local_publish_is_on_disk_before_its_rename_makes_it_visible(model_dir
     events.clear()
     store.set_alias("m", "champion", 1)
     replaced = events.index(("replace", f"{model}/aliases.json"))
-    assert events[replaced - 1][0] == "fsync" and events[replaced + 1] == ("fsync", model)
+    # replaced > 0: at 0, events[-1] (the folder's fsync after it) passed for the file's own (a mutation test).
+    assert replaced > 0 and events[replaced - 1][0] == "fsync" and events[replaced + 1] == ("fsync", model)
+
+
+def test_a_folder_that_already_holds_a_model_card_is_refused_by_name_and_nothing_is_published(model_dir, tmp_path):
+    # A loaded version's folder copied whole (card included) as the source of the next version.
+    store = store_with(model_dir, tmp_path, 1)
+    src = tmp_path / "copied"
+    shutil.copytree(os.path.join(store.root, "m", "1"), src)
+    with pytest.raises(StoreError, match=f"{src} already holds a model_card.json; the store writes the card"):
+        store.publish("m", str(src), card())
+    assert store.versions("m") == [1]
+
+
+def test_each_version_names_the_one_before_it_as_its_parent_in_the_card_and_its_lineage(model_dir, tmp_path):
+    store = ModelStore(str(tmp_path / "store"))
+    for _ in range(4):
+        store.publish("m", model_dir[0], {**card(), "lineage": {"run_id": "r"}})
+    for version, parent in ((1, None), (2, 1), (3, 2), (4, 3)):
+        published = store.card("m", version)
+        assert published["parent_version"] == parent
+        assert published["lineage"] == {"run_id": "r", "parent_version": parent}
+
+
+def test_rollback_steps_back_one_promotion_at_a_time_and_promoting_the_champion_again_adds_no_step(
+        model_dir, tmp_path):
+    store = store_with(model_dir, tmp_path, 3)
+    for version in (1, 2, 3, 3):
+        store.set_alias("m", "champion", version)
+    assert store.aliases("m")["champion"] == {"version": 3, "history": [1, 2]}
+    assert store.rollback("m")["version"] == 2
+    assert store.rollback("m")["version"] == 1
+    with pytest.raises(StoreError, match="no earlier version"):
+        store.rollback("m")
+
+
+def test_a_file_removed_from_a_version_is_named_as_missing_and_the_store_as_damaged(model_dir, tmp_path):
+    from tauforge.components.registry import DamagedStoreError
+
+    store = store_with(model_dir, tmp_path, 1)
+    os.remove(os.path.join(store.root, "m", "1", "report.html"))
+    with pytest.raises(DamagedStoreError, match="m/1/report.html is missing"):
+        store.load("m", 1)
+
+
+def test_a_served_folders_card_edited_by_hand_fails_verification_files_and_digests_included(model_dir, tmp_path):
+    # verify_files is what serving runs on the folder KServe mounts: it checks the card's own
+    # checksum too, and that checksum covers the files' digests (rewritten to match an edited file).
+    from tauforge.components.registry import DamagedStoreError
+    from tauforge.kernels.serialization import sha256_file
+
+    store = store_with(model_dir, tmp_path, 1)
+    path = os.path.join(store.root, "m", "1")
+    card_path = os.path.join(path, "model_card.json")
+    original = read_card(path)
+    edited = dict(original, effect={"ate": 9.9})
+    with open(card_path, "w") as f:
+        json.dump(edited, f)
+    with pytest.raises(DamagedStoreError, match="fails its checksum"):
+        verify_files(path, read_card(path))
+    with open(os.path.join(path, "report.html"), "a") as f:
+        f.write("<!-- edited -->")
+    edited = dict(original, files={**original["files"], "report.html": sha256_file(os.path.join(path, "report.html"))})
+    with open(card_path, "w") as f:
+        json.dump(edited, f)
+    with pytest.raises(DamagedStoreError, match="fails its checksum"):
+        store.load("m", 1)
+
+
+def test_a_removed_version_below_the_latest_does_not_resolve(model_dir, tmp_path):
+    # deploy pins the number resolve returns: a version that is not there must not be one.
+    store = store_with(model_dir, tmp_path, 3)
+    shutil.rmtree(os.path.join(store.root, "m", "2"))
+    with pytest.raises(StoreError, match=r"model 'm' has no version 2 \(versions: \[1, 3\]\)"):
+        store.resolve("m", 2)
+    with pytest.raises(StoreError, match="has no version 2"):
+        store.resolve("m", "2")
+
+
+def test_publish_assembles_the_forest_evaluation_report_and_reference_and_the_card_keeps_the_seed(
+        model_dir, tmp_path):
+    from tauforge.components.publish import estimator_description, publish
+
+    src = model_dir[0]
+    for name in ("evaluation.json", "reference.parquet"):
+        (tmp_path / name).write_text("{}")
+    summary = {"forest_params": {"mtry": 2}, "n_shards": 1, "seed": 7}
+    estimator = estimator_description("tauforge", summary, {"model_y": "auto"})
+    assert (estimator["seed"], estimator["n_shards"], estimator["forest_params"]) == (7, 1, {"mtry": 2})
+    uri = str(tmp_path / "store")
+    version = publish(uri, "m", {**card(), "estimator": estimator}, forest_dir=os.path.join(src, "forest"),
+                      evaluation_path=str(tmp_path / "evaluation.json"), report_path=os.path.join(src, "report.html"),
+                      reference_path=str(tmp_path / "reference.parquet"))
+    loaded = ModelStore(uri).load("m", version)
+    assert set(loaded.card["files"]) == {"forest/arrays.npz", "forest/model.json", "evaluation.json", "report.html",
+                                         "reference.parquet"}
+    assert loaded.card["estimator"]["seed"] == 7

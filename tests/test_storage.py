@@ -382,3 +382,26 @@ def test_arrays_without_a_checksum_are_refused_and_are_read_from_the_file_that_w
     monkeypatch.setattr(serialization, "_sha256_stream", then_replaced)
     arrays, _ = load_model(tmp_path / "v", FORMAT)
     assert arrays["a"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_change_past_the_first_mebibyte_of_a_file_is_refused(tmp_path):
+    # The checksums are read in 1 MiB chunks: every chunk counts, not the first alone.
+    save_model(tmp_path / "m", {"a": np.arange(400_000, dtype=np.float64)}, {"format": "test"})
+    arrays = tmp_path / "m" / "arrays.npz"
+    data = bytearray(arrays.read_bytes())
+    assert len(data) > 3 << 20
+    data[-1000] ^= 1
+    arrays.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch for .*arrays.npz"):
+        load_model(tmp_path / "m", "test")
+
+
+def test_metadata_edited_by_hand_is_refused_by_its_own_checksum(discrete, tmp_path):
+    forest, _ = discrete
+    forest.save(tmp_path / "cf")
+    meta_path = tmp_path / "cf" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["edited"] = True
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="checksum mismatch for .*model.json: the metadata was modified"):
+        CausalForest.load(tmp_path / "cf")

@@ -190,6 +190,67 @@ def test_a_card_whose_write_landed_but_whose_answer_was_lost_is_published_not_re
         store.publish(MODEL, model_dir[0], card())
 
 
+def test_another_writers_valid_card_at_a_claimed_number_is_refused_not_taken_for_ours(s3, model_dir, monkeypatch):
+    # Whose card is there is told by its checksum, not by its being a readable card.
+    from tauforge.components.registry import card_digest
+
+    store = ModelStore(s3.uri("foreign-card"))
+    create = store._create
+
+    def theirs_lands_first(path, data):
+        if path.endswith(CARD_FILE):
+            theirs = dict(json.loads(data), effect={"ate": 9.9})
+            theirs["card_sha256"] = card_digest(theirs)
+            create(path, json.dumps(theirs).encode())
+        return create(path, data)
+    monkeypatch.setattr(store, "_create", theirs_lands_first)
+    with pytest.raises(StoreError, match="already has a model_card.json although this publisher claimed the number"):
+        store.publish(MODEL, model_dir[0], card())
+
+
+@pytest.mark.parametrize("failure", ["a reset connection", "a file that never landed"])
+def test_an_upload_that_fails_midway_leaves_no_file_under_its_number_and_burns_it(s3, model_dir, monkeypatch,
+                                                                                 failure):
+    store = ModelStore(s3.uri("failed-upload-" + failure.split()[-1]))
+    put = store.fs.put_file
+    uploaded = []
+
+    def fail_on_the_second_file(lpath, rpath, **kwargs):
+        if uploaded:
+            if failure == "a reset connection":
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return None  # dropped: the upload says nothing
+        uploaded.append(rpath)
+        return put(lpath, rpath, **kwargs)
+    monkeypatch.setattr(store.fs, "put_file", fail_on_the_second_file)
+    with pytest.raises((OSError, StoreError)):
+        store.publish(MODEL, model_dir[0], card())
+    monkeypatch.undo()
+    assert uploaded and store.versions(MODEL) == [] and store.fs.find(f"{store.root}/{MODEL}/1") == []
+    assert store.publish(MODEL, model_dir[0], card()) == 2
+
+
+def test_a_promotion_whose_aliases_file_changed_after_it_was_read_is_retried_and_loses_no_update(
+        s3, model_dir, monkeypatch):
+    # Deterministic, where the racing processes above may not overlap: another promoter writes
+    # between this one's read and its write; the write (If-Match) is refused and redone on theirs.
+    uri = s3.uri("if-match")
+    store, other = ModelStore(uri), ModelStore(uri)
+    store.publish(MODEL, model_dir[0], card())
+    store.set_alias(MODEL, "champion", 1)  # the aliases file exists: the next write replaces it
+    real_read = ModelStore._read_aliases
+
+    def read_then_another_promotes(self, model):
+        read = real_read(self, model)
+        if self is store and "challenger" not in other.aliases(model):
+            other.set_alias(model, "challenger", 1)
+        return read
+    monkeypatch.setattr(ModelStore, "_read_aliases", read_then_another_promotes)
+    store.set_alias(MODEL, "canary", 1)
+    monkeypatch.undo()
+    assert sorted(store.aliases(MODEL)) == ["canary", "challenger", "champion"]
+
+
 def test_a_claimed_number_without_a_card_stays_invisible_and_is_never_reused(s3, model_dir):
     store = ModelStore(s3.uri("crashed"))
     # What a publisher killed after claiming number 1 and uploading part of its files leaves.
