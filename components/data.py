@@ -248,7 +248,11 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             if c is None:
                 continue
             if c not in df.columns:
-                fail(f"{role} column {c!r} is missing from the table (columns: {_preview(df.columns)})")
+                # "x0, T, Y" as a header gives ' T': shown plainly, the spaces did not show (a review).
+                near = [k for k in df.columns if isinstance(k, str) and k != c and k.strip() == str(c).strip()]
+                fail(f"{role} column {c!r} is missing from the table"
+                     + (f"; it has {near[0]!r}, with spaces: strip the header's names or name that column"
+                        if near else f" (columns: {_preview(df.columns)})"))
             if c in seen and seen[c] == role:
                 fail(f"{role} column {c!r} is listed twice; list it once")
             if c in seen:

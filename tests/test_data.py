@@ -116,6 +116,8 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
 @pytest.mark.parametrize("change, kw, message", [
     (lambda d: d.drop(columns="spend"), {}, "outcome column 'spend' is missing"),
     (lambda d: d, {"covariates": ["age", "height"]}, "covariates column 'height' is missing"),
+    (lambda d: d.rename(columns={"treated": " treated"}), {},
+     "treatment column 'treated' is missing from the table; it has ' treated', with spaces: strip the header's"),
     (lambda d: d.assign(spend=d.spend.where(d.index != 7)), {}, "column 'spend' has 1 NaN"),
     (lambda d: d.assign(age=d.age.where(d.index != 3, np.inf)), {}, "column 'age' has 1 inf"),
     (lambda d: d.assign(treated=d.index % 3), {"treatment_type": "binary"},
