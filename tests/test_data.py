@@ -176,15 +176,53 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     (lambda d: d, {"min_rows_per_arm": "10"}, "min_rows_per_arm must be a whole number (0 or more), got '10'"),
     (lambda d: d, {"min_rows_per_arm": True}, "min_rows_per_arm must be a whole number (0 or more), got True"),
     (lambda d: d, {"assignment": "randomized", "propensity": "0.5"}, "propensity must be a number in (0, 1)"),
+    (lambda d: d, {"propensity": True}, "propensity must be a number in (0, 1), got True"),
     (lambda d: d[["treated", "spend"]].assign(price=[f"{1000 + i:,}" for i in range(len(d))]), {},
      "no other numeric column; the columns left out ('price') are not numeric: encode them as numbers"),
     (lambda d: d.iloc[:0], {"min_rows_per_arm": 0}, "the table has 0 rows"),
     (lambda d: d.iloc[:0].astype(object), {}, "the table has 0 rows"),  # a CSV of a header only: no numeric column
+    # A propensity of 0 or 1 is no randomization: named as such, not as a binomial test's p = 0.
+    (lambda d: d, {"assignment": "randomized", "propensity": 0.0},
+     "assignment 'randomized' needs the known propensity in (0, 1), got 0.0"),
+    (lambda d: d, {"assignment": "randomized", "propensity": 1.0},
+     "assignment 'randomized' needs the known propensity in (0, 1), got 1.0"),
+    (lambda d: d, {"instrument": "income"}, "instrument: instrumental-variable estimation is not supported yet"),
+    (lambda d: d, {"controls": "region"}, "controls must be a list of column names, got the string 'region'"),
+    (lambda d: d, {"covariates": ["age", "age"]}, "covariates column 'age' is listed twice; list it once"),
+    (lambda d: d.assign(age=d.age.where(d.index != 4, -1e300)), {},
+     "column 'age' has 1 value(s) beyond +-1e+100 (first at row 4, -1e+300)"),
+    (lambda d: d.assign(w=np.where(d.index == 5, -0.5, 1.0)), {"weight": "w"}, "weight column 'w' has negative values"),
+    (lambda d: d.assign(g=1), {"group": "g"}, "group column 'g' puts every row in one group"),
+    (lambda d: d.assign(ts=pd.Series(np.arange(len(d)), dtype=float).where(d.index != 3)), {"timestamp": "ts"},
+     "timestamp column 'ts' has missing values"),
 ])
 def test_invalid_tables_name_the_column_and_the_problem(change, kw, message):
     with pytest.raises(DataValidationError) as err:
         validate(change(table()), spec(**kw))
     assert message in str(err.value)
+
+
+def test_a_table_exactly_at_each_limit_is_accepted():
+    # The limits are inclusive: min_rows_per_arm rows in an arm, values of +-1e100, five treatment
+    # levels still said in a warning (six are a dose), rows at the same time (a panel's).
+    df = table()
+    at_limit = df.assign(treated=(df.index < 10).astype(float), age=df.age.where(df.index != 4, -1e100),
+                         income=df.income.where(df.index != 5, 1e100), ts=df.index // 10)
+    assert validate(at_limit, spec(timestamp="ts")).spec.binary
+    five, six = (validate(df.assign(treated=df.index % k), spec()).warnings for k in (5, 6))
+    assert any("treatment 'treated' takes 5 values (0, 1, 2, 3, 4) and is taken as continuous" in w for w in five)
+    assert not any("taken as continuous" in w for w in six)
+
+
+def test_a_dose_between_0_and_1_is_continuous_not_0_1_up_to_rounding():
+    # Every value rounds to 0 or 1, but only values within rounding error of them are a 0/1 column.
+    df = table().assign(share=np.random.default_rng(2).uniform(0, 1, 200))
+    assert validate(df, spec(treatment="share", covariates=["age"])).spec.treatment_type == "continuous"
+
+
+def test_a_group_per_row_is_said_in_a_warning():
+    data = validate(table().assign(g=np.arange(200)), spec(group="g", covariates=["age"]))
+    assert any("group column 'g' puts every row in a group of its own" in w for w in data.warnings)
 
 
 def test_timestamps_written_as_text_are_ordered_as_dates():
@@ -217,6 +255,11 @@ def test_a_csv_that_is_not_utf8_or_not_comma_separated_is_refused_with_the_cure(
     (tmp_path / "semi.csv").write_text("x;y;T\n0;0;0,5\n1;2;1,5\n")
     with pytest.raises(DataValidationError, match=r"separated by ';' or tabs, and tauforge reads commas"):
         read_table(str(tmp_path / "semi.csv"))
+    # Without decimal commas such a file reads as one column (its header): named, as both separators.
+    for name, sep in (("semi1.csv", ";"), ("tabs.csv", "\t")):
+        (tmp_path / name).write_text(f"x{sep}y{sep}T\n0{sep}1{sep}0\n1{sep}2{sep}1\n")
+        with pytest.raises(DataValidationError, match=r"reads as one column .*separated by ';' or tabs"):
+            read_table(str(tmp_path / name))
 
 
 def test_a_csvs_unquoted_NA_is_a_missing_group_not_a_group_named_NA(tmp_path):

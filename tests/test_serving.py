@@ -138,7 +138,10 @@ def single(store, tmp_path_factory, user_scripts):
     """The champion alone, served from a user's folder of generically named scripts, which is also
     on PYTHONPATH."""
     log_dir = str(tmp_path_factory.mktemp("events"))
-    server = tauforge_serve(store, "--version", "1", log_dir=log_dir, env={**os.environ, "PYTHONPATH": user_scripts},
+    # The user's folder first, then whatever tauforge was found on (a checkout on PYTHONPATH is
+    # served, not the installed copy: without it a clone's server ran the installed tree's code).
+    path = os.pathsep.join(filter(None, [user_scripts, os.environ.get("PYTHONPATH")]))
+    server = tauforge_serve(store, "--version", "1", log_dir=log_dir, env={**os.environ, "PYTHONPATH": path},
                             cwd=user_scripts)
     yield server
     server.stop()
@@ -294,6 +297,28 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
      "row 0: unit_id '' must be non-empty printable text"),
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "a\nb"}]}, 400,
      "must be non-empty printable text"),
+    # A mutation test: each refusal below was dropped or loosened without a test failing.
+    (f"/v1/models/{MODEL}:predict", {"instances": [[0.0] * 5] * 10_001}, 400,
+     "10001 rows in one request; the limit is 10000"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [[0.0] * 6]}, 400, "row 0 has 6 values; the model takes 5"),
+    (f"/v1/models/{MODEL}:predict", {"instances": [[0.0, True, 0.0, 0.0, 0.0]]}, 400,
+     "row 0, column 'x1': True is not a number"),
+    (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", '
+                                  b'"data": [0, Infinity, 0, 0, 0]}]}', 400,
+     "input 'rows' holds NaN or infinite values"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1 + (c == "x1")], "datatype": "FP64",
+                                               "data": [1.0] * (1 + (c == "x1"))} for c in COLUMNS]}, 400,
+     "input 'x1' has 2 values, 'x0' has 1"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "x0", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, 400,
+     "missing input(s) 'x1', 'x2', 'x3', 'x4'"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "UINT8",
+                                               "data": [1, 2, 3, 4, -1]}]}, 400,
+     "holds -1, which is not an integer in [0, 255]"),
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                               "data": [1, 2, 3, 4, 5]},
+                                              {"name": "unit_id", "shape": [2], "datatype": "BYTES",
+                                               "data": ["a", "b"]}]},
+     400, "'unit_id' has 2 values for 1 rows"),
 ])
 def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
                                                                                   message):
@@ -315,6 +340,27 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_servin
     assert "Traceback" not in log and any(f"{status}: " in line and message in line for line in log.splitlines())
     if status == 400:
         assert "deprecated" not in log  # a library's deprecation the user of `serve` cannot act on
+
+
+def test_the_row_and_unit_id_limits_are_inclusive_in_process():
+    # RowParser imports no KServe: it runs here, beside tritonclient's gRPC modules.
+    from tauforge.serving.scoring import RequestError, RowParser
+
+    parser = RowParser(COLUMNS, max_rows=3)
+    assert parser.v1({"instances": [[0.0] * 5] * 3}).X.shape == (3, 5)
+    with pytest.raises(RequestError, match="4 rows in one request; the limit is 3"):
+        parser.v1({"instances": [[0.0] * 5] * 4})
+    assert parser.v1({"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "u" * 256}]}).unit_ids == ["u" * 256]
+    with pytest.raises(RequestError, match="row 0: unit_id is 257 characters long; at most 256"):
+        parser.v1({"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "u" * 257}]})
+
+
+def test_a_unit_id_sent_as_text_integer_or_whole_float_is_one_unit_in_process():
+    # The canary hashes the id's string: "7", 7 and 7.0 (a V2 numeric tensor's) must meet one model.
+    from tauforge.serving.scoring import RowParser
+
+    rows = [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": u} for u in ("7", 7, 7.0, 12345678901234567890, None)]
+    assert RowParser(COLUMNS).v1({"instances": rows}).unit_ids == ["7", "7", "7", "12345678901234567890", None]
 
 
 def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_http_and_grpc(with_grpc):
