@@ -294,14 +294,15 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             "data_warnings": list(data.warnings),
             "gate_config": dataclasses.asdict(gate),
         }
+    counted = _counted_rows(a["sample_weight"])
     if data.spec.binary:
-        counted = _counted_rows(a["sample_weight"])
         result["overlap"] = overlap(t_hat[counted], a["T"][counted])
         # A trial's propensity is its design, known, not estimated: extreme, it widens the interval,
         # it does not threaten identification.
         result["overlap"]["declared"] = data.spec.assignment == "randomized"
     else:
-        result["treatment_variance"] = treatment_variance_overlap(t_var, t_res, a["sample_weight"])
+        result["treatment_variance"] = treatment_variance_overlap(
+            t_var[counted], t_res[counted], None if a["sample_weight"] is None else a["sample_weight"][counted])
     result["verdict"] = verdict(result, gate)
     return result
 

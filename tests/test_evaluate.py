@@ -117,6 +117,28 @@ def test_a_continuous_treatment_that_hardly_varies_given_the_covariates_fails_th
     assert "overlap" not in result  # the propensity's check is a binary treatment's
 
 
+@pytest.mark.parametrize("kind", ["binary", "continuous"])
+def test_the_overlap_checks_describe_only_rows_of_positive_weight(kind):
+    # A mutation review: the continuous treatment's overlap (its share under the bound, the
+    # minimum, the histogram) counted rows of weight 0, which take no part in the estimate; the
+    # binary check had just been mended. Each histogram holds exactly the rows that count.
+    if kind == "binary":
+        d = make_causal_data("simple", n=600, p=3, seed=0)
+        table = pd.DataFrame(d.X, columns=["x0", "x1", "x2"]).assign(T=d.T, Y=d.Y)
+    else:
+        table = continuous_table(600, 0, 0.0)
+    table["w"] = np.where(np.arange(len(table)) % 5 == 0, 0.0, 1.0)  # 120 rows of weight 0
+    data = validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], weight="w"))
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0)
+    _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 20}, 0, 0, 1)], data, residuals)
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    if kind == "binary":
+        counts = result["overlap"]["histogram"]
+        assert sum(counts["treated"]) + sum(counts["control"]) == 480
+    else:
+        assert sum(result["treatment_variance"]["histogram"]["counts"]) == 480
+
+
 def test_balance_sees_a_column_that_separates_the_arms_and_leaves_out_rows_of_weight_0():
     """A check tested both ways. A review: a site column equal to the treatment (constant within
     each arm) had SMD 0, "perfectly balanced"; and rows of weight 0, which take no part in the
@@ -305,3 +327,46 @@ def test_the_graph_checks_fail_the_gate_when_the_data_contradict_the_declared_gr
     assert lift["ranking"] == "out-of-bag CATE" and len(lift["curve"]["share"]) == 101
     assert lift["ate"] == pytest.approx(result["effect"]["ate"])  # the gain curve ends at the average effect
     assert "classic" not in lift  # an observational study: differences of means between arms are confounded
+
+
+def test_the_crump_rule_trims_both_tails_by_hand():
+    # 980 rows at e = 0.5 (g = 1 / (e (1 - e)) = 4) and 10 in each tail at 0.01 and 0.99 (g =
+    # 101): gamma = 2 E[g | g <= gamma] = 8, alpha = 1/2 - sqrt(1/4 - 1/8) = 0.146, and the rule
+    # trims the 20 tail rows, both tails (a mutation review: one tail passed every test).
+    from tauforge.components.evaluate import overlap
+
+    t_hat = np.r_[np.full(10, 0.01), np.full(980, 0.5), np.full(10, 0.99)]
+    T = np.r_[np.zeros(10), np.tile([0.0, 1.0], 490), np.ones(10)]
+    result = overlap(t_hat, T)
+    assert result["crump_alpha"] == pytest.approx(0.5 - np.sqrt(0.125), abs=1e-12)
+    assert result["crump_share_trimmed"] == pytest.approx(0.02) and result["share_outside"] == pytest.approx(0.02)
+
+
+def test_the_weighted_balance_carries_the_rows_weights_times_the_inverse_propensity():
+    # The weighted SMD is the estimate's own weighting: the rows' weights times 1 / e. With a
+    # constant propensity that is the rows' weights alone: here they triple the treated rows
+    # with x > 0 and the control rows with x < 0, an imbalance of about 0.8 that the raw SMD
+    # (about 0) cannot see (a mutation review: the rows' weights dropped, or the control arm's
+    # weights, passed every test, the existing ones being 0 or 1 or the propensity constant).
+    from tauforge.components.evaluate import balance
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    T, x = rng.binomial(1, 0.5, n).astype(float), rng.normal(size=n)
+    w = np.where((T == 1) == (x > 0), 3.0, 1.0)
+    df = pd.DataFrame({"y": x + T + rng.normal(size=n), "T": T, "x": x, "w": w})
+    result = balance(validate(df, DataSpec(outcome="y", treatment="T", covariates=["x"], weight="w")), np.full(n, 0.5))
+    pooled = np.sqrt((x[T == 1].var(ddof=1) + x[T == 0].var(ddof=1)) / 2)  # unweighted, as the raw SMD's
+    expected = (np.average(x[T == 1], weights=w[T == 1]) - np.average(x[T == 0], weights=w[T == 0])) / pooled
+    assert abs(result["values"]["x"]) < 0.1 and expected > 0.7
+    assert result["weighted_values"]["x"] == pytest.approx(expected)
+
+
+def test_a_continuous_treatments_overlap_ratio_divides_by_the_weighted_mean_squared_residual():
+    # t~^2 = 1, 1, 1, 9 with weights 3, 1, 1, 1: the weighted mean is 14 / 6 (unweighted 3), so
+    # V = 0.25 is 0.107 of it, inside the 0.1 bound (unweighted: 0.083, outside).
+    from tauforge.components.evaluate import treatment_variance_overlap
+
+    result = treatment_variance_overlap(np.array([0.25, 1.0, 1.0, 2.0]), np.array([1.0, -1.0, 1.0, 3.0]),
+                                        np.array([3.0, 1.0, 1.0, 1.0]))
+    assert result["ratio_min"] == pytest.approx(0.25 * 6 / 14) and result["share_outside"] == 0.0
