@@ -143,10 +143,12 @@ class ValidatedData:
         return self._group_codes
 
 
-def read_table(source: str, id_columns=()) -> pd.DataFrame:
+def read_table(source: str, id_columns=(), missing_ids: bool = True) -> pd.DataFrame:
     """Read Parquet or CSV (by extension; a directory is a Parquet dataset) from a path or an
     fsspec URI, with pyarrow. A CSV's `id_columns` (those it has) are read as text, not inferred:
-    an id written 007 stays "007", as a request or a Parquet file of strings gives it."""
+    an id written 007 stays "007", as a request or a Parquet file of strings gives it. With
+    `missing_ids`, an unquoted NA, null or NaN there is a missing id (R writes missing values so);
+    without, it is the id as written (outcomes joined to ids the server logged as given)."""
     import fsspec
     import pyarrow
     import pyarrow.csv
@@ -159,7 +161,8 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
                 as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in id_columns if c},
-                                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
+                                                     strings_can_be_null=missing_ids,
+                                                     quoted_strings_can_be_null=False)
                 table = pyarrow.csv.read_csv(f, convert_options=as_text).to_pandas()
             for c in id_columns:  # an empty cell is a missing id (Parquet's null), not the id ''
                 if c and c in table.columns:
@@ -352,7 +355,7 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     # A 0/1 column one rounding error off (1.0000000000000002) was read as a continuous dose.
     rounded = np.round(t)
     if (spec.treatment_type != "continuous" and not is_binary and np.isin(rounded, (0.0, 1.0)).all()
-            and np.abs(t - rounded).max() <= 1e-9):
+            and (rounded == 0).any() and (rounded == 1).any() and np.abs(t - rounded).max() <= 1e-9):
         row = int(np.argmax(t != rounded))
         fail(f"treatment column {spec.treatment!r} is 0/1 up to rounding (row {row} holds {float(t[row])!r}): round "
              "it to 0/1 first, or declare the treatment continuous")
@@ -454,7 +457,7 @@ def _text_times(ts: pd.Series, name: str, fail) -> pd.Series:
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")  # pandas' advice on mixed offsets and inferred formats: tried in turn
         for read in (lambda: pd.to_datetime(ts, format="ISO8601", utc=True), lambda: pd.to_numeric(ts),
-                     lambda: pd.to_datetime(ts, utc=True), lambda: pd.to_datetime(ts, dayfirst=True, utc=True)):
+                     lambda: pd.to_datetime(ts, utc=True), lambda: _day_first(ts)):
             try:
                 return read()
             except (ValueError, TypeError, OverflowError):
@@ -465,6 +468,15 @@ def _text_times(ts: pd.Series, name: str, fail) -> pd.Series:
     row = int(np.argmax(unread)) if unread.any() else 0
     fail(f"timestamp column {name!r} holds text that is neither a time nor a number (first at row {row}: "
          f"{ts.iloc[row]!r}); write it as ISO 8601 (2020-01-31T12:00:00) or as numbers")
+
+
+def _day_first(ts: pd.Series) -> pd.Series:
+    """Dates written day first (31/1/2020), tried last. Never for year-first text, which pandas
+    would read as year-day-month: an ISO date with a typo (2024-13-05) is refused, not accepted
+    with every date's day and month swapped (the diff review)."""
+    if ts.astype(str).str.match(r"\s*\d{4}\D").any():
+        raise ValueError("year-first dates are not read day first")
+    return pd.to_datetime(ts, dayfirst=True, utc=True)
 
 
 def _is_written_index(name) -> bool:

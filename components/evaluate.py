@@ -40,7 +40,7 @@ from .constants import (
 from .data import ValidatedData
 from .estimate import Estimate
 from .graph import CausalGraph, card_section
-from .nuisance import NuisanceConfig, Residuals
+from .nuisance import NuisanceConfig, Residuals, mean_score
 
 # A refuter's move of the ATE smaller than this many of its standard errors does not fail the
 # gate, however small its p-value: three refits that agree closely make a move of 0.28 standard
@@ -273,7 +273,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                        "cate_mean": float(cate.mean()), "cate_std": float(cate.std()),
                        "cate_quantiles": {str(q): float(np.quantile(cate, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
                        "cate_histogram": _histogram(cate)},
-            "nuisance": {k: float(np.mean(v)) for k, v in residuals.scores.items()},
+            "nuisance": {k: mean_score(v) for k, v in residuals.scores.items()},
             "balance": balance(data, t_hat if data.spec.binary else None),
             "refuters": steps.run("refuters", refuters.run_refuters, refit, {
                 "placebo": refuters.placebo_refuter(refit, seed),

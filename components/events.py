@@ -73,13 +73,21 @@ def input_columns(covariates: list[str]) -> list[str]:
 
 def with_shadow(live: pd.DataFrame, shadow: pd.DataFrame, columns: list[str], suffix: str = "_shadow") -> pd.DataFrame:
     """Each row of `live` beside the shadow's `columns` for the same row of the same request (the
-    shadow's columns renamed with `suffix`), joined on the request id, the row and the inputs both
-    logged. The inputs are in the key because callers reuse request ids (a client's retries, one
-    upstream id passed on to several calls): joined on the id alone, every row of such requests
-    paired with every shadow row of the others. A shadow answer logged twice for one row counts once."""
-    key = ["request_id", "row", *sorted(c for c in shadow.columns if c.startswith(INPUT_PREFIX) and c in live.columns)]
-    answers = shadow[key + columns].drop_duplicates(key).rename(columns={c: c + suffix for c in columns})
-    return live.merge(answers, on=key)
+    shadow's columns renamed with `suffix`): the same request id and row, and the same value in
+    every input both logged. The inputs count because callers reuse request ids (a client's
+    retries, one upstream id passed on to several calls): joined on the id alone, every row of
+    such requests paired with every shadow row of the others. An input one side did not log (a
+    challenger with another covariate) does not decide; a live row meets at most one answer."""
+    inputs = sorted(c for c in shadow.columns if c.startswith(INPUT_PREFIX) and c in live.columns)
+    answers = shadow[["request_id", "row", *inputs, *columns]].rename(
+        columns={c: c + suffix for c in [*inputs, *columns]})
+    pairs = live.reset_index(drop=True).rename_axis("_live").reset_index().merge(answers, on=["request_id", "row"])
+    same = np.ones(len(pairs), bool)
+    for c in inputs:
+        a, b = pairs[c].to_numpy(float), pairs[c + suffix].to_numpy(float)
+        same &= (a == b) | np.isnan(a) | np.isnan(b)
+    return (pairs[same].drop_duplicates("_live").drop(columns=["_live", *(c + suffix for c in inputs)])
+            .reset_index(drop=True))
 
 
 def event_record(*, time: float, request_id: str, row: int, unit_id: str | None, model: str, version: int,
@@ -147,6 +155,11 @@ def write_events(records: list[dict], location: str, seq: int, stamp: _dt.dateti
     return written if local else [f"{location.split('://')[0]}://{path}" for path in written]
 
 
+# What a record the log's schema cannot hold raises when written (text that is not UTF-8, a value
+# of the wrong type); a store that fails raises OSError, or a client's own error (botocore's).
+RECORD_ERRORS = (pa.ArrowException, UnicodeError, TypeError, ValueError, OverflowError)
+
+
 def unstorable(records: list[dict]) -> set[int]:
     """Indexes of the records no Parquet file of the log can hold (text that is not UTF-8, a
     value of the wrong type): a writer drops them rather than retrying them forever."""
@@ -155,7 +168,7 @@ def unstorable(records: list[dict]) -> set[int]:
         inputs = [pa.field(k, pa.float64()) for k in r if k.startswith(INPUT_PREFIX)]
         try:
             pa.Table.from_pylist([r], schema=pa.schema([*EVENT_SCHEMA, *inputs]))
-        except (pa.ArrowException, UnicodeError, TypeError, ValueError, OverflowError):
+        except RECORD_ERRORS:
             bad.add(i)
     return bad
 
@@ -201,7 +214,9 @@ def read_events(location: str, model: str | None = None, since: float | None = N
         frame = table.to_pandas()
         # A 63-bit explore_seed beside nulls (shadow rows, a server without --explore) read as
         # float64 lost its low bits, and the logged draw no longer replayed: a nullable integer.
-        frame["explore_seed"] = table.column("explore_seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        if "explore_seed" in table.column_names:  # files of another writer may lack it
+            frame["explore_seed"] = table.column("explore_seed").to_pandas(
+                types_mapper={pa.int64(): pd.Int64Dtype()}.get)
         frame = frame.sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
         if since is not None:
             frame = frame[frame["time"] >= since].reset_index(drop=True)

@@ -261,6 +261,13 @@ class Residuals:
         return self.frame[name].to_numpy(np.float64)
 
 
+def mean_score(scores: list[float]) -> float:
+    """The folds' mean out-of-fold score, over the folds that have one (a fold of rows of weight 0
+    only has none: NaN); NaN if none has."""
+    scored = [s for s in scores if np.isfinite(s)]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
 def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
                   progress: bool | None = False) -> Residuals:
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
@@ -317,10 +324,11 @@ def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed:
     import numpy as np
 
     from tauforge.components.data import load_validated
-    from tauforge.components.nuisance import FoldPredictions, combine_folds
+    from tauforge.components.nuisance import FoldPredictions, combine_folds, mean_score
 
     result = combine_folds(load_validated(dataset.path), [p for f in folds for p in FoldPredictions.load_task(f.path)],
                            int(seed), progress=True)
     result.save(residuals.path)
     for name, values in result.scores.items():
-        metrics.log_metric(f"nuisance_{name}", float(np.mean(values)))
+        if np.isfinite(mean_score(values)):  # KFP's metrics hold no NaN (the task failed on one)
+            metrics.log_metric(f"nuisance_{name}", mean_score(values))

@@ -355,6 +355,8 @@ class ModelStore:
         if not self._exists(path):
             raise StoreError(f"model {model!r} has no version {version} in {self.uri} "
                              f"(versions: {self.versions(model) or 'none'})")
+        if self.local:
+            _check_regular(path)
         card = _parse_card(self.fs.cat_file(path, start=0, end=MAX_CARD_BYTES + 1), f"{path} in {self.uri}")
         if card.get("card_sha256") != card_digest(card):
             raise DamagedStoreError(f"the card of {model} version {version} fails its checksum: it was modified")
@@ -763,8 +765,16 @@ def read_card(path: str) -> dict:
     with _reported(f"reading the version folder {path}"):
         if not _local_exists(card_path):
             raise StoreError(f"{path} holds no {CARD_FILE}: not a published tauforge version")
+        _check_regular(card_path)
         with open(card_path, "rb") as f:
             return _parse_card(f.read(MAX_CARD_BYTES + 1), card_path)
+
+
+def _check_regular(path: str) -> None:
+    """A FIFO or a device (a link to /dev/zero) where a store's file belongs: reading it blocks or
+    never ends, and a predictor would hang at load without saying why (a serving review)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise DamagedStoreError(f"{path} is not a regular file")
 
 
 def _parse_card(data: bytes, where: str) -> dict:
@@ -816,8 +826,7 @@ def verify_files(path: str, card: dict) -> None:
             full = os.path.join(path, rel)
             if not _local_exists(full):
                 raise DamagedStoreError(f"{full} is missing")
-            if not stat.S_ISREG(os.stat(full).st_mode):  # a FIFO or /dev/zero: hashing it never ends
-                raise DamagedStoreError(f"{full} is not a regular file")
+            _check_regular(full)
             if sha256_file(full) != digest:
                 raise DamagedStoreError(f"checksum mismatch for {full}: the file was modified or corrupted")
 

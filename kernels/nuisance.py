@@ -546,8 +546,12 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
     y_hat, t_hat = nuisance_predictions(fitted, XW[test], discrete)
     if not with_scores:
         return y_hat, t_hat, {}
-    # Scored under the rows' weights, as the models were fit: a weight of 0 leaves a row out.
+    # Scored under the rows' weights, as the models were fit: a weight of 0 leaves a row out. A
+    # fold of none but such rows (whole groups a survey dropped) has no score: NaN, not an error.
     w = None if sample_weight is None else sample_weight[test]
+    if w is not None and not (w > 0).any():
+        names = ["y_r2", *(["t_log_loss", "t_auc"] if discrete else ["t_r2"])]
+        return y_hat, t_hat, dict.fromkeys(names, float("nan"))
     scores = {"y_r2": float(r2_score(Y[test], y_hat, sample_weight=w))}
     if discrete:
         scores["t_log_loss"] = float(log_loss(T[test], t_hat, labels=[0.0, 1.0], sample_weight=w))

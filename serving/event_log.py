@@ -24,7 +24,7 @@ import time
 
 from prometheus_client import Counter, Gauge
 
-from tauforge.components.events import remove_events, unstorable, write_events
+from tauforge.components.events import RECORD_ERRORS, remove_events, unstorable, write_events
 
 log = logging.getLogger("tauforge.serving")
 MAX_RETRY_SECONDS = 60.0
@@ -150,9 +150,9 @@ class EventLog:
         try:
             paths = write_events(records, self.directory, *self._retry_name)
         except Exception as exc:  # noqa: BLE001 (a full disk or a lost store must not kill the writer; retry later)
-            # A store that fails raises OSError; anything else may be a record no retry can write
-            # (the scan costs a table per record, so only then).
-            bad = set() if isinstance(exc, OSError) else unstorable(records)
+            # Only an error a record can cause starts the scan: it costs a table per record, and a
+            # store that is down (OSError, or botocore's own errors) must not pay it every retry.
+            bad = unstorable(records) if isinstance(exc, RECORD_ERRORS) and not isinstance(exc, OSError) else set()
             if bad:  # dropped and counted, or they block every other record forever
                 log.error("dropping %d event-log records the log's schema cannot hold (%s: %s)", len(bad),
                           type(exc).__name__, exc)

@@ -10,6 +10,7 @@ import math
 import reprlib
 import struct
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,8 +187,12 @@ class RowParser:
             raise RequestError(f"row {row}: {UNIT_ID_FIELD} {exc}") from None
         if unit is not None and len(unit) > MAX_ID_LENGTH:  # 1e300 is 301 characters once written out
             raise RequestError(f"row {row}: {UNIT_ID_FIELD} is {len(unit)} characters long; at most {MAX_ID_LENGTH}")
-        if unit is not None and not (unit and unit.isprintable()):  # "", control characters, lone surrogates
-            raise RequestError(f"row {row}: {UNIT_ID_FIELD} {reprlib.repr(unit)} must be non-empty printable text")
+        # "" (one unit of every such row), control characters and lone surrogates (Parquet cannot
+        # store them: one failed every later write of the event log). Format characters (a
+        # zero-width joiner in an emoji or Persian text) and unusual spaces are ids like any other.
+        if unit is not None and (not unit or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in unit)):
+            raise RequestError(f"row {row}: {UNIT_ID_FIELD} {reprlib.repr(unit)} must be non-empty text without "
+                               "control characters")
         return unit
 
     @staticmethod

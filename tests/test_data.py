@@ -152,6 +152,9 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
      "timestamp column 'ts' holds text that is neither a time nor a number (first at row 0: 'soon')"),
     (lambda d: d.assign(ts=[f"2020-02-{1 + i % 28:02d}" if i != 150 else "2020-02-30" for i in d.index]),
      {"timestamp": "ts"}, "neither a time nor a number (first at row 150: '2020-02-30')"),
+    # Read day first, 2020-13-05 is a date (13 May) and every other date swaps its day and month.
+    (lambda d: d.assign(ts=[f"{2000 + i // 12}-{1 + i % 12:02d}-05" if i != 150 else "2012-13-05" for i in d.index]),
+     {"timestamp": "ts"}, "neither a time nor a number (first at row 150: '2012-13-05')"),
     (lambda d: d, {"assignment": "randomized"}, "needs the known propensity"),
     (lambda d: d.assign(treated=d.age), {"assignment": "randomized", "propensity": 0.5}, "needs a binary treatment"),
     (lambda d: d, {"assignment": "randomized", "propensity": 0.1},
@@ -218,6 +221,9 @@ def test_a_dose_between_0_and_1_is_continuous_not_0_1_up_to_rounding():
     # Every value rounds to 0 or 1, but only values within rounding error of them are a 0/1 column.
     df = table().assign(share=np.random.default_rng(2).uniform(0, 1, 200))
     assert validate(df, spec(treatment="share", covariates=["age"])).spec.treatment_type == "continuous"
+    # Nor is a dose on a tiny scale, whose values all round to 0 (the diff review: it was refused).
+    df = table().assign(molar=np.random.default_rng(2).uniform(0, 8e-10, 200))
+    assert validate(df, spec(treatment="molar", covariates=["age"])).spec.treatment_type == "continuous"
 
 
 def test_a_group_per_row_is_said_in_a_warning():

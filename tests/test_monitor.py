@@ -950,6 +950,10 @@ def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path)
     # A CSV's ids as written: 007 stays "007" (the log's), not 7.
     pd.DataFrame({"unit_id": ["007", "010"], "outcome": [1.0, 2.0]}).to_csv(tmp_path / "ids.csv", index=False)
     assert read_outcomes(str(tmp_path / "ids.csv"))["unit_id"].tolist() == ["007", "010"]
+    # And NA is a unit the server logged as given (Namibia), not a missing id (the diff review:
+    # its outcomes were dropped once training tables read an unquoted NA as missing).
+    (tmp_path / "na.csv").write_text("unit_id,outcome\nNA,1.5\nUS,2.0\n")
+    assert read_outcomes(str(tmp_path / "na.csv"))["unit_id"].tolist() == ["NA", "US"]
     with pytest.raises(ValueError, match="outcomes: data source .*missing.parquet' does not exist"):
         read_outcomes(str(tmp_path / "missing.parquet"))
     frame.assign(row=[0, None, 0]).to_csv(tmp_path / "no-row.csv", index=False)  # that one is left out, as before
@@ -1126,6 +1130,10 @@ def test_shadow_rows_pair_on_request_row_and_inputs_where_callers_reuse_request_
     assert len(pairs) == 300
     np.testing.assert_array_equal(pairs["cate_shadow"], shadow["cate"].head(300))
     assert ShadowAgreement().run(check_inputs(live, live, shadow=shadow)).summary == unique
+    # A challenger with a covariate of its own: read from one log, the champion's rows hold NaN
+    # there, which decides nothing (the diff review: no pair was left).
+    extra = shadow.assign(**{"input.x_new": 1.0})
+    assert len(with_shadow(live.assign(**{"input.x_new": np.nan}), extra, ["cate"])) == 300
 
 
 def test_shadow_agreement_compares_both_top_deciles_and_the_signs():

@@ -150,6 +150,14 @@ def test_out_of_fold_scores_count_the_rows_weights(discrete):
         assert scores["t_auc"] == pytest.approx(roc_auc_score(T[counted], t_hat[at]), abs=1e-9)
     else:
         assert scores["t_r2"] == pytest.approx(r2_score(T[counted], t_hat[at]), abs=1e-9)
+    # A fold of rows of weight 0 only (whole groups a survey dropped) has no score, and the
+    # mean over folds leaves it out; it failed the nuisance step (the diff review).
+    from tauforge.components.nuisance import mean_score
+
+    _, _, none = fit_nuisance(X, Y, T, train, test[w[test] == 0], model_y=LinearRegression(), model_t=model_t,
+                              discrete=discrete, seed=0, sample_weight=w)
+    assert set(none) == set(scores) and all(np.isnan(v) for v in none.values())
+    assert mean_score([scores["y_r2"], none["y_r2"]]) == scores["y_r2"] and np.isnan(mean_score([np.nan]))
 
 
 def test_a_large_fit_samples_its_additive_part(monkeypatch):

@@ -534,8 +534,9 @@ def test_a_link_to_a_folder_planted_in_a_version_fails_its_verification(model_di
         store.set_alias("m", "champion", 1)
 
 
-@pytest.mark.parametrize("planted", ["fifo", "dev_zero"])
-def test_a_fifo_or_device_in_place_of_a_file_fails_verification_at_once(model_dir, tmp_path, planted):
+@pytest.mark.parametrize("planted, name", [("fifo", "report.html"), ("dev_zero", "report.html"),
+                                           ("fifo", "model_card.json")])
+def test_a_fifo_or_device_in_place_of_a_file_fails_verification_at_once(model_dir, tmp_path, planted, name):
     # A serving review: hashing a FIFO blocked in open() and a link to /dev/zero read forever, so
     # a predictor never became ready and never said why. The load runs in a thread here, so a
     # regression fails this test instead of hanging the suite.
@@ -544,7 +545,7 @@ def test_a_fifo_or_device_in_place_of_a_file_fails_verification_at_once(model_di
     from tauforge.components.registry import DamagedStoreError
 
     store = store_with(model_dir, tmp_path, 1)
-    report = os.path.join(store.root, "m", "1", "report.html")
+    report = os.path.join(store.root, "m", "1", name)  # the card is read before the files are verified
     os.chmod(os.path.dirname(report), 0o755)  # published folders are read-only to their writer
     os.remove(report)
     if planted == "fifo":
@@ -564,7 +565,7 @@ def test_a_fifo_or_device_in_place_of_a_file_fails_verification_at_once(model_di
     loading.join(timeout=20)
     if loading.is_alive() and planted == "fifo":  # release the blocked open() before failing
         os.close(os.open(report, os.O_WRONLY | os.O_NONBLOCK))
-    assert not loading.is_alive() and raised and raised[0].endswith("report.html is not a regular file")
+    assert not loading.is_alive() and raised and raised[0].endswith(f"{name} is not a regular file")
 
 
 def test_a_card_or_forest_metadata_padded_past_its_cap_is_refused_unread(model_dir, tmp_path):

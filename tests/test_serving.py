@@ -292,11 +292,11 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     # A serving review: a lone surrogate failed the canary's hash (a 500) and every later write of
     # the event log, other callers' rows with it; an empty id made one "unit" of all such rows.
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "\ud800"}]}, 400,
-     "row 0: unit_id '\\ud800' must be non-empty printable text"),
+     "row 0: unit_id '\\ud800' must be non-empty text without control characters"),
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": ""}]}, 400,
-     "row 0: unit_id '' must be non-empty printable text"),
+     "row 0: unit_id '' must be non-empty text without control characters"),
     (f"/v1/models/{MODEL}:predict", {"instances": [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": "a\nb"}]}, 400,
-     "must be non-empty printable text"),
+     "must be non-empty text without control characters"),
     # A mutation test: each refusal below was dropped or loosened without a test failing.
     (f"/v1/models/{MODEL}:predict", {"instances": [[0.0] * 5] * 10_001}, 400,
      "10001 rows in one request; the limit is 10000"),
@@ -361,6 +361,12 @@ def test_a_unit_id_sent_as_text_integer_or_whole_float_is_one_unit_in_process():
 
     rows = [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": u} for u in ("7", 7, 7.0, 12345678901234567890, None)]
     assert RowParser(COLUMNS).v1({"instances": rows}).unit_ids == ["7", "7", "7", "12345678901234567890", None]
+    # Format characters and unusual spaces are ids too (the diff review: a zero-width joiner in an
+    # emoji or in Persian text, and a no-break space, were refused); control characters are not.
+    legit = ["\xa0NBSP", "\U0001F468\u200d\U0001F469\u200d\U0001F467", "x\u3000y", "soft\u00adhyphen",
+             "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"]
+    rows = [{**dict.fromkeys(COLUMNS, 0.0), "unit_id": u} for u in legit]
+    assert RowParser(COLUMNS).v1({"instances": rows}).unit_ids == legit
 
 
 def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_http_and_grpc(with_grpc):
@@ -620,6 +626,32 @@ def test_a_record_the_log_cannot_store_is_dropped_and_counted_and_the_others_are
     assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(1, 6)]
 
 
+def test_a_store_that_is_down_costs_no_scan_for_unstorable_records(tmp_path, monkeypatch):
+    # The diff review: s3fs passes botocore's connection errors through (no OSError), and each
+    # retry scanned the whole backlog for unstorable records (6 s for 50,000 rows, in the
+    # server's process). A fake stands in for the unreachable store: the write raises as it does.
+    from tauforge.serving import event_log
+
+    class EndpointConnectionError(Exception):  # botocore's, which is no OSError
+        pass
+
+    def unreachable(*args, **kwargs):
+        raise EndpointConnectionError("Could not connect to the endpoint URL")
+
+    scans = []
+    monkeypatch.setattr(event_log, "write_events", unreachable)
+    monkeypatch.setattr(event_log, "unstorable", lambda records: scans.append(len(records)) or set())
+    log = EventLog(str(tmp_path), rotate_rows=10**6, rotate_seconds=3600)
+    try:
+        records = [event_record(time=0.0, request_id="r0", row=0, unit_id=None, model=MODEL, version=1,
+                                role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})]
+        assert log._write(records) == records  # kept for the next attempt
+        assert scans == []
+    finally:
+        log.close_timeout = 0.1
+        log.close()
+
+
 def test_explore_seeds_read_back_exactly_beside_rows_without_one(tmp_path):
     # A serving review: beside a shadow's rows (no seed) the column was read as float64, a 63-bit
     # seed lost its low bits, and 190 of 500 logged draws no longer replayed.
@@ -633,6 +665,12 @@ def test_explore_seeds_read_back_exactly_beside_rows_without_one(tmp_path):
     write_events(records, str(tmp_path), seq=1)
     seeds = read_events(str(tmp_path)).set_index("request_id").explore_seed
     assert int(seeds["r0"]) == seed and seeds.isna()["r1"]  # int(): NumPy compares a float and an int as floats
+    # A file of another writer without the column reads as before (the diff review: a KeyError).
+    import pyarrow.parquet as pq
+
+    for path in tmp_path.rglob("*.parquet"):
+        pq.write_table(pq.read_table(path).drop_columns(["explore_seed"]), path)
+    assert "explore_seed" not in read_events(str(tmp_path)).columns
 
 
 COUNT_ERRORS = textwrap.dedent("""
