@@ -143,12 +143,13 @@ class ValidatedData:
         return self._group_codes
 
 
-def read_table(source: str, id_columns=(), missing_ids: bool = True) -> pd.DataFrame:
+def read_table(source: str, id_columns=()) -> pd.DataFrame:
     """Read Parquet or CSV (by extension; a directory is a Parquet dataset) from a path or an
     fsspec URI, with pyarrow. A CSV's `id_columns` (those it has) are read as text, not inferred:
-    an id written 007 stays "007", as a request or a Parquet file of strings gives it. With
-    `missing_ids`, an unquoted NA, null or NaN there is a missing id (R writes missing values so);
-    without, it is the id as written (outcomes joined to ids the server logged as given)."""
+    an id written 007 stays "007", as a request or a Parquet file of strings gives it. An empty
+    cell there is a missing id; so is an unquoted NA (or null, NaN) in a file that quotes its text,
+    as R's write.csv writes a missing value beside quoted names. In a file that quotes nothing
+    (pandas' to_csv), NA is a name (Namibia's code), as the server logs it."""
     import fsspec
     import pyarrow
     import pyarrow.csv
@@ -160,8 +161,10 @@ def read_table(source: str, id_columns=(), missing_ids: bool = True) -> pd.DataF
     try:
         if path.lower().endswith((".csv", ".csv.gz")):
             with fs.open(path, "rb", compression="infer") as f:
+                quotes_text = b'"' in f.read(1 << 16)
+                f.seek(0)
                 as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in id_columns if c},
-                                                     strings_can_be_null=missing_ids,
+                                                     strings_can_be_null=quotes_text,
                                                      quoted_strings_can_be_null=False)
                 table = pyarrow.csv.read_csv(f, convert_options=as_text).to_pandas()
             for c in id_columns:  # an empty cell is a missing id (Parquet's null), not the id ''

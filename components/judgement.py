@@ -198,8 +198,7 @@ def read_outcomes(path: str) -> pd.DataFrame:
     from .data import read_table
 
     try:
-        # Ids as the server logged them: a unit named NA (Namibia) is a unit, not a missing id.
-        outcomes = read_table(path, id_columns=["request_id", "unit_id"], missing_ids=False)
+        outcomes = read_table(path, id_columns=["request_id", "unit_id"])
     except ValueError as exc:
         raise ValueError(f"outcomes: {exc}") from None
     return check_outcomes(outcomes, f"outcomes {path}")

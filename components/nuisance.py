@@ -264,7 +264,7 @@ class Residuals:
 def mean_score(scores: list[float]) -> float:
     """The folds' mean out-of-fold score, over the folds that have one (a fold of rows of weight 0
     only has none: NaN); NaN if none has."""
-    scored = [s for s in scores if np.isfinite(s)]
+    scored = [s for s in scores if not np.isnan(s)]  # -inf (a model that diverged) must show
     return float(np.mean(scored)) if scored else float("nan")
 
 

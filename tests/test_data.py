@@ -268,17 +268,25 @@ def test_a_csv_that_is_not_utf8_or_not_comma_separated_is_refused_with_the_cure(
             read_table(str(tmp_path / name))
 
 
-def test_a_csvs_unquoted_NA_is_a_missing_group_not_a_group_named_NA(tmp_path):
-    # A review: R's write.csv writes a missing value as NA unquoted; the 40 missing households
-    # became one household named 'NA', which moved the folds and the clustered errors silently.
-    # Quoted, "NA" is a name (Namibia's code) and stays one.
+def test_a_csvs_unquoted_NA_is_missing_where_the_file_quotes_its_text_and_a_name_where_it_does_not(tmp_path):
+    # A review: R's write.csv writes a missing value as NA unquoted beside quoted names; the 40
+    # missing households became one household named 'NA', which moved the folds and the clustered
+    # errors silently. Quoted, "NA" is a name (Namibia's code). A file that quotes nothing
+    # (pandas' to_csv, whose missing value is an empty cell) keeps NA as a name: the diff review
+    # saw outcomes of the unit NA dropped, and an R file refused, under one rule for both.
+    import csv
+
     df = table().assign(hh=[str(i // 5) for i in range(200)])
     df.loc[df.index % 5 == 0, "hh"] = None
-    df.to_csv(tmp_path / "t.csv", index=False, na_rep="NA")
+    df.to_csv(tmp_path / "r.csv", index=False, na_rep="NA", quoting=csv.QUOTE_NONNUMERIC)
+    (tmp_path / "r.csv").write_text((tmp_path / "r.csv").read_text().replace('"NA"', "NA"))  # R leaves NA bare
     with pytest.raises(DataValidationError, match=r"group column 'hh' has 40 missing value\(s\) \(first at row 0"):
-        validate(read_table(str(tmp_path / "t.csv"), id_columns=["hh"]), spec(group="hh"))
-    (tmp_path / "quoted.csv").write_text('hh,x\n"NA",1\nUS,2\n')
-    assert read_table(str(tmp_path / "quoted.csv"), id_columns=["hh"])["hh"].tolist() == ["NA", "US"]
+        validate(read_table(str(tmp_path / "r.csv"), id_columns=["hh"]), spec(group="hh"))
+    (tmp_path / "quoted.csv").write_text('hh,x\n"NA",1\nNA,2\n"US",3\n')
+    (tmp_path / "plain.csv").write_text("hh,x\nNA,1\n,2\nUS,3\n")
+    for name in ("quoted.csv", "plain.csv"):
+        hh = read_table(str(tmp_path / name), id_columns=["hh"])["hh"]
+        assert [None if pd.isna(v) else v for v in hh] == ["NA", None, "US"], name
 
 
 def test_duplicate_column_names_are_refused():
