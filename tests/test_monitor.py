@@ -1033,6 +1033,33 @@ def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_
     assert id_string("u" * 300) == "u" * 300
 
 
+def test_the_log_reads_in_time_order_since_counts_its_own_second_and_allows_a_day_of_clock_skew(tmp_path):
+    # A mutation test of the reader: unsorted frames (files in name order, rows as written), a
+    # `since` that left out records logged at it, and no day's margin for a pod whose clock runs
+    # behind (its file filed under the day before) passed every test.
+    import datetime
+
+    from tauforge.components.events import event_record, id_string, read_events, write_events
+
+    def records(times):
+        return [event_record(time=t, request_id=f"r{t:g}", row=0, unit_id=None, model="m", version=1,
+                             role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+                for t in times]
+
+    write_events(records([3.0, 1.0, 2.0]), str(tmp_path / "order"), seq=1)
+    write_events(records([0.0]), str(tmp_path / "order"), seq=2)
+    assert list(read_events(str(tmp_path / "order")).request_id) == ["r0", "r1", "r2", "r3"]
+    assert list(read_events(str(tmp_path / "order"), since=2.0).request_id) == ["r2", "r3"]
+    since = datetime.datetime(2026, 3, 10, 0, 30, tzinfo=datetime.UTC).timestamp()
+    behind = datetime.datetime(2026, 3, 9, 23, 59, tzinfo=datetime.UTC)  # the writer's clock, 31 minutes behind
+    write_events(records([since + 60]), str(tmp_path / "skew"), seq=1, stamp=behind)
+    assert len(read_events(str(tmp_path / "skew"), since=since)) == 1
+    # A unit id True is no unit 1 (bool is an int in Python); NaN, a missing id in a numeric column, is None.
+    with pytest.raises(ValueError, match="must be a string or an integer"):
+        id_string(True)
+    assert id_string(float("nan")) is None and id_string(np.float32(7.0)) == id_string(np.int64(7)) == "7"
+
+
 def check_inputs(live, reference, covariates=(), shadow=None):
     """What a check reads, rows independent (a group each), for calling one check alone."""
     from tauforge.components.monitor import MonitorConfig, MonitorInputs

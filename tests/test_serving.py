@@ -567,6 +567,94 @@ def test_an_event_log_that_cannot_write_retries_with_pauses_and_keeps_a_bounded_
     assert log.lost_rows == 36  # this log's own count, which `tauforge serve` exits by
 
 
+def _records(ids, model=MODEL):
+    return [event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model=model, version=1,
+                         role="champion", cate=0.0, lower=0.0, upper=0.0, latency_ms=1.0, inputs={"x0": 0.0})
+            for i in ids]
+
+
+def _until(condition, seconds=5.0):
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_event_log_writes_once_rotate_rows_gather_and_each_batch_under_a_name_of_its_own(tmp_path):
+    # A mutation test of the log: a batch written only past rotate_rows (<= for <), and a batch
+    # name kept after its write succeeded (the next batch replaced its file: rows lost) passed
+    # every test, whose servers write one file at SIGTERM.
+    log = EventLog(str(tmp_path), rotate_rows=3, rotate_seconds=3600)
+    try:
+        for i in range(3):
+            log.append(_records([i]))
+        assert _until(lambda: len(log.files_written) == 1)  # not waiting for the hour, nor for close
+        log.append(_records(range(3, 6)))
+        assert _until(lambda: len(log.files_written) == 2)
+    finally:
+        log.close()
+    assert len(set(log.files_written)) == 2
+    assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(6)]
+
+
+def test_a_steady_trickle_of_records_is_written_once_the_oldest_is_rotate_seconds_old(tmp_path):
+    # "Once the oldest unwritten record is rotate_seconds old": a deadline pushed back by every
+    # append (a mutation test) never wrote a server's records while requests kept coming.
+    log = EventLog(str(tmp_path), rotate_rows=10**6, rotate_seconds=0.3)
+    try:
+        for i in range(20):  # one record every 50 ms for a second
+            log.append(_records([i]))
+            time.sleep(0.05)
+        assert log.files_written  # the first records, written while the others came
+    finally:
+        log.close()
+
+
+def test_an_event_log_that_cannot_write_retries_on_its_own_after_pauses_of_1_then_2_seconds(tmp_path):
+    # A mutation test of the log: pauses that did not double, and a failed write retried only
+    # when the next record came (an idle server kept its records until shutdown), passed every test.
+    from tauforge.serving import event_log
+
+    blocker = tmp_path / f"model={MODEL}"
+    blocker.write_text("a file where the partition folder goes")
+    errors_before = event_log.WRITE_ERRORS._value.get()
+    failed_at = []  # when each failed attempt was seen: only lower bounds are asserted, which a
+    # loaded machine cannot break (a late thread only widens the gaps)
+    log = EventLog(str(tmp_path), rotate_rows=1)
+    try:
+        log.append(_records([0]))
+        for attempts in (1, 2):
+            assert _until(lambda n=attempts: event_log.WRITE_ERRORS._value.get() - errors_before >= n, seconds=30)
+            failed_at.append(time.monotonic())
+        blocker.unlink()
+        assert _until(lambda: log.files_written, seconds=30)  # the third attempt, with nothing to prompt it
+        written_at = time.monotonic()
+    finally:
+        log.close()
+    assert failed_at[1] - failed_at[0] > 0.9 and written_at - failed_at[1] > 1.9  # pauses of 1 s, then 2 s
+    assert list(read_events(str(tmp_path)).request_id) == ["r0"]
+
+
+def test_a_batch_retried_within_the_day_replaces_what_an_earlier_attempt_stored(tmp_path):
+    # A PUT that timed out yet stored its object: the retry keeps the batch's name, so the object
+    # is replaced, not added to (a mutation test: a retry under a new name logged each record
+    # twice). The earlier attempt's object is planted as it would have been left.
+    import datetime
+
+    from tauforge.components.events import write_events
+
+    records = _records(range(4))
+    first_attempt = datetime.datetime.now(datetime.UTC)
+    write_events(records, str(tmp_path), seq=1, stamp=first_attempt)
+    log = EventLog(str(tmp_path), rotate_rows=10**6, rotate_seconds=3600)  # its writer waits: _write is called here
+    try:
+        log._seq, log._retry_name = 1, (1, first_attempt)  # the writer's state after that attempt "failed"
+        assert log._write(records) == []
+    finally:
+        log.close()
+    assert sorted(read_events(str(tmp_path)).request_id) == [f"r{i}" for i in range(4)]  # each once
+
+
 def test_a_server_whose_event_log_lost_records_exits_non_zero_saying_so(store, tmp_path):
     # An interrupt review: it logged "they are lost", then exited 0, so a pod's end looked clean.
     log_dir = tmp_path / "events"
@@ -702,6 +790,126 @@ COUNT_ERRORS = textwrap.dedent("""
     counts.append(failed_request())
     print(json.dumps(counts))
 """)
+
+
+CANARY_IN_PROCESS = textwrap.dedent("""
+    import asyncio, json, sys
+    import numpy as np
+    from kserve.protocol.infer_type import InferInput, InferRequest
+    from prometheus_client import REGISTRY
+    from tauforge.serving.server import build_model
+
+    store, name, log_dir = sys.argv[1:4]
+    model = build_model(store=store, model=name, version=1, challenger=2, mode="canary", percent=50, explore=0.5,
+                        log_dir=log_dir)
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    rows = [{**{f"x{j}": float(v) for j, v in enumerate(x)}, "unit_id": f"u{i}"} for i, x in enumerate(X)]
+    v1 = asyncio.run(model.predict({"instances": rows}, {"x-request-id": "canary-v1"}))
+    tensors = [InferInput(f"x{j}", [40], "FP64", X[:, j].tolist()) for j in range(5)]
+    tensors.append(InferInput("unit_id", [40], "BYTES", [f"u{i}" for i in range(40)]))
+    v2 = asyncio.run(model.predict(InferRequest(name, tensors), {"x-request-id": "canary-v2"}))
+    model.close()
+    print(json.dumps({
+        "X": X.tolist(), "v1": v1["predictions"], "v2_model_version": v2.model_version,
+        "v2": {o.name: [o.datatype, list(o.data)] for o in v2.outputs},
+        "metadata": {o["name"]: o["datatype"] for o in model.get_output_types()},
+        "metrics": {f"{metric} {version} {role}": REGISTRY.get_sample_value(
+                        metric, {"model": name, "version": version, "role": role}) or 0.0
+                    for metric in ("tauforge_rows_total", "tauforge_request_latency_seconds_count")
+                    for version, role in (("1", "champion"), ("2", "challenger"), ("2", "champion"))}}))
+""")
+
+
+def test_a_canarys_log_metrics_and_v2_answer_keep_each_rows_version_role_and_action(store, tmp_path):
+    # A mutation test of serving: a canary answers a request's rows in two groups (the champion's,
+    # then the challenger's). Records filled by their place in that order instead of by row (the
+    # drawn action, the inputs, the unit id), the challenger's rows counted under the champion's
+    # labels, a V2 version tensor of FP64 where the metadata says INT64, or one model_version
+    # claimed for a mixed answer: each passed every test. In a process of its own (kserve).
+    done = subprocess.run([sys.executable, "-c", CANARY_IN_PROCESS, store, MODEL, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    answers = got["v1"]
+    by_version = {v: sum(p["version"] == v for p in answers) for v in (1, 2)}
+    assert by_version[1] and by_version[2], by_version  # 40 units at 50%: both arms (the hash is fixed)
+    assert {(p["version"], p["role"]) for p in answers} == {(1, "champion"), (2, "challenger")}
+    events = read_events(str(tmp_path)).set_index(["request_id", "row"])
+    assert len(events) == 80
+    for i, p in enumerate(answers):
+        logged = events.loc[("canary-v1", i)]
+        assert (logged.version, logged.role, logged.unit_id) == (p["version"], p["role"], f"u{i}")
+        assert (logged.cate, logged.action, logged.propensity) == (p["cate"], p["action"], p["propensity"])
+        assert [logged[f"input.{c}"] for c in COLUMNS] == got["X"][i]
+    # Each version's requests, rows and latency under its own labels (twice: V1 and V2).
+    metrics = got["metrics"]
+    assert metrics["tauforge_rows_total 1 champion"] == 2 * by_version[1]
+    assert metrics["tauforge_rows_total 2 challenger"] == 2 * by_version[2]
+    assert metrics["tauforge_request_latency_seconds_count 2 challenger"] == 2
+    assert metrics["tauforge_rows_total 2 champion"] == 0
+    assert metrics["tauforge_request_latency_seconds_count 2 champion"] == 0
+    # V2: each output of the datatype the metadata names; a mixed answer names no single version.
+    assert {name: datatype for name, (datatype, _) in got["v2"].items()} == got["metadata"]
+    assert got["v2"]["version"][1] == [p["version"] for p in answers]  # the same unit meets the same version
+    assert got["v2_model_version"] is None
+
+
+SHADOW_IN_PROCESS = textwrap.dedent("""
+    import asyncio, json, sys, time
+    import numpy as np
+    from prometheus_client import REGISTRY
+    from tauforge.serving.server import build_model
+
+    store, name, log_dir = sys.argv[1:4]
+    model = build_model(store=store, model=name, version=1, challenger=2, mode="shadow", log_dir=log_dir,
+                        shadow_timeout=0.5)
+    challenger, slow = model.scorers["challenger"], [True]
+    real_score = challenger.score
+
+    def score(X):
+        if slow[0]:
+            time.sleep(2.0)  # past the shadow's 0.5 s
+        return real_score(X)
+
+    challenger.score = score
+
+    def sample(metric, **kind):
+        return REGISTRY.get_sample_value(metric, {"model": name, "version": "2", "role": "shadow", **kind}) or 0.0
+
+    async def main():
+        X = np.random.default_rng(1).normal(size=(30, 5))
+        await model.predict({"instances": X.tolist()}, {"x-request-id": "late"})
+        await asyncio.sleep(1.0)  # the shadow's timeout has passed; its thread still sleeps
+        timed_out = [sample("tauforge_errors_total", kind=kind) for kind in ("timeout", "scoring")]
+        slow[0] = False
+        answer = await model.predict({"instances": X.tolist()}, {"x-request-id": "in-time"})
+        await model.drain()
+        return timed_out, [p["cate"] for p in answer["predictions"]]
+
+    timed_out, cate = asyncio.run(main())
+    print(json.dumps({"timed_out": timed_out, "champion_cate": cate,
+                      "answered": sample("tauforge_requests_total"),
+                      "action_disagreements": sample("tauforge_shadow_action_disagreements_total")}))
+""")
+
+
+def test_a_shadow_past_its_timeout_is_counted_as_one_and_logs_nothing_and_its_disagreements_are_counted(store,
+                                                                                                        tmp_path):
+    # A mutation test of serving: the shadow's timeout left out (a late answer logged as if in
+    # time), a timeout counted as a scoring failure, and a count of agreeing actions in place of
+    # disagreeing ones each passed every test. In a process of its own (kserve).
+    done = subprocess.run([sys.executable, "-c", SHADOW_IN_PROCESS, store, MODEL, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["timed_out"] == [1, 0] and got["answered"] == 1
+    events = read_events(str(tmp_path))
+    shadow = events[events.role == "shadow"]
+    assert set(shadow.request_id) == {"in-time"} and len(shadow) == 30  # the late answer is not logged
+    champion = events[(events.role == "champion") & (events.request_id == "in-time")].sort_values("row")
+    np.testing.assert_array_equal(champion.cate, got["champion_cate"])
+    pairs = champion.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+    assert got["action_disagreements"] == int(((pairs.cate > 0) != (pairs.cate_shadow > 0)).sum())
 
 
 def test_a_failure_outside_scoring_counts_in_the_error_rate_once(store):
@@ -1319,3 +1527,29 @@ def test_routing_refuses_settings_under_which_it_would_judge_nothing():
     with pytest.raises(ValueError, match=r"canary percent must be in \[0, 100\], got 150"):
         make_routing("canary", 150)
     assert make_routing("shadow", 100, 0.5).timeout_seconds == 0.5
+
+
+def test_a_shadow_mirrors_about_its_share_of_requests_and_the_split_ends_are_all_or_none():
+    # A mutation test of serving: a mirror that compared the hash with the percent (not percent /
+    # 100) sent every request to the shadow, a canary of 100% was refused, a shadow timeout of 0
+    # accepted; each passed every test. The requests mirrored at 20% are Binomial(10,000, 0.2):
+    # the band holds that count with probability 0.999 (binom.ppf(0.0005, ...) and
+    # binom.isf(0.0005, ...)); a mirror of 25% passes it with probability 2e-18, of 15% never.
+    # (The ids are fixed, so the count is too: 2065.)
+    from tauforge.serving.routing import CanaryRouting, ShadowRouting
+
+    requests = [f"request-{i}" for i in range(10_000)]
+    assert 1869 <= sum(ShadowRouting(20).mirror(r) for r in requests) <= 2133
+    assert not any(ShadowRouting(0).mirror(r) for r in requests) and all(ShadowRouting(100).mirror(r) for r in requests)
+    units = [f"unit-{i}" for i in range(10_000)]
+    assert set(CanaryRouting(100, "uplift:2").assign(units, "r")) == {"challenger"}
+    assert set(CanaryRouting(0, "uplift:2").assign(units, "r")) == {"champion"}
+    with pytest.raises(ValueError, match="shadow timeout must be a positive number of seconds, got 0"):
+        make_routing("shadow", 100, 0)
+
+
+def test_exploration_recommends_treating_only_above_the_threshold_and_never_explores_at_epsilon_0():
+    # "Where the CATE exceeds the threshold": a CATE at the threshold is not treated (a mutation
+    # test: >= passed every test, as the forest's CATE is never exactly 0).
+    recommended, drawn, propensity = EpsilonGreedy(0.0, threshold=0.5).decide(np.array([0.4, 0.5, 0.6]), seed=3)
+    assert recommended.tolist() == drawn.tolist() == [0, 0, 1] and propensity.tolist() == [1.0, 1.0, 1.0]
