@@ -293,10 +293,10 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
             if col.isna().all():  # a CSV column with no value reads as nulls, typed object
                 fail(f"column {c!r} is empty: missing in every row; drop it")
             try:
-                numbers = pd.to_numeric(col.astype(object), errors="coerce")
+                as_numbers = pd.to_numeric(col.astype(object), errors="coerce")
             except (TypeError, ValueError):  # lists, dicts: nothing to convert
-                numbers = pd.Series(np.nan, index=col.index)
-            unread = (numbers.isna() & col.notna()).to_numpy()
+                as_numbers = pd.Series(np.nan, index=col.index)
+            unread = (as_numbers.isna() & col.notna()).to_numpy()
             if unread.any():
                 row = int(np.argmax(unread))
                 value = col.iloc[row]

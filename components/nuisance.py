@@ -330,5 +330,6 @@ def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed:
                            int(seed), progress=True)
     result.save(residuals.path)
     for name, values in result.scores.items():
-        if np.isfinite(mean_score(values)):  # KFP's metrics hold no NaN (the task failed on one)
-            metrics.log_metric(f"nuisance_{name}", mean_score(values))
+        mean = mean_score(values)
+        if np.isfinite(mean):  # KFP's metrics hold no NaN or inf (a task failed on one)
+            metrics.log_metric(f"nuisance_{name}", mean)
