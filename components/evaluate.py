@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tauforge.kernels._inputs import weighted_rows
 from tauforge.kernels.ate import debiased_scores, propensity_clip
 from tauforge.kernels.progress import progress_steps
 
@@ -190,11 +191,6 @@ def treatment_variance_overlap(t_var: np.ndarray, t_res: np.ndarray, sample_weig
             "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
 
 
-def _counted_rows(sample_weight: np.ndarray | None) -> slice | np.ndarray:
-    """The rows that take part in the estimate: rows of weight 0 do not, nor in its diagnostics."""
-    return slice(None) if sample_weight is None else sample_weight > 0
-
-
 def _smd(Z: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted mean difference between arms over the unweighted pooled standard deviation."""
     m1 = np.average(Z[T == 1], axis=0, weights=w[T == 1])
@@ -211,17 +207,16 @@ def balance(data: ValidatedData, t_hat: np.ndarray | None = None) -> dict:
     propensity (binary), or correlations with T (continuous)."""
     a, spec = data.arrays(), data.spec
     columns = spec.covariates + spec.controls
-    counted = _counted_rows(a["sample_weight"])
-    Z = (a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]]))[counted]
-    T = a["T"][counted]
+    # The rows that take part in the estimate (rows of weight 0 do not), with their weights.
+    Z = a["X"] if a["W"] is None else np.hstack([a["X"], a["W"]])
+    rows, Z, T, *e_hat, _ = weighted_rows(a["sample_weight"], Z, a["T"], *([] if t_hat is None else [t_hat]))
     weighted = None
     if spec.binary:
         stat, kind = _smd(Z, T, np.ones(len(T))), "smd"
-        if t_hat is not None:
+        if e_hat:
             clip = propensity_clip(a["T"], MIN_PROPENSITY, a["sample_weight"])  # the model's clip
-            e = np.clip(t_hat[counted], clip, 1 - clip)
+            e = np.clip(e_hat[0], clip, 1 - clip)
             # The estimate's own weights: inverse propensity times the rows' weights.
-            rows = 1.0 if a["sample_weight"] is None else a["sample_weight"][counted]
             weighted = _smd(Z, T, rows * np.where(T == 1, 1 / e, 1 / (1 - e)))
     else:
         # A constant column (accepted, with a warning) has no correlation: 0, not NaN.
@@ -294,15 +289,16 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             "data_warnings": list(data.warnings),
             "gate_config": dataclasses.asdict(gate),
         }
-    counted = _counted_rows(a["sample_weight"])
+    # Rows of weight 0 take no part in the overlap checks, as in the estimate.
     if data.spec.binary:
-        result["overlap"] = overlap(t_hat[counted], a["T"][counted])
+        _, e_hat, T, _ = weighted_rows(a["sample_weight"], t_hat, a["T"])
+        result["overlap"] = overlap(e_hat, T)
         # A trial's propensity is its design, known, not estimated: extreme, it widens the interval,
         # it does not threaten identification.
         result["overlap"]["declared"] = data.spec.assignment == "randomized"
     else:
-        result["treatment_variance"] = treatment_variance_overlap(
-            t_var[counted], t_res[counted], None if a["sample_weight"] is None else a["sample_weight"][counted])
+        rows, counted_var, counted_res, _ = weighted_rows(a["sample_weight"], t_var, t_res)
+        result["treatment_variance"] = treatment_variance_overlap(counted_var, counted_res, rows)
     result["verdict"] = verdict(result, gate)
     return result
 
