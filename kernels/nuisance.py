@@ -549,16 +549,14 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
     # Scored under the rows' weights, as the models were fit: a weight of 0 leaves a row out. A
     # fold of none but such rows (whole groups a survey dropped) has no score: NaN, not an error.
     w = None if sample_weight is None else sample_weight[test]
-    if w is not None and not (w > 0).any():
-        names = ["y_r2", *(["t_log_loss", "t_auc"] if discrete else ["t_r2"])]
-        return y_hat, t_hat, dict.fromkeys(names, float("nan"))
-    scores = {"y_r2": float(r2_score(Y[test], y_hat, sample_weight=w))}
+    scored = w is None or bool((w > 0).any())
+    scores = {"y_r2": lambda: r2_score(Y[test], y_hat, sample_weight=w)}
     if discrete:
-        scores["t_log_loss"] = float(log_loss(T[test], t_hat, labels=[0.0, 1.0], sample_weight=w))
-        scores["t_auc"] = float(roc_auc_score(T[test], t_hat, sample_weight=w))
+        scores["t_log_loss"] = lambda: log_loss(T[test], t_hat, labels=[0.0, 1.0], sample_weight=w)
+        scores["t_auc"] = lambda: roc_auc_score(T[test], t_hat, sample_weight=w)
     else:
-        scores["t_r2"] = float(r2_score(T[test], t_hat, sample_weight=w))
-    return y_hat, t_hat, scores
+        scores["t_r2"] = lambda: r2_score(T[test], t_hat, sample_weight=w)
+    return y_hat, t_hat, {name: float(score()) if scored else float("nan") for name, score in scores.items()}
 
 
 def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, discrete: bool, seed: int,
