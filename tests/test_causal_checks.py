@@ -155,16 +155,23 @@ def test_sensitivity_of_the_average_effect_reduces_to_the_partially_linear_one_f
                                rtol=1e-12)
 
 
+def heteroskedastic_residuals(rng, n):
+    """x, V(x) = exp(x) and residuals of a continuous treatment with that variance and the effect
+    1 + x: the design the sensitivity tests share."""
+    x = rng.normal(size=n)
+    v = np.exp(x)
+    t_res = np.sqrt(v) * rng.normal(size=n)
+    y_res = (1 + x) * t_res + rng.normal(size=n)
+    return x, v, t_res, y_res
+
+
 def test_sensitivity_of_the_average_effect_has_the_spread_its_covariance_claims():
     # Over 200 simulated samples the (theta, sigma2, nu2) estimates' spread matches the mean
     # covariance within 20% (the sampling error of a variance over 200 draws is about 10%).
     est, cov = [], []
     for seed in range(200):
         rng = np.random.default_rng([seed, 9])
-        x = rng.normal(size=1000)
-        v = np.exp(x)
-        t_res = np.sqrt(v) * rng.normal(size=1000)
-        y_res = (1 + x) * t_res + rng.normal(size=1000)
+        x, v, t_res, y_res = heteroskedastic_residuals(rng, 1000)
         p = SensitivityParams.from_scores(1 + x, y_res, t_res, v)
         est.append([p.theta, p.sigma2, p.nu2])
         cov.append(np.diag(p.cov))
@@ -176,10 +183,7 @@ def test_weighted_sensitivity_is_about_the_weighted_average_effect_the_run_repor
     from tauforge.kernels.ate import average_effect
 
     rng = np.random.default_rng(3)
-    x = rng.normal(size=600)
-    v = np.exp(x)
-    t_res = np.sqrt(v) * rng.normal(size=600)
-    y_res = (1 + x) * t_res + rng.normal(size=600)
+    x, v, t_res, y_res = heteroskedastic_residuals(rng, 600)
     w = rng.integers(1, 4, size=600).astype(float)
     p = SensitivityParams.from_scores(1 + x, y_res, t_res, v, sample_weight=w)
     ate, se = average_effect(1 + x, y_res, t_res, v, w)
@@ -369,10 +373,7 @@ def test_the_reported_robustness_values_put_their_bound_at_0_the_intervals_at_a_
     from tauforge.components.sensitivity import sensitivity_report
 
     rng = np.random.default_rng(6)
-    x = rng.normal(size=2000)
-    v = np.exp(x)
-    t_res = np.sqrt(v) * rng.normal(size=2000)
-    y_res = (1 + x) * t_res + rng.normal(size=2000)
+    x, v, t_res, y_res = heteroskedastic_residuals(rng, 2000)
     report = sensitivity_report(1 + x, y_res, t_res, v)
     p = SensitivityParams.from_scores(1 + x, y_res, t_res, v)
     assert 0 < report["robustness_value"] < report["robustness_value_theta"] < 1
