@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -14,6 +15,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(*args):
     return subprocess.run([*TAUFORGE, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def run_batch(cases):
+    """`run` for many command lines refused before any work, in one process (tests/cli_batch.py
+    says how, and why): [(args, working folder)] -> a CompletedProcess each, in order."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "cases.json"), "w") as f:
+            json.dump([{"argv": [str(a) for a in args], "cwd": str(cwd)} for args, cwd in cases], f)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "cli_batch.py"), os.path.join(folder, "cases.json"),
+                        os.path.join(folder, "answers.json")], check=True, cwd=ROOT, timeout=600)
+        with open(os.path.join(folder, "answers.json")) as f:
+            answers = json.load(f)
+    return [subprocess.CompletedProcess(args, a["returncode"], a["stdout"], a["stderr"])
+            for (args, _), a in zip(cases, answers, strict=True)]
 
 
 def test_demo_prints_the_ate_interval_and_cate_error_against_the_truth():
@@ -48,7 +63,7 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
     assert set(result["nuisance_scores"]) == {"y_r2", "t_log_loss", "t_auc"}
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_ARGUMENTS = [
     (["demo", "--n", "1"], "at least 2"),
     (["demo", "--trees", "5"], "--trees 5 is odd: the demo's CATE intervals need little bags of 2 trees"),
     # Shards hold whole little bags: 1,000 trees make 125 bags of 8, refused before any task runs.
@@ -126,9 +141,17 @@ def test_demo_json_is_one_object_with_the_truth_beside_the_estimate():
       "1"], "--champion-version applies to a shadow and to a canary in one predictor"),  # was ignored
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--service-account", ""],
      "--service-account must be a DNS-1035 label"),  # was the namespace's default account: no credentials
-])
-def test_bad_arguments_exit_non_zero_with_a_message(args, message):
-    out = run(*args)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_arguments_answers():
+    return {tuple(args): out for (args, _), out in zip(BAD_ARGUMENTS, run_batch([(a, ROOT) for a, _ in BAD_ARGUMENTS]))}
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGUMENTS)
+def test_bad_arguments_exit_non_zero_with_a_message(bad_arguments_answers, args, message):
+    out = bad_arguments_answers[tuple(args)]
     assert out.returncode != 0
     assert message in out.stderr and "S3CRET" not in out.stderr and "K7MD" not in out.stderr
     assert out.stdout == ""
@@ -233,13 +256,19 @@ def small_table(path, n=60, weight=False):
     return str(path)
 
 
-def refused_run(tmp_path, *flags):
-    """`tauforge run` on the small table with `flags`; it must exit 2 before any task starts."""
-    runs = tmp_path / "runs"
-    out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
-              "--trees", "100", "--folds", "2", "--fold-tasks", "1", "--shards", "1",
-              "--pipeline-root", str(runs), "--quiet", *flags)
+def refused_run_args(tmp_path, *flags):
+    """The command line of `refused_run`, its small table written in `tmp_path`."""
+    return ["run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y", "--trees", "100",
+            "--folds", "2", "--fold-tasks", "1", "--shards", "1", "--pipeline-root", str(tmp_path / "runs"), "--quiet",
+            *flags]
+
+
+def refused_run(tmp_path, *flags, out=None):
+    """`tauforge run` on the small table with `flags` (`out`: its answer, from `run_batch`); it
+    must exit 2 before any task starts."""
+    out = out or run(*refused_run_args(tmp_path, *flags))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    runs = tmp_path / "runs"
     assert not runs.exists() or not os.listdir(runs), "a task ran"
     return out.stderr.strip()
 
@@ -296,7 +325,7 @@ def test_a_store_whose_filesystem_package_is_missing_is_one_line_for_every_comma
         assert "gs://bucket/store cannot be opened: Please install gcsfs" in out.stderr, out.stderr
 
 
-@pytest.mark.parametrize("flags, message", [
+SETTINGS_REFUSED = [
     (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1, got -1"),
     # 60 rows, 30 an arm: stratified folds need a row of each arm in every fold.
     (["--folds", "31"], "--folds must be at most the 30 rows in the smaller treatment arm, got 31"),
@@ -312,9 +341,22 @@ def test_a_store_whose_filesystem_package_is_missing_is_one_line_for_every_comma
     # A review: without --bootstrap these were ignored, and the run published with other intervals.
     (["--bootstrap-trees", "7"], "--bootstrap-trees sets the full bootstrap, which is off: add --bootstrap B"),
     (["--no-bootstrap-nuisance"], "--no-bootstrap-nuisance sets the full bootstrap, which is off"),
-])
-def test_settings_a_task_would_fail_on_are_refused_before_any_task(tmp_path, flags, message):
-    assert refused_run(tmp_path, *flags).startswith(f"tauforge run: error: {message}")
+]
+
+
+@pytest.fixture(scope="module")
+def settings_refused(tmp_path_factory):
+    """Each run of SETTINGS_REFUSED, in a folder of its own: (folder, answer), run at first use."""
+    folders = [tmp_path_factory.mktemp("settings") for _ in SETTINGS_REFUSED]
+    answers = run_batch([(refused_run_args(folder, *flags), ROOT)
+                         for folder, (flags, _) in zip(folders, SETTINGS_REFUSED)])
+    return {tuple(flags): (folder, out) for folder, (flags, _), out in zip(folders, SETTINGS_REFUSED, answers)}
+
+
+@pytest.mark.parametrize("flags, message", SETTINGS_REFUSED)
+def test_settings_a_task_would_fail_on_are_refused_before_any_task(settings_refused, flags, message):
+    folder, out = settings_refused[tuple(flags)]
+    assert refused_run(folder, *flags, out=out).startswith(f"tauforge run: error: {message}")
 
 
 def test_a_demos_seed_and_sizes_are_named_by_their_flags(tmp_path):
@@ -388,7 +430,7 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
         assert f"<dd>{result['run_id']}</dd>" in f.read()
 
 
-@pytest.mark.parametrize("args, message", [
+UNUSABLE_OUTPUTS = [
     (["run", "--demo", "--pipeline-root", "FILE"], "run: error: --pipeline-root FILE is a file; give the path of a "
                                                    "folder"),
     (["compile", "--out", "FILE/x.yaml"], "compile: error: --out FILE/x.yaml cannot be written: FILE is a file, "
@@ -400,12 +442,25 @@ def test_the_published_card_and_report_carry_the_run_id_the_run_reports(tmp_path
     (["serve", "--port", "99999"], "serve: error: --port must be a port number from 1 to 65535, got 99999"),
     (["serve", "--port", "0"], "serve: error: --port must be a port number from 1 to 65535, got 0"),
     (["serve", "--grpc-port", "-1"], "serve: error: --grpc-port must be a port number from 0 to 65535, got -1"),
-])
-def test_an_output_or_port_that_cannot_be_used_exits_2_with_a_message(tmp_path, args, message):
+]
+
+
+@pytest.fixture(scope="module")
+def unusable_outputs(tmp_path_factory):
+    """Each command line of UNUSABLE_OUTPUTS run in a folder of its own holding `afile`: (folder,
+    answer), run at first use."""
+    folders = [tmp_path_factory.mktemp("outputs") for _ in UNUSABLE_OUTPUTS]
+    for folder in folders:
+        (folder / "afile").write_text("a file")
+    answers = run_batch([([a.replace("FILE", "afile") for a in args], folder)
+                         for folder, (args, _) in zip(folders, UNUSABLE_OUTPUTS)])
+    return {tuple(args): (folder, out) for folder, (args, _), out in zip(folders, UNUSABLE_OUTPUTS, answers)}
+
+
+@pytest.mark.parametrize("args, message", UNUSABLE_OUTPUTS)
+def test_an_output_or_port_that_cannot_be_used_exits_2_with_a_message(unusable_outputs, args, message):
+    tmp_path, out = unusable_outputs[tuple(args)]
     afile = tmp_path / "afile"
-    afile.write_text("a file")
-    out = subprocess.run([*TAUFORGE, *(a.replace("FILE", "afile") for a in args)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith(f"tauforge {message.replace('FILE', 'afile')}"), out.stderr
     assert afile.read_text() == "a file" and sorted(os.listdir(tmp_path)) == ["afile"]
