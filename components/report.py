@@ -277,6 +277,10 @@ def _treatment_variance_section(tv: dict, treatment: str) -> str:
     return _section("Overlap: how much the treatment varies given the covariates", chart, table)
 
 
+# The weights of evaluate.balance's weighted SMD: a weight column's weights count too (1 without one).
+WEIGHTED_SMD = "inverse-propensity (x row weight) weighted"
+
+
 def _balance_section(bal: dict, treatment: str) -> str:
     names = list(bal["values"])
     weighted = bal.get("weighted_values")
@@ -285,7 +289,7 @@ def _balance_section(bal: dict, treatment: str) -> str:
     if bal["statistic"] == "smd":
         series = {"raw": [bal["values"][c] for c in shown]}
         if weighted:
-            series["inverse-propensity weighted"] = [weighted[c] for c in shown]
+            series[WEIGHTED_SMD] = [weighted[c] for c in shown]
         label, what = "standardized mean difference, treated - control (SD units)", "standardized mean difference"
     else:
         series = {"correlation": [bal["values"][c] for c in shown]}
@@ -296,7 +300,7 @@ def _balance_section(bal: dict, treatment: str) -> str:
                              lines={f"warning threshold \u00b1{SMD_WARNING}": [-SMD_WARNING, SMD_WARNING]})
     rows = [(c, bal["values"][c], *((weighted[c],) if weighted else ())) for c in names]
     table = _table(sorted(rows, key=lambda r: -abs(r[1])), ("covariate", bal["statistic"], *(
-        ("inverse-propensity weighted smd",) if weighted else ())))
+        (f"{WEIGHTED_SMD} smd",) if weighted else ())))
     return _section("Balance", chart, f"<details><summary>values</summary>{table}</details>")
 
 
