@@ -181,6 +181,9 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
         if isinstance(exc, UnicodeDecodeError):
             raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({exc.reason} at "
                                       f"byte {exc.start}); save it as UTF-8 (or Parquet)") from None
+        if "invalid UTF8" in str(exc):  # an id column's value (the header and other columns: above)
+            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({exc}); save "
+                                      "it as UTF-8 (or Parquet)") from None
         if path.lower().endswith((".csv", ".csv.gz")) and "Expected 1 columns" in str(exc):
             raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as CSV: its header is one column "
                                       f"and its rows more ({exc}): its fields are separated by ';' or tabs, and "

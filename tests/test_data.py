@@ -257,6 +257,12 @@ def test_a_csv_that_is_not_utf8_or_not_comma_separated_is_refused_with_the_cure(
     (tmp_path / "latin1.csv").write_bytes("x,größe\n1,2\n".encode("latin-1"))
     with pytest.raises(DataValidationError, match=r"latin1.csv': it is not UTF-8 .*save it as UTF-8 \(or Parquet\)"):
         read_table(str(tmp_path / "latin1.csv"))
+    # A value, not the header: read as bytes where it can be (refused later if the column is used
+    # as a number, naming the cell), but an id column is text, and its error said only "invalid UTF8".
+    (tmp_path / "ids.csv").write_bytes("x,T,Y,site\n1,0,2,café\n".encode("latin-1"))
+    with pytest.raises(DataValidationError, match=r"ids.csv': it is not UTF-8 \(In CSV column #3: .*invalid UTF8 "
+                                                  r"data\); save it as UTF-8 \(or Parquet\)"):
+        read_table(str(tmp_path / "ids.csv"), id_columns=["site"])
     # Decimal commas made the rows longer than the header, and pyarrow's message was all it said.
     (tmp_path / "semi.csv").write_text("x;y;T\n0;0;0,5\n1;2;1,5\n")
     with pytest.raises(DataValidationError, match=r"separated by ';' or tabs, and tauforge reads commas"):
