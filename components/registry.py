@@ -610,7 +610,10 @@ class ModelStore:
 
         def back(aliases: dict) -> dict:
             entry = aliases.get(alias)
-            if not entry or not entry["history"]:
+            if not entry:  # a typo (--alias champoin) is named as one, not as a history too short
+                raise StoreError(f"model {model!r} has no alias {alias!r} to roll back (aliases: "
+                                 f"{sorted(aliases) or 'none'})")
+            if not entry["history"]:
                 raise StoreError(f"alias {alias!r} of model {model!r} has no earlier version to roll back to")
             try:
                 self.load(model, int(entry["history"][-1]))
@@ -989,25 +992,30 @@ def diff_cards(old: dict, new: dict) -> dict:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
+    def part(node, *keys) -> dict:  # a part a card lacks, or holds as null or another type, reads as empty
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
+
     # A card published through the Python API may lack any part: it is compared as empty.
-    data = {k: [old.get("data", {}).get(k), new.get("data", {}).get(k)] for k in ("fingerprint", "rows", "source")}
-    spec_old, spec_new = old.get("spec", {}), new.get("spec", {})
+    data = {k: [part(old, "data").get(k), part(new, "data").get(k)] for k in ("fingerprint", "rows", "source")}
+    spec_old, spec_new = part(old, "spec"), part(new, "spec")
     roles = {k: listed(spec_old.get(k) or [], spec_new.get(k) or []) for k in ("covariates", "controls")}
     spec_fields = pairs({k: v for k, v in spec_old.items() if k not in roles},
                         {k: v for k, v in spec_new.items() if k not in roles})
-    estimator = pairs(*(flat({k: v for k, v in c.get("estimator", {}).items() if k != "nuisance"})
+    estimator = pairs(*(flat({k: v for k, v in part(c, "estimator").items() if k != "nuisance"})
                         for c in (old, new)))
-    thresholds = [c.get("evaluation", {}).get("gate_config") for c in (old, new)]
-    learners = pairs(old.get("estimator", {}).get("nuisance", {}), new.get("estimator", {}).get("nuisance", {}))
-    scores = pairs(old.get("evaluation", {}).get("nuisance", {}), new.get("evaluation", {}).get("nuisance", {}))
-    v_old, v_new = ({"passed": None, "reasons": [], "warnings": [], **c.get("evaluation", {}).get("verdict", {})}
+    thresholds = [part(c, "evaluation").get("gate_config") for c in (old, new)]
+    learners = pairs(part(old, "estimator", "nuisance"), part(new, "estimator", "nuisance"))
+    scores = pairs(part(old, "evaluation", "nuisance"), part(new, "evaluation", "nuisance"))
+    v_old, v_new = ({"passed": None, "reasons": [], "warnings": [], **part(c, "evaluation", "verdict")}
                     for c in (old, new))
-    effect = {k: [c.get("effect", {}).get(k) for c in (old, new)] for k in ("ate", "ate_lower", "ate_upper")}
+    effect = {k: [part(c, "effect").get(k) for c in (old, new)] for k in ("ate", "ate_lower", "ate_upper")}
     return {
         "from": {"model": old.get("model"), "version": old.get("version")},
         "to": {"model": new.get("model"), "version": new.get("version")},
         "graph": graph_diff(old.get("graph"), new.get("graph")),
-        "assumptions": listed(old.get("assumptions", []), new.get("assumptions", [])),
+        "assumptions": listed(old.get("assumptions") or [], new.get("assumptions") or []),
         "data": {"changed": data["fingerprint"][0] != data["fingerprint"][1], **data},
         "spec": {"changed": bool(spec_fields) or any(r["changed"] for r in roles.values()), **roles,
                  "fields": spec_fields},

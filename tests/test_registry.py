@@ -789,3 +789,25 @@ def test_publish_assembles_the_forest_evaluation_report_and_reference_and_the_ca
     assert set(loaded.card["files"]) == {"forest/arrays.npz", "forest/model.json", "evaluation.json", "report.html",
                                          "reference.parquet"}
     assert loaded.card["estimator"]["seed"] == 7
+
+
+def test_models_cli_reads_a_cards_null_parts_as_missing_and_names_an_alias_it_cannot_roll_back(model_dir, tmp_path):
+    # A review: a card published through the Python API with a part as null (not left out)
+    # failed `list` (every model's listing) and `diff` with an AttributeError traceback, and no
+    # JSON error object under --json.
+    store = store_with(model_dir, tmp_path, 1)
+    store.publish("m", model_dir[0], {part: None for part in ("effect", "data", "spec", "estimator", "evaluation",
+                                                              "assumptions")})
+    listed = models_cli(store, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["version"], r["ate"], r["rows"]) for r in json.loads(listed.stdout)] == [(1, 0.5, 600), (2, None, None)]
+    diffed = models_cli(store, "diff", "--name", "m", "1", "2", "--json")
+    assert diffed.returncode == 0, diffed.stderr
+    assert json.loads(diffed.stdout)["effect"]["ate"] == [0.5, None]
+    text = models_cli(store, "diff", "--name", "m", "1", "2")
+    assert text.returncode == 0 and "rows 600 -> n/a)" in text.stdout, text.stderr
+    # A mistyped alias is named as one, not as an alias without history.
+    store.set_alias("m", "champion", 1)
+    out = models_cli(store, "rollback", "--name", "m", "--alias", "champoin", "--json")
+    assert out.returncode == 2 and json.loads(out.stdout)["error"] == (
+        "model 'm' has no alias 'champoin' to roll back (aliases: ['champion'])")
