@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -422,10 +423,13 @@ def _models(args: argparse.Namespace) -> int:
                 except StoreError as exc:  # one damaged version must not hide the others
                     damaged.append(f"{name} version {v}: {exc}")
                     continue
-                effect = card.get("effect", {})  # a card published through the Python API may lack parts
+                # A card published through the Python API may lack parts, or hold null (or another
+                # type) where one is: read as empty, not an AttributeError that hid every model.
+                effect, data = (card.get(part) if isinstance(card.get(part), dict) else {}
+                                for part in ("effect", "data"))
                 rows.append({"model": name, "version": v, "created": card.get("created"), "ate": effect.get("ate"),
                              "ate_lower": effect.get("ate_lower"), "ate_upper": effect.get("ate_upper"),
-                             "rows": card.get("data", {}).get("rows"),
+                             "rows": data.get("rows"),
                              "aliases": [a for a, e in sorted(aliases.items()) if e["version"] == v]})
         if args.json:
             print(_strict_json(rows))  # the problems go to stderr, as in text, and the exit code is 1
@@ -508,7 +512,7 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     data = d["data"]
     lines.append(f"  data: {'changed' if data['changed'] else 'same'} (fingerprint "
                  + " -> ".join(short(f) for f in dict.fromkeys(data["fingerprint"])) + ", rows "
-                 + " -> ".join(str(r) for r in dict.fromkeys(data["rows"])) + ")")
+                 + " -> ".join(_number(r, "") for r in dict.fromkeys(data["rows"])) + ")")
     sp = d["spec"]
     lines.append("  columns: " + ("changed" if sp["changed"] else "same"))
     for role in ("covariates", "controls"):
@@ -963,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     # and on a quiet machine passive waiting cost nothing (docs/benchmarks.md, "make run").
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = _wants_json(sys.argv[1:] if argv is None else argv)
     # argparse gives a positional list that follows the action only the words right after it:
     # `models diff --name M 1 2` leaves `1 2` over; they are the versions to compare.
     args, extra = parser.parse_known_args(argv)
@@ -977,6 +981,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tauforge {args.command}: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show_warning
+    # A CI timeout or `kill`: the JSON error object and 143, as Ctrl-C's 130 (serve stops its
+    # servers on SIGTERM itself; a local run's tasks are stopped by run_local's own handler).
+    own_sigterm = args.command != "serve" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if own_sigterm else None
     try:
         _check_uris(args)
         code = args.func(args)
@@ -998,6 +1006,35 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the machine's: a full disk, a file that cannot be written, a connection refused
         return _report(args, "failed", f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename
                        else str(exc), 1)
+    except Exception as exc:  # unforeseen (a bug, a store's file of an unexpected shape): the traceback for a
+        # report on stderr, and the one-line failure (the JSON error object under --json) as for any failure
+        import traceback
+
+        traceback.print_exc()
+        return _report(args, "failed", f"{type(exc).__name__}: {exc}", 1)
+    finally:  # main() called in process (tests, a notebook) leaves the caller's handler as it was
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, reported as Ctrl-C is (the JSON error object under --json, exit 143)."""
+    signum = signal.SIGTERM
+
+
+def _terminated(signum, frame):
+    raise _Terminated()
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for --json as argparse reads it: also an abbreviation
+    (--js, --jso; no other flag starts with --j), before a `--`."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg.startswith("--json=") or (len(arg) >= 3 and "--json".startswith(arg)):
+            return True
+    return False
 
 
 # The flags that take a URI (an object store's, a data file's): each is recorded somewhere (the

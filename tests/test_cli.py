@@ -561,3 +561,42 @@ def test_a_refused_compile_leaves_no_folder_and_an_apply_without_a_cluster_says_
                               str(tmp_path / "objects"), "--apply"], capture_output=True, text=True, cwd=tmp_path,
                              env={**env, "KUBECONFIG": str(config)}, timeout=300)
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_with_json_an_abbreviated_flag_an_unforeseen_failure_and_sigterm_still_end_stdout_with_the_error_object(
+        tmp_path):
+    # A review: argparse takes --js for --json, but only the literal --json made a usage error JSON.
+    out = run("models", "list", "--js", "--bogus")
+    assert out.returncode == 2 and json.loads(out.stdout) == {"error": "unrecognized arguments: --bogus",
+                                                              "exit_code": 2}
+    # An exception outside ValueError, RuntimeError and OSError (here a version published through
+    # the Python API with a reference profile but no spec) was a traceback and an empty stdout.
+    import pandas as pd
+
+    from tauforge.components.registry import ModelStore
+
+    source, logs = tmp_path / "version", tmp_path / "events"
+    source.mkdir(), logs.mkdir()
+    pd.DataFrame({"T": [0.0, 1.0]}).to_parquet(source / "reference.parquet")
+    ModelStore(str(tmp_path / "store")).publish("m", str(source), {"note": "no spec"})
+    out = run("monitor", "--store", str(tmp_path / "store"), "--model", "m", "--log-dir", str(logs), "--json")
+    assert out.returncode == 1 and json.loads(out.stdout) == {"error": "KeyError: 'spec'", "exit_code": 1}
+    assert out.stderr.splitlines()[-1] == "tauforge monitor: failed: KeyError: 'spec'"
+    # SIGTERM (a CI job's timeout) ends the command as Ctrl-C does, with the error object and 143:
+    # here while it waits for an object store that accepted the connection and never answers.
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(120)
+        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+               "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        proc = subprocess.Popen([*TAUFORGE, "models", "list", "--store", "s3://bucket/store", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        try:
+            connection, _ = silent.accept()  # the command is running, past its start
+            proc.terminate()
+            stdout, _ = proc.communicate(timeout=120)
+            connection.close()
+        finally:
+            proc.kill()
+    assert proc.returncode == 143 and json.loads(stdout) == {"error": "stopped by SIGTERM", "exit_code": 143}
