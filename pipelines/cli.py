@@ -87,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
         "nuisance_scores": {k: float(np.mean(v)) for k, v in est.nuisance_scores_.items()},
     }
     if args.json:
-        print(json.dumps(result))
+        print(_strict_json(result))
         return 0
     covered = "covers" if ate_lower <= train.ate <= ate_upper else "MISSES"
     print(f"tauforge demo: design '{args.design}', n={args.n}, p={args.p}, {args.trees} trees on "
@@ -282,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     if true_ate is not None:
         result["true_ate"] = true_ate
     if args.json:
-        print(json.dumps(result))
+        print(_strict_json(result))
     else:
         def four(v) -> str:  # evaluation.json is strict JSON: a number that was not finite is null
             return "n/a" if v is None else f"{v:.4f}"
