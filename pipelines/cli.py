@@ -688,10 +688,12 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
+def _add_training_flags(p: argparse.ArgumentParser, local: bool = True) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", help="Parquet or CSV file (path or fsspec URI)")
-    data.add_argument("--demo", action="store_true", help="use a built-in simulated table with a known effect")
+    # submit parses --demo only to refuse it with the cure (upload the data): not offered in its help.
+    data.add_argument("--demo", action="store_true",
+                      help="use a built-in simulated table with a known effect" if local else argparse.SUPPRESS)
     data.add_argument("--treatment", help="treatment column (binary 0/1 or continuous); demo: T")
     data.add_argument("--outcome", help="outcome column; demo: Y")
     data.add_argument("--covariates", nargs="+", metavar="COL",
@@ -737,8 +739,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
     boot = p.add_argument_group("full bootstrap (off by default; intervals come from the little bags)")
     boot.add_argument("--bootstrap", type=int, default=0, metavar="B",
-                      help="replicate forests on resampled rows; the ATE interval becomes the bootstrap's "
-                           "(default: 0, off)")
+                      help="replicate forests on reweighted rows (Bayesian bootstrap); the ATE interval becomes "
+                           "the bootstrap's (default: 0, off)")
     # Defaults None: set without --bootstrap, each is refused (it was ignored).
     boot.add_argument("--bootstrap-shards", type=int, default=None,
                       help="tasks the replicates are spread over (default: 1)")
@@ -833,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", help="experiment name")
     submit.add_argument("--no-cache", action="store_true",
                         help="run every task afresh (validate, publish and monitor never use the cache anyway)")
-    _add_training_flags(submit)
+    _add_training_flags(submit, local=False)
     _add_cluster_flags(submit)
     submit.set_defaults(func=_submit)
 
