@@ -390,3 +390,171 @@ def test_compiled_pipeline_runs_each_bootstrap_shard_as_its_own_task_on_accelera
         "merge-bootstrap-shards"
     with pytest.raises(ValueError, match="0 for the monitoring pipeline, which retrains without the full bootstrap"):
         compile_pipeline(str(tmp_path / "m.yaml"), pipeline="monitoring", bootstrap_shards=2)
+
+
+# ------------------------------------------------------------------ tests from a mutation review
+def test_classical_bootstrap_counts_draw_n_rows_or_g_whole_groups_and_can_draw_every_one():
+    from tauforge.kernels.bootstrap import bootstrap_counts
+
+    rng = np.random.default_rng(0)
+    rows = np.array([bootstrap_counts(5, rng) for _ in range(200)])
+    assert (rows.sum(axis=1) == 5).all()  # n rows drawn, no more and no fewer
+    # A row missing from all 200 resamples of 5 has probability 5 * 0.8**1000 (about 1e-97).
+    assert (rows.sum(axis=0) > 0).all()
+    groups = np.repeat(np.arange(4), [1, 2, 3, 4])
+    first = np.searchsorted(groups, np.arange(4))  # each group's first row
+    for _ in range(200):
+        counts = bootstrap_counts(10, rng, groups)
+        assert all(np.ptp(counts[groups == g]) == 0 for g in range(4))  # a group comes whole
+        assert counts[first].sum() == 4  # G groups drawn
+    drawn = np.array([bootstrap_counts(10, rng, groups)[first] for _ in range(200)])
+    assert (drawn.sum(axis=0) > 0).all()  # missing from 200 draws of 4 groups: 4 * 0.75**800
+
+
+def test_percentile_and_pivot_quantiles_are_of_the_draws_shrunk_towards_their_mean_to_the_bootstrap_variance():
+    rng = np.random.default_rng(1)
+    draws = 5.0 + rng.normal(size=(7, 3)) * 2.0  # centred far from the point estimate 0
+    noise = np.full((7, 3), 0.5)
+    point = np.zeros(3)
+    variance = bootstrap_variance(draws, noise)
+    center = draws.mean(axis=0)
+    shrunk = center + (draws - center) * np.sqrt(variance / np.var(draws, axis=0, ddof=1))
+    np.testing.assert_allclose(np.var(shrunk, axis=0, ddof=1), variance)  # the bootstrap variance
+    q_lo, q_hi = np.quantile(shrunk, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(interval(draws, point, 0.1, "percentile", noise), (q_lo, q_hi), rtol=1e-12)
+    np.testing.assert_allclose(interval(draws, point, 0.1, "pivot", noise), (-q_hi, -q_lo), rtol=1e-12)
+
+
+def test_replicate_seeds_differ_from_the_point_forests_and_stay_within_32_bits():
+    from tauforge.kernels.bootstrap import replicate_seed
+
+    for seed in (0, 7, 2**32 - 2, 2**32 - 1):  # a run's seed may be 2**32 - 1
+        seeds = [replicate_seed(seed, b) for b in range(1000)]
+        assert seed not in seeds and len(set(seeds)) == 1000
+        assert all(0 <= s < 2**32 for s in seeds)
+
+
+def test_replicates_take_the_correction_covariates_the_point_forest_chose_not_its_auto_setting():
+    params = {"n_estimators": 100, "linear_correction_variables": "auto"}
+    assert replicate_forest_params(params, 10, (1, 2))["linear_correction_variables"] == [1, 2]
+    assert replicate_forest_params(params, 10, None)["linear_correction_variables"] is None
+
+
+def _small_fit(X, replicates, **params):
+    from tauforge.kernels.bootstrap import fit_replicates
+
+    y, t = X[:, 0] + np.sin(X[:, 1]), (X[:, 2] > 0) - 0.5
+    return fit_replicates(X, replicates, 5, {"n_estimators": 4, "max_samples": 0.5, **params},
+                          lambda c: (y, t, None), lambda c, *_: float(c @ y) / len(y))
+
+
+def test_merge_refuses_shards_that_repeat_a_replicate_or_were_grown_on_other_rows():
+    from tauforge.kernels.bootstrap import BootstrapReplicates
+
+    X = np.random.default_rng(2).normal(size=(300, 3))
+    first = _small_fit(X, range(0, 4))
+    # Every replicate present, one twice: a replicate counted twice in the standard error.
+    with pytest.raises(ValueError, match=r"0 missing \(first \[\]\), 1 repeated"):
+        BootstrapReplicates.merge([first, _small_fit(X, range(3, 7))], 7)
+    with pytest.raises(ValueError, match="replicate 4 was grown with other settings or rows than replicate 0"):
+        BootstrapReplicates.merge([first, _small_fit(X[:250], range(4, 7))], 7)
+
+
+def test_merge_bootstrap_gives_a_students_t_interval_over_groups_and_records_the_spread_and_the_normal_interval():
+    from scipy.stats import t
+
+    from tauforge.components.estimate import BootstrapConfig, Estimate, merge_bootstrap
+    from tauforge.kernels.bootstrap import BootstrapReplicates
+
+    X = np.random.default_rng(3).normal(size=(300, 3))
+    shards = [_small_fit(X, range(0, 2)), _small_fit(X, range(2, 4))]
+    ates = np.concatenate([s.ates for s in shards])
+    summary = {"ate": 1.0, "alpha": 0.05, "ate_lower": 0.5, "ate_upper": 1.5, "n_groups": 6}
+    merged = merge_bootstrap(Estimate(np.zeros(300), summary), shards, BootstrapConfig(n_bootstrap=4, trees=4))
+    s = merged.summary
+    # 6 groups drawn whole: Student's t with 5 degrees of freedom, as the analytic interval takes.
+    half = t.ppf(0.975, 5) * np.std(ates, ddof=1)
+    assert (s["ate_lower"], s["ate_upper"]) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-12)
+    # The replicates' spread recorded is the one the normal interval uses; the replaced interval is kept.
+    assert s["bootstrap"]["ate_replicate_std"] == pytest.approx(np.sqrt(bootstrap_variance(ates[:, None])[0]),
+                                                                rel=1e-12)
+    assert s["bootstrap"]["normal_interval"] == [0.5, 1.5]
+    lo, hi = BootstrapReplicates(shards[0].forests, np.array([0.0, 2.0]), np.arange(2)).ate_interval(
+        1.0, 0.05, "normal", n_groups=6)
+    assert (lo, hi) == pytest.approx((1 - t.ppf(0.975, 5) * np.sqrt(2), 1 + t.ppf(0.975, 5) * np.sqrt(2)))
+
+
+def test_an_estimates_bootstrap_replicates_survive_save_and_load(tmp_path):
+    from tauforge.components.estimate import Estimate
+
+    X = np.random.default_rng(4).normal(size=(300, 3))
+    replicates = _small_fit(X, 3)
+    Estimate(np.zeros(300), {"ate": 1.0}, replicates).save(str(tmp_path / "estimate"))
+    loaded = Estimate.load(str(tmp_path / "estimate"), bootstrap=True).bootstrap
+    np.testing.assert_array_equal(loaded.replicates, np.arange(3))
+    np.testing.assert_array_equal(loaded.ates, replicates.ates)
+    np.testing.assert_array_equal(loaded.forests[2].predict(X), replicates.forests[2].predict(X))
+    assert Estimate.load(str(tmp_path / "estimate")).bootstrap is None  # only when asked
+
+
+def test_a_pipeline_shards_replicates_carry_the_data_weights_and_the_point_forests_correction_covariates():
+    """Replicate 0 of a weighted run (nuisance refit) is the forest grown on the residuals the
+    nuisance models give under its weights times the data's, with those weights, and its ATE
+    the debiased average under them; its correction covariates are the ones the point forest
+    chose ('auto')."""
+    import pandas as pd
+
+    from tauforge.components.data import DataSpec, validate
+    from tauforge.components.estimate import BootstrapConfig, grow_bootstrap_shard, grow_forest_shard, merge_forest
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold, refit_residuals
+    from tauforge.kernels.ate import average_effect
+    from tauforge.kernels.bootstrap import replicate_seed
+
+    X, T, Y = linear_confounded(6, 400)
+    weight = np.random.default_rng(6).uniform(0.2, 3.0, 400)
+    data = validate(pd.DataFrame(X, columns=["a", "b", "c"]).assign(T=T, Y=Y, w=weight),
+                    DataSpec(outcome="Y", treatment="T", weight="w"))
+    nuisance = NuisanceConfig("sklearn.linear_model.LinearRegression", "sklearn.linear_model.LogisticRegression", 2)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5)
+    params = {"n_estimators": 20}  # linear correction 'auto'
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _, estimate = merge_forest([grow_forest_shard(data, residuals, params, 5, 0, 1)], data, residuals)
+        shard = grow_bootstrap_shard(data, residuals, estimate, params, 5, 0, 1,
+                                     BootstrapConfig(n_bootstrap=2, trees=4), nuisance)
+    chosen = estimate.summary["linear_correction_variables"]
+    assert chosen  # the point forest chose some covariates, so the check below means something
+    assert all(list(f.linear_correction_.variables) == chosen for f in shard.forests)
+    w = resample_weights(400, 0, 5) * data.arrays()["sample_weight"]
+    y_res, t_res, t_var = refit_residuals(data, nuisance, 5, sample_weight=w)
+    assert shard.ates[0] == pytest.approx(average_effect(estimate.oob_cate, y_res, t_res, t_var, w)[0], rel=1e-12)
+    forest = shard.forests[0]
+    assert forest.seed_ == replicate_seed(5, 0)
+    alone = CausalForest(**forest.get_params()).fit(X, t_res, y_res, sample_weight=w)
+    np.testing.assert_allclose(alone.predict(X[:50]), forest.predict(X[:50]), rtol=1e-12)
+
+
+def test_causal_forest_dml_replicates_carry_the_sample_weights_and_a_t_interval_over_groups():
+    from scipy.stats import t
+
+    from tauforge.kernels.ate import average_effect, oob_effect
+
+    X, T, Y = linear_confounded(7, 400)
+    sw = np.random.default_rng(7).uniform(0.2, 3.0, 400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est = small_bootstrap(n_bootstrap=3, bootstrap_nuisance=False, random_state=3).fit(Y, T, X=X, sample_weight=sw)
+    w = resample_weights(400, 0, 3) * sw / sw.mean()  # fit scales the weights to mean one
+    (y_res, t_res), t_var = est.residuals_, est.treatment_variance_
+    tau = oob_effect(est.forest_, X)
+    assert est.bootstrap_.ates[0] == pytest.approx(average_effect(tau, y_res, t_res, t_var, w)[0], rel=1e-12)
+    forest = est.bootstrap_.forests[0]
+    alone = CausalForest(**forest.get_params()).fit(X, t_res, y_res, sample_weight=w)
+    np.testing.assert_allclose(alone.predict(X[:50]), forest.predict(X[:50]), rtol=1e-12)
+    groups = np.repeat(np.arange(40), 10)  # 40 groups of 10 rows: t with 39 degrees of freedom
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est = small_bootstrap(n_bootstrap=3, bootstrap_nuisance=False, random_state=3).fit(Y, T, X=X, groups=groups)
+    lo, hi = est.ate_interval()
+    half = t.ppf(0.975, 39) * np.std(est.bootstrap_.ates, ddof=1)
+    assert (lo, hi) == pytest.approx((est.ate_ - half, est.ate_ + half), rel=1e-12)
