@@ -841,11 +841,16 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         unreadable = events.attrs.get("unreadable_files", [])
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
+        spec = loaded.card.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("covariates"), list):
+            raise ValueError(f"version {served} of model {model!r} has no spec with its covariates in its card (a "
+                             "version published through the Python API without one): monitoring compares the "
+                             "covariates the spec names; publish the version with its DataSpec in the card")
         others = {} if not len(events) else {
             int(v): int(n) for v, n in events.loc[(events["role"] == "champion") & (events["version"] != served),
                                                   "version"].value_counts().sort_index().items()}
         events = events[(events["role"] != "champion") | (events["version"] == served)]
-        result = _monitor(events, load_reference(loaded.reference_path), loaded.card["spec"]["covariates"], config,
+        result = _monitor(events, load_reference(loaded.reference_path), spec["covariates"], config,
                           read, 0, CHECKS, steps, loaded.card.get("effect"))
     card = loaded.card
     if start is not None:
@@ -856,7 +861,7 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         result["other_champion_versions"] = others
     result.update(model=model, version=served, training={
         "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
-        "treatment": card["spec"].get("treatment"), "outcome": card["spec"].get("outcome")})
+        "treatment": spec.get("treatment"), "outcome": spec.get("outcome")})
     return result
 
 

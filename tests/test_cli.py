@@ -564,13 +564,13 @@ def test_a_refused_compile_leaves_no_folder_and_an_apply_without_a_cluster_says_
 
 
 def test_with_json_an_abbreviated_flag_an_unforeseen_failure_and_sigterm_still_end_stdout_with_the_error_object(
-        tmp_path):
+        tmp_path, monkeypatch, capsys):
     # A review: argparse takes --js for --json, but only the literal --json made a usage error JSON.
     out = run("models", "list", "--js", "--bogus")
     assert out.returncode == 2 and json.loads(out.stdout) == {"error": "unrecognized arguments: --bogus",
                                                               "exit_code": 2}
-    # An exception outside ValueError, RuntimeError and OSError (here a version published through
-    # the Python API with a reference profile but no spec) was a traceback and an empty stdout.
+    # A version published through the Python API with a reference profile but no spec was a
+    # KeyError's traceback and an empty stdout: the user's error, named.
     import pandas as pd
 
     from tauforge.components.registry import ModelStore
@@ -580,8 +580,21 @@ def test_with_json_an_abbreviated_flag_an_unforeseen_failure_and_sigterm_still_e
     pd.DataFrame({"T": [0.0, 1.0]}).to_parquet(source / "reference.parquet")
     ModelStore(str(tmp_path / "store")).publish("m", str(source), {"note": "no spec"})
     out = run("monitor", "--store", str(tmp_path / "store"), "--model", "m", "--log-dir", str(logs), "--json")
-    assert out.returncode == 1 and json.loads(out.stdout) == {"error": "KeyError: 'spec'", "exit_code": 1}
-    assert out.stderr.splitlines()[-1] == "tauforge monitor: failed: KeyError: 'spec'"
+    assert out.returncode == 2 and json.loads(out.stdout)["error"].startswith(
+        "version 1 of model 'm' has no spec with its covariates in its card"), out.stderr
+    # Any other exception (outside ValueError, RuntimeError and OSError: a bug) was a traceback and
+    # an empty stdout; it is the traceback on stderr, then the one-line failure and the error object.
+    # Raised in process: no command line is known to raise one.
+    from tauforge.pipelines import cli
+
+    def broken(args):
+        raise KeyError("spec")
+
+    monkeypatch.setattr(cli, "_models", broken)
+    assert cli.main(["models", "list", "--store", str(tmp_path / "store"), "--json"]) == 1
+    stdout, stderr = capsys.readouterr()
+    assert json.loads(stdout) == {"error": "KeyError: 'spec'", "exit_code": 1}
+    assert "Traceback" in stderr and stderr.splitlines()[-1] == "tauforge models: failed: KeyError: 'spec'"
     # SIGTERM (a CI job's timeout) ends the command as Ctrl-C does, with the error object and 143:
     # here while it waits for an object store that accepted the connection and never answers.
     import socket
