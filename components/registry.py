@@ -974,6 +974,7 @@ def diff_cards(old: dict, new: dict) -> dict:
     from .graph import diff as graph_diff
 
     def listed(a: list, b: list) -> dict:
+        a, b = a or [], b or []  # a list a card holds as null (a verdict's reasons) reads as empty
         added, removed = [x for x in b if x not in a], [x for x in a if x not in b]
         return {"changed": bool(added or removed), "added": added, "removed": removed}
 

@@ -1025,6 +1025,9 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum, frame):
+    # Once: a second SIGTERM (a process group's and the process's own, a supervisor's repeat) must
+    # not escape the first's report as a traceback with status 1 and no error object (SIGKILL remains).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Terminated()
 
 
@@ -1034,7 +1037,8 @@ def _wants_json(argv: list[str]) -> bool:
     for arg in argv:
         if arg == "--":
             return False
-        if arg.startswith("--json=") or (len(arg) >= 3 and "--json".startswith(arg)):
+        flag = arg.split("=", 1)[0]  # --json=1, --js=1: argparse's usage error, which is then JSON too
+        if len(flag) >= 3 and "--json".startswith(flag):
             return True
     return False
 

@@ -613,3 +613,46 @@ def test_with_json_an_abbreviated_flag_an_unforeseen_failure_and_sigterm_still_e
         finally:
             proc.kill()
     assert proc.returncode == 143 and json.loads(stdout) == {"error": "stopped by SIGTERM", "exit_code": 143}
+
+
+@pytest.mark.parametrize("value", ["--json=1", "--jso=1", "--js=1"])
+def test_an_abbreviated_json_with_a_value_is_a_usage_error_ending_stdout_with_the_error_object(capsys, value):
+    from tauforge.pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "list", value])
+    assert exc.value.code == 2
+    assert json.loads(capsys.readouterr().out) == {"error": "argument --json: ignored explicit argument '1'",
+                                                   "exit_code": 2}
+
+
+def test_a_second_sigterm_during_the_firsts_report_still_ends_with_the_error_object_and_143(tmp_path, capsys,
+                                                                                          monkeypatch):
+    import signal
+
+    from tauforge.pipelines import cli
+
+    def func(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    report = cli._report
+
+    def report_during_a_second(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # a supervisor's repeat, as the first is reported
+        return report(*args)
+
+    def swallowed(signum, frame):  # the caller's handler: had main installed none, pytest lives on
+        pass
+
+    monkeypatch.setattr(cli, "_models", func)
+    monkeypatch.setattr(cli, "_report", report_during_a_second)
+    before = signal.signal(signal.SIGTERM, swallowed)
+    try:
+        code = cli.main(["models", "list", "--store", str(tmp_path), "--json"])
+    except KeyboardInterrupt as exc:  # escaped main: a traceback and status 1 in a real process
+        code = repr(exc)
+    finally:
+        left = signal.signal(signal.SIGTERM, before)
+    assert code == 143 and json.loads(capsys.readouterr().out.splitlines()[-1])["exit_code"] == 143
+    assert left is swallowed  # main put the caller's handler back

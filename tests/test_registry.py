@@ -811,3 +811,13 @@ def test_models_cli_reads_a_cards_null_parts_as_missing_and_names_an_alias_it_ca
     out = models_cli(store, "rollback", "--name", "m", "--alias", "champoin", "--json")
     assert out.returncode == 2 and json.loads(out.stdout)["error"] == (
         "model 'm' has no alias 'champoin' to roll back (aliases: ['champion'])")
+
+
+def test_diff_reads_a_verdicts_null_reasons_and_warnings_as_empty():
+    from tauforge.components.registry import diff_cards
+
+    old = {"evaluation": {"verdict": {"passed": True, "reasons": None, "warnings": None}}}
+    new = {"evaluation": {"verdict": {"passed": True, "reasons": ["r"], "warnings": []}}}
+    d = diff_cards(old, new)
+    assert d["gate"]["reasons"] == {"changed": True, "added": ["r"], "removed": []}
+    assert d["gate"]["warnings"]["changed"] is False
