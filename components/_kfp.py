@@ -42,6 +42,27 @@ else:  # inside a running task (_KFP_RUNTIME=true) kfp.dsl has no decorators, an
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
+    def _stop_with_the_run(pid: int) -> None:
+        """A local run's task ends with the run's process (`TAUFORGE_RUN_PID`, which
+        `training._run_task_process` sets): a run killed with SIGKILL (the OOM killer, `kill -9`)
+        cannot stop its tasks, which run in sessions of their own, and they ran on as orphans until
+        they next wrote to their closed pipe (a slow nuisance model's fit: minutes; a failure review)."""
+        import select
+
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            fd = None  # gone already
+        except OSError:  # no pidfd here (Linux before 5.3): nothing watched
+            return
+        if fd is not None:
+            select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)  # unwinds as a stopped task does: its cleanup runs
+
+    if os.environ.get("TAUFORGE_RUN_PID", "").isdigit() and hasattr(os, "pidfd_open"):
+        threading.Thread(target=_stop_with_the_run, args=(int(os.environ["TAUFORGE_RUN_PID"]),), daemon=True,
+                         name="tauforge-run-watch").start()
+
 
 
 @functools.cache

@@ -162,14 +162,17 @@ def _reported(doing: str) -> Iterator[None]:
     try:
         yield
     except PermissionError as exc:
-        path = f"{exc.filename} " if exc.filename else ""
+        # A rename names its source and its target: both (a rename into a read-only model folder
+        # named only the staging folder it came from, which was fine).
+        path = f"{exc.filename} -> {exc.filename2} " if exc.filename2 else f"{exc.filename} " if exc.filename else ""
         raise StoreError(f"permission denied on {path}while {doing}: tauforge runs as uid {os.geteuid()}, "
                          f"which may not access it (tauforge publishes folders 0755 and files 0644; check the "
-                         f"owner and mode of the folders above it)") from exc
+                         f"owner, mode and attributes (lsattr) of the folders above it)") from exc
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise OSError(exc.errno, f"{exc.strerror} while {doing}", exc.filename) from exc
+        # A copy's full disk is its target's (shutil names the source first): say the target.
+        raise OSError(exc.errno, f"{exc.strerror} while {doing}", exc.filename2 or exc.filename) from exc
 
 
 def _store_operation(doing: str) -> Callable:

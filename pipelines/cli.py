@@ -242,9 +242,15 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
                                 bootstrap=bootstrap, bootstrap_shards=args.bootstrap_shards, graph=graph)
     true_ate = None
     if args.demo:  # drawn once the settings (its seed too) are found sound: a refused run left it behind
+        from tauforge.kernels.serialization import replaced_whole
+
         table, true_ate = demo_table(n=5000, seed=args.seed)
         os.makedirs(args.pipeline_root, exist_ok=True)
-        table.to_parquet(source, index=False)
+        # Runs in one --pipeline-root with one seed share this file: it is replaced whole (another
+        # run's validate task may be reading it), and a refused run removes it only if it made it.
+        args.demo_made = not os.path.exists(source)
+        with replaced_whole(source, binary=True) as f:
+            table.to_parquet(f, index=False)
     return source, config, true_ate
 
 
@@ -268,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
             run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
                             runner=args.runner, started=started)
     except BaseException:
-        if args.demo and not began:  # refused by the checks on this machine: no run, no demo table left
+        if args.demo and not began and getattr(args, "demo_made", False):  # refused by the checks here: no table left
             with contextlib.suppress(OSError):
                 os.remove(source)
         raise

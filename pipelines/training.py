@@ -460,6 +460,8 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     if runner not in RUNNERS:
         raise ConfigError("runner", f"must be one of {', '.join(RUNNERS)}, got {runner!r}")
     config.check_local_run(source)
+    if runner == "subprocess":
+        _check_task_tmpdir()
     # Tasks run in processes of their own, from another directory: local paths must be absolute.
     source = absolute(source)
     config = dataclasses.replace(config, store=absolute(config.store))
@@ -515,7 +517,7 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
             raise DataValidationError(f"{cause[len(invalid):]} (found by the validate step, which reads a table at "
                                       f"a URI; its log: {log_path})")
         if cause is None and (stopped := _task_stopped(log_text)):
-            cause = f"Its process was {stopped}."
+            cause = f"Its process {stopped}."
         elif cause is not None:
             cause = f"It raised {cause.rstrip('.')}."
         raise PipelineFailed(f"{failure}" + (f" {cause}" if cause else "")
@@ -527,6 +529,20 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
         evaluation = json.load(f)
     version = _published_version(root) if gate_passed else None
     return LocalRun(run_id, gate_passed, version, evaluation, _report_html(evaluate_dir), root, log_path)
+
+
+def _check_task_tmpdir() -> None:
+    """Every subprocess task starts with kfp's `mktemp -d`, which uses $TMPDIR as it is (Python's
+    tempfile falls back to /tmp): an unwritable $TMPDIR failed the validate task, and the run, with
+    exit status 1 and no cause named (a failure review). Refused here, before any task."""
+    given = os.environ.get("TMPDIR")
+    if not given:
+        return
+    try:
+        tempfile.TemporaryDirectory(dir=given).cleanup()
+    except OSError as exc:
+        raise ValueError(f"$TMPDIR={given} cannot hold the tasks' temporary folders ({exc.strerror}): set TMPDIR "
+                         "to a writable folder, or unset it") from None
 
 
 def _report_html(evaluate_dir: str) -> str:
@@ -571,11 +587,12 @@ def _uncoloured(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # kfp.local colours its messages
 
 
-STOPPED_BY = "tauforge: the task's process was "  # what _run_task_process says of a task a signal ended
+STOPPED_BY = "tauforge: the task's process "  # what _run_task_process says of a task that failed without a word
 
 
 def _task_stopped(log: str) -> str | None:
-    """How the first task a signal ended was stopped ("stopped by SIGKILL (out of memory?)"), or None."""
+    """How the first task that a signal or a bare exit status ended, ended ("was stopped by SIGKILL (out
+    of memory?)", "exited with status 1 ...: mktemp: ..."), or None."""
     said = [line.strip() for line in map(_uncoloured, log.split("\n")) if line.strip().startswith(STOPPED_BY)]
     return said[0].removeprefix(STOPPED_BY) if said else None
 
@@ -663,25 +680,42 @@ def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> 
     the task's Python, evaluate's refit processes). Says when a signal ended the task."""
     if _STOPPING.is_set():
         return 128 + signal.SIGTERM
+    # The task stops if this process dies without stopping it (components/_kfp.py).
+    env = {**os.environ, **(env_vars or {}), "TAUFORGE_RUN_PID": str(os.getpid())}
     process = subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               env={**os.environ, **env_vars} if env_vars else None,
+                               env=env,
                                start_new_session=_GUARDED.is_set())  # else a terminal's Ctrl-C still reaches it
     with _LIVE_LOCK:
         _LIVE_TASKS.add(process)
     if _STOPPING.is_set():  # a signal came between the start and the line above: stopped all the same
         _signal_group(process.pid, signal.SIGTERM)
+    last, started = "", False  # the output's last line; whether kfp's executor (Python) had started
     for line in iter(process.stdout.readline, ""):
         print(line, end="")
+        last = line.strip() or last
+        started = started or "[KFP Executor" in line
     process.stdout.close()  # here, not on an interrupt: a task stopping may still write its last lines
     print("\n")
     code = process.wait()
     with _LIVE_LOCK:
         _LIVE_TASKS.discard(process)
     signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
-    if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-        print(f"{STOPPED_BY}stopped by {signal.Signals(signum).name}"
-              + (" (out of memory?)" if signum == signal.SIGKILL else ""))
+    if signum in set(signal.Signals):
+        # Any signal: a segfault or abort in native code (a nuisance model's, numba's) left no
+        # traceback either, and the run's message named no cause (a failure review).
+        print(f"{STOPPED_BY}was stopped by {signal.Signals(signum).name}" + SIGNAL_HINTS.get(signum, ""))
+    elif code != 0:
+        # A task that exits without a traceback (a model calling os._exit; kfp's shell when
+        # `mktemp -d` fails under an unwritable $TMPDIR): its status, and the shell's last line,
+        # are the cause (once the executor has started, its last line is its input's JSON).
+        said = f" before Python started: {_uncoloured(last)[:300]}" if last and not started else ""
+        print(f"{STOPPED_BY}exited with status {code}{said}")
     return code
+
+
+SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (a crash in native code)",
+                signal.SIGBUS: " (a crash in native code)", signal.SIGILL: " (a crash in native code)",
+                signal.SIGFPE: " (a crash in native code)", signal.SIGABRT: " (aborted by native code)"}
 
 
 def _signal_group(pid: int, signum: int) -> None:

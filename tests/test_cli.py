@@ -387,6 +387,19 @@ def test_a_refused_demo_run_leaves_no_files_and_a_bad_refit_workers_variable_is_
                                      "processes, 1 or more; got 'two'")
 
 
+def test_a_refused_demo_run_leaves_the_demo_table_another_run_in_its_root_made(tmp_path):
+    # A failure review: runs in one --pipeline-root with one seed share demo-<seed>.parquet, and a
+    # refused run removed it under the run beside it (whose validate task may not have read it yet,
+    # and whose card names it as its source).
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "demo-0.parquet").write_bytes(b"another run's table")
+    (tmp_path / "afile").write_text("not a store")
+    out = run("run", "--demo", "--pipeline-root", str(runs), "--store", str(tmp_path / "afile"))
+    assert out.returncode == 2 and "is not a folder" in out.stderr, out.stderr
+    assert (runs / "demo-0.parquet").exists()
+
+
 def test_a_failed_task_is_reported_with_its_own_error(tmp_path):
     # A Poisson outcome model on an outcome with negative values: only its fit can tell.
     out = run("run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",

@@ -385,6 +385,78 @@ def test_a_task_killed_as_out_of_memory_is_named_so(tmp_path):
     assert "Its process was stopped by SIGKILL (out of memory?)" in json.loads(out)["error"], out
 
 
+@pytest.mark.parametrize("script, said", [
+    # A crash in native code (a nuisance model's, numba's) leaves no traceback either.
+    ("import ctypes; ctypes.string_at(0)", "was stopped by SIGSEGV (a crash in native code)"),
+    ("import os; os.abort()", "was stopped by SIGABRT (aborted by native code)"),
+    ("import os; print('[KFP Executor ...]: Got executor_input:'); print('{}'); os._exit(3)", "exited with status 3"),
+])
+def test_a_task_that_ends_without_a_traceback_is_named_by_how_it_ended(tmp_path, capsys, script, said):
+    # A failure review: only SIGKILL, SIGTERM and SIGINT were named; a segfault, an abort or a bare
+    # exit status failed the run with no cause in its message. kfp's task command is a shell
+    # running Python, as here (a shell says 128 + n of a signal).
+    from tauforge.pipelines.training import _run_task_process, _task_stopped
+
+    code = _run_task_process(["sh", "-ec", f'{sys.executable} -c "$0"', script])
+    assert code != 0
+    assert _task_stopped(capsys.readouterr().out) == said
+
+
+def test_a_task_whose_shell_fails_before_python_says_the_shells_last_line(tmp_path, capsys):
+    # kfp's task command begins with `program_path=$(mktemp -d)`: under an unwritable $TMPDIR it
+    # failed every task with no cause named; the shell's own last line is the cause.
+    from tauforge.pipelines.training import _run_task_process, _task_stopped
+
+    code = _run_task_process(["sh", "-ec", 'program_path=$(mktemp -d)\necho "$program_path"'],
+                             {"TMPDIR": str(tmp_path / "missing")})
+    assert code == 1
+    stopped = _task_stopped(capsys.readouterr().out)
+    assert stopped.startswith("exited with status 1 before Python started: mktemp: ") and "missing" in stopped
+
+
+def test_an_unwritable_tmpdir_is_refused_before_any_task_runs(tmp_path, cli, monkeypatch):
+    # Every subprocess task starts with `mktemp -d` under $TMPDIR (Python's tempfile falls back to
+    # /tmp, the shell does not): the validate task failed, exit 1, no cause named.
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    data.assign(t=rng.binomial(1, 0.5, 300).astype(float), y=rng.normal(size=300)).to_parquet(
+        tmp_path / "data.parquet", index=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    code, out, err = cli("run", "--data", str(tmp_path / "data.parquet"), "--treatment", "t", "--outcome", "y")
+    assert code == 2, err
+    assert f"tauforge run: error: $TMPDIR={tmp_path / 'missing'} cannot hold the tasks' temporary folders" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_task_ends_with_its_run_when_the_run_is_killed_with_sigkill(tmp_path):
+    # A failure review: `kill -9` of `tauforge run` (or the OOM killer's) left its tasks running in
+    # their own sessions, a slow nuisance fit for as long as it took, until they next wrote to
+    # their closed pipe. Here the run is a process calling `_run_task_process`, as kfp.local does,
+    # on a task (a shell running Python, as kfp's) that imports the components and sleeps.
+    task = ("import os, time, tauforge.components._kfp\n"
+            f"open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    run = ("import sys\nfrom tauforge.pipelines.training import _run_task_process\n"
+           f"_run_task_process(['sh', '-ec', {sys.executable!r} + ' -c \"$0\"', {task!r}],\n"
+           "                  {'_KFP_RUNTIME': 'true'})\n")
+    parent = subprocess.Popen([sys.executable, "-c", run], stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int((tmp_path / "pid").read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read(), \
+            "the task outlived its killed run"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_an_interrupted_run_says_the_version_its_publish_step_published(runs):
     from tauforge.components.registry import ModelStore
     from tauforge.pipelines.training import _after_interrupt

@@ -821,3 +821,33 @@ def test_diff_reads_a_verdicts_null_reasons_and_warnings_as_empty():
     d = diff_cards(old, new)
     assert d["gate"]["reasons"] == {"changed": True, "added": ["r"], "removed": []}
     assert d["gate"]["warnings"]["changed"] is False
+
+
+def test_a_failed_rename_or_copy_into_the_store_names_where_it_failed(model_dir, tmp_path, monkeypatch):
+    # A failure review: a rename into a model folder made read-only (chattr +i, or 0555 under another
+    # user) said "permission denied on <store>/m/.staging/<id>/version", the staging folder it came
+    # from, which was fine; a copy onto a full store named its source file in /tmp, as if /tmp were full.
+    # Both errors are raised here as the OS raises them: source first, target second.
+    import errno
+
+    store = store_with(model_dir, tmp_path, 1)
+    real_rename = os.rename
+
+    def read_only_model_folder(src, dst):
+        if str(dst).endswith(f"{os.sep}m{os.sep}2"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", src, None, dst)
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", read_only_model_folder)
+    with pytest.raises(StoreError) as raised:
+        store.publish("m", model_dir[0], card())
+    assert f"-> {os.path.join(store.root, 'm', '2')} while publishing to the model store" in str(raised.value)
+    monkeypatch.undo()
+
+    def full_store(src, dst, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", src, None, dst)
+    monkeypatch.setattr(shutil, "copy2", full_store)
+    with pytest.raises(OSError) as raised:
+        store.publish("m", model_dir[0], card())
+    assert raised.value.filename.startswith(os.path.join(store.root, "m", ".staging")), raised.value
+    monkeypatch.undo()
+    assert store.versions("m") == [1] and store.publish("m", model_dir[0], card()) == 3  # 2: claimed, unused
