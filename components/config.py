@@ -41,22 +41,29 @@ def refit_workers_from_environment() -> int | None:
 def check_no_credentials(uri: str, field: str) -> str:
     """`uri`, unless it carries a user name or password (scheme://user:secret@host/...): a URI is
     recorded in the run's parameters, its logs and the model card, where a secret must not go."""
-    if "://" in uri and _has_userinfo(uri.split("://", 1)[1]):
+    if "://" in uri and _has_userinfo(*uri.split("://", 1)):
         raise ConfigError(field, "carries a user name or password: it would be recorded in the run's parameters, "
                                  "logs and model card; give credentials the filesystem's own way (for s3://, "
                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from a Secret on a cluster)")
     return uri
 
 
-def _has_userinfo(rest: str) -> bool:
+# Schemes whose '//' names a host that may take a port (host:8080/path@...). An object store's
+# names a bucket, which takes none: there a ':' then digits and '/' is a secret's start (AWS
+# secret keys hold '/'), which the port rule let through, printed whole in the error after it.
+HOST_SCHEMES = frozenset({"http", "https", "ftp", "sftp", "ssh", "smb", "hdfs", "webhdfs", "webdav", "dav"})
+
+
+def _has_userinfo(scheme: str, rest: str) -> bool:
     """Whether the text after a URI's '://' starts with user[:password]@. A secret may hold '/'
     (AWS secret keys do), which ends urlsplit's netloc early, so the password is read up to the
-    '@' unless what follows the ':' is a port (digits, then the path)."""
+    '@' unless, for a scheme with hosts, what follows the ':' is a port (digits, then the path)."""
     user = re.match(r"([^/@?#]+)(?::([^@]*))?@", rest)
     if user is None:
         return False
     password = user.group(2)
-    if password is not None and re.fullmatch(r"\d+[/?#].*", password):  # host:port/path@... is no user
+    if (scheme.lower() in HOST_SCHEMES and password is not None
+            and re.fullmatch(r"\d+[/?#].*", password)):  # host:port/path@... is no user
         return False
     return True
 
