@@ -20,6 +20,7 @@ import os
 import signal
 import textwrap
 import threading
+import time
 from typing import List  # noqa: UP035 (KFP's collected inputs are typed with typing.List)
 
 from kfp import dsl
@@ -57,7 +58,18 @@ else:  # inside a running task (_KFP_RUNTIME=true) kfp.dsl has no decorators, an
             return
         if fd is not None:
             select.select([fd], [], [])
+        # The task's own process group (its shell leads it when the run gave it a session), not the
+        # run's: decided before the shell can go.
+        group = os.getpgid(0) if os.getpgid(0) == os.getppid() else None
         os.kill(os.getpid(), signal.SIGTERM)  # unwinds as a stopped task does: its cleanup runs
+        # ...within the grace an interrupted run gives; a task that does not unwind (a non-daemon
+        # thread's fit, SystemExit swallowed) is killed, as there.
+        from .constants import STOP_GRACE_SECONDS
+
+        time.sleep(STOP_GRACE_SECONDS)
+        if group is not None:
+            os.killpg(group, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     if os.environ.get("TAUFORGE_RUN_PID", "").isdigit() and hasattr(os, "pidfd_open"):
         threading.Thread(target=_stop_with_the_run, args=(int(os.environ["TAUFORGE_RUN_PID"]),), daemon=True,

@@ -47,3 +47,7 @@ __all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS"
            "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE",
            "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
            "TREATMENT_TYPES"]
+
+# A local run's task stopped with SIGTERM (the run interrupted, or killed: the task watches it) is
+# killed this long after, if still running: its cleanup (publish's staging folder) runs within it.
+STOP_GRACE_SECONDS = 10.0

@@ -247,10 +247,12 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         table, true_ate = demo_table(n=5000, seed=args.seed)
         os.makedirs(args.pipeline_root, exist_ok=True)
         # Runs in one --pipeline-root with one seed share this file: it is replaced whole (another
-        # run's validate task may be reading it), and a refused run removes it only if it made it.
-        args.demo_made = not os.path.exists(source)
+        # run's validate task may be reading it), and a refused run removes it only if it made it
+        # and it is still the file it wrote (each write is a new inode: another run's rewrite stays).
+        made = not os.path.exists(source)
         with replaced_whole(source, binary=True) as f:
             table.to_parquet(f, index=False)
+        args.demo_inode = os.stat(source).st_ino if made else None
     return source, config, true_ate
 
 
@@ -274,9 +276,10 @@ def _run(args: argparse.Namespace) -> int:
             run = run_local(source, config, pipeline_root=args.pipeline_root, log=say, fan_in=args.fan_in,
                             runner=args.runner, started=started)
     except BaseException:
-        if args.demo and not began and getattr(args, "demo_made", False):  # refused by the checks here: no table left
+        if args.demo and not began and getattr(args, "demo_inode", None) is not None:  # refused here: no table left
             with contextlib.suppress(OSError):
-                os.remove(source)
+                if os.stat(source).st_ino == args.demo_inode:
+                    os.remove(source)
         raise
     version = run.version
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]

@@ -44,6 +44,7 @@ from tauforge.components.constants import (
     DEFAULT_MODEL_NAME,
     DEFAULT_TREES,
     MONITOR_ALPHA,
+    STOP_GRACE_SECONDS,
 )
 from tauforge.components.data import DataValidationError, validate_data
 from tauforge.components.estimate import (
@@ -671,7 +672,6 @@ _LIVE_TASKS: set = set()
 _LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler takes it in a thread that may hold it
 _STOPPING = threading.Event()  # set by a signal: no task starts after it
 _GUARDED = threading.Event()  # set while `_tasks_stopped_on_signals` holds the signals: tasks get groups
-STOP_GRACE_SECONDS = 10.0  # from SIGTERM to SIGKILL: a task's cleanup (publish's staging) runs in it
 
 
 def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> int:

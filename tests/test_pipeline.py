@@ -457,6 +457,35 @@ def test_a_task_ends_with_its_run_when_the_run_is_killed_with_sigkill(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_task_that_does_not_unwind_still_ends_with_its_killed_run(tmp_path):
+    # The watcher's SIGTERM raises SystemExit in the task's main thread, but a non-daemon thread
+    # still fitting (a ThreadPoolExecutor's worker) holds the interpreter at exit: an interrupted
+    # run kills such a task 10 s after its SIGTERM, and so must a task whose run was killed.
+    task = ("import os, threading, time, tauforge.components._kfp\n"
+            "threading.Thread(target=time.sleep, args=(120,)).start()\n"
+            f"open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    run = ("import sys\nfrom tauforge.pipelines.training import _run_task_process\n"
+           f"_run_task_process(['sh', '-ec', {sys.executable!r} + ' -c \"$0\"', {task!r}],\n"
+           "                  {'_KFP_RUNTIME': 'true'})\n")
+    parent = subprocess.Popen([sys.executable, "-c", run], stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int((tmp_path / "pid").read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 25
+    while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read(), \
+            "the task outlived its killed run"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_an_interrupted_run_says_the_version_its_publish_step_published(runs):
     from tauforge.components.registry import ModelStore
     from tauforge.pipelines.training import _after_interrupt
