@@ -428,12 +428,18 @@ def test_an_unwritable_tmpdir_is_refused_before_any_task_runs(tmp_path, cli, mon
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
 
 
-def test_a_task_ends_with_its_run_when_the_run_is_killed_with_sigkill(tmp_path):
+@pytest.mark.parametrize("held, within", [
+    ("", 5),  # a task that unwinds on SIGTERM ends before the grace period's SIGKILL (10 s)
+    # A non-daemon thread still fitting (a ThreadPoolExecutor's worker) holds the interpreter at
+    # exit: an interrupted run kills such a task 10 s after its SIGTERM, and so must a killed run.
+    ("threading.Thread(target=time.sleep, args=(120,)).start()\n", 25),
+], ids=["unwinds", "does-not-unwind"])
+def test_a_task_ends_with_its_run_when_the_run_is_killed_with_sigkill(tmp_path, held, within):
     # A failure review: `kill -9` of `tauforge run` (or the OOM killer's) left its tasks running in
     # their own sessions, a slow nuisance fit for as long as it took, until they next wrote to
     # their closed pipe. Here the run is a process calling `_run_task_process`, as kfp.local does,
     # on a task (a shell running Python, as kfp's) that imports the components and sleeps.
-    task = ("import os, time, tauforge.components._kfp\n"
+    task = (f"import os, threading, time, tauforge.components._kfp\n{held}"
             f"open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
     run = ("import sys\nfrom tauforge.pipelines.training import _run_task_process\n"
            f"_run_task_process(['sh', '-ec', {sys.executable!r} + ' -c \"$0\"', {task!r}],\n"
@@ -445,42 +451,15 @@ def test_a_task_ends_with_its_run_when_the_run_is_killed_with_sigkill(tmp_path):
     pid = int((tmp_path / "pid").read_text())
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() \
-            and time.monotonic() < deadline:
+
+    def ended() -> bool:
+        return not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+
+    deadline = time.monotonic() + within
+    while not ended() and time.monotonic() < deadline:
         time.sleep(0.1)
     try:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read(), \
-            "the task outlived its killed run"
-    finally:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_a_task_that_does_not_unwind_still_ends_with_its_killed_run(tmp_path):
-    # The watcher's SIGTERM raises SystemExit in the task's main thread, but a non-daemon thread
-    # still fitting (a ThreadPoolExecutor's worker) holds the interpreter at exit: an interrupted
-    # run kills such a task 10 s after its SIGTERM, and so must a task whose run was killed.
-    task = ("import os, threading, time, tauforge.components._kfp\n"
-            "threading.Thread(target=time.sleep, args=(120,)).start()\n"
-            f"open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
-    run = ("import sys\nfrom tauforge.pipelines.training import _run_task_process\n"
-           f"_run_task_process(['sh', '-ec', {sys.executable!r} + ' -c \"$0\"', {task!r}],\n"
-           "                  {'_KFP_RUNTIME': 'true'})\n")
-    parent = subprocess.Popen([sys.executable, "-c", run], stdout=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pid = int((tmp_path / "pid").read_text())
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 25
-    while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read(), \
-            "the task outlived its killed run"
+        assert ended(), "the task outlived its killed run"
     finally:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
