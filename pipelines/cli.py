@@ -486,6 +486,8 @@ def _number(value, spec: str) -> str:
     """A card's number as text; n/a where it is missing or not a number."""
     if value is None or isinstance(value, float) and not math.isfinite(value):
         return "n/a"
+    if spec and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "n/a"  # a number's format for text (a hand-made card's "0.3") failed the whole listing
     return format(value, spec)
 
 

@@ -813,6 +813,18 @@ def test_models_cli_reads_a_cards_null_parts_as_missing_and_names_an_alias_it_ca
         "model 'm' has no alias 'champoin' to roll back (aliases: ['champion'])")
 
 
+def test_models_list_shows_a_cards_number_of_another_type_as_n_a_and_lists_the_others(model_dir, tmp_path):
+    # A review: a card whose ATE was text ("0.3", a hand-made card) failed `models list` for every
+    # model with exit 2 ("Unknown format code 'f' for object of type 'str'").
+    store = store_with(model_dir, tmp_path, 1)
+    store.publish("m", model_dir[0], {"effect": {"ate": "0.3", "ate_lower": True}, "data": {"rows": "many"}})
+    out = models_cli(store, "list")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3 and "0.5000" in lines[1]
+    assert lines[2].split()[3:7] == ["n/a", "[n/a,", "n/a]", "many"], lines[2]  # text stays text
+
+
 def test_diff_reads_a_verdicts_null_reasons_and_warnings_as_empty():
     from tauforge.components.registry import diff_cards
 
