@@ -178,11 +178,11 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
             return table
         return _read_parquet(fs, path, config.redacted_uri(source))
     except (OSError, pyarrow.ArrowInvalid, UnicodeDecodeError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({exc.reason} at "
-                                      f"byte {exc.start}); save it as UTF-8 (or Parquet)") from None
-        if "invalid UTF8" in str(exc):  # an id column's value (the header and other columns: above)
-            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({exc}); save "
+        # The header's bytes (Python's error), or an id column's value (pyarrow's; other columns'
+        # values are read as bytes, and refused where used as numbers).
+        if isinstance(exc, UnicodeDecodeError) or "invalid UTF8" in str(exc):
+            where = f"{exc.reason} at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise DataValidationError(f"cannot read {config.redacted_uri(source)!r}: it is not UTF-8 ({where}); save "
                                       "it as UTF-8 (or Parquet)") from None
         if path.lower().endswith((".csv", ".csv.gz")) and "Expected 1 columns" in str(exc):
             raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as CSV: its header is one column "

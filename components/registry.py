@@ -967,6 +967,15 @@ _GATE_CHECKS = (("placebo p-value", ("refuters", "placebo", "p_value")),
                 ("graph checks' smallest adjusted p-value", ("graph_checks", "min_adjusted_p_value")))
 
 
+def card_part(card: dict, *keys: str) -> dict:
+    """The card's part at `keys` (`card_part(card, "estimator", "nuisance")`): a part a card lacks,
+    or holds as null or another type (one published through the Python API), reads as empty."""
+    node = card
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
 def diff_cards(old: dict, new: dict) -> dict:
     """What changed from one version's card to another's: the causal graph (edges, nodes and latent
     nodes added or removed), the assumptions, the data (fingerprint, rows, source), the columns'
@@ -996,25 +1005,20 @@ def diff_cards(old: dict, new: dict) -> dict:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    def part(node, *keys) -> dict:  # a part a card lacks, or holds as null or another type, reads as empty
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-        return node if isinstance(node, dict) else {}
-
     # A card published through the Python API may lack any part: it is compared as empty.
-    data = {k: [part(old, "data").get(k), part(new, "data").get(k)] for k in ("fingerprint", "rows", "source")}
-    spec_old, spec_new = part(old, "spec"), part(new, "spec")
+    data = {k: [card_part(c, "data").get(k) for c in (old, new)] for k in ("fingerprint", "rows", "source")}
+    spec_old, spec_new = card_part(old, "spec"), card_part(new, "spec")
     roles = {k: listed(spec_old.get(k) or [], spec_new.get(k) or []) for k in ("covariates", "controls")}
     spec_fields = pairs({k: v for k, v in spec_old.items() if k not in roles},
                         {k: v for k, v in spec_new.items() if k not in roles})
-    estimator = pairs(*(flat({k: v for k, v in part(c, "estimator").items() if k != "nuisance"})
+    estimator = pairs(*(flat({k: v for k, v in card_part(c, "estimator").items() if k != "nuisance"})
                         for c in (old, new)))
-    thresholds = [part(c, "evaluation").get("gate_config") for c in (old, new)]
-    learners = pairs(part(old, "estimator", "nuisance"), part(new, "estimator", "nuisance"))
-    scores = pairs(part(old, "evaluation", "nuisance"), part(new, "evaluation", "nuisance"))
-    v_old, v_new = ({"passed": None, "reasons": [], "warnings": [], **part(c, "evaluation", "verdict")}
+    thresholds = [card_part(c, "evaluation").get("gate_config") for c in (old, new)]
+    learners = pairs(card_part(old, "estimator", "nuisance"), card_part(new, "estimator", "nuisance"))
+    scores = pairs(card_part(old, "evaluation", "nuisance"), card_part(new, "evaluation", "nuisance"))
+    v_old, v_new = ({"passed": None, "reasons": [], "warnings": [], **card_part(c, "evaluation", "verdict")}
                     for c in (old, new))
-    effect = {k: [part(c, "effect").get(k) for c in (old, new)] for k in ("ate", "ate_lower", "ate_upper")}
+    effect = {k: [card_part(c, "effect").get(k) for c in (old, new)] for k in ("ate", "ate_lower", "ate_upper")}
     return {
         "from": {"model": old.get("model"), "version": old.get("version")},
         "to": {"model": new.get("model"), "version": new.get("version")},

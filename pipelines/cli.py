@@ -391,7 +391,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from tauforge.components.registry import ModelStore, StoreError, check_store
+    from tauforge.components.registry import ModelStore, StoreError, card_part, check_store
 
     store = ModelStore(_store_uri(args))
     if args.refs and args.action != "diff":
@@ -432,10 +432,9 @@ def _models(args: argparse.Namespace) -> int:
                 except StoreError as exc:  # one damaged version must not hide the others
                     damaged.append(f"{name} version {v}: {exc}")
                     continue
-                # A card published through the Python API may lack parts, or hold null (or another
-                # type) where one is: read as empty, not an AttributeError that hid every model.
-                effect, data = (card.get(part) if isinstance(card.get(part), dict) else {}
-                                for part in ("effect", "data"))
+                # A card published through the Python API may lack parts, or hold null where one is:
+                # read as empty, not an AttributeError that hid every model.
+                effect, data = card_part(card, "effect"), card_part(card, "data")
                 rows.append({"model": name, "version": v, "created": card.get("created"), "ate": effect.get("ate"),
                              "ate_lower": effect.get("ate_lower"), "ate_upper": effect.get("ate_upper"),
                              "rows": data.get("rows"),
