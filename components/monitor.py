@@ -61,7 +61,7 @@ from .judgement import (
     treatment_probability,
     with_outcomes,
 )
-from .registry import ModelStore
+from .registry import ModelStore, card_covariates, card_part
 
 
 @dataclass
@@ -841,17 +841,13 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         unreadable = events.attrs.get("unreadable_files", [])
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
-        spec = loaded.card.get("spec")
-        if not isinstance(spec, dict) or not isinstance(spec.get("covariates"), list):
-            raise ValueError(f"version {served} of model {model!r} has no spec with its covariates in its card (a "
-                             "version published through the Python API without one): monitoring compares the "
-                             "covariates the spec names; publish the version with its DataSpec in the card")
+        covariates, spec = card_covariates(loaded.card), loaded.card["spec"]
         others = {} if not len(events) else {
             int(v): int(n) for v, n in events.loc[(events["role"] == "champion") & (events["version"] != served),
                                                   "version"].value_counts().sort_index().items()}
         events = events[(events["role"] != "champion") | (events["version"] == served)]
-        result = _monitor(events, load_reference(loaded.reference_path), spec["covariates"], config,
-                          read, 0, CHECKS, steps, loaded.card.get("effect"))
+        result = _monitor(events, load_reference(loaded.reference_path), covariates, config,
+                          read, 0, CHECKS, steps, card_part(loaded.card, "effect"))
     card = loaded.card
     if start is not None:
         result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
@@ -860,7 +856,7 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
     if others:  # a --version the log did not serve read as "0 live rows" alone (a review)
         result["other_champion_versions"] = others
     result.update(model=model, version=served, training={
-        "run_id": card.get("run", {}).get("run_id"), "data_fingerprint": card.get("data", {}).get("fingerprint"),
+        "run_id": card_part(card, "run").get("run_id"), "data_fingerprint": card_part(card, "data").get("fingerprint"),
         "treatment": spec.get("treatment"), "outcome": spec.get("outcome")})
     return result
 

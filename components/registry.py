@@ -976,6 +976,19 @@ def card_part(card: dict, *keys: str) -> dict:
     return node if isinstance(node, dict) else {}
 
 
+def card_covariates(card: dict) -> list[str]:
+    """The covariates the card's spec names, in the model's column order: what serving scores and
+    monitoring compares. A version published through the Python API without a spec is refused,
+    named, with what to do."""
+    covariates = card_part(card, "spec").get("covariates")
+    if not isinstance(covariates, list) or not all(isinstance(c, str) for c in covariates):
+        raise ValueError(f"version {card.get('version')} of model {card.get('model')!r} has no spec with its "
+                         "covariates in its card (a version published through the Python API without one): "
+                         "serving and monitoring need the columns the spec names; publish the version with "
+                         "its DataSpec in the card")
+    return covariates
+
+
 def diff_cards(old: dict, new: dict) -> dict:
     """What changed from one version's card to another's: the causal graph (edges, nodes and latent
     nodes added or removed), the assumptions, the data (fingerprint, rows, source), the columns'

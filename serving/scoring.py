@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tauforge.components.events import MAX_ID_LENGTH, id_string
-from tauforge.components.registry import ModelVersion, read_card, verify_files
+from tauforge.components.registry import ModelVersion, card_covariates, read_card, verify_files
 
 UNIT_ID_FIELD = "unit_id"
 
@@ -278,7 +278,7 @@ class VersionScorer:
         self.version = version.version
         self.card = version.card
         self.alpha = alpha
-        self.columns = list(version.card["spec"]["covariates"])
+        self.columns = card_covariates(version.card)
         self.forest = version.load_forest(device=device)  # 'cuda' without a visible GPU: a ValueError
         self.parser = RowParser(self.columns)
 

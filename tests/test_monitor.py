@@ -908,6 +908,16 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     other.close()
     elsewhere = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "other"), version=1)
     assert elsewhere["live_rows"] == 0 and elsewhere["other_champion_versions"] == {2: 50}
+    # A card published through the Python API may hold null for a part (a review of models list):
+    # the training block reads it as absent, where `card.get("run", {})` failed on None.
+    from tauforge.components.registry import ModelStore
+
+    store = ModelStore(str(tmp_path / "store"))
+    store.publish("m", str(tmp_path / "v1"), {"spec": {"covariates": COLUMNS, "treatment": "T"}, "run": None,
+                                              "data": "unknown", "effect": None})
+    bare = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "other"), version=2)
+    assert bare["version"] == 2 and bare["training"] == {"run_id": None, "data_fingerprint": None,
+                                                         "treatment": "T", "outcome": None}
 
 
 def test_traffic_past_the_training_range_is_flagged_by_the_support_check_and_quiet_traffic_is_not():

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -1405,7 +1406,7 @@ def test_a_predictor_serves_under_the_role_it_was_deployed_as(store, tmp_path):
     assert len(events) == 3 and set(events["role"]) == {"challenger"} and set(events["version"]) == {2}
 
 
-def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
+def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store, tmp_path):
     import torch
 
     serve = [sys.executable, "-m", "tauforge.pipelines.cli", "serve", "--store", store, "--model", MODEL]
@@ -1432,6 +1433,17 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store):
     out = subprocess.run([*serve, "--challenger", "2", "--mode", "canary", "--port", str(free_port()), "--grpc-port",
                           "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--challenger 2 is version 2, the version served as champion" in out.stderr
+    # A version published through the Python API without a spec was a KeyError's traceback and
+    # exit 1, from the store and from a KServe model folder alike: the user's error, named.
+    from tauforge.components.registry import ModelStore
+    from tauforge.serving.server import build_model
+
+    shutil.copytree(os.path.join(store, MODEL, "1"), tmp_path / "version", ignore=shutil.ignore_patterns("*.json"))
+    bare = ModelStore(str(tmp_path / "bare"))
+    bare.publish("m", str(tmp_path / "version"), {"note": "no spec"})
+    for where in ({"store": bare.root, "model": "m"}, {"model_dir": os.path.join(bare.root, "m", "1")}):
+        with pytest.raises(ValueError, match="version 1 of model 'm' has no spec with its covariates in its card"):
+            build_model(**where)
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_to_the_next():
