@@ -689,28 +689,43 @@ def _run_task_process(full_command: list[str], env_vars: dict | None = None) -> 
         _LIVE_TASKS.add(process)
     if _STOPPING.is_set():  # a signal came between the start and the line above: stopped all the same
         _signal_group(process.pid, signal.SIGTERM)
-    last, started = "", False  # the output's last line; whether kfp's executor (Python) had started
+    output = _TaskOutput()
     for line in iter(process.stdout.readline, ""):
-        print(line, end="")
-        last = line.strip() or last
-        started = started or "[KFP Executor" in line
+        output.show(line)
     process.stdout.close()  # here, not on an interrupt: a task stopping may still write its last lines
     print("\n")
     code = process.wait()
     with _LIVE_LOCK:
         _LIVE_TASKS.discard(process)
-    signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
-    if signum in set(signal.Signals):
-        # Any signal: a segfault or abort in native code (a nuisance model's, numba's) left no
-        # traceback either, and the run's message named no cause (a failure review).
-        print(f"{STOPPED_BY}was stopped by {signal.Signals(signum).name}" + SIGNAL_HINTS.get(signum, ""))
-    elif code != 0:
-        # A task that exits without a traceback (a model calling os._exit; kfp's shell when
-        # `mktemp -d` fails under an unwritable $TMPDIR): its status, and the shell's last line,
-        # are the cause (once the executor has started, its last line is its input's JSON).
-        said = f" before Python started: {_uncoloured(last)[:300]}" if last and not started else ""
-        print(f"{STOPPED_BY}exited with status {code}{said}")
+    output.say_how_it_ended(code)
     return code
+
+
+class _TaskOutput:
+    """A task's output printed into the run's log as it comes, and, when the task failed without
+    a traceback, the cause said after it."""
+
+    def __init__(self):
+        self.last, self.started = "", False  # the last line; whether kfp's executor (Python) started
+
+    def show(self, text: str) -> None:
+        print(text, end="")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        self.last = lines[-1] if lines else self.last
+        self.started = self.started or "[KFP Executor" in text
+
+    def say_how_it_ended(self, code: int) -> None:
+        signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
+        if signum in set(signal.Signals):
+            # Any signal: a segfault or abort in native code (a nuisance model's, numba's) left no
+            # traceback either, and the run's message named no cause (a failure review).
+            print(f"{STOPPED_BY}was stopped by {signal.Signals(signum).name}" + SIGNAL_HINTS.get(signum, ""))
+        elif code != 0:
+            # A task that exits without a traceback (a model calling os._exit; kfp's shell when
+            # `mktemp -d` fails under an unwritable $TMPDIR): its status, and the shell's last line,
+            # are the cause (once the executor has started, its last line is its input's JSON).
+            said = f" before Python started: {_uncoloured(self.last)[:300]}" if self.last and not self.started else ""
+            print(f"{STOPPED_BY}exited with status {code}{said}")
 
 
 SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (a crash in native code)",
@@ -815,6 +830,9 @@ def _after_interrupt(store_uri: str, model: str, run_id: str, log_path: str) -> 
     return f"the run's tasks were stopped; {done}. The task logs are in {log_path}"
 
 
+DOCKER_API_TIMEOUT = 600.0  # seconds a docker runner's task waits for each answer of the daemon
+
+
 def _run_docker_container(client, image: str, command: list[str], volumes: dict, **container_run_args) -> int:
     """kfp.local's `run_docker_container` without its race: it runs the task's container with
     auto_remove, so a task that ends quickly can be removed before its logs are read; Docker then
@@ -824,6 +842,9 @@ def _run_docker_container(client, image: str, command: list[str], volumes: dict,
     pulled), and said, as kfp does."""
     from kfp.local.docker_task_handler import add_latest_tag_if_not_present
 
+    # kfp's client waits 60 s for each answer; a daemon busy starting a run's containers beside an
+    # image build took longer, and the run failed with "Read timed out" (a test run, 2026-12-06).
+    client.api.timeout = max(client.api.timeout or 0, DOCKER_API_TIMEOUT)
     image = add_latest_tag_if_not_present(image=image)
     if any(image in (found.tags + found.attrs["RepoDigests"]) for found in client.images.list()):
         print(f"Found image {image!r}\n")
@@ -833,14 +854,21 @@ def _run_docker_container(client, image: str, command: list[str], volumes: dict,
         print("Image pull complete\n")
     if _STOPPING.is_set():
         return 128 + signal.SIGTERM
+    from .container_reaper import run_label
+
+    # Labelled for the reaper, which removes them if this process is killed with SIGKILL.
+    labels = {**container_run_args.pop("labels", {}), **run_label()}
     container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
-                                      volumes=volumes, **container_run_args)
+                                      volumes=volumes, labels=labels, **container_run_args)
     with _LIVE_LOCK:
         _LIVE_TASKS.add(container)
     try:
-        for line in container.logs(stream=True):
-            print(line.decode(), end="")
-        return container.wait()["StatusCode"]
+        output = _TaskOutput()
+        for chunk in container.logs(stream=True):
+            output.show(chunk.decode(errors="replace"))
+        code = container.wait()["StatusCode"]
+        output.say_how_it_ended(code)  # a container's shell says 128 + n for a signal
+        return code
     finally:
         container.remove(force=True)
         with _LIVE_LOCK:

@@ -1,0 +1,77 @@
+"""The docker runner's containers end with the process that started them, however it ends.
+
+`tauforge run --runner docker` runs every task as a container, a child of dockerd, not of the
+run. A run stopped by SIGINT or SIGTERM removes its containers itself (training.py), but one
+killed with SIGKILL (kill -9, the OOM killer, a CI job's last word) cannot, and its containers ran
+on, a publish task among them (a failure review). So the first docker run of a process starts
+this reaper: a process of its own session, which holds the read end of a pipe whose write end
+only the run's process holds. The kernel closes that end when the process dies, for any reason;
+the reaper then removes (SIGKILL, then delete) every container labelled with the process's
+`LABEL` value, and exits. A process that ends cleanly has removed its containers already: the
+reaper finds none.
+
+    python -m tauforge.pipelines.container_reaper FD VALUE    (started by `start_reaper`)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+# Every container a local docker run starts carries LABEL=<this process's value>.
+LABEL = "tauforge.local-run"
+_started: dict = {}  # this process's label value and the pipe's write end, once a reaper runs
+
+
+def run_label() -> dict:
+    """The label for this process's containers, starting its reaper on first use. The value is
+    the process id (which a test uses to find them) and a random token (process ids are reused)."""
+    if not _started:
+        value = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        read_end, write_end = os.pipe()  # not inheritable: no task process holds the write end
+        try:
+            subprocess.Popen([sys.executable, "-m", __name__, str(read_end), value], pass_fds=(read_end,),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # a terminal's Ctrl-C and SIGHUP never reach it
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        _started.update(value=value, write_end=write_end)  # held open until this process dies
+    return {LABEL: _started["value"]}
+
+
+def reap(value: str) -> int:
+    """Remove every container labelled `LABEL=value`, running or not; return how many."""
+    import docker
+
+    client = docker.from_env()
+    removed = 0
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"}):
+            with contextlib.suppress(Exception):  # removed meanwhile, or the daemon refused: go on
+                container.remove(force=True)
+                removed += 1
+    finally:
+        client.close()
+    return removed
+
+
+def main(argv: list[str]) -> int:
+    read_end, value = int(argv[0]), argv[1]
+    with contextlib.suppress(OSError):
+        while os.read(read_end, 1):  # nothing is ever written: returns b"" once the writer is gone
+            pass
+    reap(value)
+    time.sleep(1.0)  # a container whose creation the dead process had asked for may appear just after
+    reap(value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
