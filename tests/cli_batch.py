@@ -18,7 +18,14 @@ import tempfile
 import traceback
 import warnings
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+# A case refused before any work takes well under a second; one that starts work (a server, a
+# fit) by mistake is stopped after this long, its case named, rather than hanging the batch.
+CASE_SECONDS = 120
+
+
+class CaseTimeout(Exception):
+    pass
 
 
 def run_case(main, argv: list[str], cwd: str) -> dict:
@@ -32,6 +39,13 @@ def run_case(main, argv: list[str], cwd: str) -> dict:
         sys.argv = [sys.argv[0], *argv]
         try:
             os.chdir(cwd)
+
+            def too_long(signum, frame):
+                raise CaseTimeout(f"tests/cli_batch.py: tauforge {' '.join(argv)} ran for more than {CASE_SECONDS} s: "
+                                  "it started work a refused command line should not")
+
+            signal.signal(signal.SIGALRM, too_long)
+            signal.alarm(CASE_SECONDS)
             with warnings.catch_warnings():
                 code = main(argv)
         except SystemExit as exc:  # what Python's exit does with it
@@ -43,6 +57,7 @@ def run_case(main, argv: list[str], cwd: str) -> dict:
             traceback.print_exc()
             code = 1
         finally:
+            signal.alarm(0)
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(saved[0], 1)
