@@ -26,6 +26,7 @@ import reprlib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tauforge.kernels.serialization import replaced_whole
@@ -190,14 +191,17 @@ def remove_events(records: list[dict], location: str, seq: int, stamp: _dt.datet
             fs.rm(path)
 
 
-def read_events(location: str, model: str | None = None, since: float | None = None) -> pd.DataFrame:
+def read_events(location: str, model: str | None = None, since: float | None = None, *,
+                skip: tuple[str, ...] = (), on_file=None) -> pd.DataFrame:
     """Every logged record under `location` (of `model` only, if given; logged at or after the
     Unix time `since`, if given) as one DataFrame, read file by file with pyarrow; empty, with the
     fields, if there is none. With `since`, files in date folders before its day are not read (a
     file's folder is the day it was written, which is no earlier than its records). Files that
     cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
     the frame's `attrs["unreadable_files"]`. A local folder that does not exist is an error (a
-    mistyped path should not read as a quiet log)."""
+    mistyped path should not read as a quiet log). `skip`: columns not kept (a reader that does
+    not need them: each file's are dropped as it is read, so a week's log holds less at once);
+    `on_file(done, total)` is called after each file (progress on a long read)."""
     fs, root, local = _filesystem(location)
     if local and not os.path.isdir(root):
         raise ValueError(f"the event log {location} is not a directory")
@@ -207,26 +211,40 @@ def read_events(location: str, model: str | None = None, since: float | None = N
                    if os.path.basename(f).startswith(_FILE_PREFIX) and f.endswith(_FILE_SUFFIX)
                    and (first_day is None or (day := _written_on(f)) is None or day >= first_day))
     tables, unreadable = [], []
-    for f in files:  # each whole: a file whose footer reads can still hold corrupt pages
+    for done, f in enumerate(files, 1):  # each whole: a file whose footer reads can still hold corrupt pages
         try:
-            tables.append((f, pq.read_table(f, filesystem=fs)))
+            table = pq.read_table(f, filesystem=fs)
+            tables.append((f, table.drop_columns([c for c in skip if c in table.column_names])))
         except (OSError, pa.ArrowException) as exc:
             unreadable.append(f"{f}: {exc}")
+        if on_file is not None:
+            on_file(done, len(files))
     tables, mismatched = _of_one_schema(tables)
     unreadable += mismatched
     if not tables:
-        frame = pd.DataFrame(columns=list(EVENT_FIELDS))
+        frame = pd.DataFrame(columns=[c for c in EVENT_FIELDS if c not in skip])
     else:
         table = pa.concat_tables(tables, promote_options="permissive")
-        frame = table.to_pandas()
+        del tables  # the files' tables are the concatenation's chunks: one copy, freed as it converts
+        # Filtered and sorted in Arrow, then converted once (self_destruct frees each column as it
+        # goes): a pandas sort and filter each held another copy of the frame, 3 times the log's
+        # Arrow size at the peak.
+        if since is not None:
+            table = table.filter(pc.greater_equal(table.column("time"), since))
+        keys = [k for k in ("time", "request_id", "row") if k in table.column_names]
+        if keys:  # stable, NaN and nulls last, as pandas' sort was
+            table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
         # A 63-bit explore_seed beside nulls (shadow rows, a server without --explore) read as
         # float64 lost its low bits, and the logged draw no longer replayed: a nullable integer.
+        seed = None
         if "explore_seed" in table.column_names:  # files of another writer may lack it
-            frame["explore_seed"] = table.column("explore_seed").to_pandas(
-                types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-        frame = frame.sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
-        if since is not None:
-            frame = frame[frame["time"] >= since].reset_index(drop=True)
+            where = table.column_names.index("explore_seed")
+            seed = table.column("explore_seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+            table = table.remove_column(where)
+        frame = table.to_pandas(self_destruct=True, split_blocks=True)
+        del table
+        if seed is not None:
+            frame.insert(where, "explore_seed", seed)
     frame.attrs["unreadable_files"] = unreadable
     return frame
 

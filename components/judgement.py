@@ -183,7 +183,9 @@ def check_outcomes(outcomes: pd.DataFrame, source: str = "outcomes") -> pd.DataF
             raise ValueError(f"{source}: 'row' must hold whole numbers from 0 (a row's position in its request), "
                              f"got {plain(outcomes['row'][bad].iloc[0])!r} in {int(bad.sum())} row(s)")
         outcomes = outcomes.assign(row=rows)  # a missing one: the row is left out of the judgement, as before
-    repeated = outcomes.duplicated(keys, keep=False)
+    # Rows without a key join no logged row (`with_outcomes` leaves them out): not duplicates of
+    # each other (two outcomes without a request_id were refused as "sharing" None).
+    repeated = outcomes.duplicated(keys, keep=False) & outcomes[keys].notna().all(axis=1)
     if repeated.any():
         first = outcomes.loc[repeated, keys].iloc[0].tolist()
         raise ValueError(f"{source}: {int(repeated.sum())} rows share a {' and '.join(keys)} with another (the "

@@ -1187,3 +1187,54 @@ def test_shadow_agreement_compares_both_top_deciles_and_the_signs():
         assert found["spearman"] == pytest.approx(rho) and found["top_decile_overlap"] == overlap, found
     shifted = ShadowAgreement().run(check_inputs(live, live, shadow=live.assign(cate=a + 0.5, version=2))).summary
     assert shifted["action_disagreement"] == np.mean((a > -0.5) & (a <= 0)) == 0.25
+
+
+def test_reading_the_log_drops_unused_columns_file_by_file_and_reports_each_file(tmp_path):
+    # A production-scale review: a week's log (8.9 million records, 6,048 files) went past 8 GB
+    # while being read, with no progress line in minutes: every column was kept, a pandas sort
+    # and filter each copied the frame, and the read was one silent step.
+    from tauforge.components.events import event_record, read_events, write_events
+
+    for seq in range(1, 4):
+        write_events([event_record(time=float(10 * seq + i), request_id=f"r{seq}-{i}", row=0, unit_id=None,
+                                   model="m", version=1, role="champion", cate=0.1, lower=0.0, upper=0.2,
+                                   latency_ms=1.0, inputs={"x0": float(i)}) for i in range(3)],
+                     str(tmp_path), seq=seq)
+    seen = []
+    frame = read_events(str(tmp_path), model="m", since=21.0, skip=("lower", "upper", "latency_ms", "nonesuch"),
+                        on_file=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert not {"lower", "upper", "latency_ms"} & set(frame.columns) and "explore_seed" in frame.columns
+    assert list(frame.request_id) == ["r2-1", "r2-2", "r3-0", "r3-1", "r3-2"]
+    assert str(frame["explore_seed"].dtype) == "Int64"
+
+
+def test_the_monitored_version_is_the_one_serving_at_the_end_of_the_log_after_a_promotion():
+    # A review: champion version 1 for four days, version 2 (promoted) for three; by rows the
+    # retired version 1 was judged, and the one serving was "not judged here".
+    from tauforge.components.monitor import monitored_version
+
+    events = pd.DataFrame({"model": "m", "role": "champion", "version": [1] * 400 + [2] * 300,
+                           "time": np.r_[np.linspace(0, 4 * 86400, 400), np.linspace(4 * 86400 + 1, 7 * 86400, 300)]})
+    assert monitored_version(None, "m", events) == 2
+    # A rollback is the same: the version answering at the end of the log.
+    assert monitored_version(None, "m", events.assign(version=3 - events["version"])) == 1
+
+
+def test_outcomes_without_a_request_id_are_left_out_not_refused_as_duplicates():
+    from tauforge.components.judgement import check_outcomes
+
+    outcomes = pd.DataFrame({"request_id": ["a", None, None, "b"], "row": [0, 0, 0, 0], "outcome": [1.0, 2, 3, 4]})
+    assert len(check_outcomes(outcomes)) == 4
+    with pytest.raises(ValueError, match="2 rows share a request_id and row"):
+        check_outcomes(pd.concat([outcomes, outcomes.head(1)]))
+
+
+def test_grouped_counts_codes_as_np_unique_did():
+    from tauforge.components.monitor import grouped
+
+    for groups, expected in ((None, False), (np.arange(5), False), (np.array([0, 1, 1]), True),
+                             (np.array([], dtype=np.int64), False), (np.array([3, 7, 3]), True),
+                             (np.array([-1, 2]), False), (np.array([0.5, 0.5]), True),
+                             (np.array([2**40, 5, 2**40]), True), (np.array([2**40, 5]), False)):
+        assert grouped(groups) is expected
