@@ -45,6 +45,8 @@ _NO = ("no", "false", "0")
 _DOT_KEYWORDS = ("node", "edge", "graph")
 # What may hold '--' in DOT text without being an edge: quoted strings and comments.
 _DOT_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"|//[^\n]*|/\*.*?\*/|^\s*#[^\n]*', re.DOTALL | re.MULTILINE)
+# A DOT ID at an edge's end, without the port after it (A:p, "a b":p:n).
+_DOT_ID = re.compile(r'"(?:[^"\\]|\\.)*"|[^:]*')
 # GML opens with `graph [`, possibly after comments and top-level `key value` pairs (Creator,
 # Version, comment: a review's file opened with `comment "..."`, which the tasks, reading the text
 # without its file name, took for DOT); DOT with `digraph {`. Items are whitespace-separated and
@@ -444,12 +446,29 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
                          'cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
     nodes, edges = [], []
 
-    def endpoints(end) -> list[str]:
-        if isinstance(end, str):  # a name, perhaps with a port (A:p) that says where an arrow is drawn
-            return [_unquote(end if end.startswith('"') else end.split(":")[0])]
+    def endpoints(end, default: bool) -> list[str]:
+        """The nodes at one end of an edge, met (and marked) as written there."""
+        if isinstance(end, str):  # a name, perhaps with a port (A:p, "a b":p) that says where an arrow is drawn
+            name = _unquote(_DOT_ID.match(end).group(0))
+            meet(name, default)
+            return [name]
         if end.get("edges") or end.get("subgraphs"):  # a subgraph with edges of its own as one end
             raise GraphError("has an edge whose end is a subgraph with edges inside: write the edges one by one")
-        return [_unquote(n) for n in end.get("nodes", {})]
+        # `{U [observed="no"] V} -> Y`, `{node [shape=box] A B} -> Y`: the group's statements, in order,
+        # as a subgraph's (a review: its attribute statements became nodes named 'node', its marks were lost).
+        names = []
+        statements = sorted(((n, st) for n, sts in end.get("nodes", {}).items() for st in sts),
+                            key=lambda item: item[1].get("sequence") or 0)
+        for raw, statement in statements:
+            attributes = statement.get("attributes", {})
+            if raw == "node":
+                default = is_latent(attributes, default)
+            elif raw not in _DOT_KEYWORDS:
+                name = _unquote(raw)
+                meet(name, default)
+                marked[name] = is_latent(attributes, marked[name])
+                names.append(name)
+        return list(dict.fromkeys(names))
 
     def is_latent(attributes: dict, default: bool) -> bool:
         value = attributes.get(LATENT_ATTRIBUTE)
@@ -474,11 +493,9 @@ def _read_dot(text: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
                 if direction != "forward":
                     raise GraphError(f"has an edge with dir={direction}: an edge is a cause A -> B; write a latent "
                                      'common cause as a node of its own (U [observed="no"]; U -> A; U -> B)')
-                for cause in endpoints(statement.get_source()):
-                    for effect in endpoints(statement.get_destination()):
-                        meet(cause, default)
-                        meet(effect, default)
-                        edges.append((cause, effect))
+                causes = endpoints(statement.get_source(), default)
+                effects = endpoints(statement.get_destination(), default)
+                edges.extend((cause, effect) for cause in causes for effect in effects)
             elif statement.get_name() == "node":
                 default = is_latent(statement.get_attributes(), default)
             elif statement.get_name() == "edge":  # edge [dir=back]: the edges after it, in its scope

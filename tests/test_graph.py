@@ -305,3 +305,104 @@ def test_diff_cards_shows_graph_assumptions_data_learners_and_gate_changes():
     assert not any(same[k]["changed"] for k in ("graph", "assumptions", "data", "nuisance", "gate"))
     without = diff_cards(card(None), old)
     assert without["graph"]["given"] == [False, True] and without["assumptions"]["changed"]
+
+
+# ---------------------------------------------------------------------- a mutation review's cases
+def test_observed_no_false_or_0_in_any_case_marks_a_node_latent_in_dot_and_gml():
+    for value in ("no", "No", "false", "0"):
+        assert CausalGraph.parse(f'digraph {{ U [observed="{value}"]; U -> T; T -> Y }}').latent == ("U",), value
+        gml = (f'graph [ directed 1 node [ id 0 label "U" observed "{value}" ] node [ id 1 label "T" ] '
+               'edge [ source 0 target 1 ] ]')
+        assert CausalGraph.parse(gml).latent == ("U",), value
+    assert CausalGraph.parse('digraph { U [observed="yes"]; U -> T }').latent == ()
+
+
+def test_a_file_named_gml_in_capitals_is_read_as_gml_whatever_its_text_opens_with(tmp_path):
+    # A top-level list before `graph [` is GML that the opening's pattern does not recognise: the
+    # file's extension decides, whatever its case.
+    text = 'info [ drawn "by hand" ]\ngraph [ directed 1 node [ id 0 label "T" ] node [ id 1 label "Y" ] ' \
+           'edge [ source 0 target 1 ] ]'
+    (tmp_path / "G.GML").write_text(text)
+    g = CausalGraph.read(str(tmp_path / "G.GML"))
+    assert g.format == "gml" and g.edges == (("T", "Y"),)
+
+
+def test_the_card_section_of_a_graph_with_latent_nodes_reads_back_as_the_same_graph():
+    g = CausalGraph.parse('digraph { U [observed="no"]; U -> T; U -> Y; Z -> T; T -> Y }')
+    back = CausalGraph.from_dict(card_section(g, spec(["Z"])))
+    assert back == g and back.latent == ("U",) and back.sha256 == g.sha256
+
+
+def test_the_dot_it_writes_reads_back_with_latent_nodes_and_names_holding_quotes_or_backslashes():
+    names = ("U", 'say "hi"', "C:\\dir", "end\\", "age group", "T", "Y")
+    g = CausalGraph(names, tuple((n, "T") for n in names[:5]) + (("T", "Y"), ("U", "Y")), ("U",))
+    back = CausalGraph.parse(g.to_dot())
+    assert back == g and back.latent == ("U",) and back.nodes == names
+
+
+def test_derived_covariates_leave_out_every_column_with_another_role():
+    g = CausalGraph.parse('digraph { Z -> T; Z -> Y; T -> Y; W -> Y; I -> T; id -> Y; grp -> Y; ts -> Y; w -> Y }')
+    derived = g.adjusted_spec(DataSpec(outcome="Y", treatment="T", unit_id="id", group="grp", timestamp="ts",
+                                       weight="w", instrument="I"))
+    assert derived.covariates == ["Z", "W"]
+
+
+@pytest.mark.parametrize("text, covariates, path", [
+    # a shorter path through a collider no one adjusts for is closed: the open one is named
+    ('digraph { A -> T; A -> C; B -> C; B -> Y; D -> T; D -> E -> F -> G -> Y; T -> Y; W -> Y }', ["W"],
+     "T <- D -> E -> F -> G -> Y"),
+    # a collider opened by its adjusted descendant is on the shortest open path, before a longer chain
+    ('digraph { U1 [observed="no"]; U2 [observed="no"]; U1 -> T; U1 -> M; U2 -> M; U2 -> Y; M -> D; '
+     'A -> T; A -> B -> C -> E -> Y; T -> Y }', ["D"], "T <- U1 -> M <- U2 -> Y"),
+])
+def test_the_path_named_is_the_shortest_open_one_not_a_closed_shorter_or_an_open_longer_one(text, covariates, path):
+    with pytest.raises(GraphError, match="leaves the back-door path") as caught:
+        CausalGraph.parse(text).adjusted_spec(spec(covariates))
+    assert f"leaves the back-door path {path} open" in str(caught.value)
+
+
+def test_a_collider_on_a_path_is_open_when_a_descendant_of_it_is_adjusted_for():
+    dag = nx.DiGraph([("U1", "T"), ("U1", "M"), ("U2", "M"), ("U2", "Y"), ("M", "D")])
+    path = ["T", "U1", "M", "U2", "Y"]
+    for given in ({"D"}, {"M"}):
+        opens = given | {a for z in given for a in nx.ancestors(dag, z)}
+        assert path_is_open(dag, path, given, opens), given
+    assert not path_is_open(dag, path, set(), set())
+    assert not path_is_open(dag, path, {"D", "U1"}, {"D", "M", "U1", "U2"})  # a non-collider adjusted for
+
+
+def test_the_card_records_covariates_and_controls_as_the_adjustment_set():
+    section = card_section(CausalGraph.parse(CONFOUNDED), spec(["W"], ["Z"]))
+    assert section["adjustment_set"] == ["W", "Z"] and section["treatment"] == "T" and section["outcome"] == "Y"
+
+
+def test_ports_name_no_node_a_restated_node_keeps_its_mark_and_an_edge_end_with_edges_is_refused():
+    g = CausalGraph.parse('digraph { U [observed="no"]; U; subgraph s { U }; A:p -> T:n; U -> T; T -> Y:s:w }')
+    assert g.nodes == ("U", "A", "T", "Y") and g.latent == ("U",)  # Graphviz keeps a node's attributes
+    assert set(g.edges) == {("A", "T"), ("U", "T"), ("T", "Y")}
+    with pytest.raises(GraphError, match="has an edge whose end is a subgraph with edges inside"):
+        CausalGraph.parse("digraph { {A -> B} -> C }")
+
+
+@pytest.mark.parametrize("nodes, edges, latent, message", [
+    (("T", "Y"), (("T", "Z"),), (), "has an edge T -> Z whose node 'Z' is not among its nodes"),
+    (("T", "Y"), (("T", "Y"),), ("U",), "declares 'U' latent but has no such node"),
+    ((), (), (), "has no nodes"),
+])
+def test_a_graph_built_from_data_checks_its_edges_and_latent_nodes_are_among_its_nodes(nodes, edges, latent, message):
+    # A card's graph section read back (from_dict) passes through here, edited or not.
+    with pytest.raises(GraphError, match=message):
+        CausalGraph.from_dict({"nodes": nodes, "edges": edges, "latent": latent})
+
+
+def test_a_group_of_nodes_at_an_edge_end_is_read_as_a_subgraph_and_a_quoted_name_loses_its_port():
+    # A mutation review: Graphviz reads `{...} -> Y` as a subgraph, whose node statements mark
+    # nodes and whose `node [...]` sets defaults within it; here `{node [shape=box]; A} -> Y` made a
+    # node named 'node', `{U [observed="no"]} -> Y` lost U's mark, and a port after a quoted name
+    # stayed part of it.
+    g = CausalGraph.parse('digraph { {node [shape=box]; U [observed="no"]; A; B} -> Y; {node [observed="no"]; V} -> T; '
+                          'U -> T; V -> Y; "age group":p -> T; T -> Y }')
+    assert g.nodes == ("U", "A", "B", "Y", "V", "T", "age group") and g.latent == ("U", "V")
+    assert set(g.edges) == {("U", "Y"), ("A", "Y"), ("B", "Y"), ("V", "T"), ("U", "T"), ("V", "Y"),
+                            ("age group", "T"), ("T", "Y")}
+    g.check_columns(["A", "B", "T", "Y", "age group"])

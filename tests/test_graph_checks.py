@@ -135,3 +135,117 @@ def test_statements_on_unusable_columns_are_listed_untestable_and_rows_are_cappe
     assert all(u["reason"] == "column 'B' is not numeric" for u in result["untestable"])
     assert [s["statement"] for s in result["statements"]] == ["A _||_ M | C, T", "C _||_ Y | A, T, M"]
     assert check_graph(None, table) == {"given": False, "note": "no causal graph was given: no implications to test"}
+
+
+# ---------------------------------------------------------------------- a mutation review's cases
+def test_the_p_value_is_two_sided_for_either_sign_of_the_statistic():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=300)
+    b = 0.2 * a + rng.normal(size=300)
+    for sign in (1, -1):
+        z, p = gcm_test(a, sign * b)
+        assert np.sign(z) == sign and p == pytest.approx(2 * norm.sf(abs(z)), rel=1e-12) and p < 0.05
+
+
+def test_a_residual_constant_up_to_rounding_gives_no_test():
+    rng = np.random.default_rng(4)
+    almost = 1.0 + 1e-15 * rng.normal(size=400)  # a variable the conditioning set determines, after rounding
+    assert np.isnan(gcm_test(almost, np.ones(400))[1])
+
+
+def test_an_unconditional_independence_is_tested_on_centred_variables():
+    # Shifting a column moves no covariance: the p-value of A _||_ B is the same, and not small.
+    rng = np.random.default_rng(5)
+    table = pd.DataFrame({"A": rng.normal(size=500), "B": rng.normal(size=500)})
+    graph = CausalGraph.parse("digraph { A; B }")
+    (s,) = check_graph(graph, table)["statements"]
+    (shifted,) = check_graph(graph, table + 10)["statements"]
+    assert shifted["p_value"] == pytest.approx(s["p_value"], rel=1e-9) and s["p_value"] > 0.05
+    assert residual(table["A"].to_numpy() + 10, np.empty((500, 0))).mean() == pytest.approx(0, abs=1e-12)
+
+
+def test_the_residual_is_cross_fitted_in_the_five_folds_the_card_states():
+    from tauforge.components.graph_checks import TEST
+
+    rng = np.random.default_rng(6)
+    Z = rng.normal(size=(300, 2))
+    v = Z[:, 0] + rng.normal(size=300)
+    np.testing.assert_array_equal(residual(v, Z, seed=0), residual(v, Z, seed=0, folds=5))
+    assert "cross-fitted in 5 folds" in TEST
+
+
+def test_conditioning_on_one_hot_dummies_whose_product_is_always_zero_is_tested():
+    rng = np.random.default_rng(7)
+    category = rng.integers(0, 3, 600)
+    D1, D2 = (category == 1).astype(float), (category == 2).astype(float)  # D1 * D2 is 0: a constant column
+    table = pd.DataFrame({"D1": D1, "D2": D2, "X": D1 - D2 + rng.normal(size=600), "W": D2 + rng.normal(size=600)})
+    result = check_graph(CausalGraph.parse("digraph { D1 -> X; D2 -> X; D1 -> W; D2 -> W; D1 -> D2 }"), table)
+    (s,) = result["statements"]
+    assert s["statement"] == "X _||_ W | D1, D2" and 0 < s["p_value"] <= 1
+
+
+def test_the_adjusted_p_values_are_holms_over_the_tested_statements():
+    result = check_graph(CausalGraph.parse(TRUE_GRAPH), simulate(2), seed=0)
+    p = [s["p_value"] for s in result["statements"]]
+    np.testing.assert_allclose([s["adjusted_p_value"] for s in result["statements"]], holm(p), rtol=1e-12)
+    assert result["min_adjusted_p_value"] == pytest.approx(min(holm(p)), rel=1e-12) and len(p) == 6
+
+
+def test_the_check_is_seeded_the_same_seed_the_same_numbers_another_seed_other_folds():
+    table = simulate(2)[["A", "B", "C", "T"]]
+    graph = CausalGraph.parse(TRUE_GRAPH)
+    first, again, other = (check_graph(graph, table, seed=s)["statements"][1]["p_value"] for s in (0, 0, 1))
+    assert first == again and first != other
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda t: t.assign(B=t["B"].where(t.index != 5)), "column 'B' has missing or infinite values"),
+    (lambda t: t.assign(B=t["B"].where(t.index != 5, np.inf)), "column 'B' has missing or infinite values"),
+    (lambda t: t.assign(B=1.0), "column 'B' is constant"),
+])
+def test_statements_on_a_column_with_missing_or_infinite_values_or_a_constant_one_are_untestable(change, reason):
+    result = check_graph(CausalGraph.parse(TRUE_GRAPH), change(simulate(1)[["A", "B", "C", "T"]]), seed=0)
+    assert result["untestable"] == [{"statement": "A _||_ B", "reason": reason},
+                                    {"statement": "C _||_ T | A, B", "reason": reason}]
+    assert result["statements"] == [] and result["min_adjusted_p_value"] is None
+
+
+def test_with_groups_the_check_holds_groups_out_whole_and_clusters_the_standard_error():
+    table, groups = simulate(3, n=600)[["A", "B", "C", "T"]], np.repeat(np.arange(150), 4)
+    (_, s) = check_graph(CausalGraph.parse(TRUE_GRAPH), table, seed=0, groups=groups)["statements"]
+    Z = table[["A", "B"]].to_numpy()
+    r_c, r_t = (residual(table[v].to_numpy(), Z, 0, groups=groups) for v in ("C", "T"))
+    assert s["statement"] == "C _||_ T | A, B"
+    assert s["statistic"] == pytest.approx(gcm_test(r_c, r_t, groups)[0], rel=1e-9)
+    assert s["statistic"] != pytest.approx(gcm_test(r_c, r_t)[0], rel=1e-3)  # not as independent rows
+
+
+def test_a_capped_table_with_groups_draws_whole_groups_for_about_max_rows_rows():
+    table, groups = simulate(3, n=1200)[["A", "B", "C", "T"]], np.repeat(np.arange(300), 4)
+    result = check_graph(CausalGraph.parse(TRUE_GRAPH), table, seed=0, max_rows=400, groups=groups)
+    assert result["rows"] == 400 and len(result["statements"]) == 2  # 100 groups of 4
+
+
+def test_rejected_lists_statements_under_the_level_by_adjusted_p_value_most_significant_first():
+    section = {"given": True, "statements": [
+        {"statement": "a", "p_value": 0.001, "adjusted_p_value": 0.004},
+        {"statement": "b", "p_value": 0.0001, "adjusted_p_value": 0.0004},
+        {"statement": "c", "p_value": 0.002, "adjusted_p_value": 0.012}]}
+    assert [t["statement"] for t in rejected(section, 0.01)] == ["b", "a"]
+    assert rejected(check_graph(None, pd.DataFrame({"A": [1.0]})), 0.01) == []
+
+
+def test_with_fewer_groups_than_folds_each_group_is_a_fold():
+    rng = np.random.default_rng(8)
+    Z, groups = rng.normal(size=(300, 1)), np.repeat(np.arange(3), 100)
+    r = residual(Z[:, 0] + rng.normal(size=300), Z, seed=0, groups=groups)
+    assert np.isfinite(r).all() and np.var(r) < 1.5
+
+
+def test_a_capped_table_is_a_random_sample_not_its_first_rows():
+    # Sorted by B, the first 300 rows all have B = 0: a head would find B constant.
+    table = simulate(1).sort_values("B", kind="stable").reset_index(drop=True)
+    result = check_graph(CausalGraph.parse(TRUE_GRAPH), table[["A", "B", "C", "T"]], seed=0, max_rows=300)
+    assert result["rows"] == 300 and result["untestable"] == [] and len(result["statements"]) == 2
