@@ -38,6 +38,13 @@ it counts rows (the reference's groups and the log's unit ids dropped), and how 
 shift of x2 among the units, by the size of the shift in sd.
 
     .venv/bin/python tests/benchmarks/bench_monitor.py --units      # 500 seeds, about 7 minutes
+
+With --scale ROWS: a week of served traffic, ROWS champion rows and a shadow's answers to 30% of
+them, written with the event log's own writer in files of 2,000 rows (a server's rotation) under
+its date folders; then `tauforge monitor` on it in a process of its own, whose wall time and peak
+memory (the largest resident set) are printed, and once more with `--since 2d`.
+
+    .venv/bin/python tests/benchmarks/bench_monitor.py --scale 1000000   # about 3 minutes
 """
 
 from __future__ import annotations
@@ -154,6 +161,66 @@ def units(args) -> None:
               f"{(time.perf_counter() - start) / args.seeds:.2f} s a call", flush=True)
 
 
+def scale(args) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="tauforge-bench-monitor-"))
+    try:
+        _scale(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _scale(args, folder) -> None:
+    import datetime as dt
+    import json
+    import resource
+    import subprocess
+
+    from test_monitor import COLUMNS, published_forest
+
+    from tauforge.components.events import event_record, write_events
+
+    forest = published_forest(folder)  # model "m" version 1 in folder/store
+    rng, per_file, start = np.random.default_rng(0), 2000, time.perf_counter()
+    files = -(-args.scale // per_file)
+    end = time.time()
+    for b in range(files):
+        X = covariates(rng, per_file)
+        cate = forest.predict(X)
+        low, high = end - 7 * 86400 * (1 - b / files), end - 7 * 86400 * (1 - (b + 1) / files)
+        times = np.sort(rng.uniform(low, high, per_file))
+        units = rng.integers(0, 200_000, per_file)
+        records = []
+        for i in range(per_file):
+            inputs = dict(zip(COLUMNS, X[i].tolist()))
+            for role, answer, shown in (("champion", cate[i], True), ("shadow", cate[i] + 0.05, rng.random() < 0.3)):
+                if shown:
+                    records.append(event_record(time=float(times[i]), request_id=f"r{b}-{i}", row=0,
+                                                unit_id=f"u{units[i]}", model="m", version=1 if role == "champion"
+                                                else 2, role=role, cate=float(answer), lower=answer - 0.1,
+                                                upper=answer + 0.1, latency_ms=1.0, inputs=inputs))
+        write_events(records, str(folder / "events"), seq=b + 1, stamp=dt.datetime.fromtimestamp(high, dt.UTC))
+        if (b + 1) % max(1, files // 10) == 0:
+            print(f"written {b + 1}/{files} files, {time.perf_counter() - start:.0f} s", flush=True)
+    written = sum(1 for _ in (folder / "events").rglob("*.parquet"))
+    print(f"{args.scale:,} champion rows and their shadow's in {written:,} files")
+    for flags in ([], ["--since", "2d"]):
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "monitor", "--store",
+                              str(folder / "store"), "--model", "m", "--log-dir", str(folder / "events"), "--json",
+                              *flags], capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if out.returncode != 0:
+            raise SystemExit(f"tauforge monitor exited {out.returncode}:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB to GiB, the largest so far
+        print(f"monitor {' '.join(flags) or '(the whole log)'}: {result['live_rows']:,} live rows in {seconds:.1f} s, "
+              f"peak memory of the monitor processes so far {peak:.2f} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, help="default 2,000 (300 with --power, 200 with --canary, 500 with "
@@ -161,6 +228,8 @@ def main() -> None:
     parser.add_argument("--power", action="store_true", help="the domain classifier's power against small shifts")
     parser.add_argument("--canary", action="store_true", help="the canary judgement's wrong decisions and power")
     parser.add_argument("--units", action="store_true", help="false alarms and power with rows of repeated units")
+    parser.add_argument("--scale", type=int, metavar="ROWS", help="time and memory of tauforge monitor on a week's "
+                                                                  "log of ROWS champion rows")
     parser.add_argument("--reference-rows", type=int, default=2000)
     parser.add_argument("--live-rows", type=int, default=1000)
     args = parser.parse_args()
@@ -171,6 +240,8 @@ def main() -> None:
         return canary(args)
     if args.units:
         return units(args)
+    if args.scale:
+        return scale(args)
 
     from test_monitor import COLUMNS, reference, traffic
 
