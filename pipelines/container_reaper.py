@@ -19,31 +19,38 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 # Every container a local docker run starts carries LABEL=<this process's value>.
 LABEL = "tauforge.local-run"
 _started: dict = {}  # this process's label value and the pipe's write end, once a reaper runs
+_starting = threading.Lock()  # kfp.local starts a ParallelFor's tasks from threads: one reaper
 
 
 def run_label() -> dict:
     """The label for this process's containers, starting its reaper on first use. The value is
     the process id (which a test uses to find them) and a random token (process ids are reused)."""
-    if not _started:
-        value = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        read_end, write_end = os.pipe()  # not inheritable: no task process holds the write end
-        try:
-            subprocess.Popen([sys.executable, "-m", __name__, str(read_end), value], pass_fds=(read_end,),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)  # a terminal's Ctrl-C and SIGHUP never reach it
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        _started.update(value=value, write_end=write_end)  # held open until this process dies
+    with _starting:
+        if not _started:
+            _start_reaper()
     return {LABEL: _started["value"]}
+
+
+def _start_reaper() -> None:
+    value = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    read_end, write_end = os.pipe()  # not inheritable: no task process holds the write end
+    try:
+        subprocess.Popen([sys.executable, "-m", __name__, str(read_end), value], pass_fds=(read_end,),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)  # a terminal's Ctrl-C and SIGHUP never reach it
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _started.update(value=value, write_end=write_end)  # held open until this process dies
 
 
 def reap(value: str) -> int:

@@ -707,19 +707,24 @@ class _TaskOutput:
 
     def __init__(self):
         self.last, self.started = "", False  # the last line; whether kfp's executor (Python) started
+        self.line_open = False  # output ended inside a line (a container's last chunk, without its newline)
 
     def show(self, text: str) -> None:
         print(text, end="")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         self.last = lines[-1] if lines else self.last
         self.started = self.started or "[KFP Executor" in text
+        self.line_open = not text.endswith("\n") if text else self.line_open
 
     def say_how_it_ended(self, code: int) -> None:
+        if self.line_open and code != 0:  # the cause on a line of its own, where _task_stopped reads it
+            print()
         signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None  # a shell says 128 + n
         if signum in set(signal.Signals):
             # Any signal: a segfault or abort in native code (a nuisance model's, numba's) left no
             # traceback either, and the run's message named no cause (a failure review).
-            print(f"{STOPPED_BY}was stopped by {signal.Signals(signum).name}" + SIGNAL_HINTS.get(signum, ""))
+            hint = " (the run was interrupted)" if _STOPPING.is_set() else SIGNAL_HINTS.get(signum, "")
+            print(f"{STOPPED_BY}was stopped by {signal.Signals(signum).name}{hint}")
         elif code != 0:
             # A task that exits without a traceback (a model calling os._exit; kfp's shell when
             # `mktemp -d` fails under an unwritable $TMPDIR): its status, and the shell's last line,

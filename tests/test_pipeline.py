@@ -402,6 +402,26 @@ def test_a_task_that_ends_without_a_traceback_is_named_by_how_it_ended(tmp_path,
     assert _task_stopped(capsys.readouterr().out) == said
 
 
+def test_a_container_or_task_the_run_itself_stopped_is_not_said_to_be_out_of_memory(capsys):
+    # An interrupted docker run kills its containers (their shell ignores SIGTERM): status 137,
+    # which alone reads as the OOM killer's SIGKILL. A container's output comes in chunks: the
+    # cause goes on a line of its own after a last chunk without its newline (else the run's
+    # message could not find it).
+    from tauforge.pipelines import training
+
+    output = training._TaskOutput()
+    output.show("[KFP Executor 2026-12-06]: Got executor_input:\n{}\nfitting")
+    assert output.started and output.last == "fitting"
+    training._STOPPING.set()
+    try:
+        output.say_how_it_ended(128 + signal.SIGKILL)
+    finally:
+        training._STOPPING.clear()
+    assert training._task_stopped(capsys.readouterr().out) == "was stopped by SIGKILL (the run was interrupted)"
+    output.say_how_it_ended(128 + signal.SIGKILL)
+    assert training._task_stopped(capsys.readouterr().out) == "was stopped by SIGKILL (out of memory?)"
+
+
 def test_a_task_whose_shell_fails_before_python_says_the_shells_last_line(tmp_path, capsys):
     # kfp's task command begins with `program_path=$(mktemp -d)`: under an unwritable $TMPDIR it
     # failed every task with no cause named; the shell's own last line is the cause.
