@@ -58,6 +58,8 @@ HTTP_PORT, GRPC_PORT = 8080, 8081
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 45
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a namespace's name (may start with a digit)
+# A ServiceAccount's name (as a Secret's): dot-separated DNS-1123 labels, at most 253 characters.
+DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -158,8 +160,12 @@ class DeploySpec:
             raise ConfigError("raw", f"applies to --mode replace (a canary is Serverless, a shadow RawDeployment), "
                                      f"not {self.mode}")
         check_quantities(self, cpu=("cpu",), memory=("memory",))
-        # Empty was the namespace's default account, which holds no store credentials.
-        check_name(self.service_account, "service_account")
+        # Empty was the namespace's default account, which holds no store credentials. A
+        # ServiceAccount's name is a DNS-1123 subdomain (KServe derives no name from it).
+        if len(self.service_account) > 253 or not DNS_1123_SUBDOMAIN.match(self.service_account):
+            raise ConfigError("service_account", "must be a Kubernetes ServiceAccount's name (a DNS-1123 subdomain: "
+                                                 "lower-case letters, digits, '-' and '.'), got "
+                                                 f"{self.service_account!r}")
 
     @property
     def isvc_name(self) -> str:
@@ -516,8 +522,16 @@ def wait_ready(objects: list[dict], timeout: float = 600.0, api_client=None, int
     deadline, why, done = time.monotonic() + timeout, {}, []
     while pending:
         for ns, name in sorted(pending):
-            status = api.get_namespaced_custom_object(group, version, ns, plural, name).get("status", {})
-            conditions = status.get("conditions", [])
+            current = api.get_namespaced_custom_object(group, version, ns, plural, name)
+            status = current.get("status") or {}
+            conditions = status.get("conditions") or []
+            # Until KServe has seen the spec just applied, the status is the earlier spec's (Ready).
+            generation, observed = current.get("metadata", {}).get("generation"), status.get("observedGeneration")
+            if generation is not None and observed is not None and observed < generation:
+                why[name] = f"KServe has not yet seen generation {generation} (its status is generation {observed}'s)"
+                if progress:
+                    progress(f"waiting for InferenceService/{name}: {why[name]}")
+                continue
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
                 pending.discard((ns, name))
                 done.append(f"InferenceService/{name} is ready at {status.get('url', '(no url yet)')}")

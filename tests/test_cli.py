@@ -140,7 +140,7 @@ BAD_ARGUMENTS = [
     (["deploy", "--model", "m", "--version", "2", "--store", "s3://b/s", "--mode", "canary", "--champion-version",
       "1"], "--champion-version applies to a shadow and to a canary in one predictor"),  # was ignored
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--service-account", ""],
-     "--service-account must be a DNS-1035 label"),  # was the namespace's default account: no credentials
+     "--service-account must be a Kubernetes ServiceAccount's name"),  # was the default account: no credentials
 ]
 
 

@@ -222,6 +222,20 @@ def test_deploy_names_and_namespaces_are_lower_case_dns_labels_of_their_lengths(
     refused(lambda: deploy(namespace="a" * 64), "namespace")
     refused(lambda: deploy(namespace="team-"), "namespace")
     refused(lambda: deploy(service_account="Serving"), "service_account")
+    # A DNS-1035 label starts with a letter and ends with a letter or digit (a mutation test: each
+    # end passed): KServe's Service `<name>-predictor` of "1uplift" or "uplift-" is refused.
+    deploy(name="u", namespace="1team")  # a namespace is DNS-1123: it may start with a digit
+    for name in ("1uplift", "uplift-", "-uplift"):
+        refused(lambda: deploy(name=name), "name")
+
+
+def test_deploy_takes_any_kubernetes_service_account_name():
+    # A ServiceAccount's name is a DNS-1123 subdomain, not a label KServe derives names from: these
+    # valid accounts were refused as "a DNS-1035 label of at most 45 characters" (a review).
+    for account in ("1-serving", "serving.prod", "tauforge-serving-account-for-the-causal-inference-team"):
+        deploy(service_account=account)
+    for account in ("", "Serving", "serving.", "a" * 254):
+        refused(lambda: deploy(service_account=account), "service_account")
 
 
 def test_deploy_traffic_exploration_and_gpus_keep_to_their_ranges():

@@ -404,7 +404,7 @@ class FakeKubernetesAPI:
                 fake.calls.append(("POST", key))
                 if key in fake.objects:
                     return self.reply(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
-                obj["metadata"]["resourceVersion"] = "1"
+                obj["metadata"].update(resourceVersion="1", generation=1)
                 fake.objects[key] = obj
                 self.reply(201, obj)
 
@@ -419,6 +419,18 @@ class FakeKubernetesAPI:
             def do_PUT(self):
                 obj = self.body()
                 fake.calls.append(("PUT", self.path))
+                # As the API server: a custom object's update names the resourceVersion it replaces.
+                held = fake.objects[self.path]["metadata"]["resourceVersion"]
+                sent = obj["metadata"].get("resourceVersion")
+                if sent != held:
+                    return self.reply(422 if sent is None else 409, {
+                        "kind": "Status", "code": 422 if sent is None else 409,
+                        "reason": "Invalid" if sent is None else "Conflict",
+                        "message": "metadata.resourceVersion: must be specified for an update" if sent is None
+                        else "the object has been modified"})
+                before = fake.objects[self.path]
+                obj["metadata"].update(resourceVersion=str(int(held) + 1), generation=before["metadata"]["generation"]
+                                       + (obj.get("spec") != before.get("spec")))  # a new spec, a new generation
                 fake.objects[self.path] = obj
                 self.reply(200, obj)
 
@@ -447,6 +459,12 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
     isvc = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift-shadow"
     assert ("PUT", isvc) in fake.calls
     assert fake.objects[isvc]["spec"] == objects[1]["spec"]
+    # Each kind at its own API's path: the mirror is Istio's VirtualService, not a KServe object.
+    assert sorted(fake.objects) == [
+        "/apis/networking.istio.io/v1/namespaces/causal/virtualservices/uplift-shadow-mirror",
+        "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift",
+        isvc]
+    assert {o["metadata"]["resourceVersion"] for o in fake.objects.values()} == {"2"}  # each replaced, not refused
 
 
 def test_apply_refuses_to_change_a_services_deployment_mode_and_says_what_to_do():
@@ -522,6 +540,35 @@ def test_apply_waits_until_ready_and_says_why_an_inference_service_is_not():
         fake.close()
 
 
+def test_wait_ready_does_not_take_the_status_of_the_spec_a_canary_replaced_for_its_own():
+    # A serving-deploy review: right after `apply` replaces a Ready InferenceService's spec, its
+    # status is still the one KServe wrote for the earlier generation (Ready), until the controller
+    # has seen the new spec; wait_ready called that ready at once, before the canary existed.
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        apply(render(spec(version=2)), api)
+        objects = render(spec(mode="canary", percent=20))
+        apply(objects, api)
+        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+        assert fake.objects[path]["metadata"]["generation"] == 2
+        heard = []
+        fake.statuses[path] = [{**READY, "observedGeneration": 1}, {**NOT_READY, "observedGeneration": 2},
+                               {**READY, "observedGeneration": 2}]
+        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
+            "InferenceService/uplift is ready at http://uplift.causal.example.com"]
+        assert len(heard) == 2 and "generation 2" in heard[0] and "RevisionMissing" in heard[1], heard
+        fake.statuses[path] = [{**READY, "observedGeneration": 1}]  # never seen: the error says so
+        with pytest.raises(RuntimeError, match="InferenceService/uplift: .*generation 2"):
+            wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
+        fake.statuses[path] = [READY]  # a KServe that writes no observedGeneration: its Ready is taken
+        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05)
+    finally:
+        fake.close()
+
+
 def test_deploy_command_writes_the_yaml(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tauforge.pipelines.cli", "deploy", "--model", "uplift",
                           "--version", "3",
@@ -592,6 +639,168 @@ def test_deploy_replaces_a_folder_in_one_step_where_linux_can(tmp_path, monkeypa
     assert str(folder) not in renamed
     assert [p.name for p in folder.iterdir()] == [os.path.basename(path)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no staging folder beside it
+
+
+# From a mutation test of components/deploy.py: each test below failed a change that passed every
+# other test (named in its comment).
+def test_every_predictor_keeps_its_node_selector_and_mounts_no_api_token(validators):
+    # Dropping the node selector (GPU nodes) or the token's opt-out passed every test.
+    selector = {"nvidia.com/gpu.present": "true"}
+    renders = [render(spec(node_selector=selector)), render(spec(mode="canary", node_selector=selector)),
+               render(spec(mode="shadow", champion_version=2, node_selector=selector)),
+               render(spec(mode="canary", router="predictor", champion_version=2, node_selector=selector))]
+    predictors = [o["spec"]["predictor"] for objects in renders for o in objects if o["kind"] == "InferenceService"]
+    assert len(predictors) == 5
+    for predictor in predictors:
+        assert predictor["nodeSelector"] == selector and predictor["automountServiceAccountToken"] is False
+    assert all(check(validators, o) for objects in renders for o in objects)
+
+
+def test_a_store_given_with_a_trailing_slash_names_the_same_version_folder():
+    (isvc,) = render(spec(store="s3://bucket/models/"))  # s3://bucket/models//uplift/3 is another key
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/models/uplift/3"
+
+
+def test_a_canarys_share_is_the_nearest_whole_percent():
+    # canaryTrafficPercent is an integer: 12.6% asked for is 13%, not 12 (int() alone truncated).
+    (isvc,) = render(spec(mode="canary", percent=12.6))
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 13
+
+
+def test_a_replace_with_the_predictor_router_serves_one_version_through_the_runtime(validators):
+    # --router applies to a canary or a shadow: a replace still serves one version on the runtime
+    # (a router for it would run `serve --version None`).
+    (isvc,) = render(spec(router="predictor"))
+    predictor = isvc["spec"]["predictor"]
+    assert "containers" not in predictor and predictor["model"]["storageUri"] == "s3://bucket/models/uplift/3"
+    assert check(validators, isvc)
+
+
+def test_the_router_on_gpus_runs_the_cuda_image_on_cuda_and_keeps_a_fractional_share(validators):
+    (isvc,) = render(spec(mode="canary", router="predictor", champion_version=2, percent=12.5, gpus=1,
+                          image="registry.example.com/tauforge:1.0"))
+    assert check(validators, isvc)
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    from tauforge.pipelines.cli import build_parser
+
+    args = build_parser().parse_args(container["args"])
+    assert args.percent == 12.5 and args.device == "cuda"  # str(int(percent)) sent 12
+    assert container["image"] == "registry.example.com/tauforge:1.0-cuda"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    labels = isvc["metadata"]["labels"]
+    assert (labels["tauforge.io/version"], labels["tauforge.io/challenger-version"], labels["tauforge.io/role"]) == (
+        "2", "3", "champion")
+
+
+def test_a_router_canary_or_shadow_follows_a_replaced_champion_in_place():
+    # The router is Serverless, as a replace is: KServe never changes a service's mode, so a
+    # RawDeployment router was refused over every champion `deploy` had put there.
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        apply(render(spec(version=2)), api)
+        for mode in ("canary", "shadow"):
+            assert apply(render(spec(mode=mode, router="predictor", champion_version=2)), api) == [
+                "replaced InferenceService/uplift"]
+    finally:
+        fake.close()
+
+
+def test_a_service_without_a_mode_annotation_is_taken_as_kserves_default_serverless():
+    # An InferenceService created by hand often carries no deploymentMode: KServe's default
+    # (Serverless) then applies, which a mesh shadow's RawDeployment champion cannot replace.
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        apply(render(spec(version=1)), api)
+        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+        del fake.objects[path]["metadata"]["annotations"]
+        with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode"):
+            apply(render(spec(mode="shadow", champion_version=1)), api)
+        assert not [c for c in fake.calls if c[0] == "PUT"]  # refused before anything was sent
+    finally:
+        fake.close()
+
+
+def test_wait_ready_waits_for_the_inference_services_of_a_shadow_and_not_its_virtual_service():
+    from kubernetes import client
+
+    fake = FakeKubernetesAPI()
+    try:
+        api = client.ApiClient(client.Configuration(host=fake.url))
+        objects = render(spec(mode="shadow", champion_version=2))
+        apply(objects, api)
+        for name in ("uplift", "uplift-shadow"):
+            fake.statuses[f"/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/{name}"] = [READY]
+        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05) == [
+            f"InferenceService/{name} is ready at {READY['url']}" for name in ("uplift", "uplift-shadow")]
+        assert not [c for c in fake.calls if c[0] == "GET" and "virtualservices" in c[1]]
+    finally:
+        fake.close()
+
+
+def test_a_write_that_fails_leaves_the_earlier_set_whole_and_no_staging_folder(tmp_path, monkeypatch):
+    from tauforge.components import deploy
+
+    folder = tmp_path / "out"
+    earlier = deploy.write(render(spec(mode="shadow", champion_version=2)), str(folder))
+    before = {p: open(p).read() for p in earlier}
+    unwritable = render(spec())
+    unwritable[0]["metadata"]["labels"]["x"] = object()  # yaml.safe_dump refuses it mid-way
+    with pytest.raises(yaml.YAMLError):
+        deploy.write(unwritable, str(folder))
+    assert {str(p): p.read_text() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # Where the folder is swapped by two renames (no atomic exchange) and the second fails, the
+    # earlier set is put back: the folder is never left absent.
+    monkeypatch.setattr(deploy, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def rename(a, b):
+        if os.path.basename(os.fspath(a)).startswith(".out.") and not os.fspath(a).endswith(".old"):
+            raise OSError(28, "No space left on device")  # not one of write's in-place fallbacks
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        deploy.write(render(spec()), str(folder))
+    assert {str(p): p.read_text() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_written_folders_keep_their_mode_and_a_new_one_follows_the_umask(tmp_path):
+    # mkdtemp's staging folder is 0700: unchanged, it hid the manifests from the user's group
+    # (a GitOps agent reading them) in a new folder, and narrowed an existing one.
+    from tauforge.components.deploy import write
+
+    old = os.umask(0o022)
+    try:
+        write(render(spec()), str(tmp_path / "new"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o750)
+    write(render(spec()), str(tmp_path / "shared"))
+    write(render(spec(version=4)), str(tmp_path / "shared"))
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_folder_holding_another_tools_yaml_is_refused_and_kept(tmp_path):
+    # Only YAML labelled app.kubernetes.io/name=tauforge is deploy's to replace: a mutation that
+    # took any YAML mapping for its own deleted a user's kustomization.yaml and passed every test.
+    from tauforge.components.deploy import write
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "kustomization.yaml").write_text("resources: [isvc.yaml]\n")
+    with pytest.raises(ValueError, match=r"holds files tauforge deploy did not write \(kustomization.yaml\)"):
+        write(render(spec()), str(folder))
+    assert [p.name for p in folder.iterdir()] == ["kustomization.yaml"]
 
 
 def exported_metric_names(tmp_path, with_event_log: bool = False):
