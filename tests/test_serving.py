@@ -1565,3 +1565,106 @@ def test_exploration_recommends_treating_only_above_the_threshold_and_never_expl
     # test: >= passed every test, as the forest's CATE is never exactly 0).
     recommended, drawn, propensity = EpsilonGreedy(0.0, threshold=0.5).decide(np.array([0.4, 0.5, 0.6]), seed=3)
     assert recommended.tolist() == drawn.tolist() == [0, 0, 1] and propensity.tolist() == [1.0, 1.0, 1.0]
+
+
+# From a mutation test of serving/routing.py: each test below failed a change that passed every
+# fast test (named in its comment).
+def test_a_units_bucket_is_pinned_the_same_in_every_process_and_release():
+    # A unit meets the same version on every replica, after a restart and across an upgrade of
+    # tauforge mid-rollout: the bucket is sha256's, pinned here; Python's hash() (salted per
+    # process) passed every other test, whose processes each agreed with themselves.
+    from tauforge.serving.routing import bucket
+
+    assert bucket("canary:uplift:2:unit-7") == 0.4356851319762121
+    assert bucket("shadow:request-1") == 0.10161803216605374
+
+
+def test_routing_shares_of_0_stay_0_the_defaults_are_serves_and_a_misspelt_mode_is_refused():
+    # A canary of 0% (a paused rollout) sent 10% (`percent or 10`), a shadow's default was 10%
+    # where serve --help says 100, a misspelt mode served the champion alone: each passed.
+    units = [f"unit-{i}" for i in range(10_000)]
+    assert set(make_routing("canary", 0, rollout="uplift:2").assign(units, "r")) == {"champion"}
+    assert not any(make_routing("shadow", 0).mirror(f"request-{i}") for i in range(10_000))
+    assert (make_routing("canary").percent, make_routing("shadow").percent) == (10, 100)
+    with pytest.raises(ValueError, match="mode must be one of single, canary, shadow, got 'canery'"):
+        make_routing("canery", 10)
+
+
+def test_exploration_draws_either_action_at_random_and_logs_the_drawn_actions_propensity():
+    # An explored draw of action 0 alone, or a propensity keyed by the action and not by whether it
+    # is the recommended one, passed every fast test (only the slow served test saw them).
+    from scipy.stats import binom
+
+    epsilon = 0.3
+    cate = np.random.default_rng(11).normal(size=20_000)
+    recommended, drawn, propensity = EpsilonGreedy(epsilon).decide(cate, seed=5)
+    # An explored row draws its action uniformly, so a row's action differs from the recommended
+    # one with probability epsilon / 2 whichever is recommended: Binomial(n, 0.15) in each group
+    # (about 10,000 rows each). The band holds a correct count with probability 1 - 1e-6
+    # (binom.ppf(5e-7, ...), binom.isf(5e-7, ...)); differing at epsilon passes it with probability
+    # 1e-202, at 0.2 with 1e-16, and never differing where 0 is recommended never. (Seeded: the
+    # counts are fixed, 1487 and 1518.)
+    for action in (0, 1):
+        group = recommended == action
+        lo, hi = binom.ppf(5e-7, group.sum(), epsilon / 2), binom.isf(5e-7, group.sum(), epsilon / 2)
+        assert lo <= np.sum(drawn[group] != action) <= hi, action
+    # The propensity of the action drawn: 1 - epsilon / 2 for the recommended one, epsilon / 2 for
+    # the other (the two sum to 1).
+    np.testing.assert_array_equal(propensity, np.where(drawn == recommended, 1 - epsilon / 2, epsilon / 2))
+    # Epsilon 1 (deploy --explore takes it, serve reads it from TAUFORGE_EXPLORE) is a fair coin
+    # per row: 1000 of 2000 treated on average, in [891, 1109] with probability 1 - 1e-6 (seeded: 1035).
+    recommended, drawn, propensity = EpsilonGreedy(1.0).decide(np.ones(2000), seed=5)
+    assert 891 <= drawn.sum() <= 1109 and set(propensity.tolist()) == {0.5}
+    with pytest.raises(ValueError, match=r"explore epsilon must be in \[0, 1\], got 1.5"):
+        EpsilonGreedy(1.5)  # a propensity of 1 - 1.5 / 2 = 0.25 for the recommended action, 0.75 the other
+
+
+ROLLOUTS_IN_PROCESS = textwrap.dedent("""
+    import asyncio, json, sys
+    from prometheus_client import REGISTRY
+    from tauforge.serving.server import build_model
+
+    store, name = sys.argv[1:3]
+    rows = [{**{f"x{j}": 0.0 for j in range(5)}, "unit_id": f"unit-{i}"} for i in range(1000)]
+    to_challenger = []
+    for version, challenger in ((1, 2), (2, 1)):  # two rollouts, each of the other version
+        model = build_model(store=store, model=name, version=version, challenger=challenger, mode="canary", percent=50)
+        answer = asyncio.run(model.predict({"instances": rows}, {"x-request-id": "r"}))
+        to_challenger.append([i for i, p in enumerate(answer["predictions"]) if p["role"] == "challenger"])
+    # rows without a unit id: split by their request's id
+    no_unit = sum(asyncio.run(model.predict({"instances": [[0.0] * 5]}, {"x-request-id": f"request-{i}"}))[
+        "predictions"][0]["role"] == "challenger" for i in range(200))
+    model = build_model(store=store, model=name, version=1, challenger=2, mode="shadow", percent=20)
+
+    async def mirror():
+        for i in range(1000):
+            await model.predict({"instances": [[0.0] * 5]}, {"x-request-id": f"request-{i}"})
+            await model.drain()  # one shadow at a time: none shed
+        return REGISTRY.get_sample_value("tauforge_requests_total", {"model": name, "version": "2", "role": "shadow"})
+
+    print(json.dumps({"to_challenger": to_challenger, "no_unit": no_unit, "mirrored": asyncio.run(mirror())}))
+""")
+
+
+def test_a_served_canary_draws_its_units_per_rollout_and_a_served_shadow_mirrors_its_share(store):
+    # A mutation test of serving/server.py and predictor.py: the server's rollout salt without the
+    # challenger's version (or none), a predictor keying rows without a unit id by a fixed key and
+    # not the request's id, and one mirroring every request whatever its share, passed every test
+    # (the routing's own tests salt and mirror by hand). In a process of its own (kserve).
+    done = subprocess.run([sys.executable, "-c", ROLLOUTS_IN_PROCESS, store, MODEL], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    first, second = map(set, got["to_challenger"])
+    # Each rollout's challenger units are Binomial(1000, 0.5): in [423, 577] with probability
+    # 1 - 1e-6. Drawn independently, the two rollouts share Binomial(1000, 0.25) units (mean 250,
+    # over 350 with probability 7e-13); drawn with one salt, all of them (about 500). (The ids
+    # are fixed, so the counts are too.)
+    assert all(423 <= len(units) <= 577 for units in (first, second)) and len(first & second) <= 350
+    # Requests without unit ids are split by request id: Binomial(200, 0.5) to the challenger, in
+    # [66, 134] with probability 1 - 1e-6; split by anything fixed (one key for all), 0 or 200.
+    assert 66 <= got["no_unit"] <= 134, got["no_unit"]
+    # Mirrored requests are Binomial(1000, 0.2): in [141, 264] with probability 1 - 1e-6
+    # (binom.ppf(5e-7, ...), binom.isf(5e-7, ...)); mirroring 30% passes with probability 0.007,
+    # 10% with 2e-5, every request never.
+    assert 141 <= got["mirrored"] <= 264, got["mirrored"]
