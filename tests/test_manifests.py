@@ -375,8 +375,9 @@ def test_overlays_are_the_objects_tauforge_deploy_generates():
 
 class FakeKubernetesAPI:
     """A stand-in for the Kubernetes API server (none runs here): it stores custom objects by
-    path, answers 409 for a second create, and records every call. The client side (the
-    Kubernetes Python client, components.deploy.apply) is real."""
+    path, answers 409 for a second create, refuses a replace without the resourceVersion it
+    replaces, bumps `generation` when a replace changes the spec, and records every call. The
+    client side (the Kubernetes Python client, components.deploy.apply) is real."""
 
     def __init__(self):
         self.objects, self.calls = {}, []
