@@ -233,7 +233,8 @@ def read_events(location: str, model: str | None = None, since: float | None = N
             table = table.filter(pc.greater_equal(table.column("time"), since))
         keys = [k for k in ("time", "request_id", "row") if k in table.column_names]
         if keys:  # stable, NaN and nulls last, as pandas' sort was
-            table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
+            order = pc.sort_indices(_as_pandas_sorts(table, keys), sort_keys=[(k, "ascending") for k in keys])
+            table = table.take(order)
         # A 63-bit explore_seed beside nulls (shadow rows, a server without --explore) read as
         # float64 lost its low bits, and the logged draw no longer replayed: a nullable integer.
         seed = None
@@ -241,12 +242,28 @@ def read_events(location: str, model: str | None = None, since: float | None = N
             where = table.column_names.index("explore_seed")
             seed = table.column("explore_seed").to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
             table = table.remove_column(where)
-        frame = table.to_pandas(self_destruct=True, split_blocks=True)
+        # Not split_blocks: its zero-copy columns are read-only, and a caller's `frame.loc[...] = x`
+        # failed with "assignment destination is read-only".
+        frame = table.to_pandas(self_destruct=True)
         del table
         if seed is not None:
             frame.insert(where, "explore_seed", seed)
     frame.attrs["unreadable_files"] = unreadable
     return frame
+
+
+def _as_pandas_sorts(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The sort keys as pandas' sort compared them: a dictionary column (a writer's categorical)
+    by its values, which Arrow cannot sort on; a float NaN as a null (both missing, tied)."""
+    columns = {}
+    for k in keys:
+        column = table.column(k)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        columns[k] = column
+    return pa.table(columns)
 
 
 def _of_one_schema(tables: list[tuple[str, pa.Table]]) -> tuple[list[pa.Table], list[str]]:

@@ -770,17 +770,25 @@ SERVED_WINDOW_S = 3600.0
 
 
 def monitored_version(store, model: str, events: pd.DataFrame, version=None) -> int:
-    """The version to monitor: `version` if given, else the one that answered most champion rows
-    in the log's last hour (the one being served now: a version promoted during the window must
-    not be outnumbered by the one it replaced, nor a newer unpromoted one hide it), else the
-    'champion' alias, else the latest."""
+    """The version to monitor: `version` if given; else the 'champion' alias if it answered
+    champion rows in the log's last hour (within the hour after a promotion or a rollback the
+    version it replaced answered most of them), else the one that answered most of them (the one
+    being served now: a version promoted during the window must not be outnumbered by the one it
+    replaced); with no champion rows, the 'champion' alias, else the latest."""
     if version not in (None, ""):
         return store.resolve(model, version)
     champion = events[(events["model"] == model) & (events["role"] == "champion")] if len(events) else events
     if len(champion):
         times = pd.to_numeric(champion["time"], errors="coerce").to_numpy(float)
-        if np.isfinite(times).any():
-            champion = champion[times >= np.nanmax(times) - SERVED_WINDOW_S]
+        finite = np.isfinite(times)
+        if finite.any():
+            champion = champion[times >= times[finite].max() - SERVED_WINDOW_S]
+        # The registry's champion, where it answered lately: within the hour after a promotion
+        # or a rollback, the version it replaced answered most of the hour's rows.
+        if store is not None and "champion" in store.aliases(model):
+            promoted = store.resolve(model, "champion")
+            if (champion["version"] == promoted).any():
+                return promoted
         return int(champion["version"].mode()[0])
     return store.resolve(model, "champion" if "champion" in store.aliases(model) else None)
 

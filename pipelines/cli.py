@@ -946,7 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
     mon = sub.add_parser("monitor", help="check served traffic for drift; judge champion against challenger")
     mon.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")
     mon.add_argument("--model", required=True, help="model name")
-    mon.add_argument("--version", help="version to monitor (default: the champion's version in the log's last hour)")
+    mon.add_argument("--version", help="version to monitor (default: the 'champion' alias if it answered in the log's "
+                                       "last hour, else the version that answered most champion rows then)")
     mon.add_argument("--log-dir", required=True,
                      help="the serving event log, a folder or a URI (s3://, gs://): tauforge serve --log-dir")
     mon.add_argument("--outcomes", help="Parquet or CSV of request_id and row (or unit_id) with an 'outcome' column")

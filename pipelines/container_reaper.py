@@ -7,14 +7,17 @@ on, a publish task among them (a failure review). So the first docker run of a p
 this reaper: a process of its own session, which holds the read end of a pipe whose write end
 only the run's process holds. The kernel closes that end when the process dies, for any reason;
 the reaper then removes (SIGKILL, then delete) every container labelled with the process's
-`LABEL` value, and exits. A process that ends cleanly has removed its containers already: the
-reaper finds none.
+`LABEL` value. A process that exits normally has removed its containers already and says so
+(`CLEAN`, written at exit): the reaper looks once and ends. Otherwise it looks again for
+`LATE_SECONDS`, since a container the dead process had asked a busy daemon for may appear late.
 
-    python -m tauforge.pipelines.container_reaper FD VALUE    (started by `start_reaper`)
+    python .../pipelines/container_reaper.py FD VALUE    (started by `run_label`; by its path, not
+    `-m`: the run's tauforge may be on its path only, and a reaper that cannot import dies unseen)
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -25,6 +28,8 @@ import uuid
 
 # Every container a local docker run starts carries LABEL=<this process's value>.
 LABEL = "tauforge.local-run"
+LATE_SECONDS = 60.0  # how long after a killed process's end a container of its may still appear
+CLEAN = b"c"  # written by a process that exits normally: its containers were removed by the run
 _started: dict = {}  # this process's label value and the pipe's write end, once a reaper runs
 _starting = threading.Lock()  # kfp.local starts a ParallelFor's tasks from threads: one reaper
 
@@ -42,7 +47,7 @@ def _start_reaper() -> None:
     value = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     read_end, write_end = os.pipe()  # not inheritable: no task process holds the write end
     try:
-        subprocess.Popen([sys.executable, "-m", __name__, str(read_end), value], pass_fds=(read_end,),
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), str(read_end), value], pass_fds=(read_end,),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)  # a terminal's Ctrl-C and SIGHUP never reach it
     except BaseException:
@@ -51,6 +56,12 @@ def _start_reaper() -> None:
     finally:
         os.close(read_end)
     _started.update(value=value, write_end=write_end)  # held open until this process dies
+    atexit.register(_exiting_cleanly, write_end)
+
+
+def _exiting_cleanly(write_end: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(write_end, CLEAN)
 
 
 def reap(value: str) -> int:
@@ -71,12 +82,18 @@ def reap(value: str) -> int:
 
 def main(argv: list[str]) -> int:
     read_end, value = int(argv[0]), argv[1]
+    said = b""
     with contextlib.suppress(OSError):
-        while os.read(read_end, 1):  # nothing is ever written: returns b"" once the writer is gone
-            pass
+        while chunk := os.read(read_end, 1):  # b"" once the writer is gone, however it ended
+            said += chunk
     reap(value)
-    time.sleep(1.0)  # a container whose creation the dead process had asked for may appear just after
-    reap(value)
+    if CLEAN not in said:
+        # A container whose creation or start the killed process had asked for may appear after
+        # it: a busy daemon answered a run's calls after more than 60 s (training.DOCKER_API_TIMEOUT).
+        deadline = time.monotonic() + LATE_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            reap(value)
     return 0
 
 

@@ -221,7 +221,8 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
             log_dir: The serving event log (the predictor's --log-dir).
             source: The fresh training table a retrain reads (Parquet or CSV).
             spec: The columns' causal roles as JSON, as for training.
-            version: The version to monitor; empty: the one that answered most champion rows in the log's last hour.
+            version: The version to monitor; empty: the champion alias if it answered in the log's last hour,
+                else the one that answered most champion rows then.
             outcomes: Optional Parquet of request_id and row (or unit_id) with an 'outcome' column, for policy value.
             monitor_alpha: The false-alarm rate of all drift tests together.
             seed: The retrain's seed.

@@ -1238,3 +1238,74 @@ def test_grouped_counts_codes_as_np_unique_did():
                              (np.array([-1, 2]), False), (np.array([0.5, 0.5]), True),
                              (np.array([2**40, 5, 2**40]), True), (np.array([2**40, 5]), False)):
         assert grouped(groups) is expected
+
+
+def test_the_frame_read_from_the_log_can_be_edited_in_place(tmp_path):
+    # A review of the reading mends: Arrow's zero-copy columns (split_blocks) are read-only.
+    from tauforge.components.events import event_record, read_events, write_events
+
+    write_events([event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model="m", version=1,
+                               role="champion", cate=0.1, lower=0.0, upper=0.2, latency_ms=1.0, inputs={"x": 1.0})
+                  for i in range(3)], str(tmp_path), seq=1)
+    frame = read_events(str(tmp_path), model="m")
+    frame.loc[0, "cate"] = 5.0  # was: ValueError: assignment destination is read-only
+    frame.loc[frame["row"] == 0, "input.x"] = 2.0
+    assert frame["cate"].tolist() == [5.0, 0.1, 0.1] and set(frame["input.x"]) == {2.0}
+
+
+def test_a_log_whose_request_ids_a_writer_stored_as_a_categorical_is_read_and_sorted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tauforge.components.events import read_events
+
+    folder = tmp_path / "model=m" / "date=2026-12-01"
+    folder.mkdir(parents=True)
+    for i, ids in enumerate((["z", "a"], ["m", "b"])):
+        df = pd.DataFrame({"time": 1.0, "request_id": pd.Categorical(ids), "row": [0, 0]})
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / f"events-{i}.parquet")
+    assert sorted(read_events(str(tmp_path), model="m")["request_id"].astype(str)) == ["a", "b", "m", "z"]
+    # was: ArrowTypeError: Unsupported type for RecordBatch sorting: dictionary<...>
+
+
+def test_nan_and_null_times_tie_as_pandas_did(tmp_path):
+    # Arrow sorts NaN before null; pandas took both as missing, tied, ordered by the next keys.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tauforge.components.events import read_events
+
+    folder = tmp_path / "model=m" / "date=2026-12-01"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"time": pa.array([float("nan"), None, float("nan")]), "request_id": ["c", "a", "b"],
+                             "row": pa.array([0, 0, 0])}), folder / "events-1.parquet")
+    assert read_events(str(tmp_path), model="m")["request_id"].tolist() == ["a", "b", "c"]
+
+
+class ChampionAlias:
+    """The store's part monitored_version reads: a 'champion' alias naming `champion`."""
+
+    def __init__(self, champion):
+        self.champion = champion
+
+    def aliases(self, model):
+        return {"champion": {"version": self.champion, "history": []}}
+
+    def resolve(self, model, ref=None):
+        return self.champion
+
+
+def test_the_registry_champion_is_monitored_in_the_hour_after_a_promotion_or_a_rollback():
+    # By the last hour's rows alone the retired version won for half an hour after a promotion.
+    from tauforge.components.monitor import monitored_version
+
+    minute = 60.0
+    end = 7 * 86400.0
+    times = np.arange(0, end + 1, minute)  # a row a minute
+    promoted = pd.DataFrame({"model": "m", "role": "champion", "time": times,
+                             "version": np.where(times > end - 20 * minute, 2, 1)})  # promoted 20 minutes ago
+    assert monitored_version(ChampionAlias(2), "m", promoted) == 2
+    rolled_back = promoted.assign(version=np.where(times > end - 10 * minute, 1, 2))  # v2 rolled back 10 min ago
+    assert monitored_version(ChampionAlias(1), "m", rolled_back) == 1
+    unpromoted = promoted.assign(version=np.where(times > end - 20 * minute, 3, 1))  # 3 answers, not promoted
+    assert monitored_version(ChampionAlias(1), "m", unpromoted) == 1

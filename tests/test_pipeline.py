@@ -422,6 +422,40 @@ def test_a_container_or_task_the_run_itself_stopped_is_not_said_to_be_out_of_mem
     assert training._task_stopped(capsys.readouterr().out) == "was stopped by SIGKILL (out of memory?)"
 
 
+@pytest.mark.parametrize("clean", [False, True])
+def test_the_reaper_of_a_killed_run_removes_a_container_that_appears_late_and_one_of_a_clean_exit_looks_once(
+        monkeypatch, clean):
+    # A review: a busy daemon may create a container the killed process had asked for after the
+    # reaper looked (it looked twice, a second apart). A process that exits normally says so, and
+    # its reaper does not linger. Docker itself: tests/test_images.py's killed docker run.
+    import types
+
+    from tauforge.pipelines import container_reaper
+
+    clock, looked, removed = [0.0], [], []
+    monkeypatch.setattr(container_reaper, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds)))
+
+    def reap(value):  # the daemon creates the dead process's container 5 s late
+        looked.append(clock[0])
+        if clock[0] >= 5.0 and not removed:
+            removed.append(value)
+            return 1
+        return 0
+
+    monkeypatch.setattr(container_reaper, "reap", reap)
+    read_end, write_end = os.pipe()
+    if clean:
+        container_reaper._exiting_cleanly(write_end)
+    os.close(write_end)
+    assert container_reaper.main([str(read_end), "v"]) == 0
+    os.close(read_end)
+    if clean:
+        assert looked == [0.0] and removed == []
+    else:
+        assert removed == ["v"] and looked[-1] >= container_reaper.LATE_SECONDS
+
+
 def test_a_task_whose_shell_fails_before_python_says_the_shells_last_line(tmp_path, capsys):
     # kfp's task command begins with `program_path=$(mktemp -d)`: under an unwritable $TMPDIR it
     # failed every task with no cause named; the shell's own last line is the cause.
