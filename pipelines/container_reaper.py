@@ -86,15 +86,15 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(OSError):
         while chunk := os.read(read_end, 1):  # b"" once the writer is gone, however it ended
             said += chunk
-    reap(value)
-    if CLEAN not in said:
-        # A container whose creation or start the killed process had asked for may appear after
-        # it: a busy daemon answered a run's calls after more than 60 s (training.DOCKER_API_TIMEOUT).
-        deadline = time.monotonic() + LATE_SECONDS
-        while time.monotonic() < deadline:
-            time.sleep(2.0)
+    # A container whose creation or start the killed process had asked for may appear after it:
+    # a busy daemon answered a run's calls after more than 60 s (training.DOCKER_API_TIMEOUT).
+    deadline = time.monotonic() + (0.0 if CLEAN in said else LATE_SECONDS)
+    while True:
+        with contextlib.suppress(Exception):  # a daemon restarting: the next look may reach it
             reap(value)
-    return 0
+        if time.monotonic() >= deadline:
+            return 0
+        time.sleep(2.0)
 
 
 if __name__ == "__main__":
