@@ -1434,16 +1434,19 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store, tmp_path):
                           "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--challenger 2 is version 2, the version served as champion" in out.stderr
     # A version published through the Python API without a spec was a KeyError's traceback and
-    # exit 1, from the store and from a KServe model folder alike: the user's error, named.
+    # exit 1, from the store and from a KServe model folder alike: the user's error, named (a
+    # ValueError: the CLI's exit 2). The scorer both load through, here: kserve's gRPC protos
+    # would clash with tritonclient's in this process.
     from tauforge.components.registry import ModelStore
-    from tauforge.serving.server import build_model
+    from tauforge.serving.scoring import VersionScorer
 
     shutil.copytree(os.path.join(store, MODEL, "1"), tmp_path / "version", ignore=shutil.ignore_patterns("*.json"))
     bare = ModelStore(str(tmp_path / "bare"))
     bare.publish("m", str(tmp_path / "version"), {"note": "no spec"})
-    for where in ({"store": bare.root, "model": "m"}, {"model_dir": os.path.join(bare.root, "m", "1")}):
+    for load in (lambda: VersionScorer(bare.load("m", 1)),
+                 lambda: VersionScorer.from_directory(os.path.join(bare.root, "m", "1"))):
         with pytest.raises(ValueError, match="version 1 of model 'm' has no spec with its covariates in its card"):
-            build_model(**where)
+            load()
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_to_the_next():
