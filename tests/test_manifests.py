@@ -444,19 +444,25 @@ class FakeKubernetesAPI:
         self.server.server_close()
 
 
-def test_apply_creates_then_replaces_through_the_kubernetes_client():
+@pytest.fixture
+def kube_api():
+    """A FakeKubernetesAPI and a real Kubernetes client of it: (fake, api_client); stopped after the test."""
     from kubernetes import client
 
     fake = FakeKubernetesAPI()
     try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        objects = render(spec(mode="shadow", champion_version=2))
-        assert apply(objects, api) == ["created InferenceService/uplift", "created InferenceService/uplift-shadow",
-                                       "created VirtualService/uplift-shadow-mirror"]
-        assert apply(objects, api) == ["replaced InferenceService/uplift", "replaced InferenceService/uplift-shadow",
-                                       "replaced VirtualService/uplift-shadow-mirror"]
+        yield fake, client.ApiClient(client.Configuration(host=fake.url))
     finally:
         fake.close()
+
+
+def test_apply_creates_then_replaces_through_the_kubernetes_client(kube_api):
+    fake, api = kube_api
+    objects = render(spec(mode="shadow", champion_version=2))
+    assert apply(objects, api) == ["created InferenceService/uplift", "created InferenceService/uplift-shadow",
+                                   "created VirtualService/uplift-shadow-mirror"]
+    assert apply(objects, api) == ["replaced InferenceService/uplift", "replaced InferenceService/uplift-shadow",
+                                   "replaced VirtualService/uplift-shadow-mirror"]
     isvc = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift-shadow"
     assert ("PUT", isvc) in fake.calls
     assert fake.objects[isvc]["spec"] == objects[1]["spec"]
@@ -468,29 +474,25 @@ def test_apply_creates_then_replaces_through_the_kubernetes_client():
     assert {o["metadata"]["resourceVersion"] for o in fake.objects.values()} == {"2"}  # each replaced, not refused
 
 
-def test_apply_refuses_to_change_a_services_deployment_mode_and_says_what_to_do():
+def test_apply_refuses_to_change_a_services_deployment_mode_and_says_what_to_do(kube_api):
     # KServe's webhook refuses a Serverless InferenceService turned RawDeployment (replace, then a
     # mesh shadow); the fake API server (no Kubernetes here) holds what the first apply created.
+    _, api = kube_api
+    apply(render(spec(mode="replace", version=1)), api)
+    with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode and KServe does not "
+                                           "change an InferenceService's mode to RawDeployment: .*--router "
+                                           "predictor.*--mode replace --raw"):
+        apply(render(spec(mode="shadow", champion_version=1)), api)
+    # A champion deployed --raw can be mirrored later (on an API server of its own).
     from kubernetes import client
 
-    fake = FakeKubernetesAPI()
+    raw = FakeKubernetesAPI()
     try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        apply(render(spec(mode="replace", version=1)), api)
-        with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode and KServe does not "
-                                               "change an InferenceService's mode to RawDeployment: .*--router "
-                                               "predictor.*--mode replace --raw"):
-            apply(render(spec(mode="shadow", champion_version=1)), api)
-        # A champion deployed --raw can be mirrored later.
-        raw = FakeKubernetesAPI()
-        try:
-            api = client.ApiClient(client.Configuration(host=raw.url))
-            apply(render(spec(mode="replace", version=1, raw=True)), api)
-            assert apply(render(spec(mode="shadow", champion_version=1)), api)[0] == "replaced InferenceService/uplift"
-        finally:
-            raw.close()
+        api = client.ApiClient(client.Configuration(host=raw.url))
+        apply(render(spec(mode="replace", version=1, raw=True)), api)
+        assert apply(render(spec(mode="shadow", champion_version=1)), api)[0] == "replaced InferenceService/uplift"
     finally:
-        fake.close()
+        raw.close()
 
 
 def test_explore_reaches_every_predictor_that_answers_but_not_the_shadow():
@@ -518,56 +520,44 @@ NOT_READY = {"conditions": [{"type": "PredictorReady", "status": "False", "reaso
                             {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}
 
 
-def test_apply_waits_until_ready_and_says_why_an_inference_service_is_not():
+def test_apply_waits_until_ready_and_says_why_an_inference_service_is_not(kube_api):
     # KServe's own client reads the status; the API server is the fake above (none runs here).
-    from kubernetes import client
-
-    fake = FakeKubernetesAPI()
-    try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        objects = render(spec(mode="canary", percent=20))
-        apply(objects, api)
-        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
-        heard = []
-        fake.statuses[path] = [NOT_READY, NOT_READY, READY]
-        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
-            "InferenceService/uplift is ready at http://uplift.causal.example.com"]
-        assert heard and "PredictorReady: RevisionMissing (storage-initializer: AccessDenied)" in heard[0]
-        fake.statuses[path] = [NOT_READY]  # never ready: the error says why
-        with pytest.raises(RuntimeError, match="InferenceService/uplift: PredictorReady: RevisionMissing "
-                                               r"\(storage-initializer: AccessDenied\)"):
-            wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
-    finally:
-        fake.close()
+    fake, api = kube_api
+    objects = render(spec(mode="canary", percent=20))
+    apply(objects, api)
+    path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+    heard = []
+    fake.statuses[path] = [NOT_READY, NOT_READY, READY]
+    assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
+        "InferenceService/uplift is ready at http://uplift.causal.example.com"]
+    assert heard and "PredictorReady: RevisionMissing (storage-initializer: AccessDenied)" in heard[0]
+    fake.statuses[path] = [NOT_READY]  # never ready: the error says why
+    with pytest.raises(RuntimeError, match="InferenceService/uplift: PredictorReady: RevisionMissing "
+                                           r"\(storage-initializer: AccessDenied\)"):
+        wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
 
 
-def test_wait_ready_does_not_take_the_status_of_the_spec_a_canary_replaced_for_its_own():
+def test_wait_ready_does_not_take_the_status_of_the_spec_a_canary_replaced_for_its_own(kube_api):
     # A serving-deploy review: right after `apply` replaces a Ready InferenceService's spec, its
     # status is still the one KServe wrote for the earlier generation (Ready), until the controller
     # has seen the new spec; wait_ready called that ready at once, before the canary existed.
-    from kubernetes import client
-
-    fake = FakeKubernetesAPI()
-    try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        apply(render(spec(version=2)), api)
-        objects = render(spec(mode="canary", percent=20))
-        apply(objects, api)
-        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
-        assert fake.objects[path]["metadata"]["generation"] == 2
-        heard = []
-        fake.statuses[path] = [{**READY, "observedGeneration": 1}, {**NOT_READY, "observedGeneration": 2},
-                               {**READY, "observedGeneration": 2}]
-        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
-            "InferenceService/uplift is ready at http://uplift.causal.example.com"]
-        assert len(heard) == 2 and "generation 2" in heard[0] and "RevisionMissing" in heard[1], heard
-        fake.statuses[path] = [{**READY, "observedGeneration": 1}]  # never seen: the error says so
-        with pytest.raises(RuntimeError, match="InferenceService/uplift: .*generation 2"):
-            wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
-        fake.statuses[path] = [READY]  # a KServe that writes no observedGeneration: its Ready is taken
-        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05)
-    finally:
-        fake.close()
+    fake, api = kube_api
+    apply(render(spec(version=2)), api)
+    objects = render(spec(mode="canary", percent=20))
+    apply(objects, api)
+    path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+    assert fake.objects[path]["metadata"]["generation"] == 2
+    heard = []
+    fake.statuses[path] = [{**READY, "observedGeneration": 1}, {**NOT_READY, "observedGeneration": 2},
+                           {**READY, "observedGeneration": 2}]
+    assert wait_ready(objects, timeout=30, api_client=api, interval=0.05, progress=heard.append) == [
+        "InferenceService/uplift is ready at http://uplift.causal.example.com"]
+    assert len(heard) == 2 and "generation 2" in heard[0] and "RevisionMissing" in heard[1], heard
+    fake.statuses[path] = [{**READY, "observedGeneration": 1}]  # never seen: the error says so
+    with pytest.raises(RuntimeError, match="InferenceService/uplift: .*generation 2"):
+        wait_ready(objects, timeout=0.2, api_client=api, interval=0.05)
+    fake.statuses[path] = [READY]  # a KServe that writes no observedGeneration: its Ready is taken
+    assert wait_ready(objects, timeout=30, api_client=api, interval=0.05)
 
 
 def test_deploy_command_writes_the_yaml(tmp_path):
@@ -693,55 +683,37 @@ def test_the_router_on_gpus_runs_the_cuda_image_on_cuda_and_keeps_a_fractional_s
         "2", "3", "champion")
 
 
-def test_a_router_canary_or_shadow_follows_a_replaced_champion_in_place():
+def test_a_router_canary_or_shadow_follows_a_replaced_champion_in_place(kube_api):
     # The router is Serverless, as a replace is: KServe never changes a service's mode, so a
     # RawDeployment router was refused over every champion `deploy` had put there.
-    from kubernetes import client
-
-    fake = FakeKubernetesAPI()
-    try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        apply(render(spec(version=2)), api)
-        for mode in ("canary", "shadow"):
-            assert apply(render(spec(mode=mode, router="predictor", champion_version=2)), api) == [
-                "replaced InferenceService/uplift"]
-    finally:
-        fake.close()
+    fake, api = kube_api
+    apply(render(spec(version=2)), api)
+    for mode in ("canary", "shadow"):
+        assert apply(render(spec(mode=mode, router="predictor", champion_version=2)), api) == [
+            "replaced InferenceService/uplift"]
 
 
-def test_a_service_without_a_mode_annotation_is_taken_as_kserves_default_serverless():
+def test_a_service_without_a_mode_annotation_is_taken_as_kserves_default_serverless(kube_api):
     # An InferenceService created by hand often carries no deploymentMode: KServe's default
     # (Serverless) then applies, which a mesh shadow's RawDeployment champion cannot replace.
-    from kubernetes import client
-
-    fake = FakeKubernetesAPI()
-    try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        apply(render(spec(version=1)), api)
-        path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
-        del fake.objects[path]["metadata"]["annotations"]
-        with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode"):
-            apply(render(spec(mode="shadow", champion_version=1)), api)
-        assert not [c for c in fake.calls if c[0] == "PUT"]  # refused before anything was sent
-    finally:
-        fake.close()
+    fake, api = kube_api
+    apply(render(spec(version=1)), api)
+    path = "/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/uplift"
+    del fake.objects[path]["metadata"]["annotations"]
+    with pytest.raises(RuntimeError, match="InferenceService/uplift runs in Serverless mode"):
+        apply(render(spec(mode="shadow", champion_version=1)), api)
+    assert not [c for c in fake.calls if c[0] == "PUT"]  # refused before anything was sent
 
 
-def test_wait_ready_waits_for_the_inference_services_of_a_shadow_and_not_its_virtual_service():
-    from kubernetes import client
-
-    fake = FakeKubernetesAPI()
-    try:
-        api = client.ApiClient(client.Configuration(host=fake.url))
-        objects = render(spec(mode="shadow", champion_version=2))
-        apply(objects, api)
-        for name in ("uplift", "uplift-shadow"):
-            fake.statuses[f"/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/{name}"] = [READY]
-        assert wait_ready(objects, timeout=30, api_client=api, interval=0.05) == [
-            f"InferenceService/{name} is ready at {READY['url']}" for name in ("uplift", "uplift-shadow")]
-        assert not [c for c in fake.calls if c[0] == "GET" and "virtualservices" in c[1]]
-    finally:
-        fake.close()
+def test_wait_ready_waits_for_the_inference_services_of_a_shadow_and_not_its_virtual_service(kube_api):
+    fake, api = kube_api
+    objects = render(spec(mode="shadow", champion_version=2))
+    apply(objects, api)
+    for name in ("uplift", "uplift-shadow"):
+        fake.statuses[f"/apis/serving.kserve.io/v1beta1/namespaces/causal/inferenceservices/{name}"] = [READY]
+    assert wait_ready(objects, timeout=30, api_client=api, interval=0.05) == [
+        f"InferenceService/{name} is ready at {READY['url']}" for name in ("uplift", "uplift-shadow")]
+    assert not [c for c in fake.calls if c[0] == "GET" and "virtualservices" in c[1]]
 
 
 def test_a_write_that_fails_leaves_the_earlier_set_whole_and_no_staging_folder(tmp_path, monkeypatch):
