@@ -232,17 +232,21 @@ def containers():
                              '{{.Label "tauforge.local-run"}}'], capture_output=True, text=True).stdout.split()
     return [label for label in labels if label.startswith(f"{run.pid}-")]
 
+# The count is the look that ended the wait: a second look raced the run's own removal of a short
+# task's container (seen 0 in a CI run, 2026-12-06, the run killed while it went on).
 deadline = time.monotonic() + 600
-while not containers() and run.poll() is None and time.monotonic() < deadline:
+seen = 0
+while not seen and run.poll() is None and time.monotonic() < deadline:
     time.sleep(0.5)
-seen = len(containers())
+    seen = len(containers())
 run.send_signal(signal.SIGKILL)  # nothing if it ended already: then seen is 0 and its stderr says why
+waited = round(time.monotonic() - deadline + 600, 1)
 error = run.communicate()[1]
 killed = time.monotonic()
 while containers() and time.monotonic() < killed + 60:
     time.sleep(0.5)
 print(json.dumps({"seen": seen, "left": len(containers()), "seconds": round(time.monotonic() - killed, 1),
-                  "stderr": error[-2000:]}))
+                  "waited": waited, "exit": run.returncode, "stderr": error[-2000:]}))
 """
 
 
@@ -420,7 +424,8 @@ def test_a_docker_run_killed_with_sigkill_leaves_no_container_behind(containers)
     # them once the run's process is gone. Without it the container ran on and stayed listed.
     pytest.importorskip("docker", reason="the Docker SDK for Python (the test extra) runs kfp.local's DockerRunner")
     found = json.loads(succeeded(containers, "pipeline, docker runner, killed")[0].strip().splitlines()[-1])
-    assert found["seen"] >= 1, f"the run ended before a container of its ran:\n{found['stderr']}"
+    assert found["seen"] >= 1, (f"no container of the run was seen in {found['waited']} s (the run's exit status: "
+                                f"{found['exit']}, -9 if killed):\n{found['stderr']}")
     assert found["left"] == 0 and found["seconds"] < 30, found
 
 
