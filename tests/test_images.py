@@ -285,8 +285,9 @@ def test_the_kernels_come_compiled_for_every_uid(image):
         assert probe["finite"] and probe["enabled"], probe
         assert probe["seeded_from"] == "/opt/tauforge/numba-cache", probe
         assert probe["directory"] == f"/tmp/tauforge-numba-cache-{user.split(':')[0]}", probe
+        # Every kernel is a dispatcher of numba_cpu, whose cache counts the probe sums: no miss is
+        # no compile (a bound on the call's time failed on a busy machine, 5.9 s against 5).
         assert probe["misses"] == 0 and probe["hits"] >= 3, probe
-        assert probe["first_call_seconds"] < 5, probe  # compiling takes 35-40 s of CPU
 
 
 def test_the_demo_runs_on_a_read_only_root_with_a_writable_tmp_and_keeps_the_cache(image, containers):
