@@ -48,8 +48,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# pytest-xdist workers for `make test`: one process left a core idle (its tests wait on servers and
+# subprocesses); two took 432 s where one took 725 (docs/benchmarks.md). 0 runs the tests in one process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_forest.py

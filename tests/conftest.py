@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 
@@ -53,12 +54,63 @@ def awaits_background(item) -> bool:
     return "background" in getattr(item, "fixturenames", ())
 
 
+def in_worker(config) -> bool:
+    """Whether this process is one of pytest-xdist's workers (`make test` runs two, `-n 2`), which
+    each collect every test and run those the controller sends."""
+    return hasattr(config, "workerinput")
+
+
+@functools.cache
+def starts_background(module_path: str) -> bool:
+    """Whether a test module starts background work: it defines `start_background` (read from
+    its source: xdist's controller, which schedules the tests, imports no test module)."""
+    with open(module_path, encoding="utf-8") as f:
+        return "\ndef start_background(" in f.read()
+
+
+def in_background_group(item) -> bool:
+    """Whether this worker's `item` is one of the background group's tests (`pytest_xdist_make_scheduler`)."""
+    return in_worker(item.config) and starts_background(str(item.path))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N` (`make test`: 2 workers) with xdist's default `--dist load`: the tests of the modules
+    that start background work are one unit, sent first, to one worker, which starts that work
+    at its first test and waits for it while the other worker runs the other tests; every other
+    test is a unit of its own, sent to whichever worker is free (a module's fixtures are then set
+    up in both). pytest-xdist's `loadgroup` would do it with marks, but pytest 9.2 ignores the test
+    ids it rewrites (xdist 3.8): its groups were split over both workers, each starting all the
+    background work."""
+    if config.getoption("dist") != "load":
+        return None  # the user's --dist
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BackgroundGroupFirst(LoadScopeScheduling):
+        """LoadScopeScheduling sends the biggest unit first (its --loadscope-reorder, on by default)
+        and gives a worker more only when it has two tests left: the group's worker takes no other
+        test until it is nearly done."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = os.path.join(str(config.rootpath), nodeid.split("::", 1)[0])
+            return BACKGROUND_GROUP if starts_background(path) else nodeid
+
+    return BackgroundGroupFirst(config, log)
+
+
+BACKGROUND_GROUP = "background"  # the scheduling unit of the modules that start background work
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The modules with tests that await background work run after the others (each module
-    whole, in its order): that work, started at the session's first test, then runs on the core
-    the other tests leave idle instead of being waited for."""
-    awaiting = {item.module for item in items if awaits_background(item)}
-    items.sort(key=lambda item: item.module in awaiting)  # a stable sort
+    """In one process, the modules with tests that await background work run after the others
+    (each module whole, in its order): that work, started at the session's first test, then runs
+    on the core the other tests leave idle instead of being waited for. Under xdist they run first,
+    in one worker (`pytest_xdist_make_scheduler`)."""
+    if in_worker(config):
+        items.sort(key=lambda item: not in_background_group(item))  # a stable sort
+    else:
+        awaiting = {item.module for item in items if awaits_background(item)}
+        items.sort(key=lambda item: item.module in awaiting)
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +134,15 @@ def background(request):
             work.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def start_background_first(request):
     """Starts `background` before the session's first test rather than at the first test that
     awaits it. Most tests run in this process on one thread (seed sweeps, servers started one at
     a time), leaving the other core idle: the pipeline runs, kernel compiles, EconML comparisons,
     image build and container runs, which are processes of their own (at the lowest priority:
-    tests/background.py), use it meanwhile instead of running after them."""
+    tests/background.py), use it meanwhile instead of running after them. Under xdist, only in the
+    worker that runs the background group (its first tests: `pytest_collection_modifyitems`)."""
+    if in_worker(request.config) and not in_background_group(request.node):
+        return
     if any(awaits_background(item) for item in request.session.items):
         request.getfixturevalue("background")
