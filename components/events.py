@@ -198,10 +198,11 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     fields, if there is none. With `since`, files in date folders before its day are not read (a
     file's folder is the day it was written, which is no earlier than its records). Files that
     cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
-    the frame's `attrs["unreadable_files"]`. A local folder that does not exist is an error (a
-    mistyped path should not read as a quiet log). `skip`: columns not kept (a reader that does
-    not need them: each file's are dropped as it is read, so a week's log holds less at once);
-    `on_file(done, total)` is called after each file (progress on a long read)."""
+    the frame's `attrs["unreadable_files"]`; `attrs["files"]` counts the files found. A local
+    folder that does not exist is an error (a mistyped path should not read as a quiet log).
+    `skip`: columns not kept (a reader that does not need them: each file's are dropped as it is
+    read, so a week's log holds less at once); `on_file(done, total)` is called after each file
+    (progress on a long read)."""
     fs, root, local = _filesystem(location)
     if local and not os.path.isdir(root):
         raise ValueError(f"the event log {location} is not a directory")
@@ -249,6 +250,7 @@ def read_events(location: str, model: str | None = None, since: float | None = N
         if seed is not None:
             frame.insert(where, "explore_seed", seed)
     frame.attrs["unreadable_files"] = unreadable
+    frame.attrs["files"] = len(files)
     return frame
 
 

@@ -45,7 +45,7 @@ from tauforge.kernels.progress import Progress, progress_steps
 
 from ._kfp import HTML, Metrics, Output, component
 from .charts import histogram_edges
-from .config import ConfigError
+from .config import ConfigError, redacted_uri
 from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
 from .events import input_columns, load_reference, read_events, reference_groups, with_shadow
 from .judgement import (
@@ -864,7 +864,7 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         reading = costs["reading the event log"]
         events = steps.run("reading the event log", read_events, log_dir, model=model, since=start,
                            skip=UNUSED_FIELDS, on_file=lambda done, total: steps.update(reading / total))
-        unreadable = events.attrs.get("unreadable_files", [])
+        unreadable, files = events.attrs.get("unreadable_files", []), events.attrs.get("files", 1)
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
         covariates, spec = card_covariates(loaded.card), loaded.card["spec"]
@@ -879,6 +879,10 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
     if unreadable:  # judged without them, and said
         result["unreadable_files"] = unreadable
+    if not files:  # an object store has no folders to tell a typo from a quiet log
+        written = f" written since {result['since'][:10]}" if start is not None else ""
+        result["note"] = (f"no event-log file of {model} under {redacted_uri(log_dir)}{written}: check --log-dir "
+                          f"(a mistyped object-store prefix reads as an empty log)")
     if others:  # a --version the log did not serve read as "0 live rows" alone (a review)
         result["other_champion_versions"] = others
     result.update(model=model, version=served, training={

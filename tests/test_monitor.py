@@ -880,6 +880,11 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     assert 'tauforge_monitor_unreadable_files{model="m",version="1"} 2.0' in (tmp_path / "skipped.prom").read_text()
     old = run_monitor(*args, since="1970-01-01")
     assert old["live_rows"] == 800 and old["since"] == "1970-01-01T00:00:00+00:00" and old["alerts"]
+    (tmp_path / "nothing").mkdir()  # no file at all, where an object store's mistyped prefix reads empty too
+    nothing = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "nothing"), since="2026-12-01")
+    assert nothing["live_rows"] == 0 and nothing["note"] == (
+        f"no event-log file of m under {tmp_path / 'nothing'} written since 2026-12-01: check --log-dir "
+        "(a mistyped object-store prefix reads as an empty log)")
     # The report says so too (a review: it read "no retraining needed", the window and the
     # skipped files only in its collapsed JSON).
     from tauforge.components.report import render_monitor_report
