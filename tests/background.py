@@ -65,7 +65,18 @@ def compile_kernels():
     """Compile the numba kernels in this process, once, into numba's cache in their source's
     __pycache__ (empty on a fresh clone): a `start_background` whose processes fit forests calls
     it first. Otherwise the first forest task of each pipeline started together compiles them at
-    the same time (35-40 s of CPU each), and this process again at its first fit."""
+    the same time (35-40 s of CPU each), and this process again at its first fit. Under xdist
+    each worker calls it (conftest.py); a lock on the kernels' folder lets one process compile
+    at a time, and the other then loads them from the cache: numba's cache has no lock of its own,
+    and two processes writing one kernel's index could each number their files from a stale one."""
+    import fcntl
+
+    from tauforge.kernels import backends
     from tauforge.kernels.warmup import warm
 
-    warm()
+    folder = os.open(os.path.dirname(os.path.abspath(backends.__file__)), os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        warm()
+    finally:
+        os.close(folder)  # and the lock with it

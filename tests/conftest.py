@@ -141,8 +141,12 @@ def start_background_first(request):
     a time), leaving the other core idle: the pipeline runs, kernel compiles, EconML comparisons,
     image build and container runs, which are processes of their own (at the lowest priority:
     tests/background.py), use it meanwhile instead of running after them. Under xdist, only in the
-    worker that runs the background group (its first tests: `pytest_collection_modifyitems`)."""
+    worker that runs the background group (`pytest_xdist_make_scheduler`); the other compiles the
+    kernels first, as the background's `compile_kernels` does, under its lock."""
     if in_worker(request.config) and not in_background_group(request.node):
+        from background import compile_kernels
+
+        compile_kernels()  # once a worker, after the other's compile (a cold cache) if it began first
         return
     if any(awaits_background(item) for item in request.session.items):
         request.getfixturevalue("background")

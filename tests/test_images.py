@@ -171,7 +171,10 @@ def image(request, background):
 
     def say(line):  # on the terminal, not in the captured output
         with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
-            plugins.get_plugin("terminalreporter").write_line(line)
+            if hasattr(request.config, "workerinput"):  # an xdist worker: its stderr is the terminal's
+                print(line, file=sys.stderr, flush=True)
+            else:
+                plugins.get_plugin("terminalreporter").write_line(line)
 
     if build.reused:
         say(f"test_images: reusing {tag}")
