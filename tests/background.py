@@ -60,6 +60,13 @@ class Processes:
                 f.close()
 
 
+def in_worker(config) -> bool:
+    """Whether this process is one of two or more pytest-xdist workers (`make test` runs two),
+    which each collect every test and run those the controller sends; one worker (`-n 1`) runs
+    the tests as one process does."""
+    return getattr(config, "workerinput", {}).get("workercount", 1) > 1
+
+
 @functools.cache
 def compile_kernels():
     """Compile the numba kernels in this process, once, into numba's cache in their source's

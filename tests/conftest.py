@@ -21,6 +21,8 @@ import torch  # noqa: E402
 # with 2). numba keeps its own pool for the forest kernels.
 torch.set_num_threads(int(os.environ.get("TAUFORGE_TEST_THREADS", "1")))
 sys.path.insert(0, os.path.dirname(__file__))
+from background import compile_kernels, in_worker  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def one_openmp_thread():
@@ -54,18 +56,15 @@ def awaits_background(item) -> bool:
     return "background" in getattr(item, "fixturenames", ())
 
 
-def in_worker(config) -> bool:
-    """Whether this process is one of pytest-xdist's workers (`make test` runs two, `-n 2`), which
-    each collect every test and run those the controller sends."""
-    return hasattr(config, "workerinput")
-
-
 @functools.cache
 def starts_background(module_path: str) -> bool:
     """Whether a test module starts background work: it defines `start_background` (read from
     its source: xdist's controller, which schedules the tests, imports no test module)."""
-    with open(module_path, encoding="utf-8") as f:
-        return "\ndef start_background(" in f.read()
+    try:
+        with open(module_path, encoding="utf-8") as f:
+            return "\ndef start_background(" in f.read()
+    except (OSError, UnicodeDecodeError):  # a test id outside the rootdir, a plugin's item
+        return False
 
 
 def in_background_group(item) -> bool:
@@ -82,8 +81,9 @@ def pytest_xdist_make_scheduler(config, log):
     up in both). pytest-xdist's `loadgroup` would do it with marks, but pytest 9.2 ignores the test
     ids it rewrites (xdist 3.8): its groups were split over both workers, each starting all the
     background work."""
-    if config.getoption("dist") != "load":
-        return None  # the user's --dist
+    workers = config.getoption("numprocesses")
+    if config.getoption("dist") != "load" or not isinstance(workers, int) or workers < 2:
+        return None  # the user's --dist (every worker that runs a background test then starts all of it), or -n 1
     from xdist.scheduler import LoadScopeScheduling
 
     class BackgroundGroupFirst(LoadScopeScheduling):
@@ -141,12 +141,18 @@ def start_background_first(request):
     a time), leaving the other core idle: the pipeline runs, kernel compiles, EconML comparisons,
     image build and container runs, which are processes of their own (at the lowest priority:
     tests/background.py), use it meanwhile instead of running after them. Under xdist, only in the
-    worker that runs the background group (`pytest_xdist_make_scheduler`); the other compiles the
-    kernels first, as the background's `compile_kernels` does, under its lock."""
+    worker that runs the background group (`pytest_xdist_make_scheduler`)."""
     if in_worker(request.config) and not in_background_group(request.node):
-        from background import compile_kernels
-
-        compile_kernels()  # once a worker, after the other's compile (a cold cache) if it began first
         return
     if any(awaits_background(item) for item in request.session.items):
         request.getfixturevalue("background")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures: a module's may fit a forest
+def pytest_runtest_setup(item):
+    """Under xdist, a worker compiles the kernels (or loads them from numba's cache, 2-4 s) before
+    its first test outside the background group, under `compile_kernels`' lock, so that two
+    processes never compile them at once; the background group's worker does it as it starts
+    that work."""
+    if in_worker(item.config) and not in_background_group(item):
+        compile_kernels()

@@ -171,7 +171,7 @@ def image(request, background):
 
     def say(line):  # on the terminal, not in the captured output
         with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
-            if hasattr(request.config, "workerinput"):  # an xdist worker: its stderr is the terminal's
+            if hasattr(request.config, "workerinput"):  # any xdist worker: its stderr is the terminal's
                 print(line, file=sys.stderr, flush=True)
             else:
                 plugins.get_plugin("terminalreporter").write_line(line)
