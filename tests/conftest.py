@@ -104,8 +104,8 @@ BACKGROUND_GROUP = "background"  # the scheduling unit of the modules that start
 def pytest_collection_modifyitems(session, config, items):
     """In one process, the modules with tests that await background work run after the others
     (each module whole, in its order): that work, started at the session's first test, then runs
-    on the core the other tests leave idle instead of being waited for. Under xdist they run first,
-    in one worker (`pytest_xdist_make_scheduler`)."""
+    on the core the other tests leave idle instead of being waited for. Under two or more xdist
+    workers they run first, in one worker (`pytest_xdist_make_scheduler`)."""
     if in_worker(config):
         items.sort(key=lambda item: not in_background_group(item))  # a stable sort
     else:
