@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for the tests: free ports, waiting for one to answer, and moto's
 S3-compatible server (the `s3` fixture in conftest.py starts one per session)."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,9 +16,20 @@ BUCKET = "tauforge-test"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 free now; the server it is for binds it seconds later (kserve imports
+    first). Under xdist each worker takes only ports of its own remainder modulo the worker count:
+    the other worker's free_port cannot hand out the same port in between, where the test would
+    have reached the other worker's server. By the port halved: Linux hands bind() odd ports
+    (connect() gets the even ones), and a worker waiting for an even one spun for ever."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for _ in range(1000):  # with 2 workers, one try in 2 on average
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if (port // 2) % workers == worker:
+            break
+    return port  # the last one drawn, should 1,000 draws all be the other worker's
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, what: str, output, timeout: float = 60) -> None:
