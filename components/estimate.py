@@ -191,8 +191,9 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
             raise ValueError("an imported (EconML) forest comes as exactly one shard")
         forest, oob_cate = shards[0].forest, shards[0].oob_effect
     else:
-        forest = CausalForest.merge([s.forest for s in shards])
-        oob_cate = oob_effect(forest, data.arrays()["X"])
+        X = data.arrays()["X"]
+        forest = CausalForest.merge([s.forest for s in shards], X=X)  # X: the variance smoother's rows
+        oob_cate = oob_effect(forest, X)
     summary = average_effect(oob_cate, data, residuals, alpha)
     summary.update(n_trees=forest.forest_.n_trees, n_shards=len(shards), seed=forest.seed_, device=str(forest.device_),
                    forest_source=forest.source_,

@@ -55,7 +55,7 @@ class CausalForestDML(BaseEstimator):
         standard error).
     n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, max_samples, ci_group_size, honest,
     honesty_fraction, alpha, imbalance_penalty, linear_correction_variables, linear_correction_ridge,
-    max_bins, device, backend, progress :
+    variance_smoothing, max_bins, device, backend, progress :
         Passed to `CausalForest` (see there, with grf and EconML defaults compared).
     inference : {'blb', 'bootstrap'}, default 'blb'
         'blb': intervals from the bootstrap of little bags of the one forest (and the ATE's
@@ -122,8 +122,8 @@ class CausalForestDML(BaseEstimator):
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
-                 linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
-                 backend: str = "auto",
+                 linear_correction_ridge: float = DEFAULT_RIDGE, variance_smoothing: bool = True,
+                 max_bins: int = 256, device: str = "auto", backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
                  bootstrap_nuisance: bool = True, bootstrap_interval: str = "normal",
                  random_state: Any = None, progress: bool | None = None):
@@ -145,6 +145,7 @@ class CausalForestDML(BaseEstimator):
         self.imbalance_penalty = imbalance_penalty
         self.linear_correction_variables = linear_correction_variables
         self.linear_correction_ridge = linear_correction_ridge
+        self.variance_smoothing = variance_smoothing
         self.max_bins = max_bins
         self.device = device
         self.backend = backend

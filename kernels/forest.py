@@ -31,11 +31,12 @@ from .local_linear import (
     n_moments,
     select_variables,
 )
-from .prediction import MIN_INTERVAL_TREES
+from .prediction import MIN_INTERVAL_TREES, posterior_mean_variance
 from .progress import progress_bar, progress_steps
 from .sampling import LittleBagSampler, TreeSample, resolve_group_size, shard_range
 from .serialization import load_model, save_model
 from .splitting import SplitRule, quantize_weights
+from .variance_smoothing import VarianceSmoother, reference_rows
 
 FORMAT = "tauforge.causal_forest"
 # 2: float32 leaves, child pointers implicit; 3: the same arrays encoded compactly (kernels.forest_codec:
@@ -46,9 +47,12 @@ FORMAT = "tauforge.causal_forest"
 # ("penalty": "blocks", kernels.local_linear), so a reader of 4 refuses it rather than predict with
 # the one-trace penalty; 6: format 3 or 5 plus the codes of `fit(groups=)` ("clusters"), written
 # only by forests grown on groups, so an older reader refuses them rather than compute their
-# out-of-bag rows as if rows were drawn. 1 to 5 are still read (4 with the one-trace penalty it
-# was fit with).
-FORMAT_VERSION = 6
+# out-of-bag rows as if rows were drawn; 7: any of those plus the variance smoother's leaf sums
+# (kernels.variance_smoothing), so an older reader refuses them rather than widen intervals
+# differently. 1 to 6 are still read (4 with the one-trace penalty it was fit with; before 7 the
+# variance is the per-point one).
+FORMAT_VERSION = 7
+CLUSTERS_FORMAT_VERSION = 6
 PENALTY_BLOCKS_FORMAT_VERSION = 5
 ONE_TRACE_FORMAT_VERSION = 4  # a format-4 forest saved again keeps its format, and its penalty
 PLAIN_FORMAT_VERSION = 3
@@ -127,6 +131,12 @@ class CausalForest(BaseEstimator):
         Gram matrix's block each slope belongs to, the level's or the effect's (grf's ll.lambda,
         with covariates standardized; grf takes one mean diagonal for both, which makes a
         continuous treatment's CATE depend on its units).
+    variance_smoothing : bool, default True
+        Average each point's little-bag variance with those of up to 1,000 training rows that
+        share its leaves, weighted by how many trees they share (kernels.variance_smoothing):
+        the per-point variance is noisy, and at equal mean width the smoothed one covers more
+        (docs/benchmarks.md, "Where coverage is lost"). False gives the per-point variance, as
+        grf and EconML report it.
     max_bins : int, default 256
         Quantile bins per covariate (2..256). grf and EconML split on exact values.
     device : {'auto', 'cpu', 'cuda'}, default 'auto'
@@ -148,7 +158,8 @@ class CausalForest(BaseEstimator):
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
-                 linear_correction_ridge: float = DEFAULT_RIDGE, max_bins: int = 256, device: str = "auto",
+                 linear_correction_ridge: float = DEFAULT_RIDGE, variance_smoothing: bool = True,
+                 max_bins: int = 256, device: str = "auto",
                  backend: str = "auto", random_state: Any = None, progress: bool | None = None):
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
@@ -163,6 +174,7 @@ class CausalForest(BaseEstimator):
         self.imbalance_penalty = imbalance_penalty
         self.linear_correction_variables = linear_correction_variables
         self.linear_correction_ridge = linear_correction_ridge
+        self.variance_smoothing = variance_smoothing
         self.max_bins = max_bins
         self.device = device
         self.backend = backend
@@ -206,6 +218,8 @@ class CausalForest(BaseEstimator):
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),
               f"poisson_mtry must be True or False, got {self.poisson_mtry!r}")
         check(isinstance(self.honest, (bool, np.bool_)), f"honest must be True or False, got {self.honest!r}")
+        check(isinstance(self.variance_smoothing, (bool, np.bool_)),
+              f"variance_smoothing must be True or False, got {self.variance_smoothing!r}")
         check(number(self.honesty_fraction) and 0 < self.honesty_fraction < 1,
               f"honesty_fraction must be in (0, 1), got {self.honesty_fraction!r}")
         check(number(self.alpha) and 0 <= self.alpha < 1, f"alpha must be in [0, 1), got {self.alpha!r}")
@@ -278,6 +292,8 @@ class CausalForest(BaseEstimator):
         self.training_digest_ = _training_digest(X, T, y, w) if n_shards > 1 else None
         _inputs.set_feature_names(self, names)
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
+        if n_shards == 1:  # a shard's variance needs the whole forest: merge(shards, X) smooths
+            self._fit_variance_smoother(X)
         return self
 
     def _check_fit_inputs(self, X: Any, T: Any, y: Any, sample_weight: Any):
@@ -310,6 +326,7 @@ class CausalForest(BaseEstimator):
         self.shard_ = shard
         self.source_ = "tauforge"
         self.linear_correction_ = None
+        self.variance_smoother_ = None
         self._backend = backend  # kept: the torch backend caches the forest on its device
 
     def _fit_linear_correction(self, X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray | None,
@@ -346,15 +363,33 @@ class CausalForest(BaseEstimator):
                 "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
 
+    def _fit_variance_smoother(self, X: Any) -> None:
+        """`variance_smoother_` from the reference rows of the training covariates X (the whole
+        forest's: a variance needs every group of trees); None where there is no variance."""
+        self.variance_smoother_ = None
+        group = self._group_size()
+        if not self.variance_smoothing or group < 2 or self.forest_.n_trees // group < 2:
+            return
+        rows = reference_rows(self.n_train_, self.seed_)
+        reference = _inputs.to_numpy(X, "X", 2)[rows]
+        # Out of bag: a training row's own noise sits in its leaves in half the groups, which
+        # widens its in-bag variance by 6-9% (scratch runs on grf's designs); a fresh row has none.
+        _, parts = self._estimate(reference, with_variance=True, oob=True, parts=True, rows=rows)
+        ids = self._backend.to_numpy(self._backend.leaf_ids(self._codes(reference), self.forest_))
+        self.variance_smoother_ = VarianceSmoother.fit(ids, parts[:, 0])
+
     def growth_params(self) -> dict:
         """The parameters that shape the trees, but the seed (`seed_` is the one drawn): progress
         and device do not change them."""
         return {k: v for k, v in self.get_params().items() if k not in ("random_state", "progress", "device")}
 
     @classmethod
-    def merge(cls, shards: list[CausalForest]) -> CausalForest:
+    def merge(cls, shards: list[CausalForest], X: Any = None) -> CausalForest:
         """The forest of all `shards` (from `fit_shard` with one seed and parameters, shard
-        0..k-1 of k, in any order): predicts exactly what `fit` with that seed predicts."""
+        0..k-1 of k, in any order): predicts exactly what `fit` with that seed predicts. With
+        `variance_smoothing` that needs X, the training covariates: the smoother's reference rows
+        are read from it (`kernels.variance_smoothing`); without X the merged forest's variance is
+        the per-point one, with a warning."""
         if not shards:
             raise ValueError("merge needs at least one shard")
         for s in shards:
@@ -405,6 +440,18 @@ class CausalForest(BaseEstimator):
         merged.source_ = "tauforge"
         parts = [s.linear_correction_ for s in ordered]
         merged.linear_correction_ = None if parts[0] is None else LocalLinearCorrection.merge(parts)
+        merged.variance_smoother_ = None
+        if X is not None:
+            Xn = _inputs.to_numpy(X, "X", 2)
+            if Xn.shape != (merged.n_train_, merged.n_features_in_):
+                raise ValueError(f"merge needs X, the shards' training covariates ({merged.n_train_} rows x "
+                                 f"{merged.n_features_in_} columns); got {Xn.shape[0]} x {Xn.shape[1]}")
+            _inputs.check_finite(Xn, "X")
+            merged._fit_variance_smoother(Xn)
+        elif merged.variance_smoothing and merged._group_size() >= 2:
+            warnings.warn("merge without X, the training covariates, cannot smooth the variance "
+                          "(variance_smoothing=True): the merged forest's intervals use the per-point variance; pass "
+                          "X=... to merge", UserWarning, stacklevel=2)
         return merged
 
     def _group_size(self) -> int:
@@ -433,8 +480,11 @@ class CausalForest(BaseEstimator):
         _inputs.check_finite(Xn, "X")
         return np.ascontiguousarray(self.binner_.transform(Xn))
 
-    def _estimate(self, X: Any, with_variance: bool, oob: bool = False,
-                  monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def _estimate(self, X: Any, with_variance: bool, oob: bool = False, monte_carlo: bool = False,
+                  parts: bool = False, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """CATE and, `with_variance`, its variance: smoothed (`variance_smoother_`) unless out of
+        bag or Monte-Carlo. With `parts` the variance before debiasing, (rows, 2) (the smoother's
+        references; no warning). Out of bag, X holds the training rows `rows` (all of them)."""
         self._check_fitted()
         group = self._group_size()
         if with_variance and group < 2 and not monte_carlo:
@@ -445,17 +495,17 @@ class CausalForest(BaseEstimator):
         if monte_carlo and self.forest_.n_trees // group < 2:
             raise ValueError(f"the Monte-Carlo variance needs at least 2 groups of trees, this forest has "
                              f"{self.forest_.n_trees // group}")
-        if with_variance and not monte_carlo and self.forest_.n_trees < MIN_INTERVAL_TREES:
+        if with_variance and not (monte_carlo or parts) and self.forest_.n_trees < MIN_INTERVAL_TREES:
             warnings.warn(f"intervals from {self.forest_.n_trees} trees (in groups of {group}) have noisy widths; "
                           f"grow at least {MIN_INTERVAL_TREES} trees (n_estimators) for intervals",
                           UserWarning, stacklevel=3)
         codes = self._codes(X)
-        if oob and codes.shape[0] != self.n_train_:
+        if oob and codes.shape[0] != (self.n_train_ if rows is None else len(rows)):
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
         if oob:
             self._check_whole("out-of-bag prediction")
-        in_bag = self._sampler(self.n_train_).in_bag() if oob else None
+        in_bag = self._sampler(self.n_train_).in_bag(rows) if oob else None
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
         backend = self._backend
@@ -466,6 +516,8 @@ class CausalForest(BaseEstimator):
         else:
             budget = LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
         chunk = max(1, budget // self.forest_.n_trees)
+        smoother = None if (oob or monte_carlo or parts) else getattr(self, "variance_smoother_", None)
+        parts = parts or smoother is not None
         taus, variances = [], []
         for lo in range(0, codes.shape[0], chunk):
             ids = backend.leaf_ids(codes[lo:lo + chunk], self.forest_)
@@ -473,12 +525,15 @@ class CausalForest(BaseEstimator):
             if correction is not None:
                 tau, var = local_linear_estimate(backend, ids, correction.leaf_moments,
                                                  backend.asarray(z[lo:lo + chunk]), correction.ridge, group, valid,
-                                                 with_variance, monte_carlo, correction.penalty_blocks)
+                                                 with_variance, monte_carlo, correction.penalty_blocks, parts)
             else:
-                tau, var = backend.estimate(ids, self.forest_, group, with_variance, valid, monte_carlo)
+                tau, var = backend.estimate(ids, self.forest_, group, with_variance, valid, monte_carlo, parts)
             taus.append(backend.to_numpy(tau))
             if var is not None:
-                variances.append(backend.to_numpy(var))
+                var = backend.to_numpy(var)
+                if smoother is not None:  # the unbiased estimate smoothed, then debiased with the row's own error
+                    var = posterior_mean_variance(smoother.smooth(backend.to_numpy(ids), var[:, 0]), var[:, 1])
+                variances.append(var)
         tau = np.concatenate(taus) if taus else np.empty(0)
         if not with_variance:
             return tau, None
@@ -570,6 +625,9 @@ class CausalForest(BaseEstimator):
         clusters = getattr(self, "clusters_", None)
         if clusters is not None:
             arrays["clusters"] = clusters
+        smoother = getattr(self, "variance_smoother_", None)
+        if smoother is not None:
+            arrays.update(smoother.to_arrays())
         # How a fit was shown (progress) is no part of the model. NumPy scalars are written as the
         # numbers they hold, and a RandomState or Generator as the seed it gave (a review: save
         # failed on np.int64(0), which fit takes).
@@ -580,7 +638,8 @@ class CausalForest(BaseEstimator):
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
         names = getattr(self, "feature_names_in_", None)
-        version = (FORMAT_VERSION if clusters is not None else PLAIN_FORMAT_VERSION if correction is None
+        version = (FORMAT_VERSION if smoother is not None else CLUSTERS_FORMAT_VERSION if clusters is not None
+                   else PLAIN_FORMAT_VERSION if correction is None
                    else PENALTY_BLOCKS_FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
@@ -602,6 +661,7 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"{path} was saved by a newer tauforge (forest format {meta['format_version']}, this "
                              f"version reads up to {FORMAT_VERSION}); upgrade tauforge to load it")
         params = dict(meta["params"])
+        params.setdefault("variance_smoothing", False)  # saved before format 7: the per-point variance
         if device is not None:
             params["device"] = device
         forest = cls(**params)
@@ -633,6 +693,12 @@ class CausalForest(BaseEstimator):
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
+        forest.variance_smoother_ = None
+        if meta.get("format_version", 1) >= FORMAT_VERSION:
+            try:
+                forest.variance_smoother_ = VarianceSmoother.from_arrays(arrays, len(forest.forest_.leaf_values))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
         return forest
 
 

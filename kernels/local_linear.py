@@ -204,11 +204,12 @@ class LocalLinearCorrection:
 
 def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, ridge: float, ci_group_size: int,
                           valid: Any | None = None, with_variance: bool = True,
-                          monte_carlo: bool = False, penalty_blocks: bool = True) -> tuple[Any, Any | None]:
+                          monte_carlo: bool = False, penalty_blocks: bool = True,
+                          parts: bool = False) -> tuple[Any, Any | None]:
     """Corrected tau and its variance per row from the rows' leaves `ids` (rows, trees), the
     forest's leaf moments (leaves, K) and the rows' standardized covariates z (rows, d), on
     `backend` (kernels.backends: its leaf_means and leaf_scores walk the (rows, trees, K) moments
-    without gathering them, 600 MB for 10,000 rows and 500 trees); `valid` and `monte_carlo` as
+    without gathering them, 600 MB for 10,000 rows and 500 trees); `valid`, `monte_carlo` and `parts` as
     in kernels.prediction.forest_estimate. Arrays of the backend's library (NumPy or torch)."""
     rows = ids.shape[0]
     d = z.shape[1]
@@ -255,7 +256,7 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
     coef = xp.concatenate([coef_tri, h], axis=1)  # (rows, K)
     psi = backend.leaf_scores(ids, leaf_moments, A, coef)
-    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo)
+    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo, parts)
 
 
 def _solve(M: Any, b: Any) -> Any:

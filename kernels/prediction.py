@@ -68,14 +68,25 @@ _quiet_nan = np.errstate(divide="ignore", invalid="ignore")
 def debias_between_group_variance(var_between: Any, group_noise: Any, n_groups: Any) -> Any:
     """Posterior mean of the between-group variance S >= 0 under a flat prior, given the
     unbiased but noisy estimate var_between - group_noise ~ N(S, se^2)."""
+    return posterior_mean_variance(*between_group_estimate(var_between, group_noise, n_groups))
+
+
+def between_group_estimate(var_between: Any, group_noise: Any, n_groups: Any) -> tuple[Any, Any]:
+    """The unbiased but noisy estimate var_between - group_noise of the between-group variance,
+    and its standard error (grf's)."""
     xp = array_lib(var_between)
-    initial = var_between - group_noise
     se = xp.maximum(var_between, group_noise) * xp.sqrt(2.0 / n_groups.clip(min=1))
+    return var_between - group_noise, se.clip(min=xp.finfo(se.dtype).tiny)
+
+
+def posterior_mean_variance(estimate: Any, se: Any) -> Any:
+    """E[S | S >= 0] under a flat prior on S, given estimate ~ N(S, se^2): grf's debiasing."""
+    xp = array_lib(estimate)
     se = se.clip(min=xp.finfo(se.dtype).tiny)
-    r = initial / se
-    # E[S | S >= 0] = initial + se * phi(r) / Phi(r), computed in logs for very negative r.
+    r = estimate / se
+    # estimate + se * phi(r) / Phi(r), computed in logs for very negative r.
     log_phi = -0.5 * r * r - 0.5 * math.log(2 * math.pi)
-    return initial + se * xp.exp(log_phi - log_ndtr(r))
+    return estimate + se * xp.exp(log_phi - log_ndtr(r))
 
 
 @_quiet_nan
@@ -101,10 +112,11 @@ def monte_carlo_variance(var_between: Any, n_groups: Any) -> Any:
 
 @_quiet_nan
 def forest_estimate(values: Any, ci_group_size: int, valid: Any | None = None, with_variance: bool = True,
-                    monte_carlo: bool = False) -> tuple[Any, Any | None]:
+                    monte_carlo: bool = False, parts: bool = False) -> tuple[Any, Any | None]:
     """tau and its variance per row from gathered leaf values (rows, trees, 4): the variance of
     the estimate (bootstrap of little bags), or with `monte_carlo` the Monte-Carlo variance of
-    this finite forest (`monte_carlo_variance`; groups of one tree allowed).
+    this finite forest (`monte_carlo_variance`; groups of one tree allowed), or with `parts` the
+    variance before its debiasing (`little_bag_variance`).
 
     `valid` (rows, trees) excludes trees (out-of-bag prediction); the variance then uses only
     groups whose trees are all valid. Rows with no valid group get a NaN variance.
@@ -118,15 +130,19 @@ def forest_estimate(values: Any, ci_group_size: int, valid: Any | None = None, w
     mu = Ay - tau * At
     t, y, ty, tt = (values[..., k] for k in (LEAF_T, LEAF_Y, LEAF_TY, LEAF_TT))
     psi = (ty - mu[:, None] * t - tau[:, None] * tt) - At[:, None] * (y - mu[:, None] - tau[:, None] * t)
-    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo) / denom**2
+    variance = little_bag_variance(psi, ci_group_size, valid, monte_carlo, parts)
+    return tau, variance / (denom[:, None] if parts else denom)**2
 
 
 @_quiet_nan
-def little_bag_variance(psi: Any, ci_group_size: int, valid: Any | None = None, monte_carlo: bool = False) -> Any:
+def little_bag_variance(psi: Any, ci_group_size: int, valid: Any | None = None, monte_carlo: bool = False,
+                        parts: bool = False) -> Any:
     """Variance of a forest estimate from its trees' linearized contributions psi (rows, trees),
     which average to zero over the (valid) trees: the debiased variance between groups of
     `ci_group_size` trees sharing a half-sample, or with `monte_carlo` the Monte-Carlo variance
-    of their average (`monte_carlo_variance`). NaN for a row with no all-valid group."""
+    of their average (`monte_carlo_variance`). NaN for a row with no all-valid group. With
+    `parts`, (rows, 2): the unbiased estimate before debiasing and its standard error
+    (`between_group_estimate`), which `posterior_mean_variance` turns into the variance."""
     xp = array_lib(psi)
     rows, T = psi.shape
     G = T // ci_group_size
@@ -142,5 +158,9 @@ def little_bag_variance(psi: Any, ci_group_size: int, valid: Any | None = None, 
         return monte_carlo_variance(var_between, n_good)
     var_total = (good[:, :, None] * psi**2).sum(axis=(1, 2)) / (n_good * ci_group_size)
     group_noise = (var_total - var_between) / (ci_group_size - 1)
+    if parts:
+        estimate, se = between_group_estimate(var_between, group_noise, n_good)
+        nan = xp.full_like(estimate, math.nan)
+        return xp.stack([xp.where(n_good > 0, estimate, nan), xp.where(n_good > 0, se, nan)], 1)
     var = debias_between_group_variance(var_between, group_noise, n_good)
     return xp.where(n_good > 0, var, xp.full_like(var, math.nan))

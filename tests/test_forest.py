@@ -163,9 +163,9 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
     np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), plain.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v7", arrays, dict(meta, format_version=7))
+    save_model(tmp_path / "v8", arrays, dict(meta, format_version=8))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v7")
+        CausalForest.load(tmp_path / "v8")
 
 
 def test_a_forest_fit_with_numpy_parameters_or_a_dataframe_saves_and_loads_what_it_was(data, tmp_path):
@@ -724,7 +724,7 @@ def test_shards_merge_into_the_forest_one_fit_grows(data, fitted, tmp_path):
     assert sum(s.forest_.n_trees for s in shards) == 40
     for k, s in enumerate(shards):  # shards also survive a save and load, as between pipeline tasks
         s.save(tmp_path / str(k))
-    merged = CausalForest.merge([CausalForest.load(tmp_path / str(k)) for k in range(3)])
+    merged = CausalForest.merge([CausalForest.load(tmp_path / str(k)) for k in range(3)], X=d.X)
     for field in ("feature", "threshold", "child", "leaf_values"):
         np.testing.assert_array_equal(getattr(merged.forest_, field), getattr(fitted.forest_, field))
     np.testing.assert_array_equal(merged.predict_and_var(d.X[:100])[1], fitted.predict_and_var(d.X[:100])[1])

@@ -30,8 +30,10 @@ def _steep(n, seed, p=5):
 
 
 def _forest(**kw):
-    """A forest without the correction unless `linear_correction_variables` is given."""
+    """A forest without the correction unless `linear_correction_variables` is given, and with
+    the per-point variance that grf's formulas give (test_variance_smoothing.py smooths it)."""
     kw.setdefault("linear_correction_variables", None)
+    kw.setdefault("variance_smoothing", False)
     return CausalForest(n_estimators=kw.pop("n_estimators", 200), random_state=0, progress=False, **kw)
 
 

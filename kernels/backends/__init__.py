@@ -26,7 +26,14 @@ from .._inputs import resolve_device
 from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
 from ..local_linear import n_moments
-from ..prediction import as_float64, debias_between_group_variance, forest_estimate, monte_carlo_variance, tree_average
+from ..prediction import (
+    as_float64,
+    between_group_estimate,
+    debias_between_group_variance,
+    forest_estimate,
+    monte_carlo_variance,
+    tree_average,
+)
 from ..sampling import TreeSample
 from ..splitting import SMALL_NODE_ROWS, SplitRule
 from . import numba_cpu
@@ -159,13 +166,14 @@ class NumbaBackend:
         return out
 
     def estimate(self, ids: np.ndarray, forest: ForestArrays, ci_group_size: int, with_variance: bool,
-                 valid: np.ndarray | None = None,
-                 monte_carlo: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                 valid: np.ndarray | None = None, monte_carlo: bool = False,
+                 parts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """forest_estimate (kernels/prediction.py), row by row in one kernel when every tree
         counts: the (rows, trees, 4) float64 gather and temporaries cost 3-4x the leaf walk
         itself on a CPU. Out-of-bag rows (`valid`) take the gathered version."""
         if valid is not None:
-            return gathered_estimate(forest.leaf_values, ids, ci_group_size, with_variance, valid, monte_carlo)
+            return gathered_estimate(forest.leaf_values, ids, ci_group_size, with_variance, valid, monte_carlo,
+                                     parts)
         wanted = with_variance and ci_group_size >= (1 if monte_carlo else 2)
         out = np.empty((ids.shape[0], 4))
         numba_cpu.forest_moments(ids, forest.leaf_values, int(ci_group_size if wanted else 0), out)
@@ -176,6 +184,8 @@ class NumbaBackend:
         between = out[:, 1]
         if monte_carlo:
             var = monte_carlo_variance(between, n_groups)
+        elif parts:
+            return tau, np.stack(between_group_estimate(between, out[:, 2], n_groups), 1) / out[:, 3, None] ** 2
         else:
             var = debias_between_group_variance(between, out[:, 2], n_groups)
         return tau, var / out[:, 3] ** 2
@@ -285,17 +295,17 @@ class TorchBackend:
         return torch.einsum("rtk,rk->rt", values - center[:, None, :], coef)
 
     def estimate(self, ids: torch.Tensor, forest: ForestArrays, ci_group_size: int, with_variance: bool,
-                 valid: torch.Tensor | None = None,
-                 monte_carlo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 valid: torch.Tensor | None = None, monte_carlo: bool = False,
+                 parts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         return gathered_estimate(self._on_device(forest.leaf_values), ids, ci_group_size, with_variance, valid,
-                                 monte_carlo)
+                                 monte_carlo, parts)
 
 
 def gathered_estimate(leaf_values: Any, ids: Any, ci_group_size: int, with_variance: bool, valid: Any | None,
-                      monte_carlo: bool = False) -> tuple[Any, Any | None]:
+                      monte_carlo: bool = False, parts: bool = False) -> tuple[Any, Any | None]:
     """forest_estimate on the (rows, trees, 4) gather of the rows' leaves (float32 leaves,
     float64 sums); leaf_values, ids and valid of one library and device."""
-    return forest_estimate(as_float64(leaf_values[ids]), ci_group_size, valid, with_variance, monte_carlo)
+    return forest_estimate(as_float64(leaf_values[ids]), ci_group_size, valid, with_variance, monte_carlo, parts)
 
 
 def get_backend(backend: str, device: Any):

@@ -1,0 +1,97 @@
+"""The little bags' per-point variance, smoothed over the forest's own neighbours.
+
+A little-bag variance at one point rests on a small difference of two large numbers, the spread
+of the groups' estimates less the noise within each group: over forests grown on the same data
+with other seeds it moves by about 40% at 1,000 trees (docs/benchmarks.md, "Where coverage is
+lost"). Spread over the points, that noise puts interval width where the error is not, and for a
+given mean width it lowers the mean coverage (a point's coverage is concave in its width near the
+truth). The estimate's variance moves smoothly with x, so averaging over the points the forest
+itself treats as neighbours removes most of the noise and keeps the shape.
+
+What is averaged is the unbiased estimate before grf's debiasing
+(`prediction.between_group_estimate`); grf's posterior mean (`prediction.posterior_mean_variance`)
+then takes the row's own standard error, as without smoothing. `VarianceSmoother` keeps, for every leaf a reference row
+reaches, the sum and the count of the reference rows' estimates. At x the smoothed estimate is
+
+    (sum over trees of the sums in x's leaves + n_trees e(x)) / (sum of the counts there + n_trees),
+
+the references' estimates averaged with weights by proximity (the share of trees in which a
+reference shares x's leaf), x's own estimate e(x) counting as one more reference at proximity 1.
+The references are up to `REFERENCE_ROWS` training rows drawn with the forest's seed
+(`reference_rows`), each estimated out of bag (from the groups of trees that never drew it, as a
+fresh row would be); only sums and counts are kept, no row. grf and EconML report the per-point
+variance (`variance_smoothing=False`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+REFERENCE_ROWS = 1000  # enough that a leaf of a few rows holds a reference in most trees at 2,000 rows
+_IDS_PER_BLOCK = 1 << 20
+
+
+def reference_rows(n: int, seed: int) -> np.ndarray:
+    """The training rows whose variances are smoothed over: `REFERENCE_ROWS` of the `n`, drawn
+    without replacement with `seed` (all of them when there are fewer), in order."""
+    if n <= REFERENCE_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 0x5EED]).choice(n, size=REFERENCE_ROWS, replace=False))
+
+
+@dataclass(frozen=True)
+class VarianceSmoother:
+    """Per leaf reached by a reference row (`leaves`, ascending forest-wide leaf indices), the sum
+    of those rows' variance estimates and their count."""
+
+    leaves: np.ndarray  # int64
+    sums: np.ndarray  # float64
+    counts: np.ndarray  # float64
+
+    @classmethod
+    def fit(cls, leaf_ids: np.ndarray, variance: np.ndarray) -> VarianceSmoother:
+        """From the reference rows' leaves (rows, trees) and their variance estimates (rows,);
+        rows without one (NaN: no group of trees left them out) are left out."""
+        leaf_ids, variance = np.asarray(leaf_ids, dtype=np.int64), np.asarray(variance, dtype=np.float64)
+        finite = np.isfinite(variance)
+        leaf_ids, variance = leaf_ids[finite], variance[finite]
+        leaves, where = np.unique(leaf_ids.ravel(), return_inverse=True)
+        sums = np.bincount(where, weights=np.repeat(variance, leaf_ids.shape[1]), minlength=len(leaves))
+        counts = np.bincount(where, minlength=len(leaves)).astype(np.float64)
+        return cls(leaves, sums, counts)
+
+    def smooth(self, leaf_ids: np.ndarray, variance: np.ndarray) -> np.ndarray:
+        """The smoothed estimate of rows whose leaves are `leaf_ids` (rows, trees) and whose own
+        estimate is `variance` (rows,)."""
+        leaf_ids = np.asarray(leaf_ids, dtype=np.int64)
+        variance = np.asarray(variance, dtype=np.float64)
+        n_trees = leaf_ids.shape[1]
+        if not len(self.leaves):
+            return variance
+        sums, counts = np.empty(len(variance)), np.empty(len(variance))
+        step = max(1, _IDS_PER_BLOCK // max(n_trees, 1))  # a few (rows, trees) temporaries at a time
+        for lo in range(0, len(variance), step):
+            ids = leaf_ids[lo:lo + step]
+            at = np.minimum(np.searchsorted(self.leaves, ids), len(self.leaves) - 1)
+            held = self.leaves[at] == ids  # x's leaf holds a reference in this tree
+            sums[lo:lo + step] = np.where(held, self.sums[at], 0.0).sum(axis=1)
+            counts[lo:lo + step] = np.where(held, self.counts[at], 0.0).sum(axis=1)
+        return (sums + n_trees * variance) / (counts + n_trees)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"smoother_leaves": self.leaves, "smoother_sums": self.sums, "smoother_counts": self.counts}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_leaves: int) -> VarianceSmoother | None:
+        """The smoother saved in `arrays` (None if none was), checked against the forest's leaves."""
+        if "smoother_leaves" not in arrays:
+            return None
+        leaves, sums, counts = (np.asarray(arrays[f"smoother_{k}"]) for k in ("leaves", "sums", "counts"))
+        ordered = len(leaves) < 2 or bool(np.all(np.diff(leaves) > 0))
+        if not (len(leaves) == len(sums) == len(counts)) or not ordered or (
+                len(leaves) and not 0 <= leaves[0] <= leaves[-1] < n_leaves):
+            raise ValueError(f"the variance smoother's arrays do not fit the forest ({len(leaves)} leaves, "
+                             f"{len(sums)} sums, {len(counts)} counts, for a forest of {n_leaves} leaves)")
+        return cls(leaves.astype(np.int64), sums.astype(np.float64), counts.astype(np.float64))
