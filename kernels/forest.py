@@ -293,7 +293,7 @@ class CausalForest(BaseEstimator):
         _inputs.set_feature_names(self, names)
         self._fit_linear_correction(X, T, y, w, samples, binned, "local linear correction" + which)
         if n_shards == 1:  # a shard's variance needs the whole forest: merge(shards, X) smooths
-            self._fit_variance_smoother(X)
+            self._fit_variance_smoother(X, samples)
         return self
 
     def _check_fit_inputs(self, X: Any, T: Any, y: Any, sample_weight: Any):
@@ -363,9 +363,10 @@ class CausalForest(BaseEstimator):
                 "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
 
-    def _fit_variance_smoother(self, X: Any) -> None:
+    def _fit_variance_smoother(self, X: Any, samples: Sequence[TreeSample] | None = None) -> None:
         """`variance_smoother_` from the reference rows of the training covariates X (the whole
-        forest's: a variance needs every group of trees); None where there is no variance."""
+        forest's: a variance needs every group of trees; `samples`, every tree's, when the fit
+        has them drawn); None where there is no variance."""
         self.variance_smoother_ = None
         group = self._group_size()
         if not self.variance_smoothing or group < 2 or self.forest_.n_trees // group < 2:
@@ -374,7 +375,8 @@ class CausalForest(BaseEstimator):
         reference = _inputs.to_numpy(X, "X", 2)[rows]
         # Out of bag: a training row's own noise sits in its leaves in half the groups, which
         # widens its in-bag variance by 6-9% (scratch runs on grf's designs); a fresh row has none.
-        _, parts = self._estimate(reference, with_variance=True, oob=True, parts=True, rows=rows)
+        in_bag = self._sampler(self.n_train_).in_bag(rows, samples)
+        _, parts = self._estimate(reference, with_variance=True, oob=True, parts=True, in_bag=in_bag)
         ids = self._backend.to_numpy(self._backend.leaf_ids(self._codes(reference), self.forest_))
         self.variance_smoother_ = VarianceSmoother.fit(ids, parts[:, 0])
 
@@ -481,10 +483,11 @@ class CausalForest(BaseEstimator):
         return np.ascontiguousarray(self.binner_.transform(Xn))
 
     def _estimate(self, X: Any, with_variance: bool, oob: bool = False, monte_carlo: bool = False,
-                  parts: bool = False, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  parts: bool = False, in_bag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """CATE and, `with_variance`, its variance: smoothed (`variance_smoother_`) unless out of
         bag or Monte-Carlo. With `parts` the variance before debiasing, (rows, 2) (the smoother's
-        references; no warning). Out of bag, X holds the training rows `rows` (all of them)."""
+        references; no warning). Out of bag, X holds the training rows (all of them, or those
+        whose trees `in_bag` gives: the sampler's `in_bag(rows)`)."""
         self._check_fitted()
         group = self._group_size()
         if with_variance and group < 2 and not monte_carlo:
@@ -500,12 +503,14 @@ class CausalForest(BaseEstimator):
                           f"grow at least {MIN_INTERVAL_TREES} trees (n_estimators) for intervals",
                           UserWarning, stacklevel=3)
         codes = self._codes(X)
-        if oob and codes.shape[0] != (self.n_train_ if rows is None else len(rows)):
+        if oob and codes.shape[0] != (self.n_train_ if in_bag is None else len(in_bag)):
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
         if oob:
             self._check_whole("out-of-bag prediction")
-        in_bag = self._sampler(self.n_train_).in_bag(rows) if oob else None
+        if oob and in_bag is None:
+            in_bag = self._sampler(self.n_train_).in_bag()
+        in_bag = in_bag if oob else None
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
         backend = self._backend
@@ -532,7 +537,8 @@ class CausalForest(BaseEstimator):
             if var is not None:
                 var = backend.to_numpy(var)
                 if smoother is not None:  # the unbiased estimate smoothed, then debiased with the row's own error
-                    var = posterior_mean_variance(smoother.smooth(backend.to_numpy(ids), var[:, 0]), var[:, 1])
+                    smoothed = smoother.smooth(backend, ids, var[:, 0], self.forest_.leaf_offsets)
+                    var = posterior_mean_variance(smoothed, var[:, 1])
                 variances.append(var)
         tau = np.concatenate(taus) if taus else np.empty(0)
         if not with_variance:

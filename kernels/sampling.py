@@ -148,23 +148,23 @@ class LittleBagSampler:
         when read."""
         return TreeSamples(self, first_group, n_groups)
 
-    def in_bag(self, rows: np.ndarray | None = None) -> np.ndarray:
+    def in_bag(self, rows: np.ndarray | None = None, trees: Sequence[TreeSample] | None = None) -> np.ndarray:
         """Boolean matrix (n_rows, n_trees): row i was in tree b's subsample; with `rows`
-        (distinct row indices), only theirs, in their order (len(rows), n_trees)."""
+        (distinct row indices), only theirs, in their order (len(rows), n_trees). `trees`: the
+        samples of every tree when already drawn (`trees(0, n_groups)`), else drawn again."""
+        trees = self.trees(0, self.n_groups) if trees is None else trees
         position = None
         if rows is not None:
             position = np.full(self.n_rows, -1, dtype=np.int64)
             position[rows] = np.arange(len(rows))
         mask = np.zeros((self.n_rows if rows is None else len(rows), self.n_trees), dtype=bool)
-        for g in range(self.n_groups):
-            for k, t in enumerate(self.group(g)):
-                b = g * self.ci_group_size + k
-                for drawn in (t.structure, t.estimation):
-                    if position is None:
-                        mask[drawn, b] = True
-                    else:
-                        at = position[drawn]
-                        mask[at[at >= 0], b] = True
+        for b, t in enumerate(trees):
+            for drawn in (t.structure, t.estimation):
+                if position is None:
+                    mask[drawn, b] = True
+                else:
+                    at = position[drawn]
+                    mask[at[at >= 0], b] = True
         return mask
 
 

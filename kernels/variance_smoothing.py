@@ -11,7 +11,8 @@ itself treats as neighbours removes most of the noise and keeps the shape.
 What is averaged is the unbiased estimate before grf's debiasing
 (`prediction.between_group_estimate`); grf's posterior mean (`prediction.posterior_mean_variance`)
 then takes the row's own standard error, as without smoothing. `VarianceSmoother` keeps, for every leaf a reference row
-reaches, the sum and the count of the reference rows' estimates. At x the smoothed estimate is
+reaches, the sum and the count of the reference rows' estimates (summed per row by the backend's
+`shared_leaf_sums`). At x the smoothed estimate is
 
     (sum over trees of the sums in x's leaves + n_trees e(x)) / (sum of the counts there + n_trees),
 
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 
 REFERENCE_ROWS = 1000  # enough that a leaf of a few rows holds a reference in most trees at 2,000 rows
-_IDS_PER_BLOCK = 1 << 20
 
 
 def reference_rows(n: int, seed: int) -> np.ndarray:
@@ -44,54 +44,46 @@ def reference_rows(n: int, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class VarianceSmoother:
     """Per leaf reached by a reference row (`leaves`, ascending forest-wide leaf indices), the sum
-    of those rows' variance estimates and their count."""
+    of those rows' variance estimates and their count (`totals`, (leaves, 2))."""
 
     leaves: np.ndarray  # int64
-    sums: np.ndarray  # float64
-    counts: np.ndarray  # float64
+    totals: np.ndarray  # float64 (leaves, 2): sum, count
 
     @classmethod
-    def fit(cls, leaf_ids: np.ndarray, variance: np.ndarray) -> VarianceSmoother:
+    def fit(cls, leaf_ids: np.ndarray, estimate: np.ndarray) -> VarianceSmoother:
         """From the reference rows' leaves (rows, trees) and their variance estimates (rows,);
         rows without one (NaN: no group of trees left them out) are left out."""
-        leaf_ids, variance = np.asarray(leaf_ids, dtype=np.int64), np.asarray(variance, dtype=np.float64)
-        finite = np.isfinite(variance)
-        leaf_ids, variance = leaf_ids[finite], variance[finite]
+        leaf_ids, estimate = np.asarray(leaf_ids, dtype=np.int64), np.asarray(estimate, dtype=np.float64)
+        known = np.isfinite(estimate)
+        leaf_ids, estimate = leaf_ids[known], estimate[known]
         leaves, where = np.unique(leaf_ids.ravel(), return_inverse=True)
-        sums = np.bincount(where, weights=np.repeat(variance, leaf_ids.shape[1]), minlength=len(leaves))
-        counts = np.bincount(where, minlength=len(leaves)).astype(np.float64)
-        return cls(leaves, sums, counts)
+        sums = np.bincount(where, weights=np.repeat(estimate, leaf_ids.shape[1]), minlength=len(leaves))
+        counts = np.bincount(where, minlength=len(leaves))
+        return cls(leaves, np.stack([sums, counts], axis=1).astype(np.float64))
 
-    def smooth(self, leaf_ids: np.ndarray, variance: np.ndarray) -> np.ndarray:
-        """The smoothed estimate of rows whose leaves are `leaf_ids` (rows, trees) and whose own
-        estimate is `variance` (rows,)."""
-        leaf_ids = np.asarray(leaf_ids, dtype=np.int64)
-        variance = np.asarray(variance, dtype=np.float64)
+    def smooth(self, backend, leaf_ids, estimate: np.ndarray, leaf_offsets: np.ndarray) -> np.ndarray:
+        """The smoothed estimate of rows whose leaves are `leaf_ids` (rows, trees; arrays of
+        `backend`, kernels.backends) and whose own estimate is `estimate` (rows,), in a forest
+        whose tree t's leaves start at leaf_offsets[t]."""
         n_trees = leaf_ids.shape[1]
         if not len(self.leaves):
-            return variance
-        sums, counts = np.empty(len(variance)), np.empty(len(variance))
-        step = max(1, _IDS_PER_BLOCK // max(n_trees, 1))  # a few (rows, trees) temporaries at a time
-        for lo in range(0, len(variance), step):
-            ids = leaf_ids[lo:lo + step]
-            at = np.minimum(np.searchsorted(self.leaves, ids), len(self.leaves) - 1)
-            held = self.leaves[at] == ids  # x's leaf holds a reference in this tree
-            sums[lo:lo + step] = np.where(held, self.sums[at], 0.0).sum(axis=1)
-            counts[lo:lo + step] = np.where(held, self.counts[at], 0.0).sum(axis=1)
-        return (sums + n_trees * variance) / (counts + n_trees)
+            return estimate
+        tree_starts = np.searchsorted(self.leaves, leaf_offsets)
+        totals = backend.to_numpy(backend.shared_leaf_sums(leaf_ids, self.leaves, tree_starts, self.totals))
+        return (totals[:, 0] + n_trees * estimate) / (totals[:, 1] + n_trees)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"smoother_leaves": self.leaves, "smoother_sums": self.sums, "smoother_counts": self.counts}
+        return {"smoother_leaves": self.leaves, "smoother_totals": self.totals}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_leaves: int) -> VarianceSmoother | None:
         """The smoother saved in `arrays` (None if none was), checked against the forest's leaves."""
         if "smoother_leaves" not in arrays:
             return None
-        leaves, sums, counts = (np.asarray(arrays[f"smoother_{k}"]) for k in ("leaves", "sums", "counts"))
+        leaves, totals = np.asarray(arrays["smoother_leaves"]), np.asarray(arrays.get("smoother_totals"))
         ordered = len(leaves) < 2 or bool(np.all(np.diff(leaves) > 0))
-        if not (len(leaves) == len(sums) == len(counts)) or not ordered or (
-                len(leaves) and not 0 <= leaves[0] <= leaves[-1] < n_leaves):
-            raise ValueError(f"the variance smoother's arrays do not fit the forest ({len(leaves)} leaves, "
-                             f"{len(sums)} sums, {len(counts)} counts, for a forest of {n_leaves} leaves)")
-        return cls(leaves.astype(np.int64), sums.astype(np.float64), counts.astype(np.float64))
+        inside = not len(leaves) or 0 <= leaves[0] <= leaves[-1] < n_leaves
+        if totals.shape != (len(leaves), 2) or not ordered or not inside:
+            raise ValueError(f"the variance smoother's arrays do not fit the forest ({len(leaves)} leaves, totals "
+                             f"of shape {totals.shape}, for a forest of {n_leaves} leaves)")
+        return cls(leaves.astype(np.int64), totals.astype(np.float64))

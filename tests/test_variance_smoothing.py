@@ -35,7 +35,8 @@ def test_the_smoothed_variance_averages_the_references_estimates_by_shared_leave
     d, t, y = data
     forest = _forest().fit(d.X, t, y)
     rows = reference_rows(len(d.X), forest.seed_)
-    _, ref_parts = forest._estimate(d.X[rows], with_variance=True, oob=True, parts=True, rows=rows)
+    in_bag = forest._sampler(len(d.X)).in_bag()[rows]  # all rows' trees, then the references'
+    _, ref_parts = forest._estimate(d.X[rows], with_variance=True, oob=True, parts=True, in_bag=in_bag)
     _, own_parts = forest._estimate(test_X, with_variance=True, parts=True)
     ref_ids = forest._backend.leaf_ids(forest._codes(d.X[rows]), forest.forest_)
     own_ids = forest._backend.leaf_ids(forest._codes(test_X), forest.forest_)
@@ -113,13 +114,9 @@ def test_a_forest_saved_before_the_parameter_loads_as_unsmoothed(data, test_X, t
 
 
 def test_damaged_smoother_arrays_are_refused():
-    leaves = np.array([3, 1, 7])
-    with pytest.raises(ValueError, match="do not fit the forest"):
-        VarianceSmoother.from_arrays({"smoother_leaves": leaves, "smoother_sums": np.ones(3),
-                                      "smoother_counts": np.ones(3)}, 10)
-    with pytest.raises(ValueError, match="do not fit the forest"):
-        VarianceSmoother.from_arrays({"smoother_leaves": np.array([1, 12]), "smoother_sums": np.ones(2),
-                                      "smoother_counts": np.ones(2)}, 10)
+    for leaves, totals in (([3, 1, 7], np.ones((3, 2))), ([1, 12], np.ones((2, 2))), ([1, 2], np.ones((3, 2)))):
+        with pytest.raises(ValueError, match="do not fit the forest"):  # unordered, past the last leaf, short
+            VarianceSmoother.from_arrays({"smoother_leaves": np.array(leaves), "smoother_totals": totals}, 10)
     assert VarianceSmoother.from_arrays({}, 10) is None
 
 

@@ -198,6 +198,14 @@ class NumbaBackend:
         numba_cpu.leaf_means(ids, table, mask, valid is not None, out)
         return out
 
+    def shared_leaf_sums(self, ids: np.ndarray, leaves: np.ndarray, tree_starts: np.ndarray,
+                         table: np.ndarray) -> np.ndarray:
+        """Per row, the sum over trees of table[i] where leaves[i] (ascending; tree t's from
+        tree_starts[t]) is the row's leaf (rows, K), in float64 (kernels.variance_smoothing)."""
+        out = np.empty((ids.shape[0], table.shape[1]))
+        numba_cpu.shared_leaf_sums(ids, leaves, tree_starts, table, out)
+        return out
+
     def leaf_scores(self, ids: np.ndarray, table: np.ndarray, center: np.ndarray, coef: np.ndarray) -> np.ndarray:
         """(rows, trees): (table[leaf of row r in tree t] - center[r]) . coef[r], in float64."""
         out = np.empty(tuple(ids.shape))
@@ -285,6 +293,16 @@ class TorchBackend:
     def leaf_means(self, ids: torch.Tensor, table: np.ndarray, valid: torch.Tensor | None = None) -> torch.Tensor:
         """NumbaBackend.leaf_means, on the gathered rows (the device's way)."""
         return tree_average(as_float64(self._on_device(table)[ids]), valid)
+
+    def shared_leaf_sums(self, ids: torch.Tensor, leaves: np.ndarray, tree_starts: np.ndarray,
+                         table: np.ndarray) -> torch.Tensor:
+        """NumbaBackend.shared_leaf_sums, by one sorted search over every tree's leaves on the
+        device (at least one leaf)."""
+        import torch
+
+        leaves, table = self.asarray(leaves), as_float64(self.asarray(table))
+        at = torch.searchsorted(leaves, ids.contiguous()).clamp(max=len(leaves) - 1)
+        return (table[at] * (leaves[at] == ids)[..., None]).sum(axis=1)
 
     def leaf_scores(self, ids: torch.Tensor, table: np.ndarray, center: torch.Tensor,
                     coef: torch.Tensor) -> torch.Tensor:

@@ -1177,6 +1177,37 @@ def leaf_scores(ids, table, center, coef, out):
             out[r, t] = s
 
 
+_SHARED_BLOCK = 256  # rows a thread takes at once: each tree's leaves are searched for all of them in turn
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
+def shared_leaf_sums(ids, leaves, tree_starts, table, out):
+    """out[r] = the sum over trees t of table[i] where leaves[i] == ids[r, t], in float64: the
+    variance smoother's sums (kernels.variance_smoothing). leaves[tree_starts[t]:tree_starts[t
+    + 1]] are tree t's, ascending (a leaf that is not among them adds nothing). A thread takes a
+    block of rows and searches one tree's few hundred leaves for all of them before the next
+    tree's, so that tree's leaves stay in cache (row by row over every tree: 1.7x the time)."""
+    K = table.shape[1]
+    n_rows, n_trees = ids.shape
+    for block in numba.prange((n_rows + _SHARED_BLOCK - 1) // _SHARED_BLOCK):
+        r0 = block * _SHARED_BLOCK
+        r1 = min(n_rows, r0 + _SHARED_BLOCK)
+        for r in range(r0, r1):
+            for k in range(K):
+                out[r, k] = 0.0
+        for t in range(n_trees):
+            lo, hi = tree_starts[t], tree_starts[t + 1]
+            if lo == hi:
+                continue
+            keys = leaves[lo:hi]
+            for r in range(r0, r1):
+                leaf = ids[r, t]
+                i = np.searchsorted(keys, leaf)
+                if i < hi - lo and keys[i] == leaf:
+                    for k in range(K):
+                        out[r, k] += table[lo + i, k]
+
+
 def node_capacity(n_est_rows: int, n_struct: int, n_est: int, min_leaf: float) -> int:
     """An upper bound on a tree's node count: every leaf holds a structure row and >= min_leaf
     estimation rows of positive weight (`n_est_rows` of the tree's `n_est`)."""

@@ -54,10 +54,11 @@ def measure(poll_seconds: float = 0.25):
 
 
 def parse_params(text: str) -> dict:
-    """Forest parameters from the command line, "k=v,k=v": ints, floats (with a dot) and None."""
+    """Forest parameters from the command line, "k=v,k=v": ints, floats (with a dot), None,
+    True and False."""
     def value(v: str):
-        if v == "None":
-            return None
+        if v in ("None", "True", "False"):
+            return {"None": None, "True": True, "False": False}[v]
         return float(v) if "." in v else int(v)
 
     return {k: value(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}

@@ -7,7 +7,8 @@ coverage of the 95% intervals and their width for each library, the ratios taufo
 tauforge's coverage with its intervals scaled to EconML's mean width on the same rows (coverage
 compared at equal width: narrower intervals cover less by construction), and tauforge's RMSE and
 coverage without the local linear correction (the same forest, the correction off: what the
-correction alone changes).
+correction alone changes), and the coverage and width of the same forest's per-point variance
+(`variance_smoothing=False`: what the smoothing alone changes).
 
 Cases are design:n[:p] (p defaults to 10): grf's simple, aw2 and aw3 at n = 2,000 and 20,000;
 imbalanced (about 22% treated, strongly confounded) at p = 25 and n = 800; sparse (aw2's effect,
@@ -73,8 +74,13 @@ def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[st
             est.fit(train.Y, train.T, X=train.X)
         lo, hi = (np.ravel(a) for a in est.effect_interval(test.X, alpha=0.05))
         score(name, np.ravel(est.effect(test.X)), lo, hi, m.seconds)
-    # The same forest (same seed, residuals and trees) without the correction.
     ours = estimators["tauforge"]
+    # The same forest's per-point variance (variance_smoothing=False): what the smoothing alone changes.
+    smoother, ours.forest_.variance_smoother_ = ours.forest_.variance_smoother_, None
+    lo, hi = (np.ravel(a) for a in ours.effect_interval(test.X, alpha=0.05))
+    ours.forest_.variance_smoother_ = smoother
+    score("per_point", np.ravel(ours.effect(test.X)), lo, hi, 0.0)
+    # The same forest (same seed, residuals and trees) without the correction.
     params = {k: getattr(ours, k) for k in FOREST_PARAMS}
     y_res, t_res = ours.residuals_
     plain = CausalForest(**{**params, "linear_correction_variables": None}, random_state=seed, progress=False)
@@ -100,7 +106,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     header = ("| design | p | n | tauforge RMSE | EconML RMSE | RMSE ratio | tauforge coverage | EconML coverage "
               "| tauforge width | EconML width | width ratio | tauforge coverage at EconML's width "
-              "| no correction: RMSE / coverage | corrected on "
+              "| no correction: RMSE / coverage | per-point variance: coverage / width | corrected on "
               "| fit s (tauforge / EconML) |")
     print(f"# {args.seeds} seeds per row, {args.trees} trees, 95% intervals on 2,000 fresh rows; "
           "coverage (min: the worst seed's)")
@@ -112,16 +118,17 @@ def main() -> None:
         n, p = int(n), int(rest[0]) if rest else 10
         runs = [run(design, n, p, seed, args.trees) for seed in range(args.seeds)]
         mean = {lib: {k: float(np.mean([r[lib][k] for r in runs])) for k in ("rmse", "coverage", "width", "fit_s")}
-                for lib in ("tauforge", "econml", "plain")}
+                for lib in ("tauforge", "econml", "plain", "per_point")}
         worst_cov = min(r["tauforge"]["coverage"] for r in runs)
         equal_width_cov = float(np.mean([r["tauforge"]["coverage_at_econml_width"] for r in runs]))
         variables = sorted({r["tauforge"]["variables"] for r in runs})
-        t, e, f = mean["tauforge"], mean["econml"], mean["plain"]
+        t, e, f, u = mean["tauforge"], mean["econml"], mean["plain"], mean["per_point"]
         ratios.append(t["rmse"] / e["rmse"])
         print(f"| {NAMES.get(case, design)} | {p} | {n:,} | {t['rmse']:.4f} | {e['rmse']:.4f} "
               f"| {t['rmse'] / e['rmse']:.3f} | {t['coverage']:.3f} (min {worst_cov:.3f}) | {e['coverage']:.3f} "
               f"| {t['width']:.3f} | {e['width']:.3f} | {t['width'] / e['width']:.3f} | {equal_width_cov:.3f} "
-              f"| {f['rmse']:.4f} / {f['coverage']:.3f} | {' '.join(variables)} "
+              f"| {f['rmse']:.4f} / {f['coverage']:.3f} | {u['coverage']:.3f} / {u['width']:.3f} "
+              f"| {' '.join(variables)} "
               f"| {t['fit_s']:.1f} / {e['fit_s']:.1f} |", flush=True)
     print(f"# mean RMSE ratio tauforge / EconML over the {len(ratios)} rows: {np.mean(ratios):.3f}")
 
