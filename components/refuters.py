@@ -180,7 +180,8 @@ class EffectRefit:
             from tauforge.kernels import CausalForest
 
             params = {**self.forest_params, "progress": False, "random_state": self.seed,
-                      "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES)}
+                      "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES),
+                      "variance_smoothing": False}  # out-of-bag effects only: no interval is read
             X = self.arrays["X"][rows]
             tau = oob_effect(CausalForest(**params).fit(X, t_res, y_res, sample_weight=weight, groups=groups), X)
         else:

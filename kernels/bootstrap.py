@@ -222,7 +222,8 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
     if not (isinstance(trees, (int, np.integer)) and trees >= 1):
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
     return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)), "ci_group_size": group,
-            "linear_correction_variables": None if correction_variables is None else list(correction_variables)}
+            "linear_correction_variables": None if correction_variables is None else list(correction_variables),
+            "variance_smoothing": False}  # replicates give point estimates and Monte-Carlo variances only
 
 
 def fit_replicates(X: np.ndarray, replicates: int | range, seed: int, forest_params: dict,

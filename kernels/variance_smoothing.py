@@ -85,7 +85,10 @@ class VarianceSmoother:
         leaves, totals = np.asarray(arrays["smoother_leaves"]), np.asarray(arrays.get("smoother_totals"))
         ordered = len(leaves) < 2 or bool(np.all(np.diff(leaves) > 0))
         inside = not len(leaves) or 0 <= leaves[0] <= leaves[-1] < n_leaves
-        if totals.shape != (len(leaves), 2) or not ordered or not inside:
+        sound = (np.issubdtype(leaves.dtype, np.integer) and totals.dtype.kind == "f"
+                 and totals.shape == (len(leaves), 2) and bool(np.isfinite(totals).all())
+                 and bool((totals[:, 1] >= 1).all()))  # every leaf kept holds a reference
+        if not sound or not ordered or not inside:
             raise ValueError(f"the variance smoother's arrays do not fit the forest ({len(leaves)} leaves, totals "
                              f"of shape {totals.shape}, for a forest of {n_leaves} leaves)")
         return cls(leaves.astype(np.int64), totals.astype(np.float64))

@@ -122,7 +122,10 @@ def test_replicates_are_grown_with_the_point_forests_configuration():
         assert params["n_estimators"] == 6  # 5 trees rounded up to whole little bags of 2
         # The point forest's little bags, resolved: its 'auto' may stand for another size at 6 trees.
         assert params["ci_group_size"] == est.forest_._group_size() == 2
-        same = [k for k in point if k not in ("n_estimators", "random_state", "progress", "ci_group_size")]
+        # Replicates give point estimates only: they smooth no variance (and pay nothing for it).
+        assert params["variance_smoothing"] is False and forest.variance_smoother_ is None
+        same = [k for k in point if k not in ("n_estimators", "random_state", "progress", "ci_group_size",
+                                              "variance_smoothing")]
         assert {k: params[k] for k in same} == {k: point[k] for k in same}
         assert forest.linear_correction_.variables == (2,)
     assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
@@ -239,6 +242,8 @@ def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_i
     alone = CausalForest(**params, random_state=replicate_seed(11, 4)).fit(
         d.X, t, y, sample_weight=resample_weights(800, 4, 11))
     np.testing.assert_array_equal(alone.predict(d.X), batched.forests[4].predict(d.X))
+    with pytest.warns(UserWarning, match="intervals from 6 trees"):  # and its smoothed variance (3 little bags)
+        np.testing.assert_array_equal(alone.predict_and_var(d.X)[1], batched.forests[4].predict_and_var(d.X)[1])
     assert len({float(f.predict(d.X[:1])[0]) for f in batched.forests}) == 5  # every replicate its own forest
 
 

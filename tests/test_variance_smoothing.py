@@ -93,7 +93,7 @@ def test_the_smoother_is_saved_loaded_merged_and_checked(data, test_X, tmp_path)
     assert json.loads((tmp_path / "plain" / "model.json").read_text())["format_version"] == 5
     # A forest saved before format 7 says it does not smooth.
     plain_meta = json.loads((tmp_path / "plain" / "model.json").read_text())
-    assert plain_meta["params"]["variance_smoothing"] is False
+    assert "variance_smoothing" not in plain_meta["params"]  # an older reader passes params to CausalForest
 
 
 def test_a_forest_saved_before_the_parameter_loads_as_unsmoothed(data, test_X, tmp_path):
@@ -113,11 +113,27 @@ def test_a_forest_saved_before_the_parameter_loads_as_unsmoothed(data, test_X, t
     np.testing.assert_array_equal(old.predict_and_var(test_X)[1], forest.predict_and_var(test_X)[1])
 
 
-def test_damaged_smoother_arrays_are_refused():
-    for leaves, totals in (([3, 1, 7], np.ones((3, 2))), ([1, 12], np.ones((2, 2))), ([1, 2], np.ones((3, 2)))):
-        with pytest.raises(ValueError, match="do not fit the forest"):  # unordered, past the last leaf, short
+def test_damaged_smoother_arrays_are_refused(data, tmp_path):
+    nan = np.ones((2, 2))
+    nan[0, 0] = np.nan
+    for leaves, totals in (([3, 1, 7], np.ones((3, 2))), ([1, 12], np.ones((2, 2))), ([1, 2], np.ones((3, 2))),
+                           ([1, 2], nan), ([1, 2], np.array([[1.0, 1.0], [1.0, 0.0]])),
+                           ([1.0, 2.5], np.ones((2, 2)))):
+        # unordered, past the last leaf, short, NaN, a leaf of no reference, leaves that are no indices
+        with pytest.raises(ValueError, match="do not fit the forest"):
             VarianceSmoother.from_arrays({"smoother_leaves": np.array(leaves), "smoother_totals": totals}, 10)
     assert VarianceSmoother.from_arrays({}, 10) is None
+    # A forest saved with a smoother whose arrays are gone (rewritten with a fresh checksum) is
+    # refused on load, not read as unsmoothed.
+    from tauforge.kernels.serialization import load_model, save_model
+
+    d, t, y = data
+    _forest().fit(d.X, t, y).save(tmp_path / "whole")
+    arrays, meta = load_model(tmp_path / "whole", "tauforge.causal_forest")
+    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256")}
+    save_model(tmp_path / "bare", {k: v for k, v in arrays.items() if not k.startswith("smoother_")}, meta)
+    with pytest.raises(ValueError, match="bare: the metadata says the forest has a variance smoother, but its arrays"):
+        CausalForest.load(tmp_path / "bare")
 
 
 def test_reference_rows_are_seeded_distinct_and_bounded():

@@ -222,6 +222,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self._forest_cache: tuple[ForestArrays, tuple[torch.Tensor, ...]] | None = None
         self._table: tuple[np.ndarray, torch.Tensor] | None = None
+        self._smoother: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
 
     def asarray(self, a: Any) -> torch.Tensor:
         import torch
@@ -300,7 +301,9 @@ class TorchBackend:
         device (at least one leaf)."""
         import torch
 
-        leaves, table = self.asarray(leaves), as_float64(self.asarray(table))
+        if self._smoother is None or self._smoother[0] is not leaves:  # copied once per smoother, not per chunk
+            self._smoother = (leaves, self.asarray(leaves), as_float64(self.asarray(table)))
+        _, leaves, table = self._smoother
         at = torch.searchsorted(leaves, ids.contiguous()).clamp(max=len(leaves) - 1)
         return (table[at] * (leaves[at] == ids)[..., None]).sum(axis=1)
 
