@@ -375,7 +375,7 @@ class CausalForest(BaseEstimator):
         rows = reference_rows(self.n_train_, self.seed_)
         reference = _inputs.to_numpy(X, "X", 2)[rows]
         # Out of bag: a training row's own noise sits in its leaves in half the groups, which
-        # widens its in-bag variance by 6-9% (scratch runs on grf's designs); a fresh row has none.
+        # widens its in-bag intervals by 5-12% (docs/benchmarks.md); a fresh row has none.
         in_bag = self._sampler(self.n_train_).in_bag(rows, samples)
         _, parts = self._estimate(reference, with_variance=True, oob=True, parts=True, in_bag=in_bag)
         ids = self._backend.to_numpy(self._backend.leaf_ids(self._codes(reference), self.forest_))
