@@ -511,9 +511,9 @@ class CausalForest(BaseEstimator):
                              f"got {codes.shape[0]} rows")
         if oob:
             self._check_whole("out-of-bag prediction")
-        if oob and in_bag is None:
-            in_bag = self._sampler(self.n_train_).in_bag()
-        in_bag = in_bag if oob else None
+            in_bag = self._sampler(self.n_train_).in_bag() if in_bag is None else in_bag
+        else:
+            in_bag = None
         if getattr(self, "_backend", None) is None:
             self._backend = get_backend(self.backend, self.device_)
         backend = self._backend
