@@ -40,8 +40,10 @@ which is as fine as splitting on exact values.
 Per-node randomness comes from a 64-bit key per node: the root's key is the tree's, and
 children's keys are hashes of the parent's. The key decides which features a node may split
 on: `mtry` of them, or, with `poisson_mtry` (grf's way), max(1, min(Poisson(mtry), p)) of
-them. The draw depends only on the node's position in the tree, never on the order nodes are
-grown in, which lets the level-wise (torch) and depth-first (numba) growers build the same trees.
+them; with candidate weights, that many draws with replacement in proportion to the weights
+(a feature drawn twice is one candidate). The draw depends only on the node's position in the
+tree, never on the order nodes are grown in, which lets the level-wise (torch) and depth-first
+(numba) growers build the same trees.
 
 The numba versions of all this (and every other numba kernel) live in backends/numba_cpu.py:
 numba's on-disk cache is invalidated per source file, so compiled functions that call each
@@ -63,6 +65,27 @@ TIE_RTOL = 1e-9
 # simple design at 1e5 rows, 500 trees: CATE RMSE 0.0674 at 512, 0.0663 at 1024, 0.0654 at
 # 2048 (EconML's exact splits: 0.0656), for 4% and 15% more fit time than 1024 and 512.
 SMALL_NODE_ROWS = 2048
+# Candidates drawn by importance (CausalForest's candidate_weights='importance'): the pilot
+# forest's trees, and the weight all covariates keep together however unimportant, relative to
+# the most important one's 1 (each keeps that over p). Chosen on grf's designs
+# (docs/benchmarks.md, "Candidates drawn by importance"): half as much cut more bias at n = 2,000
+# but added 6-9% to the CATE error at 20,000 (trees that split alike vary together); twice as
+# much gave up a third of the gain at 2,000.
+IMPORTANCE_PILOT_TREES = 100
+IMPORTANCE_FLOOR = 1.0
+
+
+def weights_from_importance(importance: np.ndarray) -> np.ndarray | None:
+    """Candidate weights from a pilot forest's variable importance: each covariate's over the
+    largest, plus IMPORTANCE_FLOOR / p; None (uniform draws) when the pilot split on nothing."""
+    importance = np.asarray(importance, dtype=np.float64)
+    top = float(importance.max(initial=0.0))
+    return importance / top + IMPORTANCE_FLOOR / len(importance) if top > 0 else None
+
+
+def weighted_mtry(p: int) -> int:
+    """Draws per node with candidate weights when `mtry` is not given: min(p, max(5, ceil(sqrt(p))))."""
+    return int(min(p, max(5, int(np.ceil(np.sqrt(p))))))
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,12 @@ class SplitRule:
     max_depth: int
     mtry: int
     poisson_mtry: bool = False
+    # Per feature, the weight of its draws as a candidate; () draws uniformly without replacement.
+    candidate_weights: tuple[float, ...] = ()
+
+    def cumulative_weights(self) -> np.ndarray:
+        """The candidate weights' cumulative sums, as the growers take them (empty for none)."""
+        return np.cumsum(np.asarray(self.candidate_weights, dtype=np.float64))
 
 
 def split_scores_torch(left, tot, a, b, tau, min_leaf: float, alpha: float, penalty: float):

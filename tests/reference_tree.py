@@ -68,7 +68,7 @@ def _candidates(data, s_rows, e_rows, mom, j):
 
 
 def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, penalty, max_depth, mtry,
-                        poisson_mtry=False):
+                        poisson_mtry=False, cum_weights=None):
     p = data.fine.shape[1]
     queue = [(np.asarray(structure), np.asarray(estimation), 0, key)]
     feature, threshold, child, leaves = [], [], [], []
@@ -82,7 +82,8 @@ def grow_reference_tree(data, mom, structure, estimation, key, min_leaf, alpha, 
         if (depth < max_depth and var > 0 and _rows(e_rows, mom) >= 2 * min_leaf
                 and min(_sides(s_rows, mom, wt / w)) >= 2 * min_leaf):
             mask = np.zeros(p, dtype=bool)
-            draw_features(np.uint64(nkey), p, mtry, poisson_mtry, mask)
+            draw_features(np.uint64(nkey), p, mtry, poisson_mtry, np.zeros(0) if cum_weights is None else cum_weights,
+                          mask)
             scored = [(j, f, _score(sl, s_rows, el, e_rows, mom, min_leaf, alpha, penalty))
                       for j in np.flatnonzero(mask) for f, sl, el in _candidates(data, s_rows, e_rows, mom, j)]
             best = max([c[2] for c in scored], default=-np.inf)

@@ -71,17 +71,27 @@ RULES = [
     SplitRule(min_samples_leaf=2, alpha=0.0, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=2, poisson_mtry=True),
     # A fractional minimum: the fine sweep skips candidates by ceil(2 min_samples_leaf) rows.
     SplitRule(min_samples_leaf=2.5, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4),
+    # Weighted candidates, one feature never drawn (weight 0).
+    SplitRule(min_samples_leaf=3, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=2,
+              candidate_weights=(3.0, 0.0, 1.0, 0.5)),
 ]
+NO_WEIGHTS = np.zeros(0)
 
 
-@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained", "poisson-mtry", "fractional-leaf"])
+def _reference_trees(data, mom, trees, rule):
+    return [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
+                                rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry,
+                                rule.cumulative_weights()) for t in trees]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=["defaults", "constrained", "poisson-mtry", "fractional-leaf",
+                                             "candidate-weights"])
 @pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
 def test_backends_match_reference(rule, weights):
     # n=1200: roots hold ~540 rows, so every node splits on fine codes (under SMALL_NODE_ROWS);
     # coarse histograms and moved rows are checked by the test below.
     data, mom, trees = _problem(1200, weights=weights, max_bins=32)
-    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
-                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
+    ref = _reference_trees(data, mom, trees, rule)
     assert all(len(t.feature) > 15 for t in ref), "trees should be non-trivial"
     _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
     _assert_same_trees(NumbaBackend(move_rows_bytes=0).grow(data, mom, trees, rule), ref)  # rows moved, not indexed
@@ -94,8 +104,7 @@ def test_fine_splits_keep_the_estimation_minimum_when_the_best_candidates_break_
     # rows only for candidates that could win, best first) must pass over them as the reference does.
     data, mom, trees = _problem(1200, max_bins=32, honesty_fraction=0.85)
     rule = SplitRule(min_samples_leaf=4, alpha=0.05, imbalance_penalty=0.0, max_depth=2**31 - 1, mtry=4)
-    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
-                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
+    ref = _reference_trees(data, mom, trees, rule)
     assert all(len(t.feature) > 7 for t in ref), "trees should be non-trivial"
     _assert_same_trees(NumbaBackend().grow(data, mom, trees, rule), ref)
 
@@ -108,8 +117,7 @@ def test_coarse_nodes_match_reference_whether_rows_move_or_not():
     # children (117 KB) partition an index within the root's block.
     data, mom, trees = _problem(10000, weights=True, max_bins=32)
     trees, rule = trees[:2], RULES[1]
-    ref = [grow_reference_tree(data, mom, t.structure, t.estimation, t.key, rule.min_samples_leaf, rule.alpha,
-                               rule.imbalance_penalty, rule.max_depth, rule.mtry, rule.poisson_mtry) for t in trees]
+    ref = _reference_trees(data, mom, trees, rule)
     for move_rows_bytes in (NumbaBackend().move_rows_bytes, 0, 150_000):
         _assert_same_trees(NumbaBackend(move_rows_bytes=move_rows_bytes).grow(data, mom, trees, rule), ref)
     _assert_same_trees(TorchBackend(torch.device("cpu")).grow(data, mom, trees, rule), ref)
@@ -160,9 +168,10 @@ def test_poisson_mtry_draws_poisson_feature_counts():
     from tauforge.kernels.backends.numba_cpu import draw_feature_masks
 
     keys = np.random.default_rng(0).integers(0, 2**63, size=4000, dtype=np.uint64)
-    fixed = draw_feature_masks(keys, 40, 6, False).sum(axis=1)
+    fixed = draw_feature_masks(keys, 40, 6, False, NO_WEIGHTS).sum(axis=1)
     assert (fixed == 6).all()
-    counts = draw_feature_masks(keys, 40, 6, True).sum(axis=1)
+    masks = draw_feature_masks(keys, 40, 6, True, NO_WEIGHTS)
+    counts = masks.sum(axis=1)
     # Poisson(6): mean and variance 6; over 4000 draws the mean's standard error is 0.039 and the
     # variance's about 0.15, so these bounds (5 standard errors) fail a correct draw with
     # probability below 1e-5 and pass a fixed count (variance 0) or Poisson(5) (mean 5) never.
@@ -170,7 +179,7 @@ def test_poisson_mtry_draws_poisson_feature_counts():
     assert abs(counts.var() - 6) < 0.75
     assert counts.min() >= 1 and counts.max() <= 40
     # The same key draws the same features: the level-wise and depth-first growers agree.
-    np.testing.assert_array_equal(draw_feature_masks(keys, 40, 6, True), draw_feature_masks(keys, 40, 6, True))
+    np.testing.assert_array_equal(masks, draw_feature_masks(keys, 40, 6, True, NO_WEIGHTS))
 
 
 def test_torch_sparse_levels_match_dense():

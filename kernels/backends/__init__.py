@@ -120,8 +120,8 @@ class NumbaBackend:
         n_nodes, n_leaves, hist_adds = numba_cpu.grow_tree(
             *rows, data.n_bins, data.coarse_thr, np.uint64(tree.key), float(rule.min_samples_leaf),
             float(rule.alpha), float(rule.imbalance_penalty), int(rule.max_depth), int(rule.mtry),
-            bool(rule.poisson_mtry), int(data.max_bins), SMALL_NODE_ROWS, int(self.move_rows_bytes), feature,
-            threshold, child, leaf, cycles)
+            bool(rule.poisson_mtry), rule.cumulative_weights(), int(data.max_bins), SMALL_NODE_ROWS,
+            int(self.move_rows_bytes), feature, threshold, child, leaf, cycles)
         tree_arrays = TreeArrays(feature[:n_nodes].copy(), threshold[:n_nodes].copy(), child[:n_nodes].copy(),
                                  leaf[:n_leaves].copy())
         return tree_arrays, cycles, int(hist_adds)

@@ -115,10 +115,21 @@ def poisson_draw(key, lam):
 
 
 @njit(error_model="numpy")
-def draw_features(key, p, mtry, poisson, mask):
-    """Set mask[j] for the features node `key` may split on (partial Fisher-Yates): `mtry` of
-    them, or max(1, min(Poisson(mtry), p)) with `poisson` (grf's draw)."""
+def draw_features(key, p, mtry, poisson, cum_weights, mask):
+    """Set mask[j] for the features node `key` may split on: `mtry` of them (partial
+    Fisher-Yates), or max(1, min(Poisson(mtry), p)) with `poisson` (grf's draw). With weights
+    (`cum_weights`, their cumulative sums over the p features; empty for none) that many draws
+    with replacement, each feature in proportion to its weight: a feature drawn twice is one
+    candidate, so strongly weighted features take a draw in most nodes and leave fewer to the rest."""
     n_try = min(max(1, poisson_draw(key, mtry)), p) if poisson else mtry
+    if cum_weights.shape[0] > 0:
+        mask[:] = False
+        state = key
+        for _ in range(n_try):
+            state = splitmix64(state)
+            u = np.float64(state >> np.uint64(11)) * (1.0 / 9007199254740992.0) * cum_weights[p - 1]  # [0, total)
+            mask[min(np.searchsorted(cum_weights, u, side="right"), p - 1)] = True  # a weight of 0: never
+        return
     if n_try >= p:
         mask[:] = True
         return
@@ -133,11 +144,11 @@ def draw_features(key, p, mtry, poisson, mask):
 
 
 @njit(error_model="numpy")
-def draw_feature_masks(keys, p, mtry, poisson):
+def draw_feature_masks(keys, p, mtry, poisson, cum_weights):
     """Feature masks (len(keys), p) for many nodes at once (used by the level-wise grower)."""
     out = np.zeros((keys.shape[0], p), dtype=np.bool_)
     for i in range(keys.shape[0]):
-        draw_features(keys[i], p, mtry, poisson, out[i])
+        draw_features(keys[i], p, mtry, poisson, cum_weights, out[i])
     return out
 
 
@@ -730,8 +741,8 @@ def gather_tree_rows(codes, fine, mom, structure, estimation, prof):
 
 @njit(nogil=True, error_model="numpy")
 def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr, key, min_leaf, alpha, penalty,
-              max_depth, mtry, poisson, max_bins, small_node, move_rows_bytes, out_feature, out_threshold, out_child,
-              out_leaf, prof):
+              max_depth, mtry, poisson, cum_weights, max_bins, small_node, move_rows_bytes, out_feature, out_threshold,
+              out_child, out_leaf, prof):
     """Grow one honest tree; write it in breadth-first order into out_*; return (n_nodes, n_leaves,
     histogram bin additions).
 
@@ -860,7 +871,7 @@ def grow_tree(codes_s, fine_s, mom_s, codes_e, fine_e, mom_e, n_bins, coarse_thr
             t[LO], t[HI] = 0.0, 0.0
         clock = _tick(prof, _SIDES, clock)
         if t[LO] >= 2 * min_leaf and t[HI] >= 2 * min_leaf:
-            draw_features(nkey, p, mtry, poisson, fmask)
+            draw_features(nkey, p, mtry, poisson, cum_weights, fmask)
             if fine:  # scored feature by feature, row counts included
                 n_cand = _scan_fine(local, local_codes, order, s_lo, s_hi, fmask, t, min_leaf, alpha, penalty,
                                     fine_cum, cand_k, cand_s, block_start, block_max)

@@ -162,7 +162,8 @@ class TorchLevelGrower:
             if depth >= rule.max_depth:
                 can[:] = False
             small = torch.bincount(node, minlength=F) < SMALL_NODE_ROWS  # split on fine codes
-            fmask = torch.as_tensor(draw_feature_masks(keys, p, rule.mtry, rule.poisson_mtry), device=dev)
+            draws = draw_feature_masks(keys, p, rule.mtry, rule.poisson_mtry, rule.cumulative_weights())
+            fmask = torch.as_tensor(draws, device=dev)
             vals8 = torch.cat([vals, counts], dim=1)
             best_f = torch.full((F,), -1, dtype=torch.long, device=dev)
             best_thr = torch.zeros(F, dtype=torch.long, device=dev)
