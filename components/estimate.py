@@ -199,7 +199,9 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
                    forest_source=forest.source_,
                    forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS},
                    linear_correction_variables=(None if getattr(forest, "linear_correction_", None) is None
-                                                else list(forest.linear_correction_.variables)))
+                                                else list(forest.linear_correction_.variables)),
+                   candidate_weights=(None if getattr(forest, "candidate_weights_", None) is None
+                                      else [float(v) for v in forest.candidate_weights_]))
     return forest, Estimate(oob_cate, summary)
 
 
@@ -257,7 +259,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     main = (residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_var"))
     refit = (lambda w: refit_residuals(data, nuisance, seed, sample_weight=w)) if bootstrap.nuisance else None
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
-                                     bootstrap.trees, estimate.summary.get("linear_correction_variables"))
+                                     bootstrap.trees, estimate.summary.get("linear_correction_variables"),
+                                     estimate.summary.get("candidate_weights"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
                           sample_weight=a["sample_weight"], progress=progress, groups=a["groups"])
 

@@ -206,13 +206,15 @@ def replicate_seed(seed: int, replicate: int) -> int:
     return (seed + 1 + replicate) % 2**32
 
 
-def replicate_forest_params(forest_params: dict, trees: int, correction_variables) -> dict:
+def replicate_forest_params(forest_params: dict, trees: int, correction_variables,
+                            candidate_weights=None) -> dict:
     """The growth parameters of every replicate forest: the point forest's (leaf size, honesty,
     subsample fraction, little-bag groups), with `trees` trees rounded up to whole groups and at
-    least two groups (the Monte-Carlo variance needs two), and the local linear correction on the
-    covariates the point forest chose (`correction_variables`, None without a correction):
-    choosing them again per replicate would cost a lasso each and make the interval describe
-    another estimator."""
+    least two groups (the Monte-Carlo variance needs two), the local linear correction on the
+    covariates the point forest chose (`correction_variables`, None without a correction) and its
+    candidate weights (`candidate_weights`, its `candidate_weights_`: None for uniform draws).
+    Choosing either again per replicate would cost a lasso or a pilot forest each and make the
+    interval describe another estimator."""
     from .forest import CausalForest
     from .sampling import resolve_group_size
 
@@ -223,6 +225,7 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
     return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)), "ci_group_size": group,
             "linear_correction_variables": None if correction_variables is None else list(correction_variables),
+            "candidate_weights": None if candidate_weights is None else [float(v) for v in candidate_weights],
             "variance_smoothing": False}  # replicates give point estimates and Monte-Carlo variances only
 
 

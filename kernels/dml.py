@@ -53,8 +53,8 @@ class CausalForestDML(BaseEstimator):
         ATE, c = min_propensity, or half the smaller arm's share of the rows where that is less
         (`kernels.ate.propensity_clip`: with 1% treated, a clip at 0.025 understated the ATE's
         standard error).
-    n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, max_samples, ci_group_size, honest,
-    honesty_fraction, alpha, imbalance_penalty, linear_correction_variables, linear_correction_ridge,
+    n_estimators, min_samples_leaf, max_depth, mtry, poisson_mtry, candidate_weights, max_samples, ci_group_size,
+    honest, honesty_fraction, alpha, imbalance_penalty, linear_correction_variables, linear_correction_ridge,
     variance_smoothing, max_bins, device, backend, progress :
         Passed to `CausalForest` (see there, with grf and EconML defaults compared).
     inference : {'blb', 'bootstrap'}, default 'blb'
@@ -118,7 +118,7 @@ class CausalForestDML(BaseEstimator):
                  cv: int = 5, min_propensity: float = MIN_PROPENSITY, n_estimators: int = 1000,
                  min_samples_leaf: float = 3,
                  max_depth: int | None = None, mtry: int | None = None, poisson_mtry: bool = False,
-                 max_samples: float = 0.5,
+                 candidate_weights: Any = "importance", max_samples: float = 0.5,
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
@@ -137,6 +137,7 @@ class CausalForestDML(BaseEstimator):
         self.max_depth = max_depth
         self.mtry = mtry
         self.poisson_mtry = poisson_mtry
+        self.candidate_weights = candidate_weights
         self.max_samples = max_samples
         self.ci_group_size = ci_group_size
         self.honest = honest
@@ -276,7 +277,8 @@ class CausalForestDML(BaseEstimator):
 
         correction = self.forest_.linear_correction_
         forest_params = replicate_forest_params(params, self.bootstrap_trees,
-                                                None if correction is None else correction.variables)
+                                                None if correction is None else correction.variables,
+                                                self.forest_.candidate_weights_)
         return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
                               tau,  # the regression adjustment of every replicate's average effect
                               refit=refit if self.bootstrap_nuisance else None, sample_weight=sw,

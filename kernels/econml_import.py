@@ -42,7 +42,8 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
     forest = CausalForest(n_estimators=len(trees), min_samples_leaf=ecf.min_samples_leaf,
                           max_depth=ecf.max_depth, max_samples=ecf.max_samples,
                           ci_group_size=ecf.subforest_size if ecf.inference else 1, honest=ecf.honest,
-                          linear_correction_variables=None, variance_smoothing=False, device=device,
+                          linear_correction_variables=None, variance_smoothing=False, candidate_weights=None,
+                          device=device,
                           random_state=ecf.random_state if isinstance(ecf.random_state, int) else None)
     forest.binner_ = QuantileBinner.from_edges(edges)
     forest.forest_ = ForestArrays.from_trees([_tree_arrays(t, edges) for t in trees])
@@ -52,6 +53,7 @@ def import_econml_forest(ecf: Any, device: str = "cpu") -> CausalForest:
     forest.shard_ = (0, 1)
     forest.source_ = SOURCE
     forest.linear_correction_ = None  # EconML's forests have none
+    forest.candidate_weights_ = None  # EconML draws its candidates uniformly
     from ._inputs import resolve_device
 
     forest.device_ = resolve_device(device)

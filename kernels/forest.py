@@ -35,7 +35,7 @@ from .prediction import MIN_INTERVAL_TREES, posterior_mean_variance
 from .progress import progress_bar, progress_steps
 from .sampling import LittleBagSampler, TreeSample, resolve_group_size, shard_range
 from .serialization import load_model, save_model
-from .splitting import SplitRule, quantize_weights
+from .splitting import IMPORTANCE_PILOT_TREES, SplitRule, quantize_weights, weighted_mtry, weights_from_importance
 from .variance_smoothing import VarianceSmoother, reference_rows
 
 FORMAT = "tauforge.causal_forest"
@@ -49,9 +49,13 @@ FORMAT = "tauforge.causal_forest"
 # only by forests grown on groups, so an older reader refuses them rather than compute their
 # out-of-bag rows as if rows were drawn; 7: any of those plus the variance smoother's leaf sums
 # (kernels.variance_smoothing), so an older reader refuses them rather than widen intervals
-# differently. 1 to 6 are still read (4 with the one-trace penalty it was fit with; before 7 the
-# variance is the per-point one).
-FORMAT_VERSION = 7
+# differently; 8: any of those plus the candidate weights its trees were grown with
+# (`candidate_weights`), written only by forests grown with weights, so an older reader, whose
+# CausalForest has no such parameter, refuses them. 1 to 7 are still read (4 with the one-trace
+# penalty it was fit with; before 7 the variance is the per-point one, before 8 candidates were
+# drawn uniformly).
+FORMAT_VERSION = 8
+SMOOTHING_FORMAT_VERSION = 7
 CLUSTERS_FORMAT_VERSION = 6
 PENALTY_BLOCKS_FORMAT_VERSION = 5
 ONE_TRACE_FORMAT_VERSION = 4  # a format-4 forest saved again keeps its format, and its penalty
@@ -88,13 +92,29 @@ class CausalForest(BaseEstimator):
     max_depth : int or None, default None
         Maximum depth; None grows until the leaf constraints stop it. grf: none; EconML: None.
     mtry : int or None, default None
-        Features drawn per node; None means all p, as EconML (max_features='auto'). grf draws
+        Features drawn per node; None means all p, as EconML (max_features='auto'), when
+        candidates are drawn uniformly (`candidate_weights=None`); see `candidate_weights`. grf draws
         min(ceil(sqrt(p) + 20), p), the same up to p = 26: on grf's aw2 effect among 50
         covariates, all 50 cut the CATE error by 9% and the squared bias by a quarter against
         grf's 28 (docs/benchmarks.md, "Where coverage is lost").
     poisson_mtry : bool, default False
         Draw each node's number of candidate features from Poisson(mtry) (at least 1, at most
         p), as grf does; False draws exactly `mtry`, as EconML does.
+    candidate_weights : 'importance', None or sequence of float, default 'importance'
+        How each node draws its candidate features. 'importance': a pilot forest of
+        IMPORTANCE_PILOT_TREES (100) trees, grown with every covariate a candidate, measures
+        grf's variable importance (`feature_importances`), and each covariate is then drawn in
+        proportion to its importance over the largest plus 1/p (`splitting.weights_from_importance`):
+        the covariates the effect moves with are candidates in nearly every node, the others in
+        a few, so fewer splits go to noise and the forest's smoothing bias falls (on grf's
+        designs at n = 2,000 a third to a half of the squared bias and 4-15% of the CATE error;
+        a tie at 20,000: docs/benchmarks.md, "Candidates drawn by importance"). The pilot
+        reads every row's outcome, as a tuned parameter does; each tree stays honest given the
+        weights. A fit pays for the pilot's trees (each shard of `fit_shard` for its own). A
+        sequence gives the weights (one per covariate, >= 0, some > 0; 0 never splits on it);
+        None draws uniformly, as grf and EconML do. With weights, a node makes `mtry` draws
+        with replacement (a covariate drawn twice is one candidate), `mtry` None meaning
+        min(p, max(5, ceil(sqrt(p)))). `candidate_weights_` holds the weights used.
     max_samples : float, default 0.5
         Fraction of rows in each tree's subsample, drawn without replacement; at most 0.5
         when `ci_group_size` > 1. grf: sample.fraction=0.5; EconML: max_samples=0.45.
@@ -155,7 +175,8 @@ class CausalForest(BaseEstimator):
     """
 
     def __init__(self, n_estimators: int = 1000, *, min_samples_leaf: float = 3, max_depth: int | None = None,
-                 mtry: int | None = None, poisson_mtry: bool = False, max_samples: float = 0.5,
+                 mtry: int | None = None, poisson_mtry: bool = False, candidate_weights: Any = "importance",
+                 max_samples: float = 0.5,
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
@@ -167,6 +188,7 @@ class CausalForest(BaseEstimator):
         self.max_depth = max_depth
         self.mtry = mtry
         self.poisson_mtry = poisson_mtry
+        self.candidate_weights = candidate_weights
         self.max_samples = max_samples
         self.ci_group_size = ci_group_size
         self.honest = honest
@@ -218,6 +240,15 @@ class CausalForest(BaseEstimator):
               f"got {self.mtry!r}")
         check(isinstance(self.poisson_mtry, (bool, np.bool_)),
               f"poisson_mtry must be True or False, got {self.poisson_mtry!r}")
+        cw = self.candidate_weights
+        if cw is not None and not (isinstance(cw, str) and cw == "importance"):
+            values = None if isinstance(cw, str) or np.ndim(cw) != 1 else np.asarray(cw, dtype=object)
+            ok = values is not None and len(values) > 0 and all(number(v) and v >= 0 for v in values)
+            check(ok and float(np.sum(values.astype(np.float64))) > 0,
+                  f"candidate_weights must be 'importance', None or one finite weight >= 0 per covariate, some > 0, "
+                  f"got {cw!r}")
+            check(p is None or len(values) == p,
+                  f"candidate_weights has {len(values)} weights for {p} covariates: pass one per column of X")
         check(isinstance(self.honest, (bool, np.bool_)), f"honest must be True or False, got {self.honest!r}")
         check(isinstance(self.variance_smoothing, (bool, np.bool_)),
               f"variance_smoothing must be True or False, got {self.variance_smoothing!r}")
@@ -261,7 +292,7 @@ class CausalForest(BaseEstimator):
         with _inputs.unfitted_on_failure(self, ("_backend",)):
             return self._fit_shard(X, T, y, shard, n_shards, sample_weight, groups)
 
-    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups) -> CausalForest:
+    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups, desc="growing trees") -> CausalForest:
         names = _inputs.feature_names(X)
         _inputs.check_same_index(X=X, T=T, y=y, sample_weight=sample_weight, groups=groups)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
@@ -279,10 +310,11 @@ class CausalForest(BaseEstimator):
         device = _inputs.resolve_device(self.device)
         backend = get_backend(self.backend, device)
         binner = QuantileBinner(self.max_bins, random_state=self.seed_, n_threads=numba.get_num_threads()).fit(X)
+        self.candidate_weights_ = self._candidate_weights(X, T, y, w)
         samples = sampler.trees(groups.start, len(groups))
         binned = binner.bin(X)
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
-        with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
+        with progress_bar(len(samples), desc + which, self.progress) as bar:
             forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
         if w is not None and np.isnan(forest.leaf_values).any():  # 0 / 0: an estimation half of weight 0
             raise ValueError(f"only {int((w > 0).sum())} of {n} rows have positive sample_weight, and some trees drew "
@@ -316,6 +348,23 @@ class CausalForest(BaseEstimator):
                              "there to estimate its effect")
         self.check_params(X.shape[1])
         return X, T, y, w
+
+    def _candidate_weights(self, X: np.ndarray, T: np.ndarray, y: np.ndarray,
+                           w: np.ndarray | None) -> np.ndarray | None:
+        """The weights of each node's candidate draws (`candidate_weights`): given, or from a
+        pilot forest's importance (every covariate a candidate in every node: the importance of
+        each is measured; the same seed gives the same pilot, so every shard of one fit draws
+        alike), or None for uniform draws."""
+        if self.candidate_weights is None:
+            return None
+        if not isinstance(self.candidate_weights, str):
+            return np.asarray(self.candidate_weights, dtype=np.float64)
+        pilot = CausalForest(**{**self.get_params(), "n_estimators": min(IMPORTANCE_PILOT_TREES, self.n_estimators),
+                                "ci_group_size": 1, "candidate_weights": None, "mtry": None, "poisson_mtry": False,
+                                "linear_correction_variables": None, "variance_smoothing": False,
+                                "random_state": (self.seed_ + 0x9E3779B97F4A7C15) % 2**63})
+        pilot._fit_shard(X, T, y, 0, 1, w, getattr(self, "clusters_", None), desc="pilot forest (candidate weights)")
+        return weights_from_importance(pilot.feature_importances())
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
                     shard: tuple[int, int]) -> None:
@@ -383,8 +432,12 @@ class CausalForest(BaseEstimator):
 
     def growth_params(self) -> dict:
         """The parameters that shape the trees, but the seed (`seed_` is the one drawn): progress
-        and device do not change them."""
-        return {k: v for k, v in self.get_params().items() if k not in ("random_state", "progress", "device")}
+        and device do not change them. Candidate weights given as an array come as a tuple, so
+        that two such dicts compare with ==."""
+        params = {k: v for k, v in self.get_params().items() if k not in ("random_state", "progress", "device")}
+        if params["candidate_weights"] is not None and not isinstance(params["candidate_weights"], str):
+            params["candidate_weights"] = tuple(float(v) for v in np.ravel(params["candidate_weights"]))
+        return params
 
     @classmethod
     def merge(cls, shards: list[CausalForest], X: Any = None) -> CausalForest:
@@ -420,8 +473,12 @@ class CausalForest(BaseEstimator):
             if not all(np.array_equal(a, b) for a, b in zip(s.binner_.to_arrays().values(),
                                                              first.binner_.to_arrays().values())):
                 raise ValueError("shards were binned differently: grow every shard on the same covariates")
-            if not _same_clusters(s.clusters_, first.clusters_):
+            if not _same_optional_arrays(s.clusters_, first.clusters_):
                 raise ValueError("shards were grown with different groups: pass every shard the same groups")
+            if not _same_optional_arrays(getattr(s, "candidate_weights_", None),
+                                         getattr(first, "candidate_weights_", None)):
+                raise ValueError("shards drew their candidate features with different weights: grow every shard "
+                                 "with the same candidate_weights and data")
             names = [getattr(x, "feature_names_in_", None) for x in (s, first)]
             if not (names[0] is None and names[1] is None or names[0] is not None and names[1] is not None
                     and list(names[0]) == list(names[1])):
@@ -436,6 +493,7 @@ class CausalForest(BaseEstimator):
         merged.n_features_in_, merged.n_train_ = first.n_features_in_, first.n_train_
         merged.binner_ = first.binner_
         merged.clusters_ = first.clusters_
+        merged.candidate_weights_ = getattr(first, "candidate_weights_", None)
         _inputs.set_feature_names(merged, getattr(first, "feature_names_in_", None))
         merged.forest_ = ForestArrays.merge([s.forest_ for s in ordered])
         merged.shard_ = (0, 1)
@@ -468,11 +526,13 @@ class CausalForest(BaseEstimator):
                                 self.honesty_fraction, self.seed_, getattr(self, "clusters_", None))
 
     def _rule(self, p: int) -> SplitRule:
-        mtry = self.mtry if self.mtry is not None else p
+        weights = getattr(self, "candidate_weights_", None)
+        mtry = self.mtry if self.mtry is not None else p if weights is None else weighted_mtry(p)
         return SplitRule(min_samples_leaf=float(self.min_samples_leaf), alpha=float(self.alpha),
                          imbalance_penalty=float(self.imbalance_penalty),
                          max_depth=int(self.max_depth) if self.max_depth is not None else 2**31 - 1, mtry=int(mtry),
-                         poisson_mtry=bool(self.poisson_mtry))
+                         poisson_mtry=bool(self.poisson_mtry),
+                         candidate_weights=() if weights is None else tuple(float(v) for v in weights))
 
     # -------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
@@ -647,22 +707,32 @@ class CausalForest(BaseEstimator):
         if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
             params["linear_correction_variables"] = [int(j) for j in params["linear_correction_variables"]]
         names = getattr(self, "feature_names_in_", None)
-        # An older reader builds CausalForest(**params): the parameter is written only in format 7.
+        # An older reader builds CausalForest(**params): each parameter is written only in the format
+        # that introduced it (variance_smoothing in 7, candidate_weights in 8), which that reader refuses.
         smoothing = bool(params.pop("variance_smoothing", False))
-        version = (FORMAT_VERSION if smoothing or smoother is not None
+        weighting = params.pop("candidate_weights", None)
+        if weighting is not None and not isinstance(weighting, str):
+            weighting = [float(v) for v in weighting]
+        weights = getattr(self, "candidate_weights_", None)
+        version = (FORMAT_VERSION if weighting is not None or weights is not None
+                   else SMOOTHING_FORMAT_VERSION if smoothing or smoother is not None
                    else CLUSTERS_FORMAT_VERSION if clusters is not None
                    else PLAIN_FORMAT_VERSION if correction is None
                    else PENALTY_BLOCKS_FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
-        if version == FORMAT_VERSION:
+        if version >= SMOOTHING_FORMAT_VERSION:
             params["variance_smoothing"] = smoothing
+        if version >= FORMAT_VERSION:
+            params["candidate_weights"] = weighting
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
                 "max_depth_grown": self.forest_.max_depth, "device": str(self.device_),
                 "shard": list(getattr(self, "shard_", (0, 1))), "source": self.source_,
                 "forest_encoding": encoding,
                 "linear_correction": None if correction is None else correction.to_json()}
-        if version == FORMAT_VERSION:
+        if version >= SMOOTHING_FORMAT_VERSION:
             meta["variance_smoother"] = smoother is not None
+        if version >= FORMAT_VERSION:
+            meta["candidate_weights"] = None if weights is None else [float(v) for v in weights]
         if names is not None:  # a DataFrame's columns: the loaded forest refuses them reordered, as this one does
             meta["feature_names"] = [str(c) for c in names]
         if getattr(self, "training_digest_", None) is not None:
@@ -678,6 +748,7 @@ class CausalForest(BaseEstimator):
                              f"version reads up to {FORMAT_VERSION}); upgrade tauforge to load it")
         params = dict(meta["params"])
         params.setdefault("variance_smoothing", False)  # saved before format 7: the per-point variance
+        params.setdefault("candidate_weights", None)  # before format 8: candidates drawn uniformly
         if device is not None:
             params["device"] = device
         forest = cls(**params)
@@ -709,8 +780,9 @@ class CausalForest(BaseEstimator):
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
+        forest.candidate_weights_ = _saved_candidate_weights(meta.get("candidate_weights"), forest.n_features_in_, path)
         forest.variance_smoother_ = None
-        if meta.get("format_version", 1) >= FORMAT_VERSION:
+        if meta.get("format_version", 1) >= SMOOTHING_FORMAT_VERSION:
             try:
                 forest.variance_smoother_ = VarianceSmoother.from_arrays(arrays, len(forest.forest_.leaf_values))
             except ValueError as exc:
@@ -719,6 +791,20 @@ class CausalForest(BaseEstimator):
                 raise ValueError(f"{path}: the metadata says the forest has a variance smoother, but its arrays are "
                                  "missing")
         return forest
+
+
+def _saved_candidate_weights(saved: Any, n_features: int, path: Any) -> np.ndarray | None:
+    """A saved forest's `candidate_weights_` (None: drawn uniformly), refused unless one finite
+    weight >= 0 per feature, some > 0."""
+    if saved is None:
+        return None
+    ok = isinstance(saved, list) and len(saved) == n_features and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved)
+    weights = np.asarray(saved, dtype=np.float64) if ok else None
+    if weights is None or not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        raise ValueError(f"{path}: candidate_weights must be one finite weight >= 0 per feature ({n_features}), "
+                         "some > 0")
+    return weights
 
 
 def _training_digest(X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> str:
@@ -730,7 +816,7 @@ def _training_digest(X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray 
     return digest.hexdigest()
 
 
-def _same_clusters(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+def _same_optional_arrays(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
@@ -759,11 +845,15 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
     if len(targets) != len(forests):
         raise ValueError(f"fit_forests needs one (T, y, sample_weight) per forest: {len(forests)} forests, "
                          f"{len(targets)} targets")
-    shared = {k: v for k, v in first.get_params().items() if k != "random_state"}
-    if any({k: v for k, v in f.get_params().items() if k != "random_state"} != shared for f in forests):
+    if any((f.growth_params(), f.device, f.progress) != (first.growth_params(), first.device, first.progress)
+           for f in forests):
         raise ValueError("fit_forests grows forests that differ only in random_state")
     if any(f.random_state is None for f in forests):
         raise ValueError("fit_forests needs random_state set on every forest")
+    if isinstance(first.candidate_weights, str):
+        raise ValueError("fit_forests grows forests of fixed candidate weights: pass candidate_weights as weights "
+                         "(a fitted forest's candidate_weights_) or None, not 'importance', which needs a pilot "
+                         "forest per fit")
     checked = [f._check_fit_inputs(X, T, y, w) for f, (T, y, w) in zip(forests, targets)]
     X = checked[0][0]
     n = X.shape[0]
@@ -772,6 +862,7 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
     for r, f in enumerate(forests):
         f.seed_ = int(f.random_state)
         f.clusters_ = clusters
+        f.candidate_weights_ = f._candidate_weights(X, *checked[r][1:])
         sampler = f._sampler(n)
         problem = sampler.minimum_rows_message()
         if problem:

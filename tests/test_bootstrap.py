@@ -11,6 +11,10 @@ from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels.bootstrap import bootstrap_variance, interval, replicate_forest_params, resample_weights
 from tauforge.kernels.datasets import make_causal_data
 
+# Replicates' forests as fit_replicates takes them: tiny, and with fixed candidate weights (uniform
+# here; replicate_forest_params passes the point forest's).
+SMALL_REPLICATES = {"n_estimators": 4, "max_samples": 0.5, "candidate_weights": None}
+
 
 def linear_confounded(seed: int, n: int = 600):
     """Confounded binary treatment whose nuisance functions are linear (logistic) in X, so
@@ -125,8 +129,10 @@ def test_replicates_are_grown_with_the_point_forests_configuration():
         # Replicates give point estimates only: they smooth no variance (and pay nothing for it).
         assert params["variance_smoothing"] is False and forest.variance_smoother_ is None
         same = [k for k in point if k not in ("n_estimators", "random_state", "progress", "ci_group_size",
-                                              "variance_smoothing")]
+                                              "variance_smoothing", "candidate_weights")]
         assert {k: params[k] for k in same} == {k: point[k] for k in same}
+        # The weights the point forest's pilot chose, not a pilot of each replicate's own.
+        np.testing.assert_array_equal(forest.candidate_weights_, est.forest_.candidate_weights_)
         assert forest.linear_correction_.variables == (2,)
     assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
     # 'auto' takes the point forest's size (8 at 1,000 trees), not the size 'auto' gives 100 trees.
@@ -233,7 +239,9 @@ def test_batched_replicates_equal_replicates_fit_one_at_a_time_and_each_equals_i
 
     d = make_causal_data("simple", n=800, p=4, seed=2)
     t, y = d.T - d.T.mean(), d.Y - d.Y.mean()
-    params = {"n_estimators": 6, "max_samples": 0.5, "backend": backend}
+    # Replicates draw candidates with fixed weights (replicate_forest_params passes the point
+    # forest's): uniform ones here.
+    params = {"n_estimators": 6, "max_samples": 0.5, "backend": backend, "candidate_weights": None}
     fit = lambda batch: fit_replicates(d.X, 5, 11, params, lambda c: (y, t, None),  # noqa: E731
                                        lambda c, *_: float(c @ y), batch_size=batch)
     one, batched = fit(1), fit(3)
@@ -252,7 +260,7 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
 
     d = make_causal_data("simple", n=600, p=3, seed=4)
     fit = lambda replicates: fit_replicates(  # noqa: E731
-        d.X, replicates, 5, {"n_estimators": 4, "max_samples": 0.5}, lambda c: (d.Y, d.T, None),
+        d.X, replicates, 5, SMALL_REPLICATES, lambda c: (d.Y, d.T, None),
         lambda c, *_: float(c @ d.Y) / 600)
     whole = fit(7)
     later, first = fit(range(4, 7)), fit(range(0, 4))
@@ -266,11 +274,11 @@ def test_replicates_fit_in_shards_merge_into_the_whole_bootstrap_and_survive_sav
     with pytest.raises(ValueError, match=r"1 missing \(first \[6\]\), 1 repeated"):
         BootstrapReplicates.merge([first, fit(range(3, 6))], 7)
     # Shards of another run's seed, or other settings, were merged into a standard error (a review).
-    other_seed = fit_replicates(d.X, range(4, 7), 6, {"n_estimators": 4, "max_samples": 0.5},
+    other_seed = fit_replicates(d.X, range(4, 7), 6, SMALL_REPLICATES,
                                 lambda c: (d.Y, d.T, None), lambda c, *_: 0.0)
     with pytest.raises(ValueError, match="replicate 4 has seed 11, not the one replicate 4 of the other shards' run"):
         BootstrapReplicates.merge([first, other_seed], 7)
-    other_leaf = fit_replicates(d.X, range(4, 7), 5, {"n_estimators": 4, "max_samples": 0.5, "min_samples_leaf": 9},
+    other_leaf = fit_replicates(d.X, range(4, 7), 5, {**SMALL_REPLICATES, "min_samples_leaf": 9},
                                 lambda c: (d.Y, d.T, None), lambda c, *_: 0.0)
     with pytest.raises(ValueError, match="replicate 4 was grown with other settings or rows than replicate 0"):
         BootstrapReplicates.merge([first, other_leaf], 7)
@@ -283,7 +291,7 @@ def test_a_shards_replicates_report_progress_by_their_range_when_asked(capfd, mo
     monkeypatch.setattr(progress, "DELAY", 0.0)  # show even this quick fit's progress
     d = make_causal_data("simple", n=600, p=3, seed=4)
     fit = lambda shown: fit_replicates(  # noqa: E731
-        d.X, range(4, 7), 5, {"n_estimators": 4, "max_samples": 0.5}, lambda c: (d.Y, d.T, None),
+        d.X, range(4, 7), 5, SMALL_REPLICATES, lambda c: (d.Y, d.T, None),
         lambda c, *_: 0.0, progress=shown)
     fit(None), fit(False)  # stderr is captured, not a terminal
     assert capfd.readouterr().err == ""
@@ -443,13 +451,15 @@ def test_replicates_take_the_correction_covariates_the_point_forest_chose_not_it
     params = {"n_estimators": 100, "linear_correction_variables": "auto"}
     assert replicate_forest_params(params, 10, (1, 2))["linear_correction_variables"] == [1, 2]
     assert replicate_forest_params(params, 10, None)["linear_correction_variables"] is None
+    assert replicate_forest_params(params, 10, None, np.array([0.5, 1.0]))["candidate_weights"] == [0.5, 1.0]
+    assert replicate_forest_params(params, 10, None)["candidate_weights"] is None
 
 
 def _small_fit(X, replicates, **params):
     from tauforge.kernels.bootstrap import fit_replicates
 
     y, t = X[:, 0] + np.sin(X[:, 1]), (X[:, 2] > 0) - 0.5
-    return fit_replicates(X, replicates, 5, {"n_estimators": 4, "max_samples": 0.5, **params},
+    return fit_replicates(X, replicates, 5, {**SMALL_REPLICATES, **params},
                           lambda c: (y, t, None), lambda c, *_: float(c @ y) / len(y))
 
 

@@ -163,9 +163,9 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
     np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), plain.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v8", arrays, dict(meta, format_version=8))
+    save_model(tmp_path / "v9", arrays, dict(meta, format_version=9))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v8")
+        CausalForest.load(tmp_path / "v9")
 
 
 def test_a_forest_fit_with_numpy_parameters_or_a_dataframe_saves_and_loads_what_it_was(data, tmp_path):

@@ -30,10 +30,12 @@ def _steep(n, seed, p=5):
 
 
 def _forest(**kw):
-    """A forest without the correction unless `linear_correction_variables` is given, and with
-    the per-point variance that grf's formulas give (test_variance_smoothing.py smooths it)."""
+    """A forest without the correction unless `linear_correction_variables` is given, with the
+    per-point variance that grf's formulas give (test_variance_smoothing.py smooths it) and
+    candidates drawn uniformly (test_candidate_weights.py weighs them): the correction alone."""
     kw.setdefault("linear_correction_variables", None)
     kw.setdefault("variance_smoothing", False)
+    kw.setdefault("candidate_weights", None)
     return CausalForest(n_estimators=kw.pop("n_estimators", 200), random_state=0, progress=False, **kw)
 
 

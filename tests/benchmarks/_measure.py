@@ -55,10 +55,13 @@ def measure(poll_seconds: float = 0.25):
 
 def parse_params(text: str) -> dict:
     """Forest parameters from the command line, "k=v,k=v": ints, floats (with a dot), None,
-    True and False."""
+    True and False, and any other value as a string (candidate_weights=importance)."""
     def value(v: str):
         if v in ("None", "True", "False"):
             return {"None": None, "True": True, "False": False}[v]
-        return float(v) if "." in v else int(v)
+        try:
+            return float(v) if "." in v else int(v)
+        except ValueError:
+            return v
 
     return {k: value(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}

@@ -7,8 +7,10 @@ coverage of the 95% intervals and their width for each library, the ratios taufo
 tauforge's coverage with its intervals scaled to EconML's mean width on the same rows (coverage
 compared at equal width: narrower intervals cover less by construction), and tauforge's RMSE and
 coverage without the local linear correction (the same forest, the correction off: what the
-correction alone changes), and the coverage and width of the same forest's per-point variance
-(`variance_smoothing=False`: what the smoothing alone changes).
+correction alone changes), the coverage and width of the same forest's per-point variance
+(`variance_smoothing=False`: what the smoothing alone changes), and the RMSE and coverage of a
+forest on the same residuals and seed with candidates drawn uniformly (`candidate_weights=None`:
+what the importance weights alone change).
 
 Cases are design:n[:p] (p defaults to 10): grf's simple, aw2 and aw3 at n = 2,000 and 20,000;
 imbalanced (about 22% treated, strongly confounded) at p = 25 and n = 800; sparse (aw2's effect,
@@ -87,6 +89,11 @@ def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[st
     plain.fit(train.X, t_res, y_res)
     tau, lo, hi = (np.ravel(a) for a in plain.predict_with_interval(test.X, alpha=0.05))
     score("plain", tau, lo, hi, 0.0)
+    # The same residuals and seed with candidates drawn uniformly: what the importance weights change.
+    uniform = CausalForest(**{**params, "candidate_weights": None}, random_state=seed, progress=False)
+    uniform.fit(train.X, t_res, y_res)
+    tau, lo, hi = (np.ravel(a) for a in uniform.predict_with_interval(test.X, alpha=0.05))
+    score("uniform", tau, lo, hi, 0.0)
     # tauforge's normal intervals (symmetric about its estimate) scaled to EconML's mean width.
     ours_scored, theirs = out["tauforge"], out["econml"]
     scale = theirs["width"] / ours_scored["width"]
@@ -106,7 +113,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     header = ("| design | p | n | tauforge RMSE | EconML RMSE | RMSE ratio | tauforge coverage | EconML coverage "
               "| tauforge width | EconML width | width ratio | tauforge coverage at EconML's width "
-              "| no correction: RMSE / coverage | per-point variance: coverage / width | corrected on "
+              "| no correction: RMSE / coverage | per-point variance: coverage / width "
+              "| uniform candidates: RMSE / coverage | corrected on "
               "| fit s (tauforge / EconML) |")
     print(f"# {args.seeds} seeds per row, {args.trees} trees, 95% intervals on 2,000 fresh rows; "
           "coverage (min: the worst seed's)")
@@ -118,16 +126,17 @@ def main() -> None:
         n, p = int(n), int(rest[0]) if rest else 10
         runs = [run(design, n, p, seed, args.trees) for seed in range(args.seeds)]
         mean = {lib: {k: float(np.mean([r[lib][k] for r in runs])) for k in ("rmse", "coverage", "width", "fit_s")}
-                for lib in ("tauforge", "econml", "plain", "per_point")}
+                for lib in ("tauforge", "econml", "plain", "per_point", "uniform")}
         worst_cov = min(r["tauforge"]["coverage"] for r in runs)
         equal_width_cov = float(np.mean([r["tauforge"]["coverage_at_econml_width"] for r in runs]))
         variables = sorted({r["tauforge"]["variables"] for r in runs})
-        t, e, f, u = mean["tauforge"], mean["econml"], mean["plain"], mean["per_point"]
+        t, e, f, u, c = mean["tauforge"], mean["econml"], mean["plain"], mean["per_point"], mean["uniform"]
         ratios.append(t["rmse"] / e["rmse"])
         print(f"| {NAMES.get(case, design)} | {p} | {n:,} | {t['rmse']:.4f} | {e['rmse']:.4f} "
               f"| {t['rmse'] / e['rmse']:.3f} | {t['coverage']:.3f} (min {worst_cov:.3f}) | {e['coverage']:.3f} "
               f"| {t['width']:.3f} | {e['width']:.3f} | {t['width'] / e['width']:.3f} | {equal_width_cov:.3f} "
               f"| {f['rmse']:.4f} / {f['coverage']:.3f} | {u['coverage']:.3f} / {u['width']:.3f} "
+              f"| {c['rmse']:.4f} / {c['coverage']:.3f} "
               f"| {' '.join(variables)} "
               f"| {t['fit_s']:.1f} / {e['fit_s']:.1f} |", flush=True)
     print(f"# mean RMSE ratio tauforge / EconML over the {len(ratios)} rows: {np.mean(ratios):.3f}")
