@@ -244,7 +244,9 @@ class CausalForest(BaseEstimator):
         if cw is not None and not (isinstance(cw, str) and cw == "importance"):
             values = None if isinstance(cw, str) or np.ndim(cw) != 1 else np.asarray(cw, dtype=object)
             ok = values is not None and len(values) > 0 and all(number(v) and v >= 0 for v in values)
-            check(ok and float(np.sum(values.astype(np.float64))) > 0,
+            with np.errstate(over="ignore"):  # weights summing past the largest float are refused
+                total = float(np.sum(values.astype(np.float64))) if ok else 0.0
+            check(ok and 0 < total < np.inf,
                   f"candidate_weights must be 'importance', None or one finite weight >= 0 per covariate, some > 0, "
                   f"got {cw!r}")
             check(p is None or len(values) == p,
@@ -292,7 +294,8 @@ class CausalForest(BaseEstimator):
         with _inputs.unfitted_on_failure(self, ("_backend",)):
             return self._fit_shard(X, T, y, shard, n_shards, sample_weight, groups)
 
-    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups, desc="growing trees") -> CausalForest:
+    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups, desc="growing trees",
+                   pilot: bool = False) -> CausalForest:
         names = _inputs.feature_names(X)
         _inputs.check_same_index(X=X, T=T, y=y, sample_weight=sample_weight, groups=groups)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
@@ -316,7 +319,8 @@ class CausalForest(BaseEstimator):
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
         with progress_bar(len(samples), desc + which, self.progress) as bar:
             forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
-        if w is not None and np.isnan(forest.leaf_values).any():  # 0 / 0: an estimation half of weight 0
+        # 0 / 0: an estimation half of weight 0 (a pilot's leaves are never read, only its splits)
+        if not pilot and w is not None and np.isnan(forest.leaf_values).any():
             raise ValueError(f"only {int((w > 0).sum())} of {n} rows have positive sample_weight, and some trees drew "
                              "none of them into their estimation half (their leaves have no data): pass more rows "
                              "of positive weight, or leave the zero-weight rows out")
@@ -363,7 +367,8 @@ class CausalForest(BaseEstimator):
                                 "ci_group_size": 1, "candidate_weights": None, "mtry": None, "poisson_mtry": False,
                                 "linear_correction_variables": None, "variance_smoothing": False,
                                 "random_state": (self.seed_ + 0x9E3779B97F4A7C15) % 2**63})
-        pilot._fit_shard(X, T, y, 0, 1, w, getattr(self, "clusters_", None), desc="pilot forest (candidate weights)")
+        pilot._fit_shard(X, T, y, 0, 1, w, getattr(self, "clusters_", None), desc="pilot forest (candidate weights)",
+                         pilot=True)
         return weights_from_importance(pilot.feature_importances())
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
@@ -432,11 +437,13 @@ class CausalForest(BaseEstimator):
 
     def growth_params(self) -> dict:
         """The parameters that shape the trees, but the seed (`seed_` is the one drawn): progress
-        and device do not change them. Candidate weights given as an array come as a tuple, so
-        that two such dicts compare with ==."""
+        and device do not change them. Candidate weights and correction covariates given as
+        arrays come as tuples, so that two such dicts compare with ==."""
         params = {k: v for k, v in self.get_params().items() if k not in ("random_state", "progress", "device")}
         if params["candidate_weights"] is not None and not isinstance(params["candidate_weights"], str):
             params["candidate_weights"] = tuple(float(v) for v in np.ravel(params["candidate_weights"]))
+        if isinstance(params["linear_correction_variables"], (list, tuple, np.ndarray)):
+            params["linear_correction_variables"] = tuple(int(j) for j in params["linear_correction_variables"])
         return params
 
     @classmethod
@@ -780,6 +787,9 @@ class CausalForest(BaseEstimator):
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
+        if meta.get("format_version", 1) >= FORMAT_VERSION and "candidate_weights" not in meta:
+            raise ValueError(f"{path}: the metadata of a format-{meta['format_version']} forest has no "
+                             "candidate_weights (None for uniform draws): it is damaged")
         forest.candidate_weights_ = _saved_candidate_weights(meta.get("candidate_weights"), forest.n_features_in_, path)
         forest.variance_smoother_ = None
         if meta.get("format_version", 1) >= SMOOTHING_FORMAT_VERSION:
@@ -801,7 +811,9 @@ def _saved_candidate_weights(saved: Any, n_features: int, path: Any) -> np.ndarr
     ok = isinstance(saved, list) and len(saved) == n_features and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved)
     weights = np.asarray(saved, dtype=np.float64) if ok else None
-    if weights is None or not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+    with np.errstate(over="ignore"):
+        total = float(weights.sum()) if weights is not None else 0.0
+    if weights is None or not (np.isfinite(weights).all() and (weights >= 0).all() and 0 < total < np.inf):
         raise ValueError(f"{path}: candidate_weights must be one finite weight >= 0 per feature ({n_features}), "
                          "some > 0")
     return weights

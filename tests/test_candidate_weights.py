@@ -92,6 +92,7 @@ def test_a_zero_weight_covariate_is_never_split_on(sparse):
     ("uniform", "'importance', None"),
     ([1.0] * 3, "3 weights for 20 covariates"),
     ([[1.0] * 20], "candidate_weights"),
+    ([1e308] * 4 + [0.0] * 16, "candidate_weights"),  # their sum overflows: every draw would land on the last
 ])
 def test_bad_candidate_weights_are_refused_naming_the_parameter(sparse, weights, match):
     d, t, y = sparse
@@ -118,16 +119,39 @@ def test_weights_are_saved_in_format_8_and_older_formats_load_as_uniform(sparse,
     assert CausalForest.load(tmp_path / "plain").candidate_weights_ is None
 
 
-@pytest.mark.parametrize("saved", [[1.0] * 19, [-1.0] + [1.0] * 19, [0.0] * 20, "importance", [True] * 20])
+@pytest.mark.parametrize("saved", [[1.0] * 19, [-1.0] + [1.0] * 19, [0.0] * 20, "importance", [True] * 20,
+                                   [1e308] * 20, "missing"])
 def test_a_saved_forest_with_damaged_weights_is_refused(sparse, tmp_path, saved):
     from tauforge.kernels.serialization import load_model, save_model
 
     d, t, y = sparse
     _forest(n_estimators=40).fit(d.X, t, y).save(tmp_path / "f")
     arrays, meta = load_model(tmp_path / "f", "tauforge.causal_forest")
-    save_model(tmp_path / "damaged", arrays, {**meta, "candidate_weights": saved})
-    with pytest.raises(ValueError, match="candidate_weights must be one finite weight"):
+    meta = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256")}
+    if saved == "missing":  # a bootstrap or refit would otherwise draw uniformly, another estimator
+        del meta["candidate_weights"]
+    else:
+        meta["candidate_weights"] = saved
+    save_model(tmp_path / "damaged", arrays, meta)
+    with pytest.raises(ValueError, match="candidate_weights must be one finite weight|has no candidate_weights"):
         CausalForest.load(tmp_path / "damaged")
+
+
+def test_the_pilot_reads_only_splits_so_weights_that_leave_its_leaves_empty_do_not_fail_the_fit(sparse):
+    """Few rows of positive weight: a pilot tree may fill a leaf with none of them, which the
+    forest itself refuses (its leaves would predict 0 / 0); the pilot's leaves are never read. The
+    review's case: 16 of 400 rows weighted, 20 trees; the fit failed in the pilot before."""
+    d = make_causal_data("aw2", n=400, p=5, seed=0)
+    w = np.zeros(400)
+    w[np.random.default_rng(1).choice(400, 16, replace=False)] = 1.0
+    outcomes = {}
+    for weighting in ("importance", None):
+        try:
+            _forest(n_estimators=20, candidate_weights=weighting).fit(d.X, d.T - d.e, d.Y - d.m, sample_weight=w)
+            outcomes[weighting] = "fit"
+        except ValueError as exc:
+            outcomes[weighting] = str(exc)
+    assert outcomes["importance"] == outcomes[None], outcomes
 
 
 @pytest.mark.filterwarnings("ignore:intervals from 80 trees")
@@ -141,6 +165,11 @@ def test_shards_draw_with_the_same_pilots_weights_and_merge_into_the_fit(sparse)
     other = _forest(n_estimators=80, candidate_weights=list(np.ones(20))).fit_shard(d.X, t, y, shard=1, n_shards=2)
     with pytest.raises(ValueError, match="shards differ in parameters"):
         CausalForest.merge([shards[0], other])
+    # Parameters given as arrays compare as values (merge raised numpy's "truth value of an array").
+    arrays = dict(n_estimators=8, candidate_weights=np.ones(20), linear_correction_variables=np.array([0, 1]))
+    pair = [_forest(**arrays).fit_shard(d.X, t, y, shard=i, n_shards=2) for i in range(2)]
+    np.testing.assert_array_equal(CausalForest.merge(pair, X=d.X).predict(d.X[:20]),
+                                  _forest(**arrays).fit(d.X, t, y).predict(d.X[:20]))
 
 
 def test_fit_forests_takes_fixed_weights_and_refuses_a_pilot_per_forest(sparse):
