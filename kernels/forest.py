@@ -243,10 +243,8 @@ class CausalForest(BaseEstimator):
         cw = self.candidate_weights
         if cw is not None and not (isinstance(cw, str) and cw == "importance"):
             values = None if isinstance(cw, str) or np.ndim(cw) != 1 else np.asarray(cw, dtype=object)
-            ok = values is not None and len(values) > 0 and all(number(v) and v >= 0 for v in values)
-            with np.errstate(over="ignore"):  # weights summing past the largest float are refused
-                total = float(np.sum(values.astype(np.float64))) if ok else 0.0
-            check(ok and 0 < total < np.inf,
+            ok = values is not None and len(values) > 0 and all(number(v) for v in values)
+            check(ok and _usable_weights(values.astype(np.float64)),
                   f"candidate_weights must be 'importance', None or one finite weight >= 0 per covariate, some > 0, "
                   f"got {cw!r}")
             check(p is None or len(values) == p,
@@ -803,6 +801,13 @@ class CausalForest(BaseEstimator):
         return forest
 
 
+def _usable_weights(weights: np.ndarray) -> bool:
+    """Candidate weights a node can draw from: finite, >= 0, some > 0, and a finite sum (the draw
+    scales by it: a sum past the largest float sent every draw to the last covariate)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(weights).all() and (weights >= 0).all() and 0 < weights.sum() < np.inf)
+
+
 def _saved_candidate_weights(saved: Any, n_features: int, path: Any) -> np.ndarray | None:
     """A saved forest's `candidate_weights_` (None: drawn uniformly), refused unless one finite
     weight >= 0 per feature, some > 0."""
@@ -811,9 +816,7 @@ def _saved_candidate_weights(saved: Any, n_features: int, path: Any) -> np.ndarr
     ok = isinstance(saved, list) and len(saved) == n_features and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved)
     weights = np.asarray(saved, dtype=np.float64) if ok else None
-    with np.errstate(over="ignore"):
-        total = float(weights.sum()) if weights is not None else 0.0
-    if weights is None or not (np.isfinite(weights).all() and (weights >= 0).all() and 0 < total < np.inf):
+    if weights is None or not _usable_weights(weights):
         raise ValueError(f"{path}: candidate_weights must be one finite weight >= 0 per feature ({n_features}), "
                          "some > 0")
     return weights
