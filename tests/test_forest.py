@@ -560,7 +560,10 @@ def test_progress_is_silent_off_a_terminal_and_logged_on_request(data, capfd, mo
     assert capfd.readouterr().err == ""
     CausalForest(n_estimators=8, random_state=0, progress=True, linear_correction_variables=[0]).fit_shard(
         d.X, t, y, shard=1, n_shards=2)
-    growth, correction = capfd.readouterr().err.splitlines()  # the correction's time follows the trees'
+    # The pilot of the candidate weights first (every shard grows the same one), then the shard's
+    # trees; the correction's time follows the trees'.
+    pilot, growth, correction = capfd.readouterr().err.splitlines()
+    assert pilot.startswith("tauforge: pilot forest (candidate weights): 8/8 trees in ")
     assert growth.startswith("tauforge: growing trees (shard 2/2): 4/4 trees in ")
     assert correction.startswith("tauforge: local linear correction (shard 2/2): done in ")
 
