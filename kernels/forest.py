@@ -10,6 +10,7 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numba
@@ -292,8 +293,7 @@ class CausalForest(BaseEstimator):
         with _inputs.unfitted_on_failure(self, ("_backend",)):
             return self._fit_shard(X, T, y, shard, n_shards, sample_weight, groups)
 
-    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups, desc="growing trees",
-                   pilot: bool = False) -> CausalForest:
+    def _fit_shard(self, X, T, y, shard, n_shards, sample_weight, groups) -> CausalForest:
         names = _inputs.feature_names(X)
         _inputs.check_same_index(X=X, T=T, y=y, sample_weight=sample_weight, groups=groups)
         X, T, y, w = self._check_fit_inputs(X, T, y, sample_weight)
@@ -311,14 +311,14 @@ class CausalForest(BaseEstimator):
         device = _inputs.resolve_device(self.device)
         backend = get_backend(self.backend, device)
         binner = QuantileBinner(self.max_bins, random_state=self.seed_, n_threads=numba.get_num_threads()).fit(X)
-        self.candidate_weights_ = self._candidate_weights(X, T, y, w)
         samples = sampler.trees(groups.start, len(groups))
         binned = binner.bin(X)
+        moments = _moments(T, y, w)
+        self.candidate_weights_ = self._candidate_weights(backend, binned, moments)
         which = "" if n_shards == 1 else f" (shard {int(shard) + 1}/{int(n_shards)})"  # shards run side by side
-        with progress_bar(len(samples), desc + which, self.progress) as bar:
-            forest = _grow(backend, binned, [_moments(T, y, w)], [samples], self._rule(X.shape[1]), bar)[0]
-        # 0 / 0: an estimation half of weight 0 (a pilot's leaves are never read, only its splits)
-        if not pilot and w is not None and np.isnan(forest.leaf_values).any():
+        with progress_bar(len(samples), "growing trees" + which, self.progress) as bar:
+            forest = _grow(backend, binned, [moments], [samples], self._rule(X.shape[1]), bar)[0]
+        if w is not None and np.isnan(forest.leaf_values).any():  # 0 / 0: an estimation half of weight 0
             raise ValueError(f"only {int((w > 0).sum())} of {n} rows have positive sample_weight, and some trees drew "
                              "none of them into their estimation half (their leaves have no data): pass more rows "
                              "of positive weight, or leave the zero-weight rows out")
@@ -351,23 +351,23 @@ class CausalForest(BaseEstimator):
         self.check_params(X.shape[1])
         return X, T, y, w
 
-    def _candidate_weights(self, X: np.ndarray, T: np.ndarray, y: np.ndarray,
-                           w: np.ndarray | None) -> np.ndarray | None:
-        """The weights of each node's candidate draws (`candidate_weights`): given, or from a
-        pilot forest's importance (every covariate a candidate in every node: the importance of
-        each is measured; the same seed gives the same pilot, so every shard of one fit draws
-        alike), or None for uniform draws."""
+    def _candidate_weights(self, backend, binned: BinnedCovariates, moments: np.ndarray) -> np.ndarray | None:
+        """The weights of each node's candidate draws (`candidate_weights`): given, or from the
+        importance of a pilot forest's trees, grown on the fit's own codes and moments with every
+        covariate a candidate in every node (the same seed gives the same pilot, so every shard of
+        one fit draws alike; only its splits are read, never its leaves), or None for uniform draws."""
         if self.candidate_weights is None:
             return None
         if not isinstance(self.candidate_weights, str):
             return np.asarray(self.candidate_weights, dtype=np.float64)
-        pilot = CausalForest(**{**self.get_params(), "n_estimators": min(IMPORTANCE_PILOT_TREES, self.n_estimators),
-                                "ci_group_size": 1, "candidate_weights": None, "mtry": None, "poisson_mtry": False,
-                                "linear_correction_variables": None, "variance_smoothing": False,
-                                "random_state": (self.seed_ + 0x9E3779B97F4A7C15) % 2**63})
-        pilot._fit_shard(X, T, y, 0, 1, w, getattr(self, "clusters_", None), desc="pilot forest (candidate weights)",
-                         pilot=True)
-        return weights_from_importance(pilot.feature_importances())
+        n, p = binned.fine.shape
+        trees = min(IMPORTANCE_PILOT_TREES, self.n_estimators)
+        sampler = LittleBagSampler(n, trees, 1, self.max_samples, self.honest, self.honesty_fraction,
+                                   (self.seed_ + 0x9E3779B97F4A7C15) % 2**63, getattr(self, "clusters_", None))
+        rule = replace(self._rule(p), mtry=p, poisson_mtry=False, candidate_weights=())
+        with progress_bar(trees, "pilot forest (candidate weights)", self.progress) as bar:
+            pilot = _grow(backend, binned, [moments], [sampler.trees(0, sampler.n_groups)], rule, bar)[0]
+        return weights_from_importance(_variable_importance(pilot, p))
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
                     shard: tuple[int, int]) -> None:
@@ -676,16 +676,7 @@ class CausalForest(BaseEstimator):
         self._check_fitted()
         if not (isinstance(max_depth, (int, np.integer)) and max_depth >= 1):
             raise ValueError(f"max_depth must be a positive integer, got {max_depth!r}")
-        forest = self.forest_
-        nodes, total, weights = forest.roots, np.zeros(self.n_features_in_), 0.0
-        for depth in range(1, max_depth + 1):
-            feature = forest.feature[nodes].astype(np.int64)  # this depth's nodes only, not the whole forest's
-            splits = nodes[feature >= 0]
-            weight = depth ** -float(depth_decay_exponent)
-            total += weight * np.bincount(feature[feature >= 0], minlength=self.n_features_in_) / max(len(splits), 1)
-            weights += weight
-            nodes = np.concatenate([forest.child[splits], forest.child[splits] + 1])  # children are adjacent
-        return total / weights
+        return _variable_importance(self.forest_, self.n_features_in_, max_depth, depth_decay_exponent)
 
     # ------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike) -> None:
@@ -801,6 +792,20 @@ class CausalForest(BaseEstimator):
         return forest
 
 
+def _variable_importance(forest: ForestArrays, n_features: int, max_depth: int = 4,
+                         depth_decay_exponent: float = 2.0) -> np.ndarray:
+    """grf's variable importance of `forest`'s trees (`CausalForest.feature_importances`)."""
+    nodes, total, weights = forest.roots, np.zeros(n_features), 0.0
+    for depth in range(1, max_depth + 1):
+        feature = forest.feature[nodes].astype(np.int64)  # this depth's nodes only, not the whole forest's
+        splits = nodes[feature >= 0]
+        weight = depth ** -float(depth_decay_exponent)
+        total += weight * np.bincount(feature[feature >= 0], minlength=n_features) / max(len(splits), 1)
+        weights += weight
+        nodes = np.concatenate([forest.child[splits], forest.child[splits] + 1])  # children are adjacent
+    return total / weights
+
+
 def _usable_weights(weights: np.ndarray) -> bool:
     """Candidate weights a node can draw from: finite, >= 0, some > 0, and a finite sum (the draw
     scales by it: a sum past the largest float sent every draw to the last covariate)."""
@@ -877,7 +882,8 @@ def fit_forests(forests: list[CausalForest], X: Any, targets: list[tuple[Any, An
     for r, f in enumerate(forests):
         f.seed_ = int(f.random_state)
         f.clusters_ = clusters
-        f.candidate_weights_ = f._candidate_weights(X, *checked[r][1:])
+        f.candidate_weights_ = (None if f.candidate_weights is None  # given, never 'importance' (above)
+                                else np.asarray(f.candidate_weights, dtype=np.float64))
         sampler = f._sampler(n)
         problem = sampler.minimum_rows_message()
         if problem:
