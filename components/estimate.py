@@ -192,7 +192,9 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
         forest, oob_cate = shards[0].forest, shards[0].oob_effect
     else:
         X = data.arrays()["X"]
-        forest = CausalForest.merge([s.forest for s in shards], X=X)  # X: the variance smoother's rows
+        # X: the variance smoother's rows; with T, y and weights, the correction's penalty is chosen
+        forest = CausalForest.merge([s.forest for s in shards], X=X, T=residuals.column("t_res"),
+                                    y=residuals.column("y_res"), sample_weight=data.arrays()["sample_weight"])
         oob_cate = oob_effect(forest, X)
     summary = average_effect(oob_cate, data, residuals, alpha)
     summary.update(n_trees=forest.forest_.n_trees, n_shards=len(shards), seed=forest.seed_, device=str(forest.device_),
@@ -200,6 +202,8 @@ def merge_forest(shards: list[ForestShard], data: ValidatedData, residuals: Resi
                    forest_params={k: v for k, v in forest.get_params().items() if k in FOREST_PARAMS},
                    linear_correction_variables=(None if getattr(forest, "linear_correction_", None) is None
                                                 else list(forest.linear_correction_.variables)),
+                   linear_correction_ridge=(None if getattr(forest, "linear_correction_", None) is None
+                                            else forest.linear_correction_.ridge),
                    candidate_weights=(None if getattr(forest, "candidate_weights_", None) is None
                                       else [float(v) for v in forest.candidate_weights_]))
     return forest, Estimate(oob_cate, summary)
@@ -260,7 +264,8 @@ def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Es
     refit = (lambda w: refit_residuals(data, nuisance, seed, sample_weight=w)) if bootstrap.nuisance else None
     forest = replicate_forest_params({k: v for k, v in forest_params(params, seed).items() if k != "random_state"},
                                      bootstrap.trees, estimate.summary.get("linear_correction_variables"),
-                                     estimate.summary.get("candidate_weights"))
+                                     estimate.summary.get("candidate_weights"),
+                                     estimate.summary.get("linear_correction_ridge"))
     return dml_replicates(a["X"], replicates, seed, forest, main, estimate.oob_cate, refit=refit,
                           sample_weight=a["sample_weight"], progress=progress, groups=a["groups"])
 

@@ -31,8 +31,9 @@ def estimator_description(estimator: str, summary: dict, nuisance: dict) -> dict
     described = {"name": name, "estimator": estimator, "forest_params": summary["forest_params"],
                  "nuisance": nuisance, "n_shards": summary["n_shards"], "seed": summary["seed"]}
     # What the fit chose where its parameters say 'auto' or 'importance': the correction's
-    # covariates and the candidate weights (estimates from before 2026-12-07 have no weights).
-    for chosen in ("linear_correction_variables", "candidate_weights"):
+    # covariates and penalty and the candidate weights (older estimates lack the weights or the
+    # penalty).
+    for chosen in ("linear_correction_variables", "linear_correction_ridge", "candidate_weights"):
         if chosen in summary:
             described[chosen] = summary[chosen]
     if "bootstrap" in summary:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .ate import average_effect
+from .local_linear import DEFAULT_RIDGE
 from .prediction import debias_between_group_variance
 from .progress import progress_bar
 from .serialization import load_model, save_model
@@ -207,14 +208,16 @@ def replicate_seed(seed: int, replicate: int) -> int:
 
 
 def replicate_forest_params(forest_params: dict, trees: int, correction_variables,
-                            candidate_weights=None) -> dict:
+                            candidate_weights=None, correction_ridge: float | None = None) -> dict:
     """The growth parameters of every replicate forest: the point forest's (leaf size, honesty,
     subsample fraction, little-bag groups), with `trees` trees rounded up to whole groups and at
     least two groups (the Monte-Carlo variance needs two), the local linear correction on the
-    covariates the point forest chose (`correction_variables`, None without a correction) and its
-    candidate weights (`candidate_weights`, its `candidate_weights_`: None for uniform draws).
-    Choosing either again per replicate would cost a lasso or a pilot forest each and make the
-    interval describe another estimator."""
+    covariates the point forest chose (`correction_variables`, None without a correction) with
+    the penalty it chose (`correction_ridge`, its correction's `ridge`; None keeps the parameter's
+    number, 0.1 for 'auto') and its candidate weights (`candidate_weights`, its
+    `candidate_weights_`: None for uniform draws). Choosing any of them again per replicate would
+    cost a lasso, an out-of-bag pass or a pilot forest each and make the interval describe
+    another estimator."""
     from .forest import CausalForest
     from .sampling import resolve_group_size
 
@@ -223,9 +226,15 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
                                forest_params.get("n_estimators", defaults["n_estimators"]))
     if not (isinstance(trees, (int, np.integer)) and trees >= 1):
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
+    ridge = forest_params.get("linear_correction_ridge", defaults["linear_correction_ridge"])
+    if correction_ridge is not None:
+        ridge = float(correction_ridge)
+    elif isinstance(ridge, str):
+        ridge = DEFAULT_RIDGE
     return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)), "ci_group_size": group,
             "linear_correction_variables": None if correction_variables is None else list(correction_variables),
             "candidate_weights": None if candidate_weights is None else [float(v) for v in candidate_weights],
+            "linear_correction_ridge": ridge,
             "variance_smoothing": False}  # replicates give point estimates and Monte-Carlo variances only
 
 

@@ -27,7 +27,6 @@ from .ate import (
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .inference import EffectInference
-from .local_linear import DEFAULT_RIDGE
 from .nuisance import cross_fit, cross_fitting_folds, nuisance_predictions
 
 
@@ -122,7 +121,7 @@ class CausalForestDML(BaseEstimator):
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
-                 linear_correction_ridge: float = DEFAULT_RIDGE, variance_smoothing: bool = True,
+                 linear_correction_ridge: Any = "auto", variance_smoothing: bool = True,
                  max_bins: int = 256, device: str = "auto", backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
                  bootstrap_nuisance: bool = True, bootstrap_interval: str = "normal",
@@ -278,7 +277,8 @@ class CausalForestDML(BaseEstimator):
         correction = self.forest_.linear_correction_
         forest_params = replicate_forest_params(params, self.bootstrap_trees,
                                                 None if correction is None else correction.variables,
-                                                self.forest_.candidate_weights_)
+                                                self.forest_.candidate_weights_,
+                                                None if correction is None else correction.ridge)
         return dml_replicates(X, int(self.n_bootstrap), seed, forest_params, main_residuals,
                               tau,  # the regression adjustment of every replicate's average effect
                               refit=refit if self.bootstrap_nuisance else None, sample_weight=sw,

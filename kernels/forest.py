@@ -26,9 +26,13 @@ from .forest_arrays import ForestArrays
 from .local_linear import (
     AUTO_MAX_LEAF_MOMENT_BYTES,
     DEFAULT_RIDGE,
+    RIDGE_PATH,
+    SELECTION_ROWS,
     LocalLinearCorrection,
+    choose_ridge,
     leaf_moment_bytes_bound,
     local_linear_estimate,
+    local_linear_taus,
     n_moments,
     select_variables,
 )
@@ -52,10 +56,13 @@ FORMAT = "tauforge.causal_forest"
 # (kernels.variance_smoothing), so an older reader refuses them rather than widen intervals
 # differently; 8: any of those plus the candidate weights its trees were grown with
 # (`candidate_weights`), written only by forests grown with weights, so an older reader, whose
-# CausalForest has no such parameter, refuses them. 1 to 7 are still read (4 with the one-trace
-# penalty it was fit with; before 7 the variance is the per-point one, before 8 candidates were
-# drawn uniformly).
-FORMAT_VERSION = 8
+# CausalForest has no such parameter, refuses them; 9: any of those fit with
+# linear_correction_ridge='auto' (the penalty chosen out of bag), written only by those, so an
+# older reader, which refuses that value, says so by the format. 1 to 8 are still read (4 with the
+# one-trace penalty it was fit with; before 7 the variance is the per-point one, before 8
+# candidates were drawn uniformly).
+FORMAT_VERSION = 9
+WEIGHTS_FORMAT_VERSION = 8
 SMOOTHING_FORMAT_VERSION = 7
 CLUSTERS_FORMAT_VERSION = 6
 PENALTY_BLOCKS_FORMAT_VERSION = 5
@@ -147,11 +154,18 @@ class CausalForest(BaseEstimator):
         d covariates.
         grf: predict.causal_forest's linear.correction.variables (a beta feature: chosen by hand,
         no sample weights, training rows kept for prediction); EconML: none.
-    linear_correction_ridge : float, default 0.1
+    linear_correction_ridge : 'auto' or float, default 'auto'
         Ridge penalty on the correction's slopes, relative to the mean diagonal of the local
         Gram matrix's block each slope belongs to, the level's or the effect's (grf's ll.lambda,
         with covariates standardized; grf takes one mean diagonal for both, which makes a
-        continuous treatment's CATE depend on its units).
+        continuous treatment's CATE depend on its units). 'auto' takes, of 0.03, 0.1, 0.3, 1, 3
+        and 10, the one whose out-of-bag CATE has the least R-loss, mean w (y~ - tau(x) t~)^2 on
+        at most 50,000 training rows (grf's tune_ll_causal_forest does the same on its own
+        path): a steep linear effect takes a small one, a flat or stepped effect a large one,
+        which leaves little of the correction. The choice is the correction's `ridge`
+        (`linear_correction_.ridge`); a sharded forest's is made by `merge`. Only a penalty
+        whose loss is lower than 0.1's by 1.5 standard errors replaces 0.1: at n = 2,000 the
+        loss is noisy (docs/benchmarks.md, "The correction's penalty chosen out of bag").
     variance_smoothing : bool, default True
         Average each point's little-bag variance with those of up to 1,000 training rows that
         share its leaves, weighted by how many trees they share (kernels.variance_smoothing):
@@ -181,7 +195,7 @@ class CausalForest(BaseEstimator):
                  ci_group_size: int | str = "auto", honest: bool = True, honesty_fraction: float = 0.5,
                  alpha: float = 0.05,
                  imbalance_penalty: float = 0.0, linear_correction_variables: Any = "auto",
-                 linear_correction_ridge: float = DEFAULT_RIDGE, variance_smoothing: bool = True,
+                 linear_correction_ridge: Any = "auto", variance_smoothing: bool = True,
                  max_bins: int = 256, device: str = "auto",
                  backend: str = "auto", random_state: Any = None, progress: bool | None = None):
         self.n_estimators = n_estimators
@@ -269,8 +283,9 @@ class CausalForest(BaseEstimator):
             check(all(0 <= j < (j + 1 if p is None else p) for j in cols) and len(set(cols)) == len(cols),
                   f"linear_correction_variables must be distinct column indices in [0, {p or 'features'}), "
                   f"got {cols}")
-        check(number(self.linear_correction_ridge) and self.linear_correction_ridge > 0,
-              f"linear_correction_ridge must be a finite number > 0, got {self.linear_correction_ridge!r}")
+        ridge = self.linear_correction_ridge
+        check(isinstance(ridge, str) and ridge == "auto" or number(ridge) and ridge > 0,
+              f"linear_correction_ridge must be 'auto' or a finite number > 0, got {ridge!r}")
         check(self.backend in ("auto", "numba", "torch"),
               f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
         check(self.progress is None or isinstance(self.progress, (bool, np.bool_)),
@@ -391,9 +406,11 @@ class CausalForest(BaseEstimator):
             return
         weights = np.ones(len(T)) if w is None else quantize_weights(w)
         auto = isinstance(self.linear_correction_variables, str)  # 'auto'
+        # A shard's penalty is chosen by merge, which sees the whole forest's out-of-bag rows.
+        choose_ridge = isinstance(self.linear_correction_ridge, str) and self.shard_[1] == 1
         # Relative costs measured at 20,000 rows x 10 covariates, 500 trees: 2.1 s and 1.7 s.
-        with progress_steps(desc, {"choosing covariates": 1 if auto else 0, "leaf moments": 1},
-                            self.progress) as steps:
+        with progress_steps(desc, {"choosing covariates": 1 if auto else 0, "leaf moments": 1,
+                                   "choosing the penalty": 1 if choose_ridge else 0}, self.progress) as steps:
             if auto:
                 variables = steps.run("choosing covariates", select_variables, X, T, y, self.seed_,
                                       None if w is None else weights, getattr(self, "clusters_", None))
@@ -412,9 +429,38 @@ class CausalForest(BaseEstimator):
             if not variables:
                 steps.update(steps.total)
                 return  # nothing to correct with: the plain forest
+            ridge = DEFAULT_RIDGE if isinstance(self.linear_correction_ridge, str) else self.linear_correction_ridge
             self.linear_correction_ = steps.run(
-                "leaf moments", LocalLinearCorrection.fit, variables, self.linear_correction_ridge, X, T, y, weights,
+                "leaf moments", LocalLinearCorrection.fit, variables, ridge, X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
+            if choose_ridge:
+                steps.run("choosing the penalty", self._choose_linear_correction_ridge, X, T, y, weights, samples)
+
+    def _choose_linear_correction_ridge(self, X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray,
+                                        samples: Sequence[TreeSample] | None = None) -> None:
+        """linear_correction_ridge='auto': the correction's `ridge` chosen from the out-of-bag
+        CATE of at most SELECTION_ROWS training rows (a seeded subsample) under each penalty of
+        RIDGE_PATH (`local_linear.choose_ridge`); `samples`: every tree's, when already drawn.
+        Smaller penalties fit steeper local slopes: where the effect is linear in the covariates
+        they remove the forest's bias, where it is flat or a step they mostly add variance, and
+        which one wins depends on the design and n (docs/benchmarks.md, "The correction's penalty
+        chosen out of bag")."""
+        correction = self.linear_correction_
+        n = X.shape[0]
+        rows = (np.arange(n) if n <= SELECTION_ROWS
+                else np.sort(np.random.default_rng(self.seed_).choice(n, SELECTION_ROWS, replace=False)))
+        in_bag = self._sampler(n).in_bag(rows, samples)
+        codes = self._codes(X[rows])
+        z = correction.design(X[rows])
+        chunk = max(1, _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables)) // self.forest_.n_trees)
+        backend = self._backend
+        taus = np.concatenate([
+            local_linear_taus(backend, backend.leaf_ids(codes[lo:lo + chunk], self.forest_),
+                              correction.leaf_moments, backend.asarray(z[lo:lo + chunk]), RIDGE_PATH,
+                              backend.asarray(~in_bag[lo:lo + chunk]), correction.penalty_blocks)
+            for lo in range(0, len(rows), chunk)])
+        clusters = getattr(self, "clusters_", None)
+        correction.ridge = choose_ridge(taus, T[rows], y[rows], w[rows], None if clusters is None else clusters[rows])
 
     def _fit_variance_smoother(self, X: Any, samples: Sequence[TreeSample] | None = None) -> None:
         """`variance_smoother_` from the reference rows of the training covariates X (the whole
@@ -445,12 +491,15 @@ class CausalForest(BaseEstimator):
         return params
 
     @classmethod
-    def merge(cls, shards: list[CausalForest], X: Any = None) -> CausalForest:
+    def merge(cls, shards: list[CausalForest], X: Any = None, T: Any = None, y: Any = None,
+              sample_weight: Any = None) -> CausalForest:
         """The forest of all `shards` (from `fit_shard` with one seed and parameters, shard
         0..k-1 of k, in any order): predicts exactly what `fit` with that seed predicts. With
         `variance_smoothing` that needs X, the training covariates: the smoother's reference rows
         are read from it (`kernels.variance_smoothing`); without X the merged forest's variance is
-        the per-point one, with a warning."""
+        the per-point one, with a warning. With linear_correction_ridge='auto' it needs the
+        training data the shards were fit on, X, T, y and sample_weight: the penalty is chosen
+        on the whole forest's out-of-bag rows; without them the penalty is 0.1, with a warning."""
         if not shards:
             raise ValueError("merge needs at least one shard")
         for s in shards:
@@ -507,14 +556,30 @@ class CausalForest(BaseEstimator):
         parts = [s.linear_correction_ for s in ordered]
         merged.linear_correction_ = None if parts[0] is None else LocalLinearCorrection.merge(parts)
         merged.variance_smoother_ = None
-        if k == 1 and getattr(first, "variance_smoother_", None) is not None:
-            merged.variance_smoother_ = first.variance_smoother_  # fit as a whole: already smoothed
-        elif X is not None:
+        Xn = None
+        if X is not None:
             Xn = _inputs.to_numpy(X, "X", 2)
             if Xn.shape != (merged.n_train_, merged.n_features_in_):
                 raise ValueError(f"merge needs X, the shards' training covariates ({merged.n_train_} rows x "
                                  f"{merged.n_features_in_} columns); got {Xn.shape[0]} x {Xn.shape[1]}")
             _inputs.check_finite(Xn, "X")
+        if k > 1 and merged.linear_correction_ is not None and isinstance(merged.linear_correction_ridge, str):
+            if Xn is None or T is None or y is None:
+                warnings.warn("merge without the training data (X, T, y) cannot choose the local linear correction's "
+                              f"penalty (linear_correction_ridge='auto'): it stays {DEFAULT_RIDGE}; pass X=, T=, y= "
+                              "(and sample_weight=) to merge", UserWarning, stacklevel=2)
+            else:
+                _, Tn, yn, w = merged._check_fit_inputs(Xn, T, y, sample_weight)
+                digest = getattr(first, "training_digest_", None)  # None: shards saved before 2026-12-06
+                if digest is not None and _training_digest(Xn, Tn, yn, w) != digest:
+                    raise ValueError("merge was given other data than the shards were grown on (X, T, y or "
+                                     "sample_weight): pass the rows every shard was fit on")
+                merged._backend = get_backend(merged.backend, merged.device_)
+                merged._choose_linear_correction_ridge(Xn, Tn, yn, np.ones(len(Tn)) if w is None
+                                                       else quantize_weights(w))
+        if k == 1 and getattr(first, "variance_smoother_", None) is not None:
+            merged.variance_smoother_ = first.variance_smoother_  # fit as a whole: already smoothed
+        elif Xn is not None:
             merged._fit_variance_smoother(Xn)
         elif merged.variance_smoothing and merged._group_size() >= 2:
             warnings.warn("merge without X, the training covariates, cannot smooth the variance "
@@ -710,14 +775,15 @@ class CausalForest(BaseEstimator):
         if weighting is not None and not isinstance(weighting, str):
             weighting = [float(v) for v in weighting]
         weights = getattr(self, "candidate_weights_", None)
-        version = (FORMAT_VERSION if weighting is not None or weights is not None
+        version = (FORMAT_VERSION if isinstance(params["linear_correction_ridge"], str)
+                   else WEIGHTS_FORMAT_VERSION if weighting is not None or weights is not None
                    else SMOOTHING_FORMAT_VERSION if smoothing or smoother is not None
                    else CLUSTERS_FORMAT_VERSION if clusters is not None
                    else PLAIN_FORMAT_VERSION if correction is None
                    else PENALTY_BLOCKS_FORMAT_VERSION if correction.penalty_blocks else ONE_TRACE_FORMAT_VERSION)
         if version >= SMOOTHING_FORMAT_VERSION:
             params["variance_smoothing"] = smoothing
-        if version >= FORMAT_VERSION:
+        if version >= WEIGHTS_FORMAT_VERSION:
             params["candidate_weights"] = weighting
         meta = {"format": FORMAT, "format_version": version, "params": params, "seed": self.seed_,
                 "n_features_in": self.n_features_in_, "n_train": self.n_train_,
@@ -727,7 +793,7 @@ class CausalForest(BaseEstimator):
                 "linear_correction": None if correction is None else correction.to_json()}
         if version >= SMOOTHING_FORMAT_VERSION:
             meta["variance_smoother"] = smoother is not None
-        if version >= FORMAT_VERSION:
+        if version >= WEIGHTS_FORMAT_VERSION:
             meta["candidate_weights"] = None if weights is None else [float(v) for v in weights]
         if names is not None:  # a DataFrame's columns: the loaded forest refuses them reordered, as this one does
             meta["feature_names"] = [str(c) for c in names]
@@ -776,7 +842,7 @@ class CausalForest(BaseEstimator):
         saved = meta.get("linear_correction")
         forest.linear_correction_ = (None if saved is None else
                                      LocalLinearCorrection.from_saved(saved, arrays, len(forest.forest_.leaf_values)))
-        if meta.get("format_version", 1) >= FORMAT_VERSION and "candidate_weights" not in meta:
+        if meta.get("format_version", 1) >= WEIGHTS_FORMAT_VERSION and "candidate_weights" not in meta:
             raise ValueError(f"{path}: the metadata of a format-{meta['format_version']} forest has no "
                              "candidate_weights (None for uniform draws): it is damaged")
         forest.candidate_weights_ = _saved_candidate_weights(meta.get("candidate_weights"), forest.n_features_in_, path)

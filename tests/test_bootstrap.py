@@ -129,12 +129,19 @@ def test_replicates_are_grown_with_the_point_forests_configuration():
         # Replicates give point estimates only: they smooth no variance (and pay nothing for it).
         assert params["variance_smoothing"] is False and forest.variance_smoother_ is None
         same = [k for k in point if k not in ("n_estimators", "random_state", "progress", "ci_group_size",
-                                              "variance_smoothing", "candidate_weights")]
+                                              "variance_smoothing", "candidate_weights", "linear_correction_ridge")]
         assert {k: params[k] for k in same} == {k: point[k] for k in same}
-        # The weights the point forest's pilot chose, not a pilot of each replicate's own.
+        # The weights the point forest's pilot chose, not a pilot of each replicate's own, and the
+        # penalty its out-of-bag rows chose.
         np.testing.assert_array_equal(forest.candidate_weights_, est.forest_.candidate_weights_)
         assert forest.linear_correction_.variables == (2,)
+        chosen = est.forest_.linear_correction_.ridge
+        assert params["linear_correction_ridge"] == forest.linear_correction_.ridge == chosen
     assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
+    # The penalty the point forest chose; 'auto' without one (an estimate from before the choice) is 0.1.
+    given = {"linear_correction_ridge": "auto"}
+    assert replicate_forest_params(given, 4, [0], None, 3.0)["linear_correction_ridge"] == 3.0
+    assert replicate_forest_params(given, 4, [0])["linear_correction_ridge"] == 0.1
     # 'auto' takes the point forest's size (8 at 1,000 trees), not the size 'auto' gives 100 trees.
     auto = replicate_forest_params({"n_estimators": 1000}, 100, None)
     assert (auto["ci_group_size"], auto["n_estimators"]) == (8, 104)

@@ -152,6 +152,7 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
     """Format 1 saved float64 leaves, int16 features and the child pointers; format 2 saves
     neither pointers nor float64 (format 3, its compact encoding, is tested in test_storage.py).
     A version 1 folder, rewritten here from a plain forest, loads and predicts what its leaves say."""
+    from tauforge.kernels.forest import FORMAT_VERSION
     from tauforge.kernels.serialization import load_model, save_model
 
     plain.save(tmp_path / "cf")
@@ -163,9 +164,9 @@ def test_format_1_forests_still_load_and_a_newer_format_is_refused(plain, data, 
     save_model(tmp_path / "v1", old, dict(meta, format_version=1))
     X = data[0].X[:100]
     np.testing.assert_allclose(CausalForest.load(tmp_path / "v1").predict(X), plain.predict(X), rtol=0, atol=1e-12)
-    save_model(tmp_path / "v9", arrays, dict(meta, format_version=9))
+    save_model(tmp_path / "newer", arrays, dict(meta, format_version=FORMAT_VERSION + 1))
     with pytest.raises(ValueError, match="saved by a newer tauforge"):
-        CausalForest.load(tmp_path / "v9")
+        CausalForest.load(tmp_path / "newer")
 
 
 def test_a_forest_fit_with_numpy_parameters_or_a_dataframe_saves_and_loads_what_it_was(data, tmp_path):
@@ -281,7 +282,7 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, match):
     (dict(max_depth="3"), "max_depth must be an integer >= 0 or None, got '3'"),
     (dict(min_samples_leaf=None), "min_samples_leaf must be a count of rows, at least 1, got None"),
     (dict(max_bins="64"), "max_bins must be an integer between 2 and 256, got '64'"),
-    (dict(linear_correction_ridge=np.inf), "linear_correction_ridge must be a finite number > 0, got inf"),
+    (dict(linear_correction_ridge=np.inf), "linear_correction_ridge must be 'auto' or a finite number > 0, got inf"),
     (dict(device="tpu"), "device must be"),
     (dict(backend="cuda"), "backend must be"),
     (dict(linear_correction_variables=0), "linear_correction_variables must be None, 'auto' or a list"),

@@ -779,11 +779,12 @@ def test_publish_assembles_the_forest_evaluation_report_and_reference_and_the_ca
     for name in ("evaluation.json", "reference.parquet"):
         (tmp_path / name).write_text("{}")
     summary = {"forest_params": {"mtry": 2}, "n_shards": 1, "seed": 7, "linear_correction_variables": [0],
-               "candidate_weights": [1.0, 0.25]}
+               "linear_correction_ridge": 3.0, "candidate_weights": [1.0, 0.25]}
     estimator = estimator_description("tauforge", summary, {"model_y": "auto"})
     assert (estimator["seed"], estimator["n_shards"], estimator["forest_params"]) == (7, 1, {"mtry": 2})
     # What the fit chose for 'auto' and 'importance' is on the card, not only the settings.
-    assert (estimator["linear_correction_variables"], estimator["candidate_weights"]) == ([0], [1.0, 0.25])
+    chosen = ("linear_correction_variables", "linear_correction_ridge", "candidate_weights")
+    assert [estimator[k] for k in chosen] == [[0], 3.0, [1.0, 0.25]]
     uri = str(tmp_path / "store")
     version = publish(uri, "m", {**card(), "estimator": estimator}, forest_dir=os.path.join(src, "forest"),
                       evaluation_path=str(tmp_path / "evaluation.json"), report_path=os.path.join(src, "report.html"),

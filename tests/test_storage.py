@@ -59,9 +59,9 @@ def test_format_3_round_trip_is_exact(fitted, tmp_path):
     forest, X = fitted
     forest.save(tmp_path / "cf")
     meta = json.loads((tmp_path / "cf" / "model.json").read_text())
-    # Format 3's encoding; the version is 8 for the candidate weights (and the variance
-    # smoother's arrays) beside it.
-    assert meta["format_version"] == 8 and meta["forest_encoding"]["encoding"] == forest_codec.ENCODING
+    # Format 3's encoding; the version is 9 for the penalty chosen out of bag (and the candidate
+    # weights and the variance smoother's arrays) beside it.
+    assert meta["format_version"] == 9 and meta["forest_encoding"]["encoding"] == forest_codec.ENCODING
     loaded = CausalForest.load(tmp_path / "cf")
     for field in FIELDS:
         a, b = getattr(forest.forest_, field), getattr(loaded.forest_, field)

@@ -24,8 +24,9 @@ def test_X():
     return make_causal_data("aw2", n=300, p=5, seed=6).X
 
 
-def _forest(**kw):  # uniform candidates: the smoothing alone, saved in its own format 7
-    return CausalForest(**{"n_estimators": 200, "random_state": 1, "progress": False, "candidate_weights": None, **kw})
+def _forest(**kw):  # uniform candidates, a fixed penalty: the smoothing alone, saved in its own format 7
+    return CausalForest(**{"n_estimators": 200, "random_state": 1, "progress": False, "candidate_weights": None,
+                           "linear_correction_ridge": 0.1, **kw})
 
 
 def test_the_smoothed_variance_averages_the_references_estimates_by_shared_leaves(data, test_X):
