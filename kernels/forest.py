@@ -112,7 +112,8 @@ class CausalForest(BaseEstimator):
         How each node draws its candidate features. 'importance': a pilot forest of
         IMPORTANCE_PILOT_TREES (100) trees, grown with every covariate a candidate, measures
         grf's variable importance (`feature_importances`), and each covariate is then drawn in
-        proportion to its importance over the largest plus 1/p (`splitting.weights_from_importance`):
+        proportion to its importance over the largest plus f/p (`splitting.weights_from_importance`;
+        f = 0.5 up to 2,000 rows, 0.5 sqrt(n / 2,000) beyond: 1.6 at 20,000):
         the covariates the effect moves with are candidates in nearly every node, the others in
         a few, so fewer splits go to noise and the forest's smoothing bias falls (on grf's
         designs at n = 2,000 a third to a half of the squared bias and 4-15% of the CATE error;
@@ -158,14 +159,14 @@ class CausalForest(BaseEstimator):
         Ridge penalty on the correction's slopes, relative to the mean diagonal of the local
         Gram matrix's block each slope belongs to, the level's or the effect's (grf's ll.lambda,
         with covariates standardized; grf takes one mean diagonal for both, which makes a
-        continuous treatment's CATE depend on its units). 'auto' takes, of 0.03, 0.1, 0.3, 1, 3
-        and 10, the one whose out-of-bag CATE has the least R-loss, mean w (y~ - tau(x) t~)^2 on
-        at most 50,000 training rows (grf's tune_ll_causal_forest does the same on its own
-        path): a steep linear effect takes a small one, a flat or stepped effect a large one,
-        which leaves little of the correction. The choice is the correction's `ridge`
-        (`linear_correction_.ridge`); a sharded forest's is made by `merge`. Only a penalty
-        whose loss is lower than 0.1's by 1.5 standard errors replaces 0.1: at n = 2,000 the
-        loss is noisy (docs/benchmarks.md, "The correction's penalty chosen out of bag").
+        continuous treatment's CATE depend on its units). 'auto' chooses it from 0.03, 0.1, 0.3,
+        1, 3 and 10 by the R-loss of the out-of-bag CATE, mean w (y~ - tau(x) t~)^2, on at most
+        50,000 training rows (grf's tune_ll_causal_forest takes the least on its own path): 0.1
+        unless another's loss is lower by 1.5 standard errors of the paired difference, since at
+        n = 2,000 the loss is noisy (docs/benchmarks.md, "The correction's penalty chosen out of
+        bag"). A steep linear effect takes a small one, a flat or stepped effect on many rows a
+        large one, which leaves little of the correction. The choice is
+        `linear_correction_.ridge`; a sharded forest's is made by `merge`.
     variance_smoothing : bool, default True
         Average each point's little-bag variance with those of up to 1,000 training rows that
         share its leaves, weighted by how many trees they share (kernels.variance_smoothing):
@@ -382,7 +383,7 @@ class CausalForest(BaseEstimator):
         rule = replace(self._rule(p), mtry=p, poisson_mtry=False, candidate_weights=())
         with progress_bar(trees, "pilot forest (candidate weights)", self.progress) as bar:
             pilot = _grow(backend, binned, [moments], [sampler.trees(0, sampler.n_groups)], rule, bar)[0]
-        return weights_from_importance(_variable_importance(pilot, p))
+        return weights_from_importance(_variable_importance(pilot, p), n)
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
                     shard: tuple[int, int]) -> None:
@@ -407,10 +408,10 @@ class CausalForest(BaseEstimator):
         weights = np.ones(len(T)) if w is None else quantize_weights(w)
         auto = isinstance(self.linear_correction_variables, str)  # 'auto'
         # A shard's penalty is chosen by merge, which sees the whole forest's out-of-bag rows.
-        choose_ridge = isinstance(self.linear_correction_ridge, str) and self.shard_[1] == 1
+        penalty_chosen = isinstance(self.linear_correction_ridge, str) and self.shard_[1] == 1
         # Relative costs measured at 20,000 rows x 10 covariates, 500 trees: 2.1 s and 1.7 s.
         with progress_steps(desc, {"choosing covariates": 1 if auto else 0, "leaf moments": 1,
-                                   "choosing the penalty": 1 if choose_ridge else 0}, self.progress) as steps:
+                                   "choosing the penalty": 1 if penalty_chosen else 0}, self.progress) as steps:
             if auto:
                 variables = steps.run("choosing covariates", select_variables, X, T, y, self.seed_,
                                       None if w is None else weights, getattr(self, "clusters_", None))
@@ -433,7 +434,7 @@ class CausalForest(BaseEstimator):
             self.linear_correction_ = steps.run(
                 "leaf moments", LocalLinearCorrection.fit, variables, ridge, X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
-            if choose_ridge:
+            if penalty_chosen:
                 steps.run("choosing the penalty", self._choose_linear_correction_ridge, X, T, y, weights, samples)
 
     def _choose_linear_correction_ridge(self, X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray,

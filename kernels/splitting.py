@@ -67,20 +67,31 @@ TIE_RTOL = 1e-9
 SMALL_NODE_ROWS = 2048
 # Candidates drawn by importance (CausalForest's candidate_weights='importance'): the pilot
 # forest's trees, and the weight all covariates keep together however unimportant, relative to
-# the most important one's 1 (each keeps that over p). Chosen on grf's designs
-# (docs/benchmarks.md, "Candidates drawn by importance"): half as much cut more bias at n = 2,000
-# but added 6-9% to the CATE error at 20,000 (trees that split alike vary together); twice as
-# much gave up a third of the gain at 2,000.
+# the most important one's 1 (each keeps that over p): IMPORTANCE_FLOOR up to
+# IMPORTANCE_FLOOR_ROWS training rows, growing as the square root of the rows beyond. Chosen on
+# grf's designs (docs/benchmarks.md, "Candidates drawn by importance" and "The weights' floor
+# grows with n"): at n = 2,000 the bias dominates and strong weights (0.5) cut it most; at 20,000
+# the same weights added 6-9% to the CATE error (trees that split alike vary together), where
+# 1.6 cut it by 2% against 1.
 IMPORTANCE_PILOT_TREES = 100
-IMPORTANCE_FLOOR = 1.0
+IMPORTANCE_FLOOR = 0.5
+IMPORTANCE_FLOOR_ROWS = 2000
 
 
-def weights_from_importance(importance: np.ndarray) -> np.ndarray | None:
-    """Candidate weights from a pilot forest's variable importance: each covariate's over the
-    largest, plus IMPORTANCE_FLOOR / p; None (uniform draws) when the pilot split on nothing."""
+def importance_floor(n_rows: int) -> float:
+    """The weight all covariates keep together for a fit on `n_rows` training rows:
+    IMPORTANCE_FLOOR, times sqrt(n_rows / IMPORTANCE_FLOOR_ROWS) beyond that many rows (1.6 at
+    20,000, 3.5 at 1e5): the more rows, the less bias is left to remove by weighting."""
+    return IMPORTANCE_FLOOR * max(1.0, float(np.sqrt(n_rows / IMPORTANCE_FLOOR_ROWS)))
+
+
+def weights_from_importance(importance: np.ndarray, n_rows: int) -> np.ndarray | None:
+    """Candidate weights from a pilot forest's variable importance, for a fit on `n_rows` rows:
+    each covariate's over the largest, plus importance_floor(n_rows) / p; None (uniform draws)
+    when the pilot split on nothing."""
     importance = np.asarray(importance, dtype=np.float64)
     top = float(importance.max(initial=0.0))
-    return importance / top + IMPORTANCE_FLOOR / len(importance) if top > 0 else None
+    return importance / top + importance_floor(n_rows) / len(importance) if top > 0 else None
 
 
 def weighted_mtry(p: int) -> int:

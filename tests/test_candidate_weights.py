@@ -11,7 +11,7 @@ from tauforge.kernels import CausalForest
 from tauforge.kernels.backends.numba_cpu import draw_feature_masks
 from tauforge.kernels.datasets import make_causal_data
 from tauforge.kernels.forest import fit_forests
-from tauforge.kernels.splitting import IMPORTANCE_FLOOR, weighted_mtry, weights_from_importance
+from tauforge.kernels.splitting import importance_floor, weighted_mtry, weights_from_importance
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,22 @@ def test_weighted_draws_pick_each_feature_in_proportion_to_its_weight():
 
 def test_importance_weights_favour_the_covariates_the_effect_moves_with(sparse):
     """The pilot's weights: X0 and X1 (the effect's) far above every noise covariate, whose
-    weights are near the floor IMPORTANCE_FLOOR / p; and the draws per node are weighted_mtry."""
+    weights are near the floor importance_floor(n) / p; and the draws per node are weighted_mtry."""
     d, t, y = sparse
     forest = _forest().fit(d.X, t, y)
     w = forest.candidate_weights_
-    assert w.shape == (20,) and w.max() == pytest.approx(1 + IMPORTANCE_FLOOR / 20)
+    floor = importance_floor(len(t))
+    assert w.shape == (20,) and w.max() == pytest.approx(1 + floor / 20)
     assert min(w[0], w[1]) > 5 * w[2:].max()
-    assert w[2:].min() >= IMPORTANCE_FLOOR / 20
+    assert w[2:].min() >= floor / 20
     assert forest._rule(20).mtry == weighted_mtry(20) == 5
     # Uniform draws keep every covariate a candidate and record no weights.
     uniform = _forest(candidate_weights=None).fit(d.X, t, y)
     assert uniform.candidate_weights_ is None and uniform._rule(20).mtry == 20
-    assert weights_from_importance(np.zeros(4)) is None  # a pilot that split on nothing: uniform
+    assert weights_from_importance(np.zeros(4), 1000) is None  # a pilot that split on nothing: uniform
+    # The floor: 0.5 up to 2,000 rows, then growing as the square root of the rows.
+    assert [importance_floor(n) for n in (800, 2000, 8000, 200_000)] == pytest.approx([0.5, 0.5, 1.0, 5.0])
+    np.testing.assert_allclose(weights_from_importance(np.array([2.0, 1.0, 0.0, 0.0]), 8000), [1.25, 0.75, 0.25, 0.25])
 
 
 def test_importance_weights_cut_the_smoothing_bias_against_the_known_effect():
