@@ -383,7 +383,7 @@ class CausalForest(BaseEstimator):
         rule = replace(self._rule(p), mtry=p, poisson_mtry=False, candidate_weights=())
         with progress_bar(trees, "pilot forest (candidate weights)", self.progress) as bar:
             pilot = _grow(backend, binned, [moments], [sampler.trees(0, sampler.n_groups)], rule, bar)[0]
-        return weights_from_importance(_variable_importance(pilot, p), n)
+        return weights_from_importance(_variable_importance(pilot, p), int(np.count_nonzero(moments[:, 0])))
 
     def _set_fitted(self, X: np.ndarray, binner: QuantileBinner, forest: ForestArrays, device: str, backend,
                     shard: tuple[int, int]) -> None:
@@ -448,8 +448,9 @@ class CausalForest(BaseEstimator):
         chosen out of bag")."""
         correction = self.linear_correction_
         n = X.shape[0]
-        rows = (np.arange(n) if n <= SELECTION_ROWS
-                else np.sort(np.random.default_rng(self.seed_).choice(n, SELECTION_ROWS, replace=False)))
+        rows = np.flatnonzero(w > 0)  # rows of weight 0 carry no loss (a review: 95% of a subsample could)
+        if len(rows) > SELECTION_ROWS:
+            rows = np.sort(np.random.default_rng(self.seed_).choice(rows, SELECTION_ROWS, replace=False))
         in_bag = self._sampler(n).in_bag(rows, samples)
         codes = self._codes(X[rows])
         z = correction.design(X[rows])

@@ -75,8 +75,9 @@ def choose_ridge(taus: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, w: np.n
     are left out. Each penalty's R-loss is sum w (y~ - tau t~)^2 / sum w; one whose loss is
     below DEFAULT_RIDGE's by more than RIDGE_EVIDENCE standard errors of the paired difference
     may replace it, and the least such loss wins. The standard error treats `groups` (integer
-    codes) as the independent units, else the rows."""
-    usable = np.isfinite(taus).all(axis=1)
+    codes) as the independent units, else the rows; rows that share leaves are not independent,
+    so it is nominal, and RIDGE_EVIDENCE was set by measurement on that scale."""
+    usable = np.isfinite(taus).all(axis=1) & (np.asarray(w) > 0)
     w = np.asarray(w, dtype=np.float64)[usable]
     total = w.sum()
     if total <= 0:
@@ -91,8 +92,9 @@ def choose_ridge(taus: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, w: np.n
         gap = mean[i] - mean[base]
         contributions = w * (diff - gap)
         if units is not None:
-            contributions = np.bincount(units, weights=contributions)
-        stderr = np.sqrt(np.sum(contributions ** 2)) / total
+            contributions = np.bincount(units, weights=contributions)[np.unique(units)]
+        m = len(contributions)  # independent units; m / (m - 1): the variance of a mean of few groups
+        stderr = np.sqrt(np.sum(contributions ** 2) * m / max(m - 1, 1)) / total
         if gap < -RIDGE_EVIDENCE * stderr and mean[i] < mean[best]:
             best = i
     return float(RIDGE_PATH[best])

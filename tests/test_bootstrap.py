@@ -116,7 +116,11 @@ def test_a_forests_monte_carlo_variance_is_the_spread_of_forests_grown_with_othe
         CausalForest(n_estimators=2, random_state=0).fit(d.X, t, y).predict_and_monte_carlo_var(X)
 
 
-def test_replicates_are_grown_with_the_point_forests_configuration():
+def test_replicates_are_grown_with_the_point_forests_configuration(monkeypatch):
+    from tauforge.kernels import forest as forest_module
+
+    # A penalty choice that is not the 0.1 a replicate would fall back to (a review: 0.1 was chosen).
+    monkeypatch.setattr(forest_module, "choose_ridge", lambda *args, **kwargs: 3.0)
     X, T, Y = linear_confounded(0, 600)
     est = small_bootstrap(n_bootstrap=3, bootstrap_trees=5, min_samples_leaf=4, max_samples=0.4,
                           linear_correction_variables=[2], honesty_fraction=0.6, random_state=0).fit(Y, T, X=X)
@@ -136,7 +140,7 @@ def test_replicates_are_grown_with_the_point_forests_configuration():
         np.testing.assert_array_equal(forest.candidate_weights_, est.forest_.candidate_weights_)
         assert forest.linear_correction_.variables == (2,)
         chosen = est.forest_.linear_correction_.ridge
-        assert params["linear_correction_ridge"] == forest.linear_correction_.ridge == chosen
+        assert params["linear_correction_ridge"] == forest.linear_correction_.ridge == chosen == 3.0
     assert replicate_forest_params({"ci_group_size": 4}, 1, None)["n_estimators"] == 8  # at least two bags
     # The penalty the point forest chose; 'auto' without one (an estimate from before the choice) is 0.1.
     given = {"linear_correction_ridge": "auto"}

@@ -728,7 +728,8 @@ def test_shards_merge_into_the_forest_one_fit_grows(data, fitted, tmp_path):
     assert sum(s.forest_.n_trees for s in shards) == 40
     for k, s in enumerate(shards):  # shards also survive a save and load, as between pipeline tasks
         s.save(tmp_path / str(k))
-    merged = CausalForest.merge([CausalForest.load(tmp_path / str(k)) for k in range(3)], X=d.X)
+    # X smooths the variance; X, T and y choose the correction's penalty as the whole fit did.
+    merged = CausalForest.merge([CausalForest.load(tmp_path / str(k)) for k in range(3)], X=d.X, T=t, y=y)
     for field in ("feature", "threshold", "child", "leaf_values"):
         np.testing.assert_array_equal(getattr(merged.forest_, field), getattr(fitted.forest_, field))
     np.testing.assert_array_equal(merged.predict_and_var(d.X[:100])[1], fitted.predict_and_var(d.X[:100])[1])

@@ -508,3 +508,23 @@ def test_bad_penalties_are_named(bad):
     X, t, y, _ = _steep(300, 11)
     with pytest.raises(ValueError, match="linear_correction_ridge must be 'auto' or a finite number > 0"):
         _forest(linear_correction_variables=[0], linear_correction_ridge=bad).fit(X, t, y)
+
+
+def test_the_penalty_is_judged_on_rows_of_positive_weight(monkeypatch):
+    """Zero-weight rows carry no loss: the fit's subsample for the choice (here at most 500 rows)
+    is drawn from rows of positive weight only (a review: drawn from all rows, a subsample of a
+    mostly zero-weight table held few rows that counted)."""
+    from tauforge.kernels import forest as forest_module
+
+    seen = {}
+
+    def record(taus, t, y, w, groups=None):
+        seen["w"] = w
+        return choose_ridge(taus, t, y, w, groups)
+
+    monkeypatch.setattr(forest_module, "SELECTION_ROWS", 500)
+    monkeypatch.setattr(forest_module, "choose_ridge", record)
+    X, t, y, _ = _steep(2000, 7)
+    w = np.r_[np.ones(600), np.zeros(1400)]
+    _forest(n_estimators=40, linear_correction_variables=[0], linear_correction_ridge="auto").fit(X, t, y, w)
+    assert len(seen["w"]) == 500 and (seen["w"] > 0).all()

@@ -85,7 +85,7 @@ def plug_in_bias(est, X, test_X) -> np.ndarray:
     E tau(x) (bias(x) = this minus tau(x))."""
     import copy
 
-    from tauforge.kernels.local_linear import LocalLinearCorrection
+    from tauforge.kernels.local_linear import DEFAULT_RIDGE, LocalLinearCorrection
 
     forest = est.forest_
     _, t_res = est.residuals_
@@ -95,7 +95,8 @@ def plug_in_bias(est, X, test_X) -> np.ndarray:
     samples = sampler.trees(0, sampler.n_groups)
     correction = forest.linear_correction_
     refit = LocalLinearCorrection.fit(() if correction is None else correction.variables,
-                                      forest.linear_correction_ridge, X, t_res, pilot * t_res, np.ones(X.shape[0]),
+                                      DEFAULT_RIDGE if correction is None else correction.ridge,  # the one chosen
+                                      X, t_res, pilot * t_res, np.ones(X.shape[0]),
                                       forest._backend, forest.binner_.bin(X).fine, forest.forest_, samples)
     smoothed = copy.copy(forest)  # the same trees, leaf moments of the pilot's outcome
     smoothed.linear_correction_ = refit

@@ -88,7 +88,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, params: dict, seed: in
     from tauforge.kernels.binning import QuantileBinner
     from tauforge.kernels.datasets import make_causal_data
     from tauforge.kernels.forest import CausalForest, _grow, _moments
-    from tauforge.kernels.local_linear import LocalLinearCorrection, select_variables
+    from tauforge.kernels.local_linear import DEFAULT_RIDGE, LocalLinearCorrection, select_variables
 
     torch.set_num_threads(1)
     data = make_causal_data("simple", n=n, p=p, seed=seed)
@@ -108,7 +108,7 @@ def profile(n: int, p: int, trees: int, torch_trees: int, params: dict, seed: in
     numba_backend.histogram_adds = 0
     (arrays,), grow_cpu, grow_wall = timed(_grow, numba_backend, binned, [mom], [samples], rule, Quiet())
     variables, select_cpu, _ = timed(select_variables, data.X, t_res, y_res, seed)
-    _, ll_cpu, _ = timed(LocalLinearCorrection.fit, variables or (0,), forest.linear_correction_ridge, data.X, t_res,
+    _, ll_cpu, _ = timed(LocalLinearCorrection.fit, variables or (0,), DEFAULT_RIDGE, data.X, t_res,
                          y_res, np.ones(n), numba_backend, binned.fine, arrays, samples)
     _, in_bag_cpu, _ = timed(sampler.in_bag)
 
