@@ -113,7 +113,7 @@ class CausalForest(BaseEstimator):
         IMPORTANCE_PILOT_TREES (100) trees, grown with every covariate a candidate, measures
         grf's variable importance (`feature_importances`), and each covariate is then drawn in
         proportion to its importance over the largest plus f/p (`splitting.weights_from_importance`;
-        f = 0.5 up to 2,000 rows, 0.5 sqrt(n / 2,000) beyond: 1.6 at 20,000):
+        f = 0.5 up to 2,000 rows of positive weight, 0.5 sqrt(n / 2,000) beyond: 1.6 at 20,000):
         the covariates the effect moves with are candidates in nearly every node, the others in
         a few, so fewer splits go to noise and the forest's smoothing bias falls (on grf's
         designs at n = 2,000 a third to a half of the squared bias and 4-15% of the CATE error;
