@@ -405,7 +405,7 @@ class CausalForest(BaseEstimator):
         progress (as `desc`) follows the trees': at 20,000 rows it took as long as growing 500."""
         if self.linear_correction_variables is None:
             return
-        weights = np.ones(len(T)) if w is None else quantize_weights(w)
+        weights = _row_weights(w, len(T))
         auto = isinstance(self.linear_correction_variables, str)  # 'auto'
         # A shard's penalty is chosen by merge, which sees the whole forest's out-of-bag rows.
         penalty_chosen = isinstance(self.linear_correction_ridge, str) and self.shard_[1] == 1
@@ -454,8 +454,8 @@ class CausalForest(BaseEstimator):
         in_bag = self._sampler(n).in_bag(rows, samples)
         codes = self._codes(X[rows])
         z = correction.design(X[rows])
-        chunk = max(1, _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables)) // self.forest_.n_trees)
-        backend = self._backend
+        chunk = self._rows_per_chunk(correction, True)
+        backend = self._kernels()
         taus = np.concatenate([
             local_linear_taus(backend, backend.leaf_ids(codes[lo:lo + chunk], self.forest_),
                               correction.leaf_moments, backend.asarray(z[lo:lo + chunk]), RIDGE_PATH,
@@ -478,7 +478,8 @@ class CausalForest(BaseEstimator):
         # widens its in-bag intervals by 5-12% (docs/benchmarks.md); a fresh row has none.
         in_bag = self._sampler(self.n_train_).in_bag(rows, samples)
         _, parts = self._estimate(reference, with_variance=True, oob=True, parts=True, in_bag=in_bag)
-        ids = self._backend.to_numpy(self._backend.leaf_ids(self._codes(reference), self.forest_))
+        backend = self._kernels()
+        ids = backend.to_numpy(backend.leaf_ids(self._codes(reference), self.forest_))
         self.variance_smoother_ = VarianceSmoother.fit(ids, parts[:, 0])
 
     def growth_params(self) -> dict:
@@ -576,9 +577,7 @@ class CausalForest(BaseEstimator):
                 if digest is not None and _training_digest(Xn, Tn, yn, w) != digest:
                     raise ValueError("merge was given other data than the shards were grown on (X, T, y or "
                                      "sample_weight): pass the rows every shard was fit on")
-                merged._backend = get_backend(merged.backend, merged.device_)
-                merged._choose_linear_correction_ridge(Xn, Tn, yn, np.ones(len(Tn)) if w is None
-                                                       else quantize_weights(w))
+                merged._choose_linear_correction_ridge(Xn, Tn, yn, _row_weights(w, len(Tn)))
         if k == 1 and getattr(first, "variance_smoother_", None) is not None:
             merged.variance_smoother_ = first.variance_smoother_  # fit as a whole: already smoothed
         elif Xn is not None:
@@ -646,16 +645,11 @@ class CausalForest(BaseEstimator):
             in_bag = self._sampler(self.n_train_).in_bag() if in_bag is None else in_bag
         else:
             in_bag = None
-        if getattr(self, "_backend", None) is None:
-            self._backend = get_backend(self.backend, self.device_)
-        backend = self._backend
+        backend = self._kernels()
         correction = getattr(self, "linear_correction_", None)
         if correction is not None:
             z = correction.design(_inputs.to_numpy(X, "X", 2))
-            budget = _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables))
-        else:
-            budget = LEAF_IDS_PER_CHUNK if backend.name == "numba" and in_bag is None else _GATHERED_PER_CHUNK
-        chunk = max(1, budget // self.forest_.n_trees)
+        chunk = self._rows_per_chunk(correction, in_bag is not None)
         smoother = None if (oob or monte_carlo or parts) else getattr(self, "variance_smoother_", None)
         parts = parts or smoother is not None
         taus, variances = [], []
@@ -679,6 +673,22 @@ class CausalForest(BaseEstimator):
         if not with_variance:
             return tau, None
         return tau, (np.concatenate(variances) if variances else np.empty(0))
+
+    def _kernels(self):
+        """The backend of the forest's device (kept: the torch backend caches the forest there)."""
+        if getattr(self, "_backend", None) is None:
+            self._backend = get_backend(self.backend, self.device_)
+        return self._backend
+
+    def _rows_per_chunk(self, correction: LocalLinearCorrection | None, out_of_bag: bool) -> int:
+        """Rows whose leaves in every tree are walked at once: the correction's moments gathered
+        per row and tree, or the leaf ids alone where numba reads the leaves without gathering."""
+        if correction is not None:
+            budget = _GATHERED_PER_CHUNK * 4 // n_moments(len(correction.variables))
+        else:
+            budget = (LEAF_IDS_PER_CHUNK if self._kernels().name == "numba" and not out_of_bag
+                      else _GATHERED_PER_CHUNK)
+        return max(1, budget // self.forest_.n_trees)
 
     def predict(self, X: Any) -> Any:
         """CATE tau(x) for each row of X, as an array of the input's kind (NumPy, torch, CuPy)."""
@@ -993,8 +1003,14 @@ def forests_per_batch(n_rows: int, n_features: int, n_forests: int, backend: str
 
 def _moments(T: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """The five weighted moment channels (w, w t, w y, w t y, w t^2) the split rule sums."""
-    w = np.ones(len(T)) if w is None else quantize_weights(w)  # exact sums in any order (kernels.splitting)
+    w = _row_weights(w, len(T))
     return np.ascontiguousarray(np.stack([w, w * T, w * y, w * T * y, w * T * T], axis=1))
+
+
+def _row_weights(w: np.ndarray | None, n: int) -> np.ndarray:
+    """The rows' weights as the forest sums them: quantized, so that sums are exact in any order
+    (kernels.splitting); ones without sample_weight."""
+    return np.ones(n) if w is None else quantize_weights(w)
 
 
 def _grow(backend, binned: BinnedCovariates, moments: list[np.ndarray], samples: list[Sequence[TreeSample]],
