@@ -70,13 +70,16 @@ def _has_userinfo(scheme: str, rest: str) -> bool:
 
 def redacted_uri(uri: str) -> str:
     """`uri` as it is recorded and shown: without a query string, which may hold a token (a
-    presigned URL's signature)."""
+    presigned URL's signature), or a user name and password before the host."""
     from urllib.parse import urlsplit, urlunsplit
 
     if "://" not in uri:
         return uri
     parts = urlsplit(uri)
-    return urlunsplit(parts._replace(query="<redacted>" if parts.query else ""))
+    netloc = parts.netloc
+    if "@" in netloc:  # user:password@host: the last '@' ends the credentials (a password may hold one)
+        netloc = "<redacted>@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=netloc, query="<redacted>" if parts.query else ""))
 
 
 def check_keys(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:

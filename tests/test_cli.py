@@ -164,7 +164,7 @@ def test_a_store_from_the_environment_with_credentials_is_named_as_such(tmp_path
     assert "S3CRET" not in out.stderr
 
 
-def test_redacted_uri_drops_a_query_string_and_keeps_paths():
+def test_redacted_uri_drops_a_query_string_and_credentials_and_keeps_paths():
     # What the card and the CLI's lines show; the run's own parameters keep the URL as given
     # (its task must read it): docs/reference.md says so.
     from tauforge.components.config import redacted_uri
@@ -172,6 +172,9 @@ def test_redacted_uri_drops_a_query_string_and_keeps_paths():
     assert redacted_uri("https://h.example/d.parquet?X-Amz-Signature=abc") == "https://h.example/d.parquet?<redacted>"
     assert redacted_uri("s3://bucket/d.parquet") == "s3://bucket/d.parquet"
     assert redacted_uri("/data/d?.parquet") == "/data/d?.parquet"  # a local path's '?' is part of its name
+    # Credentials before the host, as a URL may carry them to a server that takes basic auth.
+    assert redacted_uri("https://ann:p@ss@h.example:8443/d.csv") == "https://<redacted>@h.example:8443/d.csv"
+    assert redacted_uri("s3://KEY:S3CRET@bucket/d.parquet?v=1") == "s3://<redacted>@bucket/d.parquet?<redacted>"
 
 
 # What the engine and the models load (torch and numba: over a second; scikit-learn and
