@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tauforge.components.config import ConfigError
 from tauforge.components.deploy import DeploySpec, apply, render, serving_runtime, wait_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -654,8 +655,12 @@ def test_a_store_given_with_a_trailing_slash_names_the_same_version_folder():
 
 def test_a_canarys_share_is_the_nearest_whole_percent():
     # canaryTrafficPercent is an integer: 12.6% asked for is 13%, not 12 (int() alone truncated).
-    (isvc,) = render(spec(mode="canary", percent=12.6))
-    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 13
+    # A half rounds up: round() halves to even, which sent 12.5% as 12 and refused 0.5%.
+    for asked, sent in ((12.6, 13), (12.4, 12), (12.5, 13), (0.5, 1), (100, 100)):
+        (isvc,) = render(spec(mode="canary", percent=asked))
+        assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == sent, asked
+    with pytest.raises(ConfigError, match="whole percent"):
+        spec(mode="canary", percent=0.4)
 
 
 def test_a_replace_with_the_predictor_router_serves_one_version_through_the_runtime(validators):
