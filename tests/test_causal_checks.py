@@ -118,6 +118,21 @@ def test_calibration_slope_is_near_one_with_real_heterogeneity_and_insignificant
     assert calibration_test(y_res, t_res, tau)["differential_pvalue"] > 0.05
 
 
+def test_a_cate_that_averages_0_is_still_tested_for_heterogeneity():
+    # A treatment that helps half the units as much as it harms the others: grf's mean regressor
+    # t_res * mean(tau) is the zero column, and the test returned NaN for both coefficients, which
+    # the gate's require_heterogeneity read as no heterogeneity.
+    rng = np.random.default_rng(3)
+    n = 2000
+    t_res, x = rng.normal(size=n), rng.normal(size=n)
+    y_res = x * t_res + rng.normal(size=n)
+    tau = x - x.mean()
+    cal = calibration_test(y_res, t_res, tau)
+    assert cal["differential_pvalue"] < 1e-6 and cal["differential_forest_prediction"] == pytest.approx(1, abs=0.1)
+    assert np.isnan(cal["mean_forest_prediction"]) and "averages 0" in cal["note"]
+    assert np.isnan(calibration_test(y_res, t_res, np.full(n, 0.5))["differential_pvalue"])  # constant: nothing to test
+
+
 def test_rate_and_gates_find_heterogeneity_where_it_is_and_order_the_quartiles(fits):
     d, y_res, t_res, tau, t_hat = fits["aw2"]
     scores = debiased_scores(tau, y_res, t_res, propensity_variance(t_hat))
