@@ -41,7 +41,7 @@ def refit_workers_from_environment() -> int | None:
 def check_no_credentials(uri: str, field: str) -> str:
     """`uri`, unless it carries a user name or password (scheme://user:secret@host/...): a URI is
     recorded in the run's parameters, its logs and the model card, where a secret must not go."""
-    if "://" in uri and _has_userinfo(*uri.split("://", 1)):
+    if "://" in uri and _userinfo_length(*uri.split("://", 1)):
         raise ConfigError(field, "carries a user name or password: it would be recorded in the run's parameters, "
                                  "logs and model card; give credentials the filesystem's own way (for s3://, "
                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, from a Secret on a cluster)")
@@ -54,18 +54,19 @@ def check_no_credentials(uri: str, field: str) -> str:
 HOST_SCHEMES = frozenset({"http", "https", "ftp", "sftp", "ssh", "smb", "hdfs", "webhdfs", "webdav", "dav"})
 
 
-def _has_userinfo(scheme: str, rest: str) -> bool:
-    """Whether the text after a URI's '://' starts with user[:password]@. A secret may hold '/'
-    (AWS secret keys do), which ends urlsplit's netloc early, so the password is read up to the
-    '@' unless, for a scheme with hosts, what follows the ':' is a port (digits, then the path)."""
+def _userinfo_length(scheme: str, rest: str) -> int:
+    """The length of the user[:password]@ that the text after a URI's '://' starts with (0 for
+    none). A secret may hold '/' (AWS secret keys do), which ends urlsplit's netloc early, so the
+    password is read up to the '@' unless, for a scheme with hosts, what follows the ':' is a port
+    (digits, then the path)."""
     user = re.match(r"([^/@?#]+)(?::([^@]*))?@", rest)
     if user is None:
-        return False
+        return 0
     password = user.group(2)
     if (scheme.lower() in HOST_SCHEMES and password is not None
             and re.fullmatch(r"\d+[/?#].*", password)):  # host:port/path@... is no user
-        return False
-    return True
+        return 0
+    return user.end()
 
 
 def redacted_uri(uri: str) -> str:
@@ -75,11 +76,12 @@ def redacted_uri(uri: str) -> str:
 
     if "://" not in uri:
         return uri
+    scheme, rest = uri.split("://", 1)
+    credentials = _userinfo_length(scheme, rest)
+    if credentials:  # before urlsplit, which ends the host at a '/' inside a password
+        uri = f"{scheme}://<redacted>@{rest[credentials:]}"
     parts = urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:  # user:password@host: the last '@' ends the credentials (a password may hold one)
-        netloc = "<redacted>@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=netloc, query="<redacted>" if parts.query else ""))
+    return urlunsplit(parts._replace(query="<redacted>" if parts.query else ""))
 
 
 def check_keys(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:

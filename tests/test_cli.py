@@ -173,8 +173,10 @@ def test_redacted_uri_drops_a_query_string_and_credentials_and_keeps_paths():
     assert redacted_uri("s3://bucket/d.parquet") == "s3://bucket/d.parquet"
     assert redacted_uri("/data/d?.parquet") == "/data/d?.parquet"  # a local path's '?' is part of its name
     # Credentials before the host, as a URL may carry them to a server that takes basic auth.
-    assert redacted_uri("https://ann:p@ss@h.example:8443/d.csv") == "https://<redacted>@h.example:8443/d.csv"
+    assert redacted_uri("https://ann:p%40ss@h.example:8443/d.csv") == "https://<redacted>@h.example:8443/d.csv"
     assert redacted_uri("s3://KEY:S3CRET@bucket/d.parquet?v=1") == "s3://<redacted>@bucket/d.parquet?<redacted>"
+    assert redacted_uri("s3://KEY:S3/CRET@bucket/d.parquet") == "s3://<redacted>@bucket/d.parquet"  # '/' in a secret
+    assert redacted_uri("https://h.example:8443/a@b.csv") == "https://h.example:8443/a@b.csv"  # a port, then a path
 
 
 # What the engine and the models load (torch and numba: over a second; scikit-learn and
