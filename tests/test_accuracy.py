@@ -55,14 +55,13 @@ def interval_score(lo, hi, truth, alpha):
     return float(np.mean(hi - lo + 2 / alpha * (below + above)))
 
 
-# (design, n, first seed, margin of the interval score over EconML's). The margin: none on simple
-# and aw2, where tauforge's intervals win clearly; 10% on aw3, where bias is half of both
-# libraries' error: over 10 training sets (seeds 13, 63 and 0-7, this test's fits, with uniform
-# candidates, before 2026-12-07) the errors tied (0.212 and 0.214), tauforge's intervals were 6%
-# narrower and covered 2.4 points less (docs/benchmarks.md, "Where coverage is lost"), and its
-# mean score was 6% above EconML's (a seed's ratio 0.83-1.55). With candidates drawn by
-# importance, this test's two seeds give 0.812 (1.058 before); the 10 sets were not re-run.
-CASES = [("simple", 3000, 11, 1.0), ("aw2", 3000, 12, 1.0), ("aw3", 3000, 13, 1.10)]
+# (design, n, first seed). tauforge's interval score must be no worse than EconML's on each. On
+# aw3, where bias is half of both libraries' error, 10% worse was allowed until 2026-12-07; over 10
+# training sets (seeds 13, 63 and 0-7, this test's fits, the defaults of that date: candidates by
+# importance, the correction's penalty out of bag) tauforge's mean score is 0.957 against
+# EconML's 1.251 (RMSE 0.195 against 0.214, coverage 0.883 against 0.830, width 0.628 against
+# 0.664), a set's ratio 0.54-1.10, above 1 on 2 of the 10; this test's two seeds give 0.80.
+CASES = [("simple", 3000, 11), ("aw2", 3000, 12), ("aw3", 3000, 13)]
 SEEDS = (0, 50)  # added to a case's first seed
 FIT_BOTH = "import json, sys; from test_accuracy import fit_seeds; print(json.dumps(fit_seeds(*sys.argv[1:])))"
 
@@ -77,21 +76,21 @@ def start_background(request):
     to fits in this process: every fit is seeded."""
     compile_kernels()
     fits = Processes()
-    for design, n, seed, _ in CASES:
+    for design, n, seed in CASES:
         fits.start(design, [sys.executable, "-c", FIT_BOTH, design, str(n), str(seed)],
                    cwd=os.path.dirname(os.path.abspath(__file__)))
     return fits
 
 
-@pytest.mark.parametrize("design, n, seed, score_margin", CASES)
-def test_cate_accuracy_and_intervals_against_econml(design, n, seed, score_margin, background):
+@pytest.mark.parametrize("design, n, seed", CASES)
+def test_cate_accuracy_and_intervals_against_econml(design, n, seed, background):
     """Means over two seeds (one seed's RMSE moves by 10% between the libraries on aw3).
-    Measured (2026-12-07, candidates drawn by importance), tauforge against EconML (simple, aw2,
-    aw3): RMSE 0.131/0.175, 0.167/0.186, 0.185/0.200; coverage 0.932/0.900, 0.923/0.849,
-    0.867/0.851; width 0.477/0.548, 0.587/0.614, 0.589/0.653; interval score 0.755/1.207,
-    0.762/1.084, 0.944/1.164. Before (2026-12-04, uniform candidates) tauforge's intervals were
-    narrower and covered less than EconML's on aw3: coverage alone is not asserted, the interval
-    score weighs width and misses."""
+    Measured (2026-12-07, the defaults after the correction's penalty chosen out of bag),
+    tauforge against EconML (simple, aw2, aw3): RMSE 0.136/0.175, 0.167/0.186, 0.182/0.200;
+    coverage 0.926/0.901, 0.922/0.849, 0.883/0.851; width 0.484/0.548, 0.589/0.614,
+    0.605/0.653; interval score 0.770/1.207, 0.770/1.084, 0.927/1.164. Before (2026-12-04,
+    uniform candidates) tauforge's intervals were narrower and covered less than EconML's on
+    aw3: coverage alone is not asserted, the interval score weighs width and misses."""
     code, out, err = background[__name__].result(design)  # fit_seeds(design, n, seed)
     assert code == 0, err[-3000:]
     runs = json.loads(out.strip().splitlines()[-1])
@@ -99,7 +98,7 @@ def test_cate_accuracy_and_intervals_against_econml(design, n, seed, score_margi
     summary = f"{design}: tauforge {ours}, econml {ref}"
     assert ours["rmse"] <= 1.0 * ref["rmse"], summary
     assert ours["width"] <= ref["width"], summary
-    assert ours["score"] <= score_margin * ref["score"], summary
+    assert ours["score"] <= ref["score"], summary
     # The score comparison can fail: the same intervals at half their width (a variance
     # understated 4x) lose to EconML's, by 1% on simple, 56% on aw2 and 86% on aw3.
     assert ours["score_half"] > ref["score"], summary
