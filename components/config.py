@@ -59,14 +59,16 @@ def _userinfo_length(scheme: str, rest: str) -> int:
     none). A secret may hold '/' (AWS secret keys do), which ends urlsplit's netloc early, so the
     password is read up to the '@' unless, for a scheme with hosts, what follows the ':' is a port
     (digits, then the path)."""
-    user = re.match(r"([^/@?#]+)(?::([^@]*))?@", rest)
+    user = re.match(r"([^/@?#\[\]]+)(?::([^@]*))?@", rest)  # no '[' in a user: [::1] is an IPv6 host
     if user is None:
         return 0
     password = user.group(2)
     if (scheme.lower() in HOST_SCHEMES and password is not None
             and re.fullmatch(r"\d+[/?#].*", password)):  # host:port/path@... is no user
         return 0
-    return user.end()
+    # A raw '@' in the user or password (a review: me@corp.com:TOKEN@host): the host follows the last.
+    authority = re.split(r"[/?#]", rest[user.end():], maxsplit=1)[0]
+    return user.end() + (authority.rindex("@") + 1 if "@" in authority else 0)
 
 
 def redacted_uri(uri: str) -> str:

@@ -31,12 +31,16 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, grou
     w, y_res, t_res, tau, groups = weighted_rows(sample_weight, y_res, t_res, tau, groups=groups)
     mean_tau = np.average(tau, weights=w)
     # Weighted least squares as grf's lm(weights =): ordinary least squares on rows scaled by sqrt(w).
-    # grf's first regressor is t_res * mean_tau; it is fit here as t_res and its coefficient and
-    # standard error divided by mean_tau after. The same column space gives the same residuals,
-    # leverages and differential coefficient, and a CATE that averages 0 can still be tested for
-    # heterogeneity (a treatment that helps half the units and harms the others).
+    # grf's first regressor is t_res * mean_tau; it is fit here as t_res * scale and its
+    # coefficient and standard error multiplied by scale / mean_tau after. The same column space
+    # gives the same residuals, leverages and differential coefficient, and a CATE that averages
+    # 0 can still be tested for heterogeneity (a treatment that helps half the units and harms
+    # the others).
+    # The first column in tau's units, as the second: matrix_rank's tolerance is relative, and
+    # t_res alone read a CATE of spread 1e-13 as constant (a review).
+    scale = np.abs(tau).max()
     root = np.sqrt(w)
-    Z = root[:, None] * np.stack([t_res, t_res * (tau - mean_tau)], axis=1)
+    Z = root[:, None] * np.stack([t_res * scale, t_res * (tau - mean_tau)], axis=1)
     y_res = root * y_res
     if np.linalg.matrix_rank(Z) < 2:  # a constant CATE leaves nothing to calibrate
         nan = float("nan")
@@ -55,11 +59,12 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, grou
     # one-sided: heterogeneity exists (coefficient > 0), as grf reports it
     out = {"differential_forest_prediction": float(beta[1]), "differential_stderr": float(se[1]),
            "differential_pvalue": float(norm.sf(beta[1] / se[1]))}
-    if abs(mean_tau) <= 1e-12 * np.abs(tau).max():  # 0 up to rounding: a ratio of noise
+    if abs(mean_tau) <= 1e-12 * scale:  # 0 up to rounding: a ratio of noise
         nan = float("nan")
         return {"mean_forest_prediction": nan, "mean_stderr": nan, "mean_pvalue": nan, **out,
                 "note": "the CATE averages 0: its mean has no calibration coefficient"}
-    return {"mean_forest_prediction": float(beta[0] / mean_tau), "mean_stderr": float(se[0] / abs(mean_tau)),
+    return {"mean_forest_prediction": float(beta[0] * scale / mean_tau),
+            "mean_stderr": float(se[0] * scale / abs(mean_tau)),
             "mean_pvalue": float(norm.sf(beta[0] / se[0] * np.sign(mean_tau))), **out}
 
 

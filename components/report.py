@@ -205,7 +205,8 @@ def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
                          ("calibration test", "estimate", "std. error", "p-value (one-sided, against 0, as grf)"))
     table = _table([(f"Q{g['group']}", f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g.get("rows"), g["effect"],
                      g["stderr"]) for g in gates], ("quartile", "CATE range", "rows", "effect", "std. error"))
-    return _section("Heterogeneity", chart, calibration, table)
+    note = f'<p class="note">{html.escape(cal["note"])}</p>' if cal.get("note") else ""  # why a row is NaN
+    return _section("Heterogeneity", chart, calibration, note, table)
 
 
 # ---------------------------------------------------------------- uplift (its section: components/uplift.py)

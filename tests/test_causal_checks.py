@@ -131,6 +131,10 @@ def test_a_cate_that_averages_0_is_still_tested_for_heterogeneity():
     assert cal["differential_pvalue"] < 1e-6 and cal["differential_forest_prediction"] == pytest.approx(1, abs=0.1)
     assert np.isnan(cal["mean_forest_prediction"]) and "averages 0" in cal["note"]
     assert np.isnan(calibration_test(y_res, t_res, np.full(n, 0.5))["differential_pvalue"])  # constant: nothing to test
+    # The test does not depend on the outcome's units (a review: t_res alone as the first column
+    # read a CATE of spread 1e-13 as constant).
+    tiny = calibration_test(1e-13 * (y_res + t_res), t_res, 1e-13 * (1 + x))
+    assert tiny["differential_pvalue"] < 1e-6 and tiny["mean_forest_prediction"] == pytest.approx(1, abs=0.1)
 
 
 def test_rate_and_gates_find_heterogeneity_where_it_is_and_order_the_quartiles(fits):

@@ -177,6 +177,8 @@ def test_redacted_uri_drops_a_query_string_and_credentials_and_keeps_paths():
     assert redacted_uri("s3://KEY:S3CRET@bucket/d.parquet?v=1") == "s3://<redacted>@bucket/d.parquet?<redacted>"
     assert redacted_uri("s3://KEY:S3/CRET@bucket/d.parquet") == "s3://<redacted>@bucket/d.parquet"  # '/' in a secret
     assert redacted_uri("https://h.example:8443/a@b.csv") == "https://h.example:8443/a@b.csv"  # a port, then a path
+    assert redacted_uri("http://[::1]/a@b.csv") == "http://[::1]/a@b.csv"  # an IPv6 host, '@' in the path
+    assert redacted_uri("https://me@corp.com:T0KEN@h.example/d.csv") == "https://<redacted>@h.example/d.csv"  # raw '@'
 
 
 # What the engine and the models load (torch and numba: over a second; scikit-learn and
