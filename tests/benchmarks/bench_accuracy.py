@@ -107,7 +107,9 @@ def run(design: str, n: int, p: int, seed: int, trees: int) -> dict[str, dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=CASES, help="design:n[:p], comma-separated (default: the issue's table)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per case (default: 3)")
+    # 10: with 3 the mean coverage of a design moved by 2-3 points between seed sets (aw3 at
+    # n = 2,000: 0.878 over seeds 0-2, 0.903 over 0-9), more than the targets' margins.
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per case (default: 10, about an hour)")
     parser.add_argument("--trees", type=int, default=1000, help="trees of both forests (default: 1000)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
