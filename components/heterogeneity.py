@@ -35,9 +35,8 @@ def calibration_test(y_res: np.ndarray, t_res: np.ndarray, tau: np.ndarray, grou
     # coefficient and standard error multiplied by scale / mean_tau after. The same column space
     # gives the same residuals, leverages and differential coefficient, and a CATE that averages
     # 0 can still be tested for heterogeneity (a treatment that helps half the units and harms
-    # the others).
-    # The first column in tau's units, as the second: matrix_rank's tolerance is relative, and
-    # t_res alone read a CATE of spread 1e-13 as constant (a review).
+    # the others). scale puts the column in tau's units, as the second: matrix_rank's tolerance
+    # is relative, and t_res alone read a CATE of spread 1e-13 as constant (a review).
     scale = np.abs(tau).max()
     root = np.sqrt(w)
     Z = root[:, None] * np.stack([t_res * scale, t_res * (tau - mean_tau)], axis=1)
