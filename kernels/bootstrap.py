@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .ate import average_effect
-from .local_linear import DEFAULT_RIDGE
+from .local_linear import initial_ridge
 from .prediction import debias_between_group_variance
 from .progress import progress_bar
 from .serialization import load_model, save_model
@@ -226,11 +226,8 @@ def replicate_forest_params(forest_params: dict, trees: int, correction_variable
                                forest_params.get("n_estimators", defaults["n_estimators"]))
     if not (isinstance(trees, (int, np.integer)) and trees >= 1):
         raise ValueError(f"bootstrap trees must be a positive integer, got {trees!r}")
-    ridge = forest_params.get("linear_correction_ridge", defaults["linear_correction_ridge"])
-    if correction_ridge is not None:
-        ridge = float(correction_ridge)
-    elif isinstance(ridge, str):
-        ridge = DEFAULT_RIDGE
+    ridge = initial_ridge(correction_ridge if correction_ridge is not None
+                          else forest_params.get("linear_correction_ridge", defaults["linear_correction_ridge"]))
     return {**forest_params, "n_estimators": group * max(2, ceil(int(trees) / group)), "ci_group_size": group,
             "linear_correction_variables": None if correction_variables is None else list(correction_variables),
             "candidate_weights": None if candidate_weights is None else [float(v) for v in candidate_weights],

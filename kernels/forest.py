@@ -30,6 +30,7 @@ from .local_linear import (
     SELECTION_ROWS,
     LocalLinearCorrection,
     choose_ridge,
+    initial_ridge,
     leaf_moment_bytes_bound,
     local_linear_estimate,
     local_linear_taus,
@@ -430,9 +431,9 @@ class CausalForest(BaseEstimator):
             if not variables:
                 steps.update(steps.total)
                 return  # nothing to correct with: the plain forest
-            ridge = DEFAULT_RIDGE if isinstance(self.linear_correction_ridge, str) else self.linear_correction_ridge
             self.linear_correction_ = steps.run(
-                "leaf moments", LocalLinearCorrection.fit, variables, ridge, X, T, y, weights,
+                "leaf moments", LocalLinearCorrection.fit, variables, initial_ridge(self.linear_correction_ridge),
+                X, T, y, weights,
                 self._backend, binned.fine, self.forest_, samples)
             if penalty_chosen:
                 steps.run("choosing the penalty", self._choose_linear_correction_ridge, X, T, y, weights, samples)

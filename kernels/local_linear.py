@@ -68,6 +68,13 @@ RIDGE_PATH = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 RIDGE_EVIDENCE = 1.5
 
 
+def initial_ridge(ridge: Any) -> float:
+    """The penalty a correction is fit with before any choice: the number given, or DEFAULT_RIDGE
+    for 'auto' (what `choose_ridge` keeps without evidence, and a forest keeps where it cannot
+    choose)."""
+    return DEFAULT_RIDGE if isinstance(ridge, str) else float(ridge)
+
+
 def choose_ridge(taus: np.ndarray, t_res: np.ndarray, y_res: np.ndarray, w: np.ndarray,
                  groups: np.ndarray | None = None) -> float:
     """The penalty of RIDGE_PATH for linear_correction_ridge='auto', from the out-of-bag CATE of
