@@ -87,16 +87,13 @@ class NuisanceConfig:
 
     def check_sample_weight(self) -> None:
         """With a weight column, both models' fit must take sample_weight (it failed in the task)."""
-        import inspect
-
-        from tauforge.kernels.nuisance import resolve_model
+        from tauforge.kernels.nuisance import fits_with_sample_weight, resolve_model
 
         for role in ("y", "t"):
             model = getattr(self, f"model_{role}")
             if model in NAMED_MODELS:
                 continue
-            parameters = inspect.signature(resolve_model(model, role, discrete=False, seed=0).fit).parameters
-            if "sample_weight" not in parameters and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            if not fits_with_sample_weight(resolve_model(model, role, discrete=False, seed=0)):
                 raise config.ConfigError(f"model_{role}", f"{model!r} cannot be fit with sample weights (its fit "
                                                           "takes no sample_weight), and the data have a weight "
                                                           "column: give a model that takes them, or no weight")
@@ -219,10 +216,27 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
     y_hat, t_hat, _ = cross_fit(XW[rows], Y, T, n_folds=nuisance.folds, discrete=discrete, seed=seed,
                                 model_y=nuisance.model_y, model_t=nuisance.model_t, sample_weight=weight,
                                 with_scores=False, groups=groups, fold=fold)
+    if not discrete:
+        y_hat, t_hat, _ = _reweighted(nuisance, XW[rows], Y, T, y_hat, t_hat, fold, seed, weight, groups,
+                                      with_scores=False)
     t_hat = _known_propensity(data, t_hat)
     t_var = treatment_variance(XW[rows], T, t_hat, fold, discrete=discrete, seed=seed, sample_weight=weight,
                                groups=groups)
     return Y - y_hat, T - t_hat, t_var
+
+
+def _reweighted(nuisance: NuisanceConfig, XW, Y, T, y_hat, t_hat, fold, seed, sample_weight, groups,
+                with_scores: bool, progress: bool | None = False):
+    """A continuous treatment's predictions refit with inverse-variance weights where
+    `CausalForestDML(reweight_nuisance='auto')` refits them (`kernels.nuisance.reweights`), as
+    (y_hat, t_hat, scores); else those given, and no scores."""
+    from tauforge.kernels.nuisance import reweighted_cross_fit, reweights
+
+    if not reweights("auto", False, nuisance.model_y, nuisance.model_t, seed):
+        return y_hat, t_hat, None
+    return reweighted_cross_fit(XW, Y, T, y_hat, t_hat, fold, model_y=nuisance.model_y, model_t=nuisance.model_t,
+                                seed=seed, sample_weight=sample_weight, progress=progress, with_scores=with_scores,
+                                groups=groups)
 
 
 def nuisance_inputs(a: dict) -> np.ndarray:
@@ -269,9 +283,12 @@ def mean_score(scores: list[float]) -> float:
 
 
 def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
-                  progress: bool | None = False) -> Residuals:
+                  progress: bool | None = False, nuisance: NuisanceConfig | None = None) -> Residuals:
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
-    treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines)."""
+    treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines).
+    A continuous treatment's models (`nuisance`'s, the folds' own: required for one) are refit
+    here with inverse-variance weights (`kernels.nuisance.reweighted_cross_fit`), in this one
+    task: each fold's weights need every fold's first fit."""
     from tauforge.kernels.ate import treatment_variance
 
     n = len(data.table)
@@ -283,6 +300,14 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
                          f"(folds {folds_given}); every fold must be fit exactly once")
     a = data.arrays()
     y_hat, t_hat, fold = pred["y_hat"].to_numpy(), pred["t_hat"].to_numpy(), pred["fold"].to_numpy()
+    refit_scores = None
+    if not data.spec.binary:  # a binary treatment's join loads no scikit-learn
+        if nuisance is None:
+            raise ValueError("a continuous treatment's folds are joined with their NuisanceConfig (nuisance=): "
+                             "its models are refit with inverse-variance weights")
+        y_hat, t_hat, refit_scores = _reweighted(nuisance, nuisance_inputs(a), a["Y"], a["T"], y_hat, t_hat, fold,
+                                                 seed, a["sample_weight"], a["groups"], with_scores=True,
+                                                 progress=progress)
     t_var = treatment_variance(nuisance_inputs(a), a["T"], t_hat, fold, discrete=data.spec.binary, seed=seed,
                                sample_weight=a["sample_weight"], progress=progress, groups=a["groups"])
     residuals = pd.DataFrame({"fold": fold, "y_hat": y_hat, "t_hat": t_hat, "y_res": a["Y"] - y_hat,
@@ -291,7 +316,7 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
     for f in sorted(folds, key=lambda f: f.fold):
         for name, value in f.scores.items():
             scores.setdefault(name, []).append(value)
-    return Residuals(residuals, scores)
+    return Residuals(residuals, scores if refit_scores is None else refit_scores)
 
 
 # ----------------------------------------------------------------------------- KFP components
@@ -317,17 +342,20 @@ def nuisance_folds(dataset: Input[Dataset], task: int, n_tasks: int, n_folds: in
 
 
 @component
-def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, residuals: Output[Dataset],
-                     metrics: Output[Metrics]):
-    """Join the fold tasks' predictions into residuals (and V(x)) for every row; log the mean
-    out-of-fold scores."""
+def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, model_y: str, model_t: str,
+                     residuals: Output[Dataset], metrics: Output[Metrics]):
+    """Join the fold tasks' predictions into residuals (and V(x)) for every row, a continuous
+    treatment's refit with inverse-variance weights; log the mean out-of-fold scores."""
     import numpy as np
 
     from tauforge.components.data import load_validated
-    from tauforge.components.nuisance import FoldPredictions, combine_folds, mean_score
+    from tauforge.components.nuisance import FoldPredictions, NuisanceConfig, combine_folds, mean_score
 
-    result = combine_folds(load_validated(dataset.path), [p for f in folds for p in FoldPredictions.load_task(f.path)],
-                           int(seed), progress=True)
+    data = load_validated(dataset.path)
+    predictions = [p for f in folds for p in FoldPredictions.load_task(f.path)]
+    # Only a continuous treatment's join refits the models (a binary one's loads no scikit-learn).
+    nuisance = None if data.spec.binary else NuisanceConfig(model_y, model_t, len(predictions))
+    result = combine_folds(data, predictions, int(seed), progress=True, nuisance=nuisance)
     result.save(residuals.path)
     for name, values in result.scores.items():
         mean = mean_score(values)

@@ -86,7 +86,8 @@ def propensity_variance(t_hat: np.ndarray, clip: float = MIN_PROPENSITY) -> np.n
 
 
 def floor_variance(v_hat: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """A continuous treatment's fitted V(x), floored at MIN_VARIANCE_SHARE of the (weighted) mean t~^2."""
+    """A fitted conditional variance (a continuous treatment's V(x)), floored at
+    MIN_VARIANCE_SHARE of the (weighted) mean square of its residuals `t_res`."""
     return np.maximum(v_hat, MIN_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight)))
 
 
@@ -103,12 +104,22 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
     (`nuisance.fit_with_groups`)."""
     if discrete:
         return propensity_variance(t_hat, propensity_clip(T, min_propensity, sample_weight))
+    return residual_variance(XW, T - t_hat, fold, seed=seed, sample_weight=sample_weight, progress=progress,
+                             groups=groups, desc="fitting the treatment variance model")
+
+
+def residual_variance(XW: np.ndarray, residual: np.ndarray, fold: np.ndarray, *, seed: int,
+                      sample_weight: np.ndarray | None = None, progress: bool | None = False,
+                      groups: np.ndarray | None = None, desc: str = "fitting a residual variance model") -> np.ndarray:
+    """E[residual^2 | X, W] of every row: out-of-fold predictions on the folds `fold` of
+    `nuisance.treatment_variance_model` fit to residual^2, floored (`floor_variance`). A
+    continuous treatment's V(x), and the weights of `nuisance.reweighted_cross_fit`."""
     from .nuisance import fit_with_groups, treatment_variance_model
 
-    target = (T - t_hat) ** 2
-    v_hat = np.empty(len(T))
+    target = residual**2
+    v_hat = np.empty(len(residual))
     folds = np.unique(fold)
-    with progress_bar(len(folds), "fitting the treatment variance model", progress, unit="fold") as bar:
+    with progress_bar(len(folds), desc, progress, unit="fold") as bar:
         for k in folds:
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
@@ -116,7 +127,7 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
                                     None if groups is None else groups[train], **kw)
             v_hat[test] = model.predict(XW[test])
             bar.update(1)
-    return floor_variance(v_hat, T - t_hat, sample_weight)
+    return floor_variance(v_hat, residual, sample_weight)
 
 
 def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from .ate import (
 from .bootstrap import INTERVALS, dml_replicates, replicate_forest_params
 from .forest import FOREST_PARAMS, CausalForest
 from .inference import EffectInference
-from .nuisance import cross_fit, cross_fitting_folds, nuisance_predictions
+from .nuisance import cross_fit, cross_fitting_folds, nuisance_predictions, reweighted_cross_fit, reweights
 
 
 class CausalForestDML(BaseEstimator):
@@ -78,6 +78,14 @@ class CausalForestDML(BaseEstimator):
         `effect_interval` and `ate_interval` with inference='bootstrap': the estimate +- z times
         the bootstrap standard error, or the percentile or pivot interval of the replicates
         (whose 2.5% tails rest on a few replicates each: noisier).
+    reweight_nuisance : {'auto', True, False}, default 'auto'
+        A continuous treatment's nuisance models fit a second time by feasible weighted least
+        squares, weighted by 1 / Var(Y | X, W) and 1 / Var(T | X, W) estimated from the first
+        fit (`kernels.nuisance.reweighted_cross_fit`): their accuracy goes where the treatment
+        varies little and the forest's local slope is most sensitive to them. 'auto': for a
+        continuous treatment whose models take sample_weight; True: for a continuous treatment
+        (an error if a model cannot be weighted); False: never (EconML's residuals). Twice the
+        nuisance fits. A binary treatment is never reweighted.
     random_state : int, numpy RandomState or Generator, or None
         Seed for folds, nuisance models and forest (a RandomState or Generator draws it at fit).
 
@@ -108,6 +116,8 @@ class CausalForestDML(BaseEstimator):
         flatters less, but still does). Compare with `score` on held-out rows.
     treatment_variance_ : ndarray
         V(x) of every training row (the debiasing weights' denominator).
+    reweighted_nuisance_ : bool
+        Whether the nuisance models were refit with inverse-variance weights (`reweight_nuisance`).
     feature_names_in_ : ndarray of str
         X's column names, when X was a DataFrame with string names: `effect` and
         `effect_interval` then refuse a DataFrame whose columns differ or come in another order.
@@ -125,7 +135,7 @@ class CausalForestDML(BaseEstimator):
                  max_bins: int = 256, device: str = "auto", backend: str = "auto",
                  inference: str = "blb", n_bootstrap: int = 100, bootstrap_trees: int = 100,
                  bootstrap_nuisance: bool = True, bootstrap_interval: str = "normal",
-                 random_state: Any = None, progress: bool | None = None):
+                 reweight_nuisance: bool | str = "auto", random_state: Any = None, progress: bool | None = None):
         self.model_y = model_y
         self.model_t = model_t
         self.discrete_treatment = discrete_treatment
@@ -154,6 +164,7 @@ class CausalForestDML(BaseEstimator):
         self.bootstrap_trees = bootstrap_trees
         self.bootstrap_nuisance = bootstrap_nuisance
         self.bootstrap_interval = bootstrap_interval
+        self.reweight_nuisance = reweight_nuisance
         self.random_state = random_state
         self.progress = progress
 
@@ -230,6 +241,8 @@ class CausalForestDML(BaseEstimator):
         CausalForest(**params, random_state=seed).check_params(X.shape[1])  # before the nuisance models' fits
         XW = X if W is None else np.hstack([X, W])
 
+        self.reweighted_nuisance_ = reweights(self.reweight_nuisance, self.discrete_treatment_, self.model_y,
+                                              self.model_t, seed, str(_inputs.resolve_device(self.device)))
         fold_models: list = []
         # Drawn once for the fit and every bootstrap refit, which keep the same folds.
         fold = cross_fitting_folds(T, self.cv, self.discrete_treatment_, seed, codes)
@@ -306,14 +319,22 @@ class CausalForestDML(BaseEstimator):
         `replicate` without scores or a progress bar of their own. `models` gets each fold's
         fitted (model_y, model_t)."""
         discrete = self.discrete_treatment_
+        device = str(_inputs.resolve_device(self.device))
+        progress = False if replicate else self.progress
         y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
                                          model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
-                                         device=str(_inputs.resolve_device(self.device)),
-                                         progress=False if replicate else self.progress, with_scores=not replicate,
+                                         device=device, progress=progress, with_scores=not replicate,
                                          models=models, groups=groups, fold=fold)
+        if self.reweighted_nuisance_:
+            if models is not None:
+                models.clear()  # the refit's models are the ones `score` predicts with
+            y_hat, t_hat, scores = reweighted_cross_fit(XW, Y, T, y_hat, t_hat, fold, model_y=self.model_y,
+                                                        model_t=self.model_t, seed=seed, sample_weight=sw,
+                                                        device=device, progress=progress,
+                                                        with_scores=not replicate, models=models, groups=groups)
         t_var = treatment_variance(XW, T, t_hat, fold, discrete=discrete, seed=seed, sample_weight=sw,
                                    min_propensity=self.min_propensity,
-                                   progress=False if replicate else self.progress, groups=groups)
+                                   progress=progress, groups=groups)
         return Y - y_hat, T - t_hat, t_var, scores
 
     # ------------------------------------------------------------ results

@@ -224,6 +224,8 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
             # Weights count rows relative to each other (the ridge's penalty grid and the trees'
             # minimum hessian are not scale-free), and a row of weight 0 is a row absent.
             w, X, y, groups = _inputs.weighted_rows(sample_weight, X, y, groups=groups)
+            if np.all(w == w[:1]):  # equal weights (on the rows kept) are no weights: the same fit
+                w = None
         else:
             w = None
         rows = np.arange(len(y))
@@ -265,6 +267,11 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         else:
             self.tree_scale_ = 1.0
             target = y / (smooth * self.y_scale_)
+        # Weighted rows are binned here: scikit-learn's weighted quantiles (1.9) take one sort per
+        # bin edge, 1 s for 10 columns of 2,000 rows against 0.05 s for the whole unweighted fit.
+        self.tree_edges_ = None if w is None else [weighted_bin_edges(X[:, j], w, self.max_bins)
+                                                   for j in range(X.shape[1])]
+        X = self._tree_inputs(X)
         if groups is None or not self.early_stopping:
             self.trees_.fit(X, target, sample_weight=w)
         else:  # scikit-learn's own validation split would be of rows
@@ -283,9 +290,18 @@ class AdditiveBoostingRegressor(RegressorMixin, BaseEstimator):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} columns, the model was fit on {self.n_features_in_}")
         _inputs.check_finite(X, "X")
-        trees = self.trees_.predict(X) * self.tree_scale_
+        trees = self.trees_.predict(self._tree_inputs(X)) * self.tree_scale_
         smooth = self._additive(X)
         return smooth + trees if self.loss == "squared_error" else smooth * self.y_scale_ * trees
+
+    def _tree_inputs(self, X: np.ndarray) -> np.ndarray:
+        """What the trees see: X, or each column's bin (`weighted_bin_edges`) after a weighted fit,
+        as scikit-learn's binning would place it (a value on an edge goes to the lower bin)."""
+        edges = getattr(self, "tree_edges_", None)  # None: fit unweighted, or before this attribute existed
+        if edges is None:
+            return X
+        return np.column_stack([np.searchsorted(e, X[:, j], side="left") for j, e in enumerate(edges)]).astype(
+            np.float64)
 
     def _design(self, X: np.ndarray) -> np.ndarray:
         X = np.clip(X, self.lower_, self.upper_)
@@ -440,6 +456,25 @@ def stratified_group_folds(T: np.ndarray, groups: np.ndarray, n_folds: int, seed
     return fold_of_group[groups]
 
 
+def weighted_bin_edges(values: np.ndarray, weight: np.ndarray, max_bins: int) -> np.ndarray:
+    """Bin edges of one column for boosted trees under row weights, as scikit-learn's binning
+    places them (`_find_binning_thresholds`): midpoints between the distinct values when there
+    are at most `max_bins`, else the weighted quantiles at 1/max_bins, 2/max_bins, ..., each the
+    mean of the values on either side of the cumulative weight (scikit-learn's average=True),
+    all from one sort."""
+    order = np.argsort(values, kind="stable")
+    x, w = values[order], weight[order]
+    x, w = x[w > 0], w[w > 0]
+    distinct = np.unique(x)
+    if len(distinct) <= max_bins:
+        return (distinct[:-1] + distinct[1:]) / 2
+    cumulative = np.cumsum(w)
+    targets = cumulative[-1] * np.arange(1, max_bins) / max_bins
+    below = np.minimum(np.searchsorted(cumulative, targets, side="left"), len(x) - 1)
+    above = np.minimum(np.searchsorted(cumulative, targets, side="right"), len(x) - 1)
+    return np.unique((x[below] + x[above]) / 2)
+
+
 class AdditiveBoostingClassifier(ClassifierMixin, BaseEstimator):
     """P(T = 1 | x) of a binary treatment as E[T | x] by least squares: `AdditiveBoostingRegressor`
     on the 0/1 target, clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR].
@@ -487,11 +522,15 @@ def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.
                         model_y: Any = "auto", model_t: Any = "auto", discrete: bool, seed: int,
                         sample_weight: np.ndarray | None = None, device: str = "cpu",
                         progress: bool | None = False, desc: str = "fitting nuisance models",
-                        groups: np.ndarray | None = None) -> tuple[Any, Any]:
+                        groups: np.ndarray | None = None,
+                        fit_weights: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, Any]:
     """The fitted (model_y, model_t) of E[Y | X, W] and E[T | X, W] on rows `train`, each given
-    the training rows' `groups` when its fit takes them (`fit_with_groups`)."""
+    the training rows' `groups` when its fit takes them (`fit_with_groups`), and fit under
+    `sample_weight`, or under `fit_weights` (model_y's, model_t's) where given
+    (`reweighted_cross_fit`)."""
     part = None if groups is None else groups[train]
-    kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
+    weights = (sample_weight, sample_weight) if fit_weights is None else fit_weights
+    kw_y, kw_t = ({} if w is None else {"sample_weight": w[train]} for w in weights)
     mt = resolve_model(model_t, "t", discrete, seed, device)
     if discrete and not (is_classifier(mt) and hasattr(mt, "predict_proba")):
         raise ValueError(f"model_t must be a classifier with predict_proba for a discrete treatment (it gives the "
@@ -506,8 +545,8 @@ def fit_nuisance_models(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.
                          f"{type(my).__name__}")
     with progress_steps(desc, {"outcome model": 1, "treatment model": 1}, progress) as steps:
         # fit_with_groups may fit a clone (a model whose cv it gives folds of whole groups): keep what it returns.
-        my = steps.run("outcome model", fit_with_groups, my, XW[train], Y[train], part, **kw)
-        mt = steps.run("treatment model", fit_with_groups, mt, XW[train], T[train], part, **kw)
+        my = steps.run("outcome model", fit_with_groups, my, XW[train], Y[train], part, **kw_y)
+        mt = steps.run("treatment model", fit_with_groups, mt, XW[train], T[train], part, **kw_t)
     return my, mt
 
 
@@ -531,16 +570,19 @@ def fit_nuisance(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, train: np.ndarray
                  sample_weight: np.ndarray | None = None, device: str = "cpu",
                  with_scores: bool = True, progress: bool | None = False,
                  desc: str = "fitting nuisance models", models: list | None = None,
-                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                 groups: np.ndarray | None = None,
+                 fit_weights: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                    dict[str, float]]:
     """Fit E[Y | X, W] and E[T | X, W] on rows `train` (`fit_nuisance_models`); return their
     predictions on rows `test` and the out-of-fold scores there, weighted ('y_r2', and 't_log_loss',
     't_auc' or 't_r2'; none without `with_scores`: a bootstrap refit has no use for them, and with small
     models they cost as much as the fit). `progress` (`kernels.progress`, as `desc`): one fold's fit
     in a task of its own; off by default, since `cross_fit` counts folds. `models`, if given, gets
-    the fitted (model_y, model_t) appended. `groups` as in `fit_nuisance_models`."""
+    the fitted (model_y, model_t) appended. `groups` and `fit_weights` as in
+    `fit_nuisance_models`; the scores are under `sample_weight` either way."""
     fitted = fit_nuisance_models(XW, Y, T, train, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
                                  sample_weight=sample_weight, device=device, progress=progress, desc=desc,
-                                 groups=groups)
+                                 groups=groups, fit_weights=fit_weights)
     if models is not None:
         models.append(fitted)
     y_hat, t_hat = nuisance_predictions(fitted, XW[test], discrete)
@@ -563,22 +605,24 @@ def cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, *, n_folds: int, dis
               model_y: Any = "auto", model_t: Any = "auto", sample_weight: np.ndarray | None = None,
               device: str = "cpu", progress: bool | None = None, with_scores: bool = True,
               models: list | None = None, groups: np.ndarray | None = None,
-              fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+              fold: np.ndarray | None = None, fit_weights: tuple[np.ndarray, np.ndarray] | None = None,
+              desc: str = "cross-fitting nuisance models") -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Out-of-fold predictions y_hat, t_hat of every row from `n_folds` folds
     (`cross_fitting_folds`, whole `groups` held out together; `fold`, when the caller has drawn
     them already: with groups and a binary treatment they take 0.1 ms a group), and each score
     as a list in fold order (none without `with_scores`). `models`, if given, gets each fold's
-    fitted (model_y, model_t) appended, in fold order."""
+    fitted (model_y, model_t) appended, in fold order. `fit_weights` as in `fit_nuisance_models`."""
     n = len(Y)
     fold = cross_fitting_folds(T, n_folds, discrete, seed, groups) if fold is None else fold
     y_hat, t_hat = np.empty(n), np.empty(n)
     scores: dict[str, list[float]] = {}
-    with progress_bar(n_folds, "cross-fitting nuisance models", progress, unit="fold") as bar:
+    with progress_bar(n_folds, desc, progress, unit="fold") as bar:
         for k in range(n_folds):
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             y_hat[test], t_hat[test], fold_scores = fit_nuisance(
                 XW, Y, T, train, test, model_y=model_y, model_t=model_t, discrete=discrete, seed=seed,
-                sample_weight=sample_weight, device=device, with_scores=with_scores, models=models, groups=groups)
+                sample_weight=sample_weight, device=device, with_scores=with_scores, models=models, groups=groups,
+                fit_weights=fit_weights)
             for name, value in fold_scores.items():
                 scores.setdefault(name, []).append(value)
             bar.update(1)
@@ -592,3 +636,66 @@ def treatment_variance_model(seed: int) -> AdditiveBoostingRegressor:
     the edges of the data, and where V is small the average effect's weights 1 / V magnify that
     error."""
     return AdditiveBoostingRegressor(loss="poisson", **_SMOOTH_BOOSTING, random_state=seed)
+
+
+def fits_with_sample_weight(estimator: Any) -> bool:
+    """Whether `estimator.fit` takes sample_weight (by name, or through **kwargs)."""
+    parameters = inspect.signature(estimator.fit).parameters
+    return "sample_weight" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def reweights(reweight: Any, discrete: bool, model_y: Any = "auto", model_t: Any = "auto", seed: int = 0,
+              device: str = "cpu") -> bool:
+    """Whether `reweighted_cross_fit` follows the first cross-fit: `reweight` 'auto' for a
+    continuous treatment whose models both take sample_weight, True for a continuous treatment
+    (a model that cannot be weighted is an error), False never. A binary treatment is not
+    reweighted: its propensity's variance e (1 - e) is bounded and the Bernoulli loss weighs it."""
+    if not (isinstance(reweight, (bool, np.bool_)) or (isinstance(reweight, str) and reweight == "auto")):
+        raise ValueError(f"reweight_nuisance must be 'auto', True or False, got {reweight!r}")
+    reweight = reweight if isinstance(reweight, str) else bool(reweight)
+    if reweight is False:
+        return False
+    if discrete:
+        if reweight is True:
+            raise ValueError("reweight_nuisance=True reweights a continuous treatment's nuisance models; this "
+                             "treatment is binary: use 'auto' or False")
+        return False
+    for role, model in (("y", model_y), ("t", model_t)):
+        if not fits_with_sample_weight(resolve_model(model, role, False, seed, device)):
+            if reweight is True:
+                raise ValueError(f"reweight_nuisance=True needs sample weights, and model_{role}'s fit takes no "
+                                 "sample_weight: give a model that takes them, or reweight_nuisance='auto'")
+            return False
+    return True
+
+
+def reweighted_cross_fit(XW: np.ndarray, Y: np.ndarray, T: np.ndarray, y_hat: np.ndarray, t_hat: np.ndarray,
+                         fold: np.ndarray, *, model_y: Any = "auto", model_t: Any = "auto", seed: int,
+                         sample_weight: np.ndarray | None = None, device: str = "cpu",
+                         progress: bool | None = None, with_scores: bool = True, models: list | None = None,
+                         groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+    """A continuous treatment's nuisance models fit again on the folds `fold` by feasible
+    weighted least squares: each row weighted by 1 / Var(Y | X, W) in the outcome model and by
+    1 / Var(T | X, W) in the treatment model, both estimated from the first fit's residuals
+    (`ate.residual_variance`), times `sample_weight`. Returns what `cross_fit` does.
+
+    Why: where Var(T | X) is small, a little error in E[T | X] is large against the treatment's
+    own variation there, and the forest's local slope is attenuated by it. Least squares spends
+    its accuracy where T is noisy instead; the weights move it to where the effect is measured.
+    On a treatment with Var(T | X) = exp(X1) (docs/benchmarks.md, "A continuous treatment's
+    nuisance models, reweighted") the CATE's error fell by 18-25% and the intervals' coverage
+    rose from 0.89 to 0.93 at the same width. The weights of a fold's training rows come from
+    out-of-fold variance models, which saw the fold's own rows: a smooth function of X, fit to
+    four fifths of the data, so the effect of a row on its own prediction is of second order."""
+    from .ate import residual_variance
+
+    weights = []
+    for residual, what in ((Y - y_hat, "outcome"), (T - t_hat, "treatment")):
+        v = residual_variance(XW, residual, fold, seed=seed, sample_weight=sample_weight, progress=progress,
+                              groups=groups, desc=f"fitting the {what} variance model")
+        w = 1.0 / v if sample_weight is None else sample_weight / v
+        weights.append(w / np.mean(w))  # the rows' mean weight stays 1: the models' own settings count rows
+    return cross_fit(XW, Y, T, n_folds=int(fold.max()) + 1, discrete=False, seed=seed, model_y=model_y,
+                     model_t=model_t, sample_weight=sample_weight, device=device, progress=progress,
+                     with_scores=with_scores, models=models, groups=groups, fold=fold, fit_weights=tuple(weights),
+                     desc="refitting nuisance models, inverse-variance weighted")

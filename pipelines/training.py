@@ -154,7 +154,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
         gathered, collector = fan_out(fold_tasks, "nuisance-folds", lambda k: nuisance_folds(
             dataset=dataset, task=k, n_tasks=fold_tasks, n_folds=n_folds, seed=seed, model_y=model_y,
             model_t=model_t))
-        residuals = collector(combine_nuisance)(dataset=dataset, seed=seed, **gathered("predictions", "folds"))
+        residuals = collector(combine_nuisance)(dataset=dataset, seed=seed, model_y=model_y, model_t=model_t,
+                                                **gathered("predictions", "folds"))
         pods.light(residuals.set_display_name("residuals"))
 
         gathered, collector = fan_out(n_shards, "forest-shard", lambda k: pods.shard(forest_shard(

@@ -17,7 +17,7 @@ from background import Processes, compile_kernels
 from tauforge.kernels import CausalForestDML
 from tauforge.kernels.ate import oob_effect
 from tauforge.kernels.datasets import make_causal_data
-from tauforge.kernels.nuisance import default_nuisance_model
+from tauforge.kernels.nuisance import cross_fitting_folds, default_nuisance_model
 
 N_TREES = 1000  # both libraries; tauforge's default
 
@@ -33,7 +33,7 @@ def _fit_both(design, n, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = EconMLCausalForestDML(**models, discrete_treatment=True, cv=5, n_estimators=N_TREES,
-                                    random_state=seed, n_jobs=-1).fit(train.Y, train.T, X=train.X)
+                                    random_state=seed, n_jobs=1).fit(train.Y, train.T, X=train.X)
     out = {}
     for name, est in (("tauforge", ours), ("econml", ref)):
         tau = np.ravel(est.effect(test.X))
@@ -201,6 +201,33 @@ def test_continuous_treatment_reports_the_average_partial_effect_not_the_varianc
     assert abs(est.variance_weighted_effect_ - 2.0) < 3 * est.variance_weighted_stderr_
     # V(x) tracks the true conditional variance exp(X1).
     assert np.corrcoef(np.log(est.treatment_variance_), d.X[:, 0])[0, 1] > 0.8
+
+
+def test_a_continuous_treatments_nuisance_models_reweighted_err_less_where_the_treatment_varies_little():
+    # Var(T | X) = exp(X1): where X1 < -1 the treatment's standard deviation is under 0.61, and
+    # there an error in E[T | X] is large against T's own variation and attenuates the forest's
+    # local slope. The inverse-variance refit puts the models' accuracy there. Measured (seeds
+    # 22, 23, 24): the reweighted errors against the true E[T | X] and E[Y | X] at those rows are
+    # 0.81-0.91 and 0.75-0.88 of the unweighted ones (0.81 and 0.76 here). A refit whose weights
+    # were ignored would err as much, and weights V instead of 1 / V more. Over 10 training sets
+    # of p = 10 the CATE's error fell from 0.1703 to 0.1402 (docs/benchmarks.md).
+    d = make_causal_data("continuous_hetero", n=2000, p=5, seed=22)
+    low = d.X[:, 0] < -1
+    errors = {}
+    for reweight in ("auto", False):
+        est = CausalForestDML(n_estimators=200, random_state=22, reweight_nuisance=reweight, progress=False).fit(
+            d.Y, d.T, X=d.X)
+        assert est.reweighted_nuisance_ == (reweight == "auto")
+        y_res, t_res = est.residuals_
+        errors[reweight] = [np.sqrt(np.mean((d.T - t_res - d.e)[low] ** 2)),
+                            np.sqrt(np.mean((d.Y - y_res - d.m)[low] ** 2))]
+        # The models kept (which `score` predicts with) are those that made the residuals.
+        fold = cross_fitting_folds(d.T, 5, False, 22)
+        for k, (my, mt) in enumerate(zip(est.models_y[0], est.models_t[0], strict=True)):
+            np.testing.assert_allclose(my.predict(d.X[fold == k]), (d.Y - y_res)[fold == k], atol=1e-12)
+            np.testing.assert_allclose(mt.predict(d.X[fold == k]), (d.T - t_res)[fold == k], atol=1e-12)
+    (t_err, y_err), (t_plain, y_plain) = errors["auto"], errors[False]
+    assert t_err < 0.9 * t_plain and y_err < 0.85 * y_plain, errors
 
 
 def test_a_continuous_treatments_variance_is_floored_at_a_twentieth_of_the_weighted_mean_square():

@@ -329,7 +329,7 @@ def test_the_pipelines_bootstrap_shards_equal_causal_forest_dml_with_and_without
     X, T, Y = linear_confounded(5, 500)
     data = validate(pd.DataFrame(X, columns=["a", "b", "c"]).assign(T=T, Y=Y), DataSpec(outcome="Y", treatment="T"))
     nuisance = NuisanceConfig("sklearn.linear_model.LinearRegression", "sklearn.linear_model.LogisticRegression", 2)
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5, nuisance=nuisance)
     params = {"n_estimators": 20, "linear_correction_variables": None}
     _, estimate = merge_forest([grow_forest_shard(data, residuals, params, 5, 0, 1)], data, residuals)
     config = BootstrapConfig(n_bootstrap=6, trees=4, nuisance=refit)
@@ -541,7 +541,7 @@ def test_a_pipeline_shards_replicates_carry_the_data_weights_and_the_point_fores
     data = validate(pd.DataFrame(X, columns=["a", "b", "c"]).assign(T=T, Y=Y, w=weight),
                     DataSpec(outcome="Y", treatment="T", weight="w"))
     nuisance = NuisanceConfig("sklearn.linear_model.LinearRegression", "sklearn.linear_model.LogisticRegression", 2)
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, 5) for k in range(2)], 5, nuisance=nuisance)
     params = {"n_estimators": 20}  # linear correction 'auto'
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

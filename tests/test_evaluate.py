@@ -24,7 +24,8 @@ def pipeline_in_process(design, n=2000, seed=0, leak=False):
     if leak:
         table["leaked"] = d.Y
     data = validate(table, DataSpec(outcome="Y", treatment="T"))
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)], seed)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, seed) for k in range(2)], seed,
+                              nuisance=TWO_FOLDS)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, seed, 0, 1)], data, residuals)
     return data, residuals, estimate, d
 
@@ -103,7 +104,7 @@ def continuous_table(n, seed, narrow_share):
 @pytest.mark.parametrize("narrow_share", [0.0, 0.3])
 def test_a_continuous_treatment_that_hardly_varies_given_the_covariates_fails_the_overlap_gate(narrow_share):
     data = validate(continuous_table(1500, 0, narrow_share), DataSpec(outcome="Y", treatment="T"))
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0, nuisance=TWO_FOLDS)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, 0, 0, 1)], data, residuals)
     result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
     share = result["treatment_variance"]["share_outside"]
@@ -129,7 +130,7 @@ def test_the_overlap_checks_describe_only_rows_of_positive_weight(kind):
         table = continuous_table(600, 0, 0.0)
     table["w"] = np.where(np.arange(len(table)) % 5 == 0, 0.0, 1.0)  # 120 rows of weight 0
     data = validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], weight="w"))
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0, nuisance=TWO_FOLDS)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 20}, 0, 0, 1)], data, residuals)
     result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
     if kind == "binary":
@@ -313,7 +314,7 @@ def test_the_graph_checks_fail_the_gate_when_the_data_contradict_the_declared_gr
     spec = graph.adjusted_spec(DataSpec(outcome="Y", treatment="T"))
     data = validate(simulate(0, n=2000), spec, keep=graph.observed)
     assert spec.covariates == ["A", "C", "B"] and list(data.table.columns) == ["Y", "T", "A", "C", "B", "M"]
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, 0) for k in range(2)], 0, nuisance=TWO_FOLDS)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, 0, 0, 1)], data, residuals)
     result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS, graph=graph)
     checks = result["graph_checks"]

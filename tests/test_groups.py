@@ -267,7 +267,8 @@ def test_a_group_column_makes_every_standard_error_of_the_evaluation_count_group
     stderr = {}
     for name, group in (("groups", "household"), ("rows", None)):
         data = validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], group=group))
-        residuals = combine_folds(data, [fit_nuisance_fold(data, k, two_folds, 0) for k in range(2)], 0)
+        residuals = combine_folds(data, [fit_nuisance_fold(data, k, two_folds, 0) for k in range(2)], 0,
+                                  nuisance=two_folds)
         _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 40}, 0, 0, 1)], data,
                                    residuals)
         result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=two_folds, refit_workers=1)
@@ -370,7 +371,7 @@ def test_the_pipeline_keeps_groups_whole_in_its_folds_and_refuter_subsets_and_ch
     data = validate(read, spec)
     groups = data.arrays()["groups"]
     three = NuisanceConfig(folds=3)
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, three, 0) for k in range(3)], 0)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, three, 0) for k in range(3)], 0, nuisance=three)
     fold = residuals.frame["fold"].to_numpy()
     assert all(len(set(fold[groups == code])) == 1 for code in range(100))  # the fold tasks held out groups
     refit = EffectRefit(data, three, 0, np.zeros(len(groups)), None, workers=1)

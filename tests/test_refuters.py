@@ -49,7 +49,8 @@ def confounded_table(n=2000, seed=SEED):
 def run():
     """The pipeline's steps in process: (data, its estimate summary, an EffectRefit of it)."""
     data = confounded_table()
-    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, SEED) for k in range(2)], SEED)
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, TWO_FOLDS, SEED) for k in range(2)], SEED,
+                              nuisance=TWO_FOLDS)
     _, estimate = merge_forest([grow_forest_shard(data, residuals, {"n_estimators": 100}, SEED, 0, 1)], data,
                                residuals)
     refit = EffectRefit(data, TWO_FOLDS, SEED, estimate.oob_cate, {**estimate.summary["forest_params"],
