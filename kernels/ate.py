@@ -112,22 +112,27 @@ def residual_variance(XW: np.ndarray, residual: np.ndarray, fold: np.ndarray, *,
                       sample_weight: np.ndarray | None = None, progress: bool | None = False,
                       groups: np.ndarray | None = None, desc: str = "fitting a residual variance model") -> np.ndarray:
     """E[residual^2 | X, W] of every row: out-of-fold predictions on the folds `fold` of
-    `nuisance.treatment_variance_model` fit to residual^2, floored (`floor_variance`). A
-    continuous treatment's V(x), and the weights of `nuisance.reweighted_cross_fit`."""
-    from .nuisance import fit_with_groups, treatment_variance_model
-
-    target = residual**2
+    `fit_residual_variance`'s model, floored (`floor_variance`). A continuous treatment's V(x)."""
     v_hat = np.empty(len(residual))
     folds = np.unique(fold)
     with progress_bar(len(folds), desc, progress, unit="fold") as bar:
         for k in folds:
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            kw = {} if sample_weight is None else {"sample_weight": sample_weight[train]}
-            model = fit_with_groups(treatment_variance_model(seed), XW[train], target[train],
-                                    None if groups is None else groups[train], **kw)
-            v_hat[test] = model.predict(XW[test])
+            v_hat[test] = fit_residual_variance(XW, residual, train, seed=seed, sample_weight=sample_weight,
+                                                groups=groups).predict(XW[test])
             bar.update(1)
     return floor_variance(v_hat, residual, sample_weight)
+
+
+def fit_residual_variance(XW: np.ndarray, residual: np.ndarray, rows: np.ndarray, *, seed: int,
+                          sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None):
+    """`nuisance.treatment_variance_model` fit to residual^2 on `rows` (under their
+    `sample_weight`, its validation split keeping `groups` whole: `nuisance.fit_with_groups`)."""
+    from .nuisance import fit_with_groups, treatment_variance_model
+
+    kw = {} if sample_weight is None else {"sample_weight": sample_weight[rows]}
+    return fit_with_groups(treatment_variance_model(seed), XW[rows], residual[rows] ** 2,
+                           None if groups is None else groups[rows], **kw)
 
 
 def debiased_scores(tau: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray) -> np.ndarray:

@@ -82,10 +82,12 @@ class CausalForestDML(BaseEstimator):
         A continuous treatment's nuisance models fit a second time by feasible weighted least
         squares, weighted by 1 / Var(Y | X, W) and 1 / Var(T | X, W) estimated from the first
         fit (`kernels.nuisance.reweighted_cross_fit`): their accuracy goes where the treatment
-        varies little and the forest's local slope is most sensitive to them. 'auto': for a
-        continuous treatment whose models take sample_weight; True: for a continuous treatment
-        (an error if a model cannot be weighted); False: never (EconML's residuals). Twice the
-        nuisance fits. A binary treatment is never reweighted.
+        varies little and the forest's local slope is most sensitive to them. Each fold's
+        weights come from variance models fit to its training rows. 'auto': for a continuous
+        treatment whose models' fit names sample_weight (a fit(**kwargs), such as a scikit-learn
+        Pipeline's, is left unweighted); True: for a continuous treatment (an error if a model's
+        fit takes no sample_weight); False: never (EconML's residuals). Twice the nuisance fits.
+        A binary treatment is never reweighted.
     random_state : int, numpy RandomState or Generator, or None
         Seed for folds, nuisance models and forest (a RandomState or Generator draws it at fit).
 
