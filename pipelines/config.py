@@ -213,9 +213,9 @@ class ClusterConfig:
 
     image : the project image every task runs on; cuda_image : the image of GPU tasks (default:
         `image` with '-cuda' appended, as `make images` tags it).
-    cpu, memory : requests and limits of every light task (validate, residuals, publish);
-        compute_cpu, compute_memory : of the tasks that fit or score (folds, shards, merges,
-        evaluate, monitor). Each task's thread pools follow its CPU limit.
+    cpu, memory : requests and limits of every light task (validate, publish);
+        compute_cpu, compute_memory : of the tasks that fit or score (folds and their join,
+        shards, merges, evaluate, monitor). Each task's thread pools follow its CPU limit.
     gpus_per_shard, accelerator_type : accelerators of each forest and bootstrap shard, which
         then run on `cuda_image`; gpu_node_selector ((label, value), ...) and gpu_tolerations
         ((key, value, effect), ...) place them on GPU nodes.

@@ -156,7 +156,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             model_t=model_t))
         residuals = collector(combine_nuisance)(dataset=dataset, seed=seed, model_y=model_y, model_t=model_t,
                                                 **gathered("predictions", "folds"))
-        pods.light(residuals.set_display_name("residuals"))
+        pods.compute(residuals.set_display_name("residuals"))  # a continuous treatment's refit runs here
 
         gathered, collector = fan_out(n_shards, "forest-shard", lambda k: pods.shard(forest_shard(
             dataset=dataset, residuals=residuals.outputs["residuals"], params=forest_params, seed=seed, shard=k,
@@ -292,7 +292,9 @@ class _Pods:
         return self._resources(task, self.cluster.cpu, self.cluster.memory) if self.cluster else task
 
     def compute(self, task):
-        """Steps that score every training row with the whole forest (merges, evaluate, monitor)."""
+        """Steps that score every training row with the whole forest (merges, evaluate, monitor),
+        or fit models on every row (the folds' join, which refits a continuous treatment's nuisance
+        models with inverse-variance weights)."""
         return self._resources(task, self.cluster.compute_cpu, self.cluster.compute_memory) if self.cluster else task
 
     def parallel(self, task):
