@@ -105,6 +105,17 @@ class NuisanceConfig:
     def to_json(self) -> str:
         return config.to_json(self)
 
+    def card(self, binary: bool) -> dict:
+        """What the model card records of the nuisance stage: these settings, and whether a
+        continuous treatment's models were refit with inverse-variance weights (`_reweighted`,
+        the join's and every refit's rule). A binary treatment's card loads no scikit-learn."""
+        reweighted = False
+        if not binary:
+            from tauforge.kernels.nuisance import reweights
+
+            reweighted = reweights("auto", False, self.model_y, self.model_t)
+        return {**json.loads(self.to_json()), "reweighted": reweighted}
+
 
 @dataclass
 class FoldPredictions:

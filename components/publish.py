@@ -65,7 +65,7 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     summary = Estimate.load(estimate.path).summary
     with open(evaluation.path) as f:
         result = json.load(f)
-    nuisance = json.loads(NuisanceConfig(model_y, model_t, int(n_folds)).to_json())
+    nuisance = NuisanceConfig(model_y, model_t, int(n_folds)).card(spec.binary)
     data = {"source": redacted_uri(source), **load_profile(dataset.path)}  # a presigned URL's token: not kept
     card = build_card(spec=json.loads(spec.to_json()), data=data,
                       estimate=summary, evaluation=result,

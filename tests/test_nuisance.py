@@ -411,6 +411,15 @@ def test_the_pipelines_refit_of_a_continuous_treatment_carries_the_datas_weights
         np.testing.assert_allclose(again, joined.column(column), rtol=1e-10, atol=1e-10)
 
 
+def test_the_model_card_says_whether_a_continuous_treatments_nuisance_models_were_reweighted():
+    from tauforge.components.nuisance import NuisanceConfig
+
+    assert NuisanceConfig(folds=3).card(binary=True) == {"model_y": "auto", "model_t": "auto", "folds": 3,
+                                                         "reweighted": False}
+    assert NuisanceConfig().card(binary=False)["reweighted"]
+    assert not NuisanceConfig(model_y="sklearn.neighbors.KNeighborsRegressor").card(binary=False)["reweighted"]
+
+
 class Duck:
     """fit and predict, but no scikit-learn estimator: its role cannot be told."""
 
