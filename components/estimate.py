@@ -335,7 +335,7 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
 @component
 def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Artifact], params: str,
                     seed: int, shard: int, n_shards: int, bootstrap: str, n_folds: int, model_y: str,
-                    model_t: str, replicates: Output[Model]):
+                    model_t: str, replicates: Output[Model], reweight_nuisance: bool = True):
     """Fit shard `shard` of `n_shards` of the full bootstrap's replicates."""
     import json
     import time
@@ -348,7 +348,7 @@ def bootstrap_shard(dataset: Input[Dataset], residuals: Input[Dataset], estimate
     grown = grow_bootstrap_shard(load_validated(dataset.path), Residuals.load(residuals.path),
                                  Estimate.load(estimate.path), json.loads(params), int(seed), int(shard),
                                  int(n_shards), BootstrapConfig.from_json(bootstrap),
-                                 NuisanceConfig(model_y, model_t, int(n_folds)), progress=True)
+                                 NuisanceConfig(model_y, model_t, int(n_folds), reweight_nuisance), progress=True)
     grown.save(replicates.path)
     first, last = int(grown.replicates[0]), int(grown.replicates[-1])
     print(f"tauforge: bootstrap shard {int(shard) + 1}/{int(n_shards)}: replicates {first}..{last} "

@@ -436,7 +436,7 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict:
 def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate: Input[Artifact],
                    gate: str, seed: int, n_folds: int, model_y: str, model_t: str, evaluation: Output[Artifact],
                    report: Output[HTML], metrics: Output[Metrics], graph: str = "", model_name: str = "",
-                   run_id: str = "") -> bool:
+                   run_id: str = "", reweight_nuisance: bool = True) -> bool:
     """Run the checks, write them (JSON, HTML report, KFP metrics); return whether the gate passed.
     `graph`: the run's causal graph (DOT or GML text, empty for none), whose implications are
     tested; `model_name` and `run_id` name the model and the run in the report's header."""
@@ -453,7 +453,7 @@ def evaluate_model(dataset: Input[Dataset], residuals: Input[Dataset], estimate:
     data = load_validated(dataset.path)
     result = evaluate(data, Residuals.load(residuals.path),
                       Estimate.load(estimate.path), GateConfig.from_json(gate), int(seed),
-                      NuisanceConfig(model_y, model_t, int(n_folds)), progress=True,
+                      NuisanceConfig(model_y, model_t, int(n_folds), reweight_nuisance), progress=True,
                       graph=CausalGraph.parse(graph) if graph else None)
     with open(evaluation.path, "w") as f:
         json.dump(finite_json(result), f, indent=2)

@@ -36,15 +36,21 @@ class NuisanceConfig:
         (the engine's boosting), or a scikit-learn estimator class by import path
         ('sklearn.linear_model.LassoCV'); model_t must be a classifier for a binary treatment.
     folds : cross-fitting folds (one pipeline task each), at least 2.
+    reweight : a continuous treatment's models refit with inverse-variance weights where their fit
+        names sample_weight (`CausalForestDML(reweight_nuisance='auto')`); False keeps the first
+        fit (`reweight_nuisance=False`, EconML's residuals). A binary treatment's never are.
     """
 
     model_y: str = "auto"
     model_t: str = "auto"
     folds: int = DEFAULT_FOLDS
+    reweight: bool = True
 
     def __post_init__(self):
         if not (isinstance(self.folds, int) and not isinstance(self.folds, bool) and self.folds >= 2):
             raise config.ConfigError("folds", f"must be an integer of at least 2, got {self.folds!r}")
+        if not isinstance(self.reweight, bool):
+            raise config.ConfigError("reweight", f"must be true or false, got {self.reweight!r}")
         for role in ("y", "t"):
             model = getattr(self, f"model_{role}")
             if not isinstance(model, str):  # the pipeline's parameter is text (it failed at compile, in KFP)
@@ -109,12 +115,14 @@ class NuisanceConfig:
         """What the model card records of the nuisance stage: these settings, and whether a
         continuous treatment's models were refit with inverse-variance weights (`_reweighted`,
         the join's and every refit's rule). A binary treatment's card loads no scikit-learn."""
-        reweighted = False
-        if not binary:
-            from tauforge.kernels.nuisance import reweights
+        return {**json.loads(self.to_json()), "reweighted": not binary and self.reweights()}
 
-            reweighted = reweights("auto", False, self.model_y, self.model_t)
-        return {**json.loads(self.to_json()), "reweighted": reweighted}
+    def reweights(self) -> bool:
+        """Whether a continuous treatment's models are refit with inverse-variance weights:
+        `reweight` and both fits name sample_weight (`kernels.nuisance.reweights`)."""
+        from tauforge.kernels.nuisance import reweights
+
+        return self.reweight and reweights("auto", False, self.model_y, self.model_t)
 
 
 @dataclass
@@ -241,9 +249,9 @@ def _reweighted(nuisance: NuisanceConfig, XW, Y, T, y_hat, t_hat, fold, seed, sa
     """A continuous treatment's predictions refit with inverse-variance weights where
     `CausalForestDML(reweight_nuisance='auto')` refits them (`kernels.nuisance.reweights`), as
     (y_hat, t_hat, scores); else those given, and no scores."""
-    from tauforge.kernels.nuisance import reweighted_cross_fit, reweights
+    from tauforge.kernels.nuisance import reweighted_cross_fit
 
-    if not reweights("auto", False, nuisance.model_y, nuisance.model_t, seed):
+    if not nuisance.reweights():
         return y_hat, t_hat, None
     return reweighted_cross_fit(XW, Y, T, y_hat, t_hat, fold, model_y=nuisance.model_y, model_t=nuisance.model_t,
                                 seed=seed, sample_weight=sample_weight, progress=progress, with_scores=with_scores,
@@ -354,7 +362,7 @@ def nuisance_folds(dataset: Input[Dataset], task: int, n_tasks: int, n_folds: in
 
 @component
 def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, model_y: str, model_t: str,
-                     residuals: Output[Dataset], metrics: Output[Metrics]):
+                     residuals: Output[Dataset], metrics: Output[Metrics], reweight_nuisance: bool = True):
     """Join the fold tasks' predictions into residuals (and V(x)) for every row, a continuous
     treatment's refit with inverse-variance weights; log the mean out-of-fold scores."""
     import numpy as np
@@ -365,7 +373,7 @@ def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed:
     data = load_validated(dataset.path)
     predictions = [p for f in folds for p in FoldPredictions.load_task(f.path)]
     # Only a continuous treatment's join refits the models (a binary one's loads no scikit-learn).
-    nuisance = None if data.spec.binary else NuisanceConfig(model_y, model_t, len(predictions))
+    nuisance = None if data.spec.binary else NuisanceConfig(model_y, model_t, len(predictions), reweight_nuisance)
     result = combine_folds(data, predictions, int(seed), progress=True, nuisance=nuisance)
     result.save(residuals.path)
     for name, values in result.scores.items():

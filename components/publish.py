@@ -47,7 +47,7 @@ def estimator_description(estimator: str, summary: dict, nuisance: dict) -> dict
 def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input[Artifact],
                   reference: Input[Dataset], evaluation: Input[Artifact], report: Input[HTML], store: str,
                   model_name: str, source: str, run_id: str, run_name: str, estimator: str, n_folds: int,
-                  model_y: str, model_t: str, graph: str = "") -> int:
+                  model_y: str, model_t: str, graph: str = "", reweight_nuisance: bool = True) -> int:
     """Publish the trained forest and everything its card records as the next version of
     `model_name` in `store`; return the version. `graph`: the run's causal graph (DOT or GML text,
     empty for none), which the validate step checked the spec against."""
@@ -65,7 +65,7 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
     summary = Estimate.load(estimate.path).summary
     with open(evaluation.path) as f:
         result = json.load(f)
-    nuisance = NuisanceConfig(model_y, model_t, int(n_folds)).card(spec.binary)
+    nuisance = NuisanceConfig(model_y, model_t, int(n_folds), reweight_nuisance).card(spec.binary)
     data = {"source": redacted_uri(source), **load_profile(dataset.path)}  # a presigned URL's token: not kept
     card = build_card(spec=json.loads(spec.to_json()), data=data,
                       estimate=summary, evaluation=result,

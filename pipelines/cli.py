@@ -150,7 +150,8 @@ TRAINING_FLAGS = {"trees": "--trees", "n_shards": "--shards", "fold_tasks": "--f
                   "store": "--store", "model_name": "--name", "estimator": "--estimator", "device": "--device",
                   "bootstrap_shards": "--bootstrap-shards", "n_bootstrap": "--bootstrap", "source": "--data",
                   "runner": "--runner", "graph": "--graph"}
-NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t"}
+NUISANCE_FLAGS = {"folds": "--folds", "model_y": "--model-y", "model_t": "--model-t",
+                  "reweight": "--reweight-nuisance"}
 BOOTSTRAP_FLAGS = {"n_bootstrap": "--bootstrap", "trees": "--bootstrap-trees", "interval": "--bootstrap-interval",
                    "nuisance": "--bootstrap-nuisance"}
 
@@ -217,7 +218,8 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
                     timestamp=args.timestamp, treatment_type=args.treatment_type,
                     assignment=args.assignment, propensity=args.propensity)
     with _as_flags(NUISANCE_FLAGS):
-        nuisance = NuisanceConfig(model_y=args.model_y, model_t=args.model_t, folds=args.folds)
+        nuisance = NuisanceConfig(model_y=args.model_y, model_t=args.model_t, folds=args.folds,
+                                  reweight=args.reweight_nuisance)
     given = [flag for flag, value in (("--bootstrap-shards", args.bootstrap_shards),
                                       ("--bootstrap-trees", args.bootstrap_trees),
                                       ("--bootstrap-interval", args.bootstrap_interval),
@@ -747,6 +749,10 @@ def _add_training_flags(p: argparse.ArgumentParser, local: bool = True) -> None:
     model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
     model.add_argument("--model-y", default="auto", help="outcome model: 'auto' or a scikit-learn import path")
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
+    model.add_argument("--reweight-nuisance", action=argparse.BooleanOptionalAction, default=True,
+                       help="refit a continuous treatment's nuisance models with inverse-variance weights (twice "
+                            "the nuisance fits); --no-reweight-nuisance keeps the first fit, EconML's residuals "
+                            "(default: on)")
     boot = p.add_argument_group("full bootstrap (off by default; intervals come from the little bags)")
     boot.add_argument("--bootstrap", type=int, default=0, metavar="B",
                       help="replicate forests on reweighted rows (Bayesian bootstrap); the ATE interval becomes "

@@ -119,6 +119,9 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     def training(source: str, spec: str, store: str, model_name: str = DEFAULT_MODEL_NAME, seed: int = 0,
                  model_y: str = "auto", model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS,
                  gate: str = "{}", alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "",
+                 reweight_nuisance: bool = True,
+                 # Last: a graph without bootstrap tasks drops it from the signature, and kfp passes the
+                 # parameters by position (a parameter after it got its default, not the run's value).
                  bootstrap: str = BootstrapConfig(n_bootstrap=100).to_json()) -> bool:
         """Train, evaluate and publish a causal model.
 
@@ -141,6 +144,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             graph: The causal graph as DOT or GML text, e.g. digraph { Z -> T; Z -> Y; T -> Y }; empty for none. The
                 covariates and controls must block every back-door path in it; spec without covariates takes them
                 from it.
+            reweight_nuisance: A continuous treatment's nuisance models refit with inverse-variance weights (default
+                true); false keeps the first fit (EconML's residuals).
             bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, the ATE's interval
                 normal (default), percentile or pivot, nuisance false to keep the main fit's residuals instead of
                 refitting the nuisance models (default true).
@@ -155,7 +160,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             dataset=dataset, task=k, n_tasks=fold_tasks, n_folds=n_folds, seed=seed, model_y=model_y,
             model_t=model_t))
         residuals = collector(combine_nuisance)(dataset=dataset, seed=seed, model_y=model_y, model_t=model_t,
-                                                **gathered("predictions", "folds"))
+                                                reweight_nuisance=reweight_nuisance, **gathered("predictions", "folds"))
         pods.compute(residuals.set_display_name("residuals"))  # a continuous treatment's refit runs here
 
         gathered, collector = fan_out(n_shards, "forest-shard", lambda k: pods.shard(forest_shard(
@@ -170,7 +175,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             gathered, collector = fan_out(bootstrap_shards, "bootstrap-shard", lambda k: pods.shard(bootstrap_shard(
                 dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate, params=forest_params,
                 seed=seed, shard=k, n_shards=bootstrap_shards, bootstrap=bootstrap, n_folds=n_folds,
-                model_y=model_y, model_t=model_t)))
+                model_y=model_y, model_t=model_t, reweight_nuisance=reweight_nuisance)))
             combined = collector(merge_bootstrap_shards)(estimate=estimate, bootstrap=bootstrap,
                                                          **gathered("replicates", "shards"))
             pods.compute(combined.set_display_name("merge-bootstrap"))
@@ -178,7 +183,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
 
         evaluated = evaluate_model(dataset=dataset, residuals=residuals.outputs["residuals"], estimate=estimate,
                                    gate=gate, seed=seed, n_folds=n_folds, model_y=model_y, model_t=model_t,
-                                   graph=graph, model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                   graph=graph, model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                   reweight_nuisance=reweight_nuisance)
         pods.compute(evaluated.set_display_name("evaluate"))
         with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             published = publish_model(dataset=dataset, forest=forest, estimate=estimate,
@@ -186,7 +192,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                                       report=evaluated.outputs["report"], store=store, model_name=model_name,
                                       source=source, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                       run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, estimator=estimator,
-                                      n_folds=n_folds, model_y=model_y, model_t=model_t, graph=graph)
+                                      n_folds=n_folds, model_y=model_y, model_t=model_t, graph=graph,
+                                      reweight_nuisance=reweight_nuisance)
             pods.reads_store(pods.light(published.set_display_name("publish")))
             published.set_caching_options(False)  # a cached publish would announce a version it never wrote
         return evaluated.outputs["Output"]
@@ -213,7 +220,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
                    outcomes: str = "", monitor_alpha: float = MONITOR_ALPHA, seed: int = 0, model_y: str = "auto",
                    model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS, gate: str = "{}",
                    alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "",
-                   since: str = "") -> bool:
+                   since: str = "", reweight_nuisance: bool = True) -> bool:
         """Monitor a served model's traffic and retrain it when the traffic drifted.
 
         Args:
@@ -236,6 +243,8 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
             graph: The retrain's causal graph as DOT or GML text; empty for none.
             since: Judge only rows logged since then: a duration back from the run (24h, 7d) or an ISO-8601 time;
                 empty: the whole log. A schedule's period, so that each run judges its own traffic.
+            reweight_nuisance: Whether the retrain refits a continuous treatment's nuisance models with
+                inverse-variance weights.
         """
         checked = monitor_model(store=store, model_name=model_name, version=version, log_dir=log_dir,
                                 outcomes=outcomes, alpha=monitor_alpha, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -245,7 +254,7 @@ def build_monitoring_pipeline(n_folds: int = 5, n_shards: int = 2, *, fold_tasks
         with dsl.If(checked.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712 (a KFP condition)
             training(source=source, spec=spec, store=store, model_name=model_name, seed=seed, model_y=model_y,
                      model_t=model_t, forest_params=forest_params, gate=gate, alpha=alpha,
-                     estimator=estimator, graph=graph).set_display_name("retrain")
+                     estimator=estimator, graph=graph, reweight_nuisance=reweight_nuisance).set_display_name("retrain")
         return checked.outputs["Output"]
 
     return monitoring
@@ -352,6 +361,7 @@ def pipeline_arguments(source: str, config: TrainingConfig) -> dict:
                  "model_name": config.model_name, "seed": config.seed, "model_y": config.nuisance.model_y,
                  "model_t": config.nuisance.model_t, "forest_params": json.dumps(config.forest_params()),
                  "gate": config.gate.to_json(), "alpha": config.alpha, "estimator": config.estimator,
+                 "reweight_nuisance": config.nuisance.reweight,
                  "graph": (config.graph.text or config.graph.to_dot()) if config.graph else ""}
     if config.bootstrap_tasks():
         arguments["bootstrap"] = config.bootstrap.to_json()

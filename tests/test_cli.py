@@ -280,6 +280,20 @@ def refused_run(tmp_path, *flags, out=None):
     return out.stderr.strip()
 
 
+def test_no_reweight_nuisance_reaches_the_pipelines_parameter_and_its_default_is_on(tmp_path):
+    # In process: the flag's way into the run (the pipeline passes it to the join, the bootstrap,
+    # evaluate and publish: tests/test_nuisance.py runs those steps both ways).
+    from tauforge.pipelines.cli import _training_setup, build_parser
+    from tauforge.pipelines.training import pipeline_arguments
+
+    flags = ["run", "--data", small_table(tmp_path / "data.csv"), "--treatment", "T", "--outcome", "Y",
+             "--pipeline-root", str(tmp_path / "runs")]
+    for extra, expected in (([], True), (["--no-reweight-nuisance"], False), (["--reweight-nuisance"], True)):
+        source, config, _ = _training_setup(build_parser().parse_args([*flags, *extra]))
+        assert config.nuisance.reweight is expected
+        assert pipeline_arguments(source, config)["reweight_nuisance"] is expected
+
+
 @pytest.mark.parametrize("store, problem", [
     ("FILE", "FILE is not a folder; give a folder (it is created if missing)"),
     ("FILE/store", "FILE/store is not a folder: FILE is a file; give a folder"),

@@ -412,12 +412,40 @@ def test_the_pipelines_refit_of_a_continuous_treatment_carries_the_datas_weights
 
 
 def test_the_model_card_says_whether_a_continuous_treatments_nuisance_models_were_reweighted():
+    from tauforge.components.config import ConfigError
     from tauforge.components.nuisance import NuisanceConfig
 
     assert NuisanceConfig(folds=3).card(binary=True) == {"model_y": "auto", "model_t": "auto", "folds": 3,
-                                                         "reweighted": False}
+                                                         "reweight": True, "reweighted": False}
     assert NuisanceConfig().card(binary=False)["reweighted"]
+    assert not NuisanceConfig(reweight=False).card(binary=False)["reweighted"]
     assert not NuisanceConfig(model_y="sklearn.neighbors.KNeighborsRegressor").card(binary=False)["reweighted"]
+    with pytest.raises(ConfigError, match="reweight must be true or false, got 'no'"):
+        NuisanceConfig(reweight="no")
+
+
+def test_the_pipeline_without_reweighting_keeps_the_first_fit_as_causal_forest_dml_does():
+    # --no-reweight-nuisance: the join and every refit keep the first cross-fit, EconML's residuals.
+    from tauforge.components.data import DataSpec, demo_table, validate
+    from tauforge.components.nuisance import NuisanceConfig, combine_folds, fit_nuisance_fold, refit_residuals
+    from tauforge.kernels import CausalForestDML
+
+    table, _ = demo_table(n=400, p=3, seed=9, design="continuous_hetero")
+    data = validate(table, DataSpec(outcome="Y", treatment="T"))
+    a = data.arrays()
+    residuals = {}
+    for reweight in (True, False):
+        nuisance = NuisanceConfig(folds=2, reweight=reweight)
+        joined = combine_folds(data, [fit_nuisance_fold(data, k, nuisance, seed=9) for k in range(2)], 9,
+                               nuisance=nuisance)
+        est = CausalForestDML(cv=2, n_estimators=8, random_state=9, reweight_nuisance="auto" if reweight else False,
+                              progress=False).fit(a["Y"], a["T"], X=a["X"])
+        assert est.reweighted_nuisance_ == reweight
+        np.testing.assert_allclose(joined.column("y_res"), est.residuals_[0], atol=1e-10)
+        np.testing.assert_allclose(joined.column("t_res"), est.residuals_[1], atol=1e-10)
+        np.testing.assert_allclose(refit_residuals(data, nuisance, 9)[0], joined.column("y_res"), atol=1e-10)
+        residuals[reweight] = joined.column("y_res")
+    assert np.max(np.abs(residuals[True] - residuals[False])) > 0.01  # the two are not the same fit
 
 
 class Duck:
