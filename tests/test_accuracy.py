@@ -208,9 +208,9 @@ def test_a_continuous_treatments_nuisance_models_reweighted_err_less_where_the_t
     # there an error in E[T | X] is large against T's own variation and attenuates the forest's
     # local slope. The inverse-variance refit puts the models' accuracy there. Measured (seeds
     # 22, 23, 24): the reweighted errors against the true E[T | X] and E[Y | X] at those rows are
-    # 0.81-0.91 and 0.75-0.88 of the unweighted ones (0.81 and 0.76 here). A refit whose weights
+    # 0.79-0.89 and 0.71-0.87 of the unweighted ones (0.79 and 0.71 here). A refit whose weights
     # were ignored would err as much, and weights V instead of 1 / V more. Over 10 training sets
-    # of p = 10 the CATE's error fell from 0.1703 to 0.1402 (docs/benchmarks.md).
+    # of p = 10 the CATE's error fell from 0.1703 to 0.1354 (docs/benchmarks.md).
     d = make_causal_data("continuous_hetero", n=2000, p=5, seed=22)
     low = d.X[:, 0] < -1
     errors = {}
