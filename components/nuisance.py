@@ -306,8 +306,8 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
     """Join the folds' predictions, checking that they cover every row exactly once, and fit the
     treatment's conditional variance on the same folds (with `seed`; `progress` as progress lines).
     A continuous treatment's models (`nuisance`'s, the folds' own: required for one) are refit
-    here with inverse-variance weights (`kernels.nuisance.reweighted_cross_fit`), in this one
-    task: each fold's weights need every fold's first fit."""
+    here with inverse-variance weights (`kernels.nuisance.reweighted_cross_fit`) unless its
+    `reweight` is off, in this one task: each fold's weights need every fold's first fit."""
     from tauforge.kernels.ate import treatment_variance
 
     n = len(data.table)
@@ -323,7 +323,7 @@ def combine_folds(data: ValidatedData, folds: list[FoldPredictions], seed: int,
     if not data.spec.binary:  # a binary treatment's join loads no scikit-learn
         if nuisance is None:
             raise ValueError("a continuous treatment's folds are joined with their NuisanceConfig (nuisance=): "
-                             "its models are refit with inverse-variance weights")
+                             "its models may be refit with inverse-variance weights (NuisanceConfig.reweight)")
         y_hat, t_hat, refit_scores = _reweighted(nuisance, nuisance_inputs(a), a["Y"], a["T"], y_hat, t_hat, fold,
                                                  seed, a["sample_weight"], a["groups"], with_scores=True,
                                                  progress=progress)
@@ -364,7 +364,8 @@ def nuisance_folds(dataset: Input[Dataset], task: int, n_tasks: int, n_folds: in
 def combine_nuisance(dataset: Input[Dataset], folds: Input[List[Dataset]], seed: int, model_y: str, model_t: str,
                      residuals: Output[Dataset], metrics: Output[Metrics], reweight_nuisance: bool = True):
     """Join the fold tasks' predictions into residuals (and V(x)) for every row, a continuous
-    treatment's refit with inverse-variance weights; log the mean out-of-fold scores."""
+    treatment's refit with inverse-variance weights unless `reweight_nuisance` is false; log the
+    mean out-of-fold scores."""
     import numpy as np
 
     from tauforge.components.data import load_validated

@@ -297,7 +297,7 @@ class _Pods:
         return task
 
     def light(self, task):
-        """Reading, joining, publishing: small and quick."""
+        """Reading and publishing: small and quick."""
         return self._resources(task, self.cluster.cpu, self.cluster.memory) if self.cluster else task
 
     def compute(self, task):

@@ -281,8 +281,9 @@ def refused_run(tmp_path, *flags, out=None):
 
 
 def test_no_reweight_nuisance_reaches_the_pipelines_parameter_and_its_default_is_on(tmp_path):
-    # In process: the flag's way into the run (the pipeline passes it to the join, the bootstrap,
-    # evaluate and publish: tests/test_nuisance.py runs those steps both ways).
+    # In process: the flag's way into the run. tests/test_cluster.py checks that the compiled
+    # pipeline hands it to the join, the bootstrap, evaluate and publish, and tests/test_nuisance.py
+    # runs the join's and the refits' functions both ways.
     from tauforge.pipelines.cli import _training_setup, build_parser
     from tauforge.pipelines.training import pipeline_arguments
 

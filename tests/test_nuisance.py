@@ -615,7 +615,8 @@ def test_the_refit_weighs_each_model_by_the_inverse_of_its_own_residual_variance
     # Var(Y | X) = exp(-X0) and Var(T | X) = exp(X0): the outcome model's weights must grow as
     # exp(X0) and the treatment model's fall as exp(-X0), so a log-weight slope of +1 and -1 on X0
     # (1 / sqrt(V) would give 0.5, weights of the other model the opposite sign). Rows of sample
-    # weight 0 keep weight 0.
+    # weight 0 keep weight 0, and their outcomes and treatments, wild, must not reach the
+    # variance models (they flattened the slopes to under 0.3); the rest average 1.
     from tauforge.kernels.nuisance import cross_fit, cross_fitting_folds, reweighted_cross_fit
 
     rng = np.random.default_rng(6)
@@ -624,6 +625,8 @@ def test_the_refit_weighs_each_model_by_the_inverse_of_its_own_residual_variance
     T = X[:, 1] + np.exp(X[:, 0] / 2) * rng.normal(size=n)
     Y = X[:, 1] + np.exp(-X[:, 0] / 2) * rng.normal(size=n)
     sample_weight = np.where(np.arange(n) % 10 == 0, 0.0, 1.0)
+    T[sample_weight == 0] += 30 * rng.normal(size=n // 10)
+    Y[sample_weight == 0] += 30 * rng.normal(size=n // 10)
     fold = cross_fitting_folds(T, 3, False, 6)
     kw = dict(model_y=WeightsSeen(), model_t=WeightsSeen(), seed=6, sample_weight=sample_weight, progress=False,
               with_scores=False)
@@ -635,6 +638,7 @@ def test_the_refit_weighs_each_model_by_the_inverse_of_its_own_residual_variance
         for model, slope in ((model_y, 1.0), (model_t, -1.0)):
             w = model.weight_seen_
             assert len(w) == train.sum() and np.all(w[sample_weight[train] == 0] == 0)
+            assert np.mean(w) == pytest.approx(1.0, rel=1e-12)
             kept = w > 0
             fitted = np.polyfit(X[train][kept, 0], np.log(w[kept]), 1)[0]
             assert abs(fitted - slope) < 0.25, (k, slope, fitted)
