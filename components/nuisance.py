@@ -246,9 +246,10 @@ def refit_residuals(data: ValidatedData, nuisance: NuisanceConfig, seed: int, sa
 
 def _reweighted(nuisance: NuisanceConfig, XW, Y, T, y_hat, t_hat, fold, seed, sample_weight, groups,
                 with_scores: bool, progress: bool | None = False):
-    """A continuous treatment's predictions refit with inverse-variance weights where
-    `CausalForestDML(reweight_nuisance='auto')` refits them (`kernels.nuisance.reweights`), as
-    (y_hat, t_hat, scores); else those given, and no scores."""
+    """A continuous treatment's predictions refit with inverse-variance weights where `nuisance`
+    says so (`NuisanceConfig.reweights`: its `reweight`, and where
+    `CausalForestDML(reweight_nuisance='auto')` would), as (y_hat, t_hat, scores); else those
+    given, and no scores."""
     from tauforge.kernels.nuisance import reweighted_cross_fit
 
     if not nuisance.reweights():
