@@ -104,24 +104,16 @@ def treatment_variance(XW: np.ndarray, T: np.ndarray, t_hat: np.ndarray, fold: n
     (`nuisance.fit_with_groups`)."""
     if discrete:
         return propensity_variance(t_hat, propensity_clip(T, min_propensity, sample_weight))
-    return residual_variance(XW, T - t_hat, fold, seed=seed, sample_weight=sample_weight, progress=progress,
-                             groups=groups, desc="fitting the treatment variance model")
-
-
-def residual_variance(XW: np.ndarray, residual: np.ndarray, fold: np.ndarray, *, seed: int,
-                      sample_weight: np.ndarray | None = None, progress: bool | None = False,
-                      groups: np.ndarray | None = None, desc: str = "fitting a residual variance model") -> np.ndarray:
-    """E[residual^2 | X, W] of every row: out-of-fold predictions on the folds `fold` of
-    `fit_residual_variance`'s model, floored (`floor_variance`). A continuous treatment's V(x)."""
-    v_hat = np.empty(len(residual))
+    t_res = T - t_hat
+    v_hat = np.empty(len(T))
     folds = np.unique(fold)
-    with progress_bar(len(folds), desc, progress, unit="fold") as bar:
+    with progress_bar(len(folds), "fitting the treatment variance model", progress, unit="fold") as bar:
         for k in folds:
             train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            v_hat[test] = fit_residual_variance(XW, residual, train, seed=seed, sample_weight=sample_weight,
+            v_hat[test] = fit_residual_variance(XW, t_res, train, seed=seed, sample_weight=sample_weight,
                                                 groups=groups).predict(XW[test])
             bar.update(1)
-    return floor_variance(v_hat, residual, sample_weight)
+    return floor_variance(v_hat, t_res, sample_weight)
 
 
 def fit_residual_variance(XW: np.ndarray, residual: np.ndarray, rows: np.ndarray, *, seed: int,

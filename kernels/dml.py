@@ -325,7 +325,9 @@ class CausalForestDML(BaseEstimator):
         progress = False if replicate else self.progress
         y_hat, t_hat, scores = cross_fit(XW, Y, T, n_folds=self.cv, discrete=discrete, seed=seed,
                                          model_y=self.model_y, model_t=self.model_t, sample_weight=sw,
-                                         device=device, progress=progress, with_scores=not replicate,
+                                         device=device, progress=progress,
+                                         # a refit's scores replace the first fit's: not scored twice
+                                         with_scores=not (replicate or self.reweighted_nuisance_),
                                          models=models, groups=groups, fold=fold)
         if self.reweighted_nuisance_:
             if models is not None:
