@@ -371,3 +371,44 @@ def test_a_continuous_treatments_overlap_ratio_divides_by_the_weighted_mean_squa
     result = treatment_variance_overlap(np.array([0.25, 1.0, 1.0, 2.0]), np.array([1.0, -1.0, 1.0, 3.0]),
                                         np.array([3.0, 1.0, 1.0, 1.0]))
     assert result["ratio_min"] == pytest.approx(0.25 * 6 / 14) and result["share_outside"] == 0.0
+
+
+def test_each_gate_check_fails_its_planted_defect_and_passes_the_clean_value():
+    # An audit: the placebo, data-subset, robustness-value and heterogeneity checks were never seen
+    # failing, and the outcome R^2 and significance checks never seen passing; each could have been
+    # switched off, or made to fail every model, with the suite still green. Each check gets a
+    # value it must reject and one it must accept, everything else held at a run that passes.
+    from tauforge.components.evaluate import NEGLIGIBLE_REFUTER_MOVE
+
+    data, residuals, estimate, _ = pipeline_in_process("aw1")
+    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    assert result["verdict"]["passed"], result["verdict"]
+    se = result["effect"]["ate_stderr"]
+
+    def refuter(name, **values):
+        return {"refuters": {**result["refuters"], name: {**result["refuters"][name], **values}}}
+
+    def nested(section, key, value):
+        return {section: {**result[section], key: value}}
+
+    calibration = result["heterogeneity"]["calibration"]
+    cases = [  # (check's reason prefix, gate, the defect, the clean value)
+        ("placebo:", GateConfig(), refuter("placebo", p_value=1e-4), refuter("placebo", p_value=0.5)),
+        ("data subset:", GateConfig(),
+         refuter("data_subset", p_value=0.005, change=-2 * NEGLIGIBLE_REFUTER_MOVE * se),
+         refuter("data_subset", p_value=0.5, change=-2 * NEGLIGIBLE_REFUTER_MOVE * se)),
+        ("sensitivity:", GateConfig(min_robustness_value=0.01),
+         nested("sensitivity", "robustness_value", 0.005), nested("sensitivity", "robustness_value", 0.05)),
+        ("heterogeneity:", GateConfig(require_heterogeneity=True),
+         {"heterogeneity": {**result["heterogeneity"], "calibration": {**calibration, "differential_pvalue": 0.2}}},
+         {"heterogeneity": {**result["heterogeneity"], "calibration": {**calibration, "differential_pvalue": 0.001}}}),
+        ("nuisance:", GateConfig(min_outcome_r2=0.3), nested("nuisance", "y_r2", 0.1), nested("nuisance", "y_r2", 0.5)),
+        ("effect:", GateConfig(require_significant_ate=True),
+         {"effect": {**result["effect"], "ate_lower": -0.1, "ate_upper": 0.5}},
+         {"effect": {**result["effect"], "ate_lower": 0.1, "ate_upper": 0.5}}),
+    ]
+    for prefix, gate, defect, clean in cases:
+        failed = verdict_of({**result, **defect}, gate)
+        assert not failed["passed"] and any(r.startswith(prefix) for r in failed["reasons"]), (prefix, failed)
+        passed = verdict_of({**result, **clean}, gate)
+        assert passed["passed"] and not any(r.startswith(prefix) for r in passed["reasons"]), (prefix, passed)

@@ -11,10 +11,10 @@ import pytest
 from scipy import stats
 from scipy.stats import binom, chi2
 
-from tauforge.components.constants import MONITOR_ALPHA
+from tauforge.components.constants import MONITOR_ALPHA, PSI_ALERT
 from tauforge.components.events import reference_profile
 from tauforge.components.judgement import confidence_sequence
-from tauforge.components.monitor import CHECKS, monitor, policy_shift_pvalue, psi
+from tauforge.components.monitor import CHECKS, MonitorConfig, monitor, policy_shift_pvalue, psi
 
 COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -388,6 +388,21 @@ def test_psi_is_small_under_the_null_and_large_under_a_shift():
     assert psi(rng.normal(size=5000), rng.normal(1, 1, 5000)) > 0.25
 
 
+def test_a_large_psi_alerts_on_its_own_where_no_p_value_could():
+    # An audit: every shift in this file is also caught by its KS p-value, so a PSI that never
+    # alerted passed them all. At a family-wise alpha of 1e-300 no p-value alerts; a shift of 0.8
+    # standard deviations (PSI 0.61 here) must still alert, and not above a PSI threshold of 10.
+    events = traffic(0, shift=2)
+    events["input.x2"] += 0.3
+    quiet_tests = MonitorConfig(alpha=1e-300)
+    result = monitor(events, reference(0), COLUMNS, config=quiet_tests)
+    drift = result["checks"]["covariate_drift"]["x2"]
+    assert drift["psi"] > PSI_ALERT and drift["p_value"] > 1e-300, drift
+    assert ("covariate_drift", "x2") in alerts(result)
+    lenient = monitor(events, reference(0), COLUMNS, config=MonitorConfig(alpha=1e-300, psi_alert=10))
+    assert ("covariate_drift", "x2") not in alerts(lenient)
+
+
 def logged_traffic(seed, n=6000, epsilon=0.5):
     """Champion treats by a wrong CATE, the challenger by a good one; the logged actions follow
     the champion with epsilon-greedy exploration, so their propensities are known."""
@@ -433,7 +448,6 @@ def test_a_shadow_is_judged_only_from_enough_units_not_enough_rows():
     # units than MIN_POLICY_UNITS (20), whose rows share their noise: held, not judged. Counting
     # rows as units (a mutation review) judged them. From 30 units of 2 rows it is judged.
     from tauforge.components.judgement import judge_shadow
-    from tauforge.components.monitor import MonitorConfig
 
     events, outcomes, _, _ = logged_traffic(0, n=60)
     for units, judged in ((10, False), (30, True)):
@@ -597,7 +611,6 @@ def test_a_canary_between_equal_versions_is_held_and_its_standard_error_counts_u
     # as independent gave 299, cross-fitting with a unit's rows in both folds 335: a standard
     # error that small passes with probability about 3e-8.
     from tauforge.components.judgement import judge_canary
-    from tauforge.components.monitor import MonitorConfig
 
     decisions, z2 = 0, []
     for seed in range(40):
@@ -634,7 +647,6 @@ def test_a_canary_compares_the_versions_only_while_both_answered_and_at_each_per
     # chi-square with 5 degrees (over 15.1 with probability 0.01); measured 5.4 and 3.3 here,
     # and 254 and 996 for that judgement.
     from tauforge.components.judgement import judge_canary
-    from tauforge.components.monitor import MonitorConfig
 
     for scenario in ({"share": lambda s: np.where(s < 0.5, 0.1, 0.5)},
                      {"share": lambda s: np.full(len(s), 0.2), "champion_until": 4 / 7}):
@@ -655,7 +667,6 @@ def test_outcomes_per_unit_count_once_per_unit_and_ids_match_whatever_their_type
     # (one per unit) does not depend on the version. Counted once per visit, the difference was
     # +0.38 here, a promote; once per unit it is the units' own difference.
     from tauforge.components.judgement import judge_canary, read_outcomes
-    from tauforge.components.monitor import MonitorConfig
 
     rng = np.random.default_rng(5)
     units = 3000
@@ -678,7 +689,6 @@ def test_outcomes_per_unit_count_once_per_unit_and_ids_match_whatever_their_type
 
 def test_the_experiment_that_answered_last_is_judged():
     from tauforge.components.judgement import judge_canary
-    from tauforge.components.monitor import MonitorConfig
 
     old, old_outcomes, _, _ = canary_traffic(1, units=1000, visits=1, share=0.5)  # last week: v2's canary
     new, new_outcomes, truth, X = canary_traffic(2, units=3000, visits=1, share=0.2)
@@ -715,7 +725,6 @@ def test_a_canary_with_most_of_the_traffic_is_judged_though_drift_is_not():
 
 def test_a_per_request_canary_says_its_units_met_both_versions():
     from tauforge.components.judgement import judge_canary
-    from tauforge.components.monitor import MonitorConfig
 
     events, outcomes, _, _ = canary_traffic(0, units=300, visits=3, per_request=True)
     result = judge_canary(events[events["role"] == "champion"], events[events["role"] == "challenger"],
