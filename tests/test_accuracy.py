@@ -43,6 +43,7 @@ def _fit_both(design, n, seed):
                          width=float(np.mean(hi - lo)), score=interval_score(lo, hi, test.tau, 0.05))
         # A planted defect: the same intervals at half their width.
         out[name]["score_half"] = interval_score(tau - 0.5 * (tau - lo), tau + 0.5 * (hi - tau), test.tau, 0.05)
+        out[name].update(ate=float(np.ravel(est.ate_)[0]), ate_stderr=float(np.ravel(est.ate_stderr_)[0]))
     return out
 
 
@@ -103,6 +104,15 @@ def test_cate_accuracy_and_intervals_against_econml(design, n, seed, background)
     # understated 4x) lose to EconML's, by 7% on simple, 54% on aw2 and 73% on aw3 (the
     # docstring's fits).
     assert ours["score_half"] > ref["score"], summary
+    # The average effect is EconML's `ate_` (the doubly robust score on out-of-bag CATE, an audit:
+    # only the CATE was compared). With the same nuisance learners the two differ by at most 0.08
+    # of EconML's standard error on these six fits, the standard errors by at most 0.3%. The plain
+    # mean of the CATE (the score without its residual term) moves aw3's by 0.34 and fails, as
+    # does a standard error off by sqrt(2).
+    for r in runs:
+        mine, theirs = r["tauforge"], r["econml"]
+        assert abs(mine["ate"] - theirs["ate"]) <= 0.25 * theirs["ate_stderr"], (design, mine, theirs)
+        assert 0.95 <= mine["ate_stderr"] / theirs["ate_stderr"] <= 1.05, (design, mine, theirs)
 
 
 @pytest.mark.parametrize("design, true_ate", [("aw1", 0.0), ("constant", 1.0)])
@@ -288,8 +298,10 @@ def test_cate_intervals_cover_at_the_nominal_rate_over_independent_training_sets
     # correct 95% interval falls short with probability binom.cdf(53, 60, 0.95) = 0.030; one
     # that covers 85% passes with probability 0.18, one that covers 80% with 0.03.
     assert covers >= 54, (covers, z)
-    # Not bought with width: the standardized errors spread by at least half a unit (measured
-    # 0.72, 0.89 with the per-point variance: the little bags overstate the variance somewhat,
+    # Not bought with width: the standardized errors spread by at least 0.55 (measured 0.72, 0.89
+    # with the per-point variance: the little bags overstate the variance somewhat,
     # docs/benchmarks.md, and at this point the smoothed one is about 1.5 times the per-point
-    # one). Intervals twice too wide would put it near 0.45 and fail.
-    assert np.std(z) >= 0.5, np.std(z)
+    # one). A variance overstated 1.7-fold more than now puts it near 0.55 and fails; the spread
+    # of 60 draws has a sampling sd of about 0.07, so the threshold sits 2.4 of them below the
+    # measured value (an audit: at 0.5 a variance overstated twice as much as now passed).
+    assert np.std(z) >= 0.55, np.std(z)
