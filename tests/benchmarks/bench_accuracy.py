@@ -10,7 +10,8 @@ coverage without the local linear correction (the same forest, the correction of
 correction alone changes), the coverage and width of the same forest's per-point variance
 (`variance_smoothing=False`: what the smoothing alone changes), and the RMSE and coverage of a
 forest on the same residuals and seed with candidates drawn uniformly (`candidate_weights=None`:
-what the importance weights alone change).
+what the importance weights alone change), and the mean by-seed difference of tauforge's
+coverage from EconML's with its standard error over seeds.
 
 Cases are design:n[:p] (p defaults to 10): grf's simple, aw2 and aw3 at n = 2,000 and 20,000;
 imbalanced (about 22% treated, strongly confounded) at p = 25 and n = 800; sparse (aw2's effect,
@@ -117,7 +118,7 @@ def main() -> None:
               "| tauforge width | EconML width | width ratio | tauforge coverage at EconML's width "
               "| no correction: RMSE / coverage | per-point variance: coverage / width "
               "| uniform candidates: RMSE / coverage | corrected on "
-              "| fit s (tauforge / EconML) |")
+              "| coverage minus EconML's (se over seeds) | fit s (tauforge / EconML) |")
     print(f"# {args.seeds} seeds per row, {args.trees} trees, 95% intervals on 2,000 fresh rows; "
           "coverage (min: the worst seed's)")
     print(header)
@@ -132,6 +133,10 @@ def main() -> None:
         worst_cov = min(r["tauforge"]["coverage"] for r in runs)
         equal_width_cov = float(np.mean([r["tauforge"]["coverage_at_econml_width"] for r in runs]))
         variables = sorted({r["tauforge"]["variables"] for r in runs})
+        # Paired by seed (the same training and test rows): whether a gap to EconML's coverage is
+        # more than the seeds' noise.
+        gaps = np.array([r["tauforge"]["coverage"] - r["econml"]["coverage"] for r in runs])
+        gap_se = float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else float("nan")
         t, e, f, u, c = mean["tauforge"], mean["econml"], mean["plain"], mean["per_point"], mean["uniform"]
         ratios.append(t["rmse"] / e["rmse"])
         print(f"| {NAMES.get(case, design)} | {p} | {n:,} | {t['rmse']:.4f} | {e['rmse']:.4f} "
@@ -139,7 +144,7 @@ def main() -> None:
               f"| {t['width']:.3f} | {e['width']:.3f} | {t['width'] / e['width']:.3f} | {equal_width_cov:.3f} "
               f"| {f['rmse']:.4f} / {f['coverage']:.3f} | {u['coverage']:.3f} / {u['width']:.3f} "
               f"| {c['rmse']:.4f} / {c['coverage']:.3f} "
-              f"| {' '.join(variables)} "
+              f"| {' '.join(variables)} | {gaps.mean():+.3f} ({gap_se:.3f}) "
               f"| {t['fit_s']:.1f} / {e['fit_s']:.1f} |", flush=True)
     print(f"# mean RMSE ratio tauforge / EconML over the {len(ratios)} rows: {np.mean(ratios):.3f}")
 
