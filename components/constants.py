@@ -43,10 +43,14 @@ MONITOR_ALPHA = 0.01
 PSI_ALERT = 0.25
 REFERENCE_ROWS = 5000
 
+# The key of a serving request's unit id (a V1 row's field, a V2 input's name), beside the
+# covariates: so no covariate may bear this name (components.data refuses it).
+UNIT_ID_FIELD = "unit_id"
+
 __all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME",
            "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE",
            "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
-           "TREATMENT_TYPES"]
+           "TREATMENT_TYPES", "UNIT_ID_FIELD"]
 
 # A local run's task stopped with SIGTERM (the run interrupted, or killed: the task watches it) is
 # killed this long after, if still running: its cleanup (publish's staging folder) runs within it.

@@ -26,7 +26,7 @@ from tauforge.kernels.ate import few_groups_message
 
 from . import config
 from ._kfp import Dataset, Output, component
-from .constants import ASSIGNMENTS, TREATMENT_TYPES
+from .constants import ASSIGNMENTS, TREATMENT_TYPES, UNIT_ID_FIELD
 
 
 class DataValidationError(ValueError):
@@ -287,6 +287,13 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                  + (f"; the columns left out ({', '.join(map(repr, left_out[:5]))}"
                     f"{' and more' if len(left_out) > 5 else ''}) are not numeric: encode them as numbers"
                     if left_out else ""))
+    if UNIT_ID_FIELD in covariates:
+        # A serving request names its unit id so: the model could never be scored by name (a review).
+        fail(f"covariate {UNIT_ID_FIELD!r}"
+             + (" (picked as a covariate by default)" if defaulted else "")
+             + f": serving reads a request's unit id from the key {UNIT_ID_FIELD!r}, so no covariate may bear that "
+               "name; declare it as the unit id (DataSpec.unit_id, --unit-id) if it identifies units, else rename it"
+             + (" or name the covariates" if defaulted else ""))
     spec = dataclasses.replace(spec, covariates=covariates, controls=list(spec.controls))
 
     numeric = [spec.outcome, spec.treatment, *covariates, *spec.controls] + ([spec.weight] if spec.weight else [])

@@ -561,6 +561,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.challenger and args.mode == "single":
         raise ValueError(f"--challenger {args.challenger} needs --mode canary or --mode shadow (single serves the "
                          "champion alone)")
+    # A flag another mode reads would be ignored without a word (a user review: --percent 50 without
+    # --mode canary served no canary).
+    for flag, value, modes in (("--percent", args.percent, ("canary", "shadow")),
+                               ("--shadow-timeout", args.shadow_timeout, ("shadow",))):
+        if value is not None and args.mode not in modes:
+            raise ValueError(f"{flag} {value:g} is for --mode {' or '.join(modes)}; this serves --mode {args.mode}")
+    if args.model_dir and args.store:
+        raise ValueError(f"--store {args.store} and --model-dir: pass --store and --model to serve from the store, "
+                         "or --model-dir alone")
     from tauforge.serving.server import build_model, check_ports, serve
 
     check_ports(args.host, args.port, args.grpc_port)  # before the model's load and warm-up
@@ -884,7 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="canary: a sticky weighted split; shadow: the challenger scores off the response path")
     srv.add_argument("--percent", type=float, help="canary: %% of units to the challenger (default 10); "
                                                    "shadow: %% of requests mirrored (default 100)")
-    srv.add_argument("--shadow-timeout", type=float, default=2.0, help="seconds a shadow answer may take (default 2)")
+    srv.add_argument("--shadow-timeout", type=float,
+                     help="shadow: seconds a shadow answer may take (default 2)")
     srv.add_argument("--explore", type=float, metavar="EPS", default=os.environ.get("TAUFORGE_EXPLORE"),
                      help="epsilon-greedy exploration: answers carry a drawn action and its propensity "
                           "(default: $TAUFORGE_EXPLORE, set by tauforge deploy --explore, else none)")

@@ -21,6 +21,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from tauforge.components.events import MAX_ID_LENGTH, event_record
+from tauforge.components.registry import card_part
 
 from . import metrics
 from .event_log import EventLog
@@ -53,6 +54,15 @@ class CateModel(Model):
         if challenger is not None and challenger.columns != champion.columns:
             raise ValueError(f"champion (version {champion.version}) and challenger (version {challenger.version}) "
                              f"take different covariates: {champion.columns} and {challenger.columns}")
+        continuous = [s for s in (champion, challenger) if s is not None
+                      and card_part(s.card, "spec").get("treatment_type") == "continuous"]
+        if explore is not None and continuous:
+            # Exploration draws action 0 or 1 (treat where the CATE exceeds a threshold); a continuous
+            # treatment's CATE is a slope per unit of T, and 0 and 1 need not be doses at all (a review).
+            raise ValueError(f"--explore draws a binary action, but version {continuous[0].version} of "
+                             f"{continuous[0].model!r} has a continuous treatment "
+                             f"({card_part(continuous[0].card, 'spec').get('treatment')!r}), whose CATE is a slope "
+                             "per unit of it: serve it without --explore")
         self.scorers = {CHAMPION: champion, CHALLENGER: challenger}
         self.routing = routing
         self.explore = explore

@@ -57,10 +57,13 @@ class CanaryRouting:
         return False
 
 
+DEFAULT_SHADOW_TIMEOUT = 2.0  # seconds a shadow answer may take before it is logged as timed out
+
+
 @dataclass(frozen=True)
 class ShadowRouting:
     percent: float = 100.0
-    timeout_seconds: float = 2.0
+    timeout_seconds: float = DEFAULT_SHADOW_TIMEOUT
     mode = "shadow"
 
     def __post_init__(self):
@@ -76,14 +79,15 @@ class ShadowRouting:
         return bucket("shadow:" + request_id) < self.percent / 100
 
 
-def make_routing(mode: str, percent: float | None = None, timeout_seconds: float = 2.0, rollout: str = ""):
-    """`rollout` salts the canary's split (`CanaryRouting.salt`)."""
+def make_routing(mode: str, percent: float | None = None, timeout_seconds: float | None = None, rollout: str = ""):
+    """`rollout` salts the canary's split (`CanaryRouting.salt`); None: the mode's default."""
     if mode == "single":
         return SingleRouting()
     if mode == "canary":
         return CanaryRouting(10.0 if percent is None else percent, rollout)
     if mode == "shadow":
-        return ShadowRouting(100.0 if percent is None else percent, timeout_seconds)
+        return ShadowRouting(100.0 if percent is None else percent,
+                             DEFAULT_SHADOW_TIMEOUT if timeout_seconds is None else timeout_seconds)
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 

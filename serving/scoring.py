@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tauforge.components.constants import UNIT_ID_FIELD
 from tauforge.components.events import MAX_ID_LENGTH, id_string
 from tauforge.components.registry import ModelVersion, card_covariates, read_card, verify_files
-
-UNIT_ID_FIELD = "unit_id"
 
 
 class RequestError(ValueError):

@@ -22,7 +22,7 @@ log = logging.getLogger("tauforge.serving")
 
 def build_model(*, store: str | None = None, model: str | None = None, version=None, challenger=None,
                 mode: str = "single", percent: float | None = None, explore: float | None = None,
-                log_dir: str | None = None, model_dir: str | None = None, shadow_timeout: float = 2.0,
+                log_dir: str | None = None, model_dir: str | None = None, shadow_timeout: float | None = None,
                 device: str = "cpu", role: str = "champion"):
     """A ready (loaded and warmed) CateModel. The champion is `version` (a number or an alias;
     default: the 'champion' alias if set, else the latest), or the version folder `model_dir`
@@ -35,6 +35,9 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
 
     limit_thread_pools()  # the pod's CPU limit, not the node's cores (the manifests set no thread variables)
     if model_dir:
+        if version is not None:  # it would be ignored: the folder holds one version (a user review)
+            raise ValueError(f"--version {version} and --model-dir: a model folder holds one version; pass "
+                             "--store and --model with --version, or --model-dir alone")
         champion = VersionScorer.from_directory(model_dir, device=device)
         name = model or champion.model
         if challenger is not None:

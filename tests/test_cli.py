@@ -556,11 +556,24 @@ def test_submit_refuses_a_relative_data_path_it_would_send_to_a_cluster(tmp_path
     assert "got 'data.csv'" in out.stderr
 
 
-def test_serve_refuses_a_challenger_without_a_mode_that_routes_to_it():
-    out = run("serve", "--model", "m", "--challenger", "2")
+@pytest.mark.parametrize("argv, error", [
+    (("--challenger", "2"), "--challenger 2 needs --mode canary or --mode shadow (single serves the champion alone)"),
+    # Flags that would be ignored without a word (a user review: --percent 50 without --mode canary).
+    (("--percent", "50"), "--percent 50 is for --mode canary or shadow; this serves --mode single"),
+    (("--challenger", "2", "--mode", "canary", "--shadow-timeout", "1"),
+     "--shadow-timeout 1 is for --mode shadow; this serves --mode canary"),
+    (("--model-dir", "store/m/1", "--store", "other"),
+     "--store other and --model-dir: pass --store and --model to serve from the store, or --model-dir alone"),
+    (("--model-dir", "store/m/1", "--version", "2", "--grpc-port", "0", "--port", "free"),
+     "--version 2 and --model-dir: a model folder holds one version; pass --store and --model with --version, or "
+     "--model-dir alone"),
+])
+def test_serve_refuses_flags_it_would_ignore(argv, error):
+    from servers import free_port
+
+    out = run("serve", "--model", "m", *(str(free_port()) if a == "free" else a for a in argv))
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip() == ("tauforge serve: error: --challenger 2 needs --mode canary or --mode shadow "
-                                  "(single serves the champion alone)")
+    assert out.stderr.strip() == f"tauforge serve: error: {error}"
 
 
 def test_with_json_a_refused_command_still_ends_stdout_with_one_json_object():

@@ -113,6 +113,19 @@ def test_default_covariates_leave_out_a_written_index_and_name_id_like_columns()
     assert not any("index" in w or "ids" in w for w in named.warnings)  # what the user named is not second-guessed
 
 
+def test_a_covariate_named_as_servings_unit_id_key_is_refused_and_the_unit_id_column_is_not():
+    # A user review: a covariate 'unit_id' published, then no keyed request could score it (the
+    # server reads that key as the routing unit id, and V2 metadata advertised it as an input).
+    df = table().assign(unit_id=np.arange(200) + 10)
+    with pytest.raises(DataValidationError, match="covariate 'unit_id' \\(picked as a covariate by default\\): "
+                                                  "serving reads a request's unit id from the key 'unit_id'"):
+        validate(df, spec(controls=["region"]))
+    with pytest.raises(DataValidationError, match="declare it as the unit id .* else rename it$"):
+        validate(df, spec(covariates=["age", "unit_id"], controls=["region"]))
+    declared = validate(df, spec(controls=["region"], unit_id="unit_id"))
+    assert "unit_id" not in declared.spec.covariates and declared.spec.unit_id == "unit_id"
+
+
 @pytest.mark.parametrize("change, kw, message", [
     (lambda d: d.drop(columns="spend"), {}, "outcome column 'spend' is missing"),
     (lambda d: d, {"covariates": ["age", "height"]}, "covariates column 'height' is missing"),

@@ -1572,6 +1572,28 @@ def test_a_shadow_mirrors_about_its_share_of_requests_and_the_split_ends_are_all
         make_routing("shadow", 100, 0)
 
 
+def test_exploration_is_refused_for_a_continuous_treatment_and_kept_for_a_binary_one(store, tmp_path):
+    # A user review: --explore drew actions 0 and 1 for a dose, whose CATE is a slope per unit of
+    # T, and the monitor's policy value then judged versions on those draws.
+    from tauforge.serving.predictor import CateModel
+    from tauforge.serving.scoring import VersionScorer
+
+    binary = VersionScorer(ModelStore(store).load(MODEL, 1))
+    assert CateModel(MODEL, binary, explore=EpsilonGreedy(0.1)).explore is not None
+    dose = tmp_path / "dose"
+    shutil.copytree(os.path.join(store, MODEL, "1"), dose)
+    card = json.loads((dose / "model_card.json").read_text())
+    (dose / "model_card.json").unlink()  # the store writes its own
+    spec = {**card["spec"], "treatment": "price", "treatment_type": "continuous"}
+    registry = ModelStore(str(tmp_path / "store"))
+    registry.publish("pricing", str(dose), {**{k: card[k] for k in ("effect", "data")}, "spec": spec})
+    continuous = VersionScorer(registry.load("pricing", 1))
+    assert CateModel("pricing", continuous).explore is None  # served, without exploration
+    with pytest.raises(ValueError, match="--explore draws a binary action, but version 1 of 'pricing' has a "
+                                         "continuous treatment \\('price'\\), whose CATE is a slope"):
+        CateModel("pricing", continuous, explore=EpsilonGreedy(0.1))
+
+
 def test_exploration_recommends_treating_only_above_the_threshold_and_never_explores_at_epsilon_0():
     # "Where the CATE exceeds the threshold": a CATE at the threshold is not treated (a mutation
     # test: >= passed every test, as the forest's CATE is never exactly 0).
@@ -1598,6 +1620,7 @@ def test_routing_shares_of_0_stay_0_the_defaults_are_serves_and_a_misspelt_mode_
     assert set(make_routing("canary", 0, rollout="uplift:2").assign(units, "r")) == {"champion"}
     assert not any(make_routing("shadow", 0).mirror(f"request-{i}") for i in range(10_000))
     assert (make_routing("canary").percent, make_routing("shadow").percent) == (10, 100)
+    assert make_routing("shadow").timeout_seconds == make_routing("shadow", None, None).timeout_seconds == 2.0
     with pytest.raises(ValueError, match="mode must be one of single, canary, shadow, got 'canery'"):
         make_routing("canery", 10)
 
