@@ -233,6 +233,12 @@ class RowParser:
                 raise RequestError(f"input {name} holds an integer beyond the range of a double") from None
             if tensor.datatype in _INTEGER_RANGES and values.size:
                 _check_integers(name, tensor.datatype, values, data)
+            elif tensor.datatype in _FLOAT_RANGES and values.size:
+                # As for the integers: a number the declared type cannot hold (1e39 as FP32, a review).
+                beyond = np.abs(data) > _FLOAT_RANGES[tensor.datatype]
+                if beyond.any():
+                    raise RequestError(f"input {name} holds {data[beyond][0]:g}, beyond the range of "
+                                       f"{tensor.datatype} (+-{_FLOAT_RANGES[tensor.datatype]:g})")
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size != size:
             raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
@@ -245,6 +251,7 @@ NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32",
                                "UINT32", "UINT64"})
 _NUMBER_TYPES = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 _INTEGER_RANGES = {t: np.iinfo(t.lower()) for t in NUMERIC_DATATYPES if "INT" in t}
+_FLOAT_RANGES = {"FP32": float(np.finfo(np.float32).max)}  # KServe refuses FP16 in JSON itself
 
 
 def _check_integers(name: str, datatype: str, values: np.ndarray, data: np.ndarray) -> None:

@@ -266,6 +266,10 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "INT64",
                                                "data": [1, 2, 3, 4, 2**63]}]}, 400,
      "holds 9223372036854775808, which is not an integer in [-9223372036854775808, 9223372036854775807]"),
+    # So are floats: 1e39 as FP32 was scored (a user review).
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP32",
+                                               "data": [1, 2, 3, 4, 1e39]}]}, 400,
+     "input 'rows' holds 1e+39, beyond the range of FP32 (+-3.40282e+38)"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [0, 5], "datatype": "FP64", "data": []}]},
      400, "the request holds no rows"),
     # 274177 x 67280421310721 = 2**64 + 1 values, which NumPy's product wrapped to 1: a 200.
