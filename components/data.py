@@ -193,6 +193,29 @@ def read_table(source: str, id_columns=()) -> pd.DataFrame:
         raise DataValidationError(f"cannot read {config.redacted_uri(source)!r} as {kind}: {exc}") from None
 
 
+def _check_same_columns(dataset, where: str) -> None:
+    """The files of a Parquet folder must hold the same columns: pyarrow takes the first file's
+    and fills a column another file lacks with nulls (refused later as "missing values", the real
+    cause unnamed: a user review) and drops one only a later file has. Partition keys (region=3)
+    are in no file. Reads each file's footer only."""
+    fragments = iter(dataset.get_fragments())
+    first = next(fragments, None)
+    if first is None:
+        return
+    expected = first.physical_schema.names
+    for fragment in fragments:
+        names = fragment.physical_schema.names
+        if set(names) != set(expected):
+            lacks = [n for n in expected if n not in names]
+            adds = [n for n in names if n not in expected]
+            raise DataValidationError(
+                f"the files of {where!r} hold different columns: {fragment.path!r}"
+                + (f" lacks {', '.join(map(repr, lacks[:5]))}" if lacks else "")
+                + (" and" if lacks and adds else "")
+                + (f" has {', '.join(map(repr, adds[:5]))}" if adds else "")
+                + f" against {first.path!r}; write every file of a table with the same columns")
+
+
 def _read_parquet(fs, path: str, where: str) -> pd.DataFrame:
     """A Parquet file, or a folder of them. A folder's files are read in the order their names
     sort as people number them (part.2 before part.10, as dask and Spark write them: a table
@@ -222,6 +245,7 @@ def _read_parquet(fs, path: str, where: str) -> pd.DataFrame:
             files, filesystem=fs, format="parquet", partition_base_dir=base,
             partitioning=pyarrow.dataset.HivePartitioning.discover(infer_dictionary=False))
         names = dataset.schema.names
+        _check_same_columns(dataset, where)
     else:
         names = pyarrow.parquet.read_schema(path, filesystem=fs).names
     repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)

@@ -358,6 +358,17 @@ def test_a_folder_of_parquet_files_reads_in_numbered_order_with_hive_partitions_
     money = pa.array([decimal.Decimal("1.25"), decimal.Decimal("-3.50")], type=pa.decimal128(9, 2))
     pq.write_table(pa.table({"spend": money}), tmp_path / "money.parquet")
     assert read_table(str(tmp_path / "money.parquet"))["spend"].tolist() == [1.25, -3.5]
+    # Files of one folder with other columns (a user review: a file without 'score' read as 20
+    # missing values of it, and a column only a later file had was dropped without a word).
+    for name, frame in (("lacks", df.drop(columns="score")), ("adds", df.assign(extra=1.0))):
+        (tmp_path / name).mkdir()
+        df.iloc[:20].to_parquet(tmp_path / name / "part.0.parquet", index=False)
+        frame.iloc[20:40].to_parquet(tmp_path / name / "part.1.parquet", index=False)
+    with pytest.raises(DataValidationError, match="the files of .* hold different columns: '.*part.1.parquet' lacks "
+                                                  "'score' against '.*part.0.parquet'; write every file"):
+        read_table(str(tmp_path / "lacks"))
+    with pytest.raises(DataValidationError, match="part.1.parquet' has 'extra' against"):
+        read_table(str(tmp_path / "adds"))
 
 
 def test_a_csvs_id_columns_are_read_as_written(tmp_path):
