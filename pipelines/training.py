@@ -998,7 +998,9 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
                                    bootstrap_shards=config.bootstrap_tasks(), fold_tasks=config.fold_tasks,
                                    cluster=cluster)
         try:
-            client = kfp.Client(host=host)
+            with warnings.catch_warnings():  # kfp's "only works with v2.0.0-beta.2 and later", at every call
+                warnings.filterwarnings("ignore", "This client only works", FutureWarning)
+                client = kfp.Client(host=host)
             result = client.create_run_from_pipeline_package(
                 package, arguments=pipeline_arguments(source, config), experiment_name=experiment,
                 run_name=f"tauforge-{config.model_name}-{uuid.uuid4().hex[:8]}",

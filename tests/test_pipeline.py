@@ -764,3 +764,4 @@ def test_submit_to_an_unreachable_host_fails_cleanly(cli):
                          "--outcome", "y", "--store", "s3://b/models")
     assert code == 1
     assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err and "Traceback" not in err
+    assert "This client only works" not in err  # kfp's own notice at every Client() (a user review)
