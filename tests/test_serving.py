@@ -1578,24 +1578,26 @@ def test_a_shadow_mirrors_about_its_share_of_requests_and_the_split_ends_are_all
 
 def test_exploration_is_refused_for_a_continuous_treatment_and_kept_for_a_binary_one(store, tmp_path):
     # A user review: --explore drew actions 0 and 1 for a dose, whose CATE is a slope per unit of
-    # T, and the monitor's policy value then judged versions on those draws.
-    from tauforge.serving.predictor import CateModel
-    from tauforge.serving.scoring import VersionScorer
-
-    binary = VersionScorer(ModelStore(store).load(MODEL, 1))
-    assert CateModel(MODEL, binary, explore=EpsilonGreedy(0.1)).explore is not None
+    # T, and the monitor's policy value then judged versions on those draws. In a process of its
+    # own: kserve's gRPC protos clash with tritonclient's, which this one loaded.
     dose = tmp_path / "dose"
     shutil.copytree(os.path.join(store, MODEL, "1"), dose)
     card = json.loads((dose / "model_card.json").read_text())
     (dose / "model_card.json").unlink()  # the store writes its own
     spec = {**card["spec"], "treatment": "price", "treatment_type": "continuous"}
-    registry = ModelStore(str(tmp_path / "store"))
-    registry.publish("pricing", str(dose), {**{k: card[k] for k in ("effect", "data")}, "spec": spec})
-    continuous = VersionScorer(registry.load("pricing", 1))
-    assert CateModel("pricing", continuous).explore is None  # served, without exploration
-    with pytest.raises(ValueError, match="--explore draws a binary action, but version 1 of 'pricing' has a "
-                                         "continuous treatment \\('price'\\), whose CATE is a slope"):
-        CateModel("pricing", continuous, explore=EpsilonGreedy(0.1))
+    continuous = str(tmp_path / "store")
+    ModelStore(continuous).publish("pricing", str(dose), {**{k: card[k] for k in ("effect", "data")}, "spec": spec})
+    code = textwrap.dedent(f"""
+        from tauforge.serving.server import build_model
+        print(build_model(store={store!r}, model={MODEL!r}, version=1, explore=0.1).explore.epsilon)
+        print(build_model(store={continuous!r}, model="pricing", version=1).explore)
+        build_model(store={continuous!r}, model="pricing", version=1, explore=0.1)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["0.1", "None"], out.stderr  # explored, and served without exploring
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        "ValueError: --explore draws a binary action, but version 1 of 'pricing' has a continuous treatment "
+        "('price'), whose CATE is a slope per unit of it: serve it without --explore"), out.stderr
 
 
 def test_exploration_recommends_treating_only_above_the_threshold_and_never_explores_at_epsilon_0():
