@@ -200,11 +200,18 @@ def test_the_gate_says_why_it_fails():
     assert not any("R^2" in w for w in balanced["warnings"])
 
 
-def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure():
+@pytest.fixture(scope="module")
+def aw1_evaluated():
+    """The checks of a sound run on aw1 (confounded, tau = 0) under the default gate, which the
+    verdict tests below vary one section at a time (read only)."""
+    data, residuals, estimate, _ = pipeline_in_process("aw1")
+    return evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+
+
+def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure(aw1_evaluated):
     from tauforge.components.evaluate import NEGLIGIBLE_REFUTER_MOVE
 
-    data, residuals, estimate, _ = pipeline_in_process("aw1")
-    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    result = aw1_evaluated
     se = result["effect"]["ate_stderr"]
 
     def with_move(change):
@@ -239,10 +246,9 @@ def test_a_refuters_significant_but_negligible_move_is_a_warning_not_a_failure()
     assert "placebo 95%, not gated" in _refuters_section(placebo, result["effect"], asdict(off), ungated, "")
 
 
-def test_a_trials_declared_propensity_outside_the_bounds_warns_where_an_estimated_one_fails():
+def test_a_trials_declared_propensity_outside_the_bounds_warns_where_an_estimated_one_fails(aw1_evaluated):
     # A data review: a trial treating 2% by design failed the overlap gate on its known propensity.
-    data, residuals, estimate, _ = pipeline_in_process("aw1")
-    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    result = aw1_evaluated
     extreme = {**result["overlap"], "propensity_min": 0.02, "propensity_max": 0.02, "share_outside": 1.0}
     estimated = verdict_of({**result, "overlap": {**extreme, "declared": False}}, GateConfig())
     assert not estimated["passed"] and estimated["reasons"][0].startswith("overlap: 100.0% of rows")
@@ -373,15 +379,14 @@ def test_a_continuous_treatments_overlap_ratio_divides_by_the_weighted_mean_squa
     assert result["ratio_min"] == pytest.approx(0.25 * 6 / 14) and result["share_outside"] == 0.0
 
 
-def test_each_gate_check_fails_its_planted_defect_and_passes_the_clean_value():
+def test_each_gate_check_fails_its_planted_defect_and_passes_the_clean_value(aw1_evaluated):
     # An audit: the placebo, data-subset, robustness-value and heterogeneity checks were never seen
     # failing, and the outcome R^2 and significance checks never seen passing; each could have been
     # switched off, or made to fail every model, with the suite still green. Each check gets a
     # value it must reject and one it must accept, everything else held at a run that passes.
     from tauforge.components.evaluate import NEGLIGIBLE_REFUTER_MOVE
 
-    data, residuals, estimate, _ = pipeline_in_process("aw1")
-    result = evaluate(data, residuals, estimate, GateConfig(), seed=0, nuisance=TWO_FOLDS)
+    result = aw1_evaluated
     assert result["verdict"]["passed"], result["verdict"]
     se = result["effect"]["ate_stderr"]
 
