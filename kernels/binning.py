@@ -59,11 +59,17 @@ class QuantileBinner:
         self.n_threads = n_threads
 
     def _per_feature(self, fn, n_features: int) -> list:
-        """[fn(j) for j in range(n_features)], on n_threads threads."""
-        if self.n_threads <= 1 or n_features <= 1:
+        """[fn(j) for j in range(n_features)], on n_threads threads, in a few blocks of
+        consecutive features per thread: one task per feature cost more than the binning itself
+        on wide data (33,000 covariates of 100 rows: 7.3 of a 9 s fit went to the pool)."""
+        threads = min(int(self.n_threads), n_features)
+        if threads <= 1:
             return [fn(j) for j in range(n_features)]
-        with ThreadPoolExecutor(min(int(self.n_threads), n_features), thread_name_prefix="tauforge-bin") as pool:
-            return list(pool.map(fn, range(n_features)))
+        # 4 blocks a thread: a thread that drew slow features (many distinct values) is not left alone.
+        starts = np.linspace(0, n_features, min(n_features, 4 * threads) + 1).astype(np.int64)
+        blocks = [range(a, b) for a, b in zip(starts[:-1], starts[1:])]
+        with ThreadPoolExecutor(threads, thread_name_prefix="tauforge-bin") as pool:
+            return [out for block in pool.map(lambda js: [fn(j) for j in js], blocks) for out in block]
 
     def fit(self, X: np.ndarray, sample_weight: np.ndarray | None = None) -> QuantileBinner:
         """`sample_weight`: rows of weight 0 make no edges, and coarse bins hold equal weight
