@@ -431,6 +431,28 @@ def test_auto_penalty_applies_the_rule_to_the_whole_prediction_paths_out_of_bag_
     assert chosen == choose_ridge(np.stack(taus, axis=1), t, y, np.ones(len(t))) != DEFAULT_RIDGE
 
 
+def test_the_out_of_bag_estimates_the_fit_kept_are_the_ones_the_trees_give():
+    """Choosing the penalty computes every training row's out-of-bag CATE under each penalty;
+    oob_predict returns the chosen penalty's without walking the trees again (15% of a DML fit
+    at 20,000 rows, docs/benchmarks.md). The same numbers, for a whole fit and a merged one, and
+    none kept that another penalty would make stale."""
+    X, t, y, _ = _steep(1500, 3)
+    kw = dict(n_estimators=200, linear_correction_variables=[0], linear_correction_ridge="auto")
+    whole = _forest(**kw).fit(X, t, y)
+    merged = CausalForest.merge([_forest(**kw).fit_shard(X, t, y, shard=i, n_shards=2) for i in range(2)],
+                                X=X, T=t, y=y)
+    for forest in (whole, merged):
+        assert forest._oob_cate is not None and forest._oob_cate[0] == forest.linear_correction_.ridge
+        kept = forest.oob_predict(X)
+        forest._oob_cate = None
+        np.testing.assert_array_equal(kept, forest.oob_predict(X))
+    whole._oob_cate = (RIDGE_PATH[-1], np.zeros(len(t)))  # kept for a penalty the forest no longer has
+    assert np.all(whole.oob_predict(X) != 0)
+    # A subsample judged the penalty (rows of weight 0 are left out): nothing kept.
+    weight = np.r_[np.zeros(10), np.ones(len(t) - 10)]
+    assert _forest(**kw).fit(X, t, y, sample_weight=weight)._oob_cate is None
+
+
 def _noisy_estimates(sd_03, n, seed=0):
     """Out-of-bag estimates of a known effect (1) under each penalty of the path: every penalty
     errs by N(0, 0.3) per row, but 0.3 by N(0, sd_03)."""
