@@ -600,14 +600,18 @@ def _preview(columns: Any, k: int = 12) -> str:
     return ", ".join(cols[:k]) + (f", ... ({len(cols)} in all)" if len(cols) > k else "")
 
 
+DEMO_TREATMENT, DEMO_OUTCOME = "T", "Y"  # demo_table's: its true ATE is the effect of this column on that one
+
+
 def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple") -> tuple[pd.DataFrame, float]:
-    """A simulated table with a known effect (columns x0..x{p-1}, T, Y) and its true ATE."""
+    """A simulated table with a known effect (columns x0..x{p-1}, DEMO_TREATMENT, DEMO_OUTCOME)
+    and its true ATE."""
     from tauforge.kernels.datasets import make_causal_data
 
     data = make_causal_data(design, n=n, p=p, seed=seed)
     table = pd.DataFrame(data.X, columns=[f"x{j}" for j in range(p)])
-    table["T"] = data.T
-    table["Y"] = data.Y
+    table[DEMO_TREATMENT] = data.T
+    table[DEMO_OUTCOME] = data.Y
     return table, data.ate
 
 

@@ -183,7 +183,7 @@ def _parse_gate(items: list[str]) -> object:
 def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None]:
     """(source, TrainingConfig, the demo's true ATE or None) from the run/submit flags."""
     from tauforge.components.config import refit_workers_from_environment
-    from tauforge.components.data import DataSpec, demo_table
+    from tauforge.components.data import DEMO_OUTCOME, DEMO_TREATMENT, DataSpec, demo_table
     from tauforge.components.estimate import BootstrapConfig
     from tauforge.components.graph import CausalGraph
     from tauforge.components.nuisance import NuisanceConfig
@@ -199,7 +199,13 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
             raise ValueError("--demo writes a local file a cluster cannot read; upload the data and pass "
                              "--data URI (s3://, gs://, or a path mounted in the pipeline's pods)")
         source = os.path.abspath(os.path.join(args.pipeline_root, f"demo-{args.seed}.parquet"))
-        treatment, outcome = args.treatment or "T", args.outcome or "Y"
+        # A walkthrough: --treatment x0 ran, and its effect was judged against the truth of T's.
+        for flag, given, own in (("--treatment", args.treatment, DEMO_TREATMENT), ("--outcome", args.outcome,
+                                                                                   DEMO_OUTCOME)):
+            if given not in (None, own):
+                raise ValueError(f"{flag} {given}: the demo table's {flag[2:]} is {own}, whose true effect the run "
+                                 f"reports beside its estimate; drop {flag}, or pass a table of your own with --data")
+        treatment, outcome = DEMO_TREATMENT, DEMO_OUTCOME
     else:
         if not args.data:
             raise ValueError("pass --data PATH (Parquet or CSV) or --demo")

@@ -103,6 +103,9 @@ BAD_ARGUMENTS = [
     (["run", "--data", "http://alice:S3CRET@127.0.0.1:9/d.parquet", "--treatment", "T", "--outcome", "Y"],
      "--data carries a user name or password: it would be recorded"),
     (["models", "list", "--store", "s3://KEY:S3CRET@bucket/store"], "--store carries a user name or password"),
+    # A walkthrough: the demo ran with x0 as the treatment and judged it against T's true effect.
+    (["run", "--demo", "--treatment", "x0"], "--treatment x0: the demo table's treatment is T, whose true effect"),
+    (["run", "--demo", "--outcome", "x1"], "--outcome x1: the demo table's outcome is Y"),
     # An AWS secret key holds '/', which ends urlsplit's host part before the '@'.
     (["models", "list", "--store", "s3://AKIA:wJal/K7MD/bPxR@bucket/store"], "--store carries a user name"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://KEY:S3CRET@b/s"], "--store carries a user name"),
