@@ -57,14 +57,26 @@ def awaits_background(item) -> bool:
 
 
 @functools.cache
-def starts_background(module_path: str) -> bool:
-    """Whether a test module starts background work: it defines `start_background` (read from
-    its source: xdist's controller, which schedules the tests, imports no test module)."""
+def _source(module_path: str) -> str:
+    """A test module's source (xdist's controller, which schedules the tests, imports no test
+    module); empty for a test id outside the rootdir or a plugin's item."""
     try:
         with open(module_path, encoding="utf-8") as f:
-            return "\ndef start_background(" in f.read()
-    except (OSError, UnicodeDecodeError):  # a test id outside the rootdir, a plugin's item
-        return False
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def starts_background(module_path: str) -> bool:
+    """Whether a test module starts background work: it defines `start_background`."""
+    return "\ndef start_background(" in _source(module_path)
+
+
+def runs_whole(module_path: str) -> bool:
+    """Whether a test module is one scheduling unit (`RUN_WHOLE = True` in it): its module
+    fixtures cost more than the balance per-test units give (test_reports.py renders three
+    pages in Chromium, 11 s, which each worker did)."""
+    return "\nRUN_WHOLE = True" in _source(module_path)
 
 
 def in_background_group(item) -> bool:
@@ -78,8 +90,9 @@ def pytest_xdist_make_scheduler(config, log):
     that start background work are one unit, sent first, to one worker, which starts that work
     at its first test and waits for it while the other worker runs the other tests; every other
     test is a unit of its own, sent to whichever worker is free (a module's fixtures are then set
-    up in both). pytest-xdist's `loadgroup` would do it with marks, but pytest 9.2 ignores the test
-    ids it rewrites (xdist 3.8): its groups were split over both workers, each starting all the
+    up in both), but in a module that says `RUN_WHOLE = True` (`runs_whole`), which is one unit.
+    pytest-xdist's `loadgroup` would do it with marks, but pytest 9.2 ignores the test ids it
+    rewrites (xdist 3.8): its groups were split over both workers, each starting all the
     background work."""
     workers = config.getoption("numprocesses")
     if config.getoption("dist") != "load" or not isinstance(workers, int) or workers < 2:
@@ -93,7 +106,7 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             path = os.path.join(str(config.rootpath), nodeid.split("::", 1)[0])
-            return BACKGROUND_GROUP if starts_background(path) else nodeid
+            return BACKGROUND_GROUP if starts_background(path) else path if runs_whole(path) else nodeid
 
     return BackgroundGroupFirst(config, log)
 

@@ -16,6 +16,9 @@ from tauforge.components.graph import CausalGraph
 from tauforge.components.report import monitor_uplift, uplift_section
 
 SVG = "{http://www.w3.org/2000/svg}"
+# One xdist worker runs this module (conftest.py): its `rendered` fixture, three pages built and
+# rendered in Chromium, took 11 s in each of the two workers.
+RUN_WHOLE = True
 
 
 def parse(svg: str) -> ET.Element:
