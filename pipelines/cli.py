@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -367,13 +368,20 @@ def _compile(args: argparse.Namespace) -> int:
     from tauforge.pipelines.training import compile_pipeline
 
     args.out = args.out or f"tauforge-{args.pipeline}.yaml"  # the monitoring one must not overwrite the training one
-    _check_output(args.out, "--out")
+    to_stdout = args.out == "-"  # the YAML alone on stdout, as `deploy --out -` (a walkthrough: a file named '-')
+    if not to_stdout:
+        _check_output(args.out, "--out")
     cluster = _cluster(args)
-    with _as_flags({"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
-                    "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
-        path = compile_pipeline(args.out, args.folds, args.shards, pipeline=args.pipeline,
-                                bootstrap_shards=args.bootstrap_shards, fold_tasks=args.fold_tasks, cluster=cluster,
-                                fan_in=args.fan_in)
+    with tempfile.TemporaryDirectory() as scratch, _as_flags(
+            {"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
+             "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
+        path = compile_pipeline(os.path.join(scratch, "pipeline.yaml") if to_stdout else args.out, args.folds,
+                                args.shards, pipeline=args.pipeline, bootstrap_shards=args.bootstrap_shards,
+                                fold_tasks=args.fold_tasks, cluster=cluster, fan_in=args.fan_in)
+        if to_stdout:
+            with open(path, encoding="utf-8") as f:
+                sys.stdout.write(f.read())
+            return 0
     print(f"wrote {path}: the {args.pipeline} pipeline ({args.folds} nuisance folds in {args.fold_tasks} tasks, "
           f"{args.shards} forest shards"
           + (f", {args.bootstrap_shards} bootstrap shards" if args.bootstrap_shards else "")
@@ -412,6 +420,8 @@ def _models(args: argparse.Namespace) -> int:
     if args.alias is not None and args.action not in ("promote", "rollback"):
         raise ValueError(f"models {args.action} takes no --alias" + (": pass the alias as --version"
                                                                      if args.action == "show" else ""))
+    if args.alias == "":  # `--alias "$ALIAS"` with the variable unset would move the champion
+        raise ValueError("--alias is empty: give an alias name, or leave --alias out for 'champion'")
     args.alias = args.alias or "champion"
     if args.action == "diff" and len(args.refs) != 2:
         raise ValueError(f"models diff takes two versions (numbers or aliases), got {len(args.refs)}: "
@@ -620,22 +630,41 @@ def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
                          f"--store ({exc})") from None
 
 
+DEFAULT_DEPLOY_WAIT = 600.0  # seconds `deploy --apply` waits for Ready (--wait)
+
+
 def _deploy(args: argparse.Namespace) -> int:
     import yaml
 
     from tauforge.components.deploy import DeploySpec, apply, render, wait_ready, write
 
+    # A flag another mode reads would be ignored without a word (a walkthrough: --percent 50 without
+    # --mode canary wrote a replace, every request to the new version), as `serve` refuses them.
+    router = args.router or "mesh"
+    shared = args.mode in ("canary", "shadow")
+    for flag, given, applies, where in (
+            ("--percent", args.percent, shared, "--mode canary or --mode shadow"),
+            ("--router", args.router, shared, "--mode canary or --mode shadow"),
+            ("--image", args.image, shared and router == "predictor", "a canary or shadow with --router predictor"),
+            ("--store-secret", args.store_secret, shared and router == "predictor",
+             "a canary or shadow with --router predictor"),
+            ("--wait", args.wait, args.apply, "--apply")):
+        if given is not None and not applies:
+            shown = f"{given:g}" if isinstance(given, float) else given
+            this = ("this writes the YAML only" if flag == "--wait" else
+                    f"this writes --mode {args.mode}" + (f" with --router {router}" if shared else ""))
+            raise ValueError(f"{flag} {shown} is for {where}; {this}")
     store = args.store or os.environ.get(STORE_ENV) or ""
     version = _deployed_version(store, args.model, args.version, "--version")
     champion = (None if args.champion_version is None
                 else _deployed_version(store, args.model, args.champion_version, "--champion-version"))
     with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
-        spec = DeploySpec(model=args.model, version=version, mode=args.mode, percent=args.percent,
-                          namespace=args.namespace, store=store, name=args.name or "",
-                          champion_version=champion, router=args.router, cpu=args.cpu,
-                          memory=args.memory, **({"image": args.image} if args.image else {}),
-                          gpus=args.gpus, service_account=args.service_account, event_log=args.event_log or "",
-                          store_secret=args.store_secret, explore=args.explore, raw=args.raw)
+        spec = DeploySpec(model=args.model, version=version, mode=args.mode, namespace=args.namespace,
+                          store=store, name=args.name or "", champion_version=champion, router=router,
+                          cpu=args.cpu, memory=args.memory, gpus=args.gpus, service_account=args.service_account,
+                          event_log=args.event_log or "", explore=args.explore, raw=args.raw,
+                          **{key: value for key, value in (("percent", args.percent), ("image", args.image),
+                                                           ("store_secret", args.store_secret)) if value is not None})
     objects = render(spec)
     if args.out == "-":  # the YAML alone on stdout, for `| kubectl apply -f -`
         if args.apply:
@@ -653,8 +682,9 @@ def _deploy(args: argparse.Namespace) -> int:
     try:
         for line in apply(objects):
             print(line)
-        if args.wait > 0:
-            for line in wait_ready(objects, timeout=args.wait, progress=_progress):
+        wait = DEFAULT_DEPLOY_WAIT if args.wait is None else args.wait
+        if wait > 0:
+            for line in wait_ready(objects, timeout=wait, progress=_progress):
                 print(line)
     except urllib3.exceptions.HTTPError as exc:  # the API server unreachable (refused, TLS, DNS)
         raise RuntimeError(f"could not reach the Kubernetes API: {str(exc).splitlines()[0][:300]}") from None
@@ -670,7 +700,7 @@ def _monitor(args: argparse.Namespace) -> int:
         if path:
             _check_output(path, flag)
     if not args.log_dir.strip():  # read as this folder, which holds no log: "0 live rows" (a review)
-        raise ValueError("--log-dir must name the event log's folder or URI, got ''")
+        raise ValueError(f"--log-dir must name the event log's folder or URI, got {args.log_dir!r}")
     with _as_flags({"alpha": "--alpha"}):
         config = MonitorConfig(alpha=args.alpha)
     result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
@@ -874,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--pipeline", choices=("training", "monitoring"), default="training",
                       help="training, or monitoring (monitor -> If(retrain) -> training)")
     comp.add_argument("--out", help="output path (default: tauforge-training.yaml, or tauforge-monitoring.yaml "
-                                    "for --pipeline monitoring)")
+                                    "for --pipeline monitoring); '-': the YAML on stdout")
     comp.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                       help=f"cross-fitting folds (default: {DEFAULT_FOLDS})")
     comp.add_argument("--fold-tasks", type=int, default=DEFAULT_FOLD_TASKS,
@@ -925,16 +955,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace: all traffic (also how a canary is promoted); canary: canaryTrafficPercent, split "
                           "per request; shadow: champion and shadow as RawDeployment with tauforge's own Istio "
                           "mirror (for a split per unit, see tauforge serve --challenger)")
-    dep.add_argument("--percent", type=float, default=10.0, help="canary traffic or mirrored %% (default: 10)")
+    dep.add_argument("--percent", type=float, help="canary traffic or mirrored %% (default: 10)")
     dep.add_argument("--champion-version",
                      help="shadow, and canary with --router predictor: the version that keeps answering, a number "
                           "or an alias read from --store")
-    dep.add_argument("--router", choices=("mesh", "predictor"), default="mesh",
+    dep.add_argument("--router", choices=("mesh", "predictor"),
                      help="canary/shadow: mesh (KServe's canaryTrafficPercent, split per request; an Istio mirror) "
                           "or predictor (tauforge's router in one predictor with both versions, split per unit; "
                           "no mesh needed)")
     dep.add_argument("--image", help="with --router predictor, the predictor's image (default: the project image)")
-    dep.add_argument("--store-secret", default="tauforge-store-credentials",
+    dep.add_argument("--store-secret",
                      help="with --router predictor, the Secret whose keys give the predictor the store's credentials "
                           "(default: tauforge-store-credentials)")
     dep.add_argument("--name", help="InferenceService name, a DNS-1035 label (default: the model name)")
@@ -960,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory for the YAML, replaced whole by this deployment's objects (default: "
                           "tauforge-deploy); '-': the YAML on stdout")
     dep.add_argument("--apply", action="store_true", help="apply with the Kubernetes Python client")
-    dep.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+    dep.add_argument("--wait", type=float, metavar="SECONDS",
                      help="with --apply, wait this long for the InferenceServices to be Ready and say why not "
                           "(default: 600; 0: do not wait)")
     dep.set_defaults(func=_deploy)
@@ -1089,6 +1119,10 @@ def _check_uris(args: argparse.Namespace) -> None:
     if hasattr(args, "store") and not args.store and os.environ.get(STORE_ENV):  # a command that reads the store
         given[f"${STORE_ENV}"] = os.environ[STORE_ENV]
     for flag, value in given.items():
+        # An empty value (`--store "$STORE"` with the variable unset) is a mistake, not the default:
+        # a walkthrough's `models list --store ''` listed ./tauforge-store.
+        if value == "" and not flag.startswith("$"):
+            raise ValueError(f"{flag} is empty: give a URI or a path")
         if isinstance(value, str):
             with _as_flags({"uri": flag}):
                 check_no_credentials(value, "uri")

@@ -621,6 +621,11 @@ def test_compiled_pipeline_loads_with_kfp_and_shows_accelerators_and_parallel_fo
     tasks = spec["root"]["dag"]["tasks"]  # one task per fold task and per shard, gathered explicitly
     assert sorted(t for t in tasks if t.startswith("nuisance-folds")) == ["nuisance-folds", "nuisance-folds-2",
                                                                          "nuisance-folds-3"]
+    # --out -: the same YAML on stdout and no file (a walkthrough: it wrote a file named '-').
+    code, out, err = cli("compile", "--out", "-", "--folds", "5", "--fold-tasks", "3", "--shards", "4",
+                         "--gpus-per-shard", "1")
+    assert code == 0 and out == path.read_text(), err
+    assert not (tmp_path / "-").exists()
     assert sorted(t for t in tasks if t.startswith("forest-shard")) == ["forest-shard", "forest-shard-2",
                                                                        "forest-shard-3", "forest-shard-4"]
     assert not any("parameterIterator" in t for t in tasks.values())
