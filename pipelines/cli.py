@@ -254,6 +254,7 @@ def _training_setup(args: argparse.Namespace) -> tuple[str, object, float | None
         from tauforge.kernels.serialization import replaced_whole
 
         table, true_ate = demo_table(n=5000, seed=args.seed)
+        args.demo_made_root = not os.path.exists(args.pipeline_root)  # removed again if the run is refused
         os.makedirs(args.pipeline_root, exist_ok=True)
         # Runs in one --pipeline-root with one seed share this file: it is replaced whole (another
         # run's validate task may be reading it), and a refused run removes it only if it made it
@@ -289,6 +290,8 @@ def _run(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 if os.stat(source).st_ino == args.demo_inode:
                     os.remove(source)
+                if args.demo_made_root:  # and the folder it made for it (a walkthrough: an empty one was left)
+                    os.rmdir(args.pipeline_root)  # only if empty: another run may have written there since
         raise
     version = run.version
     effect, verdict = run.evaluation["effect"], run.evaluation["verdict"]
