@@ -198,7 +198,8 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     fields, if there is none. With `since`, files in date folders before its day are not read (a
     file's folder is the day it was written, which is no earlier than its records). Files that
     cannot be read (a node crash on a disk without the writer's sync) are skipped and listed in
-    the frame's `attrs["unreadable_files"]`; `attrs["files"]` counts the files found. A local
+    the frame's `attrs["unreadable_files"]`; `attrs["files"]` counts the files found, and
+    `attrs["files_without"]` names, per column some files hold, the files that lack it. A local
     folder that does not exist is an error (a mistyped path should not read as a quiet log).
     `skip`: columns not kept (a reader that does not need them: each file's are dropped as it is
     read, so a week's log holds less at once); `on_file(done, total)` is called after each file
@@ -220,6 +221,9 @@ def read_events(location: str, model: str | None = None, since: float | None = N
             unreadable.append(f"{f}: {exc}")
         if on_file is not None:
             on_file(done, len(files))
+    # A column some files lack reads as nulls in their rows: a reader that needs it names the files.
+    held = {c for _, table in tables for c in table.column_names}
+    files_without = {c: lacking for c in sorted(held) if (lacking := [f for f, t in tables if c not in t.column_names])}
     tables, mismatched = _of_one_schema(tables)
     unreadable += mismatched
     if not tables:
@@ -251,6 +255,7 @@ def read_events(location: str, model: str | None = None, since: float | None = N
             frame.insert(where, "explore_seed", seed)
     frame.attrs["unreadable_files"] = unreadable
     frame.attrs["files"] = len(files)
+    frame.attrs["files_without"] = files_without
     return frame
 
 

@@ -683,14 +683,19 @@ def window_start(since: str, now: float) -> float:
     return seconds
 
 
-def check_live_inputs(live: pd.DataFrame, columns: list[str]) -> None:
+def check_live_inputs(live: pd.DataFrame, columns: list[str], files_without: dict | None = None) -> None:
     """The champion's rows hold every covariate the model was trained on, and a CATE, all finite:
     ValueError naming the first that does not (a log written by another tool, or for another
-    model's columns), before a check trips over it."""
+    model's columns), before a check trips over it. `files_without`: the log's files that lack a
+    column others hold (`events.read_events`' attrs), named where that is why values are missing."""
     for column in [*input_columns(columns), "cate"]:
         if column not in live.columns:
             raise ValueError(f"the event log has no column {column!r}, which the model's covariates need "
                              f"({', '.join(columns)}): is it this model's log?")
+        lacking = (files_without or {}).get(column, [])
+        if lacking and live[column].isna().any():  # a walkthrough: read as "missing values", another writer's
+            raise ValueError(f"{len(lacking)} of the event log's files have no column {column!r}, which the model's "
+                             f"covariates need ({', '.join(columns)}), e.g. {lacking[0]}: is it this model's log?")
         values = pd.to_numeric(live[column], errors="coerce").to_numpy(dtype=np.float64)
         bad = int((~np.isfinite(values)).sum())
         if bad:
@@ -723,7 +728,7 @@ def _monitor(events, reference, columns, config, outcomes, seed, checks, steps: 
     config = config or MonitorConfig()
     live = events[events["role"] == "champion"]
     if len(live):
-        check_live_inputs(live, list(columns))
+        check_live_inputs(live, list(columns), events.attrs.get("files_without"))
     shadow = events[events["role"] == "shadow"]
     challenger = events[events["role"] == "challenger"]
     live_groups, ref_groups = unit_codes(live), reference_groups(reference)

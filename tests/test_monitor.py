@@ -963,6 +963,24 @@ def test_a_log_without_the_models_columns_or_with_missing_values_is_named_not_ju
         monitor(live, reference(0), COLUMNS)
 
 
+def test_a_log_file_without_a_covariate_column_is_named_where_other_files_hold_it(tmp_path):
+    # A walkthrough: one file of the log had no input.x3, another had it; the concatenation read
+    # the first's rows as missing values, "logged by another writer".
+    from tauforge.components.events import read_events
+
+    live = traffic(0)
+    live.iloc[:500].drop(columns="input.x3").to_parquet(tmp_path / "events-a.parquet", index=False)
+    live.iloc[500:].to_parquet(tmp_path / "events-b.parquet", index=False)
+    events = read_events(str(tmp_path))
+    assert events.attrs["files_without"] == {"input.x3": [str(tmp_path / "events-a.parquet")]}
+    with pytest.raises(ValueError, match=r"1 of the event log's files have no column 'input.x3', .* e\.g\. .*events-a"):
+        monitor(events, reference(0), COLUMNS)
+    # Both files whole: nothing lacking, and the log is judged.
+    live.iloc[:500].to_parquet(tmp_path / "events-a.parquet", index=False)
+    events = read_events(str(tmp_path))
+    assert events.attrs["files_without"] == {} and monitor(events, reference(0), COLUMNS)["live_rows"] == 1000
+
+
 def test_outcomes_are_read_from_parquet_or_csv_and_a_bad_file_is_named(tmp_path):
     from tauforge.components.judgement import read_outcomes
 
