@@ -807,6 +807,10 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
 
     registry = CollectorRegistry()
     labels = {"model": model, "version": str(version)}
+    # A run that fails leaves the file as it was, and every gauge below then shows the last good
+    # run (a walkthrough): this one's age says how old they are (the TauforgeMonitorStale alert).
+    Gauge("tauforge_monitor_last_run_timestamp_seconds", "Unix time the last successful monitoring run wrote this",
+          ["model", "version"], registry=registry).labels(**labels).set(time.time())
     g = Gauge("tauforge_monitor_alerts", "Alerts raised by the last monitoring run", ["model", "version", "check"],
               registry=registry)
     for check in ALERTS:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -860,6 +862,10 @@ def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     gauges = (tmp_path / "m.prom").read_text()
     assert "tauforge_monitor_retrain_needed" in gauges
     assert 'tauforge_monitor_drift_judged{model="m",version="1"} 1.0' in gauges
+    # When the run wrote them (a walkthrough: a failed run leaves the file, whose gauges then
+    # looked current): within the minutes this test took.
+    (stamp,) = re.findall(r'tauforge_monitor_last_run_timestamp_seconds\{model="m",version="1"\} (\S+)', gauges)
+    assert 0 <= time.time() - float(stamp) < 300
     report = (tmp_path / "report.html").read_text()
     assert "covariate_drift" in report and "<h1>tauforge monitor: m version 1</h1>" in report
     charts = report.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"')
