@@ -597,8 +597,11 @@ class ModelStore:
 
         def point(aliases: dict) -> dict:
             entry = aliases.get(alias, {"version": None, "history": []})
-            if entry["version"] is not None and entry["version"] != version:
-                entry["history"].append(entry["version"])
+            # A version no longer published is no rollback target (a walkthrough: promoting over an
+            # alias left at a removed version 7 recorded it, and the rollback then failed on it).
+            before = entry["version"]
+            if before is not None and before != version and before in self.versions(model):
+                entry["history"].append(before)
             entry["version"] = version
             aliases[alias] = entry
             return entry

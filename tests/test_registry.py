@@ -180,6 +180,14 @@ def test_promote_and_rollback_move_the_alias_through_its_history(model_dir, tmp_
     assert store.rollback("m", "champion")["version"] == 1
     with pytest.raises(StoreError, match="no earlier version"):
         store.rollback("m", "champion")
+    # An alias left at a version no longer published (removed by hand): promoting over it records
+    # no rollback target that is gone (a walkthrough: the rollback then failed on version 7).
+    path = os.path.join(store.root, "m", "aliases.json")
+    with open(path) as f:
+        aliases = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**aliases, "champion": {"version": 7, "history": []}}, f)
+    assert store.set_alias("m", "champion", 2) == {"version": 2, "history": []}
     assert oct(os.stat(os.path.join(store.root, "m", "aliases.json")).st_mode & 0o777) == "0o644"
     os.makedirs(os.path.join(store.root, "lost+found"))  # a volume's root: not a model, not an error
     assert store.models() == ["m"]
