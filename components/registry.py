@@ -577,7 +577,14 @@ class ModelStore:
         path = f"{self._model_dir(model)}/{ALIASES_FILE}"
         where = f"{path} in {self.uri}"
         if self.local:
-            return (_parse_aliases(self.fs.cat_file(path), where) if _local_exists(path) else {}), None
+            if not _local_exists(path):
+                return {}, None
+            try:
+                data = self.fs.cat_file(path)
+            except IsADirectoryError:  # a walkthrough: "failed: Is a directory", and no model was listed
+                raise DamagedStoreError(f"{where} is damaged (a folder, not a file): restore it, or remove it and "
+                                        "promote a version again") from None
+            return _parse_aliases(data, where), None
         try:
             # The ETag first: if the file changes before it is read, the conditional write that
             # follows fails and the update is retried, never applied to a file it did not read.

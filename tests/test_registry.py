@@ -400,6 +400,14 @@ def test_a_damaged_aliases_file_is_named_and_hides_no_other_model(model_dir, tmp
     out = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 1 and "aliases.json" in out.stderr and "Traceback" not in out.stderr
     assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "1"], ["n", "1"]]
+    # A folder where the file should be (a walkthrough: "failed: Is a directory", and no model listed).
+    os.remove(aliases)
+    os.mkdir(aliases)
+    with pytest.raises(StoreError, match=r"m/aliases.json in .* is damaged \(a folder, not a file\)"):
+        store.resolve("m", "champion")
+    out = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1 and "is damaged (a folder" in out.stderr, out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()[1:]] == [["m", "1"], ["n", "1"]]
 
 
 def test_promote_and_rollback_refuse_a_version_that_does_not_verify(model_dir, tmp_path):
