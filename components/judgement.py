@@ -218,6 +218,21 @@ def with_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(known.astype({"row": int}) if "row" in key else known, on=key)
 
 
+def unmatched_outcomes(rows: pd.DataFrame, outcomes: pd.DataFrame, matched: int) -> str | None:
+    """Why no row of the log met an outcome, when none did (`matched`: the rows `with_outcomes`
+    kept): the log lacks the keys, or no key matched. A walkthrough's outcomes of another log
+    read only as "too few rows with an outcome"."""
+    if matched or not len(rows):
+        return None
+    key = outcome_keys(outcomes)
+    absent = [c for c in key if c not in rows.columns or rows[c].isna().all()]
+    if absent:
+        return f"the event log's rows hold no {' or '.join(absent)}, which the outcomes are joined on"
+    known = int(outcomes["outcome"].notna().sum())
+    return (f"none of the {known} outcomes matched the ({', '.join(key)}) of the {len(rows)} logged rows: are "
+            "they this log's?")
+
+
 def latest_version(rows: pd.DataFrame) -> int:
     """The version of the row logged last (the highest version where no row has a time); by
     position, since rows of several log files share index labels."""
@@ -263,6 +278,8 @@ def judge_shadow(live, shadow, outcomes, columns, config, seed) -> dict:
                      f"the latest, version {version}, is judged")
     shadow = shadow[shadow["version"] == version]
     frame = with_outcomes(live, outcomes)
+    if why := unmatched_outcomes(live, outcomes, len(frame)):
+        notes.append(why)
     frame = with_shadow(frame, shadow, ["cate"], suffix="_challenger")
     frame = frame.rename(columns={"cate": "cate_champion"})
     frame = frame[frame["action"].notna() & frame["propensity"].notna()]
@@ -358,7 +375,9 @@ def judge_canary(live, challenger, outcomes, columns, config, seed) -> dict:
             if outside.any():
                 notes.append(f"{int(outside.sum())} rows from when only one version answered left out")
             frame = frame[~outside]
-    frame = with_outcomes(frame, outcomes)
+    logged, frame = frame, with_outcomes(frame, outcomes)
+    if why := unmatched_outcomes(logged, outcomes, len(frame)):
+        notes.append(why)
     if outcome_keys(outcomes) == ["unit_id"]:
         frame, mixed = _one_row_per_unit(frame)
         if mixed:

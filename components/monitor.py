@@ -59,6 +59,7 @@ from .judgement import (
     outcome_model,
     read_outcomes,
     treatment_probability,
+    unmatched_outcomes,
     with_outcomes,
 )
 from .registry import ModelStore, card_covariates, card_part
@@ -551,6 +552,7 @@ class EffectCalibration:
         if m.outcomes is None or not m.binary or not {"action", "propensity"} <= set(m.live.columns):
             return None
         frame = with_outcomes(m.live, m.outcomes)
+        unmatched = unmatched_outcomes(m.live, m.outcomes, len(frame))
         e = treatment_probability(frame)
         frame = frame[np.isin(frame["action"].to_numpy(float), (0.0, 1.0)) & (e > 0) & (e < 1)]
         clusters = clusters_of(frame)
@@ -558,7 +560,8 @@ class EffectCalibration:
         if len(frame) < MIN_POLICY_ROWS or units < MIN_POLICY_UNITS:
             return CheckResult({"rows": int(len(frame)), "note": f"too few explored rows with outcomes (at least "
                                 f"{MIN_POLICY_ROWS} of {MIN_POLICY_UNITS} units): {len(frame)} of {units} units; "
-                                "serve with exploration (--explore) to judge the effect"})
+                                + (f"{unmatched}" if unmatched else
+                                   "serve with exploration (--explore) to judge the effect")})
         psi = effect_scores(frame, outcome_model(frame, m.covariates, m.seed, clusters=clusters))
         cate = frame["cate"].to_numpy(float)
         gap = psi - cate

@@ -1031,6 +1031,20 @@ def test_outcomes_not_known_yet_are_left_out_of_the_judgement():
     assert policy["difference_dr"] == known["difference_dr"] and np.isfinite(policy["difference_dr"])
 
 
+def test_outcomes_that_meet_no_logged_row_say_why():
+    # A walkthrough: outcomes of another log, or a log without request ids, read only as "too few
+    # rows with an outcome ... 0 rows of 0 units".
+    events, outcomes, _, X = canary_traffic(0, units=1000)
+    ref = reference_profile(X[:2000], COLUMNS, (X[:2000, 0] > 0).astype(float), tau)
+    elsewhere = outcomes.assign(request_id="other-" + outcomes["request_id"].astype(str))
+    note = monitor(events, ref, COLUMNS, outcomes=elsewhere)["policy"]["note"]
+    assert f"none of the {len(outcomes)} outcomes matched the (request_id, row) of the" in note, note
+    note = monitor(events.assign(request_id=None), ref, COLUMNS, outcomes=outcomes)["policy"]["note"]
+    assert "the event log's rows hold no request_id, which the outcomes are joined on" in note, note
+    # Matched, no such note.
+    assert "matched" not in monitor(events, ref, COLUMNS, outcomes=outcomes)["policy"].get("note", "")
+
+
 def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_old_days_unread(tmp_path):
     # An ops review: one truncated file (a node crash before the writer synced) stopped the
     # monitor with "Parquet magic bytes not found", and --since read the whole history.
