@@ -888,7 +888,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
                           read, 0, CHECKS, steps, card_part(loaded.card, "effect"))
     card = loaded.card
     if start is not None:
-        result["since"] = pd.Timestamp(start, unit="s", tz="UTC").isoformat()
+        # To the second (a walkthrough read nanoseconds in `since 2026-12-07T18:28:22.578406811+00:00`).
+        result["since"] = pd.Timestamp(start, unit="s", tz="UTC").floor("s").isoformat()
     if unreadable:  # judged without them, and said
         result["unreadable_files"] = unreadable
     if not files:  # an object store has no folders to tell a typo from a quiet log

@@ -511,6 +511,15 @@ def _number(value, spec: str) -> str:
     return format(value, spec)
 
 
+def _brief(value):
+    """A setting as `models diff` shows it: a list of numbers (the candidate weights a fit chose,
+    one per covariate) to 3 significant digits, and a long one cut (`--json` has every digit)."""
+    if not (isinstance(value, list) and value and all(isinstance(v, float) for v in value)):
+        return value
+    shown = ", ".join(f"{v:.3g}" for v in value[:6])
+    return f"[{shown}" + (f", ... ({len(value)} values)]" if len(value) > 6 else "]")
+
+
 def _models_diff(store, args: argparse.Namespace) -> int:
     """`models diff V1 V2`: what changed from one version's card to the other's."""
     from tauforge.components.registry import diff_cards
@@ -551,7 +560,7 @@ def _models_diff(store, args: argparse.Namespace) -> int:
     lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in sp["fields"].items()]
     est = d["estimator"]
     lines.append("  estimator: " + ("changed" if est["changed"] else "same"))
-    lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in est["settings"].items()]
+    lines += [f"    {k}: {_brief(v[0])} -> {_brief(v[1])}" for k, v in est["settings"].items()]
     n = d["nuisance"]
     lines.append("  nuisance learners: " + ("changed" if n["changed"] else "same"))
     lines += [f"    {k}: {v[0]} -> {v[1]}" for k, v in n["learners"].items()]

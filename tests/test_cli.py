@@ -723,3 +723,14 @@ def test_a_second_sigterm_during_the_firsts_report_still_ends_with_the_error_obj
         left = signal.signal(signal.SIGTERM, before)
     assert code == 143 and json.loads(capsys.readouterr().out.splitlines()[-1])["exit_code"] == 143
     assert left is swallowed  # main put the caller's handler back
+
+
+def test_models_diff_shows_a_fits_chosen_weights_briefly():
+    # A walkthrough: `models diff` printed the candidate weights a fit chose, ten floats to 17
+    # digits each side, beside real settings such as the seed (--json keeps every digit).
+    from tauforge.pipelines.cli import _brief
+
+    weights = [1.0790569415042095, 0.10690167332834394, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert _brief(weights) == "[1.08, 0.107, 0.1, 0.1, 0.1, 0.1, ... (10 values)]"
+    assert _brief([0.5, 0.25]) == "[0.5, 0.25]"
+    assert _brief(0.1) == 0.1 and _brief([0, 1]) == [0, 1] and _brief("auto") == "auto"
