@@ -560,8 +560,7 @@ class EffectCalibration:
         if len(frame) < MIN_POLICY_ROWS or units < MIN_POLICY_UNITS:
             return CheckResult({"rows": int(len(frame)), "note": f"too few explored rows with outcomes (at least "
                                 f"{MIN_POLICY_ROWS} of {MIN_POLICY_UNITS} units): {len(frame)} of {units} units; "
-                                + (f"{unmatched}" if unmatched else
-                                   "serve with exploration (--explore) to judge the effect")})
+                                + (unmatched or "serve with exploration (--explore) to judge the effect")})
         psi = effect_scores(frame, outcome_model(frame, m.covariates, m.seed, clusters=clusters))
         cate = frame["cate"].to_numpy(float)
         gap = psi - cate

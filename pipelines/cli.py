@@ -642,9 +642,6 @@ def _deployed_version(store: str, model: str, ref: str, flag: str) -> int:
                          f"--store ({exc})") from None
 
 
-DEFAULT_DEPLOY_WAIT = 600.0  # seconds `deploy --apply` waits for Ready (--wait)
-
-
 def _deploy(args: argparse.Namespace) -> int:
     import yaml
 
@@ -694,9 +691,9 @@ def _deploy(args: argparse.Namespace) -> int:
     try:
         for line in apply(objects):
             print(line)
-        wait = DEFAULT_DEPLOY_WAIT if args.wait is None else args.wait
-        if wait > 0:
-            for line in wait_ready(objects, timeout=wait, progress=_progress):
+        if args.wait is None or args.wait > 0:  # None: wait_ready's own default
+            timeout = {} if args.wait is None else {"timeout": args.wait}
+            for line in wait_ready(objects, progress=_progress, **timeout):
                 print(line)
     except urllib3.exceptions.HTTPError as exc:  # the API server unreachable (refused, TLS, DNS)
         raise RuntimeError(f"could not reach the Kubernetes API: {str(exc).splitlines()[0][:300]}") from None
