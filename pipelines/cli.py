@@ -649,7 +649,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
     # A flag another mode reads would be ignored without a word (a walkthrough: --percent 50 without
     # --mode canary wrote a replace, every request to the new version), as `serve` refuses them.
-    router = args.router or "mesh"
+    router = args.router or DeploySpec.router  # the spec's default, for the checks and their messages
     shared = args.mode in ("canary", "shadow")
     for flag, given, applies, where in (
             ("--percent", args.percent, shared, "--mode canary or --mode shadow"),
@@ -669,11 +669,12 @@ def _deploy(args: argparse.Namespace) -> int:
                 else _deployed_version(store, args.model, args.champion_version, "--champion-version"))
     with _as_flags(DEPLOY_FLAGS):  # every setting checked before anything is written
         spec = DeploySpec(model=args.model, version=version, mode=args.mode, namespace=args.namespace,
-                          store=store, name=args.name or "", champion_version=champion, router=router,
+                          store=store, name=args.name or "", champion_version=champion,
                           cpu=args.cpu, memory=args.memory, gpus=args.gpus, service_account=args.service_account,
                           event_log=args.event_log or "", explore=args.explore, raw=args.raw,
-                          **{key: value for key, value in (("percent", args.percent), ("image", args.image),
-                                                           ("store_secret", args.store_secret)) if value is not None})
+                          **{key: value for key, value in (("percent", args.percent), ("router", args.router),
+                                                           ("image", args.image), ("store_secret", args.store_secret))
+                             if value is not None})
     objects = render(spec)
     if args.out == "-":  # the YAML alone on stdout, for `| kubectl apply -f -`
         if args.apply:
