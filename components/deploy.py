@@ -62,12 +62,6 @@ DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a namespace's
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def whole_percent(percent: float) -> int:
-    """A canary's share as KServe's integer canaryTrafficPercent: the nearest whole percent, a
-    half rounded up (round() sent 12.5% as 12 and refused 0.5%)."""
-    return int(percent + 0.5)
-
-
 def check_name(name: str, what: str = "name") -> str:
     """`name` if it is a DNS-1035 label KServe can derive its objects' names from."""
     if len(name) > MAX_NAME or not DNS_1035.match(name):
@@ -122,9 +116,13 @@ class DeploySpec:
                 raise ConfigError(key, f"must be a published version, numbered from 1, got {number}")
         if not 0 < self.percent <= 100:
             raise ConfigError("percent", f"must be in (0, 100], got {self.percent}")
-        if self.mode == "canary" and whole_percent(self.percent) < 1:
-            raise ConfigError("percent", f"must be a whole percent of traffic for a canary (canaryTrafficPercent), "
-                                         f"got {self.percent}")
+        if self.mode == "canary" and self.router == "mesh" and self.percent != int(self.percent):
+            # KServe's canaryTrafficPercent is an integer. Rounding without a word sent 99.6% as a
+            # full rollout (a walkthrough); the router's own split takes any share.
+            raise ConfigError("percent", f"must be a whole percent for a mesh canary (KServe's canaryTrafficPercent "
+                                         f"is an integer), got {self.percent:g}: give "
+                                         + " or ".join(str(n) for n in (int(self.percent), int(self.percent) + 1) if n)
+                                         + ", or --router predictor for a share per unit")
         if not self.store:
             raise ConfigError("store", "is needed: the URI of the store the cluster reads the version from "
                                        "(s3://, gs:// or pvc://), or $TAUFORGE_STORE")
@@ -266,7 +264,7 @@ def inference_service(spec: DeploySpec, name: str, version: int, role: str, depl
     if deployment_mode == "RawDeployment":
         predictor["terminationGracePeriodSeconds"] = GRACE_SECONDS
     if canary_percent is not None:
-        predictor["canaryTrafficPercent"] = whole_percent(canary_percent)
+        predictor["canaryTrafficPercent"] = int(canary_percent)
     predictor["serviceAccountName"] = spec.service_account
     if spec.node_selector:
         predictor["nodeSelector"] = dict(spec.node_selector)

@@ -245,7 +245,8 @@ def test_deploy_traffic_exploration_and_gpus_keep_to_their_ranges():
     deploy(explore=1.0)
     for percent in (0, -5, 100.5):
         refused(lambda: deploy(mode="canary", percent=percent), "percent")
-    refused(lambda: deploy(mode="canary", percent=0.4), "percent")  # canaryTrafficPercent is whole
+    for percent in (0.4, 99.6):  # canaryTrafficPercent is whole: refused, not rounded
+        refused(lambda: deploy(mode="canary", percent=percent), "percent")
     refused(lambda: deploy(mode="shadow", champion_version=2, percent=0), "percent")  # a mirror of nothing
     for explore in (-0.1, 1.1):
         refused(lambda: deploy(explore=explore), "explore")

@@ -653,14 +653,20 @@ def test_a_store_given_with_a_trailing_slash_names_the_same_version_folder():
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/models/uplift/3"
 
 
-def test_a_canarys_share_is_the_nearest_whole_percent():
-    # canaryTrafficPercent is an integer: 12.6% asked for is 13%, not 12 (int() alone truncated).
-    # A half rounds up: round() halves to even, which sent 12.5% as 12 and refused 0.5%.
-    for asked, sent in ((12.6, 13), (12.4, 12), (12.5, 13), (0.5, 1), (100, 100)):
+def test_a_mesh_canarys_share_is_a_whole_percent_and_nothing_else_is_rounded_into_one():
+    # canaryTrafficPercent is an integer. The share was once rounded without a word, and 99.6%
+    # asked for became 100%, a full rollout (a walkthrough): a fractional share is refused, naming
+    # the whole percents on either side, and the router's own split (per unit) keeps it.
+    for asked in (1, 12, 100, 12.0):
         (isvc,) = render(spec(mode="canary", percent=asked))
-        assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == sent, asked
-    with pytest.raises(ConfigError, match="whole percent"):
-        spec(mode="canary", percent=0.4)
+        assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == int(asked), asked
+    for asked, offered in ((99.6, "99 or 100"), (12.5, "12 or 13"), (0.5, "give 1,")):
+        with pytest.raises(ConfigError, match="whole percent") as refused:
+            spec(mode="canary", percent=asked)
+        assert offered in str(refused.value), (asked, str(refused.value))
+    # A mirror's percentage is a float in Istio: a shadow keeps its fraction.
+    *_, mirror = render(spec(mode="shadow", champion_version=2, percent=12.5))
+    assert mirror["spec"]["http"][0]["mirrorPercentage"] == {"value": 12.5}
 
 
 def test_a_replace_with_the_predictor_router_serves_one_version_through_the_runtime(validators):
