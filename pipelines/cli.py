@@ -114,6 +114,20 @@ def _store_uri(args: argparse.Namespace) -> str:
     return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE  # checked by _check_uris
 
 
+def _existing_store(args: argparse.Namespace) -> str:
+    """The store a command reads from; a local one must be a folder: a mistyped path is not an
+    empty store (serve and monitor had said the model had "no published version" in it)."""
+    from tauforge.components.registry import ModelStore
+
+    store = ModelStore(_store_uri(args))
+    if store.local and not os.path.isdir(store.root):
+        problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
+        given = ("--store" if args.store else f"${STORE_ENV}" if os.environ.get(STORE_ENV)
+                 else "the default store (no --store given)")
+        raise ValueError(f"{given} {store.uri}: {store.root} {problem}")
+    return store.uri
+
+
 def _shown(path: str) -> str:
     """A path as the user would write it: relative to the working directory when inside it."""
     if "://" in path:
@@ -429,9 +443,7 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "diff" and len(args.refs) != 2:
         raise ValueError(f"models diff takes two versions (numbers or aliases), got {len(args.refs)}: "
                          f"tauforge models diff --name MODEL V1 V2")
-    if store.local and not os.path.isdir(store.root):  # a mistyped path is not an empty store
-        problem = "is a file, not a folder" if os.path.exists(store.root) else "does not exist"
-        raise ValueError(f"--store {store.uri}: {store.root} {problem}")
+    _existing_store(args)  # after the arguments' own checks
     if args.action == "list":
         if args.name:
             store.resolve(args.name)  # a model that is not there is an error, not an empty listing
@@ -601,7 +613,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tauforge.serving.server import build_model, check_ports, serve
 
     check_ports(args.host, args.port, args.grpc_port)  # before the model's load and warm-up
-    store = None if args.model_dir else _store_uri(args)
+    store = None if args.model_dir else _existing_store(args)
     model = build_model(store=store, model=args.model, version=args.version, challenger=args.challenger,
                         mode=args.mode, percent=args.percent, explore=args.explore, log_dir=args.log_dir,
                         model_dir=args.model_dir, shadow_timeout=args.shadow_timeout, device=args.device,
@@ -682,7 +694,11 @@ def _deploy(args: argparse.Namespace) -> int:
         print(yaml.safe_dump_all(objects, sort_keys=False), end="")
         return 0
     _check_output(args.out, "--out", folder=True)
-    for path in write(objects, args.out):
+    try:
+        written = write(objects, args.out)
+    except OSError as exc:  # past the checks above (a review: /proc/x named write's temporary file)
+        raise RuntimeError(f"--out {args.out} cannot be written: {exc.strerror or exc}") from None
+    for path in written:
         print(f"wrote {_shown(path)}")
     if not args.apply:
         print(f"apply with: kubectl apply -f {_shown(args.out)}   (or rerun with --apply)")
@@ -713,7 +729,7 @@ def _monitor(args: argparse.Namespace) -> int:
         raise ValueError(f"--log-dir must name the event log's folder or URI, got {args.log_dir!r}")
     with _as_flags({"alpha": "--alpha"}):
         config = MonitorConfig(alpha=args.alpha)
-    result = run_monitor(_store_uri(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
+    result = run_monitor(_existing_store(args), args.model, args.log_dir, version=args.version, outcomes=args.outcomes,
                          config=config, progress=True, since=args.since)
     for path in (args.report, args.metrics_file):  # made once there is something to write (not on a refusal)
         if path:

@@ -118,7 +118,16 @@ BAD_ARGUMENTS = [
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--wait", "5"],
      "--wait 5 is for --apply; this writes the YAML only"),
     (["models", "list", "--store", ""], "--store is empty: give a URI or a path"),
+    # A mistyped store is not an empty one: monitor said the model had "no published version" in it.
+    (["monitor", "--model", "m", "--log-dir", "logs", "--store", "/nonexistent/store"],
+     "--store /nonexistent/store: /nonexistent/store does not exist"),
+    (["models", "show", "--name", "m", "--store", "/nonexistent/store"],
+     "--store /nonexistent/store: /nonexistent/store does not exist"),
     (["models", "promote", "--name", "m", "--version", "1", "--alias", ""], "--alias is empty"),
+    # Past the path checks as root (/proc takes no new file), below them as anyone else: either way the
+    # flag is named, not write's temporary file.
+    (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--out", "/proc/tauforge-x"],
+     "--out /proc/tauforge-x cannot be written"),
     # A walkthrough: the demo ran with x0 as the treatment and judged it against T's true effect.
     (["run", "--demo", "--treatment", "x0"], "--treatment x0: the demo table's treatment is T, whose true effect"),
     (["run", "--demo", "--outcome", "x1"], "--outcome x1: the demo table's outcome is Y"),
