@@ -397,7 +397,9 @@ class CausalForest(BaseEstimator):
         self.source_ = "tauforge"
         self.linear_correction_ = None
         self.variance_smoother_ = None
-        self._oob_cate = None  # (penalty, out-of-bag CATE), where the fit computes it (_choose_linear_correction_ridge)
+        # (penalty, the training covariates' digest, out-of-bag CATE), where the fit computes it
+        # (_choose_linear_correction_ridge)
+        self._oob_cate = None
         self._backend = backend  # kept: the torch backend caches the forest on its device
 
     def _fit_linear_correction(self, X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray | None,
@@ -466,7 +468,8 @@ class CausalForest(BaseEstimator):
         clusters = getattr(self, "clusters_", None)
         correction.ridge = choose_ridge(taus, T[rows], y[rows], w[rows], None if clusters is None else clusters[rows])
         if len(rows) == n:  # every training row: the chosen penalty's column is what oob_predict(X) computes
-            self._oob_cate = correction.ridge, np.ascontiguousarray(taus[:, RIDGE_PATH.index(correction.ridge)])
+            self._oob_cate = (correction.ridge, _covariates_digest(X),
+                              np.ascontiguousarray(taus[:, RIDGE_PATH.index(correction.ridge)]))
 
     def _fit_variance_smoother(self, X: Any, samples: Sequence[TreeSample] | None = None) -> None:
         """`variance_smoother_` from the reference rows of the training covariates X (the whole
@@ -646,10 +649,12 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
         correction = getattr(self, "linear_correction_", None)
-        kept = getattr(self, "_oob_cate", None)  # (penalty, values), kept by the fit for that penalty
+        kept = getattr(self, "_oob_cate", None)  # (penalty, digest, values), kept by the fit for that penalty
         if oob and in_bag is None and not with_variance and kept is not None and correction is not None \
-                and kept[0] == correction.ridge:
-            return kept[1].copy(), None
+                and kept[0] == correction.ridge and kept[1] == _covariates_digest(_inputs.to_numpy(X, "X", 2)):
+            # only for the training rows themselves (a review: other rows of the same count, a test
+            # set or the training rows shuffled, were answered with the training rows' values)
+            return kept[2].copy(), None
         if oob:
             self._check_whole("out-of-bag prediction")
             in_bag = self._sampler(self.n_train_).in_bag() if in_bag is None else in_bag
@@ -926,6 +931,11 @@ def _training_digest(X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray 
         digest.update(np.ascontiguousarray(a, dtype=np.float64).data)
         digest.update(str(np.shape(a)).encode())
     return digest.hexdigest()
+
+
+def _covariates_digest(X: np.ndarray) -> str:
+    """sha256 of covariates as float64: which rows a kept out-of-bag CATE belongs to."""
+    return _training_digest(X, np.zeros(0), np.zeros(0), None)
 
 
 def _same_optional_arrays(a: np.ndarray | None, b: np.ndarray | None) -> bool:

@@ -444,9 +444,15 @@ def test_the_out_of_bag_estimates_the_fit_kept_are_the_ones_the_trees_give():
     for forest in (whole, merged):
         assert forest._oob_cate is not None and forest._oob_cate[0] == forest.linear_correction_.ridge
         kept = forest.oob_predict(X)
-        forest._oob_cate = None
+        # Other rows of the same count (here the training rows reversed) are computed, not the kept
+        # values returned (a review: a test set of the training set's size got the training rows' CATE).
+        other = forest.oob_predict(X[::-1])
+        stored, forest._oob_cate = forest._oob_cate, None
         np.testing.assert_array_equal(kept, forest.oob_predict(X))
-    whole._oob_cate = (RIDGE_PATH[-1], np.zeros(len(t)))  # kept for a penalty the forest no longer has
+        np.testing.assert_array_equal(other, forest.oob_predict(X[::-1]))
+        assert np.mean(other != kept) > 0.9
+        forest._oob_cate = stored
+    whole._oob_cate = (RIDGE_PATH[-1], whole._oob_cate[1], np.zeros(len(t)))  # kept for another penalty
     assert np.all(whole.oob_predict(X) != 0)
     # A subsample judged the penalty (rows of weight 0 are left out): nothing kept.
     weight = np.r_[np.zeros(10), np.ones(len(t) - 10)]
