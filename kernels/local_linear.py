@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .prediction import array_lib, little_bag_variance
+from .prediction import MIN_TREATMENT_SPREAD, array_lib, little_bag_variance
 
 if TYPE_CHECKING:
     from .forest_arrays import ForestArrays
@@ -268,7 +268,7 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     D = 2 * d + 2
     M_pen = M + _penalty(M, ridge, d, penalty_blocks)
     theta = _solve(M_pen, r[..., None])[..., 0]
-    tau = theta[:, d + 1]
+    tau = _unidentified_as_nan(theta[:, d + 1], M, d)
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
     xp = array_lib(A)
@@ -285,7 +285,20 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     coef_tri[:, diagonal] = coef_tri[:, diagonal] / 2
     coef = xp.concatenate([coef_tri, h], axis=1)  # (rows, K)
     psi = backend.leaf_scores(ids, leaf_moments, A, coef)
-    return tau, little_bag_variance(psi, ci_group_size, valid, monte_carlo, parts)
+    variance = little_bag_variance(psi, ci_group_size, valid, monte_carlo, parts)
+    return tau, xp.where(xp.isnan(tau)[:, None] if parts else xp.isnan(tau), xp.full_like(variance, math.nan),
+                         variance)
+
+
+def _unidentified_as_nan(tau: Any, M: Any, d: int) -> Any:
+    """tau, NaN where the treatment is constant among the row's neighbours: the plain forest's
+    rule (kernels.prediction.MIN_TREATMENT_SPREAD) on M's mean t (entry (0, t)) and mean t^2
+    (entry (t, t)), which centring at z leaves as they are. Exactly constant, the penalty kept the
+    system solvable and float32 moments gave a tau in the millions."""
+    xp = array_lib(M)
+    mean_t, mean_tt = M[:, 0, d + 1], M[:, d + 1, d + 1]
+    spread = mean_tt - mean_t * mean_t
+    return xp.where(spread > MIN_TREATMENT_SPREAD * mean_tt, tau, xp.full_like(tau, math.nan))
 
 
 def _centred_system(A: Any, z: Any) -> tuple[Any, Any, Any, Any]:
@@ -338,7 +351,8 @@ def local_linear_taus(backend, ids: Any, leaf_moments: np.ndarray, z: Any, ridge
     A = backend.leaf_means(ids, leaf_moments, valid)
     _, M, r, _ = _centred_system(A, z)
     d = z.shape[1]
-    taus = [_solve(M + _penalty(M, ridge, d, penalty_blocks), r[..., None])[:, d + 1, 0] for ridge in ridges]
+    taus = [_unidentified_as_nan(_solve(M + _penalty(M, ridge, d, penalty_blocks), r[..., None])[:, d + 1, 0], M, d)
+            for ridge in ridges]
     return np.stack([backend.to_numpy(t) for t in taus], axis=1)
 
 

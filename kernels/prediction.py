@@ -32,6 +32,11 @@ from .forest_arrays import LEAF_T, LEAF_TT, LEAF_TY, LEAF_Y
 # are asked of it. Measured on grf's aw2 at n = 3,000 (docs/benchmarks.md): 500 trees in groups
 # of 2 gave intervals 10% wider than 2,000; larger groups are less noisy at equal trees.
 MIN_INTERVAL_TREES = 500
+# Where the forest-weighted variance of t at a row is below this share of its second moment, the
+# treatment is constant among the row's neighbours and the effect there is NaN (unidentified).
+# Exactly constant, float32 leaf moments leave a residue near 1e-7 of it, which as a denominator
+# gave CATEs of +-inf or millions instead of 0 / 0 (a review).
+MIN_TREATMENT_SPREAD = 1e-5
 
 
 def array_lib(a: Any) -> ModuleType:
@@ -124,6 +129,8 @@ def forest_estimate(values: Any, ci_group_size: int, valid: Any | None = None, w
     A = tree_average(values, valid)
     At, Ay, Aty, Att = A[:, LEAF_T], A[:, LEAF_Y], A[:, LEAF_TY], A[:, LEAF_TT]
     denom = Att - At * At
+    xp = array_lib(denom)
+    denom = xp.where(denom > MIN_TREATMENT_SPREAD * Att, denom, xp.full_like(denom, math.nan))
     tau = (Aty - At * Ay) / denom
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None

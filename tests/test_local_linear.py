@@ -8,6 +8,7 @@ from test_accuracy import interval_score
 
 from tauforge.kernels import CausalForest
 from tauforge.kernels.backends import get_backend
+from tauforge.kernels.forest import _centred
 from tauforge.kernels.local_linear import (
     DEFAULT_RIDGE,
     EFFECT_PENALTY,
@@ -65,6 +66,7 @@ def test_the_correction_solves_grfs_weighted_ridge_regression_with_the_forest_we
     """Against the regression written out with explicit forest weights alpha_i(x)."""
     X, t, y, _ = _steep(600, 2)
     forest = _forest(n_estimators=20, linear_correction_variables=[0, 2], linear_correction_ridge=0.3).fit(X, t, y)
+    t, y = _centred(t, None), _centred(y, None)  # as the forest grows on them
     X_test = _steep(25, 3)[0]
     got = forest.predict(X_test)
     forest.linear_correction_.penalty_blocks = False  # as models saved before the per-block penalty
@@ -108,6 +110,23 @@ def test_the_corrected_effect_does_not_depend_on_the_treatments_units(units):
     np.testing.assert_allclose(units**2 * var_scaled, var, rtol=1e-3)
     scaled.linear_correction_.penalty_blocks = False  # the one-trace penalty moves with the units
     assert np.abs(units * scaled.predict(X_test) - tau).max() > 0.01
+
+
+@pytest.mark.parametrize("shift", [0.5, 10.0, 1e4])
+def test_the_effect_does_not_move_when_t_or_y_is_shifted_by_a_constant(shift):
+    # A review: the correction's ridge shrinks the level's slopes, which a shift of T mixes with
+    # the effect's (a raw 0/1 treatment, T + 0.5 against residuals, moved CATEs by up to 0.32),
+    # and float32 leaf moments cancel far from 0. The forest centres T and y; before, these
+    # shifts moved the CATEs here by up to 0.09, 0.29 and 428.
+    X, t, y, _ = _steep(1500, 4)
+    X_test = _steep(300, 5)[0]
+    base = _forest(linear_correction_variables=[0, 1]).fit(X, t, y)
+    shifted = _forest(linear_correction_variables=[0, 1]).fit(X, t + shift, y - shift)
+    tau, var = base.predict_and_var(X_test)
+    tau_shifted, var_shifted = shifted.predict_and_var(X_test)
+    np.testing.assert_allclose(tau_shifted, tau, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var_shifted, var, rtol=1e-5)
+    np.testing.assert_allclose(shifted.oob_predict(X), base.oob_predict(X), rtol=1e-6, atol=1e-6)
 
 
 def test_both_backends_give_the_corrected_estimate_and_its_variance():
@@ -327,6 +346,7 @@ def test_the_corrected_variance_is_grfs_pseudo_residual_little_bag_variance():
     t = rng.normal(size=n)
     y = (1 + 2 * X[:, 0]) * t + rng.normal(size=n)
     forest = _forest(n_estimators=40, linear_correction_variables=[0, 2], linear_correction_ridge=0.3).fit(X, t, y)
+    t, y = _centred(t, None), _centred(y, None)  # as the forest grows on them
     X_test = rng.uniform(-1, 1, (25, 5))
     with pytest.warns(UserWarning, match="intervals from 40 trees"):
         tau, var = forest.predict_and_var(X_test)
@@ -375,16 +395,21 @@ def test_the_corrected_out_of_bag_estimate_uses_only_the_trees_that_did_not_see_
 
 
 @pytest.mark.filterwarnings("ignore:intervals from")
-def test_a_row_whose_neighbours_share_one_treatment_gets_nan_not_an_error_for_every_row():
-    # Two trees, out of bag: some rows' only leaf holds one value of t (+-0.5), a singular local
+@pytest.mark.parametrize("arms", [(-0.5, 0.5), (0.0, 3.0)])
+def test_a_row_whose_neighbours_share_one_treatment_gets_nan_not_an_error_for_every_row(arms):
+    # Two trees, out of bag: some rows' only leaf holds one value of t, a singular local
     # regression, where the plain forest gives 0 / 0. np.linalg.solve raised for the whole call.
+    # With a raw 0/3 treatment, once centred, float32 moments left a residue for a denominator:
+    # CATEs of +-inf (plain) and 2e6 (corrected), until both met MIN_TREATMENT_SPREAD.
     X, t, y, _ = _steep(600, 8)
+    t = np.where(t > 0, arms[1], arms[0])
     plain = _forest(n_estimators=2, ci_group_size=1).fit(X, t, y).oob_predict(X)
     for name in ("numba", "torch"):
         corrected = _forest(n_estimators=2, ci_group_size=1, linear_correction_variables=[0]).fit(X, t, y)
         corrected._backend = get_backend(name, torch.device("cpu"))
         tau = corrected.oob_predict(X)
         np.testing.assert_array_equal(np.isnan(tau), np.isnan(plain))
+        assert np.nanmax(np.abs(tau)) < 10 and np.nanmax(np.abs(plain)) < 10  # the effect is 1 + 2 X1
         assert np.isnan(plain).sum() > (corrected._sampler(len(t)).in_bag().all(axis=1)).sum()  # not vacuous
 
 

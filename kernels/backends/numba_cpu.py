@@ -31,6 +31,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ..prediction import MIN_TREATMENT_SPREAD
 from ..splitting import HI, LO, ST, STT, STY, SY, TIE_RTOL, E, N
 from .numba_cache import njit
 
@@ -1247,6 +1248,8 @@ def forest_moments(ids, leaf_values, group_size, out):
         aty /= n_trees
         att /= n_trees
         denom = att - at * at
+        if not denom > MIN_TREATMENT_SPREAD * att:  # the treatment constant around the row: NaN
+            denom = np.nan
         tau = (aty - at * ay) / denom
         mu = ay - tau * at
         between = 0.0
