@@ -1,8 +1,8 @@
 """The lifecycle's shared constants, in one place: every step, the server and the CLI import them
 from here. The engine's own defaults stay in `tauforge.kernels` (which imports nothing of the
-lifecycle); the one the steps share, the propensity clip, is re-exported here."""
+lifecycle); those the steps share, the propensity clip and the overlap's bounds, are re-exported here."""
 
-from tauforge.kernels.ate import MIN_PROPENSITY
+from tauforge.kernels.ate import MIN_PROPENSITY, MIN_TREATMENT_VARIANCE_SHARE, OVERLAP_BOUNDS, OVERLAP_WARNING_SHARE
 
 # The model store: where `tauforge run` publishes unless told otherwise, and the variable that
 # overrides it; the model name of a run that names none.
@@ -22,14 +22,9 @@ DEFAULT_ALPHA = 0.05  # 1 - the confidence level of every interval reported
 TREATMENT_TYPES = ("auto", "binary", "continuous")
 ASSIGNMENTS = ("observational", "randomized")
 
-# Positivity: estimated propensities outside this range are flagged in evaluation (and gated)
-# and in monitoring (the share of live rows outside the training overlap region).
-OVERLAP_BOUNDS = (0.05, 0.95)
-# A continuous treatment's overlap: rows whose estimated Var(T | X) is under this share of the
-# mean squared treatment residual count as outside it (their debiasing weights t~ / V are the
-# ones that dominate the average partial effect). The binary bounds put e (1 - e) under 19% of
-# its largest value, 0.25.
-MIN_TREATMENT_VARIANCE_SHARE = 0.1
+# Positivity (OVERLAP_BOUNDS, MIN_TREATMENT_VARIANCE_SHARE, OVERLAP_WARNING_SHARE) is the engine's,
+# re-exported above: estimated propensities outside the bounds are flagged in evaluation (and
+# gated) and in monitoring (the share of live rows outside the training overlap region).
 
 # Evaluation warnings (recorded in the card, not fatal): covariate imbalance between arms, and an
 # outcome model so good out of fold that the outcome has probably leaked into the covariates.
@@ -49,8 +44,8 @@ UNIT_ID_FIELD = "unit_id"
 
 __all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME",
            "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE",
-           "MONITOR_ALPHA", "OVERLAP_BOUNDS", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING", "STORE_ENV",
-           "TREATMENT_TYPES", "UNIT_ID_FIELD"]
+           "MONITOR_ALPHA", "OVERLAP_BOUNDS", "OVERLAP_WARNING_SHARE", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING",
+           "STORE_ENV", "TREATMENT_TYPES", "UNIT_ID_FIELD"]
 
 # A local run's task stopped with SIGTERM (the run interrupted, or killed: the task watches it) is
 # killed this long after, if still running: its cleanup (publish's staging folder) runs within it.

@@ -36,6 +36,7 @@ from .constants import (
     MIN_PROPENSITY,
     MIN_TREATMENT_VARIANCE_SHARE,
     OVERLAP_BOUNDS,
+    OVERLAP_WARNING_SHARE,
     SMD_WARNING,
 )
 from .data import ValidatedData
@@ -89,7 +90,7 @@ class GateConfig:
         approximation on data large enough to see its small departures.
     """
 
-    max_share_outside_overlap: float | None = 0.10
+    max_share_outside_overlap: float | None = OVERLAP_WARNING_SHARE  # what CausalForestDML warns over
     min_placebo_pvalue: float | None = 0.01
     min_refuter_pvalue: float | None = 0.01
     min_robustness_value: float | None = None

@@ -100,20 +100,21 @@ def check_has_columns(X: np.ndarray) -> None:
         raise ValueError("X has no columns; pass at least one covariate")
 
 
-def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | None, fitted: str) -> None:
+def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | None, fitted: str,
+                  what: str = "X", names_attribute: str = "feature_names_in_") -> None:
     """Rows to predict have the fitted number of columns and, where both the fit and `X` are
     DataFrames, the fitted column names in the fitted order (a reordered frame would silently
-    mean other covariates). `fitted` names the model in the message."""
+    mean other covariates). `fitted` names the model in the message, `what` the argument."""
     if Xn.shape[1] != n_features:
         one_row = (X.ndim if hasattr(X, "ndim") else np.ndim(X)) == 1 and Xn.shape[0] == n_features
-        raise ValueError(f"X has {Xn.shape[1]} columns, {fitted} was fit on {n_features}"
-                         + ("; for a single row pass a 2-D array, X.reshape(1, -1)" if one_row else ""))
+        raise ValueError(f"{what} has {Xn.shape[1]} columns, {fitted} was fit on {n_features}"
+                         + (f"; for a single row pass a 2-D array, {what}.reshape(1, -1)" if one_row else ""))
     given = feature_names(X)
     if names is not None and given is not None and not np.array_equal(given, names):
         first = next(i for i, (a, b) in enumerate(zip(given, names)) if a != b)
-        raise ValueError(f"X's columns differ from those {fitted} was fit on: column {first} is {given[first]!r} "
-                         f"where the fit had {names[first]!r}; select the fitted columns in their order "
-                         "(the model's feature_names_in_)")
+        raise ValueError(f"{what}'s columns differ from those {fitted} was fit on: column {first} is "
+                         f"{given[first]!r} where the fit had {names[first]!r}; select the fitted columns in their "
+                         f"order (the model's {names_attribute})")
 
 
 def feature_names(X: Any) -> np.ndarray | None:
@@ -141,10 +142,21 @@ def seed_from(random_state: Any, bits: int = 31) -> int:
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(2**bits))
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+    # An int within `bits`, and 32 at least, as numpy's and scikit-learn's seeds (the nuisance models
+    # take CausalForestDML's): 2**32 had failed inside numpy, naming no parameter (a review).
+    top = max(bits, 32)
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) \
+            and 0 <= random_state < 2**top:
         return int(random_state)
-    raise ValueError(f"random_state must be a non-negative int, a numpy RandomState or Generator, or None; "
-                     f"got {random_state!r}")
+    raise ValueError(f"random_state must be an int from 0 to 2**{top} - 1, a numpy RandomState or Generator, or "
+                     f"None; got {random_state!r}")
+
+
+def check_alpha(alpha: Any) -> None:
+    """An interval's alpha: a number in (0, 1). None or '0.1' raised a bare TypeError from the
+    comparison (a review)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
 
 
 def check_finite(arr: np.ndarray, name: str, columns: Any = None) -> None:

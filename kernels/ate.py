@@ -33,12 +33,41 @@ MIN_PROPENSITY = 0.025
 # e (1 - e) with e clipped to [0.025, 0.975] is at least 10% of its largest value (less for a
 # rare arm, whose clip is lower).
 MIN_VARIANCE_SHARE = 0.05
+# Positivity: estimated propensities outside these bounds, or a continuous treatment's Var(T | X)
+# under this share of the mean squared treatment residual (the binary bounds put e (1 - e) under
+# 19% of its largest value, 0.25), are where the data say little about the effect: the rows'
+# debiasing weights are the large ones. Over OVERLAP_WARNING_SHARE of the rows there,
+# CausalForestDML warns, and the pipeline's gate fails by default (components.evaluate); they
+# are flagged in evaluation and monitoring too.
+OVERLAP_BOUNDS = (0.05, 0.95)
+MIN_TREATMENT_VARIANCE_SHARE = 0.1
+OVERLAP_WARNING_SHARE = 0.10
 # Fewer effective groups than this (fit(groups=), `effective_groups`) draw a warning:
 # cluster-robust standard errors are too small with few clusters (Cameron and Miller 2015, "A
 # Practitioner's Guide to Cluster-Robust Inference", put the trouble below 20 to 50), and
 # unequal sizes make many clusters act as few: 40 groups, one of half the rows, rejected a true
 # null 34% of the time at 5% in a review's simulation.
 MIN_GROUPS = 20
+
+
+def overlap_message(T_hat: np.ndarray, t_var: np.ndarray, t_res: np.ndarray, discrete: bool,
+                    sample_weight: np.ndarray | None = None) -> str | None:
+    """What a fit should warn of when over OVERLAP_WARNING_SHARE of its (weighted) rows lie outside
+    the overlap: their estimated propensity T_hat outside OVERLAP_BOUNDS, or for a continuous
+    treatment Var(T | X) under MIN_TREATMENT_VARIANCE_SHARE of its mean; else None."""
+    if discrete:
+        lo, hi = OVERLAP_BOUNDS
+        outside = (T_hat < lo) | (T_hat > hi)
+        where = f"an estimated propensity outside [{lo}, {hi}]"
+    else:
+        outside = t_var < MIN_TREATMENT_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight))
+        where = f"an estimated Var(T | X) under {MIN_TREATMENT_VARIANCE_SHARE:g} of its mean"
+    share = float(np.average(outside, weights=sample_weight))
+    if share <= OVERLAP_WARNING_SHARE:
+        return None
+    return (f"{100 * share:.0f}% of rows have {where}: there the treatment is all but decided by the covariates, "
+            "so the effects there, and ate_, rest on extrapolation and on the propensity clip (min_propensity); "
+            "check the overlap, and restrict the rows or covariates to where both arms occur")
 
 
 def effective_groups(groups: np.ndarray) -> float:

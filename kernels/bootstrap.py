@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _inputs
 from .ate import average_effect
 from .local_linear import initial_ridge
 from .prediction import debias_between_group_variance
@@ -171,8 +172,7 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
     shrinking the draws towards their mean so that their variance is the bootstrap variance."""
     if kind not in INTERVALS:
         raise ValueError(f"bootstrap interval must be one of {', '.join(INTERVALS)}, got {kind!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    _inputs.check_alpha(alpha)
     variance = bootstrap_variance(draws, noise)
     if kind == "normal":
         from .ate import interval_quantile

@@ -21,6 +21,7 @@ from .ate import (
     few_groups_message,
     interval_quantile,
     oob_effect,
+    overlap_message,
     treatment_variance,
     variance_weighted_effect,
 )
@@ -123,6 +124,9 @@ class CausalForestDML(BaseEstimator):
     feature_names_in_ : ndarray of str
         X's column names, when X was a DataFrame with string names: `effect` and
         `effect_interval` then refuse a DataFrame whose columns differ or come in another order.
+    control_names_in_ : ndarray of str or None
+        W's column names, when W was a DataFrame with string names (else None): `score` refuses
+        a W whose columns differ or come in another order.
     """
 
     def __init__(self, *, model_y: Any = "auto", model_t: Any = "auto", discrete_treatment: bool | str = "auto",
@@ -186,7 +190,7 @@ class CausalForestDML(BaseEstimator):
             return self._fit(Y, T, X, W, sample_weight, groups)
 
     def _fit(self, Y, T, X, W, sample_weight, groups) -> CausalForestDML:
-        names = _inputs.feature_names(X)
+        names, control_names = _inputs.feature_names(X), _inputs.feature_names(W)
         _inputs.check_same_index(X=X, Y=Y, T=T, W=W, sample_weight=sample_weight, groups=groups)
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
@@ -251,9 +255,14 @@ class CausalForestDML(BaseEstimator):
         y_res, t_res, t_var, scores = self._residuals(XW, Y, T, sw, seed, fold, models=fold_models, groups=codes)
         self.models_y, self.models_t = [[m for m, _ in fold_models]], [[m for _, m in fold_models]]
         self._n_controls = 0 if W is None else W.shape[1]
+        self.control_names_in_ = control_names  # W's, as feature_names_in_ is X's: score checks them
         self.residuals_ = (y_res, t_res)
         self.treatment_variance_ = t_var
         self.nuisance_scores_ = scores
+        # A review: with the treatment decided by X0, ate_ was 0.58 [0.43, 0.74] for a true 1.00,
+        # without a word (grf warns of propensities near 0 or 1; the pipeline gates on them).
+        if poor := overlap_message(T - t_res, t_var, t_res, self.discrete_treatment_, sw):
+            warnings.warn(poor, UserWarning, stacklevel=3)
 
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw, groups=codes)
         for fitted in (self, self.forest_):  # effect(X) checks a DataFrame's columns in the forest
@@ -307,6 +316,11 @@ class CausalForestDML(BaseEstimator):
                               "as continuous: ate_ is the average effect per unit of T. For the average effect of "
                               "one arm against the other, recode T to 0/1; pass discrete_treatment=False to "
                               "silence this", UserWarning, stacklevel=3)
+            elif not binary and len(values) <= 5:  # arms 0/1/2? (the pipeline's data check warns alike)
+                warnings.warn(f"T takes {len(values)} values ({', '.join(f'{v:g}' for v in values)}), so it is treated "
+                              "as continuous: ate_ is the average effect per unit of T, as if the arms were doses "
+                              "on one line. For arms, fit one model per arm against control with T recoded to 0/1; "
+                              "pass discrete_treatment=False to silence this", UserWarning, stacklevel=3)
             return binary
         if self.discrete_treatment and not binary:
             values = np.unique(T)
@@ -445,12 +459,16 @@ class CausalForestDML(BaseEstimator):
         Xn = self._rows(X)
         Y = _inputs.to_numpy(Y, "Y", 1)
         T = _inputs.to_numpy(T, "T", 1)
-        W = None if W is None else _inputs.to_numpy(W, "W", 2)
-        n = _inputs.check_same_length(Y=Y, T=T, X=Xn, W=W)
-        width = 0 if W is None else W.shape[1]
+        Wn = None if W is None else _inputs.to_numpy(W, "W", 2)
+        n = _inputs.check_same_length(Y=Y, T=T, X=Xn, W=Wn)
+        width = 0 if Wn is None else Wn.shape[1]
         if width != self._n_controls:
             raise ValueError(f"W has {width} column(s) but the model was fit with {self._n_controls}"
                              + ("" if self._n_controls else " (no W)") + ": pass the same controls as to fit")
+        if Wn is not None:  # a review: W's columns swapped moved the score from 0.87 to 3.04 without a word
+            _inputs.check_columns(W, Wn, self._n_controls, getattr(self, "control_names_in_", None),
+                                  "the model", "W", "control_names_in_")
+        W = Wn
         for arr, name in ((Y, "Y"), (T, "T"), (W, "W")):
             if arr is not None:
                 _inputs.check_finite(arr, name, None)
@@ -474,8 +492,7 @@ class CausalForestDML(BaseEstimator):
             raise TypeError(f"ate_interval takes alpha only, got {type(alpha).__name__}: ate_ is the average over the "
                             "training rows (EconML's ate_interval(X) averages effect(X) over X; for other rows "
                             "use effect_interval)")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        _inputs.check_alpha(alpha)
         if self.bootstrap_ is not None:
             return self.bootstrap_.ate_interval(self.ate_, alpha, self.bootstrap_interval, self.n_groups_)
         half = interval_quantile(alpha, self.n_groups_) * self.ate_stderr_

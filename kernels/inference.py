@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
+from . import _inputs
+
 
 @dataclass(frozen=True)
 class EffectInference:
@@ -32,8 +34,7 @@ class EffectInference:
 
     def conf_int(self, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise (1 - alpha) normal interval (lower, upper)."""
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        _inputs.check_alpha(alpha)
         half = norm.ppf(1 - alpha / 2) * self.stderr
         return self.point_estimate - half, self.point_estimate + half
 

@@ -1,8 +1,10 @@
 """CausalForest and CausalForestDML behaviour: determinism, persistence, inputs, errors."""
 
 import json
+import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ from sklearn.linear_model import LinearRegression
 from tauforge.kernels import CausalForest, CausalForestDML
 from tauforge.kernels.ate import variance_weighted_effect
 from tauforge.kernels.datasets import make_causal_data
+from tauforge.kernels.forest import _centred
 from tauforge.kernels.serialization import save_model
 
 
@@ -244,7 +247,7 @@ def test_sample_weights_change_the_fit_and_zero_weight_rows_are_ignored(data):
     est = weighted._sampler(len(t)).trees(0, 1)[0].estimation
     first = leaf[est] == leaf[est][0]
     rows = est[first]
-    expected = np.average(t[rows], weights=w[rows])
+    expected = np.average(_centred(t, w)[rows], weights=w[rows])  # the forest centres T
     assert weighted.forest_.leaf_values[leaf[est][0], 0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -415,6 +418,18 @@ def test_score_refuses_rows_unlike_the_fits():
     Y[7] = np.nan
     with pytest.raises(ValueError, match=r"Y contains NaN \(first at row 7\)"):
         est.score(Y, d.T, d.X, W)
+    # W's names are checked as X's are (a review: W's columns swapped moved the score 0.87 -> 3.04).
+    import pandas as pd
+
+    Wd = pd.DataFrame(W, columns=["w1", "w2"])
+    named = CausalForestDML(n_estimators=4, cv=2, random_state=0, progress=False).fit(d.Y, d.T, X=d.X, W=Wd)
+    assert list(named.control_names_in_) == ["w1", "w2"] and est.control_names_in_ is None
+    assert named.score(d.Y, d.T, d.X, Wd) == named.score(d.Y, d.T, d.X, W)  # an array: taken in the fitted order
+    for other, column in ((Wd[["w2", "w1"]], "column 0 is 'w2' where the fit had 'w1'"),
+                          (Wd.set_axis(["p", "q"], axis=1), "column 0 is 'p' where the fit had 'w1'")):
+        with pytest.raises(ValueError, match=f"W's columns differ from those the model was fit on: "
+                                             f"{column}; .* \\(the model's control_names_in_\\)"):
+            named.score(d.Y, d.T, d.X, other)
 
 
 @pytest.mark.filterwarnings("ignore:intervals from")
@@ -452,10 +467,16 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
     fits = [CausalForestDML(n_estimators=4, random_state=np.random.RandomState(7), progress=False).fit(d.Y, d.T, X=d.X)
             for _ in range(2)]  # a RandomState draws the seed, as in scikit-learn
     np.testing.assert_array_equal(fits[0].effect(d.X), fits[1].effect(d.X))
-    with pytest.raises(ValueError, match="random_state must be a non-negative int"):
-        CausalForestDML(n_estimators=4, random_state="0").fit(d.Y, d.T, X=d.X)
+    for state in ("0", -1, 2**32):  # 2**32: numpy's own error from inside the nuisance models (a review)
+        with pytest.raises(ValueError, match=r"random_state must be an int from 0 to 2\*\*32 - 1, .*got"):
+            CausalForestDML(n_estimators=4, random_state=state).fit(d.Y, d.T, X=d.X)
     with pytest.raises(TypeError, match="ate_interval takes alpha only"):
         fits[0].ate_interval(d.X)  # EconML's ate_interval(X)
+    for alpha in (None, "0.1", True, 0, 1.5):  # None and '0.1': a bare TypeError from '<' (a review)
+        for call in (lambda: fits[0].effect_interval(d.X, alpha=alpha),
+                     lambda: fits[0].effect_inference(d.X).conf_int(alpha=alpha)):
+            with pytest.raises(ValueError, match=f"alpha must be a number in \\(0, 1\\), got {alpha!r}"):
+                call()
     np.testing.assert_array_equal(fits[0].const_marginal_effect(d.X), fits[0].effect(d.X))  # EconML's names
     np.testing.assert_array_equal(fits[0].feature_importances_, fits[0].forest_.feature_importances())
     X = pd.DataFrame(d.X).astype("Float64")
@@ -475,6 +496,12 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
         CausalForestDML(n_estimators=4).fit(outcome, d.T, X=frame)
     with pytest.warns(UserWarning, match=r"T takes two values \(1, 2\) but not 0 and 1"):
         CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, d.T + 1, X=d.X)
+    arms = d.T + (np.arange(len(d.T)) % 3 == 0)  # 0, 1, 2: three arms taken as a dose (a review: not a word)
+    with pytest.warns(UserWarning, match=r"T takes 3 values \(0, 1, 2\), so it is treated as continuous"):
+        CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, arms, X=d.X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # silenced as the message says
+        CausalForestDML(n_estimators=4, progress=False, random_state=0, discrete_treatment=False).fit(d.Y, arms, X=d.X)
 
 
 def frame_with_dates(X):
@@ -590,6 +617,29 @@ def test_cuda_fit_matches_cpu_and_returns_tensors_on_the_gpu(data, fitted):
 
 
 @pytest.mark.filterwarnings("ignore:intervals from")
+@pytest.mark.filterwarnings("ignore:intervals from")
+def test_a_fit_without_overlap_warns_and_one_with_it_does_not():
+    # A review: the treatment decided by X0, ate_ 0.58 [0.43, 0.74] for a true 1.00 without a word.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 5))
+    for decided, expected in ((False, None), (True, r"\d+% of rows have an estimated propensity outside \[0.05, 0.95\]")):
+        T = (X[:, 0] > 0 if decided else rng.random(600) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+        Y = X[:, 1] + T + rng.normal(size=600)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            CausalForestDML(n_estimators=20, random_state=0, progress=False).fit(Y, T, X=X)
+        overlap = [str(w.message) for w in caught if "overlap" in str(w.message)]
+        if expected is None:
+            assert overlap == []
+        else:
+            assert len(overlap) == 1 and re.match(expected, overlap[0]), overlap
+            assert [w.filename for w in caught if "overlap" in str(w.message)] == [__file__]  # the caller's line
+    # A continuous treatment that X decides where X1 < -1 (16% of rows): Var(T | X) is 0 there.
+    T = X[:, 0] + rng.normal(size=600) * (X[:, 1] > -1)
+    with pytest.warns(UserWarning, match=r"% of rows have an estimated Var\(T \| X\) under 0.1 of its mean"):
+        CausalForestDML(n_estimators=20, random_state=0, progress=False).fit(X[:, 1] + T, T, X=X)
+
+
 def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
     d = make_causal_data("simple", n=400, p=3, seed=0)
     est = CausalForestDML(n_estimators=4, cv=2, random_state=0).fit(d.Y, d.T, X=d.X)
