@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,10 @@ def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if arr.ndim == 1 and ndim == 2:
         arr = arr[:, None]  # one covariate; a single row reads as one column (check_columns says so)
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+        several = ndim == 1 and arr.ndim == 2  # EconML takes several outcomes or treatments (a review)
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}"
+                         + (f": one {name} column per model (tauforge estimates the effect of one treatment on one "
+                            "outcome); fit one model per column" if several else ""))
     return arr
 
 
@@ -150,6 +154,19 @@ def seed_from(random_state: Any, bits: int = 31) -> int:
         return int(random_state)
     raise ValueError(f"random_state must be an int from 0 to 2**{top} - 1, a numpy RandomState or Generator, or "
                      f"None; got {random_state!r}")
+
+
+_KERNELS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn pointing at the engine's caller, the first frame outside tauforge.kernels,
+    however deep in the engine it is raised (fixed stack levels pointed at dml.py's own lines: a
+    review), so that a filter on the caller's module, and the line shown, are the user's."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_KERNELS_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def check_alpha(alpha: Any) -> None:

@@ -7,7 +7,6 @@ can swap one for the other.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -200,7 +199,7 @@ class CausalForestDML(BaseEstimator):
         codes = _inputs.check_groups(groups, n)
         self.n_groups_ = None if codes is None else int(codes.max()) + 1
         if codes is not None and (few := few_groups_message(codes, "groups")):
-            warnings.warn(few, UserWarning, stacklevel=2)
+            _inputs.warn(few)
         _inputs.check_has_columns(X)
         if not (isinstance(self.discrete_treatment, (bool, np.bool_)) or self.discrete_treatment == "auto"):
             raise ValueError(f"discrete_treatment must be True, False or 'auto', got {self.discrete_treatment!r}")
@@ -225,9 +224,8 @@ class CausalForestDML(BaseEstimator):
         self._check_inference()
         odd = isinstance(self.n_estimators, (int, np.integer)) and self.n_estimators % 2
         if self.inference == "blb" and self.ci_group_size == "auto" and odd:  # said before the fit, not after it
-            warnings.warn(f"n_estimators={self.n_estimators} is odd, so ci_group_size='auto' grows single trees and "
-                          "effect_interval and effect_inference will be refused; pass an even number for intervals",
-                          UserWarning, stacklevel=2)
+            _inputs.warn(f"n_estimators={self.n_estimators} is odd, so ci_group_size='auto' grows single trees and "
+                         "effect_interval and effect_inference will be refused; pass an even number for intervals")
         self.discrete_treatment_ = self._is_discrete(T)
         if not (isinstance(self.cv, (int, np.integer)) and 2 <= self.cv <= n):
             raise ValueError(f"cv must be an integer between 2 and the number of rows ({n}), got {self.cv!r}")
@@ -262,7 +260,7 @@ class CausalForestDML(BaseEstimator):
         # A review: with the treatment decided by X0, ate_ was 0.58 [0.43, 0.74] for a true 1.00,
         # without a word (grf warns of propensities near 0 or 1; the pipeline gates on them).
         if poor := overlap_message(T - t_res, t_var, t_res, self.discrete_treatment_, sw):
-            warnings.warn(poor, UserWarning, stacklevel=3)
+            _inputs.warn(poor)
 
         self.forest_ = CausalForest(**params, random_state=seed).fit(X, t_res, y_res, sample_weight=sw, groups=codes)
         for fitted in (self, self.forest_):  # effect(X) checks a DataFrame's columns in the forest
@@ -312,15 +310,15 @@ class CausalForestDML(BaseEstimator):
         binary = bool(np.isin(T, (0.0, 1.0)).all())
         if self.discrete_treatment == "auto":
             if not binary and len(values := np.unique(T)) == 2:  # 1/2 or -1/1: likely two arms, coded otherwise
-                warnings.warn(f"T takes two values ({values[0]:g}, {values[1]:g}) but not 0 and 1, so it is treated "
-                              "as continuous: ate_ is the average effect per unit of T. For the average effect of "
-                              "one arm against the other, recode T to 0/1; pass discrete_treatment=False to "
-                              "silence this", UserWarning, stacklevel=3)
+                _inputs.warn(f"T takes two values ({values[0]:g}, {values[1]:g}) but not 0 and 1, so it is treated "
+                             "as continuous: ate_ is the average effect per unit of T. For the average effect of "
+                             "one arm against the other, recode T to 0/1; pass discrete_treatment=False to "
+                             "silence this")
             elif not binary and len(values) <= 5:  # arms 0/1/2? (the pipeline's data check warns alike)
-                warnings.warn(f"T takes {len(values)} values ({', '.join(f'{v:g}' for v in values)}), so it is treated "
-                              "as continuous: ate_ is the average effect per unit of T, as if the arms were doses "
-                              "on one line. For arms, fit one model per arm against control with T recoded to 0/1; "
-                              "pass discrete_treatment=False to silence this", UserWarning, stacklevel=3)
+                _inputs.warn(f"T takes {len(values)} values ({', '.join(f'{v:g}' for v in values)}), so it is treated "
+                             "as continuous: ate_ is the average effect per unit of T, as if the arms were doses "
+                             "on one line. For arms, fit one model per arm against control with T recoded to 0/1; "
+                             "pass discrete_treatment=False to silence this")
             return binary
         if self.discrete_treatment and not binary:
             values = np.unique(T)
@@ -461,6 +459,8 @@ class CausalForestDML(BaseEstimator):
         T = _inputs.to_numpy(T, "T", 1)
         Wn = None if W is None else _inputs.to_numpy(W, "W", 2)
         n = _inputs.check_same_length(Y=Y, T=T, X=Xn, W=Wn)
+        if n == 0:  # the nuisance models' own error named HistGradientBoostingRegressor (a review)
+            raise ValueError("score needs at least one row; Y, T and X have none")
         width = 0 if Wn is None else Wn.shape[1]
         if width != self._n_controls:
             raise ValueError(f"W has {width} column(s) but the model was fit with {self._n_controls}"

@@ -7,7 +7,6 @@ import hashlib
 import inspect
 import math
 import os
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -431,11 +430,11 @@ class CausalForest(BaseEstimator):
                 bound = leaf_moment_bytes_bound(self.n_estimators, self._sampler(self.n_train_).max_estimation_rows(),
                                                 self.min_samples_leaf, len(variables))
                 if bound > AUTO_MAX_LEAF_MOMENT_BYTES:
-                    warnings.warn(f"linear_correction_variables='auto' chose covariates {list(variables)}, but their "
-                                  f"leaf moments could take {bound / 2**30:.1f} GiB at {self.n_estimators} trees on "
-                                  f"{self.n_train_} rows (more than {AUTO_MAX_LEAF_MOMENT_BYTES / 2**30:.0f} GiB): "
-                                  "the correction is off. At this size its bias correction is small; pass them as "
-                                  "linear_correction_variables to have it anyway", UserWarning, stacklevel=4)
+                    _inputs.warn(f"linear_correction_variables='auto' chose covariates {list(variables)}, but their "
+                                 f"leaf moments could take {bound / 2**30:.1f} GiB at {self.n_estimators} trees on "
+                                 f"{self.n_train_} rows (more than {AUTO_MAX_LEAF_MOMENT_BYTES / 2**30:.0f} GiB): "
+                                 "the correction is off. At this size its bias correction is small; pass them as "
+                                 "linear_correction_variables to have it anyway")
                     variables = ()
             if not variables:
                 steps.update(steps.total)
@@ -582,9 +581,9 @@ class CausalForest(BaseEstimator):
             _inputs.check_finite(Xn, "X")
         if k > 1 and merged.linear_correction_ is not None and isinstance(merged.linear_correction_ridge, str):
             if Xn is None or T is None or y is None:
-                warnings.warn("merge without the training data (X, T, y) cannot choose the local linear correction's "
-                              f"penalty (linear_correction_ridge='auto'): it stays {DEFAULT_RIDGE}; pass X=, T=, y= "
-                              "(and sample_weight=) to merge", UserWarning, stacklevel=2)
+                _inputs.warn("merge without the training data (X, T, y) cannot choose the local linear correction's "
+                             f"penalty (linear_correction_ridge='auto'): it stays {DEFAULT_RIDGE}; pass X=, T=, y= "
+                             "(and sample_weight=) to merge")
             else:
                 _, Tn, yn, w = merged._check_fit_inputs(Xn, T, y, sample_weight)
                 digest = getattr(first, "training_digest_", None)  # None: shards saved before 2026-12-06
@@ -597,9 +596,9 @@ class CausalForest(BaseEstimator):
         elif Xn is not None:
             merged._fit_variance_smoother(Xn)
         elif merged.variance_smoothing and merged._group_size() >= 2:
-            warnings.warn("merge without X, the training covariates, cannot smooth the variance "
-                          "(variance_smoothing=True): the merged forest's intervals use the per-point variance; pass "
-                          "X=... to merge", UserWarning, stacklevel=2)
+            _inputs.warn("merge without X, the training covariates, cannot smooth the variance "
+                         "(variance_smoothing=True): the merged forest's intervals use the per-point variance; pass "
+                         "X=... to merge")
         return merged
 
     def _group_size(self) -> int:
@@ -647,9 +646,8 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"the Monte-Carlo variance needs at least 2 groups of trees, this forest has "
                              f"{self.forest_.n_trees // group}")
         if with_variance and not (monte_carlo or parts) and self.forest_.n_trees < MIN_INTERVAL_TREES:
-            warnings.warn(f"intervals from {self.forest_.n_trees} trees (in groups of {group}) have noisy widths; "
-                          f"grow at least {MIN_INTERVAL_TREES} trees (n_estimators) for intervals",
-                          UserWarning, stacklevel=3)
+            _inputs.warn(f"intervals from {self.forest_.n_trees} trees (in groups of {group}) have noisy widths; "
+                         f"grow at least {MIN_INTERVAL_TREES} trees (n_estimators) for intervals")
         codes = self._codes(X)
         if oob and codes.shape[0] != (self.n_train_ if in_bag is None else len(in_bag)):
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "

@@ -380,6 +380,11 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
         return default_nuisance_model(classifier, seed)
     if isinstance(model, str) and model == "tauforge":
         return engine_nuisance_model(classifier, seed, str(device))
+    if isinstance(model, str) and "." not in model:  # EconML's 'forest', 'linear' (a review)
+        raise ValueError(f"model_{role}={model!r} is not 'auto', 'tauforge' or an import path (module.Class) of an "
+                         "estimator: for EconML's 'forest' or 'linear', give e.g. "
+                         "'sklearn.ensemble.RandomForest{0}' or an estimator instance".format(
+                             "Classifier" if classifier else "Regressor"))
     if isinstance(model, str):
         module, _, name = model.rpartition(".")
         try:
@@ -403,6 +408,9 @@ def resolve_model(model: Any, role: str, discrete: bool, seed: int, device: str 
         if "random_state" in getattr(estimator, "get_params", dict)():  # the run's one seed, as for 'auto'
             estimator.set_params(random_state=seed)
         return estimator
+    if isinstance(model, type):  # clone() raised scikit-learn's own TypeError, naming no model_ (a review)
+        raise ValueError(f"model_{role}={model.__name__} is a class: pass an instance, {model.__name__}(), or its "
+                         f"import path, '{model.__module__}.{model.__name__}'")
     if not (hasattr(model, "fit") and hasattr(model, "predict")):
         raise ValueError(f"model_{role} must be 'auto', an import path or a scikit-learn estimator, got {model!r}")
     return clone(model)

@@ -255,12 +255,24 @@ def test_an_import_path_builds_the_estimator_with_the_runs_seed_and_cross_fits()
     ("collections.OrderedDict", "is not an estimator class"),
     ("sklearn.pipeline.Pipeline", "cannot be made with its defaults"),
     ("sklearn.linear_model.NoSuchModel", "is not an importable estimator class"),
+    # EconML's shortcuts (a review: "Empty module name")
+    ("forest", "is not 'auto', 'tauforge' or an import path (module.Class) of an estimator: for EconML's 'forest'"),
 ])
 def test_an_import_path_that_names_no_estimator_class_is_refused_before_anything_is_called(path, message):
     from tauforge.kernels.nuisance import resolve_model
 
     with pytest.raises(ValueError, match=re.escape(f"model_y={path!r} {message}")):
         resolve_model(path, "y", False, 0)
+
+
+def test_a_class_for_an_instance_is_refused_naming_the_model_and_both_fixes():
+    from sklearn.linear_model import LinearRegression
+
+    from tauforge.kernels.nuisance import resolve_model
+
+    with pytest.raises(ValueError, match=re.escape("model_t=LinearRegression is a class: pass an instance, "
+                                                   "LinearRegression(), or its import path, 'sklearn.linear_model.")):
+        resolve_model(LinearRegression, "t", False, 0)
 
 
 def test_a_rank_deficient_design_still_cross_fits():
