@@ -58,10 +58,13 @@ class Rows:
     unit_ids: list = field(default_factory=list)
 
 
+MAX_ROWS = 10_000  # rows of one request
+
+
 class RowParser:
     """Rows as objects keyed by covariate name, or as arrays in `columns` order."""
 
-    def __init__(self, columns: list[str], max_rows: int = 10_000):
+    def __init__(self, columns: list[str], max_rows: int = MAX_ROWS):
         self.columns = list(columns)
         self.index = {c: j for j, c in enumerate(self.columns)}
         self.max_rows = max_rows

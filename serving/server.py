@@ -14,8 +14,8 @@ import sys
 from tauforge.components.registry import ModelStore
 
 from .event_log import EventLog
-from .routing import EpsilonGreedy, make_routing
-from .scoring import RequestError, VersionScorer, parse_json_body
+from .routing import CHAMPION, EpsilonGreedy, make_routing
+from .scoring import MAX_ROWS, RequestError, VersionScorer, parse_json_body
 
 log = logging.getLogger("tauforge.serving")
 
@@ -77,8 +77,9 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     import kserve.model_server as model_server
 
     model_server.RESTServer = _rest_server(host, model)
-    model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else host, model)
-    log.info("serving %s on http://%s:%d%s", model.name, host, port, f" and grpc {grpc_port}" if grpc_port else "")
+    model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else _bracketed(host), model)
+    log.info("serving %s on http://%s:%d%s", model.name, _bracketed(host), port,
+             f" and grpc {grpc_port}" if grpc_port else "")
     server = _draining_server(model)(http_port=port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port),
                                      workers=1)
     # KServe's timing lines, two a request beside the access log's: tauforge_request_latency_seconds
@@ -93,6 +94,12 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
         server.start([model])
     finally:
         model.close()  # drained when the servers stopped already, unless they never started
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as an address:port needs it, in brackets ([::1]:8081); gRPC refused
+    '::1:8081' as a misformatted domain name (a serving review)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _draining_server(model):
@@ -198,7 +205,8 @@ def _rest_server(host: str, model):
 
         def _add_middlewares(self, app):
             super()._add_middlewares(app)
-            app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES, on_refused=model.count_bad_request)
+            app.add_middleware(BodyLimit, limit=max_request_bytes(model.scorers[CHAMPION].columns),
+                               on_refused=model.count_bad_request)
             app.add_middleware(NoRepositoryRoutes)
 
         def _add_exception_handlers(self, app):
@@ -211,10 +219,22 @@ def _rest_server(host: str, model):
     return TauforgeRESTServer
 
 
-# The largest request body read: 10,000 rows (the parser's limit) of 100 covariates keyed by
-# name fit in it; parsing a JSON body costs about 20 times its size in memory, so 32 MiB stays
-# well inside the predictor's 2 GiB. Larger bodies are refused before they are read (413).
+# The largest request body read, whatever the model: parsing a JSON body costs about 20 times its
+# size in memory, so 32 MiB stays well inside the predictor's 2 GiB. Larger bodies are refused
+# before they are read (413); `max_request_bytes` lowers the limit to what a model's rows need.
 MAX_REQUEST_BYTES = 32 * 2**20
+# Bytes of a V1 object row (the widest layout) beyond its covariates' names: a value's digits,
+# quotes and pretty-printing's indent, and a row's braces and unit id.
+VALUE_BYTES, ROW_BYTES = 48, 320
+
+
+def max_request_bytes(columns: list[str]) -> int:
+    """The request body limit of a model taking `columns`: MAX_ROWS rows keyed by name, each
+    value with VALUE_BYTES beside its quoted name, at least 1 MiB and at most MAX_REQUEST_BYTES.
+    A fixed 32 MiB let a few bodies of 300,000 short rows, each parsed whole before its rows were
+    counted, stall the probes for 6 s and take 1.5 GB (a serving review)."""
+    row = ROW_BYTES + sum(len(name.encode()) + 2 + VALUE_BYTES for name in columns)
+    return min(MAX_REQUEST_BYTES, max(2**20, MAX_ROWS * row))
 REPOSITORY_PREFIX = "/v2/repository"
 
 
@@ -264,8 +284,8 @@ class BodyLimit:
         if self.on_refused:
             self.on_refused()
         log.warning("413: a request body over %d bytes", self.limit)
-        await _answer(send, 413, f"the request body is over {self.limit // 2**20} MiB; send at most 10,000 rows a "
-                                 "request, in several requests")
+        await _answer(send, 413, f"the request body is over {self.limit / 2**20:.1f} MiB; send at most "
+                                 f"{MAX_ROWS:,} rows a request, in several requests")
 
 
 async def _answer(send, status: int, error: str) -> None:
