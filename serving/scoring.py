@@ -118,7 +118,7 @@ class RowParser:
                 raise RequestError(f"input {reprlib.repr(t.name)} has shape {reprlib.repr(shape)}; expected "
                                    f"[rows, {len(self.columns)}] in the order {', '.join(self.columns)}")
             self._check_count(shape[0])
-            X = self._matrix(t, shape[0] * len(self.columns)).reshape(shape[0], len(self.columns))
+            X = self._matrix(t, shape[0] * len(self.columns), self.columns).reshape(shape[0], len(self.columns))
         else:
             self._check_names(list(by_name), "", "input")
             # Python's product of the (checked, non-negative int) dimensions: NumPy's wraps at 2**64,
@@ -210,11 +210,16 @@ class RowParser:
         return x
 
     @staticmethod
-    def _matrix(tensor, size: int) -> np.ndarray:
+    def _matrix(tensor, size: int, columns: list[str] | None = None) -> np.ndarray:
         """A numeric tensor's data as `size` float64 numbers, or a RequestError saying why not.
         Covariates are numbers: a BYTES or BOOL tensor, or strings and booleans inside a numeric
-        one, are refused rather than coerced."""
+        one, are refused rather than coerced. `columns`: those of an [n, p] tensor, row-major; else
+        the tensor is one covariate's. A value refused is named by its row and column, as V1's are."""
         name = reprlib.repr(tensor.name)  # the caller's: shown short
+
+        def at(index: int) -> str:
+            row, column = divmod(index, len(columns)) if columns else (index, None)
+            return f"input {name}, row {row}, column {columns[column] if columns else tensor.name!r}"
         if tensor.datatype not in NUMERIC_DATATYPES:
             raise RequestError(f"input {name} has datatype {tensor.datatype[:32]}; covariates must be numeric "
                                f"({', '.join(sorted(NUMERIC_DATATYPES))})")
@@ -227,9 +232,9 @@ class RowParser:
                                    f"{exc}") from None
         elif not isinstance(data, np.ndarray):
             values = np.asarray(data, dtype=object).ravel()
-            bad = [v for v in values if type(v) not in _NUMBER_TYPES][:1]
-            if bad:
-                raise RequestError(f"input {name} holds {reprlib.repr(bad[0])}, which is not a number")
+            bad = next((i for i, v in enumerate(values) if type(v) not in _NUMBER_TYPES), None)
+            if bad is not None:
+                raise RequestError(f"{at(bad)}: {reprlib.repr(values[bad])} is not a number")
             try:
                 data = values.astype(np.float64) if values.size else values
             except OverflowError:
@@ -246,7 +251,8 @@ class RowParser:
         if a.size != size:
             raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():
-            raise RequestError(f"input {name} holds NaN or infinite values")
+            first = int(np.flatnonzero(~np.isfinite(a))[0])
+            raise RequestError(f"{at(first)}: {a[first]} is not a finite number")
         return a
 
 

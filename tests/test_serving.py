@@ -227,7 +227,8 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "data": [NaN, 0, 0, 0, 0]}]}', 400,
      "does not fit the V2 inference request schema: inputs.0.datatype: Field required"),
     (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", '
-                                  b'"data": [NaN, 0, 0, 0, 0]}]}', 400, "input 'rows' holds NaN or infinite values"),
+                                  b'"data": [NaN, 0, 0, 0, 0]}]}', 400,
+     "input 'rows', row 0, column 'x0': nan is not a finite number"),
     (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", '
                                   b'"data": [1' + b"0" * 400 + b', 0, 0, 0, 0]}]}', 400,
      "input 'rows' holds an integer beyond the range of a double"),
@@ -251,9 +252,10 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1], "datatype": "BOOL", "data": [True]}
                                               for c in COLUMNS]}, 400, "datatype BOOL"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
-                                               "data": [1.0, "2", 3.0, 4.0, 5.0]}]}, 400, "'2', which is not a number"),
+                                               "data": [1.0, "2", 3.0, 4.0, 5.0]}]}, 400,
+     "input 'rows', row 0, column 'x1': '2' is not a number"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
-                                               "data": [1.0, True, 3.0, 4.0, 5.0]}]}, 400, "True, which is not"),
+                                               "data": [1.0, True, 3.0, 4.0, 5.0]}]}, 400, "column 'x1': True is not"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1], "datatype": "FP64", "data": [1.0]}
                                               for c in [*COLUMNS, "x0"]]}, 400, "input 'x0' appears 2 times"),
     # Numbers in a tensor declared integer are whole and in the type's range (1.5 was scored as 1.5).
@@ -308,9 +310,14 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     (f"/v1/models/{MODEL}:predict", {"instances": [[0.0] * 6]}, 400, "row 0 has 6 values; the model takes 5"),
     (f"/v1/models/{MODEL}:predict", {"instances": [[0.0, True, 0.0, 0.0, 0.0]]}, 400,
      "row 0, column 'x1': True is not a number"),
-    (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64", '
-                                  b'"data": [0, Infinity, 0, 0, 0]}]}', 400,
-     "input 'rows' holds NaN or infinite values"),
+    (f"/v2/models/{MODEL}/infer", b'{"inputs": [{"name": "rows", "shape": [2, 5], "datatype": "FP64", '
+                                  b'"data": [0, 0, 0, 0, 0, 0, 0, Infinity, 0, 0]}]}', 400,
+     "input 'rows', row 1, column 'x2': inf is not a finite number"),  # a review: no row, no column
+    # One tensor per covariate: the row within it, and the covariate (a review: neither was named).
+    (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [4], "datatype": "FP64",
+                                               "data": [0.0, 0.0, 0.0, 1e999 if c == "x3" else 0.0]}
+                                              for c in COLUMNS]}, 400,
+     "input 'x3', row 3, column 'x3': inf is not a finite number"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": c, "shape": [1 + (c == "x1")], "datatype": "FP64",
                                                "data": [1.0] * (1 + (c == "x1"))} for c in COLUMNS]}, 400,
      "input 'x1' has 2 values, 'x0' has 1"),
