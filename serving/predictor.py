@@ -79,12 +79,17 @@ class CateModel(Model):
             scorer.score(np.zeros((WARM_ROWS, len(scorer.columns))))
         # Every series at 0 from the start: a version that fails every request still has a
         # request series, so the error-rate alert (errors over requests and errors) can fire.
+        # Every error kind too (a serving review: rate() missed the first timeout, which alone made
+        # its series): the first version's request-level kinds, the in-process shadow's own.
         second = {"canary": CHALLENGER, "shadow": SHADOW}.get(self.routing.mode)
-        for scorer, role in ((self.scorers[CHAMPION], self.role), (self.scorers[CHALLENGER], second)):
+        for scorer, role, kinds in ((self.scorers[CHAMPION], self.role, ("scoring", "internal", "bad_request")),
+                                    (self.scorers[CHALLENGER], second,
+                                     ("scoring", "timeout", "shed") if second == SHADOW else ("scoring",))):
             if scorer is not None and role is not None:
                 labels = (self.name, str(scorer.version), role)
                 metrics.REQUESTS.labels(*labels), metrics.ROWS.labels(*labels), metrics.LATENCY.labels(*labels)
-                metrics.ERRORS.labels(*labels, "scoring")
+                for kind in kinds:
+                    metrics.ERRORS.labels(*labels, kind)
         self.ready = True
         return self.ready
 

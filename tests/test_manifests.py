@@ -836,6 +836,20 @@ def test_alert_rules_and_dashboard_use_only_metrics_tauforge_exports(tmp_path):
     assert all('model=~"$model", version=~"$version"' in q for q in panels)
 
 
+def test_a_shadows_failures_are_a_ticket_never_a_page():
+    # A serving review: shadow timeouts and sheds counted in TauforgeScoringErrors, a page, though a
+    # shadow is off the response path (70% of a loaded shadow's requests timed out).
+    import re
+
+    rules = yaml.safe_load(open(os.path.join(ROOT, "manifests", "monitoring", "prometheus-rules.yaml")))
+    alerts = {r["alert"]: r for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    pages = [r["expr"] for r in alerts.values() if r["labels"]["severity"] == "page"]
+    selectors = [m for e in pages for m in re.findall(r"tauforge_(?:errors|requests)_total\{([^}]*)\}", e)]
+    assert selectors and all('role!="shadow"' in m for m in selectors), selectors
+    for name in ("TauforgeShadowFails", "TauforgeShadowTimeouts"):
+        assert alerts[name]["labels"]["severity"] == "ticket" and 'role="shadow"' in alerts[name]["expr"]
+
+
 def test_grafana_dashboard_ships_as_a_labelled_config_map():
     (cm,) = [d for d in kustomize("monitoring") if d["kind"] == "ConfigMap"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

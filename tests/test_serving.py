@@ -1138,7 +1138,14 @@ def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault)
     else:
         assert len(shadow) == 0
         kind = "scoring" if fault == "raise" else "shed"  # a hung challenger's shadows are shed, not queued
-        assert f'kind="{kind}"' in text
+        errors = {k: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("tauforge_errors_total{") and f'kind="{k}"' in line
+                         and 'role="shadow"' in line and 'version="2"' in line)
+                  for k in ("scoring", "timeout", "shed")}
+        assert errors[kind] >= 1, errors
+        # Each kind's series exists before its first error (a serving review: rate() missed it).
+        assert all(f'tauforge_errors_total{{kind="{k}",model="{MODEL}",role="shadow",version="2"}}' in text
+                   for k in errors), [line for line in text.splitlines() if line.startswith("tauforge_errors_total{")]
         # An ops review: a shadow that always failed had no request series, so the error-rate
         # alert (errors over requests and errors) had nothing to divide and never fired.
         assert f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} 0.0' in text
