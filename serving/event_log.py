@@ -51,6 +51,7 @@ class EventLog:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe inside a signal handler
         self._seq = 0
         self._failed_writes = 0  # since the last write that succeeded
+        self._closing = False  # the write under way is the last, at close: a failure is not retried
         self._retry_name: tuple | None = None  # (seq, stamp) of the batch being retried
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, daemon=True, name="tauforge-event-log")
@@ -99,6 +100,7 @@ class EventLog:
                 due = time.monotonic() + self.rotate_seconds if due is None else due
                 if len(buffer) < self.rotate_rows or (pause and time.monotonic() < due):
                     continue  # not full yet, or still pausing after a failure
+            self._closing = item is None
             buffer = self._write(buffer)
             self._set_backlog(len(buffer))
             pause = min(2 * pause or 1.0, MAX_RETRY_SECONDS) if buffer else 0.0
@@ -123,7 +125,9 @@ class EventLog:
         """A failed attempt, counted and said: the records are kept for the next one."""
         WRITE_ERRORS.inc()
         self._failed_writes += 1
-        log.warning("%s (%s: %s); keeping %d records and retrying", failure, type(exc).__name__, exc, len(records))
+        log.warning("%s (%s: %s); %s", failure, type(exc).__name__, exc,
+                    "that was the last attempt, at close" if self._closing  # said "retrying", then "lost" (a review)
+                    else f"keeping {len(records)} records and retrying")
         return records
 
     def _write(self, records: list[dict]) -> list[dict]:

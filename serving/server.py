@@ -76,6 +76,7 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import; our flags are not its
     import kserve.model_server as model_server
 
+    _log_as_kserve()
     model_server.RESTServer = _rest_server(host, model)
     model_server.GRPCServer = _bound_grpc_server("[::]" if host == "0.0.0.0" else _bracketed(host), model)
     log.info("serving %s on http://%s:%d%s", model.name, _bracketed(host), port,
@@ -94,6 +95,21 @@ def serve(model, port: int = 8080, host: str = "127.0.0.1", grpc_port: int = 808
         server.start([model])
     finally:
         model.close()  # drained when the servers stopped already, unless they never started
+
+
+def _log_as_kserve() -> None:
+    """tauforge's server lines (its 400s, shadows, event log) in KServe's format, INFO and above:
+    they went through Python's last-resort handler, with no time, level, logger or pid, and its
+    INFO lines not at all (a serving review)."""
+    from kserve.logging import KSERVE_LOGGER_DATE_FORMAT, KSERVE_LOGGER_FORMAT
+
+    logger = logging.getLogger("tauforge")
+    if not logger.handlers:  # a host application's own configuration stays
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _bracketed(host: str) -> str:
