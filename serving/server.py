@@ -214,6 +214,13 @@ def _rest_server(host: str, model):
         log.warning("404: %s", exc)  # KServe's handler logs a traceback for a caller's typo
         return JSONResponse(status_code=404, content={"error": str(exc)})
 
+    async def not_implemented(request, exc: NotImplementedError):
+        # KServe's routes for versions and :explain (a caller's request, not a fault of the
+        # server): KServe's handler logged a 20-line traceback as an ERROR (a serving review).
+        message = f"{request.url.path[:200]} is not served: {exc or 'not implemented'}"
+        log.warning("501: %s", message)
+        return JSONResponse(status_code=501, content={"error": message})
+
     class TauforgeRESTServer(model_server.RESTServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -231,6 +238,7 @@ def _rest_server(host: str, model):
             app.add_exception_handler(InvalidInput, invalid_input)
             app.add_exception_handler(HTTPException, unparsed_body)
             app.add_exception_handler(ModelNotFound, model_not_found)
+            app.add_exception_handler(NotImplementedError, not_implemented)
 
     return TauforgeRESTServer
 

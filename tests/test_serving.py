@@ -332,9 +332,15 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
                                               {"name": "unit_id", "shape": [2], "datatype": "BYTES",
                                                "data": ["a", "b"]}]},
      400, "'unit_id' has 2 values for 1 rows"),
+    # KServe's routes tauforge does not serve: a warning line, not KServe's 20-line ERROR traceback.
+    (f"/v2/models/{MODEL}/versions/1/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
+                                                          "data": [0.0] * 5}]}, 501,
+     f"/v2/models/{MODEL}/versions/1/infer is not served: Model versioning not supported yet"),
+    (f"/v1/models/{MODEL}:explain", {"instances": [[0.0] * 5]}, 501,
+     f"/v1/models/{MODEL}:explain is not served: Could not find explainer_host"),
 ])
-def test_malformed_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(single, path, body, status,
-                                                                                  message):
+def test_malformed_requests_get_a_4xx_unserved_routes_a_501_with_a_message_and_the_server_keeps_serving(
+        single, path, body, status, message):
     def bad_requests() -> float:
         _, text = single.get("/metrics")
         return sum(float(line.split()[-1]) for line in text.splitlines()
