@@ -248,6 +248,9 @@ class RowParser:
                     raise RequestError(f"input {name} holds {data[beyond][0]:g}, beyond the range of "
                                        f"{tensor.datatype} (+-{_FLOAT_RANGES[tensor.datatype]:g})")
         a = np.asarray(data, dtype=np.float64).ravel()
+        if a.size == 0 and size:  # gRPC: the values sent in another type's contents field (a review)
+            raise RequestError(f"input {name} holds no values of its datatype {tensor.datatype} (over gRPC, in "
+                               f"that type's contents field); its shape needs {size}")
         if a.size != size:
             raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():
