@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _inputs
 from .progress import progress_bar
 
 # Propensities are clipped to [MIN_PROPENSITY, 1 - MIN_PROPENSITY] in the doubly robust score
@@ -216,4 +217,8 @@ def oob_effect(forest, X: np.ndarray) -> np.ndarray:
     unseen = np.isnan(tau)
     if unseen.any():
         tau[unseen] = forest.predict(X[unseen])
+        if unseen.mean() > 0.01:  # a review: n_estimators=2 put half the rows' in-sample CATE in ate_, silently
+            _inputs.warn(f"{unseen.mean():.0%} of the training rows have no out-of-bag estimate (every tree saw "
+                         "them, or their out-of-bag neighbours hold one treatment value): their in-sample CATE "
+                         "enters the average effect; grow more trees (n_estimators)")
     return tau
