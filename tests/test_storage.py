@@ -18,18 +18,24 @@ FIELDS = ("feature", "threshold", "child", "leaf_values", "tree_offsets", "leaf_
 
 
 def _fit(kind: str) -> tuple[CausalForest, np.ndarray]:
-    """kind 'discrete': t = T - 1/2, so every leaf's t^2 mean is 1/4 and its t mean one of few
-    values (dictionary columns); 'continuous': a noisy estimated propensity (byte-plane columns);
-    'wide': 130 covariates, so split features are int16."""
+    """kind 'discrete': t = T - 1/2 on as many treated rows as controls, so t's mean is 0 (the
+    forest centres t: an unbalanced sample would shift every t), every leaf's t^2 mean is 1/4 and
+    its t mean one of few values (dictionary columns); 'continuous': a noisy estimated
+    propensity (byte-plane columns); 'wide': 130 covariates, so split features are int16."""
     p = 130 if kind == "wide" else 5
     d = make_causal_data("simple", n=3000 if kind != "wide" else 600, p=p, seed=11)
+    X, T, y = d.X, d.T, d.Y - d.m
+    if kind == "discrete":
+        half = int(min(T.sum(), len(T) - T.sum()))
+        rows = np.sort(np.r_[np.flatnonzero(T == 1)[:half], np.flatnonzero(T == 0)[:half]])
+        X, T, y = X[rows], T[rows], y[rows]
     e = 0.5 if kind == "discrete" else np.clip(d.e + np.random.default_rng(0).normal(0, 0.05, len(d.e)), 0.05, 0.95)
     trees = 4 if kind == "wide" else 20
     # The plain forest (format 3: no local linear correction, which format 4 adds and
     # tests/test_local_linear.py round-trips), with grf's leaf size the sizes below were measured at.
     forest = CausalForest(n_estimators=trees, min_samples_leaf=5, max_samples=0.45, linear_correction_variables=None,
                           random_state=3)
-    return forest.fit(d.X, d.T - e, d.Y - d.m), d.X
+    return forest.fit(X, T - e, y), X
 
 
 @pytest.fixture(scope="module", params=["discrete", "continuous", "wide"])
