@@ -92,7 +92,8 @@ def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if arr.ndim == 1 and ndim == 2:
         arr = arr[:, None]  # one covariate; a single row reads as one column (check_columns says so)
     if arr.ndim != ndim:
-        several = ndim == 1 and arr.ndim == 2  # EconML takes several outcomes or treatments (a review)
+        # EconML takes several outcomes or treatments (a review)
+        several = ndim == 1 and arr.ndim == 2 and name in ("Y", "T", "y")
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}"
                          + (f": one {name} column per model (tauforge estimates the effect of one treatment on one "
                             "outcome); fit one model per column" if several else ""))

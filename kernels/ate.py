@@ -37,9 +37,9 @@ MIN_VARIANCE_SHARE = 0.05
 # Positivity: estimated propensities outside these bounds, or a continuous treatment's Var(T | X)
 # under this share of the mean squared treatment residual (the binary bounds put e (1 - e) under
 # 19% of its largest value, 0.25), are where the data say little about the effect: the rows'
-# debiasing weights are the large ones. Over OVERLAP_WARNING_SHARE of the rows there,
-# CausalForestDML warns, and the pipeline's gate fails by default (components.evaluate); they
-# are flagged in evaluation and monitoring too.
+# debiasing weights are the large ones. Over OVERLAP_WARNING_SHARE of the rows there (of positive
+# sample_weight), CausalForestDML warns and the pipeline's gate fails by default
+# (components.evaluate); they are flagged in monitoring too.
 OVERLAP_BOUNDS = (0.05, 0.95)
 MIN_TREATMENT_VARIANCE_SHARE = 0.1
 OVERLAP_WARNING_SHARE = 0.10
@@ -53,7 +53,7 @@ MIN_GROUPS = 20
 
 def overlap_message(T_hat: np.ndarray, t_var: np.ndarray, t_res: np.ndarray, discrete: bool,
                     sample_weight: np.ndarray | None = None) -> str | None:
-    """What a fit should warn of when over OVERLAP_WARNING_SHARE of its (weighted) rows lie outside
+    """What a fit should warn of when over OVERLAP_WARNING_SHARE of its rows lie outside
     the overlap: their estimated propensity T_hat outside OVERLAP_BOUNDS, or for a continuous
     treatment Var(T | X) under MIN_TREATMENT_VARIANCE_SHARE of its mean; else None."""
     if discrete:
@@ -63,7 +63,8 @@ def overlap_message(T_hat: np.ndarray, t_var: np.ndarray, t_res: np.ndarray, dis
     else:
         outside = t_var < MIN_TREATMENT_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight))
         where = f"an estimated Var(T | X) under {MIN_TREATMENT_VARIANCE_SHARE:g} of its mean"
-    share = float(np.average(outside, weights=sample_weight))
+    counted = slice(None) if sample_weight is None else sample_weight > 0  # as the gate: rows of weight 0 aside
+    share = float(np.mean(outside[counted]))
     if share <= OVERLAP_WARNING_SHARE:
         return None
     return (f"{100 * share:.0f}% of rows have {where}: there the treatment is all but decided by the covariates, "

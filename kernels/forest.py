@@ -655,7 +655,8 @@ class CausalForest(BaseEstimator):
         correction = getattr(self, "linear_correction_", None)
         kept = getattr(self, "_oob_cate", None)  # (penalty, digest, values), kept by the fit for that penalty
         if oob and in_bag is None and not with_variance and kept is not None and correction is not None \
-                and kept[0] == correction.ridge and kept[1] == _covariates_digest(_inputs.to_numpy(X, "X", 2)):
+                and len(kept) == 3 and kept[0] == correction.ridge \
+                and kept[1] == _covariates_digest(_inputs.to_numpy(X, "X", 2)):
             # only for the training rows themselves (a review: other rows of the same count, a test
             # set or the training rows shuffled, were answered with the training rows' values)
             return kept[2].copy(), None
@@ -938,8 +939,9 @@ def _training_digest(X: np.ndarray, T: np.ndarray, y: np.ndarray, w: np.ndarray 
 
 def _centred(v: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """v less its (weighted) mean, rounded to a power of two 2^-10 of v's standard deviation: a
-    treatment of few values keeps values whose squares float32 holds exactly, so a leaf of one
-    treatment value still gives 0 / 0 (NaN), not a tiny rounding residue for a denominator."""
+    treatment of few values keeps values whose squares float32 holds exactly. So a shift of v on
+    that grid (whole numbers, halves) changes nothing at all, and any other leaves v within
+    2^-11 standard deviations of where it was."""
     mean = np.average(v, weights=w)
     sd = math.sqrt(np.average((v - mean) ** 2, weights=w))
     if sd == 0 or not math.isfinite(sd):  # a constant outcome: exactly 0 once centred

@@ -33,7 +33,8 @@ from .forest_arrays import LEAF_T, LEAF_TT, LEAF_TY, LEAF_Y
 # of 2 gave intervals 10% wider than 2,000; larger groups are less noisy at equal trees.
 MIN_INTERVAL_TREES = 500
 # Where the forest-weighted variance of t at a row is below this share of its second moment, the
-# treatment is constant among the row's neighbours and the effect there is NaN (unidentified).
+# treatment is constant among the row's neighbours (its spread under 0.3% of its level) and the
+# effect there is NaN (unidentified).
 # Exactly constant, float32 leaf moments leave a residue near 1e-7 of it, which as a denominator
 # gave CATEs of +-inf or millions instead of 0 / 0 (a review).
 MIN_TREATMENT_SPREAD = 1e-5

@@ -249,8 +249,8 @@ class RowParser:
                                        f"{tensor.datatype} (+-{_FLOAT_RANGES[tensor.datatype]:g})")
         a = np.asarray(data, dtype=np.float64).ravel()
         if a.size == 0 and size:  # gRPC: the values sent in another type's contents field (a review)
-            raise RequestError(f"input {name} holds no values of its datatype {tensor.datatype} (over gRPC, in "
-                               f"that type's contents field); its shape needs {size}")
+            raise RequestError(f"input {name} holds no values of its datatype {tensor.datatype} (over gRPC, values "
+                               f"in another type's contents field arrive as none); its shape needs {size}")
         if a.size != size:
             raise RequestError(f"input {name} holds {a.size} values; its shape needs {size}")
         if not np.isfinite(a).all():

@@ -104,7 +104,7 @@ def _log_as_kserve() -> None:
     from kserve.logging import KSERVE_LOGGER_DATE_FORMAT, KSERVE_LOGGER_FORMAT
 
     logger = logging.getLogger("tauforge")
-    if not logger.handlers:  # a host application's own configuration stays
+    if not (logger.handlers or logging.getLogger().handlers):  # a host application's own configuration stays
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
         logger.addHandler(handler)
@@ -215,9 +215,15 @@ def _rest_server(host: str, model):
         return JSONResponse(status_code=404, content={"error": str(exc)})
 
     async def not_implemented(request, exc: NotImplementedError):
-        # KServe's routes for versions and :explain (a caller's request, not a fault of the
-        # server): KServe's handler logged a 20-line traceback as an ERROR (a serving review).
-        message = f"{request.url.path[:200]} is not served: {exc or 'not implemented'}"
+        # KServe's routes for versions and :explain are a caller's request, not a fault of the
+        # server: KServe's handler logged a 20-line traceback as an ERROR (a serving review). Any
+        # other NotImplementedError (a kernel's, while scoring) is a fault: KServe's 500.
+        path = request.url.path
+        if "/versions/" not in path and not path.endswith(":explain"):
+            from kserve.errors import generic_exception_handler
+
+            return await generic_exception_handler(request, exc)
+        message = f"{path[:200]} is not served: {str(exc) or 'not implemented'}"
         log.warning("501: %s", message)
         return JSONResponse(status_code=501, content={"error": message})
 
@@ -254,11 +260,11 @@ VALUE_BYTES, ROW_BYTES = 48, 320
 
 def max_request_bytes(columns: list[str]) -> int:
     """The request body limit of a model taking `columns`: MAX_ROWS rows keyed by name, each
-    value with VALUE_BYTES beside its quoted name, at least 1 MiB and at most MAX_REQUEST_BYTES.
+    value with VALUE_BYTES beside its quoted name (a unit id of ASCII text), at most MAX_REQUEST_BYTES.
     A fixed 32 MiB let a few bodies of 300,000 short rows, each parsed whole before its rows were
     counted, stall the probes for 6 s and take 1.5 GB (a serving review)."""
     row = ROW_BYTES + sum(len(name.encode()) + 2 + VALUE_BYTES for name in columns)
-    return min(MAX_REQUEST_BYTES, max(2**20, MAX_ROWS * row))
+    return min(MAX_REQUEST_BYTES, MAX_ROWS * row)
 REPOSITORY_PREFIX = "/v2/repository"
 
 

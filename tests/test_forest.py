@@ -505,7 +505,7 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
         CausalForestDML(n_estimators=4, progress=False, random_state=0).fit(d.Y, arms, X=d.X)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # silenced as the message says
-        CausalForestDML(n_estimators=4, progress=False, random_state=0, discrete_treatment=False).fit(d.Y, arms, X=d.X)
+        CausalForestDML(n_estimators=20, progress=False, random_state=0, discrete_treatment=False).fit(d.Y, arms, X=d.X)
 
 
 def frame_with_dates(X):
@@ -621,7 +621,6 @@ def test_cuda_fit_matches_cpu_and_returns_tensors_on_the_gpu(data, fitted):
 
 
 @pytest.mark.filterwarnings("ignore:intervals from")
-@pytest.mark.filterwarnings("ignore:intervals from")
 def test_a_fit_without_overlap_warns_and_one_with_it_does_not():
     # A review: the treatment decided by X0, ate_ 0.58 [0.43, 0.74] for a true 1.00 without a word.
     rng = np.random.default_rng(3)
@@ -660,6 +659,7 @@ def test_the_engines_warnings_name_the_callers_line():
     assert all(w.filename == __file__ for w in caught), [(w.filename, str(w.message)[:40]) for w in caught]
 
 
+@pytest.mark.filterwarnings("ignore:intervals from")
 def test_dml_with_very_few_trees_still_has_a_finite_ate_and_scaled_effects():
     d = make_causal_data("simple", n=400, p=3, seed=0)
     # Rows every tree saw enter ate_ in-sample, and it says so (a review: silently, at 1 or 2 trees).

@@ -335,8 +335,8 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     # gRPC's values in another type's contents field arrive as none (a review: "holds 0 values").
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [2, 5], "datatype": "INT32",
                                                "data": []}]}, 400,
-     "input 'rows' holds no values of its datatype INT32 (over gRPC, in that type's contents field); its shape "
-     "needs 10"),
+     "input 'rows' holds no values of its datatype INT32 (over gRPC, values in another type's contents field "
+     "arrive as none); its shape needs 10"),
     # KServe's routes tauforge does not serve: a warning line, not KServe's 20-line ERROR traceback.
     (f"/v2/models/{MODEL}/versions/1/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
                                                           "data": [0.0] * 5}]}, 501,

@@ -27,6 +27,7 @@ from ..binning import BinnedCovariates
 from ..forest_arrays import ForestArrays, TreeArrays
 from ..local_linear import n_moments
 from ..prediction import (
+    MIN_TREATMENT_SPREAD,
     as_float64,
     between_group_estimate,
     debias_between_group_variance,
@@ -176,7 +177,8 @@ class NumbaBackend:
                                      parts)
         wanted = with_variance and ci_group_size >= (1 if monte_carlo else 2)
         out = np.empty((ids.shape[0], 4))
-        numba_cpu.forest_moments(ids, forest.leaf_values, int(ci_group_size if wanted else 0), out)
+        numba_cpu.forest_moments(ids, forest.leaf_values, int(ci_group_size if wanted else 0), MIN_TREATMENT_SPREAD,
+                                 out)
         tau = out[:, 0]
         if not wanted:
             return tau, None

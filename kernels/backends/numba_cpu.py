@@ -31,7 +31,6 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ..prediction import MIN_TREATMENT_SPREAD
 from ..splitting import HI, LO, ST, STT, STY, SY, TIE_RTOL, E, N
 from .numba_cache import njit
 
@@ -1228,11 +1227,13 @@ def node_capacity(n_est_rows: int, n_struct: int, n_est: int, min_leaf: float) -
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
-def forest_moments(ids, leaf_values, group_size, out):
+def forest_moments(ids, leaf_values, group_size, min_spread, out):
     """Per row, from its leaf in every tree: out[r] = (tau, between-group variance, within-group
     noise, denominator) of kernels.prediction.forest_estimate, without materializing the
     (rows, trees, 4) gather; group_size 0 computes tau and the denominator only, 1 also the
-    variance between single trees. Rows are the parallel loop; leaf means (float32) sum in float64."""
+    variance between single trees. Rows are the parallel loop; leaf means (float32) sum in float64.
+    `min_spread`: prediction.MIN_TREATMENT_SPREAD, an argument (a global would be frozen into the
+    kernel's disk cache, which only this file's changes invalidate)."""
     n_trees = ids.shape[1]
     groups = n_trees // group_size if group_size >= 1 else 0
     for r in numba.prange(ids.shape[0]):
@@ -1248,7 +1249,7 @@ def forest_moments(ids, leaf_values, group_size, out):
         aty /= n_trees
         att /= n_trees
         denom = att - at * at
-        if not denom > MIN_TREATMENT_SPREAD * att:  # the treatment constant around the row: NaN
+        if not denom > min_spread * att:  # the treatment constant around the row: NaN
             denom = np.nan
         tau = (aty - at * ay) / denom
         mu = ay - tau * at
