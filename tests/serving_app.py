@@ -1,5 +1,7 @@
 """A real `tauforge serve` in shadow mode whose challenger is deliberately broken (it raises,
-hangs or is slow), for tests/test_serving.py. Run: python tests/serving_app.py STORE MODEL PORT LOG_DIR FAULT"""
+hangs or is slow), or whose champion raises NotImplementedError once ready (as a kernel does on a
+device that lacks it), for tests/test_serving.py.
+Run: python tests/serving_app.py STORE MODEL PORT LOG_DIR FAULT"""
 
 import sys
 import threading
@@ -25,4 +27,10 @@ def broken_score(X):
 
 
 challenger.score = broken_score
+if fault == "champion-not-implemented":  # build_model warmed it up already
+
+    def unimplemented(X):
+        raise NotImplementedError("Could not run 'aten::example' with arguments from the 'CUDA' backend")
+
+    model.scorers["champion"].score = unimplemented
 serve(model, port=int(port), grpc_port=0)

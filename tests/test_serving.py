@@ -1166,6 +1166,23 @@ def test_shadow_challenger_faults_never_reach_the_caller(store, tmp_path, fault)
         assert f'tauforge_requests_total{{model="{MODEL}",role="shadow",version="2"}} 0.0' in text
 
 
+def test_a_not_implemented_error_while_scoring_is_a_500_with_its_traceback_not_an_unserved_route(store, tmp_path):
+    # A review: the 501 for KServe's unserved routes first caught every NotImplementedError, and
+    # a kernel's (a device that lacks an operator) read as a caller asking for a missing route.
+    port, log_dir = free_port(), str(tmp_path / "events")
+    server = Server([sys.executable, os.path.join(ROOT, "tests", "serving_app.py"), store, MODEL, str(port),
+                     log_dir, "champion-not-implemented"], port, log_dir)
+    try:
+        code, answer = server.v1(rows_for(2).tolist())
+        assert code == 500 and "aten::example" in answer.get("error", ""), (code, answer)
+        assert server.post(f"/v1/models/{MODEL}:explain", {"instances": rows_for(1).tolist()})[0] == 501
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "Traceback" in log and "NotImplementedError: Could not run 'aten::example'" in log
+    assert "501: /v1/models/" in log and f"501: /v1/models/{MODEL}:predict" not in log
+
+
 def test_sigterm_waits_for_the_shadows_in_flight_and_logs_their_records(store, tmp_path):
     # An interrupt review: KServe's SIGTERM handler unloads the model at once, which closed the
     # event log before the shadows still scoring had answered; their records were lost, silently.
