@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tauforge.kernels._inputs import weighted_rows
-from tauforge.kernels.ate import debiased_scores, propensity_clip
+from tauforge.kernels.ate import debiased_scores, outside_propensity_bounds, propensity_clip, treatment_variance_ratio
 from tauforge.kernels.progress import progress_steps
 
 from . import config, graph_checks, uplift
@@ -166,7 +166,7 @@ def crump_threshold(e: np.ndarray) -> float:
 def overlap(t_hat: np.ndarray, T: np.ndarray) -> dict:
     lo, hi = OVERLAP_BOUNDS
     e = np.clip(t_hat, 1e-6, 1 - 1e-6)
-    outside = (t_hat < lo) | (t_hat > hi)
+    outside = outside_propensity_bounds(t_hat)
     alpha = crump_threshold(e)
     bins = np.linspace(0, 1, 21)
     return {"propensity_min": float(t_hat.min()), "propensity_max": float(t_hat.max()),
@@ -181,7 +181,7 @@ def treatment_variance_overlap(t_var: np.ndarray, t_res: np.ndarray, sample_weig
     """A continuous treatment's overlap: where Var(T | X) is small, T hardly varies once X is known,
     the data say little about the effect there and the rows' debiasing weights t~ / V are large.
     V over the (weighted) mean t~^2, its low quantiles, and the share of rows under the bound."""
-    ratio = t_var / float(np.average(t_res**2, weights=sample_weight))
+    ratio = treatment_variance_ratio(t_var, t_res, sample_weight)
     edges = np.linspace(0, max(float(np.quantile(ratio, 0.99)), 2 * MIN_TREATMENT_VARIANCE_SHARE), 31)
     counts = np.histogram(np.minimum(ratio, edges[-1]), edges)[0]  # the top 1% in the last bin
     return {"measure": "estimated Var(T | X) over the mean squared treatment residual",

@@ -40,13 +40,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tauforge.kernels.ate import MIN_GROUPS, clustered_cross_products, clustered_stderr, effective_groups
+from tauforge.kernels.ate import (
+    MIN_GROUPS,
+    clustered_cross_products,
+    clustered_stderr,
+    effective_groups,
+    outside_propensity_bounds,
+)
 from tauforge.kernels.progress import Progress, progress_steps
 
 from ._kfp import HTML, Metrics, Output, component
 from .charts import histogram_edges
 from .config import ConfigError, redacted_uri
-from .constants import MONITOR_ALPHA, OVERLAP_BOUNDS, PSI_ALERT
+from .constants import MONITOR_ALPHA, PSI_ALERT
 from .events import input_columns, load_reference, read_events, reference_groups, with_shadow
 from .judgement import (
     MIN_POLICY_ROWS,
@@ -482,8 +488,7 @@ class PropensityDrift:
         held_out, held_out_groups = reference[~half], groups[~half]
         e_ref = model.predict_proba(held_out[m.columns].to_numpy())[:, 1]
         e_live = model.predict_proba(m.live[m.columns].to_numpy())[:, 1]
-        lo, hi = OVERLAP_BOUNDS
-        out_ref, out_live = np.mean((e_ref < lo) | (e_ref > hi)), np.mean((e_live < lo) | (e_live > hi))
+        out_ref, out_live = np.mean(outside_propensity_bounds(e_ref)), np.mean(outside_propensity_bounds(e_live))
         p = ks_pvalue(e_ref, e_live, held_out_groups, m.live_groups)
         edges = np.linspace(0, 1, 21)
         summary = {"ks_p_value": p, "psi": psi(e_ref, e_live), "share_outside_reference": float(out_ref),

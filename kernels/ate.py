@@ -51,17 +51,29 @@ OVERLAP_WARNING_SHARE = 0.10
 MIN_GROUPS = 20
 
 
+def outside_propensity_bounds(e_hat: np.ndarray) -> np.ndarray:
+    """The rows whose estimated propensity lies outside OVERLAP_BOUNDS (a binary treatment's overlap)."""
+    lo, hi = OVERLAP_BOUNDS
+    return (e_hat < lo) | (e_hat > hi)
+
+
+def treatment_variance_ratio(t_var: np.ndarray, t_res: np.ndarray, sample_weight: np.ndarray | None = None
+                             ) -> np.ndarray:
+    """A continuous treatment's Var(T | X) per row over the (weighted) mean t~^2: rows under
+    MIN_TREATMENT_VARIANCE_SHARE lie outside its overlap."""
+    return t_var / float(np.average(t_res**2, weights=sample_weight))
+
+
 def overlap_message(T_hat: np.ndarray, t_var: np.ndarray, t_res: np.ndarray, discrete: bool,
                     sample_weight: np.ndarray | None = None) -> str | None:
     """What a fit should warn of when over OVERLAP_WARNING_SHARE of its rows lie outside
     the overlap: their estimated propensity T_hat outside OVERLAP_BOUNDS, or for a continuous
     treatment Var(T | X) under MIN_TREATMENT_VARIANCE_SHARE of its mean; else None."""
     if discrete:
-        lo, hi = OVERLAP_BOUNDS
-        outside = (T_hat < lo) | (T_hat > hi)
-        where = f"an estimated propensity outside [{lo}, {hi}]"
+        outside = outside_propensity_bounds(T_hat)
+        where = f"an estimated propensity outside [{OVERLAP_BOUNDS[0]}, {OVERLAP_BOUNDS[1]}]"
     else:
-        outside = t_var < MIN_TREATMENT_VARIANCE_SHARE * float(np.average(t_res**2, weights=sample_weight))
+        outside = treatment_variance_ratio(t_var, t_res, sample_weight) < MIN_TREATMENT_VARIANCE_SHARE
         where = f"an estimated Var(T | X) under {MIN_TREATMENT_VARIANCE_SHARE:g} of its mean"
     counted = slice(None) if sample_weight is None else sample_weight > 0  # as the gate: rows of weight 0 aside
     share = float(np.mean(outside[counted]))
