@@ -653,13 +653,9 @@ class CausalForest(BaseEstimator):
             raise ValueError(f"oob_predict needs the training covariates ({self.n_train_} rows), "
                              f"got {codes.shape[0]} rows")
         correction = getattr(self, "linear_correction_", None)
-        kept = getattr(self, "_oob_cate", None)  # (penalty, digest, values), kept by the fit for that penalty
-        if oob and in_bag is None and not with_variance and kept is not None and correction is not None \
-                and len(kept) == 3 and kept[0] == correction.ridge \
-                and kept[1] == _covariates_digest(_inputs.to_numpy(X, "X", 2)):
-            # only for the training rows themselves (a review: other rows of the same count, a test
-            # set or the training rows shuffled, were answered with the training rows' values)
-            return kept[2].copy(), None
+        Xn = _inputs.to_numpy(X, "X", 2) if correction is not None else None
+        if oob and in_bag is None and not with_variance and (kept := self._kept_oob_cate(Xn)) is not None:
+            return kept, None
         if oob:
             self._check_whole("out-of-bag prediction")
             in_bag = self._sampler(self.n_train_).in_bag() if in_bag is None else in_bag
@@ -667,7 +663,7 @@ class CausalForest(BaseEstimator):
             in_bag = None
         backend = self._kernels()
         if correction is not None:
-            z = correction.design(_inputs.to_numpy(X, "X", 2))
+            z = correction.design(Xn)
         chunk = self._rows_per_chunk(correction, in_bag is not None)
         smoother = None if (oob or monte_carlo or parts) else getattr(self, "variance_smoother_", None)
         parts = parts or smoother is not None
@@ -750,6 +746,18 @@ class CausalForest(BaseEstimator):
         if getattr(self, "shard_", (0, 1))[1] != 1:
             raise ValueError(f"{what} needs the whole forest, but this is shard {self.shard_[0]} of "
                              f"{self.shard_[1]}; join the shards with CausalForest.merge first")
+
+    def _kept_oob_cate(self, Xn: np.ndarray | None) -> np.ndarray | None:
+        """The out-of-bag CATE the fit kept (`_choose_linear_correction_ridge`), if it was kept
+        for the correction's penalty and `Xn` are the training rows themselves (a review: other
+        rows of the same count, a test set or the training rows shuffled, got the training rows'
+        values); else None. `Xn`: the rows as float64 (None without a correction)."""
+        kept = getattr(self, "_oob_cate", None)  # (penalty, the covariates' digest, values)
+        correction = getattr(self, "linear_correction_", None)
+        if kept is None or correction is None or len(kept) != 3 or kept[0] != correction.ridge \
+                or kept[1] != _covariates_digest(Xn):
+            return None
+        return kept[2].copy()
 
     def oob_predict(self, X: Any) -> Any:
         """Out-of-bag CATE for the training rows X: each row uses only trees that never saw it

@@ -268,10 +268,10 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
     D = 2 * d + 2
     M_pen = M + _penalty(M, ridge, d, penalty_blocks)
     theta = _solve(M_pen, r[..., None])[..., 0]
-    tau = _unidentified_as_nan(theta[:, d + 1], M, d)
+    xp = array_lib(A)
+    tau = xp.where(_identified(M, d), theta[:, d + 1], xp.full_like(theta[:, d + 1], math.nan))
     if not with_variance or ci_group_size < (1 if monte_carlo else 2):
         return tau, None
-    xp = array_lib(A)
     like = {"dtype": A.dtype, "device": A.device}
     rows = ids.shape[0]
     # psi_b = h' C ((r_raw_b - r_raw) - (M_raw_b - M_raw) C' theta): linear in tree b's moments.
@@ -290,15 +290,13 @@ def local_linear_estimate(backend, ids: Any, leaf_moments: np.ndarray, z: Any, r
                          variance)
 
 
-def _unidentified_as_nan(tau: Any, M: Any, d: int) -> Any:
-    """tau, NaN where the treatment is constant among the row's neighbours: the plain forest's
-    rule (kernels.prediction.MIN_TREATMENT_SPREAD) on M's mean t (entry (0, t)) and mean t^2
-    (entry (t, t)), which centring at z leaves as they are. Exactly constant, the penalty kept the
-    system solvable and float32 moments gave a tau in the millions."""
-    xp = array_lib(M)
+def _identified(M: Any, d: int) -> Any:
+    """The rows whose treatment varies among their neighbours (elsewhere tau is NaN): the plain
+    forest's rule (kernels.prediction.MIN_TREATMENT_SPREAD) on M's mean t (entry (0, t)) and mean
+    t^2 (entry (t, t)), which centring at z leaves as they are. Exactly constant, the penalty kept
+    the system solvable and float32 moments gave a tau in the millions."""
     mean_t, mean_tt = M[:, 0, d + 1], M[:, d + 1, d + 1]
-    spread = mean_tt - mean_t * mean_t
-    return xp.where(spread > MIN_TREATMENT_SPREAD * mean_tt, tau, xp.full_like(tau, math.nan))
+    return mean_tt - mean_t * mean_t > MIN_TREATMENT_SPREAD * mean_tt
 
 
 def _centred_system(A: Any, z: Any) -> tuple[Any, Any, Any, Any]:
@@ -351,9 +349,10 @@ def local_linear_taus(backend, ids: Any, leaf_moments: np.ndarray, z: Any, ridge
     A = backend.leaf_means(ids, leaf_moments, valid)
     _, M, r, _ = _centred_system(A, z)
     d = z.shape[1]
-    taus = [_unidentified_as_nan(_solve(M + _penalty(M, ridge, d, penalty_blocks), r[..., None])[:, d + 1, 0], M, d)
+    identified = backend.to_numpy(_identified(M, d))  # once for every penalty
+    taus = [backend.to_numpy(_solve(M + _penalty(M, ridge, d, penalty_blocks), r[..., None])[:, d + 1, 0])
             for ridge in ridges]
-    return np.stack([backend.to_numpy(t) for t in taus], axis=1)
+    return np.where(identified[:, None], np.stack(taus, axis=1), math.nan)
 
 
 def _solve(M: Any, b: Any) -> Any:
