@@ -483,13 +483,15 @@ class CausalForestDML(BaseEstimator):
         tau = np.asarray(self.forest_.predict(Xn), dtype=np.float64)
         return _final_stage_mse(Y - y_hat, T - t_hat, tau, sw)
 
-    def ate_interval(self, alpha: float = 0.05) -> tuple[float, float]:
+    def ate_interval(self, alpha: float = 0.05, *, X: Any = None) -> tuple[float, float]:
         """(1 - alpha) confidence interval of `ate_`: normal from `ate_stderr_` with
         inference='blb' (Student's t with G - 1 degrees of freedom when fit with G groups), the
-        bootstrap's `bootstrap_interval` with inference='bootstrap'."""
+        bootstrap's `bootstrap_interval` with inference='bootstrap'. `X` is refused with what to
+        do instead (EconML's keyword; here the average is over the training rows)."""
         self._check_fitted()
-        if not isinstance(alpha, (float, int, np.floating, np.integer)):
-            raise TypeError(f"ate_interval takes alpha only, got {type(alpha).__name__}: ate_ is the average over the "
+        if X is not None or not isinstance(alpha, (float, int, np.floating, np.integer)):
+            got = "X" if X is not None else type(alpha).__name__
+            raise TypeError(f"ate_interval takes alpha only, got {got}: ate_ is the average over the "
                             "training rows (EconML's ate_interval(X) averages effect(X) over X; for other rows "
                             "use effect_interval)")
         _inputs.check_alpha(alpha)

@@ -162,6 +162,16 @@ class RowParser:
         size = math.prod(tensor.shape)
         if len(values) != size:
             raise RequestError(f"input {UNIT_ID_FIELD!r} holds {len(values)} values; its shape needs {size}")
+        # The declared datatype holds: INT64 data of "abc" was taken as the unit "abc" (a review).
+        datatype = str(tensor.datatype)
+        if datatype != "BYTES" and datatype not in NUMERIC_DATATYPES:
+            raise RequestError(f"input {UNIT_ID_FIELD!r} has datatype {datatype[:32]}; unit ids are BYTES or integers")
+        if datatype != "BYTES":
+            wrong = next((i for i, u in enumerate(values) if u is not None and type(u) not in _NUMBER_TYPES
+                          and not isinstance(u, (np.integer, np.floating))), None)
+            if wrong is not None:
+                raise RequestError(f"row {wrong}: {UNIT_ID_FIELD} {reprlib.repr(values[wrong])} is not a number, but "
+                                   f"the tensor's datatype is {datatype}: send text ids as BYTES")
         return [self._unit_id(_text(u, i) if isinstance(u, bytes) else u, i) for i, u in enumerate(values)]
 
     def _check_names(self, names: list[str], where: str, what: str) -> None:

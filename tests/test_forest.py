@@ -472,8 +472,9 @@ def test_dml_takes_scikit_learns_random_states_and_explains_its_own_conventions(
     for state in ("0", -1, 2**32):  # 2**32: numpy's own error from inside the nuisance models (a review)
         with pytest.raises(ValueError, match=r"random_state must be an int from 0 to 2\*\*32 - 1, .*got"):
             CausalForestDML(n_estimators=4, random_state=state).fit(d.Y, d.T, X=d.X)
-    with pytest.raises(TypeError, match="ate_interval takes alpha only"):
-        fits[0].ate_interval(d.X)  # EconML's ate_interval(X)
+    for call in (lambda: fits[0].ate_interval(d.X), lambda: fits[0].ate_interval(X=d.X)):  # EconML's ate_interval(X)
+        with pytest.raises(TypeError, match="ate_interval takes alpha only.*use effect_interval"):
+            call()
     for alpha in (None, "0.1", True, 0, 1.5):  # None and '0.1': a bare TypeError from '<' (a review)
         for call in (lambda a: fits[0].effect_interval(d.X, alpha=a),
                      lambda a: fits[0].effect_inference(d.X).conf_int(alpha=a)):
