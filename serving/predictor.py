@@ -126,6 +126,23 @@ class CateModel(Model):
         the REST server refuses before they reach `predict` (bad JSON, not the V2 schema)."""
         metrics.ERRORS.labels(self.name, str(self.scorers[CHAMPION].version), self.role, "bad_request").inc()
 
+    @property
+    def served_version(self) -> str:
+        """The version a V2 caller may name: the champion's (V2 metadata lists it)."""
+        return str(self.scorers[CHAMPION].version)
+
+    def unserved_version(self, version: str | None) -> str | None:
+        """Why a V2 `model_version` is not answered here, or None for the champion's or none.
+        Answering another version than the one asked for, silently, was worse than refusing (gRPC's
+        model_version; REST's versions/ path is KServe's 501); routing, not the caller, chooses
+        between champion and challenger."""
+        if version in (None, "", self.served_version):
+            return None
+        served = f"version {self.scorers[CHAMPION].version}" + (
+            f" (and {self.scorers[CHALLENGER].version} by its routing)" if self.scorers[CHALLENGER] else "")
+        return (f"model_version {reprlib.repr(version)} is not served here: this server answers {served}; "
+                "send no model_version")
+
     async def predict(self, payload, headers=None):
         start = time.perf_counter()
         # The mesh's (or the caller's) x-request-id, else a new one; never a V2 body's `id`, which
@@ -135,13 +152,9 @@ class CateModel(Model):
         v2 = isinstance(payload, InferRequest)
         parser = self.scorers[CHAMPION].parser
         try:
-            if v2 and payload.model_version not in (None, "", str(self.scorers[CHAMPION].version)):
-                # gRPC's model_version (REST's versions/ path is KServe's 501): answering another
-                # version than the one asked for, silently, was worse than refusing.
-                served = f"version {self.scorers[CHAMPION].version}" + (
-                    f" (and {self.scorers[CHALLENGER].version} by its routing)" if self.scorers[CHALLENGER] else "")
-                raise RequestError(f"model_version {reprlib.repr(payload.model_version)} is not served here: this "
-                                   f"server answers {served}; send no model_version")
+            unserved = self.unserved_version(payload.model_version) if v2 else None
+            if unserved:
+                raise RequestError(unserved)
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = parse_json_body(payload)
             parse = (lambda: parser.v2(payload.inputs)) if v2 else (lambda: parser.v1(payload))

@@ -364,6 +364,12 @@ def _json_data_plane():
     v1, v2 = PredictorProtocol.REST_V1.value, PredictorProtocol.REST_V2.value
 
     class JsonDataPlane(DataPlane):
+        async def model_metadata(self, model_name: str) -> dict:
+            # The served version (KServe lists none: "model versioning is not supported yet").
+            metadata = await super().model_metadata(model_name)
+            version = getattr(self.get_model_from_registry(model_name), "served_version", None)
+            return metadata if version is None else {**metadata, "versions": [version]}
+
         def decode(self, body, headers, protocol_version: str = v1, model_name: str | None = None):
             headers = headers or {}
             # A V2 body without a JSON content type reaches here as bytes, which KServe reads as
@@ -408,11 +414,15 @@ def _bound_grpc_server(address: str, model):
 
     import grpc
     from grpc import aio
-    from kserve.errors import InvalidInput
+    from kserve.errors import InvalidInput, ModelNotFound
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class VersionNotServed(LookupError):
+        """A V2 request for a version this server does not answer (gRPC NOT_FOUND)."""
 
     class CallerErrorsAsWarnings(ExceptionToStatusInterceptor):
         """KServe's interceptor, but a caller's bad request is one warning line (as over REST),
@@ -427,11 +437,31 @@ def _bound_grpc_server(address: str, model):
             elif isinstance(ex, NotImplementedError):
                 log.warning("%s (gRPC %s)", ex, method_name)
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(ex))
+            elif isinstance(ex, (ModelNotFound, VersionNotServed)):  # a caller's mistake, as REST's 404
+                reason = getattr(ex, "reason", str(ex))
+                log.warning("404: %s (gRPC %s)", reason, method_name)
+                await context.abort(grpc.StatusCode.NOT_FOUND, reason)
             else:
                 await super().handle_exception(ex, request_or_iterator, context, method_name)
 
     class NoRepositoryServicer(InferenceServicer):
-        """KServe's servicer without the model repository calls (see `_rest_server`)."""
+        """KServe's servicer without the model repository calls (see `_rest_server`), and with
+        the served version in ModelReady and ModelMetadata (KServe's ignore a request's version:
+        ready for any, and metadata listing none)."""
+
+        async def ModelReady(self, request, context):
+            if model.unserved_version(request.version) and request.name == model.name:
+                return pb.ModelReadyResponse(ready=False)
+            return await super().ModelReady(request, context)
+
+        async def ModelMetadata(self, request, context):
+            unserved = model.unserved_version(request.version) if request.name == model.name else None
+            if unserved:
+                raise VersionNotServed(unserved)
+            reply = await super().ModelMetadata(request, context)
+            if request.name == model.name:
+                reply.versions.append(model.served_version)
+            return reply
 
         async def RepositoryModelLoad(self, request, context):
             raise NotImplementedError("model repository calls are not served")

@@ -288,7 +288,8 @@ def test_v1_and_v2_answers_equal_the_loaded_version_in_process(store, single):
     # The unit_id tensor's datatype holds too: INT64 data of "abc" was the unit "abc" (a review).
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [2, 5], "datatype": "FP64",
                                                "data": [1, 2, 3, 4, 5] * 2},
-                                              {"name": "unit_id", "shape": [2], "datatype": "INT64", "data": [7, "abc"]}]},
+                                              {"name": "unit_id", "shape": [2], "datatype": "INT64",
+                                               "data": [7, "abc"]}]},
      400, "row 1: unit_id 'abc' is not a number, but the tensor's datatype is INT64: send text ids as BYTES"),
     (f"/v2/models/{MODEL}/infer", {"inputs": [{"name": "rows", "shape": [1, 5], "datatype": "FP64",
                                                "data": [1, 2, 3, 4, 5]},
@@ -485,6 +486,19 @@ def test_a_version_not_served_is_refused_and_a_v2_id_is_echoed_but_does_not_key_
             else:
                 reply = stub.ModelInfer(request, timeout=30)
                 assert reply.model_version == "1" and reply.id == "g-1"
+        # ModelReady and ModelMetadata know the version too (KServe's: ready for any version, and
+        # metadata listing none), and an unknown model is NOT_FOUND with one warning line, not
+        # KServe's ERROR traceback.
+        assert [stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=v), timeout=30).ready
+                for v in ("", "1", "7")] == [True, True, False]
+        assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=30).versions) == ["1"]
+        logged = len(with_grpc.log_text())
+        for call in (lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL, version="7"), timeout=30),
+                     lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="no-such-model"), timeout=30)):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
+        assert "Traceback" not in with_grpc.log_text()[logged:] and "no-such-model" in with_grpc.log_text()[logged:]
     finally:
         channel.close()
 
@@ -1346,7 +1360,9 @@ def test_a_third_party_v2_client_reads_the_metadata_and_gets_the_v1_answers_over
             meta = meta if isinstance(meta, dict) else {"inputs": [{"name": i.name, "datatype": i.datatype,
                                                                       "shape": list(i.shape)} for i in meta.inputs],
                                                         "outputs": [{"name": o.name, "datatype": o.datatype}
-                                                                    for o in meta.outputs]}
+                                                                    for o in meta.outputs],
+                                                        "versions": list(meta.versions)}
+            assert meta["versions"] == ["1"]  # the served version (KServe's metadata lists none)
             assert [(i["name"], i["datatype"], list(i["shape"])) for i in meta["inputs"]] == \
                 [(c, "FP64", [-1]) for c in COLUMNS]
             assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
