@@ -30,6 +30,13 @@ ASSIGNMENTS = ("observational", "randomized")
 # outcome model so good out of fold that the outcome has probably leaked into the covariates.
 SMD_WARNING = 0.1
 LEAK_WARNING_R2 = 0.95
+# The gate's default max_outcome_r2: an exact copy of the outcome among the covariates gave an
+# out-of-fold R^2 of 0.99986 and an ATE of 0.0000 [-0.0000, 0.0000], published (a review).
+LEAK_GATE_R2 = 0.999
+# Fewer rows than this are a warning: the refuters' refits and the heterogeneity checks mean little
+# (a review: at 40 rows a constant effect's calibration test and RATE anti-ranked in most seeds, the
+# data-subset refuter's five effects on 20 rows ran from -2.9 to 2.6; at 200 rows they still leaned).
+SMALL_DATA_ROWS = 500
 
 # Monitoring: the family-wise false-alarm rate of all drift tests together, the population
 # stability index that raises a drift alert on its own, and the training rows kept as the
@@ -43,9 +50,9 @@ REFERENCE_ROWS = 5000
 UNIT_ID_FIELD = "unit_id"
 
 __all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME",
-           "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_WARNING_R2", "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE",
-           "MONITOR_ALPHA", "OVERLAP_BOUNDS", "OVERLAP_WARNING_SHARE", "PSI_ALERT", "REFERENCE_ROWS", "SMD_WARNING",
-           "STORE_ENV", "TREATMENT_TYPES", "UNIT_ID_FIELD"]
+           "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_GATE_R2", "LEAK_WARNING_R2", "MIN_PROPENSITY",
+           "MIN_TREATMENT_VARIANCE_SHARE", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "OVERLAP_WARNING_SHARE", "PSI_ALERT",
+           "REFERENCE_ROWS", "SMALL_DATA_ROWS", "SMD_WARNING", "STORE_ENV", "TREATMENT_TYPES", "UNIT_ID_FIELD"]
 
 # A local run's task stopped with SIGTERM (the run interrupted, or killed: the task watches it) is
 # killed this long after, if still running: its cleanup (publish's staging folder) runs within it.

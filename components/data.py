@@ -26,7 +26,7 @@ from tauforge.kernels.ate import few_groups_message
 
 from . import config
 from ._kfp import Dataset, Output, component
-from .constants import ASSIGNMENTS, TREATMENT_TYPES, UNIT_ID_FIELD
+from .constants import ASSIGNMENTS, SMALL_DATA_ROWS, TREATMENT_TYPES, UNIT_ID_FIELD
 
 
 class DataValidationError(ValueError):
@@ -371,6 +371,10 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
     warnings = [f"{role} {c!r} is constant ({first(c)!r} in every row): it can never split and carries no "
                 "information" for role, cols in (("covariate", covariates), ("control", spec.controls))
                 for c in cols if df[c].nunique(dropna=False) < 2]
+    if n < SMALL_DATA_ROWS:
+        warnings.append(f"the table has {n} rows: under {SMALL_DATA_ROWS} the refuters' refits and the heterogeneity "
+                        "checks have little power, and the calibration test, GATES and RATE can rank even a "
+                        "constant effect as heterogeneous (or anti-heterogeneous): a passed gate says little here")
     if left_out:
         warnings.append(f"column(s) {_preview(left_out)} are not numeric and were left out of the covariates; "
                         "encode them as numbers, or name the covariates, to use them")

@@ -32,6 +32,7 @@ from . import config, graph_checks, uplift
 from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .charts import histogram_edges
 from .constants import (
+    LEAK_GATE_R2,
     LEAK_WARNING_R2,
     MIN_PROPENSITY,
     MIN_TREATMENT_VARIANCE_SHARE,
@@ -43,6 +44,10 @@ from .data import ValidatedData
 from .estimate import Estimate
 from .graph import CausalGraph, card_section
 from .nuisance import NuisanceConfig, Residuals, mean_score
+
+# A calibration coefficient or RATE this many standard errors below 0 is a warning: a ranking that
+# much worse than chance happens by chance with probability 0.025 each.
+ANTI_RANKING_Z = 1.96
 
 # A refuter's move of the ATE smaller than this many of its standard errors does not fail the
 # gate, however small its p-value: three refits that agree closely make a move of 0.28 standard
@@ -77,9 +82,10 @@ class GateConfig:
         inverse-propensity weighting (binary treatment; the largest correlation with T for a
         continuous one). Off by default: each covariate over 0.1, raw or weighted, is a warning.
     min_outcome_r2 : the outcome model's mean out-of-fold R^2 must be at least this (off).
-    max_outcome_r2 : and at most this (off): an outcome model that predicts the outcome almost
+    max_outcome_r2 : and at most this (0.999): an outcome model that predicts the outcome almost
         perfectly out of fold usually sees the outcome itself (a leak into the covariates), which
-        also absorbs the effect. Over 0.95 is always a warning.
+        also absorbs the effect. Over 0.95 is always a warning; switch the gate off for covariates
+        that truly predict the outcome so well (a pre-period outcome with little noise).
     require_significant_ate : the ATE interval must exclude zero (off).
     min_graph_pvalue : every independence the declared causal graph implies must have a
         Holm-adjusted p-value of at least this (components/graph_checks.py); a smaller one means
@@ -96,7 +102,7 @@ class GateConfig:
     min_robustness_value: float | None = None
     max_abs_smd: float | None = None
     min_outcome_r2: float | None = None
-    max_outcome_r2: float | None = None
+    max_outcome_r2: float | None = LEAK_GATE_R2
     require_significant_ate: bool = False
     require_heterogeneity: bool = False
     min_graph_pvalue: float | None = 0.01
@@ -371,12 +377,24 @@ def verdict(result: dict, gate: GateConfig) -> dict:
         reasons.append("sensitivity: " + (
             "the robustness value is undefined (NaN)" if rv != rv else
             "the interval of the average effect contains 0 without any confounder (robustness value 0)" if rv <= 0
-            else f"a confounder explaining {100 * rv:.1f}% of the residual variance of treatment and outcome would "
-                 "make the effect insignificant") + f" (gate needs {100 * gate.min_robustness_value:.1f}%)")
+            else f"a confounder explaining {100 * rv:.1f}% of the outcome's residual variance and of the effect's "
+                 "debiasing weights' (c_y = c_t, Chernozhukov et al. 2022) would make the effect insignificant")
+            + f" (gate needs {100 * gate.min_robustness_value:.1f}%)")
     cal = result["heterogeneity"]["calibration"]
     if gate.require_heterogeneity and not cal["differential_pvalue"] < 0.05:  # NaN (constant CATE) fails too
         reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
+    # A CATE that ranks rows against their debiased scores is noise or an overfit forest, not an
+    # effect's spread (a review: small tables anti-ranked a constant effect, z -4 at 40 rows).
+    rate = result["heterogeneity"]["rate"]
+    against = [f"{what} {value:.3g} (z = {value / se:.2f})" for what, value, se in (
+        ("the calibration test's differential coefficient", cal["differential_forest_prediction"],
+         cal["differential_stderr"]), ("RATE (AUTOC)", rate["autoc"], rate["stderr"]))
+        if se > 0 and value / se < -ANTI_RANKING_Z]
+    if against:
+        warnings.append(f"heterogeneity: the out-of-bag CATE ranks rows against their effects: {'; '.join(against)}: "
+                        "noise or an overfit forest, not heterogeneity; do not read the GATES or the uplift "
+                        "curves as an effect's spread")
     bal = result["balance"]
     weighted = bal.get("weighted_values")  # binary treatment: what the propensity weights leave
     trial = (ov or {}).get("declared")  # a trial's weights are one constant: nothing to balance with
@@ -400,10 +418,11 @@ def verdict(result: dict, gate: GateConfig) -> dict:
                         "too few rows for it, or covariates that do not predict the outcome")
     if gate.min_outcome_r2 is not None and r2 is not None and r2 < gate.min_outcome_r2:
         reasons.append(f"nuisance: outcome model out-of-fold R^2 {r2:.3f} < {gate.min_outcome_r2}")
-    leak = (f"nuisance: the outcome model explains {100 * r2:.1f}% of the outcome out of fold; check the "
+    leak = (f"nuisance: the outcome model explains {100 * r2:.2f}% of the outcome out of fold; check the "
             "covariates for the outcome or a copy of it (a leak)") if r2 is not None else ""
     if gate.max_outcome_r2 is not None and r2 is not None and r2 > gate.max_outcome_r2:
-        reasons.append(leak)
+        reasons.append(f"{leak} (gate allows {100 * gate.max_outcome_r2:g}%; max_outcome_r2=off if the covariates "
+                       "truly predict the outcome so well)")
     elif r2 is not None and r2 > LEAK_WARNING_R2:
         warnings.append(leak)
     checks = result.get("graph_checks", {})

@@ -916,12 +916,18 @@ ASSUMPTIONS = {
 }
 
 
-def assumptions(assignment: str, graph: dict) -> list[str]:
+# A continuous treatment's overlap (a review: its card said "either treatment"), as evaluate checks it.
+CONTINUOUS_OVERLAP = ("overlap: the treatment varies given the covariates and controls (Var(T | X, W) > 0 "
+                      "for every unit)")
+
+
+def assumptions(assignment: str, graph: dict, binary: bool = True) -> list[str]:
     """The identification assumptions of a model: its assignment's, with a declared graph's in place of
-    the bare unconfoundedness sentence (the graph says which variables suffice, and that was checked)."""
+    the bare unconfoundedness sentence (the graph says which variables suffice, and that was checked);
+    for a continuous treatment, its overlap."""
     from .graph import assumption
 
-    stated = list(ASSUMPTIONS[assignment])
+    stated = [s if binary or not s.startswith("overlap") else CONTINUOUS_OVERLAP for s in ASSUMPTIONS[assignment]]
     by_graph = assumption(graph)
     if by_graph is None:
         return stated
@@ -944,7 +950,7 @@ def build_card(*, spec: dict, data: dict, estimate: dict, evaluation: dict, esti
         "estimand": {"cate": f"E[{spec['outcome']}(1) - {spec['outcome']}(0) | X]" if binary else
                      f"d E[{spec['outcome']} | do({spec['treatment']} = t), X] / dt (locally linear)",
                      "ate": estimate["estimand"], "ate_method": estimate["method"]},
-        "assumptions": assumptions(spec["assignment"], graph) + (
+        "assumptions": assumptions(spec["assignment"], graph, binary) + (
             [f"independent groups: rows of different {spec['group']!r} are independent; rows of one may depend on "
              "each other (its standard errors count groups)"] if spec.get("group") else []),
         "graph": graph,

@@ -187,7 +187,7 @@ def test_a_null_or_off_threshold_switches_its_check_off_and_the_gates_defaults_a
         min_placebo_pvalue=None, max_abs_smd=None)
     assert GateConfig() == GateConfig(max_share_outside_overlap=0.10, min_placebo_pvalue=0.01,
                                       min_refuter_pvalue=0.01, min_robustness_value=None, max_abs_smd=None,
-                                      min_outcome_r2=None, max_outcome_r2=None, require_significant_ate=False,
+                                      min_outcome_r2=None, max_outcome_r2=0.999, require_significant_ate=False,
                                       require_heterogeneity=False, min_graph_pvalue=0.01)
 
 

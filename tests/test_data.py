@@ -65,7 +65,7 @@ def test_weights_in_any_units_fit_the_nuisance_models_as_the_same_relative_weigh
 def test_a_constant_covariate_or_control_is_accepted_with_a_warning_that_travels_with_the_dataset(tmp_path):
     # An intercept column (EconML's IHDP covariates start with one) or a segment filtered to one
     # value: it can never split, and scikit-learn, EconML and grf accept it.
-    df = table().assign(intercept=1.0, segment=3)
+    df = table(n=500).assign(intercept=1.0, segment=3)
     data = validate(df, spec(covariates=["intercept", "age"], controls=["segment"]))
     assert data.spec.covariates == ["intercept", "age"]
     assert data.warnings == ["covariate 'intercept' is constant (1.0 in every row): it can never split and "
@@ -74,13 +74,13 @@ def test_a_constant_covariate_or_control_is_accepted_with_a_warning_that_travels
                              "information"]
     save_validated(data, str(tmp_path / "dataset"))
     assert load_validated(str(tmp_path / "dataset")).warnings == data.warnings
-    assert validate(table(), spec()).warnings == []
+    assert validate(table(n=500), spec()).warnings == []  # SMALL_DATA_ROWS: 200 rows are a warning of their own
     with pytest.raises(DataValidationError, match="column 'treated' is constant"):  # the treatment still must vary
         validate(df.assign(treated=1.0), spec())
 
 
 def test_continuous_treatment_is_detected():
-    df = table()
+    df = table(n=500)
     df["dose"] = np.random.default_rng(1).uniform(0, 3, len(df))
     data = validate(df, DataSpec(outcome="spend", treatment="dose", covariates=["age", "income"]))
     assert data.spec.treatment_type == "continuous" and data.warnings == []
@@ -89,7 +89,7 @@ def test_continuous_treatment_is_detected():
 def test_what_auto_decides_quietly_is_said_in_a_warning():
     # Three levels: continuous, which changes the estimand; a string column the default
     # covariates leave out. (Two arms coded otherwise than 0/1 are refused: below.)
-    df = table().assign(city="x")
+    df = table(n=500).assign(city="x")
     arms, shown = [0.0, 1.0, 2.0], "3 values (0, 1, 2)"
     data = validate(df.assign(treated=np.resize(arms, len(df))), spec())
     assert data.spec.treatment_type == "continuous"
