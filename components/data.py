@@ -629,9 +629,13 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     from tauforge.components.config import redacted_uri
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
     from tauforge.components.graph import CausalGraph
-    from tauforge.components.registry import check_store_location
+    from tauforge.components.registry import check_store, check_store_location
 
     check_store_location(store)
+    if "://" in store and not store.startswith("file://"):
+        # With the pod's own credentials: a compiled or submitted run was checked only for its
+        # protocol, and a wrong bucket or missing Secret failed at publish, after the training (a review).
+        check_store(store)
     resolved = DataSpec.from_json(spec)
     table = read_table(source, id_columns=[resolved.unit_id, resolved.group])
     if graph:

@@ -204,6 +204,12 @@ def absolute(path_or_uri: str) -> str:
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Kubernetes' label values and qualified names (label and taint keys, extended resources).
 _LABEL_VALUE = r"(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+# Docker's reference grammar: a registry only if it has a dot or a port or is localhost; path
+# components in lower case (a Kubeflow review: UPPER/Case:tag was accepted, and failed in the pods).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = (r"(?:(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::[0-9]+)?/|[A-Za-z0-9-]+:[0-9]+/)?"
+                    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+                    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 _QUALIFIED_NAME = r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 
 
@@ -245,8 +251,13 @@ class ClusterConfig:
         if not (_integer(self.shard_retries) and 0 <= self.shard_retries <= 10):
             raise ConfigError("shard_retries", f"must be an integer from 0 to 10, got {self.shard_retries!r}")
         for key in ("image", "cuda_image"):  # a task's pod with another image fails only on the cluster
-            if (key == "image" or getattr(self, key)) and not re.fullmatch(r"\S+", getattr(self, key)):
-                raise ConfigError(key, f"must be a container image reference, got {getattr(self, key)!r}")
+            if (key == "image" or getattr(self, key)) and not re.fullmatch(_IMAGE_REFERENCE, getattr(self, key)):
+                raise ConfigError(key, f"must be a container image reference ([registry/]repository[:tag][@digest], "
+                                       f"the repository in lower case), got {getattr(self, key)!r}")
+        if self.gpus_per_shard and not self.cuda_image and "@" in self.image:
+            raise ConfigError("cuda_image", f"must be given with an image pinned by digest ({self.image}): the GPU "
+                                            "shards' default, the image's name with '-cuda' appended, would not be "
+                                            "an image reference")
         for selector in self.gpu_node_selector:
             if (len(selector) != 2 or not re.fullmatch(_QUALIFIED_NAME, selector[0])
                     or not selector[1] or not re.fullmatch(_LABEL_VALUE, selector[1])):

@@ -111,7 +111,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                 return {f"{parameter}_{k}": t.outputs[output] for k, t in enumerate(tasks)}
 
             return gathered, lambda collector: explicit_fan_in(collector, n)
-        with dsl.ParallelFor(items=list(range(n)), parallelism=parallelism, name=f"{name}s") as k:
+        loop = name if name.endswith("s") else f"{name}s"  # the UI showed "nuisance-foldss" (a review)
+        with dsl.ParallelFor(items=list(range(n)), parallelism=parallelism, name=loop) as k:
             task = make(k).set_display_name(name)
             pods.parallel(task)
         return (lambda output, parameter: {parameter: dsl.Collected(task.outputs[output])}), (lambda c: c)
@@ -140,7 +141,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             gate: The publishing gate's thresholds as JSON, e.g. {"min_robustness_value": 0.1}; "off" switches a check
                 off.
             alpha: One minus the confidence level of the intervals.
-            estimator: The forest: tauforge, or econml (EconML's forest on the same residuals, one shard).
+            estimator: The forest: tauforge, or econml (EconML's forest on the same residuals) in a graph compiled
+                with one forest shard (`tauforge compile --shards 1`).
             graph: The causal graph as DOT or GML text, e.g. digraph { Z -> T; Z -> Y; T -> Y }; empty for none. The
                 covariates and controls must block every back-door path in it; spec without covariates takes them
                 from it.
@@ -480,14 +482,17 @@ def run_local(source: str, config: TrainingConfig, pipeline_root: str = "./taufo
     # Tasks run in processes of their own, from another directory: local paths must be absolute.
     source = absolute(source)
     config = dataclasses.replace(config, store=absolute(config.store))
+    # Docker is checked before the run starts: a refusal after the "running" line left an empty
+    # run folder behind (a Kubeflow review).
+    docker_runner = _docker_runner(source, config.store) if runner == "docker" else None
     if started:
         started()
     run_id = uuid.uuid4().hex[:12]
     root = os.path.abspath(os.path.join(pipeline_root, run_id))
     os.makedirs(root, exist_ok=True)
     log_path = os.path.abspath(os.path.join(pipeline_root, f"{run_id}.log"))
-    if runner == "docker":
-        local.init(_docker_runner(source, config.store), pipeline_root=root, raise_on_error=True)
+    if docker_runner is not None:
+        local.init(docker_runner, pipeline_root=root, raise_on_error=True)
         fan_in, parallelism = "explicit", 0
     else:
         from kfp.local import subprocess_task_handler

@@ -157,8 +157,13 @@ BAD_ARGUMENTS = [
      "--event-log './events' is not a location the predictors can keep their logs in"),
     (["deploy", "--model", "m", "--version", "1", "--store", "s3://b/s", "--event-log", "memory://events"],
      "--event-log 'memory://events' is not a location the predictors can keep their logs in"),
-    (["compile", "--image", ""], "--image must be a container image reference, got ''"),  # was the default
+    (["compile", "--image", ""], "--image must be a container image reference ([registry/]repository[:tag][@digest], "
+                                 "the repository in lower case), got ''"),  # was the default
     (["compile", "--image", "bad image"], "--image must be a container image reference"),
+    # A Kubeflow review: both failed only in the pods (upper case; a digest with "-cuda" appended).
+    (["compile", "--image", "UPPER/Case:tag"], "--image must be a container image reference"),
+    (["compile", "--image", "r.example/t@sha256:" + "0" * 64, "--gpus-per-shard", "1"],
+     "--cuda-image must be given with an image pinned by digest"),
     (["compile", "--cuda-image", "r/x:1-cuda"], "--cuda-image applies to GPU shards"),  # was ignored
     (["compile", "--gpus-per-shard", "1", "--gpu-toleration", "k=v=w"], "--gpu-toleration takes (key, value, effect)"),
     (["compile", "--gpus-per-shard", "1", "--accelerator-type", "NVIDIA_TESLA_T4"],

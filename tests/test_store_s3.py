@@ -288,6 +288,12 @@ def test_a_run_checks_the_bucket_before_any_task(s3, monkeypatch):
                                          "'no-such-bucket' does not exist"):
         check_store("s3://no-such-bucket/x")
     check_store("s3://no-such-bucket/x", here=False)  # submit: the pods reach it with their own credentials
+    # ... and the pipeline's first task checks it with them: a compiled or submitted run's wrong
+    # bucket failed at publish, after the whole training (a Kubeflow review).
+    from tauforge.components.data import validate_data
+
+    with pytest.raises(StoreError, match="its bucket 'no-such-bucket' does not exist"):
+        validate_data.python_func(source="unread.csv", spec="{}", store="s3://no-such-bucket/x", dataset=None)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
