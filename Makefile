@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python tests/benchmarks/bench_groups.py
 	$(BIN)/python tests/benchmarks/bench_intervals.py
 	$(BIN)/python tests/benchmarks/bench_refuters.py
+	$(BIN)/python tests/benchmarks/bench_heterogeneity.py
 	$(BIN)/python tests/benchmarks/bench_serving.py
 	$(BIN)/python tests/benchmarks/bench_boosting.py
 	$(BIN)/python tests/benchmarks/bench_nuisance.py

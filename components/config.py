@@ -109,8 +109,14 @@ def parse_json(text: str | None, what: str) -> dict[str, Any]:
 
 
 def from_json(cls: type[T], text: str | None, what: str) -> T:
-    """The dataclass of settings `cls` from a JSON object, refusing keys it does not have."""
-    return cls(**check_keys(cls, parse_json(text, what), what))
+    """The dataclass of settings `cls` from a JSON object, refusing keys it does not have and
+    naming those it needs (a spec without "treatment" was Python's TypeError)."""
+    values = check_keys(cls, parse_json(text, what), what)
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(what, f"needs {', '.join(map(repr, missing))}, got {sorted(values)}")
+    return cls(**values)
 
 
 def to_json(settings: Any) -> str:

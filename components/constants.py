@@ -34,8 +34,7 @@ LEAK_WARNING_R2 = 0.95
 # out-of-fold R^2 of 0.99986 and an ATE of 0.0000 [-0.0000, 0.0000], published (a review).
 LEAK_GATE_R2 = 0.999
 # Fewer rows than this are a warning: the refuters' refits and the heterogeneity checks mean little
-# (a review: at 40 rows a constant effect's calibration test and RATE anti-ranked in most seeds, the
-# data-subset refuter's five effects on 20 rows ran from -2.9 to 2.6; at 200 rows they still leaned).
+# (a review: at 40 rows the data-subset refuter's five effects, on 20 rows each, ran from -2.9 to 2.6).
 SMALL_DATA_ROWS = 500
 
 # Monitoring: the family-wise false-alarm rate of all drift tests together, the population

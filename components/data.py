@@ -373,8 +373,7 @@ def validate(df: pd.DataFrame, spec: DataSpec, keep=()) -> ValidatedData:
                 for c in cols if df[c].nunique(dropna=False) < 2]
     if n < SMALL_DATA_ROWS:
         warnings.append(f"the table has {n} rows: under {SMALL_DATA_ROWS} the refuters' refits and the heterogeneity "
-                        "checks have little power, and the calibration test, GATES and RATE can rank even a "
-                        "constant effect as heterogeneous (or anti-heterogeneous): a passed gate says little here")
+                        "checks (on a held-out half) have little power: a passed gate says little here")
     if left_out:
         warnings.append(f"column(s) {_preview(left_out)} are not numeric and were left out of the covariates; "
                         "encode them as numbers, or name the covariates, to use them")
@@ -621,16 +620,32 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 
 # ----------------------------------------------------------------------------- KFP components
 @component
-def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], graph: str = ""):
+def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], graph: str = "", gate: str = "{}",
+                  forest_params: str = "{}", alpha: float = 0.05, estimator: str = "tauforge", n_shards: int = 1):
     """Read and validate the source table; write its spec's columns and the resolved spec. The
-    store is checked here too, so that a store the run could not publish to fails it first. With a
-    causal graph (DOT or GML text) the spec is checked against it, its covariates derived from it
-    when it names none (`graph.CausalGraph.adjusted_spec`)."""
-    from tauforge.components.config import redacted_uri
+    store and the later tasks' settings (gate, forest_params, alpha, estimator and the graph's
+    n_shards) are checked here too, so that a run that could not finish fails first, not after the
+    training. With a causal graph (DOT or GML text) the spec is checked against it, its covariates
+    derived from it when it names none (`graph.CausalGraph.adjusted_spec`)."""
+    import json
+
+    from tauforge.components.config import ConfigError, redacted_uri
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
+    from tauforge.components.estimate import check_forest_settings
+    from tauforge.components.evaluate import GateConfig
     from tauforge.components.graph import CausalGraph
     from tauforge.components.registry import check_store, check_store_location
 
+    GateConfig.from_json(gate)
+    if not 0 < float(alpha) < 1:
+        raise ConfigError("alpha", f"must be in (0, 1), got {alpha}")
+    try:
+        forest = json.loads(forest_params)
+    except ValueError as exc:
+        raise ConfigError("forest_params", f"is not JSON: {exc}") from None
+    if not isinstance(forest, dict):
+        raise ConfigError("forest_params", f"must be a JSON object of forest parameters, got {forest_params[:80]!r}")
+    check_forest_settings(forest, int(n_shards), estimator)
     check_store_location(store)
     if "://" in store and not store.startswith("file://"):
         # With the pod's own credentials: a compiled or submitted run was checked only for its
@@ -645,6 +660,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
         print(f"tauforge: graph {causal_graph.sha256[:12]}: {len(causal_graph.nodes)} nodes, "
               f"{len(causal_graph.edges)} edges; the covariates and controls block every back-door path", flush=True)
     data = validate(table, resolved, keep=causal_graph.observed if graph else ())
+    check_forest_settings(forest, int(n_shards), estimator, len(data.spec.covariates))  # mtry, corrected columns
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
     named = ", ".join(map(str, data.spec.covariates[:12])) + (", ..." if len(data.spec.covariates) > 12 else "")

@@ -50,6 +50,43 @@ def check_econml_options(params: dict, field: str = "forest_params") -> None:
     if ignored:
         raise config.ConfigError(field, f"has {', '.join(ignored)}, which EconML's forest does not take (estimator "
                                          f"'econml' takes {', '.join(ECONML_FOREST_OPTIONS)})")
+
+
+def check_forest_settings(params: dict, n_shards: int, estimator: str, n_features: int | None = None,
+                          field: str = "forest_params") -> None:
+    """What the forest tasks would refuse, checked where a run starts (the CLI's `TrainingConfig`,
+    and a compiled pipeline's validate task: a Kubeflow review saw bad forest_params and shard counts
+    fail after the nuisance models' fits, each shard retrying them): the estimator, the forest's
+    parameters (`field`; against `n_features` covariates when known), and `n_shards` tasks of whole
+    little bags. A ConfigError names the setting."""
+    if estimator not in ESTIMATORS:
+        raise config.ConfigError("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if estimator == "econml":
+        check_econml_options(params, field)
+        if n_shards != 1:
+            raise config.ConfigError("n_shards", f"must be 1 with estimator 'econml': EconML grows its trees in one "
+                                                 f"task, got {n_shards}")
+        return
+    from tauforge.kernels.sampling import resolve_group_size  # NumPy only
+
+    trees, group_size = params.get("n_estimators", DEFAULT_TREES), params.get("ci_group_size", "auto")
+    try:
+        if set(params) - {"n_estimators", "device"}:  # the forest's own checks (numba and scikit-learn: 2 s)
+            from tauforge.kernels.forest import CausalForest
+
+            forest_params(params, 0)  # no unknown parameters
+            CausalForest(**params).check_params(n_features)
+        elif isinstance(trees, bool) or not isinstance(trees, int) or trees < 1:
+            raise ValueError(f"n_estimators must be a positive integer, got {trees!r}")
+        group = resolve_group_size(group_size, trees)
+    except ValueError as exc:
+        raise config.ConfigError(field, f"has a value the forest refuses: {exc}") from None
+    bags = trees // group
+    if not (isinstance(n_shards, int) and not isinstance(n_shards, bool) and 1 <= n_shards <= bags):
+        raise config.ConfigError("n_shards", f"must be between 1 and {bags} (the little bags: {trees} trees in "
+                                             f"groups of {group}), got {n_shards}")
+
+
 # An estimate artifact's files, and a forest shard's.
 _SUMMARY_FILE, _OOB_FILE, _BOOTSTRAP_DIR, _FOREST_DIR = "estimate.json", "oob_effect.npy", "bootstrap", "forest"
 

@@ -61,7 +61,7 @@ UNGATED_PLACEBO_WARNING = 0.01
 # placebo's forest counts as one; the data subset refits five times on half the rows).
 # Heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows); the graph
 # checks count only when a graph was given.
-EVALUATE_STEPS = {"refuters": 7.5, "heterogeneity": 0.1, "uplift": 0.1, "graph checks": 2}
+EVALUATE_STEPS = {"refuters": 7.5, "heterogeneity": 0.5, "graph checks": 2}  # heterogeneity: a forest
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     each holds a copy of the data)."""
     # Imported here: they load scipy.stats (0.6 s), and a run's settings (GateConfig) are checked
     # by the command line before any task starts.
-    from . import heterogeneity, refuters
+    from . import refuters
     from .sensitivity import sensitivity_report
 
     nuisance = nuisance or NuisanceConfig()
@@ -260,7 +260,6 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     cate = estimate.oob_cate
     y_res, t_res, t_hat = residuals.column("y_res"), residuals.column("t_res"), residuals.column("t_hat")
     t_var = residuals.column("t_var")
-    scores = debiased_scores(cate, y_res, t_res, t_var)  # per-row effects: the mean of a group's is its effect
     summary = estimate.summary
     costs = EVALUATE_STEPS if graph is not None else {**EVALUATE_STEPS, "graph checks": 0}
     with progress_steps("evaluate", costs, progress) as steps:
@@ -284,18 +283,18 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             # Weighted as the reported effect is: its bounds must be about that number.
             "sensitivity": sensitivity_report(cate, y_res, t_res, t_var, summary["alpha"],
                                               sample_weight=a["sample_weight"], groups=groups),
-            # Weighted as the reported effect is (as grf weights them): the population it is about.
-            "heterogeneity": steps.run("heterogeneity", lambda: {
-                "calibration": heterogeneity.calibration_test(y_res, t_res, cate, groups, a["sample_weight"]),
-                "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups, sample_weight=a["sample_weight"]),
-                "gates": heterogeneity.gates(cate, scores, groups=groups, sample_weight=a["sample_weight"])}),
-            "uplift": steps.run("uplift", uplift_section, data, cate, scores, seed),
+            # On a held-out half (heterogeneity.held_out_cate), weighted as the reported effect is
+            # (as grf weights them): the population it is about.
+            "heterogeneity": steps.run("heterogeneity", held_out_checks, data, y_res, t_res, t_var,
+                                       summary.get("forest_params"), seed),
             "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed,
                                       groups=groups),
             "graph": card_section(graph, data.spec),
             "data_warnings": list(data.warnings),
             "gate_config": dataclasses.asdict(gate),
         }
+        held = result["heterogeneity"].pop("held_out")
+        result["uplift"] = uplift_section(data, held["cate"], held["scores"], seed, held["rows"])
     # Rows of weight 0 take no part in the overlap checks, as in the estimate.
     if data.spec.binary:
         _, e_hat, T, _ = weighted_rows(a["sample_weight"], t_hat, a["T"])
@@ -310,12 +309,47 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     return result
 
 
-def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, seed: int) -> dict:
-    """The ranking by the out-of-bag CATE judged by the debiased scores (`uplift.doubly_robust`),
-    and, when the treatment was randomized, CausalML's classic normalized AUUC and Qini score from
-    outcome and treatment alone (which measure effects only then)."""
+def held_out_checks(data: ValidatedData, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
+                    forest_params: dict | None, seed: int) -> dict:
+    """The heterogeneity checks (calibration, RATE, GATES) on the held-out half of the rows
+    (`heterogeneity.held_out_cate`), with what the uplift section reads under 'held_out' (its rows,
+    CATE and debiased scores)."""
+    from . import heterogeneity
+
     a = data.arrays()
-    section = {"ranking": "out-of-bag CATE", "effect_scores": "debiased (AIPW) scores of the out-of-bag CATE",
+    rows, cate = heterogeneity.held_out_cate(a["X"], y_res, t_res, forest_params, seed, a["groups"],
+                                             a["sample_weight"])
+    groups, weight = _held_rows(a, rows)
+    scores = debiased_scores(cate, y_res[rows], t_res[rows], t_var[rows])
+    trees = min(int((forest_params or {}).get("n_estimators", heterogeneity.HELD_OUT_TREES)),
+                heterogeneity.HELD_OUT_TREES)
+    return {"ranking": f"held out: a forest of {trees} trees grown on the other {int((~rows).sum())} rows ranks these "
+                       f"{int(rows.sum())}",
+            "rows": int(rows.sum()),
+            "calibration": heterogeneity.calibration_test(y_res[rows], t_res[rows], cate, groups, weight),
+            "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups, sample_weight=weight),
+            "gates": heterogeneity.gates(cate, scores, groups=groups, sample_weight=weight),
+            "held_out": {"rows": rows, "cate": cate, "scores": scores}}
+
+
+def _held_rows(a: dict, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The held-out rows' groups (codes from 0, as the checks count them) and weights."""
+    groups = None if a["groups"] is None else np.unique(a["groups"][rows], return_inverse=True)[1]
+    return groups, None if a["sample_weight"] is None else a["sample_weight"][rows]
+
+
+def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, seed: int,
+                   rows: np.ndarray | None = None) -> dict:
+    """The ranking by the held-out CATE of `rows` (all rows if None) judged by their debiased
+    scores (`uplift.doubly_robust`), and, when the treatment was randomized, CausalML's classic
+    normalized AUUC and Qini score from outcome and treatment alone (which measure effects only
+    then)."""
+    a = data.arrays()
+    if rows is not None:
+        groups, weight = _held_rows(a, rows)
+        a = {**a, "groups": groups, "sample_weight": weight, "Y": a["Y"][rows], "T": a["T"][rows]}
+    section = {"ranking": "held-out CATE" if rows is not None else "CATE",
+               "effect_scores": "debiased (AIPW) scores of that CATE",
                **uplift.doubly_robust(cate, scores, seed=seed, groups=a["groups"], sample_weight=a["sample_weight"])}
     if data.spec.binary and data.spec.assignment == "randomized":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -384,16 +418,17 @@ def verdict(result: dict, gate: GateConfig) -> dict:
     if gate.require_heterogeneity and not cal["differential_pvalue"] < 0.05:  # NaN (constant CATE) fails too
         reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
-    # A CATE that ranks rows against their debiased scores is noise or an overfit forest, not an
-    # effect's spread (a review: small tables anti-ranked a constant effect, z -4 at 40 rows).
+    # A held-out CATE that ranks rows against their debiased scores is chance (1 in 40 without
+    # heterogeneity) or a forest that fits noise (a review: on the out-of-bag CATE then read, small
+    # tables anti-ranked a constant effect, z -4 at 40 rows).
     rate = result["heterogeneity"]["rate"]
     against = [f"{what} {value:.3g} (z = {value / se:.2f})" for what, value, se in (
         ("the calibration test's differential coefficient", cal["differential_forest_prediction"],
          cal["differential_stderr"]), ("RATE (AUTOC)", rate["autoc"], rate["stderr"]))
         if se > 0 and value / se < -ANTI_RANKING_Z]
     if against:
-        warnings.append(f"heterogeneity: the out-of-bag CATE ranks rows against their effects: {'; '.join(against)}: "
-                        "noise or an overfit forest, not heterogeneity; do not read the GATES or the uplift "
+        warnings.append(f"heterogeneity: the held-out CATE ranks rows against their effects: {'; '.join(against)}: "
+                        "chance or a forest that fits noise, not heterogeneity; do not read the GATES or the uplift "
                         "curves as an effect's spread")
     bal = result["balance"]
     weighted = bal.get("weighted_values")  # binary treatment: what the propensity weights leave

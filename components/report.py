@@ -206,7 +206,9 @@ def _heterogeneity_section(het: dict, eff: dict, unit: str) -> str:
     table = _table([(f"Q{g['group']}", f"[{g['cate_from']:.3g}, {g['cate_to']:.3g}]", g.get("rows"), g["effect"],
                      g["stderr"]) for g in gates], ("quartile", "CATE range", "rows", "effect", "std. error"))
     note = f'<p class="note">{html.escape(cal["note"])}</p>' if cal.get("note") else ""  # why a row is NaN
-    return _section("Heterogeneity", chart, calibration, note, table)
+    held = f'<p class="note">{html.escape(het["ranking"])} (the CATE a row\'s own data never saw).</p>' \
+        if het.get("ranking") else ""
+    return _section("Heterogeneity", held, chart, calibration, note, table)
 
 
 # ---------------------------------------------------------------- uplift (its section: components/uplift.py)
@@ -247,7 +249,7 @@ def _uplift_charts(models: dict[str, dict], outcome: str) -> list[str]:
 
 def _uplift_table(models: dict[str, dict]) -> str:
     keys = ("auuc", "auuc_stderr", "qini", "qini_stderr", "qini_pvalue")
-    return _table([(name or "out-of-bag CATE", *(r.get(k) for k in keys)) for name, r in models.items()],
+    return _table([(name or r.get("ranking", "CATE"), *(r.get(k) for k in keys)) for name, r in models.items()],
                   ("ranking", "AUUC", "std. error", "Qini coefficient", "std. error", "p-value (beats random)"))
 
 

@@ -418,7 +418,7 @@ def _submit(args: argparse.Namespace) -> int:
                          "pipeline would have a GPU)")
     with _as_flags(TRAINING_FLAGS):
         run_id = submit(args.host, source, config, experiment=args.experiment, cluster=cluster,
-                        cache=not args.no_cache)
+                        cache=not args.no_cache, namespace=args.namespace)
     print(json.dumps({"run_id": run_id, "host": args.host}) if args.json else f"submitted run {run_id} to {args.host}")
     return 0
 
@@ -920,6 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="send a training run to a Kubeflow Pipelines host")
     submit.add_argument("--host", required=True, help="Kubeflow Pipelines API URL")
     submit.add_argument("--experiment", help="experiment name")
+    submit.add_argument("--namespace", help="the Kubeflow profile namespace of the run and its experiment "
+                                            "(multi-user Kubeflow; kfp's client sends none by default)")
     submit.add_argument("--no-cache", action="store_true",
                         help="run every task afresh (validate, publish and monitor never use the cache anyway)")
     _add_training_flags(submit, local=False)

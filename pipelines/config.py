@@ -20,7 +20,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
 )
 from tauforge.components.data import DataSpec, read_table, validate
-from tauforge.components.estimate import ESTIMATORS, BootstrapConfig, check_econml_options
+from tauforge.components.estimate import ESTIMATORS, BootstrapConfig, check_forest_settings
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks, check_groups_for_folds
@@ -99,9 +99,6 @@ class TrainingConfig:
         if unknown:
             fail("forest_options", f"has unknown or reserved parameter(s) {', '.join(unknown)} (trees and device "
                                    f"have their own settings)")
-        if self.estimator == "econml":
-            check_econml_options(self.forest_options, "forest_options")
-        self.check_forest_options(len(self.spec.covariates) or None)
         check_fold_tasks(self.fold_tasks, self.nuisance.folds)
         if self.spec.weight:
             self.nuisance.check_sample_weight()
@@ -115,41 +112,22 @@ class TrainingConfig:
             if self.trees % 4:
                 fail("trees", f"must be divisible by 4 with estimator 'econml' (EconML's subforest size), "
                               f"got {self.trees}")
-            if self.n_shards != 1:
-                fail("n_shards", f"must be 1 with estimator 'econml': EconML grows its trees in one task, "
-                                 f"got {self.n_shards}")
             if self.bootstrap.n_bootstrap:
                 fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
             if self.spec.group:
                 fail("estimator", "must be 'tauforge' with a group column: EconML's forest draws rows, not groups, "
                                   "and its intervals would count a group's rows as independent")
-        if self.estimator == "tauforge":  # shards hold whole little bags (kernels.sampling: numpy only)
-            from tauforge.kernels.sampling import resolve_group_size
-
-            try:
-                group = resolve_group_size(self.forest_options.get("ci_group_size", "auto"), self.trees)
-            except ValueError as e:
-                fail("forest_options", f"{e} (n_estimators is the trees setting here)")
-            bags = self.trees // group
-            if not (_integer(self.n_shards) and 1 <= self.n_shards <= bags):
-                fail("n_shards", f"must be between 1 and {bags} (the little bags: {self.trees} trees in groups of "
-                                 f"{group}), got {self.n_shards}")
+        self.check_forest_options(len(self.spec.covariates) or None)  # and the shards: whole little bags
         if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
                                                and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
             fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
                                      f"replicates), got {self.bootstrap_shards}")
 
     def check_forest_options(self, n_features: int | None) -> None:
-        """The forest's parameters checked as the forest task would (`CausalForest.check_params`),
-        so that a bad value fails here rather than after the nuisance models' fits."""
-        if not self.forest_options or self.estimator != "tauforge":
-            return
-        from tauforge.kernels.forest import CausalForest
-
-        try:
-            CausalForest(**self.forest_params()).check_params(n_features)
-        except ValueError as exc:
-            raise ConfigError("forest_options", f"has a value the forest refuses: {exc}") from None
+        """The forest's parameters and shards checked as the forest tasks would
+        (`estimate.check_forest_settings`), so that a bad value fails here rather than after the
+        nuisance models' fits."""
+        check_forest_settings(self.forest_params(), self.n_shards, self.estimator, n_features, "forest_options")
 
     def forest_params(self) -> dict:
         """The CausalForest parameters of the run (the pipeline parameter `forest_params`)."""

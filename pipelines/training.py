@@ -152,7 +152,8 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                 normal (default), percentile or pivot, nuisance false to keep the main fit's residuals instead of
                 refitting the nuisance models (default true).
         """
-        validated = validate_data(source=source, spec=spec, store=store, graph=graph)
+        validated = validate_data(source=source, spec=spec, store=store, graph=graph, gate=gate,
+                                  forest_params=forest_params, alpha=alpha, estimator=estimator, n_shards=n_shards)
         validated.set_display_name("validate")
         pods.reads_store(pods.light(validated))
         validated.set_caching_options(False)  # reads a URI whose contents may change under the same name
@@ -983,11 +984,13 @@ def _capture(log_file, progress):
 
 
 def submit(host: str, source: str, config: TrainingConfig, experiment: str | None = None,
-           cluster: ClusterConfig | None = None, cache: bool = True) -> str:
+           cluster: ClusterConfig | None = None, cache: bool = True, namespace: str | None = None) -> str:
     """Submit a run to Kubeflow Pipelines at `host`, its tasks set up as `cluster` says; return its
     run id. The data and the store must be where the cluster's pods can reach them: URIs (s3://,
     gs://) or absolute paths on a volume mounted in them. `cache=False` runs every task afresh
-    (validate, publish and monitor never take a cached result anyway)."""
+    (validate, publish and monitor never take a cached result anyway). `namespace`: the profile
+    namespace of a multi-user Kubeflow the run and its experiment belong to (kfp's own default:
+    none, which a multi-user backend refuses)."""
     import kfp
 
     for name, where in (("source", source), ("store", config.store)):
@@ -1009,7 +1012,7 @@ def submit(host: str, source: str, config: TrainingConfig, experiment: str | Non
             result = client.create_run_from_pipeline_package(
                 package, arguments=pipeline_arguments(source, config), experiment_name=experiment,
                 run_name=f"tauforge-{config.model_name}-{uuid.uuid4().hex[:8]}",
-                enable_caching=None if cache else False)
+                enable_caching=None if cache else False, namespace=namespace or None)
         except Exception as exc:  # the client raises urllib3, ApiException, ValueError... all mean "not submitted"
             reason = str(exc).splitlines()[0][:300]
             raise PipelineFailed(f"could not submit to Kubeflow Pipelines at {host}: {type(exc).__name__}: "

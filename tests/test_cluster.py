@@ -14,6 +14,8 @@ import subprocess
 import symtable
 import textwrap
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -405,3 +407,32 @@ def test_a_store_inside_the_pod_is_refused_and_one_on_a_volume_is_not(tmp_path, 
         check_store_location(unmounted[0])
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     check_store_location(unmounted[0])  # on a laptop a local folder is what is meant
+
+
+@pytest.mark.parametrize("settings, field, problem", [
+    ({"gate": '{"min_placebo_pvalue": 2}'}, "min_placebo_pvalue", "must be at least 0 and below 1"),
+    ({"forest_params": '{"n_estimators": 1000, "min_samples_leaf": -3}'}, "forest_params", "min_samples_leaf"),
+    ({"forest_params": '{"n_estimators": 4}', "n_shards": 3}, "n_shards", "must be between 1 and 2"),
+    ({"forest_params": '{"n_estimators": 1000, "mtry": 3}'}, "forest_params", "mtry must be an integer between 1 "
+                                                                               "and 2 (features), got 3"),
+    ({"estimator": "econml", "n_shards": 2}, "n_shards", "must be 1 with estimator 'econml'"),
+    ({"forest_params": "[1000]"}, "forest_params", "must be a JSON object"),
+    ({"alpha": 1.5}, "alpha", "must be in (0, 1)"),
+    ({"spec": '{"outcome": "Y"}'}, "DataSpec", "needs 'treatment'"),
+])
+def test_the_first_task_refuses_settings_a_later_task_would_fail_on(tmp_path, settings, field, problem):
+    # A Kubeflow review: a compiled run's bad gate, forest parameters or shard count failed only in
+    # the evaluate or forest tasks, after the nuisance models' fits, and each shard retried twice.
+    # The validate task now checks them; the mtry case needs the table's covariates (two here).
+    from tauforge.components.config import ConfigError
+    from tauforge.components.data import validate_data
+
+    source = tmp_path / "t.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x0": rng.normal(size=60), "x1": rng.normal(size=60), "T": np.tile([0.0, 1.0], 30),
+                  "Y": rng.normal(size=60)}).to_csv(source, index=False)
+    arguments = {"source": str(source), "spec": '{"outcome": "Y", "treatment": "T"}', "store": str(tmp_path / "store"),
+                 "dataset": None, **settings}
+    with pytest.raises(ConfigError) as refused:
+        validate_data.python_func(**arguments)
+    assert refused.value.field == field and problem in refused.value.problem, str(refused.value)

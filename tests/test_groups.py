@@ -283,6 +283,22 @@ def test_a_group_column_makes_every_standard_error_of_the_evaluation_count_group
             "qini": result["uplift"]["qini_stderr"]}
         if group:
             assert result["effect"]["n_groups"] == 100
+    # The heterogeneity checks read a held-out half, drawn by group or by row: the grouped run's
+    # half and held-out CATE, their standard errors counting rows, are the comparison for them.
+    from tauforge.components import heterogeneity as het
+    from tauforge.components.uplift import doubly_robust
+    from tauforge.kernels.ate import debiased_scores
+
+    data = validate(table, DataSpec(outcome="Y", treatment="T", covariates=["x0", "x1", "x2"], group="household"))
+    residuals = combine_folds(data, [fit_nuisance_fold(data, k, two_folds, 0) for k in range(2)], 0, nuisance=two_folds)
+    y_res, t_res, t_var = (residuals.column(c) for c in ("y_res", "t_res", "t_var"))
+    rows, cate = het.held_out_cate(data.arrays()["X"], y_res, t_res, {"n_estimators": 40}, 0, data.arrays()["groups"])
+    scores = debiased_scores(cate, y_res[rows], t_res[rows], t_var[rows])
+    calibration = het.calibration_test(y_res[rows], t_res[rows], cate)
+    stderr["rows"].update(calibration=calibration["mean_stderr"], differential=calibration["differential_stderr"],
+                          rate=het.autoc(cate, scores, seed=0)["stderr"],
+                          gates=np.mean([g["stderr"] for g in het.gates(cate, scores)]),
+                          qini=doubly_robust(cate, scores, seed=0)["qini_stderr"])
     for statistic, grouped in stderr["groups"].items():
         assert grouped > 1.5 * stderr["rows"][statistic], (statistic, grouped, stderr["rows"][statistic])
 

@@ -241,7 +241,7 @@ def test_a_graph_goes_into_the_card_with_its_hash_and_models_diff_shows_the_edge
         assert checks["given"] and checks["graph_sha256"] == expected.sha256
         assert len(checks["statements"]) == 61 - (name == "demo") and checks["min_adjusted_p_value"] >= 0.01
         uplift = card["evaluation"]["uplift"]
-        assert uplift["ranking"] == "out-of-bag CATE" and "curve" not in uplift  # the curves stay in evaluation.json
+        assert uplift["ranking"] == "held-out CATE" and "curve" not in uplift  # the curves stay in evaluation.json
         assert any(expected.sha256[:12] in a for a in card["assumptions"])
     code, out, err = tauforge(runs.dir, "models", "show", "--name", "tauforge-model", "--version",
                               str(version["demo"]))
@@ -688,7 +688,7 @@ class FakeKubeflowPipelines:
         import http.server
         import threading
 
-        self.runs = []
+        self.runs, self.experiments, self.paths = [], [], []
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -704,6 +704,7 @@ class FakeKubeflowPipelines:
                 self.wfile.write(data)
 
             def do_GET(self):
+                fake.paths.append(self.path)
                 if self.path.startswith("/apis/v2beta1/healthz"):
                     return self.reply({"multi_user": False})
                 if self.path.startswith("/apis/v2beta1/experiments"):
@@ -717,6 +718,7 @@ class FakeKubeflowPipelines:
                     fake.runs.append(body)
                     return self.reply({"run_id": f"run-{len(fake.runs)}", "display_name": body.get("display_name")})
                 if self.path.startswith("/apis/v2beta1/experiments"):
+                    fake.experiments.append(body)
                     return self.reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
                 self.send_error(404)
 
@@ -741,7 +743,7 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
         code = main(["submit", "--host", fake.url, "--data", "s3://bucket/table.parquet", "--treatment", "t",
                      "--outcome", "y", "--store", "s3://bucket/models", "--gpus-per-shard", "1", "--shards", "3",
                      "--image", "registry.example/tauforge:test", "--cuda-image", "registry.example/tauforge:gpu",
-                     "--no-cache", "--graph", "graph.dot"])
+                     "--no-cache", "--graph", "graph.dot", "--namespace", "team-a"])
     finally:
         fake.close()
     assert code == 0
@@ -760,6 +762,9 @@ def test_submit_sends_the_compiled_pipeline_and_its_arguments_to_kubeflow(tmp_pa
     assert {e["container"]["image"] for name, e in executors.items() if not name.startswith("exec-forest-shard")} \
         == {"registry.example/tauforge:test"}
     assert run["pipeline_spec"] and "run_id" not in params  # the run's id is the Kubeflow run's own
+    # A multi-user Kubeflow refuses a run outside a profile namespace (a Kubeflow review: kfp sent "").
+    assert [e.get("namespace") for e in fake.experiments] in ([], ["team-a"])
+    assert any("namespace=team-a" in path for path in fake.paths if "/experiments" in path), fake.paths
     assert all(not task.get("cachingOptions", {}).get("enableCache")
                for task in spec["root"]["dag"]["tasks"].values() if "cachingOptions" in task)  # --no-cache
 
