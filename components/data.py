@@ -621,12 +621,14 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 # ----------------------------------------------------------------------------- KFP components
 @component
 def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], graph: str = "", gate: str = "{}",
-                  forest_params: str = "{}", alpha: float = 0.05, estimator: str = "tauforge", n_shards: int = 1):
+                  forest_params: str = "{}", alpha: float = 0.05, estimator: str = "tauforge", n_shards: int = 1,
+                  model_name: str = "", deploy: str = ""):
     """Read and validate the source table; write its spec's columns and the resolved spec. The
-    store and the later tasks' settings (gate, forest_params, alpha, estimator and the graph's
-    n_shards) are checked here too, so that a run that could not finish fails first, not after the
-    training. With a causal graph (DOT or GML text) the spec is checked against it, its covariates
-    derived from it when it names none (`graph.CausalGraph.adjusted_spec`)."""
+    store and the later tasks' settings (gate, forest_params, alpha, estimator, the graph's n_shards
+    and, in a graph with a deploy task, deploy) are checked here too, so that a run that could not
+    finish fails first, not after the training. With a causal graph (DOT or GML text) the spec is
+    checked against it, its covariates derived from it when it names none
+    (`graph.CausalGraph.adjusted_spec`)."""
     import json
 
     from tauforge.components.config import ConfigError, redacted_uri
@@ -646,6 +648,10 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     if not isinstance(forest, dict):
         raise ConfigError("forest_params", f"must be a JSON object of forest parameters, got {forest_params[:80]!r}")
     check_forest_settings(forest, int(n_shards), estimator)
+    if deploy:
+        from tauforge.components.deploy import pipeline_deploy_spec
+
+        pipeline_deploy_spec(deploy, model_name, 2, store, 1)  # placeholders: the version published, the champion
     check_store_location(store)
     if "://" in store and not store.startswith("file://"):
         # With the pod's own credentials: a compiled or submitted run was checked only for its

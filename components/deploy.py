@@ -30,6 +30,7 @@ import contextlib
 import copy
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ import yaml
 
 from tauforge.kernels.serialization import replaced_whole
 
-from ._kfp import IMAGE
+from ._kfp import IMAGE, Artifact, Output, component
 from .config import ConfigError, check_quantities, check_secret_name
 from .registry import StoreError, check_model_name
 
@@ -552,3 +553,63 @@ def wait_ready(objects: list[dict], timeout: float = 600.0, api_client=None, int
         if pending:
             time.sleep(interval)
     return done
+
+
+# ----------------------------------------------------------------------------- KFP component
+# The settings a pipeline's `deploy` parameter may hold: DeploySpec's but the version's own.
+PIPELINE_DEPLOY_KEYS = ("mode", "percent", "namespace", "name", "champion_version", "router", "store_secret", "image",
+                        "cpu", "memory", "gpus", "service_account", "event_log", "node_selector", "explore", "raw")
+
+
+def pipeline_deploy_spec(deploy: str, model: str, version: int, store: str, champion: int | None) -> DeploySpec:
+    """The DeploySpec of a training pipeline's deploy step: its `deploy` parameter (a JSON object
+    of PIPELINE_DEPLOY_KEYS), the version just published, and for a shadow or a canary in one
+    predictor without a champion_version, `champion` (the store's 'champion' alias when the step
+    ran). The validate task calls it first, with placeholder versions."""
+    try:
+        settings = json.loads(deploy)
+    except ValueError as exc:
+        raise ConfigError("deploy", f"is not JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError("deploy", f"must be a JSON object of deploy settings, got {deploy[:80]!r}")
+    unknown = sorted(set(settings) - set(PIPELINE_DEPLOY_KEYS))
+    if unknown:
+        raise ConfigError("deploy", f"has unknown setting(s) {', '.join(unknown)}; known: "
+                                    f"{', '.join(PIPELINE_DEPLOY_KEYS)}")
+    both = settings.get("mode") == "shadow" or (settings.get("mode") == "canary"
+                                                and settings.get("router") == "predictor")
+    if both and settings.get("champion_version") is None:
+        if champion is None or champion == version:
+            raise ConfigError("deploy", f"mode {settings['mode']!r} compares the new version {version} with the "
+                                        f"champion, and {model!r} has " + ("no 'champion' alias" if champion is None
+                                                                           else "it as its champion")
+                                        + ": promote a champion first, or deploy with mode 'replace'")
+        settings = {**settings, "champion_version": champion}
+    return DeploySpec(model=model, version=version, store=store, **settings)
+
+
+@component
+def deploy_version(version: int, store: str, model_name: str, deploy: str, apply_objects: bool,
+                   manifests: Output[Artifact]):
+    """The InferenceService(s) that serve the published `version`, as `deploy` says (a JSON object
+    of `PIPELINE_DEPLOY_KEYS`, e.g. {"mode": "shadow", "percent": 10, "namespace": "ml"}), written
+    as YAML to `manifests`; applied in the cluster with `apply_objects` (the task's service account
+    needs manifests/namespace/rbac.yaml's rights). A shadow's champion is the store's 'champion'."""
+    import os
+
+    from tauforge.components.deploy import apply, pipeline_deploy_spec, render, write
+    from tauforge.components.registry import ModelStore, StoreError
+
+    try:
+        champion = ModelStore(store).resolve(model_name, "champion")
+    except StoreError:
+        champion = None
+    spec = pipeline_deploy_spec(deploy, model_name, int(version), store, champion)
+    objects = render(spec)
+    for path in write(objects, manifests.path):
+        print(f"tauforge: deploy: wrote {os.path.basename(path)}", flush=True)
+    manifests.metadata.update(model=model_name, version=int(version), mode=spec.mode,
+                              objects=[f"{o['kind']}/{o['metadata']['name']}" for o in objects])
+    if apply_objects:
+        for line in apply(objects):
+            print(f"tauforge: deploy: {line}", flush=True)

@@ -391,10 +391,10 @@ def _compile(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     with tempfile.TemporaryDirectory() as scratch, _as_flags(
             {"n_folds": "--folds", "n_shards": "--shards", "bootstrap_shards": "--bootstrap-shards",
-             "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline"}):
+             "fold_tasks": "--fold-tasks", "fan_in": "--fan-in", "pipeline": "--pipeline", "deploy": "--deploy"}):
         path = compile_pipeline(os.path.join(scratch, "pipeline.yaml") if to_stdout else args.out, args.folds,
                                 args.shards, pipeline=args.pipeline, bootstrap_shards=args.bootstrap_shards,
-                                fold_tasks=args.fold_tasks, cluster=cluster, fan_in=args.fan_in)
+                                fold_tasks=args.fold_tasks, cluster=cluster, fan_in=args.fan_in, deploy=args.deploy)
         if to_stdout:
             with open(path, encoding="utf-8") as f:
                 sys.stdout.write(f.read())
@@ -404,7 +404,7 @@ def _compile(args: argparse.Namespace) -> int:
           + (f", {args.bootstrap_shards} bootstrap shards" if args.bootstrap_shards else "")
           + (f", {cluster.gpus_per_shard} x {cluster.accelerator_type} per shard on {cluster.gpu_image()}"
              if cluster.gpus_per_shard else "")
-          + f", {args.fan_in} fan-in) on {cluster.image}")
+          + f", {args.fan_in} fan-in" + (", a deploy step" if args.deploy else "") + f") on {cluster.image}")
     return 0
 
 
@@ -944,6 +944,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--fan-in", choices=("explicit", "collected"), default="explicit",
                       help="how a group's tasks are gathered: explicit (one input each; every KFP backend from 2.2) "
                            "or collected (dsl.ParallelFor + dsl.Collected; backend 2.14 and newer)")
+    comp.add_argument("--deploy", action="store_true",
+                      help="training: a deploy step after publish, set by the pipeline parameters 'deploy' (JSON; "
+                           "default a 10%% shadow of the champion) and 'apply_deploy' (default false: the "
+                           "InferenceServices as the step's artifact only)")
     _add_cluster_flags(comp)
     comp.set_defaults(func=_compile)
 

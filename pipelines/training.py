@@ -16,6 +16,7 @@ import builtins
 import collections
 import contextlib
 import dataclasses
+import functools
 import inspect
 import io
 import json
@@ -47,6 +48,7 @@ from tauforge.components.constants import (
     STOP_GRACE_SECONDS,
 )
 from tauforge.components.data import DataValidationError, validate_data
+from tauforge.components.deploy import deploy_version
 from tauforge.components.estimate import (
     BootstrapConfig,
     bootstrap_shard,
@@ -66,6 +68,7 @@ from .config import ClusterConfig, TrainingConfig, absolute
 PIPELINE_NAME = "tauforge-training"
 MONITORING_PIPELINE_NAME = "tauforge-monitoring"
 DEFAULT_FOREST_PARAMS = json.dumps({"n_estimators": DEFAULT_TREES})
+DEFAULT_DEPLOY = json.dumps({"mode": "shadow", "percent": 10})  # a graph with a deploy step (compile --deploy)
 FAN_INS = ("explicit", "collected")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -77,10 +80,13 @@ MAX_SHARD_TASKS = 256
 
 def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shards: int = 0, *,
                             fold_tasks: int = DEFAULT_FOLD_TASKS, cluster: ClusterConfig | None = None,
-                            fan_in: str = "explicit", parallelism: int = 0, threads_per_task: int = 0):
+                            fan_in: str = "explicit", parallelism: int = 0, threads_per_task: int = 0,
+                            deploy: bool = False):
     """The training pipeline with `n_folds` cross-fitting folds spread over `fold_tasks` nuisance
     tasks (at most one task per fold), `n_shards` forest tasks and `bootstrap_shards` tasks of the
-    full bootstrap (0: no bootstrap in the graph).
+    full bootstrap (0: no bootstrap in the graph); with `deploy`, a deploy task after publish
+    (`components.deploy.deploy_version`: the new version's InferenceServices, as the pipeline's
+    `deploy` parameter says, applied with `apply_deploy`).
 
     cluster : how the tasks run as pods (resources, retries, GPUs, images, the store's Secret);
         None for a run on this machine.
@@ -98,6 +104,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     if fan_in not in FAN_INS:
         raise ConfigError("fan_in", f"must be one of {', '.join(FAN_INS)}, got {fan_in!r}")
     pods = _Pods(cluster, threads_per_task if fan_in == "collected" else 0)
+    deploy_step = deploy
 
     def fan_out(n: int, name: str, make):
         """`make(k)` for k in 0..n-1, as `fan_in` says; returns the gathering step's arguments for an
@@ -120,9 +127,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
     def training(source: str, spec: str, store: str, model_name: str = DEFAULT_MODEL_NAME, seed: int = 0,
                  model_y: str = "auto", model_t: str = "auto", forest_params: str = DEFAULT_FOREST_PARAMS,
                  gate: str = "{}", alpha: float = DEFAULT_ALPHA, estimator: str = "tauforge", graph: str = "",
-                 reweight_nuisance: bool = True,
-                 # Last: a graph without bootstrap tasks drops it from the signature, and kfp passes the
-                 # parameters by position (a parameter after it got its default, not the run's value).
+                 reweight_nuisance: bool = True, deploy: str = DEFAULT_DEPLOY, apply_deploy: bool = False,
                  bootstrap: str = BootstrapConfig(n_bootstrap=100).to_json()) -> bool:
         """Train, evaluate and publish a causal model.
 
@@ -148,12 +153,17 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                 from it.
             reweight_nuisance: A continuous treatment's nuisance models refit with inverse-variance weights (default
                 true); false keeps the first fit (EconML's residuals).
+            deploy: How the published version is deployed, as JSON: mode replace, canary or shadow (a shadow of
+                the store's champion), percent, namespace, router and the other settings of `tauforge deploy`.
+            apply_deploy: Apply the deploy step's InferenceServices in the cluster (its service account needs the
+                rights of manifests/namespace/rbac.yaml); false writes them as the step's artifact only.
             bootstrap: The full bootstrap as JSON: n_bootstrap replicates of `trees` trees, the ATE's interval
                 normal (default), percentile or pivot, nuisance false to keep the main fit's residuals instead of
                 refitting the nuisance models (default true).
         """
         validated = validate_data(source=source, spec=spec, store=store, graph=graph, gate=gate,
-                                  forest_params=forest_params, alpha=alpha, estimator=estimator, n_shards=n_shards)
+                                  forest_params=forest_params, alpha=alpha, estimator=estimator, n_shards=n_shards,
+                                  **({"model_name": model_name, "deploy": deploy} if deploy_step else {}))
         validated.set_display_name("validate")
         pods.reads_store(pods.light(validated))
         validated.set_caching_options(False)  # reads a URI whose contents may change under the same name
@@ -199,12 +209,25 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
                                       reweight_nuisance=reweight_nuisance)
             pods.reads_store(pods.light(published.set_display_name("publish")))
             published.set_caching_options(False)  # a cached publish would announce a version it never wrote
+            if deploy_step:
+                deployed = deploy_version(version=published.output, store=store, model_name=model_name,
+                                          deploy=deploy, apply_objects=apply_deploy)
+                pods.reads_store(pods.light(deployed.set_display_name("deploy")))
+                deployed.set_caching_options(False)  # it reads the store's champion, and may apply
         return evaluated.outputs["Output"]
 
-    if not bootstrap_shards:  # a graph without bootstrap tasks offers no bootstrap parameter
+    # A graph offers only the parameters its tasks read: none for a bootstrap or deploy it lacks.
+    dropped = ([] if bootstrap_shards else ["bootstrap"]) + ([] if deploy_step else ["deploy", "apply_deploy"])
+    if dropped:
         signature = inspect.signature(training)
-        training.__signature__ = signature.replace(
-            parameters=[p for p in signature.parameters.values() if p.name != "bootstrap"])
+        offered = signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in dropped])
+        full = training
+
+        @functools.wraps(full)
+        def training(*args, **kwargs):  # kfp passes the offered parameters by position
+            return full(**offered.bind(*args, **kwargs).arguments)
+
+        training.__signature__ = offered
     return dsl.pipeline(name=PIPELINE_NAME, description="Causal forest with cross-fitted nuisance models, evaluated "
                                                         "and published if the quality gate passes.")(training)
 
@@ -373,18 +396,21 @@ def pipeline_arguments(source: str, config: TrainingConfig) -> dict:
 
 def compile_pipeline(path: str, n_folds: int = 5, n_shards: int = 2, *, pipeline: str = "training",
                      bootstrap_shards: int = 0, fold_tasks: int = DEFAULT_FOLD_TASKS,
-                     cluster: ClusterConfig | None = None, fan_in: str = "explicit") -> str:
+                     cluster: ClusterConfig | None = None, fan_in: str = "explicit", deploy: bool = False) -> str:
     """Write the pipeline's IR YAML to `path`, its tasks set up as `cluster` says (default:
     `ClusterConfig()`, the project image). `bootstrap_shards` > 0 puts the full bootstrap's tasks
-    in the training graph."""
+    in the training graph, `deploy` a deploy task after publish."""
     from kfp import compiler
 
     cluster = cluster or ClusterConfig()
     if pipeline == "training":
         built = build_training_pipeline(n_folds, n_shards, bootstrap_shards, fold_tasks=fold_tasks, cluster=cluster,
-                                        fan_in=fan_in)
+                                        fan_in=fan_in, deploy=deploy)
     elif pipeline != "monitoring":
         raise ConfigError("pipeline", f"must be training or monitoring, got {pipeline!r}")
+    elif deploy:
+        raise ConfigError("deploy", "is for the training pipeline: the monitoring pipeline's retraining publishes, "
+                                    "and `tauforge deploy` (or a training run compiled with it) deploys")
     elif bootstrap_shards:
         raise ConfigError("bootstrap_shards", "must be 0 for the monitoring pipeline, which retrains without the "
                                               "full bootstrap")

@@ -5,6 +5,7 @@ nothing at run time, and a runbook walkthrough (docs/runbook.md) whose every `ta
 import builtins
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 import re
@@ -419,6 +420,7 @@ def test_a_store_inside_the_pod_is_refused_and_one_on_a_volume_is_not(tmp_path, 
     ({"forest_params": "[1000]"}, "forest_params", "must be a JSON object"),
     ({"alpha": 1.5}, "alpha", "must be in (0, 1)"),
     ({"spec": '{"outcome": "Y"}'}, "DataSpec", "needs 'treatment'"),
+    ({"deploy": '{"mode": "blue-green"}', "model_name": "m"}, "mode", "must be one of replace, canary, shadow"),
 ])
 def test_the_first_task_refuses_settings_a_later_task_would_fail_on(tmp_path, settings, field, problem):
     # A Kubeflow review: a compiled run's bad gate, forest parameters or shard count failed only in
@@ -436,3 +438,23 @@ def test_the_first_task_refuses_settings_a_later_task_would_fail_on(tmp_path, se
     with pytest.raises(ConfigError) as refused:
         validate_data.python_func(**arguments)
     assert refused.value.field == field and problem in refused.value.problem, str(refused.value)
+
+
+def test_compile_deploy_adds_a_deploy_task_after_publish_reading_the_published_version(tmp_path):
+    # The design's "publish -> deploy as shadow or canary" (a Kubeflow review: no pipeline deployed).
+    _, spec, platform = compiled(tmp_path, "--deploy")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert json.loads(params["deploy"]["defaultValue"]) == {"mode": "shadow", "percent": 10}
+    assert params["apply_deploy"]["defaultValue"] is False
+    gated = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    deploy = gated["deploy-version"]
+    assert deploy["inputs"]["parameters"]["version"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "publish-model"}
+    assert not deploy["cachingOptions"].get("enableCache")  # it reads the champion and may apply
+    assert "exec-deploy-version" in platform  # the store's Secret: it reads the champion alias
+    _, plain, _ = compiled(tmp_path)
+    assert "deploy" not in plain["root"]["inputDefinitions"]["parameters"]
+    assert "deploy-version" not in plain["components"]["comp-condition-1"]["dag"]["tasks"]
+    from tauforge.pipelines.cli import main
+
+    assert main(["compile", "--pipeline", "monitoring", "--deploy", "--out", str(tmp_path / "m.yaml")]) == 2

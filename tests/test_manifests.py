@@ -856,3 +856,42 @@ def test_grafana_dashboard_ships_as_a_labelled_config_map():
     shipped = json.loads(cm["data"]["grafana-dashboard.json"])
     assert shipped == json.load(open(os.path.join(ROOT, "manifests", "monitoring", "grafana-dashboard.json")))
     assert shipped["uid"] and shipped["panels"]
+
+
+def test_the_pipelines_deploy_step_shadows_the_stores_champion_with_the_new_version(validators, s3, tmp_path):
+    # The training pipeline's deploy task (compile --deploy), run as its function on a real S3 store:
+    # its shadow keeps the champion the store names, and it refuses one that would compare a version
+    # with itself.
+    import types
+
+    from tauforge.components.deploy import deploy_version
+    from tauforge.components.registry import ModelStore
+    from tauforge.kernels import CausalForest
+    from tauforge.kernels.datasets import make_causal_data
+
+    d = make_causal_data("simple", n=300, p=3, seed=0)
+    CausalForest(n_estimators=8, random_state=0).fit(d.X, d.T - d.e, d.Y - d.m).save(tmp_path / "v" / "forest")
+    (tmp_path / "v" / "report.html").write_text("<html></html>")
+    uri = s3.uri("pipeline-deploy")
+    store = ModelStore(uri)
+    card = {"effect": {"ate": 0.5, "ate_lower": 0.4, "ate_upper": 0.6}, "data": {"rows": 300}}
+    assert [store.publish("uplift", str(tmp_path / "v"), card) for _ in range(2)] == [1, 2]
+    manifests = types.SimpleNamespace(path=str(tmp_path / "out"), metadata={})
+    with pytest.raises(ConfigError, match="has no 'champion' alias: promote a champion first"):
+        deploy_version.python_func(version=2, store=uri, model_name="uplift", deploy='{"mode": "shadow"}',
+                                   apply_objects=False, manifests=manifests)
+    store.set_alias("uplift", "champion", 1)
+    deploy_version.python_func(version=2, store=uri, model_name="uplift",
+                               deploy='{"mode": "shadow", "percent": 20, "namespace": "ml"}', apply_objects=False,
+                               manifests=manifests)
+    objects = [doc for name in sorted(os.listdir(manifests.path))
+               for doc in yaml.safe_load_all(open(os.path.join(manifests.path, name))) if doc]
+    assert all(check(validators, obj) for obj in objects)
+    served = {o["metadata"]["name"]: o["spec"]["predictor"]["model"]["storageUri"] for o in objects
+              if o["kind"] == "InferenceService"}
+    assert served == {"uplift": f"{uri}/uplift/1", "uplift-shadow": f"{uri}/uplift/2"}
+    assert manifests.metadata["objects"] == ["InferenceService/uplift", "InferenceService/uplift-shadow",
+                                             "VirtualService/uplift-shadow-mirror"]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        deploy_version.python_func(version=2, store=uri, model_name="uplift", deploy='{"modes": "shadow"}',
+                                   apply_objects=False, manifests=manifests)
