@@ -339,6 +339,9 @@ def forest_shard(dataset: Input[Dataset], residuals: Input[Dataset], params: str
     grown = grow_forest_shard(load_validated(dataset.path), Residuals.load(residuals.path),
                               json.loads(params), int(seed), int(shard), int(n_shards), estimator, progress=True)
     grown.save(forest.path)
+    # Shown in the KFP UI beside the artifact (a Kubeflow review: its metadata was empty).
+    forest.metadata.update(n_trees=int(grown.forest.forest_.n_trees), shard=int(shard), n_shards=int(n_shards),
+                           estimator=estimator, device=str(grown.forest.device_))
     print(f"tauforge: forest shard {int(shard) + 1}/{int(n_shards)}: {grown.forest.forest_.n_trees} trees "
           f"({estimator}) on {grown.forest.device_} in {time.perf_counter() - start:.1f} s", flush=True)
 
@@ -358,6 +361,8 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
     merged, result = merge_forest([ForestShard.load(s.path) for s in shards], data, Residuals.load(residuals.path),
                                   float(alpha))
     merged.save(forest.path)
+    forest.metadata.update(n_trees=int(result.summary["n_trees"]), n_shards=int(result.summary["n_shards"]),
+                           device=str(result.summary.get("device", "")), ate=float(result.summary["ate"]))
     result.save(estimate.path)
     a = data.arrays()
     reference_profile(a["X"], data.spec.covariates, a["T"], result.oob_cate,

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 
-from ._kfp import HTML, Artifact, Dataset, Input, Model, component
+from ._kfp import HTML, Artifact, Dataset, Input, Model, Output, component
 from .registry import EVALUATION_FILE, FOREST_DIR, REFERENCE_FILE, REPORT_FILE, ModelStore
 
 
@@ -47,10 +47,12 @@ def estimator_description(estimator: str, summary: dict, nuisance: dict) -> dict
 def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input[Artifact],
                   reference: Input[Dataset], evaluation: Input[Artifact], report: Input[HTML], store: str,
                   model_name: str, source: str, run_id: str, run_name: str, estimator: str, n_folds: int,
-                  model_y: str, model_t: str, graph: str = "", reweight_nuisance: bool = True) -> int:
+                  model_y: str, model_t: str, published: Output[Model], graph: str = "",
+                  reweight_nuisance: bool = True) -> int:
     """Publish the trained forest and everything its card records as the next version of
-    `model_name` in `store`; return the version. `graph`: the run's causal graph (DOT or GML text,
-    empty for none), which the validate step checked the spec against."""
+    `model_name` in `store`; return the version. `published` points at it (the KFP UI's lineage
+    from the run to the model: store, model, version and the card's ATE). `graph`: the run's causal
+    graph (DOT or GML text, empty for none), which the validate step checked the spec against."""
     import json
 
     from tauforge.components.config import redacted_uri
@@ -74,5 +76,10 @@ def publish_model(dataset: Input[Dataset], forest: Input[Model], estimate: Input
                       graph=card_section(CausalGraph.parse(graph) if graph else None, spec))
     version = publish(store, model_name, card, forest_dir=forest.path, evaluation_path=evaluation.path,
                       report_path=report.path, reference_path=reference.path)
+    pointer = {"store": redacted_uri(store), "model": model_name, "version": int(version),
+               "ate": summary.get("ate"), "ate_lower": summary.get("ate_lower"), "ate_upper": summary.get("ate_upper")}
+    with open(published.path, "w") as f:
+        json.dump(pointer, f)
+    published.metadata.update(pointer)
     print(f"tauforge: published {model_name} version {version} to {store}", flush=True)
     return version
