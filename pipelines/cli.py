@@ -860,7 +860,9 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                       help="memory request and limit of folds, shards, merges, evaluate and monitor (default: 8Gi)")
     pods.add_argument("--gpus-per-shard", type=int, default=0,
                       help="accelerators per forest and bootstrap shard, which then run on --cuda-image (default: 0)")
-    pods.add_argument("--accelerator-type", default="nvidia.com/gpu", help="(default: nvidia.com/gpu)")
+    pods.add_argument("--accelerator-type", default="nvidia.com/gpu",
+                      help="the GPUs' Kubernetes resource name that GPU shards request, e.g. amd.com/gpu "
+                           "(default: nvidia.com/gpu)")
     pods.add_argument("--gpu-node-selector", action="append", metavar="LABEL=VALUE",
                       help="node label GPU shards must run on; repeatable")
     pods.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
