@@ -629,9 +629,8 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     finish fails first, not after the training. With a causal graph (DOT or GML text) the spec is
     checked against it, its covariates derived from it when it names none
     (`graph.CausalGraph.adjusted_spec`)."""
-    import json
 
-    from tauforge.components.config import ConfigError, redacted_uri
+    from tauforge.components.config import ConfigError, parse_json, redacted_uri
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
     from tauforge.components.estimate import check_forest_settings
     from tauforge.components.evaluate import GateConfig
@@ -641,12 +640,7 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
     GateConfig.from_json(gate)
     if not 0 < float(alpha) < 1:
         raise ConfigError("alpha", f"must be in (0, 1), got {alpha}")
-    try:
-        forest = json.loads(forest_params)
-    except ValueError as exc:
-        raise ConfigError("forest_params", f"is not JSON: {exc}") from None
-    if not isinstance(forest, dict):
-        raise ConfigError("forest_params", f"must be a JSON object of forest parameters, got {forest_params[:80]!r}")
+    forest = parse_json(forest_params, "forest_params")
     check_forest_settings(forest, int(n_shards), estimator)
     if deploy:
         from tauforge.components.deploy import pipeline_deploy_spec

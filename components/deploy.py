@@ -30,7 +30,6 @@ import contextlib
 import copy
 import ctypes
 import errno
-import json
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ import yaml
 from tauforge.kernels.serialization import replaced_whole
 
 from ._kfp import IMAGE, Artifact, Output, component
-from .config import ConfigError, check_quantities, check_secret_name
+from .config import ConfigError, check_quantities, check_secret_name, parse_json
 from .registry import StoreError, check_model_name
 
 MODES = ("replace", "canary", "shadow")
@@ -566,12 +565,7 @@ def pipeline_deploy_spec(deploy: str, model: str, version: int, store: str, cham
     of PIPELINE_DEPLOY_KEYS), the version just published, and for a shadow or a canary in one
     predictor without a champion_version, `champion` (the store's 'champion' alias when the step
     ran). The validate task calls it first, with placeholder versions."""
-    try:
-        settings = json.loads(deploy)
-    except ValueError as exc:
-        raise ConfigError("deploy", f"is not JSON: {exc}") from None
-    if not isinstance(settings, dict):
-        raise ConfigError("deploy", f"must be a JSON object of deploy settings, got {deploy[:80]!r}")
+    settings = parse_json(deploy, "deploy")
     unknown = sorted(set(settings) - set(PIPELINE_DEPLOY_KEYS))
     if unknown:
         raise ConfigError("deploy", f"has unknown setting(s) {', '.join(unknown)}; known: "

@@ -210,7 +210,7 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
             pods.reads_store(pods.light(published.set_display_name("publish")))
             published.set_caching_options(False)  # a cached publish would announce a version it never wrote
             if deploy_step:
-                deployed = deploy_version(version=published.output, store=store, model_name=model_name,
+                deployed = deploy_version(version=published.outputs["Output"], store=store, model_name=model_name,
                                           deploy=deploy, apply_objects=apply_deploy)
                 pods.reads_store(pods.light(deployed.set_display_name("deploy")))
                 deployed.set_caching_options(False)  # it reads the store's champion, and may apply
