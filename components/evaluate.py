@@ -321,8 +321,7 @@ def held_out_checks(data: ValidatedData, y_res: np.ndarray, t_res: np.ndarray, t
                                              a["sample_weight"])
     groups, weight = _held_rows(a, rows)
     scores = debiased_scores(cate, y_res[rows], t_res[rows], t_var[rows])
-    trees = min(int((forest_params or {}).get("n_estimators", heterogeneity.HELD_OUT_TREES)),
-                heterogeneity.HELD_OUT_TREES)
+    trees = heterogeneity.held_out_trees(forest_params)
     return {"ranking": f"held out: a forest of {trees} trees grown on the other {int((~rows).sum())} rows ranks these "
                        f"{int(rows.sum())}",
             "rows": int(rows.sum()),

@@ -37,6 +37,11 @@ from .uplift import ranking, tie_averaged, tie_runs
 HELD_OUT_TREES = 400
 
 
+def held_out_trees(forest_params: dict | None) -> int:
+    """The held-out forest's trees: the run's, at most HELD_OUT_TREES."""
+    return min(int((forest_params or {}).get("n_estimators", HELD_OUT_TREES)), HELD_OUT_TREES)
+
+
 def held_out_cate(X: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, forest_params: dict | None, seed: int,
                   groups: np.ndarray | None = None, sample_weight: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +56,7 @@ def held_out_cate(X: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, forest_pa
     rows = held[units]
     train = ~rows
     params = {**(forest_params or {}), "progress": False, "random_state": seed, "ci_group_size": 1,
-              "n_estimators": min(int((forest_params or {}).get("n_estimators", HELD_OUT_TREES)), HELD_OUT_TREES),
+              "n_estimators": held_out_trees(forest_params),
               "variance_smoothing": False}
     forest = CausalForest(**params).fit(X[train], t_res[train], y_res[train],
                                         sample_weight=None if sample_weight is None else sample_weight[train],
