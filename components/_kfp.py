@@ -26,7 +26,9 @@ from typing import List  # noqa: UP035 (KFP's collected inputs are typed with ty
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-IMAGE = os.environ.get("TAUFORGE_IMAGE", "ghcr.io/tauforge/tauforge:0.1.0")
+# An empty TAUFORGE_IMAGE is unset, as for other variables of the shell (a review: it was refused as
+# "--image ''", a flag the user never gave).
+IMAGE = os.environ.get("TAUFORGE_IMAGE") or "ghcr.io/tauforge/tauforge:0.1.0"
 
 if hasattr(dsl, "component"):
     component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)

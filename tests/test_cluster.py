@@ -35,7 +35,7 @@ def read(*path):
 
 def default_image():
     """The project image's default tag, as components/_kfp.py sets it (whatever $TAUFORGE_IMAGE is)."""
-    (tag,) = re.findall(r'os\.environ\.get\("TAUFORGE_IMAGE", "([^"]+)"\)', read("components", "_kfp.py"))
+    (tag,) = re.findall(r'os\.environ\.get\("TAUFORGE_IMAGE"\) or "([^"]+)"', read("components", "_kfp.py"))
     return tag
 
 
@@ -116,7 +116,7 @@ def test_dockerignore_sends_only_what_the_images_copy():
 
 def test_one_image_tag_everywhere():
     image = default_image()
-    assert _kfp.IMAGE == os.environ.get("TAUFORGE_IMAGE", image)
+    assert _kfp.IMAGE == (os.environ.get("TAUFORGE_IMAGE") or image)
     assert image.endswith(f":{tauforge.__version__}"), "the tag is the project's version"
     assert f"IMAGE ?= $(or $(TAUFORGE_IMAGE),{image})" in read("Makefile")
     assert "CUDA_IMAGE ?= $(IMAGE)-cuda" in read("Makefile")
