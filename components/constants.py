@@ -33,6 +33,9 @@ LEAK_WARNING_R2 = 0.95
 # The gate's default max_outcome_r2: an exact copy of the outcome among the covariates gave an
 # out-of-fold R^2 of 0.99986 and an ATE of 0.0000 [-0.0000, 0.0000], published (a review).
 LEAK_GATE_R2 = 0.999
+# ... and a covariate whose ranks follow the outcome's this closely is a copy of it: the folds' mean
+# R^2 missed one at 1,000 rows (0.99825: one fold's copy fell outside its training bins; a review).
+LEAK_RANK_CORRELATION = 0.999
 # Fewer rows than this are a warning: the refuters' refits and the heterogeneity checks mean little
 # (a review: at 40 rows the data-subset refuter's five effects, on 20 rows each, ran from -2.9 to 2.6).
 SMALL_DATA_ROWS = 500
@@ -49,9 +52,10 @@ REFERENCE_ROWS = 5000
 UNIT_ID_FIELD = "unit_id"
 
 __all__ = ["ASSIGNMENTS", "DEFAULT_ALPHA", "DEFAULT_FOLDS", "DEFAULT_FOLD_TASKS", "DEFAULT_MODEL_NAME",
-           "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_GATE_R2", "LEAK_WARNING_R2", "MIN_PROPENSITY",
-           "MIN_TREATMENT_VARIANCE_SHARE", "MONITOR_ALPHA", "OVERLAP_BOUNDS", "OVERLAP_WARNING_SHARE", "PSI_ALERT",
-           "REFERENCE_ROWS", "SMALL_DATA_ROWS", "SMD_WARNING", "STORE_ENV", "TREATMENT_TYPES", "UNIT_ID_FIELD"]
+           "DEFAULT_STORE", "DEFAULT_TREES", "LEAK_GATE_R2", "LEAK_RANK_CORRELATION", "LEAK_WARNING_R2",
+           "MIN_PROPENSITY", "MIN_TREATMENT_VARIANCE_SHARE", "MONITOR_ALPHA", "OVERLAP_BOUNDS",
+           "OVERLAP_WARNING_SHARE", "PSI_ALERT", "REFERENCE_ROWS", "SMALL_DATA_ROWS", "SMD_WARNING", "STORE_ENV",
+           "TREATMENT_TYPES", "UNIT_ID_FIELD"]
 
 # A local run's task stopped with SIGTERM (the run interrupted, or killed: the task watches it) is
 # killed this long after, if still running: its cleanup (publish's staging folder) runs within it.

@@ -642,15 +642,18 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
         raise ConfigError("alpha", f"must be in (0, 1), got {alpha}")
     forest = parse_json(forest_params, "forest_params")
     check_forest_settings(forest, int(n_shards), estimator)
-    if deploy:
-        from tauforge.components.deploy import pipeline_deploy_spec
-
-        pipeline_deploy_spec(deploy, model_name, 2, store, 1)  # placeholders: the version published, the champion
     check_store_location(store)
     if "://" in store and not store.startswith("file://"):
         # With the pod's own credentials: a compiled or submitted run was checked only for its
         # protocol, and a wrong bucket or missing Secret failed at publish, after the training (a review).
         check_store(store)
+    if deploy:  # with the version publish would take and the champion the deploy step would read
+        from tauforge.components.deploy import pipeline_deploy_spec, store_champion
+        from tauforge.components.registry import ModelStore
+
+        published = ModelStore(store).versions(model_name) if model_name else []
+        pipeline_deploy_spec(deploy, model_name, max(published, default=0) + 1, store,
+                             store_champion(store, model_name))
     resolved = DataSpec.from_json(spec)
     table = read_table(source, id_columns=[resolved.unit_id, resolved.group])
     if graph:
@@ -660,7 +663,8 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
         print(f"tauforge: graph {causal_graph.sha256[:12]}: {len(causal_graph.nodes)} nodes, "
               f"{len(causal_graph.edges)} edges; the covariates and controls block every back-door path", flush=True)
     data = validate(table, resolved, keep=causal_graph.observed if graph else ())
-    check_forest_settings(forest, int(n_shards), estimator, len(data.spec.covariates))  # mtry, corrected columns
+    check_forest_settings(forest, int(n_shards), estimator, len(data.spec.covariates),  # mtry, corrected columns
+                          grouped=bool(data.spec.group))
     summary = save_validated(data, dataset.path)
     dataset.metadata.update(rows=summary["rows"], fingerprint=summary["fingerprint"])
     named = ", ".join(map(str, data.spec.covariates[:12])) + (", ..." if len(data.spec.covariates) > 12 else "")

@@ -564,7 +564,7 @@ def pipeline_deploy_spec(deploy: str, model: str, version: int, store: str, cham
     """The DeploySpec of a training pipeline's deploy step: its `deploy` parameter (a JSON object
     of PIPELINE_DEPLOY_KEYS), the version just published, and for a shadow or a canary in one
     predictor without a champion_version, `champion` (the store's 'champion' alias when the step
-    ran). The validate task calls it first, with placeholder versions."""
+    ran). The validate task calls it first, with the version publish would take."""
     settings = parse_json(deploy, "deploy")
     unknown = sorted(set(settings) - set(PIPELINE_DEPLOY_KEYS))
     if unknown:
@@ -582,6 +582,16 @@ def pipeline_deploy_spec(deploy: str, model: str, version: int, store: str, cham
     return DeploySpec(model=model, version=version, store=store, **settings)
 
 
+def store_champion(store: str, model: str) -> int | None:
+    """The version the store's 'champion' alias names, None without one (or without the model)."""
+    from .registry import ModelStore
+
+    try:
+        return ModelStore(store).resolve(model, "champion")
+    except StoreError:
+        return None
+
+
 @component
 def deploy_version(version: int, store: str, model_name: str, deploy: str, apply_objects: bool,
                    manifests: Output[Artifact]):
@@ -591,14 +601,9 @@ def deploy_version(version: int, store: str, model_name: str, deploy: str, apply
     needs manifests/namespace/rbac.yaml's rights). A shadow's champion is the store's 'champion'."""
     import os
 
-    from tauforge.components.deploy import apply, pipeline_deploy_spec, render, write
-    from tauforge.components.registry import ModelStore, StoreError
+    from tauforge.components.deploy import apply, pipeline_deploy_spec, render, store_champion, write
 
-    try:
-        champion = ModelStore(store).resolve(model_name, "champion")
-    except StoreError:
-        champion = None
-    spec = pipeline_deploy_spec(deploy, model_name, int(version), store, champion)
+    spec = pipeline_deploy_spec(deploy, model_name, int(version), store, store_champion(store, model_name))
     objects = render(spec)
     for path in write(objects, manifests.path):
         print(f"tauforge: deploy: wrote {os.path.basename(path)}", flush=True)

@@ -53,16 +53,26 @@ def check_econml_options(params: dict, field: str = "forest_params") -> None:
 
 
 def check_forest_settings(params: dict, n_shards: int, estimator: str, n_features: int | None = None,
-                          field: str = "forest_params") -> None:
+                          field: str = "forest_params", grouped: bool = False, trees_field: str = "") -> None:
     """What the forest tasks would refuse, checked where a run starts (the CLI's `TrainingConfig`,
     and a compiled pipeline's validate task: a Kubeflow review saw bad forest_params and shard counts
     fail after the nuisance models' fits, each shard retrying them): the estimator, the forest's
     parameters (`field`; against `n_features` covariates when known), and `n_shards` tasks of whole
-    little bags. A ConfigError names the setting."""
+    little bags; EconML's forest takes trees in fours and no group column (`grouped`). A
+    ConfigError names the setting (the trees: `trees_field` where they have one of their own)."""
     if estimator not in ESTIMATORS:
         raise config.ConfigError("estimator", f"must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if estimator == "econml":
         check_econml_options(params, field)
+        trees = params.get("n_estimators", DEFAULT_TREES)
+        if not isinstance(trees, int) or isinstance(trees, bool) or trees < 4 or trees % 4:
+            raise config.ConfigError(trees_field or field, ("must be" if trees_field else "has n_estimators that must "
+                                                            "be") + f" a multiple of 4 with estimator 'econml' "
+                                                                    f"(EconML's subforest size), got {trees!r}")
+        if grouped:
+            raise config.ConfigError("estimator", "must be 'tauforge' with a group column: EconML's forest draws rows, "
+                                                  "not groups, and its intervals would count a group's rows as "
+                                                  "independent")
         if n_shards != 1:
             raise config.ConfigError("n_shards", f"must be 1 with estimator 'econml': EconML grows its trees in one "
                                                  f"task, got {n_shards}")
@@ -74,11 +84,13 @@ def check_forest_settings(params: dict, n_shards: int, estimator: str, n_feature
         if set(params) - {"n_estimators", "device"}:  # the forest's own checks (numba and scikit-learn: 2 s)
             from tauforge.kernels.forest import CausalForest
 
-            forest_params(params, 0)  # no unknown parameters
+            forest_params(params, 0)  # no unknown parameters: its own ConfigError, passed on
             CausalForest(**params).check_params(n_features)
         elif isinstance(trees, bool) or not isinstance(trees, int) or trees < 1:
             raise ValueError(f"n_estimators must be a positive integer, got {trees!r}")
         group = resolve_group_size(group_size, trees)
+    except config.ConfigError:
+        raise
     except ValueError as exc:
         raise config.ConfigError(field, f"has a value the forest refuses: {exc}") from None
     bags = trees // group

@@ -9,10 +9,11 @@
   nuisance       the out-of-fold scores of the nuisance models
   refuters       placebo treatment, random common cause, data subset (components/refuters.py)
   sensitivity    omitted-variable-bias bounds and robustness value (components/sensitivity.py)
-  heterogeneity  calibration test, RATE (AUTOC) and GATES by CATE quartile (components/heterogeneity.py)
+  heterogeneity  calibration test, RATE (AUTOC) and GATES by CATE quartile, on a held-out half ranked
+                 by a forest grown on the other half (components/heterogeneity.py)
   effect         the ATE with its interval, and the distribution of the out-of-bag CATE
-  uplift         gain (uplift) and Qini curves of the ranking by the out-of-bag CATE, with their areas
-                 (AUUC, Qini coefficient), from the debiased scores (components/uplift.py)
+  uplift         gain (uplift) and Qini curves of that held-out ranking, with their areas (AUUC, Qini
+                 coefficient), from the debiased scores (components/uplift.py)
   graph_checks   the independences the declared causal graph implies, tested on the training data
                  (components/graph_checks.py); says so when no graph was given
 The gate compares these with thresholds (`GateConfig`) and returns a verdict with its reasons.
@@ -33,6 +34,7 @@ from ._kfp import HTML, Artifact, Dataset, Input, Metrics, Output, component
 from .charts import histogram_edges
 from .constants import (
     LEAK_GATE_R2,
+    LEAK_RANK_CORRELATION,
     LEAK_WARNING_R2,
     MIN_PROPENSITY,
     MIN_TREATMENT_VARIANCE_SHARE,
@@ -61,7 +63,8 @@ UNGATED_PLACEBO_WARNING = 0.01
 # placebo's forest counts as one; the data subset refits five times on half the rows).
 # Heterogeneity and uplift took under a tenth of a refit in the demo (5,000 rows); the graph
 # checks count only when a graph was given.
-EVALUATE_STEPS = {"refuters": 7.5, "heterogeneity": 0.5, "graph checks": 2}  # heterogeneity: a forest
+# The held-out ranking's forest (400 trees on half the rows) costs about two placebo forests.
+EVALUATE_STEPS = {"refuters": 7.5, "heterogeneity": 2, "graph checks": 2}
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
                        "cate_histogram": _histogram(cate)},
             "nuisance": {k: mean_score(v) for k, v in residuals.scores.items()},
             "balance": balance(data, t_hat if data.spec.binary else None),
+            "outcome_copy": outcome_copy(data),
             "refuters": steps.run("refuters", refuters.run_refuters, refit, {
                 "placebo": refuters.placebo_refuter(refit, seed),
                 "random_common_cause": refuters.random_common_cause_refuter(refit, summary["ate"], seed),
@@ -286,7 +290,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             # On a held-out half (heterogeneity.held_out_cate), weighted as the reported effect is
             # (as grf weights them): the population it is about.
             "heterogeneity": steps.run("heterogeneity", held_out_checks, data, y_res, t_res, t_var,
-                                       summary.get("forest_params"), seed),
+                                       summary.get("forest_params"), seed, cate),
             "graph_checks": steps.run("graph checks", graph_checks.check_graph, graph, data.table, seed,
                                       groups=groups),
             "graph": card_section(graph, data.spec),
@@ -294,7 +298,7 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
             "gate_config": dataclasses.asdict(gate),
         }
         held = result["heterogeneity"].pop("held_out")
-        result["uplift"] = uplift_section(data, held["cate"], held["scores"], seed, held["rows"])
+        result["uplift"] = uplift_section(data, held["cate"], held["scores"], seed, held["rows"], held["label"])
     # Rows of weight 0 take no part in the overlap checks, as in the estimate.
     if data.spec.binary:
         _, e_hat, T, _ = weighted_rows(a["sample_weight"], t_hat, a["T"])
@@ -309,26 +313,53 @@ def evaluate(data: ValidatedData, residuals: Residuals, estimate: Estimate, gate
     return result
 
 
+def outcome_copy(data: ValidatedData) -> dict:
+    """The covariate or control whose ranks follow the outcome's most closely, and how closely:
+    {'column', 'rank_correlation'} (the absolute Spearman correlation; 0 for a constant column,
+    column None without any)."""
+    from scipy.stats import rankdata
+
+    columns = [*data.spec.covariates, *data.spec.controls]
+    if not columns:
+        return {"column": None, "rank_correlation": 0.0}
+    y = rankdata(data.table[data.spec.outcome].to_numpy(np.float64))
+    Z = rankdata(data.table[columns].to_numpy(np.float64), axis=0)
+    y, Z = y - y.mean(), Z - Z.mean(axis=0)
+    scale = np.sqrt((Z ** 2).sum(axis=0) * (y ** 2).sum())
+    r = np.abs(Z.T @ y) / np.where(scale > 0, scale, np.inf)
+    j = int(np.argmax(r))
+    return {"column": columns[j], "rank_correlation": float(r[j])}
+
+
 def held_out_checks(data: ValidatedData, y_res: np.ndarray, t_res: np.ndarray, t_var: np.ndarray,
-                    forest_params: dict | None, seed: int) -> dict:
+                    forest_params: dict | None, seed: int, oob_cate: np.ndarray) -> dict:
     """The heterogeneity checks (calibration, RATE, GATES) on the held-out half of the rows
     (`heterogeneity.held_out_cate`), with what the uplift section reads under 'held_out' (its rows,
-    CATE and debiased scores)."""
+    CATE and debiased scores). Where the other half cannot grow a forest (a few groups), they read
+    the out-of-bag CATE of every row, and the ranking says so."""
     from . import heterogeneity
+    from .refuters import refit_forest_params
 
     a = data.arrays()
-    rows, cate = heterogeneity.held_out_cate(a["X"], y_res, t_res, forest_params, seed, a["groups"],
-                                             a["sample_weight"])
+    try:
+        rows, cate = heterogeneity.held_out_cate(a["X"], y_res, t_res, forest_params, seed, a["groups"],
+                                                 a["sample_weight"])
+        trees = refit_forest_params(forest_params, heterogeneity.HELD_OUT_TREES, seed)["n_estimators"]
+        ranking = (f"held out: a forest of {trees} trees grown on the other {int((~rows).sum())} rows ranks these "
+                   f"{int(rows.sum())}")
+        label = "held-out CATE"
+    except ValueError as exc:  # a review: 4 groups failed evaluate here
+        rows, cate, label = np.ones(len(oob_cate), bool), oob_cate, "out-of-bag CATE"
+        ranking = (f"out of bag, on every row: half the rows could not grow a forest ({exc}); these p-values are "
+                   "too small (the rows' own out-of-bag CATE)")
     groups, weight = _held_rows(a, rows)
     scores = debiased_scores(cate, y_res[rows], t_res[rows], t_var[rows])
-    trees = heterogeneity.held_out_trees(forest_params)
-    return {"ranking": f"held out: a forest of {trees} trees grown on the other {int((~rows).sum())} rows ranks these "
-                       f"{int(rows.sum())}",
+    return {"ranking": ranking,
             "rows": int(rows.sum()),
             "calibration": heterogeneity.calibration_test(y_res[rows], t_res[rows], cate, groups, weight),
             "rate": heterogeneity.autoc(cate, scores, seed=seed, groups=groups, sample_weight=weight),
             "gates": heterogeneity.gates(cate, scores, groups=groups, sample_weight=weight),
-            "held_out": {"rows": rows, "cate": cate, "scores": scores}}
+            "held_out": {"rows": rows, "cate": cate, "scores": scores, "label": label}}
 
 
 def _held_rows(a: dict, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -338,16 +369,16 @@ def _held_rows(a: dict, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray
 
 
 def uplift_section(data: ValidatedData, cate: np.ndarray, scores: np.ndarray, seed: int,
-                   rows: np.ndarray | None = None) -> dict:
-    """The ranking by the held-out CATE of `rows` (all rows if None) judged by their debiased
-    scores (`uplift.doubly_robust`), and, when the treatment was randomized, CausalML's classic
-    normalized AUUC and Qini score from outcome and treatment alone (which measure effects only
-    then)."""
+                   rows: np.ndarray | None = None, ranking: str = "CATE") -> dict:
+    """The ranking by `cate` (named `ranking`) of `rows` (all rows if None) judged by their
+    debiased scores (`uplift.doubly_robust`), and, when the treatment was randomized, CausalML's
+    classic normalized AUUC and Qini score from outcome and treatment alone (which measure effects
+    only then)."""
     a = data.arrays()
     if rows is not None:
         groups, weight = _held_rows(a, rows)
         a = {**a, "groups": groups, "sample_weight": weight, "Y": a["Y"][rows], "T": a["T"][rows]}
-    section = {"ranking": "held-out CATE" if rows is not None else "CATE",
+    section = {"ranking": ranking,
                "effect_scores": "debiased (AIPW) scores of that CATE",
                **uplift.doubly_robust(cate, scores, seed=seed, groups=a["groups"], sample_weight=a["sample_weight"])}
     if data.spec.binary and data.spec.assignment == "randomized":
@@ -417,9 +448,10 @@ def verdict(result: dict, gate: GateConfig) -> dict:
     if gate.require_heterogeneity and not cal["differential_pvalue"] < 0.05:  # NaN (constant CATE) fails too
         reasons.append(f"heterogeneity: the calibration test finds none (differential coefficient "
                        f"{cal['differential_forest_prediction']:.3g}, p = {cal['differential_pvalue']:.3g})")
-    # A held-out CATE that ranks rows against their debiased scores is chance (1 in 40 without
-    # heterogeneity) or a forest that fits noise (a review: on the out-of-bag CATE then read, small
-    # tables anti-ranked a constant effect, z -4 at 40 rows).
+    # A held-out CATE that ranks rows against their debiased scores is chance (without
+    # heterogeneity 1 in 40 for each of the two checks, about 1 in 20 for either) or a forest that
+    # fits noise (a review: on the out-of-bag CATE then read, small tables anti-ranked a constant
+    # effect, z -4 at 40 rows). A constant CATE has no z (NaN): no warning.
     rate = result["heterogeneity"]["rate"]
     against = [f"{what} {value:.3g} (z = {value / se:.2f})" for what, value, se in (
         ("the calibration test's differential coefficient", cal["differential_forest_prediction"],
@@ -459,6 +491,12 @@ def verdict(result: dict, gate: GateConfig) -> dict:
                        "truly predict the outcome so well)")
     elif r2 is not None and r2 > LEAK_WARNING_R2:
         warnings.append(leak)
+    copy = result.get("outcome_copy") or {}
+    if copy.get("rank_correlation", 0.0) > LEAK_RANK_CORRELATION:
+        text = (f"nuisance: {copy['column']!r} ranks the rows as the outcome does (rank correlation "
+                f"{copy['rank_correlation']:.5f}): a copy of the outcome among the covariates (a leak)")
+        (reasons if gate.max_outcome_r2 is not None else warnings).append(
+            text + (" (max_outcome_r2=off if it truly is a covariate)" if gate.max_outcome_r2 is not None else ""))
     checks = result.get("graph_checks", {})
     if checks.get("given"):
         if checks["min_adjusted_p_value"] is None:

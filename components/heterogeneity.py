@@ -37,27 +37,29 @@ from .uplift import ranking, tie_averaged, tie_runs
 HELD_OUT_TREES = 400
 
 
-def held_out_trees(forest_params: dict | None) -> int:
-    """The held-out forest's trees: the run's, at most HELD_OUT_TREES."""
-    return min(int((forest_params or {}).get("n_estimators", HELD_OUT_TREES)), HELD_OUT_TREES)
-
-
 def held_out_cate(X: np.ndarray, y_res: np.ndarray, t_res: np.ndarray, forest_params: dict | None, seed: int,
                   groups: np.ndarray | None = None, sample_weight: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cate): a random half of the rows (of whole groups, with `groups`), and the CATE there
-    of a forest grown on the other half with the run's `forest_params` (at most HELD_OUT_TREES
-    trees, in little bags of 1: no interval is read)."""
+    """(rows, cate): a random half of the rows (of whole groups, with `groups`; half of the units
+    with weight and half of those without), and the CATE there of a forest grown on the other half
+    with the run's `forest_params` (`refit_forest_params`: at most HELD_OUT_TREES trees, in little
+    bags of 1, no interval is read). A ValueError when the other half cannot grow one (a few groups)."""
     from tauforge.kernels import CausalForest
+
+    from .refuters import refit_forest_params
 
     units = np.arange(len(X)) if groups is None else np.asarray(groups)
     n_units = int(units.max()) + 1 if len(units) else 0
-    held = np.random.default_rng([seed, 0x4E1D]).permutation(n_units) < n_units // 2
+    weighted = (np.ones(n_units, bool) if sample_weight is None
+                else np.bincount(units, weights=sample_weight > 0, minlength=n_units) > 0)
+    order = np.random.default_rng([seed, 0x4E1D]).permutation(n_units)
+    held = np.zeros(n_units, bool)
+    for kind in (weighted, ~weighted):  # both halves hold weight, or an all-zero half failed the fit
+        drawn = order[kind[order]]
+        held[drawn[: len(drawn) // 2]] = True
     rows = held[units]
     train = ~rows
-    params = {**(forest_params or {}), "progress": False, "random_state": seed, "ci_group_size": 1,
-              "n_estimators": held_out_trees(forest_params),
-              "variance_smoothing": False}
+    params = {**refit_forest_params(forest_params, HELD_OUT_TREES, seed), "ci_group_size": 1}
     forest = CausalForest(**params).fit(X[train], t_res[train], y_res[train],
                                         sample_weight=None if sample_weight is None else sample_weight[train],
                                         groups=None if groups is None else groups[train])
@@ -128,6 +130,9 @@ def autoc(priority: np.ndarray, scores: np.ndarray, n_bootstrap: int = 200, seed
     check_finite(priority, "priority")
     check_finite(scores, "scores")
     w, priority, scores, groups = weighted_rows(sample_weight, priority, scores, groups=groups)
+    if len(priority) == 0 or np.ptp(priority) == 0:  # one tie: no ranking, and the ratio of two roundings (a review)
+        nan = float("nan")
+        return {"autoc": nan, "stderr": nan, "pvalue": nan, "note": "the CATE is constant: it ranks nothing"}
     order = ranking(priority)
     ranked, runs, w = scores[order], tie_runs(priority[order]), w[order]
 

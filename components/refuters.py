@@ -124,6 +124,14 @@ def _cgroup_headrooms(proc_cgroup: str, cgroup_root: str) -> list[float]:
     return headrooms
 
 
+def refit_forest_params(forest_params: dict | None, max_trees: int, seed: int) -> dict:
+    """A check's own forest (the placebo's, the held-out ranking's): the run's `forest_params` with
+    at most `max_trees` trees, no progress, and no variance smoothing (its effects only are read)."""
+    params = dict(forest_params or {})
+    return {**params, "progress": False, "random_state": seed, "variance_smoothing": False,
+            "n_estimators": min(int(params.get("n_estimators", max_trees)), max_trees)}
+
+
 class EffectRefit:
     """The pipeline's average effect (`kernels.ate.average_effect`), estimated again on a perturbed
     problem: the nuisance models (and V(x)) cross-fit again with `nuisance` and `seed` on `rows`
@@ -179,9 +187,7 @@ class EffectRefit:
             # Imported here: evaluate's settings (GateConfig) are checked before a run, without torch.
             from tauforge.kernels import CausalForest
 
-            params = {**self.forest_params, "progress": False, "random_state": self.seed,
-                      "n_estimators": min(int(self.forest_params.get("n_estimators", PLACEBO_TREES)), PLACEBO_TREES),
-                      "variance_smoothing": False}  # out-of-bag effects only: no interval is read
+            params = refit_forest_params(self.forest_params, PLACEBO_TREES, self.seed)
             X = self.arrays["X"][rows]
             tau = oob_effect(CausalForest(**params).fit(X, t_res, y_res, sample_weight=weight, groups=groups), X)
         else:

@@ -108,15 +108,8 @@ class TrainingConfig:
             fail("seed", f"must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if not 0 < self.alpha < 1:
             fail("alpha", f"must be in (0, 1), got {self.alpha}")
-        if self.estimator == "econml":
-            if self.trees % 4:
-                fail("trees", f"must be divisible by 4 with estimator 'econml' (EconML's subforest size), "
-                              f"got {self.trees}")
-            if self.bootstrap.n_bootstrap:
-                fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
-            if self.spec.group:
-                fail("estimator", "must be 'tauforge' with a group column: EconML's forest draws rows, not groups, "
-                                  "and its intervals would count a group's rows as independent")
+        if self.estimator == "econml" and self.bootstrap.n_bootstrap:
+            fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
         self.check_forest_options(len(self.spec.covariates) or None)  # and the shards: whole little bags
         if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
                                                and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
@@ -127,7 +120,8 @@ class TrainingConfig:
         """The forest's parameters and shards checked as the forest tasks would
         (`estimate.check_forest_settings`), so that a bad value fails here rather than after the
         nuisance models' fits."""
-        check_forest_settings(self.forest_params(), self.n_shards, self.estimator, n_features, "forest_options")
+        check_forest_settings(self.forest_params(), self.n_shards, self.estimator, n_features, "forest_options",
+                              grouped=bool(self.spec.group), trees_field="trees")
 
     def forest_params(self) -> dict:
         """The CausalForest parameters of the run (the pipeline parameter `forest_params`)."""

@@ -40,12 +40,21 @@ def test_an_outcome_leaked_into_the_covariates_is_flagged_though_the_placebo_can
     # 0.0000]); switched off, it is a warning.
     assert result["nuisance"]["y_r2"] > 0.999
     assert not result["verdict"]["passed"] and "(a leak) (gate allows 99.9%" in result["verdict"]["reasons"][0]
+    # The copy itself is named, whatever the folds' R^2 (a review: one fold's copy outside its
+    # training bins pulled the mean to 0.99825 at 1,000 rows, under the gate's 0.999).
+    assert result["outcome_copy"] == {"column": "leaked", "rank_correlation": pytest.approx(1.0)}
+    assert any("'leaked' ranks the rows as the outcome does" in r for r in result["verdict"]["reasons"])
+    lower = verdict_of({**result, "nuisance": {**result["nuisance"], "y_r2": 0.99825}}, GateConfig())
+    assert [r for r in lower["reasons"] if "leak" in r] == [
+        "nuisance: 'leaked' ranks the rows as the outcome does (rank correlation 1.00000): a copy of the outcome "
+        "among the covariates (a leak) (max_outcome_r2=off if it truly is a covariate)"]
     assert any("leak" in w for w in verdict_of(result, GateConfig(max_outcome_r2=None))["warnings"])
     strict = evaluate(data, residuals, estimate, GateConfig(max_outcome_r2=0.95), seed=0, nuisance=TWO_FOLDS)
     assert not strict["verdict"]["passed"] and "leak" in strict["verdict"]["reasons"][0]
     honest = evaluate(*pipeline_in_process("simple")[:3], GateConfig(max_outcome_r2=0.95), seed=0,
                       nuisance=TWO_FOLDS)
     assert honest["verdict"]["passed"] and not any("leak" in w for w in honest["verdict"]["warnings"])
+    assert honest["outcome_copy"]["rank_correlation"] < 0.9
 
 
 def test_checks_measure_overlap_balance_and_placebo_on_confounded_data(capsys, monkeypatch):
@@ -445,7 +454,15 @@ def test_a_ranking_against_the_effects_is_a_warning_and_a_sound_one_is_not(aw1_e
     both = warned(-2.5, -3.0)
     assert len(both) == 1 and "differential coefficient -1.25 (z = -2.50)" in both[0] and "(z = -3.00)" in both[0]
     assert "RATE" not in warned(-2.5, 0.0)[0] and "calibration" not in warned(0.0, -2.5)[0]
-    assert verdict_of({**result, "heterogeneity": het}, GateConfig())["passed"]  # a warning only
+    planted = {**het, "calibration": {**cal, "differential_forest_prediction": -1.25, "differential_stderr": 0.5}}
+    assert verdict_of({**result, "heterogeneity": planted}, GateConfig())["passed"]  # a warning only
+    # A constant held-out CATE ranks nothing: its RATE is NaN, not a z of two roundings (a review
+    # saw z -2.5 and +3.0 from AUTOCs of 1e-17), and no warning.
+    from tauforge.components.heterogeneity import autoc
+
+    flat = autoc(np.full(40, 0.3), np.random.default_rng(0).normal(size=40))
+    assert np.isnan(flat["autoc"]) and np.isnan(flat["stderr"]) and "constant" in flat["note"]
+    assert warned(0.0, float("nan")) == []
 
 
 def test_a_small_table_is_a_warning_and_a_continuous_treatments_card_states_its_overlap():

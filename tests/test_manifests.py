@@ -880,6 +880,16 @@ def test_the_pipelines_deploy_step_shadows_the_stores_champion_with_the_new_vers
     with pytest.raises(ConfigError, match="has no 'champion' alias: promote a champion first"):
         deploy_version.python_func(version=2, store=uri, model_name="uplift", deploy='{"mode": "shadow"}',
                                    apply_objects=False, manifests=manifests)
+    # The pipeline's first task sees it too, with the version publish would take (a review: fixed
+    # placeholders refused a valid champion_version and let this one through to after publish).
+    from tauforge.components.data import validate_data
+
+    for deploy, problem in (('{"mode": "shadow"}', "compares the new version 3 with the champion, and 'uplift' has "
+                                                   "no 'champion' alias"),
+                            ('{"mode": "shadow", "champion_version": 3}', "champion_version is version 3")):
+        with pytest.raises(ConfigError, match=problem):
+            validate_data.python_func(source="unread.csv", spec="{}", store=uri, dataset=None, model_name="uplift",
+                                      deploy=deploy)
     store.set_alias("uplift", "champion", 1)
     deploy_version.python_func(version=2, store=uri, model_name="uplift",
                                deploy='{"mode": "shadow", "percent": 20, "namespace": "ml"}', apply_objects=False,
