@@ -247,8 +247,9 @@ def test_rate_qini_and_gates_give_tied_rows_their_mean_whatever_their_order():
     for priority in (np.zeros(2000), coarse):
         autocs = [autoc(priority[rows], scores[rows], n_bootstrap=20)["autoc"] for rows in (by_score, shuffled)]
         qinis = [doubly_robust(priority[rows], scores[rows], n_bootstrap=20)["qini"] for rows in (by_score, shuffled)]
-        assert autocs[0] == pytest.approx(autocs[1], abs=1e-9) and qinis[0] == pytest.approx(qinis[1], abs=1e-9)
-    assert autoc(np.zeros(2000), scores)["autoc"] == pytest.approx(0, abs=1e-12)
+        np.testing.assert_allclose(autocs[0], autocs[1], atol=1e-9)  # NaN for the constant: it ranks nothing
+        assert qinis[0] == pytest.approx(qinis[1], abs=1e-9)
+    assert np.isfinite(autocs[0]) and np.isnan(autoc(np.zeros(2000), scores)["autoc"])
     assert doubly_robust(np.zeros(2000), scores)["qini"] == pytest.approx(0, abs=1e-12)
     # GATES merges tied quantiles rather than leave groups empty (NaN effects before).
     assert [g["rows"] for g in gates(np.zeros(2000), scores)] == [2000]
@@ -374,15 +375,20 @@ def test_calibration_errors_are_statsmodels_hc3_and_clustered_ones_cr3_by_its_de
     np.testing.assert_allclose([cal["mean_stderr"], cal["differential_stderr"]], np.sqrt(np.diag(cr3)), rtol=1e-9)
 
 
-def test_a_priority_that_ties_every_row_has_an_autoc_of_0_in_every_resample():
-    # All rows tie: nothing is ranked, so the AUTOC is 0 and so is every bootstrap replicate's,
+def test_the_autoc_and_every_bootstrap_replicate_ignore_a_constant_added_to_the_scores():
+    # The TOC is a difference of means, so a constant added to every score changes no replicate,
     # also where a resample's weight does not add up to n (whole groups drawn, weights): each
     # replicate compares its own top mean with its own mean (a mutation review: against the
-    # scores' sum over n, the standard error was 0.02 here).
+    # scores' sum over n, a priority tying every row had a standard error of 0.02; such a priority
+    # now has no AUTOC at all, NaN, so the same mistake is caught by the shift).
     rng = np.random.default_rng(2)
     scores, groups, weight = 1 + rng.normal(size=300), np.repeat(np.arange(30), 10), rng.uniform(0.5, 2, 300)
-    rate = autoc(np.zeros(300), scores, n_bootstrap=50, groups=groups, sample_weight=weight)
-    assert rate["autoc"] == pytest.approx(0, abs=1e-12) and rate["stderr"] == pytest.approx(0, abs=1e-12)
+    priority = np.round(rng.normal(size=300), 1)
+    rate, shifted = (autoc(priority, scores + shift, n_bootstrap=50, groups=groups, sample_weight=weight)
+                     for shift in (0.0, 10.0))
+    assert rate["stderr"] > 0.01
+    assert shifted["autoc"] == pytest.approx(rate["autoc"], abs=1e-9)
+    assert shifted["stderr"] == pytest.approx(rate["stderr"], abs=1e-9)
 
 
 def test_the_reported_robustness_values_put_their_bound_at_0_the_intervals_at_a_weaker_confounder():
