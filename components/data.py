@@ -622,17 +622,17 @@ def demo_table(n: int = 5000, p: int = 10, seed: int = 0, design: str = "simple"
 @component
 def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], graph: str = "", gate: str = "{}",
                   forest_params: str = "{}", alpha: float = 0.05, estimator: str = "tauforge", n_shards: int = 1,
-                  model_name: str = "", deploy: str = ""):
+                  model_name: str = "", deploy: str = "", bootstrap: str = "", bootstrap_shards: int = 0):
     """Read and validate the source table; write its spec's columns and the resolved spec. The
     store and the later tasks' settings (gate, forest_params, alpha, estimator, the graph's n_shards
-    and, in a graph with a deploy task, deploy) are checked here too, so that a run that could not
-    finish fails first, not after the training. With a causal graph (DOT or GML text) the spec is
-    checked against it, its covariates derived from it when it names none
-    (`graph.CausalGraph.adjusted_spec`)."""
+    and, in a graph with a deploy task, deploy, with bootstrap tasks, bootstrap and their number)
+    are checked here too, so that a run that could not finish fails first, not after the
+    training. With a causal graph (DOT or GML text) the spec is checked against it, its covariates
+    derived from it when it names none (`graph.CausalGraph.adjusted_spec`)."""
 
     from tauforge.components.config import ConfigError, parse_json, redacted_uri
     from tauforge.components.data import DataSpec, read_table, save_validated, validate
-    from tauforge.components.estimate import check_forest_settings
+    from tauforge.components.estimate import BootstrapConfig, check_bootstrap_settings, check_forest_settings
     from tauforge.components.evaluate import GateConfig
     from tauforge.components.graph import CausalGraph
     from tauforge.components.registry import check_store, check_store_location
@@ -642,6 +642,8 @@ def validate_data(source: str, spec: str, store: str, dataset: Output[Dataset], 
         raise ConfigError("alpha", f"must be in (0, 1), got {alpha}")
     forest = parse_json(forest_params, "forest_params")
     check_forest_settings(forest, int(n_shards), estimator)
+    if bootstrap_shards:
+        check_bootstrap_settings(BootstrapConfig.from_json(bootstrap), int(bootstrap_shards), estimator)
     check_store_location(store)
     if "://" in store and not store.startswith("file://"):
         # With the pod's own credentials: a compiled or submitted run was checked only for its

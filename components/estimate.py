@@ -293,6 +293,25 @@ class BootstrapConfig:
         return config.to_json(self)
 
 
+def check_bootstrap_settings(bootstrap: BootstrapConfig, shards: int, estimator: str) -> None:
+    """What the bootstrap tasks would refuse, checked where a run starts (the CLI's
+    `TrainingConfig`, and a compiled graph's validate task, where the bootstrap's JSON is a
+    parameter the Kubeflow UI lets anyone change): `shards` bootstrap tasks (0: none in the graph)
+    of `bootstrap.n_bootstrap` replicates, tauforge forests only."""
+    if not bootstrap.n_bootstrap:
+        if shards:
+            raise config.ConfigError("n_bootstrap", f"must be at least {shards} in a graph with {shards} bootstrap "
+                                                    f"shard task(s), got 0; compile without --bootstrap-shards for "
+                                                    f"no bootstrap")
+        return
+    if estimator != "tauforge":
+        raise config.ConfigError("n_bootstrap", f"must be 0 with estimator {estimator!r}: the full bootstrap grows "
+                                                f"tauforge forests")
+    if not (isinstance(shards, int) and not isinstance(shards, bool) and 1 <= shards <= bootstrap.n_bootstrap):
+        raise config.ConfigError("bootstrap_shards", f"must be between 1 and {bootstrap.n_bootstrap} (the number of "
+                                                     f"bootstrap replicates), got {shards}")
+
+
 def grow_bootstrap_shard(data: ValidatedData, residuals: Residuals, estimate: Estimate, params: dict, seed: int,
                          shard: int, n_shards: int, bootstrap: BootstrapConfig,
                          nuisance: NuisanceConfig, progress: bool | None = False) -> BootstrapReplicates:

@@ -20,7 +20,7 @@ from tauforge.components.constants import (
     DEFAULT_TREES,
 )
 from tauforge.components.data import DataSpec, read_table, validate
-from tauforge.components.estimate import ESTIMATORS, BootstrapConfig, check_forest_settings
+from tauforge.components.estimate import ESTIMATORS, BootstrapConfig, check_bootstrap_settings, check_forest_settings
 from tauforge.components.evaluate import GateConfig
 from tauforge.components.graph import CausalGraph
 from tauforge.components.nuisance import NuisanceConfig, check_fold_tasks, check_groups_for_folds
@@ -108,13 +108,8 @@ class TrainingConfig:
             fail("seed", f"must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if not 0 < self.alpha < 1:
             fail("alpha", f"must be in (0, 1), got {self.alpha}")
-        if self.estimator == "econml" and self.bootstrap.n_bootstrap:
-            fail("n_bootstrap", "must be 0 with estimator 'econml': the full bootstrap grows tauforge forests")
+        check_bootstrap_settings(self.bootstrap, self.bootstrap_tasks(), self.estimator)
         self.check_forest_options(len(self.spec.covariates) or None)  # and the shards: whole little bags
-        if self.bootstrap.n_bootstrap and not (_integer(self.bootstrap_shards)
-                                               and 1 <= self.bootstrap_shards <= self.bootstrap.n_bootstrap):
-            fail("bootstrap_shards", f"must be between 1 and {self.bootstrap.n_bootstrap} (the number of bootstrap "
-                                     f"replicates), got {self.bootstrap_shards}")
 
     def check_forest_options(self, n_features: int | None) -> None:
         """The forest's parameters and shards checked as the forest tasks would

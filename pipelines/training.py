@@ -163,7 +163,9 @@ def build_training_pipeline(n_folds: int = 5, n_shards: int = 2, bootstrap_shard
         """
         validated = validate_data(source=source, spec=spec, store=store, graph=graph, gate=gate,
                                   forest_params=forest_params, alpha=alpha, estimator=estimator, n_shards=n_shards,
-                                  **({"model_name": model_name, "deploy": deploy} if deploy_step else {}))
+                                  **({"model_name": model_name, "deploy": deploy} if deploy_step else {}),
+                                  **({"bootstrap": bootstrap, "bootstrap_shards": bootstrap_shards}
+                                     if bootstrap_shards else {}))
         validated.set_display_name("validate")
         pods.reads_store(pods.light(validated))
         validated.set_caching_options(False)  # reads a URI whose contents may change under the same name

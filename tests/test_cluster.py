@@ -390,8 +390,15 @@ def test_task_settings_never_walk_the_stack_and_a_pipeline_task_is_still_refused
 def test_a_training_pipeline_without_bootstrap_tasks_offers_no_bootstrap_parameter(tmp_path):
     _, spec, _ = compiled(tmp_path)
     assert "bootstrap" not in spec["root"]["inputDefinitions"]["parameters"]
+    (validate,) = [task for name, task in every_task(spec) if name == "validate-data"]
+    assert "bootstrap" not in validate["inputs"]["parameters"]
     _, spec, _ = compiled(tmp_path, "--bootstrap-shards", "2")
     assert "bootstrap" in spec["root"]["inputDefinitions"]["parameters"]
+    # The first task checks the bootstrap's settings against the graph's two bootstrap tasks.
+    (validate,) = [task for name, task in every_task(spec) if name == "validate-data"]
+    given = validate["inputs"]["parameters"]
+    assert given["bootstrap"] == {"componentInputParameter": "bootstrap"}
+    assert given["bootstrap_shards"]["runtimeValue"]["constant"] == 2
 
 
 def test_a_store_inside_the_pod_is_refused_and_one_on_a_volume_is_not(tmp_path, monkeypatch):
@@ -421,6 +428,12 @@ def test_a_store_inside_the_pod_is_refused_and_one_on_a_volume_is_not(tmp_path, 
     ({"alpha": 1.5}, "alpha", "must be in (0, 1)"),
     ({"spec": '{"outcome": "Y"}'}, "DataSpec", "needs 'treatment'"),
     ({"deploy": '{"mode": "blue-green"}', "model_name": "m"}, "mode", "must be one of replace, canary, shadow"),
+    # A graph with bootstrap tasks: the bootstrap's JSON, its replicates against the tasks, the forest.
+    ({"bootstrap": '{"n_bootstrap": 0}', "bootstrap_shards": 2}, "n_bootstrap", "must be at least 2 in a graph"),
+    ({"bootstrap": '{"n_bootstrap": 3}', "bootstrap_shards": 4}, "bootstrap_shards", "must be between 1 and 3"),
+    ({"bootstrap": '{"n_bootstrap": 50, "interval": "bca"}', "bootstrap_shards": 2}, "interval", "must be one of"),
+    ({"bootstrap": '{"n_bootstrap": 50}', "bootstrap_shards": 1, "estimator": "econml"}, "n_bootstrap",
+     "must be 0 with estimator 'econml'"),
 ])
 def test_the_first_task_refuses_settings_a_later_task_would_fail_on(tmp_path, settings, field, problem):
     # A Kubeflow review: a compiled run's bad gate, forest parameters or shard count failed only in
