@@ -74,16 +74,27 @@ def to_numpy(a: Any, name: str, ndim: int) -> np.ndarray:
         try:  # missing values of nullable dtypes (pd.NA) become NaN, which check_finite names
             a = a.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
-            for column, dtype in columns if frame else ():  # a DataFrame's: name the first column not numeric
-                if dtype.kind not in "biuf":
-                    raise ValueError(f"{name} must be numeric, but its column {column!r} holds {dtype} values; "
-                                     "encode it as numbers first (one column per category)") from None
+            for column, dtype in columns:  # name the first column not numeric (a Series: its dtype)
+                if getattr(dtype, "kind", "O") not in "biuf":
+                    where = f"its column {column!r} holds" if frame else "it holds"
+                    raise ValueError(f"{name} must be numeric, but {where} {dtype} values; "
+                                     + _encode_advice(name)) from None
             a = a.to_numpy()  # not numeric: the conversion below says which value
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric; converting it to float64 failed: {exc}") from None
+        raise ValueError(f"{name} must be numeric; converting it to float64 failed: {exc}; "
+                         + _encode_advice(name)) from None
     return _check_shape(arr, name, ndim)
+
+
+def _encode_advice(name: str) -> str:
+    """What to do with values that are not numbers: EconML's discrete_treatment takes labels, and
+    its users pass them (a review: 'treated' / 'control' failed with the conversion's own words)."""
+    if name == "T":
+        return ("a binary treatment is coded 0/1 (tauforge takes no labels): recode it, e.g. "
+                "T = (T == 'treated').astype(int)")
+    return "encode it as numbers first (one column per category)"
 
 
 def _check_shape(arr: np.ndarray, name: str, ndim: int) -> np.ndarray:
@@ -115,6 +126,9 @@ def check_columns(X: Any, Xn: np.ndarray, n_features: int, names: np.ndarray | N
         raise ValueError(f"{what} has {Xn.shape[1]} columns, {fitted} was fit on {n_features}"
                          + (f"; for a single row pass a 2-D array, {what}.reshape(1, -1)" if one_row else ""))
     given = feature_names(X)
+    if names is None and given is not None:  # scikit-learn's warning: the names cannot be checked
+        warn(f"{what} has feature names, but {fitted} was fit without them (on an array): its columns are taken "
+             "in their order, unchecked")
     if names is not None and given is not None and not np.array_equal(given, names):
         first = next(i for i, (a, b) in enumerate(zip(given, names)) if a != b)
         raise ValueError(f"{what}'s columns differ from those {fitted} was fit on: column {first} is "

@@ -79,9 +79,15 @@ def overlap_message(T_hat: np.ndarray, t_var: np.ndarray, t_res: np.ndarray, dis
     share = float(np.mean(outside[counted]))
     if share <= OVERLAP_WARNING_SHARE:
         return None
-    return (f"{100 * share:.0f}% of rows have {where}: there the treatment is all but decided by the covariates, "
-            "so the effects there, and ate_, rest on extrapolation and on the propensity clip (min_propensity); "
-            "check the overlap, and restrict the rows or covariates to where both arms occur")
+    if discrete:
+        return (f"{100 * share:.0f}% of rows have {where}: there the treatment is all but decided by the "
+                "covariates, so the effects there, and ate_, rest on extrapolation and on the propensity clip "
+                "(min_propensity); check the overlap, and restrict the rows or covariates to where both arms occur")
+    # A review: the binary wording (arms, min_propensity) misled on a continuous treatment.
+    return (f"{100 * share:.0f}% of rows have {where}: there the treatment hardly varies given the covariates, so "
+            "the effects there, and ate_ (whose weights divide by Var(T | X), floored at "
+            f"{MIN_VARIANCE_SHARE:g} of the residuals' mean square), rest on extrapolation; check the overlap, and "
+            "restrict the rows or covariates to where the treatment varies")
 
 
 def effective_groups(groups: np.ndarray) -> float:

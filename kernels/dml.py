@@ -100,7 +100,9 @@ class CausalForestDML(BaseEstimator):
         `average_treatment_effect`. For a binary treatment V = e (1 - e) and this is the doubly
         robust ATE, as EconML's `ate_`; for a continuous one V is a cross-fitted model of t~^2 and
         this is the average partial effect E[tau(X)] (EconML's `CausalForestDML` has no `ate_`
-        for a continuous treatment; the variance-weighted effect is below).
+        for a continuous treatment; the variance-weighted effect is below). With
+        inference='bootstrap', `ate_stderr_` stays this one (as EconML's), while `ate_interval`
+        is the bootstrap's: the replicates' own standard error is `np.std(bootstrap_.ates, ddof=1)`.
     variance_weighted_effect_, variance_weighted_stderr_ : float
         The partially linear estimate sum t~ y~ / sum t~^2 and its standard error: each row's
         effect weighted by Var(T | X). Equal to `ate_` only when the effect or the treatment's

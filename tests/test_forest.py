@@ -383,8 +383,17 @@ def test_dml_validates_its_inputs():
     with pytest.raises(ValueError, match="X must be numeric, but its column 'segment' holds object values"):
         frame = pd.DataFrame({"age": d.X[:, 0], "segment": np.where(d.X[:, 1] > 0, "hi", "lo")})
         CausalForestDML(n_estimators=4).fit(d.Y, d.T, X=frame)
+    # An EconML user's labelled treatment, as an array or a pandas category (a review: the conversion's
+    # own words, or nothing for a Series), is told how to recode it.
+    labels = np.where(d.T == 1, "treated", "control")
+    for T in (labels, pd.Series(pd.Categorical(labels))):
+        with pytest.raises(ValueError, match=r"T must be numeric.*recode it, e.g. T = \(T == 'treated'\)"):
+            CausalForestDML(n_estimators=4).fit(d.Y, T, X=d.X)
     with pytest.warns(UserWarning, match="n_estimators=5 is odd, so ci_group_size='auto' grows single trees"):
-        CausalForestDML(n_estimators=5, cv=2, progress=False).fit(d.Y, d.T, X=d.X)
+        fitted_on_arrays = CausalForestDML(n_estimators=5, cv=2, progress=False).fit(d.Y, d.T, X=d.X)
+    # A DataFrame for a fit on arrays: its names cannot be checked, which scikit-learn warns of.
+    with pytest.warns(UserWarning, match="X has feature names, but the forest was fit without them"):
+        fitted_on_arrays.effect(pd.DataFrame(d.X[:3], columns=[f"c{j}" for j in range(d.X.shape[1])]))
     with pytest.raises(ValueError, match="discrete_treatment must be True, False or 'auto', got 'yes'"):
         CausalForestDML(n_estimators=4, discrete_treatment="yes").fit(d.Y, d.T, X=d.X)
     # A numerics review: a constant outcome gave standard errors of 0, and 3 rows an error from
@@ -641,8 +650,11 @@ def test_a_fit_without_overlap_warns_and_one_with_it_does_not():
             assert [w.filename for w in caught if "overlap" in str(w.message)] == [__file__]  # the caller's line
     # A continuous treatment that X decides where X1 < -1 (16% of rows): Var(T | X) is 0 there.
     T = X[:, 0] + rng.normal(size=600) * (X[:, 1] > -1)
-    with pytest.warns(UserWarning, match=r"% of rows have an estimated Var\(T \| X\) under 0.1 of its mean"):
+    with pytest.warns(UserWarning, match=r"% of rows have an estimated Var\(T \| X\) under 0.1 of its mean") as w:
         CausalForestDML(n_estimators=20, random_state=0, progress=False).fit(X[:, 1] + T, T, X=X)
+    # Its advice is a continuous treatment's: no propensity clip, no arms (a review).
+    (message,) = [str(m.message) for m in w if "Var(T | X)" in str(m.message)]
+    assert "min_propensity" not in message and "arms" not in message and "treatment varies" in message
 
 
 def test_the_engines_warnings_name_the_callers_line():
