@@ -8,8 +8,10 @@ location, a local folder or any fsspec URI (s3://, gs://), partitioned the Hive 
     <location>/model=<model>/version=<version>/role=<role>/date=<YYYY-MM-DD>/events-<time>-<pid>-<seq>.parquet
 
 so that the logs of every predictor of a deployment (champion, canary, shadow; pods that come
-and go) gather in one place and a reader takes one model's subtree only. A file appears whole or
-not at all: written under a temporary name and renamed on a local disk, one PUT on object storage.
+and go) gather in one place and a reader takes one model's subtree only. The partition's model,
+version and role are in its folders' names only, so that any Hive-aware reader (pandas,
+pyarrow.dataset, DuckDB, Spark) reads the location as one table. A file appears whole or not at
+all: written under a temporary name and renamed on a local disk, one PUT on object storage.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ EVENT_SCHEMA = pa.schema([("time", pa.float64()), ("request_id", pa.string()), (
                           ("role", pa.string()), ("cate", pa.float64()), ("lower", pa.float64()),
                           ("upper", pa.float64()), ("recommended_action", pa.int64()), ("action", pa.int64()),
                           ("propensity", pa.float64()), ("explore_seed", pa.int64()), ("latency_ms", pa.float64())])
+# The partition's fields are its folders' names (Hive's layout, as Spark writes it), not columns of
+# its files: a serving review saw pandas, pyarrow.dataset and DuckDB fail on a log whose files
+# repeated them with other types than the folders'. read_events puts them back from the path.
+PARTITION_FIELDS = ("model", "version", "role")
+FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name not in PARTITION_FIELDS])
 INPUT_PREFIX = "input."
 REFERENCE_GROUP = "group"  # the reference profile's column of training groups (codes), where the fit had them
 # The longest unit or request id a server keeps: a caller's id is stored in every record of its
@@ -143,8 +150,8 @@ def write_events(records: list[dict], location: str, seq: int, stamp: _dt.dateti
     try:
         for path, folder, group in _batch_files(records, root, seq, stamp):
             inputs = sorted({k for r in group for k in r if k.startswith(INPUT_PREFIX)})
-            schema = pa.schema([*EVENT_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
-            table = pa.Table.from_pylist(group, schema=schema)
+            schema = pa.schema([*FILE_SCHEMA, *(pa.field(c, pa.float64()) for c in inputs)])
+            table = pa.Table.from_pylist(group, schema=schema)  # the partition's fields stay in its folders
             if local:
                 os.makedirs(folder, exist_ok=True)
                 # Whole on disk before the rename shows it: a node crash leaves no stub, a full disk no part.
@@ -215,9 +222,9 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     tables, unreadable = [], []
     for done, f in enumerate(files, 1):  # each whole: a file whose footer reads can still hold corrupt pages
         try:
-            table = pq.read_table(f, filesystem=fs)
+            table = _with_partition_fields(pq.read_table(f, filesystem=fs), f)
             tables.append((f, table.drop_columns([c for c in skip if c in table.column_names])))
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:
             unreadable.append(f"{f}: {exc}")
         if on_file is not None:
             on_file(done, len(files))
@@ -257,6 +264,21 @@ def read_events(location: str, model: str | None = None, since: float | None = N
     frame.attrs["files"] = len(files)
     frame.attrs["files_without"] = files_without
     return frame
+
+
+def _with_partition_fields(table: pa.Table, path: str) -> pa.Table:
+    """A file's table with the partition's fields (`PARTITION_FIELDS`) from its folders' names,
+    typed as EVENT_SCHEMA, where the file does not hold them (files written before 2026-12-08 do)
+    and its path names them (else the field is missing, as any field a file lacks), the event
+    fields first, in their order. A version folder that is no integer: ValueError."""
+    folders = dict(part.split("=", 1) for part in path.split("/") if "=" in part)
+    for name in PARTITION_FIELDS:
+        if name not in table.column_names and name in folders:
+            kind = EVENT_SCHEMA.field(name).type
+            value = int(folders[name]) if pa.types.is_integer(kind) else folders[name]
+            table = table.append_column(pa.field(name, kind), pa.array([value] * table.num_rows, kind))
+    names = table.column_names
+    return table.select([c for c in EVENT_FIELDS if c in names] + [c for c in names if c not in EVENT_FIELDS])
 
 
 def _as_pandas_sorts(table: pa.Table, keys: list[str]) -> pa.Table:

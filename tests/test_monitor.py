@@ -1095,6 +1095,41 @@ def test_reading_the_log_skips_and_names_unreadable_files_and_with_since_leaves_
     assert id_string("u" * 300) == "u" * 300
 
 
+def test_the_log_reads_as_one_table_in_hive_aware_readers_and_older_files_read_as_before(tmp_path):
+    # A serving review: the files repeated the folders' model, version and role with other types,
+    # and pandas and pyarrow.dataset failed to merge them ("string vs dictionary", "int64 vs int32").
+    import pyarrow as pa
+    import pyarrow.dataset
+    import pyarrow.parquet as pq
+
+    from tauforge.components.events import EVENT_SCHEMA, event_record, read_events, write_events
+
+    records = [event_record(time=float(i), request_id=f"r{i}", row=0, unit_id=None, model="m", version=v,
+                            role=role, cate=float(i), lower=0.0, upper=1.0, latency_ms=1.0, inputs={"x0": 0.5})
+               for i, (v, role) in enumerate([(1, "champion"), (2, "shadow"), (2, "shadow"), (1, "champion")])]
+    write_events(records, str(tmp_path), seq=1)
+    by_pandas = pd.read_parquet(tmp_path).sort_values("time")
+    assert list(by_pandas.request_id) == ["r0", "r1", "r2", "r3"]
+    assert [str(v) for v in by_pandas.version] == ["1", "2", "2", "1"]
+    assert list(by_pandas.model.astype(str)) == ["m"] * 4
+    by_arrow = pyarrow.dataset.dataset(tmp_path, partitioning="hive").to_table().to_pandas().sort_values("time")
+    assert list(by_arrow.role) == ["champion", "shadow", "shadow", "champion"]
+    # tauforge's reader puts the partition's fields back, typed as the log's schema, in its order.
+    ours = read_events(str(tmp_path))
+    assert list(ours.columns[:7]) == ["time", "request_id", "row", "unit_id", "model", "version", "role"]
+    assert list(ours.version) == [1, 2, 2, 1] and ours.version.dtype == np.int64 and set(ours.model) == {"m"}
+    # A file written before (the fields inside it) reads as before.
+    (old,) = [p for p in tmp_path.rglob("*.parquet") if "version=1" in str(p)]
+    table = pq.read_table(old)
+    for name in ("model", "version", "role"):
+        value = {"model": "m", "version": 1, "role": "champion"}[name]
+        table = table.append_column(pa.field(name, EVENT_SCHEMA.field(name).type),
+                                    pa.array([value] * table.num_rows, EVENT_SCHEMA.field(name).type))
+    pq.write_table(table, old)
+    again = read_events(str(tmp_path))
+    assert again.equals(ours) and again.attrs["unreadable_files"] == []
+
+
 def test_the_log_reads_in_time_order_since_counts_its_own_second_and_allows_a_day_of_clock_skew(tmp_path):
     # A mutation test of the reader: unsorted frames (files in name order, rows as written), a
     # `since` that left out records logged at it, and no day's margin for a pod whose clock runs
