@@ -57,6 +57,10 @@ def build_model(*, store: str | None = None, model: str | None = None, version=N
         raise ValueError(f"--mode {mode} needs --challenger VERSION")
     second = (VersionScorer(ModelStore(store).load(model, challenger), device=device)
               if challenger is not None else None)
+    if second is not None and role != "champion":  # both versions' records and metrics took that role (a review)
+        raise ValueError(f"--role {role} is for a predictor serving one version; with --challenger this server "
+                         "routes between champion and challenger and labels each by its own role ($TAUFORGE_ROLE "
+                         "may set it)")
     if second is not None and second.version == champion.version:  # a comparison of a version with itself
         raise ValueError(f"--challenger {challenger} is version {second.version}, the version served as champion: "
                          f"--mode {mode} needs another version")

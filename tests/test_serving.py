@@ -1519,6 +1519,10 @@ def test_serve_refuses_a_gpu_it_cannot_see_and_a_port_in_use(store, tmp_path):
     out = subprocess.run([*serve, "--challenger", "2", "--mode", "canary", "--port", str(free_port()), "--grpc-port",
                           "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--challenger 2 is version 2, the version served as champion" in out.stderr
+    # A role with a challenger: both versions' records and metrics took it, the champion's vanished (a review).
+    out = subprocess.run([*serve, "--challenger", "1", "--mode", "canary", "--role", "challenger", "--port",
+                          str(free_port()), "--grpc-port", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--role challenger is for a predictor serving one version" in out.stderr
     # A version published through the Python API without a spec was a KeyError's traceback and
     # exit 1, from the store and from a KServe model folder alike: the user's error, named (a
     # ValueError: the CLI's exit 2). The scorer both load through, here: kserve's gRPC protos
