@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from tauforge.components.events import MAX_ID_LENGTH, event_record
@@ -26,7 +26,7 @@ from tauforge.components.registry import card_part
 from . import metrics
 from .event_log import EventLog
 from .routing import CHALLENGER, CHAMPION, SHADOW, EpsilonGreedy, SingleRouting
-from .scoring import RequestError, Rows, Scores, VersionScorer, parse_json_body
+from .scoring import RequestError, Rows, Scores, VersionScorer, parse_json_body, v1_rows_key
 
 log = logging.getLogger("tauforge.serving")
 INLINE_ROWS = 64  # requests up to this many rows are scored on the event loop itself
@@ -36,6 +36,15 @@ ROLES = (CHAMPION, CHALLENGER, SHADOW)
 # The V2 outputs: name -> datatype (each of shape [rows]); the exploration ones only with --explore.
 OUTPUTS = {"cate": "FP64", "lower": "FP64", "upper": "FP64", "version": "INT64", "role": "BYTES"}
 EXPLORATION_OUTPUTS = {"recommended_action": "INT64", "action": "INT64", "propensity": "FP64"}
+
+
+class VersionNotServed(ModelNotFound):
+    """A V2 call naming a version this server does not answer (`CateModel.unserved_version`): as an
+    unknown model, REST's 404 and gRPC's NOT_FOUND, with the reason saying what is served."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
 
 
 class CateModel(Model):
@@ -151,10 +160,10 @@ class CateModel(Model):
         request_id = _request_id((headers or {}).get("x-request-id"))
         v2 = isinstance(payload, InferRequest)
         parser = self.scorers[CHAMPION].parser
+        unserved = self.unserved_version(payload.model_version) if v2 else None
+        if unserved:  # as an unknown model: NOT_FOUND, where ModelMetadata said so and ModelInfer INVALID_ARGUMENT
+            raise VersionNotServed(unserved)
         try:
-            unserved = self.unserved_version(payload.model_version) if v2 else None
-            if unserved:
-                raise RequestError(unserved)
             if isinstance(payload, (bytes, bytearray)):  # KServe passes a non-JSON content type through raw
                 payload = parse_json_body(payload)
             parse = (lambda: parser.v2(payload.inputs)) if v2 else (lambda: parser.v1(payload))
@@ -370,7 +379,11 @@ def _row_count(payload, v2: bool) -> int:
     if v2:
         shapes = [list(getattr(t, "shape", None) or [0]) for t in payload.inputs]
         return max((s[0] for s in shapes if isinstance(s[0], int)), default=0)
-    rows = payload.get("instances") if isinstance(payload, dict) else None
+    try:
+        key = v1_rows_key(payload)
+    except RequestError:
+        return 0
+    rows = payload[key] if key else None
     return len(rows) if isinstance(rows, list) else 0
 
 

@@ -61,6 +61,17 @@ class Rows:
 MAX_ROWS = 10_000  # rows of one request
 
 
+def v1_rows_key(payload) -> str | None:
+    """Which key of a V1 body holds its rows: "instances", or "inputs" as KServe's own servers also
+    take it (`kserve.utils.utils.get_predict_input`; a review: refused here); None for neither.
+    Both: a RequestError, as which is meant cannot be told."""
+    if not isinstance(payload, dict):
+        return None
+    if "instances" in payload and "inputs" in payload:
+        raise RequestError('a V1 request holds its rows under "instances" (or "inputs"), not both')
+    return "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
+
+
 class RowParser:
     """Rows as objects keyed by covariate name, or as arrays in `columns` order."""
 
@@ -70,11 +81,15 @@ class RowParser:
         self.max_rows = max_rows
 
     def v1(self, payload: dict) -> Rows:
-        if not isinstance(payload, dict) or "instances" not in payload:
+        key = v1_rows_key(payload)
+        if key is None:
             raise RequestError('a V1 request is {"instances": [row, ...]}; "instances" is missing')
-        rows = payload["instances"]
+        rows = payload[key]
         if not isinstance(rows, list) or not rows:
-            raise RequestError('"instances" must be a non-empty list of rows')
+            raise RequestError(f'"{key}" must be a non-empty list of rows')
+        if key == "inputs" and isinstance(rows[0], dict) and {"datatype", "data"} <= set(rows[0]):
+            raise RequestError('this is a V2 request (tensors with "datatype" and "data"): post it to '
+                               "/v2/models/<name>/infer, or send rows as {\"instances\": [row, ...]} here")
         self._check_count(len(rows))
         X = np.empty((len(rows), len(self.columns)))
         units = []

@@ -7,6 +7,7 @@ predictor container of an InferenceService.
 import json
 import logging
 import os
+import re
 import signal
 import struct
 import sys
@@ -241,6 +242,7 @@ def _rest_server(host: str, model):
             app.add_middleware(BodyLimit, limit=max_request_bytes(model.scorers[CHAMPION].columns),
                                on_refused=model.count_bad_request)
             app.add_middleware(NoRepositoryRoutes)
+            app.add_middleware(ServedVersionRoutes, model=model)
 
         def _add_exception_handlers(self, app):
             super()._add_exception_handlers(app)
@@ -284,6 +286,29 @@ class NoRepositoryRoutes:
         if scope["type"] == "http" and scope["path"].startswith(REPOSITORY_PREFIX):
             log.warning("404: %s %s is not served", scope.get("method"), scope["path"][:100])
             return await _answer(send, 404, "model repository calls are not served")
+        return await self.app(scope, receive, send)
+
+
+class ServedVersionRoutes:
+    """ASGI middleware: REST's V2 `versions/<version>` routes as gRPC's model_version (a serving
+    review: KServe answers them 501, where gRPC answered the served version): the served version's
+    path is the unversioned one; another version of the model is a 404 saying what is served."""
+
+    _PATH = re.compile(r"/v2/models/([^/]+)/versions/([^/]+)(/infer|/ready)?")
+
+    def __init__(self, app, model):
+        self.app, self.model = app, model
+
+    async def __call__(self, scope, receive, send):
+        found = self._PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if found:
+            name, version, rest = found.group(1), found.group(2), found.group(3) or ""
+            unserved = self.model.unserved_version(version) if name == self.model.name else None
+            if unserved:
+                log.warning("404: %s", unserved)
+                return await _answer(send, 404, unserved)
+            path = f"/v2/models/{name}{rest}"  # another model's name: KServe's own 404
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         return await self.app(scope, receive, send)
 
 
@@ -425,8 +450,7 @@ def _bound_grpc_server(address: str, model):
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.grpc.servicer import InferenceServicer
 
-    class VersionNotServed(LookupError):
-        """A V2 request for a version this server does not answer (gRPC NOT_FOUND)."""
+    from .predictor import VersionNotServed
 
     class CallerErrorsAsWarnings(ExceptionToStatusInterceptor):
         """KServe's interceptor, but a caller's bad request is one warning line (as over REST),
@@ -441,7 +465,7 @@ def _bound_grpc_server(address: str, model):
             elif isinstance(ex, NotImplementedError):
                 log.warning("%s (gRPC %s)", ex, method_name)
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(ex))
-            elif isinstance(ex, (ModelNotFound, VersionNotServed)):  # a caller's mistake, as REST's 404
+            elif isinstance(ex, ModelNotFound):  # a caller's mistake (VersionNotServed too), as REST's 404
                 reason = getattr(ex, "reason", str(ex))
                 log.warning("404: %s (gRPC %s)", reason, method_name)
                 await context.abort(grpc.StatusCode.NOT_FOUND, reason)
