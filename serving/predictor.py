@@ -18,7 +18,7 @@ import uuid
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput, ModelNotFound
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 
 from tauforge.components.events import MAX_ID_LENGTH, event_record
 from tauforge.components.registry import card_part
@@ -318,12 +318,20 @@ class CateModel(Model):
         if actions is not None:
             values.update(zip(EXPLORATION_OUTPUTS, actions))
         # Binary (raw) outputs where the request asks for them: gRPC requests with raw inputs (what
-        # Triton's clients send, and all they read back), REST requests with binary_data_output.
+        # Triton's clients send, and all they read back), REST requests with binary_data_output,
+        # or per output its binary_data parameter (tritonclient's InferRequestedOutput sends it;
+        # a review saw it ignored), which KServe's REST encoding reads from requested_outputs.
         binary = bool(payload.use_binary_outputs)
-        outputs = [self._tensor(name, values[name], binary) for name in (requested or values)]
+        names = list(requested or values)
+        per_output = {} if payload.from_grpc else {o.name: bool(o.binary_data) for o in payload.request_outputs or ()
+                                                   if o.binary_data is not None}
+        flags = {name: per_output.get(name, binary) for name in names}
+        outputs = [self._tensor(name, values[name], flags[name]) for name in names]
         single = len(set(versions.tolist())) == 1
         return InferResponse(response_id=payload.id or request_id, model_name=self.name, infer_outputs=outputs,
                              model_version=str(versions[0]) if single else None, use_binary_outputs=binary,
+                             requested_outputs=None if payload.from_grpc else [
+                                 RequestedOutput(name, {"binary_data": flags[name]}) for name in names],
                              parameters={"model": self.name,
                                          "versions": ",".join(str(v) for v in sorted(set(versions.tolist()))),
                                          "request_id": request_id})

@@ -528,6 +528,34 @@ def test_a_version_not_served_is_refused_and_a_v2_id_is_echoed_but_does_not_key_
     assert with_grpc.get("/v2/models/no-such-model/versions/1")[0] == 404
 
 
+def test_each_requested_output_is_binary_or_json_as_it_asks_over_rest(single):
+    # A serving review: an output's own binary_data (tritonclient's InferRequestedOutput sends it,
+    # true by default) was ignored, and only the request's binary_data_output counted.
+    X = rows_for(3)
+    tensors = [{"name": "rows", "shape": [3, 5], "datatype": "FP64", "data": X.ravel().tolist()}]
+
+    def infer(body):
+        req = urllib.request.Request(single.url(f"/v2/models/{MODEL}/infer"), data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw, length = r.read(), r.headers.get("Inference-Header-Content-Length")
+        header = json.loads(raw[:int(length)] if length else raw)
+        return {o["name"]: o for o in header["outputs"]}, raw[int(length):] if length else b""
+
+    outputs, blob = infer({"inputs": tensors, "outputs": [{"name": "cate", "parameters": {"binary_data": True}},
+                                                          {"name": "role"}]})
+    assert outputs["cate"]["parameters"]["binary_data_size"] == 24 and "data" not in outputs["cate"]
+    assert outputs["role"]["data"] == ["champion"] * 3  # unasked: the request's default, JSON
+    cate = np.frombuffer(blob[:24], dtype=np.float64)
+    outputs, blob = infer({"inputs": tensors, "parameters": {"binary_data_output": True},
+                           "outputs": [{"name": "role", "parameters": {"binary_data": False}}, {"name": "upper"}]})
+    assert outputs["role"]["data"] == ["champion"] * 3 and outputs["upper"]["parameters"]["binary_data_size"] == 24
+    outputs, blob = infer({"inputs": tensors, "outputs": [{"name": "cate"}]})  # JSON, as before
+    assert len(outputs["cate"]["data"]) == 3 and blob == b""
+    code, whole = single.post(f"/v2/models/{MODEL}/infer", {"inputs": tensors})
+    np.testing.assert_array_equal(cate, {o["name"]: o["data"] for o in whole["outputs"]}["cate"])
+
+
 def test_a_callers_large_values_are_echoed_short_and_a_body_over_the_limit_gets_a_413(single):
     # A security review: a 10 MB string came back as a 10 MB 400 and a line as long in the log;
     # a 180 MB body was parsed whole (3.85 GB) before its rows were counted.
