@@ -393,6 +393,11 @@ def _json_data_plane():
     v1, v2 = PredictorProtocol.REST_V1.value, PredictorProtocol.REST_V2.value
 
     class JsonDataPlane(DataPlane):
+        def metadata(self) -> dict:
+            # The model repository routes are not served (NoRepositoryRoutes, NoRepositoryServicer):
+            # a client that read the extension here tried them (a serving review). REST and gRPC.
+            return {**super().metadata(), "extensions": []}
+
         async def model_metadata(self, model_name: str) -> dict:
             # The served version (KServe lists none: "model versioning is not supported yet").
             metadata = await super().model_metadata(model_name)

@@ -504,6 +504,8 @@ def test_a_version_not_served_is_refused_and_a_v2_id_is_echoed_but_does_not_key_
         assert [stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=v), timeout=30).ready
                 for v in ("", "1", "7")] == [True, True, False]
         assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=30).versions) == ["1"]
+        # No model repository extension: its calls are not served (a review: listed, then UNIMPLEMENTED).
+        assert list(stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30).extensions) == []
         logged = len(with_grpc.log_text())
         for call in (lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL, version="7"), timeout=30),
                      lambda: stub.ModelInfer(pb.ModelInferRequest(model_name="no-such-model"), timeout=30)):
@@ -526,6 +528,8 @@ def test_a_version_not_served_is_refused_and_a_v2_id_is_echoed_but_does_not_key_
         code, answer = call()
         assert code == 404 and "model_version '7' is not served here" in str(answer), answer
     assert with_grpc.get("/v2/models/no-such-model/versions/1")[0] == 404
+    code, server = with_grpc.get("/v2")
+    assert code == 200 and json.loads(server)["extensions"] == []
 
 
 def test_each_requested_output_is_binary_or_json_as_it_asks_over_rest(single):
