@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import reprlib
 import signal
 import struct
 import sys
@@ -16,7 +17,7 @@ from tauforge.components.registry import ModelStore
 
 from .event_log import EventLog
 from .routing import CHAMPION, EpsilonGreedy, make_routing
-from .scoring import MAX_ROWS, RequestError, VersionScorer, parse_json_body
+from .scoring import MAX_ROWS, NUMERIC_DATATYPES, RequestError, VersionScorer, parse_json_body
 
 log = logging.getLogger("tauforge.serving")
 
@@ -481,6 +482,16 @@ def _bound_grpc_server(address: str, model):
         """KServe's servicer without the model repository calls (see `_rest_server`), and with
         the served version in ModelReady and ModelMetadata (KServe's ignore a request's version:
         ready for any, and metadata listing none)."""
+
+        async def ModelInfer(self, request, context):
+            # KServe reads a tensor's contents by its datatype before the model sees it: an empty or
+            # unknown one was "invalid content type", naming nothing (a serving review).
+            for tensor in request.inputs:
+                if tensor.datatype not in ("BOOL", "BYTES", *NUMERIC_DATATYPES):
+                    raise InvalidInput(f"input {reprlib.repr(tensor.name)} has datatype "
+                                       f"{reprlib.repr(tensor.datatype) if tensor.datatype else 'none'}; a V2 "
+                                       f"tensor's is one of BOOL, BYTES, {', '.join(sorted(NUMERIC_DATATYPES))}")
+            return await super().ModelInfer(request, context)
 
         async def ModelReady(self, request, context):
             if model.unserved_version(request.version) and request.name == model.name:

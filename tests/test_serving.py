@@ -451,7 +451,10 @@ def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_h
     try:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         tensor = pb.ModelInferRequest.InferInputTensor
-        for datatype, blob, _, message in [*cases[:3], ("FOO", b"\x00" * 16, 16, "invalid content type")]:
+        # An unknown or empty datatype is named (KServe's "invalid content type" named nothing).
+        unknown = [("FOO", b"\x00" * 16, 16, "input 'unit_id' has datatype 'FOO'; a V2 tensor's is one of BOOL"),
+                   ("", b"\x00" * 16, 16, "input 'unit_id' has datatype none")]
+        for datatype, blob, _, message in [*cases[:3], *unknown]:
             request = pb.ModelInferRequest(model_name=MODEL, inputs=[
                 *(tensor(name=c, datatype="FP64", shape=[2]) for c in COLUMNS),
                 tensor(name="unit_id", datatype=datatype, shape=[2])])
@@ -461,7 +464,7 @@ def test_binary_tensors_that_do_not_fit_their_shape_are_the_callers_error_over_h
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in refused.value.details()
     finally:
         channel.close()
-    assert bad_requests() - before == len(cases) + 4
+    assert bad_requests() - before == len(cases) + 5
     assert with_grpc.v1([[0.0] * 5])[0] == 200 and "Traceback" not in with_grpc.log_text()
 
 
