@@ -214,7 +214,8 @@ def test_accepts_pandas_and_torch_and_returns_the_same_kind(fitted, data):
     X = data[0].X[:64]
     ref = fitted.predict(X)
     df = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
-    np.testing.assert_array_equal(fitted.predict(df), ref)
+    with pytest.warns(UserWarning, match="X has feature names, but the forest was fit without them"):
+        np.testing.assert_array_equal(fitted.predict(df), ref)  # fit on arrays: the names go unchecked
     out = fitted.predict(torch.from_numpy(X))
     assert isinstance(out, torch.Tensor)
     np.testing.assert_array_equal(out.numpy(), ref)
