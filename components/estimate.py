@@ -400,7 +400,8 @@ def merge_forest_shards(dataset: Input[Dataset], residuals: Input[Dataset], shar
                       groups=a.get("groups")).to_parquet(reference.path, index=False)
     for key in ("ate", "ate_stderr", "ate_lower", "ate_upper", "n_trees"):
         metrics.log_metric(key, float(result.summary[key]))
-    print(f"tauforge: merged {result.summary['n_shards']} shards into {result.summary['n_trees']} trees; "
+    shards = result.summary["n_shards"]
+    print(f"tauforge: merged {shards} shard{'s' if shards != 1 else ''} into {result.summary['n_trees']} trees; "
           f"ATE {result.summary['ate']:.4f} [{result.summary['ate_lower']:.4f}, {result.summary['ate_upper']:.4f}]",
           flush=True)
 
@@ -442,5 +443,7 @@ def merge_bootstrap_shards(estimate: Input[Artifact], shards: Input[List[Model]]
     for key in ("ate", "ate_lower", "ate_upper"):
         metrics.log_metric(key, float(s[key]))
     metrics.log_metric("ate_replicate_std", s["bootstrap"]["ate_replicate_std"])
-    print(f"tauforge: merged {s['bootstrap']['n_shards']} bootstrap shards; ATE {s['ate']:.4f} "
-          f"[{s['ate_lower']:.4f}, {s['ate_upper']:.4f}] ({s['ate_interval']})", flush=True)
+    shards = s["bootstrap"]["n_shards"]
+    print(f"tauforge: merged {shards} bootstrap shard{'s' if shards != 1 else ''}; ATE {s['ate']:.4f} "
+          f"[{s['ate_lower']:.4f}, {s['ate_upper']:.4f}] ({s['ate_interval']}); the replicates' standard error "
+          f"{s['bootstrap']['ate_replicate_std']:.4f}", flush=True)

@@ -161,6 +161,11 @@ def bootstrap_variance(draws: np.ndarray, noise: np.ndarray | None = None) -> np
     return debias_between_group_variance(spread, noise.mean(axis=0), np.full(spread.shape, float(draws.shape[0])))
 
 
+# Fewer replicates than this make a percentile or pivot interval a warning: its ends are extreme
+# quantiles of the draws (at 20, the 2.5% quantile falls between the smallest two).
+MIN_QUANTILE_REPLICATES = 50
+
+
 def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
              noise: np.ndarray | None = None, n_groups: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(1 - alpha) interval from replicate draws (B, rows) whose Monte-Carlo variances are `noise`
@@ -179,6 +184,11 @@ def interval(draws: np.ndarray, point: np.ndarray, alpha: float, kind: str,
 
         half = interval_quantile(alpha, n_groups) * np.sqrt(variance)
         return point - half, point + half
+    if len(draws) < MIN_QUANTILE_REPLICATES:  # a review published a 95% percentile interval of 4 replicates
+        _inputs.warn(f"a {kind} interval from {len(draws)} bootstrap replicates: its ends are quantiles "
+                     f"{alpha / 2:g} and {1 - alpha / 2:g} of that few draws, so they are noisy and most likely too "
+                     f"narrow; use at least {MIN_QUANTILE_REPLICATES} replicates (EconML's default is 100), or the "
+                     "normal interval, which needs only their standard error")
     if noise is not None:
         center, spread = draws.mean(axis=0), np.var(draws, axis=0, ddof=1)
         shrink = np.sqrt(np.divide(variance, spread, out=np.ones_like(spread), where=spread > 0))

@@ -426,6 +426,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from tauforge.components.registry import ModelStore, StoreError, card_part, check_store
 
+    if args.action is None:
+        raise ValueError("models needs an action: list, show, diff, promote or rollback")
     store = ModelStore(_store_uri(args))
     if args.refs and args.action != "diff":
         raise ValueError(f"models {args.action} takes no versions as arguments ({' '.join(args.refs)}): "
@@ -607,6 +609,10 @@ def _serve(args: argparse.Namespace) -> int:
                                ("--shadow-timeout", args.shadow_timeout, ("shadow",))):
         if value is not None and args.mode not in modes:
             raise ValueError(f"{flag} {value:g} is for --mode {' or '.join(modes)}; this serves --mode {args.mode}")
+    if args.log_dir and "://" not in args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
+        # It failed once the model was loaded, with exit 1 and "File exists" (a CLI review).
+        raise ValueError(f"--log-dir {args.log_dir} is a file: give a folder (made if missing) or an object-store "
+                         "URI for the event log")
     if args.model_dir and args.store:
         raise ValueError(f"--store {args.store} and --model-dir: pass --store and --model to serve from the store, "
                          "or --model-dir alone")
@@ -817,7 +823,8 @@ def _add_training_flags(p: argparse.ArgumentParser, local: bool = True) -> None:
                             "--folds for one pod per fold on a cluster with large data)")
     model.add_argument("--shards", type=int,
                        help="forest shards, one task each (default: 2; 1 with --estimator econml)")
-    model.add_argument("--seed", type=int, default=0, help="seed of folds, nuisance models and forest (default: 0)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of folds, nuisance models and forest, and of --demo's data (default: 0)")
     model.add_argument("--model-y", default="auto", help="outcome model: 'auto' or a scikit-learn import path")
     model.add_argument("--model-t", default="auto", help="treatment model: 'auto' or a scikit-learn import path")
     model.add_argument("--reweight-nuisance", action=argparse.BooleanOptionalAction, default=True,
@@ -1047,7 +1054,9 @@ def build_parser() -> argparse.ArgumentParser:
     mon.set_defaults(func=_monitor)
 
     models = sub.add_parser("models", help="list, show, diff, promote or roll back published models")
-    models.add_argument("action", choices=("list", "show", "diff", "promote", "rollback"))
+    # Optional to argparse, required below: a bare `models` was told "required: action, V", though
+    # only diff takes versions (a CLI review).
+    models.add_argument("action", nargs="?", choices=("list", "show", "diff", "promote", "rollback"))
     models.add_argument("refs", nargs="*", metavar="V",
                         help="diff: the two versions (numbers or aliases) to compare, old then new")
     models.add_argument("--store", help=f"model store URI (default: ${STORE_ENV} or {DEFAULT_STORE})")

@@ -72,6 +72,14 @@ def test_normal_percentile_and_pivot_intervals():
     assert hi[0] - 60 == pytest.approx(2.570582 * np.std(draws, ddof=1))
     with pytest.raises(ValueError, match="normal, percentile, pivot, got 'bca'"):
         interval(draws, np.array([60.0]), 0.05, "bca")
+    # Quantiles of a few replicates are a warning (a review published one of 4); the normal interval is not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interval(draws[:49], np.array([60.0]), 0.05, "normal")
+        interval(draws[:50], np.array([60.0]), 0.05, "pivot")
+    for kind in ("percentile", "pivot"):
+        with pytest.warns(UserWarning, match=f"a {kind} interval from 49 bootstrap replicates: .* at least 50"):
+            interval(draws[:49], np.array([60.0]), 0.05, kind)
 
 
 def test_monte_carlo_noise_is_removed_from_the_spread_of_the_replicates():

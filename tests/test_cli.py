@@ -72,8 +72,11 @@ BAD_ARGUMENTS = [
     (["run", "--demo", "--fold-tasks", "6"], "--fold-tasks must be between 1 and the 5 folds, got 6"),
     (["demo", "--design", "nope"], "invalid choice"),
     (["models", "diff", "--name", "m", "1"], "models diff takes two versions (numbers or aliases), got 1"),
+    (["models"], "models needs an action: list, show, diff, promote or rollback"),
     (["models", "show", "--name", "m", "1"], "models show takes no versions as arguments (1): use --version V"),
     (["models", "diff", "--name", "m", "1", "--bogus"], "unrecognized arguments: 1 --bogus"),
+    # A CLI review: it failed after the model's load, exit 1, "File exists" (cwd is the repository).
+    (["serve", "--model", "m", "--log-dir", "pyproject.toml"], "--log-dir pyproject.toml is a file: give a folder"),
     # Values outside their range, which passed and then judged every model alike or wrote bad YAML.
     (["demo", "--n-test", "0"], "--n-test 0: the CATE's error needs at least 1 fresh row"),
     (["run", "--demo", "--gate", "min_placebo_pvalue=2"], "--gate min_placebo_pvalue must be at least 0 and below 1"),
