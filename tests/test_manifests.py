@@ -836,6 +836,17 @@ def test_alert_rules_and_dashboard_use_only_metrics_tauforge_exports(tmp_path):
     assert all('model=~"$model", version=~"$version"' in q for q in panels)
 
 
+def test_the_runbooks_alert_table_lists_every_alert_rule_with_its_severity():
+    # A docs review: TauforgeMonitorStale was missing from the table an on-call engineer reads.
+    import re
+
+    rules = yaml.safe_load(open(os.path.join(ROOT, "manifests", "monitoring", "prometheus-rules.yaml")))
+    alerts = {r["alert"]: r["labels"]["severity"] for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    runbook = open(os.path.join(ROOT, "docs", "runbook.md")).read()
+    table = dict(re.findall(r"^\| `(Tauforge\w+)` \|.*\| (page|ticket) \|$", runbook, flags=re.M))
+    assert table == alerts
+
+
 def test_a_shadows_failures_are_a_ticket_never_a_page():
     # A serving review: shadow timeouts and sheds counted in TauforgeScoringErrors, a page, though a
     # shadow is off the response path (70% of a loaded shadow's requests timed out).
