@@ -863,6 +863,10 @@ def write_gauges(result: dict, model: str, version: int, path: str) -> None:
 UNUSED_FIELDS = ("lower", "upper", "recommended_action", "explore_seed", "latency_ms")
 
 
+# How far ahead of the monitor's clock a logged row's time may be and still be judged now.
+FUTURE_SLACK_SECONDS = 3600
+
+
 def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | None = None,
                 outcomes: str | None = None, config: MonitorConfig | None = None,
                 progress: bool | None = False, since: str | None = None) -> dict:
@@ -873,7 +877,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
     dilutes new drift and drift once logged alarms for ever. `progress`: progress on stderr
     (`tauforge.kernels.progress`), the reading and each check a step."""
     registry = ModelStore(store)
-    start = window_start(since, time.time()) if since else None
+    now = time.time()
+    start = window_start(since, now) if since else None
     read = read_outcomes(outcomes) if outcomes else None
     costs = {"reading the event log": STEP_COSTS["reading the event log"], **monitor_steps(CHECKS, read is not None)}
     with progress_steps("monitoring", costs, progress) as steps:
@@ -881,6 +886,13 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         events = steps.run("reading the event log", read_events, log_dir, model=model, since=start,
                            skip=UNUSED_FIELDS, on_file=lambda done, total: steps.update(reading / total))
         unreadable, files = events.attrs.get("unreadable_files", []), events.attrs.get("files", 1)
+        # Rows stamped ahead of this clock (a pod's clock running fast) are judged once their time
+        # comes: kept, they fell in every --since window until then (a monitoring review).
+        future = None
+        if len(events) and (ahead := (events["time"] > now + FUTURE_SLACK_SECONDS).to_numpy()).any():
+            latest = pd.Timestamp(float(events["time"][ahead].max()), unit="s", tz="UTC").floor("s").isoformat()
+            future = {"rows": int(ahead.sum()), "latest": latest}
+            events = events[~ahead]
         served = monitored_version(registry, model, events, version)
         loaded = registry.load(model, served)
         covariates, spec = card_covariates(loaded.card), loaded.card["spec"]
@@ -900,6 +912,8 @@ def run_monitor(store: str, model: str, log_dir: str, *, version: str | int | No
         written = f" written since {result['since'][:10]}" if start is not None else ""
         result["note"] = (f"no event-log file of {model} under {redacted_uri(log_dir)}{written}: check --log-dir "
                           f"(a mistyped object-store prefix reads as an empty log)")
+    if future:
+        result["future_rows"] = future
     if others:  # a --version the log did not serve read as "0 live rows" alone (a review)
         result["other_champion_versions"] = others
     result.update(model=model, version=served, training={

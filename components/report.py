@@ -417,6 +417,9 @@ def render_monitor_report(result: dict, run_id: str = "") -> str:
              ("reference data", _fingerprint(training.get("data_fingerprint"))),
              ("rows", ", ".join(rows_text(result, side) for side in ("live", "reference")))]
     facts.append(("window", f"rows logged since {result['since']}" if result.get("since") else "the whole log"))
+    if result.get("future_rows"):
+        facts.append(("left out (stamped ahead of the clock)", f"{result['future_rows']['rows']} rows, the latest "
+                                                                f"{result['future_rows']['latest']}"))
     if result.get("unreadable_files"):
         facts.append(("skipped (unreadable)", "; ".join(result["unreadable_files"])))
     if result.get("other_champion_versions"):

@@ -755,6 +755,10 @@ def _monitor(args: argparse.Namespace) -> int:
         print(f"  {result['note']}")
     for problem in result.get("unreadable_files", []):
         print(f"  warning: an event-log file could not be read and was skipped: {problem}")
+    if result.get("future_rows"):
+        future = result["future_rows"]
+        print(f"  warning: {future['rows']} rows are stamped over an hour ahead of this clock (the latest "
+              f"{future['latest']}): left out until their time comes; check the serving pods' clocks")
     if result.get("other_champion_versions"):
         served = ", ".join(f"version {v} ({n} rows)" for v, n in result["other_champion_versions"].items())
         print(f"  the log's champion rows of {served} are not judged here: pass --version to monitor another")

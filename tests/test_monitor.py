@@ -841,6 +841,32 @@ def test_the_monitoring_component_judges_a_canary_under_kfp_local_and_logs_the_d
     assert "<h2>Canary (each version&#x27;s mean outcome on its own traffic)</h2>" in report
 
 
+def test_rows_stamped_ahead_of_the_clock_are_left_out_and_said_and_judged_once_their_time_comes(tmp_path):
+    # A monitoring review: 400 shifted rows stamped 30 days ahead (a pod's fast clock) alarmed in
+    # every --since window, without a word about their times.
+    from tauforge.components.monitor import run_monitor
+    from tauforge.serving.event_log import EventLog
+
+    forest = published_forest(tmp_path)
+    now = time.time()
+    for folder, shifted_at in (("ahead", now + 30 * 86400), ("now", now)):
+        log = EventLog(str(tmp_path / folder), rotate_rows=10_000)
+        for seed, shift, stamp in ((0, None, now - 60), (1, 3, shifted_at)):
+            live = traffic(seed, n=800, shift=shift)
+            live["cate"] = forest.predict(live[[f"input.{c}" for c in COLUMNS]].to_numpy())
+            log.append(live.assign(model="m", unit_id=None, lower=0.0, upper=0.0, recommended_action=None,
+                                   latency_ms=1.0, time=stamp).to_dict("records"))
+        log.close()
+    ahead = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "ahead"), since="24h")
+    assert ahead["future_rows"]["rows"] == 800 and ahead["live_rows"] == 800
+    assert ahead["future_rows"]["latest"][:10] == time.strftime("%Y-%m-%d", time.gmtime(now + 30 * 86400))
+    assert "covariate_drift" not in {a["check"] for a in ahead["alerts"]}
+    # The same rows stamped now are judged, and their shift caught.
+    judged = run_monitor(str(tmp_path / "store"), "m", str(tmp_path / "now"), since="24h")
+    assert "future_rows" not in judged and judged["live_rows"] == 1600
+    assert "x3" in {a["covariate"] for a in judged["alerts"] if a["check"] == "covariate_drift"}
+
+
 def test_monitor_command_reads_the_event_log_and_the_store(tmp_path):
     from tauforge.serving.event_log import EventLog
 
