@@ -143,8 +143,8 @@ class CateModel(Model):
     def unserved_version(self, version: str | None) -> str | None:
         """Why a V2 `model_version` is not answered here, or None for the champion's or none.
         Answering another version than the one asked for, silently, was worse than refusing (gRPC's
-        model_version; REST's versions/ path is KServe's 501); routing, not the caller, chooses
-        between champion and challenger."""
+        model_version, REST's versions/ paths: `server.ServedVersionRoutes`); routing, not the
+        caller, chooses between champion and challenger."""
         if version in (None, "", self.served_version):
             return None
         served = f"version {self.scorers[CHAMPION].version}" + (

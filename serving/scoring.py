@@ -286,6 +286,8 @@ class RowParser:
 
 NUMERIC_DATATYPES = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
                                "UINT32", "UINT64"})
+# Every datatype of the Open Inference Protocol (the V2 tensors a request may hold).
+V2_DATATYPES = NUMERIC_DATATYPES | {"BOOL", "BYTES"}
 _NUMBER_TYPES = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 _INTEGER_RANGES = {t: np.iinfo(t.lower()) for t in NUMERIC_DATATYPES if "INT" in t}
 _FLOAT_RANGES = {"FP32": float(np.finfo(np.float32).max)}  # KServe refuses FP16 in JSON itself

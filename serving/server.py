@@ -17,7 +17,7 @@ from tauforge.components.registry import ModelStore
 
 from .event_log import EventLog
 from .routing import CHAMPION, EpsilonGreedy, make_routing
-from .scoring import MAX_ROWS, NUMERIC_DATATYPES, RequestError, VersionScorer, parse_json_body
+from .scoring import MAX_ROWS, V2_DATATYPES, RequestError, VersionScorer, parse_json_body
 
 log = logging.getLogger("tauforge.serving")
 
@@ -487,10 +487,10 @@ def _bound_grpc_server(address: str, model):
             # KServe reads a tensor's contents by its datatype before the model sees it: an empty or
             # unknown one was "invalid content type", naming nothing (a serving review).
             for tensor in request.inputs:
-                if tensor.datatype not in ("BOOL", "BYTES", *NUMERIC_DATATYPES):
+                if tensor.datatype not in V2_DATATYPES:
                     raise InvalidInput(f"input {reprlib.repr(tensor.name)} has datatype "
                                        f"{reprlib.repr(tensor.datatype) if tensor.datatype else 'none'}; a V2 "
-                                       f"tensor's is one of BOOL, BYTES, {', '.join(sorted(NUMERIC_DATATYPES))}")
+                                       f"tensor's is one of {', '.join(sorted(V2_DATATYPES))}")
             return await super().ModelInfer(request, context)
 
         async def ModelReady(self, request, context):
